@@ -1,0 +1,169 @@
+# ringserve — top-level build.
+#
+#   make                 build the daemon, the client library, the tools and the tests
+#   make test            build and run every test (plus ASan/UBSan and TSan passes)
+#   make run             start the daemon with the default model and run a demo client
+#   make bench           run the benchmarks; prints a table and writes JSON
+#   make fuzz            build and briefly run the libFuzzer targets (clang)
+#   make SAN=address,undefined | SAN=thread    sanitizer build, in its own build folder
+#   make format | lint
+#
+# Every configuration builds into its own folder (build/, build-address-undefined/, ...),
+# and a folder remembers its flags: changing them rebuilds what they affect.
+
+comma := ,
+SAN ?=
+O ?= build$(if $(SAN),-$(subst $(comma),-,$(SAN)))
+
+CC ?= cc
+OPT ?= -O2
+CFLAGS_BASE := -std=gnu11 $(OPT) -g -Wall -Wextra -Wshadow -Wno-unused-parameter \
+	-Wstrict-prototypes -Wmissing-prototypes -fPIC -pthread -D_GNU_SOURCE -I. \
+	-I/usr/include/x86_64-linux-gnu/openblas-pthread
+ifneq ($(SAN),)
+CFLAGS_BASE += -fsanitize=$(SAN) -fno-omit-frame-pointer -fno-sanitize-recover=all
+LDFLAGS_SAN := -fsanitize=$(SAN)
+endif
+RS_CFLAGS := $(CFLAGS_BASE) $(CFLAGS)
+RS_LDFLAGS := $(LDFLAGS_SAN) $(LDFLAGS)
+LDLIBS_ENGINE := -lopenblas -lm
+LDLIBS_SYS := -luring -lnuma -lpthread -lm
+
+# --- CUDA: built whenever nvcc is found --------------------------------------------------
+NVCC ?= $(shell command -v nvcc 2>/dev/null || { test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc; })
+ifneq ($(NVCC),)
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+CUDA_ARCHS ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80
+NVCCFLAGS ?= -O2 -g -std=c++17 $(CUDA_ARCHS) -Xcompiler -fPIC,-Wall -I.
+CUDA_SRC := $(wildcard kernels/cuda/*.cu)
+RS_CFLAGS += -DRS_HAVE_CUDA=1 -I$(CUDA_HOME)/include
+LDLIBS_ENGINE += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
+HAVE_CUDA_MSG := nvcc ✓ $(NVCC) (CUDA backend is built)
+else
+CUDA_SRC :=
+HAVE_CUDA_MSG := nvcc ✗ not found (CPU backend only)
+endif
+
+# --- sources ----------------------------------------------------------------------------
+SHM_SRC := $(wildcard shm/*.c)
+CLIENT_SRC := $(wildcard client-lib/*.c)
+DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
+KERNELS_SRC := $(wildcard kernels/*.c) $(if $(NVCC),,$(wildcard kernels/cuda/*_stub.c))
+TOOLS := $(notdir $(wildcard tools/ringserve-*))
+TESTS := $(basename $(notdir $(wildcard tests/*.c)))
+
+obj = $(patsubst %.c,$(O)/obj/%.o,$(patsubst %.cu,$(O)/obj/%.cu.o,$(1)))
+
+SHM_OBJ := $(call obj,$(SHM_SRC))
+CLIENT_OBJ := $(call obj,$(CLIENT_SRC))
+INTERNAL_OBJ := $(call obj,$(SHM_SRC) $(DAEMON_SRC) $(KERNELS_SRC) $(CUDA_SRC))
+
+LIBRS_A := $(O)/libringserve.a
+LIBRS_SO := $(O)/libringserve.so
+LIBINTERNAL := $(O)/librsinternal.a
+DAEMON_BIN := $(O)/ringserved
+TOOL_BINS := $(addprefix $(O)/,$(TOOLS))
+TEST_BINS := $(addprefix $(O)/tests/,$(TESTS))
+
+.PHONY: all deps test test-run run bench fuzz format lint clean config-msg
+all: config-msg $(DAEMON_BIN) $(LIBRS_A) $(LIBRS_SO) $(O)/ringserve.pc $(TOOL_BINS) $(TEST_BINS)
+
+config-msg:
+	@echo "ringserve: $(HAVE_CUDA_MSG); build folder $(O)$(if $(SAN), (sanitizers: $(SAN)))"
+
+deps:
+	@tools/deps.sh
+
+# The build folder remembers its flags; a change rewrites config and rebuilds.
+CONFIG_LINE := $(CC) $(RS_CFLAGS) | $(RS_LDFLAGS) | $(NVCC) $(NVCCFLAGS)
+$(O)/config: FORCE
+	@mkdir -p $(O)
+	@echo '$(CONFIG_LINE)' | cmp -s - $@ || echo '$(CONFIG_LINE)' > $@
+FORCE:
+
+$(O)/obj/%.o: %.c $(O)/config
+	@mkdir -p $(dir $@)
+	$(CC) $(RS_CFLAGS) -MMD -MP -c $< -o $@
+
+$(O)/obj/%.cu.o: %.cu $(O)/config
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
+
+$(LIBRS_A): $(SHM_OBJ) $(CLIENT_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(LIBRS_SO): $(SHM_OBJ) $(CLIENT_OBJ) client-lib/libringserve.map
+	$(CC) -shared -Wl,-soname,libringserve.so.0 -Wl,--version-script=client-lib/libringserve.map \
+		$(RS_LDFLAGS) -o $@ $(SHM_OBJ) $(CLIENT_OBJ) -lpthread
+
+$(O)/ringserve.pc: client-lib/ringserve.pc.in $(O)/config
+	sed -e 's|@PREFIX@|$(abspath $(O))|' -e 's|@INCLUDEDIR@|$(abspath client-lib)|' $< > $@
+
+$(LIBINTERNAL): $(INTERNAL_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+LINK_ALL = $(CC) $(RS_CFLAGS) $(RS_LDFLAGS) -o $@ $(filter %.o,$^) $(LIBRS_A) $(LIBINTERNAL) \
+	$(LDLIBS_ENGINE) $(LDLIBS_SYS)
+
+$(DAEMON_BIN): $(call obj,daemon/main.c) $(LIBINTERNAL) $(LIBRS_A)
+	$(LINK_ALL)
+
+# Each tools/ringserve-NAME/ folder is one program.
+.SECONDEXPANSION:
+$(O)/ringserve-%: $$(call obj,$$(wildcard tools/ringserve-%/*.c)) $(LIBINTERNAL) $(LIBRS_A)
+	$(LINK_ALL)
+
+# Each tests/NAME.c is one test program.
+$(O)/tests/%: $(O)/obj/tests/%.o $(LIBINTERNAL) $(LIBRS_A)
+	@mkdir -p $(dir $@)
+	$(LINK_ALL)
+
+# --- tests ------------------------------------------------------------------------------
+# The data-path tests run again under ASan+UBSan, the lock-free ones under TSan.
+ASAN_TESTS := $(filter ring_% shm_% daemon_% client_%,$(TESTS))
+TSAN_TESTS := $(filter ring_% daemon_many_clients,$(TESTS))
+TEST_TIMEOUT ?= 120
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	tests/run.sh $(O) $(TEST_TIMEOUT) $(TESTS)
+	@$(MAKE) --no-print-directory SAN=address,undefined test-run TEST_LIST="$(ASAN_TESTS)"
+	@$(MAKE) --no-print-directory SAN=thread test-run TEST_LIST="$(TSAN_TESTS)"
+
+# Build and run a list of tests in the current configuration.
+test-run:
+	@$(MAKE) --no-print-directory $(DAEMON_BIN) $(addprefix $(O)/tests/,$(TEST_LIST)) $(TOOL_BINS)
+	tests/run.sh $(O) $(TEST_TIMEOUT) $(TEST_LIST)
+
+run: deps all
+	tools/run-demo.sh $(O)
+
+bench: deps all
+	$(O)/ringserve-bench all --json $(O)/bench.json
+
+FUZZ_TARGETS := $(basename $(notdir $(wildcard tests/fuzz/*.c)))
+fuzz: deps
+	@$(MAKE) --no-print-directory CC=clang SAN=fuzzer-no-link,address,undefined O=build-fuzz fuzz-run
+
+fuzz-run: $(LIBINTERNAL) $(LIBRS_A)
+	@mkdir -p $(O)/fuzz
+	@for t in $(FUZZ_TARGETS); do \
+		$(CC) $(RS_CFLAGS) $(RS_LDFLAGS) -fsanitize=fuzzer -o $(O)/fuzz/$$t tests/fuzz/$$t.c $(LIBRS_A) $(LIBINTERNAL) \
+			$(LDLIBS_ENGINE) $(LDLIBS_SYS) || exit 1; \
+		echo "fuzz: $$t (60 s)"; \
+		$(O)/fuzz/$$t -max_total_time=$${FUZZ_SECONDS:-60} -rss_limit_mb=4096 tests/fuzz/corpus/$$t 2>&1 | tail -3 || exit 1; \
+	done
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h' '*.cu')
+
+lint:
+	cppcheck --quiet --enable=warning,performance,portability --inline-suppr \
+		--suppress=missingIncludeSystem -I. --error-exitcode=1 shm daemon client-lib kernels tools
+
+clean:
+	rm -rf build build-*
+
+-include $(shell find $(O)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,85 @@
+/* In-memory description of a Llama-architecture model: its hyper-parameters, its weight
+ * tensors (views into a memory-mapped file or into owned memory) and its tokenizer.
+ *
+ * The loaders (gguf.c, llama2c.c) fill a struct rs_model; the backends (CPU, CUDA) read it.
+ * Matrices are row-major: a linear layer y = W x with W of shape [rows=out][cols=in], the
+ * layout of PyTorch, of llama2.c checkpoints and of GGUF (whose ne[0] is the column count).
+ * Q and K projections are stored in the Meta layout, where RoPE rotates adjacent pairs
+ * (x[2i], x[2i+1]); both GGUF (as llama.cpp writes it) and llama2.c use that layout. */
+#ifndef RS_KERNELS_MODEL_H
+#define RS_KERNELS_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum rs_dtype {
+	RS_DTYPE_F32 = 0,
+	RS_DTYPE_F16 = 1,
+	RS_DTYPE_BF16 = 2,
+};
+
+/* Bytes per element of a dtype. */
+size_t rs_dtype_size(enum rs_dtype dtype);
+
+/* A 1-D (rows == 1) or 2-D row-major tensor. data is never written through. */
+struct rs_tensor {
+	enum rs_dtype dtype;
+	uint64_t rows;
+	uint64_t cols;
+	const void *data;
+};
+
+struct rs_model_config {
+	uint32_t dim;         /* embedding width */
+	uint32_t hidden_dim;  /* SwiGLU inner width */
+	uint32_t n_layers;
+	uint32_t n_heads;     /* query heads */
+	uint32_t n_kv_heads;  /* key/value heads (grouped-query attention); divides n_heads */
+	uint32_t head_dim;    /* dim / n_heads */
+	uint32_t vocab_size;
+	uint32_t max_seq_len; /* context length */
+	uint32_t rope_dim;    /* leading dims of each head that RoPE rotates (== head_dim usually) */
+	float rope_theta;     /* 10000 for Llama 2 */
+	float norm_eps;       /* RMSNorm epsilon */
+};
+
+struct rs_layer_weights {
+	struct rs_tensor attn_norm; /* [dim] */
+	struct rs_tensor wq;        /* [n_heads * head_dim][dim] */
+	struct rs_tensor wk;        /* [n_kv_heads * head_dim][dim] */
+	struct rs_tensor wv;        /* [n_kv_heads * head_dim][dim] */
+	struct rs_tensor wo;        /* [dim][n_heads * head_dim] */
+	struct rs_tensor ffn_norm;  /* [dim] */
+	struct rs_tensor w_gate;    /* [hidden_dim][dim]   (w1 in llama2.c) */
+	struct rs_tensor w_down;    /* [dim][hidden_dim]   (w2) */
+	struct rs_tensor w_up;      /* [hidden_dim][dim]   (w3) */
+};
+
+struct rs_tokenizer;
+
+struct rs_model {
+	struct rs_model_config config;
+	struct rs_tensor token_embedding; /* [vocab_size][dim] */
+	struct rs_layer_weights *layers;  /* n_layers entries */
+	struct rs_tensor final_norm;      /* [dim] */
+	struct rs_tensor output;          /* [vocab_size][dim]; same data as token_embedding when tied */
+	struct rs_tokenizer *tokenizer;   /* may be NULL when the file carries none */
+
+	/* Owned storage, released by rs_model_free. */
+	void *mapping;
+	size_t mapping_size;
+	void *owned;
+};
+
+/* Load a model, choosing the format from the file's magic (GGUF or llama2.c). For a
+ * llama2.c checkpoint, tokenizer_path names its tokenizer.bin (NULL: none, or
+ * "tokenizer.bin" next to the checkpoint when present).
+ * Returns 0, or a negative errno with a message naming what is wrong written to
+ * err (err_size bytes, may be 0). */
+int rs_model_load(const char *path, const char *tokenizer_path, struct rs_model **out,
+		  char *err, size_t err_size);
+
+/* Release a model and everything it owns. NULL is allowed. */
+void rs_model_free(struct rs_model *model);
+
+#endif

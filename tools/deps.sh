@@ -1,0 +1,21 @@
+#!/bin/sh
+# Install the Debian packages that ringserve builds against, when they are missing.
+# As root it runs apt-get; otherwise it prints the exact command and fails.
+set -eu
+pkgs="liburing-dev libnuma-dev libopenblas-dev pkg-config"
+missing=""
+for p in $pkgs; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" -eq 0 ]; then
+	echo "deps: installing$missing"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get install -y -qq $missing >/dev/null 2>&1 || {
+		apt-get update -qq && apt-get install -y -qq $missing
+	}
+else
+	echo "deps: missing packages:$missing" >&2
+	echo "deps: run:  sudo apt-get install -y$missing" >&2
+	exit 1
+fi
