@@ -1,0 +1,434 @@
+/* The CPU backend: fp32 weights, CBLAS GEMMs, a thread pool for attention and sampling.
+ *
+ * A step runs synchronously inside rs_engine_step. Per layer:
+ *   xb = rmsnorm(x); [q|k|v] = xb Wqkv^T (one SGEMM, the three projections fused);
+ *   rope(q, k); store k, v in the paged cache; att = attention(q, cache);
+ *   x += att Wo^T (the residual fused into the SGEMM's beta = 1);
+ *   xb = rmsnorm(x); [g|u] = xb Wgu^T (fused); h = silu(g) u; x += h Wdown^T.
+ * x holds every token of the step, so each weight matrix is read once per step. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cblas.h>
+
+#include "kernels/dtype.h"
+#include "kernels/engine_backend.h"
+#include "kernels/ops.h"
+#include "kernels/thread_pool.h"
+
+struct cpu_layer {
+	float *attn_norm, *ffn_norm; /* [dim] */
+	float *wqkv;                 /* [q_dim + 2 kv_dim][dim] */
+	const float *wo;             /* [dim][q_dim] */
+	float *w_gate_up;            /* [2 hidden][dim] */
+	const float *w_down;         /* [dim][hidden] */
+	float *wo_owned, *w_down_owned;
+};
+
+struct cpu_engine {
+	struct cpu_layer *layers;
+	float *final_norm;
+	const float *output; /* [vocab][dim] */
+	float *output_owned;
+	float *k_cache, *v_cache; /* [layer][block][block_size][kv_dim] */
+	size_t layer_cache_floats;
+
+	/* Scratch for max_batch_tokens tokens. */
+	float *x, *xb, *qkv, *att, *gate_up, *hidden;
+	uint32_t *positions;  /* per token */
+	uint32_t *seq_offset; /* first token of each sequence in the step */
+	float *scores;        /* per worker: max_seq_len */
+	uint8_t *sample_scratch; /* per worker */
+	size_t sample_scratch_size;
+	float *logits; /* [logits_rows][vocab] for sampled rows */
+	uint32_t logits_rows;
+	uint32_t *sample_rows; /* sequence index of each sampled row */
+
+	struct rs_thread_pool *pool;
+	pthread_mutex_t lock; /* serializes steps */
+	int *lane_status;     /* 0 or the negative errno of the lane's last step */
+};
+
+static void set_err(char *err, size_t err_size, const char *fmt, ...)
+{
+	if (!err_size)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(err, err_size, fmt, ap);
+	va_end(ap);
+}
+
+static float *alloc_floats(size_t n)
+{
+	/* 64-byte alignment for the GEMM kernels; the size rounded up as aligned_alloc
+	 * requires. */
+	size_t bytes = (n * sizeof(float) + 63) & ~(size_t)63;
+	return aligned_alloc(64, bytes ? bytes : 64);
+}
+
+/* Copy a tensor's elements as f32 into dst (a row range of a fused matrix). */
+static void to_f32(float *dst, const struct rs_tensor *t)
+{
+	rs_convert_to_f32(dst, t->data, t->dtype, (size_t)(t->rows * t->cols));
+}
+
+/* The tensor itself when it is f32; otherwise a converted copy kept in *owned. */
+static const float *f32_view(const struct rs_tensor *t, float **owned)
+{
+	*owned = NULL;
+	if (t->dtype == RS_DTYPE_F32)
+		return t->data;
+	*owned = alloc_floats((size_t)(t->rows * t->cols));
+	if (*owned)
+		to_f32(*owned, t);
+	return *owned;
+}
+
+static int check_shape(const struct rs_tensor *t, uint64_t rows, uint64_t cols)
+{
+	/* A vector may be stored as [1][n] or [n][1]. */
+	if (!t->data || t->rows * t->cols != rows * cols || rs_dtype_size(t->dtype) == 0)
+		return -EINVAL;
+	return 0;
+}
+
+static void cpu_destroy(struct rs_engine *engine);
+
+static int load_weights(struct rs_engine *e, struct cpu_engine *c, char *err, size_t err_size)
+{
+	const struct rs_model *m = e->model;
+	const struct rs_model_config *cfg = &e->config;
+	size_t dim = cfg->dim, hidden = cfg->hidden_dim;
+	size_t q_dim = (size_t)cfg->n_heads * cfg->head_dim;
+	size_t kv_dim = (size_t)cfg->n_kv_heads * cfg->head_dim;
+
+	if (check_shape(&m->token_embedding, cfg->vocab_size, dim) ||
+	    check_shape(&m->output, cfg->vocab_size, dim) ||
+	    check_shape(&m->final_norm, 1, dim)) {
+		set_err(err, err_size, "model: embedding, output or final norm has a wrong shape");
+		return -EINVAL;
+	}
+	for (uint32_t l = 0; l < cfg->n_layers; l++) {
+		const struct rs_layer_weights *w = &m->layers[l];
+		if (check_shape(&w->attn_norm, 1, dim) || check_shape(&w->ffn_norm, 1, dim) ||
+		    check_shape(&w->wq, q_dim, dim) || check_shape(&w->wk, kv_dim, dim) ||
+		    check_shape(&w->wv, kv_dim, dim) || check_shape(&w->wo, dim, q_dim) ||
+		    check_shape(&w->w_gate, hidden, dim) || check_shape(&w->w_up, hidden, dim) ||
+		    check_shape(&w->w_down, dim, hidden)) {
+			set_err(err, err_size, "model: layer %u has a tensor of the wrong shape", l);
+			return -EINVAL;
+		}
+	}
+
+	c->layers = calloc(cfg->n_layers, sizeof(*c->layers));
+	c->final_norm = alloc_floats(dim);
+	if (!c->layers || !c->final_norm)
+		return -ENOMEM;
+	to_f32(c->final_norm, &m->final_norm);
+	c->output = f32_view(&m->output, &c->output_owned);
+	if (!c->output)
+		return -ENOMEM;
+	for (uint32_t l = 0; l < cfg->n_layers; l++) {
+		const struct rs_layer_weights *w = &m->layers[l];
+		struct cpu_layer *L = &c->layers[l];
+		L->attn_norm = alloc_floats(dim);
+		L->ffn_norm = alloc_floats(dim);
+		L->wqkv = alloc_floats((q_dim + 2 * kv_dim) * dim);
+		L->w_gate_up = alloc_floats(2 * hidden * dim);
+		if (!L->attn_norm || !L->ffn_norm || !L->wqkv || !L->w_gate_up)
+			return -ENOMEM;
+		to_f32(L->attn_norm, &w->attn_norm);
+		to_f32(L->ffn_norm, &w->ffn_norm);
+		to_f32(L->wqkv, &w->wq);
+		to_f32(L->wqkv + q_dim * dim, &w->wk);
+		to_f32(L->wqkv + (q_dim + kv_dim) * dim, &w->wv);
+		to_f32(L->w_gate_up, &w->w_gate);
+		to_f32(L->w_gate_up + hidden * dim, &w->w_up);
+		L->wo = f32_view(&w->wo, &L->wo_owned);
+		L->w_down = f32_view(&w->w_down, &L->w_down_owned);
+		if (!L->wo || !L->w_down)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+static int cpu_create(struct rs_engine *e, char *err, size_t err_size)
+{
+	const struct rs_model_config *cfg = &e->config;
+	const struct rs_engine_options *o = &e->options;
+	struct cpu_engine *c = calloc(1, sizeof(*c));
+	if (!c) {
+		set_err(err, err_size, "out of memory");
+		return -ENOMEM;
+	}
+	e->impl = c;
+	pthread_mutex_init(&c->lock, NULL);
+	int rc = load_weights(e, c, err, err_size);
+	if (rc)
+		goto fail;
+
+	rc = -ENOMEM;
+	size_t T = o->max_batch_tokens, dim = cfg->dim, hidden = cfg->hidden_dim;
+	size_t q_dim = (size_t)cfg->n_heads * cfg->head_dim;
+	size_t kv_dim = (size_t)cfg->n_kv_heads * cfg->head_dim;
+	c->layer_cache_floats = (size_t)o->kv_blocks * o->block_size * kv_dim;
+	c->k_cache = alloc_floats(c->layer_cache_floats * cfg->n_layers);
+	c->v_cache = alloc_floats(c->layer_cache_floats * cfg->n_layers);
+	c->x = alloc_floats(T * dim);
+	c->xb = alloc_floats(T * dim);
+	c->qkv = alloc_floats(T * (q_dim + 2 * kv_dim));
+	c->att = alloc_floats(T * q_dim);
+	c->gate_up = alloc_floats(T * 2 * hidden);
+	c->hidden = alloc_floats(T * hidden);
+	c->positions = calloc(T, sizeof(uint32_t));
+	c->seq_offset = calloc(T + 1, sizeof(uint32_t));
+	c->sample_rows = calloc(T, sizeof(uint32_t));
+	c->lane_status = calloc(o->lanes, sizeof(int));
+	if (!c->k_cache || !c->v_cache || !c->x || !c->xb || !c->qkv || !c->att ||
+	    !c->gate_up || !c->hidden || !c->positions || !c->seq_offset || !c->sample_rows ||
+	    !c->lane_status) {
+		set_err(err, err_size, "out of memory (KV cache: %zu MiB)",
+			2 * c->layer_cache_floats * cfg->n_layers * sizeof(float) >> 20);
+		goto fail;
+	}
+	/* Zeroed so that a read of a never-written slot (a caller bug) stays finite. */
+	memset(c->k_cache, 0, c->layer_cache_floats * cfg->n_layers * sizeof(float));
+	memset(c->v_cache, 0, c->layer_cache_floats * cfg->n_layers * sizeof(float));
+
+	long online = sysconf(_SC_NPROCESSORS_ONLN);
+	uint32_t workers = o->threads > 0 ? (uint32_t)o->threads : online > 0 ? (uint32_t)online : 1;
+	if (o->threads > 0)
+		openblas_set_num_threads(o->threads);
+	rc = rs_thread_pool_create(workers, &c->pool);
+	if (rc) {
+		set_err(err, err_size, "thread pool: %s", strerror(-rc));
+		goto fail;
+	}
+	rc = -ENOMEM;
+	c->scores = alloc_floats((size_t)workers * cfg->max_seq_len);
+	c->sample_scratch_size = (rs_sample_scratch_size(cfg->vocab_size) + 63) & ~(size_t)63;
+	c->sample_scratch = aligned_alloc(64, workers * c->sample_scratch_size);
+	if (!c->scores || !c->sample_scratch) {
+		set_err(err, err_size, "out of memory");
+		goto fail;
+	}
+	return 0;
+fail:
+	if (err_size && !err[0])
+		set_err(err, err_size, "out of memory");
+	cpu_destroy(e);
+	return rc;
+}
+
+static void cpu_destroy(struct rs_engine *e)
+{
+	struct cpu_engine *c = e->impl;
+	if (!c)
+		return;
+	rs_thread_pool_destroy(c->pool);
+	if (c->layers) {
+		for (uint32_t l = 0; l < e->config.n_layers; l++) {
+			struct cpu_layer *L = &c->layers[l];
+			free(L->attn_norm);
+			free(L->ffn_norm);
+			free(L->wqkv);
+			free(L->w_gate_up);
+			free(L->wo_owned);
+			free(L->w_down_owned);
+		}
+	}
+	free(c->layers);
+	free(c->final_norm);
+	free(c->output_owned);
+	free(c->k_cache);
+	free(c->v_cache);
+	free(c->x);
+	free(c->xb);
+	free(c->qkv);
+	free(c->att);
+	free(c->gate_up);
+	free(c->hidden);
+	free(c->positions);
+	free(c->seq_offset);
+	free(c->scores);
+	free(c->sample_scratch);
+	free(c->logits);
+	free(c->sample_rows);
+	free(c->lane_status);
+	pthread_mutex_destroy(&c->lock);
+	free(c);
+	e->impl = NULL;
+}
+
+/* Attention work: one item per (sequence, query head). */
+struct attention_job {
+	const struct rs_engine *e;
+	struct cpu_engine *c;
+	const struct rs_seq_step *seqs;
+	struct rs_kv_layer kv;
+};
+
+static void attention_item(void *ctx, uint32_t item, uint32_t worker)
+{
+	struct attention_job *job = ctx;
+	const struct rs_model_config *cfg = &job->e->config;
+	uint32_t s = item / cfg->n_heads, head = item % cfg->n_heads;
+	const struct rs_seq_step *q = &job->seqs[s];
+	size_t q_dim = (size_t)cfg->n_heads * cfg->head_dim;
+	size_t stride = q_dim + 2 * (size_t)cfg->n_kv_heads * cfg->head_dim;
+	size_t first = job->c->seq_offset[s];
+	rs_op_attention_head(job->c->att + first * q_dim, q_dim, job->c->qkv + first * stride,
+			     stride, &job->kv, q->block_table, q->start_pos, q->n_tokens, head,
+			     cfg->n_heads, job->c->scores + (size_t)worker * cfg->max_seq_len);
+}
+
+/* Sampling work: one item per sampled sequence. */
+struct sample_job {
+	const struct rs_engine *e;
+	struct cpu_engine *c;
+	const struct rs_seq_step *seqs;
+};
+
+static void sample_item(void *ctx, uint32_t row, uint32_t worker)
+{
+	struct sample_job *job = ctx;
+	uint32_t vocab = job->e->config.vocab_size;
+	const struct rs_seq_step *q = &job->seqs[job->c->sample_rows[row]];
+	uint32_t token = rs_sample(job->c->logits + (size_t)row * vocab, vocab, &q->sampling,
+				   (uint64_t)q->start_pos + q->n_tokens,
+				   job->c->sample_scratch + (size_t)worker * job->c->sample_scratch_size);
+	*q->out_token = token;
+}
+
+static void forward_layers(struct rs_engine *e, struct cpu_engine *c,
+			   const struct rs_seq_step *seqs, uint32_t n_seqs, uint32_t T)
+{
+	const struct rs_model_config *cfg = &e->config;
+	uint32_t dim = cfg->dim, hidden = cfg->hidden_dim, hd = cfg->head_dim;
+	uint32_t q_dim = cfg->n_heads * hd, kv_dim = cfg->n_kv_heads * hd;
+	uint32_t stride = q_dim + 2 * kv_dim;
+
+	for (uint32_t s = 0, t = 0; s < n_seqs; s++) {
+		c->seq_offset[s] = t;
+		rs_op_embedding(c->x + (size_t)t * dim, &e->model->token_embedding, seqs[s].tokens,
+				seqs[s].n_tokens);
+		for (uint32_t i = 0; i < seqs[s].n_tokens; i++)
+			c->positions[t++] = seqs[s].start_pos + i;
+	}
+	c->seq_offset[n_seqs] = T;
+
+	for (uint32_t l = 0; l < cfg->n_layers; l++) {
+		const struct cpu_layer *L = &c->layers[l];
+		struct attention_job job = {
+			.e = e,
+			.c = c,
+			.seqs = seqs,
+			.kv = {.k = c->k_cache + l * c->layer_cache_floats,
+			       .v = c->v_cache + l * c->layer_cache_floats,
+			       .block_size = e->options.block_size,
+			       .n_kv_heads = cfg->n_kv_heads,
+			       .head_dim = hd},
+		};
+		rs_op_rmsnorm(c->xb, c->x, L->attn_norm, T, dim, cfg->norm_eps);
+		rs_op_matmul(c->qkv, c->xb, L->wqkv, T, stride, dim, false);
+		for (uint32_t t = 0; t < T; t++) {
+			float *row = c->qkv + (size_t)t * stride;
+			rs_op_rope(row, cfg->n_heads, hd, cfg->rope_dim, c->positions[t],
+				   cfg->rope_theta);
+			rs_op_rope(row + q_dim, cfg->n_kv_heads, hd, cfg->rope_dim, c->positions[t],
+				   cfg->rope_theta);
+		}
+		for (uint32_t s = 0; s < n_seqs; s++) {
+			const float *rows = c->qkv + (size_t)c->seq_offset[s] * stride;
+			rs_op_kv_store(&job.kv, seqs[s].block_table, seqs[s].start_pos,
+				       seqs[s].n_tokens, rows + q_dim, rows + q_dim + kv_dim, stride);
+		}
+		rs_thread_pool_run(c->pool, n_seqs * cfg->n_heads, attention_item, &job);
+		rs_op_matmul(c->x, c->att, L->wo, T, dim, q_dim, true);
+
+		rs_op_rmsnorm(c->xb, c->x, L->ffn_norm, T, dim, cfg->norm_eps);
+		rs_op_matmul(c->gate_up, c->xb, L->w_gate_up, T, 2 * hidden, dim, false);
+		rs_op_swiglu(c->hidden, c->gate_up, c->gate_up + hidden, T, hidden, 2 * (size_t)hidden);
+		rs_op_matmul(c->x, c->hidden, L->w_down, T, dim, hidden, true);
+	}
+}
+
+static int cpu_step(struct rs_engine *e, uint32_t lane, const struct rs_seq_step *seqs,
+		    uint32_t n_seqs, uint32_t T, float *logits)
+{
+	struct cpu_engine *c = e->impl;
+	const struct rs_model_config *cfg = &e->config;
+	uint32_t dim = cfg->dim, vocab = cfg->vocab_size;
+	int rc = 0;
+
+	pthread_mutex_lock(&c->lock);
+	forward_layers(e, c, seqs, n_seqs, T);
+	if (logits) {
+		rs_op_rmsnorm(c->xb, c->x, c->final_norm, T, dim, cfg->norm_eps);
+		rs_op_matmul(logits, c->xb, c->output, T, vocab, dim, false);
+		goto out;
+	}
+	/* Only the last position of each sampled sequence needs logits: gather those rows. */
+	uint32_t rows = 0;
+	for (uint32_t s = 0; s < n_seqs; s++) {
+		if (!seqs[s].sample)
+			continue;
+		uint32_t last = c->seq_offset[s + 1] - 1;
+		memcpy(c->xb + (size_t)rows * dim, c->x + (size_t)last * dim, dim * sizeof(float));
+		c->sample_rows[rows++] = s;
+	}
+	if (!rows)
+		goto out;
+	if (rows > c->logits_rows) {
+		/* Grows to the largest sampled batch seen, then stays. */
+		float *grown = alloc_floats((size_t)rows * vocab);
+		if (!grown) {
+			rc = -ENOMEM;
+			goto out;
+		}
+		free(c->logits);
+		c->logits = grown;
+		c->logits_rows = rows;
+	}
+	rs_op_rmsnorm(c->xb, c->xb, c->final_norm, rows, dim, cfg->norm_eps);
+	rs_op_matmul(c->logits, c->xb, c->output, rows, vocab, dim, false);
+	struct sample_job job = {.e = e, .c = c, .seqs = seqs};
+	rs_thread_pool_run(c->pool, rows, sample_item, &job);
+out:
+	c->lane_status[lane] = rc;
+	pthread_mutex_unlock(&c->lock);
+	return rc;
+}
+
+static int cpu_poll(struct rs_engine *e, uint32_t lane)
+{
+	struct cpu_engine *c = e->impl;
+	pthread_mutex_lock(&c->lock);
+	int rc = c->lane_status[lane];
+	pthread_mutex_unlock(&c->lock);
+	return rc ? rc : 1;
+}
+
+static int cpu_wait(struct rs_engine *e, uint32_t lane)
+{
+	struct cpu_engine *c = e->impl;
+	pthread_mutex_lock(&c->lock);
+	int rc = c->lane_status[lane];
+	pthread_mutex_unlock(&c->lock);
+	return rc;
+}
+
+const struct rs_engine_backend rs_engine_backend_cpu = {
+	.name = "cpu",
+	.create = cpu_create,
+	.destroy = cpu_destroy,
+	.step = cpu_step,
+	.poll = cpu_poll,
+	.wait = cpu_wait,
+};

@@ -1,0 +1,213 @@
+/* The backend-neutral engine: options, validation, dispatch (see engine.h). */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/engine_backend.h"
+#include "kernels/model_random.h"
+
+/* The CUDA backend lands in kernels/cuda/; until then "cuda" answers -ENODEV. When it
+ * does, define RS_HAVE_CUDA_BACKEND (or reference it under RS_HAVE_CUDA) so that its
+ * object is linked in. */
+#ifdef RS_HAVE_CUDA_BACKEND
+extern const struct rs_engine_backend rs_engine_backend_cuda;
+#define CUDA_BACKEND (&rs_engine_backend_cuda)
+#else
+#define CUDA_BACKEND NULL
+#endif
+
+static void set_err(char *err, size_t err_size, const char *fmt, ...)
+{
+	if (!err_size)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(err, err_size, fmt, ap);
+	va_end(ap);
+}
+
+void rs_engine_options_init(struct rs_engine_options *opts)
+{
+	memset(opts, 0, sizeof(*opts));
+	opts->backend = "auto";
+}
+
+/* Fill defaults in; pick the backend. */
+static int resolve(const struct rs_model_config *cfg, struct rs_engine_options *o,
+		   const struct rs_engine_backend **backend, char *err, size_t err_size)
+{
+	if (!o->block_size)
+		o->block_size = 16;
+	if (!o->kv_blocks)
+		o->kv_blocks = 8 * rs_kv_blocks_for(cfg->max_seq_len, o->block_size);
+	if (!o->max_batch_tokens)
+		o->max_batch_tokens = 512;
+	if (!o->lanes)
+		o->lanes = 1;
+	if (o->threads < 0 || o->threads > 1024 || o->lanes > 1024 ||
+	    o->kv_blocks > INT32_MAX || o->block_size > 65536 ||
+	    o->max_batch_tokens > (1u << 24)) {
+		set_err(err, err_size, "engine options out of range");
+		return -EINVAL;
+	}
+	const char *name = o->backend ? o->backend : "auto";
+	if (strcmp(name, "auto") == 0 || strcmp(name, "cpu") == 0) {
+		/* auto: CPU until the CUDA backend exists; then CUDA when a device answers. */
+		*backend = &rs_engine_backend_cpu;
+	} else if (strcmp(name, "cuda") == 0) {
+		*backend = CUDA_BACKEND;
+		if (!*backend) {
+			set_err(err, err_size, "CUDA backend not built");
+			return -ENODEV;
+		}
+	} else {
+		set_err(err, err_size, "unknown engine backend \"%s\" (auto, cpu, cuda)", name);
+		return -EINVAL;
+	}
+	o->backend = (*backend)->name;
+	return 0;
+}
+
+int rs_engine_create(const struct rs_model *model, const struct rs_engine_options *opts,
+		     struct rs_engine **out, char *err, size_t err_size)
+{
+	*out = NULL;
+	set_err(err, err_size, "%s", "");
+	if (!model || rs_model_config_check(&model->config) || !model->layers ||
+	    model->config.head_dim > 1024) {
+		set_err(err, err_size, "invalid model configuration");
+		return -EINVAL;
+	}
+	struct rs_engine_options o;
+	if (opts)
+		o = *opts;
+	else
+		rs_engine_options_init(&o);
+	const struct rs_engine_backend *backend = NULL;
+	int rc = resolve(&model->config, &o, &backend, err, err_size);
+	if (rc)
+		return rc;
+
+	struct rs_engine *engine = calloc(1, sizeof(*engine));
+	if (!engine) {
+		set_err(err, err_size, "out of memory");
+		return -ENOMEM;
+	}
+	engine->model = model;
+	engine->config = model->config;
+	engine->options = o;
+	engine->backend = backend;
+	rc = rs_kv_cache_create(o.kv_blocks, o.block_size, &engine->kv);
+	if (rc) {
+		set_err(err, err_size, "KV allocator: %s", strerror(-rc));
+		free(engine);
+		return rc;
+	}
+	rc = backend->create(engine, err, err_size);
+	if (rc) {
+		rs_kv_cache_destroy(engine->kv);
+		free(engine);
+		return rc;
+	}
+	*out = engine;
+	return 0;
+}
+
+void rs_engine_destroy(struct rs_engine *engine)
+{
+	if (!engine)
+		return;
+	for (uint32_t lane = 0; lane < engine->options.lanes; lane++)
+		engine->backend->wait(engine, lane);
+	engine->backend->destroy(engine);
+	rs_kv_cache_destroy(engine->kv);
+	free(engine);
+}
+
+struct rs_kv_cache *rs_engine_kv(struct rs_engine *engine)
+{
+	return engine->kv;
+}
+
+const struct rs_engine_options *rs_engine_options(const struct rs_engine *engine)
+{
+	return &engine->options;
+}
+
+const struct rs_model_config *rs_engine_config(const struct rs_engine *engine)
+{
+	return &engine->config;
+}
+
+/* Check a whole step before anything runs. Returns the token count or -errno. */
+static int64_t validate(const struct rs_engine *e, const struct rs_seq_step *seqs,
+			uint32_t n_seqs, int sampling)
+{
+	const struct rs_model_config *cfg = &e->config;
+	uint32_t bs = e->options.block_size;
+	uint64_t total = 0;
+	if (!seqs || !n_seqs)
+		return -EINVAL;
+	for (uint32_t s = 0; s < n_seqs; s++) {
+		const struct rs_seq_step *q = &seqs[s];
+		if (!q->tokens || !q->n_tokens || !q->block_table)
+			return -EINVAL;
+		uint64_t end = (uint64_t)q->start_pos + q->n_tokens;
+		if (end > cfg->max_seq_len || (uint64_t)q->n_blocks * bs < end)
+			return -EINVAL;
+		if (sampling && q->sample && !q->out_token)
+			return -EINVAL;
+		for (uint32_t i = 0; i < q->n_tokens; i++)
+			if (q->tokens[i] >= cfg->vocab_size)
+				return -EINVAL;
+		uint32_t used = rs_kv_blocks_for((uint32_t)end, bs);
+		for (uint32_t b = 0; b < used; b++) {
+			uint32_t refs = rs_kv_block_refcount(e->kv, q->block_table[b]);
+			/* Blocks holding new positions must be private: see kv_cache.h. */
+			if (refs == 0 || ((b + 1) * (uint64_t)bs > q->start_pos && refs != 1))
+				return -EINVAL;
+		}
+		total += q->n_tokens;
+	}
+	if (total > e->options.max_batch_tokens)
+		return -E2BIG;
+	return (int64_t)total;
+}
+
+int rs_engine_step(struct rs_engine *engine, uint32_t lane, const struct rs_seq_step *seqs,
+		   uint32_t n_seqs)
+{
+	if (lane >= engine->options.lanes)
+		return -EINVAL;
+	int64_t total = validate(engine, seqs, n_seqs, 1);
+	if (total < 0)
+		return (int)total;
+	return engine->backend->step(engine, lane, seqs, n_seqs, (uint32_t)total, NULL);
+}
+
+int rs_engine_step_poll(struct rs_engine *engine, uint32_t lane)
+{
+	if (lane >= engine->options.lanes)
+		return -EINVAL;
+	return engine->backend->poll(engine, lane);
+}
+
+int rs_engine_step_wait(struct rs_engine *engine, uint32_t lane)
+{
+	if (lane >= engine->options.lanes)
+		return -EINVAL;
+	return engine->backend->wait(engine, lane);
+}
+
+int rs_engine_forward_logits(struct rs_engine *engine, const struct rs_seq_step *seqs,
+			     uint32_t n_seqs, float *logits)
+{
+	if (!logits)
+		return -EINVAL;
+	int64_t total = validate(engine, seqs, n_seqs, 0);
+	if (total < 0)
+		return (int)total;
+	return engine->backend->step(engine, 0, seqs, n_seqs, (uint32_t)total, logits);
+}

@@ -1,0 +1,110 @@
+/* The model engine: a Llama decoder over a paged KV cache, running batched steps.
+ *
+ * One interface, several backends (CPU now; CUDA later), picked at creation, each behind
+ * one static table of operations (engine_backend.h), as Redis puts epoll and kqueue
+ * behind aeApi.
+ *
+ * A step runs one forward pass over a batch that mixes prefill chunks of some sequences
+ * and single decode tokens of others: all tokens of the step are gathered into one
+ * [total_tokens][dim] activation matrix, so each weight matrix is read once per step by
+ * one GEMM. Each sequence brings its block table (owned by the caller, see kv_cache.h):
+ * the step writes the K/V of the sequence's new positions into its blocks, attends over
+ * all positions so far, and, when asked, samples the next token into *out_token.
+ *
+ * Lanes are independent queues of steps (one CUDA stream each on the GPU). On the CPU
+ * backend a step runs synchronously inside rs_engine_step, lanes only keep their status,
+ * and concurrent calls from several threads are serialized.
+ *
+ * Thread safety: the engine may be used from several threads (steps are serialized);
+ * the KV allocator (rs_engine_kv) is not thread-safe and belongs to the scheduler. */
+#ifndef RS_KERNELS_ENGINE_H
+#define RS_KERNELS_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/kv_cache.h"
+#include "kernels/model.h"
+#include "kernels/sampling.h"
+
+struct rs_engine;
+
+struct rs_engine_options {
+	const char *backend;       /* "auto" (or NULL), "cpu", "cuda" */
+	uint32_t kv_blocks;        /* blocks in the KV pool; 0: 8 full contexts */
+	uint32_t block_size;       /* positions per KV block; 0: 16 */
+	uint32_t max_batch_tokens; /* most tokens in one step; 0: 512 */
+	uint32_t lanes;            /* independent step queues; 0: 1 */
+	int threads;               /* CPU threads (attention, sampling, and OpenBLAS, which is
+				    * process-wide); 0: leave OpenBLAS as is, one worker per
+				    * online CPU */
+};
+
+/* One sequence's share of a step. */
+struct rs_seq_step {
+	const uint32_t *tokens;       /* the new tokens: a prefill chunk, or 1 for decode */
+	uint32_t n_tokens;            /* >= 1 */
+	uint32_t start_pos;           /* position of tokens[0]; 0 .. start_pos-1 are cached */
+	const uint32_t *block_table;  /* the sequence's KV blocks, position p in
+				       * block_table[p / block_size] */
+	uint32_t n_blocks;            /* entries in block_table; must cover
+				       * start_pos + n_tokens positions */
+	struct rs_sampling_params sampling;
+	int sample;                   /* sample a token after the last position */
+	uint32_t *out_token;          /* where the sampled id is written (may be shared
+				       * memory; written by the device on CUDA) */
+};
+
+/* Default options: every field zero, backend "auto" (the values above). */
+void rs_engine_options_init(struct rs_engine_options *opts);
+
+/* Create an engine for model (which must outlive the engine: the CPU backend reads F32
+ * weights in place). opts may be NULL (defaults). Weights in F16/BF16 are converted to
+ * the backend's type once, here. Allocates the KV pool and the scratch for
+ * max_batch_tokens tokens.
+ * Returns 0, or a negative errno with a message in err (err_size bytes, may be 0):
+ * -EINVAL (bad config or options, unknown backend), -ENODEV (backend "cuda" when it is
+ * not built: "CUDA backend not built"), -ENOMEM. */
+int rs_engine_create(const struct rs_model *model, const struct rs_engine_options *opts,
+		     struct rs_engine **out, char *err, size_t err_size);
+
+/* Wait for every lane, then release the engine. NULL is allowed. */
+void rs_engine_destroy(struct rs_engine *engine);
+
+/* The engine's KV block allocator (block_size and n_blocks as resolved at creation). */
+struct rs_kv_cache *rs_engine_kv(struct rs_engine *engine);
+
+/* The options as resolved (defaults filled in; backend names the backend chosen). */
+const struct rs_engine_options *rs_engine_options(const struct rs_engine *engine);
+
+/* The model's configuration. */
+const struct rs_model_config *rs_engine_config(const struct rs_engine *engine);
+
+/* Run (or, on asynchronous backends, enqueue) one step on lane over n_seqs sequences.
+ * The step is validated as a whole before anything runs: on error nothing is written.
+ * Every block a sequence writes (those holding positions >= start_pos) must be private
+ * (reference count 1), every block it reads in use; tokens < vocab_size;
+ * start_pos + n_tokens <= max_seq_len; the total token count <= max_batch_tokens.
+ * The tokens and block tables are read before the call returns; out_token is written
+ * when the step completes. One step in flight per lane: a new step on a busy lane
+ * waits for the previous one.
+ * Returns 0, -EINVAL (invalid step or lane), -E2BIG (too many tokens), or the error of
+ * the previous step of that lane. */
+int rs_engine_step(struct rs_engine *engine, uint32_t lane, const struct rs_seq_step *seqs,
+		   uint32_t n_seqs);
+
+/* Returns 1 when the lane's last step is complete (or none was run), 0 while it runs,
+ * or the step's negative errno. Never blocks. */
+int rs_engine_step_poll(struct rs_engine *engine, uint32_t lane);
+
+/* Block until the lane's last step completes. Returns 0 or its negative errno. */
+int rs_engine_step_wait(struct rs_engine *engine, uint32_t lane);
+
+/* Like a step (KV written the same way, same validation), but synchronous, sampling
+ * nothing, and writing the logits of every position of the step into logits:
+ * [total_tokens][vocab_size] floats, sequences in order. For tests and tools.
+ * Returns 0, -EINVAL, -E2BIG. */
+int rs_engine_forward_logits(struct rs_engine *engine, const struct rs_seq_step *seqs,
+			     uint32_t n_seqs, float *logits);
+
+#endif

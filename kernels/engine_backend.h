@@ -1,0 +1,34 @@
+/* Internal: the engine object and the table of operations each backend implements.
+ * Only engine.c and the backends (cpu_backend.c, kernels/cuda/) include this. */
+#ifndef RS_KERNELS_ENGINE_BACKEND_H
+#define RS_KERNELS_ENGINE_BACKEND_H
+
+#include "kernels/engine.h"
+
+struct rs_engine {
+	const struct rs_model *model;
+	struct rs_model_config config;
+	struct rs_engine_options options; /* resolved */
+	struct rs_kv_cache *kv;
+	const struct rs_engine_backend *backend;
+	void *impl; /* the backend's state */
+};
+
+/* A backend. engine.c has validated options and steps before any call. */
+struct rs_engine_backend {
+	const char *name;
+	/* Set up engine->impl (weights, KV storage, scratch). Returns 0 or -errno with a
+	 * message in err. */
+	int (*create)(struct rs_engine *engine, char *err, size_t err_size);
+	void (*destroy)(struct rs_engine *engine);
+	/* Run or enqueue a validated step; with logits != NULL, synchronously compute the
+	 * logits of every position instead of sampling. */
+	int (*step)(struct rs_engine *engine, uint32_t lane, const struct rs_seq_step *seqs,
+		    uint32_t n_seqs, uint32_t n_tokens, float *logits);
+	int (*poll)(struct rs_engine *engine, uint32_t lane);
+	int (*wait)(struct rs_engine *engine, uint32_t lane);
+};
+
+extern const struct rs_engine_backend rs_engine_backend_cpu;
+
+#endif

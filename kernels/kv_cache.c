@@ -1,0 +1,94 @@
+/* Paged KV cache block allocator (see kv_cache.h). */
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "kernels/kv_cache.h"
+
+struct rs_kv_cache {
+	uint32_t n_blocks;
+	uint32_t block_size;
+	uint32_t n_free;
+	uint32_t *free_stack; /* ids of free blocks; the top is reused first (warm memory) */
+	uint32_t *refcount;   /* per block; 0 == free */
+};
+
+int rs_kv_cache_create(uint32_t n_blocks, uint32_t block_size, struct rs_kv_cache **out)
+{
+	*out = NULL;
+	if (!n_blocks || !block_size || n_blocks > INT32_MAX)
+		return -EINVAL;
+	struct rs_kv_cache *kv = calloc(1, sizeof(*kv));
+	if (!kv)
+		return -ENOMEM;
+	kv->free_stack = malloc(sizeof(uint32_t) * n_blocks);
+	kv->refcount = calloc(n_blocks, sizeof(uint32_t));
+	if (!kv->free_stack || !kv->refcount) {
+		rs_kv_cache_destroy(kv);
+		return -ENOMEM;
+	}
+	kv->n_blocks = n_blocks;
+	kv->block_size = block_size;
+	/* Block 0 on top: a fresh cache hands out 0, 1, 2, ... */
+	for (uint32_t i = 0; i < n_blocks; i++)
+		kv->free_stack[i] = n_blocks - 1 - i;
+	kv->n_free = n_blocks;
+	*out = kv;
+	return 0;
+}
+
+void rs_kv_cache_destroy(struct rs_kv_cache *kv)
+{
+	if (!kv)
+		return;
+	free(kv->free_stack);
+	free(kv->refcount);
+	free(kv);
+}
+
+int rs_kv_block_alloc(struct rs_kv_cache *kv)
+{
+	if (!kv->n_free)
+		return -ENOMEM;
+	uint32_t block = kv->free_stack[--kv->n_free];
+	kv->refcount[block] = 1;
+	return (int)block;
+}
+
+int rs_kv_block_ref(struct rs_kv_cache *kv, uint32_t block)
+{
+	if (block >= kv->n_blocks || kv->refcount[block] == 0 ||
+	    kv->refcount[block] == INT32_MAX)
+		return -EINVAL;
+	return (int)++kv->refcount[block];
+}
+
+int rs_kv_block_unref(struct rs_kv_cache *kv, uint32_t block)
+{
+	if (block >= kv->n_blocks || kv->refcount[block] == 0)
+		return -EINVAL;
+	uint32_t left = --kv->refcount[block];
+	if (left == 0)
+		kv->free_stack[kv->n_free++] = block;
+	return (int)left;
+}
+
+uint32_t rs_kv_block_refcount(const struct rs_kv_cache *kv, uint32_t block)
+{
+	return block < kv->n_blocks ? kv->refcount[block] : 0;
+}
+
+uint32_t rs_kv_free_count(const struct rs_kv_cache *kv)
+{
+	return kv->n_free;
+}
+
+uint32_t rs_kv_n_blocks(const struct rs_kv_cache *kv)
+{
+	return kv->n_blocks;
+}
+
+uint32_t rs_kv_block_size(const struct rs_kv_cache *kv)
+{
+	return kv->block_size;
+}

@@ -1,0 +1,131 @@
+/* Seeded random models (see model_random.h). */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/dtype.h"
+#include "kernels/model_random.h"
+
+int rs_model_config_check(const struct rs_model_config *cfg)
+{
+	if (!cfg || !cfg->dim || !cfg->hidden_dim || !cfg->n_layers || !cfg->n_heads ||
+	    !cfg->n_kv_heads || !cfg->head_dim || !cfg->vocab_size || !cfg->max_seq_len)
+		return -EINVAL;
+	if (cfg->n_heads % cfg->n_kv_heads)
+		return -EINVAL;
+	if (cfg->rope_dim > cfg->head_dim || (cfg->rope_dim & 1))
+		return -EINVAL;
+	if (!(cfg->rope_theta > 0.0f) || !(cfg->norm_eps >= 0.0f))
+		return -EINVAL;
+	return 0;
+}
+
+/* splitmix64: tiny, well mixed, and trivially reproducible elsewhere. */
+static uint64_t splitmix64(uint64_t *state)
+{
+	uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+/* Uniform in [-1, 1) from 24 random bits: exact in float, so identical everywhere. */
+static float uniform_pm1(uint64_t *state)
+{
+	return (float)(int32_t)(splitmix64(state) >> 40) * 0x1p-23f - 1.0f;
+}
+
+static void store(void *data, enum rs_dtype dtype, uint64_t i, float value)
+{
+	switch (dtype) {
+	case RS_DTYPE_F32:
+		((float *)data)[i] = value;
+		break;
+	case RS_DTYPE_F16:
+		((uint16_t *)data)[i] = rs_f32_to_f16(value);
+		break;
+	case RS_DTYPE_BF16:
+		((uint16_t *)data)[i] = rs_f32_to_bf16(value);
+		break;
+	}
+}
+
+/* Carves tensors out of one owned buffer, each on a 64-byte boundary. */
+struct arena {
+	uint8_t *base;
+	size_t used;
+	enum rs_dtype dtype;
+	uint64_t rng;
+};
+
+static size_t tensor_bytes(uint64_t rows, uint64_t cols, enum rs_dtype dtype)
+{
+	return ((size_t)(rows * cols * rs_dtype_size(dtype)) + 63) & ~(size_t)63;
+}
+
+/* Fill a [rows][cols] tensor with center + scale * U(-1,1)*sqrt(3) (std == scale). */
+static struct rs_tensor make(struct arena *a, uint64_t rows, uint64_t cols, float center,
+			     float scale)
+{
+	struct rs_tensor t = {.dtype = a->dtype, .rows = rows, .cols = cols};
+	void *data = a->base + a->used;
+	a->used += tensor_bytes(rows, cols, a->dtype);
+	float amplitude = scale * 1.7320508f;
+	for (uint64_t i = 0; i < rows * cols; i++)
+		store(data, a->dtype, i, center + amplitude * uniform_pm1(&a->rng));
+	t.data = data;
+	return t;
+}
+
+int rs_model_random(const struct rs_model_config *cfg, enum rs_dtype dtype, uint64_t seed,
+		    bool tied_output, struct rs_model **out)
+{
+	*out = NULL;
+	if (rs_model_config_check(cfg) || rs_dtype_size(dtype) == 0)
+		return -EINVAL;
+	uint64_t dim = cfg->dim, hidden = cfg->hidden_dim, vocab = cfg->vocab_size;
+	uint64_t q_dim = (uint64_t)cfg->n_heads * cfg->head_dim;
+	uint64_t kv_dim = (uint64_t)cfg->n_kv_heads * cfg->head_dim;
+
+	size_t layer_bytes = 2 * tensor_bytes(1, dim, dtype) +
+			     tensor_bytes(q_dim, dim, dtype) + 2 * tensor_bytes(kv_dim, dim, dtype) +
+			     tensor_bytes(dim, q_dim, dtype) + 2 * tensor_bytes(hidden, dim, dtype) +
+			     tensor_bytes(dim, hidden, dtype);
+	size_t bytes = tensor_bytes(vocab, dim, dtype) * (tied_output ? 1 : 2) +
+		       tensor_bytes(1, dim, dtype) + layer_bytes * cfg->n_layers;
+
+	struct rs_model *model = calloc(1, sizeof(*model));
+	if (!model)
+		return -ENOMEM;
+	model->layers = calloc(cfg->n_layers, sizeof(*model->layers));
+	model->owned = aligned_alloc(64, bytes);
+	if (!model->layers || !model->owned) {
+		free(model->layers);
+		free(model->owned);
+		free(model);
+		return -ENOMEM;
+	}
+	model->config = *cfg;
+
+	struct arena a = {.base = model->owned, .dtype = dtype, .rng = seed};
+	float emb_scale = tied_output ? 1.0f / sqrtf((float)dim) : 1.0f;
+	model->token_embedding = make(&a, vocab, dim, 0.0f, emb_scale);
+	for (uint32_t l = 0; l < cfg->n_layers; l++) {
+		struct rs_layer_weights *w = &model->layers[l];
+		w->attn_norm = make(&a, 1, dim, 1.0f, 0.1f / 1.7320508f);
+		w->wq = make(&a, q_dim, dim, 0.0f, 1.0f / sqrtf((float)dim));
+		w->wk = make(&a, kv_dim, dim, 0.0f, 1.0f / sqrtf((float)dim));
+		w->wv = make(&a, kv_dim, dim, 0.0f, 1.0f / sqrtf((float)dim));
+		w->wo = make(&a, dim, q_dim, 0.0f, 1.0f / sqrtf((float)q_dim));
+		w->ffn_norm = make(&a, 1, dim, 1.0f, 0.1f / 1.7320508f);
+		w->w_gate = make(&a, hidden, dim, 0.0f, 1.0f / sqrtf((float)dim));
+		w->w_down = make(&a, dim, hidden, 0.0f, 1.0f / sqrtf((float)hidden));
+		w->w_up = make(&a, hidden, dim, 0.0f, 1.0f / sqrtf((float)dim));
+	}
+	model->final_norm = make(&a, 1, dim, 1.0f, 0.1f / 1.7320508f);
+	model->output = tied_output ? model->token_embedding
+				    : make(&a, vocab, dim, 0.0f, 1.0f / sqrtf((float)dim));
+	*out = model;
+	return 0;
+}

@@ -1,0 +1,75 @@
+/* CPU operators of the Llama forward pass, fp32, each a plain loop or one CBLAS call.
+ *
+ * These are the CPU backend's kernels and the reference twins of the CUDA kernels
+ * (tests/engine_ops.c checks them against float64 code). Activations are row-major
+ * [rows][width] float matrices; "stride" arguments are the distance, in floats, between
+ * consecutive rows, so that a fused projection ([T][q|k|v]) can be read in place. */
+#ifndef RS_KERNELS_OPS_H
+#define RS_KERNELS_OPS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/model.h"
+
+/* out[i][:] = table[tokens[i]][:] converted to fp32, for i < n_tokens; table is
+ * [vocab][dim] of any dtype. Token ids must be < table->rows (callers validate). */
+void rs_op_embedding(float *out, const struct rs_tensor *table, const uint32_t *tokens,
+		     uint32_t n_tokens);
+
+/* RMSNorm of n_rows rows of width dim: out = x / sqrt(mean(x^2) + eps) * weight.
+ * out may equal x. The mean is accumulated in double (dim can be large). */
+void rs_op_rmsnorm(float *out, const float *x, const float *weight, uint32_t n_rows,
+		   uint32_t dim, float eps);
+
+/* Rotary position embedding of one token at position pos, in place: x holds n_heads
+ * heads of head_dim floats; in each head the adjacent pairs (x[2i], x[2i+1]) with
+ * 2i < rope_dim are rotated by pos * theta^(-2i / rope_dim) (the Meta layout). The
+ * angle and its sine and cosine are computed in double. */
+void rs_op_rope(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t rope_dim,
+		uint32_t pos, float theta);
+
+/* y[m][n] (+)= sum_k x[m][k] * w[n][k]: a linear layer over m rows at once, one SGEMM
+ * (W is row-major [n][k], as stored in the model). With accumulate, y keeps its value and
+ * the product is added (a fused residual connection). */
+void rs_op_matmul(float *y, const float *x, const float *w, uint32_t m, uint32_t n,
+		  uint32_t k, bool accumulate);
+
+/* out[r][i] = silu(gate[r][i]) * up[r][i] for r < n_rows, i < width; gate and up rows
+ * are in_stride floats apart, out rows width floats apart. */
+void rs_op_swiglu(float *out, const float *gate, const float *up, uint32_t n_rows,
+		  uint32_t width, size_t in_stride);
+
+/* In-place softmax of n floats (max-subtracted; n >= 1). */
+void rs_op_softmax(float *x, uint32_t n);
+
+/* One layer of a paged KV cache as the CPU backend stores it: k and v are
+ * [n_blocks][block_size][n_kv_heads * head_dim] floats. */
+struct rs_kv_layer {
+	float *k;
+	float *v;
+	uint32_t block_size;
+	uint32_t n_kv_heads;
+	uint32_t head_dim;
+};
+
+/* Write the keys and values of positions start_pos .. start_pos + n_tokens - 1 into the
+ * blocks of block_table. k and v hold one row of n_kv_heads * head_dim floats per token,
+ * rows stride floats apart. */
+void rs_op_kv_store(const struct rs_kv_layer *kv, const uint32_t *block_table,
+		    uint32_t start_pos, uint32_t n_tokens, const float *k, const float *v,
+		    size_t stride);
+
+/* Causal attention of one query head for a chunk of n_tokens tokens of one sequence at
+ * positions start_pos .., against the keys and values of positions 0 .. start_pos + i
+ * (already stored in the cache, the chunk's own included). Query head h reads kv head
+ * h / (n_heads / n_kv_heads) (grouped-query attention). q rows (all heads, head h at
+ * h * head_dim) are q_stride apart; out rows out_stride apart, head h written at
+ * out + h * head_dim. scores is scratch for start_pos + n_tokens floats. */
+void rs_op_attention_head(float *out, size_t out_stride, const float *q, size_t q_stride,
+			  const struct rs_kv_layer *kv, const uint32_t *block_table,
+			  uint32_t start_pos, uint32_t n_tokens, uint32_t head,
+			  uint32_t n_heads, float *scores);
+
+#endif

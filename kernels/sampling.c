@@ -1,0 +1,109 @@
+/* Sampling (see sampling.h for the procedure every backend follows). */
+#include <math.h>
+#include <stdlib.h>
+
+#include "kernels/sampling.h"
+
+static uint64_t mix64(uint64_t z)
+{
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+double rs_sample_uniform(uint64_t seed, uint64_t position)
+{
+	/* Two rounds so that nearby (seed, position) pairs are unrelated. */
+	uint64_t h = mix64(seed + 0x9e3779b97f4a7c15ull);
+	h = mix64(h ^ (position + 0x9e3779b97f4a7c15ull * 2));
+	return (double)(h >> 11) * 0x1p-53;
+}
+
+uint32_t rs_argmax(const float *x, uint32_t n)
+{
+	uint32_t best = 0;
+	for (uint32_t i = 1; i < n; i++)
+		if (x[i] > x[best])
+			best = i;
+	return best;
+}
+
+size_t rs_sample_scratch_size(uint32_t n)
+{
+	return (size_t)n * (sizeof(uint32_t) + sizeof(double));
+}
+
+/* Descending logit, ascending id: a strict total order, so any sort gives one result. */
+static _Thread_local const float *sort_logits;
+
+static int cmp_desc(const void *a, const void *b)
+{
+	uint32_t ia = *(const uint32_t *)a, ib = *(const uint32_t *)b;
+	float la = sort_logits[ia], lb = sort_logits[ib];
+	if (la != lb)
+		return la > lb ? -1 : 1;
+	return ia < ib ? -1 : (ia > ib);
+}
+
+/* Move the k best candidates (in the cmp_desc order) to idx[0..k), sorted.
+ * Quickselect-free: a bounded insertion into a sorted prefix, O(n k) worst case but
+ * O(n) typically since most logits fall below the current k-th. */
+static void top_k_select(uint32_t *idx, uint32_t n, uint32_t k, const float *logits)
+{
+	uint32_t have = 0;
+	for (uint32_t id = 0; id < n; id++) {
+		if (have == k) {
+			uint32_t last = idx[k - 1];
+			if (!(logits[id] > logits[last] || (logits[id] == logits[last] && id < last)))
+				continue;
+			have--;
+		}
+		uint32_t j = have;
+		while (j > 0 && (logits[idx[j - 1]] < logits[id] ||
+				 (logits[idx[j - 1]] == logits[id] && idx[j - 1] > id))) {
+			idx[j] = idx[j - 1];
+			j--;
+		}
+		idx[j] = id;
+		have++;
+	}
+}
+
+uint32_t rs_sample(const float *logits, uint32_t n, const struct rs_sampling_params *params,
+		   uint64_t position, void *scratch)
+{
+	if (!(params->temperature > 0.0f) || params->top_k == 1 || n == 1)
+		return rs_argmax(logits, n);
+	uint32_t *idx = scratch;
+	double *weight = (double *)((uint8_t *)scratch + (size_t)n * sizeof(uint32_t));
+	uint32_t m = n;
+	if (params->top_k && params->top_k < n) {
+		top_k_select(idx, n, params->top_k, logits);
+		m = params->top_k;
+	} else {
+		for (uint32_t i = 0; i < n; i++)
+			idx[i] = i;
+		sort_logits = logits;
+		qsort(idx, n, sizeof(uint32_t), cmp_desc);
+	}
+	double max = logits[idx[0]], inv_t = 1.0 / params->temperature, total = 0.0;
+	for (uint32_t i = 0; i < m; i++) {
+		weight[i] = exp(((double)logits[idx[i]] - max) * inv_t);
+		total += weight[i];
+	}
+	if (params->top_p > 0.0f && params->top_p < 1.0f) {
+		double need = params->top_p * total, sum = 0.0;
+		uint32_t keep = 0;
+		while (keep < m && sum < need)
+			sum += weight[keep++];
+		m = keep ? keep : 1;
+		total = sum;
+	}
+	double target = rs_sample_uniform(params->seed, position) * total, sum = 0.0;
+	for (uint32_t i = 0; i < m; i++) {
+		sum += weight[i];
+		if (sum > target)
+			return idx[i];
+	}
+	return idx[m - 1]; /* rounding: target == total */
+}
