@@ -88,8 +88,8 @@ const struct rs_model_config *rs_engine_config(const struct rs_engine *engine);
  * The tokens and block tables are read before the call returns; out_token is written
  * when the step completes. One step in flight per lane: a new step on a busy lane
  * waits for the previous one.
- * Returns 0, -EINVAL (invalid step or lane), -E2BIG (too many tokens), or the error of
- * the previous step of that lane. */
+ * Returns 0 (accepted; on the CPU backend, also done), -EINVAL (invalid step or lane),
+ * -E2BIG (too many tokens), -ENOMEM. */
 int rs_engine_step(struct rs_engine *engine, uint32_t lane, const struct rs_seq_step *seqs,
 		   uint32_t n_seqs);
 

@@ -1,0 +1,97 @@
+/* The engine's interface contract: backend choice and its errors, option defaults, and
+ * step validation (every invalid step refused with nothing written). */
+#include <errno.h>
+#include <string.h>
+
+#include "kernels/engine.h"
+#include "kernels/model_random.h"
+#include "tests/engine_test.h"
+
+int main(void)
+{
+	struct rs_model_config cfg = test_config();
+	struct rs_model *model = NULL;
+	if (rs_model_random(&cfg, RS_DTYPE_F16, 3, true, &model))
+		return 1;
+	struct rs_engine_options opts;
+	struct rs_engine *e = NULL;
+	char err[128];
+
+	rs_engine_options_init(&opts);
+	opts.backend = "cuda";
+#ifndef RS_HAVE_CUDA_BACKEND
+	CHECK(rs_engine_create(model, &opts, &e, err, sizeof(err)) == -ENODEV && !e, "cuda");
+	CHECK(strcmp(err, "CUDA backend not built") == 0, "message: %s", err);
+#endif
+	opts.backend = "tpu";
+	CHECK(rs_engine_create(model, &opts, &e, err, sizeof(err)) == -EINVAL && !e, "unknown");
+	CHECK(strstr(err, "tpu") != NULL, "message names the backend: %s", err);
+
+	/* Defaults. */
+	CHECK(rs_engine_create(model, NULL, &e, err, sizeof(err)) == 0, "defaults: %s", err);
+	if (!e) {
+		rs_model_free(model);
+		TEST_END();
+	}
+	const struct rs_engine_options *o = rs_engine_options(e);
+	CHECK(strcmp(o->backend, "cpu") == 0, "auto picks the CPU: %s", o->backend);
+	CHECK(o->block_size == 16 && o->lanes == 1 && o->max_batch_tokens == 512, "defaults");
+	CHECK(o->kv_blocks == 8 * (cfg.max_seq_len / 16), "kv_blocks %u", o->kv_blocks);
+	CHECK(rs_kv_free_count(rs_engine_kv(e)) == o->kv_blocks, "pool size");
+	CHECK(rs_engine_config(e)->dim == cfg.dim, "config");
+	CHECK(rs_engine_step_poll(e, 0) == 1, "idle lane polls done");
+	CHECK(rs_engine_step_poll(e, 1) == -EINVAL, "lane out of range");
+	CHECK(rs_engine_step_wait(e, 0) == 0, "idle lane waits");
+
+	struct rs_kv_cache *kv = rs_engine_kv(e);
+	uint32_t table[2] = {(uint32_t)rs_kv_block_alloc(kv), (uint32_t)rs_kv_block_alloc(kv)};
+	uint32_t tokens[20] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20};
+	uint32_t out = 12345;
+	struct rs_seq_step good = {.tokens = tokens, .n_tokens = 20, .block_table = table,
+				   .n_blocks = 2, .sample = 1, .out_token = &out};
+	struct rs_seq_step bad;
+#define REFUSED(errno_, mutate, why)                                                    \
+	do {                                                                            \
+		bad = good;                                                             \
+		mutate;                                                                 \
+		CHECK(rs_engine_step(e, 0, &bad, 1) == (errno_), why);                  \
+		CHECK(out == 12345, why ": token written");                             \
+	} while (0)
+	REFUSED(-EINVAL, bad.n_tokens = 0, "no tokens");
+	REFUSED(-EINVAL, bad.tokens = NULL, "NULL tokens");
+	REFUSED(-EINVAL, bad.block_table = NULL, "NULL table");
+	REFUSED(-EINVAL, bad.out_token = NULL, "NULL out_token");
+	REFUSED(-EINVAL, bad.n_blocks = 1, "table too short");
+	REFUSED(-EINVAL, tokens[19] = cfg.vocab_size; bad.tokens = tokens, "token out of vocab");
+	tokens[19] = 20;
+	REFUSED(-EINVAL, bad.start_pos = cfg.max_seq_len - 10, "past max_seq_len");
+	uint32_t freed[2] = {table[0], 9999};
+	REFUSED(-EINVAL, bad.block_table = freed, "unknown block");
+	uint32_t unallocated[2] = {table[0], table[1] + 1};
+	REFUSED(-EINVAL, bad.block_table = unallocated, "free block");
+	CHECK(rs_engine_step(e, 1, &good, 1) == -EINVAL, "lane 1");
+	CHECK(rs_engine_step(e, 0, &good, 0) == -EINVAL, "no sequences");
+	struct rs_seq_step many[40];
+	for (int i = 0; i < 40; i++)
+		many[i] = good; /* 800 tokens > 512 */
+	CHECK(rs_engine_step(e, 0, many, 40) == -E2BIG, "too many tokens");
+	CHECK(rs_engine_forward_logits(e, &good, 1, NULL) == -EINVAL, "NULL logits");
+
+	CHECK(rs_engine_step(e, 0, &good, 1) == 0, "valid step");
+	CHECK(out < cfg.vocab_size, "sampled %u", out);
+	CHECK(rs_engine_step_poll(e, 0) == 1 && rs_engine_step_wait(e, 0) == 0, "done");
+	rs_kv_block_unref(kv, table[0]);
+	rs_kv_block_unref(kv, table[1]);
+	rs_engine_destroy(e);
+	rs_engine_destroy(NULL);
+
+	/* Options out of range. */
+	rs_engine_options_init(&opts);
+	opts.threads = -1;
+	CHECK(rs_engine_create(model, &opts, &e, err, sizeof(err)) == -EINVAL, "threads -1");
+	struct rs_model broken = *model;
+	broken.config.n_kv_heads = 3; /* does not divide n_heads */
+	CHECK(rs_engine_create(&broken, NULL, &e, err, sizeof(err)) == -EINVAL, "bad config");
+	rs_model_free(model);
+	TEST_END();
+}
