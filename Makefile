@@ -51,6 +51,7 @@ DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
 KERNELS_SRC := $(wildcard kernels/*.c) $(if $(NVCC),,$(wildcard kernels/cuda/*_stub.c))
 TOOLS := $(notdir $(wildcard tools/ringserve-*))
 TESTS := $(basename $(notdir $(wildcard tests/*.c)))
+HARNESS_SRC := $(wildcard tests/harness/*.c)
 
 obj = $(patsubst %.c,$(O)/obj/%.o,$(patsubst %.cu,$(O)/obj/%.cu.o,$(1)))
 
@@ -116,7 +117,7 @@ $(O)/ringserve-%: $$(call obj,$$(wildcard tools/ringserve-%/*.c)) $(LIBINTERNAL)
 	$(LINK_ALL)
 
 # Each tests/NAME.c is one test program.
-$(O)/tests/%: $(O)/obj/tests/%.o $(LIBINTERNAL) $(LIBRS_A)
+$(O)/tests/%: $(O)/obj/tests/%.o $(call obj,$(HARNESS_SRC)) $(LIBINTERNAL) $(LIBRS_A)
 	@mkdir -p $(dir $@)
 	$(LINK_ALL)
 

@@ -1,0 +1,450 @@
+/* The io_uring side of the daemon: the control socket (accept, handshake, SCM_RIGHTS),
+ * client sockets (EOF means the client is gone), signals, and the doorbell waits the
+ * scheduler core sleeps on. */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "daemon/daemon.h"
+#include "shm/clock.h"
+
+/* IORING_OP_FUTEX_WAIT (Linux 6.7) is newer than the headers we build against. */
+#define RS_IORING_OP_FUTEX_WAIT 51
+#define RS_FUTEX2_SIZE_U32 0x02
+#define RS_FUTEX_BITSET_MATCH_ANY 0xffffffffull
+
+/* user_data of our io_uring operations: kind, client generation, client index. */
+enum op_kind { OP_ACCEPT = 1, OP_CLIENT_RECV, OP_DOORBELL, OP_SIGNAL, OP_CANCEL };
+
+static uint64_t op_data(enum op_kind kind, const struct rs_client *client)
+{
+	uint64_t data = (uint64_t)kind << 56;
+	if (client)
+		data |= ((uint64_t)(client->generation & 0xffffff) << 32) | client->index;
+	return data;
+}
+
+static struct io_uring_sqe *get_sqe(struct rs_daemon *daemon)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&daemon->ring);
+	if (!sqe) {
+		/* The SQ is full of unsubmitted entries: push them to the kernel. */
+		io_uring_submit(&daemon->ring);
+		sqe = io_uring_get_sqe(&daemon->ring);
+	}
+	return sqe;
+}
+
+static int arm_accept(struct rs_daemon *daemon)
+{
+	struct io_uring_sqe *sqe = get_sqe(daemon);
+	if (!sqe)
+		return -EBUSY;
+	io_uring_prep_accept(sqe, daemon->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+	io_uring_sqe_set_data64(sqe, op_data(OP_ACCEPT, NULL));
+	return 0;
+}
+
+static struct signalfd_siginfo signal_info;
+
+static int arm_signal(struct rs_daemon *daemon)
+{
+	struct io_uring_sqe *sqe = get_sqe(daemon);
+	if (!sqe)
+		return -EBUSY;
+	io_uring_prep_read(sqe, daemon->signal_fd, &signal_info, sizeof(signal_info), 0);
+	io_uring_sqe_set_data64(sqe, op_data(OP_SIGNAL, NULL));
+	return 0;
+}
+
+static int arm_client_recv(struct rs_daemon *daemon, struct rs_client *client)
+{
+	struct io_uring_sqe *sqe = get_sqe(daemon);
+	if (!sqe)
+		return -EBUSY;
+	io_uring_prep_recv(sqe, client->fd, client->recv_buf, sizeof(client->recv_buf), 0);
+	io_uring_sqe_set_data64(sqe, op_data(OP_CLIENT_RECV, client));
+	client->pending_io++;
+	return 0;
+}
+
+int rs_control_arm_doorbell(struct rs_daemon *daemon, struct rs_client *client, uint32_t value)
+{
+	struct io_uring_sqe *sqe = get_sqe(daemon);
+	if (!sqe)
+		return -EBUSY;
+	if (daemon->wake_mode == RS_WAKE_FUTEX) {
+		/* What liburing 2.5's io_uring_prep_futex_wait does: a shared (not
+		 * FUTEX2_PRIVATE) 32-bit futex, since the word is in a memfd two processes map. */
+		io_uring_prep_rw(RS_IORING_OP_FUTEX_WAIT, sqe, RS_FUTEX2_SIZE_U32,
+				 &client->shared->daemon_doorbell, 0, value);
+		sqe->addr3 = RS_FUTEX_BITSET_MATCH_ANY;
+	} else {
+		io_uring_prep_read(sqe, client->eventfd, &client->eventfd_value,
+				   sizeof(client->eventfd_value), 0);
+	}
+	io_uring_sqe_set_data64(sqe, op_data(OP_DOORBELL, client));
+	client->pending_io++;
+	client->doorbell_armed = true;
+	return 0;
+}
+
+void rs_control_cancel_doorbell(struct rs_daemon *daemon, struct rs_client *client)
+{
+	if (!client->doorbell_armed)
+		return;
+	struct io_uring_sqe *sqe = get_sqe(daemon);
+	if (!sqe)
+		return;
+	io_uring_prep_cancel64(sqe, op_data(OP_DOORBELL, client), 0);
+	io_uring_sqe_set_data64(sqe, op_data(OP_CANCEL, NULL));
+	io_uring_submit(&daemon->ring);
+}
+
+/* Send the handshake reply, with the descriptors on success. */
+static int send_welcome(int fd, const struct rs_welcome *welcome, const int *fds, int n_fds)
+{
+	struct iovec iov = {.iov_base = (void *)welcome, .iov_len = sizeof(*welcome)};
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(3 * sizeof(int))];
+	} control;
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+	if (n_fds) {
+		memset(&control, 0, sizeof(control));
+		msg.msg_control = control.buf;
+		msg.msg_controllen = CMSG_SPACE((size_t)n_fds * sizeof(int));
+		struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+		cmsg->cmsg_level = SOL_SOCKET;
+		cmsg->cmsg_type = SCM_RIGHTS;
+		cmsg->cmsg_len = CMSG_LEN((size_t)n_fds * sizeof(int));
+		memcpy(CMSG_DATA(cmsg), fds, (size_t)n_fds * sizeof(int));
+	}
+	/* A fresh SEQPACKET connection has an empty send buffer: this does not block. */
+	ssize_t sent = sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+	if (sent < 0)
+		return -errno;
+	return sent == (ssize_t)sizeof(*welcome) ? 0 : -EIO;
+}
+
+static void reject(int fd, int32_t status)
+{
+	struct rs_welcome welcome = {
+		.magic = RS_HELLO_MAGIC, .abi_version = RS_ABI_VERSION, .status = status};
+	send_welcome(fd, &welcome, NULL, 0);
+}
+
+static bool peer_allowed(const struct rs_daemon_config *config, uid_t uid, gid_t gid)
+{
+	for (uint32_t i = 0; i < config->n_allow_uids; i++)
+		if (config->allow_uids[i] == uid)
+			return true;
+	for (uint32_t i = 0; i < config->n_allow_gids; i++)
+		if (config->allow_gids[i] == gid)
+			return true;
+	return false;
+}
+
+static void handle_accept(struct rs_daemon *daemon, int fd)
+{
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+		close(fd);
+		return;
+	}
+	if (!peer_allowed(&daemon->config, cred.uid, cred.gid)) {
+		fprintf(stderr, "ringserved: refused pid %d (uid %u, gid %u): not in the allow-list\n",
+			(int)cred.pid, (unsigned)cred.uid, (unsigned)cred.gid);
+		daemon->stats.clients_rejected++;
+		reject(fd, -EPERM);
+		close(fd);
+		return;
+	}
+	struct rs_client *client = NULL;
+	for (uint32_t i = 0; i < daemon->config.max_clients; i++) {
+		if (daemon->clients[i].state == RS_CLIENT_FREE) {
+			client = &daemon->clients[i];
+			break;
+		}
+	}
+	if (!client || daemon->draining) {
+		daemon->stats.clients_rejected++;
+		reject(fd, client ? -ESHUTDOWN : -EUSERS);
+		close(fd);
+		return;
+	}
+	client->state = RS_CLIENT_HANDSHAKE;
+	client->fd = fd;
+	client->eventfd = -1;
+	client->pid = cred.pid;
+	client->uid = cred.uid;
+	client->gid = cred.gid;
+	client->id = ++daemon->next_client_id;
+	client->pending_io = 0;
+	if (arm_client_recv(daemon, client) < 0)
+		rs_client_disconnect(daemon, client, "out of io_uring entries");
+}
+
+/* The hello arrived: check it, build the segment, send it. */
+static void handle_hello(struct rs_daemon *daemon, struct rs_client *client, int len)
+{
+	struct rs_hello hello;
+	if (len != (int)sizeof(hello)) {
+		reject(client->fd, -EPROTO);
+		rs_client_disconnect(daemon, client, "protocol: bad hello size");
+		return;
+	}
+	memcpy(&hello, client->recv_buf, sizeof(hello));
+	if (hello.magic != RS_HELLO_MAGIC || hello.abi_version != RS_ABI_VERSION || hello.flags) {
+		reject(client->fd, -EPROTO);
+		rs_client_disconnect(daemon, client, "protocol: bad hello (magic, version or flags)");
+		return;
+	}
+	int memfd;
+	int ret = rs_client_setup_segment(daemon, client, &memfd);
+	if (ret) {
+		reject(client->fd, ret);
+		rs_client_disconnect(daemon, client, "cannot create its segment");
+		return;
+	}
+	struct rs_welcome welcome = {
+		.magic = RS_HELLO_MAGIC,
+		.abi_version = RS_ABI_VERSION,
+		.status = 0,
+		.client_id = client->id,
+		.segment_size = client->segment_size,
+		.shared_size = daemon->shared_size,
+	};
+	int fds[3] = {memfd, daemon->shared_fd, client->eventfd};
+	ret = send_welcome(client->fd, &welcome, fds, client->eventfd >= 0 ? 3 : 2);
+	/* The mapping keeps the segment alive; the client has its own descriptor now. */
+	close(memfd);
+	if (ret) {
+		rs_client_disconnect(daemon, client, "cannot send its segment");
+		return;
+	}
+	rs_client_activate(daemon, client);
+	daemon->stats.clients_accepted++;
+	if (daemon->config.verbose)
+		fprintf(stderr, "ringserved: client %u (pid %d, uid %u) connected\n", client->id,
+			(int)client->pid, (unsigned)client->uid);
+	if (arm_client_recv(daemon, client) < 0)
+		rs_client_disconnect(daemon, client, "out of io_uring entries");
+}
+
+static void begin_drain(struct rs_daemon *daemon)
+{
+	if (daemon->draining)
+		return;
+	fprintf(stderr, "ringserved: signal %u: draining (%u requests in flight, grace %.1f s)\n",
+		signal_info.ssi_signo, daemon->pool.in_use, (double)daemon->config.grace_ns / 1e9);
+	daemon->draining = true;
+	daemon->drain_deadline_ns = rs_now_ns() + daemon->config.grace_ns;
+	rs_control_stop_listening(daemon);
+	for (uint32_t i = 0; i < daemon->n_active_clients; i++)
+		/* Relaxed: a hint for rs_submit; the error completion is the authority. */
+		rs_store_relaxed(&daemon->active[i]->shared->daemon_state, RS_DAEMON_DRAINING);
+}
+
+static void handle_cqe(struct rs_daemon *daemon, const struct io_uring_cqe *cqe)
+{
+	uint64_t data = cqe->user_data;
+	enum op_kind kind = (enum op_kind)(data >> 56);
+	struct rs_client *client = NULL;
+	if (kind == OP_CLIENT_RECV || kind == OP_DOORBELL) {
+		uint32_t index = (uint32_t)data;
+		client = &daemon->clients[index];
+		/* Every operation that names a client holds it (pending_io), so the
+		 * generation always matches; the check guards against our own bugs. */
+		if (index >= daemon->config.max_clients ||
+		    (client->generation & 0xffffff) != ((data >> 32) & 0xffffff)) {
+			fprintf(stderr, "ringserved: stale io_uring completion %#llx\n",
+				(unsigned long long)data);
+			return;
+		}
+		client->pending_io--;
+	}
+	switch (kind) {
+	case OP_ACCEPT:
+		if (cqe->res >= 0)
+			handle_accept(daemon, cqe->res);
+		if (daemon->listen_fd >= 0 && !daemon->draining)
+			arm_accept(daemon);
+		break;
+	case OP_CLIENT_RECV:
+		if (client->state == RS_CLIENT_CLOSING)
+			rs_client_maybe_free(daemon, client);
+		else if (cqe->res <= 0)
+			rs_client_disconnect(daemon, client, cqe->res == 0 ? "socket closed" : "socket error");
+		else if (client->state == RS_CLIENT_HANDSHAKE)
+			handle_hello(daemon, client, cqe->res);
+		else if (arm_client_recv(daemon, client) < 0) /* stray bytes: ignore them */
+			rs_client_disconnect(daemon, client, "out of io_uring entries");
+		break;
+	case OP_DOORBELL:
+		client->doorbell_armed = false;
+		if (client->state == RS_CLIENT_CLOSING)
+			rs_client_maybe_free(daemon, client);
+		break;
+	case OP_SIGNAL:
+		if (cqe->res == (int)sizeof(signal_info))
+			begin_drain(daemon);
+		arm_signal(daemon);
+		break;
+	case OP_CANCEL:
+		break;
+	}
+}
+
+int rs_control_poll(struct rs_daemon *daemon)
+{
+	if (io_uring_sq_ready(&daemon->ring))
+		io_uring_submit(&daemon->ring);
+	struct io_uring_cqe *cqes[32];
+	int handled = 0;
+	for (;;) {
+		unsigned n = io_uring_peek_batch_cqe(&daemon->ring, cqes, 32);
+		if (n == 0)
+			break;
+		/* Copy first: handlers may queue SQEs and submit, which is fine, but the CQ
+		 * entries must be released before a long handler runs. */
+		struct io_uring_cqe copies[32];
+		for (unsigned i = 0; i < n; i++)
+			copies[i] = *cqes[i];
+		io_uring_cq_advance(&daemon->ring, n);
+		for (unsigned i = 0; i < n; i++)
+			handle_cqe(daemon, &copies[i]);
+		handled += (int)n;
+	}
+	if (handled && io_uring_sq_ready(&daemon->ring))
+		io_uring_submit(&daemon->ring);
+	return handled;
+}
+
+int rs_control_wait(struct rs_daemon *daemon, uint64_t timeout_ns)
+{
+	struct io_uring_cqe *cqe;
+	struct __kernel_timespec ts = {
+		.tv_sec = (long long)(timeout_ns / 1000000000ull),
+		.tv_nsec = (long long)(timeout_ns % 1000000000ull),
+	};
+	int ret = io_uring_submit_and_wait_timeout(&daemon->ring, &cqe, 1, timeout_ns ? &ts : NULL, NULL);
+	return ret == -ETIME || ret == -EINTR ? 0 : (ret < 0 ? ret : 0);
+}
+
+void rs_control_stop_listening(struct rs_daemon *daemon)
+{
+	if (daemon->listen_fd < 0)
+		return;
+	struct io_uring_sqe *sqe = get_sqe(daemon);
+	if (sqe) {
+		io_uring_prep_cancel64(sqe, op_data(OP_ACCEPT, NULL), 0);
+		io_uring_sqe_set_data64(sqe, op_data(OP_CANCEL, NULL));
+		io_uring_submit(&daemon->ring);
+	}
+	unlink(daemon->config.socket_path);
+	close(daemon->listen_fd);
+	daemon->listen_fd = -1;
+}
+
+/* Bind the control socket, replacing a stale one (a socket file nobody listens on). */
+static int bind_control_socket(struct rs_daemon *daemon)
+{
+	const char *path = daemon->config.socket_path;
+	struct sockaddr_un addr = {.sun_family = AF_UNIX};
+	if (strlen(path) >= sizeof(addr.sun_path)) {
+		fprintf(stderr, "ringserved: socket path too long: %s\n", path);
+		return -ENAMETOOLONG;
+	}
+	strcpy(addr.sun_path, path);
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	int rc = bind(fd, (struct sockaddr *)&addr, sizeof(addr));
+	if (rc < 0 && errno == EADDRINUSE) {
+		int probe = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+		int alive = probe >= 0 && connect(probe, (struct sockaddr *)&addr, sizeof(addr)) == 0;
+		if (probe >= 0)
+			close(probe);
+		if (alive) {
+			fprintf(stderr, "ringserved: another daemon is listening on %s\n", path);
+			close(fd);
+			return -EADDRINUSE;
+		}
+		unlink(path); /* stale: its daemon is gone */
+		rc = bind(fd, (struct sockaddr *)&addr, sizeof(addr));
+	}
+	if (rc < 0) {
+		int ret = -errno;
+		fprintf(stderr, "ringserved: bind %s: %s\n", path, strerror(errno));
+		close(fd);
+		return ret;
+	}
+	if (chmod(path, daemon->config.socket_mode) < 0 || listen(fd, 128) < 0) {
+		int ret = -errno;
+		fprintf(stderr, "ringserved: socket %s: %s\n", path, strerror(errno));
+		unlink(path);
+		close(fd);
+		return ret;
+	}
+	daemon->listen_fd = fd;
+	return 0;
+}
+
+int rs_control_init(struct rs_daemon *daemon)
+{
+	int ret = io_uring_queue_init(256, &daemon->ring, 0);
+	if (ret < 0) {
+		fprintf(stderr, "ringserved: io_uring_queue_init: %s\n", strerror(-ret));
+		return ret;
+	}
+	daemon->ring_ready = true;
+	struct io_uring_probe *probe = io_uring_get_probe_ring(&daemon->ring);
+	daemon->futex_wait_supported =
+		probe && io_uring_opcode_supported(probe, RS_IORING_OP_FUTEX_WAIT);
+	if (probe)
+		io_uring_free_probe(probe);
+	daemon->wake_mode = daemon->futex_wait_supported && !daemon->config.force_eventfd
+				    ? RS_WAKE_FUTEX
+				    : RS_WAKE_EVENTFD;
+
+	ret = bind_control_socket(daemon);
+	if (ret)
+		return ret;
+
+	sigset_t signals;
+	sigemptyset(&signals);
+	sigaddset(&signals, SIGTERM);
+	sigaddset(&signals, SIGINT);
+	daemon->signal_fd = signalfd(-1, &signals, SFD_CLOEXEC);
+	if (daemon->signal_fd < 0)
+		return -errno;
+	if (arm_accept(daemon) || arm_signal(daemon))
+		return -EBUSY;
+	ret = io_uring_submit(&daemon->ring);
+	return ret < 0 ? ret : 0;
+}
+
+void rs_control_destroy(struct rs_daemon *daemon)
+{
+	if (daemon->listen_fd >= 0) {
+		unlink(daemon->config.socket_path);
+		close(daemon->listen_fd);
+		daemon->listen_fd = -1;
+	}
+	if (daemon->signal_fd >= 0)
+		close(daemon->signal_fd);
+	daemon->signal_fd = -1;
+	if (daemon->ring_ready)
+		io_uring_queue_exit(&daemon->ring);
+	daemon->ring_ready = false;
+}

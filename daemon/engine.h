@@ -1,0 +1,67 @@
+/* What the scheduler drives: an engine that runs steps over batches of requests on lanes.
+ *
+ * A step takes the requests of one lane and produces one new token for each: a request
+ * that has not been prefilled gets its prompt prefilled and its first token sampled; the
+ * others decode one token after their last. The engine writes the token to
+ * request->output[request->generated] (the client's shared-memory slot: zero-copy) and
+ * nothing else in the request; the scheduler publishes it when the step is done.
+ *
+ * Engines: the null engine (engine_null.c: deterministic tokens from the prompt, for the
+ * data path and its tests) and the model engine (kernels/, CPU or CUDA backend). */
+#ifndef RS_DAEMON_ENGINE_H
+#define RS_DAEMON_ENGINE_H
+
+#include <stdint.h>
+
+struct rs_request;
+struct rs_serving_engine;
+
+struct rs_serving_engine_ops {
+	/* Start a step on an idle lane. Returns 0 or a negative errno (the scheduler then
+	 * fails the step's requests with that status). */
+	int (*step_start)(struct rs_serving_engine *engine, uint32_t lane,
+			  struct rs_request *const *requests, uint32_t n);
+	/* 1 when the lane's step is done (its tokens are written), 0 while it runs. */
+	int (*step_poll)(struct rs_serving_engine *engine, uint32_t lane);
+	/* CLOCK_MONOTONIC ns when a running step on the lane will be done, if the engine
+	 * knows (the null engine's delay); 0 when unknown. Lets the scheduler sleep. */
+	uint64_t (*step_deadline_ns)(struct rs_serving_engine *engine, uint32_t lane);
+	/* Forget the engine's per-request state (KV blocks): the request finished, was
+	 * cancelled, or its client went away. Not called while the request is in a step. */
+	void (*release)(struct rs_serving_engine *engine, struct rs_request *request);
+	void (*destroy)(struct rs_serving_engine *engine);
+};
+
+struct rs_serving_engine {
+	const struct rs_serving_engine_ops *ops;
+	char name[32];       /* "null", "cpu", "cuda" */
+	char model_name[64];
+	uint32_t lanes;
+	uint32_t max_batch;  /* requests per step at most */
+	uint32_t vocab_size; /* token ids are < vocab_size */
+	uint32_t bos_token;  /* UINT32_MAX: none */
+	uint32_t eos_token;  /* UINT32_MAX: none */
+	uint32_t max_seq_len;
+	const void *vocab;   /* serialized vocabulary for clients, or NULL */
+	uint64_t vocab_bytes;
+	void *impl;
+};
+
+struct rs_null_engine_options {
+	uint32_t vocab_size;
+	uint32_t lanes;
+	uint32_t max_batch;
+	uint64_t token_delay_ns; /* each step takes this long (simulated decode time) */
+};
+
+/* The null engine: token i of a request with prompt p is rs_null_engine_token(p, i). */
+int rs_null_engine_create(const struct rs_null_engine_options *options,
+			  struct rs_serving_engine **engine);
+
+/* The null engine's i-th output token for a prompt, documented in docs/shm-abi.md:
+ * h = FNV-1a-64 over the prompt's token ids (each id XORed in whole, then multiplied by
+ * the FNV prime); token = splitmix64(h + i) mod vocab_size. */
+uint32_t rs_null_engine_token(const uint32_t *prompt, uint32_t prompt_len, uint32_t index,
+			      uint32_t vocab_size);
+
+#endif

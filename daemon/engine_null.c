@@ -1,0 +1,110 @@
+/* The null engine: no model, deterministic tokens derived from the prompt, an optional
+ * per-step delay. It lets the data path be built, tested and measured on its own. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/engine.h"
+#include "daemon/request.h"
+#include "shm/clock.h"
+
+struct null_lane {
+	uint64_t done_at_ns;
+};
+
+struct null_engine {
+	struct rs_serving_engine base;
+	uint64_t token_delay_ns;
+	struct null_lane *lanes;
+};
+
+static uint64_t splitmix64(uint64_t x)
+{
+	x += 0x9e3779b97f4a7c15ull;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+	return x ^ (x >> 31);
+}
+
+uint32_t rs_null_engine_token(const uint32_t *prompt, uint32_t prompt_len, uint32_t index,
+			      uint32_t vocab_size)
+{
+	uint64_t h = 0xcbf29ce484222325ull;
+	for (uint32_t i = 0; i < prompt_len; i++) {
+		h ^= prompt[i];
+		h *= 0x100000001b3ull;
+	}
+	return (uint32_t)(splitmix64(h + index) % vocab_size);
+}
+
+static int null_step_start(struct rs_serving_engine *base, uint32_t lane,
+			   struct rs_request *const *requests, uint32_t n)
+{
+	struct null_engine *engine = (struct null_engine *)base;
+	for (uint32_t i = 0; i < n; i++) {
+		struct rs_request *r = requests[i];
+		r->output[r->generated] =
+			rs_null_engine_token(r->prompt, r->prompt_len, r->generated, base->vocab_size);
+	}
+	engine->lanes[lane].done_at_ns = engine->token_delay_ns ? rs_now_ns() + engine->token_delay_ns : 0;
+	return 0;
+}
+
+static int null_step_poll(struct rs_serving_engine *base, uint32_t lane)
+{
+	struct null_engine *engine = (struct null_engine *)base;
+	uint64_t done_at = engine->lanes[lane].done_at_ns;
+	return done_at == 0 || rs_now_ns() >= done_at;
+}
+
+static uint64_t null_step_deadline(struct rs_serving_engine *base, uint32_t lane)
+{
+	return ((struct null_engine *)base)->lanes[lane].done_at_ns;
+}
+
+static void null_release(struct rs_serving_engine *base, struct rs_request *request)
+{
+}
+
+static void null_destroy(struct rs_serving_engine *base)
+{
+	struct null_engine *engine = (struct null_engine *)base;
+	free(engine->lanes);
+	free(engine);
+}
+
+static const struct rs_serving_engine_ops null_ops = {
+	.step_start = null_step_start,
+	.step_poll = null_step_poll,
+	.step_deadline_ns = null_step_deadline,
+	.release = null_release,
+	.destroy = null_destroy,
+};
+
+int rs_null_engine_create(const struct rs_null_engine_options *options,
+			  struct rs_serving_engine **out)
+{
+	if (options->vocab_size == 0 || options->lanes == 0 || options->max_batch == 0)
+		return -EINVAL;
+	struct null_engine *engine = calloc(1, sizeof(*engine));
+	if (!engine)
+		return -ENOMEM;
+	engine->lanes = calloc(options->lanes, sizeof(*engine->lanes));
+	if (!engine->lanes) {
+		free(engine);
+		return -ENOMEM;
+	}
+	engine->token_delay_ns = options->token_delay_ns;
+	struct rs_serving_engine *base = &engine->base;
+	base->ops = &null_ops;
+	strcpy(base->name, "null");
+	strcpy(base->model_name, "null");
+	base->lanes = options->lanes;
+	base->max_batch = options->max_batch;
+	base->vocab_size = options->vocab_size;
+	base->bos_token = UINT32_MAX;
+	base->eos_token = UINT32_MAX;
+	base->max_seq_len = UINT32_MAX;
+	*out = base;
+	return 0;
+}

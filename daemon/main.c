@@ -1,0 +1,256 @@
+/* ringserved: the ringserve daemon. Options: docs/running.md, or --help. */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "daemon/daemon.h"
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"usage: ringserved [options]\n"
+		"  --socket PATH         control socket (default $XDG_RUNTIME_DIR/ringserve.sock,\n"
+		"                        else /run/ringserve/ringserve.sock)\n"
+		"  --socket-mode OCTAL   permissions of the socket file (default 0660)\n"
+		"  --allow-uid UID[,UID] peers allowed by user id (default: our uid and root)\n"
+		"  --allow-gid GID[,GID] peers allowed by group id\n"
+		"  --cpu N               pin the scheduler core to CPU N, memory on its NUMA node\n"
+		"  --max-clients N       (64)\n"
+		"  --ring-entries N      submission/completion ring entries per client, power of 2 (256)\n"
+		"  --slots N             request slots per client (256)\n"
+		"  --max-inflight N      requests in flight per client (256)\n"
+		"  --max-prompt N        prompt tokens per request (4096)\n"
+		"  --max-output N        output tokens per request (4096)\n"
+		"  --spin-us N           busy-poll this long without work before sleeping (200)\n"
+		"  --grace-ms N          on SIGTERM, let in-flight work finish this long (10000)\n"
+		"  --eventfd             wake the daemon through an eventfd, not IORING_OP_FUTEX_WAIT\n"
+		"  --engine null         the engine (null: deterministic tokens, no model)\n"
+		"  --null-vocab N        null engine vocabulary size (32000)\n"
+		"  --null-delay-us N     null engine: each step takes N us (0)\n"
+		"  --lanes N             engine lanes (1)\n"
+		"  --max-batch N         requests per step (256)\n"
+		"  --ready-fd N          write one byte to descriptor N once listening, then close it\n"
+		"  --verbose\n");
+}
+
+/* Parse an unsigned decimal (or, with base 8, octal) number in [min, max]. */
+static int parse_number(const char *text, int base, unsigned long min, unsigned long max,
+			unsigned long *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long value = strtoul(text, &end, base);
+	if (errno || end == text || *end || value < min || value > max || text[0] == '-')
+		return -EINVAL;
+	*out = value;
+	return 0;
+}
+
+static int parse_id_list(const char *text, unsigned int *ids, uint32_t *count)
+{
+	char *copy = strdup(text), *save = NULL;
+	int ret = 0;
+	for (char *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+		unsigned long id;
+		if (*count >= RS_MAX_ALLOW || parse_number(item, 10, 0, UINT_MAX - 1, &id)) {
+			ret = -EINVAL;
+			break;
+		}
+		ids[(*count)++] = (unsigned int)id;
+	}
+	free(copy);
+	return ret;
+}
+
+static char *default_socket_path(void)
+{
+	static char path[108];
+	const char *runtime = getenv("XDG_RUNTIME_DIR");
+	if (runtime && *runtime) {
+		snprintf(path, sizeof(path), "%s/ringserve.sock", runtime);
+	} else {
+		mkdir("/run/ringserve", 0755);
+		snprintf(path, sizeof(path), "/run/ringserve/ringserve.sock");
+	}
+	return path;
+}
+
+int main(int argc, char **argv)
+{
+	struct rs_daemon_config config;
+	rs_daemon_config_defaults(&config);
+	struct rs_null_engine_options null_options = {
+		.vocab_size = 32000, .lanes = 1, .max_batch = 256, .token_delay_ns = 0};
+	const char *engine_name = "null";
+	int ready_fd = -1;
+
+	enum {
+		OPT_SOCKET = 256, OPT_SOCKET_MODE, OPT_ALLOW_UID, OPT_ALLOW_GID, OPT_CPU,
+		OPT_MAX_CLIENTS, OPT_RING_ENTRIES, OPT_SLOTS, OPT_MAX_INFLIGHT, OPT_MAX_PROMPT,
+		OPT_MAX_OUTPUT, OPT_SPIN_US, OPT_GRACE_MS, OPT_EVENTFD, OPT_ENGINE, OPT_NULL_VOCAB,
+		OPT_NULL_DELAY_US, OPT_LANES, OPT_MAX_BATCH, OPT_VERBOSE, OPT_HELP, OPT_READY_FD,
+	};
+	/* Same order as the enum: options[opt - 256] names an option in messages. */
+	static const struct option options[] = {
+		{"socket", required_argument, 0, OPT_SOCKET},
+		{"socket-mode", required_argument, 0, OPT_SOCKET_MODE},
+		{"allow-uid", required_argument, 0, OPT_ALLOW_UID},
+		{"allow-gid", required_argument, 0, OPT_ALLOW_GID},
+		{"cpu", required_argument, 0, OPT_CPU},
+		{"max-clients", required_argument, 0, OPT_MAX_CLIENTS},
+		{"ring-entries", required_argument, 0, OPT_RING_ENTRIES},
+		{"slots", required_argument, 0, OPT_SLOTS},
+		{"max-inflight", required_argument, 0, OPT_MAX_INFLIGHT},
+		{"max-prompt", required_argument, 0, OPT_MAX_PROMPT},
+		{"max-output", required_argument, 0, OPT_MAX_OUTPUT},
+		{"spin-us", required_argument, 0, OPT_SPIN_US},
+		{"grace-ms", required_argument, 0, OPT_GRACE_MS},
+		{"eventfd", no_argument, 0, OPT_EVENTFD},
+		{"engine", required_argument, 0, OPT_ENGINE},
+		{"null-vocab", required_argument, 0, OPT_NULL_VOCAB},
+		{"null-delay-us", required_argument, 0, OPT_NULL_DELAY_US},
+		{"lanes", required_argument, 0, OPT_LANES},
+		{"max-batch", required_argument, 0, OPT_MAX_BATCH},
+		{"verbose", no_argument, 0, OPT_VERBOSE},
+		{"help", no_argument, 0, OPT_HELP},
+		{"ready-fd", required_argument, 0, OPT_READY_FD},
+		{0, 0, 0, 0},
+	};
+	int opt;
+	unsigned long value = 0;
+	uint32_t n_uids = 0, n_gids = 0;
+	unsigned int uids[RS_MAX_ALLOW], gids[RS_MAX_ALLOW];
+	while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
+		int bad = 0;
+		switch (opt) {
+		case OPT_SOCKET: config.socket_path = optarg; break;
+		case OPT_SOCKET_MODE:
+			bad = parse_number(optarg, 8, 0, 0777, &value);
+			config.socket_mode = (mode_t)value;
+			break;
+		case OPT_ALLOW_UID: bad = parse_id_list(optarg, uids, &n_uids); break;
+		case OPT_ALLOW_GID: bad = parse_id_list(optarg, gids, &n_gids); break;
+		case OPT_CPU:
+			bad = parse_number(optarg, 10, 0, 65535, &value);
+			config.cpu = (int)value;
+			break;
+		case OPT_MAX_CLIENTS:
+			bad = parse_number(optarg, 10, 1, 65536, &value);
+			config.max_clients = (uint32_t)value;
+			break;
+		case OPT_RING_ENTRIES:
+			bad = parse_number(optarg, 10, 1, RS_MAX_RING_ENTRIES, &value) || (value & (value - 1));
+			config.ring_entries = (uint32_t)value;
+			break;
+		case OPT_SLOTS:
+			bad = parse_number(optarg, 10, 1, RS_MAX_SLOTS, &value);
+			config.slots = (uint32_t)value;
+			break;
+		case OPT_MAX_INFLIGHT:
+			bad = parse_number(optarg, 10, 1, RS_MAX_SLOTS, &value);
+			config.max_inflight = (uint32_t)value;
+			break;
+		case OPT_MAX_PROMPT:
+			bad = parse_number(optarg, 10, 1, RS_MAX_SLOT_TOKENS, &value);
+			config.max_prompt_tokens = (uint32_t)value;
+			break;
+		case OPT_MAX_OUTPUT:
+			bad = parse_number(optarg, 10, 1, RS_MAX_SLOT_TOKENS, &value);
+			config.max_output_tokens = (uint32_t)value;
+			break;
+		case OPT_SPIN_US:
+			bad = parse_number(optarg, 10, 0, 10000000, &value);
+			config.spin_ns = value * 1000;
+			break;
+		case OPT_GRACE_MS:
+			bad = parse_number(optarg, 10, 0, 3600000, &value);
+			config.grace_ns = value * 1000000ull;
+			break;
+		case OPT_EVENTFD: config.force_eventfd = true; break;
+		case OPT_ENGINE: engine_name = optarg; break;
+		case OPT_NULL_VOCAB:
+			bad = parse_number(optarg, 10, 1, UINT32_MAX, &value);
+			null_options.vocab_size = (uint32_t)value;
+			break;
+		case OPT_NULL_DELAY_US:
+			bad = parse_number(optarg, 10, 0, 10000000, &value);
+			null_options.token_delay_ns = value * 1000;
+			break;
+		case OPT_LANES:
+			bad = parse_number(optarg, 10, 1, 64, &value);
+			null_options.lanes = (uint32_t)value;
+			break;
+		case OPT_MAX_BATCH:
+			bad = parse_number(optarg, 10, 1, 65536, &value);
+			null_options.max_batch = (uint32_t)value;
+			break;
+		case OPT_VERBOSE: config.verbose = true; break;
+		case OPT_HELP: usage(stdout); return 0;
+		case OPT_READY_FD:
+			bad = parse_number(optarg, 10, 0, INT_MAX, &value);
+			ready_fd = (int)value;
+			break;
+		default: usage(stderr); return 2;
+		}
+		if (bad) {
+			fprintf(stderr, "ringserved: bad value for --%s: %s\n", options[opt - 256].name, optarg);
+			return 2;
+		}
+	}
+	if (optind < argc) {
+		usage(stderr);
+		return 2;
+	}
+	/* Default allow-list: our own user and root. */
+	if (n_uids == 0 && n_gids == 0) {
+		uids[n_uids++] = getuid();
+		if (getuid() != 0)
+			uids[n_uids++] = 0;
+	}
+	for (uint32_t i = 0; i < n_uids; i++)
+		config.allow_uids[config.n_allow_uids++] = uids[i];
+	for (uint32_t i = 0; i < n_gids; i++)
+		config.allow_gids[config.n_allow_gids++] = gids[i];
+	if (!config.socket_path)
+		config.socket_path = default_socket_path();
+
+	/* Signals arrive through a signalfd in io_uring: block them for normal delivery. */
+	sigset_t signals;
+	sigemptyset(&signals);
+	sigaddset(&signals, SIGTERM);
+	sigaddset(&signals, SIGINT);
+	sigprocmask(SIG_BLOCK, &signals, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	struct rs_serving_engine *engine = NULL;
+	int ret;
+	if (strcmp(engine_name, "null") == 0) {
+		ret = rs_null_engine_create(&null_options, &engine);
+	} else {
+		fprintf(stderr, "ringserved: unknown engine '%s'\n", engine_name);
+		return 2;
+	}
+	if (ret) {
+		fprintf(stderr, "ringserved: cannot create the %s engine: %s\n", engine_name, strerror(-ret));
+		return 1;
+	}
+	struct rs_daemon daemon;
+	ret = rs_daemon_init(&daemon, &config, engine);
+	if (ready_fd >= 0) {
+		/* Tell whoever started us that the socket accepts connections (or that we
+		 * failed: EOF without the byte). */
+		if (ret == 0 && write(ready_fd, "1", 1) != 1)
+			ret = -errno;
+		close(ready_fd);
+	}
+	if (ret == 0)
+		ret = rs_daemon_run(&daemon);
+	rs_daemon_destroy(&daemon);
+	return ret ? 1 : 0;
+}

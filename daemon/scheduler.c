@@ -1,0 +1,374 @@
+/* The serving path on the scheduler core: consume submissions (copy, then validate),
+ * admit requests into lanes, run engine steps, publish tokens and completions.
+ *
+ * Admission here is first-come first-served with continuous batching (a lane refills at
+ * every step boundary). */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "daemon/daemon.h"
+#include "shm/futex.h"
+#include "shm/segment.h"
+
+static void mark_notify(struct rs_daemon *daemon, struct rs_client *client)
+{
+	if (client->listed_for_notify)
+		return;
+	client->listed_for_notify = true;
+	client->next_notify = daemon->notify_list;
+	daemon->notify_list = client;
+}
+
+/* Completion entries this client can still be given without overflowing its CQ: the
+ * free entries minus one reserved per in-flight request. Negative errno when the client
+ * corrupted its CQ head. */
+static int64_t cq_credit(struct rs_client *client)
+{
+	int64_t space = rs_ring_producer_space(&client->cq);
+	if (space >= 0 && space <= client->inflight)
+		space = rs_ring_producer_refresh(&client->cq);
+	if (space < 0)
+		return -EPROTO;
+	return space - client->inflight;
+}
+
+/* Post one completion. The caller made sure there is room (cq_credit, or the entry the
+ * request reserved when it was accepted). */
+static void post_cqe(struct rs_daemon *daemon, struct rs_client *client, uint64_t user_data,
+		     uint32_t slot, int32_t status, uint32_t output_len, uint32_t flags,
+		     uint32_t cached_tokens)
+{
+	if (rs_ring_producer_space(&client->cq) <= 0) {
+		/* Only a client that rewrote its CQ head can get here. */
+		rs_client_disconnect(daemon, client, "completion ring head corrupted");
+		return;
+	}
+	struct rs_cqe *cqe = rs_ring_producer_slot(&client->cq, 0);
+	cqe->user_data = user_data;
+	cqe->slot = slot;
+	cqe->status = status;
+	cqe->output_len = output_len;
+	cqe->flags = flags;
+	cqe->cached_tokens = cached_tokens;
+	cqe->reserved = 0;
+	rs_ring_producer_publish(&client->cq, 1);
+	mark_notify(daemon, client);
+}
+
+void rs_scheduler_finish(struct rs_daemon *daemon, struct rs_request *request, int32_t status)
+{
+	struct rs_client *client = request->client;
+	if (request->state == RS_REQUEST_QUEUED)
+		rs_queue_remove(&daemon->waiting, request);
+	daemon->engine->ops->release(daemon->engine, request);
+	if (!request->orphaned) {
+		client->slot_request[request->slot] = NULL;
+		client->inflight--;
+		post_cqe(daemon, client, request->user_data, request->slot, status, request->generated,
+			 request->hit_eos ? RS_CQE_EOS : 0, request->cached_tokens);
+	}
+	if (status == 0)
+		daemon->stats.requests_completed++;
+	else
+		daemon->stats.requests_failed++;
+	client->alive_requests--;
+	rs_request_put(&daemon->pool, request);
+	if (client->state == RS_CLIENT_CLOSING)
+		rs_client_maybe_free(daemon, client);
+}
+
+void rs_scheduler_cancel_client(struct rs_daemon *daemon, struct rs_client *client, int32_t status,
+				bool orphan)
+{
+	/* slot_request goes NULL if a completion we post finds the CQ corrupted and the
+	 * client is disconnected and freed under us. */
+	for (uint32_t slot = 0; slot < client->hdr.slot_count && client->slot_request; slot++) {
+		struct rs_request *request = client->slot_request[slot];
+		if (!request)
+			continue;
+		if (orphan) {
+			/* Nobody will read a completion; the slot map dies with the client. */
+			request->orphaned = true;
+			client->slot_request[slot] = NULL;
+		}
+		if (request->state == RS_REQUEST_QUEUED) {
+			rs_scheduler_finish(daemon, request, status);
+		} else {
+			/* Running: leaves its lane at the next step boundary. */
+			request->cancelled = true;
+			request->cancel_status = status;
+		}
+	}
+}
+
+/* Validate a copied GENERATE submission and queue it. Returns 0, or the negative errno
+ * the client gets in an error completion. */
+static int accept_generate(struct rs_daemon *daemon, struct rs_client *client, const struct rs_sqe *sqe)
+{
+	const struct rs_segment_header *hdr = &client->hdr; /* our copy, not the shared one */
+	const struct rs_serving_engine *engine = daemon->engine;
+
+	if (daemon->draining)
+		return -ESHUTDOWN;
+	if (sqe->slot >= hdr->slot_count)
+		return -EINVAL;
+	if (client->slot_request[sqe->slot])
+		return -EBUSY;
+	if (client->inflight >= hdr->max_inflight)
+		return -EAGAIN;
+	if (sqe->flags & ~RS_SQE_IGNORE_EOS)
+		return -EINVAL;
+	if (sqe->prompt_len == 0 || sqe->max_new_tokens == 0)
+		return -EINVAL;
+	if (sqe->prompt_len > hdr->max_prompt_tokens || sqe->max_new_tokens > hdr->max_output_tokens ||
+	    (uint64_t)sqe->prompt_len + sqe->max_new_tokens > engine->max_seq_len)
+		return -E2BIG;
+	/* isfinite/comparisons reject NaN: a NaN fails every ordered comparison. */
+	if (!isfinite(sqe->temperature) || sqe->temperature < 0.0f || !(sqe->top_p > 0.0f) ||
+	    !(sqe->top_p <= 1.0f))
+		return -EINVAL;
+
+	struct rs_request *request = rs_request_get(&daemon->pool);
+	if (!request)
+		return -ENOMEM;
+	if (rs_request_reserve_prompt(request, sqe->prompt_len)) {
+		rs_request_put(&daemon->pool, request);
+		return -ENOMEM;
+	}
+	/* Copy the prompt out of shared memory first, then check the copy: the client may
+	 * rewrite its slot while we read it, but not our copy. */
+	const uint32_t *shared_prompt = rs_segment_slot_prompt(client->segment, hdr, sqe->slot);
+	memcpy(request->prompt, shared_prompt, (size_t)sqe->prompt_len * sizeof(uint32_t));
+	uint32_t bad = 0;
+	for (uint32_t i = 0; i < sqe->prompt_len; i++)
+		bad |= request->prompt[i] >= engine->vocab_size;
+	if (bad) {
+		rs_request_put(&daemon->pool, request);
+		return -ERANGE;
+	}
+
+	request->client = client;
+	request->state = RS_REQUEST_QUEUED;
+	request->user_data = sqe->user_data;
+	request->slot = sqe->slot;
+	request->flags = sqe->flags;
+	request->prompt_len = sqe->prompt_len;
+	request->max_new_tokens = sqe->max_new_tokens;
+	request->output_len_hint = sqe->output_len_hint;
+	request->top_k = sqe->top_k;
+	request->temperature = sqe->temperature;
+	request->top_p = sqe->top_p;
+	request->seed = sqe->seed;
+	request->output = rs_segment_slot_output(client->segment, hdr, sqe->slot);
+	request->output_count = &rs_segment_slot(client->segment, hdr, sqe->slot)->output_count;
+	request->submit_ns = daemon->now_ns;
+
+	client->slot_request[sqe->slot] = request;
+	client->inflight++;
+	client->alive_requests++;
+	rs_queue_push_back(&daemon->waiting, request);
+	return 0;
+}
+
+static void handle_cancel(struct rs_daemon *daemon, struct rs_client *client, const struct rs_sqe *sqe)
+{
+	if (sqe->slot >= client->hdr.slot_count)
+		return;
+	struct rs_request *request = client->slot_request[sqe->slot];
+	if (!request)
+		return; /* already completed: the cancel raced with the end, nothing to do */
+	if (request->state == RS_REQUEST_QUEUED) {
+		rs_scheduler_finish(daemon, request, -ECANCELED);
+	} else {
+		request->cancelled = true;
+		request->cancel_status = -ECANCELED;
+	}
+}
+
+int rs_scheduler_poll_client(struct rs_daemon *daemon, struct rs_client *client)
+{
+	int64_t ready = rs_ring_consumer_ready(&client->sq);
+	if (ready <= 0) {
+		if (ready < 0)
+			rs_client_disconnect(daemon, client, "submission ring tail out of range");
+		return ready < 0;
+	}
+	uint32_t consumed = 0;
+	int64_t credit = -1; /* computed lazily: most entries need one */
+	while (consumed < ready) {
+		struct rs_sqe sqe;
+		memcpy(&sqe, rs_ring_consumer_slot(&client->sq, consumed), sizeof(sqe));
+		if (sqe.opcode == RS_OP_CANCEL) {
+			handle_cancel(daemon, client, &sqe);
+			consumed++;
+			continue;
+		}
+		if (credit <= 0) {
+			credit = cq_credit(client);
+			if (credit < 0) {
+				rs_client_disconnect(daemon, client, "completion ring head out of range");
+				return 1;
+			}
+			if (credit == 0)
+				break; /* the client must consume completions first */
+		}
+		int status = sqe.opcode == RS_OP_GENERATE ? accept_generate(daemon, client, &sqe)
+			   : sqe.opcode == RS_OP_NOP	 ? 0
+							 : -EINVAL;
+		if (sqe.opcode != RS_OP_GENERATE || status != 0)
+			post_cqe(daemon, client, sqe.user_data,
+				 sqe.slot < client->hdr.slot_count ? sqe.slot : UINT32_MAX, status, 0, 0, 0);
+		credit--;
+		consumed++;
+		if (client->state != RS_CLIENT_ACTIVE)
+			return (int)consumed;
+	}
+	if (consumed)
+		rs_ring_consumer_release(&client->sq, consumed);
+	return (int)consumed;
+}
+
+/* Collect a finished step: publish each request's new token. */
+static void collect_step(struct rs_daemon *daemon, struct rs_lane *lane)
+{
+	uint32_t eos = daemon->engine->eos_token;
+	for (uint32_t i = 0; i < lane->n_step; i++) {
+		struct rs_request *request = lane->step[i];
+		uint32_t token = request->output[request->generated];
+		request->generated++;
+		if (token == eos && !(request->flags & RS_SQE_IGNORE_EOS))
+			request->hit_eos = true;
+		if (request->orphaned)
+			continue;
+		/* R-progress: pairs with A-progress in rs_output (client); the token written
+		 * by the engine before this store is visible to a reader of the count. */
+		rs_store_release(request->output_count, request->generated);
+		mark_notify(daemon, request->client);
+	}
+	lane->n_step = 0;
+	lane->step_in_flight = false;
+}
+
+/* Drop finished and cancelled requests from the lane (its step is not in flight). */
+static void retire_finished(struct rs_daemon *daemon, struct rs_lane *lane)
+{
+	uint32_t kept = 0;
+	for (uint32_t i = 0; i < lane->n_running; i++) {
+		struct rs_request *request = lane->running[i];
+		int32_t status;
+		if (request->cancelled)
+			status = request->cancel_status;
+		else if (request->generated >= request->max_new_tokens || request->hit_eos)
+			status = 0;
+		else {
+			lane->running[kept++] = request;
+			continue;
+		}
+		daemon->running_requests--;
+		rs_scheduler_finish(daemon, request, status);
+	}
+	lane->n_running = kept;
+}
+
+static void admit(struct rs_daemon *daemon, uint32_t lane_index, struct rs_lane *lane)
+{
+	uint32_t max_batch = daemon->engine->max_batch;
+	while (lane->n_running < max_batch) {
+		struct rs_request *request = rs_queue_pop_front(&daemon->waiting);
+		if (!request)
+			break;
+		request->state = RS_REQUEST_RUNNING;
+		request->lane = lane_index;
+		lane->running[lane->n_running++] = request;
+		daemon->running_requests++;
+	}
+}
+
+static int start_step(struct rs_daemon *daemon, uint32_t lane_index, struct rs_lane *lane)
+{
+	memcpy(lane->step, lane->running, lane->n_running * sizeof(*lane->step));
+	lane->n_step = lane->n_running;
+	int ret = daemon->engine->ops->step_start(daemon->engine, lane_index, lane->step, lane->n_step);
+	if (ret < 0) {
+		for (uint32_t i = 0; i < lane->n_step; i++) {
+			lane->step[i]->cancelled = true;
+			lane->step[i]->cancel_status = ret;
+		}
+		lane->n_step = 0;
+		return 1;
+	}
+	lane->step_in_flight = true;
+	return 1;
+}
+
+int rs_scheduler_run_lanes(struct rs_daemon *daemon)
+{
+	struct rs_serving_engine *engine = daemon->engine;
+	int did = 0;
+	for (uint32_t l = 0; l < engine->lanes; l++) {
+		struct rs_lane *lane = &daemon->lanes[l];
+		/* Two passes: a synchronous engine finishes a step inside step_start, and its
+		 * tokens go out in the same iteration. */
+		for (int pass = 0; pass < 2; pass++) {
+			if (lane->step_in_flight) {
+				if (!engine->ops->step_poll(engine, l))
+					break;
+				collect_step(daemon, lane);
+				did++;
+			}
+			retire_finished(daemon, lane);
+			admit(daemon, l, lane);
+			if (lane->n_running == 0)
+				break;
+			did += start_step(daemon, l, lane);
+		}
+	}
+	return did;
+}
+
+void rs_scheduler_notify_clients(struct rs_daemon *daemon)
+{
+	struct rs_client *client = daemon->notify_list;
+	if (!client)
+		return;
+	daemon->notify_list = NULL;
+	/* F-notify: orders our CQ tail and progress stores before the load of
+	 * client_need_wakeup; pairs with the client's fence between its store of the flag
+	 * and its re-check of the rings (client-lib/wait.c). */
+	rs_fence_seq_cst();
+	for (; client; client = client->next_notify) {
+		client->listed_for_notify = false;
+		if (client->state != RS_CLIENT_ACTIVE)
+			continue;
+		/* Relaxed load first: the exchange is a write to the client's line, and most of
+		 * the time the client is spinning, not sleeping. */
+		if (rs_load_relaxed(&client->shared->client_need_wakeup) &&
+		    rs_exchange_acq_rel(&client->shared->client_need_wakeup, 0)) {
+			/* R-bell: pairs with the client's acquire load of the doorbell. */
+			rs_fetch_add_release(&client->shared->client_doorbell, 1);
+			rs_futex_wake(&client->shared->client_doorbell, 1 << 30);
+		}
+	}
+}
+
+uint64_t rs_scheduler_next_deadline(struct rs_daemon *daemon)
+{
+	uint64_t earliest = 0;
+	for (uint32_t l = 0; l < daemon->engine->lanes; l++) {
+		if (!daemon->lanes[l].step_in_flight)
+			continue;
+		uint64_t deadline = daemon->engine->ops->step_deadline_ns(daemon->engine, l);
+		if (deadline == 0)
+			return UINT64_MAX; /* unknown: the caller must keep polling */
+		if (earliest == 0 || deadline < earliest)
+			earliest = deadline;
+	}
+	return earliest;
+}
+
+bool rs_scheduler_busy(const struct rs_daemon *daemon)
+{
+	return daemon->waiting.length > 0 || daemon->running_requests > 0;
+}

@@ -1,0 +1,98 @@
+/* Test harness implementation. */
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "tests/harness/harness.h"
+
+const char *test_build_dir(void)
+{
+	const char *dir = getenv("RS_BUILD_DIR");
+	return dir && *dir ? dir : "build";
+}
+
+void test_daemon_start(struct test_daemon *daemon, const char *const *extra_args)
+{
+	strcpy(daemon->dir, "/tmp/ringserve-test-XXXXXX");
+	CHECK(mkdtemp(daemon->dir), "mkdtemp: %s", strerror(errno));
+	snprintf(daemon->socket_path, sizeof(daemon->socket_path), "%s/sock", daemon->dir);
+	int ready[2];
+	CHECK(pipe(ready) == 0, "pipe: %s", strerror(errno));
+	char binary[512], ready_arg[16];
+	snprintf(binary, sizeof(binary), "%s/ringserved", test_build_dir());
+	snprintf(ready_arg, sizeof(ready_arg), "%d", ready[1]);
+	const char *argv[64] = {binary, "--socket", daemon->socket_path, "--ready-fd", ready_arg};
+	int argc = 5;
+	for (int i = 0; extra_args && extra_args[i] && argc < 62; i++)
+		argv[argc++] = extra_args[i];
+	argv[argc] = NULL;
+	daemon->pid = fork();
+	CHECK(daemon->pid >= 0, "fork: %s", strerror(errno));
+	if (daemon->pid == 0) {
+		close(ready[0]);
+		execv(binary, (char *const *)argv);
+		fprintf(stderr, "exec %s: %s\n", binary, strerror(errno));
+		_exit(127);
+	}
+	close(ready[1]);
+	char byte;
+	ssize_t n;
+	do
+		n = read(ready[0], &byte, 1);
+	while (n < 0 && errno == EINTR);
+	close(ready[0]);
+	CHECK(n == 1, "ringserved did not come up (see its messages above)");
+}
+
+int test_daemon_stop(struct test_daemon *daemon)
+{
+	int status = 0;
+	kill(daemon->pid, SIGTERM);
+	CHECK(waitpid(daemon->pid, &status, 0) == daemon->pid, "waitpid: %s", strerror(errno));
+	rmdir(daemon->dir);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+void test_daemon_kill(struct test_daemon *daemon)
+{
+	kill(daemon->pid, SIGKILL);
+	waitpid(daemon->pid, NULL, 0);
+	unlink(daemon->socket_path);
+	rmdir(daemon->dir);
+}
+
+unsigned test_null_token(const unsigned *prompt, unsigned prompt_len, unsigned index,
+			 unsigned vocab_size)
+{
+	/* FNV-1a, 64-bit, each token id XORed in whole. */
+	uint64_t hash = 14695981039346656037ull;
+	for (unsigned i = 0; i < prompt_len; i++)
+		hash = (hash ^ prompt[i]) * 1099511628211ull;
+	/* splitmix64 of hash + index (Vigna's reference constants). */
+	uint64_t z = hash + index + 0x9E3779B97F4A7C15ull;
+	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+	z ^= z >> 31;
+	return (unsigned)(z % vocab_size);
+}
+
+double test_process_cpu_seconds(pid_t pid)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	FILE *f = fopen(path, "r");
+	CHECK(f, "open %s", path);
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = 0;
+	/* Fields 14 and 15 (utime, stime) follow the ")" that ends the command name. */
+	char *p = strrchr(buf, ')');
+	CHECK(p, "parse %s", path);
+	unsigned long utime = 0, stime = 0;
+	CHECK(sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &utime, &stime) == 2,
+	      "parse %s", path);
+	return (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
+}

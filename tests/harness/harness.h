@@ -1,0 +1,51 @@
+/* Test harness: start and stop a daemon, check conditions, fail loudly.
+ * Exit codes as in liburing: 0 pass, 1 fail, 77 skip. */
+#ifndef RS_TESTS_HARNESS_H
+#define RS_TESTS_HARNESS_H
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/types.h>
+
+#define T_EXIT_PASS 0
+#define T_EXIT_FAIL 1
+#define T_EXIT_SKIP 77
+
+#define CHECK(cond, ...)                                                                   \
+	do {                                                                                   \
+		if (!(cond)) {                                                                     \
+			fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond);       \
+			fprintf(stderr, __VA_ARGS__);                                                  \
+			fprintf(stderr, "\n");                                                         \
+			exit(T_EXIT_FAIL);                                                             \
+		}                                                                                  \
+	} while (0)
+
+struct test_daemon {
+	pid_t pid;
+	char dir[64];
+	char socket_path[128];
+};
+
+/* The build folder holding ringserved and the tools ($RS_BUILD_DIR, default "build"). */
+const char *test_build_dir(void);
+
+/* Start ringserved on a fresh socket with extra arguments (NULL-terminated list), and
+ * return once it accepts connections (it signals through --ready-fd). Exits on failure. */
+void test_daemon_start(struct test_daemon *daemon, const char *const *extra_args);
+
+/* SIGTERM the daemon and wait for it; returns its exit status (or 128 + signal). */
+int test_daemon_stop(struct test_daemon *daemon);
+
+/* SIGKILL the daemon and reap it. */
+void test_daemon_kill(struct test_daemon *daemon);
+
+/* The null engine's token, computed independently of daemon/engine_null.c from the
+ * definition in docs/shm-abi.md. */
+unsigned test_null_token(const unsigned *prompt, unsigned prompt_len, unsigned index,
+			 unsigned vocab_size);
+
+/* CPU time (user + system) of a process in seconds, from /proc/PID/stat. */
+double test_process_cpu_seconds(pid_t pid);
+
+#endif
