@@ -1,22 +1,201 @@
-/* Model loading (format chosen by the file's magic) and release. */
+/* Model loading (format chosen by the file's magic), config checks, and release. */
 #include <errno.h>
+#include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "kernels/errmsg.h"
+#include "kernels/gguf.h"
+#include "kernels/llama2c.h"
+#include "kernels/mapfile.h"
 #include "kernels/model.h"
+#include "kernels/tokenizer.h"
+
+/* Limits well above any Llama-family model, low enough that sizes derived from them fit
+ * in 64 bits with room to spare (the loaders rely on that). */
+#define MAX_DIM (1u << 16)
+#define MAX_HIDDEN (1u << 20)
+#define MAX_LAYERS (1u << 12)
+#define MAX_VOCAB (1u << 22)
+#define MAX_SEQ_LEN (1u << 24)
+
+int rs_model_check_config(const struct rs_model_config *c, char *err, size_t err_size)
+{
+	if (!c->dim || c->dim > MAX_DIM)
+		return rs_errmsg(err, err_size, -EINVAL, "dim %u is out of range (1..%u)", c->dim,
+				 MAX_DIM);
+	if (!c->hidden_dim || c->hidden_dim > MAX_HIDDEN)
+		return rs_errmsg(err, err_size, -EINVAL, "hidden_dim %u is out of range (1..%u)",
+				 c->hidden_dim, MAX_HIDDEN);
+	if (!c->n_layers || c->n_layers > MAX_LAYERS)
+		return rs_errmsg(err, err_size, -EINVAL, "n_layers %u is out of range (1..%u)",
+				 c->n_layers, MAX_LAYERS);
+	if (!c->n_heads || c->n_heads > c->dim || c->dim % c->n_heads ||
+	    c->head_dim != c->dim / c->n_heads)
+		return rs_errmsg(err, err_size, -EINVAL,
+				 "n_heads %u must divide dim %u (head_dim %u must be dim / n_heads)",
+				 c->n_heads, c->dim, c->head_dim);
+	if (!c->n_kv_heads || c->n_kv_heads > c->n_heads || c->n_heads % c->n_kv_heads)
+		return rs_errmsg(err, err_size, -EINVAL, "n_kv_heads %u must divide n_heads %u",
+				 c->n_kv_heads, c->n_heads);
+	if (!c->vocab_size || c->vocab_size > MAX_VOCAB)
+		return rs_errmsg(err, err_size, -EINVAL, "vocab_size %u is out of range (1..%u)",
+				 c->vocab_size, MAX_VOCAB);
+	if (!c->max_seq_len || c->max_seq_len > MAX_SEQ_LEN)
+		return rs_errmsg(err, err_size, -EINVAL, "context length %u is out of range (1..%u)",
+				 c->max_seq_len, MAX_SEQ_LEN);
+	if (!c->rope_dim || c->rope_dim > c->head_dim || (c->rope_dim & 1))
+		return rs_errmsg(err, err_size, -EINVAL,
+				 "rope_dim %u must be even, nonzero and at most head_dim %u",
+				 c->rope_dim, c->head_dim);
+	if (!(c->rope_theta > 0.0f) || c->rope_theta > 1e30f)
+		return rs_errmsg(err, err_size, -EINVAL, "rope_theta %g must be positive and finite",
+				 (double)c->rope_theta);
+	if (!(c->norm_eps >= 0.0f) || c->norm_eps > 1.0f)
+		return rs_errmsg(err, err_size, -EINVAL, "norm_eps %g must be in [0, 1]",
+				 (double)c->norm_eps);
+	return 0;
+}
+
+/* The tokenizer.bin next to a checkpoint, if there is one (NULL otherwise). */
+static char *sibling_tokenizer(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	size_t dir_len = slash ? (size_t)(slash - path) + 1 : 0;
+	char *candidate = malloc(dir_len + sizeof("tokenizer.bin"));
+	if (!candidate)
+		return NULL;
+	memcpy(candidate, path, dir_len);
+	memcpy(candidate + dir_len, "tokenizer.bin", sizeof("tokenizer.bin"));
+	if (access(candidate, R_OK) != 0) {
+		free(candidate);
+		return NULL;
+	}
+	return candidate;
+}
+
+/* Parse a model from bytes: GGUF (with its tokenizer) or llama2.c (without). */
+static int load_bytes(const void *data, size_t size, struct rs_model *model, char *err,
+		      size_t err_size)
+{
+	if (size < 4)
+		return rs_errmsg(err, err_size, -EINVAL,
+				 "%zu bytes: too short to be a GGUF file or a llama2.c checkpoint",
+				 size);
+	if (memcmp(data, "GGUF", 4) == 0) {
+		struct rs_gguf *g;
+		int ret = rs_gguf_parse(data, size, &g, err, err_size);
+		if (ret)
+			return ret;
+		ret = rs_gguf_build_model(g, model, err, err_size);
+		if (!ret) {
+			ret = rs_tokenizer_load_gguf(g, &model->tokenizer, err, err_size);
+			if (ret == -ENOENT)
+				ret = 0; /* a model without a tokenizer still serves token ids */
+		}
+		rs_gguf_free(g);
+		return ret;
+	}
+	if (memcmp(data, "ak42", 4) == 0) {
+		uint32_t version = 0;
+		if (size >= 8)
+			memcpy(&version, (const uint8_t *)data + 4, 4);
+		return rs_errmsg(err, err_size, -EINVAL,
+				 "llama2.c export format version %u (magic \"ak42\") is not "
+				 "supported; export the legacy format (export.py --version 0)",
+				 version);
+	}
+	return rs_llama2c_parse(data, size, model, err, err_size);
+}
+
+/* The tokenizer must not name tokens the model cannot embed. */
+static int check_tokenizer(const struct rs_model *model, char *err, size_t err_size)
+{
+	if (model->tokenizer &&
+	    rs_tokenizer_vocab_size(model->tokenizer) > model->config.vocab_size)
+		return rs_errmsg(err, err_size, -EINVAL,
+				 "the tokenizer has %u tokens, the model only %u",
+				 rs_tokenizer_vocab_size(model->tokenizer), model->config.vocab_size);
+	return 0;
+}
+
+int rs_model_load_memory(const void *data, size_t size, struct rs_model **out, char *err,
+			 size_t err_size)
+{
+	*out = NULL;
+	struct rs_model *model = calloc(1, sizeof(*model));
+	if (!model)
+		return rs_errmsg(err, err_size, -ENOMEM, "out of memory");
+	int ret = load_bytes(data, size, model, err, err_size);
+	if (!ret)
+		ret = check_tokenizer(model, err, err_size);
+	if (ret) {
+		rs_model_free(model);
+		return ret;
+	}
+	*out = model;
+	return 0;
+}
 
 int rs_model_load(const char *path, const char *tokenizer_path, struct rs_model **out,
 		  char *err, size_t err_size)
 {
+	char inner[512] = "";
+	char *sibling = NULL;
+	void *data;
+	size_t size;
+	int ret;
+
 	*out = NULL;
-	return rs_errmsg(err, err_size, -ENOSYS, "%s: model loading is not implemented yet", path);
+	ret = rs_map_file(path, &data, &size, err, err_size);
+	if (ret)
+		return ret;
+	struct rs_model *model = calloc(1, sizeof(*model));
+	if (!model) {
+		rs_unmap_file(data, size);
+		return rs_errmsg(err, err_size, -ENOMEM, "out of memory");
+	}
+	model->mapping = data;
+	model->mapping_size = size;
+	ret = load_bytes(data, size, model, inner, sizeof(inner));
+	if (ret) {
+		rs_errmsg(err, err_size, ret, "%s: %s", path, inner);
+		goto fail;
+	}
+	/* llama2.c checkpoints carry no tokenizer: look next to them unless told. */
+	bool is_gguf = memcmp(data, "GGUF", 4) == 0;
+	if (!tokenizer_path && !is_gguf)
+		tokenizer_path = sibling = sibling_tokenizer(path);
+	if (tokenizer_path) {
+		rs_tokenizer_free(model->tokenizer);
+		model->tokenizer = NULL;
+		ret = rs_tokenizer_load_file(tokenizer_path, is_gguf ? 0 : model->config.vocab_size,
+					     &model->tokenizer, err, err_size);
+		if (ret)
+			goto fail;
+	}
+	ret = check_tokenizer(model, inner, sizeof(inner));
+	if (ret) {
+		rs_errmsg(err, err_size, ret, "%s: %s", path, inner);
+		goto fail;
+	}
+	free(sibling);
+	*out = model;
+	return 0;
+fail:
+	free(sibling);
+	rs_model_free(model);
+	return ret;
 }
 
 void rs_model_free(struct rs_model *model)
 {
 	if (!model)
 		return;
+	rs_tokenizer_free(model->tokenizer);
 	if (model->mapping)
 		munmap(model->mapping, model->mapping_size);
 	free(model->owned);

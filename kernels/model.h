@@ -82,4 +82,16 @@ int rs_model_load(const char *path, const char *tokenizer_path, struct rs_model 
 /* Release a model and everything it owns. NULL is allowed. */
 void rs_model_free(struct rs_model *model);
 
+/* Load a model from bytes already in memory (GGUF or llama2.c, by magic), with the tokenizer
+ * a GGUF file carries (a llama2.c checkpoint gets none). Tensors point into data, which
+ * must stay valid and unchanged while the model lives; the model does not own it.
+ * Returns 0, or a negative errno with a message in err, as rs_model_load. */
+int rs_model_load_memory(const void *data, size_t size, struct rs_model **out, char *err,
+			 size_t err_size);
+
+/* Check a config for what the loaders and engines rely on (nonzero sizes, head counts that
+ * divide, even rope_dim <= head_dim, sane limits), naming the first problem in err.
+ * Returns 0 or -EINVAL. */
+int rs_model_check_config(const struct rs_model_config *cfg, char *err, size_t err_size);
+
 #endif

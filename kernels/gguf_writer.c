@@ -1,0 +1,465 @@
+/* GGUF writer: collects key/values (serialized at once) and tensor references, then writes
+ * header, metadata, tensor infos and aligned data in one pass. Also writes a whole model. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/errmsg.h"
+#include "kernels/gguf.h"
+#include "kernels/tokenizer.h"
+
+struct writer_kv {
+	char *key;
+	uint32_t type;
+	uint8_t *payload; /* the value's bytes as they appear in the file */
+	size_t payload_len;
+};
+
+struct writer_tensor {
+	char name[RS_GGUF_MAX_NAME];
+	uint32_t n_dims;
+	uint64_t ne[RS_GGUF_MAX_DIMS];
+	uint32_t type;
+	const void *data;
+	uint64_t nbytes;
+	uint64_t offset;
+};
+
+struct rs_gguf_writer {
+	struct writer_kv *kvs;
+	size_t n_kv, cap_kv;
+	struct writer_tensor *tensors;
+	size_t n_tensors, cap_tensors;
+	uint32_t alignment;
+};
+
+int rs_gguf_writer_create(struct rs_gguf_writer **out)
+{
+	*out = calloc(1, sizeof(**out));
+	if (!*out)
+		return -ENOMEM;
+	(*out)->alignment = RS_GGUF_DEFAULT_ALIGNMENT;
+	return 0;
+}
+
+void rs_gguf_writer_free(struct rs_gguf_writer *w)
+{
+	if (!w)
+		return;
+	for (size_t i = 0; i < w->n_kv; i++) {
+		free(w->kvs[i].key);
+		free(w->kvs[i].payload);
+	}
+	free(w->kvs);
+	free(w->tensors);
+	free(w);
+}
+
+/* Add (or replace) key with an already serialized value; takes ownership of payload. */
+static int set_kv(struct rs_gguf_writer *w, const char *key, uint32_t type, uint8_t *payload,
+		  size_t payload_len)
+{
+	size_t key_len = key ? strlen(key) : 0;
+	if (key_len == 0 || key_len > RS_GGUF_MAX_KEY) {
+		free(payload);
+		return -EINVAL;
+	}
+	for (size_t i = 0; i < w->n_kv; i++) {
+		if (strcmp(w->kvs[i].key, key) == 0) {
+			free(w->kvs[i].payload);
+			w->kvs[i].type = type;
+			w->kvs[i].payload = payload;
+			w->kvs[i].payload_len = payload_len;
+			return 0;
+		}
+	}
+	if (w->n_kv == w->cap_kv) {
+		size_t cap = w->cap_kv ? 2 * w->cap_kv : 16;
+		struct writer_kv *kvs = realloc(w->kvs, cap * sizeof(*kvs));
+		if (!kvs) {
+			free(payload);
+			return -ENOMEM;
+		}
+		w->kvs = kvs;
+		w->cap_kv = cap;
+	}
+	char *copy = strdup(key);
+	if (!copy) {
+		free(payload);
+		return -ENOMEM;
+	}
+	w->kvs[w->n_kv++] = (struct writer_kv){ .key = copy,
+						.type = type,
+						.payload = payload,
+						.payload_len = payload_len };
+	return 0;
+}
+
+static int set_scalar(struct rs_gguf_writer *w, const char *key, uint32_t type, const void *v,
+		      size_t n)
+{
+	uint8_t *payload = malloc(n);
+	if (!payload)
+		return -ENOMEM;
+	memcpy(payload, v, n);
+	return set_kv(w, key, type, payload, n);
+}
+
+int rs_gguf_writer_set_u32(struct rs_gguf_writer *w, const char *key, uint32_t value)
+{
+	return set_scalar(w, key, RS_GGUF_TYPE_UINT32, &value, 4);
+}
+
+int rs_gguf_writer_set_i32(struct rs_gguf_writer *w, const char *key, int32_t value)
+{
+	return set_scalar(w, key, RS_GGUF_TYPE_INT32, &value, 4);
+}
+
+int rs_gguf_writer_set_u64(struct rs_gguf_writer *w, const char *key, uint64_t value)
+{
+	return set_scalar(w, key, RS_GGUF_TYPE_UINT64, &value, 8);
+}
+
+int rs_gguf_writer_set_f32(struct rs_gguf_writer *w, const char *key, float value)
+{
+	return set_scalar(w, key, RS_GGUF_TYPE_FLOAT32, &value, 4);
+}
+
+int rs_gguf_writer_set_bool(struct rs_gguf_writer *w, const char *key, bool value)
+{
+	uint8_t b = value;
+	return set_scalar(w, key, RS_GGUF_TYPE_BOOL, &b, 1);
+}
+
+int rs_gguf_writer_set_string(struct rs_gguf_writer *w, const char *key, const char *value)
+{
+	uint64_t len = strlen(value);
+	uint8_t *payload = malloc(8 + len);
+	if (!payload)
+		return -ENOMEM;
+	memcpy(payload, &len, 8);
+	memcpy(payload + 8, value, len);
+	return set_kv(w, key, RS_GGUF_TYPE_STRING, payload, 8 + len);
+}
+
+static size_t scalar_size(uint32_t type)
+{
+	switch (type) {
+	case RS_GGUF_TYPE_UINT8:
+	case RS_GGUF_TYPE_INT8:
+	case RS_GGUF_TYPE_BOOL:
+		return 1;
+	case RS_GGUF_TYPE_UINT16:
+	case RS_GGUF_TYPE_INT16:
+		return 2;
+	case RS_GGUF_TYPE_UINT32:
+	case RS_GGUF_TYPE_INT32:
+	case RS_GGUF_TYPE_FLOAT32:
+		return 4;
+	case RS_GGUF_TYPE_UINT64:
+	case RS_GGUF_TYPE_INT64:
+	case RS_GGUF_TYPE_FLOAT64:
+		return 8;
+	}
+	return 0;
+}
+
+int rs_gguf_writer_set_value(struct rs_gguf_writer *w, const char *key, uint32_t type,
+			     const void *value)
+{
+	size_t size = scalar_size(type);
+	if (!size)
+		return -EINVAL;
+	return set_scalar(w, key, type, value, size);
+}
+
+int rs_gguf_writer_set_array(struct rs_gguf_writer *w, const char *key, uint32_t elem_type,
+			     const void *values, uint64_t n)
+{
+	size_t esize = scalar_size(elem_type);
+	if (!esize || n > (SIZE_MAX - 12) / esize)
+		return -EINVAL;
+	uint8_t *payload = malloc(12 + n * esize);
+	if (!payload)
+		return -ENOMEM;
+	memcpy(payload, &elem_type, 4);
+	memcpy(payload + 4, &n, 8);
+	if (n)
+		memcpy(payload + 12, values, n * esize);
+	return set_kv(w, key, RS_GGUF_TYPE_ARRAY, payload, 12 + n * esize);
+}
+
+int rs_gguf_writer_set_string_array(struct rs_gguf_writer *w, const char *key,
+				    const char *const *strings, const uint32_t *lens, uint64_t n)
+{
+	size_t total = 12;
+	for (uint64_t i = 0; i < n; i++)
+		total += 8 + (lens ? lens[i] : strlen(strings[i]));
+	uint8_t *payload = malloc(total), *p = payload;
+	if (!payload)
+		return -ENOMEM;
+	uint32_t elem_type = RS_GGUF_TYPE_STRING;
+	memcpy(p, &elem_type, 4);
+	memcpy(p + 4, &n, 8);
+	p += 12;
+	for (uint64_t i = 0; i < n; i++) {
+		uint64_t len = lens ? lens[i] : strlen(strings[i]);
+		memcpy(p, &len, 8);
+		memcpy(p + 8, strings[i], len);
+		p += 8 + len;
+	}
+	return set_kv(w, key, RS_GGUF_TYPE_ARRAY, payload, total);
+}
+
+int rs_gguf_writer_set_alignment(struct rs_gguf_writer *w, uint32_t alignment)
+{
+	if (alignment == 0 || (alignment & (alignment - 1)) || alignment > (1u << 30))
+		return -EINVAL;
+	w->alignment = alignment;
+	return rs_gguf_writer_set_u32(w, "general.alignment", alignment);
+}
+
+int rs_gguf_writer_add_tensor(struct rs_gguf_writer *w, const char *name, uint32_t type,
+			      const uint64_t *ne, uint32_t n_dims, const void *data)
+{
+	size_t name_len = strlen(name);
+	size_t esize = type == RS_GGUF_TENSOR_F32 ? 4 :
+		       (type == RS_GGUF_TENSOR_F16 || type == RS_GGUF_TENSOR_BF16) ? 2 : 0;
+	if (name_len == 0 || name_len >= RS_GGUF_MAX_NAME || !esize || n_dims == 0 ||
+	    n_dims > RS_GGUF_MAX_DIMS)
+		return -EINVAL;
+	uint64_t nbytes = esize;
+	for (uint32_t d = 0; d < n_dims; d++)
+		if (ne[d] == 0 || __builtin_mul_overflow(nbytes, ne[d], &nbytes))
+			return -EINVAL;
+	for (size_t i = 0; i < w->n_tensors; i++)
+		if (strcmp(w->tensors[i].name, name) == 0)
+			return -EINVAL;
+	if (w->n_tensors == w->cap_tensors) {
+		size_t cap = w->cap_tensors ? 2 * w->cap_tensors : 32;
+		struct writer_tensor *t = realloc(w->tensors, cap * sizeof(*t));
+		if (!t)
+			return -ENOMEM;
+		w->tensors = t;
+		w->cap_tensors = cap;
+	}
+	struct writer_tensor *t = &w->tensors[w->n_tensors++];
+	memset(t, 0, sizeof(*t));
+	memcpy(t->name, name, name_len + 1);
+	t->n_dims = n_dims;
+	for (uint32_t d = 0; d < n_dims; d++)
+		t->ne[d] = ne[d];
+	t->type = type;
+	t->data = data;
+	t->nbytes = nbytes;
+	return 0;
+}
+
+static int put(FILE *f, const void *p, size_t n)
+{
+	return n == 0 || fwrite(p, 1, n, f) == n ? 0 : -EIO;
+}
+
+static int pad(FILE *f, uint64_t pos, uint32_t alignment)
+{
+	static const uint8_t zeros[64];
+	uint64_t n = (alignment - pos % alignment) % alignment;
+	for (; n > 0; n -= n < 64 ? n : 64)
+		if (put(f, zeros, n < 64 ? n : 64))
+			return -EIO;
+	return 0;
+}
+
+int rs_gguf_writer_write(struct rs_gguf_writer *w, const char *path)
+{
+	FILE *f = fopen(path, "wb");
+	if (!f)
+		return -errno;
+	uint32_t magic = RS_GGUF_MAGIC, version = RS_GGUF_VERSION;
+	uint64_t n_tensors = w->n_tensors, n_kv = w->n_kv, pos = 24;
+	int ret = put(f, &magic, 4);
+	ret = ret ?: put(f, &version, 4);
+	ret = ret ?: put(f, &n_tensors, 8);
+	ret = ret ?: put(f, &n_kv, 8);
+	for (size_t i = 0; i < w->n_kv && !ret; i++) {
+		uint64_t len = strlen(w->kvs[i].key);
+		ret = put(f, &len, 8);
+		ret = ret ?: put(f, w->kvs[i].key, len);
+		ret = ret ?: put(f, &w->kvs[i].type, 4);
+		ret = ret ?: put(f, w->kvs[i].payload, w->kvs[i].payload_len);
+		pos += 12 + len + w->kvs[i].payload_len;
+	}
+	uint64_t offset = 0;
+	for (size_t i = 0; i < w->n_tensors && !ret; i++) {
+		struct writer_tensor *t = &w->tensors[i];
+		uint64_t len = strlen(t->name);
+		t->offset = offset;
+		offset += t->nbytes + (w->alignment - t->nbytes % w->alignment) % w->alignment;
+		ret = put(f, &len, 8);
+		ret = ret ?: put(f, t->name, len);
+		ret = ret ?: put(f, &t->n_dims, 4);
+		ret = ret ?: put(f, t->ne, 8 * (size_t)t->n_dims);
+		ret = ret ?: put(f, &t->type, 4);
+		ret = ret ?: put(f, &t->offset, 8);
+		pos += 8 + len + 4 + 8 * (uint64_t)t->n_dims + 4 + 8;
+	}
+	ret = ret ?: pad(f, pos, w->alignment);
+	for (size_t i = 0; i < w->n_tensors && !ret; i++) {
+		ret = put(f, w->tensors[i].data, w->tensors[i].nbytes);
+		ret = ret ?: pad(f, w->tensors[i].nbytes, w->alignment);
+	}
+	if (fclose(f) != 0 && !ret)
+		ret = -errno;
+	return ret;
+}
+
+/* --- a whole model ---------------------------------------------------------------------- */
+
+static uint32_t tensor_type_of(enum rs_dtype dtype)
+{
+	switch (dtype) {
+	case RS_DTYPE_F16:
+		return RS_GGUF_TENSOR_F16;
+	case RS_DTYPE_BF16:
+		return RS_GGUF_TENSOR_BF16;
+	default:
+		return RS_GGUF_TENSOR_F32;
+	}
+}
+
+static int add_model_tensor(struct rs_gguf_writer *w, const char *name, const struct rs_tensor *t)
+{
+	uint64_t ne[2] = { t->cols, t->rows };
+	if (rs_dtype_size(t->dtype) == 0)
+		return -EINVAL;
+	return rs_gguf_writer_add_tensor(w, name, tensor_type_of(t->dtype), ne, t->rows == 1 ? 1 : 2,
+					 t->data);
+}
+
+/* Pieces as GGUF spells them: U+2581 for a space. */
+static int add_tokenizer(struct rs_gguf_writer *w, const struct rs_tokenizer *tok)
+{
+	uint32_t n = rs_tokenizer_vocab_size(tok);
+	bool meta = rs_tokenizer_flags(tok) & RS_TOKENIZER_METASPACE;
+	char **pieces = calloc(n, sizeof(*pieces));
+	uint32_t *lens = calloc(n, sizeof(*lens));
+	float *scores = calloc(n, sizeof(*scores));
+	int32_t *types = calloc(n, sizeof(*types));
+	int ret = -ENOMEM;
+	if (!pieces || !lens || !scores || !types)
+		goto out;
+	for (uint32_t i = 0; i < n; i++) {
+		const char *s;
+		size_t len;
+		uint8_t type;
+		rs_tokenizer_piece(tok, i, &s, &len);
+		rs_tokenizer_token_info(tok, i, &scores[i], &type);
+		types[i] = type;
+		pieces[i] = malloc(3 * len + 1);
+		if (!pieces[i])
+			goto out;
+		for (size_t k = 0; k < len; k++) {
+			if (!meta && s[k] == ' ') {
+				memcpy(pieces[i] + lens[i], "\xe2\x96\x81", 3);
+				lens[i] += 3;
+			} else {
+				pieces[i][lens[i]++] = s[k];
+			}
+		}
+	}
+	ret = rs_gguf_writer_set_string(w, "tokenizer.ggml.model", "llama");
+	ret = ret ?: rs_gguf_writer_set_string_array(w, "tokenizer.ggml.tokens",
+						     (const char *const *)pieces, lens, n);
+	ret = ret ?: rs_gguf_writer_set_array(w, "tokenizer.ggml.scores", RS_GGUF_TYPE_FLOAT32,
+					      scores, n);
+	ret = ret ?: rs_gguf_writer_set_array(w, "tokenizer.ggml.token_type", RS_GGUF_TYPE_INT32,
+					      types, n);
+	if (!ret && rs_tokenizer_bos(tok) >= 0)
+		ret = rs_gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id",
+					     (uint32_t)rs_tokenizer_bos(tok));
+	if (!ret && rs_tokenizer_eos(tok) >= 0)
+		ret = rs_gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id",
+					     (uint32_t)rs_tokenizer_eos(tok));
+	if (!ret && rs_tokenizer_unk(tok) >= 0)
+		ret = rs_gguf_writer_set_u32(w, "tokenizer.ggml.unknown_token_id",
+					     (uint32_t)rs_tokenizer_unk(tok));
+	ret = ret ?: rs_gguf_writer_set_bool(w, "tokenizer.ggml.add_bos_token",
+					     rs_tokenizer_flags(tok) & RS_TOKENIZER_ADD_BOS);
+	ret = ret ?: rs_gguf_writer_set_bool(w, "tokenizer.ggml.add_space_prefix",
+					     rs_tokenizer_flags(tok) & RS_TOKENIZER_ADD_SPACE_PREFIX);
+out:
+	for (uint32_t i = 0; pieces && i < n; i++)
+		free(pieces[i]);
+	free(pieces);
+	free(lens);
+	free(scores);
+	free(types);
+	return ret;
+}
+
+int rs_gguf_write_model(const char *path, const struct rs_model *model,
+			const struct rs_tokenizer *tok, char *err, size_t err_size)
+{
+	const struct rs_model_config *c = &model->config;
+	struct rs_gguf_writer *w;
+	char inner[200];
+	int ret = rs_model_check_config(c, inner, sizeof(inner));
+	if (ret)
+		return rs_errmsg(err, err_size, ret, "GGUF writer: %s", inner);
+	ret = rs_gguf_writer_create(&w);
+	if (ret)
+		return rs_errmsg(err, err_size, ret, "GGUF writer: out of memory");
+
+	/* llama.cpp's llama_ftype for the bulk of the weights. */
+	uint32_t file_type = model->token_embedding.dtype == RS_DTYPE_F16 ? 1 :
+			     model->token_embedding.dtype == RS_DTYPE_BF16 ? 32 : 0;
+	ret = rs_gguf_writer_set_string(w, "general.architecture", "llama");
+	ret = ret ?: rs_gguf_writer_set_string(w, "general.name", "ringserve");
+	ret = ret ?: rs_gguf_writer_set_u32(w, "general.file_type", file_type);
+	ret = ret ?: rs_gguf_writer_set_u32(w, "general.alignment", RS_GGUF_DEFAULT_ALIGNMENT);
+	ret = ret ?: rs_gguf_writer_set_u32(w, "llama.context_length", c->max_seq_len);
+	ret = ret ?: rs_gguf_writer_set_u32(w, "llama.embedding_length", c->dim);
+	ret = ret ?: rs_gguf_writer_set_u32(w, "llama.block_count", c->n_layers);
+	ret = ret ?: rs_gguf_writer_set_u32(w, "llama.feed_forward_length", c->hidden_dim);
+	ret = ret ?: rs_gguf_writer_set_u32(w, "llama.rope.dimension_count", c->rope_dim);
+	ret = ret ?: rs_gguf_writer_set_u32(w, "llama.attention.head_count", c->n_heads);
+	ret = ret ?: rs_gguf_writer_set_u32(w, "llama.attention.head_count_kv", c->n_kv_heads);
+	ret = ret ?: rs_gguf_writer_set_f32(w, "llama.attention.layer_norm_rms_epsilon", c->norm_eps);
+	ret = ret ?: rs_gguf_writer_set_f32(w, "llama.rope.freq_base", c->rope_theta);
+	ret = ret ?: rs_gguf_writer_set_u32(w, "llama.vocab_size", c->vocab_size);
+	if (!ret && tok)
+		ret = add_tokenizer(w, tok);
+
+	ret = ret ?: add_model_tensor(w, "token_embd.weight", &model->token_embedding);
+	for (uint32_t l = 0; l < c->n_layers && !ret; l++) {
+		const struct rs_layer_weights *lw = &model->layers[l];
+		const struct {
+			const char *suffix;
+			const struct rs_tensor *t;
+		} parts[] = {
+			{ "attn_norm", &lw->attn_norm }, { "attn_q", &lw->wq },
+			{ "attn_k", &lw->wk },		 { "attn_v", &lw->wv },
+			{ "attn_output", &lw->wo },	 { "ffn_norm", &lw->ffn_norm },
+			{ "ffn_gate", &lw->w_gate },	 { "ffn_down", &lw->w_down },
+			{ "ffn_up", &lw->w_up },
+		};
+		for (size_t p = 0; p < sizeof(parts) / sizeof(parts[0]) && !ret; p++) {
+			char name[RS_GGUF_MAX_NAME];
+			snprintf(name, sizeof(name), "blk.%u.%s.weight", l, parts[p].suffix);
+			ret = add_model_tensor(w, name, parts[p].t);
+		}
+	}
+	ret = ret ?: add_model_tensor(w, "output_norm.weight", &model->final_norm);
+	if (!ret && model->output.data != model->token_embedding.data)
+		ret = add_model_tensor(w, "output.weight", &model->output);
+	if (ret) {
+		rs_gguf_writer_free(w);
+		return rs_errmsg(err, err_size, ret, "GGUF writer: cannot describe the model");
+	}
+	ret = rs_gguf_writer_write(w, path);
+	rs_gguf_writer_free(w);
+	if (ret)
+		return rs_errmsg(err, err_size, ret, "%s: write failed: %s", path, strerror(-ret));
+	return 0;
+}
