@@ -53,6 +53,10 @@ int rs_llama2c_parse(const void *data, size_t size, struct rs_model *model, char
 		return rs_errmsg(err, err_size, -EINVAL,
 				 "llama2.c checkpoint: %zu bytes, too short for its 28-byte header",
 				 size);
+	/* The backends read the floats in place. */
+	if ((uintptr_t)data % 4)
+		return rs_errmsg(err, err_size, -EINVAL,
+				 "llama2.c checkpoint: data is not 4-byte aligned in memory");
 	memcpy(h, data, sizeof(h));
 	for (int i = 0; i < 7; i++) {
 		static const char *const names[7] = { "dim",	    "hidden_dim", "n_layers",
