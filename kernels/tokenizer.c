@@ -344,12 +344,20 @@ static void try_bigram(const struct rs_tokenizer *tok, const char *text,
 				      .len = len });
 }
 
-/* Length of the UTF-8 character led by byte c, as llama.cpp's utf8_len: a stray
- * continuation byte counts as a character of its own. */
-static uint32_t utf8_len(uint8_t c)
+/* Length of the UTF-8 character at s (n bytes left), as llama.cpp's utf8_len, except that
+ * the continuation bytes must be there: a stray byte is a character of its own, so that
+ * it cannot swallow the start of a following character (a "▁" above all, which would
+ * then decode as its raw bytes instead of a space). */
+static uint32_t utf8_len(const uint8_t *s, size_t n)
 {
 	static const uint8_t lens[16] = { 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4 };
-	return lens[c >> 4];
+	uint32_t len = lens[s[0] >> 4];
+	if (len > n)
+		return 1;
+	for (uint32_t i = 1; i < len; i++)
+		if ((s[i] & 0xc0) != 0x80)
+			return 1;
+	return len;
 }
 
 static int emit(uint32_t *ids, size_t max_ids, size_t *n, int32_t id)
@@ -406,9 +414,7 @@ int rs_tokenizer_encode(const struct rs_tokenizer *tok, const char *text, size_t
 	/* 2. one symbol per UTF-8 character */
 	int32_t n_syms = 0;
 	for (size_t pos = 0; pos < norm_len;) {
-		uint32_t clen = utf8_len((uint8_t)norm[pos]);
-		if (clen > norm_len - pos)
-			clen = (uint32_t)(norm_len - pos);
+		uint32_t clen = utf8_len((const uint8_t *)norm + pos, norm_len - pos);
 		syms[n_syms] = (struct symbol){ .start = (uint32_t)pos,
 						.len = clen,
 						.prev = n_syms - 1,

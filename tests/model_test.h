@@ -52,7 +52,7 @@ static void test_dir_remove(void)
 }
 
 /* Create the test's temporary directory (removed at exit). */
-static void test_dir_create(void)
+__attribute__((unused)) static void test_dir_create(void)
 {
 	const char *base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
 	snprintf(test_dir, sizeof(test_dir), "%s/rs-model-XXXXXX", base);
