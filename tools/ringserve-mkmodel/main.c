@@ -1,0 +1,163 @@
+/* ringserve-mkmodel: write a deterministic, seeded random Llama model with a small
+ * vocabulary, as GGUF and/or as a llama2.c checkpoint plus tokenizer.bin. The same options
+ * always give the same bytes; the GGUF and the llama2.c files of one run hold the same
+ * weights (the llama2.c file as float32, which every dtype converts to exactly). */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/gguf.h"
+#include "kernels/llama2c.h"
+#include "kernels/model_random.h"
+#include "kernels/tokenizer.h"
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: ringserve-mkmodel [--out-gguf FILE] [--out-llama2c FILE] [--out-tokenizer FILE]\n"
+		"         [--dim N] [--hidden N] [--layers N] [--heads N] [--kv-heads N] [--vocab N]\n"
+		"         [--seq-len N] [--seed S] [--dtype f32|f16|bf16] [--tied] [--rope-theta T]\n"
+		"  Writes a seeded random Llama model (defaults: dim 64, hidden 172, 2 layers, 4 heads,\n"
+		"  2 kv heads, vocab 512, seq-len 256, seed 1, f32, separate output matrix).\n"
+		"  --out-gguf        GGUF v3 with the tokenizer, weights in --dtype\n"
+		"  --out-llama2c     llama2.c checkpoint (float32; a negative vocab_size when not --tied)\n"
+		"  --out-tokenizer   llama2.c tokenizer.bin for the same vocabulary\n"
+		"  --rope-theta      GGUF only (llama2.c implies 10000)\n");
+}
+
+static unsigned long parse_number(const char *opt, const char *arg, unsigned long max)
+{
+	char *end;
+	errno = 0;
+	unsigned long v = strtoul(arg, &end, 0);
+	if (errno || *end || end == arg || v > max || arg[0] == '-') {
+		fprintf(stderr, "ringserve-mkmodel: %s: bad value '%s'\n", opt, arg);
+		exit(2);
+	}
+	return v;
+}
+
+int main(int argc, char **argv)
+{
+	enum { OPT_GGUF = 256, OPT_LLAMA2C, OPT_TOKENIZER, OPT_DIM, OPT_HIDDEN, OPT_LAYERS,
+	       OPT_HEADS, OPT_KV_HEADS, OPT_VOCAB, OPT_SEQ, OPT_SEED, OPT_DTYPE, OPT_TIED,
+	       OPT_THETA };
+	static const struct option options[] = {
+		{ "out-gguf", required_argument, NULL, OPT_GGUF },
+		{ "out-llama2c", required_argument, NULL, OPT_LLAMA2C },
+		{ "out-tokenizer", required_argument, NULL, OPT_TOKENIZER },
+		{ "dim", required_argument, NULL, OPT_DIM },
+		{ "hidden", required_argument, NULL, OPT_HIDDEN },
+		{ "layers", required_argument, NULL, OPT_LAYERS },
+		{ "heads", required_argument, NULL, OPT_HEADS },
+		{ "kv-heads", required_argument, NULL, OPT_KV_HEADS },
+		{ "vocab", required_argument, NULL, OPT_VOCAB },
+		{ "seq-len", required_argument, NULL, OPT_SEQ },
+		{ "seed", required_argument, NULL, OPT_SEED },
+		{ "dtype", required_argument, NULL, OPT_DTYPE },
+		{ "tied", no_argument, NULL, OPT_TIED },
+		{ "rope-theta", required_argument, NULL, OPT_THETA },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *out_gguf = NULL, *out_llama2c = NULL, *out_tokenizer = NULL;
+	struct rs_model_config cfg = {
+		.dim = 64, .hidden_dim = 172, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2,
+		.vocab_size = 512, .max_seq_len = 256, .rope_theta = 10000.0f, .norm_eps = 1e-5f,
+	};
+	uint64_t seed = 1;
+	enum rs_dtype dtype = RS_DTYPE_F32;
+	bool tied = false;
+	int c;
+
+	while ((c = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+		switch (c) {
+		case OPT_GGUF: out_gguf = optarg; break;
+		case OPT_LLAMA2C: out_llama2c = optarg; break;
+		case OPT_TOKENIZER: out_tokenizer = optarg; break;
+		case OPT_DIM: cfg.dim = (uint32_t)parse_number("--dim", optarg, 1u << 16); break;
+		case OPT_HIDDEN: cfg.hidden_dim = (uint32_t)parse_number("--hidden", optarg, 1u << 20); break;
+		case OPT_LAYERS: cfg.n_layers = (uint32_t)parse_number("--layers", optarg, 4096); break;
+		case OPT_HEADS: cfg.n_heads = (uint32_t)parse_number("--heads", optarg, 1u << 16); break;
+		case OPT_KV_HEADS: cfg.n_kv_heads = (uint32_t)parse_number("--kv-heads", optarg, 1u << 16); break;
+		case OPT_VOCAB: cfg.vocab_size = (uint32_t)parse_number("--vocab", optarg, 1u << 22); break;
+		case OPT_SEQ: cfg.max_seq_len = (uint32_t)parse_number("--seq-len", optarg, 1u << 24); break;
+		case OPT_SEED: seed = parse_number("--seed", optarg, ~0ul); break;
+		case OPT_TIED: tied = true; break;
+		case OPT_THETA: cfg.rope_theta = strtof(optarg, NULL); break;
+		case OPT_DTYPE:
+			if (!strcmp(optarg, "f32"))
+				dtype = RS_DTYPE_F32;
+			else if (!strcmp(optarg, "f16"))
+				dtype = RS_DTYPE_F16;
+			else if (!strcmp(optarg, "bf16"))
+				dtype = RS_DTYPE_BF16;
+			else {
+				fprintf(stderr, "ringserve-mkmodel: --dtype must be f32, f16 or bf16\n");
+				return 2;
+			}
+			break;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (optind != argc || (!out_gguf && !out_llama2c && !out_tokenizer)) {
+		usage(stderr);
+		return 2;
+	}
+	if (!cfg.n_heads || cfg.dim % cfg.n_heads) {
+		fprintf(stderr, "ringserve-mkmodel: --heads %u must divide --dim %u\n", cfg.n_heads,
+			cfg.dim);
+		return 2;
+	}
+	cfg.head_dim = cfg.dim / cfg.n_heads;
+	cfg.rope_dim = cfg.head_dim;
+	char err[512];
+	if (rs_model_check_config(&cfg, err, sizeof(err))) {
+		fprintf(stderr, "ringserve-mkmodel: %s\n", err);
+		return 2;
+	}
+
+	struct rs_tokenizer *tok;
+	if (rs_tokenizer_demo(cfg.vocab_size, &tok, err, sizeof(err))) {
+		fprintf(stderr, "ringserve-mkmodel: %s\n", err);
+		return 2;
+	}
+	struct rs_model *model = NULL;
+	if (out_gguf || out_llama2c) {
+		int ret = rs_model_random(&cfg, dtype, seed, tied, &model);
+		if (ret) {
+			fprintf(stderr, "ringserve-mkmodel: cannot build the model: %s\n", strerror(-ret));
+			return 1;
+		}
+	}
+	int status = 0;
+	if (out_gguf && rs_gguf_write_model(out_gguf, model, tok, err, sizeof(err))) {
+		fprintf(stderr, "ringserve-mkmodel: %s\n", err);
+		status = 1;
+	}
+	if (!status && out_llama2c && rs_llama2c_write(out_llama2c, model, err, sizeof(err))) {
+		fprintf(stderr, "ringserve-mkmodel: %s\n", err);
+		status = 1;
+	}
+	if (!status && out_tokenizer) {
+		int ret = rs_tokenizer_write_llama2c(tok, out_tokenizer);
+		if (ret) {
+			fprintf(stderr, "ringserve-mkmodel: %s: %s\n", out_tokenizer, strerror(-ret));
+			status = 1;
+		}
+	}
+	if (!status)
+		fprintf(stderr,
+			"ringserve-mkmodel: dim %u, hidden %u, %u layers, %u/%u heads, vocab %u, "
+			"seq %u, %s, %s output, seed %llu\n",
+			cfg.dim, cfg.hidden_dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads,
+			cfg.vocab_size, cfg.max_seq_len,
+			dtype == RS_DTYPE_F32 ? "f32" : dtype == RS_DTYPE_F16 ? "f16" : "bf16",
+			tied ? "tied" : "separate", (unsigned long long)seed);
+	rs_model_free(model);
+	rs_tokenizer_free(tok);
+	return status;
+}
