@@ -42,7 +42,9 @@ struct cpu_engine {
 	float *x, *xb, *qkv, *att, *gate_up, *hidden;
 	uint32_t *positions;  /* per token */
 	uint32_t *seq_offset; /* first token of each sequence in the step */
-	float *scores;        /* per worker: max_seq_len */
+	uint32_t *token_seq;  /* sequence of each token */
+	float *scores;        /* per worker: attention scratch for max_seq_len */
+	size_t scores_per_worker;
 	uint8_t *sample_scratch; /* per worker */
 	size_t sample_scratch_size;
 	float *logits; /* [logits_rows][vocab] for sampled rows */
@@ -188,10 +190,11 @@ static int cpu_create(struct rs_engine *e, char *err, size_t err_size)
 	c->hidden = alloc_floats(T * hidden);
 	c->positions = calloc(T, sizeof(uint32_t));
 	c->seq_offset = calloc(T + 1, sizeof(uint32_t));
+	c->token_seq = calloc(T, sizeof(uint32_t));
 	c->sample_rows = calloc(T, sizeof(uint32_t));
 	c->lane_status = calloc(o->lanes, sizeof(int));
 	if (!c->k_cache || !c->v_cache || !c->x || !c->xb || !c->qkv || !c->att ||
-	    !c->gate_up || !c->hidden || !c->positions || !c->seq_offset || !c->sample_rows ||
+	    !c->gate_up || !c->hidden || !c->positions || !c->seq_offset || !c->token_seq || !c->sample_rows ||
 	    !c->lane_status) {
 		set_err(err, err_size, "out of memory (KV cache: %zu MiB)",
 			2 * c->layer_cache_floats * cfg->n_layers * sizeof(float) >> 20);
@@ -203,15 +206,17 @@ static int cpu_create(struct rs_engine *e, char *err, size_t err_size)
 
 	long online = sysconf(_SC_NPROCESSORS_ONLN);
 	uint32_t workers = o->threads > 0 ? (uint32_t)o->threads : online > 0 ? (uint32_t)online : 1;
-	if (o->threads > 0)
-		openblas_set_num_threads(o->threads);
+	/* Process-wide: our workers split each GEMM, so OpenBLAS must not thread too. */
+	openblas_set_num_threads(1);
 	rc = rs_thread_pool_create(workers, &c->pool);
 	if (rc) {
 		set_err(err, err_size, "thread pool: %s", strerror(-rc));
 		goto fail;
 	}
 	rc = -ENOMEM;
-	c->scores = alloc_floats((size_t)workers * cfg->max_seq_len);
+	c->scores_per_worker =
+		(rs_op_attention_scratch(cfg->n_heads, cfg->head_dim, cfg->max_seq_len) + 15) & ~(size_t)15;
+	c->scores = alloc_floats(workers * c->scores_per_worker);
 	c->sample_scratch_size = (rs_sample_scratch_size(cfg->vocab_size) + 63) & ~(size_t)63;
 	c->sample_scratch = aligned_alloc(64, workers * c->sample_scratch_size);
 	if (!c->scores || !c->sample_scratch) {
@@ -256,6 +261,7 @@ static void cpu_destroy(struct rs_engine *e)
 	free(c->hidden);
 	free(c->positions);
 	free(c->seq_offset);
+	free(c->token_seq);
 	free(c->scores);
 	free(c->sample_scratch);
 	free(c->logits);
@@ -266,7 +272,37 @@ static void cpu_destroy(struct rs_engine *e)
 	e->impl = NULL;
 }
 
-/* Attention work: one item per (sequence, query head). */
+/* GEMM work: one item per slice of output columns, so that all workers share one
+ * product (OpenBLAS itself runs single-threaded: its spinning threads would otherwise
+ * compete with ours for the cores between GEMMs). */
+struct matmul_job {
+	float *y;
+	const float *x, *w;
+	uint32_t m, n, k, parts;
+	bool accumulate;
+};
+
+static void matmul_item(void *ctx, uint32_t part, uint32_t worker)
+{
+	const struct matmul_job *j = ctx;
+	/* Slice edges on multiples of 16 columns (whole vector tiles). */
+	uint32_t n0 = (uint32_t)((uint64_t)j->n * part / j->parts) & ~15u;
+	uint32_t n1 = part + 1 == j->parts ? j->n : (uint32_t)((uint64_t)j->n * (part + 1) / j->parts) & ~15u;
+	rs_op_matmul_cols(j->y, j->x, j->w, j->m, j->n, j->k, n0, n1, j->accumulate);
+}
+
+/* y (+)= x W^T over the pool; small products run on the caller alone. */
+static void matmul(struct cpu_engine *c, float *y, const float *x, const float *w, uint32_t m,
+		   uint32_t n, uint32_t k, bool accumulate)
+{
+	struct matmul_job job = {.y = y, .x = x, .w = w, .m = m, .n = n, .k = k,
+				 .parts = rs_thread_pool_size(c->pool), .accumulate = accumulate};
+	if ((uint64_t)m * n * k < 65536 || n < 32 * job.parts)
+		job.parts = 1;
+	rs_thread_pool_run(c->pool, job.parts, matmul_item, &job);
+}
+
+/* Attention work: one item per token of the step (a decode step: one per sequence). */
 struct attention_job {
 	const struct rs_engine *e;
 	struct cpu_engine *c;
@@ -274,18 +310,16 @@ struct attention_job {
 	struct rs_kv_layer kv;
 };
 
-static void attention_item(void *ctx, uint32_t item, uint32_t worker)
+static void attention_item(void *ctx, uint32_t t, uint32_t worker)
 {
 	struct attention_job *job = ctx;
 	const struct rs_model_config *cfg = &job->e->config;
-	uint32_t s = item / cfg->n_heads, head = item % cfg->n_heads;
-	const struct rs_seq_step *q = &job->seqs[s];
+	struct cpu_engine *c = job->c;
 	size_t q_dim = (size_t)cfg->n_heads * cfg->head_dim;
 	size_t stride = q_dim + 2 * (size_t)cfg->n_kv_heads * cfg->head_dim;
-	size_t first = job->c->seq_offset[s];
-	rs_op_attention_head(job->c->att + first * q_dim, q_dim, job->c->qkv + first * stride,
-			     stride, &job->kv, q->block_table, q->start_pos, q->n_tokens, head,
-			     cfg->n_heads, job->c->scores + (size_t)worker * cfg->max_seq_len);
+	rs_op_attention(c->att + t * q_dim, c->qkv + t * stride, &job->kv,
+			job->seqs[c->token_seq[t]].block_table, c->positions[t], cfg->n_heads,
+			c->scores + (size_t)worker * c->scores_per_worker);
 }
 
 /* Sampling work: one item per sampled sequence. */
@@ -318,8 +352,10 @@ static void forward_layers(struct rs_engine *e, struct cpu_engine *c,
 		c->seq_offset[s] = t;
 		rs_op_embedding(c->x + (size_t)t * dim, &e->model->token_embedding, seqs[s].tokens,
 				seqs[s].n_tokens);
-		for (uint32_t i = 0; i < seqs[s].n_tokens; i++)
+		for (uint32_t i = 0; i < seqs[s].n_tokens; i++) {
+			c->token_seq[t] = s;
 			c->positions[t++] = seqs[s].start_pos + i;
+		}
 	}
 	c->seq_offset[n_seqs] = T;
 
@@ -336,7 +372,7 @@ static void forward_layers(struct rs_engine *e, struct cpu_engine *c,
 			       .head_dim = hd},
 		};
 		rs_op_rmsnorm(c->xb, c->x, L->attn_norm, T, dim, cfg->norm_eps);
-		rs_op_matmul(c->qkv, c->xb, L->wqkv, T, stride, dim, false);
+		matmul(c, c->qkv, c->xb, L->wqkv, T, stride, dim, false);
 		for (uint32_t t = 0; t < T; t++) {
 			float *row = c->qkv + (size_t)t * stride;
 			rs_op_rope(row, cfg->n_heads, hd, cfg->rope_dim, c->positions[t],
@@ -349,13 +385,13 @@ static void forward_layers(struct rs_engine *e, struct cpu_engine *c,
 			rs_op_kv_store(&job.kv, seqs[s].block_table, seqs[s].start_pos,
 				       seqs[s].n_tokens, rows + q_dim, rows + q_dim + kv_dim, stride);
 		}
-		rs_thread_pool_run(c->pool, n_seqs * cfg->n_heads, attention_item, &job);
-		rs_op_matmul(c->x, c->att, L->wo, T, dim, q_dim, true);
+		rs_thread_pool_run(c->pool, T, attention_item, &job);
+		matmul(c, c->x, c->att, L->wo, T, dim, q_dim, true);
 
 		rs_op_rmsnorm(c->xb, c->x, L->ffn_norm, T, dim, cfg->norm_eps);
-		rs_op_matmul(c->gate_up, c->xb, L->w_gate_up, T, 2 * hidden, dim, false);
+		matmul(c, c->gate_up, c->xb, L->w_gate_up, T, 2 * hidden, dim, false);
 		rs_op_swiglu(c->hidden, c->gate_up, c->gate_up + hidden, T, hidden, 2 * (size_t)hidden);
-		rs_op_matmul(c->x, c->hidden, L->w_down, T, dim, hidden, true);
+		matmul(c, c->x, c->hidden, L->w_down, T, dim, hidden, true);
 	}
 }
 
@@ -371,7 +407,7 @@ static int cpu_step(struct rs_engine *e, uint32_t lane, const struct rs_seq_step
 	forward_layers(e, c, seqs, n_seqs, T);
 	if (logits) {
 		rs_op_rmsnorm(c->xb, c->x, c->final_norm, T, dim, cfg->norm_eps);
-		rs_op_matmul(logits, c->xb, c->output, T, vocab, dim, false);
+		matmul(c, logits, c->xb, c->output, T, vocab, dim, false);
 		goto out;
 	}
 	/* Only the last position of each sampled sequence needs logits: gather those rows. */
@@ -397,7 +433,7 @@ static int cpu_step(struct rs_engine *e, uint32_t lane, const struct rs_seq_step
 		c->logits_rows = rows;
 	}
 	rs_op_rmsnorm(c->xb, c->xb, c->final_norm, rows, dim, cfg->norm_eps);
-	rs_op_matmul(c->logits, c->xb, c->output, rows, vocab, dim, false);
+	matmul(c, c->logits, c->xb, c->output, rows, vocab, dim, false);
 	struct sample_job job = {.e = e, .c = c, .seqs = seqs};
 	rs_thread_pool_run(c->pool, rows, sample_item, &job);
 out:

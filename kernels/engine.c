@@ -76,7 +76,7 @@ int rs_engine_create(const struct rs_model *model, const struct rs_engine_option
 	*out = NULL;
 	set_err(err, err_size, "%s", "");
 	if (!model || rs_model_config_check(&model->config) || !model->layers ||
-	    model->config.head_dim > 1024) {
+	    model->config.head_dim > 4096) {
 		set_err(err, err_size, "invalid model configuration");
 		return -EINVAL;
 	}

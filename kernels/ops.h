@@ -36,6 +36,12 @@ void rs_op_rope(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t rope_dim
 void rs_op_matmul(float *y, const float *x, const float *w, uint32_t m, uint32_t n,
 		  uint32_t k, bool accumulate);
 
+/* Output columns [n0, n1) of rs_op_matmul only (y rows keep their stride n): threads
+ * split one product this way, each reading its own rows of W. One GEMV when m == 1
+ * (a GEMM would first copy W into packed panels, doubling the memory traffic). */
+void rs_op_matmul_cols(float *y, const float *x, const float *w, uint32_t m, uint32_t n,
+		       uint32_t k, uint32_t n0, uint32_t n1, bool accumulate);
+
 /* out[r][i] = silu(gate[r][i]) * up[r][i] for r < n_rows, i < width; gate and up rows
  * are in_stride floats apart, out rows width floats apart. */
 void rs_op_swiglu(float *out, const float *gate, const float *up, uint32_t n_rows,
@@ -61,15 +67,19 @@ void rs_op_kv_store(const struct rs_kv_layer *kv, const uint32_t *block_table,
 		    uint32_t start_pos, uint32_t n_tokens, const float *k, const float *v,
 		    size_t stride);
 
-/* Causal attention of one query head for a chunk of n_tokens tokens of one sequence at
- * positions start_pos .., against the keys and values of positions 0 .. start_pos + i
- * (already stored in the cache, the chunk's own included). Query head h reads kv head
- * h / (n_heads / n_kv_heads) (grouped-query attention). q rows (all heads, head h at
- * h * head_dim) are q_stride apart; out rows out_stride apart, head h written at
- * out + h * head_dim. scores is scratch for start_pos + n_tokens floats. */
-void rs_op_attention_head(float *out, size_t out_stride, const float *q, size_t q_stride,
-			  const struct rs_kv_layer *kv, const uint32_t *block_table,
-			  uint32_t start_pos, uint32_t n_tokens, uint32_t head,
-			  uint32_t n_heads, float *scores);
+/* Causal attention of one token at position pos, every query head, against the keys
+ * and values of positions 0 .. pos (already in the cache, the token's own included).
+ * Query head h reads kv head h / (n_heads / n_kv_heads) (grouped-query attention).
+ * q and out hold n_heads * head_dim floats. The cache is walked row by row, each row
+ * (all kv heads of a position) read once and contiguously. scratch holds
+ * rs_op_attention_scratch(n_heads, head_dim, pos + 1) floats. */
+void rs_op_attention(float *out, const float *q, const struct rs_kv_layer *kv,
+		     const uint32_t *block_table, uint32_t pos, uint32_t n_heads, float *scratch);
+
+/* Floats of scratch rs_op_attention needs for a context of n_ctx positions. */
+static inline size_t rs_op_attention_scratch(uint32_t n_heads, uint32_t head_dim, uint32_t n_ctx)
+{
+	return (size_t)n_heads * n_ctx + (size_t)n_heads * head_dim;
+}
 
 #endif

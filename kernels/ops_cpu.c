@@ -56,12 +56,26 @@ void rs_op_rope(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t rope_dim
 	}
 }
 
+void rs_op_matmul_cols(float *y, const float *x, const float *w, uint32_t m, uint32_t n,
+		       uint32_t k, uint32_t n0, uint32_t n1, bool accumulate)
+{
+	if (n1 <= n0)
+		return;
+	float beta = accumulate ? 1.0f : 0.0f;
+	if (m == 1) {
+		cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)(n1 - n0), (int)k, 1.0f,
+			    w + (size_t)n0 * k, (int)k, x, 1, beta, y + n0, 1);
+		return;
+	}
+	/* Y[m][n0..n1) = X[m][k] * W[n0..n1][k]^T: W is read once for all m rows. */
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)(n1 - n0), (int)k, 1.0f,
+		    x, (int)k, w + (size_t)n0 * k, (int)k, beta, y + n0, (int)n);
+}
+
 void rs_op_matmul(float *y, const float *x, const float *w, uint32_t m, uint32_t n,
 		  uint32_t k, bool accumulate)
 {
-	/* Y[m][n] = X[m][k] * W[n][k]^T: W is read once for all m rows. */
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)n, (int)k, 1.0f, x,
-		    (int)k, w, (int)k, accumulate ? 1.0f : 0.0f, y, (int)n);
+	rs_op_matmul_cols(y, x, w, m, n, k, 0, n, accumulate);
 }
 
 void rs_op_swiglu(float *out, const float *gate, const float *up, uint32_t n_rows,
@@ -91,6 +105,54 @@ void rs_op_softmax(float *x, uint32_t n)
 		x[i] *= inv;
 }
 
+/* Four-float vectors (GCC/Clang vector extensions): SSE on any x86-64, NEON on arm64,
+ * without intrinsics. Loads and stores through memcpy: no alignment assumed. */
+typedef float v4f __attribute__((vector_size(16)));
+
+static inline v4f load4(const float *p)
+{
+	v4f v;
+	memcpy(&v, p, sizeof(v));
+	return v;
+}
+
+static inline void store4(float *p, v4f v)
+{
+	memcpy(p, &v, sizeof(v));
+}
+
+/* Dot product with four vector accumulators (independent chains hide the add latency).
+ * The summation order is fixed, so results do not depend on the batch. */
+static float dot(const float *a, const float *b, uint32_t n)
+{
+	v4f s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
+	uint32_t d = 0;
+	for (; d + 16 <= n; d += 16) {
+		s0 += load4(a + d) * load4(b + d);
+		s1 += load4(a + d + 4) * load4(b + d + 4);
+		s2 += load4(a + d + 8) * load4(b + d + 8);
+		s3 += load4(a + d + 12) * load4(b + d + 12);
+	}
+	for (; d + 4 <= n; d += 4)
+		s0 += load4(a + d) * load4(b + d);
+	v4f s = (s0 + s1) + (s2 + s3);
+	float sum = (s[0] + s[1]) + (s[2] + s[3]);
+	for (; d < n; d++)
+		sum += a[d] * b[d];
+	return sum;
+}
+
+/* y += a x over n floats. */
+static void axpy(float *y, float a, const float *x, uint32_t n)
+{
+	v4f av = {a, a, a, a};
+	uint32_t d = 0;
+	for (; d + 4 <= n; d += 4)
+		store4(y + d, load4(y + d) + av * load4(x + d));
+	for (; d < n; d++)
+		y[d] += a * x[d];
+}
+
 static size_t kv_offset(const struct rs_kv_layer *kv, const uint32_t *block_table,
 			uint32_t pos)
 {
@@ -111,41 +173,35 @@ void rs_op_kv_store(const struct rs_kv_layer *kv, const uint32_t *block_table,
 	}
 }
 
-void rs_op_attention_head(float *out, size_t out_stride, const float *q, size_t q_stride,
-			  const struct rs_kv_layer *kv, const uint32_t *block_table,
-			  uint32_t start_pos, uint32_t n_tokens, uint32_t head,
-			  uint32_t n_heads, float *scores)
+void rs_op_attention(float *out, const float *q, const struct rs_kv_layer *kv,
+		     const uint32_t *block_table, uint32_t pos, uint32_t n_heads, float *scratch)
 {
-	uint32_t hd = kv->head_dim, bs = kv->block_size;
-	size_t head_off = (size_t)(head / (n_heads / kv->n_kv_heads)) * hd;
+	uint32_t hd = kv->head_dim, bs = kv->block_size, n_ctx = pos + 1;
+	uint32_t group = n_heads / kv->n_kv_heads;
+	size_t row = (size_t)kv->n_kv_heads * hd;
 	float scale = 1.0f / sqrtf((float)hd);
-	for (uint32_t i = 0; i < n_tokens; i++) {
-		const float *qi = q + i * q_stride + (size_t)head * hd;
-		float *oi = out + i * out_stride + (size_t)head * hd;
-		uint32_t n_ctx = start_pos + i + 1;
-		/* Walk the context block by block: slots of a block are contiguous. */
-		for (uint32_t j0 = 0; j0 < n_ctx; j0 += bs) {
-			const float *kb = kv->k + kv_offset(kv, block_table, j0) + head_off;
-			uint32_t n = n_ctx - j0 < bs ? n_ctx - j0 : bs;
-			for (uint32_t j = 0; j < n; j++) {
-				const float *kj = kb + (size_t)j * kv->n_kv_heads * hd;
-				float dot = 0.0f;
-				for (uint32_t d = 0; d < hd; d++)
-					dot += qi[d] * kj[d];
-				scores[j0 + j] = dot * scale;
-			}
-		}
-		rs_op_softmax(scores, n_ctx);
-		memset(oi, 0, hd * sizeof(float));
-		for (uint32_t j0 = 0; j0 < n_ctx; j0 += bs) {
-			const float *vb = kv->v + kv_offset(kv, block_table, j0) + head_off;
-			uint32_t n = n_ctx - j0 < bs ? n_ctx - j0 : bs;
-			for (uint32_t j = 0; j < n; j++) {
-				const float *vj = vb + (size_t)j * kv->n_kv_heads * hd;
-				float s = scores[j0 + j];
-				for (uint32_t d = 0; d < hd; d++)
-					oi[d] += s * vj[d];
-			}
-		}
+	float *scores = scratch;                  /* [n_heads][n_ctx] */
+	float *acc = scratch + (size_t)n_heads * n_ctx; /* [n_heads][hd] */
+	for (uint32_t j0 = 0; j0 < n_ctx; j0 += bs) {
+		const float *kb = kv->k + kv_offset(kv, block_table, j0);
+		uint32_t n = n_ctx - j0 < bs ? n_ctx - j0 : bs;
+		for (uint32_t j = 0; j < n; j++)
+			for (uint32_t h = 0; h < n_heads; h++)
+				scores[(size_t)h * n_ctx + j0 + j] =
+					dot(q + (size_t)h * hd, kb + j * row + (size_t)(h / group) * hd, hd) *
+					scale;
 	}
+	for (uint32_t h = 0; h < n_heads; h++)
+		rs_op_softmax(scores + (size_t)h * n_ctx, n_ctx);
+	/* Accumulate in scratch, not in out: it cannot alias the cache. */
+	memset(acc, 0, (size_t)n_heads * hd * sizeof(float));
+	for (uint32_t j0 = 0; j0 < n_ctx; j0 += bs) {
+		const float *vb = kv->v + kv_offset(kv, block_table, j0);
+		uint32_t n = n_ctx - j0 < bs ? n_ctx - j0 : bs;
+		for (uint32_t j = 0; j < n; j++)
+			for (uint32_t h = 0; h < n_heads; h++)
+				axpy(acc + (size_t)h * hd, scores[(size_t)h * n_ctx + j0 + j],
+				     vb + j * row + (size_t)(h / group) * hd, hd);
+	}
+	memcpy(out, acc, (size_t)n_heads * hd * sizeof(float));
 }

@@ -21,11 +21,25 @@ double rs_sample_uniform(uint64_t seed, uint64_t position)
 
 uint32_t rs_argmax(const float *x, uint32_t n)
 {
-	uint32_t best = 0;
-	for (uint32_t i = 1; i < n; i++)
-		if (x[i] > x[best])
-			best = i;
-	return best;
+	/* Two passes: the maximum with four independent chains (no loop-carried index, so
+	 * the compiler can use vector max), then the first index holding it. */
+	float m0 = x[0], m1 = x[0], m2 = x[0], m3 = x[0];
+	uint32_t i = 0;
+	for (; i + 4 <= n; i += 4) {
+		m0 = x[i] > m0 ? x[i] : m0;
+		m1 = x[i + 1] > m1 ? x[i + 1] : m1;
+		m2 = x[i + 2] > m2 ? x[i + 2] : m2;
+		m3 = x[i + 3] > m3 ? x[i + 3] : m3;
+	}
+	for (; i < n; i++)
+		m0 = x[i] > m0 ? x[i] : m0;
+	m0 = m1 > m0 ? m1 : m0;
+	m2 = m3 > m2 ? m3 : m2;
+	float max = m2 > m0 ? m2 : m0;
+	for (i = 0; i < n; i++)
+		if (x[i] == max)
+			return i;
+	return 0; /* only NaNs */
 }
 
 size_t rs_sample_scratch_size(uint32_t n)

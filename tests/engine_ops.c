@@ -325,7 +325,7 @@ static void test_attention(void)
 
 	float *q = malloc(sizeof(float) * n_tok * q_dim), *out = calloc(n_tok * q_dim, sizeof(float));
 	double *ref = calloc(n_tok * q_dim, sizeof(double));
-	float scores[15];
+	float *scratch = malloc(sizeof(float) * rs_op_attention_scratch(n_heads, hd, total));
 	fill(q, (size_t)n_tok * q_dim, &s, 2.0);
 	for (uint32_t i = 0; i < n_tok; i++)
 		for (uint32_t h = 0; h < n_heads; h++) {
@@ -347,11 +347,10 @@ static void test_attention(void)
 				ref[i * q_dim + h * hd + d] = acc;
 			}
 		}
-	for (uint32_t h = 0; h < n_heads; h++)
-		rs_op_attention_head(out, q_dim, q, q_dim, &kv, table, start, n_tok, h, n_heads,
-				     scores);
+	for (uint32_t i = 0; i < n_tok; i++)
+		rs_op_attention(out + i * q_dim, q + i * q_dim, &kv, table, start + i, n_heads, scratch);
 	check_close("attention", out, ref, (size_t)n_tok * q_dim, 1e-6, 1e-5);
-	free(kc), free(vc), free(keys), free(vals), free(rows), free(q), free(out), free(ref);
+	free(kc), free(vc), free(keys), free(vals), free(rows), free(q), free(out), free(ref), free(scratch);
 }
 
 int main(void)

@@ -1,10 +1,188 @@
+/* ringserve-bench engine [--threads N] [--decode-steps N] [--prompt N]
+ *
+ * Prefill and decode tokens/s of the CPU engine at batch 1, 8 and 32, on a random model of
+ * the shape of stories15M (dim 288, hidden 768, 6 layers, 6 heads, vocab 32000, context
+ * 256, tied output, f32) built in memory. Prefill: `prompt` tokens per sequence, in steps
+ * of at most 1024 tokens. Decode: `decode-steps` steps of one token per sequence, greedy,
+ * right after the prefill. The figure that matters for batching is decode(32)/decode(1):
+ * a decode step reads every weight once whatever the batch, so it should grow with the
+ * batch until compute, not memory, bounds it. */
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
 
+#include "kernels/engine.h"
+#include "kernels/model_random.h"
 #include "tools/ringserve-bench/bench.h"
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+struct result {
+	uint32_t batch;
+	double prefill_tok_s, decode_tok_s;
+};
+
+/* Prefill `batch` sequences then decode `steps` tokens each; 0 or -errno. */
+static int run_batch(struct rs_engine *e, uint32_t batch, uint32_t prompt, uint32_t steps,
+		     struct result *r)
+{
+	const struct rs_model_config *cfg = rs_engine_config(e);
+	struct rs_kv_cache *kv = rs_engine_kv(e);
+	uint32_t max_tokens = rs_engine_options(e)->max_batch_tokens;
+	uint32_t n_blocks = rs_kv_blocks_for(prompt + steps, rs_engine_options(e)->block_size);
+	uint32_t *tables = calloc((size_t)batch * n_blocks, sizeof(uint32_t));
+	uint32_t *tokens = calloc((size_t)batch * prompt, sizeof(uint32_t));
+	uint32_t *next = calloc(batch, sizeof(uint32_t)), *cur = calloc(batch, sizeof(uint32_t));
+	struct rs_seq_step *st = calloc(batch, sizeof(*st));
+	int rc = -ENOMEM;
+	uint32_t allocated = 0;
+	if (!tables || !tokens || !next || !cur || !st)
+		goto out;
+	for (; allocated < batch * n_blocks; allocated++) {
+		int b = rs_kv_block_alloc(kv);
+		if (b < 0) {
+			rc = b;
+			goto out;
+		}
+		tables[allocated] = (uint32_t)b;
+	}
+	uint64_t s = 0x9e3779b97f4a7c15ull * batch;
+	for (size_t i = 0; i < (size_t)batch * prompt; i++) {
+		s = s * 6364136223846793005ull + 1442695040888963407ull;
+		tokens[i] = (uint32_t)((s >> 33) % cfg->vocab_size);
+	}
+
+	/* Prefill: whole prompts, as many sequences per step as fit in max_batch_tokens. */
+	uint32_t per_step = max_tokens / prompt ? max_tokens / prompt : 1;
+	double t0 = now_s();
+	for (uint32_t first = 0; first < batch; first += per_step) {
+		uint32_t n = batch - first < per_step ? batch - first : per_step;
+		for (uint32_t i = 0; i < n; i++)
+			st[i] = (struct rs_seq_step){
+				.tokens = tokens + (size_t)(first + i) * prompt, .n_tokens = prompt,
+				.block_table = tables + (size_t)(first + i) * n_blocks,
+				.n_blocks = n_blocks, .sample = 1, .out_token = &next[first + i]};
+		rc = rs_engine_step(e, 0, st, n);
+		if (rc == 0)
+			rc = rs_engine_step_wait(e, 0);
+		if (rc)
+			goto out;
+	}
+	double t1 = now_s();
+	/* Decode: one step per token, every sequence in it. */
+	for (uint32_t k = 0; k < steps; k++) {
+		for (uint32_t i = 0; i < batch; i++) {
+			cur[i] = next[i];
+			st[i] = (struct rs_seq_step){.tokens = &cur[i], .n_tokens = 1,
+						     .start_pos = prompt + k,
+						     .block_table = tables + (size_t)i * n_blocks,
+						     .n_blocks = n_blocks, .sample = 1,
+						     .out_token = &next[i]};
+		}
+		rc = rs_engine_step(e, 0, st, batch);
+		if (rc == 0)
+			rc = rs_engine_step_wait(e, 0);
+		if (rc)
+			goto out;
+	}
+	double t2 = now_s();
+	r->batch = batch;
+	r->prefill_tok_s = (double)batch * prompt / (t1 - t0);
+	r->decode_tok_s = (double)batch * steps / (t2 - t1);
+out:
+	for (uint32_t i = 0; i < allocated; i++)
+		rs_kv_block_unref(kv, tables[i]);
+	free(tables), free(tokens), free(next), free(cur), free(st);
+	return rc;
+}
 
 int bench_engine(int argc, char **argv, FILE *json)
 {
-	fprintf(stderr, "bench engine: not built yet\n");
-	fprintf(json, "null");
-	return 1;
+	int threads = 0;
+	uint32_t steps = 32, prompt = 128;
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
+			threads = atoi(argv[++i]);
+		else if (strcmp(argv[i], "--decode-steps") == 0 && i + 1 < argc)
+			steps = (uint32_t)atoi(argv[++i]);
+		else if (strcmp(argv[i], "--prompt") == 0 && i + 1 < argc)
+			prompt = (uint32_t)atoi(argv[++i]);
+		else {
+			fprintf(stderr, "bench engine: unknown option %s\n", argv[i]);
+			fprintf(json, "null");
+			return 1;
+		}
+	}
+	struct rs_model_config cfg = {
+		.dim = 288, .hidden_dim = 768, .n_layers = 6, .n_heads = 6, .n_kv_heads = 6,
+		.head_dim = 48, .vocab_size = 32000, .max_seq_len = 256, .rope_dim = 48,
+		.rope_theta = 10000.0f, .norm_eps = 1e-5f,
+	};
+	if (!steps || !prompt || prompt + steps > cfg.max_seq_len) {
+		fprintf(stderr, "bench engine: prompt + decode steps must be in 2..%u\n",
+			cfg.max_seq_len);
+		fprintf(json, "null");
+		return 1;
+	}
+	const uint32_t batches[] = {1, 8, 32};
+	enum { N_BATCHES = 3 };
+	struct rs_model *model = NULL;
+	struct rs_engine *e = NULL;
+	char err[256] = "";
+	int rc = rs_model_random(&cfg, RS_DTYPE_F32, 15, true, &model);
+	if (rc) {
+		fprintf(stderr, "bench engine: random model: %s\n", strerror(-rc));
+		fprintf(json, "null");
+		return 1;
+	}
+	struct rs_engine_options opts;
+	rs_engine_options_init(&opts);
+	opts.backend = "cpu";
+	opts.block_size = 16;
+	opts.kv_blocks = 32 * rs_kv_blocks_for(cfg.max_seq_len, 16);
+	opts.max_batch_tokens = 1024 > prompt ? 1024 : prompt;
+	opts.threads = threads;
+	rc = rs_engine_create(model, &opts, &e, err, sizeof(err));
+	if (rc) {
+		fprintf(stderr, "bench engine: %s\n", err);
+		rs_model_free(model);
+		fprintf(json, "null");
+		return 1;
+	}
+	struct result results[N_BATCHES], warm;
+	rc = run_batch(e, 2, prompt < 16 ? prompt : 16, 2, &warm); /* warm caches and threads */
+	printf("engine: cpu backend, stories15M-shaped random model (f32, tied output), "
+	       "prompt %u, %u decode steps\n", prompt, steps);
+	printf("%6s %16s %16s\n", "batch", "prefill tok/s", "decode tok/s");
+	for (int i = 0; i < N_BATCHES && rc == 0; i++) {
+		rc = run_batch(e, batches[i], prompt, steps, &results[i]);
+		if (rc == 0)
+			printf("%6u %16.0f %16.0f\n", batches[i], results[i].prefill_tok_s,
+			       results[i].decode_tok_s);
+	}
+	if (rc) {
+		fprintf(stderr, "bench engine: step failed: %s\n", strerror(-rc));
+		fprintf(json, "null");
+	} else {
+		double speedup = results[2].decode_tok_s / results[0].decode_tok_s;
+		printf("decode speedup, batch 32 vs batch 1: %.1fx\n", speedup);
+		fprintf(json, "{\"backend\": \"cpu\", \"model\": \"stories15M-shaped random f32\", "
+			      "\"threads\": %d, \"prompt\": %u, \"decode_steps\": %u, \"batches\": [",
+			threads, prompt, steps);
+		for (int i = 0; i < N_BATCHES; i++)
+			fprintf(json, "%s{\"batch\": %u, \"prefill_tok_s\": %.1f, \"decode_tok_s\": %.1f}",
+				i ? ", " : "", results[i].batch, results[i].prefill_tok_s,
+				results[i].decode_tok_s);
+		fprintf(json, "], \"decode_speedup_32_vs_1\": %.2f}", speedup);
+	}
+	rs_engine_destroy(e);
+	rs_model_free(model);
+	return rc ? 1 : 0;
 }
