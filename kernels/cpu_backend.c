@@ -194,7 +194,8 @@ static int cpu_create(struct rs_engine *e, char *err, size_t err_size)
 	c->sample_rows = calloc(T, sizeof(uint32_t));
 	c->lane_status = calloc(o->lanes, sizeof(int));
 	if (!c->k_cache || !c->v_cache || !c->x || !c->xb || !c->qkv || !c->att ||
-	    !c->gate_up || !c->hidden || !c->positions || !c->seq_offset || !c->token_seq || !c->sample_rows ||
+	    !c->gate_up || !c->hidden || !c->positions || !c->seq_offset || !c->token_seq ||
+	    !c->sample_rows ||
 	    !c->lane_status) {
 		set_err(err, err_size, "out of memory (KV cache: %zu MiB)",
 			2 * c->layer_cache_floats * cfg->n_layers * sizeof(float) >> 20);
@@ -287,7 +288,9 @@ static void matmul_item(void *ctx, uint32_t part, uint32_t worker)
 	const struct matmul_job *j = ctx;
 	/* Slice edges on multiples of 16 columns (whole vector tiles). */
 	uint32_t n0 = (uint32_t)((uint64_t)j->n * part / j->parts) & ~15u;
-	uint32_t n1 = part + 1 == j->parts ? j->n : (uint32_t)((uint64_t)j->n * (part + 1) / j->parts) & ~15u;
+	uint32_t n1 = (uint32_t)((uint64_t)j->n * (part + 1) / j->parts) & ~15u;
+	if (part + 1 == j->parts)
+		n1 = j->n;
 	rs_op_matmul_cols(j->y, j->x, j->w, j->m, j->n, j->k, n0, n1, j->accumulate);
 }
 

@@ -35,9 +35,9 @@ struct rs_engine_options {
 	uint32_t block_size;       /* positions per KV block; 0: 16 */
 	uint32_t max_batch_tokens; /* most tokens in one step; 0: 512 */
 	uint32_t lanes;            /* independent step queues; 0: 1 */
-	int threads;               /* CPU threads (attention, sampling, and OpenBLAS, which is
-				    * process-wide); 0: leave OpenBLAS as is, one worker per
-				    * online CPU */
+	int threads;               /* CPU backend workers, which split every GEMM, the
+				    * attention and the sampling; 0: one per online CPU. The
+				    * CPU backend sets OpenBLAS to one thread, process-wide */
 };
 
 /* One sequence's share of a step. */

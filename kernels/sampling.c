@@ -88,8 +88,8 @@ uint32_t rs_sample(const float *logits, uint32_t n, const struct rs_sampling_par
 {
 	if (!(params->temperature > 0.0f) || params->top_k == 1 || n == 1)
 		return rs_argmax(logits, n);
-	uint32_t *idx = scratch;
-	double *weight = (double *)((uint8_t *)scratch + (size_t)n * sizeof(uint32_t));
+	double *weight = scratch; /* first: doubles need the stricter alignment */
+	uint32_t *idx = (uint32_t *)(weight + n);
 	uint32_t m = n;
 	if (params->top_k && params->top_k < n) {
 		top_k_select(idx, n, params->top_k, logits);

@@ -33,12 +33,12 @@ double rs_sample_uniform(uint64_t seed, uint64_t position);
 /* Index of the largest of n >= 1 values, the lowest index among equals. */
 uint32_t rs_argmax(const float *x, uint32_t n);
 
-/* Scratch (in bytes) that rs_sample needs for a vocabulary of n tokens. */
+/* Scratch (in bytes, aligned for a double) that rs_sample needs for n tokens. */
 size_t rs_sample_scratch_size(uint32_t n);
 
 /* Sample a token from n logits for sequence position `position` (the position the new
  * token will occupy), following the procedure above. scratch holds
- * rs_sample_scratch_size(n) bytes. Returns the token id. */
+ * rs_sample_scratch_size(n) bytes, 8-byte aligned. Returns the token id. */
 uint32_t rs_sample(const float *logits, uint32_t n, const struct rs_sampling_params *params,
 		   uint64_t position, void *scratch);
 

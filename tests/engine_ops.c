@@ -303,7 +303,8 @@ static void test_attention(void)
 				 .head_dim = hd};
 	/* Contiguous truth for all positions; store them through rs_op_kv_store with a
 	 * strided source (the engine's fused q|k|v rows). */
-	float *keys = malloc(sizeof(float) * total * kv_dim), *vals = malloc(sizeof(float) * total * kv_dim);
+	float *keys = malloc(sizeof(float) * total * kv_dim);
+	float *vals = malloc(sizeof(float) * total * kv_dim);
 	fill(keys, (size_t)total * kv_dim, &s, 1.0);
 	fill(vals, (size_t)total * kv_dim, &s, 1.0);
 	size_t stride = 3 * kv_dim;
@@ -350,7 +351,8 @@ static void test_attention(void)
 	for (uint32_t i = 0; i < n_tok; i++)
 		rs_op_attention(out + i * q_dim, q + i * q_dim, &kv, table, start + i, n_heads, scratch);
 	check_close("attention", out, ref, (size_t)n_tok * q_dim, 1e-6, 1e-5);
-	free(kc), free(vc), free(keys), free(vals), free(rows), free(q), free(out), free(ref), free(scratch);
+	free(kc), free(vc), free(keys), free(vals), free(rows);
+	free(q), free(out), free(ref), free(scratch);
 }
 
 int main(void)
