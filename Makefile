@@ -122,8 +122,8 @@ $(O)/tests/%: $(O)/obj/tests/%.o $(call obj,$(HARNESS_SRC)) $(LIBINTERNAL) $(LIB
 	$(LINK_ALL)
 
 # --- tests ------------------------------------------------------------------------------
-# The data-path tests run again under ASan+UBSan, the lock-free ones under TSan.
-ASAN_TESTS := $(filter ring_% shm_% daemon_% client_%,$(TESTS))
+# The data-path and file-parsing tests run again under ASan+UBSan, the lock-free ones under TSan.
+ASAN_TESTS := $(filter ring_% shm_% daemon_% client_% model_%,$(TESTS))
 TSAN_TESTS := $(filter ring_% daemon_many_clients,$(TESTS))
 TEST_TIMEOUT ?= 120
 
