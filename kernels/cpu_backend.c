@@ -1,4 +1,5 @@
-/* The CPU backend: fp32 weights, CBLAS GEMMs, a thread pool for attention and sampling.
+/* The CPU backend: fp32 weights, CBLAS GEMMs split over a thread pool that also runs
+ * the attention and the sampling.
  *
  * A step runs synchronously inside rs_engine_step. Per layer:
  *   xb = rmsnorm(x); [q|k|v] = xb Wqkv^T (one SGEMM, the three projections fused);

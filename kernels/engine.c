@@ -6,7 +6,6 @@
 #include <string.h>
 
 #include "kernels/engine_backend.h"
-#include "kernels/model_random.h"
 
 /* The CUDA backend lands in kernels/cuda/; until then "cuda" answers -ENODEV. When it
  * does, define RS_HAVE_CUDA_BACKEND (or reference it under RS_HAVE_CUDA) so that its
@@ -75,18 +74,20 @@ int rs_engine_create(const struct rs_model *model, const struct rs_engine_option
 {
 	*out = NULL;
 	set_err(err, err_size, "%s", "");
-	if (!model || rs_model_config_check(&model->config) || !model->layers ||
-	    model->config.head_dim > 4096) {
-		set_err(err, err_size, "invalid model configuration");
+	if (!model || !model->layers) {
+		set_err(err, err_size, "no model");
 		return -EINVAL;
 	}
+	int rc = rs_model_check_config(&model->config, err, err_size);
+	if (rc)
+		return rc;
 	struct rs_engine_options o;
 	if (opts)
 		o = *opts;
 	else
 		rs_engine_options_init(&o);
 	const struct rs_engine_backend *backend = NULL;
-	int rc = resolve(&model->config, &o, &backend, err, err_size);
+	rc = resolve(&model->config, &o, &backend, err, err_size);
 	if (rc)
 		return rc;
 

@@ -7,20 +7,6 @@
 #include "kernels/dtype.h"
 #include "kernels/model_random.h"
 
-int rs_model_config_check(const struct rs_model_config *cfg)
-{
-	if (!cfg || !cfg->dim || !cfg->hidden_dim || !cfg->n_layers || !cfg->n_heads ||
-	    !cfg->n_kv_heads || !cfg->head_dim || !cfg->vocab_size || !cfg->max_seq_len)
-		return -EINVAL;
-	if (cfg->n_heads % cfg->n_kv_heads)
-		return -EINVAL;
-	if (cfg->rope_dim > cfg->head_dim || (cfg->rope_dim & 1))
-		return -EINVAL;
-	if (!(cfg->rope_theta > 0.0f) || !(cfg->norm_eps >= 0.0f))
-		return -EINVAL;
-	return 0;
-}
-
 /* splitmix64: tiny, well mixed, and trivially reproducible elsewhere. */
 static uint64_t splitmix64(uint64_t *state)
 {
@@ -82,7 +68,7 @@ int rs_model_random(const struct rs_model_config *cfg, enum rs_dtype dtype, uint
 		    bool tied_output, struct rs_model **out)
 {
 	*out = NULL;
-	if (rs_model_config_check(cfg) || rs_dtype_size(dtype) == 0)
+	if (!cfg || rs_model_check_config(cfg, NULL, 0) || rs_dtype_size(dtype) == 0)
 		return -EINVAL;
 	uint64_t dim = cfg->dim, hidden = cfg->hidden_dim, vocab = cfg->vocab_size;
 	uint64_t q_dim = (uint64_t)cfg->n_heads * cfg->head_dim;

@@ -21,13 +21,9 @@
  *
  * The model owns its memory (model->owned, model->layers); tokenizer is NULL. Release it
  * with rs_model_free.
- * Returns 0, -EINVAL for an inconsistent config (zero sizes, n_kv_heads not dividing
- * n_heads, odd or too large rope_dim, unknown dtype), -ENOMEM. */
+ * Returns 0, -EINVAL for a config rs_model_check_config refuses or an unknown dtype,
+ * -ENOMEM. */
 int rs_model_random(const struct rs_model_config *cfg, enum rs_dtype dtype, uint64_t seed,
 		    bool tied_output, struct rs_model **out);
-
-/* Check a config for the invariants the engines rely on (see rs_model_random).
- * Returns 0 or -EINVAL. */
-int rs_model_config_check(const struct rs_model_config *cfg);
 
 #endif

@@ -209,7 +209,8 @@ int main(void)
 
 	struct rs_model_config mqa = cfg;
 	mqa.n_kv_heads = 1; /* multi-query attention */
-	mqa.head_dim = 32;  /* head_dim * n_heads != dim */
+	mqa.dim = 128;      /* head_dim 32 */
+	mqa.head_dim = 32;
 	mqa.rope_dim = 32;
 	check_model("mqa head_dim 32 f32", &mqa, RS_DTYPE_F32, true, 8, 30, 30, 7);
 	TEST_END();
