@@ -115,6 +115,8 @@ static void ref_forward(const struct rs_model *m, const uint32_t *tokens, uint32
 	free(kc), free(vc);
 }
 
+static int engine_threads = 2;
+
 /* Run the prompt through the engine in steps of `chunk` tokens (block tables over
  * freshly allocated blocks, in reverse order so that the table is not the identity),
  * and compare every position's logits with the reference. */
@@ -132,7 +134,7 @@ static void check_model(const char *name, const struct rs_model_config *cfg, enu
 	opts.block_size = block_size;
 	opts.kv_blocks = 64;
 	opts.max_batch_tokens = 256;
-	opts.threads = 2;
+	opts.threads = engine_threads;
 	struct rs_engine *engine = NULL;
 	char err[256];
 	rc = rs_engine_create(model, &opts, &engine, err, sizeof(err));
@@ -213,5 +215,11 @@ int main(void)
 	mqa.head_dim = 32;
 	mqa.rope_dim = 32;
 	check_model("mqa head_dim 32 f32", &mqa, RS_DTYPE_F32, true, 8, 30, 30, 7);
+
+	/* Worker counts that split the GEMMs unevenly, or not at all. */
+	engine_threads = 3;
+	check_model("gqa f32, 3 threads", &cfg, RS_DTYPE_F32, false, 16, 40, 9, 8);
+	engine_threads = 1;
+	check_model("gqa f16, 1 thread", &cfg, RS_DTYPE_F16, false, 16, 40, 40, 9);
 	TEST_END();
 }
