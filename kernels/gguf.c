@@ -94,6 +94,7 @@ static size_t tensor_elem_size(uint32_t type)
 	return 0;
 }
 
+/* Bytes left after the cursor. */
 static size_t remaining(const struct cursor *c)
 {
 	return c->size - c->pos;
@@ -111,11 +112,13 @@ static int read_bytes(struct cursor *c, void *dst, size_t n, const char *what)
 	return 0;
 }
 
+/* A little-endian u32, or fail naming what. */
 static int read_u32(struct cursor *c, uint32_t *v, const char *what)
 {
 	return read_bytes(c, v, sizeof(*v), what);
 }
 
+/* A little-endian u64, or fail naming what. */
 static int read_u64(struct cursor *c, uint64_t *v, const char *what)
 {
 	return read_bytes(c, v, sizeof(*v), what);
@@ -139,6 +142,7 @@ static int read_string(struct cursor *c, struct rs_gguf_str *s, const char *what
 	return 0;
 }
 
+/* FNV-1a of n bytes. */
 static uint64_t hash_bytes(const char *p, uint64_t n)
 {
 	uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
@@ -147,6 +151,7 @@ static uint64_t hash_bytes(const char *p, uint64_t n)
 	return h;
 }
 
+/* Whether the file string a equals b[0..b_len). */
 static bool str_eq(struct rs_gguf_str a, const char *b, size_t b_len)
 {
 	return a.len == b_len && memcmp(a.ptr, b, b_len) == 0;
@@ -165,7 +170,7 @@ static int index_alloc(uint64_t n, uint32_t **slots, uint64_t *mask)
 	return 0;
 }
 
-/* Find name in an index over strings got by key_of(i); returns the index or -1. */
+/* Look name up in an index over arr[i].field; result is the index, or -1 when absent. */
 #define INDEX_FIND(slots, mask, arr, field, name, name_len, result)                           \
 	do {                                                                                \
 		uint64_t h_ = hash_bytes((name), (name_len)) & (mask);                           \
@@ -180,7 +185,7 @@ static int index_alloc(uint64_t n, uint32_t **slots, uint64_t *mask)
 		}                                                                           \
 	} while (0)
 
-/* Insert entry i; returns false when the name is already there. */
+/* Insert arr[i] into an index; ok is false when its name is already there. */
 #define INDEX_INSERT(slots, mask, arr, field, i, ok)                                         \
 	do {                                                                                \
 		struct rs_gguf_str n_ = (arr)[i].field;                                     \
@@ -316,6 +321,7 @@ static void describe_key(char *buf, size_t size, const struct rs_gguf_kv *kv, ui
 		snprintf(buf, size, "key %" PRIu64, i);
 }
 
+/* Read every key/value, indexing the keys and refusing duplicates. */
 static int parse_kvs(struct rs_gguf *g, struct cursor *c)
 {
 	char what[128];
@@ -347,6 +353,7 @@ static int parse_kvs(struct rs_gguf *g, struct cursor *c)
 	return 0;
 }
 
+/* general.alignment, or the default: a power of two up to 2^30. */
 static int parse_alignment(struct rs_gguf *g, struct cursor *c)
 {
 	uint64_t alignment;
@@ -362,6 +369,7 @@ static int parse_alignment(struct rs_gguf *g, struct cursor *c)
 	return 0;
 }
 
+/* Describe tensor i for messages: "tensor i 'name'" with the name cut to 80 bytes. */
 static void describe_tensor(char *buf, size_t size, const struct rs_gguf_tensor *t, uint64_t i)
 {
 	if (t->name.ptr)
@@ -613,12 +621,14 @@ const struct rs_gguf_tensor *rs_gguf_find_tensor(const struct rs_gguf *gguf, con
 	return i < 0 ? NULL : &gguf->tensors[i];
 }
 
+/* Whether a value type is an unsigned integer. */
 static bool is_unsigned(uint32_t type)
 {
 	return type == RS_GGUF_TYPE_UINT8 || type == RS_GGUF_TYPE_UINT16 ||
 	       type == RS_GGUF_TYPE_UINT32 || type == RS_GGUF_TYPE_UINT64;
 }
 
+/* Whether a value type is a signed integer. */
 static bool is_signed(uint32_t type)
 {
 	return type == RS_GGUF_TYPE_INT8 || type == RS_GGUF_TYPE_INT16 ||

@@ -25,6 +25,7 @@ static int get_u32(const struct rs_gguf *g, const char *key, const uint32_t *fal
 	return 0;
 }
 
+/* Read an optional float key (fallback when absent), with a message on error. */
 static int get_f32(const struct rs_gguf *g, const char *key, float fallback, float *out,
 		   char *err, size_t err_size)
 {
@@ -38,6 +39,7 @@ static int get_f32(const struct rs_gguf *g, const char *key, float fallback, flo
 	return 0;
 }
 
+/* The rs_dtype of a GGUF tensor type; -EINVAL for the unsupported ones. */
 static int dtype_of(uint32_t type, enum rs_dtype *dtype)
 {
 	switch (type) {
@@ -78,6 +80,7 @@ static int take(const struct rs_gguf *g, const char *name, uint64_t rows, uint64
 	return 0;
 }
 
+/* The config from general.architecture and the llama.* keys (vocab_size excepted). */
 static int read_config(const struct rs_gguf *g, struct rs_model_config *cfg, char *err,
 		       size_t err_size)
 {

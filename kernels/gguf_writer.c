@@ -96,6 +96,7 @@ static int set_kv(struct rs_gguf_writer *w, const char *key, uint32_t type, uint
 	return 0;
 }
 
+/* Add (or replace) key with a copy of the n value bytes at v. */
 static int set_scalar(struct rs_gguf_writer *w, const char *key, uint32_t type, const void *v,
 		      size_t n)
 {
@@ -143,6 +144,7 @@ int rs_gguf_writer_set_string(struct rs_gguf_writer *w, const char *key, const c
 	return set_kv(w, key, RS_GGUF_TYPE_STRING, payload, 8 + len);
 }
 
+/* Size of a fixed-size value type; 0 for STRING, ARRAY and unknown types. */
 static size_t scalar_size(uint32_t type)
 {
 	switch (type) {
@@ -256,11 +258,13 @@ int rs_gguf_writer_add_tensor(struct rs_gguf_writer *w, const char *name, uint32
 	return 0;
 }
 
+/* Write n bytes; -EIO on a short write. */
 static int put(FILE *f, const void *p, size_t n)
 {
 	return n == 0 || fwrite(p, 1, n, f) == n ? 0 : -EIO;
 }
 
+/* Write zeros from pos up to the next multiple of alignment. */
 static int pad(FILE *f, uint64_t pos, uint32_t alignment)
 {
 	static const uint8_t zeros[64];
@@ -328,6 +332,7 @@ static uint32_t tensor_type_of(enum rs_dtype dtype)
 	}
 }
 
+/* Add a model tensor under name: ne = {cols, rows}, or {cols} for a vector. */
 static int add_model_tensor(struct rs_gguf_writer *w, const char *name, const struct rs_tensor *t)
 {
 	uint64_t ne[2] = { t->cols, t->rows };

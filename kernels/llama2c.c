@@ -18,6 +18,7 @@ struct layout {
 	uint64_t total;
 };
 
+/* Fill l with the float counts of a checkpoint for config c. */
 static void compute_layout(const struct rs_model_config *c, int shared, struct layout *l)
 {
 	uint64_t L = c->n_layers, dim = c->dim, hidden = c->hidden_dim;
@@ -40,6 +41,7 @@ static void compute_layout(const struct rs_model_config *c, int shared, struct l
 		   l->w1 + l->w2 + l->w3 + l->rms_final + l->freq_cis + l->wcls;
 }
 
+/* An F32 [rows][cols] tensor over base. */
 static struct rs_tensor view(const float *base, uint64_t rows, uint64_t cols)
 {
 	return (struct rs_tensor){ .dtype = RS_DTYPE_F32, .rows = rows, .cols = cols, .data = base };
@@ -152,6 +154,7 @@ static int write_tensor(FILE *f, const struct rs_tensor *t)
 	return 0;
 }
 
+/* Write n zero floats. */
 static int write_zeros(FILE *f, uint64_t n)
 {
 	static const float zeros[256];

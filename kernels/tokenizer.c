@@ -31,6 +31,7 @@ struct rs_tokenizer {
 	uint32_t all_mask;
 };
 
+/* FNV-1a of n bytes. */
 static uint64_t hash_bytes(const char *p, size_t n)
 {
 	uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
@@ -39,16 +40,19 @@ static uint64_t hash_bytes(const char *p, size_t n)
 	return h;
 }
 
+/* Length of piece id in bytes. */
 static size_t piece_len(const struct rs_tokenizer *tok, uint32_t id)
 {
 	return tok->offsets[id + 1] - tok->offsets[id];
 }
 
+/* Whether piece id is exactly s[0..n). */
 static bool piece_eq(const struct rs_tokenizer *tok, uint32_t id, const char *s, size_t n)
 {
 	return piece_len(tok, id) == n && memcmp(tok->blob + tok->offsets[id], s, n) == 0;
 }
 
+/* The id whose piece is s[0..n) in an index, or -1. */
 static int32_t index_find(const struct rs_tokenizer *tok, const uint32_t *slots, uint32_t mask,
 			  const char *s, size_t n)
 {
@@ -71,6 +75,7 @@ static void index_insert(const struct rs_tokenizer *tok, uint32_t *slots, uint32
 	slots[h] = id + 1;
 }
 
+/* Value of a hex digit, or -1. */
 static int hex_digit(char c)
 {
 	if (c >= '0' && c <= '9')
@@ -294,6 +299,7 @@ struct heap {
 	size_t n;
 };
 
+/* Push b onto the max-heap (the caller sized it). */
 static void heap_push(struct heap *h, struct bigram b)
 {
 	size_t i = h->n++;
@@ -307,6 +313,7 @@ static void heap_push(struct heap *h, struct bigram b)
 	h->items[i] = b;
 }
 
+/* Pop the best bigram of a non-empty heap. */
 static struct bigram heap_pop(struct heap *h)
 {
 	struct bigram top = h->items[0];
@@ -360,6 +367,7 @@ static uint32_t utf8_len(const uint8_t *s, size_t n)
 	return len;
 }
 
+/* Append id to ids; -ENOSPC when max_ids are used. */
 static int emit(uint32_t *ids, size_t max_ids, size_t *n, int32_t id)
 {
 	if (*n >= max_ids)

@@ -31,6 +31,7 @@ static int get_token_id(const struct rs_gguf *g, const char *key, int32_t fallba
 	return 0;
 }
 
+/* An optional bool key: fallback when absent. */
 static int get_flag(const struct rs_gguf *g, const char *key, bool fallback, bool *out,
 		    char *err, size_t err_size)
 {

@@ -37,6 +37,7 @@ struct builder {
 	uint32_t n, cap;
 };
 
+/* The id of piece s[0..len), or -1 (linear: the vocabulary is built once). */
 static int32_t find_piece(const struct builder *b, const char *s, size_t len)
 {
 	for (uint32_t i = 0; i < b->n; i++)
@@ -45,6 +46,7 @@ static int32_t find_piece(const struct builder *b, const char *s, size_t len)
 	return -1;
 }
 
+/* Append a piece unless the vocabulary is full. */
 static void add(struct builder *b, const char *s, size_t len, float score, uint8_t type)
 {
 	if (b->n == b->cap)

@@ -14,6 +14,7 @@
 
 #define PROG "ringserve-generate"
 
+/* Print the usage to f. */
 static void usage(FILE *f)
 {
 	fprintf(f,
@@ -26,6 +27,7 @@ static void usage(FILE *f)
 		"  id with --ids) unless --ignore-eos, or at the model's context length.\n");
 }
 
+/* Monotonic time in seconds. */
 static double now_seconds(void)
 {
 	struct timespec ts;
@@ -33,6 +35,7 @@ static double now_seconds(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* A float option value; exits on garbage. */
 static double parse_float(const char *opt, const char *arg)
 {
 	char *end;
@@ -44,6 +47,7 @@ static double parse_float(const char *opt, const char *arg)
 	return v;
 }
 
+/* An unsigned option value; exits on garbage. */
 static unsigned long long parse_uint(const char *opt, const char *arg)
 {
 	char *end;

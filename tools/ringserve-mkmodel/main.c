@@ -13,6 +13,7 @@
 #include "kernels/model_random.h"
 #include "kernels/tokenizer.h"
 
+/* Print the usage to f. */
 static void usage(FILE *f)
 {
 	fprintf(f,
@@ -27,6 +28,7 @@ static void usage(FILE *f)
 		"  --rope-theta      GGUF only (llama2.c implies 10000)\n");
 }
 
+/* An unsigned option value up to max; exits on garbage. */
 static unsigned long parse_number(const char *opt, const char *arg, unsigned long max)
 {
 	char *end;
