@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -12,6 +13,15 @@ const char *test_build_dir(void)
 {
 	const char *dir = getenv("RS_BUILD_DIR");
 	return dir && *dir ? dir : "build";
+}
+
+/* The daemon a failing test leaves behind is killed at exit. */
+static pid_t started_daemon;
+
+static void kill_started_daemon(void)
+{
+	if (started_daemon > 0)
+		kill(started_daemon, SIGKILL);
 }
 
 void test_daemon_start(struct test_daemon *daemon, const char *const *extra_args)
@@ -32,12 +42,17 @@ void test_daemon_start(struct test_daemon *daemon, const char *const *extra_args
 	daemon->pid = fork();
 	CHECK(daemon->pid >= 0, "fork: %s", strerror(errno));
 	if (daemon->pid == 0) {
+		/* Die with the test, even when the runner's timeout kills it. */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		close(ready[0]);
 		execv(binary, (char *const *)argv);
 		fprintf(stderr, "exec %s: %s\n", binary, strerror(errno));
 		_exit(127);
 	}
 	close(ready[1]);
+	if (started_daemon == 0)
+		atexit(kill_started_daemon);
+	started_daemon = daemon->pid;
 	char byte;
 	ssize_t n;
 	do
@@ -52,6 +67,8 @@ int test_daemon_stop(struct test_daemon *daemon)
 	int status = 0;
 	kill(daemon->pid, SIGTERM);
 	CHECK(waitpid(daemon->pid, &status, 0) == daemon->pid, "waitpid: %s", strerror(errno));
+	if (started_daemon == daemon->pid)
+		started_daemon = 0;
 	rmdir(daemon->dir);
 	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
@@ -60,6 +77,8 @@ void test_daemon_kill(struct test_daemon *daemon)
 {
 	kill(daemon->pid, SIGKILL);
 	waitpid(daemon->pid, NULL, 0);
+	if (started_daemon == daemon->pid)
+		started_daemon = 0;
 	unlink(daemon->socket_path);
 	rmdir(daemon->dir);
 }
