@@ -22,7 +22,7 @@
 #define RS_FUTEX_BITSET_MATCH_ANY 0xffffffffull
 
 /* user_data of our io_uring operations: kind, client generation, client index. */
-enum op_kind { OP_ACCEPT = 1, OP_CLIENT_RECV, OP_DOORBELL, OP_SIGNAL, OP_CANCEL };
+enum op_kind { OP_ACCEPT = 1, OP_CLIENT_RECV, OP_DOORBELL, OP_SIGNAL, OP_CANCEL, OP_REJECTED };
 
 static uint64_t op_data(enum op_kind kind, const struct rs_client *client)
 {
@@ -142,6 +142,22 @@ static void reject(int fd, int32_t status)
 	send_welcome(fd, &welcome, NULL, 0);
 }
 
+/* Refuse a connection that has no client slot. Closing a Unix socket with its hello
+ * still unread would reset the connection, and the peer would see ECONNRESET instead
+ * of our answer: so read the hello (or EOF) first, then close (OP_REJECTED). */
+static void reject_connection(struct rs_daemon *daemon, int fd, int32_t status)
+{
+	static unsigned char discard[sizeof(struct rs_hello)]; /* contents never read */
+	reject(fd, status);
+	struct io_uring_sqe *sqe = get_sqe(daemon);
+	if (!sqe) {
+		close(fd);
+		return;
+	}
+	io_uring_prep_recv(sqe, fd, discard, sizeof(discard), 0);
+	io_uring_sqe_set_data64(sqe, ((uint64_t)OP_REJECTED << 56) | (uint32_t)fd);
+}
+
 static bool peer_allowed(const struct rs_daemon_config *config, uid_t uid, gid_t gid)
 {
 	for (uint32_t i = 0; i < config->n_allow_uids; i++)
@@ -165,8 +181,7 @@ static void handle_accept(struct rs_daemon *daemon, int fd)
 		fprintf(stderr, "ringserved: refused pid %d (uid %u, gid %u): not in the allow-list\n",
 			(int)cred.pid, (unsigned)cred.uid, (unsigned)cred.gid);
 		daemon->stats.clients_rejected++;
-		reject(fd, -EPERM);
-		close(fd);
+		reject_connection(daemon, fd, -EPERM);
 		return;
 	}
 	struct rs_client *client = NULL;
@@ -178,8 +193,7 @@ static void handle_accept(struct rs_daemon *daemon, int fd)
 	}
 	if (!client || daemon->draining) {
 		daemon->stats.clients_rejected++;
-		reject(fd, client ? -ESHUTDOWN : -EUSERS);
-		close(fd);
+		reject_connection(daemon, fd, client ? -ESHUTDOWN : -EUSERS);
 		return;
 	}
 	client->state = RS_CLIENT_HANDSHAKE;
@@ -299,6 +313,9 @@ static void handle_cqe(struct rs_daemon *daemon, const struct io_uring_cqe *cqe)
 		if (cqe->res == (int)sizeof(signal_info))
 			begin_drain(daemon);
 		arm_signal(daemon);
+		break;
+	case OP_REJECTED:
+		close((int)(uint32_t)data);
 		break;
 	case OP_CANCEL:
 		break;

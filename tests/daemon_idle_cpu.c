@@ -1,0 +1,72 @@
+/* An idle daemon with a connected client sleeps in io_uring: over a second of idleness
+ * it uses next to no CPU time; and it wakes up for work submitted while it sleeps, in
+ * both doorbell modes (IORING_OP_FUTEX_WAIT and the eventfd fallback). */
+#include <errno.h>
+#include <string.h>
+#include <time.h>
+
+#include "client-lib/connection.h"
+#include "client-lib/ringserve.h"
+#include "shm/clock.h"
+#include "tests/harness/harness.h"
+
+static void wait_until_daemon_sleeps(struct rs_connection *conn)
+{
+	/* The daemon raises daemon_need_wakeup just before it sleeps (wakeup.c, N1). */
+	uint64_t deadline = rs_now_ns() + 5ull * 1000 * 1000 * 1000;
+	while (!atomic_load(&conn->shared->daemon_need_wakeup))
+		CHECK(rs_now_ns() < deadline, "the daemon never went to sleep");
+}
+
+static void one_request(struct rs_connection *conn, unsigned seed)
+{
+	unsigned prompt[3] = {seed, seed + 1, seed + 2};
+	struct rs_generate_params params = {.prompt = prompt, .prompt_len = 3, .max_new_tokens = 4};
+	int request = rs_submit(conn, &params);
+	CHECK(request >= 0, "submit");
+	struct rs_completion done;
+	CHECK(rs_wait(conn, &done, 1, 5000) == 1, "the sleeping daemon did not wake for work");
+	CHECK(done.status == 0 && done.output_len == 4, "status %d", done.status);
+	const uint32_t *tokens;
+	CHECK(rs_output(conn, request, &tokens) == 4, "output");
+	for (unsigned i = 0; i < 4; i++)
+		CHECK(tokens[i] == test_null_token(prompt, 3, i, 32000), "token %u", i);
+	rs_release(conn, request);
+}
+
+static void run(const char *mode_arg)
+{
+	struct test_daemon daemon;
+	const char *args[] = {"--spin-us", "100", mode_arg, NULL};
+	test_daemon_start(&daemon, args);
+	struct rs_connection *conn;
+	CHECK(rs_connect(daemon.socket_path, NULL, &conn) == 0, "connect");
+	uint32_t expected_mode = mode_arg ? RS_WAKE_EVENTFD : RS_WAKE_FUTEX;
+	CHECK(conn->hdr.wake_mode == expected_mode || !mode_arg, "wake mode %u", conn->hdr.wake_mode);
+
+	/* Wake-ups from sleep, many times over: none may be lost. */
+	for (unsigned round = 0; round < 50; round++) {
+		wait_until_daemon_sleeps(conn);
+		one_request(conn, round);
+	}
+
+	/* A second of idleness costs (almost) no CPU: the heartbeat wakes it 10 times. */
+	wait_until_daemon_sleeps(conn);
+	double before = test_process_cpu_seconds(daemon.pid);
+	struct timespec second = {1, 0};
+	nanosleep(&second, NULL); /* a measurement window, not synchronisation */
+	double used = test_process_cpu_seconds(daemon.pid) - before;
+	fprintf(stderr, "%s: idle daemon used %.3f s of CPU in 1 s\n",
+		mode_arg ? "eventfd" : "futex", used);
+	CHECK(used < 0.05, "idle daemon used %.3f s of CPU in 1 s", used);
+	one_request(conn, 1000);
+	rs_close(conn);
+	CHECK(test_daemon_stop(&daemon) == 0, "daemon exit status");
+}
+
+int main(void)
+{
+	run(NULL);
+	run("--eventfd");
+	return T_EXIT_PASS;
+}
