@@ -50,14 +50,20 @@ static void run(const char *mode_arg)
 		one_request(conn, round);
 	}
 
-	/* A second of idleness costs (almost) no CPU: the heartbeat wakes it 10 times. */
+	/* A second of idleness costs (almost) no CPU: the heartbeat wakes it 10 times.
+	 * Two windows: the first may still see threads of libraries the daemon loads
+	 * (OpenBLAS spins for a while after it starts its pool); the second is the
+	 * steady state that the assertion is about. */
 	wait_until_daemon_sleeps(conn);
-	double before = test_process_cpu_seconds(daemon.pid);
-	struct timespec second = {1, 0};
-	nanosleep(&second, NULL); /* a measurement window, not synchronisation */
-	double used = test_process_cpu_seconds(daemon.pid) - before;
-	fprintf(stderr, "%s: idle daemon used %.3f s of CPU in 1 s\n",
-		mode_arg ? "eventfd" : "futex", used);
+	double used = 0;
+	for (int window = 0; window < 2; window++) {
+		double before = test_process_cpu_seconds(daemon.pid);
+		struct timespec second = {1, 0};
+		nanosleep(&second, NULL); /* a measurement window, not synchronisation */
+		used = test_process_cpu_seconds(daemon.pid) - before;
+		fprintf(stderr, "%s: idle daemon used %.3f s of CPU in 1 s (window %d)\n",
+			mode_arg ? "eventfd" : "futex", used, window + 1);
+	}
 	CHECK(used < 0.05, "idle daemon used %.3f s of CPU in 1 s", used);
 	one_request(conn, 1000);
 	rs_close(conn);

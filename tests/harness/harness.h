@@ -45,7 +45,7 @@ void test_daemon_kill(struct test_daemon *daemon);
 unsigned test_null_token(const unsigned *prompt, unsigned prompt_len, unsigned index,
 			 unsigned vocab_size);
 
-/* CPU time (user + system) of a process in seconds, from /proc/PID/stat. */
+/* CPU time of a process's threads in seconds, from /proc/PID/task/TID/schedstat. */
 double test_process_cpu_seconds(pid_t pid);
 
 #endif
