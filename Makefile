@@ -36,7 +36,7 @@ CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 CUDA_ARCHS ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80
 NVCCFLAGS ?= -O2 -g -std=c++17 $(CUDA_ARCHS) -Xcompiler -fPIC,-Wall -I.
 CUDA_SRC := $(wildcard kernels/cuda/*.cu)
-RS_CFLAGS += -DRS_HAVE_CUDA=1 -I$(CUDA_HOME)/include
+RS_CFLAGS += -DRS_HAVE_CUDA=1 -DRS_HAVE_CUDA_BACKEND=1 -I$(CUDA_HOME)/include
 LDLIBS_ENGINE += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
 HAVE_CUDA_MSG := nvcc ✓ $(NVCC) (CUDA backend is built)
 else

@@ -7,11 +7,9 @@
 
 #include "kernels/engine_backend.h"
 
-/* The CUDA backend lands in kernels/cuda/; until then "cuda" answers -ENODEV. When it
- * does, define RS_HAVE_CUDA_BACKEND (or reference it under RS_HAVE_CUDA) so that its
- * object is linked in. */
+/* The CUDA backend (kernels/cuda/) is linked in when the Makefile finds nvcc, which then
+ * defines RS_HAVE_CUDA_BACKEND; without it "cuda" answers -ENODEV. */
 #ifdef RS_HAVE_CUDA_BACKEND
-extern const struct rs_engine_backend rs_engine_backend_cuda;
 #define CUDA_BACKEND (&rs_engine_backend_cuda)
 #else
 #define CUDA_BACKEND NULL
@@ -35,7 +33,8 @@ void rs_engine_options_init(struct rs_engine_options *opts)
 
 /* Fill defaults in; pick the backend. */
 static int resolve(const struct rs_model_config *cfg, struct rs_engine_options *o,
-		   const struct rs_engine_backend **backend, char *err, size_t err_size)
+		   const struct rs_engine_backend **backend, const char **note, char *err,
+		   size_t err_size)
 {
 	if (!o->block_size)
 		o->block_size = 16;
@@ -52,8 +51,17 @@ static int resolve(const struct rs_model_config *cfg, struct rs_engine_options *
 		return -EINVAL;
 	}
 	const char *name = o->backend ? o->backend : "auto";
-	if (strcmp(name, "auto") == 0 || strcmp(name, "cpu") == 0) {
-		/* auto: CPU until the CUDA backend exists; then CUDA when a device answers. */
+	if (strcmp(name, "auto") == 0) {
+		/* CUDA when it is built and a device answers; the CPU otherwise, saying why. */
+		*backend = CUDA_BACKEND;
+		if (!*backend) {
+			*note = "CUDA backend not built: using the CPU backend";
+			*backend = &rs_engine_backend_cpu;
+		} else if ((*backend)->available && (*backend)->available(NULL, 0) != 0) {
+			*note = "no CUDA device: using the CPU backend";
+			*backend = &rs_engine_backend_cpu;
+		}
+	} else if (strcmp(name, "cpu") == 0) {
 		*backend = &rs_engine_backend_cpu;
 	} else if (strcmp(name, "cuda") == 0) {
 		*backend = CUDA_BACKEND;
@@ -61,6 +69,9 @@ static int resolve(const struct rs_model_config *cfg, struct rs_engine_options *
 			set_err(err, err_size, "CUDA backend not built");
 			return -ENODEV;
 		}
+		int rc = (*backend)->available ? (*backend)->available(err, err_size) : 0;
+		if (rc)
+			return rc;
 	} else {
 		set_err(err, err_size, "unknown engine backend \"%s\" (auto, cpu, cuda)", name);
 		return -EINVAL;
@@ -87,7 +98,8 @@ int rs_engine_create(const struct rs_model *model, const struct rs_engine_option
 	else
 		rs_engine_options_init(&o);
 	const struct rs_engine_backend *backend = NULL;
-	rc = resolve(&model->config, &o, &backend, err, err_size);
+	const char *note = NULL;
+	rc = resolve(&model->config, &o, &backend, &note, err, err_size);
 	if (rc)
 		return rc;
 
@@ -112,6 +124,8 @@ int rs_engine_create(const struct rs_model *model, const struct rs_engine_option
 		free(engine);
 		return rc;
 	}
+	if (note)
+		set_err(err, err_size, "%s", note);
 	*out = engine;
 	return 0;
 }
@@ -200,6 +214,24 @@ int rs_engine_step_wait(struct rs_engine *engine, uint32_t lane)
 	if (lane >= engine->options.lanes)
 		return -EINVAL;
 	return engine->backend->wait(engine, lane);
+}
+
+int rs_engine_register_host(struct rs_engine *engine, void *ptr, size_t size)
+{
+	if (!ptr || !size)
+		return -EINVAL;
+	if (!engine->backend->register_host)
+		return 0;
+	return engine->backend->register_host(engine, ptr, size);
+}
+
+int rs_engine_unregister_host(struct rs_engine *engine, void *ptr)
+{
+	if (!ptr)
+		return -EINVAL;
+	if (!engine->backend->unregister_host)
+		return 0;
+	return engine->backend->unregister_host(engine, ptr);
 }
 
 int rs_engine_forward_logits(struct rs_engine *engine, const struct rs_seq_step *seqs,

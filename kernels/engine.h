@@ -60,11 +60,15 @@ void rs_engine_options_init(struct rs_engine_options *opts);
 
 /* Create an engine for model (which must outlive the engine: the CPU backend reads F32
  * weights in place). opts may be NULL (defaults). Weights in F16/BF16 are converted to
- * the backend's type once, here. Allocates the KV pool and the scratch for
- * max_batch_tokens tokens.
+ * the backend's type once, here (the CUDA backend keeps the model's own dtype on the
+ * device). Allocates the KV pool and the scratch for max_batch_tokens tokens.
+ * Backend "auto" picks CUDA when it is built and a device answers, else the CPU; then, on
+ * success, err holds a note saying why ("no CUDA device: using the CPU backend"); err is
+ * empty after any other success.
  * Returns 0, or a negative errno with a message in err (err_size bytes, may be 0):
- * -EINVAL (bad config or options, unknown backend), -ENODEV (backend "cuda" when it is
- * not built: "CUDA backend not built"), -ENOMEM. */
+ * -EINVAL (bad config or options, unknown backend, a shape the backend cannot run),
+ * -ENODEV (backend "cuda" when it is not built: "CUDA backend not built", or when no
+ * device answers: "no CUDA device (...)"), -ENOMEM, -EIO (a device call failed). */
 int rs_engine_create(const struct rs_model *model, const struct rs_engine_options *opts,
 		     struct rs_engine **out, char *err, size_t err_size);
 
@@ -99,6 +103,21 @@ int rs_engine_step_poll(struct rs_engine *engine, uint32_t lane);
 
 /* Block until the lane's last step completes. Returns 0 or its negative errno. */
 int rs_engine_step_wait(struct rs_engine *engine, uint32_t lane);
+
+/* Make host memory [ptr, ptr + size) writable in place by the engine's device (CUDA:
+ * cudaHostRegister, mapped), so that a step whose out_token points into it has the GPU
+ * write the token there directly (zero-copy; the daemon registers each client segment).
+ * A step's out_token outside every registered range still works: the id goes through a
+ * staging buffer and is copied to out_token by step_poll or step_wait (or the lane's
+ * next step) once the step is complete. On the CPU backend this does nothing.
+ * Returns 0, -EINVAL (NULL or empty), -EEXIST (overlaps a registered range), -ENOMEM,
+ * -EIO (the driver refused the range). */
+int rs_engine_register_host(struct rs_engine *engine, void *ptr, size_t size);
+
+/* Undo rs_engine_register_host(ptr, ...), first waiting for every lane's step in flight
+ * (a step may still write into the range). Steps submitted afterwards must not point
+ * into it. Returns 0, -EINVAL (NULL), -ENOENT (not registered; the CPU backend: 0). */
+int rs_engine_unregister_host(struct rs_engine *engine, void *ptr);
 
 /* Like a step (KV written the same way, same validation), but synchronous, sampling
  * nothing, and writing the logits of every position of the step into logits:

@@ -27,8 +27,19 @@ struct rs_engine_backend {
 		    uint32_t n_seqs, uint32_t n_tokens, float *logits);
 	int (*poll)(struct rs_engine *engine, uint32_t lane);
 	int (*wait)(struct rs_engine *engine, uint32_t lane);
+	/* Optional (NULL: always usable): 0 when the backend can run here, else -ENODEV with
+	 * the reason in err. Called before create, by "auto" to choose and by an explicit
+	 * choice to refuse early. */
+	int (*available)(char *err, size_t err_size);
+	/* Optional (NULL: nothing to do, host memory is written directly): make host memory
+	 * writable by the backend's device in place (see rs_engine_register_host). */
+	int (*register_host)(struct rs_engine *engine, void *ptr, size_t size);
+	int (*unregister_host)(struct rs_engine *engine, void *ptr);
 };
 
 extern const struct rs_engine_backend rs_engine_backend_cpu;
+/* kernels/cuda/cuda_backend.cu; built (and RS_HAVE_CUDA_BACKEND defined) when the Makefile
+ * finds nvcc. */
+extern const struct rs_engine_backend rs_engine_backend_cuda;
 
 #endif

@@ -34,7 +34,16 @@ int main(void)
 		TEST_END();
 	}
 	const struct rs_engine_options *o = rs_engine_options(e);
-	CHECK(strcmp(o->backend, "cpu") == 0, "auto picks the CPU: %s", o->backend);
+	/* auto: CUDA when a device answers, else the CPU with a note saying why. */
+	if (strcmp(o->backend, "cpu") == 0) {
+#ifdef RS_HAVE_CUDA_BACKEND
+		CHECK(strcmp(err, "no CUDA device: using the CPU backend") == 0, "note: %s", err);
+#else
+		CHECK(strcmp(err, "CUDA backend not built: using the CPU backend") == 0, "note: %s", err);
+#endif
+	} else {
+		CHECK(strcmp(o->backend, "cuda") == 0 && !err[0], "auto picked %s (%s)", o->backend, err);
+	}
 	CHECK(o->block_size == 16 && o->lanes == 1 && o->max_batch_tokens == 512, "defaults");
 	CHECK(o->kv_blocks == 8 * (cfg.max_seq_len / 16), "kv_blocks %u", o->kv_blocks);
 	CHECK(rs_kv_free_count(rs_engine_kv(e)) == o->kv_blocks, "pool size");
@@ -78,6 +87,8 @@ int main(void)
 	CHECK(rs_engine_forward_logits(e, &good, 1, NULL) == -EINVAL, "NULL logits");
 
 	CHECK(rs_engine_step(e, 0, &good, 1) == 0, "valid step");
+	/* out_token is written when the step completes (later than the call on CUDA). */
+	CHECK(rs_engine_step_wait(e, 0) == 0, "wait");
 	CHECK(out < cfg.vocab_size, "sampled %u", out);
 	CHECK(rs_engine_step_poll(e, 0) == 1 && rs_engine_step_wait(e, 0) == 0, "done");
 	rs_kv_block_unref(kv, table[0]);

@@ -240,6 +240,7 @@ static void generate(struct rs_engine *e, const uint32_t *prompt, const uint64_t
 		if (k == GEN) /* the last sampled tokens are already in out */
 			break;
 		CHECK(rs_engine_step(e, 0, st, total) == 0, "step %u", k);
+		CHECK(rs_engine_step_wait(e, 0) == 0, "wait %u", k); /* async backends */
 		for (uint32_t i = 0; i < count; i++)
 			out[i][k] = last[i];
 	}
@@ -257,6 +258,7 @@ static void test_engine_seeds(void)
 		return;
 	struct rs_engine_options opts;
 	rs_engine_options_init(&opts);
+	opts.backend = "cpu"; /* the CPU's spec; tests/engine_cuda.c holds CUDA to it */
 	opts.kv_blocks = 128;
 	opts.threads = 2;
 	struct rs_engine *e = NULL;

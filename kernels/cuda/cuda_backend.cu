@@ -1,0 +1,741 @@
+/* The CUDA backend: weights and the paged KV cache in device memory, cuBLAS GEMMs, the
+ * kernels of cuda_ops.h for everything else, one stream per lane.
+ *
+ * Types on the device: matrices (and the token embedding) keep the model's dtype, that of
+ * layer 0's wq: f16 and bf16 models run f16/bf16 GEMMs with fp32 accumulation, an f32
+ * model runs fp32 GEMMs (tests and tiny models: exact parity with the CPU backend matters
+ * more there than memory). A tensor stored in another dtype is converted at upload. Norm
+ * weights, activations and the KV cache are fp32.
+ *
+ * A step only enqueues: its tokens, positions, KV slots, block tables and sampling
+ * descriptors are written to the lane's pinned staging buffer and copied to the device by
+ * one cudaMemcpyAsync; then, per layer: rmsnorm -> [q|k|v] GEMM -> rope -> KV store ->
+ * attention -> x += att Wo^T (the residual is the GEMM's beta = 1) -> rmsnorm ->
+ * [gate|up] GEMM -> SwiGLU -> x += h Wdown^T; then the final norm of the sampled rows
+ * only, the logits GEMM and the sampling kernel, which writes each id to its out_token
+ * through a device-visible address: the address itself when out_token lies in a range
+ * registered with rs_engine_register_host, else a mapped pinned staging slot that
+ * step_poll / step_wait copy to out_token once the lane's event has fired.
+ *
+ * Locking: everything a step touches on the host is per lane (stream, cuBLAS handle,
+ * scratch, staging), under the lane's mutex; the KV cache is shared but a step writes
+ * only its sequences' private blocks. The registered ranges have their own mutex, taken
+ * inside a lane's (never the other way round). */
+#include <cerrno>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <pthread.h>
+
+#include "kernels/cuda/cuda_ops.h"
+
+extern "C" {
+#include "kernels/dtype.h"
+#include "kernels/engine_backend.h"
+#include "kernels/errmsg.h"
+}
+
+/* Rows sampled per kernel launch: bounds the weight scratch (rows * vocab doubles). */
+static const uint32_t SAMPLE_ROWS_PER_LAUNCH = 64;
+
+struct cuda_layer {
+	float *attn_norm, *ffn_norm; /* [dim], fp32 */
+	void *wqkv;                  /* [q_dim + 2 kv_dim][dim] */
+	void *wo;                    /* [dim][q_dim] */
+	void *w_gate_up;             /* [2 hidden][dim] */
+	void *w_down;                /* [dim][hidden] */
+};
+
+struct cuda_lane {
+	pthread_mutex_t lock;
+	cudaStream_t stream;
+	cudaEvent_t done;
+	cublasHandle_t blas;
+	int busy;   /* a step was enqueued and not yet finished */
+	int status; /* 0 or the negative errno of the last step */
+
+	/* Device scratch for max_batch_tokens tokens. xb, att, hidden are GEMM inputs, in
+	 * the weights' dtype; the rest fp32. */
+	float *x, *qkv, *gate_up, *logits;
+	void *xb, *att, *hidden;
+	double *sample_scratch;
+
+	/* The step's metadata: pinned host staging, its device copy. */
+	uint8_t *meta_h, *meta_d;
+	size_t meta_cap;
+
+	/* Sampled ids for out_tokens outside registered memory: mapped pinned slots, and
+	 * where each goes once the step is done. */
+	uint32_t *out_stage_h, *out_stage_d;
+	uint32_t **pending; /* [max_batch_tokens]: destination of slot r, or NULL */
+	uint32_t n_pending;
+};
+
+struct host_range {
+	uintptr_t host;
+	size_t size;
+	uintptr_t dev;
+};
+
+struct cuda_engine {
+	int device;
+	enum rs_dtype wtype;
+	struct cuda_layer *layers;
+	void *embedding;  /* [vocab][dim] */
+	void *output;     /* [vocab][dim]; == embedding when tied */
+	float *final_norm;
+	float *k_cache, *v_cache; /* [layer][block][block_size][kv_dim] */
+	size_t layer_cache_floats;
+	struct cuda_lane *lanes;
+	uint32_t n_lanes;
+
+	pthread_mutex_t ranges_lock;
+	struct host_range *ranges;
+	uint32_t n_ranges, cap_ranges;
+};
+
+static int cuda_available(char *err, size_t err_size)
+{
+	int count = 0;
+	cudaError_t e = cudaGetDeviceCount(&count);
+	if (e != cudaSuccess || count <= 0) {
+		cudaGetLastError(); /* not sticky, but leave nothing behind */
+		return rs_errmsg(err, err_size, -ENODEV, "no CUDA device (%s)",
+				 e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+	}
+	return 0;
+}
+
+/* -ENOMEM for allocation failures, -EIO for anything else the runtime reports. */
+static int cuda_errno(cudaError_t e)
+{
+	if (e == cudaSuccess)
+		return 0;
+	return e == cudaErrorMemoryAllocation ? -ENOMEM : -EIO;
+}
+
+static int dev_alloc(void **p, size_t bytes)
+{
+	*p = NULL;
+	return cuda_errno(cudaMalloc(p, bytes ? bytes : 16));
+}
+
+static int check_shape(const struct rs_tensor *t, uint64_t rows, uint64_t cols)
+{
+	/* A vector may be stored as [1][n] or [n][1]. */
+	if (!t->data || t->rows * t->cols != rows * cols || rs_dtype_size(t->dtype) == 0)
+		return -EINVAL;
+	return 0;
+}
+
+/* Copy tensor t into device memory dst as dtype `to` (converting on the host, in chunks,
+ * when the dtypes differ). */
+static int upload(void *dst, const struct rs_tensor *t, enum rs_dtype to)
+{
+	size_t n = (size_t)(t->rows * t->cols), out_elem = rs_dtype_size(to);
+	if (t->dtype == to)
+		return cuda_errno(cudaMemcpy(dst, t->data, n * out_elem, cudaMemcpyHostToDevice));
+	const size_t CHUNK = 1 << 20;
+	float *f = (float *)malloc(CHUNK * sizeof(float));
+	uint16_t *h = (uint16_t *)malloc(CHUNK * sizeof(uint16_t));
+	int rc = f && h ? 0 : -ENOMEM;
+	size_t in_elem = rs_dtype_size(t->dtype);
+	for (size_t done = 0; done < n && !rc; done += CHUNK) {
+		size_t c = n - done < CHUNK ? n - done : CHUNK;
+		rs_convert_to_f32(f, (const uint8_t *)t->data + done * in_elem, t->dtype, c);
+		const void *src = f;
+		if (to != RS_DTYPE_F32) {
+			for (size_t i = 0; i < c; i++)
+				h[i] = to == RS_DTYPE_F16 ? rs_f32_to_f16(f[i]) : rs_f32_to_bf16(f[i]);
+			src = h;
+		}
+		rc = cuda_errno(cudaMemcpy((uint8_t *)dst + done * out_elem, src, c * out_elem,
+					   cudaMemcpyHostToDevice));
+	}
+	free(f);
+	free(h);
+	return rc;
+}
+
+static int upload_new(void **dst, const struct rs_tensor *t, enum rs_dtype to)
+{
+	int rc = dev_alloc(dst, (size_t)(t->rows * t->cols) * rs_dtype_size(to));
+	return rc ? rc : upload(*dst, t, to);
+}
+
+static int load_weights(struct rs_engine *e, struct cuda_engine *c, char *err, size_t err_size)
+{
+	const struct rs_model *m = e->model;
+	const struct rs_model_config *cfg = &e->config;
+	size_t dim = cfg->dim, hidden = cfg->hidden_dim;
+	size_t q_dim = (size_t)cfg->n_heads * cfg->head_dim;
+	size_t kv_dim = (size_t)cfg->n_kv_heads * cfg->head_dim;
+
+	if (check_shape(&m->token_embedding, cfg->vocab_size, dim) ||
+	    check_shape(&m->output, cfg->vocab_size, dim) || check_shape(&m->final_norm, 1, dim))
+		return rs_errmsg(err, err_size, -EINVAL,
+				 "model: embedding, output or final norm has a wrong shape");
+	for (uint32_t l = 0; l < cfg->n_layers; l++) {
+		const struct rs_layer_weights *w = &m->layers[l];
+		if (check_shape(&w->attn_norm, 1, dim) || check_shape(&w->ffn_norm, 1, dim) ||
+		    check_shape(&w->wq, q_dim, dim) || check_shape(&w->wk, kv_dim, dim) ||
+		    check_shape(&w->wv, kv_dim, dim) || check_shape(&w->wo, dim, q_dim) ||
+		    check_shape(&w->w_gate, hidden, dim) || check_shape(&w->w_up, hidden, dim) ||
+		    check_shape(&w->w_down, dim, hidden))
+			return rs_errmsg(err, err_size, -EINVAL,
+					 "model: layer %u has a tensor of the wrong shape", l);
+	}
+	enum rs_dtype wt = m->layers[0].wq.dtype;
+	size_t el = rs_dtype_size(wt);
+	c->wtype = wt;
+
+	int rc = upload_new(&c->embedding, &m->token_embedding, wt);
+	if (!rc && m->output.data == m->token_embedding.data &&
+	    m->output.dtype == m->token_embedding.dtype)
+		c->output = c->embedding; /* tied */
+	else if (!rc)
+		rc = upload_new(&c->output, &m->output, wt);
+	if (!rc)
+		rc = upload_new((void **)&c->final_norm, &m->final_norm, RS_DTYPE_F32);
+	c->layers = (struct cuda_layer *)calloc(cfg->n_layers, sizeof(*c->layers));
+	if (!c->layers)
+		rc = rc ? rc : -ENOMEM;
+	for (uint32_t l = 0; l < cfg->n_layers && !rc; l++) {
+		const struct rs_layer_weights *w = &m->layers[l];
+		struct cuda_layer *L = &c->layers[l];
+		uint8_t *qkv, *gu;
+		rc = upload_new((void **)&L->attn_norm, &w->attn_norm, RS_DTYPE_F32);
+		if (!rc)
+			rc = upload_new((void **)&L->ffn_norm, &w->ffn_norm, RS_DTYPE_F32);
+		if (!rc)
+			rc = dev_alloc(&L->wqkv, (q_dim + 2 * kv_dim) * dim * el);
+		if (!rc) {
+			/* Q, K, V fused by rows: one GEMM gives [T][q | k | v]. */
+			qkv = (uint8_t *)L->wqkv;
+			rc = upload(qkv, &w->wq, wt);
+			if (!rc)
+				rc = upload(qkv + q_dim * dim * el, &w->wk, wt);
+			if (!rc)
+				rc = upload(qkv + (q_dim + kv_dim) * dim * el, &w->wv, wt);
+		}
+		if (!rc)
+			rc = dev_alloc(&L->w_gate_up, 2 * hidden * dim * el);
+		if (!rc) {
+			gu = (uint8_t *)L->w_gate_up;
+			rc = upload(gu, &w->w_gate, wt);
+			if (!rc)
+				rc = upload(gu + hidden * dim * el, &w->w_up, wt);
+		}
+		if (!rc)
+			rc = upload_new(&L->wo, &w->wo, wt);
+		if (!rc)
+			rc = upload_new(&L->w_down, &w->w_down, wt);
+	}
+	if (rc)
+		return rs_errmsg(err, err_size, rc, "uploading the weights: %s",
+				 rc == -ENOMEM ? "out of device memory" : "CUDA error");
+	return 0;
+}
+
+/* Grow the lane's metadata buffers to hold bytes (the lane is idle). */
+static int meta_reserve(struct cuda_lane *ln, size_t bytes)
+{
+	if (bytes <= ln->meta_cap)
+		return 0;
+	size_t cap = ln->meta_cap ? ln->meta_cap : 65536;
+	while (cap < bytes)
+		cap *= 2;
+	cudaFreeHost(ln->meta_h);
+	cudaFree(ln->meta_d);
+	ln->meta_h = ln->meta_d = NULL;
+	ln->meta_cap = 0;
+	int rc = cuda_errno(cudaHostAlloc((void **)&ln->meta_h, cap, cudaHostAllocDefault));
+	if (!rc)
+		rc = dev_alloc((void **)&ln->meta_d, cap);
+	if (!rc)
+		ln->meta_cap = cap;
+	return rc;
+}
+
+static int lane_create(struct rs_engine *e, struct cuda_engine *c, struct cuda_lane *ln)
+{
+	const struct rs_model_config *cfg = &e->config;
+	size_t T = e->options.max_batch_tokens, el = rs_dtype_size(c->wtype);
+	size_t dim = cfg->dim, hidden = cfg->hidden_dim, vocab = cfg->vocab_size;
+	size_t q_dim = (size_t)cfg->n_heads * cfg->head_dim;
+	size_t kv_dim = (size_t)cfg->n_kv_heads * cfg->head_dim;
+	size_t sample_rows = T < SAMPLE_ROWS_PER_LAUNCH ? T : SAMPLE_ROWS_PER_LAUNCH;
+	pthread_mutex_init(&ln->lock, NULL);
+	int rc = cuda_errno(cudaStreamCreateWithFlags(&ln->stream, cudaStreamNonBlocking));
+	if (!rc)
+		rc = cuda_errno(cudaEventCreateWithFlags(&ln->done, cudaEventDisableTiming));
+	if (!rc && cublasCreate(&ln->blas) != CUBLAS_STATUS_SUCCESS)
+		rc = -EIO;
+	if (!rc && cublasSetStream(ln->blas, ln->stream) != CUBLAS_STATUS_SUCCESS)
+		rc = -EIO;
+	if (!rc)
+		rc = dev_alloc((void **)&ln->x, T * dim * sizeof(float));
+	if (!rc)
+		rc = dev_alloc((void **)&ln->qkv, T * (q_dim + 2 * kv_dim) * sizeof(float));
+	if (!rc)
+		rc = dev_alloc((void **)&ln->gate_up, T * 2 * hidden * sizeof(float));
+	if (!rc)
+		rc = dev_alloc((void **)&ln->logits, T * vocab * sizeof(float));
+	if (!rc)
+		rc = dev_alloc(&ln->xb, T * dim * el);
+	if (!rc)
+		rc = dev_alloc(&ln->att, T * q_dim * el);
+	if (!rc)
+		rc = dev_alloc(&ln->hidden, T * hidden * el);
+	if (!rc)
+		rc = dev_alloc((void **)&ln->sample_scratch,
+			       sample_rows * rs_cuda_sample_scratch(cfg->vocab_size) * sizeof(double));
+	if (!rc)
+		rc = cuda_errno(cudaHostAlloc((void **)&ln->out_stage_h, T * sizeof(uint32_t),
+					      cudaHostAllocMapped));
+	if (!rc)
+		rc = cuda_errno(cudaHostGetDevicePointer((void **)&ln->out_stage_d, ln->out_stage_h, 0));
+	if (!rc) {
+		ln->pending = (uint32_t **)calloc(T, sizeof(uint32_t *));
+		rc = ln->pending ? 0 : -ENOMEM;
+	}
+	if (!rc)
+		rc = meta_reserve(ln, 65536);
+	return rc;
+}
+
+static void lane_destroy(struct cuda_lane *ln)
+{
+	if (ln->blas)
+		cublasDestroy(ln->blas);
+	if (ln->done)
+		cudaEventDestroy(ln->done);
+	if (ln->stream)
+		cudaStreamDestroy(ln->stream);
+	cudaFree(ln->x);
+	cudaFree(ln->qkv);
+	cudaFree(ln->gate_up);
+	cudaFree(ln->logits);
+	cudaFree(ln->xb);
+	cudaFree(ln->att);
+	cudaFree(ln->hidden);
+	cudaFree(ln->sample_scratch);
+	cudaFreeHost(ln->out_stage_h);
+	cudaFreeHost(ln->meta_h);
+	cudaFree(ln->meta_d);
+	free(ln->pending);
+	pthread_mutex_destroy(&ln->lock);
+}
+
+static void cuda_destroy(struct rs_engine *e);
+
+static int cuda_create(struct rs_engine *e, char *err, size_t err_size)
+{
+	const struct rs_model_config *cfg = &e->config;
+	const struct rs_engine_options *o = &e->options;
+	if (o->max_batch_tokens > 65535)
+		return rs_errmsg(err, err_size, -EINVAL,
+				 "CUDA backend: max_batch_tokens %u is above 65535 (grid limit)",
+				 o->max_batch_tokens);
+	struct cuda_engine *c = (struct cuda_engine *)calloc(1, sizeof(*c));
+	if (!c)
+		return rs_errmsg(err, err_size, -ENOMEM, "out of memory");
+	e->impl = c;
+	pthread_mutex_init(&c->ranges_lock, NULL);
+	c->device = 0;
+	int rc = cuda_errno(cudaSetDevice(c->device));
+	if (rc) {
+		rs_errmsg(err, err_size, rc, "cudaSetDevice(0) failed");
+		goto fail;
+	}
+	rc = rs_cuda_attention_setup(cfg->n_heads, cfg->n_kv_heads, cfg->head_dim);
+	if (rc) {
+		rs_errmsg(err, err_size, rc,
+			  "CUDA attention cannot run head_dim %u with %u query heads per kv head",
+			  cfg->head_dim, cfg->n_heads / cfg->n_kv_heads);
+		goto fail;
+	}
+	rc = load_weights(e, c, err, err_size);
+	if (rc)
+		goto fail;
+
+	c->layer_cache_floats = (size_t)o->kv_blocks * o->block_size * cfg->n_kv_heads * cfg->head_dim;
+	rc = dev_alloc((void **)&c->k_cache, c->layer_cache_floats * cfg->n_layers * sizeof(float));
+	if (!rc)
+		rc = dev_alloc((void **)&c->v_cache, c->layer_cache_floats * cfg->n_layers * sizeof(float));
+	/* Zeroed so that a read of a never-written slot (a caller bug) stays finite. */
+	if (!rc)
+		rc = cuda_errno(cudaMemset(c->k_cache, 0,
+					   c->layer_cache_floats * cfg->n_layers * sizeof(float)));
+	if (!rc)
+		rc = cuda_errno(cudaMemset(c->v_cache, 0,
+					   c->layer_cache_floats * cfg->n_layers * sizeof(float)));
+	if (rc) {
+		rs_errmsg(err, err_size, rc, "KV cache: %zu MiB of device memory",
+			  2 * c->layer_cache_floats * cfg->n_layers * sizeof(float) >> 20);
+		goto fail;
+	}
+	c->lanes = (struct cuda_lane *)calloc(o->lanes, sizeof(*c->lanes));
+	if (!c->lanes) {
+		rc = rs_errmsg(err, err_size, -ENOMEM, "out of memory");
+		goto fail;
+	}
+	for (uint32_t i = 0; i < o->lanes; i++) {
+		c->n_lanes = i + 1; /* destroy releases what lane_create got so far */
+		rc = lane_create(e, c, &c->lanes[i]);
+		if (rc) {
+			rs_errmsg(err, err_size, rc, "lane %u: %s", i,
+				  rc == -ENOMEM ? "out of memory" : "CUDA error");
+			goto fail;
+		}
+	}
+	return 0;
+fail:
+	cuda_destroy(e);
+	return rc;
+}
+
+static void cuda_destroy(struct rs_engine *e)
+{
+	struct cuda_engine *c = (struct cuda_engine *)e->impl;
+	if (!c)
+		return;
+	cudaSetDevice(c->device);
+	for (uint32_t i = 0; i < c->n_lanes; i++)
+		lane_destroy(&c->lanes[i]);
+	free(c->lanes);
+	for (uint32_t i = 0; i < c->n_ranges; i++)
+		cudaHostUnregister((void *)c->ranges[i].host);
+	free(c->ranges);
+	if (c->layers) {
+		for (uint32_t l = 0; l < e->config.n_layers; l++) {
+			struct cuda_layer *L = &c->layers[l];
+			cudaFree(L->attn_norm);
+			cudaFree(L->ffn_norm);
+			cudaFree(L->wqkv);
+			cudaFree(L->wo);
+			cudaFree(L->w_gate_up);
+			cudaFree(L->w_down);
+		}
+	}
+	free(c->layers);
+	if (c->output != c->embedding)
+		cudaFree(c->output);
+	cudaFree(c->embedding);
+	cudaFree(c->final_norm);
+	cudaFree(c->k_cache);
+	cudaFree(c->v_cache);
+	pthread_mutex_destroy(&c->ranges_lock);
+	free(c);
+	e->impl = NULL;
+}
+
+/* Wait for the lane's step in flight, then hand its staged ids to their out_tokens.
+ * Called with the lane locked. Returns the lane's status. */
+static int lane_finish(struct cuda_lane *ln)
+{
+	if (!ln->busy)
+		return ln->status;
+	ln->busy = 0;
+	if (cudaEventSynchronize(ln->done) != cudaSuccess) {
+		ln->status = -EIO;
+		ln->n_pending = 0;
+		return ln->status;
+	}
+	for (uint32_t r = 0; r < ln->n_pending && !ln->status; r++)
+		if (ln->pending[r])
+			*ln->pending[r] = ln->out_stage_h[r];
+	ln->n_pending = 0;
+	return ln->status;
+}
+
+/* The device address of a registered host uint32_t, or NULL. */
+static uint32_t *device_address(struct cuda_engine *c, uint32_t *p)
+{
+	uintptr_t a = (uintptr_t)p;
+	uint32_t *dev = NULL;
+	pthread_mutex_lock(&c->ranges_lock);
+	for (uint32_t i = 0; i < c->n_ranges; i++) {
+		const struct host_range *r = &c->ranges[i];
+		if (a >= r->host && a - r->host <= r->size - sizeof(uint32_t) &&
+		    r->size >= sizeof(uint32_t)) {
+			dev = (uint32_t *)(r->dev + (a - r->host));
+			break;
+		}
+	}
+	pthread_mutex_unlock(&c->ranges_lock);
+	return dev;
+}
+
+/* The step's metadata, as laid out in the staging buffer (byte offsets). */
+struct step_meta {
+	size_t descs, tokens, positions, slots, table_offset, sample_rows, tables, bytes;
+};
+
+static struct step_meta meta_layout(uint32_t T, uint32_t rows, size_t table_entries)
+{
+	struct step_meta m;
+	m.descs = 0; /* first: 8-byte aligned */
+	m.tokens = m.descs + (size_t)rows * sizeof(struct rs_cuda_sample_desc);
+	m.positions = m.tokens + (size_t)T * 4;
+	m.slots = m.positions + (size_t)T * 4;
+	m.table_offset = m.slots + (size_t)T * 4;
+	m.sample_rows = m.table_offset + (size_t)T * 4;
+	m.tables = m.sample_rows + (size_t)rows * 4;
+	m.bytes = m.tables + table_entries * 4;
+	return m;
+}
+
+#define TRY(call)                  \
+	do {                       \
+		if (!rc)           \
+			rc = call; \
+	} while (0)
+
+/* Enqueue the layers over the step's T tokens (metadata already on the device). */
+static int enqueue_layers(struct rs_engine *e, struct cuda_engine *c, struct cuda_lane *ln,
+			  const struct step_meta *mt, uint32_t T)
+{
+	const struct rs_model_config *cfg = &e->config;
+	uint32_t dim = cfg->dim, hidden = cfg->hidden_dim, hd = cfg->head_dim;
+	uint32_t q_dim = cfg->n_heads * hd, kv_dim = cfg->n_kv_heads * hd;
+	uint32_t stride = q_dim + 2 * kv_dim;
+	enum rs_dtype wt = c->wtype;
+	cudaStream_t s = ln->stream;
+	const uint32_t *d_tokens = (const uint32_t *)(ln->meta_d + mt->tokens);
+	const uint32_t *d_positions = (const uint32_t *)(ln->meta_d + mt->positions);
+	const uint32_t *d_slots = (const uint32_t *)(ln->meta_d + mt->slots);
+	const uint32_t *d_table_offset = (const uint32_t *)(ln->meta_d + mt->table_offset);
+	const uint32_t *d_tables = (const uint32_t *)(ln->meta_d + mt->tables);
+	int rc = rs_cuda_embedding(ln->x, c->embedding, wt, d_tokens, T, dim, s);
+	for (uint32_t l = 0; l < cfg->n_layers && !rc; l++) {
+		const struct cuda_layer *L = &c->layers[l];
+		struct rs_cuda_kv_layer kv = {c->k_cache + l * c->layer_cache_floats,
+					      c->v_cache + l * c->layer_cache_floats,
+					      e->options.block_size, cfg->n_kv_heads, hd};
+		TRY(rs_cuda_rmsnorm(ln->xb, wt, ln->x, NULL, L->attn_norm, T, dim, cfg->norm_eps, s));
+		TRY(rs_cuda_matmul(ln->blas, ln->qkv, ln->xb, L->wqkv, wt, T, stride, dim, 0));
+		TRY(rs_cuda_rope(ln->qkv, stride, d_positions, T, cfg->n_heads + cfg->n_kv_heads, hd,
+				 cfg->rope_dim, cfg->rope_theta, s));
+		TRY(rs_cuda_kv_store(&kv, d_slots, T, ln->qkv + q_dim, ln->qkv + q_dim + kv_dim,
+				     stride, s));
+		TRY(rs_cuda_attention(ln->att, wt, ln->qkv, stride, &kv, d_tables, d_table_offset,
+				      d_positions, T, cfg->n_heads, s));
+		TRY(rs_cuda_matmul(ln->blas, ln->x, ln->att, L->wo, wt, T, dim, q_dim, 1));
+		TRY(rs_cuda_rmsnorm(ln->xb, wt, ln->x, NULL, L->ffn_norm, T, dim, cfg->norm_eps, s));
+		TRY(rs_cuda_matmul(ln->blas, ln->gate_up, ln->xb, L->w_gate_up, wt, T, 2 * hidden,
+				   dim, 0));
+		TRY(rs_cuda_swiglu(ln->hidden, wt, ln->gate_up, T, hidden, s));
+		TRY(rs_cuda_matmul(ln->blas, ln->x, ln->hidden, L->w_down, wt, T, dim, hidden, 1));
+	}
+	return rc;
+}
+
+static int cuda_step(struct rs_engine *e, uint32_t lane, const struct rs_seq_step *seqs,
+		     uint32_t n_seqs, uint32_t T, float *logits)
+{
+	struct cuda_engine *c = (struct cuda_engine *)e->impl;
+	struct cuda_lane *ln = &c->lanes[lane];
+	const struct rs_model_config *cfg = &e->config;
+	uint32_t bs = e->options.block_size, vocab = cfg->vocab_size, dim = cfg->dim;
+
+	pthread_mutex_lock(&ln->lock);
+	cudaSetDevice(c->device);
+	lane_finish(ln); /* one step in flight per lane: the staging buffers are ours again */
+	ln->status = 0;
+
+	uint32_t rows = 0;
+	size_t table_entries = 0;
+	for (uint32_t s = 0; s < n_seqs; s++) {
+		rows += !logits && seqs[s].sample;
+		table_entries += rs_kv_blocks_for(seqs[s].start_pos + seqs[s].n_tokens, bs);
+	}
+	struct step_meta mt = meta_layout(T, rows, table_entries);
+	int rc = meta_reserve(ln, mt.bytes);
+	if (rc)
+		goto out;
+
+	{
+		struct rs_cuda_sample_desc *descs = (struct rs_cuda_sample_desc *)(ln->meta_h + mt.descs);
+		uint32_t *tokens = (uint32_t *)(ln->meta_h + mt.tokens);
+		uint32_t *positions = (uint32_t *)(ln->meta_h + mt.positions);
+		uint32_t *slots = (uint32_t *)(ln->meta_h + mt.slots);
+		uint32_t *table_offset = (uint32_t *)(ln->meta_h + mt.table_offset);
+		uint32_t *sample_rows = (uint32_t *)(ln->meta_h + mt.sample_rows);
+		uint32_t *tables = (uint32_t *)(ln->meta_h + mt.tables);
+		uint32_t t = 0, r = 0, cursor = 0;
+		for (uint32_t s = 0; s < n_seqs; s++) {
+			const struct rs_seq_step *q = &seqs[s];
+			uint32_t used = rs_kv_blocks_for(q->start_pos + q->n_tokens, bs);
+			memcpy(tables + cursor, q->block_table, used * sizeof(uint32_t));
+			for (uint32_t i = 0; i < q->n_tokens; i++, t++) {
+				uint32_t p = q->start_pos + i;
+				tokens[t] = q->tokens[i];
+				positions[t] = p;
+				slots[t] = q->block_table[p / bs] * bs + p % bs;
+				table_offset[t] = cursor;
+			}
+			cursor += used;
+			if (logits || !q->sample)
+				continue;
+			uint32_t *dev = device_address(c, q->out_token);
+			ln->pending[r] = dev ? NULL : q->out_token;
+			rs_cuda_sample_desc_init(&descs[r], &q->sampling,
+						 (uint64_t)q->start_pos + q->n_tokens,
+						 dev ? dev : ln->out_stage_d + r);
+			sample_rows[r++] = t - 1;
+		}
+	}
+	rc = cuda_errno(cudaMemcpyAsync(ln->meta_d, ln->meta_h, mt.bytes, cudaMemcpyHostToDevice,
+					ln->stream));
+	TRY(enqueue_layers(e, c, ln, &mt, T));
+	if (logits) {
+		TRY(rs_cuda_rmsnorm(ln->xb, c->wtype, ln->x, NULL, c->final_norm, T, dim,
+				    cfg->norm_eps, ln->stream));
+		TRY(rs_cuda_matmul(ln->blas, ln->logits, ln->xb, c->output, c->wtype, T, vocab, dim, 0));
+		TRY(cuda_errno(cudaMemcpyAsync(logits, ln->logits, (size_t)T * vocab * sizeof(float),
+					       cudaMemcpyDeviceToHost, ln->stream)));
+	} else if (rows) {
+		/* Only the last position of each sampled sequence needs logits. */
+		const uint32_t *d_rows = (const uint32_t *)(ln->meta_d + mt.sample_rows);
+		const struct rs_cuda_sample_desc *d_descs =
+			(const struct rs_cuda_sample_desc *)(ln->meta_d + mt.descs);
+		TRY(rs_cuda_rmsnorm(ln->xb, c->wtype, ln->x, d_rows, c->final_norm, rows, dim,
+				    cfg->norm_eps, ln->stream));
+		TRY(rs_cuda_matmul(ln->blas, ln->logits, ln->xb, c->output, c->wtype, rows, vocab,
+				   dim, 0));
+		for (uint32_t r0 = 0; r0 < rows && !rc; r0 += SAMPLE_ROWS_PER_LAUNCH) {
+			uint32_t n = rows - r0 < SAMPLE_ROWS_PER_LAUNCH ? rows - r0 : SAMPLE_ROWS_PER_LAUNCH;
+			rc = rs_cuda_sample(ln->logits + (size_t)r0 * vocab, vocab, d_descs + r0, n,
+					    ln->sample_scratch, ln->stream);
+		}
+		if (!rc)
+			ln->n_pending = rows;
+	}
+	/* Recorded even after a failed launch, so that finish waits for what did go in. */
+	if (cudaEventRecord(ln->done, ln->stream) == cudaSuccess)
+		ln->busy = 1;
+	else
+		rc = rc ? rc : -EIO;
+	if (rc)
+		ln->n_pending = 0;
+out:
+	ln->status = rc;
+	if (logits && !rc)
+		rc = lane_finish(ln);
+	pthread_mutex_unlock(&ln->lock);
+	return rc;
+}
+
+static int cuda_poll(struct rs_engine *e, uint32_t lane)
+{
+	struct cuda_engine *c = (struct cuda_engine *)e->impl;
+	struct cuda_lane *ln = &c->lanes[lane];
+	pthread_mutex_lock(&ln->lock);
+	int running = 0;
+	if (ln->busy) {
+		cudaSetDevice(c->device);
+		running = cudaEventQuery(ln->done) == cudaErrorNotReady;
+	}
+	/* Done (or failed): finish returns at once, delivering the staged ids. */
+	int rc = running ? 0 : lane_finish(ln);
+	pthread_mutex_unlock(&ln->lock);
+	if (running)
+		return 0;
+	return rc ? rc : 1;
+}
+
+static int cuda_wait(struct rs_engine *e, uint32_t lane)
+{
+	struct cuda_engine *c = (struct cuda_engine *)e->impl;
+	struct cuda_lane *ln = &c->lanes[lane];
+	pthread_mutex_lock(&ln->lock);
+	cudaSetDevice(c->device);
+	int rc = lane_finish(ln);
+	pthread_mutex_unlock(&ln->lock);
+	return rc;
+}
+
+static int cuda_register_host(struct rs_engine *e, void *ptr, size_t size)
+{
+	struct cuda_engine *c = (struct cuda_engine *)e->impl;
+	uintptr_t a = (uintptr_t)ptr;
+	if (a + size < a)
+		return -EINVAL;
+	pthread_mutex_lock(&c->ranges_lock);
+	int rc = 0;
+	for (uint32_t i = 0; i < c->n_ranges && !rc; i++)
+		if (a < c->ranges[i].host + c->ranges[i].size && c->ranges[i].host < a + size)
+			rc = -EEXIST;
+	if (!rc && c->n_ranges == c->cap_ranges) {
+		uint32_t cap = c->cap_ranges ? 2 * c->cap_ranges : 16;
+		struct host_range *grown =
+			(struct host_range *)realloc(c->ranges, cap * sizeof(*grown));
+		if (grown) {
+			c->ranges = grown;
+			c->cap_ranges = cap;
+		} else {
+			rc = -ENOMEM;
+		}
+	}
+	if (!rc) {
+		cudaSetDevice(c->device);
+		cudaError_t err = cudaHostRegister(ptr, size, cudaHostRegisterMapped |
+								      cudaHostRegisterPortable);
+		void *dev = NULL;
+		if (err == cudaSuccess) {
+			err = cudaHostGetDevicePointer(&dev, ptr, 0);
+			if (err != cudaSuccess)
+				cudaHostUnregister(ptr);
+		}
+		if (err == cudaSuccess)
+			c->ranges[c->n_ranges++] = (struct host_range){a, size, (uintptr_t)dev};
+		else
+			rc = err == cudaErrorInvalidValue	       ? -EINVAL
+			     : err == cudaErrorHostMemoryAlreadyRegistered ? -EEXIST
+			     : err == cudaErrorMemoryAllocation	       ? -ENOMEM
+									       : -EIO;
+		cudaGetLastError();
+	}
+	pthread_mutex_unlock(&c->ranges_lock);
+	return rc;
+}
+
+static int cuda_unregister_host(struct rs_engine *e, void *ptr)
+{
+	struct cuda_engine *c = (struct cuda_engine *)e->impl;
+	/* A step in flight may still write into the range: wait for every lane first (lane
+	 * locks are never taken under ranges_lock). */
+	for (uint32_t i = 0; i < c->n_lanes; i++) {
+		pthread_mutex_lock(&c->lanes[i].lock);
+		cudaSetDevice(c->device);
+		lane_finish(&c->lanes[i]);
+		pthread_mutex_unlock(&c->lanes[i].lock);
+	}
+	pthread_mutex_lock(&c->ranges_lock);
+	int rc = -ENOENT;
+	for (uint32_t i = 0; i < c->n_ranges; i++) {
+		if (c->ranges[i].host != (uintptr_t)ptr)
+			continue;
+		c->ranges[i] = c->ranges[--c->n_ranges];
+		cudaSetDevice(c->device);
+		rc = cudaHostUnregister(ptr) == cudaSuccess ? 0 : -EIO;
+		break;
+	}
+	pthread_mutex_unlock(&c->ranges_lock);
+	return rc;
+}
+
+/* Positional: C++17 has no designated initializers; the order is engine_backend.h's. */
+extern "C" const struct rs_engine_backend rs_engine_backend_cuda = {
+	"cuda",
+	cuda_create,
+	cuda_destroy,
+	cuda_step,
+	cuda_poll,
+	cuda_wait,
+	cuda_available,
+	cuda_register_host,
+	cuda_unregister_host,
+};

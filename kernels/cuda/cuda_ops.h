@@ -1,0 +1,134 @@
+/* CUDA operators of the Llama forward pass: the device twins of kernels/ops.h.
+ *
+ * C-callable (the backend and tests/engine_cuda.c use them). Every pointer argument is
+ * device memory unless said otherwise; every call only enqueues work on `stream` and
+ * returns 0, -EINVAL (a shape the kernel does not handle), or -EIO (the launch failed;
+ * cudaGetLastError has the reason, and the message goes nowhere: callers report -EIO).
+ *
+ * Precision: activations are fp32 between kernels; the inputs of a GEMM (normalized
+ * activations, attention output, SwiGLU output) are written in the weights' dtype (f32,
+ * f16 or bf16) since cublasGemmEx wants A and B of one type; every reduction accumulates
+ * in fp32 (RMSNorm: in double, like the CPU). The KV cache is fp32: the same layout and
+ * values as the CPU backend, at twice the memory of f16 (a later change may halve it). */
+#ifndef RS_KERNELS_CUDA_OPS_H
+#define RS_KERNELS_CUDA_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "kernels/model.h"
+#include "kernels/sampling.h"
+
+/* Largest head_dim the attention kernel handles (8 values per lane of a warp). */
+#define RS_CUDA_MAX_HEAD_DIM 256
+
+/* out[i][:] = table[tokens[i]][:] as fp32; table is [vocab][dim] of dtype. */
+int rs_cuda_embedding(float *out, const void *table, enum rs_dtype dtype,
+		      const uint32_t *tokens, uint32_t n_tokens, uint32_t dim, cudaStream_t stream);
+
+/* Row r of out (n_rows rows of dim values of out_dtype) = RMSNorm of row rows[r] of x
+ * (rows NULL: row r), times weight: rs_op_rmsnorm's arithmetic (double sum of squares,
+ * float scale). The row list gathers the last token of each sampled sequence. */
+int rs_cuda_rmsnorm(void *out, enum rs_dtype out_dtype, const float *x, const uint32_t *rows,
+		    const float *weight, uint32_t n_rows, uint32_t dim, float eps,
+		    cudaStream_t stream);
+
+/* RoPE in place on n_tokens rows of x (rows stride floats apart), each holding n_heads
+ * heads of head_dim floats, token t at position positions[t]: rs_op_rope's arithmetic
+ * (angles, sines and cosines in double). Q and K heads are adjacent in a fused [q|k|v]
+ * row, so one call with n_heads + n_kv_heads rotates both. */
+int rs_cuda_rope(float *x, size_t stride, const uint32_t *positions, uint32_t n_tokens,
+		 uint32_t n_heads, uint32_t head_dim, uint32_t rope_dim, float theta,
+		 cudaStream_t stream);
+
+/* out[r][i] = silu(g) * u with g = gate_up[r][i], u = gate_up[r][width + i] (the fused
+ * [gate|up] GEMM output), out rows width values of out_dtype. */
+int rs_cuda_swiglu(void *out, enum rs_dtype out_dtype, const float *gate_up, uint32_t n_rows,
+		   uint32_t width, cudaStream_t stream);
+
+/* One layer of the device KV cache: k and v are [n_blocks][block_size][n_kv_heads *
+ * head_dim] floats, the CPU backend's layout (struct rs_kv_layer). */
+struct rs_cuda_kv_layer {
+	float *k;
+	float *v;
+	uint32_t block_size;
+	uint32_t n_kv_heads;
+	uint32_t head_dim;
+};
+
+/* Store the K and V rows of n_tokens tokens (rows stride floats apart) in cache slots
+ * slots[t] (block * block_size + offset, computed by the host from the block tables). */
+int rs_cuda_kv_store(const struct rs_cuda_kv_layer *kv, const uint32_t *slots, uint32_t n_tokens,
+		     const float *k, const float *v, size_t stride, cudaStream_t stream);
+
+/* Paged causal attention, prefill and decode alike: token t (query heads in q + t *
+ * q_stride) attends over positions 0 .. positions[t] of its sequence, whose block table
+ * starts at block_tables + table_offset[t]. One thread block per (token, kv head) serves
+ * the n_heads / n_kv_heads query heads that share it (GQA: K and V read once for the
+ * group), with an online softmax over chunks of 64 positions. out: [n_tokens][n_heads *
+ * head_dim] of out_dtype. Call rs_cuda_attention_setup once first. */
+int rs_cuda_attention(void *out, enum rs_dtype out_dtype, const float *q, size_t q_stride,
+		      const struct rs_cuda_kv_layer *kv, const uint32_t *block_tables,
+		      const uint32_t *table_offset, const uint32_t *positions, uint32_t n_tokens,
+		      uint32_t n_heads, cudaStream_t stream);
+
+/* Check that the current device can run rs_cuda_attention for this shape and allow the
+ * shared memory it needs. Returns 0 or -EINVAL (head_dim > RS_CUDA_MAX_HEAD_DIM, or a
+ * query group too large for the device's shared memory). */
+int rs_cuda_attention_setup(uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim);
+
+/* What the sampling kernel needs for one row: sampling.h's parameters, with the uniform
+ * number already drawn on the host (rs_sample_uniform: the same bits as the CPU). */
+struct rs_cuda_sample_desc {
+	double u;          /* rs_sample_uniform(seed, position) */
+	uint32_t *out;     /* device-visible address of the token id */
+	float temperature;
+	float top_p;
+	uint32_t top_k;
+	uint32_t pad;
+};
+
+/* Fill a descriptor for sampling position `position` into out (a device-visible
+ * address: mapped pinned or cudaHostRegister'ed memory, or device memory). */
+void rs_cuda_sample_desc_init(struct rs_cuda_sample_desc *desc,
+			      const struct rs_sampling_params *params, uint64_t position,
+			      uint32_t *out);
+
+/* Doubles of scratch rs_cuda_sample needs per row. */
+static inline size_t rs_cuda_sample_scratch(uint32_t vocab)
+{
+	return vocab;
+}
+
+/* Sample one token per row of logits ([n_rows][vocab] fp32) following sampling.h, row r
+ * with descs[r] (device memory), writing the id to descs[r].out. scratch holds n_rows *
+ * rs_cuda_sample_scratch(vocab) doubles. The result equals rs_sample's except where a
+ * double rounding (device exp and a parallel sum versus glibc exp and a sequential sum,
+ * relative differences ~1e-16) moves a cut-off: in practice never. NaN logits are
+ * ordered below every number (the CPU's qsort leaves their order unspecified). */
+int rs_cuda_sample(const float *logits, uint32_t vocab, const struct rs_cuda_sample_desc *descs,
+		   uint32_t n_rows, double *scratch, cudaStream_t stream);
+
+/* y[m][n] (+)= x[m][k] * w[n][k]^T with x and w of dtype, y fp32 (fp32 accumulation,
+ * CUBLAS_COMPUTE_32F): one cublasGemmEx on the handle's stream. With accumulate, y keeps
+ * its value and the product is added (the fused residual). */
+int rs_cuda_matmul(cublasHandle_t handle, float *y, const void *x, const void *w,
+		   enum rs_dtype dtype, uint32_t m, uint32_t n, uint32_t k, int accumulate);
+
+/* Convert n fp32 values to dtype (f32: a copy) on the device: tests use it to feed the
+ * GEMM the activations the backend would. */
+int rs_cuda_convert(void *out, enum rs_dtype dtype, const float *in, size_t n,
+		    cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,97 @@
+/* Device helpers shared by the kernels in kernels/cuda/: element conversions, block-wide
+ * reductions, the launch check. Internal to the .cu files. */
+#ifndef RS_KERNELS_CUDA_UTIL_CUH
+#define RS_KERNELS_CUDA_UTIL_CUH
+
+#include <cerrno>
+#include <cstdint>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "kernels/model.h"
+
+/* Element loads and stores of the three weight/activation types, as fp32. */
+__device__ __forceinline__ float rs_load(const float *p) { return *p; }
+__device__ __forceinline__ float rs_load(const __half *p) { return __half2float(*p); }
+__device__ __forceinline__ float rs_load(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
+__device__ __forceinline__ void rs_store(float *p, float v) { *p = v; }
+/* Round to nearest even, as kernels/dtype.c does on the CPU. */
+__device__ __forceinline__ void rs_store(__half *p, float v) { *p = __float2half_rn(v); }
+__device__ __forceinline__ void rs_store(__nv_bfloat16 *p, float v) { *p = __float2bfloat16_rn(v); }
+
+/* Reduce v over the whole block (blockDim.x a multiple of 32, at most 1024) with op; every
+ * thread gets the result. shared holds 32 values. The warps' partials are combined in a
+ * fixed order by every thread, so the result is deterministic and the same everywhere,
+ * which the sampler relies on (its searches branch on it uniformly).
+ * Must be reached by every thread of the block. */
+template <typename T, typename Op>
+__device__ __forceinline__ T rs_block_reduce(T v, Op op, T *shared)
+{
+	for (int off = 16; off > 0; off >>= 1)
+		v = op(v, __shfl_xor_sync(0xffffffffu, v, off));
+	unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+	__syncthreads(); /* the previous reduction's readers are done with shared */
+	if (lane == 0)
+		shared[warp] = v;
+	__syncthreads();
+	v = shared[0];
+	for (unsigned w = 1; w < warps; w++)
+		v = op(v, shared[w]);
+	return v;
+}
+
+/* Sum over one warp; every lane gets it. */
+__device__ __forceinline__ float rs_warp_sum(float v)
+{
+	for (int off = 16; off > 0; off >>= 1)
+		v += __shfl_xor_sync(0xffffffffu, v, off);
+	return v;
+}
+
+__device__ __forceinline__ float rs_warp_max(float v)
+{
+	for (int off = 16; off > 0; off >>= 1)
+		v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+	return v;
+}
+
+struct rs_op_add {
+	template <typename T> __device__ T operator()(T a, T b) const { return a + b; }
+};
+struct rs_op_max {
+	template <typename T> __device__ T operator()(T a, T b) const { return a > b ? a : b; }
+};
+
+/* 0 when the launch just made was accepted, else -EIO. */
+static inline int rs_launch_check(void)
+{
+	return cudaGetLastError() == cudaSuccess ? 0 : -EIO;
+}
+
+/* Run f<T>(args) with T the C++ type of dtype (f32, f16, bf16); -EINVAL otherwise. */
+#define RS_DISPATCH_DTYPE(dtype, T, ...)                               \
+	do {                                                           \
+		switch (dtype) {                                       \
+		case RS_DTYPE_F32: {                                   \
+			typedef float T;                               \
+			__VA_ARGS__;                                   \
+			break;                                         \
+		}                                                      \
+		case RS_DTYPE_F16: {                                   \
+			typedef __half T;                              \
+			__VA_ARGS__;                                   \
+			break;                                         \
+		}                                                      \
+		case RS_DTYPE_BF16: {                                  \
+			typedef __nv_bfloat16 T;                       \
+			__VA_ARGS__;                                   \
+			break;                                         \
+		}                                                      \
+		default:                                               \
+			return -EINVAL;                                \
+		}                                                      \
+	} while (0)
+
+#endif

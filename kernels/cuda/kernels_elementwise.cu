@@ -1,0 +1,100 @@
+/* Row-wise kernels: embedding lookup, RMSNorm, SwiGLU, fp32 conversion (see cuda_ops.h).
+ * Each follows its CPU twin in ops_cpu.c operation for operation, so that the two differ
+ * only by summation order. */
+#include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/cuda_util.cuh"
+
+template <typename T>
+__global__ void embedding_kernel(float *out, const T *table, const uint32_t *tokens, uint32_t dim)
+{
+	const T *row = table + (size_t)tokens[blockIdx.x] * dim;
+	float *o = out + (size_t)blockIdx.x * dim;
+	for (uint32_t i = threadIdx.x; i < dim; i += blockDim.x)
+		o[i] = rs_load(row + i);
+}
+
+extern "C" int rs_cuda_embedding(float *out, const void *table, enum rs_dtype dtype,
+				 const uint32_t *tokens, uint32_t n_tokens, uint32_t dim,
+				 cudaStream_t stream)
+{
+	if (!n_tokens)
+		return 0;
+	RS_DISPATCH_DTYPE(dtype, T,
+			  embedding_kernel<T><<<n_tokens, 256, 0, stream>>>(
+				  out, (const T *)table, tokens, dim));
+	return rs_launch_check();
+}
+
+/* One block per row. */
+template <typename T>
+__global__ void rmsnorm_kernel(T *out, const float *x, const uint32_t *rows, const float *weight,
+			       uint32_t dim, float eps)
+{
+	__shared__ double partial[32];
+	uint32_t r = blockIdx.x;
+	const float *xr = x + (size_t)(rows ? rows[r] : r) * dim;
+	double ss = 0.0;
+	for (uint32_t i = threadIdx.x; i < dim; i += blockDim.x)
+		ss += (double)xr[i] * xr[i];
+	ss = rs_block_reduce(ss, rs_op_add(), partial);
+	float scale = (float)(1.0 / sqrt(ss / dim + eps));
+	T *o = out + (size_t)r * dim;
+	for (uint32_t i = threadIdx.x; i < dim; i += blockDim.x)
+		rs_store(o + i, xr[i] * scale * weight[i]);
+}
+
+extern "C" int rs_cuda_rmsnorm(void *out, enum rs_dtype out_dtype, const float *x,
+			       const uint32_t *rows, const float *weight, uint32_t n_rows,
+			       uint32_t dim, float eps, cudaStream_t stream)
+{
+	if (!n_rows)
+		return 0;
+	RS_DISPATCH_DTYPE(out_dtype, T,
+			  rmsnorm_kernel<T><<<n_rows, 256, 0, stream>>>((T *)out, x, rows, weight,
+									dim, eps));
+	return rs_launch_check();
+}
+
+template <typename T>
+__global__ void swiglu_kernel(T *out, const float *gate_up, uint32_t width)
+{
+	const float *g = gate_up + (size_t)blockIdx.y * 2 * width;
+	const float *u = g + width;
+	T *o = out + (size_t)blockIdx.y * width;
+	for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < width;
+	     i += gridDim.x * blockDim.x)
+		rs_store(o + i, g[i] / (1.0f + expf(-g[i])) * u[i]);
+}
+
+extern "C" int rs_cuda_swiglu(void *out, enum rs_dtype out_dtype, const float *gate_up,
+			      uint32_t n_rows, uint32_t width, cudaStream_t stream)
+{
+	if (!n_rows)
+		return 0;
+	if (n_rows > 65535)
+		return -EINVAL; /* grid y limit; rows are at most max_batch_tokens anyway */
+	dim3 grid((width + 255) / 256 < 64 ? (width + 255) / 256 : 64, n_rows);
+	RS_DISPATCH_DTYPE(out_dtype, T,
+			  swiglu_kernel<T><<<grid, 256, 0, stream>>>((T *)out, gate_up, width));
+	return rs_launch_check();
+}
+
+template <typename T>
+__global__ void convert_kernel(T *out, const float *in, size_t n)
+{
+	for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+	     i += (size_t)gridDim.x * blockDim.x)
+		rs_store(out + i, in[i]);
+}
+
+extern "C" int rs_cuda_convert(void *out, enum rs_dtype dtype, const float *in, size_t n,
+			       cudaStream_t stream)
+{
+	if (!n)
+		return 0;
+	size_t blocks = (n + 255) / 256;
+	RS_DISPATCH_DTYPE(dtype, T,
+			  convert_kernel<T><<<blocks < 4096 ? (unsigned)blocks : 4096, 256, 0,
+					      stream>>>((T *)out, in, n));
+	return rs_launch_check();
+}
