@@ -112,6 +112,7 @@ $(DAEMON_BIN): $(call obj,daemon/main.c) $(LIBINTERNAL) $(LIBRS_A)
 	$(LINK_ALL)
 
 # Each tools/ringserve-NAME/ folder is one program.
+.SECONDARY:
 .SECONDEXPANSION:
 $(O)/ringserve-%: $$(call obj,$$(wildcard tools/ringserve-%/*.c)) $(LIBINTERNAL) $(LIBRS_A)
 	$(LINK_ALL)

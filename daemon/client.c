@@ -49,12 +49,20 @@ int rs_client_setup_segment(struct rs_daemon *daemon, struct rs_client *client, 
 		}
 	}
 	client->slot_request = calloc(params.slot_count, sizeof(*client->slot_request));
-	if (!client->slot_request) {
+	/* Let the engine's device write tokens straight into the segment. */
+	ret = daemon->engine->ops->register_memory
+		      ? daemon->engine->ops->register_memory(daemon->engine, map, size)
+		      : 0;
+	if (!client->slot_request || ret) {
+		if (!ret && daemon->engine->ops->unregister_memory)
+			daemon->engine->ops->unregister_memory(daemon->engine, map);
+		free(client->slot_request);
+		client->slot_request = NULL;
 		if (client->eventfd >= 0)
 			close(client->eventfd);
 		munmap(map, size);
 		close(*memfd);
-		return -ENOMEM;
+		return ret ? ret : -ENOMEM;
 	}
 	client->segment = map;
 	client->segment_size = size;
@@ -83,7 +91,8 @@ void rs_client_disconnect(struct rs_daemon *daemon, struct rs_client *client, co
 {
 	if (client->state == RS_CLIENT_CLOSING || client->state == RS_CLIENT_FREE)
 		return;
-	if (daemon->config.verbose || client->state == RS_CLIENT_ACTIVE)
+	/* A client closing its socket is routine; anything else is worth a line. */
+	if (daemon->config.verbose || strcmp(why, "socket closed") != 0)
 		fprintf(stderr, "ringserved: client %u (pid %d): disconnected: %s\n", client->id,
 			(int)client->pid, why);
 	if (strstr(why, "ring") || strstr(why, "protocol"))
@@ -124,8 +133,11 @@ void rs_client_maybe_free(struct rs_daemon *daemon, struct rs_client *client)
 		*link = client->next_notify;
 		client->listed_for_notify = false;
 	}
-	if (client->segment)
+	if (client->segment) {
+		if (daemon->engine->ops->unregister_memory)
+			daemon->engine->ops->unregister_memory(daemon->engine, client->segment);
 		munmap(client->segment, client->segment_size);
+	}
 	if (client->eventfd >= 0)
 		close(client->eventfd);
 	close(client->fd);

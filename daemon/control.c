@@ -7,7 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/signalfd.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -53,14 +53,30 @@ static int arm_accept(struct rs_daemon *daemon)
 	return 0;
 }
 
-static struct signalfd_siginfo signal_info;
+/* SIGTERM and SIGINT reach io_uring through an eventfd written by the handler. Not a
+ * signalfd: that needs the signals blocked in every thread, and libraries we load
+ * (OpenBLAS, CUDA) start threads of their own before main. */
+static int signal_eventfd = -1;
+static volatile sig_atomic_t last_signal;
+static uint64_t signal_count;
+
+static void on_signal(int signo)
+{
+	int saved_errno = errno;
+	uint64_t one = 1;
+	last_signal = signo;
+	/* write(2) is async-signal-safe; an overflowing counter cannot happen here. */
+	if (write(signal_eventfd, &one, sizeof(one)) < 0)
+		last_signal = signo;
+	errno = saved_errno;
+}
 
 static int arm_signal(struct rs_daemon *daemon)
 {
 	struct io_uring_sqe *sqe = get_sqe(daemon);
 	if (!sqe)
 		return -EBUSY;
-	io_uring_prep_read(sqe, daemon->signal_fd, &signal_info, sizeof(signal_info), 0);
+	io_uring_prep_read(sqe, daemon->signal_fd, &signal_count, sizeof(signal_count), 0);
 	io_uring_sqe_set_data64(sqe, op_data(OP_SIGNAL, NULL));
 	return 0;
 }
@@ -259,8 +275,8 @@ static void begin_drain(struct rs_daemon *daemon)
 {
 	if (daemon->draining)
 		return;
-	fprintf(stderr, "ringserved: signal %u: draining (%u requests in flight, grace %.1f s)\n",
-		signal_info.ssi_signo, daemon->pool.in_use, (double)daemon->config.grace_ns / 1e9);
+	fprintf(stderr, "ringserved: signal %d: draining (%u requests in flight, grace %.1f s)\n",
+		(int)last_signal, daemon->pool.in_use, (double)daemon->config.grace_ns / 1e9);
 	daemon->draining = true;
 	daemon->drain_deadline_ns = rs_now_ns() + daemon->config.grace_ns;
 	rs_control_stop_listening(daemon);
@@ -310,7 +326,7 @@ static void handle_cqe(struct rs_daemon *daemon, const struct io_uring_cqe *cqe)
 			rs_client_maybe_free(daemon, client);
 		break;
 	case OP_SIGNAL:
-		if (cqe->res == (int)sizeof(signal_info))
+		if (cqe->res == (int)sizeof(signal_count))
 			begin_drain(daemon);
 		arm_signal(daemon);
 		break;
@@ -438,12 +454,13 @@ int rs_control_init(struct rs_daemon *daemon)
 	if (ret)
 		return ret;
 
-	sigset_t signals;
-	sigemptyset(&signals);
-	sigaddset(&signals, SIGTERM);
-	sigaddset(&signals, SIGINT);
-	daemon->signal_fd = signalfd(-1, &signals, SFD_CLOEXEC);
+	daemon->signal_fd = eventfd(0, EFD_CLOEXEC);
 	if (daemon->signal_fd < 0)
+		return -errno;
+	signal_eventfd = daemon->signal_fd;
+	struct sigaction action = {.sa_handler = on_signal, .sa_flags = SA_RESTART};
+	sigemptyset(&action.sa_mask);
+	if (sigaction(SIGTERM, &action, NULL) < 0 || sigaction(SIGINT, &action, NULL) < 0)
 		return -errno;
 	if (arm_accept(daemon) || arm_signal(daemon))
 		return -EBUSY;
@@ -458,8 +475,12 @@ void rs_control_destroy(struct rs_daemon *daemon)
 		close(daemon->listen_fd);
 		daemon->listen_fd = -1;
 	}
-	if (daemon->signal_fd >= 0)
+	if (daemon->signal_fd >= 0) {
+		signal(SIGTERM, SIG_DFL);
+		signal(SIGINT, SIG_DFL);
+		signal_eventfd = -1;
 		close(daemon->signal_fd);
+	}
 	daemon->signal_fd = -1;
 	if (daemon->ring_ready)
 		io_uring_queue_exit(&daemon->ring);

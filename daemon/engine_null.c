@@ -45,6 +45,7 @@ static int null_step_start(struct rs_serving_engine *base, uint32_t lane,
 		struct rs_request *r = requests[i];
 		r->output[r->generated] =
 			rs_null_engine_token(r->prompt, r->prompt_len, r->generated, base->vocab_size);
+		r->step_produced = true;
 	}
 	engine->lanes[lane].done_at_ns = engine->token_delay_ns ? rs_now_ns() + engine->token_delay_ns : 0;
 	return 0;
@@ -62,6 +63,11 @@ static uint64_t null_step_deadline(struct rs_serving_engine *base, uint32_t lane
 	return ((struct null_engine *)base)->lanes[lane].done_at_ns;
 }
 
+static int null_admit(struct rs_serving_engine *base, struct rs_request *request)
+{
+	return 0;
+}
+
 static void null_release(struct rs_serving_engine *base, struct rs_request *request)
 {
 }
@@ -74,6 +80,7 @@ static void null_destroy(struct rs_serving_engine *base)
 }
 
 static const struct rs_serving_engine_ops null_ops = {
+	.admit = null_admit,
 	.step_start = null_step_start,
 	.step_poll = null_step_poll,
 	.step_deadline_ns = null_step_deadline,

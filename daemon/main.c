@@ -30,7 +30,13 @@ static void usage(FILE *out)
 		"  --spin-us N           busy-poll this long without work before sleeping (200)\n"
 		"  --grace-ms N          on SIGTERM, let in-flight work finish this long (10000)\n"
 		"  --eventfd             wake the daemon through an eventfd, not IORING_OP_FUTEX_WAIT\n"
-		"  --engine null         the engine (null: deterministic tokens, no model)\n"
+		"  --model PATH          serve this model (GGUF, or a llama2.c checkpoint)\n"
+		"  --tokenizer PATH      llama2.c tokenizer.bin (default: next to the checkpoint)\n"
+		"  --backend NAME        auto, cpu or cuda (auto)\n"
+		"  --threads N           CPU backend worker threads (one per CPU)\n"
+		"  --kv-blocks N         KV cache blocks of 16 positions (8 full contexts)\n"
+		"  --max-batch-tokens N  tokens per step, prefill chunks included (512)\n"
+		"  --engine null         no model: deterministic tokens (the default without --model)\n"
 		"  --null-vocab N        null engine vocabulary size (32000)\n"
 		"  --null-delay-us N     null engine: each step takes N us (0)\n"
 		"  --lanes N             engine lanes (1)\n"
@@ -87,14 +93,16 @@ int main(int argc, char **argv)
 	rs_daemon_config_defaults(&config);
 	struct rs_null_engine_options null_options = {
 		.vocab_size = 32000, .lanes = 1, .max_batch = 256, .token_delay_ns = 0};
-	const char *engine_name = "null";
+	const char *engine_name = NULL;
+	struct rs_model_engine_options model_options = {.backend = "auto"};
 	int ready_fd = -1;
 
 	enum {
 		OPT_SOCKET = 256, OPT_SOCKET_MODE, OPT_ALLOW_UID, OPT_ALLOW_GID, OPT_CPU,
 		OPT_MAX_CLIENTS, OPT_RING_ENTRIES, OPT_SLOTS, OPT_MAX_INFLIGHT, OPT_MAX_PROMPT,
 		OPT_MAX_OUTPUT, OPT_SPIN_US, OPT_GRACE_MS, OPT_EVENTFD, OPT_ENGINE, OPT_NULL_VOCAB,
-		OPT_NULL_DELAY_US, OPT_LANES, OPT_MAX_BATCH, OPT_VERBOSE, OPT_HELP, OPT_READY_FD,
+		OPT_NULL_DELAY_US, OPT_LANES, OPT_MAX_BATCH, OPT_VERBOSE, OPT_HELP, OPT_READY_FD, OPT_MODEL, OPT_TOKENIZER, OPT_BACKEND,
+		OPT_THREADS, OPT_KV_BLOCKS, OPT_MAX_BATCH_TOKENS,
 	};
 	/* Same order as the enum: options[opt - 256] names an option in messages. */
 	static const struct option options[] = {
@@ -120,6 +128,12 @@ int main(int argc, char **argv)
 		{"verbose", no_argument, 0, OPT_VERBOSE},
 		{"help", no_argument, 0, OPT_HELP},
 		{"ready-fd", required_argument, 0, OPT_READY_FD},
+		{"model", required_argument, 0, OPT_MODEL},
+		{"tokenizer", required_argument, 0, OPT_TOKENIZER},
+		{"backend", required_argument, 0, OPT_BACKEND},
+		{"threads", required_argument, 0, OPT_THREADS},
+		{"kv-blocks", required_argument, 0, OPT_KV_BLOCKS},
+		{"max-batch-tokens", required_argument, 0, OPT_MAX_BATCH_TOKENS},
 		{0, 0, 0, 0},
 	};
 	int opt;
@@ -192,6 +206,21 @@ int main(int argc, char **argv)
 			break;
 		case OPT_VERBOSE: config.verbose = true; break;
 		case OPT_HELP: usage(stdout); return 0;
+		case OPT_MODEL: model_options.model_path = optarg; break;
+		case OPT_TOKENIZER: model_options.tokenizer_path = optarg; break;
+		case OPT_BACKEND: model_options.backend = optarg; break;
+		case OPT_THREADS:
+			bad = parse_number(optarg, 10, 1, 1024, &value);
+			model_options.threads = (int)value;
+			break;
+		case OPT_KV_BLOCKS:
+			bad = parse_number(optarg, 10, 1, 1u << 24, &value);
+			model_options.kv_blocks = (uint32_t)value;
+			break;
+		case OPT_MAX_BATCH_TOKENS:
+			bad = parse_number(optarg, 10, 1, 1u << 20, &value);
+			model_options.max_batch_tokens = (uint32_t)value;
+			break;
 		case OPT_READY_FD:
 			bad = parse_number(optarg, 10, 0, INT_MAX, &value);
 			ready_fd = (int)value;
@@ -220,20 +249,20 @@ int main(int argc, char **argv)
 	if (!config.socket_path)
 		config.socket_path = default_socket_path();
 
-	/* Signals arrive through a signalfd in io_uring: block them for normal delivery. */
-	sigset_t signals;
-	sigemptyset(&signals);
-	sigaddset(&signals, SIGTERM);
-	sigaddset(&signals, SIGINT);
-	sigprocmask(SIG_BLOCK, &signals, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
 	struct rs_serving_engine *engine = NULL;
 	int ret;
+	if (!engine_name)
+		engine_name = model_options.model_path ? "model" : "null";
 	if (strcmp(engine_name, "null") == 0) {
 		ret = rs_null_engine_create(&null_options, &engine);
+	} else if (strcmp(engine_name, "model") == 0 && model_options.model_path) {
+		model_options.lanes = null_options.lanes;
+		model_options.max_batch = null_options.max_batch;
+		ret = rs_model_engine_create(&model_options, &engine);
 	} else {
-		fprintf(stderr, "ringserved: unknown engine '%s'\n", engine_name);
+		fprintf(stderr, "ringserved: unknown engine '%s' (null, or model with --model)\n", engine_name);
 		return 2;
 	}
 	if (ret) {

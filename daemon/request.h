@@ -46,6 +46,9 @@ struct rs_request {
 	uint32_t *output;
 	_Atomic uint32_t *output_count;
 	uint32_t generated; /* tokens written to output and published */
+	uint32_t last_token; /* the newest output token, our own copy: the next decode input */
+	uint32_t prefilled;  /* prompt tokens already in the KV cache */
+	bool step_produced;  /* set by the engine: this step wrote output[generated] */
 
 	uint32_t lane;
 	uint32_t cached_tokens;  /* prompt tokens the engine did not have to prefill */

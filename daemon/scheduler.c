@@ -230,13 +230,28 @@ int rs_scheduler_poll_client(struct rs_daemon *daemon, struct rs_client *client)
 	return (int)consumed;
 }
 
-/* Collect a finished step: publish each request's new token. */
-static void collect_step(struct rs_daemon *daemon, struct rs_lane *lane)
+/* Collect a finished step (status 0) or a failed one: publish each request's new token. */
+static void collect_step(struct rs_daemon *daemon, struct rs_lane *lane, int status)
 {
 	uint32_t eos = daemon->engine->eos_token;
 	for (uint32_t i = 0; i < lane->n_step; i++) {
 		struct rs_request *request = lane->step[i];
+		if (status < 0) {
+			request->cancelled = true;
+			request->cancel_status = status;
+			continue;
+		}
+		if (!request->step_produced)
+			continue; /* a prefill chunk that did not reach the prompt's end */
+		/* Read back from shared memory: the client could have changed it since the
+		 * engine wrote it; that only harms its own request, if we check it. */
 		uint32_t token = request->output[request->generated];
+		if (token >= daemon->engine->vocab_size) {
+			request->cancelled = true;
+			request->cancel_status = -EPROTO;
+			continue;
+		}
+		request->last_token = token;
 		request->generated++;
 		if (token == eos && !(request->flags & RS_SQE_IGNORE_EOS))
 			request->hit_eos = true;
@@ -274,11 +289,17 @@ static void retire_finished(struct rs_daemon *daemon, struct rs_lane *lane)
 
 static void admit(struct rs_daemon *daemon, uint32_t lane_index, struct rs_lane *lane)
 {
-	uint32_t max_batch = daemon->engine->max_batch;
-	while (lane->n_running < max_batch) {
-		struct rs_request *request = rs_queue_pop_front(&daemon->waiting);
-		if (!request)
-			break;
+	struct rs_serving_engine *engine = daemon->engine;
+	while (lane->n_running < engine->max_batch && daemon->waiting.head) {
+		struct rs_request *request = daemon->waiting.head;
+		int ret = engine->ops->admit(engine, request);
+		if (ret == -EAGAIN)
+			break; /* first come, first served: the head waits for room */
+		if (ret < 0) {
+			rs_scheduler_finish(daemon, request, ret);
+			continue;
+		}
+		rs_queue_remove(&daemon->waiting, request);
 		request->state = RS_REQUEST_RUNNING;
 		request->lane = lane_index;
 		lane->running[lane->n_running++] = request;
@@ -313,9 +334,10 @@ int rs_scheduler_run_lanes(struct rs_daemon *daemon)
 		 * tokens go out in the same iteration. */
 		for (int pass = 0; pass < 2; pass++) {
 			if (lane->step_in_flight) {
-				if (!engine->ops->step_poll(engine, l))
+				int status = engine->ops->step_poll(engine, l);
+				if (status == 0)
 					break;
-				collect_step(daemon, lane);
+				collect_step(daemon, lane, status < 0 ? status : 0);
 				did++;
 			}
 			retire_finished(daemon, lane);
