@@ -1,0 +1,747 @@
+/* The CUDA backend against the CPU (never against itself). Skips (77) without a CUDA
+ * build or without a device.
+ *   - every kernel of kernels/cuda/cuda_ops.h against its CPU twin in ops.h or a float64
+ *     reference: embedding, RMSNorm (with row gather), RoPE, SwiGLU, the GEMM wrapper
+ *     (f32/f16/bf16, with and without the fused residual), KV store, paged attention
+ *     (GQA, MQA, MHA; head_dim 16..256; block sizes 3..16; f32 and f16 output), sampling
+ *     (greedy, temperature, top-k, top-p, ties, -inf, on 1000 and 32000 tokens);
+ *   - the whole forward pass: logits of a CUDA and a CPU engine on the same random GQA
+ *     model, f32, f16 and bf16 weights, over a mixed prefill/decode batch;
+ *   - greedy decoding, 32 steps of 8 sequences, CUDA vs CPU token by token (teacher
+ *     forced: both get the CPU's tokens; a different choice is allowed only where the
+ *     CPU's top-2 logit gap is within the logit tolerance), on two lanes;
+ *   - zero-copy: out_token inside a cudaHostRegister'ed memfd mapping, read back through
+ *     a second mapping of the same memfd; registration errors.
+ *
+ * Tolerances (tol + |ref| * eps): f32 kernels differ from the CPU only by summation order
+ * (1e-5 relative). A GEMM input rounded to f16 carries a relative error of at most 2^-11
+ * (4.9e-4), to bf16 2^-8 (3.9e-3): outputs of one rounding are checked with eps 1e-3 and
+ * 8e-3. Whole-model logits pass through a dozen such roundings, partly cancelling, so the
+ * logit error is bounded relative to the logits' RMS: 1e-2 (f16) and 5e-2 (bf16), 1e-4 for
+ * f32 weights (cuBLAS SGEMM vs OpenBLAS). An emulation on the CPU (the CPU ops with every
+ * GEMM input rounded to f16/bf16, this file's model shape, 4 seeds) gave maximum errors of
+ * 2.1e-3 and 1.7e-2 of the RMS: margins of 5x and 3x.
+ * The matmul check allows K * 1e-6 absolute: fp32 accumulation of K = 300 products of
+ * size <= 1 (a sum of typical size 6) stays far below it, while a wrong rounding of an
+ * input (unrounded reference) would show as ~3e-3. */
+#include <stdio.h>
+
+#ifndef RS_HAVE_CUDA_BACKEND
+int main(void)
+{
+	printf("CUDA backend not built\n");
+	return 77;
+}
+#else
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cuda_runtime_api.h>
+
+#include "kernels/cuda/cuda_ops.h"
+#include "kernels/dtype.h"
+#include "kernels/engine.h"
+#include "kernels/model_random.h"
+#include "kernels/ops.h"
+#include "tests/engine_test.h"
+
+static void *dev_alloc(size_t bytes)
+{
+	void *p = NULL;
+	if (cudaMalloc(&p, bytes ? bytes : 16) != cudaSuccess) {
+		fprintf(stderr, "cudaMalloc(%zu) failed\n", bytes);
+		exit(1);
+	}
+	return p;
+}
+
+static void *to_dev(const void *host, size_t bytes)
+{
+	void *d = dev_alloc(bytes);
+	if (cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice) != cudaSuccess)
+		exit(1);
+	return d;
+}
+
+/* Wait for the device and copy back; fails the test on any CUDA error. */
+static void from_dev(void *host, const void *dev, size_t bytes)
+{
+	cudaError_t e = cudaDeviceSynchronize();
+	if (e == cudaSuccess)
+		e = cudaMemcpy(host, dev, bytes, cudaMemcpyDeviceToHost);
+	if (e != cudaSuccess) {
+		fprintf(stderr, "CUDA error: %s\n", cudaGetErrorString(e));
+		exit(1);
+	}
+}
+
+static float *rand_floats(size_t n, double scale, uint64_t *s)
+{
+	float *x = malloc(n * sizeof(float));
+	for (size_t i = 0; i < n; i++)
+		x[i] = (float)(test_uniform(s) * scale);
+	return x;
+}
+
+static double *to_double(const float *x, size_t n)
+{
+	double *d = malloc(n * sizeof(double));
+	for (size_t i = 0; i < n; i++)
+		d[i] = x[i];
+	return d;
+}
+
+/* Values of n elements of dtype as float (for the f16/bf16 outputs of kernels). */
+static void decode(float *out, const void *in, enum rs_dtype dtype, size_t n)
+{
+	rs_convert_to_f32(out, in, dtype, n);
+}
+
+/* x rounded to dtype and back: the value a GEMM sees. */
+static double round_to(float x, enum rs_dtype dtype)
+{
+	if (dtype == RS_DTYPE_F16)
+		return test_f16_value(rs_f32_to_f16(x));
+	if (dtype == RS_DTYPE_BF16)
+		return test_bf16_value(rs_f32_to_bf16(x));
+	return x;
+}
+
+/* Relative rounding of one conversion to dtype, for tolerances. */
+static double dtype_eps(enum rs_dtype dtype)
+{
+	return dtype == RS_DTYPE_F16 ? 1e-3 : dtype == RS_DTYPE_BF16 ? 8e-3 : 1e-5;
+}
+
+static const enum rs_dtype DTYPES[3] = {RS_DTYPE_F32, RS_DTYPE_F16, RS_DTYPE_BF16};
+
+static void test_embedding(void)
+{
+	uint64_t s = 1;
+	enum { VOCAB = 50, DIM = 77, N = 9 };
+	float *table32 = rand_floats(VOCAB * DIM, 2.0, &s);
+	uint16_t table16[VOCAB * DIM];
+	uint32_t tokens[N] = {0, 49, 3, 3, 17, 48, 1, 25, 0};
+	for (int k = 0; k < 3; k++) {
+		enum rs_dtype dt = DTYPES[k];
+		const void *host = table32;
+		if (dt != RS_DTYPE_F32) {
+			for (int i = 0; i < VOCAB * DIM; i++)
+				table16[i] = dt == RS_DTYPE_F16 ? rs_f32_to_f16(table32[i])
+							       : rs_f32_to_bf16(table32[i]);
+			host = table16;
+		}
+		struct rs_tensor t = {.dtype = dt, .rows = VOCAB, .cols = DIM, .data = host};
+		float want[N * DIM], got[N * DIM];
+		rs_op_embedding(want, &t, tokens, N);
+		void *d_table = to_dev(host, VOCAB * DIM * rs_dtype_size(dt));
+		uint32_t *d_tokens = to_dev(tokens, sizeof(tokens));
+		float *d_out = dev_alloc(sizeof(got));
+		CHECK(rs_cuda_embedding(d_out, d_table, dt, d_tokens, N, DIM, 0) == 0, "launch");
+		from_dev(got, d_out, sizeof(got));
+		CHECK(memcmp(got, want, sizeof(got)) == 0, "embedding %s differs", rs_dtype_name(dt));
+		cudaFree(d_table), cudaFree(d_tokens), cudaFree(d_out);
+	}
+	free(table32);
+}
+
+static void test_rmsnorm(void)
+{
+	uint64_t s = 2;
+	enum { ROWS = 7, DIM = 333 };
+	float *x = rand_floats(ROWS * DIM, 3.0, &s), *w = rand_floats(DIM, 1.0, &s);
+	uint32_t rows[4] = {6, 0, 3, 3};
+	float *d_x = to_dev(x, ROWS * DIM * sizeof(float)), *d_w = to_dev(w, DIM * sizeof(float));
+	uint32_t *d_rows = to_dev(rows, sizeof(rows));
+	for (int gather = 0; gather < 2; gather++) {
+		uint32_t n = gather ? 4 : ROWS;
+		/* float64 reference */
+		double ref[ROWS * DIM];
+		for (uint32_t r = 0; r < n; r++) {
+			const float *xr = x + (size_t)(gather ? rows[r] : r) * DIM;
+			double ss = 0;
+			for (int i = 0; i < DIM; i++)
+				ss += (double)xr[i] * xr[i];
+			double scale = 1.0 / sqrt(ss / DIM + 1e-5);
+			for (int i = 0; i < DIM; i++)
+				ref[r * DIM + i] = xr[i] * scale * w[i];
+		}
+		for (int k = 0; k < 3; k++) {
+			enum rs_dtype dt = DTYPES[k];
+			void *d_out = dev_alloc(ROWS * DIM * 4);
+			uint8_t raw[ROWS * DIM * 4];
+			float got[ROWS * DIM];
+			CHECK(rs_cuda_rmsnorm(d_out, dt, d_x, gather ? d_rows : NULL, d_w, n, DIM, 1e-5f,
+					      0) == 0, "launch");
+			from_dev(raw, d_out, n * DIM * rs_dtype_size(dt));
+			decode(got, raw, dt, n * DIM);
+			char name[64];
+			snprintf(name, sizeof(name), "rmsnorm %s gather %d", rs_dtype_name(dt), gather);
+			check_close(name, got, ref, n * DIM, 1e-6, dtype_eps(dt));
+			cudaFree(d_out);
+		}
+	}
+	/* f32 output against the CPU op itself (same arithmetic). */
+	float want[ROWS * DIM], got[ROWS * DIM];
+	rs_op_rmsnorm(want, x, w, ROWS, DIM, 1e-5f);
+	float *d_out = dev_alloc(sizeof(got));
+	rs_cuda_rmsnorm(d_out, RS_DTYPE_F32, d_x, NULL, d_w, ROWS, DIM, 1e-5f, 0);
+	from_dev(got, d_out, sizeof(got));
+	double *wd = to_double(want, ROWS * DIM);
+	check_close("rmsnorm vs rs_op_rmsnorm", got, wd, ROWS * DIM, 1e-7, 1e-6);
+	free(wd), free(x), free(w);
+	cudaFree(d_out), cudaFree(d_x), cudaFree(d_w), cudaFree(d_rows);
+}
+
+static void test_rope(void)
+{
+	uint64_t s = 3;
+	enum { T = 6, HEADS = 5, HD = 32, ROPE = 24, STRIDE = HEADS * HD + 13 };
+	uint32_t pos[T] = {0, 1, 7, 100, 2047, 40000};
+	float *x = rand_floats(T * STRIDE, 1.0, &s);
+	float want[T * STRIDE], got[T * STRIDE];
+	memcpy(want, x, sizeof(want));
+	for (int t = 0; t < T; t++)
+		rs_op_rope(want + t * STRIDE, HEADS, HD, ROPE, pos[t], 10000.0f);
+	float *d_x = to_dev(x, sizeof(got));
+	uint32_t *d_pos = to_dev(pos, sizeof(pos));
+	CHECK(rs_cuda_rope(d_x, STRIDE, d_pos, T, HEADS, HD, ROPE, 10000.0f, 0) == 0, "launch");
+	from_dev(got, d_x, sizeof(got));
+	double *wd = to_double(want, T * STRIDE);
+	/* Same arithmetic; device cos/sin in double may differ by an ulp before rounding. */
+	check_close("rope", got, wd, T * STRIDE, 1e-6, 1e-6);
+	free(wd), free(x);
+	cudaFree(d_x), cudaFree(d_pos);
+}
+
+static void test_swiglu(void)
+{
+	uint64_t s = 4;
+	enum { ROWS = 5, W = 300 };
+	float *gu = rand_floats(ROWS * 2 * W, 4.0, &s);
+	double ref[ROWS * W];
+	for (int r = 0; r < ROWS; r++)
+		for (int i = 0; i < W; i++) {
+			double g = gu[r * 2 * W + i], u = gu[r * 2 * W + W + i];
+			ref[r * W + i] = g / (1.0 + exp(-g)) * u;
+		}
+	float *d_gu = to_dev(gu, ROWS * 2 * W * sizeof(float));
+	for (int k = 0; k < 3; k++) {
+		enum rs_dtype dt = DTYPES[k];
+		void *d_out = dev_alloc(ROWS * W * 4);
+		uint8_t raw[ROWS * W * 4];
+		float got[ROWS * W];
+		CHECK(rs_cuda_swiglu(d_out, dt, d_gu, ROWS, W, 0) == 0, "launch");
+		from_dev(raw, d_out, ROWS * W * rs_dtype_size(dt));
+		decode(got, raw, dt, ROWS * W);
+		char name[64];
+		snprintf(name, sizeof(name), "swiglu %s", rs_dtype_name(dt));
+		check_close(name, got, ref, ROWS * W, 1e-6, dtype_eps(dt));
+		cudaFree(d_out);
+	}
+	free(gu);
+	cudaFree(d_gu);
+}
+
+/* The GEMM wrapper against float64 over the values the GEMM sees (inputs rounded to
+ * dtype). fp32 accumulation over k terms of size <= 1: error below k * 2^-24 * sum|terms|. */
+static void test_matmul(void)
+{
+	uint64_t s = 5;
+	enum { N = 131, K = 300 };
+	const uint32_t ms[3] = {1, 7, 64};
+	cublasHandle_t h;
+	CHECK(cublasCreate(&h) == CUBLAS_STATUS_SUCCESS, "cublasCreate");
+	for (int k = 0; k < 3; k++) {
+		enum rs_dtype dt = DTYPES[k];
+		for (int mi = 0; mi < 3; mi++)
+			for (int acc = 0; acc < 2; acc++) {
+				uint32_t m = ms[mi];
+				float *x = rand_floats((size_t)m * K, 1.0, &s);
+				float *w = rand_floats((size_t)N * K, 1.0, &s);
+				float *y0 = rand_floats((size_t)m * N, 1.0, &s);
+				double *ref = malloc(sizeof(double) * m * N);
+				for (uint32_t r = 0; r < m; r++)
+					for (int n = 0; n < N; n++) {
+						double sum = acc ? y0[r * N + n] : 0.0;
+						for (int i = 0; i < K; i++)
+							sum += round_to(x[r * K + i], dt) *
+							       round_to(w[n * K + i], dt);
+						ref[r * N + n] = sum;
+					}
+				float *d_x32 = to_dev(x, sizeof(float) * m * K);
+				float *d_w32 = to_dev(w, sizeof(float) * N * K);
+				void *d_x = dev_alloc(4 * (size_t)m * K), *d_w = dev_alloc(4 * (size_t)N * K);
+				rs_cuda_convert(d_x, dt, d_x32, (size_t)m * K, 0);
+				rs_cuda_convert(d_w, dt, d_w32, (size_t)N * K, 0);
+				float *d_y = to_dev(y0, sizeof(float) * m * N);
+				CHECK(rs_cuda_matmul(h, d_y, d_x, d_w, dt, m, N, K, acc) == 0, "gemm");
+				float *got = malloc(sizeof(float) * m * N);
+				from_dev(got, d_y, sizeof(float) * m * N);
+				char name[64];
+				snprintf(name, sizeof(name), "matmul %s m=%u acc=%d", rs_dtype_name(dt), m, acc);
+				check_close(name, got, ref, (size_t)m * N, K * 1e-6, 1e-5);
+				free(x), free(w), free(y0), free(ref), free(got);
+				cudaFree(d_x32), cudaFree(d_w32), cudaFree(d_x), cudaFree(d_w), cudaFree(d_y);
+			}
+	}
+	cublasDestroy(h);
+}
+
+/* KV store and attention against rs_op_kv_store / rs_op_attention on the same paged
+ * layout, blocks scattered and shuffled. */
+static void test_attention_shape(uint32_t n_heads, uint32_t n_kv, uint32_t hd, uint32_t bs,
+				 enum rs_dtype out_dt)
+{
+	uint64_t s = 6 + n_heads * 31 + hd;
+	enum { SEQS = 3, MAX_CTX = 150 };
+	const uint32_t ctx[SEQS] = {MAX_CTX, 1, 70};
+	uint32_t q_dim = n_heads * hd, kv_dim = n_kv * hd, stride = q_dim + 2 * kv_dim;
+	uint32_t per_seq = (MAX_CTX + bs - 1) / bs, n_blocks = SEQS * per_seq + 5;
+	/* A shuffled permutation of block ids. */
+	uint32_t *perm = malloc(n_blocks * sizeof(uint32_t));
+	for (uint32_t i = 0; i < n_blocks; i++)
+		perm[i] = i;
+	for (uint32_t i = n_blocks - 1; i > 0; i--) {
+		uint32_t j = (uint32_t)(test_rand(&s) % (i + 1)), t = perm[i];
+		perm[i] = perm[j];
+		perm[j] = t;
+	}
+	size_t cache_floats = (size_t)n_blocks * bs * kv_dim;
+	struct rs_kv_layer cpu = {.k = calloc(cache_floats, 4), .v = calloc(cache_floats, 4),
+				  .block_size = bs, .n_kv_heads = n_kv, .head_dim = hd};
+	struct rs_cuda_kv_layer gpu = {.k = dev_alloc(cache_floats * 4), .v = dev_alloc(cache_floats * 4),
+				       .block_size = bs, .n_kv_heads = n_kv, .head_dim = hd};
+	cudaMemset(gpu.k, 0, cache_floats * 4);
+	cudaMemset(gpu.v, 0, cache_floats * 4);
+
+	/* Every sequence's whole context is one "prefill": T = sum ctx tokens, and every
+	 * token attends (prefill rows), the last of each being a decode-like query. */
+	uint32_t T = 0;
+	for (int q = 0; q < SEQS; q++)
+		T += ctx[q];
+	float *rows = rand_floats((size_t)T * stride, 1.0, &s);
+	uint32_t *tables = malloc(SEQS * per_seq * sizeof(uint32_t));
+	uint32_t *positions = malloc(T * 4), *slots = malloc(T * 4), *offsets = malloc(T * 4);
+	for (uint32_t q = 0, t = 0; q < SEQS; q++) {
+		uint32_t *table = tables + q * per_seq;
+		memcpy(table, perm + q * per_seq, per_seq * 4);
+		rs_op_kv_store(&cpu, table, 0, ctx[q], rows + (size_t)t * stride + q_dim,
+			       rows + (size_t)t * stride + q_dim + kv_dim, stride);
+		for (uint32_t i = 0; i < ctx[q]; i++, t++) {
+			positions[t] = i;
+			slots[t] = table[i / bs] * bs + i % bs;
+			offsets[t] = q * per_seq;
+		}
+	}
+	float *d_rows = to_dev(rows, (size_t)T * stride * 4);
+	uint32_t *d_slots = to_dev(slots, T * 4), *d_pos = to_dev(positions, T * 4);
+	uint32_t *d_offsets = to_dev(offsets, T * 4);
+	uint32_t *d_tables = to_dev(tables, SEQS * per_seq * 4);
+	CHECK(rs_cuda_kv_store(&gpu, d_slots, T, d_rows + q_dim, d_rows + q_dim + kv_dim, stride,
+			       0) == 0, "kv store launch");
+	float *kk = malloc(cache_floats * 4), *vv = malloc(cache_floats * 4);
+	from_dev(kk, gpu.k, cache_floats * 4);
+	from_dev(vv, gpu.v, cache_floats * 4);
+	CHECK(memcmp(kk, cpu.k, cache_floats * 4) == 0 && memcmp(vv, cpu.v, cache_floats * 4) == 0,
+	      "kv store differs (heads %u/%u hd %u bs %u)", n_heads, n_kv, hd, bs);
+
+	float *want = malloc((size_t)T * q_dim * 4), *got = malloc((size_t)T * q_dim * 4);
+	float *scratch = malloc(rs_op_attention_scratch(n_heads, hd, MAX_CTX) * 4);
+	for (uint32_t t = 0; t < T; t++)
+		rs_op_attention(want + (size_t)t * q_dim, rows + (size_t)t * stride, &cpu,
+				tables + offsets[t], positions[t], n_heads, scratch);
+	CHECK(rs_cuda_attention_setup(n_heads, n_kv, hd) == 0, "setup %u/%u hd %u", n_heads, n_kv, hd);
+	void *d_out = dev_alloc((size_t)T * q_dim * 4);
+	CHECK(rs_cuda_attention(d_out, out_dt, d_rows, stride, &gpu, d_tables, d_offsets, d_pos, T,
+				n_heads, 0) == 0, "attention launch");
+	uint8_t *raw = malloc((size_t)T * q_dim * 4);
+	from_dev(raw, d_out, (size_t)T * q_dim * rs_dtype_size(out_dt));
+	decode(got, raw, out_dt, (size_t)T * q_dim);
+	double *wd = to_double(want, (size_t)T * q_dim);
+	char name[96];
+	snprintf(name, sizeof(name), "attention heads %u/%u hd %u bs %u %s", n_heads, n_kv, hd, bs,
+		 rs_dtype_name(out_dt));
+	/* Outputs are convex combinations of V values in [-1, 1]: absolute tolerance. */
+	check_close(name, got, wd, (size_t)T * q_dim, out_dt == RS_DTYPE_F32 ? 1e-5 : 2e-3,
+		    dtype_eps(out_dt));
+	free(perm), free(cpu.k), free(cpu.v), free(rows), free(tables), free(positions);
+	free(slots), free(offsets), free(kk), free(vv), free(want), free(got), free(scratch);
+	free(raw), free(wd);
+	cudaFree(gpu.k), cudaFree(gpu.v), cudaFree(d_rows), cudaFree(d_slots), cudaFree(d_pos);
+	cudaFree(d_offsets), cudaFree(d_tables), cudaFree(d_out);
+}
+
+static void test_attention(void)
+{
+	test_attention_shape(8, 2, 64, 16, RS_DTYPE_F32);  /* GQA, TinyLlama's head_dim */
+	test_attention_shape(4, 4, 16, 5, RS_DTYPE_F32);   /* MHA, odd block size */
+	test_attention_shape(12, 1, 40, 7, RS_DTYPE_F32);  /* MQA, head_dim not a warp multiple */
+	test_attention_shape(4, 2, 256, 3, RS_DTYPE_F32);  /* largest head_dim */
+	test_attention_shape(32, 1, 256, 16, RS_DTYPE_F32); /* 72 KiB of shared memory (opt-in) */
+	test_attention_shape(8, 2, 64, 16, RS_DTYPE_F16);
+	test_attention_shape(8, 2, 64, 16, RS_DTYPE_BF16);
+	CHECK(rs_cuda_attention_setup(4, 2, 512) == -EINVAL, "head_dim 512 accepted");
+}
+
+/* The device sampler against rs_sample over many parameter sets and logit shapes. */
+static void test_sampling_vocab(uint32_t vocab)
+{
+	static const float temps[] = {0.0f, 0.5f, 1.0f, 3.0f};
+	static const uint32_t topks[] = {0, 1, 2, 3, 50, 999, 1000, 2000};
+	static const float topps[] = {0.0f, 0.05f, 0.5f, 0.9f, 0.999f, 1.0f};
+	enum { KINDS = 3, SEEDS = 2 };
+	uint32_t rows = 4 * 8 * 6 * SEEDS * KINDS;
+	float *logits = malloc((size_t)rows * vocab * sizeof(float));
+	struct rs_sampling_params *params = malloc(rows * sizeof(*params));
+	uint64_t *position = malloc(rows * sizeof(uint64_t));
+	struct rs_cuda_sample_desc *descs = malloc(rows * sizeof(*descs));
+	uint32_t *d_out = dev_alloc(rows * sizeof(uint32_t)), *got = malloc(rows * 4);
+	uint64_t s = 7 + vocab;
+	uint32_t r = 0;
+	for (int a = 0; a < 4; a++)
+		for (int b = 0; b < 8; b++)
+			for (int c = 0; c < 6; c++)
+				for (int seed = 0; seed < SEEDS; seed++)
+					for (int kind = 0; kind < KINDS; kind++, r++) {
+						float *x = logits + (size_t)r * vocab;
+						for (uint32_t i = 0; i < vocab; i++) {
+							double v = test_uniform(&s) * 4.0;
+							if (kind == 1) /* coarse: many exact ties */
+								v = floor(v * 2.0) / 2.0;
+							x[i] = (float)v;
+							if (kind == 2 && i % 7 == 3)
+								x[i] = -INFINITY;
+						}
+						params[r] = (struct rs_sampling_params){
+							.temperature = temps[a], .top_k = topks[b],
+							.top_p = topps[c], .seed = test_rand(&s)};
+						position[r] = test_rand(&s) % 5000;
+						rs_cuda_sample_desc_init(&descs[r], &params[r], position[r],
+									 d_out + r);
+					}
+	float *d_logits = to_dev(logits, (size_t)rows * vocab * sizeof(float));
+	struct rs_cuda_sample_desc *d_descs = to_dev(descs, rows * sizeof(*descs));
+	double *d_scratch = dev_alloc((size_t)rows * rs_cuda_sample_scratch(vocab) * sizeof(double));
+	cudaMemset(d_out, 0xff, rows * 4);
+	CHECK(rs_cuda_sample(d_logits, vocab, d_descs, rows, d_scratch, 0) == 0, "launch");
+	from_dev(got, d_out, rows * 4);
+	void *scratch = malloc(rs_sample_scratch_size(vocab));
+	int bad = 0;
+	for (r = 0; r < rows; r++) {
+		uint32_t want = rs_sample(logits + (size_t)r * vocab, vocab, &params[r], position[r],
+					  scratch);
+		if (got[r] != want && bad++ < 10)
+			fprintf(stderr, "sample vocab %u row %u (T %g k %u p %g): got %u want %u\n",
+				vocab, r, params[r].temperature, params[r].top_k, params[r].top_p,
+				got[r], want);
+	}
+	CHECK(bad == 0, "sampling: %d of %u rows differ (vocab %u)", bad, rows, vocab);
+	free(logits), free(params), free(position), free(descs), free(got), free(scratch);
+	cudaFree(d_out), cudaFree(d_logits), cudaFree(d_descs), cudaFree(d_scratch);
+}
+
+static struct rs_engine *make_engine(const struct rs_model *model, const char *backend,
+				     uint32_t lanes)
+{
+	struct rs_engine_options opts;
+	rs_engine_options_init(&opts);
+	opts.backend = backend;
+	opts.block_size = 16;
+	opts.kv_blocks = 256;
+	opts.max_batch_tokens = 512;
+	opts.lanes = lanes;
+	opts.threads = 2;
+	struct rs_engine *e = NULL;
+	char err[200];
+	int rc = rs_engine_create(model, &opts, &e, err, sizeof(err));
+	CHECK(rc == 0, "%s engine: %d %s", backend, rc, err);
+	if (rc)
+		exit(1);
+	return e;
+}
+
+static uint32_t *alloc_blocks(struct rs_engine *e, uint32_t n)
+{
+	uint32_t *t = malloc(n * sizeof(uint32_t));
+	for (uint32_t i = 0; i < n; i++) {
+		int b = rs_kv_block_alloc(rs_engine_kv(e));
+		CHECK(b >= 0, "out of blocks");
+		t[i] = b < 0 ? 0 : (uint32_t)b;
+	}
+	return t;
+}
+
+static struct rs_model_config gqa_config(void)
+{
+	struct rs_model_config cfg = test_config();
+	cfg.dim = 128; /* head_dim 32 */
+	cfg.hidden_dim = 352;
+	cfg.n_layers = 3;
+	cfg.vocab_size = 300;
+	cfg.rope_dim = 32;
+	cfg.head_dim = 32;
+	return cfg;
+}
+
+/* Logit tolerance relative to the logits' RMS (see the top comment). */
+static double logit_rel_tol(enum rs_dtype dt)
+{
+	return dt == RS_DTYPE_F16 ? 1e-2 : dt == RS_DTYPE_BF16 ? 5e-2 : 1e-4;
+}
+
+static double rms(const float *x, size_t n)
+{
+	double ss = 0;
+	for (size_t i = 0; i < n; i++)
+		ss += (double)x[i] * x[i];
+	return sqrt(ss / n);
+}
+
+/* Whole forward pass: a prefill batch of three sequences, then a mixed step (one decodes,
+ * one prefills a second chunk), logits compared CUDA vs CPU. */
+static void test_forward(enum rs_dtype dt)
+{
+	struct rs_model_config cfg = gqa_config();
+	struct rs_model *model = NULL;
+	CHECK(rs_model_random(&cfg, dt, 11, false, &model) == 0, "model");
+	if (!model)
+		return;
+	struct rs_engine *ec = make_engine(model, "cpu", 1), *eg = make_engine(model, "cuda", 1);
+	enum { SEQS = 3 };
+	const uint32_t len[SEQS] = {13, 1, 40}, more[SEQS] = {1, 0, 9};
+	uint32_t tokens[SEQS][64];
+	uint64_t s = 12;
+	for (int q = 0; q < SEQS; q++)
+		for (int i = 0; i < 64; i++)
+			tokens[q][i] = (uint32_t)(test_rand(&s) % cfg.vocab_size);
+	uint32_t *tc[SEQS], *tg[SEQS];
+	for (int q = 0; q < SEQS; q++) {
+		tc[q] = alloc_blocks(ec, 4);
+		tg[q] = alloc_blocks(eg, 4);
+	}
+	for (int phase = 0; phase < 2; phase++) {
+		struct rs_seq_step sc[SEQS], sg[SEQS];
+		uint32_t n = 0, T = 0;
+		for (int q = 0; q < SEQS; q++) {
+			uint32_t start = phase ? len[q] : 0, count = phase ? more[q] : len[q];
+			if (!count)
+				continue;
+			sc[n] = (struct rs_seq_step){.tokens = tokens[q] + start, .n_tokens = count,
+						     .start_pos = start, .block_table = tc[q],
+						     .n_blocks = 4};
+			sg[n] = sc[n];
+			sg[n++].block_table = tg[q];
+			T += count;
+		}
+		float *lc = malloc((size_t)T * cfg.vocab_size * 4), *lg = malloc((size_t)T * cfg.vocab_size * 4);
+		CHECK(rs_engine_forward_logits(ec, sc, n, lc) == 0, "cpu logits");
+		CHECK(rs_engine_forward_logits(eg, sg, n, lg) == 0, "cuda logits");
+		double *ref = to_double(lc, (size_t)T * cfg.vocab_size);
+		char name[64];
+		snprintf(name, sizeof(name), "forward %s phase %d", rs_dtype_name(dt), phase);
+		check_close(name, lg, ref, (size_t)T * cfg.vocab_size,
+			    logit_rel_tol(dt) * rms(lc, (size_t)T * cfg.vocab_size), 0.0);
+		free(lc), free(lg), free(ref);
+	}
+	for (int q = 0; q < SEQS; q++)
+		free(tc[q]), free(tg[q]);
+	rs_engine_destroy(ec);
+	rs_engine_destroy(eg);
+	rs_model_free(model);
+}
+
+static float top_gap(const float *x, uint32_t n)
+{
+	uint32_t best = rs_argmax(x, n);
+	float second = -INFINITY;
+	for (uint32_t i = 0; i < n; i++)
+		if (i != best && x[i] > second)
+			second = x[i];
+	return x[best] - second;
+}
+
+/* 8 sequences joining at steps 0..2, prefilling 1..40 tokens, then decoding to 32 steps
+ * in all; CUDA samples greedily through rs_engine_step (alternating two lanes, each step
+ * waited for: the next one reads its KV), the CPU gives logits. */
+static void test_greedy(enum rs_dtype dt)
+{
+	struct rs_model_config cfg = gqa_config();
+	struct rs_model *model = NULL;
+	CHECK(rs_model_random(&cfg, dt, 21, false, &model) == 0, "model");
+	if (!model)
+		return;
+	struct rs_engine *ec = make_engine(model, "cpu", 1), *eg = make_engine(model, "cuda", 2);
+	enum { SEQS = 8, STEPS = 32 };
+	uint32_t V = cfg.vocab_size, n_blocks = 6; /* 96 positions */
+	struct {
+		uint32_t tokens[96], n_prompt, join, pos, *tc, *tg, out;
+	} q[SEQS];
+	uint64_t s = 22;
+	for (int i = 0; i < SEQS; i++) {
+		q[i].n_prompt = 1 + (uint32_t)(i * 13 % 40);
+		q[i].join = (uint32_t)(i % 3);
+		q[i].pos = 0;
+		for (uint32_t j = 0; j < q[i].n_prompt; j++)
+			q[i].tokens[j] = (uint32_t)(test_rand(&s) % V);
+		q[i].tc = alloc_blocks(ec, n_blocks);
+		q[i].tg = alloc_blocks(eg, n_blocks);
+	}
+	float *logits = malloc(sizeof(float) * 512 * V);
+	double tol = 2 * logit_rel_tol(dt); /* times the RMS of the step's logits */
+	int compared = 0, excused = 0;
+	for (uint32_t step = 0; step < STEPS + 2; step++) {
+		struct rs_seq_step sc[SEQS], sg[SEQS];
+		int idx[SEQS];
+		uint32_t n = 0, T = 0;
+		for (int i = 0; i < SEQS; i++) {
+			if (step < q[i].join || q[i].pos >= q[i].n_prompt + STEPS - 1)
+				continue;
+			uint32_t count = q[i].pos == 0 ? q[i].n_prompt : 1;
+			sc[n] = (struct rs_seq_step){.tokens = q[i].tokens + q[i].pos, .n_tokens = count,
+						     .start_pos = q[i].pos, .block_table = q[i].tc,
+						     .n_blocks = n_blocks};
+			sg[n] = sc[n];
+			sg[n].block_table = q[i].tg;
+			sg[n].sample = 1;
+			sg[n].out_token = &q[i].out;
+			q[i].out = UINT32_MAX;
+			idx[n++] = i;
+			T += count;
+		}
+		if (!n)
+			break;
+		uint32_t lane = step % 2;
+		CHECK(rs_engine_step(eg, lane, sg, n) == 0, "cuda step %u", step);
+		CHECK(rs_engine_forward_logits(ec, sc, n, logits) == 0, "cpu step %u", step);
+		CHECK(rs_engine_step_wait(eg, lane) == 0, "cuda wait %u", step);
+		CHECK(rs_engine_step_poll(eg, lane) == 1, "poll after wait");
+		for (uint32_t k = 0, row = 0; k < n; k++) {
+			int i = idx[k];
+			row += sc[k].n_tokens;
+			const float *last = logits + (size_t)(row - 1) * V;
+			uint32_t want = rs_argmax(last, V);
+			compared++;
+			if (q[i].out != want) {
+				float gap = top_gap(last, V);
+				if (gap <= tol * rms(last, V)) {
+					excused++;
+				} else {
+					CHECK(0, "%s seq %d step %u: cuda %u, cpu %u (gap %g)",
+					      rs_dtype_name(dt), i, step, q[i].out, want, gap);
+				}
+			}
+			/* Teacher forcing: both continue with the CPU's token. */
+			q[i].pos += sc[k].n_tokens;
+			q[i].tokens[q[i].pos] = want;
+		}
+	}
+	printf("greedy %s: %d tokens compared, %d near-tie differences\n", rs_dtype_name(dt),
+	       compared, excused);
+	CHECK(compared >= SEQS * (STEPS - 3), "only %d tokens compared", compared);
+	CHECK(excused * 10 <= compared, "%d of %d tokens differ at near ties", excused, compared);
+	for (int i = 0; i < SEQS; i++)
+		free(q[i].tc), free(q[i].tg);
+	free(logits);
+	rs_engine_destroy(ec);
+	rs_engine_destroy(eg);
+	rs_model_free(model);
+}
+
+/* out_token in a registered memfd mapping: the GPU writes the shared page itself, seen
+ * through a second mapping of the same file. */
+static void test_zero_copy(void)
+{
+	struct rs_model_config cfg = gqa_config();
+	struct rs_model *model = NULL;
+	CHECK(rs_model_random(&cfg, RS_DTYPE_F16, 31, false, &model) == 0, "model");
+	if (!model)
+		return;
+	struct rs_engine *ec = make_engine(model, "cpu", 1), *eg = make_engine(model, "cuda", 1);
+	size_t size = 2 * 4096;
+	int fd = memfd_create("engine_cuda", 0);
+	CHECK(fd >= 0 && ftruncate(fd, (off_t)size) == 0, "memfd");
+	uint8_t *a = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	uint8_t *b = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+	CHECK(a != MAP_FAILED && b != MAP_FAILED, "mmap");
+	if (a == MAP_FAILED || b == MAP_FAILED)
+		return;
+	CHECK(rs_engine_register_host(eg, a, size) == 0, "register");
+	CHECK(rs_engine_register_host(eg, a + 4096, 4096) == -EEXIST, "overlap accepted");
+	CHECK(rs_engine_unregister_host(eg, a + 8) == -ENOENT, "unknown range");
+	CHECK(rs_engine_register_host(ec, a, size) == 0, "cpu register is a no-op");
+
+	enum { SEQS = 3 };
+	uint32_t prompt[SEQS][20], V = cfg.vocab_size;
+	uint64_t s = 32;
+	struct rs_seq_step sc[SEQS], sg[SEQS];
+	uint32_t *outs = (uint32_t *)(a + 4096 + 64); /* in the second page */
+	for (int i = 0; i < SEQS; i++) {
+		for (int j = 0; j < 20; j++)
+			prompt[i][j] = (uint32_t)(test_rand(&s) % V);
+		sc[i] = (struct rs_seq_step){.tokens = prompt[i], .n_tokens = 5 + 7 * i,
+					     .block_table = alloc_blocks(ec, 2), .n_blocks = 2};
+		sg[i] = sc[i];
+		sg[i].block_table = alloc_blocks(eg, 2);
+		sg[i].sample = 1;
+		sg[i].out_token = &outs[i];
+		outs[i] = UINT32_MAX;
+	}
+	CHECK(rs_engine_step(eg, 0, sg, SEQS) == 0, "step");
+	int polls = 0, rc;
+	while ((rc = rs_engine_step_poll(eg, 0)) == 0)
+		polls++;
+	CHECK(rc == 1, "poll: %d", rc);
+	float *logits = malloc(sizeof(float) * 60 * V);
+	CHECK(rs_engine_forward_logits(ec, sc, SEQS, logits) == 0, "cpu logits");
+	const uint32_t *seen = (const uint32_t *)(b + 4096 + 64);
+	for (uint32_t i = 0, row = 0; i < SEQS; i++) {
+		row += sc[i].n_tokens;
+		const float *last = logits + (size_t)(row - 1) * V;
+		uint32_t want = rs_argmax(last, V);
+		CHECK(seen[i] == want || top_gap(last, V) <= 2e-2 * rms(last, V),
+		      "zero-copy seq %u: %u through the other mapping, cpu %u", i, seen[i], want);
+	}
+	CHECK(rs_engine_unregister_host(eg, a) == 0, "unregister");
+	CHECK(rs_engine_unregister_host(eg, a) == -ENOENT, "unregistered twice");
+	for (int i = 0; i < SEQS; i++)
+		free((void *)sc[i].block_table), free((void *)sg[i].block_table);
+	free(logits);
+	munmap(a, size);
+	munmap(b, size);
+	close(fd);
+	rs_engine_destroy(ec);
+	rs_engine_destroy(eg);
+	rs_model_free(model);
+}
+
+int main(void)
+{
+	int devices = 0;
+	cudaError_t e = cudaGetDeviceCount(&devices);
+	if (e != cudaSuccess || devices == 0) {
+		printf("no CUDA device (%s)\n", e != cudaSuccess ? cudaGetErrorString(e) : "none");
+		return 77;
+	}
+	test_embedding();
+	test_rmsnorm();
+	test_rope();
+	test_swiglu();
+	test_matmul();
+	test_attention();
+	test_sampling_vocab(1000);
+	test_sampling_vocab(32000);
+	test_forward(RS_DTYPE_F32);
+	test_forward(RS_DTYPE_F16);
+	test_forward(RS_DTYPE_BF16);
+	test_greedy(RS_DTYPE_F16);
+	test_greedy(RS_DTYPE_BF16);
+	test_zero_copy();
+	TEST_END();
+}
+#endif
