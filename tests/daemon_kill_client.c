@@ -16,8 +16,14 @@
 
 static void run_victim(const char *socket_path, int ready_fd)
 {
+	/* The previous round's last connection may still be on its way out (the daemon
+	 * frees its client slot when it sees the EOF): -EUSERS until then. */
 	struct rs_connection *conn;
-	if (rs_connect(socket_path, NULL, &conn) != 0)
+	int ret;
+	uint64_t deadline = rs_now_ns() + 5ull * 1000 * 1000 * 1000;
+	while ((ret = rs_connect(socket_path, NULL, &conn)) == -EUSERS && rs_now_ns() < deadline)
+		sched_yield();
+	if (ret != 0)
 		_exit(2);
 	unsigned prompt[4] = {1, 2, 3, 4};
 	struct rs_generate_params params = {.prompt = prompt, .prompt_len = 4, .max_new_tokens = 4000};
