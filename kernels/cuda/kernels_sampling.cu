@@ -13,11 +13,18 @@
  * Each result is the key of an existing candidate (the sums only change at keys). The
  * weights exp((l - l_max) / T) are computed once, in double, into scratch. */
 #include <cmath>
+#include <cstddef>
 
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/cuda_util.cuh"
 
 enum { SAMPLE_THREADS = 512 };
+
+/* The host (C) fills these and the device reads them: one layout for both compilers. */
+static_assert(sizeof(struct rs_cuda_sample_desc) == 32 &&
+		      offsetof(struct rs_cuda_sample_desc, out) == 8 &&
+		      offsetof(struct rs_cuda_sample_desc, top_k) == 24,
+	      "rs_cuda_sample_desc layout");
 
 __device__ __forceinline__ uint64_t sample_key(float l, uint32_t id)
 {
