@@ -257,7 +257,7 @@ static double pump(const char *socket_path, double seconds)
 	fill_prompt(prompt, 1);
 	struct rs_generate_params params = {.prompt = prompt, .prompt_len = PROMPT_TOKENS, .max_new_tokens = 1};
 	struct rs_completion done[256];
-	uint64_t completed = 0, start = rs_now_ns(), end = start + (uint64_t)(seconds * 1e9);
+	uint64_t completed = 0, failed = 0, start = rs_now_ns(), end = start + (uint64_t)(seconds * 1e9);
 	uint64_t now = start;
 	while (now < end) {
 		for (int k = 0; k < 64; k++)
@@ -266,12 +266,21 @@ static double pump(const char *socket_path, double seconds)
 		int n = rs_poll(conn, done, 256);
 		if (n < 0)
 			break;
-		for (int k = 0; k < n; k++)
+		for (int k = 0; k < n; k++) {
+			/* Only successes count: an error completion is cheaper than a request. */
+			if (done[k].status == 0 && done[k].output_len == 1)
+				completed++;
+			else
+				failed++;
 			rs_release(conn, done[k].request);
-		completed += (uint64_t)n;
+		}
 		now = rs_now_ns();
 	}
 	rs_close(conn);
+	if (failed) {
+		fprintf(stderr, "bench ipc: %llu requests failed\n", (unsigned long long)failed);
+		return -1;
+	}
 	return (double)completed / ((double)(now - start) / 1e9);
 }
 
