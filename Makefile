@@ -124,8 +124,8 @@ $(O)/tests/%: $(O)/obj/tests/%.o $(call obj,$(HARNESS_SRC)) $(LIBINTERNAL) $(LIB
 
 # --- tests ------------------------------------------------------------------------------
 # The data-path and file-parsing tests run again under ASan+UBSan, the lock-free ones under TSan.
-ASAN_TESTS := $(filter ring_% shm_% daemon_% client_% model_%,$(TESTS))
-TSAN_TESTS := $(filter ring_% daemon_many_clients,$(TESTS))
+ASAN_TESTS := $(filter ring_% shm_% daemon_% client_% model_% engine_%,$(TESTS))
+TSAN_TESTS := $(filter ring_% daemon_many_clients daemon_model engine_thread_pool,$(TESTS))
 TEST_TIMEOUT ?= 120
 
 test: deps

@@ -22,7 +22,7 @@
 #define RS_FUTEX_BITSET_MATCH_ANY 0xffffffffull
 
 /* user_data of our io_uring operations: kind, client generation, client index. */
-enum op_kind { OP_ACCEPT = 1, OP_CLIENT_RECV, OP_DOORBELL, OP_SIGNAL, OP_CANCEL, OP_REJECTED };
+enum op_kind { OP_ACCEPT = 1, OP_CLIENT_RECV, OP_DOORBELL, OP_SIGNAL, OP_CANCEL, OP_REJECTED, OP_LANE };
 
 static uint64_t op_data(enum op_kind kind, const struct rs_client *client)
 {
@@ -110,6 +110,17 @@ int rs_control_arm_doorbell(struct rs_daemon *daemon, struct rs_client *client, 
 	io_uring_sqe_set_data64(sqe, op_data(OP_DOORBELL, client));
 	client->pending_io++;
 	client->doorbell_armed = true;
+	return 0;
+}
+
+int rs_control_arm_lane(struct rs_daemon *daemon, uint32_t lane, int fd)
+{
+	struct io_uring_sqe *sqe = get_sqe(daemon);
+	if (!sqe)
+		return -EBUSY;
+	io_uring_prep_read(sqe, fd, &daemon->lanes[lane].wake_value, sizeof(uint64_t), 0);
+	io_uring_sqe_set_data64(sqe, ((uint64_t)OP_LANE << 56) | lane);
+	daemon->lanes[lane].wake_armed = true;
 	return 0;
 }
 
@@ -329,6 +340,10 @@ static void handle_cqe(struct rs_daemon *daemon, const struct io_uring_cqe *cqe)
 		if (cqe->res == (int)sizeof(signal_count))
 			begin_drain(daemon);
 		arm_signal(daemon);
+		break;
+	case OP_LANE:
+		/* The step is done (or was, before we slept): the loop polls the lane. */
+		daemon->lanes[(uint32_t)data].wake_armed = false;
 		break;
 	case OP_REJECTED:
 		close((int)(uint32_t)data);

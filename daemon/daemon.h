@@ -91,6 +91,8 @@ struct rs_lane {
 	struct rs_request **step;    /* the requests of the step in flight */
 	uint32_t n_step;
 	bool step_in_flight;
+	bool wake_armed;      /* an io_uring read on the engine's step_fd is queued */
+	uint64_t wake_value;  /* its read target */
 };
 
 struct rs_daemon {
@@ -155,6 +157,8 @@ int rs_control_poll(struct rs_daemon *daemon);
 int rs_control_wait(struct rs_daemon *daemon, uint64_t timeout_ns);
 /* Queue a doorbell wait (FUTEX_WAIT, or an eventfd read) for a client, expecting value. */
 int rs_control_arm_doorbell(struct rs_daemon *daemon, struct rs_client *client, uint32_t value);
+/* Queue a read of the lane's step-completion descriptor. */
+int rs_control_arm_lane(struct rs_daemon *daemon, uint32_t lane, int fd);
 /* Cancel a client's queued doorbell wait, if any (its completion drops pending_io). */
 void rs_control_cancel_doorbell(struct rs_daemon *daemon, struct rs_client *client);
 /* Stop accepting connections and remove the socket (draining). */

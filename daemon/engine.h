@@ -34,6 +34,10 @@ struct rs_serving_engine_ops {
 	/* CLOCK_MONOTONIC ns when a running step on the lane will be done, if the engine
 	 * knows (the null engine's delay); 0 when unknown. Lets the scheduler sleep. */
 	uint64_t (*step_deadline_ns)(struct rs_serving_engine *engine, uint32_t lane);
+	/* A descriptor that becomes readable (an eventfd counter) when a step on the lane
+	 * completes, or -1 when the engine has none. Lets the scheduler sleep in io_uring
+	 * while a step of unknown length runs. May be NULL. */
+	int (*step_fd)(struct rs_serving_engine *engine, uint32_t lane);
 	/* Forget the engine's per-request state (KV blocks): the request finished, was
 	 * cancelled, or its client went away. Not called while the request is in a step. */
 	void (*release)(struct rs_serving_engine *engine, struct rs_request *request);

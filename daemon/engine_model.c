@@ -1,9 +1,19 @@
 /* The model engine behind the serving interface: kernels/engine.h (CPU or CUDA backend)
  * driven by the scheduler. It owns each request's KV block table: admission reserves
  * every block the request can need (prompt + max_new_tokens), so a running request never
- * stalls for memory; release gives them back. */
+ * stalls for memory; release gives them back.
+ *
+ * Lanes: on CUDA a step is enqueued on the lane's stream and polled. The CPU backend
+ * computes a step inside rs_engine_step, so each lane gets a worker thread that runs it
+ * while the scheduler core goes on polling the rings (or sleeps in io_uring until the
+ * worker's eventfd says the step is done). */
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,6 +21,27 @@
 #include "daemon/request.h"
 #include "kernels/engine.h"
 #include "kernels/tokenizer.h"
+
+enum worker_state { WORKER_IDLE = 0, WORKER_SUBMITTED, WORKER_DONE };
+
+/* A CPU lane's worker thread. The scheduler writes steps/n_steps, then stores SUBMITTED
+ * (release, R-submit) under the mutex; the worker runs the step, writes status and
+ * stores DONE (release, R-done); the scheduler's acquire load of DONE (A-done) in
+ * model_step_poll makes the tokens and status visible. */
+struct lane {
+	struct rs_seq_step *steps; /* max_batch entries: the step being built or run */
+	uint32_t n_steps;
+	pthread_t thread;
+	bool has_thread;
+	int done_fd;               /* eventfd written when a step is done; -1 on CUDA */
+	pthread_mutex_t lock;
+	pthread_cond_t wake;
+	_Atomic uint32_t state;    /* enum worker_state */
+	int status;
+	bool stop;
+	struct model_engine *owner;
+	uint32_t index;
+};
 
 struct model_engine {
 	struct rs_serving_engine base;
@@ -20,7 +51,7 @@ struct model_engine {
 	uint32_t block_size;
 	uint32_t max_batch_tokens;
 	void *vocab; /* serialized tokenizer for the shared segment */
-	struct rs_seq_step *steps; /* per-step scratch, max_batch entries */
+	struct lane *lanes;
 };
 
 /* What a request holds in the engine: its blocks. */
@@ -67,10 +98,36 @@ static int model_admit(struct rs_serving_engine *base, struct rs_request *reques
 	return 0;
 }
 
-static int model_step_start(struct rs_serving_engine *base, uint32_t lane,
+static void *lane_worker(void *arg)
+{
+	struct lane *lane = arg;
+	pthread_mutex_lock(&lane->lock);
+	for (;;) {
+		/* Relaxed under the mutex: the mutex orders it with the scheduler's store. */
+		while (!lane->stop && atomic_load_explicit(&lane->state, memory_order_relaxed) != WORKER_SUBMITTED)
+			pthread_cond_wait(&lane->wake, &lane->lock);
+		if (lane->stop)
+			break;
+		pthread_mutex_unlock(&lane->lock);
+		lane->status = rs_engine_step(lane->owner->engine, lane->index, lane->steps, lane->n_steps);
+		/* R-done: pairs with A-done in model_step_poll. */
+		atomic_store_explicit(&lane->state, WORKER_DONE, memory_order_release);
+		/* Wakes a sleeping scheduler core. An eventfd write fails only on counter
+		 * overflow, which 2^64 steps will not reach. */
+		uint64_t one = 1;
+		ssize_t written = write(lane->done_fd, &one, sizeof(one));
+		(void)written;
+		pthread_mutex_lock(&lane->lock);
+	}
+	pthread_mutex_unlock(&lane->lock);
+	return NULL;
+}
+
+static int model_step_start(struct rs_serving_engine *base, uint32_t lane_index,
 			    struct rs_request *const *requests, uint32_t n)
 {
 	struct model_engine *engine = (struct model_engine *)base;
+	struct lane *lane = &engine->lanes[lane_index];
 	/* Decodes first (one token each), then prefill chunks in the remaining budget:
 	 * a long prompt is split over steps instead of stalling everyone's decode. */
 	uint32_t budget = engine->max_batch_tokens, n_steps = 0;
@@ -83,7 +140,7 @@ static int model_step_start(struct rs_serving_engine *base, uint32_t lane,
 	for (uint32_t i = 0; i < n; i++) {
 		struct rs_request *r = requests[i];
 		const struct sequence *sequence = r->engine_state;
-		struct rs_seq_step *step = &engine->steps[n_steps];
+		struct rs_seq_step *step = &lane->steps[n_steps];
 		if (r->prefilled < r->prompt_len) {
 			uint32_t chunk = r->prompt_len - r->prefilled;
 			if (chunk > budget)
@@ -110,14 +167,34 @@ static int model_step_start(struct rs_serving_engine *base, uint32_t lane,
 		r->step_produced = step->sample;
 		n_steps++;
 	}
-	if (n_steps == 0)
-		return 0;
-	return rs_engine_step(engine->engine, lane, engine->steps, n_steps);
+	lane->n_steps = n_steps;
+	if (!lane->has_thread)
+		return n_steps ? rs_engine_step(engine->engine, lane_index, lane->steps, n_steps) : 0;
+	pthread_mutex_lock(&lane->lock);
+	lane->status = 0;
+	/* R-submit: the mutex publishes steps and n_steps to the worker. */
+	atomic_store_explicit(&lane->state, WORKER_SUBMITTED, memory_order_relaxed);
+	pthread_cond_signal(&lane->wake);
+	pthread_mutex_unlock(&lane->lock);
+	return 0;
 }
 
-static int model_step_poll(struct rs_serving_engine *base, uint32_t lane)
+static int model_step_poll(struct rs_serving_engine *base, uint32_t lane_index)
 {
-	return rs_engine_step_poll(((struct model_engine *)base)->engine, lane);
+	struct model_engine *engine = (struct model_engine *)base;
+	struct lane *lane = &engine->lanes[lane_index];
+	if (!lane->has_thread)
+		return rs_engine_step_poll(engine->engine, lane_index);
+	/* A-done: pairs with R-done in lane_worker. */
+	if (atomic_load_explicit(&lane->state, memory_order_acquire) != WORKER_DONE)
+		return 0;
+	atomic_store_explicit(&lane->state, WORKER_IDLE, memory_order_relaxed);
+	return lane->status < 0 ? lane->status : 1;
+}
+
+static int model_step_fd(struct rs_serving_engine *base, uint32_t lane_index)
+{
+	return ((struct model_engine *)base)->lanes[lane_index].done_fd;
 }
 
 static uint64_t model_step_deadline(struct rs_serving_engine *base, uint32_t lane)
@@ -144,13 +221,67 @@ static void model_unregister(struct rs_serving_engine *base, void *ptr)
 	rs_engine_unregister_host(((struct model_engine *)base)->engine, ptr);
 }
 
+static void destroy_lanes(struct model_engine *engine, uint32_t n_lanes)
+{
+	for (uint32_t l = 0; engine->lanes && l < n_lanes; l++) {
+		struct lane *lane = &engine->lanes[l];
+		if (lane->has_thread) {
+			pthread_mutex_lock(&lane->lock);
+			lane->stop = true;
+			pthread_cond_signal(&lane->wake);
+			pthread_mutex_unlock(&lane->lock);
+			pthread_join(lane->thread, NULL);
+			pthread_mutex_destroy(&lane->lock);
+			pthread_cond_destroy(&lane->wake);
+		}
+		if (lane->done_fd >= 0)
+			close(lane->done_fd);
+		free(lane->steps);
+	}
+	free(engine->lanes);
+	engine->lanes = NULL;
+}
+
+/* Lanes: step scratch for each, and on the CPU backend a worker thread. */
+static int create_lanes(struct model_engine *engine, uint32_t n_lanes, uint32_t max_batch, bool workers)
+{
+	engine->lanes = calloc(n_lanes, sizeof(*engine->lanes));
+	if (!engine->lanes)
+		return -ENOMEM;
+	for (uint32_t l = 0; l < n_lanes; l++)
+		engine->lanes[l].done_fd = -1;
+	for (uint32_t l = 0; l < n_lanes; l++) {
+		struct lane *lane = &engine->lanes[l];
+		lane->owner = engine;
+		lane->index = l;
+		lane->steps = calloc(max_batch, sizeof(*lane->steps));
+		if (!lane->steps)
+			return -ENOMEM;
+		if (!workers)
+			continue;
+		lane->done_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		if (lane->done_fd < 0)
+			return -errno;
+		pthread_mutex_init(&lane->lock, NULL);
+		pthread_cond_init(&lane->wake, NULL);
+		int ret = pthread_create(&lane->thread, NULL, lane_worker, lane);
+		if (ret) {
+			pthread_mutex_destroy(&lane->lock);
+			pthread_cond_destroy(&lane->wake);
+			return -ret;
+		}
+		lane->has_thread = true;
+	}
+	return 0;
+}
+
 static void model_destroy(struct rs_serving_engine *base)
 {
 	struct model_engine *engine = (struct model_engine *)base;
+	destroy_lanes(engine, base->lanes);
 	rs_engine_destroy(engine->engine);
 	rs_model_free(engine->model);
 	free(engine->vocab);
-	free(engine->steps);
 	free(engine);
 }
 
@@ -159,6 +290,7 @@ static const struct rs_serving_engine_ops model_ops = {
 	.step_start = model_step_start,
 	.step_poll = model_step_poll,
 	.step_deadline_ns = model_step_deadline,
+	.step_fd = model_step_fd,
 	.release = model_release,
 	.register_memory = model_register,
 	.unregister_memory = model_unregister,
@@ -200,11 +332,9 @@ int rs_model_engine_create(const struct rs_model_engine_options *options,
 	uint32_t max_batch = options->max_batch;
 	if (max_batch > engine->max_batch_tokens)
 		max_batch = engine->max_batch_tokens; /* every decode needs a token of budget */
-	engine->steps = calloc(max_batch, sizeof(*engine->steps));
-	if (!engine->steps) {
-		ret = -ENOMEM;
+	ret = create_lanes(engine, resolved->lanes, max_batch, strcmp(resolved->backend, "cpu") == 0);
+	if (ret)
 		goto fail;
-	}
 
 	struct rs_serving_engine *base = &engine->base;
 	base->ops = &model_ops;
@@ -235,10 +365,10 @@ int rs_model_engine_create(const struct rs_model_engine_options *options,
 	return 0;
 
 fail:
+	destroy_lanes(engine, engine->engine ? rs_engine_options(engine->engine)->lanes : 0);
 	rs_engine_destroy(engine->engine);
 	rs_model_free(engine->model);
 	free(engine->vocab);
-	free(engine->steps);
 	free(engine);
 	return ret;
 }

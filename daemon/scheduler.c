@@ -377,13 +377,18 @@ void rs_scheduler_notify_clients(struct rs_daemon *daemon)
 
 uint64_t rs_scheduler_next_deadline(struct rs_daemon *daemon)
 {
+	struct rs_serving_engine *engine = daemon->engine;
 	uint64_t earliest = 0;
-	for (uint32_t l = 0; l < daemon->engine->lanes; l++) {
+	for (uint32_t l = 0; l < engine->lanes; l++) {
 		if (!daemon->lanes[l].step_in_flight)
 			continue;
-		uint64_t deadline = daemon->engine->ops->step_deadline_ns(daemon->engine, l);
-		if (deadline == 0)
-			return UINT64_MAX; /* unknown: the caller must keep polling */
+		uint64_t deadline = engine->ops->step_deadline_ns(engine, l);
+		if (deadline == 0) {
+			/* Unknown: a completion descriptor wakes us, or we keep polling. */
+			if (engine->ops->step_fd && engine->ops->step_fd(engine, l) >= 0)
+				continue;
+			return UINT64_MAX;
+		}
 		if (earliest == 0 || deadline < earliest)
 			earliest = deadline;
 	}

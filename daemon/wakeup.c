@@ -48,7 +48,14 @@ int rs_wakeup_sleep(struct rs_daemon *daemon)
 			rs_control_arm_doorbell(daemon, client, bell);
 	}
 	if (!work) {
-		/* N4: until a doorbell, a socket event, the heartbeat or an engine deadline. */
+		/* Steps of unknown length wake us through their completion descriptor. */
+		struct rs_serving_engine *engine = daemon->engine;
+		for (uint32_t l = 0; l < engine->lanes && engine->ops->step_fd; l++) {
+			int fd = engine->ops->step_fd(engine, l);
+			if (daemon->lanes[l].step_in_flight && fd >= 0 && !daemon->lanes[l].wake_armed)
+				rs_control_arm_lane(daemon, l, fd);
+		}
+		/* N4: until a doorbell, a socket event, a step, the heartbeat or a deadline. */
 		uint64_t now = rs_now_ns();
 		uint64_t wake_at = daemon->last_heartbeat_ns + daemon->config.heartbeat_ns;
 		uint64_t deadline = rs_scheduler_next_deadline(daemon);
