@@ -187,7 +187,7 @@ int main(int argc, char **argv)
 	}
 	double seconds = (double)(rs_now_ns() - start) / 1e9;
 	fprintf(stderr,
-		"ringserve-client: %d request(s), %u prompt tokens each, %llu tokens generated in %.3f s "
+		"ringserve-client: %d request(s), %d prompt tokens each, %llu tokens generated in %.3f s "
 		"(%.0f tokens/s), first token after %.1f ms\n",
 		requests, prompt_len, (unsigned long long)total_tokens, seconds, (double)total_tokens / seconds,
 		(double)first_token_ns / 1e6);
