@@ -94,9 +94,11 @@ $(LIBRS_A): $(SHM_OBJ) $(CLIENT_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
+# libringserve.so -> libringserve.so.0 (the soname), which is the library.
 $(LIBRS_SO): $(SHM_OBJ) $(CLIENT_OBJ) client-lib/libringserve.map
 	$(CC) -shared -Wl,-soname,libringserve.so.0 -Wl,--version-script=client-lib/libringserve.map \
-		$(RS_LDFLAGS) -o $@ $(SHM_OBJ) $(CLIENT_OBJ) -lpthread
+		$(RS_LDFLAGS) -o $@.0 $(SHM_OBJ) $(CLIENT_OBJ) -lpthread
+	ln -sf libringserve.so.0 $@
 
 $(O)/ringserve.pc: client-lib/ringserve.pc.in $(O)/config
 	sed -e 's|@PREFIX@|$(abspath $(O))|' -e 's|@INCLUDEDIR@|$(abspath client-lib)|' $< > $@
@@ -136,7 +138,7 @@ test: deps
 
 # Build and run a list of tests in the current configuration.
 test-run:
-	@$(MAKE) --no-print-directory $(DAEMON_BIN) $(addprefix $(O)/tests/,$(TEST_LIST)) $(TOOL_BINS)
+	@$(MAKE) --no-print-directory $(DAEMON_BIN) $(LIBRS_SO) $(addprefix $(O)/tests/,$(TEST_LIST)) $(TOOL_BINS)
 	tests/run.sh $(O) $(TEST_TIMEOUT) $(TEST_LIST)
 
 run: deps all
