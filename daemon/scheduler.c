@@ -203,6 +203,8 @@ int rs_scheduler_poll_client(struct rs_daemon *daemon, struct rs_client *client)
 		if (sqe.opcode == RS_OP_CANCEL) {
 			handle_cancel(daemon, client, &sqe);
 			consumed++;
+			if (client->state != RS_CLIENT_ACTIVE)
+				return (int)consumed; /* its completion found the CQ corrupted */
 			continue;
 		}
 		if (credit <= 0) {
