@@ -5,6 +5,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -41,7 +42,7 @@ static int receive_welcome(int fd, struct rs_welcome *welcome, int fds[3])
 		n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
 	while (n < 0 && errno == EINTR);
 	if (n < 0)
-		return -errno;
+		return errno == EAGAIN || errno == EWOULDBLOCK ? -ETIMEDOUT : -errno;
 	int n_fds = 0;
 	for (struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg); cmsg; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
 		if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS)
@@ -133,6 +134,9 @@ int rs_connect(const char *socket_path, const struct rs_connect_options *options
 		ret = -errno;
 		goto fail;
 	}
+	/* A daemon that accepts but never answers (stopped, wedged) must not hang us. */
+	struct timeval handshake_timeout = {.tv_sec = 5};
+	setsockopt(conn->fd, SOL_SOCKET, SO_RCVTIMEO, &handshake_timeout, sizeof(handshake_timeout));
 	struct rs_hello hello = {.magic = RS_HELLO_MAGIC, .abi_version = RS_ABI_VERSION};
 	if (send(conn->fd, &hello, sizeof(hello), MSG_NOSIGNAL) != (ssize_t)sizeof(hello)) {
 		ret = -errno;

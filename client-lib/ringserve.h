@@ -52,6 +52,7 @@ struct rs_connect_options {
  *   -EUSERS                  the daemon has its maximum number of clients
  *   -ESHUTDOWN               the daemon is shutting down
  *   -EPROTO                  the daemon speaks another ABI version, or sent garbage
+ *   -ETIMEDOUT               the daemon did not answer the handshake within 5 s
  *   -ENOMEM, -ENAMETOOLONG, or another errno from socket(2), connect(2), mmap(2). */
 int rs_connect(const char *socket_path, const struct rs_connect_options *options,
 	       struct rs_connection **out);
