@@ -62,9 +62,8 @@ void rs_op_matmul_cols(float *y, const float *x, const float *w, uint32_t m, uin
 	if (n1 <= n0)
 		return;
 	float beta = accumulate ? 1.0f : 0.0f;
-	if (m == 1) {
-		cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)(n1 - n0), (int)k, 1.0f,
-			    w + (size_t)n0 * k, (int)k, x, 1, beta, y + n0, 1);
+	if (m <= RS_MATMUL_STREAM_MAX_M) {
+		rs_op_matmul_stream(y, x, w, m, n, k, n0, n1, accumulate, rs_cpu_isa());
 		return;
 	}
 	/* Y[m][n0..n1) = X[m][k] * W[n0..n1][k]^T: W is read once for all m rows. */

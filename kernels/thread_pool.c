@@ -1,24 +1,47 @@
-/* Worker pool (see thread_pool.h). A mutex and two condition variables: the work is
- * coarse (one item is a whole attention head over a sequence), so a lock per run costs
- * nothing measurable, and the code stays obviously correct. */
+/* Worker pool (see thread_pool.h).
+ *
+ * A decode step runs about five pool runs per layer, each a few tens of microseconds
+ * long. Parking every worker on a condition variable between them cost a futex wake and
+ * a context switch per run, which in a VM came to a fifth of the step (perf: the
+ * hypervisor's irq-enable path under futex_wait/futex_wake). So both sides spin first:
+ * a worker polls the generation counter, the caller polls the pending count, each for
+ * at most SPIN_NS, and only then park on the mutex and condition variables. An idle
+ * pool therefore sleeps after SPIN_NS: no CPU is burnt between requests.
+ *
+ * Wake-ups use the Dekker pattern: the sleeper publishes "I am parking" and re-checks
+ * the condition after a full fence; the waker changes the condition, fences, and looks
+ * for a sleeper. One of the two must see the other's store. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "kernels/thread_pool.h"
+#include "shm/atomics.h"
+
+/* Longer than the serial work between two runs of a step (norms, rope, cache stores:
+ * a few microseconds), short enough that an idle daemon stops spinning at once. */
+#define SPIN_NS 200000
 
 struct rs_thread_pool {
 	uint32_t n_threads;
 	pthread_t *threads;
-	pthread_mutex_t lock;
-	pthread_cond_t start; /* workers wait here for a new generation */
-	pthread_cond_t done;  /* the caller waits here for pending == 0 */
-	uint64_t generation;  /* bumped (under lock) for each run */
-	uint32_t pending;     /* workers still running the current generation */
-	int stop;
+	/* The run: written by the caller before R1, read by workers after A1. */
 	rs_parallel_fn *fn;
 	void *ctx;
 	uint32_t n_items;
+	int stop;
+
+	/* Bumped for each run (R1) and to stop. Own cache line: polled by every worker. */
+	_Alignas(64) _Atomic uint64_t generation;
+	/* Workers still running the current generation; the last one to finish brings it to
+	 * 0 (R2). Own line: written by every worker once per run, polled by the caller. */
+	_Alignas(64) _Atomic uint32_t pending;
+	_Alignas(64) _Atomic uint32_t sleepers;	 /* workers parked or parking on start */
+	_Atomic uint32_t caller_sleeping;	 /* the caller is parked or parking on done */
+	pthread_mutex_t lock;
+	pthread_cond_t start; /* workers park here for a new generation */
+	pthread_cond_t done;  /* the caller parks here for pending == 0 */
 };
 
 struct worker_arg {
@@ -26,10 +49,47 @@ struct worker_arg {
 	uint32_t worker;
 };
 
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 static void run_share(struct rs_thread_pool *pool, uint32_t worker)
 {
 	for (uint32_t i = worker; i < pool->n_items; i += pool->n_threads)
 		pool->fn(pool->ctx, i, worker);
+}
+
+/* The first generation other than seen: spin, then park. */
+static uint64_t wait_generation(struct rs_thread_pool *pool, uint64_t seen)
+{
+	uint64_t g, deadline = 0;
+	for (uint32_t spins = 0;; spins++) {
+		/* A1: pairs with R1 in rs_thread_pool_run (and destroy): the run's fn, ctx,
+		 * n_items and stop are visible once the new generation is. */
+		g = rs_load_acquire(&pool->generation);
+		if (g != seen)
+			return g;
+		if ((spins & 63) == 63) {
+			uint64_t t = now_ns();
+			if (!deadline)
+				deadline = t + SPIN_NS;
+			else if (t > deadline)
+				break;
+		}
+		rs_cpu_relax();
+	}
+	pthread_mutex_lock(&pool->lock);
+	/* Relaxed: the fence orders it; the lock orders it against other workers. */
+	rs_store_relaxed(&pool->sleepers, rs_load_relaxed(&pool->sleepers) + 1);
+	rs_fence_seq_cst(); /* F1: pairs with F1' in rs_thread_pool_run */
+	while ((g = rs_load_acquire(&pool->generation)) == seen) /* A1 again */
+		pthread_cond_wait(&pool->start, &pool->lock);
+	rs_store_relaxed(&pool->sleepers, rs_load_relaxed(&pool->sleepers) - 1);
+	pthread_mutex_unlock(&pool->lock);
+	return g;
 }
 
 static void *worker_main(void *p)
@@ -38,21 +98,23 @@ static void *worker_main(void *p)
 	free(p);
 	struct rs_thread_pool *pool = arg.pool;
 	uint64_t seen = 0;
-	pthread_mutex_lock(&pool->lock);
 	for (;;) {
-		while (!pool->stop && pool->generation == seen)
-			pthread_cond_wait(&pool->start, &pool->lock);
+		seen = wait_generation(pool, seen);
 		if (pool->stop)
 			break;
-		seen = pool->generation;
-		pthread_mutex_unlock(&pool->lock);
-		/* fn, ctx and n_items were published under the lock we just held. */
 		run_share(pool, arg.worker);
-		pthread_mutex_lock(&pool->lock);
-		if (--pool->pending == 0)
-			pthread_cond_signal(&pool->done);
+		/* R2: publishes this worker's results; pairs with A2 in rs_thread_pool_run
+		 * (the decrements form one release sequence, so the caller's acquire of 0
+		 * synchronizes with every worker). */
+		if (rs_fetch_add_release(&pool->pending, (uint32_t)-1) == 1) {
+			rs_fence_seq_cst(); /* F2: pairs with F3 in rs_thread_pool_run */
+			if (rs_load_relaxed(&pool->caller_sleeping)) {
+				pthread_mutex_lock(&pool->lock);
+				pthread_cond_signal(&pool->done);
+				pthread_mutex_unlock(&pool->lock);
+			}
+		}
 	}
-	pthread_mutex_unlock(&pool->lock);
 	return NULL;
 }
 
@@ -61,9 +123,10 @@ int rs_thread_pool_create(uint32_t n_threads, struct rs_thread_pool **out)
 	*out = NULL;
 	if (n_threads < 1 || n_threads > 1024)
 		return -EINVAL;
-	struct rs_thread_pool *pool = calloc(1, sizeof(*pool));
+	struct rs_thread_pool *pool = aligned_alloc(64, (sizeof(*pool) + 63) & ~(size_t)63);
 	if (!pool)
 		return -ENOMEM;
+	*pool = (struct rs_thread_pool){0};
 	pool->threads = calloc(n_threads, sizeof(pthread_t));
 	if (!pool->threads) {
 		free(pool);
@@ -92,14 +155,25 @@ int rs_thread_pool_create(uint32_t n_threads, struct rs_thread_pool **out)
 	return 0;
 }
 
+/* Publish a new generation (R1) and wake the workers that parked. */
+static void start_generation(struct rs_thread_pool *pool)
+{
+	/* R1: pairs with A1 in wait_generation. Only this thread writes generation. */
+	rs_store_release(&pool->generation, rs_load_relaxed(&pool->generation) + 1);
+	rs_fence_seq_cst(); /* F1': pairs with F1 in wait_generation */
+	if (rs_load_relaxed(&pool->sleepers)) {
+		pthread_mutex_lock(&pool->lock);
+		pthread_cond_broadcast(&pool->start);
+		pthread_mutex_unlock(&pool->lock);
+	}
+}
+
 void rs_thread_pool_destroy(struct rs_thread_pool *pool)
 {
 	if (!pool)
 		return;
-	pthread_mutex_lock(&pool->lock);
 	pool->stop = 1;
-	pthread_cond_broadcast(&pool->start);
-	pthread_mutex_unlock(&pool->lock);
+	start_generation(pool);
 	for (uint32_t w = 1; w < pool->n_threads; w++)
 		pthread_join(pool->threads[w], NULL);
 	pthread_mutex_destroy(&pool->lock);
@@ -122,17 +196,33 @@ void rs_thread_pool_run(struct rs_thread_pool *pool, uint32_t n_items, rs_parall
 			fn(ctx, i, 0);
 		return;
 	}
-	pthread_mutex_lock(&pool->lock);
 	pool->fn = fn;
 	pool->ctx = ctx;
 	pool->n_items = n_items;
-	pool->pending = pool->n_threads - 1;
-	pool->generation++;
-	pthread_cond_broadcast(&pool->start);
-	pthread_mutex_unlock(&pool->lock);
+	/* Relaxed: ordered before the workers' decrements by R1/A1. */
+	rs_store_relaxed(&pool->pending, pool->n_threads - 1);
+	start_generation(pool);
 	run_share(pool, 0);
+
+	uint64_t deadline = 0;
+	for (uint32_t spins = 0;; spins++) {
+		/* A2: pairs with R2 in worker_main: the workers' results are visible. */
+		if (!rs_load_acquire(&pool->pending))
+			return;
+		if ((spins & 63) == 63) {
+			uint64_t t = now_ns();
+			if (!deadline)
+				deadline = t + SPIN_NS;
+			else if (t > deadline)
+				break;
+		}
+		rs_cpu_relax();
+	}
 	pthread_mutex_lock(&pool->lock);
-	while (pool->pending)
+	rs_store_relaxed(&pool->caller_sleeping, 1);
+	rs_fence_seq_cst(); /* F3: pairs with F2 in worker_main */
+	while (rs_load_acquire(&pool->pending)) /* A2 again */
 		pthread_cond_wait(&pool->done, &pool->lock);
+	rs_store_relaxed(&pool->caller_sleeping, 0);
 	pthread_mutex_unlock(&pool->lock);
 }
