@@ -1,5 +1,7 @@
-/* The CPU backend: fp32 weights, CBLAS GEMMs split over a thread pool that also runs
- * the attention and the sampling.
+/* The CPU backend: fp32 weights, products split over a thread pool that also runs the
+ * per-token work (norms, rope, cache stores, swiglu), the attention and the sampling.
+ * A product over up to RS_MATMUL_STREAM_MAX_M tokens (decode) is our streaming kernel,
+ * above (prefill) a CBLAS SGEMM (see rs_op_matmul_cols).
  *
  * A step runs synchronously inside rs_engine_step. Per layer:
  *   xb = rmsnorm(x); [q|k|v] = xb Wqkv^T (one SGEMM, the three projections fused);
@@ -274,7 +276,7 @@ static void cpu_destroy(struct rs_engine *e)
 	e->impl = NULL;
 }
 
-/* GEMM work: one item per slice of output columns, so that all workers share one
+/* Product work: one item per slice of output columns, so that all workers share one
  * product (OpenBLAS itself runs single-threaded: its spinning threads would otherwise
  * compete with ours for the cores between GEMMs). */
 struct matmul_job {
@@ -326,6 +328,51 @@ static void attention_item(void *ctx, uint32_t t, uint32_t worker)
 			c->scores + (size_t)worker * c->scores_per_worker);
 }
 
+/* Per-token work between the products, one item per token: on the caller alone it
+ * kept the other workers spinning (rope's sin/cos and swiglu's exp for 32 tokens take
+ * as long as a small product). */
+struct rows_job {
+	const struct rs_engine *e;
+	struct cpu_engine *c;
+	const struct rs_seq_step *seqs;
+	const struct cpu_layer *L;
+	const struct rs_kv_layer *kv;
+	const float *norm; /* for norm_item */
+};
+
+/* xb[t] = rmsnorm(x[t]) */
+static void norm_item(void *ctx, uint32_t t, uint32_t worker)
+{
+	const struct rows_job *j = ctx;
+	const struct rs_model_config *cfg = &j->e->config;
+	rs_op_rmsnorm(j->c->xb + (size_t)t * cfg->dim, j->c->x + (size_t)t * cfg->dim, j->norm, 1,
+		      cfg->dim, cfg->norm_eps);
+}
+
+/* rope(q[t], k[t]); store k[t], v[t] in the cache at the token's position. */
+static void rope_store_item(void *ctx, uint32_t t, uint32_t worker)
+{
+	const struct rows_job *j = ctx;
+	const struct rs_model_config *cfg = &j->e->config;
+	struct cpu_engine *c = j->c;
+	uint32_t hd = cfg->head_dim, q_dim = cfg->n_heads * hd, kv_dim = cfg->n_kv_heads * hd;
+	float *row = c->qkv + (size_t)t * (q_dim + 2 * kv_dim);
+	rs_op_rope(row, cfg->n_heads, hd, cfg->rope_dim, c->positions[t], cfg->rope_theta);
+	rs_op_rope(row + q_dim, cfg->n_kv_heads, hd, cfg->rope_dim, c->positions[t],
+		   cfg->rope_theta);
+	rs_op_kv_store(j->kv, j->seqs[c->token_seq[t]].block_table, c->positions[t], 1,
+		       row + q_dim, row + q_dim + kv_dim, 0);
+}
+
+/* hidden[t] = silu(gate[t]) up[t] */
+static void swiglu_item(void *ctx, uint32_t t, uint32_t worker)
+{
+	const struct rows_job *j = ctx;
+	size_t hidden = j->e->config.hidden_dim;
+	rs_op_swiglu(j->c->hidden + t * hidden, j->c->gate_up + t * 2 * hidden,
+		     j->c->gate_up + t * 2 * hidden + hidden, 1, (uint32_t)hidden, 2 * hidden);
+}
+
 /* Sampling work: one item per sampled sequence. */
 struct sample_job {
 	const struct rs_engine *e;
@@ -375,26 +422,18 @@ static void forward_layers(struct rs_engine *e, struct cpu_engine *c,
 			       .n_kv_heads = cfg->n_kv_heads,
 			       .head_dim = hd},
 		};
-		rs_op_rmsnorm(c->xb, c->x, L->attn_norm, T, dim, cfg->norm_eps);
+		struct rows_job rows = {.e = e, .c = c, .seqs = seqs, .L = L, .kv = &job.kv,
+					.norm = L->attn_norm};
+		rs_thread_pool_run(c->pool, T, norm_item, &rows);
 		matmul(c, c->qkv, c->xb, L->wqkv, T, stride, dim, false);
-		for (uint32_t t = 0; t < T; t++) {
-			float *row = c->qkv + (size_t)t * stride;
-			rs_op_rope(row, cfg->n_heads, hd, cfg->rope_dim, c->positions[t],
-				   cfg->rope_theta);
-			rs_op_rope(row + q_dim, cfg->n_kv_heads, hd, cfg->rope_dim, c->positions[t],
-				   cfg->rope_theta);
-		}
-		for (uint32_t s = 0; s < n_seqs; s++) {
-			const float *rows = c->qkv + (size_t)c->seq_offset[s] * stride;
-			rs_op_kv_store(&job.kv, seqs[s].block_table, seqs[s].start_pos,
-				       seqs[s].n_tokens, rows + q_dim, rows + q_dim + kv_dim, stride);
-		}
+		rs_thread_pool_run(c->pool, T, rope_store_item, &rows);
 		rs_thread_pool_run(c->pool, T, attention_item, &job);
 		matmul(c, c->x, c->att, L->wo, T, dim, q_dim, true);
 
-		rs_op_rmsnorm(c->xb, c->x, L->ffn_norm, T, dim, cfg->norm_eps);
+		rows.norm = L->ffn_norm;
+		rs_thread_pool_run(c->pool, T, norm_item, &rows);
 		matmul(c, c->gate_up, c->xb, L->w_gate_up, T, 2 * hidden, dim, false);
-		rs_op_swiglu(c->hidden, c->gate_up, c->gate_up + hidden, T, hidden, 2 * (size_t)hidden);
+		rs_thread_pool_run(c->pool, T, swiglu_item, &rows);
 		matmul(c, c->x, c->hidden, L->w_down, T, dim, hidden, true);
 	}
 }

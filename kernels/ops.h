@@ -94,6 +94,16 @@ void rs_op_kv_store(const struct rs_kv_layer *kv, const uint32_t *block_table,
 void rs_op_attention(float *out, const float *q, const struct rs_kv_layer *kv,
 		     const uint32_t *block_table, uint32_t pos, uint32_t n_heads, float *scratch);
 
+/* rs_op_attention with the instruction set capped at isa (tests compare them all). */
+void rs_op_attention_isa(float *out, const float *q, const struct rs_kv_layer *kv,
+			 const uint32_t *block_table, uint32_t pos, uint32_t n_heads,
+			 float *scratch, enum rs_cpu_isa isa);
+
+/* The AVX-512 body of rs_op_attention_isa (attention_cpu.c); x86-64 only. */
+void rs_op_attention_avx512(float *out, const float *q, const struct rs_kv_layer *kv,
+			    const uint32_t *block_table, uint32_t pos, uint32_t n_heads,
+			    float *scratch);
+
 /* Floats of scratch rs_op_attention needs for a context of n_ctx positions. */
 static inline size_t rs_op_attention_scratch(uint32_t n_heads, uint32_t head_dim, uint32_t n_ctx)
 {

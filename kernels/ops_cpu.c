@@ -175,6 +175,19 @@ void rs_op_kv_store(const struct rs_kv_layer *kv, const uint32_t *block_table,
 void rs_op_attention(float *out, const float *q, const struct rs_kv_layer *kv,
 		     const uint32_t *block_table, uint32_t pos, uint32_t n_heads, float *scratch)
 {
+	rs_op_attention_isa(out, q, kv, block_table, pos, n_heads, scratch, rs_cpu_isa());
+}
+
+void rs_op_attention_isa(float *out, const float *q, const struct rs_kv_layer *kv,
+			 const uint32_t *block_table, uint32_t pos, uint32_t n_heads,
+			 float *scratch, enum rs_cpu_isa isa)
+{
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+	if (isa >= RS_ISA_AVX512 && rs_cpu_isa() >= RS_ISA_AVX512) {
+		rs_op_attention_avx512(out, q, kv, block_table, pos, n_heads, scratch);
+		return;
+	}
+#endif
 	uint32_t hd = kv->head_dim, bs = kv->block_size, n_ctx = pos + 1;
 	uint32_t group = n_heads / kv->n_kv_heads;
 	size_t row = (size_t)kv->n_kv_heads * hd;

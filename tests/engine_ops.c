@@ -332,14 +332,20 @@ static void test_swiglu_softmax(void)
 	}
 }
 
-/* Paged attention over scattered blocks, grouped-query, against contiguous float64. */
-static void test_attention(void)
+/* Paged attention over scattered blocks, grouped-query, against contiguous float64, on
+ * every ISA this CPU runs: head sizes that are and are not multiples of the vector width
+ * (136: more than the 128 the AVX-512 kernel keeps in registers), block and context
+ * lengths with tails. */
+static void attention_case(uint32_t n_heads, uint32_t n_kv_heads, uint32_t hd, uint32_t bs,
+			   uint32_t start, enum rs_cpu_isa isa)
 {
 	uint64_t s = 12;
-	const uint32_t n_heads = 6, n_kv_heads = 2, hd = 16, bs = 4, pool = 20;
+	const uint32_t pool = 20;
 	const uint32_t kv_dim = n_kv_heads * hd, q_dim = n_heads * hd;
-	const uint32_t start = 9, n_tok = 6, total = start + n_tok; /* 15 positions, 4 blocks */
-	uint32_t table[4] = {13, 2, 19, 7};
+	const uint32_t n_tok = 6, total = start + n_tok;
+	uint32_t table[20]; /* scattered: 7 is prime to the pool size */
+	for (uint32_t b = 0; b < pool; b++)
+		table[b] = (b * 7 + 13) % pool;
 	float *kc = calloc((size_t)pool * bs * kv_dim, sizeof(float));
 	float *vc = calloc((size_t)pool * bs * kv_dim, sizeof(float));
 	fill(kc, (size_t)pool * bs * kv_dim, &s, 5.0); /* garbage elsewhere must not be read */
@@ -376,7 +382,7 @@ static void test_attention(void)
 	for (uint32_t i = 0; i < n_tok; i++)
 		for (uint32_t h = 0; h < n_heads; h++) {
 			uint32_t kvh = h / (n_heads / n_kv_heads), ctx = start + i + 1;
-			double sc[15], max = -INFINITY, sum = 0.0;
+			double sc[64], max = -INFINITY, sum = 0.0;
 			for (uint32_t j = 0; j < ctx; j++) {
 				double dot = 0.0;
 				for (uint32_t d = 0; d < hd; d++)
@@ -394,10 +400,25 @@ static void test_attention(void)
 			}
 		}
 	for (uint32_t i = 0; i < n_tok; i++)
-		rs_op_attention(out + i * q_dim, q + i * q_dim, &kv, table, start + i, n_heads, scratch);
-	check_close("attention", out, ref, (size_t)n_tok * q_dim, 1e-6, 1e-5);
+		rs_op_attention_isa(out + i * q_dim, q + i * q_dim, &kv, table, start + i, n_heads,
+				    scratch, isa);
+	char what[80];
+	snprintf(what, sizeof(what), "attention isa %d heads %u/%u hd %u bs %u ctx %u", isa,
+		 n_heads, n_kv_heads, hd, bs, total);
+	check_close(what, out, ref, (size_t)n_tok * q_dim, 1e-6, 1e-5);
 	free(kc), free(vc), free(keys), free(vals), free(rows);
 	free(q), free(out), free(ref), free(scratch);
+}
+
+static void test_attention(void)
+{
+	for (int isa = RS_ISA_PORTABLE; isa <= (int)rs_cpu_isa(); isa++) {
+		attention_case(6, 2, 16, 4, 9, (enum rs_cpu_isa)isa);
+		attention_case(6, 6, 48, 16, 40, (enum rs_cpu_isa)isa);
+		attention_case(4, 1, 20, 3, 17, (enum rs_cpu_isa)isa);
+		attention_case(2, 2, 136, 7, 30, (enum rs_cpu_isa)isa);
+		attention_case(3, 3, 8, 1, 0, (enum rs_cpu_isa)isa);
+	}
 }
 
 int main(void)
