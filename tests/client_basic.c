@@ -8,28 +8,17 @@
 
 #define VOCAB 1000
 
-static void check_request(struct rs_connection *conn, const unsigned *prompt, unsigned prompt_len,
-			  unsigned max_new, uint64_t user_data)
+/* A request with user_data: the completion carries it back. */
+static void check_user_data(struct rs_connection *conn, const unsigned *prompt, uint64_t user_data)
 {
 	struct rs_generate_params params = {
-		.prompt = prompt, .prompt_len = prompt_len, .max_new_tokens = max_new,
-		.user_data = user_data};
+		.prompt = prompt, .prompt_len = 3, .max_new_tokens = 2, .user_data = user_data};
 	int request = rs_submit(conn, &params);
 	CHECK(request >= 0, "rs_submit: %s", strerror(-request));
 	struct rs_completion done;
-	int n = rs_wait(conn, &done, 1, 5000);
-	CHECK(n == 1, "rs_wait: %d (%s)", n, n < 0 ? strerror(-n) : "");
-	CHECK(done.request == request, "completion for %d, expected %d", done.request, request);
-	CHECK(done.user_data == user_data, "user_data %llu", (unsigned long long)done.user_data);
-	CHECK(done.status == 0, "status %d", done.status);
-	CHECK(done.output_len == max_new, "output_len %u, expected %u", done.output_len, max_new);
-	const uint32_t *tokens;
-	int count = rs_output(conn, request, &tokens);
-	CHECK(count == (int)max_new, "rs_output: %d", count);
-	for (unsigned i = 0; i < max_new; i++) {
-		unsigned expected = test_null_token(prompt, prompt_len, i, VOCAB);
-		CHECK(tokens[i] == expected, "token %u: %u, expected %u", i, tokens[i], expected);
-	}
+	CHECK(rs_wait(conn, &done, 1, 5000) == 1, "wait");
+	CHECK(done.user_data == user_data && done.status == 0, "user_data %llu",
+	      (unsigned long long)done.user_data);
 	CHECK(rs_release(conn, request) == 0, "release");
 	CHECK(rs_release(conn, request) == -EINVAL, "double release must fail");
 }
@@ -52,12 +41,14 @@ int main(void)
 	unsigned prompt[64];
 	for (unsigned i = 0; i < 64; i++)
 		prompt[i] = (i * 37 + 11) % VOCAB;
-	check_request(conn, prompt, 16, 1, 42);
-	check_request(conn, prompt, 64, 100, 43);
+	test_null_request(conn, prompt, 16, 1, VOCAB);
+	test_null_request(conn, prompt, 64, 100, VOCAB);
+	check_user_data(conn, prompt, 42);
+	check_user_data(conn, prompt, UINT64_MAX);
 	/* Many sequential requests: handles get reused, tokens stay right. */
 	for (unsigned i = 0; i < 2000; i++) {
 		prompt[0] = i % VOCAB;
-		check_request(conn, prompt, 1 + i % 40, 1 + i % 7, i);
+		test_null_request(conn, prompt, 1 + i % 40, 1 + i % 7, VOCAB);
 	}
 	/* No-ops complete with request -1. */
 	CHECK(rs_submit_nop(conn, 7) == 0, "nop");

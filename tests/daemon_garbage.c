@@ -36,17 +36,7 @@ static void good_request(struct rs_connection *good, unsigned seed)
 	unsigned prompt[8];
 	for (int i = 0; i < 8; i++)
 		prompt[i] = (seed * 31 + (unsigned)i) % VOCAB;
-	struct rs_generate_params params = {.prompt = prompt, .prompt_len = 8, .max_new_tokens = 5};
-	int request = rs_submit(good, &params);
-	CHECK(request >= 0, "good submit: %s", strerror(-request));
-	struct rs_completion done;
-	CHECK(rs_wait(good, &done, 1, 5000) == 1, "good completion");
-	CHECK(done.status == 0 && done.output_len == 5, "good status %d", done.status);
-	const uint32_t *tokens;
-	CHECK(rs_output(good, request, &tokens) == 5, "good output");
-	for (unsigned i = 0; i < 5; i++)
-		CHECK(tokens[i] == test_null_token(prompt, 8, i, VOCAB), "good token %u", i);
-	rs_release(good, request);
+	test_null_request(good, prompt, 8, 5, VOCAB);
 }
 
 /* True once the daemon has dropped this connection: its socket reads EOF. Not through

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <string.h>
 
+#include "client-lib/connection.h"
 #include "client-lib/ringserve.h"
 #include "shm/clock.h"
 #include "tests/harness/harness.h"
@@ -41,6 +42,10 @@ int main(void)
 	CHECK(waited < 7.0, "connect gave up after %.2f s", waited);
 
 	kill(daemon.pid, SIGCONT);
+	/* The daemon shows life again with a fresh heartbeat, soon after it runs. */
+	uint64_t deadline = rs_now_ns() + 5ull * 1000 * 1000 * 1000;
+	while (rs_now_ns() - atomic_load(&conn->shared->daemon_heartbeat_ns) > 1000000000ull)
+		CHECK(rs_now_ns() < deadline, "no fresh heartbeat after SIGCONT");
 	/* The request finishes once the daemon runs again; -EHOSTDOWN was not sticky. */
 	ret = rs_wait(conn, &done, 1, 10000);
 	CHECK(ret == 1 && done.request == request && done.status == 0 && done.output_len == 10,

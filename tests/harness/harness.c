@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "client-lib/ringserve.h"
 #include "tests/harness/harness.h"
 
 const char *test_build_dir(void)
@@ -99,6 +100,28 @@ unsigned test_null_token(const unsigned *prompt, unsigned prompt_len, unsigned i
 	return (unsigned)(z % vocab_size);
 }
 
+void test_null_request(struct rs_connection *conn, const unsigned *prompt, unsigned prompt_len,
+		       unsigned max_new, unsigned vocab_size)
+{
+	struct rs_generate_params params = {
+		.prompt = prompt, .prompt_len = prompt_len, .max_new_tokens = max_new};
+	int request = rs_submit(conn, &params);
+	CHECK(request >= 0, "submit: %s", strerror(-request));
+	struct rs_completion done;
+	int n = rs_wait(conn, &done, 1, 5000);
+	CHECK(n == 1, "wait: %d (%s)", n, n < 0 ? strerror(-n) : "");
+	CHECK(done.request == request, "completion for %d, expected %d", done.request, request);
+	CHECK(done.status == 0 && done.output_len == max_new, "status %d, %u tokens", done.status,
+	      done.output_len);
+	const uint32_t *tokens;
+	CHECK(rs_output(conn, request, &tokens) == (int)max_new, "output count");
+	for (unsigned i = 0; i < max_new; i++) {
+		unsigned expected = test_null_token(prompt, prompt_len, i, vocab_size);
+		CHECK(tokens[i] == expected, "token %u: %u, expected %u", i, tokens[i], expected);
+	}
+	CHECK(rs_release(conn, request) == 0, "release");
+}
+
 double test_process_cpu_seconds(pid_t pid)
 {
 	/* schedstat's first field is the nanoseconds a thread ran: exact, where the ticks
@@ -112,7 +135,7 @@ double test_process_cpu_seconds(pid_t pid)
 	for (struct dirent *entry; (entry = readdir(dir));) {
 		if (entry->d_name[0] == '.')
 			continue;
-		char stat_path[320];
+		char stat_path[352];
 		snprintf(stat_path, sizeof(stat_path), "%s/%s/schedstat", path, entry->d_name);
 		FILE *f = fopen(stat_path, "r");
 		if (!f)

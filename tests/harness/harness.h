@@ -45,6 +45,13 @@ void test_daemon_kill(struct test_daemon *daemon);
 unsigned test_null_token(const unsigned *prompt, unsigned prompt_len, unsigned index,
 			 unsigned vocab_size);
 
+struct rs_connection;
+
+/* Run one null-engine request (the only one in flight on conn) to completion and check
+ * every token against test_null_token. Exits on any difference. */
+void test_null_request(struct rs_connection *conn, const unsigned *prompt, unsigned prompt_len,
+		       unsigned max_new, unsigned vocab_size);
+
 /* CPU time of a process's threads in seconds, from /proc/PID/task/TID/schedstat. */
 double test_process_cpu_seconds(pid_t pid);
 
