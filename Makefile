@@ -66,7 +66,7 @@ DAEMON_BIN := $(O)/ringserved
 TOOL_BINS := $(addprefix $(O)/,$(TOOLS))
 TEST_BINS := $(addprefix $(O)/tests/,$(TESTS))
 
-.PHONY: all deps test test-run run bench fuzz format lint clean config-msg
+.PHONY: all deps test test-run run bench fuzz format lint clean config-msg FORCE
 all: config-msg $(DAEMON_BIN) $(LIBRS_A) $(LIBRS_SO) $(O)/ringserve.pc $(TOOL_BINS) $(TEST_BINS)
 
 config-msg:
@@ -114,7 +114,8 @@ $(DAEMON_BIN): $(call obj,daemon/main.c) $(LIBINTERNAL) $(LIBRS_A)
 	$(LINK_ALL)
 
 # Each tools/ringserve-NAME/ folder is one program.
-.SECONDARY:
+# Keep the objects of pattern-built programs (tests, tools) between builds.
+.PRECIOUS: $(O)/obj/%.o
 .SECONDEXPANSION:
 $(O)/ringserve-%: $$(call obj,$$(wildcard tools/ringserve-%/*.c)) $(LIBINTERNAL) $(LIBRS_A)
 	$(LINK_ALL)
