@@ -115,7 +115,7 @@ static int wait_for(struct rs_connection *conn, const struct wait_target *target
 	}
 	for (;;) {
 		if ((ret = rs_conn_check_daemon(conn)))
-			return ret;
+			break;
 		/* The client half of the need-wakeup protocol, daemon -> client direction. */
 		rs_store_relaxed(&conn->shared->client_need_wakeup, 1);
 		/* Pairs with F-notify in daemon/scheduler.c. */
