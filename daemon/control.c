@@ -284,8 +284,13 @@ static void handle_hello(struct rs_daemon *daemon, struct rs_client *client, int
 
 static void begin_drain(struct rs_daemon *daemon)
 {
-	if (daemon->draining)
+	if (daemon->draining) {
+		/* A second signal: no more grace. */
+		fprintf(stderr, "ringserved: signal %d again: failing what is in flight now\n",
+			(int)last_signal);
+		daemon->drain_deadline_ns = rs_now_ns();
 		return;
+	}
 	fprintf(stderr, "ringserved: signal %d: draining (%u requests in flight, grace %.1f s)\n",
 		(int)last_signal, daemon->pool.in_use, (double)daemon->config.grace_ns / 1e9);
 	daemon->draining = true;

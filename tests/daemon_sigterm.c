@@ -68,5 +68,21 @@ int main(void)
 	CHECK(waitpid(daemon.pid, &status, 0) == daemon.pid, "waitpid");
 	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %#x", status);
 	rs_close(conn);
+
+	/* A second SIGTERM ends a long grace period at once. */
+	const char *long_grace[] = {"--null-delay-us", "5000", "--grace-ms", "600000", NULL};
+	test_daemon_start(&daemon, long_grace);
+	CHECK(rs_connect(daemon.socket_path, NULL, &conn) == 0, "connect");
+	request = rs_submit(conn, &params);
+	CHECK(request >= 0, "submit");
+	CHECK(rs_wait_output(conn, request, 0, 5000) >= 1, "running");
+	kill(daemon.pid, SIGTERM);
+	wait_draining(conn);
+	kill(daemon.pid, SIGTERM);
+	CHECK(rs_wait(conn, &done, 1, 10000) == 1, "completion after the second signal");
+	CHECK(done.status == -ESHUTDOWN, "status %d", done.status);
+	CHECK(waitpid(daemon.pid, &status, 0) == daemon.pid, "waitpid");
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %#x", status);
+	rs_close(conn);
 	return T_EXIT_PASS;
 }
