@@ -157,7 +157,7 @@ fuzz-run: $(LIBINTERNAL) $(LIBRS_A)
 	@for t in $(FUZZ_TARGETS); do \
 		$(CC) $(RS_CFLAGS) $(RS_LDFLAGS) -fsanitize=fuzzer -o $(O)/fuzz/$$t tests/fuzz/$$t.c $(LIBRS_A) $(LIBINTERNAL) \
 			$(LDLIBS_ENGINE) $(LDLIBS_SYS) || exit 1; \
-		echo "fuzz: $$t (60 s)"; \
+		echo "fuzz: $$t ($${FUZZ_SECONDS:-60} s)"; \
 		$(O)/fuzz/$$t -max_total_time=$${FUZZ_SECONDS:-60} -rss_limit_mb=4096 tests/fuzz/corpus/$$t 2>&1 | tail -3 || exit 1; \
 	done
 
