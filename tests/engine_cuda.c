@@ -707,6 +707,15 @@ static void test_zero_copy(void)
 		CHECK(seen[i] == want || top_gap(last, V) <= 2e-2 * rms(last, V),
 		      "zero-copy seq %u: %u through the other mapping, cpu %u", i, seen[i], want);
 	}
+	/* A poll that finds the step running leaves "not ready" as the thread's last CUDA
+	 * error; the next step's launch checks must not take it for their own. */
+	uint32_t first[SEQS];
+	memcpy(first, seen, sizeof(first));
+	CHECK(rs_engine_step(eg, 0, sg, SEQS) == 0, "step again");
+	int running = rs_engine_step_poll(eg, 0) == 0;
+	CHECK(rs_engine_step(eg, 0, sg, SEQS) == 0, "step after a poll (running: %d)", running);
+	CHECK(rs_engine_step_wait(eg, 0) == 0, "wait after a poll");
+	CHECK(memcmp(first, seen, sizeof(first)) == 0, "the same step sampled other tokens");
 	CHECK(rs_engine_unregister_host(eg, a) == 0, "unregister");
 	CHECK(rs_engine_unregister_host(eg, a) == -ENOENT, "unregistered twice");
 	for (int i = 0; i < SEQS; i++)

@@ -107,11 +107,15 @@ static int cuda_available(char *err, size_t err_size)
 	return 0;
 }
 
-/* -ENOMEM for allocation failures, -EIO for anything else the runtime reports. */
+/* -ENOMEM for allocation failures, -EIO for anything else the runtime reports.
+ * A failed call also leaves its error as this thread's "last error", which the next
+ * kernel launch's check (rs_launch_check: cudaGetLastError) would take for its own
+ * failure: clear it here (a sticky error stays, and the next call reports it again). */
 static int cuda_errno(cudaError_t e)
 {
 	if (e == cudaSuccess)
 		return 0;
+	cudaGetLastError();
 	return e == cudaErrorMemoryAllocation ? -ENOMEM : -EIO;
 }
 
@@ -438,7 +442,7 @@ static int lane_finish(struct cuda_lane *ln)
 	if (!ln->busy)
 		return ln->status;
 	ln->busy = 0;
-	if (cudaEventSynchronize(ln->done) != cudaSuccess) {
+	if (cuda_errno(cudaEventSynchronize(ln->done))) {
 		ln->status = -EIO;
 		ln->n_pending = 0;
 		return ln->status;
@@ -637,6 +641,10 @@ static int cuda_poll(struct rs_engine *e, uint32_t lane)
 	if (ln->busy) {
 		cudaSetDevice(c->device);
 		running = cudaEventQuery(ln->done) == cudaErrorNotReady;
+		/* "Not ready" is recorded as this thread's last error like any failure: left
+		 * there, it would fail the next step's first launch check with -EIO. */
+		if (running)
+			cudaGetLastError();
 	}
 	/* Done (or failed): finish returns at once, delivering the staged ids. */
 	int rc = running ? 0 : lane_finish(ln);
@@ -720,7 +728,7 @@ static int cuda_unregister_host(struct rs_engine *e, void *ptr)
 			continue;
 		c->ranges[i] = c->ranges[--c->n_ranges];
 		cudaSetDevice(c->device);
-		rc = cudaHostUnregister(ptr) == cudaSuccess ? 0 : -EIO;
+		rc = cuda_errno(cudaHostUnregister(ptr)) ? -EIO : 0;
 		break;
 	}
 	pthread_mutex_unlock(&c->ranges_lock);
