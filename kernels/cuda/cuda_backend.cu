@@ -394,6 +394,15 @@ static int cuda_create(struct rs_engine *e, char *err, size_t err_size)
 			goto fail;
 		}
 	}
+	/* The uploads (cudaMemcpy from pageable memory returns before its last DMA lands)
+	 * and the KV memsets (asynchronous to the host) ran on the legacy default stream,
+	 * with which the lanes' non-blocking streams do not synchronize: finish them before
+	 * a step can read the weights or store into the cache. */
+	rc = cuda_errno(cudaDeviceSynchronize());
+	if (rc) {
+		rs_errmsg(err, err_size, rc, "CUDA error while loading the model");
+		goto fail;
+	}
 	return 0;
 fail:
 	cuda_destroy(e);
