@@ -446,6 +446,54 @@ static void test_sampling_vocab(uint32_t vocab)
 	cudaFree(d_out), cudaFree(d_logits), cudaFree(d_descs), cudaFree(d_scratch);
 }
 
+/* u = 1 puts the target at the kept total, which sampling.h's walk never passes: it
+ * returns the last kept candidate. With nothing cut that is the lowest logit (ties: the
+ * highest id), with top-k the k-th best; never an id outside the vocabulary. */
+static void test_sampling_last_kept(void)
+{
+	enum { VOCAB = 1000, ROWS = 3 };
+	static const uint32_t topks[ROWS] = {0, 7, VOCAB};
+	uint64_t s = 8;
+	float *logits = malloc((size_t)ROWS * VOCAB * sizeof(float));
+	for (int i = 0; i < ROWS * VOCAB; i++)
+		logits[i] = (float)floor(test_uniform(&s) * 8.0); /* ties */
+	uint32_t *d_out = dev_alloc(ROWS * sizeof(uint32_t)), got[ROWS];
+	struct rs_cuda_sample_desc descs[ROWS];
+	for (int r = 0; r < ROWS; r++) {
+		struct rs_sampling_params p = {.temperature = 1.0f, .top_k = topks[r], .seed = 1};
+		rs_cuda_sample_desc_init(&descs[r], &p, 0, d_out + r);
+		descs[r].u = 1.0;
+	}
+	float *d_logits = to_dev(logits, (size_t)ROWS * VOCAB * sizeof(float));
+	struct rs_cuda_sample_desc *d_descs = to_dev(descs, sizeof(descs));
+	double *d_scratch = dev_alloc((size_t)ROWS * rs_cuda_sample_scratch(VOCAB) * sizeof(double));
+	CHECK(rs_cuda_sample(d_logits, VOCAB, d_descs, ROWS, d_scratch, 0) == 0, "launch");
+	from_dev(got, d_out, sizeof(got));
+	for (int r = 0; r < ROWS; r++) {
+		const float *x = logits + (size_t)r * VOCAB;
+		uint32_t want = 0;
+		if (topks[r] == 7) {
+			/* The 7th in (descending logit, ascending id) order. */
+			uint32_t idx[VOCAB];
+			for (uint32_t i = 0; i < VOCAB; i++) {
+				uint32_t j = i;
+				while (j > 0 && x[idx[j - 1]] < x[i])
+					idx[j] = idx[j - 1], j--;
+				idx[j] = i;
+			}
+			want = idx[6];
+		} else {
+			for (uint32_t i = 1; i < VOCAB; i++)
+				if (x[i] <= x[want])
+					want = i;
+		}
+		CHECK(got[r] == want, "sampling u = 1, top_k %u: got %u want %u", topks[r], got[r],
+		      want);
+	}
+	free(logits);
+	cudaFree(d_out), cudaFree(d_logits), cudaFree(d_descs), cudaFree(d_scratch);
+}
+
 static struct rs_engine *make_engine(const struct rs_model *model, const char *backend,
 				     uint32_t lanes)
 {
@@ -745,6 +793,7 @@ int main(void)
 	test_attention();
 	test_sampling_vocab(1000);
 	test_sampling_vocab(32000);
+	test_sampling_last_kept();
 	test_forward(RS_DTYPE_F32);
 	test_forward(RS_DTYPE_F16);
 	test_forward(RS_DTYPE_BF16);

@@ -63,6 +63,9 @@ struct rs_op_add {
 struct rs_op_max {
 	template <typename T> __device__ T operator()(T a, T b) const { return a > b ? a : b; }
 };
+struct rs_op_min {
+	template <typename T> __device__ T operator()(T a, T b) const { return a < b ? a : b; }
+};
 
 /* 0 when the launch just made was accepted, else -EIO. */
 static inline int rs_launch_check(void)

@@ -122,7 +122,7 @@ sample_kernel(const float *logits, uint32_t n, const struct rs_cuda_sample_desc 
 		total = weight_from(&r, k_keep, red_d);
 	}
 	double target = d.u * total;
-	uint64_t pick = k_keep; /* the last kept one when rounding puts target at total */
+	uint64_t pick;
 	if (total > target) {
 		uint64_t p = 0;
 		for (int b = 63; b >= 0; b--) {
@@ -131,6 +131,16 @@ sample_kernel(const float *logits, uint32_t n, const struct rs_cuda_sample_desc 
 				p = c;
 		}
 		pick = p;
+	} else {
+		/* Rounding put target at total (or the sums are NaN): the last kept candidate,
+		 * the smallest key >= k_keep. k_keep itself is not a key when nothing was cut
+		 * (0: no top-k, no top-p), so look for it. */
+		unsigned long long low = ~0ull;
+		for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
+			unsigned long long k = sample_key(x[i], i);
+			low = k >= k_keep && k < low ? k : low;
+		}
+		pick = rs_block_reduce(low, rs_op_min(), red_u64);
 	}
 	if (threadIdx.x == 0) {
 		*d.out = ~(uint32_t)pick;
