@@ -39,6 +39,7 @@ int main(void)
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cuda_runtime_api.h>
@@ -784,7 +785,31 @@ static void test_zero_copy(void)
 	rs_model_free(model);
 }
 
-int main(void)
+static double now_seconds(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Run the named part when no names were given or it is among them (for a quick rerun
+ * of one part, or under compute-sanitizer), printing its time. */
+#define PART(name, call)                                                                   \
+	do {                                                                               \
+		int run_it = argc < 2;                                                     \
+		for (int a = 1; a < argc; a++)                                             \
+			run_it |= strcmp(argv[a], name) == 0;                              \
+		if (run_it) {                                                              \
+			double t0 = now_seconds();                                         \
+			call;                                                              \
+			printf("%-16s %6.2f s\n", name, now_seconds() - t0);              \
+			fflush(stdout);                                                    \
+		}                                                                          \
+	} while (0)
+
+/* Usage: engine_cuda [part...] with parts embedding rmsnorm rope swiglu matmul attention
+ * sampling forward greedy zero_copy (none: all). */
+int main(int argc, char **argv)
 {
 	int devices = 0;
 	cudaError_t e = cudaGetDeviceCount(&devices);
@@ -792,21 +817,18 @@ int main(void)
 		printf("no CUDA device (%s)\n", e != cudaSuccess ? cudaGetErrorString(e) : "none");
 		return 77;
 	}
-	test_embedding();
-	test_rmsnorm();
-	test_rope();
-	test_swiglu();
-	test_matmul();
-	test_attention();
-	test_sampling_vocab(1000);
-	test_sampling_vocab(32000);
-	test_sampling_last_kept();
-	test_forward(RS_DTYPE_F32);
-	test_forward(RS_DTYPE_F16);
-	test_forward(RS_DTYPE_BF16);
-	test_greedy(RS_DTYPE_F16);
-	test_greedy(RS_DTYPE_BF16);
-	test_zero_copy();
+	PART("embedding", test_embedding());
+	PART("rmsnorm", test_rmsnorm());
+	PART("rope", test_rope());
+	PART("swiglu", test_swiglu());
+	PART("matmul", test_matmul());
+	PART("attention", test_attention());
+	PART("sampling", (test_sampling_vocab(1000), test_sampling_vocab(32000),
+			  test_sampling_last_kept()));
+	PART("forward", (test_forward(RS_DTYPE_F32), test_forward(RS_DTYPE_F16),
+			 test_forward(RS_DTYPE_BF16)));
+	PART("greedy", (test_greedy(RS_DTYPE_F16), test_greedy(RS_DTYPE_BF16)));
+	PART("zero_copy", test_zero_copy());
 	TEST_END();
 }
 #endif
