@@ -12,4 +12,7 @@ int bench_ipc(int argc, char **argv, FILE *json);
 /* The model engine: prefill and decode tokens/s at several batch sizes. */
 int bench_engine(int argc, char **argv, FILE *json);
 
+/* End to end through the daemon with a model, against the engine run directly. */
+int bench_serve(int argc, char **argv, FILE *json);
+
 #endif

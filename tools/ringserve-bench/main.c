@@ -1,6 +1,7 @@
 /* ringserve-bench SUBCOMMAND [--json FILE] [options]
  *   ipc      the shared-memory data path (bench_ipc.c)
  *   engine   the model engine (bench_engine.c)
+ *   serve    the daemon serving a model, against the engine run directly (bench_serve.c)
  *   all      every subcommand, one JSON object keyed by subcommand */
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,12 +17,13 @@ struct subcommand {
 static const struct subcommand subcommands[] = {
 	{"ipc", bench_ipc},
 	{"engine", bench_engine},
+	{"serve", bench_serve},
 };
 #define N_SUBCOMMANDS (sizeof(subcommands) / sizeof(subcommands[0]))
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: ringserve-bench ipc|engine|all [--json FILE] [options]\n");
+	fprintf(stderr, "usage: ringserve-bench ipc|engine|serve|all [--json FILE] [options]\n");
 }
 
 int main(int argc, char **argv)
