@@ -1,4 +1,4 @@
-/* The CPU backend: fp32 weights, products split over a thread pool that also runs the
+/* The CPU backend: fp32 weights, an f32 or f16 KV cache (options.kv_dtype), products split over a thread pool that also runs the
  * per-token work (norms, rope, cache stores, swiglu), the attention and the sampling.
  * A product over up to RS_MATMUL_STREAM_MAX_M tokens (decode) is our streaming kernel,
  * above (prefill) a CBLAS SGEMM (see rs_op_matmul_cols).
@@ -38,8 +38,9 @@ struct cpu_engine {
 	float *final_norm;
 	const float *output; /* [vocab][dim] */
 	float *output_owned;
-	float *k_cache, *v_cache; /* [layer][block][block_size][kv_dim] */
-	size_t layer_cache_floats;
+	void *k_cache, *v_cache; /* [layer][block][block_size][kv_dim] of kv_dtype */
+	enum rs_dtype kv_dtype;  /* RS_DTYPE_F32 or RS_DTYPE_F16 (options.kv_dtype) */
+	size_t layer_cache_elems;
 
 	/* Scratch for max_batch_tokens tokens. */
 	float *x, *xb, *qkv, *att, *gate_up, *hidden;
@@ -182,9 +183,12 @@ static int cpu_create(struct rs_engine *e, char *err, size_t err_size)
 	size_t T = o->max_batch_tokens, dim = cfg->dim, hidden = cfg->hidden_dim;
 	size_t q_dim = (size_t)cfg->n_heads * cfg->head_dim;
 	size_t kv_dim = (size_t)cfg->n_kv_heads * cfg->head_dim;
-	c->layer_cache_floats = (size_t)o->kv_blocks * o->block_size * kv_dim;
-	c->k_cache = alloc_floats(c->layer_cache_floats * cfg->n_layers);
-	c->v_cache = alloc_floats(c->layer_cache_floats * cfg->n_layers);
+	c->kv_dtype = strcmp(o->kv_dtype, "f16") == 0 ? RS_DTYPE_F16 : RS_DTYPE_F32;
+	c->layer_cache_elems = (size_t)o->kv_blocks * o->block_size * kv_dim;
+	size_t cache_bytes = c->layer_cache_elems * cfg->n_layers * rs_dtype_size(c->kv_dtype);
+	/* alloc_floats counts 4-byte units: an f16 cache asks for half as many. */
+	c->k_cache = alloc_floats((cache_bytes + 3) / 4);
+	c->v_cache = alloc_floats((cache_bytes + 3) / 4);
 	c->x = alloc_floats(T * dim);
 	c->xb = alloc_floats(T * dim);
 	c->qkv = alloc_floats(T * (q_dim + 2 * kv_dim));
@@ -200,13 +204,12 @@ static int cpu_create(struct rs_engine *e, char *err, size_t err_size)
 	    !c->gate_up || !c->hidden || !c->positions || !c->seq_offset || !c->token_seq ||
 	    !c->sample_rows ||
 	    !c->lane_status) {
-		set_err(err, err_size, "out of memory (KV cache: %zu MiB)",
-			2 * c->layer_cache_floats * cfg->n_layers * sizeof(float) >> 20);
+		set_err(err, err_size, "out of memory (KV cache: %zu MiB)", 2 * cache_bytes >> 20);
 		goto fail;
 	}
 	/* Zeroed so that a read of a never-written slot (a caller bug) stays finite. */
-	memset(c->k_cache, 0, c->layer_cache_floats * cfg->n_layers * sizeof(float));
-	memset(c->v_cache, 0, c->layer_cache_floats * cfg->n_layers * sizeof(float));
+	memset(c->k_cache, 0, cache_bytes);
+	memset(c->v_cache, 0, cache_bytes);
 
 	long online = sysconf(_SC_NPROCESSORS_ONLN);
 	uint32_t workers = o->threads > 0 ? (uint32_t)o->threads : online > 0 ? (uint32_t)online : 1;
@@ -398,6 +401,7 @@ static void forward_layers(struct rs_engine *e, struct cpu_engine *c,
 	uint32_t dim = cfg->dim, hidden = cfg->hidden_dim, hd = cfg->head_dim;
 	uint32_t q_dim = cfg->n_heads * hd, kv_dim = cfg->n_kv_heads * hd;
 	uint32_t stride = q_dim + 2 * kv_dim;
+	size_t layer_cache_bytes = c->layer_cache_elems * rs_dtype_size(c->kv_dtype);
 
 	for (uint32_t s = 0, t = 0; s < n_seqs; s++) {
 		c->seq_offset[s] = t;
@@ -416,8 +420,9 @@ static void forward_layers(struct rs_engine *e, struct cpu_engine *c,
 			.e = e,
 			.c = c,
 			.seqs = seqs,
-			.kv = {.k = c->k_cache + l * c->layer_cache_floats,
-			       .v = c->v_cache + l * c->layer_cache_floats,
+			.kv = {.k = (uint8_t *)c->k_cache + l * layer_cache_bytes,
+			       .v = (uint8_t *)c->v_cache + l * layer_cache_bytes,
+			       .dtype = c->kv_dtype,
 			       .block_size = e->options.block_size,
 			       .n_kv_heads = cfg->n_kv_heads,
 			       .head_dim = hd},

@@ -1,6 +1,7 @@
 /* The backend-neutral engine: options, validation, dispatch (see engine.h). */
 #include <errno.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,11 +32,22 @@ void rs_engine_options_init(struct rs_engine_options *opts)
 	opts->backend = "auto";
 }
 
-/* Fill defaults in; pick the backend. */
-static int resolve(const struct rs_model_config *cfg, struct rs_engine_options *o,
+/* Whether the weights that produce keys and values are all f32. */
+static bool kv_weights_f32(const struct rs_model *model)
+{
+	for (uint32_t l = 0; l < model->config.n_layers; l++)
+		if (model->layers[l].wk.dtype != RS_DTYPE_F32 ||
+		    model->layers[l].wv.dtype != RS_DTYPE_F32)
+			return false;
+	return true;
+}
+
+/* Fill defaults in; pick the backend and the KV dtype. */
+static int resolve(const struct rs_model *model, struct rs_engine_options *o,
 		   const struct rs_engine_backend **backend, const char **note, char *err,
 		   size_t err_size)
 {
+	const struct rs_model_config *cfg = &model->config;
 	if (!o->block_size)
 		o->block_size = 16;
 	if (!o->kv_blocks)
@@ -77,6 +89,25 @@ static int resolve(const struct rs_model_config *cfg, struct rs_engine_options *
 		return -EINVAL;
 	}
 	o->backend = (*backend)->name;
+
+	const char *kv = o->kv_dtype ? o->kv_dtype : "auto";
+	bool cpu = *backend == &rs_engine_backend_cpu;
+	if (strcmp(kv, "auto") == 0) {
+		/* f16 on the CPU for f16/bf16 models: decode at large batches is bound by the
+		 * attention reading the cache, f16 halves it, and its rounding (logits move
+		 * by ~1e-3 of their RMS) is below the weights' own. f32 models keep f32: their
+		 * logits are expected to match f32 arithmetic (the CUDA backend's to 1e-4);
+		 * "f16" is one option away. */
+		kv = cpu && !kv_weights_f32(model) ? "f16" : "f32";
+	} else if (strcmp(kv, "f16") == 0 && !cpu) {
+		set_err(err, err_size, "KV dtype f16 is CPU-only (the %s backend stores f32)",
+			(*backend)->name);
+		return -EINVAL;
+	} else if (strcmp(kv, "f32") != 0 && strcmp(kv, "f16") != 0) {
+		set_err(err, err_size, "unknown KV dtype \"%s\" (auto, f32, f16)", kv);
+		return -EINVAL;
+	}
+	o->kv_dtype = kv;
 	return 0;
 }
 
@@ -99,7 +130,7 @@ int rs_engine_create(const struct rs_model *model, const struct rs_engine_option
 		rs_engine_options_init(&o);
 	const struct rs_engine_backend *backend = NULL;
 	const char *note = NULL;
-	rc = resolve(&model->config, &o, &backend, &note, err, err_size);
+	rc = resolve(model, &o, &backend, &note, err, err_size);
 	if (rc)
 		return rc;
 

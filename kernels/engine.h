@@ -38,6 +38,12 @@ struct rs_engine_options {
 	int threads;               /* CPU backend workers, which split every GEMM, the
 				    * attention and the sampling; 0: one per online CPU. The
 				    * CPU backend sets OpenBLAS to one thread, process-wide */
+	const char *kv_dtype;      /* element type of the KV cache: "auto" (or NULL), "f32",
+				    * "f16" (CPU backend only: K and V rounded to nearest
+				    * even, halving the bytes attention reads; the CUDA
+				    * backend stores f32). "auto": f16 on the CPU for a
+				    * model with f16/bf16 weights, else f32. Resolved to
+				    * "f32" or "f16" */
 };
 
 /* One sequence's share of a step. */

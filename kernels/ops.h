@@ -69,10 +69,15 @@ void rs_op_swiglu(float *out, const float *gate, const float *up, uint32_t n_row
 void rs_op_softmax(float *x, uint32_t n);
 
 /* One layer of a paged KV cache as the CPU backend stores it: k and v are
- * [n_blocks][block_size][n_kv_heads * head_dim] floats. */
+ * [n_blocks][block_size][n_kv_heads * head_dim] elements of dtype, RS_DTYPE_F32 (the
+ * zero value) or RS_DTYPE_F16. f16 halves the bytes attention reads per position, the
+ * decode bottleneck at large batches; its 10-bit mantissa (relative rounding at most
+ * 2^-11) keeps K and V closer to f32 than bf16's 7 bits would, and its range (65504) is
+ * far above the keys and values of normalized Llama layers. */
 struct rs_kv_layer {
-	float *k;
-	float *v;
+	void *k;
+	void *v;
+	enum rs_dtype dtype;
 	uint32_t block_size;
 	uint32_t n_kv_heads;
 	uint32_t head_dim;
@@ -80,14 +85,21 @@ struct rs_kv_layer {
 
 /* Write the keys and values of positions start_pos .. start_pos + n_tokens - 1 into the
  * blocks of block_table. k and v hold one row of n_kv_heads * head_dim floats per token,
- * rows stride floats apart. */
+ * rows stride floats apart. An f16 cache stores each float rounded to nearest even
+ * (exactly rs_f32_to_f16 for every non-NaN value). */
 void rs_op_kv_store(const struct rs_kv_layer *kv, const uint32_t *block_table,
 		    uint32_t start_pos, uint32_t n_tokens, const float *k, const float *v,
 		    size_t stride);
 
+/* rs_op_kv_store with the instruction set capped at isa (tests compare them all). */
+void rs_op_kv_store_isa(const struct rs_kv_layer *kv, const uint32_t *block_table,
+			uint32_t start_pos, uint32_t n_tokens, const float *k, const float *v,
+			size_t stride, enum rs_cpu_isa isa);
+
 /* Causal attention of one token at position pos, every query head, against the keys
  * and values of positions 0 .. pos (already in the cache, the token's own included).
  * Query head h reads kv head h / (n_heads / n_kv_heads) (grouped-query attention).
+ * Scores, softmax and sums are f32 whatever the cache dtype.
  * q and out hold n_heads * head_dim floats. The cache is walked row by row, each row
  * (all kv heads of a position) read once and contiguously. scratch holds
  * rs_op_attention_scratch(n_heads, head_dim, pos + 1) floats. */
@@ -99,15 +111,18 @@ void rs_op_attention_isa(float *out, const float *q, const struct rs_kv_layer *k
 			 const uint32_t *block_table, uint32_t pos, uint32_t n_heads,
 			 float *scratch, enum rs_cpu_isa isa);
 
-/* The AVX-512 body of rs_op_attention_isa (attention_cpu.c); x86-64 only. */
+/* The AVX-512 bodies of rs_op_attention_isa and of the f16 cache store
+ * (attention_cpu.c); x86-64 with AVX-512 F, VL and BW only. */
 void rs_op_attention_avx512(float *out, const float *q, const struct rs_kv_layer *kv,
 			    const uint32_t *block_table, uint32_t pos, uint32_t n_heads,
 			    float *scratch);
+void rs_f32_to_f16_avx512(uint16_t *dst, const float *src, size_t n);
 
-/* Floats of scratch rs_op_attention needs for a context of n_ctx positions. */
+/* Floats of scratch rs_op_attention needs for a context of n_ctx positions: scores,
+ * output accumulators, and (portable code, f16 cache) one widened cache row. */
 static inline size_t rs_op_attention_scratch(uint32_t n_heads, uint32_t head_dim, uint32_t n_ctx)
 {
-	return (size_t)n_heads * n_ctx + (size_t)n_heads * head_dim;
+	return (size_t)n_heads * n_ctx + 2 * (size_t)n_heads * head_dim;
 }
 
 #endif

@@ -160,16 +160,65 @@ static size_t kv_offset(const struct rs_kv_layer *kv, const uint32_t *block_tabl
 	return slot * kv->n_kv_heads * kv->head_dim;
 }
 
+/* The AVX-512 kernels of attention_cpu.c also need BW (16-bit masked loads). */
+static bool have_avx512_kv(enum rs_cpu_isa isa)
+{
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+	return isa >= RS_ISA_AVX512 && rs_cpu_isa() >= RS_ISA_AVX512 &&
+	       __builtin_cpu_supports("avx512bw");
+#else
+	(void)isa;
+	return false;
+#endif
+}
+
+static void f32_to_f16_row(uint16_t *dst, const float *src, size_t n, bool vector)
+{
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+	if (vector) {
+		rs_f32_to_f16_avx512(dst, src, n);
+		return;
+	}
+#endif
+	for (size_t i = 0; i < n; i++)
+		dst[i] = rs_f32_to_f16(src[i]);
+}
+
 void rs_op_kv_store(const struct rs_kv_layer *kv, const uint32_t *block_table,
 		    uint32_t start_pos, uint32_t n_tokens, const float *k, const float *v,
 		    size_t stride)
 {
+	rs_op_kv_store_isa(kv, block_table, start_pos, n_tokens, k, v, stride, rs_cpu_isa());
+}
+
+void rs_op_kv_store_isa(const struct rs_kv_layer *kv, const uint32_t *block_table,
+			uint32_t start_pos, uint32_t n_tokens, const float *k, const float *v,
+			size_t stride, enum rs_cpu_isa isa)
+{
 	size_t row = (size_t)kv->n_kv_heads * kv->head_dim;
+	bool vector = have_avx512_kv(isa);
 	for (uint32_t i = 0; i < n_tokens; i++) {
 		size_t off = kv_offset(kv, block_table, start_pos + i);
-		memcpy(kv->k + off, k + i * stride, row * sizeof(float));
-		memcpy(kv->v + off, v + i * stride, row * sizeof(float));
+		if (kv->dtype == RS_DTYPE_F16) {
+			f32_to_f16_row((uint16_t *)kv->k + off, k + i * stride, row, vector);
+			f32_to_f16_row((uint16_t *)kv->v + off, v + i * stride, row, vector);
+		} else {
+			memcpy((float *)kv->k + off, k + i * stride, row * sizeof(float));
+			memcpy((float *)kv->v + off, v + i * stride, row * sizeof(float));
+		}
 	}
+}
+
+/* Row pos of a cache (k or v) as floats: in place for f32, widened into buf for f16. */
+static const float *kv_row(const struct rs_kv_layer *kv, const void *cache,
+			   const uint32_t *block_table, uint32_t pos, float *buf)
+{
+	size_t off = kv_offset(kv, block_table, pos);
+	if (kv->dtype != RS_DTYPE_F16)
+		return (const float *)cache + off;
+	rs_convert_to_f32(buf, (const uint16_t *)cache + off, RS_DTYPE_F16,
+			  (size_t)kv->n_kv_heads * kv->head_dim);
+	return buf;
 }
 
 void rs_op_attention(float *out, const float *q, const struct rs_kv_layer *kv,
@@ -183,37 +232,32 @@ void rs_op_attention_isa(float *out, const float *q, const struct rs_kv_layer *k
 			 float *scratch, enum rs_cpu_isa isa)
 {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-	if (isa >= RS_ISA_AVX512 && rs_cpu_isa() >= RS_ISA_AVX512) {
+	if (have_avx512_kv(isa)) {
 		rs_op_attention_avx512(out, q, kv, block_table, pos, n_heads, scratch);
 		return;
 	}
 #endif
-	uint32_t hd = kv->head_dim, bs = kv->block_size, n_ctx = pos + 1;
+	uint32_t hd = kv->head_dim, n_ctx = pos + 1;
 	uint32_t group = n_heads / kv->n_kv_heads;
-	size_t row = (size_t)kv->n_kv_heads * hd;
 	float scale = 1.0f / sqrtf((float)hd);
-	float *scores = scratch;                  /* [n_heads][n_ctx] */
+	float *scores = scratch;                        /* [n_heads][n_ctx] */
 	float *acc = scratch + (size_t)n_heads * n_ctx; /* [n_heads][hd] */
-	for (uint32_t j0 = 0; j0 < n_ctx; j0 += bs) {
-		const float *kb = kv->k + kv_offset(kv, block_table, j0);
-		uint32_t n = n_ctx - j0 < bs ? n_ctx - j0 : bs;
-		for (uint32_t j = 0; j < n; j++)
-			for (uint32_t h = 0; h < n_heads; h++)
-				scores[(size_t)h * n_ctx + j0 + j] =
-					dot(q + (size_t)h * hd, kb + j * row + (size_t)(h / group) * hd, hd) *
-					scale;
+	float *buf = acc + (size_t)n_heads * hd;        /* one widened row (f16 cache) */
+	for (uint32_t j = 0; j < n_ctx; j++) {
+		const float *kr = kv_row(kv, kv->k, block_table, j, buf);
+		for (uint32_t h = 0; h < n_heads; h++)
+			scores[(size_t)h * n_ctx + j] =
+				dot(q + (size_t)h * hd, kr + (size_t)(h / group) * hd, hd) * scale;
 	}
 	for (uint32_t h = 0; h < n_heads; h++)
 		rs_op_softmax(scores + (size_t)h * n_ctx, n_ctx);
 	/* Accumulate in scratch, not in out: it cannot alias the cache. */
 	memset(acc, 0, (size_t)n_heads * hd * sizeof(float));
-	for (uint32_t j0 = 0; j0 < n_ctx; j0 += bs) {
-		const float *vb = kv->v + kv_offset(kv, block_table, j0);
-		uint32_t n = n_ctx - j0 < bs ? n_ctx - j0 : bs;
-		for (uint32_t j = 0; j < n; j++)
-			for (uint32_t h = 0; h < n_heads; h++)
-				axpy(acc + (size_t)h * hd, scores[(size_t)h * n_ctx + j0 + j],
-				     vb + j * row + (size_t)(h / group) * hd, hd);
+	for (uint32_t j = 0; j < n_ctx; j++) {
+		const float *vr = kv_row(kv, kv->v, block_table, j, buf);
+		for (uint32_t h = 0; h < n_heads; h++)
+			axpy(acc + (size_t)h * hd, scores[(size_t)h * n_ctx + j],
+			     vr + (size_t)(h / group) * hd, hd);
 	}
 	memcpy(out, acc, (size_t)n_heads * hd * sizeof(float));
 }

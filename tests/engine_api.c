@@ -46,6 +46,9 @@ int main(void)
 	}
 	CHECK(o->block_size == 16 && o->lanes == 1 && o->max_batch_tokens == 512, "defaults");
 	CHECK(o->kv_blocks == 8 * (cfg.max_seq_len / 16), "kv_blocks %u", o->kv_blocks);
+	/* auto KV dtype: f16 on the CPU for these f16 weights; the CUDA backend stores f32. */
+	CHECK(strcmp(o->kv_dtype, strcmp(o->backend, "cpu") == 0 ? "f16" : "f32") == 0,
+	      "kv_dtype %s on %s", o->kv_dtype, o->backend);
 	CHECK(rs_kv_free_count(rs_engine_kv(e)) == o->kv_blocks, "pool size");
 	CHECK(rs_engine_config(e)->dim == cfg.dim, "config");
 	CHECK(rs_engine_step_poll(e, 0) == 1, "idle lane polls done");
@@ -100,6 +103,16 @@ int main(void)
 	rs_engine_options_init(&opts);
 	opts.threads = -1;
 	CHECK(rs_engine_create(model, &opts, &e, err, sizeof(err)) == -EINVAL, "threads -1");
+	rs_engine_options_init(&opts);
+	opts.backend = "cpu";
+	opts.kv_dtype = "bf16";
+	CHECK(rs_engine_create(model, &opts, &e, err, sizeof(err)) == -EINVAL && !e, "kv bf16");
+	CHECK(strstr(err, "bf16") != NULL, "message names the KV dtype: %s", err);
+	opts.kv_dtype = "f32";
+	CHECK(rs_engine_create(model, &opts, &e, err, sizeof(err)) == 0, "kv f32: %s", err);
+	CHECK(e && strcmp(rs_engine_options(e)->kv_dtype, "f32") == 0, "kv f32 resolved");
+	rs_engine_destroy(e);
+	e = NULL;
 	struct rs_model broken = *model;
 	broken.config.n_kv_heads = 3; /* does not divide n_heads */
 	CHECK(rs_engine_create(&broken, NULL, &e, err, sizeof(err)) == -EINVAL, "bad config");

@@ -1,11 +1,15 @@
 /* The CPU engine's forward pass (logits of every prompt position) against a plain
  * float64 Llama written here: contiguous KV cache, double everywhere, weights decoded
- * independently. Grouped-query attention, partial RoPE, tied output; F32, F16, BF16. */
+ * independently. Grouped-query attention, partial RoPE, tied output; F32, F16, BF16
+ * weights; f16 and f32 KV caches (kv_dtype "auto": f32 for f32 weights, else f16). With an f16 cache the reference
+ * rounds each key and value to f16 as it caches it, as the engine does, so the tolerance
+ * stays that of fp32 arithmetic. */
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/dtype.h"
 #include "kernels/engine.h"
 #include "kernels/model_random.h"
 #include "tests/engine_test.h"
@@ -45,9 +49,17 @@ static void ref_rope(double *x, uint32_t n_heads, const struct rs_model_config *
 		}
 }
 
-/* Logits [n][vocab] of every position of tokens, run one token at a time. */
+/* x as the engine's f16 cache holds it: rounded to f32 (the engine computes in f32),
+ * then to f16 (rs_f32_to_f16 is checked against a nearest-value search in engine_ops). */
+static double f16_cached(double x)
+{
+	return test_f16_value(rs_f32_to_f16((float)x));
+}
+
+/* Logits [n][vocab] of every position of tokens, run one token at a time; with
+ * kv_f16, keys and values are cached rounded to f16. */
 static void ref_forward(const struct rs_model *m, const uint32_t *tokens, uint32_t n,
-			double *logits)
+			bool kv_f16, double *logits)
 {
 	const struct rs_model_config *cfg = &m->config;
 	uint32_t dim = cfg->dim, hd = cfg->head_dim, hidden = cfg->hidden_dim;
@@ -72,6 +84,10 @@ static void ref_forward(const struct rs_model *m, const uint32_t *tokens, uint32
 			ref_linear(v, &w->wv, xb, kv_dim, dim);
 			ref_rope(q, cfg->n_heads, cfg, p);
 			ref_rope(k, cfg->n_kv_heads, cfg, p);
+			for (uint32_t i = 0; kv_f16 && i < kv_dim; i++) {
+				k[i] = f16_cached(k[i]);
+				v[i] = f16_cached(v[i]);
+			}
 			for (uint32_t h = 0; h < cfg->n_heads; h++) {
 				uint32_t kvh = h / group;
 				double max = -INFINITY, sum = 0.0;
@@ -116,6 +132,7 @@ static void ref_forward(const struct rs_model *m, const uint32_t *tokens, uint32
 }
 
 static int engine_threads = 2;
+static const char *engine_kv_dtype = "auto";
 
 /* Run the prompt through the engine in steps of `chunk` tokens (block tables over
  * freshly allocated blocks, in reverse order so that the table is not the identity),
@@ -135,6 +152,7 @@ static void check_model(const char *name, const struct rs_model_config *cfg, enu
 	opts.kv_blocks = 64;
 	opts.max_batch_tokens = 256;
 	opts.threads = engine_threads;
+	opts.kv_dtype = engine_kv_dtype;
 	struct rs_engine *engine = NULL;
 	char err[256];
 	rc = rs_engine_create(model, &opts, &engine, err, sizeof(err));
@@ -171,7 +189,9 @@ static void check_model(const char *name, const struct rs_model_config *cfg, enu
 					      logits + (size_t)start * cfg->vocab_size);
 		CHECK(rc == 0, "%s: forward_logits at %u: %d", name, start, rc);
 	}
-	ref_forward(model, tokens, n, ref);
+	const char *kv_name = rs_engine_options(engine)->kv_dtype;
+	bool kv_f16 = strcmp(kv_name, "f16") == 0;
+	ref_forward(model, tokens, n, kv_f16, ref);
 	/* fp32 against float64 through a few layers: logits are O(1). */
 	check_close(name, logits, ref, (size_t)n * cfg->vocab_size, 2e-4, 2e-4);
 
@@ -190,7 +210,7 @@ static void check_model(const char *name, const struct rs_model_config *cfg, enu
 	free(tokens), free(logits), free(ref), free(table);
 	rs_engine_destroy(engine);
 	rs_model_free(model);
-	printf("%-28s ok\n", name);
+	printf("%-28s kv %s ok\n", name, kv_name);
 }
 
 int main(void)
@@ -221,5 +241,13 @@ int main(void)
 	check_model("gqa f32, 3 threads", &cfg, RS_DTYPE_F32, false, 16, 40, 9, 8);
 	engine_threads = 1;
 	check_model("gqa f16, 1 thread", &cfg, RS_DTYPE_F16, false, 16, 40, 40, 9);
+
+	/* The dtype "auto" did not pick for these weights. */
+	engine_threads = 2;
+	engine_kv_dtype = "f16";
+	check_model("gqa f32", &cfg, RS_DTYPE_F32, false, 16, 40, 7, 10);
+	check_model("mqa head_dim 32 f32, tied", &mqa, RS_DTYPE_F32, true, 8, 30, 30, 12);
+	engine_kv_dtype = "f32";
+	check_model("mha rope_dim 8 f16", &mha, RS_DTYPE_F16, false, 5, 50, 50, 11);
 	TEST_END();
 }

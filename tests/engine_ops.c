@@ -333,47 +333,74 @@ static void test_swiglu_softmax(void)
 }
 
 /* Paged attention over scattered blocks, grouped-query, against contiguous float64, on
- * every ISA this CPU runs: head sizes that are and are not multiples of the vector width
- * (136: more than the 128 the AVX-512 kernel keeps in registers), block and context
- * lengths with tails. */
+ * every ISA this CPU runs and both cache dtypes: head sizes that are and are not
+ * multiples of the vector width (136: more than the 128 the AVX-512 kernel keeps in
+ * registers), block and context lengths with tails. With an f16 cache the store must
+ * hold exactly rs_f32_to_f16 of each key and value (tested above against a nearest-value
+ * search), and the reference attends over those f16 values: only the f32 arithmetic of
+ * the kernel is left, under the same tolerance as with an f32 cache. */
 static void attention_case(uint32_t n_heads, uint32_t n_kv_heads, uint32_t hd, uint32_t bs,
-			   uint32_t start, enum rs_cpu_isa isa)
+			   uint32_t start, enum rs_dtype kv_dtype, enum rs_cpu_isa isa)
 {
 	uint64_t s = 12;
 	const uint32_t pool = 20;
 	const uint32_t kv_dim = n_kv_heads * hd, q_dim = n_heads * hd;
 	const uint32_t n_tok = 6, total = start + n_tok;
+	const size_t elem = rs_dtype_size(kv_dtype), cache_elems = (size_t)pool * bs * kv_dim;
 	uint32_t table[20]; /* scattered: 7 is prime to the pool size */
 	for (uint32_t b = 0; b < pool; b++)
 		table[b] = (b * 7 + 13) % pool;
-	float *kc = calloc((size_t)pool * bs * kv_dim, sizeof(float));
-	float *vc = calloc((size_t)pool * bs * kv_dim, sizeof(float));
-	fill(kc, (size_t)pool * bs * kv_dim, &s, 5.0); /* garbage elsewhere must not be read */
-	fill(vc, (size_t)pool * bs * kv_dim, &s, 5.0);
-	struct rs_kv_layer kv = {.k = kc, .v = vc, .block_size = bs, .n_kv_heads = n_kv_heads,
-				 .head_dim = hd};
+	/* Garbage elsewhere must not be read: random f32, or random finite f16 patterns. */
+	void *kc = malloc(cache_elems * elem), *vc = malloc(cache_elems * elem);
+	if (kv_dtype == RS_DTYPE_F16) {
+		for (size_t i = 0; i < cache_elems; i++) {
+			((uint16_t *)kc)[i] = (uint16_t)test_rand(&s) & 0xbbff;
+			((uint16_t *)vc)[i] = (uint16_t)test_rand(&s) & 0xbbff;
+		}
+	} else {
+		fill(kc, cache_elems, &s, 5.0);
+		fill(vc, cache_elems, &s, 5.0);
+	}
+	struct rs_kv_layer kv = {.k = kc, .v = vc, .dtype = kv_dtype, .block_size = bs,
+				 .n_kv_heads = n_kv_heads, .head_dim = hd};
 	/* Contiguous truth for all positions; store them through rs_op_kv_store with a
 	 * strided source (the engine's fused q|k|v rows). */
 	float *keys = malloc(sizeof(float) * total * kv_dim);
 	float *vals = malloc(sizeof(float) * total * kv_dim);
 	fill(keys, (size_t)total * kv_dim, &s, 1.0);
 	fill(vals, (size_t)total * kv_dim, &s, 1.0);
+	/* Some keys and values that round exactly halfway, f16 subnormals and zeros. */
+	keys[0] = 1.0f + 0x1p-11f, vals[0] = -(1.0f + 3 * 0x1p-11f);
+	keys[1] = 3e-6f, vals[1] = -0.0f;
 	size_t stride = 3 * kv_dim;
 	float *rows = calloc((size_t)total * stride, sizeof(float));
 	for (uint32_t p = 0; p < total; p++) {
 		memcpy(rows + p * stride, keys + p * kv_dim, kv_dim * sizeof(float));
 		memcpy(rows + p * stride + kv_dim, vals + p * kv_dim, kv_dim * sizeof(float));
 	}
-	rs_op_kv_store(&kv, table, 0, start, rows, rows + kv_dim, stride);
-	rs_op_kv_store(&kv, table, start, n_tok, rows + start * stride,
-		       rows + start * stride + kv_dim, stride);
+	rs_op_kv_store_isa(&kv, table, 0, start, rows, rows + kv_dim, stride, isa);
+	rs_op_kv_store_isa(&kv, table, start, n_tok, rows + start * stride,
+			   rows + start * stride + kv_dim, stride, isa);
+	/* What the cache holds, as double: the reference attends over these. */
+	double *kref = malloc(sizeof(double) * total * kv_dim);
+	double *vref = malloc(sizeof(double) * total * kv_dim);
 	int misplaced = 0;
 	for (uint32_t p = 0; p < total; p++)
 		for (uint32_t d = 0; d < kv_dim; d++) {
-			size_t off = ((size_t)table[p / bs] * bs + p % bs) * kv_dim + d;
-			misplaced += kc[off] != keys[p * kv_dim + d] || vc[off] != vals[p * kv_dim + d];
+			size_t off = ((size_t)table[p / bs] * bs + p % bs) * kv_dim + d, i = p * kv_dim + d;
+			if (kv_dtype == RS_DTYPE_F16) {
+				uint16_t kh = ((uint16_t *)kc)[off], vh = ((uint16_t *)vc)[off];
+				misplaced += kh != rs_f32_to_f16(keys[i]) || vh != rs_f32_to_f16(vals[i]);
+				kref[i] = test_f16_value(kh);
+				vref[i] = test_f16_value(vh);
+			} else {
+				misplaced += ((float *)kc)[off] != keys[i] || ((float *)vc)[off] != vals[i];
+				kref[i] = keys[i];
+				vref[i] = vals[i];
+			}
 		}
-	CHECK(misplaced == 0, "kv_store: %d values misplaced", misplaced);
+	CHECK(misplaced == 0, "kv_store %s isa %d: %d values misplaced or misrounded",
+	      rs_dtype_name(kv_dtype), isa, misplaced);
 
 	float *q = malloc(sizeof(float) * n_tok * q_dim), *out = calloc(n_tok * q_dim, sizeof(float));
 	double *ref = calloc(n_tok * q_dim, sizeof(double));
@@ -386,7 +413,7 @@ static void attention_case(uint32_t n_heads, uint32_t n_kv_heads, uint32_t hd, u
 			for (uint32_t j = 0; j < ctx; j++) {
 				double dot = 0.0;
 				for (uint32_t d = 0; d < hd; d++)
-					dot += (double)q[i * q_dim + h * hd + d] * keys[j * kv_dim + kvh * hd + d];
+					dot += (double)q[i * q_dim + h * hd + d] * kref[j * kv_dim + kvh * hd + d];
 				sc[j] = dot / sqrt(hd);
 				max = sc[j] > max ? sc[j] : max;
 			}
@@ -395,7 +422,7 @@ static void attention_case(uint32_t n_heads, uint32_t n_kv_heads, uint32_t hd, u
 			for (uint32_t d = 0; d < hd; d++) {
 				double acc = 0.0;
 				for (uint32_t j = 0; j < ctx; j++)
-					acc += sc[j] / sum * vals[j * kv_dim + kvh * hd + d];
+					acc += sc[j] / sum * vref[j * kv_dim + kvh * hd + d];
 				ref[i * q_dim + h * hd + d] = acc;
 			}
 		}
@@ -403,22 +430,25 @@ static void attention_case(uint32_t n_heads, uint32_t n_kv_heads, uint32_t hd, u
 		rs_op_attention_isa(out + i * q_dim, q + i * q_dim, &kv, table, start + i, n_heads,
 				    scratch, isa);
 	char what[80];
-	snprintf(what, sizeof(what), "attention isa %d heads %u/%u hd %u bs %u ctx %u", isa,
-		 n_heads, n_kv_heads, hd, bs, total);
+	snprintf(what, sizeof(what), "attention %s isa %d heads %u/%u hd %u bs %u ctx %u",
+		 rs_dtype_name(kv_dtype), isa, n_heads, n_kv_heads, hd, bs, total);
 	check_close(what, out, ref, (size_t)n_tok * q_dim, 1e-6, 1e-5);
-	free(kc), free(vc), free(keys), free(vals), free(rows);
+	free(kc), free(vc), free(keys), free(vals), free(rows), free(kref), free(vref);
 	free(q), free(out), free(ref), free(scratch);
 }
 
 static void test_attention(void)
 {
-	for (int isa = RS_ISA_PORTABLE; isa <= (int)rs_cpu_isa(); isa++) {
-		attention_case(6, 2, 16, 4, 9, (enum rs_cpu_isa)isa);
-		attention_case(6, 6, 48, 16, 40, (enum rs_cpu_isa)isa);
-		attention_case(4, 1, 20, 3, 17, (enum rs_cpu_isa)isa);
-		attention_case(2, 2, 136, 7, 30, (enum rs_cpu_isa)isa);
-		attention_case(3, 3, 8, 1, 0, (enum rs_cpu_isa)isa);
-	}
+	enum rs_dtype dtypes[] = {RS_DTYPE_F32, RS_DTYPE_F16};
+	for (int isa = RS_ISA_PORTABLE; isa <= (int)rs_cpu_isa(); isa++)
+		for (int d = 0; d < 2; d++) {
+			enum rs_cpu_isa i = (enum rs_cpu_isa)isa;
+			attention_case(6, 2, 16, 4, 9, dtypes[d], i);
+			attention_case(6, 6, 48, 16, 40, dtypes[d], i);
+			attention_case(4, 1, 20, 3, 17, dtypes[d], i);
+			attention_case(2, 2, 136, 7, 30, dtypes[d], i);
+			attention_case(3, 3, 8, 1, 0, dtypes[d], i);
+		}
 }
 
 int main(void)

@@ -1,4 +1,4 @@
-/* ringserve-bench engine [--threads N] [--decode-steps N] [--prompt N]
+/* ringserve-bench engine [--threads N] [--decode-steps N] [--prompt N] [--kv f16|f32]
  *
  * Prefill and decode tokens/s of the CPU engine at batch 1, 8 and 32, on a random model of
  * the shape of stories15M (dim 288, hidden 768, 6 layers, 6 heads, vocab 32000, context
@@ -6,7 +6,9 @@
  * of at most 1024 tokens. Decode: `decode-steps` steps of one token per sequence, greedy,
  * right after the prefill. The figure that matters for batching is decode(32)/decode(1):
  * a decode step reads every weight once whatever the batch, so it should grow with the
- * batch until compute, not memory, bounds it.
+ * batch until compute, not memory, bounds it. The KV cache is f16 unless --kv f32 (the
+ * engine's "auto" would keep f32 for these f32 weights): at batch 32 the attention
+ * reading the cache moves more bytes than the weights.
  *
  * With a CUDA device, the same on the CUDA backend with a TinyLlama-1.1B-shaped f16 random
  * model (dim 2048, hidden 5632, 22 layers, 32 heads, 4 kv heads, vocab 32000, context
@@ -249,6 +251,7 @@ int bench_engine(int argc, char **argv, FILE *json)
 {
 	int threads = 0;
 	uint32_t steps = 32, prompt = 128;
+	const char *kv_dtype = "f16";
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
 			threads = atoi(argv[++i]);
@@ -256,6 +259,8 @@ int bench_engine(int argc, char **argv, FILE *json)
 			steps = (uint32_t)atoi(argv[++i]);
 		else if (strcmp(argv[i], "--prompt") == 0 && i + 1 < argc)
 			prompt = (uint32_t)atoi(argv[++i]);
+		else if (strcmp(argv[i], "--kv") == 0 && i + 1 < argc)
+			kv_dtype = argv[++i];
 		else {
 			fprintf(stderr, "bench engine: unknown option %s\n", argv[i]);
 			fprintf(json, "null");
@@ -291,6 +296,7 @@ int bench_engine(int argc, char **argv, FILE *json)
 	opts.kv_blocks = 32 * rs_kv_blocks_for(cfg.max_seq_len, 16);
 	opts.max_batch_tokens = 1024 > prompt ? 1024 : prompt;
 	opts.threads = threads;
+	opts.kv_dtype = kv_dtype;
 	rc = rs_engine_create(model, &opts, &e, err, sizeof(err));
 	if (rc) {
 		fprintf(stderr, "bench engine: %s\n", err);
@@ -301,7 +307,7 @@ int bench_engine(int argc, char **argv, FILE *json)
 	struct result results[N_BATCHES], warm;
 	rc = run_batch(e, 2, prompt < 16 ? prompt : 16, 2, &warm); /* warm caches and threads */
 	printf("engine: cpu backend, stories15M-shaped random model (f32, tied output), "
-	       "prompt %u, %u decode steps\n", prompt, steps);
+	       "KV cache %s, prompt %u, %u decode steps\n", kv_dtype, prompt, steps);
 	printf("%6s %16s %16s\n", "batch", "prefill tok/s", "decode tok/s");
 	for (int i = 0; i < N_BATCHES && rc == 0; i++) {
 		rc = run_batch(e, batches[i], prompt, steps, &results[i]);
@@ -316,8 +322,9 @@ int bench_engine(int argc, char **argv, FILE *json)
 		double speedup = results[2].decode_tok_s / results[0].decode_tok_s;
 		printf("decode speedup, batch 32 vs batch 1: %.1fx\n", speedup);
 		fprintf(json, "{\"backend\": \"cpu\", \"model\": \"stories15M-shaped random f32\", "
-			      "\"threads\": %d, \"prompt\": %u, \"decode_steps\": %u, \"batches\": [",
-			threads, prompt, steps);
+			      "\"kv_dtype\": \"%s\", \"threads\": %d, \"prompt\": %u, "
+			      "\"decode_steps\": %u, \"batches\": [",
+			kv_dtype, threads, prompt, steps);
 		for (int i = 0; i < N_BATCHES; i++)
 			fprintf(json, "%s{\"batch\": %u, \"prefill_tok_s\": %.1f, \"decode_tok_s\": %.1f}",
 				i ? ", " : "", results[i].batch, results[i].prefill_tok_s,
