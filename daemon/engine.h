@@ -83,6 +83,7 @@ struct rs_model_engine_options {
 	uint32_t max_batch_tokens;  /* tokens per step (prefill chunks + decodes) */
 	uint32_t kv_blocks;         /* 0: the engine's default */
 	int threads;                /* CPU backend workers; 0: one per CPU */
+	const char *kv_dtype;       /* "auto", "f32", "f16" (CPU backend) */
 };
 
 /* The model engine: kernels/engine.h behind the serving interface. Loads the model

@@ -317,6 +317,7 @@ int rs_model_engine_create(const struct rs_model_engine_options *options,
 	engine_options.kv_blocks = options->kv_blocks;
 	engine_options.max_batch_tokens = options->max_batch_tokens;
 	engine_options.threads = options->threads;
+	engine_options.kv_dtype = options->kv_dtype;
 	ret = rs_engine_create(engine->model, &engine_options, &engine->engine, err, sizeof(err));
 	if (ret) {
 		fprintf(stderr, "ringserved: engine: %s\n", err);

@@ -35,6 +35,8 @@ static void usage(FILE *out)
 		"  --backend NAME        auto, cpu or cuda (auto)\n"
 		"  --threads N           CPU backend worker threads (one per CPU)\n"
 		"  --kv-blocks N         KV cache blocks of 16 positions (8 full contexts)\n"
+		"  --kv-dtype TYPE       auto, f32 or f16: the CPU backend's KV cache (auto: f16 for\n"
+		"                        f16/bf16 models, f32 for f32 models)\n"
 		"  --max-batch-tokens N  tokens per step, prefill chunks included (512)\n"
 		"  --engine null         no model: deterministic tokens (the default without --model)\n"
 		"  --null-vocab N        null engine vocabulary size (32000)\n"
@@ -102,7 +104,7 @@ int main(int argc, char **argv)
 		OPT_MAX_CLIENTS, OPT_RING_ENTRIES, OPT_SLOTS, OPT_MAX_INFLIGHT, OPT_MAX_PROMPT,
 		OPT_MAX_OUTPUT, OPT_SPIN_US, OPT_GRACE_MS, OPT_EVENTFD, OPT_ENGINE, OPT_NULL_VOCAB,
 		OPT_NULL_DELAY_US, OPT_LANES, OPT_MAX_BATCH, OPT_VERBOSE, OPT_HELP, OPT_READY_FD, OPT_MODEL, OPT_TOKENIZER, OPT_BACKEND,
-		OPT_THREADS, OPT_KV_BLOCKS, OPT_MAX_BATCH_TOKENS,
+		OPT_THREADS, OPT_KV_BLOCKS, OPT_MAX_BATCH_TOKENS, OPT_KV_DTYPE,
 	};
 	/* Same order as the enum: options[opt - 256] names an option in messages. */
 	static const struct option options[] = {
@@ -134,6 +136,7 @@ int main(int argc, char **argv)
 		{"threads", required_argument, 0, OPT_THREADS},
 		{"kv-blocks", required_argument, 0, OPT_KV_BLOCKS},
 		{"max-batch-tokens", required_argument, 0, OPT_MAX_BATCH_TOKENS},
+		{"kv-dtype", required_argument, 0, OPT_KV_DTYPE},
 		{0, 0, 0, 0},
 	};
 	int opt;
@@ -209,6 +212,7 @@ int main(int argc, char **argv)
 		case OPT_MODEL: model_options.model_path = optarg; break;
 		case OPT_TOKENIZER: model_options.tokenizer_path = optarg; break;
 		case OPT_BACKEND: model_options.backend = optarg; break;
+		case OPT_KV_DTYPE: model_options.kv_dtype = optarg; break;
 		case OPT_THREADS:
 			bad = parse_number(optarg, 10, 1, 1024, &value);
 			model_options.threads = (int)value;

@@ -506,6 +506,10 @@ static struct rs_engine *make_engine(const struct rs_model *model, const char *b
 	opts.max_batch_tokens = 512;
 	opts.lanes = lanes;
 	opts.threads = 2;
+	/* Both backends keep K and V in f32 (the CUDA backend always does; the CPU one
+	 * would pick f16 for f16/bf16 weights): the comparison is about the kernels, and
+	 * the f16 cache alone moves CPU logits by ~1e-3 of their RMS. */
+	opts.kv_dtype = "f32";
 	struct rs_engine *e = NULL;
 	char err[200];
 	int rc = rs_engine_create(model, &opts, &e, err, sizeof(err));
