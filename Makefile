@@ -143,7 +143,7 @@ test-run:
 	tests/run.sh $(O) $(TEST_TIMEOUT) $(TEST_LIST)
 
 run: deps all
-	tools/run-demo.sh $(O)
+	tools/run-demo.sh $(O) $(MODEL)
 
 bench: deps all
 	$(O)/ringserve-bench all --json $(O)/bench.json
