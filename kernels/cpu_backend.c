@@ -96,14 +96,6 @@ static const float *f32_view(const struct rs_tensor *t, float **owned)
 	return *owned;
 }
 
-static int check_shape(const struct rs_tensor *t, uint64_t rows, uint64_t cols)
-{
-	/* A vector may be stored as [1][n] or [n][1]. */
-	if (!t->data || t->rows * t->cols != rows * cols || rs_dtype_size(t->dtype) == 0)
-		return -EINVAL;
-	return 0;
-}
-
 static void cpu_destroy(struct rs_engine *engine);
 
 static int load_weights(struct rs_engine *e, struct cpu_engine *c, char *err, size_t err_size)
@@ -114,24 +106,7 @@ static int load_weights(struct rs_engine *e, struct cpu_engine *c, char *err, si
 	size_t q_dim = (size_t)cfg->n_heads * cfg->head_dim;
 	size_t kv_dim = (size_t)cfg->n_kv_heads * cfg->head_dim;
 
-	if (check_shape(&m->token_embedding, cfg->vocab_size, dim) ||
-	    check_shape(&m->output, cfg->vocab_size, dim) ||
-	    check_shape(&m->final_norm, 1, dim)) {
-		set_err(err, err_size, "model: embedding, output or final norm has a wrong shape");
-		return -EINVAL;
-	}
-	for (uint32_t l = 0; l < cfg->n_layers; l++) {
-		const struct rs_layer_weights *w = &m->layers[l];
-		if (check_shape(&w->attn_norm, 1, dim) || check_shape(&w->ffn_norm, 1, dim) ||
-		    check_shape(&w->wq, q_dim, dim) || check_shape(&w->wk, kv_dim, dim) ||
-		    check_shape(&w->wv, kv_dim, dim) || check_shape(&w->wo, dim, q_dim) ||
-		    check_shape(&w->w_gate, hidden, dim) || check_shape(&w->w_up, hidden, dim) ||
-		    check_shape(&w->w_down, dim, hidden)) {
-			set_err(err, err_size, "model: layer %u has a tensor of the wrong shape", l);
-			return -EINVAL;
-		}
-	}
-
+	/* Shapes were checked by rs_engine_create. */
 	c->layers = calloc(cfg->n_layers, sizeof(*c->layers));
 	c->final_norm = alloc_floats(dim);
 	if (!c->layers || !c->final_norm)

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/dtype.h"
 #include "kernels/engine_backend.h"
 
 /* The CUDA backend (kernels/cuda/) is linked in when the Makefile finds nvcc, which then
@@ -111,6 +112,39 @@ static int resolve(const struct rs_model *model, struct rs_engine_options *o,
 	return 0;
 }
 
+/* A tensor holds rows x cols elements of a known type (a vector may be [1][n] or [n][1]). */
+static bool shape_ok(const struct rs_tensor *t, uint64_t rows, uint64_t cols)
+{
+	return t->data && t->rows * t->cols == rows * cols && rs_dtype_size(t->dtype) != 0;
+}
+
+/* Every weight has the shape the configuration implies: checked once here, so that no
+ * backend reads past a tensor. */
+static int check_shapes(const struct rs_model *m, char *err, size_t err_size)
+{
+	const struct rs_model_config *cfg = &m->config;
+	uint64_t dim = cfg->dim, hidden = cfg->hidden_dim;
+	uint64_t q_dim = (uint64_t)cfg->n_heads * cfg->head_dim;
+	uint64_t kv_dim = (uint64_t)cfg->n_kv_heads * cfg->head_dim;
+	if (!shape_ok(&m->token_embedding, cfg->vocab_size, dim) ||
+	    !shape_ok(&m->output, cfg->vocab_size, dim) || !shape_ok(&m->final_norm, 1, dim)) {
+		set_err(err, err_size, "model: embedding, output or final norm has a wrong shape");
+		return -EINVAL;
+	}
+	for (uint32_t l = 0; l < cfg->n_layers; l++) {
+		const struct rs_layer_weights *w = &m->layers[l];
+		if (!shape_ok(&w->attn_norm, 1, dim) || !shape_ok(&w->ffn_norm, 1, dim) ||
+		    !shape_ok(&w->wq, q_dim, dim) || !shape_ok(&w->wk, kv_dim, dim) ||
+		    !shape_ok(&w->wv, kv_dim, dim) || !shape_ok(&w->wo, dim, q_dim) ||
+		    !shape_ok(&w->w_gate, hidden, dim) || !shape_ok(&w->w_up, hidden, dim) ||
+		    !shape_ok(&w->w_down, dim, hidden)) {
+			set_err(err, err_size, "model: layer %u has a tensor of the wrong shape", l);
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
 int rs_engine_create(const struct rs_model *model, const struct rs_engine_options *opts,
 		     struct rs_engine **out, char *err, size_t err_size)
 {
@@ -121,6 +155,8 @@ int rs_engine_create(const struct rs_model *model, const struct rs_engine_option
 		return -EINVAL;
 	}
 	int rc = rs_model_check_config(&model->config, err, err_size);
+	if (!rc)
+		rc = check_shapes(model, err, err_size);
 	if (rc)
 		return rc;
 	struct rs_engine_options o;

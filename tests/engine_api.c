@@ -23,6 +23,19 @@ int main(void)
 	CHECK(rs_engine_create(model, &opts, &e, err, sizeof(err)) == -ENODEV && !e, "cuda");
 	CHECK(strcmp(err, "CUDA backend not built") == 0, "message: %s", err);
 #endif
+	/* A tensor whose shape disagrees with the configuration is refused before any
+	 * backend reads it, whatever the backend. */
+	opts.backend = "cpu";
+	uint64_t saved_rows = model->layers[1].wk.rows;
+	model->layers[1].wk.rows += 1;
+	CHECK(rs_engine_create(model, &opts, &e, err, sizeof(err)) == -EINVAL && !e, "wrong shape");
+	CHECK(strstr(err, "layer 1") != NULL, "message names the layer: %s", err);
+	model->layers[1].wk.rows = saved_rows;
+	const void *saved_norm = model->final_norm.data;
+	model->final_norm.data = NULL;
+	CHECK(rs_engine_create(model, &opts, &e, err, sizeof(err)) == -EINVAL && !e, "missing tensor");
+	model->final_norm.data = saved_norm;
+
 	opts.backend = "tpu";
 	CHECK(rs_engine_create(model, &opts, &e, err, sizeof(err)) == -EINVAL && !e, "unknown");
 	CHECK(strstr(err, "tpu") != NULL, "message names the backend: %s", err);

@@ -125,14 +125,6 @@ static int dev_alloc(void **p, size_t bytes)
 	return cuda_errno(cudaMalloc(p, bytes ? bytes : 16));
 }
 
-static int check_shape(const struct rs_tensor *t, uint64_t rows, uint64_t cols)
-{
-	/* A vector may be stored as [1][n] or [n][1]. */
-	if (!t->data || t->rows * t->cols != rows * cols || rs_dtype_size(t->dtype) == 0)
-		return -EINVAL;
-	return 0;
-}
-
 /* Copy tensor t into device memory dst as dtype `to` (converting on the host, in chunks,
  * when the dtypes differ). */
 static int upload(void *dst, const struct rs_tensor *t, enum rs_dtype to)
@@ -176,20 +168,7 @@ static int load_weights(struct rs_engine *e, struct cuda_engine *c, char *err, s
 	size_t q_dim = (size_t)cfg->n_heads * cfg->head_dim;
 	size_t kv_dim = (size_t)cfg->n_kv_heads * cfg->head_dim;
 
-	if (check_shape(&m->token_embedding, cfg->vocab_size, dim) ||
-	    check_shape(&m->output, cfg->vocab_size, dim) || check_shape(&m->final_norm, 1, dim))
-		return rs_errmsg(err, err_size, -EINVAL,
-				 "model: embedding, output or final norm has a wrong shape");
-	for (uint32_t l = 0; l < cfg->n_layers; l++) {
-		const struct rs_layer_weights *w = &m->layers[l];
-		if (check_shape(&w->attn_norm, 1, dim) || check_shape(&w->ffn_norm, 1, dim) ||
-		    check_shape(&w->wq, q_dim, dim) || check_shape(&w->wk, kv_dim, dim) ||
-		    check_shape(&w->wv, kv_dim, dim) || check_shape(&w->wo, dim, q_dim) ||
-		    check_shape(&w->w_gate, hidden, dim) || check_shape(&w->w_up, hidden, dim) ||
-		    check_shape(&w->w_down, dim, hidden))
-			return rs_errmsg(err, err_size, -EINVAL,
-					 "model: layer %u has a tensor of the wrong shape", l);
-	}
+	/* Shapes were checked by rs_engine_create. */
 	enum rs_dtype wt = m->layers[0].wq.dtype;
 	size_t el = rs_dtype_size(wt);
 	c->wtype = wt;
