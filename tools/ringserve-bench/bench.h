@@ -5,6 +5,7 @@
 #define RS_TOOLS_BENCH_H
 
 #include <stdio.h>
+#include <sys/types.h>
 
 /* The IPC data path on the null engine, against a cache-line ping-pong and a Unix-socket RPC. */
 int bench_ipc(int argc, char **argv, FILE *json);
@@ -14,5 +15,9 @@ int bench_engine(int argc, char **argv, FILE *json);
 
 /* End to end through the daemon with a model, against the engine run directly. */
 int bench_serve(int argc, char **argv, FILE *json);
+
+/* Start the ringserved next to this program on socket_path with the extra arguments
+ * (NULL-terminated) and return its pid once it listens, or -1. It dies with us. */
+pid_t bench_start_daemon(const char *socket_path, const char *const *extra_args);
 
 #endif

@@ -166,43 +166,6 @@ static struct percentiles measure_unix_socket(const struct ipc_options *options,
 
 /* --- the ring ---------------------------------------------------------------------------- */
 
-static pid_t start_daemon(const struct ipc_options *options, char *socket_path, size_t size)
-{
-	char self[512], daemon_path[600], cpu_arg[16], ready_arg[16];
-	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	if (n <= 0)
-		return -1;
-	self[n] = 0;
-	*strrchr(self, '/') = 0;
-	snprintf(daemon_path, sizeof(daemon_path), "%s/ringserved", self);
-	snprintf(socket_path, size, "/tmp/ringserve-bench-%d.sock", (int)getpid());
-	snprintf(cpu_arg, sizeof(cpu_arg), "%d", options->daemon_cpu);
-	int ready[2];
-	if (pipe(ready) < 0)
-		return -1;
-	snprintf(ready_arg, sizeof(ready_arg), "%d", ready[1]);
-	pid_t pid = fork();
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		close(ready[0]);
-		const char *argv[] = {daemon_path, "--socket", socket_path, "--ready-fd", ready_arg,
-				      "--null-vocab", "32000", options->daemon_cpu >= 0 ? "--cpu" : NULL,
-				      cpu_arg, NULL};
-		execv(daemon_path, (char *const *)argv);
-		fprintf(stderr, "exec %s: %s\n", daemon_path, strerror(errno));
-		_exit(127);
-	}
-	close(ready[1]);
-	char byte;
-	ssize_t got = read(ready[0], &byte, 1);
-	close(ready[0]);
-	if (got != 1) {
-		waitpid(pid, NULL, 0);
-		return -1;
-	}
-	return pid;
-}
-
 static void fill_prompt(uint32_t *prompt, uint32_t seed)
 {
 	for (uint32_t i = 0; i < PROMPT_TOKENS; i++)
@@ -337,8 +300,12 @@ int bench_ipc(int argc, char **argv, FILE *json)
 	double pingpong_ns = measure_pingpong(&options);
 	struct percentiles unix_rtt = measure_unix_socket(&options, options.latency_iterations / 4);
 
-	char socket_path[128];
-	pid_t daemon = start_daemon(&options, socket_path, sizeof(socket_path));
+	char socket_path[128], cpu_arg[16];
+	snprintf(socket_path, sizeof(socket_path), "/tmp/ringserve-bench-%d.sock", (int)getpid());
+	snprintf(cpu_arg, sizeof(cpu_arg), "%d", options.daemon_cpu);
+	const char *daemon_args[] = {"--null-vocab", "32000", options.daemon_cpu >= 0 ? "--cpu" : NULL,
+				     cpu_arg, NULL};
+	pid_t daemon = bench_start_daemon(socket_path, daemon_args);
 	if (daemon < 0) {
 		fprintf(stderr, "bench ipc: could not start ringserved (is it built next to ringserve-bench?)\n");
 		fprintf(json, "null");

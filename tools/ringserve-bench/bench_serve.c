@@ -12,7 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -106,41 +105,6 @@ static double direct_tokens_per_second(const struct rs_model *model, const struc
 	free(steps);
 	rs_engine_destroy(engine);
 	return ret ? ret : (double)tokens / seconds;
-}
-
-static pid_t start_daemon(const char *model_path, const char *socket_path, uint32_t batch,
-			  uint32_t kv_blocks)
-{
-	char self[512], daemon_path[600], batch_arg[16], ready_arg[16], kv_arg[16];
-	snprintf(kv_arg, sizeof(kv_arg), "%u", kv_blocks);
-	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	if (n <= 0)
-		return -1;
-	self[n] = 0;
-	*strrchr(self, '/') = 0;
-	snprintf(daemon_path, sizeof(daemon_path), "%s/ringserved", self);
-	snprintf(batch_arg, sizeof(batch_arg), "%u", batch);
-	int ready[2];
-	if (pipe(ready) < 0)
-		return -1;
-	snprintf(ready_arg, sizeof(ready_arg), "%d", ready[1]);
-	pid_t pid = fork();
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		close(ready[0]);
-		execl(daemon_path, daemon_path, "--socket", socket_path, "--ready-fd", ready_arg, "--model",
-		      model_path, "--backend", "cpu", "--max-batch", batch_arg, "--kv-blocks", kv_arg, (char *)NULL);
-		_exit(127);
-	}
-	close(ready[1]);
-	char byte;
-	ssize_t got = read(ready[0], &byte, 1);
-	close(ready[0]);
-	if (got != 1) {
-		waitpid(pid, NULL, 0);
-		return -1;
-	}
-	return pid;
 }
 
 /* Tokens/s through the daemon, and the mean time to the first token in *ttft_ms. */
@@ -239,7 +203,12 @@ int bench_serve(int argc, char **argv, FILE *json)
 	rs_model_free(model);
 	double served = -1, ttft_ms = 0;
 	/* The same KV room as the direct run: every request of the batch fits at once. */
-	pid_t daemon = start_daemon(model_path, socket_path, o.batch, o.batch * ((o.prompt + o.new_tokens + 15) / 16));
+	char batch_arg[16], kv_arg[16];
+	snprintf(batch_arg, sizeof(batch_arg), "%u", o.batch);
+	snprintf(kv_arg, sizeof(kv_arg), "%u", o.batch * ((o.prompt + o.new_tokens + 15) / 16));
+	const char *daemon_args[] = {"--model", model_path, "--backend", "cpu", "--max-batch", batch_arg,
+				     "--kv-blocks", kv_arg, NULL};
+	pid_t daemon = bench_start_daemon(socket_path, daemon_args);
 	if (daemon > 0) {
 		served = served_tokens_per_second(socket_path, config.vocab_size, &o, &ttft_ms);
 		kill(daemon, SIGTERM);
