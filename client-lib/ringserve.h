@@ -53,6 +53,7 @@ struct rs_connect_options {
  *   -ESHUTDOWN               the daemon is shutting down
  *   -EPROTO                  the daemon speaks another ABI version, or sent garbage
  *   -ETIMEDOUT               the daemon did not answer the handshake within 5 s
+ *   -EMFILE, -ENOMEM         the daemon is out of descriptors or memory for a segment
  *   -ENOMEM, -ENAMETOOLONG, or another errno from socket(2), connect(2), mmap(2). */
 int rs_connect(const char *socket_path, const struct rs_connect_options *options,
 	       struct rs_connection **out);

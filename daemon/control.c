@@ -22,7 +22,7 @@
 #define RS_FUTEX_BITSET_MATCH_ANY 0xffffffffull
 
 /* user_data of our io_uring operations: kind, client generation, client index. */
-enum op_kind { OP_ACCEPT = 1, OP_CLIENT_RECV, OP_DOORBELL, OP_SIGNAL, OP_CANCEL, OP_REJECTED, OP_LANE };
+enum op_kind { OP_ACCEPT = 1, OP_CLIENT_RECV, OP_DOORBELL, OP_SIGNAL, OP_CANCEL, OP_REJECTED, OP_LANE, OP_ACCEPT_RETRY };
 
 static uint64_t op_data(enum op_kind kind, const struct rs_client *client)
 {
@@ -53,6 +53,23 @@ static int arm_accept(struct rs_daemon *daemon)
 	return 0;
 }
 
+/* An accept that failed for want of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM) would fail
+ * again at once: retry after a pause instead of spinning on it. */
+static bool accept_paused_logged; /* one message per episode, not ten a second */
+
+static void pause_accept(struct rs_daemon *daemon, int error)
+{
+	static struct __kernel_timespec pause = {.tv_sec = 0, .tv_nsec = 100 * 1000 * 1000};
+	if (!accept_paused_logged)
+		fprintf(stderr, "ringserved: accept: %s; retrying every 100 ms\n", strerror(error));
+	accept_paused_logged = true;
+	struct io_uring_sqe *sqe = get_sqe(daemon);
+	if (!sqe)
+		return;
+	io_uring_prep_timeout(sqe, &pause, 0, 0);
+	io_uring_sqe_set_data64(sqe, op_data(OP_ACCEPT_RETRY, NULL));
+}
+
 /* SIGTERM and SIGINT reach io_uring through an eventfd written by the handler. Not a
  * signalfd: that needs the signals blocked in every thread, and libraries we load
  * (OpenBLAS, CUDA) start threads of their own before main. */
@@ -81,14 +98,29 @@ static int arm_signal(struct rs_daemon *daemon)
 	return 0;
 }
 
+/* A peer has this long to send its hello; one that connects and says nothing must not
+ * hold a client slot and a descriptor forever. */
+static struct __kernel_timespec hello_timeout = {.tv_sec = 5};
+
 static int arm_client_recv(struct rs_daemon *daemon, struct rs_client *client)
 {
+	bool handshake = client->state == RS_CLIENT_HANDSHAKE;
+	/* The receive and its linked timeout must sit in the SQ together. */
+	if (handshake && io_uring_sq_space_left(&daemon->ring) < 2)
+		io_uring_submit(&daemon->ring);
 	struct io_uring_sqe *sqe = get_sqe(daemon);
 	if (!sqe)
 		return -EBUSY;
 	io_uring_prep_recv(sqe, client->fd, client->recv_buf, sizeof(client->recv_buf), 0);
 	io_uring_sqe_set_data64(sqe, op_data(OP_CLIENT_RECV, client));
 	client->pending_io++;
+	if (handshake) {
+		/* Cancels the receive (-ECANCELED: a disconnect) if no hello comes in time. */
+		sqe->flags |= IOSQE_IO_LINK;
+		struct io_uring_sqe *timeout = io_uring_get_sqe(&daemon->ring);
+		io_uring_prep_link_timeout(timeout, &hello_timeout, 0);
+		io_uring_sqe_set_data64(timeout, op_data(OP_CANCEL, NULL));
+	}
 	return 0;
 }
 
@@ -321,8 +353,18 @@ static void handle_cqe(struct rs_daemon *daemon, const struct io_uring_cqe *cqe)
 	}
 	switch (kind) {
 	case OP_ACCEPT:
-		if (cqe->res >= 0)
+		if (cqe->res >= 0) {
+			accept_paused_logged = false;
 			handle_accept(daemon, cqe->res);
+		}
+		if (daemon->listen_fd < 0 || daemon->draining)
+			break;
+		if (cqe->res == -EMFILE || cqe->res == -ENFILE || cqe->res == -ENOBUFS || cqe->res == -ENOMEM)
+			pause_accept(daemon, -cqe->res);
+		else
+			arm_accept(daemon);
+		break;
+	case OP_ACCEPT_RETRY:
 		if (daemon->listen_fd >= 0 && !daemon->draining)
 			arm_accept(daemon);
 		break;
@@ -330,7 +372,10 @@ static void handle_cqe(struct rs_daemon *daemon, const struct io_uring_cqe *cqe)
 		if (client->state == RS_CLIENT_CLOSING)
 			rs_client_maybe_free(daemon, client);
 		else if (cqe->res <= 0)
-			rs_client_disconnect(daemon, client, cqe->res == 0 ? "socket closed" : "socket error");
+			rs_client_disconnect(daemon, client,
+					     cqe->res == 0	      ? "socket closed"
+					     : cqe->res == -ECANCELED ? "protocol: no hello within 5 s"
+								      : "socket error");
 		else if (client->state == RS_CLIENT_HANDSHAKE)
 			handle_hello(daemon, client, cqe->res);
 		else if (arm_client_recv(daemon, client) < 0) /* stray bytes: ignore them */

@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -46,6 +47,11 @@ void test_daemon_start(struct test_daemon *daemon, const char *const *extra_args
 	if (daemon->pid == 0) {
 		/* Die with the test, even when the runner's timeout kills it. */
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		const char *nofile = getenv("RS_TEST_DAEMON_NOFILE");
+		if (nofile) { /* a descriptor limit for the daemon only */
+			struct rlimit limit = {.rlim_cur = (rlim_t)atoi(nofile), .rlim_max = (rlim_t)atoi(nofile)};
+			setrlimit(RLIMIT_NOFILE, &limit);
+		}
 		close(ready[0]);
 		execv(binary, (char *const *)argv);
 		fprintf(stderr, "exec %s: %s\n", binary, strerror(errno));

@@ -31,7 +31,8 @@ struct test_daemon {
 const char *test_build_dir(void);
 
 /* Start ringserved on a fresh socket with extra arguments (NULL-terminated list), and
- * return once it accepts connections (it signals through --ready-fd). Exits on failure. */
+ * return once it accepts connections (it signals through --ready-fd). Exits on failure.
+ * $RS_TEST_DAEMON_NOFILE, when set, is the daemon's descriptor limit. */
 void test_daemon_start(struct test_daemon *daemon, const char *const *extra_args);
 
 /* SIGTERM the daemon and wait for it; returns its exit status (or 128 + signal). */
