@@ -66,7 +66,7 @@ DAEMON_BIN := $(O)/ringserved
 TOOL_BINS := $(addprefix $(O)/,$(TOOLS))
 TEST_BINS := $(addprefix $(O)/tests/,$(TESTS))
 
-.PHONY: all deps test test-run run bench fuzz format lint clean config-msg FORCE
+.PHONY: all deps test test-run run bench fuzz format lint clean config-msg FORCE install
 all: config-msg $(DAEMON_BIN) $(LIBRS_A) $(LIBRS_SO) $(O)/ringserve.pc $(TOOL_BINS) $(TEST_BINS)
 
 config-msg:
@@ -101,7 +101,7 @@ $(LIBRS_SO): $(SHM_OBJ) $(CLIENT_OBJ) client-lib/libringserve.map
 	ln -sf libringserve.so.0 $@
 
 $(O)/ringserve.pc: client-lib/ringserve.pc.in $(O)/config
-	sed -e 's|@PREFIX@|$(abspath $(O))|' -e 's|@INCLUDEDIR@|$(abspath client-lib)|' $< > $@
+	sed -e 's|@LIBDIR@|$(abspath $(O))|' -e 's|@INCLUDEDIR@|$(abspath client-lib)|' $< > $@
 
 $(LIBINTERNAL): $(INTERNAL_OBJ)
 	@rm -f $@
@@ -171,6 +171,19 @@ lint:
 		--suppress=missingIncludeSystem --suppress=invalidPointerCast \
 		--suppress=arrayIndexThenCheck:kernels/sampling.c \
 		-I. --error-exitcode=1 shm daemon client-lib kernels tools
+
+# make install [PREFIX=/usr/local] [DESTDIR=]: the daemon, the tools, the client library
+# with its header and a pkg-config file that points at the installed paths.
+PREFIX ?= /usr/local
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include
+	install -m 755 $(DAEMON_BIN) $(TOOL_BINS) $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 $(LIBRS_A) $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(LIBRS_SO).0 $(DESTDIR)$(PREFIX)/lib/
+	ln -sf libringserve.so.0 $(DESTDIR)$(PREFIX)/lib/libringserve.so
+	install -m 644 client-lib/ringserve.h $(DESTDIR)$(PREFIX)/include/
+	sed -e 's|@LIBDIR@|$(PREFIX)/lib|' -e 's|@INCLUDEDIR@|$(PREFIX)/include|' client-lib/ringserve.pc.in \
+		> $(DESTDIR)$(PREFIX)/lib/pkgconfig/ringserve.pc
 
 clean:
 	rm -rf build build-*
