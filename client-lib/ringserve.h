@@ -123,6 +123,9 @@ struct rs_completion {
 			       *   -ERANGE      a prompt token id >= vocab_size
 			       *   -EAGAIN      over the in-flight limit
 			       *   -ESHUTDOWN   the daemon drained and gave up on it
+			       *   -EPROTO      its output area was overwritten while
+			       *                it was being generated
+			       *   -EIO         the engine failed the step it was in
 			       *   -ENOMEM      the daemon ran out of memory for it */
 	uint32_t output_len;  /* tokens generated (also on error: what was produced) */
 	uint32_t flags;       /* RS_COMPLETION_EOS */
