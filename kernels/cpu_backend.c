@@ -275,14 +275,22 @@ static void matmul_item(void *ctx, uint32_t part, uint32_t worker)
 	rs_op_matmul_cols(j->y, j->x, j->w, j->m, j->n, j->k, n0, n1, j->accumulate);
 }
 
+/* Slices of an m x n x k product: one per worker, or one (the caller alone) when it is
+ * too small to be worth a split. */
+static uint32_t matmul_parts(const struct cpu_engine *c, uint32_t m, uint32_t n, uint32_t k)
+{
+	uint32_t parts = rs_thread_pool_size(c->pool);
+	if ((uint64_t)m * n * k < 65536 || n < 32 * parts)
+		parts = 1;
+	return parts;
+}
+
 /* y (+)= x W^T over the pool; small products run on the caller alone. */
 static void matmul(struct cpu_engine *c, float *y, const float *x, const float *w, uint32_t m,
 		   uint32_t n, uint32_t k, bool accumulate)
 {
 	struct matmul_job job = {.y = y, .x = x, .w = w, .m = m, .n = n, .k = k,
-				 .parts = rs_thread_pool_size(c->pool), .accumulate = accumulate};
-	if ((uint64_t)m * n * k < 65536 || n < 32 * job.parts)
-		job.parts = 1;
+				 .parts = matmul_parts(c, m, n, k), .accumulate = accumulate};
 	rs_thread_pool_run(c->pool, job.parts, matmul_item, &job);
 }
 
@@ -335,8 +343,8 @@ static void rope_store_item(void *ctx, uint32_t t, uint32_t worker)
 	struct cpu_engine *c = j->c;
 	uint32_t hd = cfg->head_dim, q_dim = cfg->n_heads * hd, kv_dim = cfg->n_kv_heads * hd;
 	float *row = c->qkv + (size_t)t * (q_dim + 2 * kv_dim);
-	rs_op_rope(row, cfg->n_heads, hd, cfg->rope_dim, c->positions[t], cfg->rope_theta);
-	rs_op_rope(row + q_dim, cfg->n_kv_heads, hd, cfg->rope_dim, c->positions[t],
+	/* q and k are adjacent: one call, one sine/cosine table for both. */
+	rs_op_rope(row, cfg->n_heads + cfg->n_kv_heads, hd, cfg->rope_dim, c->positions[t],
 		   cfg->rope_theta);
 	rs_op_kv_store(j->kv, j->seqs[c->token_seq[t]].block_table, c->positions[t], 1,
 		       row + q_dim, row + q_dim + kv_dim, 0);
@@ -349,6 +357,56 @@ static void swiglu_item(void *ctx, uint32_t t, uint32_t worker)
 	size_t hidden = j->e->config.hidden_dim;
 	rs_op_swiglu(j->c->hidden + t * hidden, j->c->gate_up + t * 2 * hidden,
 		     j->c->gate_up + t * 2 * hidden + hidden, 1, (uint32_t)hidden, 2 * hidden);
+}
+
+/* rope_store_item then attention_item for token t: one item when t is the only token of
+ * its sequence in the step (a decode step), as its attention then reads no other item's
+ * cache stores. */
+static void rope_store_attention_item(void *ctx, uint32_t t, uint32_t worker)
+{
+	const struct rows_job *j = ctx;
+	struct attention_job job = {.e = j->e, .c = j->c, .seqs = j->seqs, .kv = *j->kv};
+	rope_store_item(ctx, t, worker);
+	attention_item(&job, t, worker);
+}
+
+/* Column slice [n0, n1) of part of parts over n columns, edges on multiples of 16
+ * (whole vector tiles), as matmul_item splits a product. */
+static void slice_cols(uint32_t n, uint32_t part, uint32_t parts, uint32_t *n0, uint32_t *n1)
+{
+	*n0 = (uint32_t)((uint64_t)n * part / parts) & ~15u;
+	*n1 = part + 1 == parts ? n : (uint32_t)((uint64_t)n * (part + 1) / parts) & ~15u;
+}
+
+/* The gate/up product and the swiglu in one run: each part takes the same columns of g
+ * and of u, so that its swiglu reads only its own outputs (no barrier between them).
+ * Streaming products only (T <= RS_MATMUL_STREAM_MAX_M), whose sums do not depend on the
+ * column split; above, the SGEMM path keeps matmul's split. */
+struct gate_up_job {
+	const struct rs_engine *e;
+	struct cpu_engine *c;
+	const float *w;
+	uint32_t T, parts;
+};
+
+/* Part of [g|u] = xb Wgu^T; hidden = silu(g) u. */
+static void gate_up_swiglu_item(void *ctx, uint32_t part, uint32_t worker)
+{
+	const struct gate_up_job *j = ctx;
+	const struct rs_model_config *cfg = &j->e->config;
+	struct cpu_engine *c = j->c;
+	uint32_t hidden = cfg->hidden_dim, dim = cfg->dim;
+	const float *xb = c->xb;
+	uint32_t h0, h1;
+	slice_cols(hidden, part, j->parts, &h0, &h1);
+	rs_op_matmul_cols(c->gate_up, xb, j->w, j->T, 2 * hidden, dim, h0, h1, false);
+	rs_op_matmul_cols(c->gate_up, xb, j->w, j->T, 2 * hidden, dim, hidden + h0, hidden + h1,
+			  false);
+	for (uint32_t t = 0; t < j->T; t++) {
+		const float *g = c->gate_up + (size_t)t * 2 * hidden;
+		rs_op_swiglu(c->hidden + (size_t)t * hidden + h0, g + h0, g + hidden + h0, 1,
+			     h1 - h0, 2 * (size_t)hidden);
+	}
 }
 
 /* Sampling work: one item per sampled sequence. */
@@ -378,7 +436,9 @@ static void forward_layers(struct rs_engine *e, struct cpu_engine *c,
 	uint32_t stride = q_dim + 2 * kv_dim;
 	size_t layer_cache_bytes = c->layer_cache_elems * rs_dtype_size(c->kv_dtype);
 
+	bool one_token_each = true; /* a decode step: attention reads no other token's stores */
 	for (uint32_t s = 0, t = 0; s < n_seqs; s++) {
+		one_token_each &= seqs[s].n_tokens == 1;
 		c->seq_offset[s] = t;
 		rs_op_embedding(c->x + (size_t)t * dim, &e->model->token_embedding, seqs[s].tokens,
 				seqs[s].n_tokens);
@@ -402,18 +462,30 @@ static void forward_layers(struct rs_engine *e, struct cpu_engine *c,
 			       .n_kv_heads = cfg->n_kv_heads,
 			       .head_dim = hd},
 		};
-		struct rows_job rows = {.e = e, .c = c, .seqs = seqs, .L = L, .kv = &job.kv,
-					.norm = L->attn_norm};
+		struct rows_job rows = {.e = e, .c = c, .seqs = seqs, .L = L, .kv = &job.kv};
+		/* Pool runs (barriers) per layer: 7 for a decode step (was 9), up to 9 with a
+		 * prefill. */
+		rows.norm = L->attn_norm;
 		rs_thread_pool_run(c->pool, T, norm_item, &rows);
 		matmul(c, c->qkv, c->xb, L->wqkv, T, stride, dim, false);
-		rs_thread_pool_run(c->pool, T, rope_store_item, &rows);
-		rs_thread_pool_run(c->pool, T, attention_item, &job);
+		if (one_token_each) {
+			rs_thread_pool_run(c->pool, T, rope_store_attention_item, &rows);
+		} else {
+			rs_thread_pool_run(c->pool, T, rope_store_item, &rows);
+			rs_thread_pool_run(c->pool, T, attention_item, &job);
+		}
 		matmul(c, c->x, c->att, L->wo, T, dim, q_dim, true);
 
 		rows.norm = L->ffn_norm;
 		rs_thread_pool_run(c->pool, T, norm_item, &rows);
-		matmul(c, c->gate_up, c->xb, L->w_gate_up, T, 2 * hidden, dim, false);
-		rs_thread_pool_run(c->pool, T, swiglu_item, &rows);
+		if (T <= RS_MATMUL_STREAM_MAX_M) {
+			struct gate_up_job gate_up = {.e = e, .c = c, .w = L->w_gate_up, .T = T,
+						      .parts = matmul_parts(c, T, 2 * hidden, dim)};
+			rs_thread_pool_run(c->pool, gate_up.parts, gate_up_swiglu_item, &gate_up);
+		} else {
+			matmul(c, c->gate_up, c->xb, L->w_gate_up, T, 2 * hidden, dim, false);
+			rs_thread_pool_run(c->pool, T, swiglu_item, &rows);
+		}
 		matmul(c, c->x, c->hidden, L->w_down, T, dim, hidden, true);
 	}
 }

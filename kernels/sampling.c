@@ -1,6 +1,8 @@
 /* Sampling (see sampling.h for the procedure every backend follows). */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "kernels/sampling.h"
 
@@ -19,24 +21,54 @@ double rs_sample_uniform(uint64_t seed, uint64_t position)
 	return (double)(h >> 11) * 0x1p-53;
 }
 
+/* Four-float vectors (GCC/Clang vector extensions), loaded through memcpy: no alignment
+ * assumed. */
+typedef float v4f __attribute__((vector_size(16)));
+typedef int32_t v4i __attribute__((vector_size(16)));
+
+static inline v4f load4(const float *p)
+{
+	v4f v;
+	memcpy(&v, p, sizeof(v));
+	return v;
+}
+
+/* Lane by lane m = x > m ? x : m, the scalar rule (a NaN x never replaces m). */
+static inline v4f max_keep(v4f m, v4f x)
+{
+	v4i take = x > m;
+	return (v4f)(((v4i)x & take) | ((v4i)m & ~take));
+}
+
 uint32_t rs_argmax(const float *x, uint32_t n)
 {
-	/* Two passes: the maximum with four independent chains (no loop-carried index, so
-	 * the compiler can use vector max), then the first index holding it. */
-	float m0 = x[0], m1 = x[0], m2 = x[0], m3 = x[0];
+	/* Two passes: the maximum over sixteen independent lanes, each starting at x[0] and
+	 * taking a value only when it is greater (so a NaN x[0] stays NaN and the answer is
+	 * 0, and any other NaN is skipped), then the first index holding it. Which lane holds
+	 * the maximum, or whether it is +0 or -0, cannot change that first index: the second
+	 * pass compares with ==. Greedy sampling runs this over the vocabulary per sequence. */
+	v4f m0 = {x[0], x[0], x[0], x[0]}, m1 = m0, m2 = m0, m3 = m0;
 	uint32_t i = 0;
-	for (; i + 4 <= n; i += 4) {
-		m0 = x[i] > m0 ? x[i] : m0;
-		m1 = x[i + 1] > m1 ? x[i + 1] : m1;
-		m2 = x[i + 2] > m2 ? x[i + 2] : m2;
-		m3 = x[i + 3] > m3 ? x[i + 3] : m3;
+	for (; i + 16 <= n; i += 16) {
+		m0 = max_keep(m0, load4(x + i));
+		m1 = max_keep(m1, load4(x + i + 4));
+		m2 = max_keep(m2, load4(x + i + 8));
+		m3 = max_keep(m3, load4(x + i + 12));
+	}
+	m0 = max_keep(max_keep(m0, m1), max_keep(m2, m3));
+	float max = m0[0];
+	for (int l = 1; l < 4; l++)
+		max = m0[l] > max ? m0[l] : max;
+	for (; i < n; i++)
+		max = x[i] > max ? x[i] : max;
+	v4f want = {max, max, max, max};
+	for (i = 0; i + 16 <= n; i += 16) {
+		v4i hit = (load4(x + i) == want) | (load4(x + i + 4) == want) |
+			  (load4(x + i + 8) == want) | (load4(x + i + 12) == want);
+		if (hit[0] | hit[1] | hit[2] | hit[3])
+			break;
 	}
 	for (; i < n; i++)
-		m0 = x[i] > m0 ? x[i] : m0;
-	m0 = m1 > m0 ? m1 : m0;
-	m2 = m3 > m2 ? m3 : m2;
-	float max = m2 > m0 ? m2 : m0;
-	for (i = 0; i < n; i++)
 		if (x[i] == max)
 			return i;
 	return 0; /* only NaNs */
