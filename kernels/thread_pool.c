@@ -1,6 +1,6 @@
 /* Worker pool (see thread_pool.h).
  *
- * A decode step runs about five pool runs per layer, each a few tens of microseconds
+ * A decode step runs seven pool runs per layer (nine for prefill), each a few tens of µs
  * long. Parking every worker on a condition variable between them cost a futex wake and
  * a context switch per run, which in a VM came to a fifth of the step (perf: the
  * hypervisor's irq-enable path under futex_wait/futex_wake). So both sides spin first:
