@@ -21,6 +21,7 @@
 
 #include "kernels/dtype.h"
 #include "kernels/engine_backend.h"
+#include "kernels/errmsg.h"
 #include "kernels/ops.h"
 #include "kernels/thread_pool.h"
 
@@ -59,16 +60,6 @@ struct cpu_engine {
 	pthread_mutex_t lock; /* serializes steps */
 	int *lane_status;     /* 0 or the negative errno of the lane's last step */
 };
-
-static void set_err(char *err, size_t err_size, const char *fmt, ...)
-{
-	if (!err_size)
-		return;
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(err, err_size, fmt, ap);
-	va_end(ap);
-}
 
 static float *alloc_floats(size_t n)
 {
@@ -145,7 +136,7 @@ static int cpu_create(struct rs_engine *e, char *err, size_t err_size)
 	const struct rs_engine_options *o = &e->options;
 	struct cpu_engine *c = calloc(1, sizeof(*c));
 	if (!c) {
-		set_err(err, err_size, "out of memory");
+		rs_errmsg(err, err_size, 0, "out of memory");
 		return -ENOMEM;
 	}
 	e->impl = c;
@@ -179,7 +170,7 @@ static int cpu_create(struct rs_engine *e, char *err, size_t err_size)
 	    !c->gate_up || !c->hidden || !c->positions || !c->seq_offset || !c->token_seq ||
 	    !c->sample_rows ||
 	    !c->lane_status) {
-		set_err(err, err_size, "out of memory (KV cache: %zu MiB)", 2 * cache_bytes >> 20);
+		rs_errmsg(err, err_size, 0, "out of memory (KV cache: %zu MiB)", 2 * cache_bytes >> 20);
 		goto fail;
 	}
 	/* Zeroed so that a read of a never-written slot (a caller bug) stays finite. */
@@ -192,7 +183,7 @@ static int cpu_create(struct rs_engine *e, char *err, size_t err_size)
 	openblas_set_num_threads(1);
 	rc = rs_thread_pool_create(workers, &c->pool);
 	if (rc) {
-		set_err(err, err_size, "thread pool: %s", strerror(-rc));
+		rs_errmsg(err, err_size, 0, "thread pool: %s", strerror(-rc));
 		goto fail;
 	}
 	rc = -ENOMEM;
@@ -202,13 +193,13 @@ static int cpu_create(struct rs_engine *e, char *err, size_t err_size)
 	c->sample_scratch_size = (rs_sample_scratch_size(cfg->vocab_size) + 63) & ~(size_t)63;
 	c->sample_scratch = aligned_alloc(64, workers * c->sample_scratch_size);
 	if (!c->scores || !c->sample_scratch) {
-		set_err(err, err_size, "out of memory");
+		rs_errmsg(err, err_size, 0, "out of memory");
 		goto fail;
 	}
 	return 0;
 fail:
 	if (err_size && !err[0])
-		set_err(err, err_size, "out of memory");
+		rs_errmsg(err, err_size, 0, "out of memory");
 	cpu_destroy(e);
 	return rc;
 }

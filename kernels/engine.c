@@ -8,6 +8,7 @@
 
 #include "kernels/dtype.h"
 #include "kernels/engine_backend.h"
+#include "kernels/errmsg.h"
 
 /* The CUDA backend (kernels/cuda/) is linked in when the Makefile finds nvcc, which then
  * defines RS_HAVE_CUDA_BACKEND; without it "cuda" answers -ENODEV. */
@@ -16,16 +17,6 @@
 #else
 #define CUDA_BACKEND NULL
 #endif
-
-static void set_err(char *err, size_t err_size, const char *fmt, ...)
-{
-	if (!err_size)
-		return;
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(err, err_size, fmt, ap);
-	va_end(ap);
-}
 
 void rs_engine_options_init(struct rs_engine_options *opts)
 {
@@ -60,7 +51,7 @@ static int resolve(const struct rs_model *model, struct rs_engine_options *o,
 	if (o->threads < 0 || o->threads > 1024 || o->lanes > 1024 ||
 	    o->kv_blocks > INT32_MAX || o->block_size > 65536 ||
 	    o->max_batch_tokens > (1u << 24)) {
-		set_err(err, err_size, "engine options out of range");
+		rs_errmsg(err, err_size, 0, "engine options out of range");
 		return -EINVAL;
 	}
 	const char *name = o->backend ? o->backend : "auto";
@@ -79,14 +70,14 @@ static int resolve(const struct rs_model *model, struct rs_engine_options *o,
 	} else if (strcmp(name, "cuda") == 0) {
 		*backend = CUDA_BACKEND;
 		if (!*backend) {
-			set_err(err, err_size, "CUDA backend not built");
+			rs_errmsg(err, err_size, 0, "CUDA backend not built");
 			return -ENODEV;
 		}
 		int rc = (*backend)->available ? (*backend)->available(err, err_size) : 0;
 		if (rc)
 			return rc;
 	} else {
-		set_err(err, err_size, "unknown engine backend \"%s\" (auto, cpu, cuda)", name);
+		rs_errmsg(err, err_size, 0, "unknown engine backend \"%s\" (auto, cpu, cuda)", name);
 		return -EINVAL;
 	}
 	o->backend = (*backend)->name;
@@ -101,11 +92,11 @@ static int resolve(const struct rs_model *model, struct rs_engine_options *o,
 		 * "f16" is one option away. */
 		kv = cpu && !kv_weights_f32(model) ? "f16" : "f32";
 	} else if (strcmp(kv, "f16") == 0 && !cpu) {
-		set_err(err, err_size, "KV dtype f16 is CPU-only (the %s backend stores f32)",
+		rs_errmsg(err, err_size, 0, "KV dtype f16 is CPU-only (the %s backend stores f32)",
 			(*backend)->name);
 		return -EINVAL;
 	} else if (strcmp(kv, "f32") != 0 && strcmp(kv, "f16") != 0) {
-		set_err(err, err_size, "unknown KV dtype \"%s\" (auto, f32, f16)", kv);
+		rs_errmsg(err, err_size, 0, "unknown KV dtype \"%s\" (auto, f32, f16)", kv);
 		return -EINVAL;
 	}
 	o->kv_dtype = kv;
@@ -128,7 +119,7 @@ static int check_shapes(const struct rs_model *m, char *err, size_t err_size)
 	uint64_t kv_dim = (uint64_t)cfg->n_kv_heads * cfg->head_dim;
 	if (!shape_ok(&m->token_embedding, cfg->vocab_size, dim) ||
 	    !shape_ok(&m->output, cfg->vocab_size, dim) || !shape_ok(&m->final_norm, 1, dim)) {
-		set_err(err, err_size, "model: embedding, output or final norm has a wrong shape");
+		rs_errmsg(err, err_size, 0, "model: embedding, output or final norm has a wrong shape");
 		return -EINVAL;
 	}
 	for (uint32_t l = 0; l < cfg->n_layers; l++) {
@@ -138,7 +129,7 @@ static int check_shapes(const struct rs_model *m, char *err, size_t err_size)
 		    !shape_ok(&w->wv, kv_dim, dim) || !shape_ok(&w->wo, dim, q_dim) ||
 		    !shape_ok(&w->w_gate, hidden, dim) || !shape_ok(&w->w_up, hidden, dim) ||
 		    !shape_ok(&w->w_down, dim, hidden)) {
-			set_err(err, err_size, "model: layer %u has a tensor of the wrong shape", l);
+			rs_errmsg(err, err_size, 0, "model: layer %u has a tensor of the wrong shape", l);
 			return -EINVAL;
 		}
 	}
@@ -149,9 +140,9 @@ int rs_engine_create(const struct rs_model *model, const struct rs_engine_option
 		     struct rs_engine **out, char *err, size_t err_size)
 {
 	*out = NULL;
-	set_err(err, err_size, "%s", "");
+	rs_errmsg(err, err_size, 0, "%s", "");
 	if (!model || !model->layers) {
-		set_err(err, err_size, "no model");
+		rs_errmsg(err, err_size, 0, "no model");
 		return -EINVAL;
 	}
 	int rc = rs_model_check_config(&model->config, err, err_size);
@@ -172,7 +163,7 @@ int rs_engine_create(const struct rs_model *model, const struct rs_engine_option
 
 	struct rs_engine *engine = calloc(1, sizeof(*engine));
 	if (!engine) {
-		set_err(err, err_size, "out of memory");
+		rs_errmsg(err, err_size, 0, "out of memory");
 		return -ENOMEM;
 	}
 	engine->model = model;
@@ -181,7 +172,7 @@ int rs_engine_create(const struct rs_model *model, const struct rs_engine_option
 	engine->backend = backend;
 	rc = rs_kv_cache_create(o.kv_blocks, o.block_size, &engine->kv);
 	if (rc) {
-		set_err(err, err_size, "KV allocator: %s", strerror(-rc));
+		rs_errmsg(err, err_size, 0, "KV allocator: %s", strerror(-rc));
 		free(engine);
 		return rc;
 	}
@@ -192,7 +183,7 @@ int rs_engine_create(const struct rs_model *model, const struct rs_engine_option
 		return rc;
 	}
 	if (note)
-		set_err(err, err_size, "%s", note);
+		rs_errmsg(err, err_size, 0, "%s", note);
 	*out = engine;
 	return 0;
 }
