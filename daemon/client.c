@@ -95,7 +95,7 @@ void rs_client_disconnect(struct rs_daemon *daemon, struct rs_client *client, co
 	if (daemon->config.verbose || strcmp(why, "socket closed") != 0)
 		fprintf(stderr, "ringserved: client %u (pid %d): disconnected: %s\n", client->id,
 			(int)client->pid, why);
-	if (strstr(why, "ring") || strstr(why, "protocol"))
+	if (strncmp(why, "protocol:", 9) == 0) /* the client broke the protocol */
 		daemon->stats.clients_broken++;
 	bool was_active = client->state == RS_CLIENT_ACTIVE;
 	/* Orphan its requests while the client is still marked alive, so that nothing frees

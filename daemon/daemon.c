@@ -178,9 +178,15 @@ int rs_daemon_run(struct rs_daemon *daemon)
 		rs_fetch_add_release(&client->shared->client_doorbell, 1);
 		rs_futex_wake(&client->shared->client_doorbell, 1 << 30);
 	}
-	fprintf(stderr, "ringserved: stopped (%llu requests completed, %llu failed)\n",
+	fprintf(stderr,
+		"ringserved: stopped (%llu requests completed, %llu failed; %llu clients served, "
+		"%llu refused, %llu disconnected for protocol errors; slept %llu times)\n",
 		(unsigned long long)daemon->stats.requests_completed,
-		(unsigned long long)daemon->stats.requests_failed);
+		(unsigned long long)daemon->stats.requests_failed,
+		(unsigned long long)daemon->stats.clients_accepted,
+		(unsigned long long)daemon->stats.clients_rejected,
+		(unsigned long long)daemon->stats.clients_broken,
+		(unsigned long long)daemon->stats.sleeps);
 	return 0;
 }
 

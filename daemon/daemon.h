@@ -167,7 +167,8 @@ void rs_control_stop_listening(struct rs_daemon *daemon);
 /* client.c: connection lifecycle. */
 int rs_client_setup_segment(struct rs_daemon *daemon, struct rs_client *client, int *memfd);
 /* The client went away or broke the protocol: drop its queued work, cancel its running
- * work at the next step boundary, and free it once nothing references it. */
+ * work at the next step boundary, and free it once nothing references it. `why` is
+ * logged; it starts with "protocol:" when the client is at fault. */
 void rs_client_disconnect(struct rs_daemon *daemon, struct rs_client *client, const char *why);
 /* Add to / remove from the packed array of active clients. */
 void rs_client_activate(struct rs_daemon *daemon, struct rs_client *client);

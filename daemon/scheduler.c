@@ -42,7 +42,7 @@ static void post_cqe(struct rs_daemon *daemon, struct rs_client *client, uint64_
 {
 	if (rs_ring_producer_space(&client->cq) <= 0) {
 		/* Only a client that rewrote its CQ head can get here. */
-		rs_client_disconnect(daemon, client, "completion ring head corrupted");
+		rs_client_disconnect(daemon, client, "protocol: completion ring head corrupted");
 		return;
 	}
 	struct rs_cqe *cqe = rs_ring_producer_slot(&client->cq, 0);
@@ -192,7 +192,7 @@ int rs_scheduler_poll_client(struct rs_daemon *daemon, struct rs_client *client)
 	int64_t ready = rs_ring_consumer_ready(&client->sq);
 	if (ready <= 0) {
 		if (ready < 0)
-			rs_client_disconnect(daemon, client, "submission ring tail out of range");
+			rs_client_disconnect(daemon, client, "protocol: submission ring tail out of range");
 		return ready < 0;
 	}
 	uint32_t consumed = 0;
@@ -210,7 +210,7 @@ int rs_scheduler_poll_client(struct rs_daemon *daemon, struct rs_client *client)
 		if (credit <= 0) {
 			credit = cq_credit(client);
 			if (credit < 0) {
-				rs_client_disconnect(daemon, client, "completion ring head out of range");
+				rs_client_disconnect(daemon, client, "protocol: completion ring head out of range");
 				return 1;
 			}
 			if (credit == 0)
