@@ -1,13 +1,14 @@
-/* The CPU backend: fp32 weights, an f32 or f16 KV cache (options.kv_dtype), products split over a thread pool that also runs the
+/* The CPU backend: fp32 weights packed once into column panels (gemm.h), an f32 or f16
+ * KV cache (options.kv_dtype), products split over a thread pool that also runs the
  * per-token work (norms, rope, cache stores, swiglu), the attention and the sampling.
- * A product over up to RS_MATMUL_STREAM_MAX_M tokens (decode) is our streaming kernel,
- * above (prefill) a CBLAS SGEMM (see rs_op_matmul_cols).
+ * Products run our AVX-512/AVX2 kernels, or one CBLAS SGEMM per panel on other CPUs
+ * (rs_gemm_packed).
  *
  * A step runs synchronously inside rs_engine_step. Per layer:
- *   xb = rmsnorm(x); [q|k|v] = xb Wqkv^T (one SGEMM, the three projections fused);
+ *   xb = rmsnorm(x); [q|k|v] = xb Wqkv^T (one product, the three projections fused);
  *   rope(q, k); store k, v in the paged cache; att = attention(q, cache);
- *   x += att Wo^T (the residual fused into the SGEMM's beta = 1);
- *   xb = rmsnorm(x); [g|u] = xb Wgu^T (fused); h = silu(g) u; x += h Wdown^T.
+ *   x += att Wo^T (the residual fused into the product);
+ *   xb = rmsnorm(x); g = xb Wg^T, u = xb Wu^T, h = silu(g) u (one pool run); x += h Wdown^T.
  * x holds every token of the step, so each weight matrix is read once per step. */
 #include <errno.h>
 #include <pthread.h>
@@ -22,23 +23,24 @@
 #include "kernels/dtype.h"
 #include "kernels/engine_backend.h"
 #include "kernels/errmsg.h"
+#include "kernels/gemm.h"
 #include "kernels/ops.h"
 #include "kernels/thread_pool.h"
 
 struct cpu_layer {
-	float *attn_norm, *ffn_norm; /* [dim] */
-	float *wqkv;                 /* [q_dim + 2 kv_dim][dim] */
-	const float *wo;             /* [dim][q_dim] */
-	float *w_gate_up;            /* [2 hidden][dim] */
-	const float *w_down;         /* [dim][hidden] */
-	float *wo_owned, *w_down_owned;
+	float *attn_norm, *ffn_norm;   /* [dim] */
+	struct rs_packed_matrix wqkv;   /* (q_dim + 2 kv_dim) x dim */
+	struct rs_packed_matrix wo;     /* dim x q_dim */
+	struct rs_packed_matrix w_gate; /* hidden x dim */
+	struct rs_packed_matrix w_up;   /* hidden x dim */
+	struct rs_packed_matrix w_down; /* dim x hidden */
 };
 
 struct cpu_engine {
 	struct cpu_layer *layers;
 	float *final_norm;
-	const float *output; /* [vocab][dim] */
-	float *output_owned;
+	struct rs_packed_matrix output; /* vocab x dim */
+	enum rs_cpu_isa isa;            /* of the products */
 	void *k_cache, *v_cache; /* [layer][block][block_size][kv_dim] of kv_dtype */
 	enum rs_dtype kv_dtype;  /* RS_DTYPE_F32 or RS_DTYPE_F16 (options.kv_dtype) */
 	size_t layer_cache_elems;
@@ -69,33 +71,39 @@ static float *alloc_floats(size_t n)
 	return aligned_alloc(64, bytes ? bytes : 64);
 }
 
-/* Copy a tensor's elements as f32 into dst (a row range of a fused matrix). */
+/* Copy a tensor's elements as f32 (norm weights). */
 static void to_f32(float *dst, const struct rs_tensor *t)
 {
 	rs_convert_to_f32(dst, t->data, t->dtype, (size_t)(t->rows * t->cols));
 }
 
-/* The tensor itself when it is f32; otherwise a converted copy kept in *owned. */
-static const float *f32_view(const struct rs_tensor *t, float **owned)
+/* W = the parts' rows one after the other, packed (a fused projection: [q|k|v]). */
+static int pack(struct rs_packed_matrix *w, const struct rs_tensor *const *parts,
+		uint32_t n_parts)
 {
-	*owned = NULL;
-	if (t->dtype == RS_DTYPE_F32)
-		return t->data;
-	*owned = alloc_floats((size_t)(t->rows * t->cols));
-	if (*owned)
-		to_f32(*owned, t);
-	return *owned;
+	uint64_t n = 0;
+	for (uint32_t i = 0; i < n_parts; i++)
+		n += parts[i]->rows;
+	int rc = rs_packed_alloc(w, (uint32_t)n, (uint32_t)parts[0]->cols);
+	for (uint32_t i = 0, row0 = 0; !rc && i < n_parts; i++) {
+		rc = rs_packed_set_rows(w, row0, (uint32_t)parts[i]->rows, parts[i]->data,
+					parts[i]->dtype);
+		row0 += (uint32_t)parts[i]->rows;
+	}
+	return rc;
 }
+
+#define PACK(w, ...)                                                                       \
+	pack(w, (const struct rs_tensor *const[]){__VA_ARGS__},                             \
+	     sizeof((const struct rs_tensor *const[]){__VA_ARGS__}) / sizeof(void *))
 
 static void cpu_destroy(struct rs_engine *engine);
 
-static int load_weights(struct rs_engine *e, struct cpu_engine *c, char *err, size_t err_size)
+static int load_weights(struct rs_engine *e, struct cpu_engine *c)
 {
 	const struct rs_model *m = e->model;
 	const struct rs_model_config *cfg = &e->config;
-	size_t dim = cfg->dim, hidden = cfg->hidden_dim;
-	size_t q_dim = (size_t)cfg->n_heads * cfg->head_dim;
-	size_t kv_dim = (size_t)cfg->n_kv_heads * cfg->head_dim;
+	size_t dim = cfg->dim;
 
 	/* Shapes were checked by rs_engine_create. */
 	c->layers = calloc(cfg->n_layers, sizeof(*c->layers));
@@ -103,31 +111,23 @@ static int load_weights(struct rs_engine *e, struct cpu_engine *c, char *err, si
 	if (!c->layers || !c->final_norm)
 		return -ENOMEM;
 	to_f32(c->final_norm, &m->final_norm);
-	c->output = f32_view(&m->output, &c->output_owned);
-	if (!c->output)
-		return -ENOMEM;
-	for (uint32_t l = 0; l < cfg->n_layers; l++) {
+	int rc = PACK(&c->output, &m->output);
+	for (uint32_t l = 0; !rc && l < cfg->n_layers; l++) {
 		const struct rs_layer_weights *w = &m->layers[l];
 		struct cpu_layer *L = &c->layers[l];
 		L->attn_norm = alloc_floats(dim);
 		L->ffn_norm = alloc_floats(dim);
-		L->wqkv = alloc_floats((q_dim + 2 * kv_dim) * dim);
-		L->w_gate_up = alloc_floats(2 * hidden * dim);
-		if (!L->attn_norm || !L->ffn_norm || !L->wqkv || !L->w_gate_up)
+		if (!L->attn_norm || !L->ffn_norm)
 			return -ENOMEM;
 		to_f32(L->attn_norm, &w->attn_norm);
 		to_f32(L->ffn_norm, &w->ffn_norm);
-		to_f32(L->wqkv, &w->wq);
-		to_f32(L->wqkv + q_dim * dim, &w->wk);
-		to_f32(L->wqkv + (q_dim + kv_dim) * dim, &w->wv);
-		to_f32(L->w_gate_up, &w->w_gate);
-		to_f32(L->w_gate_up + hidden * dim, &w->w_up);
-		L->wo = f32_view(&w->wo, &L->wo_owned);
-		L->w_down = f32_view(&w->w_down, &L->w_down_owned);
-		if (!L->wo || !L->w_down)
-			return -ENOMEM;
+		rc = PACK(&L->wqkv, &w->wq, &w->wk, &w->wv);
+		rc = rc ? rc : PACK(&L->wo, &w->wo);
+		rc = rc ? rc : PACK(&L->w_gate, &w->w_gate);
+		rc = rc ? rc : PACK(&L->w_up, &w->w_up);
+		rc = rc ? rc : PACK(&L->w_down, &w->w_down);
 	}
-	return 0;
+	return rc;
 }
 
 static int cpu_create(struct rs_engine *e, char *err, size_t err_size)
@@ -141,7 +141,8 @@ static int cpu_create(struct rs_engine *e, char *err, size_t err_size)
 	}
 	e->impl = c;
 	pthread_mutex_init(&c->lock, NULL);
-	int rc = load_weights(e, c, err, err_size);
+	c->isa = rs_cpu_isa();
+	int rc = load_weights(e, c);
 	if (rc)
 		goto fail;
 
@@ -179,7 +180,8 @@ static int cpu_create(struct rs_engine *e, char *err, size_t err_size)
 
 	long online = sysconf(_SC_NPROCESSORS_ONLN);
 	uint32_t workers = o->threads > 0 ? (uint32_t)o->threads : online > 0 ? (uint32_t)online : 1;
-	/* Process-wide: our workers split each GEMM, so OpenBLAS must not thread too. */
+	/* Process-wide: our workers split each product, so OpenBLAS (the per-panel SGEMMs on
+	 * CPUs without our kernels) must not thread too. */
 	openblas_set_num_threads(1);
 	rc = rs_thread_pool_create(workers, &c->pool);
 	if (rc) {
@@ -215,15 +217,16 @@ static void cpu_destroy(struct rs_engine *e)
 			struct cpu_layer *L = &c->layers[l];
 			free(L->attn_norm);
 			free(L->ffn_norm);
-			free(L->wqkv);
-			free(L->w_gate_up);
-			free(L->wo_owned);
-			free(L->w_down_owned);
+			rs_packed_free(&L->wqkv);
+			rs_packed_free(&L->wo);
+			rs_packed_free(&L->w_gate);
+			rs_packed_free(&L->w_up);
+			rs_packed_free(&L->w_down);
 		}
 	}
 	free(c->layers);
 	free(c->final_norm);
-	free(c->output_owned);
+	rs_packed_free(&c->output);
 	free(c->k_cache);
 	free(c->v_cache);
 	free(c->x);
@@ -245,43 +248,53 @@ static void cpu_destroy(struct rs_engine *e)
 	e->impl = NULL;
 }
 
-/* Product work: one item per slice of output columns, so that all workers share one
- * product (OpenBLAS itself runs single-threaded: its spinning threads would otherwise
- * compete with ours for the cores between GEMMs). */
+/* Product work: one item per range of panels, so that all workers share one product
+ * (OpenBLAS itself runs single-threaded: its spinning threads would otherwise compete
+ * with ours for the cores between products). */
 struct matmul_job {
 	float *y;
-	const float *x, *w;
-	uint32_t m, n, k, parts;
+	size_t ldy;
+	const float *x;
+	const struct rs_packed_matrix *w;
+	uint32_t m, parts;
 	bool accumulate;
+	enum rs_cpu_isa isa;
 };
+
+/* Panels [p0, p1) of part of parts over w's panels. */
+static void slice_panels(const struct rs_packed_matrix *w, uint32_t part, uint32_t parts,
+			 uint32_t *p0, uint32_t *p1)
+{
+	*p0 = (uint32_t)((uint64_t)w->n_panels * part / parts);
+	*p1 = (uint32_t)((uint64_t)w->n_panels * (part + 1) / parts);
+}
 
 static void matmul_item(void *ctx, uint32_t part, uint32_t worker)
 {
 	const struct matmul_job *j = ctx;
-	/* Slice edges on multiples of 16 columns (whole vector tiles). */
-	uint32_t n0 = (uint32_t)((uint64_t)j->n * part / j->parts) & ~15u;
-	uint32_t n1 = (uint32_t)((uint64_t)j->n * (part + 1) / j->parts) & ~15u;
-	if (part + 1 == j->parts)
-		n1 = j->n;
-	rs_op_matmul_cols(j->y, j->x, j->w, j->m, j->n, j->k, n0, n1, j->accumulate);
+	uint32_t p0, p1;
+	slice_panels(j->w, part, j->parts, &p0, &p1);
+	rs_gemm_packed(j->y, j->ldy, j->x, j->w->k, j->m, j->w, p0, p1, j->accumulate, j->isa);
 }
 
-/* Slices of an m x n x k product: one per worker, or one (the caller alone) when it is
- * too small to be worth a split. */
-static uint32_t matmul_parts(const struct cpu_engine *c, uint32_t m, uint32_t n, uint32_t k)
+/* Parts of an m-row product by w: one per worker (at most one per panel), or one (the
+ * caller alone) when it is too small to be worth a split. */
+static uint32_t matmul_parts(const struct cpu_engine *c, uint32_t m,
+			     const struct rs_packed_matrix *w)
 {
 	uint32_t parts = rs_thread_pool_size(c->pool);
-	if ((uint64_t)m * n * k < 65536 || n < 32 * parts)
-		parts = 1;
-	return parts;
+	if ((uint64_t)m * w->n * w->k < 65536)
+		return 1;
+	return parts < w->n_panels ? parts : w->n_panels;
 }
 
-/* y (+)= x W^T over the pool; small products run on the caller alone. */
-static void matmul(struct cpu_engine *c, float *y, const float *x, const float *w, uint32_t m,
-		   uint32_t n, uint32_t k, bool accumulate)
+/* y (+)= x W^T over the pool (x rows are w->k floats apart, y rows w->n). */
+static void matmul(struct cpu_engine *c, float *y, const float *x,
+		   const struct rs_packed_matrix *w, uint32_t m, bool accumulate)
 {
-	struct matmul_job job = {.y = y, .x = x, .w = w, .m = m, .n = n, .k = k,
-				 .parts = matmul_parts(c, m, n, k), .accumulate = accumulate};
+	struct matmul_job job = {.y = y, .ldy = w->n, .x = x, .w = w, .m = m,
+				 .parts = matmul_parts(c, m, w), .accumulate = accumulate,
+				 .isa = c->isa};
 	rs_thread_pool_run(c->pool, job.parts, matmul_item, &job);
 }
 
@@ -341,15 +354,6 @@ static void rope_store_item(void *ctx, uint32_t t, uint32_t worker)
 		       row + q_dim, row + q_dim + kv_dim, 0);
 }
 
-/* hidden[t] = silu(gate[t]) up[t] */
-static void swiglu_item(void *ctx, uint32_t t, uint32_t worker)
-{
-	const struct rows_job *j = ctx;
-	size_t hidden = j->e->config.hidden_dim;
-	rs_op_swiglu(j->c->hidden + t * hidden, j->c->gate_up + t * 2 * hidden,
-		     j->c->gate_up + t * 2 * hidden + hidden, 1, (uint32_t)hidden, 2 * hidden);
-}
-
 /* rope_store_item then attention_item for token t: one item when t is the only token of
  * its sequence in the step (a decode step), as its attention then reads no other item's
  * cache stores. */
@@ -361,39 +365,30 @@ static void rope_store_attention_item(void *ctx, uint32_t t, uint32_t worker)
 	attention_item(&job, t, worker);
 }
 
-/* Column slice [n0, n1) of part of parts over n columns, edges on multiples of 16
- * (whole vector tiles), as matmul_item splits a product. */
-static void slice_cols(uint32_t n, uint32_t part, uint32_t parts, uint32_t *n0, uint32_t *n1)
-{
-	*n0 = (uint32_t)((uint64_t)n * part / parts) & ~15u;
-	*n1 = part + 1 == parts ? n : (uint32_t)((uint64_t)n * (part + 1) / parts) & ~15u;
-}
-
-/* The gate/up product and the swiglu in one run: each part takes the same columns of g
- * and of u, so that its swiglu reads only its own outputs (no barrier between them).
- * Streaming products only (T <= RS_MATMUL_STREAM_MAX_M), whose sums do not depend on the
- * column split; above, the SGEMM path keeps matmul's split. */
+/* The gate and up products and the swiglu in one run: each part takes the same panels
+ * of g and of u, so that its swiglu reads only its own outputs (no barrier between
+ * them; the panel split does not change any sum). */
 struct gate_up_job {
-	const struct rs_engine *e;
 	struct cpu_engine *c;
-	const float *w;
+	const struct cpu_layer *L;
 	uint32_t T, parts;
 };
 
-/* Part of [g|u] = xb Wgu^T; hidden = silu(g) u. */
+/* Part of g = xb Wg^T, u = xb Wu^T ([g|u] rows of gate_up); hidden = silu(g) u. */
 static void gate_up_swiglu_item(void *ctx, uint32_t part, uint32_t worker)
 {
 	const struct gate_up_job *j = ctx;
-	const struct rs_model_config *cfg = &j->e->config;
 	struct cpu_engine *c = j->c;
-	uint32_t hidden = cfg->hidden_dim, dim = cfg->dim;
-	const float *xb = c->xb;
-	uint32_t h0, h1;
-	slice_cols(hidden, part, j->parts, &h0, &h1);
-	rs_op_matmul_cols(c->gate_up, xb, j->w, j->T, 2 * hidden, dim, h0, h1, false);
-	rs_op_matmul_cols(c->gate_up, xb, j->w, j->T, 2 * hidden, dim, hidden + h0, hidden + h1,
-			  false);
-	for (uint32_t t = 0; t < j->T; t++) {
+	const struct rs_packed_matrix *wg = &j->L->w_gate, *wu = &j->L->w_up;
+	uint32_t hidden = wg->n, p0, p1;
+	slice_panels(wg, part, j->parts, &p0, &p1);
+	rs_gemm_packed(c->gate_up, 2 * (size_t)hidden, c->xb, wg->k, j->T, wg, p0, p1, false,
+		       c->isa);
+	rs_gemm_packed(c->gate_up + hidden, 2 * (size_t)hidden, c->xb, wu->k, j->T, wu, p0, p1,
+		       false, c->isa);
+	uint32_t h0 = p0 * RS_PANEL_COLS, h1 = p1 * RS_PANEL_COLS < hidden ? p1 * RS_PANEL_COLS
+									: hidden;
+	for (uint32_t t = 0; h1 > h0 && t < j->T; t++) {
 		const float *g = c->gate_up + (size_t)t * 2 * hidden;
 		rs_op_swiglu(c->hidden + (size_t)t * hidden + h0, g + h0, g + hidden + h0, 1,
 			     h1 - h0, 2 * (size_t)hidden);
@@ -422,9 +417,7 @@ static void forward_layers(struct rs_engine *e, struct cpu_engine *c,
 			   const struct rs_seq_step *seqs, uint32_t n_seqs, uint32_t T)
 {
 	const struct rs_model_config *cfg = &e->config;
-	uint32_t dim = cfg->dim, hidden = cfg->hidden_dim, hd = cfg->head_dim;
-	uint32_t q_dim = cfg->n_heads * hd, kv_dim = cfg->n_kv_heads * hd;
-	uint32_t stride = q_dim + 2 * kv_dim;
+	uint32_t dim = cfg->dim, hd = cfg->head_dim;
 	size_t layer_cache_bytes = c->layer_cache_elems * rs_dtype_size(c->kv_dtype);
 
 	bool one_token_each = true; /* a decode step: attention reads no other token's stores */
@@ -458,26 +451,21 @@ static void forward_layers(struct rs_engine *e, struct cpu_engine *c,
 		 * prefill. */
 		rows.norm = L->attn_norm;
 		rs_thread_pool_run(c->pool, T, norm_item, &rows);
-		matmul(c, c->qkv, c->xb, L->wqkv, T, stride, dim, false);
+		matmul(c, c->qkv, c->xb, &L->wqkv, T, false);
 		if (one_token_each) {
 			rs_thread_pool_run(c->pool, T, rope_store_attention_item, &rows);
 		} else {
 			rs_thread_pool_run(c->pool, T, rope_store_item, &rows);
 			rs_thread_pool_run(c->pool, T, attention_item, &job);
 		}
-		matmul(c, c->x, c->att, L->wo, T, dim, q_dim, true);
+		matmul(c, c->x, c->att, &L->wo, T, true);
 
 		rows.norm = L->ffn_norm;
 		rs_thread_pool_run(c->pool, T, norm_item, &rows);
-		if (T <= RS_MATMUL_STREAM_MAX_M) {
-			struct gate_up_job gate_up = {.e = e, .c = c, .w = L->w_gate_up, .T = T,
-						      .parts = matmul_parts(c, T, 2 * hidden, dim)};
-			rs_thread_pool_run(c->pool, gate_up.parts, gate_up_swiglu_item, &gate_up);
-		} else {
-			matmul(c, c->gate_up, c->xb, L->w_gate_up, T, 2 * hidden, dim, false);
-			rs_thread_pool_run(c->pool, T, swiglu_item, &rows);
-		}
-		matmul(c, c->x, c->hidden, L->w_down, T, dim, hidden, true);
+		struct gate_up_job gate_up = {.c = c, .L = L, .T = T,
+					      .parts = matmul_parts(c, T, &L->w_gate)};
+		rs_thread_pool_run(c->pool, gate_up.parts, gate_up_swiglu_item, &gate_up);
+		matmul(c, c->x, c->hidden, &L->w_down, T, true);
 	}
 }
 
@@ -493,7 +481,7 @@ static int cpu_step(struct rs_engine *e, uint32_t lane, const struct rs_seq_step
 	forward_layers(e, c, seqs, n_seqs, T);
 	if (logits) {
 		rs_op_rmsnorm(c->xb, c->x, c->final_norm, T, dim, cfg->norm_eps);
-		matmul(c, logits, c->xb, c->output, T, vocab, dim, false);
+		matmul(c, logits, c->xb, &c->output, T, false);
 		goto out;
 	}
 	/* Only the last position of each sampled sequence needs logits: gather those rows. */
@@ -519,7 +507,7 @@ static int cpu_step(struct rs_engine *e, uint32_t lane, const struct rs_seq_step
 		c->logits_rows = rows;
 	}
 	rs_op_rmsnorm(c->xb, c->xb, c->final_norm, rows, dim, cfg->norm_eps);
-	matmul(c, c->logits, c->xb, c->output, rows, vocab, dim, false);
+	matmul(c, c->logits, c->xb, &c->output, rows, false);
 	struct sample_job job = {.e = e, .c = c, .seqs = seqs};
 	rs_thread_pool_run(c->pool, rows, sample_item, &job);
 out:

@@ -1,4 +1,4 @@
-/* CPU operators of the Llama forward pass, fp32, each a plain loop or one CBLAS call.
+/* CPU operators of the Llama forward pass, fp32 (the matrix product is in gemm.h).
  *
  * These are the CPU backend's kernels and the reference twins of the CUDA kernels
  * (tests/engine_ops.c checks them against float64 code). Activations are row-major
@@ -30,35 +30,11 @@ void rs_op_rmsnorm(float *out, const float *x, const float *weight, uint32_t n_r
 void rs_op_rope(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t rope_dim,
 		uint32_t pos, float theta);
 
-/* y[m][n] (+)= sum_k x[m][k] * w[n][k]: a linear layer over m rows at once, one SGEMM
- * (W is row-major [n][k], as stored in the model). With accumulate, y keeps its value and
- * the product is added (a fused residual connection). */
-void rs_op_matmul(float *y, const float *x, const float *w, uint32_t m, uint32_t n,
-		  uint32_t k, bool accumulate);
-
-/* Output columns [n0, n1) of rs_op_matmul only (y rows keep their stride n): threads
- * split one product this way, each reading its own rows of W. Up to
- * RS_MATMUL_STREAM_MAX_M rows, rs_op_matmul_stream (a GEMM would first copy W into
- * packed panels, doubling the memory traffic); above, one SGEMM. */
-void rs_op_matmul_cols(float *y, const float *x, const float *w, uint32_t m, uint32_t n,
-		       uint32_t k, uint32_t n0, uint32_t n1, bool accumulate);
-
 /* Instruction sets of the CPU kernels, in increasing order. */
 enum rs_cpu_isa { RS_ISA_PORTABLE = 0, RS_ISA_AVX2 = 1, RS_ISA_AVX512 = 2 };
 
 /* The best instruction set this CPU (and OS) runs. */
 enum rs_cpu_isa rs_cpu_isa(void);
-
-/* Activation rows up to which rs_op_matmul_cols uses rs_op_matmul_stream (decode
- * batches); above, one SGEMM (prefill), whose packing of W pays off over many rows. */
-#define RS_MATMUL_STREAM_MAX_M 64
-
-/* rs_op_matmul_cols without BLAS: W is read once, in place, and each weight row is
- * multiplied against all m activation rows while it is in cache (see matmul_cpu.c).
- * isa caps the instruction set (tests compare all of them); rs_cpu_isa() is the best.
- * The summation order of an output does not depend on m, n0 or n1. */
-void rs_op_matmul_stream(float *y, const float *x, const float *w, uint32_t m, uint32_t n,
-			 uint32_t k, uint32_t n0, uint32_t n1, bool accumulate, enum rs_cpu_isa isa);
 
 /* out[r][i] = silu(gate[r][i]) * up[r][i] for r < n_rows, i < width; gate and up rows
  * are in_stride floats apart, out rows width floats apart. */

@@ -1,5 +1,4 @@
 /* CPU operators (see ops.h). */
-#include <cblas.h>
 #include <math.h>
 #include <string.h>
 
@@ -54,27 +53,6 @@ void rs_op_rope(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t rope_dim
 			}
 		}
 	}
-}
-
-void rs_op_matmul_cols(float *y, const float *x, const float *w, uint32_t m, uint32_t n,
-		       uint32_t k, uint32_t n0, uint32_t n1, bool accumulate)
-{
-	if (n1 <= n0)
-		return;
-	float beta = accumulate ? 1.0f : 0.0f;
-	if (m <= RS_MATMUL_STREAM_MAX_M) {
-		rs_op_matmul_stream(y, x, w, m, n, k, n0, n1, accumulate, rs_cpu_isa());
-		return;
-	}
-	/* Y[m][n0..n1) = X[m][k] * W[n0..n1][k]^T: W is read once for all m rows. */
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)(n1 - n0), (int)k, 1.0f,
-		    x, (int)k, w + (size_t)n0 * k, (int)k, beta, y + n0, (int)n);
-}
-
-void rs_op_matmul(float *y, const float *x, const float *w, uint32_t m, uint32_t n,
-		  uint32_t k, bool accumulate)
-{
-	rs_op_matmul_cols(y, x, w, m, n, k, 0, n, accumulate);
 }
 
 void rs_op_swiglu(float *out, const float *gate, const float *up, uint32_t n_rows,

@@ -223,81 +223,6 @@ static void test_rope(void)
 	}
 }
 
-static void test_matmul(void)
-{
-	uint64_t s = 10;
-	uint32_t shapes[][3] = {{1, 1, 1}, {1, 288, 288}, {7, 96, 33}, {33, 17, 768},
-				{64, 256, 64}, {3, 1000, 288}, {65, 40, 29}, {200, 33, 70}};
-	for (size_t c = 0; c < sizeof(shapes) / sizeof(shapes[0]); c++) {
-		uint32_t m = shapes[c][0], n = shapes[c][1], k = shapes[c][2];
-		float *x = malloc(sizeof(float) * m * k), *w = malloc(sizeof(float) * n * k);
-		float *y = malloc(sizeof(float) * m * n);
-		double *ref = malloc(sizeof(double) * m * n);
-		fill(x, (size_t)m * k, &s, 1.0);
-		fill(w, (size_t)n * k, &s, 1.0 / sqrt(k));
-		for (int acc = 0; acc < 2; acc++) {
-			fill(y, (size_t)m * n, &s, 1.0);
-			for (uint32_t i = 0; i < m; i++)
-				for (uint32_t j = 0; j < n; j++) {
-					double sum = acc ? y[i * n + j] : 0.0;
-					for (uint32_t l = 0; l < k; l++)
-						sum += (double)x[i * k + l] * w[j * k + l];
-					ref[i * n + j] = sum;
-				}
-			rs_op_matmul(y, x, w, m, n, k, acc);
-			/* Errors grow like sqrt(k) ulps of terms of size ~1/sqrt(k). */
-			check_close(acc ? "matmul accumulate" : "matmul", y, ref, (size_t)m * n, 1e-5,
-				    1e-5);
-		}
-		free(x), free(w), free(y), free(ref);
-	}
-}
-
-/* rs_op_matmul_stream on every ISA this CPU runs: every m from 1 to 70 (all tile sizes
- * and splits, past RS_MATMUL_STREAM_MAX_M), n and k that are not multiples of the tile
- * or the vector width, a column range [n0, n1) that leaves the other columns alone, and
- * a row's result the same bits whatever the batch around it. */
-static void test_matmul_stream(void)
-{
-	uint64_t s = 13;
-	uint32_t shapes[][2] = {{1, 1}, {5, 17}, {37, 33}, {21, 295}, {18, 16}, {7, 768}};
-	for (int isa = RS_ISA_PORTABLE; isa <= (int)rs_cpu_isa(); isa++)
-		for (size_t c = 0; c < sizeof(shapes) / sizeof(shapes[0]); c++) {
-			uint32_t n = shapes[c][0], k = shapes[c][1], mmax = 70;
-			uint32_t n0 = n > 4 ? 3 : 0, n1 = n > 4 ? n - 1 : n;
-			float *x = malloc(sizeof(float) * mmax * k), *w = malloc(sizeof(float) * n * k);
-			float *y = malloc(sizeof(float) * mmax * n), *y0 = malloc(sizeof(float) * mmax * n);
-			float *alone = malloc(sizeof(float) * n);
-			double *ref = malloc(sizeof(double) * mmax * n);
-			fill(x, (size_t)mmax * k, &s, 1.0);
-			fill(w, (size_t)n * k, &s, 1.0 / sqrt(k));
-			for (uint32_t m = 1; m <= mmax; m++)
-				for (int acc = 0; acc < 2; acc++) {
-					fill(y0, (size_t)m * n, &s, 1.0);
-					memcpy(y, y0, sizeof(float) * m * n);
-					for (uint32_t i = 0; i < m; i++)
-						for (uint32_t j = 0; j < n; j++) {
-							double sum = acc || j < n0 || j >= n1 ? y0[i * n + j] : 0.0;
-							for (uint32_t l = 0; j >= n0 && j < n1 && l < k; l++)
-								sum += (double)x[i * k + l] * w[j * k + l];
-							ref[i * n + j] = sum;
-						}
-					rs_op_matmul_stream(y, x, w, m, n, k, n0, n1, acc, (enum rs_cpu_isa)isa);
-					char what[64];
-					snprintf(what, sizeof(what), "matmul_stream isa %d m %u n %u k %u%s", isa,
-						 m, n, k, acc ? " accumulate" : "");
-					check_close(what, y, ref, (size_t)m * n, 1e-5, 1e-5);
-					/* The last row alone: the same bits as inside the batch. */
-					memcpy(alone, y0 + (size_t)(m - 1) * n, sizeof(float) * n);
-					rs_op_matmul_stream(alone, x + (size_t)(m - 1) * k, w, 1, n, k, n0, n1,
-							    acc, (enum rs_cpu_isa)isa);
-					CHECK(memcmp(alone, y + (size_t)(m - 1) * n, sizeof(float) * n) == 0,
-					      "%s: last row alone differs", what);
-				}
-			free(x), free(w), free(y), free(y0), free(alone), free(ref);
-		}
-}
-
 static void test_swiglu_softmax(void)
 {
 	uint64_t s = 11;
@@ -458,8 +383,6 @@ int main(void)
 	test_embedding();
 	test_rmsnorm();
 	test_rope();
-	test_matmul();
-	test_matmul_stream();
 	test_swiglu_softmax();
 	test_attention();
 	TEST_END();

@@ -1,0 +1,15 @@
+/* The instruction set the CPU kernels may use (rs_cpu_isa in ops.h). */
+#include "kernels/ops.h"
+
+enum rs_cpu_isa rs_cpu_isa(void)
+{
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+	/* A load and a bit test (libgcc fills the feature words before main); it also
+	 * checks that the OS saves the vector registers. */
+	if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl"))
+		return RS_ISA_AVX512;
+	if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+		return RS_ISA_AVX2;
+#endif
+	return RS_ISA_PORTABLE;
+}

@@ -1,0 +1,158 @@
+/* The packed matrix product (kernels/gemm.h) against float64 sums written here, on every
+ * kernel this CPU runs (CBLAS per panel, AVX2, AVX-512):
+ * - packing: every row unpacks to its source (f32 exactly, f16 as its decoded value);
+ * - products: every m from 1 to 70 (all tile sizes and splits), n and k that are not
+ *   multiples of the panel, vector or k-block widths, strided x and y, a panel range
+ *   that leaves the other columns alone, with and without accumulate;
+ * - the documented bit-level promises: a row's outputs are the same bits alone and
+ *   inside any batch, whatever the panel split, and the AVX2 and AVX-512 kernels agree
+ *   bit for bit. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/dtype.h"
+#include "kernels/gemm.h"
+#include "tests/engine_test.h"
+
+static void fill(float *x, size_t n, uint64_t *s, double scale)
+{
+	for (size_t i = 0; i < n; i++)
+		x[i] = (float)(scale * test_uniform(s));
+}
+
+static void test_pack(void)
+{
+	uint64_t s = 21;
+	uint32_t n = 101, k = 37; /* three panels, the last partial */
+	float *w = malloc(sizeof(float) * n * k), *row = malloc(sizeof(float) * k);
+	uint16_t *w16 = malloc(sizeof(uint16_t) * n * k);
+	fill(w, (size_t)n * k, &s, 3.0);
+	for (size_t i = 0; i < (size_t)n * k; i++)
+		w16[i] = rs_f32_to_f16(w[i]);
+	struct rs_packed_matrix pm, pm16;
+	CHECK(rs_packed_alloc(&pm, n, k) == 0, "alloc");
+	CHECK(rs_packed_alloc(&pm16, n, k) == 0, "alloc f16");
+	CHECK(pm.n_panels == 3, "n_panels %u", pm.n_panels);
+	/* In uneven parts, as a fused projection is packed. */
+	CHECK(rs_packed_set_rows(&pm, 0, 30, w, RS_DTYPE_F32) == 0, "set rows");
+	CHECK(rs_packed_set_rows(&pm, 30, 50, w + 30 * k, RS_DTYPE_F32) == 0, "set rows");
+	CHECK(rs_packed_set_rows(&pm, 80, 21, w + 80 * k, RS_DTYPE_F32) == 0, "set rows");
+	CHECK(rs_packed_set_rows(&pm16, 0, n, w16, RS_DTYPE_F16) == 0, "set rows f16");
+	for (uint32_t r = 0; r < n; r++) {
+		rs_packed_get_row(&pm, r, row);
+		CHECK(memcmp(row, w + (size_t)r * k, sizeof(float) * k) == 0, "row %u", r);
+		rs_packed_get_row(&pm16, r, row);
+		for (uint32_t i = 0; i < k; i++)
+			CHECK(row[i] == test_f16_value(w16[(size_t)r * k + i]), "f16 row %u col %u", r,
+			      i);
+	}
+	/* The padding of the last panel is zero: the kernels read it. */
+	const float *last = pm.panels + (size_t)2 * k * RS_PANEL_COLS;
+	for (uint32_t kk = 0; kk < k; kk++)
+		for (uint32_t c = n - 2 * RS_PANEL_COLS; c < RS_PANEL_COLS; c++)
+			CHECK(last[kk * RS_PANEL_COLS + c] == 0.0f, "padding %u %u", kk, c);
+	rs_packed_free(&pm);
+	rs_packed_free(&pm16);
+	free(w), free(w16), free(row);
+}
+
+struct gemm_case {
+	uint32_t n, k, m_max;
+};
+
+static void gemm_case(const struct gemm_case *gc, enum rs_cpu_isa isa, uint64_t *s)
+{
+	uint32_t n = gc->n, k = gc->k, m_max = gc->m_max;
+	size_t ldx = k + 3, ldy = n + 5; /* strided rows; y's extra columns stay untouched */
+	float *w = malloc(sizeof(float) * n * k), *x = malloc(sizeof(float) * m_max * ldx);
+	float *y0 = malloc(sizeof(float) * m_max * ldy), *y = malloc(sizeof(float) * m_max * ldy);
+	float *alone = malloc(sizeof(float) * ldy), *split = malloc(sizeof(float) * m_max * ldy);
+	double *ref = malloc(sizeof(double) * m_max * ldy);
+	fill(w, (size_t)n * k, s, 1.0 / sqrt(k));
+	fill(x, (size_t)m_max * ldx, s, 1.0);
+	struct rs_packed_matrix pm;
+	CHECK(rs_packed_alloc(&pm, n, k) == 0 && rs_packed_set_rows(&pm, 0, n, w, RS_DTYPE_F32) == 0,
+	      "pack");
+	/* A panel range inside when there are three panels or more. */
+	uint32_t p0 = pm.n_panels > 2, p1 = pm.n_panels - (pm.n_panels > 2);
+	uint32_t c0 = p0 * RS_PANEL_COLS, c1 = p1 * RS_PANEL_COLS < n ? p1 * RS_PANEL_COLS : n;
+	for (uint32_t m = 1; m <= m_max; m++)
+		for (int acc = 0; acc < 2; acc++) {
+			fill(y0, (size_t)m * ldy, s, 1.0);
+			memcpy(y, y0, sizeof(float) * m * ldy);
+			for (uint32_t i = 0; i < m; i++)
+				for (uint32_t j = 0; j < ldy; j++) {
+					bool inside = j >= c0 && j < c1;
+					double sum = acc || !inside ? y0[i * ldy + j] : 0.0;
+					for (uint32_t l = 0; inside && l < k; l++)
+						sum += (double)x[i * ldx + l] * w[(size_t)j * k + l];
+					ref[i * ldy + j] = sum;
+				}
+			rs_gemm_packed(y, ldy, x, ldx, m, &pm, p0, p1, acc, isa);
+			char what[96];
+			snprintf(what, sizeof(what), "gemm isa %d m %u n %u k %u%s", isa, m, n, k,
+				 acc ? " accumulate" : "");
+			/* Errors grow like sqrt(k) ulps of terms of size ~1/sqrt(k). */
+			check_close(what, y, ref, (size_t)m * ldy, 1e-5, 1e-5);
+
+			/* The same product in two panel ranges (two threads' shares): the same
+			 * bits, on every kernel (CBLAS gets one call per panel either way). */
+			memcpy(split, y0, sizeof(float) * m * ldy);
+			uint32_t mid = (p0 + p1) / 2;
+			rs_gemm_packed(split, ldy, x, ldx, m, &pm, p0, mid, acc, isa);
+			rs_gemm_packed(split, ldy, x, ldx, m, &pm, mid, p1, acc, isa);
+			CHECK(memcmp(split, y, sizeof(float) * m * ldy) == 0, "%s: split differs", what);
+
+			/* The last row alone: the same bits as inside the batch (our kernels). */
+			if (isa == RS_ISA_PORTABLE)
+				continue;
+			memcpy(alone, y0 + (size_t)(m - 1) * ldy, sizeof(float) * ldy);
+			rs_gemm_packed(alone, ldy, x + (size_t)(m - 1) * ldx, ldx, 1, &pm, p0, p1, acc,
+				       isa);
+			CHECK(memcmp(alone, y + (size_t)(m - 1) * ldy, sizeof(float) * ldy) == 0,
+			      "%s: last row alone differs", what);
+		}
+	rs_packed_free(&pm);
+	free(w), free(x), free(y0), free(y), free(alone), free(split), free(ref);
+}
+
+/* AVX2 and AVX-512 sum in the same order: the same bits. */
+static void test_isas_agree(void)
+{
+	if (rs_cpu_isa() < RS_ISA_AVX512)
+		return;
+	uint64_t s = 31;
+	uint32_t m = 19, n = 150, k = 700;
+	float *w = malloc(sizeof(float) * n * k), *x = malloc(sizeof(float) * m * k);
+	float *y2 = malloc(sizeof(float) * m * n), *y512 = malloc(sizeof(float) * m * n);
+	fill(w, (size_t)n * k, &s, 1.0);
+	fill(x, (size_t)m * k, &s, 1.0);
+	fill(y2, (size_t)m * n, &s, 1.0);
+	memcpy(y512, y2, sizeof(float) * m * n);
+	struct rs_packed_matrix pm;
+	CHECK(rs_packed_alloc(&pm, n, k) == 0 && rs_packed_set_rows(&pm, 0, n, w, RS_DTYPE_F32) == 0,
+	      "pack");
+	rs_gemm_packed(y2, n, x, k, m, &pm, 0, pm.n_panels, true, RS_ISA_AVX2);
+	rs_gemm_packed(y512, n, x, k, m, &pm, 0, pm.n_panels, true, RS_ISA_AVX512);
+	CHECK(memcmp(y2, y512, sizeof(float) * m * n) == 0, "AVX2 and AVX-512 differ");
+	rs_packed_free(&pm);
+	free(w), free(x), free(y2), free(y512);
+}
+
+int main(void)
+{
+	test_pack();
+	/* k past one 512-step block (1030: three blocks, the last short); n of one
+	 * partial panel, of whole panels, and of a partial last panel. */
+	static const struct gemm_case cases[] = {
+		{1, 1, 70},   {5, 17, 70},  {37, 33, 70},  {48, 16, 70},  {97, 295, 70},
+		{21, 768, 20}, {150, 513, 12}, {100, 1030, 9}, {200, 64, 70},
+	};
+	uint64_t s = 13;
+	for (int isa = RS_ISA_PORTABLE; isa <= (int)rs_cpu_isa(); isa++)
+		for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++)
+			gemm_case(&cases[c], (enum rs_cpu_isa)isa, &s);
+	test_isas_agree();
+	TEST_END();
+}
