@@ -1,10 +1,14 @@
 /* ringserve-bench engine [--threads N] [--decode-steps N] [--prompt N] [--kv f16|f32]
+ *                        [--rounds N]
  *
  * Prefill and decode tokens/s of the CPU engine at batch 1, 8 and 32, on a random model of
  * the shape of stories15M (dim 288, hidden 768, 6 layers, 6 heads, vocab 32000, context
  * 256, tied output, f32) built in memory. Prefill: `prompt` tokens per sequence, in steps
  * of at most 1024 tokens. Decode: `decode-steps` steps of one token per sequence, greedy,
- * right after the prefill. The figure that matters for batching is decode(32)/decode(1):
+ * right after the prefill. Each of `rounds` rounds (default 3) runs every batch size in
+ * turn and each figure is the median over the rounds: the machines here are shared, and
+ * their memory bandwidth moved 3x between runs an hour apart, so that batch 1 and batch
+ * 32 are measured interleaved, under the same conditions. The figure that matters for batching is decode(32)/decode(1):
  * a decode step reads every weight once whatever the batch, so it should grow with the
  * batch until compute, not memory, bounds it. The KV cache is f16 unless --kv f32 (the
  * engine's "auto" would keep f32 for these f32 weights): at batch 32 the attention
@@ -17,12 +21,16 @@
  * fraction of its bandwidth bound: bandwidth / weight bytes read per token. Without a
  * device: "GPU: no device, skipped", and null GPU figures. */
 #include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "kernels/engine.h"
+#include "kernels/gemm.h"
 #include "kernels/model_random.h"
 #include "tools/ringserve-bench/bench.h"
 
@@ -116,6 +124,28 @@ out:
 	return rc;
 }
 
+enum { MAX_ROUNDS = 15 };
+
+static int compare_doubles(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+/* Per figure, the median of n runs of one batch size (the upper middle for even n). */
+static struct result median_result(const struct result *runs, uint32_t n)
+{
+	double prefill[MAX_ROUNDS] = {0}, decode[MAX_ROUNDS] = {0};
+	for (uint32_t i = 0; i < n; i++) {
+		prefill[i] = runs[i].prefill_tok_s;
+		decode[i] = runs[i].decode_tok_s;
+	}
+	qsort(prefill, n, sizeof(double), compare_doubles);
+	qsort(decode, n, sizeof(double), compare_doubles);
+	return (struct result){.batch = runs[0].batch, .prefill_tok_s = prefill[n / 2],
+			       .decode_tok_s = decode[n / 2]};
+}
+
 #ifdef RS_HAVE_CUDA_BACKEND
 /* Device-to-device copy bandwidth, read + write bytes per second; 0 on failure. */
 static double copy_bandwidth(void)
@@ -150,14 +180,114 @@ out:
 }
 #endif
 
-/* Weight bytes a decode token reads: every layer matrix, the norms, the output matrix
- * (one embedding row is negligible). */
-static double weight_bytes_per_token(const struct rs_model_config *c, double elem)
+/* Weights a decode token multiplies: every layer matrix and the output matrix. */
+static double product_weights(const struct rs_model_config *c)
 {
 	double q_dim = (double)c->n_heads * c->head_dim, kv_dim = (double)c->n_kv_heads * c->head_dim;
 	double layer = c->dim * (q_dim + 2 * kv_dim) + q_dim * c->dim + 3.0 * c->dim * c->hidden_dim;
-	return elem * (c->n_layers * layer + (double)c->vocab_size * c->dim) +
-	       4.0 * (2.0 * c->n_layers + 1) * c->dim;
+	return c->n_layers * layer + (double)c->vocab_size * c->dim;
+}
+
+/* Weight bytes a decode token reads: the product weights and the norms (one embedding
+ * row is negligible). */
+static double weight_bytes_per_token(const struct rs_model_config *c, double elem)
+{
+	return elem * product_weights(c) + 4.0 * (2.0 * c->n_layers + 1) * c->dim;
+}
+
+/* ---- The CPU's bounds, measured in the same run --------------------------------------
+ * Decode at batch 1 reads every weight for one token; at batch 32 it multiplies every
+ * weight 32 times. How far batching can go is the ratio of the two bounds, which the
+ * machine sets: its memory bandwidth and its arithmetic rate, both measured here on as
+ * many threads as the engine uses. */
+
+struct roof_thread {
+	pthread_t thread;
+	pthread_barrier_t *start;
+	bool read; /* read bandwidth, else in-cache GEMM */
+	double bytes_or_flops, seconds;
+	uint64_t sink;
+};
+
+static void *roof_main(void *arg)
+{
+	struct roof_thread *t = arg;
+	const double duration = 0.3;
+	if (t->read) {
+		/* 256 MiB: far past any cache. Four independent sums of 64-bit words (the
+		 * loop vectorizes); the total goes out so that the reads cannot be dropped. */
+		size_t words = ((size_t)256 << 20) / 8;
+		uint64_t *a = malloc(words * 8);
+		if (a)
+			for (size_t i = 0; i < words; i++)
+				a[i] = i;
+		pthread_barrier_wait(t->start);
+		if (!a)
+			return NULL;
+		double t0 = now_s();
+		uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+		do {
+			for (size_t i = 0; i < words; i += 4) {
+				s0 += a[i];
+				s1 += a[i + 1];
+				s2 += a[i + 2];
+				s3 += a[i + 3];
+			}
+			t->bytes_or_flops += 8.0 * words;
+			t->seconds = now_s() - t0;
+		} while (t->seconds < duration);
+		t->sink = s0 + s1 + s2 + s3;
+		free(a);
+		return NULL;
+	}
+	/* A decode-shaped product that stays in this core's L2: 32 rows, n = 480, k = 288
+	 * (540 KiB packed). */
+	enum { M = 32, N = 480, K = 288 };
+	struct rs_packed_matrix w;
+	float *x = calloc((size_t)M * K, sizeof(float)), *y = calloc((size_t)M * N, sizeof(float));
+	float *rows = calloc((size_t)N * K, sizeof(float));
+	bool ok = x && y && rows && rs_packed_alloc(&w, N, K) == 0;
+	if (ok) {
+		for (size_t i = 0; i < (size_t)N * K; i++)
+			rows[i] = (float)(i % 7) * 0.01f;
+		ok = rs_packed_set_rows(&w, 0, N, rows, RS_DTYPE_F32) == 0;
+	}
+	pthread_barrier_wait(t->start);
+	if (ok) {
+		double t0 = now_s();
+		do {
+			rs_gemm_packed(y, N, x, K, M, &w, 0, w.n_panels, false, rs_cpu_isa());
+			t->bytes_or_flops += 2.0 * M * N * K;
+			t->seconds = now_s() - t0;
+		} while (t->seconds < duration);
+		rs_packed_free(&w);
+	}
+	free(x), free(y), free(rows);
+	return NULL;
+}
+
+/* The sum over threads of bytes (read) or FLOPs (GEMM) per second; 0 on failure. */
+static double roof_rate(uint32_t threads, bool read)
+{
+	struct roof_thread t[64];
+	pthread_barrier_t start;
+	if (threads > 64)
+		threads = 64;
+	pthread_barrier_init(&start, NULL, threads);
+	uint32_t started = 0;
+	for (; started < threads; started++) {
+		t[started] = (struct roof_thread){.start = &start, .read = read};
+		if (pthread_create(&t[started].thread, NULL, roof_main, &t[started]))
+			break;
+	}
+	double rate = 0.0;
+	for (uint32_t i = 0; i < started; i++) {
+		pthread_join(t[i].thread, NULL);
+		if (t[i].seconds > 0)
+			rate += t[i].bytes_or_flops / t[i].seconds;
+	}
+	pthread_barrier_destroy(&start);
+	return started == threads ? rate : 0.0;
 }
 
 /* The CUDA figures, printed and written as a JSON value ("null" without a device). */
@@ -231,7 +361,7 @@ static int bench_gpu(uint32_t prompt, uint32_t steps, FILE *json)
 		       bw * 1e-9, wbytes * 1e-9, bound, 100.0 * fraction);
 		fprintf(json, "{\"backend\": \"cuda\", \"device\": \"%s\", \"model\": "
 			      "\"TinyLlama-1.1B-shaped random f16\", \"prompt\": %u, \"decode_steps\": %u, "
-			      "\"copy_bandwidth_gb_s\": %.1f, \"weight_bytes_per_token\": %.0f, "
+			      "\"read_bandwidth_gb_s\": %.1f, \"weight_bytes_per_token\": %.0f, "
 			      "\"decode_bound_tok_s\": %.1f, \"decode_1_fraction_of_bound\": %.3f, "
 			      "\"batches\": [",
 			prop.name, prompt, steps, bw * 1e-9, wbytes, bound, fraction);
@@ -250,7 +380,7 @@ static int bench_gpu(uint32_t prompt, uint32_t steps, FILE *json)
 int bench_engine(int argc, char **argv, FILE *json)
 {
 	int threads = 0;
-	uint32_t steps = 32, prompt = 128;
+	uint32_t steps = 32, prompt = 128, rounds = 3;
 	const char *kv_dtype = "f16";
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
@@ -259,6 +389,8 @@ int bench_engine(int argc, char **argv, FILE *json)
 			steps = (uint32_t)atoi(argv[++i]);
 		else if (strcmp(argv[i], "--prompt") == 0 && i + 1 < argc)
 			prompt = (uint32_t)atoi(argv[++i]);
+		else if (strcmp(argv[i], "--rounds") == 0 && i + 1 < argc)
+			rounds = (uint32_t)atoi(argv[++i]);
 		else if (strcmp(argv[i], "--kv") == 0 && i + 1 < argc)
 			kv_dtype = argv[++i];
 		else {
@@ -272,6 +404,11 @@ int bench_engine(int argc, char **argv, FILE *json)
 		.head_dim = 48, .vocab_size = 32000, .max_seq_len = 256, .rope_dim = 48,
 		.rope_theta = 10000.0f, .norm_eps = 1e-5f,
 	};
+	if (!rounds || rounds > MAX_ROUNDS) {
+		fprintf(stderr, "bench engine: --rounds must be in 1..%d\n", MAX_ROUNDS);
+		fprintf(json, "null");
+		return 1;
+	}
 	if (!steps || !prompt || prompt + steps > cfg.max_seq_len) {
 		fprintf(stderr, "bench engine: prompt + decode steps must be in 2..%u\n",
 			cfg.max_seq_len);
@@ -304,16 +441,19 @@ int bench_engine(int argc, char **argv, FILE *json)
 		fprintf(json, "null");
 		return 1;
 	}
-	struct result results[N_BATCHES], warm;
+	struct result results[N_BATCHES], runs[N_BATCHES][MAX_ROUNDS], warm;
 	rc = run_batch(e, 2, prompt < 16 ? prompt : 16, 2, &warm); /* warm caches and threads */
 	printf("engine: cpu backend, stories15M-shaped random model (f32, tied output), "
-	       "KV cache %s, prompt %u, %u decode steps\n", kv_dtype, prompt, steps);
+	       "KV cache %s, prompt %u, %u decode steps, median of %u rounds\n", kv_dtype, prompt,
+	       steps, rounds);
+	for (uint32_t r = 0; r < rounds && rc == 0; r++)
+		for (int i = 0; i < N_BATCHES && rc == 0; i++)
+			rc = run_batch(e, batches[i], prompt, steps, &runs[i][r]);
 	printf("%6s %16s %16s\n", "batch", "prefill tok/s", "decode tok/s");
 	for (int i = 0; i < N_BATCHES && rc == 0; i++) {
-		rc = run_batch(e, batches[i], prompt, steps, &results[i]);
-		if (rc == 0)
-			printf("%6u %16.0f %16.0f\n", batches[i], results[i].prefill_tok_s,
-			       results[i].decode_tok_s);
+		results[i] = median_result(runs[i], rounds);
+		printf("%6u %16.0f %16.0f\n", batches[i], results[i].prefill_tok_s,
+		       results[i].decode_tok_s);
 	}
 	if (rc) {
 		fprintf(stderr, "bench engine: step failed: %s\n", strerror(-rc));
@@ -321,15 +461,38 @@ int bench_engine(int argc, char **argv, FILE *json)
 	} else {
 		double speedup = results[2].decode_tok_s / results[0].decode_tok_s;
 		printf("decode speedup, batch 32 vs batch 1: %.1fx\n", speedup);
+		/* The bounds: batch 1 by the weight bytes over the read bandwidth, batch 32 by
+		 * the product FLOPs over the in-cache GEMM rate (attention, norms, sampling
+		 * and hand-offs not counted: the true bound is lower still). */
+		long online = sysconf(_SC_NPROCESSORS_ONLN);
+		uint32_t workers = threads > 0 ? (uint32_t)threads : online > 0 ? (uint32_t)online : 1;
+		double bw = roof_rate(workers, true), gemm = roof_rate(workers, false);
+		double bytes = weight_bytes_per_token(&cfg, 4.0), flops = 2.0 * product_weights(&cfg);
+		double step1_s = 1.0 / results[0].decode_tok_s;
+		double step32_min_s = 32.0 * flops / gemm;
+		double max_speedup = 32.0 * step1_s / step32_min_s;
+		printf("same run, %u threads: read bandwidth %.1f GB/s, GEMM %.0f "
+		       "GFLOP/s (in cache)\n", workers, bw * 1e-9, gemm * 1e-9);
+		printf("batch 1: %.1f MB of weights per token, %.2f ms per step = %.1f GB/s (%.0f%% "
+		       "of the read bandwidth)\n", bytes * 1e-6, step1_s * 1e3, bytes / step1_s * 1e-9,
+		       100.0 * bytes / step1_s / bw);
+		printf("batch 32: %.2f GFLOP of products per step, at least %.2f ms at the GEMM rate "
+		       "(measured %.2f ms: products at %.0f%% of it)\n", 32.0 * flops * 1e-9,
+		       step32_min_s * 1e3, 32.0 / results[2].decode_tok_s * 1e3,
+		       100.0 * step32_min_s / (32.0 / results[2].decode_tok_s));
+		printf("decode speedup bound with this batch-1 step: %.1fx (measured %.1fx)\n",
+		       max_speedup, speedup);
 		fprintf(json, "{\"backend\": \"cpu\", \"model\": \"stories15M-shaped random f32\", "
 			      "\"kv_dtype\": \"%s\", \"threads\": %d, \"prompt\": %u, "
-			      "\"decode_steps\": %u, \"batches\": [",
-			kv_dtype, threads, prompt, steps);
+			      "\"decode_steps\": %u, \"rounds\": %u, \"batches\": [",
+			kv_dtype, threads, prompt, steps, rounds);
 		for (int i = 0; i < N_BATCHES; i++)
 			fprintf(json, "%s{\"batch\": %u, \"prefill_tok_s\": %.1f, \"decode_tok_s\": %.1f}",
 				i ? ", " : "", results[i].batch, results[i].prefill_tok_s,
 				results[i].decode_tok_s);
-		fprintf(json, "], \"decode_speedup_32_vs_1\": %.2f, \"gpu\": ", speedup);
+		fprintf(json, "], \"decode_speedup_32_vs_1\": %.2f, \"read_bandwidth_gb_s\": %.2f, "
+			      "\"gemm_gflop_s\": %.1f, \"decode_speedup_bound\": %.2f, \"gpu\": ",
+			speedup, bw * 1e-9, gemm * 1e-9, max_speedup);
 	}
 	rs_engine_destroy(e);
 	rs_model_free(model);
