@@ -477,7 +477,7 @@ int bench_engine(int argc, char **argv, FILE *json)
 		       "of the read bandwidth)\n", bytes * 1e-6, step1_s * 1e3, bytes / step1_s * 1e-9,
 		       100.0 * bytes / step1_s / bw);
 		printf("batch 32: %.2f GFLOP of products per step, at least %.2f ms at the GEMM rate "
-		       "(measured %.2f ms: products at %.0f%% of it)\n", 32.0 * flops * 1e-9,
+		       "(a measured step: %.2f ms, that bound is %.0f%% of it)\n", 32.0 * flops * 1e-9,
 		       step32_min_s * 1e3, 32.0 / results[2].decode_tok_s * 1e3,
 		       100.0 * step32_min_s / (32.0 / results[2].decode_tok_s));
 		printf("decode speedup bound with this batch-1 step: %.1fx (measured %.1fx)\n",
