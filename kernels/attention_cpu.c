@@ -12,6 +12,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "kernels/exp_avx512.h"
 #include "kernels/ops.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -25,24 +26,6 @@
  * block's worth (16 was best of 8..64 for 576-byte rows, 32 sequences, 144 positions:
  * 1.4 ms per step at f16 against 1.6-2.4 ms). */
 enum { MAX_HD_VECTORS = 8, PREFETCH_ROWS = 16 };
-
-/* exp(x) for x <= 0 (max-subtracted scores); Cephes' expf polynomial, within 2 ulp. */
-static ALWAYS_INLINE TARGET_AVX512 __m512 exp_avx512(__m512 x)
-{
-	x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f)); /* exp(-87) ~ 1.6e-38: still normal */
-	__m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-					_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-	__m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-	r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-	__m512 p = _mm512_set1_ps(1.9875691500e-4f);
-	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-	p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-	return _mm512_scalef_ps(p, n);
-}
 
 static ALWAYS_INLINE TARGET_AVX512 __m256 fold512(__m512 v)
 {
@@ -135,7 +118,8 @@ static TARGET_AVX512 void softmax(float *scores, uint32_t n)
 	__m512 sum = _mm512_setzero_ps();
 	for (uint32_t j = 0; j < n; j += 16) {
 		__mmask16 m = lanes(n - j);
-		__m512 e = exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, scores + j), max));
+		__m512 e = rs_exp_nonpositive_avx512(
+			_mm512_sub_ps(_mm512_maskz_loadu_ps(m, scores + j), max));
 		e = _mm512_maskz_mov_ps(m, e);
 		sum = _mm512_add_ps(sum, e);
 		_mm512_mask_storeu_ps(scores + j, m, e);

@@ -41,6 +41,13 @@ enum rs_cpu_isa rs_cpu_isa(void);
 void rs_op_swiglu(float *out, const float *gate, const float *up, uint32_t n_rows,
 		  uint32_t width, size_t in_stride);
 
+/* rs_op_swiglu with the instruction set capped at isa (tests compare them all), and its
+ * AVX-512 body (swiglu_avx512.c; x86-64 with AVX-512 F only). */
+void rs_op_swiglu_isa(float *out, const float *gate, const float *up, uint32_t n_rows,
+		      uint32_t width, size_t in_stride, enum rs_cpu_isa isa);
+void rs_op_swiglu_avx512(float *out, const float *gate, const float *up, uint32_t n_rows,
+			 uint32_t width, size_t in_stride);
+
 /* In-place softmax of n floats (max-subtracted; n >= 1). */
 void rs_op_softmax(float *x, uint32_t n);
 

@@ -58,6 +58,18 @@ void rs_op_rope(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t rope_dim
 void rs_op_swiglu(float *out, const float *gate, const float *up, uint32_t n_rows,
 		  uint32_t width, size_t in_stride)
 {
+	rs_op_swiglu_isa(out, gate, up, n_rows, width, in_stride, rs_cpu_isa());
+}
+
+void rs_op_swiglu_isa(float *out, const float *gate, const float *up, uint32_t n_rows,
+		      uint32_t width, size_t in_stride, enum rs_cpu_isa isa)
+{
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+	if (isa >= RS_ISA_AVX512 && rs_cpu_isa() >= RS_ISA_AVX512) {
+		rs_op_swiglu_avx512(out, gate, up, n_rows, width, in_stride);
+		return;
+	}
+#endif
 	for (uint32_t r = 0; r < n_rows; r++) {
 		const float *g = gate + r * in_stride, *u = up + r * in_stride;
 		float *o = out + (size_t)r * width;
