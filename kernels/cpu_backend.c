@@ -141,7 +141,7 @@ static int cpu_create(struct rs_engine *e, char *err, size_t err_size)
 	}
 	e->impl = c;
 	pthread_mutex_init(&c->lock, NULL);
-	c->isa = rs_cpu_isa();
+	c->isa = strcmp(o->cpu_products, "blas") == 0 ? RS_ISA_PORTABLE : rs_cpu_isa();
 	int rc = load_weights(e, c);
 	if (rc)
 		goto fail;

@@ -9,6 +9,7 @@
 #include "kernels/dtype.h"
 #include "kernels/engine_backend.h"
 #include "kernels/errmsg.h"
+#include "kernels/ops.h"
 
 /* The CUDA backend (kernels/cuda/) is linked in when the Makefile finds nvcc, which then
  * defines RS_HAVE_CUDA_BACKEND; without it "cuda" answers -ENODEV. */
@@ -100,6 +101,15 @@ static int resolve(const struct rs_model *model, struct rs_engine_options *o,
 		return -EINVAL;
 	}
 	o->kv_dtype = kv;
+
+	const char *products = o->cpu_products ? o->cpu_products : "auto";
+	if (strcmp(products, "auto") == 0) {
+		products = rs_cpu_isa() >= RS_ISA_AVX2 ? "ours" : "blas";
+	} else if (strcmp(products, "blas") != 0) {
+		rs_errmsg(err, err_size, 0, "unknown CPU products \"%s\" (auto, blas)", products);
+		return -EINVAL;
+	}
+	o->cpu_products = products;
 	return 0;
 }
 

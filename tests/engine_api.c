@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "kernels/engine.h"
+#include "kernels/ops.h"
 #include "kernels/model_random.h"
 #include "tests/engine_test.h"
 
@@ -124,6 +125,22 @@ int main(void)
 	opts.kv_dtype = "f32";
 	CHECK(rs_engine_create(model, &opts, &e, err, sizeof(err)) == 0, "kv f32: %s", err);
 	CHECK(e && strcmp(rs_engine_options(e)->kv_dtype, "f32") == 0, "kv f32 resolved");
+	rs_engine_destroy(e);
+	e = NULL;
+	opts.kv_dtype = NULL;
+	opts.cpu_products = "mkl";
+	CHECK(rs_engine_create(model, &opts, &e, err, sizeof(err)) == -EINVAL && !e, "products mkl");
+	CHECK(strstr(err, "mkl") != NULL, "message names the products: %s", err);
+	opts.cpu_products = "blas";
+	CHECK(rs_engine_create(model, &opts, &e, err, sizeof(err)) == 0, "products blas: %s", err);
+	CHECK(e && strcmp(rs_engine_options(e)->cpu_products, "blas") == 0, "blas resolved");
+	rs_engine_destroy(e);
+	e = NULL;
+	opts.cpu_products = NULL;
+	CHECK(rs_engine_create(model, &opts, &e, err, sizeof(err)) == 0, "products auto: %s", err);
+	CHECK(e && strcmp(rs_engine_options(e)->cpu_products,
+			  rs_cpu_isa() >= RS_ISA_AVX2 ? "ours" : "blas") == 0,
+	      "auto resolved to %s", e ? rs_engine_options(e)->cpu_products : "-");
 	rs_engine_destroy(e);
 	e = NULL;
 	struct rs_model broken = *model;

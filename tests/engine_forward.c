@@ -133,6 +133,7 @@ static void ref_forward(const struct rs_model *m, const uint32_t *tokens, uint32
 
 static int engine_threads = 2;
 static const char *engine_kv_dtype = "auto";
+static const char *engine_cpu_products = "auto";
 
 /* Run the prompt through the engine in steps of `chunk` tokens (block tables over
  * freshly allocated blocks, in reverse order so that the table is not the identity),
@@ -153,6 +154,7 @@ static void check_model(const char *name, const struct rs_model_config *cfg, enu
 	opts.max_batch_tokens = 256;
 	opts.threads = engine_threads;
 	opts.kv_dtype = engine_kv_dtype;
+	opts.cpu_products = engine_cpu_products;
 	struct rs_engine *engine = NULL;
 	char err[256];
 	rc = rs_engine_create(model, &opts, &engine, err, sizeof(err));
@@ -249,5 +251,11 @@ int main(void)
 	check_model("mqa head_dim 32 f32, tied", &mqa, RS_DTYPE_F32, true, 8, 30, 30, 12);
 	engine_kv_dtype = "f32";
 	check_model("mha rope_dim 8 f16", &mha, RS_DTYPE_F16, false, 5, 50, 50, 11);
+
+	/* The CBLAS products (the path of CPUs without AVX2), chosen explicitly. */
+	engine_kv_dtype = "auto";
+	engine_cpu_products = "blas";
+	check_model("gqa f32, CBLAS", &cfg, RS_DTYPE_F32, false, 16, 40, 7, 13);
+	check_model("gqa bf16 tied, CBLAS", &cfg, RS_DTYPE_BF16, true, 5, 33, 33, 14);
 	TEST_END();
 }

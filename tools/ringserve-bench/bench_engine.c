@@ -5,7 +5,8 @@
  * the shape of stories15M (dim 288, hidden 768, 6 layers, 6 heads, vocab 32000, context
  * 256, tied output, f32) built in memory. Prefill: `prompt` tokens per sequence, in steps
  * of at most 1024 tokens. Decode: `decode-steps` steps of one token per sequence, greedy,
- * right after the prefill. Each of `rounds` rounds (default 3) runs every batch size in
+ * right after the prefill. The baseline, in the same run: batch 1 and 32 with OpenBLAS
+ * doing the products (engine option cpu_products "blas"). Each of `rounds` rounds (default 3) runs every batch size in
  * turn and each figure is the median over the rounds: the machines here are shared, and
  * their memory bandwidth moved 3x between runs an hour apart, so that batch 1 and batch
  * 32 are measured interleaved, under the same conditions. The figure that matters for batching is decode(32)/decode(1):
@@ -435,25 +436,41 @@ int bench_engine(int argc, char **argv, FILE *json)
 	opts.threads = threads;
 	opts.kv_dtype = kv_dtype;
 	rc = rs_engine_create(model, &opts, &e, err, sizeof(err));
+	/* The baseline: the same engine with OpenBLAS doing the products. */
+	struct rs_engine *blas = NULL;
+	opts.cpu_products = "blas";
+	if (rc == 0)
+		rc = rs_engine_create(model, &opts, &blas, err, sizeof(err));
 	if (rc) {
 		fprintf(stderr, "bench engine: %s\n", err);
+		rs_engine_destroy(e);
 		rs_model_free(model);
 		fprintf(json, "null");
 		return 1;
 	}
 	struct result results[N_BATCHES], runs[N_BATCHES][MAX_ROUNDS], warm;
+	struct result blas_results[2], blas_runs[2][MAX_ROUNDS];
+	const uint32_t blas_batches[2] = {1, 32};
 	rc = run_batch(e, 2, prompt < 16 ? prompt : 16, 2, &warm); /* warm caches and threads */
 	printf("engine: cpu backend, stories15M-shaped random model (f32, tied output), "
 	       "KV cache %s, prompt %u, %u decode steps, median of %u rounds\n", kv_dtype, prompt,
 	       steps, rounds);
-	for (uint32_t r = 0; r < rounds && rc == 0; r++)
+	for (uint32_t r = 0; r < rounds && rc == 0; r++) {
 		for (int i = 0; i < N_BATCHES && rc == 0; i++)
 			rc = run_batch(e, batches[i], prompt, steps, &runs[i][r]);
+		for (int i = 0; i < 2 && rc == 0; i++)
+			rc = run_batch(blas, blas_batches[i], prompt, steps, &blas_runs[i][r]);
+	}
 	printf("%6s %16s %16s\n", "batch", "prefill tok/s", "decode tok/s");
 	for (int i = 0; i < N_BATCHES && rc == 0; i++) {
 		results[i] = median_result(runs[i], rounds);
 		printf("%6u %16.0f %16.0f\n", batches[i], results[i].prefill_tok_s,
 		       results[i].decode_tok_s);
+	}
+	for (int i = 0; i < 2 && rc == 0; i++) {
+		blas_results[i] = median_result(blas_runs[i], rounds);
+		printf("%6u %16.0f %16.0f   (OpenBLAS products, same run)\n", blas_batches[i],
+		       blas_results[i].prefill_tok_s, blas_results[i].decode_tok_s);
 	}
 	if (rc) {
 		fprintf(stderr, "bench engine: step failed: %s\n", strerror(-rc));
@@ -490,11 +507,17 @@ int bench_engine(int argc, char **argv, FILE *json)
 			fprintf(json, "%s{\"batch\": %u, \"prefill_tok_s\": %.1f, \"decode_tok_s\": %.1f}",
 				i ? ", " : "", results[i].batch, results[i].prefill_tok_s,
 				results[i].decode_tok_s);
+		fprintf(json, "], \"blas_batches\": [");
+		for (int i = 0; i < 2; i++)
+			fprintf(json, "%s{\"batch\": %u, \"prefill_tok_s\": %.1f, \"decode_tok_s\": %.1f}",
+				i ? ", " : "", blas_batches[i], blas_results[i].prefill_tok_s,
+				blas_results[i].decode_tok_s);
 		fprintf(json, "], \"decode_speedup_32_vs_1\": %.2f, \"read_bandwidth_gb_s\": %.2f, "
 			      "\"gemm_gflop_s\": %.1f, \"decode_speedup_bound\": %.2f, \"gpu\": ",
 			speedup, bw * 1e-9, gemm * 1e-9, max_speedup);
 	}
 	rs_engine_destroy(e);
+	rs_engine_destroy(blas);
 	rs_model_free(model);
 	if (rc)
 		return 1;
