@@ -41,8 +41,7 @@ static const char *const type_names[] = {
 	"bool",  "string", "array", "uint64", "int64", "float64",
 };
 
-/* Size in bytes of a fixed-size metadata value type; 0 for STRING/ARRAY/unknown. */
-static size_t value_size(uint32_t type)
+size_t rs_gguf_value_size(uint32_t type)
 {
 	switch (type) {
 	case RS_GGUF_TYPE_UINT8:
@@ -207,7 +206,7 @@ static int index_alloc(uint64_t n, uint32_t **slots, uint64_t *mask)
 static int read_value(struct cursor *c, struct rs_gguf_kv *kv, const char *what)
 {
 	uint32_t type = kv->type;
-	size_t vsize = value_size(type);
+	size_t vsize = rs_gguf_value_size(type);
 	if (vsize) {
 		uint8_t raw[8] = { 0 };
 		int ret = read_bytes(c, raw, vsize, what);
@@ -278,7 +277,7 @@ static int read_value(struct cursor *c, struct rs_gguf_kv *kv, const char *what)
 	if (ret)
 		return ret;
 	size_t start = c->pos;
-	size_t esize = value_size(arr->elem_type);
+	size_t esize = rs_gguf_value_size(arr->elem_type);
 	if (esize) {
 		if (arr->n > remaining(c) / esize)
 			return rs_errmsg(c->err, c->err_size, -EINVAL,
@@ -711,7 +710,7 @@ int rs_gguf_get_array(const struct rs_gguf *gguf, const char *key, struct rs_ggu
 
 int rs_gguf_array_f64(const struct rs_gguf_array *arr, uint64_t i, double *out)
 {
-	size_t esize = value_size(arr->elem_type);
+	size_t esize = rs_gguf_value_size(arr->elem_type);
 	if (!esize || arr->elem_type == RS_GGUF_TYPE_BOOL)
 		return -EINVAL;
 	if (i >= arr->n)
@@ -737,7 +736,7 @@ int rs_gguf_array_f64(const struct rs_gguf_array *arr, uint64_t i, double *out)
 
 int rs_gguf_array_i64(const struct rs_gguf_array *arr, uint64_t i, int64_t *out)
 {
-	size_t esize = value_size(arr->elem_type);
+	size_t esize = rs_gguf_value_size(arr->elem_type);
 	if (!is_signed(arr->elem_type) && !is_unsigned(arr->elem_type))
 		return -EINVAL;
 	if (i >= arr->n)

@@ -47,6 +47,9 @@ enum rs_gguf_type {
 	RS_GGUF_TYPE_COUNT
 };
 
+/* Size in bytes of a fixed-size value type; 0 for STRING, ARRAY and unknown types. */
+size_t rs_gguf_value_size(uint32_t type);
+
 /* Tensor element types (ggml_type numbers) that ringserve reads. */
 enum rs_gguf_tensor_type {
 	RS_GGUF_TENSOR_F32 = 0,

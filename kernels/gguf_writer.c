@@ -144,33 +144,10 @@ int rs_gguf_writer_set_string(struct rs_gguf_writer *w, const char *key, const c
 	return set_kv(w, key, RS_GGUF_TYPE_STRING, payload, 8 + len);
 }
 
-/* Size of a fixed-size value type; 0 for STRING, ARRAY and unknown types. */
-static size_t scalar_size(uint32_t type)
-{
-	switch (type) {
-	case RS_GGUF_TYPE_UINT8:
-	case RS_GGUF_TYPE_INT8:
-	case RS_GGUF_TYPE_BOOL:
-		return 1;
-	case RS_GGUF_TYPE_UINT16:
-	case RS_GGUF_TYPE_INT16:
-		return 2;
-	case RS_GGUF_TYPE_UINT32:
-	case RS_GGUF_TYPE_INT32:
-	case RS_GGUF_TYPE_FLOAT32:
-		return 4;
-	case RS_GGUF_TYPE_UINT64:
-	case RS_GGUF_TYPE_INT64:
-	case RS_GGUF_TYPE_FLOAT64:
-		return 8;
-	}
-	return 0;
-}
-
 int rs_gguf_writer_set_value(struct rs_gguf_writer *w, const char *key, uint32_t type,
 			     const void *value)
 {
-	size_t size = scalar_size(type);
+	size_t size = rs_gguf_value_size(type);
 	if (!size)
 		return -EINVAL;
 	return set_scalar(w, key, type, value, size);
@@ -179,7 +156,7 @@ int rs_gguf_writer_set_value(struct rs_gguf_writer *w, const char *key, uint32_t
 int rs_gguf_writer_set_array(struct rs_gguf_writer *w, const char *key, uint32_t elem_type,
 			     const void *values, uint64_t n)
 {
-	size_t esize = scalar_size(elem_type);
+	size_t esize = rs_gguf_value_size(elem_type);
 	if (!esize || n > (SIZE_MAX - 12) / esize)
 		return -EINVAL;
 	uint8_t *payload = malloc(12 + n * esize);

@@ -13,6 +13,7 @@
  * for a sleeper. One of the two must see the other's store. */
 #include <errno.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -62,23 +63,28 @@ static void run_share(struct rs_thread_pool *pool, uint32_t worker)
 		pool->fn(pool->ctx, i, worker);
 }
 
+/* Whether a spin loop at iteration spins is still within SPIN_NS of its start (the
+ * clock is read every 64 iterations; *deadline starts at 0). */
+static bool keep_spinning(uint32_t spins, uint64_t *deadline)
+{
+	if ((spins & 63) != 63)
+		return true;
+	uint64_t t = now_ns();
+	if (!*deadline)
+		*deadline = t + SPIN_NS;
+	return t <= *deadline;
+}
+
 /* The first generation other than seen: spin, then park. */
 static uint64_t wait_generation(struct rs_thread_pool *pool, uint64_t seen)
 {
 	uint64_t g, deadline = 0;
-	for (uint32_t spins = 0;; spins++) {
+	for (uint32_t spins = 0; keep_spinning(spins, &deadline); spins++) {
 		/* A1: pairs with R1 in rs_thread_pool_run (and destroy): the run's fn, ctx,
 		 * n_items and stop are visible once the new generation is. */
 		g = rs_load_acquire(&pool->generation);
 		if (g != seen)
 			return g;
-		if ((spins & 63) == 63) {
-			uint64_t t = now_ns();
-			if (!deadline)
-				deadline = t + SPIN_NS;
-			else if (t > deadline)
-				break;
-		}
 		rs_cpu_relax();
 	}
 	pthread_mutex_lock(&pool->lock);
@@ -205,17 +211,10 @@ void rs_thread_pool_run(struct rs_thread_pool *pool, uint32_t n_items, rs_parall
 	run_share(pool, 0);
 
 	uint64_t deadline = 0;
-	for (uint32_t spins = 0;; spins++) {
+	for (uint32_t spins = 0; keep_spinning(spins, &deadline); spins++) {
 		/* A2: pairs with R2 in worker_main: the workers' results are visible. */
 		if (!rs_load_acquire(&pool->pending))
 			return;
-		if ((spins & 63) == 63) {
-			uint64_t t = now_ns();
-			if (!deadline)
-				deadline = t + SPIN_NS;
-			else if (t > deadline)
-				break;
-		}
 		rs_cpu_relax();
 	}
 	pthread_mutex_lock(&pool->lock);
