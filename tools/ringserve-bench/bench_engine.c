@@ -202,9 +202,28 @@ static double weight_bytes_per_token(const struct rs_model_config *c, double ele
  * machine sets: its memory bandwidth and its arithmetic rate, both measured here on as
  * many threads as the engine uses. */
 
+/* Every thread prepares its data, then all start measuring together: a barrier would
+ * hang if a thread could not be created, so the caller counts them in and says go. */
+struct roof_start {
+	pthread_mutex_t lock;
+	pthread_cond_t changed;
+	uint32_t ready;
+	bool go;
+};
+
+static void roof_wait_go(struct roof_start *start)
+{
+	pthread_mutex_lock(&start->lock);
+	start->ready++;
+	pthread_cond_broadcast(&start->changed);
+	while (!start->go)
+		pthread_cond_wait(&start->changed, &start->lock);
+	pthread_mutex_unlock(&start->lock);
+}
+
 struct roof_thread {
 	pthread_t thread;
-	pthread_barrier_t *start;
+	struct roof_start *start;
 	bool read; /* read bandwidth, else in-cache GEMM */
 	double bytes_or_flops, seconds;
 	uint64_t sink;
@@ -222,7 +241,7 @@ static void *roof_main(void *arg)
 		if (a)
 			for (size_t i = 0; i < words; i++)
 				a[i] = i;
-		pthread_barrier_wait(t->start);
+		roof_wait_go(t->start);
 		if (!a)
 			return NULL;
 		double t0 = now_s();
@@ -253,7 +272,7 @@ static void *roof_main(void *arg)
 			rows[i] = (float)(i % 7) * 0.01f;
 		ok = rs_packed_set_rows(&w, 0, N, rows, RS_DTYPE_F32) == 0;
 	}
-	pthread_barrier_wait(t->start);
+	roof_wait_go(t->start);
 	if (ok) {
 		double t0 = now_s();
 		do {
@@ -271,23 +290,28 @@ static void *roof_main(void *arg)
 static double roof_rate(uint32_t threads, bool read)
 {
 	struct roof_thread t[64];
-	pthread_barrier_t start;
+	struct roof_start start = {.lock = PTHREAD_MUTEX_INITIALIZER,
+				   .changed = PTHREAD_COND_INITIALIZER};
 	if (threads > 64)
 		threads = 64;
-	pthread_barrier_init(&start, NULL, threads);
 	uint32_t started = 0;
 	for (; started < threads; started++) {
 		t[started] = (struct roof_thread){.start = &start, .read = read};
 		if (pthread_create(&t[started].thread, NULL, roof_main, &t[started]))
 			break;
 	}
+	pthread_mutex_lock(&start.lock);
+	while (start.ready < started)
+		pthread_cond_wait(&start.changed, &start.lock);
+	start.go = true;
+	pthread_cond_broadcast(&start.changed);
+	pthread_mutex_unlock(&start.lock);
 	double rate = 0.0;
 	for (uint32_t i = 0; i < started; i++) {
 		pthread_join(t[i].thread, NULL);
 		if (t[i].seconds > 0)
 			rate += t[i].bytes_or_flops / t[i].seconds;
 	}
-	pthread_barrier_destroy(&start);
 	return started == threads ? rate : 0.0;
 }
 
