@@ -36,7 +36,7 @@ CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 CUDA_ARCHS ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80
 NVCCFLAGS ?= -O2 -g -std=c++17 $(CUDA_ARCHS) -Xcompiler -fPIC,-Wall -I.
 CUDA_SRC := $(wildcard kernels/cuda/*.cu)
-RS_CFLAGS += -DRS_HAVE_CUDA=1 -DRS_HAVE_CUDA_BACKEND=1 -I$(CUDA_HOME)/include
+RS_CFLAGS += -DRS_HAVE_CUDA_BACKEND=1 -I$(CUDA_HOME)/include
 LDLIBS_ENGINE += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
 HAVE_CUDA_MSG := nvcc ✓ $(NVCC) (CUDA backend is built)
 else
@@ -48,7 +48,7 @@ endif
 SHM_SRC := $(wildcard shm/*.c)
 CLIENT_SRC := $(wildcard client-lib/*.c)
 DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
-KERNELS_SRC := $(wildcard kernels/*.c) $(if $(NVCC),,$(wildcard kernels/cuda/*_stub.c))
+KERNELS_SRC := $(wildcard kernels/*.c)
 TOOLS := $(notdir $(wildcard tools/ringserve-*))
 TESTS := $(basename $(notdir $(wildcard tests/*.c)))
 HARNESS_SRC := $(wildcard tests/harness/*.c)
@@ -158,7 +158,9 @@ fuzz-run: $(LIBINTERNAL) $(LIBRS_A)
 		$(CC) $(RS_CFLAGS) $(RS_LDFLAGS) -fsanitize=fuzzer -o $(O)/fuzz/$$t tests/fuzz/$$t.c $(LIBRS_A) $(LIBINTERNAL) \
 			$(LDLIBS_ENGINE) $(LDLIBS_SYS) || exit 1; \
 		echo "fuzz: $$t ($${FUZZ_SECONDS:-60} s)"; \
-		$(O)/fuzz/$$t -max_total_time=$${FUZZ_SECONDS:-60} -rss_limit_mb=4096 tests/fuzz/corpus/$$t 2>&1 | tail -3 || exit 1; \
+		$(O)/fuzz/$$t -max_total_time=$${FUZZ_SECONDS:-60} -rss_limit_mb=4096 tests/fuzz/corpus/$$t \
+			> $(O)/fuzz/$$t.log 2>&1 || { tail -30 $(O)/fuzz/$$t.log; echo "fuzz: $$t FAILED"; exit 1; }; \
+		tail -3 $(O)/fuzz/$$t.log; \
 	done
 
 format:

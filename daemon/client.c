@@ -60,6 +60,7 @@ int rs_client_setup_segment(struct rs_daemon *daemon, struct rs_client *client, 
 		client->slot_request = NULL;
 		if (client->eventfd >= 0)
 			close(client->eventfd);
+		client->eventfd = -1; /* the disconnect that follows closes it otherwise */
 		munmap(map, size);
 		close(*memfd);
 		return ret ? ret : -ENOMEM;

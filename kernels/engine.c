@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +54,17 @@ static int resolve(const struct rs_model *model, struct rs_engine_options *o,
 	    o->kv_blocks > INT32_MAX || o->block_size > 65536 ||
 	    o->max_batch_tokens > (1u << 24)) {
 		rs_errmsg(err, err_size, 0, "engine options out of range");
+		return -EINVAL;
+	}
+	/* The KV cache's bytes (K and V, f32 at most) must be a number before any backend
+	 * computes them: each option is in range, their product may not be. */
+	uint64_t cache_bytes = (uint64_t)cfg->n_kv_heads * cfg->head_dim * 2 * sizeof(float);
+	if (__builtin_mul_overflow(cache_bytes, (uint64_t)o->kv_blocks, &cache_bytes) ||
+	    __builtin_mul_overflow(cache_bytes, (uint64_t)o->block_size, &cache_bytes) ||
+	    __builtin_mul_overflow(cache_bytes, (uint64_t)cfg->n_layers, &cache_bytes) ||
+	    cache_bytes > SIZE_MAX / 2) {
+		rs_errmsg(err, err_size, 0, "KV cache of %u blocks of %u positions is too large",
+			  o->kv_blocks, o->block_size);
 		return -EINVAL;
 	}
 	const char *name = o->backend ? o->backend : "auto";
@@ -113,10 +125,17 @@ static int resolve(const struct rs_model *model, struct rs_engine_options *o,
 	return 0;
 }
 
-/* A tensor holds rows x cols elements of a known type (a vector may be [1][n] or [n][1]). */
+/* A matrix is exactly [rows][cols] of a known type: backends take k from cols and the
+ * outputs from rows, so a transposed matrix with the right element count must fail. */
 static bool shape_ok(const struct rs_tensor *t, uint64_t rows, uint64_t cols)
 {
-	return t->data && t->rows * t->cols == rows * cols && rs_dtype_size(t->dtype) != 0;
+	return t->data && t->rows == rows && t->cols == cols && rs_dtype_size(t->dtype) != 0;
+}
+
+/* A vector of n elements, stored [1][n] or [n][1]. */
+static bool vector_ok(const struct rs_tensor *t, uint64_t n)
+{
+	return shape_ok(t, 1, n) || shape_ok(t, n, 1);
 }
 
 /* Every weight has the shape the configuration implies: checked once here, so that no
@@ -128,13 +147,13 @@ static int check_shapes(const struct rs_model *m, char *err, size_t err_size)
 	uint64_t q_dim = (uint64_t)cfg->n_heads * cfg->head_dim;
 	uint64_t kv_dim = (uint64_t)cfg->n_kv_heads * cfg->head_dim;
 	if (!shape_ok(&m->token_embedding, cfg->vocab_size, dim) ||
-	    !shape_ok(&m->output, cfg->vocab_size, dim) || !shape_ok(&m->final_norm, 1, dim)) {
+	    !shape_ok(&m->output, cfg->vocab_size, dim) || !vector_ok(&m->final_norm, dim)) {
 		rs_errmsg(err, err_size, 0, "model: embedding, output or final norm has a wrong shape");
 		return -EINVAL;
 	}
 	for (uint32_t l = 0; l < cfg->n_layers; l++) {
 		const struct rs_layer_weights *w = &m->layers[l];
-		if (!shape_ok(&w->attn_norm, 1, dim) || !shape_ok(&w->ffn_norm, 1, dim) ||
+		if (!vector_ok(&w->attn_norm, dim) || !vector_ok(&w->ffn_norm, dim) ||
 		    !shape_ok(&w->wq, q_dim, dim) || !shape_ok(&w->wk, kv_dim, dim) ||
 		    !shape_ok(&w->wv, kv_dim, dim) || !shape_ok(&w->wo, dim, q_dim) ||
 		    !shape_ok(&w->w_gate, hidden, dim) || !shape_ok(&w->w_up, hidden, dim) ||

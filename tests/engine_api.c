@@ -32,6 +32,48 @@ int main(void)
 	CHECK(rs_engine_create(model, &opts, &e, err, sizeof(err)) == -EINVAL && !e, "wrong shape");
 	CHECK(strstr(err, "layer 1") != NULL, "message names the layer: %s", err);
 	model->layers[1].wk.rows = saved_rows;
+	/* Transposed, with the right element count: wk [dim][kv_dim] instead of [kv_dim][dim]
+	 * (a backend taking k from cols would read past it). */
+	struct rs_tensor saved_wk = model->layers[0].wk;
+	model->layers[0].wk.rows = saved_wk.cols;
+	model->layers[0].wk.cols = saved_wk.rows;
+	CHECK(saved_wk.rows != saved_wk.cols, "the test model's wk is square");
+	CHECK(rs_engine_create(model, &opts, &e, err, sizeof(err)) == -EINVAL && !e, "transposed");
+	model->layers[0].wk = saved_wk;
+	/* A norm vector may be stored [n][1]. */
+	struct rs_tensor saved_norm_t = model->final_norm;
+	model->final_norm.rows = saved_norm_t.cols;
+	model->final_norm.cols = saved_norm_t.rows;
+	CHECK(rs_engine_create(model, &opts, &e, err, sizeof(err)) == 0 && e, "norm [n][1]: %s", err);
+	rs_engine_destroy(e);
+	e = NULL;
+	model->final_norm = saved_norm_t;
+	/* A KV cache whose size does not fit in 64 bits, each option in range: refused
+	 * before any backend computes it. The model's shapes are only metadata here. */
+	{
+		struct rs_model big = *model;
+		struct rs_layer_weights layers[16];
+		big.config.dim = big.config.hidden_dim = 4096;
+		big.config.n_heads = big.config.n_kv_heads = 64;
+		big.config.head_dim = big.config.rope_dim = 64;
+		big.config.n_layers = 16;
+		struct rs_tensor matrix = {RS_DTYPE_F32, 4096, 4096, model->output.data};
+		struct rs_tensor vector = {RS_DTYPE_F32, 1, 4096, model->output.data};
+		for (int l = 0; l < 16; l++)
+			layers[l] = (struct rs_layer_weights){vector, matrix, matrix, matrix, matrix,
+							      vector, matrix, matrix, matrix};
+		big.layers = layers;
+		big.final_norm = vector;
+		big.token_embedding.cols = big.output.cols = 4096;
+		struct rs_engine_options huge;
+		rs_engine_options_init(&huge);
+		huge.backend = "cpu";
+		huge.kv_blocks = INT32_MAX;
+		huge.block_size = 65536;
+		CHECK(rs_engine_create(&big, &huge, &e, err, sizeof(err)) == -EINVAL && !e,
+		      "KV cache past 64 bits");
+		CHECK(strstr(err, "KV cache") != NULL, "message names the KV cache: %s", err);
+	}
 	const void *saved_norm = model->final_norm.data;
 	model->final_norm.data = NULL;
 	CHECK(rs_engine_create(model, &opts, &e, err, sizeof(err)) == -EINVAL && !e, "missing tensor");
