@@ -20,7 +20,11 @@ int main(void)
 	CHECK(ret == 0, "rs_connect: %s", strerror(-ret));
 
 	unsigned prompt[5] = {4, 8, 15, 16, 23};
-	struct rs_generate_params params = {.prompt = prompt, .prompt_len = 5, .max_new_tokens = 12};
+	/* 250 steps of 2 ms: half a second, so that even a client that was descheduled for
+	 * a while sees the output part-way, not only at its end. */
+	enum { STREAMED = 250 };
+	struct rs_generate_params params = {.prompt = prompt, .prompt_len = 5,
+					    .max_new_tokens = STREAMED};
 	int request = rs_submit(conn, &params);
 	CHECK(request >= 0, "submit: %s", strerror(-request));
 	uint32_t have = 0;
@@ -37,12 +41,12 @@ int main(void)
 		have = (uint32_t)count;
 		updates++;
 	}
-	CHECK(have == 12, "streamed %u tokens", have);
-	/* At 2 ms a step the client must have seen partial progress, not just the end. */
+	CHECK(have == STREAMED, "streamed %u tokens", have);
+	/* The client must have seen partial progress, not just the end. */
 	CHECK(updates > 1, "only %d progress update(s)", updates);
 	struct rs_completion done;
 	CHECK(rs_wait(conn, &done, 1, 5000) == 1, "completion");
-	CHECK(done.request == request && done.status == 0 && done.output_len == 12, "result");
+	CHECK(done.request == request && done.status == 0 && done.output_len == STREAMED, "result");
 	CHECK(rs_release(conn, request) == 0, "release");
 
 	/* Cancel a long request once it has produced 3 tokens. */

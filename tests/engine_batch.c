@@ -267,6 +267,7 @@ static void test_paged(const struct rs_model *model)
 		prompt[i] = (uint32_t)(test_rand(&s) % vocab);
 	float *a = malloc(sizeof(float) * n * vocab), *b = malloc(sizeof(float) * n * vocab);
 	double *ref = malloc(sizeof(double) * n * vocab);
+	double *first = malloc(sizeof(double) * n * vocab); /* logits with block size 1 */
 	for (int c = 0; c < 5; c++) {
 		uint32_t bs = sizes[c], n_blocks = rs_kv_blocks_for(n, bs);
 		struct rs_engine *e = make_engine(model, bs);
@@ -283,6 +284,12 @@ static void test_paged(const struct rs_model *model)
 		CHECK(rs_engine_forward_logits(e, &st, 1, a + 40 * vocab) == 0, "contiguous 2");
 		for (size_t i = 0; i < (size_t)n * vocab; i++)
 			ref[i] = a[i];
+		/* Across block sizes: different paging, the same math. */
+		if (c == 0)
+			memcpy(first, ref, sizeof(double) * n * vocab);
+		else
+			check_close("block size vs block size 1", a, first, (size_t)n * vocab, 1e-6,
+				    1e-6);
 		/* Take the rest of the pool, shuffle it, use a scattered subset. */
 		uint32_t rest = MAX_BLOCKS - n_blocks;
 		alloc_table(e, all, rest);
@@ -302,8 +309,7 @@ static void test_paged(const struct rs_model *model)
 		free_table(e, all, rest);
 		rs_engine_destroy(e);
 	}
-	/* And across block sizes (different paging, same math). */
-	free(a), free(b), free(ref);
+	free(a), free(b), free(ref), free(first);
 	printf("paged == contiguous: ok\n");
 }
 
