@@ -12,6 +12,12 @@
 /* A heartbeat older than this means the daemon stopped answering. */
 #define HEARTBEAT_STALE_NS (2000ull * 1000 * 1000)
 
+static bool daemon_stopped(const struct rs_connection *conn)
+{
+	/* A-state: pairs with the daemon's release store of STOPPED. */
+	return rs_load_acquire(&conn->shared->daemon_state) == RS_DAEMON_STOPPED;
+}
+
 int rs_conn_check_daemon(struct rs_connection *conn)
 {
 	if (conn->error)
@@ -20,8 +26,7 @@ int rs_conn_check_daemon(struct rs_connection *conn)
 	ssize_t n = recv(conn->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
 	if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
 		return conn->error = -ECONNRESET;
-	/* A-state: pairs with the daemon's release store of STOPPED. */
-	if (rs_load_acquire(&conn->shared->daemon_state) == RS_DAEMON_STOPPED)
+	if (daemon_stopped(conn))
 		return conn->error = -ECONNRESET;
 	/* Relaxed: the heartbeat is a hint, ordered with nothing. */
 	uint64_t heartbeat = rs_load_relaxed(&conn->shared->daemon_heartbeat_ns);
@@ -113,9 +118,20 @@ static int wait_for(struct rs_connection *conn, const struct wait_target *target
 		if ((ret = check_target(conn, target)))
 			return ret;
 	}
+	/* The full liveness check (a recv syscall and the heartbeat) every
+	 * LIVENESS_CHECK_NS; a wake-up for another request's tokens pays only the load of
+	 * the daemon's state, which a stopping daemon sets before it wakes us. */
+	uint64_t next_liveness_check = 0;
 	for (;;) {
-		if ((ret = rs_conn_check_daemon(conn)))
+		uint64_t now = rs_now_ns();
+		if (now >= next_liveness_check) {
+			if ((ret = rs_conn_check_daemon(conn)))
+				break;
+			next_liveness_check = now + LIVENESS_CHECK_NS;
+		} else if (daemon_stopped(conn)) {
+			ret = conn->error = -ECONNRESET;
 			break;
+		}
 		/* The client half of the need-wakeup protocol, daemon -> client direction. */
 		rs_store_relaxed(&conn->shared->client_need_wakeup, 1);
 		/* Pairs with F-notify in daemon/scheduler.c. */
@@ -124,7 +140,7 @@ static int wait_for(struct rs_connection *conn, const struct wait_target *target
 		uint32_t bell = rs_load_acquire(&conn->shared->client_doorbell);
 		if ((ret = check_target(conn, target)))
 			break;
-		uint64_t now = rs_now_ns();
+		now = rs_now_ns();
 		if (now >= deadline) {
 			ret = -ETIMEDOUT;
 			break;

@@ -137,7 +137,8 @@ static void drain_step(struct rs_daemon *daemon)
 		fprintf(stderr, "ringserved: grace period over: failing %u request(s) with -ESHUTDOWN\n",
 			daemon->pool.in_use);
 		daemon->drain_expired = true;
-		for (uint32_t i = 0; i < daemon->n_active_clients; i++)
+		/* Downwards: see the poll loop in rs_daemon_run. */
+		for (uint32_t i = daemon->n_active_clients; i-- > 0;)
 			rs_scheduler_cancel_client(daemon, daemon->active[i], -ESHUTDOWN, false);
 	}
 	if (!rs_scheduler_busy(daemon))
@@ -150,7 +151,10 @@ int rs_daemon_run(struct rs_daemon *daemon)
 	while (!daemon->stop) {
 		daemon->now_ns = rs_now_ns();
 		int did = rs_control_poll(daemon);
-		for (uint32_t i = 0; i < daemon->n_active_clients; i++)
+		/* Downwards: a client disconnected during its turn (a protocol error) is
+		 * replaced in active[] by the last one, which this order has already visited;
+		 * upwards, that one would be skipped. */
+		for (uint32_t i = daemon->n_active_clients; i-- > 0;)
 			did += rs_scheduler_poll_client(daemon, daemon->active[i]);
 		did += rs_scheduler_run_lanes(daemon);
 		rs_scheduler_notify_clients(daemon);
