@@ -96,11 +96,3 @@ void rs_queue_remove(struct rs_request_queue *queue, struct rs_request *request)
 	request->next = request->prev = NULL;
 	queue->length--;
 }
-
-struct rs_request *rs_queue_pop_front(struct rs_request_queue *queue)
-{
-	struct rs_request *request = queue->head;
-	if (request)
-		rs_queue_remove(queue, request);
-	return request;
-}

@@ -50,10 +50,9 @@ struct rs_request {
 	uint32_t prefilled;  /* prompt tokens already in the KV cache */
 	bool step_produced;  /* set by the engine: this step wrote output[generated] */
 
-	uint32_t lane;
-	uint32_t cached_tokens;  /* prompt tokens the engine did not have to prefill */
+	uint32_t cached_tokens;  /* prompt tokens the engine did not have to prefill (0 until
+				  * the prefix cache) */
 	void *engine_state;      /* per-sequence state of the engine (KV blocks) */
-	uint64_t submit_ns;
 };
 
 /* A fixed pool of requests: admission never calls malloc for the request itself. */
@@ -84,6 +83,5 @@ struct rs_request_queue {
 
 void rs_queue_push_back(struct rs_request_queue *queue, struct rs_request *request);
 void rs_queue_remove(struct rs_request_queue *queue, struct rs_request *request);
-struct rs_request *rs_queue_pop_front(struct rs_request_queue *queue);
 
 #endif

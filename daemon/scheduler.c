@@ -163,7 +163,6 @@ static int accept_generate(struct rs_daemon *daemon, struct rs_client *client, c
 	request->seed = sqe->seed;
 	request->output = rs_segment_slot_output(client->segment, hdr, sqe->slot);
 	request->output_count = &rs_segment_slot(client->segment, hdr, sqe->slot)->output_count;
-	request->submit_ns = daemon->now_ns;
 
 	client->slot_request[sqe->slot] = request;
 	client->inflight++;
@@ -303,7 +302,6 @@ static void admit(struct rs_daemon *daemon, uint32_t lane_index, struct rs_lane 
 		}
 		rs_queue_remove(&daemon->waiting, request);
 		request->state = RS_REQUEST_RUNNING;
-		request->lane = lane_index;
 		lane->running[lane->n_running++] = request;
 		daemon->running_requests++;
 	}

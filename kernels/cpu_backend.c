@@ -325,7 +325,6 @@ struct rows_job {
 	const struct rs_engine *e;
 	struct cpu_engine *c;
 	const struct rs_seq_step *seqs;
-	const struct cpu_layer *L;
 	const struct rs_kv_layer *kv;
 	const float *norm; /* for norm_item */
 };
@@ -446,7 +445,7 @@ static void forward_layers(struct rs_engine *e, struct cpu_engine *c,
 			       .n_kv_heads = cfg->n_kv_heads,
 			       .head_dim = hd},
 		};
-		struct rows_job rows = {.e = e, .c = c, .seqs = seqs, .L = L, .kv = &job.kv};
+		struct rows_job rows = {.e = e, .c = c, .seqs = seqs, .kv = &job.kv};
 		/* Pool runs (barriers) per layer: 7 for a decode step (was 9), up to 9 with a
 		 * prefill. */
 		rows.norm = L->attn_norm;
@@ -484,13 +483,15 @@ static int cpu_step(struct rs_engine *e, uint32_t lane, const struct rs_seq_step
 		matmul(c, logits, c->xb, &c->output, T, false);
 		goto out;
 	}
-	/* Only the last position of each sampled sequence needs logits: gather those rows. */
+	/* Only the last position of each sampled sequence needs logits: gather those rows,
+	 * normalized on the way. */
 	uint32_t rows = 0;
 	for (uint32_t s = 0; s < n_seqs; s++) {
 		if (!seqs[s].sample)
 			continue;
 		uint32_t last = c->seq_offset[s + 1] - 1;
-		memcpy(c->xb + (size_t)rows * dim, c->x + (size_t)last * dim, dim * sizeof(float));
+		rs_op_rmsnorm(c->xb + (size_t)rows * dim, c->x + (size_t)last * dim, c->final_norm, 1,
+			      dim, cfg->norm_eps);
 		c->sample_rows[rows++] = s;
 	}
 	if (!rows)
@@ -506,7 +507,6 @@ static int cpu_step(struct rs_engine *e, uint32_t lane, const struct rs_seq_step
 		c->logits = grown;
 		c->logits_rows = rows;
 	}
-	rs_op_rmsnorm(c->xb, c->xb, c->final_norm, rows, dim, cfg->norm_eps);
 	matmul(c, c->logits, c->xb, &c->output, rows, false);
 	struct sample_job job = {.e = e, .c = c, .seqs = seqs};
 	rs_thread_pool_run(c->pool, rows, sample_item, &job);

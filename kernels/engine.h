@@ -45,9 +45,10 @@ struct rs_engine_options {
 				    * model with f16/bf16 weights, else f32. Resolved to
 				    * "f32" or "f16" */
 	const char *cpu_products;  /* the CPU backend's matrix products: "auto" (or NULL):
-				    * our kernels where the CPU has AVX2 or AVX-512, else
-				    * CBLAS; "blas": CBLAS (one SGEMM per weight panel)
-				    * always. Resolved to "ours" or "blas" */
+				    * "ours" where the CPU has AVX2 or AVX-512, else "blas";
+				    * "ours": our kernels (-EINVAL without AVX2); "blas":
+				    * CBLAS (one SGEMM per weight panel) always. Resolved to
+				    * "ours" or "blas" */
 };
 
 /* One sequence's share of a step. */

@@ -178,6 +178,13 @@ int main(void)
 	CHECK(e && strcmp(rs_engine_options(e)->cpu_products, "blas") == 0, "blas resolved");
 	rs_engine_destroy(e);
 	e = NULL;
+	/* What an engine resolved to is accepted back. */
+	opts.cpu_products = "ours";
+	CHECK(rs_engine_create(model, &opts, &e, err, sizeof(err)) ==
+		      (rs_cpu_isa() >= RS_ISA_AVX2 ? 0 : -EINVAL),
+	      "products ours: %s", err);
+	rs_engine_destroy(e);
+	e = NULL;
 	opts.cpu_products = NULL;
 	CHECK(rs_engine_create(model, &opts, &e, err, sizeof(err)) == 0, "products auto: %s", err);
 	CHECK(e && strcmp(rs_engine_options(e)->cpu_products,
