@@ -65,6 +65,17 @@ static int set_kv(struct rs_gguf_writer *w, const char *key, uint32_t type, uint
 		free(payload);
 		return -EINVAL;
 	}
+	/* The alignment key is the one the file's offsets obey, however it is set. */
+	if (strcmp(key, "general.alignment") == 0) {
+		uint32_t alignment = 0;
+		if (type == RS_GGUF_TYPE_UINT32 && payload_len == 4)
+			memcpy(&alignment, payload, 4);
+		if (alignment == 0 || (alignment & (alignment - 1)) || alignment > (1u << 30)) {
+			free(payload);
+			return -EINVAL;
+		}
+		w->alignment = alignment;
+	}
 	for (size_t i = 0; i < w->n_kv; i++) {
 		if (strcmp(w->kvs[i].key, key) == 0) {
 			free(w->kvs[i].payload);
@@ -193,9 +204,6 @@ int rs_gguf_writer_set_string_array(struct rs_gguf_writer *w, const char *key,
 
 int rs_gguf_writer_set_alignment(struct rs_gguf_writer *w, uint32_t alignment)
 {
-	if (alignment == 0 || (alignment & (alignment - 1)) || alignment > (1u << 30))
-		return -EINVAL;
-	w->alignment = alignment;
 	return rs_gguf_writer_set_u32(w, "general.alignment", alignment);
 }
 

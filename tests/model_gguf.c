@@ -145,6 +145,10 @@ static void test_metadata(void)
 	CHECK(rs_gguf_writer_set_array(w, "t.empty", RS_GGUF_TYPE_UINT32, NULL, 0) == 0);
 	CHECK(rs_gguf_writer_set_alignment(w, 64) == 0);
 	CHECK(rs_gguf_writer_set_alignment(w, 48) == -EINVAL);
+	/* The key set as any other: the file's offsets still follow it. */
+	CHECK(rs_gguf_writer_set_u32(w, "general.alignment", 128) == 0);
+	CHECK(rs_gguf_writer_set_u32(w, "general.alignment", 48) == -EINVAL);
+	CHECK(rs_gguf_writer_set_string(w, "general.alignment", "64") == -EINVAL);
 	CHECK(rs_gguf_writer_set_u32(w, "", 1) == -EINVAL);
 	uint64_t ne_w[2] = { 5, 3 }, ne_n[1] = { 7 };
 	CHECK(rs_gguf_writer_add_tensor(w, "norm", RS_GGUF_TENSOR_BF16, ne_n, 1, norm) == 0);
@@ -169,7 +173,7 @@ static void test_metadata(void)
 		REQUIRE(ret == 0);
 		CHECK(rs_gguf_version(g) == v);
 		CHECK(rs_gguf_n_kv(g) == 17 && rs_gguf_n_tensors(g) == 2);
-		CHECK(rs_gguf_alignment(g) == 64 && rs_gguf_data_offset(g) % 64 == 0);
+		CHECK(rs_gguf_alignment(g) == 128 && rs_gguf_data_offset(g) % 128 == 0);
 
 		const struct rs_gguf_kv *kv;
 		kv = rs_gguf_find_kv(g, "t.u8");
