@@ -351,7 +351,7 @@ static int add_tokenizer(struct rs_gguf_writer *w, const struct rs_tokenizer *to
 			goto out;
 		for (size_t k = 0; k < len; k++) {
 			if (!meta && s[k] == ' ') {
-				memcpy(pieces[i] + lens[i], "\xe2\x96\x81", 3);
+				memcpy(pieces[i] + lens[i], RS_METASPACE_UTF8, 3);
 				lens[i] += 3;
 			} else {
 				pieces[i][lens[i]++] = s[k];

@@ -10,7 +10,6 @@
 
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "serialized vocab is little-endian");
 
-#define METASPACE "\xe2\x96\x81" /* U+2581 LOWER ONE EIGHTH BLOCK */
 #define SERIAL_HEADER_SIZE 40u
 
 struct rs_tokenizer {
@@ -404,7 +403,7 @@ int rs_tokenizer_encode(const struct rs_tokenizer *tok, const char *text, size_t
 	bool meta = tok->flags & RS_TOKENIZER_METASPACE;
 	if (tok->flags & RS_TOKENIZER_ADD_SPACE_PREFIX) {
 		if (meta) {
-			memcpy(norm, METASPACE, 3);
+			memcpy(norm, RS_METASPACE_UTF8, 3);
 			norm_len = 3;
 		} else {
 			norm[norm_len++] = ' ';
@@ -412,7 +411,7 @@ int rs_tokenizer_encode(const struct rs_tokenizer *tok, const char *text, size_t
 	}
 	for (size_t i = 0; i < len; i++) {
 		if (text[i] == ' ' && meta) {
-			memcpy(norm + norm_len, METASPACE, 3);
+			memcpy(norm + norm_len, RS_METASPACE_UTF8, 3);
 			norm_len += 3;
 		} else {
 			norm[norm_len++] = text[i];
@@ -507,7 +506,7 @@ int rs_tokenizer_decode_token(const struct rs_tokenizer *tok, int32_t prev, uint
 		while (i < len) {
 			char c = s[i];
 			size_t step = 1;
-			if (meta && len - i >= 3 && memcmp(s + i, METASPACE, 3) == 0) {
+			if (meta && len - i >= 3 && memcmp(s + i, RS_METASPACE_UTF8, 3) == 0) {
 				c = ' ';
 				step = 3;
 			}

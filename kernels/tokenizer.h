@@ -39,6 +39,7 @@ enum rs_token_type {
 };
 
 #define RS_TOKENIZER_METASPACE 0x1u        /* pieces spell a space as U+2581 */
+#define RS_METASPACE_UTF8 "\xe2\x96\x81"   /* U+2581 LOWER ONE EIGHTH BLOCK, 3 bytes */
 #define RS_TOKENIZER_ADD_SPACE_PREFIX 0x2u /* encode prepends a space (dummy prefix) */
 #define RS_TOKENIZER_ADD_BOS 0x4u          /* the model expects BOS first (advice to callers) */
 

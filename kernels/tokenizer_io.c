@@ -12,7 +12,6 @@
 #include "kernels/mapfile.h"
 #include "kernels/tokenizer.h"
 
-#define METASPACE "\xe2\x96\x81"
 
 /* An optional token-id key: default when absent; must name a token. */
 static int get_token_id(const struct rs_gguf *g, const char *key, int32_t fallback, uint32_t n,
@@ -231,7 +230,7 @@ int rs_tokenizer_load_llama2c(const void *data, size_t size, uint32_t vocab_size
 					i);
 			goto out;
 		}
-		if (len >= 3 && memcmp(pieces[i], METASPACE, 3) == 0)
+		if (len >= 3 && memcmp(pieces[i], RS_METASPACE_UTF8, 3) == 0)
 			metaspace++;
 		else if (len >= 1 && pieces[i][0] == ' ')
 			space++;
@@ -294,7 +293,7 @@ static size_t llama2c_piece(const struct rs_tokenizer *tok, uint32_t id, char *b
 	rs_tokenizer_piece(tok, id, &s, &len);
 	bool meta = rs_tokenizer_flags(tok) & RS_TOKENIZER_METASPACE;
 	for (size_t i = 0; i < len;) {
-		if (meta && len - i >= 3 && memcmp(s + i, METASPACE, 3) == 0) {
+		if (meta && len - i >= 3 && memcmp(s + i, RS_METASPACE_UTF8, 3) == 0) {
 			buf[n++] = ' ';
 			i += 3;
 		} else {

@@ -10,7 +10,6 @@
 #include "kernels/errmsg.h"
 #include "kernels/tokenizer.h"
 
-#define METASPACE "\xe2\x96\x81"
 #define MAX_MERGED 24 /* bytes per learnt piece */
 
 static const char corpus[] =
@@ -80,7 +79,7 @@ static int learn_merges(struct builder *b)
 			continue;
 		if (p == corpus || p[-1] == ' ') {
 			syms[n_syms++] = -1;
-			syms[n_syms++] = find_piece(b, METASPACE, 3);
+			syms[n_syms++] = find_piece(b, RS_METASPACE_UTF8, 3);
 		}
 		syms[n_syms++] = find_piece(b, p, 1);
 	}
@@ -159,7 +158,7 @@ int rs_tokenizer_demo(uint32_t n_tokens, struct rs_tokenizer **out, char *err, s
 		add(&b, s, 6, 0.0f, RS_TOKEN_BYTE);
 	}
 	/* Characters score below every merge; their scores never decide anything. */
-	add(&b, METASPACE, 3, -1e6f, RS_TOKEN_NORMAL);
+	add(&b, RS_METASPACE_UTF8, 3, -1e6f, RS_TOKEN_NORMAL);
 	for (char c = 0x21; c < 0x7f; c++)
 		add(&b, &c, 1, -1e6f - (float)c, RS_TOKEN_NORMAL);
 	ret = learn_merges(&b); /* characters that did not fit act as word breaks */
