@@ -28,8 +28,8 @@ int rs_packed_alloc(struct rs_packed_matrix *w, uint32_t n, uint32_t k);
 /* Packs n_rows rows of a row-major [n_rows][k] matrix of dtype as rows row0.. of W
  * (outputs row0..): a fused projection packs its parts one after the other.
  * row0 + n_rows <= n. 0 or -ENOMEM. */
-int rs_packed_set_rows(struct rs_packed_matrix *w, uint32_t row0, uint32_t n_rows,
-		       const void *rows, enum rs_dtype dtype);
+int rs_packed_set_rows(struct rs_packed_matrix *w, uint32_t row0, uint32_t n_rows, const void *rows,
+		       enum rs_dtype dtype);
 
 void rs_packed_free(struct rs_packed_matrix *w);
 

@@ -47,8 +47,8 @@ int rs_packed_alloc(struct rs_packed_matrix *w, uint32_t n, uint32_t k)
 	return 0;
 }
 
-int rs_packed_set_rows(struct rs_packed_matrix *w, uint32_t row0, uint32_t n_rows,
-		       const void *rows, enum rs_dtype dtype)
+int rs_packed_set_rows(struct rs_packed_matrix *w, uint32_t row0, uint32_t n_rows, const void *rows,
+		       enum rs_dtype dtype)
 {
 	size_t k = w->k, row_bytes = k * rs_dtype_size(dtype);
 	/* One panel's worth of rows converted at a time, then written out in the panel's
@@ -101,8 +101,8 @@ static void gemm_blas(float *y, size_t ldy, const float *x, size_t ldx, uint32_t
 		const float *panel = w->panels + (size_t)p * w->k * PC;
 		float beta = accumulate ? 1.0f : 0.0f;
 		if (m == 1) /* SGEMM cost 2.4x more at one row (decode at batch 1) */
-			cblas_sgemv(CblasRowMajor, CblasTrans, (int)w->k, (int)panel_cols(w, p), 1.0f,
-				    panel, PC, x, 1, beta, y + (size_t)p * PC, 1);
+			cblas_sgemv(CblasRowMajor, CblasTrans, (int)w->k, (int)panel_cols(w, p),
+				    1.0f, panel, PC, x, 1, beta, y + (size_t)p * PC, 1);
 		else
 			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m,
 				    (int)panel_cols(w, p), (int)w->k, 1.0f, x, (int)ldx, panel, PC,
@@ -112,23 +112,23 @@ static void gemm_blas(float *y, size_t ldy, const float *x, size_t ldx, uint32_t
 
 #ifdef RS_HAVE_X86_KERNELS
 #define TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx2,fma")))
-#define TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define TARGET_AVX2   __attribute__((target("avx2,fma")))
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
 /* One tile: y[mr rows][cols] (+)= x[mr rows][kc] * panel block [kc][PC]. load_y: the
  * chain starts from y (accumulate, or a later block), else from 0. prefetch: the next
  * panel's block, or NULL. Every instantiation has a constant mr. */
-typedef void tile_fn(float *y, size_t ldy, const float *x, size_t ldx, const float *pw,
-		     uint32_t kc, uint32_t cols, bool load_y, const float *prefetch);
+typedef void tile_fn(float *y, size_t ldy, const float *x, size_t ldx, const float *pw, uint32_t kc,
+		     uint32_t cols, bool load_y, const float *prefetch);
 
 /* ---- AVX-512: 8 rows x 3 vectors = 24 accumulators (of 32 registers) ---------------- */
 
 enum { MR_AVX512 = 8 };
 
 static ALWAYS_INLINE TARGET_AVX512 void tile_avx512(float *y, size_t ldy, const float *x,
-						     size_t ldx, const float *pw, uint32_t kc,
-						     uint32_t cols, bool load_y,
-						     const float *prefetch, uint32_t mr)
+						    size_t ldx, const float *pw, uint32_t kc,
+						    uint32_t cols, bool load_y,
+						    const float *prefetch, uint32_t mr)
 {
 	__mmask16 mask[3];
 #pragma GCC unroll 3
@@ -169,13 +169,12 @@ static ALWAYS_INLINE TARGET_AVX512 void tile_avx512(float *y, size_t ldy, const 
 			_mm512_mask_storeu_ps(y + j * ldy + 16 * v, mask[v], acc[j][v]);
 }
 
-#define TILE_AVX512(mr)                                                                    \
-	static TARGET_AVX512 void tile_avx512_##mr(float *y, size_t ldy, const float *x,      \
-						   size_t ldx, const float *pw, uint32_t kc,  \
-						   uint32_t cols, bool load_y,                \
-						   const float *prefetch)                     \
-	{                                                                                  \
-		tile_avx512(y, ldy, x, ldx, pw, kc, cols, load_y, prefetch, mr);           \
+#define TILE_AVX512(mr)                                                                            \
+	static TARGET_AVX512 void tile_avx512_##mr(                                                \
+	    float *y, size_t ldy, const float *x, size_t ldx, const float *pw, uint32_t kc,        \
+	    uint32_t cols, bool load_y, const float *prefetch)                                     \
+	{                                                                                          \
+		tile_avx512(y, ldy, x, ldx, pw, kc, cols, load_y, prefetch, mr);                   \
 	}
 TILE_AVX512(1)
 TILE_AVX512(2)
@@ -201,8 +200,8 @@ static ALWAYS_INLINE TARGET_AVX2 __m256i lane_mask8(uint32_t valid)
 }
 
 static ALWAYS_INLINE TARGET_AVX2 void tile_avx2(float *y, size_t ldy, const float *x, size_t ldx,
-						 const float *pw, uint32_t kc, uint32_t cols,
-						 bool load_y, const float *prefetch, uint32_t mr)
+						const float *pw, uint32_t kc, uint32_t cols,
+						bool load_y, const float *prefetch, uint32_t mr)
 {
 	for (uint32_t c0 = 0; c0 < cols; c0 += 24) {
 		__m256i mask[3];
@@ -214,8 +213,9 @@ static ALWAYS_INLINE TARGET_AVX2 void tile_avx2(float *y, size_t ldy, const floa
 		for (uint32_t j = 0; j < mr; j++)
 #pragma GCC unroll 3
 			for (uint32_t v = 0; v < 3; v++)
-				acc[j][v] = load_y ? _mm256_maskload_ps(y + j * ldy + c0 + 8 * v, mask[v])
-						   : _mm256_setzero_ps();
+				acc[j][v] =
+				    load_y ? _mm256_maskload_ps(y + j * ldy + c0 + 8 * v, mask[v])
+					   : _mm256_setzero_ps();
 		for (uint32_t kk = 0; kk < kc; kk++) {
 			const float *wk = pw + (size_t)kk * PC + c0;
 			__m256 w0 = _mm256_load_ps(wk), w1 = _mm256_load_ps(wk + 8),
@@ -242,12 +242,12 @@ static ALWAYS_INLINE TARGET_AVX2 void tile_avx2(float *y, size_t ldy, const floa
 	}
 }
 
-#define TILE_AVX2(mr)                                                                      \
-	static TARGET_AVX2 void tile_avx2_##mr(float *y, size_t ldy, const float *x, size_t ldx, \
-					       const float *pw, uint32_t kc, uint32_t cols,     \
-					       bool load_y, const float *prefetch)              \
-	{                                                                                  \
-		tile_avx2(y, ldy, x, ldx, pw, kc, cols, load_y, prefetch, mr);             \
+#define TILE_AVX2(mr)                                                                              \
+	static TARGET_AVX2 void tile_avx2_##mr(float *y, size_t ldy, const float *x, size_t ldx,   \
+					       const float *pw, uint32_t kc, uint32_t cols,        \
+					       bool load_y, const float *prefetch)                 \
+	{                                                                                          \
+		tile_avx2(y, ldy, x, ldx, pw, kc, cols, load_y, prefetch, mr);                     \
 	}
 TILE_AVX2(1)
 TILE_AVX2(2)
@@ -273,9 +273,9 @@ static void gemm_tiles(float *y, size_t ldy, const float *x, size_t ldx, uint32_
 			const float *next = p + 1 < p1 ? pw + panel_floats : NULL;
 			for (uint32_t t = 0, r0 = 0; t < n_tiles; t++) {
 				uint32_t rows = base + (t < extra);
-				tiles[rows - 1](y + r0 * ldy + (size_t)p * PC, ldy, x + r0 * ldx + k0,
-						ldx, pw, kc, cols, accumulate || k0 > 0,
-						t == 0 ? next : NULL);
+				tiles[rows - 1](y + r0 * ldy + (size_t)p * PC, ldy,
+						x + r0 * ldx + k0, ldx, pw, kc, cols,
+						accumulate || k0 > 0, t == 0 ? next : NULL);
 				r0 += rows;
 			}
 		}

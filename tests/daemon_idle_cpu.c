@@ -47,7 +47,8 @@ static void run(const char *mode_arg)
 	CHECK(rs_connect(daemon.socket_path, NULL, &conn) == 0, "connect");
 	/* Futex doorbells when this kernel's io_uring has FUTEX_WAIT (our own probe, not
 	 * the daemon's), else the daemon falls back to eventfd. */
-	uint32_t expected_mode = mode_arg || !kernel_has_futex_wait() ? RS_WAKE_EVENTFD : RS_WAKE_FUTEX;
+	uint32_t expected_mode =
+	    mode_arg || !kernel_has_futex_wait() ? RS_WAKE_EVENTFD : RS_WAKE_FUTEX;
 	CHECK(conn->hdr.wake_mode == expected_mode, "wake mode %u, want %u", conn->hdr.wake_mode,
 	      expected_mode);
 	if (!mode_arg && expected_mode == RS_WAKE_EVENTFD)

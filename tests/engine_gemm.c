@@ -44,8 +44,8 @@ static void test_pack(void)
 		CHECK(memcmp(row, w + (size_t)r * k, sizeof(float) * k) == 0, "row %u", r);
 		rs_packed_get_row(&pm16, r, row);
 		for (uint32_t i = 0; i < k; i++)
-			CHECK(row[i] == test_f16_value(w16[(size_t)r * k + i]), "f16 row %u col %u", r,
-			      i);
+			CHECK(row[i] == test_f16_value(w16[(size_t)r * k + i]), "f16 row %u col %u",
+			      r, i);
 	}
 	/* The padding of the last panel is zero: the kernels read it. */
 	const float *last = pm.panels + (size_t)2 * k * RS_PANEL_COLS;
@@ -72,7 +72,8 @@ static void gemm_case(const struct gemm_case *gc, enum rs_cpu_isa isa, uint64_t 
 	fill(w, (size_t)n * k, s, 1.0 / sqrt(k));
 	fill(x, (size_t)m_max * ldx, s, 1.0);
 	struct rs_packed_matrix pm;
-	CHECK(rs_packed_alloc(&pm, n, k) == 0 && rs_packed_set_rows(&pm, 0, n, w, RS_DTYPE_F32) == 0,
+	CHECK(rs_packed_alloc(&pm, n, k) == 0 &&
+		  rs_packed_set_rows(&pm, 0, n, w, RS_DTYPE_F32) == 0,
 	      "pack");
 	/* A panel range inside when there are three panels or more. */
 	uint32_t p0 = pm.n_panels > 2, p1 = pm.n_panels - (pm.n_panels > 2);
@@ -86,7 +87,8 @@ static void gemm_case(const struct gemm_case *gc, enum rs_cpu_isa isa, uint64_t 
 					bool inside = j >= c0 && j < c1;
 					double sum = acc || !inside ? y0[i * ldy + j] : 0.0;
 					for (uint32_t l = 0; inside && l < k; l++)
-						sum += (double)x[i * ldx + l] * w[(size_t)j * k + l];
+						sum +=
+						    (double)x[i * ldx + l] * w[(size_t)j * k + l];
 					ref[i * ldy + j] = sum;
 				}
 			rs_gemm_packed(y, ldy, x, ldx, m, &pm, p0, p1, acc, isa);
@@ -102,14 +104,15 @@ static void gemm_case(const struct gemm_case *gc, enum rs_cpu_isa isa, uint64_t 
 			uint32_t mid = (p0 + p1) / 2;
 			rs_gemm_packed(split, ldy, x, ldx, m, &pm, p0, mid, acc, isa);
 			rs_gemm_packed(split, ldy, x, ldx, m, &pm, mid, p1, acc, isa);
-			CHECK(memcmp(split, y, sizeof(float) * m * ldy) == 0, "%s: split differs", what);
+			CHECK(memcmp(split, y, sizeof(float) * m * ldy) == 0, "%s: split differs",
+			      what);
 
 			/* The last row alone: the same bits as inside the batch (our kernels). */
 			if (isa == RS_ISA_PORTABLE)
 				continue;
 			memcpy(alone, y0 + (size_t)(m - 1) * ldy, sizeof(float) * ldy);
-			rs_gemm_packed(alone, ldy, x + (size_t)(m - 1) * ldx, ldx, 1, &pm, p0, p1, acc,
-				       isa);
+			rs_gemm_packed(alone, ldy, x + (size_t)(m - 1) * ldx, ldx, 1, &pm, p0, p1,
+				       acc, isa);
 			CHECK(memcmp(alone, y + (size_t)(m - 1) * ldy, sizeof(float) * ldy) == 0,
 			      "%s: last row alone differs", what);
 		}
@@ -131,7 +134,8 @@ static void test_isas_agree(void)
 	fill(y2, (size_t)m * n, &s, 1.0);
 	memcpy(y512, y2, sizeof(float) * m * n);
 	struct rs_packed_matrix pm;
-	CHECK(rs_packed_alloc(&pm, n, k) == 0 && rs_packed_set_rows(&pm, 0, n, w, RS_DTYPE_F32) == 0,
+	CHECK(rs_packed_alloc(&pm, n, k) == 0 &&
+		  rs_packed_set_rows(&pm, 0, n, w, RS_DTYPE_F32) == 0,
 	      "pack");
 	rs_gemm_packed(y2, n, x, k, m, &pm, 0, pm.n_panels, true, RS_ISA_AVX2);
 	rs_gemm_packed(y512, n, x, k, m, &pm, 0, pm.n_panels, true, RS_ISA_AVX512);
@@ -146,8 +150,8 @@ int main(void)
 	/* k past one 512-step block (1030: three blocks, the last short); n of one
 	 * partial panel, of whole panels, and of a partial last panel. */
 	static const struct gemm_case cases[] = {
-		{1, 1, 70},   {5, 17, 70},  {37, 33, 70},  {48, 16, 70},  {97, 295, 70},
-		{21, 768, 20}, {150, 513, 12}, {100, 1030, 9}, {200, 64, 70},
+	    {1, 1, 70},	   {5, 17, 70},	   {37, 33, 70},   {48, 16, 70},  {97, 295, 70},
+	    {21, 768, 20}, {150, 513, 12}, {100, 1030, 9}, {200, 64, 70},
 	};
 	uint64_t s = 13;
 	for (int isa = RS_ISA_PORTABLE; isa <= (int)rs_cpu_isa(); isa++)
