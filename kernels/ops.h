@@ -30,6 +30,11 @@ void rs_op_rmsnorm(float *out, const float *x, const float *weight, uint32_t n_r
 void rs_op_rope(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t rope_dim,
 		uint32_t pos, float theta);
 
+/* rs_op_rope's cosines and sines for positions 0 .. n_pos - 1, the same floats:
+ * cos_sin[(pos * (rope_dim / 2) + i) * 2] = cos, [... + 1] = sin (the CUDA backend's
+ * table, uploaded once). */
+void rs_op_rope_table(float *cos_sin, uint32_t n_pos, uint32_t rope_dim, float theta);
+
 /* Instruction sets of the CPU kernels, in increasing order. */
 enum rs_cpu_isa { RS_ISA_PORTABLE = 0, RS_ISA_AVX2 = 1, RS_ISA_AVX512 = 2 };
 

@@ -30,6 +30,26 @@ void rs_op_rmsnorm(float *out, const float *x, const float *weight, uint32_t n_r
 	}
 }
 
+/* The rotation of pair i at position pos, computed in double, rounded to float. */
+static void rope_cos_sin(uint32_t pos, uint32_t i, uint32_t rope_dim, float theta, float *c,
+			 float *s)
+{
+	double freq = pow((double)theta, -2.0 * i / rope_dim);
+	double angle = (double)pos * freq;
+	*c = (float)cos(angle);
+	*s = (float)sin(angle);
+}
+
+void rs_op_rope_table(float *cos_sin, uint32_t n_pos, uint32_t rope_dim, float theta)
+{
+	uint32_t pairs = rope_dim / 2;
+	for (uint32_t pos = 0; pos < n_pos; pos++)
+		for (uint32_t i = 0; i < pairs; i++) {
+			float *e = cos_sin + ((size_t)pos * pairs + i) * 2;
+			rope_cos_sin(pos, i, rope_dim, theta, &e[0], &e[1]);
+		}
+}
+
 void rs_op_rope(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t rope_dim,
 		uint32_t pos, float theta)
 {
@@ -38,12 +58,8 @@ void rs_op_rope(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t rope_dim
 	uint32_t pairs = rope_dim / 2;
 	for (uint32_t done = 0; done < pairs; done += 256) {
 		uint32_t n = pairs - done < 256 ? pairs - done : 256;
-		for (uint32_t i = 0; i < n; i++) {
-			double freq = pow((double)theta, -2.0 * (done + i) / rope_dim);
-			double angle = (double)pos * freq;
-			cos_tab[i] = (float)cos(angle);
-			sin_tab[i] = (float)sin(angle);
-		}
+		for (uint32_t i = 0; i < n; i++)
+			rope_cos_sin(pos, done + i, rope_dim, theta, &cos_tab[i], &sin_tab[i]);
 		for (uint32_t h = 0; h < n_heads; h++) {
 			float *p = x + (size_t)h * head_dim + 2 * done;
 			for (uint32_t i = 0; i < n; i++) {

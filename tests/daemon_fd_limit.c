@@ -1,7 +1,7 @@
 /* A daemon out of file descriptors must neither spin nor hang anyone. Peers that connect
  * and never say hello fill its descriptor table; while its accept keeps failing with
- * EMFILE the daemon retries every 100 ms instead of spinning (its CPU time stays far below
- * the wall clock), and a client that comes then either times out (-ETIMEDOUT) or gets in
+ * EMFILE the daemon retries every 100 ms instead of spinning (its event loop's CPU time
+ * stays far below the wall clock), and a client that comes then either times out (-ETIMEDOUT) or gets in
  * once the daemon drops the silent peers, which it does 5 s after they connected. */
 #include <errno.h>
 #include <string.h>
@@ -35,11 +35,11 @@ int main(void)
 		      "silent peer %d: %s", i, strerror(errno));
 	}
 	uint64_t start = rs_now_ns();
-	double cpu_before = test_process_cpu_seconds(daemon.pid);
+	double cpu_before = test_event_loop_cpu_seconds(daemon.pid);
 	struct rs_connection *conn;
 	int ret = rs_connect(daemon.socket_path, NULL, &conn);
 	double wall = (double)(rs_now_ns() - start) / 1e9;
-	double cpu = test_process_cpu_seconds(daemon.pid) - cpu_before;
+	double cpu = test_event_loop_cpu_seconds(daemon.pid) - cpu_before;
 	fprintf(stderr, "connect while full: %d after %.2f s; the daemon used %.3f s of CPU\n", ret, wall, cpu);
 	CHECK(ret == -ETIMEDOUT || ret == 0, "connect while the daemon is out of descriptors: %d (%s)",
 	      ret, strerror(-ret));

@@ -21,9 +21,9 @@
  * f32 weights (cuBLAS SGEMM vs OpenBLAS). An emulation on the CPU (the CPU ops with every
  * GEMM input rounded to f16/bf16, this file's model shape, 4 seeds) gave maximum errors of
  * 2.1e-3 and 1.7e-2 of the RMS: margins of 5x and 3x.
- * The matmul check allows K * 1e-6 absolute: fp32 accumulation of K = 300 products of
- * size <= 1 (a sum of typical size 6) stays far below it, while a wrong rounding of an
- * input (unrounded reference) would show as ~3e-3. */
+ * The matmul check allows K * 1e-6 absolute: fp32 accumulation of K <= 1048 products of
+ * size <= 1 (a sum of typical size 6 to 11) stays far below it, while a wrong rounding of
+ * an input (unrounded reference) would show as ~3e-3. */
 #include <stdio.h>
 
 #ifndef RS_HAVE_CUDA_BACKEND
@@ -199,6 +199,17 @@ static void test_rmsnorm(void)
 	cudaFree(d_out), cudaFree(d_x), cudaFree(d_w), cudaFree(d_rows);
 }
 
+/* The device rotation table, [positions][pairs] of (cos, sin), from rs_op_rope_table. */
+static float *rope_table_dev(uint32_t n_pos, uint32_t rope_dim)
+{
+	size_t floats = (size_t)n_pos * (rope_dim / 2) * 2;
+	float *table = malloc(floats * sizeof(float));
+	rs_op_rope_table(table, n_pos, rope_dim, 10000.0f);
+	float *d_table = to_dev(table, floats * sizeof(float));
+	free(table);
+	return d_table;
+}
+
 static void test_rope(void)
 {
 	uint64_t s = 3;
@@ -209,15 +220,64 @@ static void test_rope(void)
 	memcpy(want, x, sizeof(want));
 	for (int t = 0; t < T; t++)
 		rs_op_rope(want + t * STRIDE, HEADS, HD, ROPE, pos[t], 10000.0f);
-	float *d_x = to_dev(x, sizeof(got));
+	float *d_x = to_dev(x, sizeof(got)), *d_table = rope_table_dev(40001, ROPE);
 	uint32_t *d_pos = to_dev(pos, sizeof(pos));
-	CHECK(rs_cuda_rope(d_x, STRIDE, d_pos, T, HEADS, HD, ROPE, 10000.0f, 0) == 0, "launch");
+	CHECK(rs_cuda_rope(d_x, STRIDE, d_pos, T, HEADS, HD, ROPE, d_table, 0) == 0, "launch");
 	from_dev(got, d_x, sizeof(got));
 	double *wd = to_double(want, T * STRIDE);
-	/* Same arithmetic; device cos/sin in double may differ by an ulp before rounding. */
+	/* The CPU's sines and cosines, the same unfused products: equal but for a compiler
+	 * that contracted the CPU's into FMAs. */
 	check_close("rope", got, wd, T * STRIDE, 1e-6, 1e-6);
 	free(wd), free(x);
-	cudaFree(d_x), cudaFree(d_pos);
+	cudaFree(d_x), cudaFree(d_pos), cudaFree(d_table);
+}
+
+/* The fused rope + KV store against rs_op_rope on the q and k heads then rs_op_kv_store:
+ * the q part rotated in place, the k part of the rows untouched, the cache slots holding
+ * the rotated keys and the values. */
+static void test_rope_kv_store(void)
+{
+	uint64_t s = 13;
+	enum { T = 7, HEADS = 6, KV_HEADS = 2, HD = 32, ROPE = 24, BS = 4, START = 9 };
+	enum { Q_DIM = HEADS * HD, KV_DIM = KV_HEADS * HD, STRIDE = Q_DIM + 2 * KV_DIM + 3 };
+	enum { N_BLOCKS = 8, CACHE = N_BLOCKS * BS * KV_DIM };
+	const uint32_t table[4] = {5, 2, 7, 0}; /* positions 9..15: blocks 2 and 3 */
+	float *rows = rand_floats(T * STRIDE, 1.0, &s);
+	uint32_t pos[T], slots[T];
+	for (uint32_t t = 0; t < T; t++) {
+		pos[t] = START + t;
+		slots[t] = table[pos[t] / BS] * BS + pos[t] % BS;
+	}
+	float *want = malloc(sizeof(float) * T * STRIDE), *rotated = malloc(sizeof(float) * T * STRIDE);
+	memcpy(want, rows, sizeof(float) * T * STRIDE);
+	memcpy(rotated, rows, sizeof(float) * T * STRIDE);
+	for (uint32_t t = 0; t < T; t++) {
+		rs_op_rope(want + t * STRIDE, HEADS, HD, ROPE, pos[t], 10000.0f);
+		rs_op_rope(rotated + t * STRIDE, HEADS + KV_HEADS, HD, ROPE, pos[t], 10000.0f);
+	}
+	struct rs_kv_layer cpu = {.k = calloc(CACHE, 4), .v = calloc(CACHE, 4), .block_size = BS,
+				  .n_kv_heads = KV_HEADS, .head_dim = HD};
+	rs_op_kv_store(&cpu, table, START, T, rotated + Q_DIM, rotated + Q_DIM + KV_DIM, STRIDE);
+	struct rs_cuda_kv_layer gpu = {.k = dev_alloc(CACHE * 4), .v = dev_alloc(CACHE * 4),
+				       .block_size = BS, .n_kv_heads = KV_HEADS, .head_dim = HD};
+	cudaMemset(gpu.k, 0, CACHE * 4);
+	cudaMemset(gpu.v, 0, CACHE * 4);
+	float *d_rows = to_dev(rows, sizeof(float) * T * STRIDE), *d_table = rope_table_dev(64, ROPE);
+	uint32_t *d_pos = to_dev(pos, sizeof(pos)), *d_slots = to_dev(slots, sizeof(slots));
+	CHECK(rs_cuda_rope_kv_store(d_rows, STRIDE, d_pos, d_slots, T, HEADS, &gpu, ROPE, d_table,
+				    0) == 0, "launch");
+	float *got = malloc(sizeof(float) * T * STRIDE), *k = malloc(CACHE * 4), *v = malloc(CACHE * 4);
+	from_dev(got, d_rows, sizeof(float) * T * STRIDE);
+	from_dev(k, gpu.k, CACHE * 4);
+	from_dev(v, gpu.v, CACHE * 4);
+	double *wd = to_double(want, T * STRIDE), *kd = to_double(cpu.k, CACHE);
+	check_close("rope_kv_store rows", got, wd, T * STRIDE, 1e-6, 1e-6);
+	check_close("rope_kv_store keys", k, kd, CACHE, 1e-6, 1e-6);
+	CHECK(memcmp(v, cpu.v, CACHE * 4) == 0, "rope_kv_store: values differ");
+	free(rows), free(want), free(rotated), free(cpu.k), free(cpu.v), free(got), free(k), free(v);
+	free(wd), free(kd);
+	cudaFree(gpu.k), cudaFree(gpu.v), cudaFree(d_rows), cudaFree(d_table), cudaFree(d_pos);
+	cudaFree(d_slots);
 }
 
 static void test_swiglu(void)
@@ -254,15 +314,19 @@ static void test_swiglu(void)
 static void test_matmul(void)
 {
 	uint64_t s = 5;
-	enum { N = 131, K = 300 };
-	const uint32_t ms[3] = {1, 7, 64};
+	enum { N = 131 };
+	/* Rows: the weight-streaming kernel's four row counts (1, 2, up to 4, up to 8) and
+	 * cuBLAS past them. K: 1048 fills 16-byte pieces in every dtype (that kernel; 131
+	 * f16 pieces, its unrolled loop and its tail), 300 only in f32 (f16/bf16: cuBLAS). */
+	const uint32_t ms[] = {1, 2, 3, 7, 8, 9, 64}, ks[] = {300, 1048};
 	cublasHandle_t h;
 	CHECK(cublasCreate(&h) == CUBLAS_STATUS_SUCCESS, "cublasCreate");
-	for (int k = 0; k < 3; k++) {
-		enum rs_dtype dt = DTYPES[k];
-		for (int mi = 0; mi < 3; mi++)
+	for (int di = 0; di < 3; di++)
+		for (size_t ki = 0; ki < sizeof(ks) / sizeof(ks[0]); ki++)
+		for (size_t mi = 0; mi < sizeof(ms) / sizeof(ms[0]); mi++)
 			for (int acc = 0; acc < 2; acc++) {
-				uint32_t m = ms[mi];
+				enum rs_dtype dt = DTYPES[di];
+				uint32_t m = ms[mi], K = ks[ki];
 				float *x = rand_floats((size_t)m * K, 1.0, &s);
 				float *w = rand_floats((size_t)N * K, 1.0, &s);
 				float *y0 = rand_floats((size_t)m * N, 1.0, &s);
@@ -270,7 +334,7 @@ static void test_matmul(void)
 				for (uint32_t r = 0; r < m; r++)
 					for (int n = 0; n < N; n++) {
 						double sum = acc ? y0[r * N + n] : 0.0;
-						for (int i = 0; i < K; i++)
+						for (uint32_t i = 0; i < K; i++)
 							sum += round_to(x[r * K + i], dt) *
 							       round_to(w[n * K + i], dt);
 						ref[r * N + n] = sum;
@@ -285,12 +349,12 @@ static void test_matmul(void)
 				float *got = malloc(sizeof(float) * m * N);
 				from_dev(got, d_y, sizeof(float) * m * N);
 				char name[64];
-				snprintf(name, sizeof(name), "matmul %s m=%u acc=%d", rs_dtype_name(dt), m, acc);
+				snprintf(name, sizeof(name), "matmul %s m=%u k=%u acc=%d", rs_dtype_name(dt), m,
+					 K, acc);
 				check_close(name, got, ref, (size_t)m * N, K * 1e-6, 1e-5);
 				free(x), free(w), free(y0), free(ref), free(got);
 				cudaFree(d_x32), cudaFree(d_w32), cudaFree(d_x), cudaFree(d_w), cudaFree(d_y);
 			}
-	}
 	cublasDestroy(h);
 }
 
@@ -358,19 +422,50 @@ static void test_attention_shape(uint32_t n_heads, uint32_t n_kv, uint32_t hd, u
 		rs_op_attention(want + (size_t)t * q_dim, rows + (size_t)t * stride, &cpu,
 				tables + offsets[t], positions[t], n_heads, scratch);
 	CHECK(rs_cuda_attention_setup(n_heads, n_kv, hd) == 0, "setup %u/%u hd %u", n_heads, n_kv, hd);
+	float *d_scratch = dev_alloc(rs_cuda_attention_scratch(n_heads, hd) * 4);
 	void *d_out = dev_alloc((size_t)T * q_dim * 4);
-	CHECK(rs_cuda_attention(d_out, out_dt, d_rows, stride, &gpu, d_tables, d_offsets, d_pos, T,
-				n_heads, 0) == 0, "attention launch");
 	uint8_t *raw = malloc((size_t)T * q_dim * 4);
-	from_dev(raw, d_out, (size_t)T * q_dim * rs_dtype_size(out_dt));
-	decode(got, raw, out_dt, (size_t)T * q_dim);
 	double *wd = to_double(want, (size_t)T * q_dim);
 	char name[96];
+	/* Every token at once: enough blocks without splitting. */
+	CHECK(rs_cuda_attention(d_out, out_dt, d_rows, stride, &gpu, d_tables, d_offsets, d_pos, T,
+				n_heads, MAX_CTX, d_scratch, 0) == 0, "attention launch");
+	from_dev(raw, d_out, (size_t)T * q_dim * rs_dtype_size(out_dt));
+	decode(got, raw, out_dt, (size_t)T * q_dim);
 	snprintf(name, sizeof(name), "attention heads %u/%u hd %u bs %u %s", n_heads, n_kv, hd, bs,
 		 rs_dtype_name(out_dt));
 	/* Outputs are convex combinations of V values in [-1, 1]: absolute tolerance. */
-	check_close(name, got, wd, (size_t)T * q_dim, out_dt == RS_DTYPE_F32 ? 1e-5 : 2e-3,
-		    dtype_eps(out_dt));
+	double atol = out_dt == RS_DTYPE_F32 ? 1e-5 : 2e-3;
+	check_close(name, got, wd, (size_t)T * q_dim, atol, dtype_eps(out_dt));
+
+	/* The last token of each sequence alone (decode): contexts split over blocks, one
+	 * sequence (of one position) shorter than every split but the first. */
+	uint32_t last_rows = 0, last_t[SEQS];
+	for (uint32_t q = 0, t = 0; q < SEQS; t += ctx[q++])
+		last_t[last_rows++] = t + ctx[q] - 1;
+	float *last_q = malloc((size_t)SEQS * stride * 4);
+	uint32_t last_pos[SEQS], last_off[SEQS];
+	double *last_want = malloc((size_t)SEQS * q_dim * sizeof(double));
+	for (uint32_t i = 0; i < SEQS; i++) {
+		memcpy(last_q + (size_t)i * stride, rows + (size_t)last_t[i] * stride, stride * 4);
+		last_pos[i] = positions[last_t[i]];
+		last_off[i] = offsets[last_t[i]];
+		memcpy(last_want + (size_t)i * q_dim, wd + (size_t)last_t[i] * q_dim,
+		       q_dim * sizeof(double));
+	}
+	float *d_last_q = to_dev(last_q, (size_t)SEQS * stride * 4);
+	uint32_t *d_last_pos = to_dev(last_pos, sizeof(last_pos));
+	uint32_t *d_last_off = to_dev(last_off, sizeof(last_off));
+	CHECK(rs_cuda_attention(d_out, out_dt, d_last_q, stride, &gpu, d_tables, d_last_off,
+				d_last_pos, SEQS, n_heads, MAX_CTX, d_scratch, 0) == 0,
+	      "split attention launch");
+	from_dev(raw, d_out, (size_t)SEQS * q_dim * rs_dtype_size(out_dt));
+	decode(got, raw, out_dt, (size_t)SEQS * q_dim);
+	snprintf(name, sizeof(name), "split attention heads %u/%u hd %u bs %u %s", n_heads, n_kv,
+		 hd, bs, rs_dtype_name(out_dt));
+	check_close(name, got, last_want, (size_t)SEQS * q_dim, atol, dtype_eps(out_dt));
+	free(last_q), free(last_want);
+	cudaFree(d_last_q), cudaFree(d_last_pos), cudaFree(d_last_off), cudaFree(d_scratch);
 	free(perm), free(cpu.k), free(cpu.v), free(rows), free(tables), free(positions);
 	free(slots), free(offsets), free(kk), free(vv), free(want), free(got), free(scratch);
 	free(raw), free(wd);
@@ -816,7 +911,7 @@ int main(int argc, char **argv)
 	}
 	PART("embedding", test_embedding());
 	PART("rmsnorm", test_rmsnorm());
-	PART("rope", test_rope());
+	PART("rope", (test_rope(), test_rope_kv_store()));
 	PART("swiglu", test_swiglu());
 	PART("matmul", test_matmul());
 	PART("attention", test_attention());

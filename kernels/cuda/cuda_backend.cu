@@ -9,7 +9,7 @@
  *
  * A step only enqueues: its tokens, positions, KV slots, block tables and sampling
  * descriptors are written to the lane's pinned staging buffer and copied to the device by
- * one cudaMemcpyAsync; then, per layer: rmsnorm -> [q|k|v] GEMM -> rope -> KV store ->
+ * one cudaMemcpyAsync; then, per layer: rmsnorm -> [q|k|v] GEMM -> RoPE and KV store ->
  * attention -> x += att Wo^T (the residual is the GEMM's beta = 1) -> rmsnorm ->
  * [gate|up] GEMM -> SwiGLU -> x += h Wdown^T; then the final norm of the sampled rows
  * only, the logits GEMM and the sampling kernel, which writes each id to its out_token
@@ -34,6 +34,7 @@ extern "C" {
 #include "kernels/dtype.h"
 #include "kernels/engine_backend.h"
 #include "kernels/errmsg.h"
+#include "kernels/ops.h"
 }
 
 /* Rows sampled per kernel launch: bounds the weight scratch (rows * vocab doubles). */
@@ -60,6 +61,7 @@ struct cuda_lane {
 	float *x, *qkv, *gate_up, *logits;
 	void *xb, *att, *hidden;
 	double *sample_scratch;
+	float *att_scratch; /* split attention's partial softmaxes */
 
 	/* The step's metadata: pinned host staging, its device copy. */
 	uint8_t *meta_h, *meta_d;
@@ -85,6 +87,7 @@ struct cuda_engine {
 	void *embedding;  /* [vocab][dim] */
 	void *output;     /* [vocab][dim]; == embedding when tied */
 	float *final_norm;
+	float *rope_table;        /* [max_seq_len][rope_dim / 2] (cos, sin) */
 	float *k_cache, *v_cache; /* [layer][block][block_size][kv_dim] */
 	size_t layer_cache_floats;
 	struct cuda_lane *lanes;
@@ -160,6 +163,23 @@ static int upload_new(void **dst, const struct rs_tensor *t, enum rs_dtype to)
 	return rc ? rc : upload(*dst, t, to);
 }
 
+/* RoPE's cosines and sines for every position, computed once on the host (the CPU's own
+ * floats: rs_op_rope_table) rather than in every layer of every step. */
+static int upload_rope_table(struct cuda_engine *c, const struct rs_model_config *cfg)
+{
+	size_t floats = (size_t)cfg->max_seq_len * (cfg->rope_dim / 2) * 2;
+	float *table = (float *)malloc((floats ? floats : 1) * sizeof(float));
+	if (!table)
+		return -ENOMEM;
+	rs_op_rope_table(table, cfg->max_seq_len, cfg->rope_dim, cfg->rope_theta);
+	int rc = dev_alloc((void **)&c->rope_table, floats * sizeof(float));
+	if (!rc)
+		rc = cuda_errno(cudaMemcpy(c->rope_table, table, floats * sizeof(float),
+					   cudaMemcpyHostToDevice));
+	free(table);
+	return rc;
+}
+
 static int load_weights(struct rs_engine *e, struct cuda_engine *c, char *err, size_t err_size)
 {
 	const struct rs_model *m = e->model;
@@ -215,6 +235,8 @@ static int load_weights(struct rs_engine *e, struct cuda_engine *c, char *err, s
 		if (!rc)
 			rc = upload_new(&L->w_down, &w->w_down, wt);
 	}
+	if (!rc)
+		rc = upload_rope_table(c, cfg);
 	if (rc)
 		return rs_errmsg(err, err_size, rc, "uploading the weights: %s",
 				 rc == -ENOMEM ? "out of device memory" : "CUDA error");
@@ -275,6 +297,9 @@ static int lane_create(struct rs_engine *e, struct cuda_engine *c, struct cuda_l
 		rc = dev_alloc((void **)&ln->sample_scratch,
 			       sample_rows * rs_cuda_sample_scratch(cfg->vocab_size) * sizeof(double));
 	if (!rc)
+		rc = dev_alloc((void **)&ln->att_scratch,
+			       rs_cuda_attention_scratch(cfg->n_heads, cfg->head_dim) * sizeof(float));
+	if (!rc)
 		rc = cuda_errno(cudaHostAlloc((void **)&ln->out_stage_h, T * sizeof(uint32_t),
 					      cudaHostAllocMapped));
 	if (!rc)
@@ -304,6 +329,7 @@ static void lane_destroy(struct cuda_lane *ln)
 	cudaFree(ln->att);
 	cudaFree(ln->hidden);
 	cudaFree(ln->sample_scratch);
+	cudaFree(ln->att_scratch);
 	cudaFreeHost(ln->out_stage_h);
 	cudaFreeHost(ln->meta_h);
 	cudaFree(ln->meta_d);
@@ -416,6 +442,7 @@ static void cuda_destroy(struct rs_engine *e)
 		cudaFree(c->output);
 	cudaFree(c->embedding);
 	cudaFree(c->final_norm);
+	cudaFree(c->rope_table);
 	cudaFree(c->k_cache);
 	cudaFree(c->v_cache);
 	pthread_mutex_destroy(&c->ranges_lock);
@@ -485,9 +512,10 @@ static struct step_meta meta_layout(uint32_t T, uint32_t rows, size_t table_entr
 			rc = call; \
 	} while (0)
 
-/* Enqueue the layers over the step's T tokens (metadata already on the device). */
+/* Enqueue the layers over the step's T tokens (metadata already on the device), whose
+ * longest context is max_ctx positions. */
 static int enqueue_layers(struct rs_engine *e, struct cuda_engine *c, struct cuda_lane *ln,
-			  const struct step_meta *mt, uint32_t T)
+			  const struct step_meta *mt, uint32_t T, uint32_t max_ctx)
 {
 	const struct rs_model_config *cfg = &e->config;
 	uint32_t dim = cfg->dim, hidden = cfg->hidden_dim, hd = cfg->head_dim;
@@ -508,12 +536,10 @@ static int enqueue_layers(struct rs_engine *e, struct cuda_engine *c, struct cud
 					      e->options.block_size, cfg->n_kv_heads, hd};
 		TRY(rs_cuda_rmsnorm(ln->xb, wt, ln->x, NULL, L->attn_norm, T, dim, cfg->norm_eps, s));
 		TRY(rs_cuda_matmul(ln->blas, ln->qkv, ln->xb, L->wqkv, wt, T, stride, dim, 0));
-		TRY(rs_cuda_rope(ln->qkv, stride, d_positions, T, cfg->n_heads + cfg->n_kv_heads, hd,
-				 cfg->rope_dim, cfg->rope_theta, s));
-		TRY(rs_cuda_kv_store(&kv, d_slots, T, ln->qkv + q_dim, ln->qkv + q_dim + kv_dim,
-				     stride, s));
+		TRY(rs_cuda_rope_kv_store(ln->qkv, stride, d_positions, d_slots, T, cfg->n_heads, &kv,
+					  cfg->rope_dim, c->rope_table, s));
 		TRY(rs_cuda_attention(ln->att, wt, ln->qkv, stride, &kv, d_tables, d_table_offset,
-				      d_positions, T, cfg->n_heads, s));
+				      d_positions, T, cfg->n_heads, max_ctx, ln->att_scratch, s));
 		TRY(rs_cuda_matmul(ln->blas, ln->x, ln->att, L->wo, wt, T, dim, q_dim, 1));
 		TRY(rs_cuda_rmsnorm(ln->xb, wt, ln->x, NULL, L->ffn_norm, T, dim, cfg->norm_eps, s));
 		TRY(rs_cuda_matmul(ln->blas, ln->gate_up, ln->xb, L->w_gate_up, wt, T, 2 * hidden,
@@ -537,11 +563,13 @@ static int cuda_step(struct rs_engine *e, uint32_t lane, const struct rs_seq_ste
 	lane_finish(ln); /* one step in flight per lane: the staging buffers are ours again */
 	ln->status = 0;
 
-	uint32_t rows = 0;
+	uint32_t rows = 0, max_ctx = 0;
 	size_t table_entries = 0;
 	for (uint32_t s = 0; s < n_seqs; s++) {
+		uint32_t end = seqs[s].start_pos + seqs[s].n_tokens;
 		rows += !logits && seqs[s].sample;
-		table_entries += rs_kv_blocks_for(seqs[s].start_pos + seqs[s].n_tokens, bs);
+		table_entries += rs_kv_blocks_for(end, bs);
+		max_ctx = end > max_ctx ? end : max_ctx;
 	}
 	struct step_meta mt = meta_layout(T, rows, table_entries);
 	int rc = meta_reserve(ln, mt.bytes);
@@ -581,7 +609,7 @@ static int cuda_step(struct rs_engine *e, uint32_t lane, const struct rs_seq_ste
 	}
 	rc = cuda_errno(cudaMemcpyAsync(ln->meta_d, ln->meta_h, mt.bytes, cudaMemcpyHostToDevice,
 					ln->stream));
-	TRY(enqueue_layers(e, c, ln, &mt, T));
+	TRY(enqueue_layers(e, c, ln, &mt, T, max_ctx));
 	if (logits) {
 		TRY(rs_cuda_rmsnorm(ln->xb, c->wtype, ln->x, NULL, c->final_norm, T, dim,
 				    cfg->norm_eps, ln->stream));

@@ -41,11 +41,11 @@ int rs_cuda_rmsnorm(void *out, enum rs_dtype out_dtype, const float *x, const ui
 		    cudaStream_t stream);
 
 /* RoPE in place on n_tokens rows of x (rows stride floats apart), each holding n_heads
- * heads of head_dim floats, token t at position positions[t]: rs_op_rope's arithmetic
- * (angles, sines and cosines in double). Q and K heads are adjacent in a fused [q|k|v]
- * row, so one call with n_heads + n_kv_heads rotates both. */
+ * heads of head_dim floats, token t at position positions[t]: rs_op_rope's arithmetic,
+ * with its cosines and sines read from cos_sin (rs_op_rope_table's layout, covering every
+ * position, in device memory). */
 int rs_cuda_rope(float *x, size_t stride, const uint32_t *positions, uint32_t n_tokens,
-		 uint32_t n_heads, uint32_t head_dim, uint32_t rope_dim, float theta,
+		 uint32_t n_heads, uint32_t head_dim, uint32_t rope_dim, const float *cos_sin,
 		 cudaStream_t stream);
 
 /* out[r][i] = silu(g) * u with g = gate_up[r][i], u = gate_up[r][width + i] (the fused
@@ -68,16 +68,32 @@ struct rs_cuda_kv_layer {
 int rs_cuda_kv_store(const struct rs_cuda_kv_layer *kv, const uint32_t *slots, uint32_t n_tokens,
 		     const float *k, const float *v, size_t stride, cudaStream_t stream);
 
+/* What the backend runs between the [q|k|v] GEMM and attention, in one kernel: RoPE on
+ * the n_heads query heads of each qkv row in place (as rs_cuda_rope), and the token's
+ * keys, rotated the same way, and values stored in cache slot slots[t] (as
+ * rs_cuda_kv_store after rs_cuda_rope; the row's own k part is left unrotated). */
+int rs_cuda_rope_kv_store(float *qkv, size_t stride, const uint32_t *positions,
+			  const uint32_t *slots, uint32_t n_tokens, uint32_t n_heads,
+			  const struct rs_cuda_kv_layer *kv, uint32_t rope_dim,
+			  const float *cos_sin, cudaStream_t stream);
+
 /* Paged causal attention, prefill and decode alike: token t (query heads in q + t *
  * q_stride) attends over positions 0 .. positions[t] of its sequence, whose block table
  * starts at block_tables + table_offset[t]. One thread block per (token, kv head) serves
  * the n_heads / n_kv_heads query heads that share it (GQA: K and V read once for the
- * group), with an online softmax over chunks of 64 positions. out: [n_tokens][n_heads *
- * head_dim] of out_dtype. Call rs_cuda_attention_setup once first. */
+ * group), with an online softmax over chunks of 64 positions staged in shared memory.
+ * When those blocks are too few to fill the device (decode), each token's context is
+ * also split over several blocks, whose partial softmaxes a second kernel merges; that
+ * needs scratch of rs_cuda_attention_scratch floats (NULL: never split). max_ctx is the
+ * largest positions[t] + 1 (the host knows it; it sizes the split). out: [n_tokens]
+ * [n_heads * head_dim] of out_dtype. Call rs_cuda_attention_setup once first. */
 int rs_cuda_attention(void *out, enum rs_dtype out_dtype, const float *q, size_t q_stride,
 		      const struct rs_cuda_kv_layer *kv, const uint32_t *block_tables,
 		      const uint32_t *table_offset, const uint32_t *positions, uint32_t n_tokens,
-		      uint32_t n_heads, cudaStream_t stream);
+		      uint32_t n_heads, uint32_t max_ctx, float *scratch, cudaStream_t stream);
+
+/* Floats of scratch rs_cuda_attention may use to split contexts, whatever n_tokens. */
+size_t rs_cuda_attention_scratch(uint32_t n_heads, uint32_t head_dim);
 
 /* Check that the current device can run rs_cuda_attention for this shape and allow the
  * shared memory it needs. Returns 0 or -EINVAL (head_dim > RS_CUDA_MAX_HEAD_DIM, or a
@@ -116,9 +132,11 @@ static inline size_t rs_cuda_sample_scratch(uint32_t vocab)
 int rs_cuda_sample(const float *logits, uint32_t vocab, const struct rs_cuda_sample_desc *descs,
 		   uint32_t n_rows, double *scratch, cudaStream_t stream);
 
-/* y[m][n] (+)= x[m][k] * w[n][k]^T with x and w of dtype, y fp32 (fp32 accumulation,
- * CUBLAS_COMPUTE_32F): one cublasGemmEx on the handle's stream. With accumulate, y keeps
- * its value and the product is added (the fused residual). */
+/* y[m][n] (+)= x[m][k] * w[n][k]^T with x and w of dtype, y fp32 (fp32 accumulation), on
+ * the handle's stream: up to 8 rows (decode) by our own weight-streaming kernel when rows
+ * of k elements are a whole number of 16 bytes, else one cublasGemmEx
+ * (CUBLAS_COMPUTE_32F). With accumulate, y keeps its value and the product is added (the
+ * fused residual). */
 int rs_cuda_matmul(cublasHandle_t handle, float *y, const void *x, const void *w,
 		   enum rs_dtype dtype, uint32_t m, uint32_t n, uint32_t k, int accumulate);
 

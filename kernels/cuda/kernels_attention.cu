@@ -5,8 +5,9 @@
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/cuda_util.cuh"
 
-/* Positions per softmax chunk, threads per block. */
-enum { ATT_CHUNK = 64, ATT_THREADS = 128 };
+/* Positions per softmax chunk, threads per block, and the most blocks a split launch
+ * makes (about two per SM of an H100, which decode tokens alone would leave idle). */
+enum { ATT_CHUNK = 64, ATT_THREADS = 128, ATT_SPLIT_BLOCKS = 256 };
 
 __global__ void kv_store_kernel(struct rs_cuda_kv_layer kv, const uint32_t *slots, const float *k,
 				const float *v, size_t stride)
@@ -29,27 +30,37 @@ extern "C" int rs_cuda_kv_store(const struct rs_cuda_kv_layer *kv, const uint32_
 	return rs_launch_check();
 }
 
-/* Shared memory of one block, in floats (the slot list counts as floats: same size). */
+/* Shared memory of one block, in floats (the slot list counts as floats: same size): the
+ * group's queries and accumulators, a chunk's scores, the softmax state, the slots, and
+ * one tile of K or V rows (padded to head_dim + 1 floats: the score loop reads a column
+ * of it, which the odd stride spreads over the banks). */
 static size_t attention_smem(uint32_t group, uint32_t head_dim)
 {
 	size_t gw = (size_t)group * head_dim;
-	return (2 * gw + (size_t)group * ATT_CHUNK + 3 * (size_t)group + ATT_CHUNK) * sizeof(float);
+	return (2 * gw + (size_t)group * ATT_CHUNK + 3 * (size_t)group + ATT_CHUNK +
+		(size_t)ATT_CHUNK * (head_dim + 1)) *
+	       sizeof(float);
 }
 
-/* Block (kv head g, token t): the query heads g*group .. g*group+group-1 of token t against
- * positions 0 .. positions[t]. Per chunk of positions: warps compute the scores (a warp
- * per position, K row held in registers and dotted with every query head of the group),
- * then a warp per head takes the chunk's maximum and exponentials (online softmax: the
- * running sums are rescaled by exp(m_old - m_new)), then each thread accumulates its own
- * (head, dim) entries of P V. */
+/* Block (kv head g, token t, split z): the query heads g*group .. g*group+group-1 of token
+ * t against positions z*span .. min((z+1)*span, positions[t] + 1) - 1 of its sequence
+ * (split-K attention, "flash decoding": a decode token alone would give the device only
+ * n_kv_heads blocks to run). Per chunk of positions: the chunk's K rows are staged in
+ * shared memory by coalesced loads, every thread computes scores of (head, position)
+ * pairs, a warp per head takes the chunk's maximum and exponentials (online softmax: the
+ * running sums are rescaled by exp(m_old - m_new)), the V rows replace the K rows, and
+ * each thread accumulates its own (head, dim) entries of P V. One split writes the
+ * normalized output; several write their unnormalized sums and (max, sum) per head to
+ * part for attention_combine. */
 template <typename T>
 __global__ void __launch_bounds__(ATT_THREADS)
-attention_kernel(T *out, const float *q, size_t q_stride, struct rs_cuda_kv_layer kv,
+attention_kernel(T *out, float *part, const float *q, size_t q_stride, struct rs_cuda_kv_layer kv,
 		 const uint32_t *block_tables, const uint32_t *table_offset,
-		 const uint32_t *positions, uint32_t n_heads, float scale)
+		 const uint32_t *positions, uint32_t n_heads, uint32_t span, float scale)
 {
-	uint32_t g = blockIdx.x, t = blockIdx.y;
+	uint32_t g = blockIdx.x, t = blockIdx.y, z = blockIdx.z, splits = gridDim.z;
 	uint32_t hd = kv.head_dim, group = n_heads / kv.n_kv_heads, gw = group * hd;
+	uint32_t tile_stride = hd + 1;
 	size_t row = (size_t)kv.n_kv_heads * hd;
 	extern __shared__ float smem[];
 	float *q_s = smem;                    /* [group][hd] */
@@ -59,6 +70,7 @@ attention_kernel(T *out, const float *q, size_t q_stride, struct rs_cuda_kv_laye
 	float *l_s = m_s + group;             /* running sum per head */
 	float *corr_s = l_s + group;          /* this chunk's rescale per head */
 	uint32_t *slot_s = (uint32_t *)(corr_s + group); /* [ATT_CHUNK] */
+	float *tile_s = (float *)(slot_s + ATT_CHUNK);   /* [ATT_CHUNK][hd + 1]: K, then V */
 	unsigned tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
 
 	/* The group's query heads are adjacent in the row. */
@@ -73,39 +85,34 @@ attention_kernel(T *out, const float *q, size_t q_stride, struct rs_cuda_kv_laye
 	}
 	const uint32_t *bt = block_tables + table_offset[t];
 	uint32_t n_ctx = positions[t] + 1, bs = kv.block_size;
+	uint32_t begin = z * span, end = n_ctx < begin + span ? n_ctx : begin + span;
 	const float *k_head = kv.k + (size_t)g * hd, *v_head = kv.v + (size_t)g * hd;
 	__syncthreads();
 
-	for (uint32_t c0 = 0; c0 < n_ctx; c0 += ATT_CHUNK) {
-		uint32_t n = n_ctx - c0 < ATT_CHUNK ? n_ctx - c0 : ATT_CHUNK;
+	for (uint32_t c0 = begin; c0 < end; c0 += ATT_CHUNK) {
+		uint32_t n = end - c0 < ATT_CHUNK ? end - c0 : ATT_CHUNK;
 		for (uint32_t j = tid; j < n; j += blockDim.x) {
 			uint32_t p = c0 + j;
 			slot_s[j] = bt[p / bs] * bs + p % bs;
 		}
 		__syncthreads();
-
-		for (uint32_t j = warp; j < n; j += warps) {
-			const float *kr = k_head + (size_t)slot_s[j] * row;
-			float kreg[RS_CUDA_MAX_HEAD_DIM / 32];
-#pragma unroll
-			for (int u = 0; u < RS_CUDA_MAX_HEAD_DIM / 32; u++) {
-				uint32_t d = lane + 32 * u;
-				kreg[u] = d < hd ? kr[d] : 0.0f;
-			}
-			for (uint32_t h = 0; h < group; h++) {
-				float s = 0.0f;
-#pragma unroll
-				for (int u = 0; u < RS_CUDA_MAX_HEAD_DIM / 32; u++) {
-					uint32_t d = lane + 32 * u;
-					if (d < hd)
-						s += q_s[h * hd + d] * kreg[u];
-				}
-				s = rs_warp_sum(s);
-				if (lane == 0)
-					p_s[h * ATT_CHUNK + j] = s * scale;
-			}
+		for (uint32_t i = tid; i < n * hd; i += blockDim.x) {
+			uint32_t j = i / hd, d = i - j * hd;
+			tile_s[j * tile_stride + d] = k_head[(size_t)slot_s[j] * row + d];
 		}
 		__syncthreads();
+
+		for (uint32_t i = tid; i < group * ATT_CHUNK; i += blockDim.x) {
+			uint32_t h = i / ATT_CHUNK, j = i - h * ATT_CHUNK;
+			if (j >= n)
+				continue;
+			const float *qh = q_s + h * hd, *kj = tile_s + j * tile_stride;
+			float s = 0.0f;
+			for (uint32_t d = 0; d < hd; d++)
+				s += qh[d] * kj[d];
+			p_s[i] = s * scale;
+		}
+		__syncthreads(); /* scores complete; the K tile is free */
 
 		for (uint32_t h = warp; h < group; h += warps) {
 			float *ph = p_s + h * ATT_CHUNK;
@@ -121,6 +128,7 @@ attention_kernel(T *out, const float *q, size_t q_stride, struct rs_cuda_kv_laye
 				sum += e;
 			}
 			sum = rs_warp_sum(sum);
+			__syncwarp(); /* every lane has read m_s[h] before lane 0 replaces it */
 			if (lane == 0) {
 				float corr = expf(m_old - m_new); /* 0 on the first chunk */
 				corr_s[h] = corr;
@@ -128,21 +136,61 @@ attention_kernel(T *out, const float *q, size_t q_stride, struct rs_cuda_kv_laye
 				m_s[h] = m_new;
 			}
 		}
+		for (uint32_t i = tid; i < n * hd; i += blockDim.x) {
+			uint32_t j = i / hd, d = i - j * hd;
+			tile_s[j * tile_stride + d] = v_head[(size_t)slot_s[j] * row + d];
+		}
 		__syncthreads();
 
 		for (uint32_t e = tid; e < gw; e += blockDim.x) {
 			uint32_t h = e / hd, d = e - h * hd;
-			const float *ph = p_s + h * ATT_CHUNK;
+			const float *ph = p_s + h * ATT_CHUNK, *vd = tile_s + d;
 			float a = acc_s[e] * corr_s[h];
 			for (uint32_t j = 0; j < n; j++)
-				a += ph[j] * v_head[(size_t)slot_s[j] * row + d];
+				a += ph[j] * vd[j * tile_stride];
 			acc_s[e] = a;
 		}
-		__syncthreads(); /* before the next chunk overwrites slot_s and p_s */
+		__syncthreads(); /* before the next chunk overwrites slot_s, tile_s and p_s */
 	}
-	T *o = out + (size_t)t * n_heads * hd + (size_t)g * gw;
-	for (uint32_t e = tid; e < gw; e += blockDim.x)
-		rs_store(o + e, acc_s[e] / l_s[e / hd]);
+	uint32_t head0 = g * group;
+	if (splits == 1) {
+		T *o = out + (size_t)t * n_heads * hd + (size_t)head0 * hd;
+		for (uint32_t e = tid; e < gw; e += blockDim.x)
+			rs_store(o + e, acc_s[e] / l_s[e / hd]);
+		return;
+	}
+	/* part: [n_tokens][n_heads][splits] records of head_dim sums, then the max, the sum. */
+	for (uint32_t e = tid; e < gw; e += blockDim.x) {
+		uint32_t h = e / hd, d = e - h * hd;
+		float *rec = part + (((size_t)t * n_heads + head0 + h) * splits + z) * (hd + 2);
+		rec[d] = acc_s[e];
+		if (d == 0) {
+			rec[hd] = m_s[h];
+			rec[hd + 1] = l_s[h];
+		}
+	}
+}
+
+/* Block (token t, head h), a thread per dim: merge the splits' partial softmaxes. The
+ * first split holds position 0, so its max is finite; an empty split (past a shorter
+ * sequence's end) has max -inf and weighs exp(-inf) = 0. */
+template <typename T>
+__global__ void attention_combine_kernel(T *out, const float *part, uint32_t n_heads,
+					 uint32_t head_dim, uint32_t splits)
+{
+	uint32_t t = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
+	size_t rec = head_dim + 2;
+	const float *p = part + ((size_t)t * n_heads + h) * splits * rec;
+	float m = -INFINITY;
+	for (uint32_t z = 0; z < splits; z++)
+		m = fmaxf(m, p[z * rec + head_dim]);
+	float l = 0.0f, a = 0.0f;
+	for (uint32_t z = 0; z < splits; z++) {
+		float w = expf(p[z * rec + head_dim] - m);
+		l += p[z * rec + head_dim + 1] * w;
+		a += p[z * rec + d] * w;
+	}
+	rs_store(out + ((size_t)t * n_heads + h) * head_dim + d, a / l);
 }
 
 extern "C" int rs_cuda_attention_setup(uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim)
@@ -170,23 +218,43 @@ extern "C" int rs_cuda_attention_setup(uint32_t n_heads, uint32_t n_kv_heads, ui
 	return 0;
 }
 
+extern "C" size_t rs_cuda_attention_scratch(uint32_t n_heads, uint32_t head_dim)
+{
+	return (size_t)ATT_SPLIT_BLOCKS * n_heads * (head_dim + 2);
+}
+
 extern "C" int rs_cuda_attention(void *out, enum rs_dtype out_dtype, const float *q,
 				 size_t q_stride, const struct rs_cuda_kv_layer *kv,
 				 const uint32_t *block_tables, const uint32_t *table_offset,
 				 const uint32_t *positions, uint32_t n_tokens, uint32_t n_heads,
-				 cudaStream_t stream)
+				 uint32_t max_ctx, float *scratch, cudaStream_t stream)
 {
 	if (!n_tokens)
 		return 0;
 	if (!kv->n_kv_heads || n_heads % kv->n_kv_heads || kv->head_dim > RS_CUDA_MAX_HEAD_DIM ||
-	    n_tokens > 65535)
+	    n_tokens > 65535 || !max_ctx)
 		return -EINVAL;
-	size_t smem = attention_smem(n_heads / kv->n_kv_heads, kv->head_dim);
-	float scale = 1.0f / sqrtf((float)kv->head_dim);
-	dim3 grid(kv->n_kv_heads, n_tokens);
+	uint32_t hd = kv->head_dim;
+	size_t smem = attention_smem(n_heads / kv->n_kv_heads, hd);
+	float scale = 1.0f / sqrtf((float)hd);
+	/* Split the context when the (kv head, token) blocks alone are too few to fill the
+	 * device, into at most ATT_SPLIT_BLOCKS blocks in all (what the scratch holds; one
+	 * record per query head and block), each with a whole number of chunks. */
+	uint32_t chunks = (max_ctx + ATT_CHUNK - 1) / ATT_CHUNK, splits = 1;
+	size_t base_blocks = (size_t)kv->n_kv_heads * n_tokens;
+	if (scratch && 2 * base_blocks <= ATT_SPLIT_BLOCKS) {
+		splits = (uint32_t)(ATT_SPLIT_BLOCKS / base_blocks);
+		splits = splits < chunks ? splits : chunks;
+	}
+	uint32_t span = (chunks + splits - 1) / splits * ATT_CHUNK;
+	splits = (max_ctx + span - 1) / span;
+	dim3 grid(kv->n_kv_heads, n_tokens, splits);
 	RS_DISPATCH_DTYPE(out_dtype, T,
 			  attention_kernel<T><<<grid, ATT_THREADS, smem, stream>>>(
-				  (T *)out, q, q_stride, *kv, block_tables, table_offset, positions,
-				  n_heads, scale));
+				  (T *)out, scratch, q, q_stride, *kv, block_tables, table_offset,
+				  positions, n_heads, span, scale);
+			  if (splits > 1) attention_combine_kernel<T>
+			  <<<dim3(n_tokens, n_heads), hd, 0, stream>>>((T *)out, scratch, n_heads, hd,
+								       splits));
 	return rs_launch_check();
 }

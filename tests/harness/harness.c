@@ -1,6 +1,7 @@
 /* Test harness implementation. */
 #include <dirent.h>
 #include <errno.h>
+#include <stdbool.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
@@ -128,11 +129,12 @@ void test_null_request(struct rs_connection *conn, const unsigned *prompt, unsig
 	CHECK(rs_release(conn, request) == 0, "release");
 }
 
-double test_process_cpu_seconds(pid_t pid)
+/* schedstat's first field is the nanoseconds a thread ran: exact, where the ticks of
+ * /proc/PID/stat are sampled, and a timer-driven wakeup is charged a whole tick whenever
+ * it runs across one. Summed over the threads alive now, or (loop_only) over the main
+ * thread, where the daemon's event loop runs, and io_uring's workers ("iou-..."). */
+static double cpu_seconds(pid_t pid, bool loop_only)
 {
-	/* schedstat's first field is the nanoseconds a thread ran: exact, where the ticks
-	 * of /proc/PID/stat are sampled, and a timer-driven wakeup is charged a whole tick
-	 * whenever it runs across one. Summed over the threads alive now. */
 	char path[64];
 	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
 	DIR *dir = opendir(path);
@@ -141,17 +143,36 @@ double test_process_cpu_seconds(pid_t pid)
 	for (struct dirent *entry; (entry = readdir(dir));) {
 		if (entry->d_name[0] == '.')
 			continue;
-		char stat_path[352];
-		snprintf(stat_path, sizeof(stat_path), "%s/%s/schedstat", path, entry->d_name);
-		FILE *f = fopen(stat_path, "r");
+		char file[352], comm[32] = "";
+		if (loop_only && atoi(entry->d_name) != (int)pid) {
+			snprintf(file, sizeof(file), "%s/%s/comm", path, entry->d_name);
+			FILE *f = fopen(file, "r");
+			if (!f)
+				continue;
+			bool worker = fgets(comm, sizeof(comm), f) && strncmp(comm, "iou-", 4) == 0;
+			fclose(f);
+			if (!worker)
+				continue;
+		}
+		snprintf(file, sizeof(file), "%s/%s/schedstat", path, entry->d_name);
+		FILE *f = fopen(file, "r");
 		if (!f)
 			continue; /* the thread exited meanwhile */
 		unsigned long long ns = 0;
 		if (fscanf(f, "%llu", &ns) == 1)
 			total_ns += ns;
-
 		fclose(f);
 	}
 	closedir(dir);
 	return (double)total_ns / 1e9;
+}
+
+double test_process_cpu_seconds(pid_t pid)
+{
+	return cpu_seconds(pid, false);
+}
+
+double test_event_loop_cpu_seconds(pid_t pid)
+{
+	return cpu_seconds(pid, true);
 }

@@ -55,5 +55,8 @@ void test_null_request(struct rs_connection *conn, const unsigned *prompt, unsig
 
 /* CPU time of a process's threads in seconds, from /proc/PID/task/TID/schedstat. */
 double test_process_cpu_seconds(pid_t pid);
+/* CPU time of the process's event loop: its main thread and io_uring's workers, not the
+ * threads libraries start (OpenBLAS's spin for a while after the process starts). */
+double test_event_loop_cpu_seconds(pid_t pid);
 
 #endif

@@ -1,5 +1,5 @@
 /* ringserve-bench engine [--threads N] [--decode-steps N] [--prompt N] [--kv f16|f32]
- *                        [--rounds N]
+ *                        [--rounds N] [--gpu-only]
  *
  * Prefill and decode tokens/s of the CPU engine at batch 1, 8 and 32, on a random model of
  * the shape of stories15M (dim 288, hidden 768, 6 layers, 6 heads, vocab 32000, context
@@ -49,6 +49,7 @@ static double now_s(void)
 struct result {
 	uint32_t batch;
 	double prefill_tok_s, decode_tok_s;
+	double decode_enqueue_s; /* host time in rs_engine_step per decode step */
 };
 
 /* Prefill `batch` sequences then decode `steps` tokens each; 0 or -errno. */
@@ -97,7 +98,7 @@ static int run_batch(struct rs_engine *e, uint32_t batch, uint32_t prompt, uint3
 		if (rc)
 			goto out;
 	}
-	double t1 = now_s();
+	double t1 = now_s(), enqueue = 0.0;
 	/* Decode: one step per token, every sequence in it. */
 	for (uint32_t k = 0; k < steps; k++) {
 		for (uint32_t i = 0; i < batch; i++) {
@@ -108,13 +109,16 @@ static int run_batch(struct rs_engine *e, uint32_t batch, uint32_t prompt, uint3
 						     .n_blocks = n_blocks, .sample = 1,
 						     .out_token = &next[i]};
 		}
+		double te = now_s();
 		rc = rs_engine_step(e, 0, st, batch);
+		enqueue += now_s() - te;
 		if (rc == 0)
 			rc = rs_engine_step_wait(e, 0);
 		if (rc)
 			goto out;
 	}
 	double t2 = now_s();
+	r->decode_enqueue_s = enqueue / steps;
 	r->batch = batch;
 	r->prefill_tok_s = (double)batch * prompt / (t1 - t0);
 	r->decode_tok_s = (double)batch * steps / (t2 - t1);
@@ -367,12 +371,15 @@ static int bench_gpu(uint32_t prompt, uint32_t steps, FILE *json)
 	rc = run_batch(e, 2, 16, 2, &warm); /* cuBLAS heuristics, first launches */
 	printf("engine: cuda backend on %s, TinyLlama-1.1B-shaped random model (f16), prompt %u, "
 	       "%u decode steps\n", prop.name, prompt, steps);
-	printf("%6s %16s %16s\n", "batch", "prefill tok/s", "decode tok/s");
+	printf("%6s %16s %16s %14s %14s\n", "batch", "prefill tok/s", "decode tok/s",
+	       "step ms", "enqueue ms");
 	for (int i = 0; i < N_BATCHES && rc == 0; i++) {
 		rc = run_batch(e, batches[i], prompt, steps, &results[i]);
 		if (rc == 0)
-			printf("%6u %16.0f %16.0f\n", batches[i], results[i].prefill_tok_s,
-			       results[i].decode_tok_s);
+			printf("%6u %16.0f %16.0f %14.3f %14.3f\n", batches[i],
+			       results[i].prefill_tok_s, results[i].decode_tok_s,
+			       1e3 * batches[i] / results[i].decode_tok_s,
+			       1e3 * results[i].decode_enqueue_s);
 	}
 	if (rc) {
 		fprintf(stderr, "bench engine: GPU step failed: %s\n", strerror(-rc));
@@ -407,8 +414,11 @@ int bench_engine(int argc, char **argv, FILE *json)
 	int threads = 0;
 	uint32_t steps = 32, prompt = 128, rounds = 3;
 	const char *kv_dtype = "f16";
+	bool gpu_only = false;
 	for (int i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
+		if (strcmp(argv[i], "--gpu-only") == 0)
+			gpu_only = true;
+		else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
 			threads = atoi(argv[++i]);
 		else if (strcmp(argv[i], "--decode-steps") == 0 && i + 1 < argc)
 			steps = (uint32_t)atoi(argv[++i]);
@@ -439,6 +449,12 @@ int bench_engine(int argc, char **argv, FILE *json)
 			cfg.max_seq_len);
 		fprintf(json, "null");
 		return 1;
+	}
+	if (gpu_only) {
+		fprintf(json, "{\"gpu\": ");
+		int rc = bench_gpu(prompt, steps, json);
+		fprintf(json, "}");
+		return rc;
 	}
 	const uint32_t batches[] = {1, 8, 32};
 	enum { N_BATCHES = 3 };
