@@ -358,6 +358,61 @@ static void test_matmul(void)
 	cublasDestroy(h);
 }
 
+/* RMSNorm fused into the product (our kernel) or before it (cuBLAS), against the CPU's
+ * normalization, the rounding to dtype, and a float64 product. The device's sum of
+ * squares runs in another order: its float scale may differ by an ulp, which can move an
+ * input across a rounding boundary of f16/bf16, by one ulp of that input (the normalized
+ * inputs here stay below 2, where a bf16 ulp is 2^-6 at most; times |w| <= 1): allowed
+ * per output on top of the product's K * 1e-6. */
+static void test_norm_matmul(void)
+{
+	uint64_t s = 17;
+	enum { N = 75, X_ROWS = 12 };
+	const uint32_t ms[] = {1, 3, 8, 9}, ks[] = {300, 1048};
+	const uint32_t gather[9] = {11, 0, 5, 5, 2, 9, 1, 7, 3};
+	cublasHandle_t h;
+	CHECK(cublasCreate(&h) == CUBLAS_STATUS_SUCCESS, "cublasCreate");
+	for (int di = 0; di < 3; di++)
+		for (size_t ki = 0; ki < 2; ki++)
+			for (size_t mi = 0; mi < 4; mi++)
+				for (int g = 0; g < 2; g++) {
+					enum rs_dtype dt = DTYPES[di];
+					uint32_t m = ms[mi], K = ks[ki];
+					float *x = rand_floats((size_t)X_ROWS * K, 2.0, &s);
+					float *nw = rand_floats(K, 1.0, &s), *w = rand_floats((size_t)N * K, 1.0, &s);
+					float *normed = malloc(sizeof(float) * K);
+					double *ref = malloc(sizeof(double) * m * N);
+					for (uint32_t r = 0; r < m; r++) {
+						rs_op_rmsnorm(normed, x + (size_t)(g ? gather[r] : r) * K, nw, 1, K, 1e-5f);
+						for (int n = 0; n < N; n++) {
+							double sum = 0.0;
+							for (uint32_t i = 0; i < K; i++)
+								sum += round_to(normed[i], dt) * round_to(w[n * K + i], dt);
+							ref[r * N + n] = sum;
+						}
+					}
+					float *d_x = to_dev(x, sizeof(float) * X_ROWS * K), *d_nw = to_dev(nw, sizeof(float) * K);
+					float *d_w32 = to_dev(w, sizeof(float) * N * K);
+					uint32_t *d_rows = to_dev(gather, sizeof(gather));
+					void *d_w = dev_alloc(4 * (size_t)N * K), *d_xb = dev_alloc(4 * (size_t)m * K);
+					float *d_y = dev_alloc(sizeof(float) * m * N);
+					rs_cuda_convert(d_w, dt, d_w32, (size_t)N * K, 0);
+					CHECK(rs_cuda_norm_matmul(h, d_y, d_x, g ? d_rows : NULL, d_nw, 1e-5f, d_xb, d_w,
+								  dt, m, N, K, 0) == 0, "norm_matmul");
+					float *got = malloc(sizeof(float) * m * N);
+					from_dev(got, d_y, sizeof(float) * m * N);
+					char name[80];
+					snprintf(name, sizeof(name), "norm_matmul %s m=%u k=%u gather=%d",
+						 rs_dtype_name(dt), m, K, g);
+					double flip = dt == RS_DTYPE_F32 ? 0.0 : 4.0 / 256;
+					check_close(name, got, ref, (size_t)m * N, K * 1e-6 + flip, 1e-5);
+					free(x), free(nw), free(w), free(normed), free(ref), free(got);
+					cudaFree(d_x), cudaFree(d_nw), cudaFree(d_w32), cudaFree(d_rows);
+					cudaFree(d_w), cudaFree(d_xb), cudaFree(d_y);
+				}
+	cublasDestroy(h);
+}
+
 /* KV store and attention against rs_op_kv_store / rs_op_attention on the same paged
  * layout, blocks scattered and shuffled. */
 static void test_attention_shape(uint32_t n_heads, uint32_t n_kv, uint32_t hd, uint32_t bs,
@@ -913,7 +968,7 @@ int main(int argc, char **argv)
 	PART("rmsnorm", test_rmsnorm());
 	PART("rope", (test_rope(), test_rope_kv_store()));
 	PART("swiglu", test_swiglu());
-	PART("matmul", test_matmul());
+	PART("matmul", (test_matmul(), test_norm_matmul()));
 	PART("attention", test_attention());
 	PART("sampling", (test_sampling_vocab(1000), test_sampling_vocab(32000),
 			  test_sampling_last_kept()));

@@ -9,10 +9,11 @@
  *
  * A step only enqueues: its tokens, positions, KV slots, block tables and sampling
  * descriptors are written to the lane's pinned staging buffer and copied to the device by
- * one cudaMemcpyAsync; then, per layer: rmsnorm -> [q|k|v] GEMM -> RoPE and KV store ->
- * attention -> x += att Wo^T (the residual is the GEMM's beta = 1) -> rmsnorm ->
+ * one cudaMemcpyAsync; then, per layer: rmsnorm and [q|k|v] GEMM -> RoPE and KV store ->
+ * attention -> x += att Wo^T (the residual is the GEMM's beta = 1) -> rmsnorm and
  * [gate|up] GEMM -> SwiGLU -> x += h Wdown^T; then the final norm of the sampled rows
- * only, the logits GEMM and the sampling kernel, which writes each id to its out_token
+ * only with the logits GEMM, and the sampling kernel (a norm and the GEMM after it are
+ * one kernel at decode sizes: rs_cuda_norm_matmul), which writes each id to its out_token
  * through a device-visible address: the address itself when out_token lies in a range
  * registered with rs_engine_register_host, else a mapped pinned staging slot that
  * step_poll / step_wait copy to out_token once the lane's event has fired.
@@ -534,16 +535,15 @@ static int enqueue_layers(struct rs_engine *e, struct cuda_engine *c, struct cud
 		struct rs_cuda_kv_layer kv = {c->k_cache + l * c->layer_cache_floats,
 					      c->v_cache + l * c->layer_cache_floats,
 					      e->options.block_size, cfg->n_kv_heads, hd};
-		TRY(rs_cuda_rmsnorm(ln->xb, wt, ln->x, NULL, L->attn_norm, T, dim, cfg->norm_eps, s));
-		TRY(rs_cuda_matmul(ln->blas, ln->qkv, ln->xb, L->wqkv, wt, T, stride, dim, 0));
+		TRY(rs_cuda_norm_matmul(ln->blas, ln->qkv, ln->x, NULL, L->attn_norm, cfg->norm_eps,
+					ln->xb, L->wqkv, wt, T, stride, dim, 0));
 		TRY(rs_cuda_rope_kv_store(ln->qkv, stride, d_positions, d_slots, T, cfg->n_heads, &kv,
 					  cfg->rope_dim, c->rope_table, s));
 		TRY(rs_cuda_attention(ln->att, wt, ln->qkv, stride, &kv, d_tables, d_table_offset,
 				      d_positions, T, cfg->n_heads, max_ctx, ln->att_scratch, s));
 		TRY(rs_cuda_matmul(ln->blas, ln->x, ln->att, L->wo, wt, T, dim, q_dim, 1));
-		TRY(rs_cuda_rmsnorm(ln->xb, wt, ln->x, NULL, L->ffn_norm, T, dim, cfg->norm_eps, s));
-		TRY(rs_cuda_matmul(ln->blas, ln->gate_up, ln->xb, L->w_gate_up, wt, T, 2 * hidden,
-				   dim, 0));
+		TRY(rs_cuda_norm_matmul(ln->blas, ln->gate_up, ln->x, NULL, L->ffn_norm, cfg->norm_eps,
+					ln->xb, L->w_gate_up, wt, T, 2 * hidden, dim, 0));
 		TRY(rs_cuda_swiglu(ln->hidden, wt, ln->gate_up, T, hidden, s));
 		TRY(rs_cuda_matmul(ln->blas, ln->x, ln->hidden, L->w_down, wt, T, dim, hidden, 1));
 	}
@@ -611,9 +611,8 @@ static int cuda_step(struct rs_engine *e, uint32_t lane, const struct rs_seq_ste
 					ln->stream));
 	TRY(enqueue_layers(e, c, ln, &mt, T, max_ctx));
 	if (logits) {
-		TRY(rs_cuda_rmsnorm(ln->xb, c->wtype, ln->x, NULL, c->final_norm, T, dim,
-				    cfg->norm_eps, ln->stream));
-		TRY(rs_cuda_matmul(ln->blas, ln->logits, ln->xb, c->output, c->wtype, T, vocab, dim, 0));
+		TRY(rs_cuda_norm_matmul(ln->blas, ln->logits, ln->x, NULL, c->final_norm, cfg->norm_eps,
+					ln->xb, c->output, c->wtype, T, vocab, dim, 0));
 		TRY(cuda_errno(cudaMemcpyAsync(logits, ln->logits, (size_t)T * vocab * sizeof(float),
 					       cudaMemcpyDeviceToHost, ln->stream)));
 	} else if (rows) {
@@ -621,10 +620,8 @@ static int cuda_step(struct rs_engine *e, uint32_t lane, const struct rs_seq_ste
 		const uint32_t *d_rows = (const uint32_t *)(ln->meta_d + mt.sample_rows);
 		const struct rs_cuda_sample_desc *d_descs =
 			(const struct rs_cuda_sample_desc *)(ln->meta_d + mt.descs);
-		TRY(rs_cuda_rmsnorm(ln->xb, c->wtype, ln->x, d_rows, c->final_norm, rows, dim,
-				    cfg->norm_eps, ln->stream));
-		TRY(rs_cuda_matmul(ln->blas, ln->logits, ln->xb, c->output, c->wtype, rows, vocab,
-				   dim, 0));
+		TRY(rs_cuda_norm_matmul(ln->blas, ln->logits, ln->x, d_rows, c->final_norm,
+					cfg->norm_eps, ln->xb, c->output, c->wtype, rows, vocab, dim, 0));
 		for (uint32_t r0 = 0; r0 < rows && !rc; r0 += SAMPLE_ROWS_PER_LAUNCH) {
 			uint32_t n = rows - r0 < SAMPLE_ROWS_PER_LAUNCH ? rows - r0 : SAMPLE_ROWS_PER_LAUNCH;
 			rc = rs_cuda_sample(ln->logits + (size_t)r0 * vocab, vocab, d_descs + r0, n,

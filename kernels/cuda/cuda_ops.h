@@ -140,6 +140,15 @@ int rs_cuda_sample(const float *logits, uint32_t vocab, const struct rs_cuda_sam
 int rs_cuda_matmul(cublasHandle_t handle, float *y, const void *x, const void *w,
 		   enum rs_dtype dtype, uint32_t m, uint32_t n, uint32_t k, int accumulate);
 
+/* y[m][n] (+)= RMSNorm(x)[m][k] * w[n][k]^T: row r of the product's input is row rows[r]
+ * (rows NULL: row r) of the fp32 x, normalized with norm_weight as rs_cuda_rmsnorm does
+ * and rounded to dtype. When rs_cuda_matmul would take our own kernel, the normalization
+ * happens inside it (one launch, the normalized rows never stored); else
+ * rs_cuda_rmsnorm writes them to xb ([m][k] of dtype) for cuBLAS. */
+int rs_cuda_norm_matmul(cublasHandle_t handle, float *y, const float *x, const uint32_t *rows,
+			const float *norm_weight, float eps, void *xb, const void *w,
+			enum rs_dtype dtype, uint32_t m, uint32_t n, uint32_t k, int accumulate);
+
 /* Convert n fp32 values to dtype (f32: a copy) on the device: tests use it to feed the
  * GEMM the activations the backend would. */
 int rs_cuda_convert(void *out, enum rs_dtype dtype, const float *in, size_t n,

@@ -2,6 +2,8 @@
  * over a sequence's blocks (see cuda_ops.h; twins of rs_op_kv_store and rs_op_attention). */
 #include <cmath>
 
+#include <cuda_pipeline.h>
+
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/cuda_util.cuh"
 
@@ -32,24 +34,38 @@ extern "C" int rs_cuda_kv_store(const struct rs_cuda_kv_layer *kv, const uint32_
 
 /* Shared memory of one block, in floats (the slot list counts as floats: same size): the
  * group's queries and accumulators, a chunk's scores, the softmax state, the slots, and
- * one tile of K or V rows (padded to head_dim + 1 floats: the score loop reads a column
- * of it, which the odd stride spreads over the banks). */
+ * the chunk's K and V rows (padded to head_dim + 1 floats: the score loop reads a column
+ * of the K tile, which the odd stride spreads over the banks). */
 static size_t attention_smem(uint32_t group, uint32_t head_dim)
 {
 	size_t gw = (size_t)group * head_dim;
 	return (2 * gw + (size_t)group * ATT_CHUNK + 3 * (size_t)group + ATT_CHUNK +
-		(size_t)ATT_CHUNK * (head_dim + 1)) *
+		2 * (size_t)ATT_CHUNK * (head_dim + 1)) *
 	       sizeof(float);
+}
+
+/* Copy the head's rows of the chunk's n positions (cache slots slot_s) into tile, as
+ * asynchronous copies (cp.async) committed as one group: every thread issues all of its
+ * loads before waiting on any. */
+__device__ __forceinline__ void load_tile(float *tile, const float *head, const uint32_t *slot_s,
+					  uint32_t n, uint32_t hd, size_t row)
+{
+	for (uint32_t i = threadIdx.x; i < n * hd; i += blockDim.x) {
+		uint32_t j = i / hd, d = i - j * hd;
+		__pipeline_memcpy_async(tile + j * (hd + 1) + d, head + (size_t)slot_s[j] * row + d,
+					sizeof(float));
+	}
+	__pipeline_commit();
 }
 
 /* Block (kv head g, token t, split z): the query heads g*group .. g*group+group-1 of token
  * t against positions z*span .. min((z+1)*span, positions[t] + 1) - 1 of its sequence
  * (split-K attention, "flash decoding": a decode token alone would give the device only
- * n_kv_heads blocks to run). Per chunk of positions: the chunk's K rows are staged in
- * shared memory by coalesced loads, every thread computes scores of (head, position)
- * pairs, a warp per head takes the chunk's maximum and exponentials (online softmax: the
- * running sums are rescaled by exp(m_old - m_new)), the V rows replace the K rows, and
- * each thread accumulates its own (head, dim) entries of P V. One split writes the
+ * n_kv_heads blocks to run). Per chunk of positions: the chunk's K and V rows are copied
+ * into shared memory asynchronously, every thread computes scores of (head, position)
+ * pairs once the K rows are in, a warp per head takes the chunk's maximum and
+ * exponentials (online softmax: the running sums are rescaled by exp(m_old - m_new)) while
+ * the V rows arrive, and each thread accumulates its own (head, dim) entries of P V. One split writes the
  * normalized output; several write their unnormalized sums and (max, sum) per head to
  * part for attention_combine. */
 template <typename T>
@@ -70,7 +86,8 @@ attention_kernel(T *out, float *part, const float *q, size_t q_stride, struct rs
 	float *l_s = m_s + group;             /* running sum per head */
 	float *corr_s = l_s + group;          /* this chunk's rescale per head */
 	uint32_t *slot_s = (uint32_t *)(corr_s + group); /* [ATT_CHUNK] */
-	float *tile_s = (float *)(slot_s + ATT_CHUNK);   /* [ATT_CHUNK][hd + 1]: K, then V */
+	float *k_s = (float *)(slot_s + ATT_CHUNK);      /* [ATT_CHUNK][hd + 1] */
+	float *v_s = k_s + ATT_CHUNK * tile_stride;      /* [ATT_CHUNK][hd + 1] */
 	unsigned tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
 
 	/* The group's query heads are adjacent in the row. */
@@ -96,23 +113,31 @@ attention_kernel(T *out, float *part, const float *q, size_t q_stride, struct rs
 			slot_s[j] = bt[p / bs] * bs + p % bs;
 		}
 		__syncthreads();
-		for (uint32_t i = tid; i < n * hd; i += blockDim.x) {
-			uint32_t j = i / hd, d = i - j * hd;
-			tile_s[j * tile_stride + d] = k_head[(size_t)slot_s[j] * row + d];
-		}
-		__syncthreads();
+		load_tile(k_s, k_head, slot_s, n, hd, row);
+		load_tile(v_s, v_head, slot_s, n, hd, row);
+		__pipeline_wait_prior(1); /* this thread's K copies have landed... */
+		__syncthreads();          /* ...and everyone's */
 
 		for (uint32_t i = tid; i < group * ATT_CHUNK; i += blockDim.x) {
 			uint32_t h = i / ATT_CHUNK, j = i - h * ATT_CHUNK;
 			if (j >= n)
 				continue;
-			const float *qh = q_s + h * hd, *kj = tile_s + j * tile_stride;
-			float s = 0.0f;
-			for (uint32_t d = 0; d < hd; d++)
-				s += qh[d] * kj[d];
-			p_s[i] = s * scale;
+			const float *qh = q_s + h * hd, *kj = k_s + j * tile_stride;
+			/* Four partial sums: one chain of hd dependent FMAs would be the
+			 * critical path of a decode step's attention. */
+			float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+			uint32_t d = 0;
+			for (; d + 4 <= hd; d += 4) {
+				s0 += qh[d] * kj[d];
+				s1 += qh[d + 1] * kj[d + 1];
+				s2 += qh[d + 2] * kj[d + 2];
+				s3 += qh[d + 3] * kj[d + 3];
+			}
+			for (; d < hd; d++)
+				s0 += qh[d] * kj[d];
+			p_s[i] = ((s0 + s1) + (s2 + s3)) * scale;
 		}
-		__syncthreads(); /* scores complete; the K tile is free */
+		__syncthreads(); /* scores complete */
 
 		for (uint32_t h = warp; h < group; h += warps) {
 			float *ph = p_s + h * ATT_CHUNK;
@@ -136,21 +161,23 @@ attention_kernel(T *out, float *part, const float *q, size_t q_stride, struct rs
 				m_s[h] = m_new;
 			}
 		}
-		for (uint32_t i = tid; i < n * hd; i += blockDim.x) {
-			uint32_t j = i / hd, d = i - j * hd;
-			tile_s[j * tile_stride + d] = v_head[(size_t)slot_s[j] * row + d];
-		}
+		__pipeline_wait_prior(0); /* the V copies too */
 		__syncthreads();
 
 		for (uint32_t e = tid; e < gw; e += blockDim.x) {
 			uint32_t h = e / hd, d = e - h * hd;
-			const float *ph = p_s + h * ATT_CHUNK, *vd = tile_s + d;
-			float a = acc_s[e] * corr_s[h];
-			for (uint32_t j = 0; j < n; j++)
-				a += ph[j] * vd[j * tile_stride];
-			acc_s[e] = a;
+			const float *ph = p_s + h * ATT_CHUNK, *vd = v_s + d;
+			float a0 = 0.0f, a1 = 0.0f;
+			uint32_t j = 0;
+			for (; j + 2 <= n; j += 2) {
+				a0 += ph[j] * vd[j * tile_stride];
+				a1 += ph[j + 1] * vd[(j + 1) * tile_stride];
+			}
+			if (j < n)
+				a0 += ph[j] * vd[j * tile_stride];
+			acc_s[e] = acc_s[e] * corr_s[h] + (a0 + a1);
 		}
-		__syncthreads(); /* before the next chunk overwrites slot_s, tile_s and p_s */
+		__syncthreads(); /* before the next chunk overwrites slot_s, the tiles and p_s */
 	}
 	uint32_t head0 = g * group;
 	if (splits == 1) {
