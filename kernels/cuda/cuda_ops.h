@@ -133,7 +133,7 @@ int rs_cuda_sample(const float *logits, uint32_t vocab, const struct rs_cuda_sam
 		   uint32_t n_rows, double *scratch, cudaStream_t stream);
 
 /* y[m][n] (+)= x[m][k] * w[n][k]^T with x and w of dtype, y fp32 (fp32 accumulation), on
- * the handle's stream: up to 8 rows (decode) by our own weight-streaming kernel when rows
+ * the handle's stream: up to 4 rows (decode) by our own weight-streaming kernel when rows
  * of k elements are a whole number of 16 bytes, else one cublasGemmEx
  * (CUBLAS_COMPUTE_32F). With accumulate, y keeps its value and the product is added (the
  * fused residual). */

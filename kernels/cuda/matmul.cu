@@ -2,14 +2,18 @@
  *
  * Decode multiplies a handful of rows by every weight once per step, so that its speed is
  * the rate at which the weights stream from device memory. For up to GEMV_MAX_ROWS rows
- * our own kernel does that (cuBLAS's choices for such shapes reached 40-85% of the copy
- * bandwidth on an H100, docs/perf.md); larger batches go to cublasGemmEx. */
+ * our own kernel does that, with the RMSNorm before it folded in (cuBLAS's choices for
+ * such shapes reached 40-85% of the copy bandwidth on an H100, and the norm was a launch
+ * of its own: docs/perf.md); larger batches go to cublasGemmEx. */
 #include <cerrno>
 
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/cuda_util.cuh"
 
-enum { GEMV_MAX_ROWS = 8, GEMV_WARPS = 8, GEMV_UNROLL = 4 };
+/* Rows, warps per block, output columns per warp, 16-byte weight pieces in flight per
+ * column and lane, and the shared memory the input rows may take. */
+enum { GEMV_MAX_ROWS = 4, GEMV_WARPS = 8, GEMV_COLS = 4, GEMV_UNROLL = 2 };
+static const size_t GEMV_MAX_SMEM = 96 * 1024;
 
 /* 16 bytes of T as floats. */
 template <typename T> struct vec16;
@@ -68,146 +72,163 @@ template <typename T> struct gemv_input {
 	float eps;
 };
 
-/* Piece i (16 bytes of T) of input row r as floats. */
+/* Block prologue: the m input rows as floats in x_s ([m][k]), normalized with NORM. The
+ * rows are converted once per block here rather than once per output column. */
 template <typename T, bool NORM>
-__device__ __forceinline__ void input_piece(const gemv_input<T> &in, uint32_t r, uint32_t i,
-					    uint32_t k, const float *scale, float *out)
+__device__ void gemv_stage_input(float *x_s, const gemv_input<T> &in, uint32_t m, uint32_t k)
 {
-	typedef vec16<T> V;
-	if (!NORM) {
-		V::unpack(__ldg(reinterpret_cast<const uint4 *>(in.x + (size_t)r * k) + i), out);
-		return;
+	__shared__ double reduce[32];
+	for (uint32_t r = 0; r < m; r++) {
+		float *xs = x_s + (size_t)r * k;
+		if (!NORM) {
+			for (uint32_t i = threadIdx.x; i < k; i += blockDim.x)
+				xs[i] = rs_load(in.x + (size_t)r * k + i);
+			continue;
+		}
+		/* rs_cuda_rmsnorm's arithmetic: double sum of squares, float scale. */
+		const float *xr = in.xf + (size_t)(in.rows ? in.rows[r] : r) * k;
+		double ss = 0.0;
+		for (uint32_t i = threadIdx.x; i < k; i += blockDim.x) {
+			float v = xr[i];
+			xs[i] = v;
+			ss += (double)v * v;
+		}
+		ss = rs_block_reduce(ss, rs_op_add(), reduce);
+		float scale = (float)(1.0 / sqrt(ss / k + in.eps));
+		for (uint32_t i = threadIdx.x; i < k; i += blockDim.x)
+			xs[i] = round_to<T>(xs[i] * scale * in.norm_weight[i]);
 	}
-	const float4 *xr = reinterpret_cast<const float4 *>(
-		in.xf + (size_t)(in.rows ? in.rows[r] : r) * k + (size_t)i * V::N);
-	const float4 *wr = reinterpret_cast<const float4 *>(in.norm_weight + (size_t)i * V::N);
-#pragma unroll
-	for (int q = 0; q < V::N / 4; q++) {
-		float4 xv = __ldg(xr + q), wv = __ldg(wr + q);
-		out[4 * q] = round_to<T>(xv.x * scale[r] * wv.x);
-		out[4 * q + 1] = round_to<T>(xv.y * scale[r] * wv.y);
-		out[4 * q + 2] = round_to<T>(xv.z * scale[r] * wv.z);
-		out[4 * q + 3] = round_to<T>(xv.w * scale[r] * wv.w);
-	}
+	__syncthreads();
 }
 
-/* Block: GEMV_WARPS warps on GEMV_WARPS / splits output columns, `splits` warps per
- * column, each over its own range of k. A warp's lanes stream the weight row in 16-byte
- * pieces, GEMV_UNROLL in flight per lane, multiply each by the same piece of the (at
- * most M) input rows, and reduce over the warp; the splits' sums are then added in a
- * fixed order. Rows are 16-byte aligned (the caller checks k). With NORM, the block
- * first computes each input row's RMSNorm scale (double sum of squares, like
- * rs_op_rmsnorm), so that the normalized rows never go through memory. */
+/* Block: GEMV_WARPS warps; a warp computes GEMV_COLS adjacent output columns over one of
+ * `splits` ranges of k, and a block's warps cover GEMV_WARPS / splits such column groups.
+ * Each lane streams the columns' weight rows in 16-byte pieces (GEMV_COLS x GEMV_UNROLL
+ * in flight), multiplies each piece by the same piece of the (at most M) input rows held
+ * in shared memory, and the warp reduces at the end; the splits' sums are added in a
+ * fixed order. Rows are 16-byte aligned (the caller checks k). */
 template <typename T, int M, bool NORM>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv_kernel(float *__restrict__ y, gemv_input<T> in, const T *__restrict__ w, uint32_t m,
 	    uint32_t n, uint32_t k, uint32_t splits, int accumulate)
 {
 	typedef vec16<T> V;
-	__shared__ float partial[GEMV_WARPS][M];
-	__shared__ float scale[M];
-	__shared__ double reduce[32];
+	extern __shared__ float x_s[]; /* [m][k] */
+	__shared__ float partial[GEMV_WARPS][M][GEMV_COLS];
+	gemv_stage_input<T, NORM>(x_s, in, m, k);
+
 	unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-	if (NORM) {
-		for (uint32_t r = 0; r < m; r++) {
-			const float *xr = in.xf + (size_t)(in.rows ? in.rows[r] : r) * k;
-			double ss = 0.0;
-			for (uint32_t i = threadIdx.x; i < k; i += blockDim.x)
-				ss += (double)xr[i] * xr[i];
-			ss = rs_block_reduce(ss, rs_op_add(), reduce);
-			if (threadIdx.x == 0)
-				scale[r] = (float)(1.0 / sqrt(ss / k + in.eps));
-		}
-		__syncthreads();
-	}
-	uint32_t col = blockIdx.x * (GEMV_WARPS / splits) + warp / splits, split = warp % splits;
-	uint32_t pieces = k / V::N, per_split = (pieces + splits - 1) / splits;
-	uint32_t begin = split * per_split, end = begin + per_split < pieces ? begin + per_split : pieces;
-	float acc[M];
+	uint32_t col0 = (blockIdx.x * (GEMV_WARPS / splits) + warp / splits) * GEMV_COLS;
+	uint32_t split = warp % splits, pieces = k / V::N;
+	uint32_t per_split = (pieces + splits - 1) / splits, begin = split * per_split;
+	uint32_t end = begin + per_split < pieces ? begin + per_split : pieces;
+	float acc[M][GEMV_COLS];
 #pragma unroll
 	for (int r = 0; r < M; r++)
-		acc[r] = 0.0f;
-	if (col < n) {
-		const uint4 *wr = reinterpret_cast<const uint4 *>(w + (size_t)col * k);
-		uint32_t i = begin + lane;
-		for (; i + 32 * (GEMV_UNROLL - 1) < end; i += 32 * GEMV_UNROLL) {
-			uint4 wv[GEMV_UNROLL];
 #pragma unroll
-			for (int u = 0; u < GEMV_UNROLL; u++)
-				wv[u] = __ldg(wr + i + 32 * u);
+		for (int c = 0; c < GEMV_COLS; c++)
+			acc[r][c] = 0.0f;
+	/* Columns past n read column n - 1 again (in bounds) and are not written. */
+	const uint4 *wr[GEMV_COLS];
 #pragma unroll
-			for (int u = 0; u < GEMV_UNROLL; u++) {
-				float wf[V::N];
-				V::unpack(wv[u], wf);
+	for (int c = 0; c < GEMV_COLS; c++)
+		wr[c] = reinterpret_cast<const uint4 *>(
+			w + (size_t)(col0 + c < n ? col0 + c : n - 1) * k);
+	for (uint32_t i = begin + lane; i < end; i += 32 * GEMV_UNROLL) {
+		uint4 wv[GEMV_UNROLL][GEMV_COLS];
 #pragma unroll
-				for (int r = 0; r < M; r++) {
-					if (r >= (int)m)
-						break;
-					float xf[V::N];
-					input_piece<T, NORM>(in, r, i + 32 * u, k, scale, xf);
+		for (int u = 0; u < GEMV_UNROLL; u++)
 #pragma unroll
-					for (int e = 0; e < V::N; e++)
-						acc[r] = fmaf(wf[e], xf[e], acc[r]);
-				}
-			}
-		}
-		for (; i < end; i += 32) {
-			float wf[V::N];
-			V::unpack(__ldg(wr + i), wf);
+			for (int c = 0; c < GEMV_COLS; c++)
+				if (i + 32 * u < end)
+					wv[u][c] = __ldg(wr[c] + i + 32 * u);
+#pragma unroll
+		for (int u = 0; u < GEMV_UNROLL; u++) {
+			uint32_t piece = i + 32 * u;
+			if (piece >= end)
+				break;
+			float wf[GEMV_COLS][V::N];
+#pragma unroll
+			for (int c = 0; c < GEMV_COLS; c++)
+				V::unpack(wv[u][c], wf[c]);
 #pragma unroll
 			for (int r = 0; r < M; r++) {
 				if (r >= (int)m)
 					break;
-				float xf[V::N];
-				input_piece<T, NORM>(in, r, i, k, scale, xf);
+				const float4 *xp = reinterpret_cast<const float4 *>(
+					x_s + (size_t)r * k + (size_t)piece * V::N);
 #pragma unroll
-				for (int e = 0; e < V::N; e++)
-					acc[r] = fmaf(wf[e], xf[e], acc[r]);
+				for (int q = 0; q < V::N / 4; q++) {
+					float4 xv = xp[q];
+#pragma unroll
+					for (int c = 0; c < GEMV_COLS; c++) {
+						acc[r][c] = fmaf(wf[c][4 * q], xv.x, acc[r][c]);
+						acc[r][c] = fmaf(wf[c][4 * q + 1], xv.y, acc[r][c]);
+						acc[r][c] = fmaf(wf[c][4 * q + 2], xv.z, acc[r][c]);
+						acc[r][c] = fmaf(wf[c][4 * q + 3], xv.w, acc[r][c]);
+					}
+				}
 			}
 		}
 	}
 #pragma unroll
-	for (int r = 0; r < M; r++) {
-		float s = rs_warp_sum(acc[r]);
-		if (lane == 0)
-			partial[warp][r] = s;
-	}
+	for (int r = 0; r < M; r++)
+#pragma unroll
+		for (int c = 0; c < GEMV_COLS; c++) {
+			float s = rs_warp_sum(acc[r][c]);
+			if (lane == 0)
+				partial[warp][r][c] = s;
+		}
 	__syncthreads();
-	if (col >= n || split != 0 || lane >= (unsigned)m)
+	/* Lane (r, c) of the group's first warp writes y[r][col0 + c]. */
+	uint32_t r = lane / GEMV_COLS, c = lane % GEMV_COLS;
+	if (split != 0 || r >= m || col0 + c >= n)
 		return;
-	/* Lane r of the column's first warp writes row r. */
 	float s = 0.0f;
 	for (uint32_t z = 0; z < splits; z++)
-		s += partial[warp + z][lane];
-	float *yp = y + (size_t)lane * n + col;
+		s += partial[warp + z][r][c];
+	float *yp = y + (size_t)r * n + col0 + c;
 	*yp = accumulate ? *yp + s : s;
 }
 
-/* Warps per column: enough columns x splits to fill the device (an H100 holds 8448
- * resident warps), while each split keeps at least two pieces per lane. */
+/* k-splits per column group: enough warps to fill the device (an H100 holds 8448
+ * resident), while each split keeps at least one piece per lane. */
 static uint32_t gemv_splits(uint32_t n, uint32_t pieces)
 {
-	uint32_t splits = 1;
-	while (splits < GEMV_WARPS && (size_t)n * splits < 8192 && pieces / (2 * splits) >= 64)
+	uint32_t splits = 1, groups = (n + GEMV_COLS - 1) / GEMV_COLS;
+	while (splits < GEMV_WARPS && (size_t)groups * splits < 4096 && pieces / (2 * splits) >= 32)
 		splits *= 2;
 	return splits;
+}
+
+template <typename T, int M, bool NORM>
+static void gemv_launch(float *y, const gemv_input<T> &in, const T *w, uint32_t m, uint32_t n,
+			uint32_t k, int accumulate, cudaStream_t stream)
+{
+	/* Past 48 KiB a kernel must opt in to its shared memory; once per kernel is enough
+	 * (a function-local static: initialized once, thread-safe, by C++11's rules). */
+	static const cudaError_t opted_in = cudaFuncSetAttribute(
+		gemv_kernel<T, M, NORM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+		(int)GEMV_MAX_SMEM);
+	(void)opted_in;
+	uint32_t splits = gemv_splits(n, k / vec16<T>::N);
+	uint32_t cols = GEMV_WARPS / splits * GEMV_COLS;
+	size_t smem = (size_t)m * k * sizeof(float);
+	gemv_kernel<T, M, NORM><<<(n + cols - 1) / cols, GEMV_WARPS * 32, smem, stream>>>(
+		y, in, w, m, n, k, splits, accumulate);
 }
 
 template <typename T, bool NORM>
 static int gemv(float *y, const gemv_input<T> &in, const void *w, uint32_t m, uint32_t n,
 		uint32_t k, int accumulate, cudaStream_t stream)
 {
-	uint32_t splits = gemv_splits(n, k / vec16<T>::N), cols = GEMV_WARPS / splits;
-	dim3 grid((n + cols - 1) / cols), block(GEMV_WARPS * 32);
 	const T *wt = (const T *)w;
 	if (m == 1)
-		gemv_kernel<T, 1, NORM><<<grid, block, 0, stream>>>(y, in, wt, m, n, k, splits, accumulate);
+		gemv_launch<T, 1, NORM>(y, in, wt, m, n, k, accumulate, stream);
 	else if (m == 2)
-		gemv_kernel<T, 2, NORM><<<grid, block, 0, stream>>>(y, in, wt, m, n, k, splits, accumulate);
-	else if (m <= 4)
-		gemv_kernel<T, 4, NORM><<<grid, block, 0, stream>>>(y, in, wt, m, n, k, splits, accumulate);
+		gemv_launch<T, 2, NORM>(y, in, wt, m, n, k, accumulate, stream);
 	else
-		gemv_kernel<T, 8, NORM><<<grid, block, 0, stream>>>(y, in, wt, m, n, k, splits, accumulate);
+		gemv_launch<T, 4, NORM>(y, in, wt, m, n, k, accumulate, stream);
 	return rs_launch_check();
 }
 
@@ -228,12 +249,13 @@ static int gemm_type(enum rs_dtype dtype, cudaDataType_t *type)
 	}
 }
 
-/* Whether our kernel takes the product: few rows, and rows of k elements that are a whole
+/* Whether our kernel takes the product: few rows, rows of k elements that are a whole
  * number of 16-byte pieces (the buffers themselves come from cudaMalloc, 256-byte
- * aligned). */
+ * aligned), and input rows that fit its shared memory as floats. */
 static bool use_gemv(enum rs_dtype dtype, uint32_t m, uint32_t k)
 {
-	return m <= GEMV_MAX_ROWS && (size_t)k * rs_dtype_size(dtype) % 16 == 0;
+	return m <= GEMV_MAX_ROWS && (size_t)k * rs_dtype_size(dtype) % 16 == 0 &&
+	       (size_t)m * k * sizeof(float) <= GEMV_MAX_SMEM;
 }
 
 extern "C" int rs_cuda_matmul(cublasHandle_t handle, float *y, const void *x, const void *w,
