@@ -67,6 +67,27 @@ struct rs_op_min {
 	template <typename T> __device__ T operator()(T a, T b) const { return a < b ? a : b; }
 };
 
+/* Programmatic dependent launch (sm_90 and later; no-ops before): a kernel launched with
+ * the programmatic-serialization attribute may start while the kernel before it in the
+ * stream is still running, and must call rs_pdl_wait() before it reads anything that
+ * kernel writes (or writes anything it reads); the wait returns once that kernel has
+ * completed and its memory is visible. What it does before the wait may only touch
+ * memory no earlier kernel of the step writes (the weights). rs_pdl_trigger() lets the
+ * dependent kernel start before this one's blocks exit. */
+__device__ __forceinline__ void rs_pdl_wait(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void rs_pdl_trigger(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
 /* 0 when the launch just made was accepted, else -EIO. */
 static inline int rs_launch_check(void)
 {

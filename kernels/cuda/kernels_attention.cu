@@ -74,6 +74,7 @@ attention_kernel(T *out, float *part, const float *q, size_t q_stride, struct rs
 		 const uint32_t *block_tables, const uint32_t *table_offset,
 		 const uint32_t *positions, uint32_t n_heads, uint32_t span, float scale)
 {
+	rs_pdl_trigger(); /* the Wo GEMV may prefetch its weights meanwhile */
 	uint32_t g = blockIdx.x, t = blockIdx.y, z = blockIdx.z, splits = gridDim.z;
 	uint32_t hd = kv.head_dim, group = n_heads / kv.n_kv_heads, gw = group * hd;
 	uint32_t tile_stride = hd + 1;
@@ -205,6 +206,7 @@ template <typename T>
 __global__ void attention_combine_kernel(T *out, const float *part, uint32_t n_heads,
 					 uint32_t head_dim, uint32_t splits)
 {
+	rs_pdl_trigger();
 	uint32_t t = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
 	size_t rec = head_dim + 2;
 	const float *p = part + ((size_t)t * n_heads + h) * splits * rec;

@@ -7,6 +7,7 @@
 template <typename T>
 __global__ void embedding_kernel(float *out, const T *table, const uint32_t *tokens, uint32_t dim)
 {
+	rs_pdl_trigger(); /* the first GEMV may prefetch its weights meanwhile */
 	const T *row = table + (size_t)tokens[blockIdx.x] * dim;
 	float *o = out + (size_t)blockIdx.x * dim;
 	for (uint32_t i = threadIdx.x; i < dim; i += blockDim.x)
@@ -73,6 +74,7 @@ extern "C" int rs_cuda_rmsnorm(void *out, enum rs_dtype out_dtype, const float *
 template <typename T>
 __global__ void swiglu_kernel(T *out, const float *gate_up, uint32_t width)
 {
+	rs_pdl_trigger(); /* the down GEMV may prefetch its weights meanwhile */
 	const float *g = gate_up + (size_t)blockIdx.y * 2 * width;
 	const float *u = g + width;
 	T *o = out + (size_t)blockIdx.y * width;

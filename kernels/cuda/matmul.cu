@@ -77,22 +77,31 @@ template <typename T> struct gemv_input {
 template <typename T, bool NORM>
 __device__ void gemv_stage_input(float *x_s, const gemv_input<T> &in, uint32_t m, uint32_t k)
 {
+	enum { LOADS = 8 }; /* in flight per thread: a loop of single loads waits on each */
 	__shared__ double reduce[32];
 	for (uint32_t r = 0; r < m; r++) {
 		float *xs = x_s + (size_t)r * k;
-		if (!NORM) {
-			for (uint32_t i = threadIdx.x; i < k; i += blockDim.x)
-				xs[i] = rs_load(in.x + (size_t)r * k + i);
-			continue;
-		}
-		/* rs_cuda_rmsnorm's arithmetic: double sum of squares, float scale. */
-		const float *xr = in.xf + (size_t)(in.rows ? in.rows[r] : r) * k;
+		const float *xr = NORM ? in.xf + (size_t)(in.rows ? in.rows[r] : r) * k : NULL;
 		double ss = 0.0;
-		for (uint32_t i = threadIdx.x; i < k; i += blockDim.x) {
-			float v = xr[i];
-			xs[i] = v;
-			ss += (double)v * v;
+		for (uint32_t i0 = threadIdx.x; i0 < k; i0 += LOADS * blockDim.x) {
+			float v[LOADS];
+#pragma unroll
+			for (int u = 0; u < LOADS; u++) {
+				uint32_t i = i0 + u * blockDim.x;
+				v[u] = i >= k ? 0.0f : NORM ? xr[i] : rs_load(in.x + (size_t)r * k + i);
+			}
+#pragma unroll
+			for (int u = 0; u < LOADS; u++) {
+				uint32_t i = i0 + u * blockDim.x;
+				if (i < k)
+					xs[i] = v[u];
+				ss += (double)v[u] * v[u];
+			}
 		}
+		if (!NORM)
+			continue;
+		/* rs_cuda_rmsnorm's arithmetic: double sum of squares, float scale. Each thread
+		 * rescales the values it stored itself. */
 		ss = rs_block_reduce(ss, rs_op_add(), reduce);
 		float scale = (float)(1.0 / sqrt(ss / k + in.eps));
 		for (uint32_t i = threadIdx.x; i < k; i += blockDim.x)
@@ -115,33 +124,49 @@ gemv_kernel(float *__restrict__ y, gemv_input<T> in, const T *__restrict__ w, ui
 	typedef vec16<T> V;
 	extern __shared__ float x_s[]; /* [m][k] */
 	__shared__ float partial[GEMV_WARPS][M][GEMV_COLS];
-	gemv_stage_input<T, NORM>(x_s, in, m, k);
+	rs_pdl_trigger(); /* the next kernel may prefetch its own weights meanwhile */
 
 	unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 	uint32_t col0 = (blockIdx.x * (GEMV_WARPS / splits) + warp / splits) * GEMV_COLS;
 	uint32_t split = warp % splits, pieces = k / V::N;
 	uint32_t per_split = (pieces + splits - 1) / splits, begin = split * per_split;
 	uint32_t end = begin + per_split < pieces ? begin + per_split : pieces;
-	float acc[M][GEMV_COLS];
-#pragma unroll
-	for (int r = 0; r < M; r++)
-#pragma unroll
-		for (int c = 0; c < GEMV_COLS; c++)
-			acc[r][c] = 0.0f;
 	/* Columns past n read column n - 1 again (in bounds) and are not written. */
 	const uint4 *wr[GEMV_COLS];
 #pragma unroll
 	for (int c = 0; c < GEMV_COLS; c++)
 		wr[c] = reinterpret_cast<const uint4 *>(
 			w + (size_t)(col0 + c < n ? col0 + c : n - 1) * k);
-	for (uint32_t i = begin + lane; i < end; i += 32 * GEMV_UNROLL) {
+	/* The first weights are requested before anything else: while they arrive, the
+	 * kernel before this one finishes (rs_pdl_wait) and the input rows are staged. */
+	uint4 next[GEMV_UNROLL][GEMV_COLS];
+	uint32_t i = begin + lane;
+#pragma unroll
+	for (int u = 0; u < GEMV_UNROLL; u++)
+#pragma unroll
+		for (int c = 0; c < GEMV_COLS; c++)
+			if (i + 32 * u < end)
+				next[u][c] = __ldg(wr[c] + i + 32 * u);
+	rs_pdl_wait();
+	gemv_stage_input<T, NORM>(x_s, in, m, k);
+
+	float acc[M][GEMV_COLS];
+#pragma unroll
+	for (int r = 0; r < M; r++)
+#pragma unroll
+		for (int c = 0; c < GEMV_COLS; c++)
+			acc[r][c] = 0.0f;
+	for (; i < end; i += 32 * GEMV_UNROLL) {
 		uint4 wv[GEMV_UNROLL][GEMV_COLS];
+		uint32_t ahead = i + 32 * GEMV_UNROLL;
 #pragma unroll
 		for (int u = 0; u < GEMV_UNROLL; u++)
 #pragma unroll
-			for (int c = 0; c < GEMV_COLS; c++)
-				if (i + 32 * u < end)
-					wv[u][c] = __ldg(wr[c] + i + 32 * u);
+			for (int c = 0; c < GEMV_COLS; c++) {
+				wv[u][c] = next[u][c];
+				if (ahead + 32 * u < end)
+					next[u][c] = __ldg(wr[c] + ahead + 32 * u);
+			}
 #pragma unroll
 		for (int u = 0; u < GEMV_UNROLL; u++) {
 			uint32_t piece = i + 32 * u;
@@ -201,6 +226,21 @@ static uint32_t gemv_splits(uint32_t n, uint32_t pieces)
 	return splits;
 }
 
+/* Whether device 0 (the backend's) runs programmatic dependent launches: sm_90 on. */
+static bool pdl_supported(void)
+{
+	static const bool supported = [] {
+		int major = 0;
+		if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) !=
+		    cudaSuccess) {
+			cudaGetLastError(); /* ours: not the next launch check's */
+			return false;
+		}
+		return major >= 9;
+	}();
+	return supported;
+}
+
 template <typename T, int M, bool NORM>
 static void gemv_launch(float *y, const gemv_input<T> &in, const T *w, uint32_t m, uint32_t n,
 			uint32_t k, int accumulate, cudaStream_t stream)
@@ -213,9 +253,17 @@ static void gemv_launch(float *y, const gemv_input<T> &in, const T *w, uint32_t 
 	(void)opted_in;
 	uint32_t splits = gemv_splits(n, k / vec16<T>::N);
 	uint32_t cols = GEMV_WARPS / splits * GEMV_COLS;
-	size_t smem = (size_t)m * k * sizeof(float);
-	gemv_kernel<T, M, NORM><<<(n + cols - 1) / cols, GEMV_WARPS * 32, smem, stream>>>(
-		y, in, w, m, n, k, splits, accumulate);
+	cudaLaunchConfig_t config = {};
+	config.gridDim = dim3((n + cols - 1) / cols);
+	config.blockDim = dim3(GEMV_WARPS * 32);
+	config.dynamicSmemBytes = (size_t)m * k * sizeof(float);
+	config.stream = stream;
+	cudaLaunchAttribute pdl;
+	pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+	pdl.val.programmaticStreamSerializationAllowed = 1;
+	config.attrs = &pdl;
+	config.numAttrs = pdl_supported() ? 1 : 0;
+	cudaLaunchKernelEx(&config, gemv_kernel<T, M, NORM>, y, in, w, m, n, k, splits, accumulate);
 }
 
 template <typename T, bool NORM>
