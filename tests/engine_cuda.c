@@ -478,6 +478,7 @@ static void test_attention_shape(uint32_t n_heads, uint32_t n_kv, uint32_t hd, u
 				tables + offsets[t], positions[t], n_heads, scratch);
 	CHECK(rs_cuda_attention_setup(n_heads, n_kv, hd) == 0, "setup %u/%u hd %u", n_heads, n_kv, hd);
 	float *d_scratch = dev_alloc(rs_cuda_attention_scratch(n_heads, hd) * 4);
+	cudaMemset(d_scratch, 0, rs_cuda_attention_scratch(n_heads, hd) * 4);
 	void *d_out = dev_alloc((size_t)T * q_dim * 4);
 	uint8_t *raw = malloc((size_t)T * q_dim * 4);
 	double *wd = to_double(want, (size_t)T * q_dim);
@@ -511,14 +512,18 @@ static void test_attention_shape(uint32_t n_heads, uint32_t n_kv, uint32_t hd, u
 	float *d_last_q = to_dev(last_q, (size_t)SEQS * stride * 4);
 	uint32_t *d_last_pos = to_dev(last_pos, sizeof(last_pos));
 	uint32_t *d_last_off = to_dev(last_off, sizeof(last_off));
-	CHECK(rs_cuda_attention(d_out, out_dt, d_last_q, stride, &gpu, d_tables, d_last_off,
-				d_last_pos, SEQS, n_heads, MAX_CTX, d_scratch, 0) == 0,
-	      "split attention launch");
-	from_dev(raw, d_out, (size_t)SEQS * q_dim * rs_dtype_size(out_dt));
-	decode(got, raw, out_dt, (size_t)SEQS * q_dim);
-	snprintf(name, sizeof(name), "split attention heads %u/%u hd %u bs %u %s", n_heads, n_kv,
-		 hd, bs, rs_dtype_name(out_dt));
-	check_close(name, got, last_want, (size_t)SEQS * q_dim, atol, dtype_eps(out_dt));
+	/* Twice: the first launch must leave the scratch's split counts ready for the next. */
+	for (int run = 0; run < 2; run++) {
+		cudaMemset(d_out, 0, (size_t)SEQS * q_dim * 4);
+		CHECK(rs_cuda_attention(d_out, out_dt, d_last_q, stride, &gpu, d_tables, d_last_off,
+					d_last_pos, SEQS, n_heads, MAX_CTX, d_scratch, 0) == 0,
+		      "split attention launch");
+		from_dev(raw, d_out, (size_t)SEQS * q_dim * rs_dtype_size(out_dt));
+		decode(got, raw, out_dt, (size_t)SEQS * q_dim);
+		snprintf(name, sizeof(name), "split attention heads %u/%u hd %u bs %u %s, run %d",
+			 n_heads, n_kv, hd, bs, rs_dtype_name(out_dt), run);
+		check_close(name, got, last_want, (size_t)SEQS * q_dim, atol, dtype_eps(out_dt));
+	}
 	free(last_q), free(last_want);
 	cudaFree(d_last_q), cudaFree(d_last_pos), cudaFree(d_last_off), cudaFree(d_scratch);
 	free(perm), free(cpu.k), free(cpu.v), free(rows), free(tables), free(positions);

@@ -297,9 +297,11 @@ static int lane_create(struct rs_engine *e, struct cuda_engine *c, struct cuda_l
 	if (!rc)
 		rc = dev_alloc((void **)&ln->sample_scratch,
 			       sample_rows * rs_cuda_sample_scratch(cfg->vocab_size) * sizeof(double));
+	size_t att_scratch = rs_cuda_attention_scratch(cfg->n_heads, cfg->head_dim) * sizeof(float);
 	if (!rc)
-		rc = dev_alloc((void **)&ln->att_scratch,
-			       rs_cuda_attention_scratch(cfg->n_heads, cfg->head_dim) * sizeof(float));
+		rc = dev_alloc((void **)&ln->att_scratch, att_scratch);
+	if (!rc) /* its split counts start at zero (cudaMemset: before any step, see create) */
+		rc = cuda_errno(cudaMemset(ln->att_scratch, 0, att_scratch));
 	if (!rc)
 		rc = cuda_errno(cudaHostAlloc((void **)&ln->out_stage_h, T * sizeof(uint32_t),
 					      cudaHostAllocMapped));

@@ -83,8 +83,10 @@ int rs_cuda_rope_kv_store(float *qkv, size_t stride, const uint32_t *positions,
  * the n_heads / n_kv_heads query heads that share it (GQA: K and V read once for the
  * group), with an online softmax over chunks of 64 positions staged in shared memory.
  * When those blocks are too few to fill the device (decode), each token's context is
- * also split over several blocks, whose partial softmaxes a second kernel merges; that
- * needs scratch of rs_cuda_attention_scratch floats (NULL: never split). max_ctx is the
+ * also split over several blocks, whose partial softmaxes the last of them to finish
+ * merges; that needs scratch of rs_cuda_attention_scratch floats, zeroed once before its
+ * first use (every launch leaves it fit for the next on the same stream; NULL: never
+ * split). max_ctx is the
  * largest positions[t] + 1 (the host knows it; it sizes the split). out: [n_tokens]
  * [n_heads * head_dim] of out_dtype. Call rs_cuda_attention_setup once first. */
 int rs_cuda_attention(void *out, enum rs_dtype out_dtype, const float *q, size_t q_stride,

@@ -9,7 +9,7 @@
 
 /* Positions per softmax chunk, threads per block, and the most blocks a split launch
  * makes (about two per SM of an H100, which decode tokens alone would leave idle). */
-enum { ATT_CHUNK = 64, ATT_THREADS = 128, ATT_SPLIT_BLOCKS = 256 };
+enum { ATT_CHUNK = 64, ATT_THREADS = 256, ATT_SPLIT_BLOCKS = 256 };
 
 __global__ void kv_store_kernel(struct rs_cuda_kv_layer kv, const uint32_t *slots, const float *k,
 				const float *v, size_t stride)
@@ -70,9 +70,10 @@ __device__ __forceinline__ void load_tile(float *tile, const float *head, const 
  * part for attention_combine. */
 template <typename T>
 __global__ void __launch_bounds__(ATT_THREADS)
-attention_kernel(T *out, float *part, const float *q, size_t q_stride, struct rs_cuda_kv_layer kv,
-		 const uint32_t *block_tables, const uint32_t *table_offset,
-		 const uint32_t *positions, uint32_t n_heads, uint32_t span, float scale)
+attention_kernel(T *out, float *part, unsigned *done, const float *q, size_t q_stride,
+		 struct rs_cuda_kv_layer kv, const uint32_t *block_tables,
+		 const uint32_t *table_offset, const uint32_t *positions, uint32_t n_heads,
+		 uint32_t span, float scale)
 {
 	rs_pdl_trigger(); /* the Wo GEMV may prefetch its weights meanwhile */
 	uint32_t g = blockIdx.x, t = blockIdx.y, z = blockIdx.z, splits = gridDim.z;
@@ -197,29 +198,38 @@ attention_kernel(T *out, float *part, const float *q, size_t q_stride, struct rs
 			rec[hd + 1] = l_s[h];
 		}
 	}
-}
-
-/* Block (token t, head h), a thread per dim: merge the splits' partial softmaxes. The
- * first split holds position 0, so its max is finite; an empty split (past a shorter
- * sequence's end) has max -inf and weighs exp(-inf) = 0. */
-template <typename T>
-__global__ void attention_combine_kernel(T *out, const float *part, uint32_t n_heads,
-					 uint32_t head_dim, uint32_t splits)
-{
-	rs_pdl_trigger();
-	uint32_t t = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
-	size_t rec = head_dim + 2;
-	const float *p = part + ((size_t)t * n_heads + h) * splits * rec;
-	float m = -INFINITY;
-	for (uint32_t z = 0; z < splits; z++)
-		m = fmaxf(m, p[z * rec + head_dim]);
-	float l = 0.0f, a = 0.0f;
-	for (uint32_t z = 0; z < splits; z++) {
-		float w = expf(p[z * rec + head_dim] - m);
-		l += p[z * rec + head_dim + 1] * w;
-		a += p[z * rec + d] * w;
+	/* The last of the (token, kv head)'s splits to finish merges them all, in split order
+	 * (whichever block it is, the same sums): release our records, count ourselves in. */
+	__shared__ bool merge;
+	__threadfence(); /* pairs with the merger's fence after it read the count */
+	__syncthreads();
+	unsigned *count = done + (size_t)t * kv.n_kv_heads + g;
+	if (tid == 0)
+		merge = atomicAdd(count, 1u) == splits - 1;
+	__syncthreads();
+	if (!merge)
+		return;
+	__threadfence(); /* every split's records are visible from here */
+	/* An empty split (past a shorter sequence's end) has max -inf and weighs
+	 * exp(-inf) = 0; the first holds position 0, so the max is finite. Other blocks'
+	 * records are read from L2 (__ldcg): this SM's L1 may hold stale lines. */
+	for (uint32_t e = tid; e < gw; e += blockDim.x) {
+		uint32_t h = e / hd, d = e - h * hd;
+		const float *rec = part + ((size_t)t * n_heads + head0 + h) * splits * (hd + 2);
+		float m = -INFINITY;
+		for (uint32_t y = 0; y < splits; y++)
+			m = fmaxf(m, __ldcg(rec + y * (hd + 2) + hd));
+		float l = 0.0f, a = 0.0f;
+		for (uint32_t y = 0; y < splits; y++) {
+			const float *r = rec + y * (hd + 2);
+			float w = expf(__ldcg(r + hd) - m);
+			l += __ldcg(r + hd + 1) * w;
+			a += __ldcg(r + d) * w;
+		}
+		rs_store(out + ((size_t)t * n_heads + head0 + h) * hd + d, a / l);
 	}
-	rs_store(out + ((size_t)t * n_heads + h) * head_dim + d, a / l);
+	if (tid == 0)
+		*count = 0; /* ready for the next launch (stream-ordered after this one) */
 }
 
 extern "C" int rs_cuda_attention_setup(uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim)
@@ -247,9 +257,10 @@ extern "C" int rs_cuda_attention_setup(uint32_t n_heads, uint32_t n_kv_heads, ui
 	return 0;
 }
 
+/* Scratch: the records, then the counts (one per block of an unsplit launch at most). */
 extern "C" size_t rs_cuda_attention_scratch(uint32_t n_heads, uint32_t head_dim)
 {
-	return (size_t)ATT_SPLIT_BLOCKS * n_heads * (head_dim + 2);
+	return (size_t)ATT_SPLIT_BLOCKS * n_heads * (head_dim + 2) + ATT_SPLIT_BLOCKS;
 }
 
 extern "C" int rs_cuda_attention(void *out, enum rs_dtype out_dtype, const float *q,
@@ -278,12 +289,11 @@ extern "C" int rs_cuda_attention(void *out, enum rs_dtype out_dtype, const float
 	uint32_t span = (chunks + splits - 1) / splits * ATT_CHUNK;
 	splits = (max_ctx + span - 1) / span;
 	dim3 grid(kv->n_kv_heads, n_tokens, splits);
+	unsigned *done = scratch ? (unsigned *)(scratch + (size_t)ATT_SPLIT_BLOCKS * n_heads * (hd + 2))
+				 : NULL;
 	RS_DISPATCH_DTYPE(out_dtype, T,
 			  attention_kernel<T><<<grid, ATT_THREADS, smem, stream>>>(
-				  (T *)out, scratch, q, q_stride, *kv, block_tables, table_offset,
-				  positions, n_heads, span, scale);
-			  if (splits > 1) attention_combine_kernel<T>
-			  <<<dim3(n_tokens, n_heads), hd, 0, stream>>>((T *)out, scratch, n_heads, hd,
-								       splits));
+				  (T *)out, scratch, done, q, q_stride, *kv, block_tables,
+				  table_offset, positions, n_heads, span, scale));
 	return rs_launch_check();
 }

@@ -216,12 +216,14 @@ gemv_kernel(float *__restrict__ y, gemv_input<T> in, const T *__restrict__ w, ui
 	*yp = accumulate ? *yp + s : s;
 }
 
-/* k-splits per column group: enough warps to fill the device (an H100 holds 8448
- * resident), while each split keeps at least one piece per lane. */
+/* k-splits per column group: the fewest that give about a wave of blocks (two per SM of
+ * an H100, the most its registers allow), since every block pays for staging the input;
+ * each split keeps at least one piece per lane. */
 static uint32_t gemv_splits(uint32_t n, uint32_t pieces)
 {
 	uint32_t splits = 1, groups = (n + GEMV_COLS - 1) / GEMV_COLS;
-	while (splits < GEMV_WARPS && (size_t)groups * splits < 4096 && pieces / (2 * splits) >= 32)
+	while (splits < GEMV_WARPS && (size_t)groups * splits / GEMV_WARPS < 200 &&
+	       pieces / (2 * splits) >= 32)
 		splits *= 2;
 	return splits;
 }
