@@ -232,6 +232,22 @@ attention_kernel(T *out, float *part, unsigned *done, const float *q, size_t q_s
 		*count = 0; /* ready for the next launch (stream-ordered after this one) */
 }
 
+/* Let kernel take up to the device's opt-in limit of shared memory, of which its static
+ * shared memory is a part: at least need bytes must remain. 0 or -EIO / -EINVAL. */
+template <typename Kernel> static int allow_dynamic_smem(Kernel kernel, int optin, size_t need)
+{
+	cudaFuncAttributes attr;
+	if (cudaFuncGetAttributes(&attr, kernel) != cudaSuccess)
+		return -EIO;
+	if (need + attr.sharedSizeBytes > (size_t)optin)
+		return -EINVAL;
+	int allowed = optin - (int)attr.sharedSizeBytes;
+	return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, allowed) ==
+			       cudaSuccess
+		       ? 0
+		       : -EIO;
+}
+
 extern "C" int rs_cuda_attention_setup(uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim)
 {
 	if (!n_kv_heads || n_heads % n_kv_heads || head_dim > RS_CUDA_MAX_HEAD_DIM || !head_dim)
@@ -247,12 +263,9 @@ extern "C" int rs_cuda_attention_setup(uint32_t n_heads, uint32_t n_kv_heads, ui
 	if (need > (size_t)optin)
 		return -EINVAL;
 	/* Allow up to the device's limit once: each launch still asks only for what it needs. */
-	if (cudaFuncSetAttribute(attention_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-				 optin) != cudaSuccess ||
-	    cudaFuncSetAttribute(attention_kernel<__half>,
-				 cudaFuncAttributeMaxDynamicSharedMemorySize, optin) != cudaSuccess ||
-	    cudaFuncSetAttribute(attention_kernel<__nv_bfloat16>,
-				 cudaFuncAttributeMaxDynamicSharedMemorySize, optin) != cudaSuccess)
+	if (allow_dynamic_smem(attention_kernel<float>, optin, need) ||
+	    allow_dynamic_smem(attention_kernel<__half>, optin, need) ||
+	    allow_dynamic_smem(attention_kernel<__nv_bfloat16>, optin, need))
 		return -EIO;
 	return 0;
 }
