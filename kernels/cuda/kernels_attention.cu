@@ -94,9 +94,21 @@ attention_kernel(T *out, float *part, unsigned *done, const float *q, size_t q_s
 
 	/* The group's query heads are adjacent in the row. */
 	const float *qt = q + (size_t)t * q_stride + (size_t)g * gw;
-	for (uint32_t e = tid; e < gw; e += blockDim.x) {
-		q_s[e] = qt[e];
-		acc_s[e] = 0.0f;
+	for (uint32_t e0 = tid; e0 < gw; e0 += 4 * blockDim.x) {
+		float qv[4]; /* loaded together: a store between loads serializes them */
+#pragma unroll
+		for (int u = 0; u < 4; u++) {
+			uint32_t e = e0 + u * blockDim.x;
+			qv[u] = e < gw ? qt[e] : 0.0f;
+		}
+#pragma unroll
+		for (int u = 0; u < 4; u++) {
+			uint32_t e = e0 + u * blockDim.x;
+			if (e < gw) {
+				q_s[e] = qv[u];
+				acc_s[e] = 0.0f;
+			}
+		}
 	}
 	for (uint32_t h = tid; h < group; h += blockDim.x) {
 		m_s[h] = -INFINITY;
@@ -217,9 +229,11 @@ attention_kernel(T *out, float *part, unsigned *done, const float *q, size_t q_s
 		uint32_t h = e / hd, d = e - h * hd;
 		const float *rec = part + ((size_t)t * n_heads + head0 + h) * splits * (hd + 2);
 		float m = -INFINITY;
+#pragma unroll 4
 		for (uint32_t y = 0; y < splits; y++)
 			m = fmaxf(m, __ldcg(rec + y * (hd + 2) + hd));
 		float l = 0.0f, a = 0.0f;
+#pragma unroll 4
 		for (uint32_t y = 0; y < splits; y++) {
 			const float *r = rec + y * (hd + 2);
 			float w = expf(__ldcg(r + hd) - m);

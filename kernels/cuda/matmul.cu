@@ -104,8 +104,20 @@ __device__ void gemv_stage_input(float *x_s, const gemv_input<T> &in, uint32_t m
 		 * rescales the values it stored itself. */
 		ss = rs_block_reduce(ss, rs_op_add(), reduce);
 		float scale = (float)(1.0 / sqrt(ss / k + in.eps));
-		for (uint32_t i = threadIdx.x; i < k; i += blockDim.x)
-			xs[i] = round_to<T>(xs[i] * scale * in.norm_weight[i]);
+		for (uint32_t i0 = threadIdx.x; i0 < k; i0 += LOADS * blockDim.x) {
+			float nw[LOADS];
+#pragma unroll
+			for (int u = 0; u < LOADS; u++) {
+				uint32_t i = i0 + u * blockDim.x;
+				nw[u] = i < k ? in.norm_weight[i] : 0.0f;
+			}
+#pragma unroll
+			for (int u = 0; u < LOADS; u++) {
+				uint32_t i = i0 + u * blockDim.x;
+				if (i < k)
+					xs[i] = round_to<T>(xs[i] * scale * nw[u]);
+			}
+		}
 	}
 	__syncthreads();
 }
