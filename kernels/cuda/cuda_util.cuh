@@ -88,6 +88,46 @@ __device__ __forceinline__ void rs_pdl_trigger(void)
 #endif
 }
 
+/* Whether device 0 (the backend's) runs programmatic dependent launches: sm_90 on. */
+static inline bool rs_pdl_supported(void)
+{
+	/* A function-local static: computed once, thread-safe (C++11). */
+	static const bool supported = [] {
+		int major = 0;
+		if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) !=
+		    cudaSuccess) {
+			cudaGetLastError(); /* ours: not the next launch check's */
+			return false;
+		}
+		return major >= 9;
+	}();
+	return supported;
+}
+
+/* Launch kernel<<<grid, block, smem, stream>>>(args) as a programmatic dependent launch
+ * where the device has them (the kernel must begin with rs_pdl_wait), so that its blocks
+ * are resident and waiting when the kernel before it ends: between the small kernels of
+ * a decode step, the launch latency was a large part of the step. 0 or -EIO. */
+template <typename... Params, typename... Args>
+static inline int rs_launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+			    cudaStream_t stream, Args... args)
+{
+	cudaLaunchConfig_t config = {};
+	config.gridDim = grid;
+	config.blockDim = block;
+	config.dynamicSmemBytes = smem;
+	config.stream = stream;
+	cudaLaunchAttribute pdl;
+	pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+	pdl.val.programmaticStreamSerializationAllowed = 1;
+	config.attrs = &pdl;
+	config.numAttrs = rs_pdl_supported() ? 1 : 0;
+	if (cudaLaunchKernelEx(&config, kernel, args...) == cudaSuccess)
+		return 0;
+	cudaGetLastError();
+	return -EIO;
+}
+
 /* 0 when the launch just made was accepted, else -EIO. */
 static inline int rs_launch_check(void)
 {

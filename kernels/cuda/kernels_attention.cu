@@ -76,6 +76,7 @@ attention_kernel(T *out, float *part, unsigned *done, const float *q, size_t q_s
 		 uint32_t span, float scale)
 {
 	rs_pdl_trigger(); /* the Wo GEMV may prefetch its weights meanwhile */
+	rs_pdl_wait();
 	uint32_t g = blockIdx.x, t = blockIdx.y, z = blockIdx.z, splits = gridDim.z;
 	uint32_t hd = kv.head_dim, group = n_heads / kv.n_kv_heads, gw = group * hd;
 	uint32_t tile_stride = hd + 1;
@@ -319,8 +320,7 @@ extern "C" int rs_cuda_attention(void *out, enum rs_dtype out_dtype, const float
 	unsigned *done = scratch ? (unsigned *)(scratch + (size_t)ATT_SPLIT_BLOCKS * n_heads * (hd + 2))
 				 : NULL;
 	RS_DISPATCH_DTYPE(out_dtype, T,
-			  attention_kernel<T><<<grid, ATT_THREADS, smem, stream>>>(
-				  (T *)out, scratch, done, q, q_stride, *kv, block_tables,
-				  table_offset, positions, n_heads, span, scale));
-	return rs_launch_check();
+			  return rs_launch(attention_kernel<T>, grid, dim3(ATT_THREADS), smem, stream,
+					   (T *)out, scratch, done, q, q_stride, *kv, block_tables,
+					   table_offset, positions, n_heads, span, scale));
 }

@@ -8,6 +8,7 @@ template <typename T>
 __global__ void embedding_kernel(float *out, const T *table, const uint32_t *tokens, uint32_t dim)
 {
 	rs_pdl_trigger(); /* the first GEMV may prefetch its weights meanwhile */
+	rs_pdl_wait();
 	const T *row = table + (size_t)tokens[blockIdx.x] * dim;
 	float *o = out + (size_t)blockIdx.x * dim;
 	for (uint32_t i = threadIdx.x; i < dim; i += blockDim.x)
@@ -21,9 +22,8 @@ extern "C" int rs_cuda_embedding(float *out, const void *table, enum rs_dtype dt
 	if (!n_tokens)
 		return 0;
 	RS_DISPATCH_DTYPE(dtype, T,
-			  embedding_kernel<T><<<n_tokens, 256, 0, stream>>>(
-				  out, (const T *)table, tokens, dim));
-	return rs_launch_check();
+			  return rs_launch(embedding_kernel<T>, dim3(n_tokens), dim3(256), 0, stream,
+					   out, (const T *)table, tokens, dim));
 }
 
 /* One block per row. Each thread's loads are issued RMS_UNROLL at a time: a decode step
@@ -37,6 +37,8 @@ rmsnorm_kernel(T *out, const float *x, const uint32_t *rows, const float *weight
 	       float eps)
 {
 	__shared__ double partial[32];
+	rs_pdl_trigger();
+	rs_pdl_wait();
 	uint32_t r = blockIdx.x;
 	const float *xr = x + (size_t)(rows ? rows[r] : r) * dim;
 	double ss = 0.0;
@@ -66,15 +68,15 @@ extern "C" int rs_cuda_rmsnorm(void *out, enum rs_dtype out_dtype, const float *
 	if (!n_rows)
 		return 0;
 	RS_DISPATCH_DTYPE(out_dtype, T,
-			  rmsnorm_kernel<T><<<n_rows, RMS_THREADS, 0, stream>>>((T *)out, x, rows, weight,
-									dim, eps));
-	return rs_launch_check();
+			  return rs_launch(rmsnorm_kernel<T>, dim3(n_rows), dim3(RMS_THREADS), 0, stream,
+					   (T *)out, x, rows, weight, dim, eps));
 }
 
 template <typename T>
 __global__ void swiglu_kernel(T *out, const float *gate_up, uint32_t width)
 {
 	rs_pdl_trigger(); /* the down GEMV may prefetch its weights meanwhile */
+	rs_pdl_wait();
 	const float *g = gate_up + (size_t)blockIdx.y * 2 * width;
 	const float *u = g + width;
 	T *o = out + (size_t)blockIdx.y * width;
@@ -92,8 +94,8 @@ extern "C" int rs_cuda_swiglu(void *out, enum rs_dtype out_dtype, const float *g
 		return -EINVAL; /* grid y limit; rows are at most max_batch_tokens anyway */
 	dim3 grid((width + 255) / 256 < 64 ? (width + 255) / 256 : 64, n_rows);
 	RS_DISPATCH_DTYPE(out_dtype, T,
-			  swiglu_kernel<T><<<grid, 256, 0, stream>>>((T *)out, gate_up, width));
-	return rs_launch_check();
+			  return rs_launch(swiglu_kernel<T>, grid, dim3(256), 0, stream, (T *)out,
+					   gate_up, width));
 }
 
 template <typename T>

@@ -19,6 +19,8 @@ __device__ __forceinline__ float rope_rotate(float a, float b, float c, float s,
 __global__ void rope_kernel(float *x, size_t stride, const uint32_t *positions, uint32_t n_heads,
 			    uint32_t head_dim, uint32_t pairs, const float2 *table)
 {
+	rs_pdl_trigger();
+	rs_pdl_wait();
 	const float2 *cs = table + (size_t)positions[blockIdx.x] * pairs;
 	float *row = x + (size_t)blockIdx.x * stride;
 	for (uint32_t idx = threadIdx.x; idx < n_heads * pairs; idx += blockDim.x) {
@@ -39,9 +41,8 @@ extern "C" int rs_cuda_rope(float *x, size_t stride, const uint32_t *positions, 
 		return 0;
 	if (rope_dim > head_dim)
 		return -EINVAL;
-	rope_kernel<<<n_tokens, 128, 0, stream>>>(x, stride, positions, n_heads, head_dim,
-						  rope_dim / 2, (const float2 *)cos_sin);
-	return rs_launch_check();
+	return rs_launch(rope_kernel, dim3(n_tokens), dim3(128), 0, stream, x, stride, positions,
+			 n_heads, head_dim, rope_dim / 2, (const float2 *)cos_sin);
 }
 
 /* One block per token: the query pairs rotated in place, then every key element (rotated
@@ -54,6 +55,8 @@ __global__ void rope_kv_store_kernel(float *qkv, size_t stride, const uint32_t *
 				     const uint32_t *slots, uint32_t n_heads,
 				     struct rs_cuda_kv_layer kv, uint32_t pairs, const float2 *table)
 {
+	rs_pdl_trigger();
+	rs_pdl_wait();
 	uint32_t hd = kv.head_dim, kv_dim = kv.n_kv_heads * hd, q_pairs = n_heads * pairs;
 	const float2 *cs = table + (size_t)positions[blockIdx.x] * pairs;
 	float *row = qkv + (size_t)blockIdx.x * stride;
@@ -116,8 +119,6 @@ extern "C" int rs_cuda_rope_kv_store(float *qkv, size_t stride, const uint32_t *
 		return 0;
 	if (rope_dim > kv->head_dim)
 		return -EINVAL;
-	rope_kv_store_kernel<<<n_tokens, 256, 0, stream>>>(qkv, stride, positions, slots, n_heads,
-							   *kv, rope_dim / 2,
-							   (const float2 *)cos_sin);
-	return rs_launch_check();
+	return rs_launch(rope_kv_store_kernel, dim3(n_tokens), dim3(256), 0, stream, qkv, stride,
+			 positions, slots, n_heads, *kv, rope_dim / 2, (const float2 *)cos_sin);
 }

@@ -73,6 +73,7 @@ sample_kernel(const float *logits, uint32_t n, const struct rs_cuda_sample_desc 
 	__shared__ unsigned long long red_u64[32];
 	__shared__ double red_d[32];
 	__shared__ uint32_t red_u32[32];
+	rs_pdl_wait();
 	const struct rs_cuda_sample_desc d = descs[blockIdx.x];
 	const float *x = logits + (size_t)blockIdx.x * n;
 
@@ -181,6 +182,6 @@ extern "C" int rs_cuda_sample(const float *logits, uint32_t vocab,
 		return 0;
 	if (!vocab)
 		return -EINVAL;
-	sample_kernel<<<n_rows, SAMPLE_THREADS, 0, stream>>>(logits, vocab, descs, scratch);
-	return rs_launch_check();
+	return rs_launch(sample_kernel, dim3(n_rows), dim3(SAMPLE_THREADS), 0, stream, logits, vocab,
+			 descs, scratch);
 }

@@ -240,23 +240,8 @@ static uint32_t gemv_splits(uint32_t n, uint32_t pieces)
 	return splits;
 }
 
-/* Whether device 0 (the backend's) runs programmatic dependent launches: sm_90 on. */
-static bool pdl_supported(void)
-{
-	static const bool supported = [] {
-		int major = 0;
-		if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) !=
-		    cudaSuccess) {
-			cudaGetLastError(); /* ours: not the next launch check's */
-			return false;
-		}
-		return major >= 9;
-	}();
-	return supported;
-}
-
 template <typename T, int M, bool NORM>
-static void gemv_launch(float *y, const gemv_input<T> &in, const T *w, uint32_t m, uint32_t n,
+static int gemv_launch(float *y, const gemv_input<T> &in, const T *w, uint32_t m, uint32_t n,
 			uint32_t k, int accumulate, cudaStream_t stream)
 {
 	/* Past 48 KiB a kernel must opt in to its shared memory; once per kernel is enough
@@ -267,17 +252,8 @@ static void gemv_launch(float *y, const gemv_input<T> &in, const T *w, uint32_t 
 	(void)opted_in;
 	uint32_t splits = gemv_splits(n, k / vec16<T>::N);
 	uint32_t cols = GEMV_WARPS / splits * GEMV_COLS;
-	cudaLaunchConfig_t config = {};
-	config.gridDim = dim3((n + cols - 1) / cols);
-	config.blockDim = dim3(GEMV_WARPS * 32);
-	config.dynamicSmemBytes = (size_t)m * k * sizeof(float);
-	config.stream = stream;
-	cudaLaunchAttribute pdl;
-	pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-	pdl.val.programmaticStreamSerializationAllowed = 1;
-	config.attrs = &pdl;
-	config.numAttrs = pdl_supported() ? 1 : 0;
-	cudaLaunchKernelEx(&config, gemv_kernel<T, M, NORM>, y, in, w, m, n, k, splits, accumulate);
+	return rs_launch(gemv_kernel<T, M, NORM>, dim3((n + cols - 1) / cols), dim3(GEMV_WARPS * 32),
+			 (size_t)m * k * sizeof(float), stream, y, in, w, m, n, k, splits, accumulate);
 }
 
 template <typename T, bool NORM>
@@ -286,12 +262,10 @@ static int gemv(float *y, const gemv_input<T> &in, const void *w, uint32_t m, ui
 {
 	const T *wt = (const T *)w;
 	if (m == 1)
-		gemv_launch<T, 1, NORM>(y, in, wt, m, n, k, accumulate, stream);
-	else if (m == 2)
-		gemv_launch<T, 2, NORM>(y, in, wt, m, n, k, accumulate, stream);
-	else
-		gemv_launch<T, 4, NORM>(y, in, wt, m, n, k, accumulate, stream);
-	return rs_launch_check();
+		return gemv_launch<T, 1, NORM>(y, in, wt, m, n, k, accumulate, stream);
+	if (m == 2)
+		return gemv_launch<T, 2, NORM>(y, in, wt, m, n, k, accumulate, stream);
+	return gemv_launch<T, 4, NORM>(y, in, wt, m, n, k, accumulate, stream);
 }
 
 static int gemm_type(enum rs_dtype dtype, cudaDataType_t *type)
