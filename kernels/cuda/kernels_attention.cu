@@ -76,7 +76,6 @@ attention_kernel(T *out, float *part, unsigned *done, const float *q, size_t q_s
 		 uint32_t span, float scale)
 {
 	rs_pdl_trigger(); /* the Wo GEMV may prefetch its weights meanwhile */
-	rs_pdl_wait();
 	uint32_t g = blockIdx.x, t = blockIdx.y, z = blockIdx.z, splits = gridDim.z;
 	uint32_t hd = kv.head_dim, group = n_heads / kv.n_kv_heads, gw = group * hd;
 	uint32_t tile_stride = hd + 1;
@@ -92,6 +91,18 @@ attention_kernel(T *out, float *part, unsigned *done, const float *q, size_t q_s
 	float *k_s = (float *)(slot_s + ATT_CHUNK);      /* [ATT_CHUNK][hd + 1] */
 	float *v_s = k_s + ATT_CHUNK * tile_stride;      /* [ATT_CHUNK][hd + 1] */
 	unsigned tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
+
+	/* The step's metadata (positions, block tables) came from the host before the step's
+	 * first kernel: the first chunk's slots are looked up before waiting for the kernel
+	 * that stores this step's keys and rotates the queries. */
+	const uint32_t *bt = block_tables + table_offset[t];
+	uint32_t n_ctx = positions[t] + 1, bs = kv.block_size;
+	uint32_t begin = z * span, end = n_ctx < begin + span ? n_ctx : begin + span;
+	for (uint32_t j = tid; begin + j < end && j < ATT_CHUNK; j += blockDim.x) {
+		uint32_t p = begin + j;
+		slot_s[j] = bt[p / bs] * bs + p % bs;
+	}
+	rs_pdl_wait();
 
 	/* The group's query heads are adjacent in the row. */
 	const float *qt = q + (size_t)t * q_stride + (size_t)g * gw;
@@ -115,19 +126,18 @@ attention_kernel(T *out, float *part, unsigned *done, const float *q, size_t q_s
 		m_s[h] = -INFINITY;
 		l_s[h] = 0.0f;
 	}
-	const uint32_t *bt = block_tables + table_offset[t];
-	uint32_t n_ctx = positions[t] + 1, bs = kv.block_size;
-	uint32_t begin = z * span, end = n_ctx < begin + span ? n_ctx : begin + span;
 	const float *k_head = kv.k + (size_t)g * hd, *v_head = kv.v + (size_t)g * hd;
 	__syncthreads();
 
 	for (uint32_t c0 = begin; c0 < end; c0 += ATT_CHUNK) {
 		uint32_t n = end - c0 < ATT_CHUNK ? end - c0 : ATT_CHUNK;
-		for (uint32_t j = tid; j < n; j += blockDim.x) {
-			uint32_t p = c0 + j;
-			slot_s[j] = bt[p / bs] * bs + p % bs;
+		if (c0 != begin) { /* the first chunk's slots are in already */
+			for (uint32_t j = tid; j < n; j += blockDim.x) {
+				uint32_t p = c0 + j;
+				slot_s[j] = bt[p / bs] * bs + p % bs;
+			}
+			__syncthreads();
 		}
-		__syncthreads();
 		load_tile(k_s, k_head, slot_s, n, hd, row);
 		load_tile(v_s, v_head, slot_s, n, hd, row);
 		__pipeline_wait_prior(1); /* this thread's K copies have landed... */

@@ -56,10 +56,12 @@ __global__ void rope_kv_store_kernel(float *qkv, size_t stride, const uint32_t *
 				     struct rs_cuda_kv_layer kv, uint32_t pairs, const float2 *table)
 {
 	rs_pdl_trigger();
-	rs_pdl_wait();
 	uint32_t hd = kv.head_dim, kv_dim = kv.n_kv_heads * hd, q_pairs = n_heads * pairs;
+	/* Host-written metadata: read while the [q|k|v] GEMV finishes. */
 	const float2 *cs = table + (size_t)positions[blockIdx.x] * pairs;
+	size_t dst = (size_t)slots[blockIdx.x] * kv_dim;
 	float *row = qkv + (size_t)blockIdx.x * stride;
+	rs_pdl_wait();
 	for (uint32_t i0 = threadIdx.x; i0 < q_pairs; i0 += ROPE_BATCH * blockDim.x) {
 		float2 x[ROPE_BATCH], r[ROPE_BATCH];
 #pragma unroll
@@ -82,7 +84,6 @@ __global__ void rope_kv_store_kernel(float *qkv, size_t stride, const uint32_t *
 		}
 	}
 	const float *k = row + (size_t)n_heads * hd, *v = k + kv_dim;
-	size_t dst = (size_t)slots[blockIdx.x] * kv_dim;
 	for (uint32_t e0 = threadIdx.x; e0 < kv_dim; e0 += ROPE_BATCH * blockDim.x) {
 		float key[ROPE_BATCH], value[ROPE_BATCH];
 #pragma unroll

@@ -74,10 +74,32 @@ template <typename T> struct gemv_input {
 
 /* Block prologue: the m input rows as floats in x_s ([m][k]), normalized with NORM. The
  * rows are converted once per block here rather than once per output column. */
-template <typename T, bool NORM>
-__device__ void gemv_stage_input(float *x_s, const gemv_input<T> &in, uint32_t m, uint32_t k)
+enum { LOADS = 8 }; /* in flight per thread: a loop of single loads waits on each */
+
+/* The norm weights into w_s: constant, so this runs before rs_pdl_wait, while the kernel
+ * before finishes. A thread stores the indices gemv_stage_input will read back. */
+__device__ void gemv_stage_norm_weight(float *w_s, const float *norm_weight, uint32_t k)
 {
-	enum { LOADS = 8 }; /* in flight per thread: a loop of single loads waits on each */
+	for (uint32_t i0 = threadIdx.x; i0 < k; i0 += LOADS * blockDim.x) {
+		float v[LOADS];
+#pragma unroll
+		for (int u = 0; u < LOADS; u++) {
+			uint32_t i = i0 + u * blockDim.x;
+			v[u] = i < k ? norm_weight[i] : 0.0f;
+		}
+#pragma unroll
+		for (int u = 0; u < LOADS; u++) {
+			uint32_t i = i0 + u * blockDim.x;
+			if (i < k)
+				w_s[i] = v[u];
+		}
+	}
+}
+
+template <typename T, bool NORM>
+__device__ void gemv_stage_input(float *x_s, const float *w_s, const gemv_input<T> &in,
+				 uint32_t m, uint32_t k)
+{
 	__shared__ double reduce[32];
 	for (uint32_t r = 0; r < m; r++) {
 		float *xs = x_s + (size_t)r * k;
@@ -104,20 +126,8 @@ __device__ void gemv_stage_input(float *x_s, const gemv_input<T> &in, uint32_t m
 		 * rescales the values it stored itself. */
 		ss = rs_block_reduce(ss, rs_op_add(), reduce);
 		float scale = (float)(1.0 / sqrt(ss / k + in.eps));
-		for (uint32_t i0 = threadIdx.x; i0 < k; i0 += LOADS * blockDim.x) {
-			float nw[LOADS];
-#pragma unroll
-			for (int u = 0; u < LOADS; u++) {
-				uint32_t i = i0 + u * blockDim.x;
-				nw[u] = i < k ? in.norm_weight[i] : 0.0f;
-			}
-#pragma unroll
-			for (int u = 0; u < LOADS; u++) {
-				uint32_t i = i0 + u * blockDim.x;
-				if (i < k)
-					xs[i] = round_to<T>(xs[i] * scale * nw[u]);
-			}
-		}
+		for (uint32_t i = threadIdx.x; i < k; i += blockDim.x)
+			xs[i] = round_to<T>(xs[i] * scale * w_s[i]);
 	}
 	__syncthreads();
 }
@@ -134,7 +144,7 @@ gemv_kernel(float *__restrict__ y, gemv_input<T> in, const T *__restrict__ w, ui
 	    uint32_t n, uint32_t k, uint32_t splits, int accumulate)
 {
 	typedef vec16<T> V;
-	extern __shared__ float x_s[]; /* [m][k] */
+	extern __shared__ float x_s[]; /* [m][k], then (NORM) the norm weights [k] */
 	__shared__ float partial[GEMV_WARPS][M][GEMV_COLS];
 	rs_pdl_trigger(); /* the next kernel may prefetch its own weights meanwhile */
 
@@ -159,8 +169,11 @@ gemv_kernel(float *__restrict__ y, gemv_input<T> in, const T *__restrict__ w, ui
 		for (int c = 0; c < GEMV_COLS; c++)
 			if (i + 32 * u < end)
 				next[u][c] = __ldg(wr[c] + i + 32 * u);
+	float *w_s = x_s + (size_t)m * k;
+	if (NORM)
+		gemv_stage_norm_weight(w_s, in.norm_weight, k);
 	rs_pdl_wait();
-	gemv_stage_input<T, NORM>(x_s, in, m, k);
+	gemv_stage_input<T, NORM>(x_s, w_s, in, m, k);
 
 	float acc[M][GEMV_COLS];
 #pragma unroll
@@ -253,7 +266,8 @@ static int gemv_launch(float *y, const gemv_input<T> &in, const T *w, uint32_t m
 	uint32_t splits = gemv_splits(n, k / vec16<T>::N);
 	uint32_t cols = GEMV_WARPS / splits * GEMV_COLS;
 	return rs_launch(gemv_kernel<T, M, NORM>, dim3((n + cols - 1) / cols), dim3(GEMV_WARPS * 32),
-			 (size_t)m * k * sizeof(float), stream, y, in, w, m, n, k, splits, accumulate);
+			 (size_t)(m + NORM) * k * sizeof(float), stream, y, in, w, m, n, k, splits,
+			 accumulate);
 }
 
 template <typename T, bool NORM>
@@ -287,11 +301,11 @@ static int gemm_type(enum rs_dtype dtype, cudaDataType_t *type)
 
 /* Whether our kernel takes the product: few rows, rows of k elements that are a whole
  * number of 16-byte pieces (the buffers themselves come from cudaMalloc, 256-byte
- * aligned), and input rows that fit its shared memory as floats. */
-static bool use_gemv(enum rs_dtype dtype, uint32_t m, uint32_t k)
+ * aligned), and input rows (and norm weights) that fit its shared memory as floats. */
+static bool use_gemv(enum rs_dtype dtype, uint32_t m, uint32_t k, bool norm)
 {
 	return m <= GEMV_MAX_ROWS && (size_t)k * rs_dtype_size(dtype) % 16 == 0 &&
-	       (size_t)m * k * sizeof(float) <= GEMV_MAX_SMEM;
+	       (size_t)(m + norm) * k * sizeof(float) <= GEMV_MAX_SMEM;
 }
 
 extern "C" int rs_cuda_matmul(cublasHandle_t handle, float *y, const void *x, const void *w,
@@ -303,7 +317,7 @@ extern "C" int rs_cuda_matmul(cublasHandle_t handle, float *y, const void *x, co
 		return -EINVAL;
 	if (!m || !n || !k)
 		return 0;
-	if (use_gemv(dtype, m, k)) {
+	if (use_gemv(dtype, m, k, false)) {
 		cudaStream_t stream;
 		if (cublasGetStream(handle, &stream) != CUBLAS_STATUS_SUCCESS)
 			return -EIO;
@@ -334,7 +348,7 @@ extern "C" int rs_cuda_norm_matmul(cublasHandle_t handle, float *y, const float 
 	cudaStream_t stream;
 	if (cublasGetStream(handle, &stream) != CUBLAS_STATUS_SUCCESS)
 		return -EIO;
-	if (use_gemv(dtype, m, k)) {
+	if (use_gemv(dtype, m, k, true)) {
 		RS_DISPATCH_DTYPE(dtype, T, gemv_input<T> in = {};
 				  in.xf = x, in.rows = rows, in.norm_weight = norm_weight, in.eps = eps;
 				  return gemv<T, true>(y, in, w, m, n, k, accumulate, stream));
