@@ -159,14 +159,8 @@ gemv_kernel(float *__restrict__ y, gemv_input<T> in, const T *__restrict__ w, ui
 	for (int c = 0; c < GEMV_COLS; c++)
 		wr[c] = reinterpret_cast<const uint4 *>(
 			w + (size_t)(col0 + c < n ? col0 + c : n - 1) * k);
-	/* Before anything else, the warp's whole weight range is requested into L2 and its
-	 * first pieces into registers: while they arrive, the kernel before this one
-	 * finishes (rs_pdl_wait) and the input rows are staged. With programmatic launches
-	 * this block may be resident well before that kernel ends. */
-#pragma unroll
-	for (int c = 0; c < GEMV_COLS; c++)
-		for (uint32_t p = begin + lane; p < end; p += 32)
-			asm volatile("prefetch.global.L2 [%0];" ::"l"(wr[c] + p));
+	/* The first weights are requested before anything else: while they arrive, the
+	 * kernel before this one finishes (rs_pdl_wait) and the input rows are staged. */
 	uint4 next[GEMV_UNROLL][GEMV_COLS];
 	uint32_t i = begin + lane;
 #pragma unroll
