@@ -413,6 +413,57 @@ static void test_norm_matmul(void)
 	cublasDestroy(h);
 }
 
+/* SwiGLU fused into the product (our kernel) or before it (cuBLAS), against SwiGLU in
+ * float64 rounded to dtype and a float64 product. The device computes it in float: an
+ * input near a rounding boundary of f16/bf16 may round the other way, by one ulp (the
+ * SwiGLU outputs here stay below 2 in magnitude: 2^-6 at most for bf16, times |w| <= 1),
+ * allowed per output on top of K * 1e-6. */
+static void test_swiglu_matmul(void)
+{
+	uint64_t s = 23;
+	enum { N = 75 };
+	const uint32_t ms[] = {1, 3, 9}, ks[] = {300, 1048};
+	cublasHandle_t h;
+	CHECK(cublasCreate(&h) == CUBLAS_STATUS_SUCCESS, "cublasCreate");
+	for (int di = 0; di < 3; di++)
+		for (size_t ki = 0; ki < 2; ki++)
+			for (size_t mi = 0; mi < 3; mi++) {
+				enum rs_dtype dt = DTYPES[di];
+				uint32_t m = ms[mi], K = ks[ki];
+				float *gu = rand_floats((size_t)m * 2 * K, 1.5, &s);
+				float *w = rand_floats((size_t)N * K, 1.0, &s);
+				double *hidden = malloc(sizeof(double) * K), *ref = malloc(sizeof(double) * m * N);
+				for (uint32_t r = 0; r < m; r++) {
+					for (uint32_t i = 0; i < K; i++) {
+						double g = gu[(size_t)r * 2 * K + i], u = gu[(size_t)r * 2 * K + K + i];
+						hidden[i] = round_to((float)(g / (1.0 + exp(-g)) * u), dt);
+					}
+					for (int n = 0; n < N; n++) {
+						double sum = 0.0;
+						for (uint32_t i = 0; i < K; i++)
+							sum += hidden[i] * round_to(w[n * K + i], dt);
+						ref[r * N + n] = sum;
+					}
+				}
+				float *d_gu = to_dev(gu, sizeof(float) * m * 2 * K);
+				float *d_w32 = to_dev(w, sizeof(float) * N * K);
+				void *d_w = dev_alloc(4 * (size_t)N * K), *d_hidden = dev_alloc(4 * (size_t)m * K);
+				float *d_y = dev_alloc(sizeof(float) * m * N);
+				rs_cuda_convert(d_w, dt, d_w32, (size_t)N * K, 0);
+				CHECK(rs_cuda_swiglu_matmul(h, d_y, d_gu, d_hidden, d_w, dt, m, N, K, 0) == 0,
+				      "swiglu_matmul");
+				float *got = malloc(sizeof(float) * m * N);
+				from_dev(got, d_y, sizeof(float) * m * N);
+				char name[80];
+				snprintf(name, sizeof(name), "swiglu_matmul %s m=%u k=%u", rs_dtype_name(dt), m, K);
+				double flip = dt == RS_DTYPE_F32 ? 0.0 : 4.0 / 256;
+				check_close(name, got, ref, (size_t)m * N, K * 1e-6 + flip, 1e-5);
+				free(gu), free(w), free(hidden), free(ref), free(got);
+				cudaFree(d_gu), cudaFree(d_w32), cudaFree(d_w), cudaFree(d_hidden), cudaFree(d_y);
+			}
+	cublasDestroy(h);
+}
+
 /* KV store and attention against rs_op_kv_store / rs_op_attention on the same paged
  * layout, blocks scattered and shuffled. */
 static void test_attention_shape(uint32_t n_heads, uint32_t n_kv, uint32_t hd, uint32_t bs,
@@ -973,7 +1024,7 @@ int main(int argc, char **argv)
 	PART("rmsnorm", test_rmsnorm());
 	PART("rope", (test_rope(), test_rope_kv_store()));
 	PART("swiglu", test_swiglu());
-	PART("matmul", (test_matmul(), test_norm_matmul()));
+	PART("matmul", (test_matmul(), test_norm_matmul(), test_swiglu_matmul()));
 	PART("attention", test_attention());
 	PART("sampling", (test_sampling_vocab(1000), test_sampling_vocab(32000),
 			  test_sampling_last_kept()));

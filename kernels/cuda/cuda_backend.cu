@@ -11,9 +11,9 @@
  * descriptors are written to the lane's pinned staging buffer and copied to the device by
  * one cudaMemcpyAsync; then, per layer: rmsnorm and [q|k|v] GEMM -> RoPE and KV store ->
  * attention -> x += att Wo^T (the residual is the GEMM's beta = 1) -> rmsnorm and
- * [gate|up] GEMM -> SwiGLU -> x += h Wdown^T; then the final norm of the sampled rows
- * only with the logits GEMM, and the sampling kernel (a norm and the GEMM after it are
- * one kernel at decode sizes: rs_cuda_norm_matmul), which writes each id to its out_token
+ * [gate|up] GEMM -> SwiGLU and x += h Wdown^T; then the final norm of the sampled rows
+ * only with the logits GEMM, and the sampling kernel (a norm or SwiGLU and the GEMM
+ * after it are one kernel at decode sizes: rs_cuda_norm_matmul, rs_cuda_swiglu_matmul), which writes each id to its out_token
  * through a device-visible address: the address itself when out_token lies in a range
  * registered with rs_engine_register_host, else a mapped pinned staging slot that
  * step_poll / step_wait copy to out_token once the lane's event has fired.
@@ -546,8 +546,8 @@ static int enqueue_layers(struct rs_engine *e, struct cuda_engine *c, struct cud
 		TRY(rs_cuda_matmul(ln->blas, ln->x, ln->att, L->wo, wt, T, dim, q_dim, 1));
 		TRY(rs_cuda_norm_matmul(ln->blas, ln->gate_up, ln->x, NULL, L->ffn_norm, cfg->norm_eps,
 					ln->xb, L->w_gate_up, wt, T, 2 * hidden, dim, 0));
-		TRY(rs_cuda_swiglu(ln->hidden, wt, ln->gate_up, T, hidden, s));
-		TRY(rs_cuda_matmul(ln->blas, ln->x, ln->hidden, L->w_down, wt, T, dim, hidden, 1));
+		TRY(rs_cuda_swiglu_matmul(ln->blas, ln->x, ln->gate_up, ln->hidden, L->w_down, wt, T,
+					  dim, hidden, 1));
 	}
 	return rc;
 }

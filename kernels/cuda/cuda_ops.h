@@ -151,6 +151,14 @@ int rs_cuda_norm_matmul(cublasHandle_t handle, float *y, const float *x, const u
 			const float *norm_weight, float eps, void *xb, const void *w,
 			enum rs_dtype dtype, uint32_t m, uint32_t n, uint32_t k, int accumulate);
 
+/* y[m][n] (+)= SwiGLU(gate_up)[m][k] * w[n][k]^T: the product's input is rs_cuda_swiglu of
+ * the fp32 [gate|up] rows ([m][2k]), rounded to dtype. Fused into our kernel where
+ * rs_cuda_matmul would take it; else rs_cuda_swiglu writes hidden ([m][k] of dtype) for
+ * cuBLAS. */
+int rs_cuda_swiglu_matmul(cublasHandle_t handle, float *y, const float *gate_up, void *hidden,
+			  const void *w, enum rs_dtype dtype, uint32_t m, uint32_t n, uint32_t k,
+			  int accumulate);
+
 /* Convert n fp32 values to dtype (f32: a copy) on the device: tests use it to feed the
  * GEMM the activations the backend would. */
 int rs_cuda_convert(void *out, enum rs_dtype dtype, const float *in, size_t n,

@@ -62,18 +62,20 @@ template <> __device__ __forceinline__ float round_to<__nv_bfloat16>(float v)
 	return __bfloat162float(__float2bfloat16_rn(v));
 }
 
-/* Where the kernel's input rows come from: rows of T as they are, or (NORM) fp32 rows
- * (gathered through `rows` when not NULL) put through RMSNorm on the way, exactly as
- * rs_cuda_rmsnorm would have written them in T. */
+/* Where the kernel's input rows come from: rows of T as they are (GEMV_PLAIN), fp32 rows
+ * (gathered through `rows` when not NULL) put through RMSNorm on the way (GEMV_NORM), or
+ * SwiGLU of fp32 [gate|up] rows (GEMV_SWIGLU), each exactly as rs_cuda_rmsnorm or
+ * rs_cuda_swiglu would have written them in T. */
+enum { GEMV_PLAIN, GEMV_NORM, GEMV_SWIGLU };
+
 template <typename T> struct gemv_input {
-	const T *x;
-	const float *xf, *norm_weight;
+	const T *x;                       /* GEMV_PLAIN: [m][k] */
+	const float *xf, *norm_weight;    /* GEMV_NORM */
 	const uint32_t *rows;
 	float eps;
+	const float *gate_up;             /* GEMV_SWIGLU: [m][2k] */
 };
 
-/* Block prologue: the m input rows as floats in x_s ([m][k]), normalized with NORM. The
- * rows are converted once per block here rather than once per output column. */
 enum { LOADS = 8 }; /* in flight per thread: a loop of single loads waits on each */
 
 /* The norm weights into w_s: constant, so this runs before rs_pdl_wait, while the kernel
@@ -96,31 +98,41 @@ __device__ void gemv_stage_norm_weight(float *w_s, const float *norm_weight, uin
 	}
 }
 
-template <typename T, bool NORM>
+/* Block prologue: the m input rows as floats in x_s ([m][k]), as MODE makes them. They
+ * are converted once per block here rather than once per output column. */
+template <typename T, int MODE>
 __device__ void gemv_stage_input(float *x_s, const float *w_s, const gemv_input<T> &in,
 				 uint32_t m, uint32_t k)
 {
 	__shared__ double reduce[32];
 	for (uint32_t r = 0; r < m; r++) {
 		float *xs = x_s + (size_t)r * k;
-		const float *xr = NORM ? in.xf + (size_t)(in.rows ? in.rows[r] : r) * k : NULL;
+		const float *xr = MODE == GEMV_NORM ? in.xf + (size_t)(in.rows ? in.rows[r] : r) * k
+				    : MODE == GEMV_SWIGLU ? in.gate_up + (size_t)r * 2 * k
+							   : NULL;
 		double ss = 0.0;
 		for (uint32_t i0 = threadIdx.x; i0 < k; i0 += LOADS * blockDim.x) {
-			float v[LOADS];
+			float v[LOADS], up[LOADS];
 #pragma unroll
 			for (int u = 0; u < LOADS; u++) {
 				uint32_t i = i0 + u * blockDim.x;
-				v[u] = i >= k ? 0.0f : NORM ? xr[i] : rs_load(in.x + (size_t)r * k + i);
+				v[u] = i >= k		    ? 0.0f
+				       : MODE == GEMV_PLAIN ? rs_load(in.x + (size_t)r * k + i)
+							    : xr[i];
+				up[u] = MODE == GEMV_SWIGLU && i < k ? xr[k + i] : 0.0f;
 			}
 #pragma unroll
 			for (int u = 0; u < LOADS; u++) {
 				uint32_t i = i0 + u * blockDim.x;
+				if (MODE == GEMV_SWIGLU) /* rs_cuda_swiglu's arithmetic */
+					v[u] = round_to<T>(v[u] / (1.0f + expf(-v[u])) * up[u]);
 				if (i < k)
 					xs[i] = v[u];
-				ss += (double)v[u] * v[u];
+				if (MODE == GEMV_NORM)
+					ss += (double)v[u] * v[u];
 			}
 		}
-		if (!NORM)
+		if (MODE != GEMV_NORM)
 			continue;
 		/* rs_cuda_rmsnorm's arithmetic: double sum of squares, float scale. Each thread
 		 * rescales the values it stored itself. */
@@ -138,13 +150,13 @@ __device__ void gemv_stage_input(float *x_s, const float *w_s, const gemv_input<
  * in flight), multiplies each piece by the same piece of the (at most M) input rows held
  * in shared memory, and the warp reduces at the end; the splits' sums are added in a
  * fixed order. Rows are 16-byte aligned (the caller checks k). */
-template <typename T, int M, bool NORM>
+template <typename T, int M, int MODE>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv_kernel(float *__restrict__ y, gemv_input<T> in, const T *__restrict__ w, uint32_t m,
 	    uint32_t n, uint32_t k, uint32_t splits, int accumulate)
 {
 	typedef vec16<T> V;
-	extern __shared__ float x_s[]; /* [m][k], then (NORM) the norm weights [k] */
+	extern __shared__ float x_s[]; /* [m][k], then (GEMV_NORM) the norm weights [k] */
 	__shared__ float partial[GEMV_WARPS][M][GEMV_COLS];
 	rs_pdl_trigger(); /* the next kernel may prefetch its own weights meanwhile */
 
@@ -170,10 +182,10 @@ gemv_kernel(float *__restrict__ y, gemv_input<T> in, const T *__restrict__ w, ui
 			if (i + 32 * u < end)
 				next[u][c] = __ldg(wr[c] + i + 32 * u);
 	float *w_s = x_s + (size_t)m * k;
-	if (NORM)
+	if (MODE == GEMV_NORM)
 		gemv_stage_norm_weight(w_s, in.norm_weight, k);
 	rs_pdl_wait();
-	gemv_stage_input<T, NORM>(x_s, w_s, in, m, k);
+	gemv_stage_input<T, MODE>(x_s, w_s, in, m, k);
 
 	float acc[M][GEMV_COLS];
 #pragma unroll
@@ -253,33 +265,33 @@ static uint32_t gemv_splits(uint32_t n, uint32_t pieces)
 	return splits;
 }
 
-template <typename T, int M, bool NORM>
+template <typename T, int M, int MODE>
 static int gemv_launch(float *y, const gemv_input<T> &in, const T *w, uint32_t m, uint32_t n,
 			uint32_t k, int accumulate, cudaStream_t stream)
 {
 	/* Past 48 KiB a kernel must opt in to its shared memory; once per kernel is enough
 	 * (a function-local static: initialized once, thread-safe, by C++11's rules). */
 	static const cudaError_t opted_in = cudaFuncSetAttribute(
-		gemv_kernel<T, M, NORM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+		gemv_kernel<T, M, MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
 		(int)GEMV_MAX_SMEM);
 	(void)opted_in;
 	uint32_t splits = gemv_splits(n, k / vec16<T>::N);
 	uint32_t cols = GEMV_WARPS / splits * GEMV_COLS;
-	return rs_launch(gemv_kernel<T, M, NORM>, dim3((n + cols - 1) / cols), dim3(GEMV_WARPS * 32),
-			 (size_t)(m + NORM) * k * sizeof(float), stream, y, in, w, m, n, k, splits,
+	return rs_launch(gemv_kernel<T, M, MODE>, dim3((n + cols - 1) / cols), dim3(GEMV_WARPS * 32),
+			 (size_t)(m + (MODE == GEMV_NORM)) * k * sizeof(float), stream, y, in, w, m, n, k, splits,
 			 accumulate);
 }
 
-template <typename T, bool NORM>
+template <typename T, int MODE>
 static int gemv(float *y, const gemv_input<T> &in, const void *w, uint32_t m, uint32_t n,
 		uint32_t k, int accumulate, cudaStream_t stream)
 {
 	const T *wt = (const T *)w;
 	if (m == 1)
-		return gemv_launch<T, 1, NORM>(y, in, wt, m, n, k, accumulate, stream);
+		return gemv_launch<T, 1, MODE>(y, in, wt, m, n, k, accumulate, stream);
 	if (m == 2)
-		return gemv_launch<T, 2, NORM>(y, in, wt, m, n, k, accumulate, stream);
-	return gemv_launch<T, 4, NORM>(y, in, wt, m, n, k, accumulate, stream);
+		return gemv_launch<T, 2, MODE>(y, in, wt, m, n, k, accumulate, stream);
+	return gemv_launch<T, 4, MODE>(y, in, wt, m, n, k, accumulate, stream);
 }
 
 static int gemm_type(enum rs_dtype dtype, cudaDataType_t *type)
@@ -323,7 +335,7 @@ extern "C" int rs_cuda_matmul(cublasHandle_t handle, float *y, const void *x, co
 			return -EIO;
 		RS_DISPATCH_DTYPE(dtype, T, gemv_input<T> in = {};
 				  in.x = (const T *)x;
-				  return gemv<T, false>(y, in, w, m, n, k, accumulate, stream));
+				  return gemv<T, GEMV_PLAIN>(y, in, w, m, n, k, accumulate, stream));
 	}
 	float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
 	/* cuBLAS is column-major: row-major Y[m][n] is column-major Y^T (n x m), and
@@ -351,8 +363,29 @@ extern "C" int rs_cuda_norm_matmul(cublasHandle_t handle, float *y, const float 
 	if (use_gemv(dtype, m, k, true)) {
 		RS_DISPATCH_DTYPE(dtype, T, gemv_input<T> in = {};
 				  in.xf = x, in.rows = rows, in.norm_weight = norm_weight, in.eps = eps;
-				  return gemv<T, true>(y, in, w, m, n, k, accumulate, stream));
+				  return gemv<T, GEMV_NORM>(y, in, w, m, n, k, accumulate, stream));
 	}
 	int rc = rs_cuda_rmsnorm(xb, dtype, x, rows, norm_weight, m, k, eps, stream);
 	return rc ? rc : rs_cuda_matmul(handle, y, xb, w, dtype, m, n, k, accumulate);
+}
+
+extern "C" int rs_cuda_swiglu_matmul(cublasHandle_t handle, float *y, const float *gate_up,
+				     void *hidden, const void *w, enum rs_dtype dtype, uint32_t m,
+				     uint32_t n, uint32_t k, int accumulate)
+{
+	cudaDataType_t type;
+	if (gemm_type(dtype, &type))
+		return -EINVAL;
+	if (!m || !n || !k)
+		return 0;
+	cudaStream_t stream;
+	if (cublasGetStream(handle, &stream) != CUBLAS_STATUS_SUCCESS)
+		return -EIO;
+	if (use_gemv(dtype, m, k, false)) {
+		RS_DISPATCH_DTYPE(dtype, T, gemv_input<T> in = {};
+				  in.gate_up = gate_up;
+				  return gemv<T, GEMV_SWIGLU>(y, in, w, m, n, k, accumulate, stream));
+	}
+	int rc = rs_cuda_swiglu(hidden, dtype, gate_up, m, k, stream);
+	return rc ? rc : rs_cuda_matmul(handle, y, hidden, w, dtype, m, n, k, accumulate);
 }
