@@ -10,6 +10,9 @@
 #   generate  ringserve-generate on the CUDA backend, ids compared with the CPU backend's
 #   bench     ringserve-bench engine (CPU and GPU tables, JSON)
 #   tests     the whole suite (plain build; the sanitizer builds run in CI)
+#   profile   (not in the default list) Nsight Compute's device time of every kernel of
+#             two decode steps at batch 1, summed per kernel by tools/ncu-summary.py
+#             (ncu serializes kernels: the overlap of programmatic launches is not seen)
 # Logs go to $OUT (default ./gpu-results), at most 8 files (the tool's limit on what
 # comes back).
 set -u
@@ -68,6 +71,12 @@ for stage in $stages; do
 			stage_failed tests
 		grep -E '^(FAIL|SKIP)' "$out/tests.log"
 		tail -1 "$out/tests.log"
+		;;
+	profile)
+		timeout 300 ncu --csv --metrics gpu__time_duration.sum --launch-skip 1200 \
+			--launch-count 400 build/ringserve-bench engine --gpu-only --json /dev/null \
+			> "$out/ncu.csv" 2> "$out/ncu.err" || stage_failed "ncu (exit $?)"
+		python3 tools/ncu-summary.py "$out/ncu.csv"
 		;;
 	*) echo "unknown stage $stage"; status=1 ;;
 	esac

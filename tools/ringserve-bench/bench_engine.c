@@ -393,7 +393,7 @@ static int bench_gpu(uint32_t prompt, uint32_t steps, FILE *json)
 		       bw * 1e-9, wbytes * 1e-9, bound, 100.0 * fraction);
 		fprintf(json, "{\"backend\": \"cuda\", \"device\": \"%s\", \"model\": "
 			      "\"TinyLlama-1.1B-shaped random f16\", \"prompt\": %u, \"decode_steps\": %u, "
-			      "\"read_bandwidth_gb_s\": %.1f, \"weight_bytes_per_token\": %.0f, "
+			      "\"copy_bandwidth_gb_s\": %.1f, \"weight_bytes_per_token\": %.0f, "
 			      "\"decode_bound_tok_s\": %.1f, \"decode_1_fraction_of_bound\": %.3f, "
 			      "\"batches\": [",
 			prop.name, prompt, steps, bw * 1e-9, wbytes, bound, fraction);
