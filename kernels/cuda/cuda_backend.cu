@@ -13,8 +13,8 @@
  * attention -> x += att Wo^T (the residual is the GEMM's beta = 1) -> rmsnorm and
  * [gate|up] GEMM -> SwiGLU and x += h Wdown^T; then the final norm of the sampled rows
  * only with the logits GEMM, and the sampling kernel (a norm or SwiGLU and the GEMM
- * after it are one kernel at decode sizes: rs_cuda_norm_matmul, rs_cuda_swiglu_matmul), which writes each id to its out_token
- * through a device-visible address: the address itself when out_token lies in a range
+ * after it are one kernel at decode sizes: rs_cuda_norm_matmul, rs_cuda_swiglu_matmul).
+ * The sampler writes each id to its out_token through a device-visible address: the address itself when out_token lies in a range
  * registered with rs_engine_register_host, else a mapped pinned staging slot that
  * step_poll / step_wait copy to out_token once the lane's event has fired.
  *

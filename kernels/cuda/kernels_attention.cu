@@ -64,10 +64,11 @@ __device__ __forceinline__ void load_tile(float *tile, const float *head, const 
  * n_kv_heads blocks to run). Per chunk of positions: the chunk's K and V rows are copied
  * into shared memory asynchronously, every thread computes scores of (head, position)
  * pairs once the K rows are in, a warp per head takes the chunk's maximum and
- * exponentials (online softmax: the running sums are rescaled by exp(m_old - m_new)) while
- * the V rows arrive, and each thread accumulates its own (head, dim) entries of P V. One split writes the
- * normalized output; several write their unnormalized sums and (max, sum) per head to
- * part for attention_combine. */
+ * exponentials (online softmax: the running sums are rescaled by exp(m_old - m_new))
+ * while the V rows arrive, and each thread accumulates its own (head, dim) entries of
+ * P V. One split writes the normalized output; several write their unnormalized sums and
+ * (max, sum) per head to part, and the last of them to finish merges the records (done:
+ * a count per token and kv head, zero between launches). */
 template <typename T>
 __global__ void __launch_bounds__(ATT_THREADS)
 attention_kernel(T *out, float *part, unsigned *done, const float *q, size_t q_stride,

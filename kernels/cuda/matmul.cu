@@ -69,11 +69,11 @@ template <> __device__ __forceinline__ float round_to<__nv_bfloat16>(float v)
 enum { GEMV_PLAIN, GEMV_NORM, GEMV_SWIGLU };
 
 template <typename T> struct gemv_input {
-	const T *x;                       /* GEMV_PLAIN: [m][k] */
-	const float *xf, *norm_weight;    /* GEMV_NORM */
+	const T *x;                    /* GEMV_PLAIN: [m][k] */
+	const float *xf, *norm_weight; /* GEMV_NORM */
 	const uint32_t *rows;
 	float eps;
-	const float *gate_up;             /* GEMV_SWIGLU: [m][2k] */
+	const float *gate_up; /* GEMV_SWIGLU: [m][2k] */
 };
 
 enum { LOADS = 8 }; /* in flight per thread: a loop of single loads waits on each */
@@ -277,9 +277,9 @@ static int gemv_launch(float *y, const gemv_input<T> &in, const T *w, uint32_t m
 	(void)opted_in;
 	uint32_t splits = gemv_splits(n, k / vec16<T>::N);
 	uint32_t cols = GEMV_WARPS / splits * GEMV_COLS;
-	return rs_launch(gemv_kernel<T, M, MODE>, dim3((n + cols - 1) / cols), dim3(GEMV_WARPS * 32),
-			 (size_t)(m + (MODE == GEMV_NORM)) * k * sizeof(float), stream, y, in, w, m, n, k, splits,
-			 accumulate);
+	size_t smem = (size_t)(m + (MODE == GEMV_NORM)) * k * sizeof(float);
+	return rs_launch(gemv_kernel<T, M, MODE>, dim3((n + cols - 1) / cols),
+			 dim3(GEMV_WARPS * 32), smem, stream, y, in, w, m, n, k, splits, accumulate);
 }
 
 template <typename T, int MODE>
@@ -320,19 +320,28 @@ static bool use_gemv(enum rs_dtype dtype, uint32_t m, uint32_t k, bool norm)
 	       (size_t)(m + norm) * k * sizeof(float) <= GEMV_MAX_SMEM;
 }
 
+/* What every entry point checks first: 1 when there is nothing to do (an empty product),
+ * 0 to go on with the GEMM type and the handle's stream, or a negative errno. */
+static int begin_product(cublasHandle_t handle, enum rs_dtype dtype, uint32_t m, uint32_t n,
+			 uint32_t k, cudaDataType_t *type, cudaStream_t *stream)
+{
+	if (gemm_type(dtype, type))
+		return -EINVAL;
+	if (!m || !n || !k)
+		return 1;
+	return cublasGetStream(handle, stream) == CUBLAS_STATUS_SUCCESS ? 0 : -EIO;
+}
+
 extern "C" int rs_cuda_matmul(cublasHandle_t handle, float *y, const void *x, const void *w,
 			      enum rs_dtype dtype, uint32_t m, uint32_t n, uint32_t k,
 			      int accumulate)
 {
 	cudaDataType_t type;
-	if (gemm_type(dtype, &type))
-		return -EINVAL;
-	if (!m || !n || !k)
-		return 0;
+	cudaStream_t stream;
+	int rc = begin_product(handle, dtype, m, n, k, &type, &stream);
+	if (rc)
+		return rc < 0 ? rc : 0;
 	if (use_gemv(dtype, m, k, false)) {
-		cudaStream_t stream;
-		if (cublasGetStream(handle, &stream) != CUBLAS_STATUS_SUCCESS)
-			return -EIO;
 		RS_DISPATCH_DTYPE(dtype, T, gemv_input<T> in = {};
 				  in.x = (const T *)x;
 				  return gemv<T, GEMV_PLAIN>(y, in, w, m, n, k, accumulate, stream));
@@ -353,19 +362,16 @@ extern "C" int rs_cuda_norm_matmul(cublasHandle_t handle, float *y, const float 
 				   uint32_t n, uint32_t k, int accumulate)
 {
 	cudaDataType_t type;
-	if (gemm_type(dtype, &type))
-		return -EINVAL;
-	if (!m || !n || !k)
-		return 0;
 	cudaStream_t stream;
-	if (cublasGetStream(handle, &stream) != CUBLAS_STATUS_SUCCESS)
-		return -EIO;
+	int rc = begin_product(handle, dtype, m, n, k, &type, &stream);
+	if (rc)
+		return rc < 0 ? rc : 0;
 	if (use_gemv(dtype, m, k, true)) {
 		RS_DISPATCH_DTYPE(dtype, T, gemv_input<T> in = {};
 				  in.xf = x, in.rows = rows, in.norm_weight = norm_weight, in.eps = eps;
 				  return gemv<T, GEMV_NORM>(y, in, w, m, n, k, accumulate, stream));
 	}
-	int rc = rs_cuda_rmsnorm(xb, dtype, x, rows, norm_weight, m, k, eps, stream);
+	rc = rs_cuda_rmsnorm(xb, dtype, x, rows, norm_weight, m, k, eps, stream);
 	return rc ? rc : rs_cuda_matmul(handle, y, xb, w, dtype, m, n, k, accumulate);
 }
 
@@ -374,18 +380,15 @@ extern "C" int rs_cuda_swiglu_matmul(cublasHandle_t handle, float *y, const floa
 				     uint32_t n, uint32_t k, int accumulate)
 {
 	cudaDataType_t type;
-	if (gemm_type(dtype, &type))
-		return -EINVAL;
-	if (!m || !n || !k)
-		return 0;
 	cudaStream_t stream;
-	if (cublasGetStream(handle, &stream) != CUBLAS_STATUS_SUCCESS)
-		return -EIO;
+	int rc = begin_product(handle, dtype, m, n, k, &type, &stream);
+	if (rc)
+		return rc < 0 ? rc : 0;
 	if (use_gemv(dtype, m, k, false)) {
 		RS_DISPATCH_DTYPE(dtype, T, gemv_input<T> in = {};
 				  in.gate_up = gate_up;
 				  return gemv<T, GEMV_SWIGLU>(y, in, w, m, n, k, accumulate, stream));
 	}
-	int rc = rs_cuda_swiglu(hidden, dtype, gate_up, m, k, stream);
+	rc = rs_cuda_swiglu(hidden, dtype, gate_up, m, k, stream);
 	return rc ? rc : rs_cuda_matmul(handle, y, hidden, w, dtype, m, n, k, accumulate);
 }
