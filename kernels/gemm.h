@@ -22,7 +22,9 @@ struct rs_packed_matrix {
 	uint32_t n, k, n_panels;
 };
 
-/* Allocates a zeroed n x k packed matrix. 0 or -ENOMEM (*w then holds nothing). */
+/* Allocates an n x k packed matrix: its rows hold garbage until rs_packed_set_rows
+ * writes them; the columns of the last panel past n are zero. 0 or -ENOMEM (*w then
+ * holds nothing). */
 int rs_packed_alloc(struct rs_packed_matrix *w, uint32_t n, uint32_t k);
 
 /* Packs n_rows rows of a row-major [n_rows][k] matrix of dtype as rows row0.. of W
