@@ -30,11 +30,15 @@ void rs_op_rmsnorm(float *out, const float *x, const float *weight, uint32_t n_r
 	}
 }
 
-/* The rotation of pair i at position pos, computed in double, rounded to float. */
-static void rope_cos_sin(uint32_t pos, uint32_t i, uint32_t rope_dim, float theta, float *c,
-			 float *s)
+/* The frequency of pair i, and the rotation at position pos by it: computed in double,
+ * rounded to float at the end. */
+static double rope_freq(uint32_t i, uint32_t rope_dim, float theta)
 {
-	double freq = pow((double)theta, -2.0 * i / rope_dim);
+	return pow((double)theta, -2.0 * i / rope_dim);
+}
+
+static void rope_cos_sin(uint32_t pos, double freq, float *c, float *s)
+{
 	double angle = (double)pos * freq;
 	*c = (float)cos(angle);
 	*s = (float)sin(angle);
@@ -43,11 +47,13 @@ static void rope_cos_sin(uint32_t pos, uint32_t i, uint32_t rope_dim, float thet
 void rs_op_rope_table(float *cos_sin, uint32_t n_pos, uint32_t rope_dim, float theta)
 {
 	uint32_t pairs = rope_dim / 2;
-	for (uint32_t pos = 0; pos < n_pos; pos++)
-		for (uint32_t i = 0; i < pairs; i++) {
+	for (uint32_t i = 0; i < pairs; i++) {
+		double freq = rope_freq(i, rope_dim, theta); /* once per pair: the same double */
+		for (uint32_t pos = 0; pos < n_pos; pos++) {
 			float *e = cos_sin + ((size_t)pos * pairs + i) * 2;
-			rope_cos_sin(pos, i, rope_dim, theta, &e[0], &e[1]);
+			rope_cos_sin(pos, freq, &e[0], &e[1]);
 		}
+	}
 }
 
 void rs_op_rope(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t rope_dim,
@@ -59,7 +65,8 @@ void rs_op_rope(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t rope_dim
 	for (uint32_t done = 0; done < pairs; done += 256) {
 		uint32_t n = pairs - done < 256 ? pairs - done : 256;
 		for (uint32_t i = 0; i < n; i++)
-			rope_cos_sin(pos, done + i, rope_dim, theta, &cos_tab[i], &sin_tab[i]);
+			rope_cos_sin(pos, rope_freq(done + i, rope_dim, theta), &cos_tab[i],
+				     &sin_tab[i]);
 		for (uint32_t h = 0; h < n_heads; h++) {
 			float *p = x + (size_t)h * head_dim + 2 * done;
 			for (uint32_t i = 0; i < n; i++) {

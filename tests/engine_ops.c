@@ -218,6 +218,18 @@ static void test_rope(void)
 		rs_op_rope(x, cases[c].n_heads, cases[c].head_dim, cases[c].rope_dim, cases[c].pos,
 			   cases[c].theta);
 		check_close("rope", x, ref, n, 1e-6, 1e-6);
+
+		/* The CUDA backend's table holds rs_op_rope's own cosines and sines: rotating
+		 * the pairs (1, 0) yields them, bit for bit. */
+		uint32_t pairs = cases[c].rope_dim / 2, hd = cases[c].head_dim;
+		float *table = malloc(((size_t)cases[c].pos + 1) * pairs * 2 * sizeof(float));
+		rs_op_rope_table(table, cases[c].pos + 1, cases[c].rope_dim, cases[c].theta);
+		for (uint32_t i = 0; i < hd; i++)
+			x[i] = i % 2 ? 0.0f : 1.0f;
+		rs_op_rope(x, 1, hd, cases[c].rope_dim, cases[c].pos, cases[c].theta);
+		CHECK(memcmp(x, table + (size_t)cases[c].pos * pairs * 2, pairs * 2 * sizeof(float)) == 0,
+		      "rope table differs from rs_op_rope at position %u", cases[c].pos);
+		free(table);
 		free(x);
 		free(ref);
 	}

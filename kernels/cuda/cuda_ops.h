@@ -5,6 +5,15 @@
  * returns 0, -EINVAL (a shape the kernel does not handle), or -EIO (the launch failed;
  * cudaGetLastError has the reason, and the message goes nowhere: callers report -EIO).
  *
+ * On sm_90 the kernels are programmatic dependent launches (cuda_util.cuh): they may
+ * start while the kernel before them on the stream still runs, and read some inputs
+ * before waiting for it. Those inputs must not be written by a kernel still running: the
+ * weights and norm weights of the products, the rope table, and the step's metadata
+ * (positions, slots, block tables, table offsets) in rs_cuda_rope_kv_store and
+ * rs_cuda_attention. The backend uploads them with cudaMemcpy / cudaMemcpyAsync, which
+ * are not kernels and complete first; a kernel that produced one must be waited for
+ * (tests: cudaDeviceSynchronize).
+ *
  * Precision: activations are fp32 between kernels; the inputs of a GEMM (normalized
  * activations, attention output, SwiGLU output) are written in the weights' dtype (f32,
  * f16 or bf16) since cublasGemmEx wants A and B of one type; every reduction accumulates
@@ -40,14 +49,6 @@ int rs_cuda_rmsnorm(void *out, enum rs_dtype out_dtype, const float *x, const ui
 		    const float *weight, uint32_t n_rows, uint32_t dim, float eps,
 		    cudaStream_t stream);
 
-/* RoPE in place on n_tokens rows of x (rows stride floats apart), each holding n_heads
- * heads of head_dim floats, token t at position positions[t]: rs_op_rope's arithmetic,
- * with its cosines and sines read from cos_sin (rs_op_rope_table's layout, covering every
- * position, in device memory). */
-int rs_cuda_rope(float *x, size_t stride, const uint32_t *positions, uint32_t n_tokens,
-		 uint32_t n_heads, uint32_t head_dim, uint32_t rope_dim, const float *cos_sin,
-		 cudaStream_t stream);
-
 /* out[r][i] = silu(g) * u with g = gate_up[r][i], u = gate_up[r][width + i] (the fused
  * [gate|up] GEMM output), out rows width values of out_dtype. */
 int rs_cuda_swiglu(void *out, enum rs_dtype out_dtype, const float *gate_up, uint32_t n_rows,
@@ -63,15 +64,13 @@ struct rs_cuda_kv_layer {
 	uint32_t head_dim;
 };
 
-/* Store the K and V rows of n_tokens tokens (rows stride floats apart) in cache slots
- * slots[t] (block * block_size + offset, computed by the host from the block tables). */
-int rs_cuda_kv_store(const struct rs_cuda_kv_layer *kv, const uint32_t *slots, uint32_t n_tokens,
-		     const float *k, const float *v, size_t stride, cudaStream_t stream);
-
 /* What the backend runs between the [q|k|v] GEMM and attention, in one kernel: RoPE on
- * the n_heads query heads of each qkv row in place (as rs_cuda_rope), and the token's
- * keys, rotated the same way, and values stored in cache slot slots[t] (as
- * rs_cuda_kv_store after rs_cuda_rope; the row's own k part is left unrotated). */
+ * the n_heads query heads of each qkv row (rows stride floats apart, token t at position
+ * positions[t]) in place, with rs_op_rope's arithmetic and its cosines and sines read from
+ * cos_sin (rs_op_rope_table's layout, covering every position, in device memory); and the
+ * token's keys, rotated the same way, and values stored in cache slot slots[t] (block *
+ * block_size + offset, from the host's block tables). The row's own k part is left
+ * unrotated. */
 int rs_cuda_rope_kv_store(float *qkv, size_t stride, const uint32_t *positions,
 			  const uint32_t *slots, uint32_t n_tokens, uint32_t n_heads,
 			  const struct rs_cuda_kv_layer *kv, uint32_t rope_dim,
@@ -84,11 +83,11 @@ int rs_cuda_rope_kv_store(float *qkv, size_t stride, const uint32_t *positions,
  * group), with an online softmax over chunks of 64 positions staged in shared memory.
  * When those blocks are too few to fill the device (decode), each token's context is
  * also split over several blocks, whose partial softmaxes the last of them to finish
- * merges; that needs scratch of rs_cuda_attention_scratch floats, zeroed once before its
- * first use (every launch leaves it fit for the next on the same stream; NULL: never
- * split). max_ctx is the
- * largest positions[t] + 1 (the host knows it; it sizes the split). out: [n_tokens]
- * [n_heads * head_dim] of out_dtype. Call rs_cuda_attention_setup once first. */
+ * merges; that needs scratch of rs_cuda_attention_scratch floats, one per stream, zeroed
+ * once before its first use (every launch leaves it fit for the next on the same
+ * stream; NULL: never split). max_ctx is the largest positions[t] + 1 (the host knows
+ * it; it sizes the split). out: [n_tokens][n_heads * head_dim] of out_dtype. Call
+ * rs_cuda_attention_setup once first. */
 int rs_cuda_attention(void *out, enum rs_dtype out_dtype, const float *q, size_t q_stride,
 		      const struct rs_cuda_kv_layer *kv, const uint32_t *block_tables,
 		      const uint32_t *table_offset, const uint32_t *positions, uint32_t n_tokens,

@@ -69,11 +69,12 @@ struct rs_op_min {
 
 /* Programmatic dependent launch (sm_90 and later; no-ops before): a kernel launched with
  * the programmatic-serialization attribute may start while the kernel before it in the
- * stream is still running, and must call rs_pdl_wait() before it reads anything that
- * kernel writes (or writes anything it reads); the wait returns once that kernel has
- * completed and its memory is visible. What it does before the wait may only touch
- * memory no earlier kernel of the step writes (the weights). rs_pdl_trigger() lets the
- * dependent kernel start before this one's blocks exit. */
+ * stream is still running. Every block must call rs_pdl_wait() before it touches data an
+ * earlier kernel writes or reads; the wait returns once that kernel has completed and its
+ * memory is visible (and, each kernel having waited for its own predecessor, every
+ * earlier one). Before the wait a kernel may only read what no kernel still running
+ * writes: weights, tables uploaded at load, the step's metadata copied from the host.
+ * rs_pdl_trigger() lets the next kernel start before this one's blocks exit. */
 __device__ __forceinline__ void rs_pdl_wait(void)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -88,26 +89,35 @@ __device__ __forceinline__ void rs_pdl_trigger(void)
 #endif
 }
 
-/* Whether device 0 (the backend's) runs programmatic dependent launches: sm_90 on. */
+/* Compiled like every kernel of its file: its PTX version says whether the
+ * griddepcontrol instructions above were compiled in (a build for compute_80 alone,
+ * JIT-compiled on an H100, has none, and its kernels must not start early). */
+static __global__ void rs_pdl_probe(void) {}
+
+/* Whether device 0 (the backend's) runs programmatic dependent launches of this file's
+ * kernels: sm_90 on, and code compiled for it. */
 static inline bool rs_pdl_supported(void)
 {
 	/* A function-local static: computed once, thread-safe (C++11). */
 	static const bool supported = [] {
 		int major = 0;
+		cudaFuncAttributes probe;
 		if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) !=
-		    cudaSuccess) {
+			    cudaSuccess ||
+		    cudaFuncGetAttributes(&probe, rs_pdl_probe) != cudaSuccess) {
 			cudaGetLastError(); /* ours: not the next launch check's */
 			return false;
 		}
-		return major >= 9;
+		return major >= 9 && probe.ptxVersion >= 90;
 	}();
 	return supported;
 }
 
 /* Launch kernel<<<grid, block, smem, stream>>>(args) as a programmatic dependent launch
- * where the device has them (the kernel must begin with rs_pdl_wait), so that its blocks
- * are resident and waiting when the kernel before it ends: between the small kernels of
- * a decode step, the launch latency was a large part of the step. 0 or -EIO. */
+ * where the device has them (the kernel must call rs_pdl_wait, see above), so that its
+ * blocks are resident and waiting when the kernel before it ends: between the small
+ * kernels of a decode step, the launch latency was a large part of the step. 0 or
+ * -EIO. */
 template <typename... Params, typename... Args>
 static inline int rs_launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
 			    cudaStream_t stream, Args... args)

@@ -1,5 +1,5 @@
-/* The paged KV cache on the device: storing new keys and values, and causal attention
- * over a sequence's blocks (see cuda_ops.h; twins of rs_op_kv_store and rs_op_attention). */
+/* Causal attention over a sequence's blocks of the paged KV cache on the device (see
+ * cuda_ops.h; twin of rs_op_attention). */
 #include <cmath>
 
 #include <cuda_pipeline.h>
@@ -10,27 +10,6 @@
 /* Positions per softmax chunk, threads per block, and the most blocks a split launch
  * makes (about two per SM of an H100, which decode tokens alone would leave idle). */
 enum { ATT_CHUNK = 64, ATT_THREADS = 256, ATT_SPLIT_BLOCKS = 256 };
-
-__global__ void kv_store_kernel(struct rs_cuda_kv_layer kv, const uint32_t *slots, const float *k,
-				const float *v, size_t stride)
-{
-	size_t row = (size_t)kv.n_kv_heads * kv.head_dim;
-	size_t dst = (size_t)slots[blockIdx.x] * row, src = (size_t)blockIdx.x * stride;
-	for (size_t i = threadIdx.x; i < row; i += blockDim.x) {
-		kv.k[dst + i] = k[src + i];
-		kv.v[dst + i] = v[src + i];
-	}
-}
-
-extern "C" int rs_cuda_kv_store(const struct rs_cuda_kv_layer *kv, const uint32_t *slots,
-				uint32_t n_tokens, const float *k, const float *v, size_t stride,
-				cudaStream_t stream)
-{
-	if (!n_tokens)
-		return 0;
-	kv_store_kernel<<<n_tokens, 256, 0, stream>>>(*kv, slots, k, v, stride);
-	return rs_launch_check();
-}
 
 /* Shared memory of one block, in floats (the slot list counts as floats: same size): the
  * group's queries and accumulators, a chunk's scores, the softmax state, the slots, and
@@ -98,7 +77,8 @@ attention_kernel(T *out, float *part, unsigned *done, const float *q, size_t q_s
 	 * that stores this step's keys and rotates the queries. */
 	const uint32_t *bt = block_tables + table_offset[t];
 	uint32_t n_ctx = positions[t] + 1, bs = kv.block_size;
-	uint32_t begin = z * span, end = n_ctx < begin + span ? n_ctx : begin + span;
+	/* The last split runs to the context's end whatever max_ctx said. */
+	uint32_t begin = z * span, end = z + 1 == splits || n_ctx < begin + span ? n_ctx : begin + span;
 	for (uint32_t j = tid; begin + j < end && j < ATT_CHUNK; j += blockDim.x) {
 		uint32_t p = begin + j;
 		slot_s[j] = bt[p / bs] * bs + p % bs;

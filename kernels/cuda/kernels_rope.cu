@@ -1,5 +1,5 @@
-/* Rotary position embedding on the device (see cuda_ops.h; twin of rs_op_rope), alone and
- * fused with the KV cache store.
+/* Rotary position embedding on the device, fused with the KV cache store (see
+ * cuda_ops.h; twin of rs_op_rope then rs_op_kv_store).
  *
  * The cosines and sines come from a table the host computed with rs_op_rope_table (the
  * CPU's own floats); the rotation uses explicitly rounded products so that nvcc does not
@@ -13,36 +13,6 @@ __device__ __forceinline__ float rope_rotate(float a, float b, float c, float s,
 {
 	return which == 0 ? __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s))
 			  : __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
-}
-
-/* One block per token; a thread per (head, pair). */
-__global__ void rope_kernel(float *x, size_t stride, const uint32_t *positions, uint32_t n_heads,
-			    uint32_t head_dim, uint32_t pairs, const float2 *table)
-{
-	rs_pdl_trigger();
-	rs_pdl_wait();
-	const float2 *cs = table + (size_t)positions[blockIdx.x] * pairs;
-	float *row = x + (size_t)blockIdx.x * stride;
-	for (uint32_t idx = threadIdx.x; idx < n_heads * pairs; idx += blockDim.x) {
-		uint32_t h = idx / pairs, i = idx - h * pairs;
-		float2 r = cs[i];
-		float *p = row + (size_t)h * head_dim + 2 * i;
-		float a = p[0], b = p[1];
-		p[0] = rope_rotate(a, b, r.x, r.y, 0);
-		p[1] = rope_rotate(a, b, r.x, r.y, 1);
-	}
-}
-
-extern "C" int rs_cuda_rope(float *x, size_t stride, const uint32_t *positions, uint32_t n_tokens,
-			    uint32_t n_heads, uint32_t head_dim, uint32_t rope_dim,
-			    const float *cos_sin, cudaStream_t stream)
-{
-	if (!n_tokens || rope_dim < 2)
-		return 0;
-	if (rope_dim > head_dim)
-		return -EINVAL;
-	return rs_launch(rope_kernel, dim3(n_tokens), dim3(128), 0, stream, x, stride, positions,
-			 n_heads, head_dim, rope_dim / 2, (const float2 *)cos_sin);
 }
 
 /* One block per token: the query pairs rotated in place, then every key element (rotated

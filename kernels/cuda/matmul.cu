@@ -64,8 +64,9 @@ template <> __device__ __forceinline__ float round_to<__nv_bfloat16>(float v)
 
 /* Where the kernel's input rows come from: rows of T as they are (GEMV_PLAIN), fp32 rows
  * (gathered through `rows` when not NULL) put through RMSNorm on the way (GEMV_NORM), or
- * SwiGLU of fp32 [gate|up] rows (GEMV_SWIGLU), each exactly as rs_cuda_rmsnorm or
- * rs_cuda_swiglu would have written them in T. */
+ * SwiGLU of fp32 [gate|up] rows (GEMV_SWIGLU), each rounded to T as rs_cuda_rmsnorm or
+ * rs_cuda_swiglu would store it. SwiGLU's values are theirs exactly; the norm's double
+ * sum of squares is taken in another order, so its float scale can differ by an ulp. */
 enum { GEMV_PLAIN, GEMV_NORM, GEMV_SWIGLU };
 
 template <typename T> struct gemv_input {
@@ -156,7 +157,8 @@ gemv_kernel(float *__restrict__ y, gemv_input<T> in, const T *__restrict__ w, ui
 	    uint32_t n, uint32_t k, uint32_t splits, int accumulate)
 {
 	typedef vec16<T> V;
-	extern __shared__ float x_s[]; /* [m][k], then (GEMV_NORM) the norm weights [k] */
+	/* [m][k], then (GEMV_NORM) the norm weights [k]; read as float4 */
+	extern __shared__ __align__(16) float x_s[];
 	__shared__ float partial[GEMV_WARPS][M][GEMV_COLS];
 	rs_pdl_trigger(); /* the next kernel may prefetch its own weights meanwhile */
 
@@ -271,13 +273,19 @@ static int gemv_launch(float *y, const gemv_input<T> &in, const T *w, uint32_t m
 {
 	/* Past 48 KiB a kernel must opt in to its shared memory; once per kernel is enough
 	 * (a function-local static: initialized once, thread-safe, by C++11's rules). */
-	static const cudaError_t opted_in = cudaFuncSetAttribute(
-		gemv_kernel<T, M, MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-		(int)GEMV_MAX_SMEM);
-	(void)opted_in;
+	static const bool opted_in = [] {
+		if (cudaFuncSetAttribute(gemv_kernel<T, M, MODE>,
+					 cudaFuncAttributeMaxDynamicSharedMemorySize,
+					 (int)GEMV_MAX_SMEM) == cudaSuccess)
+			return true;
+		cudaGetLastError(); /* ours: not the next launch check's */
+		return false;
+	}();
 	uint32_t splits = gemv_splits(n, k / vec16<T>::N);
 	uint32_t cols = GEMV_WARPS / splits * GEMV_COLS;
 	size_t smem = (size_t)(m + (MODE == GEMV_NORM)) * k * sizeof(float);
+	if (smem > 48 * 1024 && !opted_in)
+		return -ENOTSUP; /* the caller takes the unfused path */
 	return rs_launch(gemv_kernel<T, M, MODE>, dim3((n + cols - 1) / cols),
 			 dim3(GEMV_WARPS * 32), smem, stream, y, in, w, m, n, k, splits, accumulate);
 }
@@ -313,11 +321,12 @@ static int gemm_type(enum rs_dtype dtype, cudaDataType_t *type)
 
 /* Whether our kernel takes the product: few rows, rows of k elements that are a whole
  * number of 16-byte pieces (the buffers themselves come from cudaMalloc, 256-byte
- * aligned), and input rows (and norm weights) that fit its shared memory as floats. */
-static bool use_gemv(enum rs_dtype dtype, uint32_t m, uint32_t k, bool norm)
+ * aligned; w checked, as it may point into a fused matrix), and input rows (and norm
+ * weights) that fit its shared memory as floats. */
+static bool use_gemv(enum rs_dtype dtype, uint32_t m, uint32_t k, const void *w, bool norm)
 {
 	return m <= GEMV_MAX_ROWS && (size_t)k * rs_dtype_size(dtype) % 16 == 0 &&
-	       (size_t)(m + norm) * k * sizeof(float) <= GEMV_MAX_SMEM;
+	       (uintptr_t)w % 16 == 0 && (size_t)(m + norm) * k * sizeof(float) <= GEMV_MAX_SMEM;
 }
 
 /* What every entry point checks first: 1 when there is nothing to do (an empty product),
@@ -341,10 +350,11 @@ extern "C" int rs_cuda_matmul(cublasHandle_t handle, float *y, const void *x, co
 	int rc = begin_product(handle, dtype, m, n, k, &type, &stream);
 	if (rc)
 		return rc < 0 ? rc : 0;
-	if (use_gemv(dtype, m, k, false)) {
-		RS_DISPATCH_DTYPE(dtype, T, gemv_input<T> in = {};
-				  in.x = (const T *)x;
-				  return gemv<T, GEMV_PLAIN>(y, in, w, m, n, k, accumulate, stream));
+	if (use_gemv(dtype, m, k, w, false)) {
+		RS_DISPATCH_DTYPE(dtype, T, gemv_input<T> in = {}; in.x = (const T *)x;
+				  rc = gemv<T, GEMV_PLAIN>(y, in, w, m, n, k, accumulate, stream));
+		if (rc != -ENOTSUP)
+			return rc;
 	}
 	float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
 	/* cuBLAS is column-major: row-major Y[m][n] is column-major Y^T (n x m), and
@@ -366,10 +376,12 @@ extern "C" int rs_cuda_norm_matmul(cublasHandle_t handle, float *y, const float 
 	int rc = begin_product(handle, dtype, m, n, k, &type, &stream);
 	if (rc)
 		return rc < 0 ? rc : 0;
-	if (use_gemv(dtype, m, k, true)) {
+	if (use_gemv(dtype, m, k, w, true)) {
 		RS_DISPATCH_DTYPE(dtype, T, gemv_input<T> in = {};
 				  in.xf = x, in.rows = rows, in.norm_weight = norm_weight, in.eps = eps;
-				  return gemv<T, GEMV_NORM>(y, in, w, m, n, k, accumulate, stream));
+				  rc = gemv<T, GEMV_NORM>(y, in, w, m, n, k, accumulate, stream));
+		if (rc != -ENOTSUP)
+			return rc;
 	}
 	rc = rs_cuda_rmsnorm(xb, dtype, x, rows, norm_weight, m, k, eps, stream);
 	return rc ? rc : rs_cuda_matmul(handle, y, xb, w, dtype, m, n, k, accumulate);
@@ -384,10 +396,11 @@ extern "C" int rs_cuda_swiglu_matmul(cublasHandle_t handle, float *y, const floa
 	int rc = begin_product(handle, dtype, m, n, k, &type, &stream);
 	if (rc)
 		return rc < 0 ? rc : 0;
-	if (use_gemv(dtype, m, k, false)) {
-		RS_DISPATCH_DTYPE(dtype, T, gemv_input<T> in = {};
-				  in.gate_up = gate_up;
-				  return gemv<T, GEMV_SWIGLU>(y, in, w, m, n, k, accumulate, stream));
+	if (use_gemv(dtype, m, k, w, false)) {
+		RS_DISPATCH_DTYPE(dtype, T, gemv_input<T> in = {}; in.gate_up = gate_up;
+				  rc = gemv<T, GEMV_SWIGLU>(y, in, w, m, n, k, accumulate, stream));
+		if (rc != -ENOTSUP)
+			return rc;
 	}
 	rc = rs_cuda_swiglu(hidden, dtype, gate_up, m, k, stream);
 	return rc ? rc : rs_cuda_matmul(handle, y, hidden, w, dtype, m, n, k, accumulate);
