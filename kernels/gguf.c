@@ -80,17 +80,39 @@ const char *rs_gguf_tensor_type_name(uint32_t type)
 	return "unknown";
 }
 
-/* Element size of a supported tensor type, 0 otherwise. */
-static size_t tensor_elem_size(uint32_t type)
+int rs_gguf_tensor_dtype(uint32_t type, enum rs_dtype *dtype)
 {
 	switch (type) {
 	case RS_GGUF_TENSOR_F32:
-		return 4;
+		*dtype = RS_DTYPE_F32;
+		return 0;
 	case RS_GGUF_TENSOR_F16:
+		*dtype = RS_DTYPE_F16;
+		return 0;
 	case RS_GGUF_TENSOR_BF16:
-		return 2;
+		*dtype = RS_DTYPE_BF16;
+		return 0;
 	}
-	return 0;
+	return -EINVAL;
+}
+
+uint32_t rs_gguf_tensor_type(enum rs_dtype dtype)
+{
+	switch (dtype) {
+	case RS_DTYPE_F16:
+		return RS_GGUF_TENSOR_F16;
+	case RS_DTYPE_BF16:
+		return RS_GGUF_TENSOR_BF16;
+	default:
+		return RS_GGUF_TENSOR_F32;
+	}
+}
+
+/* Element size of a supported tensor type, 0 otherwise. */
+static size_t tensor_elem_size(uint32_t type)
+{
+	enum rs_dtype dtype;
+	return rs_gguf_tensor_dtype(type, &dtype) ? 0 : rs_dtype_size(dtype);
 }
 
 /* Bytes left after the cursor. */

@@ -57,6 +57,11 @@ enum rs_gguf_tensor_type {
 	RS_GGUF_TENSOR_BF16 = 30,
 };
 
+/* The one mapping between the two: the rs_dtype of a tensor type (0, or -EINVAL for a
+ * type ringserve does not read), and the tensor type of an rs_dtype. */
+int rs_gguf_tensor_dtype(uint32_t type, enum rs_dtype *dtype);
+uint32_t rs_gguf_tensor_type(enum rs_dtype dtype);
+
 /* A string inside the file: not NUL-terminated. */
 struct rs_gguf_str {
 	const char *ptr;

@@ -39,23 +39,6 @@ static int get_f32(const struct rs_gguf *g, const char *key, float fallback, flo
 	return 0;
 }
 
-/* The rs_dtype of a GGUF tensor type; -EINVAL for the unsupported ones. */
-static int dtype_of(uint32_t type, enum rs_dtype *dtype)
-{
-	switch (type) {
-	case RS_GGUF_TENSOR_F32:
-		*dtype = RS_DTYPE_F32;
-		return 0;
-	case RS_GGUF_TENSOR_F16:
-		*dtype = RS_DTYPE_F16;
-		return 0;
-	case RS_GGUF_TENSOR_BF16:
-		*dtype = RS_DTYPE_BF16;
-		return 0;
-	}
-	return -EINVAL;
-}
-
 /* Find tensor name and check that it is [rows][cols] (ne = {cols, rows}; a vector when
  * rows == 1, which may also be written as ne = {cols}). */
 static int take(const struct rs_gguf *g, const char *name, uint64_t rows, uint64_t cols,
@@ -71,7 +54,7 @@ static int take(const struct rs_gguf *g, const char *name, uint64_t rows, uint64
 				 ", %" PRIu64 "], the config needs ne=[%" PRIu64 ", %" PRIu64
 				 "] (ne[0] is the column count)",
 				 name, gt->ne[0], gt->ne[1], gt->ne[2], gt->ne[3], cols, rows);
-	if (dtype_of(gt->type, &t->dtype))
+	if (rs_gguf_tensor_dtype(gt->type, &t->dtype))
 		return rs_errmsg(err, err_size, -EINVAL, "GGUF: tensor '%s' has unsupported type %s",
 				 name, rs_gguf_tensor_type_name(gt->type));
 	t->rows = rows;

@@ -211,8 +211,9 @@ int rs_gguf_writer_add_tensor(struct rs_gguf_writer *w, const char *name, uint32
 			      const uint64_t *ne, uint32_t n_dims, const void *data)
 {
 	size_t name_len = strlen(name);
-	size_t esize = type == RS_GGUF_TENSOR_F32 ? 4 :
-		       (type == RS_GGUF_TENSOR_F16 || type == RS_GGUF_TENSOR_BF16) ? 2 : 0;
+	enum rs_dtype dtype;
+	int bad_type = rs_gguf_tensor_dtype(type, &dtype);
+	size_t esize = bad_type ? 0 : rs_dtype_size(dtype);
 	if (name_len == 0 || name_len >= RS_GGUF_MAX_NAME || !esize || n_dims == 0 ||
 	    n_dims > RS_GGUF_MAX_DIMS)
 		return -EINVAL;
@@ -305,26 +306,14 @@ int rs_gguf_writer_write(struct rs_gguf_writer *w, const char *path)
 
 /* --- a whole model ---------------------------------------------------------------------- */
 
-static uint32_t tensor_type_of(enum rs_dtype dtype)
-{
-	switch (dtype) {
-	case RS_DTYPE_F16:
-		return RS_GGUF_TENSOR_F16;
-	case RS_DTYPE_BF16:
-		return RS_GGUF_TENSOR_BF16;
-	default:
-		return RS_GGUF_TENSOR_F32;
-	}
-}
-
 /* Add a model tensor under name: ne = {cols, rows}, or {cols} for a vector. */
 static int add_model_tensor(struct rs_gguf_writer *w, const char *name, const struct rs_tensor *t)
 {
 	uint64_t ne[2] = { t->cols, t->rows };
 	if (rs_dtype_size(t->dtype) == 0)
 		return -EINVAL;
-	return rs_gguf_writer_add_tensor(w, name, tensor_type_of(t->dtype), ne, t->rows == 1 ? 1 : 2,
-					 t->data);
+	return rs_gguf_writer_add_tensor(w, name, rs_gguf_tensor_type(t->dtype), ne,
+					 t->rows == 1 ? 1 : 2, t->data);
 }
 
 /* Pieces as GGUF spells them: U+2581 for a space. */
