@@ -21,6 +21,21 @@ __device__ __forceinline__ void rs_store(float *p, float v) { *p = v; }
 __device__ __forceinline__ void rs_store(__half *p, float v) { *p = __float2half_rn(v); }
 __device__ __forceinline__ void rs_store(__nv_bfloat16 *p, float v) { *p = __float2bfloat16_rn(v); }
 
+/* v[u] = p[i0 + u * blockDim.x] for u < N, 0 from index n on: the N loads are issued
+ * before any is used. A loop of single loads waits on each, and a store between loads
+ * serializes them (the compiler cannot tell the addresses apart); in kernels that walk
+ * one row per block, that made the row's load latency the kernel's run time. */
+template <int N>
+__device__ __forceinline__ void rs_load_strided(float (&v)[N], const float *p, uint32_t i0,
+						uint32_t n)
+{
+#pragma unroll
+	for (int u = 0; u < N; u++) {
+		uint32_t i = i0 + u * blockDim.x;
+		v[u] = i < n ? p[i] : 0.0f;
+	}
+}
+
 /* Reduce v over the whole block (blockDim.x a multiple of 32, at most 1024) with op; every
  * thread gets the result. shared holds 32 values. The warps' partials are combined in a
  * fixed order by every thread, so the result is deterministic and the same everywhere,

@@ -44,11 +44,7 @@ rmsnorm_kernel(T *out, const float *x, const uint32_t *rows, const float *weight
 	double ss = 0.0;
 	for (uint32_t i = threadIdx.x; i < dim; i += RMS_UNROLL * blockDim.x) {
 		float v[RMS_UNROLL];
-#pragma unroll
-		for (int u = 0; u < RMS_UNROLL; u++) {
-			uint32_t idx = i + u * blockDim.x;
-			v[u] = idx < dim ? xr[idx] : 0.0f;
-		}
+		rs_load_strided(v, xr, i, dim);
 #pragma unroll
 		for (int u = 0; u < RMS_UNROLL; u++)
 			ss += (double)v[u] * v[u];

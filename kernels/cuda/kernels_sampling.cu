@@ -82,11 +82,7 @@ sample_kernel(const float *logits, uint32_t n, const struct rs_cuda_sample_desc 
 	unsigned long long best = 0;
 	for (uint32_t i = threadIdx.x; i < n; i += SAMPLE_UNROLL * blockDim.x) {
 		float v[SAMPLE_UNROLL];
-#pragma unroll
-		for (int u = 0; u < SAMPLE_UNROLL; u++) {
-			uint32_t idx = i + u * blockDim.x;
-			v[u] = idx < n ? x[idx] : 0.0f;
-		}
+		rs_load_strided(v, x, i, n);
 #pragma unroll
 		for (int u = 0; u < SAMPLE_UNROLL; u++) {
 			uint32_t idx = i + u * blockDim.x;

@@ -16,37 +16,14 @@ enum { GEMV_MAX_ROWS = 4, GEMV_WARPS = 8, GEMV_COLS = 4, GEMV_UNROLL = 2 };
 static const size_t GEMV_MAX_SMEM = 96 * 1024;
 
 /* 16 bytes of T as floats. */
-template <typename T> struct vec16;
-template <> struct vec16<float> {
-	enum { N = 4 };
+template <typename T> struct vec16 {
+	enum { N = 16 / sizeof(T) };
 	static __device__ __forceinline__ void unpack(uint4 v, float *f)
 	{
-		f[0] = __uint_as_float(v.x), f[1] = __uint_as_float(v.y);
-		f[2] = __uint_as_float(v.z), f[3] = __uint_as_float(v.w);
-	}
-};
-template <> struct vec16<__half> {
-	enum { N = 8 };
-	static __device__ __forceinline__ void unpack(uint4 v, float *f)
-	{
-		const __half2 *h = reinterpret_cast<const __half2 *>(&v);
+		const T *e = reinterpret_cast<const T *>(&v);
 #pragma unroll
-		for (int i = 0; i < 4; i++) {
-			float2 p = __half22float2(h[i]);
-			f[2 * i] = p.x, f[2 * i + 1] = p.y;
-		}
-	}
-};
-template <> struct vec16<__nv_bfloat16> {
-	enum { N = 8 };
-	static __device__ __forceinline__ void unpack(uint4 v, float *f)
-	{
-		const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&v);
-#pragma unroll
-		for (int i = 0; i < 4; i++) {
-			float2 p = __bfloat1622float2(h[i]);
-			f[2 * i] = p.x, f[2 * i + 1] = p.y;
-		}
+		for (int i = 0; i < N; i++)
+			f[i] = rs_load(e + i);
 	}
 };
 
@@ -77,7 +54,7 @@ template <typename T> struct gemv_input {
 	const float *gate_up; /* GEMV_SWIGLU: [m][2k] */
 };
 
-enum { LOADS = 8 }; /* in flight per thread: a loop of single loads waits on each */
+enum { LOADS = 8 }; /* in flight per thread (rs_load_strided) */
 
 /* The norm weights into w_s: constant, so this runs before rs_pdl_wait, while the kernel
  * before finishes. A thread stores the indices gemv_stage_input will read back. */
@@ -85,11 +62,7 @@ __device__ void gemv_stage_norm_weight(float *w_s, const float *norm_weight, uin
 {
 	for (uint32_t i0 = threadIdx.x; i0 < k; i0 += LOADS * blockDim.x) {
 		float v[LOADS];
-#pragma unroll
-		for (int u = 0; u < LOADS; u++) {
-			uint32_t i = i0 + u * blockDim.x;
-			v[u] = i < k ? norm_weight[i] : 0.0f;
-		}
+		rs_load_strided(v, norm_weight, i0, k);
 #pragma unroll
 		for (int u = 0; u < LOADS; u++) {
 			uint32_t i = i0 + u * blockDim.x;
