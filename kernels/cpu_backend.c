@@ -1,4 +1,5 @@
-/* The CPU backend: fp32 weights packed once into column panels (gemm.h), an f32 or f16
+/* The CPU backend: weights packed once into column panels (gemm.h; f16 and bf16 weights
+ * stay 16-bit there and are widened in registers, the arithmetic is fp32), an f32 or f16
  * KV cache (options.kv_dtype), products split over a thread pool that also runs the
  * per-token work (norms, rope, cache stores, swiglu), the attention and the sampling.
  * Products run our AVX-512/AVX2 kernels, or one CBLAS SGEMM per panel on other CPUs
@@ -106,14 +107,19 @@ static void pack_item(void *ctx, uint32_t item, uint32_t worker)
 	}
 }
 
-/* W = the parts' rows one after the other, packed (a fused projection: [q|k|v]). */
-static int pack(struct rs_thread_pool *pool, struct rs_packed_matrix *w,
+/* W = the parts' rows one after the other, packed (a fused projection: [q|k|v]), in
+ * their own dtype when they share one the product kernels widen, else as f32. */
+static int pack(struct rs_thread_pool *pool, enum rs_cpu_isa isa, struct rs_packed_matrix *w,
 		const struct rs_tensor *const *parts, uint32_t n_parts)
 {
 	uint64_t n = 0;
-	for (uint32_t i = 0; i < n_parts; i++)
+	enum rs_dtype dtype = rs_packed_dtype(parts[0]->dtype, isa);
+	for (uint32_t i = 0; i < n_parts; i++) {
 		n += parts[i]->rows;
-	int rc = rs_packed_alloc(w, (uint32_t)n, (uint32_t)parts[0]->cols);
+		if (parts[i]->dtype != parts[0]->dtype)
+			dtype = RS_DTYPE_F32;
+	}
+	int rc = rs_packed_alloc(w, (uint32_t)n, (uint32_t)parts[0]->cols, dtype);
 	if (rc)
 		return rc;
 	uint32_t workers = rs_thread_pool_size(pool);
@@ -129,7 +135,7 @@ static int pack(struct rs_thread_pool *pool, struct rs_packed_matrix *w,
 }
 
 #define PACK(w, ...)                                                                       \
-	pack(c->pool, w, (const struct rs_tensor *const[]){__VA_ARGS__},                    \
+	pack(c->pool, c->isa, w, (const struct rs_tensor *const[]){__VA_ARGS__},            \
 	     sizeof((const struct rs_tensor *const[]){__VA_ARGS__}) / sizeof(void *))
 
 static void cpu_destroy(struct rs_engine *engine);

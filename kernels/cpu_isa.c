@@ -8,7 +8,8 @@ enum rs_cpu_isa rs_cpu_isa(void)
 	 * checks that the OS saves the vector registers. */
 	if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl"))
 		return RS_ISA_AVX512;
-	if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+	if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+	    __builtin_cpu_supports("f16c"))
 		return RS_ISA_AVX2;
 #endif
 	return RS_ISA_PORTABLE;

@@ -35,7 +35,8 @@ void rs_op_rope(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t rope_dim
  * table, uploaded once). */
 void rs_op_rope_table(float *cos_sin, uint32_t n_pos, uint32_t rope_dim, float theta);
 
-/* Instruction sets of the CPU kernels, in increasing order. */
+/* Instruction sets of the CPU kernels, in increasing order. RS_ISA_AVX2 means AVX2, FMA
+ * and F16C (every CPU with AVX2 has F16C); RS_ISA_AVX512 AVX-512 F and VL. */
 enum rs_cpu_isa { RS_ISA_PORTABLE = 0, RS_ISA_AVX2 = 1, RS_ISA_AVX512 = 2 };
 
 /* The best instruction set this CPU (and OS) runs. */

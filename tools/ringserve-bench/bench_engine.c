@@ -5,12 +5,14 @@
  * the shape of stories15M (dim 288, hidden 768, 6 layers, 6 heads, vocab 32000, context
  * 256, tied output, f32) built in memory. Prefill: `prompt` tokens per sequence, in steps
  * of at most 1024 tokens. Decode: `decode-steps` steps of one token per sequence, greedy,
- * right after the prefill. The baseline, in the same run: batch 1 and 32 with OpenBLAS
- * doing the products (engine option cpu_products "blas"). Each of `rounds` rounds (default 3) runs every batch size in
- * turn and each figure is the median over the rounds: the machines here are shared, and
- * their memory bandwidth moved 3x between runs an hour apart, so that batch 1 and batch
- * 32 are measured interleaved, under the same conditions. The figure that matters for batching is decode(32)/decode(1):
- * a decode step reads every weight once whatever the batch, so it should grow with the
+ * right after the prefill. In the same run: batch 1 and 32 with OpenBLAS doing the
+ * products (engine option cpu_products "blas": the baseline), and batch 1 and 32 of the
+ * same model with f16 weights, which the products keep 16-bit (half the bytes). Each of
+ * `rounds` rounds (default 3) runs every batch size in turn and each figure is the median
+ * over the rounds: the machines here are shared, and their memory bandwidth moved 3x
+ * between runs an hour apart, so that batch 1 and batch 32 are measured interleaved, under
+ * the same conditions. The figure that matters for batching is decode(32)/decode(1): a
+ * decode step reads every weight once whatever the batch, so it should grow with the
  * batch until compute, not memory, bounds it. The KV cache is f16 unless --kv f32 (the
  * engine's "auto" would keep f32 for these f32 weights): at batch 32 the attention
  * reading the cache moves more bytes than the weights.
@@ -270,7 +272,7 @@ static void *roof_main(void *arg)
 	struct rs_packed_matrix w;
 	float *x = calloc((size_t)M * K, sizeof(float)), *y = calloc((size_t)M * N, sizeof(float));
 	float *rows = calloc((size_t)N * K, sizeof(float));
-	bool ok = x && y && rows && rs_packed_alloc(&w, N, K) == 0;
+	bool ok = x && y && rows && rs_packed_alloc(&w, N, K, RS_DTYPE_F32) == 0;
 	if (ok) {
 		for (size_t i = 0; i < (size_t)N * K; i++)
 			rows[i] = (float)(i % 7) * 0.01f;
@@ -458,10 +460,12 @@ int bench_engine(int argc, char **argv, FILE *json)
 	}
 	const uint32_t batches[] = {1, 8, 32};
 	enum { N_BATCHES = 3 };
-	struct rs_model *model = NULL;
+	struct rs_model *model = NULL, *model16 = NULL;
 	struct rs_engine *e = NULL;
 	char err[256] = "";
 	int rc = rs_model_random(&cfg, RS_DTYPE_F32, 15, true, &model);
+	if (rc == 0)
+		rc = rs_model_random(&cfg, RS_DTYPE_F16, 15, true, &model16);
 	if (rc) {
 		fprintf(stderr, "bench engine: random model: %s\n", strerror(-rc));
 		fprintf(json, "null");
@@ -476,6 +480,10 @@ int bench_engine(int argc, char **argv, FILE *json)
 	opts.threads = threads;
 	opts.kv_dtype = kv_dtype;
 	rc = rs_engine_create(model, &opts, &e, err, sizeof(err));
+	/* The same model with f16 weights (kept 16-bit by the products: half the bytes). */
+	struct rs_engine *half = NULL;
+	if (rc == 0)
+		rc = rs_engine_create(model16, &opts, &half, err, sizeof(err));
 	/* The baseline: the same engine with OpenBLAS doing the products. */
 	struct rs_engine *blas = NULL;
 	opts.cpu_products = "blas";
@@ -484,12 +492,15 @@ int bench_engine(int argc, char **argv, FILE *json)
 	if (rc) {
 		fprintf(stderr, "bench engine: %s\n", err);
 		rs_engine_destroy(e);
+		rs_engine_destroy(half);
 		rs_model_free(model);
+		rs_model_free(model16);
 		fprintf(json, "null");
 		return 1;
 	}
 	struct result results[N_BATCHES], runs[N_BATCHES][MAX_ROUNDS], warm;
 	struct result blas_results[2], blas_runs[2][MAX_ROUNDS];
+	struct result half_results[2], half_runs[2][MAX_ROUNDS];
 	const uint32_t blas_batches[2] = {1, 32};
 	rc = run_batch(e, 2, prompt < 16 ? prompt : 16, 2, &warm); /* warm caches and threads */
 	printf("engine: cpu backend, stories15M-shaped random model (f32, tied output), "
@@ -500,6 +511,8 @@ int bench_engine(int argc, char **argv, FILE *json)
 			rc = run_batch(e, batches[i], prompt, steps, &runs[i][r]);
 		for (int i = 0; i < 2 && rc == 0; i++)
 			rc = run_batch(blas, blas_batches[i], prompt, steps, &blas_runs[i][r]);
+		for (int i = 0; i < 2 && rc == 0; i++)
+			rc = run_batch(half, blas_batches[i], prompt, steps, &half_runs[i][r]);
 	}
 	printf("%6s %16s %16s\n", "batch", "prefill tok/s", "decode tok/s");
 	for (int i = 0; i < N_BATCHES && rc == 0; i++) {
@@ -511,6 +524,11 @@ int bench_engine(int argc, char **argv, FILE *json)
 		blas_results[i] = median_result(blas_runs[i], rounds);
 		printf("%6u %16.0f %16.0f   (OpenBLAS products, same run)\n", blas_batches[i],
 		       blas_results[i].prefill_tok_s, blas_results[i].decode_tok_s);
+	}
+	for (int i = 0; i < 2 && rc == 0; i++) {
+		half_results[i] = median_result(half_runs[i], rounds);
+		printf("%6u %16.0f %16.0f   (f16 weights, same run)\n", blas_batches[i],
+		       half_results[i].prefill_tok_s, half_results[i].decode_tok_s);
 	}
 	if (rc) {
 		fprintf(stderr, "bench engine: step failed: %s\n", strerror(-rc));
@@ -539,6 +557,11 @@ int bench_engine(int argc, char **argv, FILE *json)
 		       100.0 * step32_min_s / (32.0 / results[2].decode_tok_s));
 		printf("decode speedup bound with this batch-1 step: %.1fx (measured %.1fx)\n",
 		       max_speedup, speedup);
+		double bytes16 = weight_bytes_per_token(&cfg, 2.0);
+		printf("f16 weights, batch 1: %.1f MB per token, %.2f ms per step = %.1f GB/s; "
+		       "%.2fx the f32 model's batch 1\n", bytes16 * 1e-6,
+		       1e3 / half_results[0].decode_tok_s, bytes16 * half_results[0].decode_tok_s * 1e-9,
+		       half_results[0].decode_tok_s / results[0].decode_tok_s);
 		fprintf(json, "{\"backend\": \"cpu\", \"model\": \"stories15M-shaped random f32\", "
 			      "\"kv_dtype\": \"%s\", \"threads\": %d, \"prompt\": %u, "
 			      "\"decode_steps\": %u, \"rounds\": %u, \"batches\": [",
@@ -552,13 +575,20 @@ int bench_engine(int argc, char **argv, FILE *json)
 			fprintf(json, "%s{\"batch\": %u, \"prefill_tok_s\": %.1f, \"decode_tok_s\": %.1f}",
 				i ? ", " : "", blas_batches[i], blas_results[i].prefill_tok_s,
 				blas_results[i].decode_tok_s);
+		fprintf(json, "], \"f16_weight_batches\": [");
+		for (int i = 0; i < 2; i++)
+			fprintf(json, "%s{\"batch\": %u, \"prefill_tok_s\": %.1f, \"decode_tok_s\": %.1f}",
+				i ? ", " : "", blas_batches[i], half_results[i].prefill_tok_s,
+				half_results[i].decode_tok_s);
 		fprintf(json, "], \"decode_speedup_32_vs_1\": %.2f, \"read_bandwidth_gb_s\": %.2f, "
 			      "\"gemm_gflop_s\": %.1f, \"decode_speedup_bound\": %.2f, \"gpu\": ",
 			speedup, bw * 1e-9, gemm * 1e-9, max_speedup);
 	}
 	rs_engine_destroy(e);
+	rs_engine_destroy(half);
 	rs_engine_destroy(blas);
 	rs_model_free(model);
+	rs_model_free(model16);
 	if (rc)
 		return 1;
 	rc = bench_gpu(prompt, steps, json);
