@@ -49,6 +49,7 @@ struct cpu_engine {
 	/* Scratch for max_batch_tokens tokens. */
 	float *x, *xb, *qkv, *att, *gate_up, *hidden;
 	uint32_t *positions;  /* per token */
+	float *rope_cos_sin;  /* per token: its row of rs_op_rope_table, made in layer 0 */
 	uint32_t *seq_offset; /* first token of each sequence in the step */
 	uint32_t *token_seq;  /* sequence of each token */
 	float *scores;        /* per worker: attention scratch for max_seq_len */
@@ -214,12 +215,14 @@ static int cpu_create(struct rs_engine *e, char *err, size_t err_size)
 	c->gate_up = alloc_floats(T * 2 * hidden);
 	c->hidden = alloc_floats(T * hidden);
 	c->positions = calloc(T, sizeof(uint32_t));
+	c->rope_cos_sin = alloc_floats(T * cfg->rope_dim);
 	c->seq_offset = calloc(T + 1, sizeof(uint32_t));
 	c->token_seq = calloc(T, sizeof(uint32_t));
 	c->sample_rows = calloc(T, sizeof(uint32_t));
 	c->lane_status = calloc(o->lanes, sizeof(int));
 	if (!c->k_cache || !c->v_cache || !c->x || !c->xb || !c->qkv || !c->att ||
-	    !c->gate_up || !c->hidden || !c->positions || !c->seq_offset || !c->token_seq ||
+	    !c->gate_up || !c->hidden || !c->positions || !c->rope_cos_sin || !c->seq_offset ||
+	    !c->token_seq ||
 	    !c->sample_rows ||
 	    !c->lane_status) {
 		rs_errmsg(err, err_size, 0, "out of memory (KV cache: %zu MiB)", 2 * cache_bytes >> 20);
@@ -277,6 +280,7 @@ static void cpu_destroy(struct rs_engine *e)
 	free(c->gate_up);
 	free(c->hidden);
 	free(c->positions);
+	free(c->rope_cos_sin);
 	free(c->seq_offset);
 	free(c->token_seq);
 	free(c->scores);
@@ -368,6 +372,7 @@ struct rows_job {
 	const struct rs_seq_step *seqs;
 	const struct rs_kv_layer *kv;
 	const float *norm; /* for norm_item */
+	uint32_t layer;
 };
 
 /* xb[t] = rmsnorm(x[t]) */
@@ -387,9 +392,13 @@ static void rope_store_item(void *ctx, uint32_t t, uint32_t worker)
 	struct cpu_engine *c = j->c;
 	uint32_t hd = cfg->head_dim, q_dim = cfg->n_heads * hd, kv_dim = cfg->n_kv_heads * hd;
 	float *row = c->qkv + (size_t)t * (q_dim + 2 * kv_dim);
-	/* q and k are adjacent: one call, one sine/cosine table for both. */
-	rs_op_rope(row, cfg->n_heads + cfg->n_kv_heads, hd, cfg->rope_dim, c->positions[t],
-		   cfg->rope_theta);
+	/* The token's cosines and sines once per step (the sines, cosines and powers were a
+	 * few % of a batch-32 decode step when every layer made them). */
+	float *cos_sin = c->rope_cos_sin + (size_t)t * cfg->rope_dim;
+	if (j->layer == 0)
+		rs_op_rope_table(cos_sin, c->positions[t], 1, cfg->rope_dim, cfg->rope_theta);
+	/* q and k are adjacent: one call for both. */
+	rs_op_rope_rotate(row, cfg->n_heads + cfg->n_kv_heads, hd, cfg->rope_dim, cos_sin);
 	rs_op_kv_store(j->kv, j->seqs[c->token_seq[t]].block_table, c->positions[t], 1,
 		       row + q_dim, row + q_dim + kv_dim, 0);
 }
@@ -486,7 +495,7 @@ static void forward_layers(struct rs_engine *e, struct cpu_engine *c,
 			       .n_kv_heads = cfg->n_kv_heads,
 			       .head_dim = hd},
 		};
-		struct rows_job rows = {.e = e, .c = c, .seqs = seqs, .kv = &job.kv};
+		struct rows_job rows = {.e = e, .c = c, .seqs = seqs, .kv = &job.kv, .layer = l};
 		/* Pool runs (barriers) per layer: 7 for a decode step (was 9), up to 9 with a
 		 * prefill. */
 		rows.norm = L->attn_norm;

@@ -30,10 +30,16 @@ void rs_op_rmsnorm(float *out, const float *x, const float *weight, uint32_t n_r
 void rs_op_rope(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t rope_dim,
 		uint32_t pos, float theta);
 
-/* rs_op_rope's cosines and sines for positions 0 .. n_pos - 1, the same floats:
- * cos_sin[(pos * (rope_dim / 2) + i) * 2] = cos, [... + 1] = sin (the CUDA backend's
- * table, uploaded once). */
-void rs_op_rope_table(float *cos_sin, uint32_t n_pos, uint32_t rope_dim, float theta);
+/* rs_op_rope's cosines and sines for positions first_pos .. first_pos + n_pos - 1, the
+ * same floats: cos_sin[(p * (rope_dim / 2) + i) * 2] = cos, [... + 1] = sin for position
+ * first_pos + p (the CUDA backend's table, uploaded once; the CPU backend's rows for the
+ * step's tokens, computed once per step rather than once per layer). */
+void rs_op_rope_table(float *cos_sin, uint32_t first_pos, uint32_t n_pos, uint32_t rope_dim,
+		      float theta);
+
+/* rs_op_rope at the position whose row of rs_op_rope_table cos_sin is: the same bits. */
+void rs_op_rope_rotate(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t rope_dim,
+		       const float *cos_sin);
 
 /* Instruction sets of the CPU kernels, in increasing order. RS_ISA_AVX2 means AVX2, FMA
  * and F16C (every CPU with AVX2 has F16C); RS_ISA_AVX512 AVX-512 F and VL. */

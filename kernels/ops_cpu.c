@@ -44,37 +44,51 @@ static void rope_cos_sin(uint32_t pos, double freq, float *c, float *s)
 	*s = (float)sin(angle);
 }
 
-void rs_op_rope_table(float *cos_sin, uint32_t n_pos, uint32_t rope_dim, float theta)
+void rs_op_rope_table(float *cos_sin, uint32_t first_pos, uint32_t n_pos, uint32_t rope_dim,
+		      float theta)
 {
 	uint32_t pairs = rope_dim / 2;
 	for (uint32_t i = 0; i < pairs; i++) {
 		double freq = rope_freq(i, rope_dim, theta); /* once per pair: the same double */
-		for (uint32_t pos = 0; pos < n_pos; pos++) {
-			float *e = cos_sin + ((size_t)pos * pairs + i) * 2;
-			rope_cos_sin(pos, freq, &e[0], &e[1]);
+		for (uint32_t p = 0; p < n_pos; p++) {
+			float *e = cos_sin + ((size_t)p * pairs + i) * 2;
+			rope_cos_sin(first_pos + p, freq, &e[0], &e[1]);
 		}
 	}
+}
+
+/* Rotate pairs first .. first + n - 1 of every head by cos_sin's (cos, sin) pairs. */
+static void rope_rotate_pairs(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t first,
+			      uint32_t n, const float *cos_sin)
+{
+	for (uint32_t h = 0; h < n_heads; h++) {
+		float *p = x + (size_t)h * head_dim + 2 * first;
+		for (uint32_t i = 0; i < n; i++) {
+			float a = p[2 * i], b = p[2 * i + 1], c = cos_sin[2 * i], sn = cos_sin[2 * i + 1];
+			p[2 * i] = a * c - b * sn;
+			p[2 * i + 1] = a * sn + b * c;
+		}
+	}
+}
+
+void rs_op_rope_rotate(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t rope_dim,
+		       const float *cos_sin)
+{
+	rope_rotate_pairs(x, n_heads, head_dim, 0, rope_dim / 2, cos_sin);
 }
 
 void rs_op_rope(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t rope_dim,
 		uint32_t pos, float theta)
 {
-	/* One sine/cosine per pair, shared by every head. 256 pairs covers head_dim 512. */
-	float cos_tab[256], sin_tab[256];
+	/* One sine/cosine per pair, shared by every head; 256 pairs at a time. */
+	float cos_sin[2 * 256];
 	uint32_t pairs = rope_dim / 2;
 	for (uint32_t done = 0; done < pairs; done += 256) {
 		uint32_t n = pairs - done < 256 ? pairs - done : 256;
 		for (uint32_t i = 0; i < n; i++)
-			rope_cos_sin(pos, rope_freq(done + i, rope_dim, theta), &cos_tab[i],
-				     &sin_tab[i]);
-		for (uint32_t h = 0; h < n_heads; h++) {
-			float *p = x + (size_t)h * head_dim + 2 * done;
-			for (uint32_t i = 0; i < n; i++) {
-				float a = p[2 * i], b = p[2 * i + 1];
-				p[2 * i] = a * cos_tab[i] - b * sin_tab[i];
-				p[2 * i + 1] = a * sin_tab[i] + b * cos_tab[i];
-			}
-		}
+			rope_cos_sin(pos, rope_freq(done + i, rope_dim, theta), &cos_sin[2 * i],
+				     &cos_sin[2 * i + 1]);
+		rope_rotate_pairs(x, n_heads, head_dim, done, n, cos_sin);
 	}
 }
 

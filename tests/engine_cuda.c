@@ -204,7 +204,7 @@ static float *rope_table_dev(uint32_t n_pos, uint32_t rope_dim)
 {
 	size_t floats = (size_t)n_pos * (rope_dim / 2) * 2;
 	float *table = malloc(floats * sizeof(float));
-	rs_op_rope_table(table, n_pos, rope_dim, 10000.0f);
+	rs_op_rope_table(table, 0, n_pos, rope_dim, 10000.0f);
 	float *d_table = to_dev(table, floats * sizeof(float));
 	free(table);
 	return d_table;

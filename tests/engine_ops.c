@@ -220,15 +220,31 @@ static void test_rope(void)
 		check_close("rope", x, ref, n, 1e-6, 1e-6);
 
 		/* The CUDA backend's table holds rs_op_rope's own cosines and sines: rotating
-		 * the pairs (1, 0) yields them, bit for bit. */
+		 * the pairs (1, 0) yields them, bit for bit; so does a table of one row
+		 * starting at the position (the CPU backend's per-step rows). */
 		uint32_t pairs = cases[c].rope_dim / 2, hd = cases[c].head_dim;
 		float *table = malloc(((size_t)cases[c].pos + 1) * pairs * 2 * sizeof(float));
-		rs_op_rope_table(table, cases[c].pos + 1, cases[c].rope_dim, cases[c].theta);
+		float *row = malloc((size_t)pairs * 2 * sizeof(float));
+		rs_op_rope_table(table, 0, cases[c].pos + 1, cases[c].rope_dim, cases[c].theta);
+		rs_op_rope_table(row, cases[c].pos, 1, cases[c].rope_dim, cases[c].theta);
 		for (uint32_t i = 0; i < hd; i++)
 			x[i] = i % 2 ? 0.0f : 1.0f;
 		rs_op_rope(x, 1, hd, cases[c].rope_dim, cases[c].pos, cases[c].theta);
 		CHECK(memcmp(x, table + (size_t)cases[c].pos * pairs * 2, pairs * 2 * sizeof(float)) == 0,
 		      "rope table differs from rs_op_rope at position %u", cases[c].pos);
+		CHECK(memcmp(x, row, pairs * 2 * sizeof(float)) == 0,
+		      "rope row differs from rs_op_rope at position %u", cases[c].pos);
+
+		/* Rotating with the row: rs_op_rope's bits. */
+		float *y = malloc(n * sizeof(float));
+		fill(x, n, &s, 1.0);
+		memcpy(y, x, n * sizeof(float));
+		rs_op_rope(x, cases[c].n_heads, hd, cases[c].rope_dim, cases[c].pos, cases[c].theta);
+		rs_op_rope_rotate(y, cases[c].n_heads, hd, cases[c].rope_dim, row);
+		CHECK(memcmp(x, y, n * sizeof(float)) == 0, "rs_op_rope_rotate differs at position %u",
+		      cases[c].pos);
+		free(y);
+		free(row);
 		free(table);
 		free(x);
 		free(ref);

@@ -172,7 +172,7 @@ static int upload_rope_table(struct cuda_engine *c, const struct rs_model_config
 	float *table = (float *)malloc((floats ? floats : 1) * sizeof(float));
 	if (!table)
 		return -ENOMEM;
-	rs_op_rope_table(table, cfg->max_seq_len, cfg->rope_dim, cfg->rope_theta);
+	rs_op_rope_table(table, 0, cfg->max_seq_len, cfg->rope_dim, cfg->rope_theta);
 	int rc = dev_alloc((void **)&c->rope_table, floats * sizeof(float));
 	if (!rc)
 		rc = cuda_errno(cudaMemcpy(c->rope_table, table, floats * sizeof(float),
