@@ -62,6 +62,14 @@ static ALWAYS_INLINE TARGET_AVX512 void block_scores(float *scores, const float 
 						     uint32_t hd, size_t row, float scale,
 						     bool f16)
 {
+	/* The query in registers when it fits (scores may alias nothing, but the compiler
+	 * cannot know that q is not among them). */
+	bool in_registers = hd <= 16 * MAX_HD_VECTORS;
+	__m512 qv[MAX_HD_VECTORS];
+#pragma GCC unroll 8
+	for (uint32_t v = 0; v < MAX_HD_VECTORS; v++)
+		qv[v] = in_registers && 16 * v < hd ? _mm512_maskz_loadu_ps(lanes(hd - 16 * v), q + 16 * v)
+						    : _mm512_setzero_ps();
 	for (uint32_t j = 0; j < n; j += 4) {
 		uint32_t rows = n - j < 4 ? n - j : 4;
 		/* Rows past the block's end are never read: their index repeats the first
@@ -70,13 +78,14 @@ static ALWAYS_INLINE TARGET_AVX512 void block_scores(float *scores, const float 
 		size_t k1 = rows > 1 ? k0 + row : k0, k2 = rows > 2 ? k0 + 2 * row : k0;
 		size_t k3 = rows > 3 ? k0 + 3 * row : k0;
 		__m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+#pragma GCC unroll 8
 		for (uint32_t d = 0; d < hd; d += 16) {
 			__mmask16 m = lanes(hd - d);
-			__m512 qv = _mm512_maskz_loadu_ps(m, q + d);
-			a0 = _mm512_fmadd_ps(qv, load_kv(k, k0 + d, m, f16), a0);
-			a1 = _mm512_fmadd_ps(qv, load_kv(k, k1 + d, m, f16), a1);
-			a2 = _mm512_fmadd_ps(qv, load_kv(k, k2 + d, m, f16), a2);
-			a3 = _mm512_fmadd_ps(qv, load_kv(k, k3 + d, m, f16), a3);
+			__m512 qd = in_registers ? qv[d / 16] : _mm512_maskz_loadu_ps(m, q + d);
+			a0 = _mm512_fmadd_ps(qd, load_kv(k, k0 + d, m, f16), a0);
+			a1 = _mm512_fmadd_ps(qd, load_kv(k, k1 + d, m, f16), a1);
+			a2 = _mm512_fmadd_ps(qd, load_kv(k, k2 + d, m, f16), a2);
+			a3 = _mm512_fmadd_ps(qd, load_kv(k, k3 + d, m, f16), a3);
 		}
 		__m128 s = _mm_mul_ps(hsum4(a0, a1, a2, a3), _mm_set1_ps(scale));
 		_mm_mask_storeu_ps(scores + j, (__mmask8)((1u << rows) - 1), s);
@@ -158,13 +167,18 @@ static ALWAYS_INLINE TARGET_AVX512 void block_values(float *acc_mem, const float
 			_mm512_mask_storeu_ps(acc_mem + 16 * v, lanes(width - 16 * v), acc[v]);
 }
 
-/* The whole attention for one cache element type (f16 a constant after inlining). */
+/* The whole attention for one cache element type (f16 a constant after inlining), and
+ * for head_dim fixed_hd when it is not 0 (then every loop over a head has a constant
+ * trip count and constant masks: unrolled, the query vectors held in registers, no
+ * per-row branch or mask arithmetic; those were a third of the time of an attention
+ * whose cache was in L2). */
 static ALWAYS_INLINE TARGET_AVX512 void attention(float *out, const float *q,
 						  const struct rs_kv_layer *kv,
 						  const uint32_t *block_table, uint32_t pos,
-						  uint32_t n_heads, float *scratch, bool f16)
+						  uint32_t n_heads, float *scratch, bool f16,
+						  uint32_t fixed_hd)
 {
-	uint32_t hd = kv->head_dim, bs = kv->block_size, n_ctx = pos + 1;
+	uint32_t hd = fixed_hd ? fixed_hd : kv->head_dim, bs = kv->block_size, n_ctx = pos + 1;
 	uint32_t group = n_heads / kv->n_kv_heads;
 	size_t row = (size_t)kv->n_kv_heads * hd;
 	float scale = 1.0f / sqrtf((float)hd);
@@ -204,14 +218,38 @@ static ALWAYS_INLINE TARGET_AVX512 void attention(float *out, const float *q,
 	memcpy(out, acc, (size_t)n_heads * hd * sizeof(float));
 }
 
+typedef void attention_fn(float *out, const float *q, const struct rs_kv_layer *kv,
+			  const uint32_t *block_table, uint32_t pos, uint32_t n_heads,
+			  float *scratch);
+
+#define ATTENTION_VARIANT(name, f16, fixed_hd)                                                     \
+	static TARGET_AVX512 void name(float *out, const float *q, const struct rs_kv_layer *kv,   \
+				       const uint32_t *block_table, uint32_t pos, uint32_t n_heads, \
+				       float *scratch)                                              \
+	{                                                                                          \
+		attention(out, q, kv, block_table, pos, n_heads, scratch, f16, fixed_hd);          \
+	}
+/* The common head sizes (Llama 7B and up: 128; TinyLlama, Llama 3.2 1B: 64; stories: 48)
+ * and any other. */
+ATTENTION_VARIANT(attention_f32, false, 0)
+ATTENTION_VARIANT(attention_f32_48, false, 48)
+ATTENTION_VARIANT(attention_f32_64, false, 64)
+ATTENTION_VARIANT(attention_f32_128, false, 128)
+ATTENTION_VARIANT(attention_f16, true, 0)
+ATTENTION_VARIANT(attention_f16_48, true, 48)
+ATTENTION_VARIANT(attention_f16_64, true, 64)
+ATTENTION_VARIANT(attention_f16_128, true, 128)
+
 TARGET_AVX512 void rs_op_attention_avx512(float *out, const float *q, const struct rs_kv_layer *kv,
 					  const uint32_t *block_table, uint32_t pos,
 					  uint32_t n_heads, float *scratch)
 {
-	if (kv->dtype == RS_DTYPE_F16)
-		attention(out, q, kv, block_table, pos, n_heads, scratch, true);
-	else
-		attention(out, q, kv, block_table, pos, n_heads, scratch, false);
+	bool f16 = kv->dtype == RS_DTYPE_F16;
+	attention_fn *fn = kv->head_dim == 48    ? (f16 ? attention_f16_48 : attention_f32_48)
+			   : kv->head_dim == 64  ? (f16 ? attention_f16_64 : attention_f32_64)
+			   : kv->head_dim == 128 ? (f16 ? attention_f16_128 : attention_f32_128)
+						 : (f16 ? attention_f16 : attention_f32);
+	fn(out, q, kv, block_table, pos, n_heads, scratch);
 }
 
 TARGET_AVX512 void rs_f32_to_f16_avx512(uint16_t *dst, const float *src, size_t n)

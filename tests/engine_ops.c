@@ -365,11 +365,12 @@ static void attention_case(uint32_t n_heads, uint32_t n_kv_heads, uint32_t hd, u
 	float *q = malloc(sizeof(float) * n_tok * q_dim), *out = calloc(n_tok * q_dim, sizeof(float));
 	double *ref = calloc(n_tok * q_dim, sizeof(double));
 	float *scratch = malloc(sizeof(float) * rs_op_attention_scratch(n_heads, hd, total));
+	double *sc = malloc(sizeof(double) * total);
 	fill(q, (size_t)n_tok * q_dim, &s, 2.0);
 	for (uint32_t i = 0; i < n_tok; i++)
 		for (uint32_t h = 0; h < n_heads; h++) {
 			uint32_t kvh = h / (n_heads / n_kv_heads), ctx = start + i + 1;
-			double sc[64], max = -INFINITY, sum = 0.0;
+			double max = -INFINITY, sum = 0.0;
 			for (uint32_t j = 0; j < ctx; j++) {
 				double dot = 0.0;
 				for (uint32_t d = 0; d < hd; d++)
@@ -394,7 +395,7 @@ static void attention_case(uint32_t n_heads, uint32_t n_kv_heads, uint32_t hd, u
 		 rs_dtype_name(kv_dtype), isa, n_heads, n_kv_heads, hd, bs, total);
 	check_close(what, out, ref, (size_t)n_tok * q_dim, 1e-6, 1e-5);
 	free(kc), free(vc), free(keys), free(vals), free(rows), free(kref), free(vref);
-	free(q), free(out), free(ref), free(scratch);
+	free(q), free(out), free(ref), free(scratch), free(sc);
 }
 
 static void test_attention(void)
@@ -407,6 +408,9 @@ static void test_attention(void)
 			attention_case(6, 6, 48, 16, 40, dtypes[d], i);
 			attention_case(4, 1, 20, 3, 17, dtypes[d], i);
 			attention_case(2, 2, 136, 7, 30, dtypes[d], i);
+			/* The head sizes with kernels of their own (48 above). */
+			attention_case(8, 2, 64, 16, 70, dtypes[d], i);
+			attention_case(4, 4, 128, 5, 23, dtypes[d], i);
 			attention_case(3, 3, 8, 1, 0, dtypes[d], i);
 		}
 }
