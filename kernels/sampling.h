@@ -7,8 +7,8 @@
  *
  * The procedure, which every backend follows exactly:
  *   1. temperature <= 0 (or top_k == 1): greedy, the highest logit, ties to the lowest id.
- *   2. Candidates: the top_k highest logits (ties to lower ids), or all when top_k == 0
- *      or top_k >= vocab.
+ *   2. Candidates: the top_k highest logits (ties to lower ids; NaN ranks below every
+ *      number), or all when top_k == 0 or top_k >= vocab.
  *   3. p_i = exp((l_i - l_max) / temperature), normalized over the candidates.
  *   4. top_p in (0, 1): keep the smallest set of most probable candidates (in the order of
  *      step 2) whose probability sums to at least top_p; otherwise keep all.

@@ -1,5 +1,6 @@
 /* Sampling: greedy is argmax (ties to the lowest id), top-k 1 is greedy, the procedure
- * matches an independent implementation of sampling.h's specification, empirical
+ * matches an independent implementation of sampling.h's specification (on coarse logits
+ * full of ties and on wide ones of both signs), NaN logits rank last, empirical
  * distributions match softmax (chi-square), top-k and top-p never leave their set, and
  * in the engine the same seed gives the same tokens alone and batched while different
  * seeds differ. */
@@ -94,6 +95,62 @@ static void test_greedy_and_spec(void)
 		uint32_t spec = spec_sample(logits, N, &p, rs_sample_uniform(p.seed, pos));
 		CHECK(got == spec, "trial %d: sample %u, specification %u (T %g k %u p %g)", trial, got,
 		      spec, p.temperature, p.top_k, p.top_p);
+	}
+}
+
+/* A larger vocabulary whose logits span many exponents, both signs and both zeros (the
+ * sort's every digit matters, and -0 ties with +0), against the specification, with
+ * top-k below and above the insertion path's limit and none; and NaN logits rank below
+ * every number, so a top-k that numbers can fill never draws one. */
+static void test_wide_logits(void)
+{
+	uint64_t s = 5;
+	enum { N = 1000 };
+	static float logits[N];
+	for (int trial = 0; trial < 40; trial++) {
+		/* 2^-30 .. 2^2: every byte of the keys varies, and the weights exp((l - max) /
+		 * T) stay large enough that the sampled token depends on the whole order. */
+		for (int i = 0; i < N; i++) {
+			double mag = pow(2.0, test_uniform(&s) * 16 - 14);
+			logits[i] = (float)(test_uniform(&s) < 0 ? -mag : mag);
+		}
+		for (int i = 0; i < 12; i++) /* ties, and signed zeros that tie */
+			logits[test_rand(&s) % N] = i % 3 == 0 ? 0.0f : i % 3 == 1 ? -0.0f : logits[i];
+		static const uint32_t top_ks[] = {0, 7, 64, 65, 300};
+		struct rs_sampling_params p = {
+			.temperature = (float)(1 + (test_uniform(&s) + 1)),
+			.top_k = top_ks[trial % 5],
+			.top_p = trial % 2 ? 0.9f : 1.0f,
+			.seed = test_rand(&s),
+		};
+		for (uint64_t pos = 0; pos < 5; pos++) {
+			uint32_t got = rs_sample(logits, N, &p, pos, scratch);
+			uint32_t spec = spec_sample(logits, N, &p, rs_sample_uniform(p.seed, pos));
+			CHECK(got == spec, "wide trial %d pos %llu: sample %u, specification %u (k %u)",
+			      trial, (unsigned long long)pos, got, spec, p.top_k);
+		}
+	}
+	/* Only zeros of both signs: all tie, so the order is the ids' (sorted, and by the
+	 * insertion path of a small top-k). */
+	for (int i = 0; i < 100; i++)
+		logits[i] = i % 3 ? -0.0f : 0.0f;
+	for (int k = 0; k < 2; k++) {
+		struct rs_sampling_params flat = {.temperature = 1.0f, .top_k = k ? 40 : 0, .seed = 8};
+		for (uint64_t pos = 0; pos < 100; pos++)
+			CHECK(rs_sample(logits, 100, &flat, pos, scratch) ==
+				  spec_sample(logits, 100, &flat, rs_sample_uniform(flat.seed, pos)),
+			      "signed zeros, top-k %u, position %llu", flat.top_k,
+			      (unsigned long long)pos);
+	}
+	/* NaNs, here the largest bit patterns and at the lowest ids, rank last. */
+	for (int i = 0; i < N; i++)
+		logits[i] = i < 20 ? NAN : (float)(test_uniform(&s) * 3);
+	for (int k = 0; k < 2; k++) {
+		struct rs_sampling_params p = {.temperature = 5.0f, .top_k = k ? 500 : 30, .seed = 3};
+		for (uint64_t pos = 0; pos < 200; pos++) {
+			uint32_t got = rs_sample(logits, N, &p, pos, scratch);
+			CHECK(got >= 20, "top-k %u drew NaN logit %u", p.top_k, got);
+		}
 	}
 }
 
@@ -317,6 +374,7 @@ int main(void)
 {
 	scratch = malloc(rs_sample_scratch_size(1000));
 	test_greedy_and_spec();
+	test_wide_logits();
 	test_uniform_numbers();
 	test_distributions();
 	test_engine_seeds();

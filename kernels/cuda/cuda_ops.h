@@ -129,7 +129,7 @@ static inline size_t rs_cuda_sample_scratch(uint32_t vocab)
  * rs_cuda_sample_scratch(vocab) doubles. The result equals rs_sample's except where a
  * double rounding (device exp and a parallel sum versus glibc exp and a sequential sum,
  * relative differences ~1e-16) moves a cut-off: in practice never. NaN logits are
- * ordered below every number (the CPU's qsort leaves their order unspecified). */
+ * ordered below every number, as on the CPU. */
 int rs_cuda_sample(const float *logits, uint32_t vocab, const struct rs_cuda_sample_desc *descs,
 		   uint32_t n_rows, double *scratch, cudaStream_t stream);
 
