@@ -8,9 +8,17 @@ enum rs_cpu_isa rs_cpu_isa(void)
 	 * checks that the OS saves the vector registers. */
 	if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl"))
 		return RS_ISA_AVX512;
-	if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-	    __builtin_cpu_supports("f16c"))
+	if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
 		return RS_ISA_AVX2;
 #endif
 	return RS_ISA_PORTABLE;
+}
+
+bool rs_cpu_has_f16c(void)
+{
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+	return __builtin_cpu_supports("f16c");
+#else
+	return false;
+#endif
 }

@@ -23,7 +23,10 @@
 enum { RS_PANEL_COLS = 48 };
 
 struct rs_packed_matrix {
-	void *panels; /* [n_panels][k][RS_PANEL_COLS] of dtype, 64-byte aligned */
+	/* [n_panels][k][RS_PANEL_COLS] of dtype. The allocation is 64-byte aligned, and so
+	 * is every f32 step (192 bytes); 16-bit steps are 96 bytes, so half of them, and
+	 * the panels after the first when k is odd, are not. */
+	void *panels;
 	enum rs_dtype dtype; /* RS_DTYPE_F32, RS_DTYPE_F16 or RS_DTYPE_BF16 */
 	uint32_t n, k, n_panels;
 };
@@ -41,7 +44,8 @@ int rs_packed_set_rows(struct rs_packed_matrix *w, uint32_t row0, uint32_t n_row
 		       enum rs_dtype dtype);
 
 /* The dtype to pack a weight of dtype in for products run with isa: its own when the
- * kernels widen it (f16 and bf16 with AVX2 or AVX-512), else f32 (CBLAS wants f32). */
+ * kernels widen it (bf16 with AVX2 or AVX-512, f16 with AVX-512 or AVX2 + F16C), else
+ * f32 (CBLAS wants f32). */
 enum rs_dtype rs_packed_dtype(enum rs_dtype dtype, enum rs_cpu_isa isa);
 
 void rs_packed_free(struct rs_packed_matrix *w);

@@ -34,13 +34,22 @@ enum {
 	KC = 512, /* kk per block */
 };
 
-enum rs_dtype rs_packed_dtype(enum rs_dtype dtype, enum rs_cpu_isa isa)
+/* Whether our kernels widen dtype's elements at isa (capped at the CPU's): bf16 by a
+ * shift, f16 by F16C's conversion (part of AVX-512 F; an AVX2 CPU normally has it). */
+static bool widens(enum rs_dtype dtype, enum rs_cpu_isa isa)
 {
 	if (isa > rs_cpu_isa())
 		isa = rs_cpu_isa();
-	return isa != RS_ISA_PORTABLE && (dtype == RS_DTYPE_F16 || dtype == RS_DTYPE_BF16)
-		       ? dtype
-		       : RS_DTYPE_F32;
+	if (dtype == RS_DTYPE_BF16)
+		return isa >= RS_ISA_AVX2;
+	if (dtype == RS_DTYPE_F16)
+		return isa == RS_ISA_AVX512 || (isa == RS_ISA_AVX2 && rs_cpu_has_f16c());
+	return false;
+}
+
+enum rs_dtype rs_packed_dtype(enum rs_dtype dtype, enum rs_cpu_isa isa)
+{
+	return widens(dtype, isa) ? dtype : RS_DTYPE_F32;
 }
 
 /* Bytes of one panel's k steps. */
@@ -155,10 +164,12 @@ static void gemm_blas(float *y, size_t ldy, const float *x, size_t ldx, uint32_t
 			continue;
 		}
 		/* f16 / bf16 (only when a caller asks for CBLAS on a matrix packed for our
-		 * kernels: the engine packs f32 for CBLAS): widened a block at a time. */
-		float block[KC * PC];
-		for (uint32_t k0 = 0; k0 < w->k; k0 += KC) {
-			uint32_t kc = w->k - k0 < KC ? w->k - k0 : KC;
+		 * kernels: the engine packs f32 for CBLAS): widened WIDEN_STEPS at a time
+		 * (12 KiB of stack). */
+		enum { WIDEN_STEPS = 64 };
+		float block[WIDEN_STEPS * PC];
+		for (uint32_t k0 = 0; k0 < w->k; k0 += WIDEN_STEPS) {
+			uint32_t kc = w->k - k0 < WIDEN_STEPS ? w->k - k0 : WIDEN_STEPS;
 			rs_convert_to_f32(block, panel + (size_t)k0 * PC * rs_dtype_size(w->dtype),
 					  w->dtype, (size_t)kc * PC);
 			blas_block(yp, ldy, x + k0, ldx, m, block, kc, panel_cols(w, p),
@@ -169,7 +180,7 @@ static void gemm_blas(float *y, size_t ldy, const float *x, size_t ldx, uint32_t
 
 #ifdef RS_HAVE_X86_KERNELS
 #define TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx2,fma")))
-#define TARGET_AVX2   __attribute__((target("avx2,fma,f16c")))
+#define TARGET_AVX2   __attribute__((target("avx2,fma,f16c"))) /* F16C: f16 panels only */
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
 /* One tile: y[mr rows][cols] (+)= x[mr rows][kc] * panel block [kc][PC] (pw: its first
@@ -283,8 +294,7 @@ static ALWAYS_INLINE TARGET_AVX2 __m256i lane_mask8(uint32_t valid)
 	return _mm256_loadu_si256((const __m256i *)(ones + 8 - (valid < 8 ? valid : 8)));
 }
 
-/* The 8 weights at element i of a packed step, as f32 (rs_cpu_isa's AVX2 level includes
- * F16C). */
+/* The 8 weights at element i of a packed step, as f32 (f16: F16C, checked by widens). */
 static ALWAYS_INLINE TARGET_AVX2 __m256 load8_avx2(const void *step, uint32_t i, enum rs_dtype wt)
 {
 	if (wt == RS_DTYPE_F32)
@@ -393,6 +403,8 @@ void rs_gemm_packed(float *y, size_t ldy, const float *x, size_t ldx, uint32_t m
 		return;
 	if (isa > rs_cpu_isa())
 		isa = rs_cpu_isa();
+	if (w->dtype != RS_DTYPE_F32 && !widens(w->dtype, isa))
+		isa = RS_ISA_PORTABLE; /* an f16 matrix on an AVX2 CPU without F16C */
 #ifdef RS_HAVE_X86_KERNELS
 	if (isa == RS_ISA_AVX512) {
 		tile_fn *const *tiles = w->dtype == RS_DTYPE_F16    ? tiles_avx512_f16

@@ -41,12 +41,14 @@ void rs_op_rope_table(float *cos_sin, uint32_t first_pos, uint32_t n_pos, uint32
 void rs_op_rope_rotate(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t rope_dim,
 		       const float *cos_sin);
 
-/* Instruction sets of the CPU kernels, in increasing order. RS_ISA_AVX2 means AVX2, FMA
- * and F16C (every CPU with AVX2 has F16C); RS_ISA_AVX512 AVX-512 F and VL. */
+/* Instruction sets of the CPU kernels, in increasing order. */
 enum rs_cpu_isa { RS_ISA_PORTABLE = 0, RS_ISA_AVX2 = 1, RS_ISA_AVX512 = 2 };
 
 /* The best instruction set this CPU (and OS) runs. */
 enum rs_cpu_isa rs_cpu_isa(void);
+
+/* Whether the CPU converts f16 to f32 in vectors (F16C). */
+bool rs_cpu_has_f16c(void);
 
 /* out[r][i] = silu(gate[r][i]) * up[r][i] for r < n_rows, i < width; gate and up rows
  * are in_stride floats apart, out rows width floats apart. */

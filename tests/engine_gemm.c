@@ -217,9 +217,27 @@ static void test_isas_agree(void)
 	free(w), free(x), free(y2), free(y512);
 }
 
+/* The engine packs 16-bit weights as they are only where our kernels widen them. */
+static void test_packed_dtype(void)
+{
+	for (int isa = RS_ISA_PORTABLE; isa <= RS_ISA_AVX512; isa++) {
+		enum rs_cpu_isa i = (enum rs_cpu_isa)isa, cpu = rs_cpu_isa();
+		enum rs_cpu_isa runs = i < cpu ? i : cpu; /* capped at the CPU's */
+		bool f16 = runs == RS_ISA_AVX512 || (runs == RS_ISA_AVX2 && rs_cpu_has_f16c());
+		CHECK(rs_packed_dtype(RS_DTYPE_F32, i) == RS_DTYPE_F32, "f32 isa %d", isa);
+		CHECK(rs_packed_dtype(RS_DTYPE_BF16, i) ==
+			  (runs >= RS_ISA_AVX2 ? RS_DTYPE_BF16 : RS_DTYPE_F32),
+		      "bf16 isa %d", isa);
+		CHECK(rs_packed_dtype(RS_DTYPE_F16, i) == (f16 ? RS_DTYPE_F16 : RS_DTYPE_F32),
+		      "f16 isa %d", isa);
+	}
+	CHECK(rs_packed_dtype(RS_DTYPE_F16, RS_ISA_PORTABLE) == RS_DTYPE_F32, "CBLAS wants f32");
+}
+
 int main(void)
 {
 	test_pack();
+	test_packed_dtype();
 	/* k past one 512-step block (1030: three blocks, the last short); n of one
 	 * partial panel, of whole panels, and of a partial last panel. */
 	static const struct gemm_case cases[] = {

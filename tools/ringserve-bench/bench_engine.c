@@ -467,6 +467,7 @@ int bench_engine(int argc, char **argv, FILE *json)
 	if (rc == 0)
 		rc = rs_model_random(&cfg, RS_DTYPE_F16, 15, true, &model16);
 	if (rc) {
+		rs_model_free(model);
 		fprintf(stderr, "bench engine: random model: %s\n", strerror(-rc));
 		fprintf(json, "null");
 		return 1;
