@@ -83,16 +83,15 @@ size_t rs_sample_scratch_size(uint32_t n)
 
 /* A key whose ascending order is the candidates' order: descending logit. -0 is keyed
  * as +0 (they are equal logits: the lower id goes first), and NaN after every number. */
-static uint32_t descending_key(float f)
+static inline uint32_t descending_key(float f)
 {
-	if (f != f)
-		return UINT32_MAX; /* no number maps there: that is a NaN's bit pattern */
-	if (f == 0.0f)
-		f = 0.0f;
 	uint32_t u;
 	memcpy(&u, &f, sizeof(u));
-	uint32_t ascending = u & 0x80000000u ? ~u : u | 0x80000000u;
-	return ~ascending;
+	u = f == 0.0f ? 0 : u;
+	/* Negative: all bits flipped; positive: the sign bit set. */
+	uint32_t ascending = u ^ ((uint32_t)((int32_t)u >> 31) | 0x80000000u);
+	/* No number maps to UINT32_MAX: ascending 0 is a NaN's bit pattern. */
+	return f != f ? UINT32_MAX : ~ascending;
 }
 
 /* 0..n-1 sorted by descending logit, ties (and NaNs) by ascending id: a
@@ -139,21 +138,23 @@ enum { TOP_K_INSERTION = 64 };
  * O(n) typically since most logits fall below the current k-th. */
 static void top_k_select(uint32_t *idx, uint32_t n, uint32_t k, const float *logits)
 {
+	uint32_t keys[TOP_K_INSERTION]; /* of idx[0..have); k <= TOP_K_INSERTION */
 	uint32_t have = 0;
 	for (uint32_t id = 0; id < n; id++) {
 		uint32_t key = descending_key(logits[id]);
 		/* id comes after every id before it with the same key */
 		if (have == k) {
-			if (key >= descending_key(logits[idx[k - 1]]))
+			if (key >= keys[k - 1])
 				continue;
 			have--;
 		}
 		uint32_t j = have;
-		while (j > 0 && descending_key(logits[idx[j - 1]]) > key) {
+		for (; j > 0 && keys[j - 1] > key; j--) {
 			idx[j] = idx[j - 1];
-			j--;
+			keys[j] = keys[j - 1];
 		}
 		idx[j] = id;
+		keys[j] = key;
 		have++;
 	}
 }
