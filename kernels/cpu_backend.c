@@ -25,6 +25,7 @@
 #include "kernels/engine_backend.h"
 #include "kernels/errmsg.h"
 #include "kernels/gemm.h"
+#include "kernels/large_alloc.h"
 #include "kernels/ops.h"
 #include "kernels/thread_pool.h"
 
@@ -205,9 +206,8 @@ static int cpu_create(struct rs_engine *e, char *err, size_t err_size)
 	c->kv_dtype = strcmp(o->kv_dtype, "f16") == 0 ? RS_DTYPE_F16 : RS_DTYPE_F32;
 	c->layer_cache_elems = (size_t)o->kv_blocks * o->block_size * kv_dim;
 	size_t cache_bytes = c->layer_cache_elems * cfg->n_layers * rs_dtype_size(c->kv_dtype);
-	/* alloc_floats counts 4-byte units: an f16 cache asks for half as many. */
-	c->k_cache = alloc_floats((cache_bytes + 3) / 4);
-	c->v_cache = alloc_floats((cache_bytes + 3) / 4);
+	c->k_cache = rs_alloc_large(cache_bytes);
+	c->v_cache = rs_alloc_large(cache_bytes);
 	c->x = alloc_floats(T * dim);
 	c->xb = alloc_floats(T * dim);
 	c->qkv = alloc_floats(T * (q_dim + 2 * kv_dim));

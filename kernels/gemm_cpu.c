@@ -23,6 +23,7 @@
 #include <cblas.h>
 
 #include "kernels/gemm.h"
+#include "kernels/large_alloc.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define RS_HAVE_X86_KERNELS 1
@@ -65,9 +66,7 @@ int rs_packed_alloc(struct rs_packed_matrix *w, uint32_t n, uint32_t k, enum rs_
 		return -EINVAL;
 	uint32_t n_panels = (uint32_t)(((uint64_t)n + PC - 1) / PC);
 	struct rs_packed_matrix m = {.dtype = dtype, .n = n, .k = k, .n_panels = n_panels};
-	/* aligned_alloc wants a multiple of the alignment (16-bit panels of odd k are not). */
-	size_t bytes = ((size_t)n_panels * panel_bytes(&m) + 63) & ~(size_t)63;
-	m.panels = aligned_alloc(64, bytes ? bytes : 64);
+	m.panels = rs_alloc_large((size_t)n_panels * panel_bytes(&m));
 	if (!m.panels)
 		return -ENOMEM;
 	/* Only the last panel can hold columns no row fills (past n): zero it. The rest is

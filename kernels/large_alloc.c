@@ -1,0 +1,22 @@
+/* rs_alloc_large (see large_alloc.h). */
+#include <stdlib.h>
+#include <sys/mman.h>
+
+#include "kernels/large_alloc.h"
+
+enum { HUGE_PAGE = 2 << 20 };
+
+void *rs_alloc_large(size_t bytes)
+{
+	size_t align = bytes >= HUGE_PAGE ? HUGE_PAGE : 64;
+	size_t rounded = (bytes + align - 1) & ~(align - 1); /* aligned_alloc's rule */
+	if (rounded < bytes)
+		return NULL; /* overflow */
+	void *p = aligned_alloc(align, rounded ? rounded : align);
+#ifdef MADV_HUGEPAGE
+	/* Advice only: without THP the memory is the same, in small pages. */
+	if (p && align == HUGE_PAGE)
+		(void)madvise(p, rounded, MADV_HUGEPAGE);
+#endif
+	return p;
+}
