@@ -169,11 +169,9 @@ format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
 # invalidPointerCast: model files are mapped bytes read as floats, on purpose.
-# arrayIndexThenCheck in sampling.c: `id < last` there is an ordering, not a bounds check.
 lint:
 	cppcheck --quiet --enable=warning,performance,portability --inline-suppr \
 		--suppress=missingIncludeSystem --suppress=invalidPointerCast \
-		--suppress=arrayIndexThenCheck:kernels/sampling.c \
 		-I. --error-exitcode=1 shm daemon client-lib kernels tools
 
 # make install [PREFIX=/usr/local] [DESTDIR=]: the daemon, the tools, the client library

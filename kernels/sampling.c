@@ -89,7 +89,7 @@ static inline uint32_t descending_key(float f)
 	memcpy(&u, &f, sizeof(u));
 	u = f == 0.0f ? 0 : u;
 	/* Negative: all bits flipped; positive: the sign bit set. */
-	uint32_t ascending = u ^ ((uint32_t)((int32_t)u >> 31) | 0x80000000u);
+	uint32_t ascending = u ^ ((0u - (u >> 31)) | 0x80000000u);
 	/* No number maps to UINT32_MAX: ascending 0 is a NaN's bit pattern. */
 	return f != f ? UINT32_MAX : ~ascending;
 }
