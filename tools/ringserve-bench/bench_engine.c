@@ -6,12 +6,13 @@
  * 256, tied output, f32) built in memory. Prefill: `prompt` tokens per sequence, in steps
  * of at most 1024 tokens. Decode: `decode-steps` steps of one token per sequence, greedy,
  * right after the prefill. In the same run: batch 1 and 32 with OpenBLAS doing the
- * products (engine option cpu_products "blas": the baseline), and batch 1 and 32 of the
- * same model with f16 weights, which the products keep 16-bit (half the bytes). Each of
- * `rounds` rounds (default 3) runs every batch size in turn and each figure is the median
- * over the rounds: the machines here are shared, and their memory bandwidth moved 3x
- * between runs an hour apart, so that batch 1 and batch 32 are measured interleaved, under
- * the same conditions. The figure that matters for batching is decode(32)/decode(1): a
+ * products (engine option cpu_products "blas": the baseline), batch 1 and 32 of the
+ * same model with f16 weights, which the products keep 16-bit (half the bytes), and
+ * batch 1 and 32 sampled (temperature 0.8, top-p 0.9: the whole vocabulary sorted per
+ * token) instead of greedy. Each of `rounds` rounds (default 3) runs every batch size in
+ * turn and each figure is the median over the rounds: the machines here are shared, and
+ * their memory bandwidth moved 3x between runs an hour apart, so that batch 1 and batch
+ * 32 are measured interleaved, under the same conditions. The figure that matters for batching is decode(32)/decode(1): a
  * decode step reads every weight once whatever the batch, so it should grow with the
  * batch until compute, not memory, bounds it. The KV cache is f16 unless --kv f32 (the
  * engine's "auto" would keep f32 for these f32 weights): at batch 32 the attention
@@ -54,9 +55,10 @@ struct result {
 	double decode_enqueue_s; /* host time in rs_engine_step per decode step */
 };
 
-/* Prefill `batch` sequences then decode `steps` tokens each; 0 or -errno. */
+/* Prefill `batch` sequences then decode `steps` tokens each, greedy or (sampling not
+ * NULL) sampled with those parameters, sequence i with seed i; 0 or -errno. */
 static int run_batch(struct rs_engine *e, uint32_t batch, uint32_t prompt, uint32_t steps,
-		     struct result *r)
+		     const struct rs_sampling_params *sampling, struct result *r)
 {
 	const struct rs_model_config *cfg = rs_engine_config(e);
 	struct rs_kv_cache *kv = rs_engine_kv(e);
@@ -110,6 +112,10 @@ static int run_batch(struct rs_engine *e, uint32_t batch, uint32_t prompt, uint3
 						     .block_table = tables + (size_t)i * n_blocks,
 						     .n_blocks = n_blocks, .sample = 1,
 						     .out_token = &next[i]};
+			if (sampling) {
+				st[i].sampling = *sampling;
+				st[i].sampling.seed = i;
+			}
 		}
 		double te = now_s();
 		rc = rs_engine_step(e, 0, st, batch);
@@ -370,13 +376,13 @@ static int bench_gpu(uint32_t prompt, uint32_t steps, FILE *json)
 	if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess)
 		snprintf(prop.name, sizeof(prop.name), "?");
 	struct result results[N_BATCHES], warm;
-	rc = run_batch(e, 2, 16, 2, &warm); /* cuBLAS heuristics, first launches */
+	rc = run_batch(e, 2, 16, 2, NULL, &warm); /* cuBLAS heuristics, first launches */
 	printf("engine: cuda backend on %s, TinyLlama-1.1B-shaped random model (f16), prompt %u, "
 	       "%u decode steps\n", prop.name, prompt, steps);
 	printf("%6s %16s %16s %14s %14s\n", "batch", "prefill tok/s", "decode tok/s",
 	       "step ms", "enqueue ms");
 	for (int i = 0; i < N_BATCHES && rc == 0; i++) {
-		rc = run_batch(e, batches[i], prompt, steps, &results[i]);
+		rc = run_batch(e, batches[i], prompt, steps, NULL, &results[i]);
 		if (rc == 0)
 			printf("%6u %16.0f %16.0f %14.3f %14.3f\n", batches[i],
 			       results[i].prefill_tok_s, results[i].decode_tok_s,
@@ -502,18 +508,24 @@ int bench_engine(int argc, char **argv, FILE *json)
 	struct result results[N_BATCHES], runs[N_BATCHES][MAX_ROUNDS], warm;
 	struct result blas_results[2], blas_runs[2][MAX_ROUNDS];
 	struct result half_results[2], half_runs[2][MAX_ROUNDS];
+	/* Sampled decode: temperature and nucleus over the whole vocabulary per token. */
+	const struct rs_sampling_params sampled = {.temperature = 0.8f, .top_p = 0.9f};
+	struct result sampled_results[2], sampled_runs[2][MAX_ROUNDS];
 	const uint32_t blas_batches[2] = {1, 32};
-	rc = run_batch(e, 2, prompt < 16 ? prompt : 16, 2, &warm); /* warm caches and threads */
+	rc = run_batch(e, 2, prompt < 16 ? prompt : 16, 2, NULL, &warm); /* warm caches, threads */
 	printf("engine: cpu backend, stories15M-shaped random model (f32, tied output), "
 	       "KV cache %s, prompt %u, %u decode steps, median of %u rounds\n", kv_dtype, prompt,
 	       steps, rounds);
 	for (uint32_t r = 0; r < rounds && rc == 0; r++) {
 		for (int i = 0; i < N_BATCHES && rc == 0; i++)
-			rc = run_batch(e, batches[i], prompt, steps, &runs[i][r]);
+			rc = run_batch(e, batches[i], prompt, steps, NULL, &runs[i][r]);
 		for (int i = 0; i < 2 && rc == 0; i++)
-			rc = run_batch(blas, blas_batches[i], prompt, steps, &blas_runs[i][r]);
+			rc = run_batch(blas, blas_batches[i], prompt, steps, NULL, &blas_runs[i][r]);
 		for (int i = 0; i < 2 && rc == 0; i++)
-			rc = run_batch(half, blas_batches[i], prompt, steps, &half_runs[i][r]);
+			rc = run_batch(half, blas_batches[i], prompt, steps, NULL, &half_runs[i][r]);
+		for (int i = 0; i < 2 && rc == 0; i++)
+			rc = run_batch(e, blas_batches[i], prompt, steps, &sampled,
+				       &sampled_runs[i][r]);
 	}
 	printf("%6s %16s %16s\n", "batch", "prefill tok/s", "decode tok/s");
 	for (int i = 0; i < N_BATCHES && rc == 0; i++) {
@@ -530,6 +542,12 @@ int bench_engine(int argc, char **argv, FILE *json)
 		half_results[i] = median_result(half_runs[i], rounds);
 		printf("%6u %16.0f %16.0f   (f16 weights, same run)\n", blas_batches[i],
 		       half_results[i].prefill_tok_s, half_results[i].decode_tok_s);
+	}
+	for (int i = 0; i < 2 && rc == 0; i++) {
+		sampled_results[i] = median_result(sampled_runs[i], rounds);
+		printf("%6u %16.0f %16.0f   (temperature 0.8, top-p 0.9, same run)\n",
+		       blas_batches[i], sampled_results[i].prefill_tok_s,
+		       sampled_results[i].decode_tok_s);
 	}
 	if (rc) {
 		fprintf(stderr, "bench engine: step failed: %s\n", strerror(-rc));
@@ -581,6 +599,11 @@ int bench_engine(int argc, char **argv, FILE *json)
 			fprintf(json, "%s{\"batch\": %u, \"prefill_tok_s\": %.1f, \"decode_tok_s\": %.1f}",
 				i ? ", " : "", blas_batches[i], half_results[i].prefill_tok_s,
 				half_results[i].decode_tok_s);
+		fprintf(json, "], \"sampled_batches\": [");
+		for (int i = 0; i < 2; i++)
+			fprintf(json, "%s{\"batch\": %u, \"prefill_tok_s\": %.1f, \"decode_tok_s\": %.1f}",
+				i ? ", " : "", blas_batches[i], sampled_results[i].prefill_tok_s,
+				sampled_results[i].decode_tok_s);
 		fprintf(json, "], \"decode_speedup_32_vs_1\": %.2f, \"read_bandwidth_gb_s\": %.2f, "
 			      "\"gemm_gflop_s\": %.1f, \"decode_speedup_bound\": %.2f, \"gpu\": ",
 			speedup, bw * 1e-9, gemm * 1e-9, max_speedup);
