@@ -159,6 +159,16 @@ static struct result median_result(const struct result *runs, uint32_t n)
 			       .decode_tok_s = decode[n / 2]};
 }
 
+/* results as a JSON array of {"batch", "prefill_tok_s", "decode_tok_s"}. */
+static void json_results(FILE *json, const struct result *r, int n)
+{
+	fputc('[', json);
+	for (int i = 0; i < n; i++)
+		fprintf(json, "%s{\"batch\": %u, \"prefill_tok_s\": %.1f, \"decode_tok_s\": %.1f}",
+			i ? ", " : "", r[i].batch, r[i].prefill_tok_s, r[i].decode_tok_s);
+	fputc(']', json);
+}
+
 #ifdef RS_HAVE_CUDA_BACKEND
 /* Device-to-device copy bandwidth, read + write bytes per second; 0 on failure. */
 static double copy_bandwidth(void)
@@ -403,13 +413,10 @@ static int bench_gpu(uint32_t prompt, uint32_t steps, FILE *json)
 			      "\"TinyLlama-1.1B-shaped random f16\", \"prompt\": %u, \"decode_steps\": %u, "
 			      "\"copy_bandwidth_gb_s\": %.1f, \"weight_bytes_per_token\": %.0f, "
 			      "\"decode_bound_tok_s\": %.1f, \"decode_1_fraction_of_bound\": %.3f, "
-			      "\"batches\": [",
+			      "\"batches\": ",
 			prop.name, prompt, steps, bw * 1e-9, wbytes, bound, fraction);
-		for (int i = 0; i < N_BATCHES; i++)
-			fprintf(json, "%s{\"batch\": %u, \"prefill_tok_s\": %.1f, \"decode_tok_s\": %.1f}",
-				i ? ", " : "", results[i].batch, results[i].prefill_tok_s,
-				results[i].decode_tok_s);
-		fprintf(json, "]}");
+		json_results(json, results, N_BATCHES);
+		fprintf(json, "}");
 	}
 	rs_engine_destroy(e);
 	rs_model_free(model);
@@ -583,28 +590,16 @@ int bench_engine(int argc, char **argv, FILE *json)
 		       half_results[0].decode_tok_s / results[0].decode_tok_s);
 		fprintf(json, "{\"backend\": \"cpu\", \"model\": \"stories15M-shaped random f32\", "
 			      "\"kv_dtype\": \"%s\", \"threads\": %d, \"prompt\": %u, "
-			      "\"decode_steps\": %u, \"rounds\": %u, \"batches\": [",
+			      "\"decode_steps\": %u, \"rounds\": %u, \"batches\": ",
 			kv_dtype, threads, prompt, steps, rounds);
-		for (int i = 0; i < N_BATCHES; i++)
-			fprintf(json, "%s{\"batch\": %u, \"prefill_tok_s\": %.1f, \"decode_tok_s\": %.1f}",
-				i ? ", " : "", results[i].batch, results[i].prefill_tok_s,
-				results[i].decode_tok_s);
-		fprintf(json, "], \"blas_batches\": [");
-		for (int i = 0; i < 2; i++)
-			fprintf(json, "%s{\"batch\": %u, \"prefill_tok_s\": %.1f, \"decode_tok_s\": %.1f}",
-				i ? ", " : "", blas_batches[i], blas_results[i].prefill_tok_s,
-				blas_results[i].decode_tok_s);
-		fprintf(json, "], \"f16_weight_batches\": [");
-		for (int i = 0; i < 2; i++)
-			fprintf(json, "%s{\"batch\": %u, \"prefill_tok_s\": %.1f, \"decode_tok_s\": %.1f}",
-				i ? ", " : "", blas_batches[i], half_results[i].prefill_tok_s,
-				half_results[i].decode_tok_s);
-		fprintf(json, "], \"sampled_batches\": [");
-		for (int i = 0; i < 2; i++)
-			fprintf(json, "%s{\"batch\": %u, \"prefill_tok_s\": %.1f, \"decode_tok_s\": %.1f}",
-				i ? ", " : "", blas_batches[i], sampled_results[i].prefill_tok_s,
-				sampled_results[i].decode_tok_s);
-		fprintf(json, "], \"decode_speedup_32_vs_1\": %.2f, \"read_bandwidth_gb_s\": %.2f, "
+		json_results(json, results, N_BATCHES);
+		fprintf(json, ", \"blas_batches\": ");
+		json_results(json, blas_results, 2);
+		fprintf(json, ", \"f16_weight_batches\": ");
+		json_results(json, half_results, 2);
+		fprintf(json, ", \"sampled_batches\": ");
+		json_results(json, sampled_results, 2);
+		fprintf(json, ", \"decode_speedup_32_vs_1\": %.2f, \"read_bandwidth_gb_s\": %.2f, "
 			      "\"gemm_gflop_s\": %.1f, \"decode_speedup_bound\": %.2f, \"gpu\": ",
 			speedup, bw * 1e-9, gemm * 1e-9, max_speedup);
 	}
