@@ -2,14 +2,16 @@
  * build or without a device.
  *   - every kernel of kernels/cuda/cuda_ops.h against its CPU twin in ops.h or a float64
  *     reference: embedding, RMSNorm (with row gather), RoPE, SwiGLU, the GEMM wrapper
- *     (f32/f16/bf16, with and without the fused residual), KV store, paged attention
+ *     (f32/f16/bf16, with and without the fused residual; with RMSNorm, SwiGLU, or RoPE
+ *     and the KV store fused), KV store, paged attention
  *     (GQA, MQA, MHA; head_dim 16..256; block sizes 3..16; f32 and f16 output), sampling
  *     (greedy, temperature, top-k, top-p, ties, -inf, on 1000 and 32000 tokens);
  *   - the whole forward pass: logits of a CUDA and a CPU engine on the same random GQA
  *     model, f32, f16 and bf16 weights, over a mixed prefill/decode batch;
- *   - greedy decoding, 32 steps of 8 sequences, CUDA vs CPU token by token (teacher
- *     forced: both get the CPU's tokens; a different choice is allowed only where the
- *     CPU's top-2 logit gap is within the logit tolerance), on two lanes;
+ *   - greedy decoding, 32 steps of 8 sequences (cuBLAS) and of 3 (our GEMVs), CUDA vs
+ *     CPU token by token (teacher forced: both get the CPU's tokens; a different choice
+ *     is allowed only where the CPU's top-2 logit gap is within the logit tolerance), on
+ *     two lanes;
  *   - zero-copy: out_token inside a cudaHostRegister'ed memfd mapping, read back through
  *     a second mapping of the same memfd; registration errors.
  *
@@ -423,6 +425,130 @@ static void test_norm_matmul(void)
 					cudaFree(d_x), cudaFree(d_nw), cudaFree(d_w32), cudaFree(d_rows);
 					cudaFree(d_w), cudaFree(d_xb), cudaFree(d_y);
 				}
+	cublasDestroy(h);
+}
+
+/* RMSNorm, the [q|k|v] product, RoPE and the KV store in one call (in our kernel's
+ * epilogue up to 4 rows when rows are whole 16-byte pieces; two launches past that),
+ * against the CPU: the norm and rounding to dtype as in test_norm_matmul, a float64
+ * product, rotated in float64 by rs_op_rope_table's cosines and sines. A rotated output
+ * mixes two products: twice test_norm_matmul's allowance. The same call is also
+ * compared with the two-launch path (rs_cuda_norm_matmul, rs_cuda_rope_kv_store), which
+ * the tests above check against the CPU: the epilogue must give the same bits. */
+static void check_qkv_matmul(cublasHandle_t h, enum rs_dtype dt, uint32_t m, uint32_t K,
+			     uint32_t heads, uint32_t kv_heads, uint32_t hd, uint32_t rope,
+			     uint64_t *s)
+{
+	enum { CACHE_ROWS = 16, MAX_POS = 3000 };
+	const uint32_t pos[6] = {0, 2999, 1, 17, 640, 5}, slots[6] = {9, 2, 15, 0, 7, 4};
+	uint32_t q_dim = heads * hd, kv_dim = kv_heads * hd, N = q_dim + 2 * kv_dim;
+	uint32_t pairs = rope / 2;
+	size_t cache = (size_t)CACHE_ROWS * kv_dim;
+	float *x = rand_floats((size_t)m * K, 2.0, s), *nw = rand_floats(K, 1.0, s);
+	float *w = rand_floats((size_t)N * K, 1.0, s), *normed = malloc(sizeof(float) * K);
+	float *table = malloc(sizeof(float) * MAX_POS * pairs * 2);
+	rs_op_rope_table(table, 0, MAX_POS, rope, 10000.0f);
+	double *ref = malloc(sizeof(double) * m * N), *ref_k = calloc(cache, sizeof(double));
+	double *ref_v = calloc(cache, sizeof(double));
+	for (uint32_t r = 0; r < m; r++) {
+		double *row = ref + (size_t)r * N;
+		rs_op_rmsnorm(normed, x + (size_t)r * K, nw, 1, K, 1e-5f);
+		for (uint32_t n = 0; n < N; n++) {
+			double sum = 0.0;
+			for (uint32_t i = 0; i < K; i++)
+				sum += round_to(normed[i], dt) * round_to(w[(size_t)n * K + i], dt);
+			row[n] = sum;
+		}
+		for (uint32_t col = 0; col < q_dim + kv_dim; col += 2) {
+			uint32_t i = col % hd / 2;
+			if (i >= pairs)
+				continue;
+			const float *cs = table + ((size_t)pos[r] * pairs + i) * 2;
+			double a = row[col], b = row[col + 1];
+			row[col] = a * cs[0] - b * cs[1];
+			row[col + 1] = a * cs[1] + b * cs[0];
+		}
+		for (uint32_t e = 0; e < kv_dim; e++) {
+			ref_k[(size_t)slots[r] * kv_dim + e] = row[q_dim + e];
+			ref_v[(size_t)slots[r] * kv_dim + e] = row[q_dim + kv_dim + e];
+		}
+	}
+	float *d_x = to_dev(x, sizeof(float) * m * K), *d_nw = to_dev(nw, sizeof(float) * K);
+	float *d_w32 = to_dev(w, sizeof(float) * N * K);
+	float *d_table = to_dev(table, sizeof(float) * MAX_POS * pairs * 2);
+	uint32_t *d_pos = to_dev(pos, sizeof(pos)), *d_slots = to_dev(slots, sizeof(slots));
+	void *d_w = dev_alloc(4 * (size_t)N * K), *d_xb = dev_alloc(4 * (size_t)m * K);
+	rs_cuda_convert(d_w, dt, d_w32, (size_t)N * K, 0);
+	cudaDeviceSynchronize(); /* weights: see check_matmul */
+	float *got[2], *k[2], *v[2]; /* [0]: one call, [1]: two launches */
+	for (int path = 0; path < 2; path++) {
+		float *d_y = dev_alloc(sizeof(float) * m * N);
+		struct rs_cuda_kv_layer kv = {.k = dev_alloc(cache * 4), .v = dev_alloc(cache * 4),
+					      .block_size = 4, .n_kv_heads = kv_heads, .head_dim = hd};
+		cudaMemset(kv.k, 0, cache * 4);
+		cudaMemset(kv.v, 0, cache * 4);
+		if (path == 0)
+			CHECK(rs_cuda_qkv_matmul(h, d_y, d_x, d_nw, 1e-5f, d_xb, d_w, dt, m, K, heads,
+						 &kv, rope, d_table, d_pos, d_slots) == 0,
+			      "qkv_matmul");
+		else
+			CHECK(rs_cuda_norm_matmul(h, d_y, d_x, NULL, d_nw, 1e-5f, d_xb, d_w, dt, m, N, K,
+						  0) == 0 &&
+				      rs_cuda_rope_kv_store(d_y, N, d_pos, d_slots, m, heads, &kv, rope,
+							    d_table, 0) == 0,
+			      "norm_matmul + rope_kv_store");
+		got[path] = malloc(sizeof(float) * m * N);
+		k[path] = malloc(cache * 4);
+		v[path] = malloc(cache * 4);
+		from_dev(got[path], d_y, sizeof(float) * m * N);
+		from_dev(k[path], kv.k, cache * 4);
+		from_dev(v[path], kv.v, cache * 4);
+		cudaFree(d_y), cudaFree(kv.k), cudaFree(kv.v);
+	}
+	char name[96];
+	snprintf(name, sizeof(name), "qkv_matmul %s m=%u k=%u %u/%u hd %u rope %u", rs_dtype_name(dt),
+		 m, K, heads, kv_heads, hd, rope);
+	double tol = 2 * (K * 1e-6 + (dt == RS_DTYPE_F32 ? 0.0 : 4.0 / 256));
+	/* The rows' q parts (the k parts are unspecified), and the whole caches: unwritten
+	 * slots stay 0. */
+	float *q = malloc(sizeof(float) * m * q_dim);
+	double *q_ref = malloc(sizeof(double) * m * q_dim);
+	for (uint32_t r = 0; r < m; r++)
+		for (uint32_t e = 0; e < q_dim; e++) {
+			q[(size_t)r * q_dim + e] = got[0][(size_t)r * N + e];
+			q_ref[(size_t)r * q_dim + e] = ref[(size_t)r * N + e];
+		}
+	check_close(name, q, q_ref, (size_t)m * q_dim, tol, 1e-5);
+	check_close(name, k[0], ref_k, cache, tol, 1e-5);
+	check_close(name, v[0], ref_v, cache, tol / 2, 1e-5);
+	int same = memcmp(k[0], k[1], cache * 4) == 0 && memcmp(v[0], v[1], cache * 4) == 0;
+	for (uint32_t r = 0; r < m; r++)
+		same &= memcmp(got[0] + (size_t)r * N, got[1] + (size_t)r * N, q_dim * 4) == 0 &&
+			memcmp(got[0] + (size_t)r * N + q_dim + kv_dim,
+			       got[1] + (size_t)r * N + q_dim + kv_dim, kv_dim * 4) == 0;
+	CHECK(same, "%s: differs from the two-launch path", name);
+	for (int path = 0; path < 2; path++)
+		free(got[path]), free(k[path]), free(v[path]);
+	free(x), free(nw), free(w), free(normed), free(table), free(ref), free(ref_k), free(ref_v);
+	free(q), free(q_ref);
+	cudaFree(d_x), cudaFree(d_nw), cudaFree(d_w32), cudaFree(d_table), cudaFree(d_pos);
+	cudaFree(d_slots), cudaFree(d_w), cudaFree(d_xb);
+}
+
+static void test_qkv_matmul(void)
+{
+	uint64_t s = 29;
+	/* m 1..4 take the epilogue when K is whole 16-byte pieces (1048: every dtype; 300:
+	 * f32 only), 6 the two launches; full and partial rotation; MHA and GQA. */
+	const uint32_t ms[] = {1, 2, 3, 4, 6}, ks[] = {300, 1048};
+	cublasHandle_t h;
+	CHECK(cublasCreate(&h) == CUBLAS_STATUS_SUCCESS, "cublasCreate");
+	for (int di = 0; di < 3; di++)
+		for (size_t ki = 0; ki < 2; ki++)
+			for (size_t mi = 0; mi < 5; mi++) {
+				check_qkv_matmul(h, DTYPES[di], ms[mi], ks[ki], 4, 2, 32, 32, &s);
+				check_qkv_matmul(h, DTYPES[di], ms[mi], ks[ki], 3, 3, 64, 16, &s);
+			}
 	cublasDestroy(h);
 }
 
@@ -876,10 +1002,10 @@ static void test_forward(enum rs_dtype dt)
 	rs_model_free(model);
 }
 
-/* 8 sequences joining at steps 0..2, prefilling 1..40 tokens, then decoding to 32 steps
- * in all; CUDA samples greedily through rs_engine_step (alternating two lanes, each step
- * waited for: the next one reads its KV), the CPU gives logits. */
-static void test_greedy(enum rs_dtype dt)
+/* seqs (up to 8) sequences joining at steps 0..2, prefilling 1..40 tokens, then
+ * decoding to 32 steps in all; CUDA samples greedily through rs_engine_step (alternating
+ * two lanes, each step waited for: the next one reads its KV), the CPU gives logits. */
+static void test_greedy(enum rs_dtype dt, int seqs)
 {
 	struct rs_model_config cfg = gqa_config();
 	struct rs_model *model = NULL;
@@ -888,12 +1014,14 @@ static void test_greedy(enum rs_dtype dt)
 		return;
 	struct rs_engine *ec = make_engine(model, "cpu", 1), *eg = make_engine(model, "cuda", 2);
 	enum { SEQS = 8, STEPS = 32 };
+	if (seqs > SEQS)
+		seqs = SEQS;
 	uint32_t V = cfg.vocab_size, n_blocks = 6; /* 96 positions */
 	struct {
 		uint32_t tokens[96], n_prompt, join, pos, *tc, *tg, out;
 	} q[SEQS];
 	uint64_t s = 22;
-	for (int i = 0; i < SEQS; i++) {
+	for (int i = 0; i < seqs; i++) {
 		q[i].n_prompt = 1 + (uint32_t)(i * 13 % 40);
 		q[i].join = (uint32_t)(i % 3);
 		q[i].pos = 0;
@@ -909,7 +1037,7 @@ static void test_greedy(enum rs_dtype dt)
 		struct rs_seq_step sc[SEQS], sg[SEQS];
 		int idx[SEQS];
 		uint32_t n = 0, T = 0;
-		for (int i = 0; i < SEQS; i++) {
+		for (int i = 0; i < seqs; i++) {
 			if (step < q[i].join || q[i].pos >= q[i].n_prompt + STEPS - 1)
 				continue;
 			uint32_t count = q[i].pos == 0 ? q[i].n_prompt : 1;
@@ -953,11 +1081,11 @@ static void test_greedy(enum rs_dtype dt)
 			q[i].tokens[q[i].pos] = want;
 		}
 	}
-	printf("greedy %s: %d tokens compared, %d near-tie differences\n", rs_dtype_name(dt),
-	       compared, excused);
-	CHECK(compared >= SEQS * (STEPS - 3), "only %d tokens compared", compared);
+	printf("greedy %s, %d sequences: %d tokens compared, %d near-tie differences\n",
+	       rs_dtype_name(dt), seqs, compared, excused);
+	CHECK(compared >= seqs * (STEPS - 3), "only %d tokens compared", compared);
 	CHECK(excused * 10 <= compared, "%d of %d tokens differ at near ties", excused, compared);
-	for (int i = 0; i < SEQS; i++)
+	for (int i = 0; i < seqs; i++)
 		free(q[i].tc), free(q[i].tg);
 	free(logits);
 	rs_engine_destroy(ec);
@@ -1085,13 +1213,17 @@ int main(int argc, char **argv)
 	PART("rmsnorm", test_rmsnorm());
 	PART("rope", test_rope_kv_store());
 	PART("swiglu", test_swiglu());
-	PART("matmul", (test_matmul(), test_norm_matmul(), test_swiglu_matmul()));
+	PART("matmul", (test_matmul(), test_norm_matmul(), test_swiglu_matmul(),
+			test_qkv_matmul()));
 	PART("attention", test_attention());
 	PART("sampling", (test_sampling_vocab(1000), test_sampling_vocab(32000),
 			  test_sampling_last_kept()));
 	PART("forward", (test_forward(RS_DTYPE_F32), test_forward(RS_DTYPE_F16),
 			 test_forward(RS_DTYPE_BF16)));
-	PART("greedy", (test_greedy(RS_DTYPE_F16), test_greedy(RS_DTYPE_BF16)));
+	/* 8 sequences decode through cuBLAS; 3 through our GEMVs (and the fused [q|k|v]
+	 * epilogue), the path of decode at small batches. */
+	PART("greedy", (test_greedy(RS_DTYPE_F16, 8), test_greedy(RS_DTYPE_BF16, 8),
+			test_greedy(RS_DTYPE_F16, 3), test_greedy(RS_DTYPE_F32, 3)));
 	PART("zero_copy", test_zero_copy());
 	TEST_END();
 }

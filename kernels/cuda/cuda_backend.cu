@@ -13,7 +13,8 @@
  * attention -> x += att Wo^T (the residual is the GEMM's beta = 1) -> rmsnorm and
  * [gate|up] GEMM -> SwiGLU and x += h Wdown^T; then the final norm of the sampled rows
  * only with the logits GEMM, and the sampling kernel (a norm or SwiGLU and the GEMM
- * after it are one kernel at decode sizes: rs_cuda_norm_matmul, rs_cuda_swiglu_matmul).
+ * after it are one kernel at decode sizes: rs_cuda_norm_matmul, rs_cuda_swiglu_matmul;
+ * so are the first norm, the [q|k|v] GEMM, RoPE and the KV store: rs_cuda_qkv_matmul).
  * The sampler writes each id to its out_token through a device-visible address: the address itself when out_token lies in a range
  * registered with rs_engine_register_host, else a mapped pinned staging slot that
  * step_poll / step_wait copy to out_token once the lane's event has fired.
@@ -537,10 +538,9 @@ static int enqueue_layers(struct rs_engine *e, struct cuda_engine *c, struct cud
 		struct rs_cuda_kv_layer kv = {c->k_cache + l * c->layer_cache_floats,
 					      c->v_cache + l * c->layer_cache_floats,
 					      e->options.block_size, cfg->n_kv_heads, hd};
-		TRY(rs_cuda_norm_matmul(ln->blas, ln->qkv, ln->x, NULL, L->attn_norm, cfg->norm_eps,
-					ln->xb, L->wqkv, wt, T, stride, dim, 0));
-		TRY(rs_cuda_rope_kv_store(ln->qkv, stride, d_positions, d_slots, T, cfg->n_heads, &kv,
-					  cfg->rope_dim, c->rope_table, s));
+		TRY(rs_cuda_qkv_matmul(ln->blas, ln->qkv, ln->x, L->attn_norm, cfg->norm_eps, ln->xb,
+				       L->wqkv, wt, T, dim, cfg->n_heads, &kv, cfg->rope_dim,
+				       c->rope_table, d_positions, d_slots));
 		TRY(rs_cuda_attention(ln->att, wt, ln->qkv, stride, &kv, d_tables, d_table_offset,
 				      d_positions, T, cfg->n_heads, max_ctx, ln->att_scratch, s));
 		TRY(rs_cuda_matmul(ln->blas, ln->x, ln->att, L->wo, wt, T, dim, q_dim, 1));

@@ -150,6 +150,19 @@ int rs_cuda_norm_matmul(cublasHandle_t handle, float *y, const float *x, const u
 			const float *norm_weight, float eps, void *xb, const void *w,
 			enum rs_dtype dtype, uint32_t m, uint32_t n, uint32_t k, int accumulate);
 
+/* The first two operations of a layer in one call: qkv[m][n] = RMSNorm(x)[m][k] *
+ * w[n][k]^T as rs_cuda_norm_matmul (n = (n_heads + 2 n_kv_heads) * head_dim, the [q|k|v]
+ * rows), then rs_cuda_rope_kv_store's work on those rows (row r at positions[r], into
+ * slots[r]). When rs_cuda_matmul would take our own kernel (decode sizes) and head_dim
+ * is even, all of it happens in that kernel's epilogue (one launch; the same values and
+ * cache contents to the bit); else it is the two calls. The k part of the qkv rows is
+ * left rotated or not: only the cache's keys are defined. */
+int rs_cuda_qkv_matmul(cublasHandle_t handle, float *qkv, const float *x,
+		       const float *norm_weight, float eps, void *xb, const void *w,
+		       enum rs_dtype dtype, uint32_t m, uint32_t k, uint32_t n_heads,
+		       const struct rs_cuda_kv_layer *kv, uint32_t rope_dim, const float *cos_sin,
+		       const uint32_t *positions, const uint32_t *slots);
+
 /* y[m][n] (+)= SwiGLU(gate_up)[m][k] * w[n][k]^T: the product's input is rs_cuda_swiglu of
  * the fp32 [gate|up] rows ([m][2k]), rounded to dtype. Fused into our kernel where
  * rs_cuda_matmul would take it; else rs_cuda_swiglu writes hidden ([m][k] of dtype) for

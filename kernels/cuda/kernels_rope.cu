@@ -2,18 +2,11 @@
  * cuda_ops.h; twin of rs_op_rope then rs_op_kv_store).
  *
  * The cosines and sines come from a table the host computed with rs_op_rope_table (the
- * CPU's own floats); the rotation uses explicitly rounded products so that nvcc does not
- * contract it into FMAs, which keeps it bit-equal to the CPU's on x86-64 (where the C
- * compiler has no FMA to contract into). */
+ * CPU's own floats), and the rotation is rs_rope_rotate's: bit-equal to the CPU's. At
+ * decode sizes the [q|k|v] GEMV does the same work in its epilogue instead
+ * (rs_cuda_qkv_matmul), and this kernel is not launched. */
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/cuda_util.cuh"
-
-/* Element `which` (0 or 1) of pair (a, b) rotated by (c, s). */
-__device__ __forceinline__ float rope_rotate(float a, float b, float c, float s, unsigned which)
-{
-	return which == 0 ? __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s))
-			  : __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
-}
 
 /* One block per token: the query pairs rotated in place, then every key element (rotated
  * where it belongs to a rotated pair) and value element written to the token's slot.
@@ -48,8 +41,8 @@ __global__ void rope_kv_store_kernel(float *qkv, size_t stride, const uint32_t *
 			uint32_t idx = i0 + u * blockDim.x, h = idx / pairs, i = idx - h * pairs;
 			if (idx < q_pairs) {
 				float *p = row + (size_t)h * hd + 2 * i;
-				p[0] = rope_rotate(x[u].x, x[u].y, r[u].x, r[u].y, 0);
-				p[1] = rope_rotate(x[u].x, x[u].y, r[u].x, r[u].y, 1);
+				p[0] = rs_rope_rotate(x[u].x, x[u].y, r[u].x, r[u].y, 0);
+				p[1] = rs_rope_rotate(x[u].x, x[u].y, r[u].x, r[u].y, 1);
 			}
 		}
 	}
@@ -67,7 +60,7 @@ __global__ void rope_kv_store_kernel(float *qkv, size_t stride, const uint32_t *
 			if (i < pairs) {
 				float2 r = cs[i];
 				const float *p = k + (e - d) + 2 * i;
-				key[u] = rope_rotate(p[0], p[1], r.x, r.y, d & 1);
+				key[u] = rs_rope_rotate(p[0], p[1], r.x, r.y, d & 1);
 			}
 		}
 #pragma unroll

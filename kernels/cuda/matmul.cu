@@ -54,6 +54,15 @@ template <typename T> struct gemv_input {
 	const float *gate_up; /* GEMV_SWIGLU: [m][2k] */
 };
 
+/* What the [q|k|v] product's epilogue does besides writing y (rs_cuda_qkv_matmul):
+ * RoPE on the q and k columns, and each row's keys and values into its cache slot. */
+struct gemv_qkv {
+	const uint32_t *positions, *slots; /* per row (host-written metadata) */
+	const float2 *cos_sin;             /* rs_op_rope_table: [position][pairs] */
+	float *k_cache, *v_cache;          /* [slot][kv_dim] */
+	uint32_t q_dim, kv_dim, head_dim, pairs;
+};
+
 enum { LOADS = 8 }; /* in flight per thread (rs_load_strided) */
 
 /* The norm weights into w_s: constant, so this runs before rs_pdl_wait, while the kernel
@@ -123,11 +132,12 @@ __device__ void gemv_stage_input(float *x_s, const float *w_s, const gemv_input<
  * Each lane streams the columns' weight rows in 16-byte pieces (GEMV_COLS x GEMV_UNROLL
  * in flight), multiplies each piece by the same piece of the (at most M) input rows held
  * in shared memory, and the warp reduces at the end; the splits' sums are added in a
- * fixed order. Rows are 16-byte aligned (the caller checks k). */
-template <typename T, int M, int MODE>
+ * fixed order. Rows are 16-byte aligned (the caller checks k). With QKV the outputs
+ * are [q|k|v] rows, rotated and stored as gemv_qkv says (accumulate is 0). */
+template <typename T, int M, int MODE, bool QKV>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
-gemv_kernel(float *__restrict__ y, gemv_input<T> in, const T *__restrict__ w, uint32_t m,
-	    uint32_t n, uint32_t k, uint32_t splits, int accumulate)
+gemv_kernel(float *__restrict__ y, gemv_input<T> in, gemv_qkv qkv, const T *__restrict__ w,
+	    uint32_t m, uint32_t n, uint32_t k, uint32_t splits, int accumulate)
 {
 	typedef vec16<T> V;
 	/* [m][k], then (GEMV_NORM) the norm weights [k]; read as float4 */
@@ -218,13 +228,36 @@ gemv_kernel(float *__restrict__ y, gemv_input<T> in, const T *__restrict__ w, ui
 		}
 	__syncthreads();
 	/* Lane (r, c) of the group's first warp writes y[r][col0 + c]. */
-	uint32_t r = lane / GEMV_COLS, c = lane % GEMV_COLS;
-	if (split != 0 || r >= m || col0 + c >= n)
-		return;
+	uint32_t r = lane / GEMV_COLS, c = lane % GEMV_COLS, col = col0 + c;
+	if (split != 0)
+		return; /* the whole warp */
+	bool live = r < m && col < n;
 	float s = 0.0f;
-	for (uint32_t z = 0; z < splits; z++)
+	for (uint32_t z = 0; live && z < splits; z++)
 		s += partial[warp + z][r][c];
-	float *yp = y + (size_t)r * n + col0 + c;
+	if (QKV) {
+		/* Columns 2i and 2i + 1 of a head are a RoPE pair: lanes c and c ^ 1 of row r
+		 * (col0 is a multiple of GEMV_COLS and heads have an even size, so the
+		 * column's parity is c's). Every lane takes part in the exchange. */
+		float other = __shfl_xor_sync(0xffffffffu, s, 1);
+		if (!live)
+			return;
+		uint32_t d = col % qkv.head_dim, slot = qkv.slots[r];
+		if (col < qkv.q_dim + qkv.kv_dim && d / 2 < qkv.pairs) {
+			float2 cs = qkv.cos_sin[(size_t)qkv.positions[r] * qkv.pairs + d / 2];
+			s = c & 1 ? rs_rope_rotate(other, s, cs.x, cs.y, 1)
+				  : rs_rope_rotate(s, other, cs.x, cs.y, 0);
+		}
+		if (col >= qkv.q_dim + qkv.kv_dim)
+			qkv.v_cache[(size_t)slot * qkv.kv_dim + (col - qkv.q_dim - qkv.kv_dim)] = s;
+		else if (col >= qkv.q_dim)
+			qkv.k_cache[(size_t)slot * qkv.kv_dim + (col - qkv.q_dim)] = s;
+		y[(size_t)r * n + col] = s;
+		return;
+	}
+	if (!live)
+		return;
+	float *yp = y + (size_t)r * n + col;
 	*yp = accumulate ? *yp + s : s;
 }
 
@@ -240,14 +273,14 @@ static uint32_t gemv_splits(uint32_t n, uint32_t pieces)
 	return splits;
 }
 
-template <typename T, int M, int MODE>
-static int gemv_launch(float *y, const gemv_input<T> &in, const T *w, uint32_t m, uint32_t n,
-			uint32_t k, int accumulate, cudaStream_t stream)
+template <typename T, int M, int MODE, bool QKV>
+static int gemv_launch(float *y, const gemv_input<T> &in, const gemv_qkv &qkv, const T *w,
+			uint32_t m, uint32_t n, uint32_t k, int accumulate, cudaStream_t stream)
 {
 	/* Past 48 KiB a kernel must opt in to its shared memory; once per kernel is enough
 	 * (a function-local static: initialized once, thread-safe, by C++11's rules). */
 	static const bool opted_in = [] {
-		if (cudaFuncSetAttribute(gemv_kernel<T, M, MODE>,
+		if (cudaFuncSetAttribute(gemv_kernel<T, M, MODE, QKV>,
 					 cudaFuncAttributeMaxDynamicSharedMemorySize,
 					 (int)GEMV_MAX_SMEM) == cudaSuccess)
 			return true;
@@ -259,20 +292,21 @@ static int gemv_launch(float *y, const gemv_input<T> &in, const T *w, uint32_t m
 	size_t smem = (size_t)(m + (MODE == GEMV_NORM)) * k * sizeof(float);
 	if (smem > 48 * 1024 && !opted_in)
 		return -ENOTSUP; /* the caller takes the unfused path */
-	return rs_launch(gemv_kernel<T, M, MODE>, dim3((n + cols - 1) / cols),
-			 dim3(GEMV_WARPS * 32), smem, stream, y, in, w, m, n, k, splits, accumulate);
+	return rs_launch(gemv_kernel<T, M, MODE, QKV>, dim3((n + cols - 1) / cols),
+			 dim3(GEMV_WARPS * 32), smem, stream, y, in, qkv, w, m, n, k, splits,
+			 accumulate);
 }
 
-template <typename T, int MODE>
+template <typename T, int MODE, bool QKV = false>
 static int gemv(float *y, const gemv_input<T> &in, const void *w, uint32_t m, uint32_t n,
-		uint32_t k, int accumulate, cudaStream_t stream)
+		uint32_t k, int accumulate, cudaStream_t stream, const gemv_qkv &qkv = gemv_qkv())
 {
 	const T *wt = (const T *)w;
 	if (m == 1)
-		return gemv_launch<T, 1, MODE>(y, in, wt, m, n, k, accumulate, stream);
+		return gemv_launch<T, 1, MODE, QKV>(y, in, qkv, wt, m, n, k, accumulate, stream);
 	if (m == 2)
-		return gemv_launch<T, 2, MODE>(y, in, wt, m, n, k, accumulate, stream);
-	return gemv_launch<T, 4, MODE>(y, in, wt, m, n, k, accumulate, stream);
+		return gemv_launch<T, 2, MODE, QKV>(y, in, qkv, wt, m, n, k, accumulate, stream);
+	return gemv_launch<T, 4, MODE, QKV>(y, in, qkv, wt, m, n, k, accumulate, stream);
 }
 
 static int gemm_type(enum rs_dtype dtype, cudaDataType_t *type)
@@ -358,6 +392,38 @@ extern "C" int rs_cuda_norm_matmul(cublasHandle_t handle, float *y, const float 
 	}
 	rc = rs_cuda_rmsnorm(xb, dtype, x, rows, norm_weight, m, k, eps, stream);
 	return rc ? rc : rs_cuda_matmul(handle, y, xb, w, dtype, m, n, k, accumulate);
+}
+
+extern "C" int rs_cuda_qkv_matmul(cublasHandle_t handle, float *qkv, const float *x,
+				  const float *norm_weight, float eps, void *xb, const void *w,
+				  enum rs_dtype dtype, uint32_t m, uint32_t k, uint32_t n_heads,
+				  const struct rs_cuda_kv_layer *kv, uint32_t rope_dim,
+				  const float *cos_sin, const uint32_t *positions,
+				  const uint32_t *slots)
+{
+	uint32_t hd = kv->head_dim, q_dim = n_heads * hd, kv_dim = kv->n_kv_heads * hd;
+	uint32_t n = q_dim + 2 * kv_dim;
+	if (rope_dim > hd)
+		return -EINVAL;
+	cudaDataType_t type;
+	cudaStream_t stream;
+	int rc = begin_product(handle, dtype, m, n, k, &type, &stream);
+	if (rc)
+		return rc < 0 ? rc : 0;
+	/* Rope pairs sit in adjacent lanes only when heads have an even size. */
+	if (hd % 2 == 0 && use_gemv(dtype, m, k, w, true)) {
+		gemv_qkv out = {positions, slots, (const float2 *)cos_sin, kv->k, kv->v,
+				q_dim, kv_dim, hd, rope_dim / 2};
+		RS_DISPATCH_DTYPE(dtype, T, gemv_input<T> in = {};
+				  in.xf = x, in.norm_weight = norm_weight, in.eps = eps;
+				  rc = gemv<T, GEMV_NORM, true>(qkv, in, w, m, n, k, 0, stream, out));
+		if (rc != -ENOTSUP)
+			return rc;
+	}
+	rc = rs_cuda_norm_matmul(handle, qkv, x, NULL, norm_weight, eps, xb, w, dtype, m, n, k, 0);
+	return rc ? rc
+		  : rs_cuda_rope_kv_store(qkv, n, positions, slots, m, n_heads, kv, rope_dim,
+					  cos_sin, stream);
 }
 
 extern "C" int rs_cuda_swiglu_matmul(cublasHandle_t handle, float *y, const float *gate_up,
