@@ -95,30 +95,35 @@ static inline uint32_t descending_key(float f)
 }
 
 /* 0..n-1 sorted by descending logit, ties (and NaNs) by ascending id: a
- * least-significant-digit radix sort of the keys, 8 bits a pass, stable, so that equal
- * keys keep the ids' ascending order. idx, idx2, keys and keys2 are scratch of n each;
- * the result is in one of idx and idx2, which is returned. qsort over a 32000-token
- * vocabulary took ~4 ms a token; this is a few passes over 256 KiB. */
+ * least-significant-digit radix sort of the keys, 11 bits a pass (three passes; 8 bits
+ * took four and 20 % longer over 32000 logits), stable, so that equal keys keep the ids'
+ * ascending order. idx, idx2, keys and keys2 are scratch of n each; the result is in one
+ * of idx and idx2, which is returned. qsort over a 32000-token vocabulary took ~5.7 ms a
+ * token; this ~0.1 ms. */
 static uint32_t *sort_candidates(uint32_t *idx, uint32_t *idx2, uint32_t *keys, uint32_t *keys2,
 				 const float *logits, uint32_t n)
 {
+	/* Every pass's digit counts (24 KiB) in one read of the keys. */
+	uint32_t counts[3][2048] = {{0}};
 	for (uint32_t i = 0; i < n; i++) {
+		uint32_t key = descending_key(logits[i]);
 		idx[i] = i;
-		keys[i] = descending_key(logits[i]);
+		keys[i] = key;
+		counts[0][key & 2047]++;
+		counts[1][(key >> 11) & 2047]++;
+		counts[2][key >> 22]++;
 	}
-	for (uint32_t shift = 0; shift < 32; shift += 8) {
-		uint32_t count[256] = {0};
-		for (uint32_t i = 0; i < n; i++)
-			count[(keys[i] >> shift) & 255]++;
-		if (count[(keys[0] >> shift) & 255] == n)
+	for (uint32_t pass = 0; pass < 3; pass++) {
+		uint32_t shift = 11 * pass, *count = counts[pass];
+		if (count[(keys[0] >> shift) & 2047] == n)
 			continue; /* every key has this digit: the pass would change nothing */
-		for (uint32_t d = 0, at = 0; d < 256; d++) {
+		for (uint32_t d = 0, at = 0; d < 2048; d++) {
 			uint32_t c = count[d];
 			count[d] = at;
 			at += c;
 		}
 		for (uint32_t i = 0; i < n; i++) {
-			uint32_t to = count[(keys[i] >> shift) & 255]++;
+			uint32_t to = count[(keys[i] >> shift) & 2047]++;
 			keys2[to] = keys[i];
 			idx2[to] = idx[i];
 		}
