@@ -440,7 +440,8 @@ static void check_qkv_matmul(cublasHandle_t h, enum rs_dtype dt, uint32_t m, uin
 			     uint64_t *s)
 {
 	enum { CACHE_ROWS = 16, MAX_POS = 3000 };
-	const uint32_t pos[6] = {0, 2999, 1, 17, 640, 5}, slots[6] = {9, 2, 15, 0, 7, 4};
+	/* Row 0 not at position 0 (an identity rotation would check nothing at m = 1). */
+	const uint32_t pos[6] = {17, 2999, 1, 0, 640, 5}, slots[6] = {9, 2, 15, 0, 7, 4};
 	uint32_t q_dim = heads * hd, kv_dim = kv_heads * hd, N = q_dim + 2 * kv_dim;
 	uint32_t pairs = rope / 2;
 	size_t cache = (size_t)CACHE_ROWS * kv_dim;
@@ -459,15 +460,13 @@ static void check_qkv_matmul(cublasHandle_t h, enum rs_dtype dt, uint32_t m, uin
 				sum += round_to(normed[i], dt) * round_to(w[(size_t)n * K + i], dt);
 			row[n] = sum;
 		}
-		for (uint32_t col = 0; col < q_dim + kv_dim; col += 2) {
-			uint32_t i = col % hd / 2;
-			if (i >= pairs)
-				continue;
-			const float *cs = table + ((size_t)pos[r] * pairs + i) * 2;
-			double a = row[col], b = row[col + 1];
-			row[col] = a * cs[0] - b * cs[1];
-			row[col + 1] = a * cs[1] + b * cs[0];
-		}
+		for (uint32_t head = 0; head < heads + kv_heads; head++) /* q, then k */
+			for (uint32_t i = 0; i < pairs; i++) {
+				const float *cs = table + ((size_t)pos[r] * pairs + i) * 2;
+				double *p = row + (size_t)head * hd + 2 * i, a = p[0], b = p[1];
+				p[0] = a * cs[0] - b * cs[1];
+				p[1] = a * cs[1] + b * cs[0];
+			}
 		for (uint32_t e = 0; e < kv_dim; e++) {
 			ref_k[(size_t)slots[r] * kv_dim + e] = row[q_dim + e];
 			ref_v[(size_t)slots[r] * kv_dim + e] = row[q_dim + kv_dim + e];
@@ -538,16 +537,21 @@ static void check_qkv_matmul(cublasHandle_t h, enum rs_dtype dt, uint32_t m, uin
 static void test_qkv_matmul(void)
 {
 	uint64_t s = 29;
-	/* m 1..4 take the epilogue when K is whole 16-byte pieces (1048: every dtype; 300:
-	 * f32 only), 6 the two launches; full and partial rotation; MHA and GQA. */
-	const uint32_t ms[] = {1, 2, 3, 4, 6}, ks[] = {300, 1048};
+	/* m 1..4 take the epilogue when K is whole 16-byte pieces (128 and 1048: every dtype;
+	 * 300: f32 only), 6 the two launches. K 128 leaves k unsplit, 1048 splits it 4 or
+	 * 8 ways. Full and partial rotation, MHA and GQA; head_dim 6 makes 18 columns (a
+	 * last column group of 2, pairs starting mid-group); head_dim 5 (odd) takes the two
+	 * launches whatever m. */
+	const uint32_t ms[] = {1, 2, 3, 4, 6}, ks[] = {128, 300, 1048};
 	cublasHandle_t h;
 	CHECK(cublasCreate(&h) == CUBLAS_STATUS_SUCCESS, "cublasCreate");
 	for (int di = 0; di < 3; di++)
-		for (size_t ki = 0; ki < 2; ki++)
+		for (size_t ki = 0; ki < 3; ki++)
 			for (size_t mi = 0; mi < 5; mi++) {
 				check_qkv_matmul(h, DTYPES[di], ms[mi], ks[ki], 4, 2, 32, 32, &s);
 				check_qkv_matmul(h, DTYPES[di], ms[mi], ks[ki], 3, 3, 64, 16, &s);
+				check_qkv_matmul(h, DTYPES[di], ms[mi], ks[ki], 1, 1, 6, 6, &s);
+				check_qkv_matmul(h, DTYPES[di], ms[mi], ks[ki], 1, 1, 5, 4, &s);
 			}
 	cublasDestroy(h);
 }

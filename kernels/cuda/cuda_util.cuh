@@ -57,7 +57,6 @@ __device__ __forceinline__ T rs_block_reduce(T v, Op op, T *shared)
 	return v;
 }
 
-/* Sum over one warp; every lane gets it. */
 /* Element `which` (0 or 1) of the RoPE pair (a, b) rotated by (c, s): rs_op_rope's
  * arithmetic, with explicitly rounded products so that nvcc does not contract them into
  * FMAs (the CPU's x86-64 build has no FMA to contract into): bit-equal to the CPU. */
@@ -68,6 +67,7 @@ __device__ __forceinline__ float rs_rope_rotate(float a, float b, float c, float
 			  : __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
 }
 
+/* Sum over one warp; every lane gets it. */
 __device__ __forceinline__ float rs_warp_sum(float v)
 {
 	for (int off = 16; off > 0; off >>= 1)

@@ -218,20 +218,31 @@ gemv_kernel(float *__restrict__ y, gemv_input<T> in, gemv_qkv qkv, const T *__re
 			}
 		}
 	}
+	/* Lane (r, c) of the group's first warp (split 0) writes y[r][col0 + c]. */
+	uint32_t r = lane / GEMV_COLS, c = lane % GEMV_COLS, col = col0 + c;
+	bool live = split == 0 && r < m && col < n;
+	/* The epilogue's metadata, requested now: the reductions hide its latency. */
+	uint32_t slot = 0;
+	bool rotate = false;
+	float2 cs = make_float2(1.0f, 0.0f);
+	if (QKV && live) {
+		uint32_t d = col % qkv.head_dim;
+		slot = qkv.slots[r];
+		rotate = col < qkv.q_dim + qkv.kv_dim && d / 2 < qkv.pairs;
+		if (rotate)
+			cs = qkv.cos_sin[(size_t)qkv.positions[r] * qkv.pairs + d / 2];
+	}
 #pragma unroll
-	for (int r = 0; r < M; r++)
+	for (int rr = 0; rr < M; rr++)
 #pragma unroll
-		for (int c = 0; c < GEMV_COLS; c++) {
-			float s = rs_warp_sum(acc[r][c]);
+		for (int cc = 0; cc < GEMV_COLS; cc++) {
+			float sum = rs_warp_sum(acc[rr][cc]);
 			if (lane == 0)
-				partial[warp][r][c] = s;
+				partial[warp][rr][cc] = sum;
 		}
 	__syncthreads();
-	/* Lane (r, c) of the group's first warp writes y[r][col0 + c]. */
-	uint32_t r = lane / GEMV_COLS, c = lane % GEMV_COLS, col = col0 + c;
 	if (split != 0)
 		return; /* the whole warp */
-	bool live = r < m && col < n;
 	float s = 0.0f;
 	for (uint32_t z = 0; live && z < splits; z++)
 		s += partial[warp + z][r][c];
@@ -242,12 +253,9 @@ gemv_kernel(float *__restrict__ y, gemv_input<T> in, gemv_qkv qkv, const T *__re
 		float other = __shfl_xor_sync(0xffffffffu, s, 1);
 		if (!live)
 			return;
-		uint32_t d = col % qkv.head_dim, slot = qkv.slots[r];
-		if (col < qkv.q_dim + qkv.kv_dim && d / 2 < qkv.pairs) {
-			float2 cs = qkv.cos_sin[(size_t)qkv.positions[r] * qkv.pairs + d / 2];
+		if (rotate)
 			s = c & 1 ? rs_rope_rotate(other, s, cs.x, cs.y, 1)
 				  : rs_rope_rotate(s, other, cs.x, cs.y, 0);
-		}
 		if (col >= qkv.q_dim + qkv.kv_dim)
 			qkv.v_cache[(size_t)slot * qkv.kv_dim + (col - qkv.q_dim - qkv.kv_dim)] = s;
 		else if (col >= qkv.q_dim)
