@@ -13,11 +13,13 @@
  *   same values. */
 #include <errno.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kernels/dtype.h"
 #include "kernels/gemm.h"
+#include "kernels/large_alloc.h"
 #include "tests/engine_test.h"
 
 static void fill(float *x, size_t n, uint64_t *s, double scale)
@@ -217,6 +219,23 @@ static void test_isas_agree(void)
 	free(w), free(x), free(y2), free(y512);
 }
 
+/* Packed matrices come from rs_alloc_large: 64-byte aligned (the f32 kernels' aligned
+ * loads), and 2 MiB aligned from 2 MiB up (whole huge pages). */
+static void test_alignment(void)
+{
+	struct rs_packed_matrix small, big;
+	CHECK(rs_packed_alloc(&small, 101, 37, RS_DTYPE_F16) == 0, "alloc small");
+	CHECK(rs_packed_alloc(&big, 4800, 1024, RS_DTYPE_F32) == 0, "alloc 18.75 MiB");
+	CHECK((uintptr_t)small.panels % 64 == 0, "small matrix not 64-byte aligned");
+	CHECK((uintptr_t)big.panels % (2u << 20) == 0, "large matrix not 2 MiB aligned");
+	void *p = rs_alloc_large(1);
+	CHECK(p && (uintptr_t)p % 64 == 0, "one byte");
+	free(p);
+	CHECK(rs_alloc_large(SIZE_MAX - 10) == NULL, "an overflowing size is refused");
+	rs_packed_free(&small);
+	rs_packed_free(&big);
+}
+
 /* The engine packs 16-bit weights as they are only where our kernels widen them. */
 static void test_packed_dtype(void)
 {
@@ -237,6 +256,7 @@ static void test_packed_dtype(void)
 int main(void)
 {
 	test_pack();
+	test_alignment();
 	test_packed_dtype();
 	/* k past one 512-step block (1030: three blocks, the last short); n of one
 	 * partial panel, of whole panels, and of a partial last panel. */
