@@ -48,7 +48,7 @@ endif
 SHM_SRC := $(wildcard shm/*.c)
 CLIENT_SRC := $(wildcard client-lib/*.c)
 DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
-KERNELS_SRC := $(wildcard kernels/*.c)
+KERNELS_SRC := $(wildcard kernels/*/*.c)
 TOOLS := $(notdir $(wildcard tools/ringserve-*))
 TESTS := $(basename $(notdir $(wildcard tests/*.c)))
 HARNESS_SRC := $(wildcard tests/harness/*.c)

@@ -86,7 +86,7 @@ struct rs_model_engine_options {
 	const char *kv_dtype;       /* "auto", "f32", "f16" (CPU backend) */
 };
 
-/* The model engine: kernels/engine.h behind the serving interface. Loads the model
+/* The model engine: kernels/engine/engine.h behind the serving interface. Loads the model
  * (GGUF or llama2.c). Returns 0 or a negative errno with a message on stderr. */
 int rs_model_engine_create(const struct rs_model_engine_options *options,
 			   struct rs_serving_engine **engine);

@@ -1,4 +1,4 @@
-/* The model engine behind the serving interface: kernels/engine.h (CPU or CUDA backend)
+/* The model engine behind the serving interface: kernels/engine/engine.h (CPU or CUDA backend)
  * driven by the scheduler. It owns each request's KV block table: admission reserves
  * every block the request can need (prompt + max_new_tokens), so a running request never
  * stalls for memory; release gives them back.
@@ -19,8 +19,8 @@
 
 #include "daemon/engine.h"
 #include "daemon/request.h"
-#include "kernels/engine.h"
-#include "kernels/tokenizer.h"
+#include "kernels/engine/engine.h"
+#include "kernels/model/tokenizer.h"
 
 enum worker_state { WORKER_IDLE = 0, WORKER_SUBMITTED, WORKER_DONE };
 

@@ -10,8 +10,8 @@
 #include <unistd.h>
 
 #include "client-lib/ringserve.h"
-#include "kernels/engine.h"
-#include "kernels/tokenizer.h"
+#include "kernels/engine/engine.h"
+#include "kernels/model/tokenizer.h"
 #include "tests/harness/harness.h"
 
 #define REQUESTS 12

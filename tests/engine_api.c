@@ -3,9 +3,9 @@
 #include <errno.h>
 #include <string.h>
 
-#include "kernels/engine.h"
-#include "kernels/ops.h"
-#include "kernels/model_random.h"
+#include "kernels/engine/engine.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/model/model_random.h"
 #include "tests/engine_test.h"
 
 int main(void)

@@ -11,9 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/engine.h"
-#include "kernels/ops.h"
-#include "kernels/model_random.h"
+#include "kernels/engine/engine.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/model/model_random.h"
 #include "tests/engine_test.h"
 
 enum { MAX_BLOCKS = 512, GEN = 20 };

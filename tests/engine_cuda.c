@@ -47,10 +47,10 @@ int main(void)
 #include <cuda_runtime_api.h>
 
 #include "kernels/cuda/cuda_ops.h"
-#include "kernels/dtype.h"
-#include "kernels/engine.h"
-#include "kernels/model_random.h"
-#include "kernels/ops.h"
+#include "kernels/model/dtype.h"
+#include "kernels/engine/engine.h"
+#include "kernels/model/model_random.h"
+#include "kernels/cpu/ops.h"
 #include "tests/engine_test.h"
 
 static void *dev_alloc(size_t bytes)

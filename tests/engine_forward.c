@@ -9,9 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/dtype.h"
-#include "kernels/engine.h"
-#include "kernels/model_random.h"
+#include "kernels/model/dtype.h"
+#include "kernels/engine/engine.h"
+#include "kernels/model/model_random.h"
 #include "tests/engine_test.h"
 
 /* y[r] = sum_c W[r][c] x[c] */

@@ -1,4 +1,4 @@
-/* The packed matrix product (kernels/gemm.h) against float64 sums written here, on every
+/* The packed matrix product (kernels/cpu/gemm.h) against float64 sums written here, on every
  * kernel this CPU runs (CBLAS per panel, AVX2, AVX-512) and every packed element type
  * (f32, f16, bf16):
  * - packing: every row unpacks to its source (f32 exactly, f16 and bf16 as their decoded
@@ -17,9 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/dtype.h"
-#include "kernels/gemm.h"
-#include "kernels/large_alloc.h"
+#include "kernels/model/dtype.h"
+#include "kernels/cpu/gemm.h"
+#include "kernels/cpu/large_alloc.h"
 #include "tests/engine_test.h"
 
 static void fill(float *x, size_t n, uint64_t *s, double scale)

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/kv_cache.h"
+#include "kernels/engine/kv_cache.h"
 #include "tests/engine_test.h"
 
 int main(void)

@@ -5,8 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/dtype.h"
-#include "kernels/ops.h"
+#include "kernels/model/dtype.h"
+#include "kernels/cpu/ops.h"
 #include "tests/engine_test.h"
 
 static uint32_t f32_bits(float f)

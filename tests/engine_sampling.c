@@ -8,9 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/engine.h"
-#include "kernels/model_random.h"
-#include "kernels/sampling.h"
+#include "kernels/engine/engine.h"
+#include "kernels/model/model_random.h"
+#include "kernels/engine/sampling.h"
 #include "tests/engine_test.h"
 
 static void *scratch;

@@ -9,7 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "kernels/model.h"
+#include "kernels/model/model.h"
 
 static int test_failures;
 
@@ -128,7 +128,7 @@ static inline double test_bf16_value(uint16_t b)
 	return sign ? -v : v;
 }
 
-/* Element i of a tensor, decoded independently of kernels/dtype.c. */
+/* Element i of a tensor, decoded independently of kernels/model/dtype.c. */
 static inline double test_tensor_value(const struct rs_tensor *t, uint64_t i)
 {
 	switch (t->dtype) {

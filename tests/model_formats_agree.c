@@ -4,11 +4,11 @@
  * ringserve-generate) agree with the library. */
 #include <sys/stat.h>
 
-#include "kernels/engine.h"
-#include "kernels/gguf.h"
-#include "kernels/llama2c.h"
-#include "kernels/model_random.h"
-#include "kernels/tokenizer.h"
+#include "kernels/engine/engine.h"
+#include "kernels/model/gguf.h"
+#include "kernels/model/llama2c.h"
+#include "kernels/model/model_random.h"
+#include "kernels/model/tokenizer.h"
 #include "tests/model_test.h"
 
 #define STEPS 20

@@ -2,10 +2,10 @@
  * and untied; metadata of every type, arrays, alignment and version 2 survive. */
 #include <math.h>
 
-#include "kernels/gguf.h"
-#include "kernels/mapfile.h"
-#include "kernels/model_random.h"
-#include "kernels/tokenizer.h"
+#include "kernels/model/gguf.h"
+#include "kernels/model/mapfile.h"
+#include "kernels/model/model_random.h"
+#include "kernels/model/tokenizer.h"
 #include "tests/model_test.h"
 
 static struct rs_model_config test_config(void)

@@ -1,9 +1,9 @@
 /* llama2.c checkpoints: a hand-built file is read at the offsets run.c uses; written models
  * (shared and separate classifier, F32 and converted BF16) load back equal; tokenizer.bin
  * next to a checkpoint is found and encodes as the vocabulary it was written from. */
-#include "kernels/llama2c.h"
-#include "kernels/model_random.h"
-#include "kernels/tokenizer.h"
+#include "kernels/model/llama2c.h"
+#include "kernels/model/model_random.h"
+#include "kernels/model/tokenizer.h"
 #include "tests/model_test.h"
 
 /* dim 4, hidden 6, 2 layers, 2 heads, 1 kv head, vocab 5, seq_len 3: head_size 2, kv_dim 2.

@@ -5,10 +5,10 @@
  * copied into a buffer of exactly its size, so any over-read is caught). */
 #include <math.h>
 
-#include "kernels/gguf.h"
-#include "kernels/llama2c.h"
-#include "kernels/model_random.h"
-#include "kernels/tokenizer.h"
+#include "kernels/model/gguf.h"
+#include "kernels/model/llama2c.h"
+#include "kernels/model/model_random.h"
+#include "kernels/model/tokenizer.h"
 #include "tests/model_test.h"
 
 static uint8_t *good_gguf;

@@ -10,8 +10,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "kernels/dtype.h"
-#include "kernels/model.h"
+#include "kernels/model/dtype.h"
+#include "kernels/model/model.h"
 
 static int test_failures;
 

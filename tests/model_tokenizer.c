@@ -3,7 +3,7 @@
  * and stray bytes, and the serialized vocabulary (round trip; corrupt buffers rejected). */
 #include <math.h>
 
-#include "kernels/tokenizer.h"
+#include "kernels/model/tokenizer.h"
 #include "tests/model_test.h"
 
 #define SP "\xe2\x96\x81" /* U+2581 */

@@ -33,10 +33,10 @@
 #include "kernels/cuda/cuda_ops.h"
 
 extern "C" {
-#include "kernels/dtype.h"
-#include "kernels/engine_backend.h"
-#include "kernels/errmsg.h"
-#include "kernels/ops.h"
+#include "kernels/model/dtype.h"
+#include "kernels/engine/engine_backend.h"
+#include "kernels/model/errmsg.h"
+#include "kernels/cpu/ops.h"
 }
 
 /* Rows sampled per kernel launch: bounds the weight scratch (rows * vocab doubles). */

@@ -1,4 +1,4 @@
-/* CUDA operators of the Llama forward pass: the device twins of kernels/ops.h.
+/* CUDA operators of the Llama forward pass: the device twins of kernels/cpu/ops.h.
  *
  * C-callable (the backend and tests/engine_cuda.c use them). Every pointer argument is
  * device memory unless said otherwise; every call only enqueues work on `stream` and
@@ -32,8 +32,8 @@
 extern "C" {
 #endif
 
-#include "kernels/model.h"
-#include "kernels/sampling.h"
+#include "kernels/model/model.h"
+#include "kernels/engine/sampling.h"
 
 /* Largest head_dim the attention kernel handles (8 values per lane of a warp). */
 #define RS_CUDA_MAX_HEAD_DIM 256

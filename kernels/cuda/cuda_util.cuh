@@ -10,14 +10,14 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include "kernels/model.h"
+#include "kernels/model/model.h"
 
 /* Element loads and stores of the three weight/activation types, as fp32. */
 __device__ __forceinline__ float rs_load(const float *p) { return *p; }
 __device__ __forceinline__ float rs_load(const __half *p) { return __half2float(*p); }
 __device__ __forceinline__ float rs_load(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
 __device__ __forceinline__ void rs_store(float *p, float v) { *p = v; }
-/* Round to nearest even, as kernels/dtype.c does on the CPU. */
+/* Round to nearest even, as kernels/model/dtype.c does on the CPU. */
 __device__ __forceinline__ void rs_store(__half *p, float v) { *p = __float2half_rn(v); }
 __device__ __forceinline__ void rs_store(__nv_bfloat16 *p, float v) { *p = __float2bfloat16_rn(v); }
 

@@ -5,10 +5,10 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "kernels/dtype.h"
-#include "kernels/gguf.h"
-#include "kernels/model.h"
-#include "kernels/tokenizer.h"
+#include "kernels/model/dtype.h"
+#include "kernels/model/gguf.h"
+#include "kernels/model/model.h"
+#include "kernels/model/tokenizer.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

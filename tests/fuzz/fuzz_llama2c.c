@@ -4,9 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/dtype.h"
-#include "kernels/model.h"
-#include "kernels/tokenizer.h"
+#include "kernels/model/dtype.h"
+#include "kernels/model/model.h"
+#include "kernels/model/tokenizer.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

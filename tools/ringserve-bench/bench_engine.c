@@ -33,9 +33,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "kernels/engine.h"
-#include "kernels/gemm.h"
-#include "kernels/model_random.h"
+#include "kernels/engine/engine.h"
+#include "kernels/cpu/gemm.h"
+#include "kernels/model/model_random.h"
 #include "tools/ringserve-bench/bench.h"
 
 #ifdef RS_HAVE_CUDA_BACKEND

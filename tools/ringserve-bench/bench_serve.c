@@ -16,9 +16,9 @@
 #include <unistd.h>
 
 #include "client-lib/ringserve.h"
-#include "kernels/engine.h"
-#include "kernels/gguf.h"
-#include "kernels/model_random.h"
+#include "kernels/engine/engine.h"
+#include "kernels/model/gguf.h"
+#include "kernels/model/model_random.h"
 #include "shm/clock.h"
 #include "tools/ringserve-bench/bench.h"
 

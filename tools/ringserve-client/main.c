@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "client-lib/ringserve.h"
-#include "kernels/tokenizer.h"
+#include "kernels/model/tokenizer.h"
 #include "shm/clock.h"
 
 #define MAX_REQUESTS 256

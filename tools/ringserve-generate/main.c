@@ -8,9 +8,9 @@
 #include <string.h>
 #include <time.h>
 
-#include "kernels/engine.h"
-#include "kernels/model.h"
-#include "kernels/tokenizer.h"
+#include "kernels/engine/engine.h"
+#include "kernels/model/model.h"
+#include "kernels/model/tokenizer.h"
 
 #define PROG "ringserve-generate"
 

@@ -8,10 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/gguf.h"
-#include "kernels/llama2c.h"
-#include "kernels/model_random.h"
-#include "kernels/tokenizer.h"
+#include "kernels/model/gguf.h"
+#include "kernels/model/llama2c.h"
+#include "kernels/model/model_random.h"
+#include "kernels/model/tokenizer.h"
 
 /* Print the usage to f. */
 static void usage(FILE *f)

@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <time.h>
 
-#include "kernels/thread_pool.h"
+#include "kernels/cpu/thread_pool.h"
 #include "shm/atomics.h"
 
 /* Longer than the serial work between two runs of a step (norms, rope, cache stores:

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/sampling.h"
+#include "kernels/engine/sampling.h"
 
 static uint64_t mix64(uint64_t z)
 {

@@ -7,12 +7,12 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "kernels/errmsg.h"
-#include "kernels/gguf.h"
-#include "kernels/llama2c.h"
-#include "kernels/mapfile.h"
-#include "kernels/model.h"
-#include "kernels/tokenizer.h"
+#include "kernels/model/errmsg.h"
+#include "kernels/model/gguf.h"
+#include "kernels/model/llama2c.h"
+#include "kernels/model/mapfile.h"
+#include "kernels/model/model.h"
+#include "kernels/model/tokenizer.h"
 
 /* Limits well above any Llama-family model, low enough that sizes derived from them fit
  * in 64 bits with room to spare (the loaders rely on that). */

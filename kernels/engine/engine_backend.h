@@ -3,7 +3,7 @@
 #ifndef RS_KERNELS_ENGINE_BACKEND_H
 #define RS_KERNELS_ENGINE_BACKEND_H
 
-#include "kernels/engine.h"
+#include "kernels/engine/engine.h"
 
 struct rs_engine {
 	const struct rs_model *model;

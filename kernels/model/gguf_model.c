@@ -5,8 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/errmsg.h"
-#include "kernels/gguf.h"
+#include "kernels/model/errmsg.h"
+#include "kernels/model/gguf.h"
 
 /* Read a required (or, with fallback != NULL, optional) u32 key, with a message on error. */
 static int get_u32(const struct rs_gguf *g, const char *key, const uint32_t *fallback,

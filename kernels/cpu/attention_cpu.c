@@ -12,8 +12,8 @@
 #include <math.h>
 #include <string.h>
 
-#include "kernels/exp_avx512.h"
-#include "kernels/ops.h"
+#include "kernels/cpu/exp_avx512.h"
+#include "kernels/cpu/ops.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>

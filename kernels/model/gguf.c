@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/errmsg.h"
-#include "kernels/gguf.h"
+#include "kernels/model/errmsg.h"
+#include "kernels/model/gguf.h"
 
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "GGUF reader assumes little-endian");
 

@@ -2,8 +2,8 @@
 #include <math.h>
 #include <string.h>
 
-#include "kernels/dtype.h"
-#include "kernels/ops.h"
+#include "kernels/model/dtype.h"
+#include "kernels/cpu/ops.h"
 
 void rs_op_embedding(float *out, const struct rs_tensor *table, const uint32_t *tokens,
 		     uint32_t n_tokens)

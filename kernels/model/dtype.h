@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "kernels/model.h"
+#include "kernels/model/model.h"
 
 float rs_f16_to_f32(uint16_t h);
 uint16_t rs_f32_to_f16(float f);

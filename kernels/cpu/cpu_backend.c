@@ -21,13 +21,13 @@
 
 #include <cblas.h>
 
-#include "kernels/dtype.h"
-#include "kernels/engine_backend.h"
-#include "kernels/errmsg.h"
-#include "kernels/gemm.h"
-#include "kernels/large_alloc.h"
-#include "kernels/ops.h"
-#include "kernels/thread_pool.h"
+#include "kernels/model/dtype.h"
+#include "kernels/engine/engine_backend.h"
+#include "kernels/model/errmsg.h"
+#include "kernels/cpu/gemm.h"
+#include "kernels/cpu/large_alloc.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/thread_pool.h"
 
 struct cpu_layer {
 	float *attn_norm, *ffn_norm;   /* [dim] */

@@ -13,7 +13,7 @@
 
 #include <stddef.h>
 
-#include "kernels/model.h"
+#include "kernels/model/model.h"
 
 #define RS_LLAMA2C_HEADER_SIZE 28
 

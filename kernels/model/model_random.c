@@ -4,8 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/dtype.h"
-#include "kernels/model_random.h"
+#include "kernels/model/dtype.h"
+#include "kernels/model/model_random.h"
 
 /* splitmix64: tiny, well mixed, and trivially reproducible elsewhere. */
 static uint64_t splitmix64(uint64_t *state)

@@ -1,10 +1,10 @@
 /* rs_op_swiglu with AVX-512 (see ops.h; the portable version is in ops_cpu.c): sixteen
  * outputs at once and a vector exp, where the portable loop calls expf per element
  * (at a decode batch of 32 that was as long as a small product). */
-#include "kernels/ops.h"
+#include "kernels/cpu/ops.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include "kernels/exp_avx512.h"
+#include "kernels/cpu/exp_avx512.h"
 
 __attribute__((target("avx512f"))) void rs_op_swiglu_avx512(float *out, const float *gate,
 							    const float *up, uint32_t n_rows,

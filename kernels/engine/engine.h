@@ -23,9 +23,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "kernels/kv_cache.h"
-#include "kernels/model.h"
-#include "kernels/sampling.h"
+#include "kernels/engine/kv_cache.h"
+#include "kernels/model/model.h"
+#include "kernels/engine/sampling.h"
 
 struct rs_engine;
 

@@ -1,7 +1,7 @@
 /* The instruction set the CPU kernels may use (rs_cpu_isa in ops.h). */
 #include <stdatomic.h>
 
-#include "kernels/ops.h"
+#include "kernels/cpu/ops.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <cpuid.h>

@@ -18,7 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "kernels/model.h"
+#include "kernels/model/model.h"
 
 #define RS_GGUF_MAGIC 0x46554747u /* "GGUF" read as a little-endian u32 */
 #define RS_GGUF_VERSION 3

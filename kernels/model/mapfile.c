@@ -7,8 +7,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "kernels/errmsg.h"
-#include "kernels/mapfile.h"
+#include "kernels/model/errmsg.h"
+#include "kernels/model/mapfile.h"
 
 int rs_map_file(const char *path, void **data, size_t *size, char *err, size_t err_size)
 {

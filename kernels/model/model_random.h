@@ -9,7 +9,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "kernels/model.h"
+#include "kernels/model/model.h"
 
 /* Build a random model with config *cfg, weights stored as dtype.
  *

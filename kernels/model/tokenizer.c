@@ -5,8 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/errmsg.h"
-#include "kernels/tokenizer.h"
+#include "kernels/model/errmsg.h"
+#include "kernels/model/tokenizer.h"
 
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "serialized vocab is little-endian");
 

@@ -3,7 +3,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#include "kernels/kv_cache.h"
+#include "kernels/engine/kv_cache.h"
 
 struct rs_kv_cache {
 	uint32_t n_blocks;

@@ -6,9 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/dtype.h"
-#include "kernels/errmsg.h"
-#include "kernels/llama2c.h"
+#include "kernels/model/dtype.h"
+#include "kernels/model/errmsg.h"
+#include "kernels/model/llama2c.h"
 
 /* Floats in each part of the file, in file order; the caller has checked the config's
  * limits, so none of these products can overflow 64 bits. */

@@ -7,10 +7,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "kernels/errmsg.h"
-#include "kernels/gguf.h"
-#include "kernels/mapfile.h"
-#include "kernels/tokenizer.h"
+#include "kernels/model/errmsg.h"
+#include "kernels/model/gguf.h"
+#include "kernels/model/mapfile.h"
+#include "kernels/model/tokenizer.h"
 
 
 /* An optional token-id key: default when absent; must name a token. */

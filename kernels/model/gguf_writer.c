@@ -5,9 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/errmsg.h"
-#include "kernels/gguf.h"
-#include "kernels/tokenizer.h"
+#include "kernels/model/errmsg.h"
+#include "kernels/model/gguf.h"
+#include "kernels/model/tokenizer.h"
 
 struct writer_kv {
 	char *key;

@@ -7,10 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/dtype.h"
-#include "kernels/engine_backend.h"
-#include "kernels/errmsg.h"
-#include "kernels/ops.h"
+#include "kernels/model/dtype.h"
+#include "kernels/engine/engine_backend.h"
+#include "kernels/model/errmsg.h"
+#include "kernels/cpu/ops.h"
 
 /* The CUDA backend (kernels/cuda/) is linked in when the Makefile finds nvcc, which then
  * defines RS_HAVE_CUDA_BACKEND; without it "cuda" answers -ENODEV. */

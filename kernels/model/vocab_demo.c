@@ -7,8 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/errmsg.h"
-#include "kernels/tokenizer.h"
+#include "kernels/model/errmsg.h"
+#include "kernels/model/tokenizer.h"
 
 #define MAX_MERGED 24 /* bytes per learnt piece */
 

@@ -27,8 +27,8 @@
 
 #include <cblas.h>
 
-#include "kernels/gemm.h"
-#include "kernels/large_alloc.h"
+#include "kernels/cpu/gemm.h"
+#include "kernels/cpu/large_alloc.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define RS_HAVE_X86_KERNELS 1

@@ -17,8 +17,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "kernels/dtype.h"
-#include "kernels/ops.h"
+#include "kernels/model/dtype.h"
+#include "kernels/cpu/ops.h"
 
 enum { RS_PANEL_COLS = 48 };
 

@@ -1,7 +1,7 @@
 /* Element types: sizes and conversions. */
 #include <string.h>
 
-#include "kernels/dtype.h"
+#include "kernels/model/dtype.h"
 
 size_t rs_dtype_size(enum rs_dtype dtype)
 {

@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "kernels/model.h"
+#include "kernels/model/model.h"
 
 /* out[i][:] = table[tokens[i]][:] converted to fp32, for i < n_tokens; table is
  * [vocab][dim] of any dtype. Token ids must be < table->rows (callers validate). */

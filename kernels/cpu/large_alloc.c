@@ -2,7 +2,7 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 
-#include "kernels/large_alloc.h"
+#include "kernels/cpu/large_alloc.h"
 
 enum { HUGE_PAGE = 2 << 20 };
 
