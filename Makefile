@@ -47,7 +47,7 @@ endif
 # --- sources ----------------------------------------------------------------------------
 SHM_SRC := $(wildcard shm/*.c)
 CLIENT_SRC := $(wildcard client-lib/*.c)
-DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
+DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c daemon/sched/*.c))
 KERNELS_SRC := $(wildcard kernels/*/*.c)
 TOOLS := $(notdir $(wildcard tools/ringserve-*))
 TESTS := $(basename $(notdir $(wildcard tests/*.c)))
@@ -127,7 +127,7 @@ $(O)/tests/%: $(O)/obj/tests/%.o $(call obj,$(HARNESS_SRC)) $(LIBINTERNAL) $(LIB
 
 # --- tests ------------------------------------------------------------------------------
 # The data-path and file-parsing tests run again under ASan+UBSan, the lock-free ones under TSan.
-ASAN_TESTS := $(filter ring_% shm_% daemon_% client_% model_% engine_%,$(TESTS))
+ASAN_TESTS := $(filter ring_% shm_% daemon_% client_% model_% engine_% sched_%,$(TESTS))
 TSAN_TESTS := $(filter ring_% daemon_many_clients daemon_model engine_thread_pool,$(TESTS))
 TEST_TIMEOUT ?= 120
 

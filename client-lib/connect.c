@@ -34,9 +34,10 @@ static int receive_welcome(int fd, struct rs_welcome *welcome, int fds[3])
 		struct cmsghdr align;
 		char buf[CMSG_SPACE(3 * sizeof(int))];
 	} control;
-	struct msghdr msg = {
-		.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
-		.msg_controllen = sizeof(control.buf)};
+	struct msghdr msg = {.msg_iov = &iov,
+			     .msg_iovlen = 1,
+			     .msg_control = control.buf,
+			     .msg_controllen = sizeof(control.buf)};
 	ssize_t n;
 	do
 		n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
@@ -69,7 +70,8 @@ static int receive_welcome(int fd, struct rs_welcome *welcome, int fds[3])
 static int map_segments(struct rs_connection *conn, const struct rs_welcome *welcome, int memfd,
 			int shared_fd)
 {
-	conn->segment = mmap(NULL, welcome->segment_size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+	conn->segment =
+	    mmap(NULL, welcome->segment_size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
 	if (conn->segment == MAP_FAILED) {
 		conn->segment = NULL;
 		return -errno;
@@ -91,10 +93,11 @@ static int map_segments(struct rs_connection *conn, const struct rs_welcome *wel
 	conn->shared = conn->segment;
 	unsigned char *base = conn->segment;
 	rs_ring_init(&conn->sq, (struct rs_ring_indices *)(base + conn->hdr.sq_ring_offset),
-		     base + conn->hdr.sq_entries_offset, sizeof(struct rs_sqe), conn->hdr.sq_entries, true);
+		     base + conn->hdr.sq_entries_offset, sizeof(struct rs_sqe),
+		     conn->hdr.sq_entries, true);
 	rs_ring_init(&conn->cq, (struct rs_ring_indices *)(base + conn->hdr.cq_ring_offset),
-		     base + conn->hdr.cq_entries_offset, sizeof(struct rs_cqe), conn->hdr.cq_entries,
-		     false);
+		     base + conn->hdr.cq_entries_offset, sizeof(struct rs_cqe),
+		     conn->hdr.cq_entries, false);
 	uint32_t slots = conn->hdr.slot_count;
 	conn->slot_state = calloc(slots, sizeof(*conn->slot_state));
 	conn->free_slots = malloc(slots * sizeof(*conn->free_slots));
@@ -120,6 +123,12 @@ int rs_connect(const char *socket_path, const struct rs_connect_options *options
 		if (ret)
 			return ret;
 	}
+	const char *tenant =
+	    options && options->tenant ? options->tenant : getenv("RINGSERVE_TENANT");
+	if (!tenant)
+		tenant = "default";
+	if (!rs_tenant_name_valid(tenant))
+		return -EINVAL;
 	struct rs_connection *conn = calloc(1, sizeof(*conn));
 	if (!conn)
 		return -ENOMEM;
@@ -136,8 +145,10 @@ int rs_connect(const char *socket_path, const struct rs_connect_options *options
 	}
 	/* A daemon that accepts but never answers (stopped, wedged) must not hang us. */
 	struct timeval handshake_timeout = {.tv_sec = 5};
-	setsockopt(conn->fd, SOL_SOCKET, SO_RCVTIMEO, &handshake_timeout, sizeof(handshake_timeout));
+	setsockopt(conn->fd, SOL_SOCKET, SO_RCVTIMEO, &handshake_timeout,
+		   sizeof(handshake_timeout));
 	struct rs_hello hello = {.magic = RS_HELLO_MAGIC, .abi_version = RS_ABI_VERSION};
+	memcpy(hello.tenant, tenant, strlen(tenant));
 	if (send(conn->fd, &hello, sizeof(hello), MSG_NOSIGNAL) != (ssize_t)sizeof(hello)) {
 		ret = -errno;
 		goto fail;
@@ -206,18 +217,19 @@ int rs_model_info(struct rs_connection *conn, struct rs_model_info *info)
 {
 	const struct rs_shared_header *model = conn->model;
 	*info = (struct rs_model_info){
-		.vocab_size = model->vocab_size,
-		.bos_token = model->bos_token,
-		.eos_token = model->eos_token,
-		.max_seq_len = model->max_seq_len,
-		.max_prompt_tokens = conn->hdr.max_prompt_tokens,
-		.max_output_tokens = conn->hdr.max_output_tokens,
-		.max_inflight = conn->hdr.max_inflight,
-		.client_id = conn->hdr.client_id,
-		.model_name = model->model_name,
-		.engine_name = model->engine_name,
-		.vocab = model->vocab_size_bytes ? (const unsigned char *)model + model->vocab_offset : NULL,
-		.vocab_bytes = model->vocab_size_bytes,
+	    .vocab_size = model->vocab_size,
+	    .bos_token = model->bos_token,
+	    .eos_token = model->eos_token,
+	    .max_seq_len = model->max_seq_len,
+	    .max_prompt_tokens = conn->hdr.max_prompt_tokens,
+	    .max_output_tokens = conn->hdr.max_output_tokens,
+	    .max_inflight = conn->hdr.max_inflight,
+	    .client_id = conn->hdr.client_id,
+	    .model_name = model->model_name,
+	    .engine_name = model->engine_name,
+	    .vocab =
+		model->vocab_size_bytes ? (const unsigned char *)model + model->vocab_offset : NULL,
+	    .vocab_bytes = model->vocab_size_bytes,
 	};
 	return 0;
 }

@@ -41,6 +41,10 @@ struct rs_connect_options {
 	/* Busy-poll this long (microseconds) in rs_wait / rs_wait_output before sleeping
 	 * on the futex; 0 means the default of 50 us. Use -1 (UINT32_MAX) to never spin. */
 	uint32_t spin_us;
+	/* The tenant this connection's requests are charged to (fair sharing is between
+	 * tenants, scoped by our uid: more connections earn no more service). NULL:
+	 * $RINGSERVE_TENANT if set, else "default". 1 to 63 bytes of [A-Za-z0-9._@:+-]. */
+	const char *tenant;
 };
 
 /* Connect to the daemon at socket_path (NULL: $RINGSERVE_SOCKET if set, else
@@ -51,6 +55,7 @@ struct rs_connect_options {
  *   -EPERM                   the daemon's allow-list refused our uid/gid
  *   -EUSERS                  the daemon has its maximum number of clients
  *   -ESHUTDOWN               the daemon is shutting down
+ *   -EINVAL                  a bad tenant name (also when the daemon refuses it)
  *   -EPROTO                  the daemon speaks another ABI version, or sent garbage
  *   -ETIMEDOUT               the daemon did not answer the handshake within 5 s
  *   -EMFILE, -ENOMEM         the daemon is out of descriptors or memory for a segment

@@ -18,16 +18,16 @@ int rs_client_setup_segment(struct rs_daemon *daemon, struct rs_client *client, 
 {
 	const struct rs_daemon_config *config = &daemon->config;
 	struct rs_segment_params params = {
-		.sq_entries = config->ring_entries,
-		.cq_entries = config->ring_entries,
-		.slot_count = config->slots,
-		.slot_prompt_capacity = config->max_prompt_tokens,
-		.slot_output_capacity = config->max_output_tokens,
-		.max_inflight = config->max_inflight,
-		.max_prompt_tokens = config->max_prompt_tokens,
-		.max_output_tokens = config->max_output_tokens,
-		.wake_mode = daemon->wake_mode,
-		.client_id = client->id,
+	    .sq_entries = config->ring_entries,
+	    .cq_entries = config->ring_entries,
+	    .slot_count = config->slots,
+	    .slot_prompt_capacity = config->max_prompt_tokens,
+	    .slot_output_capacity = config->max_output_tokens,
+	    .max_inflight = config->max_inflight,
+	    .max_prompt_tokens = config->max_prompt_tokens,
+	    .max_output_tokens = config->max_output_tokens,
+	    .wake_mode = daemon->wake_mode,
+	    .client_id = client->id,
 	};
 	void *map;
 	size_t size;
@@ -51,8 +51,8 @@ int rs_client_setup_segment(struct rs_daemon *daemon, struct rs_client *client, 
 	client->slot_request = calloc(params.slot_count, sizeof(*client->slot_request));
 	/* Let the engine's device write tokens straight into the segment. */
 	ret = daemon->engine->ops->register_memory
-		      ? daemon->engine->ops->register_memory(daemon->engine, map, size)
-		      : 0;
+		  ? daemon->engine->ops->register_memory(daemon->engine, map, size)
+		  : 0;
 	if (!client->slot_request || ret) {
 		if (!ret && daemon->engine->ops->unregister_memory)
 			daemon->engine->ops->unregister_memory(daemon->engine, map);
@@ -73,11 +73,11 @@ int rs_client_setup_segment(struct rs_daemon *daemon, struct rs_client *client, 
 	rs_segment_layout(&params, &client->hdr);
 	unsigned char *base = map;
 	rs_ring_init(&client->sq, (struct rs_ring_indices *)(base + client->hdr.sq_ring_offset),
-		     base + client->hdr.sq_entries_offset, sizeof(struct rs_sqe), client->hdr.sq_entries,
-		     false);
+		     base + client->hdr.sq_entries_offset, sizeof(struct rs_sqe),
+		     client->hdr.sq_entries, false);
 	rs_ring_init(&client->cq, (struct rs_ring_indices *)(base + client->hdr.cq_ring_offset),
-		     base + client->hdr.cq_entries_offset, sizeof(struct rs_cqe), client->hdr.cq_entries,
-		     true);
+		     base + client->hdr.cq_entries_offset, sizeof(struct rs_cqe),
+		     client->hdr.cq_entries, true);
 	client->inflight = 0;
 	client->alive_requests = 0;
 	client->doorbell_armed = false;
@@ -142,6 +142,10 @@ void rs_client_maybe_free(struct rs_daemon *daemon, struct rs_client *client)
 	if (client->eventfd >= 0)
 		close(client->eventfd);
 	close(client->fd);
+	if (client->tenant)
+		rs_sched_tenant_release(daemon->sched, client->tenant);
+	client->tenant = NULL;
+	client->broken = NULL;
 	free(client->slot_request);
 	client->slot_request = NULL;
 	client->segment = NULL;

@@ -15,14 +15,24 @@
 
 #include "daemon/daemon.h"
 #include "shm/clock.h"
+#include "shm/segment.h"
 
 /* IORING_OP_FUTEX_WAIT (Linux 6.7) is newer than the headers we build against. */
-#define RS_IORING_OP_FUTEX_WAIT 51
-#define RS_FUTEX2_SIZE_U32 0x02
+#define RS_IORING_OP_FUTEX_WAIT	  51
+#define RS_FUTEX2_SIZE_U32	  0x02
 #define RS_FUTEX_BITSET_MATCH_ANY 0xffffffffull
 
 /* user_data of our io_uring operations: kind, client generation, client index. */
-enum op_kind { OP_ACCEPT = 1, OP_CLIENT_RECV, OP_DOORBELL, OP_SIGNAL, OP_CANCEL, OP_REJECTED, OP_LANE, OP_ACCEPT_RETRY };
+enum op_kind {
+	OP_ACCEPT = 1,
+	OP_CLIENT_RECV,
+	OP_DOORBELL,
+	OP_SIGNAL,
+	OP_CANCEL,
+	OP_REJECTED,
+	OP_LANE,
+	OP_ACCEPT_RETRY
+};
 
 static uint64_t op_data(enum op_kind kind, const struct rs_client *client)
 {
@@ -197,7 +207,7 @@ static int send_welcome(int fd, const struct rs_welcome *welcome, const int *fds
 static void reject(int fd, int32_t status)
 {
 	struct rs_welcome welcome = {
-		.magic = RS_HELLO_MAGIC, .abi_version = RS_ABI_VERSION, .status = status};
+	    .magic = RS_HELLO_MAGIC, .abi_version = RS_ABI_VERSION, .status = status};
 	send_welcome(fd, &welcome, NULL, 0);
 }
 
@@ -237,7 +247,8 @@ static void handle_accept(struct rs_daemon *daemon, int fd)
 		return;
 	}
 	if (!peer_allowed(&daemon->config, cred.uid, cred.gid)) {
-		fprintf(stderr, "ringserved: refused pid %d (uid %u, gid %u): not in the allow-list\n",
+		fprintf(stderr,
+			"ringserved: refused pid %d (uid %u, gid %u): not in the allow-list\n",
 			(int)cred.pid, (unsigned)cred.uid, (unsigned)cred.gid);
 		daemon->stats.clients_rejected++;
 		reject_connection(daemon, fd, -EPERM);
@@ -279,7 +290,20 @@ static void handle_hello(struct rs_daemon *daemon, struct rs_client *client, int
 	memcpy(&hello, client->recv_buf, sizeof(hello));
 	if (hello.magic != RS_HELLO_MAGIC || hello.abi_version != RS_ABI_VERSION || hello.flags) {
 		reject(client->fd, -EPROTO);
-		rs_client_disconnect(daemon, client, "protocol: bad hello (magic, version or flags)");
+		rs_client_disconnect(daemon, client,
+				     "protocol: bad hello (magic, version or flags)");
+		return;
+	}
+	if (!rs_tenant_name_valid(hello.tenant)) {
+		reject(client->fd, -EINVAL);
+		rs_client_disconnect(daemon, client, "protocol: bad tenant name");
+		return;
+	}
+	/* Scoped by the uid the kernel vouches for: a name alone reaches no one else's. */
+	client->tenant = rs_sched_tenant_acquire(daemon->sched, client->uid, hello.tenant, 1.0);
+	if (!client->tenant) {
+		reject(client->fd, -EUSERS);
+		rs_client_disconnect(daemon, client, "tenant table full");
 		return;
 	}
 	int memfd;
@@ -290,12 +314,12 @@ static void handle_hello(struct rs_daemon *daemon, struct rs_client *client, int
 		return;
 	}
 	struct rs_welcome welcome = {
-		.magic = RS_HELLO_MAGIC,
-		.abi_version = RS_ABI_VERSION,
-		.status = 0,
-		.client_id = client->id,
-		.segment_size = client->segment_size,
-		.shared_size = daemon->shared_size,
+	    .magic = RS_HELLO_MAGIC,
+	    .abi_version = RS_ABI_VERSION,
+	    .status = 0,
+	    .client_id = client->id,
+	    .segment_size = client->segment_size,
+	    .shared_size = daemon->shared_size,
 	};
 	int fds[3] = {memfd, daemon->shared_fd, client->eventfd};
 	ret = send_welcome(client->fd, &welcome, fds, client->eventfd >= 0 ? 3 : 2);
@@ -359,7 +383,8 @@ static void handle_cqe(struct rs_daemon *daemon, const struct io_uring_cqe *cqe)
 		}
 		if (daemon->listen_fd < 0 || daemon->draining)
 			break;
-		if (cqe->res == -EMFILE || cqe->res == -ENFILE || cqe->res == -ENOBUFS || cqe->res == -ENOMEM)
+		if (cqe->res == -EMFILE || cqe->res == -ENFILE || cqe->res == -ENOBUFS ||
+		    cqe->res == -ENOMEM)
 			pause_accept(daemon, -cqe->res);
 		else
 			arm_accept(daemon);
@@ -373,9 +398,10 @@ static void handle_cqe(struct rs_daemon *daemon, const struct io_uring_cqe *cqe)
 			rs_client_maybe_free(daemon, client);
 		else if (cqe->res <= 0)
 			rs_client_disconnect(daemon, client,
-					     cqe->res == 0	      ? "socket closed"
-					     : cqe->res == -ECANCELED ? "protocol: no hello within 5 s"
-								      : "socket error");
+					     cqe->res == 0 ? "socket closed"
+					     : cqe->res == -ECANCELED
+						 ? "protocol: no hello within 5 s"
+						 : "socket error");
 		else if (client->state == RS_CLIENT_HANDSHAKE)
 			handle_hello(daemon, client, cqe->res);
 		else if (arm_client_recv(daemon, client) < 0) /* stray bytes: ignore them */
@@ -432,10 +458,11 @@ int rs_control_wait(struct rs_daemon *daemon, uint64_t timeout_ns)
 {
 	struct io_uring_cqe *cqe;
 	struct __kernel_timespec ts = {
-		.tv_sec = (long long)(timeout_ns / 1000000000ull),
-		.tv_nsec = (long long)(timeout_ns % 1000000000ull),
+	    .tv_sec = (long long)(timeout_ns / 1000000000ull),
+	    .tv_nsec = (long long)(timeout_ns % 1000000000ull),
 	};
-	int ret = io_uring_submit_and_wait_timeout(&daemon->ring, &cqe, 1, timeout_ns ? &ts : NULL, NULL);
+	int ret =
+	    io_uring_submit_and_wait_timeout(&daemon->ring, &cqe, 1, timeout_ns ? &ts : NULL, NULL);
 	return ret == -ETIME || ret == -EINTR ? 0 : (ret < 0 ? ret : 0);
 }
 
@@ -470,7 +497,8 @@ static int bind_control_socket(struct rs_daemon *daemon)
 	int rc = bind(fd, (struct sockaddr *)&addr, sizeof(addr));
 	if (rc < 0 && errno == EADDRINUSE) {
 		int probe = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-		int alive = probe >= 0 && connect(probe, (struct sockaddr *)&addr, sizeof(addr)) == 0;
+		int alive =
+		    probe >= 0 && connect(probe, (struct sockaddr *)&addr, sizeof(addr)) == 0;
 		if (probe >= 0)
 			close(probe);
 		if (alive) {
@@ -508,12 +536,12 @@ int rs_control_init(struct rs_daemon *daemon)
 	daemon->ring_ready = true;
 	struct io_uring_probe *probe = io_uring_get_probe_ring(&daemon->ring);
 	daemon->futex_wait_supported =
-		probe && io_uring_opcode_supported(probe, RS_IORING_OP_FUTEX_WAIT);
+	    probe && io_uring_opcode_supported(probe, RS_IORING_OP_FUTEX_WAIT);
 	if (probe)
 		io_uring_free_probe(probe);
 	daemon->wake_mode = daemon->futex_wait_supported && !daemon->config.force_eventfd
-				    ? RS_WAKE_FUTEX
-				    : RS_WAKE_EVENTFD;
+				? RS_WAKE_FUTEX
+				: RS_WAKE_EVENTFD;
 
 	ret = bind_control_socket(daemon);
 	if (ret)

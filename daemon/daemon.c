@@ -28,6 +28,9 @@ void rs_daemon_config_defaults(struct rs_daemon_config *config)
 	config->spin_ns = 200 * 1000;
 	config->grace_ns = 10ull * 1000 * 1000 * 1000;
 	config->heartbeat_ns = 100 * 1000 * 1000;
+	config->admission.policy = RS_ADMISSION_DLPM;
+	config->prefix_cache = true;
+	config->max_tenants = 1024;
 }
 
 /* Pin the calling thread (the scheduler core) and prefer its NUMA node's memory. */
@@ -53,18 +56,25 @@ static int pin_scheduler_core(struct rs_daemon *daemon)
 	return 0;
 }
 
+/* The scheduling core's clock: the loop's time, read once per iteration. */
+static uint64_t clock_now(void *ctx)
+{
+	return ((struct rs_daemon *)ctx)->now_ns;
+}
+
 static int create_shared_segment(struct rs_daemon *daemon)
 {
 	const struct rs_serving_engine *engine = daemon->engine;
 	struct rs_shared_header header = {
-		.vocab_size = engine->vocab_size,
-		.bos_token = engine->bos_token,
-		.eos_token = engine->eos_token,
-		.max_seq_len = engine->max_seq_len,
+	    .vocab_size = engine->vocab_size,
+	    .bos_token = engine->bos_token,
+	    .eos_token = engine->eos_token,
+	    .max_seq_len = engine->max_seq_len,
 	};
 	snprintf(header.model_name, sizeof(header.model_name), "%s", engine->model_name);
 	snprintf(header.engine_name, sizeof(header.engine_name), "%s", engine->name);
-	int fd = rs_shared_segment_create(&header, engine->vocab, engine->vocab_bytes, &daemon->shared_size);
+	int fd = rs_shared_segment_create(&header, engine->vocab, engine->vocab_bytes,
+					  &daemon->shared_size);
 	if (fd < 0)
 		return fd;
 	daemon->shared_fd = fd;
@@ -83,7 +93,8 @@ int rs_daemon_init(struct rs_daemon *daemon, const struct rs_daemon_config *conf
 	int ret;
 	if (config->max_inflight > config->ring_entries || config->max_inflight > config->slots ||
 	    config->max_clients == 0) {
-		fprintf(stderr, "ringserved: --max-inflight must not exceed --ring-entries or --slots\n");
+		fprintf(stderr,
+			"ringserved: --max-inflight must not exceed --ring-entries or --slots\n");
 		return -EINVAL;
 	}
 	if ((ret = pin_scheduler_core(daemon)))
@@ -93,16 +104,30 @@ int rs_daemon_init(struct rs_daemon *daemon, const struct rs_daemon_config *conf
 	daemon->lanes = calloc(engine->lanes, sizeof(*daemon->lanes));
 	if (!daemon->clients || !daemon->active || !daemon->lanes)
 		return -ENOMEM;
+	struct rs_sched_config sched_config = {
+	    .lanes = engine->lanes,
+	    .max_batch = engine->max_batch,
+	    .max_batch_tokens = engine->max_batch_tokens,
+	    .max_tenants = config->max_tenants,
+	    .vocab_size = engine->vocab_size,
+	    .eos_token = engine->eos_token,
+	    .prefix_cache = config->prefix_cache,
+	    .admission = config->admission,
+	};
+	struct rs_sched_hooks hooks = {
+	    .now_ns = clock_now,
+	    .token = rs_scheduler_on_token,
+	    .finish = rs_scheduler_on_finish,
+	    .ctx = daemon,
+	};
+	if ((ret = rs_sched_create(&sched_config, engine->kv, &hooks, &daemon->sched))) {
+		fprintf(stderr, "ringserved: scheduler: %s\n", strerror(-ret));
+		return ret;
+	}
 	for (uint32_t i = 0; i < config->max_clients; i++) {
 		daemon->clients[i].index = i;
 		daemon->clients[i].fd = -1;
 		daemon->clients[i].eventfd = -1;
-	}
-	for (uint32_t l = 0; l < engine->lanes; l++) {
-		daemon->lanes[l].running = calloc(engine->max_batch, sizeof(struct rs_request *));
-		daemon->lanes[l].step = calloc(engine->max_batch, sizeof(struct rs_request *));
-		if (!daemon->lanes[l].running || !daemon->lanes[l].step)
-			return -ENOMEM;
 	}
 	/* Every request a client can have in flight, for every client: admission never
 	 * runs out of requests before a client hits its own limit. */
@@ -134,7 +159,8 @@ static void drain_step(struct rs_daemon *daemon)
 {
 	if (!daemon->drain_expired && daemon->now_ns >= daemon->drain_deadline_ns &&
 	    rs_scheduler_busy(daemon)) {
-		fprintf(stderr, "ringserved: grace period over: failing %u request(s) with -ESHUTDOWN\n",
+		fprintf(stderr,
+			"ringserved: grace period over: failing %u request(s) with -ESHUTDOWN\n",
 			daemon->pool.in_use);
 		daemon->drain_expired = true;
 		/* Downwards: see the poll loop in rs_daemon_run. */
@@ -211,12 +237,9 @@ void rs_daemon_destroy(struct rs_daemon *daemon)
 			free(client->slot_request);
 		}
 	}
-	if (daemon->lanes) {
-		for (uint32_t l = 0; l < daemon->engine->lanes; l++) {
-			free(daemon->lanes[l].running);
-			free(daemon->lanes[l].step);
-		}
-	}
+	/* The engine's lanes are idle (the loop drained them, or never started). */
+	rs_sched_destroy(daemon->sched);
+	daemon->sched = NULL;
 	if (daemon->pool.all)
 		rs_request_pool_destroy(&daemon->pool);
 	if (daemon->shared_fd >= 0)

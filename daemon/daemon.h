@@ -14,7 +14,7 @@
 #include <sys/types.h>
 
 #include "daemon/engine.h"
-#include "daemon/request.h"
+#include "daemon/sched/sched.h"
 #include "shm/abi.h"
 #include "shm/ring.h"
 
@@ -27,18 +27,22 @@ struct rs_daemon_config {
 	uint32_t n_allow_uids;
 	gid_t allow_gids[RS_MAX_ALLOW];
 	uint32_t n_allow_gids;
-	int cpu;                   /* pin the scheduler core here; -1: no pinning */
+	int cpu; /* pin the scheduler core here; -1: no pinning */
 	uint32_t max_clients;
 	/* Per-client segment geometry and limits. */
-	uint32_t ring_entries;     /* SQ and CQ entries, power of two */
+	uint32_t ring_entries; /* SQ and CQ entries, power of two */
 	uint32_t slots;
 	uint32_t max_inflight;
 	uint32_t max_prompt_tokens;
 	uint32_t max_output_tokens;
-	uint64_t spin_ns;          /* busy-poll this long without work before sleeping */
-	uint64_t grace_ns;         /* SIGTERM: let in-flight work finish this long */
-	uint64_t heartbeat_ns;     /* write the heartbeat this often (also while asleep) */
-	bool force_eventfd;        /* do not use IORING_OP_FUTEX_WAIT even when available */
+	uint64_t spin_ns;      /* busy-poll this long without work before sleeping */
+	uint64_t grace_ns;     /* SIGTERM: let in-flight work finish this long */
+	uint64_t heartbeat_ns; /* write the heartbeat this often (also while asleep) */
+	bool force_eventfd;    /* do not use IORING_OP_FUTEX_WAIT even when available */
+	/* Scheduling (docs/scheduling.md). */
+	struct rs_admission_params admission; /* --policy, --quantum, --w-prompt, --w-output */
+	bool prefix_cache;		      /* --no-prefix-cache clears it */
+	uint32_t max_tenants;
 	bool verbose;
 };
 
@@ -49,17 +53,17 @@ enum rs_client_state {
 	RS_CLIENT_FREE = 0,
 	RS_CLIENT_HANDSHAKE, /* accepted, waiting for its hello */
 	RS_CLIENT_ACTIVE,
-	RS_CLIENT_CLOSING,   /* gone; waiting for io_uring and lanes to let go of it */
+	RS_CLIENT_CLOSING, /* gone; waiting for io_uring and lanes to let go of it */
 };
 
 struct rs_client {
 	enum rs_client_state state;
-	uint32_t index;      /* in rs_daemon.clients */
+	uint32_t index;	     /* in rs_daemon.clients */
 	uint32_t active_pos; /* in rs_daemon.active while ACTIVE */
 	uint32_t generation; /* bumped on reuse: io_uring completions carry it */
-	uint32_t id;         /* client id, unique for the daemon's lifetime */
-	int fd;              /* its control-socket connection */
-	int eventfd;         /* RS_WAKE_EVENTFD: the doorbell's companion; else -1 */
+	uint32_t id;	     /* client id, unique for the daemon's lifetime */
+	int fd;		     /* its control-socket connection */
+	int eventfd;	     /* RS_WAKE_EVENTFD: the doorbell's companion; else -1 */
 	pid_t pid;
 	uid_t uid;
 	gid_t gid;
@@ -73,26 +77,27 @@ struct rs_client {
 	struct rs_ring sq; /* we consume */
 	struct rs_ring cq; /* we produce */
 
-	uint32_t inflight;        /* accepted requests not yet completed: each owns a CQE */
+	struct rs_tenant *tenant; /* its account (uid, tenant name) */
+	const char *broken;	  /* a protocol error found where it could not disconnect it
+				   * at once: the loop disconnects it (rs_scheduler_notify_clients) */
+	uint32_t inflight;	  /* accepted requests not yet completed: each owns a CQE */
 	uint32_t alive_requests;  /* requests still referencing this client (incl. orphans) */
 	struct rs_request **slot_request; /* the request running in each slot, or NULL */
-	uint32_t pending_io;      /* io_uring operations that still reference this client */
-	bool doorbell_armed;      /* a FUTEX_WAIT or eventfd read is queued */
-	bool notify_pending;      /* new completions or tokens since the last wakeup check */
+	uint32_t pending_io;		  /* io_uring operations that still reference this client */
+	bool doorbell_armed;		  /* a FUTEX_WAIT or eventfd read is queued */
+	bool notify_pending; /* new completions or tokens since the last wakeup check */
 	bool listed_for_notify;
 	struct rs_client *next_notify;
-	uint64_t eventfd_value;   /* read target for the eventfd */
-	unsigned char recv_buf[64];
+	uint64_t eventfd_value;	     /* read target for the eventfd */
+	unsigned char recv_buf[128]; /* larger than a hello: a longer message is an error */
 };
 
+/* A lane as the data path sees it: whether the engine runs a step on it. What runs there
+ * is the scheduling core's business. */
 struct rs_lane {
-	struct rs_request **running; /* admitted requests, max_batch at most */
-	uint32_t n_running;
-	struct rs_request **step;    /* the requests of the step in flight */
-	uint32_t n_step;
 	bool step_in_flight;
-	bool wake_armed;      /* an io_uring read on the engine's step_fd is queued */
-	uint64_t wake_value;  /* its read target */
+	bool wake_armed;     /* an io_uring read on the engine's step_fd is queued */
+	uint64_t wake_value; /* its read target */
 };
 
 struct rs_daemon {
@@ -101,12 +106,12 @@ struct rs_daemon {
 	struct io_uring ring;
 	bool ring_ready;
 	bool futex_wait_supported; /* IORING_OP_FUTEX_WAIT probed at start */
-	uint32_t wake_mode;        /* enum rs_wake_mode used for new clients */
+	uint32_t wake_mode;	   /* enum rs_wake_mode used for new clients */
 	int listen_fd;
 	int signal_fd;
-	int shared_fd;             /* the read-only segment every client gets */
+	int shared_fd; /* the read-only segment every client gets */
 	size_t shared_size;
-	int numa_node;             /* of the scheduler core, or -1 */
+	int numa_node; /* of the scheduler core, or -1 */
 
 	struct rs_client *clients; /* max_clients entries */
 	struct rs_client **active; /* the ACTIVE ones, packed: what the loop polls */
@@ -115,16 +120,15 @@ struct rs_daemon {
 	struct rs_client *notify_list; /* clients with notify_pending set */
 
 	struct rs_request_pool pool;
-	struct rs_request_queue waiting; /* admission order */
+	struct rs_sched *sched; /* the scheduling core */
 	struct rs_lane *lanes;
-	uint32_t running_requests;
 
-	bool draining;             /* SIGTERM seen: no new connections or requests */
+	bool draining; /* SIGTERM seen: no new connections or requests */
 	uint64_t drain_deadline_ns;
 	bool drain_expired;
 	bool stop;
 	uint64_t last_heartbeat_ns;
-	uint64_t now_ns;           /* refreshed once per loop iteration */
+	uint64_t now_ns; /* refreshed once per loop iteration */
 
 	struct { /* counters for --verbose and tests */
 		uint64_t requests_completed;
@@ -182,8 +186,9 @@ int rs_scheduler_poll_client(struct rs_daemon *daemon, struct rs_client *client)
 int rs_scheduler_run_lanes(struct rs_daemon *daemon);
 /* Wake clients that sleep and got completions or tokens. */
 void rs_scheduler_notify_clients(struct rs_daemon *daemon);
-/* Complete a request (post its CQE unless orphaned) and free it. */
-void rs_scheduler_finish(struct rs_daemon *daemon, struct rs_request *request, int32_t status);
+/* The scheduling core's hooks: publish a token; complete a request and free it. */
+void rs_scheduler_on_token(void *daemon, struct rs_request *request);
+void rs_scheduler_on_finish(void *daemon, struct rs_request *request, int32_t status);
 /* Cancel every request of a client; queued ones go at once. Orphans when `orphan`. */
 void rs_scheduler_cancel_client(struct rs_daemon *daemon, struct rs_client *client, int32_t status,
 				bool orphan);

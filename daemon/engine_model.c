@@ -12,31 +12,31 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
-#include <sys/eventfd.h>
-#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include "daemon/engine.h"
-#include "daemon/request.h"
+#include "daemon/sched/sched.h"
 #include "kernels/engine/engine.h"
 #include "kernels/model/tokenizer.h"
 
 enum worker_state { WORKER_IDLE = 0, WORKER_SUBMITTED, WORKER_DONE };
 
-/* A CPU lane's worker thread. The scheduler writes steps/n_steps, then stores SUBMITTED
+/* A CPU lane's worker thread. The scheduler sets steps/n_steps, then stores SUBMITTED
  * (release, R-submit) under the mutex; the worker runs the step, writes status and
  * stores DONE (release, R-done); the scheduler's acquire load of DONE (A-done) in
  * model_step_poll makes the tokens and status visible. */
 struct lane {
-	struct rs_seq_step *steps; /* max_batch entries: the step being built or run */
+	const struct rs_seq_step *steps; /* the plan's, valid until the step is done */
 	uint32_t n_steps;
 	pthread_t thread;
 	bool has_thread;
-	int done_fd;               /* eventfd written when a step is done; -1 on CUDA */
+	int done_fd; /* eventfd written when a step is done; -1 on CUDA */
 	pthread_mutex_t lock;
 	pthread_cond_t wake;
-	_Atomic uint32_t state;    /* enum worker_state */
+	_Atomic uint32_t state; /* enum worker_state */
 	int status;
 	bool stop;
 	struct model_engine *owner;
@@ -47,56 +47,9 @@ struct model_engine {
 	struct rs_serving_engine base;
 	struct rs_model *model;
 	struct rs_engine *engine;
-	struct rs_kv_cache *kv;
-	uint32_t block_size;
-	uint32_t max_batch_tokens;
 	void *vocab; /* serialized tokenizer for the shared segment */
 	struct lane *lanes;
 };
-
-/* What a request holds in the engine: its blocks. */
-struct sequence {
-	uint32_t n_blocks;
-	uint32_t blocks[];
-};
-
-static uint32_t blocks_for(const struct model_engine *engine, uint64_t positions)
-{
-	return (uint32_t)((positions + engine->block_size - 1) / engine->block_size);
-}
-
-static void free_sequence(struct model_engine *engine, struct sequence *sequence, uint32_t n)
-{
-	for (uint32_t i = 0; i < n; i++)
-		rs_kv_block_unref(engine->kv, sequence->blocks[i]);
-	free(sequence);
-}
-
-static int model_admit(struct rs_serving_engine *base, struct rs_request *request)
-{
-	struct model_engine *engine = (struct model_engine *)base;
-	/* The last sampled token is never fed back, so it needs no KV position. */
-	uint32_t needed = blocks_for(engine, (uint64_t)request->prompt_len + request->max_new_tokens - 1);
-	if (needed > rs_kv_n_blocks(engine->kv))
-		return -E2BIG; /* could never run, even alone */
-	if (needed > rs_kv_free_count(engine->kv))
-		return -EAGAIN;
-	struct sequence *sequence = malloc(sizeof(*sequence) + needed * sizeof(uint32_t));
-	if (!sequence)
-		return -ENOMEM;
-	for (uint32_t i = 0; i < needed; i++) {
-		int block = rs_kv_block_alloc(engine->kv);
-		if (block < 0) { /* cannot happen after the free count check, but be safe */
-			free_sequence(engine, sequence, i);
-			return -EAGAIN;
-		}
-		sequence->blocks[i] = (uint32_t)block;
-	}
-	sequence->n_blocks = needed;
-	request->engine_state = sequence;
-	request->prefilled = 0;
-	return 0;
-}
 
 static void *lane_worker(void *arg)
 {
@@ -104,12 +57,14 @@ static void *lane_worker(void *arg)
 	pthread_mutex_lock(&lane->lock);
 	for (;;) {
 		/* Relaxed under the mutex: the mutex orders it with the scheduler's store. */
-		while (!lane->stop && atomic_load_explicit(&lane->state, memory_order_relaxed) != WORKER_SUBMITTED)
+		while (!lane->stop &&
+		       atomic_load_explicit(&lane->state, memory_order_relaxed) != WORKER_SUBMITTED)
 			pthread_cond_wait(&lane->wake, &lane->lock);
 		if (lane->stop)
 			break;
 		pthread_mutex_unlock(&lane->lock);
-		lane->status = rs_engine_step(lane->owner->engine, lane->index, lane->steps, lane->n_steps);
+		lane->status =
+		    rs_engine_step(lane->owner->engine, lane->index, lane->steps, lane->n_steps);
 		/* R-done: pairs with A-done in model_step_poll. */
 		atomic_store_explicit(&lane->state, WORKER_DONE, memory_order_release);
 		/* Wakes a sleeping scheduler core. An eventfd write fails only on counter
@@ -124,52 +79,14 @@ static void *lane_worker(void *arg)
 }
 
 static int model_step_start(struct rs_serving_engine *base, uint32_t lane_index,
-			    struct rs_request *const *requests, uint32_t n)
+			    const struct rs_step_plan *plan)
 {
 	struct model_engine *engine = (struct model_engine *)base;
 	struct lane *lane = &engine->lanes[lane_index];
-	/* Decodes first (one token each), then prefill chunks in the remaining budget:
-	 * a long prompt is split over steps instead of stalling everyone's decode. */
-	uint32_t budget = engine->max_batch_tokens, n_steps = 0;
-	for (uint32_t i = 0; i < n; i++) {
-		struct rs_request *r = requests[i];
-		r->step_produced = false;
-		if (r->prefilled == r->prompt_len)
-			budget--;
-	}
-	for (uint32_t i = 0; i < n; i++) {
-		struct rs_request *r = requests[i];
-		const struct sequence *sequence = r->engine_state;
-		struct rs_seq_step *step = &lane->steps[n_steps];
-		if (r->prefilled < r->prompt_len) {
-			uint32_t chunk = r->prompt_len - r->prefilled;
-			if (chunk > budget)
-				chunk = budget;
-			if (chunk == 0)
-				continue; /* no room this step: it waits for the next */
-			budget -= chunk;
-			step->tokens = r->prompt + r->prefilled;
-			step->n_tokens = chunk;
-			step->start_pos = r->prefilled;
-			r->prefilled += chunk;
-			step->sample = r->prefilled == r->prompt_len;
-		} else {
-			step->tokens = &r->last_token;
-			step->n_tokens = 1;
-			step->start_pos = r->prompt_len + r->generated - 1;
-			step->sample = 1;
-		}
-		step->block_table = sequence->blocks;
-		step->n_blocks = sequence->n_blocks;
-		step->sampling = (struct rs_sampling_params){
-			.temperature = r->temperature, .top_k = r->top_k, .top_p = r->top_p, .seed = r->seed};
-		step->out_token = &r->output[r->generated];
-		r->step_produced = step->sample;
-		n_steps++;
-	}
-	lane->n_steps = n_steps;
+	lane->steps = plan->steps;
+	lane->n_steps = plan->n;
 	if (!lane->has_thread)
-		return n_steps ? rs_engine_step(engine->engine, lane_index, lane->steps, n_steps) : 0;
+		return rs_engine_step(engine->engine, lane_index, lane->steps, lane->n_steps);
 	pthread_mutex_lock(&lane->lock);
 	lane->status = 0;
 	/* R-submit: the mutex publishes steps and n_steps to the worker. */
@@ -202,15 +119,6 @@ static uint64_t model_step_deadline(struct rs_serving_engine *base, uint32_t lan
 	return 0; /* unknown: the scheduler polls */
 }
 
-static void model_release(struct rs_serving_engine *base, struct rs_request *request)
-{
-	struct model_engine *engine = (struct model_engine *)base;
-	struct sequence *sequence = request->engine_state;
-	if (sequence)
-		free_sequence(engine, sequence, sequence->n_blocks);
-	request->engine_state = NULL;
-}
-
 static int model_register(struct rs_serving_engine *base, void *ptr, size_t size)
 {
 	return rs_engine_register_host(((struct model_engine *)base)->engine, ptr, size);
@@ -236,14 +144,13 @@ static void destroy_lanes(struct model_engine *engine, uint32_t n_lanes)
 		}
 		if (lane->done_fd >= 0)
 			close(lane->done_fd);
-		free(lane->steps);
 	}
 	free(engine->lanes);
 	engine->lanes = NULL;
 }
 
-/* Lanes: step scratch for each, and on the CPU backend a worker thread. */
-static int create_lanes(struct model_engine *engine, uint32_t n_lanes, uint32_t max_batch, bool workers)
+/* Lanes: on the CPU backend, a worker thread each. */
+static int create_lanes(struct model_engine *engine, uint32_t n_lanes, bool workers)
 {
 	engine->lanes = calloc(n_lanes, sizeof(*engine->lanes));
 	if (!engine->lanes)
@@ -254,9 +161,6 @@ static int create_lanes(struct model_engine *engine, uint32_t n_lanes, uint32_t 
 		struct lane *lane = &engine->lanes[l];
 		lane->owner = engine;
 		lane->index = l;
-		lane->steps = calloc(max_batch, sizeof(*lane->steps));
-		if (!lane->steps)
-			return -ENOMEM;
 		if (!workers)
 			continue;
 		lane->done_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -286,15 +190,13 @@ static void model_destroy(struct rs_serving_engine *base)
 }
 
 static const struct rs_serving_engine_ops model_ops = {
-	.admit = model_admit,
-	.step_start = model_step_start,
-	.step_poll = model_step_poll,
-	.step_deadline_ns = model_step_deadline,
-	.step_fd = model_step_fd,
-	.release = model_release,
-	.register_memory = model_register,
-	.unregister_memory = model_unregister,
-	.destroy = model_destroy,
+    .step_start = model_step_start,
+    .step_poll = model_step_poll,
+    .step_deadline_ns = model_step_deadline,
+    .step_fd = model_step_fd,
+    .register_memory = model_register,
+    .unregister_memory = model_unregister,
+    .destroy = model_destroy,
 };
 
 int rs_model_engine_create(const struct rs_model_engine_options *options,
@@ -304,7 +206,8 @@ int rs_model_engine_create(const struct rs_model_engine_options *options,
 	struct model_engine *engine = calloc(1, sizeof(*engine));
 	if (!engine)
 		return -ENOMEM;
-	int ret = rs_model_load(options->model_path, options->tokenizer_path, &engine->model, err, sizeof(err));
+	int ret = rs_model_load(options->model_path, options->tokenizer_path, &engine->model, err,
+				sizeof(err));
 	if (ret) {
 		fprintf(stderr, "ringserved: %s: %s\n", options->model_path, err);
 		free(engine);
@@ -327,13 +230,10 @@ int rs_model_engine_create(const struct rs_model_engine_options *options,
 		fprintf(stderr, "ringserved: engine: %s\n", err);
 	const struct rs_engine_options *resolved = rs_engine_options(engine->engine);
 	const struct rs_model_config *config = rs_engine_config(engine->engine);
-	engine->kv = rs_engine_kv(engine->engine);
-	engine->block_size = rs_kv_block_size(engine->kv);
-	engine->max_batch_tokens = resolved->max_batch_tokens;
 	uint32_t max_batch = options->max_batch;
-	if (max_batch > engine->max_batch_tokens)
-		max_batch = engine->max_batch_tokens; /* every decode needs a token of budget */
-	ret = create_lanes(engine, resolved->lanes, max_batch, strcmp(resolved->backend, "cpu") == 0);
+	if (max_batch > resolved->max_batch_tokens)
+		max_batch = resolved->max_batch_tokens; /* every decode needs a token of budget */
+	ret = create_lanes(engine, resolved->lanes, strcmp(resolved->backend, "cpu") == 0);
 	if (ret)
 		goto fail;
 
@@ -341,11 +241,14 @@ int rs_model_engine_create(const struct rs_model_engine_options *options,
 	base->ops = &model_ops;
 	snprintf(base->name, sizeof(base->name), "%s", resolved->backend);
 	const char *slash = strrchr(options->model_path, '/');
-	snprintf(base->model_name, sizeof(base->model_name), "%s", slash ? slash + 1 : options->model_path);
+	snprintf(base->model_name, sizeof(base->model_name), "%s",
+		 slash ? slash + 1 : options->model_path);
 	base->lanes = resolved->lanes;
 	base->max_batch = max_batch;
 	base->vocab_size = config->vocab_size;
 	base->max_seq_len = config->max_seq_len;
+	base->max_batch_tokens = resolved->max_batch_tokens;
+	base->kv = rs_engine_kv(engine->engine);
 	base->bos_token = UINT32_MAX;
 	base->eos_token = UINT32_MAX;
 	struct rs_tokenizer *tokenizer = engine->model->tokenizer;

@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "daemon/engine.h"
-#include "daemon/request.h"
+#include "daemon/sched/sched.h"
 #include "shm/clock.h"
 
 struct null_lane {
@@ -16,6 +16,7 @@ struct null_engine {
 	struct rs_serving_engine base;
 	uint64_t token_delay_ns;
 	struct null_lane *lanes;
+	struct rs_kv_cache *kv;
 };
 
 static uint64_t splitmix64(uint64_t x)
@@ -38,16 +39,21 @@ uint32_t rs_null_engine_token(const uint32_t *prompt, uint32_t prompt_len, uint3
 }
 
 static int null_step_start(struct rs_serving_engine *base, uint32_t lane,
-			   struct rs_request *const *requests, uint32_t n)
+			   const struct rs_step_plan *plan)
 {
 	struct null_engine *engine = (struct null_engine *)base;
-	for (uint32_t i = 0; i < n; i++) {
-		struct rs_request *r = requests[i];
-		r->output[r->generated] =
-			rs_null_engine_token(r->prompt, r->prompt_len, r->generated, base->vocab_size);
-		r->step_produced = true;
+	for (uint32_t i = 0; i < plan->n; i++) {
+		const struct rs_seq_step *step = &plan->steps[i];
+		if (!step->sample)
+			continue;
+		/* The output index of the sampled token: its position minus the prompt. */
+		const struct rs_request *request = plan->requests[i];
+		uint32_t index = step->start_pos + step->n_tokens - request->prompt_len;
+		*step->out_token = rs_null_engine_token(request->tokens, request->prompt_len, index,
+							base->vocab_size);
 	}
-	engine->lanes[lane].done_at_ns = engine->token_delay_ns ? rs_now_ns() + engine->token_delay_ns : 0;
+	engine->lanes[lane].done_at_ns =
+	    engine->token_delay_ns ? rs_now_ns() + engine->token_delay_ns : 0;
 	return 0;
 }
 
@@ -63,29 +69,19 @@ static uint64_t null_step_deadline(struct rs_serving_engine *base, uint32_t lane
 	return ((struct null_engine *)base)->lanes[lane].done_at_ns;
 }
 
-static int null_admit(struct rs_serving_engine *base, struct rs_request *request)
-{
-	return 0;
-}
-
-static void null_release(struct rs_serving_engine *base, struct rs_request *request)
-{
-}
-
 static void null_destroy(struct rs_serving_engine *base)
 {
 	struct null_engine *engine = (struct null_engine *)base;
+	rs_kv_cache_destroy(engine->kv);
 	free(engine->lanes);
 	free(engine);
 }
 
 static const struct rs_serving_engine_ops null_ops = {
-	.admit = null_admit,
-	.step_start = null_step_start,
-	.step_poll = null_step_poll,
-	.step_deadline_ns = null_step_deadline,
-	.release = null_release,
-	.destroy = null_destroy,
+    .step_start = null_step_start,
+    .step_poll = null_step_poll,
+    .step_deadline_ns = null_step_deadline,
+    .destroy = null_destroy,
 };
 
 int rs_null_engine_create(const struct rs_null_engine_options *options,
@@ -97,9 +93,15 @@ int rs_null_engine_create(const struct rs_null_engine_options *options,
 	if (!engine)
 		return -ENOMEM;
 	engine->lanes = calloc(options->lanes, sizeof(*engine->lanes));
-	if (!engine->lanes) {
+	int ret =
+	    engine->lanes
+		? rs_kv_cache_create(options->kv_blocks ? options->kv_blocks : 65536,
+				     options->block_size ? options->block_size : 16, &engine->kv)
+		: -ENOMEM;
+	if (ret) {
+		free(engine->lanes);
 		free(engine);
-		return -ENOMEM;
+		return ret;
 	}
 	engine->token_delay_ns = options->token_delay_ns;
 	struct rs_serving_engine *base = &engine->base;
@@ -111,7 +113,9 @@ int rs_null_engine_create(const struct rs_null_engine_options *options,
 	base->vocab_size = options->vocab_size;
 	base->bos_token = UINT32_MAX;
 	base->eos_token = UINT32_MAX;
-	base->max_seq_len = UINT32_MAX;
+	base->max_seq_len = options->max_seq_len ? options->max_seq_len : UINT32_MAX;
+	base->max_batch_tokens = options->max_batch_tokens ? options->max_batch_tokens : 512;
+	base->kv = engine->kv;
 	*out = base;
 	return 0;
 }

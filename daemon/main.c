@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,7 +35,8 @@ static void usage(FILE *out)
 		"  --tokenizer PATH      llama2.c tokenizer.bin (default: next to the checkpoint)\n"
 		"  --backend NAME        auto, cpu or cuda (auto)\n"
 		"  --threads N           CPU backend worker threads (one per CPU)\n"
-		"  --kv-blocks N         KV cache blocks of 16 positions (8 full contexts)\n"
+		"  --kv-blocks N         KV cache blocks of 16 positions (model: 8 full contexts;\n"
+		"                        null engine: 65536, which it only accounts for)\n"
 		"  --kv-dtype TYPE       auto, f32 or f16: the CPU backend's KV cache (auto: f16 for\n"
 		"                        f16/bf16 models, f32 for f32 models)\n"
 		"  --max-batch-tokens N  tokens per step, prefill chunks included (512)\n"
@@ -43,6 +45,12 @@ static void usage(FILE *out)
 		"  --null-delay-us N     null engine: each step takes N us (0)\n"
 		"  --lanes N             engine lanes (1)\n"
 		"  --max-batch N         requests per step (256)\n"
+		"  --policy NAME         admission: dlpm, vtc, lpm or fcfs (dlpm; docs/scheduling.md)\n"
+		"  --quantum N           dlpm: weighted tokens a backlogged tenant gets per round (2048)\n"
+		"  --w-prompt X          charge per (dlpm: uncached) prompt token (1)\n"
+		"  --w-output X          charge per generated token (2)\n"
+		"  --no-prefix-cache     never share cached prompt prefixes between requests\n"
+		"  --max-tenants N       tenants known at once (1024)\n"
 		"  --ready-fd N          write one byte to descriptor N once listening, then close it\n"
 		"  --verbose\n");
 }
@@ -55,6 +63,18 @@ static int parse_number(const char *text, int base, unsigned long min, unsigned 
 	errno = 0;
 	unsigned long value = strtoul(text, &end, base);
 	if (errno || end == text || *end || value < min || value > max || text[0] == '-')
+		return -EINVAL;
+	*out = value;
+	return 0;
+}
+
+/* A positive, finite decimal number. */
+static int parse_weight(const char *text, double *out)
+{
+	char *end;
+	errno = 0;
+	double value = strtod(text, &end);
+	if (errno || end == text || *end || !(value > 0) || !isfinite(value))
 		return -EINVAL;
 	*out = value;
 	return 0;
@@ -104,7 +124,8 @@ int main(int argc, char **argv)
 		OPT_MAX_CLIENTS, OPT_RING_ENTRIES, OPT_SLOTS, OPT_MAX_INFLIGHT, OPT_MAX_PROMPT,
 		OPT_MAX_OUTPUT, OPT_SPIN_US, OPT_GRACE_MS, OPT_EVENTFD, OPT_ENGINE, OPT_NULL_VOCAB,
 		OPT_NULL_DELAY_US, OPT_LANES, OPT_MAX_BATCH, OPT_VERBOSE, OPT_HELP, OPT_READY_FD, OPT_MODEL, OPT_TOKENIZER, OPT_BACKEND,
-		OPT_THREADS, OPT_KV_BLOCKS, OPT_MAX_BATCH_TOKENS, OPT_KV_DTYPE,
+		OPT_THREADS, OPT_KV_BLOCKS, OPT_MAX_BATCH_TOKENS, OPT_KV_DTYPE, OPT_POLICY, OPT_QUANTUM,
+		OPT_W_PROMPT, OPT_W_OUTPUT, OPT_NO_PREFIX_CACHE, OPT_MAX_TENANTS,
 	};
 	/* Same order as the enum: options[opt - 256] names an option in messages. */
 	static const struct option options[] = {
@@ -137,6 +158,12 @@ int main(int argc, char **argv)
 		{"kv-blocks", required_argument, 0, OPT_KV_BLOCKS},
 		{"max-batch-tokens", required_argument, 0, OPT_MAX_BATCH_TOKENS},
 		{"kv-dtype", required_argument, 0, OPT_KV_DTYPE},
+		{"policy", required_argument, 0, OPT_POLICY},
+		{"quantum", required_argument, 0, OPT_QUANTUM},
+		{"w-prompt", required_argument, 0, OPT_W_PROMPT},
+		{"w-output", required_argument, 0, OPT_W_OUTPUT},
+		{"no-prefix-cache", no_argument, 0, OPT_NO_PREFIX_CACHE},
+		{"max-tenants", required_argument, 0, OPT_MAX_TENANTS},
 		{0, 0, 0, 0},
 	};
 	int opt;
@@ -219,11 +246,20 @@ int main(int argc, char **argv)
 			break;
 		case OPT_KV_BLOCKS:
 			bad = parse_number(optarg, 10, 1, 1u << 24, &value);
-			model_options.kv_blocks = (uint32_t)value;
+			model_options.kv_blocks = null_options.kv_blocks = (uint32_t)value;
 			break;
 		case OPT_MAX_BATCH_TOKENS:
 			bad = parse_number(optarg, 10, 1, 1u << 20, &value);
-			model_options.max_batch_tokens = (uint32_t)value;
+			model_options.max_batch_tokens = null_options.max_batch_tokens = (uint32_t)value;
+			break;
+		case OPT_POLICY: bad = rs_admission_policy_parse(optarg, &config.admission.policy); break;
+		case OPT_QUANTUM: bad = parse_weight(optarg, &config.admission.quantum); break;
+		case OPT_W_PROMPT: bad = parse_weight(optarg, &config.admission.w_prompt); break;
+		case OPT_W_OUTPUT: bad = parse_weight(optarg, &config.admission.w_output); break;
+		case OPT_NO_PREFIX_CACHE: config.prefix_cache = false; break;
+		case OPT_MAX_TENANTS:
+			bad = parse_number(optarg, 10, 1, 1u << 20, &value);
+			config.max_tenants = (uint32_t)value;
 			break;
 		case OPT_READY_FD:
 			bad = parse_number(optarg, 10, 0, INT_MAX, &value);

@@ -1,8 +1,6 @@
-/* The serving path on the scheduler core: consume submissions (copy, then validate),
- * admit requests into lanes, run engine steps, publish tokens and completions.
- *
- * Admission here is first-come first-served with continuous batching (a lane refills at
- * every step boundary). */
+/* The data path on the scheduler core: consume submissions (copy, then validate), hand
+ * requests to the scheduling core (daemon/sched/), start the steps it plans on the
+ * engine's lanes, publish tokens and completions, wake clients. */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -41,8 +39,10 @@ static void post_cqe(struct rs_daemon *daemon, struct rs_client *client, uint64_
 		     uint32_t cached_tokens)
 {
 	if (rs_ring_producer_space(&client->cq) <= 0) {
-		/* Only a client that rewrote its CQ head can get here. */
-		rs_client_disconnect(daemon, client, "protocol: completion ring head corrupted");
+		/* Only a client that rewrote its CQ head can get here. We may be inside the
+		 * scheduling core (a hook): the loop disconnects it. */
+		client->broken = "protocol: completion ring head corrupted";
+		mark_notify(daemon, client);
 		return;
 	}
 	struct rs_cqe *cqe = rs_ring_producer_slot(&client->cq, 0);
@@ -57,17 +57,27 @@ static void post_cqe(struct rs_daemon *daemon, struct rs_client *client, uint64_
 	mark_notify(daemon, client);
 }
 
-void rs_scheduler_finish(struct rs_daemon *daemon, struct rs_request *request, int32_t status)
+void rs_scheduler_on_token(void *ctx, struct rs_request *request)
 {
-	struct rs_client *client = request->client;
-	if (request->state == RS_REQUEST_QUEUED)
-		rs_queue_remove(&daemon->waiting, request);
-	daemon->engine->ops->release(daemon->engine, request);
+	struct rs_daemon *daemon = ctx;
+	if (request->orphaned)
+		return;
+	/* R-progress: pairs with A-progress in rs_output (client); the token written by the
+	 * engine before this store is visible to a reader of the count. */
+	rs_store_release(request->output_count, request->generated);
+	mark_notify(daemon, request->owner);
+}
+
+void rs_scheduler_on_finish(void *ctx, struct rs_request *request, int32_t status)
+{
+	struct rs_daemon *daemon = ctx;
+	struct rs_client *client = request->owner;
 	if (!request->orphaned) {
 		client->slot_request[request->slot] = NULL;
 		client->inflight--;
-		post_cqe(daemon, client, request->user_data, request->slot, status, request->generated,
-			 request->hit_eos ? RS_CQE_EOS : 0, request->cached_tokens);
+		post_cqe(daemon, client, request->user_data, request->slot, status,
+			 request->generated, request->hit_eos ? RS_CQE_EOS : 0,
+			 request->cached_tokens);
 	}
 	if (status == 0)
 		daemon->stats.requests_completed++;
@@ -82,9 +92,7 @@ void rs_scheduler_finish(struct rs_daemon *daemon, struct rs_request *request, i
 void rs_scheduler_cancel_client(struct rs_daemon *daemon, struct rs_client *client, int32_t status,
 				bool orphan)
 {
-	/* slot_request goes NULL if a completion we post finds the CQ corrupted and the
-	 * client is disconnected and freed under us. */
-	for (uint32_t slot = 0; slot < client->hdr.slot_count && client->slot_request; slot++) {
+	for (uint32_t slot = 0; slot < client->hdr.slot_count; slot++) {
 		struct rs_request *request = client->slot_request[slot];
 		if (!request)
 			continue;
@@ -93,19 +101,15 @@ void rs_scheduler_cancel_client(struct rs_daemon *daemon, struct rs_client *clie
 			request->orphaned = true;
 			client->slot_request[slot] = NULL;
 		}
-		if (request->state == RS_REQUEST_QUEUED) {
-			rs_scheduler_finish(daemon, request, status);
-		} else {
-			/* Running: leaves its lane at the next step boundary. */
-			request->cancelled = true;
-			request->cancel_status = status;
-		}
+		/* Waiting ones end now; running ones at their step's end. */
+		rs_sched_cancel(daemon->sched, request, status);
 	}
 }
 
 /* Validate a copied GENERATE submission and queue it. Returns 0, or the negative errno
  * the client gets in an error completion. */
-static int accept_generate(struct rs_daemon *daemon, struct rs_client *client, const struct rs_sqe *sqe)
+static int accept_generate(struct rs_daemon *daemon, struct rs_client *client,
+			   const struct rs_sqe *sqe)
 {
 	const struct rs_segment_header *hdr = &client->hdr; /* our copy, not the shared one */
 	const struct rs_serving_engine *engine = daemon->engine;
@@ -122,7 +126,8 @@ static int accept_generate(struct rs_daemon *daemon, struct rs_client *client, c
 		return -EINVAL;
 	if (sqe->prompt_len == 0 || sqe->max_new_tokens == 0)
 		return -EINVAL;
-	if (sqe->prompt_len > hdr->max_prompt_tokens || sqe->max_new_tokens > hdr->max_output_tokens ||
+	if (sqe->prompt_len > hdr->max_prompt_tokens ||
+	    sqe->max_new_tokens > hdr->max_output_tokens ||
 	    (uint64_t)sqe->prompt_len + sqe->max_new_tokens > engine->max_seq_len)
 		return -E2BIG;
 	/* isfinite/comparisons reject NaN: a NaN fails every ordered comparison. */
@@ -133,29 +138,29 @@ static int accept_generate(struct rs_daemon *daemon, struct rs_client *client, c
 	struct rs_request *request = rs_request_get(&daemon->pool);
 	if (!request)
 		return -ENOMEM;
-	if (rs_request_reserve_prompt(request, sqe->prompt_len)) {
+	if (rs_request_reserve(request, sqe->prompt_len, sqe->max_new_tokens,
+			       rs_kv_block_size(engine->kv))) {
 		rs_request_put(&daemon->pool, request);
 		return -ENOMEM;
 	}
 	/* Copy the prompt out of shared memory first, then check the copy: the client may
 	 * rewrite its slot while we read it, but not our copy. */
 	const uint32_t *shared_prompt = rs_segment_slot_prompt(client->segment, hdr, sqe->slot);
-	memcpy(request->prompt, shared_prompt, (size_t)sqe->prompt_len * sizeof(uint32_t));
+	memcpy(request->tokens, shared_prompt, (size_t)sqe->prompt_len * sizeof(uint32_t));
 	uint32_t bad = 0;
 	for (uint32_t i = 0; i < sqe->prompt_len; i++)
-		bad |= request->prompt[i] >= engine->vocab_size;
+		bad |= request->tokens[i] >= engine->vocab_size;
 	if (bad) {
 		rs_request_put(&daemon->pool, request);
 		return -ERANGE;
 	}
 
-	request->client = client;
-	request->state = RS_REQUEST_QUEUED;
+	request->owner = client;
+	request->tenant = client->tenant;
 	request->user_data = sqe->user_data;
 	request->slot = sqe->slot;
 	request->flags = sqe->flags;
-	request->prompt_len = sqe->prompt_len;
-	request->max_new_tokens = sqe->max_new_tokens;
+	request->ignore_eos = sqe->flags & RS_SQE_IGNORE_EOS;
 	request->output_len_hint = sqe->output_len_hint;
 	request->top_k = sqe->top_k;
 	request->temperature = sqe->temperature;
@@ -163,27 +168,26 @@ static int accept_generate(struct rs_daemon *daemon, struct rs_client *client, c
 	request->seed = sqe->seed;
 	request->output = rs_segment_slot_output(client->segment, hdr, sqe->slot);
 	request->output_count = &rs_segment_slot(client->segment, hdr, sqe->slot)->output_count;
-
+	int ret = rs_sched_submit(daemon->sched, request);
+	if (ret) {
+		rs_request_put(&daemon->pool, request);
+		return ret;
+	}
 	client->slot_request[sqe->slot] = request;
 	client->inflight++;
 	client->alive_requests++;
-	rs_queue_push_back(&daemon->waiting, request);
 	return 0;
 }
 
-static void handle_cancel(struct rs_daemon *daemon, struct rs_client *client, const struct rs_sqe *sqe)
+static void handle_cancel(struct rs_daemon *daemon, struct rs_client *client,
+			  const struct rs_sqe *sqe)
 {
 	if (sqe->slot >= client->hdr.slot_count)
 		return;
 	struct rs_request *request = client->slot_request[sqe->slot];
 	if (!request)
 		return; /* already completed: the cancel raced with the end, nothing to do */
-	if (request->state == RS_REQUEST_QUEUED) {
-		rs_scheduler_finish(daemon, request, -ECANCELED);
-	} else {
-		request->cancelled = true;
-		request->cancel_status = -ECANCELED;
-	}
+	rs_sched_cancel(daemon->sched, request, -ECANCELED);
 }
 
 int rs_scheduler_poll_client(struct rs_daemon *daemon, struct rs_client *client)
@@ -191,7 +195,8 @@ int rs_scheduler_poll_client(struct rs_daemon *daemon, struct rs_client *client)
 	int64_t ready = rs_ring_consumer_ready(&client->sq);
 	if (ready <= 0) {
 		if (ready < 0)
-			rs_client_disconnect(daemon, client, "protocol: submission ring tail out of range");
+			rs_client_disconnect(daemon, client,
+					     "protocol: submission ring tail out of range");
 		return ready < 0;
 	}
 	uint32_t consumed = 0;
@@ -209,18 +214,20 @@ int rs_scheduler_poll_client(struct rs_daemon *daemon, struct rs_client *client)
 		if (credit <= 0) {
 			credit = cq_credit(client);
 			if (credit < 0) {
-				rs_client_disconnect(daemon, client, "protocol: completion ring head out of range");
+				rs_client_disconnect(daemon, client,
+						     "protocol: completion ring head out of range");
 				return 1;
 			}
 			if (credit == 0)
 				break; /* the client must consume completions first */
 		}
 		int status = sqe.opcode == RS_OP_GENERATE ? accept_generate(daemon, client, &sqe)
-			   : sqe.opcode == RS_OP_NOP	 ? 0
-							 : -EINVAL;
+			     : sqe.opcode == RS_OP_NOP	  ? 0
+							  : -EINVAL;
 		if (sqe.opcode != RS_OP_GENERATE || status != 0)
 			post_cqe(daemon, client, sqe.user_data,
-				 sqe.slot < client->hdr.slot_count ? sqe.slot : UINT32_MAX, status, 0, 0, 0);
+				 sqe.slot < client->hdr.slot_count ? sqe.slot : UINT32_MAX, status,
+				 0, 0, 0);
 		credit--;
 		consumed++;
 		if (client->state != RS_CLIENT_ACTIVE)
@@ -229,99 +236,6 @@ int rs_scheduler_poll_client(struct rs_daemon *daemon, struct rs_client *client)
 	if (consumed)
 		rs_ring_consumer_release(&client->sq, consumed);
 	return (int)consumed;
-}
-
-/* Collect a finished step (status 0) or a failed one: publish each request's new token. */
-static void collect_step(struct rs_daemon *daemon, struct rs_lane *lane, int status)
-{
-	uint32_t eos = daemon->engine->eos_token;
-	for (uint32_t i = 0; i < lane->n_step; i++) {
-		struct rs_request *request = lane->step[i];
-		if (status < 0) {
-			request->cancelled = true;
-			request->cancel_status = status;
-			continue;
-		}
-		if (!request->step_produced)
-			continue; /* a prefill chunk that did not reach the prompt's end */
-		/* Read back from shared memory: the client could have changed it since the
-		 * engine wrote it; that only harms its own request, if we check it. */
-		uint32_t token = request->output[request->generated];
-		if (token >= daemon->engine->vocab_size) {
-			request->cancelled = true;
-			request->cancel_status = -EPROTO;
-			continue;
-		}
-		request->last_token = token;
-		request->generated++;
-		if (token == eos && !(request->flags & RS_SQE_IGNORE_EOS))
-			request->hit_eos = true;
-		if (request->orphaned)
-			continue;
-		/* R-progress: pairs with A-progress in rs_output (client); the token written
-		 * by the engine before this store is visible to a reader of the count. */
-		rs_store_release(request->output_count, request->generated);
-		mark_notify(daemon, request->client);
-	}
-	lane->n_step = 0;
-	lane->step_in_flight = false;
-}
-
-/* Drop finished and cancelled requests from the lane (its step is not in flight). */
-static void retire_finished(struct rs_daemon *daemon, struct rs_lane *lane)
-{
-	uint32_t kept = 0;
-	for (uint32_t i = 0; i < lane->n_running; i++) {
-		struct rs_request *request = lane->running[i];
-		int32_t status;
-		if (request->cancelled)
-			status = request->cancel_status;
-		else if (request->generated >= request->max_new_tokens || request->hit_eos)
-			status = 0;
-		else {
-			lane->running[kept++] = request;
-			continue;
-		}
-		daemon->running_requests--;
-		rs_scheduler_finish(daemon, request, status);
-	}
-	lane->n_running = kept;
-}
-
-static void admit(struct rs_daemon *daemon, uint32_t lane_index, struct rs_lane *lane)
-{
-	struct rs_serving_engine *engine = daemon->engine;
-	while (lane->n_running < engine->max_batch && daemon->waiting.head) {
-		struct rs_request *request = daemon->waiting.head;
-		int ret = engine->ops->admit(engine, request);
-		if (ret == -EAGAIN)
-			break; /* first come, first served: the head waits for room */
-		if (ret < 0) {
-			rs_scheduler_finish(daemon, request, ret);
-			continue;
-		}
-		rs_queue_remove(&daemon->waiting, request);
-		request->state = RS_REQUEST_RUNNING;
-		lane->running[lane->n_running++] = request;
-		daemon->running_requests++;
-	}
-}
-
-static int start_step(struct rs_daemon *daemon, uint32_t lane_index, struct rs_lane *lane)
-{
-	memcpy(lane->step, lane->running, lane->n_running * sizeof(*lane->step));
-	lane->n_step = lane->n_running;
-	int ret = daemon->engine->ops->step_start(daemon->engine, lane_index, lane->step, lane->n_step);
-	if (ret < 0) {
-		for (uint32_t i = 0; i < lane->n_step; i++) {
-			lane->step[i]->cancelled = true;
-			lane->step[i]->cancel_status = ret;
-		}
-		lane->n_step = 0;
-		return 1;
-	}
-	lane->step_in_flight = true;
-	return 1;
 }
 
 int rs_scheduler_run_lanes(struct rs_daemon *daemon)
@@ -337,14 +251,19 @@ int rs_scheduler_run_lanes(struct rs_daemon *daemon)
 				int status = engine->ops->step_poll(engine, l);
 				if (status == 0)
 					break;
-				collect_step(daemon, lane, status < 0 ? status : 0);
+				lane->step_in_flight = false;
+				rs_sched_step_done(daemon->sched, l, status < 0 ? status : 0);
 				did++;
 			}
-			retire_finished(daemon, lane);
-			admit(daemon, l, lane);
-			if (lane->n_running == 0)
+			const struct rs_step_plan *plan = rs_sched_plan_step(daemon->sched, l);
+			if (!plan)
 				break;
-			did += start_step(daemon, l, lane);
+			int ret = engine->ops->step_start(engine, l, plan);
+			if (ret < 0)
+				rs_sched_step_done(daemon->sched, l, ret);
+			else
+				lane->step_in_flight = true;
+			did++;
 		}
 	}
 	return did;
@@ -360,8 +279,11 @@ void rs_scheduler_notify_clients(struct rs_daemon *daemon)
 	 * client_need_wakeup; pairs with the client's fence between its store of the flag
 	 * and its re-check of the rings (client-lib/wait.c). */
 	rs_fence_seq_cst();
-	for (; client; client = client->next_notify) {
+	for (struct rs_client *next; client; client = next) {
+		next = client->next_notify;
 		client->listed_for_notify = false;
+		if (client->state == RS_CLIENT_ACTIVE && client->broken)
+			rs_client_disconnect(daemon, client, client->broken);
 		if (client->state != RS_CLIENT_ACTIVE)
 			continue;
 		/* Relaxed load first: the exchange is a write to the client's line, and most of
@@ -397,5 +319,5 @@ uint64_t rs_scheduler_next_deadline(struct rs_daemon *daemon)
 
 bool rs_scheduler_busy(const struct rs_daemon *daemon)
 {
-	return daemon->waiting.length > 0 || daemon->running_requests > 0;
+	return rs_sched_busy(daemon->sched);
 }

@@ -30,7 +30,7 @@
 #define RS_SEGMENT_MAGIC 0x52534731u /* "RSG1" */
 #define RS_SHARED_MAGIC 0x52535231u  /* "RSR1" */
 #define RS_HELLO_MAGIC 0x52534831u   /* "RSH1" */
-#define RS_ABI_VERSION 1u
+#define RS_ABI_VERSION 2u /* 2: the hello names a tenant */
 
 /* Largest sizes a daemon may announce; a client rejects a header that exceeds them. */
 #define RS_MAX_RING_ENTRIES (1u << 16)
@@ -170,11 +170,16 @@ struct rs_shared_header {
 
 /* --- handshake over the control socket (SOCK_SEQPACKET) ------------------------------ */
 
+#define RS_TENANT_NAME_BYTES 64
+
 struct rs_hello {
 	uint32_t magic;       /* RS_HELLO_MAGIC */
 	uint32_t abi_version; /* RS_ABI_VERSION */
 	uint32_t flags;       /* none defined; must be 0 */
 	uint32_t reserved;
+	/* The tenant whose account this connection's requests are charged to, scoped by the
+	 * connecting uid: 1 to 63 bytes of [A-Za-z0-9._@:+-], NUL-padded. */
+	char tenant[RS_TENANT_NAME_BYTES];
 };
 
 /* The reply; on status 0 it carries, by SCM_RIGHTS, the client segment's memfd, the
@@ -182,7 +187,8 @@ struct rs_hello {
 struct rs_welcome {
 	uint32_t magic;       /* RS_HELLO_MAGIC */
 	uint32_t abi_version;
-	int32_t status;       /* 0 or a negative errno (-EPERM, -EPROTO, -EUSERS, -ESHUTDOWN) */
+	int32_t status;       /* 0 or a negative errno (-EPERM, -EPROTO, -EUSERS, -ESHUTDOWN,
+			       * -EINVAL: a bad tenant name) */
 	uint32_t client_id;
 	uint64_t segment_size;
 	uint64_t shared_size;
@@ -201,6 +207,7 @@ static_assert(offsetof(struct rs_segment_header, daemon_heartbeat_ns) == 2 * RS_
 static_assert(offsetof(struct rs_segment_header, daemon_doorbell) == 3 * RS_CACHE_LINE,
 	      "client-written words on line 3");
 static_assert(sizeof(struct rs_segment_header) == 4 * RS_CACHE_LINE, "header is 4 lines");
+static_assert(sizeof(struct rs_hello) == 16 + RS_TENANT_NAME_BYTES, "hello: no padding");
 static_assert(sizeof(_Atomic uint32_t) == 4 && sizeof(_Atomic uint64_t) == 8,
 	      "atomics have the size of the plain integer");
 static_assert(ATOMIC_INT_LOCK_FREE == 2 && ATOMIC_LLONG_LOCK_FREE == 2,

@@ -22,12 +22,12 @@ int rs_segment_layout(const struct rs_segment_params *p, struct rs_segment_heade
 {
 	if (!is_power_of_two(p->sq_entries) || !is_power_of_two(p->cq_entries) ||
 	    p->sq_entries > RS_MAX_RING_ENTRIES || p->cq_entries > RS_MAX_RING_ENTRIES ||
-	    p->slot_count == 0 || p->slot_count > RS_MAX_SLOTS ||
-	    p->slot_prompt_capacity == 0 || p->slot_prompt_capacity > RS_MAX_SLOT_TOKENS ||
-	    p->slot_output_capacity == 0 || p->slot_output_capacity > RS_MAX_SLOT_TOKENS ||
+	    p->slot_count == 0 || p->slot_count > RS_MAX_SLOTS || p->slot_prompt_capacity == 0 ||
+	    p->slot_prompt_capacity > RS_MAX_SLOT_TOKENS || p->slot_output_capacity == 0 ||
+	    p->slot_output_capacity > RS_MAX_SLOT_TOKENS ||
 	    p->max_prompt_tokens > p->slot_prompt_capacity ||
-	    p->max_output_tokens > p->slot_output_capacity ||
-	    p->max_inflight == 0 || p->max_inflight > p->cq_entries || p->max_inflight > p->slot_count ||
+	    p->max_output_tokens > p->slot_output_capacity || p->max_inflight == 0 ||
+	    p->max_inflight > p->cq_entries || p->max_inflight > p->slot_count ||
 	    (p->wake_mode != RS_WAKE_FUTEX && p->wake_mode != RS_WAKE_EVENTFD))
 		return -EINVAL;
 
@@ -56,8 +56,8 @@ int rs_segment_layout(const struct rs_segment_params *p, struct rs_segment_heade
 	at = align_line(at + (uint64_t)p->cq_entries * sizeof(struct rs_cqe));
 	hdr->slots_offset = at;
 	hdr->slot_prompt_offset = sizeof(struct rs_slot_header);
-	hdr->slot_output_offset =
-		align_line(hdr->slot_prompt_offset + (uint64_t)p->slot_prompt_capacity * sizeof(uint32_t));
+	hdr->slot_output_offset = align_line(hdr->slot_prompt_offset +
+					     (uint64_t)p->slot_prompt_capacity * sizeof(uint32_t));
 	hdr->slot_stride = align_line(hdr->slot_output_offset +
 				      (uint64_t)p->slot_output_capacity * sizeof(uint32_t));
 	hdr->segment_size = at + hdr->slot_stride * p->slot_count;
@@ -114,16 +114,16 @@ int rs_segment_check(const struct rs_segment_header *hdr, size_t mapped_size)
 	/* Recompute the layout from the sizes and demand that the header agrees: one
 	 * definition of the layout, in rs_segment_layout. */
 	struct rs_segment_params params = {
-		.sq_entries = hdr->sq_entries,
-		.cq_entries = hdr->cq_entries,
-		.slot_count = hdr->slot_count,
-		.slot_prompt_capacity = hdr->slot_prompt_capacity,
-		.slot_output_capacity = hdr->slot_output_capacity,
-		.max_inflight = hdr->max_inflight,
-		.max_prompt_tokens = hdr->max_prompt_tokens,
-		.max_output_tokens = hdr->max_output_tokens,
-		.wake_mode = hdr->wake_mode,
-		.client_id = hdr->client_id,
+	    .sq_entries = hdr->sq_entries,
+	    .cq_entries = hdr->cq_entries,
+	    .slot_count = hdr->slot_count,
+	    .slot_prompt_capacity = hdr->slot_prompt_capacity,
+	    .slot_output_capacity = hdr->slot_output_capacity,
+	    .max_inflight = hdr->max_inflight,
+	    .max_prompt_tokens = hdr->max_prompt_tokens,
+	    .max_output_tokens = hdr->max_output_tokens,
+	    .wake_mode = hdr->wake_mode,
+	    .client_id = hdr->client_id,
 	};
 	struct rs_segment_header expected;
 	if (rs_segment_layout(&params, &expected))
@@ -133,7 +133,8 @@ int rs_segment_check(const struct rs_segment_header *hdr, size_t mapped_size)
 	    expected.sq_entries_offset != hdr->sq_entries_offset ||
 	    expected.cq_ring_offset != hdr->cq_ring_offset ||
 	    expected.cq_entries_offset != hdr->cq_entries_offset ||
-	    expected.slots_offset != hdr->slots_offset || expected.slot_stride != hdr->slot_stride ||
+	    expected.slots_offset != hdr->slots_offset ||
+	    expected.slot_stride != hdr->slot_stride ||
 	    expected.slot_prompt_offset != hdr->slot_prompt_offset ||
 	    expected.slot_output_offset != hdr->slot_output_offset)
 		return -EINVAL;
@@ -156,7 +157,8 @@ int rs_shared_segment_create(const struct rs_shared_header *header, const void *
 	int ret;
 	/* Written with pwrite, never mapped writable, so F_SEAL_WRITE can be added. */
 	if (ftruncate(fd, (off_t)hdr.size) < 0 || pwrite(fd, &hdr, sizeof(hdr), 0) != sizeof(hdr) ||
-	    (vocab_bytes && pwrite(fd, vocab, vocab_bytes, (off_t)hdr.vocab_offset) != (ssize_t)vocab_bytes))
+	    (vocab_bytes &&
+	     pwrite(fd, vocab, vocab_bytes, (off_t)hdr.vocab_offset) != (ssize_t)vocab_bytes))
 		goto fail_errno;
 	if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0)
 		goto fail_errno;
@@ -176,9 +178,25 @@ int rs_shared_segment_check(const struct rs_shared_header *hdr, size_t mapped_si
 	if (hdr->magic != RS_SHARED_MAGIC || hdr->abi_version != RS_ABI_VERSION)
 		return -EPROTO;
 	if (hdr->size > mapped_size || hdr->vocab_size == 0 ||
-	    (hdr->vocab_size_bytes && !range_inside(hdr->vocab_offset, hdr->vocab_size_bytes, hdr->size)) ||
+	    (hdr->vocab_size_bytes &&
+	     !range_inside(hdr->vocab_offset, hdr->vocab_size_bytes, hdr->size)) ||
 	    memchr(hdr->model_name, 0, sizeof(hdr->model_name)) == NULL ||
 	    memchr(hdr->engine_name, 0, sizeof(hdr->engine_name)) == NULL)
 		return -EINVAL;
 	return 0;
+}
+
+bool rs_tenant_name_valid(const char *name)
+{
+	size_t len = strnlen(name, RS_TENANT_NAME_BYTES);
+	if (len == 0 || len == RS_TENANT_NAME_BYTES)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		char c = name[i];
+		bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+			  (c >= '0' && c <= '9') || strchr("._@:+-", c) != NULL;
+		if (!ok)
+			return false;
+	}
+	return true;
 }

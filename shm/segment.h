@@ -2,6 +2,7 @@
 #ifndef RS_SHM_SEGMENT_H
 #define RS_SHM_SEGMENT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -45,9 +46,14 @@ int rs_shared_segment_create(const struct rs_shared_header *header, const void *
 /* Client: check the shared segment's header. Returns 0, -EPROTO or -EINVAL. */
 int rs_shared_segment_check(const struct rs_shared_header *hdr, size_t mapped_size);
 
+/* True when name holds a valid tenant name (struct rs_hello): a NUL among its first
+ * RS_TENANT_NAME_BYTES bytes, after 1 to 63 bytes of [A-Za-z0-9._@:+-]. Reads no further
+ * than the NUL. */
+bool rs_tenant_name_valid(const char *name);
+
 /* Addresses inside a segment (the header must have been checked). */
-static inline struct rs_slot_header *rs_segment_slot(void *base, const struct rs_segment_header *hdr,
-						     uint32_t slot)
+static inline struct rs_slot_header *
+rs_segment_slot(void *base, const struct rs_segment_header *hdr, uint32_t slot)
 {
 	return (struct rs_slot_header *)((unsigned char *)base + hdr->slots_offset +
 					 (size_t)slot * hdr->slot_stride);
@@ -56,13 +62,15 @@ static inline struct rs_slot_header *rs_segment_slot(void *base, const struct rs
 static inline uint32_t *rs_segment_slot_prompt(void *base, const struct rs_segment_header *hdr,
 					       uint32_t slot)
 {
-	return (uint32_t *)((unsigned char *)rs_segment_slot(base, hdr, slot) + hdr->slot_prompt_offset);
+	return (uint32_t *)((unsigned char *)rs_segment_slot(base, hdr, slot) +
+			    hdr->slot_prompt_offset);
 }
 
 static inline uint32_t *rs_segment_slot_output(void *base, const struct rs_segment_header *hdr,
 					       uint32_t slot)
 {
-	return (uint32_t *)((unsigned char *)rs_segment_slot(base, hdr, slot) + hdr->slot_output_offset);
+	return (uint32_t *)((unsigned char *)rs_segment_slot(base, hdr, slot) +
+			    hdr->slot_output_offset);
 }
 
 #endif

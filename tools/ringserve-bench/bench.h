@@ -16,6 +16,9 @@ int bench_engine(int argc, char **argv, FILE *json);
 /* End to end through the daemon with a model, against the engine run directly. */
 int bench_serve(int argc, char **argv, FILE *json);
 
+/* The scheduling core alone: admission decision times with 10,000 and 100,000 waiting. */
+int bench_sched(int argc, char **argv, FILE *json);
+
 /* Start the ringserved next to this program on socket_path with the extra arguments
  * (NULL-terminated) and return its pid once it listens, or -1. It dies with us. */
 pid_t bench_start_daemon(const char *socket_path, const char *const *extra_args);

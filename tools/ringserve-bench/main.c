@@ -2,6 +2,7 @@
  *   ipc      the shared-memory data path (bench_ipc.c)
  *   engine   the model engine (bench_engine.c)
  *   serve    the daemon serving a model, against the engine run directly (bench_serve.c)
+ *   sched    the scheduling core alone: admission decisions with many waiting (bench_sched.c)
  *   all      every subcommand, one JSON object keyed by subcommand */
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,12 +19,13 @@ static const struct subcommand subcommands[] = {
 	{"ipc", bench_ipc},
 	{"engine", bench_engine},
 	{"serve", bench_serve},
+	{"sched", bench_sched},
 };
 #define N_SUBCOMMANDS (sizeof(subcommands) / sizeof(subcommands[0]))
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: ringserve-bench ipc|engine|serve|all [--json FILE] [options]\n");
+	fprintf(stderr, "usage: ringserve-bench ipc|engine|serve|sched|all [--json FILE] [options]\n");
 }
 
 int main(int argc, char **argv)

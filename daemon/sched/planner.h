@@ -1,0 +1,30 @@
+/* Batch planners: what a lane's next step runs, within its token budget, and when the
+ * planner next needs to run even if nothing happens.
+ *
+ * A planner decides which running requests continue, which waiting ones are admitted
+ * (the admission policy says which request is next; the planner says whether there is a
+ * seat and budget for it), and how a long prompt is chunked. It builds the plan through
+ * the core's services (sched_internal.h), which take the KV blocks, evicting or
+ * preempting as needed. The multi-bin planner plugs in here beside the continuous one. */
+#ifndef RS_DAEMON_SCHED_PLANNER_H
+#define RS_DAEMON_SCHED_PLANNER_H
+
+#include <stdint.h>
+
+struct rs_sched;
+struct rs_sched_lane;
+
+struct rs_planner_ops {
+	const char *name;
+	/* Fill lane->plan for the lane's next step (the lane is idle). */
+	void (*plan)(struct rs_sched *sched, struct rs_sched_lane *lane);
+	/* The next time (core clock) the planner wants to plan without an event; 0: none. */
+	uint64_t (*next_wakeup_ns)(const struct rs_sched *sched);
+};
+
+/* Continuous batching (iteration-level): every step, each running request decodes one
+ * token, then prompts are prefilled in chunks in the budget left, and free seats are
+ * refilled from the admission policy. */
+extern const struct rs_planner_ops rs_planner_continuous;
+
+#endif

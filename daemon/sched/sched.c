@@ -1,0 +1,447 @@
+/* The scheduling core: requests' lifecycle, lanes, KV blocks, the prefix cache. */
+#include <errno.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/sched/sched_internal.h"
+
+static uint32_t blocks_for(const struct rs_sched *sched, uint64_t positions)
+{
+	return (uint32_t)((positions + sched->block_size - 1) / sched->block_size);
+}
+
+static uint64_t now(const struct rs_sched *sched)
+{
+	return sched->hooks.now_ns(sched->hooks.ctx);
+}
+
+static struct rs_request *waiter_request(struct rs_prefix_waiter *waiter)
+{
+	return (struct rs_request *)((char *)waiter - offsetof(struct rs_request, waiter));
+}
+
+static void on_match_changed(void *ctx, struct rs_prefix_waiter *waiter, uint32_t old_blocks)
+{
+	struct rs_sched *sched = ctx;
+	rs_admission_match_changed(sched->admission, waiter_request(waiter), old_blocks);
+}
+
+int rs_sched_create(const struct rs_sched_config *config, struct rs_kv_cache *kv,
+		    const struct rs_sched_hooks *hooks, struct rs_sched **out)
+{
+	if (!config->lanes || !config->max_batch || !config->max_batch_tokens ||
+	    !config->max_tenants || !config->vocab_size || !kv || !hooks->now_ns || !hooks->token ||
+	    !hooks->finish)
+		return -EINVAL;
+	struct rs_sched *sched = calloc(1, sizeof(*sched));
+	if (!sched)
+		return -ENOMEM;
+	sched->config = *config;
+	sched->hooks = *hooks;
+	sched->planner = &rs_planner_continuous;
+	sched->kv = kv;
+	sched->block_size = rs_kv_block_size(kv);
+	struct rs_admission_params admission = config->admission;
+	admission.max_tenants = config->max_tenants;
+	int ret = rs_tenant_table_init(&sched->tenants, config->max_tenants);
+	if (!ret)
+		ret = rs_admission_create(&admission, &sched->admission);
+	if (!ret && config->prefix_cache) {
+		struct rs_prefix_cache_hooks cache_hooks = {.match_changed = on_match_changed,
+							    .ctx = sched};
+		ret = rs_prefix_cache_create(kv, &cache_hooks, &sched->cache);
+	}
+	if (ret)
+		goto fail;
+	ret = -ENOMEM;
+	sched->match_scratch = calloc(rs_kv_n_blocks(kv), sizeof(uint32_t));
+	sched->lanes = calloc(config->lanes, sizeof(*sched->lanes));
+	if (!sched->match_scratch || !sched->lanes)
+		goto fail;
+	for (uint32_t l = 0; l < config->lanes; l++) {
+		struct rs_sched_lane *lane = &sched->lanes[l];
+		lane->index = l;
+		lane->running = calloc(config->max_batch, sizeof(*lane->running));
+		lane->plan.requests = calloc(config->max_batch, sizeof(*lane->plan.requests));
+		lane->plan.steps = calloc(config->max_batch, sizeof(*lane->plan.steps));
+		lane->plan.sampled = calloc(config->max_batch, sizeof(*lane->plan.sampled));
+		if (!lane->running || !lane->plan.requests || !lane->plan.steps ||
+		    !lane->plan.sampled)
+			goto fail;
+	}
+	*out = sched;
+	return 0;
+fail:
+	rs_sched_destroy(sched);
+	return ret;
+}
+
+void rs_sched_destroy(struct rs_sched *sched)
+{
+	if (!sched)
+		return;
+	for (uint32_t l = 0; sched->lanes && l < sched->config.lanes; l++) {
+		struct rs_sched_lane *lane = &sched->lanes[l];
+		free(lane->running);
+		free(lane->plan.requests);
+		free(lane->plan.steps);
+		free(lane->plan.sampled);
+	}
+	free(sched->lanes);
+	free(sched->match_scratch);
+	rs_prefix_cache_destroy(sched->cache);
+	rs_admission_destroy(sched->admission);
+	rs_tenant_table_destroy(&sched->tenants);
+	free(sched);
+}
+
+struct rs_tenant *rs_sched_tenant_acquire(struct rs_sched *sched, uid_t uid, const char *name,
+					  double weight)
+{
+	return rs_tenant_acquire(&sched->tenants, uid, name, weight);
+}
+
+void rs_sched_tenant_release(struct rs_sched *sched, struct rs_tenant *tenant)
+{
+	rs_tenant_release(&sched->tenants, tenant);
+}
+
+/* The request waits (again): its cached prefix tracked, the policy told. */
+static void start_waiting(struct rs_sched *sched, struct rs_request *request, bool front)
+{
+	request->state = RS_REQUEST_WAITING;
+	request->waiter.tokens = request->tokens;
+	/* At least the context's last token is fed again: it yields the next token. */
+	request->waiter.max_blocks = (rs_sched_context(request) - 1) / sched->block_size;
+	request->waiter.match_blocks = 0;
+	if (sched->cache)
+		rs_prefix_cache_watch(sched->cache, &request->waiter);
+	rs_admission_enqueue(sched->admission, request, front);
+}
+
+int rs_sched_submit(struct rs_sched *sched, struct rs_request *request)
+{
+	/* The newest token is never fed, so it needs no position. */
+	uint64_t positions = (uint64_t)request->prompt_len + request->max_new_tokens - 1;
+	if (request->prompt_len == 0 || request->max_new_tokens == 0)
+		return -EINVAL;
+	if (blocks_for(sched, positions) > rs_kv_n_blocks(sched->kv))
+		return -E2BIG;
+	request->arrival = sched->next_arrival++;
+	request->submitted_ns = now(sched);
+	request->admitted_ns = request->first_token_ns = 0;
+	request->generated = request->computed = request->cached_tokens = 0;
+	request->n_blocks = 0;
+	request->preemptions = 0;
+	request->in_step = request->cancelled = request->hit_eos = false;
+	request->locked = NULL;
+	start_waiting(sched, request, false);
+	return 0;
+}
+
+static void remove_from_lane(struct rs_sched_lane *lane, struct rs_request *request)
+{
+	uint32_t i = 0;
+	while (lane->running[i] != request)
+		i++;
+	/* Keep admission order: the youngest is last, preemption takes it from there. */
+	memmove(&lane->running[i], &lane->running[i + 1],
+		(lane->n_running - i - 1) * sizeof(*lane->running));
+	lane->n_running--;
+}
+
+static void release_blocks(struct rs_sched *sched, struct rs_request *request)
+{
+	if (sched->cache)
+		rs_prefix_cache_unlock(sched->cache, request->locked);
+	request->locked = NULL;
+	for (uint32_t i = 0; i < request->n_blocks; i++)
+		rs_kv_block_unref(sched->kv, request->blocks[i]);
+	request->n_blocks = 0;
+}
+
+/* Cache the request's first n_full blocks and lock the deepest node instead of the one
+ * it locked: the insert may switch its table to blocks others computed first. */
+static void cache_prefix(struct rs_sched *sched, struct rs_request *request, uint32_t n_full)
+{
+	struct rs_prefix_node *node =
+	    rs_prefix_cache_insert(sched->cache, request->tokens, n_full, request->blocks);
+	if (!node)
+		return;
+	rs_prefix_cache_lock(sched->cache, node);
+	rs_prefix_cache_unlock(sched->cache, request->locked);
+	request->locked = node;
+}
+
+static void stop_running(struct rs_sched *sched, struct rs_request *request)
+{
+	remove_from_lane(&sched->lanes[request->lane], request);
+	release_blocks(sched, request);
+	sched->running--;
+	request->tenant->running--;
+}
+
+static void finish(struct rs_sched *sched, struct rs_request *request, int32_t status)
+{
+	if (request->state == RS_REQUEST_RUNNING) {
+		/* The prompt and the output so far: a conversation's next turn starts with it. */
+		if (status == 0 && sched->cache)
+			cache_prefix(sched, request, request->computed / sched->block_size);
+		stop_running(sched, request);
+	} else if (request->state == RS_REQUEST_WAITING) {
+		rs_admission_remove(sched->admission, request);
+		if (sched->cache)
+			rs_prefix_cache_unwatch(sched->cache, &request->waiter);
+	}
+	request->state = RS_REQUEST_FREE;
+	sched->stats.finished++;
+	sched->hooks.finish(sched->hooks.ctx, request, status);
+}
+
+void rs_sched_cancel(struct rs_sched *sched, struct rs_request *request, int32_t status)
+{
+	if (request->state == RS_REQUEST_RUNNING && request->in_step) {
+		if (!request->cancelled) {
+			request->cancelled = true;
+			request->cancel_status = status;
+		}
+		return;
+	}
+	if (request->state != RS_REQUEST_FREE)
+		finish(sched, request, status);
+}
+
+static void preempt(struct rs_sched *sched, struct rs_request *request)
+{
+	stop_running(sched, request);
+	request->computed = 0;
+	request->preemptions++;
+	sched->stats.preemptions++;
+	start_waiting(sched, request, true);
+}
+
+struct rs_request *rs_sched_admit_next(struct rs_sched *sched, struct rs_sched_lane *lane)
+{
+	if (lane->n_running >= sched->config.max_batch)
+		return NULL;
+	struct rs_request *request = rs_admission_peek(sched->admission);
+	if (!request)
+		return NULL;
+	uint32_t context = rs_sched_context(request);
+	uint32_t matched = 0;
+	struct rs_prefix_node *deepest = NULL;
+	if (sched->cache) {
+		matched =
+		    rs_prefix_cache_match(sched->cache, request->tokens, request->waiter.max_blocks,
+					  sched->match_scratch, &deepest);
+		rs_prefix_cache_lock(sched->cache, deepest); /* not evicted below */
+	}
+	/* Room for its whole uncached context now, so that its prefill chunks do not have to
+	 * preempt anyone; only decode growth does. */
+	uint32_t needed = blocks_for(sched, context) - matched;
+	uint32_t free_blocks = rs_kv_free_count(sched->kv);
+	if (free_blocks < needed && sched->cache) {
+		sched->stats.evicted_blocks +=
+		    rs_prefix_cache_evict(sched->cache, needed - free_blocks);
+		free_blocks = rs_kv_free_count(sched->kv);
+	}
+	if (free_blocks < needed) {
+		if (sched->cache)
+			rs_prefix_cache_unlock(sched->cache, deepest);
+		return NULL; /* it stays next: the policy's order is kept */
+	}
+	uint32_t cached = matched * sched->block_size;
+	rs_admission_take(sched->admission, request,
+			  request->prompt_len > cached ? request->prompt_len - cached : 0);
+	if (sched->cache)
+		rs_prefix_cache_unwatch(sched->cache, &request->waiter);
+	for (uint32_t i = 0; i < matched; i++) {
+		rs_kv_block_ref(sched->kv, sched->match_scratch[i]);
+		request->blocks[i] = sched->match_scratch[i];
+	}
+	request->n_blocks = matched;
+	request->computed = cached;
+	request->locked = deepest;
+	struct rs_tenant *tenant = request->tenant;
+	if (request->preemptions == 0) {
+		uint32_t prompt_cached =
+		    cached < request->prompt_len ? cached : request->prompt_len;
+		request->cached_tokens = prompt_cached;
+		request->admitted_ns = now(sched);
+		sched->stats.prompt_tokens += request->prompt_len;
+		sched->stats.cached_tokens += prompt_cached;
+		tenant->prompt_tokens += request->prompt_len;
+		tenant->cached_tokens += prompt_cached;
+	}
+	request->state = RS_REQUEST_RUNNING;
+	request->lane = lane->index;
+	lane->running[lane->n_running++] = request;
+	sched->running++;
+	tenant->running++;
+	sched->stats.admitted++;
+	return request;
+}
+
+int rs_sched_reserve(struct rs_sched *sched, struct rs_sched_lane *lane, struct rs_request *request,
+		     uint32_t positions)
+{
+	uint32_t needed = blocks_for(sched, positions);
+	while (request->n_blocks < needed) {
+		int block = rs_kv_block_alloc(sched->kv);
+		if (block >= 0) {
+			request->blocks[request->n_blocks++] = (uint32_t)block;
+			continue;
+		}
+		if (sched->cache) {
+			uint32_t evicted =
+			    rs_prefix_cache_evict(sched->cache, needed - request->n_blocks);
+			sched->stats.evicted_blocks += evicted;
+			if (evicted)
+				continue;
+		}
+		/* The youngest request not in this step gives its blocks back; the request
+		 * itself when it is that one. */
+		struct rs_request *victim = NULL;
+		for (uint32_t i = lane->n_running; i-- > 0 && !victim;)
+			if (!lane->running[i]->in_step)
+				victim = lane->running[i];
+		preempt(sched, victim);
+		if (victim == request)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+void rs_sched_plan_add(struct rs_sched *sched, struct rs_sched_lane *lane,
+		       struct rs_request *request, uint32_t n_tokens)
+{
+	struct rs_step_plan *plan = &lane->plan;
+	uint32_t i = plan->n++;
+	struct rs_seq_step *step = &plan->steps[i];
+	plan->requests[i] = request;
+	step->tokens = request->tokens + request->computed;
+	step->n_tokens = n_tokens;
+	step->start_pos = request->computed;
+	step->block_table = request->blocks;
+	step->n_blocks = request->n_blocks;
+	step->sampling = (struct rs_sampling_params){.temperature = request->temperature,
+						     .top_k = request->top_k,
+						     .top_p = request->top_p,
+						     .seed = request->seed};
+	step->sample = request->computed + n_tokens == rs_sched_context(request);
+	step->out_token =
+	    request->output ? &request->output[request->generated] : &plan->sampled[i];
+	plan->n_tokens += n_tokens;
+	request->in_step = true;
+}
+
+const struct rs_step_plan *rs_sched_plan_step(struct rs_sched *sched, uint32_t lane_index)
+{
+	struct rs_sched_lane *lane = &sched->lanes[lane_index];
+	if (lane->in_flight)
+		return NULL;
+	lane->plan.n = 0;
+	lane->plan.n_tokens = 0;
+	sched->planner->plan(sched, lane);
+	if (lane->plan.n == 0)
+		return NULL;
+	lane->in_flight = true;
+	return &lane->plan;
+}
+
+/* One request's share of a finished step. */
+static void advance(struct rs_sched *sched, struct rs_request *request,
+		    const struct rs_seq_step *step)
+{
+	request->computed += step->n_tokens;
+	if (request->cancelled) {
+		finish(sched, request, request->cancel_status);
+		return;
+	}
+	if (!step->sample)
+		return; /* a prefill chunk short of the context's end */
+	/* The prompt is in: later prompts that start with it hit from now on. */
+	if (request->generated == 0 && sched->cache)
+		cache_prefix(sched, request, request->prompt_len / sched->block_size);
+	/* Read once, then checked: the engine may have written it into memory that others
+	 * (the client) can overwrite. */
+	uint32_t token = *step->out_token;
+	if (token >= sched->config.vocab_size) {
+		finish(sched, request, -EPROTO);
+		return;
+	}
+	request->tokens[request->prompt_len + request->generated] = token;
+	request->generated++;
+	if (request->generated == 1)
+		request->first_token_ns = now(sched);
+	request->tenant->generated_tokens++;
+	rs_admission_charge_output(sched->admission, request->tenant, 1);
+	if (token == sched->config.eos_token && !request->ignore_eos)
+		request->hit_eos = true;
+	sched->hooks.token(sched->hooks.ctx, request);
+	if (request->state != RS_REQUEST_RUNNING)
+		return; /* the hook cancelled it */
+	if (request->generated >= request->max_new_tokens || request->hit_eos)
+		finish(sched, request, 0);
+}
+
+void rs_sched_step_done(struct rs_sched *sched, uint32_t lane_index, int status)
+{
+	struct rs_sched_lane *lane = &sched->lanes[lane_index];
+	struct rs_step_plan *plan = &lane->plan;
+	sched->stats.steps++;
+	sched->stats.step_tokens += plan->n_tokens;
+	for (uint32_t i = 0; i < plan->n; i++) {
+		struct rs_request *request = plan->requests[i];
+		request->in_step = false;
+		if (status < 0)
+			finish(sched, request,
+			       request->cancelled ? request->cancel_status : status);
+		else
+			advance(sched, request, &plan->steps[i]);
+	}
+	plan->n = 0;
+	plan->n_tokens = 0;
+	lane->in_flight = false;
+}
+
+uint64_t rs_sched_next_wakeup_ns(const struct rs_sched *sched)
+{
+	return sched->planner->next_wakeup_ns(sched);
+}
+
+bool rs_sched_busy(const struct rs_sched *sched)
+{
+	return sched->running > 0 || rs_admission_waiting(sched->admission) > 0;
+}
+
+uint32_t rs_sched_waiting(const struct rs_sched *sched)
+{
+	return rs_admission_waiting(sched->admission);
+}
+
+uint32_t rs_sched_running(const struct rs_sched *sched)
+{
+	return sched->running;
+}
+
+const struct rs_sched_stats *rs_sched_stats(const struct rs_sched *sched)
+{
+	return &sched->stats;
+}
+
+const struct rs_tenant_table *rs_sched_tenants(const struct rs_sched *sched)
+{
+	return &sched->tenants;
+}
+
+struct rs_kv_cache *rs_sched_kv(const struct rs_sched *sched)
+{
+	return sched->kv;
+}
+
+struct rs_prefix_cache *rs_sched_prefix_cache(const struct rs_sched *sched)
+{
+	return sched->cache;
+}

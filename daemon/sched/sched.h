@@ -1,0 +1,135 @@
+/* The scheduling core: which request runs next, with whom, on which lane, in which KV
+ * blocks. No I/O in it (no io_uring, no shared memory, no threads, no system calls): the
+ * daemon's data path (daemon/scheduler.c), the unit tests and the simulator drive it
+ * alike, with the time read from an injected clock.
+ *
+ * It owns the tenants, the waiting requests (through the admission policy,
+ * admission.h), the lanes and what runs on them (through the batch planner, planner.h),
+ * and the KV manager: every request's block table, taken block by block as the sequence
+ * grows, and the radix prefix cache (prefix_cache.h).
+ *
+ * The cycle, per lane:
+ *   plan = rs_sched_plan_step(sched, lane)   admission + batch planning + KV blocks
+ *   the engine runs the plan's steps          (it writes each sampled id to out_token)
+ *   rs_sched_step_done(sched, lane, status)  progress: tokens checked and appended,
+ *                                             prefixes cached, requests finished
+ * The core alone moves a request's progress; the engine only runs a fully planned step.
+ *
+ * Memory pressure: when a sequence needs a block and none is free, unlocked cached
+ * prefixes are evicted first (least recently used); then the youngest running request of
+ * the lane is preempted: its blocks go back, it returns to the front of its tenant's
+ * queue, and when admitted again it recomputes its prompt and the output it had
+ * produced. Sampling is stateless (kernels/engine/sampling.h) and steps are batch
+ * invariant, so its output is the same as if it had never been preempted.
+ *
+ * Results go out through hooks: a token (the data path publishes it) and a request's end
+ * (the data path completes it and may free it: the core never touches it again). A hook
+ * may call rs_sched_cancel. No allocation per request: requests come from the data
+ * path's pool, and every structure is sized at rs_sched_init. */
+#ifndef RS_DAEMON_SCHED_SCHED_H
+#define RS_DAEMON_SCHED_SCHED_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "daemon/sched/admission.h"
+#include "daemon/sched/prefix_cache.h"
+#include "daemon/sched/request.h"
+#include "daemon/sched/tenant.h"
+#include "kernels/engine/engine.h"
+
+struct rs_sched;
+
+struct rs_sched_config {
+	uint32_t lanes;		   /* independent step queues (CUDA streams, CPU workers) */
+	uint32_t max_batch;	   /* requests running on a lane at most */
+	uint32_t max_batch_tokens; /* tokens in one step at most (decodes + prefill chunks) */
+	uint32_t max_tenants;
+	uint32_t vocab_size;		      /* sampled ids are checked against it */
+	uint32_t eos_token;		      /* UINT32_MAX: none */
+	bool prefix_cache;		      /* share cached prefixes between requests */
+	struct rs_admission_params admission; /* max_tenants is taken from above */
+};
+
+struct rs_sched_hooks {
+	uint64_t (*now_ns)(void *ctx);
+	/* The request produced output token request->generated - 1 (in request->tokens
+	 * after the prompt, and where the engine wrote it). */
+	void (*token)(void *ctx, struct rs_request *request);
+	/* The request is over: status 0 (max_new_tokens or end of sequence), the status
+	 * given to rs_sched_cancel, -EPROTO (an output token out of range: its output memory
+	 * was overwritten), or a failed step's errno. The core is done with it. */
+	void (*finish)(void *ctx, struct rs_request *request, int32_t status);
+	void *ctx;
+};
+
+/* A lane's step: requests[i] runs steps[i] (kernels/engine/engine.h: tokens, positions,
+ * block table, sampling, where the sampled id goes). */
+struct rs_step_plan {
+	struct rs_request **requests;
+	struct rs_seq_step *steps;
+	uint32_t *sampled; /* out_token of requests without output memory (tests) */
+	uint32_t n;
+	uint32_t n_tokens;
+};
+
+struct rs_sched_stats {
+	uint64_t admitted;
+	uint64_t finished;
+	uint64_t preemptions;
+	uint64_t evicted_blocks;
+	uint64_t prompt_tokens; /* admitted prompt tokens (re-admissions not counted) */
+	uint64_t cached_tokens; /* of which served by the prefix cache */
+	uint64_t steps;
+	uint64_t step_tokens;
+};
+
+/* Create the core over the KV block allocator kv (shared with the engine, which holds
+ * the storage). Returns 0, -EINVAL (a zero limit), -ENOMEM. */
+int rs_sched_create(const struct rs_sched_config *config, struct rs_kv_cache *kv,
+		    const struct rs_sched_hooks *hooks, struct rs_sched **out);
+
+/* Free the core. Every request must have finished. NULL is allowed. */
+void rs_sched_destroy(struct rs_sched *sched);
+
+/* The tenant (uid, name) with `weight`, for a new connection; NULL when the table is
+ * full. Release it when the connection goes. */
+struct rs_tenant *rs_sched_tenant_acquire(struct rs_sched *sched, uid_t uid, const char *name,
+					  double weight);
+void rs_sched_tenant_release(struct rs_sched *sched, struct rs_tenant *tenant);
+
+/* Queue a request. The caller filled the submission (tenant, sampling, tokens[0 ..
+ * prompt_len), max_new_tokens; rs_request_reserve) and output (or NULL: the plan's
+ * scratch). Returns 0, or -E2BIG when prompt and output can never fit the KV cache
+ * (nothing is queued then). */
+int rs_sched_submit(struct rs_sched *sched, struct rs_request *request);
+
+/* End a request with status: at once when it waits or runs between steps (the finish
+ * hook runs before this returns), at the end of its step when one is in flight. */
+void rs_sched_cancel(struct rs_sched *sched, struct rs_request *request, int32_t status);
+
+/* Plan the next step of an idle lane: admit requests and build the step. Returns the
+ * plan, or NULL when the lane has nothing to run. The plan stays valid, and the lane
+ * busy, until rs_sched_step_done. */
+const struct rs_step_plan *rs_sched_plan_step(struct rs_sched *sched, uint32_t lane);
+
+/* The lane's step is over: status 0 (every out_token written) or the negative errno the
+ * engine reported (its requests fail with it). */
+void rs_sched_step_done(struct rs_sched *sched, uint32_t lane, int status);
+
+/* When the planner next wants rs_sched_plan_step called even if nothing else happens (a
+ * deadline), on the core's clock; 0 when it has no such time. */
+uint64_t rs_sched_next_wakeup_ns(const struct rs_sched *sched);
+
+/* Requests waiting or running. */
+bool rs_sched_busy(const struct rs_sched *sched);
+uint32_t rs_sched_waiting(const struct rs_sched *sched);
+uint32_t rs_sched_running(const struct rs_sched *sched);
+
+const struct rs_sched_stats *rs_sched_stats(const struct rs_sched *sched);
+const struct rs_tenant_table *rs_sched_tenants(const struct rs_sched *sched);
+struct rs_kv_cache *rs_sched_kv(const struct rs_sched *sched);
+/* The prefix cache, or NULL when disabled (for checks in tests). */
+struct rs_prefix_cache *rs_sched_prefix_cache(const struct rs_sched *sched);
+
+#endif

@@ -1,0 +1,56 @@
+/* The scheduling core's state and the services its planners build steps with. Private to
+ * daemon/sched/. */
+#ifndef RS_DAEMON_SCHED_SCHED_INTERNAL_H
+#define RS_DAEMON_SCHED_SCHED_INTERNAL_H
+
+#include "daemon/sched/planner.h"
+#include "daemon/sched/sched.h"
+
+struct rs_sched_lane {
+	uint32_t index;
+	struct rs_request **running; /* admitted, in admission order; max_batch entries */
+	uint32_t n_running;
+	struct rs_step_plan plan; /* the step being built or in flight */
+	bool in_flight;
+};
+
+struct rs_sched {
+	struct rs_sched_config config;
+	struct rs_sched_hooks hooks;
+	const struct rs_planner_ops *planner;
+	struct rs_kv_cache *kv;
+	uint32_t block_size;
+	struct rs_prefix_cache *cache; /* NULL: no prefix sharing */
+	struct rs_admission *admission;
+	struct rs_tenant_table tenants;
+	struct rs_sched_lane *lanes;
+	uint32_t running;
+	uint64_t next_arrival;
+	uint32_t *match_scratch; /* block ids of a match: kv n_blocks entries */
+	struct rs_sched_stats stats;
+};
+
+/* Positions a running request still has to feed before it can sample its next token:
+ * the prompt and every output token but the newest, which is fed by the next step. */
+static inline uint32_t rs_sched_context(const struct rs_request *request)
+{
+	return request->prompt_len + request->generated;
+}
+
+/* Admit the admission policy's next request into the lane when it has a seat, and the
+ * KV cache has (after eviction, never preemption) the blocks its whole uncached prompt
+ * needs. Returns the request, now running on the lane, or NULL. */
+struct rs_request *rs_sched_admit_next(struct rs_sched *sched, struct rs_sched_lane *lane);
+
+/* Give a running request blocks for `positions` positions, evicting cached prefixes and
+ * then preempting the lane's youngest running requests not yet in the plan being built.
+ * Returns 0, or -ENOMEM when the request itself was preempted (it was the youngest). */
+int rs_sched_reserve(struct rs_sched *sched, struct rs_sched_lane *lane, struct rs_request *request,
+		     uint32_t positions);
+
+/* Append n_tokens of the request's sequence, from position request->computed, to the
+ * lane's plan; it samples when they reach the end of the context. */
+void rs_sched_plan_add(struct rs_sched *sched, struct rs_sched_lane *lane,
+		       struct rs_request *request, uint32_t n_tokens);
+
+#endif

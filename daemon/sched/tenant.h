@@ -1,0 +1,60 @@
+/* Tenants: the accounts that fairness is about.
+ *
+ * A tenant is a name a client gives when it connects, scoped by the client's uid: every
+ * connection of (uid, name) shares one tenant, so opening more connections earns no more
+ * service. The table is fixed-size (no allocation after creation); a tenant's id is its
+ * dense index, which the admission policies use to index their own per-tenant arrays.
+ * A tenant's entry (and its account, a debt included) outlives its connections: it is
+ * reused for another tenant only when the table is full and it is idle (no connection,
+ * no request). */
+#ifndef RS_DAEMON_SCHED_TENANT_H
+#define RS_DAEMON_SCHED_TENANT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define RS_TENANT_NAME_MAX 64 /* bytes, with the NUL */
+
+struct rs_tenant {
+	uint32_t id; /* index in the table, < capacity */
+	bool in_use;
+	uid_t uid;
+	char name[RS_TENANT_NAME_MAX];
+	double weight;	  /* share of service, > 0; 1 by default */
+	uint32_t refs;	  /* connections holding it */
+	uint32_t waiting; /* queued requests */
+	uint32_t running; /* admitted, not yet finished */
+
+	/* Accounting, kept by the core whatever the policy (stats, fairness tests). */
+	double service;		/* weighted service: (w_p * uncached prompt tokens +
+				 * w_q * generated tokens) / weight */
+	uint64_t prompt_tokens; /* admitted prompt tokens */
+	uint64_t cached_tokens; /* of which the prefix cache served */
+	uint64_t generated_tokens;
+
+	/* The admission policy's state, shown in statistics: DLPM's deficit (weighted
+	 * tokens) or VTC's virtual counter. */
+	double deficit;
+	double counter;
+};
+
+struct rs_tenant_table {
+	struct rs_tenant *all;
+	uint32_t capacity;
+	uint32_t in_use;
+};
+
+/* Returns 0 or -ENOMEM. */
+int rs_tenant_table_init(struct rs_tenant_table *table, uint32_t capacity);
+void rs_tenant_table_destroy(struct rs_tenant_table *table);
+
+/* The tenant (uid, name), created with `weight` when new; takes a reference.
+ * Returns it, or NULL when the table is full of tenants that are not idle. */
+struct rs_tenant *rs_tenant_acquire(struct rs_tenant_table *table, uid_t uid, const char *name,
+				    double weight);
+
+/* Drop a connection's reference. */
+void rs_tenant_release(struct rs_tenant_table *table, struct rs_tenant *tenant);
+
+#endif

@@ -1,0 +1,511 @@
+/* The scheduling core on a virtual clock, without a daemon:
+ *   - every request gets exactly the null engine's tokens (checked with the harness's own
+ *     implementation of the definition), finishes once, with or without the prefix cache,
+ *     with KV blocks so few that running requests are preempted and recompute, with
+ *     prompts chunked over steps, on one lane or three;
+ *   - on the real CPU engine (a random model), greedy and seeded-sampling outputs are the
+ *     same with the prefix cache and preemption as from a plain prefill-then-decode loop
+ *     written here against kernels/engine/engine.h;
+ *   - a multi-turn conversation's next prompt hits the blocks the first turn left;
+ *   - cancelling (waiting, between steps, during a step) and 1,000 client deaths give
+ *     every request and KV block back, and leave no prefix locked.
+ * After every step the prefix cache's invariants are checked. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/engine.h"
+#include "daemon/sched/sched.h"
+#include "kernels/engine/engine.h"
+#include "kernels/model/model_random.h"
+#include "tests/engine_test.h"
+/* engine_test.h's CHECK counts failures and goes on; here a failure stops the test. */
+#undef CHECK
+#include "tests/harness/harness.h"
+
+enum { MAX_REQUESTS = 256, MAX_SEQ = 256, VOCAB = 97 };
+
+struct result {
+	bool done;
+	int finishes;
+	int32_t status;
+	uint32_t cached_tokens;
+	uint32_t n_tokens;
+	uint32_t tokens[MAX_SEQ];
+	uint32_t published; /* tokens the token hook saw, in order */
+};
+
+struct world {
+	struct rs_sched *sched;
+	struct rs_request_pool pool;
+	uint64_t clock_ns;
+	struct result results[MAX_REQUESTS];
+	struct rs_serving_engine *null_engine;
+	struct rs_engine *engine; /* the CPU engine, when the test runs the model */
+	uint32_t lanes;
+};
+
+static uint64_t world_now(void *ctx)
+{
+	return ((struct world *)ctx)->clock_ns;
+}
+
+static void world_token(void *ctx, struct rs_request *request)
+{
+	struct world *world = ctx;
+	struct result *result = &world->results[request->user_data];
+	CHECK(request->generated == result->published + 1, "token %u after %u published",
+	      request->generated, result->published);
+	result->published = request->generated;
+}
+
+static void world_finish(void *ctx, struct rs_request *request, int32_t status)
+{
+	struct world *world = ctx;
+	struct result *result = &world->results[request->user_data];
+	result->finishes++;
+	result->done = true;
+	result->status = status;
+	result->cached_tokens = request->cached_tokens;
+	result->n_tokens = request->generated;
+	memcpy(result->tokens, request->tokens + request->prompt_len,
+	       request->generated * sizeof(uint32_t));
+	rs_request_put(&world->pool, request);
+}
+
+struct world_options {
+	uint32_t lanes, max_batch, max_batch_tokens, kv_blocks, block_size;
+	bool prefix_cache;
+	enum rs_admission_policy policy;
+	const struct rs_model *model; /* NULL: the null engine */
+};
+
+static void world_init(struct world *world, const struct world_options *options)
+{
+	memset(world, 0, sizeof(*world));
+	world->lanes = options->lanes;
+	struct rs_kv_cache *kv;
+	if (options->model) {
+		struct rs_engine_options engine_options;
+		rs_engine_options_init(&engine_options);
+		engine_options.backend = "cpu";
+		engine_options.kv_blocks = options->kv_blocks;
+		engine_options.block_size = options->block_size;
+		engine_options.max_batch_tokens = options->max_batch_tokens;
+		engine_options.lanes = options->lanes;
+		engine_options.threads = 2;
+		char err[200];
+		int ret = rs_engine_create(options->model, &engine_options, &world->engine, err,
+					   sizeof(err));
+		CHECK(ret == 0, "engine: %s", err);
+		kv = rs_engine_kv(world->engine);
+	} else {
+		struct rs_null_engine_options null_options = {.vocab_size = VOCAB,
+							      .lanes = options->lanes,
+							      .max_batch = options->max_batch,
+							      .kv_blocks = options->kv_blocks,
+							      .block_size = options->block_size,
+							      .max_batch_tokens =
+								  options->max_batch_tokens};
+		CHECK(rs_null_engine_create(&null_options, &world->null_engine) == 0,
+		      "null engine");
+		kv = world->null_engine->kv;
+	}
+	struct rs_sched_config config = {
+	    .lanes = options->lanes,
+	    .max_batch = options->max_batch,
+	    .max_batch_tokens = options->max_batch_tokens,
+	    .max_tenants = 8,
+	    .vocab_size = VOCAB,
+	    .eos_token = UINT32_MAX,
+	    .prefix_cache = options->prefix_cache,
+	    .admission = {.policy = options->policy},
+	};
+	struct rs_sched_hooks hooks = {
+	    .now_ns = world_now, .token = world_token, .finish = world_finish, .ctx = world};
+	CHECK(rs_sched_create(&config, kv, &hooks, &world->sched) == 0, "sched");
+	CHECK(rs_request_pool_init(&world->pool, MAX_REQUESTS) == 0, "pool");
+}
+
+static void world_destroy(struct world *world)
+{
+	CHECK(!rs_sched_busy(world->sched), "requests left");
+	CHECK(world->pool.in_use == 0, "%u requests not given back", world->pool.in_use);
+	struct rs_kv_cache *kv = rs_sched_kv(world->sched);
+	struct rs_prefix_cache *cache = rs_sched_prefix_cache(world->sched);
+	uint32_t cached = cache ? rs_prefix_cache_nodes(cache) : 0;
+	CHECK(!cache || rs_prefix_cache_locked_nodes(cache) == 0, "locked prefixes left");
+	CHECK(rs_kv_free_count(kv) + cached == rs_kv_n_blocks(kv),
+	      "KV blocks leaked: %u free + %u cached of %u", rs_kv_free_count(kv), cached,
+	      rs_kv_n_blocks(kv));
+	rs_sched_destroy(world->sched);
+	CHECK(rs_kv_free_count(kv) == rs_kv_n_blocks(kv), "the cache kept blocks after destroy");
+	rs_request_pool_destroy(&world->pool);
+	if (world->null_engine)
+		world->null_engine->ops->destroy(world->null_engine);
+	rs_engine_destroy(world->engine);
+}
+
+static struct rs_request *world_submit(struct world *world, struct rs_tenant *tenant, uint32_t id,
+				       const uint32_t *prompt, uint32_t prompt_len,
+				       uint32_t max_new, float temperature, uint64_t seed)
+{
+	struct rs_request *request = rs_request_get(&world->pool);
+	CHECK(request, "pool exhausted");
+	CHECK(rs_request_reserve(request, prompt_len, max_new,
+				 rs_kv_block_size(rs_sched_kv(world->sched))) == 0,
+	      "reserve");
+	memcpy(request->tokens, prompt, prompt_len * sizeof(uint32_t));
+	request->tenant = tenant;
+	request->user_data = id;
+	request->temperature = temperature;
+	request->top_p = temperature > 0 ? 0.9f : 1.0f;
+	request->seed = seed;
+	memset(&world->results[id], 0, sizeof(world->results[id]));
+	CHECK(rs_sched_submit(world->sched, request) == 0, "submit %u", id);
+	return request;
+}
+
+/* Plan and run one step on every lane; returns the steps run. */
+static int world_step(struct world *world)
+{
+	int steps = 0;
+	for (uint32_t lane = 0; lane < world->lanes; lane++) {
+		const struct rs_step_plan *plan = rs_sched_plan_step(world->sched, lane);
+		if (!plan)
+			continue;
+		int status;
+		if (world->engine) {
+			status = rs_engine_step(world->engine, lane, plan->steps, plan->n);
+			if (status == 0)
+				status = rs_engine_step_wait(world->engine, lane);
+		} else {
+			status =
+			    world->null_engine->ops->step_start(world->null_engine, lane, plan);
+			while (status == 0 &&
+			       world->null_engine->ops->step_poll(world->null_engine, lane) == 0)
+				;
+		}
+		CHECK(status == 0, "step: %d", status);
+		rs_sched_step_done(world->sched, lane, 0);
+		steps++;
+		struct rs_prefix_cache *cache = rs_sched_prefix_cache(world->sched);
+		CHECK(!cache || rs_prefix_cache_check(cache) == 0, "prefix cache invariants");
+	}
+	world->clock_ns += 1000000;
+	return steps;
+}
+
+static void world_drain(struct world *world)
+{
+	for (int i = 0; rs_sched_busy(world->sched); i++) {
+		CHECK(i < 100000, "the core does not drain");
+		CHECK(world_step(world) > 0 || !rs_sched_busy(world->sched),
+		      "busy, but nothing planned");
+	}
+}
+
+/* A prompt: one of four shared prefixes of 20-70 tokens, then a private suffix. */
+static uint32_t make_prompt(uint64_t *rng, uint32_t *prompt)
+{
+	static const uint32_t prefix_len[4] = {20, 37, 48, 70};
+	uint32_t which = (uint32_t)(test_rand(rng) % 4);
+	uint32_t len = prefix_len[which];
+	for (uint32_t i = 0; i < len; i++)
+		prompt[i] = (which * 31 + i * 7) % VOCAB;
+	uint32_t suffix = 1 + (uint32_t)(test_rand(rng) % 20);
+	for (uint32_t i = 0; i < suffix; i++)
+		prompt[len++] = (uint32_t)(test_rand(rng) % VOCAB);
+	return len;
+}
+
+static void test_null_outputs(const struct world_options *options, uint64_t seed)
+{
+	struct world *world = calloc(1, sizeof(*world));
+	world_init(world, options);
+	struct rs_tenant *tenants[3];
+	for (int t = 0; t < 3; t++) {
+		char name[8] = {(char)('a' + t), 0};
+		tenants[t] = rs_sched_tenant_acquire(world->sched, 1000, name, 1.0 + t);
+	}
+	uint64_t rng = seed;
+	uint32_t prompts[120][MAX_SEQ], lens[120], max_new[120];
+	uint32_t submitted = 0;
+	const uint32_t total = 120;
+	while (submitted < total || rs_sched_busy(world->sched)) {
+		/* Arrivals between steps: a burst first, then a few at a time. */
+		uint32_t arrivals = submitted == 0 ? 40 : (uint32_t)(test_rand(&rng) % 4);
+		for (uint32_t a = 0; a < arrivals && submitted < total; a++, submitted++) {
+			lens[submitted] = make_prompt(&rng, prompts[submitted]);
+			max_new[submitted] = 1 + (uint32_t)(test_rand(&rng) % 30);
+			world_submit(world, tenants[submitted % 3], submitted, prompts[submitted],
+				     lens[submitted], max_new[submitted], 0, 0);
+		}
+		world_step(world);
+	}
+	for (uint32_t id = 0; id < total; id++) {
+		struct result *result = &world->results[id];
+		CHECK(result->finishes == 1 && result->status == 0,
+		      "request %u: %d finishes, status %d", id, result->finishes, result->status);
+		CHECK(result->n_tokens == max_new[id] && result->published == max_new[id],
+		      "request %u: %u tokens", id, result->n_tokens);
+		for (uint32_t i = 0; i < max_new[id]; i++)
+			CHECK(result->tokens[i] == test_null_token(prompts[id], lens[id], i, VOCAB),
+			      "request %u token %u", id, i);
+	}
+	const struct rs_sched_stats *stats = rs_sched_stats(world->sched);
+	if (options->prefix_cache)
+		CHECK(stats->cached_tokens > 0, "shared prefixes never hit");
+	else
+		CHECK(stats->cached_tokens == 0, "hits without a cache");
+	/* Tight KV: 120 requests over 12 blocks (2 or 3 contexts) must have preempted someone. */
+	if (options->kv_blocks <= 12)
+		CHECK(stats->preemptions > 0, "no preemption with %u blocks", options->kv_blocks);
+	printf("  lanes %u, batch tokens %u, %u blocks, cache %s: %llu steps, %llu preemptions, "
+	       "%llu of %llu prompt tokens cached\n",
+	       options->lanes, options->max_batch_tokens, options->kv_blocks,
+	       options->prefix_cache ? "on" : "off", (unsigned long long)stats->steps,
+	       (unsigned long long)stats->preemptions, (unsigned long long)stats->cached_tokens,
+	       (unsigned long long)stats->prompt_tokens);
+	world_destroy(world);
+	free(world);
+}
+
+/* The reference: one request alone, prefill then decode, with a block table of its own. */
+static void reference_generate(struct rs_engine *engine, const uint32_t *prompt,
+			       uint32_t prompt_len, uint32_t max_new, float temperature,
+			       uint64_t seed, uint32_t *out)
+{
+	struct rs_kv_cache *kv = rs_engine_kv(engine);
+	uint32_t table[64], n_blocks = rs_kv_blocks_for(prompt_len + max_new, rs_kv_block_size(kv));
+	for (uint32_t i = 0; i < n_blocks; i++) {
+		int block = rs_kv_block_alloc(kv);
+		CHECK(block >= 0, "reference blocks");
+		table[i] = (uint32_t)block;
+	}
+	struct rs_seq_step step = {
+	    .tokens = prompt,
+	    .n_tokens = prompt_len,
+	    .start_pos = 0,
+	    .block_table = table,
+	    .n_blocks = n_blocks,
+	    .sampling = {.temperature = temperature,
+			 .top_p = temperature > 0 ? 0.9f : 1.0f,
+			 .seed = seed},
+	    .sample = 1,
+	};
+	for (uint32_t i = 0; i < max_new; i++) {
+		step.out_token = &out[i];
+		CHECK(rs_engine_step(engine, 0, &step, 1) == 0 &&
+			  rs_engine_step_wait(engine, 0) == 0,
+		      "step");
+		step.start_pos += step.n_tokens;
+		step.tokens = &out[i];
+		step.n_tokens = 1;
+	}
+	for (uint32_t i = 0; i < n_blocks; i++)
+		rs_kv_block_unref(kv, table[i]);
+}
+
+static void test_model_outputs(void)
+{
+	struct rs_model_config config = test_config();
+	config.max_seq_len = 160;
+	struct rs_model *model;
+	CHECK(rs_model_random(&config, RS_DTYPE_F32, 7, false, &model) == 0, "model");
+	enum { N = 24 };
+	uint32_t prompts[N][MAX_SEQ], lens[N], max_new[N], expected[N][64];
+	float temperature[N];
+	uint64_t rng = 99;
+	struct world_options reference_options = {.lanes = 1,
+						  .max_batch = 1,
+						  .max_batch_tokens = 256,
+						  .kv_blocks = 64,
+						  .block_size = 8,
+						  .model = model};
+	struct world *world = calloc(1, sizeof(*world));
+	world_init(world, &reference_options);
+	for (uint32_t id = 0; id < N; id++) {
+		lens[id] = make_prompt(&rng, prompts[id]);
+		max_new[id] = 5 + (uint32_t)(test_rand(&rng) % 30);
+		temperature[id] = id % 2 ? 0.8f : 0.0f;
+		reference_generate(world->engine, prompts[id], lens[id], max_new[id],
+				   temperature[id], id, expected[id]);
+	}
+	world_destroy(world);
+
+	/* Cache on and off; 24 blocks of 8 with 6 seats: preemption; 5-token chunks. */
+	for (int variant = 0; variant < 3; variant++) {
+		struct world_options options = {.lanes = variant == 2 ? 2 : 1,
+						.max_batch = 6,
+						.max_batch_tokens = variant == 1 ? 5 : 64,
+						.kv_blocks = 24,
+						.block_size = 8,
+						.prefix_cache = variant != 1,
+						.policy = RS_ADMISSION_DLPM,
+						.model = model};
+		world_init(world, &options);
+		struct rs_tenant *tenant = rs_sched_tenant_acquire(world->sched, 1, "t", 1.0);
+		for (uint32_t id = 0; id < N; id++)
+			world_submit(world, tenant, id, prompts[id], lens[id], max_new[id],
+				     temperature[id], id);
+		world_drain(world);
+		for (uint32_t id = 0; id < N; id++) {
+			struct result *result = &world->results[id];
+			CHECK(result->finishes == 1 && result->status == 0 &&
+				  result->n_tokens == max_new[id],
+			      "variant %d request %u", variant, id);
+			CHECK(memcmp(result->tokens, expected[id],
+				     max_new[id] * sizeof(uint32_t)) == 0,
+			      "variant %d request %u (temperature %.1f): output differs from the "
+			      "reference",
+			      variant, id, (double)temperature[id]);
+		}
+		const struct rs_sched_stats *stats = rs_sched_stats(world->sched);
+		CHECK(stats->preemptions > 0, "variant %d: no preemption", variant);
+		CHECK(variant == 1 || stats->cached_tokens > 0, "variant %d: no cache hit",
+		      variant);
+		printf("  model, variant %d: %llu preemptions, %llu prompt tokens cached\n",
+		       variant, (unsigned long long)stats->preemptions,
+		       (unsigned long long)stats->cached_tokens);
+		rs_sched_tenant_release(world->sched, tenant);
+		world_destroy(world);
+	}
+	free(world);
+	rs_model_free(model);
+}
+
+static void test_multi_turn(void)
+{
+	struct world_options options = {.lanes = 1,
+					.max_batch = 4,
+					.max_batch_tokens = 64,
+					.kv_blocks = 64,
+					.block_size = 16,
+					.prefix_cache = true,
+					.policy = RS_ADMISSION_DLPM};
+	struct world *world = calloc(1, sizeof(*world));
+	world_init(world, &options);
+	struct rs_tenant *tenant = rs_sched_tenant_acquire(world->sched, 1, "chat", 1.0);
+	uint32_t prompt[MAX_SEQ];
+	for (uint32_t i = 0; i < 40; i++)
+		prompt[i] = (i * 13 + 5) % VOCAB;
+	world_submit(world, tenant, 0, prompt, 40, 20, 0, 0);
+	world_drain(world);
+	CHECK(world->results[0].cached_tokens == 0, "first turn hit an empty cache");
+	/* Turn 2: the first prompt, its answer, and a new question. K/V exists for positions
+	 * 0..58 (the answer's last token was never fed): 3 full blocks of 16. */
+	memcpy(prompt + 40, world->results[0].tokens, 20 * sizeof(uint32_t));
+	for (uint32_t i = 60; i < 65; i++)
+		prompt[i] = i % VOCAB;
+	world_submit(world, tenant, 1, prompt, 65, 4, 0, 0);
+	world_drain(world);
+	CHECK(world->results[1].cached_tokens == 48, "second turn: %u cached, expected 48",
+	      world->results[1].cached_tokens);
+	for (uint32_t i = 0; i < 4; i++)
+		CHECK(world->results[1].tokens[i] == test_null_token(prompt, 65, i, VOCAB),
+		      "turn 2 token %u", i);
+	rs_sched_tenant_release(world->sched, tenant);
+	world_destroy(world);
+	free(world);
+}
+
+/* A client that dies: its waiting, running and in-step requests are cancelled. */
+static void test_cancel_and_deaths(void)
+{
+	struct world_options options = {.lanes = 1,
+					.max_batch = 4,
+					.max_batch_tokens = 32,
+					.kv_blocks = 40,
+					.block_size = 8,
+					.prefix_cache = true,
+					.policy = RS_ADMISSION_DLPM};
+	struct world *world = calloc(1, sizeof(*world));
+	world_init(world, &options);
+	struct rs_tenant *survivor = rs_sched_tenant_acquire(world->sched, 1, "survivor", 1.0);
+	uint64_t rng = 5;
+	uint32_t prompt[MAX_SEQ];
+	uint32_t next_id = 0;
+	for (int death = 0; death < 1000; death++) {
+		struct rs_tenant *dying = rs_sched_tenant_acquire(world->sched, 2, "dying", 1.0);
+		struct rs_request *requests[8];
+		uint32_t ids[8];
+		for (int i = 0; i < 8; i++) {
+			uint32_t len = make_prompt(&rng, prompt);
+			ids[i] = next_id++ % (MAX_REQUESTS - 8);
+			requests[i] = world_submit(world, dying, ids[i], prompt, len, 10, 0, 0);
+		}
+		uint32_t survivor_id = MAX_REQUESTS - 1 - (uint32_t)(death % 7);
+		uint32_t survivor_len = make_prompt(&rng, prompt);
+		world_submit(world, survivor, survivor_id, prompt, survivor_len, 3, 0, 0);
+		uint32_t survivor_prompt[MAX_SEQ];
+		memcpy(survivor_prompt, prompt, sizeof(prompt));
+		/* A few steps, the last one left in flight: some requests wait, some run, some
+		 * are in that step, some locked prefixes. */
+		int steps = (int)(test_rand(&rng) % 4);
+		for (int s = 0; s < steps; s++)
+			world_step(world);
+		const struct rs_step_plan *plan = rs_sched_plan_step(world->sched, 0);
+		for (int i = 0; i < 8; i++)
+			if (!world->results[ids[i]].done)
+				rs_sched_cancel(world->sched, requests[i], -ECONNRESET);
+		if (plan) {
+			CHECK(world->null_engine->ops->step_start(world->null_engine, 0, plan) == 0,
+			      "step");
+			rs_sched_step_done(world->sched, 0, 0);
+		}
+		rs_sched_tenant_release(world->sched, dying);
+		world_drain(world);
+		for (int i = 0; i < 8; i++) {
+			struct result *result = &world->results[ids[i]];
+			CHECK(result->finishes == 1, "request %u finished %d times", ids[i],
+			      result->finishes);
+			CHECK(result->status == 0 || result->status == -ECONNRESET, "status %d",
+			      result->status);
+		}
+		struct result *result = &world->results[survivor_id];
+		CHECK(result->finishes == 1 && result->status == 0 && result->n_tokens == 3,
+		      "the survivor failed");
+		for (uint32_t i = 0; i < 3; i++)
+			CHECK(result->tokens[i] ==
+				  test_null_token(survivor_prompt, survivor_len, i, VOCAB),
+			      "survivor token %u", i);
+		CHECK(rs_prefix_cache_locked_nodes(rs_sched_prefix_cache(world->sched)) == 0,
+		      "locks left");
+		CHECK(world->pool.in_use == 0, "requests left");
+	}
+	rs_sched_tenant_release(world->sched, survivor);
+	world_destroy(world);
+	free(world);
+}
+
+int main(void)
+{
+	for (int cache = 0; cache < 2; cache++) {
+		struct world_options roomy = {.lanes = 1,
+					      .max_batch = 8,
+					      .max_batch_tokens = 512,
+					      .kv_blocks = 4096,
+					      .block_size = 16,
+					      .prefix_cache = cache,
+					      .policy = RS_ADMISSION_DLPM};
+		test_null_outputs(&roomy, 1);
+		struct world_options tight = roomy;
+		tight.kv_blocks = 12;
+		tight.max_batch_tokens = 7;
+		test_null_outputs(&tight, 2);
+		tight.lanes = 3;
+		tight.max_batch_tokens = 40;
+		tight.policy = RS_ADMISSION_VTC;
+		test_null_outputs(&tight, 3);
+		tight.policy = RS_ADMISSION_FCFS;
+		test_null_outputs(&tight, 4);
+		tight.policy = RS_ADMISSION_LPM;
+		test_null_outputs(&tight, 5);
+	}
+	test_multi_turn();
+	test_cancel_and_deaths();
+	test_model_outputs();
+	printf("ok\n");
+	return 0;
+}
