@@ -150,6 +150,11 @@ void rs_admission_charge_output(struct rs_admission *admission, struct rs_tenant
 		admission->ops->charge_output(admission, tenant, charge);
 }
 
+bool rs_admission_orders_by_prefix(const struct rs_admission *admission)
+{
+	return admission->ops->match_changed != NULL;
+}
+
 /* Requests queued, all tenants together. */
 uint32_t rs_admission_waiting(const struct rs_admission *admission)
 {

@@ -95,6 +95,11 @@ void rs_admission_match_changed(struct rs_admission *admission, struct rs_reques
 void rs_admission_charge_output(struct rs_admission *admission, struct rs_tenant *tenant,
 				uint32_t n_tokens);
 
+/* True when the policy orders by cached prefix (lpm, dlpm): only then does the core ask the
+ * prefix cache to keep waiting requests' match lengths current (which costs a move per
+ * waiter whenever a prefix it waits on is cached or evicted). */
+bool rs_admission_orders_by_prefix(const struct rs_admission *admission);
+
 /* Requests waiting. */
 uint32_t rs_admission_waiting(const struct rs_admission *admission);
 

@@ -81,6 +81,7 @@ struct rs_request {
 	bool in_step;	/* part of a lane's step in flight */
 	bool cancelled; /* leave at the next step boundary with cancel_status */
 	bool hit_eos;
+	bool watched;                    /* the prefix cache tracks its waiter */
 	int32_t cancel_status;
 	struct rs_prefix_node *locked;	/* deepest prefix-cache node it locks, or NULL */
 	struct rs_prefix_waiter waiter; /* while waiting */

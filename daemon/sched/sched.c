@@ -115,9 +115,17 @@ static void start_waiting(struct rs_sched *sched, struct rs_request *request, bo
 	/* At least the context's last token is fed again: it yields the next token. */
 	request->waiter.max_blocks = (rs_sched_context(request) - 1) / sched->block_size;
 	request->waiter.match_blocks = 0;
-	if (sched->cache)
+	request->watched = sched->cache && rs_admission_orders_by_prefix(sched->admission);
+	if (request->watched)
 		rs_prefix_cache_watch(sched->cache, &request->waiter);
 	rs_admission_enqueue(sched->admission, request, front);
+}
+
+static void stop_waiting(struct rs_sched *sched, struct rs_request *request)
+{
+	if (request->watched)
+		rs_prefix_cache_unwatch(sched->cache, &request->waiter);
+	request->watched = false;
 }
 
 int rs_sched_submit(struct rs_sched *sched, struct rs_request *request)
@@ -191,8 +199,7 @@ static void finish(struct rs_sched *sched, struct rs_request *request, int32_t s
 		stop_running(sched, request);
 	} else if (request->state == RS_REQUEST_WAITING) {
 		rs_admission_remove(sched->admission, request);
-		if (sched->cache)
-			rs_prefix_cache_unwatch(sched->cache, &request->waiter);
+		stop_waiting(sched, request);
 	}
 	request->state = RS_REQUEST_FREE;
 	sched->stats.finished++;
@@ -254,8 +261,7 @@ struct rs_request *rs_sched_admit_next(struct rs_sched *sched, struct rs_sched_l
 	uint32_t cached = matched * sched->block_size;
 	rs_admission_take(sched->admission, request,
 			  request->prompt_len > cached ? request->prompt_len - cached : 0);
-	if (sched->cache)
-		rs_prefix_cache_unwatch(sched->cache, &request->waiter);
+	stop_waiting(sched, request);
 	for (uint32_t i = 0; i < matched; i++) {
 		rs_kv_block_ref(sched->kv, sched->match_scratch[i]);
 		request->blocks[i] = sched->match_scratch[i];

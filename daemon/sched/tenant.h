@@ -26,9 +26,17 @@ struct rs_tenant {
 	uint32_t waiting; /* queued requests */
 	uint32_t running; /* admitted, not yet finished */
 
+	/* Limits the daemon sets from its configuration file (daemon/tenant_config.h), at
+	 * each connect and on reload; 0: none. */
+	uint32_t max_connections; /* refs at most (the daemon refuses more with -EUSERS) */
+	uint32_t max_inflight;	  /* inflight at most (more: -EAGAIN completions) */
+	uint32_t max_kv_blocks;	  /* recorded only: the core does not enforce it yet */
+	uint32_t inflight;	  /* the data path's: accepted over all connections, not yet
+				   * completed (orphans included) */
+
 	/* Accounting, kept by the core whatever the policy (stats, fairness tests). */
-	double service;		/* weighted service: (w_p * uncached prompt tokens +
-				 * w_q * generated tokens) / weight */
+	double service; /* weighted service as the policy charges it: (w_p * prompt tokens
+			 * (dlpm: uncached ones) + w_q * generated tokens) / weight */
 	uint64_t prompt_tokens; /* admitted prompt tokens */
 	uint64_t cached_tokens; /* of which the prefix cache served */
 	uint64_t generated_tokens;
