@@ -101,7 +101,8 @@ static int map_segments(struct rs_connection *conn, const struct rs_welcome *wel
 	uint32_t slots = conn->hdr.slot_count;
 	conn->slot_state = calloc(slots, sizeof(*conn->slot_state));
 	conn->free_slots = malloc(slots * sizeof(*conn->free_slots));
-	if (!conn->slot_state || !conn->free_slots)
+	conn->slot_last_prompt = calloc(slots, sizeof(*conn->slot_last_prompt));
+	if (!conn->slot_state || !conn->free_slots || !conn->slot_last_prompt)
 		return -ENOMEM;
 	/* Lowest slot on top of the stack: handles come out 0, 1, 2, ... */
 	for (uint32_t i = 0; i < slots; i++)
@@ -210,6 +211,8 @@ void rs_close(struct rs_connection *conn)
 		munmap((void *)conn->model, conn->model_size);
 	free(conn->slot_state);
 	free(conn->free_slots);
+	free(conn->slot_last_prompt);
+	rs_conn_free_text(conn);
 	free(conn);
 }
 

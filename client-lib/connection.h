@@ -9,6 +9,8 @@
 #include "shm/abi.h"
 #include "shm/ring.h"
 
+struct rs_tokenizer;
+
 enum rs_slot_state {
 	RS_SLOT_FREE = 0,
 	RS_SLOT_SUBMITTED, /* the daemon owns its output area */
@@ -29,8 +31,12 @@ struct rs_connection {
 	uint8_t *slot_state;     /* enum rs_slot_state per slot */
 	uint32_t *free_slots;    /* stack of free slot indices */
 	uint32_t n_free_slots;
+	uint32_t *slot_last_prompt; /* per slot: its prompt's last token (rs_detok_init) */
 	uint64_t spin_ns;
 	int error; /* sticky: once the daemon is gone, every call returns it */
+	/* The daemon's vocabulary, built on first use by text.c (0: not tried yet). */
+	struct rs_tokenizer *tokenizer;
+	int tokenizer_status; /* 0 untried, 1 built, or the negative errno it failed with */
 };
 
 /* Ring the daemon's doorbell if it sleeps (the client half of the protocol in
@@ -40,5 +46,21 @@ void rs_conn_ring_doorbell(struct rs_connection *conn);
 /* Check that the daemon is alive: socket EOF, STOPPED state, stale heartbeat. Costs a
  * system call; sets and returns conn->error (0 when alive). */
 int rs_conn_check_daemon(struct rs_connection *conn);
+
+/* Take a free slot for a submission and mark it submitted (submit.c). Checks that the
+ * daemon takes work and that the SQ has room first. Returns the slot, or -EAGAIN,
+ * -ESHUTDOWN, -ECONNRESET, -EPROTO. */
+int rs_conn_take_slot(struct rs_connection *conn);
+
+/* Give a slot from rs_conn_take_slot back unsubmitted. */
+void rs_conn_return_slot(struct rs_connection *conn, uint32_t slot);
+
+/* Submit a taken slot whose prompt area holds prompt_len ids (1 .. max_prompt_tokens;
+ * params->prompt is not read). Returns the slot as a request handle. */
+int rs_conn_submit_slot(struct rs_connection *conn, uint32_t slot,
+			const struct rs_generate_params *params, uint32_t prompt_len);
+
+/* Free the connection's tokenizer (text.c). */
+void rs_conn_free_text(struct rs_connection *conn);
 
 #endif

@@ -24,10 +24,15 @@
  * around it, or open one connection per thread, which is what the rings are made for).
  * Different connections are independent. Nothing here creates a thread or a signal.
  *
+ * Text (the end of this header): rs_tokenize, rs_submit_text and the incremental
+ * detokenizer rs_detok_* turn text into ids and back with the vocabulary the daemon
+ * shares; the daemon itself only ever sees token ids.
+ *
  * docs/client-api.md has the long form. */
 #ifndef RINGSERVE_H
 #define RINGSERVE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -87,6 +92,8 @@ struct rs_model_info {
 int rs_model_info(struct rs_connection *conn, struct rs_model_info *info);
 
 #define RS_GENERATE_IGNORE_EOS (1u << 0) /* keep going after the end-of-sequence token */
+#define RS_GENERATE_NO_BOS (1u << 1)     /* rs_submit_text: no BOS before the text (a
+					  * continuation); rs_submit ignores it */
 
 /* One generation request. Fields left 0 take their default: temperature 0 is greedy,
  * top_p 0 means 1 (no nucleus cut), top_k 0 means no cut, seed 0 is a valid seed. */
@@ -170,6 +177,99 @@ int rs_release(struct rs_connection *conn, int request);
 
 /* The descriptor that becomes readable (EOF) when the daemon dies, for poll loops. */
 int rs_fd(struct rs_connection *conn);
+
+/* --- text --------------------------------------------------------------------------------
+ * The library tokenizes and detokenizes with the model's vocabulary, which the daemon
+ * publishes in the read-only segment (rs_model_info's vocab). It is checked and copied
+ * into private memory on the first text call on a connection (a one-off cost that grows
+ * with the vocabulary: milliseconds for 32k tokens). Tokenization is the engine's own
+ * (SentencePiece-style BPE with byte fallback), so ids match what the model was trained
+ * on and what `ringserve-generate --prompt` feeds it.
+ *
+ * Every text call fails with:
+ *   -ENOTSUP   the daemon serves no vocabulary (the null engine, or a model without one)
+ *   -EPROTO    the daemon's vocabulary is malformed */
+
+#define RS_TOKENIZE_BOS (1u << 0) /* put BOS first, when the model expects one (its
+				   * vocabulary says so, as Llama's do) */
+
+/* Tokenize text[0 .. len) (any bytes, need not be NUL-terminated; NULL when len is 0) into
+ * ids[0 .. max_ids). With ids NULL and max_ids 0 nothing is written and the return value
+ * is the number of ids the text needs (a buffer of 3 * len + 5 ids is always enough).
+ * Returns the number of ids, or:
+ *   -ENOSPC    more than max_ids ids are needed (ask with ids NULL, max_ids 0)
+ *   -EINVAL    text NULL with len > 0, ids NULL with max_ids > 0, an unknown flag
+ *   -E2BIG     len over 512 MiB
+ *   -EILSEQ    a byte the vocabulary cannot spell (no byte tokens and no <unk>)
+ *   -ENOMEM, -ENOTSUP, -EPROTO */
+int rs_tokenize(struct rs_connection *conn, const char *text, size_t len, uint32_t *ids,
+		uint32_t max_ids, unsigned flags);
+
+/* Submit text as the prompt: like rs_submit, with params->prompt and prompt_len ignored;
+ * the text is tokenized straight into the request's prompt area in shared memory, BOS
+ * first when the model expects one (unless params->flags has RS_GENERATE_NO_BOS).
+ * Returns a request handle (>= 0), or:
+ *   -EINVAL    text NULL with len > 0, max_new_tokens 0, an unknown flag, or a text that
+ *              gives no token at all (empty, and no BOS)
+ *   -E2BIG     the text needs more than max_prompt_tokens ids (rs_model_info), or
+ *              max_new_tokens is over this connection's limit
+ *   -EILSEQ, -ENOMEM, -ENOTSUP, -EPROTO as rs_tokenize
+ *   -EAGAIN, -ESHUTDOWN, -ECONNRESET as rs_submit */
+int rs_submit_text(struct rs_connection *conn, const struct rs_generate_params *params,
+		   const char *text, size_t len);
+
+/* The incremental detokenizer: feed it ids as they arrive, get back text that is always
+ * whole UTF-8 characters. A character spelled by several tokens (byte fallback:
+ * <0xE3><0x81><0x82> is "あ") is held back until its last byte arrives; a byte sequence
+ * that cannot be (or, at rs_detok_flush, did not become) valid UTF-8 comes out as U+FFFD
+ * per maximal invalid subpart, so every chunk is valid UTF-8 on its own. For valid text
+ * the bytes are exactly those of the engine's decoder (tools/ringserve-generate), and
+ * they do not depend on how the ids are split between calls. Spaces are decoded as the
+ * engine does: SentencePiece's "▁" becomes " ", and the leading space the tokenizer adds
+ * in front of a text is dropped again at the start of a text (or right after BOS).
+ * Control tokens (BOS, EOS) and <unk> decode to nothing.
+ *
+ * Caller-allocated; its fields are private. It borrows the connection's vocabulary: use
+ * it only while the connection is open. It is not tied to the connection's thread (the
+ * vocabulary is read-only), but one detokenizer is for one thread at a time. */
+struct rs_detok {
+	const void *vocab;     /* private */
+	int32_t prev;          /* private: the last token fed, -1 at the start of a text */
+	uint32_t pending_len;  /* private */
+	unsigned char pending[4];
+	uint32_t reserved;
+};
+
+#define RS_DETOK_START (-1) /* rs_detok_init: the ids start a text */
+
+/* Bytes that rs_detok_feed of n ids (any vocabulary, any ids) never exceeds: 3 output
+ * bytes per input byte (U+FFFD for a lone invalid byte), up to 4096 bytes per token and
+ * up to 3 bytes held from before. Pieces of real vocabularies are a few bytes, so a much
+ * smaller buffer usually does: a call that does not fit fails whole and can be retried. */
+#define RS_DETOK_MAX_OUTPUT(n) (3 * (4096 * (size_t)(n) + 3))
+
+/* Start a detokenizer. request is a handle in use from rs_submit or rs_submit_text: the
+ * ids fed will be its output, decoded as the continuation of its prompt (its last
+ * prompt token decides whether the first output token's leading space is kept, exactly
+ * as the engine's decoder does); or RS_DETOK_START: the ids fed start a text.
+ * Returns 0, or -EINVAL (request is neither), -ENOMEM, -ENOTSUP, -EPROTO. */
+int rs_detok_init(struct rs_connection *conn, struct rs_detok *detok, int request);
+
+/* Decode n ids into out (out_size bytes; not NUL-terminated) and return the number of
+ * bytes of complete text written (0 is fine: an incomplete character is held). Either
+ * all ids are consumed or none is (the detokenizer is then unchanged). Errors:
+ *   -ENOSPC    the text does not fit in out_size bytes (RS_DETOK_MAX_OUTPUT(n) always
+ *              does): retry with a larger buffer or fewer ids
+ *   -ERANGE    an id has no piece in the vocabulary (>= its size)
+ *   -EINVAL    detok not initialized, ids NULL with n > 0, out NULL with out_size > 0 */
+int rs_detok_feed(struct rs_detok *detok, const uint32_t *ids, uint32_t n, char *out,
+		  size_t out_size);
+
+/* End of the stream: write what is held back (an incomplete character, which becomes
+ * U+FFFD, 3 bytes) into out and return the number of bytes (0 to 3). The detokenizer
+ * may go on being fed afterwards. Returns -ENOSPC when out_size is too small (nothing
+ * changes; 3 bytes always do), -EINVAL as rs_detok_feed. */
+int rs_detok_flush(struct rs_detok *detok, char *out, size_t out_size);
 
 #ifdef __cplusplus
 }

@@ -45,14 +45,8 @@ static int submit_preflight(struct rs_connection *conn)
 	return space > 0 ? 0 : -EAGAIN;
 }
 
-int rs_submit(struct rs_connection *conn, const struct rs_generate_params *params)
+int rs_conn_take_slot(struct rs_connection *conn)
 {
-	if (!params->prompt || params->prompt_len == 0 || params->max_new_tokens == 0 ||
-	    (params->flags & ~RS_GENERATE_IGNORE_EOS))
-		return -EINVAL;
-	if (params->prompt_len > conn->hdr.max_prompt_tokens ||
-	    params->max_new_tokens > conn->hdr.max_output_tokens)
-		return -E2BIG;
 	int ret = submit_preflight(conn);
 	if (ret)
 		return ret;
@@ -60,11 +54,23 @@ int rs_submit(struct rs_connection *conn, const struct rs_generate_params *param
 		return -EAGAIN;
 	uint32_t slot = conn->free_slots[--conn->n_free_slots];
 	conn->slot_state[slot] = RS_SLOT_SUBMITTED;
+	return (int)slot;
+}
 
-	/* The slot is ours until we submit it: fill the prompt, reset the progress counter.
-	 * Both are published by R-tail below. */
-	memcpy(rs_segment_slot_prompt(conn->segment, &conn->hdr, slot), params->prompt,
-	       (size_t)params->prompt_len * sizeof(uint32_t));
+void rs_conn_return_slot(struct rs_connection *conn, uint32_t slot)
+{
+	conn->slot_state[slot] = RS_SLOT_FREE;
+	conn->free_slots[conn->n_free_slots++] = slot;
+}
+
+int rs_conn_submit_slot(struct rs_connection *conn, uint32_t slot,
+			const struct rs_generate_params *params, uint32_t prompt_len)
+{
+	/* Our own copy: the prompt area is shared memory the daemon could scribble on. */
+	const uint32_t *prompt = rs_segment_slot_prompt(conn->segment, &conn->hdr, slot);
+	conn->slot_last_prompt[slot] = prompt[prompt_len - 1];
+	/* The slot is ours until we submit it: reset the progress counter. It and the prompt
+	 * are published by R-tail below. */
 	rs_store_relaxed(&rs_segment_slot(conn->segment, &conn->hdr, slot)->output_count, 0);
 
 	struct rs_sqe *sqe = rs_ring_producer_slot(&conn->sq, 0);
@@ -73,7 +79,7 @@ int rs_submit(struct rs_connection *conn, const struct rs_generate_params *param
 		.opcode = RS_OP_GENERATE,
 		.flags = (uint16_t)(params->flags & RS_GENERATE_IGNORE_EOS ? RS_SQE_IGNORE_EOS : 0),
 		.slot = slot,
-		.prompt_len = params->prompt_len,
+		.prompt_len = prompt_len,
 		.max_new_tokens = params->max_new_tokens,
 		.output_len_hint = params->output_len_hint,
 		.top_k = params->top_k,
@@ -84,6 +90,22 @@ int rs_submit(struct rs_connection *conn, const struct rs_generate_params *param
 	rs_ring_producer_publish(&conn->sq, 1); /* C1 (R-tail) */
 	rs_conn_ring_doorbell(conn);
 	return (int)slot;
+}
+
+int rs_submit(struct rs_connection *conn, const struct rs_generate_params *params)
+{
+	if (!params->prompt || params->prompt_len == 0 || params->max_new_tokens == 0 ||
+	    (params->flags & ~(RS_GENERATE_IGNORE_EOS | RS_GENERATE_NO_BOS)))
+		return -EINVAL;
+	if (params->prompt_len > conn->hdr.max_prompt_tokens ||
+	    params->max_new_tokens > conn->hdr.max_output_tokens)
+		return -E2BIG;
+	int slot = rs_conn_take_slot(conn);
+	if (slot < 0)
+		return slot;
+	memcpy(rs_segment_slot_prompt(conn->segment, &conn->hdr, (uint32_t)slot), params->prompt,
+	       (size_t)params->prompt_len * sizeof(uint32_t));
+	return rs_conn_submit_slot(conn, (uint32_t)slot, params, params->prompt_len);
 }
 
 int rs_submit_nop(struct rs_connection *conn, uint64_t user_data)

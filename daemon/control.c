@@ -80,18 +80,27 @@ static void pause_accept(struct rs_daemon *daemon, int error)
 	io_uring_sqe_set_data64(sqe, op_data(OP_ACCEPT_RETRY, NULL));
 }
 
-/* SIGTERM and SIGINT reach io_uring through an eventfd written by the handler. Not a
- * signalfd: that needs the signals blocked in every thread, and libraries we load
- * (OpenBLAS, CUDA) start threads of their own before main. */
+/* SIGTERM, SIGINT and SIGHUP reach io_uring through an eventfd written by the handler.
+ * Not a signalfd: that needs the signals blocked in every thread, and libraries we load
+ * (OpenBLAS, CUDA) start threads of their own before main. The handler says which kind
+ * came in a flag it sets before the write; the loop clears a flag and acts on it after
+ * the read completes, so a signal is never lost: one that sets its flag too late to be
+ * seen writes the eventfd after our read, and the read we queue next completes at once. */
 static int signal_eventfd = -1;
 static volatile sig_atomic_t last_signal;
+static _Atomic int drain_requested;  /* SIGTERM or SIGINT */
+static _Atomic int reload_requested; /* SIGHUP */
 static uint64_t signal_count;
 
 static void on_signal(int signo)
 {
 	int saved_errno = errno;
 	uint64_t one = 1;
-	last_signal = signo;
+	if (signo != SIGHUP)
+		last_signal = signo; /* begin_drain names it */
+	/* R-signal: pairs with A-signal in handle_signals. Lock-free atomics are
+	 * async-signal-safe, and the handler may run on a library's thread. */
+	rs_store_release(signo == SIGHUP ? &reload_requested : &drain_requested, 1);
 	/* write(2) is async-signal-safe; an overflowing counter cannot happen here. */
 	if (write(signal_eventfd, &one, sizeof(one)) < 0)
 		last_signal = signo;
@@ -278,6 +287,16 @@ static void handle_accept(struct rs_daemon *daemon, int fd)
 		rs_client_disconnect(daemon, client, "out of io_uring entries");
 }
 
+/* A tenant's weight and limits as its rule says. The admission policies read
+ * tenant->weight at each decision: a new weight counts from the next one. */
+static void apply_rule(struct rs_tenant *tenant, const struct rs_tenant_rule *rule)
+{
+	tenant->weight = rule->weight;
+	tenant->max_connections = rule->max_connections;
+	tenant->max_inflight = rule->max_inflight;
+	tenant->max_kv_blocks = rule->max_kv_blocks;
+}
+
 /* The hello arrived: check it, build the segment, send it. */
 static void handle_hello(struct rs_daemon *daemon, struct rs_client *client, int len)
 {
@@ -299,11 +318,34 @@ static void handle_hello(struct rs_daemon *daemon, struct rs_client *client, int
 		rs_client_disconnect(daemon, client, "protocol: bad tenant name");
 		return;
 	}
+	const struct rs_tenant_rule *rule =
+	    rs_tenant_config_lookup(daemon->config.tenants, hello.tenant);
+	if (!rs_tenant_rule_allows(rule, client->uid)) {
+		char why[160];
+		snprintf(why, sizeof(why), "tenant '%s' is not open to uid %u (%s, line %u)",
+			 hello.tenant, (unsigned)client->uid, daemon->config.tenant_config_path,
+			 rule->line);
+		daemon->stats.clients_rejected++;
+		reject(client->fd, -EPERM);
+		rs_client_disconnect(daemon, client, why);
+		return;
+	}
 	/* Scoped by the uid the kernel vouches for: a name alone reaches no one else's. */
-	client->tenant = rs_sched_tenant_acquire(daemon->sched, client->uid, hello.tenant, 1.0);
+	client->tenant =
+	    rs_sched_tenant_acquire(daemon->sched, client->uid, hello.tenant, rule->weight);
 	if (!client->tenant) {
 		reject(client->fd, -EUSERS);
 		rs_client_disconnect(daemon, client, "tenant table full");
+		return;
+	}
+	apply_rule(client->tenant, rule);
+	if (rule->max_connections && client->tenant->refs > rule->max_connections) {
+		char why[160];
+		snprintf(why, sizeof(why), "tenant '%s' (uid %u) has its %u connection(s)",
+			 hello.tenant, (unsigned)client->uid, rule->max_connections);
+		daemon->stats.clients_rejected++;
+		reject(client->fd, -EUSERS);
+		rs_client_disconnect(daemon, client, why); /* releases its reference */
 		return;
 	}
 	int memfd;
@@ -338,6 +380,43 @@ static void handle_hello(struct rs_daemon *daemon, struct rs_client *client, int
 		rs_client_disconnect(daemon, client, "out of io_uring entries");
 }
 
+/* SIGHUP: read the configuration file again. A good one replaces the old one and applies
+ * to every tenant at once (connections already open stay, even beyond a lowered limit or
+ * for a uid no longer allowed; new ones follow the new rules); a malformed one changes
+ * nothing. */
+static void reload_config(struct rs_daemon *daemon)
+{
+	const char *path = daemon->config.tenant_config_path;
+	if (!path) {
+		fprintf(stderr, "ringserved: SIGHUP: no --config file to reload\n");
+		return;
+	}
+	struct rs_tenant_config *fresh;
+	char message[512];
+	if (rs_tenant_config_load(path, &fresh, message, sizeof(message))) {
+		fprintf(stderr, "ringserved: SIGHUP: keeping the old configuration: %s\n",
+			message);
+		return;
+	}
+	rs_tenant_config_free(daemon->config.tenants);
+	daemon->config.tenants = fresh;
+	/* The core owns the table; between its decisions (we are one thread) the data path
+	 * may set the fields it sets at connect. */
+	const struct rs_tenant_table *table = rs_sched_tenants(daemon->sched);
+	for (uint32_t i = 0; i < table->capacity; i++) {
+		struct rs_tenant *tenant = &table->all[i];
+		if (!tenant->in_use)
+			continue;
+		const struct rs_tenant_rule *rule = rs_tenant_config_lookup(fresh, tenant->name);
+		if (daemon->config.verbose && tenant->weight != rule->weight)
+			fprintf(stderr, "ringserved: tenant '%s' (uid %u): weight %g -> %g\n",
+				tenant->name, (unsigned)tenant->uid, tenant->weight, rule->weight);
+		apply_rule(tenant, rule);
+	}
+	fprintf(stderr, "ringserved: SIGHUP: reloaded %s (%u tenant line(s))\n", path,
+		fresh->n_rules);
+}
+
 static void begin_drain(struct rs_daemon *daemon)
 {
 	if (daemon->draining) {
@@ -355,6 +434,16 @@ static void begin_drain(struct rs_daemon *daemon)
 	for (uint32_t i = 0; i < daemon->n_active_clients; i++)
 		/* Relaxed: a hint for rs_submit; the error completion is the authority. */
 		rs_store_relaxed(&daemon->active[i]->shared->daemon_state, RS_DAEMON_DRAINING);
+}
+
+/* The signal eventfd was read: act on what the handler flagged. */
+static void handle_signals(struct rs_daemon *daemon)
+{
+	/* A-signal: pairs with R-signal in on_signal. */
+	if (rs_exchange_acq_rel(&reload_requested, 0))
+		reload_config(daemon);
+	if (rs_exchange_acq_rel(&drain_requested, 0))
+		begin_drain(daemon);
 }
 
 static void handle_cqe(struct rs_daemon *daemon, const struct io_uring_cqe *cqe)
@@ -414,7 +503,7 @@ static void handle_cqe(struct rs_daemon *daemon, const struct io_uring_cqe *cqe)
 		break;
 	case OP_SIGNAL:
 		if (cqe->res == (int)sizeof(signal_count))
-			begin_drain(daemon);
+			handle_signals(daemon);
 		arm_signal(daemon);
 		break;
 	case OP_LANE:
@@ -543,6 +632,8 @@ int rs_control_init(struct rs_daemon *daemon)
 				? RS_WAKE_FUTEX
 				: RS_WAKE_EVENTFD;
 
+	if (!daemon->config.tenants && (ret = rs_tenant_config_default(&daemon->config.tenants)))
+		return ret;
 	ret = bind_control_socket(daemon);
 	if (ret)
 		return ret;
@@ -553,7 +644,8 @@ int rs_control_init(struct rs_daemon *daemon)
 	signal_eventfd = daemon->signal_fd;
 	struct sigaction action = {.sa_handler = on_signal, .sa_flags = SA_RESTART};
 	sigemptyset(&action.sa_mask);
-	if (sigaction(SIGTERM, &action, NULL) < 0 || sigaction(SIGINT, &action, NULL) < 0)
+	if (sigaction(SIGTERM, &action, NULL) < 0 || sigaction(SIGINT, &action, NULL) < 0 ||
+	    sigaction(SIGHUP, &action, NULL) < 0)
 		return -errno;
 	if (arm_accept(daemon) || arm_signal(daemon))
 		return -EBUSY;
@@ -571,10 +663,13 @@ void rs_control_destroy(struct rs_daemon *daemon)
 	if (daemon->signal_fd >= 0) {
 		signal(SIGTERM, SIG_DFL);
 		signal(SIGINT, SIG_DFL);
+		signal(SIGHUP, SIG_DFL);
 		signal_eventfd = -1;
 		close(daemon->signal_fd);
 	}
 	daemon->signal_fd = -1;
+	rs_tenant_config_free(daemon->config.tenants);
+	daemon->config.tenants = NULL;
 	if (daemon->ring_ready)
 		io_uring_queue_exit(&daemon->ring);
 	daemon->ring_ready = false;

@@ -15,6 +15,7 @@
 
 #include "daemon/engine.h"
 #include "daemon/sched/sched.h"
+#include "daemon/tenant_config.h"
 #include "shm/abi.h"
 #include "shm/ring.h"
 
@@ -43,6 +44,11 @@ struct rs_daemon_config {
 	struct rs_admission_params admission; /* --policy, --quantum, --w-prompt, --w-output */
 	bool prefix_cache;		      /* --no-prefix-cache clears it */
 	uint32_t max_tenants;
+	/* --config: weights, limits and allowed uids per tenant name. The daemon takes the
+	 * parsed configuration over (frees it; replaces it on SIGHUP from the file at
+	 * tenant_config_path). NULL: weight 1, no limits, any uid. */
+	const char *tenant_config_path;
+	struct rs_tenant_config *tenants;
 	bool verbose;
 };
 

@@ -62,7 +62,7 @@ struct rs_null_engine_options {
 	uint32_t lanes;
 	uint32_t max_batch;
 	uint64_t token_delay_ns;   /* each step takes this long (simulated decode time) */
-	uint32_t kv_blocks;	   /* KV blocks it accounts for (it stores nothing); 0: 65536 */
+	uint32_t kv_blocks;	   /* KV blocks it accounts for (it stores nothing); 0: 8192 */
 	uint32_t block_size;	   /* positions per block; 0: 16 */
 	uint32_t max_batch_tokens; /* 0: 512 */
 	uint32_t max_seq_len;	   /* 0: no limit but the KV blocks */

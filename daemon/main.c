@@ -36,7 +36,7 @@ static void usage(FILE *out)
 		"  --backend NAME        auto, cpu or cuda (auto)\n"
 		"  --threads N           CPU backend worker threads (one per CPU)\n"
 		"  --kv-blocks N         KV cache blocks of 16 positions (model: 8 full contexts;\n"
-		"                        null engine: 65536, which it only accounts for)\n"
+		"                        null engine: 8192, which it only accounts for)\n"
 		"  --kv-dtype TYPE       auto, f32 or f16: the CPU backend's KV cache (auto: f16 for\n"
 		"                        f16/bf16 models, f32 for f32 models)\n"
 		"  --max-batch-tokens N  tokens per step, prefill chunks included (512)\n"
@@ -51,6 +51,7 @@ static void usage(FILE *out)
 		"  --w-output X          charge per generated token (2)\n"
 		"  --no-prefix-cache     never share cached prompt prefixes between requests\n"
 		"  --max-tenants N       tenants known at once (1024)\n"
+		"  --config FILE         tenants: weights, limits, allowed uids (SIGHUP reloads it)\n"
 		"  --ready-fd N          write one byte to descriptor N once listening, then close it\n"
 		"  --verbose\n");
 }
@@ -125,7 +126,7 @@ int main(int argc, char **argv)
 		OPT_MAX_OUTPUT, OPT_SPIN_US, OPT_GRACE_MS, OPT_EVENTFD, OPT_ENGINE, OPT_NULL_VOCAB,
 		OPT_NULL_DELAY_US, OPT_LANES, OPT_MAX_BATCH, OPT_VERBOSE, OPT_HELP, OPT_READY_FD, OPT_MODEL, OPT_TOKENIZER, OPT_BACKEND,
 		OPT_THREADS, OPT_KV_BLOCKS, OPT_MAX_BATCH_TOKENS, OPT_KV_DTYPE, OPT_POLICY, OPT_QUANTUM,
-		OPT_W_PROMPT, OPT_W_OUTPUT, OPT_NO_PREFIX_CACHE, OPT_MAX_TENANTS,
+		OPT_W_PROMPT, OPT_W_OUTPUT, OPT_NO_PREFIX_CACHE, OPT_MAX_TENANTS, OPT_CONFIG,
 	};
 	/* Same order as the enum: options[opt - 256] names an option in messages. */
 	static const struct option options[] = {
@@ -164,6 +165,7 @@ int main(int argc, char **argv)
 		{"w-output", required_argument, 0, OPT_W_OUTPUT},
 		{"no-prefix-cache", no_argument, 0, OPT_NO_PREFIX_CACHE},
 		{"max-tenants", required_argument, 0, OPT_MAX_TENANTS},
+		{"config", required_argument, 0, OPT_CONFIG},
 		{0, 0, 0, 0},
 	};
 	int opt;
@@ -261,6 +263,7 @@ int main(int argc, char **argv)
 			bad = parse_number(optarg, 10, 1, 1u << 20, &value);
 			config.max_tenants = (uint32_t)value;
 			break;
+		case OPT_CONFIG: config.tenant_config_path = optarg; break;
 		case OPT_READY_FD:
 			bad = parse_number(optarg, 10, 0, INT_MAX, &value);
 			ready_fd = (int)value;
@@ -288,6 +291,15 @@ int main(int argc, char **argv)
 		config.allow_gids[config.n_allow_gids++] = gids[i];
 	if (!config.socket_path)
 		config.socket_path = default_socket_path();
+	if (config.tenant_config_path) {
+		/* A malformed file stops us here, before anything starts. */
+		char message[512];
+		if (rs_tenant_config_load(config.tenant_config_path, &config.tenants, message,
+					  sizeof(message))) {
+			fprintf(stderr, "ringserved: --config: %s\n", message);
+			return 2;
+		}
+	}
 
 	signal(SIGPIPE, SIG_IGN);
 

@@ -79,6 +79,7 @@ void rs_scheduler_on_finish(void *ctx, struct rs_request *request, int32_t statu
 			 request->generated, request->hit_eos ? RS_CQE_EOS : 0,
 			 request->cached_tokens);
 	}
+	request->tenant->inflight--; /* the client's reference keeps its tenant */
 	if (status == 0)
 		daemon->stats.requests_completed++;
 	else
@@ -121,6 +122,9 @@ static int accept_generate(struct rs_daemon *daemon, struct rs_client *client,
 	if (client->slot_request[sqe->slot])
 		return -EBUSY;
 	if (client->inflight >= hdr->max_inflight)
+		return -EAGAIN;
+	/* The tenant's limit, over all its connections (--config). */
+	if (client->tenant->max_inflight && client->tenant->inflight >= client->tenant->max_inflight)
 		return -EAGAIN;
 	if (sqe->flags & ~RS_SQE_IGNORE_EOS)
 		return -EINVAL;
@@ -175,6 +179,7 @@ static int accept_generate(struct rs_daemon *daemon, struct rs_client *client,
 	}
 	client->slot_request[sqe->slot] = request;
 	client->inflight++;
+	client->tenant->inflight++;
 	client->alive_requests++;
 	return 0;
 }

@@ -14,10 +14,10 @@ static void plan_continuous(struct rs_sched *sched, struct rs_sched_lane *lane)
 {
 	uint32_t budget = sched->config.max_batch_tokens;
 	/* Preemption in rs_sched_reserve takes requests not yet planned from the tail of
-	 * lane->running, never one before index i: the loops re-read n_running. */
+	 * lane->running, never one before index i, and leaves holes (NULL). */
 	for (uint32_t i = 0; i < lane->n_running && budget; i++) {
 		struct rs_request *request = lane->running[i];
-		if (rs_sched_context(request) - request->computed != 1)
+		if (!request || rs_sched_context(request) - request->computed != 1)
 			continue; /* still prefilling: below */
 		if (rs_sched_reserve(sched, lane, request, request->computed + 1) < 0)
 			break; /* it was the youngest: nobody after it */
@@ -26,7 +26,7 @@ static void plan_continuous(struct rs_sched *sched, struct rs_sched_lane *lane)
 	}
 	for (uint32_t i = 0; i < lane->n_running && budget; i++) {
 		struct rs_request *request = lane->running[i];
-		if (request->in_step)
+		if (!request || request->in_step)
 			continue;
 		uint32_t chunk = min_u32(rs_sched_context(request) - request->computed, budget);
 		if (rs_sched_reserve(sched, lane, request, request->computed + chunk) < 0)

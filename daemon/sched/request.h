@@ -77,6 +77,7 @@ struct rs_request {
 	uint32_t n_blocks;
 	uint32_t blocks_capacity;
 	uint32_t lane;
+	uint32_t seat;                   /* index in its lane's running array */
 	uint32_t preemptions;
 	bool in_step;	/* part of a lane's step in flight */
 	bool cancelled; /* leave at the next step boundary with cancel_status */

@@ -115,7 +115,9 @@ static void start_waiting(struct rs_sched *sched, struct rs_request *request, bo
 	/* At least the context's last token is fed again: it yields the next token. */
 	request->waiter.max_blocks = (rs_sched_context(request) - 1) / sched->block_size;
 	request->waiter.match_blocks = 0;
-	request->watched = sched->cache && rs_admission_orders_by_prefix(sched->admission);
+	/* A context of one block or less can never match: nothing to track. */
+	request->watched = sched->cache && request->waiter.max_blocks > 0 &&
+			   rs_admission_orders_by_prefix(sched->admission);
 	if (request->watched)
 		rs_prefix_cache_watch(sched->cache, &request->waiter);
 	rs_admission_enqueue(sched->admission, request, front);
@@ -150,13 +152,25 @@ int rs_sched_submit(struct rs_sched *sched, struct rs_request *request)
 
 static void remove_from_lane(struct rs_sched_lane *lane, struct rs_request *request)
 {
-	uint32_t i = 0;
-	while (lane->running[i] != request)
-		i++;
-	/* Keep admission order: the youngest is last, preemption takes it from there. */
-	memmove(&lane->running[i], &lane->running[i + 1],
-		(lane->n_running - i - 1) * sizeof(*lane->running));
-	lane->n_running--;
+	lane->running[request->seat] = NULL;
+	lane->n_holes++;
+}
+
+/* Close the holes, keeping admission order (preemption takes the youngest, last). */
+static void compact_lane(struct rs_sched_lane *lane)
+{
+	if (!lane->n_holes)
+		return;
+	uint32_t kept = 0;
+	for (uint32_t i = 0; i < lane->n_running; i++) {
+		struct rs_request *request = lane->running[i];
+		if (!request)
+			continue;
+		request->seat = kept;
+		lane->running[kept++] = request;
+	}
+	lane->n_running = kept;
+	lane->n_holes = 0;
 }
 
 static void release_blocks(struct rs_sched *sched, struct rs_request *request)
@@ -230,8 +244,10 @@ static void preempt(struct rs_sched *sched, struct rs_request *request)
 
 struct rs_request *rs_sched_admit_next(struct rs_sched *sched, struct rs_sched_lane *lane)
 {
-	if (lane->n_running >= sched->config.max_batch)
+	if (lane->n_running - lane->n_holes >= sched->config.max_batch)
 		return NULL;
+	if (lane->n_running == sched->config.max_batch)
+		compact_lane(lane);
 	struct rs_request *request = rs_admission_peek(sched->admission);
 	if (!request)
 		return NULL;
@@ -282,6 +298,7 @@ struct rs_request *rs_sched_admit_next(struct rs_sched *sched, struct rs_sched_l
 	}
 	request->state = RS_REQUEST_RUNNING;
 	request->lane = lane->index;
+	request->seat = lane->n_running;
 	lane->running[lane->n_running++] = request;
 	sched->running++;
 	tenant->running++;
@@ -310,7 +327,7 @@ int rs_sched_reserve(struct rs_sched *sched, struct rs_sched_lane *lane, struct 
 		 * itself when it is that one. */
 		struct rs_request *victim = NULL;
 		for (uint32_t i = lane->n_running; i-- > 0 && !victim;)
-			if (!lane->running[i]->in_step)
+			if (lane->running[i] && !lane->running[i]->in_step)
 				victim = lane->running[i];
 		preempt(sched, victim);
 		if (victim == request)
@@ -349,6 +366,7 @@ const struct rs_step_plan *rs_sched_plan_step(struct rs_sched *sched, uint32_t l
 		return NULL;
 	lane->plan.n = 0;
 	lane->plan.n_tokens = 0;
+	compact_lane(lane);
 	sched->planner->plan(sched, lane);
 	if (lane->plan.n == 0)
 		return NULL;
@@ -367,9 +385,6 @@ static void advance(struct rs_sched *sched, struct rs_request *request,
 	}
 	if (!step->sample)
 		return; /* a prefill chunk short of the context's end */
-	/* The prompt is in: later prompts that start with it hit from now on. */
-	if (request->generated == 0 && sched->cache)
-		cache_prefix(sched, request, request->prompt_len / sched->block_size);
 	/* Read once, then checked: the engine may have written it into memory that others
 	 * (the client) can overwrite. */
 	uint32_t token = *step->out_token;
@@ -388,8 +403,13 @@ static void advance(struct rs_sched *sched, struct rs_request *request,
 	sched->hooks.token(sched->hooks.ctx, request);
 	if (request->state != RS_REQUEST_RUNNING)
 		return; /* the hook cancelled it */
-	if (request->generated >= request->max_new_tokens || request->hit_eos)
-		finish(sched, request, 0);
+	if (request->generated >= request->max_new_tokens || request->hit_eos) {
+		finish(sched, request, 0); /* caches the prompt and the output */
+		return;
+	}
+	/* The prompt is in: later prompts that start with it hit from now on. */
+	if (request->generated == 1 && request->preemptions == 0 && sched->cache)
+		cache_prefix(sched, request, request->prompt_len / sched->block_size);
 }
 
 void rs_sched_step_done(struct rs_sched *sched, uint32_t lane_index, int status)

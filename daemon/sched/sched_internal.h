@@ -8,8 +8,11 @@
 
 struct rs_sched_lane {
 	uint32_t index;
-	struct rs_request **running; /* admitted, in admission order; max_batch entries */
-	uint32_t n_running;
+	/* Admitted requests in admission order, max_batch entries. A request that stops
+	 * running leaves a hole (NULL) there, closed at the next plan: no O(n) move per end. */
+	struct rs_request **running;
+	uint32_t n_running;          /* entries in use, holes included */
+	uint32_t n_holes;
 	struct rs_step_plan plan; /* the step being built or in flight */
 	bool in_flight;
 };

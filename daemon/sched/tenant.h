@@ -30,7 +30,12 @@ struct rs_tenant {
 	 * each connect and on reload; 0: none. */
 	uint32_t max_connections; /* refs at most (the daemon refuses more with -EUSERS) */
 	uint32_t max_inflight;	  /* inflight at most (more: -EAGAIN completions) */
-	uint32_t max_kv_blocks;	  /* recorded only: the core does not enforce it yet */
+	uint32_t max_kv_blocks;	  /* recorded only: the core does not enforce it yet. It
+				   * needs a count of the blocks each tenant holds (whose are
+				   * shared prefix blocks?), a policy that passes over a tenant
+				   * at its share (rs_sched_admit_next refusing the policy's
+				   * pick would stall every tenant behind it), and decode growth
+				   * that preempts within the tenant. */
 	uint32_t inflight;	  /* the data path's: accepted over all connections, not yet
 				   * completed (orphans included) */
 

@@ -282,8 +282,12 @@ int bench_ipc(int argc, char **argv, FILE *json)
 		.latency_iterations = 200000,
 		.throughput_seconds = 2.0,
 	};
+	const char *extra[8];
+	int n_extra = 0;
 	for (int i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "--quick") == 0) {
+		if (strcmp(argv[i], "--daemon-arg") == 0 && i + 1 < argc && n_extra < 8) {
+			extra[n_extra++] = argv[++i];
+		} else if (strcmp(argv[i], "--quick") == 0) {
 			options.latency_iterations = 20000;
 			options.throughput_seconds = 0.5;
 		} else if (strcmp(argv[i], "--client-cpu") == 0 && i + 1 < argc) {
@@ -291,7 +295,8 @@ int bench_ipc(int argc, char **argv, FILE *json)
 		} else if (strcmp(argv[i], "--daemon-cpu") == 0 && i + 1 < argc) {
 			options.daemon_cpu = atoi(argv[++i]);
 		} else {
-			fprintf(stderr, "bench ipc: options: [--quick] [--client-cpu N] [--daemon-cpu N]\n");
+			fprintf(stderr, "bench ipc: options: [--quick] [--client-cpu N] [--daemon-cpu N] "
+					"[--daemon-arg ARG]...\n");
 			fprintf(json, "null");
 			return 1;
 		}
@@ -303,8 +308,14 @@ int bench_ipc(int argc, char **argv, FILE *json)
 	char socket_path[128], cpu_arg[16];
 	snprintf(socket_path, sizeof(socket_path), "/tmp/ringserve-bench-%d.sock", (int)getpid());
 	snprintf(cpu_arg, sizeof(cpu_arg), "%d", options.daemon_cpu);
-	const char *daemon_args[] = {"--null-vocab", "32000", options.daemon_cpu >= 0 ? "--cpu" : NULL,
-				     cpu_arg, NULL};
+	const char *daemon_args[16] = {"--null-vocab", "32000"};
+	int n_args = 2;
+	for (int i = 0; i < n_extra; i++)
+		daemon_args[n_args++] = extra[i];
+	if (options.daemon_cpu >= 0) {
+		daemon_args[n_args++] = "--cpu";
+		daemon_args[n_args++] = cpu_arg;
+	}
 	pid_t daemon = bench_start_daemon(socket_path, daemon_args);
 	if (daemon < 0) {
 		fprintf(stderr, "bench ipc: could not start ringserved (is it built next to ringserve-bench?)\n");
