@@ -56,8 +56,15 @@ int rs_poll(struct rs_connection *conn, struct rs_completion *out, unsigned max)
 			.flags = cqe->flags,
 			.cached_tokens = cqe->cached_tokens,
 		};
-		if (is_request)
+		if (is_request) {
+			/* Written before the CQE; our acquire of the CQ tail made them visible. */
+			const struct rs_slot_header *header = rs_segment_slot(conn->segment, &conn->hdr, slot);
+			out[i].queued_us = header->queued_us;
+			out[i].first_token_us = header->first_token_us;
+			out[i].total_us = header->total_us;
+			out[i].preemptions = header->preemptions;
 			conn->slot_state[slot] = RS_SLOT_COMPLETED;
+		}
 	}
 	if (n) {
 		rs_ring_consumer_release(&conn->cq, n); /* R-head */

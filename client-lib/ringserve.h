@@ -142,6 +142,14 @@ struct rs_completion {
 	uint32_t output_len;  /* tokens generated (also on error: what was produced) */
 	uint32_t flags;       /* RS_COMPLETION_EOS */
 	uint32_t cached_tokens; /* prompt tokens the prefix cache served */
+	/* Timings on the daemon's clock, in microseconds from the daemon taking the request
+	 * off the ring: to its admission (queueing), to its first output token (time to
+	 * first token), to its end. UINT32_MAX: it never got there (an error, a cancel), or
+	 * more than 71 minutes. For no-ops and rejected submissions all are 0. */
+	uint32_t queued_us;
+	uint32_t first_token_us;
+	uint32_t total_us;
+	uint32_t preemptions;   /* times the daemon preempted it for memory and recomputed */
 };
 
 #define RS_COMPLETION_EOS (1u << 0) /* stopped at the end-of-sequence token */

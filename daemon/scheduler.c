@@ -57,6 +57,26 @@ static void post_cqe(struct rs_daemon *daemon, struct rs_client *client, uint64_
 	mark_notify(daemon, client);
 }
 
+/* Microseconds from the submission to t (0: never). */
+static uint32_t since_submission_us(const struct rs_request *request, uint64_t t)
+{
+	if (t == 0)
+		return UINT32_MAX;
+	uint64_t us = (t - request->submitted_ns) / 1000;
+	return us < UINT32_MAX ? (uint32_t)us : UINT32_MAX;
+}
+
+/* The request's timings into its slot header, before its CQE publishes them. */
+static void write_timings(struct rs_daemon *daemon, struct rs_client *client,
+			  const struct rs_request *request)
+{
+	struct rs_slot_header *header = rs_segment_slot(client->segment, &client->hdr, request->slot);
+	header->queued_us = since_submission_us(request, request->admitted_ns);
+	header->first_token_us = since_submission_us(request, request->first_token_ns);
+	header->total_us = since_submission_us(request, daemon->now_ns);
+	header->preemptions = request->preemptions;
+}
+
 void rs_scheduler_on_token(void *ctx, struct rs_request *request)
 {
 	struct rs_daemon *daemon = ctx;
@@ -73,6 +93,7 @@ void rs_scheduler_on_finish(void *ctx, struct rs_request *request, int32_t statu
 	struct rs_daemon *daemon = ctx;
 	struct rs_client *client = request->owner;
 	if (!request->orphaned) {
+		write_timings(daemon, client, request);
 		client->slot_request[request->slot] = NULL;
 		client->inflight--;
 		post_cqe(daemon, client, request->user_data, request->slot, status,
@@ -229,6 +250,14 @@ int rs_scheduler_poll_client(struct rs_daemon *daemon, struct rs_client *client)
 		int status = sqe.opcode == RS_OP_GENERATE ? accept_generate(daemon, client, &sqe)
 			     : sqe.opcode == RS_OP_NOP	  ? 0
 							  : -EINVAL;
+		if (sqe.opcode == RS_OP_GENERATE && status != 0 && sqe.slot < client->hdr.slot_count &&
+		    status != -EBUSY) {
+			/* Rejected: no timings (not the slot's previous request's). */
+			struct rs_slot_header *header =
+				rs_segment_slot(client->segment, &client->hdr, sqe.slot);
+			header->queued_us = header->first_token_us = header->total_us = 0;
+			header->preemptions = 0;
+		}
 		if (sqe.opcode != RS_OP_GENERATE || status != 0)
 			post_cqe(daemon, client, sqe.user_data,
 				 sqe.slot < client->hdr.slot_count ? sqe.slot : UINT32_MAX, status,

@@ -95,7 +95,15 @@ struct rs_slot_header {
 	 * the tokens (R-progress); a reader loads it with acquire (A-progress) and may then
 	 * read that many tokens. The client resets it to 0 before it submits the slot. */
 	alignas(RS_CACHE_LINE) _Atomic uint32_t output_count;
-	uint32_t reserved[15];
+	/* Written by the daemon before the request's completion, which publishes them (the
+	 * CQ tail's release): microseconds from the submission being taken off the ring to
+	 * its admission, to its first output token, and to its end (UINT32_MAX: never, or
+	 * more than 71 minutes), and how often it was preempted and recomputed. */
+	uint32_t queued_us;
+	uint32_t first_token_us;
+	uint32_t total_us;
+	uint32_t preemptions;
+	uint32_t reserved[11];
 };
 
 /* --- segment header ------------------------------------------------------------------- */

@@ -1,0 +1,233 @@
+/* A tenant that floods the daemon, through two connections, against a light tenant that
+ * sends one request at a time (null engine, each step takes STEP_US, BATCH seats, every
+ * request 16 prompt tokens and M output tokens).
+ *
+ * The light tenant's time to first token (the daemon's own figure, first_token_us):
+ *   - under vtc, a returning tenant is lifted to the smallest backlogged counter, so its
+ *     request goes before every other tenant's next admission but those tied with it (by
+ *     tenant id): with OTHERS other tenants it is among the next OTHERS + 1 admissions. A
+ *     seat frees when its request ends, at most M steps after it was admitted, so with
+ *     BATCH >= OTHERS + 1 seats that many free within M steps; the first token comes out
+ *     of the admission step itself. Bound: (M + 1) steps.
+ *   - under dlpm (quantum Q), the light tenant comes back with no credit (a tenant that
+ *     stops being backlogged keeps a debt, never a credit), so it waits for the next round,
+ *     which comes when no backlogged tenant has credit left; then the other backlogged
+ *     tenants' older requests go first again while they have credit (ties on the cached
+ *     prefix, which is none here, go by arrival). A round gives each of them Q, and each
+ *     admission costs it at least w_p * 16, so each admits at most k = ceil(Q / 16) per
+ *     round: at most 2 * OTHERS * k admissions before the light one, A = 2 * OTHERS * k + 1
+ *     seats to free, BATCH every M steps. Bound: (ceil(A / BATCH) * M + 1) steps.
+ *   - under fcfs it waits behind everything the flooder has queued (2 * FLOOD_INFLIGHT
+ *     requests): about 2 * FLOOD_INFLIGHT / BATCH * M steps, far above both bounds. The test
+ *     checks that it is at least twice the dlpm bound, to show what the fair policies fix.
+ * A step lasts STEP_US plus the loop's own work, more on a loaded machine or under a
+ * sanitizer: so the TTFT is counted in steps, each request's own step length measured from
+ * its own timings (it decodes M - 1 steps after its first token), and the bounds get 50%
+ * for steps of unequal length.
+ *
+ * Opening more connections earns no more service: beside the light tenant, a steady
+ * tenant with one connection stays backlogged; while both it and the flooder (two
+ * connections) are backlogged, under vtc and dlpm their completed requests differ by at
+ * most what the fairness bounds of docs/scheduling.md allow, in requests of equal cost.
+ * Under fcfs the flooder, with twice the requests queued, gets about twice the service. */
+#include <errno.h>
+#include <assert.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "client-lib/ringserve.h"
+#include "tests/harness/harness.h"
+
+enum {
+	STEP_US = 1000,
+	BATCH = 4,
+	M = 4,
+	PROMPT = 16,
+	FLOOD_INFLIGHT = 48, /* per flooding connection */
+	STEADY_INFLIGHT = 48,
+	QUANTUM = 64,
+	OTHERS = 2, /* backlogged tenants beside the light one */
+	LIGHT_REQUESTS = 40,
+};
+
+struct backlog {
+	const char *socket_path;
+	const char *tenant;
+	int connections;
+	int inflight;
+	atomic_bool stop;
+	atomic_ulong completed;
+	pthread_t thread;
+};
+
+static void fill_prompt(uint32_t *prompt, uint64_t *seed)
+{
+	for (int i = 0; i < PROMPT; i++) {
+		*seed = *seed * 6364136223846793005ull + 1442695040888963407ull;
+		prompt[i] = (uint32_t)(*seed >> 33) % 32000;
+	}
+}
+
+/* Keep `inflight` requests queued on each of the tenant's connections until stopped. */
+static void *keep_backlogged(void *arg)
+{
+	struct backlog *backlog = arg;
+	struct rs_connection *conns[4];
+	struct rs_connect_options options = {.tenant = backlog->tenant};
+	uint64_t seed = (uint64_t)(uintptr_t)backlog;
+	for (int c = 0; c < backlog->connections; c++) {
+		int ret = rs_connect(backlog->socket_path, &options, &conns[c]);
+		CHECK(ret == 0, "%s: connect: %d", backlog->tenant, ret);
+	}
+	uint32_t prompt[PROMPT];
+	int outstanding[4] = {0};
+	while (!atomic_load(&backlog->stop)) {
+		for (int c = 0; c < backlog->connections; c++) {
+			while (outstanding[c] < backlog->inflight) {
+				fill_prompt(prompt, &seed);
+				struct rs_generate_params params = {.prompt = prompt,
+								    .prompt_len = PROMPT,
+								    .max_new_tokens = M,
+								    .flags = RS_GENERATE_IGNORE_EOS};
+				int request = rs_submit(conns[c], &params);
+				if (request == -EAGAIN)
+					break;
+				CHECK(request >= 0, "%s: submit: %d", backlog->tenant, request);
+				outstanding[c]++;
+			}
+			struct rs_completion done[64];
+			int n = rs_wait(conns[c], done, 64, 10);
+			CHECK(n >= 0 || n == -ETIMEDOUT, "%s: wait: %d", backlog->tenant, n);
+			for (int i = 0; i < n; i++) {
+				if (done[i].request < 0)
+					continue;
+				CHECK(done[i].status == 0, "%s: status %d", backlog->tenant, done[i].status);
+				rs_release(conns[c], done[i].request);
+				outstanding[c]--;
+				atomic_fetch_add(&backlog->completed, 1);
+			}
+		}
+	}
+	for (int c = 0; c < backlog->connections; c++)
+		rs_close(conns[c]);
+	return NULL;
+}
+
+static int compare_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+struct outcome {
+	double ttft_p50, ttft_p99; /* in steps */
+	unsigned long flood_done, steady_done;
+};
+
+static void run_policy(const char *policy, struct outcome *outcome)
+{
+	char quantum[16];
+	snprintf(quantum, sizeof(quantum), "%d", QUANTUM);
+	char step[16], batch[16];
+	snprintf(step, sizeof(step), "%d", STEP_US);
+	snprintf(batch, sizeof(batch), "%d", BATCH);
+	const char *args[] = {"--policy", policy, "--quantum", quantum, "--null-delay-us", step,
+			      "--max-batch", batch, NULL};
+	struct test_daemon daemon;
+	test_daemon_start(&daemon, args);
+
+	struct backlog flood = {.socket_path = daemon.socket_path, .tenant = "flood", .connections = 2,
+				.inflight = FLOOD_INFLIGHT};
+	struct backlog steady = {.socket_path = daemon.socket_path, .tenant = "steady", .connections = 1,
+				 .inflight = STEADY_INFLIGHT};
+	CHECK(pthread_create(&flood.thread, NULL, keep_backlogged, &flood) == 0, "thread");
+	CHECK(pthread_create(&steady.thread, NULL, keep_backlogged, &steady) == 0, "thread");
+
+	struct rs_connection *light;
+	struct rs_connect_options options = {.tenant = "light"};
+	CHECK(rs_connect(daemon.socket_path, &options, &light) == 0, "light: connect");
+	/* Let both backlogs build up: wait until each has completed some requests. */
+	for (int i = 0; atomic_load(&flood.completed) < 50 || atomic_load(&steady.completed) < 50; i++) {
+		struct rs_completion none;
+		CHECK(i < 1000, "the backlogs never started");
+		rs_wait(light, &none, 1, 10);
+	}
+	unsigned long flood_start = atomic_load(&flood.completed);
+	unsigned long steady_start = atomic_load(&steady.completed);
+	double ttft_steps[LIGHT_REQUESTS];
+	uint64_t seed = 77;
+	uint32_t prompt[PROMPT];
+	for (int r = 0; r < LIGHT_REQUESTS; r++) {
+		fill_prompt(prompt, &seed);
+		struct rs_generate_params params = {
+			.prompt = prompt, .prompt_len = PROMPT, .max_new_tokens = M, .flags = RS_GENERATE_IGNORE_EOS};
+		int request = rs_submit(light, &params);
+		CHECK(request >= 0, "light: submit %d", request);
+		struct rs_completion done;
+		int n = rs_wait(light, &done, 1, 30000);
+		CHECK(n == 1 && done.status == 0, "light: wait %d status %d", n, done.status);
+		CHECK(done.total_us > done.first_token_us, "light: timings %u %u", done.first_token_us,
+		      done.total_us);
+		double step_us = (double)(done.total_us - done.first_token_us) / (M - 1);
+		ttft_steps[r] = done.first_token_us / step_us;
+		rs_release(light, done.request);
+	}
+	outcome->flood_done = atomic_load(&flood.completed) - flood_start;
+	outcome->steady_done = atomic_load(&steady.completed) - steady_start;
+	atomic_store(&flood.stop, true);
+	atomic_store(&steady.stop, true);
+	pthread_join(flood.thread, NULL);
+	pthread_join(steady.thread, NULL);
+	rs_close(light);
+	test_daemon_stop(&daemon);
+	qsort(ttft_steps, LIGHT_REQUESTS, sizeof(double), compare_double);
+	outcome->ttft_p50 = ttft_steps[LIGHT_REQUESTS / 2];
+	outcome->ttft_p99 = ttft_steps[(LIGHT_REQUESTS * 99) / 100];
+	printf("%-5s light tenant TTFT p50 %.1f steps, p99 %.1f steps; meanwhile flood (2 connections) "
+	       "%lu and steady (1 connection) %lu requests done\n",
+	       policy, outcome->ttft_p50, outcome->ttft_p99, outcome->flood_done, outcome->steady_done);
+}
+
+int main(void)
+{
+	static_assert(BATCH >= OTHERS + 1, "the vtc bound assumes it");
+	const double vtc_bound = (M + 1) * 1.5;
+	const int admissions = 2 * OTHERS * ((QUANTUM + PROMPT - 1) / PROMPT) + 1;
+	const double dlpm_bound = ((admissions + BATCH - 1) / BATCH * M + 1) * 1.5;
+	/* Service difference between two backlogged tenants (docs/scheduling.md): D for one
+	 * tenant is w_p * L + S * w_q * M with S = BATCH seats; a request costs
+	 * w_p * PROMPT + w_q * M. Requests the two may differ by: the bound over that cost,
+	 * plus the requests in flight at the window's two ends (BATCH each). */
+	const double D = 1.0 * PROMPT + BATCH * 2.0 * M, cost = 1.0 * PROMPT + 2.0 * M;
+	const double vtc_requests = 2 * D / cost + 2 * BATCH;
+	const double dlpm_requests = (2.0 * QUANTUM + 2 * D) / cost + 2 * BATCH;
+
+	struct outcome vtc, dlpm, fcfs;
+	run_policy("vtc", &vtc);
+	run_policy("dlpm", &dlpm);
+	run_policy("fcfs", &fcfs);
+	printf("bounds: TTFT vtc %.1f steps, dlpm %.1f steps; backlogged tenants differ by at most %.0f "
+	       "(vtc), %.0f (dlpm) requests\n",
+	       vtc_bound, dlpm_bound, vtc_requests, dlpm_requests);
+
+	CHECK(vtc.ttft_p99 <= vtc_bound, "vtc: light p99 TTFT %.1f steps over %.1f", vtc.ttft_p99, vtc_bound);
+	CHECK(dlpm.ttft_p99 <= dlpm_bound, "dlpm: light p99 TTFT %.1f steps over %.1f", dlpm.ttft_p99,
+	      dlpm_bound);
+	CHECK(fcfs.ttft_p50 >= 2 * dlpm_bound, "fcfs: light p50 TTFT %.1f steps: the flood did not hurt it",
+	      fcfs.ttft_p50);
+	CHECK(fabs((double)vtc.flood_done - (double)vtc.steady_done) <= vtc_requests,
+	      "vtc: two connections got %lu requests done against one connection's %lu", vtc.flood_done,
+	      vtc.steady_done);
+	CHECK(fabs((double)dlpm.flood_done - (double)dlpm.steady_done) <= dlpm_requests,
+	      "dlpm: two connections got %lu requests done against one connection's %lu", dlpm.flood_done,
+	      dlpm.steady_done);
+	CHECK(fcfs.flood_done > fcfs.steady_done * 3 / 2, "fcfs: connections did not matter (%lu vs %lu)",
+	      fcfs.flood_done, fcfs.steady_done);
+	printf("ok\n");
+	return 0;
+}
