@@ -1,5 +1,5 @@
 /* The radix prefix cache: a long random workload against a naive model kept here (match
- * results, LRU eviction order, reference counts, locks, waiters and their hook calls, and
+ * results, eviction order (leaves no waiter needs first, then LRU), reference counts, locks, waiters and their hook calls, and
  * every invariant after each operation), locked paths surviving eviction, nothing left
  * locked or leaked after release, and 100,000 waiters moving as prefixes are cached. */
 #include <errno.h>
@@ -230,20 +230,35 @@ static void op_unlock(struct world *world)
 	world->nodes[held.model].direct_locks--;
 }
 
+/* Some watched waiter's longest cached prefix ends at model node i. */
+static bool model_has_waiters(struct world *world, uint32_t i)
+{
+	for (uint32_t w = 0; w < N_WAITERS; w++) {
+		const struct rs_prefix_waiter *waiter = &world->waiters[w];
+		if (world->watched[w] && model_walk(world, waiter->tokens, waiter->max_blocks) == i)
+			return true;
+	}
+	return false;
+}
+
 static void op_evict(struct world *world, uint32_t want)
 {
 	uint32_t model_freed = 0;
 	while (model_freed < want) {
+		/* Leaves no waiter matches to the end go first, then least recently used. */
 		uint32_t victim = 0;
-		bool tie = false;
+		bool victim_waited = false, tie = false;
 		for (uint32_t i = 1; i < MODEL_NODES; i++) {
 			const struct model_node *node = &world->nodes[i];
 			if (!node->alive || model_has_children(world, i) || model_locks(world, i))
 				continue;
-			if (victim && node->tick == world->nodes[victim].tick)
+			bool waited = model_has_waiters(world, i);
+			if (victim && waited == victim_waited && node->tick == world->nodes[victim].tick)
 				tie = true;
-			if (!victim || node->tick < world->nodes[victim].tick) {
+			if (!victim || (!waited && victim_waited) ||
+			    (waited == victim_waited && node->tick < world->nodes[victim].tick)) {
 				victim = i;
+				victim_waited = waited;
 				tie = false;
 			}
 		}
@@ -631,8 +646,9 @@ static void scale(void)
 			prompts[p][t] = p * 100003u + t * 7u + (t % 5u);
 	for (uint32_t w = 0; w < SCALE_WAITERS; w++) {
 		waiters[w].tokens = prompts[w % SCALE_PREFIXES];
-		/* Half want the whole prefix, the others a part of it. */
-		waiters[w].max_blocks = w % 2 ? SCALE_DEPTH : 1 + (w / 2) % SCALE_DEPTH;
+		/* Half of each prefix's waiters want it whole, the others a part of it. */
+		waiters[w].max_blocks =
+			(w / SCALE_PREFIXES) % 2 ? SCALE_DEPTH : 1 + (w / 2) % SCALE_DEPTH;
 		rs_prefix_cache_watch(cache, &waiters[w]);
 		CHECK(waiters[w].match_blocks == 0, "nothing cached yet");
 	}
@@ -655,7 +671,9 @@ static void scale(void)
 		CHECK(waiters[w].match_blocks == waiters[w].max_blocks, "waiter %u: %u of %u", w,
 		      waiters[w].match_blocks, waiters[w].max_blocks);
 	CHECK(rs_prefix_cache_check(cache) == 0, "invariants after inserts");
-	/* Evict the oldest prefix's last 8 blocks: only its waiters deeper than 56 move up. */
+	/* Every leaf has waiters (and keeps some: an evicted node's move up to its parent), so
+	 * the order is LRU: the oldest prefix loses its last 8 blocks, and only its waiters
+	 * deeper than 56 move up. */
 	scale_hook_calls = 0;
 	CHECK(rs_prefix_cache_evict(cache, 8) == 8, "evict 8");
 	want_calls = 0;
@@ -666,7 +684,7 @@ static void scale(void)
 		      waiters[w].match_blocks, want);
 	}
 	CHECK(scale_hook_calls == want_calls, "hook calls on eviction");
-	CHECK(waiters[1].match_blocks == SCALE_DEPTH, "another prefix untouched");
+	CHECK(waiters[SCALE_PREFIXES + 1].match_blocks == SCALE_DEPTH, "another prefix untouched");
 	for (uint32_t w = 0; w < SCALE_WAITERS; w++)
 		rs_prefix_cache_unwatch(cache, &waiters[w]);
 	rs_prefix_cache_evict(cache, UINT32_MAX);

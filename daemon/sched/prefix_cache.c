@@ -5,7 +5,8 @@
  * creation:
  * - children: open addressing with linear probing over node indices, keyed by (parent,
  *   hash of the block's tokens); deletion shifts entries back, so there are no tombstones.
- * - the evictable heap: a binary min-heap by last_access of the unlocked non-root leaves;
+ * - the evictable heap: a binary min-heap of the unlocked non-root leaves, those without
+ *   waiters first, then by last_access;
  *   every node knows its place in it.
  * - waiter slots: heads of intrusive lists, keyed by (node, hash of the waiter's next
  *   block). Distinct keys may share a slot's list, so a lookup filters by node and key:
@@ -169,9 +170,19 @@ static void child_remove(struct rs_prefix_cache *cache, uint32_t index)
 
 /* --- the evictable heap -------------------------------------------------------------------- */
 
+/* Eviction order: leaves no waiting request would hit first, then least recently used.
+ * Evicting a prefix that waiting requests match throws away work they are about to reuse,
+ * and moves every one of them up a level. */
+static bool evict_before(const struct rs_prefix_node *a, const struct rs_prefix_node *b)
+{
+	if ((a->waiters == NULL) != (b->waiters == NULL))
+		return a->waiters == NULL;
+	return a->last_access < b->last_access;
+}
+
 static bool heap_less(const struct rs_prefix_cache *cache, uint32_t a, uint32_t b)
 {
-	return cache->nodes[cache->heap[a]].last_access < cache->nodes[cache->heap[b]].last_access;
+	return evict_before(&cache->nodes[cache->heap[a]], &cache->nodes[cache->heap[b]]);
 }
 
 static void heap_swap(struct rs_prefix_cache *cache, uint32_t a, uint32_t b)
@@ -267,12 +278,15 @@ static void waiter_hang(struct rs_prefix_cache *cache, struct rs_prefix_waiter *
 			uint32_t index)
 {
 	struct rs_prefix_node *node = &cache->nodes[index];
+	bool first = node->waiters == NULL;
 	waiter->node = node;
 	waiter->node_prev = NULL;
 	waiter->node_next = node->waiters;
 	if (node->waiters)
 		node->waiters->node_prev = waiter;
 	node->waiters = waiter;
+	if (first && node->heap_index != NONE)
+		heap_down(cache, node->heap_index); /* now evicted after the leaves nobody waits on */
 
 	waiter->key_prev = waiter->key_next = NULL;
 	waiter->next_key = 0;
@@ -307,6 +321,8 @@ static void waiter_unhang(struct rs_prefix_cache *cache, struct rs_prefix_waiter
 		if (waiter->key_next)
 			waiter->key_next->key_prev = waiter->key_prev;
 	}
+	if (!node->waiters && node->heap_index != NONE)
+		heap_up(cache, node->heap_index); /* nobody waits on it now: evicted sooner */
 	waiter->node = NULL;
 	waiter->node_next = waiter->node_prev = waiter->key_next = waiter->key_prev = NULL;
 }
@@ -728,9 +744,8 @@ int rs_prefix_cache_check(const struct rs_prefix_cache *cache)
 		uint32_t index = cache->heap[i];
 		if (index == ROOT || index > n || cache->nodes[index].heap_index != i)
 			BROKEN("heap entry %u: node %u", i, index);
-		if (i && cache->nodes[cache->heap[(i - 1) / 2]].last_access >
-			     cache->nodes[index].last_access)
-			BROKEN("heap entry %u older than its parent entry", i);
+		if (i && evict_before(&cache->nodes[index], &cache->nodes[cache->heap[(i - 1) / 2]]))
+			BROKEN("heap entry %u goes before its parent entry", i);
 	}
 
 out:
