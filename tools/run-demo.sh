@@ -30,6 +30,9 @@ if [ "$(head -c 1 "$dir/ready")" != "1" ]; then
 fi
 echo "run: one request, streamed:"
 "$build/ringserve-client" --socket "$socket" --prompt "Once upon a time" -n 48
+echo "run: text in, text out, as tenant 'demo' (ringserve-cli):"
+"$build/ringserve-cli" --socket "$socket" --tenant demo -n 24 "Once upon a time"
+echo
 echo "run: 16 concurrent requests (temperature 0.8, seeds 1..16), batched by the daemon:"
 "$build/ringserve-client" --socket "$socket" --prompt "The little robot" -n 32 --requests 16 \
 	--temperature 0.8 --seed 1 >/dev/null
