@@ -207,9 +207,11 @@ static void stop_running(struct rs_sched *sched, struct rs_request *request)
 static void finish(struct rs_sched *sched, struct rs_request *request, int32_t status)
 {
 	if (request->state == RS_REQUEST_RUNNING) {
-		/* The prompt and the output so far: a conversation's next turn starts with it. */
+		/* The prompt and the output so far: a conversation's next turn starts with it.
+		 * Not locked: the request lets go of it at once. */
 		if (status == 0 && sched->cache)
-			cache_prefix(sched, request, request->computed / sched->block_size);
+			rs_prefix_cache_insert(sched->cache, request->tokens,
+					       request->computed / sched->block_size, request->blocks);
 		stop_running(sched, request);
 	} else if (request->state == RS_REQUEST_WAITING) {
 		rs_admission_remove(sched->admission, request);
