@@ -129,7 +129,7 @@ $(O)/tests/%: $(O)/obj/tests/%.o $(call obj,$(HARNESS_SRC)) $(LIBINTERNAL) $(LIB
 # --- tests ------------------------------------------------------------------------------
 # The data-path and file-parsing tests run again under ASan+UBSan, the lock-free ones under TSan.
 ASAN_TESTS := $(filter ring_% shm_% daemon_% client_% model_% engine_% sched_%,$(TESTS))
-TSAN_TESTS := $(filter ring_% daemon_many_clients daemon_model engine_thread_pool,$(TESTS))
+TSAN_TESTS := $(filter ring_% shm_stats daemon_many_clients daemon_model engine_thread_pool,$(TESTS))
 TEST_TIMEOUT ?= 120
 
 test: deps
@@ -148,6 +148,8 @@ run: deps all
 
 bench: deps all
 	$(O)/ringserve-bench all --json $(O)/bench.json
+	gnuplot -e "datafile='$(O)/serve-policies.dat'; outfile='$(O)/serve-policies.png'" tools/plot-serve.gp
+	@echo "plot written to $(O)/serve-policies.png"
 
 FUZZ_TARGETS := $(basename $(notdir $(wildcard tests/fuzz/*.c)))
 fuzz: deps

@@ -12,7 +12,7 @@
 #include "client-lib/connection.h"
 #include "shm/segment.h"
 
-static int default_socket_path(char *path, size_t size)
+int rs_conn_default_socket_path(char *path, size_t size)
 {
 	const char *explicit_path = getenv("RINGSERVE_SOCKET");
 	const char *runtime = getenv("XDG_RUNTIME_DIR");
@@ -26,13 +26,17 @@ static int default_socket_path(char *path, size_t size)
 	return n < 0 || (size_t)n >= size ? -ENAMETOOLONG : 0;
 }
 
-/* Receive the welcome and up to 3 descriptors. Returns the descriptor count or -errno. */
-static int receive_welcome(int fd, struct rs_welcome *welcome, int fds[3])
+/* Segment, shared segment, eventfd (RS_WAKE_EVENTFD), statistics segment. */
+#define WELCOME_MAX_FDS 4
+
+/* Receive the welcome and up to WELCOME_MAX_FDS descriptors. Returns the descriptor count
+ * or -errno. */
+int rs_conn_receive_welcome(int fd, struct rs_welcome *welcome, int fds[WELCOME_MAX_FDS])
 {
 	struct iovec iov = {.iov_base = welcome, .iov_len = sizeof(*welcome)};
 	union {
 		struct cmsghdr align;
-		char buf[CMSG_SPACE(3 * sizeof(int))];
+		char buf[CMSG_SPACE(WELCOME_MAX_FDS * sizeof(int))];
 	} control;
 	struct msghdr msg = {.msg_iov = &iov,
 			     .msg_iovlen = 1,
@@ -52,7 +56,7 @@ static int receive_welcome(int fd, struct rs_welcome *welcome, int fds[3])
 		for (int i = 0; i < count; i++) {
 			int received;
 			memcpy(&received, CMSG_DATA(cmsg) + (size_t)i * sizeof(int), sizeof(int));
-			if (n_fds < 3)
+			if (n_fds < WELCOME_MAX_FDS)
 				fds[n_fds++] = received;
 			else
 				close(received);
@@ -120,7 +124,7 @@ int rs_connect(const char *socket_path, const struct rs_connect_options *options
 			return -ENAMETOOLONG;
 		strcpy(addr.sun_path, socket_path);
 	} else {
-		int ret = default_socket_path(addr.sun_path, sizeof(addr.sun_path));
+		int ret = rs_conn_default_socket_path(addr.sun_path, sizeof(addr.sun_path));
 		if (ret)
 			return ret;
 	}
@@ -136,7 +140,7 @@ int rs_connect(const char *socket_path, const struct rs_connect_options *options
 	conn->eventfd = -1;
 	uint32_t spin_us = options && options->spin_us ? options->spin_us : 50;
 	conn->spin_ns = spin_us == UINT32_MAX ? 0 : (uint64_t)spin_us * 1000;
-	int fds[3] = {-1, -1, -1};
+	int fds[WELCOME_MAX_FDS] = {-1, -1, -1, -1};
 	int n_fds = 0, ret;
 
 	conn->fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
@@ -155,7 +159,7 @@ int rs_connect(const char *socket_path, const struct rs_connect_options *options
 		goto fail;
 	}
 	struct rs_welcome welcome;
-	n_fds = receive_welcome(conn->fd, &welcome, fds);
+	n_fds = rs_conn_receive_welcome(conn->fd, &welcome, fds);
 	if (n_fds < 0) {
 		ret = n_fds;
 		n_fds = 0;
@@ -180,6 +184,12 @@ int rs_connect(const char *socket_path, const struct rs_connect_options *options
 		conn->eventfd = fds[2];
 		fds[2] = -1;
 	}
+	/* The statistics segment comes after the others. */
+	int stats_index = conn->hdr.wake_mode == RS_WAKE_EVENTFD ? 3 : 2;
+	if (n_fds > stats_index)
+		rs_conn_map_stats(conn, fds[stats_index]);
+	else
+		conn->stats_status = -ENOTSUP;
 	/* The mappings keep the segments; the descriptors are not needed any more. */
 	for (int i = 0; i < n_fds; i++)
 		if (fds[i] >= 0)
@@ -209,6 +219,7 @@ void rs_close(struct rs_connection *conn)
 		munmap(conn->segment, conn->segment_size);
 	if (conn->model)
 		munmap((void *)conn->model, conn->model_size);
+	rs_conn_unmap_stats(conn);
 	free(conn->slot_state);
 	free(conn->free_slots);
 	free(conn->slot_last_prompt);

@@ -8,6 +8,7 @@
 #include "client-lib/ringserve.h"
 #include "shm/abi.h"
 #include "shm/ring.h"
+#include "shm/stats.h"
 
 struct rs_tokenizer;
 
@@ -37,6 +38,10 @@ struct rs_connection {
 	/* The daemon's vocabulary, built on first use by text.c (0: not tried yet). */
 	struct rs_tokenizer *tokenizer;
 	int tokenizer_status; /* 0 untried, 1 built, or the negative errno it failed with */
+	/* The daemon's statistics segment, mapped read-only (stats.c); base NULL when it
+	 * sent none or it failed its check (stats_status says why). */
+	struct rs_stats_segment stats;
+	int stats_status;
 };
 
 /* Ring the daemon's doorbell if it sleeps (the client half of the protocol in
@@ -59,6 +64,19 @@ void rs_conn_return_slot(struct rs_connection *conn, uint32_t slot);
  * params->prompt is not read). Returns the slot as a request handle. */
 int rs_conn_submit_slot(struct rs_connection *conn, uint32_t slot,
 			const struct rs_generate_params *params, uint32_t prompt_len);
+
+/* $RINGSERVE_SOCKET, else $XDG_RUNTIME_DIR/ringserve.sock, else the system path
+ * (connect.c). Returns 0 or -ENAMETOOLONG. */
+int rs_conn_default_socket_path(char *path, size_t size);
+
+/* Receive the daemon's welcome and up to 4 descriptors (connect.c). Returns the
+ * descriptor count, or -ETIMEDOUT, -ECONNRESET, -EPROTO, or another -errno. */
+int rs_conn_receive_welcome(int fd, struct rs_welcome *welcome, int fds[4]);
+
+/* Map the statistics segment the welcome carried (stats.c); the descriptor stays the
+ * caller's. Sets stats_status. Unmap it at close. */
+void rs_conn_map_stats(struct rs_connection *conn, int fd);
+void rs_conn_unmap_stats(struct rs_connection *conn);
 
 /* Free the connection's tokenizer (text.c). */
 void rs_conn_free_text(struct rs_connection *conn);

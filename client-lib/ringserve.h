@@ -279,6 +279,116 @@ int rs_detok_feed(struct rs_detok *detok, const uint32_t *ids, uint32_t n, char 
  * changes; 3 bytes always do), -EINVAL as rs_detok_feed. */
 int rs_detok_flush(struct rs_detok *detok, char *out, size_t out_size);
 
+/* --- statistics ---------------------------------------------------------------------
+ * The daemon publishes its figures in a read-only shared segment, updated every 100 ms
+ * and once more when it stops; reading them is a copy out of shared memory, no system
+ * call, and never blocks the daemon (a seqlock: the reader retries while an update is
+ * being written). Any client the daemon admits can read every tenant's figures.
+ *
+ * Two ways in: rs_stats_snapshot on a connection (its welcome carried the segment), or
+ * rs_stats_open for a reader that is not a client (ringserve-top): it holds no client
+ * slot, no tenant and no socket, and its mapping outlives the daemon (then the figures
+ * stop moving: daemon_state says RS_STATS_STOPPED, or updated_ns gets old).
+ *
+ * Errors of the reading calls:
+ *   -EAGAIN    no consistent copy within 100 ms (a daemon killed in the middle of an
+ *              update leaves it so): try again later
+ *   -ENOTSUP   the daemon sent no statistics segment (rs_stats_snapshot)
+ *   -EPROTO    the segment is not one this library understands
+ *   -EINVAL    stats NULL, or tenants NULL with max_tenants > 0 */
+
+#define RS_STATS_MAX_TENANTS 64 /* tenant records the daemon publishes at most */
+
+/* The daemon's state (daemon_state). */
+#define RS_STATS_RUNNING 1
+#define RS_STATS_DRAINING 2 /* SIGTERM: finishing what is in flight */
+#define RS_STATS_STOPPED 3  /* the last update */
+
+/* The whole daemon. Counters run over the daemon's life. */
+struct rs_stats {
+	uint64_t sequence;   /* the update's generation: grows with every update */
+	uint64_t updated_ns; /* CLOCK_MONOTONIC when the daemon wrote it */
+	uint64_t uptime_ns;  /* daemon start to updated_ns */
+	int32_t daemon_pid;
+	uint32_t daemon_state; /* RS_STATS_RUNNING, _DRAINING, _STOPPED */
+	char policy[16];       /* admission policy: "dlpm", "vtc", "lpm", "fcfs" */
+	uint32_t prefix_cache; /* 1: prompt prefixes are cached and shared */
+	uint32_t kv_blocks_total;
+	uint32_t kv_blocks_used;   /* not free: held by requests or by the prefix cache */
+	uint32_t kv_blocks_cached; /* held by the prefix cache */
+	uint64_t prompt_tokens;	   /* admitted */
+	uint64_t cached_tokens;	   /* of which the prefix cache served */
+	double cache_hit_rate;	   /* cached_tokens / prompt_tokens; 0 before any */
+	uint64_t steps;		   /* engine steps */
+	double steps_per_second;   /* over the 100 ms before the update */
+	uint32_t requests_waiting;
+	uint32_t requests_running;
+	uint64_t requests_completed; /* status 0 */
+	uint64_t requests_failed;    /* any other status, cancels included */
+	uint64_t preemptions;
+	uint32_t tenants_in_use;
+	uint32_t clients_connected;
+	uint32_t n_tenants;	   /* tenant records published (<= RS_STATS_MAX_TENANTS) */
+	uint32_t latency_window_s; /* percentiles cover the finishes of the last 1-2 windows */
+	uint64_t reserved[8];
+};
+
+/* One tenant: an account (uid, name), shared by all its connections. The daemon publishes
+ * every tenant in use, or, with more than RS_STATS_MAX_TENANTS, those with the most recent
+ * activity (requests in flight count as activity now). */
+struct rs_stats_tenant {
+	char name[64];
+	uint32_t uid;
+	uint32_t id;	/* the daemon's tenant id */
+	double weight;	/* share of service */
+	double service; /* weighted service: charges divided by the weight */
+	double deficit; /* dlpm: credit left in this round (weighted tokens; < 0: a debt) */
+	double counter; /* vtc: virtual token counter */
+	uint32_t waiting;
+	uint32_t running;
+	uint32_t inflight; /* accepted and not yet completed, over all its connections */
+	uint32_t connections;
+	uint64_t prompt_tokens;
+	uint64_t cached_tokens; /* prompt tokens the prefix cache served */
+	uint64_t generated_tokens;
+	uint64_t requests_finished; /* status 0 */
+	uint64_t requests_failed;
+	/* Over the requests that finished with status 0 in the last 1-2 latency windows
+	 * (rs_stats.latency_window_s): time to first token and latency (to the end), from
+	 * the daemon taking the request off the ring; percentiles from log-scale histograms
+	 * (within about 6%); 0 without samples. */
+	uint32_t ttft_samples;
+	uint32_t latency_samples;
+	double ttft_p50_ms;
+	double ttft_p99_ms;
+	double latency_p50_ms;
+	double latency_p99_ms;
+	uint64_t last_active_ns; /* CLOCK_MONOTONIC of its last activity; 0: none yet */
+	uint64_t reserved[4];
+};
+
+/* Copy the daemon's latest figures out: *stats, and the first min(stats->n_tenants,
+ * max_tenants) tenant records, in the daemon's order (by tenant id, or by recent
+ * activity when it has more tenants than it publishes). Returns the number of tenant
+ * records written, or -EAGAIN, -ENOTSUP, -EPROTO, -EINVAL (above). */
+int rs_stats_snapshot(struct rs_connection *conn, struct rs_stats *stats,
+		      struct rs_stats_tenant *tenants, unsigned max_tenants);
+
+struct rs_stats_reader;
+
+/* Open a statistics reader on the daemon at socket_path (NULL: as rs_connect). It
+ * connects, receives the segment, maps it read-only and closes the socket.
+ * Returns 0, or as rs_connect: -ENOENT, -ECONNREFUSED, -EPERM, -ESHUTDOWN, -EPROTO,
+ * -ETIMEDOUT, -ENOMEM, -ENAMETOOLONG, or an errno of mmap(2). */
+int rs_stats_open(const char *socket_path, struct rs_stats_reader **out);
+
+/* As rs_stats_snapshot, from a reader. */
+int rs_stats_read(struct rs_stats_reader *reader, struct rs_stats *stats,
+		  struct rs_stats_tenant *tenants, unsigned max_tenants);
+
+/* Unmap and free a reader. NULL is allowed. */
+void rs_stats_close(struct rs_stats_reader *reader);
+
 #ifdef __cplusplus
 }
 #endif

@@ -193,7 +193,7 @@ static int send_welcome(int fd, const struct rs_welcome *welcome, const int *fds
 	struct iovec iov = {.iov_base = (void *)welcome, .iov_len = sizeof(*welcome)};
 	union {
 		struct cmsghdr align;
-		char buf[CMSG_SPACE(3 * sizeof(int))];
+		char buf[CMSG_SPACE(4 * sizeof(int))];
 	} control;
 	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
 	if (n_fds) {
@@ -297,6 +297,21 @@ static void apply_rule(struct rs_tenant *tenant, const struct rs_tenant_rule *ru
 	tenant->max_kv_blocks = rule->max_kv_blocks;
 }
 
+/* A statistics reader (RS_HELLO_STATS): it gets the statistics segment and nothing else,
+ * no tenant and no client segment, and the connection ends here, quietly. */
+static void welcome_stats_reader(struct rs_daemon *daemon, struct rs_client *client)
+{
+	struct rs_welcome welcome = {.magic = RS_HELLO_MAGIC, .abi_version = RS_ABI_VERSION};
+	int fd = rs_stats_publisher_fd(daemon->stats_publisher);
+	int ret = send_welcome(client->fd, &welcome, &fd, 1);
+	if (daemon->config.verbose)
+		fprintf(stderr, "ringserved: statistics reader (pid %d, uid %u)%s\n",
+			(int)client->pid, (unsigned)client->uid, ret ? ": cannot send" : "");
+	shutdown(client->fd, SHUT_RDWR);
+	client->state = RS_CLIENT_CLOSING;
+	rs_client_maybe_free(daemon, client);
+}
+
 /* The hello arrived: check it, build the segment, send it. */
 static void handle_hello(struct rs_daemon *daemon, struct rs_client *client, int len)
 {
@@ -307,10 +322,15 @@ static void handle_hello(struct rs_daemon *daemon, struct rs_client *client, int
 		return;
 	}
 	memcpy(&hello, client->recv_buf, sizeof(hello));
-	if (hello.magic != RS_HELLO_MAGIC || hello.abi_version != RS_ABI_VERSION || hello.flags) {
+	if (hello.magic != RS_HELLO_MAGIC || hello.abi_version != RS_ABI_VERSION ||
+	    (hello.flags & ~RS_HELLO_STATS)) {
 		reject(client->fd, -EPROTO);
 		rs_client_disconnect(daemon, client,
 				     "protocol: bad hello (magic, version or flags)");
+		return;
+	}
+	if (hello.flags & RS_HELLO_STATS) {
+		welcome_stats_reader(daemon, client);
 		return;
 	}
 	if (!rs_tenant_name_valid(hello.tenant)) {
@@ -363,8 +383,11 @@ static void handle_hello(struct rs_daemon *daemon, struct rs_client *client, int
 	    .segment_size = client->segment_size,
 	    .shared_size = daemon->shared_size,
 	};
-	int fds[3] = {memfd, daemon->shared_fd, client->eventfd};
-	ret = send_welcome(client->fd, &welcome, fds, client->eventfd >= 0 ? 3 : 2);
+	/* The statistics segment last: a client that expects fewer descriptors closes it. */
+	int fds[4] = {memfd, daemon->shared_fd, client->eventfd, -1};
+	int n_fds = client->eventfd >= 0 ? 3 : 2;
+	fds[n_fds++] = rs_stats_publisher_fd(daemon->stats_publisher);
+	ret = send_welcome(client->fd, &welcome, fds, n_fds);
 	/* The mapping keeps the segment alive; the client has its own descriptor now. */
 	close(memfd);
 	if (ret) {

@@ -135,9 +135,16 @@ int rs_daemon_init(struct rs_daemon *daemon, const struct rs_daemon_config *conf
 		return ret;
 	if ((ret = create_shared_segment(daemon)))
 		return ret;
+	if ((ret = rs_stats_publisher_create(config->max_tenants, rs_now_ns(),
+					     &daemon->stats_publisher))) {
+		fprintf(stderr, "ringserved: statistics segment: %s\n", strerror(-ret));
+		return ret;
+	}
 	if ((ret = rs_control_init(daemon)))
 		return ret;
 	daemon->last_heartbeat_ns = rs_now_ns();
+	daemon->now_ns = daemon->last_heartbeat_ns;
+	rs_stats_publish(daemon->stats_publisher, daemon, daemon->now_ns); /* readable at once */
 	fprintf(stderr,
 		"ringserved: listening on %s (engine %s, model %s, %u lane(s), wakeups by %s%s)\n",
 		config->socket_path, engine->name, engine->model_name, engine->lanes,
@@ -152,6 +159,8 @@ static void write_heartbeats(struct rs_daemon *daemon)
 	for (uint32_t i = 0; i < daemon->n_active_clients; i++)
 		/* Relaxed: a liveness hint; nothing is published through it. */
 		rs_store_relaxed(&daemon->active[i]->shared->daemon_heartbeat_ns, daemon->now_ns);
+	/* The statistics segment goes at the same pace (and so also while we sleep). */
+	rs_stats_publish(daemon->stats_publisher, daemon, daemon->now_ns);
 }
 
 /* SIGTERM handling, once per iteration while draining. */
@@ -200,6 +209,9 @@ int rs_daemon_run(struct rs_daemon *daemon)
 		rs_wakeup_sleep(daemon);
 		idle_since = rs_now_ns();
 	}
+	/* The last update: STOPPED, with the final counts. */
+	daemon->now_ns = rs_now_ns();
+	rs_stats_publish(daemon->stats_publisher, daemon, daemon->now_ns);
 	/* Tell every client we are gone before the sockets close. */
 	for (uint32_t i = 0; i < daemon->n_active_clients; i++) {
 		struct rs_client *client = daemon->active[i];
@@ -244,6 +256,8 @@ void rs_daemon_destroy(struct rs_daemon *daemon)
 		rs_request_pool_destroy(&daemon->pool);
 	if (daemon->shared_fd >= 0)
 		close(daemon->shared_fd);
+	rs_stats_publisher_destroy(daemon->stats_publisher);
+	daemon->stats_publisher = NULL;
 	free(daemon->clients);
 	free(daemon->active);
 	free(daemon->lanes);

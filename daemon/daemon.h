@@ -15,6 +15,7 @@
 
 #include "daemon/engine.h"
 #include "daemon/sched/sched.h"
+#include "daemon/stats.h"
 #include "daemon/tenant_config.h"
 #include "shm/abi.h"
 #include "shm/ring.h"
@@ -127,6 +128,7 @@ struct rs_daemon {
 
 	struct rs_request_pool pool;
 	struct rs_sched *sched; /* the scheduling core */
+	struct rs_stats_publisher *stats_publisher; /* the statistics segment (daemon/stats.h) */
 	struct rs_lane *lanes;
 
 	bool draining; /* SIGTERM seen: no new connections or requests */

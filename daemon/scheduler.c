@@ -101,6 +101,7 @@ void rs_scheduler_on_finish(void *ctx, struct rs_request *request, int32_t statu
 			 request->cached_tokens);
 	}
 	request->tenant->inflight--; /* the client's reference keeps its tenant */
+	rs_stats_record_finish(daemon->stats_publisher, request, status, daemon->now_ns);
 	if (status == 0)
 		daemon->stats.requests_completed++;
 	else

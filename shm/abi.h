@@ -183,15 +183,21 @@ struct rs_shared_header {
 struct rs_hello {
 	uint32_t magic;       /* RS_HELLO_MAGIC */
 	uint32_t abi_version; /* RS_ABI_VERSION */
-	uint32_t flags;       /* none defined; must be 0 */
+	uint32_t flags;       /* RS_HELLO_*; other bits must be 0 */
 	uint32_t reserved;
 	/* The tenant whose account this connection's requests are charged to, scoped by the
 	 * connecting uid: 1 to 63 bytes of [A-Za-z0-9._@:+-], NUL-padded. */
 	char tenant[RS_TENANT_NAME_BYTES];
 };
 
+/* A statistics reader (ringserve-top): the welcome carries only the statistics segment
+ * (shm/stats.h), the tenant is ignored, and the daemon closes the connection. */
+#define RS_HELLO_STATS (1u << 0)
+
 /* The reply; on status 0 it carries, by SCM_RIGHTS, the client segment's memfd, the
- * shared segment's memfd and, in RS_WAKE_EVENTFD mode, the daemon's eventfd. */
+ * shared segment's memfd, in RS_WAKE_EVENTFD mode the daemon's eventfd, and last the
+ * statistics segment's memfd (shm/stats.h). To an RS_HELLO_STATS hello: only the last,
+ * with client_id and both sizes 0. */
 struct rs_welcome {
 	uint32_t magic;       /* RS_HELLO_MAGIC */
 	uint32_t abi_version;

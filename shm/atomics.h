@@ -24,6 +24,19 @@ static inline void rs_fence_seq_cst(void)
 	atomic_thread_fence(memory_order_seq_cst);
 }
 
+/* Fences for the seqlock of the statistics segment (shm/stats.c), whose data words are
+ * relaxed atomics. Release: no access before it moves past a store after it. Acquire: no
+ * load before it moves past an access after it. */
+static inline void rs_fence_release(void)
+{
+	atomic_thread_fence(memory_order_release);
+}
+
+static inline void rs_fence_acquire(void)
+{
+	atomic_thread_fence(memory_order_acquire);
+}
+
 /* Tell the core we are spinning (PAUSE on x86). */
 static inline void rs_cpu_relax(void)
 {

@@ -21,9 +21,11 @@
  *     requests): about 2 * FLOOD_INFLIGHT / BATCH * M steps, far above both bounds. The test
  *     checks that it is at least twice the dlpm bound, to show what the fair policies fix.
  * A step lasts STEP_US plus the loop's own work, more on a loaded machine or under a
- * sanitizer: so the TTFT is counted in steps, each request's own step length measured from
- * its own timings (it decodes M - 1 steps after its first token), and the bounds get 50%
- * for steps of unequal length.
+ * sanitizer: so the TTFT is counted in steps, a step's length measured from the light
+ * requests' own timings (each decodes M - 1 steps after its first token; the median), and
+ * the bounds are doubled: on a shared 2-core VM a step's length varies with the timer's
+ * wake-up and the hypervisor, and a request that waits 5 steps of 1 ms can be seen at 8.
+ * That still tells a fair policy (a few steps) from fcfs (about 140).
  *
  * Opening more connections earns no more service: beside the light tenant, a steady
  * tenant with one connection stays backlogged; while both it and the flooder (two
@@ -52,7 +54,8 @@ enum {
 	STEADY_INFLIGHT = 48,
 	QUANTUM = 64,
 	OTHERS = 2, /* backlogged tenants beside the light one */
-	LIGHT_REQUESTS = 40,
+	LIGHT_REQUESTS = 200, /* the p99 is the second largest: one hiccup of the VM is not it */
+	FCFS_LIGHT_REQUESTS = 20, /* each waits ~140 steps: its median is enough */
 };
 
 struct backlog {
@@ -129,7 +132,7 @@ struct outcome {
 	unsigned long flood_done, steady_done;
 };
 
-static void run_policy(const char *policy, struct outcome *outcome)
+static void run_policy(const char *policy, int light_requests, struct outcome *outcome)
 {
 	char quantum[16];
 	snprintf(quantum, sizeof(quantum), "%d", QUANTUM);
@@ -159,10 +162,10 @@ static void run_policy(const char *policy, struct outcome *outcome)
 	}
 	unsigned long flood_start = atomic_load(&flood.completed);
 	unsigned long steady_start = atomic_load(&steady.completed);
-	double ttft_steps[LIGHT_REQUESTS];
+	double ttft_us[LIGHT_REQUESTS], step_us[LIGHT_REQUESTS];
 	uint64_t seed = 77;
 	uint32_t prompt[PROMPT];
-	for (int r = 0; r < LIGHT_REQUESTS; r++) {
+	for (int r = 0; r < light_requests; r++) {
 		fill_prompt(prompt, &seed);
 		struct rs_generate_params params = {
 			.prompt = prompt, .prompt_len = PROMPT, .max_new_tokens = M, .flags = RS_GENERATE_IGNORE_EOS};
@@ -173,8 +176,8 @@ static void run_policy(const char *policy, struct outcome *outcome)
 		CHECK(n == 1 && done.status == 0, "light: wait %d status %d", n, done.status);
 		CHECK(done.total_us > done.first_token_us, "light: timings %u %u", done.first_token_us,
 		      done.total_us);
-		double step_us = (double)(done.total_us - done.first_token_us) / (M - 1);
-		ttft_steps[r] = done.first_token_us / step_us;
+		step_us[r] = (double)(done.total_us - done.first_token_us) / (M - 1);
+		ttft_us[r] = done.first_token_us;
 		rs_release(light, done.request);
 	}
 	outcome->flood_done = atomic_load(&flood.completed) - flood_start;
@@ -185,9 +188,12 @@ static void run_policy(const char *policy, struct outcome *outcome)
 	pthread_join(steady.thread, NULL);
 	rs_close(light);
 	test_daemon_stop(&daemon);
-	qsort(ttft_steps, LIGHT_REQUESTS, sizeof(double), compare_double);
-	outcome->ttft_p50 = ttft_steps[LIGHT_REQUESTS / 2];
-	outcome->ttft_p99 = ttft_steps[(LIGHT_REQUESTS * 99) / 100];
+	/* A step's length: the median over the light requests' own decode steps. */
+	qsort(step_us, (size_t)light_requests, sizeof(double), compare_double);
+	qsort(ttft_us, (size_t)light_requests, sizeof(double), compare_double);
+	double step_length_us = step_us[light_requests / 2];
+	outcome->ttft_p50 = ttft_us[light_requests / 2] / step_length_us;
+	outcome->ttft_p99 = ttft_us[(light_requests * 99) / 100] / step_length_us;
 	printf("%-5s light tenant TTFT p50 %.1f steps, p99 %.1f steps; meanwhile flood (2 connections) "
 	       "%lu and steady (1 connection) %lu requests done\n",
 	       policy, outcome->ttft_p50, outcome->ttft_p99, outcome->flood_done, outcome->steady_done);
@@ -196,9 +202,9 @@ static void run_policy(const char *policy, struct outcome *outcome)
 int main(void)
 {
 	static_assert(BATCH >= OTHERS + 1, "the vtc bound assumes it");
-	const double vtc_bound = (M + 1) * 1.5;
+	const double vtc_bound = (M + 1) * 2.0;
 	const int admissions = 2 * OTHERS * ((QUANTUM + PROMPT - 1) / PROMPT) + 1;
-	const double dlpm_bound = ((admissions + BATCH - 1) / BATCH * M + 1) * 1.5;
+	const double dlpm_bound = ((admissions + BATCH - 1) / BATCH * M + 1) * 2.0;
 	/* Service difference between two backlogged tenants (docs/scheduling.md): D for one
 	 * tenant is w_p * L + S * w_q * M with S = BATCH seats; a request costs
 	 * w_p * PROMPT + w_q * M. Requests the two may differ by: the bound over that cost,
@@ -208,9 +214,9 @@ int main(void)
 	const double dlpm_requests = (2.0 * QUANTUM + 2 * D) / cost + 2 * BATCH;
 
 	struct outcome vtc, dlpm, fcfs;
-	run_policy("vtc", &vtc);
-	run_policy("dlpm", &dlpm);
-	run_policy("fcfs", &fcfs);
+	run_policy("vtc", LIGHT_REQUESTS, &vtc);
+	run_policy("dlpm", LIGHT_REQUESTS, &dlpm);
+	run_policy("fcfs", FCFS_LIGHT_REQUESTS, &fcfs);
 	printf("bounds: TTFT vtc %.1f steps, dlpm %.1f steps; backlogged tenants differ by at most %.0f "
 	       "(vtc), %.0f (dlpm) requests\n",
 	       vtc_bound, dlpm_bound, vtc_requests, dlpm_requests);

@@ -2,7 +2,9 @@
 # Install the Debian packages that ringserve builds against, when they are missing.
 # As root it runs apt-get; otherwise it prints the exact command and fails.
 set -eu
-pkgs="liburing-dev libnuma-dev libopenblas-dev pkg-config"
+# gnuplot-nox: `make bench` plots with it (gnuplot without X; the "gnuplot" package
+# would pull in Qt).
+pkgs="liburing-dev libnuma-dev libopenblas-dev pkg-config gnuplot-nox"
 missing=""
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -19,6 +19,10 @@ int bench_serve(int argc, char **argv, FILE *json);
 /* The scheduling core alone: admission decision times with 10,000 and 100,000 waiting. */
 int bench_sched(int argc, char **argv, FILE *json);
 
+/* Several tenants with long shared prefixes under each admission policy: throughput,
+ * cache hits, per-tenant latency, service differences, against the engine directly. */
+int bench_tenants(int argc, char **argv, FILE *json);
+
 /* Start the ringserved next to this program on socket_path with the extra arguments
  * (NULL-terminated) and return its pid once it listens, or -1. It dies with us. */
 pid_t bench_start_daemon(const char *socket_path, const char *const *extra_args);

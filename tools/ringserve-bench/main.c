@@ -2,6 +2,7 @@
  *   ipc      the shared-memory data path (bench_ipc.c)
  *   engine   the model engine (bench_engine.c)
  *   serve    the daemon serving a model, against the engine run directly (bench_serve.c)
+ *   tenants  several tenants with shared prefixes under each admission policy (bench_tenants.c)
  *   sched    the scheduling core alone: admission decisions with many waiting (bench_sched.c)
  *   all      every subcommand, one JSON object keyed by subcommand */
 #include <stdio.h>
@@ -20,12 +21,13 @@ static const struct subcommand subcommands[] = {
 	{"engine", bench_engine},
 	{"serve", bench_serve},
 	{"sched", bench_sched},
+	{"tenants", bench_tenants},
 };
 #define N_SUBCOMMANDS (sizeof(subcommands) / sizeof(subcommands[0]))
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: ringserve-bench ipc|engine|serve|sched|all [--json FILE] [options]\n");
+	fprintf(stderr, "usage: ringserve-bench ipc|engine|serve|sched|tenants|all [--json FILE] [options]\n");
 }
 
 int main(int argc, char **argv)
