@@ -880,7 +880,7 @@ int bench_tenants(int argc, char **argv, FILE *json)
 	uint32_t prefix_total = 0;
 	for (uint32_t t = 0; t < w.n_tenants; t++)
 		prefix_total += w.prefix_len[t] / BLOCK;
-	printf("ringserve-bench tenants: stories15M-shaped f32 model (context %u), CPU backend\n", SEQ_LEN);
+	printf("ringserve-bench tenants: stories15M-shaped f32 model (context %d), CPU backend\n", SEQ_LEN);
 	printf("  %u tenants, prefixes", w.n_tenants);
 	for (uint32_t t = 0; t < w.n_tenants; t++)
 		printf(" %s %u", w.name[t], w.prefix_len[t]);
