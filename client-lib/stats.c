@@ -182,8 +182,9 @@ int rs_stats_open(const char *socket_path, struct rs_stats_reader **out)
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &handshake_timeout, sizeof(handshake_timeout));
 	struct rs_hello hello = {
 	    .magic = RS_HELLO_MAGIC, .abi_version = RS_ABI_VERSION, .flags = RS_HELLO_STATS};
-	if (send(fd, &hello, sizeof(hello), MSG_NOSIGNAL) != (ssize_t)sizeof(hello)) {
-		ret = -errno;
+	ssize_t sent = send(fd, &hello, sizeof(hello), MSG_NOSIGNAL);
+	if (sent != (ssize_t)sizeof(hello)) {
+		ret = sent < 0 ? -errno : -EPROTO;
 		goto out;
 	}
 	struct rs_welcome welcome;

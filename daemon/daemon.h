@@ -190,7 +190,8 @@ void rs_client_maybe_free(struct rs_daemon *daemon, struct rs_client *client);
 /* scheduler.c: the serving path. */
 /* Consume the client's submissions. Returns how many entries were consumed. */
 int rs_scheduler_poll_client(struct rs_daemon *daemon, struct rs_client *client);
-/* Admit, start steps, finish steps. Returns a count of things done (0: idle). */
+/* Report finished steps to the scheduling core and start the steps it plans. Returns a
+ * count of things done (0: idle). */
 int rs_scheduler_run_lanes(struct rs_daemon *daemon);
 /* Wake clients that sleep and got completions or tokens. */
 void rs_scheduler_notify_clients(struct rs_daemon *daemon);

@@ -185,7 +185,6 @@ static int accept_generate(struct rs_daemon *daemon, struct rs_client *client,
 	request->tenant = client->tenant;
 	request->user_data = sqe->user_data;
 	request->slot = sqe->slot;
-	request->flags = sqe->flags;
 	request->ignore_eos = sqe->flags & RS_SQE_IGNORE_EOS;
 	request->output_len_hint = sqe->output_len_hint;
 	request->top_k = sqe->top_k;
@@ -234,8 +233,8 @@ int rs_scheduler_poll_client(struct rs_daemon *daemon, struct rs_client *client)
 		if (sqe.opcode == RS_OP_CANCEL) {
 			handle_cancel(daemon, client, &sqe);
 			consumed++;
-			if (client->state != RS_CLIENT_ACTIVE)
-				return (int)consumed; /* its completion found the CQ corrupted */
+			if (client->broken)
+				break; /* its completion found the CQ corrupted */
 			continue;
 		}
 		if (credit <= 0) {
@@ -265,11 +264,14 @@ int rs_scheduler_poll_client(struct rs_daemon *daemon, struct rs_client *client)
 				 0, 0, 0);
 		credit--;
 		consumed++;
-		if (client->state != RS_CLIENT_ACTIVE)
-			return (int)consumed;
+		if (client->broken)
+			break; /* a completion found the CQ corrupted */
 	}
 	if (consumed)
 		rs_ring_consumer_release(&client->sq, consumed);
+	/* Not inside the scheduling core here: disconnect at once. */
+	if (client->broken)
+		rs_client_disconnect(daemon, client, client->broken);
 	return (int)consumed;
 }
 
@@ -335,7 +337,8 @@ void rs_scheduler_notify_clients(struct rs_daemon *daemon)
 uint64_t rs_scheduler_next_deadline(struct rs_daemon *daemon)
 {
 	struct rs_serving_engine *engine = daemon->engine;
-	uint64_t earliest = 0;
+	/* The planner's own deadline (a bin to flush), on the loop's clock. */
+	uint64_t earliest = rs_sched_next_wakeup_ns(daemon->sched);
 	for (uint32_t l = 0; l < engine->lanes; l++) {
 		if (!daemon->lanes[l].step_in_flight)
 			continue;

@@ -109,7 +109,7 @@ void rs_stats_segment_write(struct rs_stats_segment *segment,
 	struct rs_stats_global_record record = *global;
 	if (record.n_tenants > layout->tenant_capacity)
 		record.n_tenants = layout->tenant_capacity;
-	/* W-odd: relaxed; F-write below orders it before every data store. */
+	/* W-odd: relaxed; what makes a reader see it is F-write's pairing with F-read. */
 	rs_store_relaxed(&shared->sequence, segment->sequence + 1);
 	/* F-write: pairs with F-read in rs_stats_segment_read: a reader that loads any data
 	 * word stored below also sees the odd sequence (or a later value) in its second

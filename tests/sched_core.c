@@ -83,6 +83,7 @@ struct world_options {
 static void world_init(struct world *world, const struct world_options *options)
 {
 	memset(world, 0, sizeof(*world));
+	world->clock_ns = 1000000000; /* 0 means "never" in the request's timings */
 	world->lanes = options->lanes;
 	struct rs_kv_cache *kv;
 	if (options->model) {

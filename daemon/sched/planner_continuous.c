@@ -20,7 +20,7 @@ static void plan_continuous(struct rs_sched *sched, struct rs_sched_lane *lane)
 		if (!request || rs_sched_context(request) - request->computed != 1)
 			continue; /* still prefilling: below */
 		if (rs_sched_reserve(sched, lane, request, request->computed + 1) < 0)
-			break; /* it was the youngest: nobody after it */
+			return; /* out of blocks: no admission this step either */
 		rs_sched_plan_add(sched, lane, request, 1);
 		budget--;
 	}
@@ -30,7 +30,7 @@ static void plan_continuous(struct rs_sched *sched, struct rs_sched_lane *lane)
 			continue;
 		uint32_t chunk = min_u32(rs_sched_context(request) - request->computed, budget);
 		if (rs_sched_reserve(sched, lane, request, request->computed + chunk) < 0)
-			break;
+			return; /* out of blocks: no admission this step either */
 		rs_sched_plan_add(sched, lane, request, chunk);
 		budget -= chunk;
 	}

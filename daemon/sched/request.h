@@ -52,11 +52,10 @@ struct rs_request {
 
 	/* --- the submission, validated by the data path ------------------------------------ */
 	struct rs_tenant *tenant;
-	uint16_t flags;	 /* RS_SQE_*, for the data path */
 	bool ignore_eos; /* the end-of-sequence token does not end it */
 	uint32_t prompt_len;
 	uint32_t max_new_tokens;
-	uint32_t output_len_hint;
+	uint32_t output_len_hint; /* the client's guess, for the multi-bin planner (issue 10) */
 	uint32_t top_k;
 	float temperature;
 	float top_p;
@@ -72,10 +71,11 @@ struct rs_request {
 	uint32_t generated;				    /* output tokens produced and checked */
 	uint32_t computed;	/* positions whose K/V is in its blocks */
 	uint32_t cached_tokens; /* of the prompt, served by the prefix cache (at the
-				 * latest admission) */
+				 * first admission) */
 	uint32_t *blocks;	/* its KV block table, one reference each */
 	uint32_t n_blocks;
 	uint32_t blocks_capacity;
+	uint32_t promised;               /* blocks promised at admission, not yet taken */
 	uint32_t lane;
 	uint32_t seat;                   /* index in its lane's running array */
 	uint32_t preemptions;

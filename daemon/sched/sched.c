@@ -143,6 +143,7 @@ int rs_sched_submit(struct rs_sched *sched, struct rs_request *request)
 	request->admitted_ns = request->first_token_ns = 0;
 	request->generated = request->computed = request->cached_tokens = 0;
 	request->n_blocks = 0;
+	request->promised = 0;
 	request->preemptions = 0;
 	request->in_step = request->cancelled = request->hit_eos = false;
 	request->locked = NULL;
@@ -200,6 +201,8 @@ static void stop_running(struct rs_sched *sched, struct rs_request *request)
 {
 	remove_from_lane(&sched->lanes[request->lane], request);
 	release_blocks(sched, request);
+	sched->promised -= request->promised;
+	request->promised = 0;
 	sched->running--;
 	request->tenant->running--;
 }
@@ -244,6 +247,14 @@ static void preempt(struct rs_sched *sched, struct rs_request *request)
 	start_waiting(sched, request, true);
 }
 
+/* Free blocks not promised to admitted requests, but for `own` promised to the asker. */
+static uint32_t unpromised_free(const struct rs_sched *sched, uint32_t own)
+{
+	uint32_t free_blocks = rs_kv_free_count(sched->kv);
+	uint32_t others = sched->promised - own;
+	return free_blocks > others ? free_blocks - others : 0;
+}
+
 struct rs_request *rs_sched_admit_next(struct rs_sched *sched, struct rs_sched_lane *lane)
 {
 	if (lane->n_running - lane->n_holes >= sched->config.max_batch)
@@ -262,20 +273,25 @@ struct rs_request *rs_sched_admit_next(struct rs_sched *sched, struct rs_sched_l
 					  sched->match_scratch, &deepest);
 		rs_prefix_cache_lock(sched->cache, deepest); /* not evicted below */
 	}
-	/* Room for its whole uncached context now, so that its prefill chunks do not have to
-	 * preempt anyone; only decode growth does. */
+	/* Its whole uncached context is promised now, so that its prefill chunks never have
+	 * to preempt anyone; only decode growth does. Evict only when that makes it fit: an
+	 * eviction for a request that still cannot run would only empty the cache. */
 	uint32_t needed = blocks_for(sched, context) - matched;
-	uint32_t free_blocks = rs_kv_free_count(sched->kv);
-	if (free_blocks < needed && sched->cache) {
-		sched->stats.evicted_blocks +=
-		    rs_prefix_cache_evict(sched->cache, needed - free_blocks);
-		free_blocks = rs_kv_free_count(sched->kv);
+	uint32_t available = unpromised_free(sched, 0);
+	uint32_t evictable = sched->cache ? rs_prefix_cache_nodes(sched->cache) -
+						rs_prefix_cache_locked_nodes(sched->cache)
+					  : 0;
+	if (available < needed && available + evictable >= needed) {
+		sched->stats.evicted_blocks += rs_prefix_cache_evict(sched->cache, needed - available);
+		available = unpromised_free(sched, 0);
 	}
-	if (free_blocks < needed) {
+	if (available < needed) {
 		if (sched->cache)
 			rs_prefix_cache_unlock(sched->cache, deepest);
 		return NULL; /* it stays next: the policy's order is kept */
 	}
+	request->promised = needed;
+	sched->promised += needed;
 	uint32_t cached = matched * sched->block_size;
 	rs_admission_take(sched->admission, request,
 			  request->prompt_len > cached ? request->prompt_len - cached : 0);
@@ -313,9 +329,13 @@ int rs_sched_reserve(struct rs_sched *sched, struct rs_sched_lane *lane, struct 
 {
 	uint32_t needed = blocks_for(sched, positions);
 	while (request->n_blocks < needed) {
-		int block = rs_kv_block_alloc(sched->kv);
+		int block = unpromised_free(sched, request->promised) ? rs_kv_block_alloc(sched->kv) : -1;
 		if (block >= 0) {
 			request->blocks[request->n_blocks++] = (uint32_t)block;
+			if (request->promised) {
+				request->promised--;
+				sched->promised--;
+			}
 			continue;
 		}
 		if (sched->cache) {
@@ -331,6 +351,8 @@ int rs_sched_reserve(struct rs_sched *sched, struct rs_sched_lane *lane, struct 
 		for (uint32_t i = lane->n_running; i-- > 0 && !victim;)
 			if (lane->running[i] && !lane->running[i]->in_step)
 				victim = lane->running[i];
+		if (!victim)
+			return -ENOMEM; /* only when the caller broke the precondition */
 		preempt(sched, victim);
 		if (victim == request)
 			return -ENOMEM;

@@ -16,7 +16,8 @@
  * The core alone moves a request's progress; the engine only runs a fully planned step.
  *
  * Memory pressure: when a sequence needs a block and none is free, unlocked cached
- * prefixes are evicted first (least recently used); then the youngest running request of
+ * prefixes are evicted first (those no waiting request matches, then the least recently
+ * used); then the youngest running request of
  * the lane is preempted: its blocks go back, it returns to the front of its tenant's
  * queue, and when admitted again it recomputes its prompt and the output it had
  * produced. Sampling is stateless (kernels/engine/sampling.h) and steps are batch
@@ -25,7 +26,7 @@
  * Results go out through hooks: a token (the data path publishes it) and a request's end
  * (the data path completes it and may free it: the core never touches it again). A hook
  * may call rs_sched_cancel. No allocation per request: requests come from the data
- * path's pool, and every structure is sized at rs_sched_init. */
+ * path's pool, and every structure is sized at rs_sched_create. */
 #ifndef RS_DAEMON_SCHED_SCHED_H
 #define RS_DAEMON_SCHED_SCHED_H
 

@@ -28,6 +28,7 @@ struct rs_sched {
 	struct rs_tenant_table tenants;
 	struct rs_sched_lane *lanes;
 	uint32_t running;
+	uint32_t promised;             /* blocks promised to admitted requests, not yet taken */
 	uint64_t next_arrival;
 	uint32_t *match_scratch; /* block ids of a match: kv n_blocks entries */
 	struct rs_sched_stats stats;
@@ -41,13 +42,17 @@ static inline uint32_t rs_sched_context(const struct rs_request *request)
 }
 
 /* Admit the admission policy's next request into the lane when it has a seat, and the
- * KV cache has (after eviction, never preemption) the blocks its whole uncached prompt
- * needs. Returns the request, now running on the lane, or NULL. */
+ * KV cache has (after eviction, never preemption) the blocks its whole uncached context
+ * needs, which are then promised to it. Returns the request, now running on the lane, or
+ * NULL. It may close the lane's holes (compact lane->running, renumbering seats): do not
+ * hold an index into lane->running across it. */
 struct rs_request *rs_sched_admit_next(struct rs_sched *sched, struct rs_sched_lane *lane);
 
-/* Give a running request blocks for `positions` positions, evicting cached prefixes and
- * then preempting the lane's youngest running requests not yet in the plan being built.
- * Returns 0, or -ENOMEM when the request itself was preempted (it was the youngest). */
+/* Give a running request of the lane, not yet in the plan being built, blocks for
+ * `positions` positions: its promised ones, else free ones nobody was promised, else
+ * evicting cached prefixes, else preempting the lane's youngest running requests not in
+ * the plan. Returns 0, or -ENOMEM when the request itself was preempted (it was the
+ * youngest). */
 int rs_sched_reserve(struct rs_sched *sched, struct rs_sched_lane *lane, struct rs_request *request,
 		     uint32_t positions);
 
