@@ -31,9 +31,12 @@ static void doomed_client(const char *socket_path, int ready_fd, int iteration)
 	for (int r = 0; r < PER_CLIENT; r++) {
 		/* 32 shared tokens (two full blocks), then the request's own. */
 		for (int i = 0; i < PROMPT; i++)
-			prompt[i] = i < 32 ? (uint32_t)(7 * i + 1) : (uint32_t)(iteration * 131 + r * 17 + i) % VOCAB;
-		struct rs_generate_params params = {
-			.prompt = prompt, .prompt_len = PROMPT, .max_new_tokens = 200, .flags = RS_GENERATE_IGNORE_EOS};
+			prompt[i] = i < 32 ? (uint32_t)(7 * i + 1)
+					   : (uint32_t)(iteration * 131 + r * 17 + i) % VOCAB;
+		struct rs_generate_params params = {.prompt = prompt,
+						    .prompt_len = PROMPT,
+						    .max_new_tokens = 200,
+						    .flags = RS_GENERATE_IGNORE_EOS};
 		int request = rs_submit(conn, &params);
 		if (request < 0)
 			_exit(3);
@@ -59,7 +62,8 @@ static double seconds(void)
 int main(void)
 {
 	/* Few seats and few blocks: deaths find requests running, waiting and preempted. */
-	const char *args[] = {"--null-delay-us", "100", "--max-batch", "4", "--kv-blocks", "96", NULL};
+	const char *args[] = {"--null-delay-us", "100", "--max-batch", "4",
+			      "--kv-blocks",	 "96",	NULL};
 	struct test_daemon daemon;
 	test_daemon_start(&daemon, args);
 	struct rs_connection *survivor;
@@ -108,18 +112,20 @@ int main(void)
 		CHECK(seconds() < deadline,
 		      "not released: %u waiting, %u running, %llu completed + %llu failed of %llu",
 		      stats.requests_waiting, stats.requests_running,
-		      (unsigned long long)stats.requests_completed, (unsigned long long)stats.requests_failed,
-		      (unsigned long long)submitted);
+		      (unsigned long long)stats.requests_completed,
+		      (unsigned long long)stats.requests_failed, (unsigned long long)submitted);
 		struct rs_completion none;
 		rs_wait(survivor, &none, 1, 5); /* a bounded pause that also watches the daemon */
 	}
-	printf("%d deaths: %llu requests completed, %llu failed; KV blocks used %u = cached %u of %u; "
-	       "%llu preemptions\n",
-	       DEATHS, (unsigned long long)stats.requests_completed, (unsigned long long)stats.requests_failed,
-	       stats.kv_blocks_used, stats.kv_blocks_cached, stats.kv_blocks_total,
-	       (unsigned long long)stats.preemptions);
-	CHECK(stats.kv_blocks_used == stats.kv_blocks_cached, "KV blocks held outside the cache: %u used, %u cached",
-	      stats.kv_blocks_used, stats.kv_blocks_cached);
+	printf(
+	    "%d deaths: %llu requests completed, %llu failed; KV blocks used %u = cached %u of %u; "
+	    "%llu preemptions\n",
+	    DEATHS, (unsigned long long)stats.requests_completed,
+	    (unsigned long long)stats.requests_failed, stats.kv_blocks_used, stats.kv_blocks_cached,
+	    stats.kv_blocks_total, (unsigned long long)stats.preemptions);
+	CHECK(stats.kv_blocks_used == stats.kv_blocks_cached,
+	      "KV blocks held outside the cache: %u used, %u cached", stats.kv_blocks_used,
+	      stats.kv_blocks_cached);
 	CHECK(stats.requests_failed >= (uint64_t)DEATHS, "the deaths failed no request?");
 	/* Still serving, with the shared prefix cached by the dead. */
 	test_null_request(survivor, survivor_prompt, PROMPT, 12, VOCAB);

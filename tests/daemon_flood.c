@@ -32,8 +32,8 @@
  * connections) are backlogged, under vtc and dlpm their completed requests differ by at
  * most what the fairness bounds of docs/scheduling.md allow, in requests of equal cost.
  * Under fcfs the flooder, with twice the requests queued, gets about twice the service. */
-#include <errno.h>
 #include <assert.h>
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -53,7 +53,7 @@ enum {
 	FLOOD_INFLIGHT = 48, /* per flooding connection */
 	STEADY_INFLIGHT = 48,
 	QUANTUM = 64,
-	OTHERS = 2, /* backlogged tenants beside the light one */
+	OTHERS = 2,	      /* backlogged tenants beside the light one */
 	LIGHT_REQUESTS = 200, /* the p99 is the second largest: one hiccup of the VM is not it */
 	FCFS_LIGHT_REQUESTS = 20, /* each waits ~140 steps: its median is enough */
 };
@@ -96,7 +96,8 @@ static void *keep_backlogged(void *arg)
 				struct rs_generate_params params = {.prompt = prompt,
 								    .prompt_len = PROMPT,
 								    .max_new_tokens = M,
-								    .flags = RS_GENERATE_IGNORE_EOS};
+								    .flags =
+									RS_GENERATE_IGNORE_EOS};
 				int request = rs_submit(conns[c], &params);
 				if (request == -EAGAIN)
 					break;
@@ -109,7 +110,8 @@ static void *keep_backlogged(void *arg)
 			for (int i = 0; i < n; i++) {
 				if (done[i].request < 0)
 					continue;
-				CHECK(done[i].status == 0, "%s: status %d", backlog->tenant, done[i].status);
+				CHECK(done[i].status == 0, "%s: status %d", backlog->tenant,
+				      done[i].status);
 				rs_release(conns[c], done[i].request);
 				outstanding[c]--;
 				atomic_fetch_add(&backlog->completed, 1);
@@ -139,14 +141,18 @@ static void run_policy(const char *policy, int light_requests, struct outcome *o
 	char step[16], batch[16];
 	snprintf(step, sizeof(step), "%d", STEP_US);
 	snprintf(batch, sizeof(batch), "%d", BATCH);
-	const char *args[] = {"--policy", policy, "--quantum", quantum, "--null-delay-us", step,
-			      "--max-batch", batch, NULL};
+	const char *args[] = {"--policy", policy,	 "--quantum", quantum, "--null-delay-us",
+			      step,	  "--max-batch", batch,	      NULL};
 	struct test_daemon daemon;
 	test_daemon_start(&daemon, args);
 
-	struct backlog flood = {.socket_path = daemon.socket_path, .tenant = "flood", .connections = 2,
+	struct backlog flood = {.socket_path = daemon.socket_path,
+				.tenant = "flood",
+				.connections = 2,
 				.inflight = FLOOD_INFLIGHT};
-	struct backlog steady = {.socket_path = daemon.socket_path, .tenant = "steady", .connections = 1,
+	struct backlog steady = {.socket_path = daemon.socket_path,
+				 .tenant = "steady",
+				 .connections = 1,
 				 .inflight = STEADY_INFLIGHT};
 	CHECK(pthread_create(&flood.thread, NULL, keep_backlogged, &flood) == 0, "thread");
 	CHECK(pthread_create(&steady.thread, NULL, keep_backlogged, &steady) == 0, "thread");
@@ -155,7 +161,8 @@ static void run_policy(const char *policy, int light_requests, struct outcome *o
 	struct rs_connect_options options = {.tenant = "light"};
 	CHECK(rs_connect(daemon.socket_path, &options, &light) == 0, "light: connect");
 	/* Let both backlogs build up: wait until each has completed some requests. */
-	for (int i = 0; atomic_load(&flood.completed) < 50 || atomic_load(&steady.completed) < 50; i++) {
+	for (int i = 0; atomic_load(&flood.completed) < 50 || atomic_load(&steady.completed) < 50;
+	     i++) {
 		struct rs_completion none;
 		CHECK(i < 1000, "the backlogs never started");
 		rs_wait(light, &none, 1, 10);
@@ -167,15 +174,17 @@ static void run_policy(const char *policy, int light_requests, struct outcome *o
 	uint32_t prompt[PROMPT];
 	for (int r = 0; r < light_requests; r++) {
 		fill_prompt(prompt, &seed);
-		struct rs_generate_params params = {
-			.prompt = prompt, .prompt_len = PROMPT, .max_new_tokens = M, .flags = RS_GENERATE_IGNORE_EOS};
+		struct rs_generate_params params = {.prompt = prompt,
+						    .prompt_len = PROMPT,
+						    .max_new_tokens = M,
+						    .flags = RS_GENERATE_IGNORE_EOS};
 		int request = rs_submit(light, &params);
 		CHECK(request >= 0, "light: submit %d", request);
 		struct rs_completion done;
 		int n = rs_wait(light, &done, 1, 30000);
 		CHECK(n == 1 && done.status == 0, "light: wait %d status %d", n, done.status);
-		CHECK(done.total_us > done.first_token_us, "light: timings %u %u", done.first_token_us,
-		      done.total_us);
+		CHECK(done.total_us > done.first_token_us, "light: timings %u %u",
+		      done.first_token_us, done.total_us);
 		step_us[r] = (double)(done.total_us - done.first_token_us) / (M - 1);
 		ttft_us[r] = done.first_token_us;
 		rs_release(light, done.request);
@@ -194,9 +203,11 @@ static void run_policy(const char *policy, int light_requests, struct outcome *o
 	double step_length_us = step_us[light_requests / 2];
 	outcome->ttft_p50 = ttft_us[light_requests / 2] / step_length_us;
 	outcome->ttft_p99 = ttft_us[(light_requests * 99) / 100] / step_length_us;
-	printf("%-5s light tenant TTFT p50 %.1f steps, p99 %.1f steps; meanwhile flood (2 connections) "
+	printf("%-5s light tenant TTFT p50 %.1f steps, p99 %.1f steps; meanwhile flood (2 "
+	       "connections) "
 	       "%lu and steady (1 connection) %lu requests done\n",
-	       policy, outcome->ttft_p50, outcome->ttft_p99, outcome->flood_done, outcome->steady_done);
+	       policy, outcome->ttft_p50, outcome->ttft_p99, outcome->flood_done,
+	       outcome->steady_done);
 }
 
 int main(void)
@@ -217,23 +228,25 @@ int main(void)
 	run_policy("vtc", LIGHT_REQUESTS, &vtc);
 	run_policy("dlpm", LIGHT_REQUESTS, &dlpm);
 	run_policy("fcfs", FCFS_LIGHT_REQUESTS, &fcfs);
-	printf("bounds: TTFT vtc %.1f steps, dlpm %.1f steps; backlogged tenants differ by at most %.0f "
+	printf("bounds: TTFT vtc %.1f steps, dlpm %.1f steps; backlogged tenants differ by at most "
+	       "%.0f "
 	       "(vtc), %.0f (dlpm) requests\n",
 	       vtc_bound, dlpm_bound, vtc_requests, dlpm_requests);
 
-	CHECK(vtc.ttft_p99 <= vtc_bound, "vtc: light p99 TTFT %.1f steps over %.1f", vtc.ttft_p99, vtc_bound);
-	CHECK(dlpm.ttft_p99 <= dlpm_bound, "dlpm: light p99 TTFT %.1f steps over %.1f", dlpm.ttft_p99,
-	      dlpm_bound);
-	CHECK(fcfs.ttft_p50 >= 2 * dlpm_bound, "fcfs: light p50 TTFT %.1f steps: the flood did not hurt it",
-	      fcfs.ttft_p50);
+	CHECK(vtc.ttft_p99 <= vtc_bound, "vtc: light p99 TTFT %.1f steps over %.1f", vtc.ttft_p99,
+	      vtc_bound);
+	CHECK(dlpm.ttft_p99 <= dlpm_bound, "dlpm: light p99 TTFT %.1f steps over %.1f",
+	      dlpm.ttft_p99, dlpm_bound);
+	CHECK(fcfs.ttft_p50 >= 2 * dlpm_bound,
+	      "fcfs: light p50 TTFT %.1f steps: the flood did not hurt it", fcfs.ttft_p50);
 	CHECK(fabs((double)vtc.flood_done - (double)vtc.steady_done) <= vtc_requests,
-	      "vtc: two connections got %lu requests done against one connection's %lu", vtc.flood_done,
-	      vtc.steady_done);
+	      "vtc: two connections got %lu requests done against one connection's %lu",
+	      vtc.flood_done, vtc.steady_done);
 	CHECK(fabs((double)dlpm.flood_done - (double)dlpm.steady_done) <= dlpm_requests,
-	      "dlpm: two connections got %lu requests done against one connection's %lu", dlpm.flood_done,
-	      dlpm.steady_done);
-	CHECK(fcfs.flood_done > fcfs.steady_done * 3 / 2, "fcfs: connections did not matter (%lu vs %lu)",
-	      fcfs.flood_done, fcfs.steady_done);
+	      "dlpm: two connections got %lu requests done against one connection's %lu",
+	      dlpm.flood_done, dlpm.steady_done);
+	CHECK(fcfs.flood_done > fcfs.steady_done * 3 / 2,
+	      "fcfs: connections did not matter (%lu vs %lu)", fcfs.flood_done, fcfs.steady_done);
 	printf("ok\n");
 	return 0;
 }

@@ -192,6 +192,7 @@ static int world_step(struct world *world)
 		steps++;
 		struct rs_prefix_cache *cache = rs_sched_prefix_cache(world->sched);
 		CHECK(!cache || rs_prefix_cache_check(cache) == 0, "prefix cache invariants");
+		CHECK(rs_sched_check(world->sched) == 0, "scheduling core invariants");
 	}
 	world->clock_ns += 1000000;
 	return steps;

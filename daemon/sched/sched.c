@@ -1,6 +1,7 @@
 /* The scheduling core: requests' lifecycle, lanes, KV blocks, the prefix cache. */
 #include <errno.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -214,7 +215,8 @@ static void finish(struct rs_sched *sched, struct rs_request *request, int32_t s
 		 * Not locked: the request lets go of it at once. */
 		if (status == 0 && sched->cache)
 			rs_prefix_cache_insert(sched->cache, request->tokens,
-					       request->computed / sched->block_size, request->blocks);
+					       request->computed / sched->block_size,
+					       request->blocks);
 		stop_running(sched, request);
 	} else if (request->state == RS_REQUEST_WAITING) {
 		rs_admission_remove(sched->admission, request);
@@ -282,7 +284,8 @@ struct rs_request *rs_sched_admit_next(struct rs_sched *sched, struct rs_sched_l
 						rs_prefix_cache_locked_nodes(sched->cache)
 					  : 0;
 	if (available < needed && available + evictable >= needed) {
-		sched->stats.evicted_blocks += rs_prefix_cache_evict(sched->cache, needed - available);
+		sched->stats.evicted_blocks +=
+		    rs_prefix_cache_evict(sched->cache, needed - available);
 		available = unpromised_free(sched, 0);
 	}
 	if (available < needed) {
@@ -329,7 +332,8 @@ int rs_sched_reserve(struct rs_sched *sched, struct rs_sched_lane *lane, struct 
 {
 	uint32_t needed = blocks_for(sched, positions);
 	while (request->n_blocks < needed) {
-		int block = unpromised_free(sched, request->promised) ? rs_kv_block_alloc(sched->kv) : -1;
+		int block =
+		    unpromised_free(sched, request->promised) ? rs_kv_block_alloc(sched->kv) : -1;
 		if (block >= 0) {
 			request->blocks[request->n_blocks++] = (uint32_t)block;
 			if (request->promised) {
@@ -494,4 +498,69 @@ struct rs_kv_cache *rs_sched_kv(const struct rs_sched *sched)
 struct rs_prefix_cache *rs_sched_prefix_cache(const struct rs_sched *sched)
 {
 	return sched->cache;
+}
+
+int rs_sched_check(const struct rs_sched *sched)
+{
+	uint32_t running = 0, promised = 0;
+	for (uint32_t l = 0; l < sched->config.lanes; l++) {
+		const struct rs_sched_lane *lane = &sched->lanes[l];
+		uint32_t holes = 0;
+		for (uint32_t i = 0; i < lane->n_running; i++) {
+			const struct rs_request *request = lane->running[i];
+			if (!request) {
+				holes++;
+				continue;
+			}
+			running++;
+			promised += request->promised;
+			if (request->state != RS_REQUEST_RUNNING || request->lane != l ||
+			    request->seat != i) {
+				fprintf(stderr,
+					"sched: lane %u seat %u holds a request in state %d, lane "
+					"%u, seat %u\n",
+					l, i, request->state, request->lane, request->seat);
+				return -EUCLEAN;
+			}
+			if (request->computed > rs_sched_context(request) ||
+			    blocks_for(sched, request->computed) > request->n_blocks) {
+				fprintf(stderr,
+					"sched: a request computed %u positions in %u blocks\n",
+					request->computed, request->n_blocks);
+				return -EUCLEAN;
+			}
+			for (uint32_t b = 0; b < request->n_blocks; b++)
+				if (rs_kv_block_refcount(sched->kv, request->blocks[b]) == 0) {
+					fprintf(stderr,
+						"sched: a running request holds free block %u\n",
+						request->blocks[b]);
+					return -EUCLEAN;
+				}
+		}
+		if (holes != lane->n_holes || lane->n_running - holes > sched->config.max_batch) {
+			fprintf(stderr, "sched: lane %u: %u holes counted %u, %u entries\n", l,
+				holes, lane->n_holes, lane->n_running);
+			return -EUCLEAN;
+		}
+	}
+	if (running != sched->running || promised != sched->promised) {
+		fprintf(stderr, "sched: %u running (counted %u), %u blocks promised (counted %u)\n",
+			running, sched->running, promised, sched->promised);
+		return -EUCLEAN;
+	}
+	uint32_t tenants_running = 0;
+	for (uint32_t t = 0; t < sched->tenants.capacity; t++)
+		if (sched->tenants.all[t].in_use)
+			tenants_running += sched->tenants.all[t].running;
+	if (tenants_running != sched->running) {
+		fprintf(stderr, "sched: tenants count %u running, the core %u\n", tenants_running,
+			sched->running);
+		return -EUCLEAN;
+	}
+	if (sched->promised > rs_kv_free_count(sched->kv)) {
+		fprintf(stderr, "sched: %u blocks promised, %u free\n", sched->promised,
+			rs_kv_free_count(sched->kv));
+		return -EUCLEAN;
+	}
+	return 0;
 }

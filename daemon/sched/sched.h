@@ -127,6 +127,11 @@ bool rs_sched_busy(const struct rs_sched *sched);
 uint32_t rs_sched_waiting(const struct rs_sched *sched);
 uint32_t rs_sched_running(const struct rs_sched *sched);
 
+/* Check the core's invariants between steps (lanes, counts, promised blocks, every block a
+ * running request holds in use); for tests. Returns 0 or -EUCLEAN with the broken one on
+ * stderr. */
+int rs_sched_check(const struct rs_sched *sched);
+
 const struct rs_sched_stats *rs_sched_stats(const struct rs_sched *sched);
 const struct rs_tenant_table *rs_sched_tenants(const struct rs_sched *sched);
 struct rs_kv_cache *rs_sched_kv(const struct rs_sched *sched);

@@ -11,7 +11,7 @@ struct rs_sched_lane {
 	/* Admitted requests in admission order, max_batch entries. A request that stops
 	 * running leaves a hole (NULL) there, closed at the next plan: no O(n) move per end. */
 	struct rs_request **running;
-	uint32_t n_running;          /* entries in use, holes included */
+	uint32_t n_running; /* entries in use, holes included */
 	uint32_t n_holes;
 	struct rs_step_plan plan; /* the step being built or in flight */
 	bool in_flight;
@@ -28,7 +28,7 @@ struct rs_sched {
 	struct rs_tenant_table tenants;
 	struct rs_sched_lane *lanes;
 	uint32_t running;
-	uint32_t promised;             /* blocks promised to admitted requests, not yet taken */
+	uint32_t promised; /* blocks promised to admitted requests, not yet taken */
 	uint64_t next_arrival;
 	uint32_t *match_scratch; /* block ids of a match: kv n_blocks entries */
 	struct rs_sched_stats stats;

@@ -101,8 +101,10 @@ static int run_policy(enum rs_admission_policy policy, uint32_t waiting, uint32_
 		      uint32_t n_prefixes, uint32_t decisions, struct run_result *result)
 {
 	/* The clock starts at 1 s: 0 means "never" in a request's timings. */
-	struct sched_bench bench = {
-		.n_tenants = n_tenants, .n_prefixes = n_prefixes, .rng = 12345, .virtual_ns = 1000000000};
+	struct sched_bench bench = {.n_tenants = n_tenants,
+				    .n_prefixes = n_prefixes,
+				    .rng = 12345,
+				    .virtual_ns = 1000000000};
 	/* Blocks for a third of the prefixes, plus the requests' own. */
 	uint32_t kv_blocks = n_prefixes / 3 * (PREFIX_TOKENS / BLOCK_SIZE) + 64;
 	struct rs_kv_cache *kv = NULL;
