@@ -18,6 +18,7 @@ enum rs_request_state {
 	RS_REQUEST_FREE = 0,
 	RS_REQUEST_WAITING, /* queued for admission */
 	RS_REQUEST_RUNNING, /* admitted into a lane */
+	RS_REQUEST_PARKED,  /* its tenant holds its KV share: set aside until it frees some */
 };
 
 /* Requests whose prompt + output fit in this many tokens, and whose block table fits in
@@ -88,6 +89,7 @@ struct rs_request {
 	struct rs_prefix_waiter waiter; /* while waiting */
 	/* The admission policy's links (one structure at a time). */
 	struct rs_request *queue_next, *queue_prev, *heap_child;
+	struct rs_request *parked_next, *parked_prev; /* in its tenant's parked list */
 
 	uint32_t inline_tokens[RS_REQUEST_INLINE_TOKENS];
 	uint32_t inline_blocks[RS_REQUEST_INLINE_BLOCKS];

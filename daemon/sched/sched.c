@@ -137,7 +137,9 @@ int rs_sched_submit(struct rs_sched *sched, struct rs_request *request)
 	uint64_t positions = (uint64_t)request->prompt_len + request->max_new_tokens - 1;
 	if (request->prompt_len == 0 || request->max_new_tokens == 0)
 		return -EINVAL;
-	if (blocks_for(sched, positions) > rs_kv_n_blocks(sched->kv))
+	uint32_t max_share = request->tenant->max_kv_blocks;
+	if (blocks_for(sched, positions) > rs_kv_n_blocks(sched->kv) ||
+	    (max_share && blocks_for(sched, positions) > max_share))
 		return -E2BIG;
 	request->arrival = sched->next_arrival++;
 	request->submitted_ns = now(sched);
@@ -182,7 +184,62 @@ static void release_blocks(struct rs_sched *sched, struct rs_request *request)
 	request->locked = NULL;
 	for (uint32_t i = 0; i < request->n_blocks; i++)
 		rs_kv_block_unref(sched->kv, request->blocks[i]);
+	request->tenant->kv_blocks -= request->n_blocks;
 	request->n_blocks = 0;
+}
+
+/* Would `blocks` more take the tenant over its KV share? */
+static bool over_share(const struct rs_tenant *tenant, uint32_t blocks)
+{
+	return tenant->max_kv_blocks && tenant->kv_blocks + blocks > tenant->max_kv_blocks;
+}
+
+/* Set a request aside while its tenant holds its KV share: out of the admission order,
+ * so that it does not stand in front of other tenants' requests. */
+static void park(struct rs_sched *sched, struct rs_request *request)
+{
+	struct rs_tenant *tenant = request->tenant;
+	rs_admission_remove(sched->admission, request);
+	stop_waiting(sched, request);
+	request->state = RS_REQUEST_PARKED;
+	sched->parked++;
+	request->parked_next = NULL;
+	request->parked_prev = tenant->parked_tail;
+	if (tenant->parked_tail)
+		tenant->parked_tail->parked_next = request;
+	else
+		tenant->parked_head = request;
+	tenant->parked_tail = request;
+}
+
+static void unlink_parked(struct rs_request *request)
+{
+	struct rs_tenant *tenant = request->tenant;
+	if (request->parked_prev)
+		request->parked_prev->parked_next = request->parked_next;
+	else
+		tenant->parked_head = request->parked_next;
+	if (request->parked_next)
+		request->parked_next->parked_prev = request->parked_prev;
+	else
+		tenant->parked_tail = request->parked_prev;
+	request->parked_next = request->parked_prev = NULL;
+}
+
+/* The tenant freed blocks: parked requests that now fit go back, ahead of its others. */
+static void unpark(struct rs_sched *sched, struct rs_tenant *tenant)
+{
+	uint32_t returning = 0;
+	struct rs_request *request;
+	/* With nothing running, all go back: admission then fails any that can never fit. */
+	while ((request = tenant->parked_head) &&
+	       (tenant->running == 0 ||
+		!over_share(tenant, returning + blocks_for(sched, rs_sched_context(request))))) {
+		returning += blocks_for(sched, rs_sched_context(request));
+		unlink_parked(request);
+		sched->parked--;
+		start_waiting(sched, request, true);
+	}
 }
 
 /* Cache the request's first n_full blocks and lock the deepest node instead of the one
@@ -206,6 +263,8 @@ static void stop_running(struct rs_sched *sched, struct rs_request *request)
 	request->promised = 0;
 	sched->running--;
 	request->tenant->running--;
+	if (request->tenant->parked_head)
+		unpark(sched, request->tenant);
 }
 
 static void finish(struct rs_sched *sched, struct rs_request *request, int32_t status)
@@ -221,6 +280,9 @@ static void finish(struct rs_sched *sched, struct rs_request *request, int32_t s
 	} else if (request->state == RS_REQUEST_WAITING) {
 		rs_admission_remove(sched->admission, request);
 		stop_waiting(sched, request);
+	} else if (request->state == RS_REQUEST_PARKED) {
+		unlink_parked(request);
+		sched->parked--;
 	}
 	request->state = RS_REQUEST_FREE;
 	sched->stats.finished++;
@@ -263,9 +325,20 @@ struct rs_request *rs_sched_admit_next(struct rs_sched *sched, struct rs_sched_l
 		return NULL;
 	if (lane->n_running == sched->config.max_batch)
 		compact_lane(lane);
-	struct rs_request *request = rs_admission_peek(sched->admission);
-	if (!request)
-		return NULL;
+	struct rs_request *request;
+	for (;;) {
+		request = rs_admission_peek(sched->admission);
+		if (!request)
+			return NULL;
+		struct rs_tenant *tenant = request->tenant;
+		uint32_t blocks = blocks_for(sched, rs_sched_context(request));
+		if (!over_share(tenant, blocks))
+			break;
+		if (tenant->running == 0) /* its share shrank below what it needs (a reload) */
+			finish(sched, request, -E2BIG);
+		else
+			park(sched, request);
+	}
 	uint32_t context = rs_sched_context(request);
 	uint32_t matched = 0;
 	struct rs_prefix_node *deepest = NULL;
@@ -307,6 +380,7 @@ struct rs_request *rs_sched_admit_next(struct rs_sched *sched, struct rs_sched_l
 	request->computed = cached;
 	request->locked = deepest;
 	struct rs_tenant *tenant = request->tenant;
+	tenant->kv_blocks += matched;
 	if (request->preemptions == 0) {
 		uint32_t prompt_cached =
 		    cached < request->prompt_len ? cached : request->prompt_len;
@@ -332,10 +406,24 @@ int rs_sched_reserve(struct rs_sched *sched, struct rs_sched_lane *lane, struct 
 {
 	uint32_t needed = blocks_for(sched, positions);
 	while (request->n_blocks < needed) {
+		if (over_share(request->tenant, 1)) {
+			/* Its tenant holds its share: the tenant's youngest request not in this
+			 * step gives its blocks back (this one, when it is that one). */
+			struct rs_request *own = NULL;
+			for (uint32_t i = lane->n_running; i-- > 0 && !own;)
+				if (lane->running[i] && !lane->running[i]->in_step &&
+				    lane->running[i]->tenant == request->tenant)
+					own = lane->running[i];
+			preempt(sched, own);
+			if (own == request)
+				return -ENOMEM;
+			continue;
+		}
 		int block =
 		    unpromised_free(sched, request->promised) ? rs_kv_block_alloc(sched->kv) : -1;
 		if (block >= 0) {
 			request->blocks[request->n_blocks++] = (uint32_t)block;
+			request->tenant->kv_blocks++;
 			if (request->promised) {
 				request->promised--;
 				sched->promised--;
@@ -467,12 +555,13 @@ uint64_t rs_sched_next_wakeup_ns(const struct rs_sched *sched)
 
 bool rs_sched_busy(const struct rs_sched *sched)
 {
-	return sched->running > 0 || rs_admission_waiting(sched->admission) > 0;
+	return sched->running > 0 || sched->parked > 0 ||
+	       rs_admission_waiting(sched->admission) > 0;
 }
 
 uint32_t rs_sched_waiting(const struct rs_sched *sched)
 {
-	return rs_admission_waiting(sched->admission);
+	return rs_admission_waiting(sched->admission) + sched->parked;
 }
 
 uint32_t rs_sched_running(const struct rs_sched *sched)
@@ -549,9 +638,25 @@ int rs_sched_check(const struct rs_sched *sched)
 		return -EUCLEAN;
 	}
 	uint32_t tenants_running = 0;
-	for (uint32_t t = 0; t < sched->tenants.capacity; t++)
-		if (sched->tenants.all[t].in_use)
-			tenants_running += sched->tenants.all[t].running;
+	for (uint32_t t = 0; t < sched->tenants.capacity; t++) {
+		const struct rs_tenant *tenant = &sched->tenants.all[t];
+		if (!tenant->in_use)
+			continue;
+		tenants_running += tenant->running;
+		uint32_t held = 0;
+		for (uint32_t l = 0; l < sched->config.lanes; l++)
+			for (uint32_t i = 0; i < sched->lanes[l].n_running; i++) {
+				const struct rs_request *request = sched->lanes[l].running[i];
+				if (request && request->tenant == tenant)
+					held += request->n_blocks;
+			}
+		if (held != tenant->kv_blocks ||
+		    (tenant->max_kv_blocks && tenant->kv_blocks > tenant->max_kv_blocks)) {
+			fprintf(stderr, "sched: tenant %s holds %u blocks (counted %u, share %u)\n",
+				tenant->name, held, tenant->kv_blocks, tenant->max_kv_blocks);
+			return -EUCLEAN;
+		}
+	}
 	if (tenants_running != sched->running) {
 		fprintf(stderr, "sched: tenants count %u running, the core %u\n", tenants_running,
 			sched->running);

@@ -29,6 +29,7 @@ struct rs_sched {
 	struct rs_sched_lane *lanes;
 	uint32_t running;
 	uint32_t promised; /* blocks promised to admitted requests, not yet taken */
+	uint32_t parked;   /* requests set aside for their tenant's KV share */
 	uint64_t next_arrival;
 	uint32_t *match_scratch; /* block ids of a match: kv n_blocks entries */
 	struct rs_sched_stats stats;

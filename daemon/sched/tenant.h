@@ -14,6 +14,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+struct rs_request;
+
 #define RS_TENANT_NAME_MAX 64 /* bytes, with the NUL */
 
 struct rs_tenant {
@@ -25,17 +27,17 @@ struct rs_tenant {
 	uint32_t refs;	  /* connections holding it */
 	uint32_t waiting; /* queued requests */
 	uint32_t running; /* admitted, not yet finished */
+	uint32_t kv_blocks;                  /* held by its running requests (the core's) */
+	struct rs_request *parked_head, *parked_tail; /* over its KV share, in order */
 
 	/* Limits the daemon sets from its configuration file (daemon/tenant_config.h), at
 	 * each connect and on reload; 0: none. */
 	uint32_t max_connections; /* refs at most (the daemon refuses more with -EUSERS) */
 	uint32_t max_inflight;	  /* inflight at most (more: -EAGAIN completions) */
-	uint32_t max_kv_blocks;	  /* recorded only: the core does not enforce it yet. It
-				   * needs a count of the blocks each tenant holds (whose are
-				   * shared prefix blocks?), a policy that passes over a tenant
-				   * at its share (rs_sched_admit_next refusing the policy's
-				   * pick would stall every tenant behind it), and decode growth
-				   * that preempts within the tenant. */
+	uint32_t max_kv_blocks;	  /* KV blocks its running requests hold at most (each
+				   * counts every block in its table, shared prefix blocks
+				   * included): beyond it, its next request waits parked and a
+				   * growing one preempts the tenant's own youngest */
 	uint32_t inflight;	  /* the data path's: accepted over all connections, not yet
 				   * completed (orphans included) */
 
