@@ -14,7 +14,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "client-lib/connection.h" /* the ring's indices: has the daemon taken them all? */
 #include "client-lib/ringserve.h"
+#include "shm/atomics.h"
 #include "tests/harness/harness.h"
 
 enum { DEATHS = 1000, PER_CLIENT = 8, PROMPT = 40, VOCAB = 32000 };
@@ -42,6 +44,15 @@ static void doomed_client(const char *socket_path, int ready_fd, int iteration)
 			_exit(3);
 		if (first < 0)
 			first = request;
+	}
+	/* Every submission taken off the ring (the daemon's head catches up with our tail),
+	 * so that each is a request the daemon holds when we die. A-head: pairs with the
+	 * daemon's release of the SQ head once it has copied the entries. */
+	for (int i = 0; rs_load_acquire(&conn->sq.indices->head) != conn->sq.local; i++) {
+		struct rs_completion none;
+		if (i > 10000)
+			_exit(7);
+		rs_wait(conn, &none, 1, 1); /* a bounded pause */
 	}
 	if (rs_wait_output(conn, first, 0, 10000) < 1)
 		_exit(4);

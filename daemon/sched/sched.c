@@ -260,6 +260,7 @@ static void stop_running(struct rs_sched *sched, struct rs_request *request)
 	remove_from_lane(&sched->lanes[request->lane], request);
 	release_blocks(sched, request);
 	sched->promised -= request->promised;
+	request->tenant->kv_blocks -= request->promised;
 	request->promised = 0;
 	sched->running--;
 	request->tenant->running--;
@@ -380,7 +381,7 @@ struct rs_request *rs_sched_admit_next(struct rs_sched *sched, struct rs_sched_l
 	request->computed = cached;
 	request->locked = deepest;
 	struct rs_tenant *tenant = request->tenant;
-	tenant->kv_blocks += matched;
+	tenant->kv_blocks += matched + needed; /* held and promised: its share counts both */
 	if (request->preemptions == 0) {
 		uint32_t prompt_cached =
 		    cached < request->prompt_len ? cached : request->prompt_len;
@@ -406,7 +407,7 @@ int rs_sched_reserve(struct rs_sched *sched, struct rs_sched_lane *lane, struct 
 {
 	uint32_t needed = blocks_for(sched, positions);
 	while (request->n_blocks < needed) {
-		if (over_share(request->tenant, 1)) {
+		if (!request->promised && over_share(request->tenant, 1)) {
 			/* Its tenant holds its share: the tenant's youngest request not in this
 			 * step gives its blocks back (this one, when it is that one). */
 			struct rs_request *own = NULL;
@@ -423,10 +424,11 @@ int rs_sched_reserve(struct rs_sched *sched, struct rs_sched_lane *lane, struct 
 		    unpromised_free(sched, request->promised) ? rs_kv_block_alloc(sched->kv) : -1;
 		if (block >= 0) {
 			request->blocks[request->n_blocks++] = (uint32_t)block;
-			request->tenant->kv_blocks++;
 			if (request->promised) {
 				request->promised--;
 				sched->promised--;
+			} else {
+				request->tenant->kv_blocks++;
 			}
 			continue;
 		}
@@ -648,7 +650,7 @@ int rs_sched_check(const struct rs_sched *sched)
 			for (uint32_t i = 0; i < sched->lanes[l].n_running; i++) {
 				const struct rs_request *request = sched->lanes[l].running[i];
 				if (request && request->tenant == tenant)
-					held += request->n_blocks;
+					held += request->n_blocks + request->promised;
 			}
 		if (held != tenant->kv_blocks ||
 		    (tenant->max_kv_blocks && tenant->kv_blocks > tenant->max_kv_blocks)) {

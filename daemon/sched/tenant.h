@@ -27,7 +27,7 @@ struct rs_tenant {
 	uint32_t refs;	  /* connections holding it */
 	uint32_t waiting; /* queued requests */
 	uint32_t running; /* admitted, not yet finished */
-	uint32_t kv_blocks;                  /* held by its running requests (the core's) */
+	uint32_t kv_blocks; /* held by its running requests, or promised to them (the core's) */
 	struct rs_request *parked_head, *parked_tail; /* over its KV share, in order */
 
 	/* Limits the daemon sets from its configuration file (daemon/tenant_config.h), at
