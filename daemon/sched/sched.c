@@ -57,8 +57,9 @@ int rs_sched_create(const struct rs_sched_config *config, struct rs_kv_cache *kv
 		goto fail;
 	ret = -ENOMEM;
 	sched->match_scratch = calloc(rs_kv_n_blocks(kv), sizeof(uint32_t));
+	sched->charged = calloc(config->max_batch, sizeof(*sched->charged));
 	sched->lanes = calloc(config->lanes, sizeof(*sched->lanes));
-	if (!sched->match_scratch || !sched->lanes)
+	if (!sched->match_scratch || !sched->charged || !sched->lanes)
 		goto fail;
 	for (uint32_t l = 0; l < config->lanes; l++) {
 		struct rs_sched_lane *lane = &sched->lanes[l];
@@ -91,6 +92,7 @@ void rs_sched_destroy(struct rs_sched *sched)
 	}
 	free(sched->lanes);
 	free(sched->match_scratch);
+	free(sched->charged);
 	rs_prefix_cache_destroy(sched->cache);
 	rs_admission_destroy(sched->admission);
 	rs_tenant_table_destroy(&sched->tenants);
@@ -515,7 +517,10 @@ static void advance(struct rs_sched *sched, struct rs_request *request,
 	if (request->generated == 1)
 		request->first_token_ns = now(sched);
 	request->tenant->generated_tokens++;
-	rs_admission_charge_output(sched->admission, request->tenant, 1);
+	/* Charged to the policy once per tenant at the step's end: the same total, and no
+	 * decision falls in between. */
+	if (request->tenant->step_output++ == 0)
+		sched->charged[sched->n_charged++] = request->tenant;
 	if (token == sched->config.eos_token && !request->ignore_eos)
 		request->hit_eos = true;
 	sched->hooks.token(sched->hooks.ctx, request);
@@ -545,6 +550,12 @@ void rs_sched_step_done(struct rs_sched *sched, uint32_t lane_index, int status)
 		else
 			advance(sched, request, &plan->steps[i]);
 	}
+	for (uint32_t i = 0; i < sched->n_charged; i++) {
+		struct rs_tenant *tenant = sched->charged[i];
+		rs_admission_charge_output(sched->admission, tenant, tenant->step_output);
+		tenant->step_output = 0;
+	}
+	sched->n_charged = 0;
 	plan->n = 0;
 	plan->n_tokens = 0;
 	lane->in_flight = false;

@@ -31,6 +31,8 @@ struct rs_sched {
 	uint32_t promised; /* blocks promised to admitted requests, not yet taken */
 	uint32_t parked;   /* requests set aside for their tenant's KV share */
 	uint64_t next_arrival;
+	struct rs_tenant **charged; /* tenants with output tokens in the step being done */
+	uint32_t n_charged;
 	uint32_t *match_scratch; /* block ids of a match: kv n_blocks entries */
 	struct rs_sched_stats stats;
 };

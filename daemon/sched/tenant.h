@@ -23,11 +23,12 @@ struct rs_tenant {
 	bool in_use;
 	uid_t uid;
 	char name[RS_TENANT_NAME_MAX];
-	double weight;	  /* share of service, > 0; 1 by default */
-	uint32_t refs;	  /* connections holding it */
-	uint32_t waiting; /* queued requests */
-	uint32_t running; /* admitted, not yet finished */
-	uint32_t kv_blocks; /* held by its running requests, or promised to them (the core's) */
+	double weight;	      /* share of service, > 0; 1 by default */
+	uint32_t refs;	      /* connections holding it */
+	uint32_t waiting;     /* queued requests */
+	uint32_t running;     /* admitted, not yet finished */
+	uint32_t step_output; /* tokens of the step being done, not yet charged (the core's) */
+	uint32_t kv_blocks;   /* held by its running requests, or promised to them (the core's) */
 	struct rs_request *parked_head, *parked_tail; /* over its KV share, in order */
 
 	/* Limits the daemon sets from its configuration file (daemon/tenant_config.h), at
@@ -42,8 +43,8 @@ struct rs_tenant {
 				   * completed (orphans included) */
 
 	/* Accounting, kept by the core whatever the policy (stats, fairness tests). */
-	double service; /* weighted service as the policy charges it: (w_p * prompt tokens
-			 * (dlpm: uncached ones) + w_q * generated tokens) / weight */
+	double service;		/* weighted service as the policy charges it: (w_p * prompt tokens
+				 * (dlpm: uncached ones) + w_q * generated tokens) / weight */
 	uint64_t prompt_tokens; /* admitted prompt tokens */
 	uint64_t cached_tokens; /* of which the prefix cache served */
 	uint64_t generated_tokens;
