@@ -12,7 +12,7 @@
 #include "client-lib/connection.h"
 #include "shm/segment.h"
 
-int rs_conn_default_socket_path(char *path, size_t size)
+static int default_socket_path(char *path, size_t size)
 {
 	const char *explicit_path = getenv("RINGSERVE_SOCKET");
 	const char *runtime = getenv("XDG_RUNTIME_DIR");
@@ -31,7 +31,7 @@ int rs_conn_default_socket_path(char *path, size_t size)
 
 /* Receive the welcome and up to WELCOME_MAX_FDS descriptors. Returns the descriptor count
  * or -errno. */
-int rs_conn_receive_welcome(int fd, struct rs_welcome *welcome, int fds[WELCOME_MAX_FDS])
+static int receive_welcome(int fd, struct rs_welcome *welcome, int fds[WELCOME_MAX_FDS])
 {
 	struct iovec iov = {.iov_base = welcome, .iov_len = sizeof(*welcome)};
 	union {
@@ -69,6 +69,52 @@ int rs_conn_receive_welcome(int fd, struct rs_welcome *welcome, int fds[WELCOME_
 		return n == 0 ? -ECONNRESET : -EPROTO;
 	}
 	return n_fds;
+}
+
+int rs_conn_handshake(const char *socket_path, const struct rs_hello *hello, int *fd_out,
+		      struct rs_welcome *welcome, int fds[WELCOME_MAX_FDS])
+{
+	struct sockaddr_un addr = {.sun_family = AF_UNIX};
+	int ret;
+	*fd_out = -1;
+	if (socket_path) {
+		if (strlen(socket_path) >= sizeof(addr.sun_path))
+			return -ENAMETOOLONG;
+		strcpy(addr.sun_path, socket_path);
+	} else if ((ret = default_socket_path(addr.sun_path, sizeof(addr.sun_path)))) {
+		return ret;
+	}
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+		ret = -errno;
+		goto fail;
+	}
+	/* A daemon that accepts but never answers (stopped, wedged) must not hang us. */
+	struct timeval handshake_timeout = {.tv_sec = 5};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &handshake_timeout, sizeof(handshake_timeout));
+	ssize_t sent = send(fd, hello, sizeof(*hello), MSG_NOSIGNAL);
+	if (sent != (ssize_t)sizeof(*hello)) {
+		ret = sent < 0 ? -errno : -EPROTO;
+		goto fail;
+	}
+	int n_fds = receive_welcome(fd, welcome, fds);
+	if (n_fds < 0) {
+		ret = n_fds;
+		goto fail;
+	}
+	if (welcome->status) {
+		for (int i = 0; i < n_fds; i++)
+			close(fds[i]);
+		ret = welcome->status < 0 ? welcome->status : -EPROTO;
+		goto fail;
+	}
+	*fd_out = fd;
+	return n_fds;
+fail:
+	close(fd);
+	return ret;
 }
 
 static int map_segments(struct rs_connection *conn, const struct rs_welcome *welcome, int memfd,
@@ -118,16 +164,6 @@ static int map_segments(struct rs_connection *conn, const struct rs_welcome *wel
 int rs_connect(const char *socket_path, const struct rs_connect_options *options,
 	       struct rs_connection **out)
 {
-	struct sockaddr_un addr = {.sun_family = AF_UNIX};
-	if (socket_path) {
-		if (strlen(socket_path) >= sizeof(addr.sun_path))
-			return -ENAMETOOLONG;
-		strcpy(addr.sun_path, socket_path);
-	} else {
-		int ret = rs_conn_default_socket_path(addr.sun_path, sizeof(addr.sun_path));
-		if (ret)
-			return ret;
-	}
 	const char *tenant =
 	    options && options->tenant ? options->tenant : getenv("RINGSERVE_TENANT");
 	if (!tenant)
@@ -142,31 +178,13 @@ int rs_connect(const char *socket_path, const struct rs_connect_options *options
 	conn->spin_ns = spin_us == UINT32_MAX ? 0 : (uint64_t)spin_us * 1000;
 	int fds[WELCOME_MAX_FDS] = {-1, -1, -1, -1};
 	int n_fds = 0, ret;
-
-	conn->fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	if (conn->fd < 0 || connect(conn->fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
-		ret = -errno;
-		goto fail;
-	}
-	/* A daemon that accepts but never answers (stopped, wedged) must not hang us. */
-	struct timeval handshake_timeout = {.tv_sec = 5};
-	setsockopt(conn->fd, SOL_SOCKET, SO_RCVTIMEO, &handshake_timeout,
-		   sizeof(handshake_timeout));
 	struct rs_hello hello = {.magic = RS_HELLO_MAGIC, .abi_version = RS_ABI_VERSION};
 	memcpy(hello.tenant, tenant, strlen(tenant));
-	if (send(conn->fd, &hello, sizeof(hello), MSG_NOSIGNAL) != (ssize_t)sizeof(hello)) {
-		ret = -errno;
-		goto fail;
-	}
 	struct rs_welcome welcome;
-	n_fds = rs_conn_receive_welcome(conn->fd, &welcome, fds);
+	n_fds = rs_conn_handshake(socket_path, &hello, &conn->fd, &welcome, fds);
 	if (n_fds < 0) {
 		ret = n_fds;
 		n_fds = 0;
-		goto fail;
-	}
-	if (welcome.status) {
-		ret = welcome.status < 0 ? welcome.status : -EPROTO;
 		goto fail;
 	}
 	if (n_fds < 2) {

@@ -65,13 +65,13 @@ void rs_conn_return_slot(struct rs_connection *conn, uint32_t slot);
 int rs_conn_submit_slot(struct rs_connection *conn, uint32_t slot,
 			const struct rs_generate_params *params, uint32_t prompt_len);
 
-/* $RINGSERVE_SOCKET, else $XDG_RUNTIME_DIR/ringserve.sock, else the system path
- * (connect.c). Returns 0 or -ENAMETOOLONG. */
-int rs_conn_default_socket_path(char *path, size_t size);
-
-/* Receive the daemon's welcome and up to 4 descriptors (connect.c). Returns the
- * descriptor count, or -ETIMEDOUT, -ECONNRESET, -EPROTO, or another -errno. */
-int rs_conn_receive_welcome(int fd, struct rs_welcome *welcome, int fds[4]);
+/* Connect to the daemon at socket_path (NULL: $RINGSERVE_SOCKET, else
+ * $XDG_RUNTIME_DIR/ringserve.sock, else the system path), send hello and take the
+ * welcome with up to 4 descriptors (connect.c). Returns the descriptor count, with the
+ * connected socket in *fd; or the welcome's refusal status, -ENAMETOOLONG, -ETIMEDOUT,
+ * -ECONNRESET, -EPROTO, another -errno, with nothing left open and *fd -1. */
+int rs_conn_handshake(const char *socket_path, const struct rs_hello *hello, int *fd,
+		      struct rs_welcome *welcome, int fds[4]);
 
 /* Map the statistics segment the welcome carried (stats.c); the descriptor stays the
  * caller's. Sets stats_status. Unmap it at close. */

@@ -4,10 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/time.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include "client-lib/connection.h"
@@ -159,43 +156,18 @@ int rs_stats_read(struct rs_stats_reader *reader, struct rs_stats *stats,
 
 int rs_stats_open(const char *socket_path, struct rs_stats_reader **out)
 {
-	struct sockaddr_un addr = {.sun_family = AF_UNIX};
-	int ret;
-	if (socket_path) {
-		if (strlen(socket_path) >= sizeof(addr.sun_path))
-			return -ENAMETOOLONG;
-		strcpy(addr.sun_path, socket_path);
-	} else if ((ret = rs_conn_default_socket_path(addr.sun_path, sizeof(addr.sun_path)))) {
-		return ret;
-	}
 	struct rs_stats_reader *reader = calloc(1, sizeof(*reader));
 	if (!reader)
 		return -ENOMEM;
-	int fds[4] = {-1, -1, -1, -1};
-	int n_fds = 0;
-	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
-		ret = -errno;
-		goto out;
-	}
-	struct timeval handshake_timeout = {.tv_sec = 5};
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &handshake_timeout, sizeof(handshake_timeout));
 	struct rs_hello hello = {
 	    .magic = RS_HELLO_MAGIC, .abi_version = RS_ABI_VERSION, .flags = RS_HELLO_STATS};
-	ssize_t sent = send(fd, &hello, sizeof(hello), MSG_NOSIGNAL);
-	if (sent != (ssize_t)sizeof(hello)) {
-		ret = sent < 0 ? -errno : -EPROTO;
-		goto out;
-	}
 	struct rs_welcome welcome;
-	n_fds = rs_conn_receive_welcome(fd, &welcome, fds);
+	int fds[4] = {-1, -1, -1, -1};
+	int fd, ret;
+	int n_fds = rs_conn_handshake(socket_path, &hello, &fd, &welcome, fds);
 	if (n_fds < 0) {
 		ret = n_fds;
 		n_fds = 0;
-		goto out;
-	}
-	if (welcome.status) {
-		ret = welcome.status < 0 ? welcome.status : -EPROTO;
 		goto out;
 	}
 	if (n_fds != 1) {
