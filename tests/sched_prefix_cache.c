@@ -1,7 +1,8 @@
 /* The radix prefix cache: a long random workload against a naive model kept here (match
- * results, eviction order (leaves no waiter needs first, then LRU), reference counts, locks, waiters and their hook calls, and
- * every invariant after each operation), locked paths surviving eviction, nothing left
- * locked or leaked after release, and 100,000 waiters moving as prefixes are cached. */
+ * results, eviction order (leaves no waiter needs first, then LRU), reference counts, locks,
+ * waiters and their hook calls, and every invariant after each operation), locked paths surviving
+ * eviction, nothing left locked or leaked after release, and 100,000 waiters moving as prefixes are
+ * cached. */
 #include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -253,7 +254,8 @@ static void op_evict(struct world *world, uint32_t want)
 			if (!node->alive || model_has_children(world, i) || model_locks(world, i))
 				continue;
 			bool waited = model_has_waiters(world, i);
-			if (victim && waited == victim_waited && node->tick == world->nodes[victim].tick)
+			if (victim && waited == victim_waited &&
+			    node->tick == world->nodes[victim].tick)
 				tie = true;
 			if (!victim || (!waited && victim_waited) ||
 			    (waited == victim_waited && node->tick < world->nodes[victim].tick)) {
@@ -648,7 +650,7 @@ static void scale(void)
 		waiters[w].tokens = prompts[w % SCALE_PREFIXES];
 		/* Half of each prefix's waiters want it whole, the others a part of it. */
 		waiters[w].max_blocks =
-			(w / SCALE_PREFIXES) % 2 ? SCALE_DEPTH : 1 + (w / 2) % SCALE_DEPTH;
+		    (w / SCALE_PREFIXES) % 2 ? SCALE_DEPTH : 1 + (w / 2) % SCALE_DEPTH;
 		rs_prefix_cache_watch(cache, &waiters[w]);
 		CHECK(waiters[w].match_blocks == 0, "nothing cached yet");
 	}

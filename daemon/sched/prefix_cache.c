@@ -286,7 +286,8 @@ static void waiter_hang(struct rs_prefix_cache *cache, struct rs_prefix_waiter *
 		node->waiters->node_prev = waiter;
 	node->waiters = waiter;
 	if (first && node->heap_index != NONE)
-		heap_down(cache, node->heap_index); /* now evicted after the leaves nobody waits on */
+		heap_down(cache,
+			  node->heap_index); /* now evicted after the leaves nobody waits on */
 
 	waiter->key_prev = waiter->key_next = NULL;
 	waiter->next_key = 0;
@@ -744,7 +745,8 @@ int rs_prefix_cache_check(const struct rs_prefix_cache *cache)
 		uint32_t index = cache->heap[i];
 		if (index == ROOT || index > n || cache->nodes[index].heap_index != i)
 			BROKEN("heap entry %u: node %u", i, index);
-		if (i && evict_before(&cache->nodes[index], &cache->nodes[cache->heap[(i - 1) / 2]]))
+		if (i &&
+		    evict_before(&cache->nodes[index], &cache->nodes[cache->heap[(i - 1) / 2]]))
 			BROKEN("heap entry %u goes before its parent entry", i);
 	}
 

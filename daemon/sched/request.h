@@ -76,14 +76,14 @@ struct rs_request {
 	uint32_t *blocks;	/* its KV block table, one reference each */
 	uint32_t n_blocks;
 	uint32_t blocks_capacity;
-	uint32_t promised;               /* blocks promised at admission, not yet taken */
+	uint32_t promised; /* blocks promised at admission, not yet taken */
 	uint32_t lane;
-	uint32_t seat;                   /* index in its lane's running array */
+	uint32_t seat; /* index in its lane's running array */
 	uint32_t preemptions;
 	bool in_step;	/* part of a lane's step in flight */
 	bool cancelled; /* leave at the next step boundary with cancel_status */
 	bool hit_eos;
-	bool watched;                    /* the prefix cache tracks its waiter */
+	bool watched; /* the prefix cache tracks its waiter */
 	int32_t cancel_status;
 	struct rs_prefix_node *locked;	/* deepest prefix-cache node it locks, or NULL */
 	struct rs_prefix_waiter waiter; /* while waiting */

@@ -44,25 +44,25 @@
 #include "tools/ringserve-bench/bench.h"
 
 #define MAX_TENANTS 8
-#define MAX_USERS 192
-#define MAX_PREFIX 400
-#define MIN_PREFIX 200
-#define SUFFIX_MIN 10
-#define SUFFIX_MAX 30
-#define OUTPUT_MIN 8
-#define OUTPUT_MAX 32
-#define MAX_PROMPT (MAX_PREFIX + SUFFIX_MAX)
-#define SEQ_LEN 512 /* the model's context: prompt + output fits */
-#define BLOCK 16
-#define STEP_TOKENS 512 /* the daemon's --max-batch-tokens default */
+#define MAX_USERS   192
+#define MAX_PREFIX  400
+#define MIN_PREFIX  200
+#define SUFFIX_MIN  10
+#define SUFFIX_MAX  30
+#define OUTPUT_MIN  8
+#define OUTPUT_MAX  32
+#define MAX_PROMPT  (MAX_PREFIX + SUFFIX_MAX)
+#define SEQ_LEN	    512 /* the model's context: prompt + output fits */
+#define BLOCK	    16
+#define STEP_TOKENS 512	 /* the daemon's --max-batch-tokens default */
 #define MAX_RECORDS 4096 /* per user */
-#define WAIT_MS 600000
-#define N_POLICIES 4
-#define MAX_ROUNDS 9
+#define WAIT_MS	    600000
+#define N_POLICIES  4
+#define MAX_ROUNDS  9
 
 /* The daemon's defaults (docs/scheduling.md), for the bound. */
-#define W_PROMPT 1.0
-#define W_OUTPUT 2.0
+#define W_PROMPT	1.0
+#define W_OUTPUT	2.0
 #define DEFAULT_QUANTUM 2048.0
 
 static const char *const policy_names[N_POLICIES] = {"fcfs", "lpm", "vtc", "dlpm"};
@@ -111,7 +111,7 @@ struct samples {
 };
 
 struct tenant_result {
-	uint32_t completed; /* in the windows */
+	uint32_t completed;	      /* in the windows */
 	struct samples ttft, latency; /* ms, requests ending after the warm-up */
 	double backlogged_sum;
 	double ttft_p50, ttft_p99, latency_p50, latency_p99; /* ms */
@@ -126,7 +126,7 @@ struct policy_result {
 	uint64_t generated, prompt_tokens, cached;
 	struct samples light;
 	double requests_per_s, tokens_per_s, prompt_tokens_per_s, hit_ratio; /* medians */
-	double requests_per_s_best, requests_per_s_worst; /* of the rounds */
+	double requests_per_s_best, requests_per_s_worst;		     /* of the rounds */
 	double service_diff, service_bound;
 	double light_ttft_p99;	     /* all light tenants' requests together */
 	double light_ttft_p99_worst; /* the light tenant with the largest p99 */
@@ -207,8 +207,8 @@ static uint32_t default_kv_blocks(const struct workload *w)
 			second = b;
 		}
 	}
-	uint32_t average_private = blocks_for(BLOCK / 2 + (SUFFIX_MIN + SUFFIX_MAX) / 2 +
-					      (OUTPUT_MIN + OUTPUT_MAX) / 2);
+	uint32_t average_private =
+	    blocks_for(BLOCK / 2 + (SUFFIX_MIN + SUFFIX_MAX) / 2 + (OUTPUT_MIN + OUTPUT_MAX) / 2);
 	return first + second + w->max_batch * average_private;
 }
 
@@ -225,8 +225,8 @@ struct seat {
 /* Put request `index` of the direct run (users in turn) in a free seat: its prefix's full
  * blocks shared, the rest private. Returns 0 or -ENOMEM. */
 static int seat_fill(struct rs_kv_cache *kv, const struct workload *w,
-		     uint32_t prefix_blocks[][MAX_PREFIX / BLOCK], uint32_t index, uint32_t *user_seq,
-		     struct seat *seat)
+		     uint32_t prefix_blocks[][MAX_PREFIX / BLOCK], uint32_t index,
+		     uint32_t *user_seq, struct seat *seat)
 {
 	uint32_t user = index % w->n_users, tenant = w->user_tenant[user];
 	seat->prompt_len = make_request(w, user, user_seq[user]++, seat->tokens, &seat->new_tokens);
@@ -289,10 +289,14 @@ static int run_direct(const struct rs_model *model, const struct workload *w,
 			prefix_blocks[t][b] = (uint32_t)block;
 		}
 		for (uint32_t pos = 0; pos < n_full * BLOCK && ret == 0; pos += STEP_TOKENS) {
-			uint32_t n = n_full * BLOCK - pos < STEP_TOKENS ? n_full * BLOCK - pos : STEP_TOKENS;
-			steps[0] = (struct rs_seq_step){.tokens = w->prefix[t] + pos, .n_tokens = n,
-							.start_pos = pos, .block_table = prefix_blocks[t],
-							.n_blocks = n_full, .out_token = &sampled[0]};
+			uint32_t n =
+			    n_full * BLOCK - pos < STEP_TOKENS ? n_full * BLOCK - pos : STEP_TOKENS;
+			steps[0] = (struct rs_seq_step){.tokens = w->prefix[t] + pos,
+							.n_tokens = n,
+							.start_pos = pos,
+							.block_table = prefix_blocks[t],
+							.n_blocks = n_full,
+							.out_token = &sampled[0]};
 			ret = rs_engine_step(engine, 0, steps, 1);
 			if (ret == 0)
 				ret = rs_engine_step_wait(engine, 0);
@@ -308,17 +312,24 @@ static int run_direct(const struct rs_model *model, const struct workload *w,
 			for (uint32_t s = 0; s < w->max_batch && budget && ret == 0; s++) {
 				struct seat *seat = &seats[s];
 				if (pass == 2 && !seat->busy && next < w->direct_requests)
-					ret = seat_fill(kv, w, prefix_blocks, next++, user_seq, seat);
+					ret =
+					    seat_fill(kv, w, prefix_blocks, next++, user_seq, seat);
 				else if (pass == 2 || !seat->busy || seat->in_step ||
-					 (seat->prompt_len + seat->generated - seat->computed == 1) != (pass == 0))
+					 (seat->prompt_len + seat->generated - seat->computed ==
+					  1) != (pass == 0))
 					continue;
 				uint32_t context = seat->prompt_len + seat->generated;
-				uint32_t chunk = context - seat->computed < budget ? context - seat->computed : budget;
+				uint32_t chunk = context - seat->computed < budget
+						     ? context - seat->computed
+						     : budget;
 				steps[n] = (struct rs_seq_step){
-					.tokens = seat->tokens + seat->computed, .n_tokens = chunk,
-					.start_pos = seat->computed, .block_table = seat->blocks,
-					.n_blocks = seat->n_blocks, .sample = seat->computed + chunk == context,
-					.out_token = &sampled[n]};
+				    .tokens = seat->tokens + seat->computed,
+				    .n_tokens = chunk,
+				    .start_pos = seat->computed,
+				    .block_table = seat->blocks,
+				    .n_blocks = seat->n_blocks,
+				    .sample = seat->computed + chunk == context,
+				    .out_token = &sampled[n]};
 				seat->in_step = true;
 				planned[n++] = seat;
 				budget -= chunk;
@@ -383,7 +394,8 @@ static void *user_main(void *arg)
 	for (uint32_t seq = 0; !rs_load_relaxed(&run->stop) && u->n_records < MAX_RECORDS; seq++) {
 		uint32_t new_tokens;
 		uint32_t prompt_len = make_request(w, u->index, seq, prompt, &new_tokens);
-		struct rs_generate_params params = {.prompt = prompt, .prompt_len = prompt_len,
+		struct rs_generate_params params = {.prompt = prompt,
+						    .prompt_len = prompt_len,
 						    .max_new_tokens = new_tokens,
 						    .flags = RS_GENERATE_IGNORE_EOS};
 		struct record *r = &u->records[u->n_records];
@@ -473,7 +485,8 @@ static double service_difference(const struct run *run, const char *policy, doub
 			if (r->status)
 				continue;
 			double admitted = r->submit + r->queued_us / 1e6;
-			double lo = ceil((r->submit - from) * 1000.0), hi = floor((admitted - from) * 1000.0);
+			double lo = ceil((r->submit - from) * 1000.0),
+			       hi = floor((admitted - from) * 1000.0);
 			if (lo < 0)
 				lo = 0;
 			if (hi > cells)
@@ -488,7 +501,9 @@ static double service_difference(const struct run *run, const char *policy, doub
 			times[n++] = admitted;
 			for (uint32_t t = 0; t < r->output && t < OUTPUT_MAX; t++) {
 				charges[n] = W_OUTPUT;
-				times[n++] = r->first + (r->output > 1 ? (r->done - r->first) * t / (r->output - 1) : 0);
+				times[n++] = r->first + (r->output > 1 ? (r->done - r->first) * t /
+									     (r->output - 1)
+								       : 0);
 			}
 			for (uint32_t j = 0; j < n; j++) {
 				double g = ceil((times[j] - from) * 1000.0);
@@ -512,8 +527,10 @@ static double service_difference(const struct run *run, const char *policy, doub
 	}
 	for (uint32_t a = 0; a < w->n_tenants; a++) {
 		for (uint32_t b = a + 1; b < w->n_tenants; b++) {
-			const double *sa = service + (size_t)a * (cells + 1), *sb = service + (size_t)b * (cells + 1);
-			const int *ca = cover + (size_t)a * (cells + 1), *cb = cover + (size_t)b * (cells + 1);
+			const double *sa = service + (size_t)a * (cells + 1),
+				     *sb = service + (size_t)b * (cells + 1);
+			const int *ca = cover + (size_t)a * (cells + 1),
+				  *cb = cover + (size_t)b * (cells + 1);
 			bool in_run = false;
 			double lo = 0, hi = 0;
 			for (uint32_t g = 0; g < cells; g++) {
@@ -610,7 +627,8 @@ static void collect(const struct run *run, struct policy_result *res)
 	res->generated += generated;
 	res->round_rps[res->rounds] = completed / (double)w->seconds;
 	res->round_tps[res->rounds] = generated / (double)w->seconds;
-	double backlogged[MAX_TENANTS], diff = service_difference(run, res->policy, from, to, backlogged);
+	double backlogged[MAX_TENANTS],
+	    diff = service_difference(run, res->policy, from, to, backlogged);
 	if (diff > res->service_diff)
 		res->service_diff = diff;
 	for (uint32_t t = 0; t < w->n_tenants; t++)
@@ -631,7 +649,8 @@ static double median(const double *values, uint32_t n)
 static void finalize(const struct workload *w, struct policy_result *res)
 {
 	res->requests_per_s = median(res->round_rps, res->rounds);
-	res->requests_per_s_best = res->requests_per_s_worst = res->rounds ? res->round_rps[0] : NAN;
+	res->requests_per_s_best = res->requests_per_s_worst =
+	    res->rounds ? res->round_rps[0] : NAN;
 	for (uint32_t i = 1; i < res->rounds; i++) {
 		res->requests_per_s_best = fmax(res->requests_per_s_best, res->round_rps[i]);
 		res->requests_per_s_worst = fmin(res->requests_per_s_worst, res->round_rps[i]);
@@ -662,9 +681,9 @@ static int run_policy(const struct workload *w, const char *model_path, const ch
 	snprintf(batch_arg, sizeof(batch_arg), "%u", w->max_batch);
 	snprintf(quantum_arg, sizeof(quantum_arg), "%u", w->quantum);
 	snprintf(clients_arg, sizeof(clients_arg), "%u", w->n_users + 8);
-	const char *args[24] = {"--model", model_path, "--backend", "cpu", "--policy", res->policy,
-				"--kv-blocks", kv_arg, "--max-batch", batch_arg,
-				"--max-clients", clients_arg};
+	const char *args[24] = {"--model",     model_path,  "--backend",     "cpu",
+				"--policy",    res->policy, "--kv-blocks",   kv_arg,
+				"--max-batch", batch_arg,   "--max-clients", clients_arg};
 	int n_args = 12;
 	if (w->quantum) {
 		args[n_args++] = "--quantum";
@@ -683,8 +702,8 @@ static int run_policy(const struct workload *w, const char *model_path, const ch
 	for (uint32_t i = 0; i < w->n_users; i++) {
 		struct user *u = &run->users[i];
 		struct record *records = u->records;
-		*u = (struct user){.index = i, .tenant = w->user_tenant[i], .run = run,
-				   .records = records};
+		*u = (struct user){
+		    .index = i, .tenant = w->user_tenant[i], .run = run, .records = records};
 		if (pthread_create(&u->thread, NULL, user_main, u)) {
 			/* The users already started wait at the barrier for good: give up. */
 			fprintf(stderr, "bench tenants: cannot start user threads\n");
@@ -741,9 +760,9 @@ static int write_data(const char *path, const struct workload *w, const struct p
 		fprintf(f, " %s", w->name[t]);
 	fprintf(f, "\n");
 	for (uint32_t p = 0; p < n; p++) {
-		fprintf(f, "%s %.2f %.1f %.3f %.2f %.2f %.2f %.2f", res[p].policy, res[p].requests_per_s,
-			res[p].tokens_per_s, res[p].hit_ratio, direct_rps, res[p].requests_per_s_worst,
-			res[p].requests_per_s_best, direct_best);
+		fprintf(f, "%s %.2f %.1f %.3f %.2f %.2f %.2f %.2f", res[p].policy,
+			res[p].requests_per_s, res[p].tokens_per_s, res[p].hit_ratio, direct_rps,
+			res[p].requests_per_s_worst, res[p].requests_per_s_best, direct_best);
 		for (uint32_t t = 0; t < w->n_tenants; t++)
 			fprintf(f, " %.1f", res[p].tenant[t].ttft_p99);
 		fprintf(f, "\n");
@@ -776,18 +795,28 @@ static void default_data_path(char *out, size_t size)
 
 static void usage(void)
 {
-	fprintf(stderr,
-		"bench tenants: options: [--tenants N (5)] [--heavy-factor K (4)] [--concurrency C (6)]\n"
-		"  [--max-batch S (16)] [--kv-blocks N (two longest prefixes + a full batch's average room)]\n"
-		"  [--quantum Q (daemon default)] [--warmup S (2)] [--seconds S (8)] [--rounds R (3)]\n"
-		"  [--direct-requests N (600)] [--seed N (1)] [--policies a,b,...] [--data FILE]\n");
+	fprintf(
+	    stderr,
+	    "bench tenants: options: [--tenants N (5)] [--heavy-factor K (4)] [--concurrency C "
+	    "(6)]\n"
+	    "  [--max-batch S (16)] [--kv-blocks N (two longest prefixes + a full batch's average "
+	    "room)]\n"
+	    "  [--quantum Q (daemon default)] [--warmup S (2)] [--seconds S (8)] [--rounds R (3)]\n"
+	    "  [--direct-requests N (600)] [--seed N (1)] [--policies a,b,...] [--data FILE]\n");
 }
 
 int bench_tenants(int argc, char **argv, FILE *json)
 {
 	static struct workload w;
-	w = (struct workload){.n_tenants = 5, .heavy_factor = 4, .concurrency = 6, .max_batch = 16,
-			      .warmup_s = 2, .seconds = 8, .rounds = 3, .direct_requests = 600, .seed = 1,
+	w = (struct workload){.n_tenants = 5,
+			      .heavy_factor = 4,
+			      .concurrency = 6,
+			      .max_batch = 16,
+			      .warmup_s = 2,
+			      .seconds = 8,
+			      .rounds = 3,
+			      .direct_requests = 600,
+			      .seed = 1,
 			      .vocab = 32000};
 	char policies_arg[64] = "fcfs,lpm,vtc,dlpm", data_path[600] = "";
 	default_data_path(data_path, sizeof(data_path));
@@ -832,11 +861,12 @@ int bench_tenants(int argc, char **argv, FILE *json)
 		if (field)
 			*field = (uint32_t)strtoul(argv[++i], NULL, 0);
 	}
-	if (w.n_tenants < 2 || w.n_tenants > MAX_TENANTS || w.heavy_factor < 1 || w.concurrency < 1 ||
-	    w.max_batch < 1 || w.seconds < 1 || w.rounds < 1 || w.rounds > MAX_ROUNDS ||
+	if (w.n_tenants < 2 || w.n_tenants > MAX_TENANTS || w.heavy_factor < 1 ||
+	    w.concurrency < 1 || w.max_batch < 1 || w.seconds < 1 || w.rounds < 1 ||
+	    w.rounds > MAX_ROUNDS ||
 	    w.concurrency * (w.heavy_factor + w.n_tenants - 1) > MAX_USERS) {
-		fprintf(stderr, "bench tenants: 2..%d tenants, at most %d users in all\n", MAX_TENANTS,
-			MAX_USERS);
+		fprintf(stderr, "bench tenants: 2..%d tenants, at most %d users in all\n",
+			MAX_TENANTS, MAX_USERS);
 		fprintf(json, "null");
 		return 1;
 	}
@@ -859,18 +889,27 @@ int bench_tenants(int argc, char **argv, FILE *json)
 		w.kv_blocks = default_kv_blocks(&w);
 
 	/* The model: ringserve-mkmodel's generator in the stories15M shape, context 512. */
-	struct rs_model_config config = {
-		.dim = 288, .hidden_dim = 768, .n_layers = 6, .n_heads = 6, .n_kv_heads = 6,
-		.head_dim = 48, .vocab_size = w.vocab, .max_seq_len = SEQ_LEN, .rope_dim = 48,
-		.rope_theta = 10000.0f, .norm_eps = 1e-5f};
+	struct rs_model_config config = {.dim = 288,
+					 .hidden_dim = 768,
+					 .n_layers = 6,
+					 .n_heads = 6,
+					 .n_kv_heads = 6,
+					 .head_dim = 48,
+					 .vocab_size = w.vocab,
+					 .max_seq_len = SEQ_LEN,
+					 .rope_dim = 48,
+					 .rope_theta = 10000.0f,
+					 .norm_eps = 1e-5f};
 	struct rs_model *model;
 	char err[256], model_path[64], socket_path[64];
 	if (rs_model_random(&config, RS_DTYPE_F32, 1, true, &model)) {
 		fprintf(json, "null");
 		return 1;
 	}
-	snprintf(model_path, sizeof(model_path), "/tmp/ringserve-bench-tenants-%d.gguf", (int)getpid());
-	snprintf(socket_path, sizeof(socket_path), "/tmp/ringserve-bench-tenants-%d.sock", (int)getpid());
+	snprintf(model_path, sizeof(model_path), "/tmp/ringserve-bench-tenants-%d.gguf",
+		 (int)getpid());
+	snprintf(socket_path, sizeof(socket_path), "/tmp/ringserve-bench-tenants-%d.sock",
+		 (int)getpid());
 	if (rs_gguf_write_model(model_path, model, NULL, err, sizeof(err))) {
 		fprintf(stderr, "bench tenants: %s\n", err);
 		rs_model_free(model);
@@ -880,17 +919,20 @@ int bench_tenants(int argc, char **argv, FILE *json)
 	uint32_t prefix_total = 0;
 	for (uint32_t t = 0; t < w.n_tenants; t++)
 		prefix_total += w.prefix_len[t] / BLOCK;
-	printf("ringserve-bench tenants: stories15M-shaped f32 model (context %d), CPU backend\n", SEQ_LEN);
+	printf("ringserve-bench tenants: stories15M-shaped f32 model (context %d), CPU backend\n",
+	       SEQ_LEN);
 	printf("  %u tenants, prefixes", w.n_tenants);
 	for (uint32_t t = 0; t < w.n_tenants; t++)
 		printf(" %s %u", w.name[t], w.prefix_len[t]);
 	printf(" tokens; suffix %d..%d, output %d..%d tokens\n", SUFFIX_MIN, SUFFIX_MAX, OUTPUT_MIN,
 	       OUTPUT_MAX);
 	printf("  closed loop: %u users per light tenant, %u for heavy; max batch %u, KV %u blocks "
-	       "(all prefixes: %u)\n", w.concurrency, w.concurrency * w.heavy_factor, w.max_batch,
-	       w.kv_blocks, prefix_total);
+	       "(all prefixes: %u)\n",
+	       w.concurrency, w.concurrency * w.heavy_factor, w.max_batch, w.kv_blocks,
+	       prefix_total);
 	printf("  %u rounds of: the engine directly, then each policy (warm-up %u s, window %u s); "
-	       "medians of the rounds\n", w.rounds, w.warmup_s, w.seconds);
+	       "medians of the rounds\n",
+	       w.rounds, w.warmup_s, w.seconds);
 	fflush(stdout);
 
 	/* Rounds: the engine directly, then each policy in turn; the machine's speed drifts
@@ -930,7 +972,8 @@ int bench_tenants(int argc, char **argv, FILE *json)
 		results[p].ok = results[p].users_failed == 0 && results[p].rounds == w.rounds;
 		finalize(&w, &results[p]);
 	}
-	double direct_rps = median(direct_rounds_rps, direct_ok), direct_best = 0, direct_worst = INFINITY;
+	double direct_rps = median(direct_rounds_rps, direct_ok), direct_best = 0,
+	       direct_worst = INFINITY;
 	for (uint32_t i = 0; i < direct_ok; i++) {
 		direct_best = fmax(direct_best, direct_rounds_rps[i]);
 		direct_worst = fmin(direct_worst, direct_rounds_rps[i]);
@@ -939,15 +982,16 @@ int bench_tenants(int argc, char **argv, FILE *json)
 	unlink(model_path);
 
 	/* The table. */
-	printf("\n  %-8s %8s %13s %9s %6s %9s %9s %7s", "policy", "req/s", "(rounds)", "tok/s", "hit",
-	       "svc diff", "bound", "preempt");
+	printf("\n  %-8s %8s %13s %9s %6s %9s %9s %7s", "policy", "req/s", "(rounds)", "tok/s",
+	       "hit", "svc diff", "bound", "preempt");
 	for (uint32_t t = 0; t < w.n_tenants; t++)
 		printf(" %17s", w.name[t]);
-	printf("\n  %-8s %8s %13s %9s %6s %9s %9s %7s", "", "median", "worst-best", "", "", "", "", "");
+	printf("\n  %-8s %8s %13s %9s %6s %9s %9s %7s", "", "median", "worst-best", "", "", "", "",
+	       "");
 	for (uint32_t t = 0; t < w.n_tenants; t++)
 		printf(" %17s", "TTFT p50/p99 ms");
-	printf("\n  %-8s %8.1f %6.1f-%-6.1f %9.0f %6s %9s %9s %7s\n", "direct", direct_rps, direct_worst,
-	       direct_best, direct_tps, "all", "", "", "");
+	printf("\n  %-8s %8.1f %6.1f-%-6.1f %9.0f %6s %9s %9s %7s\n", "direct", direct_rps,
+	       direct_worst, direct_best, direct_tps, "all", "", "", "");
 	for (uint32_t p = 0; p < n_policies; p++) {
 		const struct policy_result *r = &results[p];
 		printf("  %-8s %8.1f %6.1f-%-6.1f %9.0f %5.0f%% %9.0f %9.0f %7u", r->policy,
@@ -996,26 +1040,34 @@ int bench_tenants(int argc, char **argv, FILE *json)
 		       dlpm->service_diff, dlpm->service_bound,
 		       verdict(dlpm->service_diff <= dlpm->service_bound));
 	if (dlpm && lpm)
-		printf("  light tenants' p99 TTFT, dlpm <= 0.5x lpm: all light requests together %.0f vs "
+		printf("  light tenants' p99 TTFT, dlpm <= 0.5x lpm: all light requests together "
+		       "%.0f vs "
 		       "%.0f ms (%.2fx) %s; worst light tenant %.0f vs %.0f ms (%.2fx) %s\n",
-		       dlpm->light_ttft_p99, lpm->light_ttft_p99, dlpm->light_ttft_p99 / lpm->light_ttft_p99,
+		       dlpm->light_ttft_p99, lpm->light_ttft_p99,
+		       dlpm->light_ttft_p99 / lpm->light_ttft_p99,
 		       verdict(dlpm->light_ttft_p99 <= 0.5 * lpm->light_ttft_p99),
 		       dlpm->light_ttft_p99_worst, lpm->light_ttft_p99_worst,
 		       dlpm->light_ttft_p99_worst / lpm->light_ttft_p99_worst,
 		       verdict(dlpm->light_ttft_p99_worst <= 0.5 * lpm->light_ttft_p99_worst));
 	if (direct_rps > 0 && dlpm)
-		printf("  dlpm vs the engine directly (every prefix cached): %.0f%% (best rounds: %.0f%%)\n",
-		       100 * dlpm->requests_per_s / direct_rps, 100 * dlpm->requests_per_s_best / direct_best);
+		printf("  dlpm vs the engine directly (every prefix cached): %.0f%% (best rounds: "
+		       "%.0f%%)\n",
+		       100 * dlpm->requests_per_s / direct_rps,
+		       100 * dlpm->requests_per_s_best / direct_best);
 	if (write_data(data_path, &w, results, n_policies, direct_rps, direct_best) == 0)
-		printf("  data: %s (plot: gnuplot -e \"datafile='%s'; outfile='docs/serve-policies.png'\" "
-		       "tools/plot-serve.gp)\n", data_path, data_path);
+		printf("  data: %s (plot: gnuplot -e \"datafile='%s'; "
+		       "outfile='docs/serve-policies.png'\" "
+		       "tools/plot-serve.gp)\n",
+		       data_path, data_path);
 	else
 		fprintf(stderr, "bench tenants: could not write %s\n", data_path);
 
 	/* JSON. */
-	fprintf(json, "{\"tenants\": %u, \"heavy_factor\": %u, \"concurrency\": %u, \"max_batch\": %u, "
-		      "\"kv_blocks\": %u, \"quantum\": %u, \"warmup_s\": %u, \"seconds\": %u, \"rounds\": %u, "
-		      "\"prefix_len\": [",
+	fprintf(json,
+		"{\"tenants\": %u, \"heavy_factor\": %u, \"concurrency\": %u, \"max_batch\": %u, "
+		"\"kv_blocks\": %u, \"quantum\": %u, \"warmup_s\": %u, \"seconds\": %u, "
+		"\"rounds\": %u, "
+		"\"prefix_len\": [",
 		w.n_tenants, w.heavy_factor, w.concurrency, w.max_batch, w.kv_blocks,
 		w.quantum ? w.quantum : (uint32_t)DEFAULT_QUANTUM, w.warmup_s, w.seconds, w.rounds);
 	for (uint32_t t = 0; t < w.n_tenants; t++)
@@ -1058,7 +1110,8 @@ int bench_tenants(int argc, char **argv, FILE *json)
 		fprintf(json, ", \"tenants\": {");
 		for (uint32_t t = 0; t < w.n_tenants; t++) {
 			const struct tenant_result *tr = &r->tenant[t];
-			fprintf(json, "%s\"%s\": {\"completed\": %u, \"ttft_p50_ms\": ", t ? ", " : "",
+			fprintf(json,
+				"%s\"%s\": {\"completed\": %u, \"ttft_p50_ms\": ", t ? ", " : "",
 				w.name[t], tr->completed);
 			json_number(json, tr->ttft_p50);
 			fprintf(json, ", \"ttft_p99_ms\": ");
@@ -1075,17 +1128,20 @@ int bench_tenants(int argc, char **argv, FILE *json)
 	}
 	fprintf(json, "}");
 	if (dlpm && vtc && lpm)
-		fprintf(json, ", \"targets\": {\"dlpm_2x_vtc\": %s, \"dlpm_within_10pct_lpm\": %s, "
-			      "\"dlpm_2x_vtc_best\": %s, \"dlpm_within_10pct_lpm_best\": %s, "
-			      "\"dlpm_service_within_bound\": %s, \"light_ttft_p99_half_lpm\": %s, "
-			      "\"worst_light_ttft_p99_half_lpm\": %s}",
-			dlpm->requests_per_s >= 2 * vtc->requests_per_s ? "true" : "false",
-			dlpm->requests_per_s >= 0.9 * lpm->requests_per_s ? "true" : "false",
-			dlpm->requests_per_s_best >= 2 * vtc->requests_per_s_best ? "true" : "false",
-			dlpm->requests_per_s_best >= 0.9 * lpm->requests_per_s_best ? "true" : "false",
-			dlpm->service_diff <= dlpm->service_bound ? "true" : "false",
-			dlpm->light_ttft_p99 <= 0.5 * lpm->light_ttft_p99 ? "true" : "false",
-			dlpm->light_ttft_p99_worst <= 0.5 * lpm->light_ttft_p99_worst ? "true" : "false");
+		fprintf(
+		    json,
+		    ", \"targets\": {\"dlpm_2x_vtc\": %s, \"dlpm_within_10pct_lpm\": %s, "
+		    "\"dlpm_2x_vtc_best\": %s, \"dlpm_within_10pct_lpm_best\": %s, "
+		    "\"dlpm_service_within_bound\": %s, \"light_ttft_p99_half_lpm\": %s, "
+		    "\"worst_light_ttft_p99_half_lpm\": %s}",
+		    dlpm->requests_per_s >= 2 * vtc->requests_per_s ? "true" : "false",
+		    dlpm->requests_per_s >= 0.9 * lpm->requests_per_s ? "true" : "false",
+		    dlpm->requests_per_s_best >= 2 * vtc->requests_per_s_best ? "true" : "false",
+		    dlpm->requests_per_s_best >= 0.9 * lpm->requests_per_s_best ? "true" : "false",
+		    dlpm->service_diff <= dlpm->service_bound ? "true" : "false",
+		    dlpm->light_ttft_p99 <= 0.5 * lpm->light_ttft_p99 ? "true" : "false",
+		    dlpm->light_ttft_p99_worst <= 0.5 * lpm->light_ttft_p99_worst ? "true"
+										  : "false");
 	fprintf(json, "}");
 	for (uint32_t p = 0; p < n_policies; p++) {
 		free(results[p].light.v);
