@@ -1,12 +1,13 @@
-/* The model engine behind the serving interface: kernels/engine/engine.h (CPU or CUDA backend)
- * driven by the scheduler. It owns each request's KV block table: admission reserves
- * every block the request can need (prompt + max_new_tokens), so a running request never
- * stalls for memory; release gives them back.
+/* The model engine behind the serving interface: kernels/engine/engine.h (CPU or CUDA
+ * backend) running the steps the scheduling core plans (daemon/sched/ owns the requests'
+ * KV block tables; the engine's allocator is the pool they come from).
  *
- * Lanes: on CUDA a step is enqueued on the lane's stream and polled. The CPU backend
- * computes a step inside rs_engine_step, so each lane gets a worker thread that runs it
- * while the scheduler core goes on polling the rings (or sleeps in io_uring until the
- * worker's eventfd says the step is done). */
+ * Lanes: on CUDA a step is enqueued on the lane's stream and polled, and the engine's
+ * step descriptor (rs_engine_step_fd: a host function on the stream writes it) lets the
+ * scheduler core sleep in io_uring while the step runs. The CPU backend computes a step
+ * inside rs_engine_step, so each lane gets a worker thread that runs it while the
+ * scheduler core goes on polling the rings (or sleeps until the worker's eventfd says the
+ * step is done). */
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -33,7 +34,8 @@ struct lane {
 	uint32_t n_steps;
 	pthread_t thread;
 	bool has_thread;
-	int done_fd; /* eventfd written when a step is done; -1 on CUDA */
+	int done_fd; /* eventfd written when a step is done (the engine's on CUDA), or -1 */
+	bool owns_fd;
 	pthread_mutex_t lock;
 	pthread_cond_t wake;
 	_Atomic uint32_t state; /* enum worker_state */
@@ -142,7 +144,7 @@ static void destroy_lanes(struct model_engine *engine, uint32_t n_lanes)
 			pthread_mutex_destroy(&lane->lock);
 			pthread_cond_destroy(&lane->wake);
 		}
-		if (lane->done_fd >= 0)
+		if (lane->owns_fd)
 			close(lane->done_fd);
 	}
 	free(engine->lanes);
@@ -161,11 +163,16 @@ static int create_lanes(struct model_engine *engine, uint32_t n_lanes, bool work
 		struct lane *lane = &engine->lanes[l];
 		lane->owner = engine;
 		lane->index = l;
-		if (!workers)
+		if (!workers) {
+			/* -ENOTSUP or a failure: the scheduler polls instead. */
+			int fd = rs_engine_step_fd(engine->engine, l);
+			lane->done_fd = fd >= 0 ? fd : -1;
 			continue;
+		}
 		lane->done_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 		if (lane->done_fd < 0)
 			return -errno;
+		lane->owns_fd = true;
 		pthread_mutex_init(&lane->lock, NULL);
 		pthread_cond_init(&lane->wake, NULL);
 		int ret = pthread_create(&lane->thread, NULL, lane_worker, lane);

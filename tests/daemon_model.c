@@ -2,7 +2,9 @@
  * many concurrent greedy requests, with prompts long enough to be prefilled in chunks
  * and a KV pool small enough that admission has to wait for room, each give the tokens
  * that the engine, run directly on that prompt alone, gives. A request that cannot fit
- * the KV pool even alone fails with -E2BIG; the vocabulary reaches the client. */
+ * the KV pool even alone fails with -E2BIG; the vocabulary reaches the client. Where a
+ * CUDA device is present, the same requests served on the CUDA backend (the device
+ * writes each token into the client's shared memory) give the CPU engine's tokens too. */
 #include <errno.h>
 #include <math.h>
 #include <string.h>
@@ -64,42 +66,17 @@ static void reference_run(struct rs_engine *engine, const uint32_t *prompt, uint
 	free(logits);
 }
 
-int main(void)
+/* Serve every prompt at once through a daemon on `backend` and compare each output with
+ * its reference. */
+static void serve_and_compare(const char *backend, const char *model_path,
+			      const struct rs_model *model, uint32_t (*prompts)[64],
+			      const uint32_t *lengths, const struct reference *references)
 {
-	char dir[] = "/tmp/ringserve-model-XXXXXX", model_path[128], command[512];
-	CHECK(mkdtemp(dir), "mkdtemp");
-	snprintf(model_path, sizeof(model_path), "%s/model.gguf", dir);
-	snprintf(command, sizeof(command), "%s/ringserve-mkmodel --out-gguf %s --seed 7 >/dev/null",
-		 test_build_dir(), model_path);
-	CHECK(system(command) == 0, "mkmodel");
-
-	/* The reference: the engine run directly, one prompt at a time. */
-	struct rs_model *model;
-	char err[256];
-	CHECK(rs_model_load(model_path, NULL, &model, err, sizeof(err)) == 0, "load: %s", err);
-	struct rs_engine_options options;
-	rs_engine_options_init(&options);
-	options.backend = "cpu";
-	options.threads = 1;
-	struct rs_engine *engine;
-	CHECK(rs_engine_create(model, &options, &engine, err, sizeof(err)) == 0, "engine: %s", err);
+	float near_tie = strcmp(backend, "cpu") == 0 ? 1e-3f : 1e-2f;
 	uint32_t vocab = model->config.vocab_size;
-
-	static uint32_t prompts[REQUESTS][64];
-	uint32_t lengths[REQUESTS];
-	struct reference references[REQUESTS];
-	for (int r = 0; r < REQUESTS; r++) {
-		lengths[r] = 1 + (uint32_t)(r * 37 % 60); /* 1 .. 60 tokens */
-		prompts[r][0] = 1;                        /* BOS */
-		for (uint32_t i = 1; i < lengths[r]; i++)
-			prompts[r][i] = (uint32_t)(r * 131 + i * 17) % vocab;
-		reference_run(engine, prompts[r], lengths[r], &references[r]);
-	}
-	rs_engine_destroy(engine);
-
 	/* The daemon: 16-token prefill budget per step, 12 KV blocks (192 positions). */
 	struct test_daemon daemon;
-	const char *args[] = {"--model", model_path, "--backend", "cpu", "--threads", "1",
+	const char *args[] = {"--model", model_path, "--backend", backend, "--threads", "1",
 			      "--max-batch-tokens", "16", "--kv-blocks", "12", NULL};
 	test_daemon_start(&daemon, args);
 	struct rs_connection *conn;
@@ -107,7 +84,7 @@ int main(void)
 	struct rs_model_info info;
 	rs_model_info(conn, &info);
 	CHECK(info.vocab_size == vocab && info.max_seq_len == model->config.max_seq_len, "model info");
-	CHECK(strcmp(info.engine_name, "cpu") == 0, "engine %s", info.engine_name);
+	CHECK(strcmp(info.engine_name, backend) == 0, "engine %s", info.engine_name);
 	/* The vocabulary the daemon shares tokenizes like the model's own tokenizer. */
 	struct rs_tokenizer *shared_tok;
 	CHECK(info.vocab && rs_tokenizer_load_serialized(info.vocab, info.vocab_bytes, &shared_tok) == 0,
@@ -153,17 +130,63 @@ int main(void)
 				continue;
 			/* Batched and chunked sums round differently from the lone run; that may
 			 * flip a near tie, and nothing else. After a flip the texts differ. */
-			CHECK(references[r].gap[i] < 1e-3f,
-			      "request %d token %u: %u, the engine alone gives %u (logit gap %g)", r, i,
-			      tokens[i], references[r].tokens[i], references[r].gap[i]);
+			CHECK(references[r].gap[i] < near_tie,
+			      "%s: request %d token %u: %u, the CPU engine alone gives %u (logit gap "
+			      "%g)", backend, r, i, tokens[i], references[r].tokens[i],
+			      references[r].gap[i]);
 			divergent++;
 			break;
 		}
 		rs_release(conn, done.request);
 	}
-	CHECK(divergent <= 2, "%d requests diverged at near ties", divergent);
+	CHECK(divergent <= 2, "%s: %d requests diverged at near ties", backend, divergent);
 	rs_close(conn);
 	CHECK(test_daemon_stop(&daemon) == 0, "daemon exit status");
+}
+
+int main(void)
+{
+	char dir[] = "/tmp/ringserve-model-XXXXXX", model_path[128], command[512];
+	CHECK(mkdtemp(dir), "mkdtemp");
+	snprintf(model_path, sizeof(model_path), "%s/model.gguf", dir);
+	snprintf(command, sizeof(command), "%s/ringserve-mkmodel --out-gguf %s --seed 7 >/dev/null",
+		 test_build_dir(), model_path);
+	CHECK(system(command) == 0, "mkmodel");
+
+	/* The reference: the engine run directly, one prompt at a time. */
+	struct rs_model *model;
+	char err[256];
+	CHECK(rs_model_load(model_path, NULL, &model, err, sizeof(err)) == 0, "load: %s", err);
+	struct rs_engine_options options;
+	rs_engine_options_init(&options);
+	options.backend = "cpu";
+	options.threads = 1;
+	struct rs_engine *engine;
+	CHECK(rs_engine_create(model, &options, &engine, err, sizeof(err)) == 0, "engine: %s", err);
+	uint32_t vocab = model->config.vocab_size;
+
+	static uint32_t prompts[REQUESTS][64];
+	uint32_t lengths[REQUESTS];
+	struct reference references[REQUESTS];
+	for (int r = 0; r < REQUESTS; r++) {
+		lengths[r] = 1 + (uint32_t)(r * 37 % 60); /* 1 .. 60 tokens */
+		prompts[r][0] = 1;                        /* BOS */
+		for (uint32_t i = 1; i < lengths[r]; i++)
+			prompts[r][i] = (uint32_t)(r * 131 + i * 17) % vocab;
+		reference_run(engine, prompts[r], lengths[r], &references[r]);
+	}
+	rs_engine_destroy(engine);
+
+	serve_and_compare("cpu", model_path, model, prompts, lengths, references);
+	/* The CUDA backend where it can run (f32 weights: logits within ~1e-4 of the CPU's
+	 * relative to their size, so only nearer ties may flip). */
+	options.backend = "cuda";
+	if (rs_engine_create(model, &options, &engine, err, sizeof(err)) == 0) {
+		rs_engine_destroy(engine);
+		serve_and_compare("cuda", model_path, model, prompts, lengths, references);
+	} else {
+		printf("CUDA backend: %s (not served)\n", err);
+	}
 	rs_model_free(model);
 	unlink(model_path);
 	rmdir(dir);

@@ -351,11 +351,12 @@ static void check_matmul(cublasHandle_t h, enum rs_dtype dt, uint32_t m, uint32_
 static void test_matmul(void)
 {
 	uint64_t s = 5;
-	/* Rows: the weight-streaming kernel's three row counts (1, 2, up to 4) and cuBLAS
-	 * past them. K: 1048 fills 16-byte pieces in every dtype (that kernel), 300 only in
-	 * f32 (f16/bf16: cuBLAS). With 131 columns the kernel splits k 8 ways, a lane
-	 * getting one or two pieces. */
-	const uint32_t ms[] = {1, 2, 3, 7, 8, 9, 64}, ks[] = {300, 1048};
+	/* Rows: the weight-streaming kernel's row counts (1, 2, up to 4 with float input
+	 * rows, up to 8 and 16 with rows in the weights' dtype) and cuBLAS past them. K: 1048
+	 * fills 16-byte pieces in every dtype (that kernel), 300 only in f32 (f16/bf16:
+	 * cuBLAS). With 131 columns the kernel splits k 8 ways, a lane getting one or two
+	 * pieces. */
+	const uint32_t ms[] = {1, 2, 3, 7, 8, 9, 16, 17, 64}, ks[] = {300, 1048};
 	cublasHandle_t h;
 	CHECK(cublasCreate(&h) == CUBLAS_STATUS_SUCCESS, "cublasCreate");
 	for (int di = 0; di < 3; di++) {
@@ -368,6 +369,7 @@ static void test_matmul(void)
 		 * tail; and a last column group with 2 of 4 columns. */
 		check_matmul(h, DTYPES[di], 1, 8194, 1048, 1, &s);
 		check_matmul(h, DTYPES[di], 3, 8194, 1048, 0, &s);
+		check_matmul(h, DTYPES[di], 13, 8194, 1048, 1, &s);
 	}
 	cublasDestroy(h);
 }
@@ -381,14 +383,14 @@ static void test_matmul(void)
 static void test_norm_matmul(void)
 {
 	uint64_t s = 17;
-	enum { N = 75, X_ROWS = 12 };
-	const uint32_t ms[] = {1, 3, 4, 9}, ks[] = {300, 1048};
-	const uint32_t gather[9] = {11, 0, 5, 5, 2, 9, 1, 7, 3};
+	enum { N = 75, X_ROWS = 16 };
+	const uint32_t ms[] = {1, 3, 4, 9, 16}, ks[] = {300, 1048};
+	const uint32_t gather[16] = {11, 0, 5, 5, 2, 9, 1, 7, 3, 4, 10, 6, 8, 0, 11, 2};
 	cublasHandle_t h;
 	CHECK(cublasCreate(&h) == CUBLAS_STATUS_SUCCESS, "cublasCreate");
 	for (int di = 0; di < 3; di++)
 		for (size_t ki = 0; ki < 2; ki++)
-			for (size_t mi = 0; mi < 4; mi++)
+			for (size_t mi = 0; mi < sizeof(ms) / sizeof(ms[0]); mi++)
 				for (int g = 0; g < 2; g++) {
 					enum rs_dtype dt = DTYPES[di];
 					uint32_t m = ms[mi], K = ks[ki];
@@ -429,7 +431,7 @@ static void test_norm_matmul(void)
 }
 
 /* RMSNorm, the [q|k|v] product, RoPE and the KV store in one call (in our kernel's
- * epilogue up to 4 rows when rows are whole 16-byte pieces; two launches past that),
+ * epilogue up to 16 rows when rows are whole 16-byte pieces; two launches past that),
  * against the CPU: the norm and rounding to dtype as in test_norm_matmul, a float64
  * product, rotated in float64 by rs_op_rope_table's cosines and sines. A rotated output
  * mixes two products: twice test_norm_matmul's allowance. The same call is also
@@ -537,17 +539,18 @@ static void check_qkv_matmul(cublasHandle_t h, enum rs_dtype dt, uint32_t m, uin
 static void test_qkv_matmul(void)
 {
 	uint64_t s = 29;
-	/* m 1..4 take the epilogue when K is whole 16-byte pieces (128 and 1048: every dtype;
-	 * 300: f32 only), 6 the two launches. K 128 leaves k unsplit, 1048 splits it 4 or
+	/* m 1..16 take the epilogue when K is whole 16-byte pieces (128 and 1048: every dtype;
+	 * 300: f32 only), 17 the two launches; 6 and 16 hold their rows in the weights' dtype
+	 * and 16 writes in two passes of 8 rows. K 128 leaves k unsplit, 1048 splits it 4 or
 	 * 8 ways. Full and partial rotation, MHA and GQA; head_dim 6 makes 18 columns (a
 	 * last column group of 2, pairs starting mid-group); head_dim 5 (odd) takes the two
 	 * launches whatever m. */
-	const uint32_t ms[] = {1, 2, 3, 4, 6}, ks[] = {128, 300, 1048};
+	const uint32_t ms[] = {1, 2, 3, 4, 6, 16, 17}, ks[] = {128, 300, 1048};
 	cublasHandle_t h;
 	CHECK(cublasCreate(&h) == CUBLAS_STATUS_SUCCESS, "cublasCreate");
 	for (int di = 0; di < 3; di++)
 		for (size_t ki = 0; ki < 3; ki++)
-			for (size_t mi = 0; mi < 5; mi++) {
+			for (size_t mi = 0; mi < sizeof(ms) / sizeof(ms[0]); mi++) {
 				check_qkv_matmul(h, DTYPES[di], ms[mi], ks[ki], 4, 2, 32, 32, &s);
 				check_qkv_matmul(h, DTYPES[di], ms[mi], ks[ki], 3, 3, 64, 16, &s);
 				check_qkv_matmul(h, DTYPES[di], ms[mi], ks[ki], 1, 1, 6, 6, &s);
@@ -565,12 +568,12 @@ static void test_swiglu_matmul(void)
 {
 	uint64_t s = 23;
 	enum { N = 75 };
-	const uint32_t ms[] = {1, 3, 9}, ks[] = {300, 1048};
+	const uint32_t ms[] = {1, 3, 9, 16, 17}, ks[] = {300, 1048};
 	cublasHandle_t h;
 	CHECK(cublasCreate(&h) == CUBLAS_STATUS_SUCCESS, "cublasCreate");
 	for (int di = 0; di < 3; di++)
 		for (size_t ki = 0; ki < 2; ki++)
-			for (size_t mi = 0; mi < 3; mi++) {
+			for (size_t mi = 0; mi < sizeof(ms) / sizeof(ms[0]); mi++) {
 				enum rs_dtype dt = DTYPES[di];
 				uint32_t m = ms[mi], K = ks[ki];
 				float *gu = rand_floats((size_t)m * 2 * K, 1.5, &s);
@@ -768,6 +771,22 @@ static void test_attention_long(void)
 	double *wd = to_double(want, (size_t)SEQS * q_dim);
 	check_close("attention, long contexts in multi-chunk splits", got, wd, (size_t)SEQS * q_dim,
 		    1e-5, 1e-5);
+	/* max_ctx above every context, as a CUDA graph captured for a context range passes:
+	 * the splits past a context's end add nothing. */
+	cudaMemset(d_out, 0, sizeof(float) * SEQS * q_dim);
+	CHECK(rs_cuda_attention(d_out, RS_DTYPE_F32, d_q, q_dim, &gpu, d_tables, d_off, d_pos, SEQS,
+				HEADS, 4096, d_scratch, 0) == 0,
+	      "launch");
+	from_dev(got, d_out, sizeof(float) * SEQS * q_dim);
+	check_close("attention, max_ctx beyond every context", got, wd, (size_t)SEQS * q_dim, 1e-5,
+		    1e-5);
+	/* The 700-position sequence's token alone: 44 splits of 16 positions. */
+	CHECK(rs_cuda_attention(d_out, RS_DTYPE_F32, d_q + 2 * q_dim, q_dim, &gpu, d_tables, d_off + 2,
+				d_pos + 2, 1, HEADS, 700, d_scratch, 0) == 0,
+	      "launch");
+	from_dev(got, d_out, sizeof(float) * q_dim);
+	check_close("attention, one token in 16-position splits", got, wd + 2 * q_dim, q_dim, 1e-5,
+		    1e-5);
 	free(cpu.k), free(cpu.v), free(kv_rows), free(tables), free(q_rows), free(want), free(got);
 	free(scratch), free(wd);
 	cudaFree(gpu.k), cudaFree(gpu.v), cudaFree(d_q), cudaFree(d_tables), cudaFree(d_pos);
@@ -893,7 +912,7 @@ static void test_sampling_last_kept(void)
 }
 
 static struct rs_engine *make_engine(const struct rs_model *model, const char *backend,
-				     uint32_t lanes)
+				     uint32_t lanes, const char *graphs)
 {
 	struct rs_engine_options opts;
 	rs_engine_options_init(&opts);
@@ -907,6 +926,7 @@ static struct rs_engine *make_engine(const struct rs_model *model, const char *b
 	 * would pick f16 for f16/bf16 weights): the comparison is about the kernels, and
 	 * the f16 cache alone moves CPU logits by ~1e-3 of their RMS. */
 	opts.kv_dtype = "f32";
+	opts.cuda_graphs = graphs;
 	struct rs_engine *e = NULL;
 	char err[200];
 	int rc = rs_engine_create(model, &opts, &e, err, sizeof(err));
@@ -962,7 +982,7 @@ static void test_forward(enum rs_dtype dt)
 	CHECK(rs_model_random(&cfg, dt, 11, false, &model) == 0, "model");
 	if (!model)
 		return;
-	struct rs_engine *ec = make_engine(model, "cpu", 1), *eg = make_engine(model, "cuda", 1);
+	struct rs_engine *ec = make_engine(model, "cpu", 1, NULL), *eg = make_engine(model, "cuda", 1, NULL);
 	enum { SEQS = 3 };
 	const uint32_t len[SEQS] = {13, 1, 40}, more[SEQS] = {1, 0, 9};
 	uint32_t tokens[SEQS][64];
@@ -1009,15 +1029,16 @@ static void test_forward(enum rs_dtype dt)
 /* seqs (up to 8) sequences joining at steps 0..2, prefilling 1..40 tokens, then
  * decoding to 32 steps in all; CUDA samples greedily through rs_engine_step (alternating
  * two lanes, each step waited for: the next one reads its KV), the CPU gives logits. */
-static void test_greedy(enum rs_dtype dt, int seqs)
+static void test_greedy(enum rs_dtype dt, int seqs, const char *graphs)
 {
 	struct rs_model_config cfg = gqa_config();
 	struct rs_model *model = NULL;
 	CHECK(rs_model_random(&cfg, dt, 21, false, &model) == 0, "model");
 	if (!model)
 		return;
-	struct rs_engine *ec = make_engine(model, "cpu", 1), *eg = make_engine(model, "cuda", 2);
-	enum { SEQS = 8, STEPS = 32 };
+	struct rs_engine *ec = make_engine(model, "cpu", 1, NULL);
+	struct rs_engine *eg = make_engine(model, "cuda", 2, graphs);
+	enum { SEQS = 20, STEPS = 32 };
 	if (seqs > SEQS)
 		seqs = SEQS;
 	uint32_t V = cfg.vocab_size, n_blocks = 6; /* 96 positions */
@@ -1085,8 +1106,24 @@ static void test_greedy(enum rs_dtype dt, int seqs)
 			q[i].tokens[q[i].pos] = want;
 		}
 	}
-	printf("greedy %s, %d sequences: %d tokens compared, %d near-tie differences\n",
-	       rs_dtype_name(dt), seqs, compared, excused);
+	struct rs_engine_stats st;
+	rs_engine_stats(eg, &st);
+	printf("greedy %s, %d sequences, graphs %s: %d tokens compared, %d near-tie differences; "
+	       "%llu steps replayed from %llu graphs\n",
+	       rs_dtype_name(dt), seqs, graphs, compared, excused,
+	       (unsigned long long)st.graph_launches, (unsigned long long)st.graph_captures);
+	/* From step 3 on every sequence decodes (joins are at steps 0-2): with graphs on, each
+	 * such step replays one; the context grows past 64 positions only for some. */
+	if (strcmp(graphs, "on") == 0) {
+		CHECK(st.graph_failures == 0, "graph capture failed: %s", st.graph_error);
+		CHECK(st.graph_launches >= STEPS - 8, "only %llu graph launches",
+		      (unsigned long long)st.graph_launches);
+		CHECK(st.graph_captures >= 2 && st.graph_captures < st.graph_launches,
+		      "%llu captures for %llu launches", (unsigned long long)st.graph_captures,
+		      (unsigned long long)st.graph_launches);
+	} else {
+		CHECK(st.graph_launches == 0 && st.graph_captures == 0, "graphs used while off");
+	}
 	CHECK(compared >= seqs * (STEPS - 3), "only %d tokens compared", compared);
 	CHECK(excused * 10 <= compared, "%d of %d tokens differ at near ties", excused, compared);
 	for (int i = 0; i < seqs; i++)
@@ -1106,7 +1143,7 @@ static void test_zero_copy(void)
 	CHECK(rs_model_random(&cfg, RS_DTYPE_F16, 31, false, &model) == 0, "model");
 	if (!model)
 		return;
-	struct rs_engine *ec = make_engine(model, "cpu", 1), *eg = make_engine(model, "cuda", 1);
+	struct rs_engine *ec = make_engine(model, "cpu", 1, NULL), *eg = make_engine(model, "cuda", 1, NULL);
 	size_t size = 2 * 4096;
 	int fd = memfd_create("engine_cuda", 0);
 	CHECK(fd >= 0 && ftruncate(fd, (off_t)size) == 0, "memfd");
@@ -1224,10 +1261,12 @@ int main(int argc, char **argv)
 			  test_sampling_last_kept()));
 	PART("forward", (test_forward(RS_DTYPE_F32), test_forward(RS_DTYPE_F16),
 			 test_forward(RS_DTYPE_BF16)));
-	/* 8 sequences decode through cuBLAS; 3 through our GEMVs (and the fused [q|k|v]
-	 * epilogue), the path of decode at small batches. */
-	PART("greedy", (test_greedy(RS_DTYPE_F16, 8), test_greedy(RS_DTYPE_BF16, 8),
-			test_greedy(RS_DTYPE_F16, 3), test_greedy(RS_DTYPE_F32, 3)));
+	/* 20 sequences decode through cuBLAS; 8 and 3 through our GEMVs (and the fused
+	 * [q|k|v] epilogue), the path of decode at small batches; decode steps replay CUDA
+	 * graphs unless they are off. */
+	PART("greedy", (test_greedy(RS_DTYPE_F16, 20, "on"), test_greedy(RS_DTYPE_BF16, 8, "on"),
+			test_greedy(RS_DTYPE_F16, 8, "off"), test_greedy(RS_DTYPE_F16, 3, "on"),
+			test_greedy(RS_DTYPE_F32, 3, "on"), test_greedy(RS_DTYPE_F32, 3, "off")));
 	PART("zero_copy", test_zero_copy());
 	TEST_END();
 }

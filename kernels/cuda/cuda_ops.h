@@ -85,8 +85,9 @@ int rs_cuda_rope_kv_store(float *qkv, size_t stride, const uint32_t *positions,
  * also split over several blocks, whose partial softmaxes the last of them to finish
  * merges; that needs scratch of rs_cuda_attention_scratch floats, one per stream, zeroed
  * once before its first use (every launch leaves it fit for the next on the same
- * stream; NULL: never split). max_ctx is the largest positions[t] + 1 (the host knows
- * it; it sizes the split). out: [n_tokens][n_heads * head_dim] of out_dtype. Call
+ * stream; NULL: never split). max_ctx is at least the largest positions[t] + 1 (the
+ * host knows it; it sizes the split; a larger one, as a CUDA graph captured for a range
+ * of contexts passes, adds splits that find nothing to do). out: [n_tokens][n_heads * head_dim] of out_dtype. Call
  * rs_cuda_attention_setup once first. */
 int rs_cuda_attention(void *out, enum rs_dtype out_dtype, const float *q, size_t q_stride,
 		      const struct rs_cuda_kv_layer *kv, const uint32_t *block_tables,

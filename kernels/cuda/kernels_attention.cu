@@ -7,9 +7,12 @@
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/cuda_util.cuh"
 
-/* Positions per softmax chunk, threads per block, and the most blocks a split launch
- * makes (about two per SM of an H100, which decode tokens alone would leave idle). */
-enum { ATT_CHUNK = 64, ATT_THREADS = 256, ATT_SPLIT_BLOCKS = 256 };
+/* Positions per softmax chunk, threads per block, the most blocks a split launch makes
+ * (about two per SM of an H100, which decode tokens alone would leave idle), and the
+ * granule of a split's span: a short context splits into spans of 16 positions, so that
+ * its few blocks each run a short chain (at 160 positions, 64-position spans gave 12
+ * blocks of 16 us at base clocks; docs/perf.md). */
+enum { ATT_CHUNK = 64, ATT_THREADS = 256, ATT_SPLIT_BLOCKS = 256, ATT_SPAN_GRANULE = 16 };
 
 /* Shared memory of one block, in floats (the slot list counts as floats: same size): the
  * group's queries and accumulators, a chunk's scores, the softmax state, the slots, and
@@ -298,14 +301,15 @@ extern "C" int rs_cuda_attention(void *out, enum rs_dtype out_dtype, const float
 	float scale = 1.0f / sqrtf((float)hd);
 	/* Split the context when the (kv head, token) blocks alone are too few to fill the
 	 * device, into at most ATT_SPLIT_BLOCKS blocks in all (what the scratch holds; one
-	 * record per query head and block), each with a whole number of chunks. */
-	uint32_t chunks = (max_ctx + ATT_CHUNK - 1) / ATT_CHUNK, splits = 1;
+	 * record per query head and block), each spanning a whole number of granules. */
+	uint32_t granules = (max_ctx + ATT_SPAN_GRANULE - 1) / ATT_SPAN_GRANULE, splits = 1;
 	size_t base_blocks = (size_t)kv->n_kv_heads * n_tokens;
 	if (scratch && 2 * base_blocks <= ATT_SPLIT_BLOCKS) {
 		splits = (uint32_t)(ATT_SPLIT_BLOCKS / base_blocks);
-		splits = splits < chunks ? splits : chunks;
+		splits = splits < granules ? splits : granules;
 	}
-	uint32_t span = (chunks + splits - 1) / splits * ATT_CHUNK;
+	uint32_t span = splits == 1 ? max_ctx
+				    : (granules + splits - 1) / splits * ATT_SPAN_GRANULE;
 	splits = (max_ctx + span - 1) / span;
 	dim3 grid(kv->n_kv_heads, n_tokens, splits);
 	unsigned *done = scratch ? (unsigned *)(scratch + (size_t)ATT_SPLIT_BLOCKS * n_heads * (hd + 2))

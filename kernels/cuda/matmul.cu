@@ -4,16 +4,26 @@
  * the rate at which the weights stream from device memory. For up to GEMV_MAX_ROWS rows
  * our own kernel does that, with the RMSNorm before it folded in (cuBLAS's choices for
  * such shapes reached 40-85% of the copy bandwidth on an H100, and the norm was a launch
- * of its own: docs/perf.md); larger batches go to cublasGemmEx. */
+ * of its own: docs/perf.md); larger batches go to cublasGemmEx. At 5-16 rows every weight
+ * still meets each row once per load, so the rows are held in shared memory in the
+ * weights' dtype (they are rounded to it anyway) to fit, and 16 rows of FMAs per weight
+ * still keep up with the memory. */
 #include <cerrno>
+#include <type_traits>
 
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/cuda_util.cuh"
 
 /* Rows, warps per block, output columns per warp, 16-byte weight pieces in flight per
  * column and lane, and the shared memory the input rows may take. */
-enum { GEMV_MAX_ROWS = 4, GEMV_WARPS = 8, GEMV_COLS = 4, GEMV_UNROLL = 2 };
-static const size_t GEMV_MAX_SMEM = 96 * 1024;
+enum { GEMV_MAX_ROWS = 16, GEMV_WARPS = 8, GEMV_COLS = 4, GEMV_UNROLL = 2 };
+static const size_t GEMV_MAX_SMEM = 200 * 1024;
+
+/* The element type of the staged input rows: floats up to 4 rows (no conversion in the
+ * inner loop), the weights' own type past that (half the shared memory). */
+template <typename T, int M> struct gemv_x {
+	typedef typename std::conditional<(M > 4), T, float>::type type;
+};
 
 /* 16 bytes of T as floats. */
 template <typename T> struct vec16 {
@@ -81,18 +91,22 @@ __device__ void gemv_stage_norm_weight(float *w_s, const float *norm_weight, uin
 	}
 }
 
-/* Block prologue: the m input rows as floats in x_s ([m][k]), as MODE makes them. They
- * are converted once per block here rather than once per output column. */
-template <typename T, int MODE>
-__device__ void gemv_stage_input(float *x_s, const float *w_s, const gemv_input<T> &in,
-				 uint32_t m, uint32_t k)
+/* Block prologue: the m input rows in x_s ([m][k] of X), as MODE makes them. They are
+ * converted once per block here rather than once per output column. Values are rounded
+ * to T as rs_cuda_rmsnorm or rs_cuda_swiglu would store them, so storing them as X = T
+ * loses nothing; the norm's unscaled values would lose, so with X != float the norm
+ * reads its input twice (sum of squares, then scaled stores) instead of rescaling x_s. */
+template <typename T, typename X, int MODE>
+__device__ void gemv_stage_input(X *x_s, const float *w_s, const gemv_input<T> &in, uint32_t m,
+				 uint32_t k)
 {
 	__shared__ double reduce[32];
+	const bool wide = sizeof(X) == sizeof(float); /* x_s holds unrounded floats */
 	for (uint32_t r = 0; r < m; r++) {
-		float *xs = x_s + (size_t)r * k;
+		X *xs = x_s + (size_t)r * k;
 		const float *xr = MODE == GEMV_NORM ? in.xf + (size_t)(in.rows ? in.rows[r] : r) * k
-				    : MODE == GEMV_SWIGLU ? in.gate_up + (size_t)r * 2 * k
-							   : NULL;
+				  : MODE == GEMV_SWIGLU ? in.gate_up + (size_t)r * 2 * k
+							 : NULL;
 		double ss = 0.0;
 		for (uint32_t i0 = threadIdx.x; i0 < k; i0 += LOADS * blockDim.x) {
 			float v[LOADS], up[LOADS];
@@ -109,8 +123,8 @@ __device__ void gemv_stage_input(float *x_s, const float *w_s, const gemv_input<
 				uint32_t i = i0 + u * blockDim.x;
 				if (MODE == GEMV_SWIGLU) /* rs_cuda_swiglu's arithmetic */
 					v[u] = round_to<T>(v[u] / (1.0f + expf(-v[u])) * up[u]);
-				if (i < k)
-					xs[i] = v[u];
+				if (i < k && (MODE != GEMV_NORM || wide))
+					rs_store(xs + i, v[u]);
 				if (MODE == GEMV_NORM)
 					ss += (double)v[u] * v[u];
 			}
@@ -118,14 +132,34 @@ __device__ void gemv_stage_input(float *x_s, const float *w_s, const gemv_input<
 		if (MODE != GEMV_NORM)
 			continue;
 		/* rs_cuda_rmsnorm's arithmetic: double sum of squares, float scale. Each thread
-		 * rescales the values it stored itself. */
+		 * rescales the values it stored itself, or reads its own again. */
 		ss = rs_block_reduce(ss, rs_op_add(), reduce);
 		float scale = (float)(1.0 / sqrt(ss / k + in.eps));
-		for (uint32_t i = threadIdx.x; i < k; i += blockDim.x)
-			xs[i] = round_to<T>(xs[i] * scale * w_s[i]);
+		for (uint32_t i = threadIdx.x; i < k; i += blockDim.x) {
+			float v = wide ? rs_load(xs + i) : xr[i];
+			rs_store(xs + i, round_to<T>(v * scale * w_s[i]));
+		}
 	}
 	__syncthreads();
 }
+
+/* 16 bytes of staged input, piece `piece` of a row, as floats (V::N of them). */
+template <typename T, typename X> struct gemv_x_piece {
+	static __device__ __forceinline__ void load(float *f, const X *row, uint32_t piece)
+	{
+		enum { N = vec16<T>::N };
+		if constexpr (sizeof(X) == sizeof(float)) {
+			const float4 *p = reinterpret_cast<const float4 *>(row + (size_t)piece * N);
+#pragma unroll
+			for (int q = 0; q < N / 4; q++) {
+				float4 v = p[q];
+				f[4 * q] = v.x, f[4 * q + 1] = v.y, f[4 * q + 2] = v.z, f[4 * q + 3] = v.w;
+			}
+		} else {
+			vec16<X>::unpack(reinterpret_cast<const uint4 *>(row)[piece], f);
+		}
+	}
+};
 
 /* Block: GEMV_WARPS warps; a warp computes GEMV_COLS adjacent output columns over one of
  * `splits` ranges of k, and a block's warps cover GEMV_WARPS / splits such column groups.
@@ -140,8 +174,11 @@ gemv_kernel(float *__restrict__ y, gemv_input<T> in, gemv_qkv qkv, const T *__re
 	    uint32_t m, uint32_t n, uint32_t k, uint32_t splits, int accumulate)
 {
 	typedef vec16<T> V;
-	/* [m][k], then (GEMV_NORM) the norm weights [k]; read as float4 */
-	extern __shared__ __align__(16) float x_s[];
+	typedef typename gemv_x<T, M>::type X;
+	/* [m][k] of X, then (GEMV_NORM) the norm weights [k] as floats; read by 16 bytes
+	 * (rows of k elements of T are whole 16-byte pieces, so are rows of floats) */
+	extern __shared__ __align__(16) unsigned char gemv_smem[];
+	X *x_s = reinterpret_cast<X *>(gemv_smem);
 	__shared__ float partial[GEMV_WARPS][M][GEMV_COLS];
 	rs_pdl_trigger(); /* the next kernel may prefetch its own weights meanwhile */
 
@@ -166,11 +203,11 @@ gemv_kernel(float *__restrict__ y, gemv_input<T> in, gemv_qkv qkv, const T *__re
 		for (int c = 0; c < GEMV_COLS; c++)
 			if (i + 32 * u < end)
 				next[u][c] = __ldg(wr[c] + i + 32 * u);
-	float *w_s = x_s + (size_t)m * k;
+	float *w_s = reinterpret_cast<float *>(x_s + (size_t)m * k);
 	if (MODE == GEMV_NORM)
 		gemv_stage_norm_weight(w_s, in.norm_weight, k);
 	rs_pdl_wait();
-	gemv_stage_input<T, MODE>(x_s, w_s, in, m, k);
+	gemv_stage_input<T, X, MODE>(x_s, w_s, in, m, k);
 
 	float acc[M][GEMV_COLS];
 #pragma unroll
@@ -202,35 +239,33 @@ gemv_kernel(float *__restrict__ y, gemv_input<T> in, gemv_qkv qkv, const T *__re
 			for (int r = 0; r < M; r++) {
 				if (r >= (int)m)
 					break;
-				const float4 *xp = reinterpret_cast<const float4 *>(
-					x_s + (size_t)r * k + (size_t)piece * V::N);
+				float xf[V::N];
+				gemv_x_piece<T, X>::load(xf, x_s + (size_t)r * k, piece);
 #pragma unroll
-				for (int q = 0; q < V::N / 4; q++) {
-					float4 xv = xp[q];
+				for (int e = 0; e < V::N; e++)
 #pragma unroll
-					for (int c = 0; c < GEMV_COLS; c++) {
-						acc[r][c] = fmaf(wf[c][4 * q], xv.x, acc[r][c]);
-						acc[r][c] = fmaf(wf[c][4 * q + 1], xv.y, acc[r][c]);
-						acc[r][c] = fmaf(wf[c][4 * q + 2], xv.z, acc[r][c]);
-						acc[r][c] = fmaf(wf[c][4 * q + 3], xv.w, acc[r][c]);
-					}
-				}
+					for (int c = 0; c < GEMV_COLS; c++)
+						acc[r][c] = fmaf(wf[c][e], xf[e], acc[r][c]);
 			}
 		}
 	}
-	/* Lane (r, c) of the group's first warp (split 0) writes y[r][col0 + c]. */
-	uint32_t r = lane / GEMV_COLS, c = lane % GEMV_COLS, col = col0 + c;
-	bool live = split == 0 && r < m && col < n;
+	/* Lane (r, c) of the group's first warp (split 0) writes y[r][col0 + c], for r in
+	 * steps of the 32 / GEMV_COLS rows a pass covers (every lane runs every pass: the
+	 * RoPE exchange below is a whole-warp shuffle). */
+	enum { PASS_ROWS = 32 / GEMV_COLS, PASSES = (M + PASS_ROWS - 1) / PASS_ROWS };
+	uint32_t c = lane % GEMV_COLS, col = col0 + c;
 	/* The epilogue's metadata, requested now: the reductions hide its latency. */
-	uint32_t slot = 0;
-	bool rotate = false;
-	float2 cs = make_float2(1.0f, 0.0f);
-	if (QKV && live) {
-		uint32_t d = col % qkv.head_dim;
-		slot = qkv.slots[r];
-		rotate = col < qkv.q_dim + qkv.kv_dim && d / 2 < qkv.pairs;
-		if (rotate)
-			cs = qkv.cos_sin[(size_t)qkv.positions[r] * qkv.pairs + d / 2];
+	uint32_t slot[PASSES];
+	bool rotate[PASSES];
+	float2 cs[PASSES];
+#pragma unroll
+	for (int pass = 0; pass < PASSES; pass++) {
+		uint32_t r = pass * PASS_ROWS + lane / GEMV_COLS, d = QKV ? col % qkv.head_dim : 0;
+		bool live = QKV && split == 0 && r < m && col < n;
+		slot[pass] = live ? qkv.slots[r] : 0;
+		rotate[pass] = live && col < qkv.q_dim + qkv.kv_dim && d / 2 < qkv.pairs;
+		cs[pass] = rotate[pass] ? qkv.cos_sin[(size_t)qkv.positions[r] * qkv.pairs + d / 2]
+					: make_float2(1.0f, 0.0f);
 	}
 #pragma unroll
 	for (int rr = 0; rr < M; rr++)
@@ -243,30 +278,36 @@ gemv_kernel(float *__restrict__ y, gemv_input<T> in, gemv_qkv qkv, const T *__re
 	__syncthreads();
 	if (split != 0)
 		return; /* the whole warp */
-	float s = 0.0f;
-	for (uint32_t z = 0; live && z < splits; z++)
-		s += partial[warp + z][r][c];
-	if (QKV) {
-		/* Columns 2i and 2i + 1 of a head are a RoPE pair: lanes c and c ^ 1 of row r
-		 * (col0 is a multiple of GEMV_COLS and heads have an even size, so the
-		 * column's parity is c's). Every lane takes part in the exchange. */
-		float other = __shfl_xor_sync(0xffffffffu, s, 1);
+#pragma unroll
+	for (int pass = 0; pass < PASSES; pass++) {
+		uint32_t r = pass * PASS_ROWS + lane / GEMV_COLS;
+		bool live = r < m && col < n;
+		float s = 0.0f;
+		for (uint32_t z = 0; live && z < splits; z++)
+			s += partial[warp + z][r][c];
+		if (QKV) {
+			/* Columns 2i and 2i + 1 of a head are a RoPE pair: lanes c and c ^ 1 of
+			 * row r (col0 is a multiple of GEMV_COLS and heads have an even size, so
+			 * the column's parity is c's). */
+			float other = __shfl_xor_sync(0xffffffffu, s, 1);
+			if (!live)
+				continue;
+			if (rotate[pass])
+				s = c & 1 ? rs_rope_rotate(other, s, cs[pass].x, cs[pass].y, 1)
+					  : rs_rope_rotate(s, other, cs[pass].x, cs[pass].y, 0);
+			if (col >= qkv.q_dim + qkv.kv_dim)
+				qkv.v_cache[(size_t)slot[pass] * qkv.kv_dim +
+					    (col - qkv.q_dim - qkv.kv_dim)] = s;
+			else if (col >= qkv.q_dim)
+				qkv.k_cache[(size_t)slot[pass] * qkv.kv_dim + (col - qkv.q_dim)] = s;
+			y[(size_t)r * n + col] = s;
+			continue;
+		}
 		if (!live)
-			return;
-		if (rotate)
-			s = c & 1 ? rs_rope_rotate(other, s, cs.x, cs.y, 1)
-				  : rs_rope_rotate(s, other, cs.x, cs.y, 0);
-		if (col >= qkv.q_dim + qkv.kv_dim)
-			qkv.v_cache[(size_t)slot * qkv.kv_dim + (col - qkv.q_dim - qkv.kv_dim)] = s;
-		else if (col >= qkv.q_dim)
-			qkv.k_cache[(size_t)slot * qkv.kv_dim + (col - qkv.q_dim)] = s;
-		y[(size_t)r * n + col] = s;
-		return;
+			continue;
+		float *yp = y + (size_t)r * n + col;
+		*yp = accumulate ? *yp + s : s;
 	}
-	if (!live)
-		return;
-	float *yp = y + (size_t)r * n + col;
-	*yp = accumulate ? *yp + s : s;
 }
 
 /* k-splits per column group: the fewest that give about a wave of blocks (two per SM of
@@ -285,21 +326,35 @@ template <typename T, int M, int MODE, bool QKV>
 static int gemv_launch(float *y, const gemv_input<T> &in, const gemv_qkv &qkv, const T *w,
 			uint32_t m, uint32_t n, uint32_t k, int accumulate, cudaStream_t stream)
 {
-	/* Past 48 KiB a kernel must opt in to its shared memory; once per kernel is enough
-	 * (a function-local static: initialized once, thread-safe, by C++11's rules). */
-	static const bool opted_in = [] {
-		if (cudaFuncSetAttribute(gemv_kernel<T, M, MODE, QKV>,
-					 cudaFuncAttributeMaxDynamicSharedMemorySize,
-					 (int)GEMV_MAX_SMEM) == cudaSuccess)
-			return true;
-		cudaGetLastError(); /* ours: not the next launch check's */
-		return false;
+	/* Past 48 KiB a kernel must opt in to its shared memory, up to what the device
+	 * allows beside the kernel's static shared memory; once per kernel is enough (a
+	 * function-local static: initialized once, thread-safe, by C++11's rules). */
+	static const size_t smem_limit = [] {
+		auto kernel = gemv_kernel<T, M, MODE, QKV>;
+		int device = 0, optin = 0;
+		cudaFuncAttributes attr;
+		if (cudaGetDevice(&device) != cudaSuccess ||
+		    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+					   device) != cudaSuccess ||
+		    cudaFuncGetAttributes(&attr, kernel) != cudaSuccess ||
+		    (size_t)optin <= attr.sharedSizeBytes) {
+			cudaGetLastError(); /* ours: not the next launch check's */
+			return (size_t)48 * 1024;
+		}
+		size_t limit = (size_t)optin - attr.sharedSizeBytes;
+		limit = limit < GEMV_MAX_SMEM ? limit : GEMV_MAX_SMEM;
+		if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+					 (int)limit) == cudaSuccess)
+			return limit;
+		cudaGetLastError();
+		return (size_t)48 * 1024;
 	}();
 	uint32_t splits = gemv_splits(n, k / vec16<T>::N);
 	uint32_t cols = GEMV_WARPS / splits * GEMV_COLS;
-	size_t smem = (size_t)(m + (MODE == GEMV_NORM)) * k * sizeof(float);
-	if (smem > 48 * 1024 && !opted_in)
-		return -ENOTSUP; /* the caller takes the unfused path */
+	size_t smem = (size_t)m * k * sizeof(typename gemv_x<T, M>::type) +
+		      (MODE == GEMV_NORM ? (size_t)k * sizeof(float) : 0);
+	if (smem > smem_limit)
+		return -ENOTSUP; /* the caller takes the unfused path or cuBLAS */
 	return rs_launch(gemv_kernel<T, M, MODE, QKV>, dim3((n + cols - 1) / cols),
 			 dim3(GEMV_WARPS * 32), smem, stream, y, in, qkv, w, m, n, k, splits,
 			 accumulate);
@@ -314,7 +369,11 @@ static int gemv(float *y, const gemv_input<T> &in, const void *w, uint32_t m, ui
 		return gemv_launch<T, 1, MODE, QKV>(y, in, qkv, wt, m, n, k, accumulate, stream);
 	if (m == 2)
 		return gemv_launch<T, 2, MODE, QKV>(y, in, qkv, wt, m, n, k, accumulate, stream);
-	return gemv_launch<T, 4, MODE, QKV>(y, in, qkv, wt, m, n, k, accumulate, stream);
+	if (m <= 4)
+		return gemv_launch<T, 4, MODE, QKV>(y, in, qkv, wt, m, n, k, accumulate, stream);
+	if (m <= 8)
+		return gemv_launch<T, 8, MODE, QKV>(y, in, qkv, wt, m, n, k, accumulate, stream);
+	return gemv_launch<T, 16, MODE, QKV>(y, in, qkv, wt, m, n, k, accumulate, stream);
 }
 
 static int gemm_type(enum rs_dtype dtype, cudaDataType_t *type)
@@ -337,11 +396,13 @@ static int gemm_type(enum rs_dtype dtype, cudaDataType_t *type)
 /* Whether our kernel takes the product: few rows, rows of k elements that are a whole
  * number of 16-byte pieces (the buffers themselves come from cudaMalloc, 256-byte
  * aligned; w checked, as it may point into a fused matrix), and input rows (and norm
- * weights) that fit its shared memory as floats. */
+ * weights) that fit its shared memory (gemv_x; the launch checks the device's limit). */
 static bool use_gemv(enum rs_dtype dtype, uint32_t m, uint32_t k, const void *w, bool norm)
 {
+	size_t x_elem = m > 4 ? rs_dtype_size(dtype) : sizeof(float);
 	return m <= GEMV_MAX_ROWS && (size_t)k * rs_dtype_size(dtype) % 16 == 0 &&
-	       (uintptr_t)w % 16 == 0 && (size_t)(m + norm) * k * sizeof(float) <= GEMV_MAX_SMEM;
+	       (uintptr_t)w % 16 == 0 &&
+	       (size_t)m * k * x_elem + (norm ? (size_t)k * sizeof(float) : 0) <= GEMV_MAX_SMEM;
 }
 
 /* What every entry point checks first: 1 when there is nothing to do (an empty product),

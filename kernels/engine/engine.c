@@ -126,6 +126,16 @@ static int resolve(const struct rs_model *model, struct rs_engine_options *o,
 		return -EINVAL;
 	}
 	o->cpu_products = products;
+
+	const char *graphs = o->cuda_graphs ? o->cuda_graphs : "auto";
+	if (strcmp(graphs, "auto") == 0)
+		graphs = "on";
+	else if (strcmp(graphs, "on") != 0 && strcmp(graphs, "off") != 0) {
+		rs_errmsg(err, err_size, 0, "unknown CUDA graphs setting \"%s\" (auto, on, off)",
+			  graphs);
+		return -EINVAL;
+	}
+	o->cuda_graphs = graphs;
 	return 0;
 }
 
@@ -240,6 +250,20 @@ struct rs_kv_cache *rs_engine_kv(struct rs_engine *engine)
 const struct rs_engine_options *rs_engine_options(const struct rs_engine *engine)
 {
 	return &engine->options;
+}
+
+int rs_engine_step_fd(struct rs_engine *engine, uint32_t lane)
+{
+	if (lane >= engine->options.lanes)
+		return -EINVAL;
+	return engine->backend->step_fd ? engine->backend->step_fd(engine, lane) : -ENOTSUP;
+}
+
+void rs_engine_stats(struct rs_engine *engine, struct rs_engine_stats *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (engine->backend->stats)
+		engine->backend->stats(engine, out);
 }
 
 const struct rs_model_config *rs_engine_config(const struct rs_engine *engine)

@@ -49,6 +49,22 @@ struct rs_engine_options {
 				    * "ours": our kernels (-EINVAL without AVX2); "blas":
 				    * CBLAS (one SGEMM per weight panel) always. Resolved to
 				    * "ours" or "blas" */
+	const char *cuda_graphs;   /* the CUDA backend's decode steps (every sequence one
+				    * token, sampled): "auto" (or NULL) = "on": captured once
+				    * per batch size and context range as a CUDA graph, then
+				    * replayed (one launch instead of one per kernel); "off":
+				    * kernels enqueued one by one. Resolved to "on" or "off" */
+};
+
+/* What an engine has done, for tools and tests (rs_engine_stats). */
+struct rs_engine_stats {
+	uint64_t graph_launches;  /* CUDA: steps replayed from a captured graph */
+	uint64_t graph_captures;  /* CUDA: graphs captured (one per batch size and context
+				   * range in use; a lane keeps a few, the least recently
+				   * used replaced) */
+	uint64_t graph_failures;  /* CUDA: captures that failed; that lane then enqueues
+				   * kernel by kernel */
+	char graph_error[128];    /* CUDA: why the first capture failed, or "" */
 };
 
 /* One sequence's share of a step. */
@@ -68,6 +84,17 @@ struct rs_seq_step {
 
 /* Default options: every field zero, backend "auto" (the values above). */
 void rs_engine_options_init(struct rs_engine_options *opts);
+
+/* A descriptor that becomes readable when a step of `lane` finishes, for a caller that
+ * sleeps (epoll, io_uring) instead of polling rs_engine_step_poll: an eventfd counting
+ * finished steps, which the caller reads to reset; the engine owns and closes it. Only
+ * backends whose steps run asynchronously have one (CUDA: written by a host function
+ * queued on the lane's stream after each step, once this has been called); -ENOTSUP
+ * where rs_engine_step runs the step to its end (CPU), -EINVAL for a bad lane. */
+int rs_engine_step_fd(struct rs_engine *engine, uint32_t lane);
+
+/* The engine's counters, summed over its lanes (zero where the backend has none). */
+void rs_engine_stats(struct rs_engine *engine, struct rs_engine_stats *out);
 
 /* Create an engine for model (which must outlive the engine: the CPU backend reads F32
  * weights in place). opts may be NULL (defaults). Weights in F16/BF16 are converted to

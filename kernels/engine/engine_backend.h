@@ -35,6 +35,10 @@ struct rs_engine_backend {
 	 * writable by the backend's device in place (see rs_engine_register_host). */
 	int (*register_host)(struct rs_engine *engine, void *ptr, size_t size);
 	int (*unregister_host)(struct rs_engine *engine, void *ptr);
+	/* Optional (NULL: -ENOTSUP): see rs_engine_step_fd; lane checked. */
+	int (*step_fd)(struct rs_engine *engine, uint32_t lane);
+	/* Optional (NULL: none): add the backend's counters to out (zeroed by the caller). */
+	void (*stats)(struct rs_engine *engine, struct rs_engine_stats *out);
 };
 
 extern const struct rs_engine_backend rs_engine_backend_cpu;

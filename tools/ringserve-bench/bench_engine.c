@@ -1,5 +1,5 @@
 /* ringserve-bench engine [--threads N] [--decode-steps N] [--prompt N] [--kv f16|f32]
- *                        [--rounds N] [--gpu-only]
+ *                        [--rounds N] [--gpu-only | --gpu-profile]
  *
  * Prefill and decode tokens/s of the CPU engine at batch 1, 8 and 32, on a random model of
  * the shape of stories15M (dim 288, hidden 768, 6 layers, 6 heads, vocab 32000, context
@@ -20,10 +20,14 @@
  *
  * With a CUDA device, the same on the CUDA backend with a TinyLlama-1.1B-shaped f16 random
  * model (dim 2048, hidden 5632, 22 layers, 32 heads, 4 kv heads, vocab 32000, context
- * 2048), plus the device-to-device copy bandwidth measured in the same run (cudaMemcpyAsync
- * of 1 GiB timed with events; read + write bytes per second), and decode at batch 1 as a
- * fraction of its bandwidth bound: bandwidth / weight bytes read per token. Without a
- * device: "GPU: no device, skipped", and null GPU figures. */
+ * 2048) at batch 1, 8, 16, 32 and 128, plus the device-to-device copy bandwidth measured in
+ * the same run (cudaMemcpyAsync of 1 GiB timed with events; read + write bytes per second),
+ * and decode at batch 1 as a fraction of its bandwidth bound: bandwidth / weight bytes
+ * read per token. In the same run: batch 1 and 8 with CUDA graphs off (engine option
+ * cuda_graphs), the time to first token of a 2048-token prompt, and 1, 2 and 4 lanes
+ * decoding batches of 1 and 4 at once (aggregate tokens/s). --gpu-profile: batch 1 on
+ * the GPU alone, for a profiler (tools/gpu-session.sh profile). Without a device: "GPU: no
+ * device, skipped", and null GPU figures. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -55,24 +59,26 @@ struct result {
 	double decode_enqueue_s; /* host time in rs_engine_step per decode step */
 };
 
-/* Prefill `batch` sequences then decode `steps` tokens each, greedy or (sampling not
- * NULL) sampled with those parameters, sequence i with seed i; 0 or -errno. */
-static int run_batch(struct rs_engine *e, uint32_t batch, uint32_t prompt, uint32_t steps,
-		     const struct rs_sampling_params *sampling, struct result *r)
+/* Prefill `batch` sequences on each of `lanes` lanes, then decode `steps` tokens each,
+ * greedy or (sampling not NULL) sampled with those parameters, sequence i with seed i.
+ * Decode steps go to the lanes in turn, each lane's next enqueued as soon as its last is
+ * done, so that the lanes' steps overlap. 0 or -errno. */
+static int run_lanes(struct rs_engine *e, uint32_t lanes, uint32_t batch, uint32_t prompt,
+		     uint32_t steps, const struct rs_sampling_params *sampling, struct result *r)
 {
 	const struct rs_model_config *cfg = rs_engine_config(e);
 	struct rs_kv_cache *kv = rs_engine_kv(e);
-	uint32_t max_tokens = rs_engine_options(e)->max_batch_tokens;
+	uint32_t max_tokens = rs_engine_options(e)->max_batch_tokens, seqs = lanes * batch;
 	uint32_t n_blocks = rs_kv_blocks_for(prompt + steps, rs_engine_options(e)->block_size);
-	uint32_t *tables = calloc((size_t)batch * n_blocks, sizeof(uint32_t));
-	uint32_t *tokens = calloc((size_t)batch * prompt, sizeof(uint32_t));
-	uint32_t *next = calloc(batch, sizeof(uint32_t)), *cur = calloc(batch, sizeof(uint32_t));
-	struct rs_seq_step *st = calloc(batch, sizeof(*st));
+	uint32_t *tables = calloc((size_t)seqs * n_blocks, sizeof(uint32_t));
+	uint32_t *tokens = calloc((size_t)seqs * prompt, sizeof(uint32_t));
+	uint32_t *next = calloc(seqs, sizeof(uint32_t)), *cur = calloc(seqs, sizeof(uint32_t));
+	struct rs_seq_step *st = calloc(seqs, sizeof(*st));
 	int rc = -ENOMEM;
 	uint32_t allocated = 0;
 	if (!tables || !tokens || !next || !cur || !st)
 		goto out;
-	for (; allocated < batch * n_blocks; allocated++) {
+	for (; allocated < seqs * n_blocks; allocated++) {
 		int b = rs_kv_block_alloc(kv);
 		if (b < 0) {
 			rc = b;
@@ -81,7 +87,7 @@ static int run_batch(struct rs_engine *e, uint32_t batch, uint32_t prompt, uint3
 		tables[allocated] = (uint32_t)b;
 	}
 	uint64_t s = 0x9e3779b97f4a7c15ull * batch;
-	for (size_t i = 0; i < (size_t)batch * prompt; i++) {
+	for (size_t i = 0; i < (size_t)seqs * prompt; i++) {
 		s = s * 6364136223846793005ull + 1442695040888963407ull;
 		tokens[i] = (uint32_t)((s >> 33) % cfg->vocab_size);
 	}
@@ -89,8 +95,8 @@ static int run_batch(struct rs_engine *e, uint32_t batch, uint32_t prompt, uint3
 	/* Prefill: whole prompts, as many sequences per step as fit in max_batch_tokens. */
 	uint32_t per_step = max_tokens / prompt ? max_tokens / prompt : 1;
 	double t0 = now_s();
-	for (uint32_t first = 0; first < batch; first += per_step) {
-		uint32_t n = batch - first < per_step ? batch - first : per_step;
+	for (uint32_t first = 0; first < seqs; first += per_step) {
+		uint32_t n = seqs - first < per_step ? seqs - first : per_step;
 		for (uint32_t i = 0; i < n; i++)
 			st[i] = (struct rs_seq_step){
 				.tokens = tokens + (size_t)(first + i) * prompt, .n_tokens = prompt,
@@ -103,38 +109,50 @@ static int run_batch(struct rs_engine *e, uint32_t batch, uint32_t prompt, uint3
 			goto out;
 	}
 	double t1 = now_s(), enqueue = 0.0;
-	/* Decode: one step per token, every sequence in it. */
+	/* Decode: one step per token, every sequence of the lane in it. */
 	for (uint32_t k = 0; k < steps; k++) {
-		for (uint32_t i = 0; i < batch; i++) {
-			cur[i] = next[i];
-			st[i] = (struct rs_seq_step){.tokens = &cur[i], .n_tokens = 1,
-						     .start_pos = prompt + k,
-						     .block_table = tables + (size_t)i * n_blocks,
-						     .n_blocks = n_blocks, .sample = 1,
-						     .out_token = &next[i]};
-			if (sampling) {
-				st[i].sampling = *sampling;
-				st[i].sampling.seed = i;
+		for (uint32_t l = 0; l < lanes; l++) {
+			if (k && (rc = rs_engine_step_wait(e, l)) != 0)
+				goto out;
+			for (uint32_t i = l * batch; i < (l + 1) * batch; i++) {
+				cur[i] = next[i];
+				st[i] = (struct rs_seq_step){.tokens = &cur[i], .n_tokens = 1,
+							     .start_pos = prompt + k,
+							     .block_table = tables + (size_t)i * n_blocks,
+							     .n_blocks = n_blocks, .sample = 1,
+							     .out_token = &next[i]};
+				if (sampling) {
+					st[i].sampling = *sampling;
+					st[i].sampling.seed = i;
+				}
 			}
+			double te = now_s();
+			rc = rs_engine_step(e, l, st + l * batch, batch);
+			enqueue += now_s() - te;
+			if (rc)
+				goto out;
 		}
-		double te = now_s();
-		rc = rs_engine_step(e, 0, st, batch);
-		enqueue += now_s() - te;
-		if (rc == 0)
-			rc = rs_engine_step_wait(e, 0);
-		if (rc)
-			goto out;
 	}
+	for (uint32_t l = 0; l < lanes && !rc; l++)
+		rc = rs_engine_step_wait(e, l);
+	if (rc)
+		goto out;
 	double t2 = now_s();
-	r->decode_enqueue_s = enqueue / steps;
+	r->decode_enqueue_s = enqueue / ((double)steps * lanes);
 	r->batch = batch;
-	r->prefill_tok_s = (double)batch * prompt / (t1 - t0);
-	r->decode_tok_s = (double)batch * steps / (t2 - t1);
+	r->prefill_tok_s = (double)seqs * prompt / (t1 - t0);
+	r->decode_tok_s = (double)seqs * steps / (t2 - t1);
 out:
 	for (uint32_t i = 0; i < allocated; i++)
 		rs_kv_block_unref(kv, tables[i]);
 	free(tables), free(tokens), free(next), free(cur), free(st);
 	return rc;
+}
+
+static int run_batch(struct rs_engine *e, uint32_t batch, uint32_t prompt, uint32_t steps,
+		     const struct rs_sampling_params *sampling, struct result *r)
+{
+	return run_lanes(e, 1, batch, prompt, steps, sampling, r);
 }
 
 enum { MAX_ROUNDS = 15 };
@@ -338,7 +356,69 @@ static double roof_rate(uint32_t threads, bool read)
 }
 
 /* The CUDA figures, printed and written as a JSON value ("null" without a device). */
-static int bench_gpu(uint32_t prompt, uint32_t steps, FILE *json)
+#ifdef RS_HAVE_CUDA_BACKEND
+/* The CUDA engine of the GPU table for model: `lanes` lanes, CUDA graphs on or off,
+ * kv_blocks blocks of 16 positions; NULL with a message on failure. */
+static struct rs_engine *gpu_engine(const struct rs_model *model, uint32_t lanes,
+				    const char *graphs, uint32_t kv_blocks)
+{
+	struct rs_engine_options opts;
+	rs_engine_options_init(&opts);
+	opts.backend = "cuda";
+	opts.block_size = 16;
+	opts.kv_blocks = kv_blocks;
+	opts.max_batch_tokens = 2048;
+	opts.lanes = lanes;
+	opts.cuda_graphs = graphs;
+	struct rs_engine *e = NULL;
+	char err[256] = "";
+	if (rs_engine_create(model, &opts, &e, err, sizeof(err)))
+		fprintf(stderr, "bench engine: GPU engine: %s\n", err);
+	return e;
+}
+
+/* Time to first token of one `prompt`-token sequence: its prefill in one step and the
+ * sampling of its first token, median of 3, in seconds; < 0 on failure. */
+static double time_to_first_token(struct rs_engine *e, uint32_t prompt)
+{
+	const struct rs_model_config *cfg = rs_engine_config(e);
+	uint32_t n_blocks = rs_kv_blocks_for(prompt + 1, rs_engine_options(e)->block_size);
+	uint32_t *table = calloc(n_blocks, sizeof(uint32_t));
+	uint32_t *tokens = calloc(prompt, sizeof(uint32_t)), out = 0, allocated = 0;
+	double t[3];
+	int rc = table && tokens ? 0 : -ENOMEM;
+	for (; !rc && allocated < n_blocks; allocated++) {
+		int b = rs_kv_block_alloc(rs_engine_kv(e));
+		if (b < 0)
+			rc = b;
+		else
+			table[allocated] = (uint32_t)b;
+	}
+	for (uint32_t i = 0; !rc && i < prompt; i++)
+		tokens[i] = (i * 2654435761u) % cfg->vocab_size;
+	for (int round = 0; round < 3 && !rc; round++) {
+		struct rs_seq_step st = {.tokens = tokens, .n_tokens = prompt, .block_table = table,
+					 .n_blocks = n_blocks, .sample = 1, .out_token = &out};
+		double t0 = now_s();
+		rc = rs_engine_step(e, 0, &st, 1);
+		if (!rc)
+			rc = rs_engine_step_wait(e, 0);
+		t[round] = now_s() - t0;
+	}
+	for (uint32_t i = 0; i < allocated; i++)
+		rs_kv_block_unref(rs_engine_kv(e), table[i]);
+	free(table), free(tokens);
+	if (rc)
+		return -1.0;
+	qsort(t, 3, sizeof(double), compare_doubles);
+	return t[1];
+}
+#endif
+
+/* The GPU table: decode and prefill at batch 1 to 128 with CUDA graphs, batch 1 and 8 with
+ * the kernels enqueued one by one (the same run's baseline for the graphs), time to first
+ * token of a 2048-token prompt, and 1, 2 and 4 lanes decoding small batches at once. */
+static int bench_gpu(uint32_t prompt, uint32_t steps, bool profile, FILE *json)
 {
 #ifndef RS_HAVE_CUDA_BACKEND
 	printf("GPU: no device, skipped (CUDA backend not built)\n");
@@ -357,26 +437,21 @@ static int bench_gpu(uint32_t prompt, uint32_t steps, FILE *json)
 		.head_dim = 64, .vocab_size = 32000, .max_seq_len = 2048, .rope_dim = 64,
 		.rope_theta = 10000.0f, .norm_eps = 1e-5f,
 	};
-	const uint32_t batches[] = {1, 8, 32};
-	enum { N_BATCHES = 3 };
+	enum { N_BATCHES = 5, N_EAGER = 2, TTFT_PROMPT = 2048, LANES = 4, LANE_BATCHES = 2 };
+	const uint32_t batches[N_BATCHES] = {1, 8, 16, 32, 128}, lane_batches[] = {1, 4};
 	struct rs_model *model = NULL;
-	struct rs_engine *e = NULL;
-	char err[256] = "";
 	int rc = rs_model_random(&cfg, RS_DTYPE_F16, 22, false, &model);
 	if (rc) {
 		fprintf(stderr, "bench engine: GPU model: %s\n", strerror(-rc));
 		fprintf(json, "null");
 		return 1;
 	}
-	struct rs_engine_options opts;
-	rs_engine_options_init(&opts);
-	opts.backend = "cuda";
-	opts.block_size = 16;
-	opts.kv_blocks = 32 * rs_kv_blocks_for(prompt + steps, 16) + 64;
-	opts.max_batch_tokens = 2048 > prompt ? 2048 : prompt;
-	rc = rs_engine_create(model, &opts, &e, err, sizeof(err));
-	if (rc) {
-		fprintf(stderr, "bench engine: GPU engine: %s\n", err);
+	uint32_t seq_blocks = rs_kv_blocks_for(prompt + steps, 16);
+	struct rs_engine *e = gpu_engine(model, LANES, "on",
+					 128 * seq_blocks + rs_kv_blocks_for(TTFT_PROMPT + 1, 16));
+	struct rs_engine *eager = e && !profile ? gpu_engine(model, 1, "off", 8 * seq_blocks) : NULL;
+	if (!e || (!eager && !profile)) {
+		rs_engine_destroy(e);
 		rs_model_free(model);
 		fprintf(json, "null");
 		return 1;
@@ -385,20 +460,56 @@ static int bench_gpu(uint32_t prompt, uint32_t steps, FILE *json)
 	struct cudaDeviceProp prop;
 	if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess)
 		snprintf(prop.name, sizeof(prop.name), "?");
-	struct result results[N_BATCHES], warm;
-	rc = run_batch(e, 2, 16, 2, NULL, &warm); /* cuBLAS heuristics, first launches */
+	struct result results[N_BATCHES], eager_results[N_EAGER], warm;
+	struct result lane_results[LANE_BATCHES][3];
+	/* cuBLAS heuristics, first launches */
+	rc = run_batch(e, 2, 16, 2, NULL, &warm);
+	if (!rc && eager)
+		rc = run_batch(eager, 2, 16, 2, NULL, &warm);
 	printf("engine: cuda backend on %s, TinyLlama-1.1B-shaped random model (f16), prompt %u, "
 	       "%u decode steps\n", prop.name, prompt, steps);
 	printf("%6s %16s %16s %14s %14s\n", "batch", "prefill tok/s", "decode tok/s",
 	       "step ms", "enqueue ms");
-	for (int i = 0; i < N_BATCHES && rc == 0; i++) {
-		rc = run_batch(e, batches[i], prompt, steps, NULL, &results[i]);
+	/* Profiling: batch 1 with graphs, the steps a profiler skips to, and nothing else. */
+	for (int i = 0; i < (profile ? 1 : N_BATCHES + N_EAGER) && rc == 0; i++) {
+		bool graphs = i < N_BATCHES;
+		struct result *r = graphs ? &results[i] : &eager_results[i - N_BATCHES];
+		uint32_t batch = batches[graphs ? i : i - N_BATCHES];
+		rc = run_batch(graphs ? e : eager, batch, prompt, steps, NULL, r);
 		if (rc == 0)
-			printf("%6u %16.0f %16.0f %14.3f %14.3f\n", batches[i],
-			       results[i].prefill_tok_s, results[i].decode_tok_s,
-			       1e3 * batches[i] / results[i].decode_tok_s,
-			       1e3 * results[i].decode_enqueue_s);
+			printf("%6u %16.0f %16.0f %14.3f %14.3f%s\n", batch, r->prefill_tok_s,
+			       r->decode_tok_s, 1e3 * batch / r->decode_tok_s,
+			       1e3 * r->decode_enqueue_s,
+			       graphs ? "" : "   (no CUDA graphs: kernels enqueued one by one)");
 	}
+	if (profile) {
+		rs_engine_destroy(e);
+		rs_model_free(model);
+		fprintf(json, "null");
+		return rc ? 1 : 0;
+	}
+	double ttft = rc ? -1.0 : time_to_first_token(e, TTFT_PROMPT);
+	if (ttft < 0)
+		rc = rc ? rc : -EIO;
+	else
+		printf("time to first token, %u-token prompt: %.1f ms (%.0f prefill tok/s)\n",
+		       TTFT_PROMPT, 1e3 * ttft, TTFT_PROMPT / ttft);
+	if (!rc)
+		printf("%6s %6s %16s   (lanes decoding at once, each its own batch)\n", "lanes",
+		       "batch", "decode tok/s");
+	for (int b = 0; b < LANE_BATCHES && !rc; b++)
+		for (uint32_t l = 1, li = 0; l <= LANES && !rc; l *= 2, li++) {
+			rc = run_lanes(e, l, lane_batches[b], prompt, steps, NULL,
+				       &lane_results[b][li]);
+			if (!rc)
+				printf("%6u %6u %16.0f\n", l, lane_batches[b],
+				       lane_results[b][li].decode_tok_s);
+		}
+	struct rs_engine_stats st;
+	rs_engine_stats(e, &st);
+	printf("CUDA graphs: %llu decode steps replayed from %llu captured%s%s\n",
+	       (unsigned long long)st.graph_launches, (unsigned long long)st.graph_captures,
+	       st.graph_failures ? "; capture failed: " : "", st.graph_error);
 	if (rc) {
 		fprintf(stderr, "bench engine: GPU step failed: %s\n", strerror(-rc));
 		fprintf(json, "null");
@@ -413,11 +524,22 @@ static int bench_gpu(uint32_t prompt, uint32_t steps, FILE *json)
 			      "\"TinyLlama-1.1B-shaped random f16\", \"prompt\": %u, \"decode_steps\": %u, "
 			      "\"copy_bandwidth_gb_s\": %.1f, \"weight_bytes_per_token\": %.0f, "
 			      "\"decode_bound_tok_s\": %.1f, \"decode_1_fraction_of_bound\": %.3f, "
-			      "\"batches\": ",
-			prop.name, prompt, steps, bw * 1e-9, wbytes, bound, fraction);
+			      "\"ttft_2048_ms\": %.2f, \"graph_launches\": %llu, \"batches\": ",
+			prop.name, prompt, steps, bw * 1e-9, wbytes, bound, fraction, 1e3 * ttft,
+			(unsigned long long)st.graph_launches);
 		json_results(json, results, N_BATCHES);
+		fprintf(json, ", \"batches_without_graphs\": ");
+		json_results(json, eager_results, N_EAGER);
+		for (int b = 0; b < LANE_BATCHES; b++) {
+			fprintf(json, ", \"lanes_batch_%u\": [", lane_batches[b]);
+			for (int li = 0; li < 3; li++)
+				fprintf(json, "%s{\"lanes\": %d, \"decode_tok_s\": %.1f}", li ? ", " : "",
+					1 << li, lane_results[b][li].decode_tok_s);
+			fputc(']', json);
+		}
 		fprintf(json, "}");
 	}
+	rs_engine_destroy(eager);
 	rs_engine_destroy(e);
 	rs_model_free(model);
 	return rc ? 1 : 0;
@@ -429,10 +551,12 @@ int bench_engine(int argc, char **argv, FILE *json)
 	int threads = 0;
 	uint32_t steps = 32, prompt = 128, rounds = 3;
 	const char *kv_dtype = "f16";
-	bool gpu_only = false;
+	bool gpu_only = false, gpu_profile = false;
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--gpu-only") == 0)
 			gpu_only = true;
+		else if (strcmp(argv[i], "--gpu-profile") == 0)
+			gpu_only = gpu_profile = true;
 		else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
 			threads = atoi(argv[++i]);
 		else if (strcmp(argv[i], "--decode-steps") == 0 && i + 1 < argc)
@@ -467,7 +591,7 @@ int bench_engine(int argc, char **argv, FILE *json)
 	}
 	if (gpu_only) {
 		fprintf(json, "{\"gpu\": ");
-		int rc = bench_gpu(prompt, steps, json);
+		int rc = bench_gpu(prompt, steps, gpu_profile, json);
 		fprintf(json, "}");
 		return rc;
 	}
@@ -610,7 +734,7 @@ int bench_engine(int argc, char **argv, FILE *json)
 	rs_model_free(model16);
 	if (rc)
 		return 1;
-	rc = bench_gpu(prompt, steps, json);
+	rc = bench_gpu(prompt, steps, false, json);
 	fprintf(json, "}");
 	return rc;
 }

@@ -1,12 +1,14 @@
-/* ringserve-bench serve [--batch N] [--rounds N] [--prompt N] [--new N]
+/* ringserve-bench serve [--batch N] [--rounds N] [--prompt N] [--new N] [--backend cpu|cuda]
  *
- * End to end through the daemon: a stories15M-shaped random model (written to a
- * temporary GGUF file), ringserved on the CPU backend, one client submitting `batch`
- * requests at once (`prompt` random token ids, `new` greedy tokens each, EOS ignored) and
- * waiting for all of them, `rounds` times. Reference, measured in the same run: the same
- * work done by the engine directly in this process (prefill every prompt in steps of at
- * most 512 tokens, then decode steps over the whole batch), with no daemon, rings or
- * scheduling in between. The ratio of the two is what the serving path costs. */
+ * End to end through the daemon: a stories15M-shaped random f32 model (CPU backend) or a
+ * TinyLlama-1.1B-shaped random f16 one (CUDA), written to a temporary GGUF file,
+ * ringserved on that backend, one client submitting `batch` requests at once (`prompt`
+ * random token ids, `new` greedy tokens each, EOS ignored) and waiting for all of them,
+ * `rounds` times. Reference, measured in the same run: the same work done by the engine
+ * directly in this process (prefill every prompt in steps of at most 512 tokens, then
+ * decode steps over the whole batch), with no daemon, rings or scheduling in between. The
+ * ratio of the two is what the serving path costs. Also reported: the daemon's CPU time
+ * per second of serving (its scheduler core sleeps while a GPU step runs). */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -27,7 +29,28 @@
 
 struct serve_options {
 	uint32_t batch, rounds, prompt, new_tokens;
+	const char *backend;
 };
+
+/* User plus system CPU seconds of process pid so far (/proc/PID/stat), or < 0. */
+static double process_cpu_seconds(pid_t pid)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return -1.0;
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = 0;
+	/* Fields 14 and 15 (utime, stime) follow the command name's closing parenthesis. */
+	const char *p = strrchr(buf, ')');
+	unsigned long utime, stime;
+	if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &utime,
+			 &stime) != 2)
+		return -1.0;
+	return (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
+}
 
 static void make_prompt(uint32_t *prompt, uint32_t len, uint32_t seed, uint32_t vocab)
 {
@@ -41,7 +64,7 @@ static double direct_tokens_per_second(const struct rs_model *model, const struc
 	char err[256];
 	struct rs_engine_options options;
 	rs_engine_options_init(&options);
-	options.backend = "cpu";
+	options.backend = o->backend;
 	uint32_t block_size = 16;
 	uint32_t blocks_per_seq = (o->prompt + o->new_tokens + block_size - 1) / block_size;
 	options.kv_blocks = o->batch * blocks_per_seq;
@@ -156,9 +179,14 @@ static double served_tokens_per_second(const char *socket_path, uint32_t vocab,
 
 int bench_serve(int argc, char **argv, FILE *json)
 {
-	struct serve_options o = {.batch = 32, .rounds = 3, .prompt = 128, .new_tokens = 32};
+	struct serve_options o = {
+		.batch = 32, .rounds = 3, .prompt = 128, .new_tokens = 32, .backend = "cpu"};
 	for (int i = 1; i < argc; i++) {
 		uint32_t *field = NULL;
+		if (strcmp(argv[i], "--backend") == 0 && i + 1 < argc) {
+			o.backend = argv[++i];
+			continue;
+		}
 		if (strcmp(argv[i], "--batch") == 0)
 			field = &o.batch;
 		else if (strcmp(argv[i], "--rounds") == 0)
@@ -168,26 +196,35 @@ int bench_serve(int argc, char **argv, FILE *json)
 		else if (strcmp(argv[i], "--new") == 0)
 			field = &o.new_tokens;
 		if (!field || i + 1 >= argc) {
-			fprintf(stderr, "bench serve: options: [--batch N] [--rounds N] [--prompt N] [--new N]\n");
+			fprintf(stderr, "bench serve: options: [--batch N] [--rounds N] [--prompt N] "
+					"[--new N] [--backend cpu|cuda]\n");
 			fprintf(json, "null");
 			return 1;
 		}
 		*field = (uint32_t)atoi(argv[++i]);
 	}
-	if (o.batch < 1 || o.batch > MAX_BATCH || o.rounds < 1 || o.prompt < 1 || o.prompt > 4096 ||
-	    o.new_tokens < 1 || o.prompt > STEP_TOKENS || o.prompt + o.new_tokens > 256) {
-		fprintf(stderr, "bench serve: batch 1..%d, prompt 1..%d, prompt + new <= 256\n", MAX_BATCH,
-			STEP_TOKENS);
-		fprintf(json, "null");
-		return 1;
-	}
+	bool cuda = strcmp(o.backend, "cuda") == 0;
 	struct rs_model_config config = {
 		.dim = 288, .hidden_dim = 768, .n_layers = 6, .n_heads = 6, .n_kv_heads = 6,
 		.head_dim = 48, .vocab_size = 32000, .max_seq_len = 256, .rope_dim = 48,
 		.rope_theta = 10000.0f, .norm_eps = 1e-5f};
+	if (cuda)
+		config = (struct rs_model_config){
+			.dim = 2048, .hidden_dim = 5632, .n_layers = 22, .n_heads = 32, .n_kv_heads = 4,
+			.head_dim = 64, .vocab_size = 32000, .max_seq_len = 2048, .rope_dim = 64,
+			.rope_theta = 10000.0f, .norm_eps = 1e-5f};
+	if (o.batch < 1 || o.batch > MAX_BATCH || o.rounds < 1 || o.prompt < 1 || o.prompt > 4096 ||
+	    o.new_tokens < 1 || o.prompt > STEP_TOKENS ||
+	    o.prompt + o.new_tokens > config.max_seq_len ||
+	    (!cuda && strcmp(o.backend, "cpu") != 0)) {
+		fprintf(stderr, "bench serve: batch 1..%d, prompt 1..%d, prompt + new <= %u, backend "
+				"cpu or cuda\n", MAX_BATCH, STEP_TOKENS, config.max_seq_len);
+		fprintf(json, "null");
+		return 1;
+	}
 	struct rs_model *model;
 	char err[256], model_path[64], socket_path[64];
-	if (rs_model_random(&config, RS_DTYPE_F32, 1, true, &model)) {
+	if (rs_model_random(&config, cuda ? RS_DTYPE_F16 : RS_DTYPE_F32, 1, !cuda, &model)) {
 		fprintf(json, "null");
 		return 1;
 	}
@@ -206,11 +243,17 @@ int bench_serve(int argc, char **argv, FILE *json)
 	char batch_arg[16], kv_arg[16];
 	snprintf(batch_arg, sizeof(batch_arg), "%u", o.batch);
 	snprintf(kv_arg, sizeof(kv_arg), "%u", o.batch * ((o.prompt + o.new_tokens + 15) / 16));
-	const char *daemon_args[] = {"--model", model_path, "--backend", "cpu", "--max-batch", batch_arg,
-				     "--kv-blocks", kv_arg, NULL};
+	const char *daemon_args[] = {"--model", model_path, "--backend", o.backend, "--max-batch",
+				     batch_arg, "--kv-blocks", kv_arg, NULL};
 	pid_t daemon = bench_start_daemon(socket_path, daemon_args);
+	double cpu_per_s = -1.0;
 	if (daemon > 0) {
+		double cpu0 = process_cpu_seconds(daemon);
+		uint64_t t0 = rs_now_ns();
 		served = served_tokens_per_second(socket_path, config.vocab_size, &o, &ttft_ms);
+		double cpu1 = process_cpu_seconds(daemon);
+		if (cpu0 >= 0 && cpu1 >= 0)
+			cpu_per_s = (cpu1 - cpu0) / ((double)(rs_now_ns() - t0) / 1e9);
 		kill(daemon, SIGTERM);
 		waitpid(daemon, NULL, 0);
 	}
@@ -220,15 +263,19 @@ int bench_serve(int argc, char **argv, FILE *json)
 		fprintf(json, "null");
 		return 1;
 	}
-	printf("ringserve-bench serve: stories15M-shaped f32 model, CPU backend, %u requests at once, "
-	       "prompt %u, %u new tokens, %u rounds\n", o.batch, o.prompt, o.new_tokens, o.rounds);
+	printf("ringserve-bench serve: %s model, %s backend, %u requests at once, prompt %u, %u new "
+	       "tokens, %u rounds\n", cuda ? "TinyLlama-1.1B-shaped f16" : "stories15M-shaped f32",
+	       o.backend, o.batch, o.prompt, o.new_tokens, o.rounds);
 	printf("  %-40s %10.0f tokens/s\n", "engine directly (same work)", direct);
 	printf("  %-40s %10.0f tokens/s (%.0f%% of direct)\n", "through ringserved", served,
 	       100.0 * served / direct);
 	printf("  %-40s %10.1f ms\n", "first token of the first request", ttft_ms);
-	fprintf(json, "{\"batch\": %u, \"prompt\": %u, \"new_tokens\": %u, \"rounds\": %u, "
-		      "\"direct_tokens_per_s\": %.1f, \"served_tokens_per_s\": %.1f, \"served_vs_direct\": %.3f, "
-		      "\"first_token_ms\": %.2f}",
-		o.batch, o.prompt, o.new_tokens, o.rounds, direct, served, served / direct, ttft_ms);
+	printf("  %-40s %10.2f s/s\n", "daemon CPU time per second serving", cpu_per_s);
+	fprintf(json, "{\"backend\": \"%s\", \"batch\": %u, \"prompt\": %u, \"new_tokens\": %u, "
+		      "\"rounds\": %u, \"direct_tokens_per_s\": %.1f, \"served_tokens_per_s\": %.1f, "
+		      "\"served_vs_direct\": %.3f, \"first_token_ms\": %.2f, "
+		      "\"daemon_cpu_s_per_s\": %.3f}",
+		o.backend, o.batch, o.prompt, o.new_tokens, o.rounds, direct, served, served / direct,
+		ttft_ms, cpu_per_s);
 	return 0;
 }
