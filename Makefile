@@ -121,14 +121,19 @@ $(DAEMON_BIN): $(call obj,daemon/main.c) $(LIBINTERNAL) $(LIBRS_A)
 $(O)/ringserve-%: $$(call obj,$$(wildcard tools/ringserve-%/*.c)) $(LIBINTERNAL) $(LIBRS_A)
 	$(LINK_ALL)
 
-# Each tests/NAME.c is one test program.
+# Each tests/NAME.c is one test program; tests/sim_*.c also link the simulator's pieces.
 $(O)/tests/%: $(O)/obj/tests/%.o $(call obj,$(HARNESS_SRC)) $(LIBINTERNAL) $(LIBRS_A)
+	@mkdir -p $(dir $@)
+	$(LINK_ALL)
+SIM_OBJ := $(call obj,$(filter-out tools/ringserve-sim/main.c,$(wildcard tools/ringserve-sim/*.c)))
+$(O)/tests/sim_%: $(O)/obj/tests/sim_%.o $(SIM_OBJ) $(call obj,$(HARNESS_SRC)) $(LIBINTERNAL) \
+		$(LIBRS_A)
 	@mkdir -p $(dir $@)
 	$(LINK_ALL)
 
 # --- tests ------------------------------------------------------------------------------
 # The data-path and file-parsing tests run again under ASan+UBSan, the lock-free ones under TSan.
-ASAN_TESTS := $(filter ring_% shm_% daemon_% client_% model_% engine_% sched_%,$(TESTS))
+ASAN_TESTS := $(filter ring_% shm_% daemon_% client_% model_% engine_% sched_% sim_%,$(TESTS))
 TSAN_TESTS := $(filter ring_% shm_stats daemon_many_clients daemon_model engine_thread_pool,$(TESTS))
 TEST_TIMEOUT ?= 120
 

@@ -1,0 +1,296 @@
+/* The step cost model: its features, least-squares fit, file format and calibration on
+ * the CPU engine (sim.h). */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kernels/engine/engine.h"
+#include "kernels/model/model_random.h"
+#include "tools/ringserve-sim/sim.h"
+
+void sim_step_shape_of(const struct rs_step_plan *plan, struct sim_step_shape *out)
+{
+	out->tokens = plan->n_tokens;
+	out->rows = plan->n;
+	out->pairs = 0;
+	for (uint32_t i = 0; i < plan->n; i++) {
+		double s = plan->steps[i].start_pos, n = plan->steps[i].n_tokens;
+		out->pairs += n * s + n * (n + 1) / 2; /* position s + i attends to s + i + 1 */
+	}
+}
+
+double sim_cost_seconds(const struct sim_cost_model *m, const struct sim_step_shape *s)
+{
+	double t = m->base_s + m->per_token_s * s->tokens + m->per_row_s * s->rows +
+		   m->per_pair_s * s->pairs;
+	return t > 0 ? t : 0;
+}
+
+enum { PARAMS = 4 };
+
+static void features(const struct sim_step_shape *s, double *f)
+{
+	f[0] = 1.0;
+	f[1] = s->tokens;
+	f[2] = s->rows;
+	f[3] = s->pairs;
+}
+
+/* Solve a x = b (PARAMS unknowns) by Gaussian elimination with partial pivoting. */
+static bool solve(double a[PARAMS][PARAMS], double *b, double *x)
+{
+	for (int c = 0; c < PARAMS; c++) {
+		int pivot = c;
+		for (int r = c + 1; r < PARAMS; r++)
+			if (fabs(a[r][c]) > fabs(a[pivot][c]))
+				pivot = r;
+		if (fabs(a[pivot][c]) < 1e-300)
+			return false;
+		for (int k = 0; k < PARAMS; k++) {
+			double t = a[c][k];
+			a[c][k] = a[pivot][k];
+			a[pivot][k] = t;
+		}
+		double t = b[c];
+		b[c] = b[pivot];
+		b[pivot] = t;
+		for (int r = c + 1; r < PARAMS; r++) {
+			double f = a[r][c] / a[c][c];
+			for (int k = c; k < PARAMS; k++)
+				a[r][k] -= f * a[c][k];
+			b[r] -= f * b[c];
+		}
+	}
+	for (int c = PARAMS - 1; c >= 0; c--) {
+		double s = b[c];
+		for (int k = c + 1; k < PARAMS; k++)
+			s -= a[c][k] * x[k];
+		x[c] = s / a[c][c];
+	}
+	return true;
+}
+
+double sim_cost_fit(struct sim_cost_model *m, const struct sim_step_shape *shapes,
+		    const double *seconds, uint32_t n, FILE *report)
+{
+	/* Relative least squares: each step weighs 1/t^2, so that short decode steps count
+	 * as much as long prefills (the error that matters is relative). Features are
+	 * scaled to comparable sizes first. */
+	double scale[PARAMS] = {1, 0, 0, 0};
+	for (uint32_t i = 0; i < n; i++) {
+		double f[PARAMS];
+		features(&shapes[i], f);
+		for (int k = 1; k < PARAMS; k++)
+			scale[k] = fmax(scale[k], f[k]);
+	}
+	double ata[PARAMS][PARAMS] = {{0}}, atb[PARAMS] = {0}, x[PARAMS];
+	for (uint32_t i = 0; i < n; i++) {
+		double f[PARAMS], w = 1.0 / (seconds[i] * seconds[i]);
+		features(&shapes[i], f);
+		for (int k = 0; k < PARAMS; k++)
+			f[k] = scale[k] > 0 ? f[k] / scale[k] : 0;
+		for (int r = 0; r < PARAMS; r++) {
+			atb[r] += w * f[r] * seconds[i];
+			for (int c = 0; c < PARAMS; c++)
+				ata[r][c] += w * f[r] * f[c];
+		}
+	}
+	/* A feature that never varies (every step one row, say) is left at zero. */
+	for (int k = 1; k < PARAMS; k++)
+		if (scale[k] == 0)
+			ata[k][k] = 1.0;
+	if (!solve(ata, atb, x))
+		return -1.0;
+	m->base_s = x[0];
+	m->per_token_s = scale[1] > 0 ? x[1] / scale[1] : 0;
+	m->per_row_s = scale[2] > 0 ? x[2] / scale[2] : 0;
+	m->per_pair_s = scale[3] > 0 ? x[3] / scale[3] : 0;
+	double worst = 0, sum = 0;
+	if (report)
+		fprintf(report, "%8s %6s %12s %12s %12s %8s\n", "tokens", "rows", "pairs",
+			"measured ms", "model ms", "error");
+	for (uint32_t i = 0; i < n; i++) {
+		double model = sim_cost_seconds(m, &shapes[i]);
+		double e = (model - seconds[i]) / seconds[i];
+		worst = fmax(worst, fabs(e));
+		sum += fabs(e);
+		if (report)
+			fprintf(report, "%8u %6u %12.0f %12.3f %12.3f %+7.1f%%\n", shapes[i].tokens,
+				shapes[i].rows, shapes[i].pairs, seconds[i] * 1e3, model * 1e3,
+				100 * e);
+	}
+	if (report)
+		fprintf(report,
+			"fit: %.4f ms + %.3f us/token + %.3f us/row + %.4f ns/pair; mean |error| "
+			"%.1f%%, worst %.1f%%\n",
+			m->base_s * 1e3, m->per_token_s * 1e6, m->per_row_s * 1e6, m->per_pair_s * 1e9,
+			100 * sum / n, 100 * worst);
+	return worst;
+}
+
+int sim_cost_load(struct sim_cost_model *m, const char *path, char *err, size_t err_size)
+{
+	FILE *f = fopen(path, "r");
+	if (!f) {
+		int rc = -errno;
+		snprintf(err, err_size, "%s: %s", path, strerror(errno));
+		return rc;
+	}
+	memset(m, 0, sizeof(*m));
+	char line[256];
+	int number = 0, seen = 0, rc = 0;
+	while (rc == 0 && fgets(line, sizeof(line), f)) {
+		number++;
+		char key[32];
+		double v;
+		int used = 0;
+		if (line[0] == '#' || line[0] == '\n')
+			continue;
+		if (sscanf(line, "%31s %n", key, &used) != 1) {
+			rc = -EINVAL;
+		} else if (strcmp(key, "source") == 0) {
+			snprintf(m->source, sizeof(m->source), "%s", line + used);
+			m->source[strcspn(m->source, "\n")] = 0;
+		} else if (sscanf(line + used, "%lf", &v) != 1 || !isfinite(v)) {
+			rc = -EINVAL;
+		} else if (strcmp(key, "base_s") == 0) {
+			m->base_s = v, seen |= 1;
+		} else if (strcmp(key, "per_token_s") == 0) {
+			m->per_token_s = v, seen |= 2;
+		} else if (strcmp(key, "per_row_s") == 0) {
+			m->per_row_s = v, seen |= 4;
+		} else if (strcmp(key, "per_pair_s") == 0) {
+			m->per_pair_s = v, seen |= 8;
+		} else {
+			rc = -EINVAL;
+		}
+		if (rc)
+			snprintf(err, err_size, "%s:%d: expected \"KEY VALUE\" (base_s, per_token_s, "
+				 "per_row_s, per_pair_s, source)", path, number);
+	}
+	fclose(f);
+	if (rc == 0 && seen != 15) {
+		snprintf(err, err_size, "%s: base_s, per_token_s, per_row_s and per_pair_s are all "
+			 "required", path);
+		rc = -EINVAL;
+	}
+	return rc;
+}
+
+int sim_cost_save(const struct sim_cost_model *m, const char *path)
+{
+	FILE *f = fopen(path, "w");
+	if (!f)
+		return -errno;
+	fprintf(f, "# ringserve-sim step cost model: seconds = base + per_token x tokens + "
+		   "per_row x rows + per_pair x attention pairs\n");
+	fprintf(f, "source %s\nbase_s %.9g\nper_token_s %.9g\nper_row_s %.9g\nper_pair_s %.9g\n",
+		m->source, m->base_s, m->per_token_s, m->per_row_s, m->per_pair_s);
+	return fclose(f) == 0 ? 0 : -EIO;
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int compare_doubles(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+/* The fastest of `reps` runs of one step: `rows` sequences of n tokens from start (the
+ * machines here are shared: other work only ever adds to a step's time). */
+static double time_step(struct rs_engine *e, uint32_t rows, uint32_t start, uint32_t n,
+			uint32_t *tables, uint32_t blocks_per_seq, uint32_t *tokens, int reps)
+{
+	struct rs_seq_step steps[32];
+	uint32_t out[32];
+	double t[16];
+	for (int r = 0; r < reps; r++) {
+		for (uint32_t i = 0; i < rows; i++)
+			steps[i] = (struct rs_seq_step){.tokens = tokens, .n_tokens = n,
+							.start_pos = start,
+							.block_table = tables + i * blocks_per_seq,
+							.n_blocks = blocks_per_seq, .sample = 1,
+							.out_token = &out[i]};
+		double t0 = now_s();
+		int rc = rs_engine_step(e, 0, steps, rows);
+		if (rc == 0)
+			rc = rs_engine_step_wait(e, 0);
+		if (rc)
+			return -1.0;
+		t[r] = now_s() - t0;
+	}
+	qsort(t, reps, sizeof(double), compare_doubles);
+	return t[0];
+}
+
+int sim_cost_calibrate_cpu(struct sim_cost_model *m, int threads, FILE *report)
+{
+	/* stories15M's shape (ringserve-bench engine's CPU model). */
+	struct rs_model_config cfg = {
+		.dim = 288, .hidden_dim = 768, .n_layers = 6, .n_heads = 6, .n_kv_heads = 6,
+		.head_dim = 48, .vocab_size = 32000, .max_seq_len = 256, .rope_dim = 48,
+		.rope_theta = 10000.0f, .norm_eps = 1e-5f};
+	enum { ROWS = 32, BLOCKS = 16, REPS = 9 }; /* 16 blocks of 16: the whole context */
+	struct rs_model *model = NULL;
+	struct rs_engine *e = NULL;
+	int rc = rs_model_random(&cfg, RS_DTYPE_F32, 15, true, &model);
+	if (rc)
+		return rc;
+	struct rs_engine_options opts;
+	rs_engine_options_init(&opts);
+	opts.backend = "cpu";
+	opts.threads = threads;
+	opts.kv_blocks = ROWS * BLOCKS;
+	char err[256];
+	rc = rs_engine_create(model, &opts, &e, err, sizeof(err));
+	if (rc) {
+		fprintf(stderr, "ringserve-sim: calibration engine: %s\n", err);
+		rs_model_free(model);
+		return rc;
+	}
+	static uint32_t tables[ROWS * BLOCKS], tokens[256];
+	for (uint32_t i = 0; i < ROWS * BLOCKS; i++)
+		tables[i] = (uint32_t)rs_kv_block_alloc(rs_engine_kv(e));
+	for (uint32_t i = 0; i < 256; i++)
+		tokens[i] = (i * 7919u) % cfg.vocab_size;
+	/* Prefill chunks of one sequence, and decode steps of 1 to 32 sequences at short and
+	 * long contexts: the shapes a serving step mixes. */
+	static const uint32_t prefills[] = {8, 32, 96, 192}, batches[] = {1, 2, 4, 8, 16, 32},
+			      contexts[] = {16, 200};
+	struct sim_step_shape shapes[32];
+	double seconds[32];
+	uint32_t n = 0;
+	time_step(e, 4, 0, 16, tables, BLOCKS, tokens, 3); /* warm the pool and the caches */
+	for (uint32_t i = 0; i < sizeof(prefills) / sizeof(prefills[0]) && rc == 0; i++, n++) {
+		seconds[n] = time_step(e, 1, 0, prefills[i], tables, BLOCKS, tokens, REPS);
+		shapes[n] = (struct sim_step_shape){prefills[i], 1,
+						    prefills[i] * (prefills[i] + 1) / 2.0};
+		rc = seconds[n] > 0 ? 0 : -EIO;
+	}
+	for (uint32_t b = 0; b < sizeof(batches) / sizeof(batches[0]) && rc == 0; b++)
+		for (uint32_t c = 0; c < 2 && rc == 0; c++, n++) {
+			seconds[n] = time_step(e, batches[b], contexts[c] - 1, 1, tables, BLOCKS,
+					       tokens, REPS);
+			shapes[n] = (struct sim_step_shape){batches[b], batches[b],
+							    (double)batches[b] * contexts[c]};
+			rc = seconds[n] > 0 ? 0 : -EIO;
+		}
+	if (rc == 0) {
+		snprintf(m->source, sizeof(m->source),
+			 "CPU engine, stories15M-shaped f32, %d threads (ringserve-sim calibrate)",
+			 rs_engine_options(e)->threads);
+		if (sim_cost_fit(m, shapes, seconds, n, report) < 0)
+			rc = -EDOM;
+	}
+	rs_engine_destroy(e);
+	rs_model_free(model);
+	return rc;
+}

@@ -1,0 +1,326 @@
+/* ringserve-sim: the scheduling core on a virtual clock (sim.h, docs/simulator.md).
+ *
+ *   ringserve-sim run       [workload] [core] [--cost FILE] [--json FILE]
+ *   ringserve-sim compare   the same, once per admission policy (fcfs, lpm, vtc, dlpm)
+ *   ringserve-sim trace     [workload]: the generated requests as a trace file on stdout
+ *   ringserve-sim calibrate [--threads N] [--out FILE]: fit the cost model to the CPU
+ *                           engine on this machine */
+#include <errno.h>
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tools/ringserve-sim/sim.h"
+
+/* The CPU engine of the development machines (2 cores), stories15M-shaped f32 model:
+ * `ringserve-sim calibrate` of 2026-12-04 (docs/simulator.md). */
+static const struct sim_cost_model DEFAULT_COST = {
+	.base_s = 0, .per_token_s = 0, .per_row_s = 0, .per_pair_s = 0,
+	.source = "built in",
+};
+
+static void usage(void)
+{
+	fprintf(stderr,
+		"usage: ringserve-sim run|compare|trace|calibrate [options]\n"
+		"workload (generated):\n"
+		"  --requests N          requests (10000)\n"
+		"  --rate R              Poisson arrivals per second; 0: all at once (0)\n"
+		"  --tenants N           tenants (4); --skew X: tenant t0 sends X times as much (1)\n"
+		"  --prefixes N          shared prefixes per tenant (1; 0: none)\n"
+		"  --prefix-len D        length of each prefix (fixed:256)\n"
+		"  --suffix-len D        private part of each prompt (uniform:8:64)\n"
+		"  --output-len D        generated tokens (uniform:16:128)\n"
+		"                        D: fixed:N, uniform:A:B, exp:MEAN[:MAX], empirical:FILE\n"
+		"  --hint                clients hint their exact output length\n"
+		"  --seed N              (1)\n"
+		"  --trace FILE          a trace file instead (JSON lines; docs/simulator.md)\n"
+		"core:\n"
+		"  --policy P            fcfs, lpm, vtc, dlpm (dlpm); --quantum Q, --w-prompt W,\n"
+		"                        --w-output W as ringserved's\n"
+		"  --no-prefix-cache\n"
+		"  --lanes N (1)  --max-batch N (32)  --max-batch-tokens N (512)\n"
+		"  --kv-blocks N (2048)  --block-size N (16)  --max-in-flight N (1048576)\n"
+		"  --cost FILE           the step cost model (default: built in, this machine's CPU)\n"
+		"  --json FILE           results as JSON too\n"
+		"calibrate: --threads N (0: one per CPU), --out FILE\n");
+}
+
+enum {
+	OPT_REQUESTS = 256, OPT_RATE, OPT_TENANTS, OPT_SKEW, OPT_PREFIXES, OPT_PREFIX_LEN,
+	OPT_SUFFIX_LEN, OPT_OUTPUT_LEN, OPT_HINT, OPT_SEED, OPT_TRACE, OPT_POLICY, OPT_QUANTUM,
+	OPT_W_PROMPT, OPT_W_OUTPUT, OPT_NO_CACHE, OPT_LANES, OPT_MAX_BATCH, OPT_MAX_TOKENS,
+	OPT_KV_BLOCKS, OPT_BLOCK_SIZE, OPT_MAX_IN_FLIGHT, OPT_COST, OPT_JSON, OPT_THREADS, OPT_OUT,
+};
+
+static const struct option options[] = {
+	{"requests", required_argument, 0, OPT_REQUESTS},
+	{"rate", required_argument, 0, OPT_RATE},
+	{"tenants", required_argument, 0, OPT_TENANTS},
+	{"skew", required_argument, 0, OPT_SKEW},
+	{"prefixes", required_argument, 0, OPT_PREFIXES},
+	{"prefix-len", required_argument, 0, OPT_PREFIX_LEN},
+	{"suffix-len", required_argument, 0, OPT_SUFFIX_LEN},
+	{"output-len", required_argument, 0, OPT_OUTPUT_LEN},
+	{"hint", no_argument, 0, OPT_HINT},
+	{"seed", required_argument, 0, OPT_SEED},
+	{"trace", required_argument, 0, OPT_TRACE},
+	{"policy", required_argument, 0, OPT_POLICY},
+	{"quantum", required_argument, 0, OPT_QUANTUM},
+	{"w-prompt", required_argument, 0, OPT_W_PROMPT},
+	{"w-output", required_argument, 0, OPT_W_OUTPUT},
+	{"no-prefix-cache", no_argument, 0, OPT_NO_CACHE},
+	{"lanes", required_argument, 0, OPT_LANES},
+	{"max-batch", required_argument, 0, OPT_MAX_BATCH},
+	{"max-batch-tokens", required_argument, 0, OPT_MAX_TOKENS},
+	{"kv-blocks", required_argument, 0, OPT_KV_BLOCKS},
+	{"block-size", required_argument, 0, OPT_BLOCK_SIZE},
+	{"max-in-flight", required_argument, 0, OPT_MAX_IN_FLIGHT},
+	{"cost", required_argument, 0, OPT_COST},
+	{"json", required_argument, 0, OPT_JSON},
+	{"threads", required_argument, 0, OPT_THREADS},
+	{"out", required_argument, 0, OPT_OUT},
+	{0, 0, 0, 0},
+};
+
+/* A whole number in [lo, hi], or an error naming the option. */
+static int number(const char *name, const char *arg, double lo, double hi, double *out)
+{
+	char *end;
+	errno = 0;
+	double v = strtod(arg, &end);
+	if (errno || end == arg || *end || v < lo || v > hi) {
+		fprintf(stderr, "ringserve-sim: --%s: expected a number in [%g, %g], got \"%s\"\n",
+			name, lo, hi, arg);
+		return -EINVAL;
+	}
+	*out = v;
+	return 0;
+}
+
+static void print_result(const char *label, const struct sim_result *r, bool header)
+{
+	if (header) {
+		printf("| policy | req/s | tok/s | cache hit | mean latency s | mean TTFT s | "
+		       "max service diff | preemptions |\n");
+		printf("|---|---|---|---|---|---|---|---|\n");
+	}
+	printf("| %s | %.1f | %.0f | %.1f%% | %.2f | %.2f | %.0f | %llu |\n", label,
+	       r->requests_per_s, r->tokens_per_s,
+	       r->prompt_tokens ? 100.0 * r->cached_tokens / r->prompt_tokens : 0.0,
+	       r->latency_mean_s, r->ttft_mean_s, r->max_service_diff,
+	       (unsigned long long)r->preemptions);
+}
+
+static void print_tenants(const struct sim_result *r)
+{
+	printf("\n| tenant | requests | latency p50 / p99 s | TTFT p50 / p99 s |\n");
+	printf("|---|---|---|---|\n");
+	for (uint32_t t = 0; t < r->n_tenants; t++) {
+		const struct sim_tenant_result *tr = &r->tenants[t];
+		printf("| %s | %llu | %.2f / %.2f | %.2f / %.2f |\n", tr->name,
+		       (unsigned long long)tr->requests, tr->latency_p50_s, tr->latency_p99_s,
+		       tr->ttft_p50_s, tr->ttft_p99_s);
+	}
+}
+
+static void json_result(FILE *f, const char *policy, const struct sim_result *r)
+{
+	fprintf(f, "{\"policy\": \"%s\", \"requests\": %llu, \"seconds\": %.6f, "
+		   "\"requests_per_s\": %.3f, \"tokens_per_s\": %.1f, \"cache_hit\": %.4f, "
+		   "\"latency_mean_s\": %.4f, \"ttft_mean_s\": %.4f, \"max_service_diff\": %.1f, "
+		   "\"preemptions\": %llu, \"steps\": %llu, \"wall_s\": %.3f, \"tenants\": [",
+		policy, (unsigned long long)r->requests, r->seconds, r->requests_per_s,
+		r->tokens_per_s, r->prompt_tokens ? (double)r->cached_tokens / r->prompt_tokens : 0,
+		r->latency_mean_s, r->ttft_mean_s, r->max_service_diff,
+		(unsigned long long)r->preemptions, (unsigned long long)r->steps, r->wall_s);
+	for (uint32_t t = 0; t < r->n_tenants; t++) {
+		const struct sim_tenant_result *tr = &r->tenants[t];
+		fprintf(f, "%s{\"name\": \"%s\", \"requests\": %llu, \"latency_p50_s\": %.4f, "
+			   "\"latency_p99_s\": %.4f, \"ttft_p50_s\": %.4f, \"ttft_p99_s\": %.4f}",
+			t ? ", " : "", tr->name, (unsigned long long)tr->requests, tr->latency_p50_s,
+			tr->latency_p99_s, tr->ttft_p50_s, tr->ttft_p99_s);
+	}
+	fprintf(f, "]}");
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2 || argv[1][0] == '-') {
+		usage();
+		return 2;
+	}
+	const char *command = argv[1];
+	struct sim_generator_config gen = {
+		.requests = 10000, .tenants = 4, .skew = 1.0, .prefixes = 1, .seed = 1};
+	const char *prefix_spec = "fixed:256", *suffix_spec = "uniform:8:64",
+		   *output_spec = "uniform:16:128";
+	struct sim_config config = {
+		.lanes = 1, .max_batch = 32, .max_batch_tokens = 512, .kv_blocks = 2048,
+		.block_size = 16, .prefix_cache = true, .max_in_flight = 1 << 20,
+		.admission = {.policy = RS_ADMISSION_DLPM, .w_prompt = 1.0, .w_output = 2.0,
+			      .quantum = 2048.0},
+		.cost = DEFAULT_COST};
+	const char *trace = NULL, *json_path = NULL, *cost_path = NULL, *out_path = NULL;
+	int threads = 0;
+	char err[512];
+	double v;
+	int opt, bad = 0;
+	optind = 2;
+	while (!bad && (opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
+		const char *name = options[opt >= 256 ? opt - 256 : 0].name;
+		switch (opt) {
+		case OPT_REQUESTS:
+			bad = number(name, optarg, 1, 1e9, &v), gen.requests = (uint64_t)v;
+			break;
+		case OPT_RATE: bad = number(name, optarg, 0, 1e9, &gen.rate); break;
+		case OPT_TENANTS:
+			bad = number(name, optarg, 1, SIM_MAX_TENANTS, &v), gen.tenants = (uint32_t)v;
+			break;
+		case OPT_SKEW: bad = number(name, optarg, 0.001, 1e6, &gen.skew); break;
+		case OPT_PREFIXES:
+			bad = number(name, optarg, 0, 1e6, &v), gen.prefixes = (uint32_t)v;
+			break;
+		case OPT_PREFIX_LEN: prefix_spec = optarg; break;
+		case OPT_SUFFIX_LEN: suffix_spec = optarg; break;
+		case OPT_OUTPUT_LEN: output_spec = optarg; break;
+		case OPT_HINT: gen.hint = true; break;
+		case OPT_SEED: bad = number(name, optarg, 0, 1e18, &v), gen.seed = (uint64_t)v; break;
+		case OPT_TRACE: trace = optarg; break;
+		case OPT_POLICY:
+			bad = rs_admission_policy_parse(optarg, &config.admission.policy);
+			if (bad)
+				fprintf(stderr, "ringserve-sim: --policy: fcfs, lpm, vtc or dlpm\n");
+			break;
+		case OPT_QUANTUM: bad = number(name, optarg, 1, 1e12, &config.admission.quantum); break;
+		case OPT_W_PROMPT: bad = number(name, optarg, 0, 1e6, &config.admission.w_prompt); break;
+		case OPT_W_OUTPUT: bad = number(name, optarg, 0, 1e6, &config.admission.w_output); break;
+		case OPT_NO_CACHE: config.prefix_cache = false; break;
+		case OPT_LANES: bad = number(name, optarg, 1, 64, &v), config.lanes = (uint32_t)v; break;
+		case OPT_MAX_BATCH:
+			bad = number(name, optarg, 1, 65536, &v), config.max_batch = (uint32_t)v;
+			break;
+		case OPT_MAX_TOKENS:
+			bad = number(name, optarg, 1, 1 << 20, &v), config.max_batch_tokens = (uint32_t)v;
+			break;
+		case OPT_KV_BLOCKS:
+			bad = number(name, optarg, 1, 1 << 26, &v), config.kv_blocks = (uint32_t)v;
+			break;
+		case OPT_BLOCK_SIZE:
+			bad = number(name, optarg, 1, 4096, &v), config.block_size = (uint32_t)v;
+			break;
+		case OPT_MAX_IN_FLIGHT:
+			bad = number(name, optarg, 1, 1 << 26, &v), config.max_in_flight = (uint32_t)v;
+			break;
+		case OPT_COST: cost_path = optarg; break;
+		case OPT_JSON: json_path = optarg; break;
+		case OPT_THREADS: bad = number(name, optarg, 0, 1024, &v), threads = (int)v; break;
+		case OPT_OUT: out_path = optarg; break;
+		default: bad = 1; break;
+		}
+	}
+	if (bad || optind != argc) {
+		usage();
+		return 2;
+	}
+
+	if (strcmp(command, "calibrate") == 0) {
+		struct sim_cost_model m;
+		int rc = sim_cost_calibrate_cpu(&m, threads, stdout);
+		if (rc) {
+			fprintf(stderr, "ringserve-sim: calibration failed: %s\n", strerror(-rc));
+			return 1;
+		}
+		if (out_path && (rc = sim_cost_save(&m, out_path)) != 0) {
+			fprintf(stderr, "ringserve-sim: %s: %s\n", out_path, strerror(-rc));
+			return 1;
+		}
+		return 0;
+	}
+	if (cost_path && sim_cost_load(&config.cost, cost_path, err, sizeof(err))) {
+		fprintf(stderr, "ringserve-sim: %s\n", err);
+		return 1;
+	}
+	if (sim_lengths_parse(prefix_spec, &gen.prefix_len, err, sizeof(err)) ||
+	    sim_lengths_parse(suffix_spec, &gen.suffix_len, err, sizeof(err)) ||
+	    sim_lengths_parse(output_spec, &gen.output_len, err, sizeof(err))) {
+		fprintf(stderr, "ringserve-sim: %s\n", err);
+		return 1;
+	}
+	struct sim_workload w;
+	int status = 0;
+	if (trace) {
+		if (sim_workload_trace(&w, trace, err, sizeof(err))) {
+			fprintf(stderr, "ringserve-sim: %s\n", err);
+			return 1;
+		}
+	} else {
+		sim_workload_generator(&w, &gen);
+	}
+	if (strcmp(command, "trace") == 0) {
+		status = sim_workload_write_trace(&w, stdout) ? 1 : 0;
+	} else if (strcmp(command, "run") == 0 || strcmp(command, "compare") == 0) {
+		bool compare = strcmp(command, "compare") == 0;
+		static const enum rs_admission_policy all[] = {
+			RS_ADMISSION_FCFS, RS_ADMISSION_LPM, RS_ADMISSION_VTC, RS_ADMISSION_DLPM};
+		FILE *json = json_path ? fopen(json_path, "w") : NULL;
+		if (json_path && !json) {
+			fprintf(stderr, "ringserve-sim: %s: %s\n", json_path, strerror(errno));
+			return 1;
+		}
+		printf("ringserve-sim: %s; cost model: %s; %u lane(s), batch %u, %u tokens a step, "
+		       "%u KV blocks of %u, prefix cache %s\n\n",
+		       trace ? trace : "generated workload", config.cost.source, config.lanes,
+		       config.max_batch, config.max_batch_tokens, config.kv_blocks,
+		       config.block_size, config.prefix_cache ? "on" : "off");
+		if (json)
+			fputc('[', json);
+		struct sim_result results[4];
+		int n = compare ? 4 : 1;
+		for (int i = 0; i < n && !status; i++) {
+			struct sim_config c = config;
+			if (compare)
+				c.admission.policy = all[i];
+			if (i) { /* the same workload again */
+				if (trace)
+					w.produced = 0;
+				else
+					sim_workload_generator(&w, &gen);
+			}
+			int rc = sim_run(&c, &w, &results[i], err, sizeof(err));
+			if (rc) {
+				fprintf(stderr, "ringserve-sim: %s\n", err);
+				status = 1;
+				break;
+			}
+			const char *name = rs_admission_policy_name(c.admission.policy);
+			print_result(name, &results[i], i == 0);
+			if (json) {
+				if (i)
+					fputs(", ", json);
+				json_result(json, name, &results[i]);
+			}
+		}
+		if (!status)
+			for (int i = 0; i < n; i++) {
+				if (compare)
+					printf("\n%s:", rs_admission_policy_name(all[i]));
+				print_tenants(&results[i]);
+			}
+		if (!status)
+			printf("\n(%llu requests simulated in %.2f s of wall time per run)\n",
+			       (unsigned long long)results[0].requests, results[0].wall_s);
+		if (json) {
+			fputs("]\n", json);
+			fclose(json);
+		}
+	} else {
+		usage();
+		status = 2;
+	}
+	sim_workload_free(&w);
+	sim_lengths_free(&gen.prefix_len);
+	sim_lengths_free(&gen.suffix_len);
+	sim_lengths_free(&gen.output_len);
+	return status;
+}

@@ -1,0 +1,350 @@
+/* The simulation: the scheduling core on a virtual clock, each lane's step taking the
+ * cost model's time, arrivals from the workload (sim.h).
+ *
+ * Events, in time order: arrivals (submitted), ends of steps (rs_sched_step_done), and
+ * the planner's own wake-up time; after each, every idle lane is planned. The core runs
+ * exactly as in the daemon: its admission policy, prefix cache, KV accounting and
+ * preemption. The "engine" writes a token id for every sampled position; requests end
+ * at their output length (end of sequence is ignored). */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kernels/engine/kv_cache.h"
+#include "tools/ringserve-sim/sim.h"
+
+enum { VOCAB = 32000 };
+
+/* What the simulation remembers of each request, by arrival number. */
+struct record {
+	uint64_t arrival_ns, first_token_ns, finish_ns;
+	uint32_t tenant, output_len;
+};
+
+struct sim {
+	const struct sim_config *config;
+	struct rs_sched *sched;
+	struct rs_kv_cache *kv;
+	struct rs_request_pool pool;
+	struct rs_tenant *tenants[SIM_MAX_TENANTS];
+	uint32_t n_tenants;
+	uint64_t now;
+	struct record *records;
+	uint64_t n_records, cap_records, finished, in_flight;
+	uint64_t output_tokens, prompt_tokens, cached_tokens, first_arrival, last_finish;
+	int failed; /* a request ended with an error status */
+	/* Service difference among backlogged tenants, since the set last changed. */
+	uint64_t backlogged_mask;
+	double baseline[SIM_MAX_TENANTS];
+	double max_service_diff;
+	uint64_t next_sample_ns;
+};
+
+static uint64_t sim_now(void *ctx)
+{
+	return ((struct sim *)ctx)->now;
+}
+
+static void sim_token(void *ctx, struct rs_request *request)
+{
+	struct sim *sim = ctx;
+	if (request->generated == 1)
+		sim->records[request->user_data].first_token_ns = sim->now;
+}
+
+static void sim_finish(void *ctx, struct rs_request *request, int32_t status)
+{
+	struct sim *sim = ctx;
+	struct record *r = &sim->records[request->user_data];
+	if (status && !sim->failed)
+		sim->failed = status;
+	r->finish_ns = sim->now;
+	sim->finished++;
+	sim->in_flight--;
+	sim->output_tokens += request->generated;
+	sim->prompt_tokens += request->prompt_len;
+	sim->cached_tokens += request->cached_tokens;
+	sim->last_finish = sim->now;
+	rs_request_put(&sim->pool, request);
+}
+
+/* A token id from a key and a position: prompts built from the same key share tokens. */
+static uint32_t token_of(uint64_t key, uint32_t i)
+{
+	uint64_t x = key * 0x100000001b3ull + i;
+	return 1 + (uint32_t)(sim_random(&x) % (VOCAB - 1));
+}
+
+static int submit(struct sim *sim, const struct sim_request_spec *spec, char *err,
+		  size_t err_size)
+{
+	if (sim->n_records == sim->cap_records) {
+		uint64_t cap = sim->cap_records ? 2 * sim->cap_records : 65536;
+		struct record *grown = realloc(sim->records, cap * sizeof(*grown));
+		if (!grown) {
+			snprintf(err, err_size, "out of memory");
+			return -ENOMEM;
+		}
+		sim->records = grown;
+		sim->cap_records = cap;
+	}
+	struct rs_request *request = rs_request_get(&sim->pool);
+	if (!request) {
+		snprintf(err, err_size, "more than %u requests in flight at %.3f s "
+			 "(--max-in-flight)", sim->config->max_in_flight, sim->now / 1e9);
+		return -ENOSPC;
+	}
+	int rc = rs_request_reserve(request, spec->prompt_len, spec->output_len,
+				    sim->config->block_size);
+	if (rc) {
+		rs_request_put(&sim->pool, request);
+		snprintf(err, err_size, "out of memory");
+		return rc;
+	}
+	uint64_t id = sim->n_records++;
+	sim->records[id] = (struct record){.arrival_ns = spec->arrival_ns, .tenant = spec->tenant,
+					   .output_len = spec->output_len};
+	for (uint32_t i = 0; i < spec->prompt_len; i++)
+		request->tokens[i] = i < spec->prefix_len ? token_of(spec->prefix, i)
+							  : token_of((1ull << 32) + id, i);
+	request->tenant = sim->tenants[spec->tenant];
+	request->user_data = id;
+	request->ignore_eos = true;
+	request->output_len_hint = spec->output_hint;
+	request->top_p = 1.0f;
+	rc = rs_sched_submit(sim->sched, request);
+	if (rc) {
+		rs_request_put(&sim->pool, request);
+		snprintf(err, err_size, "request %llu (prompt %u + output %u) can never fit %u KV "
+			 "blocks", (unsigned long long)id, spec->prompt_len, spec->output_len,
+			 sim->config->kv_blocks);
+		return rc;
+	}
+	sim->in_flight++;
+	return 0;
+}
+
+/* The largest weighted service difference among tenants backlogged since the set of
+ * backlogged tenants last changed. */
+static void sample_service(struct sim *sim)
+{
+	uint64_t mask = 0;
+	for (uint32_t t = 0; t < sim->n_tenants; t++)
+		if (sim->tenants[t]->waiting)
+			mask |= 1ull << t;
+	if (mask != sim->backlogged_mask) {
+		sim->backlogged_mask = mask;
+		for (uint32_t t = 0; t < sim->n_tenants; t++)
+			sim->baseline[t] = sim->tenants[t]->service;
+		return;
+	}
+	double lo = INFINITY, hi = -INFINITY;
+	for (uint32_t t = 0; t < sim->n_tenants; t++) {
+		if (!(mask >> t & 1))
+			continue;
+		double got = sim->tenants[t]->service - sim->baseline[t];
+		lo = fmin(lo, got);
+		hi = fmax(hi, got);
+	}
+	if (hi > lo && hi - lo > sim->max_service_diff)
+		sim->max_service_diff = hi - lo;
+}
+
+static int compare_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return (x > y) - (x < y);
+}
+
+static double percentile(const uint64_t *sorted, uint64_t n, double p)
+{
+	if (!n)
+		return 0;
+	uint64_t i = (uint64_t)ceil(p * n);
+	return sorted[i ? i - 1 : 0] / 1e9;
+}
+
+static void summarize(struct sim *sim, struct sim_result *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->requests = sim->finished;
+	out->output_tokens = sim->output_tokens;
+	out->prompt_tokens = sim->prompt_tokens;
+	out->cached_tokens = sim->cached_tokens;
+	const struct rs_sched_stats *st = rs_sched_stats(sim->sched);
+	out->steps = st->steps;
+	out->preemptions = st->preemptions;
+	out->seconds = (sim->last_finish - sim->first_arrival) / 1e9;
+	out->requests_per_s = out->seconds > 0 ? out->requests / out->seconds : 0;
+	out->tokens_per_s = out->seconds > 0 ? out->output_tokens / out->seconds : 0;
+	out->max_service_diff = sim->max_service_diff;
+	out->n_tenants = sim->n_tenants;
+	uint64_t *latency = malloc(sim->n_records * sizeof(uint64_t) + 1);
+	uint64_t *ttft = malloc(sim->n_records * sizeof(uint64_t) + 1);
+	double sum_latency = 0, sum_ttft = 0;
+	for (uint32_t t = 0; t < sim->n_tenants && latency && ttft; t++) {
+		struct sim_tenant_result *tr = &out->tenants[t];
+		snprintf(tr->name, sizeof(tr->name), "%s", sim->tenants[t]->name);
+		uint64_t n = 0;
+		for (uint64_t i = 0; i < sim->n_records; i++) {
+			const struct record *r = &sim->records[i];
+			if (r->tenant != t)
+				continue;
+			latency[n] = r->finish_ns - r->arrival_ns;
+			ttft[n] = r->first_token_ns - r->arrival_ns;
+			sum_latency += latency[n];
+			sum_ttft += ttft[n];
+			tr->output_tokens += r->output_len;
+			n++;
+		}
+		tr->requests = n;
+		qsort(latency, n, sizeof(uint64_t), compare_u64);
+		qsort(ttft, n, sizeof(uint64_t), compare_u64);
+		tr->latency_p50_s = percentile(latency, n, 0.5);
+		tr->latency_p99_s = percentile(latency, n, 0.99);
+		tr->ttft_p50_s = percentile(ttft, n, 0.5);
+		tr->ttft_p99_s = percentile(ttft, n, 0.99);
+	}
+	if (sim->n_records) {
+		out->latency_mean_s = sum_latency / sim->n_records / 1e9;
+		out->ttft_mean_s = sum_ttft / sim->n_records / 1e9;
+	}
+	free(latency);
+	free(ttft);
+}
+
+int sim_run(const struct sim_config *config, struct sim_workload *w, struct sim_result *out,
+	    char *err, size_t err_size)
+{
+	struct timespec wall0, wall1;
+	clock_gettime(CLOCK_MONOTONIC, &wall0);
+	struct sim *sim = calloc(1, sizeof(*sim));
+	if (!sim)
+		return -ENOMEM;
+	sim->config = config;
+	int rc = rs_kv_cache_create(config->kv_blocks, config->block_size, &sim->kv);
+	struct rs_sched_config sc = {
+		.lanes = config->lanes,
+		.max_batch = config->max_batch,
+		.max_batch_tokens = config->max_batch_tokens,
+		.max_tenants = SIM_MAX_TENANTS,
+		.vocab_size = VOCAB,
+		.eos_token = UINT32_MAX,
+		.prefix_cache = config->prefix_cache,
+		.admission = config->admission,
+	};
+	struct rs_sched_hooks hooks = {
+		.now_ns = sim_now, .token = sim_token, .finish = sim_finish, .ctx = sim};
+	if (rc == 0)
+		rc = rs_sched_create(&sc, sim->kv, &hooks, &sim->sched);
+	if (rc == 0)
+		rc = rs_request_pool_init(&sim->pool, config->max_in_flight);
+	for (uint32_t t = 0; t < w->n_tenants && rc == 0; t++) {
+		sim->tenants[t] = rs_sched_tenant_acquire(sim->sched, 0, w->tenant_names[t],
+							  w->tenant_weights[t]);
+		rc = sim->tenants[t] ? 0 : -ENOSPC;
+		sim->n_tenants = t + 1;
+	}
+	if (rc) {
+		snprintf(err, err_size, "setting up the core: %s", strerror(-rc));
+		goto out;
+	}
+
+	uint32_t lanes = config->lanes;
+	uint64_t done_at[64];
+	bool busy[64] = {false};
+	if (lanes > 64) {
+		snprintf(err, err_size, "at most 64 lanes");
+		rc = -EINVAL;
+		goto out;
+	}
+	struct sim_request_spec next;
+	bool more = sim_workload_next(w, &next);
+	if (more)
+		sim->first_arrival = sim->now = next.arrival_ns;
+	for (;;) {
+		while (more && next.arrival_ns <= sim->now && rc == 0) {
+			rc = submit(sim, &next, err, err_size);
+			more = sim_workload_next(w, &next);
+		}
+		if (rc)
+			break;
+		for (uint32_t l = 0; l < lanes; l++) {
+			if (busy[l])
+				continue;
+			const struct rs_step_plan *plan = rs_sched_plan_step(sim->sched, l);
+			if (!plan)
+				continue;
+			for (uint32_t i = 0; i < plan->n; i++)
+				if (plan->steps[i].sample)
+					*plan->steps[i].out_token =
+						token_of(plan->requests[i]->user_data, 1 << 30);
+			struct sim_step_shape shape;
+			sim_step_shape_of(plan, &shape);
+			/* At least a nanosecond: time moves on. */
+			done_at[l] = sim->now + 1 + (uint64_t)(sim_cost_seconds(&config->cost, &shape) * 1e9);
+			busy[l] = true;
+		}
+		uint64_t t = UINT64_MAX;
+		for (uint32_t l = 0; l < lanes; l++)
+			if (busy[l] && done_at[l] < t)
+				t = done_at[l];
+		if (more && next.arrival_ns < t)
+			t = next.arrival_ns;
+		uint64_t wake = rs_sched_next_wakeup_ns(sim->sched);
+		if (wake > sim->now && wake < t)
+			t = wake;
+		if (t == UINT64_MAX) {
+			if (rs_sched_busy(sim->sched)) {
+				snprintf(err, err_size, "stuck at %.3f s: %u requests waiting, nothing "
+					 "planned", sim->now / 1e9, rs_sched_waiting(sim->sched));
+				rc = -EDEADLK;
+			}
+			break;
+		}
+		sim->now = t;
+		for (uint32_t l = 0; l < lanes; l++) {
+			if (busy[l] && done_at[l] <= sim->now) {
+				busy[l] = false;
+				rs_sched_step_done(sim->sched, l, 0);
+			}
+		}
+		if (sim->now >= sim->next_sample_ns) {
+			sample_service(sim);
+			sim->next_sample_ns = sim->now + config->sample_every_ns;
+		}
+	}
+	if (rc) {
+		/* Give every request back before the core goes: end the steps in flight, then
+		 * cancel whatever waits or runs (their records are not reported). */
+		for (uint32_t l = 0; l < lanes; l++)
+			if (busy[l])
+				rs_sched_step_done(sim->sched, l, -ECANCELED);
+		for (uint32_t i = 0; i < sim->pool.capacity; i++) {
+			struct rs_request *r = &sim->pool.all[i];
+			if (r->state != RS_REQUEST_FREE)
+				rs_sched_cancel(sim->sched, r, -ECANCELED);
+		}
+	}
+	if (rc == 0 && sim->failed) {
+		snprintf(err, err_size, "a request failed: %s", strerror(-sim->failed));
+		rc = sim->failed;
+	}
+	if (rc == 0)
+		summarize(sim, out);
+out:
+	for (uint32_t t = 0; t < sim->n_tenants; t++)
+		if (sim->tenants[t])
+			rs_sched_tenant_release(sim->sched, sim->tenants[t]);
+	rs_sched_destroy(sim->sched);
+	rs_request_pool_destroy(&sim->pool);
+	rs_kv_cache_destroy(sim->kv);
+	free(sim->records);
+	free(sim);
+	clock_gettime(CLOCK_MONOTONIC, &wall1);
+	if (rc == 0)
+		out->wall_s = (wall1.tv_sec - wall0.tv_sec) + (wall1.tv_nsec - wall0.tv_nsec) * 1e-9;
+	return rc;
+}
