@@ -10,30 +10,37 @@ static uint32_t min_u32(uint32_t a, uint32_t b)
 	return a < b ? a : b;
 }
 
-static void plan_continuous(struct rs_sched *sched, struct rs_sched_lane *lane)
+bool rs_planner_plan_seated(struct rs_sched *sched, struct rs_sched_lane *lane, uint32_t *budget)
 {
-	uint32_t budget = sched->config.max_batch_tokens;
 	/* Preemption in rs_sched_reserve takes requests not yet planned from the tail of
 	 * lane->running, never one before index i, and leaves holes (NULL). */
-	for (uint32_t i = 0; i < lane->n_running && budget; i++) {
+	for (uint32_t i = 0; i < lane->n_running && *budget; i++) {
 		struct rs_request *request = lane->running[i];
 		if (!request || rs_sched_context(request) - request->computed != 1)
 			continue; /* still prefilling: below */
 		if (rs_sched_reserve(sched, lane, request, request->computed + 1) < 0)
-			return; /* out of blocks: no admission this step either */
+			return false;
 		rs_sched_plan_add(sched, lane, request, 1);
-		budget--;
+		(*budget)--;
 	}
-	for (uint32_t i = 0; i < lane->n_running && budget; i++) {
+	for (uint32_t i = 0; i < lane->n_running && *budget; i++) {
 		struct rs_request *request = lane->running[i];
 		if (!request || request->in_step)
 			continue;
-		uint32_t chunk = min_u32(rs_sched_context(request) - request->computed, budget);
+		uint32_t chunk = min_u32(rs_sched_context(request) - request->computed, *budget);
 		if (rs_sched_reserve(sched, lane, request, request->computed + chunk) < 0)
-			return; /* out of blocks: no admission this step either */
+			return false;
 		rs_sched_plan_add(sched, lane, request, chunk);
-		budget -= chunk;
+		*budget -= chunk;
 	}
+	return true;
+}
+
+static void plan_continuous(struct rs_sched *sched, struct rs_sched_lane *lane)
+{
+	uint32_t budget = sched->config.max_batch_tokens;
+	if (!rs_planner_plan_seated(sched, lane, &budget))
+		return; /* out of blocks: no admission this step either */
 	struct rs_request *request;
 	while (budget && (request = rs_sched_admit_next(sched, lane))) {
 		uint32_t chunk = min_u32(rs_sched_context(request) - request->computed, budget);

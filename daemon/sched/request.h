@@ -19,6 +19,8 @@ enum rs_request_state {
 	RS_REQUEST_WAITING, /* queued for admission */
 	RS_REQUEST_RUNNING, /* admitted into a lane */
 	RS_REQUEST_PARKED,  /* its tenant holds its KV share: set aside until it frees some */
+	RS_REQUEST_STAGED,  /* admitted, held by the batch planner until it seats it in a lane
+			     * (the multi-bin planner gathers a bin's batch) */
 };
 
 /* Requests whose prompt + output fit in this many tokens, and whose block table fits in
@@ -79,6 +81,8 @@ struct rs_request {
 	uint32_t promised; /* blocks promised at admission, not yet taken */
 	uint32_t lane;
 	uint32_t seat; /* index in its lane's running array */
+	uint32_t predicted_output; /* the planner's guess at its output length; 0: none */
+	uint32_t bin;		   /* the multi-bin planner's bin for it */
 	uint32_t preemptions;
 	bool in_step;	/* part of a lane's step in flight */
 	bool cancelled; /* leave at the next step boundary with cancel_status */
@@ -87,7 +91,8 @@ struct rs_request {
 	int32_t cancel_status;
 	struct rs_prefix_node *locked;	/* deepest prefix-cache node it locks, or NULL */
 	struct rs_prefix_waiter waiter; /* while waiting */
-	/* The admission policy's links (one structure at a time). */
+	/* The admission policy's links (one structure at a time; while staged, the core's
+	 * list of staged requests). */
 	struct rs_request *queue_next, *queue_prev, *heap_child;
 	struct rs_request *parked_next, *parked_prev; /* in its tenant's parked list */
 

@@ -40,7 +40,7 @@ int rs_sched_create(const struct rs_sched_config *config, struct rs_kv_cache *kv
 		return -ENOMEM;
 	sched->config = *config;
 	sched->hooks = *hooks;
-	sched->planner = &rs_planner_continuous;
+	sched->planner = config->planner ? config->planner : &rs_planner_continuous;
 	sched->kv = kv;
 	sched->block_size = rs_kv_block_size(kv);
 	struct rs_admission_params admission = config->admission;
@@ -72,6 +72,8 @@ int rs_sched_create(const struct rs_sched_config *config, struct rs_kv_cache *kv
 		    !lane->plan.sampled)
 			goto fail;
 	}
+	if (sched->planner->create && (ret = sched->planner->create(sched)) != 0)
+		goto fail;
 	*out = sched;
 	return 0;
 fail:
@@ -83,6 +85,8 @@ void rs_sched_destroy(struct rs_sched *sched)
 {
 	if (!sched)
 		return;
+	if (sched->planner_state && sched->planner->destroy)
+		sched->planner->destroy(sched);
 	for (uint32_t l = 0; sched->lanes && l < sched->config.lanes; l++) {
 		struct rs_sched_lane *lane = &sched->lanes[l];
 		free(lane->running);
@@ -257,9 +261,27 @@ static void cache_prefix(struct rs_sched *sched, struct rs_request *request, uin
 	request->locked = node;
 }
 
+static void unstage(struct rs_sched *sched, struct rs_request *request)
+{
+	if (request->queue_prev)
+		request->queue_prev->queue_next = request->queue_next;
+	else
+		sched->staged_head = request->queue_next;
+	if (request->queue_next)
+		request->queue_next->queue_prev = request->queue_prev;
+	else
+		sched->staged_tail = request->queue_prev;
+	request->queue_next = request->queue_prev = NULL;
+	sched->staged--;
+}
+
+/* A running or staged request lets go of its seat, blocks and promise. */
 static void stop_running(struct rs_sched *sched, struct rs_request *request)
 {
-	remove_from_lane(&sched->lanes[request->lane], request);
+	if (request->state == RS_REQUEST_STAGED)
+		unstage(sched, request);
+	else
+		remove_from_lane(&sched->lanes[request->lane], request);
 	release_blocks(sched, request);
 	sched->promised -= request->promised;
 	request->tenant->kv_blocks -= request->promised;
@@ -272,13 +294,15 @@ static void stop_running(struct rs_sched *sched, struct rs_request *request)
 
 static void finish(struct rs_sched *sched, struct rs_request *request, int32_t status)
 {
-	if (request->state == RS_REQUEST_RUNNING) {
+	if (request->state == RS_REQUEST_RUNNING || request->state == RS_REQUEST_STAGED) {
 		/* The prompt and the output so far: a conversation's next turn starts with it.
 		 * Not locked: the request lets go of it at once. */
 		if (status == 0 && sched->cache)
 			rs_prefix_cache_insert(sched->cache, request->tokens,
 					       request->computed / sched->block_size,
 					       request->blocks);
+		if (status == 0 && sched->planner->finished)
+			sched->planner->finished(sched, request);
 		stop_running(sched, request);
 	} else if (request->state == RS_REQUEST_WAITING) {
 		rs_admission_remove(sched->admission, request);
@@ -324,10 +348,27 @@ static uint32_t unpromised_free(const struct rs_sched *sched, uint32_t own)
 
 struct rs_request *rs_sched_admit_next(struct rs_sched *sched, struct rs_sched_lane *lane)
 {
-	if (lane->n_running - lane->n_holes >= sched->config.max_batch)
+	if (!rs_sched_free_seats(sched, lane))
 		return NULL;
+	struct rs_request *request = rs_sched_admit_staged(sched);
+	if (request)
+		rs_sched_seat(sched, lane, request);
+	return request;
+}
+
+void rs_sched_seat(struct rs_sched *sched, struct rs_sched_lane *lane, struct rs_request *request)
+{
 	if (lane->n_running == sched->config.max_batch)
 		compact_lane(lane);
+	unstage(sched, request);
+	request->state = RS_REQUEST_RUNNING;
+	request->lane = lane->index;
+	request->seat = lane->n_running;
+	lane->running[lane->n_running++] = request;
+}
+
+struct rs_request *rs_sched_admit_staged(struct rs_sched *sched)
+{
 	struct rs_request *request;
 	for (;;) {
 		request = rs_admission_peek(sched->admission);
@@ -394,10 +435,15 @@ struct rs_request *rs_sched_admit_next(struct rs_sched *sched, struct rs_sched_l
 		tenant->prompt_tokens += request->prompt_len;
 		tenant->cached_tokens += prompt_cached;
 	}
-	request->state = RS_REQUEST_RUNNING;
-	request->lane = lane->index;
-	request->seat = lane->n_running;
-	lane->running[lane->n_running++] = request;
+	request->state = RS_REQUEST_STAGED;
+	request->queue_next = NULL;
+	request->queue_prev = sched->staged_tail;
+	if (sched->staged_tail)
+		sched->staged_tail->queue_next = request;
+	else
+		sched->staged_head = request;
+	sched->staged_tail = request;
+	sched->staged++;
 	sched->running++;
 	tenant->running++;
 	sched->stats.admitted++;
@@ -645,6 +691,21 @@ int rs_sched_check(const struct rs_sched *sched)
 			return -EUCLEAN;
 		}
 	}
+	uint32_t staged = 0;
+	for (const struct rs_request *request = sched->staged_head; request;
+	     request = request->queue_next) {
+		staged++;
+		running++;
+		promised += request->promised;
+		if (request->state != RS_REQUEST_STAGED || request->in_step) {
+			fprintf(stderr, "sched: a staged request in state %d\n", request->state);
+			return -EUCLEAN;
+		}
+	}
+	if (staged != sched->staged) {
+		fprintf(stderr, "sched: %u staged (counted %u)\n", staged, sched->staged);
+		return -EUCLEAN;
+	}
 	if (running != sched->running || promised != sched->promised) {
 		fprintf(stderr, "sched: %u running (counted %u), %u blocks promised (counted %u)\n",
 			running, sched->running, promised, sched->promised);
@@ -663,6 +724,10 @@ int rs_sched_check(const struct rs_sched *sched)
 				if (request && request->tenant == tenant)
 					held += request->n_blocks + request->promised;
 			}
+		for (const struct rs_request *request = sched->staged_head; request;
+		     request = request->queue_next)
+			if (request->tenant == tenant)
+				held += request->n_blocks + request->promised;
 		if (held != tenant->kv_blocks ||
 		    (tenant->max_kv_blocks && tenant->kv_blocks > tenant->max_kv_blocks)) {
 			fprintf(stderr, "sched: tenant %s holds %u blocks (counted %u, share %u)\n",

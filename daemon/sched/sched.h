@@ -40,6 +40,23 @@
 #include "kernels/engine/engine.h"
 
 struct rs_sched;
+struct rs_planner_ops;
+
+#define RS_MULTIBIN_MAX_BINS 32
+
+/* The multi-bin planner's settings (planner_multibin.c, docs/scheduling.md). */
+struct rs_multibin_params {
+	uint32_t bins;	    /* k, 1 .. RS_MULTIBIN_MAX_BINS (1: plain batching) */
+	uint32_t batch;	    /* B: requests a batch gathers, <= max_batch; 0: max_batch */
+	bool continuous;    /* a lane refills freed seats from its bin each step; false
+			     * (static): a batch runs until its last member ends */
+	uint64_t deadline_ns; /* a bin whose oldest request has waited this long runs with
+			       * what it has (no starvation); 0: 100 ms */
+	/* Fixed bins: bin i < k - 1 holds predicted lengths <= boundaries[i] (ascending).
+	 * All zero: equal-probability quantiles of the observed lengths, recomputed as they
+	 * come (the paper's Lemma 4.1). */
+	uint32_t boundaries[RS_MULTIBIN_MAX_BINS - 1];
+};
 
 struct rs_sched_config {
 	uint32_t lanes;		   /* independent step queues (CUDA streams, CPU workers) */
@@ -50,6 +67,8 @@ struct rs_sched_config {
 	uint32_t eos_token;		      /* UINT32_MAX: none */
 	bool prefix_cache;		      /* share cached prefixes between requests */
 	struct rs_admission_params admission; /* max_tenants is taken from above */
+	const struct rs_planner_ops *planner; /* planner.h; NULL: continuous batching */
+	struct rs_multibin_params multibin;   /* for rs_planner_multibin */
 };
 
 struct rs_sched_hooks {

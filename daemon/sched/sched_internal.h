@@ -21,6 +21,7 @@ struct rs_sched {
 	struct rs_sched_config config;
 	struct rs_sched_hooks hooks;
 	const struct rs_planner_ops *planner;
+	void *planner_state;
 	struct rs_kv_cache *kv;
 	uint32_t block_size;
 	struct rs_prefix_cache *cache; /* NULL: no prefix sharing */
@@ -30,6 +31,10 @@ struct rs_sched {
 	uint32_t running;
 	uint32_t promised; /* blocks promised to admitted requests, not yet taken */
 	uint32_t parked;   /* requests set aside for their tenant's KV share */
+	/* Staged requests (admitted, not yet seated) in admission order, through their
+	 * queue links; counted in `running`. */
+	struct rs_request *staged_head, *staged_tail;
+	uint32_t staged;
 	uint64_t next_arrival;
 	struct rs_tenant **charged; /* tenants with output tokens in the step being done */
 	uint32_t n_charged;
@@ -50,6 +55,27 @@ static inline uint32_t rs_sched_context(const struct rs_request *request)
  * NULL. It may close the lane's holes (compact lane->running, renumbering seats): do not
  * hold an index into lane->running across it. */
 struct rs_request *rs_sched_admit_next(struct rs_sched *sched, struct rs_sched_lane *lane);
+
+/* The same admission without a seat: the request joins the tail of the staged list
+ * (state RS_REQUEST_STAGED; charged, its blocks promised) until rs_sched_seat. */
+struct rs_request *rs_sched_admit_staged(struct rs_sched *sched);
+
+/* Seat a staged request in the lane (which has a free seat). It may close the lane's
+ * holes, as rs_sched_admit_next. */
+void rs_sched_seat(struct rs_sched *sched, struct rs_sched_lane *lane, struct rs_request *request);
+
+/* Plan the lane's seated requests within *budget tokens (which it lowers): one decode
+ * token for each that decodes, then prefill chunks in seat order. False when a request
+ * could not get its blocks (the lane's youngest were preempted, possibly it): plan no
+ * admission this step then. */
+bool rs_planner_plan_seated(struct rs_sched *sched, struct rs_sched_lane *lane, uint32_t *budget);
+
+/* Seats the lane has free. */
+static inline uint32_t rs_sched_free_seats(const struct rs_sched *sched,
+					   const struct rs_sched_lane *lane)
+{
+	return sched->config.max_batch - (lane->n_running - lane->n_holes);
+}
 
 /* Give a running request of the lane, not yet in the plan being built, blocks for
  * `positions` positions: its promised ones, else free ones nobody was promised, else
