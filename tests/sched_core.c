@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "daemon/engine.h"
+#include "daemon/sched/planner.h"
 #include "daemon/sched/sched.h"
 #include "kernels/engine/engine.h"
 #include "kernels/model/model_random.h"
@@ -43,6 +44,7 @@ struct world {
 	struct rs_serving_engine *null_engine;
 	struct rs_engine *engine; /* the CPU engine, when the test runs the model */
 	uint32_t lanes;
+	uint32_t hint; /* output_len_hint of the requests world_submit makes */
 };
 
 static uint64_t world_now(void *ctx)
@@ -78,6 +80,8 @@ struct world_options {
 	bool prefix_cache;
 	enum rs_admission_policy policy;
 	const struct rs_model *model; /* NULL: the null engine */
+	const struct rs_planner_ops *planner; /* NULL: continuous batching */
+	struct rs_multibin_params multibin;
 };
 
 static void world_init(struct world *world, const struct world_options *options)
@@ -121,6 +125,8 @@ static void world_init(struct world *world, const struct world_options *options)
 	    .eos_token = UINT32_MAX,
 	    .prefix_cache = options->prefix_cache,
 	    .admission = {.policy = options->policy},
+	    .planner = options->planner,
+	    .multibin = options->multibin,
 	};
 	struct rs_sched_hooks hooks = {
 	    .now_ns = world_now, .token = world_token, .finish = world_finish, .ctx = world};
@@ -162,6 +168,7 @@ static struct rs_request *world_submit(struct world *world, struct rs_tenant *te
 	request->temperature = temperature;
 	request->top_p = temperature > 0 ? 0.9f : 1.0f;
 	request->seed = seed;
+	request->output_len_hint = world->hint;
 	memset(&world->results[id], 0, sizeof(world->results[id]));
 	CHECK(rs_sched_submit(world->sched, request) == 0, "submit %u", id);
 	return request;
@@ -202,7 +209,11 @@ static void world_drain(struct world *world)
 {
 	for (int i = 0; rs_sched_busy(world->sched); i++) {
 		CHECK(i < 100000, "the core does not drain");
-		CHECK(world_step(world) > 0 || !rs_sched_busy(world->sched),
+		/* Nothing planned is fine only while the planner waits for a time of its own
+		 * (a multi-bin batch's deadline), which the clock then reaches. */
+		int steps = world_step(world);
+		CHECK(steps > 0 || !rs_sched_busy(world->sched) ||
+			  rs_sched_next_wakeup_ns(world->sched) != 0,
 		      "busy, but nothing planned");
 	}
 }
@@ -336,9 +347,12 @@ static void test_model_outputs(void)
 	}
 	world_destroy(world);
 
-	/* Cache on and off; 24 blocks of 8 with 6 seats: preemption; 5-token chunks. */
-	for (int variant = 0; variant < 3; variant++) {
-		struct world_options options = {.lanes = variant == 2 ? 2 : 1,
+	/* Cache on and off; 24 blocks of 8 with 6 seats: preemption; 5-token chunks; then
+	 * the multi-bin planner, static and continuous, on 1 and 2 lanes (3 bins of batches
+	 * of 4; half the requests hint their length, the others are predicted). */
+	for (int variant = 0; variant < 7; variant++) {
+		bool multibin = variant >= 3;
+		struct world_options options = {.lanes = variant == 2 || variant >= 5 ? 2 : 1,
 						.max_batch = 6,
 						.max_batch_tokens = variant == 1 ? 5 : 64,
 						.kv_blocks = 24,
@@ -346,11 +360,20 @@ static void test_model_outputs(void)
 						.prefix_cache = variant != 1,
 						.policy = RS_ADMISSION_DLPM,
 						.model = model};
+		if (multibin) {
+			options.planner = &rs_planner_multibin;
+			options.multibin = (struct rs_multibin_params){
+			    .bins = 3, .batch = 4, .continuous = variant % 2 == 0,
+			    .deadline_ns = 3000000, .boundaries = {12, 24}};
+		}
 		world_init(world, &options);
 		struct rs_tenant *tenant = rs_sched_tenant_acquire(world->sched, 1, "t", 1.0);
-		for (uint32_t id = 0; id < N; id++)
+		for (uint32_t id = 0; id < N; id++) {
+			/* Half the clients hint their exact output length. */
+			world->hint = multibin && id % 2 ? max_new[id] : 0;
 			world_submit(world, tenant, id, prompts[id], lens[id], max_new[id],
 				     temperature[id], id);
+		}
 		world_drain(world);
 		for (uint32_t id = 0; id < N; id++) {
 			struct result *result = &world->results[id];
@@ -364,7 +387,7 @@ static void test_model_outputs(void)
 			      variant, id, (double)temperature[id]);
 		}
 		const struct rs_sched_stats *stats = rs_sched_stats(world->sched);
-		CHECK(stats->preemptions > 0, "variant %d: no preemption", variant);
+		CHECK(multibin || stats->preemptions > 0, "variant %d: no preemption", variant);
 		CHECK(variant == 1 || stats->cached_tokens > 0, "variant %d: no cache hit",
 		      variant);
 		printf("  model, variant %d: %llu preemptions, %llu prompt tokens cached\n",

@@ -27,6 +27,9 @@ struct rs_planner_ops {
 	/* Optional: a request ended normally after `generated` tokens (its length, for
 	 * predictions), before the core lets go of it. */
 	void (*finished)(struct rs_sched *sched, const struct rs_request *request);
+	/* Optional: a staged request left without being seated (cancelled, its client
+	 * gone). */
+	void (*unstaged)(struct rs_sched *sched, const struct rs_request *request);
 };
 
 /* Continuous batching (iteration-level): every step, each running request decodes one

@@ -278,9 +278,11 @@ static void unstage(struct rs_sched *sched, struct rs_request *request)
 /* A running or staged request lets go of its seat, blocks and promise. */
 static void stop_running(struct rs_sched *sched, struct rs_request *request)
 {
-	if (request->state == RS_REQUEST_STAGED)
+	if (request->state == RS_REQUEST_STAGED) {
 		unstage(sched, request);
-	else
+		if (sched->planner->unstaged)
+			sched->planner->unstaged(sched, request);
+	} else
 		remove_from_lane(&sched->lanes[request->lane], request);
 	release_blocks(sched, request);
 	sched->promised -= request->promised;

@@ -152,6 +152,19 @@ uint32_t rs_sched_running(const struct rs_sched *sched);
 int rs_sched_check(const struct rs_sched *sched);
 
 const struct rs_sched_stats *rs_sched_stats(const struct rs_sched *sched);
+
+/* The multi-bin planner's figures (NULL under another planner). */
+struct rs_multibin_stats {
+	uint64_t batches, batch_requests; /* batches formed, requests they took */
+	uint64_t predictions;		  /* finished requests that had a predicted length */
+	double abs_error_sum;		  /* of |predicted - actual| over those */
+	uint64_t right_bin;		  /* of those, predicted into their actual length's bin */
+};
+const struct rs_multibin_stats *rs_multibin_stats(const struct rs_sched *sched);
+
+/* The multi-bin planner's current bin boundaries into out (k - 1 of them); returns k - 1,
+ * or 0 under another planner. */
+uint32_t rs_multibin_boundaries(const struct rs_sched *sched, uint32_t *out);
 const struct rs_tenant_table *rs_sched_tenants(const struct rs_sched *sched);
 struct rs_kv_cache *rs_sched_kv(const struct rs_sched *sched);
 /* The prefix cache, or NULL when disabled (for checks in tests). */

@@ -41,6 +41,12 @@ static void usage(void)
 		"  --no-prefix-cache\n"
 		"  --lanes N (1)  --max-batch N (32)  --max-batch-tokens N (512)\n"
 		"  --kv-blocks N (2048)  --block-size N (16)  --max-in-flight N (1048576)\n"
+		"  --planner P           continuous or multibin (continuous)\n"
+		"  --bins K              multibin: bins (4); --bin-batch B: batch (max batch)\n"
+		"  --bin-mode M          multibin: static or continuous (static)\n"
+		"  --bin-deadline-ms T   multibin: a bin waits at most T ms to fill (100)\n"
+		"  --bin-boundaries L,.. multibin: fixed upper lengths of bins 0..K-2 (default:\n"
+		"                        quantiles of the observed lengths)\n"
 		"  --cost FILE           the step cost model (default: built in, this machine's CPU)\n"
 		"  --json FILE           results as JSON too\n"
 		"calibrate: --threads N (0: one per CPU), --out FILE\n");
@@ -51,6 +57,7 @@ enum {
 	OPT_SUFFIX_LEN, OPT_OUTPUT_LEN, OPT_HINT, OPT_SEED, OPT_TRACE, OPT_POLICY, OPT_QUANTUM,
 	OPT_W_PROMPT, OPT_W_OUTPUT, OPT_NO_CACHE, OPT_LANES, OPT_MAX_BATCH, OPT_MAX_TOKENS,
 	OPT_KV_BLOCKS, OPT_BLOCK_SIZE, OPT_MAX_IN_FLIGHT, OPT_COST, OPT_JSON, OPT_THREADS, OPT_OUT,
+	OPT_PLANNER, OPT_BINS, OPT_BIN_BATCH, OPT_BIN_MODE, OPT_BIN_DEADLINE, OPT_BIN_BOUNDARIES,
 };
 
 static const struct option options[] = {
@@ -80,6 +87,12 @@ static const struct option options[] = {
 	{"json", required_argument, 0, OPT_JSON},
 	{"threads", required_argument, 0, OPT_THREADS},
 	{"out", required_argument, 0, OPT_OUT},
+	{"planner", required_argument, 0, OPT_PLANNER},
+	{"bins", required_argument, 0, OPT_BINS},
+	{"bin-batch", required_argument, 0, OPT_BIN_BATCH},
+	{"bin-mode", required_argument, 0, OPT_BIN_MODE},
+	{"bin-deadline-ms", required_argument, 0, OPT_BIN_DEADLINE},
+	{"bin-boundaries", required_argument, 0, OPT_BIN_BOUNDARIES},
 	{0, 0, 0, 0},
 };
 
@@ -110,6 +123,25 @@ static void print_result(const char *label, const struct sim_result *r, bool hea
 	       r->prompt_tokens ? 100.0 * r->cached_tokens / r->prompt_tokens : 0.0,
 	       r->latency_mean_s, r->ttft_mean_s, r->max_service_diff,
 	       (unsigned long long)r->preemptions);
+}
+
+static void print_bins(const struct sim_result *r)
+{
+	if (!r->multibin)
+		return;
+	const struct rs_multibin_stats *b = &r->bins;
+	printf("\nmulti-bin: %llu batches of %.1f requests on average; boundaries",
+	       (unsigned long long)b->batches,
+	       b->batches ? (double)b->batch_requests / b->batches : 0.0);
+	for (uint32_t i = 0; i < r->n_boundaries; i++)
+		printf("%s%u", i ? ", " : " ", r->boundaries[i]);
+	if (!r->n_boundaries)
+		printf(" (one bin)");
+	printf("; predicted lengths: mean absolute error %.1f tokens, %.1f%% in the right bin "
+	       "(%llu predictions)\n",
+	       b->predictions ? b->abs_error_sum / b->predictions : 0.0,
+	       b->predictions ? 100.0 * b->right_bin / b->predictions : 0.0,
+	       (unsigned long long)b->predictions);
 }
 
 static void print_tenants(const struct sim_result *r)
@@ -160,6 +192,7 @@ int main(int argc, char **argv)
 		.block_size = 16, .prefix_cache = true, .max_in_flight = 1 << 20,
 		.admission = {.policy = RS_ADMISSION_DLPM, .w_prompt = 1.0, .w_output = 2.0,
 			      .quantum = 2048.0},
+		.multibin = {.bins = 4},
 		.cost = DEFAULT_COST};
 	const char *trace = NULL, *json_path = NULL, *cost_path = NULL, *out_path = NULL;
 	int threads = 0;
@@ -216,6 +249,42 @@ int main(int argc, char **argv)
 		case OPT_JSON: json_path = optarg; break;
 		case OPT_THREADS: bad = number(name, optarg, 0, 1024, &v), threads = (int)v; break;
 		case OPT_OUT: out_path = optarg; break;
+		case OPT_PLANNER:
+			if (strcmp(optarg, "multibin") == 0)
+				config.planner = &rs_planner_multibin;
+			else if (strcmp(optarg, "continuous") != 0)
+				bad = 1, fprintf(stderr, "ringserve-sim: --planner: continuous or multibin\n");
+			break;
+		case OPT_BINS:
+			bad = number(name, optarg, 1, RS_MULTIBIN_MAX_BINS, &v);
+			config.multibin.bins = (uint32_t)v;
+			break;
+		case OPT_BIN_BATCH:
+			bad = number(name, optarg, 1, 65536, &v), config.multibin.batch = (uint32_t)v;
+			break;
+		case OPT_BIN_MODE:
+			config.multibin.continuous = strcmp(optarg, "continuous") == 0;
+			if (!config.multibin.continuous && strcmp(optarg, "static") != 0)
+				bad = 1, fprintf(stderr, "ringserve-sim: --bin-mode: static or continuous\n");
+			break;
+		case OPT_BIN_DEADLINE:
+			bad = number(name, optarg, 0.001, 1e9, &v);
+			config.multibin.deadline_ns = (uint64_t)(v * 1e6);
+			break;
+		case OPT_BIN_BOUNDARIES: {
+			char *p = optarg, *end;
+			for (uint32_t i = 0; *p && !bad; i++) {
+				unsigned long b = strtoul(p, &end, 10);
+				bad = end == p || i >= RS_MULTIBIN_MAX_BINS - 1 || b == 0 ||
+				      (*end && *end != ',');
+				if (!bad)
+					config.multibin.boundaries[i] = (uint32_t)b;
+				p = *end ? end + 1 : end;
+			}
+			if (bad)
+				fprintf(stderr, "ringserve-sim: --bin-boundaries: lengths L1,L2,...\n");
+			break;
+		}
 		default: bad = 1; break;
 		}
 	}
@@ -305,6 +374,7 @@ int main(int argc, char **argv)
 			for (int i = 0; i < n; i++) {
 				if (compare)
 					printf("\n%s:", rs_admission_policy_name(all[i]));
+				print_bins(&results[i]);
 				print_tenants(&results[i]);
 			}
 		if (!status)

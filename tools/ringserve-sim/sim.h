@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "daemon/sched/planner.h"
 #include "daemon/sched/sched.h"
 
 /* --- lengths ---------------------------------------------------------------------------- */
@@ -130,6 +131,8 @@ struct sim_config {
 	uint32_t lanes, max_batch, max_batch_tokens, kv_blocks, block_size;
 	bool prefix_cache;
 	struct rs_admission_params admission;
+	const struct rs_planner_ops *planner; /* NULL: continuous batching */
+	struct rs_multibin_params multibin;
 	struct sim_cost_model cost;
 	uint32_t max_in_flight; /* requests submitted and not finished at most */
 	uint64_t sample_every_ns; /* service-difference samples (0: every step) */
@@ -149,6 +152,9 @@ struct sim_result {
 	double max_service_diff; /* between backlogged tenants, weighted tokens */
 	struct sim_tenant_result tenants[SIM_MAX_TENANTS];
 	uint32_t n_tenants;
+	bool multibin; /* the fields below are the multi-bin planner's */
+	struct rs_multibin_stats bins;
+	uint32_t boundaries[RS_MULTIBIN_MAX_BINS - 1], n_boundaries;
 	double wall_s; /* the simulation's own run time */
 };
 

@@ -180,6 +180,12 @@ static void summarize(struct sim *sim, struct sim_result *out)
 	out->requests_per_s = out->seconds > 0 ? out->requests / out->seconds : 0;
 	out->tokens_per_s = out->seconds > 0 ? out->output_tokens / out->seconds : 0;
 	out->max_service_diff = sim->max_service_diff;
+	const struct rs_multibin_stats *bins = rs_multibin_stats(sim->sched);
+	if (bins) {
+		out->multibin = true;
+		out->bins = *bins;
+		out->n_boundaries = rs_multibin_boundaries(sim->sched, out->boundaries);
+	}
 	out->n_tenants = sim->n_tenants;
 	uint64_t *latency = malloc(sim->n_records * sizeof(uint64_t) + 1);
 	uint64_t *ttft = malloc(sim->n_records * sizeof(uint64_t) + 1);
@@ -234,6 +240,8 @@ int sim_run(const struct sim_config *config, struct sim_workload *w, struct sim_
 		.eos_token = UINT32_MAX,
 		.prefix_cache = config->prefix_cache,
 		.admission = config->admission,
+		.planner = config->planner,
+		.multibin = config->multibin,
 	};
 	struct rs_sched_hooks hooks = {
 		.now_ns = sim_now, .token = sim_token, .finish = sim_finish, .ctx = sim};

@@ -1,0 +1,246 @@
+/* Multi-Bin Batching (Guldogan et al., 2024) on the scheduling core's lanes.
+ *
+ * Requests leave the admission policy in its order (fairness is the policy's) and are
+ * staged, each in the bin of its predicted output length (length_predictor.h): bin i
+ * holds lengths up to boundaries[i], the last bin the rest. A lane with nothing seated
+ * takes a batch of up to B staged requests of one bin: a bin holding a full batch (the
+ * one whose oldest request is oldest), else a bin whose oldest request has waited the
+ * deadline. Requests of one batch then end at about the same time, so a static batch
+ * (which runs until its last member ends, as the paper's servers do) wastes few seats.
+ * In continuous mode a lane also refills freed seats from its bin at every step.
+ *
+ * Staging is bounded: at most k x B requests staged at once, which guarantees a full bin
+ * when the bound is reached (k bins of fewer than B hold fewer). Staged requests are
+ * admitted (charged, their KV blocks promised), so the bound also bounds what they hold.
+ *
+ * Boundaries: fixed in the configuration, or the observed lengths' i/k quantiles
+ * (equal-probability bins, the paper's Lemma 4.1), recomputed every 64 completions. Until
+ * lengths are known (boundaries 0) every request is in the last bin.
+ *
+ * Starvation: every staged request is in a bin, and bins give out requests oldest first.
+ * Once a bin's oldest request has waited the deadline, every batch a free lane forms
+ * takes a request older than it (choose_bin), and fewer than k x B are: so it is seated
+ * within a deadline plus the batches of k x B requests (tests/sched_multibin checks
+ * this bound). A continuous lane stops refilling while another bin has a request past
+ * the deadline, so it empties and the same holds. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/sched/length_predictor.h"
+#include "daemon/sched/sched_internal.h"
+
+enum { RECOMPUTE_EVERY = 64 };
+
+struct multibin {
+	struct rs_multibin_params params;
+	uint32_t batch;
+	uint64_t deadline_ns;
+	bool fixed; /* boundaries from the configuration */
+	uint32_t boundaries[RS_MULTIBIN_MAX_BINS - 1];
+	struct rs_length_predictor *predictor;
+	uint32_t *lane_bin; /* the bin each lane's seated batch came from */
+	uint32_t staged[RS_MULTIBIN_MAX_BINS];
+	uint64_t since_recompute;
+	struct rs_multibin_stats stats;
+};
+
+static struct multibin *state(const struct rs_sched *sched)
+{
+	return sched->planner_state;
+}
+
+static int multibin_create(struct rs_sched *sched)
+{
+	const struct rs_multibin_params *p = &sched->config.multibin;
+	if (p->bins < 1 || p->bins > RS_MULTIBIN_MAX_BINS || p->batch > sched->config.max_batch)
+		return -EINVAL;
+	struct multibin *m = calloc(1, sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	sched->planner_state = m;
+	m->params = *p;
+	m->batch = p->batch ? p->batch : sched->config.max_batch;
+	m->deadline_ns = p->deadline_ns ? p->deadline_ns : 100000000;
+	for (uint32_t i = 0; i + 1 < p->bins; i++) {
+		m->boundaries[i] = p->boundaries[i];
+		m->fixed |= p->boundaries[i] != 0;
+		if (i && p->boundaries[i] < p->boundaries[i - 1])
+			return -EINVAL; /* destroy frees m */
+	}
+	m->lane_bin = calloc(sched->config.lanes, sizeof(*m->lane_bin));
+	if (!m->lane_bin)
+		return -ENOMEM;
+	return rs_length_predictor_create(sched->config.max_tenants, &m->predictor);
+}
+
+static void multibin_destroy(struct rs_sched *sched)
+{
+	struct multibin *m = state(sched);
+	rs_length_predictor_destroy(m->predictor);
+	free(m->lane_bin);
+	free(m);
+	sched->planner_state = NULL;
+}
+
+static uint32_t bin_of(const struct multibin *m, uint32_t length)
+{
+	uint32_t b = 0;
+	while (b + 1 < m->params.bins && length > m->boundaries[b])
+		b++;
+	return b;
+}
+
+static void recompute_boundaries(struct multibin *m)
+{
+	for (uint32_t i = 0; i + 1 < m->params.bins; i++)
+		m->boundaries[i] =
+		    rs_length_quantile(m->predictor, (double)(i + 1) / m->params.bins);
+}
+
+/* Stage admitted requests, each in its bin, up to k x B. */
+static void stage(struct rs_sched *sched, struct multibin *m)
+{
+	struct rs_request *request;
+	while (sched->staged < m->params.bins * m->batch &&
+	       (request = rs_sched_admit_staged(sched))) {
+		request->predicted_output = rs_length_predict(m->predictor, request);
+		request->bin = bin_of(m, request->predicted_output);
+		m->staged[request->bin]++;
+	}
+}
+
+/* The bin a free lane takes a batch from: of the bins that hold a full batch or whose
+ * oldest request has waited the deadline, the one whose oldest request is oldest;
+ * UINT32_MAX when none is. (A full bin never overtakes an older due one: each batch
+ * then takes a request older than the due bin's oldest, so it runs within the batches
+ * of the at most k x B - 1 requests staged before it.) */
+static uint32_t choose_bin(const struct rs_sched *sched, const struct multibin *m)
+{
+	uint64_t now = sched->hooks.now_ns(sched->hooks.ctx);
+	bool seen[RS_MULTIBIN_MAX_BINS] = {false};
+	/* The staged list is in admission order: a bin's first entry is its oldest. */
+	for (const struct rs_request *r = sched->staged_head; r; r = r->queue_next) {
+		if (seen[r->bin])
+			continue;
+		seen[r->bin] = true;
+		if (m->staged[r->bin] >= m->batch || r->admitted_ns + m->deadline_ns <= now)
+			return r->bin;
+	}
+	return UINT32_MAX;
+}
+
+/* Whether a bin other than b has a request that waited the deadline: then a continuous
+ * lane of bin b stops refilling, so that it empties and takes that bin's batch. */
+static bool other_bin_due(const struct rs_sched *sched, const struct multibin *m, uint32_t b)
+{
+	uint64_t now = sched->hooks.now_ns(sched->hooks.ctx);
+	for (const struct rs_request *r = sched->staged_head; r; r = r->queue_next)
+		if (r->admitted_ns + m->deadline_ns > now)
+			return false; /* the rest are younger */
+		else if (r->bin != b)
+			return true;
+	return false;
+}
+
+/* Seat up to `seats` staged requests of bin b in the lane, oldest first. */
+static void seat_from_bin(struct rs_sched *sched, struct multibin *m, struct rs_sched_lane *lane,
+			  uint32_t b, uint32_t seats)
+{
+	struct rs_request *r = sched->staged_head;
+	while (r && seats) {
+		struct rs_request *next = r->queue_next;
+		if (r->bin == b) {
+			rs_sched_seat(sched, lane, r);
+			m->staged[b]--;
+			seats--;
+		}
+		r = next;
+	}
+}
+
+static void plan_multibin(struct rs_sched *sched, struct rs_sched_lane *lane)
+{
+	struct multibin *m = state(sched);
+	uint32_t seated = lane->n_running - lane->n_holes;
+	if (seated == 0 || m->params.continuous)
+		stage(sched, m);
+	if (seated == 0) {
+		uint32_t b = choose_bin(sched, m);
+		if (b == UINT32_MAX)
+			return; /* no bin is ready: its deadline wakes the core */
+		m->lane_bin[lane->index] = b;
+		uint32_t n = m->staged[b] < m->batch ? m->staged[b] : m->batch;
+		m->stats.batches++;
+		m->stats.batch_requests += n;
+		seat_from_bin(sched, m, lane, b, n);
+	} else if (m->params.continuous && !other_bin_due(sched, m, m->lane_bin[lane->index])) {
+		uint32_t b = m->lane_bin[lane->index], seats = rs_sched_free_seats(sched, lane);
+		uint32_t room = m->batch > seated ? m->batch - seated : 0;
+		seat_from_bin(sched, m, lane, b, seats < room ? seats : room);
+	}
+	uint32_t budget = sched->config.max_batch_tokens;
+	rs_planner_plan_seated(sched, lane, &budget);
+}
+
+static uint64_t multibin_next_wakeup(const struct rs_sched *sched)
+{
+	const struct multibin *m = state(sched);
+	bool seen[RS_MULTIBIN_MAX_BINS] = {false};
+	uint64_t earliest = 0;
+	for (const struct rs_request *r = sched->staged_head; r; r = r->queue_next) {
+		if (seen[r->bin])
+			continue;
+		seen[r->bin] = true;
+		uint64_t due = r->admitted_ns + m->deadline_ns;
+		if (!earliest || due < earliest)
+			earliest = due;
+	}
+	return earliest;
+}
+
+static void multibin_finished(struct rs_sched *sched, const struct rs_request *request)
+{
+	struct multibin *m = state(sched);
+	uint32_t length = request->generated;
+	if (request->predicted_output) {
+		uint32_t p = request->predicted_output;
+		m->stats.predictions++;
+		m->stats.abs_error_sum += p > length ? p - length : length - p;
+		m->stats.right_bin += bin_of(m, p) == bin_of(m, length);
+	}
+	rs_length_observe(m->predictor, request, length);
+	if (!m->fixed && ++m->since_recompute >= RECOMPUTE_EVERY) {
+		m->since_recompute = 0;
+		recompute_boundaries(m);
+	}
+}
+
+static void multibin_unstaged(struct rs_sched *sched, const struct rs_request *request)
+{
+	state(sched)->staged[request->bin]--;
+}
+
+const struct rs_planner_ops rs_planner_multibin = {
+    .name = "multibin",
+    .create = multibin_create,
+    .destroy = multibin_destroy,
+    .plan = plan_multibin,
+    .next_wakeup_ns = multibin_next_wakeup,
+    .finished = multibin_finished,
+    .unstaged = multibin_unstaged,
+};
+
+const struct rs_multibin_stats *rs_multibin_stats(const struct rs_sched *sched)
+{
+	return sched->planner == &rs_planner_multibin ? &state(sched)->stats : NULL;
+}
+
+uint32_t rs_multibin_boundaries(const struct rs_sched *sched, uint32_t *out)
+{
+	if (sched->planner != &rs_planner_multibin)
+		return 0;
+	const struct multibin *m = state(sched);
+	memcpy(out, m->boundaries, (m->params.bins - 1) * sizeof(uint32_t));
+	return m->params.bins - 1;
+}
