@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "daemon/daemon.h"
+#include "daemon/sched/planner.h"
 #include "shm/clock.h"
 #include "shm/futex.h"
 #include "shm/segment.h"
@@ -30,6 +31,7 @@ void rs_daemon_config_defaults(struct rs_daemon_config *config)
 	config->heartbeat_ns = 100 * 1000 * 1000;
 	config->admission.policy = RS_ADMISSION_DLPM;
 	config->prefix_cache = true;
+	config->multibin_params.bins = 4;
 	config->max_tenants = 1024;
 }
 
@@ -113,6 +115,8 @@ int rs_daemon_init(struct rs_daemon *daemon, const struct rs_daemon_config *conf
 	    .eos_token = engine->eos_token,
 	    .prefix_cache = config->prefix_cache,
 	    .admission = config->admission,
+	    .planner = config->multibin ? &rs_planner_multibin : NULL,
+	    .multibin = config->multibin_params,
 	};
 	struct rs_sched_hooks hooks = {
 	    .now_ns = clock_now,

@@ -44,6 +44,8 @@ struct rs_daemon_config {
 	/* Scheduling (docs/scheduling.md). */
 	struct rs_admission_params admission; /* --policy, --quantum, --w-prompt, --w-output */
 	bool prefix_cache;		      /* --no-prefix-cache clears it */
+	bool multibin;			      /* --planner multibin */
+	struct rs_multibin_params multibin_params; /* --bins, --bin-batch, --bin-mode, ... */
 	uint32_t max_tenants;
 	/* --config: weights, limits and allowed uids per tenant name. The daemon takes the
 	 * parsed configuration over (frees it; replaces it on SIGHUP from the file at

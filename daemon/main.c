@@ -50,10 +50,35 @@ static void usage(FILE *out)
 		"  --w-prompt X          charge per (dlpm: uncached) prompt token (1)\n"
 		"  --w-output X          charge per generated token (2)\n"
 		"  --no-prefix-cache     never share cached prompt prefixes between requests\n"
+		"  --planner NAME        batches: continuous or multibin (continuous)\n"
+		"  --bins K              multibin: bins of predicted output length (4)\n"
+		"  --bin-batch N         multibin: requests a batch gathers (--max-batch)\n"
+		"  --bin-mode MODE       multibin: static (a batch runs to its last member) or\n"
+		"                        continuous (freed seats refilled from the bin) (static)\n"
+		"  --bin-deadline-ms N   multibin: a bin waits at most N ms to fill (100)\n"
+		"  --bin-boundaries L,.. multibin: fixed upper lengths of bins 0..K-2 (default: the\n"
+		"                        observed lengths' quantiles)\n"
 		"  --max-tenants N       tenants known at once (1024)\n"
 		"  --config FILE         tenants: weights, limits, allowed uids (SIGHUP reloads it)\n"
 		"  --ready-fd N          write one byte to descriptor N once listening, then close it\n"
 		"  --verbose\n");
+}
+
+/* "L1,L2,..." ascending lengths >= 1, at most RS_MULTIBIN_MAX_BINS - 1 of them. */
+static int parse_boundaries(const char *text, uint32_t *out)
+{
+	uint32_t n = 0;
+	for (const char *p = text; *p;) {
+		char *end;
+		errno = 0;
+		unsigned long v = strtoul(p, &end, 10);
+		if (errno || end == p || v == 0 || v > UINT32_MAX || n == RS_MULTIBIN_MAX_BINS - 1 ||
+		    (n && v < out[n - 1]) || (*end && *end != ','))
+			return -EINVAL;
+		out[n++] = (uint32_t)v;
+		p = *end ? end + 1 : end;
+	}
+	return n ? 0 : -EINVAL;
 }
 
 /* Parse an unsigned decimal (or, with base 8, octal) number in [min, max]. */
@@ -127,6 +152,7 @@ int main(int argc, char **argv)
 		OPT_NULL_DELAY_US, OPT_LANES, OPT_MAX_BATCH, OPT_VERBOSE, OPT_HELP, OPT_READY_FD, OPT_MODEL, OPT_TOKENIZER, OPT_BACKEND,
 		OPT_THREADS, OPT_KV_BLOCKS, OPT_MAX_BATCH_TOKENS, OPT_KV_DTYPE, OPT_POLICY, OPT_QUANTUM,
 		OPT_W_PROMPT, OPT_W_OUTPUT, OPT_NO_PREFIX_CACHE, OPT_MAX_TENANTS, OPT_CONFIG,
+		OPT_PLANNER, OPT_BINS, OPT_BIN_BATCH, OPT_BIN_MODE, OPT_BIN_DEADLINE, OPT_BIN_BOUNDARIES,
 	};
 	/* Same order as the enum: options[opt - 256] names an option in messages. */
 	static const struct option options[] = {
@@ -166,6 +192,12 @@ int main(int argc, char **argv)
 		{"no-prefix-cache", no_argument, 0, OPT_NO_PREFIX_CACHE},
 		{"max-tenants", required_argument, 0, OPT_MAX_TENANTS},
 		{"config", required_argument, 0, OPT_CONFIG},
+		{"planner", required_argument, 0, OPT_PLANNER},
+		{"bins", required_argument, 0, OPT_BINS},
+		{"bin-batch", required_argument, 0, OPT_BIN_BATCH},
+		{"bin-mode", required_argument, 0, OPT_BIN_MODE},
+		{"bin-deadline-ms", required_argument, 0, OPT_BIN_DEADLINE},
+		{"bin-boundaries", required_argument, 0, OPT_BIN_BOUNDARIES},
 		{0, 0, 0, 0},
 	};
 	int opt;
@@ -259,6 +291,29 @@ int main(int argc, char **argv)
 		case OPT_W_PROMPT: bad = parse_weight(optarg, &config.admission.w_prompt); break;
 		case OPT_W_OUTPUT: bad = parse_weight(optarg, &config.admission.w_output); break;
 		case OPT_NO_PREFIX_CACHE: config.prefix_cache = false; break;
+		case OPT_PLANNER:
+			config.multibin = strcmp(optarg, "multibin") == 0;
+			bad = !config.multibin && strcmp(optarg, "continuous") != 0;
+			break;
+		case OPT_BINS:
+			bad = parse_number(optarg, 10, 1, RS_MULTIBIN_MAX_BINS, &value);
+			config.multibin_params.bins = (uint32_t)value;
+			break;
+		case OPT_BIN_BATCH:
+			bad = parse_number(optarg, 10, 1, 65536, &value);
+			config.multibin_params.batch = (uint32_t)value;
+			break;
+		case OPT_BIN_MODE:
+			config.multibin_params.continuous = strcmp(optarg, "continuous") == 0;
+			bad = !config.multibin_params.continuous && strcmp(optarg, "static") != 0;
+			break;
+		case OPT_BIN_DEADLINE:
+			bad = parse_number(optarg, 10, 1, 1u << 30, &value);
+			config.multibin_params.deadline_ns = (uint64_t)value * 1000000;
+			break;
+		case OPT_BIN_BOUNDARIES:
+			bad = parse_boundaries(optarg, config.multibin_params.boundaries);
+			break;
 		case OPT_MAX_TENANTS:
 			bad = parse_number(optarg, 10, 1, 1u << 20, &value);
 			config.max_tenants = (uint32_t)value;
@@ -277,6 +332,11 @@ int main(int argc, char **argv)
 	}
 	if (optind < argc) {
 		usage(stderr);
+		return 2;
+	}
+	if (config.multibin && config.multibin_params.batch > null_options.max_batch) {
+		fprintf(stderr, "ringserved: --bin-batch %u is more than --max-batch %u\n",
+			config.multibin_params.batch, null_options.max_batch);
 		return 2;
 	}
 	/* Default allow-list: our own user and root. */
