@@ -23,6 +23,10 @@ int bench_sched(int argc, char **argv, FILE *json);
  * cache hits, per-tenant latency, service differences, against the engine directly. */
 int bench_tenants(int argc, char **argv, FILE *json);
 
+/* Multi-bin batching on the real CPU engine: k = 1, 2, 4, 8 static bins, continuous
+ * lanes, plain continuous batching, and predicted instead of hinted lengths. */
+int bench_batching(int argc, char **argv, FILE *json);
+
 /* Start the ringserved next to this program on socket_path with the extra arguments
  * (NULL-terminated) and return its pid once it listens, or -1. It dies with us. */
 pid_t bench_start_daemon(const char *socket_path, const char *const *extra_args);

@@ -4,6 +4,7 @@
  *   serve    the daemon serving a model, against the engine run directly (bench_serve.c)
  *   tenants  several tenants with shared prefixes under each admission policy (bench_tenants.c)
  *   sched    the scheduling core alone: admission decisions with many waiting (bench_sched.c)
+ *   batching multi-bin batching on the real CPU engine (bench_batching.c)
  *   all      every subcommand, one JSON object keyed by subcommand */
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,12 +23,13 @@ static const struct subcommand subcommands[] = {
 	{"serve", bench_serve},
 	{"sched", bench_sched},
 	{"tenants", bench_tenants},
+	{"batching", bench_batching},
 };
 #define N_SUBCOMMANDS (sizeof(subcommands) / sizeof(subcommands[0]))
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: ringserve-bench ipc|engine|serve|sched|tenants|all [--json FILE] [options]\n");
+	fprintf(stderr, "usage: ringserve-bench ipc|engine|serve|sched|tenants|batching|all [--json FILE] [options]\n");
 }
 
 int main(int argc, char **argv)

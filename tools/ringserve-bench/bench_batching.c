@@ -1,0 +1,224 @@
+/* ringserve-bench batching [--batch B] [--requests N] [--threads N]
+ *
+ * Multi-bin batching on the real engine (the CPU backend; the multi-bin paper's setting):
+ * N requests arrive at once with output lengths spread widely (uniform on [8, 200]), run
+ * by the scheduling core in process on a random stories15M-shaped f32 model, one lane,
+ * batches of B. Four prompt templates each lead to their own quarter of the length range
+ * (a tool's template, say), so that the online predictor has something to learn.
+ * Throughput (requests and output tokens per second of wall time) for:
+ *   - k = 1, 2, 4, 8 bins, static batches (a batch runs until its last member ends), with
+ *     the lengths hinted by the clients;
+ *   - the same k = 4 with continuous lanes (freed seats refilled from the bin);
+ *   - plain continuous batching (the default planner), the baseline users run today;
+ *   - k = 4 static with the online predictor instead of the hints (its accuracy printed).
+ * The paper's model has a step cost that does not shrink as a batch's members finish:
+ * true here while the CPU step is bound by reading the weights (small batches; see
+ * `ringserve-sim calibrate` for this machine's step time against the batch size). */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "daemon/sched/planner.h"
+#include "daemon/sched/sched.h"
+#include "kernels/engine/engine.h"
+#include "kernels/model/model_random.h"
+#include "tools/ringserve-bench/bench.h"
+
+enum { TEMPLATE_TOKENS = 8, MIN_OUTPUT = 8, MAX_OUTPUT = 200 };
+
+struct run {
+	const char *label;
+	const struct rs_planner_ops *planner;
+	uint32_t bins;
+	bool continuous, hints;
+	/* results */
+	double seconds, requests_per_s, tokens_per_s, mae, right_bin;
+	uint64_t steps;
+};
+
+struct world {
+	struct rs_request_pool pool;
+	uint64_t finished, tokens;
+	int status;
+};
+
+static uint64_t now_ns(void *ctx)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void on_token(void *ctx, struct rs_request *request)
+{
+}
+
+static void on_finish(void *ctx, struct rs_request *request, int32_t status)
+{
+	struct world *w = ctx;
+	if (status && !w->status)
+		w->status = status;
+	w->finished++;
+	w->tokens += request->generated;
+	rs_request_put(&w->pool, request);
+}
+
+static uint64_t next_random(uint64_t *s)
+{
+	*s = *s * 6364136223846793005ull + 1442695040888963407ull;
+	return *s >> 33;
+}
+
+static int run_once(struct rs_engine *engine, uint32_t batch, uint32_t n, struct run *run)
+{
+	struct world w = {0};
+	struct rs_sched *sched = NULL;
+	struct rs_sched_config config = {
+	    .lanes = 1, .max_batch = batch, .max_batch_tokens = 1024, .max_tenants = 4,
+	    .vocab_size = rs_engine_config(engine)->vocab_size, .eos_token = UINT32_MAX,
+	    .prefix_cache = true, .admission = {.policy = RS_ADMISSION_FCFS},
+	    .planner = run->planner,
+	    .multibin = {.bins = run->bins ? run->bins : 1, .batch = batch,
+			 .continuous = run->continuous, .deadline_ns = 1000000}};
+	struct rs_sched_hooks hooks = {.now_ns = now_ns, .token = on_token, .finish = on_finish,
+				       .ctx = &w};
+	int rc = rs_request_pool_init(&w.pool, n);
+	if (!rc)
+		rc = rs_sched_create(&config, rs_engine_kv(engine), &hooks, &sched);
+	struct rs_tenant *tenant = rc ? NULL : rs_sched_tenant_acquire(sched, 0, "bench", 1.0);
+	uint64_t rng = 12345; /* the same requests for every run */
+	for (uint32_t i = 0; i < n && !rc; i++) {
+		struct rs_request *r = rs_request_get(&w.pool);
+		uint32_t template = (uint32_t)(next_random(&rng) % 4), span = (MAX_OUTPUT - MIN_OUTPUT + 1) / 4;
+		uint32_t out = MIN_OUTPUT + template * span + (uint32_t)(next_random(&rng) % span);
+		uint32_t prompt = TEMPLATE_TOKENS + 1 + (uint32_t)(next_random(&rng) % 8);
+		rc = rs_request_reserve(r, prompt, out, rs_kv_block_size(rs_engine_kv(engine)));
+		if (rc)
+			break;
+		for (uint32_t t = 0; t < prompt; t++)
+			r->tokens[t] = t < TEMPLATE_TOKENS ? 100 + template * 50 + t
+							    : 1 + (uint32_t)(next_random(&rng) % 30000);
+		r->tenant = tenant;
+		r->ignore_eos = true;
+		r->top_p = 1.0f;
+		r->output_len_hint = run->hints ? out : 0;
+		rc = rs_sched_submit(sched, r);
+	}
+	uint64_t t0 = now_ns(NULL);
+	while (!rc && rs_sched_busy(sched)) {
+		const struct rs_step_plan *plan = rs_sched_plan_step(sched, 0);
+		if (!plan)
+			continue; /* a bin's deadline: it comes within a millisecond */
+		rc = rs_engine_step(engine, 0, plan->steps, plan->n);
+		if (!rc)
+			rc = rs_engine_step_wait(engine, 0);
+		rs_sched_step_done(sched, 0, rc);
+	}
+	run->seconds = (now_ns(NULL) - t0) / 1e9;
+	if (!rc)
+		rc = w.status;
+	run->requests_per_s = w.finished / run->seconds;
+	run->tokens_per_s = w.tokens / run->seconds;
+	run->steps = rc ? 0 : rs_sched_stats(sched)->steps;
+	const struct rs_multibin_stats *st = rc ? NULL : rs_multibin_stats(sched);
+	if (st && st->predictions) {
+		run->mae = st->abs_error_sum / st->predictions;
+		run->right_bin = (double)st->right_bin / st->predictions;
+	}
+	if (tenant)
+		rs_sched_tenant_release(sched, tenant);
+	rs_sched_destroy(sched);
+	rs_request_pool_destroy(&w.pool);
+	return rc;
+}
+
+int bench_batching(int argc, char **argv, FILE *json)
+{
+	uint32_t batch = 16, requests = 256;
+	int threads = 0;
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc)
+			batch = (uint32_t)atoi(argv[++i]);
+		else if (strcmp(argv[i], "--requests") == 0 && i + 1 < argc)
+			requests = (uint32_t)atoi(argv[++i]);
+		else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
+			threads = atoi(argv[++i]);
+		else {
+			fprintf(stderr, "bench batching: [--batch B] [--requests N] [--threads N]\n");
+			fprintf(json, "null");
+			return 1;
+		}
+	}
+	if (batch < 1 || batch > 256 || requests < batch) {
+		fprintf(stderr, "bench batching: batch 1..256, requests >= batch\n");
+		fprintf(json, "null");
+		return 1;
+	}
+	struct rs_model_config cfg = {
+		.dim = 288, .hidden_dim = 768, .n_layers = 6, .n_heads = 6, .n_kv_heads = 6,
+		.head_dim = 48, .vocab_size = 32000, .max_seq_len = 256, .rope_dim = 48,
+		.rope_theta = 10000.0f, .norm_eps = 1e-5f};
+	struct rs_model *model = NULL;
+	struct rs_engine *engine = NULL;
+	char err[256];
+	int rc = rs_model_random(&cfg, RS_DTYPE_F32, 15, true, &model);
+	struct rs_engine_options opts;
+	rs_engine_options_init(&opts);
+	opts.backend = "cpu";
+	opts.threads = threads;
+	opts.max_batch_tokens = 1024;
+	/* Every request's whole context at once: memory never decides (the runs compare
+	 * batching alone). */
+	opts.kv_blocks = requests * ((TEMPLATE_TOKENS + 8 + MAX_OUTPUT + 15) / 16) + 64;
+	if (!rc)
+		rc = rs_engine_create(model, &opts, &engine, err, sizeof(err));
+	if (rc) {
+		fprintf(stderr, "bench batching: %s\n", rc == -ENOMEM ? "out of memory" : err);
+		rs_model_free(model);
+		fprintf(json, "null");
+		return 1;
+	}
+	struct run runs[] = {
+		{"static, k = 1", &rs_planner_multibin, 1, false, true},
+		{"static, k = 2", &rs_planner_multibin, 2, false, true},
+		{"static, k = 4", &rs_planner_multibin, 4, false, true},
+		{"static, k = 8", &rs_planner_multibin, 8, false, true},
+		{"continuous lanes, k = 4", &rs_planner_multibin, 4, true, true},
+		{"continuous batching (no bins)", NULL, 0, false, false},
+		{"static, k = 4, predicted", &rs_planner_multibin, 4, false, false},
+	};
+	enum { RUNS = sizeof(runs) / sizeof(runs[0]) };
+	printf("ringserve-bench batching: CPU engine, stories15M-shaped f32 model, %u requests at "
+	       "once, outputs uniform on [%d, %d], batches of %u, one lane\n",
+	       requests, MIN_OUTPUT, MAX_OUTPUT, batch);
+	printf("%-32s %10s %10s %8s %10s\n", "planner", "req/s", "tok/s", "steps", "vs k = 1");
+	for (int i = 0; i < RUNS && !rc; i++) {
+		rc = run_once(engine, batch, requests, &runs[i]);
+		if (rc)
+			break;
+		printf("%-32s %10.2f %10.0f %8llu %9.2fx", runs[i].label, runs[i].requests_per_s,
+		       runs[i].tokens_per_s, (unsigned long long)runs[i].steps,
+		       runs[i].requests_per_s / runs[0].requests_per_s);
+		if (!runs[i].hints && runs[i].planner)
+			printf("   (prediction: mean absolute error %.1f tokens, %.0f%% in the right bin)",
+			       runs[i].mae, 100 * runs[i].right_bin);
+		printf("\n");
+	}
+	if (rc) {
+		fprintf(stderr, "bench batching: %s\n", strerror(-rc));
+		fprintf(json, "null");
+	} else {
+		fprintf(json, "{\"batch\": %u, \"requests\": %u, \"runs\": [", batch, requests);
+		for (int i = 0; i < RUNS; i++)
+			fprintf(json, "%s{\"planner\": \"%s\", \"requests_per_s\": %.3f, "
+				      "\"tokens_per_s\": %.1f, \"steps\": %llu, \"prediction_mae\": %.2f, "
+				      "\"prediction_right_bin\": %.3f}",
+				i ? ", " : "", runs[i].label, runs[i].requests_per_s, runs[i].tokens_per_s,
+				(unsigned long long)runs[i].steps, runs[i].mae, runs[i].right_bin);
+		fprintf(json, "]}");
+	}
+	rs_engine_destroy(engine);
+	rs_model_free(model);
+	return rc ? 1 : 0;
+}
