@@ -330,7 +330,12 @@ struct rs_stats {
 	uint32_t clients_connected;
 	uint32_t n_tenants;	   /* tenant records published (<= RS_STATS_MAX_TENANTS) */
 	uint32_t latency_window_s; /* percentiles cover the finishes of the last 1-2 windows */
-	uint64_t reserved[8];
+	/* Wake-ups of sleeping clients, over the daemon's life: futex wakes (rs_wait and
+	 * rs_wait_output sleepers) and eventfd writes (rs_event_arm sleepers). A client
+	 * that is busy polling costs the daemon neither. */
+	uint64_t client_futex_wakes;
+	uint64_t client_event_writes;
+	uint64_t reserved[6];
 };
 
 /* One tenant: an account (uid, name), shared by all its connections. The daemon publishes
