@@ -231,8 +231,37 @@ static void futex_alongside(struct rs_connection *conn)
 	close(ep);
 }
 
+/* The example in docs/client-api.md is the one above, byte for byte (when the sources are
+ * at hand: the test runs from the repository's root). */
+static void check_documented_example(void)
+{
+	static char source[65536], doc[262144];
+	FILE *f = fopen("tests/client_event_loop.c", "r");
+	FILE *d = fopen("docs/client-api.md", "r");
+	if (!f || !d) {
+		fprintf(stderr, "sources not found: the documented example is not compared\n");
+		if (f)
+			fclose(f);
+		if (d)
+			fclose(d);
+		return;
+	}
+	size_t n = fread(source, 1, sizeof(source) - 1, f);
+	source[n] = 0;
+	n = fread(doc, 1, sizeof(doc) - 1, d);
+	doc[n] = 0;
+	fclose(f);
+	fclose(d);
+	char *begin = strstr(source, "/* --- the example of docs/client-api.md");
+	char *end = strstr(source, "/* --- end of the example");
+	CHECK(begin && end && (begin = strchr(begin, '\n')) && begin < end, "example markers");
+	*end = 0;
+	CHECK(strstr(doc, begin + 1), "docs/client-api.md's example differs from this test's");
+}
+
 int main(void)
 {
+	check_documented_example();
 	struct test_daemon daemon;
 	/* The daemon spins only 20 us before it sleeps, so both sides sleep and wake all
 	 * the time; 1 ms a step gives the client time to fall asleep between tokens. */
