@@ -45,6 +45,11 @@ static int send_event_fd(struct rs_connection *conn, int event_fd)
 	cmsg->cmsg_type = SCM_RIGHTS;
 	cmsg->cmsg_len = CMSG_LEN(sizeof(int));
 	memcpy(CMSG_DATA(cmsg), &event_fd, sizeof(int));
+	/* An answer left from an earlier call that timed out would be taken for this one's
+	 * and keep the descriptor readable: drop it. */
+	struct rs_control_msg stale;
+	while (recv(conn->fd, &stale, sizeof(stale), MSG_DONTWAIT) > 0)
+		;
 	ssize_t n;
 	do
 		n = sendmsg(conn->fd, &hdr, MSG_NOSIGNAL);

@@ -196,7 +196,7 @@ int rs_control_write_event(struct rs_daemon *daemon, struct rs_client *client)
 		return -EBUSY;
 	struct io_uring_sqe *sqe = get_sqe(daemon);
 	if (!sqe)
-		return -EBUSY;
+		return -EAGAIN;
 	/* Through io_uring, not write(2): the client shares the eventfd's file and could make
 	 * it blocking and fill its counter; a write(2) would then stop the scheduler core. */
 	io_uring_prep_write(sqe, client->event_fd, &one, sizeof(one), 0);
@@ -399,6 +399,7 @@ static void handle_accept(struct rs_daemon *daemon, int fd)
 	client->eventfd = -1;
 	client->event_fd = -1;
 	client->event_writes_inflight = 0;
+	client->event_write_owed = false;
 	client->notify_reasons = 0;
 	client->pid = cred.pid;
 	client->uid = cred.uid;

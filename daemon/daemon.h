@@ -99,6 +99,7 @@ struct rs_client {
 	bool listed_for_notify;
 	uint8_t notify_reasons;		/* NOTIFY_* (scheduler.c) since the last wakeup check */
 	uint32_t event_writes_inflight; /* io_uring writes to event_fd not completed yet */
+	bool event_write_owed;		/* its flag was cleared, the write found no SQE */
 	struct rs_client *next_notify;
 	uint64_t eventfd_value;	     /* read target for the eventfd */
 	unsigned char recv_buf[128]; /* larger than a hello: a longer message is an error */
@@ -188,9 +189,9 @@ int rs_control_arm_lane(struct rs_daemon *daemon, uint32_t lane, int fd);
 /* Cancel a client's queued doorbell wait and eventfd writes, if any (their completions
  * drop pending_io). */
 void rs_control_cancel_doorbell(struct rs_daemon *daemon, struct rs_client *client);
-/* Queue a write of 1 to the client's event_fd (submitted by the caller). Returns 0, or
- * -EBUSY (no SQE, or RS_MAX_EVENT_WRITES in flight: the counter is full, so the
- * descriptor is readable anyway). */
+/* Queue a write of 1 to the client's event_fd (submitted by the caller). Returns 0,
+ * -EBUSY (RS_MAX_EVENT_WRITES in flight: the counter is full, so the descriptor is
+ * readable anyway), or -EAGAIN (no SQE: try again later, the wake-up is owed). */
 int rs_control_write_event(struct rs_daemon *daemon, struct rs_client *client);
 /* Stop accepting connections and remove the socket (draining). */
 void rs_control_stop_listening(struct rs_daemon *daemon);

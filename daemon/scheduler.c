@@ -313,6 +313,20 @@ int rs_scheduler_run_lanes(struct rs_daemon *daemon)
 	return did;
 }
 
+/* Queue a write to the client's eventfd; true when one was queued. Without an SQE the
+ * wake-up is owed (we cleared the client's flag): the next round tries again. */
+static bool write_event(struct rs_daemon *daemon, struct rs_client *client)
+{
+	if (client->event_fd < 0)
+		return false; /* it armed without handing us an eventfd: nothing to wake */
+	int ret = rs_control_write_event(daemon, client);
+	if (ret == -EAGAIN) {
+		client->event_write_owed = true;
+		mark_notify(daemon, client, 0);
+	}
+	return ret == 0;
+}
+
 void rs_scheduler_notify_clients(struct rs_daemon *daemon)
 {
 	struct rs_client *client = daemon->notify_list;
@@ -334,6 +348,11 @@ void rs_scheduler_notify_clients(struct rs_daemon *daemon)
 			rs_client_disconnect(daemon, client, client->broken);
 		if (client->state != RS_CLIENT_ACTIVE)
 			continue;
+		if (client->event_write_owed) {
+			client->event_write_owed = false;
+			if (write_event(daemon, client))
+				event_writes = true;
+		}
 		/* What would wake this client: a futex sleeper wakes for anything, an eventfd
 		 * sleeper for what it armed (a completions-only loop sleeps through tokens). */
 		uint32_t wanted = RS_NEED_WAKEUP_FUTEX |
@@ -355,8 +374,7 @@ void rs_scheduler_notify_clients(struct rs_daemon *daemon)
 			rs_futex_wake(&client->shared->client_doorbell, 1 << 30);
 			daemon->stats.client_futex_wakes++;
 		}
-		if ((armed & RS_NEED_WAKEUP_EVENT) && client->event_fd >= 0 &&
-		    rs_control_write_event(daemon, client) == 0)
+		if ((armed & RS_NEED_WAKEUP_EVENT) && write_event(daemon, client))
 			event_writes = true;
 	}
 	/* One system call for every eventfd to write in this round. */
