@@ -13,6 +13,7 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
+#include "client-lib/connection.h"
 #include "client-lib/ringserve.h"
 #include "shm/clock.h"
 #include "tests/harness/harness.h"
@@ -272,6 +273,12 @@ int main(void)
 	struct rs_connection *conn;
 	CHECK(rs_connect(daemon.socket_path, &options, &conn) == 0, "connect");
 	CHECK(rs_event_arm(conn, RS_EVENT_COMPLETION) == -EINVAL, "arm before rs_event_fd");
+	/* A daemon from before event descriptors says nothing in its features. */
+	uint32_t features = conn->hdr.features;
+	CHECK(features & RS_FEATURE_EVENT_FD, "the daemon offers event descriptors");
+	conn->hdr.features = 0;
+	CHECK(rs_event_fd(conn) == -ENOTSUP, "an older daemon");
+	conn->hdr.features = features;
 	int fd = rs_event_fd(conn);
 	CHECK(fd >= 0, "rs_event_fd: %s", strerror(-fd));
 	CHECK(rs_event_fd(conn) == fd, "a second call gives the same descriptor");
