@@ -125,6 +125,15 @@ static int wait_for(struct rs_connection *conn, const struct wait_target *target
 		if ((ret = check_target(conn, target)))
 			return ret;
 	}
+	/* The eventfd bits rs_event_arm set stay set while we sleep here: the caller may go
+	 * back to sleep on its event descriptor afterwards without arming again. Bits the
+	 * daemon already cleared stay clear: it has written the eventfd for them, and the
+	 * caller's next rs_event_arm sees why. (Relaxed: at worst we keep a bit it clears
+	 * right after this load, which costs one needless eventfd write.) */
+	if (conn->event_armed &&
+	    !(rs_load_relaxed(&conn->shared->client_need_wakeup) & conn->event_armed))
+		conn->event_armed = 0;
+	uint32_t keep = conn->event_armed;
 	/* The full liveness check (a recv syscall and the heartbeat) every
 	 * LIVENESS_CHECK_NS; a wake-up for another request's tokens pays only the load of
 	 * the daemon's state, which a stopping daemon sets before it wakes us. */
@@ -139,9 +148,10 @@ static int wait_for(struct rs_connection *conn, const struct wait_target *target
 			ret = conn->error = -ECONNRESET;
 			break;
 		}
-		/* The client half of the need-wakeup protocol, daemon -> client direction. */
-		rs_store_relaxed(&conn->shared->client_need_wakeup, 1);
-		/* Pairs with F-notify in daemon/scheduler.c. */
+		/* The client half of the need-wakeup protocol, daemon -> client direction.
+		 * Relaxed: ordered before the re-check by F-wait. */
+		rs_store_relaxed(&conn->shared->client_need_wakeup, RS_NEED_WAKEUP_FUTEX | keep);
+		/* F-wait: pairs with F-notify in daemon/scheduler.c. */
 		rs_fence_seq_cst();
 		/* A-bell: pairs with the daemon's release increment (R-bell). */
 		uint32_t bell = rs_load_acquire(&conn->shared->client_doorbell);
@@ -157,7 +167,8 @@ static int wait_for(struct rs_connection *conn, const struct wait_target *target
 		if ((ret = check_target(conn, target)))
 			break;
 	}
-	rs_store_relaxed(&conn->shared->client_need_wakeup, 0);
+	/* Relaxed: a flag seen late costs the daemon a needless wake-up, nothing more. */
+	rs_store_relaxed(&conn->shared->client_need_wakeup, keep);
 	return ret;
 }
 
@@ -186,6 +197,7 @@ int rs_output(struct rs_connection *conn, int request, const uint32_t **tokens)
 	if (count > conn->hdr.slot_output_capacity)
 		return -EPROTO;
 	*tokens = rs_segment_slot_output(conn->segment, &conn->hdr, (uint32_t)request);
+	conn->slot_seen[request] = count;
 	return (int)count;
 }
 
@@ -197,5 +209,8 @@ int rs_wait_output(struct rs_connection *conn, int request, uint32_t have, int t
 	    conn->slot_state[request] == RS_SLOT_FREE)
 		return -EINVAL;
 	struct wait_target target = {.request = request, .have = have};
-	return wait_for(conn, &target, timeout_ms);
+	int ret = wait_for(conn, &target, timeout_ms);
+	if (ret > 0)
+		conn->slot_seen[request] = (uint32_t)ret;
+	return ret;
 }

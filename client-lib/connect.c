@@ -152,7 +152,8 @@ static int map_segments(struct rs_connection *conn, const struct rs_welcome *wel
 	conn->slot_state = calloc(slots, sizeof(*conn->slot_state));
 	conn->free_slots = malloc(slots * sizeof(*conn->free_slots));
 	conn->slot_last_prompt = calloc(slots, sizeof(*conn->slot_last_prompt));
-	if (!conn->slot_state || !conn->free_slots || !conn->slot_last_prompt)
+	conn->slot_seen = calloc(slots, sizeof(*conn->slot_seen));
+	if (!conn->slot_state || !conn->free_slots || !conn->slot_last_prompt || !conn->slot_seen)
 		return -ENOMEM;
 	/* Lowest slot on top of the stack: handles come out 0, 1, 2, ... */
 	for (uint32_t i = 0; i < slots; i++)
@@ -174,6 +175,8 @@ int rs_connect(const char *socket_path, const struct rs_connect_options *options
 	if (!conn)
 		return -ENOMEM;
 	conn->eventfd = -1;
+	conn->event_fd = -1;
+	conn->event_poll_fd = -1;
 	uint32_t spin_us = options && options->spin_us ? options->spin_us : 50;
 	conn->spin_ns = spin_us == UINT32_MAX ? 0 : (uint64_t)spin_us * 1000;
 	int fds[WELCOME_MAX_FDS] = {-1, -1, -1, -1};
@@ -233,6 +236,10 @@ void rs_close(struct rs_connection *conn)
 		close(conn->fd);
 	if (conn->eventfd >= 0)
 		close(conn->eventfd);
+	if (conn->event_poll_fd >= 0)
+		close(conn->event_poll_fd);
+	if (conn->event_fd >= 0)
+		close(conn->event_fd);
 	if (conn->segment)
 		munmap(conn->segment, conn->segment_size);
 	if (conn->model)
@@ -241,6 +248,7 @@ void rs_close(struct rs_connection *conn)
 	free(conn->slot_state);
 	free(conn->free_slots);
 	free(conn->slot_last_prompt);
+	free(conn->slot_seen);
 	rs_conn_free_text(conn);
 	free(conn);
 }

@@ -166,7 +166,7 @@ int rs_wait(struct rs_connection *conn, struct rs_completion *out, unsigned max,
 /* Zero-copy view of a request's output so far: *tokens points into shared memory and
  * stays valid until rs_release. Works while the request runs (streaming) and after it
  * completed. Returns the number of tokens written so far, or -EINVAL for a handle that
- * is not in use. */
+ * is not in use. The count returned is the one RS_EVENT_OUTPUT compares with. */
 int rs_output(struct rs_connection *conn, int request, const uint32_t **tokens);
 
 /* Wait until request has more than `have` output tokens. Returns the new count, or
@@ -185,6 +185,57 @@ int rs_release(struct rs_connection *conn, int request);
 
 /* The descriptor that becomes readable (EOF) when the daemon dies, for poll loops. */
 int rs_fd(struct rs_connection *conn);
+
+/* --- event loops -------------------------------------------------------------------------
+ * To sleep in your own epoll/poll loop instead of in rs_wait: add rs_event_fd's
+ * descriptor for reading (EPOLLIN), and before each sleep call rs_event_arm, which says
+ * whether there is news already; sleep only when it returns 0. The descriptor becomes
+ * readable when news arrives after that (the daemon writes an eventfd, with the same
+ * need-wakeup protocol as rs_wait's futex: no wake-up is lost, and a client that is busy
+ * polling costs the daemon no system call), and when the daemon dies.
+ *
+ *   int fd = rs_event_fd(conn);                              // once; add it to epoll
+ *   for (;;) {
+ *           int ready = rs_event_arm(conn, RS_EVENT_COMPLETION | RS_EVENT_OUTPUT);
+ *           if (ready < 0) break;                            // -ECONNRESET: daemon gone
+ *           if (ready == 0) epoll_wait(ep, events, n, -1);  // wakes for news or death
+ *           // rs_poll for completions, rs_output for tokens, other descriptors ...
+ *   }
+ *
+ * docs/client-api.md has a complete loop (tests/client_event_loop.c compiles it). */
+
+#define RS_EVENT_COMPLETION (1u << 0) /* a completion waits for rs_poll */
+#define RS_EVENT_OUTPUT	    (1u << 1) /* a request that has not completed has more output
+				       * than rs_output or rs_wait_output last returned for it */
+
+/* The connection's event-loop descriptor: readable when something rs_event_arm armed for
+ * has happened since (or happens after) it returned 0, and when the daemon is gone (EOF
+ * of the connection). It is an epoll descriptor (of an eventfd and the connection's
+ * socket): poll it, add it to your epoll (it nests) or select it; never read it. The
+ * first call creates it and hands the eventfd to the daemon (one round trip on the
+ * socket); later calls return the same descriptor. It lives until rs_close, which closes
+ * it (remove it from your epoll first). Returns the descriptor (close-on-exec), or:
+ *   -ENOTSUP      the daemon is older than event descriptors
+ *   -ECONNRESET   the daemon is gone
+ *   -ETIMEDOUT    the daemon did not answer within 5 s
+ *   -EPROTO       a malformed answer; or an errno of eventfd(2), epoll_create1(2). */
+int rs_event_fd(struct rs_connection *conn);
+
+/* Arm the event descriptor for `events` (RS_EVENT_COMPLETION and/or RS_EVENT_OUTPUT) and
+ * say what is ready now. Returns 0: nothing; sleep until the descriptor is readable (it
+ * stays readable, level-triggered, until the next rs_event_arm). > 0: the RS_EVENT_*
+ * bits that are ready: handle them (rs_poll; rs_output per running request) and call
+ * again, without sleeping. Or:
+ *   -EINVAL       no rs_event_fd yet, events 0 or unknown bits
+ *   -ECONNRESET   the daemon is gone (sticky, as for every call)
+ *   -EHOSTDOWN    the daemon's heartbeat is older than 2 s (it may come back)
+ * Call it before each sleep, also after waking for another descriptor of yours: a
+ * readable event descriptor is cleared only here. It may run alongside rs_wait and
+ * rs_wait_output, which leave it armed. RS_EVENT_OUTPUT scans the running requests
+ * (one shared cache line each); RS_EVENT_COMPLETION alone reads the completion ring, and
+ * the daemon then does not wake the loop for tokens. A daemon that stops answering
+ * without dying (SIGSTOP) makes nothing readable: use a timeout to notice it. */
+int rs_event_arm(struct rs_connection *conn, unsigned events);
 
 /* --- text --------------------------------------------------------------------------------
  * The library tokenizes and detokenizes with the model's vocabulary, which the daemon
@@ -330,7 +381,12 @@ struct rs_stats {
 	uint32_t clients_connected;
 	uint32_t n_tenants;	   /* tenant records published (<= RS_STATS_MAX_TENANTS) */
 	uint32_t latency_window_s; /* percentiles cover the finishes of the last 1-2 windows */
-	uint64_t reserved[8];
+	/* Wake-ups of sleeping clients, over the daemon's life: futex wakes (rs_wait and
+	 * rs_wait_output sleepers) and eventfd writes (rs_event_arm sleepers). A client
+	 * that is busy polling costs the daemon neither. */
+	uint64_t client_futex_wakes;
+	uint64_t client_event_writes;
+	uint64_t reserved[6];
 };
 
 /* One tenant: an account (uid, name), shared by all its connections. The daemon publishes

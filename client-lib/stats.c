@@ -90,6 +90,8 @@ static void convert_global(const struct rs_stats_global_record *g, uint64_t sequ
 	out->clients_connected = clamp32(g->clients_connected);
 	out->n_tenants = clamp32(g->n_tenants);
 	out->latency_window_s = clamp32(g->latency_window_ns / 1000000000ull);
+	out->client_futex_wakes = g->client_futex_wakes;
+	out->client_event_writes = g->client_event_writes;
 }
 
 static void convert_tenant(const struct rs_stats_tenant_record *t, struct rs_stats_tenant *out)

@@ -69,6 +69,7 @@ int rs_conn_submit_slot(struct rs_connection *conn, uint32_t slot,
 	/* Our own copy: the prompt area is shared memory the daemon could scribble on. */
 	const uint32_t *prompt = rs_segment_slot_prompt(conn->segment, &conn->hdr, slot);
 	conn->slot_last_prompt[slot] = prompt[prompt_len - 1];
+	conn->slot_seen[slot] = 0;
 	/* The slot is ours until we submit it: reset the progress counter. It and the prompt
 	 * are published by R-tail below. */
 	rs_store_relaxed(&rs_segment_slot(conn->segment, &conn->hdr, slot)->output_count, 0);

@@ -28,6 +28,7 @@ int rs_client_setup_segment(struct rs_daemon *daemon, struct rs_client *client, 
 	    .max_output_tokens = config->max_output_tokens,
 	    .wake_mode = daemon->wake_mode,
 	    .client_id = client->id,
+	    .features = RS_FEATURE_EVENT_FD,
 	};
 	void *map;
 	size_t size;
@@ -141,6 +142,8 @@ void rs_client_maybe_free(struct rs_daemon *daemon, struct rs_client *client)
 	}
 	if (client->eventfd >= 0)
 		close(client->eventfd);
+	if (client->event_fd >= 0)
+		close(client->event_fd);
 	close(client->fd);
 	if (client->tenant)
 		rs_sched_tenant_release(daemon->sched, client->tenant);
@@ -151,6 +154,8 @@ void rs_client_maybe_free(struct rs_daemon *daemon, struct rs_client *client)
 	client->segment = NULL;
 	client->shared = NULL;
 	client->eventfd = -1;
+	client->event_fd = -1;
+	client->notify_reasons = 0;
 	client->fd = -1;
 	client->generation++;
 	client->state = RS_CLIENT_FREE;

@@ -31,8 +31,14 @@ enum op_kind {
 	OP_CANCEL,
 	OP_REJECTED,
 	OP_LANE,
-	OP_ACCEPT_RETRY
+	OP_ACCEPT_RETRY,
+	OP_EVENT_WRITE
 };
+
+/* Writes to one client's eventfd in flight at most. A write stays in flight only while
+ * the eventfd's counter is full (a client that made it blocking and filled it), and a
+ * full counter is readable: the client cannot miss a wake-up we skip then. */
+#define RS_MAX_EVENT_WRITES 4
 
 static uint64_t op_data(enum op_kind kind, const struct rs_client *client)
 {
@@ -130,7 +136,15 @@ static int arm_client_recv(struct rs_daemon *daemon, struct rs_client *client)
 	struct io_uring_sqe *sqe = get_sqe(daemon);
 	if (!sqe)
 		return -EBUSY;
-	io_uring_prep_recv(sqe, client->fd, client->recv_buf, sizeof(client->recv_buf), 0);
+	/* recvmsg, not recv: RS_CONTROL_EVENT_FD carries a descriptor. */
+	client->recv_iov =
+	    (struct iovec){.iov_base = client->recv_buf, .iov_len = sizeof(client->recv_buf)};
+	memset(&client->recv_control, 0, sizeof(client->recv_control));
+	client->recv_msg = (struct msghdr){.msg_iov = &client->recv_iov,
+					   .msg_iovlen = 1,
+					   .msg_control = client->recv_control.buf,
+					   .msg_controllen = sizeof(client->recv_control.buf)};
+	io_uring_prep_recvmsg(sqe, client->fd, &client->recv_msg, MSG_CMSG_CLOEXEC);
 	io_uring_sqe_set_data64(sqe, op_data(OP_CLIENT_RECV, client));
 	client->pending_io++;
 	if (handshake) {
@@ -175,16 +189,121 @@ int rs_control_arm_lane(struct rs_daemon *daemon, uint32_t lane, int fd)
 	return 0;
 }
 
-void rs_control_cancel_doorbell(struct rs_daemon *daemon, struct rs_client *client)
+int rs_control_write_event(struct rs_daemon *daemon, struct rs_client *client)
 {
-	if (!client->doorbell_armed)
-		return;
+	static const uint64_t one = 1; /* the write's source, alive while it is in flight */
+	if (client->event_writes_inflight >= RS_MAX_EVENT_WRITES)
+		return -EBUSY;
 	struct io_uring_sqe *sqe = get_sqe(daemon);
 	if (!sqe)
-		return;
-	io_uring_prep_cancel64(sqe, op_data(OP_DOORBELL, client), 0);
-	io_uring_sqe_set_data64(sqe, op_data(OP_CANCEL, NULL));
-	io_uring_submit(&daemon->ring);
+		return -EAGAIN;
+	/* Through io_uring, not write(2): the client shares the eventfd's file and could make
+	 * it blocking and fill its counter; a write(2) would then stop the scheduler core. */
+	io_uring_prep_write(sqe, client->event_fd, &one, sizeof(one), 0);
+	io_uring_sqe_set_data64(sqe, op_data(OP_EVENT_WRITE, client));
+	client->pending_io++;
+	client->event_writes_inflight++;
+	daemon->stats.client_event_writes++;
+	return 0;
+}
+
+/* The descriptors a received message carried (at most 4; more were dropped by the kernel,
+ * which sets MSG_CTRUNC). */
+static int received_fds(const struct rs_client *client, int fds[4])
+{
+	int n = 0;
+	struct msghdr msg = client->recv_msg; /* the kernel updated msg_controllen */
+	if (msg.msg_controllen > sizeof(client->recv_control.buf))
+		msg.msg_controllen = sizeof(client->recv_control.buf);
+	for (struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg); cmsg; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
+		if (cmsg->cmsg_len < CMSG_LEN(0))
+			break;
+		if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS)
+			continue;
+		size_t count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		for (size_t i = 0; i < count && n < 4; i++)
+			memcpy(&fds[n++], CMSG_DATA(cmsg) + i * sizeof(int), sizeof(int));
+	}
+	return n;
+}
+
+static void close_fds(const int *fds, int n)
+{
+	for (int i = 0; i < n; i++)
+		close(fds[i]);
+}
+
+/* An eventfd, by what the kernel calls it: anything else could block or mean something
+ * else when written. */
+static bool is_eventfd(int fd)
+{
+	char path[64], target[64];
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	ssize_t n = readlink(path, target, sizeof(target) - 1);
+	if (n < 0)
+		return false;
+	target[n] = 0;
+	return strcmp(target, "anon_inode:[eventfd]") == 0;
+}
+
+/* RS_CONTROL_EVENT_FD: keep the client's eventfd (replacing an earlier one) and answer. */
+static void handle_event_fd(struct rs_daemon *daemon, struct rs_client *client, const int *fds,
+			    int n_fds, bool truncated)
+{
+	int32_t status = 0;
+	if (n_fds != 1 || !is_eventfd(fds[0])) {
+		status = truncated && n_fds == 0 ? -EMFILE : -EBADF;
+		close_fds(fds, n_fds);
+	} else {
+		/* Writes in flight hold the old file; they complete on their own. */
+		if (client->event_fd >= 0)
+			close(client->event_fd);
+		client->event_fd = fds[0];
+	}
+	struct rs_control_msg reply = {
+	    .magic = RS_CONTROL_MAGIC, .op = RS_CONTROL_EVENT_FD, .status = status};
+	/* The client waits for this answer with an empty receive buffer; one that sends
+	 * requests without reading answers loses answers, nothing else. */
+	if (send(client->fd, &reply, sizeof(reply), MSG_DONTWAIT | MSG_NOSIGNAL) < 0 ||
+	    daemon->config.verbose)
+		fprintf(stderr, "ringserved: client %u: event descriptor %s\n", client->id,
+			status ? strerror(-status) : "taken");
+}
+
+/* A message on an active client's connection. Unknown ones are ignored (as before
+ * control messages existed). */
+static void handle_client_message(struct rs_daemon *daemon, struct rs_client *client, int len)
+{
+	int fds[4];
+	int n_fds = received_fds(client, fds);
+	bool truncated = client->recv_msg.msg_flags & MSG_CTRUNC;
+	struct rs_control_msg msg;
+	if (len == (int)sizeof(msg)) {
+		memcpy(&msg, client->recv_buf, sizeof(msg));
+		if (msg.magic == RS_CONTROL_MAGIC && msg.op == RS_CONTROL_EVENT_FD) {
+			handle_event_fd(daemon, client, fds, n_fds, truncated);
+			return;
+		}
+	}
+	close_fds(fds, n_fds);
+}
+
+void rs_control_cancel_doorbell(struct rs_daemon *daemon, struct rs_client *client)
+{
+	struct io_uring_sqe *sqe;
+	if (client->doorbell_armed && (sqe = get_sqe(daemon))) {
+		io_uring_prep_cancel64(sqe, op_data(OP_DOORBELL, client), 0);
+		io_uring_sqe_set_data64(sqe, op_data(OP_CANCEL, NULL));
+	}
+	/* Only a write to a full, blocking counter waits; it must not keep the client from
+	 * being freed. */
+	if (client->event_writes_inflight && (sqe = get_sqe(daemon))) {
+		io_uring_prep_cancel64(sqe, op_data(OP_EVENT_WRITE, client),
+				       IORING_ASYNC_CANCEL_ALL);
+		io_uring_sqe_set_data64(sqe, op_data(OP_CANCEL, NULL));
+	}
+	if (io_uring_sq_ready(&daemon->ring))
+		io_uring_submit(&daemon->ring);
 }
 
 /* Send the handshake reply, with the descriptors on success. */
@@ -278,6 +397,10 @@ static void handle_accept(struct rs_daemon *daemon, int fd)
 	client->state = RS_CLIENT_HANDSHAKE;
 	client->fd = fd;
 	client->eventfd = -1;
+	client->event_fd = -1;
+	client->event_writes_inflight = 0;
+	client->event_write_owed = false;
+	client->notify_reasons = 0;
 	client->pid = cred.pid;
 	client->uid = cred.uid;
 	client->gid = cred.gid;
@@ -315,6 +438,8 @@ static void welcome_stats_reader(struct rs_daemon *daemon, struct rs_client *cli
 /* The hello arrived: check it, build the segment, send it. */
 static void handle_hello(struct rs_daemon *daemon, struct rs_client *client, int len)
 {
+	int stray[4];
+	close_fds(stray, received_fds(client, stray)); /* a hello carries none */
 	struct rs_hello hello;
 	if (len != (int)sizeof(hello)) {
 		reject(client->fd, -EPROTO);
@@ -417,8 +542,7 @@ static void reload_config(struct rs_daemon *daemon)
 	struct rs_tenant_config *fresh;
 	char message[512];
 	if (rs_tenant_config_load(path, &fresh, message, sizeof(message))) {
-		fprintf(stderr, "ringserved: SIGHUP: keeping the old configuration: %s\n",
-			message);
+		fprintf(stderr, "ringserved: SIGHUP: keeping the old configuration: %s\n", message);
 		return;
 	}
 	rs_tenant_config_free(daemon->config.tenants);
@@ -474,7 +598,7 @@ static void handle_cqe(struct rs_daemon *daemon, const struct io_uring_cqe *cqe)
 	uint64_t data = cqe->user_data;
 	enum op_kind kind = (enum op_kind)(data >> 56);
 	struct rs_client *client = NULL;
-	if (kind == OP_CLIENT_RECV || kind == OP_DOORBELL) {
+	if (kind == OP_CLIENT_RECV || kind == OP_DOORBELL || kind == OP_EVENT_WRITE) {
 		uint32_t index = (uint32_t)data;
 		client = &daemon->clients[index];
 		/* Every operation that names a client holds it (pending_io), so the
@@ -506,9 +630,13 @@ static void handle_cqe(struct rs_daemon *daemon, const struct io_uring_cqe *cqe)
 			arm_accept(daemon);
 		break;
 	case OP_CLIENT_RECV:
-		if (client->state == RS_CLIENT_CLOSING)
+		if (client->state == RS_CLIENT_CLOSING) {
+			if (cqe->res > 0) {
+				int fds[4];
+				close_fds(fds, received_fds(client, fds));
+			}
 			rs_client_maybe_free(daemon, client);
-		else if (cqe->res <= 0)
+		} else if (cqe->res <= 0)
 			rs_client_disconnect(daemon, client,
 					     cqe->res == 0 ? "socket closed"
 					     : cqe->res == -ECANCELED
@@ -516,8 +644,17 @@ static void handle_cqe(struct rs_daemon *daemon, const struct io_uring_cqe *cqe)
 						 : "socket error");
 		else if (client->state == RS_CLIENT_HANDSHAKE)
 			handle_hello(daemon, client, cqe->res);
-		else if (arm_client_recv(daemon, client) < 0) /* stray bytes: ignore them */
-			rs_client_disconnect(daemon, client, "out of io_uring entries");
+		else {
+			handle_client_message(daemon, client, cqe->res);
+			if (arm_client_recv(daemon, client) < 0)
+				rs_client_disconnect(daemon, client, "out of io_uring entries");
+		}
+		break;
+	case OP_EVENT_WRITE:
+		/* Failed writes need nothing: -EAGAIN means the counter is full, so readable. */
+		client->event_writes_inflight--;
+		if (client->state == RS_CLIENT_CLOSING)
+			rs_client_maybe_free(daemon, client);
 		break;
 	case OP_DOORBELL:
 		client->doorbell_armed = false;

@@ -132,6 +132,7 @@ int rs_daemon_init(struct rs_daemon *daemon, const struct rs_daemon_config *conf
 		daemon->clients[i].index = i;
 		daemon->clients[i].fd = -1;
 		daemon->clients[i].eventfd = -1;
+		daemon->clients[i].event_fd = -1;
 	}
 	/* Every request a client can have in flight, for every client: admission never
 	 * runs out of requests before a client hits its own limit. */
@@ -248,6 +249,8 @@ void rs_daemon_destroy(struct rs_daemon *daemon)
 				munmap(client->segment, client->segment_size);
 			if (client->eventfd >= 0)
 				close(client->eventfd);
+			if (client->event_fd >= 0)
+				close(client->event_fd);
 			if (client->fd >= 0)
 				close(client->fd);
 			free(client->slot_request);

@@ -11,7 +11,9 @@
 #include <liburing.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #include "daemon/engine.h"
 #include "daemon/sched/sched.h"
@@ -73,6 +75,7 @@ struct rs_client {
 	uint32_t id;	     /* client id, unique for the daemon's lifetime */
 	int fd;		     /* its control-socket connection */
 	int eventfd;	     /* RS_WAKE_EVENTFD: the doorbell's companion; else -1 */
+	int event_fd;	     /* the client's own eventfd (RS_CONTROL_EVENT_FD), or -1 */
 	pid_t pid;
 	uid_t uid;
 	gid_t gid;
@@ -96,9 +99,19 @@ struct rs_client {
 	bool doorbell_armed;		  /* a FUTEX_WAIT or eventfd read is queued */
 	bool notify_pending; /* new completions or tokens since the last wakeup check */
 	bool listed_for_notify;
+	uint8_t notify_reasons;		/* NOTIFY_* (scheduler.c) since the last wakeup check */
+	uint32_t event_writes_inflight; /* io_uring writes to event_fd not completed yet */
+	bool event_write_owed;		/* its flag was cleared, the write found no SQE */
 	struct rs_client *next_notify;
 	uint64_t eventfd_value;	     /* read target for the eventfd */
 	unsigned char recv_buf[128]; /* larger than a hello: a longer message is an error */
+	/* The socket is read with recvmsg: a control message may carry a descriptor. */
+	struct msghdr recv_msg;
+	struct iovec recv_iov;
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(4 * sizeof(int))];
+	} recv_control;
 };
 
 /* A lane as the data path sees it: whether the engine runs a step on it. What runs there
@@ -129,7 +142,7 @@ struct rs_daemon {
 	struct rs_client *notify_list; /* clients with notify_pending set */
 
 	struct rs_request_pool pool;
-	struct rs_sched *sched; /* the scheduling core */
+	struct rs_sched *sched;			    /* the scheduling core */
 	struct rs_stats_publisher *stats_publisher; /* the statistics segment (daemon/stats.h) */
 	struct rs_lane *lanes;
 
@@ -147,6 +160,8 @@ struct rs_daemon {
 		uint64_t clients_accepted;
 		uint64_t clients_rejected;
 		uint64_t clients_broken;
+		uint64_t client_futex_wakes;  /* FUTEX_WAKEs of sleeping clients */
+		uint64_t client_event_writes; /* writes to clients' eventfds */
 	} stats;
 };
 
@@ -173,8 +188,13 @@ int rs_control_wait(struct rs_daemon *daemon, uint64_t timeout_ns);
 int rs_control_arm_doorbell(struct rs_daemon *daemon, struct rs_client *client, uint32_t value);
 /* Queue a read of the lane's step-completion descriptor. */
 int rs_control_arm_lane(struct rs_daemon *daemon, uint32_t lane, int fd);
-/* Cancel a client's queued doorbell wait, if any (its completion drops pending_io). */
+/* Cancel a client's queued doorbell wait and eventfd writes, if any (their completions
+ * drop pending_io). */
 void rs_control_cancel_doorbell(struct rs_daemon *daemon, struct rs_client *client);
+/* Queue a write of 1 to the client's event_fd (submitted by the caller). Returns 0,
+ * -EBUSY (RS_MAX_EVENT_WRITES in flight: the counter is full, so the descriptor is
+ * readable anyway), or -EAGAIN (no SQE: try again later, the wake-up is owed). */
+int rs_control_write_event(struct rs_daemon *daemon, struct rs_client *client);
 /* Stop accepting connections and remove the socket (draining). */
 void rs_control_stop_listening(struct rs_daemon *daemon);
 

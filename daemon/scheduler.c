@@ -10,8 +10,13 @@
 #include "shm/futex.h"
 #include "shm/segment.h"
 
-static void mark_notify(struct rs_daemon *daemon, struct rs_client *client)
+/* Why a client is to be notified: what an eventfd sleeper may wait for. */
+#define NOTIFY_COMPLETION (1u << 0)
+#define NOTIFY_OUTPUT	  (1u << 1)
+
+static void mark_notify(struct rs_daemon *daemon, struct rs_client *client, unsigned reason)
 {
+	client->notify_reasons |= (uint8_t)reason;
 	if (client->listed_for_notify)
 		return;
 	client->listed_for_notify = true;
@@ -42,7 +47,7 @@ static void post_cqe(struct rs_daemon *daemon, struct rs_client *client, uint64_
 		/* Only a client that rewrote its CQ head can get here. We may be inside the
 		 * scheduling core (a hook): the loop disconnects it. */
 		client->broken = "protocol: completion ring head corrupted";
-		mark_notify(daemon, client);
+		mark_notify(daemon, client, 0);
 		return;
 	}
 	struct rs_cqe *cqe = rs_ring_producer_slot(&client->cq, 0);
@@ -54,7 +59,7 @@ static void post_cqe(struct rs_daemon *daemon, struct rs_client *client, uint64_
 	cqe->cached_tokens = cached_tokens;
 	cqe->reserved = 0;
 	rs_ring_producer_publish(&client->cq, 1);
-	mark_notify(daemon, client);
+	mark_notify(daemon, client, NOTIFY_COMPLETION);
 }
 
 /* Microseconds from the submission to t (0: never). */
@@ -70,7 +75,8 @@ static uint32_t since_submission_us(const struct rs_request *request, uint64_t t
 static void write_timings(struct rs_daemon *daemon, struct rs_client *client,
 			  const struct rs_request *request)
 {
-	struct rs_slot_header *header = rs_segment_slot(client->segment, &client->hdr, request->slot);
+	struct rs_slot_header *header =
+	    rs_segment_slot(client->segment, &client->hdr, request->slot);
 	header->queued_us = since_submission_us(request, request->admitted_ns);
 	header->first_token_us = since_submission_us(request, request->first_token_ns);
 	header->total_us = since_submission_us(request, daemon->now_ns);
@@ -85,7 +91,7 @@ void rs_scheduler_on_token(void *ctx, struct rs_request *request)
 	/* R-progress: pairs with A-progress in rs_output (client); the token written by the
 	 * engine before this store is visible to a reader of the count. */
 	rs_store_release(request->output_count, request->generated);
-	mark_notify(daemon, request->owner);
+	mark_notify(daemon, request->owner, NOTIFY_OUTPUT);
 }
 
 void rs_scheduler_on_finish(void *ctx, struct rs_request *request, int32_t status)
@@ -146,7 +152,8 @@ static int accept_generate(struct rs_daemon *daemon, struct rs_client *client,
 	if (client->inflight >= hdr->max_inflight)
 		return -EAGAIN;
 	/* The tenant's limit, over all its connections (--config). */
-	if (client->tenant->max_inflight && client->tenant->inflight >= client->tenant->max_inflight)
+	if (client->tenant->max_inflight &&
+	    client->tenant->inflight >= client->tenant->max_inflight)
 		return -EAGAIN;
 	if (sqe->flags & ~RS_SQE_IGNORE_EOS)
 		return -EINVAL;
@@ -250,11 +257,11 @@ int rs_scheduler_poll_client(struct rs_daemon *daemon, struct rs_client *client)
 		int status = sqe.opcode == RS_OP_GENERATE ? accept_generate(daemon, client, &sqe)
 			     : sqe.opcode == RS_OP_NOP	  ? 0
 							  : -EINVAL;
-		if (sqe.opcode == RS_OP_GENERATE && status != 0 && sqe.slot < client->hdr.slot_count &&
-		    status != -EBUSY) {
+		if (sqe.opcode == RS_OP_GENERATE && status != 0 &&
+		    sqe.slot < client->hdr.slot_count && status != -EBUSY) {
 			/* Rejected: no timings (not the slot's previous request's). */
 			struct rs_slot_header *header =
-				rs_segment_slot(client->segment, &client->hdr, sqe.slot);
+			    rs_segment_slot(client->segment, &client->hdr, sqe.slot);
 			header->queued_us = header->first_token_us = header->total_us = 0;
 			header->preemptions = 0;
 		}
@@ -306,6 +313,20 @@ int rs_scheduler_run_lanes(struct rs_daemon *daemon)
 	return did;
 }
 
+/* Queue a write to the client's eventfd; true when one was queued. Without an SQE the
+ * wake-up is owed (we cleared the client's flag): the next round tries again. */
+static bool write_event(struct rs_daemon *daemon, struct rs_client *client)
+{
+	if (client->event_fd < 0)
+		return false; /* it armed without handing us an eventfd: nothing to wake */
+	int ret = rs_control_write_event(daemon, client);
+	if (ret == -EAGAIN) {
+		client->event_write_owed = true;
+		mark_notify(daemon, client, 0);
+	}
+	return ret == 0;
+}
+
 void rs_scheduler_notify_clients(struct rs_daemon *daemon)
 {
 	struct rs_client *client = daemon->notify_list;
@@ -314,24 +335,51 @@ void rs_scheduler_notify_clients(struct rs_daemon *daemon)
 	daemon->notify_list = NULL;
 	/* F-notify: orders our CQ tail and progress stores before the load of
 	 * client_need_wakeup; pairs with the client's fence between its store of the flag
-	 * and its re-check of the rings (client-lib/wait.c). */
+	 * and its re-check of the rings (F-wait in client-lib/completion.c, F-arm in
+	 * client-lib/event.c). */
 	rs_fence_seq_cst();
+	bool event_writes = false;
 	for (struct rs_client *next; client; client = next) {
 		next = client->next_notify;
 		client->listed_for_notify = false;
+		unsigned reasons = client->notify_reasons;
+		client->notify_reasons = 0;
 		if (client->state == RS_CLIENT_ACTIVE && client->broken)
 			rs_client_disconnect(daemon, client, client->broken);
 		if (client->state != RS_CLIENT_ACTIVE)
 			continue;
-		/* Relaxed load first: the exchange is a write to the client's line, and most of
-		 * the time the client is spinning, not sleeping. */
-		if (rs_load_relaxed(&client->shared->client_need_wakeup) &&
-		    rs_exchange_acq_rel(&client->shared->client_need_wakeup, 0)) {
-			/* R-bell: pairs with the client's acquire load of the doorbell. */
-			rs_fetch_add_release(&client->shared->client_doorbell, 1);
-			rs_futex_wake(&client->shared->client_doorbell, 1 << 30);
+		if (client->event_write_owed) {
+			client->event_write_owed = false;
+			if (write_event(daemon, client))
+				event_writes = true;
 		}
+		/* What would wake this client: a futex sleeper wakes for anything, an eventfd
+		 * sleeper for what it armed (a completions-only loop sleeps through tokens). */
+		uint32_t wanted = RS_NEED_WAKEUP_FUTEX |
+				  (reasons & NOTIFY_COMPLETION ? RS_NEED_WAKEUP_COMPLETION : 0) |
+				  (reasons & NOTIFY_OUTPUT ? RS_NEED_WAKEUP_OUTPUT : 0);
+		/* Relaxed load first: the exchange is a write to the client's line, and most of
+		 * the time the client is spinning, not sleeping. Ordered after our stores by
+		 * F-notify. */
+		if (!(rs_load_relaxed(&client->shared->client_need_wakeup) & wanted))
+			continue;
+		/* The client may have stored another value since the load: we clear whatever
+		 * is there, so we wake for every bit we clear, wanted or not. */
+		uint32_t armed = rs_exchange_acq_rel(&client->shared->client_need_wakeup, 0);
+		if (!armed)
+			continue;
+		/* R-bell: pairs with the client's acquire load of the doorbell (A-bell). */
+		rs_fetch_add_release(&client->shared->client_doorbell, 1);
+		if (armed & ~RS_NEED_WAKEUP_EVENT) { /* FUTEX, or an unknown bit: wake it */
+			rs_futex_wake(&client->shared->client_doorbell, 1 << 30);
+			daemon->stats.client_futex_wakes++;
+		}
+		if ((armed & RS_NEED_WAKEUP_EVENT) && write_event(daemon, client))
+			event_writes = true;
 	}
+	/* One system call for every eventfd to write in this round. */
+	if (event_writes)
+		io_uring_submit(&daemon->ring);
 }
 
 uint64_t rs_scheduler_next_deadline(struct rs_daemon *daemon)

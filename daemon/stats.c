@@ -302,6 +302,8 @@ void rs_stats_publish(struct rs_stats_publisher *stats, const struct rs_daemon *
 	    .clients_connected = daemon->n_active_clients,
 	    .latency_window_ns = RS_STATS_LATENCY_WINDOW_NS,
 	    .n_tenants = n_used,
+	    .client_futex_wakes = daemon->stats.client_futex_wakes,
+	    .client_event_writes = daemon->stats.client_event_writes,
 	};
 	snprintf(global.policy, sizeof(global.policy), "%s",
 		 rs_admission_policy_name(daemon->config.admission.policy));

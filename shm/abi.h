@@ -144,6 +144,8 @@ struct rs_segment_header {
 	uint32_t max_prompt_tokens;
 	uint32_t max_output_tokens;
 	uint32_t wake_mode;           /* enum rs_wake_mode */
+	uint32_t features;            /* RS_FEATURE_*: what this daemon supports (0 before) */
+	uint32_t reserved1;
 
 	/* Line 2: written by the daemon only. */
 	alignas(RS_CACHE_LINE) _Atomic uint64_t daemon_heartbeat_ns; /* CLOCK_MONOTONIC */
@@ -157,8 +159,20 @@ struct rs_segment_header {
 
 	/* Line 3: written by the client only. */
 	alignas(RS_CACHE_LINE) _Atomic uint32_t daemon_doorbell; /* futex word the daemon waits on */
-	_Atomic uint32_t client_need_wakeup; /* 1 while the client sleeps for completions or progress */
+	/* Non-zero while the client sleeps or is about to: RS_NEED_WAKEUP_* bits saying how
+	 * to wake it and for what. The client stores whole values; the daemon only ever
+	 * exchanges it to 0, and whoever clears a bit wakes the client for it. */
+	_Atomic uint32_t client_need_wakeup;
 };
+
+/* Segment features (rs_segment_header.features). */
+#define RS_FEATURE_EVENT_FD (1u << 0) /* takes an eventfd for wake-ups (RS_CONTROL_EVENT_FD) */
+
+/* client_need_wakeup bits. Clients from before the event descriptor store 1. */
+#define RS_NEED_WAKEUP_FUTEX      (1u << 0) /* futex-waits on client_doorbell: any news */
+#define RS_NEED_WAKEUP_COMPLETION (1u << 1) /* sleeps on its eventfd: for a completion */
+#define RS_NEED_WAKEUP_OUTPUT     (1u << 2) /* sleeps on its eventfd: for output tokens */
+#define RS_NEED_WAKEUP_EVENT      (RS_NEED_WAKEUP_COMPLETION | RS_NEED_WAKEUP_OUTPUT)
 
 /* --- the read-only segment shared by all clients ------------------------------------ */
 
@@ -208,6 +222,26 @@ struct rs_welcome {
 	uint64_t shared_size;
 };
 
+/* After the welcome, a client may send a control message on the connection. The one
+ * there is: the client hands the daemon an eventfd (SCM_RIGHTS, exactly one descriptor)
+ * to be written, instead of or besides the futex wake, when client_need_wakeup has
+ * RS_NEED_WAKEUP_EVENT bits; the daemon answers with the same message, status 0 or a
+ * negative errno (-EBADF: no descriptor or not an eventfd; -EMFILE: the daemon could not
+ * receive it). A second one replaces the first. Only where the segment's features have
+ * RS_FEATURE_EVENT_FD: an older daemon ignores it and never answers. */
+#define RS_CONTROL_MAGIC 0x52534331u /* "RSC1" */
+
+enum rs_control_op {
+	RS_CONTROL_EVENT_FD = 1,
+};
+
+struct rs_control_msg {
+	uint32_t magic;    /* RS_CONTROL_MAGIC */
+	uint32_t op;       /* enum rs_control_op */
+	int32_t status;    /* the daemon's answer: 0 or a negative errno; 0 from the client */
+	uint32_t reserved;
+};
+
 /* --- compile-time checks ------------------------------------------------------------ */
 
 static_assert(sizeof(struct rs_sqe) == RS_CACHE_LINE, "an SQE is one cache line");
@@ -222,6 +256,7 @@ static_assert(offsetof(struct rs_segment_header, daemon_doorbell) == 3 * RS_CACH
 	      "client-written words on line 3");
 static_assert(sizeof(struct rs_segment_header) == 4 * RS_CACHE_LINE, "header is 4 lines");
 static_assert(sizeof(struct rs_hello) == 16 + RS_TENANT_NAME_BYTES, "hello: no padding");
+static_assert(sizeof(struct rs_control_msg) == 16, "control message: no padding");
 static_assert(sizeof(_Atomic uint32_t) == 4 && sizeof(_Atomic uint64_t) == 8,
 	      "atomics have the size of the plain integer");
 static_assert(ATOMIC_INT_LOCK_FREE == 2 && ATOMIC_LLONG_LOCK_FREE == 2,

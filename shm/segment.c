@@ -44,6 +44,7 @@ int rs_segment_layout(const struct rs_segment_params *p, struct rs_segment_heade
 	hdr->max_prompt_tokens = p->max_prompt_tokens;
 	hdr->max_output_tokens = p->max_output_tokens;
 	hdr->wake_mode = p->wake_mode;
+	hdr->features = p->features;
 
 	uint64_t at = sizeof(struct rs_segment_header);
 	hdr->sq_ring_offset = at;
@@ -124,6 +125,7 @@ int rs_segment_check(const struct rs_segment_header *hdr, size_t mapped_size)
 	    .max_output_tokens = hdr->max_output_tokens,
 	    .wake_mode = hdr->wake_mode,
 	    .client_id = hdr->client_id,
+	    .features = hdr->features,
 	};
 	struct rs_segment_header expected;
 	if (rs_segment_layout(&params, &expected))

@@ -20,6 +20,7 @@ struct rs_segment_params {
 	uint32_t max_output_tokens;
 	uint32_t wake_mode; /* enum rs_wake_mode */
 	uint32_t client_id;
+	uint32_t features; /* RS_FEATURE_* */
 };
 
 /* Fill the layout words of hdr (offsets, sizes, limits) from params; the atomics are left

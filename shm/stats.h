@@ -70,7 +70,11 @@ struct rs_stats_global_record {
 	uint64_t clients_connected;
 	uint64_t latency_window_ns; /* percentiles cover the finishes of the last 1-2 windows */
 	uint64_t n_tenants;	    /* records filled at tenants_offset (<= tenant_capacity) */
-	uint64_t reserved[9];
+	/* Wake-ups of sleeping clients over the daemon's life (0 from daemons before them):
+	 * FUTEX_WAKEs, and writes to clients' eventfds (docs/shm-abi.md). */
+	uint64_t client_futex_wakes;
+	uint64_t client_event_writes;
+	uint64_t reserved[7];
 };
 
 /* One tenant. Every field is 8 bytes. */

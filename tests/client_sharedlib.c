@@ -10,6 +10,7 @@
 static const char *const public_api[] = {
 	"rs_connect", "rs_close", "rs_model_info", "rs_submit", "rs_submit_nop", "rs_poll",
 	"rs_wait", "rs_output", "rs_wait_output", "rs_cancel", "rs_release", "rs_fd",
+	"rs_event_fd", "rs_event_arm",
 };
 static const char *const internal[] = {
 	"rs_segment_create", "rs_segment_check", "rs_futex_wait", "rs_conn_ring_doorbell",

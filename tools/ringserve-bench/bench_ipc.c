@@ -5,18 +5,22 @@
  *   - what a user would pick instead: a request/response over a Unix socket carrying the
  *     same payload (16 token ids out, 1 token id back), server in another process.
  * Figures: round-trip latency of a 16-token request with 1 output token (p50, p99,
- * p99.9), pipelined throughput with 1 and 4 clients. */
+ * p99.9), pipelined throughput with 1 and 4 clients; and the round trip of a client that
+ * sleeps until its completion, on the futex (rs_wait) or in epoll (rs_event_fd), while
+ * the daemon spins: what a wake-up costs. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdalign.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/epoll.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -210,6 +214,72 @@ static int measure_ring_latency(const char *socket_path, uint32_t iterations, st
 	return ret;
 }
 
+/* Round trips, one request at a time, the client asleep until the completion: in
+ * rs_wait without spinning (futex), or in epoll_wait on rs_event_fd after rs_event_arm. */
+static int measure_sleeping_latency(const char *socket_path, bool epoll, uint32_t iterations,
+				    struct percentiles *out)
+{
+	struct rs_connect_options connect_options = {.spin_us = UINT32_MAX}; /* no spinning */
+	struct rs_connection *conn;
+	int ret = rs_connect(socket_path, &connect_options, &conn);
+	if (ret)
+		return ret;
+	int ep = -1;
+	if (epoll) {
+		int fd = rs_event_fd(conn);
+		struct epoll_event ev = {.events = EPOLLIN};
+		ep = epoll_create1(EPOLL_CLOEXEC);
+		if (fd < 0 || ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0) {
+			ret = fd < 0 ? fd : -EIO;
+			goto out;
+		}
+	}
+	uint64_t *samples = malloc(iterations * sizeof(*samples));
+	uint32_t prompt[PROMPT_TOKENS];
+	struct rs_generate_params params = {.prompt = prompt, .prompt_len = PROMPT_TOKENS, .max_new_tokens = 1};
+	for (uint32_t i = 0; i < iterations + 100 && ret == 0; i++) {
+		fill_prompt(prompt, i);
+		uint64_t start = rs_now_ns();
+		int request = rs_submit(conn, &params);
+		if (request < 0) {
+			ret = request;
+			break;
+		}
+		struct rs_completion done;
+		int n;
+		if (epoll) {
+			while ((n = rs_poll(conn, &done, 1)) == 0) {
+				int ready = rs_event_arm(conn, RS_EVENT_COMPLETION);
+				struct epoll_event ev;
+				if (ready < 0)
+					n = ready;
+				else if (ready == 0 && epoll_wait(ep, &ev, 1, 5000) != 1)
+					n = -ETIMEDOUT;
+				if (n < 0)
+					break;
+			}
+		} else {
+			n = rs_wait(conn, &done, 1, 5000);
+		}
+		uint64_t end = rs_now_ns();
+		if (n < 0 || done.status != 0) {
+			ret = n < 0 ? n : done.status;
+			break;
+		}
+		rs_release(conn, done.request);
+		if (i >= 100)
+			samples[i - 100] = end - start;
+	}
+	if (ret == 0)
+		*out = summarize(samples, iterations);
+	free(samples);
+out:
+	if (ep >= 0)
+		close(ep);
+	rs_close(conn);
+	return ret;
+}
+
 /* Requests per second with up to the in-flight limit outstanding. */
 static double pump(const char *socket_path, double seconds)
 {
@@ -326,6 +396,12 @@ int bench_ipc(int argc, char **argv, FILE *json)
 	int ret = measure_ring_latency(socket_path, options.latency_iterations, &ring_rtt);
 	double throughput_1 = ret ? -1 : measure_throughput(&options, socket_path, 1);
 	double throughput_4 = ret ? -1 : measure_throughput(&options, socket_path, 4);
+	struct percentiles futex_rtt = {0}, epoll_rtt = {0};
+	uint32_t sleeping_iterations = options.latency_iterations / 10;
+	if (ret == 0)
+		ret = measure_sleeping_latency(socket_path, false, sleeping_iterations, &futex_rtt);
+	if (ret == 0)
+		ret = measure_sleeping_latency(socket_path, true, sleeping_iterations, &epoll_rtt);
 	kill(daemon, SIGTERM);
 	waitpid(daemon, NULL, 0);
 	if (ret) {
@@ -343,6 +419,10 @@ int bench_ipc(int argc, char **argv, FILE *json)
 	printf("  %-44s %10.0f %10.0f %10.0f\n", "ringserve rings", ring_rtt.p50, ring_rtt.p99, ring_rtt.p999);
 	printf("  %-44s %10.0f %10.0f %10.0f\n", "Unix-socket RPC (same payload)", unix_rtt.p50, unix_rtt.p99,
 	       unix_rtt.p999);
+	printf("  %-44s %10.0f %10.0f %10.0f\n", "ringserve, client asleep in rs_wait (futex)",
+	       futex_rtt.p50, futex_rtt.p99, futex_rtt.p999);
+	printf("  %-44s %10.0f %10.0f %10.0f\n", "ringserve, client asleep in epoll (event fd)",
+	       epoll_rtt.p50, epoll_rtt.p99, epoll_rtt.p999);
 	printf("  %-44s %10.0f requests/s\n", "pipelined, 1 client", throughput_1);
 	printf("  %-44s %10.0f requests/s\n", "pipelined, 4 clients", throughput_4);
 	printf("  targets: p50 <= 3x floor: %.2fx %s; >= 20x below Unix socket: %.1fx %s; "
@@ -355,9 +435,12 @@ int bench_ipc(int argc, char **argv, FILE *json)
 		"\"ring_rtt_ns\": {\"p50\": %.0f, \"p99\": %.0f, \"p999\": %.0f, \"mean\": %.1f}, "
 		"\"unix_socket_rtt_ns\": {\"p50\": %.0f, \"p99\": %.0f, \"p999\": %.0f, \"mean\": %.1f}, "
 		"\"throughput_1_client_rps\": %.0f, \"throughput_4_clients_rps\": %.0f, "
-		"\"ring_vs_floor\": %.3f, \"socket_vs_ring\": %.2f}",
+		"\"ring_vs_floor\": %.3f, \"socket_vs_ring\": %.2f, "
+		"\"futex_sleeper_rtt_ns\": {\"p50\": %.0f, \"p99\": %.0f, \"p999\": %.0f}, "
+		"\"epoll_sleeper_rtt_ns\": {\"p50\": %.0f, \"p99\": %.0f, \"p999\": %.0f}}",
 		options.client_cpu, options.daemon_cpu, pingpong_ns, ring_rtt.p50, ring_rtt.p99,
 		ring_rtt.p999, ring_rtt.mean, unix_rtt.p50, unix_rtt.p99, unix_rtt.p999, unix_rtt.mean,
-		throughput_1, throughput_4, vs_floor, vs_socket);
+		throughput_1, throughput_4, vs_floor, vs_socket, futex_rtt.p50, futex_rtt.p99,
+		futex_rtt.p999, epoll_rtt.p50, epoll_rtt.p99, epoll_rtt.p999);
 	return 0;
 }
