@@ -124,6 +124,7 @@ struct cuda_engine {
 	float *rope_table;        /* [max_seq_len][rope_dim / 2] (cos, sin) */
 	float *k_cache, *v_cache; /* [layer][block][block_size][kv_dim] */
 	size_t layer_cache_floats;
+	uint32_t pad_block; /* KV block of the padding rows (see cuda_step) */
 	struct cuda_lane *lanes;
 	uint32_t n_lanes;
 
@@ -418,11 +419,16 @@ static int cuda_create(struct rs_engine *e, char *err, size_t err_size)
 			  cfg->head_dim, cfg->n_heads / cfg->n_kv_heads);
 		goto fail;
 	}
+	rs_cuda_matmul_setup();
 	rc = load_weights(e, c, err, err_size);
 	if (rc)
 		goto fail;
 
-	c->layer_cache_floats = (size_t)o->kv_blocks * o->block_size * cfg->n_kv_heads * cfg->head_dim;
+	/* One block more than the allocator hands out: the pad block, where the padding rows
+	 * of a replayed decode step store their keys and values. */
+	c->pad_block = o->kv_blocks;
+	c->layer_cache_floats =
+		(size_t)(o->kv_blocks + 1) * o->block_size * cfg->n_kv_heads * cfg->head_dim;
 	rc = dev_alloc((void **)&c->k_cache, c->layer_cache_floats * cfg->n_layers * sizeof(float));
 	if (!rc)
 		rc = dev_alloc((void **)&c->v_cache, c->layer_cache_floats * cfg->n_layers * sizeof(float));
@@ -726,11 +732,20 @@ static int cuda_step(struct rs_engine *e, uint32_t lane, const struct rs_seq_ste
 		max_ctx = end > max_ctx ? end : max_ctx;
 	}
 	/* A decode step: every sequence one token (n_tokens >= 1 each), every one sampled.
-	 * Its staging layout is the one its graph was captured with: tables at their most. */
-	bool decode = !logits && n_seqs == T && rows == T;
-	if (decode && ln->graphs_on)
-		table_entries = (size_t)T * rs_kv_blocks_for(cfg->max_seq_len, bs);
-	struct step_meta mt = meta_layout(T, rows, table_entries);
+	 * With graphs it runs `padded` rows, the next power of two (serving changes the batch
+	 * size nearly every step: a graph per size would be captured more often than
+	 * replayed), the extra rows decoding a dummy token into the pad block. Its staging
+	 * layout is the one its graph was captured with: tables at their most. */
+	bool graph = !logits && n_seqs == T && rows == T && ln->graphs_on;
+	uint32_t padded = T;
+	if (graph) {
+		while (padded & (padded - 1))
+			padded += padded & -padded; /* up to the next power of two */
+		if (padded > e->options.max_batch_tokens)
+			padded = T;
+		table_entries = (size_t)padded * rs_kv_blocks_for(cfg->max_seq_len, bs);
+	}
+	struct step_meta mt = meta_layout(padded, graph ? padded : rows, table_entries);
 	int rc = meta_reserve(ln, mt.bytes);
 	if (rc)
 		goto out;
@@ -765,17 +780,31 @@ static int cuda_step(struct rs_engine *e, uint32_t lane, const struct rs_seq_ste
 						 dev ? dev : ln->out_stage_d + r);
 			sample_rows[r++] = t - 1;
 		}
+		/* Padding rows: position 0 of the pad block, greedy, into their own staging
+		 * slots, which nobody reads. */
+		const struct rs_sampling_params greedy = {};
+		for (; t < padded; t++, r++) {
+			tokens[t] = 0;
+			positions[t] = 0;
+			slots[t] = c->pad_block * bs;
+			table_offset[t] = cursor;
+			tables[cursor] = c->pad_block;
+			ln->pending[r] = NULL;
+			rs_cuda_sample_desc_init(&descs[r], &greedy, 1, ln->out_stage_d + r);
+			sample_rows[r] = t;
+		}
 	}
 	ln->steps++;
-	if (decode && ln->graphs_on) {
-		struct decode_graph *g = decode_graph_for(e, c, ln, &mt, T, max_ctx);
+	if (graph) {
+		struct decode_graph *g = decode_graph_for(e, c, ln, &mt, padded, max_ctx);
 		if (g) {
-			g->last_used = ln->steps;
-			ln->stats.graph_launches++;
 			rc = cuda_errno(cudaGraphLaunch(g->exec, ln->stream));
+			g->last_used = ln->steps;
+			ln->stats.graph_launches += !rc;
 		} else {
-			rc = enqueue_step(e, c, ln, &mt, T, max_ctx, rows, NULL);
+			rc = enqueue_step(e, c, ln, &mt, padded, max_ctx, padded, NULL);
 		}
+		rows = padded; /* the padding rows' ids land in staging slots nobody reads */
 	} else {
 		rc = enqueue_step(e, c, ln, &mt, T, max_ctx, rows, logits);
 	}

@@ -134,8 +134,12 @@ static inline size_t rs_cuda_sample_scratch(uint32_t vocab)
 int rs_cuda_sample(const float *logits, uint32_t vocab, const struct rs_cuda_sample_desc *descs,
 		   uint32_t n_rows, double *scratch, cudaStream_t stream);
 
+/* Let the weight-streaming kernels take the shared memory the current device allows (once
+ * per process, before any product and outside stream capture). */
+void rs_cuda_matmul_setup(void);
+
 /* y[m][n] (+)= x[m][k] * w[n][k]^T with x and w of dtype, y fp32 (fp32 accumulation), on
- * the handle's stream: up to 4 rows (decode) by our own weight-streaming kernel when rows
+ * the handle's stream: up to 16 rows (decode) by our own weight-streaming kernel when rows
  * of k elements are a whole number of 16 bytes, else one cublasGemmEx
  * (CUBLAS_COMPUTE_32F). With accumulate, y keeps its value and the product is added (the
  * fused residual). */

@@ -322,14 +322,13 @@ static uint32_t gemv_splits(uint32_t n, uint32_t pieces)
 	return splits;
 }
 
-template <typename T, int M, int MODE, bool QKV>
-static int gemv_launch(float *y, const gemv_input<T> &in, const gemv_qkv &qkv, const T *w,
-			uint32_t m, uint32_t n, uint32_t k, int accumulate, cudaStream_t stream)
+/* The dynamic shared memory the kernel may take: past 48 KiB a kernel must opt in, up
+ * to what the device allows beside its static shared memory. Once per kernel (a
+ * function-local static: initialized once, thread-safe, by C++11's rules), at engine
+ * creation (rs_cuda_matmul_setup), not inside a stream capture. */
+template <typename T, int M, int MODE, bool QKV> static size_t gemv_smem_limit()
 {
-	/* Past 48 KiB a kernel must opt in to its shared memory, up to what the device
-	 * allows beside the kernel's static shared memory; once per kernel is enough (a
-	 * function-local static: initialized once, thread-safe, by C++11's rules). */
-	static const size_t smem_limit = [] {
+	static const size_t limit = [] {
 		auto kernel = gemv_kernel<T, M, MODE, QKV>;
 		int device = 0, optin = 0;
 		cudaFuncAttributes attr;
@@ -341,19 +340,50 @@ static int gemv_launch(float *y, const gemv_input<T> &in, const gemv_qkv &qkv, c
 			cudaGetLastError(); /* ours: not the next launch check's */
 			return (size_t)48 * 1024;
 		}
-		size_t limit = (size_t)optin - attr.sharedSizeBytes;
-		limit = limit < GEMV_MAX_SMEM ? limit : GEMV_MAX_SMEM;
+		size_t allowed = (size_t)optin - attr.sharedSizeBytes;
+		allowed = allowed < GEMV_MAX_SMEM ? allowed : GEMV_MAX_SMEM;
 		if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-					 (int)limit) == cudaSuccess)
-			return limit;
+					 (int)allowed) == cudaSuccess)
+			return allowed;
 		cudaGetLastError();
 		return (size_t)48 * 1024;
 	}();
+	return limit;
+}
+
+template <typename T, int M> static void gemv_setup_rows()
+{
+	gemv_smem_limit<T, M, GEMV_PLAIN, false>();
+	gemv_smem_limit<T, M, GEMV_NORM, false>();
+	gemv_smem_limit<T, M, GEMV_SWIGLU, false>();
+	gemv_smem_limit<T, M, GEMV_NORM, true>();
+}
+
+template <typename T> static void gemv_setup_type()
+{
+	gemv_setup_rows<T, 1>();
+	gemv_setup_rows<T, 2>();
+	gemv_setup_rows<T, 4>();
+	gemv_setup_rows<T, 8>();
+	gemv_setup_rows<T, 16>();
+}
+
+extern "C" void rs_cuda_matmul_setup(void)
+{
+	gemv_setup_type<float>();
+	gemv_setup_type<__half>();
+	gemv_setup_type<__nv_bfloat16>();
+}
+
+template <typename T, int M, int MODE, bool QKV>
+static int gemv_launch(float *y, const gemv_input<T> &in, const gemv_qkv &qkv, const T *w,
+			uint32_t m, uint32_t n, uint32_t k, int accumulate, cudaStream_t stream)
+{
 	uint32_t splits = gemv_splits(n, k / vec16<T>::N);
 	uint32_t cols = GEMV_WARPS / splits * GEMV_COLS;
 	size_t smem = (size_t)m * k * sizeof(typename gemv_x<T, M>::type) +
 		      (MODE == GEMV_NORM ? (size_t)k * sizeof(float) : 0);
-	if (smem > smem_limit)
+	if (smem > gemv_smem_limit<T, M, MODE, QKV>())
 		return -ENOTSUP; /* the caller takes the unfused path or cuBLAS */
 	return rs_launch(gemv_kernel<T, M, MODE, QKV>, dim3((n + cols - 1) / cols),
 			 dim3(GEMV_WARPS * 32), smem, stream, y, in, qkv, w, m, n, k, splits,

@@ -360,14 +360,14 @@ static double roof_rate(uint32_t threads, bool read)
 /* The CUDA engine of the GPU table for model: `lanes` lanes, CUDA graphs on or off,
  * kv_blocks blocks of 16 positions; NULL with a message on failure. */
 static struct rs_engine *gpu_engine(const struct rs_model *model, uint32_t lanes,
-				    const char *graphs, uint32_t kv_blocks)
+				    const char *graphs, uint32_t kv_blocks, uint32_t prompt)
 {
 	struct rs_engine_options opts;
 	rs_engine_options_init(&opts);
 	opts.backend = "cuda";
 	opts.block_size = 16;
 	opts.kv_blocks = kv_blocks;
-	opts.max_batch_tokens = 2048;
+	opts.max_batch_tokens = prompt > 2048 ? prompt : 2048; /* a whole prompt per step */
 	opts.lanes = lanes;
 	opts.cuda_graphs = graphs;
 	struct rs_engine *e = NULL;
@@ -448,8 +448,9 @@ static int bench_gpu(uint32_t prompt, uint32_t steps, bool profile, FILE *json)
 	}
 	uint32_t seq_blocks = rs_kv_blocks_for(prompt + steps, 16);
 	struct rs_engine *e = gpu_engine(model, LANES, "on",
-					 128 * seq_blocks + rs_kv_blocks_for(TTFT_PROMPT + 1, 16));
-	struct rs_engine *eager = e && !profile ? gpu_engine(model, 1, "off", 8 * seq_blocks) : NULL;
+					 128 * seq_blocks + rs_kv_blocks_for(TTFT_PROMPT + 1, 16), prompt);
+	struct rs_engine *eager =
+		e && !profile ? gpu_engine(model, 1, "off", 8 * seq_blocks, prompt) : NULL;
 	if (!e || (!eager && !profile)) {
 		rs_engine_destroy(e);
 		rs_model_free(model);
