@@ -55,7 +55,7 @@ static void usage(FILE *out)
 		"  --bin-batch N         multibin: requests a batch gathers (--max-batch)\n"
 		"  --bin-mode MODE       multibin: static (a batch runs to its last member) or\n"
 		"                        continuous (freed seats refilled from the bin) (static)\n"
-		"  --bin-deadline-ms N   multibin: a bin waits at most N ms to fill (100)\n"
+		"  --bin-deadline-ms N   multibin: a bin waits at most N ms to fill (1000)\n"
 		"  --bin-boundaries L,.. multibin: fixed upper lengths of bins 0..K-2 (default: the\n"
 		"                        observed lengths' quantiles)\n"
 		"  --max-tenants N       tenants known at once (1024)\n"

@@ -14,8 +14,9 @@
  * admitted (charged, their KV blocks promised), so the bound also bounds what they hold.
  *
  * Boundaries: fixed in the configuration, or the observed lengths' i/k quantiles
- * (equal-probability bins, the paper's Lemma 4.1), recomputed every 64 completions. Until
- * lengths are known (boundaries 0) every request is in the last bin.
+ * (equal-probability bins, the paper's Lemma 4.1), recomputed every 64 completions; before
+ * the first completion, the same quantiles of the staged requests' predicted lengths (the
+ * clients' hints), so that the first batches of a burst are binned too.
  *
  * Starvation: every staged request is in a bin, and bins give out requests oldest first.
  * Once a bin's oldest request has waited the deadline, every batch a free lane forms
@@ -61,7 +62,7 @@ static int multibin_create(struct rs_sched *sched)
 	sched->planner_state = m;
 	m->params = *p;
 	m->batch = p->batch ? p->batch : sched->config.max_batch;
-	m->deadline_ns = p->deadline_ns ? p->deadline_ns : 100000000;
+	m->deadline_ns = p->deadline_ns ? p->deadline_ns : 1000000000;
 	for (uint32_t i = 0; i + 1 < p->bins; i++) {
 		m->boundaries[i] = p->boundaries[i];
 		m->fixed |= p->boundaries[i] != 0;
@@ -98,16 +99,50 @@ static void recompute_boundaries(struct multibin *m)
 		    rs_length_quantile(m->predictor, (double)(i + 1) / m->params.bins);
 }
 
+static int compare_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return (x > y) - (x < y);
+}
+
+/* Before any request has ended, boundaries come from the staged requests' predicted
+ * lengths (their hints), equal-probability as the observed ones will be: the first
+ * batches of a burst are binned too. The staged requests are binned again. */
+static void bootstrap_boundaries(struct rs_sched *sched, struct multibin *m)
+{
+	uint32_t lengths[RS_MULTIBIN_MAX_BINS * 256], n = 0;
+	for (const struct rs_request *r = sched->staged_head; r && n < sizeof(lengths) / 4;
+	     r = r->queue_next)
+		if (r->predicted_output)
+			lengths[n++] = r->predicted_output;
+	if (!n)
+		return;
+	qsort(lengths, n, sizeof(uint32_t), compare_u32);
+	for (uint32_t i = 0; i + 1 < m->params.bins; i++) {
+		uint32_t rank = (uint32_t)(((uint64_t)(i + 1) * n + m->params.bins - 1) / m->params.bins);
+		m->boundaries[i] = lengths[rank - 1];
+	}
+	memset(m->staged, 0, sizeof(m->staged));
+	for (struct rs_request *r = sched->staged_head; r; r = r->queue_next) {
+		r->bin = bin_of(m, r->predicted_output);
+		m->staged[r->bin]++;
+	}
+}
+
 /* Stage admitted requests, each in its bin, up to k x B. */
 static void stage(struct rs_sched *sched, struct multibin *m)
 {
 	struct rs_request *request;
+	uint32_t staged = 0;
 	while (sched->staged < m->params.bins * m->batch &&
 	       (request = rs_sched_admit_staged(sched))) {
 		request->predicted_output = rs_length_predict(m->predictor, request);
 		request->bin = bin_of(m, request->predicted_output);
 		m->staged[request->bin]++;
+		staged++;
 	}
+	if (staged && !m->fixed && !rs_length_observations(m->predictor))
+		bootstrap_boundaries(sched, m);
 }
 
 /* The bin a free lane takes a batch from: of the bins that hold a full batch or whose

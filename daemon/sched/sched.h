@@ -51,7 +51,8 @@ struct rs_multibin_params {
 	bool continuous;    /* a lane refills freed seats from its bin each step; false
 			     * (static): a batch runs until its last member ends */
 	uint64_t deadline_ns; /* a bin whose oldest request has waited this long runs with
-			       * what it has (no starvation); 0: 100 ms */
+			       * what it has (no starvation); 0: 1 s. Longer than a batch
+			       * takes, or bins run before they fill */
 	/* Fixed bins: bin i < k - 1 holds predicted lengths <= boundaries[i] (ascending).
 	 * All zero: equal-probability quantiles of the observed lengths, recomputed as they
 	 * come (the paper's Lemma 4.1). */

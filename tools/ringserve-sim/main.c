@@ -44,7 +44,7 @@ static void usage(void)
 		"  --planner P           continuous or multibin (continuous)\n"
 		"  --bins K              multibin: bins (4); --bin-batch B: batch (max batch)\n"
 		"  --bin-mode M          multibin: static or continuous (static)\n"
-		"  --bin-deadline-ms T   multibin: a bin waits at most T ms to fill (100)\n"
+		"  --bin-deadline-ms T   multibin: a bin waits at most T ms to fill (1000)\n"
 		"  --bin-boundaries L,.. multibin: fixed upper lengths of bins 0..K-2 (default:\n"
 		"                        quantiles of the observed lengths)\n"
 		"  --cost FILE           the step cost model (default: built in, this machine's CPU)\n"
