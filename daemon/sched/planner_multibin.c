@@ -9,6 +9,10 @@
  * (which runs until its last member ends, as the paper's servers do) wastes few seats.
  * In continuous mode a lane also refills freed seats from its bin at every step.
  *
+ * When every lane is idle and no request waits for admission, the oldest bin runs at once,
+ * full or not: idle hardware gains nothing from waiting (a burst's tail; a light load,
+ * where batches are small anyway). So bins wait to fill only while the engine is busy.
+ *
  * Staging is bounded: at most k x B requests staged at once, which guarantees a full bin
  * when the bound is reached (k bins of fewer than B hold fewer). Staged requests are
  * admitted (charged, their KV blocks promised), so the bound also bounds what they hold.
@@ -162,7 +166,14 @@ static uint32_t choose_bin(const struct rs_sched *sched, const struct multibin *
 		if (m->staged[r->bin] >= m->batch || r->admitted_ns + m->deadline_ns <= now)
 			return r->bin;
 	}
-	return UINT32_MAX;
+	/* Every lane idle and nobody else waiting: holding a bin back would leave the
+	 * engine idle for a batch that may never fill (a burst's tail, a light load). */
+	if (!sched->staged_head || rs_admission_waiting(sched->admission))
+		return UINT32_MAX;
+	for (uint32_t l = 0; l < sched->config.lanes; l++)
+		if (sched->lanes[l].n_running - sched->lanes[l].n_holes || sched->lanes[l].in_flight)
+			return UINT32_MAX;
+	return sched->staged_head->bin;
 }
 
 /* Whether a bin other than b has a request that waited the deadline: then a continuous
