@@ -20,11 +20,12 @@
  * (reconnecting or pausing does not wipe what it owes). Its running requests keep
  * charging it after that.
  *
- * State per tenant id: a pairing heap of its waiting requests keyed (match_blocks desc,
- * arrival asc) and a front list of those that came back after preemption, which go first
- * (last put back first); its best request is the head of the front list, else the root of
- * the heap. An indexed binary max-heap holds the eligible tenants keyed by their best
- * request, and an array the backlogged ones (for the rounds). */
+ * State per tenant id: a queue of its waiting requests keyed (match_blocks desc, arrival
+ * asc; a pairing heap plus a run of those that arrive in order, admission_ops.h) and a
+ * front list of those that came back after preemption, which go first (last put back
+ * first); its best request is the head of the front list, else the first of the queue. An indexed
+ * binary max-heap holds the eligible tenants keyed by their best request, and an array the
+ * backlogged ones (for the rounds). */
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -33,7 +34,7 @@
 
 struct dlpm_tenant {
 	struct rs_tenant *tenant;  /* set at enqueue */
-	struct rs_request *root;   /* pairing heap */
+	struct rs_pqueue queue;	   /* its pairing heap and run (admission_ops.h) */
 	struct rs_request *front;  /* front list */
 	uint32_t backlogged_index; /* in dlpm->backlogged while it has waiting requests */
 };
@@ -49,7 +50,7 @@ struct dlpm {
 /* What the tenant would admit next: a preempted request, else its longest match. */
 static struct rs_request *best_request(const struct dlpm_tenant *t)
 {
-	return t->front ? t->front : t->root;
+	return t->front ? t->front : rs_pqueue_first(&t->queue, rs_request_longer_match);
 }
 
 /* The tenant whose best request goes first (ids are unique tie-breakers already: the best
@@ -123,7 +124,7 @@ static void dlpm_enqueue(struct rs_admission *admission, struct rs_request *requ
 	if (front)
 		rs_front_list_push(&t->front, request);
 	else
-		rs_pheap_insert(&t->root, request, rs_request_longer_match);
+		rs_pqueue_insert(&t->queue, request, rs_request_longer_match);
 	if (tenant->waiting == 1) {
 		t->tenant = tenant;
 		t->backlogged_index = dlpm->n_backlogged;
@@ -141,7 +142,7 @@ static void unlink_request(struct dlpm *dlpm, struct rs_request *request)
 	if (rs_front_list_has(request))
 		rs_front_list_remove(&t->front, request);
 	else
-		rs_pheap_remove(&t->root, request, rs_request_longer_match);
+		rs_pqueue_remove(&t->queue, request, rs_request_longer_match);
 	if (tenant->waiting == 0) {
 		uint32_t last = dlpm->backlogged[--dlpm->n_backlogged];
 		dlpm->backlogged[t->backlogged_index] = last;
@@ -210,8 +211,8 @@ static void dlpm_match_changed(struct rs_admission *admission, struct rs_request
 	struct dlpm *dlpm = admission->policy;
 	struct dlpm_tenant *t = &dlpm->tenants[request->tenant->id];
 	if (!rs_front_list_has(request)) {
-		rs_pheap_remove(&t->root, request, rs_request_longer_match);
-		rs_pheap_insert(&t->root, request, rs_request_longer_match);
+		rs_pqueue_remove(&t->queue, request, rs_request_longer_match);
+		rs_pqueue_insert(&t->queue, request, rs_request_longer_match);
 	}
 	update_tenant(dlpm, request->tenant);
 }
