@@ -345,7 +345,8 @@ struct rs_request *rs_sched_admit_next(struct rs_sched *sched, struct rs_sched_l
 	uint32_t context = rs_sched_context(request);
 	uint32_t matched = 0;
 	struct rs_prefix_node *deepest = NULL;
-	if (sched->cache) {
+	/* A context of one block or less can never match (its last token is always fed). */
+	if (sched->cache && request->waiter.max_blocks) {
 		matched =
 		    rs_prefix_cache_match(sched->cache, request->tokens, request->waiter.max_blocks,
 					  sched->match_scratch, &deepest);
