@@ -27,9 +27,7 @@ struct histogram {
 /* Per tenant id. The histograms are a two-window ring: [0] the current window, [1] the
  * one before; percentiles merge both. */
 struct tenant_stats {
-	bool known; /* uid and name say whose figures these are */
-	uid_t uid;
-	char name[RS_TENANT_NAME_MAX];
+	uint64_t generation; /* the tenant entry's (tenant.h) these figures are for; 0: none */
 	uint64_t finished;
 	uint64_t failed;
 	uint64_t last_active_ns;
@@ -122,19 +120,17 @@ static void slide_window(struct tenant_stats *t, uint64_t now_ns)
 }
 
 /* The tenant id may have been given to another (uid, name) since we last saw it (the
- * table reuses idle entries when full): then its figures start over. */
+ * table reuses idle entries when full, with a new generation): then its figures start
+ * over. */
 static struct tenant_stats *tenant_stats_of(struct rs_stats_publisher *stats,
 					    const struct rs_tenant *tenant, uint64_t now_ns)
 {
 	if (tenant->id >= stats->max_tenants)
 		return NULL;
 	struct tenant_stats *t = &stats->tenants[tenant->id];
-	if (!t->known || t->uid != tenant->uid || strcmp(t->name, tenant->name) != 0) {
+	if (t->generation != tenant->generation) {
 		memset(t, 0, sizeof(*t));
-		t->known = true;
-		t->uid = tenant->uid;
-		memcpy(t->name, tenant->name, sizeof(t->name));
-		t->name[sizeof(t->name) - 1] = 0;
+		t->generation = tenant->generation;
 		t->window_start_ns = now_ns;
 	}
 	slide_window(t, now_ns);
