@@ -101,16 +101,17 @@ static int dlpm_init(struct rs_admission *admission)
 }
 
 /* Put the tenant in or out of the eligible heap, or move it there: call after anything
- * that changes its deficit, its waiting count or its best request. */
-static void update_tenant(struct dlpm *dlpm, struct rs_tenant *tenant)
+ * that changes its deficit, its waiting count or its best request (best_changed: its key
+ * in the heap may have moved; the deficit only decides whether it is in the heap). */
+static void update_tenant(struct dlpm *dlpm, struct rs_tenant *tenant, bool best_changed)
 {
 	bool eligible = tenant->waiting > 0 && tenant->deficit > 0;
 	bool in_heap = rs_tenant_heap_has(&dlpm->eligible, tenant->id);
-	if (eligible && in_heap)
+	if (eligible && in_heap && best_changed)
 		rs_tenant_heap_fix(&dlpm->eligible, tenant->id);
-	else if (eligible)
+	else if (eligible && !in_heap)
 		rs_tenant_heap_push(&dlpm->eligible, tenant->id);
-	else if (in_heap)
+	else if (!eligible && in_heap)
 		rs_tenant_heap_remove(&dlpm->eligible, tenant->id);
 }
 
@@ -130,7 +131,7 @@ static void dlpm_enqueue(struct rs_admission *admission, struct rs_request *requ
 		t->backlogged_index = dlpm->n_backlogged;
 		dlpm->backlogged[dlpm->n_backlogged++] = tenant->id;
 	}
-	update_tenant(dlpm, tenant);
+	update_tenant(dlpm, tenant, true);
 }
 
 /* Unlink the request. A tenant left with nothing waiting leaves the backlogged set and
@@ -150,7 +151,7 @@ static void unlink_request(struct dlpm *dlpm, struct rs_request *request)
 		if (tenant->deficit > 0)
 			tenant->deficit = 0;
 	}
-	update_tenant(dlpm, tenant);
+	update_tenant(dlpm, tenant, true);
 }
 
 /* Cancelled: no charge. */
@@ -178,7 +179,7 @@ static void refill(struct dlpm *dlpm)
 		for (uint32_t i = 0; i < dlpm->n_backlogged; i++) {
 			struct rs_tenant *tenant = dlpm->tenants[dlpm->backlogged[i]].tenant;
 			tenant->deficit += rounds * dlpm->quantum * tenant->weight;
-			update_tenant(dlpm, tenant);
+			update_tenant(dlpm, tenant, false);
 		}
 		rounds = more;
 	}
@@ -214,7 +215,7 @@ static void dlpm_match_changed(struct rs_admission *admission, struct rs_request
 		rs_pqueue_remove(&t->queue, request, rs_request_longer_match);
 		rs_pqueue_insert(&t->queue, request, rs_request_longer_match);
 	}
-	update_tenant(dlpm, request->tenant);
+	update_tenant(dlpm, request->tenant, true);
 }
 
 /* Charged whether backlogged or not: running requests keep costing their tenant. */
@@ -223,7 +224,7 @@ static void dlpm_charge_output(struct rs_admission *admission, struct rs_tenant 
 {
 	tenant->deficit -= charge;
 	if (tenant->waiting > 0)
-		update_tenant(admission->policy, tenant);
+		update_tenant(admission->policy, tenant, false);
 }
 
 const struct rs_admission_ops rs_admission_dlpm_ops = {
