@@ -100,6 +100,12 @@ static int dlpm_init(struct rs_admission *admission)
 	return 0;
 }
 
+/* Out of line: the heap's loops would make every update_tenant save registers. */
+static __attribute__((noinline)) void move_tenant(struct dlpm *dlpm, uint32_t id)
+{
+	rs_tenant_heap_fix(&dlpm->eligible, id);
+}
+
 /* Put the tenant in or out of the eligible heap, or move it there: call after anything
  * that changes its deficit, its waiting count or its best request (best_changed: its key
  * in the heap may have moved; the deficit only decides whether it is in the heap). */
@@ -107,11 +113,15 @@ static void update_tenant(struct dlpm *dlpm, struct rs_tenant *tenant, bool best
 {
 	bool eligible = tenant->waiting > 0 && tenant->deficit > 0;
 	bool in_heap = rs_tenant_heap_has(&dlpm->eligible, tenant->id);
-	if (eligible && in_heap && best_changed)
-		rs_tenant_heap_fix(&dlpm->eligible, tenant->id);
-	else if (eligible && !in_heap)
+	if (eligible == in_heap) {
+		/* A heap of one has nowhere to move it (one tenant at a time is common). */
+		if (eligible && best_changed && dlpm->eligible.n > 1)
+			move_tenant(dlpm, tenant->id);
+		return;
+	}
+	if (eligible)
 		rs_tenant_heap_push(&dlpm->eligible, tenant->id);
-	else if (!eligible && in_heap)
+	else
 		rs_tenant_heap_remove(&dlpm->eligible, tenant->id);
 }
 
