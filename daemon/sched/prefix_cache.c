@@ -501,9 +501,24 @@ void rs_prefix_cache_unlock(struct rs_prefix_cache *cache, struct rs_prefix_node
 struct rs_prefix_node *rs_prefix_cache_insert(struct rs_prefix_cache *cache, const uint32_t *tokens,
 					      uint32_t n_blocks, uint32_t *blocks)
 {
+	return rs_prefix_cache_insert_below(cache, NULL, tokens, n_blocks, blocks);
+}
+
+struct rs_prefix_node *rs_prefix_cache_insert_below(struct rs_prefix_cache *cache,
+						    struct rs_prefix_node *start,
+						    const uint32_t *tokens, uint32_t n_blocks,
+						    uint32_t *blocks)
+{
 	cache->clock++;
-	uint32_t index = ROOT;
-	for (uint32_t i = 0; i < n_blocks; i++) {
+	uint32_t index = ROOT, first = 0;
+	if (start && start->depth <= n_blocks) {
+		/* Its path is the sequence's first blocks: stamped as a walk down would. */
+		index = node_index(cache, start);
+		first = start->depth;
+		for (uint32_t i = index; i != ROOT; i = cache->nodes[i].parent)
+			touch(cache, i);
+	}
+	for (uint32_t i = first; i < n_blocks; i++) {
 		const uint32_t *block = tokens + (size_t)i * cache->block_size;
 		uint64_t hash = block_hash(block, cache->block_size);
 		uint32_t child = child_find(cache, index, hash, block);
