@@ -27,9 +27,7 @@ struct histogram {
 /* Per tenant id. The histograms are a two-window ring: [0] the current window, [1] the
  * one before; percentiles merge both. */
 struct tenant_stats {
-	bool known; /* uid and name say whose figures these are */
-	uid_t uid;
-	char name[RS_TENANT_NAME_MAX];
+	uint64_t generation; /* the tenant entry's (tenant.h) these figures are for; 0: none */
 	uint64_t finished;
 	uint64_t failed;
 	uint64_t last_active_ns;
@@ -51,7 +49,7 @@ struct rs_stats_publisher {
 	struct rs_stats_tenant_record records[RS_STATS_TENANT_CAPACITY];
 };
 
-static unsigned bucket_of(uint64_t us)
+static inline unsigned bucket_of(uint64_t us)
 {
 	if (us < HIST_SUB)
 		return (unsigned)us;
@@ -93,7 +91,7 @@ static uint64_t percentile(const struct histogram pair[2], double p)
 	return bucket_value(HIST_BUCKETS - 1);
 }
 
-static void histogram_add(struct histogram *h, uint64_t us)
+static inline void histogram_add(struct histogram *h, uint64_t us)
 {
 	if (h->total == UINT32_MAX)
 		return; /* 4 billion finishes in one window: keep what we have */
@@ -101,13 +99,12 @@ static void histogram_add(struct histogram *h, uint64_t us)
 	h->total++;
 }
 
-/* Move the window forward to now: the current becomes the previous after one window,
- * both empty after two. */
-static void slide_window(struct tenant_stats *t, uint64_t now_ns)
+/* Move the window forward to now, a window or more after its start: the current becomes
+ * the previous after one window, both empty after two. Out of line, as is a restart: the
+ * finish of every request goes through tenant_stats_of. */
+static __attribute__((noinline)) void slide_window(struct tenant_stats *t, uint64_t now_ns)
 {
 	uint64_t age = now_ns - t->window_start_ns;
-	if (age < RS_STATS_LATENCY_WINDOW_NS)
-		return;
 	if (age < 2 * RS_STATS_LATENCY_WINDOW_NS) {
 		t->ttft[1] = t->ttft[0];
 		t->latency[1] = t->latency[0];
@@ -122,22 +119,26 @@ static void slide_window(struct tenant_stats *t, uint64_t now_ns)
 }
 
 /* The tenant id may have been given to another (uid, name) since we last saw it (the
- * table reuses idle entries when full): then its figures start over. */
-static struct tenant_stats *tenant_stats_of(struct rs_stats_publisher *stats,
-					    const struct rs_tenant *tenant, uint64_t now_ns)
+ * table reuses idle entries when full, with a new generation): then its figures start
+ * over. */
+static __attribute__((noinline)) void restart(struct tenant_stats *t,
+					      const struct rs_tenant *tenant, uint64_t now_ns)
+{
+	memset(t, 0, sizeof(*t));
+	t->generation = tenant->generation;
+	t->window_start_ns = now_ns;
+}
+
+static inline struct tenant_stats *tenant_stats_of(struct rs_stats_publisher *stats,
+						   const struct rs_tenant *tenant, uint64_t now_ns)
 {
 	if (tenant->id >= stats->max_tenants)
 		return NULL;
 	struct tenant_stats *t = &stats->tenants[tenant->id];
-	if (!t->known || t->uid != tenant->uid || strcmp(t->name, tenant->name) != 0) {
-		memset(t, 0, sizeof(*t));
-		t->known = true;
-		t->uid = tenant->uid;
-		memcpy(t->name, tenant->name, sizeof(t->name));
-		t->name[sizeof(t->name) - 1] = 0;
-		t->window_start_ns = now_ns;
-	}
-	slide_window(t, now_ns);
+	if (t->generation != tenant->generation)
+		restart(t, tenant, now_ns);
+	if (now_ns - t->window_start_ns >= RS_STATS_LATENCY_WINDOW_NS)
+		slide_window(t, now_ns);
 	return t;
 }
 

@@ -1,8 +1,8 @@
 /* The radix prefix cache: a long random workload against a naive model kept here (match
  * results, eviction order (leaves no waiter needs first, then LRU), reference counts, locks,
  * waiters and their hook calls, and every invariant after each operation), locked paths surviving
- * eviction, nothing left locked or leaked after release, and 100,000 waiters moving as prefixes are
- * cached. */
+ * eviction, nothing left locked or leaked after release, inserts below a locked node agreeing
+ * with inserts from the root, and 100,000 waiters moving as prefixes are cached. */
 #include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -608,6 +608,113 @@ static void pool_exhausted(void)
 	rs_kv_cache_destroy(kv);
 }
 
+/* --- insert_below agrees with insert -----------------------------------------------------------
+ */
+
+/* One of two caches run side by side: the same operations, one inserting from the root, the
+ * other below the node the sequence holds locked. */
+struct twin {
+	struct rs_kv_cache *kv;
+	struct rs_prefix_cache *cache;
+	bool below;
+};
+
+#define TWIN_PROMPTS 12
+#define TWIN_TOKENS  (8 * 4) /* 8 blocks of 4 */
+
+/* A request's life on one twin: match and lock its prompt, insert the prompt once computed
+ * (locking what the insert returns), then prompt + output at its end. Returns the blocks
+ * the two inserts left in its table, for the caller to compare. */
+static void twin_request(struct twin *twin, const uint32_t *tokens, uint32_t prompt_blocks,
+			 uint32_t all_blocks, uint32_t *table)
+{
+	struct rs_prefix_node *locked = NULL;
+	uint32_t matched =
+	    rs_prefix_cache_match(twin->cache, tokens, prompt_blocks, table, &locked);
+	rs_prefix_cache_lock(twin->cache, locked);
+	for (uint32_t i = 0; i < matched; i++)
+		CHECK(rs_kv_block_ref(twin->kv, table[i]) >= 2, "share a cached block");
+	for (uint32_t i = matched; i < all_blocks; i++) {
+		int block = rs_kv_block_alloc(twin->kv);
+		CHECK(block >= 0, "alloc");
+		table[i] = (uint32_t)block;
+	}
+	struct rs_prefix_node *node =
+	    twin->below
+		? rs_prefix_cache_insert_below(twin->cache, locked, tokens, prompt_blocks, table)
+		: rs_prefix_cache_insert(twin->cache, tokens, prompt_blocks, table);
+	rs_prefix_cache_lock(twin->cache, node);
+	rs_prefix_cache_unlock(twin->cache, locked);
+	locked = node;
+	CHECK(rs_prefix_cache_check(twin->cache) == 0, "invariants after the prompt");
+	if (twin->below)
+		rs_prefix_cache_insert_below(twin->cache, locked, tokens, all_blocks, table);
+	else
+		rs_prefix_cache_insert(twin->cache, tokens, all_blocks, table);
+	rs_prefix_cache_unlock(twin->cache, locked);
+	CHECK(rs_prefix_cache_check(twin->cache) == 0, "invariants after the end");
+	for (uint32_t i = 0; i < all_blocks; i++)
+		rs_kv_block_unref(twin->kv, table[i]);
+}
+
+static void insert_below_agrees(uint64_t seed)
+{
+	rng_state = seed;
+	struct twin twins[2] = {{.below = false}, {.below = true}};
+	for (int t = 0; t < 2; t++) {
+		CHECK(rs_kv_cache_create(48, 4, &twins[t].kv) == 0, "kv");
+		CHECK(rs_prefix_cache_create(twins[t].kv, NULL, &twins[t].cache) == 0, "create");
+	}
+	uint32_t prompts[TWIN_PROMPTS][TWIN_TOKENS];
+	for (uint32_t p = 0; p < TWIN_PROMPTS; p++) {
+		random_tokens(prompts[p], TWIN_TOKENS);
+		if (p && rnd(2)) /* shares a prefix with the one before */
+			memcpy(prompts[p], prompts[p - 1],
+			       (1 + rnd(TWIN_TOKENS)) * sizeof(uint32_t));
+	}
+	for (uint32_t op = 0; op < 400; op++) {
+		const uint32_t *tokens = prompts[rnd(TWIN_PROMPTS)];
+		uint32_t prompt_blocks = rnd(6), all_blocks = prompt_blocks + rnd(3);
+		if (rnd(4) == 0) {
+			uint32_t want = 1 + rnd(4);
+			uint32_t freed0 = rs_prefix_cache_evict(twins[0].cache, want);
+			uint32_t freed1 = rs_prefix_cache_evict(twins[1].cache, want);
+			CHECK(freed0 == freed1, "evicted %u and %u blocks", freed0, freed1);
+		}
+		/* Room for the request, evicting alike on both. */
+		uint32_t free0 = rs_kv_free_count(twins[0].kv);
+		if (free0 < all_blocks) {
+			rs_prefix_cache_evict(twins[0].cache, all_blocks - free0);
+			rs_prefix_cache_evict(twins[1].cache, all_blocks - free0);
+		}
+		if (rs_kv_free_count(twins[0].kv) < all_blocks)
+			continue;
+		uint32_t table0[8], table1[8];
+		twin_request(&twins[0], tokens, prompt_blocks, all_blocks, table0);
+		twin_request(&twins[1], tokens, prompt_blocks, all_blocks, table1);
+		CHECK(memcmp(table0, table1, all_blocks * sizeof(uint32_t)) == 0, "same tables");
+		CHECK(rs_prefix_cache_nodes(twins[0].cache) ==
+			  rs_prefix_cache_nodes(twins[1].cache),
+		      "same nodes");
+		/* Same cached prefixes, looked up without touching the LRU order. */
+		for (uint32_t p = 0; p < TWIN_PROMPTS; p++) {
+			struct rs_prefix_waiter probe0 = {.tokens = prompts[p], .max_blocks = 8};
+			struct rs_prefix_waiter probe1 = probe0;
+			rs_prefix_cache_watch(twins[0].cache, &probe0);
+			rs_prefix_cache_watch(twins[1].cache, &probe1);
+			CHECK(probe0.match_blocks == probe1.match_blocks,
+			      "prompt %u: %u and %u blocks", p, probe0.match_blocks,
+			      probe1.match_blocks);
+			rs_prefix_cache_unwatch(twins[0].cache, &probe0);
+			rs_prefix_cache_unwatch(twins[1].cache, &probe1);
+		}
+	}
+	for (int t = 0; t < 2; t++) {
+		rs_prefix_cache_destroy(twins[t].cache);
+		rs_kv_cache_destroy(twins[t].kv);
+	}
+}
+
 /* --- 100,000 waiters ------------------------------------------------------------------------- */
 
 #define SCALE_WAITERS  100000
@@ -709,6 +816,8 @@ int main(void)
 		release_all(seed);
 	}
 	pool_exhausted();
+	for (uint64_t seed = 1; seed <= 20; seed++)
+		insert_below_agrees(seed);
 	scale();
 	return T_EXIT_PASS;
 }

@@ -20,11 +20,12 @@
  * (reconnecting or pausing does not wipe what it owes). Its running requests keep
  * charging it after that.
  *
- * State per tenant id: a pairing heap of its waiting requests keyed (match_blocks desc,
- * arrival asc) and a front list of those that came back after preemption, which go first
- * (last put back first); its best request is the head of the front list, else the root of
- * the heap. An indexed binary max-heap holds the eligible tenants keyed by their best
- * request, and an array the backlogged ones (for the rounds). */
+ * State per tenant id: a queue of its waiting requests keyed (match_blocks desc, arrival
+ * asc; a pairing heap plus a run of those that arrive in order, admission_ops.h) and a
+ * front list of those that came back after preemption, which go first (last put back
+ * first); its best request is the head of the front list, else the first of the queue. An indexed
+ * binary max-heap holds the eligible tenants keyed by their best request, and an array the
+ * backlogged ones (for the rounds). */
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -33,7 +34,7 @@
 
 struct dlpm_tenant {
 	struct rs_tenant *tenant;  /* set at enqueue */
-	struct rs_request *root;   /* pairing heap */
+	struct rs_pqueue queue;	   /* its pairing heap and run (admission_ops.h) */
 	struct rs_request *front;  /* front list */
 	uint32_t backlogged_index; /* in dlpm->backlogged while it has waiting requests */
 };
@@ -49,7 +50,7 @@ struct dlpm {
 /* What the tenant would admit next: a preempted request, else its longest match. */
 static struct rs_request *best_request(const struct dlpm_tenant *t)
 {
-	return t->front ? t->front : t->root;
+	return t->front ? t->front : rs_pqueue_first(&t->queue, rs_request_longer_match);
 }
 
 /* The tenant whose best request goes first (ids are unique tie-breakers already: the best
@@ -99,17 +100,28 @@ static int dlpm_init(struct rs_admission *admission)
 	return 0;
 }
 
+/* Out of line: the heap's loops would make every update_tenant save registers. */
+static __attribute__((noinline)) void move_tenant(struct dlpm *dlpm, uint32_t id)
+{
+	rs_tenant_heap_fix(&dlpm->eligible, id);
+}
+
 /* Put the tenant in or out of the eligible heap, or move it there: call after anything
- * that changes its deficit, its waiting count or its best request. */
-static void update_tenant(struct dlpm *dlpm, struct rs_tenant *tenant)
+ * that changes its deficit, its waiting count or its best request (best_changed: its key
+ * in the heap may have moved; the deficit only decides whether it is in the heap). */
+static void update_tenant(struct dlpm *dlpm, struct rs_tenant *tenant, bool best_changed)
 {
 	bool eligible = tenant->waiting > 0 && tenant->deficit > 0;
 	bool in_heap = rs_tenant_heap_has(&dlpm->eligible, tenant->id);
-	if (eligible && in_heap)
-		rs_tenant_heap_fix(&dlpm->eligible, tenant->id);
-	else if (eligible)
+	if (eligible == in_heap) {
+		/* A heap of one has nowhere to move it (one tenant at a time is common). */
+		if (eligible && best_changed && dlpm->eligible.n > 1)
+			move_tenant(dlpm, tenant->id);
+		return;
+	}
+	if (eligible)
 		rs_tenant_heap_push(&dlpm->eligible, tenant->id);
-	else if (in_heap)
+	else
 		rs_tenant_heap_remove(&dlpm->eligible, tenant->id);
 }
 
@@ -123,13 +135,13 @@ static void dlpm_enqueue(struct rs_admission *admission, struct rs_request *requ
 	if (front)
 		rs_front_list_push(&t->front, request);
 	else
-		rs_pheap_insert(&t->root, request, rs_request_longer_match);
+		rs_pqueue_insert(&t->queue, request, rs_request_longer_match);
 	if (tenant->waiting == 1) {
 		t->tenant = tenant;
 		t->backlogged_index = dlpm->n_backlogged;
 		dlpm->backlogged[dlpm->n_backlogged++] = tenant->id;
 	}
-	update_tenant(dlpm, tenant);
+	update_tenant(dlpm, tenant, true);
 }
 
 /* Unlink the request. A tenant left with nothing waiting leaves the backlogged set and
@@ -141,7 +153,7 @@ static void unlink_request(struct dlpm *dlpm, struct rs_request *request)
 	if (rs_front_list_has(request))
 		rs_front_list_remove(&t->front, request);
 	else
-		rs_pheap_remove(&t->root, request, rs_request_longer_match);
+		rs_pqueue_remove(&t->queue, request, rs_request_longer_match);
 	if (tenant->waiting == 0) {
 		uint32_t last = dlpm->backlogged[--dlpm->n_backlogged];
 		dlpm->backlogged[t->backlogged_index] = last;
@@ -149,7 +161,7 @@ static void unlink_request(struct dlpm *dlpm, struct rs_request *request)
 		if (tenant->deficit > 0)
 			tenant->deficit = 0;
 	}
-	update_tenant(dlpm, tenant);
+	update_tenant(dlpm, tenant, true);
 }
 
 /* Cancelled: no charge. */
@@ -177,7 +189,7 @@ static void refill(struct dlpm *dlpm)
 		for (uint32_t i = 0; i < dlpm->n_backlogged; i++) {
 			struct rs_tenant *tenant = dlpm->tenants[dlpm->backlogged[i]].tenant;
 			tenant->deficit += rounds * dlpm->quantum * tenant->weight;
-			update_tenant(dlpm, tenant);
+			update_tenant(dlpm, tenant, false);
 		}
 		rounds = more;
 	}
@@ -210,10 +222,10 @@ static void dlpm_match_changed(struct rs_admission *admission, struct rs_request
 	struct dlpm *dlpm = admission->policy;
 	struct dlpm_tenant *t = &dlpm->tenants[request->tenant->id];
 	if (!rs_front_list_has(request)) {
-		rs_pheap_remove(&t->root, request, rs_request_longer_match);
-		rs_pheap_insert(&t->root, request, rs_request_longer_match);
+		rs_pqueue_remove(&t->queue, request, rs_request_longer_match);
+		rs_pqueue_insert(&t->queue, request, rs_request_longer_match);
 	}
-	update_tenant(dlpm, request->tenant);
+	update_tenant(dlpm, request->tenant, true);
 }
 
 /* Charged whether backlogged or not: running requests keep costing their tenant. */
@@ -222,7 +234,7 @@ static void dlpm_charge_output(struct rs_admission *admission, struct rs_tenant 
 {
 	tenant->deficit -= charge;
 	if (tenant->waiting > 0)
-		update_tenant(admission->policy, tenant);
+		update_tenant(admission->policy, tenant, false);
 }
 
 const struct rs_admission_ops rs_admission_dlpm_ops = {

@@ -1,9 +1,10 @@
 /* fcfs: first come, first served, over all tenants.
  *
- * One pairing heap keyed by arrival rather than a list: a request that comes back after
- * preemption goes exactly where its arrival puts it (before every later arrival, after
- * any earlier one also waiting again), and nothing depends on enqueues coming in arrival
- * order. front is therefore not needed: arrival order already puts a preempted request
+ * One queue keyed by arrival (admission_ops.h: new arrivals append to its run in O(1), a
+ * request that comes back after preemption goes into its pairing heap) rather than a list: a
+ * request that comes back after preemption goes exactly where its arrival puts it (before every
+ * later arrival, after any earlier one also waiting again), and nothing depends on enqueues coming
+ * in arrival order. front is therefore not needed: arrival order already puts a preempted request
  * before its tenant's later requests. */
 #include <errno.h>
 #include <stdlib.h>
@@ -11,7 +12,7 @@
 #include "daemon/sched/admission_ops.h"
 
 struct fcfs {
-	struct rs_request *root;
+	struct rs_pqueue queue;
 };
 
 /* The pairing heap's order: arrivals are unique, so it is total. */
@@ -40,21 +41,21 @@ static void fcfs_fini(struct rs_admission *admission)
 static void fcfs_enqueue(struct rs_admission *admission, struct rs_request *request, bool front)
 {
 	struct fcfs *fcfs = admission->policy;
-	rs_pheap_insert(&fcfs->root, request, arrived_before);
+	rs_pqueue_insert(&fcfs->queue, request, arrived_before);
 }
 
-/* O(log n) amortized, from anywhere in the heap. */
+/* O(1) from the run, O(log n) amortized from anywhere in the heap. */
 static void fcfs_remove(struct rs_admission *admission, struct rs_request *request)
 {
 	struct fcfs *fcfs = admission->policy;
-	rs_pheap_remove(&fcfs->root, request, arrived_before);
+	rs_pqueue_remove(&fcfs->queue, request, arrived_before);
 }
 
 /* The earliest arrival. */
 static struct rs_request *fcfs_peek(struct rs_admission *admission)
 {
 	struct fcfs *fcfs = admission->policy;
-	return fcfs->root;
+	return rs_pqueue_first(&fcfs->queue, arrived_before);
 }
 
 /* fcfs keeps no account of its own: the service account is kept by admission.c. */

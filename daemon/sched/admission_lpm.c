@@ -3,7 +3,9 @@
  *
  * A pairing heap keyed (match_blocks descending, arrival ascending): peek O(1), enqueue
  * O(1), take, remove and a match change O(log n) amortized (a change is remove + insert),
- * so the cost does not grow with the queue the way sorting it each step would.
+ * so the cost does not grow with the queue the way sorting it each step would. Requests
+ * that arrive in that order (no match yet, by arrival) go to the queue's run instead, at
+ * O(1) for everything (admission_ops.h).
  *
  * Requests that come back after preemption (front) go before all others, in a list (the
  * last one put back goes first): they were admitted once already, and holding them behind
@@ -14,7 +16,7 @@
 #include "daemon/sched/admission_ops.h"
 
 struct lpm {
-	struct rs_request *root;
+	struct rs_pqueue queue;
 	struct rs_request *front; /* preempted, waiting again */
 };
 
@@ -41,7 +43,7 @@ static void lpm_enqueue(struct rs_admission *admission, struct rs_request *reque
 	if (front)
 		rs_front_list_push(&lpm->front, request);
 	else
-		rs_pheap_insert(&lpm->root, request, rs_request_longer_match);
+		rs_pqueue_insert(&lpm->queue, request, rs_request_longer_match);
 }
 
 /* From whichever of the two it is in. */
@@ -51,14 +53,14 @@ static void lpm_remove(struct rs_admission *admission, struct rs_request *reques
 	if (rs_front_list_has(request))
 		rs_front_list_remove(&lpm->front, request);
 	else
-		rs_pheap_remove(&lpm->root, request, rs_request_longer_match);
+		rs_pqueue_remove(&lpm->queue, request, rs_request_longer_match);
 }
 
 /* A preempted request if one waits, else the longest match. */
 static struct rs_request *lpm_peek(struct rs_admission *admission)
 {
 	struct lpm *lpm = admission->policy;
-	return lpm->front ? lpm->front : lpm->root;
+	return lpm->front ? lpm->front : rs_pqueue_first(&lpm->queue, rs_request_longer_match);
 }
 
 /* lpm keeps no account of its own: the service account is kept by admission.c. */
@@ -73,8 +75,8 @@ static void lpm_match_changed(struct rs_admission *admission, struct rs_request 
 	struct lpm *lpm = admission->policy;
 	if (rs_front_list_has(request))
 		return;
-	rs_pheap_remove(&lpm->root, request, rs_request_longer_match);
-	rs_pheap_insert(&lpm->root, request, rs_request_longer_match);
+	rs_pqueue_remove(&lpm->queue, request, rs_request_longer_match);
+	rs_pqueue_insert(&lpm->queue, request, rs_request_longer_match);
 }
 
 const struct rs_admission_ops rs_admission_lpm_ops = {

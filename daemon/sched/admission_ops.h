@@ -134,6 +134,70 @@ static inline void rs_pheap_remove(struct rs_request **root, struct rs_request *
 	node->heap_child = node->queue_next = node->queue_prev = NULL;
 }
 
+/* --- Priority queue: a pairing heap plus a run in order -------------------------------------
+ *
+ * Requests mostly arrive in the queue's own order (fcfs: by arrival; lpm and dlpm: prompts
+ * that match nothing yet, all at 0 blocks, by arrival). Those go to the tail of a run, a
+ * list kept sorted by `before` (a request is appended only when it goes after the tail),
+ * at O(1) for insert, pop and remove; the others go into the pairing heap. The first
+ * request is the earlier of the run's head and the heap's root. A run member's key must
+ * not change while it is queued: a key change is remove + insert, as for the heap. A
+ * request in the run has in_run set and its heap_child NULL (queue_prev/queue_next are its
+ * neighbours in the run). */
+
+struct rs_pqueue {
+	struct rs_request *root;		/* pairing heap */
+	struct rs_request *run_head, *run_tail; /* in order */
+};
+
+static inline void rs_pqueue_insert(struct rs_pqueue *queue, struct rs_request *node,
+				    rs_request_before_fn before)
+{
+	if (queue->run_tail && !before(queue->run_tail, node)) {
+		node->in_run = false;
+		rs_pheap_insert(&queue->root, node, before);
+		return;
+	}
+	node->in_run = true;
+	node->heap_child = node->queue_next = NULL;
+	node->queue_prev = queue->run_tail;
+	if (queue->run_tail)
+		queue->run_tail->queue_next = node;
+	else
+		queue->run_head = node;
+	queue->run_tail = node;
+}
+
+/* Take node, from the run or the heap, out of the queue. */
+static inline void rs_pqueue_remove(struct rs_pqueue *queue, struct rs_request *node,
+				    rs_request_before_fn before)
+{
+	if (!node->in_run) {
+		rs_pheap_remove(&queue->root, node, before);
+		return;
+	}
+	if (node->queue_prev)
+		node->queue_prev->queue_next = node->queue_next;
+	else
+		queue->run_head = node->queue_next;
+	if (node->queue_next)
+		node->queue_next->queue_prev = node->queue_prev;
+	else
+		queue->run_tail = node->queue_prev;
+	node->queue_next = node->queue_prev = NULL;
+	node->in_run = false;
+}
+
+/* The first request, or NULL when empty. */
+static inline struct rs_request *rs_pqueue_first(const struct rs_pqueue *queue,
+						 rs_request_before_fn before)
+{
+	struct rs_request *run = queue->run_head, *heap = queue->root;
+	if (!run || !heap)
+		return run ? run : heap;
+	return before(run, heap) ? run : heap;
+}
+
 /* Longest cached prefix first, then first come: the order of lpm, and of dlpm within a
  * tenant and across tenants. */
 static inline bool rs_request_longer_match(const struct rs_request *a, const struct rs_request *b)
@@ -158,6 +222,7 @@ static inline bool rs_front_list_has(const struct rs_request *request)
 static inline void rs_front_list_push(struct rs_request **head, struct rs_request *request)
 {
 	request->heap_child = request;
+	request->in_run = false;
 	request->queue_prev = NULL;
 	request->queue_next = *head;
 	if (*head)

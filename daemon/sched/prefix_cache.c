@@ -80,14 +80,26 @@ static uint64_t mix64(uint64_t x)
 	return x;
 }
 
+/* Four tokens per round, in two independent lanes of two tokens (one 64-bit load and
+ * multiply each); mix64 spreads the result. A block is hashed at every match, insert and
+ * watch of a prompt. Only speed depends on its quality: a lookup always compares the
+ * tokens. */
 static uint64_t block_hash(const uint32_t *tokens, uint32_t block_size)
 {
-	uint64_t h = 0x9e3779b97f4a7c15ULL;
-	for (uint32_t i = 0; i < block_size; i++) {
-		h = (h ^ tokens[i]) * 0x100000001b3ULL;
-		h ^= h >> 29;
+	uint64_t a = 0x9e3779b97f4a7c15ULL, b = 0xc2b2ae3d27d4eb4fULL;
+	uint32_t i = 0;
+	for (; i + 4 <= block_size; i += 4) {
+		uint64_t w0, w1;
+		memcpy(&w0, tokens + i, sizeof(w0));
+		memcpy(&w1, tokens + i + 2, sizeof(w1));
+		a = (a ^ w0) * 0x9fb21c651e98df25ULL;
+		b = (b ^ w1) * 0xd6e8feb86659fd93ULL;
+		a ^= a >> 31;
+		b ^= b >> 29;
 	}
-	return mix64(h);
+	for (; i < block_size; i++)
+		a = (a ^ tokens[i] ^ (a >> 31)) * 0x9fb21c651e98df25ULL;
+	return mix64(a ^ (b * 0xff51afd7ed558ccdULL));
 }
 
 static uint32_t next_pow2(uint64_t n)
@@ -489,9 +501,24 @@ void rs_prefix_cache_unlock(struct rs_prefix_cache *cache, struct rs_prefix_node
 struct rs_prefix_node *rs_prefix_cache_insert(struct rs_prefix_cache *cache, const uint32_t *tokens,
 					      uint32_t n_blocks, uint32_t *blocks)
 {
+	return rs_prefix_cache_insert_below(cache, NULL, tokens, n_blocks, blocks);
+}
+
+struct rs_prefix_node *rs_prefix_cache_insert_below(struct rs_prefix_cache *cache,
+						    struct rs_prefix_node *start,
+						    const uint32_t *tokens, uint32_t n_blocks,
+						    uint32_t *blocks)
+{
 	cache->clock++;
-	uint32_t index = ROOT;
-	for (uint32_t i = 0; i < n_blocks; i++) {
+	uint32_t index = ROOT, first = 0;
+	if (start && start->depth <= n_blocks) {
+		/* Its path is the sequence's first blocks: stamped as a walk down would. */
+		index = node_index(cache, start);
+		first = start->depth;
+		for (uint32_t i = index; i != ROOT; i = cache->nodes[i].parent)
+			touch(cache, i);
+	}
+	for (uint32_t i = first; i < n_blocks; i++) {
 		const uint32_t *block = tokens + (size_t)i * cache->block_size;
 		uint64_t hash = block_hash(block, cache->block_size);
 		uint32_t child = child_find(cache, index, hash, block);

@@ -79,6 +79,17 @@ void rs_prefix_cache_unlock(struct rs_prefix_cache *cache, struct rs_prefix_node
 struct rs_prefix_node *rs_prefix_cache_insert(struct rs_prefix_cache *cache, const uint32_t *tokens,
 					      uint32_t n_blocks, uint32_t *blocks);
 
+/* rs_prefix_cache_insert, starting below `start` instead of at the root: start (locked by
+ * the caller, or NULL for the root) is a node whose path spells the sequence's first
+ * start->depth blocks, and blocks[0 .. start->depth) already are that path's blocks (as
+ * after the sequence's own match or insert of them). Those blocks are not hashed or
+ * looked up again, only stamped; the rest is inserted as rs_prefix_cache_insert does.
+ * A start deeper than n_blocks is ignored (the insert starts at the root). */
+struct rs_prefix_node *rs_prefix_cache_insert_below(struct rs_prefix_cache *cache,
+						    struct rs_prefix_node *start,
+						    const uint32_t *tokens, uint32_t n_blocks,
+						    uint32_t *blocks);
+
 /* Evict unlocked leaves, least recently used first, until `blocks` KV blocks have gone
  * back to the allocator or nothing is left to evict (a node whose block some sequence
  * still references is dropped from the tree but frees no block). Waiters at an evicted

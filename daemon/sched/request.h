@@ -94,6 +94,7 @@ struct rs_request {
 	/* The admission policy's links (one structure at a time; while staged, the core's
 	 * list of staged requests). */
 	struct rs_request *queue_next, *queue_prev, *heap_child;
+	bool in_run; /* in a queue's run, not its heap (admission_ops.h) */
 	struct rs_request *parked_next, *parked_prev; /* in its tenant's parked list */
 
 	uint32_t inline_tokens[RS_REQUEST_INLINE_TOKENS];

@@ -249,11 +249,12 @@ static void unpark(struct rs_sched *sched, struct rs_tenant *tenant)
 }
 
 /* Cache the request's first n_full blocks and lock the deepest node instead of the one
- * it locked: the insert may switch its table to blocks others computed first. */
+ * it locked: the insert may switch its table to blocks others computed first. The locked
+ * node's path (what it matched or inserted) is its table's first blocks already. */
 static void cache_prefix(struct rs_sched *sched, struct rs_request *request, uint32_t n_full)
 {
-	struct rs_prefix_node *node =
-	    rs_prefix_cache_insert(sched->cache, request->tokens, n_full, request->blocks);
+	struct rs_prefix_node *node = rs_prefix_cache_insert_below(
+	    sched->cache, request->locked, request->tokens, n_full, request->blocks);
 	if (!node)
 		return;
 	rs_prefix_cache_lock(sched->cache, node);
@@ -300,9 +301,9 @@ static void finish(struct rs_sched *sched, struct rs_request *request, int32_t s
 		/* The prompt and the output so far: a conversation's next turn starts with it.
 		 * Not locked: the request lets go of it at once. */
 		if (status == 0 && sched->cache)
-			rs_prefix_cache_insert(sched->cache, request->tokens,
-					       request->computed / sched->block_size,
-					       request->blocks);
+			rs_prefix_cache_insert_below(sched->cache, request->locked, request->tokens,
+						     request->computed / sched->block_size,
+						     request->blocks);
 		if (status == 0 && sched->planner->finished)
 			sched->planner->finished(sched, request);
 		stop_running(sched, request);
@@ -388,7 +389,8 @@ struct rs_request *rs_sched_admit_staged(struct rs_sched *sched)
 	uint32_t context = rs_sched_context(request);
 	uint32_t matched = 0;
 	struct rs_prefix_node *deepest = NULL;
-	if (sched->cache) {
+	/* A context of one block or less can never match (its last token is always fed). */
+	if (sched->cache && request->waiter.max_blocks) {
 		matched =
 		    rs_prefix_cache_match(sched->cache, request->tokens, request->waiter.max_blocks,
 					  sched->match_scratch, &deepest);

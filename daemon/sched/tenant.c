@@ -13,6 +13,7 @@ int rs_tenant_table_init(struct rs_tenant_table *table, uint32_t capacity)
 		return -ENOMEM;
 	table->capacity = capacity;
 	table->in_use = 0;
+	table->generations = 0;
 	for (uint32_t i = 0; i < capacity; i++)
 		table->all[i].id = i;
 	return 0;
@@ -59,6 +60,7 @@ struct rs_tenant *rs_tenant_acquire(struct rs_tenant_table *table, uid_t uid, co
 	memset(entry, 0, sizeof(*entry));
 	entry->id = id;
 	entry->in_use = true;
+	entry->generation = ++table->generations;
 	entry->uid = uid;
 	snprintf(entry->name, sizeof(entry->name), "%s", name);
 	entry->weight = weight > 0 ? weight : 1.0;

@@ -21,6 +21,7 @@ struct rs_request;
 struct rs_tenant {
 	uint32_t id; /* index in the table, < capacity */
 	bool in_use;
+	uint64_t generation; /* new (never 0) each time the entry is given to a tenant */
 	uid_t uid;
 	char name[RS_TENANT_NAME_MAX];
 	double weight;	      /* share of service, > 0; 1 by default */
@@ -59,6 +60,7 @@ struct rs_tenant_table {
 	struct rs_tenant *all;
 	uint32_t capacity;
 	uint32_t in_use;
+	uint64_t generations; /* handed out so far */
 };
 
 /* Returns 0 or -ENOMEM. */
