@@ -47,7 +47,8 @@ endif
 # --- sources ----------------------------------------------------------------------------
 SHM_SRC := $(wildcard shm/*.c)
 # The client library carries the engine's tokenizer (libc only) for its text API.
-CLIENT_SRC := $(wildcard client-lib/*.c) kernels/model/tokenizer.c
+CLIENT_SRC := $(wildcard client-lib/*.c) kernels/model/tokenizer.c kernels/model/pretokenize.c \
+	kernels/model/unicode.c kernels/model/unicode_table.c
 DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c daemon/sched/*.c))
 KERNELS_SRC := $(wildcard kernels/*/*.c)
 TOOLS := $(notdir $(wildcard tools/ringserve-*))

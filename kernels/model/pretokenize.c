@@ -191,23 +191,37 @@ size_t rs_pretokenize_next(enum rs_pretokenizer pre, const uint8_t *text, size_t
 
 /* tokenizer.ggml.pre names, as llama.cpp's llama-vocab.cpp maps them; only the names whose
  * pre-tokenizer is exactly one of ours and that need nothing else (no added separators,
- * no whitespace escaping). */
+ * no whitespace escaping). The first name of each (pre-tokenizer, ignore_merges) is the
+ * one rs_pretokenizer_name gives. */
 static const struct {
 	const char *name;
 	enum rs_pretokenizer pre;
 	int ignore_merges;
 } names[] = {
-    {"llama3", RS_PRETOK_LLAMA3, 1},	  {"llama-v3", RS_PRETOK_LLAMA3, 1},
-    {"llama-bpe", RS_PRETOK_LLAMA3, 1},	  {"falcon3", RS_PRETOK_LLAMA3, 1},
-    {"pixtral", RS_PRETOK_LLAMA3, 1},	  {"dbrx", RS_PRETOK_LLAMA3, 0},
-    {"smaug-bpe", RS_PRETOK_LLAMA3, 0},	  {"gpt-2", RS_PRETOK_GPT2, 0},
-    {"phi-2", RS_PRETOK_GPT2, 0},	  {"mpt", RS_PRETOK_GPT2, 0},
-    {"olmo", RS_PRETOK_GPT2, 0},	  {"jais", RS_PRETOK_GPT2, 0},
-    {"qwen2", RS_PRETOK_QWEN2, 0},	  {"deepseek-r1-qwen", RS_PRETOK_QWEN2, 0},
-    {"stablelm2", RS_PRETOK_QWEN2, 0},	  {"starcoder", RS_PRETOK_DIGITS_GPT2, 0},
-    {"refact", RS_PRETOK_DIGITS_GPT2, 0}, {"command-r", RS_PRETOK_DIGITS_GPT2, 0},
-    {"smollm", RS_PRETOK_DIGITS_GPT2, 0}, {"codeshell", RS_PRETOK_DIGITS_GPT2, 0},
-    {"exaone", RS_PRETOK_DIGITS_GPT2, 0}, {"minerva-7b", RS_PRETOK_DIGITS_GPT2, 0},
+	/* clang-format off */
+	{ "llama-bpe", RS_PRETOK_LLAMA3, 1 },
+	{ "llama3", RS_PRETOK_LLAMA3, 1 },
+	{ "llama-v3", RS_PRETOK_LLAMA3, 1 },
+	{ "falcon3", RS_PRETOK_LLAMA3, 1 },
+	{ "pixtral", RS_PRETOK_LLAMA3, 1 },
+	{ "dbrx", RS_PRETOK_LLAMA3, 0 },
+	{ "smaug-bpe", RS_PRETOK_LLAMA3, 0 },
+	{ "gpt-2", RS_PRETOK_GPT2, 0 },
+	{ "phi-2", RS_PRETOK_GPT2, 0 },
+	{ "mpt", RS_PRETOK_GPT2, 0 },
+	{ "olmo", RS_PRETOK_GPT2, 0 },
+	{ "jais", RS_PRETOK_GPT2, 0 },
+	{ "qwen2", RS_PRETOK_QWEN2, 0 },
+	{ "deepseek-r1-qwen", RS_PRETOK_QWEN2, 0 },
+	{ "stablelm2", RS_PRETOK_QWEN2, 0 },
+	{ "starcoder", RS_PRETOK_DIGITS_GPT2, 0 },
+	{ "refact", RS_PRETOK_DIGITS_GPT2, 0 },
+	{ "command-r", RS_PRETOK_DIGITS_GPT2, 0 },
+	{ "smollm", RS_PRETOK_DIGITS_GPT2, 0 },
+	{ "codeshell", RS_PRETOK_DIGITS_GPT2, 0 },
+	{ "exaone", RS_PRETOK_DIGITS_GPT2, 0 },
+	{ "minerva-7b", RS_PRETOK_DIGITS_GPT2, 0 },
+	/* clang-format on */
 };
 
 int rs_pretokenizer_from_name(const char *name, size_t len, int *ignore_merges)
@@ -219,4 +233,12 @@ int rs_pretokenizer_from_name(const char *name, size_t len, int *ignore_merges)
 		}
 	}
 	return -1;
+}
+
+const char *rs_pretokenizer_name(uint32_t pre, int ignore_merges)
+{
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if ((uint32_t)names[i].pre == pre && names[i].ignore_merges == !!ignore_merges)
+			return names[i].name;
+	return NULL;
 }

@@ -25,6 +25,10 @@ enum rs_pretokenizer {
  * is a token as it is, before merging (Llama 3's tokenizer.json "ignore_merges"). */
 int rs_pretokenizer_from_name(const char *name, size_t len, int *ignore_merges);
 
+/* The tokenizer.ggml.pre name that stands for pre (with or without ignore_merges), or NULL
+ * for RS_PRETOK_NONE and unknown values. */
+const char *rs_pretokenizer_name(uint32_t pre, int ignore_merges);
+
 /* The length in bytes (>= 1) of the first word of text[0..len) (len >= 1) under pre. */
 size_t rs_pretokenize_next(enum rs_pretokenizer pre, const uint8_t *text, size_t len);
 
