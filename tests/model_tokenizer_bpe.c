@@ -227,6 +227,10 @@ static void test_pretokenizers(void)
 	expect_words(RS_PRETOK_LLAMA3, "4 \xc2\xbd", "4| |\xc2\xbd");
 	/* Qwen2: Llama 3's with \p{N} one at a time. */
 	expect_words(RS_PRETOK_QWEN2, "12345", "1|2|3|4|5");
+	/* Qwen3.5: marks count as letters (e, U+0301 combining acute, x). */
+	expect_words(RS_PRETOK_QWEN2, "e\xcc\x81x 12", "e|\xcc\x81x| |1|2");
+	expect_words(RS_PRETOK_QWEN35, "e\xcc\x81x 12", "e\xcc\x81x| |1|2");
+	expect_words(RS_PRETOK_QWEN35, "!\xcc\x81", "!\xcc\x81");
 	/* StarCoder: digits apart, then GPT-2's within the stretches between them. */
 	expect_words(RS_PRETOK_DIGITS_GPT2, "a12 b", "a|1|2| b");
 	expect_words(RS_PRETOK_DIGITS_GPT2, "x  3", "x|  |3");

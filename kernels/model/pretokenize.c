@@ -12,6 +12,7 @@ struct cursor {
 	const uint8_t *s;
 	size_t len;
 	bool digits_split;
+	uint32_t letter; /* what counts as a letter: \p{L}, or [\p{L}\p{M}] (Qwen3.5) */
 };
 
 /* The character at byte pos: returns its length and sets *cp and *flags, or returns 0 at
@@ -27,10 +28,11 @@ static uint32_t peek(const struct cursor *c, size_t pos, uint32_t *cp, uint32_t 
 	return n;
 }
 
-/* [^\s\p{L}\p{N}]: anything else, bytes that are no character included. */
-static bool is_other(uint32_t flags)
+/* [^\s\p{L}\p{N}] (or [^\s\p{L}\p{M}\p{N}]): anything else, bytes that are no character
+ * included. */
+static bool is_other(const struct cursor *c, uint32_t flags)
 {
-	return !(flags & (RS_UNICODE_LETTER | RS_UNICODE_NUMBER | RS_UNICODE_SPACE));
+	return !(flags & (c->letter | RS_UNICODE_NUMBER | RS_UNICODE_SPACE));
 }
 
 /* End of the run of characters from pos whose flags satisfy want: letters, numbers or
@@ -40,9 +42,9 @@ static size_t run_end(const struct cursor *c, size_t pos, enum run_class cls, si
 {
 	uint32_t cp, flags, n;
 	for (size_t count = 0; count < max && (n = peek(c, pos, &cp, &flags)); count++) {
-		bool in = cls == RUN_LETTER   ? (flags & RS_UNICODE_LETTER)
+		bool in = cls == RUN_LETTER   ? (flags & c->letter)
 			  : cls == RUN_NUMBER ? (flags & RS_UNICODE_NUMBER)
-					      : is_other(flags);
+					      : is_other(c, flags);
 		if (!in)
 			break;
 		pos += n;
@@ -120,7 +122,7 @@ static size_t next_gpt2(const struct cursor *c)
 		return run_end(c, p, RUN_LETTER, SIZE_MAX);
 	if (f & RS_UNICODE_NUMBER)
 		return run_end(c, p, RUN_NUMBER, SIZE_MAX);
-	if (is_other(f))
+	if (is_other(c, f))
 		return run_end(c, p, RUN_OTHER, SIZE_MAX);
 	struct space_run r = space_run(c);
 	return trailing_space(c, &r);
@@ -128,7 +130,11 @@ static size_t next_gpt2(const struct cursor *c)
 
 /* Llama 3 (max_digits 3) and Qwen2 (max_digits 1):
  *   (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
- *    ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+ */
+ *    ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+ * and Qwen3.5 (max_digits 1, c->letter [\p{L}\p{M}]):
+ *   (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}|
+ *    ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+ * (a mark first is no different: [\p{L}\p{M}]+ takes it as the optional prefix would). */
 static size_t next_llama3(const struct cursor *c, size_t max_digits)
 {
 	uint32_t c0 = 0, f0 = 0, c1 = 0, f1 = 0;
@@ -136,10 +142,10 @@ static size_t next_llama3(const struct cursor *c, size_t max_digits)
 	size_t m = contraction(c, true);
 	if (m)
 		return m;
-	if (f0 & RS_UNICODE_LETTER)
+	if (f0 & c->letter)
 		return run_end(c, 0, RUN_LETTER, SIZE_MAX);
 	uint32_t n1 = peek(c, n0, &c1, &f1);
-	if (c0 != '\r' && c0 != '\n' && !(f0 & RS_UNICODE_NUMBER) && n1 && (f1 & RS_UNICODE_LETTER))
+	if (c0 != '\r' && c0 != '\n' && !(f0 & RS_UNICODE_NUMBER) && n1 && (f1 & c->letter))
 		return run_end(c, n0, RUN_LETTER, SIZE_MAX);
 	if (f0 & RS_UNICODE_NUMBER)
 		return run_end(c, 0, RUN_NUMBER, max_digits);
@@ -149,7 +155,7 @@ static size_t next_llama3(const struct cursor *c, size_t max_digits)
 		p = n0;
 		f = n1 ? f1 : RS_UNICODE_SPACE; /* the text's end is no "other" character */
 	}
-	if (is_other(f)) {
+	if (is_other(c, f)) {
 		size_t q = run_end(c, p, RUN_OTHER, SIZE_MAX);
 		uint32_t cp, flags, n;
 		while ((n = peek(c, q, &cp, &flags)) && (cp == '\r' || cp == '\n'))
@@ -164,7 +170,7 @@ static size_t next_llama3(const struct cursor *c, size_t max_digits)
 
 size_t rs_pretokenize_next(enum rs_pretokenizer pre, const uint8_t *text, size_t len)
 {
-	struct cursor c = {.s = text, .len = len};
+	struct cursor c = {.s = text, .len = len, .letter = RS_UNICODE_LETTER};
 	uint32_t cp, flags;
 	size_t n;
 	switch (pre) {
@@ -175,6 +181,10 @@ size_t rs_pretokenize_next(enum rs_pretokenizer pre, const uint8_t *text, size_t
 		n = next_llama3(&c, 3);
 		break;
 	case RS_PRETOK_QWEN2:
+		n = next_llama3(&c, 1);
+		break;
+	case RS_PRETOK_QWEN35:
+		c.letter = RS_UNICODE_LETTER | RS_UNICODE_MARK;
 		n = next_llama3(&c, 1);
 		break;
 	case RS_PRETOK_DIGITS_GPT2:
@@ -214,6 +224,7 @@ static const struct {
 	{ "qwen2", RS_PRETOK_QWEN2, 0 },
 	{ "deepseek-r1-qwen", RS_PRETOK_QWEN2, 0 },
 	{ "stablelm2", RS_PRETOK_QWEN2, 0 },
+	{ "qwen35", RS_PRETOK_QWEN35, 0 },
 	{ "starcoder", RS_PRETOK_DIGITS_GPT2, 0 },
 	{ "refact", RS_PRETOK_DIGITS_GPT2, 0 },
 	{ "command-r", RS_PRETOK_DIGITS_GPT2, 0 },

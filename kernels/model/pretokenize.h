@@ -17,6 +17,7 @@ enum rs_pretokenizer {
 	RS_PRETOK_QWEN2 = 3,	   /* Qwen2, StableLM 2: Llama 3's with single digits */
 	RS_PRETOK_DIGITS_GPT2 = 4, /* StarCoder, Refact, SmolLM, Command-R: every digit on its
 				    * own, then GPT-2's within the rest */
+	RS_PRETOK_QWEN35 = 5, /* Qwen3.5: Qwen2's with marks as letters */
 	RS_PRETOK_COUNT
 };
 

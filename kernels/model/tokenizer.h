@@ -19,7 +19,7 @@
  * unknown and unused tokens to nothing, and drops the dummy-prefix space of the first token
  * of a text (after BOS or at the start of a decoded sequence).
  *
- * Byte-level BPE (GPT-2, Llama 3, Qwen2, StarCoder, ...; GGUF tokenizer.ggml.model "gpt2"),
+ * Byte-level BPE (GPT-2, Llama 3, Qwen2/3.5, StarCoder, ...; GGUF tokenizer.ggml.model "gpt2"),
  * as Hugging Face's tokenizers library encodes:
  *   1. USER_DEFINED tokens are cut out of the text first, wherever they occur (longest
  *      first, then the lowest id; leftmost occurrences), as added tokens are; CONTROL
