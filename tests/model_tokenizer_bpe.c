@@ -156,6 +156,16 @@ static void test_encode(void)
 	expect_ids(tok, "xyz", IDS('x', 'y', 'z')); /* no merge makes "xyz" */
 	expect_ids(tok, "", IDS(-1) + 1);
 
+	/* A long word (the scratch space grows): 1001 a's are 500 "aa" and an "a". */
+	char *long_word = malloc(1002);
+	uint32_t *long_ids = malloc(1002 * sizeof(uint32_t));
+	memset(long_word, 'a', 1001);
+	long_word[1001] = '\0';
+	int n_long = rs_tokenizer_encode(tok, long_word, 1001, 0, long_ids, 1002);
+	CHECK(n_long == 501 && long_ids[0] == 266 && long_ids[499] == 266 && long_ids[500] == 'a');
+	free(long_word);
+	free(long_ids);
+
 	/* Decoding: control tokens are nothing, user-defined pieces as they are, and a
 	 * character split between tokens comes back whole when they are joined. */
 	char out[64];

@@ -663,18 +663,45 @@ static void bpe_try_pair(const struct rs_tokenizer *tok, const struct bpe_symbol
 					.result = (int32_t)m->result });
 }
 
-/* Scratch space of one encode call, sized for its whole text (no word is longer). */
+/* Scratch space of one encode call, grown to the longest word so far (not sized for the
+ * whole text: a 100 MB text of short words needs kilobytes). */
 struct bpe_scratch {
-	struct bpe_symbol *syms;
-	struct pair_heap heap;
-	char *spelled; /* a word in GPT-2's characters: 2 bytes per byte at most */
+	struct bpe_symbol *syms; /* cap */
+	struct pair_heap heap;   /* 3 * cap: n - 1 pairs, then at most 2 per merge */
+	char *spelled;           /* 2 * cap: a word in GPT-2's characters */
+	size_t cap;
 };
+
+/* Make the scratch fit a word of n bytes. Returns 0 or -ENOMEM (the old space stays). */
+static int scratch_fit(struct bpe_scratch *sc, size_t n)
+{
+	if (n <= sc->cap)
+		return 0;
+	size_t cap = n > 2 * sc->cap ? n : 2 * sc->cap;
+	if (cap < 64)
+		cap = 64;
+	struct bpe_symbol *syms = realloc(sc->syms, cap * sizeof(*syms));
+	if (syms)
+		sc->syms = syms;
+	struct bpe_pair *pairs = realloc(sc->heap.items, 3 * cap * sizeof(*pairs));
+	if (pairs)
+		sc->heap.items = pairs;
+	char *spelled = realloc(sc->spelled, 2 * cap);
+	if (spelled)
+		sc->spelled = spelled;
+	if (!syms || !pairs || !spelled)
+		return -ENOMEM;
+	sc->cap = cap;
+	return 0;
+}
 
 /* Encode one word (a pre-token: word[0..n), n >= 1). */
 static int bpe_word(const struct rs_tokenizer *tok, const uint8_t *word, size_t n,
 		    struct bpe_scratch *sc, uint32_t *ids, size_t max_ids, size_t *n_ids)
 {
-	int ret;
+	int ret = scratch_fit(sc, n);
+	if (ret)
+		return ret;
 	if (tok->flags & RS_TOKENIZER_IGNORE_MERGES) {
 		size_t len = 0;
 		for (size_t i = 0; i < n; i++)
@@ -729,17 +756,29 @@ static int bpe_stretch(const struct rs_tokenizer *tok, const uint8_t *s, size_t 
 	return 0;
 }
 
-/* Mark where USER_DEFINED tokens cut text[0..len): mark[i] is the id of the token that
- * starts at byte i, MARK_INSIDE for its other bytes, MARK_TEXT for text. As llama.cpp and
- * Hugging Face's added tokens: the longest token first, each at its leftmost occurrences
- * that do not overlap one already cut. */
-#define MARK_TEXT (-1)
-#define MARK_INSIDE (-2)
-static void mark_user_defined(const struct rs_tokenizer *tok, const char *text, size_t len,
-			      int32_t *mark)
+/* Where a USER_DEFINED token cuts the text. */
+struct cut {
+	size_t pos;
+	uint32_t id;
+};
+
+static int cut_order(const void *a, const void *b)
 {
-	for (size_t i = 0; i < len; i++)
-		mark[i] = MARK_TEXT;
+	size_t x = ((const struct cut *)a)->pos, y = ((const struct cut *)b)->pos;
+	return x < y ? -1 : x > y;
+}
+
+/* Find where USER_DEFINED tokens cut text[0..len), in text order, as llama.cpp and Hugging
+ * Face's added tokens do: the longest token first, each at its leftmost occurrences that
+ * do not overlap one already cut. Returns the number of cuts (*out allocated) or -ENOMEM. */
+static int64_t find_cuts(const struct rs_tokenizer *tok, const char *text, size_t len,
+			 struct cut **out)
+{
+	uint8_t *taken = calloc(len / 8 + 1, 1); /* a bit per byte already cut */
+	struct cut *cuts = NULL;
+	size_t n = 0, cap = 0;
+	if (!taken)
+		return -ENOMEM;
 	for (uint32_t k = 0; k < tok->n_user_defined; k++) {
 		uint32_t id = tok->user_defined[k];
 		const char *piece = tok->blob + tok->offsets[id];
@@ -749,56 +788,56 @@ static void mark_user_defined(const struct rs_tokenizer *tok, const char *text, 
 			if (!hit)
 				break;
 			size_t at = (size_t)(hit - text), i;
-			for (i = 0; i < plen && mark[at + i] == MARK_TEXT; i++)
+			for (i = 0; i < plen && !(taken[(at + i) / 8] & (1u << ((at + i) % 8))); i++)
 				;
 			if (i < plen) { /* overlaps a longer token: look further on */
 				from = at + 1;
 				continue;
 			}
-			mark[at] = (int32_t)id;
-			for (i = 1; i < plen; i++)
-				mark[at + i] = MARK_INSIDE;
+			if (n == cap) {
+				cap = cap ? 2 * cap : 16;
+				struct cut *grown = realloc(cuts, cap * sizeof(*cuts));
+				if (!grown) {
+					free(cuts);
+					free(taken);
+					return -ENOMEM;
+				}
+				cuts = grown;
+			}
+			cuts[n++] = (struct cut){ .pos = at, .id = id };
+			for (i = 0; i < plen; i++)
+				taken[(at + i) / 8] |= (uint8_t)(1u << ((at + i) % 8));
 			from = at + plen;
 		}
 	}
+	free(taken);
+	if (n > 1)
+		qsort(cuts, n, sizeof(*cuts), cut_order);
+	*out = cuts;
+	return (int64_t)n;
 }
 
 static int encode_bpe(const struct rs_tokenizer *tok, const char *text, size_t len, uint32_t *ids,
 		      size_t max_ids, size_t *n_ids)
 {
-	struct bpe_scratch sc = {
-		.syms = malloc(len * sizeof(struct bpe_symbol)),
-		.heap.items = malloc(3 * len * sizeof(struct bpe_pair)),
-		.spelled = malloc(2 * len),
-	};
-	int32_t *mark = tok->n_user_defined ? malloc(len * sizeof(int32_t)) : NULL;
+	struct bpe_scratch sc = { 0 };
+	struct cut *cuts = NULL;
 	const uint8_t *s = (const uint8_t *)text;
-	int ret = -ENOMEM;
-	if (!sc.syms || !sc.heap.items || !sc.spelled || (tok->n_user_defined && !mark))
-		goto out;
-	if (!mark) {
-		ret = bpe_stretch(tok, s, len, &sc, ids, max_ids, n_ids);
-		goto out;
+	int64_t n_cuts = tok->n_user_defined ? find_cuts(tok, text, len, &cuts) : 0;
+	int ret = n_cuts < 0 ? (int)n_cuts : 0;
+	size_t pos = 0;
+	for (int64_t k = 0; k < n_cuts && !ret; k++) {
+		ret = bpe_stretch(tok, s + pos, cuts[k].pos - pos, &sc, ids, max_ids, n_ids);
+		if (!ret)
+			ret = emit(ids, max_ids, n_ids, (int32_t)cuts[k].id);
+		pos = cuts[k].pos + piece_len(tok, cuts[k].id);
 	}
-	mark_user_defined(tok, text, len, mark);
-	ret = 0;
-	for (size_t pos = 0; pos < len && !ret;) {
-		if (mark[pos] >= 0) {
-			ret = emit(ids, max_ids, n_ids, mark[pos]);
-			pos += piece_len(tok, (uint32_t)mark[pos]);
-			continue;
-		}
-		size_t end = pos;
-		while (end < len && mark[end] == MARK_TEXT)
-			end++;
-		ret = bpe_stretch(tok, s + pos, end - pos, &sc, ids, max_ids, n_ids);
-		pos = end;
-	}
-out:
+	if (!ret)
+		ret = bpe_stretch(tok, s + pos, len - pos, &sc, ids, max_ids, n_ids);
+	free(cuts);
 	free(sc.syms);
 	free(sc.heap.items);
 	free(sc.spelled);
-	free(mark);
 	return ret;
 }
 
