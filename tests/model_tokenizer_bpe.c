@@ -194,9 +194,17 @@ static void test_encode(void)
 static void expect_words(enum rs_pretokenizer pre, const char *text, const char *expected)
 {
 	char got[256];
+	uint8_t starts[32] = {0};
 	size_t len = strlen(text), used = 0;
+	if (rs_pretokenize_is_sequence(pre))
+		rs_pretokenize_split(pre, (const uint8_t *)text, len, starts);
 	for (size_t pos = 0; pos < len;) {
-		size_t n = rs_pretokenize_next(pre, (const uint8_t *)text + pos, len - pos);
+		size_t n = 1;
+		if (!rs_pretokenize_is_sequence(pre))
+			n = rs_pretokenize_next(pre, (const uint8_t *)text + pos, len - pos);
+		else
+			while (pos + n < len && !(starts[(pos + n) / 8] & (1u << ((pos + n) % 8))))
+				n++;
 		if (pos)
 			got[used++] = '|';
 		memcpy(got + used, text + pos, n);
@@ -241,6 +249,13 @@ static void test_pretokenizers(void)
 	expect_words(RS_PRETOK_QWEN2, "e\xcc\x81x 12", "e|\xcc\x81x| |1|2");
 	expect_words(RS_PRETOK_QWEN35, "e\xcc\x81x 12", "e\xcc\x81x| |1|2");
 	expect_words(RS_PRETOK_QWEN35, "!\xcc\x81", "!\xcc\x81");
+	/* DeepSeek Coder: [\r\n], then \s?\p{L}+, \s?\p{P}+, [一-龥ࠀ-一가-퟿]+, \p{N} in turn,
+	 * each within the pieces the previous left (日本 are letters, so \s?\p{L}+ takes 日本x
+	 * whole before the CJK range splits it). */
+	expect_words(RS_PRETOK_DEEPSEEK_CODER, "a1 b\n\xe6\x97\xa5\xe6\x9c\xacx",
+		     "a|1| b|\n|\xe6\x97\xa5\xe6\x9c\xac|x");
+	expect_words(RS_PRETOK_DEEPSEEK_CODER, "x, y", "x|,| y");
+	expect_words(RS_PRETOK_DEEPSEEK_CODER, " ,,a", " ,,|a");
 	/* StarCoder: digits apart, then GPT-2's within the stretches between them. */
 	expect_words(RS_PRETOK_DIGITS_GPT2, "a12 b", "a|1|2| b");
 	expect_words(RS_PRETOK_DIGITS_GPT2, "x  3", "x|  |3");

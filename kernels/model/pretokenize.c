@@ -35,15 +35,16 @@ static bool is_other(const struct cursor *c, uint32_t flags)
 	return !(flags & (c->letter | RS_UNICODE_NUMBER | RS_UNICODE_SPACE));
 }
 
-/* End of the run of characters from pos whose flags satisfy want: letters, numbers or
+/* End of the run of characters from pos of one class: letters, numbers, punctuation or
  * "other" (at most max characters). */
-enum run_class { RUN_LETTER, RUN_NUMBER, RUN_OTHER };
+enum run_class { RUN_LETTER, RUN_NUMBER, RUN_PUNCT, RUN_OTHER };
 static size_t run_end(const struct cursor *c, size_t pos, enum run_class cls, size_t max)
 {
 	uint32_t cp, flags, n;
 	for (size_t count = 0; count < max && (n = peek(c, pos, &cp, &flags)); count++) {
 		bool in = cls == RUN_LETTER   ? (flags & c->letter)
 			  : cls == RUN_NUMBER ? (flags & RS_UNICODE_NUMBER)
+			  : cls == RUN_PUNCT  ? (flags & RS_UNICODE_PUNCT)
 					      : is_other(c, flags);
 		if (!in)
 			break;
@@ -168,6 +169,93 @@ static size_t next_llama3(const struct cursor *c, size_t max_digits)
 	return trailing_space(c, &r);
 }
 
+/* DeepSeek Coder: five isolating splits in turn, each finding all its (leftmost, greedy)
+ * matches within the pieces the previous ones left; a match and each stretch between
+ * matches become pieces:
+ *   [\r\n]   \s?\p{L}+   \s?\p{P}+   [一-龥ࠀ-一가-퟿]+   \p{N}
+ * Returns the length of stage's match at byte pos of the piece c, or 0. */
+static size_t match_deepseek_coder(int stage, const struct cursor *c, size_t pos)
+{
+	uint32_t c0 = 0, f0 = 0, c1 = 0, f1 = 0;
+	uint32_t n0 = peek(c, pos, &c0, &f0);
+	switch (stage) {
+	case 0:
+		return (c0 == '\r' || c0 == '\n') ? n0 : 0;
+	case 1:
+	case 2: {
+		enum run_class cls = stage == 1 ? RUN_LETTER : RUN_PUNCT;
+		uint32_t want = stage == 1 ? RS_UNICODE_LETTER : RS_UNICODE_PUNCT;
+		if (f0 & want)
+			return run_end(c, pos, cls, SIZE_MAX) - pos;
+		uint32_t n1 = peek(c, pos + n0, &c1, &f1);
+		if ((f0 & RS_UNICODE_SPACE) && n1 && (f1 & want))
+			return run_end(c, pos + n0, cls, SIZE_MAX) - pos;
+		return 0;
+	}
+	case 3: {
+		size_t q = pos;
+		uint32_t cp, flags, n;
+		/* 一-龥 (U+4E00-9FA5) and ࠀ-一 (U+0800-4E00) make one range; 가-퟿ (U+AC00-D7FF)
+		 */
+		while ((n = peek(c, q, &cp, &flags)) &&
+		       ((cp >= 0x800 && cp <= 0x9fa5) || (cp >= 0xac00 && cp <= 0xd7ff)))
+			q += n;
+		return q - pos;
+	}
+	default:
+		return (f0 & RS_UNICODE_NUMBER) ? n0 : 0;
+	}
+}
+
+static bool bit(const uint8_t *bits, size_t i)
+{
+	return bits[i / 8] & (1u << (i % 8));
+}
+
+static void set_bit(uint8_t *bits, size_t i)
+{
+	bits[i / 8] |= (uint8_t)(1u << (i % 8));
+}
+
+int rs_pretokenize_is_sequence(enum rs_pretokenizer pre)
+{
+	return pre == RS_PRETOK_DEEPSEEK_CODER;
+}
+
+void rs_pretokenize_split(enum rs_pretokenizer pre, const uint8_t *text, size_t len,
+			  uint8_t *starts)
+{
+	if (len == 0)
+		return;
+	set_bit(starts, 0);
+	if (pre != RS_PRETOK_DEEPSEEK_CODER)
+		return;
+	for (int stage = 0; stage < 5; stage++) {
+		for (size_t start = 0; start < len;) {
+			size_t end = start + 1;
+			while (end < len && !bit(starts, end))
+				end++;
+			/* The piece [start, end): split it at this stage's matches. Marking
+			 * inside it leaves its own end as the loop found it. */
+			struct cursor c = {
+			    .s = text + start, .len = end - start, .letter = RS_UNICODE_LETTER};
+			for (size_t pos = 0; pos < c.len;) {
+				size_t m = match_deepseek_coder(stage, &c, pos);
+				if (m) {
+					set_bit(starts, start + pos);
+					if (pos + m < c.len)
+						set_bit(starts, start + pos + m);
+					pos += m;
+				} else {
+					uint32_t cp;
+					pos += rs_utf8_decode(c.s + pos, c.len - pos, &cp);
+				}
+			}
+			start = end;
+		}
+	}
+}
+
 size_t rs_pretokenize_next(enum rs_pretokenizer pre, const uint8_t *text, size_t len)
 {
 	struct cursor c = {.s = text, .len = len, .letter = RS_UNICODE_LETTER};
@@ -208,7 +296,7 @@ static const struct {
 	enum rs_pretokenizer pre;
 	int ignore_merges;
 } names[] = {
-	/* clang-format off */
+    /* clang-format off */
 	{ "llama-bpe", RS_PRETOK_LLAMA3, 1 },
 	{ "llama3", RS_PRETOK_LLAMA3, 1 },
 	{ "llama-v3", RS_PRETOK_LLAMA3, 1 },
@@ -225,6 +313,7 @@ static const struct {
 	{ "deepseek-r1-qwen", RS_PRETOK_QWEN2, 0 },
 	{ "stablelm2", RS_PRETOK_QWEN2, 0 },
 	{ "qwen35", RS_PRETOK_QWEN35, 0 },
+	{ "deepseek-coder", RS_PRETOK_DEEPSEEK_CODER, 0 },
 	{ "starcoder", RS_PRETOK_DIGITS_GPT2, 0 },
 	{ "refact", RS_PRETOK_DIGITS_GPT2, 0 },
 	{ "command-r", RS_PRETOK_DIGITS_GPT2, 0 },
@@ -232,7 +321,7 @@ static const struct {
 	{ "codeshell", RS_PRETOK_DIGITS_GPT2, 0 },
 	{ "exaone", RS_PRETOK_DIGITS_GPT2, 0 },
 	{ "minerva-7b", RS_PRETOK_DIGITS_GPT2, 0 },
-	/* clang-format on */
+    /* clang-format on */
 };
 
 int rs_pretokenizer_from_name(const char *name, size_t len, int *ignore_merges)

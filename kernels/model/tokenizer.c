@@ -746,14 +746,29 @@ static int bpe_word(const struct rs_tokenizer *tok, const uint8_t *word, size_t 
 static int bpe_stretch(const struct rs_tokenizer *tok, const uint8_t *s, size_t len,
 		       struct bpe_scratch *sc, uint32_t *ids, size_t max_ids, size_t *n_ids)
 {
-	for (size_t pos = 0; pos < len;) {
-		size_t n = rs_pretokenize_next((enum rs_pretokenizer)tok->pre, s + pos, len - pos);
-		int ret = bpe_word(tok, s + pos, n, sc, ids, max_ids, n_ids);
-		if (ret)
-			return ret;
+	enum rs_pretokenizer pre = (enum rs_pretokenizer)tok->pre;
+	int ret = 0;
+	if (len && rs_pretokenize_is_sequence(pre)) {
+		uint8_t *starts = calloc(len / 8 + 1, 1);
+		if (!starts)
+			return -ENOMEM;
+		rs_pretokenize_split(pre, s, len, starts);
+		for (size_t pos = 0; pos < len && !ret;) {
+			size_t end = pos + 1;
+			while (end < len && !(starts[end / 8] & (1u << (end % 8))))
+				end++;
+			ret = bpe_word(tok, s + pos, end - pos, sc, ids, max_ids, n_ids);
+			pos = end;
+		}
+		free(starts);
+		return ret;
+	}
+	for (size_t pos = 0; pos < len && !ret;) {
+		size_t n = rs_pretokenize_next(pre, s + pos, len - pos);
+		ret = bpe_word(tok, s + pos, n, sc, ids, max_ids, n_ids);
 		pos += n;
 	}
-	return 0;
+	return ret;
 }
 
 /* Where a USER_DEFINED token cuts the text. */
