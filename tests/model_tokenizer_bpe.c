@@ -249,13 +249,19 @@ static void test_pretokenizers(void)
 	expect_words(RS_PRETOK_QWEN2, "e\xcc\x81x 12", "e|\xcc\x81x| |1|2");
 	expect_words(RS_PRETOK_QWEN35, "e\xcc\x81x 12", "e\xcc\x81x| |1|2");
 	expect_words(RS_PRETOK_QWEN35, "!\xcc\x81", "!\xcc\x81");
-	/* DeepSeek Coder: [\r\n], then \s?\p{L}+, \s?\p{P}+, [一-龥ࠀ-一가-퟿]+, \p{N} in turn,
-	 * each within the pieces the previous left (日本 are letters, so \s?\p{L}+ takes 日本x
-	 * whole before the CJK range splits it). */
+	/* DeepSeek Coder: [\r\n], then \s?\p{L}+, \s?\p{P}+, [一-龥ࠀ-一가-퟿]+, \p{N} in
+	 * turn, each within the pieces the previous left (日本 are letters, so \s?\p{L}+ takes
+	 * 日本x whole before the CJK range splits it). */
 	expect_words(RS_PRETOK_DEEPSEEK_CODER, "a1 b\n\xe6\x97\xa5\xe6\x9c\xacx",
 		     "a|1| b|\n|\xe6\x97\xa5\xe6\x9c\xac|x");
 	expect_words(RS_PRETOK_DEEPSEEK_CODER, "x, y", "x|,| y");
 	expect_words(RS_PRETOK_DEEPSEEK_CODER, " ,,a", " ,,|a");
+	/* DeepSeek LLM: [\r\n], \s?[cased letters]+, \s?[!-/:-~...]+, \s+$, the CJK range,
+	 * \p{N}+ (U+01BB is a letter of no case: not one of its letters). */
+	expect_words(RS_PRETOK_DEEPSEEK_LLM, "Hi  there\n", "Hi| | there|\n");
+	expect_words(RS_PRETOK_DEEPSEEK_LLM, "ab  ", "ab|  ");
+	expect_words(RS_PRETOK_DEEPSEEK_LLM, "x 123", "x| |123");
+	expect_words(RS_PRETOK_DEEPSEEK_LLM, "a\xc6\xbb" "b", "a|\xc6\xbb|b");
 	/* StarCoder: digits apart, then GPT-2's within the stretches between them. */
 	expect_words(RS_PRETOK_DIGITS_GPT2, "a12 b", "a|1|2| b");
 	expect_words(RS_PRETOK_DIGITS_GPT2, "x  3", "x|  |3");

@@ -169,42 +169,141 @@ static size_t next_llama3(const struct cursor *c, size_t max_digits)
 	return trailing_space(c, &r);
 }
 
-/* DeepSeek Coder: five isolating splits in turn, each finding all its (leftmost, greedy)
+/* Sequences of isolating splits: each regex in turn finds all its (leftmost, greedy)
  * matches within the pieces the previous ones left; a match and each stretch between
- * matches become pieces:
- *   [\r\n]   \s?\p{L}+   \s?\p{P}+   [一-龥ࠀ-一가-퟿]+   \p{N}
- * Returns the length of stage's match at byte pos of the piece c, or 0. */
-static size_t match_deepseek_coder(int stage, const struct cursor *c, size_t pos)
+ * matches become pieces.
+ *
+ * DeepSeek Coder:  [\r\n]   \s?\p{L}+   \s?\p{P}+   [一-龥ࠀ-一가-퟿]+   \p{N}
+ * DeepSeek LLM:    [\r\n]   \s?[A-Za-zµÀ-ÖØ-ö...]+   \s?[!-/:-~！-／：-～‘-‟　-。]+   \s+$
+ *                  [一-龥ࠀ-一가-퟿]+   \p{N}+
+ * (DeepSeek LLM's letters are the cased letters its tokenizer.json lists, as ranges.) */
+struct cp_range {
+	uint32_t lo, hi;
+};
+/* clang-format off */
+static const struct cp_range deepseek_letters[] = {
+	{ 0x41, 0x5a }, { 0x61, 0x7a }, { 0xb5, 0xb5 }, { 0xc0, 0xd6 }, { 0xd8, 0xf6 },
+	{ 0xf8, 0x1ba }, { 0x1bc, 0x1bf }, { 0x1c4, 0x293 }, { 0x295, 0x2af }, { 0x370, 0x373 },
+	{ 0x376, 0x377 }, { 0x37b, 0x37d }, { 0x37f, 0x37f }, { 0x386, 0x386 }, { 0x388, 0x38a },
+	{ 0x38c, 0x38c }, { 0x38e, 0x3a1 }, { 0x3a3, 0x3f5 }, { 0x3f7, 0x481 }, { 0x48a, 0x52f },
+	{ 0x531, 0x556 }, { 0x10a0, 0x10c5 }, { 0x13a0, 0x13f5 }, { 0x13f8, 0x13fd },
+	{ 0x1c90, 0x1cba }, { 0x1cbd, 0x1cbf }, { 0x1d00, 0x1d2b }, { 0x1d6b, 0x1d77 },
+	{ 0x1d79, 0x1d9a }, { 0x1e00, 0x1f15 }, { 0x1f18, 0x1f1d }, { 0x1f20, 0x1f45 },
+	{ 0x1f48, 0x1f4d }, { 0x1f50, 0x1f57 }, { 0x1f59, 0x1f59 }, { 0x1f5b, 0x1f5b },
+	{ 0x1f5d, 0x1f5d }, { 0x1f5f, 0x1f7d }, { 0x1f80, 0x1fb4 }, { 0x1fb6, 0x1fbc },
+	{ 0x1fbe, 0x1fbe }, { 0x1fc2, 0x1fc4 }, { 0x1fc6, 0x1fcc }, { 0x1fd0, 0x1fd3 },
+	{ 0x1fd6, 0x1fdb }, { 0x1fe0, 0x1fec }, { 0x1ff2, 0x1ff4 }, { 0x1ff6, 0x1ffc },
+	{ 0x2102, 0x2102 }, { 0x2107, 0x2107 }, { 0x210a, 0x2113 }, { 0x2115, 0x2115 },
+	{ 0x2119, 0x211d }, { 0x2124, 0x2124 }, { 0x2126, 0x2126 }, { 0x2128, 0x2128 },
+	{ 0x212a, 0x212d }, { 0x212f, 0x2134 }, { 0x2139, 0x2139 }, { 0x213c, 0x213f },
+	{ 0x2145, 0x2149 }, { 0x214e, 0x214e }, { 0x2183, 0x2184 }, { 0x2c00, 0x2c7b },
+	{ 0x2c7e, 0x2ce4 }, { 0x2ceb, 0x2cee }, { 0x2cf2, 0x2cf3 }, { 0xa640, 0xa66d },
+	{ 0xa680, 0xa69b }, { 0xa722, 0xa76f }, { 0xa771, 0xa787 }, { 0xa78b, 0xa78e },
+	{ 0xab70, 0xabbf }, { 0xfb00, 0xfb06 }, { 0xfb13, 0xfb17 }, { 0xff21, 0xff3a },
+	{ 0xff41, 0xff5a }, { 0x10400, 0x1044f }, { 0x104b0, 0x104d3 }, { 0x104d8, 0x104fb },
+	{ 0x10c80, 0x10cb2 }, { 0x10cc0, 0x10cf2 }, { 0x118a0, 0x118df }, { 0x1e900, 0x1e943 },
+};
+static const struct cp_range deepseek_punct[] = {
+	{ 0x21, 0x2f }, { 0x3a, 0x7e }, { 0xff01, 0xff0f }, { 0xff1a, 0xff5e }, { 0x2018, 0x201f },
+	{ 0x3000, 0x3002 },
+};
+/* clang-format on */
+
+static bool in_ranges(const struct cp_range *r, size_t n, uint32_t cp)
 {
-	uint32_t c0 = 0, f0 = 0, c1 = 0, f1 = 0;
+	for (size_t i = 0; i < n; i++)
+		if (cp >= r[i].lo && cp <= r[i].hi)
+			return true;
+	return false;
+}
+
+/* What a character is for the sequences' classes: RS_UNICODE_* flags, plus these. */
+#define CLASS_CJK	0x100u /* [一-龥ࠀ-一가-퟿] */
+#define CLASS_DS_LETTER 0x200u /* DeepSeek LLM's letters */
+#define CLASS_DS_PUNCT	0x400u /* DeepSeek LLM's punctuation */
+static uint32_t seq_class(uint32_t cp, uint32_t flags)
+{
+	/* 一-龥 (U+4E00-9FA5) and ࠀ-一 (U+0800-4E00) make one range; 가-퟿ (U+AC00-D7FF) */
+	if ((cp >= 0x800 && cp <= 0x9fa5) || (cp >= 0xac00 && cp <= 0xd7ff))
+		flags |= CLASS_CJK;
+	if (cp < 0x20000 &&
+	    in_ranges(deepseek_letters, sizeof(deepseek_letters) / sizeof(deepseek_letters[0]), cp))
+		flags |= CLASS_DS_LETTER;
+	if (in_ranges(deepseek_punct, sizeof(deepseek_punct) / sizeof(deepseek_punct[0]), cp))
+		flags |= CLASS_DS_PUNCT;
+	return flags;
+}
+
+/* End of the run from pos of characters of class want (at most max of them). */
+static size_t class_run(const struct cursor *c, size_t pos, uint32_t want, size_t max)
+{
+	uint32_t cp, flags, n;
+	for (size_t count = 0; count < max && (n = peek(c, pos, &cp, &flags)); count++) {
+		if (!(seq_class(cp, flags) & want))
+			break;
+		pos += n;
+	}
+	return pos;
+}
+
+/* \s?[want]+ at pos: the match's length, or 0. */
+static size_t space_then_run(const struct cursor *c, size_t pos, uint32_t want)
+{
+	uint32_t c0, f0, c1, f1;
 	uint32_t n0 = peek(c, pos, &c0, &f0);
-	switch (stage) {
-	case 0:
-		return (c0 == '\r' || c0 == '\n') ? n0 : 0;
-	case 1:
-	case 2: {
-		enum run_class cls = stage == 1 ? RUN_LETTER : RUN_PUNCT;
-		uint32_t want = stage == 1 ? RS_UNICODE_LETTER : RS_UNICODE_PUNCT;
-		if (f0 & want)
-			return run_end(c, pos, cls, SIZE_MAX) - pos;
-		uint32_t n1 = peek(c, pos + n0, &c1, &f1);
-		if ((f0 & RS_UNICODE_SPACE) && n1 && (f1 & want))
-			return run_end(c, pos + n0, cls, SIZE_MAX) - pos;
-		return 0;
+	if (seq_class(c0, f0) & want)
+		return class_run(c, pos, want, SIZE_MAX) - pos;
+	uint32_t n1 = peek(c, pos + n0, &c1, &f1);
+	if ((f0 & RS_UNICODE_SPACE) && n1 && (seq_class(c1, f1) & want))
+		return class_run(c, pos + n0, want, SIZE_MAX) - pos;
+	return 0;
+}
+
+/* One stage of a sequence: \s?WANT+ (space_run), WANT+ (run), WANT (one character), or
+ * \s+$ (trailing). */
+enum stage_kind { ONE, RUN, SPACE_RUN, TRAILING };
+struct stage {
+	enum stage_kind kind;
+	uint32_t want;
+};
+#define NEWLINE_CLASS 0x800u /* [\r\n], set by stage_match itself */
+static const struct stage deepseek_coder_stages[] = {
+    {ONE, NEWLINE_CLASS}, {SPACE_RUN, RS_UNICODE_LETTER}, {SPACE_RUN, RS_UNICODE_PUNCT},
+    {RUN, CLASS_CJK},	  {ONE, RS_UNICODE_NUMBER},
+};
+static const struct stage deepseek_llm_stages[] = {
+    {ONE, NEWLINE_CLASS},
+    {SPACE_RUN, CLASS_DS_LETTER},
+    {SPACE_RUN, CLASS_DS_PUNCT},
+    {TRAILING, RS_UNICODE_SPACE},
+    {RUN, CLASS_CJK},
+    {RUN, RS_UNICODE_NUMBER},
+};
+
+/* The stage's match at pos of piece c: its length, or 0 and *skip, how far on the next
+ * match can start at the earliest. */
+static size_t stage_match(const struct stage *st, const struct cursor *c, size_t pos, size_t *skip)
+{
+	uint32_t cp = 0, flags = 0;
+	uint32_t n = peek(c, pos, &cp, &flags);
+	*skip = n ? n : 1;
+	if (st->kind == ONE) {
+		uint32_t cls =
+		    seq_class(cp, flags) | ((cp == '\r' || cp == '\n') ? NEWLINE_CLASS : 0);
+		return (cls & st->want) ? n : 0;
 	}
-	case 3: {
-		size_t q = pos;
-		uint32_t cp, flags, n;
-		/* 一-龥 (U+4E00-9FA5) and ࠀ-一 (U+0800-4E00) make one range; 가-퟿ (U+AC00-D7FF)
-		 */
-		while ((n = peek(c, q, &cp, &flags)) &&
-		       ((cp >= 0x800 && cp <= 0x9fa5) || (cp >= 0xac00 && cp <= 0xd7ff)))
-			q += n;
-		return q - pos;
-	}
-	default:
-		return (f0 & RS_UNICODE_NUMBER) ? n0 : 0;
-	}
+	if (st->kind == RUN)
+		return class_run(c, pos, st->want, SIZE_MAX) - pos;
+	if (st->kind == SPACE_RUN)
+		return space_then_run(c, pos, st->want);
+	/* \s+$: a whitespace run that reaches the piece's end; one that does not cannot
+	 * end a match anywhere inside it either. */
+	size_t end = class_run(c, pos, RS_UNICODE_SPACE, SIZE_MAX);
+	if (end == c->len && end > pos)
+		return end - pos;
+	if (end > pos)
+		*skip = end - pos;
+	return 0;
 }
 
 static bool bit(const uint8_t *bits, size_t i)
@@ -219,18 +318,25 @@ static void set_bit(uint8_t *bits, size_t i)
 
 int rs_pretokenize_is_sequence(enum rs_pretokenizer pre)
 {
-	return pre == RS_PRETOK_DEEPSEEK_CODER;
+	return pre == RS_PRETOK_DEEPSEEK_CODER || pre == RS_PRETOK_DEEPSEEK_LLM;
 }
 
 void rs_pretokenize_split(enum rs_pretokenizer pre, const uint8_t *text, size_t len,
 			  uint8_t *starts)
 {
+	const struct stage *stages = NULL;
+	size_t n_stages = 0;
+	if (pre == RS_PRETOK_DEEPSEEK_CODER) {
+		stages = deepseek_coder_stages;
+		n_stages = sizeof(deepseek_coder_stages) / sizeof(deepseek_coder_stages[0]);
+	} else if (pre == RS_PRETOK_DEEPSEEK_LLM) {
+		stages = deepseek_llm_stages;
+		n_stages = sizeof(deepseek_llm_stages) / sizeof(deepseek_llm_stages[0]);
+	}
 	if (len == 0)
 		return;
 	set_bit(starts, 0);
-	if (pre != RS_PRETOK_DEEPSEEK_CODER)
-		return;
-	for (int stage = 0; stage < 5; stage++) {
+	for (size_t stage = 0; stage < n_stages; stage++) {
 		for (size_t start = 0; start < len;) {
 			size_t end = start + 1;
 			while (end < len && !bit(starts, end))
@@ -240,15 +346,14 @@ void rs_pretokenize_split(enum rs_pretokenizer pre, const uint8_t *text, size_t 
 			struct cursor c = {
 			    .s = text + start, .len = end - start, .letter = RS_UNICODE_LETTER};
 			for (size_t pos = 0; pos < c.len;) {
-				size_t m = match_deepseek_coder(stage, &c, pos);
+				size_t skip, m = stage_match(&stages[stage], &c, pos, &skip);
 				if (m) {
 					set_bit(starts, start + pos);
 					if (pos + m < c.len)
 						set_bit(starts, start + pos + m);
 					pos += m;
 				} else {
-					uint32_t cp;
-					pos += rs_utf8_decode(c.s + pos, c.len - pos, &cp);
+					pos += skip;
 				}
 			}
 			start = end;
@@ -314,6 +419,7 @@ static const struct {
 	{ "stablelm2", RS_PRETOK_QWEN2, 0 },
 	{ "qwen35", RS_PRETOK_QWEN35, 0 },
 	{ "deepseek-coder", RS_PRETOK_DEEPSEEK_CODER, 0 },
+	{ "deepseek-llm", RS_PRETOK_DEEPSEEK_LLM, 0 },
 	{ "starcoder", RS_PRETOK_DIGITS_GPT2, 0 },
 	{ "refact", RS_PRETOK_DIGITS_GPT2, 0 },
 	{ "command-r", RS_PRETOK_DIGITS_GPT2, 0 },

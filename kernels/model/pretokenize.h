@@ -19,6 +19,7 @@ enum rs_pretokenizer {
 				       * own, then GPT-2's within the rest */
 	RS_PRETOK_QWEN35 = 5,	      /* Qwen3.5: Qwen2's with marks as letters */
 	RS_PRETOK_DEEPSEEK_CODER = 6, /* DeepSeek Coder: a sequence of splits (see below) */
+	RS_PRETOK_DEEPSEEK_LLM = 7,   /* DeepSeek LLM: a sequence of splits */
 	RS_PRETOK_COUNT
 };
 
