@@ -150,6 +150,8 @@ static void test_encode(void)
 	expect_ids(tok, "\xc3\xa9", IDS(261));		 /* é's two bytes merge */
 	expect_ids(tok, "x<tool>y", IDS('x', 263, 'y')); /* user-defined: cut out */
 	expect_ids(tok, "<tool>xy", IDS(268, 'y'));	 /* the longer one first */
+	expect_ids(tok, "<tool><tool>x", IDS(263, 268)); /* the longer one wherever it is */
+	expect_ids(tok, "<tool>x<tool>", IDS(268, 263));
 	expect_ids(tok, "<|end|>", IDS('<', '|', 'e', 'n', 'd', '|', '>')); /* control: no */
 	expect_ids(tok, "a  b", IDS('a', ' ', ' ', 'b'));		    /* "a", " ", " b" */
 	expect_ids(tok, " a", IDS(259));
@@ -261,7 +263,10 @@ static void test_pretokenizers(void)
 	expect_words(RS_PRETOK_DEEPSEEK_LLM, "Hi  there\n", "Hi| | there|\n");
 	expect_words(RS_PRETOK_DEEPSEEK_LLM, "ab  ", "ab|  ");
 	expect_words(RS_PRETOK_DEEPSEEK_LLM, "x 123", "x| |123");
-	expect_words(RS_PRETOK_DEEPSEEK_LLM, "a\xc6\xbb" "b", "a|\xc6\xbb|b");
+	expect_words(RS_PRETOK_DEEPSEEK_LLM,
+		     "a\xc6\xbb"
+		     "b",
+		     "a|\xc6\xbb|b");
 	/* StarCoder: digits apart, then GPT-2's within the stretches between them. */
 	expect_words(RS_PRETOK_DIGITS_GPT2, "a12 b", "a|1|2| b");
 	expect_words(RS_PRETOK_DIGITS_GPT2, "x  3", "x|  |3");

@@ -204,16 +204,24 @@ static const struct cp_range deepseek_letters[] = {
 	{ 0x10c80, 0x10cb2 }, { 0x10cc0, 0x10cf2 }, { 0x118a0, 0x118df }, { 0x1e900, 0x1e943 },
 };
 static const struct cp_range deepseek_punct[] = {
-	{ 0x21, 0x2f }, { 0x3a, 0x7e }, { 0xff01, 0xff0f }, { 0xff1a, 0xff5e }, { 0x2018, 0x201f },
-	{ 0x3000, 0x3002 },
+	{ 0x21, 0x2f }, { 0x3a, 0x7e }, { 0x2018, 0x201f }, { 0x3000, 0x3002 }, { 0xff01, 0xff0f },
+	{ 0xff1a, 0xff5e },
 };
 /* clang-format on */
 
+/* Whether cp is in one of n ranges sorted by lo and disjoint (a binary search). */
 static bool in_ranges(const struct cp_range *r, size_t n, uint32_t cp)
 {
-	for (size_t i = 0; i < n; i++)
-		if (cp >= r[i].lo && cp <= r[i].hi)
+	size_t lo = 0, hi = n;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (cp < r[mid].lo)
+			hi = mid;
+		else if (cp > r[mid].hi)
+			lo = mid + 1;
+		else
 			return true;
+	}
 	return false;
 }
 
@@ -221,17 +229,19 @@ static bool in_ranges(const struct cp_range *r, size_t n, uint32_t cp)
 #define CLASS_CJK	0x100u /* [一-龥ࠀ-一가-퟿] */
 #define CLASS_DS_LETTER 0x200u /* DeepSeek LLM's letters */
 #define CLASS_DS_PUNCT	0x400u /* DeepSeek LLM's punctuation */
-static uint32_t seq_class(uint32_t cp, uint32_t flags)
+/* The classes among want that cp (whose RS_UNICODE_* flags are flags) is in. */
+static uint32_t seq_class(uint32_t cp, uint32_t flags, uint32_t want)
 {
 	/* 一-龥 (U+4E00-9FA5) and ࠀ-一 (U+0800-4E00) make one range; 가-퟿ (U+AC00-D7FF) */
-	if ((cp >= 0x800 && cp <= 0x9fa5) || (cp >= 0xac00 && cp <= 0xd7ff))
+	if ((want & CLASS_CJK) && ((cp >= 0x800 && cp <= 0x9fa5) || (cp >= 0xac00 && cp <= 0xd7ff)))
 		flags |= CLASS_CJK;
-	if (cp < 0x20000 &&
+	if ((want & CLASS_DS_LETTER) &&
 	    in_ranges(deepseek_letters, sizeof(deepseek_letters) / sizeof(deepseek_letters[0]), cp))
 		flags |= CLASS_DS_LETTER;
-	if (in_ranges(deepseek_punct, sizeof(deepseek_punct) / sizeof(deepseek_punct[0]), cp))
+	if ((want & CLASS_DS_PUNCT) &&
+	    in_ranges(deepseek_punct, sizeof(deepseek_punct) / sizeof(deepseek_punct[0]), cp))
 		flags |= CLASS_DS_PUNCT;
-	return flags;
+	return flags & want;
 }
 
 /* End of the run from pos of characters of class want (at most max of them). */
@@ -239,7 +249,7 @@ static size_t class_run(const struct cursor *c, size_t pos, uint32_t want, size_
 {
 	uint32_t cp, flags, n;
 	for (size_t count = 0; count < max && (n = peek(c, pos, &cp, &flags)); count++) {
-		if (!(seq_class(cp, flags) & want))
+		if (!seq_class(cp, flags, want))
 			break;
 		pos += n;
 	}
@@ -251,10 +261,10 @@ static size_t space_then_run(const struct cursor *c, size_t pos, uint32_t want)
 {
 	uint32_t c0, f0, c1, f1;
 	uint32_t n0 = peek(c, pos, &c0, &f0);
-	if (seq_class(c0, f0) & want)
+	if (seq_class(c0, f0, want))
 		return class_run(c, pos, want, SIZE_MAX) - pos;
 	uint32_t n1 = peek(c, pos + n0, &c1, &f1);
-	if ((f0 & RS_UNICODE_SPACE) && n1 && (seq_class(c1, f1) & want))
+	if ((f0 & RS_UNICODE_SPACE) && n1 && seq_class(c1, f1, want))
 		return class_run(c, pos + n0, want, SIZE_MAX) - pos;
 	return 0;
 }
@@ -288,8 +298,8 @@ static size_t stage_match(const struct stage *st, const struct cursor *c, size_t
 	uint32_t n = peek(c, pos, &cp, &flags);
 	*skip = n ? n : 1;
 	if (st->kind == ONE) {
-		uint32_t cls =
-		    seq_class(cp, flags) | ((cp == '\r' || cp == '\n') ? NEWLINE_CLASS : 0);
+		uint32_t cls = seq_class(cp, flags, st->want) |
+			       ((cp == '\r' || cp == '\n') ? NEWLINE_CLASS : 0);
 		return (cls & st->want) ? n : 0;
 	}
 	if (st->kind == RUN)

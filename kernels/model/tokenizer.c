@@ -45,8 +45,12 @@ struct rs_tokenizer {
 	uint32_t merge_mask;
 	uint16_t byte_cp[256];     /* byte -> code point of its character */
 	int16_t cp_byte[324];      /* code point (< 324) -> byte, -1 when none */
-	uint32_t *user_defined;    /* USER_DEFINED ids, longest piece first, then lowest id */
-	uint32_t n_user_defined;
+	uint32_t n_user_defined;   /* USER_DEFINED tokens (non-empty pieces) */
+	uint32_t *user_index;      /* just those, open addressing as match_index */
+	uint32_t user_mask;
+	uint8_t user_len[RS_TOKENIZER_MAX_PIECE / 8 + 1]; /* bit n: one of them is n bytes long */
+	uint32_t user_max_len;
+	uint8_t user_first[32];    /* bit b: one of them starts with byte b */
 };
 
 /* FNV-1a of n bytes. */
@@ -68,6 +72,16 @@ static size_t piece_len(const struct rs_tokenizer *tok, uint32_t id)
 static bool piece_eq(const struct rs_tokenizer *tok, uint32_t id, const char *s, size_t n)
 {
 	return piece_len(tok, id) == n && memcmp(tok->blob + tok->offsets[id], s, n) == 0;
+}
+
+/* The id whose piece is s[0..n), whose hash_bytes is hash, in an index, or -1. */
+static int32_t index_find_hashed(const struct rs_tokenizer *tok, const uint32_t *slots,
+				 uint32_t mask, uint64_t hash, const char *s, size_t n)
+{
+	for (uint64_t h = hash & mask; slots[h]; h = (h + 1) & mask)
+		if (piece_eq(tok, slots[h] - 1, s, n))
+			return (int32_t)(slots[h] - 1);
+	return -1;
 }
 
 /* The id whose piece is s[0..n) in an index, or -1. */
@@ -134,7 +148,7 @@ void rs_tokenizer_free(struct rs_tokenizer *tok)
 	free(tok->all_index);
 	free(tok->merge_pairs);
 	free(tok->merge_table);
-	free(tok->user_defined);
+	free(tok->user_index);
 	free(tok);
 }
 
@@ -210,12 +224,6 @@ static int parse_merge(const struct rs_tokenizer *tok, uint32_t rank, const char
 	return 0;
 }
 
-static int compare_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-	return x < y ? -1 : x > y;
-}
-
 /* The BPE parts of create: byte tokens, merges, user-defined tokens. */
 static int create_bpe(struct rs_tokenizer *tok, const struct rs_tokenizer_vocab *v, char *err,
 		      size_t err_size)
@@ -267,25 +275,28 @@ static int create_bpe(struct rs_tokenizer *tok, const struct rs_tokenizer_vocab 
 	}
 	tok->n_merges = v->n_merges;
 
-	/* USER_DEFINED tokens in the order text is cut at them: longest piece first, then
-	 * the lowest id (sorted as one key: (RS_TOKENIZER_MAX_PIECE - length) << 32 | id). */
-	uint64_t *keys = malloc(((size_t)tok->n + 1) * sizeof(*keys));
-	if (!keys)
-		return -ENOMEM;
-	uint32_t k = 0;
+	/* USER_DEFINED tokens: an index of their own, their lengths and first bytes, for
+	 * finding them in text (find_cuts). */
 	for (uint32_t i = 0; i < tok->n; i++)
-		if (tok->types[i] == RS_TOKEN_USER_DEFINED && piece_len(tok, i) > 0)
-			keys[k++] = ((uint64_t)(RS_TOKENIZER_MAX_PIECE - piece_len(tok, i)) << 32) | i;
-	qsort(keys, k, sizeof(*keys), compare_u64);
-	tok->user_defined = malloc(((size_t)k + 1) * sizeof(uint32_t));
-	if (!tok->user_defined) {
-		free(keys);
+		tok->n_user_defined += tok->types[i] == RS_TOKEN_USER_DEFINED && piece_len(tok, i);
+	cap = 16;
+	while (cap < 2 * tok->n_user_defined)
+		cap <<= 1;
+	tok->user_index = calloc(cap, sizeof(uint32_t));
+	if (!tok->user_index)
 		return -ENOMEM;
+	tok->user_mask = cap - 1;
+	for (uint32_t i = 0; i < tok->n; i++) {
+		size_t len = piece_len(tok, i);
+		if (tok->types[i] != RS_TOKEN_USER_DEFINED || !len)
+			continue;
+		index_insert(tok, tok->user_index, tok->user_mask, i);
+		uint8_t first = (uint8_t)tok->blob[tok->offsets[i]];
+		tok->user_first[first / 8] |= (uint8_t)(1u << (first % 8));
+		tok->user_len[len / 8] |= (uint8_t)(1u << (len % 8));
+		if (len > tok->user_max_len)
+			tok->user_max_len = (uint32_t)len;
 	}
-	for (uint32_t i = 0; i < k; i++)
-		tok->user_defined[i] = (uint32_t)keys[i];
-	tok->n_user_defined = k;
-	free(keys);
 	return 0;
 }
 
@@ -773,63 +784,89 @@ static int bpe_stretch(const struct rs_tokenizer *tok, const uint8_t *s, size_t 
 
 /* Where a USER_DEFINED token cuts the text. */
 struct cut {
+	uint64_t order; /* the token's turn: (RS_TOKENIZER_MAX_PIECE - length) << 32 | id */
 	size_t pos;
 	uint32_t id;
 };
 
-static int cut_order(const void *a, const void *b)
+static int cut_by_turn(const void *a, const void *b)
+{
+	const struct cut *x = a, *y = b;
+	if (x->order != y->order)
+		return x->order < y->order ? -1 : 1;
+	return x->pos < y->pos ? -1 : x->pos > y->pos;
+}
+
+static int cut_by_pos(const void *a, const void *b)
 {
 	size_t x = ((const struct cut *)a)->pos, y = ((const struct cut *)b)->pos;
 	return x < y ? -1 : x > y;
 }
 
 /* Find where USER_DEFINED tokens cut text[0..len), in text order, as llama.cpp and Hugging
- * Face's added tokens do: the longest token first, each at its leftmost occurrences that
- * do not overlap one already cut. Returns the number of cuts (*out allocated) or -ENOMEM. */
+ * Face's added tokens do: the longest token first (then the lowest id), each at its
+ * leftmost occurrences that do not overlap one already cut. All occurrences are found in
+ * one pass (at each position where one can start, a lookup per length one has, the hash
+ * grown a byte at a time), then taken in that order. Returns the number of cuts (*out
+ * allocated, NULL when none) or -ENOMEM. */
 static int64_t find_cuts(const struct rs_tokenizer *tok, const char *text, size_t len,
 			 struct cut **out)
 {
-	uint8_t *taken = calloc(len / 8 + 1, 1); /* a bit per byte already cut */
 	struct cut *cuts = NULL;
-	size_t n = 0, cap = 0;
-	if (!taken)
-		return -ENOMEM;
-	for (uint32_t k = 0; k < tok->n_user_defined; k++) {
-		uint32_t id = tok->user_defined[k];
-		const char *piece = tok->blob + tok->offsets[id];
-		size_t plen = piece_len(tok, id);
-		for (size_t from = 0; from + plen <= len;) {
-			const char *hit = memmem(text + from, len - from, piece, plen);
-			if (!hit)
-				break;
-			size_t at = (size_t)(hit - text), i;
-			for (i = 0; i < plen && !(taken[(at + i) / 8] & (1u << ((at + i) % 8))); i++)
-				;
-			if (i < plen) { /* overlaps a longer token: look further on */
-				from = at + 1;
+	size_t n = 0, cap = 0, kept = 0;
+	uint8_t *taken = NULL;
+	*out = NULL;
+	for (size_t pos = 0; pos < len; pos++) {
+		uint8_t b = (uint8_t)text[pos];
+		if (!(tok->user_first[b / 8] & (1u << (b % 8))))
+			continue;
+		uint64_t h = 0xcbf29ce484222325ull; /* hash_bytes, a byte at a time */
+		for (size_t plen = 1; plen <= tok->user_max_len && plen <= len - pos; plen++) {
+			h = (h ^ (uint8_t)text[pos + plen - 1]) * 0x100000001b3ull;
+			if (!(tok->user_len[plen / 8] & (1u << (plen % 8))))
 				continue;
-			}
+			int32_t id = index_find_hashed(tok, tok->user_index, tok->user_mask, h,
+						       text + pos, plen);
+			if (id < 0)
+				continue;
 			if (n == cap) {
 				cap = cap ? 2 * cap : 16;
 				struct cut *grown = realloc(cuts, cap * sizeof(*cuts));
-				if (!grown) {
-					free(cuts);
-					free(taken);
-					return -ENOMEM;
-				}
+				if (!grown)
+					goto nomem;
 				cuts = grown;
 			}
-			cuts[n++] = (struct cut){ .pos = at, .id = id };
-			for (i = 0; i < plen; i++)
-				taken[(at + i) / 8] |= (uint8_t)(1u << ((at + i) % 8));
-			from = at + plen;
+			cuts[n++] = (struct cut){
+				.order = ((uint64_t)(RS_TOKENIZER_MAX_PIECE - plen) << 32) | (uint32_t)id,
+				.pos = pos,
+				.id = (uint32_t)id,
+			};
 		}
 	}
+	if (n == 0)
+		return 0;
+	taken = calloc(len / 8 + 1, 1); /* a bit per byte already cut */
+	if (!taken)
+		goto nomem;
+	qsort(cuts, n, sizeof(*cuts), cut_by_turn);
+	for (size_t i = 0; i < n; i++) {
+		size_t at = cuts[i].pos, plen = piece_len(tok, cuts[i].id), k;
+		for (k = 0; k < plen && !(taken[(at + k) / 8] & (1u << ((at + k) % 8))); k++)
+			;
+		if (k < plen)
+			continue; /* overlaps a longer token, or an earlier one of its own */
+		for (k = 0; k < plen; k++)
+			taken[(at + k) / 8] |= (uint8_t)(1u << ((at + k) % 8));
+		cuts[kept++] = cuts[i];
+	}
 	free(taken);
-	if (n > 1)
-		qsort(cuts, n, sizeof(*cuts), cut_order);
+	qsort(cuts, kept, sizeof(*cuts), cut_by_pos);
 	*out = cuts;
-	return (int64_t)n;
+	return (int64_t)kept;
+nomem:
+	free(cuts);
+	free(taken);
+	return -ENOMEM;
 }
 
 static int encode_bpe(const struct rs_tokenizer *tok, const char *text, size_t len, uint32_t *ids,
