@@ -267,6 +267,11 @@ static void test_pretokenizers(void)
 		     "a\xc6\xbb"
 		     "b",
 		     "a|\xc6\xbb|b");
+	/* Falcon: [\p{P}\$\+<=>\^~\|`]+, then GPT-2's, then [0-9][0-9][0-9], each within the
+	 * pieces the previous left. */
+	expect_words(RS_PRETOK_FALCON, "Hello, world!!", "Hello|,| world|!!");
+	expect_words(RS_PRETOK_FALCON, "12345", "123|45");
+	expect_words(RS_PRETOK_FALCON, "a$b (x", "a|$|b| |(|x");
 	/* StarCoder: digits apart, then GPT-2's within the stretches between them. */
 	expect_words(RS_PRETOK_DIGITS_GPT2, "a12 b", "a|1|2| b");
 	expect_words(RS_PRETOK_DIGITS_GPT2, "x  3", "x|  |3");

@@ -226,9 +226,10 @@ static bool in_ranges(const struct cp_range *r, size_t n, uint32_t cp)
 }
 
 /* What a character is for the sequences' classes: RS_UNICODE_* flags, plus these. */
-#define CLASS_CJK	0x100u /* [一-龥ࠀ-一가-퟿] */
-#define CLASS_DS_LETTER 0x200u /* DeepSeek LLM's letters */
-#define CLASS_DS_PUNCT	0x400u /* DeepSeek LLM's punctuation */
+#define CLASS_CJK	0x100u	/* [一-龥ࠀ-一가-퟿] */
+#define CLASS_DS_LETTER 0x200u	/* DeepSeek LLM's letters */
+#define CLASS_DS_PUNCT	0x400u	/* DeepSeek LLM's punctuation */
+#define CLASS_FALCON	0x1000u /* [\p{P}\$\+<=>\^~\|`] */
 /* The classes among want that cp (whose RS_UNICODE_* flags are flags) is in. */
 static uint32_t seq_class(uint32_t cp, uint32_t flags, uint32_t want)
 {
@@ -238,6 +239,9 @@ static uint32_t seq_class(uint32_t cp, uint32_t flags, uint32_t want)
 	if ((want & CLASS_DS_LETTER) &&
 	    in_ranges(deepseek_letters, sizeof(deepseek_letters) / sizeof(deepseek_letters[0]), cp))
 		flags |= CLASS_DS_LETTER;
+	if ((want & CLASS_FALCON) &&
+	    ((flags & RS_UNICODE_PUNCT) || (cp < 0x80 && (flags & RS_UNICODE_SYMBOL))))
+		flags |= CLASS_FALCON; /* ASCII's symbols are exactly $ + < = > ^ ` | ~ */
 	if ((want & CLASS_DS_PUNCT) &&
 	    in_ranges(deepseek_punct, sizeof(deepseek_punct) / sizeof(deepseek_punct[0]), cp))
 		flags |= CLASS_DS_PUNCT;
@@ -269,9 +273,11 @@ static size_t space_then_run(const struct cursor *c, size_t pos, uint32_t want)
 	return 0;
 }
 
-/* One stage of a sequence: \s?WANT+ (space_run), WANT+ (run), WANT (one character), or
- * \s+$ (trailing). */
-enum stage_kind { ONE, RUN, SPACE_RUN, TRAILING };
+/* One stage of a sequence: \s?WANT+ (space_run), WANT+ (run), WANT (one character),
+ * \s+$ (trailing), [0-9][0-9][0-9] (three digits), or GPT-2's regex (gpt2 words: its
+ * \s+(?!\S) without the \s+ that GPT-2's own ends with makes no difference, since what
+ * that \s+ would match is left between matches, a piece of its own just the same). */
+enum stage_kind { ONE, RUN, SPACE_RUN, TRAILING, THREE_DIGITS, GPT2_WORDS };
 struct stage {
 	enum stage_kind kind;
 	uint32_t want;
@@ -290,6 +296,14 @@ static const struct stage deepseek_llm_stages[] = {
     {RUN, RS_UNICODE_NUMBER},
 };
 
+static const struct stage falcon_stages[] = {
+    {RUN, CLASS_FALCON},
+    {GPT2_WORDS, 0},
+    {THREE_DIGITS, 0},
+};
+
+static size_t next_gpt2(const struct cursor *c);
+
 /* The stage's match at pos of piece c: its length, or 0 and *skip, how far on the next
  * match can start at the earliest. */
 static size_t stage_match(const struct stage *st, const struct cursor *c, size_t pos, size_t *skip)
@@ -306,6 +320,18 @@ static size_t stage_match(const struct stage *st, const struct cursor *c, size_t
 		return class_run(c, pos, st->want, SIZE_MAX) - pos;
 	if (st->kind == SPACE_RUN)
 		return space_then_run(c, pos, st->want);
+	if (st->kind == THREE_DIGITS) {
+		for (size_t k = 0; k < 3; k++)
+			if (pos + k >= c->len || c->s[pos + k] < '0' || c->s[pos + k] > '9')
+				return 0;
+		return 3;
+	}
+	if (st->kind == GPT2_WORDS) {
+		struct cursor rest = *c;
+		rest.s += pos;
+		rest.len -= pos;
+		return next_gpt2(&rest);
+	}
 	/* \s+$: a whitespace run that reaches the piece's end; one that does not cannot
 	 * end a match anywhere inside it either. */
 	size_t end = class_run(c, pos, RS_UNICODE_SPACE, SIZE_MAX);
@@ -328,7 +354,8 @@ static void set_bit(uint8_t *bits, size_t i)
 
 int rs_pretokenize_is_sequence(enum rs_pretokenizer pre)
 {
-	return pre == RS_PRETOK_DEEPSEEK_CODER || pre == RS_PRETOK_DEEPSEEK_LLM;
+	return pre == RS_PRETOK_DEEPSEEK_CODER || pre == RS_PRETOK_DEEPSEEK_LLM ||
+	       pre == RS_PRETOK_FALCON;
 }
 
 void rs_pretokenize_split(enum rs_pretokenizer pre, const uint8_t *text, size_t len,
@@ -342,6 +369,9 @@ void rs_pretokenize_split(enum rs_pretokenizer pre, const uint8_t *text, size_t 
 	} else if (pre == RS_PRETOK_DEEPSEEK_LLM) {
 		stages = deepseek_llm_stages;
 		n_stages = sizeof(deepseek_llm_stages) / sizeof(deepseek_llm_stages[0]);
+	} else if (pre == RS_PRETOK_FALCON) {
+		stages = falcon_stages;
+		n_stages = sizeof(falcon_stages) / sizeof(falcon_stages[0]);
 	}
 	if (len == 0)
 		return;
@@ -430,6 +460,7 @@ static const struct {
 	{ "qwen35", RS_PRETOK_QWEN35, 0 },
 	{ "deepseek-coder", RS_PRETOK_DEEPSEEK_CODER, 0 },
 	{ "deepseek-llm", RS_PRETOK_DEEPSEEK_LLM, 0 },
+	{ "falcon", RS_PRETOK_FALCON, 0 },
 	{ "starcoder", RS_PRETOK_DIGITS_GPT2, 0 },
 	{ "refact", RS_PRETOK_DIGITS_GPT2, 0 },
 	{ "command-r", RS_PRETOK_DIGITS_GPT2, 0 },

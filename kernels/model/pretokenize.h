@@ -9,7 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Pre-tokenizers, numbered as they are serialized (never renumber). */
+/* Pre-tokenizers, numbered as they are serialized (never renumber). The regexes are in
+ * pretokenize.c, each next to its matcher. */
 enum rs_pretokenizer {
 	RS_PRETOK_NONE = 0,	      /* no split: the whole text is one word (SentencePiece) */
 	RS_PRETOK_GPT2 = 1,	      /* GPT-2, MPT, OLMo, phi-2 */
@@ -20,6 +21,7 @@ enum rs_pretokenizer {
 	RS_PRETOK_QWEN35 = 5,	      /* Qwen3.5: Qwen2's with marks as letters */
 	RS_PRETOK_DEEPSEEK_CODER = 6, /* DeepSeek Coder: a sequence of splits (see below) */
 	RS_PRETOK_DEEPSEEK_LLM = 7,   /* DeepSeek LLM: a sequence of splits */
+	RS_PRETOK_FALCON = 8,	      /* Falcon: a sequence of splits */
 	RS_PRETOK_COUNT
 };
 

@@ -64,8 +64,8 @@ static int get_bpe_keys(const struct rs_gguf *g, struct rs_tokenizer_vocab *v, c
 	if (kind < 0)
 		return rs_errmsg(err, err_size, -EINVAL,
 				 "GGUF: tokenizer.ggml.pre '%.*s' is not a pre-tokenizer ringserve has "
-				 "(llama-bpe, qwen2, qwen35, gpt-2, starcoder, smollm, deepseek-coder, deepseek-llm "
-				 "and their aliases)",
+				 "(llama-bpe, qwen2, qwen35, gpt-2, starcoder, smollm, deepseek-coder, "
+				 "deepseek-llm, falcon and their aliases)",
 				 (int)(pre.len < 32 ? pre.len : 32), pre.ptr);
 	v->pre = (uint32_t)kind;
 	if (ignore_merges)

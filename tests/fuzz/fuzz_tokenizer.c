@@ -15,7 +15,7 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static struct rs_tokenizer *demo, *demo_spaces, *bpe[7];
+static struct rs_tokenizer *demo, *demo_spaces, *bpe[8];
 
 /* A byte-level BPE vocabulary: the 256 byte characters (id b is byte b), some merges, a
  * user-defined and a control token. */
@@ -92,7 +92,7 @@ static void setup(void)
 					.flags = RS_TOKENIZER_ADD_SPACE_PREFIX };
 	if (rs_tokenizer_create(&v, &demo_spaces, err, sizeof(err)))
 		abort();
-	for (uint32_t k = 0; k < 7; k++)
+	for (uint32_t k = 0; k < 8; k++)
 		bpe[k] = small_bpe(RS_PRETOK_GPT2 + k);
 	free(pieces);
 	free(lens);
@@ -130,7 +130,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (data[0] % 2 == 0) {
 		round_trip(demo, rest, size - 1);
 		round_trip(demo_spaces, rest, size - 1);
-		round_trip(bpe[(data[0] >> 1) % 7], rest, size - 1);
+		round_trip(bpe[(data[0] >> 1) % 8], rest, size - 1);
 	} else {
 		struct rs_tokenizer *tok;
 		if (rs_tokenizer_load_serialized(rest, size - 1, &tok) == 0) {
