@@ -7,6 +7,7 @@
 #   make fuzz            build and briefly run the libFuzzer targets (clang)
 #   make SAN=address,undefined | SAN=thread    sanitizer build, in its own build folder
 #   make format | lint
+#   make vocab-refs      fetch the tokenizer tests' reference vocabularies (.cache/vocab-refs)
 #
 # Every configuration builds into its own folder (build/, build-address-undefined/, ...),
 # and a folder remembers its flags: changing them rebuilds what they affect.
@@ -47,7 +48,8 @@ endif
 # --- sources ----------------------------------------------------------------------------
 SHM_SRC := $(wildcard shm/*.c)
 # The client library carries the engine's tokenizer (libc only) for its text API.
-CLIENT_SRC := $(wildcard client-lib/*.c) kernels/model/tokenizer.c
+CLIENT_SRC := $(wildcard client-lib/*.c) kernels/model/tokenizer.c kernels/model/pretokenize.c \
+	kernels/model/unicode.c kernels/model/unicode_table.c
 DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c daemon/sched/*.c))
 KERNELS_SRC := $(wildcard kernels/*/*.c)
 TOOLS := $(notdir $(wildcard tools/ringserve-*))
@@ -67,7 +69,7 @@ DAEMON_BIN := $(O)/ringserved
 TOOL_BINS := $(addprefix $(O)/,$(TOOLS))
 TEST_BINS := $(addprefix $(O)/tests/,$(TESTS))
 
-.PHONY: all deps test test-run run bench fuzz format lint clean config-msg FORCE install
+.PHONY: all deps test test-run run bench fuzz format lint clean config-msg FORCE install vocab-refs
 all: config-msg $(DAEMON_BIN) $(LIBRS_A) $(LIBRS_SO) $(O)/ringserve.pc $(TOOL_BINS) $(TEST_BINS)
 
 config-msg:
@@ -147,6 +149,11 @@ test: deps
 test-run:
 	@$(MAKE) --no-print-directory $(DAEMON_BIN) $(LIBRS_SO) $(addprefix $(O)/tests/,$(TEST_LIST)) $(TOOL_BINS)
 	tests/run.sh $(O) $(TEST_TIMEOUT) $(TEST_LIST)
+
+# llama.cpp's vocabulary files with reference ids (model_tokenizer_refs, client_text_bpe):
+# downloaded only here and by .ci/run, never by the build or by ringserve itself.
+vocab-refs:
+	tools/fetch-vocab-refs.sh .cache/vocab-refs
 
 run: deps all
 	tools/run-demo.sh $(O) $(MODEL)

@@ -241,9 +241,10 @@ int rs_event_arm(struct rs_connection *conn, unsigned events);
  * The library tokenizes and detokenizes with the model's vocabulary, which the daemon
  * publishes in the read-only segment (rs_model_info's vocab). It is checked and copied
  * into private memory on the first text call on a connection (a one-off cost that grows
- * with the vocabulary: milliseconds for 32k tokens). Tokenization is the engine's own
- * (SentencePiece-style BPE with byte fallback), so ids match what the model was trained
- * on and what `ringserve-generate --prompt` feeds it.
+ * with the vocabulary: milliseconds for 32k tokens, tens for 128k-token BPE vocabularies).
+ * Tokenization is the engine's own (SentencePiece-style BPE with byte fallback, or
+ * byte-level BPE with the model's pre-tokenizer: GPT-2, Llama 3, Qwen2, StarCoder), so ids
+ * match what the model was trained on and what `ringserve-generate --prompt` feeds it.
  *
  * Every text call fails with:
  *   -ENOTSUP   the daemon serves no vocabulary (the null engine, or a model without one)
@@ -279,13 +280,15 @@ int rs_submit_text(struct rs_connection *conn, const struct rs_generate_params *
 
 /* The incremental detokenizer: feed it ids as they arrive, get back text that is always
  * whole UTF-8 characters. A character spelled by several tokens (byte fallback:
- * <0xE3><0x81><0x82> is "あ") is held back until its last byte arrives; a byte sequence
+ * <0xE3><0x81><0x82> is "あ"; byte-level BPE splits characters between tokens too) is
+ * held back until its last byte arrives; a byte sequence
  * that cannot be (or, at rs_detok_flush, did not become) valid UTF-8 comes out as U+FFFD
  * per maximal invalid subpart, so every chunk is valid UTF-8 on its own. For valid text
  * the bytes are exactly those of the engine's decoder (tools/ringserve-generate), and
  * they do not depend on how the ids are split between calls. Spaces are decoded as the
  * engine does: SentencePiece's "▁" becomes " ", and the leading space the tokenizer adds
- * in front of a text is dropped again at the start of a text (or right after BOS).
+ * in front of a text is dropped again at the start of a text (or right after BOS); a
+ * byte-level BPE token gives back exactly the bytes it was made of.
  * Control tokens (BOS, EOS) and <unk> decode to nothing.
  *
  * Caller-allocated; its fields are private. It borrows the connection's vocabulary: use

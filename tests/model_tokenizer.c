@@ -275,9 +275,10 @@ static void test_serialized(void)
 	test_round_trip(back, "serialized");
 	rs_tokenizer_free(back);
 
-	/* Layout (see tokenizer.h): header 40, scores 4n, offsets 4(n+1), types n, pad, blob. */
+	/* Layout (see tokenizer.h): header 48, scores 4n, offsets 4(n+1), types n, pad, blob,
+	 * pad, merges (none here). */
 	uint32_t n = 700;
-	size_t offsets = 40 + 4 * (size_t)n, types = offsets + 4 * ((size_t)n + 1);
+	size_t offsets = 48 + 4 * (size_t)n, types = offsets + 4 * ((size_t)n + 1);
 	for (size_t len = 0; len < size; len += len < 200 ? 1 : 97)
 		CHECK(load_copy(buf, len) == -EINVAL);
 	CHECK(load_copy(buf, size - 1) == -EINVAL);
@@ -291,8 +292,9 @@ static void test_serialized(void)
 		uint32_t value;
 	} bad[] = {
 		{ 0, 0x4b545353 },           /* magic */
-		{ 4, 2 },                    /* version */
-		{ 8, 44 },                   /* header size */
+		{ 4, 1 },                    /* version 1 (no merges) */
+		{ 4, 3 },                    /* version from the future */
+		{ 8, 40 },                   /* header size */
 		{ 12, 0 },                   /* n = 0 */
 		{ 12, 701 },                 /* n off by one: sizes no longer match */
 		{ 12, 0xffffffff },          /* n absurd */
@@ -305,7 +307,10 @@ static void test_serialized(void)
 		{ offsets + 4 * 700, 0 },    /* offsets[n] != blob size */
 		{ types, 7 },                /* token type 7 */
 		{ types + 5, 0x00000003 },   /* byte token 5 ("<0x02>") typed CONTROL: allowed */
-		{ 40, 0x7fc00000 },          /* NaN score */
+		{ 36, 2 },                   /* unknown kind */
+		{ 40, 1 },                   /* a pre-tokenizer for SentencePiece */
+		{ 44, 1 },                   /* merges for SentencePiece (and sizes no longer match) */
+		{ 48, 0x7fc00000 },          /* NaN score */
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		uint8_t *copy = malloc(size);

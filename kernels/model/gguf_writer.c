@@ -7,6 +7,7 @@
 
 #include "kernels/model/errmsg.h"
 #include "kernels/model/gguf.h"
+#include "kernels/model/pretokenize.h"
 #include "kernels/model/tokenizer.h"
 
 struct writer_kv {
@@ -316,11 +317,52 @@ static int add_model_tensor(struct rs_gguf_writer *w, const char *name, const st
 					 t->rows == 1 ? 1 : 2, t->data);
 }
 
-/* Pieces as GGUF spells them: U+2581 for a space. */
+/* A BPE vocabulary's keys: "gpt2", its pre-tokenizer's name and its merges as
+ * "left right". */
+static int add_bpe_keys(struct rs_gguf_writer *w, const struct rs_tokenizer *tok)
+{
+	uint32_t n = rs_tokenizer_n_merges(tok);
+	char **merges = calloc((size_t)n + 1, sizeof(*merges));
+	uint32_t *lens = calloc((size_t)n + 1, sizeof(*lens));
+	bool ignore_merges = rs_tokenizer_flags(tok) & RS_TOKENIZER_IGNORE_MERGES;
+	const char *pre = rs_pretokenizer_name(rs_tokenizer_pretokenizer(tok), ignore_merges);
+	int ret = -ENOMEM;
+	if (!merges || !lens)
+		goto out;
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t left, right;
+		const char *l, *r;
+		size_t ll, rl;
+		rs_tokenizer_merge(tok, i, &left, &right);
+		rs_tokenizer_piece(tok, left, &l, &ll);
+		rs_tokenizer_piece(tok, right, &r, &rl);
+		merges[i] = malloc(ll + rl + 1);
+		if (!merges[i])
+			goto out;
+		memcpy(merges[i], l, ll);
+		merges[i][ll] = ' ';
+		memcpy(merges[i] + ll + 1, r, rl);
+		lens[i] = (uint32_t)(ll + rl + 1);
+	}
+	ret = pre ? 0 : -EINVAL;
+	ret = ret ?: rs_gguf_writer_set_string(w, "tokenizer.ggml.model", "gpt2");
+	ret = ret ?: rs_gguf_writer_set_string(w, "tokenizer.ggml.pre", pre);
+	ret = ret ?: rs_gguf_writer_set_string_array(w, "tokenizer.ggml.merges",
+						     (const char *const *)merges, lens, n);
+out:
+	for (uint32_t i = 0; merges && i < n; i++)
+		free(merges[i]);
+	free(merges);
+	free(lens);
+	return ret;
+}
+
+/* Pieces as GGUF spells them: U+2581 for a space (SentencePiece). */
 static int add_tokenizer(struct rs_gguf_writer *w, const struct rs_tokenizer *tok)
 {
 	uint32_t n = rs_tokenizer_vocab_size(tok);
-	bool meta = rs_tokenizer_flags(tok) & RS_TOKENIZER_METASPACE;
+	bool bpe = rs_tokenizer_kind(tok) == RS_TOKENIZER_BPE;
+	bool meta = bpe || (rs_tokenizer_flags(tok) & RS_TOKENIZER_METASPACE);
 	char **pieces = calloc(n, sizeof(*pieces));
 	uint32_t *lens = calloc(n, sizeof(*lens));
 	float *scores = calloc(n, sizeof(*scores));
@@ -347,11 +389,12 @@ static int add_tokenizer(struct rs_gguf_writer *w, const struct rs_tokenizer *to
 			}
 		}
 	}
-	ret = rs_gguf_writer_set_string(w, "tokenizer.ggml.model", "llama");
+	ret = bpe ? add_bpe_keys(w, tok) : rs_gguf_writer_set_string(w, "tokenizer.ggml.model", "llama");
 	ret = ret ?: rs_gguf_writer_set_string_array(w, "tokenizer.ggml.tokens",
 						     (const char *const *)pieces, lens, n);
-	ret = ret ?: rs_gguf_writer_set_array(w, "tokenizer.ggml.scores", RS_GGUF_TYPE_FLOAT32,
-					      scores, n);
+	if (!bpe)
+		ret = ret ?: rs_gguf_writer_set_array(w, "tokenizer.ggml.scores",
+						      RS_GGUF_TYPE_FLOAT32, scores, n);
 	ret = ret ?: rs_gguf_writer_set_array(w, "tokenizer.ggml.token_type", RS_GGUF_TYPE_INT32,
 					      types, n);
 	if (!ret && rs_tokenizer_bos(tok) >= 0)
@@ -365,8 +408,12 @@ static int add_tokenizer(struct rs_gguf_writer *w, const struct rs_tokenizer *to
 					     (uint32_t)rs_tokenizer_unk(tok));
 	ret = ret ?: rs_gguf_writer_set_bool(w, "tokenizer.ggml.add_bos_token",
 					     rs_tokenizer_flags(tok) & RS_TOKENIZER_ADD_BOS);
-	ret = ret ?: rs_gguf_writer_set_bool(w, "tokenizer.ggml.add_space_prefix",
-					     rs_tokenizer_flags(tok) & RS_TOKENIZER_ADD_SPACE_PREFIX);
+	ret = ret ?: rs_gguf_writer_set_bool(w, "tokenizer.ggml.add_eos_token",
+					     rs_tokenizer_flags(tok) & RS_TOKENIZER_ADD_EOS);
+	if (!bpe)
+		ret = ret ?: rs_gguf_writer_set_bool(w, "tokenizer.ggml.add_space_prefix",
+						     rs_tokenizer_flags(tok) &
+							     RS_TOKENIZER_ADD_SPACE_PREFIX);
 out:
 	for (uint32_t i = 0; pieces && i < n; i++)
 		free(pieces[i]);

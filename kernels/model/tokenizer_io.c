@@ -10,6 +10,7 @@
 #include "kernels/model/errmsg.h"
 #include "kernels/model/gguf.h"
 #include "kernels/model/mapfile.h"
+#include "kernels/model/pretokenize.h"
 #include "kernels/model/tokenizer.h"
 
 
@@ -44,12 +45,75 @@ static int get_flag(const struct rs_gguf *g, const char *key, bool fallback, boo
 	return 0;
 }
 
+/* The BPE keys: tokenizer.ggml.pre and tokenizer.ggml.merges into v (merges point into the
+ * file; *merges and *merge_lens are allocated). */
+static int get_bpe_keys(const struct rs_gguf *g, struct rs_tokenizer_vocab *v, const char ***merges,
+			uint32_t **merge_lens, bool *default_add_bos, char *err, size_t err_size)
+{
+	struct rs_gguf_str pre;
+	struct rs_gguf_array arr;
+	int ignore_merges, ret;
+
+	ret = rs_gguf_get_string(g, "tokenizer.ggml.pre", &pre);
+	if (ret)
+		return rs_errmsg(err, err_size, -EINVAL,
+				 "GGUF: tokenizer.ggml.pre %s (ringserve needs to know the "
+				 "pre-tokenizer of a BPE vocabulary)",
+				 ret == -ENOENT ? "is missing" : "must be a string");
+	int kind = rs_pretokenizer_from_name(pre.ptr, pre.len, &ignore_merges);
+	if (kind < 0)
+		return rs_errmsg(err, err_size, -EINVAL,
+				 "GGUF: tokenizer.ggml.pre '%.*s' is not a pre-tokenizer ringserve has "
+				 "(llama-bpe, qwen2, qwen35, gpt-2, starcoder, smollm, deepseek-coder, "
+				 "deepseek-llm, falcon and their aliases)",
+				 (int)(pre.len < 32 ? pre.len : 32), pre.ptr);
+	v->pre = (uint32_t)kind;
+	if (ignore_merges)
+		v->flags |= RS_TOKENIZER_IGNORE_MERGES;
+	/* llama.cpp's default: Llama 3's vocabularies start with BOS, other BPE ones do not. */
+	*default_add_bos = ignore_merges;
+
+	ret = rs_gguf_get_array(g, "tokenizer.ggml.merges", &arr);
+	if (ret || arr.elem_type != RS_GGUF_TYPE_STRING)
+		return rs_errmsg(err, err_size, -EINVAL, "GGUF: tokenizer.ggml.merges %s",
+				 ret == -ENOENT ? "is missing (a BPE vocabulary needs its merges)" :
+						  "must be an array of strings");
+	if (arr.n > RS_TOKENIZER_MAX_MERGES)
+		return rs_errmsg(err, err_size, -EINVAL,
+				 "GGUF: tokenizer.ggml.merges has %" PRIu64 " merges (at most %u)",
+				 arr.n, RS_TOKENIZER_MAX_MERGES);
+	v->n_merges = (uint32_t)arr.n;
+	*merges = malloc((arr.n + 1) * sizeof(**merges));
+	*merge_lens = malloc((arr.n + 1) * sizeof(**merge_lens));
+	if (!*merges || !*merge_lens)
+		return rs_errmsg(err, err_size, -ENOMEM, "GGUF: out of memory");
+	uint64_t cursor = 0;
+	for (uint32_t i = 0; i < v->n_merges; i++) {
+		struct rs_gguf_str m;
+		if (rs_gguf_array_next_string(&arr, &cursor, &m) || m.len > 2 * RS_TOKENIZER_MAX_PIECE + 1)
+			return rs_errmsg(err, err_size, -EINVAL,
+					 "GGUF: tokenizer.ggml.merges[%u] is missing or too long", i);
+		(*merges)[i] = m.ptr;
+		(*merge_lens)[i] = (uint32_t)m.len;
+	}
+	v->merges = *merges;
+	v->merge_lens = *merge_lens;
+	return 0;
+}
+
 int rs_tokenizer_load_gguf(const struct rs_gguf *g, struct rs_tokenizer **out, char *err,
 			   size_t err_size)
 {
 	struct rs_gguf_str model;
 	struct rs_gguf_array tokens, scores, types;
-	bool have_scores, have_types, add_space_prefix, add_bos;
+	bool have_scores, have_types, add_space_prefix, add_bos, add_eos, bpe,
+		default_add_bos = true;
+	const char **merges = NULL;
+	uint32_t *merge_lens = NULL;
+	const char **pieces = NULL;
+	uint32_t *lens = NULL;
+	float *score_values = NULL;
+	uint8_t *type_values = NULL;
 	int ret;
 
 	*out = NULL;
@@ -58,10 +122,11 @@ int rs_tokenizer_load_gguf(const struct rs_gguf *g, struct rs_tokenizer **out, c
 		return -ENOENT;
 	if (ret)
 		return rs_errmsg(err, err_size, -EINVAL, "GGUF: tokenizer.ggml.model must be a string");
-	if (model.len != 5 || memcmp(model.ptr, "llama", 5))
+	bpe = model.len == 4 && memcmp(model.ptr, "gpt2", 4) == 0;
+	if (!bpe && (model.len != 5 || memcmp(model.ptr, "llama", 5)))
 		return rs_errmsg(err, err_size, -EINVAL,
 				 "GGUF: tokenizer.ggml.model '%.*s' is not supported (only 'llama', "
-				 "SentencePiece BPE)",
+				 "SentencePiece BPE, and 'gpt2', byte-level BPE)",
 				 (int)(model.len < 32 ? model.len : 32), model.ptr);
 	ret = rs_gguf_get_array(g, "tokenizer.ggml.tokens", &tokens);
 	if (ret || tokens.elem_type != RS_GGUF_TYPE_STRING)
@@ -73,8 +138,9 @@ int rs_tokenizer_load_gguf(const struct rs_gguf *g, struct rs_tokenizer **out, c
 				 "GGUF: tokenizer.ggml.tokens has %" PRIu64 " tokens (must be 1..%u)",
 				 tokens.n, RS_TOKENIZER_MAX_VOCAB);
 	uint32_t n = (uint32_t)tokens.n;
-	have_scores = rs_gguf_get_array(g, "tokenizer.ggml.scores", &scores) == 0;
-	if (!have_scores && rs_gguf_find_kv(g, "tokenizer.ggml.scores"))
+	/* A BPE vocabulary merges by rank: its scores (if any) play no part. */
+	have_scores = !bpe && rs_gguf_get_array(g, "tokenizer.ggml.scores", &scores) == 0;
+	if (!bpe && !have_scores && rs_gguf_find_kv(g, "tokenizer.ggml.scores"))
 		return rs_errmsg(err, err_size, -EINVAL, "GGUF: tokenizer.ggml.scores must be an array");
 	if (have_scores && scores.n != n)
 		return rs_errmsg(err, err_size, -EINVAL,
@@ -90,29 +156,50 @@ int rs_tokenizer_load_gguf(const struct rs_gguf *g, struct rs_tokenizer **out, c
 				 " entries for %u tokens",
 				 types.n, n);
 
-	struct rs_tokenizer_vocab v = { .n = n, .flags = RS_TOKENIZER_METASPACE };
-	/* llama.cpp's defaults for a SentencePiece vocabulary. */
-	ret = get_token_id(g, "tokenizer.ggml.bos_token_id", 1, n, &v.bos, err, err_size);
+	struct rs_tokenizer_vocab v = { .n = n };
+	if (bpe) {
+		v.kind = RS_TOKENIZER_BPE;
+		ret = get_bpe_keys(g, &v, &merges, &merge_lens, &default_add_bos, err, err_size);
+		/* A BPE vocabulary names its special tokens or has none. */
+		if (!ret)
+			ret = get_token_id(g, "tokenizer.ggml.bos_token_id", -1, n, &v.bos, err, err_size);
+		if (!ret)
+			ret = get_token_id(g, "tokenizer.ggml.eos_token_id", -1, n, &v.eos, err, err_size);
+		if (!ret)
+			ret = get_token_id(g, "tokenizer.ggml.unknown_token_id", -1, n, &v.unk, err,
+					   err_size);
+		add_space_prefix = false;
+	} else {
+		v.flags = RS_TOKENIZER_METASPACE;
+		/* llama.cpp's defaults for a SentencePiece vocabulary. */
+		ret = get_token_id(g, "tokenizer.ggml.bos_token_id", 1, n, &v.bos, err, err_size);
+		if (!ret)
+			ret = get_token_id(g, "tokenizer.ggml.eos_token_id", 2, n, &v.eos, err, err_size);
+		if (!ret)
+			ret = get_token_id(g, "tokenizer.ggml.unknown_token_id", 0, n, &v.unk, err,
+					   err_size);
+		if (!ret)
+			ret = get_flag(g, "tokenizer.ggml.add_space_prefix", true, &add_space_prefix,
+				       err, err_size);
+	}
 	if (!ret)
-		ret = get_token_id(g, "tokenizer.ggml.eos_token_id", 2, n, &v.eos, err, err_size);
-	if (!ret)
-		ret = get_token_id(g, "tokenizer.ggml.unknown_token_id", 0, n, &v.unk, err, err_size);
-	if (!ret)
-		ret = get_flag(g, "tokenizer.ggml.add_space_prefix", true, &add_space_prefix, err,
+		ret = get_flag(g, "tokenizer.ggml.add_bos_token", default_add_bos, &add_bos, err,
 			       err_size);
 	if (!ret)
-		ret = get_flag(g, "tokenizer.ggml.add_bos_token", true, &add_bos, err, err_size);
+		ret = get_flag(g, "tokenizer.ggml.add_eos_token", false, &add_eos, err, err_size);
 	if (ret)
-		return ret;
+		goto out;
 	if (add_space_prefix)
 		v.flags |= RS_TOKENIZER_ADD_SPACE_PREFIX;
 	if (add_bos)
 		v.flags |= RS_TOKENIZER_ADD_BOS;
+	if (add_eos)
+		v.flags |= RS_TOKENIZER_ADD_EOS;
 
-	const char **pieces = malloc((size_t)n * sizeof(*pieces));
-	uint32_t *lens = malloc((size_t)n * sizeof(*lens));
-	float *score_values = have_scores ? malloc((size_t)n * sizeof(float)) : NULL;
-	uint8_t *type_values = have_types ? malloc(n) : NULL;
+	pieces = malloc((size_t)n * sizeof(*pieces));
+	lens = malloc((size_t)n * sizeof(*lens));
+	score_values = have_scores ? malloc((size_t)n * sizeof(float)) : NULL;
+	type_values = have_types ? malloc(n) : NULL;
 	ret = -ENOMEM;
 	if (!pieces || !lens || (have_scores && !score_values) || (have_types && !type_values)) {
 		rs_errmsg(err, err_size, ret, "GGUF: out of memory");
@@ -159,6 +246,8 @@ out:
 	free(lens);
 	free(score_values);
 	free(type_values);
+	free(merges);
+	free(merge_lens);
 	return ret;
 }
 

@@ -112,7 +112,8 @@ int main(int argc, char **argv)
 	if (prompt_ids) {
 		prompt_len = parse_ids(prompt_ids, prompt, 8192);
 	} else if (tok) {
-		prompt_len = rs_tokenizer_encode(tok, prompt_text, strlen(prompt_text), RS_ENCODE_BOS, prompt, 8192);
+		unsigned bos = rs_tokenizer_flags(tok) & RS_TOKENIZER_ADD_BOS ? RS_ENCODE_BOS : 0;
+		prompt_len = rs_tokenizer_encode(tok, prompt_text, strlen(prompt_text), bos, prompt, 8192);
 	} else {
 		fprintf(stderr, "ringserve-client: no vocabulary from the daemon: use --prompt-ids\n");
 		prompt_len = -EINVAL;

@@ -174,10 +174,16 @@ int main(int argc, char **argv)
 		if (!ids)
 			return 1;
 		if (tok) {
-			ret = rs_tokenizer_encode(tok, text, len, no_bos ? 0 : RS_ENCODE_BOS, ids, cap);
+			/* BOS only where the vocabulary asks for it (Llama's do, Qwen2's not). */
+			bool bos = !no_bos && (rs_tokenizer_flags(tok) & RS_TOKENIZER_ADD_BOS);
+			ret = rs_tokenizer_encode(tok, text, len, bos ? RS_ENCODE_BOS : 0, ids, cap);
 			if (ret < 0) {
 				fprintf(stderr, PROG ": cannot tokenize the prompt: %s\n", strerror(-ret));
 				return 1;
+			}
+			if (ret == 0) {
+				fprintf(stderr, PROG ": the prompt gives no token (give some text)\n");
+				return 2;
 			}
 			n_prompt = (uint32_t)ret;
 		} else {
