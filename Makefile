@@ -6,7 +6,7 @@
 #   make bench           run the benchmarks; prints a table and writes JSON
 #   make fuzz            build and briefly run the libFuzzer targets (clang)
 #   make SAN=address,undefined | SAN=thread    sanitizer build, in its own build folder
-#   make format | lint
+ lint| lint
 #   make vocab-refs      fetch the tokenizer tests' reference vocabularies (.cache/vocab-refs)
 #
 # Every configuration builds into its own folder (build/, build-address-undefined/, ...),
@@ -43,6 +43,16 @@ HAVE_CUDA_MSG := nvcc ✓ $(NVCC) (CUDA backend is built)
 else
 CUDA_SRC :=
 HAVE_CUDA_MSG := nvcc ✗ not found (CPU backend only)
+endif
+
+# --- output: one short line per step (CC daemon/main.o); V=1 prints the full commands --
+V ?= 0
+ifeq ($(V),1)
+Q :=
+say =
+else
+Q := @
+say = @printf '  %-6s %s\n' '$(1)' '$(2)'
 endif
 
 # --- sources ----------------------------------------------------------------------------
@@ -87,33 +97,40 @@ FORCE:
 
 $(O)/obj/%.o: %.c $(O)/config
 	@mkdir -p $(dir $@)
-	$(CC) $(RS_CFLAGS) -MMD -MP -c $< -o $@
+	$(call say,CC,$@)
+	$(Q)$(CC) $(RS_CFLAGS) -MMD -MP -c $< -o $@
 
 $(O)/obj/%.cu.o: %.cu $(O)/config
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
+	$(call say,NVCC,$@)
+	$(Q)$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
 
 $(LIBRS_A): $(SHM_OBJ) $(CLIENT_OBJ)
 	@rm -f $@
-	ar rcs $@ $^
+	$(call say,AR,$@)
+	$(Q)ar rcs $@ $^
 
 # libringserve.so -> libringserve.so.0 (the soname), which is the library.
 $(LIBRS_SO): $(SHM_OBJ) $(CLIENT_OBJ) client-lib/libringserve.map
-	$(CC) -shared -Wl,-soname,libringserve.so.0 -Wl,--version-script=client-lib/libringserve.map \
+	$(call say,LD,$@)
+	$(Q)$(CC) -shared -Wl,-soname,libringserve.so.0 -Wl,--version-script=client-lib/libringserve.map \
 		$(RS_LDFLAGS) -o $@.0 $(SHM_OBJ) $(CLIENT_OBJ) -lpthread
-	ln -sf libringserve.so.0 $@
+	$(Q)ln -sf libringserve.so.0 $@
 
 $(O)/ringserve.pc: client-lib/ringserve.pc.in $(O)/config
-	sed -e 's|@LIBDIR@|$(abspath $(O))|' -e 's|@INCLUDEDIR@|$(abspath client-lib)|' $< > $@
+	$(call say,GEN,$@)
+	$(Q)sed -e 's|@LIBDIR@|$(abspath $(O))|' -e 's|@INCLUDEDIR@|$(abspath client-lib)|' $< > $@
 
 $(LIBINTERNAL): $(INTERNAL_OBJ)
 	@rm -f $@
-	ar rcs $@ $^
+	$(call say,AR,$@)
+	$(Q)ar rcs $@ $^
 
-LINK_ALL = $(CC) $(RS_CFLAGS) $(RS_LDFLAGS) -o $@ $(filter %.o,$^) $(LIBRS_A) $(LIBINTERNAL) \
+LINK_ALL = $(Q)$(CC) $(RS_CFLAGS) $(RS_LDFLAGS) -o $@ $(filter %.o,$^) $(LIBRS_A) $(LIBINTERNAL) \
 	$(LDLIBS_ENGINE) $(LDLIBS_SYS)
 
 $(DAEMON_BIN): $(call obj,daemon/main.c) $(LIBINTERNAL) $(LIBRS_A)
+	$(call say,LD,$@)
 	$(LINK_ALL)
 
 # Each tools/ringserve-NAME/ folder is one program.
@@ -121,16 +138,19 @@ $(DAEMON_BIN): $(call obj,daemon/main.c) $(LIBINTERNAL) $(LIBRS_A)
 .PRECIOUS: $(O)/obj/%.o
 .SECONDEXPANSION:
 $(O)/ringserve-%: $$(call obj,$$(wildcard tools/ringserve-%/*.c)) $(LIBINTERNAL) $(LIBRS_A)
+	$(call say,LD,$@)
 	$(LINK_ALL)
 
 # Each tests/NAME.c is one test program; tests/sim_*.c also link the simulator's pieces.
 $(O)/tests/%: $(O)/obj/tests/%.o $(call obj,$(HARNESS_SRC)) $(LIBINTERNAL) $(LIBRS_A)
 	@mkdir -p $(dir $@)
+	$(call say,LD,$@)
 	$(LINK_ALL)
 SIM_OBJ := $(call obj,$(filter-out tools/ringserve-sim/main.c,$(wildcard tools/ringserve-sim/*.c)))
 $(O)/tests/sim_%: $(O)/obj/tests/sim_%.o $(SIM_OBJ) $(call obj,$(HARNESS_SRC)) $(LIBINTERNAL) \
 		$(LIBRS_A)
 	@mkdir -p $(dir $@)
+	$(call say,LD,$@)
 	$(LINK_ALL)
 
 # --- tests ------------------------------------------------------------------------------
@@ -141,14 +161,14 @@ TEST_TIMEOUT ?= 120
 
 test: deps
 	@$(MAKE) --no-print-directory all
-	tests/run.sh $(O) $(TEST_TIMEOUT) $(TESTS)
+	@tests/run.sh $(O) $(TEST_TIMEOUT) $(TESTS)
 	@$(MAKE) --no-print-directory SAN=address,undefined test-run TEST_LIST="$(ASAN_TESTS)"
 	@$(MAKE) --no-print-directory SAN=thread test-run TEST_LIST="$(TSAN_TESTS)"
 
 # Build and run a list of tests in the current configuration.
 test-run:
 	@$(MAKE) --no-print-directory $(DAEMON_BIN) $(LIBRS_SO) $(addprefix $(O)/tests/,$(TEST_LIST)) $(TOOL_BINS)
-	tests/run.sh $(O) $(TEST_TIMEOUT) $(TEST_LIST)
+	@tests/run.sh $(O) $(TEST_TIMEOUT) $(TEST_LIST)
 
 # llama.cpp's vocabulary files with reference ids (model_tokenizer_refs, client_text_bpe):
 # downloaded only here and by .ci/run, never by the build or by ringserve itself.
