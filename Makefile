@@ -6,7 +6,8 @@
 #   make bench           run the benchmarks; prints a table and writes JSON
 #   make fuzz            build and briefly run the libFuzzer targets (clang)
 #   make SAN=address,undefined | SAN=thread    sanitizer build, in its own build folder
- lint| lint
+#   make V=1             print the full compiler commands (default: one line per file)
+#   make format | lint
 #   make vocab-refs      fetch the tokenizer tests' reference vocabularies (.cache/vocab-refs)
 #
 # Every configuration builds into its own folder (build/, build-address-undefined/, ...),
