@@ -12,17 +12,23 @@
 #include "client-lib/connection.h"
 #include "shm/segment.h"
 
+/* $RINGSERVE_SOCKET; else a daemon of the user's own session
+ * ($XDG_RUNTIME_DIR/ringserve.sock) when its socket exists; else the system service's. */
 static int default_socket_path(char *path, size_t size)
 {
 	const char *explicit_path = getenv("RINGSERVE_SOCKET");
 	const char *runtime = getenv("XDG_RUNTIME_DIR");
 	int n;
-	if (explicit_path && *explicit_path)
+	if (explicit_path && *explicit_path) {
 		n = snprintf(path, size, "%s", explicit_path);
-	else if (runtime && *runtime)
-		n = snprintf(path, size, "%s/ringserve.sock", runtime);
-	else
+	} else {
+		if (runtime && *runtime) {
+			n = snprintf(path, size, "%s/ringserve.sock", runtime);
+			if (n >= 0 && (size_t)n < size && access(path, F_OK) == 0)
+				return 0;
+		}
 		n = snprintf(path, size, "/run/ringserve/ringserve.sock");
+	}
 	return n < 0 || (size_t)n >= size ? -ENAMETOOLONG : 0;
 }
 

@@ -53,7 +53,8 @@ struct rs_connect_options {
 };
 
 /* Connect to the daemon at socket_path (NULL: $RINGSERVE_SOCKET if set, else
- * $XDG_RUNTIME_DIR/ringserve.sock, else /run/ringserve/ringserve.sock) and map the
+ * $XDG_RUNTIME_DIR/ringserve.sock when that exists (a daemon of the user's session), else
+ * /run/ringserve/ringserve.sock (the system service's)) and map the
  * segments it sends. On success *out is a new connection.
  * Returns 0, or:
  *   -ENOENT, -ECONNREFUSED   no daemon listens there

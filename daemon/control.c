@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "daemon/daemon.h"
+#include "daemon/systemd.h"
 #include "shm/clock.h"
 #include "shm/segment.h"
 
@@ -577,6 +578,9 @@ static void begin_drain(struct rs_daemon *daemon)
 		(int)last_signal, daemon->pool.in_use, (double)daemon->config.grace_ns / 1e9);
 	daemon->draining = true;
 	daemon->drain_deadline_ns = rs_now_ns() + daemon->config.grace_ns;
+	int ret = rs_systemd_notify("STOPPING=1");
+	if (ret)
+		fprintf(stderr, "ringserved: sd_notify STOPPING=1: %s\n", strerror(-ret));
 	rs_control_stop_listening(daemon);
 	for (uint32_t i = 0; i < daemon->n_active_clients; i++)
 		/* Relaxed: a hint for rs_submit; the error completion is the authority. */
@@ -725,7 +729,8 @@ void rs_control_stop_listening(struct rs_daemon *daemon)
 		io_uring_sqe_set_data64(sqe, op_data(OP_CANCEL, NULL));
 		io_uring_submit(&daemon->ring);
 	}
-	unlink(daemon->config.socket_path);
+	if (!daemon->socket_activated)
+		unlink(daemon->config.socket_path);
 	close(daemon->listen_fd);
 	daemon->listen_fd = -1;
 }
@@ -794,9 +799,18 @@ int rs_control_init(struct rs_daemon *daemon)
 
 	if (!daemon->config.tenants && (ret = rs_tenant_config_default(&daemon->config.tenants)))
 		return ret;
-	ret = bind_control_socket(daemon);
-	if (ret)
+	/* Under systemd the socket unit binds the socket and passes it in. */
+	int activated = rs_systemd_listen_fd(daemon->activated_socket_path,
+					     sizeof(daemon->activated_socket_path));
+	if (activated >= 0) {
+		daemon->listen_fd = activated;
+		daemon->socket_activated = true;
+		daemon->config.socket_path = daemon->activated_socket_path;
+	} else if (activated != -ENOENT) {
+		return activated;
+	} else if ((ret = bind_control_socket(daemon))) {
 		return ret;
+	}
 
 	daemon->signal_fd = eventfd(0, EFD_CLOEXEC);
 	if (daemon->signal_fd < 0)
@@ -816,7 +830,8 @@ int rs_control_init(struct rs_daemon *daemon)
 void rs_control_destroy(struct rs_daemon *daemon)
 {
 	if (daemon->listen_fd >= 0) {
-		unlink(daemon->config.socket_path);
+		if (!daemon->socket_activated)
+			unlink(daemon->config.socket_path);
 		close(daemon->listen_fd);
 		daemon->listen_fd = -1;
 	}

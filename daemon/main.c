@@ -1,6 +1,9 @@
 /* ringserved: the ringserve daemon. Options: docs/running.md, or --help. */
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
+#include <stdbool.h>
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -11,6 +14,7 @@
 #include <unistd.h>
 
 #include "daemon/daemon.h"
+#include "daemon/systemd.h"
 
 static void usage(FILE *out)
 {
@@ -19,8 +23,8 @@ static void usage(FILE *out)
 		"  --socket PATH         control socket (default $XDG_RUNTIME_DIR/ringserve.sock,\n"
 		"                        else /run/ringserve/ringserve.sock)\n"
 		"  --socket-mode OCTAL   permissions of the socket file (default 0660)\n"
-		"  --allow-uid UID[,UID] peers allowed by user id (default: our uid and root)\n"
-		"  --allow-gid GID[,GID] peers allowed by group id\n"
+		"  --allow-uid UID[,UID] peers allowed by user id or name (default: our uid and root)\n"
+		"  --allow-gid GID[,GID] peers allowed by group id or name\n"
 		"  --cpu N               pin the scheduler core to CPU N, memory on its NUMA node\n"
 		"  --max-clients N       (64)\n"
 		"  --ring-entries N      submission/completion ring entries per client, power of 2 (256)\n"
@@ -106,17 +110,32 @@ static int parse_weight(const char *text, double *out)
 	return 0;
 }
 
-static int parse_id_list(const char *text, unsigned int *ids, uint32_t *count)
+/* "ID[,ID...]": numbers, or user (group when groups) names. */
+static int parse_id_list(const char *text, bool groups, unsigned int *ids, uint32_t *count)
 {
 	char *copy = strdup(text), *save = NULL;
+	if (!copy)
+		return -ENOMEM;
 	int ret = 0;
 	for (char *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
 		unsigned long id;
-		if (*count >= RS_MAX_ALLOW || parse_number(item, 10, 0, UINT_MAX - 1, &id)) {
+		const struct passwd *user;
+		const struct group *group;
+		if (*count >= RS_MAX_ALLOW) {
 			ret = -EINVAL;
 			break;
 		}
-		ids[(*count)++] = (unsigned int)id;
+		if (parse_number(item, 10, 0, UINT_MAX - 1, &id) == 0)
+			ids[(*count)++] = (unsigned int)id;
+		else if (!groups && (user = getpwnam(item)))
+			ids[(*count)++] = user->pw_uid;
+		else if (groups && (group = getgrnam(item)))
+			ids[(*count)++] = group->gr_gid;
+		else {
+			fprintf(stderr, "ringserved: no such %s: %s\n", groups ? "group" : "user", item);
+			ret = -EINVAL;
+			break;
+		}
 	}
 	free(copy);
 	return ret;
@@ -212,8 +231,8 @@ int main(int argc, char **argv)
 			bad = parse_number(optarg, 8, 0, 0777, &value);
 			config.socket_mode = (mode_t)value;
 			break;
-		case OPT_ALLOW_UID: bad = parse_id_list(optarg, uids, &n_uids); break;
-		case OPT_ALLOW_GID: bad = parse_id_list(optarg, gids, &n_gids); break;
+		case OPT_ALLOW_UID: bad = parse_id_list(optarg, false, uids, &n_uids); break;
+		case OPT_ALLOW_GID: bad = parse_id_list(optarg, true, gids, &n_gids); break;
 		case OPT_CPU:
 			bad = parse_number(optarg, 10, 0, 65535, &value);
 			config.cpu = (int)value;
@@ -389,6 +408,12 @@ int main(int argc, char **argv)
 		if (ret == 0 && write(ready_fd, "1", 1) != 1)
 			ret = -errno;
 		close(ready_fd);
+	}
+	if (ret == 0) {
+		/* Not fatal: a stale NOTIFY_SOCKET in a shell's environment must not stop us. */
+		int notify_ret = rs_systemd_notify("READY=1");
+		if (notify_ret)
+			fprintf(stderr, "ringserved: sd_notify READY=1: %s\n", strerror(-notify_ret));
 	}
 	if (ret == 0)
 		ret = rs_daemon_run(&daemon);
