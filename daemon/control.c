@@ -356,15 +356,30 @@ static void reject_connection(struct rs_daemon *daemon, int fd, int32_t status)
 	io_uring_sqe_set_data64(sqe, ((uint64_t)OP_REJECTED << 56) | (uint32_t)fd);
 }
 
-static bool peer_allowed(const struct rs_daemon_config *config, uid_t uid, gid_t gid)
+/* Whether the peer on fd is in the allow-list: by uid, primary gid or, since the socket
+ * file's group is how a service grants access (SocketGroup=), a supplementary group. */
+static bool peer_allowed(const struct rs_daemon_config *config, int fd, const struct ucred *cred)
 {
 	for (uint32_t i = 0; i < config->n_allow_uids; i++)
-		if (config->allow_uids[i] == uid)
+		if (config->allow_uids[i] == cred->uid)
 			return true;
 	for (uint32_t i = 0; i < config->n_allow_gids; i++)
-		if (config->allow_gids[i] == gid)
+		if (config->allow_gids[i] == cred->gid)
 			return true;
-	return false;
+	if (config->n_allow_gids == 0)
+		return false;
+	gid_t stack_groups[256], *groups = stack_groups;
+	socklen_t len = sizeof(stack_groups);
+	int ret = getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len);
+	if (ret < 0 && errno == ERANGE && (groups = malloc(len)))
+		ret = getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len);
+	bool allowed = false;
+	for (size_t g = 0; ret == 0 && g < len / sizeof(gid_t) && !allowed; g++)
+		for (uint32_t i = 0; i < config->n_allow_gids && !allowed; i++)
+			allowed = config->allow_gids[i] == groups[g];
+	if (groups != stack_groups)
+		free(groups);
+	return allowed;
 }
 
 static void handle_accept(struct rs_daemon *daemon, int fd)
@@ -375,7 +390,7 @@ static void handle_accept(struct rs_daemon *daemon, int fd)
 		close(fd);
 		return;
 	}
-	if (!peer_allowed(&daemon->config, cred.uid, cred.gid)) {
+	if (!peer_allowed(&daemon->config, fd, &cred)) {
 		fprintf(stderr,
 			"ringserved: refused pid %d (uid %u, gid %u): not in the allow-list\n",
 			(int)cred.pid, (unsigned)cred.uid, (unsigned)cred.gid);

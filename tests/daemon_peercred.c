@@ -1,7 +1,10 @@
-/* Peer identity: a uid outside the allow-list is refused with -EPERM (SO_PEERCRED), the
+/* Peer identity: a uid outside the allow-list is refused with -EPERM (SO_PEERCRED), a
+ * member of an allowed supplementary group is let in (SO_PEERGROUPS), the
  * socket file gets the configured mode, a malformed hello is answered with -EPROTO, and
  * the daemon keeps serving afterwards. */
 #include <errno.h>
+#include <grp.h>
+#include <sys/wait.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -11,6 +14,25 @@
 #include "client-lib/ringserve.h"
 #include "shm/abi.h"
 #include "tests/harness/harness.h"
+
+/* rs_connect from a child whose primary gid is 4242 and whose one supplementary group
+ * is extra_gid; returns its result. */
+static int connect_with_groups(const char *socket_path, gid_t extra_gid)
+{
+	pid_t pid = fork();
+	CHECK(pid >= 0, "fork: %s", strerror(errno));
+	if (pid == 0) {
+		if (setgroups(1, &extra_gid) < 0 || setgid(4242) < 0)
+			_exit(100);
+		struct rs_connection *conn;
+		int ret = rs_connect(socket_path, NULL, &conn);
+		_exit(ret == 0 ? 0 : ret == -EPERM ? 1 : 101);
+	}
+	int status;
+	CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status), "child");
+	CHECK(WEXITSTATUS(status) <= 1, "child: setgroups or connect failed: %d", WEXITSTATUS(status));
+	return WEXITSTATUS(status) == 0 ? 0 : -EPERM;
+}
 
 int main(void)
 {
@@ -57,6 +79,24 @@ int main(void)
 	CHECK(recv(fd, &welcome, sizeof(welcome), 0) == sizeof(welcome), "welcome");
 	CHECK(welcome.status == -EPROTO, "status %d", welcome.status);
 	close(fd);
+
+	/* Allowed through a supplementary group (root only: it takes setgroups). The uid
+	 * (0) and the primary gid are outside the allow-list; only the extra group counts. */
+	if (getuid() == 0) {
+		rs_close(conn);
+		CHECK(test_daemon_stop(&daemon) == 0, "exit");
+		const char *by_extra_group[] = {"--allow-gid", "4243", NULL};
+		test_daemon_start(&daemon, by_extra_group);
+		CHECK(connect_with_groups(daemon.socket_path, 4243) == 0, "a member of 4243");
+		int refused = connect_with_groups(daemon.socket_path, 4244);
+		CHECK(refused == -EPERM, "a member of 4244 only: %d", refused);
+		CHECK(rs_connect(daemon.socket_path, NULL, &conn) == -EPERM, "root without 4243");
+		CHECK(test_daemon_stop(&daemon) == 0, "exit");
+		test_daemon_start(&daemon, by_gid);
+		CHECK(rs_connect(daemon.socket_path, NULL, &conn) == 0, "reconnect");
+	} else {
+		fprintf(stderr, "supplementary groups: not root, not tested\n");
+	}
 
 	/* Still serving the proper client. */
 	unsigned prompt[1] = {5};
