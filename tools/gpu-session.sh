@@ -11,6 +11,8 @@
 #   bench     ringserve-bench engine (CPU and GPU tables, JSON)
 #   serve     ringserve-bench serve on the CUDA backend: through ringserved against the
 #             engine driven directly, at batch 32 and 1 ($SERVE_BATCHES) (JSON)
+#   sim       ringserve-sim calibrate --backend cuda: the simulator's GPU step cost model
+#             (TinyLlama shape, f16), saved as $OUT/gpu.cost for docs/simulator.md
 #   sanitize  engine_cuda under compute-sanitizer (memcheck, then racecheck on attention)
 #   tests     the whole suite (plain build; the sanitizer builds run in CI)
 #   profile   (not in the default list) Nsight Compute's device time, DRAM throughput and
@@ -24,7 +26,7 @@ set -u
 out=${OUT:-gpu-results}
 mkdir -p "$out"
 jobs=$(nproc)
-stages=${*:-build cuda generate bench serve sanitize tests}
+stages=${*:-build cuda generate bench serve sim sanitize tests}
 status=0
 stage_failed() { echo "!! $1 failed"; status=1; }
 
@@ -72,6 +74,11 @@ for stage in $stages; do
 				stage_failed "serve batch $batch (exit $?)"
 		done
 		grep -v '^ringserved' "$log"
+		;;
+	sim)
+		timeout 300 build/ringserve-sim calibrate --backend cuda --out "$out/gpu.cost" \
+			> "$log" 2>&1 || stage_failed "sim calibrate (exit $?)"
+		tail -1 "$log"
 		;;
 	sanitize)
 		cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)

@@ -1,5 +1,5 @@
 /* The step cost model: its features, least-squares fit, file format and calibration on
- * the CPU engine (sim.h). */
+ * the CPU or CUDA engine (sim.h). */
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -204,14 +204,40 @@ static int compare_doubles(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
+/* What a calibration times: a model shape and the step shapes a serving step mixes
+ * (prefill chunks of one sequence; decode steps of batches at short and long contexts). */
+struct calibration {
+	const char *backend, *shape_name;
+	struct rs_model_config cfg;
+	enum rs_dtype dtype;
+	uint32_t prefills[4], batches[6], contexts[2];
+};
+
+enum { CAL_MAX_ROWS = 128, CAL_REPS = 9 };
+
+static const struct calibration calibrations[] = {
+	/* stories15M's shape (ringserve-bench engine's CPU model). */
+	{"cpu", "stories15M-shaped f32",
+	 {.dim = 288, .hidden_dim = 768, .n_layers = 6, .n_heads = 6, .n_kv_heads = 6,
+	  .head_dim = 48, .vocab_size = 32000, .max_seq_len = 256, .rope_dim = 48,
+	  .rope_theta = 10000.0f, .norm_eps = 1e-5f},
+	 RS_DTYPE_F32, {8, 32, 96, 192}, {1, 2, 4, 8, 16, 32}, {16, 200}},
+	/* TinyLlama-1.1B's shape in f16 (ringserve-bench engine's GPU model). */
+	{"cuda", "TinyLlama-1.1B-shaped f16",
+	 {.dim = 2048, .hidden_dim = 5632, .n_layers = 22, .n_heads = 32, .n_kv_heads = 4,
+	  .head_dim = 64, .vocab_size = 32000, .max_seq_len = 2048, .rope_dim = 64,
+	  .rope_theta = 10000.0f, .norm_eps = 1e-5f},
+	 RS_DTYPE_F16, {128, 512, 1024, 2048}, {1, 4, 8, 16, 32, 128}, {64, 1024}},
+};
+
 /* The fastest of `reps` runs of one step: `rows` sequences of n tokens from start (the
  * machines here are shared: other work only ever adds to a step's time). */
 static double time_step(struct rs_engine *e, uint32_t rows, uint32_t start, uint32_t n,
 			uint32_t *tables, uint32_t blocks_per_seq, uint32_t *tokens, int reps)
 {
-	struct rs_seq_step steps[32];
-	uint32_t out[32];
-	double t[16];
+	struct rs_seq_step steps[CAL_MAX_ROWS];
+	uint32_t out[CAL_MAX_ROWS];
+	double t[CAL_REPS];
 	for (int r = 0; r < reps; r++) {
 		for (uint32_t i = 0; i < rows; i++)
 			steps[i] = (struct rs_seq_step){.tokens = tokens, .n_tokens = n,
@@ -231,24 +257,29 @@ static double time_step(struct rs_engine *e, uint32_t rows, uint32_t start, uint
 	return t[0];
 }
 
-int sim_cost_calibrate_cpu(struct sim_cost_model *m, int threads, FILE *report)
+int sim_cost_calibrate(struct sim_cost_model *m, const char *backend, int threads, FILE *report)
 {
-	/* stories15M's shape (ringserve-bench engine's CPU model). */
-	struct rs_model_config cfg = {
-		.dim = 288, .hidden_dim = 768, .n_layers = 6, .n_heads = 6, .n_kv_heads = 6,
-		.head_dim = 48, .vocab_size = 32000, .max_seq_len = 256, .rope_dim = 48,
-		.rope_theta = 10000.0f, .norm_eps = 1e-5f};
-	enum { ROWS = 32, BLOCKS = 16, REPS = 9 }; /* 16 blocks of 16: the whole context */
+	const struct calibration *cal = NULL;
+	for (size_t i = 0; i < sizeof(calibrations) / sizeof(calibrations[0]); i++)
+		if (strcmp(calibrations[i].backend, backend) == 0)
+			cal = &calibrations[i];
+	if (!cal)
+		return -EINVAL;
+	const struct rs_model_config *cfg = &cal->cfg;
+	const uint32_t block_size = 16, blocks = cfg->max_seq_len / block_size;
+	uint32_t rows = 0;
+	for (int b = 0; b < 6; b++)
+		rows = cal->batches[b] > rows ? cal->batches[b] : rows;
 	struct rs_model *model = NULL;
 	struct rs_engine *e = NULL;
-	int rc = rs_model_random(&cfg, RS_DTYPE_F32, 15, true, &model);
+	int rc = rs_model_random(cfg, cal->dtype, 15, true, &model);
 	if (rc)
 		return rc;
 	struct rs_engine_options opts;
 	rs_engine_options_init(&opts);
-	opts.backend = "cpu";
+	opts.backend = backend;
 	opts.threads = threads;
-	opts.kv_blocks = ROWS * BLOCKS;
+	opts.kv_blocks = rows * blocks;
 	char err[256];
 	rc = rs_engine_create(model, &opts, &e, err, sizeof(err));
 	if (rc) {
@@ -256,40 +287,41 @@ int sim_cost_calibrate_cpu(struct sim_cost_model *m, int threads, FILE *report)
 		rs_model_free(model);
 		return rc;
 	}
-	static uint32_t tables[ROWS * BLOCKS], tokens[256];
-	for (uint32_t i = 0; i < ROWS * BLOCKS; i++)
+	uint32_t *tables = malloc(sizeof(uint32_t) * rows * blocks);
+	uint32_t *tokens = malloc(sizeof(uint32_t) * cfg->max_seq_len);
+	if (!tables || !tokens)
+		rc = -ENOMEM;
+	for (uint32_t i = 0; rc == 0 && i < rows * blocks; i++)
 		tables[i] = (uint32_t)rs_kv_block_alloc(rs_engine_kv(e));
-	for (uint32_t i = 0; i < 256; i++)
-		tokens[i] = (i * 7919u) % cfg.vocab_size;
-	/* Prefill chunks of one sequence, and decode steps of 1 to 32 sequences at short and
-	 * long contexts: the shapes a serving step mixes. */
-	static const uint32_t prefills[] = {8, 32, 96, 192}, batches[] = {1, 2, 4, 8, 16, 32},
-			      contexts[] = {16, 200};
-	struct sim_step_shape shapes[32];
-	double seconds[32];
+	for (uint32_t i = 0; rc == 0 && i < cfg->max_seq_len; i++)
+		tokens[i] = (i * 7919u) % cfg->vocab_size;
+	struct sim_step_shape shapes[16];
+	double seconds[16];
 	uint32_t n = 0;
-	time_step(e, 4, 0, 16, tables, BLOCKS, tokens, 3); /* warm the pool and the caches */
-	for (uint32_t i = 0; i < sizeof(prefills) / sizeof(prefills[0]) && rc == 0; i++, n++) {
-		seconds[n] = time_step(e, 1, 0, prefills[i], tables, BLOCKS, tokens, REPS);
-		shapes[n] = (struct sim_step_shape){prefills[i], 1,
-						    prefills[i] * (prefills[i] + 1) / 2.0};
+	if (rc == 0) /* warm the pool, the caches and the GPU's clocks */
+		time_step(e, 4, 0, 16, tables, blocks, tokens, 3);
+	for (uint32_t i = 0; i < 4 && rc == 0; i++, n++) {
+		uint32_t p = cal->prefills[i];
+		seconds[n] = time_step(e, 1, 0, p, tables, blocks, tokens, CAL_REPS);
+		shapes[n] = (struct sim_step_shape){p, 1, p * (p + 1) / 2.0};
 		rc = seconds[n] > 0 ? 0 : -EIO;
 	}
-	for (uint32_t b = 0; b < sizeof(batches) / sizeof(batches[0]) && rc == 0; b++)
+	for (uint32_t b = 0; b < 6 && rc == 0; b++)
 		for (uint32_t c = 0; c < 2 && rc == 0; c++, n++) {
-			seconds[n] = time_step(e, batches[b], contexts[c] - 1, 1, tables, BLOCKS,
-					       tokens, REPS);
-			shapes[n] = (struct sim_step_shape){batches[b], batches[b],
-							    (double)batches[b] * contexts[c]};
+			uint32_t batch = cal->batches[b], context = cal->contexts[c];
+			seconds[n] = time_step(e, batch, context - 1, 1, tables, blocks, tokens,
+					       CAL_REPS);
+			shapes[n] = (struct sim_step_shape){batch, batch, (double)batch * context};
 			rc = seconds[n] > 0 ? 0 : -EIO;
 		}
 	if (rc == 0) {
-		snprintf(m->source, sizeof(m->source),
-			 "CPU engine, stories15M-shaped f32, %d threads (ringserve-sim calibrate)",
-			 rs_engine_options(e)->threads);
+		snprintf(m->source, sizeof(m->source), "%s engine, %s, %d threads (ringserve-sim "
+			 "calibrate)", backend, cal->shape_name, rs_engine_options(e)->threads);
 		if (sim_cost_fit(m, shapes, seconds, n, report) < 0)
 			rc = -EDOM;
 	}
+	free(tables);
+	free(tokens);
 	rs_engine_destroy(e);
 	rs_model_free(model);
 	return rc;

@@ -3,8 +3,8 @@
  *   ringserve-sim run       [workload] [core] [--cost FILE] [--json FILE]
  *   ringserve-sim compare   the same, once per admission policy (fcfs, lpm, vtc, dlpm)
  *   ringserve-sim trace     [workload]: the generated requests as a trace file on stdout
- *   ringserve-sim calibrate [--threads N] [--out FILE]: fit the cost model to the CPU
- *                           engine on this machine */
+ *   ringserve-sim calibrate [--backend cpu|cuda] [--threads N] [--out FILE]: fit the
+ *                           cost model to an engine on this machine */
 #include <errno.h>
 #include <getopt.h>
 #include <stdlib.h>
@@ -51,14 +51,14 @@ static void usage(void)
 		"                        quantiles of the observed lengths)\n"
 		"  --cost FILE           the step cost model (default: built in, this machine's CPU)\n"
 		"  --json FILE           results as JSON too\n"
-		"calibrate: --threads N (0: one per CPU), --out FILE\n");
+		"calibrate: --backend cpu|cuda (cpu), --threads N (0: one per CPU), --out FILE\n");
 }
 
 enum {
 	OPT_REQUESTS = 256, OPT_RATE, OPT_TENANTS, OPT_SKEW, OPT_PREFIXES, OPT_PREFIX_LEN,
 	OPT_SUFFIX_LEN, OPT_OUTPUT_LEN, OPT_HINT, OPT_SEED, OPT_TRACE, OPT_POLICY, OPT_QUANTUM,
 	OPT_W_PROMPT, OPT_W_OUTPUT, OPT_NO_CACHE, OPT_LANES, OPT_MAX_BATCH, OPT_MAX_TOKENS,
-	OPT_KV_BLOCKS, OPT_BLOCK_SIZE, OPT_MAX_IN_FLIGHT, OPT_COST, OPT_JSON, OPT_THREADS, OPT_OUT,
+	OPT_KV_BLOCKS, OPT_BLOCK_SIZE, OPT_MAX_IN_FLIGHT, OPT_COST, OPT_JSON, OPT_THREADS, OPT_OUT, OPT_BACKEND,
 	OPT_PLANNER, OPT_BINS, OPT_BIN_BATCH, OPT_BIN_MODE, OPT_BIN_DEADLINE, OPT_BIN_BOUNDARIES,
 };
 
@@ -88,6 +88,7 @@ static const struct option options[] = {
 	{"cost", required_argument, 0, OPT_COST},
 	{"json", required_argument, 0, OPT_JSON},
 	{"threads", required_argument, 0, OPT_THREADS},
+	{"backend", required_argument, 0, OPT_BACKEND},
 	{"out", required_argument, 0, OPT_OUT},
 	{"planner", required_argument, 0, OPT_PLANNER},
 	{"bins", required_argument, 0, OPT_BINS},
@@ -197,6 +198,7 @@ int main(int argc, char **argv)
 		.multibin = {.bins = 4},
 		.cost = DEFAULT_COST};
 	const char *trace = NULL, *json_path = NULL, *cost_path = NULL, *out_path = NULL;
+	const char *backend = "cpu";
 	int threads = 0;
 	char err[512];
 	double v;
@@ -251,6 +253,10 @@ int main(int argc, char **argv)
 		case OPT_JSON: json_path = optarg; break;
 		case OPT_THREADS: bad = number(name, optarg, 0, 1024, &v), threads = (int)v; break;
 		case OPT_OUT: out_path = optarg; break;
+		case OPT_BACKEND:
+			backend = optarg;
+			bad = strcmp(backend, "cpu") && strcmp(backend, "cuda");
+			break;
 		case OPT_PLANNER:
 			if (strcmp(optarg, "multibin") == 0)
 				config.planner = &rs_planner_multibin;
@@ -297,7 +303,7 @@ int main(int argc, char **argv)
 
 	if (strcmp(command, "calibrate") == 0) {
 		struct sim_cost_model m;
-		int rc = sim_cost_calibrate_cpu(&m, threads, stdout);
+		int rc = sim_cost_calibrate(&m, backend, threads, stdout);
 		if (rc) {
 			fprintf(stderr, "ringserve-sim: calibration failed: %s\n", strerror(-rc));
 			return 1;

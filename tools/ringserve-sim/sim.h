@@ -121,9 +121,11 @@ double sim_cost_fit(struct sim_cost_model *m, const struct sim_step_shape *shape
 int sim_cost_load(struct sim_cost_model *m, const char *path, char *err, size_t err_size);
 int sim_cost_save(const struct sim_cost_model *m, const char *path);
 
-/* Measure the CPU engine's steps on a random stories15M-shaped model (`threads` workers,
- * 0: one per CPU) and fit m to them; the fit and each step's error go to report. */
-int sim_cost_calibrate_cpu(struct sim_cost_model *m, int threads, FILE *report);
+/* Measure an engine's steps and fit m to them; the fit and each step's error go to
+ * report. backend "cpu": a random stories15M-shaped f32 model (`threads` workers, 0: one
+ * per CPU); "cuda": a random TinyLlama-1.1B-shaped f16 model on the GPU. Returns 0, or
+ * -EINVAL for another backend, or the engine's error. */
+int sim_cost_calibrate(struct sim_cost_model *m, const char *backend, int threads, FILE *report);
 
 /* --- the simulation ------------------------------------------------------------------------- */
 
