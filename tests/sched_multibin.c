@@ -118,13 +118,13 @@ static int step(struct world *w, bool continuous)
 		if (!plan)
 			continue;
 		uint32_t bin = plan->requests[0]->bin;
-		bool joined = false;
+		uint32_t joined = 0;
 		for (uint32_t i = 0; i < plan->n; i++) {
 			struct rs_request *r = plan->requests[i];
 			uint32_t id = (uint32_t)r->user_data;
 			CHECK(r->bin == bin, "lane %u runs bins %u and %u in one step", l, bin, r->bin);
 			if (!w->seated[l][id]) {
-				joined = true;
+				joined++;
 				w->seated[l][id] = true;
 				w->seated_ns[id] = w->clock_ns;
 				w->admitted_ns[id] = r->admitted_ns;
@@ -135,10 +135,7 @@ static int step(struct world *w, bool continuous)
 		/* Static: newcomers only into an empty lane. */
 		CHECK(continuous || !joined || w->n_seated[l] == 0,
 		      "lane %u took requests in while %u ran", l, w->n_seated[l]);
-		uint32_t count = 0;
-		for (uint32_t id = 0; id < MAX_REQUESTS; id++)
-			count += w->seated[l][id];
-		w->n_seated[l] = count;
+		w->n_seated[l] += joined;
 		rs_sched_step_done(w->sched, l, 0);
 		CHECK(rs_sched_check(w->sched) == 0, "invariants");
 		ran++;
