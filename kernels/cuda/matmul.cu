@@ -101,7 +101,7 @@ __device__ void gemv_stage_input(X *x_s, const float *w_s, const gemv_input<T> &
 				 uint32_t k)
 {
 	__shared__ double reduce[32];
-	const bool wide = sizeof(X) == sizeof(float); /* x_s holds unrounded floats */
+	constexpr bool wide = sizeof(X) == sizeof(float); /* x_s holds unrounded floats */
 	for (uint32_t r = 0; r < m; r++) {
 		X *xs = x_s + (size_t)r * k;
 		const float *xr = MODE == GEMV_NORM ? in.xf + (size_t)(in.rows ? in.rows[r] : r) * k
