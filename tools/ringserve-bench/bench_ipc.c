@@ -176,68 +176,61 @@ static void fill_prompt(uint32_t *prompt, uint32_t seed)
 		prompt[i] = (seed * 131 + i * 7) % 32000;
 }
 
-/* Round trips, one request at a time, the client busy-polling. */
-static int measure_ring_latency(const char *socket_path, uint32_t iterations, struct percentiles *out)
+/* How the client waits for each completion. */
+enum wait_mode {
+	WAIT_BUSY_POLL, /* rs_poll in a loop */
+	WAIT_FUTEX,	/* rs_wait, never spinning: asleep on the futex */
+	WAIT_EPOLL,	/* epoll_wait on rs_event_fd after rs_event_arm */
+};
+
+/* Wait for the one completion in flight. Returns rs_poll's count (1), or a negative errno. */
+static int wait_completion(struct rs_connection *conn, enum wait_mode mode, int ep,
+			   struct rs_completion *done)
 {
-	struct rs_connection *conn;
-	int ret = rs_connect(socket_path, NULL, &conn);
-	if (ret)
-		return ret;
-	uint64_t *samples = malloc(iterations * sizeof(*samples));
-	uint32_t prompt[PROMPT_TOKENS];
-	struct rs_generate_params params = {.prompt = prompt, .prompt_len = PROMPT_TOKENS, .max_new_tokens = 1};
-	for (uint32_t i = 0; i < iterations + 1000 && ret == 0; i++) {
-		fill_prompt(prompt, i);
-		uint64_t start = rs_now_ns();
-		int request = rs_submit(conn, &params);
-		if (request < 0) {
-			ret = request;
-			break;
-		}
-		struct rs_completion done;
-		int n;
-		while ((n = rs_poll(conn, &done, 1)) == 0)
+	int n;
+	switch (mode) {
+	case WAIT_BUSY_POLL:
+		while ((n = rs_poll(conn, done, 1)) == 0)
 			rs_cpu_relax();
-		uint64_t end = rs_now_ns();
-		if (n < 0 || done.status != 0) {
-			ret = n < 0 ? n : done.status;
-			break;
+		return n;
+	case WAIT_FUTEX: return rs_wait(conn, done, 1, 5000);
+	case WAIT_EPOLL:
+		while ((n = rs_poll(conn, done, 1)) == 0) {
+			int ready = rs_event_arm(conn, RS_EVENT_COMPLETION);
+			struct epoll_event ev;
+			if (ready < 0)
+				return ready;
+			if (ready == 0 && epoll_wait(ep, &ev, 1, 5000) != 1)
+				return -ETIMEDOUT;
 		}
-		rs_release(conn, done.request);
-		if (i >= 1000)
-			samples[i - 1000] = end - start;
+		return n;
 	}
-	if (ret == 0)
-		*out = summarize(samples, iterations);
-	free(samples);
-	rs_close(conn);
-	return ret;
+	return -EINVAL;
 }
 
-/* Round trips, one request at a time, the client asleep until the completion: in
- * rs_wait without spinning (futex), or in epoll_wait on rs_event_fd after rs_event_arm. */
-static int measure_sleeping_latency(const char *socket_path, bool epoll, uint32_t iterations,
-				    struct percentiles *out)
+/* Round trips, one request at a time, after `warmup` unmeasured ones. */
+static int measure_round_trips(const char *socket_path, enum wait_mode mode, uint32_t warmup,
+			       uint32_t iterations, struct percentiles *out)
 {
-	struct rs_connect_options connect_options = {.spin_us = UINT32_MAX}; /* no spinning */
+	struct rs_connect_options no_spinning = {.spin_us = UINT32_MAX};
 	struct rs_connection *conn;
-	int ret = rs_connect(socket_path, &connect_options, &conn);
+	int ret = rs_connect(socket_path, mode == WAIT_BUSY_POLL ? NULL : &no_spinning, &conn);
 	if (ret)
 		return ret;
 	int ep = -1;
-	if (epoll) {
+	if (mode == WAIT_EPOLL) {
 		int fd = rs_event_fd(conn);
 		struct epoll_event ev = {.events = EPOLLIN};
 		ep = epoll_create1(EPOLL_CLOEXEC);
-		if (fd < 0 || ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0) {
+		if (fd < 0 || ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0)
 			ret = fd < 0 ? fd : -EIO;
-			goto out;
-		}
 	}
 	uint64_t *samples = malloc(iterations * sizeof(*samples));
+	if (!samples)
+		ret = -ENOMEM;
 	uint32_t prompt[PROMPT_TOKENS];
 	struct rs_generate_params params = {.prompt = prompt, .prompt_len = PROMPT_TOKENS, .max_new_tokens = 1};
-	for (uint32_t i = 0; i < iterations + 100 && ret == 0; i++) {
+	for (uint32_t i = 0; i < warmup + iterations && ret == 0; i++) {
 		fill_prompt(prompt, i);
 		uint64_t start = rs_now_ns();
 		int request = rs_submit(conn, &params);
@@ -246,34 +239,19 @@ static int measure_sleeping_latency(const char *socket_path, bool epoll, uint32_
 			break;
 		}
 		struct rs_completion done;
-		int n;
-		if (epoll) {
-			while ((n = rs_poll(conn, &done, 1)) == 0) {
-				int ready = rs_event_arm(conn, RS_EVENT_COMPLETION);
-				struct epoll_event ev;
-				if (ready < 0)
-					n = ready;
-				else if (ready == 0 && epoll_wait(ep, &ev, 1, 5000) != 1)
-					n = -ETIMEDOUT;
-				if (n < 0)
-					break;
-			}
-		} else {
-			n = rs_wait(conn, &done, 1, 5000);
-		}
+		int n = wait_completion(conn, mode, ep, &done);
 		uint64_t end = rs_now_ns();
 		if (n < 0 || done.status != 0) {
 			ret = n < 0 ? n : done.status;
 			break;
 		}
 		rs_release(conn, done.request);
-		if (i >= 100)
-			samples[i - 100] = end - start;
+		if (i >= warmup)
+			samples[i - warmup] = end - start;
 	}
 	if (ret == 0)
 		*out = summarize(samples, iterations);
 	free(samples);
-out:
 	if (ep >= 0)
 		close(ep);
 	rs_close(conn);
@@ -393,15 +371,16 @@ int bench_ipc(int argc, char **argv, FILE *json)
 		return 1;
 	}
 	struct percentiles ring_rtt;
-	int ret = measure_ring_latency(socket_path, options.latency_iterations, &ring_rtt);
+	int ret = measure_round_trips(socket_path, WAIT_BUSY_POLL, 1000, options.latency_iterations,
+				      &ring_rtt);
 	double throughput_1 = ret ? -1 : measure_throughput(&options, socket_path, 1);
 	double throughput_4 = ret ? -1 : measure_throughput(&options, socket_path, 4);
 	struct percentiles futex_rtt = {0}, epoll_rtt = {0};
 	uint32_t sleeping_iterations = options.latency_iterations / 10;
 	if (ret == 0)
-		ret = measure_sleeping_latency(socket_path, false, sleeping_iterations, &futex_rtt);
+		ret = measure_round_trips(socket_path, WAIT_FUTEX, 100, sleeping_iterations, &futex_rtt);
 	if (ret == 0)
-		ret = measure_sleeping_latency(socket_path, true, sleeping_iterations, &epoll_rtt);
+		ret = measure_round_trips(socket_path, WAIT_EPOLL, 100, sleeping_iterations, &epoll_rtt);
 	kill(daemon, SIGTERM);
 	waitpid(daemon, NULL, 0);
 	if (ret) {
