@@ -336,10 +336,22 @@ static void check_library_example(void)
 		}
 	}
 	CHECK(fclose(file) == 0, "write %s", source);
+	/* A sanitizer build's library needs the sanitizer's runtime: take its -fsanitize=. */
+	char config_path[PATH_MAX], sanitize[128] = "";
+	snprintf(config_path, sizeof(config_path), "%s/config", test_build_dir());
+	FILE *config = fopen(config_path, "r");
+	if (config) {
+		char line[4096];
+		const char *flag;
+		if (fgets(line, sizeof(line), config) && (flag = strstr(line, "-fsanitize=")))
+			snprintf(sanitize, sizeof(sanitize), "%.*s", (int)strcspn(flag, " \n"),
+				 flag);
+		fclose(config);
+	}
 	snprintf(command, sizeof(command),
-		 "cc -std=gnu11 -Wall -Wextra -Werror -Iclient-lib -o '%s/example' '%s' "
+		 "cc -std=gnu11 -Wall -Wextra -Werror %s -Iclient-lib -o '%s/example' '%s' "
 		 "'%s/libringserve.a' -lpthread",
-		 dir, source, test_build_dir());
+		 sanitize, dir, source, test_build_dir());
 	int rc = run(command, out, sizeof(out));
 	EXPECT(rc == 0, "libringserve.3: the example does not build (exit %d): %s", rc, out);
 	snprintf(command, sizeof(command), "rm -rf '%s'", dir);
