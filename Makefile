@@ -223,6 +223,29 @@ install: all
 	sed -e 's|@LIBDIR@|$(PREFIX)/lib|' -e 's|@INCLUDEDIR@|$(PREFIX)/include|' client-lib/ringserve.pc.in \
 		> $(DESTDIR)$(PREFIX)/lib/pkgconfig/ringserve.pc
 
+# --- make install: the man pages and the systemd units -------------------------------------
+# docs/man/NAME.N goes to share/man/manN; each call libringserve.map exports gets a page of
+# its own that sources libringserve(3) (`man rs_connect`). The units go where systemd looks
+# under PREFIX (PREFIX=/usr: /usr/lib/systemd/system, /usr/lib/sysusers.d), the service
+# with ExecStart in PREFIX/bin.
+MAN_PAGES := $(wildcard docs/man/*.[1-8])
+LIBRS_CALLS := $(shell sed -n 's/^[[:space:]]*\(rs_[a-z0-9_]*\);.*/\1/p' client-lib/libringserve.map)
+MAN_DIR := $(DESTDIR)$(PREFIX)/share/man
+SYSTEMD_UNIT_DIR := $(DESTDIR)$(PREFIX)/lib/systemd/system
+SYSUSERS_DIR := $(DESTDIR)$(PREFIX)/lib/sysusers.d
+.PHONY: install-man install-systemd
+install: install-man install-systemd
+install-man:
+	install -d $(MAN_DIR)/man1 $(MAN_DIR)/man3 $(MAN_DIR)/man8
+	for page in $(MAN_PAGES); do install -m 644 $$page $(MAN_DIR)/man$${page##*.}/ || exit 1; done
+	for call in $(LIBRS_CALLS); do echo '.so man3/libringserve.3' > $(MAN_DIR)/man3/$$call.3 || exit 1; done
+install-systemd:
+	install -d $(SYSTEMD_UNIT_DIR) $(SYSUSERS_DIR)
+	sed -e 's|@BINDIR@|$(PREFIX)/bin|g' tools/systemd/ringserved.service.in > $(SYSTEMD_UNIT_DIR)/ringserved.service
+	chmod 644 $(SYSTEMD_UNIT_DIR)/ringserved.service
+	install -m 644 tools/systemd/ringserved.socket $(SYSTEMD_UNIT_DIR)/
+	install -m 644 tools/systemd/ringserve.sysusers $(SYSUSERS_DIR)/ringserve.conf
+
 clean:
 	rm -rf build build-*
 

@@ -122,7 +122,8 @@ struct rs_generate_params {
  * (see rs_completion.status). */
 int rs_submit(struct rs_connection *conn, const struct rs_generate_params *params);
 
-/* Submit a no-op: it completes at once with status 0 and request -1 (measures the rings). */
+/* Submit a no-op: it completes at once with status 0 and request -1 (measures the rings).
+ * Returns 0, or -EAGAIN (the submission ring is full), -ESHUTDOWN, -ECONNRESET as rs_submit. */
 int rs_submit_nop(struct rs_connection *conn, uint64_t user_data);
 
 /* A finished request. */
