@@ -203,7 +203,7 @@ test-python: python $(DAEMON_BIN) $(TOOL_BINS)
 	RS_BUILD_DIR=$(abspath $(O)) PYTHONPATH=$(PY_LIB) PYTHONDONTWRITEBYTECODE=1 timeout 600 \
 		$(PYTHON) -m pytest -q -p no:cacheprovider client-lib/python/tests
 bench-python: python $(DAEMON_BIN) $(TOOL_BINS)
-	PYTHONPATH=$(PY_LIB) PYTHONDONTWRITEBYTECODE=1 $(PYTHON) client-lib/python/bench_roundtrip.py \
+	PYTHONPATH=$(PY_LIB) PYTHONDONTWRITEBYTECODE=1 $(PYTHON) tools/bench-python.py \
 		--build $(O) --json $(O)/bench-python.json
 
 FUZZ_TARGETS := $(basename $(notdir $(wildcard tests/fuzz/*.c)))

@@ -168,3 +168,27 @@ def test_text_generate_and_stream(model_daemon, model_path):
         ids = client.tokenize(prompt, bos=True)
         assert ids[0] == client.info.bos_token
         assert client.generate(ids, steps, ignore_eos=True).tokens == result.tokens
+
+
+def test_threads_share_a_client(null_daemon):
+    """Calls from several threads take turns on the connection (libringserve's connection
+    is single-threaded); every answer reaches the thread that asked."""
+    import threading
+    errors = []
+
+    def worker(seed):
+        try:
+            for i in range(200):
+                prompt = [seed, i + 1]
+                assert client.generate(prompt, 3, timeout=10).tokens == null_tokens(prompt, 3)
+        except BaseException as error:  # reported by the main thread
+            errors.append(error)
+
+    with ringserve.Client(null_daemon.socket) as client:
+        threads = [threading.Thread(target=worker, args=(seed,)) for seed in (11, 22, 33)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not any(thread.is_alive() for thread in threads)
+    assert not errors, errors
