@@ -234,8 +234,14 @@ class Request(_RequestBase):
         return self
 
     def __exit__(self, *exc):
-        if not self._c.closed:
+        if self._c.closed:
+            return
+        try:
             self.release()
+        except OSError:
+            if exc[0] is None:
+                raise
+            # Already failing (the daemon died, say): do not hide that error.
 
 
 class Client(_Base):

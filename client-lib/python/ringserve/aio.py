@@ -155,7 +155,7 @@ class AsyncRequest(_RequestBase):
             return
         try:
             await self.release()
-        except (ConnectionError, OSError):
+        except OSError:
             if exc[0] is None:
                 raise
             # Already failing (the daemon died): do not hide that error.
@@ -174,8 +174,11 @@ class AsyncClient(_Base):
         return cls(socket, tenant)
 
     def _dispatcher(self):
+        loop = asyncio.get_running_loop()
         if self._dispatch is None:
-            self._dispatch = _Dispatcher(self._c, asyncio.get_running_loop())
+            self._dispatch = _Dispatcher(self._c, loop)
+        elif self._dispatch._loop is not loop:
+            raise RuntimeError("an AsyncClient serves the event loop it was first used in")
         return self._dispatch
 
     def submit(self, prompt, max_new_tokens=16, *, temperature=0.0, top_p=1.0, top_k=0,

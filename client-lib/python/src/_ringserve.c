@@ -54,6 +54,11 @@ typedef struct {
 	uint32_t n_requests; /* table size; grows with the highest handle seen */
 	uint32_t exports;    /* over all requests */
 	uint32_t abandoned;  /* entries with abandoned set (a sweep has work) */
+	/* Handles abandoned while the lock was taken (a Request collected by a garbage
+	 * collection that ran inside one of our own calls, or while another thread waits):
+	 * taken care of by the next holder of the lock. Guarded by the GIL. */
+	int *deferred;
+	uint32_t n_deferred, deferred_size;
 } ConnectionObject;
 
 static PyTypeObject ConnectionType;
@@ -84,12 +89,16 @@ static PyObject *raise_errno(int negative_errno, const char *what)
 
 /* --- locking ---------------------------------------------------------------------- */
 
+static void abandon_locked(ConnectionObject *self, int handle);
+
 static void conn_lock(ConnectionObject *self)
 {
 	if (!PyThread_acquire_lock(self->lock, NOWAIT_LOCK)) {
 		Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(self->lock, WAIT_LOCK);
 		Py_END_ALLOW_THREADS
 	}
+	while (self->n_deferred && self->conn)
+		abandon_locked(self, self->deferred[--self->n_deferred]);
 }
 
 static void conn_unlock(ConnectionObject *self)
@@ -290,6 +299,7 @@ static void close_connection(ConnectionObject *self)
 	self->requests = NULL;
 	self->n_requests = 0;
 	self->abandoned = 0;
+	self->n_deferred = 0;
 }
 
 static void Connection_dealloc(ConnectionObject *self)
@@ -299,6 +309,7 @@ static void Connection_dealloc(ConnectionObject *self)
 		close_connection(self);
 	if (self->lock)
 		PyThread_free_lock(self->lock);
+	PyMem_Free(self->deferred);
 	Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -443,12 +454,19 @@ static int parse_submit(PyObject *args, PyObject *kwargs, struct submit_args *s)
 static int submit_locked(ConnectionObject *self, struct submit_args *s)
 {
 	int handle;
+	if (PyBytes_Check(s->prompt) || PyByteArray_Check(s->prompt)) {
+		PyErr_SetString(PyExc_TypeError,
+				"prompt: a str or a sequence of token ids, not bytes (decode it)");
+		return -EINTR;
+	}
 	if (PyUnicode_Check(s->prompt)) {
 		Py_ssize_t len;
 		const char *text = PyUnicode_AsUTF8AndSize(s->prompt, &len);
 		if (!text)
 			return -EINTR;
 		handle = rs_submit_text(self->conn, &s->params, text, (size_t)len);
+		if (handle == -EAGAIN && self->abandoned && poll_all(self) > 0)
+			handle = rs_submit_text(self->conn, &s->params, text, (size_t)len);
 	} else {
 		struct id_array ids;
 		if (ids_from_object(s->prompt, &ids) < 0)
@@ -456,6 +474,8 @@ static int submit_locked(ConnectionObject *self, struct submit_args *s)
 		s->params.prompt = ids.ids;
 		s->params.prompt_len = ids.n;
 		handle = rs_submit(self->conn, &s->params);
+		if (handle == -EAGAIN && self->abandoned && poll_all(self) > 0)
+			handle = rs_submit(self->conn, &s->params); /* abandoned slots came free */
 		ids_free(&ids);
 	}
 	if (handle < 0)
@@ -713,9 +733,24 @@ static PyObject *Connection_release(ConnectionObject *self, PyObject *arg)
 	Py_RETURN_NONE;
 }
 
-/* abandon(handle): its Python object is going away. Release it now if possible, else
- * cancel it and release it once it is done and no view of it is left. Never raises for
- * a closed connection or a handle not in use (it runs from __del__). */
+/* Cancel a request nobody will look at again, and release it once it is done and no
+ * view of it is left (lock held). */
+static void abandon_locked(ConnectionObject *self, int handle)
+{
+	struct request_entry *e = entry_for(self, handle);
+	if (!e || e->state == REQ_FREE || e->abandoned)
+		return;
+	if (e->state == REQ_RUNNING)
+		rs_cancel(self->conn, handle); /* an error here: rs_close ends it */
+	e->abandoned = true;
+	self->abandoned++;
+	sweep_abandoned(self);
+}
+
+/* abandon(handle): its Python object is going away. Never raises for a closed connection
+ * or a handle not in use, and never blocks: it runs from __del__, possibly inside one of
+ * our own calls (a garbage collection) with the lock taken; then the next holder of the
+ * lock does it. */
 static PyObject *Connection_abandon(ConnectionObject *self, PyObject *arg)
 {
 	int handle = PyLong_AsLong(arg);
@@ -723,16 +758,20 @@ static PyObject *Connection_abandon(ConnectionObject *self, PyObject *arg)
 		return NULL;
 	if (!self->conn)
 		Py_RETURN_NONE;
-	conn_lock(self);
-	struct request_entry *e = entry_for(self, handle);
-	if (self->conn && e && e->state != REQ_FREE && !e->abandoned) {
-		if (e->state == REQ_RUNNING)
-			rs_cancel(self->conn, handle); /* an error here: rs_close ends it */
-		e->abandoned = true;
-		self->abandoned++;
-		sweep_abandoned(self);
+	if (PyThread_acquire_lock(self->lock, NOWAIT_LOCK)) {
+		abandon_locked(self, handle);
+		conn_unlock(self);
+		Py_RETURN_NONE;
 	}
-	conn_unlock(self);
+	if (self->n_deferred == self->deferred_size) {
+		uint32_t size = self->deferred_size ? self->deferred_size * 2 : 16;
+		int *grown = PyMem_Realloc(self->deferred, size * sizeof(*grown));
+		if (!grown)
+			Py_RETURN_NONE; /* rs_close will end it */
+		self->deferred = grown;
+		self->deferred_size = size;
+	}
+	self->deferred[self->n_deferred++] = handle;
 	Py_RETURN_NONE;
 }
 

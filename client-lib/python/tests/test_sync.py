@@ -130,6 +130,8 @@ def test_errors(null_daemon, tmp_path):
             client.generate([1, 1 << 40], 1)
         with pytest.raises(TypeError):
             client.generate(3, 1)
+        with pytest.raises(TypeError):
+            client.generate(b"bytes are not token ids", 1)
         with pytest.raises(ringserve.RequestError) as caught:
             client.generate([NULL_VOCAB + 5], 1)  # the daemon checks ids against the vocabulary
         assert caught.value.errno == errno.ERANGE
@@ -192,3 +194,15 @@ def test_threads_share_a_client(null_daemon):
             thread.join(timeout=60)
         assert not any(thread.is_alive() for thread in threads)
     assert not errors, errors
+
+
+def test_dropped_requests_give_their_slots_back(null_daemon):
+    """A Request collected without release() is cancelled and released by the library:
+    more requests than the daemon's 256 slots per client go through."""
+    with ringserve.Client(null_daemon.socket) as client:
+        for i in range(600):
+            client.submit([i + 1], 1)  # dropped at once
+            assert client.generate([i + 2], 1).tokens == null_tokens([i + 2], 1)
+        running = [client.submit([i + 1], 4000) for i in range(8)]
+        del running  # cancelled: the connection closes cleanly afterwards
+        assert client.generate(PROMPT, 2).tokens == null_tokens(PROMPT, 2)
