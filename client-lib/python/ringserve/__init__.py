@@ -108,6 +108,11 @@ class _Base:
         detok = Detokenizer(self._c)
         return detok.feed(ids) + detok.flush()
 
+    def detokenizer(self, request=None):
+        """An incremental Detokenizer (rs_detok_*): feed(ids) -> str, flush() -> str. With
+        a request, it decodes that request's output as the continuation of its prompt."""
+        return Detokenizer(self._c, -1 if request is None else request.handle)
+
     def _submit(self, cls, prompt, max_new_tokens, temperature, top_p, top_k, seed,
                 ignore_eos, bos, output_len_hint):
         handle = self._c.submit(prompt, max_new_tokens, temperature, top_p, top_k, seed,
