@@ -195,6 +195,10 @@ bench: deps all
 PYTHON := /usr/bin/python3
 PY_LIB := $(abspath $(O))/python/lib
 .PHONY: python test-python bench-python
+ifneq ($(SAN),)
+python test-python bench-python:
+	@echo "$@: skipped in a sanitizer build (a plain interpreter cannot load a sanitized extension)"
+else
 python: $(LIBRS_A)
 	$(call say,PY,$(O)/python/lib/ringserve)
 	$(Q)cd client-lib/python && RINGSERVE_BUILD=$(abspath $(O)) $(PYTHON) setup.py -q build \
@@ -205,6 +209,7 @@ test-python: python $(DAEMON_BIN) $(TOOL_BINS)
 bench-python: python $(DAEMON_BIN) $(TOOL_BINS)
 	PYTHONPATH=$(PY_LIB) PYTHONDONTWRITEBYTECODE=1 $(PYTHON) tools/bench-python.py \
 		--build $(O) --json $(O)/bench-python.json
+endif
 
 FUZZ_TARGETS := $(basename $(notdir $(wildcard tests/fuzz/*.c)))
 fuzz: deps
