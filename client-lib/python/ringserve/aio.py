@@ -9,6 +9,7 @@ tokens sleeps in the event loop until the daemon writes the descriptor (or dies)
     client.close()
 """
 import asyncio
+import errno
 
 from . import (Detokenizer, Generation, _Base, _check, _completion, _RequestBase,
                _ringserve)
@@ -26,7 +27,10 @@ class _Dispatcher:
         self._waiters = []
         self.streams = 0  # tasks reading tokens: arm for output too, not only completions
         self._error = None
-        loop.add_reader(self._fd, self._on_readable)
+        self.start()
+
+    def start(self):
+        self._loop.add_reader(self._fd, self._on_readable)
 
     def _events(self):
         events = _ringserve.EVENT_COMPLETION
@@ -50,16 +54,14 @@ class _Dispatcher:
 
     def _fail(self, error):
         self._error = error
-        self.stop()
+        self._loop.remove_reader(self._fd)
         waiters, self._waiters = self._waiters, []
         for future in waiters:
             if not future.done():
                 future.set_exception(type(error)(*error.args))
 
     def stop(self):
-        if self._fd is not None:
-            self._loop.remove_reader(self._fd)
-            self._fd = None
+        self._loop.remove_reader(self._fd)
 
     async def news(self):
         """Return after something happened on the connection (a completion, new tokens);
@@ -204,11 +206,21 @@ class AsyncClient(_Base):
             return Generation(tokens, decoded, completion)
 
     def close(self):
-        """Close the connection (BufferError while a memoryview of an output is alive)."""
-        if self._dispatch is not None:
-            self._dispatch.stop()
-            self._dispatch = None
-        self._c.close()
+        """Close the connection; tasks waiting on it raise ConnectionAbortedError.
+        BufferError while a memoryview of an output is alive (then nothing changes)."""
+        dispatch = self._dispatch
+        if dispatch is not None:
+            dispatch.stop()  # before rs_close closes the descriptor
+        try:
+            self._c.close()
+        except BufferError:
+            if dispatch is not None:
+                dispatch.start()
+            raise
+        self._dispatch = None
+        if dispatch is not None:
+            dispatch._fail(ConnectionAbortedError(errno.ECONNABORTED,
+                                                  "the AsyncClient was closed"))
 
     async def __aenter__(self):
         return self

@@ -138,3 +138,31 @@ def test_async_daemon_dies_mid_stream(start_daemon):
         client.close()
 
     run(main())
+
+
+def test_async_close_wakes_waiting_tasks(start_daemon):
+    daemon = start_daemon("--null-delay-us", "1000")
+
+    async def main():
+        client = await ringserve.AsyncClient.connect(daemon.socket)
+        request = client.stream(PROMPT, 4000)
+        started = asyncio.Event()
+
+        async def consume():
+            async for _ in request:
+                started.set()
+
+        task = asyncio.ensure_future(consume())
+        await started.wait()
+        view = request.output()
+        with pytest.raises(BufferError):  # a view pins the connection: nothing changes
+            client.close()
+        view.release()
+        assert not task.done()
+        client.close()
+        with pytest.raises(ConnectionAbortedError):
+            await task
+        with pytest.raises(ValueError):
+            client.submit(PROMPT, 1)
+
+    run(main())
