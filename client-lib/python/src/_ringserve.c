@@ -42,7 +42,7 @@ enum request_state {
 
 struct request_entry {
 	uint8_t state;
-	bool abandoned; /* its Python object is gone: release once done and unexported */
+	bool abandoned;	  /* its Python object is gone: release once done and unexported */
 	uint32_t exports; /* live buffer exports (memoryviews) of its output */
 	struct rs_completion completion;
 };
@@ -224,11 +224,13 @@ static int wait_done(ConnectionObject *self, int handle, int timeout_ms)
 		struct rs_completion done[64];
 		int n;
 		Py_BEGIN_ALLOW_THREADS n = rs_wait(self->conn, done, 64, ms);
-		Py_END_ALLOW_THREADS
-		if (n > 0) {
+		Py_END_ALLOW_THREADS if (n > 0)
+		{
 			absorb(self, done, n);
 			e = &self->requests[handle]; /* absorb does not grow the table */
-		} else if (n != -ETIMEDOUT) {
+		}
+		else if (n != -ETIMEDOUT)
+		{
 			return n;
 		}
 		if (PyErr_CheckSignals() < 0)
@@ -263,7 +265,8 @@ static int Connection_init(ConnectionObject *self, PyObject *args, PyObject *kwa
 		return -1;
 	if (spin_us < -1 || spin_us > 10000000) {
 		Py_XDECREF(path_bytes);
-		PyErr_SetString(PyExc_ValueError, "spin_us: 0 (default), -1 (never spin) or up to 10 s");
+		PyErr_SetString(PyExc_ValueError,
+				"spin_us: 0 (default), -1 (never spin) or up to 10 s");
 		return -1;
 	}
 	struct rs_connect_options options = {.spin_us = (uint32_t)spin_us, .tenant = tenant};
@@ -271,8 +274,8 @@ static int Connection_init(ConnectionObject *self, PyObject *args, PyObject *kwa
 	struct rs_connection *conn = NULL;
 	int ret;
 	Py_BEGIN_ALLOW_THREADS ret = rs_connect(path, &options, &conn);
-	Py_END_ALLOW_THREADS
-	if (ret) {
+	Py_END_ALLOW_THREADS if (ret)
+	{
 		char what[300];
 		snprintf(what, sizeof(what), "connect to ringserved at %s",
 			 path ? path : "the default socket");
@@ -346,20 +349,21 @@ static PyObject *Connection_model_info(ConnectionObject *self, PyObject *unused)
 	conn_unlock(self);
 	if (ret)
 		return raise_errno(ret, "model_info");
-	PyObject *bos = info.bos_token == UINT32_MAX ? Py_None : PyLong_FromUnsignedLong(info.bos_token);
-	PyObject *eos = info.eos_token == UINT32_MAX ? Py_None : PyLong_FromUnsignedLong(info.eos_token);
+	PyObject *bos =
+	    info.bos_token == UINT32_MAX ? Py_None : PyLong_FromUnsignedLong(info.bos_token);
+	PyObject *eos =
+	    info.eos_token == UINT32_MAX ? Py_None : PyLong_FromUnsignedLong(info.eos_token);
 	if (bos == Py_None)
 		Py_INCREF(bos);
 	if (eos == Py_None)
 		Py_INCREF(eos);
-	return Py_BuildValue("{s:I,s:N,s:N,s:I,s:I,s:I,s:I,s:I,s:s,s:s,s:O}", "vocab_size",
-			     info.vocab_size, "bos_token", bos, "eos_token", eos, "max_seq_len",
-			     info.max_seq_len, "max_prompt_tokens", info.max_prompt_tokens,
-			     "max_output_tokens", info.max_output_tokens, "max_inflight",
-			     info.max_inflight, "client_id", info.client_id, "model_name",
-			     info.model_name ? info.model_name : "", "engine_name",
-			     info.engine_name ? info.engine_name : "", "has_vocab",
-			     info.vocab ? Py_True : Py_False);
+	return Py_BuildValue(
+	    "{s:I,s:N,s:N,s:I,s:I,s:I,s:I,s:I,s:s,s:s,s:O}", "vocab_size", info.vocab_size,
+	    "bos_token", bos, "eos_token", eos, "max_seq_len", info.max_seq_len,
+	    "max_prompt_tokens", info.max_prompt_tokens, "max_output_tokens",
+	    info.max_output_tokens, "max_inflight", info.max_inflight, "client_id", info.client_id,
+	    "model_name", info.model_name ? info.model_name : "", "engine_name",
+	    info.engine_name ? info.engine_name : "", "has_vocab", info.vocab ? Py_True : Py_False);
 }
 
 /* Token ids from a sequence of ints or a buffer of uint32 ('I'/'L' of 4 bytes). */
@@ -400,7 +404,8 @@ static int ids_from_object(PyObject *obj, struct id_array *out)
 			goto fail;
 		}
 		if (v > UINT32_MAX) {
-			PyErr_Format(PyExc_ValueError, "prompt[%zd]: %lu is not a 32-bit token id", i, v);
+			PyErr_Format(PyExc_ValueError, "prompt[%zd]: %lu is not a 32-bit token id",
+				     i, v);
 			Py_DECREF(fast);
 			goto fail;
 		}
@@ -421,9 +426,9 @@ static void ids_free(struct id_array *a)
 		PyMem_Free(a->ids);
 }
 
-static char *submit_keywords[] = {"prompt", "max_new_tokens", "temperature", "top_p",
-				  "top_k", "seed", "output_len_hint", "flags",
-				  "user_data", "timeout_ms", NULL};
+static char *submit_keywords[] = {
+    "prompt",	       "max_new_tokens", "temperature", "top_p",      "top_k", "seed",
+    "output_len_hint", "flags",		 "user_data",	"timeout_ms", NULL};
 
 struct submit_args {
 	PyObject *prompt;
@@ -438,8 +443,8 @@ static int parse_submit(PyObject *args, PyObject *kwargs, struct submit_args *s)
 	unsigned int max_new = 16, top_k = 0, hint = 0, flags = 0;
 	s->timeout_ms = -1;
 	if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|IffIKIIKi", submit_keywords, &s->prompt,
-					 &max_new, &s->params.temperature, &s->params.top_p,
-					 &top_k, &seed, &hint, &flags, &user_data, &s->timeout_ms))
+					 &max_new, &s->params.temperature, &s->params.top_p, &top_k,
+					 &seed, &hint, &flags, &user_data, &s->timeout_ms))
 		return -1;
 	s->params.max_new_tokens = max_new;
 	s->params.top_k = top_k;
@@ -574,7 +579,8 @@ static struct request_entry *locked_entry(ConnectionObject *self, int handle)
 	struct request_entry *e = entry_for(self, handle);
 	if (!e || e->state == REQ_FREE) {
 		conn_unlock(self);
-		PyErr_Format(PyExc_ValueError, "request %d is not in use on this connection", handle);
+		PyErr_Format(PyExc_ValueError, "request %d is not in use on this connection",
+			     handle);
 		return NULL;
 	}
 	return e;
@@ -660,7 +666,8 @@ static PyObject *Connection_wait_output(ConnectionObject *self, PyObject *args)
 		}
 		if ((uint32_t)count > have || e->state == REQ_DONE) {
 			conn_unlock(self);
-			return Py_BuildValue("(iO)", count, e->state == REQ_DONE ? Py_True : Py_False);
+			return Py_BuildValue("(iO)", count,
+					     e->state == REQ_DONE ? Py_True : Py_False);
 		}
 		int ms = timeout_ms == 0 ? -1 : slice_ms(deadline);
 		if (ms < 0) {
@@ -668,9 +675,9 @@ static PyObject *Connection_wait_output(ConnectionObject *self, PyObject *args)
 			break;
 		}
 		Py_BEGIN_ALLOW_THREADS ret = rs_wait_output(self->conn, handle, have, ms);
-		Py_END_ALLOW_THREADS
-		if (ret == -ENODATA) /* completed: its completion waits on the ring */
-			ret = poll_all(self);
+		Py_END_ALLOW_THREADS if (ret ==
+					 -ENODATA) /* completed: its completion waits on the ring */
+		    ret = poll_all(self);
 		if (ret < 0 && ret != -ETIMEDOUT)
 			break;
 		if (PyErr_CheckSignals() < 0) {
@@ -720,7 +727,8 @@ static PyObject *Connection_release(ConnectionObject *self, PyObject *arg)
 	if (e->state != REQ_DONE) {
 		conn_unlock(self);
 		PyErr_Format(PyExc_ValueError,
-			     "release: request %d has not completed (cancel it and wait first)", handle);
+			     "release: request %d has not completed (cancel it and wait first)",
+			     handle);
 		return NULL;
 	}
 	int ret = rs_release(self->conn, handle);
@@ -948,17 +956,17 @@ static void OutputView_dealloc(OutputViewObject *self)
 }
 
 static PyBufferProcs OutputView_buffer = {
-	.bf_getbuffer = (getbufferproc)OutputView_getbuffer,
-	.bf_releasebuffer = (releasebufferproc)OutputView_releasebuffer,
+    .bf_getbuffer = (getbufferproc)OutputView_getbuffer,
+    .bf_releasebuffer = (releasebufferproc)OutputView_releasebuffer,
 };
 
 static PyTypeObject OutputViewType = {
-	PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ringserve._ringserve.OutputView",
-	.tp_basicsize = sizeof(OutputViewObject),
-	.tp_dealloc = (destructor)OutputView_dealloc,
-	.tp_as_buffer = &OutputView_buffer,
-	.tp_flags = Py_TPFLAGS_DEFAULT,
-	.tp_doc = "The buffer behind a memoryview of a request's output in shared memory.",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ringserve._ringserve.OutputView",
+    .tp_basicsize = sizeof(OutputViewObject),
+    .tp_dealloc = (destructor)OutputView_dealloc,
+    .tp_as_buffer = &OutputView_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The buffer behind a memoryview of a request's output in shared memory.",
 };
 
 /* --- detokenizer ---------------------------------------------------------------------- */
@@ -1028,7 +1036,8 @@ static PyObject *Detokenizer_feed(DetokenizerObject *self, PyObject *arg)
 			self->buffer = grown;
 			self->buffer_size = size;
 		}
-		int n = rs_detok_feed(&self->detok, ids.ids, ids.n, self->buffer, self->buffer_size);
+		int n =
+		    rs_detok_feed(&self->detok, ids.ids, ids.n, self->buffer, self->buffer_size);
 		if (n >= 0) {
 			result = PyUnicode_DecodeUTF8(self->buffer, n, "replace");
 			break;
@@ -1037,7 +1046,8 @@ static PyObject *Detokenizer_feed(DetokenizerObject *self, PyObject *arg)
 			raise_errno(n, "detokenize");
 			break;
 		}
-		size = size * 4 < RS_DETOK_MAX_OUTPUT(ids.n) ? size * 4 : RS_DETOK_MAX_OUTPUT(ids.n);
+		size =
+		    size * 4 < RS_DETOK_MAX_OUTPUT(ids.n) ? size * 4 : RS_DETOK_MAX_OUTPUT(ids.n);
 	}
 	ids_free(&ids);
 	return result;
@@ -1055,71 +1065,70 @@ static PyObject *Detokenizer_flush(DetokenizerObject *self, PyObject *unused)
 }
 
 static PyMethodDef Detokenizer_methods[] = {
-	{"feed", (PyCFunction)Detokenizer_feed, METH_O,
-	 "feed(ids) -> str: the complete text the ids add (an unfinished character is held)"},
-	{"flush", (PyCFunction)Detokenizer_flush, METH_NOARGS,
-	 "flush() -> str: what is held back, as U+FFFD (end of the stream)"},
-	{NULL},
+    {"feed", (PyCFunction)Detokenizer_feed, METH_O,
+     "feed(ids) -> str: the complete text the ids add (an unfinished character is held)"},
+    {"flush", (PyCFunction)Detokenizer_flush, METH_NOARGS,
+     "flush() -> str: what is held back, as U+FFFD (end of the stream)"},
+    {NULL},
 };
 
 static PyTypeObject DetokenizerType = {
-	PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ringserve._ringserve.Detokenizer",
-	.tp_basicsize = sizeof(DetokenizerObject),
-	.tp_dealloc = (destructor)Detokenizer_dealloc,
-	.tp_flags = Py_TPFLAGS_DEFAULT,
-	.tp_doc = "Detokenizer(connection, request=-1): libringserve's incremental detokenizer "
-		  "(rs_detok_*); request: decode as the continuation of that request's prompt",
-	.tp_methods = Detokenizer_methods,
-	.tp_init = (initproc)Detokenizer_init,
-	.tp_new = PyType_GenericNew,
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ringserve._ringserve.Detokenizer",
+    .tp_basicsize = sizeof(DetokenizerObject),
+    .tp_dealloc = (destructor)Detokenizer_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Detokenizer(connection, request=-1): libringserve's incremental detokenizer "
+	      "(rs_detok_*); request: decode as the continuation of that request's prompt",
+    .tp_methods = Detokenizer_methods,
+    .tp_init = (initproc)Detokenizer_init,
+    .tp_new = PyType_GenericNew,
 };
 
 /* --- module ------------------------------------------------------------------------- */
 
 static PyMethodDef Connection_methods[] = {
-	{"close", (PyCFunction)Connection_close, METH_NOARGS, NULL},
-	{"model_info", (PyCFunction)Connection_model_info, METH_NOARGS, NULL},
-	{"submit", (PyCFunction)(void (*)(void))Connection_submit, METH_VARARGS | METH_KEYWORDS,
-	 NULL},
-	{"run", (PyCFunction)(void (*)(void))Connection_run, METH_VARARGS | METH_KEYWORDS, NULL},
-	{"wait", (PyCFunction)Connection_wait, METH_VARARGS, NULL},
-	{"completion", (PyCFunction)Connection_completion, METH_O, NULL},
-	{"tokens", (PyCFunction)Connection_tokens, METH_VARARGS, NULL},
-	{"view", (PyCFunction)Connection_view, METH_O, NULL},
-	{"wait_output", (PyCFunction)Connection_wait_output, METH_VARARGS, NULL},
-	{"cancel", (PyCFunction)Connection_cancel, METH_O, NULL},
-	{"release", (PyCFunction)Connection_release, METH_O, NULL},
-	{"abandon", (PyCFunction)Connection_abandon, METH_O, NULL},
-	{"event_fd", (PyCFunction)Connection_event_fd, METH_NOARGS, NULL},
-	{"pump", (PyCFunction)Connection_pump, METH_O, NULL},
-	{"tokenize", (PyCFunction)(void (*)(void))Connection_tokenize, METH_VARARGS | METH_KEYWORDS,
-	 NULL},
-	{NULL},
+    {"close", (PyCFunction)Connection_close, METH_NOARGS, NULL},
+    {"model_info", (PyCFunction)Connection_model_info, METH_NOARGS, NULL},
+    {"submit", (PyCFunction)(void (*)(void))Connection_submit, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"run", (PyCFunction)(void (*)(void))Connection_run, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"wait", (PyCFunction)Connection_wait, METH_VARARGS, NULL},
+    {"completion", (PyCFunction)Connection_completion, METH_O, NULL},
+    {"tokens", (PyCFunction)Connection_tokens, METH_VARARGS, NULL},
+    {"view", (PyCFunction)Connection_view, METH_O, NULL},
+    {"wait_output", (PyCFunction)Connection_wait_output, METH_VARARGS, NULL},
+    {"cancel", (PyCFunction)Connection_cancel, METH_O, NULL},
+    {"release", (PyCFunction)Connection_release, METH_O, NULL},
+    {"abandon", (PyCFunction)Connection_abandon, METH_O, NULL},
+    {"event_fd", (PyCFunction)Connection_event_fd, METH_NOARGS, NULL},
+    {"pump", (PyCFunction)Connection_pump, METH_O, NULL},
+    {"tokenize", (PyCFunction)(void (*)(void))Connection_tokenize, METH_VARARGS | METH_KEYWORDS,
+     NULL},
+    {NULL},
 };
 
 static PyGetSetDef Connection_getset[] = {
-	{"closed", (getter)Connection_closed, NULL, NULL, NULL},
-	{NULL},
+    {"closed", (getter)Connection_closed, NULL, NULL, NULL},
+    {NULL},
 };
 
 static PyTypeObject ConnectionType = {
-	PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ringserve._ringserve.Connection",
-	.tp_basicsize = sizeof(ConnectionObject),
-	.tp_dealloc = (destructor)Connection_dealloc,
-	.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-	.tp_doc = "Connection(socket_path=None, tenant=None, spin_us=0): one libringserve "
-		  "connection (the low-level half of ringserve.Client)",
-	.tp_methods = Connection_methods,
-	.tp_getset = Connection_getset,
-	.tp_init = (initproc)Connection_init,
-	.tp_new = PyType_GenericNew,
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ringserve._ringserve.Connection",
+    .tp_basicsize = sizeof(ConnectionObject),
+    .tp_dealloc = (destructor)Connection_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "Connection(socket_path=None, tenant=None, spin_us=0): one libringserve "
+	      "connection (the low-level half of ringserve.Client)",
+    .tp_methods = Connection_methods,
+    .tp_getset = Connection_getset,
+    .tp_init = (initproc)Connection_init,
+    .tp_new = PyType_GenericNew,
 };
 
 static struct PyModuleDef module = {
-	PyModuleDef_HEAD_INIT,
-	.m_name = "ringserve._ringserve",
-	.m_doc = "libringserve bindings (use the ringserve package)",
-	.m_size = -1,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "ringserve._ringserve",
+    .m_doc = "libringserve bindings (use the ringserve package)",
+    .m_size = -1,
 };
 
 PyMODINIT_FUNC PyInit__ringserve(void)

@@ -206,3 +206,30 @@ def test_dropped_requests_give_their_slots_back(null_daemon):
         running = [client.submit([i + 1], 4000) for i in range(8)]
         del running  # cancelled: the connection closes cleanly afterwards
         assert client.generate(PROMPT, 2).tokens == null_tokens(PROMPT, 2)
+
+
+def test_blocking_wait_releases_the_gil(start_daemon):
+    """A thread blocked in wait() lets the others run: here the main thread kills the
+    daemon, which ends the wait. (A wait that held the GIL would keep the main thread out
+    until the 4000-step request finished, 4 s later, with status 0.)"""
+    import threading
+    daemon = start_daemon("--null-delay-us", "1000")
+    outcome = []
+    entering = threading.Event()
+
+    def waiter():
+        with ringserve.Client(daemon.socket) as client:
+            request = client.submit(PROMPT, 4000)
+            entering.set()
+            try:
+                outcome.append(request.wait(timeout=30))
+            except OSError as error:
+                outcome.append(error)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    assert entering.wait(timeout=30)
+    daemon.kill()
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], ConnectionError), outcome
