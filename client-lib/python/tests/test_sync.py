@@ -35,7 +35,12 @@ def test_stream_tokens(start_daemon):
     daemon = start_daemon("--null-delay-us", "1000")  # a token per millisecond
     with ringserve.Client(daemon.socket) as client:
         with client.stream(PROMPT, 40) as request:
-            streamed = list(request.tokens(timeout=10))
+            tokens = request.tokens(timeout=10)
+            streamed = [next(tokens) for _ in range(5)]
+            with request.output() as view:  # while it runs: the tokens written so far
+                assert 5 <= len(view) <= 40
+                assert view.tolist() == null_tokens(PROMPT, len(view))
+            streamed += list(tokens)
             assert streamed == null_tokens(PROMPT, 40)
             assert request.wait(timeout=10).output_len == 40
 
@@ -167,6 +172,7 @@ def test_text_generate_and_stream(model_daemon, model_path):
         with client.stream(prompt, steps, ignore_eos=True) as request:
             pieces = list(request.text(timeout=30))
         assert "".join(pieces) == expected_text
+        assert client.detokenize(client.tokenize("Hello, world")) == "Hello, world"
         ids = client.tokenize(prompt, bos=True)
         assert ids[0] == client.info.bos_token
         assert client.generate(ids, steps, ignore_eos=True).tokens == result.tokens
