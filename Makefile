@@ -163,6 +163,7 @@ TEST_TIMEOUT ?= 120
 test: deps
 	@$(MAKE) --no-print-directory all
 	@tests/run.sh $(O) $(TEST_TIMEOUT) $(TESTS)
+	@$(MAKE) --no-print-directory test-python
 	@$(MAKE) --no-print-directory SAN=address,undefined test-run TEST_LIST="$(ASAN_TESTS)"
 	@$(MAKE) --no-print-directory SAN=thread test-run TEST_LIST="$(TSAN_TESTS)"
 
@@ -183,6 +184,32 @@ bench: deps all
 	$(O)/ringserve-bench all --json $(O)/bench.json
 	gnuplot -e "datafile='$(O)/serve-policies.dat'; outfile='$(O)/serve-policies.png'" tools/plot-serve.gp
 	@echo "plot written to $(O)/serve-policies.png"
+	@$(MAKE) --no-print-directory bench-python
+
+# --- Python package (client-lib/python, docs/client-python.md) -----------------------------
+# `make python` builds the ringserve package with its _ringserve extension, linked against
+# this folder's libringserve.a, into $(O)/python/lib; test-python runs its tests with
+# Debian's pytest on a real ringserved; bench-python measures the 1-token round trip from
+# Python beside the C client's. Debian's interpreter on purpose: `python3` on PATH may be
+# another build without python3-dev's headers or Debian's pytest.
+PYTHON := /usr/bin/python3
+PY_LIB := $(abspath $(O))/python/lib
+.PHONY: python test-python bench-python
+ifneq ($(SAN),)
+python test-python bench-python:
+	@echo "$@: skipped in a sanitizer build (a plain interpreter cannot load a sanitized extension)"
+else
+python: $(LIBRS_A)
+	$(call say,PY,$(O)/python/lib/ringserve)
+	$(Q)cd client-lib/python && RINGSERVE_BUILD=$(abspath $(O)) $(PYTHON) setup.py -q build \
+		--build-lib $(PY_LIB) --build-temp $(abspath $(O))/python/tmp $(if $(filter 1,$(V)),,>/dev/null)
+test-python: python $(DAEMON_BIN) $(TOOL_BINS)
+	RS_BUILD_DIR=$(abspath $(O)) PYTHONPATH=$(PY_LIB) PYTHONDONTWRITEBYTECODE=1 timeout 600 \
+		$(PYTHON) -m pytest -q -p no:cacheprovider client-lib/python/tests
+bench-python: python $(DAEMON_BIN) $(TOOL_BINS)
+	PYTHONPATH=$(PY_LIB) PYTHONDONTWRITEBYTECODE=1 $(PYTHON) tools/bench-python.py \
+		--build $(O) --json $(O)/bench-python.json
+endif
 
 FUZZ_TARGETS := $(basename $(notdir $(wildcard tests/fuzz/*.c)))
 fuzz: deps
