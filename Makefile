@@ -140,13 +140,19 @@ $(DAEMON_BIN): $(call obj,daemon/main.c) $(LIBINTERNAL) $(LIBRS_A)
 .SECONDEXPANSION:
 $(O)/ringserve-%: $$(call obj,$$(wildcard tools/ringserve-%/*.c)) $(LIBINTERNAL) $(LIBRS_A)
 	$(call say,LD,$@)
-	$(LINK_ALL)
+	$(LINK_ALL) $(LDLIBS_TOOL_$*)
+
+# --- per-program link libraries: LDLIBS_TOOL_<NAME> for tools/ringserve-<NAME>/, ---------
+# LDLIBS_TEST_<NAME> for tests/<NAME>.c (Debian packages in tools/deps.sh).
+# ringserve-openai: HTTP (libmicrohttpd) and JSON (jansson); its test reads JSON too.
+LDLIBS_TOOL_openai := -lmicrohttpd -ljansson
+LDLIBS_TEST_openai_bridge := -ljansson
 
 # Each tests/NAME.c is one test program; tests/sim_*.c also link the simulator's pieces.
 $(O)/tests/%: $(O)/obj/tests/%.o $(call obj,$(HARNESS_SRC)) $(LIBINTERNAL) $(LIBRS_A)
 	@mkdir -p $(dir $@)
 	$(call say,LD,$@)
-	$(LINK_ALL)
+	$(LINK_ALL) $(LDLIBS_TEST_$*)
 SIM_OBJ := $(call obj,$(filter-out tools/ringserve-sim/main.c,$(wildcard tools/ringserve-sim/*.c)))
 $(O)/tests/sim_%: $(O)/obj/tests/sim_%.o $(SIM_OBJ) $(call obj,$(HARNESS_SRC)) $(LIBINTERNAL) \
 		$(LIBRS_A)

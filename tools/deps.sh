@@ -3,8 +3,9 @@
 # As root it runs apt-get; otherwise it prints the exact command and fails.
 set -eu
 # gnuplot-nox: `make bench` plots with it (gnuplot without X; the "gnuplot" package
-# would pull in Qt).
-pkgs="liburing-dev libnuma-dev libopenblas-dev pkg-config gnuplot-nox"
+# would pull in Qt). libmicrohttpd-dev, libjansson-dev: ringserve-openai (HTTP, JSON);
+# curl: its tests talk HTTP through it.
+pkgs="liburing-dev libnuma-dev libopenblas-dev pkg-config gnuplot-nox libmicrohttpd-dev libjansson-dev curl"
 missing=""
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
