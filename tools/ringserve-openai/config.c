@@ -35,7 +35,8 @@ static int tenant_name_valid(const char *name)
 	size_t len = strlen(name);
 	if (len == 0 || len > 63)
 		return 0;
-	return strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._@:+-") ==
+	return strspn(name,
+		      "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._@:+-") ==
 	       len;
 }
 
@@ -107,9 +108,10 @@ int bridge_config_load(const char *path, struct bridge_config *config, char *err
 	json_object_foreach(keys, key, tenant)
 	{
 		if (!json_is_string(tenant) || !tenant_name_valid(json_string_value(tenant))) {
-			snprintf(error, error_size,
-				 "%s: keys: \"%s\": the tenant must be 1 to 63 of [A-Za-z0-9._@:+-]",
-				 path, key);
+			snprintf(
+			    error, error_size,
+			    "%s: keys: \"%s\": the tenant must be 1 to 63 of [A-Za-z0-9._@:+-]",
+			    path, key);
 			goto out;
 		}
 		if (strlen(key) < 8) {

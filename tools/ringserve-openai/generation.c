@@ -57,8 +57,8 @@ static bool match_stops(struct generation *gen, size_t old_len)
 	for (size_t i = 0; i < gen->n_stops; i++) {
 		size_t stop_len = strlen(gen->stops[i]);
 		size_t from = old_len >= stop_len ? old_len - stop_len + 1 : 0;
-		const char *hit = memmem(gen->text + from, gen->text_len - from, gen->stops[i],
-					 stop_len);
+		const char *hit =
+		    memmem(gen->text + from, gen->text_len - from, gen->stops[i], stop_len);
 		if (hit && (!earliest || hit < earliest))
 			earliest = hit;
 	}

@@ -14,7 +14,7 @@
 #include "tools/ringserve-openai/generation.h"
 #include "tools/ringserve-openai/http.h"
 
-#define STREAM_BLOCK 16384
+#define STREAM_BLOCK	 16384
 #define MAX_PROMPT_BYTES (1u << 20)
 
 static const struct bridge_config *config;
@@ -108,7 +108,8 @@ static enum MHD_Result send_upstream_error(struct MHD_Connection *connection, in
 				  "the prompt and max_tokens exceed the model's context",
 				  "invalid_request_error", "max_tokens", "context_length_exceeded");
 	case -EILSEQ:
-		return invalid(connection, "prompt", "the prompt has bytes the vocabulary cannot spell");
+		return invalid(connection, "prompt",
+			       "the prompt has bytes the vocabulary cannot spell");
 	case -ENOTSUP:
 		return send_error(connection, 503, "ringserved serves no vocabulary (text API)",
 				  "server_error", NULL, "service_unavailable");
@@ -143,10 +144,10 @@ static bool parse_sampling(struct MHD_Connection *connection, json_t *root, bool
 	s->temperature = 1.0; /* OpenAI's default */
 	s->top_p = 1.0;
 	json_t *v;
-#define REJECT(param, message)                                                             \
-	do {                                                                               \
-		*answer = invalid(connection, param, message);                             \
-		return false;                                                              \
+#define REJECT(param, message)                                                                     \
+	do {                                                                                       \
+		*answer = invalid(connection, param, message);                                     \
+		return false;                                                                      \
 	} while (0)
 	const char *max_names[2] = {"max_tokens", chat ? "max_completion_tokens" : NULL};
 	for (int i = 0; i < 2 && max_names[i]; i++) {
@@ -348,9 +349,8 @@ static json_t *choice_json(const struct http_request *hr, const char *text, size
 {
 	json_t *finish_json = finish ? json_string(finish) : json_null();
 	if (!hr->chat)
-		return json_pack("{s:s%, s:i, s:n, s:o}", "text", text ? text : "",
-				 text ? len : 0, "index", 0, "logprobs", "finish_reason",
-				 finish_json);
+		return json_pack("{s:s%, s:i, s:n, s:o}", "text", text ? text : "", text ? len : 0,
+				 "index", 0, "logprobs", "finish_reason", finish_json);
 	json_t *message;
 	if (!chunk)
 		message = json_pack("{s:s, s:s%}", "role", "assistant", "content", text, len);
@@ -360,14 +360,14 @@ static json_t *choice_json(const struct http_request *hr, const char *text, size
 		message = json_pack("{s:s%}", "content", text, len);
 	else
 		message = json_object();
-	return json_pack("{s:i, s:o, s:n, s:o}", "index", 0, chunk ? "delta" : "message",
-			 message, "logprobs", "finish_reason", finish_json);
+	return json_pack("{s:i, s:o, s:n, s:o}", "index", 0, chunk ? "delta" : "message", message,
+			 "logprobs", "finish_reason", finish_json);
 }
 
 static json_t *envelope(const struct http_request *hr, bool chunk, json_t *choices)
 {
-	const char *object = hr->chat ? (chunk ? "chat.completion.chunk" : "chat.completion")
-				      : "text_completion";
+	const char *object =
+	    hr->chat ? (chunk ? "chat.completion.chunk" : "chat.completion") : "text_completion";
 	return json_pack("{s:s, s:s, s:I, s:s, s:o}", "id", hr->id, "object", object, "created",
 			 (json_int_t)hr->created, "model", config->model_id, "choices", choices);
 }
@@ -434,8 +434,8 @@ static bool stream_produce(struct http_request *hr)
 		if (gen->error) {
 			stream_event(hr, upstream_error_json(gen->error));
 		} else {
-			json_t *choices = json_pack(
-			    "[o]", choice_json(hr, NULL, 0, gen->finish_reason, true));
+			json_t *choices =
+			    json_pack("[o]", choice_json(hr, NULL, 0, gen->finish_reason, true));
 			stream_event(hr, envelope(hr, true, choices));
 			if (hr->include_usage) {
 				json_t *last = envelope(hr, true, json_array());
@@ -491,8 +491,8 @@ static void stream_free(void *cls)
 }
 
 /* POST /v1/completions and /v1/chat/completions. */
-static enum MHD_Result handle_generate(struct MHD_Connection *connection,
-				       struct http_request *hr, bool chat)
+static enum MHD_Result handle_generate(struct MHD_Connection *connection, struct http_request *hr,
+				       bool chat)
 {
 	json_error_t json_error;
 	json_t *root = json_loadb(hr->body ? hr->body : "", hr->body_len, 0, &json_error);
@@ -562,10 +562,9 @@ static enum MHD_Result handle_generate(struct MHD_Connection *connection,
 	    (uint32_t)prompt_tokens >= info->max_seq_len) {
 		char message[200];
 		snprintf(message, sizeof(message),
-			 "the prompt has %d tokens; this model takes at most %u",
-			 prompt_tokens, info->max_prompt_tokens < info->max_seq_len - 1
-					    ? info->max_prompt_tokens
-					    : info->max_seq_len - 1);
+			 "the prompt has %d tokens; this model takes at most %u", prompt_tokens,
+			 info->max_prompt_tokens < info->max_seq_len - 1 ? info->max_prompt_tokens
+									 : info->max_seq_len - 1);
 		answer = send_error(connection, 400, message, "invalid_request_error", "prompt",
 				    "context_length_exceeded");
 		goto out;
@@ -655,8 +654,8 @@ out:
 
 static enum MHD_Result handle_models(struct MHD_Connection *connection, const char *id)
 {
-	json_t *model = json_pack("{s:s, s:s, s:i, s:s}", "id", config->model_id, "object",
-				  "model", "created", 0, "owned_by", "ringserve");
+	json_t *model = json_pack("{s:s, s:s, s:i, s:s}", "id", config->model_id, "object", "model",
+				  "created", 0, "owned_by", "ringserve");
 	if (id) {
 		if (strcmp(id, config->model_id) == 0)
 			return send_json(connection, 200, model);
@@ -678,8 +677,7 @@ static enum MHD_Result handle_stats(struct MHD_Connection *connection)
 	__atomic_load(&bridge_counters.cancels, &c.cancels, __ATOMIC_RELAXED);
 	__atomic_load(&bridge_counters.client_gone, &c.client_gone, __ATOMIC_RELAXED);
 	__atomic_load(&bridge_counters.upstream_deaths, &c.upstream_deaths, __ATOMIC_RELAXED);
-	__atomic_load(&bridge_counters.upstream_connects, &c.upstream_connects,
-		      __ATOMIC_RELAXED);
+	__atomic_load(&bridge_counters.upstream_connects, &c.upstream_connects, __ATOMIC_RELAXED);
 	return send_json(connection, 200,
 			 json_pack("{s:I, s:I, s:I, s:I, s:I, s:I}", "requests_total",
 				   (json_int_t)c.requests_total, "requests_active",
@@ -714,22 +712,20 @@ static enum MHD_Result route(struct MHD_Connection *connection, struct http_requ
 	}
 	if (strcmp(url, "/v1/models") == 0 || strncmp(url, "/v1/models/", 11) == 0) {
 		if (!get)
-			return send_error(connection, 405, "use GET", "invalid_request_error",
-					  NULL, "method_not_allowed");
+			return send_error(connection, 405, "use GET", "invalid_request_error", NULL,
+					  "method_not_allowed");
 		return handle_models(connection, url[10] == '/' ? url + 11 : NULL);
 	}
 	if (strcmp(url, "/ringserve/stats") == 0 && get)
 		return handle_stats(connection);
 	char message[200];
 	snprintf(message, sizeof(message), "Unknown request URL: %s %.120s", method, url);
-	return send_error(connection, 404, message, "invalid_request_error", NULL,
-			  "unknown_url");
+	return send_error(connection, 404, message, "invalid_request_error", NULL, "unknown_url");
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *connection, const char *url,
-				  const char *method, const char *version,
-				  const char *upload_data, size_t *upload_data_size,
-				  void **request_state)
+				  const char *method, const char *version, const char *upload_data,
+				  size_t *upload_data_size, void **request_state)
 {
 	struct http_request *hr = *request_state;
 	if (!hr) {
@@ -783,8 +779,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *connection, 
 	hr->answered = true;
 	if (hr->body_too_large) {
 		char message[160];
-		snprintf(message, sizeof(message), "the request body is over the limit of %zu bytes",
-			 config->max_body_bytes);
+		snprintf(message, sizeof(message),
+			 "the request body is over the limit of %zu bytes", config->max_body_bytes);
 		return send_error(connection, 413, message, "invalid_request_error", NULL,
 				  "request_too_large");
 	}

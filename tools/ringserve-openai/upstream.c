@@ -254,14 +254,14 @@ const struct rs_model_info *upstream_model(const struct upstream *up)
 int upstream_count_tokens(struct upstream *up, const char *text, size_t len)
 {
 	pthread_mutex_lock(&up->lock);
-	int ret = up->dead ? up->dead_status
-			   : rs_tokenize(up->conn, text, len, NULL, 0, RS_TOKENIZE_BOS);
+	int ret =
+	    up->dead ? up->dead_status : rs_tokenize(up->conn, text, len, NULL, 0, RS_TOKENIZE_BOS);
 	pthread_mutex_unlock(&up->lock);
 	return ret;
 }
 
-int upstream_submit(struct upstream *up, const struct rs_generate_params *params,
-		    const char *text, size_t len, struct bridge_request **out)
+int upstream_submit(struct upstream *up, const struct rs_generate_params *params, const char *text,
+		    size_t len, struct bridge_request **out)
 {
 	struct bridge_request *req = calloc(1, sizeof(*req));
 	if (!req)
@@ -298,8 +298,8 @@ int upstream_submit(struct upstream *up, const struct rs_generate_params *params
 int bridge_request_detok_init(struct bridge_request *req, struct rs_detok *detok)
 {
 	pthread_mutex_lock(&req->up->lock);
-	int ret = req->up->dead ? req->up->dead_status
-				: rs_detok_init(req->up->conn, detok, req->handle);
+	int ret =
+	    req->up->dead ? req->up->dead_status : rs_detok_init(req->up->conn, detok, req->handle);
 	pthread_mutex_unlock(&req->up->lock);
 	return ret;
 }

@@ -42,11 +42,11 @@ struct bridge_request {
 
 /* Counters for GET /ringserve/stats (relaxed atomics; for tests and operators). */
 struct bridge_counters {
-	uint64_t requests_total;   /* generation requests submitted to ringserved */
-	uint64_t requests_active;  /* submitted and not yet given back */
-	uint64_t cancels;	   /* requests cancelled: stop sequence or client gone */
-	uint64_t client_gone;	   /* HTTP clients that disconnected mid-request */
-	uint64_t upstream_deaths;  /* connections found dead */
+	uint64_t requests_total;  /* generation requests submitted to ringserved */
+	uint64_t requests_active; /* submitted and not yet given back */
+	uint64_t cancels;	  /* requests cancelled: stop sequence or client gone */
+	uint64_t client_gone;	  /* HTTP clients that disconnected mid-request */
+	uint64_t upstream_deaths; /* connections found dead */
 	uint64_t upstream_connects;
 };
 extern struct bridge_counters bridge_counters;
@@ -67,8 +67,8 @@ int upstream_count_tokens(struct upstream *up, const char *text, size_t len);
 
 /* Submit text; on success *out is a new request (ended with bridge_request_end).
  * Returns 0, or rs_submit_text's negative errno, -ECONNRESET for a dead connection. */
-int upstream_submit(struct upstream *up, const struct rs_generate_params *params,
-		    const char *text, size_t len, struct bridge_request **out);
+int upstream_submit(struct upstream *up, const struct rs_generate_params *params, const char *text,
+		    size_t len, struct bridge_request **out);
 
 /* Start a detokenizer on the request's output (rs_detok_init under the lock). */
 int bridge_request_detok_init(struct bridge_request *req, struct rs_detok *detok);
