@@ -80,6 +80,12 @@ DAEMON_BIN := $(O)/ringserved
 TOOL_BINS := $(addprefix $(O)/,$(TOOLS))
 TEST_BINS := $(addprefix $(O)/tests/,$(TESTS))
 
+# test-openai-node: the official `openai` npm package against ringserve-openai (optional: it
+# installs the package into .cache/ with npm, and skips with a message when it cannot).
+.PHONY: test-openai-node
+test-openai-node: $(O)/ringserve-openai $(DAEMON_BIN) $(O)/ringserve-mkmodel
+	tests/node/run.sh $(O)
+
 .PHONY: all deps test test-run run bench fuzz format lint clean config-msg FORCE install vocab-refs
 all: config-msg $(DAEMON_BIN) $(LIBRS_A) $(LIBRS_SO) $(O)/ringserve.pc $(TOOL_BINS) $(TEST_BINS)
 
