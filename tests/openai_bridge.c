@@ -10,7 +10,8 @@
  *   - keys map to tenants: the daemon's statistics show each key's tenant;
  *   - a client that disconnects mid-stream cancels its request (the daemon counts a failed
  *     request and stops generating; the bridge frees it);
- *   - a daemon that dies gives 503s, not hangs.
+ *   - requests of one key run in parallel on its one connection;
+ *   - a daemon that dies ends a stream with an error event, and then gives 503s, not hangs.
  * Skips (77) without curl. */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -20,6 +21,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -81,14 +83,21 @@ struct http_reply {
 	char *body;
 };
 
-/* curl: METHOD PATH with key (NULL: no Authorization) and body (NULL: none). */
-static struct http_reply http(const char *method, const char *path, const char *key,
-			      const char *body)
+struct pending {
+	FILE *pipe;
+	char out_file[128];
+	char command[1024];
+};
+
+/* Start curl: METHOD PATH with key (NULL: no Authorization) and body (NULL: none). */
+static void http_begin(struct pending *p, const char *method, const char *path, const char *key,
+		       const char *body)
 {
 	static int counter;
-	char body_file[128], out_file[128], command[1024], auth[128] = "";
+	char body_file[128], auth[128] = "";
+	char *out_file = p->out_file, *command = p->command;
 	snprintf(body_file, sizeof(body_file), "%s/body-%d", dir, counter);
-	snprintf(out_file, sizeof(out_file), "%s/out-%d", dir, counter++);
+	snprintf(out_file, sizeof(p->out_file), "%s/out-%d", dir, counter++);
 	if (key)
 		snprintf(auth, sizeof(auth), "-H 'Authorization: Bearer %s'", key);
 	char data[200] = "";
@@ -101,16 +110,20 @@ static struct http_reply http(const char *method, const char *path, const char *
 			 "-H 'Content-Type: application/json' -H 'Expect:' --data-binary @%s",
 			 body_file);
 	}
-	snprintf(command, sizeof(command),
+	snprintf(command, sizeof(p->command),
 		 "curl -s -S --max-time 30 -X %s %s %s -o %s -w '%%{http_code}' "
 		 "http://127.0.0.1:%u%s",
 		 method, auth, data, out_file, port, path);
-	FILE *p = popen(command, "r");
-	CHECK(p, "popen curl");
+	p->pipe = popen(command, "r");
+	CHECK(p->pipe, "popen curl");
+}
+
+static struct http_reply http_end(struct pending *p)
+{
 	struct http_reply reply = {0};
-	CHECK(fscanf(p, "%d", &reply.status) == 1, "curl gave no status: %s", command);
-	CHECK(pclose(p) == 0, "curl failed: %s", command);
-	FILE *f = fopen(out_file, "r");
+	CHECK(fscanf(p->pipe, "%d", &reply.status) == 1, "curl gave no status: %s", p->command);
+	CHECK(pclose(p->pipe) == 0, "curl failed: %s", p->command);
+	FILE *f = fopen(p->out_file, "r");
 	CHECK(f, "curl output");
 	size_t cap = 1 << 20;
 	reply.body = calloc(1, cap);
@@ -118,6 +131,14 @@ static struct http_reply http(const char *method, const char *path, const char *
 	reply.body[got] = '\0';
 	fclose(f);
 	return reply;
+}
+
+static struct http_reply http(const char *method, const char *path, const char *key,
+			      const char *body)
+{
+	struct pending p;
+	http_begin(&p, method, path, key, body);
+	return http_end(&p);
 }
 
 static json_t *parse(const char *text)
@@ -223,18 +244,15 @@ static void completion(const char *path, const char *body, char *text, size_t te
 }
 
 /* A streamed completion: the events' texts joined, the one finish reason, [DONE] last. */
-static void stream(const char *path, const char *body, char *text, size_t text_size, char *finish,
-		   int *chunks)
+static void stream_text(char *events, bool chat, char *text, size_t text_size, char *finish,
+			int *chunks)
 {
-	struct http_reply reply = http("POST", path, KEY_WEB, body);
-	CHECK(reply.status == 200, "status %d: %s", reply.status, reply.body);
-	bool chat = strstr(path, "chat") != NULL;
 	size_t len = 0;
 	int finishes = 0;
 	bool done = false;
 	*chunks = 0;
 	text[0] = '\0';
-	for (char *line = strtok(reply.body, "\n"); line; line = strtok(NULL, "\n")) {
+	for (char *line = strtok(events, "\n"); line; line = strtok(NULL, "\n")) {
 		CHECK(!done, "an event after [DONE]: %s", line);
 		CHECK(strncmp(line, "data: ", 6) == 0, "not an SSE data line: %s", line);
 		if (strcmp(line + 6, "[DONE]") == 0) {
@@ -272,6 +290,14 @@ static void stream(const char *path, const char *body, char *text, size_t text_s
 	}
 	CHECK(done, "no data: [DONE]");
 	CHECK(finishes == 1, "%d finish reasons", finishes);
+}
+
+static void stream(const char *path, const char *body, char *text, size_t text_size, char *finish,
+		   int *chunks)
+{
+	struct http_reply reply = http("POST", path, KEY_WEB, body);
+	CHECK(reply.status == 200, "status %d: %s", reply.status, reply.body);
+	stream_text(reply.body, strstr(path, "chat") != NULL, text, text_size, finish, chunks);
 	free(reply.body);
 }
 
@@ -304,6 +330,36 @@ static double now_s(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Open a stream of a long greedy completion on a raw socket and read until its first
+ * event; returns the socket. */
+static int open_long_stream(void)
+{
+	int sock = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+	inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+	CHECK(connect(sock, (struct sockaddr *)&addr, sizeof(addr)) == 0, "connect");
+	struct timeval timeout = {.tv_sec = 20};
+	setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+	const char *long_body = "{\"model\": \"tiny-test\", \"prompt\": \"Once\", \"max_tokens\": "
+				"2000, \"ignore_eos\": true, \"stream\": true}";
+	char request[512];
+	int request_len = snprintf(request, sizeof(request),
+				   "POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: "
+				   "Bearer %s\r\nContent-Type: application/json\r\n"
+				   "Content-Length: %zu\r\n\r\n%s",
+				   KEY_WEB, strlen(long_body), long_body);
+	CHECK(write(sock, request, (size_t)request_len) == request_len, "write");
+	char got[4096];
+	size_t have = 0;
+	while (!memmem(got, have, "data: ", 6)) { /* the stream has begun */
+		ssize_t n = read(sock, got + have, sizeof(got) - have - 1);
+		CHECK(n > 0, "stream ended before its first event");
+		have += (size_t)n;
+	}
+	CHECK(memmem(got, have, "200 OK", 6), "stream status: %.*s", (int)have, got);
+	return sock;
 }
 
 int main(void)
@@ -499,27 +555,7 @@ int main(void)
 	/* A client that leaves mid-stream: the request is cancelled, not run to its end. */
 	CHECK(stats_tenant(reader, "web", &web, &stats), "no web tenant");
 	uint64_t web_failed = web.requests_failed, web_generated = web.generated_tokens;
-	int sock = socket(AF_INET, SOCK_STREAM, 0);
-	struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-	inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
-	CHECK(connect(sock, (struct sockaddr *)&addr, sizeof(addr)) == 0, "connect");
-	const char *long_body = "{\"model\": \"tiny-test\", \"prompt\": \"Once\", \"max_tokens\": "
-				"2000, \"ignore_eos\": true, \"stream\": true}";
-	char request[512];
-	int request_len = snprintf(request, sizeof(request),
-				   "POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: "
-				   "Bearer %s\r\nContent-Type: application/json\r\n"
-				   "Content-Length: %zu\r\n\r\n%s",
-				   KEY_WEB, strlen(long_body), long_body);
-	CHECK(write(sock, request, (size_t)request_len) == request_len, "write");
-	char got[4096];
-	size_t have = 0;
-	while (!memmem(got, have, "data: ", 6)) { /* the stream has begun */
-		ssize_t n = read(sock, got + have, sizeof(got) - have - 1);
-		CHECK(n > 0, "stream ended before its first event");
-		have += (size_t)n;
-	}
-	CHECK(memmem(got, have, "200 OK", 6), "stream status: %.*s", (int)have, got);
+	int sock = open_long_stream();
 	close(sock);
 	deadline = now_s() + 10;
 	for (;;) {
@@ -542,9 +578,43 @@ int main(void)
 	free(reply.body);
 	rs_stats_close(reader);
 
-	/* A daemon that dies: 503, promptly. */
+	/* Requests of one key at once share its connection: three streams in parallel. */
+	snprintf(body, sizeof(body),
+		 "{\"model\": \"%s\", \"prompt\": %s, \"max_tokens\": 40, \"temperature\": 0, "
+		 "\"ignore_eos\": true, \"stream\": true}",
+		 MODEL_ID, prompt_json);
+	struct pending parallel[3];
+	for (int i = 0; i < 3; i++)
+		http_begin(&parallel[i], "POST", "/v1/completions", KEY_WEB, body);
+	for (int i = 0; i < 3; i++) {
+		reply = http_end(&parallel[i]);
+		CHECK(reply.status == 200, "parallel %d: %d", i, reply.status);
+		stream_text(reply.body, false, text, sizeof(text), finish, &chunks);
+		CHECK(strcmp(text, ref.text) == 0, "parallel stream %d: '%s' != '%s'", i, text,
+		      ref.text);
+		free(reply.body);
+	}
+
+	/* A daemon that dies mid-stream: the stream ends with an error event and [DONE]. */
+	sock = open_long_stream();
 	rs_close(conn);
 	test_daemon_kill(&daemon);
+	{
+		static char rest[1 << 20];
+		size_t have = 0;
+		double died = now_s();
+		while (!memmem(rest, have, "data: [DONE]", 12)) {
+			ssize_t n = read(sock, rest + have, sizeof(rest) - have - 1);
+			CHECK(n > 0, "the stream ended without [DONE] after the daemon died");
+			have += (size_t)n;
+		}
+		CHECK(memmem(rest, have, "service_unavailable", 19),
+		      "no error event after the daemon died");
+		CHECK(now_s() - died < 5, "the stream took %.1f s to end", now_s() - died);
+		close(sock);
+	}
+
+	/* A daemon that is gone: 503, promptly. */
 	double start = now_s();
 	expect_error(http("POST", "/v1/completions", KEY_WEB,
 			  "{\"model\": \"tiny-test\", \"prompt\": \"hi\", \"max_tokens\": 5}"),
