@@ -28,9 +28,12 @@
 #include "client-lib/ringserve.h"
 #include "tools/ringserve-bench/bench.h"
 
-#define STREAM_TOKENS 128
-#define KEY	      "sk-bench-openai-0000"
-#define PROMPT	      "Once upon a time there was a little girl"
+#define STREAM_TOKENS  128
+#define KEY	       "sk-bench-openai-0000"
+#define PROMPT	       "Once upon a time there was a little girl"
+#define MAX_ITERATIONS 100000
+
+static double samples[MAX_ITERATIONS];
 
 static double now_us(void)
 {
@@ -45,11 +48,11 @@ static int compare_double(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-static double percentile(double *samples, unsigned n, double p)
+static double percentile(double *values, unsigned n, double p)
 {
-	qsort(samples, n, sizeof(*samples), compare_double);
+	qsort(values, n, sizeof(*values), compare_double);
 	unsigned i = (unsigned)(p * (n - 1) + 0.5);
-	return samples[i];
+	return values[i];
 }
 
 /* The program next to this one, started with argv; its --ready-fd line is read into
@@ -163,7 +166,6 @@ static int measure_c_client(const char *socket_path, unsigned iterations, struct
 	struct rs_connect_options options = {.tenant = "bench-c", .spin_us = UINT32_MAX};
 	if (rs_connect(socket_path, &options, &conn) < 0)
 		return -1;
-	double *samples = calloc(iterations, sizeof(double));
 	char text[65536];
 	for (unsigned i = 0; i < iterations + 10; i++) {
 		double start = now_us();
@@ -218,7 +220,6 @@ static int measure_c_client(const char *socket_path, unsigned iterations, struct
 			out->ttft = first - start;
 	}
 	out->per_token = out->stream_total / STREAM_TOKENS;
-	free(samples);
 	rs_close(conn);
 	return 0;
 }
@@ -233,7 +234,6 @@ static int measure_bridge(unsigned port, unsigned iterations, struct http_figure
 	snprintf(body, sizeof(body),
 		 "{\"model\": \"bench\", \"prompt\": \"" PROMPT "\", \"max_tokens\": 1, "
 		 "\"temperature\": 0, \"ignore_eos\": true}");
-	double *samples = calloc(iterations, sizeof(double));
 	double first;
 	int sock = http_connect(port);
 	if (sock < 0)
@@ -274,7 +274,6 @@ static int measure_bridge(unsigned port, unsigned iterations, struct http_figure
 	}
 	out->per_token = out->stream_total / STREAM_TOKENS;
 	close(sock);
-	free(samples);
 	return 0;
 }
 
@@ -284,6 +283,10 @@ int bench_openai(int argc, char **argv, FILE *json)
 	for (int i = 1; i < argc; i++)
 		if (strcmp(argv[i], "--iterations") == 0 && i + 1 < argc)
 			iterations = (unsigned)atoi(argv[++i]);
+	if (iterations < 10 || iterations > MAX_ITERATIONS) {
+		fprintf(stderr, "bench openai: --iterations 10 .. %d\n", MAX_ITERATIONS);
+		return 1;
+	}
 	char dir[] = "/tmp/ringserve-bench-openai-XXXXXX";
 	if (!mkdtemp(dir))
 		return 1;
