@@ -168,7 +168,7 @@ $(O)/tests/sim_%: $(O)/obj/tests/sim_%.o $(SIM_OBJ) $(call obj,$(HARNESS_SRC)) $
 
 # --- tests ------------------------------------------------------------------------------
 # The data-path and file-parsing tests run again under ASan+UBSan, the lock-free ones under TSan.
-ASAN_TESTS := $(filter ring_% shm_% daemon_% client_% model_% engine_% sched_% sim_%,$(TESTS))
+ASAN_TESTS := $(filter ring_% shm_% daemon_% client_% model_% engine_% sched_% sim_% openai_%,$(TESTS))
 TSAN_TESTS := $(filter ring_% shm_stats daemon_many_clients daemon_model engine_thread_pool client_event_loop daemon_kill_event_loop,$(TESTS))
 TEST_TIMEOUT ?= 120
 
