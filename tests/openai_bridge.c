@@ -508,6 +508,17 @@ int main(void)
 		   &prompt_tokens);
 	CHECK(strcmp(text, text2) == 0, "seed 1234 gave '%s' and '%s'", text, text2);
 	CHECK(strcmp(text, ref.text) != 0, "temperature 1.5 gave the greedy text");
+	/* Without a seed each request draws its own: 30 tokens at temperature 1.5 from a
+	 * 512-token vocabulary do not repeat by chance. */
+	snprintf(body, sizeof(body),
+		 "{\"model\": \"%s\", \"prompt\": %s, \"max_tokens\": 30, \"temperature\": 1.5, "
+		 "\"ignore_eos\": true}",
+		 MODEL_ID, prompt_json);
+	completion("/v1/completions", body, text, sizeof(text), finish, &completion_tokens,
+		   &prompt_tokens);
+	completion("/v1/completions", body, text2, sizeof(text2), finish, &completion_tokens,
+		   &prompt_tokens);
+	CHECK(strcmp(text, text2) != 0, "two unseeded samples gave the same '%s'", text);
 
 	/* Errors in OpenAI's shape. */
 	expect_error(http("POST", "/v1/completions", KEY_WEB, "{\"model\": \"tiny-test\", "), 400,

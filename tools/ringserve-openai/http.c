@@ -176,6 +176,9 @@ static bool parse_sampling(struct MHD_Connection *connection, json_t *root, bool
 		if (!json_is_integer(v))
 			REJECT("seed", "must be an integer");
 		s->seed = (uint64_t)json_integer_value(v);
+	} else if (getrandom(&s->seed, sizeof(s->seed), 0) != sizeof(s->seed)) {
+		/* no seed: a fresh one per request, as OpenAI samples anew each time */
+		s->seed = (uint64_t)time(NULL);
 	}
 	v = json_object_get(root, "n");
 	if (v && !json_is_null(v) && !(json_is_integer(v) && json_integer_value(v) == 1))
