@@ -4,6 +4,7 @@
 #   make test            build and run every test (plus ASan/UBSan and TSan passes)
 #   make run             start the daemon with the default model and run a demo client
 #   make bench           run the benchmarks; prints a table and writes JSON
+#   make test-openai-node  the OpenAI bridge against the official `openai` npm package
 #   make fuzz            build and briefly run the libFuzzer targets (clang)
 #   make SAN=address,undefined | SAN=thread    sanitizer build, in its own build folder
 #   make V=1             print the full compiler commands (default: one line per file)
@@ -80,12 +81,6 @@ DAEMON_BIN := $(O)/ringserved
 TOOL_BINS := $(addprefix $(O)/,$(TOOLS))
 TEST_BINS := $(addprefix $(O)/tests/,$(TESTS))
 
-# test-openai-node: the official `openai` npm package against ringserve-openai (optional: it
-# installs the package into .cache/ with npm, and skips with a message when it cannot).
-.PHONY: test-openai-node
-test-openai-node: $(O)/ringserve-openai $(DAEMON_BIN) $(O)/ringserve-mkmodel
-	tests/node/run.sh $(O)
-
 .PHONY: all deps test test-run run bench fuzz format lint clean config-msg FORCE install vocab-refs
 all: config-msg $(DAEMON_BIN) $(LIBRS_A) $(LIBRS_SO) $(O)/ringserve.pc $(TOOL_BINS) $(TEST_BINS)
 
@@ -153,6 +148,11 @@ $(O)/ringserve-%: $$(call obj,$$(wildcard tools/ringserve-%/*.c)) $(LIBINTERNAL)
 # ringserve-openai: HTTP (libmicrohttpd) and JSON (jansson); its test reads JSON too.
 LDLIBS_TOOL_openai := -lmicrohttpd -ljansson
 LDLIBS_TEST_openai_bridge := -ljansson
+# make test-openai-node: the official `openai` npm package against ringserve-openai
+# (optional: installs the package into .cache/ with npm; skips with a message without it).
+.PHONY: test-openai-node
+test-openai-node: $(O)/ringserve-openai $(DAEMON_BIN) $(O)/ringserve-mkmodel
+	tests/node/run.sh $(O)
 
 # Each tests/NAME.c is one test program; tests/sim_*.c also link the simulator's pieces.
 $(O)/tests/%: $(O)/obj/tests/%.o $(call obj,$(HARNESS_SRC)) $(LIBINTERNAL) $(LIBRS_A)
