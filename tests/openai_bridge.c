@@ -83,6 +83,9 @@ struct http_reply {
 	char *body;
 };
 
+/* Extra curl arguments for the next requests (a chunked upload). */
+static const char *curl_extra = "";
+
 struct pending {
 	FILE *pipe;
 	char out_file[128];
@@ -111,9 +114,9 @@ static void http_begin(struct pending *p, const char *method, const char *path, 
 			 body_file);
 	}
 	snprintf(command, sizeof(p->command),
-		 "curl -s -S --max-time 30 -X %s %s %s -o %s -w '%%{http_code}' "
+		 "curl -s -S --max-time 30 -X %s %s %s %s -o %s -w '%%{http_code}' "
 		 "http://127.0.0.1:%u%s",
-		 method, auth, data, out_file, port, path);
+		 method, auth, curl_extra, data, out_file, port, path);
 	p->pipe = popen(command, "r");
 	CHECK(p->pipe, "popen curl");
 }
@@ -545,6 +548,17 @@ int main(void)
 	memset(big + k, 'a', 2 * MAX_BODY);
 	strcpy(big + k + 2 * MAX_BODY, "\"}");
 	expect_error(http("POST", "/v1/completions", KEY_WEB, big), 413, "request_too_large");
+	curl_extra = "-H 'Transfer-Encoding: chunked'"; /* no Content-Length: counted as read */
+	expect_error(http("POST", "/v1/completions", KEY_WEB, big), 413, "request_too_large");
+	curl_extra = "";
+	expect_error(http("POST", "/v1/completions", "sk-not-a-key-at-all",
+			  "{\"model\": \"tiny-test\", \"prompt\": \"hi\"}"),
+		     401, "invalid_api_key");
+	expect_error(http("GET", "/v1/models/gpt-9", KEY_WEB, NULL), 404, "model_not_found");
+	reply = http("GET", "/v1/models/" MODEL_ID, KEY_WEB, NULL);
+	CHECK(reply.status == 200 && strstr(reply.body, "\"id\":\"" MODEL_ID "\""), "model: %d %s",
+	      reply.status, reply.body);
+	free(reply.body);
 	free(big);
 
 	/* Keys map to tenants: a request with the batch key is the batch tenant's. */
