@@ -12,7 +12,7 @@ if [ ! -d "$cache/node_modules/openai" ]; then
 	command -v npm >/dev/null 2>&1 || skip "npm is not installed (apt-get install npm)"
 	mkdir -p "$cache"
 	echo "test-openai-node: npm install openai into $cache"
-	npm install --silent --no-audit --no-fund --prefix "$cache" openai@4 >/dev/null 2>&1 ||
+	npm install --silent --no-audit --no-fund --prefix "$cache" openai >/dev/null 2>&1 ||
 		skip "npm could not install the openai package (no registry?)"
 fi
 dir=$(mktemp -d /tmp/ringserve-node-XXXXXX)
