@@ -4,6 +4,7 @@
 #   make test            build and run every test (plus ASan/UBSan and TSan passes)
 #   make run             start the daemon with the default model and run a demo client
 #   make bench           run the benchmarks; prints a table and writes JSON
+#   make test-openai-node  the OpenAI bridge against the official `openai` npm package
 #   make fuzz            build and briefly run the libFuzzer targets (clang)
 #   make SAN=address,undefined | SAN=thread    sanitizer build, in its own build folder
 #   make V=1             print the full compiler commands (default: one line per file)
@@ -140,13 +141,24 @@ $(DAEMON_BIN): $(call obj,daemon/main.c) $(LIBINTERNAL) $(LIBRS_A)
 .SECONDEXPANSION:
 $(O)/ringserve-%: $$(call obj,$$(wildcard tools/ringserve-%/*.c)) $(LIBINTERNAL) $(LIBRS_A)
 	$(call say,LD,$@)
-	$(LINK_ALL)
+	$(LINK_ALL) $(LDLIBS_TOOL_$*)
+
+# --- per-program link libraries: LDLIBS_TOOL_<NAME> for tools/ringserve-<NAME>/, ---------
+# LDLIBS_TEST_<NAME> for tests/<NAME>.c (Debian packages in tools/deps.sh).
+# ringserve-openai: HTTP (libmicrohttpd) and JSON (jansson); its test reads JSON too.
+LDLIBS_TOOL_openai := -lmicrohttpd -ljansson
+LDLIBS_TEST_openai_bridge := -ljansson
+# make test-openai-node: the official `openai` npm package against ringserve-openai
+# (optional: installs the package into .cache/ with npm; skips with a message without it).
+.PHONY: test-openai-node
+test-openai-node: $(O)/ringserve-openai $(DAEMON_BIN) $(O)/ringserve-mkmodel
+	tests/node/run.sh $(O)
 
 # Each tests/NAME.c is one test program; tests/sim_*.c also link the simulator's pieces.
 $(O)/tests/%: $(O)/obj/tests/%.o $(call obj,$(HARNESS_SRC)) $(LIBINTERNAL) $(LIBRS_A)
 	@mkdir -p $(dir $@)
 	$(call say,LD,$@)
-	$(LINK_ALL)
+	$(LINK_ALL) $(LDLIBS_TEST_$*)
 SIM_OBJ := $(call obj,$(filter-out tools/ringserve-sim/main.c,$(wildcard tools/ringserve-sim/*.c)))
 $(O)/tests/sim_%: $(O)/obj/tests/sim_%.o $(SIM_OBJ) $(call obj,$(HARNESS_SRC)) $(LIBINTERNAL) \
 		$(LIBRS_A)
@@ -156,7 +168,7 @@ $(O)/tests/sim_%: $(O)/obj/tests/sim_%.o $(SIM_OBJ) $(call obj,$(HARNESS_SRC)) $
 
 # --- tests ------------------------------------------------------------------------------
 # The data-path and file-parsing tests run again under ASan+UBSan, the lock-free ones under TSan.
-ASAN_TESTS := $(filter ring_% shm_% daemon_% client_% model_% engine_% sched_% sim_%,$(TESTS))
+ASAN_TESTS := $(filter ring_% shm_% daemon_% client_% model_% engine_% sched_% sim_% openai_%,$(TESTS))
 TSAN_TESTS := $(filter ring_% shm_stats daemon_many_clients daemon_model engine_thread_pool client_event_loop daemon_kill_event_loop,$(TESTS))
 TEST_TIMEOUT ?= 120
 

@@ -5,8 +5,10 @@ set -eu
 # gnuplot-nox: `make bench` plots with it (gnuplot without X; the "gnuplot" package
 # would pull in Qt). groff-base: tests/man_pages renders the man pages (docs/man/).
 # python3-dev, python3-setuptools, python3-pytest: the Python package (client-lib/python)
-# is built and tested with Debian's interpreter.
-pkgs="liburing-dev libnuma-dev libopenblas-dev pkg-config gnuplot-nox groff-base python3-dev python3-setuptools python3-pytest"
+# is built and tested with Debian's interpreter. libmicrohttpd-dev, libjansson-dev:
+# ringserve-openai (HTTP, JSON); curl: its tests talk HTTP through it.
+pkgs="liburing-dev libnuma-dev libopenblas-dev pkg-config gnuplot-nox groff-base
+	python3-dev python3-setuptools python3-pytest libmicrohttpd-dev libjansson-dev curl"
 missing=""
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

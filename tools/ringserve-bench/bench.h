@@ -27,6 +27,10 @@ int bench_tenants(int argc, char **argv, FILE *json);
  * lanes, plain continuous batching, and predicted instead of hinted lengths. */
 int bench_batching(int argc, char **argv, FILE *json);
 
+/* The OpenAI-compatible bridge (ringserve-openai) against the C client on one daemon: added
+ * latency per request and per streamed token. */
+int bench_openai(int argc, char **argv, FILE *json);
+
 /* Start the ringserved next to this program on socket_path with the extra arguments
  * (NULL-terminated) and return its pid once it listens, or -1. It dies with us. */
 pid_t bench_start_daemon(const char *socket_path, const char *const *extra_args);

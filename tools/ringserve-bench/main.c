@@ -5,6 +5,7 @@
  *   tenants  several tenants with shared prefixes under each admission policy (bench_tenants.c)
  *   sched    the scheduling core alone: admission decisions with many waiting (bench_sched.c)
  *   batching multi-bin batching on the real CPU engine (bench_batching.c)
+ *   openai   the OpenAI-compatible bridge's added latency against the C client (bench_openai.c)
  *   all      every subcommand, one JSON object keyed by subcommand */
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,12 +25,13 @@ static const struct subcommand subcommands[] = {
 	{"sched", bench_sched},
 	{"tenants", bench_tenants},
 	{"batching", bench_batching},
+	{"openai", bench_openai},
 };
 #define N_SUBCOMMANDS (sizeof(subcommands) / sizeof(subcommands[0]))
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: ringserve-bench ipc|engine|serve|sched|tenants|batching|all [--json FILE] [options]\n");
+	fprintf(stderr, "usage: ringserve-bench ipc|engine|serve|sched|tenants|batching|openai|all [--json FILE] [options]\n");
 }
 
 int main(int argc, char **argv)
