@@ -393,6 +393,9 @@ int main(void)
 	check_arch("qwen2 biases f32", &cfg, RS_DTYPE_F32, &qwen2, 40, 40, 21);
 	check_arch("qwen2 biases bf16, chunks", &cfg, RS_DTYPE_BF16, &qwen2, 40, 9, 22);
 	check_file("qwen2 GGUF file", &cfg, &qwen2, 40, 23);
+	struct rs_model_config partial = cfg;
+	partial.rope_dim = 8; /* NEOX pairs (i, i + 4) in the first 8 of 16 */
+	check_file("qwen2 GGUF file, rope_dim 8", &partial, &qwen2, 40, 29);
 	/* Llama 3.1's rope_freqs, with an original context short enough (64) that the
 	 * divisors turn the pairs a test prompt reaches: 1, blended, 8. */
 	struct rs_model_random_extras llama3 = {.arch = RS_ARCH_LLAMA,
