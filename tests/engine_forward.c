@@ -266,7 +266,7 @@ static void check_engine(const char *name, struct rs_model *model, const struct 
 	free(tokens), free(logits), free(ref), free(table);
 	rs_engine_destroy(engine);
 	rs_model_free(model);
-	printf("%-28s kv %s ok\n", name, kv_name);
+	printf("%-28s kv %s ok (max |engine - ref| %.3g)\n", name, kv_name, worst);
 }
 
 static void check_model(const char *name, const struct rs_model_config *cfg, enum rs_dtype dtype,
