@@ -27,7 +27,7 @@ static const char corpus[] =
 	"the world is good for the people who live in it and work with each other";
 
 struct piece {
-	char text[MAX_MERGED + 1];
+	char text[48]; /* learnt pieces (MAX_MERGED) and the longest special names */
 	uint32_t len;
 };
 
@@ -50,7 +50,7 @@ static int32_t find_piece(const struct builder *b, const char *s, size_t len)
 /* Append a piece unless the vocabulary is full. */
 static void add(struct builder *b, const char *s, size_t len, float score, uint8_t type)
 {
-	if (b->n == b->cap)
+	if (b->n == b->cap || len >= sizeof(b->pieces[0].text))
 		return;
 	memcpy(b->pieces[b->n].text, s, len);
 	b->pieces[b->n].text[len] = '\0';
