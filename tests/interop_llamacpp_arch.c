@@ -40,6 +40,7 @@ static struct {
 	void (*model_free)(void *model);
 	void *(*init_from_model)(void *model, struct opaque_params params);
 	void (*free_context)(void *ctx);
+	void (*set_n_threads)(void *ctx, int32_t n_threads, int32_t n_threads_batch);
 	struct opaque_batch (*batch_get_one)(int32_t *tokens, int32_t n);
 	int32_t (*decode)(void *ctx, struct opaque_batch batch);
 	float *(*get_logits_ith)(void *ctx, int32_t i);
@@ -85,6 +86,7 @@ static int open_llama_cpp(const char *dir)
 	SYM(model_free, "llama_model_free");
 	SYM(init_from_model, "llama_init_from_model");
 	SYM(free_context, "llama_free");
+	SYM(set_n_threads, "llama_set_n_threads");
 	SYM(batch_get_one, "llama_batch_get_one");
 	SYM(decode, "llama_decode");
 	SYM(get_logits_ith, "llama_get_logits_ith");
@@ -108,6 +110,7 @@ static int llama_cpp_greedy(const char *path, uint32_t vocab, const uint32_t *pr
 		lc.model_free(model);
 		return -1;
 	}
+	lc.set_n_threads(ctx, 1, 1); /* as ringserve's engine here; the default spins 4 */
 	int32_t tokens[64], next;
 	for (uint32_t i = 0; i < n_prompt; i++)
 		tokens[i] = (int32_t)prompt[i];
