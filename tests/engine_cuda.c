@@ -1288,9 +1288,11 @@ int main(int argc, char **argv)
 	/* Qwen2's biases (the unfused [q|k|v] path with its bias kernel, at decode sizes too)
 	 * and Llama 3's RoPE divisors (in the device's cosine table). */
 	static const struct rs_model_random_extras qwen2 = {.arch = RS_ARCH_QWEN2};
-	static const struct rs_model_random_extras llama3 = {
-		.arch = RS_ARCH_LLAMA, .rope_factor = 8.0f, .low_freq_factor = 1.0f,
-		.high_freq_factor = 4.0f, .original_context = 32};
+	static const struct rs_model_random_extras llama3 = {.arch = RS_ARCH_LLAMA,
+							     .rope_factor = 8.0f,
+							     .low_freq_factor = 1.0f,
+							     .high_freq_factor = 4.0f,
+							     .original_context = 32};
 	arch_extras = &qwen2;
 	PART("qwen2", (test_forward(RS_DTYPE_F32), test_forward(RS_DTYPE_BF16),
 		       test_greedy(RS_DTYPE_F16, 3, "on"), test_greedy(RS_DTYPE_F32, 8, "off")));

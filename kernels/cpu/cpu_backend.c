@@ -7,7 +7,8 @@
  *
  * A step runs synchronously inside rs_engine_step. Per layer:
  *   xb = rmsnorm(x); [q|k|v] = xb Wqkv^T (one product, the three projections fused);
- *   [q|k|v] += bias (Qwen2); rope(q, k) (the pair frequencies of rs_model_rope_freqs); store k, v in the paged cache; att = attention(q, cache);
+ *   [q|k|v] += bias (Qwen2); rope(q, k) (pair frequencies: rs_model_rope_freqs);
+ *   store k, v in the paged cache; att = attention(q, cache);
  *   x += att Wo^T (the residual fused into the product);
  *   xb = rmsnorm(x); g = xb Wg^T, u = xb Wu^T, h = silu(g) u (one pool run); x += h Wdown^T.
  * x holds every token of the step, so each weight matrix is read once per step. */
@@ -31,7 +32,7 @@
 
 struct cpu_layer {
 	float *attn_norm, *ffn_norm;   /* [dim] */
-	float *bqkv;                   /* [q_dim + 2 kv_dim] q, k, v biases; NULL: none */
+	float *bqkv;                    /* [q_dim + 2 kv_dim] q, k, v biases; NULL: none */
 	struct rs_packed_matrix wqkv;   /* (q_dim + 2 kv_dim) x dim */
 	struct rs_packed_matrix wo;     /* dim x q_dim */
 	struct rs_packed_matrix w_gate; /* hidden x dim */
@@ -165,7 +166,8 @@ static int load_weights(struct rs_engine *e, struct cpu_engine *c)
 			return -ENOMEM;
 		to_f32(L->attn_norm, &w->attn_norm);
 		to_f32(L->ffn_norm, &w->ffn_norm);
-		float *bias = alloc_floats((size_t)cfg->head_dim * (cfg->n_heads + 2 * cfg->n_kv_heads));
+		size_t qkv_dim = (size_t)cfg->head_dim * (cfg->n_heads + 2 * cfg->n_kv_heads);
+		float *bias = alloc_floats(qkv_dim);
 		if (!bias)
 			return -ENOMEM;
 		if (rs_engine_qkv_bias(e, l, bias))

@@ -44,8 +44,7 @@ void rs_op_rope_table_freqs(float *cos_sin, uint32_t first_pos, uint32_t n_pos, 
 			    const double *freqs);
 
 /* out[r][i] += bias[i] for n_rows rows of width floats, rows stride floats apart. */
-void rs_op_add_bias(float *out, const float *bias, uint32_t n_rows, uint32_t width,
-		    size_t stride);
+void rs_op_add_bias(float *out, const float *bias, uint32_t n_rows, uint32_t width, size_t stride);
 
 /* rs_op_rope at the position whose row of rs_op_rope_table cos_sin is: the same bits. */
 void rs_op_rope_rotate(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t rope_dim,

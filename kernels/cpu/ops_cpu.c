@@ -76,8 +76,7 @@ void rs_op_rope_table_freqs(float *cos_sin, uint32_t first_pos, uint32_t n_pos, 
 		}
 }
 
-void rs_op_add_bias(float *out, const float *bias, uint32_t n_rows, uint32_t width,
-		    size_t stride)
+void rs_op_add_bias(float *out, const float *bias, uint32_t n_rows, uint32_t width, size_t stride)
 {
 	for (uint32_t r = 0; r < n_rows; r++)
 		for (uint32_t i = 0; i < width; i++)

@@ -68,7 +68,7 @@ struct decode_graph {
 
 struct cuda_layer {
 	float *attn_norm, *ffn_norm; /* [dim], fp32 */
-	float *bqkv;                 /* [q_dim + 2 kv_dim] q, k, v biases, fp32; NULL: none */
+	float *bqkv;		     /* [q_dim + 2 kv_dim] q, k, v biases, fp32; NULL: none */
 	void *wqkv;                  /* [q_dim + 2 kv_dim][dim] */
 	void *wo;                    /* [dim][q_dim] */
 	void *w_gate_up;             /* [2 hidden][dim] */
@@ -613,14 +613,17 @@ static int enqueue_layers(struct rs_engine *e, struct cuda_engine *c, struct cud
 			/* Biased (Qwen2): the unfused path, the bias between the GEMM and RoPE
 			 * (the fused GEMV epilogue has no bias). */
 			TRY(rs_cuda_norm_matmul(ln->blas, ln->qkv, ln->x, NULL, L->attn_norm,
-						cfg->norm_eps, ln->xb, L->wqkv, wt, T, stride, dim, 0));
+						cfg->norm_eps, ln->xb, L->wqkv, wt, T, stride, dim,
+						0));
 			TRY(rs_cuda_add_bias(ln->qkv, L->bqkv, T, stride, stride, s));
 			TRY(rs_cuda_rope_kv_store(ln->qkv, stride, d_positions, d_slots, T,
-						  cfg->n_heads, &kv, cfg->rope_dim, c->rope_table, s));
+						  cfg->n_heads, &kv, cfg->rope_dim, c->rope_table,
+						  s));
 		} else {
-			TRY(rs_cuda_qkv_matmul(ln->blas, ln->qkv, ln->x, L->attn_norm, cfg->norm_eps,
-					       ln->xb, L->wqkv, wt, T, dim, cfg->n_heads, &kv,
-					       cfg->rope_dim, c->rope_table, d_positions, d_slots));
+			TRY(rs_cuda_qkv_matmul(ln->blas, ln->qkv, ln->x, L->attn_norm,
+					       cfg->norm_eps, ln->xb, L->wqkv, wt, T, dim,
+					       cfg->n_heads, &kv, cfg->rope_dim, c->rope_table,
+					       d_positions, d_slots));
 		}
 		TRY(rs_cuda_attention(ln->att, wt, ln->qkv, stride, &kv, d_tables, d_table_offset,
 				      d_positions, T, cfg->n_heads, max_ctx, ln->att_scratch, s));

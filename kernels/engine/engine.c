@@ -205,8 +205,8 @@ bool rs_engine_qkv_bias(const struct rs_engine *e, uint32_t layer, float *out)
 	} parts[] = {{&w->bq, 0, q_dim}, {&w->bk, q_dim, kv_dim}, {&w->bv, q_dim + kv_dim, kv_dim}};
 	for (size_t i = 0; i < 3; i++) {
 		if (parts[i].t->data)
-			rs_convert_to_f32(out + parts[i].offset, parts[i].t->data, parts[i].t->dtype,
-					  parts[i].n);
+			rs_convert_to_f32(out + parts[i].offset, parts[i].t->data,
+					  parts[i].t->dtype, parts[i].n);
 		else
 			memset(out + parts[i].offset, 0, parts[i].n * sizeof(float));
 	}

@@ -74,8 +74,8 @@ static const struct {
 } archs[] = {{"llama", RS_ARCH_LLAMA}, {"qwen2", RS_ARCH_QWEN2}};
 
 /* key = "<arch>.<suffix>" */
-#define ARCH_KEY(key, arch, suffix)                                                         \
-	char key[96];                                                                       \
+#define ARCH_KEY(key, arch, suffix)                                                                \
+	char key[96];                                                                              \
 	snprintf(key, sizeof(key), "%s.%s", rs_arch_name(arch), suffix)
 
 static int get_arch_u32(const struct rs_gguf *g, enum rs_arch arch, const char *suffix,
@@ -103,7 +103,8 @@ static int read_arch(const struct rs_gguf *g, enum rs_arch *arch, char *err, siz
 		return rs_errmsg(err, err_size, -EINVAL,
 				 "GGUF: key general.architecture must be a string");
 	for (size_t i = 0; i < sizeof(archs) / sizeof(archs[0]); i++)
-		if (name.len == strlen(archs[i].name) && !memcmp(name.ptr, archs[i].name, name.len)) {
+		if (name.len == strlen(archs[i].name) &&
+		    !memcmp(name.ptr, archs[i].name, name.len)) {
 			*arch = archs[i].arch;
 			return 0;
 		}
@@ -161,11 +162,11 @@ static int read_config(const struct rs_gguf *g, enum rs_arch *arch, struct rs_mo
 	if (!ret)
 		ret = get_arch_u32(g, a, "block_count", NULL, &cfg->n_layers, err, err_size);
 	if (!ret)
-		ret = get_arch_u32(g, a, "attention.head_count", NULL, &cfg->n_heads, err,
-				   err_size);
+		ret =
+		    get_arch_u32(g, a, "attention.head_count", NULL, &cfg->n_heads, err, err_size);
 	if (!ret)
-		ret = get_arch_u32(g, a, "attention.head_count_kv", &cfg->n_heads,
-				   &cfg->n_kv_heads, err, err_size);
+		ret = get_arch_u32(g, a, "attention.head_count_kv", &cfg->n_heads, &cfg->n_kv_heads,
+				   err, err_size);
 	if (!ret)
 		ret = get_arch_u32(g, a, "context_length", NULL, &cfg->max_seq_len, err, err_size);
 	if (ret)
@@ -179,8 +180,8 @@ static int read_config(const struct rs_gguf *g, enum rs_arch *arch, struct rs_mo
 	ret = get_arch_u32(g, a, "rope.dimension_count", &cfg->head_dim, &cfg->rope_dim, err,
 			   err_size);
 	if (!ret)
-		ret = get_arch_f32(g, a, "rope.freq_base", 10000.0f, &cfg->rope_theta, err,
-				   err_size);
+		ret =
+		    get_arch_f32(g, a, "rope.freq_base", 10000.0f, &cfg->rope_theta, err, err_size);
 	if (!ret)
 		ret = get_arch_f32(g, a, "attention.layer_norm_rms_epsilon", 1e-5f, &cfg->norm_eps,
 				   err, err_size);
@@ -205,8 +206,8 @@ static int take_bias(const struct rs_gguf *g, uint32_t layer, const char *part, 
  * pair adjacent elements (model.h). The order of a head's elements does not change q.k as
  * long as q and k share it, so the loader moves row (or bias element) i + rope_dim / 2 to
  * 2i + 1 and i to 2i, once, into owned memory. Row bytes come from the file (any dtype). */
-static void neox_to_meta_rows(uint8_t *dst, const uint8_t *src, size_t row_bytes,
-			      uint32_t n_heads, uint32_t head_dim, uint32_t rope_dim)
+static void neox_to_meta_rows(uint8_t *dst, const uint8_t *src, size_t row_bytes, uint32_t n_heads,
+			      uint32_t head_dim, uint32_t rope_dim)
 {
 	uint32_t half = rope_dim / 2;
 	for (uint32_t h = 0; h < n_heads; h++) {
@@ -256,7 +257,8 @@ static int qk_to_meta_layout(const struct rs_gguf *g, struct rs_model *m, char *
 			const struct rs_gguf_tensor *gt = rs_gguf_find_tensor(g, name);
 			if (!ts[i]->data || !gt)
 				continue;
-			uint64_t n_rows = (uint64_t)heads[i] * cfg->head_dim; /* weights: rows; biases: elements */
+			uint64_t n_rows = (uint64_t)heads[i] *
+					  cfg->head_dim; /* weights: rows; biases: elements */
 			size_t unit = (size_t)(gt->nbytes / n_rows);
 			used = (used + 63) & ~(size_t)63;
 			neox_to_meta_rows(buf + used, gt->data, unit, heads[i], cfg->head_dim,
@@ -302,7 +304,8 @@ int rs_gguf_build_model(const struct rs_gguf *g, struct rs_model *model, char *e
 		return rs_errmsg(err, err_size, -EINVAL,
 				 "GGUF: %s.block_count %u needs at least %" PRIu64
 				 " tensors, the file has %" PRIu64,
-				 rs_arch_name(arch), cfg.n_layers, (uint64_t)cfg.n_layers * 9 + 2, rs_gguf_n_tensors(g));
+				 rs_arch_name(arch), cfg.n_layers, (uint64_t)cfg.n_layers * 9 + 2,
+				 rs_gguf_n_tensors(g));
 
 	struct rs_layer_weights *layers = calloc(cfg.n_layers, sizeof(*layers));
 	if (!layers)
@@ -310,7 +313,7 @@ int rs_gguf_build_model(const struct rs_gguf *g, struct rs_model *model, char *e
 	uint64_t dim = cfg.dim, hidden = cfg.hidden_dim;
 	uint64_t q_dim = (uint64_t)cfg.n_heads * cfg.head_dim;
 	uint64_t kv_dim = (uint64_t)cfg.n_kv_heads * cfg.head_dim;
-	struct rs_model m = { .config = cfg, .layers = layers, .arch = arch };
+	struct rs_model m = {.config = cfg, .layers = layers, .arch = arch};
 
 	ret = take(g, "token_embd.weight", cfg.vocab_size, dim, &m.token_embedding, err, err_size);
 	for (uint32_t l = 0; l < cfg.n_layers && !ret; l++) {
@@ -347,8 +350,8 @@ int rs_gguf_build_model(const struct rs_gguf *g, struct rs_model *model, char *e
 	}
 	/* Llama 3.1+'s RoPE scaling: per-pair frequency divisors. */
 	if (!ret && rs_gguf_find_tensor(g, "rope_freqs.weight")) {
-		ret = take(g, "rope_freqs.weight", 1, cfg.rope_dim / 2, &m.rope_freqs, err,
-			   err_size);
+		ret =
+		    take(g, "rope_freqs.weight", 1, cfg.rope_dim / 2, &m.rope_freqs, err, err_size);
 		double *freqs = ret ? NULL : malloc((cfg.rope_dim / 2) * sizeof(double));
 		if (!ret && !freqs)
 			ret = rs_errmsg(err, err_size, -ENOMEM, "GGUF: out of memory");
@@ -356,8 +359,8 @@ int rs_gguf_build_model(const struct rs_gguf *g, struct rs_model *model, char *e
 			char inner[200];
 			ret = rs_model_rope_freqs(&m, freqs, inner, sizeof(inner));
 			if (ret)
-				rs_errmsg(err, err_size, ret, "GGUF: tensor 'rope_freqs.weight': %s",
-					  inner);
+				rs_errmsg(err, err_size, ret,
+					  "GGUF: tensor 'rope_freqs.weight': %s", inner);
 		}
 		free(freqs);
 	}

@@ -494,10 +494,18 @@ int rs_gguf_write_model(const char *path, const struct rs_model *model,
 	const char *arch = rs_arch_name(model->arch);
 	char k[16][96];
 	static const char *const suffixes[] = {
-		"context_length", "embedding_length", "block_count", "feed_forward_length",
-		"rope.dimension_count", "attention.head_count", "attention.head_count_kv",
-		"attention.layer_norm_rms_epsilon", "rope.freq_base", "vocab_size",
-		"rope.scaling.type", "rope.scaling.factor",
+	    "context_length",
+	    "embedding_length",
+	    "block_count",
+	    "feed_forward_length",
+	    "rope.dimension_count",
+	    "attention.head_count",
+	    "attention.head_count_kv",
+	    "attention.layer_norm_rms_epsilon",
+	    "rope.freq_base",
+	    "vocab_size",
+	    "rope.scaling.type",
+	    "rope.scaling.factor",
 	};
 	for (size_t i = 0; i < sizeof(suffixes) / sizeof(suffixes[0]); i++)
 		snprintf(k[i], sizeof(k[i]), "%s.%s", arch, suffixes[i]);
@@ -536,11 +544,11 @@ int rs_gguf_write_model(const char *path, const struct rs_model *model,
 			const char *suffix;
 			const struct rs_tensor *t;
 		} parts[] = {
-			{ "attn_norm", &lw->attn_norm }, { "attn_q", &lw->wq },
-			{ "attn_k", &lw->wk },		 { "attn_v", &lw->wv },
-			{ "attn_output", &lw->wo },	 { "ffn_norm", &lw->ffn_norm },
-			{ "ffn_gate", &lw->w_gate },	 { "ffn_down", &lw->w_down },
-			{ "ffn_up", &lw->w_up },
+		    {"attn_norm", &lw->attn_norm}, {"attn_q", &lw->wq},
+		    {"attn_k", &lw->wk},	   {"attn_v", &lw->wv},
+		    {"attn_output", &lw->wo},	   {"ffn_norm", &lw->ffn_norm},
+		    {"ffn_gate", &lw->w_gate},	   {"ffn_down", &lw->w_down},
+		    {"ffn_up", &lw->w_up},
 		};
 		struct rs_tensor q = lw->wq, k_ = lw->wk, bq = lw->bq, bk = lw->bk;
 		if (neox) {

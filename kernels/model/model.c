@@ -71,8 +71,7 @@ const char *rs_arch_name(enum rs_arch arch)
 	return arch == RS_ARCH_QWEN2 ? "qwen2" : "llama";
 }
 
-int rs_model_rope_freqs(const struct rs_model *model, double *freqs, char *err,
-			size_t err_size)
+int rs_model_rope_freqs(const struct rs_model *model, double *freqs, char *err, size_t err_size)
 {
 	const struct rs_model_config *c = &model->config;
 	uint32_t pairs = c->rope_dim / 2;
@@ -82,13 +81,15 @@ int rs_model_rope_freqs(const struct rs_model *model, double *freqs, char *err,
 		double divisor = 1.0;
 		if (t->data) {
 			float v;
-			rs_convert_to_f32(&v, (const uint8_t *)t->data + i * rs_dtype_size(t->dtype),
+			rs_convert_to_f32(&v,
+					  (const uint8_t *)t->data + i * rs_dtype_size(t->dtype),
 					  t->dtype, 1);
 			if (!(v > 0.0f) || v > 1e30f)
-				return rs_errmsg(err, err_size, -EINVAL,
-						 "rope_freqs[%u] is %g: RoPE frequency divisors must "
-						 "be positive and finite",
-						 i, (double)v);
+				return rs_errmsg(
+				    err, err_size, -EINVAL,
+				    "rope_freqs[%u] is %g: RoPE frequency divisors must "
+				    "be positive and finite",
+				    i, (double)v);
 			divisor = v;
 		}
 		freqs[i] = pow((double)c->rope_theta, -2.0 * i / c->rope_dim) / (divisor * scale);

@@ -64,9 +64,9 @@ struct rs_layer_weights {
 	struct rs_tensor w_up;      /* [hidden_dim][dim]   (w3) */
 	/* Biases added after the q, k, v projections, before RoPE (Qwen2); data NULL: none.
 	 * bq and bk are in the Meta layout, as wq and wk. */
-	struct rs_tensor bq;        /* [n_heads * head_dim] */
-	struct rs_tensor bk;        /* [n_kv_heads * head_dim] */
-	struct rs_tensor bv;        /* [n_kv_heads * head_dim] */
+	struct rs_tensor bq; /* [n_heads * head_dim] */
+	struct rs_tensor bk; /* [n_kv_heads * head_dim] */
+	struct rs_tensor bv; /* [n_kv_heads * head_dim] */
 };
 
 struct rs_tokenizer;
@@ -118,8 +118,7 @@ int rs_model_check_config(const struct rs_model_config *cfg, char *err, size_t e
  * divided by rope_freqs[i] when the model has them and by config.rope_scale when it is
  * not 0 or 1. Returns 0, or -EINVAL when a divisor is not positive and finite (err says
  * which). */
-int rs_model_rope_freqs(const struct rs_model *model, double *freqs, char *err,
-			size_t err_size);
+int rs_model_rope_freqs(const struct rs_model *model, double *freqs, char *err, size_t err_size);
 
 /* The name general.architecture gives arch ("llama", "qwen2"). */
 const char *rs_arch_name(enum rs_arch arch);

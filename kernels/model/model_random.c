@@ -140,8 +140,8 @@ int rs_model_random_arch(const struct rs_model_config *cfg, enum rs_dtype dtype,
 	struct rs_model *model = *out;
 	bool bias = x->qkv_bias || x->arch == RS_ARCH_QWEN2;
 	bool freqs = x->rope_factor > 0.0f;
-	if (freqs && (!(x->low_freq_factor > 0.0f) ||
-		      !(x->high_freq_factor > x->low_freq_factor) || !x->original_context)) {
+	if (freqs && (!(x->low_freq_factor > 0.0f) || !(x->high_freq_factor > x->low_freq_factor) ||
+		      !x->original_context)) {
 		rs_model_free(model);
 		*out = NULL;
 		return -EINVAL;
@@ -149,7 +149,8 @@ int rs_model_random_arch(const struct rs_model_config *cfg, enum rs_dtype dtype,
 	uint64_t q_dim = (uint64_t)cfg->n_heads * cfg->head_dim;
 	uint64_t kv_dim = (uint64_t)cfg->n_kv_heads * cfg->head_dim;
 	size_t bytes = (bias ? (tensor_bytes(1, q_dim, RS_DTYPE_F32) +
-				2 * tensor_bytes(1, kv_dim, RS_DTYPE_F32)) * cfg->n_layers
+				2 * tensor_bytes(1, kv_dim, RS_DTYPE_F32)) *
+				   cfg->n_layers
 			     : 0) +
 		       (freqs ? tensor_bytes(1, cfg->rope_dim / 2, RS_DTYPE_F32) : 0);
 	model->arch = x->arch;
@@ -173,7 +174,7 @@ int rs_model_random_arch(const struct rs_model_config *cfg, enum rs_dtype dtype,
 		float *d = (float *)(a.base + a.used);
 		for (uint32_t i = 0; i < cfg->rope_dim / 2; i++)
 			d[i] = (float)rs_llama3_rope_divisor(
-				pow((double)cfg->rope_theta, -2.0 * i / cfg->rope_dim), x);
+			    pow((double)cfg->rope_theta, -2.0 * i / cfg->rope_dim), x);
 		t.data = d;
 		model->rope_freqs = t;
 	}

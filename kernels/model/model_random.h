@@ -29,7 +29,7 @@ int rs_model_random(const struct rs_model_config *cfg, enum rs_dtype dtype, uint
 /* What an architecture adds to a random model (rs_model_random_arch). */
 struct rs_model_random_extras {
 	enum rs_arch arch; /* written as general.architecture; RS_ARCH_QWEN2 implies qkv_bias */
-	bool qkv_bias;     /* q, k, v biases: uniform with standard deviation 0.5 */
+	bool qkv_bias;	   /* q, k, v biases: uniform with standard deviation 0.5 */
 	/* Llama 3's RoPE scaling as rope_freqs: Meta's "llama3" formula's divisors (1 for
 	 * wavelengths below original_context / high_freq_factor, factor above
 	 * original_context / low_freq_factor, a smooth blend between), as llama.cpp's

@@ -64,8 +64,8 @@ static void add(struct builder *b, const char *s, size_t len, float score, uint8
  * ids; space is "▁" for SentencePiece, GPT-2's "Ġ" for byte-level BPE). When merges is not
  * NULL, the merged pairs are recorded there (left, right ids, in rank order), at most
  * max_merges, and *n_merges counts them. */
-static int learn_merges(struct builder *b, const char *space, uint32_t *merges,
-			uint32_t max_merges, uint32_t *n_merges)
+static int learn_merges(struct builder *b, const char *space, uint32_t *merges, uint32_t max_merges,
+			uint32_t *n_merges)
 {
 	size_t max_syms = 2 * sizeof(corpus);
 	int32_t *syms = malloc(max_syms * sizeof(*syms));
@@ -234,8 +234,7 @@ int rs_tokenizer_demo_bpe(uint32_t n_tokens, uint32_t pre, struct rs_tokenizer *
 			  size_t err_size)
 {
 	static const char *const llama3_specials[] = {"<|begin_of_text|>", "<|end_of_text|>"};
-	static const char *const qwen2_specials[] = {"<|endoftext|>", "<|im_start|>",
-						     "<|im_end|>"};
+	static const char *const qwen2_specials[] = {"<|endoftext|>", "<|im_start|>", "<|im_end|>"};
 	bool llama3 = pre == RS_PRETOK_LLAMA3;
 	const char *const *specials = llama3 ? llama3_specials : qwen2_specials;
 	uint32_t n_specials = llama3 ? 2 : 3;
@@ -246,7 +245,8 @@ int rs_tokenizer_demo_bpe(uint32_t n_tokens, uint32_t pre, struct rs_tokenizer *
 	*out = NULL;
 	if (pre != RS_PRETOK_LLAMA3 && pre != RS_PRETOK_QWEN2)
 		return rs_errmsg(err, err_size, -EINVAL,
-				 "demo BPE vocabulary: pre-tokenizer %u (llama3 or qwen2 only)", pre);
+				 "demo BPE vocabulary: pre-tokenizer %u (llama3 or qwen2 only)",
+				 pre);
 	if (n_tokens < 256 + n_specials || n_tokens > RS_TOKENIZER_MAX_VOCAB)
 		return rs_errmsg(err, err_size, -EINVAL,
 				 "demo BPE vocabulary: %u tokens (must be %u..%u: 256 byte and %u "
@@ -285,18 +285,18 @@ int rs_tokenizer_demo_bpe(uint32_t n_tokens, uint32_t pre, struct rs_tokenizer *
 	}
 	int32_t first_special = (int32_t)(n_tokens - n_specials);
 	struct rs_tokenizer_vocab v = {
-		.n = b.n,
-		.pieces = ptrs,
-		.lens = lens,
-		.types = b.types,
-		.bos = first_special,
-		.eos = llama3 ? first_special + 1 : first_special,
-		.unk = -1,
-		.flags = llama3 ? RS_TOKENIZER_ADD_BOS | RS_TOKENIZER_IGNORE_MERGES : 0,
-		.kind = RS_TOKENIZER_BPE,
-		.pre = pre,
-		.n_merges = n_merges,
-		.merge_ids = merges,
+	    .n = b.n,
+	    .pieces = ptrs,
+	    .lens = lens,
+	    .types = b.types,
+	    .bos = first_special,
+	    .eos = llama3 ? first_special + 1 : first_special,
+	    .unk = -1,
+	    .flags = llama3 ? RS_TOKENIZER_ADD_BOS | RS_TOKENIZER_IGNORE_MERGES : 0,
+	    .kind = RS_TOKENIZER_BPE,
+	    .pre = pre,
+	    .n_merges = n_merges,
+	    .merge_ids = merges,
 	};
 	ret = rs_tokenizer_create(&v, out, err, err_size);
 out:
