@@ -486,7 +486,6 @@ static void test_architectures(void)
 	REQUIRE(rs_model_random_arch(&cfg, RS_DTYPE_F32, 3, false, &qwen2, &model) == 0);
 	REQUIRE(rs_tokenizer_demo_bpe(300, RS_PRETOK_QWEN2, &tok, err, sizeof(err)) == 0);
 	use_good_model(model, tok);
-	rs_model_free(model);
 	rs_tokenizer_free(tok);
 	CHECK(rs_model_load_memory(good_gguf, good_gguf_size, &m, err, sizeof(err)) == 0);
 	if (m) {
@@ -494,12 +493,18 @@ static void test_architectures(void)
 		CHECK(m->tokenizer && rs_tokenizer_kind(m->tokenizer) == RS_TOKENIZER_BPE);
 		rs_model_free(m);
 	}
+	/* llama2.c files hold none of it: the writer refuses rather than drop the biases. */
+	char l2c[512];
+	CHECK(rs_llama2c_write(test_path(l2c, sizeof(l2c), "q.bin"), model, err, sizeof(err)) ==
+		      -EINVAL &&
+	      strstr(err, "plain Llama 2 models only"));
 	struct tinfo bq = tensor_info("blk.0.attn_q.bias");
 	v = 6;
 	expect_patch_fails(bq.ne0, &v, 8, "'blk.0.attn_q.bias' has shape", "short q bias");
 	size_t name = find_bytes(good_gguf, good_gguf_size, "blk.1.attn_v.bias", 17);
 	expect_patch_fails(name, "blk.1.attn_v.biaZ", 17, "missing tensor 'blk.1.attn_v.bias'",
 			   "qwen2 without its v bias");
+	rs_model_free(model);
 	size_t blocks = after_key("qwen2.block_count");
 	uint32_t u = 0;
 	expect_patch_fails(blocks + 4, &u, 4, "n_layers 0", "qwen2 zero layers");
