@@ -496,7 +496,7 @@ static void test_architectures(void)
 	/* llama2.c files hold none of it: the writer refuses rather than drop the biases. */
 	char l2c[512];
 	CHECK(rs_llama2c_write(test_path(l2c, sizeof(l2c), "q.bin"), model, err, sizeof(err)) ==
-		      -EINVAL &&
+		  -EINVAL &&
 	      strstr(err, "plain Llama 2 models only"));
 	struct tinfo bq = tensor_info("blk.0.attn_q.bias");
 	v = 6;
