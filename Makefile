@@ -189,6 +189,12 @@ test-run:
 vocab-refs:
 	tools/fetch-vocab-refs.sh .cache/vocab-refs
 
+# issue 11 (architectures): llama.cpp's prebuilt CPU libraries for the optional
+# tests/interop_llamacpp_arch check (it skips without them).
+.PHONY: llama-cpp
+llama-cpp:
+	tools/fetch-llama-cpp.sh .cache/llama-cpp
+
 run: deps all
 	tools/run-demo.sh $(O) $(MODEL)
 

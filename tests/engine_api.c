@@ -60,8 +60,15 @@ int main(void)
 		struct rs_tensor matrix = {RS_DTYPE_F32, 4096, 4096, model->output.data};
 		struct rs_tensor vector = {RS_DTYPE_F32, 1, 4096, model->output.data};
 		for (int l = 0; l < 16; l++)
-			layers[l] = (struct rs_layer_weights){vector, matrix, matrix, matrix, matrix,
-							      vector, matrix, matrix, matrix};
+			layers[l] = (struct rs_layer_weights){.attn_norm = vector,
+							      .wq = matrix,
+							      .wk = matrix,
+							      .wv = matrix,
+							      .wo = matrix,
+							      .ffn_norm = vector,
+							      .w_gate = matrix,
+							      .w_down = matrix,
+							      .w_up = matrix};
 		big.layers = layers;
 		big.final_norm = vector;
 		big.token_embedding.cols = big.output.cols = 4096;

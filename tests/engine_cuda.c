@@ -982,11 +982,14 @@ static double rms(const float *x, size_t n)
 
 /* Whole forward pass: a prefill batch of three sequences, then a mixed step (one decodes,
  * one prefills a second chunk), logits compared CUDA vs CPU. */
+/* The architecture test_forward and test_greedy build their models with (NULL: Llama). */
+static const struct rs_model_random_extras *arch_extras;
+
 static void test_forward(enum rs_dtype dt)
 {
 	struct rs_model_config cfg = gqa_config();
 	struct rs_model *model = NULL;
-	CHECK(rs_model_random(&cfg, dt, 11, false, &model) == 0, "model");
+	CHECK(rs_model_random_arch(&cfg, dt, 11, false, arch_extras, &model) == 0, "model");
 	if (!model)
 		return;
 	struct rs_engine *ec = make_engine(model, "cpu", 1, NULL), *eg = make_engine(model, "cuda", 1, NULL);
@@ -1040,7 +1043,7 @@ static void test_greedy(enum rs_dtype dt, int seqs, const char *graphs)
 {
 	struct rs_model_config cfg = gqa_config();
 	struct rs_model *model = NULL;
-	CHECK(rs_model_random(&cfg, dt, 21, false, &model) == 0, "model");
+	CHECK(rs_model_random_arch(&cfg, dt, 21, false, arch_extras, &model) == 0, "model");
 	if (!model)
 		return;
 	struct rs_engine *ec = make_engine(model, "cpu", 1, NULL);
@@ -1282,6 +1285,19 @@ int main(int argc, char **argv)
 			test_greedy(RS_DTYPE_F16, 8, "off"), test_greedy(RS_DTYPE_F16, 3, "on"),
 			test_greedy(RS_DTYPE_F32, 3, "on"), test_greedy(RS_DTYPE_F32, 3, "off")));
 	PART("zero_copy", test_zero_copy());
+	/* Qwen2's biases (the unfused [q|k|v] path with its bias kernel, at decode sizes too)
+	 * and Llama 3's RoPE divisors (in the device's cosine table). */
+	static const struct rs_model_random_extras qwen2 = {.arch = RS_ARCH_QWEN2};
+	static const struct rs_model_random_extras llama3 = {.arch = RS_ARCH_LLAMA,
+							     .rope_factor = 8.0f,
+							     .low_freq_factor = 1.0f,
+							     .high_freq_factor = 4.0f,
+							     .original_context = 32};
+	arch_extras = &qwen2;
+	PART("qwen2", (test_forward(RS_DTYPE_F32), test_forward(RS_DTYPE_BF16),
+		       test_greedy(RS_DTYPE_F16, 3, "on"), test_greedy(RS_DTYPE_F32, 8, "off")));
+	arch_extras = &llama3;
+	PART("llama3", (test_forward(RS_DTYPE_F16), test_greedy(RS_DTYPE_BF16, 3, "on")));
 	TEST_END();
 }
 #endif

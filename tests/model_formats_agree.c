@@ -51,8 +51,13 @@ static void generate(const struct rs_model *model, const uint32_t *prompt, uint3
 	}
 	uint32_t next = 0, token;
 	struct rs_seq_step step = {
-		.tokens = prompt, .n_tokens = n_prompt, .start_pos = 0, .block_table = blocks,
-		.n_blocks = n_blocks, .sample = 1, .out_token = &next,
+	    .tokens = prompt,
+	    .n_tokens = n_prompt,
+	    .start_pos = 0,
+	    .block_table = blocks,
+	    .n_blocks = n_blocks,
+	    .sample = 1,
+	    .out_token = &next,
 	};
 	REQUIRE(rs_engine_step(engine, 0, &step, 1) == 0 && rs_engine_step_wait(engine, 0) == 0);
 	for (uint32_t i = 0; i < STEPS; i++) {
@@ -63,7 +68,8 @@ static void generate(const struct rs_model *model, const uint32_t *prompt, uint3
 		step.tokens = &token;
 		step.n_tokens = 1;
 		step.start_pos = n_prompt + i;
-		REQUIRE(rs_engine_step(engine, 0, &step, 1) == 0 && rs_engine_step_wait(engine, 0) == 0);
+		REQUIRE(rs_engine_step(engine, 0, &step, 1) == 0 &&
+			rs_engine_step_wait(engine, 0) == 0);
 	}
 	rs_engine_destroy(engine);
 }
@@ -83,9 +89,17 @@ static int distinct(const uint32_t *ids, int n)
 static void test_library(enum rs_dtype dtype, bool tied, uint64_t seed, uint32_t *tokens_out)
 {
 	struct rs_model_config cfg = {
-		.dim = 64, .hidden_dim = 160, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2,
-		.head_dim = 16, .vocab_size = 512, .max_seq_len = 128, .rope_dim = 16,
-		.rope_theta = 10000.0f, .norm_eps = 1e-5f,
+	    .dim = 64,
+	    .hidden_dim = 160,
+	    .n_layers = 2,
+	    .n_heads = 4,
+	    .n_kv_heads = 2,
+	    .head_dim = 16,
+	    .vocab_size = 512,
+	    .max_seq_len = 128,
+	    .rope_dim = 16,
+	    .rope_theta = 10000.0f,
+	    .norm_eps = 1e-5f,
 	};
 	struct rs_model *model;
 	struct rs_tokenizer *tok;
@@ -168,37 +182,46 @@ static void test_tools(void)
 	char path[512];
 	struct rs_model *from_tool = load(test_path(path, sizeof(path), "t.gguf"), NULL);
 	struct rs_model_config cfg = from_tool->config;
-	CHECK(cfg.dim == 48 && cfg.hidden_dim == 100 && cfg.n_kv_heads == 1 && cfg.vocab_size == 400);
+	CHECK(cfg.dim == 48 && cfg.hidden_dim == 100 && cfg.n_kv_heads == 1 &&
+	      cfg.vocab_size == 400);
 	struct rs_model *expected;
 	REQUIRE(rs_model_random(&cfg, RS_DTYPE_BF16, 42, false, &expected) == 0);
 	CHECK(models_same(expected, from_tool, 1));
 	rs_model_free(expected);
 
-	snprintf(cmd, sizeof(cmd), "%s %s/t.gguf --prompt-ids '1 300 17 45' -n %d --ids --ignore-eos "
-		 "--backend cpu --threads 1 2>/dev/null", generate_bin, test_dir, STEPS);
+	snprintf(cmd, sizeof(cmd),
+		 "%s %s/t.gguf --prompt-ids '1 300 17 45' -n %d --ids --ignore-eos "
+		 "--backend cpu --threads 1 2>/dev/null",
+		 generate_bin, test_dir, STEPS);
 	CHECK(run_capture(cmd, out_a, sizeof(out_a)) == 0);
-	snprintf(cmd, sizeof(cmd), "%s %s/t.bin --prompt-ids '1 300 17 45' -n %d --ids --ignore-eos "
-		 "--backend cpu --threads 1 2>/dev/null", generate_bin, test_dir, STEPS);
+	snprintf(cmd, sizeof(cmd),
+		 "%s %s/t.bin --prompt-ids '1 300 17 45' -n %d --ids --ignore-eos "
+		 "--backend cpu --threads 1 2>/dev/null",
+		 generate_bin, test_dir, STEPS);
 	CHECK(run_capture(cmd, out_b, sizeof(out_b)) == 0);
 	CHECK(strcmp(out_a, out_b) == 0);
 
 	/* ... and the ids it prints are the library's greedy continuation. */
-	uint32_t prompt[4] = { 1, 300, 17, 45 }, ids[STEPS];
+	uint32_t prompt[4] = {1, 300, 17, 45}, ids[STEPS];
 	generate(from_tool, prompt, 4, ids);
 	char want[4096];
 	size_t used = 0;
 	for (int i = 0; i < STEPS; i++)
-		used += (size_t)snprintf(want + used, sizeof(want) - used, i ? " %u" : "%u", ids[i]);
+		used +=
+		    (size_t)snprintf(want + used, sizeof(want) - used, i ? " %u" : "%u", ids[i]);
 	snprintf(want + used, sizeof(want) - used, "\n");
 	if (strcmp(out_a, want) != 0) {
-		fprintf(stderr, "ringserve-generate printed '%s', the library gives '%s'\n", out_a, want);
+		fprintf(stderr, "ringserve-generate printed '%s', the library gives '%s'\n", out_a,
+			want);
 		test_failures++;
 	}
 	rs_model_free(from_tool);
 
 	/* Text mode prints the prompt, then the continuation. */
-	snprintf(cmd, sizeof(cmd), "%s %s/t.bin --prompt 'the little girl' -n 5 --backend cpu "
-		 "--threads 1 2>/dev/null", generate_bin, test_dir);
+	snprintf(cmd, sizeof(cmd),
+		 "%s %s/t.bin --prompt 'the little girl' -n 5 --backend cpu "
+		 "--threads 1 2>/dev/null",
+		 generate_bin, test_dir);
 	CHECK(run_capture(cmd, out_a, sizeof(out_a)) == 0);
 	CHECK(strncmp(out_a, "the little girl", 15) == 0);
 	/* A malformed model is a clear error, exit status 1. */
@@ -208,6 +231,62 @@ static void test_tools(void)
 	unlink(test_path(path, sizeof(path), "t.gguf"));
 	unlink(test_path(path, sizeof(path), "t.bin"));
 	unlink(test_path(path, sizeof(path), "tokenizer.bin"));
+}
+
+/* ringserve-mkmodel --arch qwen2 / llama3 (byte-level BPE vocabularies): the file holds
+ * the library's model of the same options (biases, rope_freqs, back in the engine's layout),
+ * and ringserve-generate's greedy ids are the engine's. */
+static void test_tools_arch(const char *arch, const struct rs_model_random_extras *extras)
+{
+	const char *build = getenv("RS_BUILD_DIR") ? getenv("RS_BUILD_DIR") : "build";
+	char cmd[4096], out[4096], path[512];
+	snprintf(cmd, sizeof(cmd),
+		 "%s/ringserve-mkmodel --arch %s --out-gguf %s/a.gguf --dim 48 --hidden 100 "
+		 "--layers 2 --heads 4 --kv-heads 2 --vocab 600 --seq-len 64 --seed 7 "
+		 "--rope-orig-ctx 32 2>/dev/null",
+		 build, arch, test_dir);
+	REQUIRE(system(cmd) == 0);
+	struct rs_model *from_tool = load(test_path(path, sizeof(path), "a.gguf"), NULL);
+	struct rs_model *expected;
+	REQUIRE(rs_model_random_arch(&from_tool->config, RS_DTYPE_F32, 7, false, extras,
+				     &expected) == 0);
+	if (!models_same(expected, from_tool, 1)) {
+		fprintf(stderr, "--arch %s: the file's model is not the library's\n", arch);
+		test_failures++;
+	}
+	CHECK(from_tool->tokenizer && rs_tokenizer_kind(from_tool->tokenizer) == RS_TOKENIZER_BPE);
+	rs_model_free(expected);
+
+	uint32_t prompt[4] = {5, 300, 17, 45}, ids[STEPS];
+	snprintf(cmd, sizeof(cmd),
+		 "%s/ringserve-generate %s/a.gguf --prompt-ids '5 300 17 45' -n %d --ids "
+		 "--ignore-eos --backend cpu --threads 1 2>/dev/null",
+		 build, test_dir, STEPS);
+	CHECK(run_capture(cmd, out, sizeof(out)) == 0);
+	generate(from_tool, prompt, 4, ids);
+	char want[4096];
+	size_t used = 0;
+	for (int i = 0; i < STEPS; i++)
+		used +=
+		    (size_t)snprintf(want + used, sizeof(want) - used, i ? " %u" : "%u", ids[i]);
+	snprintf(want + used, sizeof(want) - used, "\n");
+	if (strcmp(out, want) != 0) {
+		fprintf(stderr,
+			"--arch %s: ringserve-generate printed '%s', the engine gives '%s'\n", arch,
+			out, want);
+		test_failures++;
+	}
+	CHECK(distinct(ids, STEPS) > 3);
+	rs_model_free(from_tool);
+
+	/* Text through the byte-level vocabulary: the prompt comes back first. */
+	snprintf(cmd, sizeof(cmd),
+		 "%s/ringserve-generate %s/a.gguf --prompt 'the little girl' -n 5 --backend cpu "
+		 "--threads 1 2>/dev/null",
+		 build, test_dir);
+	CHECK(run_capture(cmd, out, sizeof(out)) == 0);
+	CHECK(strncmp(out, "the little girl", 15) == 0);
+	unlink(path);
 }
 
 int main(void)
@@ -222,5 +301,13 @@ int main(void)
 	test_library(RS_DTYPE_F32, false, 15, other);
 	CHECK(memcmp(first, other, sizeof(first)) != 0);
 	test_tools();
+	struct rs_model_random_extras qwen2 = {.arch = RS_ARCH_QWEN2};
+	test_tools_arch("qwen2", &qwen2);
+	struct rs_model_random_extras llama3 = {.arch = RS_ARCH_LLAMA,
+						.rope_factor = 8.0f,
+						.low_freq_factor = 1.0f,
+						.high_freq_factor = 4.0f,
+						.original_context = 32};
+	test_tools_arch("llama3", &llama3);
 	return test_result("model_formats_agree");
 }

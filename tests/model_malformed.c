@@ -8,6 +8,7 @@
 #include "kernels/model/gguf.h"
 #include "kernels/model/llama2c.h"
 #include "kernels/model/model_random.h"
+#include "kernels/model/pretokenize.h"
 #include "kernels/model/tokenizer.h"
 #include "tests/model_test.h"
 
@@ -25,8 +26,8 @@ static void expect_fail_at(const void *bytes, size_t size, const char *needle, c
 	memcpy(copy, bytes, size);
 	int ret = rs_model_load_memory(copy, size, &m, err, sizeof(err));
 	if (ret >= 0 || m != NULL || err[0] == '\0' || (needle && !strstr(err, needle))) {
-		fprintf(stderr, "line %d: %s: ret %d, message '%s' (wanted '%s')\n", line, what, ret,
-			err, needle ? needle : "any");
+		fprintf(stderr, "line %d: %s: ret %d, message '%s' (wanted '%s')\n", line, what,
+			ret, err, needle ? needle : "any");
 		test_failures++;
 		if (ret == 0)
 			rs_model_free(m);
@@ -61,7 +62,7 @@ static void expect_patch_fails_at(size_t off, const void *with, size_t len, cons
 	expect_fail_at(copy, good_gguf_size, needle, what, line);
 	free(copy);
 }
-#define expect_patch_fails(off, with, len, needle, what)                                     \
+#define expect_patch_fails(off, with, len, needle, what)                                           \
 	expect_patch_fails_at(off, with, len, needle, what, __LINE__)
 
 /* Offset just past a key string in the good file (at the value's type field). */
@@ -78,15 +79,23 @@ struct tinfo {
 static struct tinfo tensor_info(const char *name)
 {
 	size_t at = after_key(name);
-	return (struct tinfo){ at, at + 4, at + 12, at + 20, at + 24 };
+	return (struct tinfo){at, at + 4, at + 12, at + 20, at + 24};
 }
 
 static void make_good_gguf(void)
 {
 	struct rs_model_config cfg = {
-		.dim = 8, .hidden_dim = 16, .n_layers = 2, .n_heads = 2, .n_kv_heads = 1,
-		.head_dim = 4, .vocab_size = 259, .max_seq_len = 16, .rope_dim = 4,
-		.rope_theta = 10000.0f, .norm_eps = 1e-5f,
+	    .dim = 8,
+	    .hidden_dim = 16,
+	    .n_layers = 2,
+	    .n_heads = 2,
+	    .n_kv_heads = 1,
+	    .head_dim = 4,
+	    .vocab_size = 259,
+	    .max_seq_len = 16,
+	    .rope_dim = 4,
+	    .rope_theta = 10000.0f,
+	    .norm_eps = 1e-5f,
 	};
 	struct rs_model *model;
 	struct rs_tokenizer *tok;
@@ -163,7 +172,12 @@ static void test_gguf_metadata(void)
 	/* The architecture's value string length. */
 	size_t arch = after_key("general.architecture");
 	expect_patch_fails(arch + 4, &huge, 8, "general.architecture", "string length 2^63");
-	expect_patch_fails(arch + 12, "qwen2", 5, "only 'llama'", "other architecture");
+	expect_patch_fails(arch + 12, "gemma", 5,
+			   "general.architecture is 'gemma'; supported: 'llama'",
+			   "unsupported architecture");
+	/* qwen2 is supported, but reads its own keys (qwen2.*), which this file lacks. */
+	expect_patch_fails(arch + 12, "qwen2", 5, "missing key qwen2.embedding_length",
+			   "qwen2 with llama.* keys");
 	u = 13;
 	expect_patch_fails(arch, &u, 4, "unknown value type 13", "value type 13");
 	u = RS_GGUF_TYPE_UINT32;
@@ -192,7 +206,8 @@ static void test_gguf_metadata(void)
 	u = 4000;
 	expect_patch_fails(blocks + 4, &u, 4, "needs at least", "4000 layers");
 	u = 1000000;
-	expect_patch_fails(blocks + 4, &u, 4, "n_layers 1000000 is out of range", "a million layers");
+	expect_patch_fails(blocks + 4, &u, 4, "n_layers 1000000 is out of range",
+			   "a million layers");
 	u = 0;
 	expect_patch_fails(blocks + 4, &u, 4, "n_layers 0", "zero layers");
 	size_t heads = after_key("llama.attention.head_count");
@@ -301,7 +316,7 @@ static uint8_t *make_llama2c(int32_t *header, size_t *size)
 
 static void test_llama2c(void)
 {
-	int32_t h[7] = { 8, 12, 1, 2, 1, -10, 4 };
+	int32_t h[7] = {8, 12, 1, 2, 1, -10, 4};
 	size_t size;
 	uint8_t *good = make_llama2c(h, &size);
 	struct rs_model *m;
@@ -321,23 +336,23 @@ static void test_llama2c(void)
 		int32_t value;
 		const char *needle;
 	} bad[] = {
-		{ 0, 0, "dim is 0" },
-		{ 0, -8, "dim is -8" },
-		{ 1, -1, "hidden_dim is -1" },
-		{ 2, 0, "n_layers is 0" },
-		{ 3, 3, "does not divide dim" },
-		{ 4, 0, "n_kv_heads is 0" },
-		{ 4, 2, NULL }, /* 2 kv heads: valid config, but the size no longer matches */
-		{ 4, 3, "n_kv_heads 3" },
-		{ 5, 0, "vocab_size is 0" },
-		{ 5, INT32_MIN, "vocab_size is" },
-		{ 5, 10, "implies" }, /* claims shared: 80 floats too many */
-		{ 6, 0, "seq_len is 0" },
-		{ 0, 1 << 30, "out of range" },
-		{ 1, INT32_MAX, "out of range" },
-		{ 2, 1 << 20, "out of range" },
-		{ 6, INT32_MAX, "out of range" },
-		{ 3, 8, "rope_dim" }, /* head_dim 1: odd */
+	    {0, 0, "dim is 0"},
+	    {0, -8, "dim is -8"},
+	    {1, -1, "hidden_dim is -1"},
+	    {2, 0, "n_layers is 0"},
+	    {3, 3, "does not divide dim"},
+	    {4, 0, "n_kv_heads is 0"},
+	    {4, 2, NULL}, /* 2 kv heads: valid config, but the size no longer matches */
+	    {4, 3, "n_kv_heads 3"},
+	    {5, 0, "vocab_size is 0"},
+	    {5, INT32_MIN, "vocab_size is"},
+	    {5, 10, "implies"}, /* claims shared: 80 floats too many */
+	    {6, 0, "seq_len is 0"},
+	    {0, 1 << 30, "out of range"},
+	    {1, INT32_MAX, "out of range"},
+	    {2, 1 << 20, "out of range"},
+	    {6, INT32_MAX, "out of range"},
+	    {3, 8, "rope_dim"}, /* head_dim 1: odd */
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		uint8_t *copy = malloc(size);
@@ -363,7 +378,7 @@ static void test_tokenizer_bin(void)
 	int32_t max_len = 5;
 	memcpy(buf, &max_len, 4);
 	n = 4;
-	const char *pieces[] = { "<unk>", "<s>", "</s>", "a" };
+	const char *pieces[] = {"<unk>", "<s>", "</s>", "a"};
 	for (int i = 0; i < 4; i++) {
 		float score = -(float)i;
 		int32_t len = (int32_t)strlen(pieces[i]);
@@ -434,6 +449,113 @@ static void test_files(void)
 	CHECK(strstr(err, "the tokenizer has 300 tokens, the model only 259") != NULL);
 }
 
+/* Replace the good file by model's (with tok) for the patches that follow. */
+static void use_good_model(const struct rs_model *model, const struct rs_tokenizer *tok)
+{
+	char path[512], err[256];
+	test_path(path, sizeof(path), "arch.gguf");
+	REQUIRE(rs_gguf_write_model(path, model, tok, err, sizeof(err)) == 0);
+	free(good_gguf);
+	good_gguf = read_whole(path, &good_gguf_size);
+	REQUIRE(good_gguf);
+}
+
+/* Architectures: Qwen2's biases, Llama 3's rope_freqs, RoPE scaling keys. */
+static void test_architectures(void)
+{
+	struct rs_model_config cfg = {
+	    .dim = 8,
+	    .hidden_dim = 16,
+	    .n_layers = 2,
+	    .n_heads = 2,
+	    .n_kv_heads = 1,
+	    .head_dim = 4,
+	    .vocab_size = 300,
+	    .max_seq_len = 16,
+	    .rope_dim = 4,
+	    .rope_theta = 10000.0f,
+	    .norm_eps = 1e-5f,
+	};
+	struct rs_model *model, *m;
+	struct rs_tokenizer *tok;
+	char err[256];
+	uint64_t v;
+
+	/* Qwen2: loads as qwen2, with its biases; then wrong-shaped and missing biases. */
+	struct rs_model_random_extras qwen2 = {.arch = RS_ARCH_QWEN2};
+	REQUIRE(rs_model_random_arch(&cfg, RS_DTYPE_F32, 3, false, &qwen2, &model) == 0);
+	REQUIRE(rs_tokenizer_demo_bpe(300, RS_PRETOK_QWEN2, &tok, err, sizeof(err)) == 0);
+	use_good_model(model, tok);
+	rs_tokenizer_free(tok);
+	CHECK(rs_model_load_memory(good_gguf, good_gguf_size, &m, err, sizeof(err)) == 0);
+	if (m) {
+		CHECK(m->arch == RS_ARCH_QWEN2 && m->layers[1].bv.data && m->layers[0].bq.data);
+		CHECK(m->tokenizer && rs_tokenizer_kind(m->tokenizer) == RS_TOKENIZER_BPE);
+		rs_model_free(m);
+	}
+	/* llama2.c files hold none of it: the writer refuses rather than drop the biases. */
+	char l2c[512];
+	CHECK(rs_llama2c_write(test_path(l2c, sizeof(l2c), "q.bin"), model, err, sizeof(err)) ==
+		  -EINVAL &&
+	      strstr(err, "plain Llama 2 models only"));
+	struct tinfo bq = tensor_info("blk.0.attn_q.bias");
+	v = 6;
+	expect_patch_fails(bq.ne0, &v, 8, "'blk.0.attn_q.bias' has shape", "short q bias");
+	size_t name = find_bytes(good_gguf, good_gguf_size, "blk.1.attn_v.bias", 17);
+	expect_patch_fails(name, "blk.1.attn_v.biaZ", 17, "missing tensor 'blk.1.attn_v.bias'",
+			   "qwen2 without its v bias");
+	rs_model_free(model);
+	size_t blocks = after_key("qwen2.block_count");
+	uint32_t u = 0;
+	expect_patch_fails(blocks + 4, &u, 4, "n_layers 0", "qwen2 zero layers");
+
+	/* Llama 3: rope_freqs of the wrong length, or with a divisor that is not positive. */
+	struct rs_model_random_extras llama3 = {.arch = RS_ARCH_LLAMA,
+						.rope_factor = 8.0f,
+						.low_freq_factor = 1.0f,
+						.high_freq_factor = 4.0f,
+						.original_context = 8};
+	REQUIRE(rs_model_random_arch(&cfg, RS_DTYPE_F32, 4, false, &llama3, &model) == 0);
+	REQUIRE(rs_tokenizer_demo_bpe(300, RS_PRETOK_LLAMA3, &tok, err, sizeof(err)) == 0);
+	use_good_model(model, tok);
+	CHECK(rs_model_load_memory(good_gguf, good_gguf_size, &m, err, sizeof(err)) == 0);
+	if (m) {
+		CHECK(m->rope_freqs.data && m->rope_freqs.cols == 2);
+		rs_model_free(m);
+	}
+	/* 1-D: ne[0] right after n_dims; type and offset follow. */
+	size_t freqs_ne0 = after_key("rope_freqs.weight") + 4;
+	v = 3;
+	expect_patch_fails(freqs_ne0, &v, 8, "'rope_freqs.weight' has shape", "rope_freqs of 3");
+	const float *divisors = model->rope_freqs.data;
+	size_t data = find_bytes(good_gguf, good_gguf_size, divisors, 8);
+	float bad[] = {-1.0f, 0.0f, NAN, INFINITY};
+	for (int i = 0; i < 4; i++)
+		expect_patch_fails(data + 4, &bad[i], 4, "rope_freqs[1] is", "bad divisor");
+	rs_model_free(model);
+	rs_tokenizer_free(tok);
+
+	/* RoPE scaling keys: linear loads; other types are refused, naming key and value. */
+	cfg.rope_scale = 2.0f;
+	REQUIRE(rs_model_random(&cfg, RS_DTYPE_F32, 5, false, &model) == 0);
+	use_good_model(model, NULL);
+	rs_model_free(model);
+	CHECK(rs_model_load_memory(good_gguf, good_gguf_size, &m, err, sizeof(err)) == 0);
+	if (m) {
+		CHECK(m->config.rope_scale == 2.0f);
+		rs_model_free(m);
+	}
+	size_t type = after_key("llama.rope.scaling.type");
+	expect_patch_fails(type + 12, "llama3", 6,
+			   "llama.rope.scaling.type is 'llama3'; supported: 'none', 'linear'",
+			   "scaling type llama3 as a key");
+	expect_patch_fails(type + 12, "yarn\0\0", 6, "llama.rope.scaling.type is 'yarn", "yarn");
+	float nan = NAN;
+	size_t factor = after_key("llama.rope.scaling.factor");
+	expect_patch_fails(factor + 4, &nan, 4, "llama.rope.scaling.factor is nan",
+			   "NaN scaling factor");
+}
+
 int main(void)
 {
 	test_dir_create();
@@ -445,6 +567,7 @@ int main(void)
 	test_llama2c();
 	test_tokenizer_bin();
 	test_files();
+	test_architectures();
 	free(good_gguf);
 	return test_result("model_malformed");
 }

@@ -15,21 +15,21 @@
 
 static int test_failures;
 
-#define CHECK(cond)                                                                          \
-	do {                                                                                 \
-		if (!(cond)) {                                                               \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-			test_failures++;                                                     \
-		}                                                                            \
+#define CHECK(cond)                                                                                \
+	do {                                                                                       \
+		if (!(cond)) {                                                                     \
+			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);   \
+			test_failures++;                                                           \
+		}                                                                                  \
 	} while (0)
 
 /* Fatal: the rest of the test cannot run. */
-#define REQUIRE(cond)                                                                        \
-	do {                                                                                 \
-		if (!(cond)) {                                                               \
-			fprintf(stderr, "%s:%d: required: %s\n", __FILE__, __LINE__, #cond);     \
-			exit(1);                                                             \
-		}                                                                            \
+#define REQUIRE(cond)                                                                              \
+	do {                                                                                       \
+		if (!(cond)) {                                                                     \
+			fprintf(stderr, "%s:%d: required: %s\n", __FILE__, __LINE__, #cond);       \
+			exit(1);                                                                   \
+		}                                                                                  \
 	} while (0)
 
 static char test_dir[256];
@@ -103,7 +103,8 @@ __attribute__((unused)) static int tensor_same(const struct rs_tensor *a, const 
 }
 
 /* Same shape and the same values as float32 (a may be F16/BF16, b F32: exact conversion). */
-__attribute__((unused)) static int tensor_same_values(const struct rs_tensor *a, const struct rs_tensor *b)
+__attribute__((unused)) static int tensor_same_values(const struct rs_tensor *a,
+						      const struct rs_tensor *b)
 {
 	if (a->rows != b->rows || a->cols != b->cols)
 		return 0;
@@ -116,14 +117,15 @@ __attribute__((unused)) static int tensor_same_values(const struct rs_tensor *a,
 }
 
 /* Every weight of two models: bit-exact (exact_dtype) or equal as float32 values. */
-__attribute__((unused)) static int models_same(const struct rs_model *a, const struct rs_model *b, int exact_dtype)
+__attribute__((unused)) static int models_same(const struct rs_model *a, const struct rs_model *b,
+					       int exact_dtype)
 {
 	int (*same)(const struct rs_tensor *, const struct rs_tensor *) =
-		exact_dtype ? tensor_same : tensor_same_values;
+	    exact_dtype ? tensor_same : tensor_same_values;
 	if (memcmp(&a->config, &b->config, sizeof(a->config)) != 0)
 		return 0;
-	if (!same(&a->token_embedding, &b->token_embedding) || !same(&a->final_norm, &b->final_norm) ||
-	    !same(&a->output, &b->output))
+	if (!same(&a->token_embedding, &b->token_embedding) ||
+	    !same(&a->final_norm, &b->final_norm) || !same(&a->output, &b->output))
 		return 0;
 	for (uint32_t l = 0; l < a->config.n_layers; l++) {
 		const struct rs_layer_weights *x = &a->layers[l], *y = &b->layers[l];
@@ -132,7 +134,17 @@ __attribute__((unused)) static int models_same(const struct rs_model *a, const s
 		    !same(&x->ffn_norm, &y->ffn_norm) || !same(&x->w_gate, &y->w_gate) ||
 		    !same(&x->w_down, &y->w_down) || !same(&x->w_up, &y->w_up))
 			return 0;
+		/* Optional tensors (Qwen2's biases): both absent, or the same. */
+		const struct rs_tensor *xs[] = {&x->bq, &x->bk, &x->bv},
+				       *ys[] = {&y->bq, &y->bk, &y->bv};
+		for (int i = 0; i < 3; i++)
+			if ((!xs[i]->data || !ys[i]->data) ? xs[i]->data != ys[i]->data
+							   : !same(xs[i], ys[i]))
+				return 0;
 	}
+	if (a->arch != b->arch || !a->rope_freqs.data != !b->rope_freqs.data ||
+	    (a->rope_freqs.data && !same(&a->rope_freqs, &b->rope_freqs)))
+		return 0;
 	return 1;
 }
 

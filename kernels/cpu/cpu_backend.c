@@ -7,7 +7,8 @@
  *
  * A step runs synchronously inside rs_engine_step. Per layer:
  *   xb = rmsnorm(x); [q|k|v] = xb Wqkv^T (one product, the three projections fused);
- *   rope(q, k); store k, v in the paged cache; att = attention(q, cache);
+ *   [q|k|v] += bias (Qwen2); rope(q, k) (pair frequencies: rs_model_rope_freqs);
+ *   store k, v in the paged cache; att = attention(q, cache);
  *   x += att Wo^T (the residual fused into the product);
  *   xb = rmsnorm(x); g = xb Wg^T, u = xb Wu^T, h = silu(g) u (one pool run); x += h Wdown^T.
  * x holds every token of the step, so each weight matrix is read once per step. */
@@ -31,6 +32,7 @@
 
 struct cpu_layer {
 	float *attn_norm, *ffn_norm;   /* [dim] */
+	float *bqkv;                    /* [q_dim + 2 kv_dim] q, k, v biases; NULL: none */
 	struct rs_packed_matrix wqkv;   /* (q_dim + 2 kv_dim) x dim */
 	struct rs_packed_matrix wo;     /* dim x q_dim */
 	struct rs_packed_matrix w_gate; /* hidden x dim */
@@ -164,6 +166,14 @@ static int load_weights(struct rs_engine *e, struct cpu_engine *c)
 			return -ENOMEM;
 		to_f32(L->attn_norm, &w->attn_norm);
 		to_f32(L->ffn_norm, &w->ffn_norm);
+		size_t qkv_dim = (size_t)cfg->head_dim * (cfg->n_heads + 2 * cfg->n_kv_heads);
+		float *bias = alloc_floats(qkv_dim);
+		if (!bias)
+			return -ENOMEM;
+		if (rs_engine_qkv_bias(e, l, bias))
+			L->bqkv = bias;
+		else
+			free(bias);
 		rc = PACK(&L->wqkv, &w->wq, &w->wk, &w->wv);
 		rc = rc ? rc : PACK(&L->wo, &w->wo);
 		rc = rc ? rc : PACK(&L->w_gate, &w->w_gate);
@@ -261,6 +271,7 @@ static void cpu_destroy(struct rs_engine *e)
 			struct cpu_layer *L = &c->layers[l];
 			free(L->attn_norm);
 			free(L->ffn_norm);
+			free(L->bqkv);
 			rs_packed_free(&L->wqkv);
 			rs_packed_free(&L->wo);
 			rs_packed_free(&L->w_gate);
@@ -384,7 +395,8 @@ static void norm_item(void *ctx, uint32_t t, uint32_t worker)
 		      cfg->dim, cfg->norm_eps);
 }
 
-/* rope(q[t], k[t]); store k[t], v[t] in the cache at the token's position. */
+/* Add the q, k, v biases (Qwen2) to row t; rope(q[t], k[t]); store k[t], v[t] in the cache
+ * at the token's position. */
 static void rope_store_item(void *ctx, uint32_t t, uint32_t worker)
 {
 	const struct rows_job *j = ctx;
@@ -392,11 +404,15 @@ static void rope_store_item(void *ctx, uint32_t t, uint32_t worker)
 	struct cpu_engine *c = j->c;
 	uint32_t hd = cfg->head_dim, q_dim = cfg->n_heads * hd, kv_dim = cfg->n_kv_heads * hd;
 	float *row = c->qkv + (size_t)t * (q_dim + 2 * kv_dim);
+	const float *bias = c->layers[j->layer].bqkv;
+	if (bias)
+		rs_op_add_bias(row, bias, 1, q_dim + 2 * kv_dim, 0);
 	/* The token's cosines and sines once per step (the sines, cosines and powers were a
 	 * few % of a batch-32 decode step when every layer made them). */
 	float *cos_sin = c->rope_cos_sin + (size_t)t * cfg->rope_dim;
 	if (j->layer == 0)
-		rs_op_rope_table(cos_sin, c->positions[t], 1, cfg->rope_dim, cfg->rope_theta);
+		rs_op_rope_table_freqs(cos_sin, c->positions[t], 1, cfg->rope_dim,
+				       j->e->rope_freqs);
 	/* q and k are adjacent: one call for both. */
 	rs_op_rope_rotate(row, cfg->n_heads + cfg->n_kv_heads, hd, cfg->rope_dim, cos_sin);
 	rs_op_kv_store(j->kv, j->seqs[c->token_seq[t]].block_table, c->positions[t], 1,

@@ -37,6 +37,15 @@ void rs_op_rope(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t rope_dim
 void rs_op_rope_table(float *cos_sin, uint32_t first_pos, uint32_t n_pos, uint32_t rope_dim,
 		      float theta);
 
+/* rs_op_rope_table with each pair's frequency given (freqs[i] for pair i, from
+ * rs_model_rope_freqs: Llama 3's divisors and linear scaling included); with the
+ * frequencies rs_op_rope uses, the same floats. */
+void rs_op_rope_table_freqs(float *cos_sin, uint32_t first_pos, uint32_t n_pos, uint32_t rope_dim,
+			    const double *freqs);
+
+/* out[r][i] += bias[i] for n_rows rows of width floats, rows stride floats apart. */
+void rs_op_add_bias(float *out, const float *bias, uint32_t n_rows, uint32_t width, size_t stride);
+
 /* rs_op_rope at the position whose row of rs_op_rope_table cos_sin is: the same bits. */
 void rs_op_rope_rotate(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t rope_dim,
 		       const float *cos_sin);

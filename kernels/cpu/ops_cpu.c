@@ -65,6 +65,24 @@ void rs_op_rope_table(float *cos_sin, uint32_t first_pos, uint32_t n_pos, uint32
 	}
 }
 
+void rs_op_rope_table_freqs(float *cos_sin, uint32_t first_pos, uint32_t n_pos, uint32_t rope_dim,
+			    const double *freqs)
+{
+	uint32_t pairs = rope_dim / 2;
+	for (uint32_t i = 0; i < pairs; i++)
+		for (uint32_t p = 0; p < n_pos; p++) {
+			float *e = cos_sin + ((size_t)p * pairs + i) * 2;
+			rope_cos_sin(first_pos + p, freqs[i], &e[0], &e[1]);
+		}
+}
+
+void rs_op_add_bias(float *out, const float *bias, uint32_t n_rows, uint32_t width, size_t stride)
+{
+	for (uint32_t r = 0; r < n_rows; r++)
+		for (uint32_t i = 0; i < width; i++)
+			out[(size_t)r * stride + i] += bias[i];
+}
+
 /* Rotate pairs first .. first + n - 1 of every head by cos_sin's (cos, sin) pairs. */
 static void rope_rotate_pairs(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t first,
 			      uint32_t n, const float *cos_sin)

@@ -68,6 +68,7 @@ struct decode_graph {
 
 struct cuda_layer {
 	float *attn_norm, *ffn_norm; /* [dim], fp32 */
+	float *bqkv;		     /* [q_dim + 2 kv_dim] q, k, v biases, fp32; NULL: none */
 	void *wqkv;                  /* [q_dim + 2 kv_dim][dim] */
 	void *wo;                    /* [dim][q_dim] */
 	void *w_gate_up;             /* [2 hidden][dim] */
@@ -200,13 +201,14 @@ static int upload_new(void **dst, const struct rs_tensor *t, enum rs_dtype to)
 
 /* RoPE's cosines and sines for every position, computed once on the host (the CPU's own
  * floats: rs_op_rope_table) rather than in every layer of every step. */
-static int upload_rope_table(struct cuda_engine *c, const struct rs_model_config *cfg)
+static int upload_rope_table(const struct rs_engine *e, struct cuda_engine *c,
+			     const struct rs_model_config *cfg)
 {
 	size_t floats = (size_t)cfg->max_seq_len * (cfg->rope_dim / 2) * 2;
 	float *table = (float *)malloc((floats ? floats : 1) * sizeof(float));
 	if (!table)
 		return -ENOMEM;
-	rs_op_rope_table(table, 0, cfg->max_seq_len, cfg->rope_dim, cfg->rope_theta);
+	rs_op_rope_table_freqs(table, 0, cfg->max_seq_len, cfg->rope_dim, e->rope_freqs);
 	int rc = dev_alloc((void **)&c->rope_table, floats * sizeof(float));
 	if (!rc)
 		rc = cuda_errno(cudaMemcpy(c->rope_table, table, floats * sizeof(float),
@@ -269,9 +271,22 @@ static int load_weights(struct rs_engine *e, struct cuda_engine *c, char *err, s
 			rc = upload_new(&L->wo, &w->wo, wt);
 		if (!rc)
 			rc = upload_new(&L->w_down, &w->w_down, wt);
+		if (!rc) {
+			/* Qwen2's q, k, v biases, fused as the weights are. */
+			size_t n = q_dim + 2 * kv_dim;
+			float *bias = (float *)malloc(n * sizeof(float));
+			rc = bias ? 0 : -ENOMEM;
+			if (!rc && rs_engine_qkv_bias(e, l, bias)) {
+				rc = dev_alloc((void **)&L->bqkv, n * sizeof(float));
+				if (!rc)
+					rc = cuda_errno(cudaMemcpy(L->bqkv, bias, n * sizeof(float),
+								   cudaMemcpyHostToDevice));
+			}
+			free(bias);
+		}
 	}
 	if (!rc)
-		rc = upload_rope_table(c, cfg);
+		rc = upload_rope_table(e, c, cfg);
 	if (rc)
 		return rs_errmsg(err, err_size, rc, "uploading the weights: %s",
 				 rc == -ENOMEM ? "out of device memory" : "CUDA error");
@@ -490,6 +505,7 @@ static void cuda_destroy(struct rs_engine *e)
 			struct cuda_layer *L = &c->layers[l];
 			cudaFree(L->attn_norm);
 			cudaFree(L->ffn_norm);
+			cudaFree(L->bqkv);
 			cudaFree(L->wqkv);
 			cudaFree(L->wo);
 			cudaFree(L->w_gate_up);
@@ -593,9 +609,22 @@ static int enqueue_layers(struct rs_engine *e, struct cuda_engine *c, struct cud
 		struct rs_cuda_kv_layer kv = {c->k_cache + l * c->layer_cache_floats,
 					      c->v_cache + l * c->layer_cache_floats,
 					      e->options.block_size, cfg->n_kv_heads, hd};
-		TRY(rs_cuda_qkv_matmul(ln->blas, ln->qkv, ln->x, L->attn_norm, cfg->norm_eps, ln->xb,
-				       L->wqkv, wt, T, dim, cfg->n_heads, &kv, cfg->rope_dim,
-				       c->rope_table, d_positions, d_slots));
+		if (L->bqkv) {
+			/* Biased (Qwen2): the unfused path, the bias between the GEMM and RoPE
+			 * (the fused GEMV epilogue has no bias). */
+			TRY(rs_cuda_norm_matmul(ln->blas, ln->qkv, ln->x, NULL, L->attn_norm,
+						cfg->norm_eps, ln->xb, L->wqkv, wt, T, stride, dim,
+						0));
+			TRY(rs_cuda_add_bias(ln->qkv, L->bqkv, T, stride, stride, s));
+			TRY(rs_cuda_rope_kv_store(ln->qkv, stride, d_positions, d_slots, T,
+						  cfg->n_heads, &kv, cfg->rope_dim, c->rope_table,
+						  s));
+		} else {
+			TRY(rs_cuda_qkv_matmul(ln->blas, ln->qkv, ln->x, L->attn_norm,
+					       cfg->norm_eps, ln->xb, L->wqkv, wt, T, dim,
+					       cfg->n_heads, &kv, cfg->rope_dim, c->rope_table,
+					       d_positions, d_slots));
+		}
 		TRY(rs_cuda_attention(ln->att, wt, ln->qkv, stride, &kv, d_tables, d_table_offset,
 				      d_positions, T, cfg->n_heads, max_ctx, ln->att_scratch, s));
 		TRY(rs_cuda_matmul(ln->blas, ln->x, ln->att, L->wo, wt, T, dim, q_dim, 1));

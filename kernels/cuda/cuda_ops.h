@@ -54,6 +54,11 @@ int rs_cuda_rmsnorm(void *out, enum rs_dtype out_dtype, const float *x, const ui
 int rs_cuda_swiglu(void *out, enum rs_dtype out_dtype, const float *gate_up, uint32_t n_rows,
 		   uint32_t width, cudaStream_t stream);
 
+/* out[r][i] += bias[i] (fp32) for n_rows rows of width values, stride floats apart: the q,
+ * k, v biases of Qwen2, added after the [q|k|v] GEMM and before RoPE, as rs_op_add_bias. */
+int rs_cuda_add_bias(float *out, const float *bias, uint32_t n_rows, uint32_t width, size_t stride,
+		     cudaStream_t stream);
+
 /* One layer of the device KV cache: k and v are [n_blocks][block_size][n_kv_heads *
  * head_dim] floats, the CPU backend's layout (struct rs_kv_layer). */
 struct rs_cuda_kv_layer {

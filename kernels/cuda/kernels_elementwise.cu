@@ -113,3 +113,23 @@ extern "C" int rs_cuda_convert(void *out, enum rs_dtype dtype, const float *in, 
 					      stream>>>((T *)out, in, n));
 	return rs_launch_check();
 }
+
+__global__ void add_bias_kernel(float *out, const float *bias, uint32_t width, size_t stride)
+{
+	rs_pdl_wait();
+	float *o = out + (size_t)blockIdx.y * stride;
+	for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < width;
+	     i += gridDim.x * blockDim.x)
+		o[i] += bias[i];
+}
+
+extern "C" int rs_cuda_add_bias(float *out, const float *bias, uint32_t n_rows, uint32_t width,
+				size_t stride, cudaStream_t stream)
+{
+	if (!n_rows)
+		return 0;
+	if (n_rows > 65535)
+		return -EINVAL; /* grid y limit; rows are at most max_batch_tokens anyway */
+	dim3 grid((width + 255) / 256 < 64 ? (width + 255) / 256 : 64, n_rows);
+	return rs_launch(add_bias_kernel, grid, dim3(256), 0, stream, out, bias, width, stride);
+}

@@ -175,8 +175,42 @@ static int check_shapes(const struct rs_model *m, char *err, size_t err_size)
 			rs_errmsg(err, err_size, 0, "model: layer %u has a tensor of the wrong shape", l);
 			return -EINVAL;
 		}
+		if ((w->bq.data && !vector_ok(&w->bq, q_dim)) ||
+		    (w->bk.data && !vector_ok(&w->bk, kv_dim)) ||
+		    (w->bv.data && !vector_ok(&w->bv, kv_dim))) {
+			rs_errmsg(err, err_size, 0,
+				  "model: layer %u has a q, k or v bias of the wrong shape", l);
+			return -EINVAL;
+		}
+	}
+	if (m->rope_freqs.data && !vector_ok(&m->rope_freqs, cfg->rope_dim / 2)) {
+		rs_errmsg(err, err_size, 0, "model: rope_freqs must hold rope_dim / 2 = %u values",
+			  cfg->rope_dim / 2);
+		return -EINVAL;
 	}
 	return 0;
+}
+
+bool rs_engine_qkv_bias(const struct rs_engine *e, uint32_t layer, float *out)
+{
+	const struct rs_layer_weights *w = &e->model->layers[layer];
+	const struct rs_model_config *cfg = &e->config;
+	size_t q_dim = (size_t)cfg->n_heads * cfg->head_dim;
+	size_t kv_dim = (size_t)cfg->n_kv_heads * cfg->head_dim;
+	if (!w->bq.data && !w->bk.data && !w->bv.data)
+		return false;
+	const struct {
+		const struct rs_tensor *t;
+		size_t offset, n;
+	} parts[] = {{&w->bq, 0, q_dim}, {&w->bk, q_dim, kv_dim}, {&w->bv, q_dim + kv_dim, kv_dim}};
+	for (size_t i = 0; i < 3; i++) {
+		if (parts[i].t->data)
+			rs_convert_to_f32(out + parts[i].offset, parts[i].t->data,
+					  parts[i].t->dtype, parts[i].n);
+		else
+			memset(out + parts[i].offset, 0, parts[i].n * sizeof(float));
+	}
+	return true;
 }
 
 int rs_engine_create(const struct rs_model *model, const struct rs_engine_options *opts,
@@ -213,15 +247,27 @@ int rs_engine_create(const struct rs_model *model, const struct rs_engine_option
 	engine->config = model->config;
 	engine->options = o;
 	engine->backend = backend;
+	engine->rope_freqs = calloc(model->config.rope_dim / 2, sizeof(double));
+	rc = engine->rope_freqs ? rs_model_rope_freqs(model, engine->rope_freqs, err, err_size)
+				: -ENOMEM;
+	if (rc) {
+		if (rc == -ENOMEM)
+			rs_errmsg(err, err_size, 0, "out of memory");
+		free(engine->rope_freqs);
+		free(engine);
+		return rc;
+	}
 	rc = rs_kv_cache_create(o.kv_blocks, o.block_size, &engine->kv);
 	if (rc) {
 		rs_errmsg(err, err_size, 0, "KV allocator: %s", strerror(-rc));
+		free(engine->rope_freqs);
 		free(engine);
 		return rc;
 	}
 	rc = backend->create(engine, err, err_size);
 	if (rc) {
 		rs_kv_cache_destroy(engine->kv);
+		free(engine->rope_freqs);
 		free(engine);
 		return rc;
 	}
@@ -239,6 +285,7 @@ void rs_engine_destroy(struct rs_engine *engine)
 		engine->backend->wait(engine, lane);
 	engine->backend->destroy(engine);
 	rs_kv_cache_destroy(engine->kv);
+	free(engine->rope_freqs);
 	free(engine);
 }
 

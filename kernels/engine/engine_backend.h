@@ -3,6 +3,8 @@
 #ifndef RS_KERNELS_ENGINE_BACKEND_H
 #define RS_KERNELS_ENGINE_BACKEND_H
 
+#include <stdbool.h>
+
 #include "kernels/engine/engine.h"
 
 struct rs_engine {
@@ -12,7 +14,12 @@ struct rs_engine {
 	struct rs_kv_cache *kv;
 	const struct rs_engine_backend *backend;
 	void *impl; /* the backend's state */
+	double *rope_freqs; /* [rope_dim / 2]: rs_model_rope_freqs, for the backends' tables */
 };
+
+/* The layer's q, k, v biases as one [q_dim + 2 kv_dim] f32 vector (zeros where the model
+ * has none) in out, or false (out untouched) when the layer has no bias at all. */
+bool rs_engine_qkv_bias(const struct rs_engine *engine, uint32_t layer, float *out);
 
 /* A backend. engine.c has validated options and steps before any call. */
 struct rs_engine_backend {

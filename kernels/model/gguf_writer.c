@@ -317,6 +317,57 @@ static int add_model_tensor(struct rs_gguf_writer *w, const char *name, const st
 					 t->rows == 1 ? 1 : 2, t->data);
 }
 
+static size_t tensor_bytes(const struct rs_tensor *t)
+{
+	return (size_t)(t->rows * t->cols) * rs_dtype_size(t->dtype);
+}
+
+/* The inverse of the loader's rearrangement (gguf_model.c): adjacent RoPE pairs (2i, 2i + 1)
+ * of each head back to the NEOX layout (i, i + rope_dim / 2); units are rows of a weight
+ * or elements of a bias. */
+static void meta_to_neox_rows(uint8_t *dst, const uint8_t *src, size_t unit, uint32_t n_heads,
+			      uint32_t head_dim, uint32_t rope_dim)
+{
+	uint32_t half = rope_dim / 2;
+	for (uint32_t h = 0; h < n_heads; h++)
+		for (uint32_t j = 0; j < head_dim; j++) {
+			uint32_t from = j >= rope_dim ? j : j < half ? 2 * j : 2 * (j - half) + 1;
+			memcpy(dst + ((size_t)h * head_dim + j) * unit,
+			       src + ((size_t)h * head_dim + from) * unit, unit);
+		}
+}
+
+/* One buffer with each layer's wq, wk, bq, bk (those present, in that order, unaligned) in
+ * the NEOX layout; NULL when out of memory. */
+static uint8_t *qk_to_neox_layout(const struct rs_model *model)
+{
+	const struct rs_model_config *c = &model->config;
+	size_t total = 0;
+	for (uint32_t l = 0; l < c->n_layers; l++) {
+		const struct rs_layer_weights *lw = &model->layers[l];
+		total += tensor_bytes(&lw->wq) + tensor_bytes(&lw->wk);
+		total += lw->bq.data ? tensor_bytes(&lw->bq) : 0;
+		total += lw->bk.data ? tensor_bytes(&lw->bk) : 0;
+	}
+	uint8_t *buf = malloc(total ? total : 1), *p = buf;
+	if (!buf)
+		return NULL;
+	for (uint32_t l = 0; l < c->n_layers; l++) {
+		const struct rs_layer_weights *lw = &model->layers[l];
+		const struct rs_tensor *ts[] = {&lw->wq, &lw->wk, &lw->bq, &lw->bk};
+		uint32_t heads[] = {c->n_heads, c->n_kv_heads, c->n_heads, c->n_kv_heads};
+		for (size_t i = 0; i < 4; i++) {
+			if (!ts[i]->data)
+				continue;
+			size_t units = (size_t)heads[i] * c->head_dim;
+			meta_to_neox_rows(p, ts[i]->data, tensor_bytes(ts[i]) / units, heads[i],
+					  c->head_dim, c->rope_dim);
+			p += tensor_bytes(ts[i]);
+		}
+	}
+	return buf;
+}
+
 /* A BPE vocabulary's keys: "gpt2", its pre-tokenizer's name and its merges as
  * "left right". */
 static int add_bpe_keys(struct rs_gguf_writer *w, const struct rs_tokenizer *tok)
@@ -440,51 +491,106 @@ int rs_gguf_write_model(const char *path, const struct rs_model *model,
 	/* llama.cpp's llama_ftype for the bulk of the weights. */
 	uint32_t file_type = model->token_embedding.dtype == RS_DTYPE_F16 ? 1 :
 			     model->token_embedding.dtype == RS_DTYPE_BF16 ? 32 : 0;
-	ret = rs_gguf_writer_set_string(w, "general.architecture", "llama");
+	const char *arch = rs_arch_name(model->arch);
+	char k[16][96];
+	static const char *const suffixes[] = {
+	    "context_length",
+	    "embedding_length",
+	    "block_count",
+	    "feed_forward_length",
+	    "rope.dimension_count",
+	    "attention.head_count",
+	    "attention.head_count_kv",
+	    "attention.layer_norm_rms_epsilon",
+	    "rope.freq_base",
+	    "vocab_size",
+	    "rope.scaling.type",
+	    "rope.scaling.factor",
+	};
+	for (size_t i = 0; i < sizeof(suffixes) / sizeof(suffixes[0]); i++)
+		snprintf(k[i], sizeof(k[i]), "%s.%s", arch, suffixes[i]);
+	ret = rs_gguf_writer_set_string(w, "general.architecture", arch);
 	ret = ret ?: rs_gguf_writer_set_string(w, "general.name", "ringserve");
 	ret = ret ?: rs_gguf_writer_set_u32(w, "general.file_type", file_type);
 	ret = ret ?: rs_gguf_writer_set_u32(w, "general.alignment", RS_GGUF_DEFAULT_ALIGNMENT);
-	ret = ret ?: rs_gguf_writer_set_u32(w, "llama.context_length", c->max_seq_len);
-	ret = ret ?: rs_gguf_writer_set_u32(w, "llama.embedding_length", c->dim);
-	ret = ret ?: rs_gguf_writer_set_u32(w, "llama.block_count", c->n_layers);
-	ret = ret ?: rs_gguf_writer_set_u32(w, "llama.feed_forward_length", c->hidden_dim);
-	ret = ret ?: rs_gguf_writer_set_u32(w, "llama.rope.dimension_count", c->rope_dim);
-	ret = ret ?: rs_gguf_writer_set_u32(w, "llama.attention.head_count", c->n_heads);
-	ret = ret ?: rs_gguf_writer_set_u32(w, "llama.attention.head_count_kv", c->n_kv_heads);
-	ret = ret ?: rs_gguf_writer_set_f32(w, "llama.attention.layer_norm_rms_epsilon", c->norm_eps);
-	ret = ret ?: rs_gguf_writer_set_f32(w, "llama.rope.freq_base", c->rope_theta);
-	ret = ret ?: rs_gguf_writer_set_u32(w, "llama.vocab_size", c->vocab_size);
+	ret = ret ?: rs_gguf_writer_set_u32(w, k[0], c->max_seq_len);
+	ret = ret ?: rs_gguf_writer_set_u32(w, k[1], c->dim);
+	ret = ret ?: rs_gguf_writer_set_u32(w, k[2], c->n_layers);
+	ret = ret ?: rs_gguf_writer_set_u32(w, k[3], c->hidden_dim);
+	ret = ret ?: rs_gguf_writer_set_u32(w, k[4], c->rope_dim);
+	ret = ret ?: rs_gguf_writer_set_u32(w, k[5], c->n_heads);
+	ret = ret ?: rs_gguf_writer_set_u32(w, k[6], c->n_kv_heads);
+	ret = ret ?: rs_gguf_writer_set_f32(w, k[7], c->norm_eps);
+	ret = ret ?: rs_gguf_writer_set_f32(w, k[8], c->rope_theta);
+	ret = ret ?: rs_gguf_writer_set_u32(w, k[9], c->vocab_size);
+	if (!ret && c->rope_scale > 0.0f && c->rope_scale != 1.0f) {
+		ret = rs_gguf_writer_set_string(w, k[10], "linear");
+		ret = ret ?: rs_gguf_writer_set_f32(w, k[11], c->rope_scale);
+	}
 	if (!ret && tok)
 		ret = add_tokenizer(w, tok);
+	/* Qwen2's q and k rows go out in the NEOX layout its files have (see model.h). */
+	uint8_t *neox = NULL;
+	if (!ret && model->arch == RS_ARCH_QWEN2) {
+		neox = qk_to_neox_layout(model);
+		ret = neox ? 0 : -ENOMEM;
+	}
+	size_t neox_used = 0;
 
 	ret = ret ?: add_model_tensor(w, "token_embd.weight", &model->token_embedding);
 	for (uint32_t l = 0; l < c->n_layers && !ret; l++) {
 		const struct rs_layer_weights *lw = &model->layers[l];
-		const struct {
+		struct {
 			const char *suffix;
 			const struct rs_tensor *t;
 		} parts[] = {
-			{ "attn_norm", &lw->attn_norm }, { "attn_q", &lw->wq },
-			{ "attn_k", &lw->wk },		 { "attn_v", &lw->wv },
-			{ "attn_output", &lw->wo },	 { "ffn_norm", &lw->ffn_norm },
-			{ "ffn_gate", &lw->w_gate },	 { "ffn_down", &lw->w_down },
-			{ "ffn_up", &lw->w_up },
+		    {"attn_norm", &lw->attn_norm}, {"attn_q", &lw->wq},
+		    {"attn_k", &lw->wk},	   {"attn_v", &lw->wv},
+		    {"attn_output", &lw->wo},	   {"ffn_norm", &lw->ffn_norm},
+		    {"ffn_gate", &lw->w_gate},	   {"ffn_down", &lw->w_down},
+		    {"ffn_up", &lw->w_up},
 		};
+		struct rs_tensor q = lw->wq, k_ = lw->wk, bq = lw->bq, bk = lw->bk;
+		if (neox) {
+			struct rs_tensor *ts[] = {&q, &k_, &bq, &bk};
+			for (size_t i = 0; i < 4; i++)
+				if (ts[i]->data) {
+					ts[i]->data = neox + neox_used;
+					neox_used += tensor_bytes(ts[i]);
+				}
+			parts[1].t = &q;
+			parts[2].t = &k_;
+		}
 		for (size_t p = 0; p < sizeof(parts) / sizeof(parts[0]) && !ret; p++) {
 			char name[RS_GGUF_MAX_NAME];
 			snprintf(name, sizeof(name), "blk.%u.%s.weight", l, parts[p].suffix);
 			ret = add_model_tensor(w, name, parts[p].t);
 		}
+		const struct {
+			const char *name;
+			const struct rs_tensor *t;
+		} biases[] = {{"attn_q", &bq}, {"attn_k", &bk}, {"attn_v", &lw->bv}};
+		for (size_t b = 0; b < 3 && !ret; b++) {
+			if (!biases[b].t->data)
+				continue;
+			char name[RS_GGUF_MAX_NAME];
+			snprintf(name, sizeof(name), "blk.%u.%s.bias", l, biases[b].name);
+			ret = add_model_tensor(w, name, biases[b].t);
+		}
 	}
+	if (!ret && model->rope_freqs.data)
+		ret = add_model_tensor(w, "rope_freqs.weight", &model->rope_freqs);
 	ret = ret ?: add_model_tensor(w, "output_norm.weight", &model->final_norm);
 	if (!ret && model->output.data != model->token_embedding.data)
 		ret = add_model_tensor(w, "output.weight", &model->output);
 	if (ret) {
 		rs_gguf_writer_free(w);
+		free(neox);
 		return rs_errmsg(err, err_size, ret, "GGUF writer: cannot describe the model");
 	}
 	ret = rs_gguf_writer_write(w, path);
 	rs_gguf_writer_free(w);
+	free(neox);
 	if (ret)
 		return rs_errmsg(err, err_size, ret, "%s: write failed: %s", path, strerror(-ret));
 	return 0;

@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -180,6 +181,15 @@ int rs_llama2c_write(const char *path, const struct rs_model *model, char *err,
 		return rs_errmsg(err, err_size, -EINVAL,
 				 "llama2.c writer: the format implies rope_theta 10000, norm_eps "
 				 "1e-5 and rope_dim == head_dim == dim / n_heads");
+	bool biased = false;
+	for (uint32_t l = 0; l < c->n_layers; l++)
+		biased |= model->layers[l].bq.data || model->layers[l].bk.data ||
+			  model->layers[l].bv.data;
+	if (model->arch != RS_ARCH_LLAMA || biased || model->rope_freqs.data ||
+	    (c->rope_scale > 0.0f && c->rope_scale != 1.0f))
+		return rs_errmsg(err, err_size, -EINVAL,
+				 "llama2.c writer: the format holds plain Llama 2 models only (no "
+				 "biases, rope_freqs or RoPE scaling)");
 
 	FILE *f = fopen(path, "wb");
 	if (!f) {

@@ -1,12 +1,14 @@
 /* Model loading (format chosen by the file's magic), config checks, and release. */
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "kernels/model/dtype.h"
 #include "kernels/model/errmsg.h"
 #include "kernels/model/gguf.h"
 #include "kernels/model/llama2c.h"
@@ -57,6 +59,41 @@ int rs_model_check_config(const struct rs_model_config *c, char *err, size_t err
 	if (!(c->norm_eps >= 0.0f) || c->norm_eps > 1.0f)
 		return rs_errmsg(err, err_size, -EINVAL, "norm_eps %g must be in [0, 1]",
 				 (double)c->norm_eps);
+	if (!(c->rope_scale >= 0.0f) || c->rope_scale > 1e6f)
+		return rs_errmsg(err, err_size, -EINVAL,
+				 "rope_scale %g must be 0 (none) or positive and at most 1e6",
+				 (double)c->rope_scale);
+	return 0;
+}
+
+const char *rs_arch_name(enum rs_arch arch)
+{
+	return arch == RS_ARCH_QWEN2 ? "qwen2" : "llama";
+}
+
+int rs_model_rope_freqs(const struct rs_model *model, double *freqs, char *err, size_t err_size)
+{
+	const struct rs_model_config *c = &model->config;
+	uint32_t pairs = c->rope_dim / 2;
+	double scale = c->rope_scale > 0.0f ? c->rope_scale : 1.0;
+	const struct rs_tensor *t = &model->rope_freqs;
+	for (uint32_t i = 0; i < pairs; i++) {
+		double divisor = 1.0;
+		if (t->data) {
+			float v;
+			rs_convert_to_f32(&v,
+					  (const uint8_t *)t->data + i * rs_dtype_size(t->dtype),
+					  t->dtype, 1);
+			if (!(v > 0.0f) || v > 1e30f)
+				return rs_errmsg(
+				    err, err_size, -EINVAL,
+				    "rope_freqs[%u] is %g: RoPE frequency divisors must "
+				    "be positive and finite",
+				    i, (double)v);
+			divisor = v;
+		}
+		freqs[i] = pow((double)c->rope_theta, -2.0 * i / c->rope_dim) / (divisor * scale);
+	}
 	return 0;
 }
 
@@ -199,6 +236,7 @@ void rs_model_free(struct rs_model *model)
 	if (model->mapping)
 		munmap(model->mapping, model->mapping_size);
 	free(model->owned);
+	free(model->owned_arch);
 	free(model->layers);
 	free(model);
 }

@@ -41,6 +41,15 @@ struct rs_model_config {
 	uint32_t rope_dim;    /* leading dims of each head that RoPE rotates (== head_dim usually) */
 	float rope_theta;     /* 10000 for Llama 2 */
 	float norm_eps;       /* RMSNorm epsilon */
+	/* Linear RoPE scaling ({arch}.rope.scaling.factor with type "linear"): positions are
+	 * divided by it. 0 or 1: none. */
+	float rope_scale;
+};
+
+/* The architectures general.architecture selects (see docs/engine.md). */
+enum rs_arch {
+	RS_ARCH_LLAMA = 0, /* Llama 1/2/3, Mistral-style Llama, TinyLlama, llama2.c */
+	RS_ARCH_QWEN2 = 1, /* Qwen2/2.5: biases on q, k, v; NEOX RoPE layout in its files */
 };
 
 struct rs_layer_weights {
@@ -53,6 +62,11 @@ struct rs_layer_weights {
 	struct rs_tensor w_gate;    /* [hidden_dim][dim]   (w1 in llama2.c) */
 	struct rs_tensor w_down;    /* [dim][hidden_dim]   (w2) */
 	struct rs_tensor w_up;      /* [hidden_dim][dim]   (w3) */
+	/* Biases added after the q, k, v projections, before RoPE (Qwen2); data NULL: none.
+	 * bq and bk are in the Meta layout, as wq and wk. */
+	struct rs_tensor bq; /* [n_heads * head_dim] */
+	struct rs_tensor bk; /* [n_kv_heads * head_dim] */
+	struct rs_tensor bv; /* [n_kv_heads * head_dim] */
 };
 
 struct rs_tokenizer;
@@ -64,11 +78,17 @@ struct rs_model {
 	struct rs_tensor final_norm;      /* [dim] */
 	struct rs_tensor output;          /* [vocab_size][dim]; same data as token_embedding when tied */
 	struct rs_tokenizer *tokenizer;   /* may be NULL when the file carries none */
+	enum rs_arch arch;
+	/* Divisors of RoPE's pair frequencies (GGUF rope_freqs.weight, Llama 3.1+'s "llama3"
+	 * scaling): pair i turns by pos * theta^(-2i / rope_dim) / rope_freqs[i]. [rope_dim / 2],
+	 * positive; data NULL: none. */
+	struct rs_tensor rope_freqs;
 
 	/* Owned storage, released by rs_model_free. */
 	void *mapping;
 	size_t mapping_size;
 	void *owned;
+	void *owned_arch; /* the loader's copies of tensors it had to rearrange (Qwen2's q, k) */
 };
 
 /* Load a model, choosing the format from the file's magic (GGUF or llama2.c). For a
@@ -93,5 +113,14 @@ int rs_model_load_memory(const void *data, size_t size, struct rs_model **out, c
  * divide, even rope_dim <= head_dim, sane limits), naming the first problem in err.
  * Returns 0 or -EINVAL. */
 int rs_model_check_config(const struct rs_model_config *cfg, char *err, size_t err_size);
+
+/* RoPE's frequency of each of the rope_dim / 2 pairs, in double: theta^(-2i / rope_dim),
+ * divided by rope_freqs[i] when the model has them and by config.rope_scale when it is
+ * not 0 or 1. Returns 0, or -EINVAL when a divisor is not positive and finite (err says
+ * which). */
+int rs_model_rope_freqs(const struct rs_model *model, double *freqs, char *err, size_t err_size);
+
+/* The name general.architecture gives arch ("llama", "qwen2"). */
+const char *rs_arch_name(enum rs_arch arch);
 
 #endif

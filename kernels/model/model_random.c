@@ -115,3 +115,68 @@ int rs_model_random(const struct rs_model_config *cfg, enum rs_dtype dtype, uint
 	*out = model;
 	return 0;
 }
+
+double rs_llama3_rope_divisor(double freq, const struct rs_model_random_extras *x)
+{
+	double wavelen = 2.0 * M_PI / freq;
+	double low_wavelen = x->original_context / (double)x->low_freq_factor;
+	double high_wavelen = x->original_context / (double)x->high_freq_factor;
+	if (wavelen < high_wavelen)
+		return 1.0;
+	if (wavelen > low_wavelen)
+		return x->rope_factor;
+	double smooth = (x->original_context / wavelen - x->low_freq_factor) /
+			(x->high_freq_factor - x->low_freq_factor);
+	return 1.0 / ((1.0 - smooth) / x->rope_factor + smooth);
+}
+
+int rs_model_random_arch(const struct rs_model_config *cfg, enum rs_dtype dtype, uint64_t seed,
+			 bool tied_output, const struct rs_model_random_extras *x,
+			 struct rs_model **out)
+{
+	int ret = rs_model_random(cfg, dtype, seed, tied_output, out);
+	if (ret || !x)
+		return ret;
+	struct rs_model *model = *out;
+	bool bias = x->qkv_bias || x->arch == RS_ARCH_QWEN2;
+	bool freqs = x->rope_factor > 0.0f;
+	if (freqs && (!(x->low_freq_factor > 0.0f) || !(x->high_freq_factor > x->low_freq_factor) ||
+		      !x->original_context)) {
+		rs_model_free(model);
+		*out = NULL;
+		return -EINVAL;
+	}
+	uint64_t q_dim = (uint64_t)cfg->n_heads * cfg->head_dim;
+	uint64_t kv_dim = (uint64_t)cfg->n_kv_heads * cfg->head_dim;
+	size_t bytes = (bias ? (tensor_bytes(1, q_dim, RS_DTYPE_F32) +
+				2 * tensor_bytes(1, kv_dim, RS_DTYPE_F32)) *
+				   cfg->n_layers
+			     : 0) +
+		       (freqs ? tensor_bytes(1, cfg->rope_dim / 2, RS_DTYPE_F32) : 0);
+	model->arch = x->arch;
+	if (!bytes)
+		return 0;
+	model->owned_arch = aligned_alloc(64, bytes);
+	if (!model->owned_arch) {
+		rs_model_free(model);
+		*out = NULL;
+		return -ENOMEM;
+	}
+	struct arena a = {.base = model->owned_arch, .dtype = RS_DTYPE_F32, .rng = ~seed};
+	for (uint32_t l = 0; bias && l < cfg->n_layers; l++) {
+		struct rs_layer_weights *w = &model->layers[l];
+		w->bq = make(&a, 1, q_dim, 0.0f, 0.5f);
+		w->bk = make(&a, 1, kv_dim, 0.0f, 0.5f);
+		w->bv = make(&a, 1, kv_dim, 0.0f, 0.5f);
+	}
+	if (freqs) {
+		struct rs_tensor t = {.dtype = RS_DTYPE_F32, .rows = 1, .cols = cfg->rope_dim / 2};
+		float *d = (float *)(a.base + a.used);
+		for (uint32_t i = 0; i < cfg->rope_dim / 2; i++)
+			d[i] = (float)rs_llama3_rope_divisor(
+			    pow((double)cfg->rope_theta, -2.0 * i / cfg->rope_dim), x);
+		t.data = d;
+		model->rope_freqs = t;
+	}
+	return 0;
+}

@@ -26,4 +26,26 @@
 int rs_model_random(const struct rs_model_config *cfg, enum rs_dtype dtype, uint64_t seed,
 		    bool tied_output, struct rs_model **out);
 
+/* What an architecture adds to a random model (rs_model_random_arch). */
+struct rs_model_random_extras {
+	enum rs_arch arch; /* written as general.architecture; RS_ARCH_QWEN2 implies qkv_bias */
+	bool qkv_bias;	   /* q, k, v biases: uniform with standard deviation 0.5 */
+	/* Llama 3's RoPE scaling as rope_freqs: Meta's "llama3" formula's divisors (1 for
+	 * wavelengths below original_context / high_freq_factor, factor above
+	 * original_context / low_freq_factor, a smooth blend between), as llama.cpp's
+	 * converter writes them. factor 0: no rope_freqs. */
+	float rope_factor, low_freq_factor, high_freq_factor;
+	uint32_t original_context;
+};
+
+/* rs_model_random plus the extras (NULL: none, a Llama model); the extra tensors are f32,
+ * as converters write 1-D tensors; the biases come from a second stream of the same seed
+ * (the weights are those of rs_model_random). */
+int rs_model_random_arch(const struct rs_model_config *cfg, enum rs_dtype dtype, uint64_t seed,
+			 bool tied_output, const struct rs_model_random_extras *extras,
+			 struct rs_model **out);
+
+/* The "llama3" divisor of RoPE pair i (frequency theta^(-2i / rope_dim)), as above. */
+double rs_llama3_rope_divisor(double freq, const struct rs_model_random_extras *extras);
+
 #endif

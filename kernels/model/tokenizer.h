@@ -215,4 +215,14 @@ int rs_tokenizer_write_llama2c(const struct rs_tokenizer *tok, const char *path)
  * Flags: METASPACE | ADD_SPACE_PREFIX | ADD_BOS. Returns 0, -EINVAL, -ENOMEM. */
 int rs_tokenizer_demo(uint32_t n_tokens, struct rs_tokenizer **out, char *err, size_t err_size);
 
+/* A deterministic byte-level BPE vocabulary of n_tokens for generated models, shaped as
+ * Llama 3's (pre RS_PRETOK_LLAMA3: <|begin_of_text|> BOS added, <|end_of_text|> EOS,
+ * merges ignored for whole words) or Qwen2's (RS_PRETOK_QWEN2: <|endoftext|> BOS and EOS,
+ * no BOS added, <|im_start|>, <|im_end|>): the 256 byte characters of GPT-2's map in
+ * byte order (id b is byte b), merges learnt from the demo text (words with their leading
+ * space "Ġ"), <|reserved_special_token_N|> padding, then the special tokens last.
+ * Returns 0, -EINVAL, -ENOMEM. */
+int rs_tokenizer_demo_bpe(uint32_t n_tokens, uint32_t pre, struct rs_tokenizer **out, char *err,
+			  size_t err_size);
+
 #endif

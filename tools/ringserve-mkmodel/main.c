@@ -1,4 +1,5 @@
-/* ringserve-mkmodel: write a deterministic, seeded random Llama model with a small
+/* ringserve-mkmodel: write a deterministic, seeded random model (Llama, Llama 3 with its
+ * RoPE divisors, Qwen2 with its biases) with a small SentencePiece or byte-level BPE
  * vocabulary, as GGUF and/or as a llama2.c checkpoint plus tokenizer.bin. The same options
  * always give the same bytes; the GGUF and the llama2.c files of one run hold the same
  * weights (the llama2.c file as float32, which every dtype converts to exactly). */
@@ -11,6 +12,7 @@
 #include "kernels/model/gguf.h"
 #include "kernels/model/llama2c.h"
 #include "kernels/model/model_random.h"
+#include "kernels/model/pretokenize.h"
 #include "kernels/model/tokenizer.h"
 
 /* Print the usage to f. */
@@ -20,8 +22,17 @@ static void usage(FILE *f)
 		"usage: ringserve-mkmodel [--out-gguf FILE] [--out-llama2c FILE] [--out-tokenizer FILE]\n"
 		"         [--dim N] [--hidden N] [--layers N] [--heads N] [--kv-heads N] [--vocab N]\n"
 		"         [--seq-len N] [--seed S] [--dtype f32|f16|bf16] [--tied] [--rope-theta T]\n"
+		"         [--arch llama|llama3|qwen2] [--tokenizer spm|bpe] [--rope-scale F]\n"
+		"         [--rope-orig-ctx N]\n"
 		"  Writes a seeded random Llama model (defaults: dim 64, hidden 172, 2 layers, 4 heads,\n"
 		"  2 kv heads, vocab 512, seq-len 256, seed 1, f32, separate output matrix).\n"
+		"  --arch            llama (default); llama3: Llama 3.1's rope_freqs (factor 8, low 1,\n"
+		"                    high 4, --rope-orig-ctx, default 8192), theta 500000, a BPE\n"
+		"                    vocabulary; qwen2: q, k, v biases, qwen2.* keys, theta 1e6,\n"
+		"                    a BPE vocabulary with Qwen2's pre-tokenizer\n"
+		"  --tokenizer       spm (SentencePiece demo vocabulary; llama's default) or bpe\n"
+		"                    (byte-level, Llama 3's or Qwen2's shape by --arch)\n"
+		"  --rope-scale      linear RoPE scaling factor ({arch}.rope.scaling.factor)\n"
 		"  --out-gguf        GGUF v3 with the tokenizer, weights in --dtype\n"
 		"  --out-llama2c     llama2.c checkpoint (float32; a negative vocab_size when not --tied)\n"
 		"  --out-tokenizer   llama2.c tokenizer.bin for the same vocabulary\n"
@@ -45,7 +56,7 @@ int main(int argc, char **argv)
 {
 	enum { OPT_GGUF = 256, OPT_LLAMA2C, OPT_TOKENIZER, OPT_DIM, OPT_HIDDEN, OPT_LAYERS,
 	       OPT_HEADS, OPT_KV_HEADS, OPT_VOCAB, OPT_SEQ, OPT_SEED, OPT_DTYPE, OPT_TIED,
-	       OPT_THETA };
+	       OPT_THETA, OPT_ARCH, OPT_TOKENIZER_KIND, OPT_ROPE_SCALE, OPT_ROPE_ORIG };
 	static const struct option options[] = {
 		{ "out-gguf", required_argument, NULL, OPT_GGUF },
 		{ "out-llama2c", required_argument, NULL, OPT_LLAMA2C },
@@ -61,6 +72,10 @@ int main(int argc, char **argv)
 		{ "dtype", required_argument, NULL, OPT_DTYPE },
 		{ "tied", no_argument, NULL, OPT_TIED },
 		{ "rope-theta", required_argument, NULL, OPT_THETA },
+		{ "arch", required_argument, NULL, OPT_ARCH },
+		{ "tokenizer", required_argument, NULL, OPT_TOKENIZER_KIND },
+		{ "rope-scale", required_argument, NULL, OPT_ROPE_SCALE },
+		{ "rope-orig-ctx", required_argument, NULL, OPT_ROPE_ORIG },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -71,7 +86,10 @@ int main(int argc, char **argv)
 	};
 	uint64_t seed = 1;
 	enum rs_dtype dtype = RS_DTYPE_F32;
-	bool tied = false;
+	bool tied = false, theta_given = false;
+	const char *arch_name = "llama", *tokenizer_kind = NULL;
+	struct rs_model_random_extras extras = { .arch = RS_ARCH_LLAMA };
+	uint32_t rope_orig_ctx = 8192;
 	int c;
 
 	while ((c = getopt_long(argc, argv, "h", options, NULL)) != -1) {
@@ -88,7 +106,11 @@ int main(int argc, char **argv)
 		case OPT_SEQ: cfg.max_seq_len = (uint32_t)parse_number("--seq-len", optarg, 1u << 24); break;
 		case OPT_SEED: seed = parse_number("--seed", optarg, ~0ul); break;
 		case OPT_TIED: tied = true; break;
-		case OPT_THETA: cfg.rope_theta = strtof(optarg, NULL); break;
+		case OPT_THETA: cfg.rope_theta = strtof(optarg, NULL); theta_given = true; break;
+		case OPT_ARCH: arch_name = optarg; break;
+		case OPT_TOKENIZER_KIND: tokenizer_kind = optarg; break;
+		case OPT_ROPE_SCALE: cfg.rope_scale = strtof(optarg, NULL); break;
+		case OPT_ROPE_ORIG: rope_orig_ctx = (uint32_t)parse_number("--rope-orig-ctx", optarg, 1u << 24); break;
 		case OPT_DTYPE:
 			if (!strcmp(optarg, "f32"))
 				dtype = RS_DTYPE_F32;
@@ -116,6 +138,37 @@ int main(int argc, char **argv)
 	}
 	cfg.head_dim = cfg.dim / cfg.n_heads;
 	cfg.rope_dim = cfg.head_dim;
+	uint32_t bpe_pre = RS_PRETOK_LLAMA3;
+	if (!strcmp(arch_name, "llama3")) {
+		extras = (struct rs_model_random_extras){ .arch = RS_ARCH_LLAMA, .rope_factor = 8.0f,
+			.low_freq_factor = 1.0f, .high_freq_factor = 4.0f,
+			.original_context = rope_orig_ctx };
+		cfg.rope_theta = theta_given ? cfg.rope_theta : 500000.0f;
+	} else if (!strcmp(arch_name, "qwen2")) {
+		extras.arch = RS_ARCH_QWEN2;
+		cfg.rope_theta = theta_given ? cfg.rope_theta : 1000000.0f;
+		cfg.norm_eps = 1e-6f;
+		bpe_pre = RS_PRETOK_QWEN2;
+	} else if (strcmp(arch_name, "llama")) {
+		fprintf(stderr, "ringserve-mkmodel: --arch must be llama, llama3 or qwen2\n");
+		return 2;
+	}
+	if (!tokenizer_kind)
+		tokenizer_kind = strcmp(arch_name, "llama") ? "bpe" : "spm";
+	if (strcmp(tokenizer_kind, "spm") && strcmp(tokenizer_kind, "bpe")) {
+		fprintf(stderr, "ringserve-mkmodel: --tokenizer must be spm or bpe\n");
+		return 2;
+	}
+	bool bpe = !strcmp(tokenizer_kind, "bpe");
+	if (bpe && (out_llama2c || out_tokenizer)) {
+		fprintf(stderr, "ringserve-mkmodel: llama2.c files carry SentencePiece vocabularies "
+				"only (--tokenizer spm)\n");
+		return 2;
+	}
+	if (strcmp(arch_name, "llama") && out_llama2c) {
+		fprintf(stderr, "ringserve-mkmodel: --arch %s is GGUF only\n", arch_name);
+		return 2;
+	}
 	char err[512];
 	if (rs_model_check_config(&cfg, err, sizeof(err))) {
 		fprintf(stderr, "ringserve-mkmodel: %s\n", err);
@@ -123,13 +176,14 @@ int main(int argc, char **argv)
 	}
 
 	struct rs_tokenizer *tok;
-	if (rs_tokenizer_demo(cfg.vocab_size, &tok, err, sizeof(err))) {
+	if (bpe ? rs_tokenizer_demo_bpe(cfg.vocab_size, bpe_pre, &tok, err, sizeof(err))
+		: rs_tokenizer_demo(cfg.vocab_size, &tok, err, sizeof(err))) {
 		fprintf(stderr, "ringserve-mkmodel: %s\n", err);
 		return 2;
 	}
 	struct rs_model *model = NULL;
 	if (out_gguf || out_llama2c) {
-		int ret = rs_model_random(&cfg, dtype, seed, tied, &model);
+		int ret = rs_model_random_arch(&cfg, dtype, seed, tied, &extras, &model);
 		if (ret) {
 			fprintf(stderr, "ringserve-mkmodel: cannot build the model: %s\n", strerror(-ret));
 			return 1;
@@ -153,9 +207,9 @@ int main(int argc, char **argv)
 	}
 	if (!status)
 		fprintf(stderr,
-			"ringserve-mkmodel: dim %u, hidden %u, %u layers, %u/%u heads, vocab %u, "
-			"seq %u, %s, %s output, seed %llu\n",
-			cfg.dim, cfg.hidden_dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads,
+			"ringserve-mkmodel: %s (%s vocabulary), dim %u, hidden %u, %u layers, %u/%u "
+			"heads, vocab %u, seq %u, %s, %s output, seed %llu\n",
+			arch_name, tokenizer_kind, cfg.dim, cfg.hidden_dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads,
 			cfg.vocab_size, cfg.max_seq_len,
 			dtype == RS_DTYPE_F32 ? "f32" : dtype == RS_DTYPE_F16 ? "f16" : "bf16",
 			tied ? "tied" : "separate", (unsigned long long)seed);

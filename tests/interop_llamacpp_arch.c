@@ -1,0 +1,257 @@
+/* Optional independent check against llama.cpp (issue 11, sections 3 and 4): random models
+ * of each architecture (Llama, Llama 3 with rope_freqs, Qwen2 with biases and its NEOX
+ * q/k layout), written as GGUF by ringserve's writer, give the same greedy ids in llama.cpp
+ * (its prebuilt libllama, opened at run time) as in ringserve's CPU engine. A difference is
+ * accepted only where llama.cpp's own top two logits are within NEAR_TIE of each other.
+ *
+ * The libraries come from tools/fetch-llama-cpp.sh (.cache/llama-cpp, or RS_LLAMA_CPP_DIR);
+ * without them the test skips. llama.cpp's parameter structs are used only through their
+ * defaults: they are received and passed back by value as opaque, larger-than-real structs
+ * (both are in memory on x86-64 System V, the callee reading only its own fields), so the
+ * test needs no llama.h. */
+#include <dlfcn.h>
+#include <glob.h>
+#include <stdint.h>
+
+#include "kernels/engine/engine.h"
+#include "kernels/model/gguf.h"
+#include "kernels/model/model_random.h"
+#include "kernels/model/pretokenize.h"
+#include "kernels/model/tokenizer.h"
+#include "tests/model_test.h"
+
+#define STEPS	 32
+#define NEAR_TIE 1e-3
+
+struct opaque_params {
+	_Alignas(16) unsigned char bytes[1024];
+};
+struct opaque_batch {
+	_Alignas(16) unsigned char bytes[256];
+};
+
+static struct {
+	void (*load_all_from_path)(const char *dir);
+	void (*log_set)(void (*cb)(int, const char *, void *), void *user);
+	void (*backend_init)(void);
+	struct opaque_params (*model_default_params)(void);
+	struct opaque_params (*context_default_params)(void);
+	void *(*model_load_from_file)(const char *path, struct opaque_params params);
+	void (*model_free)(void *model);
+	void *(*init_from_model)(void *model, struct opaque_params params);
+	void (*free_context)(void *ctx);
+	void (*set_n_threads)(void *ctx, int32_t n_threads, int32_t n_threads_batch);
+	struct opaque_batch (*batch_get_one)(int32_t *tokens, int32_t n);
+	int32_t (*decode)(void *ctx, struct opaque_batch batch);
+	float *(*get_logits_ith)(void *ctx, int32_t i);
+} lc;
+
+static void quiet(int level, const char *text, void *user)
+{
+	(void)level, (void)text, (void)user;
+}
+
+/* Open llama.cpp from dir; 0, or -1 with the reason printed. */
+static int open_llama_cpp(const char *dir)
+{
+	char pattern[600];
+	glob_t g;
+	snprintf(pattern, sizeof(pattern), "%s/libllama*.so", dir);
+	if (glob(pattern, 0, NULL, &g) != 0) {
+		printf("no llama.cpp libraries in %s (tools/fetch-llama-cpp.sh fetches them)\n",
+		       dir);
+		return -1;
+	}
+	const char *path = NULL;
+	for (size_t i = 0; i < g.gl_pathc && !path; i++)
+		if (!strstr(g.gl_pathv[i], "common"))
+			path = g.gl_pathv[i];
+	void *h = path ? dlopen(path, RTLD_NOW | RTLD_GLOBAL) : NULL;
+	globfree(&g);
+	if (!h) {
+		printf("cannot open libllama: %s\n", dlerror());
+		return -1;
+	}
+#define SYM(field, name)                                                                           \
+	if (!(*(void **)&lc.field = dlsym(RTLD_DEFAULT, name))) {                                  \
+		printf("libllama lacks %s\n", name);                                               \
+		return -1;                                                                         \
+	}
+	SYM(load_all_from_path, "ggml_backend_load_all_from_path");
+	SYM(log_set, "llama_log_set");
+	SYM(backend_init, "llama_backend_init");
+	SYM(model_default_params, "llama_model_default_params");
+	SYM(context_default_params, "llama_context_default_params");
+	SYM(model_load_from_file, "llama_model_load_from_file");
+	SYM(model_free, "llama_model_free");
+	SYM(init_from_model, "llama_init_from_model");
+	SYM(free_context, "llama_free");
+	SYM(set_n_threads, "llama_set_n_threads");
+	SYM(batch_get_one, "llama_batch_get_one");
+	SYM(decode, "llama_decode");
+	SYM(get_logits_ith, "llama_get_logits_ith");
+#undef SYM
+	lc.log_set(quiet, NULL);
+	lc.load_all_from_path(dir);
+	lc.backend_init();
+	return 0;
+}
+
+/* Greedy ids from llama.cpp after prompt, with the gap between its top two logits at each
+ * step. Returns 0 or -1. */
+static int llama_cpp_greedy(const char *path, uint32_t vocab, const uint32_t *prompt,
+			    uint32_t n_prompt, uint32_t *ids, double *gap)
+{
+	void *model = lc.model_load_from_file(path, lc.model_default_params());
+	if (!model)
+		return -1;
+	void *ctx = lc.init_from_model(model, lc.context_default_params());
+	if (!ctx) {
+		lc.model_free(model);
+		return -1;
+	}
+	lc.set_n_threads(ctx, 1, 1); /* as ringserve's engine here; the default spins 4 */
+	int32_t tokens[64], next;
+	for (uint32_t i = 0; i < n_prompt; i++)
+		tokens[i] = (int32_t)prompt[i];
+	int32_t *cur = tokens, count = (int32_t)n_prompt;
+	int rc = 0;
+	for (int s = 0; s < STEPS && !rc; s++) {
+		if (lc.decode(ctx, lc.batch_get_one(cur, count)) != 0) {
+			rc = -1;
+			break;
+		}
+		const float *l = lc.get_logits_ith(ctx, -1);
+		uint32_t best = 0, second = 1;
+		if (l[1] > l[0])
+			best = 1, second = 0;
+		for (uint32_t i = 2; i < vocab; i++) {
+			if (l[i] > l[best])
+				second = best, best = i;
+			else if (l[i] > l[second])
+				second = i;
+		}
+		ids[s] = best;
+		gap[s] = (double)l[best] - l[second];
+		next = (int32_t)best;
+		cur = &next;
+		count = 1;
+	}
+	lc.free_context(ctx);
+	lc.model_free(model);
+	return rc;
+}
+
+/* Greedy ids from ringserve's CPU engine. */
+static void ringserve_greedy(const struct rs_model *model, const uint32_t *prompt,
+			     uint32_t n_prompt, uint32_t *ids)
+{
+	struct rs_engine_options opts;
+	struct rs_engine *engine;
+	char err[256];
+	rs_engine_options_init(&opts);
+	opts.backend = "cpu";
+	opts.threads = 1;
+	REQUIRE(rs_engine_create(model, &opts, &engine, err, sizeof(err)) == 0);
+	uint32_t blocks[64];
+	uint32_t n_blocks =
+	    rs_kv_blocks_for(n_prompt + STEPS, rs_engine_options(engine)->block_size);
+	REQUIRE(n_blocks <= 64);
+	struct rs_kv_cache *kv = rs_engine_kv(engine);
+	for (uint32_t b = 0; b < n_blocks; b++)
+		blocks[b] = (uint32_t)rs_kv_block_alloc(kv);
+	uint32_t next = 0, token;
+	struct rs_seq_step step = {.tokens = prompt,
+				   .n_tokens = n_prompt,
+				   .block_table = blocks,
+				   .n_blocks = n_blocks,
+				   .sample = 1,
+				   .out_token = &next};
+	for (uint32_t i = 0; i < STEPS; i++) {
+		REQUIRE(rs_engine_step(engine, 0, &step, 1) == 0 &&
+			rs_engine_step_wait(engine, 0) == 0);
+		ids[i] = token = next;
+		step.start_pos += step.n_tokens;
+		step.tokens = &token;
+		step.n_tokens = 1;
+	}
+	rs_engine_destroy(engine);
+}
+
+static void check_arch(const char *name, const struct rs_model_config *cfg, bool tied,
+		       const struct rs_model_random_extras *extras, bool bpe, uint64_t seed)
+{
+	struct rs_model *model, *loaded;
+	struct rs_tokenizer *tok;
+	char path[512], err[256];
+	REQUIRE(rs_model_random_arch(cfg, RS_DTYPE_F32, seed, tied, extras, &model) == 0);
+	uint32_t pre = extras->arch == RS_ARCH_QWEN2 ? RS_PRETOK_QWEN2 : RS_PRETOK_LLAMA3;
+	REQUIRE((bpe ? rs_tokenizer_demo_bpe(cfg->vocab_size, pre, &tok, err, sizeof(err))
+		     : rs_tokenizer_demo(cfg->vocab_size, &tok, err, sizeof(err))) == 0);
+	test_path(path, sizeof(path), "m.gguf");
+	REQUIRE(rs_gguf_write_model(path, model, tok, err, sizeof(err)) == 0);
+	REQUIRE(rs_model_load(path, NULL, &loaded, err, sizeof(err)) == 0);
+
+	uint32_t prompt[5] = {5, 300, 17, 45, 99}, want[STEPS], got[STEPS];
+	double gap[STEPS];
+	ringserve_greedy(loaded, prompt, 5, got);
+	if (llama_cpp_greedy(path, cfg->vocab_size, prompt, 5, want, gap) != 0) {
+		fprintf(stderr, "%s: llama.cpp could not run the file\n", name);
+		test_failures++;
+	} else {
+		int same = 0;
+		while (same < STEPS && got[same] == want[same])
+			same++;
+		if (same < STEPS && gap[same] >= NEAR_TIE) {
+			fprintf(stderr,
+				"%s: ids part at step %d: llama.cpp %u, ringserve %u (gap %g)\n",
+				name, same, want[same], got[same], gap[same]);
+			test_failures++;
+		}
+		printf("%-32s %d of %d greedy ids equal%s\n", name, same, STEPS,
+		       same < STEPS ? " (then a near-tie)" : "");
+	}
+	unlink(path);
+	rs_model_free(loaded);
+	rs_model_free(model);
+	rs_tokenizer_free(tok);
+}
+
+int main(void)
+{
+	const char *dir =
+	    getenv("RS_LLAMA_CPP_DIR") ? getenv("RS_LLAMA_CPP_DIR") : ".cache/llama-cpp";
+	if (open_llama_cpp(dir) != 0)
+		return 77;
+	test_dir_create();
+	struct rs_model_config cfg = {
+	    .dim = 64,
+	    .hidden_dim = 172,
+	    .n_layers = 3,
+	    .n_heads = 4,
+	    .n_kv_heads = 2,
+	    .head_dim = 16,
+	    .vocab_size = 700,
+	    .max_seq_len = 128,
+	    .rope_dim = 16,
+	    .rope_theta = 10000.0f,
+	    .norm_eps = 1e-6f,
+	};
+	struct rs_model_random_extras qwen2 = {.arch = RS_ARCH_QWEN2};
+	struct rs_model_random_extras llama = {.arch = RS_ARCH_LLAMA};
+	/* An original context short enough that the divisors change the ids. */
+	struct rs_model_random_extras llama3 = {.arch = RS_ARCH_LLAMA,
+						.rope_factor = 8.0f,
+						.low_freq_factor = 1.0f,
+						.high_freq_factor = 4.0f,
+						.original_context = 32};
+	check_arch("qwen2, BPE", &cfg, false, &qwen2, true, 1);
+	check_arch("qwen2, tied, SentencePiece", &cfg, true, &qwen2, false, 2);
+	check_arch("llama3 rope_freqs, BPE", &cfg, false, &llama3, true, 3);
+	check_arch("llama, SentencePiece", &cfg, false, &llama, false, 4);
+	struct rs_model_config linear = cfg;
+	linear.rope_scale = 4.0f;
+	check_arch("llama, linear RoPE scaling 4", &linear, false, &llama, true, 5);
+	/* (Partial RoPE is not tried: llama.cpp's qwen2 asserts n_rot == head size.) */
+	return test_result("interop_llamacpp_arch");
+}
