@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "kernels/model/dtype.h"
+#include "kernels/model/quant.h"
 #include "kernels/engine/engine_backend.h"
 #include "kernels/model/errmsg.h"
 #include "kernels/cpu/ops.h"
@@ -143,7 +144,8 @@ static int resolve(const struct rs_model *model, struct rs_engine_options *o,
  * outputs from rows, so a transposed matrix with the right element count must fail. */
 static bool shape_ok(const struct rs_tensor *t, uint64_t rows, uint64_t cols)
 {
-	return t->data && t->rows == rows && t->cols == cols && rs_dtype_size(t->dtype) != 0;
+	return t->data && t->rows == rows && t->cols == cols &&
+	       rs_dtype_row_bytes(t->dtype, t->cols) != 0;
 }
 
 /* A vector of n elements, stored [1][n] or [n][1]. */
