@@ -197,7 +197,9 @@ static int cpu_create(struct rs_engine *e, char *err, size_t err_size)
 	}
 	e->impl = c;
 	pthread_mutex_init(&c->lock, NULL);
-	c->isa = strcmp(o->cpu_products, "blas") == 0 ? RS_ISA_PORTABLE : rs_cpu_isa();
+	c->isa = strcmp(o->cpu_products, "blas") == 0   ? RS_ISA_PORTABLE
+		 : strcmp(o->cpu_products, "avx2") == 0 ? RS_ISA_AVX2
+							: rs_cpu_isa();
 	long online = sysconf(_SC_NPROCESSORS_ONLN);
 	uint32_t workers = o->threads > 0 ? (uint32_t)o->threads : online > 0 ? (uint32_t)online : 1;
 	/* Process-wide: our workers split each product, so OpenBLAS (the per-panel SGEMMs on

@@ -118,11 +118,13 @@ static int resolve(const struct rs_model *model, struct rs_engine_options *o,
 	const char *products = o->cpu_products ? o->cpu_products : "auto";
 	if (strcmp(products, "auto") == 0) {
 		products = rs_cpu_isa() >= RS_ISA_AVX2 ? "ours" : "blas";
-	} else if (strcmp(products, "ours") == 0 && rs_cpu_isa() < RS_ISA_AVX2) {
-		rs_errmsg(err, err_size, 0, "CPU products \"ours\" need AVX2 or AVX-512");
+	} else if ((strcmp(products, "ours") == 0 || strcmp(products, "avx2") == 0) &&
+		   rs_cpu_isa() < RS_ISA_AVX2) {
+		rs_errmsg(err, err_size, 0, "CPU products \"%s\" need AVX2 or AVX-512", products);
 		return -EINVAL;
-	} else if (strcmp(products, "ours") != 0 && strcmp(products, "blas") != 0) {
-		rs_errmsg(err, err_size, 0, "unknown CPU products \"%s\" (auto, ours, blas)",
+	} else if (strcmp(products, "ours") != 0 && strcmp(products, "blas") != 0 &&
+		   strcmp(products, "avx2") != 0) {
+		rs_errmsg(err, err_size, 0, "unknown CPU products \"%s\" (auto, ours, avx2, blas)",
 			  products);
 		return -EINVAL;
 	}
