@@ -37,6 +37,22 @@ static bool kv_weights_f32(const struct rs_model *model)
 	return true;
 }
 
+/* Whether any weight is block-quantized (the CUDA backend does not read those yet). */
+static bool has_quantized(const struct rs_model *m)
+{
+	if (rs_dtype_is_quant(m->token_embedding.dtype) || rs_dtype_is_quant(m->output.dtype))
+		return true;
+	for (uint32_t l = 0; l < m->config.n_layers; l++) {
+		const struct rs_layer_weights *w = &m->layers[l];
+		const struct rs_tensor *t[] = {&w->attn_norm, &w->wq, &w->wk, &w->wv, &w->wo,
+					       &w->ffn_norm, &w->w_gate, &w->w_down, &w->w_up};
+		for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+			if (rs_dtype_is_quant(t[i]->dtype))
+				return true;
+	}
+	return rs_dtype_is_quant(m->final_norm.dtype);
+}
+
 /* Fill defaults in; pick the backend and the KV dtype. */
 static int resolve(const struct rs_model *model, struct rs_engine_options *o,
 		   const struct rs_engine_backend **backend, const char **note, char *err,
@@ -75,6 +91,9 @@ static int resolve(const struct rs_model *model, struct rs_engine_options *o,
 		if (!*backend) {
 			*note = "CUDA backend not built: using the CPU backend";
 			*backend = &rs_engine_backend_cpu;
+		} else if (has_quantized(model)) {
+			*note = "quantized weights run on the CPU backend only (for now)";
+			*backend = &rs_engine_backend_cpu;
 		} else if ((*backend)->available && (*backend)->available(NULL, 0) != 0) {
 			*note = "no CUDA device: using the CPU backend";
 			*backend = &rs_engine_backend_cpu;
@@ -86,6 +105,12 @@ static int resolve(const struct rs_model *model, struct rs_engine_options *o,
 		if (!*backend) {
 			rs_errmsg(err, err_size, 0, "CUDA backend not built");
 			return -ENODEV;
+		}
+		if (has_quantized(model)) {
+			rs_errmsg(err, err_size, 0,
+				  "the CUDA backend does not run quantized weights yet (Q8_0, Q4_0, "
+				  "Q4_K, Q5_K, Q6_K): use the CPU backend");
+			return -ENOTSUP;
 		}
 		int rc = (*backend)->available ? (*backend)->available(err, err_size) : 0;
 		if (rc)
