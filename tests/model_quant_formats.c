@@ -9,7 +9,8 @@
  *   Q4_K/Q5_K half a sub-block step plus half a dmin step (the min's 6-bit rounding) plus
  *   1 %, Q6_K 1.01 steps of its group (+32 clamped to 31); the RMS errors are printed;
  * - products, each ISA this CPU has: |y - y_ref| <= sum_i |w_i| d_i / 2 + 2^-18 sum_i
- *   |w_i x_i|, where d_i = amax(x's block of 32)/127 is the activation's 8-bit step (the
+ *   |w_i x_i|, where d_i = amax(x's block)/127 is the activation's 8-bit step (blocks of
+ *   32 for Q8_0/Q4_0 weights, of 256 for the K-quants; the
  *   activations round to nearest: half a step each; the weights are exact) and the
  *   second term covers f32 scaling and summation; the ISAs give the same bits; the large
  *   batch path (dequantized panels, SGEMM) within 2^-16 sum |w_i x_i|; a fused matrix of
@@ -164,8 +165,11 @@ static void product_case(const struct rs_packed_matrix *pm, const uint8_t *const
 			double act_err = 0, mag = 0;
 			for (uint32_t kk = 0; kk < k; kk++) {
 				double w = ref_row_element(row, part_types[part], kk);
+				/* The activations' block: 32 elements for Q8_0/Q4_0, 256 for the
+				 * K-quants (one scale per super-block, as llama.cpp's q8_K). */
+				uint32_t ab = ref_block_elems(part_types[part]);
 				double amax = 0;
-				for (uint32_t l = kk / 32 * 32; l < kk / 32 * 32 + 32; l++)
+				for (uint32_t l = kk / ab * ab; l < kk / ab * ab + ab; l++)
 					amax = fmax(amax, fabs(xi[l]));
 				ref += w * xi[kk];
 				act_err += fabs(w) * amax / 127 / 2;

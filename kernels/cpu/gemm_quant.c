@@ -1,12 +1,14 @@
 /* Products with block-quantized weights (rs_gemm_quant in gemm.h), the weights read in
  * place (the mapped file) and dequantized in registers.
  *
- * Decode (m <= RS_QUANT_SMALL_BATCH): each row of x is quantized to 8 bits per block of 32
- * with an f32 scale (and the sums of its 16-element halves, for the formats' offsets and
- * mins). A weight row's product with it is then, per group of 16 or 32 elements sharing a
- * scale, an exact integer dot product (AVX2: vpmaddubsw of the unsigned weight codes by
- * the signed activations, then vpmaddwd; scalar C elsewhere), and those integer sums are
- * scaled and added in f32 by one common scalar loop, so every ISA gives the same bits.
+ * Decode (m <= RS_QUANT_SMALL_BATCH): each row of x is quantized to 8 bits with an f32
+ * scale per block of 32 (for Q8_0/Q4_0) and per block of 256 (for the K-quants), with
+ * the blocks' sums for the formats' offsets and mins. A weight row's product with it is
+ * then exact integer arithmetic per block (AVX2: vpmaddubsw of the unsigned weight
+ * codes by the signed activations, then vpmaddwd by ones or by the sub-blocks' integer
+ * scales; portable C elsewhere), scaled and added in f32 in eight lanes in one fixed
+ * order that the C kernel mirrors (separate multiplies and adds, no FMA), so every ISA
+ * gives the same bits.
  * The error against the exact product comes only from rounding the activations (half a
  * step per element: |err| <= sum_i |w_i| * d_i / 2 with d_i = amax(block)/127) and
  * from f32 summation; tests/model_quant_formats.c checks that bound.
@@ -29,54 +31,76 @@
 #include <immintrin.h>
 #endif
 
-/* A row of x quantized: element i ~= d[i / 32] * q[i]; sum[b] = the sum of block b's q,
- * sum16[2b + h] that of its half h (16 elements). Separate arrays, so that the vector
+/* A row of x quantized twice (llama.cpp's q8_0 and q8_K activations). For Q8_0/Q4_0
+ * weights: element i ~= d[i / 32] * q[i], sum[b] = the sum of block b's q. For the
+ * K-quants: element i ~= dk[i / 256] * qk[i] (one scale per super-block, so that the
+ * sub-blocks' integer sums can be scaled by their integer scales and added as integers),
+ * sumk16[g] = the sum of qk over group g of 16. Separate arrays, so that the vector
  * kernels load eight blocks' scales or sums at once. */
 struct act_row {
-	int8_t *q;
-	float *d;
-	int32_t *sum;
-	int32_t *sum16;
+	int8_t *q, *qk;
+	float *d, *dk;
+	int32_t *sum, *sumk16;
 };
 
 /* Bytes of one act_row of k elements, in the layout act_row_at gives. */
 static size_t act_row_bytes(uint32_t k)
 {
-	uint32_t nb = k / 32;
-	return (size_t)k + (size_t)nb * (sizeof(float) + 3 * sizeof(int32_t));
+	uint32_t nb = k / 32, nk = k / 256;
+	return 2 * (size_t)k + (size_t)nb * (sizeof(float) + sizeof(int32_t)) +
+	       (size_t)nk * sizeof(float) + (size_t)(k / 16) * sizeof(int32_t);
 }
 
 static struct act_row act_row_at(void *mem, uint32_t k)
 {
-	uint32_t nb = k / 32;
+	uint32_t nb = k / 32, nk = k / 256;
 	char *p = mem;
 	struct act_row a;
 	a.d = (float *)p;
-	a.sum = (int32_t *)(p + nb * sizeof(float));
-	a.sum16 = (int32_t *)(p + nb * (sizeof(float) + sizeof(int32_t)));
-	a.q = (int8_t *)(p + nb * (sizeof(float) + 3 * sizeof(int32_t)));
+	p += nb * sizeof(float);
+	a.sum = (int32_t *)p;
+	p += nb * sizeof(int32_t);
+	a.dk = (float *)p;
+	p += nk * sizeof(float);
+	a.sumk16 = (int32_t *)p;
+	p += (k / 16) * sizeof(int32_t);
+	a.q = (int8_t *)p;
+	a.qk = (int8_t *)p + k;
 	return a;
+}
+
+/* x[0..n) to 8 bits with scale amax / 127, rounded to nearest; returns the scale. */
+static float quantize_block(int8_t *q, const float *x, uint32_t n)
+{
+	float amax = 0;
+	for (uint32_t i = 0; i < n; i++)
+		amax = fmaxf(amax, fabsf(x[i]));
+	float d = amax / 127.0f, inv = d ? 1.0f / d : 0.0f;
+	for (uint32_t i = 0; i < n; i++) {
+		int v = (int)lrintf(x[i] * inv);
+		q[i] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+	}
+	return d;
 }
 
 static void quantize_activations(struct act_row a, const float *x, uint32_t k)
 {
-	for (uint32_t b = 0; b < k / 32; b++, x += 32) {
-		float amax = 0;
+	for (uint32_t b = 0; b < k / 32; b++) {
+		a.d[b] = quantize_block(a.q + 32 * b, x + 32 * b, 32);
+		int32_t sum = 0;
 		for (int i = 0; i < 32; i++)
-			amax = fmaxf(amax, fabsf(x[i]));
-		float d = amax / 127.0f, inv = d ? 1.0f / d : 0.0f;
-		a.d[b] = d;
-		for (int h = 0; h < 2; h++) {
-			int sum = 0;
-			for (int i = 16 * h; i < 16 * h + 16; i++) {
-				int q = (int)lrintf(x[i] * inv);
-				q = q > 127 ? 127 : q < -127 ? -127 : q;
-				a.q[32 * b + i] = (int8_t)q;
-				sum += q;
-			}
-			a.sum16[2 * b + h] = sum;
+			sum += a.q[32 * b + i];
+		a.sum[b] = sum;
+	}
+	/* A row whose k is not a multiple of 256 has no K-quant weights. */
+	for (uint32_t b = 0; b < k / 256; b++) {
+		a.dk[b] = quantize_block(a.qk + 256 * b, x + 256 * b, 256);
+		for (int g = 0; g < 16; g++) {
+			int32_t sum = 0;
+			for (int i = 0; i < 16; i++)
+				sum += a.qk[256 * b + 16 * g + i];
+			a.sumk16[16 * b + g] = sum;
 		}
-		a.sum[b] = a.sum16[2 * b] + a.sum16[2 * b + 1];
 	}
 }
 
@@ -154,58 +178,61 @@ static float row_dot_scalar(const uint8_t *w, enum rs_dtype dtype, struct act_ro
 		break;
 	case RS_DTYPE_Q4_K:
 	case RS_DTYPE_Q5_K: {
+		/* Lane l takes elements 4l..4l+3 of every sub-block, times its scale: the
+		 * vector kernel's vpmaddwd lanes. */
 		bool five = dtype == RS_DTYPE_Q5_K;
 		for (uint32_t sb = 0; sb < k / 256; sb++, w += bb) {
 			const uint8_t *qh = w + 16, *qs = five ? w + 48 : w + 16;
-			float d = f16_at(w), dmin = f16_at(w + 2);
+			const int8_t *x = a.qk + 256 * sb;
 			uint64_t sc8, m8;
 			k_scales_mins(w + 4, &sc8, &m8);
+			int32_t sumi[8] = {0}, summ = 0;
 			for (int j = 0; j < 8; j++) {
-				unsigned sc = (unsigned)(sc8 >> 8 * j) & 255,
-					 m = (unsigned)(m8 >> 8 * j) & 255;
-				const int8_t *q = a.q + 256 * sb + 32 * j;
-				int32_t s = 0;
-				for (int l = 0; l < 32; l++) {
-					int v = (j & 1) ? qs[32 * (j / 2) + l] >> 4
-							: qs[32 * (j / 2) + l] & 15;
+				int sc = (int)(sc8 >> 8 * j) & 255, m = (int)(m8 >> 8 * j) & 255;
+				for (int e = 0; e < 32; e++) {
+					int v = (j & 1) ? qs[32 * (j / 2) + e] >> 4
+							: qs[32 * (j / 2) + e] & 15;
 					if (five)
-						v |= ((qh[l] >> j) & 1) << 4;
-					s += v * q[l];
+						v |= ((qh[e] >> j) & 1) << 4;
+					sumi[e / 4] += sc * v * x[32 * j + e];
 				}
-				float t = (float)s * (d * (float)sc);
-				float u = (float)a.sum[8 * sb + j] * (dmin * (float)m);
-				acc[j] += (t - u) * a.d[8 * sb + j];
+				summ +=
+				    m * (a.sumk16[16 * sb + 2 * j] + a.sumk16[16 * sb + 2 * j + 1]);
 			}
+			float scale = f16_at(w) * a.dk[sb], min_scale = f16_at(w + 2) * a.dk[sb];
+			for (int l = 0; l < 8; l++)
+				acc[l] += (float)sumi[l] * scale;
+			acc[0] -= (float)summ * min_scale;
 		}
 		break;
 	}
 	case RS_DTYPE_Q6_K:
+		/* Lane l: elements 4l..4l+3 of every block of 32, times the scale of their
+		 * group of 16 (lanes 0-3 the block's first group, 4-7 its second). */
 		for (uint32_t sb = 0; sb < k / 256; sb++, w += bb) {
 			const uint8_t *ql = w, *qh = w + 128;
-			const int8_t *sc = (const int8_t *)(w + 192);
-			float d = f16_at(w + 208);
-			int32_t s[16] = {0};
+			const int8_t *sc = (const int8_t *)(w + 192), *x = a.qk + 256 * sb;
+			int32_t sumi[8] = {0}, offset = 0;
 			for (int h = 0; h < 2; h++)
-				for (int l = 0; l < 32; l++) {
-					int hb = qh[32 * h + l];
+				for (int e = 0; e < 32; e++) {
+					int hb = qh[32 * h + e];
 					int v[4] = {
-					    (ql[64 * h + l] & 15) | ((hb & 3) << 4),
-					    (ql[64 * h + 32 + l] & 15) | (((hb >> 2) & 3) << 4),
-					    (ql[64 * h + l] >> 4) | (((hb >> 4) & 3) << 4),
-					    (ql[64 * h + 32 + l] >> 4) | (((hb >> 6) & 3) << 4),
+					    (ql[64 * h + e] & 15) | ((hb & 3) << 4),
+					    (ql[64 * h + 32 + e] & 15) | (((hb >> 2) & 3) << 4),
+					    (ql[64 * h + e] >> 4) | (((hb >> 4) & 3) << 4),
+					    (ql[64 * h + 32 + e] >> 4) | (((hb >> 6) & 3) << 4),
 					};
 					for (int t = 0; t < 4; t++) {
-						int e = 128 * h + 32 * t + l;
-						s[e / 16] += v[t] * a.q[256 * sb + e];
+						int i = 128 * h + 32 * t + e;
+						sumi[e / 4] += sc[i / 16] * v[t] * x[i];
 					}
 				}
-			for (int half = 0; half < 2; half++)
-				for (int j = 0; j < 8; j++) {
-					int g = 8 * half + j;
-					int32_t sg = s[g] - 32 * a.sum16[16 * sb + g];
-					acc[j] +=
-					    ((float)sg * (d * (float)sc[g])) * a.d[8 * sb + g / 2];
-				}
+			for (int g = 0; g < 16; g++)
+				offset += 32 * sc[g] * a.sumk16[16 * sb + g];
+			float scale = f16_at(w + 208) * a.dk[sb];
+			for (int l = 0; l < 8; l++)
+				acc[l] += (float)sumi[l] * scale;
+			acc[0] -= (float)offset * scale;
 		}
 		break;
 	default:
@@ -233,6 +260,14 @@ AVX2 static inline __m256i sum8(const __m256i v[8])
 				_mm256_permute2x128_si256(a, b, 0x31));
 }
 
+/* Decode streams every weight once, row after row, and the loads of each block stalled
+ * on memory (a third of the time, one thread): ask for the bytes PREFETCH_BYTES ahead,
+ * past the row's end into the next rows (a prefetch never faults). */
+enum { PREFETCH_BYTES = 3072 };
+#define PREFETCH_AHEAD(p, n)                                                                       \
+	for (size_t off_ = 0; off_ < (n); off_ += 64)                                              \
+	_mm_prefetch((const char *)(p) + PREFETCH_BYTES + off_, _MM_HINT_T0)
+
 AVX2 static inline __m256i load32(const void *p)
 {
 	return _mm256_loadu_si256((const __m256i *)p);
@@ -251,6 +286,7 @@ AVX2 static float row_dot_avx2(const uint8_t *w, enum rs_dtype dtype, struct act
 		for (; b + 8 <= nb; b += 8) {
 			__m256i v[8];
 			uint16_t dw[8];
+			PREFETCH_AHEAD(w + b * bb, 8 * bb);
 			for (int j = 0; j < 8; j++) {
 				const uint8_t *blk = w + (b + j) * bb;
 				__m256i x = load32(a.q + 32 * (b + j)), q;
@@ -301,9 +337,12 @@ AVX2 static float row_dot_avx2(const uint8_t *w, enum rs_dtype dtype, struct act
 		bool five = dtype == RS_DTYPE_Q5_K;
 		const __m256i one = _mm256_set1_epi8(1);
 		for (uint32_t sb = 0; sb < k / 256; sb++, w += bb) {
+			PREFETCH_AHEAD(w, bb);
 			const uint8_t *qs = five ? w + 48 : w + 16;
-			const int8_t *x = a.q + 256 * sb;
-			__m256i qh = load32(w + 16), v[8];
+			const int8_t *x = a.qk + 256 * sb;
+			uint64_t sc, m;
+			k_scales_mins(w + 4, &sc, &m);
+			__m256i qh = load32(w + 16), sumi = _mm256_setzero_si256();
 			for (int c = 0; c < 4; c++) {
 				__m256i packed = load32(qs + 32 * c);
 				__m256i lo = _mm256_and_si256(packed, low4);
@@ -317,32 +356,35 @@ AVX2 static float row_dot_avx2(const uint8_t *w, enum rs_dtype dtype, struct act
 						    4));
 					qh = _mm256_srli_epi16(qh, 2);
 				}
-				v[2 * c] = dot_u8_s8(lo, load32(x + 64 * c));
-				v[2 * c + 1] = dot_u8_s8(hi, load32(x + 64 * c + 32));
+				__m256i sc_lo = _mm256_set1_epi16((short)((sc >> 16 * c) & 255));
+				__m256i sc_hi =
+				    _mm256_set1_epi16((short)((sc >> (16 * c + 8)) & 255));
+				sumi = _mm256_add_epi32(
+				    sumi, _mm256_madd_epi16(
+					      _mm256_maddubs_epi16(lo, load32(x + 64 * c)), sc_lo));
+				sumi = _mm256_add_epi32(
+				    sumi,
+				    _mm256_madd_epi16(
+					_mm256_maddubs_epi16(hi, load32(x + 64 * c + 32)), sc_hi));
 			}
-			uint64_t sc, m;
-			k_scales_mins(w + 4, &sc, &m);
-			__m256 scf = _mm256_cvtepi32_ps(
-			    _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)sc)));
-			__m256 mf = _mm256_cvtepi32_ps(
-			    _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)m)));
-			__m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(sum8(v)),
-						 _mm256_mul_ps(_mm256_set1_ps(f16_at(w)), scf));
-			__m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(load32(a.sum + 8 * sb)),
-						 _mm256_mul_ps(_mm256_set1_ps(f16_at(w + 2)), mf));
+			int32_t summ = 0;
+			for (int j = 0; j < 8; j++)
+				summ += (int32_t)((m >> 8 * j) & 255) *
+					(a.sumk16[16 * sb + 2 * j] + a.sumk16[16 * sb + 2 * j + 1]);
+			float scale = f16_at(w) * a.dk[sb], min_scale = f16_at(w + 2) * a.dk[sb];
 			acc = _mm256_add_ps(
-			    acc, _mm256_mul_ps(_mm256_sub_ps(t, u), _mm256_loadu_ps(a.d + 8 * sb)));
+			    acc, _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), _mm256_set1_ps(scale)));
+			acc = _mm256_sub_ps(
+			    acc, _mm256_setr_ps((float)summ * min_scale, 0, 0, 0, 0, 0, 0, 0));
 		}
 		break;
 	}
 	case RS_DTYPE_Q6_K: {
 		const __m256i low2 = _mm256_set1_epi8(3);
-		const __m256i interleave = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-		const __m256i first_half = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
-		const __m256i second_half = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
 		for (uint32_t sb = 0; sb < k / 256; sb++, w += bb) {
-			const int8_t *x = a.q + 256 * sb;
-			__m256i v[8];
+			PREFETCH_AHEAD(w, bb);
+			const int8_t *x = a.qk + 256 * sb, *scales = (const int8_t *)(w + 192);
+			__m256i sumi = _mm256_setzero_si256();
 			for (int h = 0; h < 2; h++) {
 				__m256i l0 = load32(w + 64 * h), l1 = load32(w + 64 * h + 32);
 				__m256i hb = load32(w + 128 + 32 * h);
@@ -355,34 +397,27 @@ AVX2 static float row_dot_avx2(const uint8_t *w, enum rs_dtype dtype, struct act
 				for (int t = 0; t < 4; t++) {
 					__m256i high = _mm256_and_si256(hb, low2);
 					hb = _mm256_srli_epi16(hb, 2);
-					q[t] = _mm256_or_si256(q[t], _mm256_slli_epi16(high, 4));
-					v[4 * h + t] =
-					    dot_u8_s8(q[t], load32(x + 128 * h + 32 * t));
+					__m256i codes =
+					    _mm256_or_si256(q[t], _mm256_slli_epi16(high, 4));
+					int g = 2 * (4 * h + t);
+					__m256i scale =
+					    _mm256_set_m128i(_mm_set1_epi16(scales[g + 1]),
+							     _mm_set1_epi16(scales[g]));
+					sumi = _mm256_add_epi32(
+					    sumi, _mm256_madd_epi16(
+						      _mm256_maddubs_epi16(
+							  codes, load32(x + 128 * h + 32 * t)),
+						      scale));
 				}
 			}
-			/* v[blk]'s low 128 bits sum group 2 blk, its high ones group 2 blk + 1. */
-			__m256i s[2];
-			for (int half = 0; half < 2; half++) {
-				const __m256i *p = v + 4 * half;
-				__m256i g = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]),
-							      _mm256_hadd_epi32(p[2], p[3]));
-				s[half] = _mm256_sub_epi32(
-				    _mm256_permutevar8x32_epi32(g, interleave),
-				    _mm256_slli_epi32(load32(a.sum16 + 16 * sb + 8 * half), 5));
-			}
-			__m128i sc_bytes = _mm_loadu_si128((const __m128i *)(w + 192));
-			__m256 d = _mm256_set1_ps(f16_at(w + 208));
-			__m256 ad = _mm256_loadu_ps(a.d + 8 * sb);
-			for (int half = 0; half < 2; half++) {
-				__m256 scf = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
-				    half ? _mm_srli_si128(sc_bytes, 8) : sc_bytes));
-				__m256 adg =
-				    _mm256_permutevar8x32_ps(ad, half ? second_half : first_half);
-				acc = _mm256_add_ps(
-				    acc, _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(s[half]),
-								     _mm256_mul_ps(d, scf)),
-						       adg));
-			}
+			int32_t offset = 0;
+			for (int g = 0; g < 16; g++)
+				offset += 32 * scales[g] * a.sumk16[16 * sb + g];
+			float scale = f16_at(w + 208) * a.dk[sb];
+			acc = _mm256_add_ps(
+			    acc, _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), _mm256_set1_ps(scale)));
+			acc = _mm256_sub_ps(
+			    acc, _mm256_setr_ps((float)offset * scale, 0, 0, 0, 0, 0, 0, 0));
 		}
 		break;
 	}
