@@ -427,6 +427,115 @@ AVX2 static float row_dot_avx2(const uint8_t *w, enum rs_dtype dtype, struct act
 	_mm256_storeu_ps(lanes, acc);
 	return reduce8(lanes);
 }
+/* --- dequantizing a row (the prefill path), AVX2 ------------------------------------
+ * The values rs_dequantize gives, bit for bit (the same multiplies and subtractions,
+ * no FMA), eight at a time: the prefill's SGEMM sees the same panel on every ISA. */
+
+/* y[i] = scale[i / 16] * (float)(codes[i] - bias) - offset for the 32 bytes codes. */
+AVX2 static inline void dequant32(float *y, __m256i codes, int bias, float scale_lo, float scale_hi,
+				  float offset)
+{
+	__m128i lo = _mm256_castsi256_si128(codes), hi = _mm256_extracti128_si256(codes, 1);
+	__m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+	for (int i = 0; i < 4; i++) {
+		__m256i v =
+		    _mm256_sub_epi32(_mm256_cvtepu8_epi32(parts[i]), _mm256_set1_epi32(bias));
+		__m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(v),
+					 _mm256_set1_ps(i < 2 ? scale_lo : scale_hi));
+		if (offset != 0.0f)
+			f = _mm256_sub_ps(f, _mm256_set1_ps(offset));
+		_mm256_storeu_ps(y + 8 * i, f);
+	}
+}
+
+AVX2 static void dequant_row_avx2(float *y, const uint8_t *w, enum rs_dtype dtype, uint32_t k)
+{
+	size_t bb = rs_dtype_block_bytes(dtype);
+	const __m256i low4 = _mm256_set1_epi8(15);
+	switch (dtype) {
+	case RS_DTYPE_Q8_0:
+		for (uint32_t b = 0; b < k / 32; b++, w += bb, y += 32) {
+			float d = f16_at(w);
+			/* q + 128 as unsigned bytes, then 128 off */
+			dequant32(y, _mm256_xor_si256(load32(w + 2), _mm256_set1_epi8((char)0x80)),
+				  128, d, d, 0.0f);
+		}
+		break;
+	case RS_DTYPE_Q4_0:
+		for (uint32_t b = 0; b < k / 32; b++, w += bb, y += 32) {
+			float d = f16_at(w);
+			__m128i packed = _mm_loadu_si128((const __m128i *)(w + 2));
+			__m256i q = _mm256_and_si256(
+			    _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low4);
+			dequant32(y, q, 8, d, d, 0.0f);
+		}
+		break;
+	case RS_DTYPE_Q4_K:
+	case RS_DTYPE_Q5_K: {
+		bool five = dtype == RS_DTYPE_Q5_K;
+		const __m256i one = _mm256_set1_epi8(1);
+		for (uint32_t sb = 0; sb < k / 256; sb++, w += bb, y += 256) {
+			const uint8_t *qs = five ? w + 48 : w + 16;
+			float d = f16_at(w), dmin = f16_at(w + 2);
+			uint64_t sc, m;
+			k_scales_mins(w + 4, &sc, &m);
+			__m256i qh = load32(w + 16);
+			for (int c = 0; c < 4; c++) {
+				__m256i packed = load32(qs + 32 * c);
+				__m256i lo = _mm256_and_si256(packed, low4);
+				__m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
+				if (five) {
+					lo = _mm256_or_si256(
+					    lo, _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));
+					hi = _mm256_or_si256(
+					    hi, _mm256_slli_epi16(
+						    _mm256_and_si256(_mm256_srli_epi16(qh, 1), one),
+						    4));
+					qh = _mm256_srli_epi16(qh, 2);
+				}
+				for (int half = 0; half < 2; half++) {
+					int j = 2 * c + half;
+					float dj = d * (float)((sc >> 8 * j) & 255);
+					float mj = dmin * (float)((m >> 8 * j) & 255);
+					/* mj == 0 subtracts nothing either way (x - 0 == x). */
+					dequant32(y + 32 * j, half ? hi : lo, 0, dj, dj, mj);
+				}
+			}
+		}
+		break;
+	}
+	case RS_DTYPE_Q6_K: {
+		const __m256i low2 = _mm256_set1_epi8(3);
+		for (uint32_t sb = 0; sb < k / 256; sb++, w += bb, y += 256) {
+			const int8_t *scales = (const int8_t *)(w + 192);
+			float d = f16_at(w + 208);
+			for (int h = 0; h < 2; h++) {
+				__m256i l0 = load32(w + 64 * h), l1 = load32(w + 64 * h + 32);
+				__m256i hb = load32(w + 128 + 32 * h);
+				__m256i q[4] = {
+				    _mm256_and_si256(l0, low4),
+				    _mm256_and_si256(l1, low4),
+				    _mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
+				    _mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
+				};
+				for (int t = 0; t < 4; t++) {
+					__m256i codes = _mm256_or_si256(
+					    q[t], _mm256_slli_epi16(_mm256_and_si256(hb, low2), 4));
+					hb = _mm256_srli_epi16(hb, 2);
+					int g = 2 * (4 * h + t);
+					dequant32(y + 128 * h + 32 * t, codes, 32,
+						  d * (float)scales[g], d * (float)scales[g + 1],
+						  0.0f);
+				}
+			}
+		}
+		break;
+	}
+	default:
+		rs_dequantize(y, w, dtype, k);
+		break;
+	}
+}
 #endif
 
 /* Row r of w: its part's bytes and format. */
@@ -528,7 +637,8 @@ static void gemm_small(float *y, size_t ldy, const float *x, size_t ldx, uint32_
 }
 
 static void gemm_large(float *y, size_t ldy, const float *x, size_t ldx, uint32_t m,
-		       const struct rs_packed_matrix *w, uint32_t c0, uint32_t c1, bool accumulate)
+		       const struct rs_packed_matrix *w, uint32_t c0, uint32_t c1, bool accumulate,
+		       enum rs_cpu_isa isa)
 {
 	uint32_t k = w->k;
 	float *panel = malloc((size_t)RS_PANEL_COLS * k * sizeof(float));
@@ -541,7 +651,12 @@ static void gemm_large(float *y, size_t ldy, const float *x, size_t ldx, uint32_
 		for (uint32_t r = 0; r < cols; r++) {
 			enum rs_dtype dtype = RS_DTYPE_Q8_0;
 			const uint8_t *row = row_of(w, c + r, &dtype);
-			rs_dequantize(panel + (size_t)r * k, row, dtype, k);
+#ifdef RS_HAVE_X86_KERNELS
+			if (isa >= RS_ISA_AVX2 && rs_cpu_has_f16c())
+				dequant_row_avx2(panel + (size_t)r * k, row, dtype, k);
+			else
+#endif
+				rs_dequantize(panel + (size_t)r * k, row, dtype, k);
 		}
 		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)cols, (int)k,
 			    1.0f, x, (int)ldx, panel, (int)k, accumulate ? 1.0f : 0.0f, y + c,
@@ -563,7 +678,7 @@ void rs_gemm_quant(float *y, size_t ldy, const float *x, size_t ldx, uint32_t m,
 	uint32_t c0 = p0 * RS_PANEL_COLS,
 		 c1 = p1 * RS_PANEL_COLS < w->n ? p1 * RS_PANEL_COLS : w->n;
 	if (m > RS_QUANT_SMALL_BATCH)
-		gemm_large(y, ldy, x, ldx, m, w, c0, c1, accumulate);
+		gemm_large(y, ldy, x, ldx, m, w, c0, c1, accumulate, isa);
 	else
 		gemm_small(y, ldy, x, ldx, m, w, c0, c1, accumulate, isa);
 }
