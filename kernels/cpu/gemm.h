@@ -54,11 +54,10 @@ int rs_packed_quant_init(struct rs_packed_matrix *w, uint32_t k, const struct rs
 
 /* The quantized product behind rs_gemm_packed for a matrix from rs_packed_quant_init
  * (same contract, other numerics): for m <= RS_QUANT_SMALL_BATCH each row of x is
- * quantized to 8 bits (an f32 scale per block of 32, or of 256 for the K-quants) and
- * every output is a sum of exact integer block dot products scaled in f32, in the same
- * order at every isa (the ISAs give the same bits); above it, a panel of rows at a time
- * is dequantized to f32 and multiplied by our packed kernel (AVX2, AVX-512: the same
- * bits) or CBLAS SGEMM (RS_ISA_PORTABLE). */
+ * quantized to 8 bits in blocks of 32 (an f32 scale each) and every output is a sum of
+ * exact integer block dot products scaled in f32, in the same order at every isa (the
+ * ISAs give the same bits); above it, a panel of rows at a time is dequantized to f32
+ * and multiplied by CBLAS SGEMM. */
 enum { RS_QUANT_SMALL_BATCH = 8 };
 void rs_gemm_quant(float *y, size_t ldy, const float *x, size_t ldx, uint32_t m,
 		   const struct rs_packed_matrix *w, uint32_t p0, uint32_t p1, bool accumulate,

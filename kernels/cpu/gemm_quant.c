@@ -14,7 +14,7 @@
  * from f32 summation; tests/model_quant_formats.c checks that bound.
  *
  * Prefill (larger m): a panel of 48 weight rows at a time is dequantized to f32 and
- * multiplied by our packed f32 kernel (or CBLAS SGEMM without AVX2). */
+ * multiplied by CBLAS SGEMM. */
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -641,14 +641,8 @@ static void gemm_large(float *y, size_t ldy, const float *x, size_t ldx, uint32_
 		       enum rs_cpu_isa isa)
 {
 	uint32_t k = w->k;
-	float *rows = malloc((size_t)RS_PANEL_COLS * k * sizeof(float));
-	/* With our kernels, each panel of rows goes through a one-panel packed f32 matrix
-	 * and rs_gemm_packed (2-3x OpenBLAS's SGEMM on these CPUs); else CBLAS SGEMM. */
-	struct rs_packed_matrix packed = {0};
-	bool ours =
-	    isa >= RS_ISA_AVX2 && rs_packed_alloc(&packed, RS_PANEL_COLS, k, RS_DTYPE_F32) == 0;
-	if (!rows) {
-		rs_packed_free(&packed);
+	float *panel = malloc((size_t)RS_PANEL_COLS * k * sizeof(float));
+	if (!panel) {
 		gemm_no_memory(y, ldy, x, ldx, m, w, c0, c1, accumulate);
 		return;
 	}
@@ -659,24 +653,16 @@ static void gemm_large(float *y, size_t ldy, const float *x, size_t ldx, uint32_
 			const uint8_t *row = row_of(w, c + r, &dtype);
 #ifdef RS_HAVE_X86_KERNELS
 			if (isa >= RS_ISA_AVX2 && rs_cpu_has_f16c())
-				dequant_row_avx2(rows + (size_t)r * k, row, dtype, k);
+				dequant_row_avx2(panel + (size_t)r * k, row, dtype, k);
 			else
 #endif
-				rs_dequantize(rows + (size_t)r * k, row, dtype, k);
-		}
-		if (ours && rs_packed_set_rows(&packed, 0, cols, rows, RS_DTYPE_F32) == 0) {
-			/* A last partial panel: rs_gemm_packed writes only the columns < n. */
-			packed.n = cols;
-			rs_gemm_packed(y + c, ldy, x, ldx, m, &packed, 0, 1, accumulate, isa);
-			packed.n = RS_PANEL_COLS;
-			continue;
+				rs_dequantize(panel + (size_t)r * k, row, dtype, k);
 		}
 		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)cols, (int)k,
-			    1.0f, x, (int)ldx, rows, (int)k, accumulate ? 1.0f : 0.0f, y + c,
+			    1.0f, x, (int)ldx, panel, (int)k, accumulate ? 1.0f : 0.0f, y + c,
 			    (int)ldy);
 	}
-	rs_packed_free(&packed);
-	free(rows);
+	free(panel);
 }
 
 void rs_gemm_quant(float *y, size_t ldy, const float *x, size_t ldx, uint32_t m,
