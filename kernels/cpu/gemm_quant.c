@@ -161,19 +161,20 @@ static float row_dot_scalar(const uint8_t *w, enum rs_dtype dtype, struct act_ro
 	switch (dtype) {
 	case RS_DTYPE_Q8_0:
 	case RS_DTYPE_Q4_0:
+		/* Lane l: elements 4l..4l+3 of every block, times the block's scale. */
 		for (uint32_t b = 0; b < k / 32; b++, w += bb) {
-			const int8_t *q = a.q + 32 * b;
-			int32_t s = 0;
-			if (dtype == RS_DTYPE_Q8_0) {
-				for (int i = 0; i < 32; i++)
-					s += (int8_t)w[2 + i] * q[i];
-			} else {
-				for (int i = 0; i < 16; i++)
-					s += (w[2 + i] & 15) * q[i] + (w[2 + i] >> 4) * q[i + 16];
-				s -= 8 * a.sum[b];
-			}
+			const int8_t *x = a.q + 32 * b;
 			float scale = f16_at(w) * a.d[b];
-			acc[b % 8] += (float)s * scale;
+			for (int l = 0; l < 8; l++) {
+				int32_t p = 0;
+				for (int e = 4 * l; e < 4 * l + 4; e++) {
+					int v = dtype == RS_DTYPE_Q8_0 ? (int8_t)w[2 + e]
+						: e < 16	       ? (w[2 + e] & 15) - 8
+								       : (w[2 + e - 16] >> 4) - 8;
+					p += v * x[e];
+				}
+				acc[l] += (float)p * scale;
+			}
 		}
 		break;
 	case RS_DTYPE_Q4_K:
@@ -281,57 +282,28 @@ AVX2 static float row_dot_avx2(const uint8_t *w, enum rs_dtype dtype, struct act
 	float lanes[8];
 	switch (dtype) {
 	case RS_DTYPE_Q8_0:
-	case RS_DTYPE_Q4_0: {
-		uint32_t nb = k / 32, b = 0;
-		for (; b + 8 <= nb; b += 8) {
-			__m256i v[8];
-			uint16_t dw[8];
-			PREFETCH_AHEAD(w + b * bb, 8 * bb);
-			for (int j = 0; j < 8; j++) {
-				const uint8_t *blk = w + (b + j) * bb;
-				__m256i x = load32(a.q + 32 * (b + j)), q;
-				if (dtype == RS_DTYPE_Q8_0) {
-					q = load32(blk + 2);
-					v[j] = dot_u8_s8(_mm256_sign_epi8(q, q),
-							 _mm256_sign_epi8(x, q));
-				} else {
-					__m128i packed =
-					    _mm_loadu_si128((const __m128i *)(blk + 2));
-					q = _mm256_and_si256(
-					    _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed),
-					    low4);
-					v[j] = dot_u8_s8(q, x);
-				}
-				dw[j] = (uint16_t)(blk[0] | blk[1] << 8);
-			}
-			__m256i s = sum8(v);
-			if (dtype == RS_DTYPE_Q4_0)
-				s = _mm256_sub_epi32(s, _mm256_slli_epi32(load32(a.sum + b), 3));
-			__m256 scale =
-			    _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)dw)),
-					  _mm256_loadu_ps(a.d + b));
-			acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(s), scale));
-		}
-		_mm256_storeu_ps(lanes, acc);
-		/* The last nb % 8 blocks as the portable loop adds them (lane b % 8). */
-		for (; b < nb; b++) {
-			const uint8_t *blk = w + b * bb;
-			const int8_t *q = a.q + 32 * b;
-			int32_t s = 0;
+	case RS_DTYPE_Q4_0:
+		for (uint32_t b = 0; b < k / 32; b++, w += bb) {
+			if (b % 8 == 0)
+				PREFETCH_AHEAD(w, 8 * bb);
+			__m256i q;
 			if (dtype == RS_DTYPE_Q8_0) {
-				for (int i = 0; i < 32; i++)
-					s += (int8_t)blk[2 + i] * q[i];
+				q = load32(w + 2);
 			} else {
-				for (int i = 0; i < 16; i++)
-					s += (blk[2 + i] & 15) * q[i] +
-					     (blk[2 + i] >> 4) * q[i + 16];
-				s -= 8 * a.sum[b];
+				__m128i packed = _mm_loadu_si128((const __m128i *)(w + 2));
+				q = _mm256_sub_epi8(
+				    _mm256_and_si256(
+					_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low4),
+				    _mm256_set1_epi8(8));
 			}
-			float scale = f16_at(blk) * a.d[b];
-			lanes[b % 8] += (float)s * scale;
+			/* signed x signed: |q| times x with q's sign */
+			__m256i dot = dot_u8_s8(_mm256_sign_epi8(q, q),
+						_mm256_sign_epi8(load32(a.q + 32 * b), q));
+			float scale = f16_at(w) * a.d[b];
+			acc = _mm256_add_ps(
+			    acc, _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(scale)));
 		}
-		return reduce8(lanes);
-	}
+		break;
 	case RS_DTYPE_Q4_K:
 	case RS_DTYPE_Q5_K: {
 		bool five = dtype == RS_DTYPE_Q5_K;
