@@ -260,7 +260,7 @@ int main(void)
 		test_quantizer(formats[i]);
 		uint32_t n = 50; /* two panels, the last partial */
 		test_products(&formats[i], 1, &n, 512, rs_dtype_name(formats[i]));
-		/* 9 blocks of 32: the vector kernel's 8-block steps leave one. */
+		/* 9 blocks of 32: a row that is not whole super-blocks of 256. */
 		if (ref_block_elems(formats[i]) == 32)
 			test_products(&formats[i], 1, &n, 288, rs_dtype_name(formats[i]));
 	}

@@ -32,23 +32,22 @@
 #endif
 
 /* A row of x quantized twice (llama.cpp's q8_0 and q8_K activations). For Q8_0/Q4_0
- * weights: element i ~= d[i / 32] * q[i], sum[b] = the sum of block b's q. For the
+ * weights: element i ~= d[i / 32] * q[i]. For the
  * K-quants: element i ~= dk[i / 256] * qk[i] (one scale per super-block, so that the
  * sub-blocks' integer sums can be scaled by their integer scales and added as integers),
- * sumk16[g] = the sum of qk over group g of 16. Separate arrays, so that the vector
- * kernels load eight blocks' scales or sums at once. */
+ * sumk16[g] = the sum of qk over group g of 16 (for the mins and the Q6_K offset). */
 struct act_row {
 	int8_t *q, *qk;
 	float *d, *dk;
-	int32_t *sum, *sumk16;
+	int32_t *sumk16;
 };
 
 /* Bytes of one act_row of k elements, in the layout act_row_at gives. */
 static size_t act_row_bytes(uint32_t k)
 {
 	uint32_t nb = k / 32, nk = k / 256;
-	return 2 * (size_t)k + (size_t)nb * (sizeof(float) + sizeof(int32_t)) +
-	       (size_t)nk * sizeof(float) + (size_t)(k / 16) * sizeof(int32_t);
+	return 2 * (size_t)k + (size_t)nb * sizeof(float) + (size_t)nk * sizeof(float) +
+	       (size_t)(k / 16) * sizeof(int32_t);
 }
 
 static struct act_row act_row_at(void *mem, uint32_t k)
@@ -58,8 +57,6 @@ static struct act_row act_row_at(void *mem, uint32_t k)
 	struct act_row a;
 	a.d = (float *)p;
 	p += nb * sizeof(float);
-	a.sum = (int32_t *)p;
-	p += nb * sizeof(int32_t);
 	a.dk = (float *)p;
 	p += nk * sizeof(float);
 	a.sumk16 = (int32_t *)p;
@@ -85,13 +82,8 @@ static float quantize_block(int8_t *q, const float *x, uint32_t n)
 
 static void quantize_activations(struct act_row a, const float *x, uint32_t k)
 {
-	for (uint32_t b = 0; b < k / 32; b++) {
+	for (uint32_t b = 0; b < k / 32; b++)
 		a.d[b] = quantize_block(a.q + 32 * b, x + 32 * b, 32);
-		int32_t sum = 0;
-		for (int i = 0; i < 32; i++)
-			sum += a.q[32 * b + i];
-		a.sum[b] = sum;
-	}
 	/* A row whose k is not a multiple of 256 has no K-quant weights. */
 	for (uint32_t b = 0; b < k / 256; b++) {
 		a.dk[b] = quantize_block(a.qk + 256 * b, x + 256 * b, 256);
