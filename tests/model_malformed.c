@@ -261,7 +261,11 @@ static void test_gguf_tensors(void)
 	u = 5;
 	expect_patch_fails(q.n_dims, &u, 4, "dimensions", "5-D tensor");
 	u = 2;
-	expect_patch_fails(q.type, &u, 4, "'blk.0.attn_q.weight' has type 2 (Q4_0)", "Q4_0 tensor");
+	/* Q4_0 is read now; these rows (8 elements) are not whole blocks of 32. */
+	expect_patch_fails(q.type, &u, 4, "is Q4_0, whose rows are blocks of 32 elements",
+			   "Q4_0 tensor");
+	u = 10;
+	expect_patch_fails(q.type, &u, 4, "'blk.0.attn_q.weight' has type 10 (Q2_K)", "Q2_K tensor");
 	u = 12;
 	expect_patch_fails(q.type, &u, 4, "Q4_K", "Q4_K tensor");
 	u = 200;

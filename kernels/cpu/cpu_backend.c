@@ -23,6 +23,7 @@
 #include <cblas.h>
 
 #include "kernels/model/dtype.h"
+#include "kernels/model/quant.h"
 #include "kernels/engine/engine_backend.h"
 #include "kernels/model/errmsg.h"
 #include "kernels/cpu/gemm.h"
@@ -105,7 +106,7 @@ static void pack_item(void *ctx, uint32_t item, uint32_t worker)
 			j->rc[worker] = rs_packed_set_rows(
 				j->w, from, to - from,
 				(const uint8_t *)t->data +
-					(size_t)(from - part0) * (size_t)t->cols * rs_dtype_size(t->dtype),
+					(size_t)(from - part0) * rs_dtype_row_bytes(t->dtype, t->cols),
 				t->dtype);
 		part0 = part_end;
 	}
@@ -117,6 +118,18 @@ static int pack(struct rs_thread_pool *pool, enum rs_cpu_isa isa, struct rs_pack
 		const struct rs_tensor *const *parts, uint32_t n_parts)
 {
 	uint64_t n = 0;
+	bool all_quant = true;
+	for (uint32_t i = 0; i < n_parts; i++)
+		all_quant = all_quant && rs_dtype_is_quant(parts[i]->dtype);
+	if (all_quant && n_parts <= RS_QUANT_PARTS) {
+		/* Block-quantized weights stay as the model has them (mapped), not packed. */
+		struct rs_quant_part q[RS_QUANT_PARTS];
+		for (uint32_t i = 0; i < n_parts; i++)
+			q[i] = (struct rs_quant_part){.rows = parts[i]->data, .dtype = parts[i]->dtype,
+						      .n_rows = (uint32_t)parts[i]->rows};
+		return rs_packed_quant_init(w, (uint32_t)parts[0]->cols, q, n_parts);
+	}
+	/* Otherwise packed, a quantized part (mixed with float ones) dequantized to f32. */
 	enum rs_dtype dtype = rs_packed_dtype(parts[0]->dtype, isa);
 	for (uint32_t i = 0; i < n_parts; i++) {
 		n += parts[i]->rows;
@@ -194,7 +207,9 @@ static int cpu_create(struct rs_engine *e, char *err, size_t err_size)
 	}
 	e->impl = c;
 	pthread_mutex_init(&c->lock, NULL);
-	c->isa = strcmp(o->cpu_products, "blas") == 0 ? RS_ISA_PORTABLE : rs_cpu_isa();
+	c->isa = strcmp(o->cpu_products, "blas") == 0   ? RS_ISA_PORTABLE
+		 : strcmp(o->cpu_products, "avx2") == 0 ? RS_ISA_AVX2
+							: rs_cpu_isa();
 	long online = sysconf(_SC_NPROCESSORS_ONLN);
 	uint32_t workers = o->threads > 0 ? (uint32_t)o->threads : online > 0 ? (uint32_t)online : 1;
 	/* Process-wide: our workers split each product, so OpenBLAS (the per-panel SGEMMs on

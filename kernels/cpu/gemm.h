@@ -17,8 +17,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "kernels/model/dtype.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/model/dtype.h"
 
 enum { RS_PANEL_COLS = 48 };
 
@@ -29,7 +29,39 @@ struct rs_packed_matrix {
 	void *panels;
 	enum rs_dtype dtype; /* RS_DTYPE_F32, RS_DTYPE_F16 or RS_DTYPE_BF16 */
 	uint32_t n, k, n_panels;
+	/* A quantized matrix (rs_packed_quant_init) is not packed: panels is NULL and its
+	 * rows stay where the model has them (the mapped file), as up to RS_QUANT_PARTS
+	 * row-major parts, each in its own block format (Q4_K_M mixes Q4_K and Q6_K within
+	 * one fused projection). Panels still cut its outputs into RS_PANEL_COLS for the
+	 * threads. */
+	uint32_t n_quant_parts; /* 0: packed as above */
+	struct rs_quant_part {
+		const uint8_t *rows;
+		enum rs_dtype dtype;
+		uint32_t n_rows;
+		size_t row_bytes;
+	} quant_parts[3];
 };
+
+enum { RS_QUANT_PARTS = 3 };
+
+/* A quantized n x k matrix over the rows of parts (a fused projection: [q|k|v]); at least
+ * every part is block-quantized (any mix of formats). Nothing is copied: the parts'
+ * memory must outlive w. 0 or -EINVAL (k not a multiple of a part's block, too many
+ * parts, a part not quantized). */
+int rs_packed_quant_init(struct rs_packed_matrix *w, uint32_t k, const struct rs_quant_part *parts,
+			 uint32_t n_parts);
+
+/* The quantized product behind rs_gemm_packed for a matrix from rs_packed_quant_init
+ * (same contract, other numerics): for m <= RS_QUANT_SMALL_BATCH each row of x is
+ * quantized to 8 bits in blocks of 32 (an f32 scale each) and every output is a sum of
+ * exact integer block dot products scaled in f32, in the same order at every isa (the
+ * ISAs give the same bits); above it, a panel of rows at a time is dequantized to f32
+ * and multiplied by CBLAS SGEMM. */
+enum { RS_QUANT_SMALL_BATCH = 8 };
+void rs_gemm_quant(float *y, size_t ldy, const float *x, size_t ldx, uint32_t m,
+		   const struct rs_packed_matrix *w, uint32_t p0, uint32_t p1, bool accumulate,
+		   enum rs_cpu_isa isa);
 
 /* Allocates an n x k packed matrix of dtype (f32, f16 or bf16): its rows hold garbage
  * until rs_packed_set_rows writes them; the columns of the last panel past n are zero.

@@ -29,6 +29,7 @@
 
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/large_alloc.h"
+#include "kernels/model/quant.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define RS_HAVE_X86_KERNELS 1
@@ -86,7 +87,7 @@ int rs_packed_alloc(struct rs_packed_matrix *w, uint32_t n, uint32_t k, enum rs_
 int rs_packed_set_rows(struct rs_packed_matrix *w, uint32_t row0, uint32_t n_rows, const void *rows,
 		       enum rs_dtype dtype)
 {
-	size_t k = w->k, row_bytes = k * rs_dtype_size(dtype);
+	size_t k = w->k, row_bytes = rs_dtype_row_bytes(dtype, k);
 	if (w->dtype != RS_DTYPE_F32) {
 		/* Same dtype: the elements as they are, in the panel's order. */
 		if (dtype != w->dtype)
@@ -123,12 +124,21 @@ int rs_packed_set_rows(struct rs_packed_matrix *w, uint32_t row0, uint32_t n_row
 
 void rs_packed_free(struct rs_packed_matrix *w)
 {
-	free(w->panels);
+	free(w->panels); /* NULL for a quantized matrix: its rows are the model's */
 	memset(w, 0, sizeof(*w));
 }
 
 void rs_packed_get_row(const struct rs_packed_matrix *w, uint32_t r, float *out)
 {
+	if (w->n_quant_parts) {
+		for (uint32_t i = 0; i < w->n_quant_parts; r -= w->quant_parts[i++].n_rows)
+			if (r < w->quant_parts[i].n_rows) {
+				const struct rs_quant_part *p = &w->quant_parts[i];
+				rs_convert_to_f32(out, p->rows + r * p->row_bytes, p->dtype, w->k);
+				return;
+			}
+		return;
+	}
 	size_t es = rs_dtype_size(w->dtype);
 	const uint8_t *first = (const uint8_t *)w->panels + (r / PC) * panel_bytes(w) + (r % PC) * es;
 	for (size_t kk = 0; kk < w->k; kk++)
@@ -401,6 +411,10 @@ void rs_gemm_packed(float *y, size_t ldy, const float *x, size_t ldx, uint32_t m
 		    const struct rs_packed_matrix *w, uint32_t p0, uint32_t p1, bool accumulate,
 		    enum rs_cpu_isa isa)
 {
+	if (w->n_quant_parts) {
+		rs_gemm_quant(y, ldy, x, ldx, m, w, p0, p1, accumulate, isa);
+		return;
+	}
 	if (p1 > w->n_panels)
 		p1 = w->n_panels;
 	if (p1 <= p0 || m == 0 || w->k == 0)

@@ -3,15 +3,16 @@
 #include <string.h>
 
 #include "kernels/model/dtype.h"
+#include "kernels/model/quant.h"
 #include "kernels/cpu/ops.h"
 
 void rs_op_embedding(float *out, const struct rs_tensor *table, const uint32_t *tokens,
 		     uint32_t n_tokens)
 {
-	size_t dim = table->cols, elem = rs_dtype_size(table->dtype);
+	size_t dim = table->cols, row_bytes = rs_dtype_row_bytes(table->dtype, dim);
 	for (uint32_t i = 0; i < n_tokens; i++)
 		rs_convert_to_f32(out + i * dim,
-				  (const uint8_t *)table->data + (size_t)tokens[i] * dim * elem,
+				  (const uint8_t *)table->data + (size_t)tokens[i] * row_bytes,
 				  table->dtype, dim);
 }
 

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "kernels/model/dtype.h"
+#include "kernels/model/quant.h"
 #include "kernels/engine/engine_backend.h"
 #include "kernels/model/errmsg.h"
 #include "kernels/cpu/ops.h"
@@ -34,6 +35,22 @@ static bool kv_weights_f32(const struct rs_model *model)
 		    model->layers[l].wv.dtype != RS_DTYPE_F32)
 			return false;
 	return true;
+}
+
+/* Whether any weight is block-quantized (the CUDA backend does not read those yet). */
+static bool has_quantized(const struct rs_model *m)
+{
+	if (rs_dtype_is_quant(m->token_embedding.dtype) || rs_dtype_is_quant(m->output.dtype))
+		return true;
+	for (uint32_t l = 0; l < m->config.n_layers; l++) {
+		const struct rs_layer_weights *w = &m->layers[l];
+		const struct rs_tensor *t[] = {&w->attn_norm, &w->wq, &w->wk, &w->wv, &w->wo,
+					       &w->ffn_norm, &w->w_gate, &w->w_down, &w->w_up};
+		for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+			if (rs_dtype_is_quant(t[i]->dtype))
+				return true;
+	}
+	return rs_dtype_is_quant(m->final_norm.dtype);
 }
 
 /* Fill defaults in; pick the backend and the KV dtype. */
@@ -74,6 +91,9 @@ static int resolve(const struct rs_model *model, struct rs_engine_options *o,
 		if (!*backend) {
 			*note = "CUDA backend not built: using the CPU backend";
 			*backend = &rs_engine_backend_cpu;
+		} else if (has_quantized(model)) {
+			*note = "quantized weights run on the CPU backend only (for now)";
+			*backend = &rs_engine_backend_cpu;
 		} else if ((*backend)->available && (*backend)->available(NULL, 0) != 0) {
 			*note = "no CUDA device: using the CPU backend";
 			*backend = &rs_engine_backend_cpu;
@@ -85,6 +105,12 @@ static int resolve(const struct rs_model *model, struct rs_engine_options *o,
 		if (!*backend) {
 			rs_errmsg(err, err_size, 0, "CUDA backend not built");
 			return -ENODEV;
+		}
+		if (has_quantized(model)) {
+			rs_errmsg(err, err_size, 0,
+				  "the CUDA backend does not run quantized weights yet (Q8_0, Q4_0, "
+				  "Q4_K, Q5_K, Q6_K): use the CPU backend");
+			return -ENOTSUP;
 		}
 		int rc = (*backend)->available ? (*backend)->available(err, err_size) : 0;
 		if (rc)
@@ -117,11 +143,13 @@ static int resolve(const struct rs_model *model, struct rs_engine_options *o,
 	const char *products = o->cpu_products ? o->cpu_products : "auto";
 	if (strcmp(products, "auto") == 0) {
 		products = rs_cpu_isa() >= RS_ISA_AVX2 ? "ours" : "blas";
-	} else if (strcmp(products, "ours") == 0 && rs_cpu_isa() < RS_ISA_AVX2) {
-		rs_errmsg(err, err_size, 0, "CPU products \"ours\" need AVX2 or AVX-512");
+	} else if ((strcmp(products, "ours") == 0 || strcmp(products, "avx2") == 0) &&
+		   rs_cpu_isa() < RS_ISA_AVX2) {
+		rs_errmsg(err, err_size, 0, "CPU products \"%s\" need AVX2 or AVX-512", products);
 		return -EINVAL;
-	} else if (strcmp(products, "ours") != 0 && strcmp(products, "blas") != 0) {
-		rs_errmsg(err, err_size, 0, "unknown CPU products \"%s\" (auto, ours, blas)",
+	} else if (strcmp(products, "ours") != 0 && strcmp(products, "blas") != 0 &&
+		   strcmp(products, "avx2") != 0) {
+		rs_errmsg(err, err_size, 0, "unknown CPU products \"%s\" (auto, ours, avx2, blas)",
 			  products);
 		return -EINVAL;
 	}
@@ -143,7 +171,8 @@ static int resolve(const struct rs_model *model, struct rs_engine_options *o,
  * outputs from rows, so a transposed matrix with the right element count must fail. */
 static bool shape_ok(const struct rs_tensor *t, uint64_t rows, uint64_t cols)
 {
-	return t->data && t->rows == rows && t->cols == cols && rs_dtype_size(t->dtype) != 0;
+	return t->data && t->rows == rows && t->cols == cols &&
+	       rs_dtype_row_bytes(t->dtype, t->cols) != 0;
 }
 
 /* A vector of n elements, stored [1][n] or [n][1]. */

@@ -47,8 +47,11 @@ struct rs_engine_options {
 	const char *cpu_products;  /* the CPU backend's matrix products: "auto" (or NULL):
 				    * "ours" where the CPU has AVX2 or AVX-512, else "blas";
 				    * "ours": our kernels (-EINVAL without AVX2); "blas":
-				    * CBLAS (one SGEMM per weight panel) always. Resolved to
-				    * "ours" or "blas" */
+				    * CBLAS (one SGEMM per weight panel) always; "avx2":
+				    * ours capped at AVX2 (-EINVAL without it), for tests
+				    * comparing ISAs. Quantized weights: "blas" runs the
+				    * portable C integer kernels at decode. Resolved to "ours",
+				    * "avx2" or "blas" */
 	const char *cuda_graphs;   /* the CUDA backend's decode steps (every sequence one
 				    * token, sampled): "auto" (or NULL) = "on": captured once
 				    * per batch size and context range as a CUDA graph, then

@@ -2,6 +2,7 @@
 #include <string.h>
 
 #include "kernels/model/dtype.h"
+#include "kernels/model/quant.h"
 
 size_t rs_dtype_size(enum rs_dtype dtype)
 {
@@ -11,8 +12,9 @@ size_t rs_dtype_size(enum rs_dtype dtype)
 	case RS_DTYPE_F16:
 	case RS_DTYPE_BF16:
 		return 2;
+	default:
+		return 0;
 	}
-	return 0;
 }
 
 const char *rs_dtype_name(enum rs_dtype dtype)
@@ -24,6 +26,16 @@ const char *rs_dtype_name(enum rs_dtype dtype)
 		return "f16";
 	case RS_DTYPE_BF16:
 		return "bf16";
+	case RS_DTYPE_Q8_0:
+		return "q8_0";
+	case RS_DTYPE_Q4_0:
+		return "q4_0";
+	case RS_DTYPE_Q4_K:
+		return "q4_k";
+	case RS_DTYPE_Q5_K:
+		return "q5_k";
+	case RS_DTYPE_Q6_K:
+		return "q6_k";
 	}
 	return "?";
 }
@@ -105,8 +117,18 @@ float rs_tensor_get(const struct rs_tensor *t, uint64_t i)
 		return rs_f16_to_f32(((const uint16_t *)t->data)[i]);
 	case RS_DTYPE_BF16:
 		return rs_bf16_to_f32(((const uint16_t *)t->data)[i]);
+	default:
+		if (rs_dtype_is_quant(t->dtype)) {
+			/* Dequantize the block holding element i. */
+			float block[RS_QK_K];
+			uint32_t be = rs_dtype_block_elems(t->dtype);
+			rs_dequantize(block,
+				      (const uint8_t *)t->data + (i / be) * rs_dtype_block_bytes(t->dtype),
+				      t->dtype, be);
+			return block[i % be];
+		}
+		return 0.0f;
 	}
-	return 0.0f;
 }
 
 void rs_convert_to_f32(float *dst, const void *src, enum rs_dtype dtype, size_t n)
@@ -122,6 +144,9 @@ void rs_convert_to_f32(float *dst, const void *src, enum rs_dtype dtype, size_t 
 	case RS_DTYPE_BF16:
 		for (size_t i = 0; i < n; i++)
 			dst[i] = rs_bf16_to_f32(((const uint16_t *)src)[i]);
+		break;
+	default:
+		rs_dequantize(dst, src, dtype, n);
 		break;
 	}
 }

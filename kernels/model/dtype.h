@@ -16,7 +16,8 @@ uint16_t rs_f32_to_bf16(float f);
 /* Element i of a row-major tensor, as float32. */
 float rs_tensor_get(const struct rs_tensor *t, uint64_t i);
 
-/* Convert n elements of src (of type dtype) to float32 into dst. */
+/* Convert n elements of src (of type dtype) to float32 into dst; a block-quantized dtype
+ * is dequantized (n a multiple of its block size). */
 void rs_convert_to_f32(float *dst, const void *src, enum rs_dtype dtype, size_t n);
 
 /* The dtype's name ("f32", "f16", "bf16"), or "?" for an unknown value. */

@@ -8,6 +8,7 @@
 
 #include "kernels/model/errmsg.h"
 #include "kernels/model/gguf.h"
+#include "kernels/model/quant.h"
 
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "GGUF reader assumes little-endian");
 
@@ -92,6 +93,21 @@ int rs_gguf_tensor_dtype(uint32_t type, enum rs_dtype *dtype)
 	case RS_GGUF_TENSOR_BF16:
 		*dtype = RS_DTYPE_BF16;
 		return 0;
+	case RS_GGUF_TENSOR_Q8_0:
+		*dtype = RS_DTYPE_Q8_0;
+		return 0;
+	case RS_GGUF_TENSOR_Q4_0:
+		*dtype = RS_DTYPE_Q4_0;
+		return 0;
+	case RS_GGUF_TENSOR_Q4_K:
+		*dtype = RS_DTYPE_Q4_K;
+		return 0;
+	case RS_GGUF_TENSOR_Q5_K:
+		*dtype = RS_DTYPE_Q5_K;
+		return 0;
+	case RS_GGUF_TENSOR_Q6_K:
+		*dtype = RS_DTYPE_Q6_K;
+		return 0;
 	}
 	return -EINVAL;
 }
@@ -103,16 +119,26 @@ uint32_t rs_gguf_tensor_type(enum rs_dtype dtype)
 		return RS_GGUF_TENSOR_F16;
 	case RS_DTYPE_BF16:
 		return RS_GGUF_TENSOR_BF16;
+	case RS_DTYPE_Q8_0:
+		return RS_GGUF_TENSOR_Q8_0;
+	case RS_DTYPE_Q4_0:
+		return RS_GGUF_TENSOR_Q4_0;
+	case RS_DTYPE_Q4_K:
+		return RS_GGUF_TENSOR_Q4_K;
+	case RS_DTYPE_Q5_K:
+		return RS_GGUF_TENSOR_Q5_K;
+	case RS_DTYPE_Q6_K:
+		return RS_GGUF_TENSOR_Q6_K;
 	default:
 		return RS_GGUF_TENSOR_F32;
 	}
 }
 
-/* Element size of a supported tensor type, 0 otherwise. */
-static size_t tensor_elem_size(uint32_t type)
+/* Whether a tensor type is supported. */
+static bool tensor_type_known(uint32_t type)
 {
 	enum rs_dtype dtype;
-	return rs_gguf_tensor_dtype(type, &dtype) ? 0 : rs_dtype_size(dtype);
+	return rs_gguf_tensor_dtype(type, &dtype) == 0;
 }
 
 /* Bytes left after the cursor. */
@@ -446,14 +472,24 @@ static int parse_tensor_infos(struct rs_gguf *g, struct cursor *c)
 			ret = read_u64(c, &t->offset, what);
 		if (ret)
 			return ret;
-		size_t esize = tensor_elem_size(t->type);
-		if (!esize)
+		if (!tensor_type_known(t->type))
 			return rs_errmsg(c->err, c->err_size, -EINVAL,
 					 "GGUF: %s has type %u (%s), which is not supported "
-					 "(only F32, F16 and BF16)",
+					 "(only F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K)",
 					 what, t->type, rs_gguf_tensor_type_name(t->type));
+		enum rs_dtype dtype;
+		rs_gguf_tensor_dtype(t->type, &dtype);
+		/* A block format packs whole blocks along each row (ne[0]). */
+		uint32_t block = rs_dtype_block_elems(dtype);
+		if (t->ne[0] % block)
+			return rs_errmsg(c->err, c->err_size, -EINVAL,
+					 "GGUF: %s is %s, whose rows are blocks of %u elements, but "
+					 "its row length ne[0] = %" PRIu64 " is not a multiple of %u",
+					 what, rs_gguf_tensor_type_name(t->type), block, t->ne[0],
+					 block);
 		t->n_elements = n_elements;
-		if (__builtin_mul_overflow(n_elements, (uint64_t)esize, &t->nbytes))
+		if (__builtin_mul_overflow(n_elements / block, (uint64_t)rs_dtype_block_bytes(dtype),
+					   &t->nbytes))
 			return rs_errmsg(c->err, c->err_size, -EINVAL, "GGUF: %s is too large",
 					 what);
 		bool ok;
@@ -486,7 +522,10 @@ static int place_tensors(struct rs_gguf *g, struct cursor *c)
 					 what, t->nbytes, t->offset, data_size, g->data_offset);
 		t->data = g->base + g->data_offset + t->offset;
 		/* The backends read elements in place: they must be naturally aligned. */
-		if ((uintptr_t)t->data % tensor_elem_size(t->type))
+		enum rs_dtype dtype;
+		rs_gguf_tensor_dtype(t->type, &dtype);
+		size_t align = rs_dtype_is_quant(dtype) ? 2 : rs_dtype_block_bytes(dtype);
+		if ((uintptr_t)t->data % align)
 			return rs_errmsg(c->err, c->err_size, -EINVAL,
 					 "GGUF: %s data is misaligned for %s elements", what,
 					 rs_gguf_tensor_type_name(t->type));

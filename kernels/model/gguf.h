@@ -55,6 +55,11 @@ enum rs_gguf_tensor_type {
 	RS_GGUF_TENSOR_F32 = 0,
 	RS_GGUF_TENSOR_F16 = 1,
 	RS_GGUF_TENSOR_BF16 = 30,
+	RS_GGUF_TENSOR_Q4_0 = 2,
+	RS_GGUF_TENSOR_Q8_0 = 8,
+	RS_GGUF_TENSOR_Q4_K = 12,
+	RS_GGUF_TENSOR_Q5_K = 13,
+	RS_GGUF_TENSOR_Q6_K = 14,
 };
 
 /* The one mapping between the two: the rs_dtype of a tensor type (0, or -EINVAL for a

@@ -7,6 +7,7 @@
 
 #include "kernels/model/errmsg.h"
 #include "kernels/model/gguf.h"
+#include "kernels/model/quant.h"
 #include "kernels/model/pretokenize.h"
 #include "kernels/model/tokenizer.h"
 
@@ -214,13 +215,15 @@ int rs_gguf_writer_add_tensor(struct rs_gguf_writer *w, const char *name, uint32
 	size_t name_len = strlen(name);
 	enum rs_dtype dtype;
 	int bad_type = rs_gguf_tensor_dtype(type, &dtype);
-	size_t esize = bad_type ? 0 : rs_dtype_size(dtype);
-	if (name_len == 0 || name_len >= RS_GGUF_MAX_NAME || !esize || n_dims == 0 ||
-	    n_dims > RS_GGUF_MAX_DIMS)
+	uint32_t block = bad_type ? 0 : rs_dtype_block_elems(dtype);
+	if (name_len == 0 || name_len >= RS_GGUF_MAX_NAME || !block || n_dims == 0 ||
+	    n_dims > RS_GGUF_MAX_DIMS || ne[0] % block)
 		return -EINVAL;
-	uint64_t nbytes = esize;
+	/* Rows of whole blocks (ne[0] / block of them, block_bytes each). */
+	uint64_t nbytes = rs_dtype_block_bytes(dtype);
 	for (uint32_t d = 0; d < n_dims; d++)
-		if (ne[d] == 0 || __builtin_mul_overflow(nbytes, ne[d], &nbytes))
+		if (ne[d] == 0 ||
+		    __builtin_mul_overflow(nbytes, d == 0 ? ne[0] / block : ne[d], &nbytes))
 			return -EINVAL;
 	for (size_t i = 0; i < w->n_tensors; i++)
 		if (strcmp(w->tensors[i].name, name) == 0)
@@ -311,7 +314,7 @@ int rs_gguf_writer_write(struct rs_gguf_writer *w, const char *path)
 static int add_model_tensor(struct rs_gguf_writer *w, const char *name, const struct rs_tensor *t)
 {
 	uint64_t ne[2] = { t->cols, t->rows };
-	if (rs_dtype_size(t->dtype) == 0)
+	if (rs_dtype_block_elems(t->dtype) == 0)
 		return -EINVAL;
 	return rs_gguf_writer_add_tensor(w, name, rs_gguf_tensor_type(t->dtype), ne,
 					 t->rows == 1 ? 1 : 2, t->data);
@@ -319,7 +322,7 @@ static int add_model_tensor(struct rs_gguf_writer *w, const char *name, const st
 
 static size_t tensor_bytes(const struct rs_tensor *t)
 {
-	return (size_t)(t->rows * t->cols) * rs_dtype_size(t->dtype);
+	return (size_t)t->rows * rs_dtype_row_bytes(t->dtype, t->cols);
 }
 
 /* The inverse of the loader's rearrangement (gguf_model.c): adjacent RoPE pairs (2i, 2i + 1)
@@ -475,6 +478,32 @@ out:
 	return ret;
 }
 
+/* llama.cpp's llama_ftype for the bulk of the weights (those of attn_q). */
+static uint32_t llama_ftype(const struct rs_model *model)
+{
+	enum rs_dtype bulk = model->config.n_layers ? model->layers[0].wq.dtype
+						    : model->token_embedding.dtype;
+	bool q6_output = model->output.dtype == RS_DTYPE_Q6_K;
+	switch (bulk) {
+	case RS_DTYPE_F16:
+		return 1;
+	case RS_DTYPE_BF16:
+		return 32;
+	case RS_DTYPE_Q4_0:
+		return 2;
+	case RS_DTYPE_Q8_0:
+		return 7;
+	case RS_DTYPE_Q4_K:
+		return q6_output ? 15 : 14; /* Q4_K_M : Q4_K_S */
+	case RS_DTYPE_Q5_K:
+		return q6_output ? 17 : 16; /* Q5_K_M : Q5_K_S */
+	case RS_DTYPE_Q6_K:
+		return 18;
+	default:
+		return 0;
+	}
+}
+
 int rs_gguf_write_model(const char *path, const struct rs_model *model,
 			const struct rs_tokenizer *tok, char *err, size_t err_size)
 {
@@ -489,8 +518,7 @@ int rs_gguf_write_model(const char *path, const struct rs_model *model,
 		return rs_errmsg(err, err_size, ret, "GGUF writer: out of memory");
 
 	/* llama.cpp's llama_ftype for the bulk of the weights. */
-	uint32_t file_type = model->token_embedding.dtype == RS_DTYPE_F16 ? 1 :
-			     model->token_embedding.dtype == RS_DTYPE_BF16 ? 32 : 0;
+	uint32_t file_type = llama_ftype(model);
 	const char *arch = rs_arch_name(model->arch);
 	char k[16][96];
 	static const char *const suffixes[] = {

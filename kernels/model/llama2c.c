@@ -10,6 +10,7 @@
 #include "kernels/model/dtype.h"
 #include "kernels/model/errmsg.h"
 #include "kernels/model/llama2c.h"
+#include "kernels/model/quant.h"
 
 /* Floats in each part of the file, in file order; the caller has checked the config's
  * limits, so none of these products can overflow 64 bits. */
@@ -147,7 +148,8 @@ static int write_tensor(FILE *f, const struct rs_tensor *t)
 		return fwrite(t->data, 4, n, f) == n ? 0 : -EIO;
 	for (uint64_t i = 0; i < n; i += 1024) {
 		size_t k = n - i < 1024 ? (size_t)(n - i) : 1024;
-		rs_convert_to_f32(chunk, (const uint8_t *)t->data + i * rs_dtype_size(t->dtype),
+		/* i is a multiple of 1024, so of any quantized format's block too. */
+		rs_convert_to_f32(chunk, (const uint8_t *)t->data + rs_dtype_row_bytes(t->dtype, i),
 				  t->dtype, k);
 		if (fwrite(chunk, 4, k, f) != k)
 			return -EIO;

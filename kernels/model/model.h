@@ -16,9 +16,15 @@ enum rs_dtype {
 	RS_DTYPE_F32 = 0,
 	RS_DTYPE_F16 = 1,
 	RS_DTYPE_BF16 = 2,
+	/* GGUF block-quantized formats (kernels/model/quant.h): no per-element size. */
+	RS_DTYPE_Q8_0 = 3,
+	RS_DTYPE_Q4_0 = 4,
+	RS_DTYPE_Q4_K = 5,
+	RS_DTYPE_Q5_K = 6,
+	RS_DTYPE_Q6_K = 7,
 };
 
-/* Bytes per element of a dtype. */
+/* Bytes per element of a dtype; 0 for a block-quantized one (see quant.h). */
 size_t rs_dtype_size(enum rs_dtype dtype);
 
 /* A 1-D (rows == 1) or 2-D row-major tensor. data is never written through. */

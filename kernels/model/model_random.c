@@ -34,6 +34,8 @@ static void store(void *data, enum rs_dtype dtype, uint64_t i, float value)
 	case RS_DTYPE_BF16:
 		((uint16_t *)data)[i] = rs_f32_to_bf16(value);
 		break;
+	default: /* refused by rs_model_random */
+		break;
 	}
 }
 

@@ -1,5 +1,8 @@
 /* ringserve-bench engine [--threads N] [--decode-steps N] [--prompt N] [--kv f16|f32]
- *                        [--rounds N] [--gpu-only | --gpu-profile]
+ *                        [--rounds N] [--gpu-only | --gpu-profile] [--model FILE]
+ *
+ * With --model FILE: batch 1 on that model file only (bench_file_model below: resident
+ * memory against the file size, decode bytes/s against the read bandwidth).
  *
  * Prefill and decode tokens/s of the CPU engine at batch 1, 8 and 32, on a random model of
  * the shape of stories15M (dim 288, hidden 768, 6 layers, 6 heads, vocab 32000, context
@@ -34,12 +37,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "kernels/engine/engine.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/model/dtype.h"
 #include "kernels/model/model_random.h"
+#include "kernels/model/quant.h"
 #include "tools/ringserve-bench/bench.h"
 
 #ifdef RS_HAVE_CUDA_BACKEND
@@ -547,14 +553,135 @@ static int bench_gpu(uint32_t prompt, uint32_t steps, bool profile, FILE *json)
 #endif
 }
 
+/* ---- --model FILE: decode of a model file (quantized ones: issue 11) -----------------
+ * Batch 1 decode tokens/s of the CPU engine on the file, the bytes of weights a token
+ * reads (every matrix but the embedding, of which one row is read, in its stored
+ * format), that rate in bytes/s against the read bandwidth measured in the same run, and
+ * the resident memory after loading and after decoding against the file's size (the
+ * quantized weights are read in place from the mapping: resident ~ file size). */
+
+/* VmRSS of this process in bytes, 0 if unknown. */
+static double resident_bytes(void)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	char line[256];
+	double kib = 0;
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmRSS: %lf kB", &kib) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return kib * 1024;
+}
+
+static double tensor_bytes(const struct rs_tensor *t)
+{
+	return (double)t->rows * (double)rs_dtype_row_bytes(t->dtype, t->cols);
+}
+
+static int bench_file_model(const char *path, int threads, uint32_t prompt, uint32_t steps,
+			    uint32_t rounds, const char *kv_dtype, FILE *json)
+{
+	struct stat st;
+	if (stat(path, &st) != 0) {
+		fprintf(stderr, "bench engine: %s: %s\n", path, strerror(errno));
+		fprintf(json, "null");
+		return 1;
+	}
+	double rss0 = resident_bytes();
+	struct rs_model *model = NULL;
+	char err[512] = "";
+	int rc = rs_model_load(path, NULL, &model, err, sizeof(err));
+	if (rc) {
+		fprintf(stderr, "bench engine: %s\n", err);
+		fprintf(json, "null");
+		return 1;
+	}
+	const struct rs_model_config *cfg = &model->config;
+	if (prompt + steps > cfg->max_seq_len) {
+		fprintf(stderr, "bench engine: prompt + decode steps exceed the context %u\n",
+			cfg->max_seq_len);
+		rs_model_free(model);
+		fprintf(json, "null");
+		return 1;
+	}
+	double weight_bytes = tensor_bytes(&model->output);
+	for (uint32_t l = 0; l < cfg->n_layers; l++) {
+		const struct rs_layer_weights *w = &model->layers[l];
+		weight_bytes += tensor_bytes(&w->wq) + tensor_bytes(&w->wk) + tensor_bytes(&w->wv) +
+				tensor_bytes(&w->wo) + tensor_bytes(&w->w_gate) +
+				tensor_bytes(&w->w_up) + tensor_bytes(&w->w_down);
+	}
+	struct rs_engine_options opts;
+	rs_engine_options_init(&opts);
+	opts.backend = "cpu";
+	opts.block_size = 16;
+	opts.kv_blocks = 2 * rs_kv_blocks_for(cfg->max_seq_len, 16);
+	opts.max_batch_tokens = 1024 > prompt ? 1024 : prompt;
+	opts.threads = threads;
+	opts.kv_dtype = kv_dtype;
+	struct rs_engine *e = NULL;
+	rc = rs_engine_create(model, &opts, &e, err, sizeof(err));
+	if (rc) {
+		fprintf(stderr, "bench engine: %s\n", err);
+		rs_model_free(model);
+		fprintf(json, "null");
+		return 1;
+	}
+	double rss_loaded = resident_bytes() - rss0;
+	struct result runs[MAX_ROUNDS], median;
+	for (uint32_t r = 0; r < rounds && rc == 0; r++)
+		rc = run_batch(e, 1, prompt, steps, NULL, &runs[r]);
+	double rss_run = resident_bytes() - rss0;
+	long online = sysconf(_SC_NPROCESSORS_ONLN);
+	uint32_t workers = threads > 0 ? (uint32_t)threads : online > 0 ? (uint32_t)online : 1;
+	double bw = rc ? 0 : roof_rate(workers, true);
+	if (rc) {
+		fprintf(stderr, "bench engine: step failed: %s\n", strerror(-rc));
+		fprintf(json, "null");
+	} else {
+		median = median_result(runs, rounds);
+		double rate = weight_bytes * median.decode_tok_s;
+		printf(
+		    "engine: cpu backend, %s (%s weights, %u layers, dim %u), %u threads, prompt "
+		    "%u, %u decode steps, median of %u rounds\n",
+		    path, rs_dtype_name(model->layers[0].wq.dtype), cfg->n_layers, cfg->dim,
+		    workers, prompt, steps, rounds);
+		printf(
+		    "file %.1f MB; resident after load %.1f MB, after decoding %.1f MB (%.2fx the "
+		    "file)\n",
+		    st.st_size * 1e-6, rss_loaded * 1e-6, rss_run * 1e-6, rss_run / st.st_size);
+		printf("batch 1: prefill %.1f tok/s, decode %.2f tok/s; %.1f MB of weights per "
+		       "token = "
+		       "%.2f GB/s, %.0f%% of the read bandwidth %.2f GB/s (same run)\n",
+		       median.prefill_tok_s, median.decode_tok_s, weight_bytes * 1e-6, rate * 1e-9,
+		       100.0 * rate / bw, bw * 1e-9);
+		fprintf(
+		    json,
+		    "{\"backend\": \"cpu\", \"model\": \"%s\", \"threads\": %u, "
+		    "\"file_bytes\": %.0f, \"resident_after_load_bytes\": %.0f, "
+		    "\"resident_after_decode_bytes\": %.0f, \"weight_bytes_per_token\": %.0f, "
+		    "\"prefill_tok_s\": %.2f, \"decode_tok_s\": %.2f, \"decode_bytes_s\": %.0f, "
+		    "\"read_bandwidth_bytes_s\": %.0f}",
+		    path, workers, (double)st.st_size, rss_loaded, rss_run, weight_bytes,
+		    median.prefill_tok_s, median.decode_tok_s, rate, bw);
+	}
+	rs_engine_destroy(e);
+	rs_model_free(model);
+	return rc ? 1 : 0;
+}
+
 int bench_engine(int argc, char **argv, FILE *json)
 {
 	int threads = 0;
 	uint32_t steps = 32, prompt = 128, rounds = 3;
 	const char *kv_dtype = "f16";
 	bool gpu_only = false, gpu_profile = false;
+	const char *model_path = NULL;
 	for (int i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "--gpu-only") == 0)
+		if (strcmp(argv[i], "--model") == 0 && i + 1 < argc)
+			model_path = argv[++i];
+		else if (strcmp(argv[i], "--gpu-only") == 0)
 			gpu_only = true;
 		else if (strcmp(argv[i], "--gpu-profile") == 0)
 			gpu_only = gpu_profile = true;
@@ -573,6 +700,15 @@ int bench_engine(int argc, char **argv, FILE *json)
 			fprintf(json, "null");
 			return 1;
 		}
+	}
+	if (model_path) {
+		if (!rounds || rounds > MAX_ROUNDS || !steps || !prompt) {
+			fprintf(stderr, "bench engine: --rounds in 1..%d, --prompt and "
+					"--decode-steps >= 1\n", MAX_ROUNDS);
+			fprintf(json, "null");
+			return 1;
+		}
+		return bench_file_model(model_path, threads, prompt, steps, rounds, kv_dtype, json);
 	}
 	struct rs_model_config cfg = {
 		.dim = 288, .hidden_dim = 768, .n_layers = 6, .n_heads = 6, .n_kv_heads = 6,

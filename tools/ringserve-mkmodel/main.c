@@ -9,7 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/model/dtype.h"
 #include "kernels/model/gguf.h"
+#include "kernels/model/model_quantize.h"
 #include "kernels/model/llama2c.h"
 #include "kernels/model/model_random.h"
 #include "kernels/model/pretokenize.h"
@@ -21,7 +23,7 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: ringserve-mkmodel [--out-gguf FILE] [--out-llama2c FILE] [--out-tokenizer FILE]\n"
 		"         [--dim N] [--hidden N] [--layers N] [--heads N] [--kv-heads N] [--vocab N]\n"
-		"         [--seq-len N] [--seed S] [--dtype f32|f16|bf16] [--tied] [--rope-theta T]\n"
+		"         [--seq-len N] [--seed S] [--dtype f32|f16|bf16|q8_0|q4_0|q4_k|q5_k|q6_k|q4_k_m] [--tied] [--rope-theta T]\n"
 		"         [--arch llama|llama3|qwen2] [--tokenizer spm|bpe] [--rope-scale F]\n"
 		"         [--rope-orig-ctx N]\n"
 		"  Writes a seeded random Llama model (defaults: dim 64, hidden 172, 2 layers, 4 heads,\n"
@@ -33,7 +35,10 @@ static void usage(FILE *f)
 		"  --tokenizer       spm (SentencePiece demo vocabulary; llama's default) or bpe\n"
 		"                    (byte-level, Llama 3's or Qwen2's shape by --arch)\n"
 		"  --rope-scale      linear RoPE scaling factor ({arch}.rope.scaling.factor)\n"
-		"  --out-gguf        GGUF v3 with the tokenizer, weights in --dtype\n"
+		"  --out-gguf        GGUF v3 with the tokenizer, weights in --dtype (quantized: our\n"
+		"                    round-to-nearest quantizer of the f32 model, norms in f32, K-quant\n"
+		"                    matrices whose rows are not a multiple of 256 in q8_0;\n"
+		"                    q4_k_m = q4_k with q6_k output and attn_v/ffn_down as llama.cpp)\n"
 		"  --out-llama2c     llama2.c checkpoint (float32; a negative vocab_size when not --tied)\n"
 		"  --out-tokenizer   llama2.c tokenizer.bin for the same vocabulary\n"
 		"  --rope-theta      GGUF only (llama2.c implies 10000)\n");
@@ -90,6 +95,9 @@ int main(int argc, char **argv)
 	const char *arch_name = "llama", *tokenizer_kind = NULL;
 	struct rs_model_random_extras extras = { .arch = RS_ARCH_LLAMA };
 	uint32_t rope_orig_ctx = 8192;
+	enum rs_quant_scheme scheme = RS_QUANT_Q8_0;
+	bool quantized = false;
+	const char *dtype_name = "f32";
 	int c;
 
 	while ((c = getopt_long(argc, argv, "h", options, NULL)) != -1) {
@@ -118,8 +126,13 @@ int main(int argc, char **argv)
 				dtype = RS_DTYPE_F16;
 			else if (!strcmp(optarg, "bf16"))
 				dtype = RS_DTYPE_BF16;
+			else if (!rs_quant_scheme_parse(optarg, &scheme)) {
+				quantized = true;
+				dtype_name = optarg;
+			}
 			else {
-				fprintf(stderr, "ringserve-mkmodel: --dtype must be f32, f16 or bf16\n");
+				fprintf(stderr, "ringserve-mkmodel: --dtype must be f32, f16, bf16, q8_0, "
+						"q4_0, q4_k, q5_k, q6_k or q4_k_m\n");
 				return 2;
 			}
 			break;
@@ -189,8 +202,19 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
+	/* A quantized GGUF: the f32 model quantized (the llama2.c file stays f32). */
+	struct rs_model *gguf_model = model;
+	if (quantized && out_gguf) {
+		int ret = rs_model_quantize(model, scheme, &gguf_model);
+		if (ret) {
+			fprintf(stderr, "ringserve-mkmodel: cannot quantize the model: %s\n",
+				strerror(-ret));
+			rs_model_free(model);
+			return 1;
+		}
+	}
 	int status = 0;
-	if (out_gguf && rs_gguf_write_model(out_gguf, model, tok, err, sizeof(err))) {
+	if (out_gguf && rs_gguf_write_model(out_gguf, gguf_model, tok, err, sizeof(err))) {
 		fprintf(stderr, "ringserve-mkmodel: %s\n", err);
 		status = 1;
 	}
@@ -211,8 +235,10 @@ int main(int argc, char **argv)
 			"heads, vocab %u, seq %u, %s, %s output, seed %llu\n",
 			arch_name, tokenizer_kind, cfg.dim, cfg.hidden_dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads,
 			cfg.vocab_size, cfg.max_seq_len,
-			dtype == RS_DTYPE_F32 ? "f32" : dtype == RS_DTYPE_F16 ? "f16" : "bf16",
+			quantized ? dtype_name : rs_dtype_name(dtype),
 			tied ? "tied" : "separate", (unsigned long long)seed);
+	if (gguf_model != model)
+		rs_model_free(gguf_model);
 	rs_model_free(model);
 	rs_tokenizer_free(tok);
 	return status;

@@ -1,0 +1,648 @@
+/* Products with block-quantized weights (rs_gemm_quant in gemm.h), the weights read in
+ * place (the mapped file) and dequantized in registers.
+ *
+ * Decode (m <= RS_QUANT_SMALL_BATCH): each row of x is quantized to 8 bits with an f32
+ * scale per block of 32 (for Q8_0/Q4_0) and per block of 256 (for the K-quants), with
+ * the blocks' sums for the formats' offsets and mins. A weight row's product with it is
+ * then exact integer arithmetic per block (AVX2: vpmaddubsw of the unsigned weight
+ * codes by the signed activations, then vpmaddwd by ones or by the sub-blocks' integer
+ * scales; portable C elsewhere), scaled and added in f32 in eight lanes in one fixed
+ * order that the C kernel mirrors (separate multiplies and adds, no FMA), so every ISA
+ * gives the same bits.
+ * The error against the exact product comes only from rounding the activations (half a
+ * step per element: |err| <= sum_i |w_i| * d_i / 2 with d_i = amax(block)/127) and
+ * from f32 summation; tests/model_quant_formats.c checks that bound.
+ *
+ * Prefill (larger m): a panel of 48 weight rows at a time is dequantized to f32 and
+ * multiplied by CBLAS SGEMM. */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "kernels/cpu/gemm.h"
+#include "kernels/model/dtype.h"
+#include "kernels/model/quant.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define RS_HAVE_X86_KERNELS 1
+#include <immintrin.h>
+#endif
+
+/* A row of x quantized twice (llama.cpp's q8_0 and q8_K activations). For Q8_0/Q4_0
+ * weights: element i ~= d[i / 32] * q[i]. For the
+ * K-quants: element i ~= dk[i / 256] * qk[i] (one scale per super-block, so that the
+ * sub-blocks' integer sums can be scaled by their integer scales and added as integers),
+ * sumk16[g] = the sum of qk over group g of 16 (for the mins and the Q6_K offset). */
+struct act_row {
+	int8_t *q, *qk;
+	float *d, *dk;
+	int32_t *sumk16;
+};
+
+/* Bytes of one act_row of k elements, in the layout act_row_at gives. */
+static size_t act_row_bytes(uint32_t k)
+{
+	uint32_t nb = k / 32, nk = k / 256;
+	return 2 * (size_t)k + (size_t)nb * sizeof(float) + (size_t)nk * sizeof(float) +
+	       (size_t)(k / 16) * sizeof(int32_t);
+}
+
+static struct act_row act_row_at(void *mem, uint32_t k)
+{
+	uint32_t nb = k / 32, nk = k / 256;
+	char *p = mem;
+	struct act_row a;
+	a.d = (float *)p;
+	p += nb * sizeof(float);
+	a.dk = (float *)p;
+	p += nk * sizeof(float);
+	a.sumk16 = (int32_t *)p;
+	p += (k / 16) * sizeof(int32_t);
+	a.q = (int8_t *)p;
+	a.qk = (int8_t *)p + k;
+	return a;
+}
+
+/* x[0..n) to 8 bits with scale amax / 127, rounded to nearest; returns the scale. */
+static float quantize_block(int8_t *q, const float *x, uint32_t n)
+{
+	float amax = 0;
+	for (uint32_t i = 0; i < n; i++)
+		amax = fmaxf(amax, fabsf(x[i]));
+	float d = amax / 127.0f, inv = d ? 1.0f / d : 0.0f;
+	for (uint32_t i = 0; i < n; i++) {
+		int v = (int)lrintf(x[i] * inv);
+		q[i] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+	}
+	return d;
+}
+
+static void quantize_activations(struct act_row a, const float *x, uint32_t k)
+{
+	for (uint32_t b = 0; b < k / 32; b++)
+		a.d[b] = quantize_block(a.q + 32 * b, x + 32 * b, 32);
+	/* A row whose k is not a multiple of 256 has no K-quant weights. */
+	for (uint32_t b = 0; b < k / 256; b++) {
+		a.dk[b] = quantize_block(a.qk + 256 * b, x + 256 * b, 256);
+		for (int g = 0; g < 16; g++) {
+			int32_t sum = 0;
+			for (int i = 0; i < 16; i++)
+				sum += a.qk[256 * b + 16 * g + i];
+			a.sumk16[16 * b + g] = sum;
+		}
+	}
+}
+
+/* f16 bits to f32, exactly (inline: the kernels decode one per block). */
+static inline float f16_bits(uint16_t h)
+{
+	uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 31, m = h & 1023, bits;
+	if (e == 31)
+		bits = sign | 0x7f800000u | (m << 13);
+	else if (e == 0) {
+		float v = (float)m * 0x1p-24f;
+		return sign ? -v : v;
+	} else
+		bits = sign | ((e + 112) << 23) | (m << 13);
+	float f;
+	memcpy(&f, &bits, sizeof(f));
+	return f;
+}
+
+static inline float f16_at(const uint8_t *p)
+{
+	return f16_bits((uint16_t)(p[0] | p[1] << 8));
+}
+
+/* The eight 6-bit scales (*sc) and mins (*m) of a Q4_K/Q5_K block's 12 scale bytes s,
+ * one per byte of a u64 (sub-block j in byte j), computed in registers: the vector
+ * kernel widens them straight from a general register (a byte-wise store then an
+ * 8-byte load would stall on store forwarding). */
+static inline void k_scales_mins(const uint8_t *s, uint64_t *sc, uint64_t *m)
+{
+	uint32_t a, b, c;
+	memcpy(&a, s, 4);
+	memcpy(&b, s + 4, 4);
+	memcpy(&c, s + 8, 4);
+	/* j < 4: the low 6 bits of a (scales), b (mins); j >= 4: 4 bits of c, and the top
+	 * 2 bits of a (scales), b (mins) as bits 4-5. */
+	uint32_t sc_hi = (c & 0x0f0f0f0fu) | ((a >> 2) & 0x30303030u);
+	uint32_t m_hi = ((c >> 4) & 0x0f0f0f0fu) | ((b >> 2) & 0x30303030u);
+	*sc = (a & 0x3f3f3f3fu) | (uint64_t)sc_hi << 32;
+	*m = (b & 0x3f3f3f3fu) | (uint64_t)m_hi << 32;
+}
+
+/* The sum of the eight lanes, in the order the AVX2 reduction adds them. */
+static float reduce8(const float acc[8])
+{
+	return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+}
+
+/* --- a row's product, portable ------------------------------------------------------
+ * Every output is eight lane sums (acc[j] gets what vector lane j adds, in the same
+ * order, with separate multiplies and adds as the vector code does: no FMA), then
+ * reduce8. The integer block sums are exact, so the AVX2 kernel gives these bits. */
+
+static float row_dot_scalar(const uint8_t *w, enum rs_dtype dtype, struct act_row a, uint32_t k)
+{
+	size_t bb = rs_dtype_block_bytes(dtype);
+	float acc[8] = {0};
+	switch (dtype) {
+	case RS_DTYPE_Q8_0:
+	case RS_DTYPE_Q4_0:
+		/* Lane l: elements 4l..4l+3 of every block, times the block's scale. */
+		for (uint32_t b = 0; b < k / 32; b++, w += bb) {
+			const int8_t *x = a.q + 32 * b;
+			float scale = f16_at(w) * a.d[b];
+			for (int l = 0; l < 8; l++) {
+				int32_t p = 0;
+				for (int e = 4 * l; e < 4 * l + 4; e++) {
+					int v = dtype == RS_DTYPE_Q8_0 ? (int8_t)w[2 + e]
+						: e < 16	       ? (w[2 + e] & 15) - 8
+								       : (w[2 + e - 16] >> 4) - 8;
+					p += v * x[e];
+				}
+				acc[l] += (float)p * scale;
+			}
+		}
+		break;
+	case RS_DTYPE_Q4_K:
+	case RS_DTYPE_Q5_K: {
+		/* Lane l takes elements 4l..4l+3 of every sub-block, times its scale: the
+		 * vector kernel's vpmaddwd lanes. */
+		bool five = dtype == RS_DTYPE_Q5_K;
+		for (uint32_t sb = 0; sb < k / 256; sb++, w += bb) {
+			const uint8_t *qh = w + 16, *qs = five ? w + 48 : w + 16;
+			const int8_t *x = a.qk + 256 * sb;
+			uint64_t sc8, m8;
+			k_scales_mins(w + 4, &sc8, &m8);
+			int32_t sumi[8] = {0}, summ = 0;
+			for (int j = 0; j < 8; j++) {
+				int sc = (int)(sc8 >> 8 * j) & 255, m = (int)(m8 >> 8 * j) & 255;
+				for (int e = 0; e < 32; e++) {
+					int v = (j & 1) ? qs[32 * (j / 2) + e] >> 4
+							: qs[32 * (j / 2) + e] & 15;
+					if (five)
+						v |= ((qh[e] >> j) & 1) << 4;
+					sumi[e / 4] += sc * v * x[32 * j + e];
+				}
+				summ +=
+				    m * (a.sumk16[16 * sb + 2 * j] + a.sumk16[16 * sb + 2 * j + 1]);
+			}
+			float scale = f16_at(w) * a.dk[sb], min_scale = f16_at(w + 2) * a.dk[sb];
+			for (int l = 0; l < 8; l++)
+				acc[l] += (float)sumi[l] * scale;
+			acc[0] -= (float)summ * min_scale;
+		}
+		break;
+	}
+	case RS_DTYPE_Q6_K:
+		/* Lane l: elements 4l..4l+3 of every block of 32, times the scale of their
+		 * group of 16 (lanes 0-3 the block's first group, 4-7 its second). */
+		for (uint32_t sb = 0; sb < k / 256; sb++, w += bb) {
+			const uint8_t *ql = w, *qh = w + 128;
+			const int8_t *sc = (const int8_t *)(w + 192), *x = a.qk + 256 * sb;
+			int32_t sumi[8] = {0}, offset = 0;
+			for (int h = 0; h < 2; h++)
+				for (int e = 0; e < 32; e++) {
+					int hb = qh[32 * h + e];
+					int v[4] = {
+					    (ql[64 * h + e] & 15) | ((hb & 3) << 4),
+					    (ql[64 * h + 32 + e] & 15) | (((hb >> 2) & 3) << 4),
+					    (ql[64 * h + e] >> 4) | (((hb >> 4) & 3) << 4),
+					    (ql[64 * h + 32 + e] >> 4) | (((hb >> 6) & 3) << 4),
+					};
+					for (int t = 0; t < 4; t++) {
+						int i = 128 * h + 32 * t + e;
+						sumi[e / 4] += sc[i / 16] * v[t] * x[i];
+					}
+				}
+			for (int g = 0; g < 16; g++)
+				offset += 32 * sc[g] * a.sumk16[16 * sb + g];
+			float scale = f16_at(w + 208) * a.dk[sb];
+			for (int l = 0; l < 8; l++)
+				acc[l] += (float)sumi[l] * scale;
+			acc[0] -= (float)offset * scale;
+		}
+		break;
+	default:
+		break;
+	}
+	return reduce8(acc);
+}
+
+/* --- a row's product, AVX2 ---------------------------------------------------------- */
+
+#ifdef RS_HAVE_X86_KERNELS
+#define AVX2 __attribute__((target("avx2,f16c")))
+
+AVX2 static inline __m256i dot_u8_s8(__m256i u, __m256i s)
+{
+	return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+
+/* The eight sums of v[0..7]'s lanes, as one vector (lane j: the sum of v[j]). */
+AVX2 static inline __m256i sum8(const __m256i v[8])
+{
+	__m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+	__m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+	return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20),
+				_mm256_permute2x128_si256(a, b, 0x31));
+}
+
+/* Decode streams every weight once, row after row, and the loads of each block stalled
+ * on memory (a third of the time, one thread): ask for the bytes PREFETCH_BYTES ahead,
+ * past the row's end into the next rows (a prefetch never faults). */
+enum { PREFETCH_BYTES = 3072 };
+#define PREFETCH_AHEAD(p, n)                                                                       \
+	for (size_t off_ = 0; off_ < (n); off_ += 64)                                              \
+	_mm_prefetch((const char *)(p) + PREFETCH_BYTES + off_, _MM_HINT_T0)
+
+AVX2 static inline __m256i load32(const void *p)
+{
+	return _mm256_loadu_si256((const __m256i *)p);
+}
+
+AVX2 static float row_dot_avx2(const uint8_t *w, enum rs_dtype dtype, struct act_row a, uint32_t k)
+{
+	size_t bb = rs_dtype_block_bytes(dtype);
+	const __m256i low4 = _mm256_set1_epi8(15);
+	__m256 acc = _mm256_setzero_ps();
+	float lanes[8];
+	switch (dtype) {
+	case RS_DTYPE_Q8_0:
+	case RS_DTYPE_Q4_0:
+		for (uint32_t b = 0; b < k / 32; b++, w += bb) {
+			if (b % 8 == 0)
+				PREFETCH_AHEAD(w, 8 * bb);
+			__m256i q;
+			if (dtype == RS_DTYPE_Q8_0) {
+				q = load32(w + 2);
+			} else {
+				__m128i packed = _mm_loadu_si128((const __m128i *)(w + 2));
+				q = _mm256_sub_epi8(
+				    _mm256_and_si256(
+					_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low4),
+				    _mm256_set1_epi8(8));
+			}
+			/* signed x signed: |q| times x with q's sign */
+			__m256i dot = dot_u8_s8(_mm256_sign_epi8(q, q),
+						_mm256_sign_epi8(load32(a.q + 32 * b), q));
+			float scale = f16_at(w) * a.d[b];
+			acc = _mm256_add_ps(
+			    acc, _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(scale)));
+		}
+		break;
+	case RS_DTYPE_Q4_K:
+	case RS_DTYPE_Q5_K: {
+		bool five = dtype == RS_DTYPE_Q5_K;
+		const __m256i one = _mm256_set1_epi8(1);
+		for (uint32_t sb = 0; sb < k / 256; sb++, w += bb) {
+			PREFETCH_AHEAD(w, bb);
+			const uint8_t *qs = five ? w + 48 : w + 16;
+			const int8_t *x = a.qk + 256 * sb;
+			uint64_t sc, m;
+			k_scales_mins(w + 4, &sc, &m);
+			__m256i qh = load32(w + 16), sumi = _mm256_setzero_si256();
+			for (int c = 0; c < 4; c++) {
+				__m256i packed = load32(qs + 32 * c);
+				__m256i lo = _mm256_and_si256(packed, low4);
+				__m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
+				if (five) {
+					lo = _mm256_or_si256(
+					    lo, _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));
+					hi = _mm256_or_si256(
+					    hi, _mm256_slli_epi16(
+						    _mm256_and_si256(_mm256_srli_epi16(qh, 1), one),
+						    4));
+					qh = _mm256_srli_epi16(qh, 2);
+				}
+				__m256i sc_lo = _mm256_set1_epi16((short)((sc >> 16 * c) & 255));
+				__m256i sc_hi =
+				    _mm256_set1_epi16((short)((sc >> (16 * c + 8)) & 255));
+				sumi = _mm256_add_epi32(
+				    sumi, _mm256_madd_epi16(
+					      _mm256_maddubs_epi16(lo, load32(x + 64 * c)), sc_lo));
+				sumi = _mm256_add_epi32(
+				    sumi,
+				    _mm256_madd_epi16(
+					_mm256_maddubs_epi16(hi, load32(x + 64 * c + 32)), sc_hi));
+			}
+			int32_t summ = 0;
+			for (int j = 0; j < 8; j++)
+				summ += (int32_t)((m >> 8 * j) & 255) *
+					(a.sumk16[16 * sb + 2 * j] + a.sumk16[16 * sb + 2 * j + 1]);
+			float scale = f16_at(w) * a.dk[sb], min_scale = f16_at(w + 2) * a.dk[sb];
+			acc = _mm256_add_ps(
+			    acc, _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), _mm256_set1_ps(scale)));
+			acc = _mm256_sub_ps(
+			    acc, _mm256_setr_ps((float)summ * min_scale, 0, 0, 0, 0, 0, 0, 0));
+		}
+		break;
+	}
+	case RS_DTYPE_Q6_K: {
+		const __m256i low2 = _mm256_set1_epi8(3);
+		for (uint32_t sb = 0; sb < k / 256; sb++, w += bb) {
+			PREFETCH_AHEAD(w, bb);
+			const int8_t *x = a.qk + 256 * sb, *scales = (const int8_t *)(w + 192);
+			__m256i sumi = _mm256_setzero_si256();
+			for (int h = 0; h < 2; h++) {
+				__m256i l0 = load32(w + 64 * h), l1 = load32(w + 64 * h + 32);
+				__m256i hb = load32(w + 128 + 32 * h);
+				__m256i q[4] = {
+				    _mm256_and_si256(l0, low4),
+				    _mm256_and_si256(l1, low4),
+				    _mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
+				    _mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
+				};
+				for (int t = 0; t < 4; t++) {
+					__m256i high = _mm256_and_si256(hb, low2);
+					hb = _mm256_srli_epi16(hb, 2);
+					__m256i codes =
+					    _mm256_or_si256(q[t], _mm256_slli_epi16(high, 4));
+					int g = 2 * (4 * h + t);
+					__m256i scale =
+					    _mm256_set_m128i(_mm_set1_epi16(scales[g + 1]),
+							     _mm_set1_epi16(scales[g]));
+					sumi = _mm256_add_epi32(
+					    sumi, _mm256_madd_epi16(
+						      _mm256_maddubs_epi16(
+							  codes, load32(x + 128 * h + 32 * t)),
+						      scale));
+				}
+			}
+			int32_t offset = 0;
+			for (int g = 0; g < 16; g++)
+				offset += 32 * scales[g] * a.sumk16[16 * sb + g];
+			float scale = f16_at(w + 208) * a.dk[sb];
+			acc = _mm256_add_ps(
+			    acc, _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), _mm256_set1_ps(scale)));
+			acc = _mm256_sub_ps(
+			    acc, _mm256_setr_ps((float)offset * scale, 0, 0, 0, 0, 0, 0, 0));
+		}
+		break;
+	}
+	default:
+		break;
+	}
+	_mm256_storeu_ps(lanes, acc);
+	return reduce8(lanes);
+}
+/* --- dequantizing a row (the prefill path), AVX2 ------------------------------------
+ * The values rs_dequantize gives, bit for bit (the same multiplies and subtractions,
+ * no FMA), eight at a time: the prefill's SGEMM sees the same panel on every ISA. */
+
+/* y[i] = scale[i / 16] * (float)(codes[i] - bias) - offset for the 32 bytes codes. */
+AVX2 static inline void dequant32(float *y, __m256i codes, int bias, float scale_lo, float scale_hi,
+				  float offset)
+{
+	__m128i lo = _mm256_castsi256_si128(codes), hi = _mm256_extracti128_si256(codes, 1);
+	__m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+	for (int i = 0; i < 4; i++) {
+		__m256i v =
+		    _mm256_sub_epi32(_mm256_cvtepu8_epi32(parts[i]), _mm256_set1_epi32(bias));
+		__m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(v),
+					 _mm256_set1_ps(i < 2 ? scale_lo : scale_hi));
+		if (offset != 0.0f)
+			f = _mm256_sub_ps(f, _mm256_set1_ps(offset));
+		_mm256_storeu_ps(y + 8 * i, f);
+	}
+}
+
+AVX2 static void dequant_row_avx2(float *y, const uint8_t *w, enum rs_dtype dtype, uint32_t k)
+{
+	size_t bb = rs_dtype_block_bytes(dtype);
+	const __m256i low4 = _mm256_set1_epi8(15);
+	switch (dtype) {
+	case RS_DTYPE_Q8_0:
+		for (uint32_t b = 0; b < k / 32; b++, w += bb, y += 32) {
+			float d = f16_at(w);
+			/* q + 128 as unsigned bytes, then 128 off */
+			dequant32(y, _mm256_xor_si256(load32(w + 2), _mm256_set1_epi8((char)0x80)),
+				  128, d, d, 0.0f);
+		}
+		break;
+	case RS_DTYPE_Q4_0:
+		for (uint32_t b = 0; b < k / 32; b++, w += bb, y += 32) {
+			float d = f16_at(w);
+			__m128i packed = _mm_loadu_si128((const __m128i *)(w + 2));
+			__m256i q = _mm256_and_si256(
+			    _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low4);
+			dequant32(y, q, 8, d, d, 0.0f);
+		}
+		break;
+	case RS_DTYPE_Q4_K:
+	case RS_DTYPE_Q5_K: {
+		bool five = dtype == RS_DTYPE_Q5_K;
+		const __m256i one = _mm256_set1_epi8(1);
+		for (uint32_t sb = 0; sb < k / 256; sb++, w += bb, y += 256) {
+			const uint8_t *qs = five ? w + 48 : w + 16;
+			float d = f16_at(w), dmin = f16_at(w + 2);
+			uint64_t sc, m;
+			k_scales_mins(w + 4, &sc, &m);
+			__m256i qh = load32(w + 16);
+			for (int c = 0; c < 4; c++) {
+				__m256i packed = load32(qs + 32 * c);
+				__m256i lo = _mm256_and_si256(packed, low4);
+				__m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
+				if (five) {
+					lo = _mm256_or_si256(
+					    lo, _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));
+					hi = _mm256_or_si256(
+					    hi, _mm256_slli_epi16(
+						    _mm256_and_si256(_mm256_srli_epi16(qh, 1), one),
+						    4));
+					qh = _mm256_srli_epi16(qh, 2);
+				}
+				for (int half = 0; half < 2; half++) {
+					int j = 2 * c + half;
+					float dj = d * (float)((sc >> 8 * j) & 255);
+					float mj = dmin * (float)((m >> 8 * j) & 255);
+					/* mj == 0 subtracts nothing either way (x - 0 == x). */
+					dequant32(y + 32 * j, half ? hi : lo, 0, dj, dj, mj);
+				}
+			}
+		}
+		break;
+	}
+	case RS_DTYPE_Q6_K: {
+		const __m256i low2 = _mm256_set1_epi8(3);
+		for (uint32_t sb = 0; sb < k / 256; sb++, w += bb, y += 256) {
+			const int8_t *scales = (const int8_t *)(w + 192);
+			float d = f16_at(w + 208);
+			for (int h = 0; h < 2; h++) {
+				__m256i l0 = load32(w + 64 * h), l1 = load32(w + 64 * h + 32);
+				__m256i hb = load32(w + 128 + 32 * h);
+				__m256i q[4] = {
+				    _mm256_and_si256(l0, low4),
+				    _mm256_and_si256(l1, low4),
+				    _mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
+				    _mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
+				};
+				for (int t = 0; t < 4; t++) {
+					__m256i codes = _mm256_or_si256(
+					    q[t], _mm256_slli_epi16(_mm256_and_si256(hb, low2), 4));
+					hb = _mm256_srli_epi16(hb, 2);
+					int g = 2 * (4 * h + t);
+					dequant32(y + 128 * h + 32 * t, codes, 32,
+						  d * (float)scales[g], d * (float)scales[g + 1],
+						  0.0f);
+				}
+			}
+		}
+		break;
+	}
+	default:
+		rs_dequantize(y, w, dtype, k);
+		break;
+	}
+}
+#endif
+
+/* Row r of w: its part's bytes and format. */
+static const uint8_t *row_of(const struct rs_packed_matrix *w, uint32_t r, enum rs_dtype *dtype)
+{
+	for (uint32_t i = 0; i < w->n_quant_parts; r -= w->quant_parts[i++].n_rows)
+		if (r < w->quant_parts[i].n_rows) {
+			*dtype = w->quant_parts[i].dtype;
+			return w->quant_parts[i].rows + (size_t)r * w->quant_parts[i].row_bytes;
+		}
+	return NULL;
+}
+
+int rs_packed_quant_init(struct rs_packed_matrix *w, uint32_t k, const struct rs_quant_part *parts,
+			 uint32_t n_parts)
+{
+	memset(w, 0, sizeof(*w));
+	if (n_parts == 0 || n_parts > RS_QUANT_PARTS || k == 0)
+		return -EINVAL;
+	uint64_t n = 0;
+	for (uint32_t i = 0; i < n_parts; i++) {
+		if (!rs_dtype_is_quant(parts[i].dtype) || k % rs_dtype_block_elems(parts[i].dtype))
+			return -EINVAL;
+		w->quant_parts[i] = parts[i];
+		w->quant_parts[i].row_bytes = rs_dtype_row_bytes(parts[i].dtype, k);
+		n += parts[i].n_rows;
+	}
+	if (n > UINT32_MAX)
+		return -EINVAL;
+	w->n_quant_parts = n_parts;
+	w->dtype = parts[0].dtype;
+	w->n = (uint32_t)n;
+	w->k = k;
+	w->n_panels = (uint32_t)((n + RS_PANEL_COLS - 1) / RS_PANEL_COLS);
+	return 0;
+}
+
+/* Out of memory for the buffers: dequantize a block at a time into the stack, in f32. */
+static void gemm_no_memory(float *y, size_t ldy, const float *x, size_t ldx, uint32_t m,
+			   const struct rs_packed_matrix *w, uint32_t c0, uint32_t c1,
+			   bool accumulate)
+{
+	float block[RS_QK_K];
+	for (uint32_t c = c0; c < c1; c++) {
+		enum rs_dtype dtype = RS_DTYPE_Q8_0;
+		const uint8_t *row = row_of(w, c, &dtype);
+		uint32_t be = rs_dtype_block_elems(dtype);
+		size_t bb = rs_dtype_block_bytes(dtype);
+		for (uint32_t i = 0; i < m; i++) {
+			float v = 0;
+			for (uint32_t b = 0; b < w->k / be; b++) {
+				rs_dequantize(block, row + b * bb, dtype, be);
+				for (uint32_t e = 0; e < be; e++)
+					v += block[e] * x[i * ldx + b * be + e];
+			}
+			y[i * ldy + c] = accumulate ? y[i * ldy + c] + v : v;
+		}
+	}
+}
+
+static void gemm_small(float *y, size_t ldy, const float *x, size_t ldx, uint32_t m,
+		       const struct rs_packed_matrix *w, uint32_t c0, uint32_t c1, bool accumulate,
+		       enum rs_cpu_isa isa)
+{
+	uint32_t k = w->k;
+	size_t row_bytes = act_row_bytes(k);
+	/* Up to 16 Ki elements (under 200 KiB for 8 rows) on the stack, more from the heap. */
+	enum { STACK_K = 16384 };
+	_Alignas(32) char stack_mem[k <= STACK_K ? RS_QUANT_SMALL_BATCH * act_row_bytes(k) : 1];
+	char *heap_mem = NULL;
+	if (k > STACK_K && !(heap_mem = malloc((size_t)m * row_bytes))) {
+		gemm_no_memory(y, ldy, x, ldx, m, w, c0, c1, accumulate);
+		return;
+	}
+	char *mem = heap_mem ? heap_mem : stack_mem;
+	struct act_row act[RS_QUANT_SMALL_BATCH];
+	for (uint32_t i = 0; i < m; i++) {
+		act[i] = act_row_at(mem + i * row_bytes, k);
+		quantize_activations(act[i], x + i * ldx, k);
+	}
+#ifdef RS_HAVE_X86_KERNELS
+	bool avx2 = isa >= RS_ISA_AVX2 && rs_cpu_has_f16c();
+#endif
+	for (uint32_t c = c0; c < c1; c++) {
+		enum rs_dtype dtype = RS_DTYPE_Q8_0;
+		const uint8_t *row = row_of(w, c, &dtype);
+		for (uint32_t i = 0; i < m; i++) {
+			float v;
+#ifdef RS_HAVE_X86_KERNELS
+			if (avx2)
+				v = row_dot_avx2(row, dtype, act[i], k);
+			else
+#endif
+				v = row_dot_scalar(row, dtype, act[i], k);
+			y[i * ldy + c] = accumulate ? y[i * ldy + c] + v : v;
+		}
+	}
+	free(heap_mem);
+}
+
+static void gemm_large(float *y, size_t ldy, const float *x, size_t ldx, uint32_t m,
+		       const struct rs_packed_matrix *w, uint32_t c0, uint32_t c1, bool accumulate,
+		       enum rs_cpu_isa isa)
+{
+	uint32_t k = w->k;
+	float *panel = malloc((size_t)RS_PANEL_COLS * k * sizeof(float));
+	if (!panel) {
+		gemm_no_memory(y, ldy, x, ldx, m, w, c0, c1, accumulate);
+		return;
+	}
+	for (uint32_t c = c0; c < c1; c += RS_PANEL_COLS) {
+		uint32_t cols = c1 - c < RS_PANEL_COLS ? c1 - c : RS_PANEL_COLS;
+		for (uint32_t r = 0; r < cols; r++) {
+			enum rs_dtype dtype = RS_DTYPE_Q8_0;
+			const uint8_t *row = row_of(w, c + r, &dtype);
+#ifdef RS_HAVE_X86_KERNELS
+			if (isa >= RS_ISA_AVX2 && rs_cpu_has_f16c())
+				dequant_row_avx2(panel + (size_t)r * k, row, dtype, k);
+			else
+#endif
+				rs_dequantize(panel + (size_t)r * k, row, dtype, k);
+		}
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)cols, (int)k,
+			    1.0f, x, (int)ldx, panel, (int)k, accumulate ? 1.0f : 0.0f, y + c,
+			    (int)ldy);
+	}
+	free(panel);
+}
+
+void rs_gemm_quant(float *y, size_t ldy, const float *x, size_t ldx, uint32_t m,
+		   const struct rs_packed_matrix *w, uint32_t p0, uint32_t p1, bool accumulate,
+		   enum rs_cpu_isa isa)
+{
+	if (p1 > w->n_panels)
+		p1 = w->n_panels;
+	if (p1 <= p0 || m == 0 || w->k == 0)
+		return;
+	if (isa > rs_cpu_isa())
+		isa = rs_cpu_isa();
+	uint32_t c0 = p0 * RS_PANEL_COLS,
+		 c1 = p1 * RS_PANEL_COLS < w->n ? p1 * RS_PANEL_COLS : w->n;
+	if (m > RS_QUANT_SMALL_BATCH)
+		gemm_large(y, ldy, x, ldx, m, w, c0, c1, accumulate, isa);
+	else
+		gemm_small(y, ldy, x, ldx, m, w, c0, c1, accumulate, isa);
+}
