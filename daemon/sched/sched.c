@@ -368,6 +368,8 @@ static void finish(struct rs_sched *sched, struct rs_request *request, int32_t s
 			    request->computed / sched->block_size, request->blocks);
 		if (status == 0 && sched->planner->finished)
 			sched->planner->finished(sched, request);
+		if (status == 0)
+			worker_of(sched, request)->served++;
 		stop_running(sched, request);
 	} else if (request->state == RS_REQUEST_WAITING) {
 		rs_admission_remove(sched->admission, request);
@@ -774,6 +776,11 @@ uint32_t rs_sched_lane_worker(const struct rs_sched *sched, uint32_t lane)
 uint32_t rs_sched_worker_load(const struct rs_sched *sched, uint32_t worker)
 {
 	return sched->workers[worker].load;
+}
+
+uint64_t rs_sched_worker_served(const struct rs_sched *sched, uint32_t worker)
+{
+	return sched->workers[worker].served;
 }
 
 struct rs_kv_cache *rs_sched_worker_kv(const struct rs_sched *sched, uint32_t worker)

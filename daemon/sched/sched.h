@@ -129,6 +129,9 @@ uint32_t rs_sched_lane_worker(const struct rs_sched *sched, uint32_t lane);
 /* Requests admitted to the worker (staged or running), not yet finished. */
 uint32_t rs_sched_worker_load(const struct rs_sched *sched, uint32_t worker);
 
+/* Requests that ended on the worker with status 0. */
+uint64_t rs_sched_worker_served(const struct rs_sched *sched, uint32_t worker);
+
 /* The worker's pool and prefix cache (NULL when disabled). */
 struct rs_kv_cache *rs_sched_worker_kv(const struct rs_sched *sched, uint32_t worker);
 struct rs_prefix_cache *rs_sched_worker_cache(const struct rs_sched *sched, uint32_t worker);

@@ -14,7 +14,8 @@ struct rs_sched_worker {
 	struct rs_kv_cache *kv;
 	struct rs_prefix_cache *cache; /* NULL: no prefix sharing */
 	uint32_t promised;	       /* blocks promised to its admitted requests, not yet taken */
-	uint32_t load; /* requests admitted to it (staged or seated), not finished */
+	uint32_t load;	 /* requests admitted to it (staged or seated), not finished */
+	uint64_t served; /* requests that ended there with status 0 */
 };
 
 struct rs_sched_lane {
