@@ -1,9 +1,8 @@
 /* ringserved --workers 2 with the null engine: requests from two connections, with two
  * shared prefixes, all end with their max_new_tokens and the null engine's tokens, and
  * both workers served some (the daemon reports what each served when it exits; its stderr
- * goes to a file here). The same with round-robin dispatch, which must split them evenly
- * (it alternates while both workers have free seats). A --workers with multibin is
- * refused at start. */
+ * goes to a file here). The same under round-robin and cache-aware dispatch. --workers
+ * with multibin, and an unknown --dispatch, are refused at start. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
