@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "daemon/sched/planner.h"
+#include "daemon/sched/prefix_cache.h"
 #include "daemon/sched/sched.h"
 #include "kernels/engine/kv_cache.h"
 #include "tests/harness/harness.h"
@@ -292,24 +293,53 @@ static void test_baselines(enum rs_dispatch_policy policy)
 	free(w);
 }
 
-/* cache-aware (threshold 0.5): a prompt of 64 tokens whose first 48 are cached on worker 0
- * (ratio 0.75) goes there although it is more loaded; one with 16 cached (0.25) goes to the
- * least-loaded worker. */
+/* cache-aware, SGLang's rule (cache threshold 0.5; balance thresholds 32 and 1.0001 by
+ * default). Balanced loads: a prompt of 64 tokens whose first 48 are cached on worker 0
+ * (ratio 0.75) goes there although worker 0 is more loaded; one of 128 with 16 cached
+ * (0.125) goes to the worker whose cache holds fewer blocks (worker 1: none); once worker
+ * 1 holds 8 blocks of it and worker 0 five, a prompt matching nothing goes to worker 0,
+ * the smaller cache, though worker 1 is less loaded (2 against 1). */
 static void test_cache_aware(void)
 {
 	struct world *w = calloc(1, sizeof(*w));
 	struct rs_dispatch_params d = {.policy = RS_DISPATCH_CACHE_AWARE};
 	world_init(w, 2, 1, 8, 256, RS_ADMISSION_FCFS, 0, &d);
 	submit(w, 0, 0, 5, 64, 64, 100);
-	run_lane(w, 0, 0); /* prefilled: its prompt is cached on worker 0 */
+	run_lane(w, 0, 0); /* prefilled: its 4 prompt blocks are cached on worker 0 */
 	CHECK(w->worker_of[0] == 0, "r0 on worker %u", w->worker_of[0]);
 	submit(w, 1, 0, 5, 48, 64, 100);
 	run_all(w);
 	CHECK(w->worker_of[1] == 0, "r1 (48 of 64 cached on worker 0) on worker %u",
 	      w->worker_of[1]);
-	submit(w, 2, 0, 5, 16, 64, 100);
+	submit(w, 2, 0, 5, 16, 128, 100);
 	run_all(w);
-	CHECK(w->worker_of[2] == 1, "r2 (16 of 64 cached) on worker %u", w->worker_of[2]);
+	CHECK(w->worker_of[2] == 1, "r2 (16 of 128 cached) on worker %u", w->worker_of[2]);
+	uint32_t blocks0 = rs_prefix_cache_nodes(rs_sched_worker_cache(w->sched, 0));
+	uint32_t blocks1 = rs_prefix_cache_nodes(rs_sched_worker_cache(w->sched, 1));
+	CHECK(blocks0 == 5 && blocks1 == 8, "caches hold %u and %u blocks, want 5 and 8", blocks0,
+	      blocks1);
+	submit(w, 3, 0, 9, 0, 32, 10);
+	run_all(w);
+	CHECK(w->worker_of[3] == 0, "r3 (no match) on worker %u, not the smaller cache",
+	      w->worker_of[3]);
+	drain(w);
+	world_destroy(w);
+	free(w);
+
+	/* Imbalanced (gap above 1 and above 1.0001 x the least): the least-loaded, whatever
+	 * the cache. Loads (1, 0): a gap of 1 is balanced, r1 follows its 48 cached tokens;
+	 * loads (2, 0): r2, with the same match, goes to worker 1. */
+	w = calloc(1, sizeof(*w));
+	d.balance_abs = 1;
+	world_init(w, 2, 1, 8, 256, RS_ADMISSION_FCFS, 0, &d);
+	submit(w, 0, 0, 5, 64, 64, 100);
+	run_lane(w, 0, 0);
+	submit(w, 1, 0, 5, 48, 64, 100);
+	submit(w, 2, 0, 5, 48, 64, 100);
+	run_lane(w, 0, 0);
+	run_lane(w, 1, 0);
+	CHECK(w->worker_of[1] == 0 && w->worker_of[2] == 1, "imbalanced: r1, r2 on %u, %u",
+	      w->worker_of[1], w->worker_of[2]);
 	drain(w);
 	world_destroy(w);
 	free(w);

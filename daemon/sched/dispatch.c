@@ -42,7 +42,7 @@ int rs_dispatch_create(const struct rs_dispatch_params *params, uint32_t workers
 {
 	if ((unsigned)params->policy > RS_DISPATCH_CACHE_AWARE || !workers || !max_tenants ||
 	    params->cache_threshold < 0 || params->cache_threshold > 1 || params->quantum < 0 ||
-	    !(w_prompt > 0) || !(w_output > 0))
+	    params->balance_rel < 0 || !(w_prompt > 0) || !(w_output > 0))
 		return -EINVAL;
 	struct rs_dispatch *dispatch = calloc(1, sizeof(*dispatch));
 	if (!dispatch)
@@ -52,6 +52,10 @@ int rs_dispatch_create(const struct rs_dispatch_params *params, uint32_t workers
 		dispatch->params.cache_threshold = 0.5;
 	if (!dispatch->params.quantum)
 		dispatch->params.quantum = 2048;
+	if (!dispatch->params.balance_abs)
+		dispatch->params.balance_abs = 32;
+	if (!dispatch->params.balance_rel)
+		dispatch->params.balance_rel = 1.0001;
 	if (!dispatch->params.load_threshold)
 		dispatch->params.load_threshold = 1; /* the core passes max_batch / 2 */
 	dispatch->workers = workers;
@@ -146,6 +150,26 @@ static uint32_t choose_d2lpm(struct rs_dispatch *d, const struct rs_request *req
 	return best;
 }
 
+static uint32_t choose_cache_aware(const struct rs_dispatch *d, const struct rs_request *request,
+				   const struct rs_dispatch_candidate *c, uint32_t n)
+{
+	uint32_t least = least_loaded(c, n), most = 0;
+	for (uint32_t i = 1; i < n; i++)
+		if (c[i].load > c[most].load)
+			most = i;
+	if (c[most].load - c[least].load > d->params.balance_abs &&
+	    c[most].load > d->params.balance_rel * c[least].load)
+		return least; /* imbalanced: shortest queue */
+	uint32_t best = longest_match(c, n, NULL);
+	if ((double)c[best].matched_tokens > d->params.cache_threshold * request->prompt_len)
+		return best;
+	uint32_t smallest = 0; /* the most room to cache (ties: the first) */
+	for (uint32_t i = 1; i < n; i++)
+		if (c[i].cached_blocks < c[smallest].cached_blocks)
+			smallest = i;
+	return smallest;
+}
+
 uint32_t rs_dispatch_choose(struct rs_dispatch *dispatch, const struct rs_request *request,
 			    const struct rs_dispatch_candidate *candidates, uint32_t n)
 {
@@ -169,13 +193,8 @@ uint32_t rs_dispatch_choose(struct rs_dispatch *dispatch, const struct rs_reques
 	}
 	case RS_DISPATCH_LEAST_LOADED:
 		return least_loaded(candidates, n);
-	case RS_DISPATCH_CACHE_AWARE: {
-		uint32_t best = longest_match(candidates, n, NULL);
-		if ((double)candidates[best].matched_tokens >
-		    dispatch->params.cache_threshold * request->prompt_len)
-			return best;
-		return least_loaded(candidates, n);
-	}
+	case RS_DISPATCH_CACHE_AWARE:
+		return choose_cache_aware(dispatch, request, candidates, n);
 	}
 	return 0;
 }

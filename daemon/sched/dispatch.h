@@ -16,9 +16,11 @@
  *                 deficit, every worker gives the tenant quantum * weight (rounds).
  *   round-robin   the next worker in turn.
  *   least-loaded  the worker with the fewest requests running (ties: lower index).
- *   cache-aware   SGLang's router: when the longest cached prefix over the workers covers
- *                 more than cache_threshold of the prompt, that worker; else the
- *                 least-loaded (SGLang's "shortest queue").
+ *   cache-aware   SGLang's router: when loads are imbalanced (max - min > balance_abs
+ *                 and max > balance_rel x min), the least-loaded ("shortest queue");
+ *                 else when the longest cached prefix over the workers covers more than
+ *                 cache_threshold of the prompt, that worker; else the worker whose
+ *                 prefix cache holds the fewest blocks (the most room to cache).
  *
  * Candidates are the workers with a free seat (load below its lanes x max_batch); the core
  * admits only when one exists. Load: requests admitted to the worker and not yet finished.
@@ -42,6 +44,8 @@ struct rs_dispatch_params {
 	enum rs_dispatch_policy policy;
 	uint32_t load_threshold; /* d2lpm: requests; 0: max_batch / 2, at least 1 */
 	double cache_threshold;	 /* cache-aware: share of the prompt; 0: 0.5 (SGLang's) */
+	uint32_t balance_abs;	 /* cache-aware: load gap in requests; 0: 32 (SGLang's) */
+	double balance_rel;	 /* cache-aware: load ratio; 0: 1.0001 (SGLang's) */
 	double quantum;		 /* d2lpm: weighted tokens per round per worker; 0: 2048 */
 };
 
@@ -50,6 +54,7 @@ struct rs_dispatch_candidate {
 	uint32_t worker;
 	uint32_t matched_tokens; /* of the request's prompt, cached on that worker */
 	uint32_t load;		 /* requests running or staged there */
+	uint32_t cached_blocks;	 /* blocks its prefix cache holds (its tree's size) */
 };
 
 struct rs_dispatch;

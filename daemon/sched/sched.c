@@ -428,10 +428,11 @@ static struct rs_sched_worker *dispatch(struct rs_sched *sched, const struct rs_
 			matched = rs_prefix_cache_match(worker->cache, request->tokens,
 							request->waiter.max_blocks,
 							sched->match_scratch, &deepest);
-		sched->candidates[n++] =
-		    (struct rs_dispatch_candidate){.worker = w,
-						   .matched_tokens = matched * sched->block_size,
-						   .load = worker->load};
+		sched->candidates[n++] = (struct rs_dispatch_candidate){
+		    .worker = w,
+		    .matched_tokens = matched * sched->block_size,
+		    .load = worker->load,
+		    .cached_blocks = worker->cache ? rs_prefix_cache_nodes(worker->cache) : 0};
 	}
 	if (!n)
 		return NULL;
