@@ -248,9 +248,8 @@ int rs_daemon_run(struct rs_daemon *daemon)
 void rs_daemon_destroy(struct rs_daemon *daemon)
 {
 	/* What each worker served, for the operator (and tests/daemon_workers). */
-	for (uint32_t w = 0; daemon->sched && w < rs_sched_lanes(daemon->sched) && daemon->engine &&
-			     daemon->engine->workers > 1 && w < daemon->engine->workers;
-	     w++)
+	uint32_t workers = daemon->sched && daemon->engine ? daemon->engine->workers : 0;
+	for (uint32_t w = 0; workers > 1 && w < workers; w++)
 		fprintf(stderr, "ringserved: worker %u served %llu requests\n", w,
 			(unsigned long long)rs_sched_worker_served(daemon->sched, w));
 	rs_control_destroy(daemon);

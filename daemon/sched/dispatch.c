@@ -1,6 +1,7 @@
 /* Dispatch policies: which worker an admitted request runs on (dispatch.h). */
 #include <errno.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,6 +13,7 @@ struct rs_dispatch {
 	double w_prompt, w_output;
 	uint32_t next;	 /* round-robin's turn */
 	double *deficit; /* d2lpm: [tenant id * workers + worker] */
+	bool *allowed;	 /* d2lpm's scratch: a candidate where the tenant has credit */
 };
 
 static const char *const names[] = {
@@ -64,7 +66,10 @@ int rs_dispatch_create(const struct rs_dispatch_params *params, uint32_t workers
 	dispatch->w_output = w_output;
 	if (params->policy == RS_DISPATCH_D2LPM) {
 		dispatch->deficit = calloc((size_t)workers * max_tenants, sizeof(double));
-		if (!dispatch->deficit) {
+		dispatch->allowed = calloc(workers, sizeof(bool));
+		if (!dispatch->deficit || !dispatch->allowed) {
+			free(dispatch->deficit);
+			free(dispatch->allowed);
 			free(dispatch);
 			return -ENOMEM;
 		}
@@ -78,6 +83,7 @@ void rs_dispatch_destroy(struct rs_dispatch *dispatch)
 	if (!dispatch)
 		return;
 	free(dispatch->deficit);
+	free(dispatch->allowed);
 	free(dispatch);
 }
 
@@ -116,7 +122,7 @@ static uint32_t choose_d2lpm(struct rs_dispatch *d, const struct rs_request *req
 			     const struct rs_dispatch_candidate *c, uint32_t n)
 {
 	const struct rs_tenant *tenant = request->tenant;
-	bool allowed[n];
+	bool *allowed = d->allowed; /* n <= workers */
 	bool any = false;
 	double most = -INFINITY;
 	for (uint32_t i = 0; i < n; i++) {
