@@ -774,6 +774,11 @@ uint32_t rs_sched_lane_worker(const struct rs_sched *sched, uint32_t lane)
 	return lane / sched->config.lanes;
 }
 
+uint32_t rs_sched_workers(const struct rs_sched *sched)
+{
+	return sched->n_workers;
+}
+
 uint32_t rs_sched_worker_load(const struct rs_sched *sched, uint32_t worker)
 {
 	return sched->workers[worker].load;

@@ -126,6 +126,9 @@ int rs_sched_create_workers(const struct rs_sched_config *config, struct rs_kv_c
 uint32_t rs_sched_lanes(const struct rs_sched *sched);
 uint32_t rs_sched_lane_worker(const struct rs_sched *sched, uint32_t lane);
 
+/* Workers (config.workers, at least 1). */
+uint32_t rs_sched_workers(const struct rs_sched *sched);
+
 /* Requests admitted to the worker (staged or running), not yet finished. */
 uint32_t rs_sched_worker_load(const struct rs_sched *sched, uint32_t worker);
 
