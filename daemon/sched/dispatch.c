@@ -53,7 +53,7 @@ int rs_dispatch_create(const struct rs_dispatch_params *params, uint32_t workers
 	if (!dispatch->params.cache_threshold)
 		dispatch->params.cache_threshold = 0.5;
 	if (!dispatch->params.quantum)
-		dispatch->params.quantum = 2048;
+		dispatch->params.quantum = 65536;
 	if (!dispatch->params.balance_abs)
 		dispatch->params.balance_abs = 32;
 	if (!dispatch->params.balance_rel)

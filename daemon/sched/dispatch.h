@@ -46,7 +46,7 @@ struct rs_dispatch_params {
 	double cache_threshold;	 /* cache-aware: share of the prompt; 0: 0.5 (SGLang's) */
 	uint32_t balance_abs;	 /* cache-aware: load gap in requests; 0: 32 (SGLang's) */
 	double balance_rel;	 /* cache-aware: load ratio; 0: 1.0001 (SGLang's) */
-	double quantum;		 /* d2lpm: weighted tokens per round per worker; 0: 2048 */
+	double quantum;		 /* d2lpm: weighted tokens per round per worker; 0: 65536 */
 };
 
 /* What the core tells the policy about one candidate worker. */

@@ -52,7 +52,7 @@ static void usage(void)
 "  --workers N (1)       engine instances, each with --kv-blocks and --lanes\n"
 		"  --dispatch P          d2lpm, round-robin, least-loaded, cache-aware (d2lpm)\n"
 		"  --load-threshold N    d2lpm: requests (max batch / 2); --cache-threshold X:\n"
-		"                        cache-aware (0.5); --dispatch-quantum Q: d2lpm (2048)\n"
+		"                        cache-aware (0.5); --dispatch-quantum Q: d2lpm (65536)\n"
 		"                        compare with --workers > 1: once per dispatch policy\n"
 		"  --cost FILE           the step cost model (default: built in, this machine's CPU)\n"
 		"  --json FILE           results as JSON too\n"
