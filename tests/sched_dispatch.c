@@ -29,9 +29,11 @@ struct world {
 	uint32_t workers, lanes;
 	uint64_t clock_ns;
 	int32_t status[MAX_REQUESTS];
+	uint32_t generated[MAX_REQUESTS];
 	bool done[MAX_REQUESTS];
-	uint32_t worker_of[MAX_REQUESTS]; /* where it was dispatched (at its first plan) */
-	uint32_t served_by[MAX_WORKERS];  /* requests finished with status 0, per worker */
+	uint32_t worker_of[MAX_REQUESTS];   /* where it was dispatched (at its first plan) */
+	uint32_t preemptions[MAX_REQUESTS]; /* when worker_of was recorded */
+	uint32_t served_by[MAX_WORKERS];    /* requests finished with status 0, per worker */
 };
 
 static uint64_t now_hook(void *ctx)
@@ -49,6 +51,7 @@ static void finish_hook(void *ctx, struct rs_request *request, int32_t status)
 	uint32_t id = (uint32_t)request->user_data;
 	w->done[id] = true;
 	w->status[id] = status;
+	w->generated[id] = request->generated;
 	if (status == 0)
 		w->served_by[request->worker]++;
 	rs_request_put(&w->pool, request);
@@ -123,8 +126,11 @@ static bool run_lane(struct world *w, uint32_t lane, int status)
 		uint32_t worker = rs_sched_lane_worker(w->sched, lane);
 		CHECK(r->worker == worker, "request %u of worker %u runs on lane %u", id, r->worker,
 		      lane);
-		CHECK(w->worker_of[id] == UINT32_MAX || w->worker_of[id] == worker,
+		/* Only a preempted request, readmitted, may be dispatched elsewhere. */
+		CHECK(w->worker_of[id] == UINT32_MAX || w->worker_of[id] == worker ||
+			  r->preemptions > w->preemptions[id],
 		      "request %u moved from worker %u to %u", id, w->worker_of[id], worker);
+		w->preemptions[id] = r->preemptions;
 		w->worker_of[id] = worker;
 		if (plan->steps[i].sample)
 			*plan->steps[i].out_token = 1;
@@ -379,6 +385,38 @@ static void test_failure(void)
 	free(w);
 }
 
+/* Two workers of two lanes each, KV pools small enough to evict and preempt, random
+ * prompts with shared prefixes from two tenants, under every policy: the core's invariants
+ * hold after every step (rs_sched_check: per-worker promises and loads, every block a
+ * running request holds in use in its own worker's pool), a request changes worker only
+ * after a preemption (run_lane), and each ends with status 0 and all its tokens. */
+static void test_pressure(enum rs_dispatch_policy policy)
+{
+	enum { N = 400 };
+	struct world *w = calloc(1, sizeof(*w));
+	struct rs_dispatch_params d = {.policy = policy, .load_threshold = 2};
+	world_init(w, 2, 2, 4, 24, RS_ADMISSION_DLPM, 64, &d);
+	uint64_t seed = 7;
+	uint32_t want[N];
+	for (uint32_t id = 0; id < N; id++) {
+		uint32_t prompt = 8 + lcg(&seed) % 56;
+		want[id] = 1 + lcg(&seed) % 40;
+		submit(w, id, id % 2, lcg(&seed) % 3, prompt / 2, prompt, want[id]);
+	}
+	drain(w);
+	const struct rs_sched_stats *stats = rs_sched_stats(w->sched);
+	CHECK(stats->preemptions > 0, "%s: no preemption with 24-block pools",
+	      rs_dispatch_policy_name(policy));
+	for (uint32_t id = 0; id < N; id++)
+		CHECK(w->done[id] && w->status[id] == 0 && w->generated[id] == want[id],
+		      "%s: request %u: done %d status %d, %u of %u tokens",
+		      rs_dispatch_policy_name(policy), id, w->done[id], w->status[id],
+		      w->generated[id], want[id]);
+	CHECK(w->served_by[0] > 0 && w->served_by[1] > 0, "a worker served nothing");
+	world_destroy(w);
+	free(w);
+}
+
 static void test_config(void)
 {
 	struct rs_kv_cache *kv[2];
@@ -426,5 +464,7 @@ int main(void)
 	test_baselines(RS_DISPATCH_LEAST_LOADED);
 	test_cache_aware();
 	test_failure();
+	for (int policy = 0; policy < 4; policy++)
+		test_pressure((enum rs_dispatch_policy)policy);
 	return T_EXIT_PASS;
 }
