@@ -117,6 +117,8 @@ int rs_daemon_init(struct rs_daemon *daemon, const struct rs_daemon_config *conf
 	    .admission = config->admission,
 	    .planner = config->multibin ? &rs_planner_multibin : NULL,
 	    .multibin = config->multibin_params,
+	    .workers = engine->workers,
+	    .dispatch = config->dispatch,
 	};
 	struct rs_sched_hooks hooks = {
 	    .now_ns = clock_now,
@@ -124,7 +126,13 @@ int rs_daemon_init(struct rs_daemon *daemon, const struct rs_daemon_config *conf
 	    .finish = rs_scheduler_on_finish,
 	    .ctx = daemon,
 	};
-	if ((ret = rs_sched_create(&sched_config, engine->kv, &hooks, &daemon->sched))) {
+	if (engine->workers > 1)
+		sched_config.lanes = engine->lanes / engine->workers; /* per worker */
+	ret =
+	    engine->workers > 1
+		? rs_sched_create_workers(&sched_config, engine->worker_kv, &hooks, &daemon->sched)
+		: rs_sched_create(&sched_config, engine->kv, &hooks, &daemon->sched);
+	if (ret) {
 		fprintf(stderr, "ringserved: scheduler: %s\n", strerror(-ret));
 		return ret;
 	}
@@ -240,6 +248,11 @@ int rs_daemon_run(struct rs_daemon *daemon)
 
 void rs_daemon_destroy(struct rs_daemon *daemon)
 {
+	/* What each worker served, for the operator (and tests/daemon_workers). */
+	uint32_t workers = daemon->sched && daemon->engine ? daemon->engine->workers : 0;
+	for (uint32_t w = 0; workers > 1 && w < workers; w++)
+		fprintf(stderr, "ringserved: worker %u served %llu requests\n", w,
+			(unsigned long long)rs_sched_worker_served(daemon->sched, w));
 	rs_control_destroy(daemon);
 	if (daemon->clients) {
 		for (uint32_t i = 0; i < daemon->config.max_clients; i++) {

@@ -44,10 +44,11 @@ struct rs_daemon_config {
 	uint64_t heartbeat_ns; /* write the heartbeat this often (also while asleep) */
 	bool force_eventfd;    /* do not use IORING_OP_FUTEX_WAIT even when available */
 	/* Scheduling (docs/scheduling.md). */
-	struct rs_admission_params admission; /* --policy, --quantum, --w-prompt, --w-output */
-	bool prefix_cache;		      /* --no-prefix-cache clears it */
-	bool multibin;			      /* --planner multibin */
+	struct rs_admission_params admission;	   /* --policy, --quantum, --w-prompt, --w-output */
+	bool prefix_cache;			   /* --no-prefix-cache clears it */
+	bool multibin;				   /* --planner multibin */
 	struct rs_multibin_params multibin_params; /* --bins, --bin-batch, --bin-mode, ... */
+	struct rs_dispatch_params dispatch; /* --dispatch, --load-threshold, ... (--workers) */
 	uint32_t max_tenants;
 	/* --config: weights, limits and allowed uids per tenant name. The daemon takes the
 	 * parsed configuration over (frees it; replaces it on SIGHUP from the file at

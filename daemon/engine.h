@@ -51,8 +51,12 @@ struct rs_serving_engine {
 	uint32_t eos_token;  /* UINT32_MAX: none */
 	uint32_t max_seq_len;
 	uint32_t max_batch_tokens; /* tokens per step */
-	struct rs_kv_cache *kv;	   /* the KV block allocator */
-	const void *vocab;	   /* serialized vocabulary for clients, or NULL */
+	struct rs_kv_cache *kv;	   /* the KV block allocator (worker 0's with several) */
+	/* Workers (rs_workers_engine_create): `workers` engine instances, each with its own
+	 * KV pool (worker_kv[w]) and `lanes / workers` lanes. 0 or 1 and NULL: one. */
+	uint32_t workers;
+	struct rs_kv_cache *const *worker_kv;
+	const void *vocab; /* serialized vocabulary for clients, or NULL */
 	uint64_t vocab_bytes;
 	void *impl;
 };
@@ -89,6 +93,13 @@ struct rs_model_engine_options {
  * (GGUF or llama2.c). Returns 0 or a negative errno with a message on stderr. */
 int rs_model_engine_create(const struct rs_model_engine_options *options,
 			   struct rs_serving_engine **engine);
+
+/* One engine over n instances (taken over; n <= 256) of the same shape (lanes, max_batch,
+ * vocabulary, block size): worker w runs lanes [w * lanes, (w + 1) * lanes) of the result
+ * on its own engine, with its own KV pool. A failed step of one fails only its requests.
+ * Returns 0, -EINVAL (shapes differ; the engines are then destroyed), -ENOMEM. */
+int rs_workers_engine_create(struct rs_serving_engine **engines, uint32_t n,
+			     struct rs_serving_engine **out);
 
 /* The null engine's i-th output token for a prompt, documented in docs/shm-abi.md:
  * h = FNV-1a-64 over the prompt's token ids (each id XORed in whole, then multiplied by

@@ -62,6 +62,14 @@ static void usage(FILE *out)
 		"  --bin-deadline-ms N   multibin: a bin waits at most N ms to fill (1000)\n"
 		"  --bin-boundaries L,.. multibin: fixed upper lengths of bins 0..K-2 (default: the\n"
 		"                        observed lengths' quantiles)\n"
+		"  --workers N           engine instances, each its own KV pool, prefix cache and\n"
+		"                        --lanes lanes; CPU workers split --threads (1)\n"
+		"  --dispatch NAME       which worker a request runs on: d2lpm, round-robin,\n"
+		"                        least-loaded, cache-aware (d2lpm; docs/scheduling.md)\n"
+		"  --load-threshold N    d2lpm: leave the best-cached worker when its load exceeds\n"
+		"                        the least-loaded's by more than N requests (max batch / 2)\n"
+		"  --cache-threshold X   cache-aware: cached share of the prompt to follow (0.5)\n"
+		"  --dispatch-quantum N  d2lpm: weighted tokens per tenant per worker a round (65536)\n"
 		"  --max-tenants N       tenants known at once (1024)\n"
 		"  --config FILE         tenants: weights, limits, allowed uids (SIGHUP reloads it)\n"
 		"  --ready-fd N          write one byte to descriptor N once listening, then close it\n"
@@ -163,6 +171,7 @@ int main(int argc, char **argv)
 	const char *engine_name = NULL;
 	struct rs_model_engine_options model_options = {.backend = "auto"};
 	int ready_fd = -1;
+	uint32_t workers = 1;
 
 	enum {
 		OPT_SOCKET = 256, OPT_SOCKET_MODE, OPT_ALLOW_UID, OPT_ALLOW_GID, OPT_CPU,
@@ -172,6 +181,7 @@ int main(int argc, char **argv)
 		OPT_THREADS, OPT_KV_BLOCKS, OPT_MAX_BATCH_TOKENS, OPT_KV_DTYPE, OPT_POLICY, OPT_QUANTUM,
 		OPT_W_PROMPT, OPT_W_OUTPUT, OPT_NO_PREFIX_CACHE, OPT_MAX_TENANTS, OPT_CONFIG,
 		OPT_PLANNER, OPT_BINS, OPT_BIN_BATCH, OPT_BIN_MODE, OPT_BIN_DEADLINE, OPT_BIN_BOUNDARIES,
+		OPT_WORKERS, OPT_DISPATCH, OPT_LOAD_THRESHOLD, OPT_CACHE_THRESHOLD, OPT_DISPATCH_QUANTUM,
 	};
 	/* Same order as the enum: options[opt - 256] names an option in messages. */
 	static const struct option options[] = {
@@ -217,6 +227,11 @@ int main(int argc, char **argv)
 		{"bin-mode", required_argument, 0, OPT_BIN_MODE},
 		{"bin-deadline-ms", required_argument, 0, OPT_BIN_DEADLINE},
 		{"bin-boundaries", required_argument, 0, OPT_BIN_BOUNDARIES},
+		{"workers", required_argument, 0, OPT_WORKERS},
+		{"dispatch", required_argument, 0, OPT_DISPATCH},
+		{"load-threshold", required_argument, 0, OPT_LOAD_THRESHOLD},
+		{"cache-threshold", required_argument, 0, OPT_CACHE_THRESHOLD},
+		{"dispatch-quantum", required_argument, 0, OPT_DISPATCH_QUANTUM},
 		{0, 0, 0, 0},
 	};
 	int opt;
@@ -310,6 +325,26 @@ int main(int argc, char **argv)
 		case OPT_W_PROMPT: bad = parse_weight(optarg, &config.admission.w_prompt); break;
 		case OPT_W_OUTPUT: bad = parse_weight(optarg, &config.admission.w_output); break;
 		case OPT_NO_PREFIX_CACHE: config.prefix_cache = false; break;
+		case OPT_WORKERS:
+			bad = parse_number(optarg, 10, 1, 256, &value);
+			workers = (uint32_t)value;
+			break;
+		case OPT_DISPATCH:
+			bad = rs_dispatch_policy_parse(optarg, &config.dispatch.policy) != 0;
+			break;
+		case OPT_LOAD_THRESHOLD:
+			bad = parse_number(optarg, 10, 1, 1u << 20, &value);
+			config.dispatch.load_threshold = (uint32_t)value;
+			break;
+		case OPT_DISPATCH_QUANTUM: bad = parse_weight(optarg, &config.dispatch.quantum); break;
+		case OPT_CACHE_THRESHOLD: {
+			char *end;
+			errno = 0;
+			config.dispatch.cache_threshold = strtod(optarg, &end);
+			bad = errno || end == optarg || *end || !(config.dispatch.cache_threshold > 0) ||
+			      config.dispatch.cache_threshold > 1;
+			break;
+		}
 		case OPT_PLANNER:
 			config.multibin = strcmp(optarg, "multibin") == 0;
 			bad = !config.multibin && strcmp(optarg, "continuous") != 0;
@@ -383,18 +418,47 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 
 	struct rs_serving_engine *engine = NULL;
-	int ret;
+	struct rs_serving_engine *instances[256] = {NULL};
+	int ret = 0;
 	if (!engine_name)
 		engine_name = model_options.model_path ? "model" : "null";
-	if (strcmp(engine_name, "null") == 0) {
-		ret = rs_null_engine_create(&null_options, &engine);
-	} else if (strcmp(engine_name, "model") == 0 && model_options.model_path) {
-		model_options.lanes = null_options.lanes;
-		model_options.max_batch = null_options.max_batch;
-		ret = rs_model_engine_create(&model_options, &engine);
-	} else {
+	if (strcmp(engine_name, "null") != 0 &&
+	    !(strcmp(engine_name, "model") == 0 && model_options.model_path)) {
 		fprintf(stderr, "ringserved: unknown engine '%s' (null, or model with --model)\n", engine_name);
 		return 2;
+	}
+	if (workers > 1 && config.multibin) {
+		fprintf(stderr, "ringserved: --workers needs --planner continuous\n");
+		return 2;
+	}
+	/* CPU workers split the cores: each instance gets its share of --threads (all CPUs
+	 * when not given). */
+	if (workers > 1 && model_options.threads == 0) {
+		long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+		model_options.threads = cpus > (long)workers ? (int)(cpus / workers) : 1;
+	} else if (workers > 1) {
+		model_options.threads = model_options.threads > (int)workers
+					    ? model_options.threads / (int)workers
+					    : 1;
+	}
+	uint32_t created = 0;
+	for (; created < workers && ret == 0; created++) {
+		if (strcmp(engine_name, "null") == 0) {
+			ret = rs_null_engine_create(&null_options, &instances[created]);
+		} else {
+			model_options.lanes = null_options.lanes;
+			model_options.max_batch = null_options.max_batch;
+			ret = rs_model_engine_create(&model_options, &instances[created]);
+		}
+	}
+	if (ret) {
+		for (uint32_t i = 0; i < created; i++)
+			if (instances[i])
+				instances[i]->ops->destroy(instances[i]);
+	} else if (workers > 1) {
+		ret = rs_workers_engine_create(instances, workers, &engine);
+	} else {
+		engine = instances[0];
 	}
 	if (ret) {
 		fprintf(stderr, "ringserved: cannot create the %s engine: %s\n", engine_name, strerror(-ret));

@@ -256,8 +256,16 @@ void rs_stats_publish(struct rs_stats_publisher *stats, const struct rs_daemon *
 	struct rs_sched *sched = daemon->sched;
 	const struct rs_sched_stats *core = rs_sched_stats(sched);
 	const struct rs_tenant_table *table = rs_sched_tenants(sched);
-	struct rs_kv_cache *kv = rs_sched_kv(sched);
 	struct rs_prefix_cache *cache = rs_sched_prefix_cache(sched);
+	/* Over every worker's pool and cache (one unless --workers). */
+	uint64_t kv_total = 0, kv_used = 0, kv_cached = 0;
+	for (uint32_t w = 0; w < rs_sched_workers(sched); w++) {
+		struct rs_kv_cache *pool = rs_sched_worker_kv(sched, w);
+		struct rs_prefix_cache *tree = rs_sched_worker_cache(sched, w);
+		kv_total += rs_kv_n_blocks(pool);
+		kv_used += rs_kv_n_blocks(pool) - rs_kv_free_count(pool);
+		kv_cached += tree ? rs_prefix_cache_nodes(tree) : 0;
+	}
 
 	/* The tenants in use, their figures brought up to date. */
 	uint32_t n_used = 0;
@@ -288,9 +296,9 @@ void rs_stats_publish(struct rs_stats_publisher *stats, const struct rs_daemon *
 			    : daemon->draining ? RS_DAEMON_DRAINING
 					       : RS_DAEMON_RUNNING,
 	    .prefix_cache = cache != NULL,
-	    .kv_blocks_total = rs_kv_n_blocks(kv),
-	    .kv_blocks_used = rs_kv_n_blocks(kv) - rs_kv_free_count(kv),
-	    .kv_blocks_cached = cache ? rs_prefix_cache_nodes(cache) : 0,
+	    .kv_blocks_total = kv_total,
+	    .kv_blocks_used = kv_used,
+	    .kv_blocks_cached = kv_cached,
 	    .prompt_tokens = core->prompt_tokens,
 	    .cached_tokens = core->cached_tokens,
 	    .steps = core->steps,

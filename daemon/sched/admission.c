@@ -160,3 +160,13 @@ uint32_t rs_admission_waiting(const struct rs_admission *admission)
 {
 	return admission->waiting;
 }
+
+double rs_admission_w_prompt(const struct rs_admission *admission)
+{
+	return admission->params.w_prompt;
+}
+
+double rs_admission_w_output(const struct rs_admission *admission)
+{
+	return admission->params.w_output;
+}

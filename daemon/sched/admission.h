@@ -100,6 +100,10 @@ void rs_admission_charge_output(struct rs_admission *admission, struct rs_tenant
  * waiter whenever a prefix it waits on is cached or evicted). */
 bool rs_admission_orders_by_prefix(const struct rs_admission *admission);
 
+/* The charges in use (the defaults resolved). */
+double rs_admission_w_prompt(const struct rs_admission *admission);
+double rs_admission_w_output(const struct rs_admission *admission);
+
 /* Requests waiting. */
 uint32_t rs_admission_waiting(const struct rs_admission *admission);
 

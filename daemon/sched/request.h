@@ -80,7 +80,8 @@ struct rs_request {
 	uint32_t blocks_capacity;
 	uint32_t promised; /* blocks promised at admission, not yet taken */
 	uint32_t lane;
-	uint32_t seat; /* index in its lane's running array */
+	uint32_t worker;	   /* the worker it was dispatched to at admission (sched.h) */
+	uint32_t seat;		   /* index in its lane's running array */
 	uint32_t predicted_output; /* the planner's guess at its output length; 0: none */
 	uint32_t bin;		   /* the multi-bin planner's bin for it */
 	uint32_t preemptions;

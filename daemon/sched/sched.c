@@ -31,39 +31,86 @@ static void on_match_changed(void *ctx, struct rs_prefix_waiter *waiter, uint32_
 int rs_sched_create(const struct rs_sched_config *config, struct rs_kv_cache *kv,
 		    const struct rs_sched_hooks *hooks, struct rs_sched **out)
 {
+	if (config->workers > 1)
+		return -EINVAL; /* rs_sched_create_workers */
+	return rs_sched_create_workers(config, &kv, hooks, out);
+}
+
+int rs_sched_create_workers(const struct rs_sched_config *config, struct rs_kv_cache *const *kvs,
+			    const struct rs_sched_hooks *hooks, struct rs_sched **out)
+{
+	uint32_t n_workers = config->workers ? config->workers : 1;
 	if (!config->lanes || !config->max_batch || !config->max_batch_tokens ||
-	    !config->max_tenants || !config->vocab_size || !kv || !hooks->now_ns || !hooks->token ||
-	    !hooks->finish)
+	    !config->max_tenants || !config->vocab_size || !kvs || !hooks->now_ns ||
+	    !hooks->token || !hooks->finish ||
+	    (n_workers > 1 && config->planner && config->planner != &rs_planner_continuous))
 		return -EINVAL;
+	for (uint32_t w = 0; w < n_workers; w++)
+		if (!kvs[w] || rs_kv_block_size(kvs[w]) != rs_kv_block_size(kvs[0]))
+			return -EINVAL;
 	struct rs_sched *sched = calloc(1, sizeof(*sched));
 	if (!sched)
 		return -ENOMEM;
 	sched->config = *config;
+	sched->config.workers = n_workers;
 	sched->hooks = *hooks;
 	sched->planner = config->planner ? config->planner : &rs_planner_continuous;
-	sched->kv = kv;
-	sched->block_size = rs_kv_block_size(kv);
+	sched->kv = kvs[0];
+	sched->block_size = rs_kv_block_size(kvs[0]);
+	sched->n_workers = n_workers;
+	sched->n_lanes = n_workers * config->lanes;
 	struct rs_admission_params admission = config->admission;
 	admission.max_tenants = config->max_tenants;
 	int ret = rs_tenant_table_init(&sched->tenants, config->max_tenants);
 	if (!ret)
 		ret = rs_admission_create(&admission, &sched->admission);
-	if (!ret && config->prefix_cache) {
-		struct rs_prefix_cache_hooks cache_hooks = {.match_changed = on_match_changed,
-							    .ctx = sched};
-		ret = rs_prefix_cache_create(kv, &cache_hooks, &sched->cache);
-	}
 	if (ret)
 		goto fail;
 	ret = -ENOMEM;
-	sched->match_scratch = calloc(rs_kv_n_blocks(kv), sizeof(uint32_t));
+	sched->workers = calloc(n_workers, sizeof(*sched->workers));
+	sched->candidates = calloc(n_workers, sizeof(*sched->candidates));
+	if (!sched->workers || !sched->candidates)
+		goto fail;
+	uint32_t most_blocks = 0;
+	sched->min_kv_blocks = UINT32_MAX;
+	for (uint32_t w = 0; w < n_workers; w++) {
+		struct rs_sched_worker *worker = &sched->workers[w];
+		worker->index = w;
+		worker->kv = kvs[w];
+		uint32_t n_blocks = rs_kv_n_blocks(kvs[w]);
+		most_blocks = n_blocks > most_blocks ? n_blocks : most_blocks;
+		sched->min_kv_blocks =
+		    n_blocks < sched->min_kv_blocks ? n_blocks : sched->min_kv_blocks;
+		if (config->prefix_cache) {
+			struct rs_prefix_cache_hooks cache_hooks = {
+			    .match_changed = on_match_changed, .ctx = sched};
+			if ((ret = rs_prefix_cache_create(kvs[w], &cache_hooks, &worker->cache)) !=
+			    0)
+				goto fail;
+			ret = -ENOMEM;
+		}
+	}
+	sched->cache = sched->workers[0].cache;
+	if (n_workers > 1) {
+		struct rs_dispatch_params dispatch = config->dispatch;
+		if (!dispatch.load_threshold)
+			dispatch.load_threshold = config->max_batch / 2 ? config->max_batch / 2 : 1;
+		if ((ret = rs_dispatch_create(&dispatch, n_workers, config->max_tenants,
+					      rs_admission_w_prompt(sched->admission),
+					      rs_admission_w_output(sched->admission),
+					      &sched->dispatch)) != 0)
+			goto fail;
+		ret = -ENOMEM;
+	}
+	sched->match_scratch = calloc(most_blocks, sizeof(uint32_t));
 	sched->charged = calloc(config->max_batch, sizeof(*sched->charged));
-	sched->lanes = calloc(config->lanes, sizeof(*sched->lanes));
+	sched->lanes = calloc(sched->n_lanes, sizeof(*sched->lanes));
 	if (!sched->match_scratch || !sched->charged || !sched->lanes)
 		goto fail;
-	for (uint32_t l = 0; l < config->lanes; l++) {
+	for (uint32_t l = 0; l < sched->n_lanes; l++) {
 		struct rs_sched_lane *lane = &sched->lanes[l];
 		lane->index = l;
+		lane->worker = &sched->workers[l / config->lanes];
 		lane->running = calloc(config->max_batch, sizeof(*lane->running));
 		lane->plan.requests = calloc(config->max_batch, sizeof(*lane->plan.requests));
 		lane->plan.steps = calloc(config->max_batch, sizeof(*lane->plan.steps));
@@ -87,7 +134,7 @@ void rs_sched_destroy(struct rs_sched *sched)
 		return;
 	if (sched->planner_state && sched->planner->destroy)
 		sched->planner->destroy(sched);
-	for (uint32_t l = 0; sched->lanes && l < sched->config.lanes; l++) {
+	for (uint32_t l = 0; sched->lanes && l < sched->n_lanes; l++) {
 		struct rs_sched_lane *lane = &sched->lanes[l];
 		free(lane->running);
 		free(lane->plan.requests);
@@ -97,7 +144,11 @@ void rs_sched_destroy(struct rs_sched *sched)
 	free(sched->lanes);
 	free(sched->match_scratch);
 	free(sched->charged);
-	rs_prefix_cache_destroy(sched->cache);
+	for (uint32_t w = 0; sched->workers && w < sched->n_workers; w++)
+		rs_prefix_cache_destroy(sched->workers[w].cache);
+	free(sched->workers);
+	free(sched->candidates);
+	rs_dispatch_destroy(sched->dispatch);
 	rs_admission_destroy(sched->admission);
 	rs_tenant_table_destroy(&sched->tenants);
 	free(sched);
@@ -123,7 +174,10 @@ static void start_waiting(struct rs_sched *sched, struct rs_request *request, bo
 	request->waiter.max_blocks = (rs_sched_context(request) - 1) / sched->block_size;
 	request->waiter.match_blocks = 0;
 	/* A context of one block or less can never match: nothing to track. */
-	request->watched = sched->cache && request->waiter.max_blocks > 0 &&
+	/* With several workers a waiting request has no cache yet: its match is taken at
+	 * dispatch, and lpm and dlpm see every waiting request as matching nothing. */
+	request->watched = sched->cache && sched->n_workers == 1 &&
+			   request->waiter.max_blocks > 0 &&
 			   rs_admission_orders_by_prefix(sched->admission);
 	if (request->watched)
 		rs_prefix_cache_watch(sched->cache, &request->waiter);
@@ -144,7 +198,7 @@ int rs_sched_submit(struct rs_sched *sched, struct rs_request *request)
 	if (request->prompt_len == 0 || request->max_new_tokens == 0)
 		return -EINVAL;
 	uint32_t max_share = request->tenant->max_kv_blocks;
-	if (blocks_for(sched, positions) > rs_kv_n_blocks(sched->kv) ||
+	if (blocks_for(sched, positions) > sched->min_kv_blocks ||
 	    (max_share && blocks_for(sched, positions) > max_share))
 		return -E2BIG;
 	request->arrival = sched->next_arrival++;
@@ -183,13 +237,19 @@ static void compact_lane(struct rs_sched_lane *lane)
 	lane->n_holes = 0;
 }
 
+static struct rs_sched_worker *worker_of(struct rs_sched *sched, const struct rs_request *request)
+{
+	return &sched->workers[request->worker];
+}
+
 static void release_blocks(struct rs_sched *sched, struct rs_request *request)
 {
-	if (sched->cache)
-		rs_prefix_cache_unlock(sched->cache, request->locked);
+	struct rs_sched_worker *worker = worker_of(sched, request);
+	if (worker->cache)
+		rs_prefix_cache_unlock(worker->cache, request->locked);
 	request->locked = NULL;
 	for (uint32_t i = 0; i < request->n_blocks; i++)
-		rs_kv_block_unref(sched->kv, request->blocks[i]);
+		rs_kv_block_unref(worker->kv, request->blocks[i]);
 	request->tenant->kv_blocks -= request->n_blocks;
 	request->n_blocks = 0;
 }
@@ -253,12 +313,13 @@ static void unpark(struct rs_sched *sched, struct rs_tenant *tenant)
  * node's path (what it matched or inserted) is its table's first blocks already. */
 static void cache_prefix(struct rs_sched *sched, struct rs_request *request, uint32_t n_full)
 {
+	struct rs_prefix_cache *cache = worker_of(sched, request)->cache;
 	struct rs_prefix_node *node = rs_prefix_cache_insert_below(
-	    sched->cache, request->locked, request->tokens, n_full, request->blocks);
+	    cache, request->locked, request->tokens, n_full, request->blocks);
 	if (!node)
 		return;
-	rs_prefix_cache_lock(sched->cache, node);
-	rs_prefix_cache_unlock(sched->cache, request->locked);
+	rs_prefix_cache_lock(cache, node);
+	rs_prefix_cache_unlock(cache, request->locked);
 	request->locked = node;
 }
 
@@ -286,7 +347,8 @@ static void stop_running(struct rs_sched *sched, struct rs_request *request)
 	} else
 		remove_from_lane(&sched->lanes[request->lane], request);
 	release_blocks(sched, request);
-	sched->promised -= request->promised;
+	worker_of(sched, request)->promised -= request->promised;
+	worker_of(sched, request)->load--;
 	request->tenant->kv_blocks -= request->promised;
 	request->promised = 0;
 	sched->running--;
@@ -300,12 +362,14 @@ static void finish(struct rs_sched *sched, struct rs_request *request, int32_t s
 	if (request->state == RS_REQUEST_RUNNING || request->state == RS_REQUEST_STAGED) {
 		/* The prompt and the output so far: a conversation's next turn starts with it.
 		 * Not locked: the request lets go of it at once. */
-		if (status == 0 && sched->cache)
-			rs_prefix_cache_insert_below(sched->cache, request->locked, request->tokens,
-						     request->computed / sched->block_size,
-						     request->blocks);
+		if (status == 0 && worker_of(sched, request)->cache)
+			rs_prefix_cache_insert_below(
+			    worker_of(sched, request)->cache, request->locked, request->tokens,
+			    request->computed / sched->block_size, request->blocks);
 		if (status == 0 && sched->planner->finished)
 			sched->planner->finished(sched, request);
+		if (status == 0)
+			worker_of(sched, request)->served++;
 		stop_running(sched, request);
 	} else if (request->state == RS_REQUEST_WAITING) {
 		rs_admission_remove(sched->admission, request);
@@ -342,18 +406,58 @@ static void preempt(struct rs_sched *sched, struct rs_request *request)
 }
 
 /* Free blocks not promised to admitted requests, but for `own` promised to the asker. */
-static uint32_t unpromised_free(const struct rs_sched *sched, uint32_t own)
+static uint32_t unpromised_free(const struct rs_sched_worker *worker, uint32_t own)
 {
-	uint32_t free_blocks = rs_kv_free_count(sched->kv);
-	uint32_t others = sched->promised - own;
+	uint32_t free_blocks = rs_kv_free_count(worker->kv);
+	uint32_t others = worker->promised - own;
 	return free_blocks > others ? free_blocks - others : 0;
+}
+
+/* The worker the dispatch policy sends the request to, among those with a free seat
+ * (NULL: none has one). The match on each worker's cache only reads it. */
+static struct rs_sched_worker *dispatch(struct rs_sched *sched, const struct rs_request *request)
+{
+	uint32_t n = 0, seats = sched->config.lanes * sched->config.max_batch;
+	for (uint32_t w = 0; w < sched->n_workers; w++) {
+		struct rs_sched_worker *worker = &sched->workers[w];
+		if (worker->load >= seats)
+			continue;
+		uint32_t matched = 0;
+		struct rs_prefix_node *deepest;
+		if (worker->cache && request->waiter.max_blocks)
+			matched = rs_prefix_cache_match(worker->cache, request->tokens,
+							request->waiter.max_blocks,
+							sched->match_scratch, &deepest);
+		sched->candidates[n++] = (struct rs_dispatch_candidate){
+		    .worker = w,
+		    .matched_tokens = matched * sched->block_size,
+		    .load = worker->load,
+		    .cached_blocks = worker->cache ? rs_prefix_cache_nodes(worker->cache) : 0};
+	}
+	if (!n)
+		return NULL;
+	uint32_t chosen = rs_dispatch_choose(sched->dispatch, request, sched->candidates, n);
+	return &sched->workers[sched->candidates[chosen].worker];
 }
 
 struct rs_request *rs_sched_admit_next(struct rs_sched *sched, struct rs_sched_lane *lane)
 {
 	if (!rs_sched_free_seats(sched, lane))
 		return NULL;
-	struct rs_request *request = rs_sched_admit_staged(sched);
+	struct rs_request *request;
+	if (sched->n_workers > 1) {
+		/* Requests dispatched to this worker while its lanes were busy go first; then
+		 * admissions until one is dispatched here (each other one waits staged for its
+		 * worker, whose load is bounded by its seats: this ends). */
+		for (request = sched->staged_head; request; request = request->queue_next)
+			if (request->worker == lane->worker->index)
+				break;
+		while (!request && (request = rs_sched_admit_staged(sched)) &&
+		       request->worker != lane->worker->index)
+			request = NULL;
+	} else {
+		request = rs_sched_admit_staged(sched);
+	}
 	if (request)
 		rs_sched_seat(sched, lane, request);
 	return request;
@@ -386,42 +490,45 @@ struct rs_request *rs_sched_admit_staged(struct rs_sched *sched)
 		else
 			park(sched, request);
 	}
+	struct rs_sched_worker *worker = &sched->workers[0];
+	if (sched->n_workers > 1 && !(worker = dispatch(sched, request)))
+		return NULL; /* every worker's seats are taken */
+	struct rs_prefix_cache *cache = worker->cache;
 	uint32_t context = rs_sched_context(request);
 	uint32_t matched = 0;
 	struct rs_prefix_node *deepest = NULL;
 	/* A context of one block or less can never match (its last token is always fed). */
-	if (sched->cache && request->waiter.max_blocks) {
-		matched =
-		    rs_prefix_cache_match(sched->cache, request->tokens, request->waiter.max_blocks,
-					  sched->match_scratch, &deepest);
-		rs_prefix_cache_lock(sched->cache, deepest); /* not evicted below */
+	if (cache && request->waiter.max_blocks) {
+		matched = rs_prefix_cache_match(cache, request->tokens, request->waiter.max_blocks,
+						sched->match_scratch, &deepest);
+		rs_prefix_cache_lock(cache, deepest); /* not evicted below */
 	}
 	/* Its whole uncached context is promised now, so that its prefill chunks never have
 	 * to preempt anyone; only decode growth does. Evict only when that makes it fit: an
 	 * eviction for a request that still cannot run would only empty the cache. */
 	uint32_t needed = blocks_for(sched, context) - matched;
-	uint32_t available = unpromised_free(sched, 0);
-	uint32_t evictable = sched->cache ? rs_prefix_cache_nodes(sched->cache) -
-						rs_prefix_cache_locked_nodes(sched->cache)
-					  : 0;
+	uint32_t available = unpromised_free(worker, 0);
+	uint32_t evictable =
+	    cache ? rs_prefix_cache_nodes(cache) - rs_prefix_cache_locked_nodes(cache) : 0;
 	if (available < needed && available + evictable >= needed) {
-		sched->stats.evicted_blocks +=
-		    rs_prefix_cache_evict(sched->cache, needed - available);
-		available = unpromised_free(sched, 0);
+		sched->stats.evicted_blocks += rs_prefix_cache_evict(cache, needed - available);
+		available = unpromised_free(worker, 0);
 	}
 	if (available < needed) {
-		if (sched->cache)
-			rs_prefix_cache_unlock(sched->cache, deepest);
+		if (cache)
+			rs_prefix_cache_unlock(cache, deepest);
 		return NULL; /* it stays next: the policy's order is kept */
 	}
+	request->worker = worker->index;
+	worker->load++;
 	request->promised = needed;
-	sched->promised += needed;
+	worker->promised += needed;
 	uint32_t cached = matched * sched->block_size;
 	rs_admission_take(sched->admission, request,
 			  request->prompt_len > cached ? request->prompt_len - cached : 0);
 	stop_waiting(sched, request);
 	for (uint32_t i = 0; i < matched; i++) {
-		rs_kv_block_ref(sched->kv, sched->match_scratch[i]);
+		rs_kv_block_ref(worker->kv, sched->match_scratch[i]);
 		request->blocks[i] = sched->match_scratch[i];
 	}
 	request->n_blocks = matched;
@@ -457,6 +564,7 @@ struct rs_request *rs_sched_admit_staged(struct rs_sched *sched)
 int rs_sched_reserve(struct rs_sched *sched, struct rs_sched_lane *lane, struct rs_request *request,
 		     uint32_t positions)
 {
+	struct rs_sched_worker *worker = lane->worker;
 	uint32_t needed = blocks_for(sched, positions);
 	while (request->n_blocks < needed) {
 		if (!request->promised && over_share(request->tenant, 1)) {
@@ -473,20 +581,20 @@ int rs_sched_reserve(struct rs_sched *sched, struct rs_sched_lane *lane, struct 
 			continue;
 		}
 		int block =
-		    unpromised_free(sched, request->promised) ? rs_kv_block_alloc(sched->kv) : -1;
+		    unpromised_free(worker, request->promised) ? rs_kv_block_alloc(worker->kv) : -1;
 		if (block >= 0) {
 			request->blocks[request->n_blocks++] = (uint32_t)block;
 			if (request->promised) {
 				request->promised--;
-				sched->promised--;
+				worker->promised--;
 			} else {
 				request->tenant->kv_blocks++;
 			}
 			continue;
 		}
-		if (sched->cache) {
+		if (worker->cache) {
 			uint32_t evicted =
-			    rs_prefix_cache_evict(sched->cache, needed - request->n_blocks);
+			    rs_prefix_cache_evict(worker->cache, needed - request->n_blocks);
 			sched->stats.evicted_blocks += evicted;
 			if (evicted)
 				continue;
@@ -581,7 +689,8 @@ static void advance(struct rs_sched *sched, struct rs_request *request,
 		return;
 	}
 	/* The prompt is in: later prompts that start with it hit from now on. */
-	if (request->generated == 1 && request->preemptions == 0 && sched->cache)
+	if (request->generated == 1 && request->preemptions == 0 &&
+	    worker_of(sched, request)->cache)
 		cache_prefix(sched, request, request->prompt_len / sched->block_size);
 }
 
@@ -603,6 +712,9 @@ void rs_sched_step_done(struct rs_sched *sched, uint32_t lane_index, int status)
 	for (uint32_t i = 0; i < sched->n_charged; i++) {
 		struct rs_tenant *tenant = sched->charged[i];
 		rs_admission_charge_output(sched->admission, tenant, tenant->step_output);
+		if (sched->dispatch)
+			rs_dispatch_charge_output(sched->dispatch, tenant, lane->worker->index,
+						  tenant->step_output);
 		tenant->step_output = 0;
 	}
 	sched->n_charged = 0;
@@ -652,10 +764,50 @@ struct rs_prefix_cache *rs_sched_prefix_cache(const struct rs_sched *sched)
 	return sched->cache;
 }
 
+uint32_t rs_sched_lanes(const struct rs_sched *sched)
+{
+	return sched->n_lanes;
+}
+
+uint32_t rs_sched_lane_worker(const struct rs_sched *sched, uint32_t lane)
+{
+	return lane / sched->config.lanes;
+}
+
+uint32_t rs_sched_workers(const struct rs_sched *sched)
+{
+	return sched->n_workers;
+}
+
+uint32_t rs_sched_worker_load(const struct rs_sched *sched, uint32_t worker)
+{
+	return sched->workers[worker].load;
+}
+
+uint64_t rs_sched_worker_served(const struct rs_sched *sched, uint32_t worker)
+{
+	return sched->workers[worker].served;
+}
+
+struct rs_kv_cache *rs_sched_worker_kv(const struct rs_sched *sched, uint32_t worker)
+{
+	return sched->workers[worker].kv;
+}
+
+struct rs_prefix_cache *rs_sched_worker_cache(const struct rs_sched *sched, uint32_t worker)
+{
+	return sched->workers[worker].cache;
+}
+
+const struct rs_dispatch *rs_sched_dispatch(const struct rs_sched *sched)
+{
+	return sched->dispatch;
+}
+
 int rs_sched_check(const struct rs_sched *sched)
 {
 	uint32_t running = 0, promised = 0;
-	for (uint32_t l = 0; l < sched->config.lanes; l++) {
+	for (uint32_t l = 0; l < sched->n_lanes; l++) {
 		const struct rs_sched_lane *lane = &sched->lanes[l];
 		uint32_t holes = 0;
 		for (uint32_t i = 0; i < lane->n_running; i++) {
@@ -682,7 +834,8 @@ int rs_sched_check(const struct rs_sched *sched)
 				return -EUCLEAN;
 			}
 			for (uint32_t b = 0; b < request->n_blocks; b++)
-				if (rs_kv_block_refcount(sched->kv, request->blocks[b]) == 0) {
+				if (rs_kv_block_refcount(sched->lanes[l].worker->kv,
+							 request->blocks[b]) == 0) {
 					fprintf(stderr,
 						"sched: a running request holds free block %u\n",
 						request->blocks[b]);
@@ -710,9 +863,22 @@ int rs_sched_check(const struct rs_sched *sched)
 		fprintf(stderr, "sched: %u staged (counted %u)\n", staged, sched->staged);
 		return -EUCLEAN;
 	}
-	if (running != sched->running || promised != sched->promised) {
-		fprintf(stderr, "sched: %u running (counted %u), %u blocks promised (counted %u)\n",
-			running, sched->running, promised, sched->promised);
+	uint32_t counted_promised = 0, counted_load = 0;
+	for (uint32_t w = 0; w < sched->n_workers; w++) {
+		counted_promised += sched->workers[w].promised;
+		counted_load += sched->workers[w].load;
+		if (sched->workers[w].promised > rs_kv_free_count(sched->workers[w].kv)) {
+			fprintf(stderr, "sched: worker %u: %u blocks promised, %u free\n", w,
+				sched->workers[w].promised, rs_kv_free_count(sched->workers[w].kv));
+			return -EUCLEAN;
+		}
+	}
+	if (running != sched->running || promised != counted_promised ||
+	    counted_load != sched->running) {
+		fprintf(stderr,
+			"sched: %u running (counted %u, by workers %u), %u blocks promised "
+			"(counted %u)\n",
+			running, sched->running, counted_load, promised, counted_promised);
 		return -EUCLEAN;
 	}
 	uint32_t tenants_running = 0;
@@ -722,7 +888,7 @@ int rs_sched_check(const struct rs_sched *sched)
 			continue;
 		tenants_running += tenant->running;
 		uint32_t held = 0;
-		for (uint32_t l = 0; l < sched->config.lanes; l++)
+		for (uint32_t l = 0; l < sched->n_lanes; l++)
 			for (uint32_t i = 0; i < sched->lanes[l].n_running; i++) {
 				const struct rs_request *request = sched->lanes[l].running[i];
 				if (request && request->tenant == tenant)
@@ -742,11 +908,6 @@ int rs_sched_check(const struct rs_sched *sched)
 	if (tenants_running != sched->running) {
 		fprintf(stderr, "sched: tenants count %u running, the core %u\n", tenants_running,
 			sched->running);
-		return -EUCLEAN;
-	}
-	if (sched->promised > rs_kv_free_count(sched->kv)) {
-		fprintf(stderr, "sched: %u blocks promised, %u free\n", sched->promised,
-			rs_kv_free_count(sched->kv));
 		return -EUCLEAN;
 	}
 	return 0;

@@ -23,6 +23,11 @@
  * produced. Sampling is stateless (kernels/engine/sampling.h) and steps are batch
  * invariant, so its output is the same as if it had never been preempted.
  *
+ * Workers (config.workers > 1, rs_sched_create_workers): engine instances with their own
+ * KV pool, prefix cache and lanes. One admission policy orders all waiting requests; at
+ * admission the dispatch policy (dispatch.h) picks the worker, among those with a free
+ * seat, and the request lives there (a preempted one is dispatched again when readmitted).
+ *
  * Results go out through hooks: a token (the data path publishes it) and a request's end
  * (the data path completes it and may free it: the core never touches it again). A hook
  * may call rs_sched_cancel. No allocation per request: requests come from the data
@@ -34,6 +39,7 @@
 #include <stdint.h>
 
 #include "daemon/sched/admission.h"
+#include "daemon/sched/dispatch.h"
 #include "daemon/sched/prefix_cache.h"
 #include "daemon/sched/request.h"
 #include "daemon/sched/tenant.h"
@@ -46,10 +52,10 @@ struct rs_planner_ops;
 
 /* The multi-bin planner's settings (planner_multibin.c, docs/scheduling.md). */
 struct rs_multibin_params {
-	uint32_t bins;	    /* k, 1 .. RS_MULTIBIN_MAX_BINS (1: plain batching) */
-	uint32_t batch;	    /* B: requests a batch gathers, <= max_batch; 0: max_batch */
-	bool continuous;    /* a lane refills freed seats from its bin each step; false
-			     * (static): a batch runs until its last member ends */
+	uint32_t bins;	      /* k, 1 .. RS_MULTIBIN_MAX_BINS (1: plain batching) */
+	uint32_t batch;	      /* B: requests a batch gathers, <= max_batch; 0: max_batch */
+	bool continuous;      /* a lane refills freed seats from its bin each step; false
+			       * (static): a batch runs until its last member ends */
 	uint64_t deadline_ns; /* a bin whose oldest request has waited this long runs with
 			       * what it has (no starvation); 0: 1 s. Longer than a batch
 			       * takes, or bins run before they fill */
@@ -60,8 +66,8 @@ struct rs_multibin_params {
 };
 
 struct rs_sched_config {
-	uint32_t lanes;		   /* independent step queues (CUDA streams, CPU workers) */
-	uint32_t max_batch;	   /* requests running on a lane at most */
+	uint32_t lanes;	    /* independent step queues (CUDA streams, CPU threads), per worker */
+	uint32_t max_batch; /* requests running on a lane at most */
 	uint32_t max_batch_tokens; /* tokens in one step at most (decodes + prefill chunks) */
 	uint32_t max_tenants;
 	uint32_t vocab_size;		      /* sampled ids are checked against it */
@@ -70,6 +76,11 @@ struct rs_sched_config {
 	struct rs_admission_params admission; /* max_tenants is taken from above */
 	const struct rs_planner_ops *planner; /* planner.h; NULL: continuous batching */
 	struct rs_multibin_params multibin;   /* for rs_planner_multibin */
+	/* Workers (engine instances, each its own KV pool, prefix cache and `lanes` lanes;
+	 * dispatch.h); 0 or 1: one, and the core is what it is without workers. More than
+	 * one needs the continuous planner. */
+	uint32_t workers;
+	struct rs_dispatch_params dispatch;
 };
 
 struct rs_sched_hooks {
@@ -109,6 +120,32 @@ struct rs_sched_stats {
  * the storage). Returns 0, -EINVAL (a zero limit), -ENOMEM. */
 int rs_sched_create(const struct rs_sched_config *config, struct rs_kv_cache *kv,
 		    const struct rs_sched_hooks *hooks, struct rs_sched **out);
+
+/* The same with config->workers workers, worker w over the block allocator kvs[w] (every
+ * one with the same block size). Lane l (0 .. workers x lanes) belongs to worker
+ * l / config->lanes. Returns 0, -EINVAL, -ENOMEM. */
+int rs_sched_create_workers(const struct rs_sched_config *config, struct rs_kv_cache *const *kvs,
+			    const struct rs_sched_hooks *hooks, struct rs_sched **out);
+
+/* Lanes over all workers (workers x config.lanes), and the worker a lane belongs to. */
+uint32_t rs_sched_lanes(const struct rs_sched *sched);
+uint32_t rs_sched_lane_worker(const struct rs_sched *sched, uint32_t lane);
+
+/* Workers (config.workers, at least 1). */
+uint32_t rs_sched_workers(const struct rs_sched *sched);
+
+/* Requests admitted to the worker (staged or running), not yet finished. */
+uint32_t rs_sched_worker_load(const struct rs_sched *sched, uint32_t worker);
+
+/* Requests that ended on the worker with status 0. */
+uint64_t rs_sched_worker_served(const struct rs_sched *sched, uint32_t worker);
+
+/* The worker's pool and prefix cache (NULL when disabled). */
+struct rs_kv_cache *rs_sched_worker_kv(const struct rs_sched *sched, uint32_t worker);
+struct rs_prefix_cache *rs_sched_worker_cache(const struct rs_sched *sched, uint32_t worker);
+
+/* The dispatch policy's state (NULL with one worker), for tests and statistics. */
+const struct rs_dispatch *rs_sched_dispatch(const struct rs_sched *sched);
 
 /* Free the core. Every request must have finished. NULL is allowed. */
 void rs_sched_destroy(struct rs_sched *sched);

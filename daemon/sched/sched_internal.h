@@ -3,11 +3,24 @@
 #ifndef RS_DAEMON_SCHED_SCHED_INTERNAL_H
 #define RS_DAEMON_SCHED_SCHED_INTERNAL_H
 
+#include "daemon/sched/dispatch.h"
 #include "daemon/sched/planner.h"
 #include "daemon/sched/sched.h"
 
+/* A worker: an engine instance with its own KV pool, prefix cache and lanes (lanes
+ * [index * config.lanes, (index + 1) * config.lanes) of sched->lanes). */
+struct rs_sched_worker {
+	uint32_t index;
+	struct rs_kv_cache *kv;
+	struct rs_prefix_cache *cache; /* NULL: no prefix sharing */
+	uint32_t promised;	       /* blocks promised to its admitted requests, not yet taken */
+	uint32_t load;	 /* requests admitted to it (staged or seated), not finished */
+	uint64_t served; /* requests that ended there with status 0 */
+};
+
 struct rs_sched_lane {
 	uint32_t index;
+	struct rs_sched_worker *worker;
 	/* Admitted requests in admission order, max_batch entries. A request that stops
 	 * running leaves a hole (NULL) there, closed at the next plan: no O(n) move per end. */
 	struct rs_request **running;
@@ -22,15 +35,21 @@ struct rs_sched {
 	struct rs_sched_hooks hooks;
 	const struct rs_planner_ops *planner;
 	void *planner_state;
+	/* Worker 0's pool and cache (the only ones with one worker), for the accessors. */
 	struct rs_kv_cache *kv;
-	uint32_t block_size;
-	struct rs_prefix_cache *cache; /* NULL: no prefix sharing */
+	uint32_t block_size; /* every worker's */
+	struct rs_prefix_cache *cache;
+	struct rs_sched_worker *workers;
+	uint32_t n_workers;
+	uint32_t n_lanes;			  /* n_workers * config.lanes */
+	struct rs_dispatch *dispatch;		  /* NULL with one worker */
+	struct rs_dispatch_candidate *candidates; /* n_workers entries */
+	uint32_t min_kv_blocks;			  /* the smallest worker pool */
 	struct rs_admission *admission;
 	struct rs_tenant_table tenants;
 	struct rs_sched_lane *lanes;
 	uint32_t running;
-	uint32_t promised; /* blocks promised to admitted requests, not yet taken */
-	uint32_t parked;   /* requests set aside for their tenant's KV share */
+	uint32_t parked; /* requests set aside for their tenant's KV share */
 	/* Staged requests (admitted, not yet seated) in admission order, through their
 	 * queue links; counted in `running`. */
 	struct rs_request *staged_head, *staged_tail;

@@ -49,6 +49,11 @@ static void usage(void)
 		"  --bin-deadline-ms T   multibin: a bin waits at most T ms to fill (1000)\n"
 		"  --bin-boundaries L,.. multibin: fixed upper lengths of bins 0..K-2 (default:\n"
 		"                        quantiles of the observed lengths)\n"
+"  --workers N (1)       engine instances, each with --kv-blocks and --lanes\n"
+		"  --dispatch P          d2lpm, round-robin, least-loaded, cache-aware (d2lpm)\n"
+		"  --load-threshold N    d2lpm: requests (max batch / 2); --cache-threshold X:\n"
+		"                        cache-aware (0.5); --dispatch-quantum Q: d2lpm (65536)\n"
+		"                        compare with --workers > 1: once per dispatch policy\n"
 		"  --cost FILE           the step cost model (default: built in, this machine's CPU)\n"
 		"  --json FILE           results as JSON too\n"
 		"calibrate: --backend cpu|cuda (cpu), --threads N (0: one per CPU), --out FILE\n");
@@ -60,6 +65,7 @@ enum {
 	OPT_W_PROMPT, OPT_W_OUTPUT, OPT_NO_CACHE, OPT_LANES, OPT_MAX_BATCH, OPT_MAX_TOKENS,
 	OPT_KV_BLOCKS, OPT_BLOCK_SIZE, OPT_MAX_IN_FLIGHT, OPT_COST, OPT_JSON, OPT_THREADS, OPT_OUT, OPT_BACKEND,
 	OPT_PLANNER, OPT_BINS, OPT_BIN_BATCH, OPT_BIN_MODE, OPT_BIN_DEADLINE, OPT_BIN_BOUNDARIES,
+	OPT_WORKERS, OPT_DISPATCH, OPT_LOAD_THRESHOLD, OPT_CACHE_THRESHOLD, OPT_DISPATCH_QUANTUM,
 };
 
 static const struct option options[] = {
@@ -96,6 +102,11 @@ static const struct option options[] = {
 	{"bin-mode", required_argument, 0, OPT_BIN_MODE},
 	{"bin-deadline-ms", required_argument, 0, OPT_BIN_DEADLINE},
 	{"bin-boundaries", required_argument, 0, OPT_BIN_BOUNDARIES},
+	{"workers", required_argument, 0, OPT_WORKERS},
+	{"dispatch", required_argument, 0, OPT_DISPATCH},
+	{"load-threshold", required_argument, 0, OPT_LOAD_THRESHOLD},
+	{"cache-threshold", required_argument, 0, OPT_CACHE_THRESHOLD},
+	{"dispatch-quantum", required_argument, 0, OPT_DISPATCH_QUANTUM},
 	{0, 0, 0, 0},
 };
 
@@ -251,6 +262,25 @@ int main(int argc, char **argv)
 			break;
 		case OPT_COST: cost_path = optarg; break;
 		case OPT_JSON: json_path = optarg; break;
+		case OPT_WORKERS:
+			bad = number(name, optarg, 1, 256, &v), config.workers = (uint32_t)v;
+			break;
+		case OPT_DISPATCH:
+			bad = rs_dispatch_policy_parse(optarg, &config.dispatch.policy);
+			if (bad)
+				fprintf(stderr, "ringserve-sim: --dispatch: d2lpm, round-robin, "
+						"least-loaded or cache-aware\n");
+			break;
+		case OPT_LOAD_THRESHOLD:
+			bad = number(name, optarg, 1, 1 << 20, &v);
+			config.dispatch.load_threshold = (uint32_t)v;
+			break;
+		case OPT_CACHE_THRESHOLD:
+			bad = number(name, optarg, 0, 1, &config.dispatch.cache_threshold);
+			break;
+		case OPT_DISPATCH_QUANTUM:
+			bad = number(name, optarg, 1, 1e12, &config.dispatch.quantum);
+			break;
 		case OPT_THREADS: bad = number(name, optarg, 0, 1024, &v), threads = (int)v; break;
 		case OPT_OUT: out_path = optarg; break;
 		case OPT_BACKEND:
@@ -340,14 +370,21 @@ int main(int argc, char **argv)
 		bool compare = strcmp(command, "compare") == 0;
 		static const enum rs_admission_policy all[] = {
 			RS_ADMISSION_FCFS, RS_ADMISSION_LPM, RS_ADMISSION_VTC, RS_ADMISSION_DLPM};
+		static const enum rs_dispatch_policy all_dispatch[] = {
+			RS_DISPATCH_D2LPM, RS_DISPATCH_ROUND_ROBIN, RS_DISPATCH_LEAST_LOADED,
+			RS_DISPATCH_CACHE_AWARE};
+		/* With several workers, compare sets dispatch policies side by side. */
+		bool by_dispatch = config.workers > 1;
 		FILE *json = json_path ? fopen(json_path, "w") : NULL;
 		if (json_path && !json) {
 			fprintf(stderr, "ringserve-sim: %s: %s\n", json_path, strerror(errno));
 			return 1;
 		}
-		printf("ringserve-sim: %s; cost model: %s; %u lane(s), batch %u, %u tokens a step, "
-		       "%u KV blocks of %u, prefix cache %s\n\n",
-		       trace ? trace : "generated workload", config.cost.source, config.lanes,
+		printf("ringserve-sim: %s; cost model: %s; %u worker(s) (dispatch %s) of %u lane(s), "
+		       "batch %u, %u tokens a step, %u KV blocks of %u, prefix cache %s\n\n",
+		       trace ? trace : "generated workload", config.cost.source,
+		       config.workers ? config.workers : 1,
+		       rs_dispatch_policy_name(config.dispatch.policy), config.lanes,
 		       config.max_batch, config.max_batch_tokens, config.kv_blocks,
 		       config.block_size, config.prefix_cache ? "on" : "off");
 		if (json)
@@ -356,7 +393,9 @@ int main(int argc, char **argv)
 		int n = compare ? 4 : 1;
 		for (int i = 0; i < n && !status; i++) {
 			struct sim_config c = config;
-			if (compare)
+			if (compare && by_dispatch)
+				c.dispatch.policy = all_dispatch[i];
+			else if (compare)
 				c.admission.policy = all[i];
 			if (i) { /* the same workload again */
 				if (trace)
@@ -370,7 +409,8 @@ int main(int argc, char **argv)
 				status = 1;
 				break;
 			}
-			const char *name = rs_admission_policy_name(c.admission.policy);
+			const char *name = by_dispatch ? rs_dispatch_policy_name(c.dispatch.policy)
+						       : rs_admission_policy_name(c.admission.policy);
 			print_result(name, &results[i], i == 0);
 			if (json) {
 				if (i)
@@ -381,7 +421,9 @@ int main(int argc, char **argv)
 		if (!status)
 			for (int i = 0; i < n; i++) {
 				if (compare)
-					printf("\n%s:", rs_admission_policy_name(all[i]));
+					printf("\n%s:", by_dispatch
+								 ? rs_dispatch_policy_name(all_dispatch[i])
+								 : rs_admission_policy_name(all[i]));
 				print_bins(&results[i]);
 				print_tenants(&results[i]);
 			}

@@ -48,7 +48,7 @@ struct sim_request_spec {
 	uint32_t output_hint; /* the client's guess at output_len; 0: none */
 };
 
-enum { SIM_MAX_TENANTS = 64 };
+enum { SIM_MAX_TENANTS = 64, SIM_MAX_LANES = 256 };
 
 /* A generated workload: `requests` arrivals (Poisson at `rate` per second, or all at
  * time 0 when rate is 0) from `tenants` tenants, tenant 0 sending `skew` times as many
@@ -138,6 +138,8 @@ struct sim_config {
 	struct sim_cost_model cost;
 	uint32_t max_in_flight; /* requests submitted and not finished at most */
 	uint64_t sample_every_ns; /* service-difference samples (0: every step) */
+	uint32_t workers;	  /* engine instances, each kv_blocks and `lanes` lanes; 0: 1 */
+	struct rs_dispatch_params dispatch;
 };
 
 struct sim_tenant_result {

@@ -26,7 +26,7 @@ struct record {
 struct sim {
 	const struct sim_config *config;
 	struct rs_sched *sched;
-	struct rs_kv_cache *kv;
+	struct rs_kv_cache *kv[SIM_MAX_LANES];
 	struct rs_request_pool pool;
 	struct rs_tenant *tenants[SIM_MAX_TENANTS];
 	uint32_t n_tenants;
@@ -230,7 +230,15 @@ int sim_run(const struct sim_config *config, struct sim_workload *w, struct sim_
 	if (!sim)
 		return -ENOMEM;
 	sim->config = config;
-	int rc = rs_kv_cache_create(config->kv_blocks, config->block_size, &sim->kv);
+	uint32_t workers = config->workers ? config->workers : 1;
+	if ((uint64_t)workers * config->lanes > SIM_MAX_LANES) {
+		snprintf(err, err_size, "at most %d lanes over all workers", SIM_MAX_LANES);
+		free(sim);
+		return -EINVAL;
+	}
+	int rc = 0;
+	for (uint32_t i = 0; i < workers && rc == 0; i++)
+		rc = rs_kv_cache_create(config->kv_blocks, config->block_size, &sim->kv[i]);
 	struct rs_sched_config sc = {
 		.lanes = config->lanes,
 		.max_batch = config->max_batch,
@@ -242,11 +250,13 @@ int sim_run(const struct sim_config *config, struct sim_workload *w, struct sim_
 		.admission = config->admission,
 		.planner = config->planner,
 		.multibin = config->multibin,
+		.workers = workers,
+		.dispatch = config->dispatch,
 	};
 	struct rs_sched_hooks hooks = {
 		.now_ns = sim_now, .token = sim_token, .finish = sim_finish, .ctx = sim};
 	if (rc == 0)
-		rc = rs_sched_create(&sc, sim->kv, &hooks, &sim->sched);
+		rc = rs_sched_create_workers(&sc, sim->kv, &hooks, &sim->sched);
 	if (rc == 0)
 		rc = rs_request_pool_init(&sim->pool, config->max_in_flight);
 	for (uint32_t t = 0; t < w->n_tenants && rc == 0; t++) {
@@ -260,14 +270,9 @@ int sim_run(const struct sim_config *config, struct sim_workload *w, struct sim_
 		goto out;
 	}
 
-	uint32_t lanes = config->lanes;
-	uint64_t done_at[64];
-	bool busy[64] = {false};
-	if (lanes > 64) {
-		snprintf(err, err_size, "at most 64 lanes");
-		rc = -EINVAL;
-		goto out;
-	}
+	uint32_t lanes = rs_sched_lanes(sim->sched); /* over all workers */
+	uint64_t done_at[SIM_MAX_LANES];
+	bool busy[SIM_MAX_LANES] = {false};
 	struct sim_request_spec next;
 	bool more = sim_workload_next(w, &next);
 	if (more)
@@ -348,7 +353,8 @@ out:
 			rs_sched_tenant_release(sim->sched, sim->tenants[t]);
 	rs_sched_destroy(sim->sched);
 	rs_request_pool_destroy(&sim->pool);
-	rs_kv_cache_destroy(sim->kv);
+	for (uint32_t i = 0; i < workers; i++)
+		rs_kv_cache_destroy(sim->kv[i]);
 	free(sim->records);
 	free(sim);
 	clock_gettime(CLOCK_MONOTONIC, &wall1);

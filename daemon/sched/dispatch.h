@@ -1,0 +1,86 @@
+/* Dispatch: which worker an admitted request runs on, when the core has several.
+ *
+ * A worker is an engine instance with its own KV pool, its own prefix cache and its own
+ * lanes (sched.h). The admission policy (admission.h) says which request is admitted next,
+ * over all workers; the dispatch policy then says on which worker it runs, for its whole
+ * life (its blocks live in that worker's pool). Four policies, chosen at start
+ * (`--dispatch`, docs/scheduling.md states each rule):
+ *
+ *   d2lpm         DLPM across workers (Cao et al. 2025): a deficit per tenant per worker;
+ *                 among the workers where the tenant's deficit is positive, the one with
+ *                 the longest cached prefix of the request (ties: the less loaded, then the
+ *                 lower index), unless its load exceeds the least-loaded worker's by more
+ *                 than load_threshold: then the least-loaded. Dispatching to worker w
+ *                 charges the tenant's deficit there w_p per uncached prompt token; each
+ *                 token it generates there, w_q. When no candidate worker has a positive
+ *                 deficit, every worker gives the tenant quantum * weight (rounds).
+ *   round-robin   the next worker in turn.
+ *   least-loaded  the worker with the fewest requests running (ties: lower index).
+ *   cache-aware   SGLang's router: when loads are imbalanced (max - min > balance_abs
+ *                 and max > balance_rel x min), the least-loaded ("shortest queue");
+ *                 else when the longest cached prefix over the workers covers more than
+ *                 cache_threshold of the prompt, that worker; else the worker whose
+ *                 prefix cache holds the fewest blocks (the most room to cache).
+ *
+ * Candidates are the workers with a free seat (load below its lanes x max_batch); the core
+ * admits only when one exists. Load: requests admitted to the worker and not yet finished.
+ * No allocation after creation. */
+#ifndef RS_DAEMON_SCHED_DISPATCH_H
+#define RS_DAEMON_SCHED_DISPATCH_H
+
+#include <stdint.h>
+
+#include "daemon/sched/request.h"
+#include "daemon/sched/tenant.h"
+
+enum rs_dispatch_policy {
+	RS_DISPATCH_D2LPM = 0,
+	RS_DISPATCH_ROUND_ROBIN,
+	RS_DISPATCH_LEAST_LOADED,
+	RS_DISPATCH_CACHE_AWARE,
+};
+
+struct rs_dispatch_params {
+	enum rs_dispatch_policy policy;
+	uint32_t load_threshold; /* d2lpm: requests; 0: max_batch / 2, at least 1 */
+	double cache_threshold;	 /* cache-aware: share of the prompt; 0: 0.5 (SGLang's) */
+	uint32_t balance_abs;	 /* cache-aware: load gap in requests; 0: 32 (SGLang's) */
+	double balance_rel;	 /* cache-aware: load ratio; 0: 1.0001 (SGLang's) */
+	double quantum;		 /* d2lpm: weighted tokens per round per worker; 0: 65536 */
+};
+
+/* What the core tells the policy about one candidate worker. */
+struct rs_dispatch_candidate {
+	uint32_t worker;
+	uint32_t matched_tokens; /* of the request's prompt, cached on that worker */
+	uint32_t load;		 /* requests running or staged there */
+	uint32_t cached_blocks;	 /* blocks its prefix cache holds (its tree's size) */
+};
+
+struct rs_dispatch;
+
+/* Parse "d2lpm", "round-robin", "least-loaded", "cache-aware". Returns 0 or -EINVAL. */
+int rs_dispatch_policy_parse(const char *name, enum rs_dispatch_policy *policy);
+const char *rs_dispatch_policy_name(enum rs_dispatch_policy policy);
+
+/* For `workers` workers and tenant ids below max_tenants; w_prompt and w_output as the
+ * admission policy's (resolved, nonzero). Returns 0, -EINVAL, -ENOMEM. */
+int rs_dispatch_create(const struct rs_dispatch_params *params, uint32_t workers,
+		       uint32_t max_tenants, double w_prompt, double w_output,
+		       struct rs_dispatch **out);
+void rs_dispatch_destroy(struct rs_dispatch *dispatch);
+
+/* The index in candidates[0 .. n) (n >= 1) of the worker the request goes to; charges
+ * its prompt's uncached part there (d2lpm). */
+uint32_t rs_dispatch_choose(struct rs_dispatch *dispatch, const struct rs_request *request,
+			    const struct rs_dispatch_candidate *candidates, uint32_t n);
+
+/* The tenant generated n tokens on the worker (d2lpm charges its deficit there). */
+void rs_dispatch_charge_output(struct rs_dispatch *dispatch, const struct rs_tenant *tenant,
+			       uint32_t worker, uint32_t n_tokens);
+
+/* d2lpm's deficit of the tenant on the worker (weighted tokens); 0 under other policies. */
+double rs_dispatch_deficit(const struct rs_dispatch *dispatch, const struct rs_tenant *tenant,
+			   uint32_t worker);
+
+#endif
