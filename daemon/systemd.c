@@ -64,8 +64,8 @@ int rs_systemd_listen_fd(char *path, size_t path_size)
 	unsetenv("LISTEN_FDS");
 	unsetenv("LISTEN_FDNAMES");
 	if (fds != 1) {
-		fprintf(stderr, "ringserved: systemd passed %ld sockets; ringserved listens on one\n",
-			fds);
+		fprintf(stderr,
+			"ringserved: systemd passed %ld sockets; ringserved listens on one\n", fds);
 		return -EINVAL;
 	}
 	int fd = LISTEN_FDS_START;
@@ -97,8 +97,8 @@ int rs_systemd_notify(const char *state)
 	if (fd < 0)
 		return -errno;
 	socklen_t addr_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
-	ssize_t sent = sendto(fd, state, strlen(state), MSG_NOSIGNAL, (struct sockaddr *)&addr,
-			      addr_len);
+	ssize_t sent =
+	    sendto(fd, state, strlen(state), MSG_NOSIGNAL, (struct sockaddr *)&addr, addr_len);
 	int ret = sent < 0 ? -errno : 0;
 	close(fd);
 	return ret;

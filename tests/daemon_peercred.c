@@ -4,11 +4,11 @@
  * the daemon keeps serving afterwards. */
 #include <errno.h>
 #include <grp.h>
-#include <sys/wait.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "client-lib/ringserve.h"
@@ -30,7 +30,8 @@ static int connect_with_groups(const char *socket_path, gid_t extra_gid)
 	}
 	int status;
 	CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status), "child");
-	CHECK(WEXITSTATUS(status) <= 1, "child: setgroups or connect failed: %d", WEXITSTATUS(status));
+	CHECK(WEXITSTATUS(status) <= 1, "child: setgroups or connect failed: %d",
+	      WEXITSTATUS(status));
 	return WEXITSTATUS(status) == 0 ? 0 : -EPERM;
 }
 

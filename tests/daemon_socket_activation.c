@@ -55,8 +55,12 @@ static pid_t start(int passed, bool foreign_pid, const char *own_socket, int *st
 		setenv("LISTEN_PID", pid_text, 1);
 		setenv("LISTEN_FDS", "1", 1);
 		setenv("NOTIFY_SOCKET", notify, 1);
-		const char *argv[] = {binary, "--engine", "null", "--socket",
-				      own_socket ? own_socket : "/nonexistent/unused.sock", NULL};
+		const char *argv[] = {binary,
+				      "--engine",
+				      "null",
+				      "--socket",
+				      own_socket ? own_socket : "/nonexistent/unused.sock",
+				      NULL};
 		execv(binary, (char *const *)argv);
 		_exit(127);
 	}

@@ -38,14 +38,16 @@ int main(void)
 	char source[PATH_MAX];
 	CHECK(getcwd(source, sizeof(source)), "getcwd");
 	/* ExecStart must name an existing program: the one just built. */
-	snprintf(command, sizeof(command),
-		 "sed 's|@BINDIR@|%s|' '%s/tools/systemd/ringserved.service.in' > ringserved.service"
-		 " && cp '%s/tools/systemd/ringserved.socket' .",
-		 bindir, source, source);
+	snprintf(
+	    command, sizeof(command),
+	    "sed 's|@BINDIR@|%s|' '%s/tools/systemd/ringserved.service.in' > ringserved.service"
+	    " && cp '%s/tools/systemd/ringserved.socket' .",
+	    bindir, source, source);
 	CHECK(run(dir, command, out, sizeof(out)) == 0, "prepare: %s", out);
 
-	int rc = run(dir, "systemd-analyze verify --man=no ./ringserved.service ./ringserved.socket",
-		     out, sizeof(out));
+	int rc =
+	    run(dir, "systemd-analyze verify --man=no ./ringserved.service ./ringserved.socket",
+		out, sizeof(out));
 	CHECK(rc == 0 && out[0] == '\0', "verify: exit %d: %s", rc, out);
 
 	rc = run(dir, "systemd-analyze security --offline=true --threshold=20 ./ringserved.service",
