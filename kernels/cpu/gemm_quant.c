@@ -80,13 +80,40 @@ static float quantize_block(int8_t *q, const float *x, uint32_t n)
 	return d;
 }
 
+/* x[0..256) to 8 bits for the K-quants' products, exactly as llama.cpp's q8_K does it
+ * (quantize_row_q8_K_ref): the scale from the element of largest magnitude with its sign,
+ * iscale = -127 / max, q = round(iscale * x) (at most 127), d = 1 / iscale. The values
+ * d * q differ from amax / 127's in the last bit of d, and an 8-bit rounding that flips
+ * on that bit in one layer moves the next layer's inputs by a whole step: matching the
+ * arithmetic bit for bit is what keeps greedy ids equal to llama.cpp's on the same file
+ * (tests/interop_llamacpp_arch). */
+static float quantize_block_k(int8_t *q, const float *x)
+{
+	float amax = 0, max = 0;
+	for (uint32_t i = 0; i < 256; i++)
+		if (fabsf(x[i]) > amax) {
+			amax = fabsf(x[i]);
+			max = x[i];
+		}
+	if (amax == 0) {
+		memset(q, 0, 256);
+		return 0;
+	}
+	float iscale = -127.0f / max;
+	for (uint32_t i = 0; i < 256; i++) {
+		int v = (int)lrintf(iscale * x[i]);
+		q[i] = (int8_t)(v > 127 ? 127 : v);
+	}
+	return 1.0f / iscale;
+}
+
 static void quantize_activations(struct act_row a, const float *x, uint32_t k)
 {
 	for (uint32_t b = 0; b < k / 32; b++)
 		a.d[b] = quantize_block(a.q + 32 * b, x + 32 * b, 32);
 	/* A row whose k is not a multiple of 256 has no K-quant weights. */
 	for (uint32_t b = 0; b < k / 256; b++) {
-		a.dk[b] = quantize_block(a.qk + 256 * b, x + 256 * b, 256);
+		a.dk[b] = quantize_block_k(a.qk + 256 * b, x + 256 * b);
 		for (int g = 0; g < 16; g++) {
 			int32_t sum = 0;
 			for (int i = 0; i < 16; i++)
