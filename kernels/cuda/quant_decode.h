@@ -139,8 +139,7 @@ RSQ_FN void rsq_decode_group(float *out, const uint8_t *b, enum rs_dtype t, int 
 }
 
 /* Group `group` (counted along the row) of a row of blocks. */
-RSQ_FN void rsq_decode_row_group(float *out, const uint8_t *row, enum rs_dtype t,
-				 uint32_t group)
+RSQ_FN void rsq_decode_row_group(float *out, const uint8_t *row, enum rs_dtype t, uint32_t group)
 {
 	uint32_t per = rsq_block_groups(t);
 	rsq_decode_group(out, row + (size_t)(group / per) * rsq_block_bytes(t), t,
