@@ -189,6 +189,8 @@ static int dev_alloc(void **p, size_t bytes)
 static int upload(void *dst, const struct rs_tensor *t, enum rs_dtype to)
 {
 	size_t n = (size_t)(t->rows * t->cols), out_elem = rs_dtype_size(to);
+	if (rs_dtype_is_quant(t->dtype))
+		return -EINVAL; /* blocks travel as they are (upload_qmat_parts), never here */
 	if (t->dtype == to)
 		return cuda_errno(cudaMemcpy(dst, t->data, n * out_elem, cudaMemcpyHostToDevice));
 	const size_t CHUNK = 1 << 20;
@@ -362,7 +364,9 @@ static int load_weights_quant(struct rs_engine *e, struct cuda_engine *c, char *
 		c->panel_elems = deepest;
 	if (rc)
 		return rs_errmsg(err, err_size, rc, "uploading the quantized weights: %s",
-				 rc == -ENOMEM ? "out of device memory" : "CUDA error");
+				 rc == -ENOMEM   ? "out of device memory"
+				 : rc == -EINVAL ? "a quantized norm weight (only matrices may be)"
+						 : "CUDA error");
 	return 0;
 }
 
