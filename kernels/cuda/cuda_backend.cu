@@ -5,7 +5,9 @@
  * layer 0's wq: f16 and bf16 models run f16/bf16 GEMMs with fp32 accumulation, an f32
  * model runs fp32 GEMMs (tests and tiny models: exact parity with the CPU backend matters
  * more there than memory). A tensor stored in another dtype is converted at upload. Norm
- * weights, activations and the KV cache are fp32.
+ * weights, activations and the KV cache are fp32. A model with block-quantized matrices
+ * keeps each one's blocks as they are (struct qmat), feeds them f16 activations, and runs
+ * the unfused path: rs_cuda_qmatmul (matmul_quant.cu) for every product.
  *
  * A step only enqueues: its tokens, positions, KV slots, block tables and sampling
  * descriptors are written to the lane's pinned staging buffer and copied to the device by
