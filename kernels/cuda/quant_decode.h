@@ -23,9 +23,12 @@
 #ifdef __CUDACC__
 #include <cuda_fp16.h>
 #define RSQ_FN static __host__ __device__ __forceinline__
+/* Unrolled on the device, so that a group's 32 values stay in registers. */
+#define RSQ_UNROLL _Pragma("unroll")
 #else
 #include <math.h>
 #define RSQ_FN static inline
+#define RSQ_UNROLL
 #endif
 
 enum { RSQ_GROUP = 32 };
@@ -91,12 +94,14 @@ RSQ_FN void rsq_decode_group(float *out, const uint8_t *b, enum rs_dtype t, int 
 	switch (t) {
 	case RS_DTYPE_Q8_0: {
 		float d = rsq_f16(b);
+		RSQ_UNROLL
 		for (int i = 0; i < 32; i++)
 			out[i] = d * (float)(int8_t)b[2 + i];
 		break;
 	}
 	case RS_DTYPE_Q4_0: {
 		float d = rsq_f16(b);
+		RSQ_UNROLL
 		for (int i = 0; i < 16; i++) {
 			out[i] = d * (float)((b[2 + i] & 15) - 8);
 			out[i + 16] = d * (float)((b[2 + i] >> 4) - 8);
@@ -110,6 +115,7 @@ RSQ_FN void rsq_decode_group(float *out, const uint8_t *b, enum rs_dtype t, int 
 		float dj = rsq_f16(b) * (float)sc, mj = rsq_f16(b + 2) * (float)m;
 		const uint8_t *q = b + (five ? 48 : 16) + 32 * (g / 2), *qh = b + 16;
 		int shift = (g & 1) * 4;
+		RSQ_UNROLL
 		for (int l = 0; l < 32; l++) {
 			int v = (q[l] >> shift) & 15;
 			if (five)
@@ -125,6 +131,7 @@ RSQ_FN void rsq_decode_group(float *out, const uint8_t *b, enum rs_dtype t, int 
 		float d = rsq_f16(b + 208);
 		float d0 = d * (float)scales[0], d1 = d * (float)scales[1];
 		int shift = tt < 2 ? 0 : 4;
+		RSQ_UNROLL
 		for (int l = 0; l < 32; l++) {
 			int q = ((ql[l] >> shift) & 15) | (((qh[l] >> (2 * tt)) & 3) << 4);
 			out[l] = (l < 16 ? d0 : d1) * (float)(q - 32);
@@ -132,6 +139,7 @@ RSQ_FN void rsq_decode_group(float *out, const uint8_t *b, enum rs_dtype t, int 
 		break;
 	}
 	default:
+		RSQ_UNROLL
 		for (int l = 0; l < 32; l++)
 			out[l] = 0.0f;
 		break;
