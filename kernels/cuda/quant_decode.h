@@ -23,8 +23,13 @@
 #ifdef __CUDACC__
 #include <cuda_fp16.h>
 #define RSQ_FN static __host__ __device__ __forceinline__
-/* Unrolled on the device, so that a group's 32 values stay in registers. */
+/* Unrolled on the device, so that a group's 32 values stay in registers (the host
+ * compiler of nvcc's host pass does not know the pragma). */
+#ifdef __CUDA_ARCH__
 #define RSQ_UNROLL _Pragma("unroll")
+#else
+#define RSQ_UNROLL
+#endif
 #else
 #include <math.h>
 #define RSQ_FN static inline
