@@ -12,6 +12,9 @@
  *     CPU token by token (teacher forced: both get the CPU's tokens; a different choice
  *     is allowed only where the CPU's top-2 logit gap is within the logit tolerance), on
  *     two lanes;
+ *   - quantized models (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K, Q4_K_M from our quantizer): logits
+ *     CUDA vs CPU on the same quantized weights (tolerance at quant_rms_tol), greedy
+ *     ids of Q8_0 and Q4_K_M as above, through the GEMV and the f16 panels;
  *   - zero-copy: out_token inside a cudaHostRegister'ed memfd mapping, read back through
  *     a second mapping of the same memfd; registration errors.
  *
@@ -46,11 +49,12 @@ int main(void)
 
 #include <cuda_runtime_api.h>
 
-#include "kernels/cuda/cuda_ops.h"
-#include "kernels/model/dtype.h"
-#include "kernels/engine/engine.h"
-#include "kernels/model/model_random.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cuda/cuda_ops.h"
+#include "kernels/engine/engine.h"
+#include "kernels/model/dtype.h"
+#include "kernels/model/model_quantize.h"
+#include "kernels/model/model_random.h"
 #include "tests/engine_test.h"
 
 static void *dev_alloc(size_t bytes)
@@ -966,10 +970,77 @@ static struct rs_model_config gqa_config(void)
 	return cfg;
 }
 
+/* The architecture test_forward and test_greedy build their models with (NULL: Llama). */
+static const struct rs_model_random_extras *arch_extras;
+
+/* The quantization scheme ("q8_0", "q4_k_m", ...) test_forward and test_greedy apply to
+ * their random f32 model (NULL: none, the model in the test's dtype). */
+static const char *quant_scheme;
+
+/* The quantized models' shape: rows of 256 (dim, hidden, q_dim), so that the K-quants
+ * are not replaced by Q8_0 (rs_model_quantize's fallback for other row lengths). */
+static struct rs_model_config quant_config(void)
+{
+	struct rs_model_config cfg = gqa_config();
+	cfg.dim = 256;
+	cfg.hidden_dim = 512;
+	cfg.n_heads = 8;
+	cfg.n_kv_heads = 2;
+	return cfg;
+}
+
+/* Relative RMS error of quantized-model logits, CUDA vs CPU on the same quantized weights
+ * (decoded exactly by both): the CPU's decode rounds each product's input to 8 bits
+ * (a step of amax/127 per block, RMS error step/sqrt(12): 0.0039 of the data's RMS for
+ * uniform data, as tests/engine_quant_model.c takes it), the GPU's to f16 (2^-11/sqrt(3)
+ * = 0.0003); the 4 L + 1 products to the logits add independent errors (square root),
+ * times 3 for the network amplifying them. Individual logits: within 5 times that of the
+ * RMS (a normal tail over the ~10^4 logits compared stays under 4.5). For this shape
+ * (L = 3) that is 0.045 and 0.23 of the logits' RMS. Checked on the CPU alone (the same
+ * quantized models, 40 positions decoded one at a time, 8-bit activations, against one
+ * prefill of them, f32 activations: the GPU's side up to its f16 rounding), every
+ * scheme, seeds 11 and 21: relative RMS differences 0.012-0.018, largest 0.086 of the
+ * RMS: margins of 2.5 and 2.6. (The forward part's CPU batches exceed 8 rows, so the
+ * CPU takes its f32 path there; the 8-bit one is met in greedy decoding of 3.) */
+static double quant_rms_tol(const struct rs_model_config *cfg)
+{
+	return 3 * (0.0039 + 0.0003) * sqrt(4.0 * cfg->n_layers + 1);
+}
+
 /* Logit tolerance relative to the logits' RMS (see the top comment). */
 static double logit_rel_tol(enum rs_dtype dt)
 {
+	if (quant_scheme) {
+		struct rs_model_config cfg = quant_config();
+		return 5 * quant_rms_tol(&cfg);
+	}
 	return dt == RS_DTYPE_F16 ? 1e-2 : dt == RS_DTYPE_BF16 ? 5e-2 : 1e-4;
+}
+
+/* What test_forward and test_greedy run: a random model of dtype dt, or (quant_scheme)
+ * a random f32 model of quant_config's shape quantized by that scheme; NULL on failure. */
+static struct rs_model *test_model(struct rs_model_config *cfg, enum rs_dtype dt, uint64_t seed)
+{
+	struct rs_model *model = NULL, *q = NULL;
+	if (quant_scheme) {
+		*cfg = quant_config();
+		dt = RS_DTYPE_F32;
+	}
+	CHECK(rs_model_random_arch(cfg, dt, seed, false, arch_extras, &model) == 0, "model");
+	if (!model || !quant_scheme)
+		return model;
+	enum rs_quant_scheme scheme;
+	CHECK(rs_quant_scheme_parse(quant_scheme, &scheme) == 0 &&
+		  rs_model_quantize(model, scheme, &q) == 0,
+	      "quantize %s", quant_scheme);
+	rs_model_free(model);
+	return q;
+}
+
+/* The name of what test_model builds. */
+static const char *model_name(enum rs_dtype dt)
+{
+	return quant_scheme ? quant_scheme : rs_dtype_name(dt);
 }
 
 static double rms(const float *x, size_t n)
@@ -982,14 +1053,10 @@ static double rms(const float *x, size_t n)
 
 /* Whole forward pass: a prefill batch of three sequences, then a mixed step (one decodes,
  * one prefills a second chunk), logits compared CUDA vs CPU. */
-/* The architecture test_forward and test_greedy build their models with (NULL: Llama). */
-static const struct rs_model_random_extras *arch_extras;
-
 static void test_forward(enum rs_dtype dt)
 {
 	struct rs_model_config cfg = gqa_config();
-	struct rs_model *model = NULL;
-	CHECK(rs_model_random_arch(&cfg, dt, 11, false, arch_extras, &model) == 0, "model");
+	struct rs_model *model = test_model(&cfg, dt, 11);
 	if (!model)
 		return;
 	struct rs_engine *ec = make_engine(model, "cpu", 1, NULL), *eg = make_engine(model, "cuda", 1, NULL);
@@ -1024,9 +1091,20 @@ static void test_forward(enum rs_dtype dt)
 		CHECK(rs_engine_forward_logits(eg, sg, n, lg) == 0, "cuda logits");
 		double *ref = to_double(lc, (size_t)T * cfg.vocab_size);
 		char name[64];
-		snprintf(name, sizeof(name), "forward %s phase %d", rs_dtype_name(dt), phase);
+		snprintf(name, sizeof(name), "forward %s phase %d", model_name(dt), phase);
 		check_close(name, lg, ref, (size_t)T * cfg.vocab_size,
 			    logit_rel_tol(dt) * rms(lc, (size_t)T * cfg.vocab_size), 0.0);
+		if (quant_scheme) {
+			size_t nl = (size_t)T * cfg.vocab_size;
+			double se = 0;
+			for (size_t i = 0; i < nl; i++)
+				se += ((double)lg[i] - lc[i]) * ((double)lg[i] - lc[i]);
+			double rel = sqrt(se / nl) / rms(lc, nl), tol = quant_rms_tol(&cfg);
+			printf("%s: logits relative RMS difference %.4f (tolerance %.4f)\n", name,
+			       rel, tol);
+			CHECK(rel <= tol, "%s: relative RMS difference %.4f > %.4f", name, rel,
+			      tol);
+		}
 		free(lc), free(lg), free(ref);
 	}
 	for (int q = 0; q < SEQS; q++)
@@ -1042,8 +1120,7 @@ static void test_forward(enum rs_dtype dt)
 static void test_greedy(enum rs_dtype dt, int seqs, const char *graphs)
 {
 	struct rs_model_config cfg = gqa_config();
-	struct rs_model *model = NULL;
-	CHECK(rs_model_random_arch(&cfg, dt, 21, false, arch_extras, &model) == 0, "model");
+	struct rs_model *model = test_model(&cfg, dt, 21);
 	if (!model)
 		return;
 	struct rs_engine *ec = make_engine(model, "cpu", 1, NULL);
@@ -1108,7 +1185,7 @@ static void test_greedy(enum rs_dtype dt, int seqs, const char *graphs)
 					excused++;
 				} else {
 					CHECK(0, "%s seq %d step %u: cuda %u, cpu %u (gap %g)",
-					      rs_dtype_name(dt), i, step, q[i].out, want, gap);
+					      model_name(dt), i, step, q[i].out, want, gap);
 				}
 			}
 			/* Teacher forcing: both continue with the CPU's token. */
@@ -1120,7 +1197,7 @@ static void test_greedy(enum rs_dtype dt, int seqs, const char *graphs)
 	rs_engine_stats(eg, &st);
 	printf("greedy %s, %d sequences, graphs %s: %d tokens compared, %d near-tie differences; "
 	       "%llu steps replayed from %llu graphs\n",
-	       rs_dtype_name(dt), seqs, graphs, compared, excused,
+	       model_name(dt), seqs, graphs, compared, excused,
 	       (unsigned long long)st.graph_launches, (unsigned long long)st.graph_captures);
 	/* From step 3 on every sequence decodes (joins are at steps 0-2): with graphs on, each
 	 * such step replays one; the context grows past 64 positions only for some. */
@@ -1258,7 +1335,7 @@ static double now_seconds(void)
 	} while (0)
 
 /* Usage: engine_cuda [part...] with parts embedding rmsnorm rope swiglu matmul attention
- * sampling forward greedy zero_copy (none: all). */
+ * sampling forward greedy zero_copy qwen2 llama3 quant (none: all). */
 int main(int argc, char **argv)
 {
 	int devices = 0;
@@ -1298,6 +1375,22 @@ int main(int argc, char **argv)
 		       test_greedy(RS_DTYPE_F16, 3, "on"), test_greedy(RS_DTYPE_F32, 8, "off")));
 	arch_extras = &llama3;
 	PART("llama3", (test_forward(RS_DTYPE_F16), test_greedy(RS_DTYPE_BF16, 3, "on")));
+	arch_extras = NULL;
+	/* Quantized models (matmul_quant.cu): every format's forward pass (prefill of 13-40
+	 * tokens: f16 panels and cuBLAS; the mixed step: the GEMV), then greedy decoding of
+	 * Q8_0 and Q4_K_M (Q4_K with Q6_K parts: mixed formats in one fused matrix) through
+	 * the GEMV (3 sequences) and the panels (20), graphs on and off. */
+	static const char *const schemes[] = {"q8_0", "q4_0", "q4_k", "q5_k", "q6_k", "q4_k_m"};
+	for (size_t i = 0; i < sizeof(schemes) / sizeof(schemes[0]); i++) {
+		quant_scheme = schemes[i];
+		PART("quant", test_forward(RS_DTYPE_F32));
+	}
+	quant_scheme = "q8_0";
+	PART("quant", (test_greedy(RS_DTYPE_F32, 3, "on"), test_greedy(RS_DTYPE_F32, 20, "on")));
+	quant_scheme = "q4_k_m";
+	PART("quant", (test_greedy(RS_DTYPE_F32, 3, "on"), test_greedy(RS_DTYPE_F32, 3, "off"),
+		       test_greedy(RS_DTYPE_F32, 20, "on")));
+	quant_scheme = NULL;
 	TEST_END();
 }
 #endif

@@ -5,7 +5,9 @@
  * layer 0's wq: f16 and bf16 models run f16/bf16 GEMMs with fp32 accumulation, an f32
  * model runs fp32 GEMMs (tests and tiny models: exact parity with the CPU backend matters
  * more there than memory). A tensor stored in another dtype is converted at upload. Norm
- * weights, activations and the KV cache are fp32.
+ * weights, activations and the KV cache are fp32. A model with block-quantized matrices
+ * keeps each one's blocks as they are (struct qmat), feeds them f16 activations, and runs
+ * the unfused path: rs_cuda_qmatmul (matmul_quant.cu) for every product.
  *
  * A step only enqueues: its tokens, positions, KV slots, block tables and sampling
  * descriptors are written to the lane's pinned staging buffer and copied to the device by
@@ -49,6 +51,7 @@ extern "C" {
 #include "kernels/model/dtype.h"
 #include "kernels/engine/engine_backend.h"
 #include "kernels/model/errmsg.h"
+#include "kernels/model/quant.h"
 #include "kernels/cpu/ops.h"
 }
 
@@ -66,6 +69,15 @@ struct decode_graph {
 	uint64_t last_used;   /* the lane's step count when last launched */
 };
 
+/* A matrix of a quantized model: its blocks as the file has them, or f16 (a matrix the
+ * quantizer left in f32 or f16); rows of the product's output, and where they start in
+ * it. */
+struct qmat {
+	const void *w;
+	enum rs_dtype dtype;
+	uint32_t n, offset;
+};
+
 struct cuda_layer {
 	float *attn_norm, *ffn_norm; /* [dim], fp32 */
 	float *bqkv;		     /* [q_dim + 2 kv_dim] q, k, v biases, fp32; NULL: none */
@@ -73,6 +85,9 @@ struct cuda_layer {
 	void *wo;                    /* [dim][q_dim] */
 	void *w_gate_up;             /* [2 hidden][dim] */
 	void *w_down;                /* [dim][hidden] */
+	/* Quantized models: the parts of wqkv and w_gate_up (one allocation each, parts 256
+	 * bytes aligned, each in its own dtype: Q4_K_M mixes Q4_K and Q6_K), wo, w_down. */
+	struct qmat q_qkv[3], q_gate_up[2], q_wo, q_down;
 };
 
 struct cuda_lane {
@@ -89,6 +104,7 @@ struct cuda_lane {
 	void *xb, *att, *hidden;
 	double *sample_scratch;
 	float *att_scratch; /* split attention's partial softmaxes */
+	void *panel;        /* quantized models: f16 weight panels of batches past 16 rows */
 
 	/* The step's metadata: pinned host staging, its device copy. */
 	uint8_t *meta_h, *meta_d;
@@ -119,6 +135,12 @@ struct cuda_engine {
 	int device;
 	enum rs_dtype wtype;
 	struct cuda_layer *layers;
+	/* Quantized model: matrices as struct qmat says, activations into them f16 (wtype
+	 * F16), the unfused path (rs_cuda_qmatmul between the norm, RoPE, SwiGLU kernels). */
+	bool quant;
+	enum rs_dtype embedding_dtype; /* quantized or f16 */
+	struct qmat q_output;
+	size_t panel_elems;
 	void *embedding;  /* [vocab][dim] */
 	void *output;     /* [vocab][dim]; == embedding when tied */
 	float *final_norm;
@@ -169,6 +191,8 @@ static int dev_alloc(void **p, size_t bytes)
 static int upload(void *dst, const struct rs_tensor *t, enum rs_dtype to)
 {
 	size_t n = (size_t)(t->rows * t->cols), out_elem = rs_dtype_size(to);
+	if (rs_dtype_is_quant(t->dtype))
+		return -EINVAL; /* blocks travel as they are (upload_qmat_parts), never here */
 	if (t->dtype == to)
 		return cuda_errno(cudaMemcpy(dst, t->data, n * out_elem, cudaMemcpyHostToDevice));
 	const size_t CHUNK = 1 << 20;
@@ -217,8 +241,141 @@ static int upload_rope_table(const struct rs_engine *e, struct cuda_engine *c,
 	return rc;
 }
 
+/* Whether any matrix of the model is block-quantized (then every matrix takes the
+ * quantized path: struct qmat). */
+static bool model_is_quantized(const struct rs_model *m)
+{
+	if (rs_dtype_is_quant(m->token_embedding.dtype) || rs_dtype_is_quant(m->output.dtype))
+		return true;
+	for (uint32_t l = 0; l < m->config.n_layers; l++) {
+		const struct rs_layer_weights *w = &m->layers[l];
+		const struct rs_tensor *t[] = {&w->wq, &w->wk, &w->wv, &w->wo,
+					       &w->w_gate, &w->w_up, &w->w_down};
+		for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+			if (rs_dtype_is_quant(t[i]->dtype))
+				return true;
+	}
+	return false;
+}
+
+/* Device bytes of tensor t in a quantized model: its blocks, or f16. */
+static size_t qmat_bytes(const struct rs_tensor *t)
+{
+	if (rs_dtype_is_quant(t->dtype))
+		return (size_t)t->rows * rs_dtype_row_bytes(t->dtype, t->cols);
+	return (size_t)(t->rows * t->cols) * sizeof(uint16_t);
+}
+
+static size_t align256(size_t n)
+{
+	return (n + 255) & ~(size_t)255;
+}
+
+/* Upload the parts of one matrix of a quantized model (stacked by rows: [q|k|v],
+ * [gate|up]) into one allocation, each part as it is when quantized, else as f16. */
+static int upload_qmat_parts(void **dst, struct qmat *parts, const struct rs_tensor *const *t,
+			     int n_parts)
+{
+	size_t total = 0;
+	for (int i = 0; i < n_parts; i++)
+		total += align256(qmat_bytes(t[i]));
+	int rc = dev_alloc(dst, total);
+	size_t at = 0;
+	uint32_t row = 0;
+	for (int i = 0; i < n_parts && !rc; i++) {
+		uint8_t *p = (uint8_t *)*dst + at;
+		bool quant = rs_dtype_is_quant(t[i]->dtype);
+		rc = quant ? cuda_errno(cudaMemcpy(p, t[i]->data, qmat_bytes(t[i]),
+						   cudaMemcpyHostToDevice))
+			   : upload(p, t[i], RS_DTYPE_F16);
+		parts[i].w = p;
+		parts[i].dtype = quant ? t[i]->dtype : RS_DTYPE_F16;
+		parts[i].n = (uint32_t)t[i]->rows;
+		parts[i].offset = row;
+		row += (uint32_t)t[i]->rows;
+		at += align256(qmat_bytes(t[i]));
+	}
+	return rc;
+}
+
+static int load_weights_quant(struct rs_engine *e, struct cuda_engine *c, char *err,
+			      size_t err_size)
+{
+	const struct rs_model *m = e->model;
+	const struct rs_model_config *cfg = &e->config;
+	c->quant = true;
+	c->wtype = RS_DTYPE_F16; /* the activations the products read */
+	const struct rs_tensor *emb = &m->token_embedding;
+	c->embedding_dtype = rs_dtype_is_quant(emb->dtype) ? emb->dtype : RS_DTYPE_F16;
+	int rc = upload_qmat_parts(&c->embedding, &c->q_output, &emb, 1);
+	if (!rc && m->output.data == emb->data && m->output.dtype == emb->dtype) {
+		c->output = c->embedding; /* tied: q_output describes it already */
+	} else if (!rc) {
+		const struct rs_tensor *out = &m->output;
+		rc = upload_qmat_parts(&c->output, &c->q_output, &out, 1);
+	}
+	if (!rc)
+		rc = upload_new((void **)&c->final_norm, &m->final_norm, RS_DTYPE_F32);
+	c->layers = (struct cuda_layer *)calloc(cfg->n_layers, sizeof(*c->layers));
+	if (!c->layers)
+		rc = rc ? rc : -ENOMEM;
+	for (uint32_t l = 0; l < cfg->n_layers && !rc; l++) {
+		const struct rs_layer_weights *w = &m->layers[l];
+		struct cuda_layer *L = &c->layers[l];
+		const struct rs_tensor *qkv[3] = {&w->wq, &w->wk, &w->wv};
+		const struct rs_tensor *gu[2] = {&w->w_gate, &w->w_up};
+		const struct rs_tensor *wo = &w->wo, *down = &w->w_down;
+		rc = upload_new((void **)&L->attn_norm, &w->attn_norm, RS_DTYPE_F32);
+		if (!rc)
+			rc = upload_new((void **)&L->ffn_norm, &w->ffn_norm, RS_DTYPE_F32);
+		if (!rc)
+			rc = upload_qmat_parts(&L->wqkv, L->q_qkv, qkv, 3);
+		if (!rc)
+			rc = upload_qmat_parts(&L->w_gate_up, L->q_gate_up, gu, 2);
+		if (!rc)
+			rc = upload_qmat_parts(&L->wo, &L->q_wo, &wo, 1);
+		if (!rc)
+			rc = upload_qmat_parts(&L->w_down, &L->q_down, &down, 1);
+		if (!rc) {
+			size_t n = (size_t)cfg->n_heads * cfg->head_dim +
+				   2 * (size_t)cfg->n_kv_heads * cfg->head_dim;
+			float *bias = (float *)malloc(n * sizeof(float));
+			rc = bias ? 0 : -ENOMEM;
+			if (!rc && rs_engine_qkv_bias(e, l, bias)) {
+				rc = dev_alloc((void **)&L->bqkv, n * sizeof(float));
+				if (!rc)
+					rc = cuda_errno(cudaMemcpy(L->bqkv, bias, n * sizeof(float),
+								   cudaMemcpyHostToDevice));
+			}
+			free(bias);
+		}
+	}
+	if (!rc)
+		rc = upload_rope_table(e, c, cfg);
+	/* The f16 panel of batches past the GEMV's 16 rows: the largest matrix, at most
+	 * 16 Mi halves (32 MiB) a lane. */
+	size_t widest = cfg->vocab_size, deepest = cfg->dim > cfg->hidden_dim ? cfg->dim
+									     : cfg->hidden_dim;
+	size_t qkv_rows = ((size_t)cfg->n_heads + 2 * (size_t)cfg->n_kv_heads) * cfg->head_dim;
+	widest = widest > 2 * (size_t)cfg->hidden_dim ? widest : 2 * (size_t)cfg->hidden_dim;
+	widest = widest > qkv_rows ? widest : qkv_rows;
+	widest = widest > cfg->dim ? widest : cfg->dim;
+	size_t cap = (size_t)16 << 20;
+	c->panel_elems = widest * deepest < cap ? widest * deepest : cap;
+	if (c->panel_elems < deepest)
+		c->panel_elems = deepest;
+	if (rc)
+		return rs_errmsg(err, err_size, rc, "uploading the quantized weights: %s",
+				 rc == -ENOMEM   ? "out of device memory"
+				 : rc == -EINVAL ? "a quantized norm weight (only matrices may be)"
+						 : "CUDA error");
+	return 0;
+}
+
 static int load_weights(struct rs_engine *e, struct cuda_engine *c, char *err, size_t err_size)
 {
+	if (model_is_quantized(e->model))
+		return load_weights_quant(e, c, err, err_size);
 	const struct rs_model *m = e->model;
 	const struct rs_model_config *cfg = &e->config;
 	size_t dim = cfg->dim, hidden = cfg->hidden_dim;
@@ -355,6 +512,8 @@ static int lane_create(struct rs_engine *e, struct cuda_engine *c, struct cuda_l
 		rc = dev_alloc(&ln->att, T * q_dim * el);
 	if (!rc)
 		rc = dev_alloc(&ln->hidden, T * hidden * el);
+	if (!rc && c->quant)
+		rc = dev_alloc(&ln->panel, c->panel_elems * sizeof(uint16_t));
 	if (!rc)
 		rc = dev_alloc((void **)&ln->sample_scratch,
 			       sample_rows * rs_cuda_sample_scratch(cfg->vocab_size) * sizeof(double));
@@ -399,6 +558,7 @@ static void lane_destroy(struct cuda_lane *ln)
 	cudaFree(ln->hidden);
 	cudaFree(ln->sample_scratch);
 	cudaFree(ln->att_scratch);
+	cudaFree(ln->panel);
 	cudaFreeHost(ln->out_stage_h);
 	cudaFreeHost(ln->meta_h);
 	cudaFree(ln->meta_d);
@@ -587,11 +747,88 @@ static struct step_meta meta_layout(uint32_t T, uint32_t rows, size_t table_entr
 			rc = call; \
 	} while (0)
 
+/* rs_cuda_qmatmul of the lane's f16 input x by matrix part p into y (rows ldy apart;
+ * the part's columns start at p->offset). */
+static int qproduct(const struct cuda_engine *c, struct cuda_lane *ln, float *y, size_t ldy,
+		    const void *x, const struct qmat *p, uint32_t m, uint32_t k, int accumulate)
+{
+	return rs_cuda_qmatmul(ln->blas, y + p->offset, ldy, x, p->w, p->dtype, m, p->n, k,
+			       accumulate, ln->panel, c->panel_elems);
+}
+
+/* enqueue_layers for a quantized model: the unfused path, every product a
+ * rs_cuda_qmatmul per part (the parts of a fused matrix may differ in format). */
+static int enqueue_layers_quant(struct rs_engine *e, struct cuda_engine *c,
+				struct cuda_lane *ln, const struct step_meta *mt, uint32_t T,
+				uint32_t max_ctx)
+{
+	const struct rs_model_config *cfg = &e->config;
+	uint32_t dim = cfg->dim, hidden = cfg->hidden_dim, hd = cfg->head_dim;
+	uint32_t q_dim = cfg->n_heads * hd, kv_dim = cfg->n_kv_heads * hd;
+	uint32_t stride = q_dim + 2 * kv_dim;
+	cudaStream_t s = ln->stream;
+	const uint32_t *d_tokens = (const uint32_t *)(ln->meta_d + mt->tokens);
+	const uint32_t *d_positions = (const uint32_t *)(ln->meta_d + mt->positions);
+	const uint32_t *d_slots = (const uint32_t *)(ln->meta_d + mt->slots);
+	const uint32_t *d_table_offset = (const uint32_t *)(ln->meta_d + mt->table_offset);
+	const uint32_t *d_tables = (const uint32_t *)(ln->meta_d + mt->tables);
+	int rc = rs_dtype_is_quant(c->embedding_dtype)
+			 ? rs_cuda_embedding_quant(ln->x, c->embedding, c->embedding_dtype,
+						   d_tokens, T, dim, s)
+			 : rs_cuda_embedding(ln->x, c->embedding, c->embedding_dtype, d_tokens, T,
+					     dim, s);
+	for (uint32_t l = 0; l < cfg->n_layers && !rc; l++) {
+		const struct cuda_layer *L = &c->layers[l];
+		struct rs_cuda_kv_layer kv = {c->k_cache + l * c->layer_cache_floats,
+					      c->v_cache + l * c->layer_cache_floats,
+					      e->options.block_size, cfg->n_kv_heads, hd};
+		TRY(rs_cuda_rmsnorm(ln->xb, RS_DTYPE_F16, ln->x, NULL, L->attn_norm, T, dim,
+				    cfg->norm_eps, s));
+		for (int p = 0; p < 3; p++)
+			TRY(qproduct(c, ln, ln->qkv, stride, ln->xb, &L->q_qkv[p], T, dim, 0));
+		if (L->bqkv)
+			TRY(rs_cuda_add_bias(ln->qkv, L->bqkv, T, stride, stride, s));
+		TRY(rs_cuda_rope_kv_store(ln->qkv, stride, d_positions, d_slots, T, cfg->n_heads,
+					  &kv, cfg->rope_dim, c->rope_table, s));
+		TRY(rs_cuda_attention(ln->att, RS_DTYPE_F16, ln->qkv, stride, &kv, d_tables,
+				      d_table_offset, d_positions, T, cfg->n_heads, max_ctx,
+				      ln->att_scratch, s));
+		TRY(qproduct(c, ln, ln->x, dim, ln->att, &L->q_wo, T, q_dim, 1));
+		TRY(rs_cuda_rmsnorm(ln->xb, RS_DTYPE_F16, ln->x, NULL, L->ffn_norm, T, dim,
+				    cfg->norm_eps, s));
+		for (int p = 0; p < 2; p++)
+			TRY(qproduct(c, ln, ln->gate_up, 2 * hidden, ln->xb, &L->q_gate_up[p], T,
+				     dim, 0));
+		TRY(rs_cuda_swiglu(ln->hidden, RS_DTYPE_F16, ln->gate_up, T, hidden, s));
+		TRY(qproduct(c, ln, ln->x, dim, ln->hidden, &L->q_down, T, hidden, 1));
+	}
+	return rc;
+}
+
+/* Logits of n_rows rows (rows[r] of x; rows NULL: every row) into ln->logits: the final
+ * norm and the output product, fused where the model is not quantized. */
+static int enqueue_logits(struct rs_engine *e, struct cuda_engine *c, struct cuda_lane *ln,
+			  const uint32_t *rows, uint32_t n_rows)
+{
+	const struct rs_model_config *cfg = &e->config;
+	uint32_t vocab = cfg->vocab_size, dim = cfg->dim;
+	if (!c->quant)
+		return rs_cuda_norm_matmul(ln->blas, ln->logits, ln->x, rows, c->final_norm,
+					   cfg->norm_eps, ln->xb, c->output, c->wtype, n_rows,
+					   vocab, dim, 0);
+	int rc = rs_cuda_rmsnorm(ln->xb, RS_DTYPE_F16, ln->x, rows, c->final_norm, n_rows, dim,
+				 cfg->norm_eps, ln->stream);
+	TRY(qproduct(c, ln, ln->logits, vocab, ln->xb, &c->q_output, n_rows, dim, 0));
+	return rc;
+}
+
 /* Enqueue the layers over the step's T tokens (metadata already on the device), whose
  * longest context is max_ctx positions. */
 static int enqueue_layers(struct rs_engine *e, struct cuda_engine *c, struct cuda_lane *ln,
 			  const struct step_meta *mt, uint32_t T, uint32_t max_ctx)
 {
+	if (c->quant)
+		return enqueue_layers_quant(e, c, ln, mt, T, max_ctx);
 	const struct rs_model_config *cfg = &e->config;
 	uint32_t dim = cfg->dim, hidden = cfg->hidden_dim, hd = cfg->head_dim;
 	uint32_t q_dim = cfg->n_heads * hd, kv_dim = cfg->n_kv_heads * hd;
@@ -644,13 +881,12 @@ static int enqueue_step(struct rs_engine *e, struct cuda_engine *c, struct cuda_
 			float *logits)
 {
 	const struct rs_model_config *cfg = &e->config;
-	uint32_t vocab = cfg->vocab_size, dim = cfg->dim;
+	uint32_t vocab = cfg->vocab_size;
 	int rc = cuda_errno(cudaMemcpyAsync(ln->meta_d, ln->meta_h, mt->bytes,
 					    cudaMemcpyHostToDevice, ln->stream));
 	TRY(enqueue_layers(e, c, ln, mt, T, max_ctx));
 	if (logits) {
-		TRY(rs_cuda_norm_matmul(ln->blas, ln->logits, ln->x, NULL, c->final_norm, cfg->norm_eps,
-					ln->xb, c->output, c->wtype, T, vocab, dim, 0));
+		TRY(enqueue_logits(e, c, ln, NULL, T));
 		TRY(cuda_errno(cudaMemcpyAsync(logits, ln->logits, (size_t)T * vocab * sizeof(float),
 					       cudaMemcpyDeviceToHost, ln->stream)));
 	} else if (rows) {
@@ -658,8 +894,7 @@ static int enqueue_step(struct rs_engine *e, struct cuda_engine *c, struct cuda_
 		const uint32_t *d_rows = (const uint32_t *)(ln->meta_d + mt->sample_rows);
 		const struct rs_cuda_sample_desc *d_descs =
 			(const struct rs_cuda_sample_desc *)(ln->meta_d + mt->descs);
-		TRY(rs_cuda_norm_matmul(ln->blas, ln->logits, ln->x, d_rows, c->final_norm,
-					cfg->norm_eps, ln->xb, c->output, c->wtype, rows, vocab, dim, 0));
+		TRY(enqueue_logits(e, c, ln, d_rows, rows));
 		for (uint32_t r0 = 0; r0 < rows && !rc; r0 += SAMPLE_ROWS_PER_LAUNCH) {
 			uint32_t n = rows - r0 < SAMPLE_ROWS_PER_LAUNCH ? rows - r0 : SAMPLE_ROWS_PER_LAUNCH;
 			rc = rs_cuda_sample(ln->logits + (size_t)r0 * vocab, vocab, d_descs + r0, n,

@@ -181,6 +181,29 @@ int rs_cuda_swiglu_matmul(cublasHandle_t handle, float *y, const float *gate_up,
 			  const void *w, enum rs_dtype dtype, uint32_t m, uint32_t n, uint32_t k,
 			  int accumulate);
 
+/* Block-quantized weights (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K, the file's blocks as they are;
+ * matmul_quant.cu, decoding by kernels/cuda/quant_decode.h): y[m][n] (+)= x[m][k] *
+ * w[n][k]^T with x f16 ([m][k], 16-byte aligned), y f32 rows ldy floats apart (a column
+ * range of a wider output). Up to 16 rows: a dequantizing GEMV (f32 accumulation, the
+ * activations as the f16 values they are); more: panels of at most panel_elems / k
+ * weight rows dequantized to f16 into panel (device scratch of panel_elems halves) and
+ * cublasGemmEx. dtype F16 is accepted too (cuBLAS, no panel): the plain matrices of a
+ * quantized model. -EINVAL: another dtype, k not a multiple of the block, ldy < n, or a
+ * panel too small for one row. */
+int rs_cuda_qmatmul(cublasHandle_t handle, float *y, size_t ldy, const void *x, const void *w,
+		    enum rs_dtype dtype, uint32_t m, uint32_t n, uint32_t k, int accumulate,
+		    void *panel, size_t panel_elems);
+
+/* rows rows of a quantized [rows][k] matrix to f16 [rows][k] (the values rounded to
+ * nearest f16). */
+int rs_cuda_dequantize_f16(void *out, const void *w, enum rs_dtype dtype, uint32_t rows,
+			   uint32_t k, cudaStream_t stream);
+
+/* rs_cuda_embedding for a quantized table (rows decoded exactly, as f32). */
+int rs_cuda_embedding_quant(float *out, const void *table, enum rs_dtype dtype,
+			    const uint32_t *tokens, uint32_t n_tokens, uint32_t dim,
+			    cudaStream_t stream);
+
 /* Convert n fp32 values to dtype (f32: a copy) on the device: tests use it to feed the
  * GEMM the activations the backend would. */
 int rs_cuda_convert(void *out, enum rs_dtype dtype, const float *in, size_t n,

@@ -7,11 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/model/dtype.h"
-#include "kernels/model/quant.h"
-#include "kernels/engine/engine_backend.h"
-#include "kernels/model/errmsg.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/engine/engine_backend.h"
+#include "kernels/model/dtype.h"
+#include "kernels/model/errmsg.h"
+#include "kernels/model/quant.h"
 
 /* The CUDA backend (kernels/cuda/) is linked in when the Makefile finds nvcc, which then
  * defines RS_HAVE_CUDA_BACKEND; without it "cuda" answers -ENODEV. */
@@ -37,22 +37,6 @@ static bool kv_weights_f32(const struct rs_model *model)
 	return true;
 }
 
-/* Whether any weight is block-quantized (the CUDA backend does not read those yet). */
-static bool has_quantized(const struct rs_model *m)
-{
-	if (rs_dtype_is_quant(m->token_embedding.dtype) || rs_dtype_is_quant(m->output.dtype))
-		return true;
-	for (uint32_t l = 0; l < m->config.n_layers; l++) {
-		const struct rs_layer_weights *w = &m->layers[l];
-		const struct rs_tensor *t[] = {&w->attn_norm, &w->wq, &w->wk, &w->wv, &w->wo,
-					       &w->ffn_norm, &w->w_gate, &w->w_down, &w->w_up};
-		for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
-			if (rs_dtype_is_quant(t[i]->dtype))
-				return true;
-	}
-	return rs_dtype_is_quant(m->final_norm.dtype);
-}
-
 /* Fill defaults in; pick the backend and the KV dtype. */
 static int resolve(const struct rs_model *model, struct rs_engine_options *o,
 		   const struct rs_engine_backend **backend, const char **note, char *err,
@@ -67,9 +51,8 @@ static int resolve(const struct rs_model *model, struct rs_engine_options *o,
 		o->max_batch_tokens = 512;
 	if (!o->lanes)
 		o->lanes = 1;
-	if (o->threads < 0 || o->threads > 1024 || o->lanes > 1024 ||
-	    o->kv_blocks > INT32_MAX || o->block_size > 65536 ||
-	    o->max_batch_tokens > (1u << 24)) {
+	if (o->threads < 0 || o->threads > 1024 || o->lanes > 1024 || o->kv_blocks > INT32_MAX ||
+	    o->block_size > 65536 || o->max_batch_tokens > (1u << 24)) {
 		rs_errmsg(err, err_size, 0, "engine options out of range");
 		return -EINVAL;
 	}
@@ -91,9 +74,6 @@ static int resolve(const struct rs_model *model, struct rs_engine_options *o,
 		if (!*backend) {
 			*note = "CUDA backend not built: using the CPU backend";
 			*backend = &rs_engine_backend_cpu;
-		} else if (has_quantized(model)) {
-			*note = "quantized weights run on the CPU backend only (for now)";
-			*backend = &rs_engine_backend_cpu;
 		} else if ((*backend)->available && (*backend)->available(NULL, 0) != 0) {
 			*note = "no CUDA device: using the CPU backend";
 			*backend = &rs_engine_backend_cpu;
@@ -106,17 +86,12 @@ static int resolve(const struct rs_model *model, struct rs_engine_options *o,
 			rs_errmsg(err, err_size, 0, "CUDA backend not built");
 			return -ENODEV;
 		}
-		if (has_quantized(model)) {
-			rs_errmsg(err, err_size, 0,
-				  "the CUDA backend does not run quantized weights yet (Q8_0, Q4_0, "
-				  "Q4_K, Q5_K, Q6_K): use the CPU backend");
-			return -ENOTSUP;
-		}
 		int rc = (*backend)->available ? (*backend)->available(err, err_size) : 0;
 		if (rc)
 			return rc;
 	} else {
-		rs_errmsg(err, err_size, 0, "unknown engine backend \"%s\" (auto, cpu, cuda)", name);
+		rs_errmsg(err, err_size, 0, "unknown engine backend \"%s\" (auto, cpu, cuda)",
+			  name);
 		return -EINVAL;
 	}
 	o->backend = (*backend)->name;
@@ -132,7 +107,7 @@ static int resolve(const struct rs_model *model, struct rs_engine_options *o,
 		kv = cpu && !kv_weights_f32(model) ? "f16" : "f32";
 	} else if (strcmp(kv, "f16") == 0 && !cpu) {
 		rs_errmsg(err, err_size, 0, "KV dtype f16 is CPU-only (the %s backend stores f32)",
-			(*backend)->name);
+			  (*backend)->name);
 		return -EINVAL;
 	} else if (strcmp(kv, "f32") != 0 && strcmp(kv, "f16") != 0) {
 		rs_errmsg(err, err_size, 0, "unknown KV dtype \"%s\" (auto, f32, f16)", kv);
@@ -191,7 +166,8 @@ static int check_shapes(const struct rs_model *m, char *err, size_t err_size)
 	uint64_t kv_dim = (uint64_t)cfg->n_kv_heads * cfg->head_dim;
 	if (!shape_ok(&m->token_embedding, cfg->vocab_size, dim) ||
 	    !shape_ok(&m->output, cfg->vocab_size, dim) || !vector_ok(&m->final_norm, dim)) {
-		rs_errmsg(err, err_size, 0, "model: embedding, output or final norm has a wrong shape");
+		rs_errmsg(err, err_size, 0,
+			  "model: embedding, output or final norm has a wrong shape");
 		return -EINVAL;
 	}
 	for (uint32_t l = 0; l < cfg->n_layers; l++) {
@@ -201,7 +177,8 @@ static int check_shapes(const struct rs_model *m, char *err, size_t err_size)
 		    !shape_ok(&w->wv, kv_dim, dim) || !shape_ok(&w->wo, dim, q_dim) ||
 		    !shape_ok(&w->w_gate, hidden, dim) || !shape_ok(&w->w_up, hidden, dim) ||
 		    !shape_ok(&w->w_down, dim, hidden)) {
-			rs_errmsg(err, err_size, 0, "model: layer %u has a tensor of the wrong shape", l);
+			rs_errmsg(err, err_size, 0,
+				  "model: layer %u has a tensor of the wrong shape", l);
 			return -EINVAL;
 		}
 		if ((w->bq.data && !vector_ok(&w->bq, q_dim)) ||
@@ -348,8 +325,8 @@ const struct rs_model_config *rs_engine_config(const struct rs_engine *engine)
 }
 
 /* Check a whole step before anything runs. Returns the token count or -errno. */
-static int64_t validate(const struct rs_engine *e, const struct rs_seq_step *seqs,
-			uint32_t n_seqs, int sampling)
+static int64_t validate(const struct rs_engine *e, const struct rs_seq_step *seqs, uint32_t n_seqs,
+			int sampling)
 {
 	const struct rs_model_config *cfg = &e->config;
 	uint32_t bs = e->options.block_size;
