@@ -58,6 +58,8 @@ int rs_dispatch_create(const struct rs_dispatch_params *params, uint32_t workers
 		dispatch->params.balance_abs = 32;
 	if (!dispatch->params.balance_rel)
 		dispatch->params.balance_rel = 1.0001;
+	if (!dispatch->params.lookahead)
+		dispatch->params.lookahead = 4;
 	if (!dispatch->params.load_threshold)
 		dispatch->params.load_threshold = 1; /* the core passes max_batch / 2 */
 	dispatch->workers = workers;
@@ -216,4 +218,61 @@ double rs_dispatch_deficit(const struct rs_dispatch *dispatch, const struct rs_t
 			   uint32_t worker)
 {
 	return dispatch->deficit ? *deficit_of(dispatch, tenant, worker) : 0;
+}
+
+bool rs_dispatch_worker_chooses(const struct rs_dispatch *dispatch)
+{
+	return dispatch->params.policy == RS_DISPATCH_D2LPM;
+}
+
+uint32_t rs_dispatch_lookahead(const struct rs_dispatch *dispatch)
+{
+	return dispatch->params.lookahead;
+}
+
+bool rs_dispatch_eligible(const struct rs_dispatch *dispatch, const struct rs_tenant *tenant,
+			  uint32_t worker)
+{
+	return *deficit_of(dispatch, tenant, worker) > 0;
+}
+
+/* As admission_dlpm.c's refill, on one worker's deficits: k rounds, k = min over the
+ * backlogged of floor(-deficit / (Q * weight)) + 1, so that every tenant ends at most at
+ * Q * weight; more (doubling) only when rounding left nobody eligible. */
+void rs_dispatch_round(struct rs_dispatch *dispatch, uint32_t worker,
+		       struct rs_tenant *const *backlogged, uint32_t n)
+{
+	double rounds = INFINITY, quantum = dispatch->params.quantum;
+	for (uint32_t i = 0; i < n; i++) {
+		double need = floor(-*deficit_of(dispatch, backlogged[i], worker) /
+				    (quantum * backlogged[i]->weight)) +
+			      1;
+		if (need < rounds)
+			rounds = need;
+	}
+	for (double more = 1;; more *= 2) {
+		bool any = false;
+		for (uint32_t i = 0; i < n; i++) {
+			double *deficit = deficit_of(dispatch, backlogged[i], worker);
+			*deficit += rounds * quantum * backlogged[i]->weight;
+			any |= *deficit > 0;
+		}
+		if (any || !n)
+			return;
+		rounds = more;
+	}
+}
+
+void rs_dispatch_charge_prompt(struct rs_dispatch *dispatch, const struct rs_tenant *tenant,
+			       uint32_t worker, uint32_t uncached_tokens)
+{
+	if (dispatch->deficit)
+		*deficit_of(dispatch, tenant, worker) -= dispatch->w_prompt * uncached_tokens;
+}
+
+void rs_dispatch_tenant_idle(struct rs_dispatch *dispatch, const struct rs_tenant *tenant)
+{
+	for (uint32_t w = 0; dispatch->deficit && w < dispatch->workers; w++)
+		if (*deficit_of(dispatch, tenant, w) > 0)
+			*deficit_of(dispatch, tenant, w) = 0;
 }

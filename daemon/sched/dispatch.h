@@ -28,6 +28,7 @@
 #ifndef RS_DAEMON_SCHED_DISPATCH_H
 #define RS_DAEMON_SCHED_DISPATCH_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "daemon/sched/request.h"
@@ -47,6 +48,8 @@ struct rs_dispatch_params {
 	uint32_t balance_abs;	 /* cache-aware: load gap in requests; 0: 32 (SGLang's) */
 	double balance_rel;	 /* cache-aware: load ratio; 0: 1.0001 (SGLang's) */
 	double quantum;		 /* d2lpm: weighted tokens per round per worker; 0: 65536 */
+	uint32_t lookahead;	 /* d2lpm: waiting requests per tenant a free seat matches
+				  * against its worker's cache; 0: 4 */
 };
 
 /* What the core tells the policy about one candidate worker. */
@@ -78,6 +81,40 @@ uint32_t rs_dispatch_choose(struct rs_dispatch *dispatch, const struct rs_reques
 /* The tenant generated n tokens on the worker (d2lpm charges its deficit there). */
 void rs_dispatch_charge_output(struct rs_dispatch *dispatch, const struct rs_tenant *tenant,
 			       uint32_t worker, uint32_t n_tokens);
+
+/* --- d2lpm: the worker chooses the request (docs/scheduling.md, "Workers and dispatch") ---
+ *
+ * Under d2lpm the core does not follow the admission policy's order: a worker with a free
+ * seat runs DLPM over the waiting requests with *its own* deficits and *its own* prefix
+ * cache (sched.c, pull_choose), and the calls below keep those deficits. Each worker's
+ * deficits behave as one DLPM instance's over the tenants backlogged in the core: every
+ * admission on a worker happens with the tenant's deficit there positive, a round on a
+ * worker happens only when no backlogged tenant has a positive deficit there and goes to
+ * every backlogged tenant, and a tenant that stops being backlogged keeps its debts but
+ * not its credits. */
+
+/* True when the workers choose their requests (d2lpm). */
+bool rs_dispatch_worker_chooses(const struct rs_dispatch *dispatch);
+
+/* Waiting requests per tenant a free seat looks at (the lookahead, resolved). */
+uint32_t rs_dispatch_lookahead(const struct rs_dispatch *dispatch);
+
+/* The tenant may be admitted on the worker: its deficit there is positive. */
+bool rs_dispatch_eligible(const struct rs_dispatch *dispatch, const struct rs_tenant *tenant,
+			  uint32_t worker);
+
+/* No tenant of backlogged[0 .. n) (n >= 1) is eligible on the worker: give each the rounds
+ * on that worker it takes for the first of them to become eligible (DLPM's refill). */
+void rs_dispatch_round(struct rs_dispatch *dispatch, uint32_t worker,
+		       struct rs_tenant *const *backlogged, uint32_t n);
+
+/* The tenant's request was admitted on the worker with uncached_tokens of its prompt not
+ * cached there: charge w_p each (the caller skips readmissions after preemption). */
+void rs_dispatch_charge_prompt(struct rs_dispatch *dispatch, const struct rs_tenant *tenant,
+			       uint32_t worker, uint32_t uncached_tokens);
+
+/* The tenant has no waiting request any more: its positive deficits go to 0. */
+void rs_dispatch_tenant_idle(struct rs_dispatch *dispatch, const struct rs_tenant *tenant);
 
 /* d2lpm's deficit of the tenant on the worker (weighted tokens); 0 under other policies. */
 double rs_dispatch_deficit(const struct rs_dispatch *dispatch, const struct rs_tenant *tenant,
