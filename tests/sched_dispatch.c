@@ -19,13 +19,13 @@
 #include "kernels/engine/kv_cache.h"
 #include "tests/harness/harness.h"
 
-enum { MAX_REQUESTS = 4096, MAX_WORKERS = 4, BLOCK = 16 };
+enum { MAX_REQUESTS = 4096, MAX_WORKERS = 4, MAX_TENANTS = 8, BLOCK = 16 };
 
 struct world {
 	struct rs_sched *sched;
 	struct rs_kv_cache *kv[MAX_WORKERS];
 	struct rs_request_pool pool;
-	struct rs_tenant *tenant[2];
+	struct rs_tenant *tenant[MAX_TENANTS];
 	uint32_t workers, lanes;
 	uint64_t clock_ns;
 	int32_t status[MAX_REQUESTS];
@@ -70,7 +70,7 @@ static void world_init(struct world *w, uint32_t workers, uint32_t lanes, uint32
 	struct rs_sched_config config = {.lanes = lanes,
 					 .max_batch = max_batch,
 					 .max_batch_tokens = 1024,
-					 .max_tenants = 4,
+					 .max_tenants = MAX_TENANTS,
 					 .vocab_size = 100,
 					 .eos_token = UINT32_MAX,
 					 .prefix_cache = true,
@@ -84,6 +84,9 @@ static void world_init(struct world *w, uint32_t workers, uint32_t lanes, uint32
 	CHECK(rs_request_pool_init(&w->pool, MAX_REQUESTS) == 0, "pool");
 	w->tenant[0] = rs_sched_tenant_acquire(w->sched, 0, "a", 1.0);
 	w->tenant[1] = rs_sched_tenant_acquire(w->sched, 0, "b", 1.0);
+	static const char *const names[MAX_TENANTS] = {"a", "b", "c", "d", "e", "f", "g", "h"};
+	for (uint32_t t = 2; t < MAX_TENANTS; t++)
+		w->tenant[t] = rs_sched_tenant_acquire(w->sched, 0, names[t], 1.0);
 	for (uint32_t i = 0; i < MAX_REQUESTS; i++)
 		w->worker_of[i] = UINT32_MAX;
 }
@@ -195,31 +198,56 @@ static void test_concentration(void)
 	free(w);
 }
 
-/* d2lpm's deficit per worker: with Q = 40 (w_p = 1, w_q = 2) and no load limit, the first
- * request (36 uncached tokens) leaves worker 0 with 40 - 36 = 4, then 2 after its first
- * token. The second (4 uncached: its prefix hits on worker 0) goes there, leaving -2; the
- * third has no deficit left on worker 0 and goes to worker 1 (40), though worker 0
- * caches its prefix. */
-static void test_deficit(void)
+/* d2lpm's deficit per worker, and the worker's DLPM choice (Q = 40, w_p = 1, w_q = 2, no
+ * load limit). Request a0 (36 tokens, none cached): worker 0 has no eligible tenant, so a
+ * round gives tenant a 40 there; a0 is charged 36 (4 left), and a, left with nothing
+ * waiting, keeps no credit: 0; its first token makes it -2. Eleven more steps: -24. Then
+ * a1 (its prefix, 32 tokens, cached on worker 0) and b0 (nothing cached) wait: nobody is
+ * eligible on worker 0, and one round (b needs 1, a needs floor(24 / 40) + 1 = 1) leaves
+ * a at 16 and b at 40: both eligible, and a1, the longer match, goes first (b0 after it).
+ * With a's debt at -44 instead (one round leaves it at -4: not eligible), b0 goes first
+ * although a1 matches longer: the deficit decides before the match. */
+static void deficit_case(uint32_t steps_before, bool want_a_first)
 {
 	struct world *w = calloc(1, sizeof(*w));
 	struct rs_dispatch_params d = {
 	    .policy = RS_DISPATCH_D2LPM, .load_threshold = 1000, .quantum = 40};
 	world_init(w, 2, 1, 16, 256, RS_ADMISSION_FCFS, 0, &d);
+	const struct rs_dispatch *dispatch = rs_sched_dispatch(w->sched);
 	submit(w, 0, 0, 7, 32, 36, 50);
 	run_lane(w, 0, 0); /* prefill: one token */
-	double left = rs_dispatch_deficit(rs_sched_dispatch(w->sched), w->tenant[0], 0);
-	CHECK(left == 2, "worker 0 deficit %g after 36 prompt tokens and 1 output, want 2", left);
+	double left = rs_dispatch_deficit(dispatch, w->tenant[0], 0);
+	CHECK(left == -2, "worker 0 deficit %g after 36 prompt tokens and 1 output, want -2",
+	      left);
+	for (uint32_t i = 0; i < steps_before; i++)
+		run_lane(w, 0, 0);
+	left = rs_dispatch_deficit(dispatch, w->tenant[0], 0);
+	CHECK(left == -2.0 - 2 * steps_before, "deficit %g after %u more tokens", left,
+	      steps_before);
 	submit(w, 1, 0, 7, 32, 36, 50);
-	submit(w, 2, 0, 7, 32, 36, 50);
-	run_lane(w, 0, 0);
-	run_lane(w, 1, 0);
-	CHECK(w->worker_of[1] == 0, "request 1 went to worker %u", w->worker_of[1]);
-	CHECK(w->worker_of[2] == 1, "request 2 went to worker %u with no deficit on 0",
-	      w->worker_of[2]);
+	submit(w, 2, 1, 9, 0, 36, 50);
+	const struct rs_step_plan *plan = rs_sched_plan_step(w->sched, 0);
+	CHECK(plan && plan->n == 3, "the plan holds %u requests, want a0, a1, b0",
+	      plan ? plan->n : 0);
+	uint32_t second = (uint32_t)plan->requests[1]->user_data;
+	CHECK(second == (want_a_first ? 1u : 2u), "debt %u steps: request %u admitted first",
+	      steps_before, second);
+	for (uint32_t i = 0; i < plan->n; i++) {
+		w->worker_of[plan->requests[i]->user_data] = 0;
+		if (plan->steps[i].sample)
+			*plan->steps[i].out_token = 1;
+	}
+	rs_sched_step_done(w->sched, 0, 0);
+	CHECK(rs_sched_check(w->sched) == 0, "invariants");
 	drain(w);
 	world_destroy(w);
 	free(w);
+}
+
+static void test_deficit(void)
+{
+	deficit_case(11, true);
+	deficit_case(21, false);
 }
 
 static uint32_t lcg(uint64_t *state)
@@ -228,17 +256,20 @@ static uint32_t lcg(uint64_t *state)
 	return (uint32_t)(*state >> 33);
 }
 
-/* Two tenants, both backlogged all along, over two workers (one lane, S_w seats each).
- * The admission policy is one DLPM over all workers: the core admits exactly its peek,
- * whatever worker dispatch picks, and at most S = 2 S_w requests run at once. So the
- * bound of docs/scheduling.md holds with that S: over any interval in which both stay
- * backlogged, |Δservice_a − Δservice_b| <= 2Q + D_a + D_b, D = w_p L + S w_q M. */
+/* Two tenants, both backlogged all along, over W = 2 workers (one lane, S_w seats each).
+ * Round-robin and cache-aware: the admission policy is one DLPM over all workers, the
+ * core admits exactly its peek whatever worker dispatch picks, and at most S = W S_w
+ * requests run at once: |Δservice_a − Δservice_b| <= 2Q + D_a + D_b, D = w_p L + S w_q M.
+ * d2lpm: each worker runs DLPM with its own deficits (quantum Q too here), so each
+ * worker's share obeys that bound with its own seats, D_w = w_p L + S_w w_q M, and the
+ * sum over workers: 2 W Q + 2 W D_w (docs/scheduling.md, "Fairness across workers").
+ * Each step also checks d2lpm's lemma per worker: -D_w <= deficit <= Q while backlogged. */
 static void test_fairness(enum rs_dispatch_policy policy)
 {
 	enum { SW = 4, L = 64, M = 16, PER_TENANT = 600 };
 	const double Q = 256, WP = 1, WQ = 2;
 	struct world *w = calloc(1, sizeof(*w));
-	struct rs_dispatch_params d = {.policy = policy, .load_threshold = 2};
+	struct rs_dispatch_params d = {.policy = policy, .load_threshold = 2, .quantum = Q};
 	world_init(w, 2, 1, SW, 512, RS_ADMISSION_DLPM, Q, &d);
 	uint64_t seed = 42;
 	uint32_t id = 0;
@@ -250,7 +281,9 @@ static void test_fairness(enum rs_dispatch_policy policy)
 			       prompt, output);
 			id++;
 		}
-	const double D = WP * L + 2 * SW * WQ * M, bound = 2 * Q + 2 * D;
+	const double D = WP * L + 2 * SW * WQ * M, DW = WP * L + SW * WQ * M;
+	const bool per_worker = policy == RS_DISPATCH_D2LPM;
+	const double bound = per_worker ? 2 * 2 * Q + 2 * 2 * DW : 2 * Q + 2 * D;
 	double low = INFINITY, high = -INFINITY;
 	uint32_t steps = 0;
 	while (w->tenant[0]->waiting > 0 && w->tenant[1]->waiting > 0) {
@@ -259,6 +292,14 @@ static void test_fairness(enum rs_dispatch_policy policy)
 		high = fmax(high, diff);
 		CHECK(high - low <= bound, "%s: service spread %g > bound %g after %u steps",
 		      rs_dispatch_policy_name(policy), high - low, bound, steps);
+		for (uint32_t t = 0; per_worker && t < 2; t++)
+			for (uint32_t k = 0; k < 2; k++) {
+				double e = rs_dispatch_deficit(rs_sched_dispatch(w->sched),
+							       w->tenant[t], k);
+				CHECK(e >= -DW && e <= Q,
+				      "tenant %u on worker %u: deficit %g outside [-%g, %g]", t,
+				      k, e, DW, Q);
+			}
 		run_all(w);
 		steps++;
 	}
