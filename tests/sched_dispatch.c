@@ -161,7 +161,7 @@ static void drain(struct world *w)
  * unless a > b + T: a request goes to worker 0 iff a <= b + T. Starting from (1, 0) (the
  * first request, which cached the prefix), requests 1 .. T go to worker 0, request T + 1
  * is the first to move (a = T + 1 > 0 + T); after that they alternate. Worker 1 caches
- * nothing before its first step, and all of them are dispatched in one plan of lane 0. */
+ * nothing before its first step. */
 static void test_concentration(void)
 {
 	enum { T = 3, N = 12, PROMPT = 36, SHARED = 32 };
@@ -174,9 +174,13 @@ static void test_concentration(void)
 	      w->worker_of[0]);
 	for (uint32_t id = 1; id <= N; id++)
 		submit(w, id, 0, 7, SHARED, PROMPT, 100);
-	/* Lane 0's plan dispatches every one (each to worker 1 waits staged there). */
+	/* Lane 0's plan takes 1 .. T, then worker 0 is over the load rule and takes nothing
+	 * more; lane 1's plan dispatches the rest (worker 1 chooses, and routes to worker 0,
+	 * which caches more, whenever worker 0 is within the rule: staged there until lane 0's
+	 * next plan). */
 	CHECK(run_lane(w, 0, 0), "lane 0 ran nothing");
 	CHECK(run_lane(w, 1, 0), "lane 1 ran nothing");
+	CHECK(run_lane(w, 0, 0), "lane 0 ran nothing the second time");
 	uint32_t a = 1, b = 0;
 	for (uint32_t id = 1; id <= N; id++) {
 		uint32_t want = a <= b + T ? 0 : 1;
@@ -217,8 +221,7 @@ static void deficit_case(uint32_t steps_before, bool want_a_first)
 	submit(w, 0, 0, 7, 32, 36, 50);
 	run_lane(w, 0, 0); /* prefill: one token */
 	double left = rs_dispatch_deficit(dispatch, w->tenant[0], 0);
-	CHECK(left == -2, "worker 0 deficit %g after 36 prompt tokens and 1 output, want -2",
-	      left);
+	CHECK(left == -2, "worker 0 deficit %g after 36 prompt tokens and 1 output, want -2", left);
 	for (uint32_t i = 0; i < steps_before; i++)
 		run_lane(w, 0, 0);
 	left = rs_dispatch_deficit(dispatch, w->tenant[0], 0);
@@ -297,8 +300,8 @@ static void test_fairness(enum rs_dispatch_policy policy)
 				double e = rs_dispatch_deficit(rs_sched_dispatch(w->sched),
 							       w->tenant[t], k);
 				CHECK(e >= -DW && e <= Q,
-				      "tenant %u on worker %u: deficit %g outside [-%g, %g]", t,
-				      k, e, DW, Q);
+				      "tenant %u on worker %u: deficit %g outside [-%g, %g]", t, k,
+				      e, DW, Q);
 			}
 		run_all(w);
 		steps++;
@@ -311,6 +314,73 @@ static void test_fairness(enum rs_dispatch_policy policy)
 	CHECK(w->served_by[0] > 0 && w->served_by[1] > 0, "a worker served nothing");
 	world_destroy(w);
 	free(w);
+}
+
+/* Saturation: every request at once, P tenants, each with one prefix of PB blocks that all
+ * its prompts start with (then one block of their own), W workers of B seats whose pools
+ * hold the running requests and a few prefixes, not all P. Returns the share of prompt
+ * tokens served by the prefix cache.
+ *
+ * The lower bound for d2lpm (Q_d large enough that no tenant runs out of deficit, so each
+ * worker's choice is the longest match on its own cache): a worker takes a request whose
+ * prefix it does not cache only when no waiting request's prefix is cached there, and
+ * then, in that one plan, at most B of them; from the next step on the prefix it took is
+ * cached there, and locked by its running requests, so the worker keeps taking that
+ * tenant (a full match) until it has nothing waiting, for good, since every request was
+ * submitted at the start. So each worker misses in at most P plans, at most B requests
+ * each: at most W P B requests miss (the first wave included), and every other request
+ * hits its PB-block prefix: hits >= (N - W P B) PB BLOCK / (N PROMPT). */
+static double saturated_hit_rate(uint32_t workers, enum rs_dispatch_policy policy, uint32_t *misses)
+{
+	enum { P = 8, PER_TENANT = 250, PB = 8, B = 4, MAX_OUTPUT = 16, KV = 48 };
+	const uint32_t prompt = (PB + 1) * BLOCK;
+	struct world *w = calloc(1, sizeof(*w));
+	/* The default Q_d (65536) holds a tenant's whole work, at most PER_TENANT (w_p PROMPT
+	 * + w_q MAX_OUTPUT) = 44000: no tenant runs out on any worker after its first round.
+	 * The admission quantum (the baselines' order) is 256. */
+	struct rs_dispatch_params d = {.policy = policy};
+	/* 4 running requests of 10 blocks, and 40 more: 5 prefixes of P = 8. */
+	world_init(w, workers, 1, B, KV, RS_ADMISSION_DLPM, 256, &d);
+	uint32_t id = 0;
+	uint64_t seed = 11;
+	for (uint32_t i = 0; i < PER_TENANT; i++)
+		for (uint32_t t = 0; t < P; t++, id++)
+			submit(w, id, t, t, PB * BLOCK, prompt, 1 + lcg(&seed) % MAX_OUTPUT);
+	drain(w);
+	const struct rs_sched_stats *stats = rs_sched_stats(w->sched);
+	for (uint32_t i = 0; i < id; i++)
+		CHECK(w->done[i] && w->status[i] == 0, "%s: request %u: status %d",
+		      rs_dispatch_policy_name(policy), i, w->status[i]);
+	*misses = (uint32_t)((stats->prompt_tokens - stats->cached_tokens) / BLOCK - id);
+	double rate = (double)stats->cached_tokens / (double)stats->prompt_tokens;
+	if (getenv("SCHED_DISPATCH_VERBOSE"))
+		printf("%s x%u: evicted %llu blocks, %llu preemptions, %llu admitted, misses %u\n",
+		       rs_dispatch_policy_name(policy), workers,
+		       (unsigned long long)stats->evicted_blocks,
+		       (unsigned long long)stats->preemptions, (unsigned long long)stats->admitted,
+		       *misses);
+	world_destroy(w);
+	free(w);
+	return rate;
+}
+
+static void test_saturation(uint32_t workers)
+{
+	enum { P = 8, N = 2000, PB = 8, B = 4 };
+	double bound = (double)(N - workers * P * B) * PB / (N * (PB + 1));
+	uint32_t misses[4];
+	double rate[4];
+	for (int policy = 0; policy < 4; policy++)
+		rate[policy] =
+		    saturated_hit_rate(workers, (enum rs_dispatch_policy)policy, &misses[policy]);
+	printf("saturation, %u workers: hit rate d2lpm %.3f (bound %.3f), round-robin %.3f, "
+	       "least-loaded %.3f, cache-aware %.3f\n",
+	       workers, rate[0], bound, rate[1], rate[2], rate[3]);
+	CHECK(rate[RS_DISPATCH_D2LPM] >= bound, "%u workers: d2lpm hit rate %.3f < bound %.3f",
+	      workers, rate[RS_DISPATCH_D2LPM], bound);
+	CHECK(rate[RS_DISPATCH_D2LPM] >= rate[RS_DISPATCH_ROUND_ROBIN] + 0.2,
+	      "%u workers: d2lpm %.3f not well above round-robin %.3f", workers,
+	      rate[RS_DISPATCH_D2LPM], rate[RS_DISPATCH_ROUND_ROBIN]);
 }
 
 /* Round-robin and least-loaded told apart: r0 (2 tokens) and r1 (100 tokens) go to workers
@@ -501,6 +571,8 @@ int main(void)
 	test_fairness(RS_DISPATCH_D2LPM);
 	test_fairness(RS_DISPATCH_ROUND_ROBIN);
 	test_fairness(RS_DISPATCH_CACHE_AWARE);
+	test_saturation(2);
+	test_saturation(4);
 	test_baselines(RS_DISPATCH_ROUND_ROBIN);
 	test_baselines(RS_DISPATCH_LEAST_LOADED);
 	test_cache_aware();

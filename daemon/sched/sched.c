@@ -592,12 +592,14 @@ static struct rs_request *pull_choose(struct rs_sched *sched, const struct rs_sc
 	return best;
 }
 
-/* The worker that runs the request the puller chose. Below saturation other workers
- * have free seats too, and one of them may cache more of it: among the puller and the
- * workers with a free seat where the tenant is eligible (after their rounds, if nobody
- * was) and whose load is at most the least-loaded one's + T, the longest match (ties:
- * the puller, then the lower load, then the lower index). Under saturation only the
- * puller has a seat, and it is the puller. */
+/* The worker that runs the request the puller chose, NULL: none now. Below saturation
+ * other workers have free seats too, and one of them may cache more of it. Qualified:
+ * a worker with a free seat whose load is at most the least-loaded such worker's + T and
+ * where the tenant is eligible (after its rounds there, if nobody was). The puller, when
+ * qualified, unless another has a strictly longer match (then the longest, ties: the
+ * lower load, then the lower index). A puller over the load rule takes nothing unless
+ * another caches more of it: the less-loaded workers choose for themselves, by their
+ * own caches, at their next plan. Under saturation only the puller has a seat. */
 static struct rs_sched_worker *pull_route(struct rs_sched *sched, struct rs_sched_worker *puller,
 					  const struct rs_request *request, uint32_t puller_match)
 {
@@ -609,7 +611,7 @@ static struct rs_sched_worker *pull_route(struct rs_sched *sched, struct rs_sche
 				 ? sched->config.dispatch.load_threshold
 				 : (sched->config.max_batch / 2 ? sched->config.max_batch / 2 : 1);
 	struct rs_sched_worker *best = puller->load <= least + threshold ? puller : NULL;
-	uint32_t best_match = best ? puller_match : 0;
+	uint32_t best_match = puller_match; /* another must cache more */
 	for (uint32_t w = 0; w < sched->n_workers; w++) {
 		struct rs_sched_worker *worker = &sched->workers[w];
 		if (worker == puller || worker->load >= seats || worker->load > least + threshold)
@@ -618,13 +620,13 @@ static struct rs_sched_worker *pull_route(struct rs_sched *sched, struct rs_sche
 		if (!rs_dispatch_eligible(sched->dispatch, request->tenant, w))
 			continue;
 		uint32_t match = match_on(worker, request);
-		if (!best || match > best_match ||
-		    (match == best_match && best != puller && worker->load < best->load)) {
+		if (match > best_match ||
+		    (match == best_match && best && best != puller && worker->load < best->load)) {
 			best = worker;
 			best_match = match;
 		}
 	}
-	return best ? best : puller;
+	return best;
 }
 
 struct rs_request *rs_sched_admit_staged(struct rs_sched *sched)
@@ -740,7 +742,7 @@ struct rs_request *rs_sched_admit_next(struct rs_sched *sched, struct rs_sched_l
 					continue;
 				struct rs_sched_worker *target =
 				    pull_route(sched, lane->worker, chosen, match);
-				if (!admit_on(sched, chosen, target))
+				if (!target || !admit_on(sched, chosen, target))
 					break; /* its worker is short of blocks: it stays first */
 				if (target == lane->worker)
 					request = chosen;
