@@ -597,9 +597,11 @@ static struct rs_request *pull_choose(struct rs_sched *sched, const struct rs_sc
  * a worker with a free seat whose load is at most the least-loaded such worker's + T and
  * where the tenant is eligible (after its rounds there, if nobody was). The puller, when
  * qualified, unless another has a strictly longer match (then the longest, ties: the
- * lower load, then the lower index). A puller over the load rule takes nothing unless
- * another caches more of it: the less-loaded workers choose for themselves, by their
- * own caches, at their next plan. Under saturation only the puller has a seat. */
+ * lower load, then the lower index). A puller over the load rule passes it to a
+ * qualified worker that caches at least as much of it, else takes nothing: the
+ * less-loaded workers choose for themselves, by their own caches, at their next plan
+ * (locality is never given up for balance). Under saturation only the puller has a
+ * seat. */
 static struct rs_sched_worker *pull_route(struct rs_sched *sched, struct rs_sched_worker *puller,
 					  const struct rs_request *request, uint32_t puller_match)
 {
@@ -621,7 +623,8 @@ static struct rs_sched_worker *pull_route(struct rs_sched *sched, struct rs_sche
 			continue;
 		uint32_t match = match_on(worker, request);
 		if (match > best_match ||
-		    (match == best_match && best && best != puller && worker->load < best->load)) {
+		    (match == best_match &&
+		     (!best || (best != puller && worker->load < best->load)))) {
 			best = worker;
 			best_match = match;
 		}
