@@ -6,14 +6,17 @@
  * life (its blocks live in that worker's pool). Four policies, chosen at start
  * (`--dispatch`, docs/scheduling.md states each rule):
  *
- *   d2lpm         DLPM across workers (Cao et al. 2025): a deficit per tenant per worker;
- *                 among the workers where the tenant's deficit is positive, the one with
- *                 the longest cached prefix of the request (ties: the less loaded, then the
- *                 lower index), unless its load exceeds the least-loaded worker's by more
- *                 than load_threshold: then the least-loaded. Dispatching to worker w
- *                 charges the tenant's deficit there w_p per uncached prompt token; each
- *                 token it generates there, w_q. When no candidate worker has a positive
- *                 deficit, every worker gives the tenant quantum * weight (rounds).
+ *   d2lpm         DLPM across workers (Cao et al. 2025): a deficit per tenant per worker,
+ *                 and the *worker* chooses the request (the core, sched.c, with the calls
+ *                 at the end of this file): a worker with a free seat takes, among the
+ *                 waiting requests of tenants with a positive deficit there (the first
+ *                 `lookahead` of each), the one with the longest prefix in its own cache,
+ *                 unless another worker with a free seat caches strictly more of it (load
+ *                 within load_threshold of the least-loaded). Admitting on worker w charges
+ *                 the tenant's deficit there w_p per prompt token uncached on w; each token
+ *                 generated there, w_q. Rounds per worker as DLPM's. rs_dispatch_choose's
+ *                 d2lpm rule (dispatch at admission, per-tenant rounds) is no longer used
+ *                 by the core.
  *   round-robin   the next worker in turn.
  *   least-loaded  the worker with the fewest requests running (ties: lower index).
  *   cache-aware   SGLang's router: when loads are imbalanced (max - min > balance_abs
@@ -22,9 +25,9 @@
  *                 cache_threshold of the prompt, that worker; else the worker whose
  *                 prefix cache holds the fewest blocks (the most room to cache).
  *
- * Candidates are the workers with a free seat (load below its lanes x max_batch); the core
- * admits only when one exists. Load: requests admitted to the worker and not yet finished.
- * No allocation after creation. */
+ * Baselines: candidates are the workers with a free seat (load below its lanes x
+ * max_batch); the core admits only when one exists. Load: requests admitted to the worker and not
+ * yet finished. No allocation after creation. */
 #ifndef RS_DAEMON_SCHED_DISPATCH_H
 #define RS_DAEMON_SCHED_DISPATCH_H
 
