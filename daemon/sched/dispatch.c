@@ -13,7 +13,6 @@ struct rs_dispatch {
 	double w_prompt, w_output;
 	uint32_t next;	 /* round-robin's turn */
 	double *deficit; /* d2lpm: [tenant id * workers + worker] */
-	bool *allowed;	 /* d2lpm's scratch: a candidate where the tenant has credit */
 };
 
 static const char *const names[] = {
@@ -68,10 +67,7 @@ int rs_dispatch_create(const struct rs_dispatch_params *params, uint32_t workers
 	dispatch->w_output = w_output;
 	if (params->policy == RS_DISPATCH_D2LPM) {
 		dispatch->deficit = calloc((size_t)workers * max_tenants, sizeof(double));
-		dispatch->allowed = calloc(workers, sizeof(bool));
-		if (!dispatch->deficit || !dispatch->allowed) {
-			free(dispatch->deficit);
-			free(dispatch->allowed);
+		if (!dispatch->deficit) {
 			free(dispatch);
 			return -ENOMEM;
 		}
@@ -85,7 +81,6 @@ void rs_dispatch_destroy(struct rs_dispatch *dispatch)
 	if (!dispatch)
 		return;
 	free(dispatch->deficit);
-	free(dispatch->allowed);
 	free(dispatch);
 }
 
@@ -120,44 +115,6 @@ static double *deficit_of(const struct rs_dispatch *d, const struct rs_tenant *t
 	return &d->deficit[(size_t)tenant->id * d->workers + worker];
 }
 
-static uint32_t choose_d2lpm(struct rs_dispatch *d, const struct rs_request *request,
-			     const struct rs_dispatch_candidate *c, uint32_t n)
-{
-	const struct rs_tenant *tenant = request->tenant;
-	bool *allowed = d->allowed; /* n <= workers */
-	bool any = false;
-	double most = -INFINITY;
-	for (uint32_t i = 0; i < n; i++) {
-		double deficit = *deficit_of(d, tenant, c[i].worker);
-		allowed[i] = deficit > 0;
-		any |= allowed[i];
-		if (deficit > most)
-			most = deficit;
-	}
-	if (!any) {
-		/* Rounds for every worker until one candidate has credit: as many at once as
-		 * the candidate with the largest deficit needs (DRR's rounds, in one go). */
-		double grant = tenant->weight * d->params.quantum;
-		double rounds = floor(-most / grant) + 1;
-		for (uint32_t w = 0; w < d->workers; w++)
-			*deficit_of(d, tenant, w) += rounds * grant;
-		for (uint32_t i = 0; i < n; i++)
-			allowed[i] = *deficit_of(d, tenant, c[i].worker) > 0;
-	}
-	uint32_t best = longest_match(c, n, allowed);
-	if (best == UINT32_MAX) /* a deficit below the grant's precision: any candidate */
-		best = longest_match(c, n, NULL);
-	uint32_t least = least_loaded(c, n);
-	if (c[best].load > c[least].load + d->params.load_threshold)
-		best = least;
-	uint32_t uncached = request->prompt_len > c[best].matched_tokens
-				? request->prompt_len - c[best].matched_tokens
-				: 0;
-	if (request->preemptions == 0) /* a re-admission is not charged again */
-		*deficit_of(d, tenant, c[best].worker) -= d->w_prompt * uncached;
-	return best;
-}
-
 static uint32_t choose_cache_aware(const struct rs_dispatch *d, const struct rs_request *request,
 				   const struct rs_dispatch_candidate *c, uint32_t n)
 {
@@ -182,8 +139,8 @@ uint32_t rs_dispatch_choose(struct rs_dispatch *dispatch, const struct rs_reques
 			    const struct rs_dispatch_candidate *candidates, uint32_t n)
 {
 	switch (dispatch->params.policy) {
-	case RS_DISPATCH_D2LPM:
-		return choose_d2lpm(dispatch, request, candidates, n);
+	case RS_DISPATCH_D2LPM: /* the core lets d2lpm's workers choose (sched.c) instead */
+		return longest_match(candidates, n, NULL);
 	case RS_DISPATCH_ROUND_ROBIN: {
 		/* The first candidate at or after the turn, in worker order. */
 		uint32_t best = 0, best_distance = UINT32_MAX;

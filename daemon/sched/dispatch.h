@@ -14,9 +14,8 @@
  *                 unless another worker with a free seat caches strictly more of it (load
  *                 within load_threshold of the least-loaded). Admitting on worker w charges
  *                 the tenant's deficit there w_p per prompt token uncached on w; each token
- *                 generated there, w_q. Rounds per worker as DLPM's. rs_dispatch_choose's
- *                 d2lpm rule (dispatch at admission, per-tenant rounds) is no longer used
- *                 by the core.
+ *                 generated there, w_q. Rounds per worker as DLPM's. The core does not
+ *                 call rs_dispatch_choose under d2lpm.
  *   round-robin   the next worker in turn.
  *   least-loaded  the worker with the fewest requests running (ties: lower index).
  *   cache-aware   SGLang's router: when loads are imbalanced (max - min > balance_abs
@@ -76,8 +75,8 @@ int rs_dispatch_create(const struct rs_dispatch_params *params, uint32_t workers
 		       struct rs_dispatch **out);
 void rs_dispatch_destroy(struct rs_dispatch *dispatch);
 
-/* The index in candidates[0 .. n) (n >= 1) of the worker the request goes to; charges
- * its prompt's uncached part there (d2lpm). */
+/* The index in candidates[0 .. n) (n >= 1) of the worker the request goes to, under the
+ * baselines (d2lpm: the longest match; the core lets its workers choose instead). */
 uint32_t rs_dispatch_choose(struct rs_dispatch *dispatch, const struct rs_request *request,
 			    const struct rs_dispatch_candidate *candidates, uint32_t n);
 
