@@ -333,10 +333,12 @@ static void test_fairness(enum rs_dispatch_policy policy)
  * then, in that one plan, at most B of them; from the next step on the prefix it took is
  * cached there, and locked by its running requests, so the worker keeps taking that
  * tenant (a full match) until it has nothing waiting, for good, since every request was
- * submitted at the start. So each worker misses in at most P plans, at most B requests
- * each: at most W P B requests miss (the first wave included), and every other request
- * hits its PB-block prefix: hits >= (N - W P B) PB BLOCK / (N PROMPT). */
-static double saturated_hit_rate(uint32_t workers, enum rs_dispatch_policy policy, uint32_t *misses)
+ * submitted at the start (premise: a started tenant's prefix is not evicted from that
+ * worker while it has requests waiting; docs/scheduling.md). So each (worker, tenant)
+ * pair accounts for at most B requests that miss: at most W P B requests miss (the first wave
+ * included), and every other request hits its PB-block prefix: hits >= (N - W P B) PB BLOCK / (N
+ * PROMPT). */
+static double saturated_hit_rate(uint32_t workers, enum rs_dispatch_policy policy)
 {
 	enum { P = 8, PER_TENANT = 250, PB = 8, B = 4, MAX_OUTPUT = 16, KV = 48 };
 	const uint32_t prompt = (PB + 1) * BLOCK;
@@ -357,14 +359,16 @@ static double saturated_hit_rate(uint32_t workers, enum rs_dispatch_policy polic
 	for (uint32_t i = 0; i < id; i++)
 		CHECK(w->done[i] && w->status[i] == 0, "%s: request %u: status %d",
 		      rs_dispatch_policy_name(policy), i, w->status[i]);
-	*misses = (uint32_t)((stats->prompt_tokens - stats->cached_tokens) / BLOCK - id);
+	/* Prefix blocks not served by the cache (each prompt's last block is its own). */
+	uint64_t missed = (stats->prompt_tokens - stats->cached_tokens) / BLOCK - id;
 	double rate = (double)stats->cached_tokens / (double)stats->prompt_tokens;
 	if (getenv("SCHED_DISPATCH_VERBOSE"))
-		printf("%s x%u: evicted %llu blocks, %llu preemptions, %llu admitted, misses %u\n",
+		printf("%s x%u: evicted %llu blocks, %llu preemptions, %llu admitted, %llu prefix "
+		       "blocks missed\n",
 		       rs_dispatch_policy_name(policy), workers,
 		       (unsigned long long)stats->evicted_blocks,
 		       (unsigned long long)stats->preemptions, (unsigned long long)stats->admitted,
-		       *misses);
+		       (unsigned long long)missed);
 	world_destroy(w);
 	free(w);
 	return rate;
@@ -374,11 +378,9 @@ static void test_saturation(uint32_t workers)
 {
 	enum { P = 8, N = 2000, PB = 8, B = 4 };
 	double bound = (double)(N - workers * P * B) * PB / (N * (PB + 1));
-	uint32_t misses[4];
 	double rate[4];
 	for (int policy = 0; policy < 4; policy++)
-		rate[policy] =
-		    saturated_hit_rate(workers, (enum rs_dispatch_policy)policy, &misses[policy]);
+		rate[policy] = saturated_hit_rate(workers, (enum rs_dispatch_policy)policy);
 	printf("saturation, %u workers: hit rate d2lpm %.3f (bound %.3f), round-robin %.3f, "
 	       "least-loaded %.3f, cache-aware %.3f\n",
 	       workers, rate[0], bound, rate[1], rate[2], rate[3]);
