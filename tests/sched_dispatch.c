@@ -259,6 +259,44 @@ static void test_deficit(void)
 	deficit_case(21, false);
 }
 
+/* The lookahead bounds what a free seat looks at: r0 caches prefix 7 on worker 0; then
+ * r1 .. r4 (nothing cached anywhere) and r5 (prefix 7) of the same tenant wait. With a
+ * lookahead of 4 worker 0 sees r1 .. r4 only and takes r1 (all match nothing: the
+ * earliest); with 5 it sees r5 too and takes it first (the longest match). */
+static void lookahead_case(uint32_t lookahead, uint32_t want_first)
+{
+	struct world *w = calloc(1, sizeof(*w));
+	struct rs_dispatch_params d = {
+	    .policy = RS_DISPATCH_D2LPM, .load_threshold = 1000, .lookahead = lookahead};
+	world_init(w, 2, 1, 16, 256, RS_ADMISSION_FCFS, 0, &d);
+	submit(w, 0, 0, 7, 32, 36, 50);
+	run_lane(w, 0, 0); /* its first token caches its prompt's 2 full blocks */
+	for (uint32_t id = 1; id <= 4; id++)
+		submit(w, id, 0, 100 + id, 0, 36, 50);
+	submit(w, 5, 0, 7, 32, 36, 50);
+	const struct rs_step_plan *plan = rs_sched_plan_step(w->sched, 0);
+	CHECK(plan && plan->n >= 2, "lookahead %u: nothing admitted", lookahead);
+	uint32_t first = (uint32_t)plan->requests[1]->user_data;
+	CHECK(first == want_first, "lookahead %u: request %u admitted first, want %u", lookahead,
+	      first, want_first);
+	for (uint32_t i = 0; i < plan->n; i++) {
+		w->worker_of[plan->requests[i]->user_data] = 0;
+		if (plan->steps[i].sample)
+			*plan->steps[i].out_token = 1;
+	}
+	rs_sched_step_done(w->sched, 0, 0);
+	CHECK(rs_sched_check(w->sched) == 0, "invariants");
+	drain(w);
+	world_destroy(w);
+	free(w);
+}
+
+static void test_lookahead(void)
+{
+	lookahead_case(4, 1);
+	lookahead_case(5, 5);
+}
+
 static uint32_t lcg(uint64_t *state)
 {
 	*state = *state * 6364136223846793005ull + 1442695040888963407ull;
@@ -578,6 +616,7 @@ int main(void)
 	test_config();
 	test_concentration();
 	test_deficit();
+	test_lookahead();
 	test_fairness(RS_DISPATCH_D2LPM);
 	test_fairness(RS_DISPATCH_ROUND_ROBIN);
 	test_fairness(RS_DISPATCH_CACHE_AWARE);
