@@ -5,6 +5,7 @@
  *     a tenant with no deficit left on the caching worker goes elsewhere;
  *   - d2lpm: the worker with a free seat chooses by its own deficits and cache (DLPM per
  *     worker): a tenant without deficit there waits though its request matches longer;
+ *   - d2lpm's lookahead: a free seat looks at the first N waiting requests of a tenant;
  *   - fairness: two backlogged tenants over two workers stay within the DLPM bound with S
  *     the seats of all workers (baselines), or its sum over workers (d2lpm), and d2lpm's
  *     per-worker deficits within DLPM's lemma (docs/scheduling.md, "Fairness across
@@ -40,6 +41,10 @@ struct world {
 	uint32_t worker_of[MAX_REQUESTS];   /* where it was dispatched (at its first plan) */
 	uint32_t preemptions[MAX_REQUESTS]; /* when worker_of was recorded */
 	uint32_t served_by[MAX_WORKERS];    /* requests finished with status 0, per worker */
+	/* When full_prefix > 0: requests finished with fewer cached prompt tokens, per worker
+	 * and tenant. */
+	uint32_t full_prefix;
+	uint32_t short_of_prefix[MAX_WORKERS][MAX_TENANTS];
 };
 
 static uint64_t now_hook(void *ctx)
@@ -60,6 +65,8 @@ static void finish_hook(void *ctx, struct rs_request *request, int32_t status)
 	w->generated[id] = request->generated;
 	if (status == 0)
 		w->served_by[request->worker]++;
+	if (status == 0 && request->cached_tokens < w->full_prefix)
+		w->short_of_prefix[request->worker][request->tenant->id]++;
 	rs_request_put(&w->pool, request);
 }
 
@@ -389,6 +396,7 @@ static double saturated_hit_rate(uint32_t workers, enum rs_dispatch_policy polic
 	world_init(w, workers, 1, B, KV, RS_ADMISSION_DLPM, 256, &d);
 	uint32_t id = 0;
 	uint64_t seed = 11;
+	w->full_prefix = PB * BLOCK;
 	for (uint32_t i = 0; i < PER_TENANT; i++)
 		for (uint32_t t = 0; t < P; t++, id++)
 			submit(w, id, t, t, PB * BLOCK, prompt, 1 + lcg(&seed) % MAX_OUTPUT);
@@ -397,6 +405,13 @@ static double saturated_hit_rate(uint32_t workers, enum rs_dispatch_policy polic
 	for (uint32_t i = 0; i < id; i++)
 		CHECK(w->done[i] && w->status[i] == 0, "%s: request %u: status %d",
 		      rs_dispatch_policy_name(policy), i, w->status[i]);
+	/* The argument's intermediate claim, pair by pair. */
+	for (uint32_t k = 0; policy == RS_DISPATCH_D2LPM && k < workers; k++)
+		for (uint32_t t = 0; t < P; t++)
+			CHECK(
+			    w->short_of_prefix[k][t] <= B,
+			    "%u workers: %u requests of tenant %u missed on worker %u, at most %u",
+			    workers, w->short_of_prefix[k][t], t, k, (uint32_t)B);
 	/* Prefix blocks not served by the cache (each prompt's last block is its own). */
 	uint64_t missed = (stats->prompt_tokens - stats->cached_tokens) / BLOCK - id;
 	double rate = (double)stats->cached_tokens / (double)stats->prompt_tokens;
