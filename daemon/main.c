@@ -70,6 +70,7 @@ static void usage(FILE *out)
 		"                        the least-loaded's by more than N requests (max batch / 2)\n"
 		"  --cache-threshold X   cache-aware: cached share of the prompt to follow (0.5)\n"
 		"  --dispatch-quantum N  d2lpm: weighted tokens per tenant per worker a round (65536)\n"
+		"  --dispatch-lookahead N d2lpm: waiting requests per tenant a free seat matches (4)\n"
 		"  --max-tenants N       tenants known at once (1024)\n"
 		"  --config FILE         tenants: weights, limits, allowed uids (SIGHUP reloads it)\n"
 		"  --ready-fd N          write one byte to descriptor N once listening, then close it\n"
@@ -181,7 +182,7 @@ int main(int argc, char **argv)
 		OPT_THREADS, OPT_KV_BLOCKS, OPT_MAX_BATCH_TOKENS, OPT_KV_DTYPE, OPT_POLICY, OPT_QUANTUM,
 		OPT_W_PROMPT, OPT_W_OUTPUT, OPT_NO_PREFIX_CACHE, OPT_MAX_TENANTS, OPT_CONFIG,
 		OPT_PLANNER, OPT_BINS, OPT_BIN_BATCH, OPT_BIN_MODE, OPT_BIN_DEADLINE, OPT_BIN_BOUNDARIES,
-		OPT_WORKERS, OPT_DISPATCH, OPT_LOAD_THRESHOLD, OPT_CACHE_THRESHOLD, OPT_DISPATCH_QUANTUM,
+		OPT_WORKERS, OPT_DISPATCH, OPT_LOAD_THRESHOLD, OPT_CACHE_THRESHOLD, OPT_DISPATCH_QUANTUM, OPT_DISPATCH_LOOKAHEAD,
 	};
 	/* Same order as the enum: options[opt - 256] names an option in messages. */
 	static const struct option options[] = {
@@ -232,6 +233,7 @@ int main(int argc, char **argv)
 		{"load-threshold", required_argument, 0, OPT_LOAD_THRESHOLD},
 		{"cache-threshold", required_argument, 0, OPT_CACHE_THRESHOLD},
 		{"dispatch-quantum", required_argument, 0, OPT_DISPATCH_QUANTUM},
+		{"dispatch-lookahead", required_argument, 0, OPT_DISPATCH_LOOKAHEAD},
 		{0, 0, 0, 0},
 	};
 	int opt;
@@ -337,6 +339,10 @@ int main(int argc, char **argv)
 			config.dispatch.load_threshold = (uint32_t)value;
 			break;
 		case OPT_DISPATCH_QUANTUM: bad = parse_weight(optarg, &config.dispatch.quantum); break;
+		case OPT_DISPATCH_LOOKAHEAD:
+			bad = parse_number(optarg, 10, 1, 1u << 20, &value);
+			config.dispatch.lookahead = (uint32_t)value;
+			break;
 		case OPT_CACHE_THRESHOLD: {
 			char *end;
 			errno = 0;

@@ -13,7 +13,6 @@ struct rs_dispatch {
 	double w_prompt, w_output;
 	uint32_t next;	 /* round-robin's turn */
 	double *deficit; /* d2lpm: [tenant id * workers + worker] */
-	bool *allowed;	 /* d2lpm's scratch: a candidate where the tenant has credit */
 };
 
 static const char *const names[] = {
@@ -58,6 +57,8 @@ int rs_dispatch_create(const struct rs_dispatch_params *params, uint32_t workers
 		dispatch->params.balance_abs = 32;
 	if (!dispatch->params.balance_rel)
 		dispatch->params.balance_rel = 1.0001;
+	if (!dispatch->params.lookahead)
+		dispatch->params.lookahead = 4;
 	if (!dispatch->params.load_threshold)
 		dispatch->params.load_threshold = 1; /* the core passes max_batch / 2 */
 	dispatch->workers = workers;
@@ -66,10 +67,7 @@ int rs_dispatch_create(const struct rs_dispatch_params *params, uint32_t workers
 	dispatch->w_output = w_output;
 	if (params->policy == RS_DISPATCH_D2LPM) {
 		dispatch->deficit = calloc((size_t)workers * max_tenants, sizeof(double));
-		dispatch->allowed = calloc(workers, sizeof(bool));
-		if (!dispatch->deficit || !dispatch->allowed) {
-			free(dispatch->deficit);
-			free(dispatch->allowed);
+		if (!dispatch->deficit) {
 			free(dispatch);
 			return -ENOMEM;
 		}
@@ -83,7 +81,6 @@ void rs_dispatch_destroy(struct rs_dispatch *dispatch)
 	if (!dispatch)
 		return;
 	free(dispatch->deficit);
-	free(dispatch->allowed);
 	free(dispatch);
 }
 
@@ -118,44 +115,6 @@ static double *deficit_of(const struct rs_dispatch *d, const struct rs_tenant *t
 	return &d->deficit[(size_t)tenant->id * d->workers + worker];
 }
 
-static uint32_t choose_d2lpm(struct rs_dispatch *d, const struct rs_request *request,
-			     const struct rs_dispatch_candidate *c, uint32_t n)
-{
-	const struct rs_tenant *tenant = request->tenant;
-	bool *allowed = d->allowed; /* n <= workers */
-	bool any = false;
-	double most = -INFINITY;
-	for (uint32_t i = 0; i < n; i++) {
-		double deficit = *deficit_of(d, tenant, c[i].worker);
-		allowed[i] = deficit > 0;
-		any |= allowed[i];
-		if (deficit > most)
-			most = deficit;
-	}
-	if (!any) {
-		/* Rounds for every worker until one candidate has credit: as many at once as
-		 * the candidate with the largest deficit needs (DRR's rounds, in one go). */
-		double grant = tenant->weight * d->params.quantum;
-		double rounds = floor(-most / grant) + 1;
-		for (uint32_t w = 0; w < d->workers; w++)
-			*deficit_of(d, tenant, w) += rounds * grant;
-		for (uint32_t i = 0; i < n; i++)
-			allowed[i] = *deficit_of(d, tenant, c[i].worker) > 0;
-	}
-	uint32_t best = longest_match(c, n, allowed);
-	if (best == UINT32_MAX) /* a deficit below the grant's precision: any candidate */
-		best = longest_match(c, n, NULL);
-	uint32_t least = least_loaded(c, n);
-	if (c[best].load > c[least].load + d->params.load_threshold)
-		best = least;
-	uint32_t uncached = request->prompt_len > c[best].matched_tokens
-				? request->prompt_len - c[best].matched_tokens
-				: 0;
-	if (request->preemptions == 0) /* a re-admission is not charged again */
-		*deficit_of(d, tenant, c[best].worker) -= d->w_prompt * uncached;
-	return best;
-}
-
 static uint32_t choose_cache_aware(const struct rs_dispatch *d, const struct rs_request *request,
 				   const struct rs_dispatch_candidate *c, uint32_t n)
 {
@@ -180,8 +139,8 @@ uint32_t rs_dispatch_choose(struct rs_dispatch *dispatch, const struct rs_reques
 			    const struct rs_dispatch_candidate *candidates, uint32_t n)
 {
 	switch (dispatch->params.policy) {
-	case RS_DISPATCH_D2LPM:
-		return choose_d2lpm(dispatch, request, candidates, n);
+	case RS_DISPATCH_D2LPM: /* the core lets d2lpm's workers choose (sched.c) instead */
+		return longest_match(candidates, n, NULL);
 	case RS_DISPATCH_ROUND_ROBIN: {
 		/* The first candidate at or after the turn, in worker order. */
 		uint32_t best = 0, best_distance = UINT32_MAX;
@@ -216,4 +175,61 @@ double rs_dispatch_deficit(const struct rs_dispatch *dispatch, const struct rs_t
 			   uint32_t worker)
 {
 	return dispatch->deficit ? *deficit_of(dispatch, tenant, worker) : 0;
+}
+
+bool rs_dispatch_worker_chooses(const struct rs_dispatch *dispatch)
+{
+	return dispatch->params.policy == RS_DISPATCH_D2LPM;
+}
+
+uint32_t rs_dispatch_lookahead(const struct rs_dispatch *dispatch)
+{
+	return dispatch->params.lookahead;
+}
+
+bool rs_dispatch_eligible(const struct rs_dispatch *dispatch, const struct rs_tenant *tenant,
+			  uint32_t worker)
+{
+	return *deficit_of(dispatch, tenant, worker) > 0;
+}
+
+/* As admission_dlpm.c's refill, on one worker's deficits: k rounds, k = min over the
+ * backlogged of floor(-deficit / (Q * weight)) + 1, so that every tenant ends at most at
+ * Q * weight; more (doubling) only when rounding left nobody eligible. */
+void rs_dispatch_round(struct rs_dispatch *dispatch, uint32_t worker,
+		       struct rs_tenant *const *backlogged, uint32_t n)
+{
+	double rounds = INFINITY, quantum = dispatch->params.quantum;
+	for (uint32_t i = 0; i < n; i++) {
+		double need = floor(-*deficit_of(dispatch, backlogged[i], worker) /
+				    (quantum * backlogged[i]->weight)) +
+			      1;
+		if (need < rounds)
+			rounds = need;
+	}
+	for (double more = 1;; more *= 2) {
+		bool any = false;
+		for (uint32_t i = 0; i < n; i++) {
+			double *deficit = deficit_of(dispatch, backlogged[i], worker);
+			*deficit += rounds * quantum * backlogged[i]->weight;
+			any |= *deficit > 0;
+		}
+		if (any || !n)
+			return;
+		rounds = more;
+	}
+}
+
+void rs_dispatch_charge_prompt(struct rs_dispatch *dispatch, const struct rs_tenant *tenant,
+			       uint32_t worker, uint32_t uncached_tokens)
+{
+	if (dispatch->deficit)
+		*deficit_of(dispatch, tenant, worker) -= dispatch->w_prompt * uncached_tokens;
+}
+
+void rs_dispatch_tenant_idle(struct rs_dispatch *dispatch, const struct rs_tenant *tenant)
+{
+	for (uint32_t w = 0; dispatch->deficit && w < dispatch->workers; w++)
+		if (*deficit_of(dispatch, tenant, w) > 0)
+			*deficit_of(dispatch, tenant, w) = 0;
 }

@@ -6,14 +6,16 @@
  * life (its blocks live in that worker's pool). Four policies, chosen at start
  * (`--dispatch`, docs/scheduling.md states each rule):
  *
- *   d2lpm         DLPM across workers (Cao et al. 2025): a deficit per tenant per worker;
- *                 among the workers where the tenant's deficit is positive, the one with
- *                 the longest cached prefix of the request (ties: the less loaded, then the
- *                 lower index), unless its load exceeds the least-loaded worker's by more
- *                 than load_threshold: then the least-loaded. Dispatching to worker w
- *                 charges the tenant's deficit there w_p per uncached prompt token; each
- *                 token it generates there, w_q. When no candidate worker has a positive
- *                 deficit, every worker gives the tenant quantum * weight (rounds).
+ *   d2lpm         DLPM across workers (Cao et al. 2025): a deficit per tenant per worker,
+ *                 and the *worker* chooses the request (the core, sched.c, with the calls
+ *                 at the end of this file): a worker with a free seat takes, among the
+ *                 waiting requests of tenants with a positive deficit there (the first
+ *                 `lookahead` of each), the one with the longest prefix in its own cache,
+ *                 unless another worker with a free seat caches strictly more of it (load
+ *                 within load_threshold of the least-loaded). Admitting on worker w charges
+ *                 the tenant's deficit there w_p per prompt token uncached on w; each token
+ *                 generated there, w_q. Rounds per worker as DLPM's. The core does not
+ *                 call rs_dispatch_choose under d2lpm.
  *   round-robin   the next worker in turn.
  *   least-loaded  the worker with the fewest requests running (ties: lower index).
  *   cache-aware   SGLang's router: when loads are imbalanced (max - min > balance_abs
@@ -22,12 +24,13 @@
  *                 cache_threshold of the prompt, that worker; else the worker whose
  *                 prefix cache holds the fewest blocks (the most room to cache).
  *
- * Candidates are the workers with a free seat (load below its lanes x max_batch); the core
- * admits only when one exists. Load: requests admitted to the worker and not yet finished.
- * No allocation after creation. */
+ * Baselines: candidates are the workers with a free seat (load below its lanes x
+ * max_batch); the core admits only when one exists. Load: requests admitted to the worker and not
+ * yet finished. No allocation after creation. */
 #ifndef RS_DAEMON_SCHED_DISPATCH_H
 #define RS_DAEMON_SCHED_DISPATCH_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "daemon/sched/request.h"
@@ -47,6 +50,8 @@ struct rs_dispatch_params {
 	uint32_t balance_abs;	 /* cache-aware: load gap in requests; 0: 32 (SGLang's) */
 	double balance_rel;	 /* cache-aware: load ratio; 0: 1.0001 (SGLang's) */
 	double quantum;		 /* d2lpm: weighted tokens per round per worker; 0: 65536 */
+	uint32_t lookahead;	 /* d2lpm: waiting requests per tenant a free seat matches
+				  * against its worker's cache; 0: 4 */
 };
 
 /* What the core tells the policy about one candidate worker. */
@@ -70,14 +75,48 @@ int rs_dispatch_create(const struct rs_dispatch_params *params, uint32_t workers
 		       struct rs_dispatch **out);
 void rs_dispatch_destroy(struct rs_dispatch *dispatch);
 
-/* The index in candidates[0 .. n) (n >= 1) of the worker the request goes to; charges
- * its prompt's uncached part there (d2lpm). */
+/* The index in candidates[0 .. n) (n >= 1) of the worker the request goes to, under the
+ * baselines (d2lpm: the longest match; the core lets its workers choose instead). */
 uint32_t rs_dispatch_choose(struct rs_dispatch *dispatch, const struct rs_request *request,
 			    const struct rs_dispatch_candidate *candidates, uint32_t n);
 
 /* The tenant generated n tokens on the worker (d2lpm charges its deficit there). */
 void rs_dispatch_charge_output(struct rs_dispatch *dispatch, const struct rs_tenant *tenant,
 			       uint32_t worker, uint32_t n_tokens);
+
+/* --- d2lpm: the worker chooses the request (docs/scheduling.md, "Workers and dispatch") ---
+ *
+ * Under d2lpm the core does not follow the admission policy's order: a worker with a free
+ * seat runs DLPM over the waiting requests with *its own* deficits and *its own* prefix
+ * cache (sched.c, pull_choose), and the calls below keep those deficits. Each worker's
+ * deficits behave as one DLPM instance's over the tenants backlogged in the core: every
+ * admission on a worker happens with the tenant's deficit there positive, a round on a
+ * worker happens only when no backlogged tenant has a positive deficit there and goes to
+ * every backlogged tenant, and a tenant that stops being backlogged keeps its debts but
+ * not its credits. */
+
+/* True when the workers choose their requests (d2lpm). */
+bool rs_dispatch_worker_chooses(const struct rs_dispatch *dispatch);
+
+/* Waiting requests per tenant a free seat looks at (the lookahead, resolved). */
+uint32_t rs_dispatch_lookahead(const struct rs_dispatch *dispatch);
+
+/* The tenant may be admitted on the worker: its deficit there is positive. */
+bool rs_dispatch_eligible(const struct rs_dispatch *dispatch, const struct rs_tenant *tenant,
+			  uint32_t worker);
+
+/* No tenant of backlogged[0 .. n) (n >= 1) is eligible on the worker: give each the rounds
+ * on that worker it takes for the first of them to become eligible (DLPM's refill). */
+void rs_dispatch_round(struct rs_dispatch *dispatch, uint32_t worker,
+		       struct rs_tenant *const *backlogged, uint32_t n);
+
+/* The tenant's request was admitted on the worker with uncached_tokens of its prompt not
+ * cached there: charge w_p each (the caller skips readmissions after preemption). */
+void rs_dispatch_charge_prompt(struct rs_dispatch *dispatch, const struct rs_tenant *tenant,
+			       uint32_t worker, uint32_t uncached_tokens);
+
+/* The tenant has no waiting request any more: its positive deficits go to 0. */
+void rs_dispatch_tenant_idle(struct rs_dispatch *dispatch, const struct rs_tenant *tenant);
 
 /* d2lpm's deficit of the tenant on the worker (weighted tokens); 0 under other policies. */
 double rs_dispatch_deficit(const struct rs_dispatch *dispatch, const struct rs_tenant *tenant,

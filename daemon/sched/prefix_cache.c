@@ -471,6 +471,14 @@ uint32_t rs_prefix_cache_match(struct rs_prefix_cache *cache, const uint32_t *to
 	return cache->nodes[index].depth;
 }
 
+uint32_t rs_prefix_cache_match_length(const struct rs_prefix_cache *cache, const uint32_t *tokens,
+				      uint32_t max_blocks)
+{
+	/* walk only writes when asked to stamp or to fill blocks. */
+	struct rs_prefix_cache *readonly = (struct rs_prefix_cache *)cache;
+	return readonly->nodes[walk(readonly, tokens, max_blocks, NULL, false)].depth;
+}
+
 void rs_prefix_cache_lock(struct rs_prefix_cache *cache, struct rs_prefix_node *node)
 {
 	if (!node)

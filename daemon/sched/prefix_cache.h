@@ -61,6 +61,11 @@ uint32_t rs_prefix_cache_match(struct rs_prefix_cache *cache, const uint32_t *to
 			       uint32_t max_blocks, uint32_t *blocks,
 			       struct rs_prefix_node **deepest);
 
+/* The same length without any side effect (no LRU touch, no block ids): for a scheduler
+ * comparing candidates it may not take. */
+uint32_t rs_prefix_cache_match_length(const struct rs_prefix_cache *cache, const uint32_t *tokens,
+				      uint32_t max_blocks);
+
 /* Pin node and its ancestors against eviction / undo one such pin. NULL: no-op. */
 void rs_prefix_cache_lock(struct rs_prefix_cache *cache, struct rs_prefix_node *node);
 void rs_prefix_cache_unlock(struct rs_prefix_cache *cache, struct rs_prefix_node *node);

@@ -97,6 +97,9 @@ struct rs_request {
 	struct rs_request *queue_next, *queue_prev, *heap_child;
 	bool in_run; /* in a queue's run, not its heap (admission_ops.h) */
 	struct rs_request *parked_next, *parked_prev; /* in its tenant's parked list */
+	/* While waiting, when workers choose their requests (d2lpm): its tenant's waiting
+	 * list in the core, in admission order (sched.c). */
+	struct rs_request *pull_next, *pull_prev;
 
 	uint32_t inline_tokens[RS_REQUEST_INLINE_TOKENS];
 	uint32_t inline_blocks[RS_REQUEST_INLINE_BLOCKS];

@@ -101,6 +101,17 @@ int rs_sched_create_workers(const struct rs_sched_config *config, struct rs_kv_c
 					      &sched->dispatch)) != 0)
 			goto fail;
 		ret = -ENOMEM;
+		sched->workers_choose = rs_dispatch_worker_chooses(sched->dispatch);
+	}
+	if (sched->workers_choose) {
+		uint32_t n = config->max_tenants;
+		sched->pull_head = calloc(n, sizeof(*sched->pull_head));
+		sched->pull_tail = calloc(n, sizeof(*sched->pull_tail));
+		sched->backlogged = calloc(n, sizeof(*sched->backlogged));
+		sched->backlogged_index = calloc(n, sizeof(*sched->backlogged_index));
+		if (!sched->pull_head || !sched->pull_tail || !sched->backlogged ||
+		    !sched->backlogged_index)
+			goto fail;
 	}
 	sched->match_scratch = calloc(most_blocks, sizeof(uint32_t));
 	sched->charged = calloc(config->max_batch, sizeof(*sched->charged));
@@ -148,6 +159,10 @@ void rs_sched_destroy(struct rs_sched *sched)
 		rs_prefix_cache_destroy(sched->workers[w].cache);
 	free(sched->workers);
 	free(sched->candidates);
+	free(sched->pull_head);
+	free(sched->pull_tail);
+	free(sched->backlogged);
+	free(sched->backlogged_index);
 	rs_dispatch_destroy(sched->dispatch);
 	rs_admission_destroy(sched->admission);
 	rs_tenant_table_destroy(&sched->tenants);
@@ -163,6 +178,59 @@ struct rs_tenant *rs_sched_tenant_acquire(struct rs_sched *sched, uid_t uid, con
 void rs_sched_tenant_release(struct rs_sched *sched, struct rs_tenant *tenant)
 {
 	rs_tenant_release(&sched->tenants, tenant);
+}
+
+/* Workers choose (d2lpm): the request joins its tenant's waiting list in the core, at the
+ * head when it comes back after preemption; its tenant becomes backlogged with its first. */
+static void pull_enqueue(struct rs_sched *sched, struct rs_request *request, bool front)
+{
+	uint32_t id = request->tenant->id;
+	struct rs_request **head = &sched->pull_head[id], **tail = &sched->pull_tail[id];
+	if (!*head) {
+		sched->backlogged_index[id] = sched->n_backlogged;
+		sched->backlogged[sched->n_backlogged++] = request->tenant;
+	}
+	if (front) {
+		request->pull_prev = NULL;
+		request->pull_next = *head;
+		if (*head)
+			(*head)->pull_prev = request;
+		else
+			*tail = request;
+		*head = request;
+	} else {
+		request->pull_next = NULL;
+		request->pull_prev = *tail;
+		if (*tail)
+			(*tail)->pull_next = request;
+		else
+			*head = request;
+		*tail = request;
+	}
+}
+
+/* It stops waiting; a tenant left with none stops being backlogged (and loses its
+ * credits on every worker, as DLPM's). */
+static void pull_remove(struct rs_sched *sched, struct rs_request *request)
+{
+	struct rs_tenant *tenant = request->tenant;
+	uint32_t id = tenant->id;
+	if (request->pull_prev)
+		request->pull_prev->pull_next = request->pull_next;
+	else
+		sched->pull_head[id] = request->pull_next;
+	if (request->pull_next)
+		request->pull_next->pull_prev = request->pull_prev;
+	else
+		sched->pull_tail[id] = request->pull_prev;
+	request->pull_next = request->pull_prev = NULL;
+	if (sched->pull_head[id])
+		return;
+	uint32_t index = sched->backlogged_index[id];
+	struct rs_tenant *last = sched->backlogged[--sched->n_backlogged];
+	sched->backlogged[index] = last;
+	sched->backlogged_index[last->id] = index;
+	rs_dispatch_tenant_idle(sched->dispatch, tenant);
 }
 
 /* The request waits (again): its cached prefix tracked, the policy told. */
@@ -182,10 +250,14 @@ static void start_waiting(struct rs_sched *sched, struct rs_request *request, bo
 	if (request->watched)
 		rs_prefix_cache_watch(sched->cache, &request->waiter);
 	rs_admission_enqueue(sched->admission, request, front);
+	if (sched->workers_choose)
+		pull_enqueue(sched, request, front);
 }
 
 static void stop_waiting(struct rs_sched *sched, struct rs_request *request)
 {
+	if (sched->workers_choose)
+		pull_remove(sched, request);
 	if (request->watched)
 		rs_prefix_cache_unwatch(sched->cache, &request->waiter);
 	request->watched = false;
@@ -440,29 +512,6 @@ static struct rs_sched_worker *dispatch(struct rs_sched *sched, const struct rs_
 	return &sched->workers[sched->candidates[chosen].worker];
 }
 
-struct rs_request *rs_sched_admit_next(struct rs_sched *sched, struct rs_sched_lane *lane)
-{
-	if (!rs_sched_free_seats(sched, lane))
-		return NULL;
-	struct rs_request *request;
-	if (sched->n_workers > 1) {
-		/* Requests dispatched to this worker while its lanes were busy go first; then
-		 * admissions until one is dispatched here (each other one waits staged for its
-		 * worker, whose load is bounded by its seats: this ends). */
-		for (request = sched->staged_head; request; request = request->queue_next)
-			if (request->worker == lane->worker->index)
-				break;
-		while (!request && (request = rs_sched_admit_staged(sched)) &&
-		       request->worker != lane->worker->index)
-			request = NULL;
-	} else {
-		request = rs_sched_admit_staged(sched);
-	}
-	if (request)
-		rs_sched_seat(sched, lane, request);
-	return request;
-}
-
 void rs_sched_seat(struct rs_sched *sched, struct rs_sched_lane *lane, struct rs_request *request)
 {
 	if (lane->n_running == sched->config.max_batch)
@@ -474,25 +523,135 @@ void rs_sched_seat(struct rs_sched *sched, struct rs_sched_lane *lane, struct rs
 	lane->running[lane->n_running++] = request;
 }
 
+static struct rs_request *admit_on(struct rs_sched *sched, struct rs_request *request,
+				   struct rs_sched_worker *worker);
+
+/* The waiting request's whole context fits its tenant's KV share beside what the tenant
+ * holds; else it is parked (or failed, when nothing of its tenant runs: the share shrank
+ * below what it needs, a reload) and the answer is false. */
+static bool within_share(struct rs_sched *sched, struct rs_request *request)
+{
+	struct rs_tenant *tenant = request->tenant;
+	if (!over_share(tenant, blocks_for(sched, rs_sched_context(request))))
+		return true;
+	if (tenant->running == 0)
+		finish(sched, request, -E2BIG);
+	else
+		park(sched, request);
+	return false;
+}
+
+/* Cached blocks of the waiting request's context on the worker (a read, no side effect). */
+static uint32_t match_on(const struct rs_sched_worker *worker, const struct rs_request *request)
+{
+	if (!worker->cache || !request->waiter.max_blocks)
+		return 0;
+	return rs_prefix_cache_match_length(worker->cache, request->tokens,
+					    request->waiter.max_blocks);
+}
+
+/* Some backlogged tenant is eligible on the worker, after DLPM's rounds there if none was. */
+static void ensure_eligible(struct rs_sched *sched, uint32_t worker)
+{
+	for (uint32_t t = 0; t < sched->n_backlogged; t++)
+		if (rs_dispatch_eligible(sched->dispatch, sched->backlogged[t], worker))
+			return;
+	rs_dispatch_round(sched->dispatch, worker, sched->backlogged, sched->n_backlogged);
+}
+
+/* D2LPM's choice for a free seat of the worker: DLPM over the waiting requests with the
+ * worker's own deficits and cache. Among tenants eligible there, the request with the
+ * longest prefix cached on that worker (ties: the earlier arrival), looking at the first
+ * `lookahead` waiting requests of each tenant only, so that a free seat costs at most
+ * tenants x lookahead matches, whatever the queue's length. NULL when nothing waits. */
+static struct rs_request *pull_choose(struct rs_sched *sched, const struct rs_sched_worker *worker,
+				      uint32_t *match_blocks)
+{
+	if (!sched->n_backlogged)
+		return NULL;
+	ensure_eligible(sched, worker->index);
+	uint32_t lookahead = rs_dispatch_lookahead(sched->dispatch);
+	struct rs_request *best = NULL;
+	uint32_t best_match = 0;
+	for (uint32_t t = 0; t < sched->n_backlogged; t++) {
+		struct rs_tenant *tenant = sched->backlogged[t];
+		if (!rs_dispatch_eligible(sched->dispatch, tenant, worker->index))
+			continue;
+		uint32_t seen = 0;
+		for (struct rs_request *request = sched->pull_head[tenant->id];
+		     request && seen < lookahead; request = request->pull_next, seen++) {
+			uint32_t match = match_on(worker, request);
+			if (!best || match > best_match ||
+			    (match == best_match && request->arrival < best->arrival)) {
+				best = request;
+				best_match = match;
+			}
+		}
+	}
+	*match_blocks = best_match;
+	return best;
+}
+
+/* The worker that runs the request the puller chose, NULL: none now. Below saturation
+ * other workers have free seats too, and one of them may cache more of it. Qualified:
+ * a worker with a free seat whose load is at most the least-loaded such worker's + T and
+ * where the tenant is eligible (after its rounds there, if nobody was). The puller, when
+ * qualified, unless another has a strictly longer match (then the longest, ties: the
+ * lower load, then the lower index). A puller over the load rule passes it to a
+ * qualified worker that caches at least as much of it, else takes nothing: the
+ * less-loaded workers choose for themselves, by their own caches, at their next plan
+ * (locality is never given up for balance). Under saturation only the puller has a
+ * seat. */
+static struct rs_sched_worker *pull_route(struct rs_sched *sched, struct rs_sched_worker *puller,
+					  const struct rs_request *request, uint32_t puller_match)
+{
+	uint32_t seats = sched->config.lanes * sched->config.max_batch, least = puller->load;
+	for (uint32_t w = 0; w < sched->n_workers; w++)
+		if (sched->workers[w].load < seats && sched->workers[w].load < least)
+			least = sched->workers[w].load;
+	uint32_t threshold = sched->config.dispatch.load_threshold
+				 ? sched->config.dispatch.load_threshold
+				 : (sched->config.max_batch / 2 ? sched->config.max_batch / 2 : 1);
+	struct rs_sched_worker *best = puller->load <= least + threshold ? puller : NULL;
+	uint32_t best_match = puller_match; /* another must cache more */
+	for (uint32_t w = 0; w < sched->n_workers; w++) {
+		struct rs_sched_worker *worker = &sched->workers[w];
+		if (worker == puller || worker->load >= seats || worker->load > least + threshold)
+			continue;
+		ensure_eligible(sched, w);
+		if (!rs_dispatch_eligible(sched->dispatch, request->tenant, w))
+			continue;
+		uint32_t match = match_on(worker, request);
+		if (match > best_match ||
+		    (match == best_match &&
+		     (!best || (best != puller && worker->load < best->load)))) {
+			best = worker;
+			best_match = match;
+		}
+	}
+	return best;
+}
+
 struct rs_request *rs_sched_admit_staged(struct rs_sched *sched)
 {
 	struct rs_request *request;
-	for (;;) {
+	do {
 		request = rs_admission_peek(sched->admission);
 		if (!request)
 			return NULL;
-		struct rs_tenant *tenant = request->tenant;
-		uint32_t blocks = blocks_for(sched, rs_sched_context(request));
-		if (!over_share(tenant, blocks))
-			break;
-		if (tenant->running == 0) /* its share shrank below what it needs (a reload) */
-			finish(sched, request, -E2BIG);
-		else
-			park(sched, request);
-	}
+	} while (!within_share(sched, request));
 	struct rs_sched_worker *worker = &sched->workers[0];
 	if (sched->n_workers > 1 && !(worker = dispatch(sched, request)))
 		return NULL; /* every worker's seats are taken */
+	return admit_on(sched, request, worker);
+}
+
+/* Admit the waiting request on the worker (which has a free seat): it joins the tail of
+ * the staged list, charged, its blocks promised. NULL when the worker's pool cannot hold
+ * its uncached context even after eviction: it keeps waiting. */
+static struct rs_request *admit_on(struct rs_sched *sched, struct rs_request *request,
+				   struct rs_sched_worker *worker)
+{
 	struct rs_prefix_cache *cache = worker->cache;
 	uint32_t context = rs_sched_context(request);
 	uint32_t matched = 0;
@@ -524,8 +683,11 @@ struct rs_request *rs_sched_admit_staged(struct rs_sched *sched)
 	request->promised = needed;
 	worker->promised += needed;
 	uint32_t cached = matched * sched->block_size;
-	rs_admission_take(sched->admission, request,
-			  request->prompt_len > cached ? request->prompt_len - cached : 0);
+	uint32_t uncached = request->prompt_len > cached ? request->prompt_len - cached : 0;
+	rs_admission_take(sched->admission, request, uncached);
+	if (sched->workers_choose && request->preemptions == 0)
+		rs_dispatch_charge_prompt(sched->dispatch, request->tenant, worker->index,
+					  uncached);
 	stop_waiting(sched, request);
 	for (uint32_t i = 0; i < matched; i++) {
 		rs_kv_block_ref(worker->kv, sched->match_scratch[i]);
@@ -558,6 +720,46 @@ struct rs_request *rs_sched_admit_staged(struct rs_sched *sched)
 	sched->running++;
 	tenant->running++;
 	sched->stats.admitted++;
+	return request;
+}
+
+struct rs_request *rs_sched_admit_next(struct rs_sched *sched, struct rs_sched_lane *lane)
+{
+	if (!rs_sched_free_seats(sched, lane))
+		return NULL;
+	struct rs_request *request;
+	if (sched->n_workers > 1) {
+		/* Requests dispatched to this worker while its lanes were busy go first; then
+		 * admissions until one is dispatched here (each other one waits staged for its
+		 * worker, whose load is bounded by its seats: this ends). */
+		for (request = sched->staged_head; request; request = request->queue_next)
+			if (request->worker == lane->worker->index)
+				break;
+		if (sched->workers_choose) {
+			/* This worker chooses (pull_choose); one it routes to another worker
+			 * waits staged there, and it chooses again (bounded as above). */
+			uint32_t match;
+			struct rs_request *chosen;
+			while (!request && (chosen = pull_choose(sched, lane->worker, &match))) {
+				if (!within_share(sched, chosen))
+					continue;
+				struct rs_sched_worker *target =
+				    pull_route(sched, lane->worker, chosen, match);
+				if (!target || !admit_on(sched, chosen, target))
+					break; /* its worker is short of blocks: it stays first */
+				if (target == lane->worker)
+					request = chosen;
+			}
+		}
+		while (!sched->workers_choose && !request &&
+		       (request = rs_sched_admit_staged(sched)) &&
+		       request->worker != lane->worker->index)
+			request = NULL;
+	} else {
+		request = rs_sched_admit_staged(sched);
+	}
+	if (request)
+		rs_sched_seat(sched, lane, request);
 	return request;
 }
 

@@ -24,9 +24,12 @@
  * invariant, so its output is the same as if it had never been preempted.
  *
  * Workers (config.workers > 1, rs_sched_create_workers): engine instances with their own
- * KV pool, prefix cache and lanes. One admission policy orders all waiting requests; at
- * admission the dispatch policy (dispatch.h) picks the worker, among those with a free
- * seat, and the request lives there (a preempted one is dispatched again when readmitted).
+ * KV pool, prefix cache and lanes. Under the baseline dispatch policies one admission
+ * policy orders all waiting requests, and at admission the dispatch policy (dispatch.h)
+ * picks the worker among those with a free seat. Under d2lpm a worker with a free seat
+ * chooses the request itself (DLPM with its own deficits over its own prefix cache,
+ * dispatch.h). Either way the request lives there (a preempted one is dispatched again
+ * when readmitted).
  *
  * Results go out through hooks: a token (the data path publishes it) and a request's end
  * (the data path completes it and may free it: the core never touches it again). A hook

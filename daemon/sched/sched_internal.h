@@ -45,6 +45,14 @@ struct rs_sched {
 	struct rs_dispatch *dispatch;		  /* NULL with one worker */
 	struct rs_dispatch_candidate *candidates; /* n_workers entries */
 	uint32_t min_kv_blocks;			  /* the smallest worker pool */
+	/* When workers choose their requests (d2lpm, several workers): each tenant's
+	 * waiting requests in admission order (preempted ones at the head), by tenant id,
+	 * and the tenants with any, unordered, with each one's index there. */
+	bool workers_choose;
+	struct rs_request **pull_head, **pull_tail;
+	struct rs_tenant **backlogged;
+	uint32_t *backlogged_index;
+	uint32_t n_backlogged;
 	struct rs_admission *admission;
 	struct rs_tenant_table tenants;
 	struct rs_sched_lane *lanes;

@@ -53,6 +53,7 @@ static void usage(void)
 		"  --dispatch P          d2lpm, round-robin, least-loaded, cache-aware (d2lpm)\n"
 		"  --load-threshold N    d2lpm: requests (max batch / 2); --cache-threshold X:\n"
 		"                        cache-aware (0.5); --dispatch-quantum Q: d2lpm (65536)\n"
+		"  --dispatch-lookahead N d2lpm: waiting requests per tenant a free seat matches (4)\n"
 		"                        compare with --workers > 1: once per dispatch policy\n"
 		"  --cost FILE           the step cost model (default: built in, this machine's CPU)\n"
 		"  --json FILE           results as JSON too\n"
@@ -65,7 +66,7 @@ enum {
 	OPT_W_PROMPT, OPT_W_OUTPUT, OPT_NO_CACHE, OPT_LANES, OPT_MAX_BATCH, OPT_MAX_TOKENS,
 	OPT_KV_BLOCKS, OPT_BLOCK_SIZE, OPT_MAX_IN_FLIGHT, OPT_COST, OPT_JSON, OPT_THREADS, OPT_OUT, OPT_BACKEND,
 	OPT_PLANNER, OPT_BINS, OPT_BIN_BATCH, OPT_BIN_MODE, OPT_BIN_DEADLINE, OPT_BIN_BOUNDARIES,
-	OPT_WORKERS, OPT_DISPATCH, OPT_LOAD_THRESHOLD, OPT_CACHE_THRESHOLD, OPT_DISPATCH_QUANTUM,
+	OPT_WORKERS, OPT_DISPATCH, OPT_LOAD_THRESHOLD, OPT_CACHE_THRESHOLD, OPT_DISPATCH_QUANTUM, OPT_DISPATCH_LOOKAHEAD,
 };
 
 static const struct option options[] = {
@@ -107,6 +108,7 @@ static const struct option options[] = {
 	{"load-threshold", required_argument, 0, OPT_LOAD_THRESHOLD},
 	{"cache-threshold", required_argument, 0, OPT_CACHE_THRESHOLD},
 	{"dispatch-quantum", required_argument, 0, OPT_DISPATCH_QUANTUM},
+	{"dispatch-lookahead", required_argument, 0, OPT_DISPATCH_LOOKAHEAD},
 	{0, 0, 0, 0},
 };
 
@@ -280,6 +282,10 @@ int main(int argc, char **argv)
 			break;
 		case OPT_DISPATCH_QUANTUM:
 			bad = number(name, optarg, 1, 1e12, &config.dispatch.quantum);
+			break;
+		case OPT_DISPATCH_LOOKAHEAD:
+			bad = number(name, optarg, 1, 1 << 20, &v);
+			config.dispatch.lookahead = (uint32_t)v;
 			break;
 		case OPT_THREADS: bad = number(name, optarg, 0, 1024, &v), threads = (int)v; break;
 		case OPT_OUT: out_path = optarg; break;
