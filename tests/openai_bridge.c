@@ -147,7 +147,8 @@ static struct http_reply http(const char *method, const char *path, const char *
 static json_t *parse(const char *text)
 {
 	json_error_t error;
-	json_t *json = json_loads(text, 0, &error);
+	/* A random model's text may hold any byte, NUL too: JSON carries it as \u0000. */
+	json_t *json = json_loads(text, JSON_ALLOW_NUL, &error);
 	CHECK(json, "not JSON (%s): %s", error.text, text);
 	return json;
 }
