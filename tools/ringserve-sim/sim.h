@@ -90,6 +90,12 @@ void sim_workload_free(struct sim_workload *w);
 /* The next request in arrival order; false when there are no more. */
 bool sim_workload_next(struct sim_workload *w, struct sim_request_spec *out);
 
+/* Token i of the prompt of the request `index` (its place in arrival order, from 0):
+ * the prefix part a function of (prefix id, position), the rest of (index, position),
+ * ids in [1, 32000). The simulator and `ringserve-bench simcheck`'s replay client build
+ * prompts with it, so a daemon's prefix cache sees exactly the sharing simulated. */
+uint32_t sim_prompt_token(const struct sim_request_spec *spec, uint64_t index, uint32_t i);
+
 /* Write n requests of a generator as a trace (the format above). */
 int sim_workload_write_trace(struct sim_workload *w, FILE *out);
 

@@ -77,6 +77,11 @@ static uint32_t token_of(uint64_t key, uint32_t i)
 	return 1 + (uint32_t)(sim_random(&x) % (VOCAB - 1));
 }
 
+uint32_t sim_prompt_token(const struct sim_request_spec *spec, uint64_t index, uint32_t i)
+{
+	return i < spec->prefix_len ? token_of(spec->prefix, i) : token_of((1ull << 32) + index, i);
+}
+
 static int submit(struct sim *sim, const struct sim_request_spec *spec, char *err,
 		  size_t err_size)
 {
@@ -107,8 +112,7 @@ static int submit(struct sim *sim, const struct sim_request_spec *spec, char *er
 	sim->records[id] = (struct record){.arrival_ns = spec->arrival_ns, .tenant = spec->tenant,
 					   .output_len = spec->output_len};
 	for (uint32_t i = 0; i < spec->prompt_len; i++)
-		request->tokens[i] = i < spec->prefix_len ? token_of(spec->prefix, i)
-							  : token_of((1ull << 32) + id, i);
+		request->tokens[i] = sim_prompt_token(spec, id, i);
 	request->tenant = sim->tenants[spec->tenant];
 	request->user_data = id;
 	request->ignore_eos = true;
