@@ -230,10 +230,13 @@ static const struct calibration calibrations[] = {
 	 RS_DTYPE_F16, {128, 512, 1024, 2048}, {1, 4, 8, 16, 32, 128}, {64, 1024}},
 };
 
-/* The fastest of `reps` runs of one step: `rows` sequences of n tokens from start (the
- * machines here are shared: other work only ever adds to a step's time). */
+/* The `quantile` of `reps` runs of one step (0: the fastest, 0.5: the median): `rows`
+ * sequences of n tokens from start. The fastest is the engine undisturbed (the machines
+ * here are shared: other work only ever adds to a step's time); the median is the engine
+ * as a server on the same machine at the same moment sees it. */
 static double time_step(struct rs_engine *e, uint32_t rows, uint32_t start, uint32_t n,
-			uint32_t *tables, uint32_t blocks_per_seq, uint32_t *tokens, int reps)
+			uint32_t *tables, uint32_t blocks_per_seq, uint32_t *tokens, int reps,
+			double quantile)
 {
 	struct rs_seq_step steps[CAL_MAX_ROWS];
 	uint32_t out[CAL_MAX_ROWS];
@@ -254,10 +257,11 @@ static double time_step(struct rs_engine *e, uint32_t rows, uint32_t start, uint
 		t[r] = now_s() - t0;
 	}
 	qsort(t, reps, sizeof(double), compare_doubles);
-	return t[0];
+	return t[(int)(quantile * (reps - 1) + 0.5)];
 }
 
-int sim_cost_calibrate(struct sim_cost_model *m, const char *backend, int threads, FILE *report)
+int sim_cost_calibrate(struct sim_cost_model *m, const char *backend, int threads,
+		       double quantile, FILE *report)
 {
 	const struct calibration *cal = NULL;
 	for (size_t i = 0; i < sizeof(calibrations) / sizeof(calibrations[0]); i++)
@@ -299,10 +303,10 @@ int sim_cost_calibrate(struct sim_cost_model *m, const char *backend, int thread
 	double seconds[16];
 	uint32_t n = 0;
 	if (rc == 0) /* warm the pool, the caches and the GPU's clocks */
-		time_step(e, 4, 0, 16, tables, blocks, tokens, 3);
+		time_step(e, 4, 0, 16, tables, blocks, tokens, 3, 0);
 	for (uint32_t i = 0; i < 4 && rc == 0; i++, n++) {
 		uint32_t p = cal->prefills[i];
-		seconds[n] = time_step(e, 1, 0, p, tables, blocks, tokens, CAL_REPS);
+		seconds[n] = time_step(e, 1, 0, p, tables, blocks, tokens, CAL_REPS, quantile);
 		shapes[n] = (struct sim_step_shape){p, 1, p * (p + 1) / 2.0};
 		rc = seconds[n] > 0 ? 0 : -EIO;
 	}
@@ -310,13 +314,14 @@ int sim_cost_calibrate(struct sim_cost_model *m, const char *backend, int thread
 		for (uint32_t c = 0; c < 2 && rc == 0; c++, n++) {
 			uint32_t batch = cal->batches[b], context = cal->contexts[c];
 			seconds[n] = time_step(e, batch, context - 1, 1, tables, blocks, tokens,
-					       CAL_REPS);
+					       CAL_REPS, quantile);
 			shapes[n] = (struct sim_step_shape){batch, batch, (double)batch * context};
 			rc = seconds[n] > 0 ? 0 : -EIO;
 		}
 	if (rc == 0) {
-		snprintf(m->source, sizeof(m->source), "%s engine, %s, %d threads (ringserve-sim "
-			 "calibrate)", backend, cal->shape_name, rs_engine_options(e)->threads);
+		snprintf(m->source, sizeof(m->source), "%s engine, %s, %d threads, %s of %d runs "
+			 "(ringserve-sim calibrate)", backend, cal->shape_name,
+			 rs_engine_options(e)->threads, quantile > 0 ? "median" : "fastest", CAL_REPS);
 		if (sim_cost_fit(m, shapes, seconds, n, report) < 0)
 			rc = -EDOM;
 	}

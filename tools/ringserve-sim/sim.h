@@ -129,9 +129,12 @@ int sim_cost_save(const struct sim_cost_model *m, const char *path);
 
 /* Measure an engine's steps and fit m to them; the fit and each step's error go to
  * report. backend "cpu": a random stories15M-shaped f32 model (`threads` workers, 0: one
- * per CPU); "cuda": a random TinyLlama-1.1B-shaped f16 model on the GPU. Returns 0, or
+ * per CPU); "cuda": a random TinyLlama-1.1B-shaped f16 model on the GPU. Each step's
+ * time is the `quantile` of 9 runs: 0 the fastest (the engine undisturbed), 0.5 the
+ * median (the engine as a server on this shared machine sees it right now). Returns 0, or
  * -EINVAL for another backend, or the engine's error. */
-int sim_cost_calibrate(struct sim_cost_model *m, const char *backend, int threads, FILE *report);
+int sim_cost_calibrate(struct sim_cost_model *m, const char *backend, int threads,
+		       double quantile, FILE *report);
 
 /* --- the simulation ------------------------------------------------------------------------- */
 
