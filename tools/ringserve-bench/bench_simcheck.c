@@ -57,7 +57,7 @@ static const char *const policy_names[N_POLICIES] = {"fcfs", "lpm", "vtc", "dlpm
 /* The metrics both sides report. */
 struct metrics {
 	double seconds, requests_per_s, tokens_per_s, latency_s, ttft_s, hit_share;
-	uint64_t requests, errors;
+	uint64_t requests, errors, steps;
 	/* The replay only: the daemon's own clock, from taking the request off the ring. */
 	double daemon_latency_s, daemon_ttft_s;
 };
@@ -245,6 +245,27 @@ struct settings {
 	double quantum, quantile;
 };
 
+/* The engine steps the daemon ran, from its statistics segment once it has published
+ * `completed` completions (it updates every 100 ms); 0 when it cannot be read. */
+static uint64_t daemon_steps(const char *socket_path, uint64_t completed)
+{
+	struct rs_stats_reader *reader;
+	if (rs_stats_open(socket_path, &reader))
+		return 0;
+	struct rs_stats stats;
+	uint64_t steps = 0;
+	for (int tries = 0; tries < 40; tries++) {
+		if (rs_stats_read(reader, &stats, NULL, 0) >= 0 &&
+		    stats.requests_completed >= completed) {
+			steps = stats.steps;
+			break;
+		}
+		nanosleep(&(struct timespec){.tv_nsec = 50000000}, NULL);
+	}
+	rs_stats_close(reader);
+	return steps;
+}
+
 /* Serve the workload under one policy and replay it. Returns 0 or -errno. */
 static int replay_policy(const struct settings *st, const char *policy, const char *model_path,
 			 const char *socket_path, const struct sim_request_spec *specs, uint64_t n,
@@ -309,8 +330,10 @@ static int replay_policy(const struct settings *st, const char *policy, const ch
 	}
 	if (started == w->n_tenants && rp.outcomes)
 		pthread_barrier_destroy(&rp.ready);
-	if (ret == 0)
+	if (ret == 0) {
 		measure(rp.outcomes, n, out);
+		out->steps = daemon_steps(socket_path, out->requests);
+	}
 	if (ret == 0 && out->errors) {
 		fprintf(stderr, "bench simcheck: %s: %llu requests failed\n", policy,
 			(unsigned long long)out->errors);
@@ -357,7 +380,8 @@ static int simulate_policy(const struct settings *st, enum rs_admission_policy p
 		    .latency_s = r->latency_mean_s,
 		    .ttft_s = r->ttft_mean_s,
 		    .hit_share = r->prompt_tokens ? (double)r->cached_tokens / r->prompt_tokens : 0,
-		    .requests = r->requests};
+		    .requests = r->requests,
+		    .steps = r->steps};
 	}
 	free(r);
 	return ret;
@@ -459,8 +483,8 @@ int bench_simcheck(int argc, char **argv, FILE *json)
 			return 1;
 		}
 	}
-	if (st.quantile < 0 || st.rounds < 1 || st.rounds > MAX_ROUNDS || !st.max_batch || !st.lanes ||
-	    !st.kv_blocks || gen.tenants < 1 || gen.tenants > SIM_MAX_TENANTS) {
+	if (st.quantile < 0 || st.rounds < 1 || st.rounds > MAX_ROUNDS || !st.max_batch ||
+	    !st.lanes || !st.kv_blocks || gen.tenants < 1 || gen.tenants > SIM_MAX_TENANTS) {
 		fprintf(stderr,
 			"bench simcheck: --rounds 1..%d; batch, lanes, KV blocks and "
 			"tenants at least 1\n",
@@ -620,10 +644,16 @@ int bench_simcheck(int argc, char **argv, FILE *json)
 			fprintf(json, ", \"%s\": {\"sim\": %.6g, \"real\": %.6g, \"error\": %.4f}",
 				keys[k], sv[k], rv[k], isfinite(e) ? e : 0.0);
 		}
-		printf("%-7s %-15s %10s %10.4g (daemon clock: %.4g s TTFT)\n", "",
-		       "  daemon-side", "", real[p].daemon_latency_s, real[p].daemon_ttft_s);
-		fprintf(json, ", \"daemon_latency_s\": %.6g, \"daemon_ttft_s\": %.6g}",
-			real[p].daemon_latency_s, real[p].daemon_ttft_s);
+		printf("%-7s %-15s %10s %10.4g (daemon clock: %.4g s TTFT)\n", "", "  daemon-side",
+		       "", real[p].daemon_latency_s, real[p].daemon_ttft_s);
+		printf("%-7s %-15s %10llu %10llu %+7.1f%%\n", "", "steps",
+		       (unsigned long long)sim[p].steps, (unsigned long long)real[p].steps,
+		       100 * relative(sim[p].steps, real[p].steps));
+		fprintf(json,
+			", \"daemon_latency_s\": %.6g, \"daemon_ttft_s\": %.6g, "
+			"\"steps\": {\"sim\": %llu, \"real\": %llu}}",
+			real[p].daemon_latency_s, real[p].daemon_ttft_s,
+			(unsigned long long)sim[p].steps, (unsigned long long)real[p].steps);
 	}
 	fprintf(json, "}, \"worst_error\": %.4f}", worst);
 	printf("worst relative error %.1f%% (the issue's target: 15%%)\n", 100 * worst);
