@@ -189,9 +189,9 @@ int bench_simcheck(int argc, char **argv, FILE *json)
 			      .rounds = 1,
 			      .quantum = 2048,
 			      .quantile = 0.5,
-			      .probe_requests = 60};
+			      .probe_requests = 40};
 	struct sim_generator_config gen = {
-	    .requests = 160, .rate = 8, .tenants = 4, .skew = 1, .prefixes = 4, .seed = 1};
+	    .requests = 120, .rate = 8, .tenants = 4, .skew = 1, .prefixes = 4, .seed = 1};
 	const char *trace = NULL, *prefix_len = "fixed:192", *suffix_len = "uniform:8:32",
 		   *output_len = "uniform:8:32";
 	const char *policies[N_POLICIES];
