@@ -9,20 +9,23 @@
  * parameters, engine threads). The table gives each metric both ways and the relative
  * error of the simulation.
  *
- * The replay client: one connection per tenant (rs_connect_options.tenant), one thread
- * each, submitting the tenant's requests at their arrival times (open loop: nothing waits
- * for an earlier request), with the prompt token ids of sim_prompt_token, so the daemon's
- * prefix cache sees the sharing the simulator models; max_new_tokens the request's output
- * length with end of sequence ignored (the simulator's requests end at their length). A
- * request's latency and time to first token count from its scheduled arrival, its first
- * token is the moment the client sees rs_output > 0. Metrics are the simulator's
- * (simulate.c, summarize): requests/s and output tokens/s over the time from the first
- * arrival to the last finish, mean latency and TTFT over all requests, cached share of
- * all prompt tokens.
+ * The replay client is sim_replay (tools/ringserve-sim/replay.c): one connection and
+ * thread per tenant, requests submitted at their arrival times with sim_prompt_token's ids,
+ * measured with the simulator's definitions (requests/s and output tokens/s from the first
+ * arrival to the last finish, mean latency and TTFT from the scheduled arrival, cached
+ * share of prompt tokens), plus the daemon's own clock and its engine steps.
+ *
+ * The daemon's turnaround: between two steps the daemon wakes its loop and its lane
+ * worker, time the engine's calibration never sees. Before each policy's run, the first
+ * --probe-requests requests go through the null engine (2 ms a step, known exactly):
+ * the daemon's extra mean latency over the simulator's, divided by the steps a request
+ * spans, is the turnaround per step; the "+turnaround" column adds it to the cost
+ * model's base.
  *
  * Noise: the machine is shared, so calibration and replay alternate (each policy's run
- * has its own calibration taken just before), and with --rounds N the round whose replay
- * took least time (the least disturbed) is reported per policy.
+ * has its own calibration and probe taken just before), the calibration takes the median
+ * of 9 runs of each step (--calibrate fastest: the minimum), and with --rounds N the
+ * round whose replay took least time (the least disturbed) is reported per policy.
  *
  * --null-delay-us D serves with the null engine instead, each step taking D us, and
  * simulates with the cost model base = D, the rest 0: what is left is the difference in

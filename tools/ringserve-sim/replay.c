@@ -22,7 +22,7 @@
 #include "shm/clock.h"
 #include "tools/ringserve-sim/sim.h"
 
-enum { PROMPT_MAX = 65536 };
+enum { PROMPT_MAX = 65536, MAX_HANDLES = 65536 /* request slots of one connection */ };
 
 /* One request as the replay client saw it: seconds from the first scheduled arrival. */
 struct outcome {
@@ -81,8 +81,8 @@ static void *tenant_main(void *arg)
 	if (abort && !tt->error)
 		tt->error = -ECANCELED;
 	uint32_t *prompt = malloc(PROMPT_MAX * sizeof(uint32_t));
-	uint64_t *by_handle = malloc(65536 * sizeof(uint64_t));
-	int *running = malloc(65536 * sizeof(int));
+	uint64_t *by_handle = malloc(MAX_HANDLES * sizeof(uint64_t));
+	int *running = malloc(MAX_HANDLES * sizeof(int));
 	uint32_t n_running = 0;
 	if (!prompt || !by_handle || !running)
 		tt->error = tt->error ? tt->error : -ENOMEM;
@@ -94,6 +94,7 @@ static void *tenant_main(void *arg)
 		while (next < rp->n && rp->specs[next].tenant != tt->tenant)
 			next++;
 		/* Submit what is due. */
+		bool slots_full = false;
 		while (next < rp->n && !tt->error) {
 			const struct sim_request_spec *s = &rp->specs[next];
 			double at = s->arrival_ns / 1e9 - first_arrival;
@@ -108,8 +109,14 @@ static void *tenant_main(void *arg)
 							    .flags = RS_GENERATE_IGNORE_EOS,
 							    .user_data = next};
 			int h = rs_submit(conn, &params);
-			if (h == -EAGAIN)
-				break; /* slots full: after the next completion */
+			if (h == -EAGAIN) {
+				slots_full = true; /* retried after the next completion */
+				break;
+			}
+			if (h >= MAX_HANDLES) {
+				tt->error = -ERANGE;
+				break;
+			}
 			if (h < 0) {
 				tt->error = h;
 				break;
@@ -165,7 +172,7 @@ static void *tenant_main(void *arg)
 			continue;
 		/* Sleep until news or the next arrival (at most 100 ms: a stuck daemon is seen). */
 		double wait = 0.1;
-		if (next < rp->n)
+		if (next < rp->n && !slots_full)
 			wait = fmin(wait, rp->specs[next].arrival_ns / 1e9 - first_arrival -
 					      since(rp->start_ns));
 		if (wait > 0) {
