@@ -163,7 +163,13 @@ static void *tenant_main(void *arg)
 		}
 		if (got > 0)
 			continue;
-		int ready = rs_event_arm(conn, RS_EVENT_COMPLETION | RS_EVENT_OUTPUT);
+		/* Woken for tokens only while a running request has not shown its first:
+		 * a client thread woken per token would take CPU from the engine. */
+		bool awaiting_first = false;
+		for (uint32_t k = 0; k < n_running && !awaiting_first; k++)
+			awaiting_first = !rp->outcomes[by_handle[running[k]]].have_first;
+		int ready = rs_event_arm(conn, RS_EVENT_COMPLETION |
+						   (awaiting_first ? RS_EVENT_OUTPUT : 0));
 		if (ready < 0) {
 			tt->error = ready;
 			break;
