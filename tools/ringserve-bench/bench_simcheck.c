@@ -54,7 +54,6 @@
 
 static const char *const policy_names[N_POLICIES] = {"fcfs", "lpm", "vtc", "dlpm"};
 
-
 /* The metrics both sides report (sim_result's and sim_replay_result's definitions). */
 struct metrics {
 	double seconds, requests_per_s, tokens_per_s, latency_s, ttft_s, hit_share;

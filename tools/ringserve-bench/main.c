@@ -20,20 +20,18 @@ struct subcommand {
 };
 
 static const struct subcommand subcommands[] = {
-	{"ipc", bench_ipc},
-	{"engine", bench_engine},
-	{"serve", bench_serve},
-	{"sched", bench_sched},
-	{"tenants", bench_tenants},
-	{"batching", bench_batching},
-	{"openai", bench_openai},
-	{"simcheck", bench_simcheck},
+    {"ipc", bench_ipc},	      {"engine", bench_engine},	    {"serve", bench_serve},
+    {"sched", bench_sched},   {"tenants", bench_tenants},   {"batching", bench_batching},
+    {"openai", bench_openai}, {"simcheck", bench_simcheck},
 };
 #define N_SUBCOMMANDS (sizeof(subcommands) / sizeof(subcommands[0]))
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: ringserve-bench ipc|engine|serve|sched|tenants|batching|openai|simcheck|all [--json FILE] [options]\n");
+	fprintf(
+	    stderr,
+	    "usage: ringserve-bench ipc|engine|serve|sched|tenants|batching|openai|simcheck|all "
+	    "[--json FILE] [options]\n");
 }
 
 int main(int argc, char **argv)
