@@ -165,6 +165,8 @@ $(O)/tests/sim_%: $(O)/obj/tests/sim_%.o $(SIM_OBJ) $(call obj,$(HARNESS_SRC)) $
 	@mkdir -p $(dir $@)
 	$(call say,LD,$@)
 	$(LINK_ALL)
+# ringserve-bench simcheck runs the simulator's pieces beside the daemon (issue 10).
+$(O)/ringserve-bench: $(SIM_OBJ)
 
 # --- tests ------------------------------------------------------------------------------
 # The data-path and file-parsing tests run again under ASan+UBSan, the lock-free ones under TSan.

@@ -31,6 +31,10 @@ int bench_batching(int argc, char **argv, FILE *json);
  * latency per request and per streamed token. */
 int bench_openai(int argc, char **argv, FILE *json);
 
+/* The simulator (tools/ringserve-sim) against ringserved on the same workload, per
+ * admission policy: throughput, latency, TTFT and cache hits both ways. */
+int bench_simcheck(int argc, char **argv, FILE *json);
+
 /* Start the ringserved next to this program on socket_path with the extra arguments
  * (NULL-terminated) and return its pid once it listens, or -1. It dies with us. */
 pid_t bench_start_daemon(const char *socket_path, const char *const *extra_args);

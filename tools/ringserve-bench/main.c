@@ -6,6 +6,7 @@
  *   sched    the scheduling core alone: admission decisions with many waiting (bench_sched.c)
  *   batching multi-bin batching on the real CPU engine (bench_batching.c)
  *   openai   the OpenAI-compatible bridge's added latency against the C client (bench_openai.c)
+ *   simcheck ringserve-sim's prediction against ringserved on the same workload (bench_simcheck.c)
  *   all      every subcommand, one JSON object keyed by subcommand */
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,19 +20,18 @@ struct subcommand {
 };
 
 static const struct subcommand subcommands[] = {
-	{"ipc", bench_ipc},
-	{"engine", bench_engine},
-	{"serve", bench_serve},
-	{"sched", bench_sched},
-	{"tenants", bench_tenants},
-	{"batching", bench_batching},
-	{"openai", bench_openai},
+    {"ipc", bench_ipc},	      {"engine", bench_engine},	    {"serve", bench_serve},
+    {"sched", bench_sched},   {"tenants", bench_tenants},   {"batching", bench_batching},
+    {"openai", bench_openai}, {"simcheck", bench_simcheck},
 };
 #define N_SUBCOMMANDS (sizeof(subcommands) / sizeof(subcommands[0]))
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: ringserve-bench ipc|engine|serve|sched|tenants|batching|openai|all [--json FILE] [options]\n");
+	fprintf(
+	    stderr,
+	    "usage: ringserve-bench ipc|engine|serve|sched|tenants|batching|openai|simcheck|all "
+	    "[--json FILE] [options]\n");
 }
 
 int main(int argc, char **argv)

@@ -125,8 +125,8 @@ double sim_cost_fit(struct sim_cost_model *m, const struct sim_step_shape *shape
 		fprintf(report,
 			"fit: %.4f ms + %.3f us/token + %.3f us/row + %.4f ns/pair; mean |error| "
 			"%.1f%%, worst %.1f%%\n",
-			m->base_s * 1e3, m->per_token_s * 1e6, m->per_row_s * 1e6, m->per_pair_s * 1e9,
-			100 * sum / n, 100 * worst);
+			m->base_s * 1e3, m->per_token_s * 1e6, m->per_row_s * 1e6,
+			m->per_pair_s * 1e9, 100 * sum / n, 100 * worst);
 	return worst;
 }
 
@@ -167,13 +167,17 @@ int sim_cost_load(struct sim_cost_model *m, const char *path, char *err, size_t 
 			rc = -EINVAL;
 		}
 		if (rc)
-			snprintf(err, err_size, "%s:%d: expected \"KEY VALUE\" (base_s, per_token_s, "
-				 "per_row_s, per_pair_s, source)", path, number);
+			snprintf(err, err_size,
+				 "%s:%d: expected \"KEY VALUE\" (base_s, per_token_s, "
+				 "per_row_s, per_pair_s, source)",
+				 path, number);
 	}
 	fclose(f);
 	if (rc == 0 && seen != 15) {
-		snprintf(err, err_size, "%s: base_s, per_token_s, per_row_s and per_pair_s are all "
-			 "required", path);
+		snprintf(err, err_size,
+			 "%s: base_s, per_token_s, per_row_s and per_pair_s are all "
+			 "required",
+			 path);
 		rc = -EINVAL;
 	}
 	return rc;
@@ -216,34 +220,63 @@ struct calibration {
 enum { CAL_MAX_ROWS = 128, CAL_REPS = 9 };
 
 static const struct calibration calibrations[] = {
-	/* stories15M's shape (ringserve-bench engine's CPU model). */
-	{"cpu", "stories15M-shaped f32",
-	 {.dim = 288, .hidden_dim = 768, .n_layers = 6, .n_heads = 6, .n_kv_heads = 6,
-	  .head_dim = 48, .vocab_size = 32000, .max_seq_len = 256, .rope_dim = 48,
-	  .rope_theta = 10000.0f, .norm_eps = 1e-5f},
-	 RS_DTYPE_F32, {8, 32, 96, 192}, {1, 2, 4, 8, 16, 32}, {16, 200}},
-	/* TinyLlama-1.1B's shape in f16 (ringserve-bench engine's GPU model). */
-	{"cuda", "TinyLlama-1.1B-shaped f16",
-	 {.dim = 2048, .hidden_dim = 5632, .n_layers = 22, .n_heads = 32, .n_kv_heads = 4,
-	  .head_dim = 64, .vocab_size = 32000, .max_seq_len = 2048, .rope_dim = 64,
-	  .rope_theta = 10000.0f, .norm_eps = 1e-5f},
-	 RS_DTYPE_F16, {128, 512, 1024, 2048}, {1, 4, 8, 16, 32, 128}, {64, 1024}},
+    /* stories15M's shape (ringserve-bench engine's CPU model). */
+    {"cpu",
+     "stories15M-shaped f32",
+     {.dim = 288,
+      .hidden_dim = 768,
+      .n_layers = 6,
+      .n_heads = 6,
+      .n_kv_heads = 6,
+      .head_dim = 48,
+      .vocab_size = 32000,
+      .max_seq_len = 256,
+      .rope_dim = 48,
+      .rope_theta = 10000.0f,
+      .norm_eps = 1e-5f},
+     RS_DTYPE_F32,
+     {8, 32, 96, 192},
+     {1, 2, 4, 8, 16, 32},
+     {16, 200}},
+    /* TinyLlama-1.1B's shape in f16 (ringserve-bench engine's GPU model). */
+    {"cuda",
+     "TinyLlama-1.1B-shaped f16",
+     {.dim = 2048,
+      .hidden_dim = 5632,
+      .n_layers = 22,
+      .n_heads = 32,
+      .n_kv_heads = 4,
+      .head_dim = 64,
+      .vocab_size = 32000,
+      .max_seq_len = 2048,
+      .rope_dim = 64,
+      .rope_theta = 10000.0f,
+      .norm_eps = 1e-5f},
+     RS_DTYPE_F16,
+     {128, 512, 1024, 2048},
+     {1, 4, 8, 16, 32, 128},
+     {64, 1024}},
 };
 
-/* The fastest of `reps` runs of one step: `rows` sequences of n tokens from start (the
- * machines here are shared: other work only ever adds to a step's time). */
+/* The `quantile` of `reps` runs of one step (0: the fastest, 0.5: the median): `rows`
+ * sequences of n tokens from start. The fastest is the engine undisturbed (the machines
+ * here are shared: other work only ever adds to a step's time); the median is the engine
+ * as a server on the same machine at the same moment sees it. */
 static double time_step(struct rs_engine *e, uint32_t rows, uint32_t start, uint32_t n,
-			uint32_t *tables, uint32_t blocks_per_seq, uint32_t *tokens, int reps)
+			uint32_t *tables, uint32_t blocks_per_seq, uint32_t *tokens, int reps,
+			double quantile)
 {
 	struct rs_seq_step steps[CAL_MAX_ROWS];
 	uint32_t out[CAL_MAX_ROWS];
 	double t[CAL_REPS];
 	for (int r = 0; r < reps; r++) {
 		for (uint32_t i = 0; i < rows; i++)
-			steps[i] = (struct rs_seq_step){.tokens = tokens, .n_tokens = n,
+			steps[i] = (struct rs_seq_step){.tokens = tokens,
+							.n_tokens = n,
 							.start_pos = start,
 							.block_table = tables + i * blocks_per_seq,
-							.n_blocks = blocks_per_seq, .sample = 1,
+							.n_blocks = blocks_per_seq,
+							.sample = 1,
 							.out_token = &out[i]};
 		double t0 = now_s();
 		int rc = rs_engine_step(e, 0, steps, rows);
@@ -254,10 +287,11 @@ static double time_step(struct rs_engine *e, uint32_t rows, uint32_t start, uint
 		t[r] = now_s() - t0;
 	}
 	qsort(t, reps, sizeof(double), compare_doubles);
-	return t[0];
+	return t[(int)(quantile * (reps - 1) + 0.5)];
 }
 
-int sim_cost_calibrate(struct sim_cost_model *m, const char *backend, int threads, FILE *report)
+int sim_cost_calibrate(struct sim_cost_model *m, const char *backend, int threads, double quantile,
+		       FILE *report)
 {
 	const struct calibration *cal = NULL;
 	for (size_t i = 0; i < sizeof(calibrations) / sizeof(calibrations[0]); i++)
@@ -299,10 +333,10 @@ int sim_cost_calibrate(struct sim_cost_model *m, const char *backend, int thread
 	double seconds[16];
 	uint32_t n = 0;
 	if (rc == 0) /* warm the pool, the caches and the GPU's clocks */
-		time_step(e, 4, 0, 16, tables, blocks, tokens, 3);
+		time_step(e, 4, 0, 16, tables, blocks, tokens, 3, 0);
 	for (uint32_t i = 0; i < 4 && rc == 0; i++, n++) {
 		uint32_t p = cal->prefills[i];
-		seconds[n] = time_step(e, 1, 0, p, tables, blocks, tokens, CAL_REPS);
+		seconds[n] = time_step(e, 1, 0, p, tables, blocks, tokens, CAL_REPS, quantile);
 		shapes[n] = (struct sim_step_shape){p, 1, p * (p + 1) / 2.0};
 		rc = seconds[n] > 0 ? 0 : -EIO;
 	}
@@ -310,13 +344,16 @@ int sim_cost_calibrate(struct sim_cost_model *m, const char *backend, int thread
 		for (uint32_t c = 0; c < 2 && rc == 0; c++, n++) {
 			uint32_t batch = cal->batches[b], context = cal->contexts[c];
 			seconds[n] = time_step(e, batch, context - 1, 1, tables, blocks, tokens,
-					       CAL_REPS);
+					       CAL_REPS, quantile);
 			shapes[n] = (struct sim_step_shape){batch, batch, (double)batch * context};
 			rc = seconds[n] > 0 ? 0 : -EIO;
 		}
 	if (rc == 0) {
-		snprintf(m->source, sizeof(m->source), "%s engine, %s, %d threads (ringserve-sim "
-			 "calibrate)", backend, cal->shape_name, rs_engine_options(e)->threads);
+		snprintf(m->source, sizeof(m->source),
+			 "%s engine, %s, %d threads, %s of %d runs "
+			 "(ringserve-sim calibrate)",
+			 backend, cal->shape_name, rs_engine_options(e)->threads,
+			 quantile > 0 ? "median" : "fastest", CAL_REPS);
 		if (sim_cost_fit(m, shapes, seconds, n, report) < 0)
 			rc = -EDOM;
 	}

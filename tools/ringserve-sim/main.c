@@ -339,7 +339,7 @@ int main(int argc, char **argv)
 
 	if (strcmp(command, "calibrate") == 0) {
 		struct sim_cost_model m;
-		int rc = sim_cost_calibrate(&m, backend, threads, stdout);
+		int rc = sim_cost_calibrate(&m, backend, threads, 0, stdout);
 		if (rc) {
 			fprintf(stderr, "ringserve-sim: calibration failed: %s\n", strerror(-rc));
 			return 1;

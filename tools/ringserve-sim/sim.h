@@ -32,19 +32,19 @@ uint32_t sim_lengths_draw(const struct sim_lengths *lengths, uint64_t *rng);
 /* The distribution's mean (an empirical one's sample mean). */
 double sim_lengths_mean(const struct sim_lengths *lengths);
 
-uint64_t sim_random(uint64_t *rng);     /* splitmix64 */
-double sim_random_unit(uint64_t *rng);  /* in (0, 1] */
+uint64_t sim_random(uint64_t *rng);    /* splitmix64 */
+double sim_random_unit(uint64_t *rng); /* in (0, 1] */
 
 /* --- workloads ---------------------------------------------------------------------------- */
 
 /* One request of a workload. */
 struct sim_request_spec {
 	uint64_t arrival_ns;
-	uint32_t tenant;     /* index into the workload's tenants */
-	uint32_t prefix;     /* shared prefix id, or UINT32_MAX: none */
-	uint32_t prefix_len; /* tokens of the prompt taken from that prefix */
-	uint32_t prompt_len; /* >= prefix_len, >= 1 */
-	uint32_t output_len; /* >= 1: generated before it ends */
+	uint32_t tenant;      /* index into the workload's tenants */
+	uint32_t prefix;      /* shared prefix id, or UINT32_MAX: none */
+	uint32_t prefix_len;  /* tokens of the prompt taken from that prefix */
+	uint32_t prompt_len;  /* >= prefix_len, >= 1 */
+	uint32_t output_len;  /* >= 1: generated before it ends */
 	uint32_t output_hint; /* the client's guess at output_len; 0: none */
 };
 
@@ -90,6 +90,12 @@ void sim_workload_free(struct sim_workload *w);
 /* The next request in arrival order; false when there are no more. */
 bool sim_workload_next(struct sim_workload *w, struct sim_request_spec *out);
 
+/* Token i of the prompt of the request `index` (its place in arrival order, from 0):
+ * the prefix part a function of (prefix id, position), the rest of (index, position),
+ * ids in [1, 32000). The simulator and `ringserve-bench simcheck`'s replay client build
+ * prompts with it, so a daemon's prefix cache sees exactly the sharing simulated. */
+uint32_t sim_prompt_token(const struct sim_request_spec *spec, uint64_t index, uint32_t i);
+
 /* Write n requests of a generator as a trace (the format above). */
 int sim_workload_write_trace(struct sim_workload *w, FILE *out);
 
@@ -123,9 +129,12 @@ int sim_cost_save(const struct sim_cost_model *m, const char *path);
 
 /* Measure an engine's steps and fit m to them; the fit and each step's error go to
  * report. backend "cpu": a random stories15M-shaped f32 model (`threads` workers, 0: one
- * per CPU); "cuda": a random TinyLlama-1.1B-shaped f16 model on the GPU. Returns 0, or
+ * per CPU); "cuda": a random TinyLlama-1.1B-shaped f16 model on the GPU. Each step's
+ * time is the `quantile` of 9 runs: 0 the fastest (the engine undisturbed), 0.5 the
+ * median (the engine as a server on this shared machine sees it right now). Returns 0, or
  * -EINVAL for another backend, or the engine's error. */
-int sim_cost_calibrate(struct sim_cost_model *m, const char *backend, int threads, FILE *report);
+int sim_cost_calibrate(struct sim_cost_model *m, const char *backend, int threads, double quantile,
+		       FILE *report);
 
 /* --- the simulation ------------------------------------------------------------------------- */
 
@@ -136,7 +145,7 @@ struct sim_config {
 	const struct rs_planner_ops *planner; /* NULL: continuous batching */
 	struct rs_multibin_params multibin;
 	struct sim_cost_model cost;
-	uint32_t max_in_flight; /* requests submitted and not finished at most */
+	uint32_t max_in_flight;	  /* requests submitted and not finished at most */
 	uint64_t sample_every_ns; /* service-difference samples (0: every step) */
 	uint32_t workers;	  /* engine instances, each kv_blocks and `lanes` lanes; 0: 1 */
 	struct rs_dispatch_params dispatch;
@@ -165,5 +174,24 @@ struct sim_result {
 /* Run the workload through the core. Returns 0 or -errno with a message in err. */
 int sim_run(const struct sim_config *config, struct sim_workload *w, struct sim_result *out,
 	    char *err, size_t err_size);
+
+/* --- the replay client: the same workload through a real ringserved ------------------- */
+
+/* What the replay measured, defined as sim_result's: requests/s and output tokens/s over
+ * the time from the first arrival to the last finish, means over all requests, cached
+ * share of all prompt tokens; plus the daemon's own clock (from taking a request off its
+ * ring) and its engine steps (its statistics segment; 0 when unreadable). */
+struct sim_replay_result {
+	uint64_t requests, failed, prompt_tokens, cached_tokens, output_tokens, steps;
+	double seconds, requests_per_s, tokens_per_s, latency_mean_s, ttft_mean_s, hit_share;
+	double daemon_latency_mean_s, daemon_ttft_mean_s;
+};
+
+/* Submit the trace workload w (w->trace, read whole) to the ringserved at socket_path at
+ * its arrival times, one connection and thread per tenant (tenant names as w's), prompts
+ * of sim_prompt_token, EOS ignored, and wait for every completion (replay.c). Returns 0,
+ * or -errno with a message in err (a request that failed: -EIO). */
+int sim_replay(const char *socket_path, const struct sim_workload *w, struct sim_replay_result *out,
+	       char *err, size_t err_size);
 
 #endif

@@ -77,8 +77,12 @@ static uint32_t token_of(uint64_t key, uint32_t i)
 	return 1 + (uint32_t)(sim_random(&x) % (VOCAB - 1));
 }
 
-static int submit(struct sim *sim, const struct sim_request_spec *spec, char *err,
-		  size_t err_size)
+uint32_t sim_prompt_token(const struct sim_request_spec *spec, uint64_t index, uint32_t i)
+{
+	return i < spec->prefix_len ? token_of(spec->prefix, i) : token_of((1ull << 32) + index, i);
+}
+
+static int submit(struct sim *sim, const struct sim_request_spec *spec, char *err, size_t err_size)
 {
 	if (sim->n_records == sim->cap_records) {
 		uint64_t cap = sim->cap_records ? 2 * sim->cap_records : 65536;
@@ -92,8 +96,10 @@ static int submit(struct sim *sim, const struct sim_request_spec *spec, char *er
 	}
 	struct rs_request *request = rs_request_get(&sim->pool);
 	if (!request) {
-		snprintf(err, err_size, "more than %u requests in flight at %.3f s "
-			 "(--max-in-flight)", sim->config->max_in_flight, sim->now / 1e9);
+		snprintf(err, err_size,
+			 "more than %u requests in flight at %.3f s "
+			 "(--max-in-flight)",
+			 sim->config->max_in_flight, sim->now / 1e9);
 		return -ENOSPC;
 	}
 	int rc = rs_request_reserve(request, spec->prompt_len, spec->output_len,
@@ -104,11 +110,10 @@ static int submit(struct sim *sim, const struct sim_request_spec *spec, char *er
 		return rc;
 	}
 	uint64_t id = sim->n_records++;
-	sim->records[id] = (struct record){.arrival_ns = spec->arrival_ns, .tenant = spec->tenant,
-					   .output_len = spec->output_len};
+	sim->records[id] = (struct record){
+	    .arrival_ns = spec->arrival_ns, .tenant = spec->tenant, .output_len = spec->output_len};
 	for (uint32_t i = 0; i < spec->prompt_len; i++)
-		request->tokens[i] = i < spec->prefix_len ? token_of(spec->prefix, i)
-							  : token_of((1ull << 32) + id, i);
+		request->tokens[i] = sim_prompt_token(spec, id, i);
 	request->tenant = sim->tenants[spec->tenant];
 	request->user_data = id;
 	request->ignore_eos = true;
@@ -117,8 +122,10 @@ static int submit(struct sim *sim, const struct sim_request_spec *spec, char *er
 	rc = rs_sched_submit(sim->sched, request);
 	if (rc) {
 		rs_request_put(&sim->pool, request);
-		snprintf(err, err_size, "request %llu (prompt %u + output %u) can never fit %u KV "
-			 "blocks", (unsigned long long)id, spec->prompt_len, spec->output_len,
+		snprintf(err, err_size,
+			 "request %llu (prompt %u + output %u) can never fit %u KV "
+			 "blocks",
+			 (unsigned long long)id, spec->prompt_len, spec->output_len,
 			 sim->config->kv_blocks);
 		return rc;
 	}
@@ -240,21 +247,21 @@ int sim_run(const struct sim_config *config, struct sim_workload *w, struct sim_
 	for (uint32_t i = 0; i < workers && rc == 0; i++)
 		rc = rs_kv_cache_create(config->kv_blocks, config->block_size, &sim->kv[i]);
 	struct rs_sched_config sc = {
-		.lanes = config->lanes,
-		.max_batch = config->max_batch,
-		.max_batch_tokens = config->max_batch_tokens,
-		.max_tenants = SIM_MAX_TENANTS,
-		.vocab_size = VOCAB,
-		.eos_token = UINT32_MAX,
-		.prefix_cache = config->prefix_cache,
-		.admission = config->admission,
-		.planner = config->planner,
-		.multibin = config->multibin,
-		.workers = workers,
-		.dispatch = config->dispatch,
+	    .lanes = config->lanes,
+	    .max_batch = config->max_batch,
+	    .max_batch_tokens = config->max_batch_tokens,
+	    .max_tenants = SIM_MAX_TENANTS,
+	    .vocab_size = VOCAB,
+	    .eos_token = UINT32_MAX,
+	    .prefix_cache = config->prefix_cache,
+	    .admission = config->admission,
+	    .planner = config->planner,
+	    .multibin = config->multibin,
+	    .workers = workers,
+	    .dispatch = config->dispatch,
 	};
 	struct rs_sched_hooks hooks = {
-		.now_ns = sim_now, .token = sim_token, .finish = sim_finish, .ctx = sim};
+	    .now_ns = sim_now, .token = sim_token, .finish = sim_finish, .ctx = sim};
 	if (rc == 0)
 		rc = rs_sched_create_workers(&sc, sim->kv, &hooks, &sim->sched);
 	if (rc == 0)
@@ -293,11 +300,12 @@ int sim_run(const struct sim_config *config, struct sim_workload *w, struct sim_
 			for (uint32_t i = 0; i < plan->n; i++)
 				if (plan->steps[i].sample)
 					*plan->steps[i].out_token =
-						token_of(plan->requests[i]->user_data, 1 << 30);
+					    token_of(plan->requests[i]->user_data, 1 << 30);
 			struct sim_step_shape shape;
 			sim_step_shape_of(plan, &shape);
 			/* At least a nanosecond: time moves on. */
-			done_at[l] = sim->now + 1 + (uint64_t)(sim_cost_seconds(&config->cost, &shape) * 1e9);
+			done_at[l] = sim->now + 1 +
+				     (uint64_t)(sim_cost_seconds(&config->cost, &shape) * 1e9);
 			busy[l] = true;
 		}
 		uint64_t t = UINT64_MAX;
@@ -311,8 +319,10 @@ int sim_run(const struct sim_config *config, struct sim_workload *w, struct sim_
 			t = wake;
 		if (t == UINT64_MAX) {
 			if (rs_sched_busy(sim->sched)) {
-				snprintf(err, err_size, "stuck at %.3f s: %u requests waiting, nothing "
-					 "planned", sim->now / 1e9, rs_sched_waiting(sim->sched));
+				snprintf(err, err_size,
+					 "stuck at %.3f s: %u requests waiting, nothing "
+					 "planned",
+					 sim->now / 1e9, rs_sched_waiting(sim->sched));
 				rc = -EDEADLK;
 			}
 			break;
@@ -359,6 +369,7 @@ out:
 	free(sim);
 	clock_gettime(CLOCK_MONOTONIC, &wall1);
 	if (rc == 0)
-		out->wall_s = (wall1.tv_sec - wall0.tv_sec) + (wall1.tv_nsec - wall0.tv_nsec) * 1e-9;
+		out->wall_s =
+		    (wall1.tv_sec - wall0.tv_sec) + (wall1.tv_nsec - wall0.tv_nsec) * 1e-9;
 	return rc;
 }
