@@ -224,7 +224,8 @@ python: $(LIBRS_A)
 	$(Q)cd client-lib/python && RINGSERVE_BUILD=$(abspath $(O)) $(PYTHON) setup.py -q build \
 		--build-lib $(PY_LIB) --build-temp $(abspath $(O))/python/tmp $(if $(filter 1,$(V)),,>/dev/null)
 test-python: python $(DAEMON_BIN) $(TOOL_BINS)
-	RS_BUILD_DIR=$(abspath $(O)) PYTHONPATH=$(PY_LIB) PYTHONDONTWRITEBYTECODE=1 timeout 600 \
+	$(call say,PYTEST,client-lib/python/tests)
+	$(Q)RS_BUILD_DIR=$(abspath $(O)) PYTHONPATH=$(PY_LIB) PYTHONDONTWRITEBYTECODE=1 timeout 600 \
 		$(PYTHON) -m pytest -q -p no:cacheprovider client-lib/python/tests
 bench-python: python $(DAEMON_BIN) $(TOOL_BINS)
 	PYTHONPATH=$(PY_LIB) PYTHONDONTWRITEBYTECODE=1 $(PYTHON) tools/bench-python.py \
