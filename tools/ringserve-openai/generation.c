@@ -81,21 +81,23 @@ int generation_advance(struct generation *gen, int client_fd)
 		uint32_t count = bridge_request_state(gen->req, &tokens, &done, &status, &flags);
 		if (count > gen->consumed || done) {
 			size_t old_len = gen->text_len;
-			uint32_t fresh = count > gen->consumed ? count - gen->consumed : 0;
-			if (fresh) {
-				char stack_buf[4096];
-				size_t need = RS_DETOK_MAX_OUTPUT(fresh);
-				char *buf = need <= sizeof(stack_buf) ? stack_buf : malloc(need);
-				if (!buf)
-					return -ENOMEM;
-				int n = rs_detok_feed(&gen->detok, tokens + gen->consumed, fresh,
-						      buf, need);
+			/* One token at a time, so that a stop sequence ends the count of
+			 * completion tokens where it matched, however many tokens the daemon
+			 * wrote before the cancel reached it. */
+			while (gen->consumed < count) {
+				char buf[RS_DETOK_MAX_OUTPUT(1)];
+				int n = rs_detok_feed(&gen->detok, tokens + gen->consumed, 1, buf,
+						      sizeof(buf));
 				int ret = n >= 0 ? append(gen, buf, (size_t)n) : n;
-				if (buf != stack_buf)
-					free(buf);
 				if (ret < 0)
 					return ret;
-				gen->consumed = count;
+				gen->consumed++;
+				if (gen->n_stops && match_stops(gen, old_len)) {
+					gen->finished = true;
+					gen->finish_reason = "stop";
+					return 0;
+				}
+				old_len = gen->text_len;
 			}
 			if (done && status == 0) {
 				char tail[4];
