@@ -293,6 +293,24 @@ AVX2 static inline __m256i load32(const void *p)
 	return _mm256_loadu_si256((const __m256i *)p);
 }
 
+/* 64 codes of a Q4_K or Q5_K super-block from its 32 packed bytes: the low nibbles (the
+ * first 32-value sub-block) in lo, the high ones (the second) in hi; Q5_K adds each
+ * sub-block's fifth bit from *qh, which then moves on to the next pair of sub-blocks. */
+AVX2 static inline void k45_codes(const uint8_t *packed_bytes, bool five, __m256i *qh, __m256i *lo,
+				  __m256i *hi)
+{
+	const __m256i low4 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
+	__m256i packed = load32(packed_bytes);
+	*lo = _mm256_and_si256(packed, low4);
+	*hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
+	if (five) {
+		*lo = _mm256_or_si256(*lo, _mm256_slli_epi16(_mm256_and_si256(*qh, one), 4));
+		*hi = _mm256_or_si256(
+		    *hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(*qh, 1), one), 4));
+		*qh = _mm256_srli_epi16(*qh, 2);
+	}
+}
+
 AVX2 static float row_dot_avx2(const uint8_t *w, enum rs_dtype dtype, struct act_row a, uint32_t k)
 {
 	size_t bb = rs_dtype_block_bytes(dtype);
@@ -326,7 +344,6 @@ AVX2 static float row_dot_avx2(const uint8_t *w, enum rs_dtype dtype, struct act
 	case RS_DTYPE_Q4_K:
 	case RS_DTYPE_Q5_K: {
 		bool five = dtype == RS_DTYPE_Q5_K;
-		const __m256i one = _mm256_set1_epi8(1);
 		for (uint32_t sb = 0; sb < k / 256; sb++, w += bb) {
 			PREFETCH_AHEAD(w, bb);
 			const uint8_t *qs = five ? w + 48 : w + 16;
@@ -335,18 +352,8 @@ AVX2 static float row_dot_avx2(const uint8_t *w, enum rs_dtype dtype, struct act
 			k_scales_mins(w + 4, &sc, &m);
 			__m256i qh = load32(w + 16), sumi = _mm256_setzero_si256();
 			for (int c = 0; c < 4; c++) {
-				__m256i packed = load32(qs + 32 * c);
-				__m256i lo = _mm256_and_si256(packed, low4);
-				__m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
-				if (five) {
-					lo = _mm256_or_si256(
-					    lo, _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));
-					hi = _mm256_or_si256(
-					    hi, _mm256_slli_epi16(
-						    _mm256_and_si256(_mm256_srli_epi16(qh, 1), one),
-						    4));
-					qh = _mm256_srli_epi16(qh, 2);
-				}
+				__m256i lo, hi;
+				k45_codes(qs + 32 * c, five, &qh, &lo, &hi);
 				__m256i sc_lo = _mm256_set1_epi16((short)((sc >> 16 * c) & 255));
 				__m256i sc_hi =
 				    _mm256_set1_epi16((short)((sc >> (16 * c + 8)) & 255));
@@ -464,7 +471,6 @@ AVX2 static void dequant_row_avx2(float *y, const uint8_t *w, enum rs_dtype dtyp
 	case RS_DTYPE_Q4_K:
 	case RS_DTYPE_Q5_K: {
 		bool five = dtype == RS_DTYPE_Q5_K;
-		const __m256i one = _mm256_set1_epi8(1);
 		for (uint32_t sb = 0; sb < k / 256; sb++, w += bb, y += 256) {
 			const uint8_t *qs = five ? w + 48 : w + 16;
 			float d = f16_at(w), dmin = f16_at(w + 2);
@@ -472,18 +478,8 @@ AVX2 static void dequant_row_avx2(float *y, const uint8_t *w, enum rs_dtype dtyp
 			k_scales_mins(w + 4, &sc, &m);
 			__m256i qh = load32(w + 16);
 			for (int c = 0; c < 4; c++) {
-				__m256i packed = load32(qs + 32 * c);
-				__m256i lo = _mm256_and_si256(packed, low4);
-				__m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
-				if (five) {
-					lo = _mm256_or_si256(
-					    lo, _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));
-					hi = _mm256_or_si256(
-					    hi, _mm256_slli_epi16(
-						    _mm256_and_si256(_mm256_srli_epi16(qh, 1), one),
-						    4));
-					qh = _mm256_srli_epi16(qh, 2);
-				}
+				__m256i lo, hi;
+				k45_codes(qs + 32 * c, five, &qh, &lo, &hi);
 				for (int half = 0; half < 2; half++) {
 					int j = 2 * c + half;
 					float dj = d * (float)((sc >> 8 * j) & 255);
