@@ -223,6 +223,24 @@ static int upload_new(void **dst, const struct rs_tensor *t, enum rs_dtype to)
 	return rc ? rc : upload(*dst, t, to);
 }
 
+/* Layer l's q, k, v biases (Qwen2), fused as the weights are, into *out; *out stays NULL
+ * for a model without them. */
+static int upload_qkv_bias(const struct rs_engine *e, const struct rs_model_config *cfg,
+			   uint32_t l, float **out)
+{
+	size_t n = ((size_t)cfg->n_heads + 2 * (size_t)cfg->n_kv_heads) * cfg->head_dim;
+	float *bias = (float *)malloc(n * sizeof(float));
+	int rc = bias ? 0 : -ENOMEM;
+	if (!rc && rs_engine_qkv_bias(e, l, bias)) {
+		rc = dev_alloc((void **)out, n * sizeof(float));
+		if (!rc)
+			rc = cuda_errno(
+			    cudaMemcpy(*out, bias, n * sizeof(float), cudaMemcpyHostToDevice));
+	}
+	free(bias);
+	return rc;
+}
+
 /* RoPE's cosines and sines for every position, computed once on the host (the CPU's own
  * floats: rs_op_rope_table) rather than in every layer of every step. */
 static int upload_rope_table(const struct rs_engine *e, struct cuda_engine *c,
@@ -336,19 +354,8 @@ static int load_weights_quant(struct rs_engine *e, struct cuda_engine *c, char *
 			rc = upload_qmat_parts(&L->wo, &L->q_wo, &wo, 1);
 		if (!rc)
 			rc = upload_qmat_parts(&L->w_down, &L->q_down, &down, 1);
-		if (!rc) {
-			size_t n = (size_t)cfg->n_heads * cfg->head_dim +
-				   2 * (size_t)cfg->n_kv_heads * cfg->head_dim;
-			float *bias = (float *)malloc(n * sizeof(float));
-			rc = bias ? 0 : -ENOMEM;
-			if (!rc && rs_engine_qkv_bias(e, l, bias)) {
-				rc = dev_alloc((void **)&L->bqkv, n * sizeof(float));
-				if (!rc)
-					rc = cuda_errno(cudaMemcpy(L->bqkv, bias, n * sizeof(float),
-								   cudaMemcpyHostToDevice));
-			}
-			free(bias);
-		}
+		if (!rc)
+			rc = upload_qkv_bias(e, cfg, l, &L->bqkv);
 	}
 	if (!rc)
 		rc = upload_rope_table(e, c, cfg);
@@ -428,19 +435,8 @@ static int load_weights(struct rs_engine *e, struct cuda_engine *c, char *err, s
 			rc = upload_new(&L->wo, &w->wo, wt);
 		if (!rc)
 			rc = upload_new(&L->w_down, &w->w_down, wt);
-		if (!rc) {
-			/* Qwen2's q, k, v biases, fused as the weights are. */
-			size_t n = q_dim + 2 * kv_dim;
-			float *bias = (float *)malloc(n * sizeof(float));
-			rc = bias ? 0 : -ENOMEM;
-			if (!rc && rs_engine_qkv_bias(e, l, bias)) {
-				rc = dev_alloc((void **)&L->bqkv, n * sizeof(float));
-				if (!rc)
-					rc = cuda_errno(cudaMemcpy(L->bqkv, bias, n * sizeof(float),
-								   cudaMemcpyHostToDevice));
-			}
-			free(bias);
-		}
+		if (!rc)
+			rc = upload_qkv_bias(e, cfg, l, &L->bqkv);
 	}
 	if (!rc)
 		rc = upload_rope_table(e, c, cfg);
