@@ -75,17 +75,17 @@ void rs_close(struct rs_connection *conn);
 
 /* What the daemon serves, from the read-only segment it shares with every client. */
 struct rs_model_info {
-	uint32_t vocab_size;  /* token ids are < vocab_size */
-	uint32_t bos_token;   /* UINT32_MAX: none */
-	uint32_t eos_token;   /* UINT32_MAX: none */
-	uint32_t max_seq_len; /* prompt + output tokens per request at most */
-	uint32_t max_prompt_tokens;  /* this connection's limits */
+	uint32_t vocab_size;	    /* token ids are < vocab_size */
+	uint32_t bos_token;	    /* UINT32_MAX: none */
+	uint32_t eos_token;	    /* UINT32_MAX: none */
+	uint32_t max_seq_len;	    /* prompt + output tokens per request at most */
+	uint32_t max_prompt_tokens; /* this connection's limits */
 	uint32_t max_output_tokens;
 	uint32_t max_inflight;
 	uint32_t client_id;
 	const char *model_name;
 	const char *engine_name; /* "null", "cpu", "cuda" */
-	const void *vocab;       /* serialized vocabulary, or NULL */
+	const void *vocab;	 /* serialized vocabulary, or NULL */
 	uint64_t vocab_bytes;
 };
 
@@ -93,22 +93,23 @@ struct rs_model_info {
 int rs_model_info(struct rs_connection *conn, struct rs_model_info *info);
 
 #define RS_GENERATE_IGNORE_EOS (1u << 0) /* keep going after the end-of-sequence token */
-#define RS_GENERATE_NO_BOS (1u << 1)     /* rs_submit_text: no BOS before the text (a
-					  * continuation); rs_submit ignores it */
+#define RS_GENERATE_NO_BOS                                                                         \
+	(1u << 1) /* rs_submit_text: no BOS before the text (a                                     \
+		   * continuation); rs_submit ignores it */
 
 /* One generation request. Fields left 0 take their default: temperature 0 is greedy,
  * top_p 0 means 1 (no nucleus cut), top_k 0 means no cut, seed 0 is a valid seed. */
 struct rs_generate_params {
-	const uint32_t *prompt;   /* token ids, copied into shared memory by rs_submit */
-	uint32_t prompt_len;      /* 1 .. max_prompt_tokens */
-	uint32_t max_new_tokens;  /* 1 .. max_output_tokens */
+	const uint32_t *prompt;	 /* token ids, copied into shared memory by rs_submit */
+	uint32_t prompt_len;	 /* 1 .. max_prompt_tokens */
+	uint32_t max_new_tokens; /* 1 .. max_output_tokens */
 	float temperature;
 	float top_p;
 	uint32_t top_k;
 	uint64_t seed;
 	uint32_t output_len_hint; /* your guess of the output length, for batching; 0: none */
-	uint32_t flags;           /* RS_GENERATE_* */
-	uint64_t user_data;       /* returned in the completion */
+	uint32_t flags;		  /* RS_GENERATE_* */
+	uint64_t user_data;	  /* returned in the completion */
 };
 
 /* Submit a request. Returns a request handle (>= 0), valid until rs_release, or:
@@ -129,20 +130,20 @@ int rs_submit_nop(struct rs_connection *conn, uint64_t user_data);
 /* A finished request. */
 struct rs_completion {
 	uint64_t user_data;
-	int32_t request;      /* the handle from rs_submit; -1 for a no-op */
-	int32_t status;       /* 0, or a negative errno:
-			       *   -ECANCELED   rs_cancel
-			       *   -EINVAL      a field the daemon rejected
-			       *   -E2BIG       prompt + output over the model's context
-			       *   -ERANGE      a prompt token id >= vocab_size
-			       *   -EAGAIN      over the in-flight limit
-			       *   -ESHUTDOWN   the daemon drained and gave up on it
-			       *   -EPROTO      its output area was overwritten while
-			       *                it was being generated
-			       *   -EIO         the engine failed the step it was in
-			       *   -ENOMEM      the daemon ran out of memory for it */
-	uint32_t output_len;  /* tokens generated (also on error: what was produced) */
-	uint32_t flags;       /* RS_COMPLETION_EOS */
+	int32_t request;	/* the handle from rs_submit; -1 for a no-op */
+	int32_t status;		/* 0, or a negative errno:
+				 *   -ECANCELED   rs_cancel
+				 *   -EINVAL      a field the daemon rejected
+				 *   -E2BIG       prompt + output over the model's context
+				 *   -ERANGE      a prompt token id >= vocab_size
+				 *   -EAGAIN      over the in-flight limit
+				 *   -ESHUTDOWN   the daemon drained and gave up on it
+				 *   -EPROTO      its output area was overwritten while
+				 *                it was being generated
+				 *   -EIO         the engine failed the step it was in
+				 *   -ENOMEM      the daemon ran out of memory for it */
+	uint32_t output_len;	/* tokens generated (also on error: what was produced) */
+	uint32_t flags;		/* RS_COMPLETION_EOS */
 	uint32_t cached_tokens; /* prompt tokens the prefix cache served */
 	/* Timings on the daemon's clock, in microseconds from the daemon taking the request
 	 * off the ring: to its admission (queueing), to its first output token (time to
@@ -151,7 +152,7 @@ struct rs_completion {
 	uint32_t queued_us;
 	uint32_t first_token_us;
 	uint32_t total_us;
-	uint32_t preemptions;   /* times the daemon preempted it for memory and recomputed */
+	uint32_t preemptions; /* times the daemon preempted it for memory and recomputed */
 };
 
 #define RS_COMPLETION_EOS (1u << 0) /* stopped at the end-of-sequence token */
@@ -207,8 +208,9 @@ int rs_fd(struct rs_connection *conn);
  * docs/client-api.md has a complete loop (tests/client_event_loop.c compiles it). */
 
 #define RS_EVENT_COMPLETION (1u << 0) /* a completion waits for rs_poll */
-#define RS_EVENT_OUTPUT	    (1u << 1) /* a request that has not completed has more output
-				       * than rs_output or rs_wait_output last returned for it */
+#define RS_EVENT_OUTPUT                                                                            \
+	(1u << 1) /* a request that has not completed has more output                              \
+		   * than rs_output or rs_wait_output last returned for it */
 
 /* The connection's event-loop descriptor: readable when something rs_event_arm armed for
  * has happened since (or happens after) it returned 0, and when the daemon is gone (EOF
@@ -252,8 +254,9 @@ int rs_event_arm(struct rs_connection *conn, unsigned events);
  *   -ENOTSUP   the daemon serves no vocabulary (the null engine, or a model without one)
  *   -EPROTO    the daemon's vocabulary is malformed */
 
-#define RS_TOKENIZE_BOS (1u << 0) /* put BOS first, when the model expects one (its
-				   * vocabulary says so, as Llama's do) */
+#define RS_TOKENIZE_BOS                                                                            \
+	(1u << 0) /* put BOS first, when the model expects one (its                                \
+		   * vocabulary says so, as Llama's do) */
 
 /* Tokenize text[0 .. len) (any bytes, need not be NUL-terminated; NULL when len is 0) into
  * ids[0 .. max_ids). With ids NULL and max_ids 0 nothing is written and the return value
@@ -297,9 +300,9 @@ int rs_submit_text(struct rs_connection *conn, const struct rs_generate_params *
  * it only while the connection is open. It is not tied to the connection's thread (the
  * vocabulary is read-only), but one detokenizer is for one thread at a time. */
 struct rs_detok {
-	const void *vocab;     /* private */
-	int32_t prev;          /* private: the last token fed, -1 at the start of a text */
-	uint32_t pending_len;  /* private */
+	const void *vocab;    /* private */
+	int32_t prev;	      /* private: the last token fed, -1 at the start of a text */
+	uint32_t pending_len; /* private */
 	unsigned char pending[4];
 	uint32_t reserved;
 };
@@ -356,9 +359,9 @@ int rs_detok_flush(struct rs_detok *detok, char *out, size_t out_size);
 #define RS_STATS_MAX_TENANTS 64 /* tenant records the daemon publishes at most */
 
 /* The daemon's state (daemon_state). */
-#define RS_STATS_RUNNING 1
+#define RS_STATS_RUNNING  1
 #define RS_STATS_DRAINING 2 /* SIGTERM: finishing what is in flight */
-#define RS_STATS_STOPPED 3  /* the last update */
+#define RS_STATS_STOPPED  3 /* the last update */
 
 /* The whole daemon. Counters run over the daemon's life. */
 struct rs_stats {

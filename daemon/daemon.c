@@ -158,12 +158,13 @@ int rs_daemon_init(struct rs_daemon *daemon, const struct rs_daemon_config *conf
 	daemon->last_heartbeat_ns = rs_now_ns();
 	daemon->now_ns = daemon->last_heartbeat_ns;
 	rs_stats_publish(daemon->stats_publisher, daemon, daemon->now_ns); /* readable at once */
-	fprintf(stderr,
-		"ringserved: listening on %s%s (engine %s, model %s, %u lane(s), wakeups by %s%s)\n",
-		daemon->config.socket_path, daemon->socket_activated ? " (passed by systemd)" : "",
-		engine->name, engine->model_name, engine->lanes,
-		daemon->wake_mode == RS_WAKE_FUTEX ? "io_uring FUTEX_WAIT" : "eventfd",
-		daemon->futex_wait_supported ? "" : " (IORING_OP_FUTEX_WAIT not supported)");
+	fprintf(
+	    stderr,
+	    "ringserved: listening on %s%s (engine %s, model %s, %u lane(s), wakeups by %s%s)\n",
+	    daemon->config.socket_path, daemon->socket_activated ? " (passed by systemd)" : "",
+	    engine->name, engine->model_name, engine->lanes,
+	    daemon->wake_mode == RS_WAKE_FUTEX ? "io_uring FUTEX_WAIT" : "eventfd",
+	    daemon->futex_wait_supported ? "" : " (IORING_OP_FUTEX_WAIT not supported)");
 	return 0;
 }
 

@@ -131,7 +131,7 @@ struct rs_daemon {
 	bool futex_wait_supported; /* IORING_OP_FUTEX_WAIT probed at start */
 	uint32_t wake_mode;	   /* enum rs_wake_mode used for new clients */
 	int listen_fd;
-	bool socket_activated;		/* listen_fd came from systemd, which owns the file */
+	bool socket_activated;		 /* listen_fd came from systemd, which owns the file */
 	char activated_socket_path[108]; /* its path; config.socket_path points here */
 	int signal_fd;
 	int shared_fd; /* the read-only segment every client gets */

@@ -2,11 +2,11 @@
 #include <errno.h>
 #include <getopt.h>
 #include <grp.h>
-#include <pwd.h>
-#include <stdbool.h>
 #include <limits.h>
 #include <math.h>
+#include <pwd.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,63 +18,66 @@
 
 static void usage(FILE *out)
 {
-	fprintf(out,
-		"usage: ringserved [options]\n"
-		"  --socket PATH         control socket (default $XDG_RUNTIME_DIR/ringserve.sock,\n"
-		"                        else /run/ringserve/ringserve.sock)\n"
-		"  --socket-mode OCTAL   permissions of the socket file (default 0660)\n"
-		"  --allow-uid UID[,UID] peers allowed by user id or name (default: our uid and root)\n"
-		"  --allow-gid GID[,GID] peers allowed by group id or name\n"
-		"  --cpu N               pin the scheduler core to CPU N, memory on its NUMA node\n"
-		"  --max-clients N       (64)\n"
-		"  --ring-entries N      submission/completion ring entries per client, power of 2 (256)\n"
-		"  --slots N             request slots per client (256)\n"
-		"  --max-inflight N      requests in flight per client (256)\n"
-		"  --max-prompt N        prompt tokens per request (4096)\n"
-		"  --max-output N        output tokens per request (4096)\n"
-		"  --spin-us N           busy-poll this long without work before sleeping (200)\n"
-		"  --grace-ms N          on SIGTERM, let in-flight work finish this long (10000)\n"
-		"  --eventfd             wake the daemon through an eventfd, not IORING_OP_FUTEX_WAIT\n"
-		"  --model PATH          serve this model (GGUF, or a llama2.c checkpoint)\n"
-		"  --tokenizer PATH      llama2.c tokenizer.bin (default: next to the checkpoint)\n"
-		"  --backend NAME        auto, cpu or cuda (auto)\n"
-		"  --threads N           CPU backend worker threads (one per CPU)\n"
-		"  --kv-blocks N         KV cache blocks of 16 positions (model: 8 full contexts;\n"
-		"                        null engine: 8192, which it only accounts for)\n"
-		"  --kv-dtype TYPE       auto, f32 or f16: the CPU backend's KV cache (auto: f16 for\n"
-		"                        f16/bf16 models, f32 for f32 models)\n"
-		"  --max-batch-tokens N  tokens per step, prefill chunks included (512)\n"
-		"  --engine null         no model: deterministic tokens (the default without --model)\n"
-		"  --null-vocab N        null engine vocabulary size (32000)\n"
-		"  --null-delay-us N     null engine: each step takes N us (0)\n"
-		"  --lanes N             engine lanes (1)\n"
-		"  --max-batch N         requests per step (256)\n"
-		"  --policy NAME         admission: dlpm, vtc, lpm or fcfs (dlpm; docs/scheduling.md)\n"
-		"  --quantum N           dlpm: weighted tokens a backlogged tenant gets per round (2048)\n"
-		"  --w-prompt X          charge per (dlpm: uncached) prompt token (1)\n"
-		"  --w-output X          charge per generated token (2)\n"
-		"  --no-prefix-cache     never share cached prompt prefixes between requests\n"
-		"  --planner NAME        batches: continuous or multibin (continuous)\n"
-		"  --bins K              multibin: bins of predicted output length (4)\n"
-		"  --bin-batch N         multibin: requests a batch gathers (--max-batch)\n"
-		"  --bin-mode MODE       multibin: static (a batch runs to its last member) or\n"
-		"                        continuous (freed seats refilled from the bin) (static)\n"
-		"  --bin-deadline-ms N   multibin: a bin waits at most N ms to fill (1000)\n"
-		"  --bin-boundaries L,.. multibin: fixed upper lengths of bins 0..K-2 (default: the\n"
-		"                        observed lengths' quantiles)\n"
-		"  --workers N           engine instances, each its own KV pool, prefix cache and\n"
-		"                        --lanes lanes; CPU workers split --threads (1)\n"
-		"  --dispatch NAME       which worker a request runs on: d2lpm, round-robin,\n"
-		"                        least-loaded, cache-aware (d2lpm; docs/scheduling.md)\n"
-		"  --load-threshold N    d2lpm: leave the best-cached worker when its load exceeds\n"
-		"                        the least-loaded's by more than N requests (max batch / 2)\n"
-		"  --cache-threshold X   cache-aware: cached share of the prompt to follow (0.5)\n"
-		"  --dispatch-quantum N  d2lpm: weighted tokens per tenant per worker a round (65536)\n"
-		"  --dispatch-lookahead N d2lpm: waiting requests per tenant a free seat matches (4)\n"
-		"  --max-tenants N       tenants known at once (1024)\n"
-		"  --config FILE         tenants: weights, limits, allowed uids (SIGHUP reloads it)\n"
-		"  --ready-fd N          write one byte to descriptor N once listening, then close it\n"
-		"  --verbose\n");
+	fprintf(
+	    out,
+	    "usage: ringserved [options]\n"
+	    "  --socket PATH         control socket (default $XDG_RUNTIME_DIR/ringserve.sock,\n"
+	    "                        else /run/ringserve/ringserve.sock)\n"
+	    "  --socket-mode OCTAL   permissions of the socket file (default 0660)\n"
+	    "  --allow-uid UID[,UID] peers allowed by user id or name (default: our uid and root)\n"
+	    "  --allow-gid GID[,GID] peers allowed by group id or name\n"
+	    "  --cpu N               pin the scheduler core to CPU N, memory on its NUMA node\n"
+	    "  --max-clients N       (64)\n"
+	    "  --ring-entries N      submission/completion ring entries per client, power of 2 "
+	    "(256)\n"
+	    "  --slots N             request slots per client (256)\n"
+	    "  --max-inflight N      requests in flight per client (256)\n"
+	    "  --max-prompt N        prompt tokens per request (4096)\n"
+	    "  --max-output N        output tokens per request (4096)\n"
+	    "  --spin-us N           busy-poll this long without work before sleeping (200)\n"
+	    "  --grace-ms N          on SIGTERM, let in-flight work finish this long (10000)\n"
+	    "  --eventfd             wake the daemon through an eventfd, not IORING_OP_FUTEX_WAIT\n"
+	    "  --model PATH          serve this model (GGUF, or a llama2.c checkpoint)\n"
+	    "  --tokenizer PATH      llama2.c tokenizer.bin (default: next to the checkpoint)\n"
+	    "  --backend NAME        auto, cpu or cuda (auto)\n"
+	    "  --threads N           CPU backend worker threads (one per CPU)\n"
+	    "  --kv-blocks N         KV cache blocks of 16 positions (model: 8 full contexts;\n"
+	    "                        null engine: 8192, which it only accounts for)\n"
+	    "  --kv-dtype TYPE       auto, f32 or f16: the CPU backend's KV cache (auto: f16 for\n"
+	    "                        f16/bf16 models, f32 for f32 models)\n"
+	    "  --max-batch-tokens N  tokens per step, prefill chunks included (512)\n"
+	    "  --engine null         no model: deterministic tokens (the default without --model)\n"
+	    "  --null-vocab N        null engine vocabulary size (32000)\n"
+	    "  --null-delay-us N     null engine: each step takes N us (0)\n"
+	    "  --lanes N             engine lanes (1)\n"
+	    "  --max-batch N         requests per step (256)\n"
+	    "  --policy NAME         admission: dlpm, vtc, lpm or fcfs (dlpm; docs/scheduling.md)\n"
+	    "  --quantum N           dlpm: weighted tokens a backlogged tenant gets per round "
+	    "(2048)\n"
+	    "  --w-prompt X          charge per (dlpm: uncached) prompt token (1)\n"
+	    "  --w-output X          charge per generated token (2)\n"
+	    "  --no-prefix-cache     never share cached prompt prefixes between requests\n"
+	    "  --planner NAME        batches: continuous or multibin (continuous)\n"
+	    "  --bins K              multibin: bins of predicted output length (4)\n"
+	    "  --bin-batch N         multibin: requests a batch gathers (--max-batch)\n"
+	    "  --bin-mode MODE       multibin: static (a batch runs to its last member) or\n"
+	    "                        continuous (freed seats refilled from the bin) (static)\n"
+	    "  --bin-deadline-ms N   multibin: a bin waits at most N ms to fill (1000)\n"
+	    "  --bin-boundaries L,.. multibin: fixed upper lengths of bins 0..K-2 (default: the\n"
+	    "                        observed lengths' quantiles)\n"
+	    "  --workers N           engine instances, each its own KV pool, prefix cache and\n"
+	    "                        --lanes lanes; CPU workers split --threads (1)\n"
+	    "  --dispatch NAME       which worker a request runs on: d2lpm, round-robin,\n"
+	    "                        least-loaded, cache-aware (d2lpm; docs/scheduling.md)\n"
+	    "  --load-threshold N    d2lpm: leave the best-cached worker when its load exceeds\n"
+	    "                        the least-loaded's by more than N requests (max batch / 2)\n"
+	    "  --cache-threshold X   cache-aware: cached share of the prompt to follow (0.5)\n"
+	    "  --dispatch-quantum N  d2lpm: weighted tokens per tenant per worker a round (65536)\n"
+	    "  --dispatch-lookahead N d2lpm: waiting requests per tenant a free seat matches (4)\n"
+	    "  --max-tenants N       tenants known at once (1024)\n"
+	    "  --config FILE         tenants: weights, limits, allowed uids (SIGHUP reloads it)\n"
+	    "  --ready-fd N          write one byte to descriptor N once listening, then close it\n"
+	    "  --verbose\n");
 }
 
 /* "L1,L2,..." ascending lengths >= 1, at most RS_MULTIBIN_MAX_BINS - 1 of them. */
@@ -85,8 +88,8 @@ static int parse_boundaries(const char *text, uint32_t *out)
 		char *end;
 		errno = 0;
 		unsigned long v = strtoul(p, &end, 10);
-		if (errno || end == p || v == 0 || v > UINT32_MAX || n == RS_MULTIBIN_MAX_BINS - 1 ||
-		    (n && v < out[n - 1]) || (*end && *end != ','))
+		if (errno || end == p || v == 0 || v > UINT32_MAX ||
+		    n == RS_MULTIBIN_MAX_BINS - 1 || (n && v < out[n - 1]) || (*end && *end != ','))
 			return -EINVAL;
 		out[n++] = (uint32_t)v;
 		p = *end ? end + 1 : end;
@@ -141,7 +144,8 @@ static int parse_id_list(const char *text, bool groups, unsigned int *ids, uint3
 		else if (groups && (group = getgrnam(item)))
 			ids[(*count)++] = group->gr_gid;
 		else {
-			fprintf(stderr, "ringserved: no such %s: %s\n", groups ? "group" : "user", item);
+			fprintf(stderr, "ringserved: no such %s: %s\n", groups ? "group" : "user",
+				item);
 			ret = -EINVAL;
 			break;
 		}
@@ -168,73 +172,113 @@ int main(int argc, char **argv)
 	struct rs_daemon_config config;
 	rs_daemon_config_defaults(&config);
 	struct rs_null_engine_options null_options = {
-		.vocab_size = 32000, .lanes = 1, .max_batch = 256, .token_delay_ns = 0};
+	    .vocab_size = 32000, .lanes = 1, .max_batch = 256, .token_delay_ns = 0};
 	const char *engine_name = NULL;
 	struct rs_model_engine_options model_options = {.backend = "auto"};
 	int ready_fd = -1;
 	uint32_t workers = 1;
 
 	enum {
-		OPT_SOCKET = 256, OPT_SOCKET_MODE, OPT_ALLOW_UID, OPT_ALLOW_GID, OPT_CPU,
-		OPT_MAX_CLIENTS, OPT_RING_ENTRIES, OPT_SLOTS, OPT_MAX_INFLIGHT, OPT_MAX_PROMPT,
-		OPT_MAX_OUTPUT, OPT_SPIN_US, OPT_GRACE_MS, OPT_EVENTFD, OPT_ENGINE, OPT_NULL_VOCAB,
-		OPT_NULL_DELAY_US, OPT_LANES, OPT_MAX_BATCH, OPT_VERBOSE, OPT_HELP, OPT_READY_FD, OPT_MODEL, OPT_TOKENIZER, OPT_BACKEND,
-		OPT_THREADS, OPT_KV_BLOCKS, OPT_MAX_BATCH_TOKENS, OPT_KV_DTYPE, OPT_POLICY, OPT_QUANTUM,
-		OPT_W_PROMPT, OPT_W_OUTPUT, OPT_NO_PREFIX_CACHE, OPT_MAX_TENANTS, OPT_CONFIG,
-		OPT_PLANNER, OPT_BINS, OPT_BIN_BATCH, OPT_BIN_MODE, OPT_BIN_DEADLINE, OPT_BIN_BOUNDARIES,
-		OPT_WORKERS, OPT_DISPATCH, OPT_LOAD_THRESHOLD, OPT_CACHE_THRESHOLD, OPT_DISPATCH_QUANTUM, OPT_DISPATCH_LOOKAHEAD,
+		OPT_SOCKET = 256,
+		OPT_SOCKET_MODE,
+		OPT_ALLOW_UID,
+		OPT_ALLOW_GID,
+		OPT_CPU,
+		OPT_MAX_CLIENTS,
+		OPT_RING_ENTRIES,
+		OPT_SLOTS,
+		OPT_MAX_INFLIGHT,
+		OPT_MAX_PROMPT,
+		OPT_MAX_OUTPUT,
+		OPT_SPIN_US,
+		OPT_GRACE_MS,
+		OPT_EVENTFD,
+		OPT_ENGINE,
+		OPT_NULL_VOCAB,
+		OPT_NULL_DELAY_US,
+		OPT_LANES,
+		OPT_MAX_BATCH,
+		OPT_VERBOSE,
+		OPT_HELP,
+		OPT_READY_FD,
+		OPT_MODEL,
+		OPT_TOKENIZER,
+		OPT_BACKEND,
+		OPT_THREADS,
+		OPT_KV_BLOCKS,
+		OPT_MAX_BATCH_TOKENS,
+		OPT_KV_DTYPE,
+		OPT_POLICY,
+		OPT_QUANTUM,
+		OPT_W_PROMPT,
+		OPT_W_OUTPUT,
+		OPT_NO_PREFIX_CACHE,
+		OPT_MAX_TENANTS,
+		OPT_CONFIG,
+		OPT_PLANNER,
+		OPT_BINS,
+		OPT_BIN_BATCH,
+		OPT_BIN_MODE,
+		OPT_BIN_DEADLINE,
+		OPT_BIN_BOUNDARIES,
+		OPT_WORKERS,
+		OPT_DISPATCH,
+		OPT_LOAD_THRESHOLD,
+		OPT_CACHE_THRESHOLD,
+		OPT_DISPATCH_QUANTUM,
+		OPT_DISPATCH_LOOKAHEAD,
 	};
 	/* Same order as the enum: options[opt - 256] names an option in messages. */
 	static const struct option options[] = {
-		{"socket", required_argument, 0, OPT_SOCKET},
-		{"socket-mode", required_argument, 0, OPT_SOCKET_MODE},
-		{"allow-uid", required_argument, 0, OPT_ALLOW_UID},
-		{"allow-gid", required_argument, 0, OPT_ALLOW_GID},
-		{"cpu", required_argument, 0, OPT_CPU},
-		{"max-clients", required_argument, 0, OPT_MAX_CLIENTS},
-		{"ring-entries", required_argument, 0, OPT_RING_ENTRIES},
-		{"slots", required_argument, 0, OPT_SLOTS},
-		{"max-inflight", required_argument, 0, OPT_MAX_INFLIGHT},
-		{"max-prompt", required_argument, 0, OPT_MAX_PROMPT},
-		{"max-output", required_argument, 0, OPT_MAX_OUTPUT},
-		{"spin-us", required_argument, 0, OPT_SPIN_US},
-		{"grace-ms", required_argument, 0, OPT_GRACE_MS},
-		{"eventfd", no_argument, 0, OPT_EVENTFD},
-		{"engine", required_argument, 0, OPT_ENGINE},
-		{"null-vocab", required_argument, 0, OPT_NULL_VOCAB},
-		{"null-delay-us", required_argument, 0, OPT_NULL_DELAY_US},
-		{"lanes", required_argument, 0, OPT_LANES},
-		{"max-batch", required_argument, 0, OPT_MAX_BATCH},
-		{"verbose", no_argument, 0, OPT_VERBOSE},
-		{"help", no_argument, 0, OPT_HELP},
-		{"ready-fd", required_argument, 0, OPT_READY_FD},
-		{"model", required_argument, 0, OPT_MODEL},
-		{"tokenizer", required_argument, 0, OPT_TOKENIZER},
-		{"backend", required_argument, 0, OPT_BACKEND},
-		{"threads", required_argument, 0, OPT_THREADS},
-		{"kv-blocks", required_argument, 0, OPT_KV_BLOCKS},
-		{"max-batch-tokens", required_argument, 0, OPT_MAX_BATCH_TOKENS},
-		{"kv-dtype", required_argument, 0, OPT_KV_DTYPE},
-		{"policy", required_argument, 0, OPT_POLICY},
-		{"quantum", required_argument, 0, OPT_QUANTUM},
-		{"w-prompt", required_argument, 0, OPT_W_PROMPT},
-		{"w-output", required_argument, 0, OPT_W_OUTPUT},
-		{"no-prefix-cache", no_argument, 0, OPT_NO_PREFIX_CACHE},
-		{"max-tenants", required_argument, 0, OPT_MAX_TENANTS},
-		{"config", required_argument, 0, OPT_CONFIG},
-		{"planner", required_argument, 0, OPT_PLANNER},
-		{"bins", required_argument, 0, OPT_BINS},
-		{"bin-batch", required_argument, 0, OPT_BIN_BATCH},
-		{"bin-mode", required_argument, 0, OPT_BIN_MODE},
-		{"bin-deadline-ms", required_argument, 0, OPT_BIN_DEADLINE},
-		{"bin-boundaries", required_argument, 0, OPT_BIN_BOUNDARIES},
-		{"workers", required_argument, 0, OPT_WORKERS},
-		{"dispatch", required_argument, 0, OPT_DISPATCH},
-		{"load-threshold", required_argument, 0, OPT_LOAD_THRESHOLD},
-		{"cache-threshold", required_argument, 0, OPT_CACHE_THRESHOLD},
-		{"dispatch-quantum", required_argument, 0, OPT_DISPATCH_QUANTUM},
-		{"dispatch-lookahead", required_argument, 0, OPT_DISPATCH_LOOKAHEAD},
-		{0, 0, 0, 0},
+	    {"socket", required_argument, 0, OPT_SOCKET},
+	    {"socket-mode", required_argument, 0, OPT_SOCKET_MODE},
+	    {"allow-uid", required_argument, 0, OPT_ALLOW_UID},
+	    {"allow-gid", required_argument, 0, OPT_ALLOW_GID},
+	    {"cpu", required_argument, 0, OPT_CPU},
+	    {"max-clients", required_argument, 0, OPT_MAX_CLIENTS},
+	    {"ring-entries", required_argument, 0, OPT_RING_ENTRIES},
+	    {"slots", required_argument, 0, OPT_SLOTS},
+	    {"max-inflight", required_argument, 0, OPT_MAX_INFLIGHT},
+	    {"max-prompt", required_argument, 0, OPT_MAX_PROMPT},
+	    {"max-output", required_argument, 0, OPT_MAX_OUTPUT},
+	    {"spin-us", required_argument, 0, OPT_SPIN_US},
+	    {"grace-ms", required_argument, 0, OPT_GRACE_MS},
+	    {"eventfd", no_argument, 0, OPT_EVENTFD},
+	    {"engine", required_argument, 0, OPT_ENGINE},
+	    {"null-vocab", required_argument, 0, OPT_NULL_VOCAB},
+	    {"null-delay-us", required_argument, 0, OPT_NULL_DELAY_US},
+	    {"lanes", required_argument, 0, OPT_LANES},
+	    {"max-batch", required_argument, 0, OPT_MAX_BATCH},
+	    {"verbose", no_argument, 0, OPT_VERBOSE},
+	    {"help", no_argument, 0, OPT_HELP},
+	    {"ready-fd", required_argument, 0, OPT_READY_FD},
+	    {"model", required_argument, 0, OPT_MODEL},
+	    {"tokenizer", required_argument, 0, OPT_TOKENIZER},
+	    {"backend", required_argument, 0, OPT_BACKEND},
+	    {"threads", required_argument, 0, OPT_THREADS},
+	    {"kv-blocks", required_argument, 0, OPT_KV_BLOCKS},
+	    {"max-batch-tokens", required_argument, 0, OPT_MAX_BATCH_TOKENS},
+	    {"kv-dtype", required_argument, 0, OPT_KV_DTYPE},
+	    {"policy", required_argument, 0, OPT_POLICY},
+	    {"quantum", required_argument, 0, OPT_QUANTUM},
+	    {"w-prompt", required_argument, 0, OPT_W_PROMPT},
+	    {"w-output", required_argument, 0, OPT_W_OUTPUT},
+	    {"no-prefix-cache", no_argument, 0, OPT_NO_PREFIX_CACHE},
+	    {"max-tenants", required_argument, 0, OPT_MAX_TENANTS},
+	    {"config", required_argument, 0, OPT_CONFIG},
+	    {"planner", required_argument, 0, OPT_PLANNER},
+	    {"bins", required_argument, 0, OPT_BINS},
+	    {"bin-batch", required_argument, 0, OPT_BIN_BATCH},
+	    {"bin-mode", required_argument, 0, OPT_BIN_MODE},
+	    {"bin-deadline-ms", required_argument, 0, OPT_BIN_DEADLINE},
+	    {"bin-boundaries", required_argument, 0, OPT_BIN_BOUNDARIES},
+	    {"workers", required_argument, 0, OPT_WORKERS},
+	    {"dispatch", required_argument, 0, OPT_DISPATCH},
+	    {"load-threshold", required_argument, 0, OPT_LOAD_THRESHOLD},
+	    {"cache-threshold", required_argument, 0, OPT_CACHE_THRESHOLD},
+	    {"dispatch-quantum", required_argument, 0, OPT_DISPATCH_QUANTUM},
+	    {"dispatch-lookahead", required_argument, 0, OPT_DISPATCH_LOOKAHEAD},
+	    {0, 0, 0, 0},
 	};
 	int opt;
 	unsigned long value = 0;
@@ -243,13 +287,19 @@ int main(int argc, char **argv)
 	while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
 		int bad = 0;
 		switch (opt) {
-		case OPT_SOCKET: config.socket_path = optarg; break;
+		case OPT_SOCKET:
+			config.socket_path = optarg;
+			break;
 		case OPT_SOCKET_MODE:
 			bad = parse_number(optarg, 8, 0, 0777, &value);
 			config.socket_mode = (mode_t)value;
 			break;
-		case OPT_ALLOW_UID: bad = parse_id_list(optarg, false, uids, &n_uids); break;
-		case OPT_ALLOW_GID: bad = parse_id_list(optarg, true, gids, &n_gids); break;
+		case OPT_ALLOW_UID:
+			bad = parse_id_list(optarg, false, uids, &n_uids);
+			break;
+		case OPT_ALLOW_GID:
+			bad = parse_id_list(optarg, true, gids, &n_gids);
+			break;
 		case OPT_CPU:
 			bad = parse_number(optarg, 10, 0, 65535, &value);
 			config.cpu = (int)value;
@@ -259,7 +309,8 @@ int main(int argc, char **argv)
 			config.max_clients = (uint32_t)value;
 			break;
 		case OPT_RING_ENTRIES:
-			bad = parse_number(optarg, 10, 1, RS_MAX_RING_ENTRIES, &value) || (value & (value - 1));
+			bad = parse_number(optarg, 10, 1, RS_MAX_RING_ENTRIES, &value) ||
+			      (value & (value - 1));
 			config.ring_entries = (uint32_t)value;
 			break;
 		case OPT_SLOTS:
@@ -286,8 +337,12 @@ int main(int argc, char **argv)
 			bad = parse_number(optarg, 10, 0, 3600000, &value);
 			config.grace_ns = value * 1000000ull;
 			break;
-		case OPT_EVENTFD: config.force_eventfd = true; break;
-		case OPT_ENGINE: engine_name = optarg; break;
+		case OPT_EVENTFD:
+			config.force_eventfd = true;
+			break;
+		case OPT_ENGINE:
+			engine_name = optarg;
+			break;
 		case OPT_NULL_VOCAB:
 			bad = parse_number(optarg, 10, 1, UINT32_MAX, &value);
 			null_options.vocab_size = (uint32_t)value;
@@ -304,12 +359,24 @@ int main(int argc, char **argv)
 			bad = parse_number(optarg, 10, 1, 65536, &value);
 			null_options.max_batch = (uint32_t)value;
 			break;
-		case OPT_VERBOSE: config.verbose = true; break;
-		case OPT_HELP: usage(stdout); return 0;
-		case OPT_MODEL: model_options.model_path = optarg; break;
-		case OPT_TOKENIZER: model_options.tokenizer_path = optarg; break;
-		case OPT_BACKEND: model_options.backend = optarg; break;
-		case OPT_KV_DTYPE: model_options.kv_dtype = optarg; break;
+		case OPT_VERBOSE:
+			config.verbose = true;
+			break;
+		case OPT_HELP:
+			usage(stdout);
+			return 0;
+		case OPT_MODEL:
+			model_options.model_path = optarg;
+			break;
+		case OPT_TOKENIZER:
+			model_options.tokenizer_path = optarg;
+			break;
+		case OPT_BACKEND:
+			model_options.backend = optarg;
+			break;
+		case OPT_KV_DTYPE:
+			model_options.kv_dtype = optarg;
+			break;
 		case OPT_THREADS:
 			bad = parse_number(optarg, 10, 1, 1024, &value);
 			model_options.threads = (int)value;
@@ -320,13 +387,24 @@ int main(int argc, char **argv)
 			break;
 		case OPT_MAX_BATCH_TOKENS:
 			bad = parse_number(optarg, 10, 1, 1u << 20, &value);
-			model_options.max_batch_tokens = null_options.max_batch_tokens = (uint32_t)value;
+			model_options.max_batch_tokens = null_options.max_batch_tokens =
+			    (uint32_t)value;
 			break;
-		case OPT_POLICY: bad = rs_admission_policy_parse(optarg, &config.admission.policy); break;
-		case OPT_QUANTUM: bad = parse_weight(optarg, &config.admission.quantum); break;
-		case OPT_W_PROMPT: bad = parse_weight(optarg, &config.admission.w_prompt); break;
-		case OPT_W_OUTPUT: bad = parse_weight(optarg, &config.admission.w_output); break;
-		case OPT_NO_PREFIX_CACHE: config.prefix_cache = false; break;
+		case OPT_POLICY:
+			bad = rs_admission_policy_parse(optarg, &config.admission.policy);
+			break;
+		case OPT_QUANTUM:
+			bad = parse_weight(optarg, &config.admission.quantum);
+			break;
+		case OPT_W_PROMPT:
+			bad = parse_weight(optarg, &config.admission.w_prompt);
+			break;
+		case OPT_W_OUTPUT:
+			bad = parse_weight(optarg, &config.admission.w_output);
+			break;
+		case OPT_NO_PREFIX_CACHE:
+			config.prefix_cache = false;
+			break;
 		case OPT_WORKERS:
 			bad = parse_number(optarg, 10, 1, 256, &value);
 			workers = (uint32_t)value;
@@ -338,7 +416,9 @@ int main(int argc, char **argv)
 			bad = parse_number(optarg, 10, 1, 1u << 20, &value);
 			config.dispatch.load_threshold = (uint32_t)value;
 			break;
-		case OPT_DISPATCH_QUANTUM: bad = parse_weight(optarg, &config.dispatch.quantum); break;
+		case OPT_DISPATCH_QUANTUM:
+			bad = parse_weight(optarg, &config.dispatch.quantum);
+			break;
 		case OPT_DISPATCH_LOOKAHEAD:
 			bad = parse_number(optarg, 10, 1, 1u << 20, &value);
 			config.dispatch.lookahead = (uint32_t)value;
@@ -347,7 +427,8 @@ int main(int argc, char **argv)
 			char *end;
 			errno = 0;
 			config.dispatch.cache_threshold = strtod(optarg, &end);
-			bad = errno || end == optarg || *end || !(config.dispatch.cache_threshold > 0) ||
+			bad = errno || end == optarg || *end ||
+			      !(config.dispatch.cache_threshold > 0) ||
 			      config.dispatch.cache_threshold > 1;
 			break;
 		}
@@ -378,15 +459,20 @@ int main(int argc, char **argv)
 			bad = parse_number(optarg, 10, 1, 1u << 20, &value);
 			config.max_tenants = (uint32_t)value;
 			break;
-		case OPT_CONFIG: config.tenant_config_path = optarg; break;
+		case OPT_CONFIG:
+			config.tenant_config_path = optarg;
+			break;
 		case OPT_READY_FD:
 			bad = parse_number(optarg, 10, 0, INT_MAX, &value);
 			ready_fd = (int)value;
 			break;
-		default: usage(stderr); return 2;
+		default:
+			usage(stderr);
+			return 2;
 		}
 		if (bad) {
-			fprintf(stderr, "ringserved: bad value for --%s: %s\n", options[opt - 256].name, optarg);
+			fprintf(stderr, "ringserved: bad value for --%s: %s\n",
+				options[opt - 256].name, optarg);
 			return 2;
 		}
 	}
@@ -430,7 +516,8 @@ int main(int argc, char **argv)
 		engine_name = model_options.model_path ? "model" : "null";
 	if (strcmp(engine_name, "null") != 0 &&
 	    !(strcmp(engine_name, "model") == 0 && model_options.model_path)) {
-		fprintf(stderr, "ringserved: unknown engine '%s' (null, or model with --model)\n", engine_name);
+		fprintf(stderr, "ringserved: unknown engine '%s' (null, or model with --model)\n",
+			engine_name);
 		return 2;
 	}
 	if (workers > 1 && config.multibin) {
@@ -443,9 +530,8 @@ int main(int argc, char **argv)
 		long cpus = sysconf(_SC_NPROCESSORS_ONLN);
 		model_options.threads = cpus > (long)workers ? (int)(cpus / workers) : 1;
 	} else if (workers > 1) {
-		model_options.threads = model_options.threads > (int)workers
-					    ? model_options.threads / (int)workers
-					    : 1;
+		model_options.threads =
+		    model_options.threads > (int)workers ? model_options.threads / (int)workers : 1;
 	}
 	uint32_t created = 0;
 	for (; created < workers && ret == 0; created++) {
@@ -467,7 +553,8 @@ int main(int argc, char **argv)
 		engine = instances[0];
 	}
 	if (ret) {
-		fprintf(stderr, "ringserved: cannot create the %s engine: %s\n", engine_name, strerror(-ret));
+		fprintf(stderr, "ringserved: cannot create the %s engine: %s\n", engine_name,
+			strerror(-ret));
 		return 1;
 	}
 	struct rs_daemon daemon;
@@ -483,7 +570,8 @@ int main(int argc, char **argv)
 		/* Not fatal: a stale NOTIFY_SOCKET in a shell's environment must not stop us. */
 		int notify_ret = rs_systemd_notify("READY=1");
 		if (notify_ret)
-			fprintf(stderr, "ringserved: sd_notify READY=1: %s\n", strerror(-notify_ret));
+			fprintf(stderr, "ringserved: sd_notify READY=1: %s\n",
+				strerror(-notify_ret));
 	}
 	if (ret == 0)
 		ret = rs_daemon_run(&daemon);

@@ -3,8 +3,8 @@
 #include <errno.h>
 #include <string.h>
 
-#include "kernels/engine/engine.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/engine/engine.h"
 #include "kernels/model/model_random.h"
 #include "tests/engine_test.h"
 
@@ -44,7 +44,8 @@ int main(void)
 	struct rs_tensor saved_norm_t = model->final_norm;
 	model->final_norm.rows = saved_norm_t.cols;
 	model->final_norm.cols = saved_norm_t.rows;
-	CHECK(rs_engine_create(model, &opts, &e, err, sizeof(err)) == 0 && e, "norm [n][1]: %s", err);
+	CHECK(rs_engine_create(model, &opts, &e, err, sizeof(err)) == 0 && e, "norm [n][1]: %s",
+	      err);
 	rs_engine_destroy(e);
 	e = NULL;
 	model->final_norm = saved_norm_t;
@@ -83,7 +84,8 @@ int main(void)
 	}
 	const void *saved_norm = model->final_norm.data;
 	model->final_norm.data = NULL;
-	CHECK(rs_engine_create(model, &opts, &e, err, sizeof(err)) == -EINVAL && !e, "missing tensor");
+	CHECK(rs_engine_create(model, &opts, &e, err, sizeof(err)) == -EINVAL && !e,
+	      "missing tensor");
 	model->final_norm.data = saved_norm;
 
 	opts.backend = "tpu";
@@ -102,10 +104,12 @@ int main(void)
 #ifdef RS_HAVE_CUDA_BACKEND
 		CHECK(strcmp(err, "no CUDA device: using the CPU backend") == 0, "note: %s", err);
 #else
-		CHECK(strcmp(err, "CUDA backend not built: using the CPU backend") == 0, "note: %s", err);
+		CHECK(strcmp(err, "CUDA backend not built: using the CPU backend") == 0, "note: %s",
+		      err);
 #endif
 	} else {
-		CHECK(strcmp(o->backend, "cuda") == 0 && !err[0], "auto picked %s (%s)", o->backend, err);
+		CHECK(strcmp(o->backend, "cuda") == 0 && !err[0], "auto picked %s (%s)", o->backend,
+		      err);
 	}
 	CHECK(o->block_size == 16 && o->lanes == 1 && o->max_batch_tokens == 512, "defaults");
 	CHECK(o->kv_blocks == 8 * (cfg.max_seq_len / 16), "kv_blocks %u", o->kv_blocks);
@@ -120,17 +124,22 @@ int main(void)
 
 	struct rs_kv_cache *kv = rs_engine_kv(e);
 	uint32_t table[2] = {(uint32_t)rs_kv_block_alloc(kv), (uint32_t)rs_kv_block_alloc(kv)};
-	uint32_t tokens[20] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20};
+	uint32_t tokens[20] = {1,  2,  3,  4,  5,  6,  7,  8,  9,  10,
+			       11, 12, 13, 14, 15, 16, 17, 18, 19, 20};
 	uint32_t out = 12345;
-	struct rs_seq_step good = {.tokens = tokens, .n_tokens = 20, .block_table = table,
-				   .n_blocks = 2, .sample = 1, .out_token = &out};
+	struct rs_seq_step good = {.tokens = tokens,
+				   .n_tokens = 20,
+				   .block_table = table,
+				   .n_blocks = 2,
+				   .sample = 1,
+				   .out_token = &out};
 	struct rs_seq_step bad;
-#define REFUSED(errno_, mutate, why)                                                    \
-	do {                                                                            \
-		bad = good;                                                             \
-		mutate;                                                                 \
-		CHECK(rs_engine_step(e, 0, &bad, 1) == (errno_), why);                  \
-		CHECK(out == 12345, why ": token written");                             \
+#define REFUSED(errno_, mutate, why)                                                               \
+	do {                                                                                       \
+		bad = good;                                                                        \
+		mutate;                                                                            \
+		CHECK(rs_engine_step(e, 0, &bad, 1) == (errno_), why);                             \
+		CHECK(out == 12345, why ": token written");                                        \
 	} while (0)
 	REFUSED(-EINVAL, bad.n_tokens = 0, "no tokens");
 	REFUSED(-EINVAL, bad.tokens = NULL, "NULL tokens");
@@ -178,7 +187,8 @@ int main(void)
 	e = NULL;
 	opts.kv_dtype = NULL;
 	opts.cpu_products = "mkl";
-	CHECK(rs_engine_create(model, &opts, &e, err, sizeof(err)) == -EINVAL && !e, "products mkl");
+	CHECK(rs_engine_create(model, &opts, &e, err, sizeof(err)) == -EINVAL && !e,
+	      "products mkl");
 	CHECK(strstr(err, "mkl") != NULL, "message names the products: %s", err);
 	opts.cpu_products = "blas";
 	CHECK(rs_engine_create(model, &opts, &e, err, sizeof(err)) == 0, "products blas: %s", err);
@@ -188,7 +198,7 @@ int main(void)
 	/* What an engine resolved to is accepted back. */
 	opts.cpu_products = "ours";
 	CHECK(rs_engine_create(model, &opts, &e, err, sizeof(err)) ==
-		      (rs_cpu_isa() >= RS_ISA_AVX2 ? 0 : -EINVAL),
+		  (rs_cpu_isa() >= RS_ISA_AVX2 ? 0 : -EINVAL),
 	      "products ours: %s", err);
 	rs_engine_destroy(e);
 	e = NULL;

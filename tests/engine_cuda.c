@@ -140,7 +140,7 @@ static void test_embedding(void)
 		if (dt != RS_DTYPE_F32) {
 			for (int i = 0; i < VOCAB * DIM; i++)
 				table16[i] = dt == RS_DTYPE_F16 ? rs_f32_to_f16(table32[i])
-							       : rs_f32_to_bf16(table32[i]);
+								: rs_f32_to_bf16(table32[i]);
 			host = table16;
 		}
 		struct rs_tensor t = {.dtype = dt, .rows = VOCAB, .cols = DIM, .data = host};
@@ -151,7 +151,8 @@ static void test_embedding(void)
 		float *d_out = dev_alloc(sizeof(got));
 		CHECK(rs_cuda_embedding(d_out, d_table, dt, d_tokens, N, DIM, 0) == 0, "launch");
 		from_dev(got, d_out, sizeof(got));
-		CHECK(memcmp(got, want, sizeof(got)) == 0, "embedding %s differs", rs_dtype_name(dt));
+		CHECK(memcmp(got, want, sizeof(got)) == 0, "embedding %s differs",
+		      rs_dtype_name(dt));
 		cudaFree(d_table), cudaFree(d_tokens), cudaFree(d_out);
 	}
 	free(table32);
@@ -183,12 +184,14 @@ static void test_rmsnorm(void)
 			void *d_out = dev_alloc(ROWS * DIM * 4);
 			uint8_t raw[ROWS * DIM * 4];
 			float got[ROWS * DIM];
-			CHECK(rs_cuda_rmsnorm(d_out, dt, d_x, gather ? d_rows : NULL, d_w, n, DIM, 1e-5f,
-					      0) == 0, "launch");
+			CHECK(rs_cuda_rmsnorm(d_out, dt, d_x, gather ? d_rows : NULL, d_w, n, DIM,
+					      1e-5f, 0) == 0,
+			      "launch");
 			from_dev(raw, d_out, n * DIM * rs_dtype_size(dt));
 			decode(got, raw, dt, n * DIM);
 			char name[64];
-			snprintf(name, sizeof(name), "rmsnorm %s gather %d", rs_dtype_name(dt), gather);
+			snprintf(name, sizeof(name), "rmsnorm %s gather %d", rs_dtype_name(dt),
+				 gather);
 			check_close(name, got, ref, n * DIM, 1e-6, dtype_eps(dt));
 			cudaFree(d_out);
 		}
@@ -220,8 +223,8 @@ static float *rope_table_dev(uint32_t n_pos, uint32_t rope_dim)
  * row rotated in place, the k part of the rows untouched, cache slot slots[t] holding
  * the token's rotated keys and its values. Rows `extra` floats longer than q|k|v (4-byte
  * aligned only when odd), positions up to 40000. */
-static void test_rope_kv_store_shape(uint32_t heads, uint32_t kv_heads, uint32_t hd,
-				     uint32_t rope, uint32_t extra)
+static void test_rope_kv_store_shape(uint32_t heads, uint32_t kv_heads, uint32_t hd, uint32_t rope,
+				     uint32_t extra)
 {
 	uint64_t s = 13 + heads;
 	enum { T = 7, CACHE_ROWS = 16, MAX_POS = 40001 };
@@ -230,7 +233,8 @@ static void test_rope_kv_store_shape(uint32_t heads, uint32_t kv_heads, uint32_t
 	uint32_t q_dim = heads * hd, kv_dim = kv_heads * hd, stride = q_dim + 2 * kv_dim + extra;
 	size_t cache = (size_t)CACHE_ROWS * kv_dim;
 	float *rows = rand_floats((size_t)T * stride, 1.0, &s);
-	float *want = malloc(sizeof(float) * T * stride), *rotated = malloc(sizeof(float) * T * stride);
+	float *want = malloc(sizeof(float) * T * stride),
+	      *rotated = malloc(sizeof(float) * T * stride);
 	float *want_k = calloc(cache, 4), *want_v = calloc(cache, 4);
 	memcpy(want, rows, sizeof(float) * T * stride);
 	memcpy(rotated, rows, sizeof(float) * T * stride);
@@ -241,15 +245,21 @@ static void test_rope_kv_store_shape(uint32_t heads, uint32_t kv_heads, uint32_t
 		memcpy(want_k + (size_t)slots[t] * kv_dim, r + q_dim, kv_dim * 4);
 		memcpy(want_v + (size_t)slots[t] * kv_dim, r + q_dim + kv_dim, kv_dim * 4);
 	}
-	struct rs_cuda_kv_layer gpu = {.k = dev_alloc(cache * 4), .v = dev_alloc(cache * 4),
-				       .block_size = 4, .n_kv_heads = kv_heads, .head_dim = hd};
+	struct rs_cuda_kv_layer gpu = {.k = dev_alloc(cache * 4),
+				       .v = dev_alloc(cache * 4),
+				       .block_size = 4,
+				       .n_kv_heads = kv_heads,
+				       .head_dim = hd};
 	cudaMemset(gpu.k, 0, cache * 4);
 	cudaMemset(gpu.v, 0, cache * 4);
-	float *d_rows = to_dev(rows, sizeof(float) * T * stride), *d_table = rope_table_dev(MAX_POS, rope);
+	float *d_rows = to_dev(rows, sizeof(float) * T * stride),
+	      *d_table = rope_table_dev(MAX_POS, rope);
 	uint32_t *d_pos = to_dev(pos, sizeof(pos)), *d_slots = to_dev(slots, sizeof(slots));
 	CHECK(rs_cuda_rope_kv_store(d_rows, stride, d_pos, d_slots, T, heads, &gpu, rope, d_table,
-				    0) == 0, "launch");
-	float *got = malloc(sizeof(float) * T * stride), *k = malloc(cache * 4), *v = malloc(cache * 4);
+				    0) == 0,
+	      "launch");
+	float *got = malloc(sizeof(float) * T * stride), *k = malloc(cache * 4),
+	      *v = malloc(cache * 4);
 	from_dev(got, d_rows, sizeof(float) * T * stride);
 	from_dev(k, gpu.k, cache * 4);
 	from_dev(v, gpu.v, cache * 4);
@@ -273,8 +283,8 @@ static void test_rope_kv_store_shape(uint32_t heads, uint32_t kv_heads, uint32_t
 
 static void test_rope_kv_store(void)
 {
-	test_rope_kv_store_shape(6, 2, 32, 24, 3);   /* partial rotation, odd row length */
-	test_rope_kv_store_shape(5, 5, 16, 16, 0);   /* MHA */
+	test_rope_kv_store_shape(6, 2, 32, 24, 3); /* partial rotation, odd row length */
+	test_rope_kv_store_shape(5, 5, 16, 16, 0); /* MHA */
 	/* Past one pass of the kernel's 256 threads and its 4-item batches: 2048 query
 	 * pairs, 1024 key and value elements per token. */
 	test_rope_kv_store_shape(32, 8, 128, 128, 0);
@@ -399,36 +409,48 @@ static void test_norm_matmul(void)
 					enum rs_dtype dt = DTYPES[di];
 					uint32_t m = ms[mi], K = ks[ki];
 					float *x = rand_floats((size_t)X_ROWS * K, 2.0, &s);
-					float *nw = rand_floats(K, 1.0, &s), *w = rand_floats((size_t)N * K, 1.0, &s);
+					float *nw = rand_floats(K, 1.0, &s),
+					      *w = rand_floats((size_t)N * K, 1.0, &s);
 					float *normed = malloc(sizeof(float) * K);
 					double *ref = malloc(sizeof(double) * m * N);
 					for (uint32_t r = 0; r < m; r++) {
-						rs_op_rmsnorm(normed, x + (size_t)(g ? gather[r] : r) * K, nw, 1, K, 1e-5f);
+						rs_op_rmsnorm(normed,
+							      x + (size_t)(g ? gather[r] : r) * K,
+							      nw, 1, K, 1e-5f);
 						for (int n = 0; n < N; n++) {
 							double sum = 0.0;
 							for (uint32_t i = 0; i < K; i++)
-								sum += round_to(normed[i], dt) * round_to(w[n * K + i], dt);
+								sum += round_to(normed[i], dt) *
+								       round_to(w[n * K + i], dt);
 							ref[r * N + n] = sum;
 						}
 					}
-					float *d_x = to_dev(x, sizeof(float) * X_ROWS * K), *d_nw = to_dev(nw, sizeof(float) * K);
+					float *d_x = to_dev(x, sizeof(float) * X_ROWS * K),
+					      *d_nw = to_dev(nw, sizeof(float) * K);
 					float *d_w32 = to_dev(w, sizeof(float) * N * K);
 					uint32_t *d_rows = to_dev(gather, sizeof(gather));
-					void *d_w = dev_alloc(4 * (size_t)N * K), *d_xb = dev_alloc(4 * (size_t)m * K);
+					void *d_w = dev_alloc(4 * (size_t)N * K),
+					     *d_xb = dev_alloc(4 * (size_t)m * K);
 					float *d_y = dev_alloc(sizeof(float) * m * N);
 					rs_cuda_convert(d_w, dt, d_w32, (size_t)N * K, 0);
 					cudaDeviceSynchronize(); /* weights: see check_matmul */
-					CHECK(rs_cuda_norm_matmul(h, d_y, d_x, g ? d_rows : NULL, d_nw, 1e-5f, d_xb, d_w,
-								  dt, m, N, K, 0) == 0, "norm_matmul");
+					CHECK(rs_cuda_norm_matmul(h, d_y, d_x, g ? d_rows : NULL,
+								  d_nw, 1e-5f, d_xb, d_w, dt, m, N,
+								  K, 0) == 0,
+					      "norm_matmul");
 					float *got = malloc(sizeof(float) * m * N);
 					from_dev(got, d_y, sizeof(float) * m * N);
 					char name[80];
-					snprintf(name, sizeof(name), "norm_matmul %s m=%u k=%u gather=%d",
+					snprintf(name, sizeof(name),
+						 "norm_matmul %s m=%u k=%u gather=%d",
 						 rs_dtype_name(dt), m, K, g);
 					double flip = dt == RS_DTYPE_F32 ? 0.0 : 4.0 / 256;
-					check_close(name, got, ref, (size_t)m * N, K * 1e-6 + flip, 1e-5);
-					free(x), free(nw), free(w), free(normed), free(ref), free(got);
-					cudaFree(d_x), cudaFree(d_nw), cudaFree(d_w32), cudaFree(d_rows);
+					check_close(name, got, ref, (size_t)m * N, K * 1e-6 + flip,
+						    1e-5);
+					free(x), free(nw), free(w), free(normed), free(ref),
+					    free(got);
+					cudaFree(d_x), cudaFree(d_nw), cudaFree(d_w32),
+					    cudaFree(d_rows);
 					cudaFree(d_w), cudaFree(d_xb), cudaFree(d_y);
 				}
 	cublasDestroy(h);
@@ -490,23 +512,26 @@ static void check_qkv_matmul(cublasHandle_t h, enum rs_dtype dt, uint32_t m, uin
 	uint32_t *d_pos = to_dev(pos, sizeof(pos)), *d_slots = to_dev(slots, sizeof(slots));
 	void *d_w = dev_alloc(4 * (size_t)N * K), *d_xb = dev_alloc(4 * (size_t)m * K);
 	rs_cuda_convert(d_w, dt, d_w32, (size_t)N * K, 0);
-	cudaDeviceSynchronize(); /* weights: see check_matmul */
+	cudaDeviceSynchronize();     /* weights: see check_matmul */
 	float *got[2], *k[2], *v[2]; /* [0]: one call, [1]: two launches */
 	for (int path = 0; path < 2; path++) {
 		float *d_y = dev_alloc(sizeof(float) * m * N);
-		struct rs_cuda_kv_layer kv = {.k = dev_alloc(cache * 4), .v = dev_alloc(cache * 4),
-					      .block_size = 4, .n_kv_heads = kv_heads, .head_dim = hd};
+		struct rs_cuda_kv_layer kv = {.k = dev_alloc(cache * 4),
+					      .v = dev_alloc(cache * 4),
+					      .block_size = 4,
+					      .n_kv_heads = kv_heads,
+					      .head_dim = hd};
 		cudaMemset(kv.k, 0, cache * 4);
 		cudaMemset(kv.v, 0, cache * 4);
 		if (path == 0)
-			CHECK(rs_cuda_qkv_matmul(h, d_y, d_x, d_nw, 1e-5f, d_xb, d_w, dt, m, K, heads,
-						 &kv, rope, d_table, d_pos, d_slots) == 0,
+			CHECK(rs_cuda_qkv_matmul(h, d_y, d_x, d_nw, 1e-5f, d_xb, d_w, dt, m, K,
+						 heads, &kv, rope, d_table, d_pos, d_slots) == 0,
 			      "qkv_matmul");
 		else
-			CHECK(rs_cuda_norm_matmul(h, d_y, d_x, NULL, d_nw, 1e-5f, d_xb, d_w, dt, m, N, K,
-						  0) == 0 &&
-				      rs_cuda_rope_kv_store(d_y, N, d_pos, d_slots, m, heads, &kv, rope,
-							    d_table, 0) == 0,
+			CHECK(rs_cuda_norm_matmul(h, d_y, d_x, NULL, d_nw, 1e-5f, d_xb, d_w, dt, m,
+						  N, K, 0) == 0 &&
+				  rs_cuda_rope_kv_store(d_y, N, d_pos, d_slots, m, heads, &kv, rope,
+							d_table, 0) == 0,
 			      "norm_matmul + rope_kv_store");
 		got[path] = malloc(sizeof(float) * m * N);
 		k[path] = malloc(cache * 4);
@@ -517,8 +542,8 @@ static void check_qkv_matmul(cublasHandle_t h, enum rs_dtype dt, uint32_t m, uin
 		cudaFree(d_y), cudaFree(kv.k), cudaFree(kv.v);
 	}
 	char name[96];
-	snprintf(name, sizeof(name), "qkv_matmul %s m=%u k=%u %u/%u hd %u rope %u", rs_dtype_name(dt),
-		 m, K, heads, kv_heads, hd, rope);
+	snprintf(name, sizeof(name), "qkv_matmul %s m=%u k=%u %u/%u hd %u rope %u",
+		 rs_dtype_name(dt), m, K, heads, kv_heads, hd, rope);
 	double tol = 2 * (K * 1e-6 + (dt == RS_DTYPE_F32 ? 0.0 : 4.0 / 256));
 	/* The rows' q parts (the k parts are unspecified), and the whole caches: unwritten
 	 * slots stay 0. */
@@ -588,35 +613,43 @@ static void test_swiglu_matmul(void)
 				uint32_t m = ms[mi], K = ks[ki];
 				float *gu = rand_floats((size_t)m * 2 * K, 1.5, &s);
 				float *w = rand_floats((size_t)N * K, 1.0, &s);
-				double *hidden = malloc(sizeof(double) * K), *ref = malloc(sizeof(double) * m * N);
+				double *hidden = malloc(sizeof(double) * K),
+				       *ref = malloc(sizeof(double) * m * N);
 				for (uint32_t r = 0; r < m; r++) {
 					for (uint32_t i = 0; i < K; i++) {
-						double g = gu[(size_t)r * 2 * K + i], u = gu[(size_t)r * 2 * K + K + i];
-						hidden[i] = round_to((float)(g / (1.0 + exp(-g)) * u), dt);
+						double g = gu[(size_t)r * 2 * K + i],
+						       u = gu[(size_t)r * 2 * K + K + i];
+						hidden[i] =
+						    round_to((float)(g / (1.0 + exp(-g)) * u), dt);
 					}
 					for (int n = 0; n < N; n++) {
 						double sum = 0.0;
 						for (uint32_t i = 0; i < K; i++)
-							sum += hidden[i] * round_to(w[n * K + i], dt);
+							sum +=
+							    hidden[i] * round_to(w[n * K + i], dt);
 						ref[r * N + n] = sum;
 					}
 				}
 				float *d_gu = to_dev(gu, sizeof(float) * m * 2 * K);
 				float *d_w32 = to_dev(w, sizeof(float) * N * K);
-				void *d_w = dev_alloc(4 * (size_t)N * K), *d_hidden = dev_alloc(4 * (size_t)m * K);
+				void *d_w = dev_alloc(4 * (size_t)N * K),
+				     *d_hidden = dev_alloc(4 * (size_t)m * K);
 				float *d_y = dev_alloc(sizeof(float) * m * N);
 				rs_cuda_convert(d_w, dt, d_w32, (size_t)N * K, 0);
 				cudaDeviceSynchronize(); /* weights: see check_matmul */
-				CHECK(rs_cuda_swiglu_matmul(h, d_y, d_gu, d_hidden, d_w, dt, m, N, K, 0) == 0,
+				CHECK(rs_cuda_swiglu_matmul(h, d_y, d_gu, d_hidden, d_w, dt, m, N,
+							    K, 0) == 0,
 				      "swiglu_matmul");
 				float *got = malloc(sizeof(float) * m * N);
 				from_dev(got, d_y, sizeof(float) * m * N);
 				char name[80];
-				snprintf(name, sizeof(name), "swiglu_matmul %s m=%u k=%u", rs_dtype_name(dt), m, K);
+				snprintf(name, sizeof(name), "swiglu_matmul %s m=%u k=%u",
+					 rs_dtype_name(dt), m, K);
 				double flip = dt == RS_DTYPE_F32 ? 0.0 : 4.0 / 256;
 				check_close(name, got, ref, (size_t)m * N, K * 1e-6 + flip, 1e-5);
 				free(gu), free(w), free(hidden), free(ref), free(got);
-				cudaFree(d_gu), cudaFree(d_w32), cudaFree(d_w), cudaFree(d_hidden), cudaFree(d_y);
+				cudaFree(d_gu), cudaFree(d_w32), cudaFree(d_w), cudaFree(d_hidden),
+				    cudaFree(d_y);
 			}
 	cublasDestroy(h);
 }
@@ -641,10 +674,16 @@ static void test_attention_shape(uint32_t n_heads, uint32_t n_kv, uint32_t hd, u
 		perm[j] = t;
 	}
 	size_t cache_floats = (size_t)n_blocks * bs * kv_dim;
-	struct rs_kv_layer cpu = {.k = calloc(cache_floats, 4), .v = calloc(cache_floats, 4),
-				  .block_size = bs, .n_kv_heads = n_kv, .head_dim = hd};
-	struct rs_cuda_kv_layer gpu = {.k = dev_alloc(cache_floats * 4), .v = dev_alloc(cache_floats * 4),
-				       .block_size = bs, .n_kv_heads = n_kv, .head_dim = hd};
+	struct rs_kv_layer cpu = {.k = calloc(cache_floats, 4),
+				  .v = calloc(cache_floats, 4),
+				  .block_size = bs,
+				  .n_kv_heads = n_kv,
+				  .head_dim = hd};
+	struct rs_cuda_kv_layer gpu = {.k = dev_alloc(cache_floats * 4),
+				       .v = dev_alloc(cache_floats * 4),
+				       .block_size = bs,
+				       .n_kv_heads = n_kv,
+				       .head_dim = hd};
 
 	/* Every sequence's whole context is one "prefill": T = sum ctx tokens, and every
 	 * token attends (prefill rows), the last of each being a decode-like query. */
@@ -677,7 +716,8 @@ static void test_attention_shape(uint32_t n_heads, uint32_t n_kv, uint32_t hd, u
 	for (uint32_t t = 0; t < T; t++)
 		rs_op_attention(want + (size_t)t * q_dim, rows + (size_t)t * stride, &cpu,
 				tables + offsets[t], positions[t], n_heads, scratch);
-	CHECK(rs_cuda_attention_setup(n_heads, n_kv, hd) == 0, "setup %u/%u hd %u", n_heads, n_kv, hd);
+	CHECK(rs_cuda_attention_setup(n_heads, n_kv, hd) == 0, "setup %u/%u hd %u", n_heads, n_kv,
+	      hd);
 	float *d_scratch = dev_alloc(rs_cuda_attention_scratch(n_heads, hd) * 4);
 	cudaMemset(d_scratch, 0, rs_cuda_attention_scratch(n_heads, hd) * 4);
 	void *d_out = dev_alloc((size_t)T * q_dim * 4);
@@ -686,7 +726,8 @@ static void test_attention_shape(uint32_t n_heads, uint32_t n_kv, uint32_t hd, u
 	char name[96];
 	/* Every token at once: enough blocks without splitting. */
 	CHECK(rs_cuda_attention(d_out, out_dt, d_rows, stride, &gpu, d_tables, d_offsets, d_pos, T,
-				n_heads, MAX_CTX, d_scratch, 0) == 0, "attention launch");
+				n_heads, MAX_CTX, d_scratch, 0) == 0,
+	      "attention launch");
 	from_dev(raw, d_out, (size_t)T * q_dim * rs_dtype_size(out_dt));
 	decode(got, raw, out_dt, (size_t)T * q_dim);
 	snprintf(name, sizeof(name), "attention heads %u/%u hd %u bs %u %s", n_heads, n_kv, hd, bs,
@@ -746,8 +787,11 @@ static void test_attention_long(void)
 	uint32_t q_dim = HEADS * HD, kv_dim = KV * HD, per_seq = (MAX_CTX + BS - 1) / BS;
 	uint32_t n_blocks = SEQS * per_seq;
 	size_t cache_floats = (size_t)n_blocks * BS * kv_dim;
-	struct rs_kv_layer cpu = {.k = malloc(cache_floats * 4), .v = malloc(cache_floats * 4),
-				  .block_size = BS, .n_kv_heads = KV, .head_dim = HD};
+	struct rs_kv_layer cpu = {.k = malloc(cache_floats * 4),
+				  .v = malloc(cache_floats * 4),
+				  .block_size = BS,
+				  .n_kv_heads = KV,
+				  .head_dim = HD};
 	float *kv_rows = rand_floats(cache_floats * 2, 1.0, &s);
 	memcpy(cpu.k, kv_rows, cache_floats * 4);
 	memcpy(cpu.v, kv_rows + cache_floats, cache_floats * 4);
@@ -760,14 +804,17 @@ static void test_attention_long(void)
 		off[q] = q * per_seq;
 	}
 	float *q_rows = rand_floats((size_t)SEQS * q_dim, 1.0, &s);
-	float *want = malloc(sizeof(float) * SEQS * q_dim), *got = malloc(sizeof(float) * SEQS * q_dim);
+	float *want = malloc(sizeof(float) * SEQS * q_dim),
+	      *got = malloc(sizeof(float) * SEQS * q_dim);
 	float *scratch = malloc(rs_op_attention_scratch(HEADS, HD, MAX_CTX) * 4);
 	for (uint32_t q = 0; q < SEQS; q++)
 		rs_op_attention(want + (size_t)q * q_dim, q_rows + (size_t)q * q_dim, &cpu,
 				tables + off[q], pos[q], HEADS, scratch);
 	struct rs_cuda_kv_layer gpu = {.k = to_dev(cpu.k, cache_floats * 4),
 				       .v = to_dev(cpu.v, cache_floats * 4),
-				       .block_size = BS, .n_kv_heads = KV, .head_dim = HD};
+				       .block_size = BS,
+				       .n_kv_heads = KV,
+				       .head_dim = HD};
 	float *d_q = to_dev(q_rows, sizeof(float) * SEQS * q_dim);
 	uint32_t *d_tables = to_dev(tables, sizeof(uint32_t) * n_blocks);
 	uint32_t *d_pos = to_dev(pos, sizeof(pos)), *d_off = to_dev(off, sizeof(off));
@@ -792,8 +839,8 @@ static void test_attention_long(void)
 	check_close("attention, max_ctx beyond every context", got, wd, (size_t)SEQS * q_dim, 1e-5,
 		    1e-5);
 	/* The 700-position sequence's token alone: 44 splits of 16 positions. */
-	CHECK(rs_cuda_attention(d_out, RS_DTYPE_F32, d_q + 2 * q_dim, q_dim, &gpu, d_tables, d_off + 2,
-				d_pos + 2, 1, HEADS, 700, d_scratch, 0) == 0,
+	CHECK(rs_cuda_attention(d_out, RS_DTYPE_F32, d_q + 2 * q_dim, q_dim, &gpu, d_tables,
+				d_off + 2, d_pos + 2, 1, HEADS, 700, d_scratch, 0) == 0,
 	      "launch");
 	from_dev(got, d_out, sizeof(float) * q_dim);
 	check_close("attention, one token in 16-position splits", got, wd + 2 * q_dim, q_dim, 1e-5,
@@ -806,10 +853,10 @@ static void test_attention_long(void)
 
 static void test_attention(void)
 {
-	test_attention_shape(8, 2, 64, 16, RS_DTYPE_F32);  /* GQA, TinyLlama's head_dim */
-	test_attention_shape(4, 4, 16, 5, RS_DTYPE_F32);   /* MHA, odd block size */
-	test_attention_shape(12, 1, 40, 7, RS_DTYPE_F32);  /* MQA, head_dim not a warp multiple */
-	test_attention_shape(4, 2, 256, 3, RS_DTYPE_F32);  /* largest head_dim */
+	test_attention_shape(8, 2, 64, 16, RS_DTYPE_F32);   /* GQA, TinyLlama's head_dim */
+	test_attention_shape(4, 4, 16, 5, RS_DTYPE_F32);    /* MHA, odd block size */
+	test_attention_shape(12, 1, 40, 7, RS_DTYPE_F32);   /* MQA, head_dim not a warp multiple */
+	test_attention_shape(4, 2, 256, 3, RS_DTYPE_F32);   /* largest head_dim */
 	test_attention_shape(32, 1, 256, 16, RS_DTYPE_F32); /* 72 KiB of shared memory (opt-in) */
 	test_attention_shape(8, 2, 64, 16, RS_DTYPE_F16);
 	test_attention_shape(8, 2, 64, 16, RS_DTYPE_BF16);
@@ -847,23 +894,26 @@ static void test_sampling_vocab(uint32_t vocab)
 								x[i] = -INFINITY;
 						}
 						params[r] = (struct rs_sampling_params){
-							.temperature = temps[a], .top_k = topks[b],
-							.top_p = topps[c], .seed = test_rand(&s)};
+						    .temperature = temps[a],
+						    .top_k = topks[b],
+						    .top_p = topps[c],
+						    .seed = test_rand(&s)};
 						position[r] = test_rand(&s) % 5000;
-						rs_cuda_sample_desc_init(&descs[r], &params[r], position[r],
-									 d_out + r);
+						rs_cuda_sample_desc_init(&descs[r], &params[r],
+									 position[r], d_out + r);
 					}
 	float *d_logits = to_dev(logits, (size_t)rows * vocab * sizeof(float));
 	struct rs_cuda_sample_desc *d_descs = to_dev(descs, rows * sizeof(*descs));
-	double *d_scratch = dev_alloc((size_t)rows * rs_cuda_sample_scratch(vocab) * sizeof(double));
+	double *d_scratch =
+	    dev_alloc((size_t)rows * rs_cuda_sample_scratch(vocab) * sizeof(double));
 	cudaMemset(d_out, 0xff, rows * 4);
 	CHECK(rs_cuda_sample(d_logits, vocab, d_descs, rows, d_scratch, 0) == 0, "launch");
 	from_dev(got, d_out, rows * 4);
 	void *scratch = malloc(rs_sample_scratch_size(vocab));
 	int bad = 0;
 	for (r = 0; r < rows; r++) {
-		uint32_t want = rs_sample(logits + (size_t)r * vocab, vocab, &params[r], position[r],
-					  scratch);
+		uint32_t want =
+		    rs_sample(logits + (size_t)r * vocab, vocab, &params[r], position[r], scratch);
 		if (got[r] != want && bad++ < 10)
 			fprintf(stderr, "sample vocab %u row %u (T %g k %u p %g): got %u want %u\n",
 				vocab, r, params[r].temperature, params[r].top_k, params[r].top_p,
@@ -894,7 +944,8 @@ static void test_sampling_last_kept(void)
 	}
 	float *d_logits = to_dev(logits, (size_t)ROWS * VOCAB * sizeof(float));
 	struct rs_cuda_sample_desc *d_descs = to_dev(descs, sizeof(descs));
-	double *d_scratch = dev_alloc((size_t)ROWS * rs_cuda_sample_scratch(VOCAB) * sizeof(double));
+	double *d_scratch =
+	    dev_alloc((size_t)ROWS * rs_cuda_sample_scratch(VOCAB) * sizeof(double));
 	CHECK(rs_cuda_sample(d_logits, VOCAB, d_descs, ROWS, d_scratch, 0) == 0, "launch");
 	from_dev(got, d_out, sizeof(got));
 	for (int r = 0; r < ROWS; r++) {
@@ -1059,7 +1110,8 @@ static void test_forward(enum rs_dtype dt)
 	struct rs_model *model = test_model(&cfg, dt, 11);
 	if (!model)
 		return;
-	struct rs_engine *ec = make_engine(model, "cpu", 1, NULL), *eg = make_engine(model, "cuda", 1, NULL);
+	struct rs_engine *ec = make_engine(model, "cpu", 1, NULL),
+			 *eg = make_engine(model, "cuda", 1, NULL);
 	enum { SEQS = 3 };
 	const uint32_t len[SEQS] = {13, 1, 40}, more[SEQS] = {1, 0, 9};
 	uint32_t tokens[SEQS][64];
@@ -1079,14 +1131,17 @@ static void test_forward(enum rs_dtype dt)
 			uint32_t start = phase ? len[q] : 0, count = phase ? more[q] : len[q];
 			if (!count)
 				continue;
-			sc[n] = (struct rs_seq_step){.tokens = tokens[q] + start, .n_tokens = count,
-						     .start_pos = start, .block_table = tc[q],
+			sc[n] = (struct rs_seq_step){.tokens = tokens[q] + start,
+						     .n_tokens = count,
+						     .start_pos = start,
+						     .block_table = tc[q],
 						     .n_blocks = 4};
 			sg[n] = sc[n];
 			sg[n++].block_table = tg[q];
 			T += count;
 		}
-		float *lc = malloc((size_t)T * cfg.vocab_size * 4), *lg = malloc((size_t)T * cfg.vocab_size * 4);
+		float *lc = malloc((size_t)T * cfg.vocab_size * 4),
+		      *lg = malloc((size_t)T * cfg.vocab_size * 4);
 		CHECK(rs_engine_forward_logits(ec, sc, n, lc) == 0, "cpu logits");
 		CHECK(rs_engine_forward_logits(eg, sg, n, lg) == 0, "cuda logits");
 		double *ref = to_double(lc, (size_t)T * cfg.vocab_size);
@@ -1153,8 +1208,10 @@ static void test_greedy(enum rs_dtype dt, int seqs, const char *graphs)
 			if (step < q[i].join || q[i].pos >= q[i].n_prompt + STEPS - 1)
 				continue;
 			uint32_t count = q[i].pos == 0 ? q[i].n_prompt : 1;
-			sc[n] = (struct rs_seq_step){.tokens = q[i].tokens + q[i].pos, .n_tokens = count,
-						     .start_pos = q[i].pos, .block_table = q[i].tc,
+			sc[n] = (struct rs_seq_step){.tokens = q[i].tokens + q[i].pos,
+						     .n_tokens = count,
+						     .start_pos = q[i].pos,
+						     .block_table = q[i].tc,
 						     .n_blocks = n_blocks};
 			sg[n] = sc[n];
 			sg[n].block_table = q[i].tg;
@@ -1237,7 +1294,8 @@ static void test_zero_copy(void)
 	CHECK(rs_model_random(&cfg, RS_DTYPE_F16, 31, false, &model) == 0, "model");
 	if (!model)
 		return;
-	struct rs_engine *ec = make_engine(model, "cpu", 1, NULL), *eg = make_engine(model, "cuda", 1, NULL);
+	struct rs_engine *ec = make_engine(model, "cpu", 1, NULL),
+			 *eg = make_engine(model, "cuda", 1, NULL);
 	size_t size = 2 * 4096;
 	int fd = memfd_create("engine_cuda", 0);
 	CHECK(fd >= 0 && ftruncate(fd, (off_t)size) == 0, "memfd");
@@ -1259,8 +1317,10 @@ static void test_zero_copy(void)
 	for (int i = 0; i < SEQS; i++) {
 		for (int j = 0; j < 20; j++)
 			prompt[i][j] = (uint32_t)(test_rand(&s) % V);
-		sc[i] = (struct rs_seq_step){.tokens = prompt[i], .n_tokens = 5 + 7 * i,
-					     .block_table = alloc_blocks(ec, 2), .n_blocks = 2};
+		sc[i] = (struct rs_seq_step){.tokens = prompt[i],
+					     .n_tokens = 5 + 7 * i,
+					     .block_table = alloc_blocks(ec, 2),
+					     .n_blocks = 2};
 		sg[i] = sc[i];
 		sg[i].block_table = alloc_blocks(eg, 2);
 		sg[i].sample = 1;
@@ -1285,16 +1345,16 @@ static void test_zero_copy(void)
 				outs[i] = UINT32_MAX;
 			CHECK(rs_engine_step(eg, 0, sg, SEQS) == 0, "step again");
 			int running = rs_engine_step_poll(eg, 0) == 0;
-			CHECK(rs_engine_step(eg, 0, sg, SEQS) == 0, "step after a poll (running: %d)",
-			      running);
+			CHECK(rs_engine_step(eg, 0, sg, SEQS) == 0,
+			      "step after a poll (running: %d)", running);
 			CHECK(rs_engine_step_wait(eg, 0) == 0, "wait after a poll");
 		}
 		for (uint32_t i = 0, row = 0; i < SEQS; i++) {
 			row += sc[i].n_tokens;
 			const float *last = logits + (size_t)(row - 1) * V;
 			uint32_t want = rs_argmax(last, V);
-			CHECK(seen[i] == want ||
-				      (seen[i] < V && last[want] - last[seen[i]] <= 2e-2 * rms(last, V)),
+			CHECK(seen[i] == want || (seen[i] < V && last[want] - last[seen[i]] <=
+								     2e-2 * rms(last, V)),
 			      "zero-copy seq %u round %d: %u through the other mapping, cpu %u", i,
 			      round, seen[i], want);
 		}
@@ -1321,17 +1381,17 @@ static double now_seconds(void)
 
 /* Run the named part when no names were given or it is among them (for a quick rerun
  * of one part, or under compute-sanitizer), printing its time. */
-#define PART(name, call)                                                                   \
-	do {                                                                               \
-		int run_it = argc < 2;                                                     \
-		for (int a = 1; a < argc; a++)                                             \
-			run_it |= strcmp(argv[a], name) == 0;                              \
-		if (run_it) {                                                              \
-			double t0 = now_seconds();                                         \
-			call;                                                              \
-			printf("%-16s %6.2f s\n", name, now_seconds() - t0);              \
-			fflush(stdout);                                                    \
-		}                                                                          \
+#define PART(name, call)                                                                           \
+	do {                                                                                       \
+		int run_it = argc < 2;                                                             \
+		for (int a = 1; a < argc; a++)                                                     \
+			run_it |= strcmp(argv[a], name) == 0;                                      \
+		if (run_it) {                                                                      \
+			double t0 = now_seconds();                                                 \
+			call;                                                                      \
+			printf("%-16s %6.2f s\n", name, now_seconds() - t0);                       \
+			fflush(stdout);                                                            \
+		}                                                                                  \
 	} while (0)
 
 /* Usage: engine_cuda [part...] with parts embedding rmsnorm rope swiglu matmul attention
@@ -1348,13 +1408,13 @@ int main(int argc, char **argv)
 	PART("rmsnorm", test_rmsnorm());
 	PART("rope", test_rope_kv_store());
 	PART("swiglu", test_swiglu());
-	PART("matmul", (test_matmul(), test_norm_matmul(), test_swiglu_matmul(),
-			test_qkv_matmul()));
+	PART("matmul",
+	     (test_matmul(), test_norm_matmul(), test_swiglu_matmul(), test_qkv_matmul()));
 	PART("attention", test_attention());
-	PART("sampling", (test_sampling_vocab(1000), test_sampling_vocab(32000),
-			  test_sampling_last_kept()));
-	PART("forward", (test_forward(RS_DTYPE_F32), test_forward(RS_DTYPE_F16),
-			 test_forward(RS_DTYPE_BF16)));
+	PART("sampling",
+	     (test_sampling_vocab(1000), test_sampling_vocab(32000), test_sampling_last_kept()));
+	PART("forward",
+	     (test_forward(RS_DTYPE_F32), test_forward(RS_DTYPE_F16), test_forward(RS_DTYPE_BF16)));
 	/* 20 sequences decode through cuBLAS; 8 and 3 through our GEMVs (and the fused
 	 * [q|k|v] epilogue), the path of decode at small batches; decode steps replay CUDA
 	 * graphs unless they are off. */

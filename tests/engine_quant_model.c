@@ -235,21 +235,25 @@ static void test_architectures(const uint32_t *tokens, float *ref, float *got, d
 {
 	static const struct rs_model_random_extras variants[] = {
 	    {.arch = RS_ARCH_QWEN2},
-	    {.arch = RS_ARCH_LLAMA, .rope_factor = 8, .low_freq_factor = 1,
-	     .high_freq_factor = 4, .original_context = 16},
+	    {.arch = RS_ARCH_LLAMA,
+	     .rope_factor = 8,
+	     .low_freq_factor = 1,
+	     .high_freq_factor = 4,
+	     .original_context = 16},
 	};
 	static const char *names[] = {"qwen2", "llama3"};
 	size_t n_logits = (size_t)N_POS * config.vocab_size;
 	for (int v = 0; v < 2; v++) {
 		struct rs_model *f32 = NULL, *q = NULL, *loaded = NULL;
-		REQUIRE(rs_model_random_arch(&config, RS_DTYPE_F32, 11, false, &variants[v], &f32) ==
-			0);
+		REQUIRE(rs_model_random_arch(&config, RS_DTYPE_F32, 11, false, &variants[v],
+					     &f32) == 0);
 		REQUIRE(rs_model_quantize(f32, RS_QUANT_Q8_0, &q) == 0);
 		char path[256], err[512] = "";
 		snprintf(path, sizeof(path), "%s/%s.gguf", dir, names[v]);
 		CHECK(rs_gguf_write_model(path, q, NULL, err, sizeof(err)) == 0, "write %s", err);
 		REQUIRE(rs_model_load(path, NULL, &loaded, err, sizeof(err)) == 0);
-		CHECK(loaded->arch == variants[v].arch, "%s: architecture %d", names[v], loaded->arch);
+		CHECK(loaded->arch == variants[v].arch, "%s: architecture %d", names[v],
+		      loaded->arch);
 		CHECK((loaded->layers[0].bq.data != NULL) == (v == 0), "%s: biases", names[v]);
 		CHECK((loaded->rope_freqs.data != NULL) == (v == 1), "%s: rope_freqs", names[v]);
 		uint32_t ids[N_POS];
@@ -265,8 +269,8 @@ static void test_architectures(const uint32_t *tokens, float *ref, float *got, d
 		double err_rel = rel_error(got, ref, n_logits);
 		printf("%-7s q8_0 logits relative RMS error %.4f (tolerance %.4f)\n", names[v],
 		       err_rel, tol);
-		CHECK(err_rel <= tol, "%s q8_0: logits relative error %.4f > %.4f", names[v], err_rel,
-		      tol);
+		CHECK(err_rel <= tol, "%s q8_0: logits relative error %.4f > %.4f", names[v],
+		      err_rel, tol);
 		unlink(path);
 		rs_model_free(loaded);
 		rs_model_free(q);

@@ -13,16 +13,16 @@
 
 static int test_failures;
 
-#define CHECK(cond, ...)                                                              \
-	do {                                                                          \
-		if (!(cond)) {                                                        \
-			if (test_failures++ < 20) {                                   \
-				fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, \
-					__LINE__, #cond);                             \
-				fprintf(stderr, __VA_ARGS__);                         \
-				fputc('\n', stderr);                                  \
-			}                                                             \
-		}                                                                     \
+#define CHECK(cond, ...)                                                                           \
+	do {                                                                                       \
+		if (!(cond)) {                                                                     \
+			if (test_failures++ < 20) {                                                \
+				fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__,   \
+					#cond);                                                    \
+				fprintf(stderr, __VA_ARGS__);                                      \
+				fputc('\n', stderr);                                               \
+			}                                                                          \
+		}                                                                                  \
 	} while (0)
 
 /* Compare n floats to a float64 reference: |got - ref| <= tol + |ref| * eps, NaN fails.
@@ -37,15 +37,16 @@ static inline int check_close(const char *name, const float *got, const double *
 		double limit = tol + fabs(ref[i]) * eps;
 		if (!(err <= limit)) {
 			if (bad < 5)
-				fprintf(stderr, "%s[%zu]: got %.9g want %.9g (err %.3g > %.3g)\n", name,
-					i, got[i], ref[i], err, limit);
+				fprintf(stderr, "%s[%zu]: got %.9g want %.9g (err %.3g > %.3g)\n",
+					name, i, got[i], ref[i], err, limit);
 			bad++;
 		}
 		if (err > worst)
 			worst = err;
 	}
 	if (bad) {
-		fprintf(stderr, "%s: %d of %zu mismatched (worst error %.3g)\n", name, bad, n, worst);
+		fprintf(stderr, "%s: %d of %zu mismatched (worst error %.3g)\n", name, bad, n,
+			worst);
 		test_failures++;
 	}
 	return bad;
@@ -70,29 +71,29 @@ static inline double test_uniform(uint64_t *s)
 static inline struct rs_model_config test_config(void)
 {
 	struct rs_model_config cfg = {
-		.dim = 64,
-		.hidden_dim = 160,
-		.n_layers = 2,
-		.n_heads = 4,
-		.n_kv_heads = 2,
-		.head_dim = 16,
-		.vocab_size = 97,
-		.max_seq_len = 128,
-		.rope_dim = 16,
-		.rope_theta = 10000.0f,
-		.norm_eps = 1e-5f,
+	    .dim = 64,
+	    .hidden_dim = 160,
+	    .n_layers = 2,
+	    .n_heads = 4,
+	    .n_kv_heads = 2,
+	    .head_dim = 16,
+	    .vocab_size = 97,
+	    .max_seq_len = 128,
+	    .rope_dim = 16,
+	    .rope_theta = 10000.0f,
+	    .norm_eps = 1e-5f,
 	};
 	return cfg;
 }
 
-#define TEST_END()                                                                    \
-	do {                                                                          \
-		if (test_failures) {                                                  \
-			fprintf(stderr, "FAILED: %d failure(s)\n", test_failures);     \
-			return 1;                                                     \
-		}                                                                     \
-		printf("ok\n");                                                       \
-		return 0;                                                             \
+#define TEST_END()                                                                                 \
+	do {                                                                                       \
+		if (test_failures) {                                                               \
+			fprintf(stderr, "FAILED: %d failure(s)\n", test_failures);                 \
+			return 1;                                                                  \
+		}                                                                                  \
+		printf("ok\n");                                                                    \
+		return 0;                                                                          \
 	} while (0)
 
 #endif

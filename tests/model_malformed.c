@@ -265,7 +265,8 @@ static void test_gguf_tensors(void)
 	expect_patch_fails(q.type, &u, 4, "is Q4_0, whose rows are blocks of 32 elements",
 			   "Q4_0 tensor");
 	u = 10;
-	expect_patch_fails(q.type, &u, 4, "'blk.0.attn_q.weight' has type 10 (Q2_K)", "Q2_K tensor");
+	expect_patch_fails(q.type, &u, 4, "'blk.0.attn_q.weight' has type 10 (Q2_K)",
+			   "Q2_K tensor");
 	u = 12;
 	expect_patch_fails(q.type, &u, 4, "Q4_K", "Q4_K tensor");
 	u = 200;

@@ -72,11 +72,16 @@ static void world_init(struct world *w, uint32_t lanes, const struct rs_multibin
 	w->clock_ns = 1000000000;
 	w->lanes = lanes;
 	CHECK(rs_kv_cache_create(kv_blocks, 16, &w->kv) == 0, "kv");
-	struct rs_sched_config config = {
-	    .lanes = lanes, .max_batch = max_batch, .max_batch_tokens = 1024, .max_tenants = 4,
-	    .vocab_size = 100, .eos_token = UINT32_MAX, .prefix_cache = true,
-	    .admission = {.policy = RS_ADMISSION_FCFS},
-	    .planner = &rs_planner_multibin, .multibin = *params};
+	struct rs_sched_config config = {.lanes = lanes,
+					 .max_batch = max_batch,
+					 .max_batch_tokens = 1024,
+					 .max_tenants = 4,
+					 .vocab_size = 100,
+					 .eos_token = UINT32_MAX,
+					 .prefix_cache = true,
+					 .admission = {.policy = RS_ADMISSION_FCFS},
+					 .planner = &rs_planner_multibin,
+					 .multibin = *params};
 	struct rs_sched_hooks hooks = {
 	    .now_ns = now_hook, .token = token_hook, .finish = finish_hook, .ctx = w};
 	CHECK(rs_sched_create(&config, w->kv, &hooks, &w->sched) == 0, "sched");
@@ -122,7 +127,8 @@ static int step(struct world *w, bool continuous)
 		for (uint32_t i = 0; i < plan->n; i++) {
 			struct rs_request *r = plan->requests[i];
 			uint32_t id = (uint32_t)r->user_data;
-			CHECK(r->bin == bin, "lane %u runs bins %u and %u in one step", l, bin, r->bin);
+			CHECK(r->bin == bin, "lane %u runs bins %u and %u in one step", l, bin,
+			      r->bin);
 			if (!w->seated[l][id]) {
 				joined++;
 				w->seated[l][id] = true;
@@ -146,8 +152,8 @@ static int step(struct world *w, bool continuous)
 static void test_deadline(void)
 {
 	struct world *w = calloc(1, sizeof(*w));
-	struct rs_multibin_params p = {.bins = 2, .batch = 8, .deadline_ns = 5000000,
-				       .boundaries = {10}};
+	struct rs_multibin_params p = {
+	    .bins = 2, .batch = 8, .deadline_ns = 5000000, .boundaries = {10}};
 	world_init(w, 2, &p, 8, 256);
 	/* Lane 1 busy with a long request of bin 1 (alone and idle, it ran at once): an
 	 * idle engine would run any bin at once, a busy one lets bins fill. */
@@ -176,9 +182,11 @@ static void test_deadline(void)
 	submit(w, 3, 4, 5, 5);
 	for (int i = 0; i < 4; i++) {
 		plan = rs_sched_plan_step(w->sched, 0);
-		CHECK(plan && plan->n == 3, "step %d of the batch: %u requests", i, plan ? plan->n : 0);
+		CHECK(plan && plan->n == 3, "step %d of the batch: %u requests", i,
+		      plan ? plan->n : 0);
 		for (uint32_t k = 0; plan && k < plan->n; k++) {
-			CHECK(plan->requests[k]->user_data != 3, "a newcomer joined a static batch");
+			CHECK(plan->requests[k]->user_data != 3,
+			      "a newcomer joined a static batch");
 			*plan->steps[k].out_token = 1;
 		}
 		rs_sched_step_done(w->sched, 0, 0);
@@ -208,8 +216,11 @@ static void test_batches(uint32_t lanes, bool continuous)
 {
 	struct world *w = calloc(1, sizeof(*w));
 	enum { N = 1500, K = 4, B = 6 };
-	struct rs_multibin_params p = {.bins = K, .batch = B, .continuous = continuous,
-				       .deadline_ns = 20 * STEP_NS, .boundaries = {8, 16, 30}};
+	struct rs_multibin_params p = {.bins = K,
+				       .batch = B,
+				       .continuous = continuous,
+				       .deadline_ns = 20 * STEP_NS,
+				       .boundaries = {8, 16, 30}};
 	world_init(w, lanes, &p, 8, 4096);
 	uint64_t rng = 41 + lanes * 2 + continuous;
 	uint32_t next = 0, max_output = 40;
@@ -237,7 +248,8 @@ static void test_batches(uint32_t lanes, bool continuous)
 	}
 	uint64_t bound = p.deadline_ns + (K * B + 1) * batch_ns;
 	printf("lanes %u, %s: longest wait for a seat %.0f ms (bound %.0f ms for one static "
-	       "lane)\n", lanes, continuous ? "continuous" : "static", worst / 1e6, bound / 1e6);
+	       "lane)\n",
+	       lanes, continuous ? "continuous" : "static", worst / 1e6, bound / 1e6);
 	CHECK(lanes > 1 || continuous || worst <= bound, "waited %llu ns, bound %llu ns",
 	      (unsigned long long)worst, (unsigned long long)bound);
 	const struct rs_multibin_stats *st = rs_multibin_stats(w->sched);
@@ -262,9 +274,10 @@ static void test_boundaries(bool exponential)
 	world_init(w, 2, &p, 16, 8192);
 	uint64_t rng = exponential ? 5 : 6;
 	for (uint32_t id = 0; id < N; id++) {
-		uint32_t out = exponential
-				   ? 1 + (uint32_t)(-300.0 * log(((test_rand(&rng) >> 11) + 1) * 0x1.0p-53))
-				   : 1 + (uint32_t)(test_rand(&rng) % 100);
+		uint32_t out =
+		    exponential
+			? 1 + (uint32_t)(-300.0 * log(((test_rand(&rng) >> 11) + 1) * 0x1.0p-53))
+			: 1 + (uint32_t)(test_rand(&rng) % 100);
 		if (out > 3000)
 			out = 3000;
 		submit(w, id, 2, out, 0);
@@ -285,10 +298,10 @@ static void test_boundaries(bool exponential)
 		uint32_t rank = (uint32_t)ceil((double)(i + 1) / K * seen);
 		uint32_t want = w->finished_lengths[rank - 1];
 		double slack = want <= 256 ? 0.0 : want * (exp2(1.0 / 16) - 1) + 1;
-		printf("%s: boundary %u = %u, quantile %u\n", exponential ? "exp(300)" : "uniform 1..100",
-		       i, got[i], want);
-		CHECK(fabs((double)got[i] - want) <= slack, "boundary %u: %u, quantile %u", i, got[i],
-		      want);
+		printf("%s: boundary %u = %u, quantile %u\n",
+		       exponential ? "exp(300)" : "uniform 1..100", i, got[i], want);
+		CHECK(fabs((double)got[i] - want) <= slack, "boundary %u: %u, quantile %u", i,
+		      got[i], want);
 	}
 	const struct rs_multibin_stats *st = rs_multibin_stats(w->sched);
 	printf("  predictions: mean absolute error %.1f, %.0f%% in the right bin\n",

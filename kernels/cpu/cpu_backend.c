@@ -22,22 +22,22 @@
 
 #include <cblas.h>
 
-#include "kernels/model/dtype.h"
-#include "kernels/model/quant.h"
-#include "kernels/engine/engine_backend.h"
-#include "kernels/model/errmsg.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/large_alloc.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/thread_pool.h"
+#include "kernels/engine/engine_backend.h"
+#include "kernels/model/dtype.h"
+#include "kernels/model/errmsg.h"
+#include "kernels/model/quant.h"
 
 struct cpu_layer {
-	float *attn_norm, *ffn_norm;   /* [dim] */
-	float *bqkv;                    /* [q_dim + 2 kv_dim] q, k, v biases; NULL: none */
-	struct rs_packed_matrix wqkv;   /* (q_dim + 2 kv_dim) x dim */
-	struct rs_packed_matrix wo;     /* dim x q_dim */
+	float *attn_norm, *ffn_norm;	/* [dim] */
+	float *bqkv;			/* [q_dim + 2 kv_dim] q, k, v biases; NULL: none */
+	struct rs_packed_matrix wqkv;	/* (q_dim + 2 kv_dim) x dim */
+	struct rs_packed_matrix wo;	/* dim x q_dim */
 	struct rs_packed_matrix w_gate; /* hidden x dim */
-	struct rs_packed_matrix w_up;   /* hidden x dim */
+	struct rs_packed_matrix w_up;	/* hidden x dim */
 	struct rs_packed_matrix w_down; /* dim x hidden */
 };
 
@@ -45,9 +45,9 @@ struct cpu_engine {
 	struct cpu_layer *layers;
 	float *final_norm;
 	struct rs_packed_matrix output; /* vocab x dim */
-	enum rs_cpu_isa isa;            /* of the products */
-	void *k_cache, *v_cache; /* [layer][block][block_size][kv_dim] of kv_dtype */
-	enum rs_dtype kv_dtype;  /* RS_DTYPE_F32 or RS_DTYPE_F16 (options.kv_dtype) */
+	enum rs_cpu_isa isa;		/* of the products */
+	void *k_cache, *v_cache;	/* [layer][block][block_size][kv_dim] of kv_dtype */
+	enum rs_dtype kv_dtype;		/* RS_DTYPE_F32 or RS_DTYPE_F16 (options.kv_dtype) */
 	size_t layer_cache_elems;
 
 	/* Scratch for max_batch_tokens tokens. */
@@ -56,7 +56,7 @@ struct cpu_engine {
 	float *rope_cos_sin;  /* per token: its row of rs_op_rope_table, made in layer 0 */
 	uint32_t *seq_offset; /* first token of each sequence in the step */
 	uint32_t *token_seq;  /* sequence of each token */
-	float *scores;        /* per worker: attention scratch for max_seq_len */
+	float *scores;	      /* per worker: attention scratch for max_seq_len */
 	size_t scores_per_worker;
 	uint8_t *sample_scratch; /* per worker */
 	size_t sample_scratch_size;
@@ -104,10 +104,10 @@ static void pack_item(void *ctx, uint32_t item, uint32_t worker)
 		uint32_t from = begin > part0 ? begin : part0, to = end < part_end ? end : part_end;
 		if (from < to)
 			j->rc[worker] = rs_packed_set_rows(
-				j->w, from, to - from,
-				(const uint8_t *)t->data +
-					(size_t)(from - part0) * rs_dtype_row_bytes(t->dtype, t->cols),
-				t->dtype);
+			    j->w, from, to - from,
+			    (const uint8_t *)t->data +
+				(size_t)(from - part0) * rs_dtype_row_bytes(t->dtype, t->cols),
+			    t->dtype);
 		part0 = part_end;
 	}
 }
@@ -125,7 +125,8 @@ static int pack(struct rs_thread_pool *pool, enum rs_cpu_isa isa, struct rs_pack
 		/* Block-quantized weights stay as the model has them (mapped), not packed. */
 		struct rs_quant_part q[RS_QUANT_PARTS];
 		for (uint32_t i = 0; i < n_parts; i++)
-			q[i] = (struct rs_quant_part){.rows = parts[i]->data, .dtype = parts[i]->dtype,
+			q[i] = (struct rs_quant_part){.rows = parts[i]->data,
+						      .dtype = parts[i]->dtype,
 						      .n_rows = (uint32_t)parts[i]->rows};
 		return rs_packed_quant_init(w, (uint32_t)parts[0]->cols, q, n_parts);
 	}
@@ -140,8 +141,8 @@ static int pack(struct rs_thread_pool *pool, enum rs_cpu_isa isa, struct rs_pack
 	if (rc)
 		return rc;
 	uint32_t workers = rs_thread_pool_size(pool);
-	struct pack_job job = {.w = w, .parts = parts, .n_parts = n_parts,
-			       .rc = calloc(workers, sizeof(int))};
+	struct pack_job job = {
+	    .w = w, .parts = parts, .n_parts = n_parts, .rc = calloc(workers, sizeof(int))};
 	if (!job.rc)
 		return -ENOMEM;
 	rs_thread_pool_run(pool, (uint32_t)((n + PACK_ROWS - 1) / PACK_ROWS), pack_item, &job);
@@ -151,8 +152,8 @@ static int pack(struct rs_thread_pool *pool, enum rs_cpu_isa isa, struct rs_pack
 	return rc;
 }
 
-#define PACK(w, ...)                                                                       \
-	pack(c->pool, c->isa, w, (const struct rs_tensor *const[]){__VA_ARGS__},            \
+#define PACK(w, ...)                                                                               \
+	pack(c->pool, c->isa, w, (const struct rs_tensor *const[]){__VA_ARGS__},                   \
 	     sizeof((const struct rs_tensor *const[]){__VA_ARGS__}) / sizeof(void *))
 
 static void cpu_destroy(struct rs_engine *engine);
@@ -207,11 +208,13 @@ static int cpu_create(struct rs_engine *e, char *err, size_t err_size)
 	}
 	e->impl = c;
 	pthread_mutex_init(&c->lock, NULL);
-	c->isa = strcmp(o->cpu_products, "blas") == 0   ? RS_ISA_PORTABLE
+	c->isa = strcmp(o->cpu_products, "blas") == 0	? RS_ISA_PORTABLE
 		 : strcmp(o->cpu_products, "avx2") == 0 ? RS_ISA_AVX2
 							: rs_cpu_isa();
 	long online = sysconf(_SC_NPROCESSORS_ONLN);
-	uint32_t workers = o->threads > 0 ? (uint32_t)o->threads : online > 0 ? (uint32_t)online : 1;
+	uint32_t workers = o->threads > 0 ? (uint32_t)o->threads
+			   : online > 0	  ? (uint32_t)online
+					  : 1;
 	/* Process-wide: our workers split each product, so OpenBLAS (the per-panel SGEMMs on
 	 * CPUs without our kernels) must not thread too. */
 	openblas_set_num_threads(1);
@@ -245,12 +248,11 @@ static int cpu_create(struct rs_engine *e, char *err, size_t err_size)
 	c->token_seq = calloc(T, sizeof(uint32_t));
 	c->sample_rows = calloc(T, sizeof(uint32_t));
 	c->lane_status = calloc(o->lanes, sizeof(int));
-	if (!c->k_cache || !c->v_cache || !c->x || !c->xb || !c->qkv || !c->att ||
-	    !c->gate_up || !c->hidden || !c->positions || !c->rope_cos_sin || !c->seq_offset ||
-	    !c->token_seq ||
-	    !c->sample_rows ||
-	    !c->lane_status) {
-		rs_errmsg(err, err_size, 0, "out of memory (KV cache: %zu MiB)", 2 * cache_bytes >> 20);
+	if (!c->k_cache || !c->v_cache || !c->x || !c->xb || !c->qkv || !c->att || !c->gate_up ||
+	    !c->hidden || !c->positions || !c->rope_cos_sin || !c->seq_offset || !c->token_seq ||
+	    !c->sample_rows || !c->lane_status) {
+		rs_errmsg(err, err_size, 0, "out of memory (KV cache: %zu MiB)",
+			  2 * cache_bytes >> 20);
 		goto fail;
 	}
 	/* Zeroed so that a read of a never-written slot (a caller bug) stays finite. */
@@ -259,7 +261,8 @@ static int cpu_create(struct rs_engine *e, char *err, size_t err_size)
 
 	rc = -ENOMEM;
 	c->scores_per_worker =
-		(rs_op_attention_scratch(cfg->n_heads, cfg->head_dim, cfg->max_seq_len) + 15) & ~(size_t)15;
+	    (rs_op_attention_scratch(cfg->n_heads, cfg->head_dim, cfg->max_seq_len) + 15) &
+	    ~(size_t)15;
 	c->scores = alloc_floats(workers * c->scores_per_worker);
 	c->sample_scratch_size = (rs_sample_scratch_size(cfg->vocab_size) + 63) & ~(size_t)63;
 	c->sample_scratch = aligned_alloc(64, workers * c->sample_scratch_size);
@@ -360,11 +363,16 @@ static uint32_t matmul_parts(const struct cpu_engine *c, uint32_t m,
 }
 
 /* y (+)= x W^T over the pool (x rows are w->k floats apart, y rows w->n). */
-static void matmul(struct cpu_engine *c, float *y, const float *x,
-		   const struct rs_packed_matrix *w, uint32_t m, bool accumulate)
+static void matmul(struct cpu_engine *c, float *y, const float *x, const struct rs_packed_matrix *w,
+		   uint32_t m, bool accumulate)
 {
-	struct matmul_job job = {.y = y, .ldy = w->n, .x = x, .w = w, .m = m,
-				 .parts = matmul_parts(c, m, w), .accumulate = accumulate,
+	struct matmul_job job = {.y = y,
+				 .ldy = w->n,
+				 .x = x,
+				 .w = w,
+				 .m = m,
+				 .parts = matmul_parts(c, m, w),
+				 .accumulate = accumulate,
 				 .isa = c->isa};
 	rs_thread_pool_run(c->pool, job.parts, matmul_item, &job);
 }
@@ -430,8 +438,8 @@ static void rope_store_item(void *ctx, uint32_t t, uint32_t worker)
 				       j->e->rope_freqs);
 	/* q and k are adjacent: one call for both. */
 	rs_op_rope_rotate(row, cfg->n_heads + cfg->n_kv_heads, hd, cfg->rope_dim, cos_sin);
-	rs_op_kv_store(j->kv, j->seqs[c->token_seq[t]].block_table, c->positions[t], 1,
-		       row + q_dim, row + q_dim + kv_dim, 0);
+	rs_op_kv_store(j->kv, j->seqs[c->token_seq[t]].block_table, c->positions[t], 1, row + q_dim,
+		       row + q_dim + kv_dim, 0);
 }
 
 /* rope_store_item then attention_item for token t: one item when t is the only token of
@@ -466,8 +474,8 @@ static void gate_up_swiglu_item(void *ctx, uint32_t part, uint32_t worker)
 		       c->isa);
 	rs_gemm_packed(c->gate_up + hidden, 2 * (size_t)hidden, c->xb, wu->k, j->T, wu, p0, p1,
 		       false, c->isa);
-	uint32_t h0 = p0 * RS_PANEL_COLS, h1 = p1 * RS_PANEL_COLS < hidden ? p1 * RS_PANEL_COLS
-									: hidden;
+	uint32_t h0 = p0 * RS_PANEL_COLS,
+		 h1 = p1 * RS_PANEL_COLS < hidden ? p1 * RS_PANEL_COLS : hidden;
 	for (uint32_t t = 0; h1 > h0 && t < j->T; t++) {
 		const float *g = c->gate_up + (size_t)t * 2 * hidden;
 		rs_op_swiglu(c->hidden + (size_t)t * hidden + h0, g + h0, g + hidden + h0, 1,
@@ -487,9 +495,10 @@ static void sample_item(void *ctx, uint32_t row, uint32_t worker)
 	struct sample_job *job = ctx;
 	uint32_t vocab = job->e->config.vocab_size;
 	const struct rs_seq_step *q = &job->seqs[job->c->sample_rows[row]];
-	uint32_t token = rs_sample(job->c->logits + (size_t)row * vocab, vocab, &q->sampling,
-				   (uint64_t)q->start_pos + q->n_tokens,
-				   job->c->sample_scratch + (size_t)worker * job->c->sample_scratch_size);
+	uint32_t token =
+	    rs_sample(job->c->logits + (size_t)row * vocab, vocab, &q->sampling,
+		      (uint64_t)q->start_pos + q->n_tokens,
+		      job->c->sample_scratch + (size_t)worker * job->c->sample_scratch_size);
 	*q->out_token = token;
 }
 
@@ -516,15 +525,15 @@ static void forward_layers(struct rs_engine *e, struct cpu_engine *c,
 	for (uint32_t l = 0; l < cfg->n_layers; l++) {
 		const struct cpu_layer *L = &c->layers[l];
 		struct attention_job job = {
-			.e = e,
-			.c = c,
-			.seqs = seqs,
-			.kv = {.k = (uint8_t *)c->k_cache + l * layer_cache_bytes,
-			       .v = (uint8_t *)c->v_cache + l * layer_cache_bytes,
-			       .dtype = c->kv_dtype,
-			       .block_size = e->options.block_size,
-			       .n_kv_heads = cfg->n_kv_heads,
-			       .head_dim = hd},
+		    .e = e,
+		    .c = c,
+		    .seqs = seqs,
+		    .kv = {.k = (uint8_t *)c->k_cache + l * layer_cache_bytes,
+			   .v = (uint8_t *)c->v_cache + l * layer_cache_bytes,
+			   .dtype = c->kv_dtype,
+			   .block_size = e->options.block_size,
+			   .n_kv_heads = cfg->n_kv_heads,
+			   .head_dim = hd},
 		};
 		struct rows_job rows = {.e = e, .c = c, .seqs = seqs, .kv = &job.kv, .layer = l};
 		/* Pool runs (barriers) per layer: 7 for a decode step (was 9), up to 9 with a
@@ -542,8 +551,8 @@ static void forward_layers(struct rs_engine *e, struct cpu_engine *c,
 
 		rows.norm = L->ffn_norm;
 		rs_thread_pool_run(c->pool, T, norm_item, &rows);
-		struct gate_up_job gate_up = {.c = c, .L = L, .T = T,
-					      .parts = matmul_parts(c, T, &L->w_gate)};
+		struct gate_up_job gate_up = {
+		    .c = c, .L = L, .T = T, .parts = matmul_parts(c, T, &L->w_gate)};
 		rs_thread_pool_run(c->pool, gate_up.parts, gate_up_swiglu_item, &gate_up);
 		matmul(c, c->x, c->hidden, &L->w_down, T, true);
 	}
@@ -571,8 +580,8 @@ static int cpu_step(struct rs_engine *e, uint32_t lane, const struct rs_seq_step
 		if (!seqs[s].sample)
 			continue;
 		uint32_t last = c->seq_offset[s + 1] - 1;
-		rs_op_rmsnorm(c->xb + (size_t)rows * dim, c->x + (size_t)last * dim, c->final_norm, 1,
-			      dim, cfg->norm_eps);
+		rs_op_rmsnorm(c->xb + (size_t)rows * dim, c->x + (size_t)last * dim, c->final_norm,
+			      1, dim, cfg->norm_eps);
 		c->sample_rows[rows++] = s;
 	}
 	if (!rows)
@@ -616,10 +625,10 @@ static int cpu_wait(struct rs_engine *e, uint32_t lane)
 }
 
 const struct rs_engine_backend rs_engine_backend_cpu = {
-	.name = "cpu",
-	.create = cpu_create,
-	.destroy = cpu_destroy,
-	.step = cpu_step,
-	.poll = cpu_poll,
-	.wait = cpu_wait,
+    .name = "cpu",
+    .create = cpu_create,
+    .destroy = cpu_destroy,
+    .step = cpu_step,
+    .poll = cpu_poll,
+    .wait = cpu_wait,
 };

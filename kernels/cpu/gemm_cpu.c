@@ -79,7 +79,8 @@ int rs_packed_alloc(struct rs_packed_matrix *w, uint32_t n, uint32_t k, enum rs_
 	 * written by rs_packed_set_rows, which then also takes the first-touch page faults,
 	 * on the workers that pack (zeroing everything here cost a third of a model's load). */
 	if (n_panels)
-		memset((char *)m.panels + (size_t)(n_panels - 1) * panel_bytes(&m), 0, panel_bytes(&m));
+		memset((char *)m.panels + (size_t)(n_panels - 1) * panel_bytes(&m), 0,
+		       panel_bytes(&m));
 	*w = m;
 	return 0;
 }
@@ -94,8 +95,10 @@ int rs_packed_set_rows(struct rs_packed_matrix *w, uint32_t row0, uint32_t n_row
 			return -EINVAL;
 		for (uint32_t r = 0; r < n_rows; r++) {
 			uint32_t col = row0 + r;
-			const uint16_t *src = (const uint16_t *)((const uint8_t *)rows + r * row_bytes);
-			uint16_t *panel = (uint16_t *)w->panels + (size_t)(col / PC) * k * PC + col % PC;
+			const uint16_t *src =
+			    (const uint16_t *)((const uint8_t *)rows + r * row_bytes);
+			uint16_t *panel =
+			    (uint16_t *)w->panels + (size_t)(col / PC) * k * PC + col % PC;
 			for (size_t kk = 0; kk < k; kk++)
 				panel[kk * PC] = src[kk];
 		}
@@ -140,7 +143,8 @@ void rs_packed_get_row(const struct rs_packed_matrix *w, uint32_t r, float *out)
 		return;
 	}
 	size_t es = rs_dtype_size(w->dtype);
-	const uint8_t *first = (const uint8_t *)w->panels + (r / PC) * panel_bytes(w) + (r % PC) * es;
+	const uint8_t *first =
+	    (const uint8_t *)w->panels + (r / PC) * panel_bytes(w) + (r % PC) * es;
 	for (size_t kk = 0; kk < w->k; kk++)
 		rs_convert_to_f32(out + kk, first + kk * PC * es, w->dtype, 1);
 }
@@ -233,10 +237,9 @@ static ALWAYS_INLINE TARGET_AVX512 __m512 load16_avx512(const void *step, uint32
 	return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); /* bf16 */
 }
 
-static ALWAYS_INLINE TARGET_AVX512 void tile_avx512(float *y, size_t ldy, const float *x,
-						    size_t ldx, const void *pw, uint32_t kc,
-						    uint32_t cols, bool load_y, const void *prefetch,
-						    uint32_t mr, enum rs_dtype wt)
+static ALWAYS_INLINE TARGET_AVX512 void
+tile_avx512(float *y, size_t ldy, const float *x, size_t ldx, const void *pw, uint32_t kc,
+	    uint32_t cols, bool load_y, const void *prefetch, uint32_t mr, enum rs_dtype wt)
 {
 	size_t es = wt == RS_DTYPE_F32 ? 4 : 2;
 	__mmask16 mask[3];
@@ -361,10 +364,9 @@ static ALWAYS_INLINE TARGET_AVX2 void tile_avx2(float *y, size_t ldy, const floa
 }
 
 #define TILE_AVX2(name, wt, mr)                                                                    \
-	static TARGET_AVX2 void tile_avx2_##name##_##mr(float *y, size_t ldy, const float *x,      \
-							size_t ldx, const void *pw, uint32_t kc,   \
-							uint32_t cols, bool load_y,                \
-							const void *prefetch)                      \
+	static TARGET_AVX2 void tile_avx2_##name##_##mr(                                           \
+	    float *y, size_t ldy, const float *x, size_t ldx, const void *pw, uint32_t kc,         \
+	    uint32_t cols, bool load_y, const void *prefetch)                                      \
 	{                                                                                          \
 		tile_avx2(y, ldy, x, ldx, pw, kc, cols, load_y, prefetch, mr, wt);                 \
 	}
@@ -374,7 +376,8 @@ static ALWAYS_INLINE TARGET_AVX2 void tile_avx2(float *y, size_t ldy, const floa
 	TILE_AVX2(name, wt, 3)                                                                     \
 	TILE_AVX2(name, wt, 4)                                                                     \
 	static tile_fn *const tiles_avx2_##name[MR_AVX2] = {                                       \
-	    tile_avx2_##name##_1, tile_avx2_##name##_2, tile_avx2_##name##_3, tile_avx2_##name##_4};
+	    tile_avx2_##name##_1, tile_avx2_##name##_2, tile_avx2_##name##_3,                      \
+	    tile_avx2_##name##_4};
 TILES_AVX2(f32, RS_DTYPE_F32)
 TILES_AVX2(f16, RS_DTYPE_F16)
 TILES_AVX2(bf16, RS_DTYPE_BF16)
@@ -393,7 +396,8 @@ static void gemm_tiles(float *y, size_t ldy, const float *x, size_t ldx, uint32_
 		uint32_t cols = panel_cols(w, p);
 		for (uint32_t k0 = 0; k0 < w->k; k0 += KC) {
 			uint32_t kc = w->k - k0 < KC ? w->k - k0 : KC;
-			const char *pw = (const char *)w->panels + p * panel_bytes(w) + k0 * step_bytes;
+			const char *pw =
+			    (const char *)w->panels + p * panel_bytes(w) + k0 * step_bytes;
 			const char *next = p + 1 < p1 ? pw + panel_bytes(w) : NULL;
 			for (uint32_t t = 0, r0 = 0; t < n_tiles; t++) {
 				uint32_t rows = base + (t < extra);

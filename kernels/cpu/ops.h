@@ -20,15 +20,15 @@ void rs_op_embedding(float *out, const struct rs_tensor *table, const uint32_t *
 
 /* RMSNorm of n_rows rows of width dim: out = x / sqrt(mean(x^2) + eps) * weight.
  * out may equal x. The mean is accumulated in double (dim can be large). */
-void rs_op_rmsnorm(float *out, const float *x, const float *weight, uint32_t n_rows,
-		   uint32_t dim, float eps);
+void rs_op_rmsnorm(float *out, const float *x, const float *weight, uint32_t n_rows, uint32_t dim,
+		   float eps);
 
 /* Rotary position embedding of one token at position pos, in place: x holds n_heads
  * heads of head_dim floats; in each head the adjacent pairs (x[2i], x[2i+1]) with
  * 2i < rope_dim are rotated by pos * theta^(-2i / rope_dim) (the Meta layout). The
  * angle and its sine and cosine are computed in double. */
-void rs_op_rope(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t rope_dim,
-		uint32_t pos, float theta);
+void rs_op_rope(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t rope_dim, uint32_t pos,
+		float theta);
 
 /* rs_op_rope's cosines and sines for positions first_pos .. first_pos + n_pos - 1, the
  * same floats: cos_sin[(p * (rope_dim / 2) + i) * 2] = cos, [... + 1] = sin for position
@@ -61,8 +61,8 @@ bool rs_cpu_has_f16c(void);
 
 /* out[r][i] = silu(gate[r][i]) * up[r][i] for r < n_rows, i < width; gate and up rows
  * are in_stride floats apart, out rows width floats apart. */
-void rs_op_swiglu(float *out, const float *gate, const float *up, uint32_t n_rows,
-		  uint32_t width, size_t in_stride);
+void rs_op_swiglu(float *out, const float *gate, const float *up, uint32_t n_rows, uint32_t width,
+		  size_t in_stride);
 
 /* rs_op_swiglu with the instruction set capped at isa (tests compare them all), and its
  * AVX-512 body (swiglu_avx512.c; x86-64 with AVX-512 F only). */
@@ -93,9 +93,8 @@ struct rs_kv_layer {
  * blocks of block_table. k and v hold one row of n_kv_heads * head_dim floats per token,
  * rows stride floats apart. An f16 cache stores each float rounded to nearest even
  * (exactly rs_f32_to_f16 for every non-NaN value). */
-void rs_op_kv_store(const struct rs_kv_layer *kv, const uint32_t *block_table,
-		    uint32_t start_pos, uint32_t n_tokens, const float *k, const float *v,
-		    size_t stride);
+void rs_op_kv_store(const struct rs_kv_layer *kv, const uint32_t *block_table, uint32_t start_pos,
+		    uint32_t n_tokens, const float *k, const float *v, size_t stride);
 
 /* rs_op_kv_store with the instruction set capped at isa (tests compare them all). */
 void rs_op_kv_store_isa(const struct rs_kv_layer *kv, const uint32_t *block_table,

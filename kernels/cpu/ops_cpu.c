@@ -2,9 +2,9 @@
 #include <math.h>
 #include <string.h>
 
+#include "kernels/cpu/ops.h"
 #include "kernels/model/dtype.h"
 #include "kernels/model/quant.h"
-#include "kernels/cpu/ops.h"
 
 void rs_op_embedding(float *out, const struct rs_tensor *table, const uint32_t *tokens,
 		     uint32_t n_tokens)
@@ -16,8 +16,8 @@ void rs_op_embedding(float *out, const struct rs_tensor *table, const uint32_t *
 				  table->dtype, dim);
 }
 
-void rs_op_rmsnorm(float *out, const float *x, const float *weight, uint32_t n_rows,
-		   uint32_t dim, float eps)
+void rs_op_rmsnorm(float *out, const float *x, const float *weight, uint32_t n_rows, uint32_t dim,
+		   float eps)
 {
 	for (uint32_t r = 0; r < n_rows; r++) {
 		const float *xr = x + (size_t)r * dim;
@@ -91,7 +91,8 @@ static void rope_rotate_pairs(float *x, uint32_t n_heads, uint32_t head_dim, uin
 	for (uint32_t h = 0; h < n_heads; h++) {
 		float *p = x + (size_t)h * head_dim + 2 * first;
 		for (uint32_t i = 0; i < n; i++) {
-			float a = p[2 * i], b = p[2 * i + 1], c = cos_sin[2 * i], sn = cos_sin[2 * i + 1];
+			float a = p[2 * i], b = p[2 * i + 1], c = cos_sin[2 * i],
+			      sn = cos_sin[2 * i + 1];
 			p[2 * i] = a * c - b * sn;
 			p[2 * i + 1] = a * sn + b * c;
 		}
@@ -104,8 +105,8 @@ void rs_op_rope_rotate(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t r
 	rope_rotate_pairs(x, n_heads, head_dim, 0, rope_dim / 2, cos_sin);
 }
 
-void rs_op_rope(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t rope_dim,
-		uint32_t pos, float theta)
+void rs_op_rope(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t rope_dim, uint32_t pos,
+		float theta)
 {
 	/* One sine/cosine per pair, shared by every head; 256 pairs at a time. */
 	float cos_sin[2 * 256];
@@ -119,8 +120,8 @@ void rs_op_rope(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t rope_dim
 	}
 }
 
-void rs_op_swiglu(float *out, const float *gate, const float *up, uint32_t n_rows,
-		  uint32_t width, size_t in_stride)
+void rs_op_swiglu(float *out, const float *gate, const float *up, uint32_t n_rows, uint32_t width,
+		  size_t in_stride)
 {
 	rs_op_swiglu_isa(out, gate, up, n_rows, width, in_stride, rs_cpu_isa());
 }
@@ -206,11 +207,10 @@ static void axpy(float *y, float a, const float *x, uint32_t n)
 		y[d] += a * x[d];
 }
 
-static size_t kv_offset(const struct rs_kv_layer *kv, const uint32_t *block_table,
-			uint32_t pos)
+static size_t kv_offset(const struct rs_kv_layer *kv, const uint32_t *block_table, uint32_t pos)
 {
-	size_t slot = (size_t)block_table[pos / kv->block_size] * kv->block_size +
-		      pos % kv->block_size;
+	size_t slot =
+	    (size_t)block_table[pos / kv->block_size] * kv->block_size + pos % kv->block_size;
 	return slot * kv->n_kv_heads * kv->head_dim;
 }
 
@@ -238,9 +238,8 @@ static void f32_to_f16_row(uint16_t *dst, const float *src, size_t n, bool vecto
 		dst[i] = rs_f32_to_f16(src[i]);
 }
 
-void rs_op_kv_store(const struct rs_kv_layer *kv, const uint32_t *block_table,
-		    uint32_t start_pos, uint32_t n_tokens, const float *k, const float *v,
-		    size_t stride)
+void rs_op_kv_store(const struct rs_kv_layer *kv, const uint32_t *block_table, uint32_t start_pos,
+		    uint32_t n_tokens, const float *k, const float *v, size_t stride)
 {
 	rs_op_kv_store_isa(kv, block_table, start_pos, n_tokens, k, v, stride, rs_cpu_isa());
 }
@@ -294,14 +293,14 @@ void rs_op_attention_isa(float *out, const float *q, const struct rs_kv_layer *k
 	uint32_t hd = kv->head_dim, n_ctx = pos + 1;
 	uint32_t group = n_heads / kv->n_kv_heads;
 	float scale = 1.0f / sqrtf((float)hd);
-	float *scores = scratch;                        /* [n_heads][n_ctx] */
+	float *scores = scratch;			/* [n_heads][n_ctx] */
 	float *acc = scratch + (size_t)n_heads * n_ctx; /* [n_heads][hd] */
-	float *buf = acc + (size_t)n_heads * hd;        /* one widened row (f16 cache) */
+	float *buf = acc + (size_t)n_heads * hd;	/* one widened row (f16 cache) */
 	for (uint32_t j = 0; j < n_ctx; j++) {
 		const float *kr = kv_row(kv, kv->k, block_table, j, buf);
 		for (uint32_t h = 0; h < n_heads; h++)
 			scores[(size_t)h * n_ctx + j] =
-				dot(q + (size_t)h * hd, kr + (size_t)(h / group) * hd, hd) * scale;
+			    dot(q + (size_t)h * hd, kr + (size_t)(h / group) * hd, hd) * scale;
 	}
 	for (uint32_t h = 0; h < n_heads; h++)
 		rs_op_softmax(scores + (size_t)h * n_ctx, n_ctx);

@@ -32,15 +32,15 @@
 extern "C" {
 #endif
 
-#include "kernels/model/model.h"
 #include "kernels/engine/sampling.h"
+#include "kernels/model/model.h"
 
 /* Largest head_dim the attention kernel handles (8 values per lane of a warp). */
 #define RS_CUDA_MAX_HEAD_DIM 256
 
 /* out[i][:] = table[tokens[i]][:] as fp32; table is [vocab][dim] of dtype. */
-int rs_cuda_embedding(float *out, const void *table, enum rs_dtype dtype,
-		      const uint32_t *tokens, uint32_t n_tokens, uint32_t dim, cudaStream_t stream);
+int rs_cuda_embedding(float *out, const void *table, enum rs_dtype dtype, const uint32_t *tokens,
+		      uint32_t n_tokens, uint32_t dim, cudaStream_t stream);
 
 /* Row r of out (n_rows rows of dim values of out_dtype) = RMSNorm of row rows[r] of x
  * (rows NULL: row r), times weight: rs_op_rmsnorm's arithmetic (double sum of squares,
@@ -92,8 +92,8 @@ int rs_cuda_rope_kv_store(float *qkv, size_t stride, const uint32_t *positions,
  * once before its first use (every launch leaves it fit for the next on the same
  * stream; NULL: never split). max_ctx is at least the largest positions[t] + 1 (the
  * host knows it; it sizes the split; a larger one, as a CUDA graph captured for a range
- * of contexts passes, adds splits that find nothing to do). out: [n_tokens][n_heads * head_dim] of out_dtype. Call
- * rs_cuda_attention_setup once first. */
+ * of contexts passes, adds splits that find nothing to do). out: [n_tokens][n_heads * head_dim] of
+ * out_dtype. Call rs_cuda_attention_setup once first. */
 int rs_cuda_attention(void *out, enum rs_dtype out_dtype, const float *q, size_t q_stride,
 		      const struct rs_cuda_kv_layer *kv, const uint32_t *block_tables,
 		      const uint32_t *table_offset, const uint32_t *positions, uint32_t n_tokens,
@@ -110,8 +110,8 @@ int rs_cuda_attention_setup(uint32_t n_heads, uint32_t n_kv_heads, uint32_t head
 /* What the sampling kernel needs for one row: sampling.h's parameters, with the uniform
  * number already drawn on the host (rs_sample_uniform: the same bits as the CPU). */
 struct rs_cuda_sample_desc {
-	double u;          /* rs_sample_uniform(seed, position) */
-	uint32_t *out;     /* device-visible address of the token id */
+	double u;      /* rs_sample_uniform(seed, position) */
+	uint32_t *out; /* device-visible address of the token id */
 	float temperature;
 	float top_p;
 	uint32_t top_k;
@@ -167,11 +167,11 @@ int rs_cuda_norm_matmul(cublasHandle_t handle, float *y, const float *x, const u
  * is even, all of it happens in that kernel's epilogue (one launch; the same values and
  * cache contents to the bit); else it is the two calls. The k part of the qkv rows is
  * left rotated or not: only the cache's keys are defined. */
-int rs_cuda_qkv_matmul(cublasHandle_t handle, float *qkv, const float *x,
-		       const float *norm_weight, float eps, void *xb, const void *w,
-		       enum rs_dtype dtype, uint32_t m, uint32_t k, uint32_t n_heads,
-		       const struct rs_cuda_kv_layer *kv, uint32_t rope_dim, const float *cos_sin,
-		       const uint32_t *positions, const uint32_t *slots);
+int rs_cuda_qkv_matmul(cublasHandle_t handle, float *qkv, const float *x, const float *norm_weight,
+		       float eps, void *xb, const void *w, enum rs_dtype dtype, uint32_t m,
+		       uint32_t k, uint32_t n_heads, const struct rs_cuda_kv_layer *kv,
+		       uint32_t rope_dim, const float *cos_sin, const uint32_t *positions,
+		       const uint32_t *slots);
 
 /* y[m][n] (+)= SwiGLU(gate_up)[m][k] * w[n][k]^T: the product's input is rs_cuda_swiglu of
  * the fp32 [gate|up] rows ([m][2k]), rounded to dtype. Fused into our kernel where
@@ -196,8 +196,8 @@ int rs_cuda_qmatmul(cublasHandle_t handle, float *y, size_t ldy, const void *x, 
 
 /* rows rows of a quantized [rows][k] matrix to f16 [rows][k] (the values rounded to
  * nearest f16). */
-int rs_cuda_dequantize_f16(void *out, const void *w, enum rs_dtype dtype, uint32_t rows,
-			   uint32_t k, cudaStream_t stream);
+int rs_cuda_dequantize_f16(void *out, const void *w, enum rs_dtype dtype, uint32_t rows, uint32_t k,
+			   cudaStream_t stream);
 
 /* rs_cuda_embedding for a quantized table (rows decoded exactly, as f32). */
 int rs_cuda_embedding_quant(float *out, const void *table, enum rs_dtype dtype,
@@ -206,8 +206,7 @@ int rs_cuda_embedding_quant(float *out, const void *table, enum rs_dtype dtype,
 
 /* Convert n fp32 values to dtype (f32: a copy) on the device: tests use it to feed the
  * GEMM the activations the backend would. */
-int rs_cuda_convert(void *out, enum rs_dtype dtype, const float *in, size_t n,
-		    cudaStream_t stream);
+int rs_cuda_convert(void *out, enum rs_dtype dtype, const float *in, size_t n, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

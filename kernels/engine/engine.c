@@ -44,7 +44,7 @@ static bool has_quantized(const struct rs_model *m)
 		return true;
 	for (uint32_t l = 0; l < m->config.n_layers; l++) {
 		const struct rs_layer_weights *w = &m->layers[l];
-		const struct rs_tensor *t[] = {&w->wq, &w->wk, &w->wv, &w->wo,
+		const struct rs_tensor *t[] = {&w->wq,	   &w->wk,     &w->wv,	&w->wo,
 					       &w->w_gate, &w->w_down, &w->w_up};
 		for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
 			if (rs_dtype_is_quant(t[i]->dtype))
@@ -95,8 +95,9 @@ static int resolve(const struct rs_model *model, struct rs_engine_options *o,
 			*backend = &rs_engine_backend_cpu;
 		} else if (has_quantized(model)) {
 			/* Until tests/engine_cuda's quantized part has passed on a device. */
-			*note = "quantized weights: the CUDA kernels for them have not run on a GPU "
-				"yet, using the CPU backend (backend cuda tries them)";
+			*note =
+			    "quantized weights: the CUDA kernels for them have not run on a GPU "
+			    "yet, using the CPU backend (backend cuda tries them)";
 			*backend = &rs_engine_backend_cpu;
 		}
 	} else if (strcmp(name, "cpu") == 0) {

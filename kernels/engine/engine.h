@@ -24,21 +24,21 @@
 #include <stdint.h>
 
 #include "kernels/engine/kv_cache.h"
-#include "kernels/model/model.h"
 #include "kernels/engine/sampling.h"
+#include "kernels/model/model.h"
 
 struct rs_engine;
 
 struct rs_engine_options {
-	const char *backend;       /* "auto" (or NULL), "cpu", "cuda" */
-	uint32_t kv_blocks;        /* blocks in the KV pool; 0: 8 full contexts */
-	uint32_t block_size;       /* positions per KV block; 0: 16 */
+	const char *backend;	   /* "auto" (or NULL), "cpu", "cuda" */
+	uint32_t kv_blocks;	   /* blocks in the KV pool; 0: 8 full contexts */
+	uint32_t block_size;	   /* positions per KV block; 0: 16 */
 	uint32_t max_batch_tokens; /* most tokens in one step; 0: 512 */
-	uint32_t lanes;            /* independent step queues; 0: 1 */
-	int threads;               /* CPU backend workers, which split every GEMM, the
+	uint32_t lanes;		   /* independent step queues; 0: 1 */
+	int threads;		   /* CPU backend workers, which split every GEMM, the
 				    * attention and the sampling; 0: one per online CPU. The
 				    * CPU backend sets OpenBLAS to one thread, process-wide */
-	const char *kv_dtype;      /* element type of the KV cache: "auto" (or NULL), "f32",
+	const char *kv_dtype;	   /* element type of the KV cache: "auto" (or NULL), "f32",
 				    * "f16" (CPU backend only: K and V rounded to nearest
 				    * even, halving the bytes attention reads; the CUDA
 				    * backend stores f32). "auto": f16 on the CPU for a
@@ -61,28 +61,28 @@ struct rs_engine_options {
 
 /* What an engine has done, for tools and tests (rs_engine_stats). */
 struct rs_engine_stats {
-	uint64_t graph_launches;  /* CUDA: steps replayed from a captured graph */
-	uint64_t graph_captures;  /* CUDA: graphs captured (one per batch size and context
-				   * range in use; a lane keeps a few, the least recently
-				   * used replaced) */
-	uint64_t graph_failures;  /* CUDA: captures that failed; that lane then enqueues
-				   * kernel by kernel */
-	char graph_error[128];    /* CUDA: why the first capture failed, or "" */
+	uint64_t graph_launches; /* CUDA: steps replayed from a captured graph */
+	uint64_t graph_captures; /* CUDA: graphs captured (one per batch size and context
+				  * range in use; a lane keeps a few, the least recently
+				  * used replaced) */
+	uint64_t graph_failures; /* CUDA: captures that failed; that lane then enqueues
+				  * kernel by kernel */
+	char graph_error[128];	 /* CUDA: why the first capture failed, or "" */
 };
 
 /* One sequence's share of a step. */
 struct rs_seq_step {
-	const uint32_t *tokens;       /* the new tokens: a prefill chunk, or 1 for decode */
-	uint32_t n_tokens;            /* >= 1 */
-	uint32_t start_pos;           /* position of tokens[0]; 0 .. start_pos-1 are cached */
-	const uint32_t *block_table;  /* the sequence's KV blocks, position p in
-				       * block_table[p / block_size] */
-	uint32_t n_blocks;            /* entries in block_table; must cover
-				       * start_pos + n_tokens positions */
+	const uint32_t *tokens;	     /* the new tokens: a prefill chunk, or 1 for decode */
+	uint32_t n_tokens;	     /* >= 1 */
+	uint32_t start_pos;	     /* position of tokens[0]; 0 .. start_pos-1 are cached */
+	const uint32_t *block_table; /* the sequence's KV blocks, position p in
+				      * block_table[p / block_size] */
+	uint32_t n_blocks;	     /* entries in block_table; must cover
+				      * start_pos + n_tokens positions */
 	struct rs_sampling_params sampling;
-	int sample;                   /* sample a token after the last position */
-	uint32_t *out_token;          /* where the sampled id is written (may be shared
-				       * memory; written by the device on CUDA) */
+	int sample;	     /* sample a token after the last position */
+	uint32_t *out_token; /* where the sampled id is written (may be shared
+			      * memory; written by the device on CUDA) */
 };
 
 /* Default options: every field zero, backend "auto" (the values above). */

@@ -13,7 +13,7 @@ struct rs_engine {
 	struct rs_engine_options options; /* resolved */
 	struct rs_kv_cache *kv;
 	const struct rs_engine_backend *backend;
-	void *impl; /* the backend's state */
+	void *impl;	    /* the backend's state */
 	double *rope_freqs; /* [rope_dim / 2]: rs_model_rope_freqs, for the backends' tables */
 };
 

@@ -123,7 +123,8 @@ float rs_tensor_get(const struct rs_tensor *t, uint64_t i)
 			float block[RS_QK_K];
 			uint32_t be = rs_dtype_block_elems(t->dtype);
 			rs_dequantize(block,
-				      (const uint8_t *)t->data + (i / be) * rs_dtype_block_bytes(t->dtype),
+				      (const uint8_t *)t->data +
+					  (i / be) * rs_dtype_block_bytes(t->dtype),
 				      t->dtype, be);
 			return block[i % be];
 		}

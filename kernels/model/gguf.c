@@ -38,8 +38,8 @@ struct cursor {
 };
 
 static const char *const type_names[] = {
-	"uint8", "int8", "uint16", "int16", "uint32", "int32", "float32",
-	"bool",  "string", "array", "uint64", "int64", "float64",
+    "uint8", "int8",   "uint16", "int16",  "uint32", "int32",	"float32",
+    "bool",  "string", "array",	 "uint64", "int64",  "float64",
 };
 
 size_t rs_gguf_value_size(uint32_t type)
@@ -68,13 +68,13 @@ const char *rs_gguf_tensor_type_name(uint32_t type)
 {
 	/* ggml_type numbering; the gaps (4, 5, 31-33) are removed types. */
 	static const char *const names[] = {
-		[0] = "F32",     [1] = "F16",     [2] = "Q4_0",    [3] = "Q4_1",   [6] = "Q5_0",
-		[7] = "Q5_1",    [8] = "Q8_0",    [9] = "Q8_1",    [10] = "Q2_K",  [11] = "Q3_K",
-		[12] = "Q4_K",   [13] = "Q5_K",   [14] = "Q6_K",   [15] = "Q8_K",  [16] = "IQ2_XXS",
-		[17] = "IQ2_XS", [18] = "IQ3_XXS", [19] = "IQ1_S", [20] = "IQ4_NL", [21] = "IQ3_S",
-		[22] = "IQ2_S",  [23] = "IQ4_XS", [24] = "I8",     [25] = "I16",   [26] = "I32",
-		[27] = "I64",    [28] = "F64",    [29] = "IQ1_M",  [30] = "BF16",  [34] = "TQ1_0",
-		[35] = "TQ2_0",
+	    [0] = "F32",     [1] = "F16",      [2] = "Q4_0",   [3] = "Q4_1",	[6] = "Q5_0",
+	    [7] = "Q5_1",    [8] = "Q8_0",     [9] = "Q8_1",   [10] = "Q2_K",	[11] = "Q3_K",
+	    [12] = "Q4_K",   [13] = "Q5_K",    [14] = "Q6_K",  [15] = "Q8_K",	[16] = "IQ2_XXS",
+	    [17] = "IQ2_XS", [18] = "IQ3_XXS", [19] = "IQ1_S", [20] = "IQ4_NL", [21] = "IQ3_S",
+	    [22] = "IQ2_S",  [23] = "IQ4_XS",  [24] = "I8",    [25] = "I16",	[26] = "I32",
+	    [27] = "I64",    [28] = "F64",     [29] = "IQ1_M", [30] = "BF16",	[34] = "TQ1_0",
+	    [35] = "TQ2_0",
 	};
 	if (type < sizeof(names) / sizeof(names[0]) && names[type])
 		return names[type];
@@ -152,8 +152,8 @@ static int read_bytes(struct cursor *c, void *dst, size_t n, const char *what)
 {
 	if (n > remaining(c))
 		return rs_errmsg(c->err, c->err_size, -EINVAL,
-				 "GGUF truncated: %s at offset %zu needs %zu bytes, file has %zu", what,
-				 c->pos, n, c->size);
+				 "GGUF truncated: %s at offset %zu needs %zu bytes, file has %zu",
+				 what, c->pos, n, c->size);
 	memcpy(dst, c->base + c->pos, n);
 	c->pos += n;
 	return 0;
@@ -218,36 +218,36 @@ static int index_alloc(uint64_t n, uint32_t **slots, uint64_t *mask)
 }
 
 /* Look name up in an index over arr[i].field; result is the index, or -1 when absent. */
-#define INDEX_FIND(slots, mask, arr, field, name, name_len, result)                           \
-	do {                                                                                \
-		uint64_t h_ = hash_bytes((name), (name_len)) & (mask);                           \
-		(result) = -1;                                                              \
-		while ((slots)[h_]) {                                                       \
-			uint32_t i_ = (slots)[h_] - 1;                                      \
-			if (str_eq((arr)[i_].field, (name), (name_len))) {                  \
-				(result) = (int64_t)i_;                                     \
-				break;                                                      \
-			}                                                                   \
-			h_ = (h_ + 1) & (mask);                                             \
-		}                                                                           \
+#define INDEX_FIND(slots, mask, arr, field, name, name_len, result)                                \
+	do {                                                                                       \
+		uint64_t h_ = hash_bytes((name), (name_len)) & (mask);                             \
+		(result) = -1;                                                                     \
+		while ((slots)[h_]) {                                                              \
+			uint32_t i_ = (slots)[h_] - 1;                                             \
+			if (str_eq((arr)[i_].field, (name), (name_len))) {                         \
+				(result) = (int64_t)i_;                                            \
+				break;                                                             \
+			}                                                                          \
+			h_ = (h_ + 1) & (mask);                                                    \
+		}                                                                                  \
 	} while (0)
 
 /* Insert arr[i] into an index; ok is false when its name is already there. */
-#define INDEX_INSERT(slots, mask, arr, field, i, ok)                                         \
-	do {                                                                                \
-		struct rs_gguf_str n_ = (arr)[i].field;                                     \
-		uint64_t h_ = hash_bytes(n_.ptr, n_.len) & (mask);                          \
-		(ok) = true;                                                                \
-		while ((slots)[h_]) {                                                       \
-			uint32_t j_ = (slots)[h_] - 1;                                      \
-			if (str_eq((arr)[j_].field, n_.ptr, n_.len)) {                      \
-				(ok) = false;                                               \
-				break;                                                      \
-			}                                                                   \
-			h_ = (h_ + 1) & (mask);                                             \
-		}                                                                           \
-		if (ok)                                                                     \
-			(slots)[h_] = (uint32_t)(i) + 1;                                    \
+#define INDEX_INSERT(slots, mask, arr, field, i, ok)                                               \
+	do {                                                                                       \
+		struct rs_gguf_str n_ = (arr)[i].field;                                            \
+		uint64_t h_ = hash_bytes(n_.ptr, n_.len) & (mask);                                 \
+		(ok) = true;                                                                       \
+		while ((slots)[h_]) {                                                              \
+			uint32_t j_ = (slots)[h_] - 1;                                             \
+			if (str_eq((arr)[j_].field, n_.ptr, n_.len)) {                             \
+				(ok) = false;                                                      \
+				break;                                                             \
+			}                                                                          \
+			h_ = (h_ + 1) & (mask);                                                    \
+		}                                                                                  \
+		if (ok)                                                                            \
+			(slots)[h_] = (uint32_t)(i) + 1;                                           \
 	} while (0)
 
 /* Read one value of the given type into kv (kv->type already set). */
@@ -256,7 +256,7 @@ static int read_value(struct cursor *c, struct rs_gguf_kv *kv, const char *what)
 	uint32_t type = kv->type;
 	size_t vsize = rs_gguf_value_size(type);
 	if (vsize) {
-		uint8_t raw[8] = { 0 };
+		uint8_t raw[8] = {0};
 		int ret = read_bytes(c, raw, vsize, what);
 		if (ret)
 			return ret;
@@ -351,7 +351,8 @@ static int read_value(struct cursor *c, struct rs_gguf_kv *kv, const char *what)
 				 "GGUF: %s is an array of arrays, which is not supported", what);
 	} else {
 		return rs_errmsg(c->err, c->err_size, -EINVAL,
-				 "GGUF: %s is an array of unknown value type %u", what, arr->elem_type);
+				 "GGUF: %s is an array of unknown value type %u", what,
+				 arr->elem_type);
 	}
 	arr->data = c->base + start;
 	arr->bytes = c->pos - start;
@@ -410,8 +411,9 @@ static int parse_alignment(struct rs_gguf *g, struct cursor *c)
 		return 0;
 	}
 	if (ret || alignment == 0 || (alignment & (alignment - 1)) || alignment > (1u << 30))
-		return rs_errmsg(c->err, c->err_size, -EINVAL,
-				 "GGUF: general.alignment must be an integer power of two up to 2^30");
+		return rs_errmsg(
+		    c->err, c->err_size, -EINVAL,
+		    "GGUF: general.alignment must be an integer power of two up to 2^30");
 	g->alignment = alignment;
 	return 0;
 }
@@ -442,15 +444,16 @@ static int parse_tensor_infos(struct rs_gguf *g, struct cursor *c)
 		describe_tensor(what, sizeof(what), t, i);
 		if (t->name.len == 0 || t->name.len >= RS_GGUF_MAX_NAME)
 			return rs_errmsg(c->err, c->err_size, -EINVAL,
-					 "GGUF: %s has a name of length %" PRIu64 " (must be 1..%u)",
+					 "GGUF: %s has a name of length %" PRIu64
+					 " (must be 1..%u)",
 					 what, t->name.len, RS_GGUF_MAX_NAME - 1);
 		ret = read_u32(c, &t->n_dims, what);
 		if (ret)
 			return ret;
 		if (t->n_dims == 0 || t->n_dims > RS_GGUF_MAX_DIMS)
 			return rs_errmsg(c->err, c->err_size, -EINVAL,
-					 "GGUF: %s has %u dimensions (must be 1..%u)", what, t->n_dims,
-					 RS_GGUF_MAX_DIMS);
+					 "GGUF: %s has %u dimensions (must be 1..%u)", what,
+					 t->n_dims, RS_GGUF_MAX_DIMS);
 		uint64_t n_elements = 1;
 		for (uint32_t d = 0; d < RS_GGUF_MAX_DIMS; d++) {
 			t->ne[d] = 1;
@@ -482,14 +485,14 @@ static int parse_tensor_infos(struct rs_gguf *g, struct cursor *c)
 		/* A block format packs whole blocks along each row (ne[0]). */
 		uint32_t block = rs_dtype_block_elems(dtype);
 		if (t->ne[0] % block)
-			return rs_errmsg(c->err, c->err_size, -EINVAL,
-					 "GGUF: %s is %s, whose rows are blocks of %u elements, but "
-					 "its row length ne[0] = %" PRIu64 " is not a multiple of %u",
-					 what, rs_gguf_tensor_type_name(t->type), block, t->ne[0],
-					 block);
+			return rs_errmsg(
+			    c->err, c->err_size, -EINVAL,
+			    "GGUF: %s is %s, whose rows are blocks of %u elements, but "
+			    "its row length ne[0] = %" PRIu64 " is not a multiple of %u",
+			    what, rs_gguf_tensor_type_name(t->type), block, t->ne[0], block);
 		t->n_elements = n_elements;
-		if (__builtin_mul_overflow(n_elements / block, (uint64_t)rs_dtype_block_bytes(dtype),
-					   &t->nbytes))
+		if (__builtin_mul_overflow(n_elements / block,
+					   (uint64_t)rs_dtype_block_bytes(dtype), &t->nbytes))
 			return rs_errmsg(c->err, c->err_size, -EINVAL, "GGUF: %s is too large",
 					 what);
 		bool ok;
@@ -533,10 +536,9 @@ static int place_tensors(struct rs_gguf *g, struct cursor *c)
 	return 0;
 }
 
-int rs_gguf_parse(const void *data, size_t size, struct rs_gguf **out, char *err,
-		  size_t err_size)
+int rs_gguf_parse(const void *data, size_t size, struct rs_gguf **out, char *err, size_t err_size)
 {
-	struct cursor c = { .base = data, .size = size, .err = err, .err_size = err_size };
+	struct cursor c = {.base = data, .size = size, .err = err, .err_size = err_size};
 	struct rs_gguf *g = calloc(1, sizeof(*g));
 	uint32_t magic;
 	int ret;
@@ -565,7 +567,8 @@ int rs_gguf_parse(const void *data, size_t size, struct rs_gguf **out, char *err
 	}
 	if (g->version != 2 && g->version != 3) {
 		/* A big-endian file reads as a byte-swapped small number. */
-		bool swapped = g->version && !(g->version & 0xffff) && __builtin_bswap32(g->version) <= 3;
+		bool swapped =
+		    g->version && !(g->version & 0xffff) && __builtin_bswap32(g->version) <= 3;
 		ret = rs_errmsg(err, err_size, -EINVAL, "GGUF version %u is not supported%s",
 				g->version,
 				swapped ? " (the file is big-endian)" : " (only 2 and 3)");
@@ -585,9 +588,10 @@ int rs_gguf_parse(const void *data, size_t size, struct rs_gguf **out, char *err
 		goto fail;
 	}
 	if (g->n_kv > RS_GGUF_MAX_KV || g->n_kv > remaining(&c) / 14) {
-		ret = rs_errmsg(err, err_size, -EINVAL,
-				"GGUF: key/value count %" PRIu64 " is absurd for a file of %zu bytes",
-				g->n_kv, size);
+		ret =
+		    rs_errmsg(err, err_size, -EINVAL,
+			      "GGUF: key/value count %" PRIu64 " is absurd for a file of %zu bytes",
+			      g->n_kv, size);
 		goto fail;
 	}
 	g->kvs = calloc(g->n_kv ? g->n_kv : 1, sizeof(*g->kvs));

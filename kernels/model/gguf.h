@@ -20,14 +20,14 @@
 
 #include "kernels/model/model.h"
 
-#define RS_GGUF_MAGIC 0x46554747u /* "GGUF" read as a little-endian u32 */
-#define RS_GGUF_VERSION 3
+#define RS_GGUF_MAGIC		  0x46554747u /* "GGUF" read as a little-endian u32 */
+#define RS_GGUF_VERSION		  3
 #define RS_GGUF_DEFAULT_ALIGNMENT 32
-#define RS_GGUF_MAX_DIMS 4
-#define RS_GGUF_MAX_NAME 64        /* tensor names, as llama.cpp's GGML_MAX_NAME */
-#define RS_GGUF_MAX_KEY 65535      /* key length limit of the spec */
-#define RS_GGUF_MAX_TENSORS (1u << 20)
-#define RS_GGUF_MAX_KV (1u << 20)
+#define RS_GGUF_MAX_DIMS	  4
+#define RS_GGUF_MAX_NAME	  64	/* tensor names, as llama.cpp's GGML_MAX_NAME */
+#define RS_GGUF_MAX_KEY		  65535 /* key length limit of the spec */
+#define RS_GGUF_MAX_TENSORS	  (1u << 20)
+#define RS_GGUF_MAX_KV		  (1u << 20)
 
 /* Value types of metadata. */
 enum rs_gguf_type {
@@ -85,10 +85,10 @@ struct rs_gguf_kv {
 	struct rs_gguf_str key;
 	uint32_t type; /* enum rs_gguf_type */
 	union {
-		uint64_t u;    /* UINT8..UINT64 */
-		int64_t i;     /* INT8..INT64 */
-		double f;      /* FLOAT32, FLOAT64 */
-		bool b;        /* BOOL */
+		uint64_t u; /* UINT8..UINT64 */
+		int64_t i;  /* INT8..INT64 */
+		double f;   /* FLOAT32, FLOAT64 */
+		bool b;	    /* BOOL */
 		struct rs_gguf_str str;
 		struct rs_gguf_array arr;
 	} v;
@@ -98,8 +98,8 @@ struct rs_gguf_tensor {
 	struct rs_gguf_str name;
 	uint32_t n_dims;
 	uint64_t ne[RS_GGUF_MAX_DIMS]; /* ne[0] is the column count (fastest varying); unused: 1 */
-	uint32_t type;                 /* enum rs_gguf_tensor_type */
-	uint64_t offset;               /* from the start of the data section */
+	uint32_t type;		       /* enum rs_gguf_tensor_type */
+	uint64_t offset;	       /* from the start of the data section */
 	uint64_t n_elements;
 	uint64_t nbytes;
 	const void *data; /* inside the caller's buffer */
@@ -111,8 +111,7 @@ struct rs_gguf;
  * returned object and anything taken from it is used; nothing is copied.
  * Returns 0 and *out, or -EINVAL (malformed, unsupported version or tensor type: err names
  * the problem), -ENOMEM. */
-int rs_gguf_parse(const void *data, size_t size, struct rs_gguf **out, char *err,
-		  size_t err_size);
+int rs_gguf_parse(const void *data, size_t size, struct rs_gguf **out, char *err, size_t err_size);
 
 /* Release a parsed file (not the bytes it was parsed from). NULL is allowed. */
 void rs_gguf_free(struct rs_gguf *gguf);

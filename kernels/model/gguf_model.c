@@ -29,8 +29,8 @@ static int get_u32(const struct rs_gguf *g, const char *key, const uint32_t *fal
 }
 
 /* Read an optional float key (fallback when absent), with a message on error. */
-static int get_f32(const struct rs_gguf *g, const char *key, float fallback, float *out,
-		   char *err, size_t err_size)
+static int get_f32(const struct rs_gguf *g, const char *key, float fallback, float *out, char *err,
+		   size_t err_size)
 {
 	int ret = rs_gguf_get_f32(g, key, out);
 	if (ret == -ENOENT) {
@@ -53,13 +53,14 @@ static int take(const struct rs_gguf *g, const char *name, uint64_t rows, uint64
 	if (gt->ne[0] != cols || gt->ne[1] != rows || gt->ne[2] != 1 || gt->ne[3] != 1 ||
 	    (rows > 1 && gt->n_dims < 2))
 		return rs_errmsg(err, err_size, -EINVAL,
-				 "GGUF: tensor '%s' has shape ne=[%" PRIu64 ", %" PRIu64 ", %" PRIu64
-				 ", %" PRIu64 "], the config needs ne=[%" PRIu64 ", %" PRIu64
-				 "] (ne[0] is the column count)",
+				 "GGUF: tensor '%s' has shape ne=[%" PRIu64 ", %" PRIu64
+				 ", %" PRIu64 ", %" PRIu64 "], the config needs ne=[%" PRIu64
+				 ", %" PRIu64 "] (ne[0] is the column count)",
 				 name, gt->ne[0], gt->ne[1], gt->ne[2], gt->ne[3], cols, rows);
 	if (rs_gguf_tensor_dtype(gt->type, &t->dtype))
-		return rs_errmsg(err, err_size, -EINVAL, "GGUF: tensor '%s' has unsupported type %s",
-				 name, rs_gguf_tensor_type_name(gt->type));
+		return rs_errmsg(err, err_size, -EINVAL,
+				 "GGUF: tensor '%s' has unsupported type %s", name,
+				 rs_gguf_tensor_type_name(gt->type));
 	t->rows = rows;
 	t->cols = cols;
 	t->data = gt->data;
@@ -271,8 +272,7 @@ static int qk_to_meta_layout(const struct rs_gguf *g, struct rs_model *m, char *
 	return 0;
 }
 
-int rs_gguf_build_model(const struct rs_gguf *g, struct rs_model *model, char *err,
-			size_t err_size)
+int rs_gguf_build_model(const struct rs_gguf *g, struct rs_model *model, char *err, size_t err_size)
 {
 	struct rs_model_config cfg;
 	enum rs_arch arch = RS_ARCH_LLAMA;
@@ -283,7 +283,8 @@ int rs_gguf_build_model(const struct rs_gguf *g, struct rs_model *model, char *e
 	/* The vocabulary size is the embedding's row count. */
 	const struct rs_gguf_tensor *embd = rs_gguf_find_tensor(g, "token_embd.weight");
 	if (!embd)
-		return rs_errmsg(err, err_size, -EINVAL, "GGUF: missing tensor 'token_embd.weight'");
+		return rs_errmsg(err, err_size, -EINVAL,
+				 "GGUF: missing tensor 'token_embd.weight'");
 	if (embd->n_dims != 2 || embd->ne[1] > UINT32_MAX)
 		return rs_errmsg(err, err_size, -EINVAL,
 				 "GGUF: tensor 'token_embd.weight' must be 2-D [dim][vocab]");
@@ -323,15 +324,11 @@ int rs_gguf_build_model(const struct rs_gguf *g, struct rs_model *model, char *e
 			uint64_t rows, cols;
 			struct rs_tensor *dst;
 		} parts[] = {
-			{ "attn_norm", 1, dim, &w->attn_norm },
-			{ "attn_q", q_dim, dim, &w->wq },
-			{ "attn_k", kv_dim, dim, &w->wk },
-			{ "attn_v", kv_dim, dim, &w->wv },
-			{ "attn_output", dim, q_dim, &w->wo },
-			{ "ffn_norm", 1, dim, &w->ffn_norm },
-			{ "ffn_gate", hidden, dim, &w->w_gate },
-			{ "ffn_down", dim, hidden, &w->w_down },
-			{ "ffn_up", hidden, dim, &w->w_up },
+		    {"attn_norm", 1, dim, &w->attn_norm},  {"attn_q", q_dim, dim, &w->wq},
+		    {"attn_k", kv_dim, dim, &w->wk},	   {"attn_v", kv_dim, dim, &w->wv},
+		    {"attn_output", dim, q_dim, &w->wo},   {"ffn_norm", 1, dim, &w->ffn_norm},
+		    {"ffn_gate", hidden, dim, &w->w_gate}, {"ffn_down", dim, hidden, &w->w_down},
+		    {"ffn_up", hidden, dim, &w->w_up},
 		};
 		for (size_t p = 0; p < sizeof(parts) / sizeof(parts[0]) && !ret; p++) {
 			char name[RS_GGUF_MAX_NAME];
@@ -370,8 +367,8 @@ int rs_gguf_build_model(const struct rs_gguf *g, struct rs_model *model, char *e
 		ret = take(g, "output_norm.weight", 1, dim, &m.final_norm, err, err_size);
 	if (!ret) {
 		if (rs_gguf_find_tensor(g, "output.weight"))
-			ret = take(g, "output.weight", cfg.vocab_size, dim, &m.output, err,
-				   err_size);
+			ret =
+			    take(g, "output.weight", cfg.vocab_size, dim, &m.output, err, err_size);
 		else
 			m.output = m.token_embedding; /* tied, as llama.cpp does */
 	}

@@ -7,8 +7,8 @@
 
 #include "kernels/model/errmsg.h"
 #include "kernels/model/gguf.h"
-#include "kernels/model/quant.h"
 #include "kernels/model/pretokenize.h"
+#include "kernels/model/quant.h"
 #include "kernels/model/tokenizer.h"
 
 struct writer_kv {
@@ -102,10 +102,8 @@ static int set_kv(struct rs_gguf_writer *w, const char *key, uint32_t type, uint
 		free(payload);
 		return -ENOMEM;
 	}
-	w->kvs[w->n_kv++] = (struct writer_kv){ .key = copy,
-						.type = type,
-						.payload = payload,
-						.payload_len = payload_len };
+	w->kvs[w->n_kv++] = (struct writer_kv){
+	    .key = copy, .type = type, .payload = payload, .payload_len = payload_len};
 	return 0;
 }
 
@@ -313,7 +311,7 @@ int rs_gguf_writer_write(struct rs_gguf_writer *w, const char *path)
 /* Add a model tensor under name: ne = {cols, rows}, or {cols} for a vector. */
 static int add_model_tensor(struct rs_gguf_writer *w, const char *name, const struct rs_tensor *t)
 {
-	uint64_t ne[2] = { t->cols, t->rows };
+	uint64_t ne[2] = {t->cols, t->rows};
 	if (rs_dtype_block_elems(t->dtype) == 0)
 		return -EINVAL;
 	return rs_gguf_writer_add_tensor(w, name, rs_gguf_tensor_type(t->dtype), ne,
@@ -401,7 +399,8 @@ static int add_bpe_keys(struct rs_gguf_writer *w, const struct rs_tokenizer *tok
 	ret = pre ? 0 : -EINVAL;
 	ret = ret ?: rs_gguf_writer_set_string(w, "tokenizer.ggml.model", "gpt2");
 	ret = ret ?: rs_gguf_writer_set_string(w, "tokenizer.ggml.pre", pre);
-	ret = ret ?: rs_gguf_writer_set_string_array(w, "tokenizer.ggml.merges",
+	ret = ret
+		  ?: rs_gguf_writer_set_string_array(w, "tokenizer.ggml.merges",
 						     (const char *const *)merges, lens, n);
 out:
 	for (uint32_t i = 0; merges && i < n; i++)
@@ -443,13 +442,17 @@ static int add_tokenizer(struct rs_gguf_writer *w, const struct rs_tokenizer *to
 			}
 		}
 	}
-	ret = bpe ? add_bpe_keys(w, tok) : rs_gguf_writer_set_string(w, "tokenizer.ggml.model", "llama");
-	ret = ret ?: rs_gguf_writer_set_string_array(w, "tokenizer.ggml.tokens",
+	ret = bpe ? add_bpe_keys(w, tok)
+		  : rs_gguf_writer_set_string(w, "tokenizer.ggml.model", "llama");
+	ret = ret
+		  ?: rs_gguf_writer_set_string_array(w, "tokenizer.ggml.tokens",
 						     (const char *const *)pieces, lens, n);
 	if (!bpe)
-		ret = ret ?: rs_gguf_writer_set_array(w, "tokenizer.ggml.scores",
+		ret = ret
+			  ?: rs_gguf_writer_set_array(w, "tokenizer.ggml.scores",
 						      RS_GGUF_TYPE_FLOAT32, scores, n);
-	ret = ret ?: rs_gguf_writer_set_array(w, "tokenizer.ggml.token_type", RS_GGUF_TYPE_INT32,
+	ret = ret
+		  ?: rs_gguf_writer_set_array(w, "tokenizer.ggml.token_type", RS_GGUF_TYPE_INT32,
 					      types, n);
 	if (!ret && rs_tokenizer_bos(tok) >= 0)
 		ret = rs_gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id",
@@ -460,14 +463,17 @@ static int add_tokenizer(struct rs_gguf_writer *w, const struct rs_tokenizer *to
 	if (!ret && rs_tokenizer_unk(tok) >= 0)
 		ret = rs_gguf_writer_set_u32(w, "tokenizer.ggml.unknown_token_id",
 					     (uint32_t)rs_tokenizer_unk(tok));
-	ret = ret ?: rs_gguf_writer_set_bool(w, "tokenizer.ggml.add_bos_token",
+	ret = ret
+		  ?: rs_gguf_writer_set_bool(w, "tokenizer.ggml.add_bos_token",
 					     rs_tokenizer_flags(tok) & RS_TOKENIZER_ADD_BOS);
-	ret = ret ?: rs_gguf_writer_set_bool(w, "tokenizer.ggml.add_eos_token",
+	ret = ret
+		  ?: rs_gguf_writer_set_bool(w, "tokenizer.ggml.add_eos_token",
 					     rs_tokenizer_flags(tok) & RS_TOKENIZER_ADD_EOS);
 	if (!bpe)
-		ret = ret ?: rs_gguf_writer_set_bool(w, "tokenizer.ggml.add_space_prefix",
+		ret = ret
+			  ?: rs_gguf_writer_set_bool(w, "tokenizer.ggml.add_space_prefix",
 						     rs_tokenizer_flags(tok) &
-							     RS_TOKENIZER_ADD_SPACE_PREFIX);
+							 RS_TOKENIZER_ADD_SPACE_PREFIX);
 out:
 	for (uint32_t i = 0; pieces && i < n; i++)
 		free(pieces[i]);
@@ -481,8 +487,8 @@ out:
 /* llama.cpp's llama_ftype for the bulk of the weights (those of attn_q). */
 static uint32_t llama_ftype(const struct rs_model *model)
 {
-	enum rs_dtype bulk = model->config.n_layers ? model->layers[0].wq.dtype
-						    : model->token_embedding.dtype;
+	enum rs_dtype bulk =
+	    model->config.n_layers ? model->layers[0].wq.dtype : model->token_embedding.dtype;
 	bool q6_output = model->output.dtype == RS_DTYPE_Q6_K;
 	switch (bulk) {
 	case RS_DTYPE_F16:

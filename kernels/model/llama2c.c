@@ -15,8 +15,7 @@
 /* Floats in each part of the file, in file order; the caller has checked the config's
  * limits, so none of these products can overflow 64 bits. */
 struct layout {
-	uint64_t embedding, rms_att, wq, wk, wv, wo, rms_ffn, w1, w2, w3, rms_final, freq_cis,
-		wcls;
+	uint64_t embedding, rms_att, wq, wk, wv, wo, rms_ffn, w1, w2, w3, rms_final, freq_cis, wcls;
 	uint64_t total;
 };
 
@@ -39,14 +38,14 @@ static void compute_layout(const struct rs_model_config *c, int shared, struct l
 	l->rms_final = dim;
 	l->freq_cis = 2 * ((uint64_t)c->max_seq_len * c->head_dim / 2);
 	l->wcls = shared ? 0 : l->embedding;
-	l->total = l->embedding + l->rms_att + l->wq + l->wk + l->wv + l->wo + l->rms_ffn +
-		   l->w1 + l->w2 + l->w3 + l->rms_final + l->freq_cis + l->wcls;
+	l->total = l->embedding + l->rms_att + l->wq + l->wk + l->wv + l->wo + l->rms_ffn + l->w1 +
+		   l->w2 + l->w3 + l->rms_final + l->freq_cis + l->wcls;
 }
 
 /* An F32 [rows][cols] tensor over base. */
 static struct rs_tensor view(const float *base, uint64_t rows, uint64_t cols)
 {
-	return (struct rs_tensor){ .dtype = RS_DTYPE_F32, .rows = rows, .cols = cols, .data = base };
+	return (struct rs_tensor){.dtype = RS_DTYPE_F32, .rows = rows, .cols = cols, .data = base};
 }
 
 int rs_llama2c_parse(const void *data, size_t size, struct rs_model *model, char *err,
@@ -63,31 +62,32 @@ int rs_llama2c_parse(const void *data, size_t size, struct rs_model *model, char
 				 "llama2.c checkpoint: data is not 4-byte aligned in memory");
 	memcpy(h, data, sizeof(h));
 	for (int i = 0; i < 7; i++) {
-		static const char *const names[7] = { "dim",	    "hidden_dim", "n_layers",
-						      "n_heads",    "n_kv_heads", "vocab_size",
-						      "seq_len" };
+		static const char *const names[7] = {"dim",	"hidden_dim", "n_layers",
+						     "n_heads", "n_kv_heads", "vocab_size",
+						     "seq_len"};
 		if (h[i] <= 0 && !(i == 5 && h[i] < 0 && h[i] != INT32_MIN))
-			return rs_errmsg(err, err_size, -EINVAL,
-					 "llama2.c checkpoint: header field %s is %d (not a llama2.c "
-					 "checkpoint, or corrupt)",
-					 names[i], h[i]);
+			return rs_errmsg(
+			    err, err_size, -EINVAL,
+			    "llama2.c checkpoint: header field %s is %d (not a llama2.c "
+			    "checkpoint, or corrupt)",
+			    names[i], h[i]);
 	}
 	int shared = h[5] > 0;
 	struct rs_model_config cfg = {
-		.dim = (uint32_t)h[0],
-		.hidden_dim = (uint32_t)h[1],
-		.n_layers = (uint32_t)h[2],
-		.n_heads = (uint32_t)h[3],
-		.n_kv_heads = (uint32_t)h[4],
-		.vocab_size = (uint32_t)(shared ? h[5] : -h[5]),
-		.max_seq_len = (uint32_t)h[6],
-		.rope_theta = 10000.0f,
-		.norm_eps = 1e-5f,
+	    .dim = (uint32_t)h[0],
+	    .hidden_dim = (uint32_t)h[1],
+	    .n_layers = (uint32_t)h[2],
+	    .n_heads = (uint32_t)h[3],
+	    .n_kv_heads = (uint32_t)h[4],
+	    .vocab_size = (uint32_t)(shared ? h[5] : -h[5]),
+	    .max_seq_len = (uint32_t)h[6],
+	    .rope_theta = 10000.0f,
+	    .norm_eps = 1e-5f,
 	};
 	if (cfg.dim % cfg.n_heads)
 		return rs_errmsg(err, err_size, -EINVAL,
-				 "llama2.c checkpoint: n_heads %u does not divide dim %u", cfg.n_heads,
-				 cfg.dim);
+				 "llama2.c checkpoint: n_heads %u does not divide dim %u",
+				 cfg.n_heads, cfg.dim);
 	cfg.head_dim = cfg.dim / cfg.n_heads;
 	cfg.rope_dim = cfg.head_dim;
 	char inner[200];
@@ -99,12 +99,13 @@ int rs_llama2c_parse(const void *data, size_t size, struct rs_model *model, char
 	compute_layout(&cfg, shared, &l);
 	uint64_t expected = RS_LLAMA2C_HEADER_SIZE + 4 * l.total;
 	if (expected != size)
-		return rs_errmsg(err, err_size, -EINVAL,
-				 "llama2.c checkpoint: header (dim %u, hidden_dim %u, n_layers %u, "
-				 "n_heads %u, n_kv_heads %u, vocab_size %d, seq_len %u) implies %" PRIu64
-				 " bytes, the file has %zu",
-				 cfg.dim, cfg.hidden_dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads,
-				 h[5], cfg.max_seq_len, expected, size);
+		return rs_errmsg(
+		    err, err_size, -EINVAL,
+		    "llama2.c checkpoint: header (dim %u, hidden_dim %u, n_layers %u, "
+		    "n_heads %u, n_kv_heads %u, vocab_size %d, seq_len %u) implies %" PRIu64
+		    " bytes, the file has %zu",
+		    cfg.dim, cfg.hidden_dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, h[5],
+		    cfg.max_seq_len, expected, size);
 
 	struct rs_layer_weights *layers = calloc(cfg.n_layers, sizeof(*layers));
 	if (!layers)
@@ -169,8 +170,7 @@ static int write_zeros(FILE *f, uint64_t n)
 	return 0;
 }
 
-int rs_llama2c_write(const char *path, const struct rs_model *model, char *err,
-		     size_t err_size)
+int rs_llama2c_write(const char *path, const struct rs_model *model, char *err, size_t err_size)
 {
 	const struct rs_model_config *c = &model->config;
 	int shared = model->output.data == model->token_embedding.data;
@@ -198,25 +198,31 @@ int rs_llama2c_write(const char *path, const struct rs_model *model, char *err,
 		ret = -errno;
 		return rs_errmsg(err, err_size, ret, "%s: %s", path, strerror(-ret));
 	}
-	int32_t h[7] = { (int32_t)c->dim,	(int32_t)c->hidden_dim, (int32_t)c->n_layers,
-			 (int32_t)c->n_heads,	(int32_t)c->n_kv_heads,
-			 shared ? (int32_t)c->vocab_size : -(int32_t)c->vocab_size,
-			 (int32_t)c->max_seq_len };
+	int32_t h[7] = {
+	    (int32_t)c->dim,	    (int32_t)c->hidden_dim,
+	    (int32_t)c->n_layers,   (int32_t)c->n_heads,
+	    (int32_t)c->n_kv_heads, shared ? (int32_t)c->vocab_size : -(int32_t)c->vocab_size,
+	    (int32_t)c->max_seq_len};
 	ret = fwrite(h, sizeof(h), 1, f) == 1 ? 0 : -EIO;
 	if (!ret)
 		ret = write_tensor(f, &model->token_embedding);
 	/* Each per-layer kind is stored for all layers before the next kind. */
 	static const size_t kinds[] = {
-		offsetof(struct rs_layer_weights, attn_norm), offsetof(struct rs_layer_weights, wq),
-		offsetof(struct rs_layer_weights, wk),	      offsetof(struct rs_layer_weights, wv),
-		offsetof(struct rs_layer_weights, wo),	      offsetof(struct rs_layer_weights, ffn_norm),
-		offsetof(struct rs_layer_weights, w_gate),    offsetof(struct rs_layer_weights, w_down),
-		offsetof(struct rs_layer_weights, w_up),
+	    offsetof(struct rs_layer_weights, attn_norm),
+	    offsetof(struct rs_layer_weights, wq),
+	    offsetof(struct rs_layer_weights, wk),
+	    offsetof(struct rs_layer_weights, wv),
+	    offsetof(struct rs_layer_weights, wo),
+	    offsetof(struct rs_layer_weights, ffn_norm),
+	    offsetof(struct rs_layer_weights, w_gate),
+	    offsetof(struct rs_layer_weights, w_down),
+	    offsetof(struct rs_layer_weights, w_up),
 	};
 	for (size_t k = 0; k < sizeof(kinds) / sizeof(kinds[0]) && !ret; k++)
 		for (uint32_t i = 0; i < c->n_layers && !ret; i++)
-			ret = write_tensor(f, (const struct rs_tensor *)((const uint8_t *)&model->layers[i] +
-									 kinds[k]));
+			ret = write_tensor(
+			    f, (const struct rs_tensor *)((const uint8_t *)&model->layers[i] +
+							  kinds[k]));
 	if (!ret)
 		ret = write_tensor(f, &model->final_norm);
 	if (!ret) /* freq_cis_real and freq_cis_imag: unused by run.c */

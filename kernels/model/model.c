@@ -18,10 +18,10 @@
 
 /* Limits well above any Llama-family model, low enough that sizes derived from them fit
  * in 64 bits with room to spare (the loaders rely on that). */
-#define MAX_DIM (1u << 16)
-#define MAX_HIDDEN (1u << 20)
-#define MAX_LAYERS (1u << 12)
-#define MAX_VOCAB (1u << 22)
+#define MAX_DIM	    (1u << 16)
+#define MAX_HIDDEN  (1u << 20)
+#define MAX_LAYERS  (1u << 12)
+#define MAX_VOCAB   (1u << 22)
 #define MAX_SEQ_LEN (1u << 24)
 
 int rs_model_check_config(const struct rs_model_config *c, char *err, size_t err_size)
@@ -37,9 +37,10 @@ int rs_model_check_config(const struct rs_model_config *c, char *err, size_t err
 				 c->n_layers, MAX_LAYERS);
 	if (!c->n_heads || c->n_heads > c->dim || c->dim % c->n_heads ||
 	    c->head_dim != c->dim / c->n_heads)
-		return rs_errmsg(err, err_size, -EINVAL,
-				 "n_heads %u must divide dim %u (head_dim %u must be dim / n_heads)",
-				 c->n_heads, c->dim, c->head_dim);
+		return rs_errmsg(
+		    err, err_size, -EINVAL,
+		    "n_heads %u must divide dim %u (head_dim %u must be dim / n_heads)", c->n_heads,
+		    c->dim, c->head_dim);
 	if (!c->n_kv_heads || c->n_kv_heads > c->n_heads || c->n_heads % c->n_kv_heads)
 		return rs_errmsg(err, err_size, -EINVAL, "n_kv_heads %u must divide n_heads %u",
 				 c->n_kv_heads, c->n_heads);
@@ -47,14 +48,16 @@ int rs_model_check_config(const struct rs_model_config *c, char *err, size_t err
 		return rs_errmsg(err, err_size, -EINVAL, "vocab_size %u is out of range (1..%u)",
 				 c->vocab_size, MAX_VOCAB);
 	if (!c->max_seq_len || c->max_seq_len > MAX_SEQ_LEN)
-		return rs_errmsg(err, err_size, -EINVAL, "context length %u is out of range (1..%u)",
-				 c->max_seq_len, MAX_SEQ_LEN);
+		return rs_errmsg(err, err_size, -EINVAL,
+				 "context length %u is out of range (1..%u)", c->max_seq_len,
+				 MAX_SEQ_LEN);
 	if (!c->rope_dim || c->rope_dim > c->head_dim || (c->rope_dim & 1))
 		return rs_errmsg(err, err_size, -EINVAL,
 				 "rope_dim %u must be even, nonzero and at most head_dim %u",
 				 c->rope_dim, c->head_dim);
 	if (!(c->rope_theta > 0.0f) || c->rope_theta > 1e30f)
-		return rs_errmsg(err, err_size, -EINVAL, "rope_theta %g must be positive and finite",
+		return rs_errmsg(err, err_size, -EINVAL,
+				 "rope_theta %g must be positive and finite",
 				 (double)c->rope_theta);
 	if (!(c->norm_eps >= 0.0f) || c->norm_eps > 1.0f)
 		return rs_errmsg(err, err_size, -EINVAL, "norm_eps %g must be in [0, 1]",
@@ -153,9 +156,9 @@ static int check_tokenizer(const struct rs_model *model, char *err, size_t err_s
 {
 	if (model->tokenizer &&
 	    rs_tokenizer_vocab_size(model->tokenizer) > model->config.vocab_size)
-		return rs_errmsg(err, err_size, -EINVAL,
-				 "the tokenizer has %u tokens, the model only %u",
-				 rs_tokenizer_vocab_size(model->tokenizer), model->config.vocab_size);
+		return rs_errmsg(
+		    err, err_size, -EINVAL, "the tokenizer has %u tokens, the model only %u",
+		    rs_tokenizer_vocab_size(model->tokenizer), model->config.vocab_size);
 	return 0;
 }
 
@@ -177,8 +180,8 @@ int rs_model_load_memory(const void *data, size_t size, struct rs_model **out, c
 	return 0;
 }
 
-int rs_model_load(const char *path, const char *tokenizer_path, struct rs_model **out,
-		  char *err, size_t err_size)
+int rs_model_load(const char *path, const char *tokenizer_path, struct rs_model **out, char *err,
+		  size_t err_size)
 {
 	char inner[512] = "";
 	char *sibling = NULL;

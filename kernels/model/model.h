@@ -36,17 +36,17 @@ struct rs_tensor {
 };
 
 struct rs_model_config {
-	uint32_t dim;         /* embedding width */
-	uint32_t hidden_dim;  /* SwiGLU inner width */
+	uint32_t dim;	     /* embedding width */
+	uint32_t hidden_dim; /* SwiGLU inner width */
 	uint32_t n_layers;
-	uint32_t n_heads;     /* query heads */
-	uint32_t n_kv_heads;  /* key/value heads (grouped-query attention); divides n_heads */
-	uint32_t head_dim;    /* dim / n_heads */
+	uint32_t n_heads;    /* query heads */
+	uint32_t n_kv_heads; /* key/value heads (grouped-query attention); divides n_heads */
+	uint32_t head_dim;   /* dim / n_heads */
 	uint32_t vocab_size;
 	uint32_t max_seq_len; /* context length */
-	uint32_t rope_dim;    /* leading dims of each head that RoPE rotates (== head_dim usually) */
-	float rope_theta;     /* 10000 for Llama 2 */
-	float norm_eps;       /* RMSNorm epsilon */
+	uint32_t rope_dim; /* leading dims of each head that RoPE rotates (== head_dim usually) */
+	float rope_theta;  /* 10000 for Llama 2 */
+	float norm_eps;	   /* RMSNorm epsilon */
 	/* Linear RoPE scaling ({arch}.rope.scaling.factor with type "linear"): positions are
 	 * divided by it. 0 or 1: none. */
 	float rope_scale;
@@ -60,14 +60,14 @@ enum rs_arch {
 
 struct rs_layer_weights {
 	struct rs_tensor attn_norm; /* [dim] */
-	struct rs_tensor wq;        /* [n_heads * head_dim][dim] */
-	struct rs_tensor wk;        /* [n_kv_heads * head_dim][dim] */
-	struct rs_tensor wv;        /* [n_kv_heads * head_dim][dim] */
-	struct rs_tensor wo;        /* [dim][n_heads * head_dim] */
+	struct rs_tensor wq;	    /* [n_heads * head_dim][dim] */
+	struct rs_tensor wk;	    /* [n_kv_heads * head_dim][dim] */
+	struct rs_tensor wv;	    /* [n_kv_heads * head_dim][dim] */
+	struct rs_tensor wo;	    /* [dim][n_heads * head_dim] */
 	struct rs_tensor ffn_norm;  /* [dim] */
 	struct rs_tensor w_gate;    /* [hidden_dim][dim]   (w1 in llama2.c) */
 	struct rs_tensor w_down;    /* [dim][hidden_dim]   (w2) */
-	struct rs_tensor w_up;      /* [hidden_dim][dim]   (w3) */
+	struct rs_tensor w_up;	    /* [hidden_dim][dim]   (w3) */
 	/* Biases added after the q, k, v projections, before RoPE (Qwen2); data NULL: none.
 	 * bq and bk are in the Meta layout, as wq and wk. */
 	struct rs_tensor bq; /* [n_heads * head_dim] */
@@ -81,9 +81,9 @@ struct rs_model {
 	struct rs_model_config config;
 	struct rs_tensor token_embedding; /* [vocab_size][dim] */
 	struct rs_layer_weights *layers;  /* n_layers entries */
-	struct rs_tensor final_norm;      /* [dim] */
-	struct rs_tensor output;          /* [vocab_size][dim]; same data as token_embedding when tied */
-	struct rs_tokenizer *tokenizer;   /* may be NULL when the file carries none */
+	struct rs_tensor final_norm;	  /* [dim] */
+	struct rs_tensor output; /* [vocab_size][dim]; same data as token_embedding when tied */
+	struct rs_tokenizer *tokenizer; /* may be NULL when the file carries none */
 	enum rs_arch arch;
 	/* Divisors of RoPE's pair frequencies (GGUF rope_freqs.weight, Llama 3.1+'s "llama3"
 	 * scaling): pair i turns by pos * theta^(-2i / rope_dim) / rope_freqs[i]. [rope_dim / 2],
@@ -102,8 +102,8 @@ struct rs_model {
  * "tokenizer.bin" next to the checkpoint when present).
  * Returns 0, or a negative errno with a message naming what is wrong written to
  * err (err_size bytes, may be 0). */
-int rs_model_load(const char *path, const char *tokenizer_path, struct rs_model **out,
-		  char *err, size_t err_size);
+int rs_model_load(const char *path, const char *tokenizer_path, struct rs_model **out, char *err,
+		  size_t err_size);
 
 /* Release a model and everything it owns. NULL is allowed. */
 void rs_model_free(struct rs_model *model);

@@ -76,10 +76,10 @@ int rs_model_random(const struct rs_model_config *cfg, enum rs_dtype dtype, uint
 	uint64_t q_dim = (uint64_t)cfg->n_heads * cfg->head_dim;
 	uint64_t kv_dim = (uint64_t)cfg->n_kv_heads * cfg->head_dim;
 
-	size_t layer_bytes = 2 * tensor_bytes(1, dim, dtype) +
-			     tensor_bytes(q_dim, dim, dtype) + 2 * tensor_bytes(kv_dim, dim, dtype) +
-			     tensor_bytes(dim, q_dim, dtype) + 2 * tensor_bytes(hidden, dim, dtype) +
-			     tensor_bytes(dim, hidden, dtype);
+	size_t layer_bytes =
+	    2 * tensor_bytes(1, dim, dtype) + tensor_bytes(q_dim, dim, dtype) +
+	    2 * tensor_bytes(kv_dim, dim, dtype) + tensor_bytes(dim, q_dim, dtype) +
+	    2 * tensor_bytes(hidden, dim, dtype) + tensor_bytes(dim, hidden, dtype);
 	size_t bytes = tensor_bytes(vocab, dim, dtype) * (tied_output ? 1 : 2) +
 		       tensor_bytes(1, dim, dtype) + layer_bytes * cfg->n_layers;
 

@@ -55,13 +55,13 @@ enum rs_token_type {
 	RS_TOKEN_BYTE = 6,
 };
 
-#define RS_TOKENIZER_METASPACE 0x1u        /* pieces spell a space as U+2581 */
-#define RS_METASPACE_UTF8 "\xe2\x96\x81"   /* U+2581 LOWER ONE EIGHTH BLOCK, 3 bytes */
-#define RS_TOKENIZER_ADD_SPACE_PREFIX 0x2u /* encode prepends a space (dummy prefix) */
-#define RS_TOKENIZER_ADD_BOS 0x4u          /* the model expects BOS first (advice to callers) */
-#define RS_TOKENIZER_ADD_EOS 0x8u          /* the model expects EOS last (advice to callers) */
-#define RS_TOKENIZER_IGNORE_MERGES 0x10u   /* BPE: a word that is a token is taken whole */
-#define RS_TOKENIZER_FLAGS_ALL 0x1fu
+#define RS_TOKENIZER_METASPACE	      0x1u	     /* pieces spell a space as U+2581 */
+#define RS_METASPACE_UTF8	      "\xe2\x96\x81" /* U+2581 LOWER ONE EIGHTH BLOCK, 3 bytes */
+#define RS_TOKENIZER_ADD_SPACE_PREFIX 0x2u	     /* encode prepends a space (dummy prefix) */
+#define RS_TOKENIZER_ADD_BOS	      0x4u  /* the model expects BOS first (advice to callers) */
+#define RS_TOKENIZER_ADD_EOS	      0x8u  /* the model expects EOS last (advice to callers) */
+#define RS_TOKENIZER_IGNORE_MERGES    0x10u /* BPE: a word that is a token is taken whole */
+#define RS_TOKENIZER_FLAGS_ALL	      0x1fu
 
 /* Kinds of vocabulary (serialized: never renumber). */
 enum rs_tokenizer_kind {
@@ -80,21 +80,21 @@ enum rs_tokenizer_kind {
 
 /* A vocabulary to build a tokenizer from (see rs_tokenizer_create). */
 struct rs_tokenizer_vocab {
-	uint32_t n;                 /* number of tokens; ids are 0..n-1 */
-	const char *const *pieces;  /* n pieces */
-	const uint32_t *lens;       /* n lengths, or NULL: pieces are NUL-terminated */
-	const float *scores;        /* n merge scores (higher merges first), or NULL: all 0 */
-	const uint8_t *types;       /* n enum rs_token_type, or NULL: derived (see below) */
-	int32_t bos, eos, unk;      /* ids, or -1 when the vocabulary has none */
-	uint32_t flags;             /* RS_TOKENIZER_* */
+	uint32_t n;		   /* number of tokens; ids are 0..n-1 */
+	const char *const *pieces; /* n pieces */
+	const uint32_t *lens;	   /* n lengths, or NULL: pieces are NUL-terminated */
+	const float *scores;	   /* n merge scores (higher merges first), or NULL: all 0 */
+	const uint8_t *types;	   /* n enum rs_token_type, or NULL: derived (see below) */
+	int32_t bos, eos, unk;	   /* ids, or -1 when the vocabulary has none */
+	uint32_t flags;		   /* RS_TOKENIZER_* */
 	/* Byte-level BPE only (kind RS_TOKENIZER_BPE): */
-	uint32_t kind;              /* enum rs_tokenizer_kind; 0 is SentencePiece */
-	uint32_t pre;               /* enum rs_pretokenizer */
-	uint32_t n_merges;          /* merges, in rank order (the first merges first), given */
-	const char *const *merges;  /* as GGUF spells them, "left right" (lens: merge_lens or
-				     * NUL-terminated), or */
+	uint32_t kind;		   /* enum rs_tokenizer_kind; 0 is SentencePiece */
+	uint32_t pre;		   /* enum rs_pretokenizer */
+	uint32_t n_merges;	   /* merges, in rank order (the first merges first), given */
+	const char *const *merges; /* as GGUF spells them, "left right" (lens: merge_lens or
+				    * NUL-terminated), or */
 	const uint32_t *merge_lens;
-	const uint32_t *merge_ids;  /* as 2 * n_merges ids: left, right of each */
+	const uint32_t *merge_ids; /* as 2 * n_merges ids: left, right of each */
 };
 
 struct rs_tokenizer;
@@ -155,8 +155,8 @@ int rs_tokenizer_encode(const struct rs_tokenizer *tok, const char *text, size_t
  * (SentencePiece; BPE ignores prev). A byte token yields one raw byte, and a BPE token may
  * end inside a character, so a UTF-8 character may span several calls.
  * Returns the number of bytes (without the NUL), -EINVAL (id out of range), -ENOSPC. */
-int rs_tokenizer_decode_token(const struct rs_tokenizer *tok, int32_t prev, uint32_t id,
-			      char *buf, size_t size);
+int rs_tokenizer_decode_token(const struct rs_tokenizer *tok, int32_t prev, uint32_t id, char *buf,
+			      size_t size);
 
 /* Decode a whole sequence (as if it were a text: its first token starts it) into buf,
  * NUL-terminated. Returns the number of bytes, -EINVAL (an id out of range), -ENOSPC. */
@@ -169,7 +169,7 @@ int rs_tokenizer_decode(const struct rs_tokenizer *tok, const uint32_t *ids, siz
  * u32 offsets[n + 1], u8 types[n], zero padding to 4 bytes, the pieces' bytes (piece i is
  * blob[offsets[i] .. offsets[i + 1])), zero padding to 4 bytes, u32 merges[2 * merge
  * count] (left and right token ids, in rank order). */
-#define RS_TOKENIZER_SERIAL_MAGIC 0x4b545352u /* "RSTK" */
+#define RS_TOKENIZER_SERIAL_MAGIC   0x4b545352u /* "RSTK" */
 #define RS_TOKENIZER_SERIAL_VERSION 2u
 
 /* Bytes rs_tokenizer_serialize writes. */

@@ -15,16 +15,16 @@
 #define MAX_MERGED 24 /* bytes per learnt piece */
 
 static const char corpus[] =
-	"once upon a time there was a little girl named lily she liked to play in the "
-	"park with her friends one day she saw a big red ball under the tree and she "
-	"wanted to play with it she ran to the ball and said hello to the boy who was "
-	"there the boy was happy and they played with the ball all day long when the sun "
-	"went down they said goodbye and went home the next morning lily woke up and "
-	"looked out of the window it was a beautiful day the birds were singing and the "
-	"flowers were in the garden her mother made breakfast and they ate it together "
-	"then lily went to the park again to find her new friend and they were very happy "
-	"because they had a lot of fun the end of the story is that everyone is kind and "
-	"the world is good for the people who live in it and work with each other";
+    "once upon a time there was a little girl named lily she liked to play in the "
+    "park with her friends one day she saw a big red ball under the tree and she "
+    "wanted to play with it she ran to the ball and said hello to the boy who was "
+    "there the boy was happy and they played with the ball all day long when the sun "
+    "went down they said goodbye and went home the next morning lily woke up and "
+    "looked out of the window it was a beautiful day the birds were singing and the "
+    "flowers were in the garden her mother made breakfast and they ate it together "
+    "then lily went to the park again to find her new friend and they were very happy "
+    "because they had a lot of fun the end of the story is that everyone is kind and "
+    "the world is good for the people who live in it and work with each other";
 
 struct piece {
 	char text[48]; /* learnt pieces (MAX_MERGED) and the longest special names */
@@ -99,7 +99,7 @@ static int learn_merges(struct builder *b, const char *space, uint32_t *merges, 
 			while (k < n_pairs && (pairs[k].left != l || pairs[k].right != r))
 				k++;
 			if (k == n_pairs)
-				pairs[n_pairs++] = (struct pair){ l, r, 0 };
+				pairs[n_pairs++] = (struct pair){l, r, 0};
 			pairs[k].count++;
 		}
 		if (n_pairs == 0)
@@ -108,7 +108,8 @@ static int learn_merges(struct builder *b, const char *space, uint32_t *merges, 
 			if (pairs[k].count > pairs[best].count ||
 			    (pairs[k].count == pairs[best].count &&
 			     (pairs[k].left < pairs[best].left ||
-			      (pairs[k].left == pairs[best].left && pairs[k].right < pairs[best].right))))
+			      (pairs[k].left == pairs[best].left &&
+			       pairs[k].right < pairs[best].right))))
 				best = k;
 		int32_t l = pairs[best].left, r = pairs[best].right;
 		if (merges) {
@@ -145,7 +146,7 @@ static int learn_merges(struct builder *b, const char *space, uint32_t *merges, 
 
 int rs_tokenizer_demo(uint32_t n_tokens, struct rs_tokenizer **out, char *err, size_t err_size)
 {
-	struct builder b = { .cap = n_tokens };
+	struct builder b = {.cap = n_tokens};
 	int ret = -ENOMEM;
 
 	*out = NULL;
@@ -188,15 +189,15 @@ int rs_tokenizer_demo(uint32_t n_tokens, struct rs_tokenizer **out, char *err, s
 		lens[i] = b.pieces[i].len;
 	}
 	struct rs_tokenizer_vocab v = {
-		.n = b.n,
-		.pieces = ptrs,
-		.lens = lens,
-		.scores = b.scores,
-		.types = b.types,
-		.bos = 1,
-		.eos = 2,
-		.unk = 0,
-		.flags = RS_TOKENIZER_METASPACE | RS_TOKENIZER_ADD_SPACE_PREFIX | RS_TOKENIZER_ADD_BOS,
+	    .n = b.n,
+	    .pieces = ptrs,
+	    .lens = lens,
+	    .scores = b.scores,
+	    .types = b.types,
+	    .bos = 1,
+	    .eos = 2,
+	    .unk = 0,
+	    .flags = RS_TOKENIZER_METASPACE | RS_TOKENIZER_ADD_SPACE_PREFIX | RS_TOKENIZER_ADD_BOS,
 	};
 	ret = rs_tokenizer_create(&v, out, err, err_size);
 out:

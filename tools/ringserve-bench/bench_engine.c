@@ -15,9 +15,9 @@
  * token) instead of greedy. Each of `rounds` rounds (default 3) runs every batch size in
  * turn and each figure is the median over the rounds: the machines here are shared, and
  * their memory bandwidth moved 3x between runs an hour apart, so that batch 1 and batch
- * 32 are measured interleaved, under the same conditions. The figure that matters for batching is decode(32)/decode(1): a
- * decode step reads every weight once whatever the batch, so it should grow with the
- * batch until compute, not memory, bounds it. The KV cache is f16 unless --kv f32 (the
+ * 32 are measured interleaved, under the same conditions. The figure that matters for batching is
+ * decode(32)/decode(1): a decode step reads every weight once whatever the batch, so it should grow
+ * with the batch until compute, not memory, bounds it. The KV cache is f16 unless --kv f32 (the
  * engine's "auto" would keep f32 for these f32 weights): at batch 32 the attention
  * reading the cache moves more bytes than the weights.
  *
@@ -41,8 +41,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "kernels/engine/engine.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/engine/engine.h"
 #include "kernels/model/dtype.h"
 #include "kernels/model/model_random.h"
 #include "kernels/model/quant.h"
@@ -105,9 +105,12 @@ static int run_lanes(struct rs_engine *e, uint32_t lanes, uint32_t batch, uint32
 		uint32_t n = seqs - first < per_step ? seqs - first : per_step;
 		for (uint32_t i = 0; i < n; i++)
 			st[i] = (struct rs_seq_step){
-				.tokens = tokens + (size_t)(first + i) * prompt, .n_tokens = prompt,
-				.block_table = tables + (size_t)(first + i) * n_blocks,
-				.n_blocks = n_blocks, .sample = 1, .out_token = &next[first + i]};
+			    .tokens = tokens + (size_t)(first + i) * prompt,
+			    .n_tokens = prompt,
+			    .block_table = tables + (size_t)(first + i) * n_blocks,
+			    .n_blocks = n_blocks,
+			    .sample = 1,
+			    .out_token = &next[first + i]};
 		rc = rs_engine_step(e, 0, st, n);
 		if (rc == 0)
 			rc = rs_engine_step_wait(e, 0);
@@ -122,10 +125,13 @@ static int run_lanes(struct rs_engine *e, uint32_t lanes, uint32_t batch, uint32
 				goto out;
 			for (uint32_t i = l * batch; i < (l + 1) * batch; i++) {
 				cur[i] = next[i];
-				st[i] = (struct rs_seq_step){.tokens = &cur[i], .n_tokens = 1,
+				st[i] = (struct rs_seq_step){.tokens = &cur[i],
+							     .n_tokens = 1,
 							     .start_pos = prompt + k,
-							     .block_table = tables + (size_t)i * n_blocks,
-							     .n_blocks = n_blocks, .sample = 1,
+							     .block_table =
+								 tables + (size_t)i * n_blocks,
+							     .n_blocks = n_blocks,
+							     .sample = 1,
 							     .out_token = &next[i]};
 				if (sampling) {
 					st[i].sampling = *sampling;
@@ -179,8 +185,8 @@ static struct result median_result(const struct result *runs, uint32_t n)
 	}
 	qsort(prefill, n, sizeof(double), compare_doubles);
 	qsort(decode, n, sizeof(double), compare_doubles);
-	return (struct result){.batch = runs[0].batch, .prefill_tok_s = prefill[n / 2],
-			       .decode_tok_s = decode[n / 2]};
+	return (struct result){
+	    .batch = runs[0].batch, .prefill_tok_s = prefill[n / 2], .decode_tok_s = decode[n / 2]};
 }
 
 /* results as a JSON array of {"batch", "prefill_tok_s", "decode_tok_s"}. */
@@ -230,8 +236,10 @@ out:
 /* Weights a decode token multiplies: every layer matrix and the output matrix. */
 static double product_weights(const struct rs_model_config *c)
 {
-	double q_dim = (double)c->n_heads * c->head_dim, kv_dim = (double)c->n_kv_heads * c->head_dim;
-	double layer = c->dim * (q_dim + 2 * kv_dim) + q_dim * c->dim + 3.0 * c->dim * c->hidden_dim;
+	double q_dim = (double)c->n_heads * c->head_dim,
+	       kv_dim = (double)c->n_kv_heads * c->head_dim;
+	double layer =
+	    c->dim * (q_dim + 2 * kv_dim) + q_dim * c->dim + 3.0 * c->dim * c->hidden_dim;
 	return c->n_layers * layer + (double)c->vocab_size * c->dim;
 }
 
@@ -403,8 +411,12 @@ static double time_to_first_token(struct rs_engine *e, uint32_t prompt)
 	for (uint32_t i = 0; !rc && i < prompt; i++)
 		tokens[i] = (i * 2654435761u) % cfg->vocab_size;
 	for (int round = 0; round < 3 && !rc; round++) {
-		struct rs_seq_step st = {.tokens = tokens, .n_tokens = prompt, .block_table = table,
-					 .n_blocks = n_blocks, .sample = 1, .out_token = &out};
+		struct rs_seq_step st = {.tokens = tokens,
+					 .n_tokens = prompt,
+					 .block_table = table,
+					 .n_blocks = n_blocks,
+					 .sample = 1,
+					 .out_token = &out};
 		double t0 = now_s();
 		rc = rs_engine_step(e, 0, &st, 1);
 		if (!rc)
@@ -439,9 +451,17 @@ static int bench_gpu(uint32_t prompt, uint32_t steps, bool profile, FILE *json)
 		return 0;
 	}
 	struct rs_model_config cfg = {
-		.dim = 2048, .hidden_dim = 5632, .n_layers = 22, .n_heads = 32, .n_kv_heads = 4,
-		.head_dim = 64, .vocab_size = 32000, .max_seq_len = 2048, .rope_dim = 64,
-		.rope_theta = 10000.0f, .norm_eps = 1e-5f,
+	    .dim = 2048,
+	    .hidden_dim = 5632,
+	    .n_layers = 22,
+	    .n_heads = 32,
+	    .n_kv_heads = 4,
+	    .head_dim = 64,
+	    .vocab_size = 32000,
+	    .max_seq_len = 2048,
+	    .rope_dim = 64,
+	    .rope_theta = 10000.0f,
+	    .norm_eps = 1e-5f,
 	};
 	enum { N_BATCHES = 5, N_EAGER = 2, TTFT_PROMPT = 2048, LANES = 4, LANE_BATCHES = 2 };
 	const uint32_t batches[N_BATCHES] = {1, 8, 16, 32, 128}, lane_batches[] = {1, 4};
@@ -453,10 +473,10 @@ static int bench_gpu(uint32_t prompt, uint32_t steps, bool profile, FILE *json)
 		return 1;
 	}
 	uint32_t seq_blocks = rs_kv_blocks_for(prompt + steps, 16);
-	struct rs_engine *e = gpu_engine(model, LANES, "on",
-					 128 * seq_blocks + rs_kv_blocks_for(TTFT_PROMPT + 1, 16), prompt);
+	struct rs_engine *e = gpu_engine(
+	    model, LANES, "on", 128 * seq_blocks + rs_kv_blocks_for(TTFT_PROMPT + 1, 16), prompt);
 	struct rs_engine *eager =
-		e && !profile ? gpu_engine(model, 1, "off", 8 * seq_blocks, prompt) : NULL;
+	    e && !profile ? gpu_engine(model, 1, "off", 8 * seq_blocks, prompt) : NULL;
 	if (!e || (!eager && !profile)) {
 		rs_engine_destroy(e);
 		rs_model_free(model);
@@ -474,9 +494,10 @@ static int bench_gpu(uint32_t prompt, uint32_t steps, bool profile, FILE *json)
 	if (!rc && eager)
 		rc = run_batch(eager, 2, 16, 2, NULL, &warm);
 	printf("engine: cuda backend on %s, TinyLlama-1.1B-shaped random model (f16), prompt %u, "
-	       "%u decode steps\n", prop.name, prompt, steps);
-	printf("%6s %16s %16s %14s %14s\n", "batch", "prefill tok/s", "decode tok/s",
-	       "step ms", "enqueue ms");
+	       "%u decode steps\n",
+	       prop.name, prompt, steps);
+	printf("%6s %16s %16s %14s %14s\n", "batch", "prefill tok/s", "decode tok/s", "step ms",
+	       "enqueue ms");
 	/* Profiling: batch 1 with graphs, the steps a profiler skips to, and nothing else. */
 	for (int i = 0; i < (profile ? 1 : N_BATCHES + N_EAGER) && rc == 0; i++) {
 		bool graphs = i < N_BATCHES;
@@ -527,21 +548,23 @@ static int bench_gpu(uint32_t prompt, uint32_t steps, bool profile, FILE *json)
 		printf("device copy bandwidth %.0f GB/s (read + write); weights %.2f GB per token: "
 		       "decode bound %.0f tok/s at batch 1, reached %.0f%%\n",
 		       bw * 1e-9, wbytes * 1e-9, bound, 100.0 * fraction);
-		fprintf(json, "{\"backend\": \"cuda\", \"device\": \"%s\", \"model\": "
-			      "\"TinyLlama-1.1B-shaped random f16\", \"prompt\": %u, \"decode_steps\": %u, "
-			      "\"copy_bandwidth_gb_s\": %.1f, \"weight_bytes_per_token\": %.0f, "
-			      "\"decode_bound_tok_s\": %.1f, \"decode_1_fraction_of_bound\": %.3f, "
-			      "\"ttft_2048_ms\": %.2f, \"graph_launches\": %llu, \"batches\": ",
-			prop.name, prompt, steps, bw * 1e-9, wbytes, bound, fraction, 1e3 * ttft,
-			(unsigned long long)st.graph_launches);
+		fprintf(
+		    json,
+		    "{\"backend\": \"cuda\", \"device\": \"%s\", \"model\": "
+		    "\"TinyLlama-1.1B-shaped random f16\", \"prompt\": %u, \"decode_steps\": %u, "
+		    "\"copy_bandwidth_gb_s\": %.1f, \"weight_bytes_per_token\": %.0f, "
+		    "\"decode_bound_tok_s\": %.1f, \"decode_1_fraction_of_bound\": %.3f, "
+		    "\"ttft_2048_ms\": %.2f, \"graph_launches\": %llu, \"batches\": ",
+		    prop.name, prompt, steps, bw * 1e-9, wbytes, bound, fraction, 1e3 * ttft,
+		    (unsigned long long)st.graph_launches);
 		json_results(json, results, N_BATCHES);
 		fprintf(json, ", \"batches_without_graphs\": ");
 		json_results(json, eager_results, N_EAGER);
 		for (int b = 0; b < LANE_BATCHES; b++) {
 			fprintf(json, ", \"lanes_batch_%u\": [", lane_batches[b]);
 			for (int li = 0; li < 3; li++)
-				fprintf(json, "%s{\"lanes\": %d, \"decode_tok_s\": %.1f}", li ? ", " : "",
-					1 << li, lane_results[b][li].decode_tok_s);
+				fprintf(json, "%s{\"lanes\": %d, \"decode_tok_s\": %.1f}",
+					li ? ", " : "", 1 << li, lane_results[b][li].decode_tok_s);
 			fputc(']', json);
 		}
 		fprintf(json, "}");
@@ -703,17 +726,27 @@ int bench_engine(int argc, char **argv, FILE *json)
 	}
 	if (model_path) {
 		if (!rounds || rounds > MAX_ROUNDS || !steps || !prompt) {
-			fprintf(stderr, "bench engine: --rounds in 1..%d, --prompt and "
-					"--decode-steps >= 1\n", MAX_ROUNDS);
+			fprintf(stderr,
+				"bench engine: --rounds in 1..%d, --prompt and "
+				"--decode-steps >= 1\n",
+				MAX_ROUNDS);
 			fprintf(json, "null");
 			return 1;
 		}
 		return bench_file_model(model_path, threads, prompt, steps, rounds, kv_dtype, json);
 	}
 	struct rs_model_config cfg = {
-		.dim = 288, .hidden_dim = 768, .n_layers = 6, .n_heads = 6, .n_kv_heads = 6,
-		.head_dim = 48, .vocab_size = 32000, .max_seq_len = 256, .rope_dim = 48,
-		.rope_theta = 10000.0f, .norm_eps = 1e-5f,
+	    .dim = 288,
+	    .hidden_dim = 768,
+	    .n_layers = 6,
+	    .n_heads = 6,
+	    .n_kv_heads = 6,
+	    .head_dim = 48,
+	    .vocab_size = 32000,
+	    .max_seq_len = 256,
+	    .rope_dim = 48,
+	    .rope_theta = 10000.0f,
+	    .norm_eps = 1e-5f,
 	};
 	if (!rounds || rounds > MAX_ROUNDS) {
 		fprintf(stderr, "bench engine: --rounds must be in 1..%d\n", MAX_ROUNDS);
@@ -782,15 +815,17 @@ int bench_engine(int argc, char **argv, FILE *json)
 	const uint32_t blas_batches[2] = {1, 32};
 	rc = run_batch(e, 2, prompt < 16 ? prompt : 16, 2, NULL, &warm); /* warm caches, threads */
 	printf("engine: cpu backend, stories15M-shaped random model (f32, tied output), "
-	       "KV cache %s, prompt %u, %u decode steps, median of %u rounds\n", kv_dtype, prompt,
-	       steps, rounds);
+	       "KV cache %s, prompt %u, %u decode steps, median of %u rounds\n",
+	       kv_dtype, prompt, steps, rounds);
 	for (uint32_t r = 0; r < rounds && rc == 0; r++) {
 		for (int i = 0; i < N_BATCHES && rc == 0; i++)
 			rc = run_batch(e, batches[i], prompt, steps, NULL, &runs[i][r]);
 		for (int i = 0; i < 2 && rc == 0; i++)
-			rc = run_batch(blas, blas_batches[i], prompt, steps, NULL, &blas_runs[i][r]);
+			rc =
+			    run_batch(blas, blas_batches[i], prompt, steps, NULL, &blas_runs[i][r]);
 		for (int i = 0; i < 2 && rc == 0; i++)
-			rc = run_batch(half, blas_batches[i], prompt, steps, NULL, &half_runs[i][r]);
+			rc =
+			    run_batch(half, blas_batches[i], prompt, steps, NULL, &half_runs[i][r]);
 		for (int i = 0; i < 2 && rc == 0; i++)
 			rc = run_batch(e, blas_batches[i], prompt, steps, &sampled,
 				       &sampled_runs[i][r]);
@@ -827,31 +862,40 @@ int bench_engine(int argc, char **argv, FILE *json)
 		 * the product FLOPs over the in-cache GEMM rate (attention, norms, sampling
 		 * and hand-offs not counted: the true bound is lower still). */
 		long online = sysconf(_SC_NPROCESSORS_ONLN);
-		uint32_t workers = threads > 0 ? (uint32_t)threads : online > 0 ? (uint32_t)online : 1;
+		uint32_t workers = threads > 0	? (uint32_t)threads
+				   : online > 0 ? (uint32_t)online
+						: 1;
 		double bw = roof_rate(workers, true), gemm = roof_rate(workers, false);
-		double bytes = weight_bytes_per_token(&cfg, 4.0), flops = 2.0 * product_weights(&cfg);
+		double bytes = weight_bytes_per_token(&cfg, 4.0),
+		       flops = 2.0 * product_weights(&cfg);
 		double step1_s = 1.0 / results[0].decode_tok_s;
 		double step32_min_s = 32.0 * flops / gemm;
 		double max_speedup = 32.0 * step1_s / step32_min_s;
 		printf("same run, %u threads: read bandwidth %.1f GB/s, GEMM %.0f "
-		       "GFLOP/s (in cache)\n", workers, bw * 1e-9, gemm * 1e-9);
-		printf("batch 1: %.1f MB of weights per token, %.2f ms per step = %.1f GB/s (%.0f%% "
-		       "of the read bandwidth)\n", bytes * 1e-6, step1_s * 1e3, bytes / step1_s * 1e-9,
-		       100.0 * bytes / step1_s / bw);
-		printf("batch 32: %.2f GFLOP of products per step, at least %.2f ms at the GEMM rate "
-		       "(a measured step: %.2f ms, that bound is %.0f%% of it)\n", 32.0 * flops * 1e-9,
-		       step32_min_s * 1e3, 32.0 / results[2].decode_tok_s * 1e3,
-		       100.0 * step32_min_s / (32.0 / results[2].decode_tok_s));
+		       "GFLOP/s (in cache)\n",
+		       workers, bw * 1e-9, gemm * 1e-9);
+		printf(
+		    "batch 1: %.1f MB of weights per token, %.2f ms per step = %.1f GB/s (%.0f%% "
+		    "of the read bandwidth)\n",
+		    bytes * 1e-6, step1_s * 1e3, bytes / step1_s * 1e-9,
+		    100.0 * bytes / step1_s / bw);
+		printf(
+		    "batch 32: %.2f GFLOP of products per step, at least %.2f ms at the GEMM rate "
+		    "(a measured step: %.2f ms, that bound is %.0f%% of it)\n",
+		    32.0 * flops * 1e-9, step32_min_s * 1e3, 32.0 / results[2].decode_tok_s * 1e3,
+		    100.0 * step32_min_s / (32.0 / results[2].decode_tok_s));
 		printf("decode speedup bound with this batch-1 step: %.1fx (measured %.1fx)\n",
 		       max_speedup, speedup);
 		double bytes16 = weight_bytes_per_token(&cfg, 2.0);
 		printf("f16 weights, batch 1: %.1f MB per token, %.2f ms per step = %.1f GB/s; "
-		       "%.2fx the f32 model's batch 1\n", bytes16 * 1e-6,
-		       1e3 / half_results[0].decode_tok_s, bytes16 * half_results[0].decode_tok_s * 1e-9,
+		       "%.2fx the f32 model's batch 1\n",
+		       bytes16 * 1e-6, 1e3 / half_results[0].decode_tok_s,
+		       bytes16 * half_results[0].decode_tok_s * 1e-9,
 		       half_results[0].decode_tok_s / results[0].decode_tok_s);
-		fprintf(json, "{\"backend\": \"cpu\", \"model\": \"stories15M-shaped random f32\", "
-			      "\"kv_dtype\": \"%s\", \"threads\": %d, \"prompt\": %u, "
-			      "\"decode_steps\": %u, \"rounds\": %u, \"batches\": ",
+		fprintf(json,
+			"{\"backend\": \"cpu\", \"model\": \"stories15M-shaped random f32\", "
+			"\"kv_dtype\": \"%s\", \"threads\": %d, \"prompt\": %u, "
+			"\"decode_steps\": %u, \"rounds\": %u, \"batches\": ",
 			kv_dtype, threads, prompt, steps, rounds);
 		json_results(json, results, N_BATCHES);
 		fprintf(json, ", \"blas_batches\": ");
@@ -860,8 +904,9 @@ int bench_engine(int argc, char **argv, FILE *json)
 		json_results(json, half_results, 2);
 		fprintf(json, ", \"sampled_batches\": ");
 		json_results(json, sampled_results, 2);
-		fprintf(json, ", \"decode_speedup_32_vs_1\": %.2f, \"read_bandwidth_gb_s\": %.2f, "
-			      "\"gemm_gflop_s\": %.1f, \"decode_speedup_bound\": %.2f, \"gpu\": ",
+		fprintf(json,
+			", \"decode_speedup_32_vs_1\": %.2f, \"read_bandwidth_gb_s\": %.2f, "
+			"\"gemm_gflop_s\": %.1f, \"decode_speedup_bound\": %.2f, \"gpu\": ",
 			speedup, bw * 1e-9, gemm * 1e-9, max_speedup);
 	}
 	rs_engine_destroy(e);

@@ -10,17 +10,17 @@
  * the daemon spins: what a wake-up costs. */
 #include <errno.h>
 #include <pthread.h>
-#include <stdalign.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdalign.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -67,10 +67,10 @@ static struct percentiles summarize(uint64_t *samples, uint32_t n)
 	for (uint32_t i = 0; i < n; i++)
 		sum += (double)samples[i];
 	return (struct percentiles){
-		.p50 = (double)samples[n / 2],
-		.p99 = (double)samples[(uint64_t)n * 99 / 100],
-		.p999 = (double)samples[(uint64_t)n * 999 / 1000],
-		.mean = sum / n,
+	    .p50 = (double)samples[n / 2],
+	    .p99 = (double)samples[(uint64_t)n * 99 / 100],
+	    .p999 = (double)samples[(uint64_t)n * 999 / 1000],
+	    .mean = sum / n,
 	};
 }
 
@@ -127,7 +127,8 @@ static double measure_pingpong(const struct ipc_options *options)
 
 /* --- reference 2: Unix-socket RPC ---------------------------------------------------- */
 
-static struct percentiles measure_unix_socket(const struct ipc_options *options, uint32_t iterations)
+static struct percentiles measure_unix_socket(const struct ipc_options *options,
+					      uint32_t iterations)
 {
 	int pair[2];
 	socketpair(AF_UNIX, SOCK_SEQPACKET, 0, pair);
@@ -156,7 +157,8 @@ static struct percentiles measure_unix_socket(const struct ipc_options *options,
 	for (uint32_t i = 0; i < iterations + 1000; i++) {
 		uint64_t start = rs_now_ns();
 		uint32_t reply;
-		if (send(pair[0], request, sizeof(request), 0) < 0 || recv(pair[0], &reply, sizeof(reply), 0) < 0)
+		if (send(pair[0], request, sizeof(request), 0) < 0 ||
+		    recv(pair[0], &reply, sizeof(reply), 0) < 0)
 			break;
 		if (i >= 1000) /* warm-up excluded */
 			samples[i - 1000] = rs_now_ns() - start;
@@ -193,7 +195,8 @@ static int wait_completion(struct rs_connection *conn, enum wait_mode mode, int 
 		while ((n = rs_poll(conn, done, 1)) == 0)
 			rs_cpu_relax();
 		return n;
-	case WAIT_FUTEX: return rs_wait(conn, done, 1, 5000);
+	case WAIT_FUTEX:
+		return rs_wait(conn, done, 1, 5000);
 	case WAIT_EPOLL:
 		while ((n = rs_poll(conn, done, 1)) == 0) {
 			int ready = rs_event_arm(conn, RS_EVENT_COMPLETION);
@@ -229,7 +232,8 @@ static int measure_round_trips(const char *socket_path, enum wait_mode mode, uin
 	if (!samples)
 		ret = -ENOMEM;
 	uint32_t prompt[PROMPT_TOKENS];
-	struct rs_generate_params params = {.prompt = prompt, .prompt_len = PROMPT_TOKENS, .max_new_tokens = 1};
+	struct rs_generate_params params = {
+	    .prompt = prompt, .prompt_len = PROMPT_TOKENS, .max_new_tokens = 1};
 	for (uint32_t i = 0; i < warmup + iterations && ret == 0; i++) {
 		fill_prompt(prompt, i);
 		uint64_t start = rs_now_ns();
@@ -266,9 +270,11 @@ static double pump(const char *socket_path, double seconds)
 		return -1;
 	uint32_t prompt[PROMPT_TOKENS];
 	fill_prompt(prompt, 1);
-	struct rs_generate_params params = {.prompt = prompt, .prompt_len = PROMPT_TOKENS, .max_new_tokens = 1};
+	struct rs_generate_params params = {
+	    .prompt = prompt, .prompt_len = PROMPT_TOKENS, .max_new_tokens = 1};
 	struct rs_completion done[256];
-	uint64_t completed = 0, failed = 0, start = rs_now_ns(), end = start + (uint64_t)(seconds * 1e9);
+	uint64_t completed = 0, failed = 0, start = rs_now_ns(),
+		 end = start + (uint64_t)(seconds * 1e9);
 	uint64_t now = start;
 	while (now < end) {
 		for (int k = 0; k < 64; k++)
@@ -295,7 +301,8 @@ static double pump(const char *socket_path, double seconds)
 	return (double)completed / ((double)(now - start) / 1e9);
 }
 
-static double measure_throughput(const struct ipc_options *options, const char *socket_path, int clients)
+static double measure_throughput(const struct ipc_options *options, const char *socket_path,
+				 int clients)
 {
 	if (clients == 1) {
 		pin_to(options->client_cpu);
@@ -325,10 +332,10 @@ int bench_ipc(int argc, char **argv, FILE *json)
 {
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
 	struct ipc_options options = {
-		.client_cpu = cpus >= 2 ? 0 : -1,
-		.daemon_cpu = cpus >= 2 ? 1 : -1,
-		.latency_iterations = 200000,
-		.throughput_seconds = 2.0,
+	    .client_cpu = cpus >= 2 ? 0 : -1,
+	    .daemon_cpu = cpus >= 2 ? 1 : -1,
+	    .latency_iterations = 200000,
+	    .throughput_seconds = 2.0,
 	};
 	const char *extra[8];
 	int n_extra = 0;
@@ -343,8 +350,9 @@ int bench_ipc(int argc, char **argv, FILE *json)
 		} else if (strcmp(argv[i], "--daemon-cpu") == 0 && i + 1 < argc) {
 			options.daemon_cpu = atoi(argv[++i]);
 		} else {
-			fprintf(stderr, "bench ipc: options: [--quick] [--client-cpu N] [--daemon-cpu N] "
-					"[--daemon-arg ARG]...\n");
+			fprintf(stderr,
+				"bench ipc: options: [--quick] [--client-cpu N] [--daemon-cpu N] "
+				"[--daemon-arg ARG]...\n");
 			fprintf(json, "null");
 			return 1;
 		}
@@ -366,7 +374,8 @@ int bench_ipc(int argc, char **argv, FILE *json)
 	}
 	pid_t daemon = bench_start_daemon(socket_path, daemon_args);
 	if (daemon < 0) {
-		fprintf(stderr, "bench ipc: could not start ringserved (is it built next to ringserve-bench?)\n");
+		fprintf(stderr, "bench ipc: could not start ringserved (is it built next to "
+				"ringserve-bench?)\n");
 		fprintf(json, "null");
 		return 1;
 	}
@@ -378,9 +387,11 @@ int bench_ipc(int argc, char **argv, FILE *json)
 	struct percentiles futex_rtt = {0}, epoll_rtt = {0};
 	uint32_t sleeping_iterations = options.latency_iterations / 10;
 	if (ret == 0)
-		ret = measure_round_trips(socket_path, WAIT_FUTEX, 100, sleeping_iterations, &futex_rtt);
+		ret = measure_round_trips(socket_path, WAIT_FUTEX, 100, sleeping_iterations,
+					  &futex_rtt);
 	if (ret == 0)
-		ret = measure_round_trips(socket_path, WAIT_EPOLL, 100, sleeping_iterations, &epoll_rtt);
+		ret = measure_round_trips(socket_path, WAIT_EPOLL, 100, sleeping_iterations,
+					  &epoll_rtt);
 	kill(daemon, SIGTERM);
 	waitpid(daemon, NULL, 0);
 	if (ret) {
@@ -393,11 +404,13 @@ int bench_ipc(int argc, char **argv, FILE *json)
 	double vs_socket = unix_rtt.p50 / ring_rtt.p50;
 	printf("ringserve-bench ipc (client on CPU %d, scheduler core on CPU %d, null engine)\n",
 	       options.client_cpu, options.daemon_cpu);
-	printf("  %-44s %10s %10s %10s\n", "round trip, 16 tokens in, 1 out", "p50 ns", "p99 ns", "p99.9 ns");
+	printf("  %-44s %10s %10s %10s\n", "round trip, 16 tokens in, 1 out", "p50 ns", "p99 ns",
+	       "p99.9 ns");
 	printf("  %-44s %10.0f %10s %10s\n", "cache-line ping-pong (floor)", pingpong_ns, "-", "-");
-	printf("  %-44s %10.0f %10.0f %10.0f\n", "ringserve rings", ring_rtt.p50, ring_rtt.p99, ring_rtt.p999);
-	printf("  %-44s %10.0f %10.0f %10.0f\n", "Unix-socket RPC (same payload)", unix_rtt.p50, unix_rtt.p99,
-	       unix_rtt.p999);
+	printf("  %-44s %10.0f %10.0f %10.0f\n", "ringserve rings", ring_rtt.p50, ring_rtt.p99,
+	       ring_rtt.p999);
+	printf("  %-44s %10.0f %10.0f %10.0f\n", "Unix-socket RPC (same payload)", unix_rtt.p50,
+	       unix_rtt.p99, unix_rtt.p999);
 	printf("  %-44s %10.0f %10.0f %10.0f\n", "ringserve, client asleep in rs_wait (futex)",
 	       futex_rtt.p50, futex_rtt.p99, futex_rtt.p999);
 	printf("  %-44s %10.0f %10.0f %10.0f\n", "ringserve, client asleep in epoll (event fd)",
@@ -406,20 +419,22 @@ int bench_ipc(int argc, char **argv, FILE *json)
 	printf("  %-44s %10.0f requests/s\n", "pipelined, 4 clients", throughput_4);
 	printf("  targets: p50 <= 3x floor: %.2fx %s; >= 20x below Unix socket: %.1fx %s; "
 	       ">= 1M req/s with 1 client: %.2fM %s\n",
-	       vs_floor, vs_floor <= 3 ? "met" : "MISSED", vs_socket, vs_socket >= 20 ? "met" : "MISSED",
-	       throughput_1 / 1e6, throughput_1 >= 1e6 ? "met" : "MISSED");
+	       vs_floor, vs_floor <= 3 ? "met" : "MISSED", vs_socket,
+	       vs_socket >= 20 ? "met" : "MISSED", throughput_1 / 1e6,
+	       throughput_1 >= 1e6 ? "met" : "MISSED");
 
 	fprintf(json,
 		"{\"client_cpu\": %d, \"daemon_cpu\": %d, \"pingpong_rtt_ns\": %.1f, "
 		"\"ring_rtt_ns\": {\"p50\": %.0f, \"p99\": %.0f, \"p999\": %.0f, \"mean\": %.1f}, "
-		"\"unix_socket_rtt_ns\": {\"p50\": %.0f, \"p99\": %.0f, \"p999\": %.0f, \"mean\": %.1f}, "
+		"\"unix_socket_rtt_ns\": {\"p50\": %.0f, \"p99\": %.0f, \"p999\": %.0f, \"mean\": "
+		"%.1f}, "
 		"\"throughput_1_client_rps\": %.0f, \"throughput_4_clients_rps\": %.0f, "
 		"\"ring_vs_floor\": %.3f, \"socket_vs_ring\": %.2f, "
 		"\"futex_sleeper_rtt_ns\": {\"p50\": %.0f, \"p99\": %.0f, \"p999\": %.0f}, "
 		"\"epoll_sleeper_rtt_ns\": {\"p50\": %.0f, \"p99\": %.0f, \"p999\": %.0f}}",
 		options.client_cpu, options.daemon_cpu, pingpong_ns, ring_rtt.p50, ring_rtt.p99,
-		ring_rtt.p999, ring_rtt.mean, unix_rtt.p50, unix_rtt.p99, unix_rtt.p999, unix_rtt.mean,
-		throughput_1, throughput_4, vs_floor, vs_socket, futex_rtt.p50, futex_rtt.p99,
-		futex_rtt.p999, epoll_rtt.p50, epoll_rtt.p99, epoll_rtt.p999);
+		ring_rtt.p999, ring_rtt.mean, unix_rtt.p50, unix_rtt.p99, unix_rtt.p999,
+		unix_rtt.mean, throughput_1, throughput_4, vs_floor, vs_socket, futex_rtt.p50,
+		futex_rtt.p99, futex_rtt.p999, epoll_rtt.p50, epoll_rtt.p99, epoll_rtt.p999);
 	return 0;
 }

@@ -11,8 +11,8 @@
 
 #include "kernels/model/dtype.h"
 #include "kernels/model/gguf.h"
-#include "kernels/model/model_quantize.h"
 #include "kernels/model/llama2c.h"
+#include "kernels/model/model_quantize.h"
 #include "kernels/model/model_random.h"
 #include "kernels/model/pretokenize.h"
 #include "kernels/model/tokenizer.h"
@@ -20,28 +20,35 @@
 /* Print the usage to f. */
 static void usage(FILE *f)
 {
-	fprintf(f,
-		"usage: ringserve-mkmodel [--out-gguf FILE] [--out-llama2c FILE] [--out-tokenizer FILE]\n"
-		"         [--dim N] [--hidden N] [--layers N] [--heads N] [--kv-heads N] [--vocab N]\n"
-		"         [--seq-len N] [--seed S] [--dtype f32|f16|bf16|q8_0|q4_0|q4_k|q5_k|q6_k|q4_k_m] [--tied] [--rope-theta T]\n"
-		"         [--arch llama|llama3|qwen2] [--tokenizer spm|bpe] [--rope-scale F]\n"
-		"         [--rope-orig-ctx N]\n"
-		"  Writes a seeded random Llama model (defaults: dim 64, hidden 172, 2 layers, 4 heads,\n"
-		"  2 kv heads, vocab 512, seq-len 256, seed 1, f32, separate output matrix).\n"
-		"  --arch            llama (default); llama3: Llama 3.1's rope_freqs (factor 8, low 1,\n"
-		"                    high 4, --rope-orig-ctx, default 8192), theta 500000, a BPE\n"
-		"                    vocabulary; qwen2: q, k, v biases, qwen2.* keys, theta 1e6,\n"
-		"                    a BPE vocabulary with Qwen2's pre-tokenizer\n"
-		"  --tokenizer       spm (SentencePiece demo vocabulary; llama's default) or bpe\n"
-		"                    (byte-level, Llama 3's or Qwen2's shape by --arch)\n"
-		"  --rope-scale      linear RoPE scaling factor ({arch}.rope.scaling.factor)\n"
-		"  --out-gguf        GGUF v3 with the tokenizer, weights in --dtype (quantized: our\n"
-		"                    round-to-nearest quantizer of the f32 model, norms in f32, K-quant\n"
-		"                    matrices whose rows are not a multiple of 256 in q8_0;\n"
-		"                    q4_k_m = q4_k with q6_k output and attn_v/ffn_down as llama.cpp)\n"
-		"  --out-llama2c     llama2.c checkpoint (float32; a negative vocab_size when not --tied)\n"
-		"  --out-tokenizer   llama2.c tokenizer.bin for the same vocabulary\n"
-		"  --rope-theta      GGUF only (llama2.c implies 10000)\n");
+	fprintf(
+	    f,
+	    "usage: ringserve-mkmodel [--out-gguf FILE] [--out-llama2c FILE] [--out-tokenizer "
+	    "FILE]\n"
+	    "         [--dim N] [--hidden N] [--layers N] [--heads N] [--kv-heads N] [--vocab N]\n"
+	    "         [--seq-len N] [--seed S] [--dtype "
+	    "f32|f16|bf16|q8_0|q4_0|q4_k|q5_k|q6_k|q4_k_m] [--tied] [--rope-theta T]\n"
+	    "         [--arch llama|llama3|qwen2] [--tokenizer spm|bpe] [--rope-scale F]\n"
+	    "         [--rope-orig-ctx N]\n"
+	    "  Writes a seeded random Llama model (defaults: dim 64, hidden 172, 2 layers, 4 "
+	    "heads,\n"
+	    "  2 kv heads, vocab 512, seq-len 256, seed 1, f32, separate output matrix).\n"
+	    "  --arch            llama (default); llama3: Llama 3.1's rope_freqs (factor 8, low "
+	    "1,\n"
+	    "                    high 4, --rope-orig-ctx, default 8192), theta 500000, a BPE\n"
+	    "                    vocabulary; qwen2: q, k, v biases, qwen2.* keys, theta 1e6,\n"
+	    "                    a BPE vocabulary with Qwen2's pre-tokenizer\n"
+	    "  --tokenizer       spm (SentencePiece demo vocabulary; llama's default) or bpe\n"
+	    "                    (byte-level, Llama 3's or Qwen2's shape by --arch)\n"
+	    "  --rope-scale      linear RoPE scaling factor ({arch}.rope.scaling.factor)\n"
+	    "  --out-gguf        GGUF v3 with the tokenizer, weights in --dtype (quantized: our\n"
+	    "                    round-to-nearest quantizer of the f32 model, norms in f32, "
+	    "K-quant\n"
+	    "                    matrices whose rows are not a multiple of 256 in q8_0;\n"
+	    "                    q4_k_m = q4_k with q6_k output and attn_v/ffn_down as llama.cpp)\n"
+	    "  --out-llama2c     llama2.c checkpoint (float32; a negative vocab_size when not "
+	    "--tied)\n"
+	    "  --out-tokenizer   llama2.c tokenizer.bin for the same vocabulary\n"
+	    "  --rope-theta      GGUF only (llama2.c implies 10000)\n");
 }
 
 /* An unsigned option value up to max; exits on garbage. */
@@ -59,41 +66,65 @@ static unsigned long parse_number(const char *opt, const char *arg, unsigned lon
 
 int main(int argc, char **argv)
 {
-	enum { OPT_GGUF = 256, OPT_LLAMA2C, OPT_TOKENIZER, OPT_DIM, OPT_HIDDEN, OPT_LAYERS,
-	       OPT_HEADS, OPT_KV_HEADS, OPT_VOCAB, OPT_SEQ, OPT_SEED, OPT_DTYPE, OPT_TIED,
-	       OPT_THETA, OPT_ARCH, OPT_TOKENIZER_KIND, OPT_ROPE_SCALE, OPT_ROPE_ORIG };
+	enum {
+		OPT_GGUF = 256,
+		OPT_LLAMA2C,
+		OPT_TOKENIZER,
+		OPT_DIM,
+		OPT_HIDDEN,
+		OPT_LAYERS,
+		OPT_HEADS,
+		OPT_KV_HEADS,
+		OPT_VOCAB,
+		OPT_SEQ,
+		OPT_SEED,
+		OPT_DTYPE,
+		OPT_TIED,
+		OPT_THETA,
+		OPT_ARCH,
+		OPT_TOKENIZER_KIND,
+		OPT_ROPE_SCALE,
+		OPT_ROPE_ORIG
+	};
 	static const struct option options[] = {
-		{ "out-gguf", required_argument, NULL, OPT_GGUF },
-		{ "out-llama2c", required_argument, NULL, OPT_LLAMA2C },
-		{ "out-tokenizer", required_argument, NULL, OPT_TOKENIZER },
-		{ "dim", required_argument, NULL, OPT_DIM },
-		{ "hidden", required_argument, NULL, OPT_HIDDEN },
-		{ "layers", required_argument, NULL, OPT_LAYERS },
-		{ "heads", required_argument, NULL, OPT_HEADS },
-		{ "kv-heads", required_argument, NULL, OPT_KV_HEADS },
-		{ "vocab", required_argument, NULL, OPT_VOCAB },
-		{ "seq-len", required_argument, NULL, OPT_SEQ },
-		{ "seed", required_argument, NULL, OPT_SEED },
-		{ "dtype", required_argument, NULL, OPT_DTYPE },
-		{ "tied", no_argument, NULL, OPT_TIED },
-		{ "rope-theta", required_argument, NULL, OPT_THETA },
-		{ "arch", required_argument, NULL, OPT_ARCH },
-		{ "tokenizer", required_argument, NULL, OPT_TOKENIZER_KIND },
-		{ "rope-scale", required_argument, NULL, OPT_ROPE_SCALE },
-		{ "rope-orig-ctx", required_argument, NULL, OPT_ROPE_ORIG },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
+	    {"out-gguf", required_argument, NULL, OPT_GGUF},
+	    {"out-llama2c", required_argument, NULL, OPT_LLAMA2C},
+	    {"out-tokenizer", required_argument, NULL, OPT_TOKENIZER},
+	    {"dim", required_argument, NULL, OPT_DIM},
+	    {"hidden", required_argument, NULL, OPT_HIDDEN},
+	    {"layers", required_argument, NULL, OPT_LAYERS},
+	    {"heads", required_argument, NULL, OPT_HEADS},
+	    {"kv-heads", required_argument, NULL, OPT_KV_HEADS},
+	    {"vocab", required_argument, NULL, OPT_VOCAB},
+	    {"seq-len", required_argument, NULL, OPT_SEQ},
+	    {"seed", required_argument, NULL, OPT_SEED},
+	    {"dtype", required_argument, NULL, OPT_DTYPE},
+	    {"tied", no_argument, NULL, OPT_TIED},
+	    {"rope-theta", required_argument, NULL, OPT_THETA},
+	    {"arch", required_argument, NULL, OPT_ARCH},
+	    {"tokenizer", required_argument, NULL, OPT_TOKENIZER_KIND},
+	    {"rope-scale", required_argument, NULL, OPT_ROPE_SCALE},
+	    {"rope-orig-ctx", required_argument, NULL, OPT_ROPE_ORIG},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	const char *out_gguf = NULL, *out_llama2c = NULL, *out_tokenizer = NULL;
 	struct rs_model_config cfg = {
-		.dim = 64, .hidden_dim = 172, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2,
-		.vocab_size = 512, .max_seq_len = 256, .rope_theta = 10000.0f, .norm_eps = 1e-5f,
+	    .dim = 64,
+	    .hidden_dim = 172,
+	    .n_layers = 2,
+	    .n_heads = 4,
+	    .n_kv_heads = 2,
+	    .vocab_size = 512,
+	    .max_seq_len = 256,
+	    .rope_theta = 10000.0f,
+	    .norm_eps = 1e-5f,
 	};
 	uint64_t seed = 1;
 	enum rs_dtype dtype = RS_DTYPE_F32;
 	bool tied = false, theta_given = false;
 	const char *arch_name = "llama", *tokenizer_kind = NULL;
-	struct rs_model_random_extras extras = { .arch = RS_ARCH_LLAMA };
+	struct rs_model_random_extras extras = {.arch = RS_ARCH_LLAMA};
 	uint32_t rope_orig_ctx = 8192;
 	enum rs_quant_scheme scheme = RS_QUANT_Q8_0;
 	bool quantized = false;
@@ -102,23 +133,58 @@ int main(int argc, char **argv)
 
 	while ((c = getopt_long(argc, argv, "h", options, NULL)) != -1) {
 		switch (c) {
-		case OPT_GGUF: out_gguf = optarg; break;
-		case OPT_LLAMA2C: out_llama2c = optarg; break;
-		case OPT_TOKENIZER: out_tokenizer = optarg; break;
-		case OPT_DIM: cfg.dim = (uint32_t)parse_number("--dim", optarg, 1u << 16); break;
-		case OPT_HIDDEN: cfg.hidden_dim = (uint32_t)parse_number("--hidden", optarg, 1u << 20); break;
-		case OPT_LAYERS: cfg.n_layers = (uint32_t)parse_number("--layers", optarg, 4096); break;
-		case OPT_HEADS: cfg.n_heads = (uint32_t)parse_number("--heads", optarg, 1u << 16); break;
-		case OPT_KV_HEADS: cfg.n_kv_heads = (uint32_t)parse_number("--kv-heads", optarg, 1u << 16); break;
-		case OPT_VOCAB: cfg.vocab_size = (uint32_t)parse_number("--vocab", optarg, 1u << 22); break;
-		case OPT_SEQ: cfg.max_seq_len = (uint32_t)parse_number("--seq-len", optarg, 1u << 24); break;
-		case OPT_SEED: seed = parse_number("--seed", optarg, ~0ul); break;
-		case OPT_TIED: tied = true; break;
-		case OPT_THETA: cfg.rope_theta = strtof(optarg, NULL); theta_given = true; break;
-		case OPT_ARCH: arch_name = optarg; break;
-		case OPT_TOKENIZER_KIND: tokenizer_kind = optarg; break;
-		case OPT_ROPE_SCALE: cfg.rope_scale = strtof(optarg, NULL); break;
-		case OPT_ROPE_ORIG: rope_orig_ctx = (uint32_t)parse_number("--rope-orig-ctx", optarg, 1u << 24); break;
+		case OPT_GGUF:
+			out_gguf = optarg;
+			break;
+		case OPT_LLAMA2C:
+			out_llama2c = optarg;
+			break;
+		case OPT_TOKENIZER:
+			out_tokenizer = optarg;
+			break;
+		case OPT_DIM:
+			cfg.dim = (uint32_t)parse_number("--dim", optarg, 1u << 16);
+			break;
+		case OPT_HIDDEN:
+			cfg.hidden_dim = (uint32_t)parse_number("--hidden", optarg, 1u << 20);
+			break;
+		case OPT_LAYERS:
+			cfg.n_layers = (uint32_t)parse_number("--layers", optarg, 4096);
+			break;
+		case OPT_HEADS:
+			cfg.n_heads = (uint32_t)parse_number("--heads", optarg, 1u << 16);
+			break;
+		case OPT_KV_HEADS:
+			cfg.n_kv_heads = (uint32_t)parse_number("--kv-heads", optarg, 1u << 16);
+			break;
+		case OPT_VOCAB:
+			cfg.vocab_size = (uint32_t)parse_number("--vocab", optarg, 1u << 22);
+			break;
+		case OPT_SEQ:
+			cfg.max_seq_len = (uint32_t)parse_number("--seq-len", optarg, 1u << 24);
+			break;
+		case OPT_SEED:
+			seed = parse_number("--seed", optarg, ~0ul);
+			break;
+		case OPT_TIED:
+			tied = true;
+			break;
+		case OPT_THETA:
+			cfg.rope_theta = strtof(optarg, NULL);
+			theta_given = true;
+			break;
+		case OPT_ARCH:
+			arch_name = optarg;
+			break;
+		case OPT_TOKENIZER_KIND:
+			tokenizer_kind = optarg;
+			break;
+		case OPT_ROPE_SCALE:
+			cfg.rope_scale = strtof(optarg, NULL);
+			break;
+		case OPT_ROPE_ORIG:
+			rope_orig_ctx = (uint32_t)parse_number("--rope-orig-ctx", optarg, 1u << 24);
+			break;
 		case OPT_DTYPE:
 			if (!strcmp(optarg, "f32"))
 				dtype = RS_DTYPE_F32;
@@ -129,15 +195,19 @@ int main(int argc, char **argv)
 			else if (!rs_quant_scheme_parse(optarg, &scheme)) {
 				quantized = true;
 				dtype_name = optarg;
-			}
-			else {
-				fprintf(stderr, "ringserve-mkmodel: --dtype must be f32, f16, bf16, q8_0, "
-						"q4_0, q4_k, q5_k, q6_k or q4_k_m\n");
+			} else {
+				fprintf(stderr,
+					"ringserve-mkmodel: --dtype must be f32, f16, bf16, q8_0, "
+					"q4_0, q4_k, q5_k, q6_k or q4_k_m\n");
 				return 2;
 			}
 			break;
-		case 'h': usage(stdout); return 0;
-		default: usage(stderr); return 2;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
 		}
 	}
 	if (optind != argc || (!out_gguf && !out_llama2c && !out_tokenizer)) {
@@ -153,9 +223,11 @@ int main(int argc, char **argv)
 	cfg.rope_dim = cfg.head_dim;
 	uint32_t bpe_pre = RS_PRETOK_LLAMA3;
 	if (!strcmp(arch_name, "llama3")) {
-		extras = (struct rs_model_random_extras){ .arch = RS_ARCH_LLAMA, .rope_factor = 8.0f,
-			.low_freq_factor = 1.0f, .high_freq_factor = 4.0f,
-			.original_context = rope_orig_ctx };
+		extras = (struct rs_model_random_extras){.arch = RS_ARCH_LLAMA,
+							 .rope_factor = 8.0f,
+							 .low_freq_factor = 1.0f,
+							 .high_freq_factor = 4.0f,
+							 .original_context = rope_orig_ctx};
 		cfg.rope_theta = theta_given ? cfg.rope_theta : 500000.0f;
 	} else if (!strcmp(arch_name, "qwen2")) {
 		extras.arch = RS_ARCH_QWEN2;
@@ -174,8 +246,9 @@ int main(int argc, char **argv)
 	}
 	bool bpe = !strcmp(tokenizer_kind, "bpe");
 	if (bpe && (out_llama2c || out_tokenizer)) {
-		fprintf(stderr, "ringserve-mkmodel: llama2.c files carry SentencePiece vocabularies "
-				"only (--tokenizer spm)\n");
+		fprintf(stderr,
+			"ringserve-mkmodel: llama2.c files carry SentencePiece vocabularies "
+			"only (--tokenizer spm)\n");
 		return 2;
 	}
 	if (strcmp(arch_name, "llama") && out_llama2c) {
@@ -198,7 +271,8 @@ int main(int argc, char **argv)
 	if (out_gguf || out_llama2c) {
 		int ret = rs_model_random_arch(&cfg, dtype, seed, tied, &extras, &model);
 		if (ret) {
-			fprintf(stderr, "ringserve-mkmodel: cannot build the model: %s\n", strerror(-ret));
+			fprintf(stderr, "ringserve-mkmodel: cannot build the model: %s\n",
+				strerror(-ret));
 			return 1;
 		}
 	}
@@ -225,18 +299,20 @@ int main(int argc, char **argv)
 	if (!status && out_tokenizer) {
 		int ret = rs_tokenizer_write_llama2c(tok, out_tokenizer);
 		if (ret) {
-			fprintf(stderr, "ringserve-mkmodel: %s: %s\n", out_tokenizer, strerror(-ret));
+			fprintf(stderr, "ringserve-mkmodel: %s: %s\n", out_tokenizer,
+				strerror(-ret));
 			status = 1;
 		}
 	}
 	if (!status)
-		fprintf(stderr,
-			"ringserve-mkmodel: %s (%s vocabulary), dim %u, hidden %u, %u layers, %u/%u "
-			"heads, vocab %u, seq %u, %s, %s output, seed %llu\n",
-			arch_name, tokenizer_kind, cfg.dim, cfg.hidden_dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads,
-			cfg.vocab_size, cfg.max_seq_len,
-			quantized ? dtype_name : rs_dtype_name(dtype),
-			tied ? "tied" : "separate", (unsigned long long)seed);
+		fprintf(
+		    stderr,
+		    "ringserve-mkmodel: %s (%s vocabulary), dim %u, hidden %u, %u layers, %u/%u "
+		    "heads, vocab %u, seq %u, %s, %s output, seed %llu\n",
+		    arch_name, tokenizer_kind, cfg.dim, cfg.hidden_dim, cfg.n_layers, cfg.n_heads,
+		    cfg.n_kv_heads, cfg.vocab_size, cfg.max_seq_len,
+		    quantized ? dtype_name : rs_dtype_name(dtype), tied ? "tied" : "separate",
+		    (unsigned long long)seed);
 	if (gguf_model != model)
 		rs_model_free(gguf_model);
 	rs_model_free(model);

@@ -16,100 +16,136 @@
  * `ringserve-sim calibrate` of 2026-12-04, taken while other builds ran (mean error of
  * the fit 33%: calibrate on a quiet machine for figures that matter). */
 static const struct sim_cost_model DEFAULT_COST = {
-	.base_s = 0.8834e-3, .per_token_s = 77.703e-6, .per_row_s = 48.107e-6,
-	.per_pair_s = 1008.36e-9,
-	.source = "built in: the 2-core CPU engine, rough (docs/simulator.md)",
+    .base_s = 0.8834e-3,
+    .per_token_s = 77.703e-6,
+    .per_row_s = 48.107e-6,
+    .per_pair_s = 1008.36e-9,
+    .source = "built in: the 2-core CPU engine, rough (docs/simulator.md)",
 };
 
 static void usage(void)
 {
-	fprintf(stderr,
-		"usage: ringserve-sim run|compare|trace|calibrate [options]\n"
-		"workload (generated):\n"
-		"  --requests N          requests (10000)\n"
-		"  --rate R              Poisson arrivals per second; 0: all at once (0)\n"
-		"  --tenants N           tenants (4); --skew X: tenant t0 sends X times as much (1)\n"
-		"  --prefixes N          shared prefixes per tenant (1; 0: none)\n"
-		"  --prefix-len D        length of each prefix (fixed:256)\n"
-		"  --suffix-len D        private part of each prompt (uniform:8:64)\n"
-		"  --output-len D        generated tokens (uniform:16:128)\n"
-		"                        D: fixed:N, uniform:A:B, exp:MEAN[:MAX], empirical:FILE\n"
-		"  --hint                clients hint their exact output length\n"
-		"  --seed N              (1)\n"
-		"  --trace FILE          a trace file instead (JSON lines; docs/simulator.md)\n"
-		"core:\n"
-		"  --policy P            fcfs, lpm, vtc, dlpm (dlpm); --quantum Q, --w-prompt W,\n"
-		"                        --w-output W as ringserved's\n"
-		"  --no-prefix-cache\n"
-		"  --lanes N (1)  --max-batch N (32)  --max-batch-tokens N (512)\n"
-		"  --kv-blocks N (2048)  --block-size N (16)  --max-in-flight N (1048576)\n"
-		"  --planner P           continuous or multibin (continuous)\n"
-		"  --bins K              multibin: bins (4); --bin-batch B: batch (max batch)\n"
-		"  --bin-mode M          multibin: static or continuous (static)\n"
-		"  --bin-deadline-ms T   multibin: a bin waits at most T ms to fill (1000)\n"
-		"  --bin-boundaries L,.. multibin: fixed upper lengths of bins 0..K-2 (default:\n"
-		"                        quantiles of the observed lengths)\n"
-"  --workers N (1)       engine instances, each with --kv-blocks and --lanes\n"
-		"  --dispatch P          d2lpm, round-robin, least-loaded, cache-aware (d2lpm)\n"
-		"  --load-threshold N    d2lpm: requests (max batch / 2); --cache-threshold X:\n"
-		"                        cache-aware (0.5); --dispatch-quantum Q: d2lpm (65536)\n"
-		"  --dispatch-lookahead N d2lpm: waiting requests per tenant a free seat matches (4)\n"
-		"                        compare with --workers > 1: once per dispatch policy\n"
-		"  --cost FILE           the step cost model (default: built in, this machine's CPU)\n"
-		"  --json FILE           results as JSON too\n"
-		"calibrate: --backend cpu|cuda (cpu), --threads N (0: one per CPU), --out FILE\n");
+	fprintf(
+	    stderr,
+	    "usage: ringserve-sim run|compare|trace|calibrate [options]\n"
+	    "workload (generated):\n"
+	    "  --requests N          requests (10000)\n"
+	    "  --rate R              Poisson arrivals per second; 0: all at once (0)\n"
+	    "  --tenants N           tenants (4); --skew X: tenant t0 sends X times as much (1)\n"
+	    "  --prefixes N          shared prefixes per tenant (1; 0: none)\n"
+	    "  --prefix-len D        length of each prefix (fixed:256)\n"
+	    "  --suffix-len D        private part of each prompt (uniform:8:64)\n"
+	    "  --output-len D        generated tokens (uniform:16:128)\n"
+	    "                        D: fixed:N, uniform:A:B, exp:MEAN[:MAX], empirical:FILE\n"
+	    "  --hint                clients hint their exact output length\n"
+	    "  --seed N              (1)\n"
+	    "  --trace FILE          a trace file instead (JSON lines; docs/simulator.md)\n"
+	    "core:\n"
+	    "  --policy P            fcfs, lpm, vtc, dlpm (dlpm); --quantum Q, --w-prompt W,\n"
+	    "                        --w-output W as ringserved's\n"
+	    "  --no-prefix-cache\n"
+	    "  --lanes N (1)  --max-batch N (32)  --max-batch-tokens N (512)\n"
+	    "  --kv-blocks N (2048)  --block-size N (16)  --max-in-flight N (1048576)\n"
+	    "  --planner P           continuous or multibin (continuous)\n"
+	    "  --bins K              multibin: bins (4); --bin-batch B: batch (max batch)\n"
+	    "  --bin-mode M          multibin: static or continuous (static)\n"
+	    "  --bin-deadline-ms T   multibin: a bin waits at most T ms to fill (1000)\n"
+	    "  --bin-boundaries L,.. multibin: fixed upper lengths of bins 0..K-2 (default:\n"
+	    "                        quantiles of the observed lengths)\n"
+	    "  --workers N (1)       engine instances, each with --kv-blocks and --lanes\n"
+	    "  --dispatch P          d2lpm, round-robin, least-loaded, cache-aware (d2lpm)\n"
+	    "  --load-threshold N    d2lpm: requests (max batch / 2); --cache-threshold X:\n"
+	    "                        cache-aware (0.5); --dispatch-quantum Q: d2lpm (65536)\n"
+	    "  --dispatch-lookahead N d2lpm: waiting requests per tenant a free seat matches (4)\n"
+	    "                        compare with --workers > 1: once per dispatch policy\n"
+	    "  --cost FILE           the step cost model (default: built in, this machine's CPU)\n"
+	    "  --json FILE           results as JSON too\n"
+	    "calibrate: --backend cpu|cuda (cpu), --threads N (0: one per CPU), --out FILE\n");
 }
 
 enum {
-	OPT_REQUESTS = 256, OPT_RATE, OPT_TENANTS, OPT_SKEW, OPT_PREFIXES, OPT_PREFIX_LEN,
-	OPT_SUFFIX_LEN, OPT_OUTPUT_LEN, OPT_HINT, OPT_SEED, OPT_TRACE, OPT_POLICY, OPT_QUANTUM,
-	OPT_W_PROMPT, OPT_W_OUTPUT, OPT_NO_CACHE, OPT_LANES, OPT_MAX_BATCH, OPT_MAX_TOKENS,
-	OPT_KV_BLOCKS, OPT_BLOCK_SIZE, OPT_MAX_IN_FLIGHT, OPT_COST, OPT_JSON, OPT_THREADS, OPT_OUT, OPT_BACKEND,
-	OPT_PLANNER, OPT_BINS, OPT_BIN_BATCH, OPT_BIN_MODE, OPT_BIN_DEADLINE, OPT_BIN_BOUNDARIES,
-	OPT_WORKERS, OPT_DISPATCH, OPT_LOAD_THRESHOLD, OPT_CACHE_THRESHOLD, OPT_DISPATCH_QUANTUM, OPT_DISPATCH_LOOKAHEAD,
+	OPT_REQUESTS = 256,
+	OPT_RATE,
+	OPT_TENANTS,
+	OPT_SKEW,
+	OPT_PREFIXES,
+	OPT_PREFIX_LEN,
+	OPT_SUFFIX_LEN,
+	OPT_OUTPUT_LEN,
+	OPT_HINT,
+	OPT_SEED,
+	OPT_TRACE,
+	OPT_POLICY,
+	OPT_QUANTUM,
+	OPT_W_PROMPT,
+	OPT_W_OUTPUT,
+	OPT_NO_CACHE,
+	OPT_LANES,
+	OPT_MAX_BATCH,
+	OPT_MAX_TOKENS,
+	OPT_KV_BLOCKS,
+	OPT_BLOCK_SIZE,
+	OPT_MAX_IN_FLIGHT,
+	OPT_COST,
+	OPT_JSON,
+	OPT_THREADS,
+	OPT_OUT,
+	OPT_BACKEND,
+	OPT_PLANNER,
+	OPT_BINS,
+	OPT_BIN_BATCH,
+	OPT_BIN_MODE,
+	OPT_BIN_DEADLINE,
+	OPT_BIN_BOUNDARIES,
+	OPT_WORKERS,
+	OPT_DISPATCH,
+	OPT_LOAD_THRESHOLD,
+	OPT_CACHE_THRESHOLD,
+	OPT_DISPATCH_QUANTUM,
+	OPT_DISPATCH_LOOKAHEAD,
 };
 
 static const struct option options[] = {
-	{"requests", required_argument, 0, OPT_REQUESTS},
-	{"rate", required_argument, 0, OPT_RATE},
-	{"tenants", required_argument, 0, OPT_TENANTS},
-	{"skew", required_argument, 0, OPT_SKEW},
-	{"prefixes", required_argument, 0, OPT_PREFIXES},
-	{"prefix-len", required_argument, 0, OPT_PREFIX_LEN},
-	{"suffix-len", required_argument, 0, OPT_SUFFIX_LEN},
-	{"output-len", required_argument, 0, OPT_OUTPUT_LEN},
-	{"hint", no_argument, 0, OPT_HINT},
-	{"seed", required_argument, 0, OPT_SEED},
-	{"trace", required_argument, 0, OPT_TRACE},
-	{"policy", required_argument, 0, OPT_POLICY},
-	{"quantum", required_argument, 0, OPT_QUANTUM},
-	{"w-prompt", required_argument, 0, OPT_W_PROMPT},
-	{"w-output", required_argument, 0, OPT_W_OUTPUT},
-	{"no-prefix-cache", no_argument, 0, OPT_NO_CACHE},
-	{"lanes", required_argument, 0, OPT_LANES},
-	{"max-batch", required_argument, 0, OPT_MAX_BATCH},
-	{"max-batch-tokens", required_argument, 0, OPT_MAX_TOKENS},
-	{"kv-blocks", required_argument, 0, OPT_KV_BLOCKS},
-	{"block-size", required_argument, 0, OPT_BLOCK_SIZE},
-	{"max-in-flight", required_argument, 0, OPT_MAX_IN_FLIGHT},
-	{"cost", required_argument, 0, OPT_COST},
-	{"json", required_argument, 0, OPT_JSON},
-	{"threads", required_argument, 0, OPT_THREADS},
-	{"backend", required_argument, 0, OPT_BACKEND},
-	{"out", required_argument, 0, OPT_OUT},
-	{"planner", required_argument, 0, OPT_PLANNER},
-	{"bins", required_argument, 0, OPT_BINS},
-	{"bin-batch", required_argument, 0, OPT_BIN_BATCH},
-	{"bin-mode", required_argument, 0, OPT_BIN_MODE},
-	{"bin-deadline-ms", required_argument, 0, OPT_BIN_DEADLINE},
-	{"bin-boundaries", required_argument, 0, OPT_BIN_BOUNDARIES},
-	{"workers", required_argument, 0, OPT_WORKERS},
-	{"dispatch", required_argument, 0, OPT_DISPATCH},
-	{"load-threshold", required_argument, 0, OPT_LOAD_THRESHOLD},
-	{"cache-threshold", required_argument, 0, OPT_CACHE_THRESHOLD},
-	{"dispatch-quantum", required_argument, 0, OPT_DISPATCH_QUANTUM},
-	{"dispatch-lookahead", required_argument, 0, OPT_DISPATCH_LOOKAHEAD},
-	{0, 0, 0, 0},
+    {"requests", required_argument, 0, OPT_REQUESTS},
+    {"rate", required_argument, 0, OPT_RATE},
+    {"tenants", required_argument, 0, OPT_TENANTS},
+    {"skew", required_argument, 0, OPT_SKEW},
+    {"prefixes", required_argument, 0, OPT_PREFIXES},
+    {"prefix-len", required_argument, 0, OPT_PREFIX_LEN},
+    {"suffix-len", required_argument, 0, OPT_SUFFIX_LEN},
+    {"output-len", required_argument, 0, OPT_OUTPUT_LEN},
+    {"hint", no_argument, 0, OPT_HINT},
+    {"seed", required_argument, 0, OPT_SEED},
+    {"trace", required_argument, 0, OPT_TRACE},
+    {"policy", required_argument, 0, OPT_POLICY},
+    {"quantum", required_argument, 0, OPT_QUANTUM},
+    {"w-prompt", required_argument, 0, OPT_W_PROMPT},
+    {"w-output", required_argument, 0, OPT_W_OUTPUT},
+    {"no-prefix-cache", no_argument, 0, OPT_NO_CACHE},
+    {"lanes", required_argument, 0, OPT_LANES},
+    {"max-batch", required_argument, 0, OPT_MAX_BATCH},
+    {"max-batch-tokens", required_argument, 0, OPT_MAX_TOKENS},
+    {"kv-blocks", required_argument, 0, OPT_KV_BLOCKS},
+    {"block-size", required_argument, 0, OPT_BLOCK_SIZE},
+    {"max-in-flight", required_argument, 0, OPT_MAX_IN_FLIGHT},
+    {"cost", required_argument, 0, OPT_COST},
+    {"json", required_argument, 0, OPT_JSON},
+    {"threads", required_argument, 0, OPT_THREADS},
+    {"backend", required_argument, 0, OPT_BACKEND},
+    {"out", required_argument, 0, OPT_OUT},
+    {"planner", required_argument, 0, OPT_PLANNER},
+    {"bins", required_argument, 0, OPT_BINS},
+    {"bin-batch", required_argument, 0, OPT_BIN_BATCH},
+    {"bin-mode", required_argument, 0, OPT_BIN_MODE},
+    {"bin-deadline-ms", required_argument, 0, OPT_BIN_DEADLINE},
+    {"bin-boundaries", required_argument, 0, OPT_BIN_BOUNDARIES},
+    {"workers", required_argument, 0, OPT_WORKERS},
+    {"dispatch", required_argument, 0, OPT_DISPATCH},
+    {"load-threshold", required_argument, 0, OPT_LOAD_THRESHOLD},
+    {"cache-threshold", required_argument, 0, OPT_CACHE_THRESHOLD},
+    {"dispatch-quantum", required_argument, 0, OPT_DISPATCH_QUANTUM},
+    {"dispatch-lookahead", required_argument, 0, OPT_DISPATCH_LOOKAHEAD},
+    {0, 0, 0, 0},
 };
 
 /* A whole number in [lo, hi], or an error naming the option. */
@@ -174,20 +210,22 @@ static void print_tenants(const struct sim_result *r)
 
 static void json_result(FILE *f, const char *policy, const struct sim_result *r)
 {
-	fprintf(f, "{\"policy\": \"%s\", \"requests\": %llu, \"seconds\": %.6f, "
-		   "\"requests_per_s\": %.3f, \"tokens_per_s\": %.1f, \"cache_hit\": %.4f, "
-		   "\"latency_mean_s\": %.4f, \"ttft_mean_s\": %.4f, \"max_service_diff\": %.1f, "
-		   "\"preemptions\": %llu, \"steps\": %llu, \"wall_s\": %.3f, \"tenants\": [",
+	fprintf(f,
+		"{\"policy\": \"%s\", \"requests\": %llu, \"seconds\": %.6f, "
+		"\"requests_per_s\": %.3f, \"tokens_per_s\": %.1f, \"cache_hit\": %.4f, "
+		"\"latency_mean_s\": %.4f, \"ttft_mean_s\": %.4f, \"max_service_diff\": %.1f, "
+		"\"preemptions\": %llu, \"steps\": %llu, \"wall_s\": %.3f, \"tenants\": [",
 		policy, (unsigned long long)r->requests, r->seconds, r->requests_per_s,
 		r->tokens_per_s, r->prompt_tokens ? (double)r->cached_tokens / r->prompt_tokens : 0,
 		r->latency_mean_s, r->ttft_mean_s, r->max_service_diff,
 		(unsigned long long)r->preemptions, (unsigned long long)r->steps, r->wall_s);
 	for (uint32_t t = 0; t < r->n_tenants; t++) {
 		const struct sim_tenant_result *tr = &r->tenants[t];
-		fprintf(f, "%s{\"name\": \"%s\", \"requests\": %llu, \"latency_p50_s\": %.4f, "
-			   "\"latency_p99_s\": %.4f, \"ttft_p50_s\": %.4f, \"ttft_p99_s\": %.4f}",
-			t ? ", " : "", tr->name, (unsigned long long)tr->requests, tr->latency_p50_s,
-			tr->latency_p99_s, tr->ttft_p50_s, tr->ttft_p99_s);
+		fprintf(f,
+			"%s{\"name\": \"%s\", \"requests\": %llu, \"latency_p50_s\": %.4f, "
+			"\"latency_p99_s\": %.4f, \"ttft_p50_s\": %.4f, \"ttft_p99_s\": %.4f}",
+			t ? ", " : "", tr->name, (unsigned long long)tr->requests,
+			tr->latency_p50_s, tr->latency_p99_s, tr->ttft_p50_s, tr->ttft_p99_s);
 	}
 	fprintf(f, "]}");
 }
@@ -200,16 +238,22 @@ int main(int argc, char **argv)
 	}
 	const char *command = argv[1];
 	struct sim_generator_config gen = {
-		.requests = 10000, .tenants = 4, .skew = 1.0, .prefixes = 1, .seed = 1};
+	    .requests = 10000, .tenants = 4, .skew = 1.0, .prefixes = 1, .seed = 1};
 	const char *prefix_spec = "fixed:256", *suffix_spec = "uniform:8:64",
 		   *output_spec = "uniform:16:128";
-	struct sim_config config = {
-		.lanes = 1, .max_batch = 32, .max_batch_tokens = 512, .kv_blocks = 2048,
-		.block_size = 16, .prefix_cache = true, .max_in_flight = 1 << 20,
-		.admission = {.policy = RS_ADMISSION_DLPM, .w_prompt = 1.0, .w_output = 2.0,
-			      .quantum = 2048.0},
-		.multibin = {.bins = 4},
-		.cost = DEFAULT_COST};
+	struct sim_config config = {.lanes = 1,
+				    .max_batch = 32,
+				    .max_batch_tokens = 512,
+				    .kv_blocks = 2048,
+				    .block_size = 16,
+				    .prefix_cache = true,
+				    .max_in_flight = 1 << 20,
+				    .admission = {.policy = RS_ADMISSION_DLPM,
+						  .w_prompt = 1.0,
+						  .w_output = 2.0,
+						  .quantum = 2048.0},
+				    .multibin = {.bins = 4},
+				    .cost = DEFAULT_COST};
 	const char *trace = NULL, *json_path = NULL, *cost_path = NULL, *out_path = NULL;
 	const char *backend = "cpu";
 	int threads = 0;
@@ -223,35 +267,64 @@ int main(int argc, char **argv)
 		case OPT_REQUESTS:
 			bad = number(name, optarg, 1, 1e9, &v), gen.requests = (uint64_t)v;
 			break;
-		case OPT_RATE: bad = number(name, optarg, 0, 1e9, &gen.rate); break;
-		case OPT_TENANTS:
-			bad = number(name, optarg, 1, SIM_MAX_TENANTS, &v), gen.tenants = (uint32_t)v;
+		case OPT_RATE:
+			bad = number(name, optarg, 0, 1e9, &gen.rate);
 			break;
-		case OPT_SKEW: bad = number(name, optarg, 0.001, 1e6, &gen.skew); break;
+		case OPT_TENANTS:
+			bad = number(name, optarg, 1, SIM_MAX_TENANTS, &v),
+			gen.tenants = (uint32_t)v;
+			break;
+		case OPT_SKEW:
+			bad = number(name, optarg, 0.001, 1e6, &gen.skew);
+			break;
 		case OPT_PREFIXES:
 			bad = number(name, optarg, 0, 1e6, &v), gen.prefixes = (uint32_t)v;
 			break;
-		case OPT_PREFIX_LEN: prefix_spec = optarg; break;
-		case OPT_SUFFIX_LEN: suffix_spec = optarg; break;
-		case OPT_OUTPUT_LEN: output_spec = optarg; break;
-		case OPT_HINT: gen.hint = true; break;
-		case OPT_SEED: bad = number(name, optarg, 0, 1e18, &v), gen.seed = (uint64_t)v; break;
-		case OPT_TRACE: trace = optarg; break;
+		case OPT_PREFIX_LEN:
+			prefix_spec = optarg;
+			break;
+		case OPT_SUFFIX_LEN:
+			suffix_spec = optarg;
+			break;
+		case OPT_OUTPUT_LEN:
+			output_spec = optarg;
+			break;
+		case OPT_HINT:
+			gen.hint = true;
+			break;
+		case OPT_SEED:
+			bad = number(name, optarg, 0, 1e18, &v), gen.seed = (uint64_t)v;
+			break;
+		case OPT_TRACE:
+			trace = optarg;
+			break;
 		case OPT_POLICY:
 			bad = rs_admission_policy_parse(optarg, &config.admission.policy);
 			if (bad)
-				fprintf(stderr, "ringserve-sim: --policy: fcfs, lpm, vtc or dlpm\n");
+				fprintf(stderr,
+					"ringserve-sim: --policy: fcfs, lpm, vtc or dlpm\n");
 			break;
-		case OPT_QUANTUM: bad = number(name, optarg, 1, 1e12, &config.admission.quantum); break;
-		case OPT_W_PROMPT: bad = number(name, optarg, 0, 1e6, &config.admission.w_prompt); break;
-		case OPT_W_OUTPUT: bad = number(name, optarg, 0, 1e6, &config.admission.w_output); break;
-		case OPT_NO_CACHE: config.prefix_cache = false; break;
-		case OPT_LANES: bad = number(name, optarg, 1, 64, &v), config.lanes = (uint32_t)v; break;
+		case OPT_QUANTUM:
+			bad = number(name, optarg, 1, 1e12, &config.admission.quantum);
+			break;
+		case OPT_W_PROMPT:
+			bad = number(name, optarg, 0, 1e6, &config.admission.w_prompt);
+			break;
+		case OPT_W_OUTPUT:
+			bad = number(name, optarg, 0, 1e6, &config.admission.w_output);
+			break;
+		case OPT_NO_CACHE:
+			config.prefix_cache = false;
+			break;
+		case OPT_LANES:
+			bad = number(name, optarg, 1, 64, &v), config.lanes = (uint32_t)v;
+			break;
 		case OPT_MAX_BATCH:
 			bad = number(name, optarg, 1, 65536, &v), config.max_batch = (uint32_t)v;
 			break;
 		case OPT_MAX_TOKENS:
-			bad = number(name, optarg, 1, 1 << 20, &v), config.max_batch_tokens = (uint32_t)v;
+			bad = number(name, optarg, 1, 1 << 20, &v),
+			config.max_batch_tokens = (uint32_t)v;
 			break;
 		case OPT_KV_BLOCKS:
 			bad = number(name, optarg, 1, 1 << 26, &v), config.kv_blocks = (uint32_t)v;
@@ -260,10 +333,15 @@ int main(int argc, char **argv)
 			bad = number(name, optarg, 1, 4096, &v), config.block_size = (uint32_t)v;
 			break;
 		case OPT_MAX_IN_FLIGHT:
-			bad = number(name, optarg, 1, 1 << 26, &v), config.max_in_flight = (uint32_t)v;
+			bad = number(name, optarg, 1, 1 << 26, &v),
+			config.max_in_flight = (uint32_t)v;
 			break;
-		case OPT_COST: cost_path = optarg; break;
-		case OPT_JSON: json_path = optarg; break;
+		case OPT_COST:
+			cost_path = optarg;
+			break;
+		case OPT_JSON:
+			json_path = optarg;
+			break;
 		case OPT_WORKERS:
 			bad = number(name, optarg, 1, 256, &v), config.workers = (uint32_t)v;
 			break;
@@ -287,8 +365,12 @@ int main(int argc, char **argv)
 			bad = number(name, optarg, 1, 1 << 20, &v);
 			config.dispatch.lookahead = (uint32_t)v;
 			break;
-		case OPT_THREADS: bad = number(name, optarg, 0, 1024, &v), threads = (int)v; break;
-		case OPT_OUT: out_path = optarg; break;
+		case OPT_THREADS:
+			bad = number(name, optarg, 0, 1024, &v), threads = (int)v;
+			break;
+		case OPT_OUT:
+			out_path = optarg;
+			break;
 		case OPT_BACKEND:
 			backend = optarg;
 			bad = strcmp(backend, "cpu") && strcmp(backend, "cuda");
@@ -297,19 +379,24 @@ int main(int argc, char **argv)
 			if (strcmp(optarg, "multibin") == 0)
 				config.planner = &rs_planner_multibin;
 			else if (strcmp(optarg, "continuous") != 0)
-				bad = 1, fprintf(stderr, "ringserve-sim: --planner: continuous or multibin\n");
+				bad = 1,
+				fprintf(stderr,
+					"ringserve-sim: --planner: continuous or multibin\n");
 			break;
 		case OPT_BINS:
 			bad = number(name, optarg, 1, RS_MULTIBIN_MAX_BINS, &v);
 			config.multibin.bins = (uint32_t)v;
 			break;
 		case OPT_BIN_BATCH:
-			bad = number(name, optarg, 1, 65536, &v), config.multibin.batch = (uint32_t)v;
+			bad = number(name, optarg, 1, 65536, &v),
+			config.multibin.batch = (uint32_t)v;
 			break;
 		case OPT_BIN_MODE:
 			config.multibin.continuous = strcmp(optarg, "continuous") == 0;
 			if (!config.multibin.continuous && strcmp(optarg, "static") != 0)
-				bad = 1, fprintf(stderr, "ringserve-sim: --bin-mode: static or continuous\n");
+				bad = 1,
+				fprintf(stderr,
+					"ringserve-sim: --bin-mode: static or continuous\n");
 			break;
 		case OPT_BIN_DEADLINE:
 			bad = number(name, optarg, 0.001, 1e9, &v);
@@ -326,10 +413,13 @@ int main(int argc, char **argv)
 				p = *end ? end + 1 : end;
 			}
 			if (bad)
-				fprintf(stderr, "ringserve-sim: --bin-boundaries: lengths L1,L2,...\n");
+				fprintf(stderr,
+					"ringserve-sim: --bin-boundaries: lengths L1,L2,...\n");
 			break;
 		}
-		default: bad = 1; break;
+		default:
+			bad = 1;
+			break;
 		}
 	}
 	if (bad || optind != argc) {
@@ -374,11 +464,11 @@ int main(int argc, char **argv)
 		status = sim_workload_write_trace(&w, stdout) ? 1 : 0;
 	} else if (strcmp(command, "run") == 0 || strcmp(command, "compare") == 0) {
 		bool compare = strcmp(command, "compare") == 0;
-		static const enum rs_admission_policy all[] = {
-			RS_ADMISSION_FCFS, RS_ADMISSION_LPM, RS_ADMISSION_VTC, RS_ADMISSION_DLPM};
+		static const enum rs_admission_policy all[] = {RS_ADMISSION_FCFS, RS_ADMISSION_LPM,
+							       RS_ADMISSION_VTC, RS_ADMISSION_DLPM};
 		static const enum rs_dispatch_policy all_dispatch[] = {
-			RS_DISPATCH_D2LPM, RS_DISPATCH_ROUND_ROBIN, RS_DISPATCH_LEAST_LOADED,
-			RS_DISPATCH_CACHE_AWARE};
+		    RS_DISPATCH_D2LPM, RS_DISPATCH_ROUND_ROBIN, RS_DISPATCH_LEAST_LOADED,
+		    RS_DISPATCH_CACHE_AWARE};
 		/* With several workers, compare sets dispatch policies side by side. */
 		bool by_dispatch = config.workers > 1;
 		FILE *json = json_path ? fopen(json_path, "w") : NULL;
@@ -386,13 +476,14 @@ int main(int argc, char **argv)
 			fprintf(stderr, "ringserve-sim: %s: %s\n", json_path, strerror(errno));
 			return 1;
 		}
-		printf("ringserve-sim: %s; cost model: %s; %u worker(s) (dispatch %s) of %u lane(s), "
-		       "batch %u, %u tokens a step, %u KV blocks of %u, prefix cache %s\n\n",
-		       trace ? trace : "generated workload", config.cost.source,
-		       config.workers ? config.workers : 1,
-		       rs_dispatch_policy_name(config.dispatch.policy), config.lanes,
-		       config.max_batch, config.max_batch_tokens, config.kv_blocks,
-		       config.block_size, config.prefix_cache ? "on" : "off");
+		printf(
+		    "ringserve-sim: %s; cost model: %s; %u worker(s) (dispatch %s) of %u lane(s), "
+		    "batch %u, %u tokens a step, %u KV blocks of %u, prefix cache %s\n\n",
+		    trace ? trace : "generated workload", config.cost.source,
+		    config.workers ? config.workers : 1,
+		    rs_dispatch_policy_name(config.dispatch.policy), config.lanes, config.max_batch,
+		    config.max_batch_tokens, config.kv_blocks, config.block_size,
+		    config.prefix_cache ? "on" : "off");
 		if (json)
 			fputc('[', json);
 		struct sim_result results[4];
@@ -415,8 +506,9 @@ int main(int argc, char **argv)
 				status = 1;
 				break;
 			}
-			const char *name = by_dispatch ? rs_dispatch_policy_name(c.dispatch.policy)
-						       : rs_admission_policy_name(c.admission.policy);
+			const char *name = by_dispatch
+					       ? rs_dispatch_policy_name(c.dispatch.policy)
+					       : rs_admission_policy_name(c.admission.policy);
 			print_result(name, &results[i], i == 0);
 			if (json) {
 				if (i)
@@ -427,9 +519,10 @@ int main(int argc, char **argv)
 		if (!status)
 			for (int i = 0; i < n; i++) {
 				if (compare)
-					printf("\n%s:", by_dispatch
-								 ? rs_dispatch_policy_name(all_dispatch[i])
-								 : rs_admission_policy_name(all[i]));
+					printf("\n%s:",
+					       by_dispatch
+						   ? rs_dispatch_policy_name(all_dispatch[i])
+						   : rs_admission_policy_name(all[i]));
 				print_bins(&results[i]);
 				print_tenants(&results[i]);
 			}
