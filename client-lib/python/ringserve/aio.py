@@ -17,15 +17,17 @@ from . import (Detokenizer, Generation, _Base, _check, _completion, _RequestBase
 
 class _Dispatcher:
     """One per AsyncClient: owns the descriptor's reader callback and the tasks waiting
-    for news. Every waiter is woken on any news and rechecks its own request (a
-    connection rarely has more than a few hundred requests in flight)."""
+    for news. A task waits for its own request: when the descriptor fires, only the
+    tasks whose request moved (more tokens, or completed) are woken, so hundreds of
+    queued requests cost a progress() call each per event, not a task switch."""
 
     def __init__(self, conn, loop):
         self._c = conn
         self._loop = loop
         self._fd = conn.event_fd()
-        self._waiters = []
+        self._waiters = []  # (future, moved): moved() says whether to wake it now
         self.streams = 0  # tasks reading tokens: arm for output too, not only completions
+        self.wakeups = 0  # futures resolved: how tests see that idle waiters slept
         self._error = None
         self.start()
 
@@ -40,45 +42,63 @@ class _Dispatcher:
 
     def _on_readable(self):
         try:
-            self._c.pump(self._events())
+            news = self._c.pump(self._events())
         except Exception as error:  # the daemon is gone: every waiter gets the error
             self._fail(error)
             return
         self._wake()
+        if news:
+            # pump() may return with news before arming the descriptor: go round again
+            # (after the others have run) until it is armed with nothing new.
+            self._loop.call_soon(self._on_readable)
 
     def _wake(self):
-        waiters, self._waiters = self._waiters, []
-        for future in waiters:
-            if not future.done():
+        still = []
+        for future, moved in self._waiters:
+            if future.done():
+                continue
+            try:
+                wake = moved()
+            except Exception:  # its request is gone (released elsewhere): let it look
+                wake = True
+            if wake:
+                self.wakeups += 1
                 future.set_result(None)
+            else:
+                still.append((future, moved))
+        self._waiters = still
 
     def _fail(self, error):
         self._error = error
         self._loop.remove_reader(self._fd)
         waiters, self._waiters = self._waiters, []
-        for future in waiters:
+        for future, _ in waiters:
             if not future.done():
                 future.set_exception(type(error)(*error.args))
 
     def stop(self):
         self._loop.remove_reader(self._fd)
 
-    async def news(self):
-        """Return after something happened on the connection (a completion, new tokens);
-        raise the connection's error if it failed."""
-        if self._error is not None:
-            raise type(self._error)(*self._error.args)
-        try:
-            news = self._c.pump(self._events())  # arms the descriptor when nothing is new
-        except Exception as error:
-            self._fail(error)
-            raise
-        if news:
-            self._wake()
-            await asyncio.sleep(0)  # let the others look before we look again
-            return
+    async def news(self, moved):
+        """Return once moved() is true (the caller's request has more tokens or has
+        completed); raise the connection's error if it failed."""
+        while True:
+            if self._error is not None:
+                raise type(self._error)(*self._error.args)
+            try:
+                news = self._c.pump(self._events())  # arms the descriptor when nothing is new
+            except Exception as error:
+                self._fail(error)
+                raise
+            if news:
+                self._wake()
+            if moved():
+                return
+            if not news:
+                break  # armed: sleep until the descriptor is readable
+            await asyncio.sleep(0)  # news for others only: let them look, then go round
         future = self._loop.create_future()
-        self._waiters.append(future)
+        self._waiters.append((future, moved))
         await future
 
 
@@ -92,7 +112,7 @@ class AsyncRequest(_RequestBase):
             completion = self.completion()
             if completion is not None:
                 return completion
-            await self._client._dispatcher().news()
+            await self._client._dispatcher().news(lambda: self._c.progress(self.handle)[1])
 
     async def _chunks(self):
         dispatcher = self._client._dispatcher()
@@ -109,9 +129,13 @@ class AsyncRequest(_RequestBase):
                     _check(_completion(raw), self._c.tokens(self.handle))
                     return
                 if not new:
-                    await dispatcher.news()
+                    await dispatcher.news(lambda: self._moved(have))
         finally:
             dispatcher.streams -= 1
+
+    def _moved(self, have):
+        count, done = self._c.progress(self.handle)
+        return done or count > have
 
     async def tokens(self):
         """Async-iterate over the output token ids as they are generated. Ends when the

@@ -644,6 +644,25 @@ static PyObject *Connection_tokens(ConnectionObject *self, PyObject *args)
 	return list;
 }
 
+/* progress(handle): (output tokens so far, completed) without copying anything and
+ * without polling: what pump() has taken in. The asyncio dispatcher asks it for each
+ * waiting task, so that only the tasks whose request moved are woken. */
+static PyObject *Connection_progress(ConnectionObject *self, PyObject *arg)
+{
+	int handle = PyLong_AsLong(arg);
+	if (handle == -1 && PyErr_Occurred())
+		return NULL;
+	if (!locked_entry(self, handle))
+		return NULL;
+	const uint32_t *tokens;
+	int count = rs_output(self->conn, handle, &tokens);
+	bool done = self->requests[handle].state == REQ_DONE;
+	conn_unlock(self);
+	if (count < 0)
+		return raise_errno(count, "output");
+	return Py_BuildValue("(iO)", count, done ? Py_True : Py_False);
+}
+
 /* wait_output(handle, have, timeout_ms=-1): wait until the request has more than `have`
  * tokens or has completed. Returns (count, done). */
 static PyObject *Connection_wait_output(ConnectionObject *self, PyObject *args)
@@ -1101,6 +1120,7 @@ static PyMethodDef Connection_methods[] = {
     {"abandon", (PyCFunction)Connection_abandon, METH_O, NULL},
     {"event_fd", (PyCFunction)Connection_event_fd, METH_NOARGS, NULL},
     {"pump", (PyCFunction)Connection_pump, METH_O, NULL},
+    {"progress", (PyCFunction)Connection_progress, METH_O, NULL},
     {"tokenize", (PyCFunction)(void (*)(void))Connection_tokenize, METH_VARARGS | METH_KEYWORDS,
      NULL},
     {NULL},

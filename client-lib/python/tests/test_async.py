@@ -166,3 +166,29 @@ def test_async_close_wakes_waiting_tasks(start_daemon):
             client.submit(PROMPT, 1)
 
     run(main())
+
+
+def test_async_idle_waiters_sleep_while_another_streams(start_daemon):
+    # One seat (--max-batch 1): a 40-token stream runs while 100 requests queue behind it.
+    # Each waiting task wants its own completion only, so it is woken at most once (when
+    # its request completes); the stream at most once per token. Waking every waiter on
+    # every event would cost about 100 x 40 wake-ups here.
+    daemon = start_daemon("--max-batch", "1", "--null-delay-us", "1000")
+    waiting, length = 100, 40
+
+    async def main():
+        async with await ringserve.AsyncClient.connect(daemon.socket) as client:
+            stream = client.stream(PROMPT, length)
+            queued = [client.submit([5 + i, 6], 1) for i in range(waiting)]
+            waits = [asyncio.ensure_future(request.wait()) for request in queued]
+            got = [token async for token in stream]
+            completions = await asyncio.gather(*waits)
+            assert got == null_tokens(PROMPT, length)
+            assert all(c.status == 0 and c.output_len == 1 for c in completions)
+            wakeups = client._dispatcher().wakeups
+            assert wakeups <= waiting + length + 1, f"{wakeups} wake-ups"
+            for request in queued:
+                await request.release()
+            await stream.release()
+
+    run(main())
