@@ -13,6 +13,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 struct rs_kv_cache;
 struct rs_serving_engine;
@@ -87,6 +88,7 @@ struct rs_model_engine_options {
 	uint32_t kv_blocks;	   /* 0: the engine's default */
 	int threads;		   /* CPU backend workers; 0: one per CPU */
 	const char *kv_dtype;	   /* "auto", "f32", "f16" (CPU backend) */
+	FILE *step_log;		   /* each finished step's shape and seconds; NULL: none */
 };
 
 /* The model engine: kernels/engine/engine.h behind the serving interface. Loads the model

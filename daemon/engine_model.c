@@ -16,10 +16,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "daemon/engine.h"
 #include "daemon/sched/sched.h"
+#include "daemon/sched/step_shape.h"
 #include "kernels/engine/engine.h"
 #include "kernels/model/tokenizer.h"
 
@@ -43,6 +45,11 @@ struct lane {
 	bool stop;
 	struct model_engine *owner;
 	uint32_t index;
+	/* --step-log: the running step's shape and its start and end (CLOCK_MONOTONIC ns;
+	 * the worker's own clock around rs_engine_step on the CPU, step_start to the poll
+	 * that sees it done elsewhere). */
+	struct rs_step_shape shape;
+	uint64_t started_ns, ended_ns;
 };
 
 struct model_engine {
@@ -51,7 +58,26 @@ struct model_engine {
 	struct rs_engine *engine;
 	void *vocab; /* serialized tokenizer for the shared segment */
 	struct lane *lanes;
+	FILE *step_log; /* NULL: not logging */
 };
+
+static uint64_t monotonic_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* One line per finished step: "rows tokens pairs seconds" (the header says so), what
+ * `ringserve-sim calibrate --step-log` fits its cost model to. A buffered write on the
+ * scheduler thread; a diagnostic, off by default. */
+static void log_step(struct model_engine *engine, const struct lane *lane, int status)
+{
+	if (status < 0)
+		return; /* a failed step's time says nothing about a step's cost */
+	fprintf(engine->step_log, "%u %u %.0f %.9f\n", lane->shape.rows, lane->shape.tokens,
+		lane->shape.pairs, (double)(lane->ended_ns - lane->started_ns) * 1e-9);
+}
 
 static void *lane_worker(void *arg)
 {
@@ -65,8 +91,12 @@ static void *lane_worker(void *arg)
 		if (lane->stop)
 			break;
 		pthread_mutex_unlock(&lane->lock);
+		if (lane->owner->step_log)
+			lane->started_ns = monotonic_ns();
 		lane->status =
 		    rs_engine_step(lane->owner->engine, lane->index, lane->steps, lane->n_steps);
+		if (lane->owner->step_log)
+			lane->ended_ns = monotonic_ns();
 		/* R-done: pairs with A-done in model_step_poll. */
 		atomic_store_explicit(&lane->state, WORKER_DONE, memory_order_release);
 		/* Wakes a sleeping scheduler core. An eventfd write fails only on counter
@@ -87,6 +117,10 @@ static int model_step_start(struct rs_serving_engine *base, uint32_t lane_index,
 	struct lane *lane = &engine->lanes[lane_index];
 	lane->steps = plan->steps;
 	lane->n_steps = plan->n;
+	if (engine->step_log) {
+		rs_step_shape_of(plan->steps, plan->n, &lane->shape);
+		lane->started_ns = monotonic_ns();
+	}
 	if (!lane->has_thread)
 		return rs_engine_step(engine->engine, lane_index, lane->steps, lane->n_steps);
 	pthread_mutex_lock(&lane->lock);
@@ -102,13 +136,21 @@ static int model_step_poll(struct rs_serving_engine *base, uint32_t lane_index)
 {
 	struct model_engine *engine = (struct model_engine *)base;
 	struct lane *lane = &engine->lanes[lane_index];
-	if (!lane->has_thread)
-		return rs_engine_step_poll(engine->engine, lane_index);
-	/* A-done: pairs with R-done in lane_worker. */
-	if (atomic_load_explicit(&lane->state, memory_order_acquire) != WORKER_DONE)
-		return 0;
-	atomic_store_explicit(&lane->state, WORKER_IDLE, memory_order_relaxed);
-	return lane->status < 0 ? lane->status : 1;
+	int status;
+	if (!lane->has_thread) {
+		status = rs_engine_step_poll(engine->engine, lane_index);
+		if (status && engine->step_log)
+			lane->ended_ns = monotonic_ns();
+	} else {
+		/* A-done: pairs with R-done in lane_worker (ended_ns too). */
+		if (atomic_load_explicit(&lane->state, memory_order_acquire) != WORKER_DONE)
+			return 0;
+		atomic_store_explicit(&lane->state, WORKER_IDLE, memory_order_relaxed);
+		status = lane->status < 0 ? lane->status : 1;
+	}
+	if (status && engine->step_log)
+		log_step(engine, lane, status);
+	return status;
 }
 
 static int model_step_fd(struct rs_serving_engine *base, uint32_t lane_index)
@@ -213,6 +255,7 @@ int rs_model_engine_create(const struct rs_model_engine_options *options,
 	struct model_engine *engine = calloc(1, sizeof(*engine));
 	if (!engine)
 		return -ENOMEM;
+	engine->step_log = options->step_log;
 	int ret = rs_model_load(options->model_path, options->tokenizer_path, &engine->model, err,
 				sizeof(err));
 	if (ret) {

@@ -45,6 +45,8 @@ static void usage(FILE *out)
 	    "                        null engine: 8192, which it only accounts for)\n"
 	    "  --kv-dtype TYPE       auto, f32 or f16: the CPU backend's KV cache (auto: f16 for\n"
 	    "                        f16/bf16 models, f32 for f32 models)\n"
+	    "  --step-log FILE       write each engine step's shape and seconds to FILE (for\n"
+	    "                        ringserve-sim calibrate --step-log)\n"
 	    "  --max-batch-tokens N  tokens per step, prefill chunks included (512)\n"
 	    "  --engine null         no model: deterministic tokens (the default without --model)\n"
 	    "  --null-vocab N        null engine vocabulary size (32000)\n"
@@ -177,6 +179,7 @@ int main(int argc, char **argv)
 	struct rs_model_engine_options model_options = {.backend = "auto"};
 	int ready_fd = -1;
 	uint32_t workers = 1;
+	const char *step_log_path = NULL;
 
 	enum {
 		OPT_SOCKET = 256,
@@ -227,6 +230,7 @@ int main(int argc, char **argv)
 		OPT_CACHE_THRESHOLD,
 		OPT_DISPATCH_QUANTUM,
 		OPT_DISPATCH_LOOKAHEAD,
+		OPT_STEP_LOG,
 	};
 	/* Same order as the enum: options[opt - 256] names an option in messages. */
 	static const struct option options[] = {
@@ -278,6 +282,7 @@ int main(int argc, char **argv)
 	    {"cache-threshold", required_argument, 0, OPT_CACHE_THRESHOLD},
 	    {"dispatch-quantum", required_argument, 0, OPT_DISPATCH_QUANTUM},
 	    {"dispatch-lookahead", required_argument, 0, OPT_DISPATCH_LOOKAHEAD},
+	    {"step-log", required_argument, 0, OPT_STEP_LOG},
 	    {0, 0, 0, 0},
 	};
 	int opt;
@@ -376,6 +381,9 @@ int main(int argc, char **argv)
 			break;
 		case OPT_KV_DTYPE:
 			model_options.kv_dtype = optarg;
+			break;
+		case OPT_STEP_LOG:
+			step_log_path = optarg;
 			break;
 		case OPT_THREADS:
 			bad = parse_number(optarg, 10, 1, 1024, &value);
@@ -520,6 +528,21 @@ int main(int argc, char **argv)
 			engine_name);
 		return 2;
 	}
+	if (step_log_path && strcmp(engine_name, "model") != 0) {
+		fprintf(stderr, "ringserved: --step-log needs --model (the null engine's steps "
+				"take --null-delay-us)\n");
+		return 2;
+	}
+	if (step_log_path) {
+		model_options.step_log = fopen(step_log_path, "w");
+		if (!model_options.step_log) {
+			fprintf(stderr, "ringserved: --step-log %s: %s\n", step_log_path,
+				strerror(errno));
+			return 1;
+		}
+		fprintf(model_options.step_log,
+			"# ringserved step log: rows tokens pairs seconds\n");
+	}
 	if (workers > 1 && config.multibin) {
 		fprintf(stderr, "ringserved: --workers needs --planner continuous\n");
 		return 2;
@@ -576,5 +599,9 @@ int main(int argc, char **argv)
 	if (ret == 0)
 		ret = rs_daemon_run(&daemon);
 	rs_daemon_destroy(&daemon);
+	if (model_options.step_log && fclose(model_options.step_log)) {
+		fprintf(stderr, "ringserved: --step-log %s: %s\n", step_log_path, strerror(errno));
+		ret = -EIO;
+	}
 	return ret ? 1 : 0;
 }

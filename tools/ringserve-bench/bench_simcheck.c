@@ -27,6 +27,12 @@
  * of 9 runs of each step (--calibrate fastest: the minimum), and with --rounds N the
  * round whose replay took least time (the least disturbed) is reported per policy.
  *
+ * --calibrate served: the engine's steps are slower while the daemon loop and the
+ * clients share the cores with it than in a quiet calibration. This fits the cost model
+ * instead to the steps ringserved logs (--step-log) while serving a calibration workload:
+ * the generator's with the next seed, so other requests than the ones checked, replayed
+ * under the same settings and policy just before. With --trace it is refused.
+ *
  * --null-delay-us D serves with the null engine instead, each step taking D us, and
  * simulates with the cost model base = D, the rest 0: what is left is the difference in
  * how the two sides plan and measure, not the engine. */
@@ -66,11 +72,13 @@ struct settings {
 	uint32_t lanes, max_batch, max_batch_tokens, kv_blocks, threads, null_delay_us, rounds;
 	double quantum, quantile;
 	uint32_t probe_requests; /* the turnaround probe's requests; 0: none */
+	bool served;		 /* calibrate from a served run's step log (--calibrate served) */
 };
 
 /* Serve the workload under one policy and replay it. Returns 0 or -errno. */
 static int replay_policy(const struct settings *st, const char *policy, const char *model_path,
-			 const char *socket_path, const struct sim_workload *w, struct metrics *out)
+			 const char *socket_path, const struct sim_workload *w,
+			 const char *step_log, struct metrics *out)
 {
 	char lanes[16], batch[16], tokens[16], kv[16], threads[16], delay[16], quantum[32],
 	    clients[16];
@@ -95,6 +103,8 @@ static int replay_policy(const struct settings *st, const char *policy, const ch
 		args[a++] = "--backend", args[a++] = "cpu";
 		if (st->threads)
 			args[a++] = "--threads", args[a++] = threads;
+		if (step_log)
+			args[a++] = "--step-log", args[a++] = step_log;
 	}
 	args[a] = NULL;
 	pid_t daemon = bench_start_daemon(socket_path, args);
@@ -120,6 +130,39 @@ static int replay_policy(const struct settings *st, const char *policy, const ch
 					.daemon_ttft_s = r.daemon_ttft_mean_s};
 	kill(daemon, SIGTERM);
 	waitpid(daemon, NULL, 0);
+	return ret;
+}
+
+/* The generated workload's requests as an array (the replay needs one; the simulator
+ * reads it as a trace workload). out->trace is NULL when out of memory. */
+static void as_array(struct sim_workload *source, uint64_t requests, struct sim_workload *out)
+{
+	*out = *source;
+	out->gen = NULL;
+	out->produced = 0;
+	out->n_trace = 0;
+	out->trace = malloc((requests ? requests : 1) * sizeof(*out->trace));
+	struct sim_request_spec s;
+	while (out->trace && sim_workload_next(source, &s))
+		out->trace[out->n_trace++] = s;
+}
+
+/* --calibrate served: replay the calibration workload under the same settings and
+ * policy with ringserved --step-log, and fit the cost model to the steps it logged: the
+ * engine's steps as they run while the daemon loop and the clients share the cores. */
+static int calibrate_served(const struct settings *st, const char *policy, const char *model_path,
+			    const char *socket_path, const struct sim_workload *calibration,
+			    struct sim_cost_model *cost)
+{
+	char log_path[64], err[256];
+	snprintf(log_path, sizeof(log_path), "/tmp/ringserve-bench-simcheck-%d.steps",
+		 (int)getpid());
+	struct metrics ignored;
+	int ret =
+	    replay_policy(st, policy, model_path, socket_path, calibration, log_path, &ignored);
+	if (!ret && (ret = sim_cost_fit_step_log(cost, log_path, NULL, err, sizeof(err))))
+		fprintf(stderr, "bench simcheck: %s\n", err);
+	unlink(log_path);
 	return ret;
 }
 
@@ -178,6 +221,7 @@ static void usage(void)
 	    "         --prefixes N --prefix-len D --suffix-len D --output-len D --seed N]\n"
 	    "         [--max-batch N] [--max-batch-tokens N] [--kv-blocks N] [--lanes N]\n"
 	    "         [--threads N] [--quantum Q] [--policy P]... [--rounds N]\n"
+	    "         [--calibrate median|fastest|served]\n"
 	    "         [--null-delay-us D]\n");
 }
 
@@ -234,7 +278,10 @@ int bench_simcheck(int argc, char **argv, FILE *json)
 		else if (!strcmp(o, "--quantum"))
 			st.quantum = atof(v);
 		else if (!strcmp(o, "--calibrate"))
-			st.quantile = !strcmp(v, "fastest") ? 0 : !strcmp(v, "median") ? 0.5 : -1;
+			st.served = !strcmp(v, "served"),
+			st.quantile = !strcmp(v, "fastest")		  ? 0
+				      : !strcmp(v, "median") || st.served ? 0.5
+									  : -1;
 		else if (!strcmp(o, "--probe-requests"))
 			st.probe_requests = (uint32_t)atoi(v);
 		else if (!strcmp(o, "--rounds"))
@@ -295,15 +342,21 @@ int bench_simcheck(int argc, char **argv, FILE *json)
 		fprintf(json, "null");
 		return 1;
 	}
-	struct sim_workload w = source;
-	w.gen = NULL;
-	w.produced = 0;
-	if (!trace) {
-		w.trace = malloc((gen.requests ? gen.requests : 1) * sizeof(*w.trace));
-		w.n_trace = 0;
-		struct sim_request_spec s;
-		while (w.trace && sim_workload_next(&source, &s))
-			w.trace[w.n_trace++] = s;
+	struct sim_workload w = source, calibration = {0};
+	if (!trace)
+		as_array(&source, gen.requests, &w);
+	if (st.served && !trace) {
+		/* Other requests of the same kind: the check's own must not train the model. */
+		struct sim_generator_config other = gen;
+		other.seed = gen.seed + 1;
+		sim_workload_generator(&source, &other);
+		as_array(&source, other.requests, &calibration);
+		if (!calibration.trace)
+			ret = -ENOMEM;
+	} else if (st.served) {
+		fprintf(stderr, "bench simcheck: --calibrate served needs a generated workload "
+				"(its calibration replays other requests of the generator)\n");
+		ret = -EINVAL;
 	}
 	uint64_t prompt_tokens = 0, output_tokens = 0;
 	for (uint64_t i = 0; w.trace && i < w.n_trace; i++) {
@@ -320,6 +373,7 @@ int bench_simcheck(int argc, char **argv, FILE *json)
 	}
 	if (!w.trace || ret) {
 		free(w.trace);
+		free(calibration.trace);
 		fprintf(json, "null");
 		return 1;
 	}
@@ -356,10 +410,12 @@ int bench_simcheck(int argc, char **argv, FILE *json)
 	       (unsigned long long)w.n_trace, w.n_tenants, (unsigned long long)prompt_tokens,
 	       (unsigned long long)output_tokens);
 	printf("  both sides: lanes %u, max batch %u, max batch tokens %u, KV blocks %u of 16, "
-	       "quantum %.0f, threads %u (0: one per CPU), %u round(s); calibration: the %s of 9 "
-	       "runs a step\n\n",
+	       "quantum %.0f, threads %u (0: one per CPU), %u round(s); calibration: %s\n\n",
 	       st.lanes, st.max_batch, st.max_batch_tokens, st.kv_blocks, st.quantum, st.threads,
-	       st.rounds, st.quantile > 0 ? "median" : "fastest");
+	       st.rounds,
+	       st.served	 ? "the steps of a served run of other requests (--step-log)"
+	       : st.quantile > 0 ? "the median of 9 runs a step"
+				 : "the fastest of 9 runs a step");
 
 	struct metrics sim[N_POLICIES], real[N_POLICIES];
 	struct sim_cost_model costs[N_POLICIES];
@@ -371,7 +427,10 @@ int bench_simcheck(int argc, char **argv, FILE *json)
 			struct sim_cost_model cost = {.base_s = st.null_delay_us * 1e-6};
 			snprintf(cost.source, sizeof(cost.source), "null engine, %u us a step",
 				 st.null_delay_us);
-			if (!st.null_delay_us)
+			if (!st.null_delay_us && st.served)
+				ret = calibrate_served(&st, policies[p], model_path, socket_path,
+						       &calibration, &cost);
+			else if (!st.null_delay_us)
 				ret = sim_cost_calibrate(&cost, "cpu", (int)st.threads, st.quantile,
 							 NULL);
 			/* The daemon's own time per step (waking its loop and its lane worker),
@@ -391,7 +450,7 @@ int bench_simcheck(int argc, char **argv, FILE *json)
 				ret = simulate_policy(&probe, policy_ids[p], &exact, &head, &ps);
 				if (!ret)
 					ret = replay_policy(&probe, policies[p], model_path,
-							    socket_path, &head, &pr);
+							    socket_path, &head, NULL, &pr);
 				if (!ret && ps.latency_s > 0)
 					over = fmax(0, (pr.latency_s - ps.latency_s) /
 							   (ps.latency_s / exact.base_s));
@@ -405,7 +464,7 @@ int bench_simcheck(int argc, char **argv, FILE *json)
 				ret = simulate_policy(&st, policy_ids[p], &with, &w, &t);
 			if (!ret)
 				ret = replay_policy(&st, policies[p], model_path, socket_path, &w,
-						    &r);
+						    NULL, &r);
 			/* Keep the least disturbed replay: the one that took least time. */
 			if (!ret && (!have[p] || r.seconds < real[p].seconds)) {
 				sim[p] = s, turned[p] = t, real[p] = r, costs[p] = cost;
@@ -416,6 +475,7 @@ int bench_simcheck(int argc, char **argv, FILE *json)
 	if (!st.null_delay_us)
 		unlink(model_path);
 	free(w.trace);
+	free(calibration.trace);
 	if (ret) {
 		fprintf(stderr, "bench simcheck: %s\n", strerror(-ret));
 		fprintf(json, "null");

@@ -6,19 +6,16 @@
 #include <string.h>
 #include <time.h>
 
+#include "daemon/sched/step_shape.h"
 #include "kernels/engine/engine.h"
 #include "kernels/model/model_random.h"
 #include "tools/ringserve-sim/sim.h"
 
 void sim_step_shape_of(const struct rs_step_plan *plan, struct sim_step_shape *out)
 {
-	out->tokens = plan->n_tokens;
-	out->rows = plan->n;
-	out->pairs = 0;
-	for (uint32_t i = 0; i < plan->n; i++) {
-		double s = plan->steps[i].start_pos, n = plan->steps[i].n_tokens;
-		out->pairs += n * s + n * (n + 1) / 2; /* position s + i attends to s + i + 1 */
-	}
+	struct rs_step_shape shape;
+	rs_step_shape_of(plan->steps, plan->n, &shape);
+	*out = (struct sim_step_shape){shape.tokens, shape.rows, shape.pairs};
 }
 
 double sim_cost_seconds(const struct sim_cost_model *m, const struct sim_step_shape *s)
@@ -128,6 +125,85 @@ double sim_cost_fit(struct sim_cost_model *m, const struct sim_step_shape *shape
 			m->base_s * 1e3, m->per_token_s * 1e6, m->per_row_s * 1e6,
 			m->per_pair_s * 1e9, 100 * sum / n, 100 * worst);
 	return worst;
+}
+
+int sim_cost_fit_step_log(struct sim_cost_model *m, const char *path, FILE *report, char *err,
+			  size_t err_size)
+{
+	FILE *f = fopen(path, "r");
+	if (!f) {
+		int rc = -errno;
+		snprintf(err, err_size, "%s: %s", path, strerror(errno));
+		return rc;
+	}
+	struct sim_step_shape *shapes = NULL;
+	double *seconds = NULL;
+	uint32_t n = 0, capacity = 0;
+	char line[256];
+	int number = 0, rc = 0;
+	while (rc == 0 && fgets(line, sizeof(line), f)) {
+		number++;
+		if (line[0] == '#' || line[0] == '\n')
+			continue;
+		unsigned rows, tokens;
+		double pairs, t;
+		int used = 0;
+		if (sscanf(line, "%u %u %lf %lf %n", &rows, &tokens, &pairs, &t, &used) != 4 ||
+		    line[used] || !rows || tokens < rows || !(pairs >= 0) || !(t > 0) ||
+		    !isfinite(pairs) || !isfinite(t)) {
+			snprintf(err, err_size,
+				 "%s:%d: expected \"ROWS TOKENS PAIRS SECONDS\" (ringserved "
+				 "--step-log)",
+				 path, number);
+			rc = -EINVAL;
+			break;
+		}
+		if (n == capacity) {
+			capacity = capacity ? 2 * capacity : 1024;
+			void *a = realloc(shapes, capacity * sizeof(*shapes));
+			if (a)
+				shapes = a;
+			void *b = a ? realloc(seconds, capacity * sizeof(*seconds)) : NULL;
+			if (b)
+				seconds = b;
+			if (!a || !b) {
+				rc = -ENOMEM;
+				snprintf(err, err_size, "%s: out of memory", path);
+				break;
+			}
+		}
+		shapes[n] = (struct sim_step_shape){tokens, rows, pairs};
+		seconds[n++] = t;
+	}
+	fclose(f);
+	if (rc == 0 && n < 4 * 4) { /* a few steps per parameter at least */
+		snprintf(err, err_size, "%s: %u steps; a fit needs at least 16", path, n);
+		rc = -EINVAL;
+	}
+	if (rc == 0) {
+		double worst = sim_cost_fit(m, shapes, seconds, n, NULL);
+		if (worst < 0) {
+			snprintf(err, err_size, "%s: the steps do not determine a fit", path);
+			rc = -EDOM;
+		} else {
+			double sum = 0;
+			for (uint32_t i = 0; i < n; i++)
+				sum +=
+				    fabs(sim_cost_seconds(m, &shapes[i]) - seconds[i]) / seconds[i];
+			snprintf(m->source, sizeof(m->source), "%u served steps of %s", n, path);
+			if (report)
+				fprintf(
+				    report,
+				    "fit to %u steps of %s: %.4f ms + %.3f us/token + %.3f "
+				    "us/row + %.4f ns/pair; mean |error| %.1f%%, worst %.1f%%\n",
+				    n, path, m->base_s * 1e3, m->per_token_s * 1e6,
+				    m->per_row_s * 1e6, m->per_pair_s * 1e9, 100 * sum / n,
+				    100 * worst);
+		}
+	}
+	free(shapes);
+	free(seconds);
+	return rc;
 }
 
 int sim_cost_load(struct sim_cost_model *m, const char *path, char *err, size_t err_size)

@@ -4,7 +4,8 @@
  *   ringserve-sim compare   the same, once per admission policy (fcfs, lpm, vtc, dlpm)
  *   ringserve-sim trace     [workload]: the generated requests as a trace file on stdout
  *   ringserve-sim calibrate [--backend cpu|cuda] [--threads N] [--out FILE]: fit the
- *                           cost model to an engine on this machine */
+ *                           cost model to an engine on this machine, or with --step-log
+ *                           FILE to the steps a ringserved logged while serving */
 #include <errno.h>
 #include <getopt.h>
 #include <stdlib.h>
@@ -60,7 +61,8 @@ static void usage(void)
 	    "                        compare with --workers > 1: once per dispatch policy\n"
 	    "  --cost FILE           the step cost model (default: built in, this machine's CPU)\n"
 	    "  --json FILE           results as JSON too\n"
-	    "calibrate: --backend cpu|cuda (cpu), --threads N (0: one per CPU), --out FILE\n");
+	    "calibrate: --backend cpu|cuda (cpu), --threads N (0: one per CPU), --out FILE;\n"
+	    "           --step-log FILE: fit to the steps of ringserved --step-log FILE instead\n");
 }
 
 enum {
@@ -90,6 +92,7 @@ enum {
 	OPT_JSON,
 	OPT_THREADS,
 	OPT_OUT,
+	OPT_STEP_LOG,
 	OPT_BACKEND,
 	OPT_PLANNER,
 	OPT_BINS,
@@ -133,6 +136,7 @@ static const struct option options[] = {
     {"threads", required_argument, 0, OPT_THREADS},
     {"backend", required_argument, 0, OPT_BACKEND},
     {"out", required_argument, 0, OPT_OUT},
+    {"step-log", required_argument, 0, OPT_STEP_LOG},
     {"planner", required_argument, 0, OPT_PLANNER},
     {"bins", required_argument, 0, OPT_BINS},
     {"bin-batch", required_argument, 0, OPT_BIN_BATCH},
@@ -254,7 +258,8 @@ int main(int argc, char **argv)
 						  .quantum = 2048.0},
 				    .multibin = {.bins = 4},
 				    .cost = DEFAULT_COST};
-	const char *trace = NULL, *json_path = NULL, *cost_path = NULL, *out_path = NULL;
+	const char *trace = NULL, *json_path = NULL, *cost_path = NULL, *out_path = NULL,
+		   *step_log = NULL;
 	const char *backend = "cpu";
 	int threads = 0;
 	char err[512];
@@ -371,6 +376,9 @@ int main(int argc, char **argv)
 		case OPT_OUT:
 			out_path = optarg;
 			break;
+		case OPT_STEP_LOG:
+			step_log = optarg;
+			break;
 		case OPT_BACKEND:
 			backend = optarg;
 			bad = strcmp(backend, "cpu") && strcmp(backend, "cuda");
@@ -429,7 +437,12 @@ int main(int argc, char **argv)
 
 	if (strcmp(command, "calibrate") == 0) {
 		struct sim_cost_model m;
-		int rc = sim_cost_calibrate(&m, backend, threads, 0, stdout);
+		int rc = step_log ? sim_cost_fit_step_log(&m, step_log, stdout, err, sizeof(err))
+				  : sim_cost_calibrate(&m, backend, threads, 0, stdout);
+		if (rc && step_log) {
+			fprintf(stderr, "ringserve-sim: %s\n", err);
+			return 1;
+		}
 		if (rc) {
 			fprintf(stderr, "ringserve-sim: calibration failed: %s\n", strerror(-rc));
 			return 1;

@@ -123,6 +123,14 @@ double sim_cost_seconds(const struct sim_cost_model *m, const struct sim_step_sh
 double sim_cost_fit(struct sim_cost_model *m, const struct sim_step_shape *shapes,
 		    const double *seconds, uint32_t n, FILE *report);
 
+/* Fit m to the steps a served run logged (ringserved --step-log FILE: "ROWS TOKENS PAIRS
+ * SECONDS" lines, '#' comments): the engine's cost under serving conditions (its
+ * threads sharing the cores with the daemon loop and the clients), which a quiet
+ * calibration does not see. The fit's summary goes to report. Returns 0, or -errno with
+ * err set (unreadable or malformed file, fewer than 16 steps, no fit). */
+int sim_cost_fit_step_log(struct sim_cost_model *m, const char *path, FILE *report, char *err,
+			  size_t err_size);
+
 /* "key value" lines (base_s, per_token_s, per_row_s, per_pair_s, source). */
 int sim_cost_load(struct sim_cost_model *m, const char *path, char *err, size_t err_size);
 int sim_cost_save(const struct sim_cost_model *m, const char *path);
