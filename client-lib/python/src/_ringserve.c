@@ -586,6 +586,15 @@ static struct request_entry *locked_entry(ConnectionObject *self, int handle)
 	return e;
 }
 
+/* locked_entry for a method whose one argument is the handle: sets *handle. */
+static struct request_entry *locked_entry_arg(ConnectionObject *self, PyObject *arg, int *handle)
+{
+	*handle = PyLong_AsLong(arg);
+	if (*handle == -1 && PyErr_Occurred())
+		return NULL;
+	return locked_entry(self, *handle);
+}
+
 static PyObject *Connection_wait(ConnectionObject *self, PyObject *args)
 {
 	int handle, timeout_ms = -1;
@@ -607,10 +616,8 @@ static PyObject *Connection_wait(ConnectionObject *self, PyObject *args)
  * None. */
 static PyObject *Connection_completion(ConnectionObject *self, PyObject *arg)
 {
-	int handle = PyLong_AsLong(arg);
-	if (handle == -1 && PyErr_Occurred())
-		return NULL;
-	if (!locked_entry(self, handle))
+	int handle;
+	if (!locked_entry_arg(self, arg, &handle))
 		return NULL;
 	PyObject *result;
 	if (self->requests[handle].state != REQ_DONE) {
@@ -649,10 +656,8 @@ static PyObject *Connection_tokens(ConnectionObject *self, PyObject *args)
  * waiting task, so that only the tasks whose request moved are woken. */
 static PyObject *Connection_progress(ConnectionObject *self, PyObject *arg)
 {
-	int handle = PyLong_AsLong(arg);
-	if (handle == -1 && PyErr_Occurred())
-		return NULL;
-	if (!locked_entry(self, handle))
+	int handle;
+	if (!locked_entry_arg(self, arg, &handle))
 		return NULL;
 	const uint32_t *tokens;
 	int count = rs_output(self->conn, handle, &tokens);
@@ -710,10 +715,8 @@ static PyObject *Connection_wait_output(ConnectionObject *self, PyObject *args)
 
 static PyObject *Connection_cancel(ConnectionObject *self, PyObject *arg)
 {
-	int handle = PyLong_AsLong(arg);
-	if (handle == -1 && PyErr_Occurred())
-		return NULL;
-	if (!locked_entry(self, handle))
+	int handle;
+	if (!locked_entry_arg(self, arg, &handle))
 		return NULL;
 	int ret = 0;
 	if (self->requests[handle].state == REQ_RUNNING) {
@@ -729,10 +732,8 @@ static PyObject *Connection_cancel(ConnectionObject *self, PyObject *arg)
 
 static PyObject *Connection_release(ConnectionObject *self, PyObject *arg)
 {
-	int handle = PyLong_AsLong(arg);
-	if (handle == -1 && PyErr_Occurred())
-		return NULL;
-	struct request_entry *e = locked_entry(self, handle);
+	int handle;
+	struct request_entry *e = locked_entry_arg(self, arg, &handle);
 	if (!e)
 		return NULL;
 	if (e->exports) {
@@ -901,10 +902,8 @@ typedef struct {
 
 static PyObject *Connection_view(ConnectionObject *self, PyObject *arg)
 {
-	int handle = PyLong_AsLong(arg);
-	if (handle == -1 && PyErr_Occurred())
-		return NULL;
-	if (!locked_entry(self, handle))
+	int handle;
+	if (!locked_entry_arg(self, arg, &handle))
 		return NULL;
 	const uint32_t *tokens;
 	int n = rs_output(self->conn, handle, &tokens);
