@@ -119,7 +119,8 @@ static int model_step_start(struct rs_serving_engine *base, uint32_t lane_index,
 	lane->n_steps = plan->n;
 	if (engine->step_log) {
 		rs_step_shape_of(plan->steps, plan->n, &lane->shape);
-		lane->started_ns = monotonic_ns();
+		if (!lane->has_thread) /* a CPU lane's worker takes its own start */
+			lane->started_ns = monotonic_ns();
 	}
 	if (!lane->has_thread)
 		return rs_engine_step(engine->engine, lane_index, lane->steps, lane->n_steps);
