@@ -2,8 +2,9 @@
  * of each architecture (Llama, Llama 3 with rope_freqs, Qwen2 with biases and its NEOX
  * q/k layout), written as GGUF by ringserve's writer, give the same greedy ids in llama.cpp
  * (its prebuilt libllama, opened at run time) as in ringserve's CPU engine; so do quantized
- * files, and ggml's decoders read every block format as ours do. A difference is
- * accepted only where llama.cpp's own top two logits are within NEAR_TIE of each other.
+ * files' logits (check_quantized_logits), and ggml's decoders read every block format as
+ * ours do. Where ids of an f32 file part, llama.cpp's own top two logits must be within
+ * NEAR_TIE of each other.
  *
  * The libraries come from tools/fetch-llama-cpp.sh (.cache/llama-cpp, or RS_LLAMA_CPP_DIR);
  * without them the test skips. llama.cpp's parameter structs are used only through their
@@ -12,6 +13,7 @@
  * test needs no llama.h. */
 #include <dlfcn.h>
 #include <glob.h>
+#include <math.h>
 #include <stdint.h>
 
 #include "kernels/engine/engine.h"
@@ -101,9 +103,9 @@ static int open_llama_cpp(const char *dir)
 }
 
 /* Greedy ids from llama.cpp after prompt, with the gap between its top two logits at each
- * step. Returns 0 or -1. */
+ * step and those logits ([STEPS][vocab]). Returns 0 or -1. */
 static int llama_cpp_greedy(const char *path, uint32_t vocab, const uint32_t *prompt,
-			    uint32_t n_prompt, uint32_t *ids, double *gap)
+			    uint32_t n_prompt, uint32_t *ids, double *gap, float *logits)
 {
 	void *model = lc.model_load_from_file(path, lc.model_default_params());
 	if (!model)
@@ -136,6 +138,7 @@ static int llama_cpp_greedy(const char *path, uint32_t vocab, const uint32_t *pr
 		}
 		ids[s] = best;
 		gap[s] = (double)l[best] - l[second];
+		memcpy(logits + (size_t)s * vocab, l, vocab * sizeof(float));
 		next = (int32_t)best;
 		cur = &next;
 		count = 1;
@@ -181,52 +184,144 @@ static void ringserve_greedy(const struct rs_model *model, const uint32_t *promp
 	rs_engine_destroy(engine);
 }
 
+/* ringserve's CPU engine fed prompt and then ids (teacher forcing: llama.cpp's greedy
+ * ids), one decode step per id as in serving; logits[s] ([STEPS][vocab]) are those after
+ * prompt + ids[0 .. s-1]. kv_dtype: the engine option. */
+static void ringserve_forced(const struct rs_model *model, const char *kv_dtype,
+			     const uint32_t *prompt, uint32_t n_prompt, const uint32_t *ids,
+			     float *logits)
+{
+	struct rs_engine_options opts;
+	struct rs_engine *engine;
+	char err[256];
+	rs_engine_options_init(&opts);
+	opts.backend = "cpu";
+	opts.threads = 1;
+	opts.kv_dtype = kv_dtype;
+	REQUIRE(rs_engine_create(model, &opts, &engine, err, sizeof(err)) == 0);
+	uint32_t vocab = model->config.vocab_size, blocks[64];
+	uint32_t n_blocks =
+	    rs_kv_blocks_for(n_prompt + STEPS, rs_engine_options(engine)->block_size);
+	REQUIRE(n_blocks <= 64);
+	struct rs_kv_cache *kv = rs_engine_kv(engine);
+	for (uint32_t b = 0; b < n_blocks; b++)
+		blocks[b] = (uint32_t)rs_kv_block_alloc(kv);
+	float *all = malloc((size_t)n_prompt * vocab * sizeof(float));
+	REQUIRE(all);
+	struct rs_seq_step step = {
+	    .tokens = prompt, .n_tokens = n_prompt, .block_table = blocks, .n_blocks = n_blocks};
+	for (uint32_t s = 0; s < STEPS; s++) {
+		REQUIRE(rs_engine_forward_logits(engine, &step, 1, all) == 0);
+		memcpy(logits + (size_t)s * vocab, all + (size_t)(step.n_tokens - 1) * vocab,
+		       vocab * sizeof(float));
+		step.start_pos += step.n_tokens;
+		step.tokens = &ids[s];
+		step.n_tokens = 1;
+	}
+	free(all);
+	rs_engine_destroy(engine);
+}
+
+static double max_abs_difference(const float *a, const float *b, size_t n)
+{
+	double worst = 0;
+	for (size_t i = 0; i < n; i++)
+		worst = fmax(worst, fabs((double)a[i] - b[i]));
+	return worst;
+}
+
+/* A quantized file, teacher-forced on llama.cpp's greedy ids: ringserve's logits against
+ * llama.cpp's. Both quantize the activations to 8 bits for the integer dot products, so a
+ * last-bit difference in a float sum (the two add sub-block terms in different orders,
+ * and differently per ISA) flips a rounding now and then, and the greedy ids may part at
+ * a near-tie; the logits must stay close. Ours run with an f16 KV cache, llama.cpp's
+ * default. Close means: within twice what the KV cache's type alone moves our logits
+ * (f16 against f32, each K and V value rounded to 11 bits): llama.cpp's computation
+ * differs from ours in roundings of that kind (the KV cache, its own tables for exp and
+ * SiLU, the activation blocks' sums), and a misread block moves the logits by as much as
+ * the quantization itself (printed beside it). Measured on an AVX2 and an AVX-512
+ * machine: 0.057-0.094 against bounds of 0.11-0.18. */
+static void check_quantized_logits(const char *name, const struct rs_model *original,
+				   const struct rs_model *quantized, const uint32_t *prompt,
+				   const uint32_t *ids, const float *theirs)
+{
+	size_t n = (size_t)STEPS * quantized->config.vocab_size;
+	float *ours = malloc(n * sizeof(float)), *full_kv = malloc(n * sizeof(float));
+	float *unquantized = malloc(n * sizeof(float));
+	REQUIRE(ours && full_kv && unquantized);
+	ringserve_forced(quantized, "f16", prompt, 5, ids, ours);
+	ringserve_forced(quantized, "f32", prompt, 5, ids, full_kv);
+	ringserve_forced(original, "f16", prompt, 5, ids, unquantized);
+	double to_llama = max_abs_difference(ours, theirs, n);
+	double kv_rounding = max_abs_difference(ours, full_kv, n);
+	double quantization = max_abs_difference(ours, unquantized, n);
+	printf("%-32s logits within %.4f of llama.cpp's (f16 KV moves them %.4f, "
+	       "quantization %.3f)\n",
+	       name, to_llama, kv_rounding, quantization);
+	if (!(to_llama <= 2 * kv_rounding)) {
+		fprintf(stderr, "%s: logits differ from llama.cpp's by %g, over %g\n", name,
+			to_llama, 2 * kv_rounding);
+		test_failures++;
+	}
+	free(ours);
+	free(full_kv);
+	free(unquantized);
+}
+
 /* quant: a scheme name for rs_quant_scheme_parse, or NULL for f32 weights. */
 static void check_arch(const char *name, const struct rs_model_config *cfg, bool tied,
 		       const struct rs_model_random_extras *extras, bool bpe, uint64_t seed,
 		       const char *quant)
 {
-	struct rs_model *model, *loaded;
+	struct rs_model *original, *model, *loaded;
 	struct rs_tokenizer *tok;
 	char path[512], err[256];
-	REQUIRE(rs_model_random_arch(cfg, RS_DTYPE_F32, seed, tied, extras, &model) == 0);
+	REQUIRE(rs_model_random_arch(cfg, RS_DTYPE_F32, seed, tied, extras, &original) == 0);
 	uint32_t pre = extras->arch == RS_ARCH_QWEN2 ? RS_PRETOK_QWEN2 : RS_PRETOK_LLAMA3;
 	REQUIRE((bpe ? rs_tokenizer_demo_bpe(cfg->vocab_size, pre, &tok, err, sizeof(err))
 		     : rs_tokenizer_demo(cfg->vocab_size, &tok, err, sizeof(err))) == 0);
+	model = original;
 	if (quant) {
 		enum rs_quant_scheme scheme;
-		struct rs_model *quantized;
 		REQUIRE(rs_quant_scheme_parse(quant, &scheme) == 0);
-		REQUIRE(rs_model_quantize(model, scheme, &quantized) == 0);
-		rs_model_free(model);
-		model = quantized;
+		REQUIRE(rs_model_quantize(original, scheme, &model) == 0);
 	}
 	test_path(path, sizeof(path), "m.gguf");
 	REQUIRE(rs_gguf_write_model(path, model, tok, err, sizeof(err)) == 0);
 	REQUIRE(rs_model_load(path, NULL, &loaded, err, sizeof(err)) == 0);
 
 	uint32_t prompt[5] = {5, 300, 17, 45, 99}, want[STEPS], got[STEPS];
+	size_t n_logits = (size_t)STEPS * cfg->vocab_size;
+	float *theirs = malloc(n_logits * sizeof(float));
+	REQUIRE(theirs);
 	double gap[STEPS];
 	ringserve_greedy(loaded, prompt, 5, got);
-	if (llama_cpp_greedy(path, cfg->vocab_size, prompt, 5, want, gap) != 0) {
+	if (llama_cpp_greedy(path, cfg->vocab_size, prompt, 5, want, gap, theirs) != 0) {
 		fprintf(stderr, "%s: llama.cpp could not run the file\n", name);
 		test_failures++;
 	} else {
 		int same = 0;
 		while (same < STEPS && got[same] == want[same])
 			same++;
-		if (same < STEPS && gap[same] >= NEAR_TIE) {
+		printf("%-32s %d of %d greedy ids equal%s\n", name, same, STEPS,
+		       same == STEPS ? ""
+		       : quant	     ? ""
+				     : " (then a near-tie)");
+		if (!quant && same < STEPS && gap[same] >= NEAR_TIE) {
 			fprintf(stderr,
 				"%s: ids part at step %d: llama.cpp %u, ringserve %u (gap %g)\n",
 				name, same, want[same], got[same], gap[same]);
 			test_failures++;
 		}
-		printf("%-32s %d of %d greedy ids equal%s\n", name, same, STEPS,
-		       same < STEPS ? " (then a near-tie)" : "");
+		if (quant)
+			check_quantized_logits(name, original, loaded, prompt, want, theirs);
 	}
+	free(theirs);
 	unlink(path);
 	rs_model_free(loaded);
-	rs_model_free(model);
+	if (model != original)
+		rs_model_free(model);
+	rs_model_free(original);
 	rs_tokenizer_free(tok);
 }
 
@@ -346,21 +441,16 @@ int main(void)
 	linear.rope_scale = 4.0f;
 	check_arch("llama, linear RoPE scaling 4", &linear, false, &llama, true, 5, NULL);
 	/* Quantized files: every block format decodes as ggml's own code decodes it, and whole
-	 * models give llama.cpp's greedy ids. Rows of 256 so the K-quants are used, not their
-	 * Q8_0 fallback. Both sides quantize activations to 8 bits the same way, so the ids
-	 * stay equal only while the float sums feeding each 8-bit rounding agree to the bit:
-	 * Q8_0, Q4_0 and Q4_K (alone and as Q4_K_M's bulk) do; llama.cpp's Q5_K and Q6_K
-	 * products add their sub-block terms in another order, a last-bit difference flips a
-	 * rounding, and the ids part at gaps of 0.01-0.02 after 5-21 steps: those two are
-	 * checked by their decoding here and against the float64 reference in
-	 * tests/model_quant_formats. */
+	 * models, teacher-forced, give logits as close to llama.cpp's as an f16 KV cache
+	 * moves ours (check_quantized_logits says why ids alone cannot be asked for). Rows
+	 * of 256 so the K-quants are used, not their Q8_0 fallback. */
 	check_dequantize();
 	struct rs_model_config wide = cfg;
 	wide.dim = 256;
 	wide.hidden_dim = 512;
 	wide.head_dim = wide.rope_dim = 64;
-	static const char *const schemes[] = {"q8_0", "q4_0", "q4_k", "q4_k_m"};
-	for (int i = 0; i < 4; i++) {
+	static const char *const schemes[] = {"q8_0", "q4_0", "q4_k", "q5_k", "q6_k", "q4_k_m"};
+	for (int i = 0; i < 6; i++) {
 		char name[64];
 		snprintf(name, sizeof(name), "llama, %s", schemes[i]);
 		check_arch(name, &wide, false, &llama, false, 10 + i, schemes[i]);
