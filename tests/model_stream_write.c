@@ -59,8 +59,7 @@ static void *read_all(const char *path, size_t *size)
 	struct stat st;
 	CHECK(fstat(fileno(f), &st) == 0, "stat %s", path);
 	void *data = malloc((size_t)st.st_size + 1);
-	CHECK(data && fread(data, 1, (size_t)st.st_size, f) == (size_t)st.st_size, "read %s",
-	      path);
+	CHECK(data && fread(data, 1, (size_t)st.st_size, f) == (size_t)st.st_size, "read %s", path);
 	fclose(f);
 	*size = (size_t)st.st_size;
 	return data;
@@ -102,7 +101,7 @@ static void check_same_bytes(void)
 	     true},
 	    {"qwen2", {.arch = RS_ARCH_QWEN2}, true},
 	};
-	static const char *const schemes[] = {NULL,   "q8_0", "q4_0",   "q4_k",
+	static const char *const schemes[] = {NULL,   "q8_0", "q4_0",	"q4_k",
 					      "q5_k", "q6_k", "q4_k_m", "q5_k_m"};
 	static const enum rs_dtype dtypes[] = {RS_DTYPE_F32, RS_DTYPE_F16, RS_DTYPE_BF16};
 	const struct rs_model_config shapes[] = {make_config(256, 512, 9, 300),
@@ -113,16 +112,17 @@ static void check_same_bytes(void)
 	unsigned compared = 0;
 	for (size_t ai = 0; ai < sizeof(archs) / sizeof(archs[0]); ai++) {
 		struct rs_tokenizer *tok;
-		CHECK((archs[ai].bpe ? rs_tokenizer_demo_bpe(300, RS_PRETOK_LLAMA3, &tok, err,
-							      sizeof(err))
-				     : rs_tokenizer_demo(300, &tok, err, sizeof(err))) == 0,
+		CHECK((archs[ai].bpe
+			   ? rs_tokenizer_demo_bpe(300, RS_PRETOK_LLAMA3, &tok, err, sizeof(err))
+			   : rs_tokenizer_demo(300, &tok, err, sizeof(err))) == 0,
 		      "tokenizer: %s", err);
 		for (size_t si = 0; si < sizeof(schemes) / sizeof(schemes[0]); si++)
 			for (size_t di = 0; di < 3; di++)
 				for (size_t shape = 0; shape < 2; shape++)
 					for (int tied = 0; tied < 2; tied++) {
-						/* Quantized files come from f32 models, as mkmodel's;
-						 * f16 and bf16 sources once, with q4_k_m. */
+						/* Quantized files come from f32 models, as
+						 * mkmodel's; f16 and bf16 sources once, with
+						 * q4_k_m. */
 						if (schemes[si] && di &&
 						    strcmp(schemes[si], "q4_k_m"))
 							continue;
@@ -138,13 +138,15 @@ static void check_same_bytes(void)
 							   schemes[si] ? &scheme : NULL, tok);
 						size_t na, nb;
 						void *da = read_all(a, &na), *db = read_all(b, &nb);
-						CHECK(na == nb && memcmp(da, db, na) == 0,
-						      "%s %s from %s, dim %u, %s: the streamed file "
-						      "(%zu bytes) differs from the in-memory one (%zu)",
-						      archs[ai].name,
-						      schemes[si] ? schemes[si] : "unquantized",
-						      rs_dtype_name(dtypes[di]), cfg.dim,
-						      tied ? "tied" : "separate", nb, na);
+						CHECK(
+						    na == nb && memcmp(da, db, na) == 0,
+						    "%s %s from %s, dim %u, %s: the streamed file "
+						    "(%zu bytes) differs from the in-memory one "
+						    "(%zu)",
+						    archs[ai].name,
+						    schemes[si] ? schemes[si] : "unquantized",
+						    rs_dtype_name(dtypes[di]), cfg.dim,
+						    tied ? "tied" : "separate", nb, na);
 						free(da);
 						free(db);
 						compared++;

@@ -228,7 +228,7 @@ typedef int (*rs_model_tensor_fill_fn)(void *ctx, const struct rs_tensor *t, voi
  * marks presence and tying (a layout model: see rs_model_quantize_layout and
  * rs_model_random_layout). fill NULL: the tensors' data, as rs_gguf_write_model. */
 int rs_gguf_write_model_filled(const char *path, const struct rs_model *model,
-				const struct rs_tokenizer *tok, rs_model_tensor_fill_fn fill,
-				void *fill_ctx, char *err, size_t err_size);
+			       const struct rs_tokenizer *tok, rs_model_tensor_fill_fn fill,
+			       void *fill_ctx, char *err, size_t err_size);
 
 #endif

@@ -545,8 +545,8 @@ static uint32_t llama_ftype(const struct rs_model *model)
 }
 
 int rs_gguf_write_model_filled(const char *path, const struct rs_model *model,
-				const struct rs_tokenizer *tok, rs_model_tensor_fill_fn fill,
-				void *fill_ctx, char *err, size_t err_size)
+			       const struct rs_tokenizer *tok, rs_model_tensor_fill_fn fill,
+			       void *fill_ctx, char *err, size_t err_size)
 {
 	const struct rs_model_config *c = &model->config;
 	struct rs_gguf_writer *w;

@@ -13,8 +13,8 @@ int rs_quant_scheme_parse(const char *name, enum rs_quant_scheme *scheme)
 		const char *name;
 		enum rs_quant_scheme scheme;
 	} names[] = {
-	    {"q8_0", RS_QUANT_Q8_0}, {"q4_0", RS_QUANT_Q4_0}, {"q4_k", RS_QUANT_Q4_K},
-	    {"q5_k", RS_QUANT_Q5_K}, {"q6_k", RS_QUANT_Q6_K}, {"q4_k_m", RS_QUANT_Q4_K_M},
+	    {"q8_0", RS_QUANT_Q8_0},	 {"q4_0", RS_QUANT_Q4_0}, {"q4_k", RS_QUANT_Q4_K},
+	    {"q5_k", RS_QUANT_Q5_K},	 {"q6_k", RS_QUANT_Q6_K}, {"q4_k_m", RS_QUANT_Q4_K_M},
 	    {"q5_k_m", RS_QUANT_Q5_K_M},
 	};
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
@@ -91,8 +91,8 @@ static struct rs_model *empty_like(const struct rs_model *src)
 {
 	struct rs_model *m = calloc(1, sizeof(*m));
 	if (m)
-		m->layers = calloc(src->config.n_layers ? src->config.n_layers : 1,
-				   sizeof(*m->layers));
+		m->layers =
+		    calloc(src->config.n_layers ? src->config.n_layers : 1, sizeof(*m->layers));
 	if (!m || !m->layers) {
 		free(m);
 		return NULL;

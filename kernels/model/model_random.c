@@ -203,8 +203,11 @@ static struct rs_tensor recipe(struct recipe_book *b, uint64_t rows, uint64_t co
 			       float scale)
 {
 	struct rs_random_recipe *r = b->next++;
-	*r = (struct rs_random_recipe){
-	    .seed = b->seed, .first_draw = b->drawn, .center = center, .scale = scale, .dtype = b->dtype};
+	*r = (struct rs_random_recipe){.seed = b->seed,
+				       .first_draw = b->drawn,
+				       .center = center,
+				       .scale = scale,
+				       .dtype = b->dtype};
 	b->drawn += rows * cols;
 	return (struct rs_tensor){.dtype = b->dtype, .rows = rows, .cols = cols, .data = r};
 }

@@ -47,7 +47,8 @@ static void usage(FILE *f)
 	    "                    matrices whose rows are not a multiple of 256 in q8_0;\n"
 	    "                    q4_k_m = q4_k with q6_k output and attn_v/ffn_down as llama.cpp,\n"
 	    "                    q5_k_m the same over q5_k; drawn, quantized and written one\n"
-	    "                    tensor at a time, so a 7B model needs about one tensor of memory)\n"
+	    "                    tensor at a time, so a 7B model needs about one tensor of "
+	    "memory)\n"
 	    "  --out-llama2c     llama2.c checkpoint (float32; a negative vocab_size when not "
 	    "--tied)\n"
 	    "  --out-tokenizer   llama2.c tokenizer.bin for the same vocabulary\n"
@@ -273,9 +274,9 @@ int main(int argc, char **argv)
 	/* The GGUF file is drawn, quantized and written one tensor at a time (a 7B model
 	 * would not fit in memory as f32); the llama2.c file needs the f32 model built. */
 	int status = 0;
-	if (out_gguf && rs_model_random_write_gguf(out_gguf, &cfg, dtype, seed, tied, &extras,
-						   quantized ? &scheme : NULL, tok, err,
-						   sizeof(err))) {
+	if (out_gguf &&
+	    rs_model_random_write_gguf(out_gguf, &cfg, dtype, seed, tied, &extras,
+				       quantized ? &scheme : NULL, tok, err, sizeof(err))) {
 		fprintf(stderr, "ringserve-mkmodel: %s\n", err);
 		status = 1;
 	}
