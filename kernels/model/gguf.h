@@ -204,11 +204,31 @@ int rs_gguf_writer_set_alignment(struct rs_gguf_writer *w, uint32_t alignment);
 /* Write the file (created or truncated). Returns 0 or a negative errno. */
 int rs_gguf_writer_write(struct rs_gguf_writer *w, const char *path);
 
+/* Writes the nbytes of the tensor added with data = tag into buf; 0 or a negative errno. */
+typedef int (*rs_gguf_tensor_fill_fn)(void *ctx, const void *tag, void *buf, uint64_t nbytes);
+
+/* rs_gguf_writer_write, except that each tensor's bytes come from fill, called once per
+ * tensor in file order as the file is written, with the tensor's data pointer as its tag:
+ * one tensor's bytes are in memory at a time, not the model's. */
+int rs_gguf_writer_write_filled(struct rs_gguf_writer *w, const char *path,
+				rs_gguf_tensor_fill_fn fill, void *ctx);
+
 /* Write model (its tensors in their own dtypes; output.weight omitted when tied) with the
  * llama.* keys and, when tok is not NULL, the tokenizer.ggml.* keys, as a GGUF v3 file.
  * Returns 0 or a negative errno with a message in err. */
 struct rs_tokenizer;
 int rs_gguf_write_model(const char *path, const struct rs_model *model,
 			const struct rs_tokenizer *tok, char *err, size_t err_size);
+
+/* Writes the rows * row bytes of model tensor t (in the model's own layout) into buf. */
+typedef int (*rs_model_tensor_fill_fn)(void *ctx, const struct rs_tensor *t, void *buf);
+
+/* rs_gguf_write_model, with each tensor's bytes from fill (called once per tensor, in file
+ * order, with a pointer to one of model's tensors) instead of its data, which then only
+ * marks presence and tying (a layout model: see rs_model_quantize_layout and
+ * rs_model_random_layout). fill NULL: the tensors' data, as rs_gguf_write_model. */
+int rs_gguf_write_model_filled(const char *path, const struct rs_model *model,
+			       const struct rs_tokenizer *tok, rs_model_tensor_fill_fn fill,
+			       void *fill_ctx, char *err, size_t err_size);
 
 #endif

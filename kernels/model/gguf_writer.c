@@ -263,11 +263,22 @@ static int pad(FILE *f, uint64_t pos, uint32_t alignment)
 	return 0;
 }
 
-int rs_gguf_writer_write(struct rs_gguf_writer *w, const char *path)
+int rs_gguf_writer_write_filled(struct rs_gguf_writer *w, const char *path,
+				rs_gguf_tensor_fill_fn fill, void *ctx)
 {
+	/* With fill, one buffer of the largest tensor's size holds each tensor in turn. */
+	uint64_t largest = 0;
+	for (size_t i = 0; fill && i < w->n_tensors; i++)
+		largest = w->tensors[i].nbytes > largest ? w->tensors[i].nbytes : largest;
+	void *buf = NULL;
+	if (fill && largest && !(buf = malloc(largest)))
+		return -ENOMEM;
 	FILE *f = fopen(path, "wb");
-	if (!f)
-		return -errno;
+	if (!f) {
+		int err = -errno;
+		free(buf);
+		return err;
+	}
 	uint32_t magic = RS_GGUF_MAGIC, version = RS_GGUF_VERSION;
 	uint64_t n_tensors = w->n_tensors, n_kv = w->n_kv, pos = 24;
 	int ret = put(f, &magic, 4);
@@ -298,25 +309,27 @@ int rs_gguf_writer_write(struct rs_gguf_writer *w, const char *path)
 	}
 	ret = ret ?: pad(f, pos, w->alignment);
 	for (size_t i = 0; i < w->n_tensors && !ret; i++) {
-		ret = put(f, w->tensors[i].data, w->tensors[i].nbytes);
-		ret = ret ?: pad(f, w->tensors[i].nbytes, w->alignment);
+		const struct writer_tensor *t = &w->tensors[i];
+		if (fill) {
+			ret = fill(ctx, t->data, buf, t->nbytes);
+			ret = ret ?: put(f, buf, t->nbytes);
+		} else {
+			ret = put(f, t->data, t->nbytes);
+		}
+		ret = ret ?: pad(f, t->nbytes, w->alignment);
 	}
 	if (fclose(f) != 0 && !ret)
 		ret = -errno;
+	free(buf);
 	return ret;
 }
 
-/* --- a whole model ---------------------------------------------------------------------- */
-
-/* Add a model tensor under name: ne = {cols, rows}, or {cols} for a vector. */
-static int add_model_tensor(struct rs_gguf_writer *w, const char *name, const struct rs_tensor *t)
+int rs_gguf_writer_write(struct rs_gguf_writer *w, const char *path)
 {
-	uint64_t ne[2] = {t->cols, t->rows};
-	if (rs_dtype_block_elems(t->dtype) == 0)
-		return -EINVAL;
-	return rs_gguf_writer_add_tensor(w, name, rs_gguf_tensor_type(t->dtype), ne,
-					 t->rows == 1 ? 1 : 2, t->data);
+	return rs_gguf_writer_write_filled(w, path, NULL, NULL);
 }
+
+/* --- a whole model ---------------------------------------------------------------------- */
 
 static size_t tensor_bytes(const struct rs_tensor *t)
 {
@@ -338,35 +351,56 @@ static void meta_to_neox_rows(uint8_t *dst, const uint8_t *src, size_t unit, uin
 		}
 }
 
-/* One buffer with each layer's wq, wk, bq, bk (those present, in that order, unaligned) in
- * the NEOX layout; NULL when out of memory. */
-static uint8_t *qk_to_neox_layout(const struct rs_model *model)
+/* One model tensor as the file writer sees it: the model's tensor and, for Qwen2's q and k,
+ * the heads whose rows go out in the NEOX layout (0: as they are). */
+struct model_tensor {
+	const struct rs_tensor *t;
+	uint32_t neox_heads;
+};
+
+/* The model's tensors in file order, and where their bytes come from. */
+struct model_tensors {
+	struct model_tensor *list;
+	size_t n;
+	rs_model_tensor_fill_fn fill; /* NULL: the tensors' own data */
+	void *fill_ctx;
+	const struct rs_model_config *config;
+	uint8_t *scratch; /* room for the largest tensor in the NEOX layout */
+};
+
+/* Add a model tensor under name: ne = {cols, rows}, or {cols} for a vector. */
+static int add_model_tensor(struct rs_gguf_writer *w, struct model_tensors *mt, const char *name,
+			    const struct rs_tensor *t, uint32_t neox_heads)
 {
-	const struct rs_model_config *c = &model->config;
-	size_t total = 0;
-	for (uint32_t l = 0; l < c->n_layers; l++) {
-		const struct rs_layer_weights *lw = &model->layers[l];
-		total += tensor_bytes(&lw->wq) + tensor_bytes(&lw->wk);
-		total += lw->bq.data ? tensor_bytes(&lw->bq) : 0;
-		total += lw->bk.data ? tensor_bytes(&lw->bk) : 0;
-	}
-	uint8_t *buf = malloc(total ? total : 1), *p = buf;
-	if (!buf)
-		return NULL;
-	for (uint32_t l = 0; l < c->n_layers; l++) {
-		const struct rs_layer_weights *lw = &model->layers[l];
-		const struct rs_tensor *ts[] = {&lw->wq, &lw->wk, &lw->bq, &lw->bk};
-		uint32_t heads[] = {c->n_heads, c->n_kv_heads, c->n_heads, c->n_kv_heads};
-		for (size_t i = 0; i < 4; i++) {
-			if (!ts[i]->data)
-				continue;
-			size_t units = (size_t)heads[i] * c->head_dim;
-			meta_to_neox_rows(p, ts[i]->data, tensor_bytes(ts[i]) / units, heads[i],
-					  c->head_dim, c->rope_dim);
-			p += tensor_bytes(ts[i]);
-		}
-	}
-	return buf;
+	uint64_t ne[2] = {t->cols, t->rows};
+	if (rs_dtype_block_elems(t->dtype) == 0)
+		return -EINVAL;
+	struct model_tensor *entry = &mt->list[mt->n];
+	*entry = (struct model_tensor){.t = t, .neox_heads = neox_heads};
+	int ret = rs_gguf_writer_add_tensor(w, name, rs_gguf_tensor_type(t->dtype), ne,
+					    t->rows == 1 ? 1 : 2, entry);
+	mt->n += ret == 0;
+	return ret;
+}
+
+/* rs_gguf_tensor_fill_fn over struct model_tensors: a tensor's bytes, q and k reordered. */
+static int fill_model_tensor(void *ctx, const void *tag, void *buf, uint64_t nbytes)
+{
+	struct model_tensors *mt = ctx;
+	const struct model_tensor *entry = tag;
+	int ret = 0;
+	if (mt->fill)
+		ret = mt->fill(mt->fill_ctx, entry->t, buf);
+	else
+		memcpy(buf, entry->t->data, nbytes);
+	if (ret || !entry->neox_heads)
+		return ret;
+	const struct rs_model_config *c = mt->config;
+	size_t units = (size_t)entry->neox_heads * c->head_dim;
+	meta_to_neox_rows(mt->scratch, buf, nbytes / units, entry->neox_heads, c->head_dim,
+			  c->rope_dim);
+	memcpy(buf, mt->scratch, nbytes);
+	return 0;
 }
 
 /* A BPE vocabulary's keys: "gpt2", its pre-tokenizer's name and its merges as
@@ -510,8 +544,9 @@ static uint32_t llama_ftype(const struct rs_model *model)
 	}
 }
 
-int rs_gguf_write_model(const char *path, const struct rs_model *model,
-			const struct rs_tokenizer *tok, char *err, size_t err_size)
+int rs_gguf_write_model_filled(const char *path, const struct rs_model *model,
+			       const struct rs_tokenizer *tok, rs_model_tensor_fill_fn fill,
+			       void *fill_ctx, char *err, size_t err_size)
 {
 	const struct rs_model_config *c = &model->config;
 	struct rs_gguf_writer *w;
@@ -522,6 +557,25 @@ int rs_gguf_write_model(const char *path, const struct rs_model *model,
 	ret = rs_gguf_writer_create(&w);
 	if (ret)
 		return rs_errmsg(err, err_size, ret, "GGUF writer: out of memory");
+	/* Per layer 9 matrices and norms and up to 3 biases; embedding, rope_freqs, final
+	 * norm, output. */
+	struct model_tensors mt = {.list = calloc((size_t)c->n_layers * 12 + 4, sizeof(*mt.list)),
+				   .fill = fill,
+				   .fill_ctx = fill_ctx,
+				   .config = c};
+	ret = mt.list ? 0 : -ENOMEM;
+	/* Qwen2's q and k rows go out in the NEOX layout its files have (see model.h). */
+	bool neox = model->arch == RS_ARCH_QWEN2;
+	size_t largest_qk = 0;
+	for (uint32_t l = 0; neox && l < c->n_layers; l++) {
+		const struct rs_layer_weights *lw = &model->layers[l];
+		const struct rs_tensor *ts[] = {&lw->wq, &lw->wk, &lw->bq, &lw->bk};
+		for (size_t i = 0; i < 4; i++)
+			if (ts[i]->data && tensor_bytes(ts[i]) > largest_qk)
+				largest_qk = tensor_bytes(ts[i]);
+	}
+	if (!ret && largest_qk && !(mt.scratch = malloc(largest_qk)))
+		ret = -ENOMEM;
 
 	/* llama.cpp's llama_ftype for the bulk of the weights. */
 	uint32_t file_type = llama_ftype(model);
@@ -543,7 +597,7 @@ int rs_gguf_write_model(const char *path, const struct rs_model *model,
 	};
 	for (size_t i = 0; i < sizeof(suffixes) / sizeof(suffixes[0]); i++)
 		snprintf(k[i], sizeof(k[i]), "%s.%s", arch, suffixes[i]);
-	ret = rs_gguf_writer_set_string(w, "general.architecture", arch);
+	ret = ret ?: rs_gguf_writer_set_string(w, "general.architecture", arch);
 	ret = ret ?: rs_gguf_writer_set_string(w, "general.name", "ringserve");
 	ret = ret ?: rs_gguf_writer_set_u32(w, "general.file_type", file_type);
 	ret = ret ?: rs_gguf_writer_set_u32(w, "general.alignment", RS_GGUF_DEFAULT_ALIGNMENT);
@@ -563,69 +617,67 @@ int rs_gguf_write_model(const char *path, const struct rs_model *model,
 	}
 	if (!ret && tok)
 		ret = add_tokenizer(w, tok);
-	/* Qwen2's q and k rows go out in the NEOX layout its files have (see model.h). */
-	uint8_t *neox = NULL;
-	if (!ret && model->arch == RS_ARCH_QWEN2) {
-		neox = qk_to_neox_layout(model);
-		ret = neox ? 0 : -ENOMEM;
-	}
-	size_t neox_used = 0;
 
-	ret = ret ?: add_model_tensor(w, "token_embd.weight", &model->token_embedding);
+	ret = ret ?: add_model_tensor(w, &mt, "token_embd.weight", &model->token_embedding, 0);
 	for (uint32_t l = 0; l < c->n_layers && !ret; l++) {
 		const struct rs_layer_weights *lw = &model->layers[l];
-		struct {
+		const struct {
 			const char *suffix;
 			const struct rs_tensor *t;
+			uint32_t neox_heads;
 		} parts[] = {
-		    {"attn_norm", &lw->attn_norm}, {"attn_q", &lw->wq},
-		    {"attn_k", &lw->wk},	   {"attn_v", &lw->wv},
-		    {"attn_output", &lw->wo},	   {"ffn_norm", &lw->ffn_norm},
-		    {"ffn_gate", &lw->w_gate},	   {"ffn_down", &lw->w_down},
-		    {"ffn_up", &lw->w_up},
+		    {"attn_norm", &lw->attn_norm, 0},
+		    {"attn_q", &lw->wq, neox ? c->n_heads : 0},
+		    {"attn_k", &lw->wk, neox ? c->n_kv_heads : 0},
+		    {"attn_v", &lw->wv, 0},
+		    {"attn_output", &lw->wo, 0},
+		    {"ffn_norm", &lw->ffn_norm, 0},
+		    {"ffn_gate", &lw->w_gate, 0},
+		    {"ffn_down", &lw->w_down, 0},
+		    {"ffn_up", &lw->w_up, 0},
 		};
-		struct rs_tensor q = lw->wq, k_ = lw->wk, bq = lw->bq, bk = lw->bk;
-		if (neox) {
-			struct rs_tensor *ts[] = {&q, &k_, &bq, &bk};
-			for (size_t i = 0; i < 4; i++)
-				if (ts[i]->data) {
-					ts[i]->data = neox + neox_used;
-					neox_used += tensor_bytes(ts[i]);
-				}
-			parts[1].t = &q;
-			parts[2].t = &k_;
-		}
 		for (size_t p = 0; p < sizeof(parts) / sizeof(parts[0]) && !ret; p++) {
 			char name[RS_GGUF_MAX_NAME];
 			snprintf(name, sizeof(name), "blk.%u.%s.weight", l, parts[p].suffix);
-			ret = add_model_tensor(w, name, parts[p].t);
+			ret = add_model_tensor(w, &mt, name, parts[p].t, parts[p].neox_heads);
 		}
 		const struct {
 			const char *name;
 			const struct rs_tensor *t;
-		} biases[] = {{"attn_q", &bq}, {"attn_k", &bk}, {"attn_v", &lw->bv}};
+			uint32_t neox_heads;
+		} biases[] = {{"attn_q", &lw->bq, neox ? c->n_heads : 0},
+			      {"attn_k", &lw->bk, neox ? c->n_kv_heads : 0},
+			      {"attn_v", &lw->bv, 0}};
 		for (size_t b = 0; b < 3 && !ret; b++) {
 			if (!biases[b].t->data)
 				continue;
 			char name[RS_GGUF_MAX_NAME];
 			snprintf(name, sizeof(name), "blk.%u.%s.bias", l, biases[b].name);
-			ret = add_model_tensor(w, name, biases[b].t);
+			ret = add_model_tensor(w, &mt, name, biases[b].t, biases[b].neox_heads);
 		}
 	}
 	if (!ret && model->rope_freqs.data)
-		ret = add_model_tensor(w, "rope_freqs.weight", &model->rope_freqs);
-	ret = ret ?: add_model_tensor(w, "output_norm.weight", &model->final_norm);
+		ret = add_model_tensor(w, &mt, "rope_freqs.weight", &model->rope_freqs, 0);
+	ret = ret ?: add_model_tensor(w, &mt, "output_norm.weight", &model->final_norm, 0);
 	if (!ret && model->output.data != model->token_embedding.data)
-		ret = add_model_tensor(w, "output.weight", &model->output);
+		ret = add_model_tensor(w, &mt, "output.weight", &model->output, 0);
 	if (ret) {
 		rs_gguf_writer_free(w);
-		free(neox);
+		free(mt.list);
+		free(mt.scratch);
 		return rs_errmsg(err, err_size, ret, "GGUF writer: cannot describe the model");
 	}
-	ret = rs_gguf_writer_write(w, path);
+	ret = rs_gguf_writer_write_filled(w, path, fill_model_tensor, &mt);
 	rs_gguf_writer_free(w);
-	free(neox);
+	free(mt.list);
+	free(mt.scratch);
 	if (ret)
 		return rs_errmsg(err, err_size, ret, "%s: write failed: %s", path, strerror(-ret));
 	return 0;
+}
+
+int rs_gguf_write_model(const char *path, const struct rs_model *model,
+			const struct rs_tokenizer *tok, char *err, size_t err_size)
+{
+	return rs_gguf_write_model_filled(path, model, tok, NULL, NULL, err, err_size);
 }

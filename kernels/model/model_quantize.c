@@ -13,8 +13,9 @@ int rs_quant_scheme_parse(const char *name, enum rs_quant_scheme *scheme)
 		const char *name;
 		enum rs_quant_scheme scheme;
 	} names[] = {
-	    {"q8_0", RS_QUANT_Q8_0}, {"q4_0", RS_QUANT_Q4_0}, {"q4_k", RS_QUANT_Q4_K},
-	    {"q5_k", RS_QUANT_Q5_K}, {"q6_k", RS_QUANT_Q6_K}, {"q4_k_m", RS_QUANT_Q4_K_M},
+	    {"q8_0", RS_QUANT_Q8_0},	 {"q4_0", RS_QUANT_Q4_0}, {"q4_k", RS_QUANT_Q4_K},
+	    {"q5_k", RS_QUANT_Q5_K},	 {"q6_k", RS_QUANT_Q6_K}, {"q4_k_m", RS_QUANT_Q4_K_M},
+	    {"q5_k_m", RS_QUANT_Q5_K_M},
 	};
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
 		if (!strcmp(name, names[i].name)) {
@@ -32,6 +33,7 @@ static enum rs_dtype base_dtype(enum rs_quant_scheme s)
 	case RS_QUANT_Q4_0:
 		return RS_DTYPE_Q4_0;
 	case RS_QUANT_Q5_K:
+	case RS_QUANT_Q5_K_M:
 		return RS_DTYPE_Q5_K;
 	case RS_QUANT_Q6_K:
 		return RS_DTYPE_Q6_K;
@@ -84,28 +86,30 @@ static int convert(struct plan *p, uint8_t *mem)
 	return rc;
 }
 
-int rs_model_quantize(const struct rs_model *src, enum rs_quant_scheme scheme,
-		      struct rs_model **out)
+/* A model with src's config and arch and room for its layers; NULL when out of memory. */
+static struct rs_model *empty_like(const struct rs_model *src)
 {
-	*out = NULL;
-	const struct rs_model_config *cfg = &src->config;
 	struct rs_model *m = calloc(1, sizeof(*m));
-	/* Per layer 9 matrices and norms and up to 3 biases; embedding, final norm, output,
-	 * rope_freqs. */
-	struct plan *plans = calloc((size_t)cfg->n_layers * 12 + 4, sizeof(*plans));
 	if (m)
-		m->layers = calloc(cfg->n_layers, sizeof(*m->layers));
-	if (!m || !plans || !m->layers) {
-		if (m)
-			free(m->layers);
+		m->layers =
+		    calloc(src->config.n_layers ? src->config.n_layers : 1, sizeof(*m->layers));
+	if (!m || !m->layers) {
 		free(m);
-		free(plans);
-		return -ENOMEM;
+		return NULL;
 	}
-	m->config = *cfg;
+	m->config = src->config;
 	m->arch = src->arch;
+	return m;
+}
+
+/* The plans of src's tensors (into plans, room for n_layers * 12 + 4), their dst tensors
+ * those of m; returns how many. Tied output: m->output is left for the caller. */
+static size_t make_plans(const struct rs_model *src, enum rs_quant_scheme scheme,
+			 struct rs_model *m, struct plan *plans)
+{
+	const struct rs_model_config *cfg = &src->config;
 	enum rs_dtype base = base_dtype(scheme);
-	bool mix = scheme == RS_QUANT_Q4_K_M;
+	bool mix = scheme == RS_QUANT_Q4_K_M || scheme == RS_QUANT_Q5_K_M;
 	size_t n = 0;
 #define PLAN(s, d, want)                                                                           \
 	plans[n++] =                                                                               \
@@ -137,10 +141,51 @@ int rs_model_quantize(const struct rs_model *src, enum rs_quant_scheme scheme,
 	if (src->rope_freqs.data)
 		PLAN(&src->rope_freqs, &m->rope_freqs, RS_DTYPE_F32);
 	PLAN(&src->final_norm, &m->final_norm, RS_DTYPE_F32);
-	bool tied = src->output.data == src->token_embedding.data;
-	if (!tied)
+	if (src->output.data != src->token_embedding.data)
 		PLAN(&src->output, &m->output, mix ? RS_DTYPE_Q6_K : base);
 #undef PLAN
+	return n;
+}
+
+int rs_model_quantize_layout(const struct rs_model *src, enum rs_quant_scheme scheme,
+			     struct rs_model **out)
+{
+	*out = NULL;
+	struct rs_model *m = empty_like(src);
+	struct plan *plans = calloc((size_t)src->config.n_layers * 12 + 4, sizeof(*plans));
+	if (!m || !plans) {
+		rs_model_free(m);
+		free(plans);
+		return -ENOMEM;
+	}
+	size_t n = make_plans(src, scheme, m, plans);
+	for (size_t i = 0; i < n; i++)
+		*plans[i].dst = (struct rs_tensor){.dtype = plans[i].dtype,
+						   .rows = plans[i].src->rows,
+						   .cols = plans[i].src->cols,
+						   .data = plans[i].src->data};
+	if (src->output.data == src->token_embedding.data)
+		m->output = m->token_embedding;
+	free(plans);
+	*out = m;
+	return 0;
+}
+
+int rs_model_quantize(const struct rs_model *src, enum rs_quant_scheme scheme,
+		      struct rs_model **out)
+{
+	*out = NULL;
+	struct rs_model *m = empty_like(src);
+	/* Per layer 9 matrices and norms and up to 3 biases; embedding, final norm, output,
+	 * rope_freqs. */
+	struct plan *plans = calloc((size_t)src->config.n_layers * 12 + 4, sizeof(*plans));
+	if (!m || !plans) {
+		rs_model_free(m);
+		free(plans);
+		return -ENOMEM;
+	}
+	size_t n = make_plans(src, scheme, m, plans);
+	bool tied = src->output.data == src->token_embedding.data;
 	size_t bytes = 0;
 	for (size_t i = 0; i < n; i++)
 		bytes += aligned_bytes(plans[i].dtype, plans[i].src->rows, plans[i].src->cols);

@@ -17,9 +17,12 @@ enum rs_quant_scheme {
 	 * ffn_down in the layers llama.cpp's use_more_bits picks (the first and last eighth
 	 * of the layers and every third one between). */
 	RS_QUANT_Q4_K_M,
+	/* As llama.cpp's Q5_K_M: Q5_K, with Q6_K where Q4_K_M has it. */
+	RS_QUANT_Q5_K_M,
 };
 
-/* The scheme named "q8_0", "q4_0", "q4_k", "q5_k", "q6_k" or "q4_k_m"; -EINVAL otherwise. */
+/* The scheme named "q8_0", "q4_0", "q4_k", "q5_k", "q6_k", "q4_k_m" or "q5_k_m"; -EINVAL
+ * otherwise. */
 int rs_quant_scheme_parse(const char *name, enum rs_quant_scheme *scheme);
 
 /* A copy of src (any dtype) with every matrix quantized per scheme and the 1-D norm
@@ -29,5 +32,12 @@ int rs_quant_scheme_parse(const char *name, enum rs_quant_scheme *scheme);
  * owns its memory (rs_model_free) and has no tokenizer. 0, -EINVAL, -ENOMEM. */
 int rs_model_quantize(const struct rs_model *src, enum rs_quant_scheme scheme,
 		      struct rs_model **out);
+
+/* What rs_model_quantize would make of src, without the data: each tensor's dtype, rows and
+ * cols as there, its data pointer src's own (so whatever src's pointers stand for, a layout
+ * model's recipes for one, carries over; tied stays tied). For writing a model tensor by
+ * tensor (rs_gguf_write_model_filled). Release with rs_model_free. 0 or -ENOMEM. */
+int rs_model_quantize_layout(const struct rs_model *src, enum rs_quant_scheme scheme,
+			     struct rs_model **out);
 
 #endif

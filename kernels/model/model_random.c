@@ -182,3 +182,117 @@ int rs_model_random_arch(const struct rs_model_config *cfg, enum rs_dtype dtype,
 	}
 	return 0;
 }
+
+/* --- layout models: the recipes, drawn on demand --------------------------------------- */
+
+/* splitmix64 adds its constant once per draw, so draw k of a stream starts from
+ * seed + k * constant: any tensor's values can be drawn without those before it. */
+static uint64_t stream_at(uint64_t seed, uint64_t draw)
+{
+	return seed + draw * 0x9e3779b97f4a7c15ull;
+}
+
+/* Hands out recipes in rs_model_random's order, counting each stream's draws. */
+struct recipe_book {
+	struct rs_random_recipe *next;
+	enum rs_dtype dtype;
+	uint64_t seed, drawn;
+};
+
+static struct rs_tensor recipe(struct recipe_book *b, uint64_t rows, uint64_t cols, float center,
+			       float scale)
+{
+	struct rs_random_recipe *r = b->next++;
+	*r = (struct rs_random_recipe){.seed = b->seed,
+				       .first_draw = b->drawn,
+				       .center = center,
+				       .scale = scale,
+				       .dtype = b->dtype};
+	b->drawn += rows * cols;
+	return (struct rs_tensor){.dtype = b->dtype, .rows = rows, .cols = cols, .data = r};
+}
+
+int rs_model_random_layout(const struct rs_model_config *cfg, enum rs_dtype dtype, uint64_t seed,
+			   bool tied_output, const struct rs_model_random_extras *x,
+			   struct rs_model **out)
+{
+	*out = NULL;
+	if (!cfg || rs_model_check_config(cfg, NULL, 0) || rs_dtype_size(dtype) == 0)
+		return -EINVAL;
+	bool bias = x && (x->qkv_bias || x->arch == RS_ARCH_QWEN2);
+	bool freqs = x && x->rope_factor > 0.0f;
+	if (freqs && (!(x->low_freq_factor > 0.0f) || !(x->high_freq_factor > x->low_freq_factor) ||
+		      !x->original_context))
+		return -EINVAL;
+	uint64_t dim = cfg->dim, hidden = cfg->hidden_dim, vocab = cfg->vocab_size;
+	uint64_t q_dim = (uint64_t)cfg->n_heads * cfg->head_dim;
+	uint64_t kv_dim = (uint64_t)cfg->n_kv_heads * cfg->head_dim;
+	/* Per layer 9 tensors and 3 biases; embedding, final norm, output, rope_freqs. */
+	size_t n_recipes = (size_t)cfg->n_layers * 12 + 4;
+	struct rs_model *model = calloc(1, sizeof(*model));
+	if (!model)
+		return -ENOMEM;
+	model->layers = calloc(cfg->n_layers, sizeof(*model->layers));
+	model->owned = calloc(n_recipes, sizeof(struct rs_random_recipe));
+	model->owned_arch = freqs ? calloc(cfg->rope_dim / 2 + 1, sizeof(float)) : NULL;
+	if (!model->layers || !model->owned || (freqs && !model->owned_arch)) {
+		rs_model_free(model);
+		return -ENOMEM;
+	}
+	model->config = *cfg;
+	model->arch = x ? x->arch : RS_ARCH_LLAMA;
+
+	/* The same tensors, order, centers and scales as rs_model_random(_arch). */
+	struct recipe_book b = {.next = model->owned, .dtype = dtype, .seed = seed};
+	float emb_scale = tied_output ? 1.0f / sqrtf((float)dim) : 1.0f;
+	model->token_embedding = recipe(&b, vocab, dim, 0.0f, emb_scale);
+	for (uint32_t l = 0; l < cfg->n_layers; l++) {
+		struct rs_layer_weights *w = &model->layers[l];
+		w->attn_norm = recipe(&b, 1, dim, 1.0f, 0.1f / 1.7320508f);
+		w->wq = recipe(&b, q_dim, dim, 0.0f, 1.0f / sqrtf((float)dim));
+		w->wk = recipe(&b, kv_dim, dim, 0.0f, 1.0f / sqrtf((float)dim));
+		w->wv = recipe(&b, kv_dim, dim, 0.0f, 1.0f / sqrtf((float)dim));
+		w->wo = recipe(&b, dim, q_dim, 0.0f, 1.0f / sqrtf((float)q_dim));
+		w->ffn_norm = recipe(&b, 1, dim, 1.0f, 0.1f / 1.7320508f);
+		w->w_gate = recipe(&b, hidden, dim, 0.0f, 1.0f / sqrtf((float)dim));
+		w->w_down = recipe(&b, dim, hidden, 0.0f, 1.0f / sqrtf((float)hidden));
+		w->w_up = recipe(&b, hidden, dim, 0.0f, 1.0f / sqrtf((float)dim));
+	}
+	model->final_norm = recipe(&b, 1, dim, 1.0f, 0.1f / 1.7320508f);
+	model->output = tied_output ? model->token_embedding
+				    : recipe(&b, vocab, dim, 0.0f, 1.0f / sqrtf((float)dim));
+
+	/* The extras: f32, the biases from the second stream. */
+	struct recipe_book extra = {.next = b.next, .dtype = RS_DTYPE_F32, .seed = ~seed};
+	for (uint32_t l = 0; bias && l < cfg->n_layers; l++) {
+		struct rs_layer_weights *w = &model->layers[l];
+		w->bq = recipe(&extra, 1, q_dim, 0.0f, 0.5f);
+		w->bk = recipe(&extra, 1, kv_dim, 0.0f, 0.5f);
+		w->bv = recipe(&extra, 1, kv_dim, 0.0f, 0.5f);
+	}
+	if (freqs) {
+		float *d = model->owned_arch;
+		for (uint32_t i = 0; i < cfg->rope_dim / 2; i++)
+			d[i] = (float)rs_llama3_rope_divisor(
+			    pow((double)cfg->rope_theta, -2.0 * i / cfg->rope_dim), x);
+		model->rope_freqs = recipe(&extra, 1, cfg->rope_dim / 2, 0.0f, 0.0f);
+		((struct rs_random_recipe *)model->rope_freqs.data)->values = d;
+	}
+	*out = model;
+	return 0;
+}
+
+void rs_random_recipe_rows(const struct rs_random_recipe *r, uint64_t cols, uint64_t row0,
+			   uint64_t n_rows, void *out)
+{
+	uint64_t n = n_rows * cols, first = row0 * cols;
+	if (r->values) {
+		for (uint64_t i = 0; i < n; i++)
+			store(out, r->dtype, i, r->values[first + i]);
+		return;
+	}
+	uint64_t rng = stream_at(r->seed, r->first_draw + first);
+	float amplitude = r->scale * 1.7320508f;
+	for (uint64_t i = 0; i < n; i++)
+		store(out, r->dtype, i, r->center + amplitude * uniform_pm1(&rng));
+}

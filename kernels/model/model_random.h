@@ -48,4 +48,27 @@ int rs_model_random_arch(const struct rs_model_config *cfg, enum rs_dtype dtype,
 /* The "llama3" divisor of RoPE pair i (frequency theta^(-2i / rope_dim)), as above. */
 double rs_llama3_rope_divisor(double freq, const struct rs_model_random_extras *extras);
 
+/* How a layout model's tensor is made: what rs_model_random(_arch) would put there. */
+struct rs_random_recipe {
+	uint64_t seed;	     /* the splitmix64 stream it is drawn from */
+	uint64_t first_draw; /* how many values of that stream come before its first */
+	float center, scale; /* values center + scale * sqrt(3) * U(-1, 1), as above */
+	enum rs_dtype dtype; /* the dtype the values are stored in */
+	const float *values; /* computed values (rope_freqs) instead of draws, or NULL */
+};
+
+/* The model rs_model_random_arch would build, without its data: each tensor has its dtype,
+ * rows and cols, and its data points at its struct rs_random_recipe (tied: the embedding's
+ * recipe). Costs a few bytes per tensor, not the weights; rs_random_recipe_rows draws any
+ * tensor's rows on demand, so a model far larger than memory can be written tensor by
+ * tensor (rs_gguf_write_model_filled). Release with rs_model_free. 0, -EINVAL, -ENOMEM. */
+int rs_model_random_layout(const struct rs_model_config *cfg, enum rs_dtype dtype, uint64_t seed,
+			   bool tied_output, const struct rs_model_random_extras *extras,
+			   struct rs_model **out);
+
+/* Rows [row0, row0 + n_rows) of the cols-column tensor made by r, stored in r->dtype at out:
+ * the same values rs_model_random_arch stores there. */
+void rs_random_recipe_rows(const struct rs_random_recipe *r, uint64_t cols, uint64_t row0,
+			   uint64_t n_rows, void *out);
+
 #endif

@@ -14,6 +14,7 @@
 #include "kernels/model/llama2c.h"
 #include "kernels/model/model_quantize.h"
 #include "kernels/model/model_random.h"
+#include "kernels/model/model_stream.h"
 #include "kernels/model/pretokenize.h"
 #include "kernels/model/tokenizer.h"
 
@@ -25,8 +26,8 @@ static void usage(FILE *f)
 	    "usage: ringserve-mkmodel [--out-gguf FILE] [--out-llama2c FILE] [--out-tokenizer "
 	    "FILE]\n"
 	    "         [--dim N] [--hidden N] [--layers N] [--heads N] [--kv-heads N] [--vocab N]\n"
-	    "         [--seq-len N] [--seed S] [--dtype "
-	    "f32|f16|bf16|q8_0|q4_0|q4_k|q5_k|q6_k|q4_k_m] [--tied] [--rope-theta T]\n"
+	    "         [--seq-len N] [--seed S] [--tied] [--rope-theta T]\n"
+	    "         [--dtype f32|f16|bf16|q8_0|q4_0|q4_k|q5_k|q6_k|q4_k_m|q5_k_m]\n"
 	    "         [--arch llama|llama3|qwen2] [--tokenizer spm|bpe] [--rope-scale F]\n"
 	    "         [--rope-orig-ctx N]\n"
 	    "  Writes a seeded random Llama model (defaults: dim 64, hidden 172, 2 layers, 4 "
@@ -44,7 +45,10 @@ static void usage(FILE *f)
 	    "                    round-to-nearest quantizer of the f32 model, norms in f32, "
 	    "K-quant\n"
 	    "                    matrices whose rows are not a multiple of 256 in q8_0;\n"
-	    "                    q4_k_m = q4_k with q6_k output and attn_v/ffn_down as llama.cpp)\n"
+	    "                    q4_k_m = q4_k with q6_k output and attn_v/ffn_down as llama.cpp,\n"
+	    "                    q5_k_m the same over q5_k; drawn, quantized and written one\n"
+	    "                    tensor at a time, so a 7B model needs about one tensor of "
+	    "memory)\n"
 	    "  --out-llama2c     llama2.c checkpoint (float32; a negative vocab_size when not "
 	    "--tied)\n"
 	    "  --out-tokenizer   llama2.c tokenizer.bin for the same vocabulary\n"
@@ -198,7 +202,7 @@ int main(int argc, char **argv)
 			} else {
 				fprintf(stderr,
 					"ringserve-mkmodel: --dtype must be f32, f16, bf16, q8_0, "
-					"q4_0, q4_k, q5_k, q6_k or q4_k_m\n");
+					"q4_0, q4_k, q5_k, q6_k, q4_k_m or q5_k_m\n");
 				return 2;
 			}
 			break;
@@ -267,30 +271,23 @@ int main(int argc, char **argv)
 		fprintf(stderr, "ringserve-mkmodel: %s\n", err);
 		return 2;
 	}
+	/* The GGUF file is drawn, quantized and written one tensor at a time (a 7B model
+	 * would not fit in memory as f32); the llama2.c file needs the f32 model built. */
+	int status = 0;
+	if (out_gguf &&
+	    rs_model_random_write_gguf(out_gguf, &cfg, dtype, seed, tied, &extras,
+				       quantized ? &scheme : NULL, tok, err, sizeof(err))) {
+		fprintf(stderr, "ringserve-mkmodel: %s\n", err);
+		status = 1;
+	}
 	struct rs_model *model = NULL;
-	if (out_gguf || out_llama2c) {
+	if (!status && out_llama2c) {
 		int ret = rs_model_random_arch(&cfg, dtype, seed, tied, &extras, &model);
 		if (ret) {
 			fprintf(stderr, "ringserve-mkmodel: cannot build the model: %s\n",
 				strerror(-ret));
-			return 1;
+			status = 1;
 		}
-	}
-	/* A quantized GGUF: the f32 model quantized (the llama2.c file stays f32). */
-	struct rs_model *gguf_model = model;
-	if (quantized && out_gguf) {
-		int ret = rs_model_quantize(model, scheme, &gguf_model);
-		if (ret) {
-			fprintf(stderr, "ringserve-mkmodel: cannot quantize the model: %s\n",
-				strerror(-ret));
-			rs_model_free(model);
-			return 1;
-		}
-	}
-	int status = 0;
-	if (out_gguf && rs_gguf_write_model(out_gguf, gguf_model, tok, err, sizeof(err))) {
-		fprintf(stderr, "ringserve-mkmodel: %s\n", err);
-		status = 1;
 	}
 	if (!status && out_llama2c && rs_llama2c_write(out_llama2c, model, err, sizeof(err))) {
 		fprintf(stderr, "ringserve-mkmodel: %s\n", err);
@@ -313,8 +310,6 @@ int main(int argc, char **argv)
 		    cfg.n_kv_heads, cfg.vocab_size, cfg.max_seq_len,
 		    quantized ? dtype_name : rs_dtype_name(dtype), tied ? "tied" : "separate",
 		    (unsigned long long)seed);
-	if (gguf_model != model)
-		rs_model_free(gguf_model);
 	rs_model_free(model);
 	rs_tokenizer_free(tok);
 	return status;
