@@ -611,12 +611,15 @@ static void pool_exhausted(void)
 /* --- insert_below agrees with insert -----------------------------------------------------------
  */
 
-/* One of two caches run side by side: the same operations, one inserting from the root, the
- * other below the node the sequence holds locked. */
+/* One of three caches run side by side: the same operations, one inserting from the root, the
+ * others below the node the sequence holds locked; the third inserts prompt + output at the
+ * end with rs_prefix_cache_insert_released (its table must stay as it was, and the cache
+ * and the pool must end up as the others'). */
 struct twin {
 	struct rs_kv_cache *kv;
 	struct rs_prefix_cache *cache;
 	bool below;
+	bool released;
 };
 
 #define TWIN_PROMPTS 12
@@ -647,7 +650,13 @@ static void twin_request(struct twin *twin, const uint32_t *tokens, uint32_t pro
 	rs_prefix_cache_unlock(twin->cache, locked);
 	locked = node;
 	CHECK(rs_prefix_cache_check(twin->cache) == 0, "invariants after the prompt");
-	if (twin->below)
+	uint32_t before_end[8];
+	memcpy(before_end, table, all_blocks * sizeof(uint32_t));
+	if (twin->released) {
+		rs_prefix_cache_insert_released(twin->cache, locked, tokens, all_blocks, table);
+		CHECK(memcmp(before_end, table, all_blocks * sizeof(uint32_t)) == 0,
+		      "a released insert leaves the table alone");
+	} else if (twin->below)
 		rs_prefix_cache_insert_below(twin->cache, locked, tokens, all_blocks, table);
 	else
 		rs_prefix_cache_insert(twin->cache, tokens, all_blocks, table);
@@ -660,8 +669,9 @@ static void twin_request(struct twin *twin, const uint32_t *tokens, uint32_t pro
 static void insert_below_agrees(uint64_t seed)
 {
 	rng_state = seed;
-	struct twin twins[2] = {{.below = false}, {.below = true}};
-	for (int t = 0; t < 2; t++) {
+	struct twin twins[3] = {
+	    {.below = false}, {.below = true}, {.below = true, .released = true}};
+	for (int t = 0; t < 3; t++) {
 		CHECK(rs_kv_cache_create(48, 4, &twins[t].kv) == 0, "kv");
 		CHECK(rs_prefix_cache_create(twins[t].kv, NULL, &twins[t].cache) == 0, "create");
 	}
@@ -679,19 +689,27 @@ static void insert_below_agrees(uint64_t seed)
 			uint32_t want = 1 + rnd(4);
 			uint32_t freed0 = rs_prefix_cache_evict(twins[0].cache, want);
 			uint32_t freed1 = rs_prefix_cache_evict(twins[1].cache, want);
-			CHECK(freed0 == freed1, "evicted %u and %u blocks", freed0, freed1);
+			uint32_t freed2 = rs_prefix_cache_evict(twins[2].cache, want);
+			CHECK(freed0 == freed1 && freed0 == freed2, "evicted %u, %u and %u blocks",
+			      freed0, freed1, freed2);
 		}
 		/* Room for the request, evicting alike on both. */
 		uint32_t free0 = rs_kv_free_count(twins[0].kv);
 		if (free0 < all_blocks) {
 			rs_prefix_cache_evict(twins[0].cache, all_blocks - free0);
 			rs_prefix_cache_evict(twins[1].cache, all_blocks - free0);
+			rs_prefix_cache_evict(twins[2].cache, all_blocks - free0);
 		}
 		if (rs_kv_free_count(twins[0].kv) < all_blocks)
 			continue;
-		uint32_t table0[8], table1[8];
+		uint32_t table0[8], table1[8], table2[8];
 		twin_request(&twins[0], tokens, prompt_blocks, all_blocks, table0);
 		twin_request(&twins[1], tokens, prompt_blocks, all_blocks, table1);
+		twin_request(&twins[2], tokens, prompt_blocks, all_blocks, table2);
+		CHECK(rs_prefix_cache_nodes(twins[2].cache) ==
+			      rs_prefix_cache_nodes(twins[0].cache) &&
+			  rs_kv_free_count(twins[2].kv) == rs_kv_free_count(twins[0].kv),
+		      "a released insert: the same nodes and free blocks");
 		CHECK(memcmp(table0, table1, all_blocks * sizeof(uint32_t)) == 0, "same tables");
 		CHECK(rs_prefix_cache_nodes(twins[0].cache) ==
 			  rs_prefix_cache_nodes(twins[1].cache),
@@ -699,17 +717,20 @@ static void insert_below_agrees(uint64_t seed)
 		/* Same cached prefixes, looked up without touching the LRU order. */
 		for (uint32_t p = 0; p < TWIN_PROMPTS; p++) {
 			struct rs_prefix_waiter probe0 = {.tokens = prompts[p], .max_blocks = 8};
-			struct rs_prefix_waiter probe1 = probe0;
+			struct rs_prefix_waiter probe1 = probe0, probe2 = probe0;
 			rs_prefix_cache_watch(twins[0].cache, &probe0);
 			rs_prefix_cache_watch(twins[1].cache, &probe1);
-			CHECK(probe0.match_blocks == probe1.match_blocks,
-			      "prompt %u: %u and %u blocks", p, probe0.match_blocks,
-			      probe1.match_blocks);
+			rs_prefix_cache_watch(twins[2].cache, &probe2);
+			CHECK(probe0.match_blocks == probe1.match_blocks &&
+				  probe0.match_blocks == probe2.match_blocks,
+			      "prompt %u: %u, %u and %u blocks", p, probe0.match_blocks,
+			      probe1.match_blocks, probe2.match_blocks);
 			rs_prefix_cache_unwatch(twins[0].cache, &probe0);
 			rs_prefix_cache_unwatch(twins[1].cache, &probe1);
+			rs_prefix_cache_unwatch(twins[2].cache, &probe2);
 		}
 	}
-	for (int t = 0; t < 2; t++) {
+	for (int t = 0; t < 3; t++) {
 		rs_prefix_cache_destroy(twins[t].cache);
 		rs_kv_cache_destroy(twins[t].kv);
 	}

@@ -512,10 +512,12 @@ struct rs_prefix_node *rs_prefix_cache_insert(struct rs_prefix_cache *cache, con
 	return rs_prefix_cache_insert_below(cache, NULL, tokens, n_blocks, blocks);
 }
 
-struct rs_prefix_node *rs_prefix_cache_insert_below(struct rs_prefix_cache *cache,
-						    struct rs_prefix_node *start,
-						    const uint32_t *tokens, uint32_t n_blocks,
-						    uint32_t *blocks)
+/* The insert of both entry points; adopt: switch the sequence's table to blocks already
+ * cached (a sequence that goes on using its table), else leave its table alone (one that
+ * lets go of it at once: the swap would only move references back and forth). */
+static struct rs_prefix_node *insert_from(struct rs_prefix_cache *cache,
+					  struct rs_prefix_node *start, const uint32_t *tokens,
+					  uint32_t n_blocks, uint32_t *blocks, bool adopt)
 {
 	cache->clock++;
 	uint32_t index = ROOT, first = 0;
@@ -532,7 +534,7 @@ struct rs_prefix_node *rs_prefix_cache_insert_below(struct rs_prefix_cache *cach
 		uint32_t child = child_find(cache, index, hash, block);
 		if (child != NONE) {
 			uint32_t cached = cache->nodes[child].block;
-			if (blocks[i] != cached) {
+			if (adopt && blocks[i] != cached) {
 				/* The same tokens after the same prefix: the same K/V. */
 				rs_kv_block_unref(cache->kv, blocks[i]);
 				rs_kv_block_ref(cache->kv, cached);
@@ -567,6 +569,22 @@ struct rs_prefix_node *rs_prefix_cache_insert_below(struct rs_prefix_cache *cach
 		index = child;
 	}
 	return index == ROOT ? NULL : &cache->nodes[index];
+}
+
+struct rs_prefix_node *rs_prefix_cache_insert_below(struct rs_prefix_cache *cache,
+						    struct rs_prefix_node *start,
+						    const uint32_t *tokens, uint32_t n_blocks,
+						    uint32_t *blocks)
+{
+	return insert_from(cache, start, tokens, n_blocks, blocks, true);
+}
+
+void rs_prefix_cache_insert_released(struct rs_prefix_cache *cache, struct rs_prefix_node *start,
+				     const uint32_t *tokens, uint32_t n_blocks,
+				     const uint32_t *blocks)
+{
+	/* Not adopting, insert_from never writes the table. */
+	insert_from(cache, start, tokens, n_blocks, (uint32_t *)blocks, false);
 }
 
 uint32_t rs_prefix_cache_evict(struct rs_prefix_cache *cache, uint32_t blocks)

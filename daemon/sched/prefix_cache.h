@@ -95,6 +95,13 @@ struct rs_prefix_node *rs_prefix_cache_insert_below(struct rs_prefix_cache *cach
 						    const uint32_t *tokens, uint32_t n_blocks,
 						    uint32_t *blocks);
 
+/* rs_prefix_cache_insert_below for a sequence that drops its table right after (a request
+ * that ends): the same nodes and references in the cache, but its table is left as it
+ * is (the cached blocks are not swapped in: the table's references go back at once). */
+void rs_prefix_cache_insert_released(struct rs_prefix_cache *cache, struct rs_prefix_node *start,
+				     const uint32_t *tokens, uint32_t n_blocks,
+				     const uint32_t *blocks);
+
 /* Evict unlocked leaves, least recently used first, until `blocks` KV blocks have gone
  * back to the allocator or nothing is left to evict (a node whose block some sequence
  * still references is dropped from the tree but frees no block). Waiters at an evicted

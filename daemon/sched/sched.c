@@ -435,7 +435,7 @@ static void finish(struct rs_sched *sched, struct rs_request *request, int32_t s
 		/* The prompt and the output so far: a conversation's next turn starts with it.
 		 * Not locked: the request lets go of it at once. */
 		if (status == 0 && worker_of(sched, request)->cache)
-			rs_prefix_cache_insert_below(
+			rs_prefix_cache_insert_released(
 			    worker_of(sched, request)->cache, request->locked, request->tokens,
 			    request->computed / sched->block_size, request->blocks);
 		if (status == 0 && sched->planner->finished)
