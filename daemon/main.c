@@ -543,10 +543,6 @@ int main(int argc, char **argv)
 		fprintf(model_options.step_log,
 			"# ringserved step log: rows tokens pairs seconds\n");
 	}
-	if (workers > 1 && config.multibin) {
-		fprintf(stderr, "ringserved: --workers needs --planner continuous\n");
-		return 2;
-	}
 	/* CPU workers split the cores: each instance gets its share of --threads (all CPUs
 	 * when not given). */
 	if (workers > 1 && model_options.threads == 0) {

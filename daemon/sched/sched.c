@@ -42,8 +42,7 @@ int rs_sched_create_workers(const struct rs_sched_config *config, struct rs_kv_c
 	uint32_t n_workers = config->workers ? config->workers : 1;
 	if (!config->lanes || !config->max_batch || !config->max_batch_tokens ||
 	    !config->max_tenants || !config->vocab_size || !kvs || !hooks->now_ns ||
-	    !hooks->token || !hooks->finish ||
-	    (n_workers > 1 && config->planner && config->planner != &rs_planner_continuous))
+	    !hooks->token || !hooks->finish)
 		return -EINVAL;
 	for (uint32_t w = 0; w < n_workers; w++)
 		if (!kvs[w] || rs_kv_block_size(kvs[w]) != rs_kv_block_size(kvs[0]))
@@ -59,6 +58,7 @@ int rs_sched_create_workers(const struct rs_sched_config *config, struct rs_kv_c
 	sched->block_size = rs_kv_block_size(kvs[0]);
 	sched->n_workers = n_workers;
 	sched->n_lanes = n_workers * config->lanes;
+	sched->worker_seats = config->lanes * config->max_batch; /* the planner may add */
 	struct rs_admission_params admission = config->admission;
 	admission.max_tenants = config->max_tenants;
 	int ret = rs_tenant_table_init(&sched->tenants, config->max_tenants);
@@ -489,7 +489,7 @@ static uint32_t unpromised_free(const struct rs_sched_worker *worker, uint32_t o
  * (NULL: none has one). The match on each worker's cache only reads it. */
 static struct rs_sched_worker *dispatch(struct rs_sched *sched, const struct rs_request *request)
 {
-	uint32_t n = 0, seats = sched->config.lanes * sched->config.max_batch;
+	uint32_t n = 0, seats = sched->worker_seats;
 	for (uint32_t w = 0; w < sched->n_workers; w++) {
 		struct rs_sched_worker *worker = &sched->workers[w];
 		if (worker->load >= seats)
@@ -605,7 +605,7 @@ static struct rs_request *pull_choose(struct rs_sched *sched, const struct rs_sc
 static struct rs_sched_worker *pull_route(struct rs_sched *sched, struct rs_sched_worker *puller,
 					  const struct rs_request *request, uint32_t puller_match)
 {
-	uint32_t seats = sched->config.lanes * sched->config.max_batch, least = puller->load;
+	uint32_t seats = sched->worker_seats, least = puller->load;
 	for (uint32_t w = 0; w < sched->n_workers; w++)
 		if (sched->workers[w].load < seats && sched->workers[w].load < least)
 			least = sched->workers[w].load;
@@ -761,6 +761,22 @@ struct rs_request *rs_sched_admit_next(struct rs_sched *sched, struct rs_sched_l
 	if (request)
 		rs_sched_seat(sched, lane, request);
 	return request;
+}
+
+struct rs_request *rs_sched_admit_staged_for(struct rs_sched *sched,
+					     const struct rs_sched_lane *lane)
+{
+	if (!sched->workers_choose)
+		return rs_sched_admit_staged(sched);
+	uint32_t match;
+	struct rs_request *chosen;
+	while ((chosen = pull_choose(sched, lane->worker, &match)))
+		if (within_share(sched, chosen)) {
+			struct rs_sched_worker *target =
+			    pull_route(sched, lane->worker, chosen, match);
+			return target ? admit_on(sched, chosen, target) : NULL;
+		}
+	return NULL;
 }
 
 int rs_sched_reserve(struct rs_sched *sched, struct rs_sched_lane *lane, struct rs_request *request,

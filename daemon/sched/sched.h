@@ -80,8 +80,9 @@ struct rs_sched_config {
 	const struct rs_planner_ops *planner; /* planner.h; NULL: continuous batching */
 	struct rs_multibin_params multibin;   /* for rs_planner_multibin */
 	/* Workers (engine instances, each its own KV pool, prefix cache and `lanes` lanes;
-	 * dispatch.h); 0 or 1: one, and the core is what it is without workers. More than
-	 * one needs the continuous planner. */
+	 * dispatch.h); 0 or 1: one, and the core is what it is without workers. Under the
+	 * multibin planner each worker has its own bins (of the requests dispatched to
+	 * it), which its lanes take batches from. */
 	uint32_t workers;
 	struct rs_dispatch_params dispatch;
 };

@@ -42,6 +42,9 @@ struct rs_sched {
 	struct rs_sched_worker *workers;
 	uint32_t n_workers;
 	uint32_t n_lanes;			  /* n_workers * config.lanes */
+	/* Requests a worker may hold admitted (dispatch offers it only below that): its lanes'
+	 * seats, plus what the planner stages for it (multibin: k x B). */
+	uint32_t worker_seats;
 	struct rs_dispatch *dispatch;		  /* NULL with one worker */
 	struct rs_dispatch_candidate *candidates; /* n_workers entries */
 	uint32_t min_kv_blocks;			  /* the smallest worker pool */
@@ -86,6 +89,13 @@ struct rs_request *rs_sched_admit_next(struct rs_sched *sched, struct rs_sched_l
 /* The same admission without a seat: the request joins the tail of the staged list
  * (state RS_REQUEST_STAGED; charged, its blocks promised) until rs_sched_seat. */
 struct rs_request *rs_sched_admit_staged(struct rs_sched *sched);
+
+/* The same, for a lane that wants requests staged on its worker: under the baselines
+ * the admission policy's next request, staged on the worker dispatch gives it (maybe
+ * another); under d2lpm the lane's worker chooses it (and may route it to another
+ * worker caching more of it). NULL: nothing admitted. */
+struct rs_request *rs_sched_admit_staged_for(struct rs_sched *sched,
+					     const struct rs_sched_lane *lane);
 
 /* Seat a staged request in the lane (which has a free seat). It may close the lane's
  * holes, as rs_sched_admit_next. */
