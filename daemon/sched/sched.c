@@ -492,7 +492,7 @@ static struct rs_sched_worker *dispatch(struct rs_sched *sched, const struct rs_
 	uint32_t n = 0, seats = sched->worker_seats;
 	for (uint32_t w = 0; w < sched->n_workers; w++) {
 		struct rs_sched_worker *worker = &sched->workers[w];
-		if (worker->load >= seats)
+		if (worker->out || worker->load >= seats)
 			continue;
 		uint32_t matched = 0;
 		struct rs_prefix_node *deepest;
@@ -607,7 +607,8 @@ static struct rs_sched_worker *pull_route(struct rs_sched *sched, struct rs_sche
 {
 	uint32_t seats = sched->worker_seats, least = puller->load;
 	for (uint32_t w = 0; w < sched->n_workers; w++)
-		if (sched->workers[w].load < seats && sched->workers[w].load < least)
+		if (!sched->workers[w].out && sched->workers[w].load < seats &&
+		    sched->workers[w].load < least)
 			least = sched->workers[w].load;
 	uint32_t threshold = sched->config.dispatch.load_threshold
 				 ? sched->config.dispatch.load_threshold
@@ -616,7 +617,8 @@ static struct rs_sched_worker *pull_route(struct rs_sched *sched, struct rs_sche
 	uint32_t best_match = puller_match; /* another must cache more */
 	for (uint32_t w = 0; w < sched->n_workers; w++) {
 		struct rs_sched_worker *worker = &sched->workers[w];
-		if (worker == puller || worker->load >= seats || worker->load > least + threshold)
+		if (worker == puller || worker->out || worker->load >= seats ||
+		    worker->load > least + threshold)
 			continue;
 		ensure_eligible(sched, w);
 		if (!rs_dispatch_eligible(sched->dispatch, request->tenant, w))
@@ -858,7 +860,7 @@ void rs_sched_plan_add(struct rs_sched *sched, struct rs_sched_lane *lane,
 const struct rs_step_plan *rs_sched_plan_step(struct rs_sched *sched, uint32_t lane_index)
 {
 	struct rs_sched_lane *lane = &sched->lanes[lane_index];
-	if (lane->in_flight)
+	if (lane->in_flight || lane->worker->out)
 		return NULL;
 	lane->plan.n = 0;
 	lane->plan.n_tokens = 0;
@@ -912,6 +914,51 @@ static void advance(struct rs_sched *sched, struct rs_request *request,
 		cache_prefix(sched, request, request->prompt_len / sched->block_size);
 }
 
+/* --- Workers taken out of service (dispatch.max_failures) --- */
+
+/* The lane's requests not in a step wait again, at the head of their tenants' queues (as
+ * after a preemption: recomputed, not charged again), for another worker. */
+static void evacuate_lane(struct rs_sched *sched, struct rs_sched_lane *lane)
+{
+	for (uint32_t i = lane->n_running; i-- > 0;)
+		if (lane->running[i] && !lane->running[i]->in_step)
+			preempt(sched, lane->running[i]);
+}
+
+/* No more dispatch to the worker nor steps on it: its staged requests and those seated on
+ * its idle lanes wait again (youngest first, so that each tenant's keep their order at
+ * the head); its lanes with a step in flight let theirs go when it ends. */
+static void take_out(struct rs_sched *sched, struct rs_sched_worker *worker)
+{
+	worker->out = true;
+	sched->workers_out++;
+	for (struct rs_request *r = sched->staged_tail, *prev; r; r = prev) {
+		prev = r->queue_prev;
+		if (r->worker == worker->index)
+			preempt(sched, r);
+	}
+	for (uint32_t l = worker->index * sched->config.lanes;
+	     l < (worker->index + 1) * sched->config.lanes; l++)
+		if (!sched->lanes[l].in_flight)
+			evacuate_lane(sched, &sched->lanes[l]);
+}
+
+/* After a step: count the worker's failures in a row; at max_failures it is taken out,
+ * unless it is the last in service (then its failing steps keep failing their requests
+ * with a status: clients get an answer, not a wait). */
+static void worker_health(struct rs_sched *sched, struct rs_sched_lane *lane, int status)
+{
+	struct rs_sched_worker *worker = lane->worker;
+	uint32_t max = sched->config.dispatch.max_failures;
+	if (worker->out) {
+		evacuate_lane(sched, lane); /* a step in flight when it was taken out */
+		return;
+	}
+	worker->failures = status < 0 ? worker->failures + 1 : 0;
+	if (max && worker->failures >= max && sched->n_workers - sched->workers_out > 1)
+		take_out(sched, worker);
+}
+
 void rs_sched_step_done(struct rs_sched *sched, uint32_t lane_index, int status)
 {
 	struct rs_sched_lane *lane = &sched->lanes[lane_index];
@@ -939,6 +986,7 @@ void rs_sched_step_done(struct rs_sched *sched, uint32_t lane_index, int status)
 	plan->n = 0;
 	plan->n_tokens = 0;
 	lane->in_flight = false;
+	worker_health(sched, lane, status);
 }
 
 uint64_t rs_sched_next_wakeup_ns(const struct rs_sched *sched)
@@ -1000,6 +1048,11 @@ uint32_t rs_sched_workers(const struct rs_sched *sched)
 uint32_t rs_sched_worker_load(const struct rs_sched *sched, uint32_t worker)
 {
 	return sched->workers[worker].load;
+}
+
+bool rs_sched_worker_in_service(const struct rs_sched *sched, uint32_t worker)
+{
+	return !sched->workers[worker].out;
 }
 
 uint64_t rs_sched_worker_served(const struct rs_sched *sched, uint32_t worker)

@@ -141,6 +141,10 @@ uint32_t rs_sched_workers(const struct rs_sched *sched);
 /* Requests admitted to the worker (staged or running), not yet finished. */
 uint32_t rs_sched_worker_load(const struct rs_sched *sched, uint32_t worker);
 
+/* False once the worker was taken out of service (dispatch.max_failures failed steps in a
+ * row): nothing is dispatched to it and its lanes plan nothing. */
+bool rs_sched_worker_in_service(const struct rs_sched *sched, uint32_t worker);
+
 /* Requests that ended on the worker with status 0. */
 uint64_t rs_sched_worker_served(const struct rs_sched *sched, uint32_t worker);
 

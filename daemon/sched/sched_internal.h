@@ -16,6 +16,8 @@ struct rs_sched_worker {
 	uint32_t promised;	       /* blocks promised to its admitted requests, not yet taken */
 	uint32_t load;	 /* requests admitted to it (staged or seated), not finished */
 	uint64_t served; /* requests that ended there with status 0 */
+	uint32_t failures; /* its steps failed in a row */
+	bool out;	   /* out of service (dispatch.max_failures): no dispatch, no steps */
 };
 
 struct rs_sched_lane {
@@ -45,6 +47,7 @@ struct rs_sched {
 	/* Requests a worker may hold admitted (dispatch offers it only below that): its lanes'
 	 * seats, plus what the planner stages for it (multibin: k x B). */
 	uint32_t worker_seats;
+	uint32_t workers_out; /* workers taken out of service */
 	struct rs_dispatch *dispatch;		  /* NULL with one worker */
 	struct rs_dispatch_candidate *candidates; /* n_workers entries */
 	uint32_t min_kv_blocks;			  /* the smallest worker pool */
