@@ -56,6 +56,11 @@ struct rs_dispatch_params {
 	 * core, sched.c): no more dispatch to it, its staged and seated requests wait again
 	 * for another worker. Never the last one in service. 0: never. */
 	uint32_t max_failures;
+	/* Baselines: assign the worker when the request arrives, from the router's view
+	 * (router.h: SGLang's router), each worker then admitting its own queue in arrival
+	 * order; false: when it is admitted, among the workers with a free seat, from their
+	 * real caches. Not with d2lpm (its workers choose at admission). */
+	bool at_arrival;
 };
 
 /* What the core tells the policy about one candidate worker. */

@@ -69,8 +69,11 @@ int rs_sched_create_workers(const struct rs_sched_config *config, struct rs_kv_c
 	ret = -ENOMEM;
 	sched->workers = calloc(n_workers, sizeof(*sched->workers));
 	sched->candidates = calloc(n_workers, sizeof(*sched->candidates));
-	if (!sched->workers || !sched->candidates)
+	sched->in_service = calloc(n_workers, sizeof(*sched->in_service));
+	if (!sched->workers || !sched->candidates || !sched->in_service)
 		goto fail;
+	for (uint32_t w = 0; w < n_workers; w++)
+		sched->in_service[w] = true;
 	uint32_t most_blocks = 0;
 	sched->min_kv_blocks = UINT32_MAX;
 	for (uint32_t w = 0; w < n_workers; w++) {
@@ -102,6 +105,18 @@ int rs_sched_create_workers(const struct rs_sched_config *config, struct rs_kv_c
 			goto fail;
 		ret = -ENOMEM;
 		sched->workers_choose = rs_dispatch_worker_chooses(sched->dispatch);
+	}
+	if (n_workers > 1 && config->dispatch.at_arrival) {
+		ret = -EINVAL;
+		if (sched->workers_choose)
+			goto fail; /* d2lpm's workers choose at admission */
+		if ((ret = rs_router_create(n_workers, sched->block_size, 0, &sched->router)) != 0)
+			goto fail;
+		ret = -ENOMEM;
+		sched->routed_head = calloc(n_workers, sizeof(*sched->routed_head));
+		sched->routed_tail = calloc(n_workers, sizeof(*sched->routed_tail));
+		if (!sched->routed_head || !sched->routed_tail)
+			goto fail;
 	}
 	if (sched->workers_choose) {
 		uint32_t n = config->max_tenants;
@@ -163,6 +178,10 @@ void rs_sched_destroy(struct rs_sched *sched)
 	free(sched->pull_tail);
 	free(sched->backlogged);
 	free(sched->backlogged_index);
+	free(sched->in_service);
+	free(sched->routed_head);
+	free(sched->routed_tail);
+	rs_router_destroy(sched->router);
 	rs_dispatch_destroy(sched->dispatch);
 	rs_admission_destroy(sched->admission);
 	rs_tenant_table_destroy(&sched->tenants);
@@ -233,6 +252,50 @@ static void pull_remove(struct rs_sched *sched, struct rs_request *request)
 	rs_dispatch_tenant_idle(sched->dispatch, tenant);
 }
 
+/* Dispatch at arrival: the request joins its worker's queue (at the head when it comes
+ * back after preemption); routed again first when that worker was taken out. */
+static void routed_enqueue(struct rs_sched *sched, struct rs_request *request, bool front)
+{
+	if (!sched->in_service[request->worker]) {
+		rs_router_done(sched->router, request->worker);
+		request->worker = rs_router_route(sched->router, sched->dispatch, request,
+						  sched->in_service, sched->candidates);
+	}
+	struct rs_request **head = &sched->routed_head[request->worker],
+			  **tail = &sched->routed_tail[request->worker];
+	if (front) {
+		request->pull_prev = NULL;
+		request->pull_next = *head;
+		if (*head)
+			(*head)->pull_prev = request;
+		else
+			*tail = request;
+		*head = request;
+	} else {
+		request->pull_next = NULL;
+		request->pull_prev = *tail;
+		if (*tail)
+			(*tail)->pull_next = request;
+		else
+			*head = request;
+		*tail = request;
+	}
+}
+
+static void routed_remove(struct rs_sched *sched, struct rs_request *request)
+{
+	uint32_t w = request->worker;
+	if (request->pull_prev)
+		request->pull_prev->pull_next = request->pull_next;
+	else
+		sched->routed_head[w] = request->pull_next;
+	if (request->pull_next)
+		request->pull_next->pull_prev = request->pull_prev;
+	else
+		sched->routed_tail[w] = request->pull_prev;
+	request->pull_next = request->pull_prev = NULL;
+}
+
 /* The request waits (again): its cached prefix tracked, the policy told. */
 static void start_waiting(struct rs_sched *sched, struct rs_request *request, bool front)
 {
@@ -252,12 +315,16 @@ static void start_waiting(struct rs_sched *sched, struct rs_request *request, bo
 	rs_admission_enqueue(sched->admission, request, front);
 	if (sched->workers_choose)
 		pull_enqueue(sched, request, front);
+	else if (sched->router)
+		routed_enqueue(sched, request, front);
 }
 
 static void stop_waiting(struct rs_sched *sched, struct rs_request *request)
 {
 	if (sched->workers_choose)
 		pull_remove(sched, request);
+	else if (sched->router)
+		routed_remove(sched, request);
 	if (request->watched)
 		rs_prefix_cache_unwatch(sched->cache, &request->waiter);
 	request->watched = false;
@@ -282,6 +349,9 @@ int rs_sched_submit(struct rs_sched *sched, struct rs_request *request)
 	request->preemptions = 0;
 	request->in_step = request->cancelled = request->hit_eos = false;
 	request->locked = NULL;
+	if (sched->router) /* SGLang's router: the worker is chosen now */
+		request->worker = rs_router_route(sched->router, sched->dispatch, request,
+						  sched->in_service, sched->candidates);
 	start_waiting(sched, request, false);
 	return 0;
 }
@@ -450,6 +520,8 @@ static void finish(struct rs_sched *sched, struct rs_request *request, int32_t s
 		unlink_parked(request);
 		sched->parked--;
 	}
+	if (sched->router)
+		rs_router_done(sched->router, request->worker);
 	request->state = RS_REQUEST_FREE;
 	sched->stats.finished++;
 	sched->hooks.finish(sched->hooks.ctx, request, status);
@@ -725,6 +797,17 @@ static struct rs_request *admit_on(struct rs_sched *sched, struct rs_request *re
 	return request;
 }
 
+/* Dispatch at arrival: the worker admits the first of its own queue (staged), when the
+ * request's tenant share and the worker's blocks allow; NULL otherwise. */
+static struct rs_request *routed_admit(struct rs_sched *sched, struct rs_sched_worker *worker)
+{
+	struct rs_request *request;
+	while ((request = sched->routed_head[worker->index]))
+		if (within_share(sched, request))
+			return admit_on(sched, request, worker);
+	return NULL;
+}
+
 struct rs_request *rs_sched_admit_next(struct rs_sched *sched, struct rs_sched_lane *lane)
 {
 	if (!rs_sched_free_seats(sched, lane))
@@ -753,7 +836,9 @@ struct rs_request *rs_sched_admit_next(struct rs_sched *sched, struct rs_sched_l
 					request = chosen;
 			}
 		}
-		while (!sched->workers_choose && !request &&
+		if (sched->router && !request)
+			request = routed_admit(sched, lane->worker);
+		while (!sched->workers_choose && !sched->router && !request &&
 		       (request = rs_sched_admit_staged(sched)) &&
 		       request->worker != lane->worker->index)
 			request = NULL;
@@ -768,6 +853,8 @@ struct rs_request *rs_sched_admit_next(struct rs_sched *sched, struct rs_sched_l
 struct rs_request *rs_sched_admit_staged_for(struct rs_sched *sched,
 					     const struct rs_sched_lane *lane)
 {
+	if (sched->router)
+		return routed_admit(sched, lane->worker);
 	if (!sched->workers_choose)
 		return rs_sched_admit_staged(sched);
 	uint32_t match;
@@ -931,7 +1018,13 @@ static void evacuate_lane(struct rs_sched *sched, struct rs_sched_lane *lane)
 static void take_out(struct rs_sched *sched, struct rs_sched_worker *worker)
 {
 	worker->out = true;
+	sched->in_service[worker->index] = false;
 	sched->workers_out++;
+	/* Its queue under dispatch at arrival: routed again (routed_enqueue). */
+	for (struct rs_request *r; sched->router && (r = sched->routed_head[worker->index]);) {
+		routed_remove(sched, r);
+		routed_enqueue(sched, r, false);
+	}
 	for (struct rs_request *r = sched->staged_tail, *prev; r; r = prev) {
 		prev = r->queue_prev;
 		if (r->worker == worker->index)

@@ -5,6 +5,7 @@
 
 #include "daemon/sched/dispatch.h"
 #include "daemon/sched/planner.h"
+#include "daemon/sched/router.h"
 #include "daemon/sched/sched.h"
 
 /* A worker: an engine instance with its own KV pool, prefix cache and lanes (lanes
@@ -48,6 +49,11 @@ struct rs_sched {
 	 * seats, plus what the planner stages for it (multibin: k x B). */
 	uint32_t worker_seats;
 	uint32_t workers_out; /* workers taken out of service */
+	bool *in_service;     /* per worker: not taken out */
+	/* Dispatch at arrival (dispatch.at_arrival): the router, and each worker's waiting
+	 * requests in arrival order (preempted ones at the head), through their pull links. */
+	struct rs_router *router;
+	struct rs_request **routed_head, **routed_tail;
 	struct rs_dispatch *dispatch;		  /* NULL with one worker */
 	struct rs_dispatch_candidate *candidates; /* n_workers entries */
 	uint32_t min_kv_blocks;			  /* the smallest worker pool */
