@@ -78,6 +78,8 @@ static void usage(FILE *out)
 	    "  --cache-threshold X   cache-aware: cached share of the prompt to follow (0.5)\n"
 	    "  --dispatch-quantum N  d2lpm: weighted tokens per tenant per worker a round (65536)\n"
 	    "  --dispatch-lookahead N d2lpm: waiting requests per tenant a free seat matches (4)\n"
+	    "  --dispatch-at WHEN    baselines: admission (among workers with a free seat, by\n"
+	    "                        their caches) or arrival (SGLang's router) (admission)\n"
 	    "  --worker-max-failures N a worker whose steps fail N times in a row is taken out\n"
 	    "                        of service, its requests go to the others (0: never)\n"
 	    "  --max-tenants N       tenants known at once (1024)\n"
@@ -239,6 +241,7 @@ int main(int argc, char **argv)
 		OPT_WORKER_MAX_FAILURES,
 		OPT_NULL_FAIL_WORKER,
 		OPT_NULL_FAIL_AFTER,
+		OPT_DISPATCH_AT,
 	};
 	/* Same order as the enum: options[opt - 256] names an option in messages. */
 	static const struct option options[] = {
@@ -294,6 +297,7 @@ int main(int argc, char **argv)
 	    {"worker-max-failures", required_argument, 0, OPT_WORKER_MAX_FAILURES},
 	    {"null-fail-worker", required_argument, 0, OPT_NULL_FAIL_WORKER},
 	    {"null-fail-after", required_argument, 0, OPT_NULL_FAIL_AFTER},
+	    {"dispatch-at", required_argument, 0, OPT_DISPATCH_AT},
 	    {0, 0, 0, 0},
 	};
 	int opt;
@@ -442,6 +446,10 @@ int main(int argc, char **argv)
 			bad = parse_number(optarg, 10, 1, 1u << 20, &value);
 			config.dispatch.lookahead = (uint32_t)value;
 			break;
+		case OPT_DISPATCH_AT:
+			config.dispatch.at_arrival = strcmp(optarg, "arrival") == 0;
+			bad = !config.dispatch.at_arrival && strcmp(optarg, "admission") != 0;
+			break;
 		case OPT_WORKER_MAX_FAILURES:
 			bad = parse_number(optarg, 10, 0, 1u << 30, &value);
 			config.dispatch.max_failures = (uint32_t)value;
@@ -549,6 +557,11 @@ int main(int argc, char **argv)
 	    !(strcmp(engine_name, "model") == 0 && model_options.model_path)) {
 		fprintf(stderr, "ringserved: unknown engine '%s' (null, or model with --model)\n",
 			engine_name);
+		return 2;
+	}
+	if (config.dispatch.at_arrival && config.dispatch.policy == RS_DISPATCH_D2LPM) {
+		fprintf(stderr, "ringserved: --dispatch-at arrival is for the baselines (d2lpm's "
+				"workers choose at admission)\n");
 		return 2;
 	}
 	if (fail_worker >= 0 && (strcmp(engine_name, "null") != 0 || (uint32_t)fail_worker >= workers)) {
