@@ -100,11 +100,10 @@ int rs_null_engine_create(const struct rs_null_engine_options *options,
 	if (!engine)
 		return -ENOMEM;
 	engine->lanes = calloc(options->lanes, sizeof(*engine->lanes));
-	int ret =
-	    engine->lanes
-		? rs_kv_cache_create(options->kv_blocks ? options->kv_blocks : 8192,
-				     options->block_size ? options->block_size : 16, &engine->kv)
-		: -ENOMEM;
+	int ret = engine->lanes ? rs_kv_cache_create(options->kv_blocks ? options->kv_blocks : 8192,
+						     options->block_size ? options->block_size : 16,
+						     &engine->kv)
+				: -ENOMEM;
 	if (ret) {
 		free(engine->lanes);
 		free(engine);

@@ -564,7 +564,8 @@ int main(int argc, char **argv)
 				"workers choose at admission)\n");
 		return 2;
 	}
-	if (fail_worker >= 0 && (strcmp(engine_name, "null") != 0 || (uint32_t)fail_worker >= workers)) {
+	if (fail_worker >= 0 &&
+	    (strcmp(engine_name, "null") != 0 || (uint32_t)fail_worker >= workers)) {
 		fprintf(stderr, "ringserved: --null-fail-worker needs the null engine and a worker "
 				"below --workers\n");
 		return 2;

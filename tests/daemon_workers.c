@@ -59,9 +59,11 @@ static void run(const char *dispatch, const char *bin_mode, unsigned long served
 	char log_path[] = "/tmp/ringserve-workers-log-XXXXXX";
 	int log_fd;
 	struct test_daemon daemon;
-	const char *args[] = {"--workers",	 "2",	"--dispatch", dispatch, "--max-batch", "4",
-			      "--null-delay-us", "200", bin_mode ? "--planner" : NULL, "multibin",
-			      "--bins",		 "2",	"--bin-mode", bin_mode, NULL};
+	const char *args[] = {"--workers",	 "2",		"--dispatch",
+			      dispatch,		 "--max-batch", "4",
+			      "--null-delay-us", "200",		bin_mode ? "--planner" : NULL,
+			      "multibin",	 "--bins",	"2",
+			      "--bin-mode",	 bin_mode,	NULL};
 	start_logged(&daemon, args, log_path, &log_fd);
 	struct rs_connection *conn[2];
 	for (int c = 0; c < 2; c++)
@@ -117,9 +119,18 @@ static void test_failing_worker(void)
 	char log_path[] = "/tmp/ringserve-workers-log-XXXXXX";
 	int log_fd;
 	struct test_daemon daemon;
-	const char *args[] = {"--workers",	     "3",     "--dispatch",	     "round-robin",
-			      "--max-batch",	     "4",     "--null-delay-us",     "200",
-			      "--null-fail-worker", "0",     "--worker-max-failures", "2",
+	const char *args[] = {"--workers",
+			      "3",
+			      "--dispatch",
+			      "round-robin",
+			      "--max-batch",
+			      "4",
+			      "--null-delay-us",
+			      "200",
+			      "--null-fail-worker",
+			      "0",
+			      "--worker-max-failures",
+			      "2",
 			      NULL};
 	start_logged(&daemon, args, log_path, &log_fd);
 	struct rs_connection *conn;
@@ -143,8 +154,8 @@ static void test_failing_worker(void)
 		if (done.status == -EIO) {
 			failed++;
 		} else {
-			CHECK(done.status == 0 && done.output_len == 4, "request %d: status %d, %u tokens",
-			      r, done.status, done.output_len);
+			CHECK(done.status == 0 && done.output_len == 4,
+			      "request %d: status %d, %u tokens", r, done.status, done.output_len);
 			const uint32_t *out = NULL;
 			CHECK(rs_output(conn, done.request, &out) == 4, "output view");
 			for (uint32_t i = 0; i < 4; i++)
@@ -163,7 +174,8 @@ static void test_failing_worker(void)
 	while (fgets(line, sizeof(line), log)) {
 		unsigned w;
 		unsigned long n;
-		if (sscanf(line, "ringserved: worker %u served %lu requests", &w, &n) == 2 && w < 3) {
+		if (sscanf(line, "ringserved: worker %u served %lu requests", &w, &n) == 2 &&
+		    w < 3) {
 			served[w] = n;
 			reported_out |= w == 0 && strstr(line, "taken out of service") != NULL;
 		}
@@ -174,7 +186,8 @@ static void test_failing_worker(void)
 	       "%lu, %lu\n",
 	       failed, MAX_FAILURES * MAX_BATCH, served[0], served[1], served[2]);
 	CHECK(failed > 0 && failed <= MAX_FAILURES * MAX_BATCH, "%d failed", failed);
-	CHECK(reported_out && served[0] == 0 && served[1] + served[2] == (unsigned long)(N - failed),
+	CHECK(reported_out && served[0] == 0 &&
+		  served[1] + served[2] == (unsigned long)(N - failed),
 	      "the failing worker was not reported out (served %lu, %lu, %lu)", served[0],
 	      served[1], served[2]);
 }

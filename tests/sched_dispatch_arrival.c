@@ -162,7 +162,8 @@ static void test_balance_rule(void)
 	static const uint32_t want[] = {0, 0, 0, 1, 1, 1, 0, 1, 0, 1};
 	for (uint32_t id = 0; id < sizeof(want) / sizeof(want[0]); id++) {
 		uint32_t got = submit(w, id, 5);
-		CHECK(got == want[id], "request %u routed to worker %u, want %u", id, got, want[id]);
+		CHECK(got == want[id], "request %u routed to worker %u, want %u", id, got,
+		      want[id]);
 	}
 	drain(w);
 	world_destroy(w);
@@ -178,8 +179,8 @@ static void test_round_robin_and_refusal(void)
 		CHECK(submit(w, id, id % 4) == id % 3, "request %u not on worker %u", id, id % 3);
 	drain(w);
 	for (uint32_t id = 0; id < 30; id++)
-		CHECK(w->done[id] && w->finished_on[id] == id % 3, "request %u ran on worker %u", id,
-		      w->finished_on[id]);
+		CHECK(w->done[id] && w->finished_on[id] == id % 3, "request %u ran on worker %u",
+		      id, w->finished_on[id]);
 	world_destroy(w);
 	d.policy = RS_DISPATCH_D2LPM;
 	CHECK(world_init(w, 2, &d) == -EINVAL, "d2lpm at arrival accepted");

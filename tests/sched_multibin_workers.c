@@ -151,11 +151,12 @@ static int step(struct world *w, uint32_t bins, uint32_t batch, bool continuous)
 		for (uint32_t i = 0; i < plan->n; i++) {
 			struct rs_request *r = plan->requests[i];
 			uint32_t id = (uint32_t)r->user_data;
-			CHECK(r->worker == worker, "lane %u of worker %u runs a request of worker %u",
-			      l, worker, r->worker);
+			CHECK(r->worker == worker,
+			      "lane %u of worker %u runs a request of worker %u", l, worker,
+			      r->worker);
 			CHECK(class_of(w, bins, r->output_len_hint) == class,
-			      "lane %u mixes lengths %u and %u", l, plan->requests[0]->output_len_hint,
-			      r->output_len_hint);
+			      "lane %u mixes lengths %u and %u", l,
+			      plan->requests[0]->output_len_hint, r->output_len_hint);
 			if (!w->seated[l][id]) {
 				joined++;
 				w->seated[l][id] = true;

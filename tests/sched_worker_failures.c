@@ -153,8 +153,8 @@ static void test_taken_out(enum rs_dispatch_policy policy, bool multibin)
 		failed_steps += run_lane(w, 0, -EIO, &load_before) > 0;
 	}
 	CHECK(!rs_sched_worker_in_service(w->sched, 0) && failed_steps == 2,
-	      "worker 0 in service %d after %u failed steps", rs_sched_worker_in_service(w->sched, 0),
-	      failed_steps);
+	      "worker 0 in service %d after %u failed steps",
+	      rs_sched_worker_in_service(w->sched, 0), failed_steps);
 	CHECK(rs_sched_worker_in_service(w->sched, 1) && rs_sched_worker_in_service(w->sched, 2),
 	      "a good worker was taken out");
 	/* Under multibin, requests were staged for worker 0 beyond its running batch. */
@@ -172,8 +172,8 @@ static void test_taken_out(enum rs_dispatch_policy policy, bool multibin)
 		failed += w->status[id] != 0;
 		CHECK(w->in_failed_step[id] ? w->status[id] == -EIO
 					    : w->status[id] == 0 && w->finished_on[id] != 0,
-		      "request %u: status %d on worker %u (in a failed step: %d)", id, w->status[id],
-		      w->finished_on[id], w->in_failed_step[id]);
+		      "request %u: status %d on worker %u (in a failed step: %d)", id,
+		      w->status[id], w->finished_on[id], w->in_failed_step[id]);
 	}
 	CHECK(failed == marked && failed > 0 && rs_sched_worker_served(w->sched, 0) == 0,
 	      "%u failed, %u in failed steps", failed, marked);
@@ -213,7 +213,8 @@ static void test_not_in_a_row_and_last(void)
 		submit(w, id, 2);
 	drain(w, 1);
 	for (uint32_t r = 0; r < id; r++)
-		CHECK(w->done[r] && (w->in_failed_step[r] ? w->status[r] == -EIO : w->status[r] == 0),
+		CHECK(w->done[r] &&
+			  (w->in_failed_step[r] ? w->status[r] == -EIO : w->status[r] == 0),
 		      "request %u: done %d, status %d", r, w->done[r], w->status[r]);
 	world_destroy(w);
 	free(w);

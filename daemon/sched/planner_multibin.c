@@ -146,7 +146,8 @@ static void bootstrap_boundaries(struct rs_sched *sched, struct multibin *m)
 		return;
 	qsort(lengths, n, sizeof(uint32_t), compare_u32);
 	for (uint32_t i = 0; i + 1 < m->params.bins; i++) {
-		uint32_t rank = (uint32_t)(((uint64_t)(i + 1) * n + m->params.bins - 1) / m->params.bins);
+		uint32_t rank =
+		    (uint32_t)(((uint64_t)(i + 1) * n + m->params.bins - 1) / m->params.bins);
 		m->boundaries[i] = lengths[rank - 1];
 	}
 	memset(m->staged, 0, (size_t)sched->n_workers * m->params.bins * sizeof(*m->staged));
@@ -201,7 +202,8 @@ static uint32_t choose_bin(const struct rs_sched *sched, const struct multibin *
 		return UINT32_MAX;
 	uint32_t first = worker * sched->config.lanes;
 	for (uint32_t l = first; l < first + sched->config.lanes; l++)
-		if (sched->lanes[l].n_running - sched->lanes[l].n_holes || sched->lanes[l].in_flight)
+		if (sched->lanes[l].n_running - sched->lanes[l].n_holes ||
+		    sched->lanes[l].in_flight)
 			return UINT32_MAX;
 	return oldest->bin;
 }

@@ -12,8 +12,7 @@ struct rs_router {
 	uint32_t *load;	 /* requests routed per worker, not ended */
 };
 
-int rs_router_create(uint32_t workers, uint32_t block_size, uint32_t slots,
-		     struct rs_router **out)
+int rs_router_create(uint32_t workers, uint32_t block_size, uint32_t slots, struct rs_router **out)
 {
 	slots = slots ? slots : 32768;
 	if (!workers || !block_size || (slots & (slots - 1)))
@@ -110,11 +109,11 @@ uint32_t rs_router_route(struct rs_router *router, struct rs_dispatch *dispatch,
 			continue;
 		uint32_t matched =
 		    rs_router_match_blocks(router, w, request->tokens, request->prompt_len);
-		scratch[n++] = (struct rs_dispatch_candidate){
-		    .worker = w,
-		    .matched_tokens = matched * router->block_size,
-		    .load = router->load[w],
-		    .cached_blocks = router->used[w]};
+		scratch[n++] =
+		    (struct rs_dispatch_candidate){.worker = w,
+						   .matched_tokens = matched * router->block_size,
+						   .load = router->load[w],
+						   .cached_blocks = router->used[w]};
 	}
 	uint32_t worker = scratch[rs_dispatch_choose(dispatch, request, scratch, n)].worker;
 	record(router, worker, request->tokens, request->prompt_len);

@@ -25,8 +25,7 @@ struct rs_router;
 
 /* For `workers` workers, prompts cut in blocks of block_size tokens, tables of `slots`
  * entries per worker (a power of two; 0: 32768). Returns 0, -EINVAL, -ENOMEM. */
-int rs_router_create(uint32_t workers, uint32_t block_size, uint32_t slots,
-		     struct rs_router **out);
+int rs_router_create(uint32_t workers, uint32_t block_size, uint32_t slots, struct rs_router **out);
 void rs_router_destroy(struct rs_router *router);
 
 /* The worker the request goes to, among those with in_service[w] true (at least one),

@@ -15,8 +15,8 @@ struct rs_sched_worker {
 	struct rs_kv_cache *kv;
 	struct rs_prefix_cache *cache; /* NULL: no prefix sharing */
 	uint32_t promised;	       /* blocks promised to its admitted requests, not yet taken */
-	uint32_t load;	 /* requests admitted to it (staged or seated), not finished */
-	uint64_t served; /* requests that ended there with status 0 */
+	uint32_t load;	   /* requests admitted to it (staged or seated), not finished */
+	uint64_t served;   /* requests that ended there with status 0 */
 	uint32_t failures; /* its steps failed in a row */
 	bool out;	   /* out of service (dispatch.max_failures): no dispatch, no steps */
 };
@@ -44,7 +44,7 @@ struct rs_sched {
 	struct rs_prefix_cache *cache;
 	struct rs_sched_worker *workers;
 	uint32_t n_workers;
-	uint32_t n_lanes;			  /* n_workers * config.lanes */
+	uint32_t n_lanes; /* n_workers * config.lanes */
 	/* Requests a worker may hold admitted (dispatch offers it only below that): its lanes'
 	 * seats, plus what the planner stages for it (multibin: k x B). */
 	uint32_t worker_seats;

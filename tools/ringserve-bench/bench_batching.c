@@ -87,15 +87,21 @@ static int run_once(struct rs_engine *engine, uint32_t batch, uint32_t n, struct
 {
 	struct world w = {0};
 	struct rs_sched *sched = NULL;
-	struct rs_sched_config config = {
-	    .lanes = 1, .max_batch = batch, .max_batch_tokens = 1024, .max_tenants = 4,
-	    .vocab_size = rs_engine_config(engine)->vocab_size, .eos_token = UINT32_MAX,
-	    .prefix_cache = true, .admission = {.policy = RS_ADMISSION_FCFS},
-	    .planner = run->planner,
-	    .multibin = {.bins = run->bins ? run->bins : 1, .batch = batch,
-			 .continuous = run->continuous, .deadline_ns = 60000000000ull}};
-	struct rs_sched_hooks hooks = {.now_ns = now_ns, .token = on_token, .finish = on_finish,
-				       .ctx = &w};
+	struct rs_sched_config config = {.lanes = 1,
+					 .max_batch = batch,
+					 .max_batch_tokens = 1024,
+					 .max_tenants = 4,
+					 .vocab_size = rs_engine_config(engine)->vocab_size,
+					 .eos_token = UINT32_MAX,
+					 .prefix_cache = true,
+					 .admission = {.policy = RS_ADMISSION_FCFS},
+					 .planner = run->planner,
+					 .multibin = {.bins = run->bins ? run->bins : 1,
+						      .batch = batch,
+						      .continuous = run->continuous,
+						      .deadline_ns = 60000000000ull}};
+	struct rs_sched_hooks hooks = {
+	    .now_ns = now_ns, .token = on_token, .finish = on_finish, .ctx = &w};
 	int rc = rs_request_pool_init(&w.pool, n);
 	if (!rc)
 		rc = rs_sched_create(&config, rs_engine_kv(engine), &hooks, &sched);
@@ -103,15 +109,17 @@ static int run_once(struct rs_engine *engine, uint32_t batch, uint32_t n, struct
 	uint64_t rng = 12345; /* the same requests for every run */
 	for (uint32_t i = 0; i < n && !rc; i++) {
 		struct rs_request *r = rs_request_get(&w.pool);
-		uint32_t template = (uint32_t)(next_random(&rng) % 4), span = (MAX_OUTPUT - MIN_OUTPUT + 1) / 4;
+		uint32_t template = (uint32_t)(next_random(&rng) % 4),
+			 span = (MAX_OUTPUT - MIN_OUTPUT + 1) / 4;
 		uint32_t out = MIN_OUTPUT + template * span + (uint32_t)(next_random(&rng) % span);
 		uint32_t prompt = TEMPLATE_TOKENS + 1 + (uint32_t)(next_random(&rng) % 8);
 		rc = rs_request_reserve(r, prompt, out, rs_kv_block_size(rs_engine_kv(engine)));
 		if (rc)
 			break;
 		for (uint32_t t = 0; t < prompt; t++)
-			r->tokens[t] = t < TEMPLATE_TOKENS ? 100 + template * 50 + t
-							    : 1 + (uint32_t)(next_random(&rng) % 30000);
+			r->tokens[t] = t < TEMPLATE_TOKENS
+					   ? 100 + template * 50 + t
+					   : 1 + (uint32_t)(next_random(&rng) % 30000);
 		r->tenant = tenant;
 		r->ignore_eos = true;
 		r->top_p = 1.0f;
@@ -130,8 +138,8 @@ static int run_once(struct rs_engine *engine, uint32_t batch, uint32_t n, struct
 		if (step_log && !rc) {
 			struct rs_step_shape shape;
 			rs_step_shape_of(plan->steps, plan->n, &shape);
-			fprintf(step_log, "%u %u %.0f %.9f\n", shape.rows, shape.tokens, shape.pairs,
-				(now_ns(NULL) - step_start) / 1e9);
+			fprintf(step_log, "%u %u %.0f %.9f\n", shape.rows, shape.tokens,
+				shape.pairs, (now_ns(NULL) - step_start) / 1e9);
 		}
 		rs_sched_step_done(sched, 0, rc);
 	}
@@ -206,10 +214,17 @@ int bench_batching(int argc, char **argv, FILE *json)
 		fprintf(json, "null");
 		return 1;
 	}
-	struct rs_model_config cfg = {
-		.dim = 288, .hidden_dim = 768, .n_layers = 6, .n_heads = 6, .n_kv_heads = 6,
-		.head_dim = 48, .vocab_size = 32000, .max_seq_len = 256, .rope_dim = 48,
-		.rope_theta = 10000.0f, .norm_eps = 1e-5f};
+	struct rs_model_config cfg = {.dim = 288,
+				      .hidden_dim = 768,
+				      .n_layers = 6,
+				      .n_heads = 6,
+				      .n_kv_heads = 6,
+				      .head_dim = 48,
+				      .vocab_size = 32000,
+				      .max_seq_len = 256,
+				      .rope_dim = 48,
+				      .rope_theta = 10000.0f,
+				      .norm_eps = 1e-5f};
 	struct rs_model *model = NULL;
 	struct rs_engine *engine = NULL;
 	char err[256];
@@ -239,20 +254,24 @@ int bench_batching(int argc, char **argv, FILE *json)
 		return 1;
 	}
 	if (step_log)
-		fprintf(step_log, "# ringserve-bench batching --batch %u: ROWS TOKENS PAIRS SECONDS\n",
+		fprintf(step_log,
+			"# ringserve-bench batching --batch %u: ROWS TOKENS PAIRS SECONDS\n",
 			batch);
 	const struct rs_planner_ops *bins = &rs_planner_multibin;
 	struct run runs[] = {
-		{.label = "static, k = 1", .planner = bins, .bins = 1, .hints = true},
-		{.label = "static, k = 2", .planner = bins, .bins = 2, .hints = true},
-		{.label = "static, k = 4", .planner = bins, .bins = 4, .hints = true},
-		{.label = "static, k = 8", .planner = bins, .bins = 8, .hints = true},
-		{.label = "continuous lanes, k = 4", .planner = bins, .bins = 4, .continuous = true,
-		 .hints = true},
-		{.label = "continuous batching (no bins)"},
-		{.label = "static, k = 2, predicted", .planner = bins, .bins = 2},
-		{.label = "static, k = 4, predicted", .planner = bins, .bins = 4},
-		{.label = "static, k = 8, predicted", .planner = bins, .bins = 8},
+	    {.label = "static, k = 1", .planner = bins, .bins = 1, .hints = true},
+	    {.label = "static, k = 2", .planner = bins, .bins = 2, .hints = true},
+	    {.label = "static, k = 4", .planner = bins, .bins = 4, .hints = true},
+	    {.label = "static, k = 8", .planner = bins, .bins = 8, .hints = true},
+	    {.label = "continuous lanes, k = 4",
+	     .planner = bins,
+	     .bins = 4,
+	     .continuous = true,
+	     .hints = true},
+	    {.label = "continuous batching (no bins)"},
+	    {.label = "static, k = 2, predicted", .planner = bins, .bins = 2},
+	    {.label = "static, k = 4, predicted", .planner = bins, .bins = 4},
+	    {.label = "static, k = 8, predicted", .planner = bins, .bins = 8},
 	};
 	enum { RUNS = sizeof(runs) / sizeof(runs[0]) };
 	printf("ringserve-bench batching: CPU engine, stories15M-shaped f32 model, %u requests at "
@@ -266,7 +285,8 @@ int bench_batching(int argc, char **argv, FILE *json)
 			run->round_rps[round] = run->requests_per_s;
 		}
 		for (uint32_t i = 0; i < RUNS && !rc; i++)
-			runs[i].round_ratio[round] = runs[i].round_rps[round] / runs[0].round_rps[round];
+			runs[i].round_ratio[round] =
+			    runs[i].round_rps[round] / runs[0].round_rps[round];
 	}
 	if (step_log && fclose(step_log) != 0 && !rc)
 		rc = -errno;
@@ -274,9 +294,10 @@ int bench_batching(int argc, char **argv, FILE *json)
 	if (!rc && data_path && !data)
 		rc = -errno;
 	if (data && ftell(data) == 0) {
-		fprintf(data, "# ringserve-bench batching, %u requests, %u rounds: batch, then per "
-			      "configuration its ratio to k = 1 static of the same round (median, "
-			      "lowest, highest):",
+		fprintf(data,
+			"# ringserve-bench batching, %u requests, %u rounds: batch, then per "
+			"configuration its ratio to k = 1 static of the same round (median, "
+			"lowest, highest):",
 			requests, rounds);
 		for (int i = 0; i < RUNS; i++)
 			fprintf(data, " [%s]", runs[i].label);
@@ -287,8 +308,8 @@ int bench_batching(int argc, char **argv, FILE *json)
 	if (!rc) {
 		printf("%-30s %21s %8s %22s\n", "planner", "req/s median [range]", "steps",
 		       "vs k = 1 median [range]");
-		fprintf(json, "{\"batch\": %u, \"requests\": %u, \"rounds\": %u, \"runs\": [", batch,
-			requests, rounds);
+		fprintf(json, "{\"batch\": %u, \"requests\": %u, \"rounds\": %u, \"runs\": [",
+			batch, requests, rounds);
 	}
 	for (int i = 0; i < RUNS && !rc; i++) {
 		double rps, rps_low, rps_high, ratio, ratio_low, ratio_high;
@@ -303,13 +324,14 @@ int bench_batching(int argc, char **argv, FILE *json)
 		printf("\n");
 		if (data)
 			fprintf(data, " %.4f %.4f %.4f", ratio, ratio_low, ratio_high);
-		fprintf(json,
-			"%s{\"planner\": \"%s\", \"requests_per_s\": %.3f, \"requests_per_s_low\": "
-			"%.3f, \"requests_per_s_high\": %.3f, \"vs_k1\": %.4f, \"vs_k1_low\": %.4f, "
-			"\"vs_k1_high\": %.4f, \"steps\": %llu, \"prediction_mae\": %.2f, "
-			"\"prediction_right_bin\": %.3f}",
-			i ? ", " : "", runs[i].label, rps, rps_low, rps_high, ratio, ratio_low,
-			ratio_high, (unsigned long long)runs[i].steps, runs[i].mae, runs[i].right_bin);
+		fprintf(
+		    json,
+		    "%s{\"planner\": \"%s\", \"requests_per_s\": %.3f, \"requests_per_s_low\": "
+		    "%.3f, \"requests_per_s_high\": %.3f, \"vs_k1\": %.4f, \"vs_k1_low\": %.4f, "
+		    "\"vs_k1_high\": %.4f, \"steps\": %llu, \"prediction_mae\": %.2f, "
+		    "\"prediction_right_bin\": %.3f}",
+		    i ? ", " : "", runs[i].label, rps, rps_low, rps_high, ratio, ratio_low,
+		    ratio_high, (unsigned long long)runs[i].steps, runs[i].mae, runs[i].right_bin);
 	}
 	if (data) {
 		fprintf(data, "\n");
