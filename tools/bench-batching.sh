@@ -3,7 +3,9 @@
 # batching on the CPU engine"): ringserve-bench batching per batch size (its rounds
 # alternate the configurations), the simulator's cost model fitted to the steps of each
 # batch size and of all of them together (ringserve-sim calibrate --step-log), and the
-# plot (tools/plot-batching.gp).
+# plot (tools/plot-batching.gp). Then a decode step's cost against its rows, robust to other
+# work on the machine (tools/fit-decode-cost.py: 5th percentiles), and the same workload in
+# the simulator on that cost, per batch size and configuration (requests/s).
 #
 #   tools/bench-batching.sh [OUTDIR (build/batching)] [ROUNDS (3)] [BATCH SIZES ("4 8 16 32")]
 #
@@ -26,4 +28,19 @@ for b in $sizes; do
 done
 echo "all batch sizes:"
 build/ringserve-sim calibrate --step-log "$out/steps-all.log" --out "$out/all.cost" | tail -1
+tools/fit-decode-cost.py "$out/decode-p5.cost" "$out"/steps-b*.log
+for b in $sizes; do
+	n=$((8 * b > 128 ? 8 * b : 128))
+	printf 'modelled, B = %s:' "$b"
+	for planner in "multibin --bins 1" "multibin --bins 2" "multibin --bins 4" \
+		"multibin --bins 8" "multibin --bins 4 --bin-mode continuous" continuous; do
+		# shellcheck disable=SC2086 # the planner's words are separate options
+		build/ringserve-sim run --requests "$n" --rate 0 --tenants 1 --prefixes 0 \
+			--suffix-len uniform:9:16 --output-len uniform:8:200 --hint --policy fcfs \
+			--max-batch "$b" --max-batch-tokens 1024 --kv-blocks 8192 \
+			--bin-deadline-ms 60000 --planner $planner --cost "$out/decode-p5.cost" |
+			awk -F'|' '/^\| policy/ { getline; getline; printf " %s", $3 }'
+	done
+	echo
+done
 gnuplot -e "datafile='$out/batching.dat'; outfile='$out/batching.png'" tools/plot-batching.gp
