@@ -7,7 +7,8 @@
  *   - failures not in a row (a success between) never take a worker out;
  *   - the last worker in service is never taken out: its failed steps keep failing their
  *     requests, with the status, and the next steps serve;
- * under the continuous planner (round-robin, d2lpm) and multi-bin batching. */
+ * under the continuous planner (round-robin, d2lpm) and multi-bin batching, and with
+ * dispatch at arrival (the requests queued for the worker are routed again). */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,7 +54,7 @@ static void finish_hook(void *ctx, struct rs_request *request, int32_t status)
 }
 
 static void world_init(struct world *w, uint32_t workers, enum rs_dispatch_policy policy,
-		       uint32_t max_failures, bool multibin)
+		       uint32_t max_failures, bool multibin, bool at_arrival)
 {
 	memset(w, 0, sizeof(*w));
 	w->clock_ns = 1000000000;
@@ -72,7 +73,7 @@ static void world_init(struct world *w, uint32_t workers, enum rs_dispatch_polic
 	    .planner = multibin ? &rs_planner_multibin : NULL,
 	    .multibin = {.bins = 2, .batch = 2, .boundaries = {5}, .deadline_ns = 1000000},
 	    .workers = workers,
-	    .dispatch = {.policy = policy, .max_failures = max_failures}};
+	    .dispatch = {.policy = policy, .max_failures = max_failures, .at_arrival = at_arrival}};
 	struct rs_sched_hooks hooks = {
 	    .now_ns = now_hook, .token = token_hook, .finish = finish_hook, .ctx = w};
 	CHECK(rs_sched_create_workers(&config, w->kv, &hooks, &w->sched) == 0, "sched");
@@ -138,11 +139,11 @@ static void drain(struct world *w, uint32_t out)
 }
 
 /* Three workers, worker 0 fails every step: out after max_failures = 2. */
-static void test_taken_out(enum rs_dispatch_policy policy, bool multibin)
+static void test_taken_out(enum rs_dispatch_policy policy, bool multibin, bool at_arrival)
 {
 	enum { N = 60 };
 	struct world *w = calloc(1, sizeof(*w));
-	world_init(w, 3, policy, 2, multibin);
+	world_init(w, 3, policy, 2, multibin, at_arrival);
 	for (uint32_t id = 0; id < N; id++)
 		submit(w, id, 2 + id % 8);
 	uint32_t failed_steps = 0, load_before = 0;
@@ -177,9 +178,10 @@ static void test_taken_out(enum rs_dispatch_policy policy, bool multibin)
 	}
 	CHECK(failed == marked && failed > 0 && rs_sched_worker_served(w->sched, 0) == 0,
 	      "%u failed, %u in failed steps", failed, marked);
-	printf("%s%s: worker 0 out after 2 failed steps (%u requests failed with them, %u held "
+	printf("%s%s%s: worker 0 out after 2 failed steps (%u requests failed with them, %u held "
 	       "at the last); workers 1, 2 served %llu, %llu\n",
-	       rs_dispatch_policy_name(policy), multibin ? ", multibin" : "", failed, load_before,
+	       rs_dispatch_policy_name(policy), multibin ? ", multibin" : "",
+	       at_arrival ? ", at arrival" : "", failed, load_before,
 	       (unsigned long long)rs_sched_worker_served(w->sched, 1),
 	       (unsigned long long)rs_sched_worker_served(w->sched, 2));
 	world_destroy(w);
@@ -190,7 +192,7 @@ static void test_taken_out(enum rs_dispatch_policy policy, bool multibin)
 static void test_not_in_a_row_and_last(void)
 {
 	struct world *w = calloc(1, sizeof(*w));
-	world_init(w, 2, RS_DISPATCH_ROUND_ROBIN, 2, false);
+	world_init(w, 2, RS_DISPATCH_ROUND_ROBIN, 2, false, false);
 	uint32_t id = 0;
 	for (; id < 40; id++)
 		submit(w, id, 2);
@@ -222,10 +224,13 @@ static void test_not_in_a_row_and_last(void)
 
 int main(void)
 {
-	test_taken_out(RS_DISPATCH_ROUND_ROBIN, false);
-	test_taken_out(RS_DISPATCH_D2LPM, false);
-	test_taken_out(RS_DISPATCH_LEAST_LOADED, true);
-	test_taken_out(RS_DISPATCH_D2LPM, true);
+	test_taken_out(RS_DISPATCH_ROUND_ROBIN, false, false);
+	test_taken_out(RS_DISPATCH_D2LPM, false, false);
+	test_taken_out(RS_DISPATCH_LEAST_LOADED, true, false);
+	test_taken_out(RS_DISPATCH_D2LPM, true, false);
+	/* At arrival worker 0's queue is routed again when it is taken out. */
+	test_taken_out(RS_DISPATCH_ROUND_ROBIN, false, true);
+	test_taken_out(RS_DISPATCH_CACHE_AWARE, true, true);
 	test_not_in_a_row_and_last();
 	return T_EXIT_PASS;
 }
