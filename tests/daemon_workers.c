@@ -3,7 +3,8 @@
  * shared prefixes, all end with their max_new_tokens and the null engine's tokens, and
  * both workers served some (the daemon reports what each served when it exits; its stderr
  * goes to a file here). The same under round-robin and cache-aware dispatch, and with
- * multi-bin batching per worker (static and continuous lanes, d2lpm and least-loaded). An
+ * multi-bin batching per worker (static and continuous lanes, d2lpm and least-loaded),
+ * and cache-aware dispatch at arrival (--dispatch-at arrival: SGLang's router). An
  * unknown --dispatch is refused at start. A worker whose null engine fails every step
  * (--null-fail-worker) is taken out after --worker-max-failures steps: only the requests
  * of its failed steps fail (-EIO, at most that many steps x max batch), every other ends
@@ -54,16 +55,30 @@ static void start_logged(struct test_daemon *daemon, const char *const *args, ch
 }
 
 /* bin_mode NULL: continuous batching; else multibin, 2 bins, lanes of that mode. */
+/* dispatch "cache-aware@arrival": cache-aware with --dispatch-at arrival. */
 static void run(const char *dispatch, const char *bin_mode, unsigned long served[2])
 {
+	bool at_arrival = strcmp(dispatch, "cache-aware@arrival") == 0;
 	char log_path[] = "/tmp/ringserve-workers-log-XXXXXX";
 	int log_fd;
 	struct test_daemon daemon;
-	const char *args[] = {"--workers",	 "2",		"--dispatch",
-			      dispatch,		 "--max-batch", "4",
-			      "--null-delay-us", "200",		bin_mode ? "--planner" : NULL,
-			      "multibin",	 "--bins",	"2",
-			      "--bin-mode",	 bin_mode,	NULL};
+	const char *args[] = {"--workers",
+			      "2",
+			      "--dispatch-at",
+			      at_arrival ? "arrival" : "admission",
+			      "--dispatch",
+			      at_arrival ? "cache-aware" : dispatch,
+			      "--max-batch",
+			      "4",
+			      "--null-delay-us",
+			      "200",
+			      bin_mode ? "--planner" : NULL,
+			      "multibin",
+			      "--bins",
+			      "2",
+			      "--bin-mode",
+			      bin_mode,
+			      NULL};
 	start_logged(&daemon, args, log_path, &log_fd);
 	struct rs_connection *conn[2];
 	for (int c = 0; c < 2; c++)
@@ -272,6 +287,8 @@ int main(void)
 	printf("round-robin: workers served %lu and %lu\n", served[0], served[1]);
 	run("cache-aware", NULL, served);
 	printf("cache-aware: workers served %lu and %lu\n", served[0], served[1]);
+	run("cache-aware@arrival", NULL, served);
+	printf("cache-aware at arrival: workers served %lu and %lu\n", served[0], served[1]);
 	run("least-loaded", "static", served);
 	printf("least-loaded, multibin static: workers served %lu and %lu\n", served[0], served[1]);
 	run("d2lpm", "continuous", served);
