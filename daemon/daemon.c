@@ -252,8 +252,11 @@ void rs_daemon_destroy(struct rs_daemon *daemon)
 	/* What each worker served, for the operator (and tests/daemon_workers). */
 	uint32_t workers = daemon->sched && daemon->engine ? daemon->engine->workers : 0;
 	for (uint32_t w = 0; workers > 1 && w < workers; w++)
-		fprintf(stderr, "ringserved: worker %u served %llu requests\n", w,
-			(unsigned long long)rs_sched_worker_served(daemon->sched, w));
+		fprintf(stderr, "ringserved: worker %u served %llu requests%s\n", w,
+			(unsigned long long)rs_sched_worker_served(daemon->sched, w),
+			rs_sched_worker_in_service(daemon->sched, w)
+			    ? ""
+			    : " (taken out of service: --worker-max-failures)");
 	rs_control_destroy(daemon);
 	if (daemon->clients) {
 		for (uint32_t i = 0; i < daemon->config.max_clients; i++) {

@@ -11,6 +11,7 @@
 #ifndef RS_DAEMON_ENGINE_H
 #define RS_DAEMON_ENGINE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -71,6 +72,10 @@ struct rs_null_engine_options {
 	uint32_t block_size;	   /* positions per block; 0: 16 */
 	uint32_t max_batch_tokens; /* 0: 512 */
 	uint32_t max_seq_len;	   /* 0: no limit but the KV blocks */
+	/* Fault injection (tests): every step after the first fail_after_steps ends with
+	 * -EIO (its tokens unwritten), when fail_steps. */
+	bool fail_steps;
+	uint64_t fail_after_steps;
 };
 
 /* The null engine: token i of a request with prompt p is rs_null_engine_token(p, i),

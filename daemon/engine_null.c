@@ -10,11 +10,14 @@
 
 struct null_lane {
 	uint64_t done_at_ns;
+	bool failing; /* its step in flight ends with -EIO (fault injection) */
 };
 
 struct null_engine {
 	struct rs_serving_engine base;
 	uint64_t token_delay_ns;
+	bool fail_steps;
+	uint64_t fail_after_steps, steps_started;
 	struct null_lane *lanes;
 	struct rs_kv_cache *kv;
 };
@@ -42,7 +45,9 @@ static int null_step_start(struct rs_serving_engine *base, uint32_t lane,
 			   const struct rs_step_plan *plan)
 {
 	struct null_engine *engine = (struct null_engine *)base;
-	for (uint32_t i = 0; i < plan->n; i++) {
+	engine->lanes[lane].failing =
+	    engine->fail_steps && ++engine->steps_started > engine->fail_after_steps;
+	for (uint32_t i = 0; i < plan->n && !engine->lanes[lane].failing; i++) {
 		const struct rs_seq_step *step = &plan->steps[i];
 		if (!step->sample)
 			continue;
@@ -61,7 +66,9 @@ static int null_step_poll(struct rs_serving_engine *base, uint32_t lane)
 {
 	struct null_engine *engine = (struct null_engine *)base;
 	uint64_t done_at = engine->lanes[lane].done_at_ns;
-	return done_at == 0 || rs_now_ns() >= done_at;
+	if (done_at != 0 && rs_now_ns() < done_at)
+		return 0;
+	return engine->lanes[lane].failing ? -EIO : 1;
 }
 
 static uint64_t null_step_deadline(struct rs_serving_engine *base, uint32_t lane)
@@ -93,17 +100,18 @@ int rs_null_engine_create(const struct rs_null_engine_options *options,
 	if (!engine)
 		return -ENOMEM;
 	engine->lanes = calloc(options->lanes, sizeof(*engine->lanes));
-	int ret =
-	    engine->lanes
-		? rs_kv_cache_create(options->kv_blocks ? options->kv_blocks : 8192,
-				     options->block_size ? options->block_size : 16, &engine->kv)
-		: -ENOMEM;
+	int ret = engine->lanes ? rs_kv_cache_create(options->kv_blocks ? options->kv_blocks : 8192,
+						     options->block_size ? options->block_size : 16,
+						     &engine->kv)
+				: -ENOMEM;
 	if (ret) {
 		free(engine->lanes);
 		free(engine);
 		return ret;
 	}
 	engine->token_delay_ns = options->token_delay_ns;
+	engine->fail_steps = options->fail_steps;
+	engine->fail_after_steps = options->fail_after_steps;
 	struct rs_serving_engine *base = &engine->base;
 	base->ops = &null_ops;
 	strcpy(base->name, "null");

@@ -51,6 +51,8 @@ static void usage(FILE *out)
 	    "  --engine null         no model: deterministic tokens (the default without --model)\n"
 	    "  --null-vocab N        null engine vocabulary size (32000)\n"
 	    "  --null-delay-us N     null engine: each step takes N us (0)\n"
+	    "  --null-fail-worker N  null engine: worker N's steps fail with -EIO (a test's\n"
+	    "                        fault), after its first --null-fail-after N steps (0)\n"
 	    "  --lanes N             engine lanes (1)\n"
 	    "  --max-batch N         requests per step (256)\n"
 	    "  --policy NAME         admission: dlpm, vtc, lpm or fcfs (dlpm; docs/scheduling.md)\n"
@@ -76,6 +78,10 @@ static void usage(FILE *out)
 	    "  --cache-threshold X   cache-aware: cached share of the prompt to follow (0.5)\n"
 	    "  --dispatch-quantum N  d2lpm: weighted tokens per tenant per worker a round (65536)\n"
 	    "  --dispatch-lookahead N d2lpm: waiting requests per tenant a free seat matches (4)\n"
+	    "  --dispatch-at WHEN    baselines: admission (among workers with a free seat, by\n"
+	    "                        their caches) or arrival (SGLang's router) (admission)\n"
+	    "  --worker-max-failures N a worker whose steps fail N times in a row is taken out\n"
+	    "                        of service, its requests go to the others (0: never)\n"
 	    "  --max-tenants N       tenants known at once (1024)\n"
 	    "  --config FILE         tenants: weights, limits, allowed uids (SIGHUP reloads it)\n"
 	    "  --ready-fd N          write one byte to descriptor N once listening, then close it\n"
@@ -179,6 +185,7 @@ int main(int argc, char **argv)
 	struct rs_model_engine_options model_options = {.backend = "auto"};
 	int ready_fd = -1;
 	uint32_t workers = 1;
+	int fail_worker = -1; /* --null-fail-worker */
 	const char *step_log_path = NULL;
 
 	enum {
@@ -231,6 +238,10 @@ int main(int argc, char **argv)
 		OPT_DISPATCH_QUANTUM,
 		OPT_DISPATCH_LOOKAHEAD,
 		OPT_STEP_LOG,
+		OPT_WORKER_MAX_FAILURES,
+		OPT_NULL_FAIL_WORKER,
+		OPT_NULL_FAIL_AFTER,
+		OPT_DISPATCH_AT,
 	};
 	/* Same order as the enum: options[opt - 256] names an option in messages. */
 	static const struct option options[] = {
@@ -283,6 +294,10 @@ int main(int argc, char **argv)
 	    {"dispatch-quantum", required_argument, 0, OPT_DISPATCH_QUANTUM},
 	    {"dispatch-lookahead", required_argument, 0, OPT_DISPATCH_LOOKAHEAD},
 	    {"step-log", required_argument, 0, OPT_STEP_LOG},
+	    {"worker-max-failures", required_argument, 0, OPT_WORKER_MAX_FAILURES},
+	    {"null-fail-worker", required_argument, 0, OPT_NULL_FAIL_WORKER},
+	    {"null-fail-after", required_argument, 0, OPT_NULL_FAIL_AFTER},
+	    {"dispatch-at", required_argument, 0, OPT_DISPATCH_AT},
 	    {0, 0, 0, 0},
 	};
 	int opt;
@@ -431,6 +446,22 @@ int main(int argc, char **argv)
 			bad = parse_number(optarg, 10, 1, 1u << 20, &value);
 			config.dispatch.lookahead = (uint32_t)value;
 			break;
+		case OPT_DISPATCH_AT:
+			config.dispatch.at_arrival = strcmp(optarg, "arrival") == 0;
+			bad = !config.dispatch.at_arrival && strcmp(optarg, "admission") != 0;
+			break;
+		case OPT_WORKER_MAX_FAILURES:
+			bad = parse_number(optarg, 10, 0, 1u << 30, &value);
+			config.dispatch.max_failures = (uint32_t)value;
+			break;
+		case OPT_NULL_FAIL_WORKER:
+			bad = parse_number(optarg, 10, 0, 255, &value);
+			fail_worker = (int)value;
+			break;
+		case OPT_NULL_FAIL_AFTER:
+			bad = parse_number(optarg, 10, 0, ULONG_MAX, &value);
+			null_options.fail_after_steps = value;
+			break;
 		case OPT_CACHE_THRESHOLD: {
 			char *end;
 			errno = 0;
@@ -528,6 +559,17 @@ int main(int argc, char **argv)
 			engine_name);
 		return 2;
 	}
+	if (config.dispatch.at_arrival && config.dispatch.policy == RS_DISPATCH_D2LPM) {
+		fprintf(stderr, "ringserved: --dispatch-at arrival is for the baselines (d2lpm's "
+				"workers choose at admission)\n");
+		return 2;
+	}
+	if (fail_worker >= 0 &&
+	    (strcmp(engine_name, "null") != 0 || (uint32_t)fail_worker >= workers)) {
+		fprintf(stderr, "ringserved: --null-fail-worker needs the null engine and a worker "
+				"below --workers\n");
+		return 2;
+	}
 	if (step_log_path && strcmp(engine_name, "model") != 0) {
 		fprintf(stderr, "ringserved: --step-log needs --model (the null engine's steps "
 				"take --null-delay-us)\n");
@@ -543,10 +585,6 @@ int main(int argc, char **argv)
 		fprintf(model_options.step_log,
 			"# ringserved step log: rows tokens pairs seconds\n");
 	}
-	if (workers > 1 && config.multibin) {
-		fprintf(stderr, "ringserved: --workers needs --planner continuous\n");
-		return 2;
-	}
 	/* CPU workers split the cores: each instance gets its share of --threads (all CPUs
 	 * when not given). */
 	if (workers > 1 && model_options.threads == 0) {
@@ -559,6 +597,7 @@ int main(int argc, char **argv)
 	uint32_t created = 0;
 	for (; created < workers && ret == 0; created++) {
 		if (strcmp(engine_name, "null") == 0) {
+			null_options.fail_steps = (int)created == fail_worker;
 			ret = rs_null_engine_create(&null_options, &instances[created]);
 		} else {
 			model_options.lanes = null_options.lanes;

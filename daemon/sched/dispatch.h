@@ -52,6 +52,15 @@ struct rs_dispatch_params {
 	double quantum;		 /* d2lpm: weighted tokens per round per worker; 0: 65536 */
 	uint32_t lookahead;	 /* d2lpm: waiting requests per tenant a free seat matches
 				  * against its worker's cache; 0: 4 */
+	/* A worker whose steps fail this many times in a row is taken out of service (the
+	 * core, sched.c): no more dispatch to it, its staged and seated requests wait again
+	 * for another worker. Never the last one in service. 0: never. */
+	uint32_t max_failures;
+	/* Baselines: assign the worker when the request arrives, from the router's view
+	 * (router.h: SGLang's router), each worker then admitting its own queue in arrival
+	 * order; false: when it is admitted, among the workers with a free seat, from their
+	 * real caches. Not with d2lpm (its workers choose at admission). */
+	bool at_arrival;
 };
 
 /* What the core tells the policy about one candidate worker. */

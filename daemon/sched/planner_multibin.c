@@ -22,6 +22,14 @@
  * the first completion, the same quantiles of the staged requests' predicted lengths (the
  * clients' hints), so that the first batches of a burst are binned too.
  *
+ * Workers (sched.h): each worker has its own bins, of the requests dispatched to it, and
+ * its lanes take batches from those only (a batch runs in one worker's KV pool). A lane
+ * stages for its worker: the dispatch policy places each admitted request (maybe on
+ * another worker, staged there), or under d2lpm the lane's worker chooses it; the k x B
+ * bound is per worker, and a worker may hold lanes x B seated and k x B staged
+ * (sched->worker_seats, what dispatch offers). Boundaries and the predictor are shared:
+ * the length distribution is the clients', not a worker's.
+ *
  * Starvation: every staged request is in a bin, and bins give out requests oldest first.
  * Once a bin's oldest request has waited the deadline, every batch a free lane forms
  * takes a request older than it (choose_bin), and fewer than k x B are: so it is seated
@@ -44,8 +52,10 @@ struct multibin {
 	bool fixed; /* boundaries from the configuration */
 	uint32_t boundaries[RS_MULTIBIN_MAX_BINS - 1];
 	struct rs_length_predictor *predictor;
-	uint32_t *lane_bin; /* the bin each lane's seated batch came from */
-	uint32_t staged[RS_MULTIBIN_MAX_BINS];
+	uint32_t *lane_bin;	 /* the bin each lane's seated batch came from */
+	uint32_t *staged;	 /* per worker per bin: [worker * k + bin] */
+	uint32_t *worker_staged; /* per worker, over its bins */
+	bool *seen;		 /* per worker per bin: scratch for next_wakeup */
 	uint64_t since_recompute;
 	struct rs_multibin_stats stats;
 };
@@ -73,9 +83,13 @@ static int multibin_create(struct rs_sched *sched)
 		if (i && p->boundaries[i] < p->boundaries[i - 1])
 			return -EINVAL; /* destroy frees m */
 	}
-	m->lane_bin = calloc(sched->config.lanes, sizeof(*m->lane_bin));
-	if (!m->lane_bin)
+	m->lane_bin = calloc(sched->n_lanes, sizeof(*m->lane_bin));
+	m->staged = calloc((size_t)sched->n_workers * p->bins, sizeof(*m->staged));
+	m->worker_staged = calloc(sched->n_workers, sizeof(*m->worker_staged));
+	m->seen = calloc((size_t)sched->n_workers * p->bins, sizeof(*m->seen));
+	if (!m->lane_bin || !m->staged || !m->worker_staged || !m->seen)
 		return -ENOMEM;
+	sched->worker_seats = (sched->config.lanes + p->bins) * m->batch;
 	return rs_length_predictor_create(sched->config.max_tenants, &m->predictor);
 }
 
@@ -84,8 +98,17 @@ static void multibin_destroy(struct rs_sched *sched)
 	struct multibin *m = state(sched);
 	rs_length_predictor_destroy(m->predictor);
 	free(m->lane_bin);
+	free(m->staged);
+	free(m->worker_staged);
+	free(m->seen);
 	free(m);
 	sched->planner_state = NULL;
+}
+
+/* The staged count of the request's bin on its worker. */
+static uint32_t *staged_in(const struct multibin *m, const struct rs_request *r)
+{
+	return &m->staged[(size_t)r->worker * m->params.bins + r->bin];
 }
 
 static uint32_t bin_of(const struct multibin *m, uint32_t length)
@@ -123,26 +146,29 @@ static void bootstrap_boundaries(struct rs_sched *sched, struct multibin *m)
 		return;
 	qsort(lengths, n, sizeof(uint32_t), compare_u32);
 	for (uint32_t i = 0; i + 1 < m->params.bins; i++) {
-		uint32_t rank = (uint32_t)(((uint64_t)(i + 1) * n + m->params.bins - 1) / m->params.bins);
+		uint32_t rank =
+		    (uint32_t)(((uint64_t)(i + 1) * n + m->params.bins - 1) / m->params.bins);
 		m->boundaries[i] = lengths[rank - 1];
 	}
-	memset(m->staged, 0, sizeof(m->staged));
+	memset(m->staged, 0, (size_t)sched->n_workers * m->params.bins * sizeof(*m->staged));
 	for (struct rs_request *r = sched->staged_head; r; r = r->queue_next) {
 		r->bin = bin_of(m, r->predicted_output);
-		m->staged[r->bin]++;
+		(*staged_in(m, r))++;
 	}
 }
 
-/* Stage admitted requests, each in its bin, up to k x B. */
-static void stage(struct rs_sched *sched, struct multibin *m)
+/* Stage admitted requests for the lane's worker, each in its bin on the worker it was
+ * dispatched to, until that worker has k x B (or nothing more is admitted). */
+static void stage(struct rs_sched *sched, struct multibin *m, const struct rs_sched_lane *lane)
 {
 	struct rs_request *request;
 	uint32_t staged = 0;
-	while (sched->staged < m->params.bins * m->batch &&
-	       (request = rs_sched_admit_staged(sched))) {
+	while (m->worker_staged[lane->worker->index] < m->params.bins * m->batch &&
+	       (request = rs_sched_admit_staged_for(sched, lane))) {
 		request->predicted_output = rs_length_predict(m->predictor, request);
 		request->bin = bin_of(m, request->predicted_output);
-		m->staged[request->bin]++;
+		(*staged_in(m, request))++;
+		m->worker_staged[request->worker]++;
 		staged++;
 	}
 	if (staged && !m->fixed && !rs_length_observations(m->predictor))
@@ -154,51 +180,61 @@ static void stage(struct rs_sched *sched, struct multibin *m)
  * UINT32_MAX when none is. (A full bin never overtakes an older due one: each batch
  * then takes a request older than the due bin's oldest, so it runs within the batches
  * of the at most k x B - 1 requests staged before it.) */
-static uint32_t choose_bin(const struct rs_sched *sched, const struct multibin *m)
+static uint32_t choose_bin(const struct rs_sched *sched, const struct multibin *m,
+			   const struct rs_sched_lane *lane)
 {
+	uint32_t worker = lane->worker->index;
 	uint64_t now = sched->hooks.now_ns(sched->hooks.ctx);
 	bool seen[RS_MULTIBIN_MAX_BINS] = {false};
+	const struct rs_request *oldest = NULL;
 	/* The staged list is in admission order: a bin's first entry is its oldest. */
 	for (const struct rs_request *r = sched->staged_head; r; r = r->queue_next) {
-		if (seen[r->bin])
+		if (r->worker != worker || seen[r->bin])
 			continue;
 		seen[r->bin] = true;
-		if (m->staged[r->bin] >= m->batch || r->admitted_ns + m->deadline_ns <= now)
+		oldest = oldest ? oldest : r;
+		if (*staged_in(m, r) >= m->batch || r->admitted_ns + m->deadline_ns <= now)
 			return r->bin;
 	}
-	/* Every lane idle and nobody else waiting: holding a bin back would leave the
-	 * engine idle for a batch that may never fill (a burst's tail, a light load). */
-	if (!sched->staged_head || rs_admission_waiting(sched->admission))
+	/* The worker's lanes all idle and nobody else waiting: holding a bin back would leave
+	 * them idle for a batch that may never fill (a burst's tail, a light load). */
+	if (!oldest || rs_admission_waiting(sched->admission))
 		return UINT32_MAX;
-	for (uint32_t l = 0; l < sched->config.lanes; l++)
-		if (sched->lanes[l].n_running - sched->lanes[l].n_holes || sched->lanes[l].in_flight)
+	uint32_t first = worker * sched->config.lanes;
+	for (uint32_t l = first; l < first + sched->config.lanes; l++)
+		if (sched->lanes[l].n_running - sched->lanes[l].n_holes ||
+		    sched->lanes[l].in_flight)
 			return UINT32_MAX;
-	return sched->staged_head->bin;
+	return oldest->bin;
 }
 
-/* Whether a bin other than b has a request that waited the deadline: then a continuous
- * lane of bin b stops refilling, so that it empties and takes that bin's batch. */
-static bool other_bin_due(const struct rs_sched *sched, const struct multibin *m, uint32_t b)
+/* Whether another bin of the lane's worker than b has a request that waited the
+ * deadline: then a continuous lane of bin b stops refilling, so that it empties and takes
+ * that bin's batch. */
+static bool other_bin_due(const struct rs_sched *sched, const struct multibin *m,
+			  const struct rs_sched_lane *lane, uint32_t b)
 {
 	uint64_t now = sched->hooks.now_ns(sched->hooks.ctx);
 	for (const struct rs_request *r = sched->staged_head; r; r = r->queue_next)
 		if (r->admitted_ns + m->deadline_ns > now)
 			return false; /* the rest are younger */
-		else if (r->bin != b)
+		else if (r->worker == lane->worker->index && r->bin != b)
 			return true;
 	return false;
 }
 
-/* Seat up to `seats` staged requests of bin b in the lane, oldest first. */
+/* Seat up to `seats` staged requests of bin b of the lane's worker in the lane, oldest
+ * first. */
 static void seat_from_bin(struct rs_sched *sched, struct multibin *m, struct rs_sched_lane *lane,
 			  uint32_t b, uint32_t seats)
 {
 	struct rs_request *r = sched->staged_head;
 	while (r && seats) {
 		struct rs_request *next = r->queue_next;
-		if (r->bin == b) {
+		if (r->bin == b && r->worker == lane->worker->index) {
+			(*staged_in(m, r))--;
+			m->worker_staged[r->worker]--;
 			rs_sched_seat(sched, lane, r);
-			m->staged[b]--;
 			seats--;
 		}
 		r = next;
@@ -210,17 +246,19 @@ static void plan_multibin(struct rs_sched *sched, struct rs_sched_lane *lane)
 	struct multibin *m = state(sched);
 	uint32_t seated = lane->n_running - lane->n_holes;
 	if (seated == 0 || m->params.continuous)
-		stage(sched, m);
+		stage(sched, m, lane);
 	if (seated == 0) {
-		uint32_t b = choose_bin(sched, m);
+		uint32_t b = choose_bin(sched, m, lane);
 		if (b == UINT32_MAX)
 			return; /* no bin is ready: its deadline wakes the core */
 		m->lane_bin[lane->index] = b;
-		uint32_t n = m->staged[b] < m->batch ? m->staged[b] : m->batch;
+		uint32_t in_bin = m->staged[(size_t)lane->worker->index * m->params.bins + b];
+		uint32_t n = in_bin < m->batch ? in_bin : m->batch;
 		m->stats.batches++;
 		m->stats.batch_requests += n;
 		seat_from_bin(sched, m, lane, b, n);
-	} else if (m->params.continuous && !other_bin_due(sched, m, m->lane_bin[lane->index])) {
+	} else if (m->params.continuous &&
+		   !other_bin_due(sched, m, lane, m->lane_bin[lane->index])) {
 		uint32_t b = m->lane_bin[lane->index], seats = rs_sched_free_seats(sched, lane);
 		uint32_t room = m->batch > seated ? m->batch - seated : 0;
 		seat_from_bin(sched, m, lane, b, seats < room ? seats : room);
@@ -229,15 +267,18 @@ static void plan_multibin(struct rs_sched *sched, struct rs_sched_lane *lane)
 	rs_planner_plan_seated(sched, lane, &budget);
 }
 
+/* The earliest deadline of a bin's first staged request (what choose_bin looks at), over
+ * every worker's bins. */
 static uint64_t multibin_next_wakeup(const struct rs_sched *sched)
 {
 	const struct multibin *m = state(sched);
-	bool seen[RS_MULTIBIN_MAX_BINS] = {false};
+	memset(m->seen, 0, (size_t)sched->n_workers * m->params.bins * sizeof(*m->seen));
 	uint64_t earliest = 0;
 	for (const struct rs_request *r = sched->staged_head; r; r = r->queue_next) {
-		if (seen[r->bin])
+		bool *seen = &m->seen[(size_t)r->worker * m->params.bins + r->bin];
+		if (*seen)
 			continue;
-		seen[r->bin] = true;
+		*seen = true;
 		uint64_t due = r->admitted_ns + m->deadline_ns;
 		if (!earliest || due < earliest)
 			earliest = due;
@@ -264,7 +305,9 @@ static void multibin_finished(struct rs_sched *sched, const struct rs_request *r
 
 static void multibin_unstaged(struct rs_sched *sched, const struct rs_request *request)
 {
-	state(sched)->staged[request->bin]--;
+	struct multibin *m = state(sched);
+	(*staged_in(m, request))--;
+	m->worker_staged[request->worker]--;
 }
 
 const struct rs_planner_ops rs_planner_multibin = {

@@ -42,8 +42,7 @@ int rs_sched_create_workers(const struct rs_sched_config *config, struct rs_kv_c
 	uint32_t n_workers = config->workers ? config->workers : 1;
 	if (!config->lanes || !config->max_batch || !config->max_batch_tokens ||
 	    !config->max_tenants || !config->vocab_size || !kvs || !hooks->now_ns ||
-	    !hooks->token || !hooks->finish ||
-	    (n_workers > 1 && config->planner && config->planner != &rs_planner_continuous))
+	    !hooks->token || !hooks->finish)
 		return -EINVAL;
 	for (uint32_t w = 0; w < n_workers; w++)
 		if (!kvs[w] || rs_kv_block_size(kvs[w]) != rs_kv_block_size(kvs[0]))
@@ -59,6 +58,7 @@ int rs_sched_create_workers(const struct rs_sched_config *config, struct rs_kv_c
 	sched->block_size = rs_kv_block_size(kvs[0]);
 	sched->n_workers = n_workers;
 	sched->n_lanes = n_workers * config->lanes;
+	sched->worker_seats = config->lanes * config->max_batch; /* the planner may add */
 	struct rs_admission_params admission = config->admission;
 	admission.max_tenants = config->max_tenants;
 	int ret = rs_tenant_table_init(&sched->tenants, config->max_tenants);
@@ -69,8 +69,11 @@ int rs_sched_create_workers(const struct rs_sched_config *config, struct rs_kv_c
 	ret = -ENOMEM;
 	sched->workers = calloc(n_workers, sizeof(*sched->workers));
 	sched->candidates = calloc(n_workers, sizeof(*sched->candidates));
-	if (!sched->workers || !sched->candidates)
+	sched->in_service = calloc(n_workers, sizeof(*sched->in_service));
+	if (!sched->workers || !sched->candidates || !sched->in_service)
 		goto fail;
+	for (uint32_t w = 0; w < n_workers; w++)
+		sched->in_service[w] = true;
 	uint32_t most_blocks = 0;
 	sched->min_kv_blocks = UINT32_MAX;
 	for (uint32_t w = 0; w < n_workers; w++) {
@@ -102,6 +105,18 @@ int rs_sched_create_workers(const struct rs_sched_config *config, struct rs_kv_c
 			goto fail;
 		ret = -ENOMEM;
 		sched->workers_choose = rs_dispatch_worker_chooses(sched->dispatch);
+	}
+	if (n_workers > 1 && config->dispatch.at_arrival) {
+		ret = -EINVAL;
+		if (sched->workers_choose)
+			goto fail; /* d2lpm's workers choose at admission */
+		if ((ret = rs_router_create(n_workers, sched->block_size, 0, &sched->router)) != 0)
+			goto fail;
+		ret = -ENOMEM;
+		sched->routed_head = calloc(n_workers, sizeof(*sched->routed_head));
+		sched->routed_tail = calloc(n_workers, sizeof(*sched->routed_tail));
+		if (!sched->routed_head || !sched->routed_tail)
+			goto fail;
 	}
 	if (sched->workers_choose) {
 		uint32_t n = config->max_tenants;
@@ -163,6 +178,10 @@ void rs_sched_destroy(struct rs_sched *sched)
 	free(sched->pull_tail);
 	free(sched->backlogged);
 	free(sched->backlogged_index);
+	free(sched->in_service);
+	free(sched->routed_head);
+	free(sched->routed_tail);
+	rs_router_destroy(sched->router);
 	rs_dispatch_destroy(sched->dispatch);
 	rs_admission_destroy(sched->admission);
 	rs_tenant_table_destroy(&sched->tenants);
@@ -233,6 +252,50 @@ static void pull_remove(struct rs_sched *sched, struct rs_request *request)
 	rs_dispatch_tenant_idle(sched->dispatch, tenant);
 }
 
+/* Dispatch at arrival: the request joins its worker's queue (at the head when it comes
+ * back after preemption); routed again first when that worker was taken out. */
+static void routed_enqueue(struct rs_sched *sched, struct rs_request *request, bool front)
+{
+	if (!sched->in_service[request->worker]) {
+		rs_router_done(sched->router, request->worker);
+		request->worker = rs_router_route(sched->router, sched->dispatch, request,
+						  sched->in_service, sched->candidates);
+	}
+	struct rs_request **head = &sched->routed_head[request->worker],
+			  **tail = &sched->routed_tail[request->worker];
+	if (front) {
+		request->pull_prev = NULL;
+		request->pull_next = *head;
+		if (*head)
+			(*head)->pull_prev = request;
+		else
+			*tail = request;
+		*head = request;
+	} else {
+		request->pull_next = NULL;
+		request->pull_prev = *tail;
+		if (*tail)
+			(*tail)->pull_next = request;
+		else
+			*head = request;
+		*tail = request;
+	}
+}
+
+static void routed_remove(struct rs_sched *sched, struct rs_request *request)
+{
+	uint32_t w = request->worker;
+	if (request->pull_prev)
+		request->pull_prev->pull_next = request->pull_next;
+	else
+		sched->routed_head[w] = request->pull_next;
+	if (request->pull_next)
+		request->pull_next->pull_prev = request->pull_prev;
+	else
+		sched->routed_tail[w] = request->pull_prev;
+	request->pull_next = request->pull_prev = NULL;
+}
+
 /* The request waits (again): its cached prefix tracked, the policy told. */
 static void start_waiting(struct rs_sched *sched, struct rs_request *request, bool front)
 {
@@ -252,12 +315,16 @@ static void start_waiting(struct rs_sched *sched, struct rs_request *request, bo
 	rs_admission_enqueue(sched->admission, request, front);
 	if (sched->workers_choose)
 		pull_enqueue(sched, request, front);
+	else if (sched->router)
+		routed_enqueue(sched, request, front);
 }
 
 static void stop_waiting(struct rs_sched *sched, struct rs_request *request)
 {
 	if (sched->workers_choose)
 		pull_remove(sched, request);
+	else if (sched->router)
+		routed_remove(sched, request);
 	if (request->watched)
 		rs_prefix_cache_unwatch(sched->cache, &request->waiter);
 	request->watched = false;
@@ -282,6 +349,9 @@ int rs_sched_submit(struct rs_sched *sched, struct rs_request *request)
 	request->preemptions = 0;
 	request->in_step = request->cancelled = request->hit_eos = false;
 	request->locked = NULL;
+	if (sched->router) /* SGLang's router: the worker is chosen now */
+		request->worker = rs_router_route(sched->router, sched->dispatch, request,
+						  sched->in_service, sched->candidates);
 	start_waiting(sched, request, false);
 	return 0;
 }
@@ -450,6 +520,8 @@ static void finish(struct rs_sched *sched, struct rs_request *request, int32_t s
 		unlink_parked(request);
 		sched->parked--;
 	}
+	if (sched->router)
+		rs_router_done(sched->router, request->worker);
 	request->state = RS_REQUEST_FREE;
 	sched->stats.finished++;
 	sched->hooks.finish(sched->hooks.ctx, request, status);
@@ -489,10 +561,10 @@ static uint32_t unpromised_free(const struct rs_sched_worker *worker, uint32_t o
  * (NULL: none has one). The match on each worker's cache only reads it. */
 static struct rs_sched_worker *dispatch(struct rs_sched *sched, const struct rs_request *request)
 {
-	uint32_t n = 0, seats = sched->config.lanes * sched->config.max_batch;
+	uint32_t n = 0, seats = sched->worker_seats;
 	for (uint32_t w = 0; w < sched->n_workers; w++) {
 		struct rs_sched_worker *worker = &sched->workers[w];
-		if (worker->load >= seats)
+		if (worker->out || worker->load >= seats)
 			continue;
 		uint32_t matched = 0;
 		struct rs_prefix_node *deepest;
@@ -605,9 +677,10 @@ static struct rs_request *pull_choose(struct rs_sched *sched, const struct rs_sc
 static struct rs_sched_worker *pull_route(struct rs_sched *sched, struct rs_sched_worker *puller,
 					  const struct rs_request *request, uint32_t puller_match)
 {
-	uint32_t seats = sched->config.lanes * sched->config.max_batch, least = puller->load;
+	uint32_t seats = sched->worker_seats, least = puller->load;
 	for (uint32_t w = 0; w < sched->n_workers; w++)
-		if (sched->workers[w].load < seats && sched->workers[w].load < least)
+		if (!sched->workers[w].out && sched->workers[w].load < seats &&
+		    sched->workers[w].load < least)
 			least = sched->workers[w].load;
 	uint32_t threshold = sched->config.dispatch.load_threshold
 				 ? sched->config.dispatch.load_threshold
@@ -616,7 +689,8 @@ static struct rs_sched_worker *pull_route(struct rs_sched *sched, struct rs_sche
 	uint32_t best_match = puller_match; /* another must cache more */
 	for (uint32_t w = 0; w < sched->n_workers; w++) {
 		struct rs_sched_worker *worker = &sched->workers[w];
-		if (worker == puller || worker->load >= seats || worker->load > least + threshold)
+		if (worker == puller || worker->out || worker->load >= seats ||
+		    worker->load > least + threshold)
 			continue;
 		ensure_eligible(sched, w);
 		if (!rs_dispatch_eligible(sched->dispatch, request->tenant, w))
@@ -723,6 +797,17 @@ static struct rs_request *admit_on(struct rs_sched *sched, struct rs_request *re
 	return request;
 }
 
+/* Dispatch at arrival: the worker admits the first of its own queue (staged), when the
+ * request's tenant share and the worker's blocks allow; NULL otherwise. */
+static struct rs_request *routed_admit(struct rs_sched *sched, struct rs_sched_worker *worker)
+{
+	struct rs_request *request;
+	while ((request = sched->routed_head[worker->index]))
+		if (within_share(sched, request))
+			return admit_on(sched, request, worker);
+	return NULL;
+}
+
 struct rs_request *rs_sched_admit_next(struct rs_sched *sched, struct rs_sched_lane *lane)
 {
 	if (!rs_sched_free_seats(sched, lane))
@@ -751,7 +836,9 @@ struct rs_request *rs_sched_admit_next(struct rs_sched *sched, struct rs_sched_l
 					request = chosen;
 			}
 		}
-		while (!sched->workers_choose && !request &&
+		if (sched->router && !request)
+			request = routed_admit(sched, lane->worker);
+		while (!sched->workers_choose && !sched->router && !request &&
 		       (request = rs_sched_admit_staged(sched)) &&
 		       request->worker != lane->worker->index)
 			request = NULL;
@@ -761,6 +848,24 @@ struct rs_request *rs_sched_admit_next(struct rs_sched *sched, struct rs_sched_l
 	if (request)
 		rs_sched_seat(sched, lane, request);
 	return request;
+}
+
+struct rs_request *rs_sched_admit_staged_for(struct rs_sched *sched,
+					     const struct rs_sched_lane *lane)
+{
+	if (sched->router)
+		return routed_admit(sched, lane->worker);
+	if (!sched->workers_choose)
+		return rs_sched_admit_staged(sched);
+	uint32_t match;
+	struct rs_request *chosen;
+	while ((chosen = pull_choose(sched, lane->worker, &match)))
+		if (within_share(sched, chosen)) {
+			struct rs_sched_worker *target =
+			    pull_route(sched, lane->worker, chosen, match);
+			return target ? admit_on(sched, chosen, target) : NULL;
+		}
+	return NULL;
 }
 
 int rs_sched_reserve(struct rs_sched *sched, struct rs_sched_lane *lane, struct rs_request *request,
@@ -842,7 +947,7 @@ void rs_sched_plan_add(struct rs_sched *sched, struct rs_sched_lane *lane,
 const struct rs_step_plan *rs_sched_plan_step(struct rs_sched *sched, uint32_t lane_index)
 {
 	struct rs_sched_lane *lane = &sched->lanes[lane_index];
-	if (lane->in_flight)
+	if (lane->in_flight || lane->worker->out)
 		return NULL;
 	lane->plan.n = 0;
 	lane->plan.n_tokens = 0;
@@ -896,6 +1001,57 @@ static void advance(struct rs_sched *sched, struct rs_request *request,
 		cache_prefix(sched, request, request->prompt_len / sched->block_size);
 }
 
+/* --- Workers taken out of service (dispatch.max_failures) --- */
+
+/* The lane's requests not in a step wait again, at the head of their tenants' queues (as
+ * after a preemption: recomputed, not charged again), for another worker. */
+static void evacuate_lane(struct rs_sched *sched, struct rs_sched_lane *lane)
+{
+	for (uint32_t i = lane->n_running; i-- > 0;)
+		if (lane->running[i] && !lane->running[i]->in_step)
+			preempt(sched, lane->running[i]);
+}
+
+/* No more dispatch to the worker nor steps on it: its staged requests and those seated on
+ * its idle lanes wait again (youngest first, so that each tenant's keep their order at
+ * the head); its lanes with a step in flight let theirs go when it ends. */
+static void take_out(struct rs_sched *sched, struct rs_sched_worker *worker)
+{
+	worker->out = true;
+	sched->in_service[worker->index] = false;
+	sched->workers_out++;
+	/* Its queue under dispatch at arrival: routed again (routed_enqueue). */
+	for (struct rs_request *r; sched->router && (r = sched->routed_head[worker->index]);) {
+		routed_remove(sched, r);
+		routed_enqueue(sched, r, false);
+	}
+	for (struct rs_request *r = sched->staged_tail, *prev; r; r = prev) {
+		prev = r->queue_prev;
+		if (r->worker == worker->index)
+			preempt(sched, r);
+	}
+	for (uint32_t l = worker->index * sched->config.lanes;
+	     l < (worker->index + 1) * sched->config.lanes; l++)
+		if (!sched->lanes[l].in_flight)
+			evacuate_lane(sched, &sched->lanes[l]);
+}
+
+/* After a step: count the worker's failures in a row; at max_failures it is taken out,
+ * unless it is the last in service (then its failing steps keep failing their requests
+ * with a status: clients get an answer, not a wait). */
+static void worker_health(struct rs_sched *sched, struct rs_sched_lane *lane, int status)
+{
+	struct rs_sched_worker *worker = lane->worker;
+	uint32_t max = sched->config.dispatch.max_failures;
+	if (worker->out) {
+		evacuate_lane(sched, lane); /* a step in flight when it was taken out */
+		return;
+	}
+	worker->failures = status < 0 ? worker->failures + 1 : 0;
+	if (max && worker->failures >= max && sched->n_workers - sched->workers_out > 1)
+		take_out(sched, worker);
+}
+
 void rs_sched_step_done(struct rs_sched *sched, uint32_t lane_index, int status)
 {
 	struct rs_sched_lane *lane = &sched->lanes[lane_index];
@@ -923,6 +1079,7 @@ void rs_sched_step_done(struct rs_sched *sched, uint32_t lane_index, int status)
 	plan->n = 0;
 	plan->n_tokens = 0;
 	lane->in_flight = false;
+	worker_health(sched, lane, status);
 }
 
 uint64_t rs_sched_next_wakeup_ns(const struct rs_sched *sched)
@@ -984,6 +1141,11 @@ uint32_t rs_sched_workers(const struct rs_sched *sched)
 uint32_t rs_sched_worker_load(const struct rs_sched *sched, uint32_t worker)
 {
 	return sched->workers[worker].load;
+}
+
+bool rs_sched_worker_in_service(const struct rs_sched *sched, uint32_t worker)
+{
+	return !sched->workers[worker].out;
 }
 
 uint64_t rs_sched_worker_served(const struct rs_sched *sched, uint32_t worker)

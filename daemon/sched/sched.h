@@ -80,8 +80,9 @@ struct rs_sched_config {
 	const struct rs_planner_ops *planner; /* planner.h; NULL: continuous batching */
 	struct rs_multibin_params multibin;   /* for rs_planner_multibin */
 	/* Workers (engine instances, each its own KV pool, prefix cache and `lanes` lanes;
-	 * dispatch.h); 0 or 1: one, and the core is what it is without workers. More than
-	 * one needs the continuous planner. */
+	 * dispatch.h); 0 or 1: one, and the core is what it is without workers. Under the
+	 * multibin planner each worker has its own bins (of the requests dispatched to
+	 * it), which its lanes take batches from. */
 	uint32_t workers;
 	struct rs_dispatch_params dispatch;
 };
@@ -139,6 +140,10 @@ uint32_t rs_sched_workers(const struct rs_sched *sched);
 
 /* Requests admitted to the worker (staged or running), not yet finished. */
 uint32_t rs_sched_worker_load(const struct rs_sched *sched, uint32_t worker);
+
+/* False once the worker was taken out of service (dispatch.max_failures failed steps in a
+ * row): nothing is dispatched to it and its lanes plan nothing. */
+bool rs_sched_worker_in_service(const struct rs_sched *sched, uint32_t worker);
 
 /* Requests that ended on the worker with status 0. */
 uint64_t rs_sched_worker_served(const struct rs_sched *sched, uint32_t worker);

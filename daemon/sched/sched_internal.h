@@ -5,6 +5,7 @@
 
 #include "daemon/sched/dispatch.h"
 #include "daemon/sched/planner.h"
+#include "daemon/sched/router.h"
 #include "daemon/sched/sched.h"
 
 /* A worker: an engine instance with its own KV pool, prefix cache and lanes (lanes
@@ -14,8 +15,10 @@ struct rs_sched_worker {
 	struct rs_kv_cache *kv;
 	struct rs_prefix_cache *cache; /* NULL: no prefix sharing */
 	uint32_t promised;	       /* blocks promised to its admitted requests, not yet taken */
-	uint32_t load;	 /* requests admitted to it (staged or seated), not finished */
-	uint64_t served; /* requests that ended there with status 0 */
+	uint32_t load;	   /* requests admitted to it (staged or seated), not finished */
+	uint64_t served;   /* requests that ended there with status 0 */
+	uint32_t failures; /* its steps failed in a row */
+	bool out;	   /* out of service (dispatch.max_failures): no dispatch, no steps */
 };
 
 struct rs_sched_lane {
@@ -41,7 +44,16 @@ struct rs_sched {
 	struct rs_prefix_cache *cache;
 	struct rs_sched_worker *workers;
 	uint32_t n_workers;
-	uint32_t n_lanes;			  /* n_workers * config.lanes */
+	uint32_t n_lanes; /* n_workers * config.lanes */
+	/* Requests a worker may hold admitted (dispatch offers it only below that): its lanes'
+	 * seats, plus what the planner stages for it (multibin: k x B). */
+	uint32_t worker_seats;
+	uint32_t workers_out; /* workers taken out of service */
+	bool *in_service;     /* per worker: not taken out */
+	/* Dispatch at arrival (dispatch.at_arrival): the router, and each worker's waiting
+	 * requests in arrival order (preempted ones at the head), through their pull links. */
+	struct rs_router *router;
+	struct rs_request **routed_head, **routed_tail;
 	struct rs_dispatch *dispatch;		  /* NULL with one worker */
 	struct rs_dispatch_candidate *candidates; /* n_workers entries */
 	uint32_t min_kv_blocks;			  /* the smallest worker pool */
@@ -86,6 +98,13 @@ struct rs_request *rs_sched_admit_next(struct rs_sched *sched, struct rs_sched_l
 /* The same admission without a seat: the request joins the tail of the staged list
  * (state RS_REQUEST_STAGED; charged, its blocks promised) until rs_sched_seat. */
 struct rs_request *rs_sched_admit_staged(struct rs_sched *sched);
+
+/* The same, for a lane that wants requests staged on its worker: under the baselines
+ * the admission policy's next request, staged on the worker dispatch gives it (maybe
+ * another); under d2lpm the lane's worker chooses it (and may route it to another
+ * worker caching more of it). NULL: nothing admitted. */
+struct rs_request *rs_sched_admit_staged_for(struct rs_sched *sched,
+					     const struct rs_sched_lane *lane);
 
 /* Seat a staged request in the lane (which has a free seat). It may close the lane's
  * holes, as rs_sched_admit_next. */

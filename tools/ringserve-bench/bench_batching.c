@@ -1,4 +1,5 @@
-/* ringserve-bench batching [--batch B] [--requests N] [--threads N]
+/* ringserve-bench batching [--batch B] [--requests N] [--threads N] [--rounds R]
+ *                          [--data FILE] [--step-log FILE]
  *
  * Multi-bin batching on the real engine (the CPU backend; the multi-bin paper's setting):
  * N requests arrive at once with output lengths spread widely (uniform on [8, 200]), run
@@ -10,7 +11,14 @@
  *     the lengths hinted by the clients;
  *   - the same k = 4 with continuous lanes (freed seats refilled from the bin);
  *   - plain continuous batching (the default planner), the baseline users run today;
- *   - k = 4 static with the online predictor instead of the hints (its accuracy printed).
+ *   - k = 2, 4, 8 static with the online predictor instead of the hints (its accuracy
+ *     printed).
+ * The machine is shared and noisy: R rounds, each running every configuration once, in an
+ * order rotated by one each round (so that no configuration always follows the same
+ * one); per configuration the median, slowest and fastest round, and the ratio to k = 1
+ * static *of the same round* (median, lowest, highest). --data appends one row per batch
+ * size for tools/plot-batching.gp; --step-log writes every engine step's shape and time
+ * ("ROWS TOKENS PAIRS SECONDS", as ringserved --step-log) for ringserve-sim calibrate.
  * The paper's model has a step cost that does not shrink as a batch's members finish:
  * true here while the CPU step is bound by reading the weights (small batches; see
  * `ringserve-sim calibrate` for this machine's step time against the batch size). */
@@ -25,16 +33,20 @@
 #include "kernels/model/model_random.h"
 #include "tools/ringserve-bench/bench.h"
 
-enum { TEMPLATE_TOKENS = 8, MIN_OUTPUT = 8, MAX_OUTPUT = 200 };
+#include "daemon/sched/step_shape.h"
+
+enum { TEMPLATE_TOKENS = 8, MIN_OUTPUT = 8, MAX_OUTPUT = 200, MAX_ROUNDS = 15 };
 
 struct run {
 	const char *label;
 	const struct rs_planner_ops *planner;
 	uint32_t bins;
 	bool continuous, hints;
-	/* results */
+	/* one round's results */
 	double seconds, requests_per_s, tokens_per_s, mae, right_bin;
 	uint64_t steps;
+	/* every round's */
+	double round_rps[MAX_ROUNDS], round_ratio[MAX_ROUNDS];
 };
 
 struct world {
@@ -70,19 +82,26 @@ static uint64_t next_random(uint64_t *s)
 	return *s >> 33;
 }
 
-static int run_once(struct rs_engine *engine, uint32_t batch, uint32_t n, struct run *run)
+static int run_once(struct rs_engine *engine, uint32_t batch, uint32_t n, struct run *run,
+		    FILE *step_log)
 {
 	struct world w = {0};
 	struct rs_sched *sched = NULL;
-	struct rs_sched_config config = {
-	    .lanes = 1, .max_batch = batch, .max_batch_tokens = 1024, .max_tenants = 4,
-	    .vocab_size = rs_engine_config(engine)->vocab_size, .eos_token = UINT32_MAX,
-	    .prefix_cache = true, .admission = {.policy = RS_ADMISSION_FCFS},
-	    .planner = run->planner,
-	    .multibin = {.bins = run->bins ? run->bins : 1, .batch = batch,
-			 .continuous = run->continuous, .deadline_ns = 60000000000ull}};
-	struct rs_sched_hooks hooks = {.now_ns = now_ns, .token = on_token, .finish = on_finish,
-				       .ctx = &w};
+	struct rs_sched_config config = {.lanes = 1,
+					 .max_batch = batch,
+					 .max_batch_tokens = 1024,
+					 .max_tenants = 4,
+					 .vocab_size = rs_engine_config(engine)->vocab_size,
+					 .eos_token = UINT32_MAX,
+					 .prefix_cache = true,
+					 .admission = {.policy = RS_ADMISSION_FCFS},
+					 .planner = run->planner,
+					 .multibin = {.bins = run->bins ? run->bins : 1,
+						      .batch = batch,
+						      .continuous = run->continuous,
+						      .deadline_ns = 60000000000ull}};
+	struct rs_sched_hooks hooks = {
+	    .now_ns = now_ns, .token = on_token, .finish = on_finish, .ctx = &w};
 	int rc = rs_request_pool_init(&w.pool, n);
 	if (!rc)
 		rc = rs_sched_create(&config, rs_engine_kv(engine), &hooks, &sched);
@@ -90,15 +109,17 @@ static int run_once(struct rs_engine *engine, uint32_t batch, uint32_t n, struct
 	uint64_t rng = 12345; /* the same requests for every run */
 	for (uint32_t i = 0; i < n && !rc; i++) {
 		struct rs_request *r = rs_request_get(&w.pool);
-		uint32_t template = (uint32_t)(next_random(&rng) % 4), span = (MAX_OUTPUT - MIN_OUTPUT + 1) / 4;
+		uint32_t template = (uint32_t)(next_random(&rng) % 4),
+			 span = (MAX_OUTPUT - MIN_OUTPUT + 1) / 4;
 		uint32_t out = MIN_OUTPUT + template * span + (uint32_t)(next_random(&rng) % span);
 		uint32_t prompt = TEMPLATE_TOKENS + 1 + (uint32_t)(next_random(&rng) % 8);
 		rc = rs_request_reserve(r, prompt, out, rs_kv_block_size(rs_engine_kv(engine)));
 		if (rc)
 			break;
 		for (uint32_t t = 0; t < prompt; t++)
-			r->tokens[t] = t < TEMPLATE_TOKENS ? 100 + template * 50 + t
-							    : 1 + (uint32_t)(next_random(&rng) % 30000);
+			r->tokens[t] = t < TEMPLATE_TOKENS
+					   ? 100 + template * 50 + t
+					   : 1 + (uint32_t)(next_random(&rng) % 30000);
 		r->tenant = tenant;
 		r->ignore_eos = true;
 		r->top_p = 1.0f;
@@ -110,9 +131,16 @@ static int run_once(struct rs_engine *engine, uint32_t batch, uint32_t n, struct
 		const struct rs_step_plan *plan = rs_sched_plan_step(sched, 0);
 		if (!plan)
 			continue; /* not reached: every request arrived at once, bins fill */
+		uint64_t step_start = now_ns(NULL);
 		rc = rs_engine_step(engine, 0, plan->steps, plan->n);
 		if (!rc)
 			rc = rs_engine_step_wait(engine, 0);
+		if (step_log && !rc) {
+			struct rs_step_shape shape;
+			rs_step_shape_of(plan->steps, plan->n, &shape);
+			fprintf(step_log, "%u %u %.0f %.9f\n", shape.rows, shape.tokens,
+				shape.pairs, (now_ns(NULL) - step_start) / 1e9);
+		}
 		rs_sched_step_done(sched, 0, rc);
 	}
 	run->seconds = (now_ns(NULL) - t0) / 1e9;
@@ -133,10 +161,34 @@ static int run_once(struct rs_engine *engine, uint32_t batch, uint32_t n, struct
 	return rc;
 }
 
+static int compare_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+/* The median (the upper middle for an even n), lowest and highest of values[0 .. n). */
+static void spread(const double *values, uint32_t n, double *median, double *low, double *high)
+{
+	double sorted[MAX_ROUNDS];
+	memcpy(sorted, values, n * sizeof(double));
+	qsort(sorted, n, sizeof(double), compare_double);
+	*median = sorted[n / 2];
+	*low = sorted[0];
+	*high = sorted[n - 1];
+}
+
+static void usage(void)
+{
+	fprintf(stderr, "bench batching: [--batch B (16)] [--requests N (256)] [--threads N] "
+			"[--rounds R (3)] [--data FILE] [--step-log FILE]\n");
+}
+
 int bench_batching(int argc, char **argv, FILE *json)
 {
-	uint32_t batch = 16, requests = 256;
+	uint32_t batch = 16, requests = 256, rounds = 3;
 	int threads = 0;
+	const char *data_path = NULL, *step_log_path = NULL;
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc)
 			batch = (uint32_t)atoi(argv[++i]);
@@ -144,21 +196,35 @@ int bench_batching(int argc, char **argv, FILE *json)
 			requests = (uint32_t)atoi(argv[++i]);
 		else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
 			threads = atoi(argv[++i]);
+		else if (strcmp(argv[i], "--rounds") == 0 && i + 1 < argc)
+			rounds = (uint32_t)atoi(argv[++i]);
+		else if (strcmp(argv[i], "--data") == 0 && i + 1 < argc)
+			data_path = argv[++i];
+		else if (strcmp(argv[i], "--step-log") == 0 && i + 1 < argc)
+			step_log_path = argv[++i];
 		else {
-			fprintf(stderr, "bench batching: [--batch B] [--requests N] [--threads N]\n");
+			usage();
 			fprintf(json, "null");
 			return 1;
 		}
 	}
-	if (batch < 1 || batch > 256 || requests < batch) {
-		fprintf(stderr, "bench batching: batch 1..256, requests >= batch\n");
+	if (batch < 1 || batch > 256 || requests < batch || rounds < 1 || rounds > MAX_ROUNDS) {
+		fprintf(stderr, "bench batching: batch 1..256, requests >= batch, rounds 1..%d\n",
+			MAX_ROUNDS);
 		fprintf(json, "null");
 		return 1;
 	}
-	struct rs_model_config cfg = {
-		.dim = 288, .hidden_dim = 768, .n_layers = 6, .n_heads = 6, .n_kv_heads = 6,
-		.head_dim = 48, .vocab_size = 32000, .max_seq_len = 256, .rope_dim = 48,
-		.rope_theta = 10000.0f, .norm_eps = 1e-5f};
+	struct rs_model_config cfg = {.dim = 288,
+				      .hidden_dim = 768,
+				      .n_layers = 6,
+				      .n_heads = 6,
+				      .n_kv_heads = 6,
+				      .head_dim = 48,
+				      .vocab_size = 32000,
+				      .max_seq_len = 256,
+				      .rope_dim = 48,
+				      .rope_theta = 10000.0f,
+				      .norm_eps = 1e-5f};
 	struct rs_model *model = NULL;
 	struct rs_engine *engine = NULL;
 	char err[256];
@@ -179,45 +245,103 @@ int bench_batching(int argc, char **argv, FILE *json)
 		fprintf(json, "null");
 		return 1;
 	}
+	FILE *step_log = step_log_path ? fopen(step_log_path, "w") : NULL;
+	if (step_log_path && !step_log) {
+		fprintf(stderr, "bench batching: %s: %s\n", step_log_path, strerror(errno));
+		rs_engine_destroy(engine);
+		rs_model_free(model);
+		fprintf(json, "null");
+		return 1;
+	}
+	if (step_log)
+		fprintf(step_log,
+			"# ringserve-bench batching --batch %u: ROWS TOKENS PAIRS SECONDS\n",
+			batch);
 	const struct rs_planner_ops *bins = &rs_planner_multibin;
 	struct run runs[] = {
-		{.label = "static, k = 1", .planner = bins, .bins = 1, .hints = true},
-		{.label = "static, k = 2", .planner = bins, .bins = 2, .hints = true},
-		{.label = "static, k = 4", .planner = bins, .bins = 4, .hints = true},
-		{.label = "static, k = 8", .planner = bins, .bins = 8, .hints = true},
-		{.label = "continuous lanes, k = 4", .planner = bins, .bins = 4, .continuous = true,
-		 .hints = true},
-		{.label = "continuous batching (no bins)"},
-		{.label = "static, k = 4, predicted", .planner = bins, .bins = 4},
+	    {.label = "static, k = 1", .planner = bins, .bins = 1, .hints = true},
+	    {.label = "static, k = 2", .planner = bins, .bins = 2, .hints = true},
+	    {.label = "static, k = 4", .planner = bins, .bins = 4, .hints = true},
+	    {.label = "static, k = 8", .planner = bins, .bins = 8, .hints = true},
+	    {.label = "continuous lanes, k = 4",
+	     .planner = bins,
+	     .bins = 4,
+	     .continuous = true,
+	     .hints = true},
+	    {.label = "continuous batching (no bins)"},
+	    {.label = "static, k = 2, predicted", .planner = bins, .bins = 2},
+	    {.label = "static, k = 4, predicted", .planner = bins, .bins = 4},
+	    {.label = "static, k = 8, predicted", .planner = bins, .bins = 8},
 	};
 	enum { RUNS = sizeof(runs) / sizeof(runs[0]) };
 	printf("ringserve-bench batching: CPU engine, stories15M-shaped f32 model, %u requests at "
-	       "once, outputs uniform on [%d, %d], batches of %u, one lane\n",
-	       requests, MIN_OUTPUT, MAX_OUTPUT, batch);
-	printf("%-32s %10s %10s %8s %10s\n", "planner", "req/s", "tok/s", "steps", "vs k = 1");
+	       "once, outputs uniform on [%d, %d], batches of %u, one lane, %u rounds alternated\n",
+	       requests, MIN_OUTPUT, MAX_OUTPUT, batch, rounds);
+	for (uint32_t round = 0; round < rounds && !rc; round++) {
+		/* Every configuration once, starting one further each round. */
+		for (uint32_t j = 0; j < RUNS && !rc; j++) {
+			struct run *run = &runs[(round + j) % RUNS];
+			rc = run_once(engine, batch, requests, run, step_log);
+			run->round_rps[round] = run->requests_per_s;
+		}
+		for (uint32_t i = 0; i < RUNS && !rc; i++)
+			runs[i].round_ratio[round] =
+			    runs[i].round_rps[round] / runs[0].round_rps[round];
+	}
+	if (step_log && fclose(step_log) != 0 && !rc)
+		rc = -errno;
+	FILE *data = !rc && data_path ? fopen(data_path, "a") : NULL;
+	if (!rc && data_path && !data)
+		rc = -errno;
+	if (data && ftell(data) == 0) {
+		fprintf(data,
+			"# ringserve-bench batching, %u requests, %u rounds: batch, then per "
+			"configuration its ratio to k = 1 static of the same round (median, "
+			"lowest, highest):",
+			requests, rounds);
+		for (int i = 0; i < RUNS; i++)
+			fprintf(data, " [%s]", runs[i].label);
+		fprintf(data, "\n");
+	}
+	if (data)
+		fprintf(data, "%u", batch);
+	if (!rc) {
+		printf("%-30s %21s %8s %22s\n", "planner", "req/s median [range]", "steps",
+		       "vs k = 1 median [range]");
+		fprintf(json, "{\"batch\": %u, \"requests\": %u, \"rounds\": %u, \"runs\": [",
+			batch, requests, rounds);
+	}
 	for (int i = 0; i < RUNS && !rc; i++) {
-		rc = run_once(engine, batch, requests, &runs[i]);
-		if (rc)
-			break;
-		printf("%-32s %10.2f %10.0f %8llu %9.2fx", runs[i].label, runs[i].requests_per_s,
-		       runs[i].tokens_per_s, (unsigned long long)runs[i].steps,
-		       runs[i].requests_per_s / runs[0].requests_per_s);
+		double rps, rps_low, rps_high, ratio, ratio_low, ratio_high;
+		spread(runs[i].round_rps, rounds, &rps, &rps_low, &rps_high);
+		spread(runs[i].round_ratio, rounds, &ratio, &ratio_low, &ratio_high);
+		printf("%-30s %6.2f [%5.2f, %5.2f] %8llu %7.2fx [%.2f, %.2f]", runs[i].label, rps,
+		       rps_low, rps_high, (unsigned long long)runs[i].steps, ratio, ratio_low,
+		       ratio_high);
 		if (!runs[i].hints && runs[i].planner)
-			printf("   (prediction: mean absolute error %.1f tokens, %.0f%% in the right bin)",
+			printf("  (predicted: mean |error| %.1f tokens, %.0f%% in the right bin)",
 			       runs[i].mae, 100 * runs[i].right_bin);
 		printf("\n");
+		if (data)
+			fprintf(data, " %.4f %.4f %.4f", ratio, ratio_low, ratio_high);
+		fprintf(
+		    json,
+		    "%s{\"planner\": \"%s\", \"requests_per_s\": %.3f, \"requests_per_s_low\": "
+		    "%.3f, \"requests_per_s_high\": %.3f, \"vs_k1\": %.4f, \"vs_k1_low\": %.4f, "
+		    "\"vs_k1_high\": %.4f, \"steps\": %llu, \"prediction_mae\": %.2f, "
+		    "\"prediction_right_bin\": %.3f}",
+		    i ? ", " : "", runs[i].label, rps, rps_low, rps_high, ratio, ratio_low,
+		    ratio_high, (unsigned long long)runs[i].steps, runs[i].mae, runs[i].right_bin);
+	}
+	if (data) {
+		fprintf(data, "\n");
+		if (fclose(data) != 0 && !rc)
+			rc = -errno;
 	}
 	if (rc) {
 		fprintf(stderr, "bench batching: %s\n", strerror(-rc));
 		fprintf(json, "null");
 	} else {
-		fprintf(json, "{\"batch\": %u, \"requests\": %u, \"runs\": [", batch, requests);
-		for (int i = 0; i < RUNS; i++)
-			fprintf(json, "%s{\"planner\": \"%s\", \"requests_per_s\": %.3f, "
-				      "\"tokens_per_s\": %.1f, \"steps\": %llu, \"prediction_mae\": %.2f, "
-				      "\"prediction_right_bin\": %.3f}",
-				i ? ", " : "", runs[i].label, runs[i].requests_per_s, runs[i].tokens_per_s,
-				(unsigned long long)runs[i].steps, runs[i].mae, runs[i].right_bin);
 		fprintf(json, "]}");
 	}
 	rs_engine_destroy(engine);

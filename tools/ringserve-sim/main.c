@@ -58,6 +58,8 @@ static void usage(void)
 	    "  --load-threshold N    d2lpm: requests (max batch / 2); --cache-threshold X:\n"
 	    "                        cache-aware (0.5); --dispatch-quantum Q: d2lpm (65536)\n"
 	    "  --dispatch-lookahead N d2lpm: waiting requests per tenant a free seat matches (4)\n"
+	    "  --dispatch-at WHEN    baselines: admission (among workers with a free seat, by\n"
+	    "                        their caches) or arrival (SGLang's router) (admission)\n"
 	    "                        compare with --workers > 1: once per dispatch policy\n"
 	    "  --cost FILE           the step cost model (default: built in, this machine's CPU)\n"
 	    "  --json FILE           results as JSON too\n"
@@ -106,6 +108,7 @@ enum {
 	OPT_CACHE_THRESHOLD,
 	OPT_DISPATCH_QUANTUM,
 	OPT_DISPATCH_LOOKAHEAD,
+	OPT_DISPATCH_AT,
 };
 
 static const struct option options[] = {
@@ -149,6 +152,7 @@ static const struct option options[] = {
     {"cache-threshold", required_argument, 0, OPT_CACHE_THRESHOLD},
     {"dispatch-quantum", required_argument, 0, OPT_DISPATCH_QUANTUM},
     {"dispatch-lookahead", required_argument, 0, OPT_DISPATCH_LOOKAHEAD},
+    {"dispatch-at", required_argument, 0, OPT_DISPATCH_AT},
     {0, 0, 0, 0},
 };
 
@@ -370,6 +374,14 @@ int main(int argc, char **argv)
 			bad = number(name, optarg, 1, 1 << 20, &v);
 			config.dispatch.lookahead = (uint32_t)v;
 			break;
+		case OPT_DISPATCH_AT:
+			config.dispatch.at_arrival = strcmp(optarg, "arrival") == 0;
+			if (!config.dispatch.at_arrival && strcmp(optarg, "admission") != 0) {
+				fprintf(stderr,
+					"ringserve-sim: --dispatch-at: admission or arrival\n");
+				bad = 1;
+			}
+			break;
 		case OPT_THREADS:
 			bad = number(name, optarg, 0, 1024, &v), threads = (int)v;
 			break;
@@ -505,6 +517,9 @@ int main(int argc, char **argv)
 			struct sim_config c = config;
 			if (compare && by_dispatch)
 				c.dispatch.policy = all_dispatch[i];
+			/* d2lpm's workers choose at admission: --dispatch-at is the baselines'. */
+			if (c.dispatch.policy == RS_DISPATCH_D2LPM)
+				c.dispatch.at_arrival = false;
 			else if (compare)
 				c.admission.policy = all[i];
 			if (i) { /* the same workload again */

@@ -1,0 +1,285 @@
+/* Multi-bin batching with several workers (daemon/sched/planner_multibin.c, "Workers"), on
+ * a virtual clock, one lane step a millisecond:
+ *   - every step a lane runs holds requests of its own worker only, all of one length
+ *     class (computed here from the hints and the fixed boundaries, not read from the
+ *     core); a static batch takes no one in while it runs; every request ends with all
+ *     its tokens; no worker ever holds more than its lanes x B seated plus k x B staged;
+ *     every worker serves; with one lane per worker and static batches, no request waits
+ *     for a seat longer than the deadline plus (k + 1) x B + 1 batches (its worker's
+ *     staged requests are at most (lanes + k) x B - B: the argument of the planner's
+ *     comment, per worker); under each dispatch policy;
+ *   - all requests at once, four output lengths (5, 10, 15, 20: one per bin), B = 8, two
+ *     workers: with k = 4 every batch has one length and takes exactly that many steps,
+ *     and each (worker, length) pair runs ceil(n / B) batches (a partial bin runs only
+ *     when nothing waits for admission), so the lane steps are at most
+ *     sum over lengths of (n_L / B + 2) x L = 400 for 48 requests of each length; k = 1
+ *     mixes lengths, a batch of 8 lasts its longest (19.5 steps expected), about 470.
+ * Tokens are written by the test (id 1 for every sampled position). */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/sched/planner.h"
+#include "daemon/sched/sched.h"
+#include "kernels/engine/kv_cache.h"
+#include "tests/engine_test.h"
+/* engine_test.h's CHECK counts failures and goes on; here a failure stops the test. */
+#undef CHECK
+#include "tests/harness/harness.h"
+
+enum { MAX_REQUESTS = 2048, MAX_LANES = 8, MAX_WORKERS = 4, STEP_NS = 1000000 };
+
+struct world {
+	struct rs_sched *sched;
+	struct rs_kv_cache *kv[MAX_WORKERS];
+	struct rs_request_pool pool;
+	struct rs_tenant *tenant;
+	uint64_t clock_ns;
+	uint32_t workers, lanes_per_worker, lanes;
+	uint32_t boundaries[3]; /* the length classes' upper bounds, as configured */
+	/* per request id */
+	uint64_t admitted_ns[MAX_REQUESTS], seated_ns[MAX_REQUESTS];
+	uint32_t want[MAX_REQUESTS], got[MAX_REQUESTS], worker[MAX_REQUESTS];
+	bool done[MAX_REQUESTS];
+	/* per lane: the requests it runs now, to see who joins */
+	bool seated[MAX_LANES][MAX_REQUESTS];
+	uint32_t n_seated[MAX_LANES];
+	uint64_t lane_steps;
+};
+
+static uint64_t now_hook(void *ctx)
+{
+	return ((struct world *)ctx)->clock_ns;
+}
+
+static void token_hook(void *ctx, struct rs_request *request)
+{
+}
+
+static void finish_hook(void *ctx, struct rs_request *request, int32_t status)
+{
+	struct world *w = ctx;
+	uint32_t id = (uint32_t)request->user_data;
+	CHECK(status == 0, "request %u: status %d", id, status);
+	w->done[id] = true;
+	w->got[id] = request->generated;
+	w->worker[id] = request->worker;
+	if (request->lane < w->lanes && w->seated[request->lane][id]) {
+		w->seated[request->lane][id] = false;
+		w->n_seated[request->lane]--;
+	}
+	rs_request_put(&w->pool, request);
+}
+
+static void world_init(struct world *w, uint32_t workers, uint32_t lanes,
+		       enum rs_dispatch_policy dispatch, const struct rs_multibin_params *params,
+		       uint32_t max_batch)
+{
+	memset(w, 0, sizeof(*w));
+	w->clock_ns = 1000000000;
+	w->workers = workers;
+	w->lanes_per_worker = lanes;
+	w->lanes = workers * lanes;
+	memcpy(w->boundaries, params->boundaries, sizeof(w->boundaries));
+	for (uint32_t i = 0; i < workers; i++)
+		CHECK(rs_kv_cache_create(4096, 16, &w->kv[i]) == 0, "kv");
+	struct rs_sched_config config = {.lanes = lanes,
+					 .max_batch = max_batch,
+					 .max_batch_tokens = 1024,
+					 .max_tenants = 4,
+					 .vocab_size = 100,
+					 .eos_token = UINT32_MAX,
+					 .prefix_cache = true,
+					 .admission = {.policy = RS_ADMISSION_FCFS},
+					 .planner = &rs_planner_multibin,
+					 .multibin = *params,
+					 .workers = workers,
+					 .dispatch = {.policy = dispatch}};
+	struct rs_sched_hooks hooks = {
+	    .now_ns = now_hook, .token = token_hook, .finish = finish_hook, .ctx = w};
+	CHECK(rs_sched_create_workers(&config, w->kv, &hooks, &w->sched) == 0, "sched");
+	CHECK(rs_request_pool_init(&w->pool, MAX_REQUESTS) == 0, "pool");
+	w->tenant = rs_sched_tenant_acquire(w->sched, 0, "t", 1.0);
+}
+
+static void world_destroy(struct world *w)
+{
+	CHECK(!rs_sched_busy(w->sched), "requests left");
+	rs_sched_tenant_release(w->sched, w->tenant);
+	rs_sched_destroy(w->sched);
+	rs_request_pool_destroy(&w->pool);
+	for (uint32_t i = 0; i < w->workers; i++)
+		rs_kv_cache_destroy(w->kv[i]);
+}
+
+/* The length class of a hinted length, from the configured boundaries. */
+static uint32_t class_of(const struct world *w, uint32_t bins, uint32_t length)
+{
+	uint32_t c = 0;
+	while (c + 1 < bins && length > w->boundaries[c])
+		c++;
+	return c;
+}
+
+/* Prompts share one of two 32-token prefixes (so that d2lpm has something to follow). */
+static void submit(struct world *w, uint32_t id, uint32_t prompt_len, uint32_t output_len)
+{
+	struct rs_request *r = rs_request_get(&w->pool);
+	CHECK(r && rs_request_reserve(r, prompt_len, output_len, 16) == 0, "request");
+	for (uint32_t i = 0; i < prompt_len; i++)
+		r->tokens[i] = i < 32 ? 10 + (id % 2) * 40 + i % 40 : (id * 13 + i * 7) % 100;
+	r->tenant = w->tenant;
+	r->user_data = id;
+	r->ignore_eos = true;
+	r->top_p = 1.0f;
+	r->output_len_hint = output_len;
+	w->want[id] = output_len;
+	CHECK(rs_sched_submit(w->sched, r) == 0, "submit %u", id);
+}
+
+/* Plan every lane, check the plans, run them, and return how many ran. */
+static int step(struct world *w, uint32_t bins, uint32_t batch, bool continuous)
+{
+	int ran = 0;
+	for (uint32_t l = 0; l < w->lanes; l++) {
+		const struct rs_step_plan *plan = rs_sched_plan_step(w->sched, l);
+		if (!plan)
+			continue;
+		uint32_t worker = l / w->lanes_per_worker;
+		uint32_t class = class_of(w, bins, plan->requests[0]->output_len_hint);
+		uint32_t joined = 0;
+		for (uint32_t i = 0; i < plan->n; i++) {
+			struct rs_request *r = plan->requests[i];
+			uint32_t id = (uint32_t)r->user_data;
+			CHECK(r->worker == worker,
+			      "lane %u of worker %u runs a request of worker %u", l, worker,
+			      r->worker);
+			CHECK(class_of(w, bins, r->output_len_hint) == class,
+			      "lane %u mixes lengths %u and %u", l,
+			      plan->requests[0]->output_len_hint, r->output_len_hint);
+			if (!w->seated[l][id]) {
+				joined++;
+				w->seated[l][id] = true;
+				w->seated_ns[id] = w->clock_ns;
+				w->admitted_ns[id] = r->admitted_ns;
+			}
+			if (plan->steps[i].sample)
+				*plan->steps[i].out_token = 1;
+		}
+		CHECK(continuous || !joined || w->n_seated[l] == 0,
+		      "lane %u took requests in while %u ran", l, w->n_seated[l]);
+		CHECK(plan->n <= batch, "lane %u runs %u requests, B = %u", l, plan->n, batch);
+		w->n_seated[l] += joined;
+		rs_sched_step_done(w->sched, l, 0);
+		w->lane_steps++;
+		ran++;
+	}
+	CHECK(rs_sched_check(w->sched) == 0, "invariants");
+	for (uint32_t k = 0; k < w->workers; k++)
+		CHECK(rs_sched_worker_load(w->sched, k) <= (w->lanes_per_worker + bins) * batch,
+		      "worker %u holds %u requests, more than (lanes + k) x B", k,
+		      rs_sched_worker_load(w->sched, k));
+	return ran;
+}
+
+/* Random arrivals of hinted requests over four length classes. */
+static void test_batches(enum rs_dispatch_policy dispatch, uint32_t lanes, bool continuous)
+{
+	struct world *w = calloc(1, sizeof(*w));
+	enum { N = 1500, K = 4, B = 6, WORKERS = 3 };
+	struct rs_multibin_params p = {.bins = K,
+				       .batch = B,
+				       .continuous = continuous,
+				       .deadline_ns = 20 * STEP_NS,
+				       .boundaries = {8, 16, 30}};
+	world_init(w, WORKERS, lanes, dispatch, &p, 8);
+	uint64_t rng = 77 + dispatch * 4 + lanes * 2 + continuous;
+	uint32_t next = 0, max_output = 40;
+	while (next < N || rs_sched_busy(w->sched)) {
+		/* About three arrivals a step, in bursts: the workers stay busy. */
+		for (uint32_t a = (uint32_t)(test_rand(&rng) % 7); a > 0 && next < N; a--, next++) {
+			uint32_t out = 1 + (uint32_t)(test_rand(&rng) % max_output);
+			submit(w, next, 33 + (uint32_t)(test_rand(&rng) % 30), out);
+		}
+		int ran = step(w, K, B, continuous);
+		uint64_t wake = rs_sched_next_wakeup_ns(w->sched);
+		CHECK(ran || next < N || wake > w->clock_ns, "stuck with %u waiting",
+		      rs_sched_waiting(w->sched));
+		w->clock_ns += STEP_NS;
+	}
+	uint64_t batch_ns = (uint64_t)max_output * STEP_NS, worst = 0;
+	uint32_t served[WORKERS] = {0};
+	for (uint32_t id = 0; id < N; id++) {
+		CHECK(w->done[id] && w->got[id] == w->want[id], "request %u: %u of %u tokens", id,
+		      w->got[id], w->want[id]);
+		served[w->worker[id]]++;
+		uint64_t wait = w->seated_ns[id] - w->admitted_ns[id];
+		worst = wait > worst ? wait : worst;
+	}
+	uint64_t bound = p.deadline_ns + ((K + 1) * B + 1) * batch_ns;
+	printf("%s, %u lane(s) per worker, %s: served %u, %u, %u; longest wait for a seat "
+	       "%.0f ms (bound %.0f ms for one static lane per worker)\n",
+	       rs_dispatch_policy_name(dispatch), lanes, continuous ? "continuous" : "static",
+	       served[0], served[1], served[2], worst / 1e6, bound / 1e6);
+	for (uint32_t k = 0; k < WORKERS; k++)
+		CHECK(served[k] > 0 && rs_sched_worker_served(w->sched, k) == served[k],
+		      "worker %u served %u (the core says %llu)", k, served[k],
+		      (unsigned long long)rs_sched_worker_served(w->sched, k));
+	CHECK(lanes > 1 || continuous || worst <= bound, "waited %llu ns, bound %llu ns",
+	      (unsigned long long)worst, (unsigned long long)bound);
+	const struct rs_multibin_stats *st = rs_multibin_stats(w->sched);
+	CHECK(st && st->predictions == N && st->right_bin == N && st->abs_error_sum == 0,
+	      "hinted lengths predicted wrong");
+	world_destroy(w);
+	free(w);
+}
+
+/* All at once, lengths 5, 10, 15, 20: lane steps for k bins (two workers, round-robin). */
+static uint64_t burst_steps(uint32_t bins)
+{
+	struct world *w = calloc(1, sizeof(*w));
+	enum { PER_LENGTH = 48, B = 8 };
+	struct rs_multibin_params p = {
+	    .bins = bins, .batch = B, .deadline_ns = 1000000 * (uint64_t)STEP_NS};
+	if (bins == 4)
+		p.boundaries[0] = 5, p.boundaries[1] = 10, p.boundaries[2] = 15;
+	world_init(w, 2, 1, RS_DISPATCH_ROUND_ROBIN, &p, B);
+	uint64_t rng = 5;
+	uint32_t left[4] = {PER_LENGTH, PER_LENGTH, PER_LENGTH, PER_LENGTH};
+	for (uint32_t id = 0; id < 4 * PER_LENGTH; id++) {
+		uint32_t c;
+		do
+			c = (uint32_t)(test_rand(&rng) % 4);
+		while (!left[c]);
+		left[c]--;
+		submit(w, id, 40, 5 * (c + 1)); /* one step prefills 40 and samples */
+	}
+	while (rs_sched_busy(w->sched)) {
+		CHECK(step(w, bins, B, false) || rs_sched_next_wakeup_ns(w->sched) > w->clock_ns,
+		      "stuck");
+		w->clock_ns += STEP_NS;
+	}
+	uint64_t steps = w->lane_steps, makespan = (w->clock_ns - 1000000000) / STEP_NS;
+	printf("all at once, k = %u: %llu lane steps, done after %llu steps\n", bins,
+	       (unsigned long long)steps, (unsigned long long)makespan);
+	world_destroy(w);
+	free(w);
+	return steps;
+}
+
+int main(void)
+{
+	test_batches(RS_DISPATCH_ROUND_ROBIN, 1, false);
+	test_batches(RS_DISPATCH_LEAST_LOADED, 1, false);
+	test_batches(RS_DISPATCH_CACHE_AWARE, 1, false);
+	test_batches(RS_DISPATCH_D2LPM, 1, false);
+	test_batches(RS_DISPATCH_LEAST_LOADED, 2, false);
+	test_batches(RS_DISPATCH_LEAST_LOADED, 2, true);
+	test_batches(RS_DISPATCH_D2LPM, 2, true);
+	uint64_t one = burst_steps(1), four = burst_steps(4);
+	CHECK(four <= 400, "k = 4: %llu lane steps, more than the 400 derived",
+	      (unsigned long long)four);
+	CHECK(one > four, "k = 1 (%llu lane steps) no slower than k = 4 (%llu)",
+	      (unsigned long long)one, (unsigned long long)four);
+	return T_EXIT_PASS;
+}
