@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include "shm/abi.h"
 
 struct rs_kv_cache;
 struct rs_serving_engine;
@@ -59,6 +60,10 @@ struct rs_serving_engine {
 	struct rs_kv_cache *const *worker_kv;
 	const void *vocab; /* serialized vocabulary for clients, or NULL */
 	uint64_t vocab_bytes;
+	const char *chat_template; /* the model's (Jinja text), or NULL */
+	uint64_t chat_template_bytes;
+	uint32_t n_end_tokens; /* tokens that end a turn, stopping generation as EOS does */
+	uint32_t end_tokens[RS_MAX_END_TOKENS];
 	void *impl;
 };
 

@@ -563,6 +563,8 @@ int rs_gguf_write_model(const char *path, const struct rs_model *model,
 	}
 	if (!ret && tok)
 		ret = add_tokenizer(w, tok);
+	if (!ret && model->chat_template)
+		ret = rs_gguf_writer_set_string(w, "tokenizer.chat_template", model->chat_template);
 	/* Qwen2's q and k rows go out in the NEOX layout its files have (see model.h). */
 	uint8_t *neox = NULL;
 	if (!ret && model->arch == RS_ARCH_QWEN2) {
