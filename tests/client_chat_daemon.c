@@ -6,10 +6,13 @@
  *     rs_chat_tokenize puts the template's special tokens in and keeps the user's text;
  *   - ringserve-cli --chat (--system, from stdin) asks exactly that prompt: its greedy ids
  *     are those of rs_submit on rs_chat_tokenize's ids;
+ *   - generation stops at an end-of-turn token: a sampled run with --ignore-eos that
+ *     meets one at position k, run again without, ends right after it with EOS set;
  *   - a model whose template ringserve does not know: --chat fails with exit 7 and a
  *     message naming --chat-template, and works with --chat-template chatml; an unknown
  *     name is a usage error (1). */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,6 +76,64 @@ static uint32_t greedy(struct rs_connection *conn, const uint32_t *prompt, int n
 	memcpy(out, tokens, (size_t)count * sizeof(*out));
 	rs_release(conn, done.request);
 	return (uint32_t)count;
+}
+
+/* One request to its end; output into out, the completion's flags into *flags. */
+static uint32_t generate(struct rs_connection *conn, const uint32_t *prompt, int n,
+			 uint32_t max_new, float temperature, uint64_t seed, uint32_t gen_flags,
+			 uint32_t *out, uint32_t *flags)
+{
+	struct rs_generate_params params = {.prompt = prompt,
+					    .prompt_len = (uint32_t)n,
+					    .max_new_tokens = max_new,
+					    .temperature = temperature,
+					    .top_p = 1.0f,
+					    .seed = seed,
+					    .flags = gen_flags};
+	int request = rs_submit(conn, &params);
+	CHECK(request >= 0, "submit: %d", request);
+	struct rs_completion done;
+	CHECK(rs_wait(conn, &done, 1, 20000) == 1 && done.status == 0, "completion");
+	const uint32_t *tokens;
+	int count = rs_output(conn, done.request, &tokens);
+	CHECK(count >= 0, "output %d", count);
+	memcpy(out, tokens, (size_t)count * sizeof(*out));
+	*flags = done.flags;
+	rs_release(conn, done.request);
+	return (uint32_t)count;
+}
+
+/* Sampling near-uniformly (a hot temperature) over 512 tokens meets one of the end
+ * tokens within a few hundred tokens for most seeds; the first seed that does is the
+ * case. Returns whether one was met. */
+static bool check_end_token_stop(struct rs_connection *conn, const uint32_t *prompt, int n,
+				 const uint32_t *ends, int n_ends)
+{
+	static uint32_t free_run[1024], stopped[1024];
+	struct rs_model_info info;
+	rs_model_info(conn, &info);
+	uint32_t max_new = info.max_seq_len - (uint32_t)n;
+	for (uint64_t seed = 1; seed <= 20; seed++) {
+		uint32_t flags;
+		uint32_t got = generate(conn, prompt, n, max_new, 50.0f, seed,
+					RS_GENERATE_IGNORE_EOS, free_run, &flags);
+		CHECK(got == max_new && !(flags & RS_COMPLETION_EOS), "ignore-eos run");
+		uint32_t k = 0;
+		while (k < got && count_id(ends, n_ends, free_run[k]) == 0)
+			k++;
+		if (k == got || free_run[k] == info.eos_token)
+			continue; /* the case is a turn's end that is not EOS (<|im_end|>) */
+		got = generate(conn, prompt, n, max_new, 50.0f, seed, 0, stopped, &flags);
+		CHECK(got == k + 1 && (flags & RS_COMPLETION_EOS) &&
+			  memcmp(stopped, free_run, (k + 1) * sizeof(*stopped)) == 0,
+		      "seed %llu: end token %u at %u, but the run stopped after %u tokens "
+		      "(flags %u)",
+		      (unsigned long long)seed, free_run[k], k, got, flags);
+		printf("seed %llu: stopped at end token %u after %u tokens\n",
+		       (unsigned long long)seed, free_run[k], k + 1);
+		return true;
+	}
+	return false;
 }
 
 static char out[MAX_OUT];
@@ -140,6 +201,9 @@ int main(void)
 	      "3 <|im_start|> (2 turns + the assistant's), 2 <|im_end|>: %d, %d",
 	      count_id(ids, chat_n, 510), count_id(ids, chat_n, 511));
 	CHECK(ids[0] == 510 && ids[chat_n - 1] != 511, "starts with <|im_start|>");
+
+	CHECK(check_end_token_stop(conn, ids, chat_n, ends, n_ends),
+	      "no seed of 20 met an end token: cannot check the stop");
 
 	/* ringserve-cli --chat asks that prompt: same greedy ids. */
 	uint32_t want[16], got[64];
