@@ -78,7 +78,8 @@ int rs_chat_template_detect(const char *jinja, size_t len)
 	}
 	if (contains(jinja, len, "<|im_start|>")) {
 		/* ChatML's family; Phi-4 (<|im_sep|>) and SmolVLM are other layouts. */
-		if (contains(jinja, len, "<|im_sep|>") || contains(jinja, len, "<end_of_utterance>"))
+		if (contains(jinja, len, "<|im_sep|>") ||
+		    contains(jinja, len, "<end_of_utterance>"))
 			return -ENOENT;
 		if (contains(jinja, len, "You are Qwen, created by Alibaba Cloud."))
 			return RS_CHAT_QWEN25;
@@ -95,7 +96,8 @@ int rs_chat_template_detect(const char *jinja, size_t len)
 			return -ENOENT;
 		return RS_CHAT_CHATML;
 	}
-	if (contains(jinja, len, "<|start_header_id|>") && contains(jinja, len, "<|end_header_id|>")) {
+	if (contains(jinja, len, "<|start_header_id|>") &&
+	    contains(jinja, len, "<|end_header_id|>")) {
 		if (contains(jinja, len, "Cutting Knowledge Date") &&
 		    contains(jinja, len, "Today Date: ") && !contains(jinja, len, "<function="))
 			return contains(jinja, len, "strftime_now") ? RS_CHAT_LLAMA32
@@ -111,7 +113,8 @@ int rs_chat_template_detect(const char *jinja, size_t len)
 		if (contains(jinja, len, "[AVAILABLE_TOOLS]"))
 			return contains(jinja, len, "\"[INST]\"") ? RS_CHAT_MISTRAL_V3_TEKKEN
 								  : -ENOENT;
-		if (contains(jinja, len, "<<SYS>>") && contains(jinja, len, "bos_token + '[INST] '"))
+		if (contains(jinja, len, "<<SYS>>") &&
+		    contains(jinja, len, "bos_token + '[INST] '"))
 			return RS_CHAT_LLAMA2;
 		return -ENOENT;
 	}
@@ -260,10 +263,13 @@ static int render_llama2(struct rs_chat_text *t, const struct rs_chat_message *m
 		if (role_is(&m[i], "user")) {
 			lit(t, "<s>[INST] ");
 			if (i == first && system) {
-				/* strip() applies to the whole "<<SYS>>\n" + system + ... + content. */
+				/* strip() applies to the whole "<<SYS>>\n" + system + ... +
+				 * content. */
 				struct span user = trim(whole(m[i].content));
 				lit(t, "<<SYS>>\n");
-				content_span(t, user.n ? whole(system) : rstrip_chars(whole(system), " \t\n\r\v\f"));
+				content_span(t, user.n
+						    ? whole(system)
+						    : rstrip_chars(whole(system), " \t\n\r\v\f"));
 				if (user.n) {
 					lit(t, "\n<</SYS>>\n\n");
 					content_span(t, user);
@@ -358,7 +364,8 @@ static void qwen3_assistant(struct rs_chat_text *t, const struct rs_chat_message
 		/* content.split('</think>')[-1].lstrip('\n') */
 		answer = lstrip_chars(whole(end_think + strlen("</think>")), "\n");
 		/* content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') */
-		struct span before = {msg->content, (size_t)(strstr(msg->content, "</think>") - msg->content)};
+		struct span before = {msg->content,
+				      (size_t)(strstr(msg->content, "</think>") - msg->content)};
 		before = rstrip_chars(before, "\n");
 		const char *open = NULL;
 		for (const char *p = before.s;

@@ -469,19 +469,19 @@ void rs_stats_close(struct rs_stats_reader *reader);
  * llama.cpp does. docs/client-api.md lists the families and where each one comes from. */
 
 enum rs_chat_template {
-	RS_CHAT_TEMPLATE_MODEL = 0,	   /* the model's own (rs_chat_tokenize) */
-	RS_CHAT_LLAMA2 = 1,		   /* "llama2": <s>[INST] <<SYS>> .. [/INST] .. </s> */
-	RS_CHAT_LLAMA3 = 2,		   /* "llama3": Llama 3.0 <|start_header_id|> turns */
-	RS_CHAT_LLAMA31 = 3,		   /* "llama3.1": 3.0 + the Cutting Knowledge system
-					    * header dated 26 Jul 2024 (3.1, 3.3) */
-	RS_CHAT_LLAMA32 = 4,		   /* "llama3.2": dated today, as strftime_now */
-	RS_CHAT_CHATML = 5,		   /* "chatml": <|im_start|>role\n..<|im_end|>\n */
-	RS_CHAT_QWEN25 = 6,		   /* "qwen2.5": chatml + Qwen's default system prompt */
-	RS_CHAT_QWEN3 = 7,		   /* "qwen3": chatml, <think> kept for the last turn only */
-	RS_CHAT_MISTRAL_V3_TEKKEN = 8,	   /* "mistral-v3-tekken": Mistral Nemo */
-	RS_CHAT_MISTRAL_V7_TEKKEN = 9,	   /* "mistral-v7-tekken": [SYSTEM_PROMPT] (Small 3.x) */
-	RS_CHAT_GEMMA = 10,		   /* "gemma": <start_of_turn>user\n..<end_of_turn>\n */
-	RS_CHAT_PHI3 = 11,		   /* "phi3": <|user|>\n..<|end|>\n */
+	RS_CHAT_TEMPLATE_MODEL = 0,    /* the model's own (rs_chat_tokenize) */
+	RS_CHAT_LLAMA2 = 1,	       /* "llama2": <s>[INST] <<SYS>> .. [/INST] .. </s> */
+	RS_CHAT_LLAMA3 = 2,	       /* "llama3": Llama 3.0 <|start_header_id|> turns */
+	RS_CHAT_LLAMA31 = 3,	       /* "llama3.1": 3.0 + the Cutting Knowledge system
+					* header dated 26 Jul 2024 (3.1, 3.3) */
+	RS_CHAT_LLAMA32 = 4,	       /* "llama3.2": dated today, as strftime_now */
+	RS_CHAT_CHATML = 5,	       /* "chatml": <|im_start|>role\n..<|im_end|>\n */
+	RS_CHAT_QWEN25 = 6,	       /* "qwen2.5": chatml + Qwen's default system prompt */
+	RS_CHAT_QWEN3 = 7,	       /* "qwen3": chatml, <think> kept for the last turn only */
+	RS_CHAT_MISTRAL_V3_TEKKEN = 8, /* "mistral-v3-tekken": Mistral Nemo */
+	RS_CHAT_MISTRAL_V7_TEKKEN = 9, /* "mistral-v7-tekken": [SYSTEM_PROMPT] (Small 3.x) */
+	RS_CHAT_GEMMA = 10,	       /* "gemma": <start_of_turn>user\n..<end_of_turn>\n */
+	RS_CHAT_PHI3 = 11,	       /* "phi3": <|user|>\n..<|end|>\n */
 };
 
 /* One message: role "system", "user" or "assistant" (llama3 and chatml take any role
@@ -491,8 +491,9 @@ struct rs_chat_message {
 	const char *content;
 };
 
-#define RS_CHAT_ADD_ASSISTANT (1u << 0) /* end with the assistant's turn opened (Jinja's
-					 * add_generation_prompt): what a prompt needs */
+#define RS_CHAT_ADD_ASSISTANT                                                                      \
+	(1u << 0) /* end with the assistant's turn opened (Jinja's                                 \
+		   * add_generation_prompt): what a prompt needs */
 
 /* The template a Jinja template text is (or its name, as rs_chat_template_name gives).
  * Returns an enum rs_chat_template (> 0), or -ENOENT: none that ringserve formats (use

@@ -54,8 +54,9 @@ int rs_special_tokens_build(const struct rs_tokenizer *tok, struct rs_special_to
 		return -ENOMEM;
 	}
 	for (uint32_t i = 0; i < out->n; i++)
-		keys[i] = ((uint64_t)(RS_TOKENIZER_MAX_PIECE - special_len(tok, out->ids[i])) << 32) |
-			  out->ids[i];
+		keys[i] =
+		    ((uint64_t)(RS_TOKENIZER_MAX_PIECE - special_len(tok, out->ids[i])) << 32) |
+		    out->ids[i];
 	qsort(keys, out->n, sizeof(*keys), by_key);
 	for (uint32_t i = 0; i < out->n; i++)
 		out->ids[i] = (uint32_t)keys[i];
@@ -91,8 +92,7 @@ static int encode_stretch(const struct rs_tokenizer *tok, const char *s, size_t 
 {
 	if (!n)
 		return 0;
-	int ret = rs_tokenizer_encode(tok, s, n, 0, ids ? ids + *count : NULL,
-				      max_ids - *count);
+	int ret = rs_tokenizer_encode(tok, s, n, 0, ids ? ids + *count : NULL, max_ids - *count);
 	if (ret < 0)
 		return ret;
 	*count += (size_t)ret;

@@ -68,7 +68,7 @@ static int conn_tokenizer(struct rs_connection *conn, const struct rs_tokenizer 
 }
 
 static int rs_conn_special_tokens(struct rs_connection *conn, const struct rs_tokenizer **tok,
-			   const struct rs_special_tokens **specials)
+				  const struct rs_special_tokens **specials)
 {
 	int ret = conn_tokenizer(conn, tok);
 	if (ret)
@@ -91,7 +91,8 @@ static unsigned encode_flags(const struct rs_tokenizer *tok, bool want_bos)
 int rs_tokenize(struct rs_connection *conn, const char *text, size_t len, uint32_t *ids,
 		uint32_t max_ids, unsigned flags)
 {
-	if ((!text && len) || (!ids && max_ids) || (flags & ~(RS_TOKENIZE_BOS | RS_TOKENIZE_SPECIAL)))
+	if ((!text && len) || (!ids && max_ids) ||
+	    (flags & ~(RS_TOKENIZE_BOS | RS_TOKENIZE_SPECIAL)))
 		return -EINVAL;
 	return rs_conn_tokenize(conn, text, len, NULL, 0, flags, ids, max_ids);
 }
@@ -111,9 +112,10 @@ int rs_conn_tokenize(struct rs_connection *conn, const char *text, size_t len,
 	unsigned encode = encode_flags(tok, flags & RS_TOKENIZE_BOS);
 	size_t worst = rs_tokenizer_max_tokens(len);
 	if (max_ids >= worst)
-		return specials ? rs_encode_special(tok, specials, text ? text : "", len, literal,
-						    n_literal, encode, ids, max_ids)
-				: rs_tokenizer_encode(tok, text ? text : "", len, encode, ids, max_ids);
+		return specials
+			   ? rs_encode_special(tok, specials, text ? text : "", len, literal,
+					       n_literal, encode, ids, max_ids)
+			   : rs_tokenizer_encode(tok, text ? text : "", len, encode, ids, max_ids);
 	/* The caller's buffer may be too small: encode into one that cannot be, so that
 	 * the count is known (the query) or the answer is -ENOSPC, never a cut text. */
 	uint32_t *scratch = malloc(worst * sizeof(*scratch));

@@ -11,10 +11,10 @@
 #ifndef RS_DAEMON_ENGINE_H
 #define RS_DAEMON_ENGINE_H
 
+#include "shm/abi.h"
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
-#include "shm/abi.h"
 
 struct rs_kv_cache;
 struct rs_serving_engine;

@@ -168,8 +168,9 @@ int rs_shared_segment_create(const struct rs_shared_header *header, const void *
 	if (ftruncate(fd, (off_t)hdr.size) < 0 || pwrite(fd, &hdr, sizeof(hdr), 0) != sizeof(hdr) ||
 	    (vocab_bytes &&
 	     pwrite(fd, vocab, vocab_bytes, (off_t)hdr.vocab_offset) != (ssize_t)vocab_bytes) ||
-	    (chat_template && pwrite(fd, chat_template, chat_template_bytes,
-				     (off_t)hdr.chat_template_offset) != (ssize_t)chat_template_bytes))
+	    (chat_template &&
+	     pwrite(fd, chat_template, chat_template_bytes, (off_t)hdr.chat_template_offset) !=
+		 (ssize_t)chat_template_bytes))
 		goto fail_errno;
 	if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0)
 		goto fail_errno;

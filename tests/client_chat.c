@@ -29,11 +29,11 @@
 
 static int failures;
 
-#define FAIL(...)                                                                          \
-	do {                                                                               \
-		fprintf(stderr, __VA_ARGS__);                                              \
-		fprintf(stderr, "\n");                                                     \
-		failures++;                                                                \
+#define FAIL(...)                                                                                  \
+	do {                                                                                       \
+		fprintf(stderr, __VA_ARGS__);                                                      \
+		fprintf(stderr, "\n");                                                             \
+		failures++;                                                                        \
 	} while (0)
 
 /* --- sample conversations ----------------------------------------------------------- */
@@ -91,12 +91,12 @@ struct template_case {
 };
 
 static const struct template_case cases[] = {
-    {"meta-llama-Llama-3.1-8B-Instruct", false, RS_CHAT_LLAMA31, "<|begin_of_text|>",
-     "<|eot_id|>", C_ALL},
-    {"meta-llama-Llama-3.2-3B-Instruct", false, RS_CHAT_LLAMA32, "<|begin_of_text|>",
-     "<|eot_id|>", C_ALL},
-    {"meta-llama-Llama-3.3-70B-Instruct", false, RS_CHAT_LLAMA31, "<|begin_of_text|>",
-     "<|eot_id|>", C_ALL},
+    {"meta-llama-Llama-3.1-8B-Instruct", false, RS_CHAT_LLAMA31, "<|begin_of_text|>", "<|eot_id|>",
+     C_ALL},
+    {"meta-llama-Llama-3.2-3B-Instruct", false, RS_CHAT_LLAMA32, "<|begin_of_text|>", "<|eot_id|>",
+     C_ALL},
+    {"meta-llama-Llama-3.3-70B-Instruct", false, RS_CHAT_LLAMA31, "<|begin_of_text|>", "<|eot_id|>",
+     C_ALL},
     {"Qwen-Qwen2.5-7B-Instruct", false, RS_CHAT_QWEN25, "", "<|im_end|>", C_ALL},
     {"Qwen-Qwen3-0.6B", false, RS_CHAT_QWEN3, "", "<|im_end|>", C_ALL},
     {"openbmb-MiniCPM5-1B", false, RS_CHAT_QWEN3, "", "<|im_end|>", C_ALL}, /* Qwen3's */
@@ -108,15 +108,15 @@ static const struct template_case cases[] = {
      C_SYSTEM},
     {"unsloth-mistral-Devstral-Small-2507", false, RS_CHAT_MISTRAL_V7_TEKKEN, "<s>", "</s>",
      C_SYSTEM},
-    {"mistralai-Ministral-3-14B-Reasoning-2512", false, RS_CHAT_MISTRAL_V7_TEKKEN, "<s>",
-     "</s>", C_SYSTEM},
+    {"mistralai-Ministral-3-14B-Reasoning-2512", false, RS_CHAT_MISTRAL_V7_TEKKEN, "<s>", "</s>",
+     C_SYSTEM},
     /* Gemma's template refuses a system message. */
     {"google-gemma-2-2b-it", false, RS_CHAT_GEMMA, "<bos>", "<eos>",
      C_NO_SYSTEM | C_HISTORY | C_UNICODE},
     {"microsoft-Phi-3.5-mini-instruct", false, RS_CHAT_PHI3, "<s>", "<|endoftext|>", C_ALL},
     {"meta-llama-Llama-2-7b-chat-hf", true, RS_CHAT_LLAMA2, "<s>", "</s>", C_ALL},
-    {"meta-llama-Meta-Llama-3-8B-Instruct", true, RS_CHAT_LLAMA3, "<|begin_of_text|>",
-     "<|eot_id|>", C_ALL},
+    {"meta-llama-Meta-Llama-3-8B-Instruct", true, RS_CHAT_LLAMA3, "<|begin_of_text|>", "<|eot_id|>",
+     C_ALL},
     {"chatml", true, RS_CHAT_CHATML, "", "<|im_end|>", C_ALL},
 };
 #define N_CASES (sizeof(cases) / sizeof(cases[0]))
@@ -153,8 +153,7 @@ static void json_string(FILE *f, const char *s)
 	fputc('"', f);
 }
 
-static void template_path(const struct template_case *tc, const char *refs, char *path,
-			  size_t size)
+static void template_path(const struct template_case *tc, const char *refs, char *path, size_t size)
 {
 	if (tc->fixture)
 		snprintf(path, size, "tests/chat/%s.jinja", tc->file);
@@ -246,10 +245,10 @@ static int compare_with_jinja(const char *refs, bool have_bundle)
 						  conv->add_assistant ? RS_CHAT_ADD_ASSISTANT : 0,
 						  NULL, 0);
 			char *got = malloc(size > 0 ? (size_t)size + 1 : 1);
-			CHECK(size >= 0 && rs_chat_format(cases[i].tmpl, conv->messages, conv->n,
-							  conv->add_assistant ? RS_CHAT_ADD_ASSISTANT
-									      : 0,
-							  got, (size_t)size + 1) == size,
+			CHECK(size >= 0 &&
+				  rs_chat_format(cases[i].tmpl, conv->messages, conv->n,
+						 conv->add_assistant ? RS_CHAT_ADD_ASSISTANT : 0,
+						 got, (size_t)size + 1) == size,
 			      "%s: rs_chat_format: %d", cases[i].file, size);
 			if ((size_t)size != len || memcmp(got, expected, len) != 0)
 				FAIL("%s / %s differs from Jinja2:\n  jinja: %.*s\n  ours:  %s",
@@ -356,8 +355,8 @@ static void check_tokens(const char *refs, const char *vocab, int tmpl,
 	CHECK(rs_chat_render(tmpl, messages, 5, RS_CHAT_ADD_ASSISTANT, &text) == 0, "render");
 	size_t max = rs_tokenizer_max_tokens(text.len);
 	uint32_t *ids = malloc(max * sizeof(*ids));
-	int n = rs_encode_special(tok, &sp, text.text, text.len,
-				  (const size_t(*)[2])text.content, text.n_content, 0, ids, max);
+	int n = rs_encode_special(tok, &sp, text.text, text.len, (const size_t(*)[2])text.content,
+				  text.n_content, 0, ids, max);
 	CHECK(n > 0, "%s: rs_encode_special: %d", vocab, n);
 	for (size_t i = 0; i < n_expect; i++) {
 		int32_t id = rs_tokenizer_find(tok, expect[i].piece, strlen(expect[i].piece));
@@ -368,7 +367,8 @@ static void check_tokens(const char *refs, const char *vocab, int tmpl,
 		int got = count_id(ids, n, id);
 		if (got != expect[i].count)
 			FAIL("%s / %s: %s (id %d) %d times, expected %d", vocab,
-			     rs_chat_template_name(tmpl), expect[i].piece, id, got, expect[i].count);
+			     rs_chat_template_name(tmpl), expect[i].piece, id, got,
+			     expect[i].count);
 	}
 	/* Without the literal ranges (RS_TOKENIZE_SPECIAL on the whole text), the user's
 	 * "<|im_end|>" would be the token: one more of it where the vocabulary has it. */
@@ -377,7 +377,8 @@ static void check_tokens(const char *refs, const char *vocab, int tmpl,
 		int whole = rs_encode_special(tok, &sp, text.text, text.len, NULL, 0, 0, ids, max);
 		int with_ranges = count_id(ids, whole, im_end);
 		n = rs_encode_special(tok, &sp, text.text, text.len,
-				      (const size_t(*)[2])text.content, text.n_content, 0, ids, max);
+				      (const size_t(*)[2])text.content, text.n_content, 0, ids,
+				      max);
 		if (with_ranges != count_id(ids, n, im_end) + 1)
 			FAIL("%s: content's <|im_end|> is read as the token", vocab);
 	}
@@ -444,9 +445,10 @@ int main(void)
 	snprintf(path, sizeof(path), "%s/ggml-vocab-llama-bpe.gguf", refs);
 	if (stat(path, &st) == 0) {
 		/* system: 4 turns + the opened assistant turn; unicode: 1 more user turn. */
-		static const struct special_expectation llama3[] = {
-		    {"<|start_header_id|>", 6}, {"<|end_header_id|>", 6}, {"<|eot_id|>", 5},
-		    {"<|begin_of_text|>", 1}};
+		static const struct special_expectation llama3[] = {{"<|start_header_id|>", 6},
+								    {"<|end_header_id|>", 6},
+								    {"<|eot_id|>", 5},
+								    {"<|begin_of_text|>", 1}};
 		check_tokens(refs, "llama-bpe", RS_CHAT_LLAMA31, llama3, 4);
 		static const struct special_expectation qwen[] = {{"<|im_start|>", 6},
 								  {"<|im_end|>", 5}};

@@ -216,8 +216,8 @@ int main(void)
 	CHECK(parse_ids(out, got, 64) == 8 && memcmp(got, want, sizeof(want[0]) * 8) == 0,
 	      "cli --chat ids differ: %s", out);
 	/* Without a system message, another prompt. */
-	chat_n = rs_chat_tokenize(conn, RS_CHAT_CHATML, &msgs[1], 1, RS_CHAT_ADD_ASSISTANT, ids,
-				  4096);
+	chat_n =
+	    rs_chat_tokenize(conn, RS_CHAT_CHATML, &msgs[1], 1, RS_CHAT_ADD_ASSISTANT, ids, 4096);
 	greedy(conn, ids, chat_n, 8, want);
 	snprintf(command, sizeof(command),
 		 "%s/ringserve-cli --socket %s --chat --chat-template chatml --ids --ignore-eos "
@@ -230,8 +230,8 @@ int main(void)
 		 "%s/ringserve-cli --socket %s --chat --chat-template vicuna hi 2>&1", build,
 		 daemon.socket_path);
 	CHECK(run(command, out) == 1 && strstr(out, "chatml"), "unknown name: %s", out);
-	snprintf(command, sizeof(command), "%s/ringserve-cli --socket %s --system x hi 2>&1",
-		 build, daemon.socket_path);
+	snprintf(command, sizeof(command), "%s/ringserve-cli --socket %s --system x hi 2>&1", build,
+		 daemon.socket_path);
 	CHECK(run(command, out) == 1, "--system without --chat: %s", out);
 	rs_close(conn);
 	CHECK(test_daemon_stop(&daemon) == 0, "daemon exit");
@@ -246,9 +246,8 @@ int main(void)
 	CHECK(rs_chat_tokenize(conn, RS_CHAT_TEMPLATE_MODEL, msgs, 2, 0, ids, 4096) == -ENOTSUP,
 	      "rs_chat_tokenize with an unknown model template");
 	rs_close(conn);
-	snprintf(command, sizeof(command),
-		 "%s/ringserve-cli --socket %s --chat hi 2>&1 >/dev/null", build,
-		 daemon.socket_path);
+	snprintf(command, sizeof(command), "%s/ringserve-cli --socket %s --chat hi 2>&1 >/dev/null",
+		 build, daemon.socket_path);
 	CHECK(run(command, out) == 7 && strstr(out, "--chat-template"),
 	      "unknown template: exit 7 naming --chat-template: %s", out);
 	snprintf(command, sizeof(command),

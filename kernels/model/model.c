@@ -131,10 +131,10 @@ static int load_chat_keys(const struct rs_gguf *g, struct rs_model *model, char 
 	if (rs_gguf_get_string(g, "tokenizer.chat_template", &tmpl) != 0)
 		return 0;
 	if (tmpl.len > (64u << 20) || memchr(tmpl.ptr, 0, tmpl.len))
-		return rs_errmsg(err, err_size, -EINVAL,
-				 "tokenizer.chat_template: %llu bytes%s",
+		return rs_errmsg(err, err_size, -EINVAL, "tokenizer.chat_template: %llu bytes%s",
 				 (unsigned long long)tmpl.len,
-				 tmpl.len > (64u << 20) ? ", over 64 MiB" : " with a NUL byte in it");
+				 tmpl.len > (64u << 20) ? ", over 64 MiB"
+							: " with a NUL byte in it");
 	model->chat_template = malloc(tmpl.len + 1);
 	if (!model->chat_template)
 		return -ENOMEM;
@@ -165,10 +165,12 @@ uint32_t rs_model_end_tokens(const struct rs_model *model, uint32_t *ids, uint32
 	if (model->has_eot_token && model->eot_token < rs_tokenizer_vocab_size(model->tokenizer))
 		add_end_token(ids, max, &n, (int32_t)model->eot_token);
 	for (size_t i = 0; i < sizeof(end_pieces) / sizeof(end_pieces[0]); i++) {
-		int32_t id = rs_tokenizer_find(model->tokenizer, end_pieces[i], strlen(end_pieces[i]));
+		int32_t id =
+		    rs_tokenizer_find(model->tokenizer, end_pieces[i], strlen(end_pieces[i]));
 		uint8_t type = 0;
 		float score;
-		if (id >= 0 && rs_tokenizer_token_info(model->tokenizer, (uint32_t)id, &score, &type) == 0 &&
+		if (id >= 0 &&
+		    rs_tokenizer_token_info(model->tokenizer, (uint32_t)id, &score, &type) == 0 &&
 		    (type == RS_TOKEN_CONTROL || type == RS_TOKEN_USER_DEFINED))
 			add_end_token(ids, max, &n, id);
 	}

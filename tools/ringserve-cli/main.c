@@ -239,7 +239,8 @@ static int chat_tokens(struct rs_connection *conn, int tmpl, const char *system_
 		tmpl = rs_chat_model_template(conn, &jinja, &len);
 		if (tmpl == -ENOENT || tmpl == -ENOTSUP) {
 			fprintf(stderr,
-				PROG ": %s; name the layout with --chat-template NAME (one of: %s)\n",
+				PROG
+				": %s; name the layout with --chat-template NAME (one of: %s)\n",
 				tmpl == -ENOENT ? "the model has no chat template"
 						: "the model's chat template is not one ringserve "
 						  "knows",
@@ -260,8 +261,8 @@ static int chat_tokens(struct rs_connection *conn, int tmpl, const char *system_
 	*ids = malloc(((size_t)count + 1) * sizeof(**ids));
 	if (!*ids)
 		return -ENOMEM;
-	count = rs_chat_tokenize(conn, tmpl, messages, n, RS_CHAT_ADD_ASSISTANT, *ids,
-				 (uint32_t)count);
+	count =
+	    rs_chat_tokenize(conn, tmpl, messages, n, RS_CHAT_ADD_ASSISTANT, *ids, (uint32_t)count);
 	if (count < 0)
 		fprintf(stderr, PROG ": cannot format the chat: %s\n", strerror(-count));
 	return count;
@@ -366,7 +367,8 @@ int main(int argc, char **argv)
 			chat_template = rs_chat_template_by_name(optarg);
 			if (chat_template < 0) {
 				fprintf(stderr,
-					PROG ": --chat-template: no template '%s' (there are: %s)\n",
+					PROG
+					": --chat-template: no template '%s' (there are: %s)\n",
 					optarg, template_names());
 				return EXIT_USAGE;
 			}
@@ -422,8 +424,8 @@ int main(int argc, char **argv)
 	/* How long the prompt is, for the default length: what the context leaves. */
 	int prompt_tokens;
 	if (chat) {
-		prompt_tokens = chat_prompt(conn, chat_template, system_message, prompt,
-					    prompt_len, &chat_ids);
+		prompt_tokens =
+		    chat_prompt(conn, chat_template, system_message, prompt, prompt_len, &chat_ids);
 		if (prompt_tokens < 0 && prompt_tokens != -ENOTSUP) {
 			status = prompt_tokens == -ENOENT || prompt_tokens == -ENOMSG
 				     ? EXIT_NO_TEMPLATE
@@ -431,8 +433,9 @@ int main(int argc, char **argv)
 			goto out;
 		}
 	} else {
-		prompt_tokens = rs_tokenize(conn, prompt, prompt_len, NULL, 0,
-					    params.flags & RS_GENERATE_NO_BOS ? 0 : RS_TOKENIZE_BOS);
+		prompt_tokens =
+		    rs_tokenize(conn, prompt, prompt_len, NULL, 0,
+				params.flags & RS_GENERATE_NO_BOS ? 0 : RS_TOKENIZE_BOS);
 	}
 	if (prompt_tokens < 0) {
 		if (prompt_tokens == -ENOTSUP) {
@@ -460,8 +463,8 @@ int main(int argc, char **argv)
 
 	params.prompt = chat_ids;
 	params.prompt_len = (uint32_t)prompt_tokens;
-	int request = chat ? rs_submit(conn, &params)
-			   : rs_submit_text(conn, &params, prompt, prompt_len);
+	int request =
+	    chat ? rs_submit(conn, &params) : rs_submit_text(conn, &params, prompt, prompt_len);
 	if (request < 0) {
 		if (request == -E2BIG)
 			fprintf(stderr,

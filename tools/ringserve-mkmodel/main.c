@@ -51,7 +51,8 @@ static void usage(FILE *f)
 	    "  --out-tokenizer   llama2.c tokenizer.bin for the same vocabulary\n"
 	    "  --rope-theta      GGUF only (llama2.c implies 10000)\n"
 	    "  --chat-template   GGUF tokenizer.chat_template: a FILE's text (a Jinja template),\n"
-	    "                    else a template NAME (llama3, chatml, ...: the name as the text)\n");
+	    "                    else a template NAME (llama3, chatml, ...: the name as the "
+	    "text)\n");
 }
 
 /* --chat-template: a file's text, or else a name the client library formats (written
@@ -66,7 +67,8 @@ static char *read_chat_template(const char *arg)
 				"template name (",
 				arg);
 			for (int i = 1; rs_chat_template_name(i); i++)
-				fprintf(stderr, "%s%s", i > 1 ? ", " : "", rs_chat_template_name(i));
+				fprintf(stderr, "%s%s", i > 1 ? ", " : "",
+					rs_chat_template_name(i));
 			fprintf(stderr, ")\n");
 			return NULL;
 		}
@@ -351,7 +353,8 @@ int main(int argc, char **argv)
 			status = 2;
 		gguf_model->chat_template = chat_template;
 	}
-	if (!status && out_gguf && rs_gguf_write_model(out_gguf, gguf_model, tok, err, sizeof(err))) {
+	if (!status && out_gguf &&
+	    rs_gguf_write_model(out_gguf, gguf_model, tok, err, sizeof(err))) {
 		fprintf(stderr, "ringserve-mkmodel: %s\n", err);
 		status = 1;
 	}

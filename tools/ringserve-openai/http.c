@@ -340,7 +340,8 @@ static char *chat_prompt(struct MHD_Connection *connection, json_t *messages, si
 					  "content must be a string or an array of text parts");
 			return NULL;
 		}
-		char *copy = t.failed ? NULL : strndup(t.data + content_start, t.len - content_start);
+		char *copy =
+		    t.failed ? NULL : strndup(t.data + content_start, t.len - content_start);
 		if (!copy) {
 			t.failed = true;
 			break;
@@ -597,8 +598,8 @@ static enum MHD_Result handle_generate(struct MHD_Connection *connection, struct
 	/* A chat takes the model's own template when ringserve formats it; else the plain
 	 * layout. */
 	if (chat)
-		prompt_tokens = upstream_chat_tokens(hr->up, chat_messages.items, chat_messages.n,
-						     &chat_ids);
+		prompt_tokens =
+		    upstream_chat_tokens(hr->up, chat_messages.items, chat_messages.n, &chat_ids);
 	if (prompt_tokens == -EINVAL) {
 		answer = invalid(connection, "messages",
 				 "a role this model's chat template has no place for");

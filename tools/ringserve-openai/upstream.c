@@ -297,8 +297,8 @@ int upstream_submit(struct upstream *up, const struct rs_generate_params *params
 	req->up = up;
 	pthread_mutex_lock(&up->lock);
 	int ret = up->dead ? up->dead_status
-		  : text    ? rs_submit_text(up->conn, params, text, len)
-			    : rs_submit(up->conn, params);
+		  : text   ? rs_submit_text(up->conn, params, text, len)
+			   : rs_submit(up->conn, params);
 	if (ret >= 0) {
 		req->handle = ret;
 		req->next = up->requests;
