@@ -356,7 +356,7 @@ static void chatml_open(struct rs_chat_text *t, const char *role)
 static void qwen3_assistant(struct rs_chat_text *t, const struct rs_chat_message *msg,
 			    bool after_last_query, bool last)
 {
-	struct span all = whole(msg->content), answer = all, reasoning = {msg->content, 0};
+	struct span answer = whole(msg->content), reasoning = {msg->content, 0};
 	const char *end_think = NULL;
 	for (const char *p = msg->content; (p = strstr(p, "</think>")); p++)
 		end_think = p;
@@ -375,7 +375,6 @@ static void qwen3_assistant(struct rs_chat_text *t, const struct rs_chat_message
 			before = (struct span){open + 7, before.n - (size_t)(open + 7 - before.s)};
 		reasoning = lstrip_chars(before, "\n");
 	}
-	(void)all;
 	chatml_open(t, "assistant");
 	if (after_last_query && (last || reasoning.n)) {
 		lit(t, "<think>\n");
