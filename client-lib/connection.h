@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "client-lib/ringserve.h"
+#include "client-lib/special_tokens.h"
 #include "shm/abi.h"
 #include "shm/ring.h"
 #include "shm/stats.h"
@@ -47,6 +48,9 @@ struct rs_connection {
 	/* The daemon's vocabulary, built on first use by text.c (0: not tried yet). */
 	struct rs_tokenizer *tokenizer;
 	int tokenizer_status; /* 0 untried, 1 built, or the negative errno it failed with */
+	/* Its special tokens (RS_TOKENIZE_SPECIAL, rs_chat_tokenize), collected on first use. */
+	struct rs_special_tokens specials;
+	bool specials_built;
 	/* The daemon's statistics segment, mapped read-only (stats.c); base NULL when it
 	 * sent none or it failed its check (stats_status says why). */
 	struct rs_stats_segment stats;
@@ -89,5 +93,11 @@ void rs_conn_unmap_stats(struct rs_connection *conn);
 
 /* Free the connection's tokenizer (text.c). */
 void rs_conn_free_text(struct rs_connection *conn);
+
+/* Tokenize as rs_tokenize (flags RS_TOKENIZE_*, checked by the caller), with the literal
+ * ranges ([start, end), sorted) never read for special tokens (text.c). */
+int rs_conn_tokenize(struct rs_connection *conn, const char *text, size_t len,
+		     const size_t (*literal)[2], size_t n_literal, unsigned flags, uint32_t *ids,
+		     uint32_t max_ids);
 
 #endif

@@ -257,6 +257,11 @@ int rs_event_arm(struct rs_connection *conn, unsigned events);
 #define RS_TOKENIZE_BOS                                                                            \
 	(1u << 0) /* put BOS first, when the model expects one (its                                \
 		   * vocabulary says so, as Llama's do) */
+/* Read special tokens in the text: a control or user-defined token's text
+ * (<|im_start|>, <s>, [INST]) becomes that token, as llama.cpp's parse_special does
+ * (without it, control tokens are only ever spelled out). For text you wrote, not for a
+ * user's: rs_chat_tokenize keeps message content plain. */
+#define RS_TOKENIZE_SPECIAL (1u << 1)
 
 /* Tokenize text[0 .. len) (any bytes, need not be NUL-terminated; NULL when len is 0) into
  * ids[0 .. max_ids). With ids NULL and max_ids 0 nothing is written and the return value
@@ -452,6 +457,89 @@ int rs_stats_read(struct rs_stats_reader *reader, struct rs_stats *stats,
 
 /* Unmap and free a reader. NULL is allowed. */
 void rs_stats_close(struct rs_stats_reader *reader);
+
+/* --- chat --------------------------------------------------------------------------------
+ * Chat models are trained on conversations laid out by a template (the GGUF key
+ * tokenizer.chat_template, a Jinja program). The library formats the common families
+ * itself, byte for byte as their templates do (tests/client_chat checks it against the
+ * real templates rendered by Jinja2), and recognizes a model's template from its text the
+ * way llama.cpp does. Templates that insert a default system prompt of their own when the
+ * conversation has none (Mistral Small 3.x, Devstral) are formatted without it; Gemma's,
+ * which refuses a system message, gets it in front of the first user message, as
+ * llama.cpp does. docs/client-api.md lists the families and where each one comes from. */
+
+enum rs_chat_template {
+	RS_CHAT_TEMPLATE_MODEL = 0,    /* the model's own (rs_chat_tokenize) */
+	RS_CHAT_LLAMA2 = 1,	       /* "llama2": <s>[INST] <<SYS>> .. [/INST] .. </s> */
+	RS_CHAT_LLAMA3 = 2,	       /* "llama3": Llama 3.0 <|start_header_id|> turns */
+	RS_CHAT_LLAMA31 = 3,	       /* "llama3.1": 3.0 + the Cutting Knowledge system
+					* header dated 26 Jul 2024 (3.1, 3.3) */
+	RS_CHAT_LLAMA32 = 4,	       /* "llama3.2": dated today, as strftime_now */
+	RS_CHAT_CHATML = 5,	       /* "chatml": <|im_start|>role\n..<|im_end|>\n */
+	RS_CHAT_QWEN25 = 6,	       /* "qwen2.5": chatml + Qwen's default system prompt */
+	RS_CHAT_QWEN3 = 7,	       /* "qwen3": chatml, <think> kept for the last turn only */
+	RS_CHAT_MISTRAL_V3_TEKKEN = 8, /* "mistral-v3-tekken": Mistral Nemo */
+	RS_CHAT_MISTRAL_V7_TEKKEN = 9, /* "mistral-v7-tekken": [SYSTEM_PROMPT] (Small 3.x) */
+	RS_CHAT_GEMMA = 10,	       /* "gemma": <start_of_turn>user\n..<end_of_turn>\n */
+	RS_CHAT_PHI3 = 11,	       /* "phi3": <|user|>\n..<|end|>\n */
+};
+
+/* One message: role "system", "user" or "assistant" (llama3 and chatml take any role
+ * name), content any UTF-8 text. Both NUL-terminated. */
+struct rs_chat_message {
+	const char *role;
+	const char *content;
+};
+
+#define RS_CHAT_ADD_ASSISTANT                                                                      \
+	(1u << 0) /* end with the assistant's turn opened (Jinja's                                 \
+		   * add_generation_prompt): what a prompt needs */
+
+/* The template a Jinja template text is (or its name, as rs_chat_template_name gives).
+ * Returns an enum rs_chat_template (> 0), or -ENOENT: none that ringserve formats (use
+ * an explicit one: ringserve-cli --chat-template NAME), -EINVAL: jinja NULL. */
+int rs_chat_template_detect(const char *jinja, size_t len);
+
+/* The template called name ("llama3", "chatml", ...; rs_chat_template_name's names).
+ * Returns an enum rs_chat_template (> 0) or -ENOENT. */
+int rs_chat_template_by_name(const char *name);
+
+/* The name of template tmpl, or NULL for a value that is not one. The names, in enum
+ * order, for i = 1 while rs_chat_template_name(i) != NULL. */
+const char *rs_chat_template_name(int tmpl);
+
+/* Format messages[0 .. n) as template tmpl lays them out (flags: RS_CHAT_*) into
+ * out[0 .. out_size), NUL-terminated, like snprintf: the return value is the length of
+ * the whole text (without the NUL), which was cut when it is >= out_size (out may be
+ * NULL with out_size 0 to ask). Special tokens come as text (<|im_start|>, [INST]):
+ * tokenize the result with RS_TOKENIZE_SPECIAL, or better use rs_chat_tokenize, which
+ * never reads special tokens in message content. Returns the length, or -EINVAL (tmpl
+ * not a template, a role the template has no place for, a NULL role or content, messages
+ * NULL with n > 0, an unknown flag), -E2BIG (over 512 MiB), -ENOMEM. */
+int rs_chat_format(int tmpl, const struct rs_chat_message *messages, size_t n, unsigned flags,
+		   char *out, size_t out_size);
+
+/* The model's chat template from the daemon's shared segment: *jinja points at its text
+ * (len bytes, NUL-terminated; lives as long as the connection), and the return value
+ * is the template it is (> 0), or -ENOTSUP: the model has one that ringserve does not
+ * format (*jinja still set), -ENOENT: the model has none (*jinja NULL). */
+int rs_chat_model_template(struct rs_connection *conn, const char **jinja, size_t *len);
+
+/* The model's end-of-turn tokens (<|eot_id|>, <|im_end|>, <end_of_turn>, <|end|>, EOS
+ * ...), at which the daemon ends every generation as it does at EOS (unless
+ * RS_GENERATE_IGNORE_EOS): *ids points at them (lives as long as the connection).
+ * Returns their number (0 to 8). */
+int rs_chat_end_tokens(struct rs_connection *conn, const uint32_t **ids);
+
+/* Format messages with template tmpl (RS_CHAT_TEMPLATE_MODEL: the model's) and tokenize
+ * the text: special tokens in the template's text become their ids, message content is
+ * tokenized as plain text (a user who writes "<|im_end|>" gets those characters, not the
+ * token). No BOS is added: templates that want one write it. ids and max_ids as
+ * rs_tokenize. Returns the number of ids, or the errors of rs_chat_format and
+ * rs_tokenize, and for the model's template -ENOENT / -ENOTSUP as
+ * rs_chat_model_template. */
+int rs_chat_tokenize(struct rs_connection *conn, int tmpl, const struct rs_chat_message *messages,
+		     size_t n, unsigned flags, uint32_t *ids, uint32_t max_ids);
 
 #ifdef __cplusplus
 }

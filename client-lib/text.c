@@ -22,6 +22,8 @@ static const char replacement_utf8[3] = {'\xef', '\xbf', '\xbd'};
 
 void rs_conn_free_text(struct rs_connection *conn)
 {
+	rs_special_tokens_free(&conn->specials);
+	conn->specials_built = false;
 	rs_tokenizer_free(conn->tokenizer);
 	conn->tokenizer = NULL;
 	conn->tokenizer_status = 0;
@@ -65,6 +67,21 @@ static int conn_tokenizer(struct rs_connection *conn, const struct rs_tokenizer 
 	return 0;
 }
 
+static int rs_conn_special_tokens(struct rs_connection *conn, const struct rs_tokenizer **tok,
+				  const struct rs_special_tokens **specials)
+{
+	int ret = conn_tokenizer(conn, tok);
+	if (ret)
+		return ret;
+	if (!conn->specials_built) {
+		if ((ret = rs_special_tokens_build(*tok, &conn->specials)))
+			return ret;
+		conn->specials_built = true;
+	}
+	*specials = &conn->specials;
+	return 0;
+}
+
 /* The encoder's flags for a text: BOS first when asked and the model expects one. */
 static unsigned encode_flags(const struct rs_tokenizer *tok, bool want_bos)
 {
@@ -74,24 +91,39 @@ static unsigned encode_flags(const struct rs_tokenizer *tok, bool want_bos)
 int rs_tokenize(struct rs_connection *conn, const char *text, size_t len, uint32_t *ids,
 		uint32_t max_ids, unsigned flags)
 {
-	if ((!text && len) || (!ids && max_ids) || (flags & ~RS_TOKENIZE_BOS))
+	if ((!text && len) || (!ids && max_ids) ||
+	    (flags & ~(RS_TOKENIZE_BOS | RS_TOKENIZE_SPECIAL)))
 		return -EINVAL;
+	return rs_conn_tokenize(conn, text, len, NULL, 0, flags, ids, max_ids);
+}
+
+int rs_conn_tokenize(struct rs_connection *conn, const char *text, size_t len,
+		     const size_t (*literal)[2], size_t n_literal, unsigned flags, uint32_t *ids,
+		     uint32_t max_ids)
+{
 	if (len > MAX_TEXT_BYTES)
 		return -E2BIG;
 	const struct rs_tokenizer *tok;
-	int ret = conn_tokenizer(conn, &tok);
+	const struct rs_special_tokens *specials = NULL;
+	int ret = (flags & RS_TOKENIZE_SPECIAL) ? rs_conn_special_tokens(conn, &tok, &specials)
+						: conn_tokenizer(conn, &tok);
 	if (ret)
 		return ret;
 	unsigned encode = encode_flags(tok, flags & RS_TOKENIZE_BOS);
 	size_t worst = rs_tokenizer_max_tokens(len);
 	if (max_ids >= worst)
-		return rs_tokenizer_encode(tok, text ? text : "", len, encode, ids, max_ids);
+		return specials
+			   ? rs_encode_special(tok, specials, text ? text : "", len, literal,
+					       n_literal, encode, ids, max_ids)
+			   : rs_tokenizer_encode(tok, text ? text : "", len, encode, ids, max_ids);
 	/* The caller's buffer may be too small: encode into one that cannot be, so that
 	 * the count is known (the query) or the answer is -ENOSPC, never a cut text. */
 	uint32_t *scratch = malloc(worst * sizeof(*scratch));
 	if (!scratch)
 		return -ENOMEM;
-	ret = rs_tokenizer_encode(tok, text ? text : "", len, encode, scratch, worst);
+	ret = specials ? rs_encode_special(tok, specials, text ? text : "", len, literal, n_literal,
+					   encode, scratch, worst)
+		       : rs_tokenizer_encode(tok, text ? text : "", len, encode, scratch, worst);
 	if (ret >= 0 && ids) { /* else: the query, ret is the count */
 		if ((uint32_t)ret > max_ids)
 			ret = -ENOSPC;

@@ -72,10 +72,13 @@ static int create_shared_segment(struct rs_daemon *daemon)
 	    .bos_token = engine->bos_token,
 	    .eos_token = engine->eos_token,
 	    .max_seq_len = engine->max_seq_len,
+	    .n_end_tokens = engine->n_end_tokens,
 	};
+	memcpy(header.end_tokens, engine->end_tokens, sizeof(header.end_tokens));
 	snprintf(header.model_name, sizeof(header.model_name), "%s", engine->model_name);
 	snprintf(header.engine_name, sizeof(header.engine_name), "%s", engine->name);
 	int fd = rs_shared_segment_create(&header, engine->vocab, engine->vocab_bytes,
+					  engine->chat_template, engine->chat_template_bytes,
 					  &daemon->shared_size);
 	if (fd < 0)
 		return fd;
@@ -113,6 +116,7 @@ int rs_daemon_init(struct rs_daemon *daemon, const struct rs_daemon_config *conf
 	    .max_tenants = config->max_tenants,
 	    .vocab_size = engine->vocab_size,
 	    .eos_token = engine->eos_token,
+	    .n_end_tokens = engine->n_end_tokens,
 	    .prefix_cache = config->prefix_cache,
 	    .admission = config->admission,
 	    .planner = config->multibin ? &rs_planner_multibin : NULL,
@@ -126,6 +130,9 @@ int rs_daemon_init(struct rs_daemon *daemon, const struct rs_daemon_config *conf
 	    .finish = rs_scheduler_on_finish,
 	    .ctx = daemon,
 	};
+	_Static_assert(sizeof(sched_config.end_tokens) == sizeof(engine->end_tokens),
+		       "the scheduler takes every end token the segment has");
+	memcpy(sched_config.end_tokens, engine->end_tokens, sizeof(sched_config.end_tokens));
 	if (engine->workers > 1)
 		sched_config.lanes = engine->lanes / engine->workers; /* per worker */
 	ret =

@@ -11,6 +11,7 @@
 #ifndef RS_DAEMON_ENGINE_H
 #define RS_DAEMON_ENGINE_H
 
+#include "shm/abi.h"
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -60,6 +61,10 @@ struct rs_serving_engine {
 	struct rs_kv_cache *const *worker_kv;
 	const void *vocab; /* serialized vocabulary for clients, or NULL */
 	uint64_t vocab_bytes;
+	const char *chat_template; /* the model's (Jinja text), or NULL */
+	uint64_t chat_template_bytes;
+	uint32_t n_end_tokens; /* tokens that end a turn, stopping generation as EOS does */
+	uint32_t end_tokens[RS_MAX_END_TOKENS];
 	void *impl;
 };
 

@@ -315,7 +315,11 @@ int rs_model_engine_create(const struct rs_model_engine_options *options,
 		}
 		base->vocab = engine->vocab;
 		base->vocab_bytes = size;
+		base->n_end_tokens =
+		    rs_model_end_tokens(engine->model, base->end_tokens, RS_MAX_END_TOKENS);
 	}
+	base->chat_template = engine->model->chat_template;
+	base->chat_template_bytes = engine->model->chat_template_len;
 	*out = base;
 	return 0;
 

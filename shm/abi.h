@@ -30,7 +30,7 @@
 #define RS_SEGMENT_MAGIC 0x52534731u /* "RSG1" */
 #define RS_SHARED_MAGIC 0x52535231u  /* "RSR1" */
 #define RS_HELLO_MAGIC 0x52534831u   /* "RSH1" */
-#define RS_ABI_VERSION 2u /* 2: the hello names a tenant */
+#define RS_ABI_VERSION 3u /* 2: the hello names a tenant; 3: chat template, end tokens */
 
 /* Largest sizes a daemon may announce; a client rejects a header that exceeds them. */
 #define RS_MAX_RING_ENTRIES (1u << 16)
@@ -176,6 +176,8 @@ struct rs_segment_header {
 
 /* --- the read-only segment shared by all clients ------------------------------------ */
 
+#define RS_MAX_END_TOKENS 8u
+
 struct rs_shared_header {
 	uint32_t magic;        /* RS_SHARED_MAGIC */
 	uint32_t abi_version;
@@ -188,6 +190,14 @@ struct rs_shared_header {
 	uint64_t vocab_size_bytes;
 	char model_name[64];   /* NUL-terminated */
 	char engine_name[32];  /* NUL-terminated: "null", "cpu", "cuda" */
+	/* The model's chat template (GGUF tokenizer.chat_template, Jinja text), followed by
+	 * a NUL that chat_template_bytes does not count; offset 0 when it has none. */
+	uint64_t chat_template_offset;
+	uint64_t chat_template_bytes;
+	/* Tokens that end a turn (<|eot_id|>, <|im_end|>, <end_of_turn>, <|end|>, EOS): the
+	 * daemon ends a generation at any of them as at eos_token. */
+	uint32_t n_end_tokens; /* <= RS_MAX_END_TOKENS */
+	uint32_t end_tokens[RS_MAX_END_TOKENS];
 };
 
 /* --- handshake over the control socket (SOCK_SEQPACKET) ------------------------------ */

@@ -144,14 +144,21 @@ int rs_segment_check(const struct rs_segment_header *hdr, size_t mapped_size)
 }
 
 int rs_shared_segment_create(const struct rs_shared_header *header, const void *vocab,
-			     size_t vocab_bytes, size_t *size_out)
+			     size_t vocab_bytes, const char *chat_template,
+			     size_t chat_template_bytes, size_t *size_out)
 {
 	struct rs_shared_header hdr = *header;
+	if (hdr.n_end_tokens > RS_MAX_END_TOKENS)
+		return -EINVAL;
 	hdr.magic = RS_SHARED_MAGIC;
 	hdr.abi_version = RS_ABI_VERSION;
 	hdr.vocab_offset = vocab_bytes ? align_line(sizeof(hdr)) : 0;
 	hdr.vocab_size_bytes = vocab_bytes;
 	hdr.size = align_line(sizeof(hdr)) + vocab_bytes;
+	hdr.chat_template_offset = chat_template ? align_line(hdr.size) : 0;
+	hdr.chat_template_bytes = chat_template ? chat_template_bytes : 0;
+	if (chat_template)
+		hdr.size = hdr.chat_template_offset + chat_template_bytes + 1; /* + its NUL */
 
 	int fd = memfd_create("ringserve-shared", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (fd < 0)
@@ -160,7 +167,10 @@ int rs_shared_segment_create(const struct rs_shared_header *header, const void *
 	/* Written with pwrite, never mapped writable, so F_SEAL_WRITE can be added. */
 	if (ftruncate(fd, (off_t)hdr.size) < 0 || pwrite(fd, &hdr, sizeof(hdr), 0) != sizeof(hdr) ||
 	    (vocab_bytes &&
-	     pwrite(fd, vocab, vocab_bytes, (off_t)hdr.vocab_offset) != (ssize_t)vocab_bytes))
+	     pwrite(fd, vocab, vocab_bytes, (off_t)hdr.vocab_offset) != (ssize_t)vocab_bytes) ||
+	    (chat_template &&
+	     pwrite(fd, chat_template, chat_template_bytes, (off_t)hdr.chat_template_offset) !=
+		 (ssize_t)chat_template_bytes))
 		goto fail_errno;
 	if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0)
 		goto fail_errno;
@@ -182,6 +192,10 @@ int rs_shared_segment_check(const struct rs_shared_header *hdr, size_t mapped_si
 	if (hdr->size > mapped_size || hdr->vocab_size == 0 ||
 	    (hdr->vocab_size_bytes &&
 	     !range_inside(hdr->vocab_offset, hdr->vocab_size_bytes, hdr->size)) ||
+	    (hdr->chat_template_offset &&
+	     (hdr->chat_template_bytes == UINT64_MAX ||
+	      !range_inside(hdr->chat_template_offset, hdr->chat_template_bytes + 1, hdr->size))) ||
+	    hdr->n_end_tokens > RS_MAX_END_TOKENS ||
 	    memchr(hdr->model_name, 0, sizeof(hdr->model_name)) == NULL ||
 	    memchr(hdr->engine_name, 0, sizeof(hdr->engine_name)) == NULL)
 		return -EINVAL;

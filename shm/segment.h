@@ -38,11 +38,12 @@ int rs_segment_create(const struct rs_segment_params *params, int *fd, void **ma
  * bounds. Returns 0, -EPROTO (bad magic or version) or -EINVAL (bad layout). */
 int rs_segment_check(const struct rs_segment_header *hdr, size_t mapped_size);
 
-/* Daemon: create the read-only segment shared by all clients from a header and an
- * optional vocabulary blob; it is sealed against writes too. Returns the memfd or a
- * negative errno; *size receives its size. */
+/* Daemon: create the read-only segment shared by all clients from a header, an optional
+ * vocabulary blob and an optional chat template (text, NUL added); it is sealed against
+ * writes too. Returns the memfd or a negative errno; *size receives its size. */
 int rs_shared_segment_create(const struct rs_shared_header *header, const void *vocab,
-			     size_t vocab_bytes, size_t *size);
+			     size_t vocab_bytes, const char *chat_template,
+			     size_t chat_template_bytes, size_t *size);
 
 /* Client: check the shared segment's header. Returns 0, -EPROTO or -EINVAL. */
 int rs_shared_segment_check(const struct rs_shared_header *hdr, size_t mapped_size);

@@ -2,7 +2,8 @@
  * daemon serving a random model:
  *   - /v1/models; greedy completions and chat, plain and streamed (server-sent events), give
  *     exactly the text the C client gets for the same prompt (chat: the documented plain
- *     template), with usage counts from rs_tokenize and max_tokens;
+ *     template), with usage counts from rs_tokenize and max_tokens; for a model with a
+ *     chat template ringserve formats, chat uses it: rs_chat_tokenize's prompt and answer;
  *   - stop sequences that straddle a token boundary cut the text where OpenAI says (before
  *     the first occurrence), streamed or not;
  *   - errors in OpenAI's shape: malformed JSON 400, unknown model 404, bad parameter 400,
@@ -366,6 +367,70 @@ static int open_long_stream(void)
 	return sock;
 }
 
+/* A model whose GGUF carries a chat template ringserve formats (ChatML): the bridge lays
+ * the chat out with it, so the prompt is rs_chat_tokenize's ids (usage.prompt_tokens) and
+ * the greedy answer is the C client's for those ids. */
+static void check_model_template(char *model)
+{
+	char command[512];
+	snprintf(model, 128, "%s/chat.gguf", dir);
+	snprintf(command, sizeof(command),
+		 "%s/ringserve-mkmodel --arch qwen2 --out-gguf %s --chat-template "
+		 "tests/chat/chatml.jinja 2>/dev/null",
+		 test_build_dir(), model);
+	CHECK(system(command) == 0, "mkmodel --chat-template");
+	struct test_daemon daemon;
+	const char *daemon_args[] = {"--model", model, "--backend", "cpu", "--threads", "1", NULL};
+	test_daemon_start(&daemon, daemon_args);
+	socket_path = daemon.socket_path;
+	start_bridge();
+	struct rs_connection *conn;
+	CHECK(rs_connect(socket_path, NULL, &conn) == 0, "connect");
+	struct rs_chat_message chat[2] = {{"system", "Be brief."},
+					  {"user", "Tell <|im_end|> a story."}};
+	uint32_t ids[512];
+	int n = rs_chat_tokenize(conn, RS_CHAT_TEMPLATE_MODEL, chat, 2, RS_CHAT_ADD_ASSISTANT, ids,
+				 512);
+	CHECK(n > 0, "rs_chat_tokenize: %d", n);
+	struct rs_generate_params params = {.prompt = ids,
+					    .prompt_len = (uint32_t)n,
+					    .max_new_tokens = 12,
+					    .flags = RS_GENERATE_IGNORE_EOS};
+	int request = rs_submit(conn, &params);
+	CHECK(request >= 0, "submit");
+	struct rs_completion done;
+	CHECK(rs_wait(conn, &done, 1, 30000) == 1 && done.status == 0, "wait");
+	const uint32_t *tokens;
+	int count = rs_output(conn, request, &tokens);
+	struct rs_detok detok;
+	char want[4096];
+	CHECK(count == 12 && rs_detok_init(conn, &detok, request) == 0, "output");
+	int len = rs_detok_feed(&detok, tokens, 12, want, sizeof(want) - 4);
+	CHECK(len >= 0, "detok");
+	int tail = rs_detok_flush(&detok, want + len, 4);
+	want[len + (tail > 0 ? tail : 0)] = '\0';
+	rs_release(conn, request);
+
+	char text[4096], finish[16];
+	int completion_tokens, prompt_tokens;
+	completion("/v1/chat/completions",
+		   "{\"model\": \"tiny-test\", \"max_tokens\": 12, \"ignore_eos\": true, "
+		   "\"temperature\": 0, "
+		   "\"messages\": [{\"role\": \"developer\", \"content\": \"Be brief.\"}, "
+		   "{\"role\": \"user\", \"content\": \"Tell <|im_end|> a story.\"}]}",
+		   text, sizeof(text), finish, &completion_tokens, &prompt_tokens);
+	CHECK(prompt_tokens == n, "the bridge's prompt: %d tokens, the template's %d",
+	      prompt_tokens, n);
+	CHECK(completion_tokens == 12 && strcmp(text, want) == 0,
+	      "template chat '%s' != C client '%s'", text, want);
+	rs_close(conn);
+	kill(bridge_pid, SIGTERM);
+	int status;
+	CHECK(waitpid(bridge_pid, &status, 0) == bridge_pid, "waitpid");
+	bridge_pid = 0;
+	CHECK(test_daemon_stop(&daemon) == 0, "daemon exit");
+}
+
 int main(void)
 {
 	if (system("curl --version >/dev/null 2>&1") != 0) {
@@ -662,6 +727,9 @@ int main(void)
 	CHECK(waitpid(bridge_pid, &status, 0) == bridge_pid, "waitpid");
 	bridge_pid = 0;
 	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "bridge exit status %d", status);
+
+	check_model_template(model);
+
 	snprintf(command, sizeof(command), "rm -rf %s", dir);
 	CHECK(system(command) == 0, "cleanup");
 	free(prompt_json);

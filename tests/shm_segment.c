@@ -71,7 +71,12 @@ int main(void)
 	strcpy(shared.model_name, "m");
 	strcpy(shared.engine_name, "null");
 	const char vocab[] = "abcdef";
-	int sfd = rs_shared_segment_create(&shared, vocab, sizeof(vocab), &size);
+	const char chat_template[] = "{{ messages }}";
+	shared.n_end_tokens = 2;
+	shared.end_tokens[0] = 3;
+	shared.end_tokens[1] = 4;
+	int sfd = rs_shared_segment_create(&shared, vocab, sizeof(vocab), chat_template,
+					   strlen(chat_template), &size);
 	CHECK(sfd >= 0, "shared create: %s", strerror(-sfd));
 	CHECK(mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, sfd, 0) == MAP_FAILED,
 	      "a writable mapping of the shared segment must fail");
@@ -79,6 +84,18 @@ int main(void)
 	CHECK(ro != MAP_FAILED, "read-only mapping");
 	CHECK(rs_shared_segment_check(ro, size) == 0, "shared check");
 	CHECK(memcmp((const char *)ro + ro->vocab_offset, vocab, sizeof(vocab)) == 0, "vocab bytes");
+	CHECK(ro->chat_template_bytes == strlen(chat_template) &&
+		  memcmp((const char *)ro + ro->chat_template_offset, chat_template,
+			 sizeof(chat_template)) == 0,
+	      "chat template bytes and their NUL");
+	CHECK(ro->chat_template_offset >= ro->vocab_offset + sizeof(vocab), "template after vocab");
+	CHECK(ro->n_end_tokens == 2 && ro->end_tokens[1] == 4, "end tokens");
+	struct rs_shared_header bad = *ro;
+	bad.chat_template_bytes = size; /* runs past the segment */
+	CHECK(rs_shared_segment_check(&bad, size) == -EINVAL, "template outside the segment");
+	bad = *ro;
+	bad.n_end_tokens = RS_MAX_END_TOKENS + 1;
+	CHECK(rs_shared_segment_check(&bad, size) == -EINVAL, "too many end tokens");
 	CHECK(pwrite(sfd, "x", 1, 0) < 0 && errno == EPERM, "write refused");
 	return T_EXIT_PASS;
 }

@@ -6,9 +6,10 @@ set -eu
 # would pull in Qt). groff-base: tests/man_pages renders the man pages (docs/man/).
 # python3-dev, python3-setuptools, python3-pytest: the Python package (client-lib/python)
 # is built and tested with Debian's interpreter. libmicrohttpd-dev, libjansson-dev:
-# ringserve-openai (HTTP, JSON); curl: its tests talk HTTP through it.
+# ringserve-openai (HTTP, JSON); curl: its tests talk HTTP through it. python3-jinja2:
+# tests/client_chat renders the real chat templates to compare ringserve's formatting with.
 pkgs="liburing-dev libnuma-dev libopenblas-dev pkg-config gnuplot-nox groff-base
-	python3-dev python3-setuptools python3-pytest libmicrohttpd-dev libjansson-dev curl"
+	python3-dev python3-setuptools python3-pytest libmicrohttpd-dev libjansson-dev curl python3-jinja2"
 missing=""
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

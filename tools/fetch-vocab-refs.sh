@@ -1,7 +1,8 @@
 #!/bin/sh
 # Fetch the independent tokenizer references: llama.cpp's vocabulary-only GGUF files
 # (models/ggml-vocab-*.gguf) with their .inp (test texts) and .out (the ids the models'
-# reference tokenizers, Hugging Face's, give for them). The npm package node-llama-cpp
+# reference tokenizers, Hugging Face's, give for them), and the real chat templates
+# (models/templates/*.jinja, into DEST/templates/) that tests/client_chat renders. The npm package node-llama-cpp
 # carries llama.cpp's source as a git bundle (llama/gitRelease.bundle); the files are taken
 # out of that. Nothing of ringserve downloads anything at build or run time: this runs from
 # .ci/run and `make vocab-refs`, and the tests that need the files skip without them.
@@ -17,6 +18,7 @@ version=${NODE_LLAMA_CPP_VERSION:-3.22.1}
 timeout_s=${FETCH_TIMEOUT:-300}
 
 if [ -f "$dest/ggml-vocab-llama-bpe.gguf.out" ] && [ -f "$dest/VERSION" ] &&
+	[ -n "$(ls "$dest"/templates/*.jinja 2>/dev/null)" ] &&
 	[ "$(cat "$dest/VERSION")" = "$version" ]; then
 	echo "vocab-refs: $dest has node-llama-cpp $version's vocabularies"
 	exit 0
@@ -50,8 +52,12 @@ if ! git --git-dir="$tmp/llama.git" archive HEAD models | tar -x -C "$tmp/out" -
 	echo "vocab-refs: the bundle has no models/ folder; the reference tests will skip"
 	exit 0
 fi
-mkdir -p "$dest"
+# The chat templates (issue 11 section 5); an older bundle without them still gives the vocabularies.
+git --git-dir="$tmp/llama.git" archive HEAD models/templates | tar -x -C "$tmp/out" --wildcards \
+	'models/templates/*.jinja' 2>/dev/null || echo "vocab-refs: the bundle has no chat templates"
+mkdir -p "$dest/templates"
 cp "$tmp"/out/models/ggml-vocab-* "$dest"/
+cp "$tmp"/out/models/templates/*.jinja "$dest"/templates/ 2>/dev/null
 git --git-dir="$tmp/llama.git" log -1 --format='llama.cpp %H' > "$dest/SOURCE"
 echo "$version" > "$dest/VERSION"
-echo "vocab-refs: $(ls "$dest" | grep -c '\.gguf$') vocabularies in $dest (node-llama-cpp $version, $(cat "$dest/SOURCE"))"
+echo "vocab-refs: $(ls "$dest" | grep -c '\.gguf$') vocabularies, $(ls "$dest/templates" | grep -c '\.jinja$') chat templates in $dest (node-llama-cpp $version, $(cat "$dest/SOURCE"))"

@@ -959,6 +959,17 @@ const struct rs_step_plan *rs_sched_plan_step(struct rs_sched *sched, uint32_t l
 	return &lane->plan;
 }
 
+/* EOS, or a token that ends a chat turn (<|eot_id|>, <|im_end|>, ...). */
+static bool is_end_token(const struct rs_sched_config *config, uint32_t token)
+{
+	if (token == config->eos_token)
+		return true;
+	for (uint32_t i = 0; i < config->n_end_tokens && i < 8; i++)
+		if (token == config->end_tokens[i])
+			return true;
+	return false;
+}
+
 /* One request's share of a finished step. */
 static void advance(struct rs_sched *sched, struct rs_request *request,
 		    const struct rs_seq_step *step)
@@ -986,7 +997,7 @@ static void advance(struct rs_sched *sched, struct rs_request *request,
 	 * decision falls in between. */
 	if (request->tenant->step_output++ == 0)
 		sched->charged[sched->n_charged++] = request->tenant;
-	if (token == sched->config.eos_token && !request->ignore_eos)
+	if (!request->ignore_eos && is_end_token(&sched->config, token))
 		request->hit_eos = true;
 	sched->hooks.token(sched->hooks.ctx, request);
 	if (request->state != RS_REQUEST_RUNNING)

@@ -73,8 +73,11 @@ struct rs_sched_config {
 	uint32_t max_batch; /* requests running on a lane at most */
 	uint32_t max_batch_tokens; /* tokens in one step at most (decodes + prefill chunks) */
 	uint32_t max_tenants;
-	uint32_t vocab_size;		      /* sampled ids are checked against it */
-	uint32_t eos_token;		      /* UINT32_MAX: none */
+	uint32_t vocab_size; /* sampled ids are checked against it */
+	uint32_t eos_token;  /* UINT32_MAX: none */
+	/* More tokens that end a generation as eos_token does (chat end-of-turn tokens). */
+	uint32_t n_end_tokens; /* <= 8 */
+	uint32_t end_tokens[8];
 	bool prefix_cache;		      /* share cached prefixes between requests */
 	struct rs_admission_params admission; /* max_tenants is taken from above */
 	const struct rs_planner_ops *planner; /* planner.h; NULL: continuous batching */

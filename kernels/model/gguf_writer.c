@@ -617,6 +617,8 @@ int rs_gguf_write_model_filled(const char *path, const struct rs_model *model,
 	}
 	if (!ret && tok)
 		ret = add_tokenizer(w, tok);
+	if (!ret && model->chat_template)
+		ret = rs_gguf_writer_set_string(w, "tokenizer.chat_template", model->chat_template);
 
 	ret = ret ?: add_model_tensor(w, &mt, "token_embd.weight", &model->token_embedding, 0);
 	for (uint32_t l = 0; l < c->n_layers && !ret; l++) {

@@ -117,6 +117,66 @@ static char *sibling_tokenizer(const char *path)
 	return candidate;
 }
 
+/* The chat keys of a GGUF file: the template (copied: the file may be unmapped) and the
+ * end-of-turn token. */
+static int load_chat_keys(const struct rs_gguf *g, struct rs_model *model, char *err,
+			  size_t err_size)
+{
+	struct rs_gguf_str tmpl;
+	uint32_t eot;
+	if (rs_gguf_get_u32(g, "tokenizer.ggml.eot_token_id", &eot) == 0) {
+		model->eot_token = eot;
+		model->has_eot_token = true;
+	}
+	if (rs_gguf_get_string(g, "tokenizer.chat_template", &tmpl) != 0)
+		return 0;
+	if (tmpl.len > (64u << 20) || memchr(tmpl.ptr, 0, tmpl.len))
+		return rs_errmsg(err, err_size, -EINVAL, "tokenizer.chat_template: %llu bytes%s",
+				 (unsigned long long)tmpl.len,
+				 tmpl.len > (64u << 20) ? ", over 64 MiB"
+							: " with a NUL byte in it");
+	model->chat_template = malloc(tmpl.len + 1);
+	if (!model->chat_template)
+		return -ENOMEM;
+	memcpy(model->chat_template, tmpl.ptr, tmpl.len);
+	model->chat_template[tmpl.len] = '\0';
+	model->chat_template_len = tmpl.len;
+	return 0;
+}
+
+static void add_end_token(uint32_t *ids, uint32_t max, uint32_t *n, int32_t id)
+{
+	if (id < 0 || *n >= max)
+		return;
+	for (uint32_t i = 0; i < *n; i++)
+		if (ids[i] == (uint32_t)id)
+			return;
+	ids[(*n)++] = (uint32_t)id;
+}
+
+uint32_t rs_model_end_tokens(const struct rs_model *model, uint32_t *ids, uint32_t max)
+{
+	static const char *const end_pieces[] = {"<|eot_id|>",	  "<|eom_id|>", "<|im_end|>",
+						 "<end_of_turn>", "<|end|>",	"<|endoftext|>"};
+	uint32_t n = 0;
+	if (!model->tokenizer)
+		return 0;
+	add_end_token(ids, max, &n, rs_tokenizer_eos(model->tokenizer));
+	if (model->has_eot_token && model->eot_token < rs_tokenizer_vocab_size(model->tokenizer))
+		add_end_token(ids, max, &n, (int32_t)model->eot_token);
+	for (size_t i = 0; i < sizeof(end_pieces) / sizeof(end_pieces[0]); i++) {
+		int32_t id =
+		    rs_tokenizer_find(model->tokenizer, end_pieces[i], strlen(end_pieces[i]));
+		uint8_t type = 0;
+		float score;
+		if (id >= 0 &&
+		    rs_tokenizer_token_info(model->tokenizer, (uint32_t)id, &score, &type) == 0 &&
+		    (type == RS_TOKEN_CONTROL || type == RS_TOKEN_USER_DEFINED))
+			add_end_token(ids, max, &n, id);
+	}
+	return n;
+}
+
 /* Parse a model from bytes: GGUF (with its tokenizer) or llama2.c (without). */
 static int load_bytes(const void *data, size_t size, struct rs_model *model, char *err,
 		      size_t err_size)
@@ -136,6 +196,8 @@ static int load_bytes(const void *data, size_t size, struct rs_model *model, cha
 			if (ret == -ENOENT)
 				ret = 0; /* a model without a tokenizer still serves token ids */
 		}
+		if (!ret)
+			ret = load_chat_keys(g, model, err, err_size);
 		rs_gguf_free(g);
 		return ret;
 	}
@@ -236,6 +298,7 @@ void rs_model_free(struct rs_model *model)
 	if (!model)
 		return;
 	rs_tokenizer_free(model->tokenizer);
+	free(model->chat_template);
 	if (model->mapping)
 		munmap(model->mapping, model->mapping_size);
 	free(model->owned);

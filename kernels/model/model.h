@@ -9,6 +9,7 @@
 #ifndef RS_KERNELS_MODEL_H
 #define RS_KERNELS_MODEL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -89,6 +90,12 @@ struct rs_model {
 	 * scaling): pair i turns by pos * theta^(-2i / rope_dim) / rope_freqs[i]. [rope_dim / 2],
 	 * positive; data NULL: none. */
 	struct rs_tensor rope_freqs;
+	/* GGUF tokenizer.chat_template (Jinja text, NUL-terminated, owned), or NULL. */
+	char *chat_template;
+	size_t chat_template_len;
+	/* GGUF tokenizer.ggml.eot_token_id when has_eot_token (rs_model_end_tokens). */
+	uint32_t eot_token;
+	bool has_eot_token;
 
 	/* Owned storage, released by rs_model_free. */
 	void *mapping;
@@ -104,6 +111,12 @@ struct rs_model {
  * err (err_size bytes, may be 0). */
 int rs_model_load(const char *path, const char *tokenizer_path, struct rs_model **out, char *err,
 		  size_t err_size);
+
+/* The tokens that end a turn of a chat, at which generation stops as at EOS: EOS, the
+ * file's eot_token, and the vocabulary's CONTROL or USER_DEFINED tokens spelled as the
+ * chat families end a turn (<|eot_id|>, <|eom_id|>, <|im_end|>, <end_of_turn>, <|end|>,
+ * <|endoftext|>). Writes at most max ids, each once; returns their number. */
+uint32_t rs_model_end_tokens(const struct rs_model *model, uint32_t *ids, uint32_t max);
 
 /* Release a model and everything it owns. NULL is allowed. */
 void rs_model_free(struct rs_model *model);

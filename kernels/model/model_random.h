@@ -36,6 +36,8 @@ struct rs_model_random_extras {
 	 * converter writes them. factor 0: no rope_freqs. */
 	float rope_factor, low_freq_factor, high_freq_factor;
 	uint32_t original_context;
+	/* GGUF tokenizer.chat_template written by rs_model_random_write_gguf, or NULL. */
+	const char *chat_template;
 };
 
 /* rs_model_random plus the extras (NULL: none, a Llama model); the extra tensors are f32,

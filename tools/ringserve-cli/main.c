@@ -4,6 +4,7 @@
  *
  *   ringserve-cli "Once upon a time"
  *   echo "Once upon a time" | ringserve-cli --max-tokens 64 --temperature 0.8 --seed 7
+ *   ringserve-cli --chat --system "Answer in French." "What is the capital of Peru?"
  *
  * The exit codes are in the usage below. */
 #include <errno.h>
@@ -27,10 +28,22 @@ enum exit_code {
 	EXIT_DAEMON_DIED = 4,
 	EXIT_NO_VOCAB = 5,
 	EXIT_OUTPUT = 6,
+	EXIT_NO_TEMPLATE = 7,
 };
 
 /* A daemon that stops answering (its heartbeat goes stale) is waited for this long. */
 #define HOSTDOWN_PATIENCE_S 30.0
+
+/* The chat templates' names, comma-separated. */
+static const char *template_names(void)
+{
+	static char names[256];
+	if (!names[0])
+		for (int i = 1; rs_chat_template_name(i); i++)
+			snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s",
+				 i > 1 ? ", " : "", rs_chat_template_name(i));
+	return names;
+}
 
 static void usage(FILE *f)
 {
@@ -51,6 +64,12 @@ static void usage(FILE *f)
 	    "  --no-bos             do not put BOS before the prompt (a continuation)\n"
 	    "  --echo               print the prompt before the answer\n"
 	    "  --ids                print the answer's token ids (space-separated), not text\n"
+	    "  --chat               the prompt is a user's message to a chat model: it is laid\n"
+	    "                       out with the model's chat template (tokenizer.chat_template)\n"
+	    "                       and the answer ends at the end of the assistant's turn\n"
+	    "  --system TEXT        with --chat: a system message before the user's\n"
+	    "  --chat-template NAME with --chat: lay the chat out as NAME, not as the model's\n"
+	    "                       template says (%s)\n"
 	    "  --tenant NAME        the tenant to charge (default $RINGSERVE_TENANT or "
 	    "\"default\")\n"
 	    "  --socket PATH        the daemon's socket (default $RINGSERVE_SOCKET, then\n"
@@ -66,8 +85,10 @@ static void usage(FILE *f)
 	    "     slot, draining) or the daemon failed it (its status is printed)\n"
 	    "  4  the daemon died, or stopped answering for %.0f s, in the middle of the answer\n"
 	    "  5  the daemon serves no vocabulary (the null engine): text needs a model\n"
-	    "  6  writing the answer failed (standard output closed or full)\n",
-	    HOSTDOWN_PATIENCE_S);
+	    "  6  writing the answer failed (standard output closed or full)\n"
+	    "  7  --chat: the model has no chat template, or one ringserve does not know;\n"
+	    "     name one with --chat-template\n",
+	    template_names(), HOSTDOWN_PATIENCE_S);
 }
 
 /* An unsigned option value up to max; false on garbage. */
@@ -203,6 +224,69 @@ static bool show_tokens(struct rs_detok *detok, const uint32_t *tokens, uint32_t
 	return fflush(stdout) == 0;
 }
 
+/* chat_prompt's work on a NUL-terminated user message. */
+static int chat_tokens(struct rs_connection *conn, int tmpl, const char *system_message,
+		       const char *user, uint32_t **ids)
+{
+	struct rs_chat_message messages[2];
+	size_t n = 0;
+	if (system_message)
+		messages[n++] = (struct rs_chat_message){"system", system_message};
+	messages[n++] = (struct rs_chat_message){"user", user};
+	if (tmpl == RS_CHAT_TEMPLATE_MODEL) {
+		const char *jinja;
+		size_t len;
+		tmpl = rs_chat_model_template(conn, &jinja, &len);
+		if (tmpl == -ENOENT || tmpl == -ENOTSUP) {
+			fprintf(stderr,
+				PROG
+				": %s; name the layout with --chat-template NAME (one of: %s)\n",
+				tmpl == -ENOENT ? "the model has no chat template"
+						: "the model's chat template is not one ringserve "
+						  "knows",
+				template_names());
+			return tmpl == -ENOENT ? -ENOENT : -ENOMSG;
+		}
+		if (tmpl < 0) {
+			fprintf(stderr, PROG ": the model's chat template: %s\n", strerror(-tmpl));
+			return tmpl;
+		}
+	}
+	int count = rs_chat_tokenize(conn, tmpl, messages, n, RS_CHAT_ADD_ASSISTANT, NULL, 0);
+	if (count < 0) {
+		if (count != -ENOTSUP)
+			fprintf(stderr, PROG ": cannot format the chat: %s\n", strerror(-count));
+		return count;
+	}
+	*ids = malloc(((size_t)count + 1) * sizeof(**ids));
+	if (!*ids)
+		return -ENOMEM;
+	count =
+	    rs_chat_tokenize(conn, tmpl, messages, n, RS_CHAT_ADD_ASSISTANT, *ids, (uint32_t)count);
+	if (count < 0)
+		fprintf(stderr, PROG ": cannot format the chat: %s\n", strerror(-count));
+	return count;
+}
+
+/* --chat: the system message (if any) and the user's, laid out by template tmpl (or the
+ * model's) and tokenized into *ids. Returns the id count, or -ENOTSUP (no vocabulary,
+ * said by the caller), -ENOENT / -ENOMSG (no template, or one not known: said here), or
+ * another negative errno (said here). */
+static int chat_prompt(struct rs_connection *conn, int tmpl, const char *system_message,
+		       const char *prompt, size_t prompt_len, uint32_t **ids)
+{
+	if (memchr(prompt, '\0', prompt_len)) {
+		fprintf(stderr, PROG ": the message holds a NUL byte\n");
+		return -EINVAL;
+	}
+	char *user = strndup(prompt, prompt_len);
+	if (!user)
+		return -ENOMEM;
+	int count = chat_tokens(conn, tmpl, system_message, user, ids);
+	free(user);
+	return count;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option options[] = {
@@ -217,13 +301,19 @@ int main(int argc, char **argv)
 	    {"ids", no_argument, NULL, 'i'},
 	    {"tenant", required_argument, NULL, 'T'},
 	    {"socket", required_argument, NULL, 'S'},
+	    {"chat", no_argument, NULL, 'C'},
+	    {"system", required_argument, NULL, 'Y'},
+	    {"chat-template", required_argument, NULL, 'M'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
 	struct rs_generate_params params = {.top_p = 1.0f};
 	struct rs_connect_options connect_options = {0};
 	const char *socket_path = NULL;
-	bool as_ids = false, echo = false, max_tokens_given = false;
+	bool as_ids = false, echo = false, max_tokens_given = false, chat = false;
+	const char *system_message = NULL;
+	int chat_template = RS_CHAT_TEMPLATE_MODEL;
+	uint32_t *chat_ids = NULL;
 	unsigned long long value = 0;
 	int c;
 
@@ -267,6 +357,22 @@ int main(int argc, char **argv)
 		case 'S':
 			socket_path = optarg;
 			break;
+		case 'C':
+			chat = true;
+			break;
+		case 'Y':
+			system_message = optarg;
+			break;
+		case 'M':
+			chat_template = rs_chat_template_by_name(optarg);
+			if (chat_template < 0) {
+				fprintf(stderr,
+					PROG
+					": --chat-template: no template '%s' (there are: %s)\n",
+					optarg, template_names());
+				return EXIT_USAGE;
+			}
+			break;
 		case 'h':
 			usage(stdout);
 			return EXIT_OK;
@@ -285,6 +391,14 @@ int main(int argc, char **argv)
 		}
 	}
 
+	if (!chat && (system_message || chat_template != RS_CHAT_TEMPLATE_MODEL)) {
+		fprintf(stderr, PROG ": --system and --chat-template go with --chat\n");
+		return EXIT_USAGE;
+	}
+	if (chat && (params.flags & RS_GENERATE_NO_BOS)) {
+		fprintf(stderr, PROG ": --no-bos does not go with --chat (the template decides)\n");
+		return EXIT_USAGE;
+	}
 	size_t prompt_len;
 	char *prompt = read_prompt(argc - optind, argv + optind, &prompt_len);
 	if (!prompt)
@@ -308,8 +422,21 @@ int main(int argc, char **argv)
 	int status = EXIT_REQUEST;
 
 	/* How long the prompt is, for the default length: what the context leaves. */
-	int prompt_tokens = rs_tokenize(conn, prompt, prompt_len, NULL, 0,
-					params.flags & RS_GENERATE_NO_BOS ? 0 : RS_TOKENIZE_BOS);
+	int prompt_tokens;
+	if (chat) {
+		prompt_tokens =
+		    chat_prompt(conn, chat_template, system_message, prompt, prompt_len, &chat_ids);
+		if (prompt_tokens < 0 && prompt_tokens != -ENOTSUP) {
+			status = prompt_tokens == -ENOENT || prompt_tokens == -ENOMSG
+				     ? EXIT_NO_TEMPLATE
+				     : EXIT_REQUEST;
+			goto out;
+		}
+	} else {
+		prompt_tokens =
+		    rs_tokenize(conn, prompt, prompt_len, NULL, 0,
+				params.flags & RS_GENERATE_NO_BOS ? 0 : RS_TOKENIZE_BOS);
+	}
 	if (prompt_tokens < 0) {
 		if (prompt_tokens == -ENOTSUP) {
 			fprintf(stderr,
@@ -334,7 +461,10 @@ int main(int argc, char **argv)
 			params.max_new_tokens = info.max_output_tokens;
 	}
 
-	int request = rs_submit_text(conn, &params, prompt, prompt_len);
+	params.prompt = chat_ids;
+	params.prompt_len = (uint32_t)prompt_tokens;
+	int request =
+	    chat ? rs_submit(conn, &params) : rs_submit_text(conn, &params, prompt, prompt_len);
 	if (request < 0) {
 		if (request == -E2BIG)
 			fprintf(stderr,
@@ -421,5 +551,6 @@ int main(int argc, char **argv)
 out:
 	rs_close(conn);
 	free(prompt);
+	free(chat_ids);
 	return status;
 }

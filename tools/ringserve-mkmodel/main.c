@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "client-lib/ringserve.h"
 #include "kernels/model/dtype.h"
 #include "kernels/model/gguf.h"
 #include "kernels/model/llama2c.h"
@@ -29,7 +30,7 @@ static void usage(FILE *f)
 	    "         [--seq-len N] [--seed S] [--tied] [--rope-theta T]\n"
 	    "         [--dtype f32|f16|bf16|q8_0|q4_0|q4_k|q5_k|q6_k|q4_k_m|q5_k_m]\n"
 	    "         [--arch llama|llama3|qwen2] [--tokenizer spm|bpe] [--rope-scale F]\n"
-	    "         [--rope-orig-ctx N]\n"
+	    "         [--rope-orig-ctx N] [--chat-template NAME|FILE]\n"
 	    "  Writes a seeded random Llama model (defaults: dim 64, hidden 172, 2 layers, 4 "
 	    "heads,\n"
 	    "  2 kv heads, vocab 512, seq-len 256, seed 1, f32, separate output matrix).\n"
@@ -52,7 +53,58 @@ static void usage(FILE *f)
 	    "  --out-llama2c     llama2.c checkpoint (float32; a negative vocab_size when not "
 	    "--tied)\n"
 	    "  --out-tokenizer   llama2.c tokenizer.bin for the same vocabulary\n"
-	    "  --rope-theta      GGUF only (llama2.c implies 10000)\n");
+	    "  --rope-theta      GGUF only (llama2.c implies 10000)\n"
+	    "  --chat-template   GGUF tokenizer.chat_template: a FILE's text (a Jinja template),\n"
+	    "                    else a template NAME (llama3, chatml, ...: the name as the "
+	    "text)\n");
+}
+
+/* --chat-template: a file's text, or else a name the client library formats (written
+ * as it is: detection takes names too). NULL after a message when it is neither. */
+static char *read_chat_template(const char *arg)
+{
+	FILE *f = fopen(arg, "rb");
+	if (!f) {
+		if (rs_chat_template_by_name(arg) < 0) {
+			fprintf(stderr,
+				"ringserve-mkmodel: --chat-template %s: neither a file nor a "
+				"template name (",
+				arg);
+			for (int i = 1; rs_chat_template_name(i); i++)
+				fprintf(stderr, "%s%s", i > 1 ? ", " : "",
+					rs_chat_template_name(i));
+			fprintf(stderr, ")\n");
+			return NULL;
+		}
+		return strdup(arg);
+	}
+	char *text = NULL;
+	size_t len = 0, cap = 0, n;
+	char buf[4096];
+	while ((n = fread(buf, 1, sizeof(buf), f)) > 0) {
+		if (len + n + 1 > cap) {
+			cap = 2 * (len + n + 1);
+			char *grown = realloc(text, cap);
+			if (!grown) {
+				free(text);
+				fclose(f);
+				return NULL;
+			}
+			text = grown;
+		}
+		memcpy(text + len, buf, n);
+		len += n;
+	}
+	bool failed = ferror(f);
+	fclose(f);
+	if (failed || !text || memchr(text, 0, len)) {
+		fprintf(stderr, "ringserve-mkmodel: --chat-template %s: %s\n", arg,
+			failed ? "cannot read it" : "empty, or holds a NUL byte");
+		free(text);
+		return NULL;
+	}
+	text[len] = '\0';
+	return text;
 }
 
 /* An unsigned option value up to max; exits on garbage. */
@@ -88,7 +140,8 @@ int main(int argc, char **argv)
 		OPT_ARCH,
 		OPT_TOKENIZER_KIND,
 		OPT_ROPE_SCALE,
-		OPT_ROPE_ORIG
+		OPT_ROPE_ORIG,
+		OPT_CHAT_TEMPLATE
 	};
 	static const struct option options[] = {
 	    {"out-gguf", required_argument, NULL, OPT_GGUF},
@@ -109,6 +162,7 @@ int main(int argc, char **argv)
 	    {"tokenizer", required_argument, NULL, OPT_TOKENIZER_KIND},
 	    {"rope-scale", required_argument, NULL, OPT_ROPE_SCALE},
 	    {"rope-orig-ctx", required_argument, NULL, OPT_ROPE_ORIG},
+	    {"chat-template", required_argument, NULL, OPT_CHAT_TEMPLATE},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -133,6 +187,7 @@ int main(int argc, char **argv)
 	enum rs_quant_scheme scheme = RS_QUANT_Q8_0;
 	bool quantized = false;
 	const char *dtype_name = "f32";
+	const char *chat_template_arg = NULL;
 	int c;
 
 	while ((c = getopt_long(argc, argv, "h", options, NULL)) != -1) {
@@ -185,6 +240,9 @@ int main(int argc, char **argv)
 			break;
 		case OPT_ROPE_SCALE:
 			cfg.rope_scale = strtof(optarg, NULL);
+			break;
+		case OPT_CHAT_TEMPLATE:
+			chat_template_arg = optarg;
 			break;
 		case OPT_ROPE_ORIG:
 			rope_orig_ctx = (uint32_t)parse_number("--rope-orig-ctx", optarg, 1u << 24);
@@ -274,7 +332,14 @@ int main(int argc, char **argv)
 	/* The GGUF file is drawn, quantized and written one tensor at a time (a 7B model
 	 * would not fit in memory as f32); the llama2.c file needs the f32 model built. */
 	int status = 0;
-	if (out_gguf &&
+	char *chat_template = NULL;
+	if (chat_template_arg && out_gguf) {
+		chat_template = read_chat_template(chat_template_arg);
+		if (!chat_template)
+			status = 2;
+		extras.chat_template = chat_template;
+	}
+	if (!status && out_gguf &&
 	    rs_model_random_write_gguf(out_gguf, &cfg, dtype, seed, tied, &extras,
 				       quantized ? &scheme : NULL, tok, err, sizeof(err))) {
 		fprintf(stderr, "ringserve-mkmodel: %s\n", err);
@@ -311,6 +376,7 @@ int main(int argc, char **argv)
 		    quantized ? dtype_name : rs_dtype_name(dtype), tied ? "tied" : "separate",
 		    (unsigned long long)seed);
 	rs_model_free(model);
+	free(chat_template);
 	rs_tokenizer_free(tok);
 	return status;
 }

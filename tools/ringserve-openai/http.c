@@ -254,11 +254,28 @@ static void text_add(struct text_buf *t, const char *s, size_t n)
 	t->data[t->len] = '\0';
 }
 
-/* The chat template (docs/client-http.md): each message as "Role: content\n" (System, User,
- * Assistant, Tool), then "Assistant:" for the model to continue. Contents are strings or
- * arrays of {"type": "text", "text": ...} parts. Returns NULL after answering 400. */
+/* The messages for the model's own chat template (rs_chat_tokenize): roles as the
+ * templates name them, contents as the plain layout's. */
+struct chat_messages {
+	struct rs_chat_message *items;
+	size_t n;
+};
+
+static void chat_messages_free(struct chat_messages *m)
+{
+	for (size_t i = 0; m->items && i < m->n; i++)
+		free((char *)m->items[i].content);
+	free(m->items);
+	memset(m, 0, sizeof(*m));
+}
+
+/* The plain chat layout (docs/client-http.md), for models without a chat template that
+ * ringserve knows: each message as "Role: content\n" (System, User, Assistant, Tool), then
+ * "Assistant:" for the model to continue. Contents are strings or arrays of {"type":
+ * "text", "text": ...} parts. Also collects the messages into *out for the model's own
+ * template. Returns NULL after answering 400. */
 static char *chat_prompt(struct MHD_Connection *connection, json_t *messages, size_t *len,
-			 enum MHD_Result *answer)
+			 struct chat_messages *out, enum MHD_Result *answer)
 {
 	if (!json_is_array(messages) || json_array_size(messages) == 0) {
 		*answer = invalid(connection, "messages", "must be a non-empty array");
@@ -267,8 +284,13 @@ static char *chat_prompt(struct MHD_Connection *connection, json_t *messages, si
 	struct text_buf t = {0};
 	size_t i;
 	json_t *message;
+	out->items = calloc(json_array_size(messages), sizeof(*out->items));
+	if (!out->items)
+		t.failed = true;
 	json_array_foreach(messages, i, message)
 	{
+		if (t.failed)
+			break;
 		const char *role = json_string_value(json_object_get(message, "role"));
 		json_t *content = json_object_get(message, "content");
 		const char *label = NULL;
@@ -284,6 +306,7 @@ static char *chat_prompt(struct MHD_Connection *connection, json_t *messages, si
 			label = "Tool";
 		if (!label) {
 			free(t.data);
+			chat_messages_free(out);
 			*answer = invalid(connection, "messages",
 					  "each message needs a role: system, developer, user, "
 					  "assistant or tool");
@@ -291,6 +314,7 @@ static char *chat_prompt(struct MHD_Connection *connection, json_t *messages, si
 		}
 		text_add(&t, label, strlen(label));
 		text_add(&t, ": ", 2);
+		size_t content_start = t.len;
 		if (json_is_string(content)) {
 			text_add(&t, json_string_value(content), json_string_length(content));
 		} else if (json_is_array(content)) {
@@ -302,6 +326,7 @@ static char *chat_prompt(struct MHD_Connection *connection, json_t *messages, si
 				const char *type = json_string_value(json_object_get(part, "type"));
 				if (!type || strcmp(type, "text") != 0 || !json_is_string(text)) {
 					free(t.data);
+					chat_messages_free(out);
 					*answer = invalid(connection, "messages",
 							  "only text content parts are supported");
 					return NULL;
@@ -310,15 +335,26 @@ static char *chat_prompt(struct MHD_Connection *connection, json_t *messages, si
 			}
 		} else if (!json_is_null(content) || strcmp(role, "assistant") != 0) {
 			free(t.data);
+			chat_messages_free(out);
 			*answer = invalid(connection, "messages",
 					  "content must be a string or an array of text parts");
 			return NULL;
 		}
+		char *copy =
+		    t.failed ? NULL : strndup(t.data + content_start, t.len - content_start);
+		if (!copy) {
+			t.failed = true;
+			break;
+		}
+		/* OpenAI's "developer" is the templates' "system". */
+		out->items[out->n++] = (struct rs_chat_message){
+		    strcmp(role, "developer") == 0 ? "system" : role, copy};
 		text_add(&t, "\n", 1);
 	}
 	text_add(&t, "Assistant:", 10);
 	if (t.failed) {
 		free(t.data);
+		chat_messages_free(out);
 		*answer = send_error(connection, 500, "out of memory", "server_error", NULL, NULL);
 		return NULL;
 	}
@@ -511,6 +547,8 @@ static enum MHD_Result handle_generate(struct MHD_Connection *connection, struct
 	enum MHD_Result answer = MHD_NO;
 	char *prompt = NULL;
 	size_t prompt_len = 0;
+	struct chat_messages chat_messages = {0};
+	uint32_t *chat_ids = NULL;
 	const char *model = json_string_value(json_object_get(root, "model"));
 	struct sampling s;
 	if (!model) {
@@ -528,7 +566,7 @@ static enum MHD_Result handle_generate(struct MHD_Connection *connection, struct
 		goto out;
 	if (chat) {
 		prompt = chat_prompt(connection, json_object_get(root, "messages"), &prompt_len,
-				     &answer);
+				     &chat_messages, &answer);
 		if (!prompt)
 			goto out;
 	} else {
@@ -556,7 +594,19 @@ static enum MHD_Result handle_generate(struct MHD_Connection *connection, struct
 		goto out;
 	}
 	const struct rs_model_info *info = upstream_model(hr->up);
-	int prompt_tokens = upstream_count_tokens(hr->up, prompt, prompt_len);
+	int prompt_tokens = -ENOENT;
+	/* A chat takes the model's own template when ringserve formats it; else the plain
+	 * layout. */
+	if (chat)
+		prompt_tokens =
+		    upstream_chat_tokens(hr->up, chat_messages.items, chat_messages.n, &chat_ids);
+	if (prompt_tokens == -EINVAL) {
+		answer = invalid(connection, "messages",
+				 "a role this model's chat template has no place for");
+		goto out;
+	}
+	if (prompt_tokens == -ENOENT || prompt_tokens == -ENOTSUP)
+		prompt_tokens = upstream_count_tokens(hr->up, prompt, prompt_len);
 	if (prompt_tokens < 0) {
 		answer = send_upstream_error(connection, prompt_tokens);
 		goto out;
@@ -594,9 +644,11 @@ static enum MHD_Result handle_generate(struct MHD_Connection *connection, struct
 	    .top_p = (float)s.top_p,
 	    .seed = s.seed,
 	    .flags = s.ignore_eos ? RS_GENERATE_IGNORE_EOS : 0,
+	    .prompt = chat_ids,
+	    .prompt_len = chat_ids ? (uint32_t)prompt_tokens : 0,
 	};
 	struct bridge_request *req;
-	ret = upstream_submit(hr->up, &params, prompt, prompt_len, &req);
+	ret = upstream_submit(hr->up, &params, chat_ids ? NULL : prompt, prompt_len, &req);
 	if (ret < 0) {
 		answer = send_upstream_error(connection, ret);
 		goto out;
@@ -652,6 +704,8 @@ static enum MHD_Result handle_generate(struct MHD_Connection *connection, struct
 out:
 	json_decref(root);
 	free(prompt);
+	free(chat_ids);
+	chat_messages_free(&chat_messages);
 	return answer;
 }
 

@@ -260,6 +260,28 @@ int upstream_count_tokens(struct upstream *up, const char *text, size_t len)
 	return ret;
 }
 
+int upstream_chat_tokens(struct upstream *up, const struct rs_chat_message *messages, size_t n,
+			 uint32_t **ids)
+{
+	*ids = NULL;
+	pthread_mutex_lock(&up->lock);
+	int count = up->dead ? up->dead_status
+			     : rs_chat_tokenize(up->conn, RS_CHAT_TEMPLATE_MODEL, messages, n,
+						RS_CHAT_ADD_ASSISTANT, NULL, 0);
+	if (count >= 0) {
+		*ids = malloc(((size_t)count + 1) * sizeof(**ids));
+		count = !*ids ? -ENOMEM
+			      : rs_chat_tokenize(up->conn, RS_CHAT_TEMPLATE_MODEL, messages, n,
+						 RS_CHAT_ADD_ASSISTANT, *ids, (uint32_t)count);
+	}
+	pthread_mutex_unlock(&up->lock);
+	if (count < 0) {
+		free(*ids);
+		*ids = NULL;
+	}
+	return count;
+}
+
 int upstream_submit(struct upstream *up, const struct rs_generate_params *params, const char *text,
 		    size_t len, struct bridge_request **out)
 {
@@ -274,7 +296,9 @@ int upstream_submit(struct upstream *up, const struct rs_generate_params *params
 	}
 	req->up = up;
 	pthread_mutex_lock(&up->lock);
-	int ret = up->dead ? up->dead_status : rs_submit_text(up->conn, params, text, len);
+	int ret = up->dead ? up->dead_status
+		  : text   ? rs_submit_text(up->conn, params, text, len)
+			   : rs_submit(up->conn, params);
 	if (ret >= 0) {
 		req->handle = ret;
 		req->next = up->requests;

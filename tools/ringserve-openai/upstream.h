@@ -65,8 +65,16 @@ const struct rs_model_info *upstream_model(const struct upstream *up);
  * count or a negative errno (rs_tokenize's). */
 int upstream_count_tokens(struct upstream *up, const char *text, size_t len);
 
-/* Submit text; on success *out is a new request (ended with bridge_request_end).
- * Returns 0, or rs_submit_text's negative errno, -ECONNRESET for a dead connection. */
+/* A chat laid out by the model's own chat template and tokenized (rs_chat_tokenize);
+ * *ids is malloc'd. Returns the id count, or -ENOENT (the model has no template) /
+ * -ENOTSUP (one the library does not format): the caller falls back to its own layout;
+ * -EINVAL (a role the template has no place for), or another negative errno. */
+int upstream_chat_tokens(struct upstream *up, const struct rs_chat_message *messages, size_t n,
+			 uint32_t **ids);
+
+/* Submit text (NULL: params->prompt's ids); on success *out is a new request (ended with
+ * bridge_request_end). Returns 0, or rs_submit_text's (rs_submit's) negative errno,
+ * -ECONNRESET for a dead connection. */
 int upstream_submit(struct upstream *up, const struct rs_generate_params *params, const char *text,
 		    size_t len, struct bridge_request **out);
 
