@@ -23,6 +23,7 @@
 #include <cblas.h>
 
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/large_alloc.h"
 #include "kernels/model/dtype.h"
 #include "kernels/model/quant.h"
 
@@ -557,6 +558,25 @@ int rs_packed_quant_init(struct rs_packed_matrix *w, uint32_t k, const struct rs
 	w->n = (uint32_t)n;
 	w->k = k;
 	w->n_panels = (uint32_t)((n + RS_PANEL_COLS - 1) / RS_PANEL_COLS);
+	return 0;
+}
+
+int rs_packed_quant_copy(struct rs_packed_matrix *w)
+{
+	size_t bytes = 0;
+	for (uint32_t i = 0; i < w->n_quant_parts; i++)
+		bytes += (size_t)w->quant_parts[i].n_rows * w->quant_parts[i].row_bytes;
+	uint8_t *copy = rs_alloc_large(bytes);
+	if (!copy)
+		return -ENOMEM;
+	for (size_t i = 0, at = 0; i < w->n_quant_parts; i++) {
+		struct rs_quant_part *p = &w->quant_parts[i];
+		memcpy(copy + at, p->rows, (size_t)p->n_rows * p->row_bytes);
+		p->rows = copy + at;
+		at += (size_t)p->n_rows * p->row_bytes;
+	}
+	free(w->quant_copy);
+	w->quant_copy = copy;
 	return 0;
 }
 
