@@ -3,7 +3,7 @@
  *
  *   ringserve-interop SRC.gguf [--llama-dir DIR] [--work DIR] [--formats q8_0,q4_k_m,...]
  *       [--threads N] [--rounds N] [--prompt N] [--decode N] [--id-steps N]
- *       [--ringserve-weights auto|copy|mapped] [--reuse] [--json FILE]
+ *       [--ringserve-weights auto|copy|mapped] [--also-mapped] [--reuse] [--json FILE]
  *
  * SRC is an f32 or f16 model (ringserve-mkmodel). Each format is made from it by
  * llama.cpp's own quantizer (llama_model_quantize), then both run that file:
@@ -36,6 +36,7 @@
 
 struct options {
 	const char *src, *llama_dir, *work, *json, *weights;
+	bool also_mapped; /* time ringserve with cpu_weights "mapped" too, as a third side */
 	char formats[256];
 	int threads;
 	uint32_t rounds, prompt, decode, id_steps;
@@ -49,7 +50,7 @@ struct result {
 	uint32_t llama_id, ringserve_id;		/* at first_differ */
 	double llama_gap, ringserve_gap;		/* the two candidates, each side's logits */
 	double logit_sd; /* of llama.cpp's logits there: the scale the gaps are small against */
-	double llama_tok_s[MAX_ROUNDS], ringserve_tok_s[MAX_ROUNDS];
+	double llama_tok_s[MAX_ROUNDS], ringserve_tok_s[MAX_ROUNDS], mapped_tok_s[MAX_ROUNDS];
 	bool ok;
 };
 
@@ -76,7 +77,7 @@ static void rs_side_free(struct rs_side *s)
 }
 
 static int rs_side_load(struct rs_side *s, const char *path, const struct options *o,
-			uint32_t n_ctx)
+			const char *weights, uint32_t n_ctx)
 {
 	char err[512] = "";
 	memset(s, 0, sizeof(*s));
@@ -91,8 +92,8 @@ static int rs_side_load(struct rs_side *s, const char *path, const struct option
 	opts.block_size = 16;
 	opts.kv_blocks = rs_kv_blocks_for(n_ctx, 16) + 1;
 	opts.max_batch_tokens = o->prompt;
-	opts.cpu_weights = o->weights;
-	/* "auto" is f16 for quantized weights: as llama.cpp's default KV cache. */
+	opts.cpu_weights = weights;
+	/* kv_dtype "auto" is f16 for quantized weights: as llama.cpp's default KV cache. */
 	if (n_ctx > s->model->config.max_seq_len ||
 	    rs_engine_create(s->model, &opts, &s->engine, err, sizeof(err)) != 0) {
 		fprintf(stderr, "ringserve: %s\n", err[0] ? err : "context too long for the model");
@@ -218,6 +219,18 @@ static int time_ringserve(struct rs_side *rs, const uint32_t *prompt, const stru
 	return next >= 0 ? 0 : -1;
 }
 
+static double median(const double *v, uint32_t n)
+{
+	double s[MAX_ROUNDS];
+	memcpy(s, v, n * sizeof(double));
+	for (uint32_t i = 1; i < n; i++)
+		for (uint32_t j = i; j > 0 && s[j] < s[j - 1]; j--) {
+			double t = s[j];
+			s[j] = s[j - 1], s[j - 1] = t;
+		}
+	return n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
+}
+
 static int run_format(const struct options *o, const char *format, struct result *r)
 {
 	char path[1024];
@@ -237,35 +250,45 @@ static int run_format(const struct options *o, const char *format, struct result
 		return -1;
 	r->file_bytes = (double)st.st_size;
 	uint32_t n_ctx = o->prompt + (o->decode > o->id_steps ? o->decode : o->id_steps) + 16;
-	struct rs_side rs;
-	if (rs_side_load(&rs, path, o, n_ctx) != 0)
+	struct rs_side rs, mapped = {0};
+	if (rs_side_load(&rs, path, o, o->weights, n_ctx) != 0)
 		return -1;
+	if (o->also_mapped && rs_side_load(&mapped, path, o, "mapped", n_ctx) != 0) {
+		rs_side_free(&rs);
+		return -1;
+	}
 	struct llama_side *lc = llama_side_load(path, n_ctx, o->threads);
 	if (!lc) {
 		fprintf(stderr, "%s: llama.cpp could not load %s\n", format, path);
 		rs_side_free(&rs);
+		rs_side_free(&mapped);
 		return -1;
 	}
 	int rc = compare_ids(lc, &rs, o, r);
 	uint32_t prompt[MAX_STEPS];
 	make_prompt(prompt, o->prompt, rs.vocab);
-	/* One untimed run each first: page faults, caches, llama.cpp's graph. */
-	double warm;
-	rc = rc ? rc : time_llama(lc, prompt, o, rs.vocab, &warm);
-	rc = rc ? rc : time_ringserve(&rs, prompt, o, &warm);
-	for (uint32_t round = 0; round < o->rounds && !rc; round++) {
-		if (round % 2 == 0) {
-			rc = time_llama(lc, prompt, o, rs.vocab, &r->llama_tok_s[round]);
-			rc = rc ? rc : time_ringserve(&rs, prompt, o, &r->ringserve_tok_s[round]);
-		} else {
-			rc = time_ringserve(&rs, prompt, o, &r->ringserve_tok_s[round]);
-			rc = rc ? rc : time_llama(lc, prompt, o, rs.vocab, &r->llama_tok_s[round]);
+	/* Side 0 llama.cpp, 1 ringserve, 2 ringserve with the weights mapped; each round
+	 * starts with the next side, after one untimed round (page faults, caches,
+	 * llama.cpp's graph). */
+	uint32_t sides = o->also_mapped ? 3 : 2;
+	double warm, *tok_s[3] = {r->llama_tok_s, r->ringserve_tok_s, r->mapped_tok_s};
+	for (int32_t round = -1; round < (int32_t)o->rounds && !rc; round++)
+		for (uint32_t k = 0; k < sides && !rc; k++) {
+			uint32_t side = (uint32_t)(round + 1 + (int32_t)k) % sides;
+			double *out = round < 0 ? &warm : &tok_s[side][round];
+			rc = side == 0 ? time_llama(lc, prompt, o, rs.vocab, out)
+			     : side == 1 ? time_ringserve(&rs, prompt, o, out)
+					 : time_ringserve(&mapped, prompt, o, out);
 		}
-	}
 	llama_side_free(lc);
 	rs_side_free(&rs);
+	rs_side_free(&mapped);
 	if (rc)
 		fprintf(stderr, "%s: a step failed\n", format);
+	else
+		fprintf(stderr, "%s: %u of %u ids equal; decode tok/s llama.cpp %.1f, ringserve %.1f "
+			"(medians)\n", format, r->id_steps - r->id_differ, r->id_steps,
+			median(r->llama_tok_s, o->rounds), median(r->ringserve_tok_s, o->rounds));
 	r->ok = rc == 0;
 	return rc;
 }
@@ -279,22 +302,12 @@ static void range(const double *v, uint32_t n, double *lo, double *hi)
 	}
 }
 
-static double median(const double *v, uint32_t n)
-{
-	double s[MAX_ROUNDS];
-	memcpy(s, v, n * sizeof(double));
-	for (uint32_t i = 1; i < n; i++)
-		for (uint32_t j = i; j > 0 && s[j] < s[j - 1]; j--) {
-			double t = s[j];
-			s[j] = s[j - 1], s[j - 1] = t;
-		}
-	return n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
-}
-
 static void print_table(const struct options *o, const struct result *res, uint32_t n)
 {
 	printf("\n| file | MB | greedy ids (fed llama.cpp's) | llama.cpp tok/s | ringserve tok/s | "
-	       "ringserve / llama.cpp (medians) |\n|---|---|---|---|---|---|\n");
+	       "ringserve / llama.cpp (medians) |%s\n|---|---|---|---|---|---|%s\n",
+	       o->also_mapped ? " ringserve, weights mapped, tok/s |" : "",
+	       o->also_mapped ? "---|" : "");
 	for (uint32_t i = 0; i < n; i++) {
 		const struct result *r = &res[i];
 		if (!r->ok) {
@@ -313,9 +326,14 @@ static void print_table(const struct options *o, const struct result *res, uint3
 		double llo, lhi, rlo, rhi;
 		range(r->llama_tok_s, o->rounds, &llo, &lhi);
 		range(r->ringserve_tok_s, o->rounds, &rlo, &rhi);
-		printf("| %s | %.0f | %s | %.1f-%.1f | %.1f-%.1f | %.2f |\n", r->format,
+		printf("| %s | %.0f | %s | %.1f-%.1f | %.1f-%.1f | %.2f |", r->format,
 		       r->file_bytes * 1e-6, ids, llo, lhi, rlo, rhi,
 		       median(r->ringserve_tok_s, o->rounds) / median(r->llama_tok_s, o->rounds));
+		if (o->also_mapped) {
+			range(r->mapped_tok_s, o->rounds, &rlo, &rhi);
+			printf(" %.1f-%.1f |", rlo, rhi);
+		}
+		printf("\n");
 	}
 }
 
@@ -346,9 +364,12 @@ static void write_json(const struct options *o, const struct result *res, uint32
 				"\"ringserve_gap\": %.6g, \"llama_cpp_logit_sd\": %.6g}",
 				r->first_differ, r->llama_id, r->ringserve_id, r->llama_gap,
 				r->ringserve_gap, r->logit_sd);
-		for (int side = 0; side < 2; side++) {
-			const double *v = side ? r->ringserve_tok_s : r->llama_tok_s;
-			fprintf(f, ", \"%s_tok_s\": [", side ? "ringserve" : "llama_cpp");
+		for (int side = 0; side < (o->also_mapped ? 3 : 2); side++) {
+			const double *v = side == 2   ? r->mapped_tok_s
+					  : side == 1 ? r->ringserve_tok_s
+						      : r->llama_tok_s;
+			fprintf(f, ", \"%s_tok_s\": [",
+				side == 2 ? "ringserve_mapped" : side ? "ringserve" : "llama_cpp");
 			for (uint32_t k = 0; k < o->rounds && r->ok; k++)
 				fprintf(f, "%s%.2f", k ? ", " : "", v[k]);
 			fprintf(f, "]");
@@ -365,7 +386,8 @@ static int usage(void)
 		"usage: ringserve-interop SRC.gguf [--llama-dir DIR] [--work DIR]\n"
 		"         [--formats q8_0,q4_0,q4_k_m,q5_k_m,q6_k] [--threads N] [--rounds N]\n"
 		"         [--prompt N] [--decode N] [--id-steps N]\n"
-		"         [--ringserve-weights auto|copy|mapped] [--reuse] [--json FILE]\n"
+		"         [--ringserve-weights auto|copy|mapped] [--also-mapped] [--reuse]\n"
+		"         [--json FILE]\n"
 		"  SRC: an f32 or f16 GGUF model (ringserve-mkmodel); each format is made from it\n"
 		"  by llama.cpp's llama_model_quantize into WORK (default: SRC's folder), then\n"
 		"  llama.cpp (libllama from DIR, default .cache/llama-cpp) and ringserve's CPU\n"
@@ -388,8 +410,8 @@ int main(int argc, char **argv)
 			o.src = a;
 			continue;
 		}
-		if (strcmp(a, "--reuse") == 0) {
-			o.reuse = true;
+		if (strcmp(a, "--reuse") == 0 || strcmp(a, "--also-mapped") == 0) {
+			*(a[2] == 'r' ? &o.reuse : &o.also_mapped) = true;
 			continue;
 		}
 		if (!v)
