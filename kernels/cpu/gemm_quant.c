@@ -36,11 +36,12 @@
  * weights: element i ~= d[i / 32] * q[i]. For the
  * K-quants: element i ~= dk[i / 256] * qk[i] (one scale per super-block, so that the
  * sub-blocks' integer sums can be scaled by their integer scales and added as integers),
- * sumk16[g] = the sum of qk over group g of 16 (for the mins and the Q6_K offset). */
+ * sumk16[g] = the sum of qk over group g of 16 (for the mins and the Q6_K offset; at most
+ * 16 * 127 in magnitude: 16 bits, so the AVX2 kernels multiply them by vpmaddwd). */
 struct act_row {
 	int8_t *q, *qk;
 	float *d, *dk;
-	int32_t *sumk16;
+	int16_t *sumk16;
 };
 
 /* Bytes of one act_row of k elements, in the layout act_row_at gives. */
@@ -48,7 +49,7 @@ static size_t act_row_bytes(uint32_t k)
 {
 	uint32_t nb = k / 32, nk = k / 256;
 	return 2 * (size_t)k + (size_t)nb * sizeof(float) + (size_t)nk * sizeof(float) +
-	       (size_t)(k / 16) * sizeof(int32_t);
+	       (size_t)(k / 16) * sizeof(int16_t);
 }
 
 static struct act_row act_row_at(void *mem, uint32_t k)
@@ -60,8 +61,8 @@ static struct act_row act_row_at(void *mem, uint32_t k)
 	p += nb * sizeof(float);
 	a.dk = (float *)p;
 	p += nk * sizeof(float);
-	a.sumk16 = (int32_t *)p;
-	p += (k / 16) * sizeof(int32_t);
+	a.sumk16 = (int16_t *)p;
+	p += (k / 16) * sizeof(int16_t);
 	a.q = (int8_t *)p;
 	a.qk = (int8_t *)p + k;
 	return a;
@@ -119,7 +120,7 @@ static void quantize_activations(struct act_row a, const float *x, uint32_t k)
 			int32_t sum = 0;
 			for (int i = 0; i < 16; i++)
 				sum += a.qk[256 * b + 16 * g + i];
-			a.sumk16[16 * b + g] = sum;
+			a.sumk16[16 * b + g] = (int16_t)sum;
 		}
 	}
 }
@@ -302,6 +303,15 @@ AVX2 static inline __m256i load32(const void *p)
 	return _mm256_loadu_si256((const __m256i *)p);
 }
 
+/* The sum of v's eight 32-bit lanes (integers: any order gives the same). */
+AVX2 static inline int32_t hsum_epi32(__m256i v)
+{
+	__m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+	s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+	s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+	return _mm_cvtsi128_si32(s);
+}
+
 /* 64 codes of a Q4_K or Q5_K super-block from its 32 packed bytes: the low nibbles (the
  * first 32-value sub-block) in lo, the high ones (the second) in hi; Q5_K adds each
  * sub-block's fifth bit from *qh, which then moves on to the next pair of sub-blocks. */
@@ -360,12 +370,17 @@ AVX2 static float row_dot_avx2(const uint8_t *w, enum rs_dtype dtype, struct act
 			uint64_t sc, m;
 			k_scales_mins(w + 4, &sc, &m);
 			__m256i qh = load32(w + 16), sumi = _mm256_setzero_si256();
+			/* The eight scales as 16-bit values in both halves; sub-block j's
+			 * broadcast to every lane by a byte shuffle. */
+			__m256i scales16 = _mm256_broadcastsi128_si256(
+			    _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc)));
 			for (int c = 0; c < 4; c++) {
 				__m256i lo, hi;
 				k45_codes(qs + 32 * c, five, &qh, &lo, &hi);
-				__m256i sc_lo = _mm256_set1_epi16((short)((sc >> 16 * c) & 255));
-				__m256i sc_hi =
-				    _mm256_set1_epi16((short)((sc >> (16 * c + 8)) & 255));
+				__m256i sc_lo = _mm256_shuffle_epi8(
+				    scales16, _mm256_set1_epi16((short)(0x0100 + 0x0404 * c)));
+				__m256i sc_hi = _mm256_shuffle_epi8(
+				    scales16, _mm256_set1_epi16((short)(0x0302 + 0x0404 * c)));
 				sumi = _mm256_add_epi32(
 				    sumi, _mm256_madd_epi16(
 					      _mm256_maddubs_epi16(lo, load32(x + 64 * c)), sc_lo));
@@ -374,10 +389,12 @@ AVX2 static float row_dot_avx2(const uint8_t *w, enum rs_dtype dtype, struct act
 				    _mm256_madd_epi16(
 					_mm256_maddubs_epi16(hi, load32(x + 64 * c + 32)), sc_hi));
 			}
-			int32_t summ = 0;
-			for (int j = 0; j < 8; j++)
-				summ += (int32_t)((m >> 8 * j) & 255) *
-					(a.sumk16[16 * sb + 2 * j] + a.sumk16[16 * sb + 2 * j + 1]);
+			/* sum_j m_j (sumk16[2j] + sumk16[2j + 1]): each min twice, times the
+			 * 16 group sums, in vpmaddwd (exact, as the C loop). */
+			__m128i m8 = _mm_cvtsi64_si128((long long)m);
+			int32_t summ = hsum_epi32(_mm256_madd_epi16(
+			    _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8)),
+			    load32(a.sumk16 + 16 * sb)));
 			float scale = f16c_at(w) * a.dk[sb], min_scale = f16c_at(w + 2) * a.dk[sb];
 			acc = _mm256_add_ps(
 			    acc, _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), _mm256_set1_ps(scale)));
@@ -417,9 +434,10 @@ AVX2 static float row_dot_avx2(const uint8_t *w, enum rs_dtype dtype, struct act
 						      scale));
 				}
 			}
-			int32_t offset = 0;
-			for (int g = 0; g < 16; g++)
-				offset += 32 * scales[g] * a.sumk16[16 * sb + g];
+			int32_t offset =
+			    32 * hsum_epi32(_mm256_madd_epi16(
+				     _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)scales)),
+				     load32(a.sumk16 + 16 * sb)));
 			float scale = f16c_at(w + 208) * a.dk[sb];
 			acc = _mm256_add_ps(
 			    acc, _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), _mm256_set1_ps(scale)));
