@@ -151,7 +151,8 @@ static long mapping_rss(const void *base)
 	long rss = -1;
 	while (fgets(line, sizeof(line), f)) {
 		unsigned long lo, hi, kb;
-		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, ' ') < strchr(line, ':'))
+		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 &&
+		    strchr(line, ' ') < strchr(line, ':'))
 			in = lo == (unsigned long)(uintptr_t)base;
 		else if (in && sscanf(line, "Rss: %lu kB", &kb) == 1)
 			rss = (long)kb * 1024;
@@ -170,10 +171,9 @@ static void test_weights_copy(const struct rs_model *m, const uint32_t *tokens, 
 	uint32_t n_matrices = 1;
 	matrices += m->output.rows * rs_dtype_row_bytes(m->output.dtype, m->output.cols);
 	for (uint32_t l = 0; l < m->config.n_layers; l++) {
-		const struct rs_tensor *t[] = {&m->layers[l].wq,     &m->layers[l].wk,
-					       &m->layers[l].wv,     &m->layers[l].wo,
-					       &m->layers[l].w_gate, &m->layers[l].w_up,
-					       &m->layers[l].w_down};
+		const struct rs_tensor *t[] = {
+		    &m->layers[l].wq,	  &m->layers[l].wk,   &m->layers[l].wv,	   &m->layers[l].wo,
+		    &m->layers[l].w_gate, &m->layers[l].w_up, &m->layers[l].w_down};
 		for (int i = 0; i < 7; i++, n_matrices++)
 			matrices += t[i]->rows * rs_dtype_row_bytes(t[i]->dtype, t[i]->cols);
 	}
@@ -207,12 +207,15 @@ static void test_weights_copy(const struct rs_model *m, const uint32_t *tokens, 
 	engine_cpu_weights = "auto";
 	CHECK(memcmp(lg[0], lg[1], n_logits * sizeof(float)) == 0,
 	      "%s: logits with the weights copied differ from mapped", name);
-	CHECK(rss[0] > bound, "%s mapped: the mapping's resident %ld B, not above %ld: the check "
-	      "cannot tell", name, rss[0], bound);
+	CHECK(rss[0] > bound,
+	      "%s mapped: the mapping's resident %ld B, not above %ld: the check "
+	      "cannot tell",
+	      name, rss[0], bound);
 	CHECK(rss[1] >= 0 && rss[1] <= bound, "%s copied: the mapping keeps %ld B resident > %ld",
 	      name, rss[1], bound);
 	printf("%-7s weights copied: same logits; the mapping's resident bytes %ld (mapped: %ld, "
-	       "file %zu)\n", name, rss[1], rss[0], m->mapping_size);
+	       "file %zu)\n",
+	       name, rss[1], rss[0], m->mapping_size);
 	free(lg[0]);
 	free(lg[1]);
 }

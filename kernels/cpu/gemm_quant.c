@@ -392,9 +392,9 @@ AVX2 static float row_dot_avx2(const uint8_t *w, enum rs_dtype dtype, struct act
 			/* sum_j m_j (sumk16[2j] + sumk16[2j + 1]): each min twice, times the
 			 * 16 group sums, in vpmaddwd (exact, as the C loop). */
 			__m128i m8 = _mm_cvtsi64_si128((long long)m);
-			int32_t summ = hsum_epi32(_mm256_madd_epi16(
-			    _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8)),
-			    load32(a.sumk16 + 16 * sb)));
+			int32_t summ = hsum_epi32(
+			    _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8)),
+					      load32(a.sumk16 + 16 * sb)));
 			float scale = f16c_at(w) * a.dk[sb], min_scale = f16c_at(w + 2) * a.dk[sb];
 			acc = _mm256_add_ps(
 			    acc, _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), _mm256_set1_ps(scale)));

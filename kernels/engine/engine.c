@@ -157,8 +157,8 @@ static int resolve(const struct rs_model *model, struct rs_engine_options *o,
 	if (strcmp(weights, "auto") == 0) {
 		weights = rs_huge_pages_available() ? "copy" : "mapped";
 	} else if (strcmp(weights, "copy") != 0 && strcmp(weights, "mapped") != 0) {
-		rs_errmsg(err, err_size, 0, "unknown CPU weights setting \"%s\" (auto, copy, mapped)",
-			  weights);
+		rs_errmsg(err, err_size, 0,
+			  "unknown CPU weights setting \"%s\" (auto, copy, mapped)", weights);
 		return -EINVAL;
 	}
 	o->cpu_weights = weights;

@@ -47,12 +47,25 @@ struct result {
 	char format[16];
 	double file_bytes;
 	uint32_t id_steps, id_differ, first_differ; /* first_differ == id_steps: none */
-	uint32_t llama_id, ringserve_id;		/* at first_differ */
-	double llama_gap, ringserve_gap;		/* the two candidates, each side's logits */
+	uint32_t llama_id, ringserve_id;	    /* at first_differ */
+	double llama_gap, ringserve_gap;	    /* the two candidates, each side's logits */
 	double logit_sd; /* of llama.cpp's logits there: the scale the gaps are small against */
 	double llama_tok_s[MAX_ROUNDS], ringserve_tok_s[MAX_ROUNDS], mapped_tok_s[MAX_ROUNDS];
+	/* Tokens per second of the process's CPU time (all threads), per side and round:
+	 * what a shared machine's other load disturbs least (spinning counts as work). */
+	double cpu_tok_s[3][MAX_ROUNDS];
 	bool ok;
 };
+
+static double cpu_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* The CPU seconds of the last timed decode (time_llama, time_ringserve). */
+static double last_cpu_s;
 
 static double now_s(void)
 {
@@ -195,12 +208,13 @@ static int time_llama(struct llama_side *lc, const uint32_t *prompt, const struc
 {
 	llama_side_clear(lc);
 	const float *l = llama_side_eval(lc, prompt, o->prompt);
-	double t0 = now_s();
+	double t0 = now_s(), c0 = cpu_s();
 	for (uint32_t i = 0; i < o->decode && l; i++) {
 		uint32_t next = rs_argmax(l, vocab);
 		l = llama_side_eval(lc, &next, 1);
 	}
 	*tok_s = o->decode / (now_s() - t0);
+	last_cpu_s = cpu_s() - c0;
 	return l ? 0 : -1;
 }
 
@@ -212,10 +226,11 @@ static int time_ringserve(struct rs_side *rs, const uint32_t *prompt, const stru
 	if (!l)
 		return -1;
 	int64_t next = rs_argmax(l, rs->vocab);
-	double t0 = now_s();
+	double t0 = now_s(), c0 = cpu_s();
 	for (uint32_t i = 0; i < o->decode && next >= 0; i++)
 		next = rs_side_decode(rs, (uint32_t)next);
 	*tok_s = o->decode / (now_s() - t0);
+	last_cpu_s = cpu_s() - c0;
 	return next >= 0 ? 0 : -1;
 }
 
@@ -276,9 +291,11 @@ static int run_format(const struct options *o, const char *format, struct result
 		for (uint32_t k = 0; k < sides && !rc; k++) {
 			uint32_t side = (uint32_t)(round + 1 + (int32_t)k) % sides;
 			double *out = round < 0 ? &warm : &tok_s[side][round];
-			rc = side == 0 ? time_llama(lc, prompt, o, rs.vocab, out)
+			rc = side == 0	 ? time_llama(lc, prompt, o, rs.vocab, out)
 			     : side == 1 ? time_ringserve(&rs, prompt, o, out)
 					 : time_ringserve(&mapped, prompt, o, out);
+			if (round >= 0)
+				r->cpu_tok_s[side][round] = o->decode / last_cpu_s;
 		}
 	llama_side_free(lc);
 	rs_side_free(&rs);
@@ -286,9 +303,12 @@ static int run_format(const struct options *o, const char *format, struct result
 	if (rc)
 		fprintf(stderr, "%s: a step failed\n", format);
 	else
-		fprintf(stderr, "%s: %u of %u ids equal; decode tok/s llama.cpp %.1f, ringserve %.1f "
-			"(medians)\n", format, r->id_steps - r->id_differ, r->id_steps,
-			median(r->llama_tok_s, o->rounds), median(r->ringserve_tok_s, o->rounds));
+		fprintf(stderr,
+			"%s: %u of %u ids equal; decode tok/s llama.cpp %.1f, ringserve %.1f; per "
+			"CPU-second %.1f, %.1f (medians)\n",
+			format, r->id_steps - r->id_differ, r->id_steps,
+			median(r->llama_tok_s, o->rounds), median(r->ringserve_tok_s, o->rounds),
+			median(r->cpu_tok_s[0], o->rounds), median(r->cpu_tok_s[1], o->rounds));
 	r->ok = rc == 0;
 	return rc;
 }
@@ -305,7 +325,8 @@ static void range(const double *v, uint32_t n, double *lo, double *hi)
 static void print_table(const struct options *o, const struct result *res, uint32_t n)
 {
 	printf("\n| file | MB | greedy ids (fed llama.cpp's) | llama.cpp tok/s | ringserve tok/s | "
-	       "ringserve / llama.cpp (medians) |%s\n|---|---|---|---|---|---|%s\n",
+	       "ringserve / llama.cpp (medians) | tok per CPU-second, llama.cpp / ringserve "
+	       "(medians) |%s\n|---|---|---|---|---|---|---|%s\n",
 	       o->also_mapped ? " ringserve, weights mapped, tok/s |" : "",
 	       o->also_mapped ? "---|" : "");
 	for (uint32_t i = 0; i < n; i++) {
@@ -326,9 +347,10 @@ static void print_table(const struct options *o, const struct result *res, uint3
 		double llo, lhi, rlo, rhi;
 		range(r->llama_tok_s, o->rounds, &llo, &lhi);
 		range(r->ringserve_tok_s, o->rounds, &rlo, &rhi);
-		printf("| %s | %.0f | %s | %.1f-%.1f | %.1f-%.1f | %.2f |", r->format,
+		printf("| %s | %.0f | %s | %.1f-%.1f | %.1f-%.1f | %.2f | %.1f / %.1f |", r->format,
 		       r->file_bytes * 1e-6, ids, llo, lhi, rlo, rhi,
-		       median(r->ringserve_tok_s, o->rounds) / median(r->llama_tok_s, o->rounds));
+		       median(r->ringserve_tok_s, o->rounds) / median(r->llama_tok_s, o->rounds),
+		       median(r->cpu_tok_s[0], o->rounds), median(r->cpu_tok_s[1], o->rounds));
 		if (o->also_mapped) {
 			range(r->mapped_tok_s, o->rounds, &rlo, &rhi);
 			printf(" %.1f-%.1f |", rlo, rhi);
@@ -348,8 +370,8 @@ static void write_json(const struct options *o, const struct result *res, uint32
 		"{\"source\": \"%s\", \"threads\": %d, \"rounds\": %u, \"prompt\": %u, "
 		"\"decode\": %u, \"ringserve_weights\": \"%s\", \"llama_cpp_system_info\": \"%s\", "
 		"\"files\": [",
-		o->src, o->threads, o->rounds, o->prompt, o->decode, o->weights ? o->weights : "auto",
-		llama_side_system_info());
+		o->src, o->threads, o->rounds, o->prompt, o->decode,
+		o->weights ? o->weights : "auto", llama_side_system_info());
 	for (uint32_t i = 0; i < n; i++) {
 		const struct result *r = &res[i];
 		fprintf(f,
@@ -369,9 +391,17 @@ static void write_json(const struct options *o, const struct result *res, uint32
 					  : side == 1 ? r->ringserve_tok_s
 						      : r->llama_tok_s;
 			fprintf(f, ", \"%s_tok_s\": [",
-				side == 2 ? "ringserve_mapped" : side ? "ringserve" : "llama_cpp");
+				side == 2 ? "ringserve_mapped"
+				: side	  ? "ringserve"
+					  : "llama_cpp");
 			for (uint32_t k = 0; k < o->rounds && r->ok; k++)
 				fprintf(f, "%s%.2f", k ? ", " : "", v[k]);
+			fprintf(f, "], \"%s_tok_per_cpu_s\": [",
+				side == 2 ? "ringserve_mapped"
+				: side	  ? "ringserve"
+					  : "llama_cpp");
+			for (uint32_t k = 0; k < o->rounds && r->ok; k++)
+				fprintf(f, "%s%.2f", k ? ", " : "", r->cpu_tok_s[side][k]);
 			fprintf(f, "]");
 		}
 		fprintf(f, "}");
@@ -382,16 +412,17 @@ static void write_json(const struct options *o, const struct result *res, uint32
 
 static int usage(void)
 {
-	fprintf(stderr,
-		"usage: ringserve-interop SRC.gguf [--llama-dir DIR] [--work DIR]\n"
-		"         [--formats q8_0,q4_0,q4_k_m,q5_k_m,q6_k] [--threads N] [--rounds N]\n"
-		"         [--prompt N] [--decode N] [--id-steps N]\n"
-		"         [--ringserve-weights auto|copy|mapped] [--also-mapped] [--reuse]\n"
-		"         [--json FILE]\n"
-		"  SRC: an f32 or f16 GGUF model (ringserve-mkmodel); each format is made from it\n"
-		"  by llama.cpp's llama_model_quantize into WORK (default: SRC's folder), then\n"
-		"  llama.cpp (libllama from DIR, default .cache/llama-cpp) and ringserve's CPU\n"
-		"  engine run it. Defaults: 2 threads, 5 rounds, prompt 16, decode 64, id-steps 32.\n");
+	fprintf(
+	    stderr,
+	    "usage: ringserve-interop SRC.gguf [--llama-dir DIR] [--work DIR]\n"
+	    "         [--formats q8_0,q4_0,q4_k_m,q5_k_m,q6_k] [--threads N] [--rounds N]\n"
+	    "         [--prompt N] [--decode N] [--id-steps N]\n"
+	    "         [--ringserve-weights auto|copy|mapped] [--also-mapped] [--reuse]\n"
+	    "         [--json FILE]\n"
+	    "  SRC: an f32 or f16 GGUF model (ringserve-mkmodel); each format is made from it\n"
+	    "  by llama.cpp's llama_model_quantize into WORK (default: SRC's folder), then\n"
+	    "  llama.cpp (libllama from DIR, default .cache/llama-cpp) and ringserve's CPU\n"
+	    "  engine run it. Defaults: 2 threads, 5 rounds, prompt 16, decode 64, id-steps 32.\n");
 	return 2;
 }
 
