@@ -10,6 +10,7 @@
 #   make V=1             print the full compiler commands (default: one line per file)
 #   make format | lint
 #   make vocab-refs      fetch the tokenizer tests' reference vocabularies (.cache/vocab-refs)
+#   make interop         ringserve against llama.cpp on llama.cpp-quantized files (ids, tok/s)
 #
 # Every configuration builds into its own folder (build/, build-address-undefined/, ...),
 # and a folder remembers its flags: changing them rebuilds what they affect.
