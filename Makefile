@@ -10,6 +10,7 @@
 #   make V=1             print the full compiler commands (default: one line per file)
 #   make format | lint
 #   make vocab-refs      fetch the tokenizer tests' reference vocabularies (.cache/vocab-refs)
+#   make interop         ringserve against llama.cpp on llama.cpp-quantized files (ids, tok/s)
 #
 # Every configuration builds into its own folder (build/, build-address-undefined/, ...),
 # and a folder remembers its flags: changing them rebuilds what they affect.
@@ -64,7 +65,8 @@ CLIENT_SRC := $(wildcard client-lib/*.c) kernels/model/tokenizer.c kernels/model
 	kernels/model/unicode.c kernels/model/unicode_table.c
 DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c daemon/sched/*.c))
 KERNELS_SRC := $(wildcard kernels/*/*.c)
-TOOLS := $(notdir $(wildcard tools/ringserve-*))
+# ringserve-interop needs llama.cpp's headers: only `make interop` builds it.
+TOOLS := $(filter-out ringserve-interop,$(notdir $(wildcard tools/ringserve-*)))
 TESTS := $(basename $(notdir $(wildcard tests/*.c)))
 HARNESS_SRC := $(wildcard tests/harness/*.c)
 
@@ -196,6 +198,34 @@ vocab-refs:
 .PHONY: llama-cpp
 llama-cpp:
 	tools/fetch-llama-cpp.sh .cache/llama-cpp
+
+# --- make interop (issue 11, section 4): ringserve against llama.cpp ---------------------
+# Not part of `make test`. A random f32 model of TinyLlama's width (4 layers, from
+# ringserve-mkmodel) is quantized by llama.cpp's own llama_model_quantize to each format,
+# then ringserve-interop runs llama.cpp (libllama opened at run time, declared by the
+# matching llama.h) and ringserve on the same files: greedy ids and decode tokens/s at
+# batch 1, rounds alternated. Skips with a message without the npm packages.
+# INTEROP_ARGS passes options (--threads, --rounds, --formats, ...; ringserve-interop -h).
+LLAMA_CPP_DIR ?= .cache/llama-cpp
+INTEROP_WORK ?= $(O)/interop
+INTEROP_MODEL := --dim 2048 --hidden 5632 --heads 32 --kv-heads 4 --vocab 32000 --layers 4 \
+	--seq-len 512
+INTEROP_ARGS ?=
+$(call obj,$(wildcard tools/ringserve-interop/*.c)): RS_CFLAGS += -I$(LLAMA_CPP_DIR)/include
+LDLIBS_TOOL_interop := -ldl
+.PHONY: interop
+interop:
+	@tools/fetch-llama-cpp.sh $(LLAMA_CPP_DIR)
+	@if [ ! -f $(LLAMA_CPP_DIR)/include/llama.h ] || ! ls $(LLAMA_CPP_DIR)/libllama*.so >/dev/null 2>&1; then \
+		echo "interop: skipped: llama.cpp's libraries or llama.h are not in $(LLAMA_CPP_DIR)"; \
+	else \
+		$(MAKE) --no-print-directory $(O)/ringserve-interop $(O)/ringserve-mkmodel && \
+		mkdir -p $(INTEROP_WORK) && \
+		{ [ -f $(INTEROP_WORK)/source-f32.gguf ] || $(O)/ringserve-mkmodel $(INTEROP_MODEL) \
+			--dtype f32 --out-gguf $(INTEROP_WORK)/source-f32.gguf; } && \
+		$(O)/ringserve-interop $(INTEROP_WORK)/source-f32.gguf --llama-dir $(LLAMA_CPP_DIR) \
+			--json $(INTEROP_WORK)/interop.json $(INTEROP_ARGS); \
+	fi
 
 run: deps all
 	tools/run-demo.sh $(O) $(MODEL)

@@ -14,6 +14,8 @@
  *   (hence the square root), and 3 leaves room for the network amplifying them.
  * - Greedy ids (and logits, bit for bit) equal across the CPU ISAs: portable C ("blas"),
  *   AVX2 and AVX-512 where the CPU has them.
+ * - Weights copied into huge-page memory (options.cpu_weights "copy") give the same
+ *   bits as read from the mapping, and the mapping's pages of them are given back.
  * - Malformed files refused with a message: a Q4_K tensor whose rows are not whole
  *   blocks, an unsupported block type (Q2_K); the writer refuses such a tensor too. */
 #include <errno.h>
@@ -21,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "kernels/cpu/ops.h"
@@ -59,6 +62,8 @@ static const struct rs_model_config config = {
     .norm_eps = 1e-5f,
 };
 
+static const char *engine_cpu_weights = "auto";
+
 static struct rs_engine *make_engine(const struct rs_model *m, const char *products)
 {
 	struct rs_engine_options opts;
@@ -70,6 +75,7 @@ static struct rs_engine *make_engine(const struct rs_model *m, const char *produ
 	opts.threads = 2;
 	opts.kv_dtype = "f32";
 	opts.cpu_products = products;
+	opts.cpu_weights = engine_cpu_weights;
 	struct rs_engine *e = NULL;
 	char err[256] = "";
 	int rc = rs_engine_create(m, &opts, &e, err, sizeof(err));
@@ -133,6 +139,85 @@ static void check_loaded(const struct rs_model *src, const struct rs_model *got,
 		      "%s tensor %zu: bytes differ", name, i);
 		CHECK(in_mapping(got, b[i]), "%s tensor %zu: not in the file mapping", name, i);
 	}
+}
+
+/* Resident bytes of the mapping that starts at base, from /proc/self/smaps; -1 if absent. */
+static long mapping_rss(const void *base)
+{
+	FILE *f = fopen("/proc/self/smaps", "re");
+	REQUIRE(f);
+	char line[512];
+	bool in = false;
+	long rss = -1;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long lo, hi, kb;
+		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 &&
+		    strchr(line, ' ') < strchr(line, ':'))
+			in = lo == (unsigned long)(uintptr_t)base;
+		else if (in && sscanf(line, "Rss: %lu kB", &kb) == 1)
+			rss = (long)kb * 1024;
+	}
+	fclose(f);
+	return rss;
+}
+
+/* options.cpu_weights: "copy" (the weights moved into huge-page memory) gives the same
+ * bits as "mapped" (read in place), and gives the mapping's pages of the matrices back:
+ * after a run the mapping's resident part is at most the file less those matrices (plus
+ * a page at each end of each), where "mapped" has them resident. */
+static void test_weights_copy(const struct rs_model *m, const uint32_t *tokens, const char *name)
+{
+	size_t n_logits = (size_t)N_POS * config.vocab_size, matrices = 0;
+	uint32_t n_matrices = 1;
+	matrices += m->output.rows * rs_dtype_row_bytes(m->output.dtype, m->output.cols);
+	for (uint32_t l = 0; l < m->config.n_layers; l++) {
+		const struct rs_tensor *t[] = {
+		    &m->layers[l].wq,	  &m->layers[l].wk,   &m->layers[l].wv,	   &m->layers[l].wo,
+		    &m->layers[l].w_gate, &m->layers[l].w_up, &m->layers[l].w_down};
+		for (int i = 0; i < 7; i++, n_matrices++)
+			matrices += t[i]->rows * rs_dtype_row_bytes(t[i]->dtype, t[i]->cols);
+	}
+	long bound = (long)(m->mapping_size - matrices) + 2L * 4096 * n_matrices;
+	float *lg[2] = {malloc(n_logits * sizeof(float)), malloc(n_logits * sizeof(float))};
+	long rss[2];
+	const char *modes[] = {"mapped", "copy"};
+	for (int k = 0; k < 2; k++) {
+		uint32_t ids[N_POS];
+		memcpy(ids, tokens, sizeof(ids));
+		engine_cpu_weights = modes[k];
+		struct rs_engine *e = make_engine(m, "auto");
+		REQUIRE(e);
+		CHECK(strcmp(rs_engine_options(e)->cpu_weights, modes[k]) == 0, "%s resolved as %s",
+		      modes[k], rs_engine_options(e)->cpu_weights);
+		run(e, ids, true, lg[k]);
+		rss[k] = mapping_rss(m->mapping);
+		rs_engine_destroy(e);
+		/* Out of this process's pages again for the next engine. */
+		madvise(m->mapping, m->mapping_size, MADV_DONTNEED);
+	}
+	engine_cpu_weights = "bogus";
+	struct rs_engine_options opts;
+	rs_engine_options_init(&opts);
+	opts.backend = "cpu";
+	opts.cpu_weights = "bogus";
+	struct rs_engine *e = NULL;
+	char err[256] = "";
+	CHECK(rs_engine_create(m, &opts, &e, err, sizeof(err)) == -EINVAL && strstr(err, "bogus"),
+	      "cpu_weights \"bogus\" accepted (%s)", err);
+	engine_cpu_weights = "auto";
+	CHECK(memcmp(lg[0], lg[1], n_logits * sizeof(float)) == 0,
+	      "%s: logits with the weights copied differ from mapped", name);
+	CHECK(rss[0] > bound,
+	      "%s mapped: the mapping's resident %ld B, not above %ld: the check "
+	      "cannot tell",
+	      name, rss[0], bound);
+	CHECK(rss[1] >= 0 && rss[1] <= bound, "%s copied: the mapping keeps %ld B resident > %ld",
+	      name, rss[1], bound);
+	printf("%-7s weights copied: same logits; the mapping's resident bytes %ld (mapped: %ld, "
+	       "file %zu)\n",
+	       name, rss[1], rss[0], m->mapping_size);
+	free(lg[0]);
+	free(lg[1]);
 }
 
 static double rel_error(const float *a, const float *ref, size_t n)
@@ -334,6 +419,8 @@ int main(void)
 			CHECK(err_rel <= tol, "%s: logits relative error %.4f > %.4f",
 			      schemes[i].name, err_rel, tol);
 		}
+		if (scheme == RS_QUANT_Q4_K_M || scheme == RS_QUANT_Q8_0)
+			test_weights_copy(loaded, tokens, schemes[i].name);
 		if (scheme == RS_QUANT_Q4_K_M || scheme == RS_QUANT_Q8_0) {
 			/* Greedy ids and logits across the ISAs. */
 			const char *isas[] = {"blas", "avx2", "ours"};

@@ -29,6 +29,7 @@
 #include "kernels/engine/engine_backend.h"
 #include "kernels/model/dtype.h"
 #include "kernels/model/errmsg.h"
+#include "kernels/model/mapfile.h"
 #include "kernels/model/quant.h"
 
 struct cpu_layer {
@@ -46,6 +47,7 @@ struct cpu_engine {
 	float *final_norm;
 	struct rs_packed_matrix output; /* vocab x dim */
 	enum rs_cpu_isa isa;		/* of the products */
+	bool copy_quant;		/* options.cpu_weights "copy" */
 	void *k_cache, *v_cache;	/* [layer][block][block_size][kv_dim] of kv_dtype */
 	enum rs_dtype kv_dtype;		/* RS_DTYPE_F32 or RS_DTYPE_F16 (options.kv_dtype) */
 	size_t layer_cache_elems;
@@ -158,6 +160,22 @@ static int pack(struct rs_thread_pool *pool, enum rs_cpu_isa isa, struct rs_pack
 
 static void cpu_destroy(struct rs_engine *engine);
 
+/* A quantized matrix's rows into huge-page memory of its own, the model's mapped pages of
+ * them given back (options.cpu_weights "copy"). Rows outside the file mapping (a model
+ * loaded from memory, Qwen2's rearranged q and k) are copied and left as they are. */
+static int copy_quant(const struct rs_model *m, struct rs_packed_matrix *w)
+{
+	if (!w->n_quant_parts)
+		return 0;
+	struct rs_quant_part was[RS_QUANT_PARTS];
+	memcpy(was, w->quant_parts, sizeof(was));
+	int rc = rs_packed_quant_copy(w);
+	for (uint32_t i = 0; !rc && i < w->n_quant_parts; i++)
+		rs_mapping_drop_pages(m->mapping, m->mapping_size, was[i].rows,
+				      (size_t)was[i].n_rows * was[i].row_bytes);
+	return rc;
+}
+
 static int load_weights(struct rs_engine *e, struct cpu_engine *c)
 {
 	const struct rs_model *m = e->model;
@@ -193,7 +211,13 @@ static int load_weights(struct rs_engine *e, struct cpu_engine *c)
 		rc = rc ? rc : PACK(&L->w_gate, &w->w_gate);
 		rc = rc ? rc : PACK(&L->w_up, &w->w_up);
 		rc = rc ? rc : PACK(&L->w_down, &w->w_down);
+		struct rs_packed_matrix *mats[] = {&L->wqkv, &L->wo, &L->w_gate, &L->w_up,
+						   &L->w_down};
+		for (int i = 0; i < 5 && !rc && c->copy_quant; i++)
+			rc = copy_quant(m, mats[i]);
 	}
+	if (!rc && c->copy_quant)
+		rc = copy_quant(m, &c->output);
 	return rc;
 }
 
@@ -211,6 +235,7 @@ static int cpu_create(struct rs_engine *e, char *err, size_t err_size)
 	c->isa = strcmp(o->cpu_products, "blas") == 0	? RS_ISA_PORTABLE
 		 : strcmp(o->cpu_products, "avx2") == 0 ? RS_ISA_AVX2
 							: rs_cpu_isa();
+	c->copy_quant = strcmp(o->cpu_weights, "copy") == 0;
 	long online = sysconf(_SC_NPROCESSORS_ONLN);
 	uint32_t workers = o->threads > 0 ? (uint32_t)o->threads
 			   : online > 0	  ? (uint32_t)online

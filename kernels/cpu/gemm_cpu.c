@@ -127,7 +127,8 @@ int rs_packed_set_rows(struct rs_packed_matrix *w, uint32_t row0, uint32_t n_row
 
 void rs_packed_free(struct rs_packed_matrix *w)
 {
-	free(w->panels); /* NULL for a quantized matrix: its rows are the model's */
+	free(w->panels);     /* NULL for a quantized matrix: its rows are the model's... */
+	free(w->quant_copy); /* ...or this copy's */
 	memset(w, 0, sizeof(*w));
 }
 

@@ -23,6 +23,7 @@
 #include <cblas.h>
 
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/large_alloc.h"
 #include "kernels/model/dtype.h"
 #include "kernels/model/quant.h"
 
@@ -35,11 +36,12 @@
  * weights: element i ~= d[i / 32] * q[i]. For the
  * K-quants: element i ~= dk[i / 256] * qk[i] (one scale per super-block, so that the
  * sub-blocks' integer sums can be scaled by their integer scales and added as integers),
- * sumk16[g] = the sum of qk over group g of 16 (for the mins and the Q6_K offset). */
+ * sumk16[g] = the sum of qk over group g of 16 (for the mins and the Q6_K offset; at most
+ * 16 * 127 in magnitude: 16 bits, so the AVX2 kernels multiply them by vpmaddwd). */
 struct act_row {
 	int8_t *q, *qk;
 	float *d, *dk;
-	int32_t *sumk16;
+	int16_t *sumk16;
 };
 
 /* Bytes of one act_row of k elements, in the layout act_row_at gives. */
@@ -47,7 +49,7 @@ static size_t act_row_bytes(uint32_t k)
 {
 	uint32_t nb = k / 32, nk = k / 256;
 	return 2 * (size_t)k + (size_t)nb * sizeof(float) + (size_t)nk * sizeof(float) +
-	       (size_t)(k / 16) * sizeof(int32_t);
+	       (size_t)(k / 16) * sizeof(int16_t);
 }
 
 static struct act_row act_row_at(void *mem, uint32_t k)
@@ -59,8 +61,8 @@ static struct act_row act_row_at(void *mem, uint32_t k)
 	p += nb * sizeof(float);
 	a.dk = (float *)p;
 	p += nk * sizeof(float);
-	a.sumk16 = (int32_t *)p;
-	p += (k / 16) * sizeof(int32_t);
+	a.sumk16 = (int16_t *)p;
+	p += (k / 16) * sizeof(int16_t);
 	a.q = (int8_t *)p;
 	a.qk = (int8_t *)p + k;
 	return a;
@@ -118,7 +120,7 @@ static void quantize_activations(struct act_row a, const float *x, uint32_t k)
 			int32_t sum = 0;
 			for (int i = 0; i < 16; i++)
 				sum += a.qk[256 * b + 16 * g + i];
-			a.sumk16[16 * b + g] = sum;
+			a.sumk16[16 * b + g] = (int16_t)sum;
 		}
 	}
 }
@@ -288,9 +290,26 @@ enum { PREFETCH_BYTES = 3072 };
 	for (size_t off_ = 0; off_ < (n); off_ += 64)                                              \
 	_mm_prefetch((const char *)(p) + PREFETCH_BYTES + off_, _MM_HINT_T0)
 
+/* f16_at by the F16C instruction (exact, as f16_at: every f16 is an f32). */
+AVX2 static inline float f16c_at(const uint8_t *p)
+{
+	uint16_t h;
+	memcpy(&h, p, 2);
+	return _cvtsh_ss(h);
+}
+
 AVX2 static inline __m256i load32(const void *p)
 {
 	return _mm256_loadu_si256((const __m256i *)p);
+}
+
+/* The sum of v's eight 32-bit lanes (integers: any order gives the same). */
+AVX2 static inline int32_t hsum_epi32(__m256i v)
+{
+	__m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+	s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+	s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+	return _mm_cvtsi128_si32(s);
 }
 
 /* 64 codes of a Q4_K or Q5_K super-block from its 32 packed bytes: the low nibbles (the
@@ -336,7 +355,7 @@ AVX2 static float row_dot_avx2(const uint8_t *w, enum rs_dtype dtype, struct act
 			/* signed x signed: |q| times x with q's sign */
 			__m256i dot = dot_u8_s8(_mm256_sign_epi8(q, q),
 						_mm256_sign_epi8(load32(a.q + 32 * b), q));
-			float scale = f16_at(w) * a.d[b];
+			float scale = f16c_at(w) * a.d[b];
 			acc = _mm256_add_ps(
 			    acc, _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(scale)));
 		}
@@ -351,12 +370,17 @@ AVX2 static float row_dot_avx2(const uint8_t *w, enum rs_dtype dtype, struct act
 			uint64_t sc, m;
 			k_scales_mins(w + 4, &sc, &m);
 			__m256i qh = load32(w + 16), sumi = _mm256_setzero_si256();
+			/* The eight scales as 16-bit values in both halves; sub-block j's
+			 * broadcast to every lane by a byte shuffle. */
+			__m256i scales16 = _mm256_broadcastsi128_si256(
+			    _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc)));
 			for (int c = 0; c < 4; c++) {
 				__m256i lo, hi;
 				k45_codes(qs + 32 * c, five, &qh, &lo, &hi);
-				__m256i sc_lo = _mm256_set1_epi16((short)((sc >> 16 * c) & 255));
-				__m256i sc_hi =
-				    _mm256_set1_epi16((short)((sc >> (16 * c + 8)) & 255));
+				__m256i sc_lo = _mm256_shuffle_epi8(
+				    scales16, _mm256_set1_epi16((short)(0x0100 + 0x0404 * c)));
+				__m256i sc_hi = _mm256_shuffle_epi8(
+				    scales16, _mm256_set1_epi16((short)(0x0302 + 0x0404 * c)));
 				sumi = _mm256_add_epi32(
 				    sumi, _mm256_madd_epi16(
 					      _mm256_maddubs_epi16(lo, load32(x + 64 * c)), sc_lo));
@@ -365,11 +389,13 @@ AVX2 static float row_dot_avx2(const uint8_t *w, enum rs_dtype dtype, struct act
 				    _mm256_madd_epi16(
 					_mm256_maddubs_epi16(hi, load32(x + 64 * c + 32)), sc_hi));
 			}
-			int32_t summ = 0;
-			for (int j = 0; j < 8; j++)
-				summ += (int32_t)((m >> 8 * j) & 255) *
-					(a.sumk16[16 * sb + 2 * j] + a.sumk16[16 * sb + 2 * j + 1]);
-			float scale = f16_at(w) * a.dk[sb], min_scale = f16_at(w + 2) * a.dk[sb];
+			/* sum_j m_j (sumk16[2j] + sumk16[2j + 1]): each min twice, times the
+			 * 16 group sums, in vpmaddwd (exact, as the C loop). */
+			__m128i m8 = _mm_cvtsi64_si128((long long)m);
+			int32_t summ = hsum_epi32(
+			    _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8)),
+					      load32(a.sumk16 + 16 * sb)));
+			float scale = f16c_at(w) * a.dk[sb], min_scale = f16c_at(w + 2) * a.dk[sb];
 			acc = _mm256_add_ps(
 			    acc, _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), _mm256_set1_ps(scale)));
 			acc = _mm256_sub_ps(
@@ -408,10 +434,11 @@ AVX2 static float row_dot_avx2(const uint8_t *w, enum rs_dtype dtype, struct act
 						      scale));
 				}
 			}
-			int32_t offset = 0;
-			for (int g = 0; g < 16; g++)
-				offset += 32 * scales[g] * a.sumk16[16 * sb + g];
-			float scale = f16_at(w + 208) * a.dk[sb];
+			int32_t offset =
+			    32 * hsum_epi32(_mm256_madd_epi16(
+				     _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)scales)),
+				     load32(a.sumk16 + 16 * sb)));
+			float scale = f16c_at(w + 208) * a.dk[sb];
 			acc = _mm256_add_ps(
 			    acc, _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), _mm256_set1_ps(scale)));
 			acc = _mm256_sub_ps(
@@ -557,6 +584,25 @@ int rs_packed_quant_init(struct rs_packed_matrix *w, uint32_t k, const struct rs
 	w->n = (uint32_t)n;
 	w->k = k;
 	w->n_panels = (uint32_t)((n + RS_PANEL_COLS - 1) / RS_PANEL_COLS);
+	return 0;
+}
+
+int rs_packed_quant_copy(struct rs_packed_matrix *w)
+{
+	size_t bytes = 0;
+	for (uint32_t i = 0; i < w->n_quant_parts; i++)
+		bytes += (size_t)w->quant_parts[i].n_rows * w->quant_parts[i].row_bytes;
+	uint8_t *copy = rs_alloc_large(bytes);
+	if (!copy)
+		return -ENOMEM;
+	for (size_t i = 0, at = 0; i < w->n_quant_parts; i++) {
+		struct rs_quant_part *p = &w->quant_parts[i];
+		memcpy(copy + at, p->rows, (size_t)p->n_rows * p->row_bytes);
+		p->rows = copy + at;
+		at += (size_t)p->n_rows * p->row_bytes;
+	}
+	free(w->quant_copy);
+	w->quant_copy = copy;
 	return 0;
 }
 

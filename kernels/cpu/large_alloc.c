@@ -1,5 +1,7 @@
 /* rs_alloc_large (see large_alloc.h). */
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 
 #include "kernels/cpu/large_alloc.h"
@@ -19,4 +21,16 @@ void *rs_alloc_large(size_t bytes)
 		(void)madvise(p, rounded, MADV_HUGEPAGE);
 #endif
 	return p;
+}
+
+bool rs_huge_pages_available(void)
+{
+	char mode[128] = "";
+	FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "re");
+	if (!f)
+		return false;
+	bool read = fgets(mode, sizeof(mode), f) != NULL;
+	fclose(f);
+	/* The selected mode is the bracketed one: "always [madvise] never". */
+	return read && (strstr(mode, "[always]") || strstr(mode, "[madvise]"));
 }

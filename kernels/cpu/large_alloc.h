@@ -2,6 +2,7 @@
 #ifndef RS_KERNELS_LARGE_ALLOC_H
 #define RS_KERNELS_LARGE_ALLOC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 /* bytes of uninitialized memory, 64-byte aligned; from 2 MiB up, 2 MiB aligned and
@@ -10,5 +11,9 @@
  * page faults: loading a 1.1B-parameter model spent half its time faulting in the packed
  * copy 4 KiB at a time. Release with free(). NULL when out of memory. */
 void *rs_alloc_large(size_t bytes);
+
+/* Whether rs_alloc_large can get huge pages: the kernel's transparent huge pages are
+ * enabled ("always" or "madvise" in /sys/kernel/mm/transparent_hugepage/enabled). */
+bool rs_huge_pages_available(void);
 
 #endif

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/cpu/large_alloc.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/engine/engine_backend.h"
 #include "kernels/model/dtype.h"
@@ -151,6 +152,16 @@ static int resolve(const struct rs_model *model, struct rs_engine_options *o,
 		return -EINVAL;
 	}
 	o->cpu_products = products;
+
+	const char *weights = o->cpu_weights ? o->cpu_weights : "auto";
+	if (strcmp(weights, "auto") == 0) {
+		weights = rs_huge_pages_available() ? "copy" : "mapped";
+	} else if (strcmp(weights, "copy") != 0 && strcmp(weights, "mapped") != 0) {
+		rs_errmsg(err, err_size, 0,
+			  "unknown CPU weights setting \"%s\" (auto, copy, mapped)", weights);
+		return -EINVAL;
+	}
+	o->cpu_weights = weights;
 
 	const char *graphs = o->cuda_graphs ? o->cuda_graphs : "auto";
 	if (strcmp(graphs, "auto") == 0)

@@ -52,6 +52,14 @@ struct rs_engine_options {
 				    * comparing ISAs. Quantized weights: "blas" runs the
 				    * portable C integer kernels at decode. Resolved to "ours",
 				    * "avx2" or "blas" */
+	const char *cpu_weights;   /* where the CPU backend reads block-quantized weights:
+				    * "auto" (or NULL): "copy" where transparent huge pages
+				    * are enabled, else "mapped"; "copy": moved at load into
+				    * huge-page memory (rs_packed_quant_copy), the file
+				    * mapping's pages given back, so resident memory stays
+				    * near the file size; "mapped": read in place from the
+				    * file mapping (4 KiB pages). Resolved to "copy" or
+				    * "mapped" */
 	const char *cuda_graphs;   /* the CUDA backend's decode steps (every sequence one
 				    * token, sampled): "auto" (or NULL) = "on": captured once
 				    * per batch size and context range as a CUDA graph, then

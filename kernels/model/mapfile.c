@@ -52,6 +52,17 @@ out:
 	return ret;
 }
 
+void rs_mapping_drop_pages(void *data, size_t size, const void *p, size_t bytes)
+{
+	uintptr_t begin = (uintptr_t)data, end = begin + size, from = (uintptr_t)p;
+	if (!data || from < begin || from > end || bytes > end - from)
+		return;
+	uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+	uintptr_t first = (from + page - 1) & ~(page - 1), last = (from + bytes) & ~(page - 1);
+	if (first < last)
+		(void)madvise((void *)first, last - first, MADV_DONTNEED); /* advice: may fail */
+}
+
 void rs_unmap_file(void *data, size_t size)
 {
 	if (data)
