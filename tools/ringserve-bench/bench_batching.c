@@ -44,7 +44,7 @@ struct run {
 	bool continuous, hints;
 	/* one round's results */
 	double seconds, requests_per_s, tokens_per_s, mae, right_bin;
-	uint64_t steps;
+	uint64_t steps, predicted; /* predicted: requests that had a prediction */
 	/* every round's */
 	double round_rps[MAX_ROUNDS], round_ratio[MAX_ROUNDS];
 };
@@ -150,6 +150,7 @@ static int run_once(struct rs_engine *engine, uint32_t batch, uint32_t n, struct
 	run->tokens_per_s = w.tokens / run->seconds;
 	run->steps = rc ? 0 : rs_sched_stats(sched)->steps;
 	const struct rs_multibin_stats *st = rc ? NULL : rs_multibin_stats(sched);
+	run->predicted = st ? st->predictions : 0;
 	if (st && st->predictions) {
 		run->mae = st->abs_error_sum / st->predictions;
 		run->right_bin = (double)st->right_bin / st->predictions;
@@ -318,9 +319,15 @@ int bench_batching(int argc, char **argv, FILE *json)
 		printf("%-30s %6.2f [%5.2f, %5.2f] %8llu %7.2fx [%.2f, %.2f]", runs[i].label, rps,
 		       rps_low, rps_high, (unsigned long long)runs[i].steps, ratio, ratio_low,
 		       ratio_high);
-		if (!runs[i].hints && runs[i].planner)
-			printf("  (predicted: mean |error| %.1f tokens, %.0f%% in the right bin)",
-			       runs[i].mae, 100 * runs[i].right_bin);
+		/* A request staged before any other has ended has nothing to be predicted
+		 * from (no hint, no observation): it goes to the first bin unpredicted. */
+		if (!runs[i].hints && runs[i].planner && runs[i].predicted)
+			printf("  (predicted %llu of %u: mean |error| %.1f tokens, %.0f%% in the "
+			       "right bin)",
+			       (unsigned long long)runs[i].predicted, requests, runs[i].mae,
+			       100 * runs[i].right_bin);
+		else if (!runs[i].hints && runs[i].planner)
+			printf("  (none predicted: all staged before the first ended)");
 		printf("\n");
 		if (data)
 			fprintf(data, " %.4f %.4f %.4f", ratio, ratio_low, ratio_high);
@@ -328,10 +335,11 @@ int bench_batching(int argc, char **argv, FILE *json)
 		    json,
 		    "%s{\"planner\": \"%s\", \"requests_per_s\": %.3f, \"requests_per_s_low\": "
 		    "%.3f, \"requests_per_s_high\": %.3f, \"vs_k1\": %.4f, \"vs_k1_low\": %.4f, "
-		    "\"vs_k1_high\": %.4f, \"steps\": %llu, \"prediction_mae\": %.2f, "
-		    "\"prediction_right_bin\": %.3f}",
+		    "\"vs_k1_high\": %.4f, \"steps\": %llu, \"predicted\": %llu, "
+		    "\"prediction_mae\": %.2f, \"prediction_right_bin\": %.3f}",
 		    i ? ", " : "", runs[i].label, rps, rps_low, rps_high, ratio, ratio_low,
-		    ratio_high, (unsigned long long)runs[i].steps, runs[i].mae, runs[i].right_bin);
+		    ratio_high, (unsigned long long)runs[i].steps,
+		    (unsigned long long)runs[i].predicted, runs[i].mae, runs[i].right_bin);
 	}
 	if (data) {
 		fprintf(data, "\n");
