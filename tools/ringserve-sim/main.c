@@ -63,6 +63,8 @@ static void usage(void)
 	    "                        compare with --workers > 1: once per dispatch policy\n"
 	    "  --cost FILE           the step cost model (default: built in, this machine's CPU)\n"
 	    "  --json FILE           results as JSON too\n"
+	    "  --service-log FILE    each tenant's weighted service every second of virtual\n"
+	    "                        time (--service-log-every S); compare: a block per run\n"
 	    "calibrate: --backend cpu|cuda (cpu), --threads N (0: one per CPU), --out FILE;\n"
 	    "           --step-log FILE: fit to the steps of ringserved --step-log FILE instead\n");
 }
@@ -109,6 +111,8 @@ enum {
 	OPT_DISPATCH_QUANTUM,
 	OPT_DISPATCH_LOOKAHEAD,
 	OPT_DISPATCH_AT,
+	OPT_SERVICE_LOG,
+	OPT_SERVICE_LOG_EVERY,
 };
 
 static const struct option options[] = {
@@ -153,6 +157,8 @@ static const struct option options[] = {
     {"dispatch-quantum", required_argument, 0, OPT_DISPATCH_QUANTUM},
     {"dispatch-lookahead", required_argument, 0, OPT_DISPATCH_LOOKAHEAD},
     {"dispatch-at", required_argument, 0, OPT_DISPATCH_AT},
+    {"service-log", required_argument, 0, OPT_SERVICE_LOG},
+    {"service-log-every", required_argument, 0, OPT_SERVICE_LOG_EVERY},
     {0, 0, 0, 0},
 };
 
@@ -261,9 +267,10 @@ int main(int argc, char **argv)
 						  .w_output = 2.0,
 						  .quantum = 2048.0},
 				    .multibin = {.bins = 4},
-				    .cost = DEFAULT_COST};
+				    .cost = DEFAULT_COST,
+				    .service_log_every_ns = 1000000000};
 	const char *trace = NULL, *json_path = NULL, *cost_path = NULL, *out_path = NULL,
-		   *step_log = NULL;
+		   *step_log = NULL, *service_log_path = NULL;
 	const char *backend = "cpu";
 	int threads = 0;
 	char err[512];
@@ -350,6 +357,13 @@ int main(int argc, char **argv)
 			break;
 		case OPT_JSON:
 			json_path = optarg;
+			break;
+		case OPT_SERVICE_LOG:
+			service_log_path = optarg;
+			break;
+		case OPT_SERVICE_LOG_EVERY:
+			bad = number(name, optarg, 1e-6, 1e9, &v),
+			config.service_log_every_ns = (uint64_t)(v * 1e9);
 			break;
 		case OPT_WORKERS:
 			bad = number(name, optarg, 1, 256, &v), config.workers = (uint32_t)v;
@@ -511,32 +525,45 @@ int main(int argc, char **argv)
 		    config.prefix_cache ? "on" : "off");
 		if (json)
 			fputc('[', json);
+		if (service_log_path) {
+			config.service_log = fopen(service_log_path, "w");
+			if (!config.service_log) {
+				fprintf(stderr, "ringserve-sim: %s: %s\n", service_log_path,
+					strerror(errno));
+				if (json)
+					fclose(json);
+				return 1;
+			}
+		}
 		struct sim_result results[4];
 		int n = compare ? 4 : 1;
 		for (int i = 0; i < n && !status; i++) {
 			struct sim_config c = config;
 			if (compare && by_dispatch)
 				c.dispatch.policy = all_dispatch[i];
+			else if (compare)
+				c.admission.policy = all[i];
 			/* d2lpm's workers choose at admission: --dispatch-at is the baselines'. */
 			if (c.dispatch.policy == RS_DISPATCH_D2LPM)
 				c.dispatch.at_arrival = false;
-			else if (compare)
-				c.admission.policy = all[i];
 			if (i) { /* the same workload again */
 				if (trace)
 					w.produced = 0;
 				else
 					sim_workload_generator(&w, &gen);
 			}
+			const char *name = by_dispatch
+					       ? rs_dispatch_policy_name(c.dispatch.policy)
+					       : rs_admission_policy_name(c.admission.policy);
+			if (c.service_log) /* gnuplot: one index per run */
+				fprintf(c.service_log, "%s# %s: time_s, each tenant's service\n",
+					i ? "\n\n" : "", name);
 			int rc = sim_run(&c, &w, &results[i], err, sizeof(err));
 			if (rc) {
 				fprintf(stderr, "ringserve-sim: %s\n", err);
 				status = 1;
 				break;
 			}
-			const char *name = by_dispatch
-					       ? rs_dispatch_policy_name(c.dispatch.policy)
-					       : rs_admission_policy_name(c.admission.policy);
 			print_result(name, &results[i], i == 0);
 			if (json) {
 				if (i)
@@ -560,6 +587,11 @@ int main(int argc, char **argv)
 		if (json) {
 			fputs("]\n", json);
 			fclose(json);
+		}
+		if (config.service_log && fclose(config.service_log)) {
+			fprintf(stderr, "ringserve-sim: %s: %s\n", service_log_path,
+				strerror(errno));
+			status = 1;
 		}
 	} else {
 		usage();

@@ -155,6 +155,10 @@ struct sim_config {
 	struct sim_cost_model cost;
 	uint32_t max_in_flight;	  /* requests submitted and not finished at most */
 	uint64_t sample_every_ns; /* service-difference samples (0: every step) */
+	/* When not NULL: every service_log_every_ns of virtual time, a line "TIME S0 S1 ..."
+	 * (seconds since the first arrival, each tenant's weighted service so far). */
+	FILE *service_log;
+	uint64_t service_log_every_ns;
 	uint32_t workers;	  /* engine instances, each kv_blocks and `lanes` lanes; 0: 1 */
 	struct rs_dispatch_params dispatch;
 };

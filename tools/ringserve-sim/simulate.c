@@ -39,7 +39,7 @@ struct sim {
 	uint64_t backlogged_mask;
 	double baseline[SIM_MAX_TENANTS];
 	double max_service_diff;
-	uint64_t next_sample_ns;
+	uint64_t next_sample_ns, next_log_ns;
 };
 
 static uint64_t sim_now(void *ctx)
@@ -157,6 +157,14 @@ static void sample_service(struct sim *sim)
 	}
 	if (hi > lo && hi - lo > sim->max_service_diff)
 		sim->max_service_diff = hi - lo;
+}
+
+static void log_service(const struct sim *sim, FILE *log)
+{
+	fprintf(log, "%.6f", (sim->now - sim->first_arrival) / 1e9);
+	for (uint32_t t = 0; t < sim->n_tenants; t++)
+		fprintf(log, " %.0f", sim->tenants[t]->service);
+	fputc('\n', log);
 }
 
 static int compare_u64(const void *a, const void *b)
@@ -338,6 +346,10 @@ int sim_run(const struct sim_config *config, struct sim_workload *w, struct sim_
 			sample_service(sim);
 			sim->next_sample_ns = sim->now + config->sample_every_ns;
 		}
+		if (config->service_log && sim->now >= sim->next_log_ns) {
+			log_service(sim, config->service_log);
+			sim->next_log_ns = sim->now + config->service_log_every_ns;
+		}
 	}
 	if (rc) {
 		/* Give every request back before the core goes: end the steps in flight, then
@@ -355,6 +367,8 @@ int sim_run(const struct sim_config *config, struct sim_workload *w, struct sim_
 		snprintf(err, err_size, "a request failed: %s", strerror(-sim->failed));
 		rc = sim->failed;
 	}
+	if (rc == 0 && config->service_log)
+		log_service(sim, config->service_log); /* as things ended */
 	if (rc == 0)
 		summarize(sim, out);
 out:
