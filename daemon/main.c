@@ -53,6 +53,8 @@ static void usage(FILE *out)
 	    "  --null-delay-us N     null engine: each step takes N us (0)\n"
 	    "  --null-fail-worker N  null engine: worker N's steps fail with -EIO (a test's\n"
 	    "                        fault), after its first --null-fail-after N steps (0)\n"
+	    "  --null-admission-log FILE null engine: write each request's arrival and\n"
+	    "                        admission to FILE, in admission order (tests)\n"
 	    "  --lanes N             engine lanes (1)\n"
 	    "  --max-batch N         requests per step (256)\n");
 	rs_sched_options_usage(out, RS_SCHED_USAGE_BATCHING);
@@ -127,6 +129,7 @@ int main(int argc, char **argv)
 	uint32_t workers = 1;
 	int fail_worker = -1; /* --null-fail-worker */
 	const char *step_log_path = NULL;
+	const char *admission_log_path = NULL; /* --null-admission-log */
 
 	enum {
 		OPT_SOCKET = 256,
@@ -165,6 +168,7 @@ int main(int argc, char **argv)
 		OPT_WORKER_MAX_FAILURES,
 		OPT_NULL_FAIL_WORKER,
 		OPT_NULL_FAIL_AFTER,
+		OPT_NULL_ADMISSION_LOG,
 	};
 	static const struct option own_options[] = {
 	    {"socket", required_argument, 0, OPT_SOCKET},
@@ -203,6 +207,7 @@ int main(int argc, char **argv)
 	    {"worker-max-failures", required_argument, 0, OPT_WORKER_MAX_FAILURES},
 	    {"null-fail-worker", required_argument, 0, OPT_NULL_FAIL_WORKER},
 	    {"null-fail-after", required_argument, 0, OPT_NULL_FAIL_AFTER},
+	    {"null-admission-log", required_argument, 0, OPT_NULL_ADMISSION_LOG},
 	    {0, 0, 0, 0},
 	};
 	/* Ours, then the scheduling core's (daemon/sched/options.h), which ringserve-sim
@@ -314,6 +319,9 @@ int main(int argc, char **argv)
 			break;
 		case OPT_STEP_LOG:
 			step_log_path = optarg;
+			break;
+		case OPT_NULL_ADMISSION_LOG:
+			admission_log_path = optarg;
 			break;
 		case OPT_THREADS:
 			bad = rs_parse_unsigned(optarg, 10, 1, 1024, &value);
@@ -429,6 +437,18 @@ int main(int argc, char **argv)
 				"take --null-delay-us)\n");
 		return 2;
 	}
+	if (admission_log_path && strcmp(engine_name, "null") != 0) {
+		fprintf(stderr, "ringserved: --null-admission-log needs the null engine\n");
+		return 2;
+	}
+	if (admission_log_path) {
+		null_options.admission_log = fopen(admission_log_path, "w");
+		if (!null_options.admission_log) {
+			fprintf(stderr, "ringserved: --null-admission-log %s: %s\n",
+				admission_log_path, strerror(errno));
+			return 1;
+		}
+	}
 	if (step_log_path) {
 		model_options.step_log = fopen(step_log_path, "w");
 		if (!model_options.step_log) {
@@ -492,6 +512,11 @@ int main(int argc, char **argv)
 	if (ret == 0)
 		ret = rs_daemon_run(&daemon);
 	rs_daemon_destroy(&daemon);
+	if (null_options.admission_log && fclose(null_options.admission_log)) {
+		fprintf(stderr, "ringserved: --null-admission-log %s: %s\n", admission_log_path,
+			strerror(errno));
+		ret = -EIO;
+	}
 	if (model_options.step_log && fclose(model_options.step_log)) {
 		fprintf(stderr, "ringserved: --step-log %s: %s\n", step_log_path, strerror(errno));
 		ret = -EIO;
