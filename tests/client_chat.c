@@ -1,10 +1,11 @@
 /* Chat templates against the real ones (issue 11, section 5), no daemon:
  *   - every template of llama.cpp's models/templates/ that ringserve formats (fetched by
  *     tools/fetch-vocab-refs.sh into .cache/vocab-refs/templates, or $RS_VOCAB_REFS), and
- *     the Hugging Face originals in tests/chat/ that the bundle lacks (Llama 2, Llama 3.0,
- *     plain ChatML), is recognized as its family, and formats sample conversations byte for
- *     byte as Jinja2 renders the template itself (tests/chat/render.py, as transformers'
- *     apply_chat_template does);
+ *     the originals in tests/chat/ that the bundle's models/templates/ lacks (Llama 2,
+ *     Llama 3.0, plain ChatML from Hugging Face; Mistral v1, v3, v7 and the first v0.1/v0.2
+ *     template from the bundle's tests/test-chat-template.cpp), is recognized as its
+ *     family, and formats sample conversations byte for byte as Jinja2 renders the
+ *     template itself (tests/chat/render.py, as transformers' apply_chat_template does);
  *   - every other template of the bundle is not recognized (no silent wrong format);
  *   - the formatted text tokenizes with the real vocabularies (Llama 3, Qwen2, Phi-3,
  *     Llama 2) to the special ids where the template writes special tokens, and message
