@@ -26,6 +26,10 @@ static const char *const template_names[] = {
     [RS_CHAT_MISTRAL_V7_TEKKEN] = "mistral-v7-tekken",
     [RS_CHAT_GEMMA] = "gemma",
     [RS_CHAT_PHI3] = "phi3",
+    [RS_CHAT_MISTRAL_V1] = "mistral-v1",
+    [RS_CHAT_MISTRAL_V3] = "mistral-v3",
+    [RS_CHAT_MISTRAL_V7] = "mistral-v7",
+    [RS_CHAT_MISTRAL_LEGACY] = "mistral-legacy",
 };
 #define N_TEMPLATES (sizeof(template_names) / sizeof(template_names[0]))
 
@@ -60,6 +64,46 @@ static bool opens_think_by_default(const char *jinja, size_t len)
 			return true;
 	}
 	return false;
+}
+
+/* The [INST] families (Mistral's, Llama 2). The layouts differ by a space here and there,
+ * so each is recognized by the very expressions that write its turns, as llama.cpp's
+ * llm_chat_detect_template does for v1/v3/v7, and anything else is refused. */
+static int detect_inst(const char *jinja, size_t len)
+{
+	if (contains(jinja, len, "[SYSTEM_PROMPT]")) {
+		/* v7 (Mistral-Large-2411) writes "[SYSTEM_PROMPT] ", tekken no space. */
+		if (!contains(jinja, len, "[SYSTEM_PROMPT] "))
+			return RS_CHAT_MISTRAL_V7_TEKKEN;
+		return contains(jinja, len, "'[INST] ' + message['content'] + '[/INST]'") &&
+			       contains(jinja, len, "' ' + message['content'] + eos_token")
+			   ? RS_CHAT_MISTRAL_V7
+			   : -ENOENT;
+	}
+	if (contains(jinja, len, "' [INST] ' + system_message")) /* v1: " [INST] " */
+		return contains(jinja, len, "' [INST] ' + message['content'] + ' [/INST]'") &&
+			       contains(jinja, len, "' ' + message['content'] + eos_token")
+			   ? RS_CHAT_MISTRAL_V1
+			   : -ENOENT;
+	if (contains(jinja, len, "[AVAILABLE_TOOLS]")) {
+		/* Tekken writes "[INST]" with no space around it, v3 "[INST] " and trims
+		 * the answer. */
+		if (contains(jinja, len, "\"[INST]\""))
+			return RS_CHAT_MISTRAL_V3_TEKKEN;
+		return contains(jinja, len, "\"[INST] \" + message[\"content\"] + \"[/INST]\"") &&
+			       contains(jinja, len, "\" \" + message[\"content\"]|trim + eos_token")
+			   ? RS_CHAT_MISTRAL_V3
+			   : -ENOENT;
+	}
+	if (contains(jinja, len, "<<SYS>>"))
+		return contains(jinja, len, "bos_token + '[INST] '") ? RS_CHAT_LLAMA2 : -ENOENT;
+	/* Mistral-7B-Instruct v0.1/v0.2 and Mixtral as first published: no system message
+	 * (llama.cpp takes it for its "llama2" without <<SYS>>). */
+	if (contains(jinja, len, "'[INST] ' + message['content'] + ' [/INST]'") &&
+	    contains(jinja, len, "{{ message['content'] + eos_token}}") &&
+	    !contains(jinja, len, "system"))
+		return RS_CHAT_MISTRAL_LEGACY;
+	return -ENOENT;
 }
 
 /* Recognize a family by the marks its templates cannot do without: the special tokens
@@ -106,18 +150,8 @@ int rs_chat_template_detect(const char *jinja, size_t len)
 			return -ENOENT; /* Llama 3 fine-tunes with prompts of their own */
 		return RS_CHAT_LLAMA3;
 	}
-	if (contains(jinja, len, "[INST]")) {
-		if (contains(jinja, len, "[SYSTEM_PROMPT]"))
-			return RS_CHAT_MISTRAL_V7_TEKKEN;
-		/* Tekken writes "[INST]" with no space around it; v3 and v1 have spaces. */
-		if (contains(jinja, len, "[AVAILABLE_TOOLS]"))
-			return contains(jinja, len, "\"[INST]\"") ? RS_CHAT_MISTRAL_V3_TEKKEN
-								  : -ENOENT;
-		if (contains(jinja, len, "<<SYS>>") &&
-		    contains(jinja, len, "bos_token + '[INST] '"))
-			return RS_CHAT_LLAMA2;
-		return -ENOENT;
-	}
+	if (contains(jinja, len, "[INST]"))
+		return detect_inst(jinja, len);
 	if (contains(jinja, len, "<start_of_turn>") && contains(jinja, len, "<end_of_turn>"))
 		return RS_CHAT_GEMMA;
 	if (contains(jinja, len, "<|assistant|>") && contains(jinja, len, "<|end|>") &&
@@ -416,35 +450,86 @@ static int render_chatml(struct rs_chat_text *t, int tmpl, const struct rs_chat_
 	return 0;
 }
 
-/* Mistral's tekken layouts: BOS, [INST]user[/INST], answer + EOS, no spaces.
- * v3 (models/templates/mistralai-Mistral-Nemo-Instruct-2407): the system message goes in
- * front of the last message when that is a user's, "\n\n" between them.
- * v7 (Mistral-Small-3.2-24B-Instruct-2506, Devstral, Ministral 3): it is a
- * [SYSTEM_PROMPT] turn of its own, where it stands. */
+/* Mistral's layouts: BOS, then [INST]user[/INST] and answer + EOS, the spaces around them
+ * and where the system message goes depending on the version:
+ * v1 (tests/chat/mistralai-Mistral-7B-Instruct-v0.2, Mixtral): " [INST] " user " [/INST]",
+ *   " " answer; the system message + "\n\n" in front of the first user message.
+ * v3 (tests/chat/mistralai-Mistral-Large-Instruct-2407, Mistral-7B-Instruct-v0.3):
+ *   "[INST] " user "[/INST]", " " answer.trim(); the system message + "\n\n" in front
+ *   of the last message when that is a user's (else nowhere).
+ * v3-tekken (models/templates/mistralai-Mistral-Nemo-Instruct-2407): as v3, no spaces,
+ *   the answer untrimmed.
+ * v7 (tests/chat/mistralai-Mistral-Large-Instruct-2411): "[INST] " user "[/INST]",
+ *   " " answer, a system message is a "[SYSTEM_PROMPT] "..[/SYSTEM_PROMPT] turn of its
+ *   own, where it stands. v7-tekken (Mistral-Small-3.2-24B-Instruct-2506, Devstral,
+ *   Ministral 3): the same without spaces.
+ * legacy (tests/chat/mistralai-Mistral-7B-Instruct-v0.2-legacy, the v0.1/v0.2 first
+ *   template): "[INST] " user " [/INST]", answer; it refuses a system message, which,
+ *   as llama.cpp does, goes in front of the first user message with "\n". */
+struct mistral_layout {
+	const char *inst_open, *inst_close, *answer_open;
+	bool trim_answer;
+	enum { SYSTEM_BEFORE_FIRST, SYSTEM_BEFORE_LAST, SYSTEM_TURN } system_at;
+	const char *system_sep;	 /* between system and user text (BEFORE_*) */
+	const char *system_open; /* SYSTEM_TURN */
+};
+
+static const struct mistral_layout *mistral_layout(int tmpl)
+{
+	static const struct mistral_layout
+	    v1 = {" [INST] ", " [/INST]", " ", false, SYSTEM_BEFORE_FIRST, "\n\n", NULL},
+	    v3 = {"[INST] ", "[/INST]", " ", true, SYSTEM_BEFORE_LAST, "\n\n", NULL},
+	    v3_tekken = {"[INST]", "[/INST]", "", false, SYSTEM_BEFORE_LAST, "\n\n", NULL},
+	    v7 = {"[INST] ", "[/INST]", " ", false, SYSTEM_TURN, NULL, "[SYSTEM_PROMPT] "},
+	    v7_tekken = {"[INST]", "[/INST]", "", false, SYSTEM_TURN, NULL, "[SYSTEM_PROMPT]"},
+	    legacy = {"[INST] ", " [/INST]", "", false, SYSTEM_BEFORE_FIRST, "\n", NULL};
+	switch (tmpl) {
+	case RS_CHAT_MISTRAL_V1:
+		return &v1;
+	case RS_CHAT_MISTRAL_V3:
+		return &v3;
+	case RS_CHAT_MISTRAL_V3_TEKKEN:
+		return &v3_tekken;
+	case RS_CHAT_MISTRAL_V7:
+		return &v7;
+	case RS_CHAT_MISTRAL_V7_TEKKEN:
+		return &v7_tekken;
+	default:
+		return &legacy;
+	}
+}
+
 static int render_mistral(struct rs_chat_text *t, int tmpl, const struct rs_chat_message *m,
 			  size_t n)
 {
+	const struct mistral_layout *layout = mistral_layout(tmpl);
 	size_t first = 0;
 	const char *system = NULL;
-	if (tmpl == RS_CHAT_MISTRAL_V3_TEKKEN && n && role_is(&m[0], "system")) {
+	if (layout->system_at != SYSTEM_TURN && n && role_is(&m[0], "system")) {
 		system = m[0].content;
 		first = 1;
 	}
 	lit(t, "<s>");
 	for (size_t i = first; i < n; i++) {
 		if (role_is(&m[i], "user")) {
-			lit(t, "[INST]");
-			if (system && i + 1 == n) {
+			lit(t, layout->inst_open);
+			if (system &&
+			    i == (layout->system_at == SYSTEM_BEFORE_FIRST ? first : n - 1)) {
 				content(t, system, strlen(system));
-				lit(t, "\n\n");
+				lit(t, layout->system_sep);
 			}
 			content(t, m[i].content, strlen(m[i].content));
-			lit(t, "[/INST]");
+			lit(t, layout->inst_close);
 		} else if (role_is(&m[i], "assistant")) {
-			content(t, m[i].content, strlen(m[i].content));
+			/* A system message before the first message has no place there. */
+			if (system && i == first && layout->system_at == SYSTEM_BEFORE_FIRST)
+				return -EINVAL;
+			lit(t, layout->answer_open);
+			content_span(t, layout->trim_answer ? trim(whole(m[i].content))
+							    : whole(m[i].content));
 			lit(t, "</s>");
-		} else if (role_is(&m[i], "system") && tmpl == RS_CHAT_MISTRAL_V7_TEKKEN) {
-			lit(t, "[SYSTEM_PROMPT]");
+		} else if (role_is(&m[i], "system") && layout->system_at == SYSTEM_TURN) {
+			lit(t, layout->system_open);
 			content(t, m[i].content, strlen(m[i].content));
 			lit(t, "[/SYSTEM_PROMPT]");
 		} else {
@@ -532,15 +617,22 @@ int rs_chat_render(int tmpl, const struct rs_chat_message *m, size_t n, unsigned
 	case RS_CHAT_QWEN3:
 		ret = render_chatml(t, tmpl, m, n, flags);
 		break;
+	case RS_CHAT_MISTRAL_V1:
+	case RS_CHAT_MISTRAL_V3:
 	case RS_CHAT_MISTRAL_V3_TEKKEN:
+	case RS_CHAT_MISTRAL_V7:
 	case RS_CHAT_MISTRAL_V7_TEKKEN:
+	case RS_CHAT_MISTRAL_LEGACY:
 		ret = render_mistral(t, tmpl, m, n);
 		break;
 	case RS_CHAT_GEMMA:
 		ret = render_gemma(t, m, n, flags);
 		break;
-	default:
+	case RS_CHAT_PHI3:
 		ret = render_phi3(t, m, n, flags);
+		break;
+	default:
+		ret = -EINVAL;
 		break;
 	}
 	if (!ret)

@@ -482,6 +482,13 @@ enum rs_chat_template {
 	RS_CHAT_MISTRAL_V7_TEKKEN = 9, /* "mistral-v7-tekken": [SYSTEM_PROMPT] (Small 3.x) */
 	RS_CHAT_GEMMA = 10,	       /* "gemma": <start_of_turn>user\n..<end_of_turn>\n */
 	RS_CHAT_PHI3 = 11,	       /* "phi3": <|user|>\n..<|end|>\n */
+	RS_CHAT_MISTRAL_V1 = 12,       /* "mistral-v1": <s> [INST] .. [/INST] ..</s>
+					* (Mistral-7B-Instruct v0.1/v0.2, Mixtral) */
+	RS_CHAT_MISTRAL_V3 = 13,       /* "mistral-v3": <s>[INST] ..[/INST] ..</s>
+					* (Mistral-7B-Instruct-v0.3, Large 2407) */
+	RS_CHAT_MISTRAL_V7 = 14,       /* "mistral-v7": [SYSTEM_PROMPT] .. (Large 2411) */
+	RS_CHAT_MISTRAL_LEGACY = 15,   /* "mistral-legacy": <s>[INST] .. [/INST]..</s>, the
+					* first template of Mistral-7B-Instruct v0.1/v0.2 */
 };
 
 /* One message: role "system", "user" or "assistant" (llama3 and chatml take any role

@@ -81,6 +81,10 @@ struct rs_null_engine_options {
 	 * -EIO (its tokens unwritten), when fail_steps. */
 	bool fail_steps;
 	uint64_t fail_after_steps;
+	/* Tests: a line per request at its first token, in admission order: the core's
+	 * clock when it arrived and when it was admitted (ns), and its tenant's name. What a
+	 * test checks the admission order against, whatever the steps' lengths. NULL: none. */
+	FILE *admission_log;
 };
 
 /* The null engine: token i of a request with prompt p is rs_null_engine_token(p, i),

@@ -1,11 +1,13 @@
 /* The null engine: no model, deterministic tokens derived from the prompt, an optional
  * per-step delay. It lets the data path be built, tested and measured on its own. */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "daemon/engine.h"
 #include "daemon/sched/sched.h"
+#include "daemon/sched/tenant.h"
 #include "shm/clock.h"
 
 struct null_lane {
@@ -18,6 +20,7 @@ struct null_engine {
 	uint64_t token_delay_ns;
 	bool fail_steps;
 	uint64_t fail_after_steps, steps_started;
+	FILE *admission_log;
 	struct null_lane *lanes;
 	struct rs_kv_cache *kv;
 };
@@ -56,6 +59,11 @@ static int null_step_start(struct rs_serving_engine *base, uint32_t lane,
 		uint32_t index = step->start_pos + step->n_tokens - request->prompt_len;
 		*step->out_token = rs_null_engine_token(request->tokens, request->prompt_len, index,
 							base->vocab_size);
+		if (index == 0 && engine->admission_log)
+			fprintf(engine->admission_log, "%llu %llu %s\n",
+				(unsigned long long)request->submitted_ns,
+				(unsigned long long)request->admitted_ns,
+				request->tenant ? request->tenant->name : "-");
 	}
 	engine->lanes[lane].done_at_ns =
 	    engine->token_delay_ns ? rs_now_ns() + engine->token_delay_ns : 0;
@@ -112,6 +120,7 @@ int rs_null_engine_create(const struct rs_null_engine_options *options,
 	engine->token_delay_ns = options->token_delay_ns;
 	engine->fail_steps = options->fail_steps;
 	engine->fail_after_steps = options->fail_after_steps;
+	engine->admission_log = options->admission_log;
 	struct rs_serving_engine *base = &engine->base;
 	base->ops = &null_ops;
 	strcpy(base->name, "null");

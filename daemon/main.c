@@ -3,7 +3,6 @@
 #include <getopt.h>
 #include <grp.h>
 #include <limits.h>
-#include <math.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -14,6 +13,7 @@
 #include <unistd.h>
 
 #include "daemon/daemon.h"
+#include "daemon/sched/options.h"
 #include "daemon/systemd.h"
 
 static void usage(FILE *out)
@@ -53,81 +53,23 @@ static void usage(FILE *out)
 	    "  --null-delay-us N     null engine: each step takes N us (0)\n"
 	    "  --null-fail-worker N  null engine: worker N's steps fail with -EIO (a test's\n"
 	    "                        fault), after its first --null-fail-after N steps (0)\n"
+	    "  --null-admission-log FILE null engine: write each request's arrival and\n"
+	    "                        admission to FILE, in admission order (tests)\n"
 	    "  --lanes N             engine lanes (1)\n"
-	    "  --max-batch N         requests per step (256)\n"
-	    "  --policy NAME         admission: dlpm, vtc, lpm or fcfs (dlpm; docs/scheduling.md)\n"
-	    "  --quantum N           dlpm: weighted tokens a backlogged tenant gets per round "
-	    "(2048)\n"
-	    "  --w-prompt X          charge per (dlpm: uncached) prompt token (1)\n"
-	    "  --w-output X          charge per generated token (2)\n"
-	    "  --no-prefix-cache     never share cached prompt prefixes between requests\n"
-	    "  --planner NAME        batches: continuous or multibin (continuous)\n"
-	    "  --bins K              multibin: bins of predicted output length (4)\n"
-	    "  --bin-batch N         multibin: requests a batch gathers (--max-batch)\n"
-	    "  --bin-mode MODE       multibin: static (a batch runs to its last member) or\n"
-	    "                        continuous (freed seats refilled from the bin) (static)\n"
-	    "  --bin-deadline-ms N   multibin: a bin waits at most N ms to fill (1000)\n"
-	    "  --bin-boundaries L,.. multibin: fixed upper lengths of bins 0..K-2 (default: the\n"
-	    "                        observed lengths' quantiles)\n"
-	    "  --workers N           engine instances, each its own KV pool, prefix cache and\n"
-	    "                        --lanes lanes; CPU workers split --threads (1)\n"
-	    "  --dispatch NAME       which worker a request runs on: d2lpm, round-robin,\n"
-	    "                        least-loaded, cache-aware (d2lpm; docs/scheduling.md)\n"
-	    "  --load-threshold N    d2lpm: leave the best-cached worker when its load exceeds\n"
-	    "                        the least-loaded's by more than N requests (max batch / 2)\n"
-	    "  --cache-threshold X   cache-aware: cached share of the prompt to follow (0.5)\n"
-	    "  --dispatch-quantum N  d2lpm: weighted tokens per tenant per worker a round (65536)\n"
-	    "  --dispatch-lookahead N d2lpm: waiting requests per tenant a free seat matches (4)\n"
-	    "  --dispatch-at WHEN    baselines: admission (among workers with a free seat, by\n"
-	    "                        their caches) or arrival (SGLang's router) (admission)\n"
+	    "  --max-batch N         requests per step (256)\n");
+	rs_sched_options_usage(out, RS_SCHED_USAGE_BATCHING);
+	fputs("  --workers N           engine instances, each its own KV pool, prefix cache and\n"
+	      "                        --lanes lanes; CPU workers split --threads (1)\n",
+	      out);
+	rs_sched_options_usage(out, RS_SCHED_USAGE_DISPATCH);
+	fprintf(
+	    out,
 	    "  --worker-max-failures N a worker whose steps fail N times in a row is taken out\n"
 	    "                        of service, its requests go to the others (0: never)\n"
 	    "  --max-tenants N       tenants known at once (1024)\n"
 	    "  --config FILE         tenants: weights, limits, allowed uids (SIGHUP reloads it)\n"
 	    "  --ready-fd N          write one byte to descriptor N once listening, then close it\n"
 	    "  --verbose\n");
-}
-
-/* "L1,L2,..." ascending lengths >= 1, at most RS_MULTIBIN_MAX_BINS - 1 of them. */
-static int parse_boundaries(const char *text, uint32_t *out)
-{
-	uint32_t n = 0;
-	for (const char *p = text; *p;) {
-		char *end;
-		errno = 0;
-		unsigned long v = strtoul(p, &end, 10);
-		if (errno || end == p || v == 0 || v > UINT32_MAX ||
-		    n == RS_MULTIBIN_MAX_BINS - 1 || (n && v < out[n - 1]) || (*end && *end != ','))
-			return -EINVAL;
-		out[n++] = (uint32_t)v;
-		p = *end ? end + 1 : end;
-	}
-	return n ? 0 : -EINVAL;
-}
-
-/* Parse an unsigned decimal (or, with base 8, octal) number in [min, max]. */
-static int parse_number(const char *text, int base, unsigned long min, unsigned long max,
-			unsigned long *out)
-{
-	char *end;
-	errno = 0;
-	unsigned long value = strtoul(text, &end, base);
-	if (errno || end == text || *end || value < min || value > max || text[0] == '-')
-		return -EINVAL;
-	*out = value;
-	return 0;
-}
-
-/* A positive, finite decimal number. */
-static int parse_weight(const char *text, double *out)
-{
-	char *end;
-	errno = 0;
-	double value = strtod(text, &end);
-	if (errno || end == text || *end || !(value > 0) || !isfinite(value))
-		return -EINVAL;
-	*out = value;
-	return 0;
 }
 
 /* "ID[,ID...]": numbers, or user (group when groups) names. */
@@ -145,7 +87,7 @@ static int parse_id_list(const char *text, bool groups, unsigned int *ids, uint3
 			ret = -EINVAL;
 			break;
 		}
-		if (parse_number(item, 10, 0, UINT_MAX - 1, &id) == 0)
+		if (rs_parse_unsigned(item, 10, 0, UINT_MAX - 1, &id) == 0)
 			ids[(*count)++] = (unsigned int)id;
 		else if (!groups && (user = getpwnam(item)))
 			ids[(*count)++] = user->pw_uid;
@@ -187,6 +129,7 @@ int main(int argc, char **argv)
 	uint32_t workers = 1;
 	int fail_worker = -1; /* --null-fail-worker */
 	const char *step_log_path = NULL;
+	const char *admission_log_path = NULL; /* --null-admission-log */
 
 	enum {
 		OPT_SOCKET = 256,
@@ -218,33 +161,16 @@ int main(int argc, char **argv)
 		OPT_KV_BLOCKS,
 		OPT_MAX_BATCH_TOKENS,
 		OPT_KV_DTYPE,
-		OPT_POLICY,
-		OPT_QUANTUM,
-		OPT_W_PROMPT,
-		OPT_W_OUTPUT,
-		OPT_NO_PREFIX_CACHE,
 		OPT_MAX_TENANTS,
 		OPT_CONFIG,
-		OPT_PLANNER,
-		OPT_BINS,
-		OPT_BIN_BATCH,
-		OPT_BIN_MODE,
-		OPT_BIN_DEADLINE,
-		OPT_BIN_BOUNDARIES,
 		OPT_WORKERS,
-		OPT_DISPATCH,
-		OPT_LOAD_THRESHOLD,
-		OPT_CACHE_THRESHOLD,
-		OPT_DISPATCH_QUANTUM,
-		OPT_DISPATCH_LOOKAHEAD,
 		OPT_STEP_LOG,
 		OPT_WORKER_MAX_FAILURES,
 		OPT_NULL_FAIL_WORKER,
 		OPT_NULL_FAIL_AFTER,
-		OPT_DISPATCH_AT,
+		OPT_NULL_ADMISSION_LOG,
 	};
-	/* Same order as the enum: options[opt - 256] names an option in messages. */
-	static const struct option options[] = {
+	static const struct option own_options[] = {
 	    {"socket", required_argument, 0, OPT_SOCKET},
 	    {"socket-mode", required_argument, 0, OPT_SOCKET_MODE},
 	    {"allow-uid", required_argument, 0, OPT_ALLOW_UID},
@@ -274,32 +200,26 @@ int main(int argc, char **argv)
 	    {"kv-blocks", required_argument, 0, OPT_KV_BLOCKS},
 	    {"max-batch-tokens", required_argument, 0, OPT_MAX_BATCH_TOKENS},
 	    {"kv-dtype", required_argument, 0, OPT_KV_DTYPE},
-	    {"policy", required_argument, 0, OPT_POLICY},
-	    {"quantum", required_argument, 0, OPT_QUANTUM},
-	    {"w-prompt", required_argument, 0, OPT_W_PROMPT},
-	    {"w-output", required_argument, 0, OPT_W_OUTPUT},
-	    {"no-prefix-cache", no_argument, 0, OPT_NO_PREFIX_CACHE},
 	    {"max-tenants", required_argument, 0, OPT_MAX_TENANTS},
 	    {"config", required_argument, 0, OPT_CONFIG},
-	    {"planner", required_argument, 0, OPT_PLANNER},
-	    {"bins", required_argument, 0, OPT_BINS},
-	    {"bin-batch", required_argument, 0, OPT_BIN_BATCH},
-	    {"bin-mode", required_argument, 0, OPT_BIN_MODE},
-	    {"bin-deadline-ms", required_argument, 0, OPT_BIN_DEADLINE},
-	    {"bin-boundaries", required_argument, 0, OPT_BIN_BOUNDARIES},
 	    {"workers", required_argument, 0, OPT_WORKERS},
-	    {"dispatch", required_argument, 0, OPT_DISPATCH},
-	    {"load-threshold", required_argument, 0, OPT_LOAD_THRESHOLD},
-	    {"cache-threshold", required_argument, 0, OPT_CACHE_THRESHOLD},
-	    {"dispatch-quantum", required_argument, 0, OPT_DISPATCH_QUANTUM},
-	    {"dispatch-lookahead", required_argument, 0, OPT_DISPATCH_LOOKAHEAD},
 	    {"step-log", required_argument, 0, OPT_STEP_LOG},
 	    {"worker-max-failures", required_argument, 0, OPT_WORKER_MAX_FAILURES},
 	    {"null-fail-worker", required_argument, 0, OPT_NULL_FAIL_WORKER},
 	    {"null-fail-after", required_argument, 0, OPT_NULL_FAIL_AFTER},
-	    {"dispatch-at", required_argument, 0, OPT_DISPATCH_AT},
+	    {"null-admission-log", required_argument, 0, OPT_NULL_ADMISSION_LOG},
 	    {0, 0, 0, 0},
 	};
+	/* Ours, then the scheduling core's (daemon/sched/options.h), which ringserve-sim
+	 * takes too. */
+	struct option options[sizeof(own_options) / sizeof(own_options[0]) + RS_SCHED_OPTION_COUNT];
+	rs_sched_options_merge(own_options, options);
+	const struct rs_sched_options sched = {.admission = &config.admission,
+					       .prefix_cache = &config.prefix_cache,
+					       .multibin = &config.multibin,
+					       .multibin_params = &config.multibin_params,
+					       .dispatch = &config.dispatch};
+	char why[128];
 	int opt;
 	unsigned long value = 0;
 	uint32_t n_uids = 0, n_gids = 0;
@@ -311,7 +231,7 @@ int main(int argc, char **argv)
 			config.socket_path = optarg;
 			break;
 		case OPT_SOCKET_MODE:
-			bad = parse_number(optarg, 8, 0, 0777, &value);
+			bad = rs_parse_unsigned(optarg, 8, 0, 0777, &value);
 			config.socket_mode = (mode_t)value;
 			break;
 		case OPT_ALLOW_UID:
@@ -321,40 +241,40 @@ int main(int argc, char **argv)
 			bad = parse_id_list(optarg, true, gids, &n_gids);
 			break;
 		case OPT_CPU:
-			bad = parse_number(optarg, 10, 0, 65535, &value);
+			bad = rs_parse_unsigned(optarg, 10, 0, 65535, &value);
 			config.cpu = (int)value;
 			break;
 		case OPT_MAX_CLIENTS:
-			bad = parse_number(optarg, 10, 1, 65536, &value);
+			bad = rs_parse_unsigned(optarg, 10, 1, 65536, &value);
 			config.max_clients = (uint32_t)value;
 			break;
 		case OPT_RING_ENTRIES:
-			bad = parse_number(optarg, 10, 1, RS_MAX_RING_ENTRIES, &value) ||
+			bad = rs_parse_unsigned(optarg, 10, 1, RS_MAX_RING_ENTRIES, &value) ||
 			      (value & (value - 1));
 			config.ring_entries = (uint32_t)value;
 			break;
 		case OPT_SLOTS:
-			bad = parse_number(optarg, 10, 1, RS_MAX_SLOTS, &value);
+			bad = rs_parse_unsigned(optarg, 10, 1, RS_MAX_SLOTS, &value);
 			config.slots = (uint32_t)value;
 			break;
 		case OPT_MAX_INFLIGHT:
-			bad = parse_number(optarg, 10, 1, RS_MAX_SLOTS, &value);
+			bad = rs_parse_unsigned(optarg, 10, 1, RS_MAX_SLOTS, &value);
 			config.max_inflight = (uint32_t)value;
 			break;
 		case OPT_MAX_PROMPT:
-			bad = parse_number(optarg, 10, 1, RS_MAX_SLOT_TOKENS, &value);
+			bad = rs_parse_unsigned(optarg, 10, 1, RS_MAX_SLOT_TOKENS, &value);
 			config.max_prompt_tokens = (uint32_t)value;
 			break;
 		case OPT_MAX_OUTPUT:
-			bad = parse_number(optarg, 10, 1, RS_MAX_SLOT_TOKENS, &value);
+			bad = rs_parse_unsigned(optarg, 10, 1, RS_MAX_SLOT_TOKENS, &value);
 			config.max_output_tokens = (uint32_t)value;
 			break;
 		case OPT_SPIN_US:
-			bad = parse_number(optarg, 10, 0, 10000000, &value);
+			bad = rs_parse_unsigned(optarg, 10, 0, 10000000, &value);
 			config.spin_ns = value * 1000;
 			break;
 		case OPT_GRACE_MS:
-			bad = parse_number(optarg, 10, 0, 3600000, &value);
+			bad = rs_parse_unsigned(optarg, 10, 0, 3600000, &value);
 			config.grace_ns = value * 1000000ull;
 			break;
 		case OPT_EVENTFD:
@@ -364,19 +284,19 @@ int main(int argc, char **argv)
 			engine_name = optarg;
 			break;
 		case OPT_NULL_VOCAB:
-			bad = parse_number(optarg, 10, 1, UINT32_MAX, &value);
+			bad = rs_parse_unsigned(optarg, 10, 1, UINT32_MAX, &value);
 			null_options.vocab_size = (uint32_t)value;
 			break;
 		case OPT_NULL_DELAY_US:
-			bad = parse_number(optarg, 10, 0, 10000000, &value);
+			bad = rs_parse_unsigned(optarg, 10, 0, 10000000, &value);
 			null_options.token_delay_ns = value * 1000;
 			break;
 		case OPT_LANES:
-			bad = parse_number(optarg, 10, 1, 64, &value);
+			bad = rs_parse_unsigned(optarg, 10, 1, 64, &value);
 			null_options.lanes = (uint32_t)value;
 			break;
 		case OPT_MAX_BATCH:
-			bad = parse_number(optarg, 10, 1, 65536, &value);
+			bad = rs_parse_unsigned(optarg, 10, 1, 65536, &value);
 			null_options.max_batch = (uint32_t)value;
 			break;
 		case OPT_VERBOSE:
@@ -400,118 +320,60 @@ int main(int argc, char **argv)
 		case OPT_STEP_LOG:
 			step_log_path = optarg;
 			break;
+		case OPT_NULL_ADMISSION_LOG:
+			admission_log_path = optarg;
+			break;
 		case OPT_THREADS:
-			bad = parse_number(optarg, 10, 1, 1024, &value);
+			bad = rs_parse_unsigned(optarg, 10, 1, 1024, &value);
 			model_options.threads = (int)value;
 			break;
 		case OPT_KV_BLOCKS:
-			bad = parse_number(optarg, 10, 1, 1u << 24, &value);
+			bad = rs_parse_unsigned(optarg, 10, 1, 1u << 24, &value);
 			model_options.kv_blocks = null_options.kv_blocks = (uint32_t)value;
 			break;
 		case OPT_MAX_BATCH_TOKENS:
-			bad = parse_number(optarg, 10, 1, 1u << 20, &value);
+			bad = rs_parse_unsigned(optarg, 10, 1, 1u << 20, &value);
 			model_options.max_batch_tokens = null_options.max_batch_tokens =
 			    (uint32_t)value;
 			break;
-		case OPT_POLICY:
-			bad = rs_admission_policy_parse(optarg, &config.admission.policy);
-			break;
-		case OPT_QUANTUM:
-			bad = parse_weight(optarg, &config.admission.quantum);
-			break;
-		case OPT_W_PROMPT:
-			bad = parse_weight(optarg, &config.admission.w_prompt);
-			break;
-		case OPT_W_OUTPUT:
-			bad = parse_weight(optarg, &config.admission.w_output);
-			break;
-		case OPT_NO_PREFIX_CACHE:
-			config.prefix_cache = false;
-			break;
 		case OPT_WORKERS:
-			bad = parse_number(optarg, 10, 1, 256, &value);
+			bad = rs_parse_unsigned(optarg, 10, 1, 256, &value);
 			workers = (uint32_t)value;
 			break;
-		case OPT_DISPATCH:
-			bad = rs_dispatch_policy_parse(optarg, &config.dispatch.policy) != 0;
-			break;
-		case OPT_LOAD_THRESHOLD:
-			bad = parse_number(optarg, 10, 1, 1u << 20, &value);
-			config.dispatch.load_threshold = (uint32_t)value;
-			break;
-		case OPT_DISPATCH_QUANTUM:
-			bad = parse_weight(optarg, &config.dispatch.quantum);
-			break;
-		case OPT_DISPATCH_LOOKAHEAD:
-			bad = parse_number(optarg, 10, 1, 1u << 20, &value);
-			config.dispatch.lookahead = (uint32_t)value;
-			break;
-		case OPT_DISPATCH_AT:
-			config.dispatch.at_arrival = strcmp(optarg, "arrival") == 0;
-			bad = !config.dispatch.at_arrival && strcmp(optarg, "admission") != 0;
-			break;
 		case OPT_WORKER_MAX_FAILURES:
-			bad = parse_number(optarg, 10, 0, 1u << 30, &value);
+			bad = rs_parse_unsigned(optarg, 10, 0, 1u << 30, &value);
 			config.dispatch.max_failures = (uint32_t)value;
 			break;
 		case OPT_NULL_FAIL_WORKER:
-			bad = parse_number(optarg, 10, 0, 255, &value);
+			bad = rs_parse_unsigned(optarg, 10, 0, 255, &value);
 			fail_worker = (int)value;
 			break;
 		case OPT_NULL_FAIL_AFTER:
-			bad = parse_number(optarg, 10, 0, ULONG_MAX, &value);
+			bad = rs_parse_unsigned(optarg, 10, 0, ULONG_MAX, &value);
 			null_options.fail_after_steps = value;
 			break;
-		case OPT_CACHE_THRESHOLD: {
-			char *end;
-			errno = 0;
-			config.dispatch.cache_threshold = strtod(optarg, &end);
-			bad = errno || end == optarg || *end ||
-			      !(config.dispatch.cache_threshold > 0) ||
-			      config.dispatch.cache_threshold > 1;
-			break;
-		}
-		case OPT_PLANNER:
-			config.multibin = strcmp(optarg, "multibin") == 0;
-			bad = !config.multibin && strcmp(optarg, "continuous") != 0;
-			break;
-		case OPT_BINS:
-			bad = parse_number(optarg, 10, 1, RS_MULTIBIN_MAX_BINS, &value);
-			config.multibin_params.bins = (uint32_t)value;
-			break;
-		case OPT_BIN_BATCH:
-			bad = parse_number(optarg, 10, 1, 65536, &value);
-			config.multibin_params.batch = (uint32_t)value;
-			break;
-		case OPT_BIN_MODE:
-			config.multibin_params.continuous = strcmp(optarg, "continuous") == 0;
-			bad = !config.multibin_params.continuous && strcmp(optarg, "static") != 0;
-			break;
-		case OPT_BIN_DEADLINE:
-			bad = parse_number(optarg, 10, 1, 1u << 30, &value);
-			config.multibin_params.deadline_ns = (uint64_t)value * 1000000;
-			break;
-		case OPT_BIN_BOUNDARIES:
-			bad = parse_boundaries(optarg, config.multibin_params.boundaries);
-			break;
 		case OPT_MAX_TENANTS:
-			bad = parse_number(optarg, 10, 1, 1u << 20, &value);
+			bad = rs_parse_unsigned(optarg, 10, 1, 1u << 20, &value);
 			config.max_tenants = (uint32_t)value;
 			break;
 		case OPT_CONFIG:
 			config.tenant_config_path = optarg;
 			break;
 		case OPT_READY_FD:
-			bad = parse_number(optarg, 10, 0, INT_MAX, &value);
+			bad = rs_parse_unsigned(optarg, 10, 0, INT_MAX, &value);
 			ready_fd = (int)value;
 			break;
 		default:
-			usage(stderr);
-			return 2;
+			if (!rs_sched_option_is(opt)) {
+				usage(stderr);
+				return 2;
+			}
+			bad = rs_sched_option_parse(&sched, opt, optarg, why, sizeof(why)) != 0;
+			break;
 		}
 		if (bad) {
 			fprintf(stderr, "ringserved: bad value for --%s: %s\n",
-				options[opt - 256].name, optarg);
+				rs_option_name(options, opt), optarg);
 			return 2;
 		}
 	}
@@ -574,6 +436,18 @@ int main(int argc, char **argv)
 		fprintf(stderr, "ringserved: --step-log needs --model (the null engine's steps "
 				"take --null-delay-us)\n");
 		return 2;
+	}
+	if (admission_log_path && strcmp(engine_name, "null") != 0) {
+		fprintf(stderr, "ringserved: --null-admission-log needs the null engine\n");
+		return 2;
+	}
+	if (admission_log_path) {
+		null_options.admission_log = fopen(admission_log_path, "w");
+		if (!null_options.admission_log) {
+			fprintf(stderr, "ringserved: --null-admission-log %s: %s\n",
+				admission_log_path, strerror(errno));
+			return 1;
+		}
 	}
 	if (step_log_path) {
 		model_options.step_log = fopen(step_log_path, "w");
@@ -638,6 +512,11 @@ int main(int argc, char **argv)
 	if (ret == 0)
 		ret = rs_daemon_run(&daemon);
 	rs_daemon_destroy(&daemon);
+	if (null_options.admission_log && fclose(null_options.admission_log)) {
+		fprintf(stderr, "ringserved: --null-admission-log %s: %s\n", admission_log_path,
+			strerror(errno));
+		ret = -EIO;
+	}
 	if (model_options.step_log && fclose(model_options.step_log)) {
 		fprintf(stderr, "ringserved: --step-log %s: %s\n", step_log_path, strerror(errno));
 		ret = -EIO;

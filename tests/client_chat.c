@@ -1,10 +1,11 @@
 /* Chat templates against the real ones (issue 11, section 5), no daemon:
  *   - every template of llama.cpp's models/templates/ that ringserve formats (fetched by
  *     tools/fetch-vocab-refs.sh into .cache/vocab-refs/templates, or $RS_VOCAB_REFS), and
- *     the Hugging Face originals in tests/chat/ that the bundle lacks (Llama 2, Llama 3.0,
- *     plain ChatML), is recognized as its family, and formats sample conversations byte for
- *     byte as Jinja2 renders the template itself (tests/chat/render.py, as transformers'
- *     apply_chat_template does);
+ *     the originals in tests/chat/ that the bundle's models/templates/ lacks (Llama 2,
+ *     Llama 3.0, plain ChatML from Hugging Face; Mistral v1, v3, v7 and the first v0.1/v0.2
+ *     template from the bundle's tests/test-chat-template.cpp), is recognized as its
+ *     family, and formats sample conversations byte for byte as Jinja2 renders the
+ *     template itself (tests/chat/render.py, as transformers' apply_chat_template does);
  *   - every other template of the bundle is not recognized (no silent wrong format);
  *   - the formatted text tokenizes with the real vocabularies (Llama 3, Qwen2, Phi-3,
  *     Llama 2) to the special ids where the template writes special tokens, and message
@@ -60,7 +61,7 @@ static const struct conversation conversations[] = {
     /* Whitespace around content: the templates that trim it and those that do not. */
     {C_NO_SYSTEM,
      "no-system",
-     {{"user", "  Hi there\n"}, {"assistant", "Hello!"}, {"user", "Bye "}},
+     {{"user", "  Hi there\n"}, {"assistant", " Hello! \n"}, {"user", "Bye "}},
      3,
      true},
     /* Ends with an answer (no assistant turn opened); answers with reasoning blocks. */
@@ -118,6 +119,15 @@ static const struct template_case cases[] = {
     {"meta-llama-Meta-Llama-3-8B-Instruct", true, RS_CHAT_LLAMA3, "<|begin_of_text|>", "<|eot_id|>",
      C_ALL},
     {"chatml", true, RS_CHAT_CHATML, "", "<|im_end|>", C_ALL},
+    /* Mistral's [INST] templates before tekken, which the bundle's models/templates/ lacks:
+     * the bundle's tests/test-chat-template.cpp carries them (verbatim from the models'
+     * tokenizer_config.json), copied to tests/chat/. */
+    {"mistralai-Mistral-7B-Instruct-v0.2", true, RS_CHAT_MISTRAL_V1, "<s>", "</s>", C_ALL},
+    {"mistralai-Mistral-Large-Instruct-2407", true, RS_CHAT_MISTRAL_V3, "<s>", "</s>", C_ALL},
+    {"mistralai-Mistral-Large-Instruct-2411", true, RS_CHAT_MISTRAL_V7, "<s>", "</s>", C_ALL},
+    /* The first template of Mistral-7B-Instruct v0.1/v0.2 refuses a system message. */
+    {"mistralai-Mistral-7B-Instruct-v0.2-legacy", true, RS_CHAT_MISTRAL_LEGACY, "<s>", "</s>",
+     C_NO_SYSTEM | C_HISTORY | C_UNICODE},
 };
 #define N_CASES (sizeof(cases) / sizeof(cases[0]))
 
@@ -397,6 +407,46 @@ static void check_tokens(const char *refs, const char *vocab, int tmpl,
 	rs_tokenizer_free(tok);
 }
 
+/* Where a Mistral template has no place for a system message, ringserve does what
+ * llama.cpp does; the expected texts are those of llama.cpp's tests/test-chat-template.cpp
+ * for these templates (its "mistral-v1" and, for the legacy one, "llama2" outputs), with
+ * the BOS that ringserve writes and llama.cpp's tokenizer adds. */
+static void check_mistral_system(void)
+{
+	static const struct rs_chat_message chat[] = {{"system", "You are a helpful assistant"},
+						      {"user", "Hello"},
+						      {"assistant", "Hi there"},
+						      {"user", "Who are you"},
+						      {"assistant", "   I am an assistant   "},
+						      {"user", "Another question"}};
+	static const struct {
+		int tmpl;
+		const char *want;
+	} expect[] = {
+	    {RS_CHAT_MISTRAL_LEGACY,
+	     "<s>[INST] You are a helpful assistant\nHello [/INST]Hi there</s>[INST] Who are you "
+	     "[/INST]   I am an assistant   </s>[INST] Another question [/INST]"},
+	    {RS_CHAT_MISTRAL_V1, "<s> [INST] You are a helpful assistant\n\nHello [/INST] Hi "
+				 "there</s> [INST] Who are you [/INST]    I am an assistant   "
+				 "</s> [INST] Another question [/INST]"},
+	};
+	char out[512];
+	for (size_t i = 0; i < sizeof(expect) / sizeof(expect[0]); i++) {
+		int len = rs_chat_format(expect[i].tmpl, chat, 6, RS_CHAT_ADD_ASSISTANT, out,
+					 sizeof(out));
+		if (len != (int)strlen(expect[i].want) || strcmp(out, expect[i].want) != 0)
+			FAIL("%s with a system message:\n  want: %s\n  got:  %s",
+			     rs_chat_template_name(expect[i].tmpl), expect[i].want, out);
+	}
+	/* A system message before an answer, or in the middle, has no place in them. */
+	struct rs_chat_message bad[2] = {{"system", "s"}, {"assistant", "a"}};
+	CHECK(rs_chat_format(RS_CHAT_MISTRAL_V1, bad, 2, 0, NULL, 0) == -EINVAL, "system, answer");
+	CHECK(rs_chat_format(RS_CHAT_MISTRAL_V3, chat + 1, 2, 0, NULL, 0) > 0 &&
+		  rs_chat_format(RS_CHAT_MISTRAL_V3, (struct rs_chat_message[]){chat[1], chat[0]},
+				 2, 0, NULL, 0) == -EINVAL,
+	      "a system message in the middle");
+}
+
 static void check_api(void)
 {
 	for (int i = 1; rs_chat_template_name(i); i++)
@@ -420,6 +470,7 @@ static void check_api(void)
 	      "cut copy: %d", len);
 	CHECK(rs_chat_format(RS_CHAT_CHATML, m, 0, 0, small, sizeof(small)) == 0 && !small[0],
 	      "empty conversation");
+	check_mistral_system();
 }
 
 int main(void)

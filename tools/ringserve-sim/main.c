@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "daemon/sched/options.h"
 #include "tools/ringserve-sim/sim.h"
 
 /* The CPU engine of the development machines (2 cores), stories15M-shaped f32 model:
@@ -42,25 +43,16 @@ static void usage(void)
 	    "  --seed N              (1)\n"
 	    "  --trace FILE          a trace file instead (JSON lines; docs/simulator.md)\n"
 	    "core:\n"
-	    "  --policy P            fcfs, lpm, vtc, dlpm (dlpm); --quantum Q, --w-prompt W,\n"
-	    "                        --w-output W as ringserved's\n"
-	    "  --no-prefix-cache\n"
 	    "  --lanes N (1)  --max-batch N (32)  --max-batch-tokens N (512)\n"
-	    "  --kv-blocks N (2048)  --block-size N (16)  --max-in-flight N (1048576)\n"
-	    "  --planner P           continuous or multibin (continuous)\n"
-	    "  --bins K              multibin: bins (4); --bin-batch B: batch (max batch)\n"
-	    "  --bin-mode M          multibin: static or continuous (static)\n"
-	    "  --bin-deadline-ms T   multibin: a bin waits at most T ms to fill (1000)\n"
-	    "  --bin-boundaries L,.. multibin: fixed upper lengths of bins 0..K-2 (default:\n"
-	    "                        quantiles of the observed lengths)\n"
-	    "  --workers N (1)       engine instances, each with --kv-blocks and --lanes\n"
-	    "  --dispatch P          d2lpm, round-robin, least-loaded, cache-aware (d2lpm)\n"
-	    "  --load-threshold N    d2lpm: requests (max batch / 2); --cache-threshold X:\n"
-	    "                        cache-aware (0.5); --dispatch-quantum Q: d2lpm (65536)\n"
-	    "  --dispatch-lookahead N d2lpm: waiting requests per tenant a free seat matches (4)\n"
-	    "  --dispatch-at WHEN    baselines: admission (among workers with a free seat, by\n"
-	    "                        their caches) or arrival (SGLang's router) (admission)\n"
-	    "                        compare with --workers > 1: once per dispatch policy\n"
+	    "  --kv-blocks N (2048)  --block-size N (16)  --max-in-flight N (1048576)\n");
+	/* The scheduling core's options are ringserved's (daemon/sched/options.h). */
+	rs_sched_options_usage(stderr, RS_SCHED_USAGE_BATCHING);
+	fputs("  --workers N (1)       engine instances, each with --kv-blocks and --lanes;\n"
+	      "                        compare with --workers > 1: once per dispatch policy\n",
+	      stderr);
+	rs_sched_options_usage(stderr, RS_SCHED_USAGE_DISPATCH);
+	fprintf(
+	    stderr,
 	    "  --cost FILE           the step cost model (default: built in, this machine's CPU)\n"
 	    "  --json FILE           results as JSON too\n"
 	    "  --service-log FILE    each tenant's weighted service every second of virtual\n"
@@ -81,11 +73,6 @@ enum {
 	OPT_HINT,
 	OPT_SEED,
 	OPT_TRACE,
-	OPT_POLICY,
-	OPT_QUANTUM,
-	OPT_W_PROMPT,
-	OPT_W_OUTPUT,
-	OPT_NO_CACHE,
 	OPT_LANES,
 	OPT_MAX_BATCH,
 	OPT_MAX_TOKENS,
@@ -98,24 +85,12 @@ enum {
 	OPT_OUT,
 	OPT_STEP_LOG,
 	OPT_BACKEND,
-	OPT_PLANNER,
-	OPT_BINS,
-	OPT_BIN_BATCH,
-	OPT_BIN_MODE,
-	OPT_BIN_DEADLINE,
-	OPT_BIN_BOUNDARIES,
 	OPT_WORKERS,
-	OPT_DISPATCH,
-	OPT_LOAD_THRESHOLD,
-	OPT_CACHE_THRESHOLD,
-	OPT_DISPATCH_QUANTUM,
-	OPT_DISPATCH_LOOKAHEAD,
-	OPT_DISPATCH_AT,
 	OPT_SERVICE_LOG,
 	OPT_SERVICE_LOG_EVERY,
 };
 
-static const struct option options[] = {
+static const struct option own_options[] = {
     {"requests", required_argument, 0, OPT_REQUESTS},
     {"rate", required_argument, 0, OPT_RATE},
     {"tenants", required_argument, 0, OPT_TENANTS},
@@ -127,11 +102,6 @@ static const struct option options[] = {
     {"hint", no_argument, 0, OPT_HINT},
     {"seed", required_argument, 0, OPT_SEED},
     {"trace", required_argument, 0, OPT_TRACE},
-    {"policy", required_argument, 0, OPT_POLICY},
-    {"quantum", required_argument, 0, OPT_QUANTUM},
-    {"w-prompt", required_argument, 0, OPT_W_PROMPT},
-    {"w-output", required_argument, 0, OPT_W_OUTPUT},
-    {"no-prefix-cache", no_argument, 0, OPT_NO_CACHE},
     {"lanes", required_argument, 0, OPT_LANES},
     {"max-batch", required_argument, 0, OPT_MAX_BATCH},
     {"max-batch-tokens", required_argument, 0, OPT_MAX_TOKENS},
@@ -144,19 +114,7 @@ static const struct option options[] = {
     {"backend", required_argument, 0, OPT_BACKEND},
     {"out", required_argument, 0, OPT_OUT},
     {"step-log", required_argument, 0, OPT_STEP_LOG},
-    {"planner", required_argument, 0, OPT_PLANNER},
-    {"bins", required_argument, 0, OPT_BINS},
-    {"bin-batch", required_argument, 0, OPT_BIN_BATCH},
-    {"bin-mode", required_argument, 0, OPT_BIN_MODE},
-    {"bin-deadline-ms", required_argument, 0, OPT_BIN_DEADLINE},
-    {"bin-boundaries", required_argument, 0, OPT_BIN_BOUNDARIES},
     {"workers", required_argument, 0, OPT_WORKERS},
-    {"dispatch", required_argument, 0, OPT_DISPATCH},
-    {"load-threshold", required_argument, 0, OPT_LOAD_THRESHOLD},
-    {"cache-threshold", required_argument, 0, OPT_CACHE_THRESHOLD},
-    {"dispatch-quantum", required_argument, 0, OPT_DISPATCH_QUANTUM},
-    {"dispatch-lookahead", required_argument, 0, OPT_DISPATCH_LOOKAHEAD},
-    {"dispatch-at", required_argument, 0, OPT_DISPATCH_AT},
     {"service-log", required_argument, 0, OPT_SERVICE_LOG},
     {"service-log-every", required_argument, 0, OPT_SERVICE_LOG_EVERY},
     {0, 0, 0, 0},
@@ -276,9 +234,18 @@ int main(int argc, char **argv)
 	char err[512];
 	double v;
 	int opt, bad = 0;
+	struct option options[sizeof(own_options) / sizeof(own_options[0]) + RS_SCHED_OPTION_COUNT];
+	rs_sched_options_merge(own_options, options);
+	bool multibin = false;
+	const struct rs_sched_options sched = {.admission = &config.admission,
+					       .prefix_cache = &config.prefix_cache,
+					       .multibin = &multibin,
+					       .multibin_params = &config.multibin,
+					       .dispatch = &config.dispatch};
+	char why[128];
 	optind = 2;
 	while (!bad && (opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
-		const char *name = options[opt >= 256 ? opt - 256 : 0].name;
+		const char *name = rs_option_name(options, opt);
 		switch (opt) {
 		case OPT_REQUESTS:
 			bad = number(name, optarg, 1, 1e9, &v), gen.requests = (uint64_t)v;
@@ -313,24 +280,6 @@ int main(int argc, char **argv)
 			break;
 		case OPT_TRACE:
 			trace = optarg;
-			break;
-		case OPT_POLICY:
-			bad = rs_admission_policy_parse(optarg, &config.admission.policy);
-			if (bad)
-				fprintf(stderr,
-					"ringserve-sim: --policy: fcfs, lpm, vtc or dlpm\n");
-			break;
-		case OPT_QUANTUM:
-			bad = number(name, optarg, 1, 1e12, &config.admission.quantum);
-			break;
-		case OPT_W_PROMPT:
-			bad = number(name, optarg, 0, 1e6, &config.admission.w_prompt);
-			break;
-		case OPT_W_OUTPUT:
-			bad = number(name, optarg, 0, 1e6, &config.admission.w_output);
-			break;
-		case OPT_NO_CACHE:
-			config.prefix_cache = false;
 			break;
 		case OPT_LANES:
 			bad = number(name, optarg, 1, 64, &v), config.lanes = (uint32_t)v;
@@ -368,34 +317,6 @@ int main(int argc, char **argv)
 		case OPT_WORKERS:
 			bad = number(name, optarg, 1, 256, &v), config.workers = (uint32_t)v;
 			break;
-		case OPT_DISPATCH:
-			bad = rs_dispatch_policy_parse(optarg, &config.dispatch.policy);
-			if (bad)
-				fprintf(stderr, "ringserve-sim: --dispatch: d2lpm, round-robin, "
-						"least-loaded or cache-aware\n");
-			break;
-		case OPT_LOAD_THRESHOLD:
-			bad = number(name, optarg, 1, 1 << 20, &v);
-			config.dispatch.load_threshold = (uint32_t)v;
-			break;
-		case OPT_CACHE_THRESHOLD:
-			bad = number(name, optarg, 0, 1, &config.dispatch.cache_threshold);
-			break;
-		case OPT_DISPATCH_QUANTUM:
-			bad = number(name, optarg, 1, 1e12, &config.dispatch.quantum);
-			break;
-		case OPT_DISPATCH_LOOKAHEAD:
-			bad = number(name, optarg, 1, 1 << 20, &v);
-			config.dispatch.lookahead = (uint32_t)v;
-			break;
-		case OPT_DISPATCH_AT:
-			config.dispatch.at_arrival = strcmp(optarg, "arrival") == 0;
-			if (!config.dispatch.at_arrival && strcmp(optarg, "admission") != 0) {
-				fprintf(stderr,
-					"ringserve-sim: --dispatch-at: admission or arrival\n");
-				bad = 1;
-			}
-			break;
 		case OPT_THREADS:
 			bad = number(name, optarg, 0, 1024, &v), threads = (int)v;
 			break;
@@ -409,53 +330,19 @@ int main(int argc, char **argv)
 			backend = optarg;
 			bad = strcmp(backend, "cpu") && strcmp(backend, "cuda");
 			break;
-		case OPT_PLANNER:
-			if (strcmp(optarg, "multibin") == 0)
-				config.planner = &rs_planner_multibin;
-			else if (strcmp(optarg, "continuous") != 0)
-				bad = 1,
-				fprintf(stderr,
-					"ringserve-sim: --planner: continuous or multibin\n");
-			break;
-		case OPT_BINS:
-			bad = number(name, optarg, 1, RS_MULTIBIN_MAX_BINS, &v);
-			config.multibin.bins = (uint32_t)v;
-			break;
-		case OPT_BIN_BATCH:
-			bad = number(name, optarg, 1, 65536, &v),
-			config.multibin.batch = (uint32_t)v;
-			break;
-		case OPT_BIN_MODE:
-			config.multibin.continuous = strcmp(optarg, "continuous") == 0;
-			if (!config.multibin.continuous && strcmp(optarg, "static") != 0)
-				bad = 1,
-				fprintf(stderr,
-					"ringserve-sim: --bin-mode: static or continuous\n");
-			break;
-		case OPT_BIN_DEADLINE:
-			bad = number(name, optarg, 0.001, 1e9, &v);
-			config.multibin.deadline_ns = (uint64_t)(v * 1e6);
-			break;
-		case OPT_BIN_BOUNDARIES: {
-			char *p = optarg, *end;
-			for (uint32_t i = 0; *p && !bad; i++) {
-				unsigned long b = strtoul(p, &end, 10);
-				bad = end == p || i >= RS_MULTIBIN_MAX_BINS - 1 || b == 0 ||
-				      (*end && *end != ',');
-				if (!bad)
-					config.multibin.boundaries[i] = (uint32_t)b;
-				p = *end ? end + 1 : end;
-			}
-			if (bad)
-				fprintf(stderr,
-					"ringserve-sim: --bin-boundaries: lengths L1,L2,...\n");
-			break;
-		}
 		default:
-			bad = 1;
+			if (!rs_sched_option_is(opt)) {
+				bad = 1;
+				break;
+			}
+			bad = rs_sched_option_parse(&sched, opt, optarg, why, sizeof(why)) != 0;
+			if (bad)
+				fprintf(stderr, "ringserve-sim: --%s: expected %s, got \"%s\"\n",
+					name, why, optarg);
 			break;
 		}
 	}
+	config.planner = multibin ? &rs_planner_multibin : NULL;
 	if (bad || optind != argc) {
 		usage();
 		return 2;
