@@ -113,12 +113,19 @@ static float quantize_block_k(int8_t *q, const float *x)
 	return 1.0f / iscale;
 }
 
-static void quantize_activations(struct act_row a, const float *x, uint32_t k)
+/* Which quantizations of the activations a matrix's parts read. */
+struct act_needs {
+	bool q8_0; /* Q8_0 or Q4_0 parts: q and d */
+	bool k;	   /* K-quant parts: qk, dk and sumk16 */
+};
+
+static void quantize_activations(struct act_row a, const float *x, uint32_t k,
+				 struct act_needs needs)
 {
-	for (uint32_t b = 0; b < k / 32; b++)
+	for (uint32_t b = 0; needs.q8_0 && b < k / 32; b++)
 		a.d[b] = quantize_block(a.q + 32 * b, x + 32 * b, 32);
 	/* A row whose k is not a multiple of 256 has no K-quant weights. */
-	for (uint32_t b = 0; b < k / 256; b++) {
+	for (uint32_t b = 0; needs.k && b < k / 256; b++) {
 		a.dk[b] = quantize_block_k(a.qk + 256 * b, x + 256 * b);
 		for (int g = 0; g < 16; g++) {
 			int32_t sum = 0;
@@ -314,6 +321,99 @@ AVX2 static inline int32_t hsum_epi32(__m256i v)
 	s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
 	s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
 	return _mm_cvtsi128_si32(s);
+}
+
+/* The largest of v's lanes. */
+AVX2 static inline float hmax_ps(__m256 v)
+{
+	__m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+	m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+	m = _mm_max_ss(m, _mm_movehdup_ps(m));
+	return _mm_cvtss_f32(m);
+}
+
+/* 32 int32 (four vectors, in order) to 32 int8 at q, saturating (the values fit). */
+AVX2 static inline void store_i8x32(int8_t *q, const __m256i v[4])
+{
+	/* the packs work within 128-bit halves: the permute puts the 4-byte runs back */
+	__m256i bytes =
+	    _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+	bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+	_mm256_storeu_si256((__m256i *)q, bytes);
+}
+
+/* quantize_block on 32 elements, the same bits (cvtps2dq rounds to nearest even, as
+ * lrintf in the default rounding mode; the same multiplies). */
+AVX2 static float quantize_block32_avx2(int8_t *q, const float *x)
+{
+	const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+	__m256 v[4], amax = _mm256_setzero_ps();
+	for (int i = 0; i < 4; i++) {
+		v[i] = _mm256_loadu_ps(x + 8 * i);
+		amax = _mm256_max_ps(amax, _mm256_and_ps(v[i], abs_mask));
+	}
+	float d = hmax_ps(amax) / 127.0f, inv = d ? 1.0f / d : 0.0f;
+	__m256i n[4];
+	for (int i = 0; i < 4; i++) {
+		n[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], _mm256_set1_ps(inv)));
+		n[i] = _mm256_max_epi32(_mm256_min_epi32(n[i], _mm256_set1_epi32(127)),
+					_mm256_set1_epi32(-127));
+	}
+	store_i8x32(q, n);
+	return d;
+}
+
+/* quantize_block_k and its 16 group sums, the same bits. */
+AVX2 static float quantize_block_k_avx2(int8_t *q, int16_t *sums16, const float *x)
+{
+	const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+	__m256 amax_v = _mm256_setzero_ps();
+	for (int i = 0; i < 32; i++)
+		amax_v = _mm256_max_ps(amax_v, _mm256_and_ps(_mm256_loadu_ps(x + 8 * i), abs_mask));
+	float amax = hmax_ps(amax_v);
+	if (amax == 0) {
+		memset(q, 0, 256);
+		memset(sums16, 0, 16 * sizeof(*sums16));
+		return 0;
+	}
+	/* the first element of largest magnitude, with its sign, as the C loop takes it */
+	float max = 0;
+	for (int i = 0; i < 32; i++) {
+		__m256 a = _mm256_and_ps(_mm256_loadu_ps(x + 8 * i), abs_mask);
+		int hits = _mm256_movemask_ps(_mm256_cmp_ps(a, _mm256_set1_ps(amax), _CMP_EQ_OQ));
+		if (hits) {
+			max = x[8 * i + __builtin_ctz((unsigned)hits)];
+			break;
+		}
+	}
+	float iscale = -127.0f / max;
+	const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+	for (int b = 0; b < 8; b++) {
+		__m256i n[4];
+		for (int i = 0; i < 4; i++)
+			n[i] = _mm256_min_epi32(
+			    _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_set1_ps(iscale),
+							     _mm256_loadu_ps(x + 32 * b + 8 * i))),
+			    _mm256_set1_epi32(127));
+		store_i8x32(q + 32 * b, n);
+		/* sums of 16: pairs (vpmaddubsw by ones), fours, then two hadds in each half */
+		__m256i s =
+		    _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, load32(q + 32 * b)), ones16);
+		s = _mm256_hadd_epi32(s, s);
+		s = _mm256_hadd_epi32(s, s);
+		sums16[2 * b] = (int16_t)_mm256_extract_epi32(s, 0);
+		sums16[2 * b + 1] = (int16_t)_mm256_extract_epi32(s, 4);
+	}
+	return 1.0f / iscale;
+}
+
+AVX2 static void quantize_activations_avx2(struct act_row a, const float *x, uint32_t k,
+					   struct act_needs needs)
+{
+	for (uint32_t b = 0; needs.q8_0 && b < k / 32; b++)
+		a.d[b] = quantize_block32_avx2(a.q + 32 * b, x + 32 * b);
+	for (uint32_t b = 0; needs.k && b < k / 256; b++)
+		a.dk[b] = quantize_block_k_avx2(a.qk + 256 * b, a.sumk16 + 16 * b, x + 256 * b);
 }
 
 /* 64 codes of a Q4_K or Q5_K super-block from its 32 packed bytes: the low nibbles (the
@@ -731,15 +831,26 @@ static void gemm_small(float *y, size_t ldy, const float *x, size_t ldx, uint32_
 		return;
 	}
 	char *mem = heap_mem ? heap_mem : stack_mem;
-	struct act_row act[RS_QUANT_SMALL_BATCH];
-	for (uint32_t i = 0; i < m; i++) {
-		act[i] = act_row_at(mem + i * row_bytes, k);
-		quantize_activations(act[i], x + i * ldx, k);
+	struct act_needs needs = {false, false};
+	for (uint32_t i = 0; i < w->n_quant_parts; i++) {
+		bool kq = rs_dtype_block_elems(w->quant_parts[i].dtype) == RS_QK_K;
+		needs.k |= kq;
+		needs.q8_0 |= !kq;
 	}
 	bool avx2 = false;
 #ifdef RS_HAVE_X86_KERNELS
 	avx2 = isa >= RS_ISA_AVX2 && rs_cpu_has_f16c();
 #endif
+	struct act_row act[RS_QUANT_SMALL_BATCH];
+	for (uint32_t i = 0; i < m; i++) {
+		act[i] = act_row_at(mem + i * row_bytes, k);
+#ifdef RS_HAVE_X86_KERNELS
+		if (avx2)
+			quantize_activations_avx2(act[i], x + i * ldx, k, needs);
+		else
+#endif
+			quantize_activations(act[i], x + i * ldx, k, needs);
+	}
 	/* Without the group kernel, interleaved rows are unpacked one at a time. */
 	uint8_t *unpacked = NULL;
 	if (!avx2 && any_interleaved(w) && !(unpacked = malloc(max_row_bytes(w)))) {
