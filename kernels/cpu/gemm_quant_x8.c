@@ -61,6 +61,16 @@ static uint32_t slot(enum rs_dtype dtype, uint32_t o, uint32_t r, uint32_t *size
 	return dtype == RS_DTYPE_Q4_K ? q4k_slot(o, r, size) : q6k_slot(o, r, size);
 }
 
+/* A unit's bytes (constant sizes: moves, not calls to memcpy; the prefill unpacks
+ * every interleaved row it dequantizes). */
+static inline void copy_unit(uint8_t *dst, const uint8_t *src, uint32_t size)
+{
+	if (size == 4)
+		memcpy(dst, src, 4);
+	else
+		memcpy(dst, src, 2);
+}
+
 void rs_qx8_pack(uint8_t *group, const uint8_t *rows, enum rs_dtype dtype, uint32_t k)
 {
 	size_t bb = rs_dtype_block_bytes(dtype), row_bytes = rs_dtype_row_bytes(dtype, k);
@@ -70,7 +80,7 @@ void rs_qx8_pack(uint8_t *group, const uint8_t *rows, enum rs_dtype dtype, uint3
 			const uint8_t *src = rows + r * row_bytes + s * bb;
 			for (uint32_t o = 0, size; o < bb; o += size) {
 				uint32_t at = slot(dtype, o, r, &size);
-				memcpy(block + at, src + o, size);
+				copy_unit(block + at, src + o, size);
 			}
 		}
 	}
@@ -84,7 +94,7 @@ void rs_qx8_unpack_row(uint8_t *row, const uint8_t *group, uint32_t r, enum rs_d
 		const uint8_t *block = group + (size_t)s * RS_QX8_ROWS * bb;
 		for (uint32_t o = 0, size; o < bb; o += size) {
 			uint32_t at = slot(dtype, o, r, &size);
-			memcpy(row + s * bb + o, block + at, size);
+			copy_unit(row + s * bb + o, block + at, size);
 		}
 	}
 }
