@@ -232,7 +232,7 @@ static void test_products(const enum rs_dtype *types, uint32_t n_parts, const ui
 	for (uint32_t c = 0; c < n; c++)
 		rs_packed_get_row(&pm, c, file_rows + (size_t)c * k);
 
-	/* Copied as the engine copies it, which interleaves Q4_K and Q6_K rows by eight on
+	/* Copied as the engine copies it, which interleaves K-quant rows by eight on
 	 * an AVX2 + F16C CPU (the rest of a part, n_rows % 8, stays row by row): within the
 	 * bound and the portable kernel's bits on the rows as in the file, at every ISA,
 	 * whole or cut into one call per panel as the threads cut it (where a part does not
@@ -240,7 +240,7 @@ static void test_products(const enum rs_dtype *types, uint32_t n_parts, const ui
 	REQUIRE(rs_packed_quant_copy(&pm) == 0);
 	bool x8 = rs_cpu_isa() >= RS_ISA_AVX2 && rs_cpu_has_f16c();
 	for (uint32_t p = 0; p < n_parts; p++) {
-		bool kq = types[p] == RS_DTYPE_Q4_K || types[p] == RS_DTYPE_Q6_K;
+		bool kq = ref_block_elems(types[p]) == 256;
 		CHECK(pm.quant_parts[p].interleaved_rows == (x8 && kq ? part_n[p] / 8 * 8 : 0),
 		      "%s part %u: %u rows interleaved", what, p,
 		      pm.quant_parts[p].interleaved_rows);
@@ -316,6 +316,7 @@ int main(void)
 	test_products(shifted, 3, shifted_n, 512, "mixed q6_k|q4_k|q8_0");
 	for (uint32_t n = 3; n <= 13; n += 10) {
 		test_products(&mixed[0], 1, &n, 256, "q4_k, odd rows");
+		test_products(&formats[3], 1, &n, 256, "q5_k, odd rows");
 		test_products(&mixed[1], 1, &n, 256, "q6_k, odd rows");
 	}
 	test_malformed();

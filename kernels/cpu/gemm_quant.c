@@ -13,7 +13,7 @@
  * step per element: |err| <= sum_i |w_i| * d_i / 2 with d_i = amax(block)/127) and
  * from f32 summation; tests/model_quant_formats.c checks that bound.
  *
- * Q4_K and Q6_K rows copied at load are interleaved eight at a time, and decode runs
+ * Q4_K, Q5_K and Q6_K rows copied at load are interleaved eight at a time, and decode runs
  * eight of them at once (gemm_quant_x8.c, the same bits).
  *
  * Prefill (larger m): a panel of 48 weight rows at a time is dequantized to f32 and

@@ -8,6 +8,9 @@
  *   codes as 32 steps (l, c) = (0..7, 0..3) of 32 bytes, each 4 bytes of every row: bytes
  *   32c + 4l .. +3 of row r's codes (elements 4l.. of sub-blocks 2c, low nibbles, and
  *   2c + 1, high nibbles) at 128 + 32 (4l + c) + 4r.
+ * Q5_K (8 x 176 bytes): as Q4_K, but each l of the codes is 160 bytes, starting with
+ *   bytes 4l .. +3 of every row's fifth bits (qh) at 128 + 160 l + 4r, then the 32-byte
+ *   steps (l, c) at 128 + 160 l + 32 + 32c + 4r.
  * Q6_K (8 x 210 bytes): d of row r at 2r; the 16 int8 scales as four 4-byte words, word
  *   u of row r at 16 + 32u + 4r; then 16 steps (l, h) = (0..7, 0..1) of 96 bytes: for
  *   every row 4 bytes at ql + 64h + 4l (A), at ql + 64h + 32 + 4l (B) and at
@@ -21,82 +24,76 @@
 
 bool rs_qx8_format(enum rs_dtype dtype)
 {
-	return dtype == RS_DTYPE_Q4_K || dtype == RS_DTYPE_Q6_K;
+	return dtype == RS_DTYPE_Q4_K || dtype == RS_DTYPE_Q5_K || dtype == RS_DTYPE_Q6_K;
 }
 
-/* Where the unit at byte o of row r's super-block goes in the group's block; *size: the
- * unit's bytes (units never straddle the fields above). */
-static uint32_t q4k_slot(uint32_t o, uint32_t r, uint32_t *size)
+/* n bytes between the file's layout (at row) and the group's (at block): into the group
+ * when packing, back when not (n constant: moves, not calls to memcpy). */
+static inline void move(uint8_t *row, uint8_t *block, size_t n, bool pack)
 {
-	if (o < 4) {
-		*size = 2;
-		return 16 * (o / 2) + 2 * r;
-	}
-	*size = 4;
-	if (o < 16)
-		return 32 + 32 * ((o - 4) / 4) + 4 * r;
-	uint32_t q = o - 16, c = q / 32, l = q % 32 / 4;
-	return 128 + 32 * (4 * l + c) + 4 * r;
-}
-
-static uint32_t q6k_slot(uint32_t o, uint32_t r, uint32_t *size)
-{
-	*size = 4;
-	if (o < 128) { /* ql */
-		uint32_t h = o / 64, b = o % 64 / 32, l = o % 32 / 4;
-		return 144 + 96 * (2 * l + h) + 32 * b + 4 * r;
-	}
-	if (o < 192) { /* qh */
-		uint32_t h = (o - 128) / 32, l = (o - 128) % 32 / 4;
-		return 144 + 96 * (2 * l + h) + 64 + 4 * r;
-	}
-	if (o < 208) /* scales */
-		return 16 + 32 * ((o - 192) / 4) + 4 * r;
-	*size = 2;
-	return 2 * r;
-}
-
-static uint32_t slot(enum rs_dtype dtype, uint32_t o, uint32_t r, uint32_t *size)
-{
-	return dtype == RS_DTYPE_Q4_K ? q4k_slot(o, r, size) : q6k_slot(o, r, size);
-}
-
-/* A unit's bytes (constant sizes: moves, not calls to memcpy; the prefill unpacks
- * every interleaved row it dequantizes). */
-static inline void copy_unit(uint8_t *dst, const uint8_t *src, uint32_t size)
-{
-	if (size == 4)
-		memcpy(dst, src, 4);
+	if (pack)
+		memcpy(block, row, n);
 	else
-		memcpy(dst, src, 2);
+		memcpy(row, block, n);
+}
+
+/* One super-block of row r of a group, in the layouts above, the one way or the other. */
+static void move_k45(uint8_t *row, uint8_t *block, uint32_t r, bool five, bool pack)
+{
+	move(row, block + 2 * r, 2, pack);
+	move(row + 2, block + 16 + 2 * r, 2, pack);
+	for (int word = 0; word < 3; word++)
+		move(row + 4 + 4 * word, block + 32 + 32 * word + 4 * r, 4, pack);
+	uint32_t qs = five ? 48 : 16, step = five ? 160 : 128, codes = five ? 32 : 0;
+	for (int l = 0; l < 8; l++) {
+		if (five)
+			move(row + 16 + 4 * l, block + 128 + step * l + 4 * r, 4, pack);
+		for (int c = 0; c < 4; c++)
+			move(row + qs + 32 * c + 4 * l,
+			     block + 128 + step * l + codes + 32 * c + 4 * r, 4, pack);
+	}
+}
+
+static void move_q6k(uint8_t *row, uint8_t *block, uint32_t r, bool pack)
+{
+	move(row + 208, block + 2 * r, 2, pack);
+	for (int u = 0; u < 4; u++)
+		move(row + 192 + 4 * u, block + 16 + 32 * u + 4 * r, 4, pack);
+	for (int l = 0; l < 8; l++)
+		for (int h = 0; h < 2; h++) {
+			uint8_t *step = block + 144 + 96 * (2 * l + h) + 4 * r;
+			move(row + 64 * h + 4 * l, step, 4, pack);
+			move(row + 64 * h + 32 + 4 * l, step + 32, 4, pack);
+			move(row + 128 + 32 * h + 4 * l, step + 64, 4, pack);
+		}
+}
+
+/* Row r's super-blocks (k elements) between row and the group; the const qualifiers of
+ * the public calls hold: only the destination is written. */
+static void move_row(uint8_t *row, uint8_t *group, uint32_t r, enum rs_dtype dtype, uint32_t k,
+		     bool pack)
+{
+	size_t bb = rs_dtype_block_bytes(dtype);
+	for (uint32_t s = 0; s < k / RS_QK_K; s++) {
+		uint8_t *block = group + (size_t)s * RS_QX8_ROWS * bb;
+		if (dtype == RS_DTYPE_Q6_K)
+			move_q6k(row + s * bb, block, r, pack);
+		else
+			move_k45(row + s * bb, block, r, dtype == RS_DTYPE_Q5_K, pack);
+	}
 }
 
 void rs_qx8_pack(uint8_t *group, const uint8_t *rows, enum rs_dtype dtype, uint32_t k)
 {
-	size_t bb = rs_dtype_block_bytes(dtype), row_bytes = rs_dtype_row_bytes(dtype, k);
-	for (uint32_t s = 0; s < k / RS_QK_K; s++) {
-		uint8_t *block = group + (size_t)s * RS_QX8_ROWS * bb;
-		for (uint32_t r = 0; r < RS_QX8_ROWS; r++) {
-			const uint8_t *src = rows + r * row_bytes + s * bb;
-			for (uint32_t o = 0, size; o < bb; o += size) {
-				uint32_t at = slot(dtype, o, r, &size);
-				copy_unit(block + at, src + o, size);
-			}
-		}
-	}
+	size_t row_bytes = rs_dtype_row_bytes(dtype, k);
+	for (uint32_t r = 0; r < RS_QX8_ROWS; r++)
+		move_row((uint8_t *)(uintptr_t)(rows + r * row_bytes), group, r, dtype, k, true);
 }
 
 void rs_qx8_unpack_row(uint8_t *row, const uint8_t *group, uint32_t r, enum rs_dtype dtype,
 		       uint32_t k)
 {
-	size_t bb = rs_dtype_block_bytes(dtype);
-	for (uint32_t s = 0; s < k / RS_QK_K; s++) {
-		const uint8_t *block = group + (size_t)s * RS_QX8_ROWS * bb;
-		for (uint32_t o = 0, size; o < bb; o += size) {
-			uint32_t at = slot(dtype, o, r, &size);
-			copy_unit(row + s * bb + o, block + at, size);
-		}
-	}
+	move_row(row, (uint8_t *)(uintptr_t)group, r, dtype, k, false);
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -142,19 +139,25 @@ AVX2 static inline __m256i lane_bytes_mask(int i0, int i1)
 	return _mm256_broadcastsi128_si256(m);
 }
 
-AVX2 static void dot_q4k_x8(float out[RS_QX8_ROWS], const uint8_t *group, struct rs_act_k a,
-			    uint32_t k)
+/* Bit j of every byte of v moved to bit 4 (other bits left: the caller masks them). */
+AVX2 static inline __m256i bit_at_4(__m256i v, int j)
 {
-	enum { BLOCK = RS_QX8_ROWS * 144 };
+	return j <= 4 ? _mm256_slli_epi16(v, 4 - j) : _mm256_srli_epi16(v, j - 4);
+}
+
+AVX2 static inline __attribute__((always_inline)) void
+dot_k45_x8(float out[RS_QX8_ROWS], const uint8_t *group, struct rs_act_k a, uint32_t k, bool five)
+{
+	const uint32_t BLOCK = RS_QX8_ROWS * (five ? 176 : 144);
 	const __m256i low4 = _mm256_set1_epi8(15), low6 = _mm256_set1_epi8(63),
-		      bits45 = _mm256_set1_epi8(0x30);
+		      bits45 = _mm256_set1_epi8(0x30), bit4 = _mm256_set1_epi8(0x10);
 	/* scale of sub-block 4h + t: byte t of a lane, as int16 twice; mins in pairs */
 	const __m256i next_byte = _mm256_set1_epi16(1), scale_mask0 = lane_bytes_mask(0, 0),
 		      mins_mask[2] = {lane_bytes_mask(0, 1), lane_bytes_mask(2, 3)};
 	__m256 acc[8];
 	_Pragma("GCC unroll 8") for (int l = 0; l < 8; l++) acc[l] = _mm256_setzero_ps();
 	for (uint32_t s = 0; s < k / RS_QK_K; s++, group += BLOCK) {
-		_Pragma("GCC unroll 8") for (int off = 0; off < BLOCK; off += 64)
+		_Pragma("GCC unroll 8") for (uint32_t off = 0; off < BLOCK; off += 64)
 		    _mm_prefetch((const char *)group + PREFETCH_BYTES + off, _MM_HINT_T0);
 		const int8_t *x = a.qk + RS_QK_K * s;
 		/* k_scales_mins of gemm_quant.c, for eight rows at once: sc[0] holds the
@@ -194,12 +197,22 @@ AVX2 static void dot_q4k_x8(float out[RS_QX8_ROWS], const uint8_t *group, struct
 		const uint8_t *codes = group + 128;
 		_Pragma("GCC unroll 8") for (int l = 0; l < 8; l++)
 		{
-			__m256i sumi = _mm256_setzero_si256();
+			__m256i sumi = _mm256_setzero_si256(), qh = _mm256_setzero_si256();
+			if (five) {
+				qh = load32(codes);
+				codes += 32;
+			}
 			_Pragma("GCC unroll 8") for (int c = 0; c < 4; c++, codes += 32)
 			{
 				__m256i packed = load32(codes);
 				__m256i lo = _mm256_and_si256(packed, low4),
 					hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
+				if (five) { /* bit j of a byte of qh: sub-block j's fifth bits */
+					lo = _mm256_or_si256(
+					    lo, _mm256_and_si256(bit_at_4(qh, 2 * c), bit4));
+					hi = _mm256_or_si256(
+					    hi, _mm256_and_si256(bit_at_4(qh, 2 * c + 1), bit4));
+				}
 				__m256i x_lo = broadcast4(x + 64 * c + 4 * l),
 					x_hi = broadcast4(x + 64 * c + 32 + 4 * l);
 				sumi = _mm256_add_epi32(
@@ -299,7 +312,9 @@ AVX2 void rs_qx8_dot_avx2(float out[RS_QX8_ROWS], const uint8_t *group, enum rs_
 			  struct rs_act_k a, uint32_t k)
 {
 	if (dtype == RS_DTYPE_Q4_K)
-		dot_q4k_x8(out, group, a, k);
+		dot_k45_x8(out, group, a, k, false);
+	else if (dtype == RS_DTYPE_Q5_K)
+		dot_k45_x8(out, group, a, k, true);
 	else
 		dot_q6k_x8(out, group, a, k);
 }
