@@ -14,7 +14,10 @@
  *   activations round to nearest: half a step each; the weights are exact) and the
  *   second term covers f32 scaling and summation; the ISAs give the same bits; the large
  *   batch path (dequantized panels, SGEMM) within 2^-16 sum |w_i x_i|; a fused matrix of
- *   mixed formats; accumulate. */
+ *   mixed formats; accumulate;
+ * - the same matrices after rs_packed_quant_copy, which interleaves K-quant rows by eight
+ *   (kernels/cpu/gemm_quant_x8.h): the same bound, the portable kernel's bits on the rows
+ *   as in the file, whole or one call per panel, and every row read back unchanged. */
 #include <errno.h>
 #include <math.h>
 #include <stdint.h>
