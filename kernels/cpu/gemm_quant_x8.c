@@ -155,10 +155,13 @@ dot_k45_x8(float out[RS_QX8_ROWS], const uint8_t *group, struct rs_act_k a, uint
 	const __m256i next_byte = _mm256_set1_epi16(1), scale_mask0 = lane_bytes_mask(0, 0),
 		      mins_mask[2] = {lane_bytes_mask(0, 1), lane_bytes_mask(2, 3)};
 	__m256 acc[8];
-	_Pragma("GCC unroll 8") for (int l = 0; l < 8; l++) acc[l] = _mm256_setzero_ps();
+#pragma GCC unroll 8
+	for (int l = 0; l < 8; l++)
+		acc[l] = _mm256_setzero_ps();
 	for (uint32_t s = 0; s < k / RS_QK_K; s++, group += BLOCK) {
-		_Pragma("GCC unroll 8") for (uint32_t off = 0; off < BLOCK; off += 64)
-		    _mm_prefetch((const char *)group + PREFETCH_BYTES + off, _MM_HINT_T0);
+#pragma GCC unroll 8
+		for (uint32_t off = 0; off < BLOCK; off += 64)
+			_mm_prefetch((const char *)group + PREFETCH_BYTES + off, _MM_HINT_T0);
 		const int8_t *x = a.qk + RS_QK_K * s;
 		/* k_scales_mins of gemm_quant.c, for eight rows at once: sc[0] holds the
 		 * scales of sub-blocks 0..3 (a byte each), sc[1] those of 4..7, m the mins */
@@ -174,36 +177,40 @@ dot_k45_x8(float out[RS_QX8_ROWS], const uint8_t *group, struct rs_act_k a, uint
 				    _mm256_and_si256(_mm256_srli_epi32(wb, 2), bits45)),
 		};
 		__m256i scale16[8];
-		_Pragma("GCC unroll 8") for (int h = 0; h < 2; h++)
-		{
+#pragma GCC unroll 8
+		for (int h = 0; h < 2; h++) {
 			__m256i mask = scale_mask0;
-			_Pragma("GCC unroll 8") for (int t = 0; t < 4;
-						     t++, mask = _mm256_add_epi16(mask, next_byte))
-			    scale16[4 * h + t] = _mm256_shuffle_epi8(sc[h], mask);
+#pragma GCC unroll 8
+			for (int t = 0; t < 4; t++, mask = _mm256_add_epi16(mask, next_byte))
+				scale16[4 * h + t] = _mm256_shuffle_epi8(sc[h], mask);
 		}
 		/* summ = sum_j m_j (sumk16[2j] + sumk16[2j + 1]), in vpmaddwd by pairs of j */
 		int16_t pair_sums[8];
-		_Pragma("GCC unroll 8") for (int j = 0; j < 8; j++) pair_sums[j] =
-		    (int16_t)(a.sumk16[16 * s + 2 * j] + a.sumk16[16 * s + 2 * j + 1]);
+#pragma GCC unroll 8
+		for (int j = 0; j < 8; j++)
+			pair_sums[j] =
+			    (int16_t)(a.sumk16[16 * s + 2 * j] + a.sumk16[16 * s + 2 * j + 1]);
 		__m256i summ = _mm256_setzero_si256();
-		_Pragma("GCC unroll 8") for (int p = 0; p < 4; p++) summ = _mm256_add_epi32(
-		    summ, _mm256_madd_epi16(_mm256_shuffle_epi8(m[p / 2], mins_mask[p % 2]),
-					    broadcast4(pair_sums + 2 * p)));
+#pragma GCC unroll 8
+		for (int p = 0; p < 4; p++)
+			summ = _mm256_add_epi32(
+			    summ, _mm256_madd_epi16(_mm256_shuffle_epi8(m[p / 2], mins_mask[p % 2]),
+						    broadcast4(pair_sums + 2 * p)));
 		__m256 dk = _mm256_set1_ps(a.dk[s]);
 		__m256 scale = _mm256_mul_ps(
 			   _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)group)), dk),
 		       min_scale = _mm256_mul_ps(
 			   _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(group + 16))), dk);
 		const uint8_t *codes = group + 128;
-		_Pragma("GCC unroll 8") for (int l = 0; l < 8; l++)
-		{
+#pragma GCC unroll 8
+		for (int l = 0; l < 8; l++) {
 			__m256i sumi = _mm256_setzero_si256(), qh = _mm256_setzero_si256();
 			if (five) {
 				qh = load32(codes);
 				codes += 32;
 			}
-			_Pragma("GCC unroll 8") for (int c = 0; c < 4; c++, codes += 32)
-			{
+#pragma GCC unroll 8
+			for (int c = 0; c < 4; c++, codes += 32) {
 				__m256i packed = load32(codes);
 				__m256i lo = _mm256_and_si256(packed, low4),
 					hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
@@ -243,39 +250,43 @@ AVX2 static void dot_q6k_x8(float out[RS_QX8_ROWS], const uint8_t *group, struct
 		      pair_mask[2] = {_mm256_slli_epi16(lane_bytes_mask(0, 1), 8),
 				      _mm256_slli_epi16(lane_bytes_mask(2, 3), 8)};
 	__m256 acc[8];
-	_Pragma("GCC unroll 8") for (int l = 0; l < 8; l++) acc[l] = _mm256_setzero_ps();
+#pragma GCC unroll 8
+	for (int l = 0; l < 8; l++)
+		acc[l] = _mm256_setzero_ps();
 	for (uint32_t s = 0; s < k / RS_QK_K; s++, group += BLOCK) {
-		_Pragma("GCC unroll 8") for (int off = 0; off < BLOCK; off += 64)
-		    _mm_prefetch((const char *)group + PREFETCH_BYTES + off, _MM_HINT_T0);
+#pragma GCC unroll 8
+		for (int off = 0; off < BLOCK; off += 64)
+			_mm_prefetch((const char *)group + PREFETCH_BYTES + off, _MM_HINT_T0);
 		const int8_t *x = a.qk + RS_QK_K * s;
 		const int16_t *group_sums = a.sumk16 + 16 * s;
 		/* scale16[g]: scale of group g of 16 as int16 twice; offset: 32 times the
 		 * scales by their groups' sums, in vpmaddwd by pairs of groups */
 		__m256i scale16[16], offset = _mm256_setzero_si256();
-		_Pragma("GCC unroll 8") for (int u = 0; u < 4; u++)
-		{
+#pragma GCC unroll 8
+		for (int u = 0; u < 4; u++) {
 			__m256i word = load32(group + 16 + 32 * u), mask = scale_mask0;
-			_Pragma("GCC unroll 8") for (int t = 0; t < 4;
-						     t++, mask = _mm256_add_epi16(mask, next_byte))
-			    scale16[4 * u + t] =
-				_mm256_srai_epi16(_mm256_shuffle_epi8(word, mask), 8);
-			_Pragma("GCC unroll 8") for (int p = 0; p < 2; p++) offset =
-			    _mm256_add_epi32(
-				offset,
-				_mm256_madd_epi16(
-				    _mm256_srai_epi16(_mm256_shuffle_epi8(word, pair_mask[p]), 8),
-				    broadcast4(group_sums + 4 * u + 2 * p)));
+#pragma GCC unroll 8
+			for (int t = 0; t < 4; t++, mask = _mm256_add_epi16(mask, next_byte))
+				scale16[4 * u + t] =
+				    _mm256_srai_epi16(_mm256_shuffle_epi8(word, mask), 8);
+#pragma GCC unroll 8
+			for (int p = 0; p < 2; p++)
+				offset = _mm256_add_epi32(
+				    offset, _mm256_madd_epi16(
+						_mm256_srai_epi16(
+						    _mm256_shuffle_epi8(word, pair_mask[p]), 8),
+						broadcast4(group_sums + 4 * u + 2 * p)));
 		}
 		offset = _mm256_slli_epi32(offset, 5);
 		__m256 scale =
 		    _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)group)),
 				  _mm256_set1_ps(a.dk[s]));
 		const uint8_t *codes = group + 144;
-		_Pragma("GCC unroll 8") for (int l = 0; l < 8; l++)
-		{
+#pragma GCC unroll 8
+		for (int l = 0; l < 8; l++) {
 			__m256i sumi = _mm256_setzero_si256();
-			_Pragma("GCC unroll 8") for (int h = 0; h < 2; h++, codes += 96)
-			{
+#pragma GCC unroll 8
+			for (int h = 0; h < 2; h++, codes += 96) {
 				__m256i qa = load32(codes), qb = load32(codes + 32),
 					qh = load32(codes + 64);
 				__m256i q[4] = {
@@ -284,8 +295,8 @@ AVX2 static void dot_q6k_x8(float out[RS_QX8_ROWS], const uint8_t *group, struct
 				    _mm256_and_si256(_mm256_srli_epi16(qa, 4), low4),
 				    _mm256_and_si256(_mm256_srli_epi16(qb, 4), low4),
 				};
-				_Pragma("GCC unroll 8") for (int t = 0; t < 4; t++)
-				{
+#pragma GCC unroll 8
+				for (int t = 0; t < 4; t++) {
 					__m256i high = _mm256_and_si256(
 					    t ? _mm256_srli_epi16(qh, 2 * t) : qh, low2);
 					__m256i v =
