@@ -14,7 +14,10 @@
  *   activations round to nearest: half a step each; the weights are exact) and the
  *   second term covers f32 scaling and summation; the ISAs give the same bits; the large
  *   batch path (dequantized panels, SGEMM) within 2^-16 sum |w_i x_i|; a fused matrix of
- *   mixed formats; accumulate. */
+ *   mixed formats; accumulate;
+ * - the same matrices after rs_packed_quant_copy, which interleaves K-quant rows by eight
+ *   (kernels/cpu/gemm_quant_x8.h): the same bound, the portable kernel's bits on the rows
+ *   as in the file, whole or one call per panel, and every row read back unchanged. */
 #include <errno.h>
 #include <math.h>
 #include <stdint.h>
@@ -214,26 +217,67 @@ static void test_products(const enum rs_dtype *types, uint32_t n_parts, const ui
 	float *x = malloc(sizeof(float) * m_max * k);
 	for (size_t i = 0; i < (size_t)m_max * k; i++)
 		x[i] = (float)(test_uniform(&s) * (1 + (i / 32) % 4));
-	float *y = malloc(sizeof(float) * m_max * n),
-	      *y_portable = malloc(sizeof(float) * m_max * n);
+	float *y = malloc(sizeof(float) * m_max * n), *y_portable[4];
 	const uint8_t *const *crow = (const uint8_t *const *)rows;
-	for (uint32_t m = 1; m <= m_max; m += (m < 3 ? 1 : 9)) {
-		product_case(&pm, crow, types, part_n, m, RS_ISA_PORTABLE, y_portable, x, false,
+	for (uint32_t m = 1, t = 0; m <= m_max; m += (m < 3 ? 1 : 9), t++) {
+		y_portable[t] = malloc(sizeof(float) * m_max * n);
+		product_case(&pm, crow, types, part_n, m, RS_ISA_PORTABLE, y_portable[t], x, false,
 			     what);
 		for (enum rs_cpu_isa isa = RS_ISA_AVX2; isa <= rs_cpu_isa(); isa++) {
 			product_case(&pm, crow, types, part_n, m, isa, y, x, false, what);
-			CHECK(memcmp(y, y_portable, sizeof(float) * m * n) == 0,
+			CHECK(memcmp(y, y_portable[t], sizeof(float) * m * n) == 0,
 			      "%s m %u: isa %d differs from the portable kernel's bits", what, m,
 			      isa);
 		}
 	}
 	product_case(&pm, crow, types, part_n, 2, rs_cpu_isa(), y, x, true, what);
+	float *got_row = malloc(sizeof(float) * k), *file_rows = malloc(sizeof(float) * n * k);
+	for (uint32_t c = 0; c < n; c++)
+		rs_packed_get_row(&pm, c, file_rows + (size_t)c * k);
+
+	/* Copied as the engine copies it, which interleaves K-quant rows by eight on
+	 * an AVX2 + F16C CPU (the rest of a part, n_rows % 8, stays row by row): within the
+	 * bound and the portable kernel's bits on the rows as in the file, at every ISA,
+	 * whole or cut into one call per panel as the threads cut it (where a part does not
+	 * start at a multiple of 8, groups straddle the cut). */
+	REQUIRE(rs_packed_quant_copy(&pm) == 0);
+	bool x8 = rs_cpu_isa() >= RS_ISA_AVX2 && rs_cpu_has_f16c();
+	for (uint32_t p = 0; p < n_parts; p++) {
+		bool kq = ref_block_elems(types[p]) == 256;
+		CHECK(pm.quant_parts[p].interleaved_rows == (x8 && kq ? part_n[p] / 8 * 8 : 0),
+		      "%s part %u: %u rows interleaved", what, p,
+		      pm.quant_parts[p].interleaved_rows);
+	}
+	for (uint32_t m = 1, t = 0; m <= m_max; m += (m < 3 ? 1 : 9), t++) {
+		for (enum rs_cpu_isa isa = RS_ISA_PORTABLE; isa <= rs_cpu_isa(); isa++) {
+			product_case(&pm, crow, types, part_n, m, isa, y, x, false, what);
+			CHECK(memcmp(y, y_portable[t], sizeof(float) * m * n) == 0,
+			      "%s copied, m %u: isa %d differs from the portable kernel's bits",
+			      what, m, isa);
+			for (size_t i = 0; i < (size_t)m * n; i++)
+				y[i] = NAN;
+			for (uint32_t p = 0; p < pm.n_panels; p++)
+				rs_gemm_quant(y, n, x, k, m, &pm, p, p + 1, false, isa);
+			CHECK(memcmp(y, y_portable[t], sizeof(float) * m * n) == 0,
+			      "%s copied, m %u, a call per panel: isa %d differs", what, m, isa);
+		}
+	}
+	product_case(&pm, crow, types, part_n, 2, rs_cpu_isa(), y, x, true, what);
+	int rows_differ = 0;
+	for (uint32_t c = 0; c < n; c++) {
+		rs_packed_get_row(&pm, c, got_row);
+		rows_differ += memcmp(got_row, file_rows + (size_t)c * k, sizeof(float) * k) != 0;
+	}
+	CHECK(rows_differ == 0, "%s copied: %d rows read back differently", what, rows_differ);
+	free(got_row);
+	free(file_rows);
+	for (uint32_t t = 0; t < 4; t++)
+		free(y_portable[t]);
 	rs_packed_free(&pm);
 	for (uint32_t p = 0; p < n_parts; p++)
 		free(rows[p]);
 	free(x);
 	free(y);
-	free(y_portable);
 }
 
 static void test_malformed(void)
@@ -268,6 +312,16 @@ int main(void)
 	enum rs_dtype mixed[3] = {RS_DTYPE_Q4_K, RS_DTYPE_Q6_K, RS_DTYPE_Q8_0};
 	uint32_t mixed_n[3] = {40, 17, 9};
 	test_products(mixed, 3, mixed_n, 768, "mixed q4_k|q6_k|q8_0");
+	/* Interleaved parts off the groups of 8: a Q4_K part starting at row 17 (one group
+	 * straddles the panel boundary at 48), 13 and 3 rows (one group and none). */
+	enum rs_dtype shifted[3] = {RS_DTYPE_Q6_K, RS_DTYPE_Q4_K, RS_DTYPE_Q8_0};
+	uint32_t shifted_n[3] = {17, 43, 9};
+	test_products(shifted, 3, shifted_n, 512, "mixed q6_k|q4_k|q8_0");
+	for (uint32_t n = 3; n <= 13; n += 10) {
+		test_products(&mixed[0], 1, &n, 256, "q4_k, odd rows");
+		test_products(&formats[3], 1, &n, 256, "q5_k, odd rows");
+		test_products(&mixed[1], 1, &n, 256, "q6_k, odd rows");
+	}
 	test_malformed();
 	if (test_failures)
 		fprintf(stderr, "%d failures\n", test_failures);

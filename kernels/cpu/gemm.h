@@ -41,6 +41,10 @@ struct rs_packed_matrix {
 		enum rs_dtype dtype;
 		uint32_t n_rows;
 		size_t row_bytes;
+		/* rows [0, interleaved_rows) are in groups of 8 interleaved for decode
+		 * (gemm_quant_x8.h; rs_packed_quant_copy makes them), the rest as in the
+		 * file; 0 for rows as in the file */
+		uint32_t interleaved_rows;
 	} quant_parts[3];
 };
 
@@ -57,9 +61,14 @@ int rs_packed_quant_init(struct rs_packed_matrix *w, uint32_t k, const struct rs
  * memory of its own from rs_alloc_large (2 MiB transparent huge pages where the kernel
  * gives them): decode streams every weight once per token, and in a VM each 4 KiB page
  * of the stream costs a two-level page walk; the TinyLlama-width Q8_0 model decoded at
- * 83 tok/s mapped against 106 in huge pages (docs/perf.md). The parts then point into
- * the copy, which rs_packed_free releases. 0 or -ENOMEM (w unchanged). */
+ * 83 tok/s mapped against 106 in huge pages (docs/perf.md). On a CPU with AVX2 and F16C
+ * the K-quant rows (Q4_K, Q5_K, Q6_K) are interleaved eight at a time on the way (same bytes, same
+ * results; gemm_quant_x8.h). The parts then point into the copy, which rs_packed_free
+ * releases. 0 or -ENOMEM (w unchanged). */
 int rs_packed_quant_copy(struct rs_packed_matrix *w);
+
+/* Row r of a quantized matrix, dequantized to f32 (k elements), wherever its bytes are. */
+void rs_packed_quant_get_row(const struct rs_packed_matrix *w, uint32_t r, float *out);
 
 /* The quantized product behind rs_gemm_packed for a matrix from rs_packed_quant_init
  * (same contract, other numerics): for m <= RS_QUANT_SMALL_BATCH each row of x is

@@ -135,12 +135,7 @@ void rs_packed_free(struct rs_packed_matrix *w)
 void rs_packed_get_row(const struct rs_packed_matrix *w, uint32_t r, float *out)
 {
 	if (w->n_quant_parts) {
-		for (uint32_t i = 0; i < w->n_quant_parts; r -= w->quant_parts[i++].n_rows)
-			if (r < w->quant_parts[i].n_rows) {
-				const struct rs_quant_part *p = &w->quant_parts[i];
-				rs_convert_to_f32(out, p->rows + r * p->row_bytes, p->dtype, w->k);
-				return;
-			}
+		rs_packed_quant_get_row(w, r, out);
 		return;
 	}
 	size_t es = rs_dtype_size(w->dtype);

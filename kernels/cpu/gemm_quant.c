@@ -13,6 +13,9 @@
  * step per element: |err| <= sum_i |w_i| * d_i / 2 with d_i = amax(block)/127) and
  * from f32 summation; tests/model_quant_formats.c checks that bound.
  *
+ * Q4_K, Q5_K and Q6_K rows copied at load are interleaved eight at a time, and decode runs
+ * eight of them at once (gemm_quant_x8.c, the same bits).
+ *
  * Prefill (larger m): a panel of 48 weight rows at a time is dequantized to f32 and
  * multiplied by CBLAS SGEMM. */
 #include <errno.h>
@@ -23,6 +26,7 @@
 #include <cblas.h>
 
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/gemm_quant_x8.h"
 #include "kernels/cpu/large_alloc.h"
 #include "kernels/model/dtype.h"
 #include "kernels/model/quant.h"
@@ -109,12 +113,19 @@ static float quantize_block_k(int8_t *q, const float *x)
 	return 1.0f / iscale;
 }
 
-static void quantize_activations(struct act_row a, const float *x, uint32_t k)
+/* Which quantizations of the activations a matrix's parts read. */
+struct act_needs {
+	bool q8_0; /* Q8_0 or Q4_0 parts: q and d */
+	bool k;	   /* K-quant parts: qk, dk and sumk16 */
+};
+
+static void quantize_activations(struct act_row a, const float *x, uint32_t k,
+				 struct act_needs needs)
 {
-	for (uint32_t b = 0; b < k / 32; b++)
+	for (uint32_t b = 0; needs.q8_0 && b < k / 32; b++)
 		a.d[b] = quantize_block(a.q + 32 * b, x + 32 * b, 32);
 	/* A row whose k is not a multiple of 256 has no K-quant weights. */
-	for (uint32_t b = 0; b < k / 256; b++) {
+	for (uint32_t b = 0; needs.k && b < k / 256; b++) {
 		a.dk[b] = quantize_block_k(a.qk + 256 * b, x + 256 * b);
 		for (int g = 0; g < 16; g++) {
 			int32_t sum = 0;
@@ -312,6 +323,99 @@ AVX2 static inline int32_t hsum_epi32(__m256i v)
 	return _mm_cvtsi128_si32(s);
 }
 
+/* The largest of v's lanes. */
+AVX2 static inline float hmax_ps(__m256 v)
+{
+	__m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+	m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+	m = _mm_max_ss(m, _mm_movehdup_ps(m));
+	return _mm_cvtss_f32(m);
+}
+
+/* 32 int32 (four vectors, in order) to 32 int8 at q, saturating (the values fit). */
+AVX2 static inline void store_i8x32(int8_t *q, const __m256i v[4])
+{
+	/* the packs work within 128-bit halves: the permute puts the 4-byte runs back */
+	__m256i bytes =
+	    _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+	bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+	_mm256_storeu_si256((__m256i *)q, bytes);
+}
+
+/* quantize_block on 32 elements, the same bits (cvtps2dq rounds to nearest even, as
+ * lrintf in the default rounding mode; the same multiplies). */
+AVX2 static float quantize_block32_avx2(int8_t *q, const float *x)
+{
+	const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+	__m256 v[4], amax = _mm256_setzero_ps();
+	for (int i = 0; i < 4; i++) {
+		v[i] = _mm256_loadu_ps(x + 8 * i);
+		amax = _mm256_max_ps(amax, _mm256_and_ps(v[i], abs_mask));
+	}
+	float d = hmax_ps(amax) / 127.0f, inv = d ? 1.0f / d : 0.0f;
+	__m256i n[4];
+	for (int i = 0; i < 4; i++) {
+		n[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], _mm256_set1_ps(inv)));
+		n[i] = _mm256_max_epi32(_mm256_min_epi32(n[i], _mm256_set1_epi32(127)),
+					_mm256_set1_epi32(-127));
+	}
+	store_i8x32(q, n);
+	return d;
+}
+
+/* quantize_block_k and its 16 group sums, the same bits. */
+AVX2 static float quantize_block_k_avx2(int8_t *q, int16_t *sums16, const float *x)
+{
+	const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+	__m256 amax_v = _mm256_setzero_ps();
+	for (int i = 0; i < 32; i++)
+		amax_v = _mm256_max_ps(amax_v, _mm256_and_ps(_mm256_loadu_ps(x + 8 * i), abs_mask));
+	float amax = hmax_ps(amax_v);
+	if (amax == 0) {
+		memset(q, 0, 256);
+		memset(sums16, 0, 16 * sizeof(*sums16));
+		return 0;
+	}
+	/* the first element of largest magnitude, with its sign, as the C loop takes it */
+	float max = 0;
+	for (int i = 0; i < 32; i++) {
+		__m256 a = _mm256_and_ps(_mm256_loadu_ps(x + 8 * i), abs_mask);
+		int hits = _mm256_movemask_ps(_mm256_cmp_ps(a, _mm256_set1_ps(amax), _CMP_EQ_OQ));
+		if (hits) {
+			max = x[8 * i + __builtin_ctz((unsigned)hits)];
+			break;
+		}
+	}
+	float iscale = -127.0f / max;
+	const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+	for (int b = 0; b < 8; b++) {
+		__m256i n[4];
+		for (int i = 0; i < 4; i++)
+			n[i] = _mm256_min_epi32(
+			    _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_set1_ps(iscale),
+							     _mm256_loadu_ps(x + 32 * b + 8 * i))),
+			    _mm256_set1_epi32(127));
+		store_i8x32(q + 32 * b, n);
+		/* sums of 16: pairs (vpmaddubsw by ones), fours, then two hadds in each half */
+		__m256i s =
+		    _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, load32(q + 32 * b)), ones16);
+		s = _mm256_hadd_epi32(s, s);
+		s = _mm256_hadd_epi32(s, s);
+		sums16[2 * b] = (int16_t)_mm256_extract_epi32(s, 0);
+		sums16[2 * b + 1] = (int16_t)_mm256_extract_epi32(s, 4);
+	}
+	return 1.0f / iscale;
+}
+
+AVX2 static void quantize_activations_avx2(struct act_row a, const float *x, uint32_t k,
+					   struct act_needs needs)
+{
+	for (uint32_t b = 0; needs.q8_0 && b < k / 32; b++)
+		a.d[b] = quantize_block32_avx2(a.q + 32 * b, x + 32 * b);
+	for (uint32_t b = 0; needs.k && b < k / 256; b++)
+		a.dk[b] = quantize_block_k_avx2(a.qk + 256 * b, a.sumk16 + 16 * b, x + 256 * b);
+}
+
 /* 64 codes of a Q4_K or Q5_K super-block from its 32 packed bytes: the low nibbles (the
  * first 32-value sub-block) in lo, the high ones (the second) in hi; Q5_K adds each
  * sub-block's fifth bit from *qh, which then moves on to the next pair of sub-blocks. */
@@ -369,9 +473,8 @@ row_dot_k45_avx2(const uint8_t *w, struct act_row a, uint32_t k, bool five)
 		/* summ = sum_j m_j (sumk16[2j] + sumk16[2j + 1]): each min twice, times the
 		 * 16 group sums, in vpmaddwd (exact, as the C loop) */
 		__m128i m8 = _mm_cvtsi64_si128((long long)m);
-		int32_t summ =
-		    hsum_epi32(_mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8)),
-						 load32(a.sumk16 + 16 * sb)));
+		int32_t summ = hsum_epi32(_mm256_madd_epi16(
+		    _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8)), load32(a.sumk16 + 16 * sb)));
 		float scale = f16c_at(w) * a.dk[sb], min_scale = f16c_at(w + 2) * a.dk[sb];
 		acc = _mm256_add_ps(acc,
 				    _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), _mm256_set1_ps(scale)));
@@ -576,15 +679,41 @@ AVX2 static void dequant_row_avx2(float *y, const uint8_t *w, enum rs_dtype dtyp
 }
 #endif
 
-/* Row r of w: its part's bytes and format. */
-static const uint8_t *row_of(const struct rs_packed_matrix *w, uint32_t r, enum rs_dtype *dtype)
+/* The part of w that holds row *r; *r becomes the row's index in the part. */
+static const struct rs_quant_part *part_of(const struct rs_packed_matrix *w, uint32_t *r)
 {
-	for (uint32_t i = 0; i < w->n_quant_parts; r -= w->quant_parts[i++].n_rows)
-		if (r < w->quant_parts[i].n_rows) {
-			*dtype = w->quant_parts[i].dtype;
-			return w->quant_parts[i].rows + (size_t)r * w->quant_parts[i].row_bytes;
-		}
-	return NULL;
+	uint32_t i = 0;
+	while (i + 1 < w->n_quant_parts && *r >= w->quant_parts[i].n_rows)
+		*r -= w->quant_parts[i++].n_rows;
+	return &w->quant_parts[i];
+}
+
+/* Row r of part p in the file's layout: in place, or unpacked into buf (row_bytes). */
+static const uint8_t *row_in(const struct rs_quant_part *p, uint32_t r, uint32_t k, uint8_t *buf)
+{
+	if (r >= p->interleaved_rows)
+		return p->rows + (size_t)r * p->row_bytes;
+	rs_qx8_unpack_row(buf, p->rows + (size_t)(r - r % RS_QX8_ROWS) * p->row_bytes,
+			  r % RS_QX8_ROWS, p->dtype, k);
+	return buf;
+}
+
+/* The largest row of w's parts, in bytes. */
+static size_t max_row_bytes(const struct rs_packed_matrix *w)
+{
+	size_t most = 0;
+	for (uint32_t i = 0; i < w->n_quant_parts; i++)
+		if (w->quant_parts[i].row_bytes > most)
+			most = w->quant_parts[i].row_bytes;
+	return most;
+}
+
+static bool any_interleaved(const struct rs_packed_matrix *w)
+{
+	for (uint32_t i = 0; i < w->n_quant_parts; i++)
+		if (w->quant_parts[i].interleaved_rows)
+			return true;
+	return false;
 }
 
 int rs_packed_quant_init(struct rs_packed_matrix *w, uint32_t k, const struct rs_quant_part *parts,
@@ -619,15 +748,48 @@ int rs_packed_quant_copy(struct rs_packed_matrix *w)
 	uint8_t *copy = rs_alloc_large(bytes);
 	if (!copy)
 		return -ENOMEM;
+	bool interleave = rs_cpu_isa() >= RS_ISA_AVX2 && rs_cpu_has_f16c();
 	for (size_t i = 0, at = 0; i < w->n_quant_parts; i++) {
 		struct rs_quant_part *p = &w->quant_parts[i];
-		memcpy(copy + at, p->rows, (size_t)p->n_rows * p->row_bytes);
+		uint32_t groups = interleave && rs_qx8_format(p->dtype) && !p->interleaved_rows
+				      ? p->n_rows / RS_QX8_ROWS
+				      : 0;
+		size_t group_bytes = RS_QX8_ROWS * p->row_bytes, done = groups * group_bytes;
+		for (uint32_t g = 0; g < groups; g++)
+			rs_qx8_pack(copy + at + g * group_bytes, p->rows + g * group_bytes,
+				    p->dtype, w->k);
+		memcpy(copy + at + done, p->rows + done, (size_t)p->n_rows * p->row_bytes - done);
 		p->rows = copy + at;
+		if (groups)
+			p->interleaved_rows = groups * RS_QX8_ROWS;
 		at += (size_t)p->n_rows * p->row_bytes;
 	}
 	free(w->quant_copy);
 	w->quant_copy = copy;
 	return 0;
+}
+
+/* Block b of row r of part p in the file's layout: in place, or unpacked into buf (the
+ * format's block bytes; interleaved parts hold K-quants, whose blocks are the rows'
+ * super-blocks). */
+static const uint8_t *block_in(const struct rs_quant_part *p, uint32_t r, uint32_t b, uint8_t *buf)
+{
+	size_t bb = rs_dtype_block_bytes(p->dtype);
+	if (r >= p->interleaved_rows)
+		return p->rows + (size_t)r * p->row_bytes + b * bb;
+	const uint8_t *group = p->rows + (size_t)(r - r % RS_QX8_ROWS) * p->row_bytes;
+	rs_qx8_unpack_row(buf, group + (size_t)b * RS_QX8_ROWS * bb, r % RS_QX8_ROWS, p->dtype,
+			  RS_QK_K);
+	return buf;
+}
+
+void rs_packed_quant_get_row(const struct rs_packed_matrix *w, uint32_t r, float *out)
+{
+	const struct rs_quant_part *p = part_of(w, &r);
+	uint32_t be = rs_dtype_block_elems(p->dtype);
+	uint8_t buf[RS_QX8_BLOCK_BYTES_MAX];
+	for (uint32_t b = 0; b < w->k / be; b++)
+		rs_convert_to_f32(out + (size_t)b * be, block_in(p, r, b, buf), p->dtype, be);
 }
 
 /* Out of memory for the buffers: dequantize a block at a time into the stack, in f32. */
@@ -636,15 +798,16 @@ static void gemm_no_memory(float *y, size_t ldy, const float *x, size_t ldx, uin
 			   bool accumulate)
 {
 	float block[RS_QK_K];
+	uint8_t block_bytes[RS_QX8_BLOCK_BYTES_MAX];
 	for (uint32_t c = c0; c < c1; c++) {
-		enum rs_dtype dtype = RS_DTYPE_Q8_0;
-		const uint8_t *row = row_of(w, c, &dtype);
+		uint32_t r = c;
+		const struct rs_quant_part *p = part_of(w, &r);
+		enum rs_dtype dtype = p->dtype;
 		uint32_t be = rs_dtype_block_elems(dtype);
-		size_t bb = rs_dtype_block_bytes(dtype);
 		for (uint32_t i = 0; i < m; i++) {
 			float v = 0;
 			for (uint32_t b = 0; b < w->k / be; b++) {
-				rs_dequantize(block, row + b * bb, dtype, be);
+				rs_dequantize(block, block_in(p, r, b, block_bytes), dtype, be);
 				for (uint32_t e = 0; e < be; e++)
 					v += block[e] * x[i * ldx + b * be + e];
 			}
@@ -668,28 +831,69 @@ static void gemm_small(float *y, size_t ldy, const float *x, size_t ldx, uint32_
 		return;
 	}
 	char *mem = heap_mem ? heap_mem : stack_mem;
+	struct act_needs needs = {false, false};
+	for (uint32_t i = 0; i < w->n_quant_parts; i++) {
+		bool kq = rs_dtype_block_elems(w->quant_parts[i].dtype) == RS_QK_K;
+		needs.k |= kq;
+		needs.q8_0 |= !kq;
+	}
+	bool avx2 = false;
+#ifdef RS_HAVE_X86_KERNELS
+	avx2 = isa >= RS_ISA_AVX2 && rs_cpu_has_f16c();
+#endif
 	struct act_row act[RS_QUANT_SMALL_BATCH];
 	for (uint32_t i = 0; i < m; i++) {
 		act[i] = act_row_at(mem + i * row_bytes, k);
-		quantize_activations(act[i], x + i * ldx, k);
-	}
 #ifdef RS_HAVE_X86_KERNELS
-	bool avx2 = isa >= RS_ISA_AVX2 && rs_cpu_has_f16c();
+		if (avx2)
+			quantize_activations_avx2(act[i], x + i * ldx, k, needs);
+		else
 #endif
-	for (uint32_t c = c0; c < c1; c++) {
-		enum rs_dtype dtype = RS_DTYPE_Q8_0;
-		const uint8_t *row = row_of(w, c, &dtype);
+			quantize_activations(act[i], x + i * ldx, k, needs);
+	}
+	/* Without the group kernel, interleaved rows are unpacked one at a time. */
+	uint8_t *unpacked = NULL;
+	if (!avx2 && any_interleaved(w) && !(unpacked = malloc(max_row_bytes(w)))) {
+		free(heap_mem);
+		gemm_no_memory(y, ldy, x, ldx, m, w, c0, c1, accumulate);
+		return;
+	}
+	for (uint32_t c = c0; c < c1;) {
+		uint32_t r = c;
+		const struct rs_quant_part *p = part_of(w, &r);
+		if (avx2 && r < p->interleaved_rows) {
+			/* the whole group, kept where it falls in [c0, c1) (a group cut by
+			 * the callers' split is computed by both, each keeping its own) */
+			uint32_t first = c - r % RS_QX8_ROWS;
+			const uint8_t *group =
+			    p->rows + (size_t)(r - r % RS_QX8_ROWS) * p->row_bytes;
+			for (uint32_t i = 0; i < m; i++) {
+				float out[RS_QX8_ROWS];
+				struct rs_act_k a = {act[i].qk, act[i].dk, act[i].sumk16};
+				rs_qx8_dot_avx2(out, group, p->dtype, a, k);
+				for (uint32_t j = c - first; j < RS_QX8_ROWS && first + j < c1;
+				     j++) {
+					float *out_y = &y[i * ldy + first + j];
+					*out_y = accumulate ? *out_y + out[j] : out[j];
+				}
+			}
+			c = first + RS_QX8_ROWS;
+			continue;
+		}
+		const uint8_t *row = row_in(p, r, k, unpacked);
 		for (uint32_t i = 0; i < m; i++) {
 			float v;
 #ifdef RS_HAVE_X86_KERNELS
 			if (avx2)
-				v = row_dot_avx2(row, dtype, act[i], k);
+				v = row_dot_avx2(row, p->dtype, act[i], k);
 			else
 #endif
-				v = row_dot_scalar(row, dtype, act[i], k);
+				v = row_dot_scalar(row, p->dtype, act[i], k);
 			y[i * ldy + c] = accumulate ? y[i * ldy + c] + v : v;
 		}
+		c++;
 	}
+	free(unpacked);
 	free(heap_mem);
 }
 
@@ -699,15 +903,20 @@ static void gemm_large(float *y, size_t ldy, const float *x, size_t ldx, uint32_
 {
 	uint32_t k = w->k;
 	float *panel = malloc((size_t)RS_PANEL_COLS * k * sizeof(float));
-	if (!panel) {
+	uint8_t *unpacked = any_interleaved(w) ? malloc(max_row_bytes(w)) : NULL;
+	if (!panel || (any_interleaved(w) && !unpacked)) {
+		free(panel);
+		free(unpacked);
 		gemm_no_memory(y, ldy, x, ldx, m, w, c0, c1, accumulate);
 		return;
 	}
 	for (uint32_t c = c0; c < c1; c += RS_PANEL_COLS) {
 		uint32_t cols = c1 - c < RS_PANEL_COLS ? c1 - c : RS_PANEL_COLS;
 		for (uint32_t r = 0; r < cols; r++) {
-			enum rs_dtype dtype = RS_DTYPE_Q8_0;
-			const uint8_t *row = row_of(w, c + r, &dtype);
+			uint32_t in_part = c + r;
+			const struct rs_quant_part *p = part_of(w, &in_part);
+			enum rs_dtype dtype = p->dtype;
+			const uint8_t *row = row_in(p, in_part, k, unpacked);
 #ifdef RS_HAVE_X86_KERNELS
 			if (isa >= RS_ISA_AVX2 && rs_cpu_has_f16c())
 				dequant_row_avx2(panel + (size_t)r * k, row, dtype, k);
@@ -719,6 +928,7 @@ static void gemm_large(float *y, size_t ldy, const float *x, size_t ldx, uint32_
 			    1.0f, x, (int)ldx, panel, (int)k, accumulate ? 1.0f : 0.0f, y + c,
 			    (int)ldy);
 	}
+	free(unpacked);
 	free(panel);
 }
 
