@@ -40,6 +40,10 @@ struct rs_prefix_node {
 	uint32_t direct_locks; /* rs_prefix_cache_lock calls on this node */
 	uint32_t locks;	       /* direct_locks + the children's locks */
 	uint32_t heap_index;   /* in the evictable heap, or NONE */
+	/* The child last found or created under it (a hint, maybe stale: a lookup tries it
+	 * first, comparing the tokens, and hashes only when it is not the one). A
+	 * conversation's or a shared system prompt's next request takes the same path. */
+	uint32_t hint;
 	bool in_use;
 };
 
@@ -126,6 +130,19 @@ static bool same_block(const struct rs_prefix_cache *cache, const uint32_t *a, c
 }
 
 /* --- children ------------------------------------------------------------------------------ */
+
+/* The parent's hinted child when it holds exactly these tokens, else NONE. A free node's
+ * parent is NONE, so a hint to a node evicted since fails the parent test; a node reused
+ * under the same parent fails the token test. */
+static uint32_t child_hinted(const struct rs_prefix_cache *cache, uint32_t parent,
+			     const uint32_t *tokens)
+{
+	uint32_t hint = cache->nodes[parent].hint;
+	if (hint == NONE || cache->nodes[hint].parent != parent)
+		return NONE;
+	const uint32_t *cached = node_tokens(cache, hint);
+	return cached[0] == tokens[0] && same_block(cache, cached, tokens) ? hint : NONE;
+}
 
 static uint32_t child_slot(const struct rs_prefix_cache *cache, uint32_t parent, uint64_t hash)
 {
@@ -382,10 +399,14 @@ static uint32_t walk(struct rs_prefix_cache *cache, const uint32_t *tokens, uint
 	uint32_t index = ROOT;
 	for (uint32_t i = 0; i < max_blocks; i++) {
 		const uint32_t *block = tokens + (size_t)i * cache->block_size;
-		uint32_t child =
-		    child_find(cache, index, block_hash(block, cache->block_size), block);
-		if (child == NONE)
-			break;
+		uint32_t child = child_hinted(cache, index, block);
+		if (child == NONE) {
+			child = child_find(cache, index, block_hash(block, cache->block_size), block);
+			if (child == NONE)
+				break;
+			if (stamp) /* a use: the next lookup tries it first */
+				cache->nodes[index].hint = child;
+		}
 		index = child;
 		if (blocks)
 			blocks[i] = cache->nodes[index].block;
@@ -429,6 +450,7 @@ int rs_prefix_cache_create(struct rs_kv_cache *kv, const struct rs_prefix_cache_
 	for (uint32_t i = 0; i <= n; i++) {
 		cache->nodes[i].parent = NONE;
 		cache->nodes[i].heap_index = NONE;
+		cache->nodes[i].hint = NONE;
 	}
 	cache->nodes[ROOT].in_use = true;
 	cache->nodes[ROOT].block = NONE;
@@ -530,8 +552,14 @@ static struct rs_prefix_node *insert_from(struct rs_prefix_cache *cache,
 	}
 	for (uint32_t i = first; i < n_blocks; i++) {
 		const uint32_t *block = tokens + (size_t)i * cache->block_size;
-		uint64_t hash = block_hash(block, cache->block_size);
-		uint32_t child = child_find(cache, index, hash, block);
+		uint32_t child = child_hinted(cache, index, block);
+		uint64_t hash = 0;
+		if (child == NONE) {
+			hash = block_hash(block, cache->block_size);
+			child = child_find(cache, index, hash, block);
+			if (child != NONE)
+				cache->nodes[index].hint = child;
+		}
 		if (child != NONE) {
 			uint32_t cached = cache->nodes[child].block;
 			if (adopt && blocks[i] != cached) {
@@ -559,7 +587,9 @@ static struct rs_prefix_node *insert_from(struct rs_prefix_cache *cache,
 		node->n_children = 0;
 		node->direct_locks = node->locks = 0;
 		node->heap_index = NONE;
+		node->hint = NONE;
 		node->in_use = true;
+		cache->nodes[index].hint = child;
 		child_add(cache, child);
 		cache->n_nodes++;
 		cache->nodes[index].n_children++;
