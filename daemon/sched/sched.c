@@ -584,15 +584,12 @@ static struct rs_sched_worker *dispatch(struct rs_sched *sched, const struct rs_
 	return &sched->workers[sched->candidates[chosen].worker];
 }
 
+static void seat(struct rs_sched *sched, struct rs_sched_lane *lane, struct rs_request *request);
+
 void rs_sched_seat(struct rs_sched *sched, struct rs_sched_lane *lane, struct rs_request *request)
 {
-	if (lane->n_running == sched->config.max_batch)
-		compact_lane(lane);
 	unstage(sched, request);
-	request->state = RS_REQUEST_RUNNING;
-	request->lane = lane->index;
-	request->seat = lane->n_running;
-	lane->running[lane->n_running++] = request;
+	seat(sched, lane, request);
 }
 
 static struct rs_request *admit_on(struct rs_sched *sched, struct rs_request *request,
@@ -720,11 +717,12 @@ struct rs_request *rs_sched_admit_staged(struct rs_sched *sched)
 	return admit_on(sched, request, worker);
 }
 
-/* Admit the waiting request on the worker (which has a free seat): it joins the tail of
- * the staged list, charged, its blocks promised. NULL when the worker's pool cannot hold
- * its uncached context even after eviction: it keeps waiting. */
-static struct rs_request *admit_on(struct rs_sched *sched, struct rs_request *request,
-				   struct rs_sched_worker *worker)
+/* Admit the waiting request on the worker (which has a free seat): charged, its blocks
+ * promised, its cached prefix taken and locked, counted as running; the caller stages or
+ * seats it. False when the worker's pool cannot hold its uncached context even after
+ * eviction: it keeps waiting. */
+static bool admit_request(struct rs_sched *sched, struct rs_request *request,
+			  struct rs_sched_worker *worker)
 {
 	struct rs_prefix_cache *cache = worker->cache;
 	uint32_t context = rs_sched_context(request);
@@ -741,16 +739,19 @@ static struct rs_request *admit_on(struct rs_sched *sched, struct rs_request *re
 	 * eviction for a request that still cannot run would only empty the cache. */
 	uint32_t needed = blocks_for(sched, context) - matched;
 	uint32_t available = unpromised_free(worker, 0);
-	uint32_t evictable =
-	    cache ? rs_prefix_cache_nodes(cache) - rs_prefix_cache_locked_nodes(cache) : 0;
-	if (available < needed && available + evictable >= needed) {
-		sched->stats.evicted_blocks += rs_prefix_cache_evict(cache, needed - available);
-		available = unpromised_free(worker, 0);
-	}
 	if (available < needed) {
-		if (cache)
-			rs_prefix_cache_unlock(cache, deepest);
-		return NULL; /* it stays next: the policy's order is kept */
+		uint32_t evictable =
+		    cache ? rs_prefix_cache_nodes(cache) - rs_prefix_cache_locked_nodes(cache) : 0;
+		if (available + evictable >= needed) {
+			sched->stats.evicted_blocks +=
+			    rs_prefix_cache_evict(cache, needed - available);
+			available = unpromised_free(worker, 0);
+		}
+		if (available < needed) {
+			if (cache)
+				rs_prefix_cache_unlock(cache, deepest);
+			return false; /* it stays next: the policy's order is kept */
+		}
 	}
 	request->worker = worker->index;
 	worker->load++;
@@ -782,6 +783,30 @@ static struct rs_request *admit_on(struct rs_sched *sched, struct rs_request *re
 		tenant->prompt_tokens += request->prompt_len;
 		tenant->cached_tokens += prompt_cached;
 	}
+	sched->running++;
+	tenant->running++;
+	sched->stats.admitted++;
+	return true;
+}
+
+/* Seat an admitted request (not staged) in the lane, which has a free seat. */
+static void seat(struct rs_sched *sched, struct rs_sched_lane *lane, struct rs_request *request)
+{
+	if (lane->n_running == sched->config.max_batch)
+		compact_lane(lane);
+	request->state = RS_REQUEST_RUNNING;
+	request->lane = lane->index;
+	request->seat = lane->n_running;
+	lane->running[lane->n_running++] = request;
+}
+
+/* admit_request, then the request joins the tail of the staged list. NULL when it could
+ * not be admitted. */
+static struct rs_request *admit_on(struct rs_sched *sched, struct rs_request *request,
+				   struct rs_sched_worker *worker)
+{
+	if (!admit_request(sched, request, worker))
+		return NULL;
 	request->state = RS_REQUEST_STAGED;
 	request->queue_next = NULL;
 	request->queue_prev = sched->staged_tail;
@@ -791,9 +816,6 @@ static struct rs_request *admit_on(struct rs_sched *sched, struct rs_request *re
 		sched->staged_head = request;
 	sched->staged_tail = request;
 	sched->staged++;
-	sched->running++;
-	tenant->running++;
-	sched->stats.admitted++;
 	return request;
 }
 
@@ -843,7 +865,16 @@ struct rs_request *rs_sched_admit_next(struct rs_sched *sched, struct rs_sched_l
 		       request->worker != lane->worker->index)
 			request = NULL;
 	} else {
-		request = rs_sched_admit_staged(sched);
+		/* One worker: the policy's next request, seated at once (never staged). */
+		do {
+			request = rs_admission_peek(sched->admission);
+			if (!request)
+				return NULL;
+		} while (!within_share(sched, request));
+		if (!admit_request(sched, request, lane->worker))
+			return NULL;
+		seat(sched, lane, request);
+		return request;
 	}
 	if (request)
 		rs_sched_seat(sched, lane, request);
@@ -873,6 +904,16 @@ int rs_sched_reserve(struct rs_sched *sched, struct rs_sched_lane *lane, struct 
 {
 	struct rs_sched_worker *worker = lane->worker;
 	uint32_t needed = blocks_for(sched, positions);
+	/* Blocks promised to it at admission: they are free (the worker never promises
+	 * more than its free blocks), so the loop below would only allocate them. */
+	while (request->n_blocks < needed && request->promised) {
+		int block = rs_kv_block_alloc(worker->kv);
+		if (block < 0)
+			break; /* cannot happen (see above); the loop below decides */
+		request->blocks[request->n_blocks++] = (uint32_t)block;
+		request->promised--;
+		worker->promised--;
+	}
 	while (request->n_blocks < needed) {
 		if (!request->promised && over_share(request->tenant, 1)) {
 			/* Its tenant holds its share: the tenant's youngest request not in this
