@@ -135,6 +135,25 @@ void rs_scheduler_cancel_client(struct rs_daemon *daemon, struct rs_client *clie
 	}
 }
 
+/* Every tokens[i] < limit? Four at a time (GCC vector extensions: SSE2 on x86-64, the
+ * generic lowering elsewhere); -O2 does not vectorize the scalar loop, which cost 7
+ * instructions a token on every prompt. */
+static bool tokens_below(const uint32_t *tokens, uint32_t n, uint32_t limit)
+{
+	typedef uint32_t u32x4 __attribute__((vector_size(16)));
+	u32x4 bound = {limit, limit, limit, limit}, bad = {0, 0, 0, 0};
+	uint32_t i = 0;
+	for (; i + 4 <= n; i += 4) {
+		u32x4 v;
+		memcpy(&v, tokens + i, sizeof(v));
+		bad |= (u32x4)(v >= bound);
+	}
+	uint32_t any = bad[0] | bad[1] | bad[2] | bad[3];
+	for (; i < n; i++)
+		any |= tokens[i] >= limit;
+	return any == 0;
+}
+
 /* Validate a copied GENERATE submission and queue it. Returns 0, or the negative errno
  * the client gets in an error completion. */
 static int accept_generate(struct rs_daemon *daemon, struct rs_client *client,
@@ -180,10 +199,7 @@ static int accept_generate(struct rs_daemon *daemon, struct rs_client *client,
 	 * rewrite its slot while we read it, but not our copy. */
 	const uint32_t *shared_prompt = rs_segment_slot_prompt(client->segment, hdr, sqe->slot);
 	memcpy(request->tokens, shared_prompt, (size_t)sqe->prompt_len * sizeof(uint32_t));
-	uint32_t bad = 0;
-	for (uint32_t i = 0; i < sqe->prompt_len; i++)
-		bad |= request->tokens[i] >= engine->vocab_size;
-	if (bad) {
+	if (!tokens_below(request->tokens, sqe->prompt_len, engine->vocab_size)) {
 		rs_request_put(&daemon->pool, request);
 		return -ERANGE;
 	}
