@@ -340,15 +340,28 @@ int rs_sched_submit(struct rs_sched *sched, struct rs_request *request)
 	if (blocks_for(sched, positions) > sched->min_kv_blocks ||
 	    (max_share && blocks_for(sched, positions) > max_share))
 		return -E2BIG;
+	/* Every field of the core's part but the storage (tokens, blocks,
+	 * blocks_capacity): the pool does not zero it (request.h). */
 	request->arrival = sched->next_arrival++;
 	request->submitted_ns = now(sched);
 	request->admitted_ns = request->first_token_ns = 0;
 	request->generated = request->computed = request->cached_tokens = 0;
 	request->n_blocks = 0;
 	request->promised = 0;
+	request->lane = request->worker = request->seat = 0;
+	request->predicted_output = request->bin = 0;
 	request->preemptions = 0;
-	request->in_step = request->cancelled = request->hit_eos = false;
+	request->in_step = request->cancelled = request->hit_eos = request->watched = false;
+	request->cancel_status = 0;
 	request->locked = NULL;
+	request->waiter.node = NULL;
+	request->waiter.node_next = request->waiter.node_prev = NULL;
+	request->waiter.key_next = request->waiter.key_prev = NULL;
+	request->waiter.next_key = 0;
+	request->queue_next = request->queue_prev = request->heap_child = NULL;
+	request->in_run = false;
+	request->parked_next = request->parked_prev = NULL;
+	request->pull_next = request->pull_prev = NULL;
 	if (sched->router) /* SGLang's router: the worker is chosen now */
 		request->worker = rs_router_route(sched->router, sched->dispatch, request,
 						  sched->in_service, sched->candidates);
