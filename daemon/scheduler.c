@@ -72,14 +72,14 @@ static uint32_t since_submission_us(const struct rs_request *request, uint64_t t
 }
 
 /* The request's timings into its slot header, before its CQE publishes them. */
-static void write_timings(struct rs_daemon *daemon, struct rs_client *client,
-			  const struct rs_request *request)
+static void write_timings(struct rs_client *client, const struct rs_request *request,
+			  uint32_t first_token_us, uint32_t total_us)
 {
 	struct rs_slot_header *header =
 	    rs_segment_slot(client->segment, &client->hdr, request->slot);
 	header->queued_us = since_submission_us(request, request->admitted_ns);
-	header->first_token_us = since_submission_us(request, request->first_token_ns);
-	header->total_us = since_submission_us(request, daemon->now_ns);
+	header->first_token_us = first_token_us;
+	header->total_us = total_us;
 	header->preemptions = request->preemptions;
 }
 
@@ -98,8 +98,11 @@ void rs_scheduler_on_finish(void *ctx, struct rs_request *request, int32_t statu
 {
 	struct rs_daemon *daemon = ctx;
 	struct rs_client *client = request->owner;
+	/* Computed once, for the slot's timings and the statistics. */
+	uint32_t first_token_us = since_submission_us(request, request->first_token_ns);
+	uint32_t total_us = since_submission_us(request, daemon->now_ns);
 	if (!request->orphaned) {
-		write_timings(daemon, client, request);
+		write_timings(client, request, first_token_us, total_us);
 		client->slot_request[request->slot] = NULL;
 		client->inflight--;
 		post_cqe(daemon, client, request->user_data, request->slot, status,
@@ -107,7 +110,9 @@ void rs_scheduler_on_finish(void *ctx, struct rs_request *request, int32_t statu
 			 request->cached_tokens);
 	}
 	request->tenant->inflight--; /* the client's reference keeps its tenant */
-	rs_stats_record_finish(daemon->stats_publisher, request, status, daemon->now_ns);
+	rs_stats_record_finish(daemon->stats_publisher, request->tenant, status,
+			       request->first_token_ns != 0, first_token_us, total_us,
+			       daemon->now_ns);
 	if (status == 0)
 		daemon->stats.requests_completed++;
 	else

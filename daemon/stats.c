@@ -189,10 +189,11 @@ int rs_stats_publisher_fd(const struct rs_stats_publisher *stats)
 	return stats->fd;
 }
 
-void rs_stats_record_finish(struct rs_stats_publisher *stats, const struct rs_request *request,
-			    int32_t status, uint64_t now_ns)
+void rs_stats_record_finish(struct rs_stats_publisher *stats, const struct rs_tenant *tenant,
+			    int32_t status, bool first_token, uint32_t ttft_us, uint32_t latency_us,
+			    uint64_t now_ns)
 {
-	struct tenant_stats *t = tenant_stats_of(stats, request->tenant, now_ns);
+	struct tenant_stats *t = tenant_stats_of(stats, tenant, now_ns);
 	if (!t)
 		return;
 	t->last_active_ns = now_ns;
@@ -201,10 +202,9 @@ void rs_stats_record_finish(struct rs_stats_publisher *stats, const struct rs_re
 		return;
 	}
 	t->finished++;
-	if (request->first_token_ns)
-		histogram_add(&t->ttft[0],
-			      (request->first_token_ns - request->submitted_ns) / 1000);
-	histogram_add(&t->latency[0], (now_ns - request->submitted_ns) / 1000);
+	if (first_token)
+		histogram_add(&t->ttft[0], ttft_us);
+	histogram_add(&t->latency[0], latency_us);
 }
 
 /* Which tenants go into the segment when more are in use than it holds: those with the
