@@ -400,9 +400,10 @@ static struct rs_sched_worker *worker_of(struct rs_sched *sched, const struct rs
 static void release_blocks(struct rs_sched *sched, struct rs_request *request)
 {
 	struct rs_sched_worker *worker = worker_of(sched, request);
-	if (worker->cache)
+	if (request->locked) { /* only with a cache */
 		rs_prefix_cache_unlock(worker->cache, request->locked);
-	request->locked = NULL;
+		request->locked = NULL;
+	}
 	for (uint32_t i = 0; i < request->n_blocks; i++)
 		rs_kv_block_unref(worker->kv, request->blocks[i]);
 	request->tenant->kv_blocks -= request->n_blocks;
@@ -502,8 +503,9 @@ static void stop_running(struct rs_sched *sched, struct rs_request *request)
 	} else
 		remove_from_lane(&sched->lanes[request->lane], request);
 	release_blocks(sched, request);
-	worker_of(sched, request)->promised -= request->promised;
-	worker_of(sched, request)->load--;
+	struct rs_sched_worker *worker = worker_of(sched, request);
+	worker->promised -= request->promised;
+	worker->load--;
 	request->tenant->kv_blocks -= request->promised;
 	request->promised = 0;
 	sched->running--;
@@ -517,14 +519,16 @@ static void finish(struct rs_sched *sched, struct rs_request *request, int32_t s
 	if (request->state == RS_REQUEST_RUNNING || request->state == RS_REQUEST_STAGED) {
 		/* The prompt and the output so far: a conversation's next turn starts with it.
 		 * Not locked: the request lets go of it at once. */
-		if (status == 0 && worker_of(sched, request)->cache)
-			rs_prefix_cache_insert_released(
-			    worker_of(sched, request)->cache, request->locked, request->tokens,
-			    request->computed / sched->block_size, request->blocks);
-		if (status == 0 && sched->planner->finished)
-			sched->planner->finished(sched, request);
-		if (status == 0)
-			worker_of(sched, request)->served++;
+		if (status == 0) {
+			struct rs_sched_worker *worker = worker_of(sched, request);
+			if (worker->cache && request->computed >= sched->block_size)
+				rs_prefix_cache_insert_released(
+				    worker->cache, request->locked, request->tokens,
+				    request->computed / sched->block_size, request->blocks);
+			if (sched->planner->finished)
+				sched->planner->finished(sched, request);
+			worker->served++;
+		}
 		stop_running(sched, request);
 	} else if (request->state == RS_REQUEST_WAITING) {
 		rs_admission_remove(sched->admission, request);
