@@ -288,7 +288,8 @@ static void touch(struct rs_prefix_cache *cache, uint32_t index)
 {
 	struct rs_prefix_node *node = &cache->nodes[index];
 	node->last_access = cache->clock;
-	if (node->heap_index != NONE)
+	/* Sinking needs a child in the heap below it (a heap of one is common). */
+	if (node->heap_index != NONE && 2 * node->heap_index + 1 < cache->heap_size)
 		heap_down(cache, node->heap_index);
 }
 
@@ -534,6 +535,41 @@ struct rs_prefix_node *rs_prefix_cache_insert(struct rs_prefix_cache *cache, con
 	return rs_prefix_cache_insert_below(cache, NULL, tokens, n_blocks, blocks);
 }
 
+/* A new node under parent for block (of hash), owning a reference to kv_block; the
+ * parent's waiters whose next block it is move down to it. NONE when the node pool is
+ * exhausted or the block cannot take a reference. Out of line: an insert mostly finds
+ * its blocks cached, and this would make every insert save registers. */
+static __attribute__((noinline)) uint32_t add_child(struct rs_prefix_cache *cache, uint32_t index,
+						    const uint32_t *block, uint64_t hash,
+						    uint32_t kv_block)
+{
+	if (!cache->n_free || rs_kv_block_ref(cache->kv, kv_block) < 0)
+		return NONE;
+	uint32_t child = cache->free_list[--cache->n_free];
+	struct rs_prefix_node *node = &cache->nodes[child];
+	memcpy(cache->tokens + (size_t)(child - 1) * cache->block_size, block,
+	       sizeof(*block) * cache->block_size);
+	node->hash = hash;
+	node->last_access = cache->clock;
+	node->waiters = NULL;
+	node->parent = index;
+	node->block = kv_block;
+	node->depth = cache->nodes[index].depth + 1;
+	node->n_children = 0;
+	node->direct_locks = node->locks = 0;
+	node->heap_index = NONE;
+	node->hint = NONE;
+	node->in_use = true;
+	cache->nodes[index].hint = child;
+	child_add(cache, child);
+	cache->n_nodes++;
+	cache->nodes[index].n_children++;
+	heap_update(cache, index);
+	heap_push(cache, child);
+	waiters_move_down(cache, index, child);
+	return child;
+}
+
 /* The insert of both entry points; adopt: switch the sequence's table to blocks already
  * cached (a sequence that goes on using its table), else leave its table alone (one that
  * lets go of it at once: the swap would only move references back and forth). */
@@ -572,30 +608,9 @@ static struct rs_prefix_node *insert_from(struct rs_prefix_cache *cache,
 			touch(cache, index);
 			continue;
 		}
-		if (!cache->n_free || rs_kv_block_ref(cache->kv, blocks[i]) < 0)
+		child = add_child(cache, index, block, hash, blocks[i]);
+		if (child == NONE)
 			break; /* the prefix so far is still correct */
-		child = cache->free_list[--cache->n_free];
-		struct rs_prefix_node *node = &cache->nodes[child];
-		memcpy(cache->tokens + (size_t)(child - 1) * cache->block_size, block,
-		       sizeof(*block) * cache->block_size);
-		node->hash = hash;
-		node->last_access = cache->clock;
-		node->waiters = NULL;
-		node->parent = index;
-		node->block = blocks[i];
-		node->depth = cache->nodes[index].depth + 1;
-		node->n_children = 0;
-		node->direct_locks = node->locks = 0;
-		node->heap_index = NONE;
-		node->hint = NONE;
-		node->in_use = true;
-		cache->nodes[index].hint = child;
-		child_add(cache, child);
-		cache->n_nodes++;
-		cache->nodes[index].n_children++;
-		heap_update(cache, index);
-		heap_push(cache, child);
-		waiters_move_down(cache, index, child);
 		index = child;
 	}
 	return index == ROOT ? NULL : &cache->nodes[index];
