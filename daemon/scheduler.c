@@ -146,12 +146,16 @@ void rs_scheduler_cancel_client(struct rs_daemon *daemon, struct rs_client *clie
 static bool tokens_below(const uint32_t *tokens, uint32_t n, uint32_t limit)
 {
 	typedef uint32_t u32x4 __attribute__((vector_size(16)));
-	u32x4 bound = {limit, limit, limit, limit}, bad = {0, 0, 0, 0};
+	if (limit == 0)
+		return n == 0;
+	/* v > limit - 1 rather than v >= limit: SSE2 has only a greater-than. */
+	uint32_t top = limit - 1;
+	u32x4 bound = {top, top, top, top}, bad = {0, 0, 0, 0};
 	uint32_t i = 0;
 	for (; i + 4 <= n; i += 4) {
 		u32x4 v;
 		memcpy(&v, tokens + i, sizeof(v));
-		bad |= (u32x4)(v >= bound);
+		bad |= (u32x4)(v > bound);
 	}
 	uint32_t any = bad[0] | bad[1] | bad[2] | bad[3];
 	for (; i < n; i++)

@@ -615,11 +615,11 @@ static struct rs_request *admit_on(struct rs_sched *sched, struct rs_request *re
 /* The waiting request's whole context fits its tenant's KV share beside what the tenant
  * holds; else it is parked (or failed, when nothing of its tenant runs: the share shrank
  * below what it needs, a reload) and the answer is false. */
-static bool within_share(struct rs_sched *sched, struct rs_request *request)
+static inline bool within_share(struct rs_sched *sched, struct rs_request *request)
 {
 	struct rs_tenant *tenant = request->tenant;
-	if (!over_share(tenant, blocks_for(sched, rs_sched_context(request))))
-		return true;
+	if (!tenant->max_kv_blocks || !over_share(tenant, blocks_for(sched, rs_sched_context(request))))
+		return true; /* no share set: nothing to count */
 	if (tenant->running == 0)
 		finish(sched, request, -E2BIG);
 	else
