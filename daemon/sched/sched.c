@@ -9,7 +9,7 @@
 
 static uint32_t blocks_for(const struct rs_sched *sched, uint64_t positions)
 {
-	return (uint32_t)((positions + sched->block_size - 1) / sched->block_size);
+	return rs_sched_per_block(sched, positions + sched->block_size - 1);
 }
 
 static uint64_t now(const struct rs_sched *sched)
@@ -56,6 +56,8 @@ int rs_sched_create_workers(const struct rs_sched_config *config, struct rs_kv_c
 	sched->planner = config->planner ? config->planner : &rs_planner_continuous;
 	sched->kv = kvs[0];
 	sched->block_size = rs_kv_block_size(kvs[0]);
+	if (sched->block_size > 1 && !(sched->block_size & (sched->block_size - 1)))
+		sched->block_shift = (uint32_t)__builtin_ctz(sched->block_size);
 	sched->n_workers = n_workers;
 	sched->n_lanes = n_workers * config->lanes;
 	sched->worker_seats = config->lanes * config->max_batch; /* the planner may add */
@@ -94,6 +96,8 @@ int rs_sched_create_workers(const struct rs_sched_config *config, struct rs_kv_c
 		}
 	}
 	sched->cache = sched->workers[0].cache;
+	sched->watch_waiters = sched->cache && n_workers == 1 &&
+			       rs_admission_orders_by_prefix(sched->admission);
 	if (n_workers > 1) {
 		struct rs_dispatch_params dispatch = config->dispatch;
 		if (!dispatch.load_threshold)
@@ -302,14 +306,12 @@ static void start_waiting(struct rs_sched *sched, struct rs_request *request, bo
 	request->state = RS_REQUEST_WAITING;
 	request->waiter.tokens = request->tokens;
 	/* At least the context's last token is fed again: it yields the next token. */
-	request->waiter.max_blocks = (rs_sched_context(request) - 1) / sched->block_size;
+	request->waiter.max_blocks = rs_sched_per_block(sched, rs_sched_context(request) - 1);
 	request->waiter.match_blocks = 0;
 	/* A context of one block or less can never match: nothing to track. */
 	/* With several workers a waiting request has no cache yet: its match is taken at
 	 * dispatch, and lpm and dlpm see every waiting request as matching nothing. */
-	request->watched = sched->cache && sched->n_workers == 1 &&
-			   request->waiter.max_blocks > 0 &&
-			   rs_admission_orders_by_prefix(sched->admission);
+	request->watched = sched->watch_waiters && request->waiter.max_blocks > 0;
 	if (request->watched)
 		rs_prefix_cache_watch(sched->cache, &request->waiter);
 	rs_admission_enqueue(sched->admission, request, front);
@@ -319,7 +321,7 @@ static void start_waiting(struct rs_sched *sched, struct rs_request *request, bo
 		routed_enqueue(sched, request, front);
 }
 
-static void stop_waiting(struct rs_sched *sched, struct rs_request *request)
+static inline void stop_waiting(struct rs_sched *sched, struct rs_request *request)
 {
 	if (sched->workers_choose)
 		pull_remove(sched, request);
@@ -337,8 +339,8 @@ int rs_sched_submit(struct rs_sched *sched, struct rs_request *request)
 	if (request->prompt_len == 0 || request->max_new_tokens == 0)
 		return -EINVAL;
 	uint32_t max_share = request->tenant->max_kv_blocks;
-	if (blocks_for(sched, positions) > sched->min_kv_blocks ||
-	    (max_share && blocks_for(sched, positions) > max_share))
+	uint32_t blocks = blocks_for(sched, positions);
+	if (blocks > sched->min_kv_blocks || (max_share && blocks > max_share))
 		return -E2BIG;
 	/* Every field of the core's part but the storage (tokens, blocks,
 	 * blocks_capacity): the pool does not zero it (request.h). */
@@ -524,7 +526,7 @@ static void finish(struct rs_sched *sched, struct rs_request *request, int32_t s
 			if (worker->cache && request->computed >= sched->block_size)
 				rs_prefix_cache_insert_released(
 				    worker->cache, request->locked, request->tokens,
-				    request->computed / sched->block_size, request->blocks);
+				    rs_sched_per_block(sched, request->computed), request->blocks);
 			if (sched->planner->finished)
 				sched->planner->finished(sched, request);
 			worker->served++;
@@ -1067,7 +1069,7 @@ static void advance(struct rs_sched *sched, struct rs_request *request,
 	/* The prompt is in: later prompts that start with it hit from now on. */
 	if (request->generated == 1 && request->preemptions == 0 &&
 	    worker_of(sched, request)->cache)
-		cache_prefix(sched, request, request->prompt_len / sched->block_size);
+		cache_prefix(sched, request, rs_sched_per_block(sched, request->prompt_len));
 }
 
 /* --- Workers taken out of service (dispatch.max_failures) --- */

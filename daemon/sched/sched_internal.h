@@ -41,6 +41,12 @@ struct rs_sched {
 	/* Worker 0's pool and cache (the only ones with one worker), for the accessors. */
 	struct rs_kv_cache *kv;
 	uint32_t block_size; /* every worker's */
+	/* log2(block_size) when it is a power of two (always, in practice), else 0: the
+	 * hot path's divisions by it become shifts (a division is 20-40 cycles). */
+	uint32_t block_shift;
+	/* Waiting requests are watched by the prefix cache: a cache, one worker and a
+	 * policy that orders by cached prefix (lpm, dlpm). */
+	bool watch_waiters;
 	struct rs_prefix_cache *cache;
 	struct rs_sched_worker *workers;
 	uint32_t n_workers;
@@ -80,6 +86,12 @@ struct rs_sched {
 	uint32_t *match_scratch; /* block ids of a match: kv n_blocks entries */
 	struct rs_sched_stats stats;
 };
+
+/* x / block_size: a shift when the block size is a power of two. */
+static inline uint32_t rs_sched_per_block(const struct rs_sched *sched, uint64_t x)
+{
+	return (uint32_t)(sched->block_shift ? x >> sched->block_shift : x / sched->block_size);
+}
 
 /* Positions a running request still has to feed before it can sample its next token:
  * the prompt and every output token but the newest, which is fed by the next step. */
