@@ -71,15 +71,33 @@ static uint32_t since_submission_us(const struct rs_request *request, uint64_t t
 	return us < UINT32_MAX ? (uint32_t)us : UINT32_MAX;
 }
 
+/* The request's timings in daemon->last_timings: computed again only when one of its
+ * times differs from the last finished request's. */
+static void compute_timings(struct rs_daemon *daemon, const struct rs_request *request)
+{
+	typeof(daemon->last_timings) *last = &daemon->last_timings;
+	if (last->submitted_ns == request->submitted_ns && last->now_ns == daemon->now_ns &&
+	    last->admitted_ns == request->admitted_ns &&
+	    last->first_token_ns == request->first_token_ns)
+		return;
+	last->submitted_ns = request->submitted_ns;
+	last->admitted_ns = request->admitted_ns;
+	last->first_token_ns = request->first_token_ns;
+	last->now_ns = daemon->now_ns;
+	last->queued_us = since_submission_us(request, request->admitted_ns);
+	last->first_token_us = since_submission_us(request, request->first_token_ns);
+	last->total_us = since_submission_us(request, daemon->now_ns);
+}
+
 /* The request's timings into its slot header, before its CQE publishes them. */
-static void write_timings(struct rs_client *client, const struct rs_request *request,
-			  uint32_t first_token_us, uint32_t total_us)
+static void write_timings(struct rs_daemon *daemon, struct rs_client *client,
+			  const struct rs_request *request)
 {
 	struct rs_slot_header *header =
 	    rs_segment_slot(client->segment, &client->hdr, request->slot);
-	header->queued_us = since_submission_us(request, request->admitted_ns);
-	header->first_token_us = first_token_us;
-	header->total_us = total_us;
+	header->queued_us = daemon->last_timings.queued_us;
+	header->first_token_us = daemon->last_timings.first_token_us;
+	header->total_us = daemon->last_timings.total_us;
 	header->preemptions = request->preemptions;
 }
 
@@ -99,10 +117,11 @@ void rs_scheduler_on_finish(void *ctx, struct rs_request *request, int32_t statu
 	struct rs_daemon *daemon = ctx;
 	struct rs_client *client = request->owner;
 	/* Computed once, for the slot's timings and the statistics. */
-	uint32_t first_token_us = since_submission_us(request, request->first_token_ns);
-	uint32_t total_us = since_submission_us(request, daemon->now_ns);
+	compute_timings(daemon, request);
+	uint32_t first_token_us = daemon->last_timings.first_token_us;
+	uint32_t total_us = daemon->last_timings.total_us;
 	if (!request->orphaned) {
-		write_timings(client, request, first_token_us, total_us);
+		write_timings(daemon, client, request);
 		client->slot_request[request->slot] = NULL;
 		client->inflight--;
 		post_cqe(daemon, client, request->user_data, request->slot, status,
