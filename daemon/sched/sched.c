@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "daemon/sched/admission_ops.h"
 #include "daemon/sched/sched_internal.h"
 
 static uint32_t blocks_for(const struct rs_sched *sched, uint64_t positions)
@@ -314,7 +315,7 @@ static void start_waiting(struct rs_sched *sched, struct rs_request *request, bo
 	request->watched = sched->watch_waiters && request->waiter.max_blocks > 0;
 	if (request->watched)
 		rs_prefix_cache_watch(sched->cache, &request->waiter);
-	rs_admission_enqueue(sched->admission, request, front);
+	rs_admission_enqueue_inline(sched->admission, request, front);
 	if (sched->workers_choose)
 		pull_enqueue(sched, request, front);
 	else if (sched->router)
@@ -726,7 +727,7 @@ struct rs_request *rs_sched_admit_staged(struct rs_sched *sched)
 {
 	struct rs_request *request;
 	do {
-		request = rs_admission_peek(sched->admission);
+		request = rs_admission_peek_inline(sched->admission);
 		if (!request)
 			return NULL;
 	} while (!within_share(sched, request));
@@ -778,7 +779,7 @@ static bool admit_request(struct rs_sched *sched, struct rs_request *request,
 	worker->promised += needed;
 	uint32_t cached = matched * sched->block_size;
 	uint32_t uncached = request->prompt_len > cached ? request->prompt_len - cached : 0;
-	rs_admission_take(sched->admission, request, uncached);
+	rs_admission_take_inline(sched->admission, request, uncached);
 	if (sched->workers_choose && request->preemptions == 0)
 		rs_dispatch_charge_prompt(sched->dispatch, request->tenant, worker->index,
 					  uncached);
@@ -886,7 +887,7 @@ struct rs_request *rs_sched_admit_next(struct rs_sched *sched, struct rs_sched_l
 	} else {
 		/* One worker: the policy's next request, seated at once (never staged). */
 		do {
-			request = rs_admission_peek(sched->admission);
+			request = rs_admission_peek_inline(sched->admission);
 			if (!request)
 				return NULL;
 		} while (!within_share(sched, request));
