@@ -919,21 +919,10 @@ struct rs_request *rs_sched_admit_staged_for(struct rs_sched *sched,
 	return NULL;
 }
 
-int rs_sched_reserve(struct rs_sched *sched, struct rs_sched_lane *lane, struct rs_request *request,
-		     uint32_t positions)
+int rs_sched_reserve_more(struct rs_sched *sched, struct rs_sched_lane *lane,
+			  struct rs_request *request, uint32_t needed)
 {
 	struct rs_sched_worker *worker = lane->worker;
-	uint32_t needed = blocks_for(sched, positions);
-	/* Blocks promised to it at admission: they are free (the worker never promises
-	 * more than its free blocks), so the loop below would only allocate them. */
-	while (request->n_blocks < needed && request->promised) {
-		int block = rs_kv_block_alloc(worker->kv);
-		if (block < 0)
-			break; /* cannot happen (see above); the loop below decides */
-		request->blocks[request->n_blocks++] = (uint32_t)block;
-		request->promised--;
-		worker->promised--;
-	}
 	while (request->n_blocks < needed) {
 		if (!request->promised && over_share(request->tenant, 1)) {
 			/* Its tenant holds its share: the tenant's youngest request not in this
@@ -980,29 +969,6 @@ int rs_sched_reserve(struct rs_sched *sched, struct rs_sched_lane *lane, struct 
 			return -ENOMEM;
 	}
 	return 0;
-}
-
-void rs_sched_plan_add(struct rs_sched *sched, struct rs_sched_lane *lane,
-		       struct rs_request *request, uint32_t n_tokens)
-{
-	struct rs_step_plan *plan = &lane->plan;
-	uint32_t i = plan->n++;
-	struct rs_seq_step *step = &plan->steps[i];
-	plan->requests[i] = request;
-	step->tokens = request->tokens + request->computed;
-	step->n_tokens = n_tokens;
-	step->start_pos = request->computed;
-	step->block_table = request->blocks;
-	step->n_blocks = request->n_blocks;
-	step->sampling = (struct rs_sampling_params){.temperature = request->temperature,
-						     .top_k = request->top_k,
-						     .top_p = request->top_p,
-						     .seed = request->seed};
-	step->sample = request->computed + n_tokens == rs_sched_context(request);
-	step->out_token =
-	    request->output ? &request->output[request->generated] : &plan->sampled[i];
-	plan->n_tokens += n_tokens;
-	request->in_step = true;
 }
 
 const struct rs_step_plan *rs_sched_plan_step(struct rs_sched *sched, uint32_t lane_index)
