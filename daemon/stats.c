@@ -232,8 +232,8 @@ void rs_stats_record_finish(struct rs_stats_publisher *stats, const struct rs_te
 {
 	struct pending_finishes *p = &stats->pending;
 	if (status == 0 && p->count && p->id == tenant->id && p->now_ns == now_ns &&
-	    p->latency_us == latency_us && p->ttft_us == ttft_us &&
-	    p->first_token == first_token && p->generation == tenant->generation) {
+	    p->latency_us == latency_us && p->ttft_us == ttft_us && p->first_token == first_token &&
+	    p->generation == tenant->generation) {
 		p->count++;
 		return;
 	}

@@ -402,7 +402,8 @@ static uint32_t walk(struct rs_prefix_cache *cache, const uint32_t *tokens, uint
 		const uint32_t *block = tokens + (size_t)i * cache->block_size;
 		uint32_t child = child_hinted(cache, index, block);
 		if (child == NONE) {
-			child = child_find(cache, index, block_hash(block, cache->block_size), block);
+			child =
+			    child_find(cache, index, block_hash(block, cache->block_size), block);
 			if (child == NONE)
 				break;
 			if (stamp) /* a use: the next lookup tries it first */

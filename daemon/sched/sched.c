@@ -97,8 +97,8 @@ int rs_sched_create_workers(const struct rs_sched_config *config, struct rs_kv_c
 		}
 	}
 	sched->cache = sched->workers[0].cache;
-	sched->watch_waiters = sched->cache && n_workers == 1 &&
-			       rs_admission_orders_by_prefix(sched->admission);
+	sched->watch_waiters =
+	    sched->cache && n_workers == 1 && rs_admission_orders_by_prefix(sched->admission);
 	if (n_workers > 1) {
 		struct rs_dispatch_params dispatch = config->dispatch;
 		if (!dispatch.load_threshold)
@@ -621,7 +621,8 @@ static struct rs_request *admit_on(struct rs_sched *sched, struct rs_request *re
 static inline bool within_share(struct rs_sched *sched, struct rs_request *request)
 {
 	struct rs_tenant *tenant = request->tenant;
-	if (!tenant->max_kv_blocks || !over_share(tenant, blocks_for(sched, rs_sched_context(request))))
+	if (!tenant->max_kv_blocks ||
+	    !over_share(tenant, blocks_for(sched, rs_sched_context(request))))
 		return true; /* no share set: nothing to count */
 	if (tenant->running == 0)
 		finish(sched, request, -E2BIG);
