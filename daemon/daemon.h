@@ -143,6 +143,13 @@ struct rs_daemon {
 	uint32_t n_active_clients;
 	uint32_t next_client_id;
 	struct rs_client *notify_list; /* clients with notify_pending set */
+	/* The last finished request's timings in microseconds and the times they came from
+	 * (scheduler.c): requests taken off the rings in one loop turn and ended by one step
+	 * share them, and then they are not computed again. */
+	struct {
+		uint64_t submitted_ns, admitted_ns, first_token_ns, now_ns;
+		uint32_t queued_us, first_token_us, total_us;
+	} last_timings;
 
 	struct rs_request_pool pool;
 	struct rs_sched *sched;			    /* the scheduling core */

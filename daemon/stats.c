@@ -36,7 +36,23 @@ struct tenant_stats {
 	struct histogram latency[2];
 };
 
+/* Finishes not yet in the histograms: a run of requests of one tenant that ended at the
+ * same time with the same time to first token and latency (requests submitted in one loop
+ * turn and finished by one step: the daemon's clock is read once per turn). Applied as
+ * one when a finish differs, and before anything reads the figures (rs_stats_publish):
+ * the same figures as one at a time, for a compare per request instead of two
+ * histogram updates. */
+struct pending_finishes {
+	uint32_t count; /* 0: none */
+	uint32_t id;
+	uint64_t generation;
+	uint64_t now_ns;
+	uint32_t ttft_us, latency_us;
+	bool first_token;
+};
+
 struct rs_stats_publisher {
+	struct pending_finishes pending;
 	uint32_t max_tenants;
 	uint64_t started_ns;
 	struct tenant_stats *tenants; /* max_tenants entries, by tenant id */
@@ -91,12 +107,15 @@ static uint64_t percentile(const struct histogram pair[2], double p)
 	return bucket_value(HIST_BUCKETS - 1);
 }
 
-static inline void histogram_add(struct histogram *h, uint64_t us)
+/* n samples of us (as n single adds: the total saturates, and what does not fit is
+ * dropped). */
+static inline void histogram_add(struct histogram *h, uint64_t us, uint32_t n)
 {
-	if (h->total == UINT32_MAX)
-		return; /* 4 billion finishes in one window: keep what we have */
-	h->count[bucket_of(us)]++;
-	h->total++;
+	uint32_t room = UINT32_MAX - h->total; /* 4 billion in one window: keep what we have */
+	if (n > room)
+		n = room;
+	h->count[bucket_of(us)] += n;
+	h->total += n;
 }
 
 /* Move the window forward to now, a window or more after its start: the current becomes
@@ -121,22 +140,23 @@ static __attribute__((noinline)) void slide_window(struct tenant_stats *t, uint6
 /* The tenant id may have been given to another (uid, name) since we last saw it (the
  * table reuses idle entries when full, with a new generation): then its figures start
  * over. */
-static __attribute__((noinline)) void restart(struct tenant_stats *t,
-					      const struct rs_tenant *tenant, uint64_t now_ns)
+static __attribute__((noinline)) void restart(struct tenant_stats *t, uint64_t generation,
+					      uint64_t now_ns)
 {
 	memset(t, 0, sizeof(*t));
-	t->generation = tenant->generation;
+	t->generation = generation;
 	t->window_start_ns = now_ns;
 }
 
-static inline struct tenant_stats *tenant_stats_of(struct rs_stats_publisher *stats,
-						   const struct rs_tenant *tenant, uint64_t now_ns)
+/* The figures of tenant id in its entry's generation (tenant.h). */
+static inline struct tenant_stats *tenant_stats_of(struct rs_stats_publisher *stats, uint32_t id,
+						   uint64_t generation, uint64_t now_ns)
 {
-	if (tenant->id >= stats->max_tenants)
+	if (id >= stats->max_tenants)
 		return NULL;
-	struct tenant_stats *t = &stats->tenants[tenant->id];
-	if (t->generation != tenant->generation)
-		restart(t, tenant, now_ns);
+	struct tenant_stats *t = &stats->tenants[id];
+	if (t->generation != generation)
+		restart(t, generation, now_ns);
 	if (now_ns - t->window_start_ns >= RS_STATS_LATENCY_WINDOW_NS)
 		slide_window(t, now_ns);
 	return t;
@@ -189,22 +209,51 @@ int rs_stats_publisher_fd(const struct rs_stats_publisher *stats)
 	return stats->fd;
 }
 
-void rs_stats_record_finish(struct rs_stats_publisher *stats, const struct rs_request *request,
-			    int32_t status, uint64_t now_ns)
+/* The pending run into the tenant's figures. */
+static void flush_pending(struct rs_stats_publisher *stats)
 {
-	struct tenant_stats *t = tenant_stats_of(stats, request->tenant, now_ns);
+	struct pending_finishes *p = &stats->pending;
+	if (!p->count)
+		return;
+	struct tenant_stats *t = tenant_stats_of(stats, p->id, p->generation, p->now_ns);
+	if (t) {
+		t->last_active_ns = p->now_ns;
+		t->finished += p->count;
+		if (p->first_token)
+			histogram_add(&t->ttft[0], p->ttft_us, p->count);
+		histogram_add(&t->latency[0], p->latency_us, p->count);
+	}
+	p->count = 0;
+}
+
+void rs_stats_record_finish(struct rs_stats_publisher *stats, const struct rs_tenant *tenant,
+			    int32_t status, bool first_token, uint32_t ttft_us, uint32_t latency_us,
+			    uint64_t now_ns)
+{
+	struct pending_finishes *p = &stats->pending;
+	if (status == 0 && p->count && p->id == tenant->id && p->now_ns == now_ns &&
+	    p->latency_us == latency_us && p->ttft_us == ttft_us && p->first_token == first_token &&
+	    p->generation == tenant->generation) {
+		p->count++;
+		return;
+	}
+	/* Figures are applied in the order they came: a later time may slide the window. */
+	flush_pending(stats);
+	if (status == 0) {
+		*p = (struct pending_finishes){.count = 1,
+					       .id = tenant->id,
+					       .generation = tenant->generation,
+					       .now_ns = now_ns,
+					       .ttft_us = ttft_us,
+					       .latency_us = latency_us,
+					       .first_token = first_token};
+		return;
+	}
+	struct tenant_stats *t = tenant_stats_of(stats, tenant->id, tenant->generation, now_ns);
 	if (!t)
 		return;
 	t->last_active_ns = now_ns;
-	if (status != 0) {
-		t->failed++;
-		return;
-	}
-	t->finished++;
-	if (request->first_token_ns)
-		histogram_add(&t->ttft[0],
-			      (request->first_token_ns - request->submitted_ns) / 1000);
-	histogram_add(&t->latency[0], (now_ns - request->submitted_ns) / 1000);
+	t->failed++;
 }
 
 /* Which tenants go into the segment when more are in use than it holds: those with the
@@ -257,6 +306,7 @@ void rs_stats_publish(struct rs_stats_publisher *stats, const struct rs_daemon *
 	const struct rs_sched_stats *core = rs_sched_stats(sched);
 	const struct rs_tenant_table *table = rs_sched_tenants(sched);
 	struct rs_prefix_cache *cache = rs_sched_prefix_cache(sched);
+	flush_pending(stats);
 	/* Over every worker's pool and cache (one unless --workers). */
 	uint64_t kv_total = 0, kv_used = 0, kv_cached = 0;
 	for (uint32_t w = 0; w < rs_sched_workers(sched); w++) {
@@ -275,7 +325,8 @@ void rs_stats_publish(struct rs_stats_publisher *stats, const struct rs_daemon *
 		const struct rs_tenant *tenant = &table->all[id];
 		if (!tenant->in_use)
 			continue;
-		struct tenant_stats *t = tenant_stats_of(stats, tenant, now_ns);
+		struct tenant_stats *t =
+		    tenant_stats_of(stats, tenant->id, tenant->generation, now_ns);
 		if (tenant->inflight || tenant->waiting || tenant->running)
 			t->last_active_ns = now_ns;
 		stats->order[n_used++] = id;

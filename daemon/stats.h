@@ -7,6 +7,7 @@
 #ifndef RS_DAEMON_STATS_H
 #define RS_DAEMON_STATS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 struct rs_daemon;
@@ -29,11 +30,13 @@ void rs_stats_publisher_destroy(struct rs_stats_publisher *stats);
 /* The segment's memfd, for the welcome (SCM_RIGHTS). */
 int rs_stats_publisher_fd(const struct rs_stats_publisher *stats);
 
-/* A request ended with status at now_ns (the finish hook): count it for its tenant and,
- * with status 0, put its time to first token and its latency (from submitted_ns) into
- * the tenant's histograms. */
-void rs_stats_record_finish(struct rs_stats_publisher *stats, const struct rs_request *request,
-			    int32_t status, uint64_t now_ns);
+/* A request of tenant ended with status at now_ns (the finish hook): count it and, with
+ * status 0, put its time to first token (when it had one) and its latency, both in
+ * microseconds from its submission (the finish hook computes them once, for the slot's
+ * timings too), into the tenant's histograms. */
+void rs_stats_record_finish(struct rs_stats_publisher *stats, const struct rs_tenant *tenant,
+			    int32_t status, bool first_token, uint32_t ttft_us, uint32_t latency_us,
+			    uint64_t now_ns);
 
 /* Publish an update of the segment from the daemon's state at now_ns. */
 void rs_stats_publish(struct rs_stats_publisher *stats, const struct rs_daemon *daemon,

@@ -86,6 +86,19 @@ int main(void)
 	sqe.opcode = RS_OP_GENERATE;
 	uint32_t bad_prompt[4] = {1, 2, 100, 3}; /* 100 == vocab size: out of range */
 	CHECK(raw_status(conn, &sqe, bad_prompt) == -ERANGE, "token id out of the vocabulary");
+	/* The check goes four tokens at a time, then one by one: a bad id in either part,
+	 * and ids with the top bit set (an unsigned comparison, not a signed one). */
+	uint32_t long_prompt[7] = {1, 2, 3, 4, 5, 6, 7};
+	sqe.prompt_len = 7;
+	CHECK(raw_status(conn, &sqe, long_prompt) == 0, "seven ids in range");
+	long_prompt[6] = 0xffffffffu;
+	CHECK(raw_status(conn, &sqe, long_prompt) == -ERANGE, "bad id among the last three");
+	long_prompt[6] = 7;
+	long_prompt[1] = 0x80000000u;
+	CHECK(raw_status(conn, &sqe, long_prompt) == -ERANGE, "top-bit id among the first four");
+	long_prompt[1] = 99;
+	CHECK(raw_status(conn, &sqe, long_prompt) == 0, "the largest id in range");
+	sqe.prompt_len = 4;
 
 	/* In flight: four long requests run; a fifth is refused with -EAGAIN. */
 	params.max_new_tokens = 32;

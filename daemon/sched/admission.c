@@ -88,13 +88,9 @@ void rs_admission_destroy(struct rs_admission *admission)
 	free(admission);
 }
 
-/* Count it, then queue it: the policy sees tenant->waiting == 1 for a newly backlogged
- * tenant. */
 void rs_admission_enqueue(struct rs_admission *admission, struct rs_request *request, bool front)
 {
-	request->tenant->waiting++;
-	admission->waiting++;
-	admission->ops->enqueue(admission, request, front);
+	rs_admission_enqueue_inline(admission, request, front);
 }
 
 /* Uncount it, then unlink it: the policy sees tenant->waiting == 0 for a tenant that
@@ -106,29 +102,15 @@ void rs_admission_remove(struct rs_admission *admission, struct rs_request *requ
 	admission->ops->remove(admission, request);
 }
 
-/* NULL when nothing waits; the policies may assume something does. */
 struct rs_request *rs_admission_peek(struct rs_admission *admission)
 {
-	if (admission->waiting == 0)
-		return NULL;
-	return admission->ops->peek(admission);
+	return rs_admission_peek_inline(admission);
 }
 
-/* Charge the prompt once: a request admitted again after preemption was paid for. */
 void rs_admission_take(struct rs_admission *admission, struct rs_request *request,
 		       uint32_t uncached_tokens)
 {
-	struct rs_tenant *tenant = request->tenant;
-	double charge = 0;
-	if (request->preemptions == 0) {
-		uint32_t tokens =
-		    admission->ops->charge_whole_prompt ? request->prompt_len : uncached_tokens;
-		charge = admission->params.w_prompt * tokens;
-	}
-	tenant->service += charge / tenant->weight;
-	tenant->waiting--;
-	admission->waiting--;
-	admission->ops->take(admission, request, charge);
+	rs_admission_take_inline(admission, request, uncached_tokens);
 }
 
 /* Only the policies that order by match_blocks care; an unchanged value is no change. */

@@ -106,10 +106,20 @@ static __attribute__((noinline)) void move_tenant(struct dlpm *dlpm, uint32_t id
 	rs_tenant_heap_fix(&dlpm->eligible, id);
 }
 
+/* Out of line too, for the same reason: a tenant enters or leaves the heap only when its
+ * queue fills or empties or its deficit crosses 0, not at every request. */
+static __attribute__((noinline)) void set_eligible(struct dlpm *dlpm, uint32_t id, bool eligible)
+{
+	if (eligible)
+		rs_tenant_heap_push(&dlpm->eligible, id);
+	else
+		rs_tenant_heap_remove(&dlpm->eligible, id);
+}
+
 /* Put the tenant in or out of the eligible heap, or move it there: call after anything
  * that changes its deficit, its waiting count or its best request (best_changed: its key
  * in the heap may have moved; the deficit only decides whether it is in the heap). */
-static void update_tenant(struct dlpm *dlpm, struct rs_tenant *tenant, bool best_changed)
+static inline void update_tenant(struct dlpm *dlpm, struct rs_tenant *tenant, bool best_changed)
 {
 	bool eligible = tenant->waiting > 0 && tenant->deficit > 0;
 	bool in_heap = rs_tenant_heap_has(&dlpm->eligible, tenant->id);
@@ -119,10 +129,7 @@ static void update_tenant(struct dlpm *dlpm, struct rs_tenant *tenant, bool best
 			move_tenant(dlpm, tenant->id);
 		return;
 	}
-	if (eligible)
-		rs_tenant_heap_push(&dlpm->eligible, tenant->id);
-	else
-		rs_tenant_heap_remove(&dlpm->eligible, tenant->id);
+	set_eligible(dlpm, tenant->id, eligible);
 }
 
 /* Back: into the tenant's heap; front: the head of its front list. A newly backlogged

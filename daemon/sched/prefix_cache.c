@@ -40,6 +40,10 @@ struct rs_prefix_node {
 	uint32_t direct_locks; /* rs_prefix_cache_lock calls on this node */
 	uint32_t locks;	       /* direct_locks + the children's locks */
 	uint32_t heap_index;   /* in the evictable heap, or NONE */
+	/* The child last found or created under it (a hint, maybe stale: a lookup tries it
+	 * first, comparing the tokens, and hashes only when it is not the one). A
+	 * conversation's or a shared system prompt's next request takes the same path. */
+	uint32_t hint;
 	bool in_use;
 };
 
@@ -126,6 +130,19 @@ static bool same_block(const struct rs_prefix_cache *cache, const uint32_t *a, c
 }
 
 /* --- children ------------------------------------------------------------------------------ */
+
+/* The parent's hinted child when it holds exactly these tokens, else NONE. A free node's
+ * parent is NONE, so a hint to a node evicted since fails the parent test; a node reused
+ * under the same parent fails the token test. */
+static uint32_t child_hinted(const struct rs_prefix_cache *cache, uint32_t parent,
+			     const uint32_t *tokens)
+{
+	uint32_t hint = cache->nodes[parent].hint;
+	if (hint == NONE || cache->nodes[hint].parent != parent)
+		return NONE;
+	const uint32_t *cached = node_tokens(cache, hint);
+	return cached[0] == tokens[0] && same_block(cache, cached, tokens) ? hint : NONE;
+}
 
 static uint32_t child_slot(const struct rs_prefix_cache *cache, uint32_t parent, uint64_t hash)
 {
@@ -271,7 +288,8 @@ static void touch(struct rs_prefix_cache *cache, uint32_t index)
 {
 	struct rs_prefix_node *node = &cache->nodes[index];
 	node->last_access = cache->clock;
-	if (node->heap_index != NONE)
+	/* Sinking needs a child in the heap below it (a heap of one is common). */
+	if (node->heap_index != NONE && 2 * node->heap_index + 1 < cache->heap_size)
 		heap_down(cache, node->heap_index);
 }
 
@@ -382,10 +400,15 @@ static uint32_t walk(struct rs_prefix_cache *cache, const uint32_t *tokens, uint
 	uint32_t index = ROOT;
 	for (uint32_t i = 0; i < max_blocks; i++) {
 		const uint32_t *block = tokens + (size_t)i * cache->block_size;
-		uint32_t child =
-		    child_find(cache, index, block_hash(block, cache->block_size), block);
-		if (child == NONE)
-			break;
+		uint32_t child = child_hinted(cache, index, block);
+		if (child == NONE) {
+			child =
+			    child_find(cache, index, block_hash(block, cache->block_size), block);
+			if (child == NONE)
+				break;
+			if (stamp) /* a use: the next lookup tries it first */
+				cache->nodes[index].hint = child;
+		}
 		index = child;
 		if (blocks)
 			blocks[i] = cache->nodes[index].block;
@@ -429,6 +452,7 @@ int rs_prefix_cache_create(struct rs_kv_cache *kv, const struct rs_prefix_cache_
 	for (uint32_t i = 0; i <= n; i++) {
 		cache->nodes[i].parent = NONE;
 		cache->nodes[i].heap_index = NONE;
+		cache->nodes[i].hint = NONE;
 	}
 	cache->nodes[ROOT].in_use = true;
 	cache->nodes[ROOT].block = NONE;
@@ -512,6 +536,41 @@ struct rs_prefix_node *rs_prefix_cache_insert(struct rs_prefix_cache *cache, con
 	return rs_prefix_cache_insert_below(cache, NULL, tokens, n_blocks, blocks);
 }
 
+/* A new node under parent for block (of hash), owning a reference to kv_block; the
+ * parent's waiters whose next block it is move down to it. NONE when the node pool is
+ * exhausted or the block cannot take a reference. Out of line: an insert mostly finds
+ * its blocks cached, and this would make every insert save registers. */
+static __attribute__((noinline)) uint32_t add_child(struct rs_prefix_cache *cache, uint32_t index,
+						    const uint32_t *block, uint64_t hash,
+						    uint32_t kv_block)
+{
+	if (!cache->n_free || rs_kv_block_ref(cache->kv, kv_block) < 0)
+		return NONE;
+	uint32_t child = cache->free_list[--cache->n_free];
+	struct rs_prefix_node *node = &cache->nodes[child];
+	memcpy(cache->tokens + (size_t)(child - 1) * cache->block_size, block,
+	       sizeof(*block) * cache->block_size);
+	node->hash = hash;
+	node->last_access = cache->clock;
+	node->waiters = NULL;
+	node->parent = index;
+	node->block = kv_block;
+	node->depth = cache->nodes[index].depth + 1;
+	node->n_children = 0;
+	node->direct_locks = node->locks = 0;
+	node->heap_index = NONE;
+	node->hint = NONE;
+	node->in_use = true;
+	cache->nodes[index].hint = child;
+	child_add(cache, child);
+	cache->n_nodes++;
+	cache->nodes[index].n_children++;
+	heap_update(cache, index);
+	heap_push(cache, child);
+	waiters_move_down(cache, index, child);
+	return child;
+}
+
 /* The insert of both entry points; adopt: switch the sequence's table to blocks already
  * cached (a sequence that goes on using its table), else leave its table alone (one that
  * lets go of it at once: the swap would only move references back and forth). */
@@ -530,8 +589,14 @@ static struct rs_prefix_node *insert_from(struct rs_prefix_cache *cache,
 	}
 	for (uint32_t i = first; i < n_blocks; i++) {
 		const uint32_t *block = tokens + (size_t)i * cache->block_size;
-		uint64_t hash = block_hash(block, cache->block_size);
-		uint32_t child = child_find(cache, index, hash, block);
+		uint32_t child = child_hinted(cache, index, block);
+		uint64_t hash = 0;
+		if (child == NONE) {
+			hash = block_hash(block, cache->block_size);
+			child = child_find(cache, index, hash, block);
+			if (child != NONE)
+				cache->nodes[index].hint = child;
+		}
 		if (child != NONE) {
 			uint32_t cached = cache->nodes[child].block;
 			if (adopt && blocks[i] != cached) {
@@ -544,28 +609,9 @@ static struct rs_prefix_node *insert_from(struct rs_prefix_cache *cache,
 			touch(cache, index);
 			continue;
 		}
-		if (!cache->n_free || rs_kv_block_ref(cache->kv, blocks[i]) < 0)
+		child = add_child(cache, index, block, hash, blocks[i]);
+		if (child == NONE)
 			break; /* the prefix so far is still correct */
-		child = cache->free_list[--cache->n_free];
-		struct rs_prefix_node *node = &cache->nodes[child];
-		memcpy(cache->tokens + (size_t)(child - 1) * cache->block_size, block,
-		       sizeof(*block) * cache->block_size);
-		node->hash = hash;
-		node->last_access = cache->clock;
-		node->waiters = NULL;
-		node->parent = index;
-		node->block = blocks[i];
-		node->depth = cache->nodes[index].depth + 1;
-		node->n_children = 0;
-		node->direct_locks = node->locks = 0;
-		node->heap_index = NONE;
-		node->in_use = true;
-		child_add(cache, child);
-		cache->n_nodes++;
-		cache->nodes[index].n_children++;
-		heap_update(cache, index);
-		heap_push(cache, child);
-		waiters_move_down(cache, index, child);
 		index = child;
 	}
 	return index == ROOT ? NULL : &cache->nodes[index];

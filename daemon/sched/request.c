@@ -44,8 +44,10 @@ struct rs_request *rs_request_get(struct rs_request_pool *pool)
 		return NULL;
 	pool->free_list = request->free_next;
 	pool->in_use++;
-	/* Zero all but the inline arrays, which the copy-in overwrites. */
-	memset(request, 0, offsetof(struct rs_request, inline_tokens));
+	/* Zero the data path's part only: rs_sched_submit sets every field of the core's
+	 * (all but the storage rs_request_reserve sets), and the inline arrays are
+	 * overwritten by the copy-in. A whole-struct memset cost 50 instructions a request. */
+	memset(request, 0, offsetof(struct rs_request, state));
 	return request;
 }
 

@@ -116,7 +116,9 @@ struct rs_request_pool {
 int rs_request_pool_init(struct rs_request_pool *pool, uint32_t capacity);
 void rs_request_pool_destroy(struct rs_request_pool *pool);
 
-/* Take a request from the pool, zeroed. NULL when exhausted. */
+/* Take a request from the pool, its data path's part (the fields before `state`) zeroed;
+ * the core's part is set by rs_sched_submit, its storage by rs_request_reserve. NULL when
+ * exhausted. */
 struct rs_request *rs_request_get(struct rs_request_pool *pool);
 
 /* Return a request to the pool; frees heap storage. */

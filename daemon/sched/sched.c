@@ -5,11 +5,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "daemon/sched/admission_ops.h"
 #include "daemon/sched/sched_internal.h"
 
 static uint32_t blocks_for(const struct rs_sched *sched, uint64_t positions)
 {
-	return (uint32_t)((positions + sched->block_size - 1) / sched->block_size);
+	return rs_sched_per_block(sched, positions + sched->block_size - 1);
 }
 
 static uint64_t now(const struct rs_sched *sched)
@@ -56,6 +57,8 @@ int rs_sched_create_workers(const struct rs_sched_config *config, struct rs_kv_c
 	sched->planner = config->planner ? config->planner : &rs_planner_continuous;
 	sched->kv = kvs[0];
 	sched->block_size = rs_kv_block_size(kvs[0]);
+	if (sched->block_size > 1 && !(sched->block_size & (sched->block_size - 1)))
+		sched->block_shift = (uint32_t)__builtin_ctz(sched->block_size);
 	sched->n_workers = n_workers;
 	sched->n_lanes = n_workers * config->lanes;
 	sched->worker_seats = config->lanes * config->max_batch; /* the planner may add */
@@ -94,6 +97,8 @@ int rs_sched_create_workers(const struct rs_sched_config *config, struct rs_kv_c
 		}
 	}
 	sched->cache = sched->workers[0].cache;
+	sched->watch_waiters =
+	    sched->cache && n_workers == 1 && rs_admission_orders_by_prefix(sched->admission);
 	if (n_workers > 1) {
 		struct rs_dispatch_params dispatch = config->dispatch;
 		if (!dispatch.load_threshold)
@@ -302,24 +307,22 @@ static void start_waiting(struct rs_sched *sched, struct rs_request *request, bo
 	request->state = RS_REQUEST_WAITING;
 	request->waiter.tokens = request->tokens;
 	/* At least the context's last token is fed again: it yields the next token. */
-	request->waiter.max_blocks = (rs_sched_context(request) - 1) / sched->block_size;
+	request->waiter.max_blocks = rs_sched_per_block(sched, rs_sched_context(request) - 1);
 	request->waiter.match_blocks = 0;
 	/* A context of one block or less can never match: nothing to track. */
 	/* With several workers a waiting request has no cache yet: its match is taken at
 	 * dispatch, and lpm and dlpm see every waiting request as matching nothing. */
-	request->watched = sched->cache && sched->n_workers == 1 &&
-			   request->waiter.max_blocks > 0 &&
-			   rs_admission_orders_by_prefix(sched->admission);
+	request->watched = sched->watch_waiters && request->waiter.max_blocks > 0;
 	if (request->watched)
 		rs_prefix_cache_watch(sched->cache, &request->waiter);
-	rs_admission_enqueue(sched->admission, request, front);
+	rs_admission_enqueue_inline(sched->admission, request, front);
 	if (sched->workers_choose)
 		pull_enqueue(sched, request, front);
 	else if (sched->router)
 		routed_enqueue(sched, request, front);
 }
 
-static void stop_waiting(struct rs_sched *sched, struct rs_request *request)
+static inline void stop_waiting(struct rs_sched *sched, struct rs_request *request)
 {
 	if (sched->workers_choose)
 		pull_remove(sched, request);
@@ -337,18 +340,31 @@ int rs_sched_submit(struct rs_sched *sched, struct rs_request *request)
 	if (request->prompt_len == 0 || request->max_new_tokens == 0)
 		return -EINVAL;
 	uint32_t max_share = request->tenant->max_kv_blocks;
-	if (blocks_for(sched, positions) > sched->min_kv_blocks ||
-	    (max_share && blocks_for(sched, positions) > max_share))
+	uint32_t blocks = blocks_for(sched, positions);
+	if (blocks > sched->min_kv_blocks || (max_share && blocks > max_share))
 		return -E2BIG;
+	/* Every field of the core's part but the storage (tokens, blocks,
+	 * blocks_capacity): the pool does not zero it (request.h). */
 	request->arrival = sched->next_arrival++;
 	request->submitted_ns = now(sched);
 	request->admitted_ns = request->first_token_ns = 0;
 	request->generated = request->computed = request->cached_tokens = 0;
 	request->n_blocks = 0;
 	request->promised = 0;
+	request->lane = request->worker = request->seat = 0;
+	request->predicted_output = request->bin = 0;
 	request->preemptions = 0;
-	request->in_step = request->cancelled = request->hit_eos = false;
+	request->in_step = request->cancelled = request->hit_eos = request->watched = false;
+	request->cancel_status = 0;
 	request->locked = NULL;
+	request->waiter.node = NULL;
+	request->waiter.node_next = request->waiter.node_prev = NULL;
+	request->waiter.key_next = request->waiter.key_prev = NULL;
+	request->waiter.next_key = 0;
+	request->queue_next = request->queue_prev = request->heap_child = NULL;
+	request->in_run = false;
+	request->parked_next = request->parked_prev = NULL;
+	request->pull_next = request->pull_prev = NULL;
 	if (sched->router) /* SGLang's router: the worker is chosen now */
 		request->worker = rs_router_route(sched->router, sched->dispatch, request,
 						  sched->in_service, sched->candidates);
@@ -387,9 +403,10 @@ static struct rs_sched_worker *worker_of(struct rs_sched *sched, const struct rs
 static void release_blocks(struct rs_sched *sched, struct rs_request *request)
 {
 	struct rs_sched_worker *worker = worker_of(sched, request);
-	if (worker->cache)
+	if (request->locked) { /* only with a cache */
 		rs_prefix_cache_unlock(worker->cache, request->locked);
-	request->locked = NULL;
+		request->locked = NULL;
+	}
 	for (uint32_t i = 0; i < request->n_blocks; i++)
 		rs_kv_block_unref(worker->kv, request->blocks[i]);
 	request->tenant->kv_blocks -= request->n_blocks;
@@ -489,8 +506,9 @@ static void stop_running(struct rs_sched *sched, struct rs_request *request)
 	} else
 		remove_from_lane(&sched->lanes[request->lane], request);
 	release_blocks(sched, request);
-	worker_of(sched, request)->promised -= request->promised;
-	worker_of(sched, request)->load--;
+	struct rs_sched_worker *worker = worker_of(sched, request);
+	worker->promised -= request->promised;
+	worker->load--;
 	request->tenant->kv_blocks -= request->promised;
 	request->promised = 0;
 	sched->running--;
@@ -504,14 +522,16 @@ static void finish(struct rs_sched *sched, struct rs_request *request, int32_t s
 	if (request->state == RS_REQUEST_RUNNING || request->state == RS_REQUEST_STAGED) {
 		/* The prompt and the output so far: a conversation's next turn starts with it.
 		 * Not locked: the request lets go of it at once. */
-		if (status == 0 && worker_of(sched, request)->cache)
-			rs_prefix_cache_insert_released(
-			    worker_of(sched, request)->cache, request->locked, request->tokens,
-			    request->computed / sched->block_size, request->blocks);
-		if (status == 0 && sched->planner->finished)
-			sched->planner->finished(sched, request);
-		if (status == 0)
-			worker_of(sched, request)->served++;
+		if (status == 0) {
+			struct rs_sched_worker *worker = worker_of(sched, request);
+			if (worker->cache && request->computed >= sched->block_size)
+				rs_prefix_cache_insert_released(
+				    worker->cache, request->locked, request->tokens,
+				    rs_sched_per_block(sched, request->computed), request->blocks);
+			if (sched->planner->finished)
+				sched->planner->finished(sched, request);
+			worker->served++;
+		}
 		stop_running(sched, request);
 	} else if (request->state == RS_REQUEST_WAITING) {
 		rs_admission_remove(sched->admission, request);
@@ -584,15 +604,12 @@ static struct rs_sched_worker *dispatch(struct rs_sched *sched, const struct rs_
 	return &sched->workers[sched->candidates[chosen].worker];
 }
 
+static void seat(struct rs_sched *sched, struct rs_sched_lane *lane, struct rs_request *request);
+
 void rs_sched_seat(struct rs_sched *sched, struct rs_sched_lane *lane, struct rs_request *request)
 {
-	if (lane->n_running == sched->config.max_batch)
-		compact_lane(lane);
 	unstage(sched, request);
-	request->state = RS_REQUEST_RUNNING;
-	request->lane = lane->index;
-	request->seat = lane->n_running;
-	lane->running[lane->n_running++] = request;
+	seat(sched, lane, request);
 }
 
 static struct rs_request *admit_on(struct rs_sched *sched, struct rs_request *request,
@@ -601,11 +618,12 @@ static struct rs_request *admit_on(struct rs_sched *sched, struct rs_request *re
 /* The waiting request's whole context fits its tenant's KV share beside what the tenant
  * holds; else it is parked (or failed, when nothing of its tenant runs: the share shrank
  * below what it needs, a reload) and the answer is false. */
-static bool within_share(struct rs_sched *sched, struct rs_request *request)
+static inline bool within_share(struct rs_sched *sched, struct rs_request *request)
 {
 	struct rs_tenant *tenant = request->tenant;
-	if (!over_share(tenant, blocks_for(sched, rs_sched_context(request))))
-		return true;
+	if (!tenant->max_kv_blocks ||
+	    !over_share(tenant, blocks_for(sched, rs_sched_context(request))))
+		return true; /* no share set: nothing to count */
 	if (tenant->running == 0)
 		finish(sched, request, -E2BIG);
 	else
@@ -710,7 +728,7 @@ struct rs_request *rs_sched_admit_staged(struct rs_sched *sched)
 {
 	struct rs_request *request;
 	do {
-		request = rs_admission_peek(sched->admission);
+		request = rs_admission_peek_inline(sched->admission);
 		if (!request)
 			return NULL;
 	} while (!within_share(sched, request));
@@ -720,11 +738,12 @@ struct rs_request *rs_sched_admit_staged(struct rs_sched *sched)
 	return admit_on(sched, request, worker);
 }
 
-/* Admit the waiting request on the worker (which has a free seat): it joins the tail of
- * the staged list, charged, its blocks promised. NULL when the worker's pool cannot hold
- * its uncached context even after eviction: it keeps waiting. */
-static struct rs_request *admit_on(struct rs_sched *sched, struct rs_request *request,
-				   struct rs_sched_worker *worker)
+/* Admit the waiting request on the worker (which has a free seat): charged, its blocks
+ * promised, its cached prefix taken and locked, counted as running; the caller stages or
+ * seats it. False when the worker's pool cannot hold its uncached context even after
+ * eviction: it keeps waiting. */
+static bool admit_request(struct rs_sched *sched, struct rs_request *request,
+			  struct rs_sched_worker *worker)
 {
 	struct rs_prefix_cache *cache = worker->cache;
 	uint32_t context = rs_sched_context(request);
@@ -741,16 +760,19 @@ static struct rs_request *admit_on(struct rs_sched *sched, struct rs_request *re
 	 * eviction for a request that still cannot run would only empty the cache. */
 	uint32_t needed = blocks_for(sched, context) - matched;
 	uint32_t available = unpromised_free(worker, 0);
-	uint32_t evictable =
-	    cache ? rs_prefix_cache_nodes(cache) - rs_prefix_cache_locked_nodes(cache) : 0;
-	if (available < needed && available + evictable >= needed) {
-		sched->stats.evicted_blocks += rs_prefix_cache_evict(cache, needed - available);
-		available = unpromised_free(worker, 0);
-	}
 	if (available < needed) {
-		if (cache)
-			rs_prefix_cache_unlock(cache, deepest);
-		return NULL; /* it stays next: the policy's order is kept */
+		uint32_t evictable =
+		    cache ? rs_prefix_cache_nodes(cache) - rs_prefix_cache_locked_nodes(cache) : 0;
+		if (available + evictable >= needed) {
+			sched->stats.evicted_blocks +=
+			    rs_prefix_cache_evict(cache, needed - available);
+			available = unpromised_free(worker, 0);
+		}
+		if (available < needed) {
+			if (cache)
+				rs_prefix_cache_unlock(cache, deepest);
+			return false; /* it stays next: the policy's order is kept */
+		}
 	}
 	request->worker = worker->index;
 	worker->load++;
@@ -758,7 +780,7 @@ static struct rs_request *admit_on(struct rs_sched *sched, struct rs_request *re
 	worker->promised += needed;
 	uint32_t cached = matched * sched->block_size;
 	uint32_t uncached = request->prompt_len > cached ? request->prompt_len - cached : 0;
-	rs_admission_take(sched->admission, request, uncached);
+	rs_admission_take_inline(sched->admission, request, uncached);
 	if (sched->workers_choose && request->preemptions == 0)
 		rs_dispatch_charge_prompt(sched->dispatch, request->tenant, worker->index,
 					  uncached);
@@ -782,6 +804,30 @@ static struct rs_request *admit_on(struct rs_sched *sched, struct rs_request *re
 		tenant->prompt_tokens += request->prompt_len;
 		tenant->cached_tokens += prompt_cached;
 	}
+	sched->running++;
+	tenant->running++;
+	sched->stats.admitted++;
+	return true;
+}
+
+/* Seat an admitted request (not staged) in the lane, which has a free seat. */
+static void seat(struct rs_sched *sched, struct rs_sched_lane *lane, struct rs_request *request)
+{
+	if (lane->n_running == sched->config.max_batch)
+		compact_lane(lane);
+	request->state = RS_REQUEST_RUNNING;
+	request->lane = lane->index;
+	request->seat = lane->n_running;
+	lane->running[lane->n_running++] = request;
+}
+
+/* admit_request, then the request joins the tail of the staged list. NULL when it could
+ * not be admitted. */
+static struct rs_request *admit_on(struct rs_sched *sched, struct rs_request *request,
+				   struct rs_sched_worker *worker)
+{
+	if (!admit_request(sched, request, worker))
+		return NULL;
 	request->state = RS_REQUEST_STAGED;
 	request->queue_next = NULL;
 	request->queue_prev = sched->staged_tail;
@@ -791,9 +837,6 @@ static struct rs_request *admit_on(struct rs_sched *sched, struct rs_request *re
 		sched->staged_head = request;
 	sched->staged_tail = request;
 	sched->staged++;
-	sched->running++;
-	tenant->running++;
-	sched->stats.admitted++;
 	return request;
 }
 
@@ -843,7 +886,16 @@ struct rs_request *rs_sched_admit_next(struct rs_sched *sched, struct rs_sched_l
 		       request->worker != lane->worker->index)
 			request = NULL;
 	} else {
-		request = rs_sched_admit_staged(sched);
+		/* One worker: the policy's next request, seated at once (never staged). */
+		do {
+			request = rs_admission_peek_inline(sched->admission);
+			if (!request)
+				return NULL;
+		} while (!within_share(sched, request));
+		if (!admit_request(sched, request, lane->worker))
+			return NULL;
+		seat(sched, lane, request);
+		return request;
 	}
 	if (request)
 		rs_sched_seat(sched, lane, request);
@@ -868,11 +920,10 @@ struct rs_request *rs_sched_admit_staged_for(struct rs_sched *sched,
 	return NULL;
 }
 
-int rs_sched_reserve(struct rs_sched *sched, struct rs_sched_lane *lane, struct rs_request *request,
-		     uint32_t positions)
+int rs_sched_reserve_more(struct rs_sched *sched, struct rs_sched_lane *lane,
+			  struct rs_request *request, uint32_t needed)
 {
 	struct rs_sched_worker *worker = lane->worker;
-	uint32_t needed = blocks_for(sched, positions);
 	while (request->n_blocks < needed) {
 		if (!request->promised && over_share(request->tenant, 1)) {
 			/* Its tenant holds its share: the tenant's youngest request not in this
@@ -919,29 +970,6 @@ int rs_sched_reserve(struct rs_sched *sched, struct rs_sched_lane *lane, struct 
 			return -ENOMEM;
 	}
 	return 0;
-}
-
-void rs_sched_plan_add(struct rs_sched *sched, struct rs_sched_lane *lane,
-		       struct rs_request *request, uint32_t n_tokens)
-{
-	struct rs_step_plan *plan = &lane->plan;
-	uint32_t i = plan->n++;
-	struct rs_seq_step *step = &plan->steps[i];
-	plan->requests[i] = request;
-	step->tokens = request->tokens + request->computed;
-	step->n_tokens = n_tokens;
-	step->start_pos = request->computed;
-	step->block_table = request->blocks;
-	step->n_blocks = request->n_blocks;
-	step->sampling = (struct rs_sampling_params){.temperature = request->temperature,
-						     .top_k = request->top_k,
-						     .top_p = request->top_p,
-						     .seed = request->seed};
-	step->sample = request->computed + n_tokens == rs_sched_context(request);
-	step->out_token =
-	    request->output ? &request->output[request->generated] : &plan->sampled[i];
-	plan->n_tokens += n_tokens;
-	request->in_step = true;
 }
 
 const struct rs_step_plan *rs_sched_plan_step(struct rs_sched *sched, uint32_t lane_index)
@@ -1009,7 +1037,7 @@ static void advance(struct rs_sched *sched, struct rs_request *request,
 	/* The prompt is in: later prompts that start with it hit from now on. */
 	if (request->generated == 1 && request->preemptions == 0 &&
 	    worker_of(sched, request)->cache)
-		cache_prefix(sched, request, request->prompt_len / sched->block_size);
+		cache_prefix(sched, request, rs_sched_per_block(sched, request->prompt_len));
 }
 
 /* --- Workers taken out of service (dispatch.max_failures) --- */

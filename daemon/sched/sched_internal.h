@@ -41,6 +41,12 @@ struct rs_sched {
 	/* Worker 0's pool and cache (the only ones with one worker), for the accessors. */
 	struct rs_kv_cache *kv;
 	uint32_t block_size; /* every worker's */
+	/* log2(block_size) when it is a power of two (always, in practice), else 0: the
+	 * hot path's divisions by it become shifts (a division is 20-40 cycles). */
+	uint32_t block_shift;
+	/* Waiting requests are watched by the prefix cache: a cache, one worker and a
+	 * policy that orders by cached prefix (lpm, dlpm). */
+	bool watch_waiters;
 	struct rs_prefix_cache *cache;
 	struct rs_sched_worker *workers;
 	uint32_t n_workers;
@@ -80,6 +86,12 @@ struct rs_sched {
 	uint32_t *match_scratch; /* block ids of a match: kv n_blocks entries */
 	struct rs_sched_stats stats;
 };
+
+/* x / block_size: a shift when the block size is a power of two. */
+static inline uint32_t rs_sched_per_block(const struct rs_sched *sched, uint64_t x)
+{
+	return (uint32_t)(sched->block_shift ? x >> sched->block_shift : x / sched->block_size);
+}
 
 /* Positions a running request still has to feed before it can sample its next token:
  * the prompt and every output token but the newest, which is fed by the next step. */
@@ -128,12 +140,53 @@ static inline uint32_t rs_sched_free_seats(const struct rs_sched *sched,
  * evicting cached prefixes, else preempting the lane's youngest running requests not in
  * the plan. Returns 0, or -ENOMEM when the request itself was preempted (it was the
  * youngest). */
-int rs_sched_reserve(struct rs_sched *sched, struct rs_sched_lane *lane, struct rs_request *request,
-		     uint32_t positions);
+int rs_sched_reserve_more(struct rs_sched *sched, struct rs_sched_lane *lane,
+			  struct rs_request *request, uint32_t needed);
+
+/* Inline: most calls need no block (a decode within its last block) or only blocks
+ * promised at admission. rs_sched_reserve_more is the rest: unpromised blocks, the
+ * tenant's share, eviction, preemption. */
+static inline int rs_sched_reserve(struct rs_sched *sched, struct rs_sched_lane *lane,
+				   struct rs_request *request, uint32_t positions)
+{
+	uint32_t needed = rs_sched_per_block(sched, (uint64_t)positions + sched->block_size - 1);
+	/* Promised blocks are free (the worker never promises more than its free blocks). */
+	while (request->n_blocks < needed && request->promised) {
+		int block = rs_kv_block_alloc(lane->worker->kv);
+		if (block < 0)
+			break; /* cannot happen (see above); rs_sched_reserve_more decides */
+		request->blocks[request->n_blocks++] = (uint32_t)block;
+		request->promised--;
+		lane->worker->promised--;
+	}
+	if (request->n_blocks >= needed)
+		return 0;
+	return rs_sched_reserve_more(sched, lane, request, needed);
+}
 
 /* Append n_tokens of the request's sequence, from position request->computed, to the
  * lane's plan; it samples when they reach the end of the context. */
-void rs_sched_plan_add(struct rs_sched *sched, struct rs_sched_lane *lane,
-		       struct rs_request *request, uint32_t n_tokens);
+static inline void rs_sched_plan_add(struct rs_sched *sched, struct rs_sched_lane *lane,
+				     struct rs_request *request, uint32_t n_tokens)
+{
+	struct rs_step_plan *plan = &lane->plan;
+	uint32_t i = plan->n++;
+	struct rs_seq_step *step = &plan->steps[i];
+	plan->requests[i] = request;
+	step->tokens = request->tokens + request->computed;
+	step->n_tokens = n_tokens;
+	step->start_pos = request->computed;
+	step->block_table = request->blocks;
+	step->n_blocks = request->n_blocks;
+	step->sampling = (struct rs_sampling_params){.temperature = request->temperature,
+						     .top_k = request->top_k,
+						     .top_p = request->top_p,
+						     .seed = request->seed};
+	step->sample = request->computed + n_tokens == rs_sched_context(request);
+	step->out_token =
+	    request->output ? &request->output[request->generated] : &plan->sampled[i];
+	plan->n_tokens += n_tokens;
+	request->in_step = true;
+}
 
 #endif
