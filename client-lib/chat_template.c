@@ -556,6 +556,8 @@ static int render_gemma(struct rs_chat_text *t, const struct rs_chat_message *m,
 		bool user = role_is(&m[i], "user");
 		if (!user && !role_is(&m[i], "assistant"))
 			return -EINVAL;
+		if (system && i == first && !user)
+			return -EINVAL; /* the system text rides on the first message, a user's */
 		lit(t, user ? "<start_of_turn>user\n" : "<start_of_turn>model\n");
 		if (system && i == first && user) {
 			content_span(t, trim(whole(system)));

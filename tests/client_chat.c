@@ -458,6 +458,12 @@ static void check_api(void)
 	CHECK(rs_chat_template_detect(NULL, 0) == -EINVAL, "NULL");
 	struct rs_chat_message m[2] = {{"user", "hello"}, {"tool", "x"}};
 	CHECK(rs_chat_format(RS_CHAT_GEMMA, m, 2, 0, NULL, 0) == -EINVAL, "a role gemma lacks");
+	/* Gemma's system message rides on the first user message: before an answer it has
+	 * no place (its template refuses it), and is refused, not dropped. */
+	struct rs_chat_message gemma[3] = {
+	    {"system", "be brief"}, {"assistant", "a"}, {"user", "u"}};
+	CHECK(rs_chat_format(RS_CHAT_GEMMA, gemma, 3, 0, NULL, 0) == -EINVAL,
+	      "gemma: a system message before an answer");
 	CHECK(rs_chat_format(0, m, 1, 0, NULL, 0) == -EINVAL, "template 0 is not one");
 	CHECK(rs_chat_format(RS_CHAT_CHATML, m, 1, 1u << 7, NULL, 0) == -EINVAL, "bad flag");
 	m[1].content = NULL;
