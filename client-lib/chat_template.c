@@ -298,12 +298,11 @@ static int render_llama2(struct rs_chat_text *t, const struct rs_chat_message *m
 			lit(t, "<s>[INST] ");
 			if (i == first && system) {
 				/* strip() applies to the whole "<<SYS>>\n" + system + ... +
-				 * content. */
-				struct span user = trim(whole(m[i].content));
+				 * content: the user text loses its trailing space only, and
+				 * when nothing else is left, the "\n\n" before it too. */
+				struct span user = rstrip_chars(whole(m[i].content), " \t\n\r\v\f");
 				lit(t, "<<SYS>>\n");
-				content_span(t, user.n
-						    ? whole(system)
-						    : rstrip_chars(whole(system), " \t\n\r\v\f"));
+				content(t, system, strlen(system));
 				if (user.n) {
 					lit(t, "\n<</SYS>>\n\n");
 					content_span(t, user);

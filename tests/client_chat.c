@@ -476,6 +476,19 @@ static void check_api(void)
 		  rs_chat_format(RS_CHAT_LLAMA3, tool, 2, 0, NULL, 0) > 0 &&
 		  rs_chat_format(RS_CHAT_LLAMA31, other, 2, 0, NULL, 0) > 0,
 	      "plain roles");
+	/* Llama 2 strips "<<SYS>>\n" + system + "\n<</SYS>>\n\n" + user as one string
+	 * (Python's strip()): the user text keeps its leading space, the system text its
+	 * trailing one, and only an empty user text takes the two newlines with it. */
+	struct rs_chat_message sys_user[2][2] = {{{"system", "hi"}, {"user", "\n hi\n"}},
+						 {{"system", "a\n\n"}, {"user", " "}}};
+	const char *llama2_want[2] = {"<s>[INST] <<SYS>>\nhi\n<</SYS>>\n\n\n hi [/INST]",
+				      "<s>[INST] <<SYS>>\na\n\n\n<</SYS>> [/INST]"};
+	for (int i = 0; i < 2; i++) {
+		char text[128];
+		int n = rs_chat_format(RS_CHAT_LLAMA2, sys_user[i], 2, 0, text, sizeof(text));
+		CHECK(n == (int)strlen(llama2_want[i]) && strcmp(text, llama2_want[i]) == 0,
+		      "llama2, system and user %d: %s", i, text);
+	}
 	/* Gemma's system message rides on the first user message: before an answer it has
 	 * no place (its template refuses it), and is refused, not dropped. */
 	struct rs_chat_message gemma[3] = {
