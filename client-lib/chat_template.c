@@ -298,12 +298,11 @@ static int render_llama2(struct rs_chat_text *t, const struct rs_chat_message *m
 			lit(t, "<s>[INST] ");
 			if (i == first && system) {
 				/* strip() applies to the whole "<<SYS>>\n" + system + ... +
-				 * content. */
-				struct span user = trim(whole(m[i].content));
+				 * content: the user text loses its trailing space only, and
+				 * when nothing else is left, the "\n\n" before it too. */
+				struct span user = rstrip_chars(whole(m[i].content), " \t\n\r\v\f");
 				lit(t, "<<SYS>>\n");
-				content_span(t, user.n
-						    ? whole(system)
-						    : rstrip_chars(whole(system), " \t\n\r\v\f"));
+				content(t, system, strlen(system));
 				if (user.n) {
 					lit(t, "\n<</SYS>>\n\n");
 					content_span(t, user);
@@ -370,8 +369,12 @@ static int render_llama3(struct rs_chat_text *t, int tmpl, const struct rs_chat_
 		}
 		lit(t, "<|eot_id|>");
 	}
-	for (size_t i = first; i < n; i++)
+	for (size_t i = first; i < n; i++) {
+		/* 3.1+ write these under an ipython header, as JSON: not a plain turn. */
+		if (tmpl != RS_CHAT_LLAMA3 && (role_is(&m[i], "tool") || role_is(&m[i], "ipython")))
+			return -EINVAL;
 		llama3_turn(t, m[i].role, m[i].content);
+	}
 	if (flags & RS_CHAT_ADD_ASSISTANT)
 		lit(t, "<|start_header_id|>assistant<|end_header_id|>\n\n");
 	return 0;
@@ -430,6 +433,11 @@ static int render_chatml(struct rs_chat_text *t, int tmpl, const struct rs_chat_
 	if (tmpl == RS_CHAT_QWEN25 && !(n && role_is(&m[0], "system")))
 		lit(t, "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a "
 		       "helpful assistant.<|im_end|>\n");
+	/* Qwen's templates wrap "tool" in a user turn and write no other role: refused. */
+	for (size_t i = 0; i < n && tmpl != RS_CHAT_CHATML; i++)
+		if (!role_is(&m[i], "system") && !role_is(&m[i], "user") &&
+		    !role_is(&m[i], "assistant"))
+			return -EINVAL;
 	size_t last_query = n ? n - 1 : 0;
 	for (size_t i = n; i-- > 0;)
 		if (role_is(&m[i], "user")) {
@@ -556,6 +564,8 @@ static int render_gemma(struct rs_chat_text *t, const struct rs_chat_message *m,
 		bool user = role_is(&m[i], "user");
 		if (!user && !role_is(&m[i], "assistant"))
 			return -EINVAL;
+		if (system && i == first && !user)
+			return -EINVAL; /* the system text rides on the first message, a user's */
 		lit(t, user ? "<start_of_turn>user\n" : "<start_of_turn>model\n");
 		if (system && i == first && user) {
 			content_span(t, trim(whole(system)));

@@ -492,7 +492,8 @@ enum rs_chat_template {
 };
 
 /* One message: role "system", "user" or "assistant" (llama3 and chatml take any role
- * name), content any UTF-8 text. Both NUL-terminated. */
+ * name, llama3.1 and llama3.2 any but "tool" and "ipython", which their templates write
+ * otherwise), content any UTF-8 text. Both NUL-terminated. */
 struct rs_chat_message {
 	const char *role;
 	const char *content;

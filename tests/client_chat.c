@@ -458,6 +458,43 @@ static void check_api(void)
 	CHECK(rs_chat_template_detect(NULL, 0) == -EINVAL, "NULL");
 	struct rs_chat_message m[2] = {{"user", "hello"}, {"tool", "x"}};
 	CHECK(rs_chat_format(RS_CHAT_GEMMA, m, 2, 0, NULL, 0) == -EINVAL, "a role gemma lacks");
+	/* Roles a template lays out otherwise than as a plain turn are refused, never written
+	 * as one: Qwen2.5's and Qwen3's templates wrap "tool" in a user turn's
+	 * <tool_response> and write nothing for other roles; Llama 3.1's and 3.2's write
+	 * "tool" and "ipython" under an ipython header, as JSON. Plain ChatML and Llama 3.0
+	 * take any role. */
+	struct rs_chat_message tool[2] = {{"user", "hello"}, {"tool", "42"}};
+	struct rs_chat_message other[2] = {{"user", "hello"}, {"developer", "x"}};
+	struct rs_chat_message ipython[2] = {{"user", "hello"}, {"ipython", "42"}};
+	CHECK(rs_chat_format(RS_CHAT_QWEN25, tool, 2, 0, NULL, 0) == -EINVAL, "qwen2.5: tool");
+	CHECK(rs_chat_format(RS_CHAT_QWEN3, tool, 2, 0, NULL, 0) == -EINVAL, "qwen3: tool");
+	CHECK(rs_chat_format(RS_CHAT_QWEN3, other, 2, 0, NULL, 0) == -EINVAL, "qwen3: developer");
+	CHECK(rs_chat_format(RS_CHAT_LLAMA31, tool, 2, 0, NULL, 0) == -EINVAL, "llama3.1: tool");
+	CHECK(rs_chat_format(RS_CHAT_LLAMA32, ipython, 2, 0, NULL, 0) == -EINVAL,
+	      "llama3.2: ipython");
+	CHECK(rs_chat_format(RS_CHAT_CHATML, tool, 2, 0, NULL, 0) > 0 &&
+		  rs_chat_format(RS_CHAT_LLAMA3, tool, 2, 0, NULL, 0) > 0 &&
+		  rs_chat_format(RS_CHAT_LLAMA31, other, 2, 0, NULL, 0) > 0,
+	      "plain roles");
+	/* Llama 2 strips "<<SYS>>\n" + system + "\n<</SYS>>\n\n" + user as one string
+	 * (Python's strip()): the user text keeps its leading space, the system text its
+	 * trailing one, and only an empty user text takes the two newlines with it. */
+	struct rs_chat_message sys_user[2][2] = {{{"system", "hi"}, {"user", "\n hi\n"}},
+						 {{"system", "a\n\n"}, {"user", " "}}};
+	const char *llama2_want[2] = {"<s>[INST] <<SYS>>\nhi\n<</SYS>>\n\n\n hi [/INST]",
+				      "<s>[INST] <<SYS>>\na\n\n\n<</SYS>> [/INST]"};
+	for (int i = 0; i < 2; i++) {
+		char text[128];
+		int n = rs_chat_format(RS_CHAT_LLAMA2, sys_user[i], 2, 0, text, sizeof(text));
+		CHECK(n == (int)strlen(llama2_want[i]) && strcmp(text, llama2_want[i]) == 0,
+		      "llama2, system and user %d: %s", i, text);
+	}
+	/* Gemma's system message rides on the first user message: before an answer it has
+	 * no place (its template refuses it), and is refused, not dropped. */
+	struct rs_chat_message gemma[3] = {
+	    {"system", "be brief"}, {"assistant", "a"}, {"user", "u"}};
+	CHECK(rs_chat_format(RS_CHAT_GEMMA, gemma, 3, 0, NULL, 0) == -EINVAL,
+	      "gemma: a system message before an answer");
 	CHECK(rs_chat_format(0, m, 1, 0, NULL, 0) == -EINVAL, "template 0 is not one");
 	CHECK(rs_chat_format(RS_CHAT_CHATML, m, 1, 1u << 7, NULL, 0) == -EINVAL, "bad flag");
 	m[1].content = NULL;

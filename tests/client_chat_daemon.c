@@ -164,6 +164,12 @@ int main(void)
 		 "2>&1",
 		 build, dir);
 	CHECK(run(command, out) == 2 && strstr(out, "chatml"), "mkmodel: unknown name: %s", out);
+	/* Only a GGUF file holds a template: without --out-gguf it is refused, not dropped. */
+	snprintf(command, sizeof(command),
+		 "%s/ringserve-mkmodel --out-llama2c %s/x.bin --chat-template chatml 2>&1", build,
+		 dir);
+	CHECK(run(command, out) == 2 && strstr(out, "--out-gguf"),
+	      "mkmodel: a template without a GGUF output: %s", out);
 
 	struct test_daemon daemon;
 	const char *args[] = {"--model", model, "--backend", "cpu", "--threads", "1", NULL};

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include "tests/harness/harness.h"
 
@@ -79,6 +80,20 @@ int main(void)
 	CHECK(blocks == 4, "%d blocks", blocks);
 	CHECK(total == expected, "dlpm: services add up to %.0f, not %.0f", total, expected);
 	CHECK(lines > 4 * 3, "only %d samples", lines);
+	/* --dispatch-at arrival with d2lpm (the default dispatch) is refused, as ringserved
+	 * refuses it, not run at admission in silence; compare with workers sets the
+	 * policies itself and runs d2lpm's row at admission. */
+	snprintf(cmd, sizeof(cmd),
+		 "%s/ringserve-sim run --workers 2 --dispatch-at arrival --requests 10 "
+		 "> /dev/null 2>&1",
+		 test_build_dir());
+	int rc = system(cmd);
+	CHECK(WIFEXITED(rc) && WEXITSTATUS(rc) == 2, "%s: status %d", cmd, rc);
+	snprintf(cmd, sizeof(cmd),
+		 "%s/ringserve-sim compare --workers 2 --dispatch-at arrival --requests 20 "
+		 "--max-batch 4 > /dev/null",
+		 test_build_dir());
+	CHECK(system(cmd) == 0, "%s failed", cmd);
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
 	CHECK(system(cmd) == 0, "%s", cmd);
 	printf("compare: four policies; service log: 4 blocks, %d samples, totals %.0f\n", lines,

@@ -81,8 +81,11 @@ uint32_t rs_router_match_blocks(const struct rs_router *router, uint32_t worker,
 static void record(struct rs_router *router, uint32_t worker, const uint32_t *tokens,
 		   uint32_t prompt_len)
 {
-	uint32_t full = prompt_len / router->block_size;
-	if (router->used[worker] + full > router->slots / 4 * 3) {
+	/* At most 3/4 of the table: open addressing needs an empty slot to stop at, and a
+	 * prompt's first blocks are the ones a later prompt can match. */
+	uint32_t room = router->slots / 4 * 3, full = prompt_len / router->block_size;
+	full = full < room ? full : room;
+	if (router->used[worker] + full > room) {
 		/* Full: forget everything routed there (the tree's eviction, crudely). */
 		memset(&router->table[(size_t)worker * router->slots], 0,
 		       router->slots * sizeof(*router->table));

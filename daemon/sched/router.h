@@ -6,8 +6,9 @@
  * queue in arrival order (SGLang's default `--schedule-policy fcfs`).
  *
  * The router's tree is modelled by the hashes of each routed prompt's full-block prefixes
- * (a prompt of n full blocks adds the chains of its first 1 .. n blocks), per worker, in
- * an open-addressed table of fixed size; when a table is three quarters full it is
+ * (a prompt of n full blocks adds the chains of its first 1 .. n blocks, n at most three
+ * quarters of the table), per worker, in an open-addressed table of fixed size; when a
+ * table is three quarters full it is
  * emptied (SGLang evicts its tree's least recently used leaves past max_tree_size: ours is
  * cruder, and both forget). A request's match on a worker: its longest prefix of full
  * blocks present there; the tree's size: the entries present. No allocation after

@@ -276,6 +276,11 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	if (chat_template_arg && !out_gguf) {
+		fprintf(stderr, "ringserve-mkmodel: --chat-template goes with --out-gguf (only a "
+				"GGUF file holds a template)\n");
+		return 2;
+	}
 	if (!cfg.n_heads || cfg.dim % cfg.n_heads) {
 		fprintf(stderr, "ringserve-mkmodel: --heads %u must divide --dim %u\n", cfg.n_heads,
 			cfg.dim);

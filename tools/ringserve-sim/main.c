@@ -347,6 +347,14 @@ int main(int argc, char **argv)
 		usage();
 		return 2;
 	}
+	/* As ringserved: d2lpm's workers choose at admission. compare with workers sets the
+	 * dispatch policies itself (d2lpm's row at admission). */
+	if (config.dispatch.at_arrival && config.dispatch.policy == RS_DISPATCH_D2LPM &&
+	    !(strcmp(command, "compare") == 0 && config.workers > 1)) {
+		fprintf(stderr, "ringserve-sim: --dispatch-at arrival is for the baselines "
+				"(d2lpm's workers choose at admission)\n");
+		return 2;
+	}
 
 	if (strcmp(command, "calibrate") == 0) {
 		struct sim_cost_model m;
