@@ -31,6 +31,9 @@ struct world {
 	bool done[MAX_REQUESTS];
 	bool in_failed_step[MAX_REQUESTS];
 	uint32_t finished_on[MAX_REQUESTS];
+	/* the last request each worker gave its first token, +1 (0: none yet) */
+	uint32_t last_started[MAX_WORKERS];
+	bool out_of_order; /* a worker started a request before an earlier arrival */
 };
 
 static uint64_t now_hook(void *ctx)
@@ -38,8 +41,17 @@ static uint64_t now_hook(void *ctx)
 	return ((struct world *)ctx)->clock_ns;
 }
 
+/* Requests are submitted in id order: under fcfs each worker starts its queue in that
+ * order, the requests routed again from a worker taken out included. */
 static void token_hook(void *ctx, struct rs_request *request)
 {
+	struct world *w = ctx;
+	uint32_t id = (uint32_t)request->user_data;
+	if (request->generated != 1)
+		return;
+	if (w->last_started[request->worker] > id + 1)
+		w->out_of_order = true;
+	w->last_started[request->worker] = id + 1;
 }
 
 static void finish_hook(void *ctx, struct rs_request *request, int32_t status)
@@ -178,6 +190,10 @@ static void test_taken_out(enum rs_dispatch_policy policy, bool multibin, bool a
 	}
 	CHECK(failed == marked && failed > 0 && rs_sched_worker_served(w->sched, 0) == 0,
 	      "%u failed, %u in failed steps", failed, marked);
+	/* At arrival without bins, nothing is staged or preempted: each worker's queue is
+	 * first come first served throughout. */
+	CHECK(!at_arrival || multibin || !w->out_of_order,
+	      "a worker started a request before an earlier arrival");
 	printf("%s%s%s: worker 0 out after 2 failed steps (%u requests failed with them, %u held "
 	       "at the last); workers 1, 2 served %llu, %llu\n",
 	       rs_dispatch_policy_name(policy), multibin ? ", multibin" : "",

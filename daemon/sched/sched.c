@@ -204,6 +204,38 @@ void rs_sched_tenant_release(struct rs_sched *sched, struct rs_tenant *tenant)
 	rs_tenant_release(&sched->tenants, tenant);
 }
 
+/* The waiting queues through pull_next/pull_prev (a tenant's list when workers choose, a
+ * worker's queue under dispatch at arrival; a request is in one at most): request goes
+ * right after `after`, or first when after is NULL. */
+static void queue_insert_after(struct rs_request **head, struct rs_request **tail,
+			       struct rs_request *after, struct rs_request *request)
+{
+	request->pull_prev = after;
+	request->pull_next = after ? after->pull_next : *head;
+	if (request->pull_next)
+		request->pull_next->pull_prev = request;
+	else
+		*tail = request;
+	if (after)
+		after->pull_next = request;
+	else
+		*head = request;
+}
+
+static void queue_unlink(struct rs_request **head, struct rs_request **tail,
+			 struct rs_request *request)
+{
+	if (request->pull_prev)
+		request->pull_prev->pull_next = request->pull_next;
+	else
+		*head = request->pull_next;
+	if (request->pull_next)
+		request->pull_next->pull_prev = request->pull_prev;
+	else
+		*tail = request->pull_prev;
+	request->pull_next = request->pull_prev = NULL;
+}
+
 /* Workers choose (d2lpm): the request joins its tenant's waiting list in the core, at the
  * head when it comes back after preemption; its tenant becomes backlogged with its first. */
 static void pull_enqueue(struct rs_sched *sched, struct rs_request *request, bool front)
@@ -214,23 +246,7 @@ static void pull_enqueue(struct rs_sched *sched, struct rs_request *request, boo
 		sched->backlogged_index[id] = sched->n_backlogged;
 		sched->backlogged[sched->n_backlogged++] = request->tenant;
 	}
-	if (front) {
-		request->pull_prev = NULL;
-		request->pull_next = *head;
-		if (*head)
-			(*head)->pull_prev = request;
-		else
-			*tail = request;
-		*head = request;
-	} else {
-		request->pull_next = NULL;
-		request->pull_prev = *tail;
-		if (*tail)
-			(*tail)->pull_next = request;
-		else
-			*head = request;
-		*tail = request;
-	}
+	queue_insert_after(head, tail, front ? NULL : *tail, request);
 }
 
 /* It stops waiting; a tenant left with none stops being backlogged (and loses its
@@ -239,15 +255,7 @@ static void pull_remove(struct rs_sched *sched, struct rs_request *request)
 {
 	struct rs_tenant *tenant = request->tenant;
 	uint32_t id = tenant->id;
-	if (request->pull_prev)
-		request->pull_prev->pull_next = request->pull_next;
-	else
-		sched->pull_head[id] = request->pull_next;
-	if (request->pull_next)
-		request->pull_next->pull_prev = request->pull_prev;
-	else
-		sched->pull_tail[id] = request->pull_prev;
-	request->pull_next = request->pull_prev = NULL;
+	queue_unlink(&sched->pull_head[id], &sched->pull_tail[id], request);
 	if (sched->pull_head[id])
 		return;
 	uint32_t index = sched->backlogged_index[id];
@@ -257,8 +265,10 @@ static void pull_remove(struct rs_sched *sched, struct rs_request *request)
 	rs_dispatch_tenant_idle(sched->dispatch, tenant);
 }
 
-/* Dispatch at arrival: the request joins its worker's queue (at the head when it comes
- * back after preemption); routed again first when that worker was taken out. */
+/* Dispatch at arrival: the request joins its worker's queue, in arrival order (a new one
+ * last at once; one routed again from a worker taken out among the later arrivals), or at
+ * the head when it comes back after preemption; routed again first when its worker was
+ * taken out. */
 static void routed_enqueue(struct rs_sched *sched, struct rs_request *request, bool front)
 {
 	if (!sched->in_service[request->worker]) {
@@ -268,37 +278,16 @@ static void routed_enqueue(struct rs_sched *sched, struct rs_request *request, b
 	}
 	struct rs_request **head = &sched->routed_head[request->worker],
 			  **tail = &sched->routed_tail[request->worker];
-	if (front) {
-		request->pull_prev = NULL;
-		request->pull_next = *head;
-		if (*head)
-			(*head)->pull_prev = request;
-		else
-			*tail = request;
-		*head = request;
-	} else {
-		request->pull_next = NULL;
-		request->pull_prev = *tail;
-		if (*tail)
-			(*tail)->pull_next = request;
-		else
-			*head = request;
-		*tail = request;
-	}
+	struct rs_request *after = front ? NULL : *tail;
+	while (after && after->arrival > request->arrival)
+		after = after->pull_prev;
+	queue_insert_after(head, tail, after, request);
 }
 
 static void routed_remove(struct rs_sched *sched, struct rs_request *request)
 {
-	uint32_t w = request->worker;
-	if (request->pull_prev)
-		request->pull_prev->pull_next = request->pull_next;
-	else
-		sched->routed_head[w] = request->pull_next;
-	if (request->pull_next)
-		request->pull_next->pull_prev = request->pull_prev;
-	else
-		sched->routed_tail[w] = request->pull_prev;
-	request->pull_next = request->pull_prev = NULL;
+	queue_unlink(&sched->routed_head[request->worker], &sched->routed_tail[request->worker],
+		     request);
 }
 
 /* The request waits (again): its cached prefix tracked, the policy told. */
