@@ -381,6 +381,10 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	if (rs_sched_options_check(&sched, why, sizeof(why))) {
+		fprintf(stderr, "ringserved: %s\n", why);
+		return 2;
+	}
 	if (config.multibin && config.multibin_params.batch > null_options.max_batch) {
 		fprintf(stderr, "ringserved: --bin-batch %u is more than --max-batch %u\n",
 			config.multibin_params.batch, null_options.max_batch);

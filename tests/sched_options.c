@@ -109,6 +109,20 @@ static void check_values(void)
 		  o.dispatch.cache_threshold == 1 && o.dispatch.quantum == 1024 &&
 		  o.dispatch.lookahead == 2 && o.dispatch.at_arrival,
 	      "dispatch");
+	/* A second --bin-boundaries replaces the first, also where it is shorter. */
+	const char *again[] = {"--bin-boundaries", "5", NULL};
+	CHECK(parse(&o, again, why, sizeof(why)) == 0 && o.multibin_params.boundaries[0] == 5 &&
+		  o.multibin_params.boundaries[1] == 0 && o.multibin_params.boundaries[2] == 0,
+	      "boundaries given twice");
+	/* Between options: k bins take k - 1 boundaries, or none (learned). */
+	const struct rs_sched_options view = {.multibin_params = &o.multibin_params};
+	o.multibin_params.bins = 2;
+	CHECK(rs_sched_options_check(&view, why, sizeof(why)) == 0, "2 bins, 1 boundary: %s", why);
+	o.multibin_params.bins = 4;
+	CHECK(rs_sched_options_check(&view, why, sizeof(why)) == -EINVAL && strstr(why, "bins - 1"),
+	      "4 bins, 1 boundary accepted");
+	memset(o.multibin_params.boundaries, 0, sizeof(o.multibin_params.boundaries));
+	CHECK(rs_sched_options_check(&view, why, sizeof(why)) == 0, "no boundaries: %s", why);
 	/* The other words of the two-word options. */
 	const char *back[] = {"--planner",     "continuous", "--bin-mode", "static",
 			      "--dispatch-at", "admission",  NULL};
@@ -204,6 +218,15 @@ static void check_programs(void)
 			 bad_values[i].why);
 		CHECK(status == 2 && strstr(out, want), "ringserve-sim %s '%s': %d %s",
 		      bad_values[i].option, bad_values[i].value, status, out);
+	}
+	/* Both refuse boundaries that do not fit the bins, saying why. */
+	const char *programs[] = {"ringserved --socket /nonexistent/x.sock", "ringserve-sim run"};
+	for (int i = 0; i < 2; i++) {
+		snprintf(command, sizeof(command), "%s/%s --bins 4 --bin-boundaries 10,20 2>&1",
+			 test_build_dir(), programs[i]);
+		int status = run(command, out, sizeof(out));
+		CHECK(status == 2 && strstr(out, "--bin-boundaries gives 2 boundaries; --bins 4"),
+		      "%s: %d %s", command, status, out);
 	}
 	/* The sim runs with every shared option given a good value. */
 	snprintf(command, sizeof(command),

@@ -151,6 +151,8 @@ int rs_parse_positive(const char *text, double *out)
 static int parse_boundaries(const char *text, uint32_t *out)
 {
 	uint32_t n = 0;
+	/* a second --bin-boundaries replaces the first, shorter or not */
+	memset(out, 0, (RS_MULTIBIN_MAX_BINS - 1) * sizeof(*out));
 	for (const char *p = text; *p;) {
 		char *end;
 		errno = 0;
@@ -266,6 +268,21 @@ int rs_sched_option_parse(const struct rs_sched_options *o, int opt, const char 
 	}
 	if (ret) {
 		snprintf(why, why_size, "%s", expected);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+int rs_sched_options_check(const struct rs_sched_options *options, char *why, size_t why_size)
+{
+	const struct rs_multibin_params *p = options->multibin_params;
+	uint32_t given = 0;
+	while (given < RS_MULTIBIN_MAX_BINS - 1 && p->boundaries[given])
+		given++;
+	if (given && given != p->bins - 1) {
+		snprintf(why, why_size,
+			 "--bin-boundaries gives %u boundaries; --bins %u takes %u (bins - 1)",
+			 given, p->bins, p->bins - 1);
 		return -EINVAL;
 	}
 	return 0;

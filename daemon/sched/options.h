@@ -52,6 +52,10 @@ bool rs_sched_option_is(int opt);
 int rs_sched_option_parse(const struct rs_sched_options *options, int opt, const char *arg,
 			  char *why, size_t why_size);
 
+/* The rules between options, once all are parsed (--bin-boundaries gives bins - 1
+ * lengths). Returns 0, or -EINVAL with the reason in why[0 .. why_size). */
+int rs_sched_options_check(const struct rs_sched_options *options, char *why, size_t why_size);
+
 /* The usage lines of the shared options, in two parts: admission and planner
  * (--policy .. --bin-boundaries), then dispatch (--dispatch .. --dispatch-at), which a
  * program's own --workers line goes between. */

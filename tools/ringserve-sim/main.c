@@ -347,6 +347,10 @@ int main(int argc, char **argv)
 		usage();
 		return 2;
 	}
+	if (rs_sched_options_check(&sched, why, sizeof(why))) {
+		fprintf(stderr, "ringserve-sim: %s\n", why);
+		return 2;
+	}
 	/* As ringserved: d2lpm's workers choose at admission. compare with workers sets the
 	 * dispatch policies itself (d2lpm's row at admission). */
 	if (config.dispatch.at_arrival && config.dispatch.policy == RS_DISPATCH_D2LPM &&
