@@ -497,13 +497,18 @@ int main(int argc, char **argv)
 					     : "portable C",
 	       o.threads, o.prompt, o.decode, o.rounds);
 	struct result res[MAX_FORMATS];
+	char *format[MAX_FORMATS + 1];
 	uint32_t n = 0;
 	int failed = 0;
-	for (char *save = NULL, *f = strtok_r(o.formats, ",", &save); f && n < MAX_FORMATS;
-	     f = strtok_r(NULL, ",", &save)) {
-		failed |= run_format(&o, f, &res[n]) != 0;
-		n++;
+	for (char *save = NULL, *f = strtok_r(o.formats, ",", &save); f && n <= MAX_FORMATS;
+	     f = strtok_r(NULL, ",", &save))
+		format[n++] = f;
+	if (n > MAX_FORMATS) {
+		fprintf(stderr, "ringserve-interop: --formats: at most %d\n", MAX_FORMATS);
+		return 2;
 	}
+	for (uint32_t i = 0; i < n; i++)
+		failed |= run_format(&o, format[i], &res[i]) != 0;
 	print_table(&o, res, n);
 	if (o.json)
 		write_json(&o, res, n);

@@ -86,6 +86,8 @@ static char *read_chat_template(const char *arg)
 			cap = 2 * (len + n + 1);
 			char *grown = realloc(text, cap);
 			if (!grown) {
+				fprintf(stderr, "ringserve-mkmodel: --chat-template %s: %s\n", arg,
+					strerror(ENOMEM));
 				free(text);
 				fclose(f);
 				return NULL;
