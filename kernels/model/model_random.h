@@ -27,6 +27,16 @@ int rs_model_random(const struct rs_model_config *cfg, enum rs_dtype dtype, uint
 		    bool tied_output, struct rs_model **out);
 
 /* What an architecture adds to a random model (rs_model_random_arch). */
+/* The stories15M shape (llama2.c's smallest model: dim 288, 6 layers of 6 heads, vocab
+ * 32000) in which the benchmarks and the simulator's CPU calibration draw random models;
+ * an initializer, so that static tables can use it too. */
+#define RS_STORIES15M_CONFIG(seq_len)                                                              \
+	{                                                                                          \
+		.dim = 288, .hidden_dim = 768, .n_layers = 6, .n_heads = 6, .n_kv_heads = 6,       \
+		.head_dim = 48, .vocab_size = 32000, .max_seq_len = (seq_len), .rope_dim = 48,     \
+		.rope_theta = 10000.0f, .norm_eps = 1e-5f                                          \
+	}
+
 struct rs_model_random_extras {
 	enum rs_arch arch; /* written as general.architecture; RS_ARCH_QWEN2 implies qkv_bias */
 	bool qkv_bias;	   /* q, k, v biases: uniform with standard deviation 0.5 */

@@ -215,17 +215,7 @@ int bench_batching(int argc, char **argv, FILE *json)
 		fprintf(json, "null");
 		return 1;
 	}
-	struct rs_model_config cfg = {.dim = 288,
-				      .hidden_dim = 768,
-				      .n_layers = 6,
-				      .n_heads = 6,
-				      .n_kv_heads = 6,
-				      .head_dim = 48,
-				      .vocab_size = 32000,
-				      .max_seq_len = 256,
-				      .rope_dim = 48,
-				      .rope_theta = 10000.0f,
-				      .norm_eps = 1e-5f};
+	struct rs_model_config cfg = RS_STORIES15M_CONFIG(256);
 	struct rs_model *model = NULL;
 	struct rs_engine *engine = NULL;
 	char err[256];

@@ -24,7 +24,7 @@
 #include "shm/clock.h"
 #include "tools/ringserve-bench/bench.h"
 
-#define MAX_BATCH 256
+#define MAX_BATCH   256
 #define STEP_TOKENS 512
 
 struct serve_options {
@@ -92,11 +92,15 @@ static double direct_tokens_per_second(const struct rs_model *model, const struc
 			uint32_t n = 0, budget = STEP_TOKENS;
 			while (first + n < o->batch && budget >= o->prompt) {
 				uint32_t s = first + n;
-				make_prompt(prompts + (size_t)s * o->prompt, o->prompt, round * MAX_BATCH + s, vocab);
+				make_prompt(prompts + (size_t)s * o->prompt, o->prompt,
+					    round * MAX_BATCH + s, vocab);
 				steps[n] = (struct rs_seq_step){
-					.tokens = prompts + (size_t)s * o->prompt, .n_tokens = o->prompt,
-					.block_table = blocks + (size_t)s * blocks_per_seq, .n_blocks = blocks_per_seq,
-					.sample = 1, .out_token = &last[s]};
+				    .tokens = prompts + (size_t)s * o->prompt,
+				    .n_tokens = o->prompt,
+				    .block_table = blocks + (size_t)s * blocks_per_seq,
+				    .n_blocks = blocks_per_seq,
+				    .sample = 1,
+				    .out_token = &last[s]};
 				budget -= o->prompt;
 				n++;
 			}
@@ -110,9 +114,13 @@ static double direct_tokens_per_second(const struct rs_model *model, const struc
 		for (uint32_t t = 1; t < o->new_tokens && ret == 0; t++) {
 			for (uint32_t s = 0; s < o->batch; s++)
 				steps[s] = (struct rs_seq_step){
-					.tokens = &last[s], .n_tokens = 1, .start_pos = o->prompt + t - 1,
-					.block_table = blocks + (size_t)s * blocks_per_seq, .n_blocks = blocks_per_seq,
-					.sample = 1, .out_token = &last[s]};
+				    .tokens = &last[s],
+				    .n_tokens = 1,
+				    .start_pos = o->prompt + t - 1,
+				    .block_table = blocks + (size_t)s * blocks_per_seq,
+				    .n_blocks = blocks_per_seq,
+				    .sample = 1,
+				    .out_token = &last[s]};
 			ret = rs_engine_step(engine, 0, steps, o->batch);
 			if (ret == 0)
 				ret = rs_engine_step_wait(engine, 0);
@@ -145,9 +153,11 @@ static double served_tokens_per_second(const char *socket_path, uint32_t vocab,
 		uint64_t round_start = rs_now_ns();
 		for (uint32_t s = 0; s < o->batch && ret == 0; s++) {
 			make_prompt(prompts[s], o->prompt, round * MAX_BATCH + s, vocab);
-			struct rs_generate_params params = {
-				.prompt = prompts[s], .prompt_len = o->prompt, .max_new_tokens = o->new_tokens,
-				.flags = RS_GENERATE_IGNORE_EOS, .user_data = s};
+			struct rs_generate_params params = {.prompt = prompts[s],
+							    .prompt_len = o->prompt,
+							    .max_new_tokens = o->new_tokens,
+							    .flags = RS_GENERATE_IGNORE_EOS,
+							    .user_data = s};
 			handles[s] = rs_submit(conn, &params);
 			if (handles[s] < 0)
 				ret = handles[s];
@@ -180,7 +190,7 @@ static double served_tokens_per_second(const char *socket_path, uint32_t vocab,
 int bench_serve(int argc, char **argv, FILE *json)
 {
 	struct serve_options o = {
-		.batch = 32, .rounds = 3, .prompt = 128, .new_tokens = 32, .backend = "cpu"};
+	    .batch = 32, .rounds = 3, .prompt = 128, .new_tokens = 32, .backend = "cpu"};
 	for (int i = 1; i < argc; i++) {
 		uint32_t *field = NULL;
 		if (strcmp(argv[i], "--backend") == 0 && i + 1 < argc) {
@@ -196,29 +206,36 @@ int bench_serve(int argc, char **argv, FILE *json)
 		else if (strcmp(argv[i], "--new") == 0)
 			field = &o.new_tokens;
 		if (!field || i + 1 >= argc) {
-			fprintf(stderr, "bench serve: options: [--batch N] [--rounds N] [--prompt N] "
-					"[--new N] [--backend cpu|cuda]\n");
+			fprintf(stderr,
+				"bench serve: options: [--batch N] [--rounds N] [--prompt N] "
+				"[--new N] [--backend cpu|cuda]\n");
 			fprintf(json, "null");
 			return 1;
 		}
 		*field = (uint32_t)atoi(argv[++i]);
 	}
 	bool cuda = strcmp(o.backend, "cuda") == 0;
-	struct rs_model_config config = {
-		.dim = 288, .hidden_dim = 768, .n_layers = 6, .n_heads = 6, .n_kv_heads = 6,
-		.head_dim = 48, .vocab_size = 32000, .max_seq_len = 256, .rope_dim = 48,
-		.rope_theta = 10000.0f, .norm_eps = 1e-5f};
+	struct rs_model_config config = RS_STORIES15M_CONFIG(256);
 	if (cuda)
-		config = (struct rs_model_config){
-			.dim = 2048, .hidden_dim = 5632, .n_layers = 22, .n_heads = 32, .n_kv_heads = 4,
-			.head_dim = 64, .vocab_size = 32000, .max_seq_len = 2048, .rope_dim = 64,
-			.rope_theta = 10000.0f, .norm_eps = 1e-5f};
+		config = (struct rs_model_config){.dim = 2048,
+						  .hidden_dim = 5632,
+						  .n_layers = 22,
+						  .n_heads = 32,
+						  .n_kv_heads = 4,
+						  .head_dim = 64,
+						  .vocab_size = 32000,
+						  .max_seq_len = 2048,
+						  .rope_dim = 64,
+						  .rope_theta = 10000.0f,
+						  .norm_eps = 1e-5f};
 	if (o.batch < 1 || o.batch > MAX_BATCH || o.rounds < 1 || o.prompt < 1 || o.prompt > 4096 ||
 	    o.new_tokens < 1 || o.prompt > STEP_TOKENS ||
 	    o.prompt + o.new_tokens > config.max_seq_len ||
 	    (!cuda && strcmp(o.backend, "cpu") != 0)) {
-		fprintf(stderr, "bench serve: batch 1..%d, prompt 1..%d, prompt + new <= %u, backend "
-				"cpu or cuda\n", MAX_BATCH, STEP_TOKENS, config.max_seq_len);
+		fprintf(stderr,
+			"bench serve: batch 1..%d, prompt 1..%d, prompt + new <= %u, backend "
+			"cpu or cuda\n",
+			MAX_BATCH, STEP_TOKENS, config.max_seq_len);
 		fprintf(json, "null");
 		return 1;
 	}
@@ -228,8 +245,10 @@ int bench_serve(int argc, char **argv, FILE *json)
 		fprintf(json, "null");
 		return 1;
 	}
-	snprintf(model_path, sizeof(model_path), "/tmp/ringserve-bench-serve-%d.gguf", (int)getpid());
-	snprintf(socket_path, sizeof(socket_path), "/tmp/ringserve-bench-serve-%d.sock", (int)getpid());
+	snprintf(model_path, sizeof(model_path), "/tmp/ringserve-bench-serve-%d.gguf",
+		 (int)getpid());
+	snprintf(socket_path, sizeof(socket_path), "/tmp/ringserve-bench-serve-%d.sock",
+		 (int)getpid());
 	if (rs_gguf_write_model(model_path, model, NULL, err, sizeof(err))) {
 		fprintf(stderr, "bench serve: %s\n", err);
 		rs_model_free(model);
@@ -243,8 +262,9 @@ int bench_serve(int argc, char **argv, FILE *json)
 	char batch_arg[16], kv_arg[16];
 	snprintf(batch_arg, sizeof(batch_arg), "%u", o.batch);
 	snprintf(kv_arg, sizeof(kv_arg), "%u", o.batch * ((o.prompt + o.new_tokens + 15) / 16));
-	const char *daemon_args[] = {"--model", model_path, "--backend", o.backend, "--max-batch",
-				     batch_arg, "--kv-blocks", kv_arg, NULL};
+	const char *daemon_args[] = {"--model",	    model_path,	   "--backend",
+				     o.backend,	    "--max-batch", batch_arg,
+				     "--kv-blocks", kv_arg,	   NULL};
 	pid_t daemon = bench_start_daemon(socket_path, daemon_args);
 	double cpu_per_s = -1.0;
 	if (daemon > 0) {
@@ -263,19 +283,22 @@ int bench_serve(int argc, char **argv, FILE *json)
 		fprintf(json, "null");
 		return 1;
 	}
-	printf("ringserve-bench serve: %s model, %s backend, %u requests at once, prompt %u, %u new "
-	       "tokens, %u rounds\n", cuda ? "TinyLlama-1.1B-shaped f16" : "stories15M-shaped f32",
-	       o.backend, o.batch, o.prompt, o.new_tokens, o.rounds);
+	printf(
+	    "ringserve-bench serve: %s model, %s backend, %u requests at once, prompt %u, %u new "
+	    "tokens, %u rounds\n",
+	    cuda ? "TinyLlama-1.1B-shaped f16" : "stories15M-shaped f32", o.backend, o.batch,
+	    o.prompt, o.new_tokens, o.rounds);
 	printf("  %-40s %10.0f tokens/s\n", "engine directly (same work)", direct);
 	printf("  %-40s %10.0f tokens/s (%.0f%% of direct)\n", "through ringserved", served,
 	       100.0 * served / direct);
 	printf("  %-40s %10.1f ms\n", "first token of the first request", ttft_ms);
 	printf("  %-40s %10.2f s/s\n", "daemon CPU time per second serving", cpu_per_s);
-	fprintf(json, "{\"backend\": \"%s\", \"batch\": %u, \"prompt\": %u, \"new_tokens\": %u, "
-		      "\"rounds\": %u, \"direct_tokens_per_s\": %.1f, \"served_tokens_per_s\": %.1f, "
-		      "\"served_vs_direct\": %.3f, \"first_token_ms\": %.2f, "
-		      "\"daemon_cpu_s_per_s\": %.3f}",
-		o.backend, o.batch, o.prompt, o.new_tokens, o.rounds, direct, served, served / direct,
-		ttft_ms, cpu_per_s);
+	fprintf(json,
+		"{\"backend\": \"%s\", \"batch\": %u, \"prompt\": %u, \"new_tokens\": %u, "
+		"\"rounds\": %u, \"direct_tokens_per_s\": %.1f, \"served_tokens_per_s\": %.1f, "
+		"\"served_vs_direct\": %.3f, \"first_token_ms\": %.2f, "
+		"\"daemon_cpu_s_per_s\": %.3f}",
+		o.backend, o.batch, o.prompt, o.new_tokens, o.rounds, direct, served,
+		served / direct, ttft_ms, cpu_per_s);
 	return 0;
 }

@@ -379,17 +379,7 @@ int bench_simcheck(int argc, char **argv, FILE *json)
 	}
 
 	/* The model: ringserve-mkmodel's generator in the stories15M shape (calibrate's). */
-	struct rs_model_config config = {.dim = 288,
-					 .hidden_dim = 768,
-					 .n_layers = 6,
-					 .n_heads = 6,
-					 .n_kv_heads = 6,
-					 .head_dim = 48,
-					 .vocab_size = 32000,
-					 .max_seq_len = SEQ_LEN,
-					 .rope_dim = 48,
-					 .rope_theta = 10000.0f,
-					 .norm_eps = 1e-5f};
+	struct rs_model_config config = RS_STORIES15M_CONFIG(SEQ_LEN);
 	char model_path[64], socket_path[64];
 	snprintf(model_path, sizeof(model_path), "/tmp/ringserve-bench-simcheck-%d.gguf",
 		 (int)getpid());

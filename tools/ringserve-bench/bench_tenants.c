@@ -889,17 +889,8 @@ int bench_tenants(int argc, char **argv, FILE *json)
 		w.kv_blocks = default_kv_blocks(&w);
 
 	/* The model: ringserve-mkmodel's generator in the stories15M shape, context 512. */
-	struct rs_model_config config = {.dim = 288,
-					 .hidden_dim = 768,
-					 .n_layers = 6,
-					 .n_heads = 6,
-					 .n_kv_heads = 6,
-					 .head_dim = 48,
-					 .vocab_size = w.vocab,
-					 .max_seq_len = SEQ_LEN,
-					 .rope_dim = 48,
-					 .rope_theta = 10000.0f,
-					 .norm_eps = 1e-5f};
+	struct rs_model_config config = RS_STORIES15M_CONFIG(SEQ_LEN);
+	config.vocab_size = w.vocab;
 	struct rs_model *model;
 	char err[256], model_path[64], socket_path[64];
 	if (rs_model_random(&config, RS_DTYPE_F32, 1, true, &model)) {
