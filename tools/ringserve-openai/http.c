@@ -36,6 +36,7 @@ struct http_request {
 	bool include_usage;
 	bool role_sent;
 	bool stream_over;
+	bool client_gone; /* counted in bridge_counters.client_gone */
 	char id[40];
 	long long created;
 	char *out;
@@ -441,6 +442,16 @@ static json_t *upstream_error_json(int err)
 	return error_json(message, "server_error", NULL, gone ? "service_unavailable" : NULL);
 }
 
+/* The client left before its answer was complete: counted once, whoever notices it
+ * first (a wait on its socket, or libmicrohttpd failing to write to it). */
+static void count_client_gone(struct http_request *hr)
+{
+	if (hr->client_gone)
+		return;
+	hr->client_gone = true;
+	__atomic_add_fetch(&bridge_counters.client_gone, 1, __ATOMIC_RELAXED);
+}
+
 /* Fill the stream's output with the next events; false when the client is gone. */
 static bool stream_produce(struct http_request *hr)
 {
@@ -454,7 +465,7 @@ static bool stream_produce(struct http_request *hr)
 	while (hr->out_len == 0 && !hr->stream_over) {
 		int ret = generation_advance(gen, hr->client_fd);
 		if (ret == -ECONNABORTED) {
-			__atomic_add_fetch(&bridge_counters.client_gone, 1, __ATOMIC_RELAXED);
+			count_client_gone(hr);
 			return false;
 		}
 		if (ret < 0) {
@@ -680,7 +691,7 @@ static enum MHD_Result handle_generate(struct MHD_Connection *connection, struct
 	while (!hr->gen.finished) {
 		ret = generation_advance(&hr->gen, hr->client_fd);
 		if (ret == -ECONNABORTED) {
-			__atomic_add_fetch(&bridge_counters.client_gone, 1, __ATOMIC_RELAXED);
+			count_client_gone(hr);
 			answer = MHD_NO; /* close the connection; the request is cancelled */
 			goto out;
 		}
@@ -851,6 +862,11 @@ static void on_completed(void *cls, struct MHD_Connection *connection, void **re
 	if (!hr)
 		return;
 	*request_state = NULL;
+	/* A stream whose client hung up between two waits on its socket ends here, with
+	 * the write's error, and not in a wait. */
+	if (hr->generating && !hr->stream_over && code != MHD_REQUEST_TERMINATED_COMPLETED_OK &&
+	    code != MHD_REQUEST_TERMINATED_DAEMON_SHUTDOWN)
+		count_client_gone(hr);
 	http_request_put(hr);
 }
 
