@@ -310,6 +310,32 @@ static void test_boundaries(bool exponential)
 	free(w);
 }
 
+/* No hints: what is staged before any request ends has nothing to be predicted from. It
+ * is predicted when the first ends (the boundaries move then too), so of a burst served by
+ * one static lane only the first batch, seated before any end, runs without a
+ * prediction: N - B requests finish with one (N - k x B before, when the staged ones
+ * kept none). */
+static void test_late_predictions(void)
+{
+	struct world *w = calloc(1, sizeof(*w));
+	enum { N = 64, K = 4, B = 4 };
+	struct rs_multibin_params p = {.bins = K, .batch = B, .deadline_ns = STEP_NS};
+	world_init(w, 1, &p, B, 1024);
+	for (uint32_t id = 0; id < N; id++)
+		submit(w, id, 2, 1 + (id * 7) % 40, 0);
+	while (rs_sched_busy(w->sched)) {
+		step(w, false);
+		w->clock_ns += STEP_NS;
+	}
+	const struct rs_multibin_stats *st = rs_multibin_stats(w->sched);
+	CHECK(st->predictions == N - B, "%llu of %d requests finished with a prediction, want %d",
+	      (unsigned long long)st->predictions, N, N - B);
+	printf("no hints: %llu of %d predicted (all but the first batch)\n",
+	       (unsigned long long)st->predictions, N);
+	world_destroy(w);
+	free(w);
+}
+
 int main(void)
 {
 	test_deadline();
@@ -319,5 +345,6 @@ int main(void)
 	test_batches(3, true);
 	test_boundaries(false);
 	test_boundaries(true);
+	test_late_predictions();
 	return T_EXIT_PASS;
 }

@@ -20,7 +20,10 @@
  * Boundaries: fixed in the configuration, or the observed lengths' i/k quantiles
  * (equal-probability bins, the paper's Lemma 4.1), recomputed every 64 completions; before
  * the first completion, the same quantiles of the staged requests' predicted lengths (the
- * clients' hints), so that the first batches of a burst are binned too.
+ * clients' hints), so that the first batches of a burst are binned too. Without hints to
+ * start from they are also recomputed after each of the first 64 completions, and the
+ * staged requests binned again; those staged with nothing to be predicted from (no hint,
+ * nothing ended yet) are predicted when the first request ends.
  *
  * Workers (sched.h): each worker has its own bins, of the requests dispatched to it, and
  * its lanes take batches from those only (a batch runs in one worker's KV pool). A lane
@@ -57,6 +60,8 @@ struct multibin {
 	uint32_t *worker_staged; /* per worker, over its bins */
 	bool *seen;		 /* per worker per bin: scratch for next_wakeup */
 	uint64_t since_recompute;
+	bool unpredicted_staged; /* a staged request had nothing to be predicted from */
+	bool from_hints;	 /* the first boundaries came from hints (bootstrap) */
 	struct rs_multibin_stats stats;
 };
 
@@ -132,6 +137,23 @@ static int compare_u32(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
+/* Every staged request into the bin of its predicted length again (the boundaries
+ * moved), predicted first where it had nothing to be predicted from when it was staged
+ * (no hint and no request ended yet). Its age in its bin is its admission's: the
+ * oldest-first rule, and so the deadline bound, hold across the move. */
+static void rebin_staged(struct rs_sched *sched, struct multibin *m)
+{
+	memset(m->staged, 0, (size_t)sched->n_workers * m->params.bins * sizeof(*m->staged));
+	m->unpredicted_staged = false;
+	for (struct rs_request *r = sched->staged_head; r; r = r->queue_next) {
+		if (!r->predicted_output)
+			r->predicted_output = rs_length_predict(m->predictor, r);
+		m->unpredicted_staged |= !r->predicted_output;
+		r->bin = bin_of(m, r->predicted_output);
+		(*staged_in(m, r))++;
+	}
+}
+
 /* Before any request has ended, boundaries come from the staged requests' predicted
  * lengths (their hints), equal-probability as the observed ones will be: the first
  * batches of a burst are binned too. The staged requests are binned again. */
@@ -144,17 +166,14 @@ static void bootstrap_boundaries(struct rs_sched *sched, struct multibin *m)
 			lengths[n++] = r->predicted_output;
 	if (!n)
 		return;
+	m->from_hints = true;
 	qsort(lengths, n, sizeof(uint32_t), compare_u32);
 	for (uint32_t i = 0; i + 1 < m->params.bins; i++) {
 		uint32_t rank =
 		    (uint32_t)(((uint64_t)(i + 1) * n + m->params.bins - 1) / m->params.bins);
 		m->boundaries[i] = lengths[rank - 1];
 	}
-	memset(m->staged, 0, (size_t)sched->n_workers * m->params.bins * sizeof(*m->staged));
-	for (struct rs_request *r = sched->staged_head; r; r = r->queue_next) {
-		r->bin = bin_of(m, r->predicted_output);
-		(*staged_in(m, r))++;
-	}
+	rebin_staged(sched, m);
 }
 
 /* Stage admitted requests for the lane's worker, each in its bin on the worker it was
@@ -166,6 +185,7 @@ static void stage(struct rs_sched *sched, struct multibin *m, const struct rs_sc
 	while (m->worker_staged[lane->worker->index] < m->params.bins * m->batch &&
 	       (request = rs_sched_admit_staged_for(sched, lane))) {
 		request->predicted_output = rs_length_predict(m->predictor, request);
+		m->unpredicted_staged |= !request->predicted_output;
 		request->bin = bin_of(m, request->predicted_output);
 		(*staged_in(m, request))++;
 		m->worker_staged[request->worker]++;
@@ -297,10 +317,16 @@ static void multibin_finished(struct rs_sched *sched, const struct rs_request *r
 		m->stats.right_bin += bin_of(m, p) == bin_of(m, length);
 	}
 	rs_length_observe(m->predictor, request, length);
-	if (!m->fixed && ++m->since_recompute >= RECOMPUTE_EVERY) {
+	/* Learned boundaries, every RECOMPUTE_EVERY ends; without hints to start from, also
+	 * after each of the first RECOMPUTE_EVERY (until then they were all 0: one bin). */
+	bool early =
+	    !m->fixed && !m->from_hints && rs_length_observations(m->predictor) <= RECOMPUTE_EVERY;
+	if (!m->fixed && (++m->since_recompute >= RECOMPUTE_EVERY || early)) {
 		m->since_recompute = 0;
 		recompute_boundaries(m);
 	}
+	if (early || m->unpredicted_staged)
+		rebin_staged(sched, m);
 }
 
 static void multibin_unstaged(struct rs_sched *sched, const struct rs_request *request)
