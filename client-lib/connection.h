@@ -20,7 +20,7 @@ enum rs_slot_state {
 };
 
 struct rs_connection {
-	int fd;      /* control socket: EOF when the daemon dies */
+	int fd;	     /* control socket: EOF when the daemon dies */
 	int eventfd; /* RS_WAKE_EVENTFD mode: rung with the doorbell; else -1 */
 	/* The event-loop descriptor (event.c): our eventfd, which the daemon has, and the
 	 * epoll set of it and the socket that rs_event_fd hands out; -1 until asked for. */
@@ -35,14 +35,14 @@ struct rs_connection {
 	struct rs_segment_header *shared;
 	const struct rs_shared_header *model;
 	size_t model_size;
-	struct rs_ring sq; /* we produce */
-	struct rs_ring cq; /* we consume */
-	uint8_t *slot_state;     /* enum rs_slot_state per slot */
-	uint32_t *free_slots;    /* stack of free slot indices */
+	struct rs_ring sq;    /* we produce */
+	struct rs_ring cq;    /* we consume */
+	uint8_t *slot_state;  /* enum rs_slot_state per slot */
+	uint32_t *free_slots; /* stack of free slot indices */
 	uint32_t n_free_slots;
 	uint32_t *slot_last_prompt; /* per slot: its prompt's last token (rs_detok_init) */
-	uint32_t *slot_seen; /* per slot: the output count rs_output or rs_wait_output last
-			      * returned (RS_EVENT_OUTPUT is the news beyond it) */
+	uint32_t *slot_seen;	    /* per slot: the output count rs_output or rs_wait_output last
+				     * returned (RS_EVENT_OUTPUT is the news beyond it) */
 	uint64_t spin_ns;
 	int error; /* sticky: once the daemon is gone, every call returns it */
 	/* The daemon's vocabulary, built on first use by text.c (0: not tried yet). */

@@ -26,21 +26,21 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define RS_CACHE_LINE 64
+#define RS_CACHE_LINE	 64
 #define RS_SEGMENT_MAGIC 0x52534731u /* "RSG1" */
-#define RS_SHARED_MAGIC 0x52535231u  /* "RSR1" */
-#define RS_HELLO_MAGIC 0x52534831u   /* "RSH1" */
-#define RS_ABI_VERSION 3u /* 2: the hello names a tenant; 3: chat template, end tokens */
+#define RS_SHARED_MAGIC	 0x52535231u /* "RSR1" */
+#define RS_HELLO_MAGIC	 0x52534831u /* "RSH1" */
+#define RS_ABI_VERSION	 3u	     /* 2: the hello names a tenant; 3: chat template, end tokens */
 
 /* Largest sizes a daemon may announce; a client rejects a header that exceeds them. */
 #define RS_MAX_RING_ENTRIES (1u << 16)
-#define RS_MAX_SLOTS (1u << 16)
-#define RS_MAX_SLOT_TOKENS (1u << 20)
+#define RS_MAX_SLOTS	    (1u << 16)
+#define RS_MAX_SLOT_TOKENS  (1u << 20)
 
 /* --- submission and completion entries ---------------------------------------------- */
 
 enum rs_opcode {
-	RS_OP_NOP = 0,      /* completes with status 0; useful to measure the ring itself */
+	RS_OP_NOP = 0,	    /* completes with status 0; useful to measure the ring itself */
 	RS_OP_GENERATE = 1, /* generate up to max_new_tokens after the prompt in `slot` */
 	RS_OP_CANCEL = 2,   /* cancel the request running in `slot`; posts no completion itself */
 };
@@ -50,18 +50,18 @@ enum rs_opcode {
 
 /* One submission: exactly one cache line. */
 struct rs_sqe {
-	uint64_t user_data;       /* echoed in the completion */
-	uint8_t opcode;           /* enum rs_opcode */
+	uint64_t user_data; /* echoed in the completion */
+	uint8_t opcode;	    /* enum rs_opcode */
 	uint8_t reserved0;
-	uint16_t flags;           /* RS_SQE_* */
-	uint32_t slot;            /* request slot holding the prompt and receiving the output */
-	uint32_t prompt_len;      /* tokens in slot.prompt */
+	uint16_t flags;		  /* RS_SQE_* */
+	uint32_t slot;		  /* request slot holding the prompt and receiving the output */
+	uint32_t prompt_len;	  /* tokens in slot.prompt */
 	uint32_t max_new_tokens;  /* output tokens at most */
 	uint32_t output_len_hint; /* the client's guess of the output length; 0: none */
-	uint32_t top_k;           /* 0: no top-k cut */
-	float temperature;        /* 0: greedy */
-	float top_p;              /* 1: no nucleus cut */
-	uint64_t seed;            /* sampling seed: same seed, same tokens */
+	uint32_t top_k;		  /* 0: no top-k cut */
+	float temperature;	  /* 0: greedy */
+	float top_p;		  /* 1: no nucleus cut */
+	uint64_t seed;		  /* sampling seed: same seed, same tokens */
 	uint8_t reserved1[16];
 };
 
@@ -70,11 +70,11 @@ struct rs_sqe {
 
 /* One completion: half a cache line. */
 struct rs_cqe {
-	uint64_t user_data;    /* from the submission */
-	uint32_t slot;         /* from the submission (UINT32_MAX when it was out of range) */
-	int32_t status;        /* 0, or a negative errno (see docs/client-api.md) */
-	uint32_t output_len;   /* tokens in slot.output */
-	uint32_t flags;        /* RS_CQE_* */
+	uint64_t user_data;	/* from the submission */
+	uint32_t slot;		/* from the submission (UINT32_MAX when it was out of range) */
+	int32_t status;		/* 0, or a negative errno (see docs/client-api.md) */
+	uint32_t output_len;	/* tokens in slot.output */
+	uint32_t flags;		/* RS_CQE_* */
 	uint32_t cached_tokens; /* prompt tokens served from the prefix cache */
 	uint32_t reserved;
 };
@@ -121,11 +121,11 @@ enum rs_wake_mode {
 
 struct rs_segment_header {
 	/* Line 0: layout, written once by the daemon before the segment is sent. */
-	uint32_t magic;         /* RS_SEGMENT_MAGIC */
-	uint32_t abi_version;   /* RS_ABI_VERSION */
-	uint64_t segment_size;  /* bytes; the memfd is sealed at this size */
-	uint32_t sq_entries;    /* power of two */
-	uint32_t cq_entries;    /* power of two */
+	uint32_t magic;	       /* RS_SEGMENT_MAGIC */
+	uint32_t abi_version;  /* RS_ABI_VERSION */
+	uint64_t segment_size; /* bytes; the memfd is sealed at this size */
+	uint32_t sq_entries;   /* power of two */
+	uint32_t cq_entries;   /* power of two */
 	uint32_t slot_count;
 	uint32_t slot_prompt_capacity; /* tokens */
 	uint32_t slot_output_capacity; /* tokens */
@@ -137,19 +137,19 @@ struct rs_segment_header {
 	/* Line 1: more layout and the limits the daemon enforces on this client. */
 	alignas(RS_CACHE_LINE) uint64_t cq_entries_offset;
 	uint64_t slots_offset;
-	uint64_t slot_stride;         /* bytes from one slot to the next */
-	uint64_t slot_prompt_offset;  /* within a slot */
-	uint64_t slot_output_offset;  /* within a slot */
-	uint32_t max_inflight;        /* requests submitted and not yet completed */
+	uint64_t slot_stride;	     /* bytes from one slot to the next */
+	uint64_t slot_prompt_offset; /* within a slot */
+	uint64_t slot_output_offset; /* within a slot */
+	uint32_t max_inflight;	     /* requests submitted and not yet completed */
 	uint32_t max_prompt_tokens;
 	uint32_t max_output_tokens;
-	uint32_t wake_mode;           /* enum rs_wake_mode */
-	uint32_t features;            /* RS_FEATURE_*: what this daemon supports (0 before) */
+	uint32_t wake_mode; /* enum rs_wake_mode */
+	uint32_t features;  /* RS_FEATURE_*: what this daemon supports (0 before) */
 	uint32_t reserved1;
 
 	/* Line 2: written by the daemon only. */
 	alignas(RS_CACHE_LINE) _Atomic uint64_t daemon_heartbeat_ns; /* CLOCK_MONOTONIC */
-	_Atomic uint32_t daemon_state;        /* enum rs_daemon_state */
+	_Atomic uint32_t daemon_state;				     /* enum rs_daemon_state */
 	/* 1 while the daemon sleeps or is about to (N1); a client that published work
 	 * rings daemon_doorbell after a full fence when it reads 1. */
 	_Atomic uint32_t daemon_need_wakeup;
@@ -158,7 +158,8 @@ struct rs_segment_header {
 	_Atomic uint32_t client_doorbell;
 
 	/* Line 3: written by the client only. */
-	alignas(RS_CACHE_LINE) _Atomic uint32_t daemon_doorbell; /* futex word the daemon waits on */
+	alignas(RS_CACHE_LINE) _Atomic uint32_t
+	    daemon_doorbell; /* futex word the daemon waits on */
 	/* Non-zero while the client sleeps or is about to: RS_NEED_WAKEUP_* bits saying how
 	 * to wake it and for what. The client stores whole values; the daemon only ever
 	 * exchanges it to 0, and whoever clears a bit wakes the client for it. */
@@ -169,17 +170,17 @@ struct rs_segment_header {
 #define RS_FEATURE_EVENT_FD (1u << 0) /* takes an eventfd for wake-ups (RS_CONTROL_EVENT_FD) */
 
 /* client_need_wakeup bits. Clients from before the event descriptor store 1. */
-#define RS_NEED_WAKEUP_FUTEX      (1u << 0) /* futex-waits on client_doorbell: any news */
+#define RS_NEED_WAKEUP_FUTEX	  (1u << 0) /* futex-waits on client_doorbell: any news */
 #define RS_NEED_WAKEUP_COMPLETION (1u << 1) /* sleeps on its eventfd: for a completion */
-#define RS_NEED_WAKEUP_OUTPUT     (1u << 2) /* sleeps on its eventfd: for output tokens */
-#define RS_NEED_WAKEUP_EVENT      (RS_NEED_WAKEUP_COMPLETION | RS_NEED_WAKEUP_OUTPUT)
+#define RS_NEED_WAKEUP_OUTPUT	  (1u << 2) /* sleeps on its eventfd: for output tokens */
+#define RS_NEED_WAKEUP_EVENT	  (RS_NEED_WAKEUP_COMPLETION | RS_NEED_WAKEUP_OUTPUT)
 
 /* --- the read-only segment shared by all clients ------------------------------------ */
 
 #define RS_MAX_END_TOKENS 8u
 
 struct rs_shared_header {
-	uint32_t magic;        /* RS_SHARED_MAGIC */
+	uint32_t magic; /* RS_SHARED_MAGIC */
 	uint32_t abi_version;
 	uint64_t size;
 	uint32_t vocab_size;   /* token ids are < vocab_size */
@@ -188,8 +189,8 @@ struct rs_shared_header {
 	uint32_t max_seq_len;  /* prompt + output tokens at most, per request */
 	uint64_t vocab_offset; /* serialized tokenizer vocabulary (0 when absent) */
 	uint64_t vocab_size_bytes;
-	char model_name[64];   /* NUL-terminated */
-	char engine_name[32];  /* NUL-terminated: "null", "cpu", "cuda" */
+	char model_name[64];  /* NUL-terminated */
+	char engine_name[32]; /* NUL-terminated: "null", "cpu", "cuda" */
 	/* The model's chat template (GGUF tokenizer.chat_template, Jinja text), followed by
 	 * a NUL that chat_template_bytes does not count; offset 0 when it has none. */
 	uint64_t chat_template_offset;
@@ -205,9 +206,9 @@ struct rs_shared_header {
 #define RS_TENANT_NAME_BYTES 64
 
 struct rs_hello {
-	uint32_t magic;       /* RS_HELLO_MAGIC */
+	uint32_t magic;	      /* RS_HELLO_MAGIC */
 	uint32_t abi_version; /* RS_ABI_VERSION */
-	uint32_t flags;       /* RS_HELLO_*; other bits must be 0 */
+	uint32_t flags;	      /* RS_HELLO_*; other bits must be 0 */
 	uint32_t reserved;
 	/* The tenant whose account this connection's requests are charged to, scoped by the
 	 * connecting uid: 1 to 63 bytes of [A-Za-z0-9._@:+-], NUL-padded. */
@@ -223,10 +224,10 @@ struct rs_hello {
  * statistics segment's memfd (shm/stats.h). To an RS_HELLO_STATS hello: only the last,
  * with client_id and both sizes 0. */
 struct rs_welcome {
-	uint32_t magic;       /* RS_HELLO_MAGIC */
+	uint32_t magic; /* RS_HELLO_MAGIC */
 	uint32_t abi_version;
-	int32_t status;       /* 0 or a negative errno (-EPERM, -EPROTO, -EUSERS, -ESHUTDOWN,
-			       * -EINVAL: a bad tenant name) */
+	int32_t status; /* 0 or a negative errno (-EPERM, -EPROTO, -EUSERS, -ESHUTDOWN,
+			 * -EINVAL: a bad tenant name) */
 	uint32_t client_id;
 	uint64_t segment_size;
 	uint64_t shared_size;
@@ -246,9 +247,9 @@ enum rs_control_op {
 };
 
 struct rs_control_msg {
-	uint32_t magic;    /* RS_CONTROL_MAGIC */
-	uint32_t op;       /* enum rs_control_op */
-	int32_t status;    /* the daemon's answer: 0 or a negative errno; 0 from the client */
+	uint32_t magic; /* RS_CONTROL_MAGIC */
+	uint32_t op;	/* enum rs_control_op */
+	int32_t status; /* the daemon's answer: 0 or a negative errno; 0 from the client */
 	uint32_t reserved;
 };
 

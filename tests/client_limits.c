@@ -23,7 +23,8 @@ static void raw_submit(struct rs_connection *conn, const struct rs_sqe *sqe, con
 	rs_conn_ring_doorbell(conn);
 }
 
-static int32_t raw_status(struct rs_connection *conn, const struct rs_sqe *sqe, const uint32_t *prompt)
+static int32_t raw_status(struct rs_connection *conn, const struct rs_sqe *sqe,
+			  const uint32_t *prompt)
 {
 	raw_submit(conn, sqe, prompt);
 	struct rs_completion done;
@@ -35,31 +36,49 @@ static int32_t raw_status(struct rs_connection *conn, const struct rs_sqe *sqe, 
 int main(void)
 {
 	struct test_daemon daemon;
-	const char *args[] = {"--null-vocab", "100", "--max-inflight", "4", "--slots", "8",
-			      "--ring-entries", "8", "--max-prompt", "64", "--max-output", "32",
-			      "--null-delay-us", "50000", NULL};
+	const char *args[] = {"--null-vocab",
+			      "100",
+			      "--max-inflight",
+			      "4",
+			      "--slots",
+			      "8",
+			      "--ring-entries",
+			      "8",
+			      "--max-prompt",
+			      "64",
+			      "--max-output",
+			      "32",
+			      "--null-delay-us",
+			      "50000",
+			      NULL};
 	test_daemon_start(&daemon, args);
 	struct rs_connection *conn;
 	int ret = rs_connect(daemon.socket_path, NULL, &conn);
 	CHECK(ret == 0, "rs_connect: %s", strerror(-ret));
 	struct rs_model_info info;
 	rs_model_info(conn, &info);
-	CHECK(info.max_inflight == 4 && info.max_prompt_tokens == 64 && info.max_output_tokens == 32,
+	CHECK(info.max_inflight == 4 && info.max_prompt_tokens == 64 &&
+		  info.max_output_tokens == 32,
 	      "limits announced");
 
 	uint32_t prompt[64];
 	for (int i = 0; i < 64; i++)
 		prompt[i] = (uint32_t)i;
 	/* Library-side: what cannot fit a slot. */
-	struct rs_generate_params params = {.prompt = prompt, .prompt_len = 65, .max_new_tokens = 1};
+	struct rs_generate_params params = {
+	    .prompt = prompt, .prompt_len = 65, .max_new_tokens = 1};
 	CHECK(rs_submit(conn, &params) == -E2BIG, "prompt over the limit");
 	params.prompt_len = 4;
 	params.max_new_tokens = 33;
 	CHECK(rs_submit(conn, &params) == -E2BIG, "output over the limit");
 
 	/* Daemon-side, through raw submissions. */
-	struct rs_sqe sqe = {.opcode = RS_OP_GENERATE, .slot = 0, .prompt_len = 4,
-			     .max_new_tokens = 1, .top_p = 1.0f, .user_data = 1};
+	struct rs_sqe sqe = {.opcode = RS_OP_GENERATE,
+			     .slot = 0,
+			     .prompt_len = 4,
+			     .max_new_tokens = 1,
+			     .top_p = 1.0f,
+			     .user_data = 1};
 	sqe.prompt_len = 65;
 	CHECK(raw_status(conn, &sqe, prompt) == -E2BIG, "prompt over the limit (daemon)");
 	sqe.prompt_len = 4;

@@ -11,10 +11,16 @@
 
 int main(void)
 {
-	struct rs_segment_params params = {
-		.sq_entries = 64, .cq_entries = 128, .slot_count = 10, .slot_prompt_capacity = 100,
-		.slot_output_capacity = 33, .max_inflight = 10, .max_prompt_tokens = 100,
-		.max_output_tokens = 33, .wake_mode = RS_WAKE_FUTEX, .client_id = 9};
+	struct rs_segment_params params = {.sq_entries = 64,
+					   .cq_entries = 128,
+					   .slot_count = 10,
+					   .slot_prompt_capacity = 100,
+					   .slot_output_capacity = 33,
+					   .max_inflight = 10,
+					   .max_prompt_tokens = 100,
+					   .max_output_tokens = 33,
+					   .wake_mode = RS_WAKE_FUTEX,
+					   .client_id = 9};
 	int fd;
 	void *map;
 	size_t size;
@@ -83,7 +89,8 @@ int main(void)
 	const struct rs_shared_header *ro = mmap(NULL, size, PROT_READ, MAP_SHARED, sfd, 0);
 	CHECK(ro != MAP_FAILED, "read-only mapping");
 	CHECK(rs_shared_segment_check(ro, size) == 0, "shared check");
-	CHECK(memcmp((const char *)ro + ro->vocab_offset, vocab, sizeof(vocab)) == 0, "vocab bytes");
+	CHECK(memcmp((const char *)ro + ro->vocab_offset, vocab, sizeof(vocab)) == 0,
+	      "vocab bytes");
 	CHECK(ro->chat_template_bytes == strlen(chat_template) &&
 		  memcmp((const char *)ro + ro->chat_template_offset, chat_template,
 			 sizeof(chat_template)) == 0,

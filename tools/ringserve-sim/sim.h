@@ -159,7 +159,7 @@ struct sim_config {
 	 * (seconds since the first arrival, each tenant's weighted service so far). */
 	FILE *service_log;
 	uint64_t service_log_every_ns;
-	uint32_t workers;	  /* engine instances, each kv_blocks and `lanes` lanes; 0: 1 */
+	uint32_t workers; /* engine instances, each kv_blocks and `lanes` lanes; 0: 1 */
 	struct rs_dispatch_params dispatch;
 };
 
