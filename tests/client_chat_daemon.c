@@ -23,32 +23,6 @@
 
 #define MAX_OUT 65536
 
-/* Run a shell command; its stdout (or what the command redirects there) into out.
- * Returns its exit status. */
-static int run(const char *command, char *out)
-{
-	FILE *p = popen(command, "r");
-	CHECK(p, "popen %s", command);
-	size_t len = fread(out, 1, MAX_OUT - 1, p);
-	out[len] = '\0';
-	int status = pclose(p);
-	return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-}
-
-static uint32_t parse_ids(const char *text, uint32_t *ids, uint32_t max)
-{
-	uint32_t n = 0;
-	char *end;
-	while (n < max) {
-		unsigned long v = strtoul(text, &end, 10);
-		if (end == text)
-			break;
-		ids[n++] = (uint32_t)v;
-		text = end;
-	}
-	return n;
-}
-
 static int count_id(const uint32_t *ids, int n, uint32_t id)
 {
 	int count = 0;
@@ -163,12 +137,13 @@ int main(void)
 		 "%s/ringserve-mkmodel --arch qwen2 --out-gguf %s/x.gguf --chat-template nonesuch "
 		 "2>&1",
 		 build, dir);
-	CHECK(run(command, out) == 2 && strstr(out, "chatml"), "mkmodel: unknown name: %s", out);
+	CHECK(test_run_command(command, out, MAX_OUT) == 2 && strstr(out, "chatml"),
+	      "mkmodel: unknown name: %s", out);
 	/* Only a GGUF file holds a template: without --out-gguf it is refused, not dropped. */
 	snprintf(command, sizeof(command),
 		 "%s/ringserve-mkmodel --out-llama2c %s/x.bin --chat-template chatml 2>&1", build,
 		 dir);
-	CHECK(run(command, out) == 2 && strstr(out, "--out-gguf"),
+	CHECK(test_run_command(command, out, MAX_OUT) == 2 && strstr(out, "--out-gguf"),
 	      "mkmodel: a template without a GGUF output: %s", out);
 
 	struct test_daemon daemon;
@@ -218,8 +193,8 @@ int main(void)
 		 "echo 'hi <|im_end|> there' | %s/ringserve-cli --socket %s --chat --system "
 		 "'Be brief.' --ids --ignore-eos -n 8",
 		 build, daemon.socket_path);
-	CHECK(run(command, out) == 0, "cli --chat: %s", out);
-	CHECK(parse_ids(out, got, 64) == 8 && memcmp(got, want, sizeof(want[0]) * 8) == 0,
+	CHECK(test_run_command(command, out, MAX_OUT) == 0, "cli --chat: %s", out);
+	CHECK(test_parse_ids(out, got, 64) == 8 && memcmp(got, want, sizeof(want[0]) * 8) == 0,
 	      "cli --chat ids differ: %s", out);
 	/* Without a system message, another prompt. */
 	chat_n =
@@ -229,16 +204,17 @@ int main(void)
 		 "%s/ringserve-cli --socket %s --chat --chat-template chatml --ids --ignore-eos "
 		 "-n 8 'hi <|im_end|> there'",
 		 build, daemon.socket_path);
-	CHECK(run(command, out) == 0, "cli --chat: %s", out);
-	CHECK(parse_ids(out, got, 64) == 8 && memcmp(got, want, sizeof(want[0]) * 8) == 0,
+	CHECK(test_run_command(command, out, MAX_OUT) == 0, "cli --chat: %s", out);
+	CHECK(test_parse_ids(out, got, 64) == 8 && memcmp(got, want, sizeof(want[0]) * 8) == 0,
 	      "cli --chat (no system) ids differ: %s", out);
 	snprintf(command, sizeof(command),
 		 "%s/ringserve-cli --socket %s --chat --chat-template vicuna hi 2>&1", build,
 		 daemon.socket_path);
-	CHECK(run(command, out) == 1 && strstr(out, "chatml"), "unknown name: %s", out);
+	CHECK(test_run_command(command, out, MAX_OUT) == 1 && strstr(out, "chatml"),
+	      "unknown name: %s", out);
 	snprintf(command, sizeof(command), "%s/ringserve-cli --socket %s --system x hi 2>&1", build,
 		 daemon.socket_path);
-	CHECK(run(command, out) == 1, "--system without --chat: %s", out);
+	CHECK(test_run_command(command, out, MAX_OUT) == 1, "--system without --chat: %s", out);
 	rs_close(conn);
 	CHECK(test_daemon_stop(&daemon) == 0, "daemon exit");
 
@@ -254,12 +230,12 @@ int main(void)
 	rs_close(conn);
 	snprintf(command, sizeof(command), "%s/ringserve-cli --socket %s --chat hi 2>&1 >/dev/null",
 		 build, daemon.socket_path);
-	CHECK(run(command, out) == 7 && strstr(out, "--chat-template"),
+	CHECK(test_run_command(command, out, MAX_OUT) == 7 && strstr(out, "--chat-template"),
 	      "unknown template: exit 7 naming --chat-template: %s", out);
 	snprintf(command, sizeof(command),
 		 "%s/ringserve-cli --socket %s --chat --chat-template chatml -n 4 hi >/dev/null",
 		 build, daemon.socket_path);
-	CHECK(run(command, out) == 0, "with --chat-template chatml");
+	CHECK(test_run_command(command, out, MAX_OUT) == 0, "with --chat-template chatml");
 	CHECK(test_daemon_stop(&daemon) == 0, "daemon exit");
 
 	snprintf(command, sizeof(command), "rm -rf %s", dir);

@@ -80,21 +80,6 @@ static void run(struct run *r, const char *const *argv, const char *stdin_text)
 	r->status = reap(pid);
 }
 
-/* Parse space-separated ids; returns the count. */
-static uint32_t parse_ids(const char *text, uint32_t *ids, uint32_t max)
-{
-	uint32_t n = 0;
-	char *end;
-	while (n < max) {
-		unsigned long v = strtoul(text, &end, 10);
-		if (end == text)
-			break;
-		ids[n++] = (uint32_t)v;
-		text = end;
-	}
-	return n;
-}
-
 static struct run a, b;
 
 int main(void)
@@ -131,7 +116,7 @@ int main(void)
 	CHECK(b.status == 0 && a.len == b.len && memcmp(a.out, b.out, a.len) == 0,
 	      "stdin prompt: exit %d, '%s'", b.status, b.out);
 	uint32_t ids[64];
-	uint32_t n = parse_ids(a.out, ids, 64);
+	uint32_t n = test_parse_ids(a.out, ids, 64);
 	CHECK(n == 40, "%u ids", n);
 
 	/* Text: the ids detokenized, as the library does it all at once. */

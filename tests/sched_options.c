@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 
 #include "daemon/sched/options.h"
 #include "tests/harness/harness.h"
@@ -186,16 +185,6 @@ static void check_bad_values(void)
 	CHECK(parse(&o, args, why, sizeof(why)) == -EINVAL, "32 boundaries accepted");
 }
 
-static int run(const char *command, char *out, size_t size)
-{
-	FILE *pipe = popen(command, "r");
-	CHECK(pipe, "popen");
-	size_t n = fread(out, 1, size - 1, pipe);
-	out[n] = '\0';
-	int status = pclose(pipe);
-	return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-}
-
 /* Both programs refuse each bad value with status 2 and a message naming the option,
  * before doing anything (the sim would otherwise run, the daemon listen). */
 static void check_programs(void)
@@ -205,7 +194,7 @@ static void check_programs(void)
 		snprintf(command, sizeof(command),
 			 "%s/ringserved --socket /nonexistent/x.sock %s '%s' 2>&1",
 			 test_build_dir(), bad_values[i].option, bad_values[i].value);
-		int status = run(command, out, sizeof(out));
+		int status = test_run_command(command, out, sizeof(out));
 		char want[128];
 		snprintf(want, sizeof(want), "ringserved: bad value for %s: %s\n",
 			 bad_values[i].option, bad_values[i].value);
@@ -213,7 +202,7 @@ static void check_programs(void)
 		      bad_values[i].option, bad_values[i].value, status, out);
 		snprintf(command, sizeof(command), "%s/ringserve-sim run --requests 1 %s '%s' 2>&1",
 			 test_build_dir(), bad_values[i].option, bad_values[i].value);
-		status = run(command, out, sizeof(out));
+		status = test_run_command(command, out, sizeof(out));
 		snprintf(want, sizeof(want), "ringserve-sim: %s: expected %s", bad_values[i].option,
 			 bad_values[i].why);
 		CHECK(status == 2 && strstr(out, want), "ringserve-sim %s '%s': %d %s",
@@ -224,7 +213,7 @@ static void check_programs(void)
 	for (int i = 0; i < 2; i++) {
 		snprintf(command, sizeof(command), "%s/%s --bins 4 --bin-boundaries 10,20 2>&1",
 			 test_build_dir(), programs[i]);
-		int status = run(command, out, sizeof(out));
+		int status = test_run_command(command, out, sizeof(out));
 		CHECK(status == 2 && strstr(out, "--bin-boundaries gives 2 boundaries; --bins 4"),
 		      "%s: %d %s", command, status, out);
 	}
@@ -236,16 +225,17 @@ static void check_programs(void)
 		 "--dispatch least-loaded --load-threshold 7 --cache-threshold 1 "
 		 "--dispatch-quantum 1024 --dispatch-lookahead 2 --dispatch-at arrival 2>&1",
 		 test_build_dir());
-	CHECK(run(command, out, sizeof(out)) == 0 && strstr(out, "prefix cache off") &&
+	CHECK(test_run_command(command, out, sizeof(out)) == 0 && strstr(out, "prefix cache off") &&
 		  strstr(out, "| least-loaded |"),
 	      "ringserve-sim with every shared option:\n%s", out);
 
 	/* Both helps list each shared option, with the same line. */
 	static char daemon_help[16384], sim_help[16384];
 	snprintf(command, sizeof(command), "%s/ringserved --help", test_build_dir());
-	CHECK(run(command, daemon_help, sizeof(daemon_help)) == 0, "ringserved --help");
+	CHECK(test_run_command(command, daemon_help, sizeof(daemon_help)) == 0,
+	      "ringserved --help");
 	snprintf(command, sizeof(command), "%s/ringserve-sim 2>&1", test_build_dir());
-	CHECK(run(command, sim_help, sizeof(sim_help)) == 2, "ringserve-sim usage");
+	CHECK(test_run_command(command, sim_help, sizeof(sim_help)) == 2, "ringserve-sim usage");
 	const char *names[] = {"policy",
 			       "quantum",
 			       "w-prompt",

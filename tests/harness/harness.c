@@ -1,8 +1,8 @@
 /* Test harness implementation. */
 #include <dirent.h>
 #include <errno.h>
-#include <stdbool.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -50,7 +50,8 @@ void test_daemon_start(struct test_daemon *daemon, const char *const *extra_args
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		const char *nofile = getenv("RS_TEST_DAEMON_NOFILE");
 		if (nofile) { /* a descriptor limit for the daemon only */
-			struct rlimit limit = {.rlim_cur = (rlim_t)atoi(nofile), .rlim_max = (rlim_t)atoi(nofile)};
+			struct rlimit limit = {.rlim_cur = (rlim_t)atoi(nofile),
+					       .rlim_max = (rlim_t)atoi(nofile)};
 			setrlimit(RLIMIT_NOFILE, &limit);
 		}
 		close(ready[0]);
@@ -111,7 +112,7 @@ void test_null_request(struct rs_connection *conn, const unsigned *prompt, unsig
 		       unsigned max_new, unsigned vocab_size)
 {
 	struct rs_generate_params params = {
-		.prompt = prompt, .prompt_len = prompt_len, .max_new_tokens = max_new};
+	    .prompt = prompt, .prompt_len = prompt_len, .max_new_tokens = max_new};
 	int request = rs_submit(conn, &params);
 	CHECK(request >= 0, "submit: %s", strerror(-request));
 	struct rs_completion done;
@@ -175,4 +176,28 @@ double test_process_cpu_seconds(pid_t pid)
 double test_event_loop_cpu_seconds(pid_t pid)
 {
 	return cpu_seconds(pid, true);
+}
+
+int test_run_command(const char *command, char *out, size_t size)
+{
+	FILE *pipe = popen(command, "r");
+	CHECK(pipe, "popen %s: %s", command, strerror(errno));
+	size_t n = fread(out, 1, size - 1, pipe);
+	out[n] = '\0';
+	int status = pclose(pipe);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+}
+
+uint32_t test_parse_ids(const char *text, uint32_t *ids, uint32_t max)
+{
+	uint32_t n = 0;
+	char *end;
+	while (n < max) {
+		unsigned long v = strtoul(text, &end, 10);
+		if (end == text)
+			break;
+		ids[n++] = (uint32_t)v;
+		text = end;
+	}
+	return n;
 }

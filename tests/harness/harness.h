@@ -3,6 +3,7 @@
 #ifndef RS_TESTS_HARNESS_H
 #define RS_TESTS_HARNESS_H
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/types.h>
@@ -11,13 +12,13 @@
 #define T_EXIT_FAIL 1
 #define T_EXIT_SKIP 77
 
-#define CHECK(cond, ...)                                                                   \
-	do {                                                                                   \
+#define CHECK(cond, ...)                                                                           \
+	do {                                                                                       \
 		if (!(cond)) {                                                                     \
-			fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond);       \
-			fprintf(stderr, __VA_ARGS__);                                                  \
-			fprintf(stderr, "\n");                                                         \
-			exit(T_EXIT_FAIL);                                                             \
+			fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond);   \
+			fprintf(stderr, __VA_ARGS__);                                              \
+			fprintf(stderr, "\n");                                                     \
+			exit(T_EXIT_FAIL);                                                         \
 		}                                                                                  \
 	} while (0)
 
@@ -29,6 +30,14 @@ struct test_daemon {
 
 /* The build folder holding ringserved and the tools ($RS_BUILD_DIR, default "build"). */
 const char *test_build_dir(void);
+
+/* Run a shell command; what it writes to stdout (at most size - 1 bytes) into out,
+ * NUL-terminated. Returns its exit status (128 when it did not exit). Exits on failure
+ * to start it. */
+int test_run_command(const char *command, char *out, size_t size);
+
+/* Whitespace-separated decimal ids from text into ids (at most max); returns the count. */
+uint32_t test_parse_ids(const char *text, uint32_t *ids, uint32_t max);
 
 /* Start ringserved on a fresh socket with extra arguments (NULL-terminated list), and
  * return once it accepts connections (it signals through --ready-fd). Exits on failure.
