@@ -79,44 +79,42 @@ int generation_advance(struct generation *gen, int client_fd)
 		int32_t status;
 		uint32_t flags;
 		uint32_t count = bridge_request_state(gen->req, &tokens, &done, &status, &flags);
-		if (count > gen->consumed || done) {
-			size_t old_len = gen->text_len;
-			/* One token at a time, so that a stop sequence ends the count of
-			 * completion tokens where it matched, however many tokens the daemon
-			 * wrote before the cancel reached it. */
-			while (gen->consumed < count) {
-				char buf[RS_DETOK_MAX_OUTPUT(1)];
-				int n = rs_detok_feed(&gen->detok, tokens + gen->consumed, 1, buf,
-						      sizeof(buf));
-				int ret = n >= 0 ? append(gen, buf, (size_t)n) : n;
-				if (ret < 0)
-					return ret;
-				gen->consumed++;
-				if (gen->n_stops && match_stops(gen, old_len)) {
-					gen->finished = true;
-					gen->finish_reason = "stop";
-					return 0;
-				}
-				old_len = gen->text_len;
+		size_t old_len = gen->text_len;
+		/* One token a call: a stream sends each token's text as its own event, and a
+		 * stop sequence ends the count of completion tokens where it matched, however
+		 * many tokens the daemon wrote before the cancel reached it. */
+		if (count > gen->consumed) {
+			char buf[RS_DETOK_MAX_OUTPUT(1)];
+			int n = rs_detok_feed(&gen->detok, tokens + gen->consumed, 1, buf, sizeof(buf));
+			int ret = n >= 0 ? append(gen, buf, (size_t)n) : n;
+			if (ret < 0)
+				return ret;
+			gen->consumed++;
+			if (gen->n_stops && match_stops(gen, old_len)) {
+				gen->finished = true;
+				gen->finish_reason = "stop";
+				return 0;
 			}
-			if (done && status == 0) {
+			if (!done || gen->consumed < count)
+				return 0;
+			old_len = gen->text_len;
+		}
+		if (done) {
+			if (status == 0) {
 				char tail[4];
 				int n = rs_detok_flush(&gen->detok, tail, sizeof(tail));
 				if (n > 0 && append(gen, tail, (size_t)n) < 0)
 					return -ENOMEM;
 			}
-			if (gen->n_stops && match_stops(gen, old_len)) {
-				gen->finished = true;
+			gen->finished = true;
+			if (gen->n_stops && match_stops(gen, old_len))
 				gen->finish_reason = "stop";
-			} else if (done) {
-				gen->finished = true;
-				if (status != 0 && status != -ECANCELED)
-					gen->error = status;
-				else if (flags & RS_COMPLETION_EOS)
-					gen->finish_reason = "stop";
-				else
-					gen->finish_reason = "length";
-			}
+			else if (status != 0 && status != -ECANCELED)
+				gen->error = status;
+			else if (flags & RS_COMPLETION_EOS)
+				gen->finish_reason = "stop";
+			else
+				gen->finish_reason = "length";
 			return 0;
 		}
 		int ret = bridge_request_wait(gen->req, client_fd);

@@ -33,7 +33,8 @@ struct generation {
 int generation_start(struct generation *gen, struct bridge_request *req, uint32_t max_tokens,
 		     uint32_t prompt_tokens, const char *const *stops, size_t n_stops);
 
-/* Wait for news and take it: new text becomes available through generation_take. Returns
+/* Wait for news and take one token of it (or the end): new text becomes available through
+ * generation_take, one token's at a time, so that a stream sends each token's text. Returns
  * 0 (progress or the end: check gen->finished), or -ECONNABORTED when client_fd hung up. */
 int generation_advance(struct generation *gen, int client_fd);
 
