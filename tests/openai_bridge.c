@@ -12,6 +12,12 @@
  *   - a client that disconnects mid-stream cancels its request (the daemon counts a failed
  *     request and stops generating; the bridge frees it);
  *   - requests of one key run in parallel on its one connection;
+ *   - beyond the daemon's per-connection limit (--max-inflight) and beyond a tenant's
+ *     max_inflight (--config), requests get 429 rate_limit_exceeded, streamed or not, and
+ *     succeed again once the slots are free;
+ *   - a daemon that stops answering (SIGSTOP) ends a stream with an error event within the
+ *     documented ~3 s, new requests get 503 within the 5 s connect timeout, and after
+ *     SIGCONT requests succeed again;
  *   - a daemon that dies ends a stream with an error event, and then gives 503s, not hangs.
  * Skips (77) without curl. */
 #include <arpa/inet.h>
@@ -34,6 +40,8 @@
 #define KEY_BATCH "sk-batch-0123456789"
 #define MODEL_ID  "tiny-test"
 #define MAX_BODY  4096
+/* The daemon's --max-inflight: requests in flight on one connection (one key's tenant). */
+#define MAX_INFLIGHT 4
 
 static char dir[64];
 static unsigned port;
@@ -339,7 +347,7 @@ static double now_s(void)
 
 /* Open a stream of a long greedy completion on a raw socket and read until its first
  * event; returns the socket. */
-static int open_long_stream(void)
+static int open_long_stream(const char *key)
 {
 	int sock = socket(AF_INET, SOCK_STREAM, 0);
 	struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
@@ -354,7 +362,7 @@ static int open_long_stream(void)
 				   "POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: "
 				   "Bearer %s\r\nContent-Type: application/json\r\n"
 				   "Content-Length: %zu\r\n\r\n%s",
-				   KEY_WEB, strlen(long_body), long_body);
+				   key, strlen(long_body), long_body);
 	CHECK(write(sock, request, (size_t)request_len) == request_len, "write");
 	char got[4096];
 	size_t have = 0;
@@ -365,6 +373,114 @@ static int open_long_stream(void)
 	}
 	CHECK(memmem(got, have, "200 OK", 6), "stream status: %.*s", (int)have, got);
 	return sock;
+}
+
+/* The bridge's requests_active counter (GET /ringserve/stats). */
+static long long bridge_requests_active(void)
+{
+	struct http_reply reply = http("GET", "/ringserve/stats", KEY_WEB, NULL);
+	CHECK(reply.status == 200, "stats: %d", reply.status);
+	json_t *json = parse(reply.body);
+	long long active = json_integer_value(json_object_get(json, "requests_active"));
+	json_decref(json);
+	free(reply.body);
+	return active;
+}
+
+/* Close streams and wait until the bridge has given all their requests back (a cancelled
+ * request's slot is free once its completion reached the bridge's pump). */
+static void close_streams_and_drain(const int *socks, int n)
+{
+	for (int i = 0; i < n; i++)
+		close(socks[i]);
+	double deadline = now_s() + 10;
+	while (bridge_requests_active() != 0)
+		CHECK(now_s() < deadline, "the closed streams' requests were never given back");
+}
+
+/* Read a stream until its [DONE]; true when an event carried code. */
+static bool stream_ends_with(int sock, const char *code)
+{
+	static char rest[1 << 20];
+	size_t have = 0;
+	while (!memmem(rest, have, "data: [DONE]", 12)) {
+		ssize_t n = read(sock, rest + have, sizeof(rest) - have - 1);
+		CHECK(n > 0, "the stream ended without [DONE]");
+		have += (size_t)n;
+	}
+	return memmem(rest, have, code, strlen(code)) != NULL;
+}
+
+static const char *const short_completion =
+    "{\"model\": \"tiny-test\", \"prompt\": \"hi\", \"max_tokens\": 5, \"ignore_eos\": true}";
+static const char *const short_stream =
+    "{\"model\": \"tiny-test\", \"prompt\": \"hi\", "
+    "\"max_tokens\": 5, \"ignore_eos\": true, \"stream\": true}";
+
+/* 429 beyond the daemon's per-connection limit (--max-inflight MAX_INFLIGHT: the web key's
+ * connection) and beyond the batch tenant's max_inflight=1 (--config), plain and
+ * streamed; once the slots are free, the same requests succeed. */
+static void check_rate_limits(void)
+{
+	int socks[MAX_INFLIGHT];
+	for (int i = 0; i < MAX_INFLIGHT; i++)
+		socks[i] = open_long_stream(KEY_WEB);
+	expect_error(http("POST", "/v1/completions", KEY_WEB, short_completion), 429,
+		     "rate_limit_exceeded");
+	expect_error(http("POST", "/v1/completions", KEY_WEB, short_stream), 429,
+		     "rate_limit_exceeded");
+	/* Another key's tenant has its own connection: not limited by web's. */
+	struct http_reply reply = http("POST", "/v1/completions", KEY_BATCH, short_completion);
+	CHECK(reply.status == 200, "batch while web is full: %d %s", reply.status, reply.body);
+	free(reply.body);
+	close_streams_and_drain(socks, MAX_INFLIGHT);
+	reply = http("POST", "/v1/completions", KEY_WEB, short_completion);
+	CHECK(reply.status == 200, "web after its streams ended: %d %s", reply.status, reply.body);
+	free(reply.body);
+
+	/* The tenant limit: ringserved refuses with an error completion (-EAGAIN). */
+	socks[0] = open_long_stream(KEY_BATCH);
+	expect_error(http("POST", "/v1/completions", KEY_BATCH, short_completion), 429,
+		     "rate_limit_exceeded");
+	expect_error(http("POST", "/v1/chat/completions", KEY_BATCH,
+			  "{\"model\": \"tiny-test\", \"messages\": [{\"role\": \"user\", "
+			  "\"content\": \"hi\"}], \"max_tokens\": 5, \"stream\": true}"),
+		     429, "rate_limit_exceeded");
+	close_streams_and_drain(socks, 1);
+	reply = http("POST", "/v1/completions", KEY_BATCH, short_stream);
+	CHECK(reply.status == 200 && strstr(reply.body, "data: [DONE]") &&
+		  !strstr(reply.body, "\"error\""),
+	      "batch after its stream ended: %d %s", reply.status, reply.body);
+	free(reply.body);
+}
+
+/* A daemon that stops answering (SIGSTOP): a stream in flight ends with an error event
+ * within the documented ~3 s (heartbeat 2 s old, noticed within the pump's 1 s wake-up);
+ * a new request reconnects and gets 503 when the 5 s handshake times out: nothing hangs.
+ * After SIGCONT requests succeed again. */
+static void check_stopped_daemon(pid_t daemon_pid)
+{
+	int sock = open_long_stream(KEY_WEB);
+	CHECK(kill(daemon_pid, SIGSTOP) == 0, "SIGSTOP");
+	double stopped = now_s();
+	CHECK(stream_ends_with(sock, "service_unavailable"),
+	      "no error event after the daemon stopped");
+	double waited = now_s() - stopped;
+	printf("stopped daemon: the stream ended after %.2f s\n", waited);
+	CHECK(waited < 6, "the stream took %.1f s to end (documented: about 3 s)", waited);
+	close(sock);
+	double start = now_s();
+	expect_error(http("POST", "/v1/completions", KEY_WEB, short_completion), 503,
+		     "service_unavailable");
+	expect_error(http("POST", "/v1/completions", KEY_WEB, short_stream), 503,
+		     "service_unavailable");
+	waited = now_s() - start;
+	printf("stopped daemon: two new requests got 503 in %.2f s\n", waited);
+	CHECK(waited < 2 * 8, "503s took %.1f s (each at most the 5 s handshake timeout)", waited);
+	CHECK(kill(daemon_pid, SIGCONT) == 0, "SIGCONT");
+	struct http_reply reply = http("POST", "/v1/completions", KEY_WEB, short_completion);
+	CHECK(reply.status == 200, "after SIGCONT: %d %s", reply.status, reply.body);
+	free(reply.body);
 }
 
 /* A model whose GGUF carries a chat template ringserve formats (ChatML): the bridge lays
@@ -447,8 +563,16 @@ int main(void)
 		 "--seq-len 2048 >/dev/null",
 		 test_build_dir(), model);
 	CHECK(system(command) == 0, "mkmodel");
+	char tenants[128];
+	snprintf(tenants, sizeof(tenants), "%s/tenants.conf", dir);
+	FILE *f = fopen(tenants, "w");
+	CHECK(f, "tenants.conf: %s", strerror(errno));
+	fprintf(f, "tenant batch max_inflight=1\n");
+	fclose(f);
 	struct test_daemon daemon;
-	const char *daemon_args[] = {"--model", model, "--backend", "cpu", "--threads", "1", NULL};
+	const char *daemon_args[] = {"--model",	 model,	  "--backend",	    "cpu", "--threads", "1",
+				     "--config", tenants, "--max-inflight", "4",   NULL};
+	CHECK(MAX_INFLIGHT == 4, "--max-inflight above");
 	test_daemon_start(&daemon, daemon_args);
 	socket_path = daemon.socket_path;
 	start_bridge();
@@ -660,7 +784,7 @@ int main(void)
 	/* A client that leaves mid-stream: the request is cancelled, not run to its end. */
 	CHECK(stats_tenant(reader, "web", &web, &stats), "no web tenant");
 	uint64_t web_failed = web.requests_failed, web_generated = web.generated_tokens;
-	int sock = open_long_stream();
+	int sock = open_long_stream(KEY_WEB);
 	close(sock);
 	deadline = now_s() + 10;
 	for (;;) {
@@ -700,8 +824,11 @@ int main(void)
 		free(reply.body);
 	}
 
+	check_rate_limits();
+	check_stopped_daemon(daemon.pid);
+
 	/* A daemon that dies mid-stream: the stream ends with an error event and [DONE]. */
-	sock = open_long_stream();
+	sock = open_long_stream(KEY_WEB);
 	rs_close(conn);
 	test_daemon_kill(&daemon);
 	{

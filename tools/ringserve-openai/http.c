@@ -438,6 +438,8 @@ static json_t *upstream_error_json(int err)
 {
 	char message[160];
 	snprintf(message, sizeof(message), "generation failed: %s", strerror(-err));
+	if (err == -EAGAIN || err == -EUSERS)
+		return error_json(message, "rate_limit_error", NULL, "rate_limit_exceeded");
 	bool gone = err == -ECONNRESET || err == -EHOSTDOWN || err == -ESHUTDOWN;
 	return error_json(message, "server_error", NULL, gone ? "service_unavailable" : NULL);
 }
@@ -462,16 +464,8 @@ static bool stream_produce(struct http_request *hr)
 		hr->role_sent = true;
 		return stream_event(hr, envelope(hr, true, choices)) == 0;
 	}
-	while (hr->out_len == 0 && !hr->stream_over) {
-		int ret = generation_advance(gen, hr->client_fd);
-		if (ret == -ECONNABORTED) {
-			count_client_gone(hr);
-			return false;
-		}
-		if (ret < 0) {
-			gen->finished = true;
-			gen->error = ret;
-		}
+	/* Take before advancing: the handler advanced once before the stream began. */
+	while (!hr->stream_over) {
 		size_t len;
 		const char *text = generation_take(gen, &len);
 		if (len > 0) {
@@ -479,8 +473,20 @@ static bool stream_produce(struct http_request *hr)
 			if (stream_event(hr, envelope(hr, true, choices)) < 0)
 				return false;
 		}
-		if (!gen->finished)
+		if (!gen->finished) {
+			if (hr->out_len > 0)
+				break;
+			int ret = generation_advance(gen, hr->client_fd);
+			if (ret == -ECONNABORTED) {
+				count_client_gone(hr);
+				return false;
+			}
+			if (ret < 0) {
+				gen->finished = true;
+				gen->error = ret;
+			}
 			continue;
+		}
 		if (gen->error) {
 			stream_event(hr, upstream_error_json(gen->error));
 		} else {
@@ -676,6 +682,19 @@ static enum MHD_Result handle_generate(struct MHD_Connection *connection, struct
 	}
 
 	if (s.stream) {
+		/* Wait for the first token or the end before the 200 goes out: a request that
+		 * ringserved refuses (the tenant's max_inflight: 429; a stopped daemon: 503)
+		 * gets its status, as a plain request does. */
+		ret = generation_advance(&hr->gen, hr->client_fd);
+		if (ret == -ECONNABORTED) {
+			count_client_gone(hr);
+			answer = MHD_NO;
+			goto out;
+		}
+		if (ret < 0 || hr->gen.error) {
+			answer = send_upstream_error(connection, ret < 0 ? ret : hr->gen.error);
+			goto out;
+		}
 		struct MHD_Response *response = MHD_create_response_from_callback(
 		    MHD_SIZE_UNKNOWN, STREAM_BLOCK, stream_reader, hr, stream_free);
 		if (!response)
