@@ -113,7 +113,8 @@ int rs_chat_template_detect(const char *jinja, size_t len)
 	if (!jinja)
 		return -EINVAL;
 	char name[32];
-	if (len < sizeof(name)) { /* a template given by name (as llama.cpp also takes) */
+	/* A template given by name (as llama.cpp also takes); "chatml\0..." is not one. */
+	if (len < sizeof(name) && !memchr(jinja, 0, len)) {
 		memcpy(name, jinja, len);
 		name[len] = '\0';
 		int by_name = rs_chat_template_by_name(name);

@@ -528,7 +528,8 @@ int rs_chat_format(int tmpl, const struct rs_chat_message *messages, size_t n, u
 		   char *out, size_t out_size);
 
 /* The model's chat template from the daemon's shared segment: *jinja points at its text
- * (len bytes, NUL-terminated; lives as long as the connection), and the return value
+ * (len bytes, NUL-terminated; lives as long as the connection; a malformed file's may hold
+ * NULs of its own, counted in len: use len, not strlen), and the return value
  * is the template it is (> 0), or -ENOTSUP: the model has one that ringserve does not
  * format (*jinja still set), -ENOENT: the model has none (*jinja NULL). */
 int rs_chat_model_template(struct rs_connection *conn, const char **jinja, size_t *len);

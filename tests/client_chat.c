@@ -454,6 +454,7 @@ static void check_api(void)
 	CHECK(rs_chat_template_name(0) == NULL && rs_chat_template_name(99) == NULL, "names");
 	CHECK(rs_chat_template_by_name("vicuna") == -ENOENT, "unknown name");
 	CHECK(rs_chat_template_detect("chatml", 6) == RS_CHAT_CHATML, "a name as the template");
+	CHECK(rs_chat_template_detect("chatml\0x", 8) == -ENOENT, "a name, a NUL and more");
 	CHECK(rs_chat_template_detect("{{ messages }}", 14) == -ENOENT, "unknown template");
 	CHECK(rs_chat_template_detect(NULL, 0) == -EINVAL, "NULL");
 	struct rs_chat_message m[2] = {{"user", "hello"}, {"tool", "x"}};

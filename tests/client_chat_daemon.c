@@ -8,6 +8,8 @@
  *     are those of rs_submit on rs_chat_tokenize's ids;
  *   - generation stops at an end-of-turn token: a sampled run with --ignore-eos that
  *     meets one at position k, run again without, ends right after it with EOS set;
+ *   - a template with a NUL byte in it (a malformed file) loads: the client gets all its
+ *     bytes, NUL included, and the ChatML marks after the NUL make it chatml;
  *   - a model whose template ringserve does not know: --chat fails with exit 7 and a
  *     message naming --chat-template, and works with --chat-template chatml; an unknown
  *     name is a usage error (1). */
@@ -111,6 +113,50 @@ static bool check_end_token_stop(struct rs_connection *conn, const uint32_t *pro
 }
 
 static char out[MAX_OUT];
+
+/* A template with a NUL byte before ChatML's text: the model loads, and the client gets
+ * every byte (a reader that stopped at the NUL would see no template it knows). */
+static void check_template_with_nul(const char *dir)
+{
+	static char text[8192];
+	static const char head[] = "{#- cut here -#}";
+	memcpy(text, head, sizeof(head)); /* with its NUL */
+	FILE *f = fopen("tests/chat/chatml.jinja", "rb");
+	CHECK(f, "tests/chat/chatml.jinja");
+	size_t len = sizeof(head) + fread(text + sizeof(head), 1, sizeof(text) - sizeof(head), f);
+	fclose(f);
+	char path[128], model[128], command[512];
+	snprintf(path, sizeof(path), "%s/nul.jinja", dir);
+	snprintf(model, sizeof(model), "%s/nul.gguf", dir);
+	f = fopen(path, "wb");
+	CHECK(f && fwrite(text, 1, len, f) == len && fclose(f) == 0, "nul.jinja");
+	snprintf(command, sizeof(command),
+		 "%s/ringserve-mkmodel --arch qwen2 --out-gguf %s --chat-template %s 2>&1",
+		 test_build_dir(), model, path);
+	CHECK(test_run_command(command, out, MAX_OUT) == 0 && strstr(out, "NUL"),
+	      "mkmodel with a NUL in the template (says so): %s", out);
+	struct test_daemon daemon;
+	const char *args[] = {"--model", model, "--backend", "cpu", "--threads", "1", NULL};
+	test_daemon_start(&daemon, args);
+	struct rs_connection *conn;
+	CHECK(rs_connect(daemon.socket_path, NULL, &conn) == 0, "connect");
+	const char *jinja;
+	size_t got_len;
+	int tmpl = rs_chat_model_template(conn, &jinja, &got_len);
+	CHECK(got_len == len && memcmp(jinja, text, len) == 0 && jinja[len] == '\0',
+	      "template bytes: %zu of %zu", got_len, len);
+	CHECK(tmpl == RS_CHAT_CHATML, "template with a NUL: %d", tmpl);
+	struct rs_chat_message msgs[2] = {{"system", "Be brief."}, {"user", "hi"}};
+	uint32_t ids[512], want[512];
+	int n = rs_chat_tokenize(conn, RS_CHAT_TEMPLATE_MODEL, msgs, 2, RS_CHAT_ADD_ASSISTANT, ids,
+				 512);
+	int n_want =
+	    rs_chat_tokenize(conn, RS_CHAT_CHATML, msgs, 2, RS_CHAT_ADD_ASSISTANT, want, 512);
+	CHECK(n > 0 && n == n_want && memcmp(ids, want, (size_t)n * sizeof(ids[0])) == 0,
+	      "chat with the model's template: %d ids, chatml's %d", n, n_want);
+	rs_close(conn);
+	CHECK(test_daemon_stop(&daemon) == 0, "daemon exit");
+}
 
 int main(void)
 {
@@ -237,6 +283,8 @@ int main(void)
 		 build, daemon.socket_path);
 	CHECK(test_run_command(command, out, MAX_OUT) == 0, "with --chat-template chatml");
 	CHECK(test_daemon_stop(&daemon) == 0, "daemon exit");
+
+	check_template_with_nul(dir);
 
 	snprintf(command, sizeof(command), "rm -rf %s", dir);
 	CHECK(system(command) == 0, "cleanup");

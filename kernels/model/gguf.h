@@ -181,6 +181,9 @@ int rs_gguf_writer_set_u64(struct rs_gguf_writer *w, const char *key, uint64_t v
 int rs_gguf_writer_set_f32(struct rs_gguf_writer *w, const char *key, float value);
 int rs_gguf_writer_set_bool(struct rs_gguf_writer *w, const char *key, bool value);
 int rs_gguf_writer_set_string(struct rs_gguf_writer *w, const char *key, const char *value);
+/* A string of len bytes (GGUF strings have a length: it may hold NULs). */
+int rs_gguf_writer_set_string_len(struct rs_gguf_writer *w, const char *key, const char *value,
+				  uint64_t len);
 /* Any fixed-size scalar type (UINT8..FLOAT64 but STRING and ARRAY; BOOL is one byte) from
  * its little-endian bytes at value. */
 int rs_gguf_writer_set_value(struct rs_gguf_writer *w, const char *key, uint32_t type,

@@ -146,7 +146,12 @@ int rs_gguf_writer_set_bool(struct rs_gguf_writer *w, const char *key, bool valu
 
 int rs_gguf_writer_set_string(struct rs_gguf_writer *w, const char *key, const char *value)
 {
-	uint64_t len = strlen(value);
+	return rs_gguf_writer_set_string_len(w, key, value, strlen(value));
+}
+
+int rs_gguf_writer_set_string_len(struct rs_gguf_writer *w, const char *key, const char *value,
+				  uint64_t len)
+{
 	uint8_t *payload = malloc(8 + len);
 	if (!payload)
 		return -ENOMEM;
@@ -618,7 +623,8 @@ int rs_gguf_write_model_filled(const char *path, const struct rs_model *model,
 	if (!ret && tok)
 		ret = add_tokenizer(w, tok);
 	if (!ret && model->chat_template)
-		ret = rs_gguf_writer_set_string(w, "tokenizer.chat_template", model->chat_template);
+		ret = rs_gguf_writer_set_string_len(w, "tokenizer.chat_template",
+						    model->chat_template, model->chat_template_len);
 
 	ret = ret ?: add_model_tensor(w, &mt, "token_embd.weight", &model->token_embedding, 0);
 	for (uint32_t l = 0; l < c->n_layers && !ret; l++) {

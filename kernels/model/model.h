@@ -90,7 +90,8 @@ struct rs_model {
 	 * scaling): pair i turns by pos * theta^(-2i / rope_dim) / rope_freqs[i]. [rope_dim / 2],
 	 * positive; data NULL: none. */
 	struct rs_tensor rope_freqs;
-	/* GGUF tokenizer.chat_template (Jinja text, NUL-terminated, owned), or NULL. */
+	/* GGUF tokenizer.chat_template (Jinja text, owned), or NULL: chat_template_len bytes,
+	 * which may hold a NUL (a malformed file's), then a NUL. */
 	char *chat_template;
 	size_t chat_template_len;
 	/* GGUF tokenizer.ggml.eot_token_id when has_eot_token (rs_model_end_tokens). */

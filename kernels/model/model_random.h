@@ -46,8 +46,10 @@ struct rs_model_random_extras {
 	 * converter writes them. factor 0: no rope_freqs. */
 	float rope_factor, low_freq_factor, high_freq_factor;
 	uint32_t original_context;
-	/* GGUF tokenizer.chat_template written by rs_model_random_write_gguf, or NULL. */
+	/* GGUF tokenizer.chat_template written by rs_model_random_write_gguf, or NULL; its
+	 * length in bytes (it may hold NULs), 0: strlen. */
 	const char *chat_template;
+	size_t chat_template_len;
 };
 
 /* rs_model_random plus the extras (NULL: none, a Llama model); the extra tensors are f32,

@@ -74,8 +74,12 @@ int rs_model_random_write_gguf(const char *path, const struct rs_model_config *c
 	struct rs_model *target = quantized ? quantized : layout;
 	/* Borrowed for the write: the model owns its template otherwise. */
 	target->chat_template = extras ? (char *)extras->chat_template : NULL;
+	target->chat_template_len = !target->chat_template	? 0
+				    : extras->chat_template_len ? extras->chat_template_len
+								: strlen(target->chat_template);
 	ret = rs_gguf_write_model_filled(path, target, tok, fill_from_recipe, NULL, err, err_size);
 	target->chat_template = NULL;
+	target->chat_template_len = 0;
 	rs_model_free(quantized);
 	rs_model_free(layout);
 	return ret;

@@ -56,12 +56,15 @@ static void usage(FILE *f)
 	    "  --rope-theta      GGUF only (llama2.c implies 10000)\n"
 	    "  --chat-template   GGUF tokenizer.chat_template: a FILE's text (a Jinja template),\n"
 	    "                    else a template NAME (llama3, chatml, ...: the name as the "
-	    "text)\n");
+	    "text);\n"
+	    "                    a file's NUL bytes are kept (for tests of malformed files)\n");
 }
 
 /* --chat-template: a file's text, or else a name the client library formats (written
- * as it is: detection takes names too). NULL after a message when it is neither. */
-static char *read_chat_template(const char *arg)
+ * as it is: detection takes names too); *len its bytes. A file's NUL bytes are written
+ * too (a GGUF string has a length): tests make malformed templates so. NULL after a
+ * message when it is neither. */
+static char *read_chat_template(const char *arg, size_t *len_out)
 {
 	FILE *f = fopen(arg, "rb");
 	if (!f) {
@@ -76,6 +79,7 @@ static char *read_chat_template(const char *arg)
 			fprintf(stderr, ")\n");
 			return NULL;
 		}
+		*len_out = strlen(arg);
 		return strdup(arg);
 	}
 	char *text = NULL;
@@ -99,13 +103,19 @@ static char *read_chat_template(const char *arg)
 	}
 	bool failed = ferror(f);
 	fclose(f);
-	if (failed || !text || memchr(text, 0, len)) {
+	if (failed || !text) {
 		fprintf(stderr, "ringserve-mkmodel: --chat-template %s: %s\n", arg,
-			failed ? "cannot read it" : "empty, or holds a NUL byte");
+			failed ? "cannot read it" : "empty");
 		free(text);
 		return NULL;
 	}
+	if (memchr(text, 0, len))
+		fprintf(stderr,
+			"ringserve-mkmodel: --chat-template %s: holds a NUL byte (written as it "
+			"is)\n",
+			arg);
 	text[len] = '\0';
+	*len_out = len;
 	return text;
 }
 
@@ -341,7 +351,7 @@ int main(int argc, char **argv)
 	int status = 0;
 	char *chat_template = NULL;
 	if (chat_template_arg && out_gguf) {
-		chat_template = read_chat_template(chat_template_arg);
+		chat_template = read_chat_template(chat_template_arg, &extras.chat_template_len);
 		if (!chat_template)
 			status = 2;
 		extras.chat_template = chat_template;
