@@ -4,7 +4,9 @@
  *   - the text it streams is the detokenized ids (through the library, all at once), and
  *     with --echo it is the prompt followed by that text;
  *   - exit codes: 0 done, 1 bad option or value, 2 no daemon at --socket, 3 the request
- *     failed (over the context), 4 the daemon was killed mid-answer, 5 no vocabulary. */
+ *     failed (over the context), 4 the daemon was killed mid-answer, 5 no vocabulary
+ *     (--chat too, with or without --chat-template: text needs a model, a template would
+ *     not help, so not 7 "no chat template"). */
 #include <errno.h>
 #include <signal.h>
 #include <string.h>
@@ -179,6 +181,18 @@ int main(void)
 	const char *cli_null[] = {"ringserve-cli", "--socket", daemon.socket_path, "x", NULL};
 	run(&a, cli_null, NULL);
 	CHECK(a.status == 5, "null engine: exit %d", a.status);
+	snprintf(command, sizeof(command), "%s/ringserve-cli --socket %s --chat x 2>&1",
+		 test_build_dir(), daemon.socket_path);
+	int chat_status = test_run_command(command, a.out, sizeof(a.out));
+	CHECK(chat_status == 5 && strstr(a.out, "no vocabulary") &&
+		  !strstr(a.out, "--chat-template"),
+	      "null engine, --chat: exit %d: %s", chat_status, a.out);
+	snprintf(command, sizeof(command),
+		 "%s/ringserve-cli --socket %s --chat --chat-template chatml x 2>&1",
+		 test_build_dir(), daemon.socket_path);
+	chat_status = test_run_command(command, a.out, sizeof(a.out));
+	CHECK(chat_status == 5 && strstr(a.out, "no vocabulary"),
+	      "null engine, --chat --chat-template chatml: exit %d: %s", chat_status, a.out);
 	CHECK(test_daemon_stop(&daemon) == 0, "daemon exit status");
 
 	/* 4: the daemon is killed mid-answer (a model slow enough that 4000 tokens take far

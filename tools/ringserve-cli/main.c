@@ -85,6 +85,7 @@ static void usage(FILE *f)
 	    "     slot, draining) or the daemon failed it (its status is printed)\n"
 	    "  4  the daemon died, or stopped answering for %.0f s, in the middle of the answer\n"
 	    "  5  the daemon serves no vocabulary (the null engine): text needs a model\n"
+	    "     (--chat too: a template would not help)\n"
 	    "  6  writing the answer failed (standard output closed or full)\n"
 	    "  7  --chat: the model has no chat template, or one ringserve does not know;\n"
 	    "     name one with --chat-template\n",
@@ -233,6 +234,12 @@ static int chat_tokens(struct rs_connection *conn, int tmpl, const char *system_
 	if (system_message)
 		messages[n++] = (struct rs_chat_message){"system", system_message};
 	messages[n++] = (struct rs_chat_message){"user", user};
+	/* No vocabulary (the null engine): no template would help, so say that (exit 5),
+	 * not that the template is missing (7). */
+	struct rs_model_info info;
+	rs_model_info(conn, &info);
+	if (!info.vocab)
+		return -ENOTSUP;
 	if (tmpl == RS_CHAT_TEMPLATE_MODEL) {
 		const char *jinja;
 		size_t len;
