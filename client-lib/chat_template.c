@@ -340,9 +340,10 @@ static void llama3_turn(struct rs_chat_text *t, const char *role, const char *te
 /* Llama 3.0 (meta-llama/Meta-Llama-3-8B-Instruct): BOS, then per message a header with
  * its role and content | trim. 3.1+ (models/templates/meta-llama-Llama-3.1-8B-Instruct,
  * -3.2-3B-, -3.3-70B-): the system turn always comes first, with the knowledge cutoff
- * and the date (3.1 and 3.3: the template's fixed "26 Jul 2024"; 3.2: strftime_now, today). */
+ * and the date (3.1 and 3.3: the template's fixed "26 Jul 2024"; 3.2: strftime_now, the
+ * local date of now, read once by the caller of the render). */
 static int render_llama3(struct rs_chat_text *t, int tmpl, const struct rs_chat_message *m,
-			 size_t n, unsigned flags)
+			 size_t n, unsigned flags, time_t now)
 {
 	size_t first = 0;
 	if (tmpl == RS_CHAT_LLAMA3) {
@@ -351,7 +352,6 @@ static int render_llama3(struct rs_chat_text *t, int tmpl, const struct rs_chat_
 	} else {
 		char date[32] = "26 Jul 2024";
 		if (tmpl == RS_CHAT_LLAMA32) {
-			time_t now = time(NULL);
 			struct tm tm;
 			static const char months[12][4] = {"Jan", "Feb", "Mar", "Apr",
 							   "May", "Jun", "Jul", "Aug",
@@ -607,6 +607,12 @@ static int render_phi3(struct rs_chat_text *t, const struct rs_chat_message *m, 
 int rs_chat_render(int tmpl, const struct rs_chat_message *m, size_t n, unsigned flags,
 		   struct rs_chat_text *t)
 {
+	return rs_chat_render_at(tmpl, m, n, flags, time(NULL), t);
+}
+
+int rs_chat_render_at(int tmpl, const struct rs_chat_message *m, size_t n, unsigned flags,
+		      time_t now, struct rs_chat_text *t)
+{
 	if ((!m && n) || (flags & ~RS_CHAT_ADD_ASSISTANT) || !rs_chat_template_name(tmpl))
 		return -EINVAL;
 	for (size_t i = 0; i < n; i++)
@@ -621,7 +627,7 @@ int rs_chat_render(int tmpl, const struct rs_chat_message *m, size_t n, unsigned
 	case RS_CHAT_LLAMA3:
 	case RS_CHAT_LLAMA31:
 	case RS_CHAT_LLAMA32:
-		ret = render_llama3(t, tmpl, m, n, flags);
+		ret = render_llama3(t, tmpl, m, n, flags, now);
 		break;
 	case RS_CHAT_CHATML:
 	case RS_CHAT_QWEN25:

@@ -7,6 +7,7 @@
 #define RS_CLIENT_CHAT_TEMPLATE_H
 
 #include <stddef.h>
+#include <time.h>
 
 #include "client-lib/ringserve.h"
 
@@ -25,6 +26,11 @@ struct rs_chat_text {
  * NULL content), -ENOMEM. */
 int rs_chat_render(int tmpl, const struct rs_chat_message *messages, size_t n, unsigned flags,
 		   struct rs_chat_text *out);
+
+/* rs_chat_render at time now: llama3.2 writes now's local date (rs_chat_render reads the
+ * clock once per render; tests pass a fixed time). */
+int rs_chat_render_at(int tmpl, const struct rs_chat_message *messages, size_t n, unsigned flags,
+		      time_t now, struct rs_chat_text *out);
 
 void rs_chat_text_free(struct rs_chat_text *text);
 

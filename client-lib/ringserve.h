@@ -474,7 +474,8 @@ enum rs_chat_template {
 	RS_CHAT_LLAMA3 = 2,	       /* "llama3": Llama 3.0 <|start_header_id|> turns */
 	RS_CHAT_LLAMA31 = 3,	       /* "llama3.1": 3.0 + the Cutting Knowledge system
 					* header dated 26 Jul 2024 (3.1, 3.3) */
-	RS_CHAT_LLAMA32 = 4,	       /* "llama3.2": dated today, as strftime_now */
+	RS_CHAT_LLAMA32 = 4,	       /* "llama3.2": dated today (local time, read at
+					* each call), as strftime_now */
 	RS_CHAT_CHATML = 5,	       /* "chatml": <|im_start|>role\n..<|im_end|>\n */
 	RS_CHAT_QWEN25 = 6,	       /* "qwen2.5": chatml + Qwen's default system prompt */
 	RS_CHAT_QWEN3 = 7,	       /* "qwen3": chatml, <think> kept for the last turn only */
@@ -546,7 +547,11 @@ int rs_chat_end_tokens(struct rs_connection *conn, const uint32_t **ids);
  * token). No BOS is added: templates that want one write it. ids and max_ids as
  * rs_tokenize. Returns the number of ids, or the errors of rs_chat_format and
  * rs_tokenize, and for the model's template -ENOENT / -ENOTSUP as
- * rs_chat_model_template. */
+ * rs_chat_model_template.
+ * llama3.2 writes today's date, read at each call: a size query (ids NULL) and the call
+ * that fills can straddle midnight and disagree in ids (the date's bytes are as many,
+ * its tokens need not be). Use the ids of one call: give room (3 * rs_chat_format's
+ * length + 5 ids is always enough) or retry with more on -ENOSPC. */
 int rs_chat_tokenize(struct rs_connection *conn, int tmpl, const struct rs_chat_message *messages,
 		     size_t n, unsigned flags, uint32_t *ids, uint32_t max_ids);
 

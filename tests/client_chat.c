@@ -148,6 +148,10 @@ static char *read_file(const char *path, size_t *size)
 	return buf;
 }
 
+/* The time both Jinja2 and ringserve render at (llama3.2 writes its local date):
+ * 2024-02-29 12:00:00 UTC. */
+#define JINJA_NOW 1709208000
+
 static void json_string(FILE *f, const char *s)
 {
 	fputc('"', f);
@@ -206,7 +210,8 @@ static int compare_with_jinja(const char *refs, bool have_bundle)
 			json_string(jobs, cases[i].bos);
 			fprintf(jobs, ", \"eos_token\": ");
 			json_string(jobs, cases[i].eos);
-			fputc('}', jobs);
+			/* strftime_now's time: one fixed instant for both renderers (llama3.2). */
+			fprintf(jobs, ", \"now\": %lld}", (long long)JINJA_NOW);
 		}
 	}
 	fputs("]\n", jobs);
@@ -251,21 +256,30 @@ static int compare_with_jinja(const char *refs, bool have_bundle)
 				     (int)len, expected);
 				continue;
 			}
-			int size = rs_chat_format(cases[i].tmpl, conv->messages, conv->n,
-						  conv->add_assistant ? RS_CHAT_ADD_ASSISTANT : 0,
-						  NULL, 0);
-			char *got = malloc(size > 0 ? (size_t)size + 1 : 1);
-			CHECK(size >= 0 &&
-				  rs_chat_format(cases[i].tmpl, conv->messages, conv->n,
-						 conv->add_assistant ? RS_CHAT_ADD_ASSISTANT : 0,
-						 got, (size_t)size + 1) == size,
-			      "%s: rs_chat_format: %d", cases[i].file, size);
-			if ((size_t)size != len || memcmp(got, expected, len) != 0)
+			unsigned flags = conv->add_assistant ? RS_CHAT_ADD_ASSISTANT : 0;
+			struct rs_chat_text t = {0};
+			int ret = rs_chat_render_at(cases[i].tmpl, conv->messages, conv->n, flags,
+						    JINJA_NOW, &t);
+			CHECK(ret == 0, "%s: rs_chat_render_at: %d", cases[i].file, ret);
+			if (t.len != len || memcmp(t.text, expected, len) != 0)
 				FAIL("%s / %s differs from Jinja2:\n  jinja: %.*s\n  ours:  %s",
-				     cases[i].file, conv->name, (int)len, expected, got);
+				     cases[i].file, conv->name, (int)len, expected, t.text);
 			else
 				compared++;
+			/* The public call gives the same text (llama3.2: the same length; its
+			 * date is today's). */
+			int size =
+			    rs_chat_format(cases[i].tmpl, conv->messages, conv->n, flags, NULL, 0);
+			char *got = malloc(size > 0 ? (size_t)size + 1 : 1);
+			CHECK(size >= 0 &&
+				  rs_chat_format(cases[i].tmpl, conv->messages, conv->n, flags, got,
+						 (size_t)size + 1) == size &&
+				  (size_t)size == t.len &&
+				  (cases[i].tmpl == RS_CHAT_LLAMA32 ||
+				   memcmp(got, t.text, t.len) == 0),
+			      "%s: rs_chat_format: %d, rendered %zu", cases[i].file, size, t.len);
 			free(got);
+			rs_chat_text_free(&t);
 		}
 	}
 	free(out);
@@ -447,6 +461,34 @@ static void check_mistral_system(void)
 	      "a system message in the middle");
 }
 
+/* llama3.2's date is the local date of the time the render is given: at noon UTC on
+ * 29 Feb 2024, in UTC, "29 Feb 2024" (the template's strftime_now("%d %b %Y")). */
+static void check_llama32_date(void)
+{
+	const char *old_tz = getenv("TZ");
+	char *saved = old_tz ? strdup(old_tz) : NULL;
+	setenv("TZ", "UTC", 1);
+	tzset();
+	struct rs_chat_message m = {"user", "hi"};
+	struct rs_chat_text t = {0};
+	CHECK(rs_chat_render_at(RS_CHAT_LLAMA32, &m, 1, 0, 1709208000, &t) == 0, "render");
+	CHECK(strstr(t.text, "\nToday Date: 29 Feb 2024\n"), "llama3.2 at a fixed time: %s",
+	      t.text);
+	rs_chat_text_free(&t);
+	/* The same instant in a zone 14 hours ahead is already 1 March. */
+	setenv("TZ", "<+14>-14", 1); /* POSIX form: no tzdata needed */
+	tzset();
+	CHECK(rs_chat_render_at(RS_CHAT_LLAMA32, &m, 1, 0, 1709208000, &t) == 0, "render");
+	CHECK(strstr(t.text, "\nToday Date: 01 Mar 2024\n"), "llama3.2 in UTC+14: %s", t.text);
+	rs_chat_text_free(&t);
+	if (saved)
+		setenv("TZ", saved, 1);
+	else
+		unsetenv("TZ");
+	free(saved);
+	tzset();
+}
+
 static void check_api(void)
 {
 	for (int i = 1; rs_chat_template_name(i); i++)
@@ -524,6 +566,7 @@ int main(void)
 		       refs);
 
 	check_api();
+	check_llama32_date();
 	check_detection(refs, have_bundle);
 	int compared = compare_with_jinja(refs, have_bundle);
 	if (compared < 0)

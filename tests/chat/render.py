@@ -28,6 +28,13 @@ def tojson(value, indent=None, ensure_ascii=False, sort_keys=False):
     return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii, sort_keys=sort_keys)
 
 
+def strftime_at(now):
+    """strftime_now at a given time (seconds since the epoch, local time), or the clock."""
+    if now is None:
+        return lambda fmt: datetime.datetime.now().strftime(fmt)
+    return lambda fmt: datetime.datetime.fromtimestamp(now).strftime(fmt)
+
+
 def environment():
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                         extensions=["jinja2.ext.loopcontrols"])
@@ -47,7 +54,8 @@ def main():
             text = env.from_string(source).render(
                 messages=job["messages"],
                 add_generation_prompt=job["add_generation_prompt"],
-                bos_token=job["bos_token"], eos_token=job["eos_token"])
+                bos_token=job["bos_token"], eos_token=job["eos_token"],
+                strftime_now=strftime_at(job.get("now")))
             kind, data = b"T", text.encode("utf-8")
         except Exception as e:  # the template's own raise_exception, or its limits
             kind, data = b"E", ("%s: %s" % (type(e).__name__, e)).encode("utf-8")

@@ -268,11 +268,21 @@ int upstream_chat_tokens(struct upstream *up, const struct rs_chat_message *mess
 	int count = up->dead ? up->dead_status
 			     : rs_chat_tokenize(up->conn, RS_CHAT_TEMPLATE_MODEL, messages, n,
 						RS_CHAT_ADD_ASSISTANT, NULL, 0);
-	if (count >= 0) {
-		*ids = malloc(((size_t)count + 1) * sizeof(**ids));
-		count = !*ids ? -ENOMEM
-			      : rs_chat_tokenize(up->conn, RS_CHAT_TEMPLATE_MODEL, messages, n,
-						 RS_CHAT_ADD_ASSISTANT, *ids, (uint32_t)count);
+	/* The ids of one call: llama3.2's date is read at each, and may change between the
+	 * size query and the fill (midnight); then the fill asks for more room. */
+	uint32_t room = count >= 0 ? (uint32_t)count + 16 : 0;
+	while (count >= 0 || count == -ENOSPC) {
+		uint32_t *grown = realloc(*ids, (size_t)room * sizeof(**ids));
+		if (!grown) {
+			count = -ENOMEM;
+			break;
+		}
+		*ids = grown;
+		count = rs_chat_tokenize(up->conn, RS_CHAT_TEMPLATE_MODEL, messages, n,
+					 RS_CHAT_ADD_ASSISTANT, *ids, room);
+		if (count >= 0)
+			break;
+		room *= 2;
 	}
 	pthread_mutex_unlock(&up->lock);
 	if (count < 0) {
