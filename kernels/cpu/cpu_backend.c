@@ -49,6 +49,7 @@ struct cpu_engine {
 	enum rs_cpu_isa isa;		/* of the products */
 	bool copy_quant;		/* options.cpu_weights "copy" */
 	void *k_cache, *v_cache;	/* [layer][block][block_size][kv_dim] of kv_dtype */
+	size_t kv_cache_bytes;		/* each of k_cache, v_cache (rs_alloc_zeroed_large) */
 	enum rs_dtype kv_dtype;		/* RS_DTYPE_F32 or RS_DTYPE_F16 (options.kv_dtype) */
 	size_t layer_cache_elems;
 
@@ -259,8 +260,11 @@ static int cpu_create(struct rs_engine *e, char *err, size_t err_size)
 	c->kv_dtype = strcmp(o->kv_dtype, "f16") == 0 ? RS_DTYPE_F16 : RS_DTYPE_F32;
 	c->layer_cache_elems = (size_t)o->kv_blocks * o->block_size * kv_dim;
 	size_t cache_bytes = c->layer_cache_elems * cfg->n_layers * rs_dtype_size(c->kv_dtype);
-	c->k_cache = rs_alloc_large(cache_bytes);
-	c->v_cache = rs_alloc_large(cache_bytes);
+	/* Zeroed (a read of a never-written slot, a caller bug, stays finite) by the kernel,
+	 * page by page at first use: no memset of the whole pool, no RSS until used. */
+	c->kv_cache_bytes = cache_bytes;
+	c->k_cache = rs_alloc_zeroed_large(cache_bytes);
+	c->v_cache = rs_alloc_zeroed_large(cache_bytes);
 	c->x = alloc_floats(T * dim);
 	c->xb = alloc_floats(T * dim);
 	c->qkv = alloc_floats(T * (q_dim + 2 * kv_dim));
@@ -280,10 +284,6 @@ static int cpu_create(struct rs_engine *e, char *err, size_t err_size)
 			  2 * cache_bytes >> 20);
 		goto fail;
 	}
-	/* Zeroed so that a read of a never-written slot (a caller bug) stays finite. */
-	memset(c->k_cache, 0, cache_bytes);
-	memset(c->v_cache, 0, cache_bytes);
-
 	rc = -ENOMEM;
 	c->scores_per_worker =
 	    (rs_op_attention_scratch(cfg->n_heads, cfg->head_dim, cfg->max_seq_len) + 15) &
@@ -325,8 +325,8 @@ static void cpu_destroy(struct rs_engine *e)
 	free(c->layers);
 	free(c->final_norm);
 	rs_packed_free(&c->output);
-	free(c->k_cache);
-	free(c->v_cache);
+	rs_free_zeroed_large(c->k_cache, c->kv_cache_bytes);
+	rs_free_zeroed_large(c->v_cache, c->kv_cache_bytes);
 	free(c->x);
 	free(c->xb);
 	free(c->qkv);
