@@ -8,7 +8,6 @@
  *     (--chat too, with or without --chat-template: text needs a model, a template would
  *     not help, so not 7 "no chat template"). */
 #include <errno.h>
-#include <signal.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>

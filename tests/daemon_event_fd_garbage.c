@@ -10,7 +10,6 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>

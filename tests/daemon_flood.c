@@ -32,7 +32,6 @@
  * dlpm their admitted requests differ by at most what the fairness bounds of
  * docs/scheduling.md allow, in requests of equal cost.
  * Under fcfs the flooder, with twice the requests queued, gets about twice the service. */
-#include <assert.h>
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>

@@ -5,7 +5,6 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <sched.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "client-lib/ringserve.h"

@@ -10,7 +10,6 @@
  * of its failed steps fail (-EIO, at most that many steps x max batch), every other ends
  * with the null engine's tokens on the other workers, and the daemon reports it out. */
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
