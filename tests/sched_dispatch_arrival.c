@@ -16,31 +16,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon/sched/sched.h"
-#include "kernels/engine/kv_cache.h"
 #include "tests/harness/harness.h"
+#include "tests/sched_world.h"
 
 enum { MAX_REQUESTS = 512, MAX_WORKERS = 3, BLOCK = 16, PREFIX = 32, PROMPT = 40 };
 
 struct world {
-	struct rs_sched *sched;
-	struct rs_kv_cache *kv[MAX_WORKERS];
-	struct rs_request_pool pool;
-	struct rs_tenant *tenant;
-	uint32_t workers;
-	uint64_t clock_ns;
+	struct sched_world s; /* first: the hooks' ctx */
 	bool done[MAX_REQUESTS];
 	uint32_t finished_on[MAX_REQUESTS], cached[MAX_REQUESTS];
 };
-
-static uint64_t now_hook(void *ctx)
-{
-	return ((struct world *)ctx)->clock_ns;
-}
-
-static void token_hook(void *ctx, struct rs_request *request)
-{
-}
 
 static void finish_hook(void *ctx, struct rs_request *request, int32_t status)
 {
@@ -50,70 +35,42 @@ static void finish_hook(void *ctx, struct rs_request *request, int32_t status)
 	w->done[id] = true;
 	w->finished_on[id] = request->worker;
 	w->cached[id] = request->cached_tokens;
-	rs_request_put(&w->pool, request);
+	rs_request_put(&w->s.pool, request);
 }
 
 static int world_init(struct world *w, uint32_t workers, const struct rs_dispatch_params *d)
 {
 	memset(w, 0, sizeof(*w));
-	w->clock_ns = 1000000000;
-	w->workers = workers;
-	for (uint32_t i = 0; i < workers; i++)
-		CHECK(rs_kv_cache_create(256, BLOCK, &w->kv[i]) == 0, "kv");
-	struct rs_sched_config config = {.lanes = 1,
-					 .max_batch = 4,
-					 .max_batch_tokens = 1024,
-					 .max_tenants = 2,
-					 .vocab_size = 100,
-					 .eos_token = UINT32_MAX,
-					 .prefix_cache = true,
-					 .admission = {.policy = RS_ADMISSION_FCFS},
-					 .workers = workers,
-					 .dispatch = *d};
-	struct rs_sched_hooks hooks = {
-	    .now_ns = now_hook, .token = token_hook, .finish = finish_hook, .ctx = w};
-	int ret = rs_sched_create_workers(&config, w->kv, &hooks, &w->sched);
-	if (ret) {
-		for (uint32_t i = 0; i < workers; i++)
-			rs_kv_cache_destroy(w->kv[i]);
-		return ret;
-	}
-	CHECK(rs_request_pool_init(&w->pool, MAX_REQUESTS) == 0, "pool");
-	w->tenant = rs_sched_tenant_acquire(w->sched, 0, "t", 1.0);
-	return 0;
-}
-
-static void world_destroy(struct world *w)
-{
-	CHECK(!rs_sched_busy(w->sched), "requests left");
-	rs_sched_tenant_release(w->sched, w->tenant);
-	rs_sched_destroy(w->sched);
-	rs_request_pool_destroy(&w->pool);
-	for (uint32_t i = 0; i < w->workers; i++)
-		rs_kv_cache_destroy(w->kv[i]);
+	struct rs_sched_config config = sched_world_config();
+	config.lanes = 1;
+	config.max_batch = 4;
+	config.max_tenants = 2;
+	config.workers = workers;
+	config.dispatch = *d;
+	struct rs_sched_hooks hooks = {.now_ns = sched_world_now,
+				       .token = sched_world_no_token,
+				       .finish = finish_hook,
+				       .ctx = w};
+	CHECK(workers <= MAX_WORKERS, "%u workers", workers);
+	return sched_world_init(&w->s, &config, &hooks, 256, BLOCK, MAX_REQUESTS);
 }
 
 /* PREFIX tokens of prefix p, then private ones. The worker it was routed to. */
 static uint32_t submit(struct world *w, uint32_t id, uint32_t prefix)
 {
-	struct rs_request *r = rs_request_get(&w->pool);
-	CHECK(r && rs_request_reserve(r, PROMPT, 6, BLOCK) == 0, "request");
+	struct rs_request *r = sched_world_request(&w->s, id, PROMPT, 6, BLOCK);
 	for (uint32_t i = 0; i < PROMPT; i++)
 		r->tokens[i] = i < PREFIX ? (prefix * 31 + i * 7) % 97 : (id * 13 + i * 11) % 97;
-	r->tenant = w->tenant;
-	r->user_data = id;
-	r->ignore_eos = true;
-	r->top_p = 1.0f;
-	CHECK(rs_sched_submit(w->sched, r) == 0, "submit %u", id);
+	CHECK(rs_sched_submit(w->s.sched, r) == 0, "submit %u", id);
 	return r->worker;
 }
 
 static void drain(struct world *w)
 {
-	for (int i = 0; rs_sched_busy(w->sched) && i < 100000; i++) {
-		w->clock_ns += 1000000;
-		for (uint32_t l = 0; l < w->workers; l++) {
-			const struct rs_step_plan *plan = rs_sched_plan_step(w->sched, l);
+	for (int i = 0; rs_sched_busy(w->s.sched) && i < 100000; i++) {
+		w->s.clock_ns += 1000000;
+		for (uint32_t l = 0; l < w->s.workers; l++) {
+			const struct rs_step_plan *plan = rs_sched_plan_step(w->s.sched, l);
 			if (!plan)
 				continue;
 			for (uint32_t k = 0; k < plan->n; k++) {
@@ -122,8 +79,8 @@ static void drain(struct world *w)
 				if (plan->steps[k].sample)
 					*plan->steps[k].out_token = 1;
 			}
-			rs_sched_step_done(w->sched, l, 0);
-			CHECK(rs_sched_check(w->sched) == 0, "invariants");
+			rs_sched_step_done(w->s.sched, l, 0);
+			CHECK(rs_sched_check(w->s.sched) == 0, "invariants");
 		}
 	}
 }
@@ -149,7 +106,7 @@ static void test_prefixes_keep_their_worker(void)
 	       (unsigned long long)cached, (unsigned long long)bound);
 	CHECK(cached >= bound, "%llu cached tokens, bound %llu", (unsigned long long)cached,
 	      (unsigned long long)bound);
-	world_destroy(w);
+	sched_world_destroy(&w->s);
 	free(w);
 }
 
@@ -166,7 +123,7 @@ static void test_balance_rule(void)
 		      want[id]);
 	}
 	drain(w);
-	world_destroy(w);
+	sched_world_destroy(&w->s);
 	free(w);
 }
 
@@ -181,7 +138,7 @@ static void test_round_robin_and_refusal(void)
 	for (uint32_t id = 0; id < 30; id++)
 		CHECK(w->done[id] && w->finished_on[id] == id % 3, "request %u ran on worker %u",
 		      id, w->finished_on[id]);
-	world_destroy(w);
+	sched_world_destroy(&w->s);
 	d.policy = RS_DISPATCH_D2LPM;
 	CHECK(world_init(w, 2, &d) == -EINVAL, "d2lpm at arrival accepted");
 	free(w);

@@ -15,21 +15,16 @@
 #include <string.h>
 
 #include "daemon/sched/planner.h"
-#include "daemon/sched/sched.h"
-#include "kernels/engine/kv_cache.h"
 #include "tests/engine_test.h"
 /* engine_test.h's CHECK counts failures and goes on; here a failure stops the test. */
 #undef CHECK
 #include "tests/harness/harness.h"
+#include "tests/sched_world.h"
 
 enum { MAX_REQUESTS = 4096, STEP_NS = 1000000 };
 
 struct world {
-	struct rs_sched *sched;
-	struct rs_kv_cache *kv;
-	struct rs_request_pool pool;
-	struct rs_tenant *tenant;
-	uint64_t clock_ns;
+	struct sched_world s; /* first: the hooks' ctx */
 	uint32_t lanes;
 	/* per request id */
 	uint64_t admitted_ns[MAX_REQUESTS], seated_ns[MAX_REQUESTS];
@@ -40,15 +35,6 @@ struct world {
 	bool seated[8][MAX_REQUESTS];
 	uint32_t n_seated[8];
 };
-
-static uint64_t now_hook(void *ctx)
-{
-	return ((struct world *)ctx)->clock_ns;
-}
-
-static void token_hook(void *ctx, struct rs_request *request)
-{
-}
 
 static void finish_hook(void *ctx, struct rs_request *request, int32_t status)
 {
@@ -62,56 +48,36 @@ static void finish_hook(void *ctx, struct rs_request *request, int32_t status)
 		w->seated[request->lane][id] = false;
 		w->n_seated[request->lane]--;
 	}
-	rs_request_put(&w->pool, request);
+	rs_request_put(&w->s.pool, request);
 }
 
 static void world_init(struct world *w, uint32_t lanes, const struct rs_multibin_params *params,
 		       uint32_t max_batch, uint32_t kv_blocks)
 {
 	memset(w, 0, sizeof(*w));
-	w->clock_ns = 1000000000;
 	w->lanes = lanes;
-	CHECK(rs_kv_cache_create(kv_blocks, 16, &w->kv) == 0, "kv");
-	struct rs_sched_config config = {.lanes = lanes,
-					 .max_batch = max_batch,
-					 .max_batch_tokens = 1024,
-					 .max_tenants = 4,
-					 .vocab_size = 100,
-					 .eos_token = UINT32_MAX,
-					 .prefix_cache = true,
-					 .admission = {.policy = RS_ADMISSION_FCFS},
-					 .planner = &rs_planner_multibin,
-					 .multibin = *params};
-	struct rs_sched_hooks hooks = {
-	    .now_ns = now_hook, .token = token_hook, .finish = finish_hook, .ctx = w};
-	CHECK(rs_sched_create(&config, w->kv, &hooks, &w->sched) == 0, "sched");
-	CHECK(rs_request_pool_init(&w->pool, MAX_REQUESTS) == 0, "pool");
-	w->tenant = rs_sched_tenant_acquire(w->sched, 0, "t", 1.0);
-}
-
-static void world_destroy(struct world *w)
-{
-	CHECK(!rs_sched_busy(w->sched), "requests left");
-	rs_sched_tenant_release(w->sched, w->tenant);
-	rs_sched_destroy(w->sched);
-	rs_request_pool_destroy(&w->pool);
-	rs_kv_cache_destroy(w->kv);
+	struct rs_sched_config config = sched_world_config();
+	config.lanes = lanes;
+	config.max_batch = max_batch;
+	config.max_tenants = 4;
+	config.planner = &rs_planner_multibin;
+	config.multibin = *params;
+	struct rs_sched_hooks hooks = {.now_ns = sched_world_now,
+				       .token = sched_world_no_token,
+				       .finish = finish_hook,
+				       .ctx = w};
+	CHECK(sched_world_init(&w->s, &config, &hooks, kv_blocks, 16, MAX_REQUESTS) == 0, "sched");
 }
 
 static void submit(struct world *w, uint32_t id, uint32_t prompt_len, uint32_t output_len,
 		   uint32_t hint)
 {
-	struct rs_request *r = rs_request_get(&w->pool);
-	CHECK(r && rs_request_reserve(r, prompt_len, output_len, 16) == 0, "request");
+	struct rs_request *r = sched_world_request(&w->s, id, prompt_len, output_len, 16);
 	for (uint32_t i = 0; i < prompt_len; i++)
 		r->tokens[i] = (id * 13 + i * 7) % 100;
-	r->tenant = w->tenant;
-	r->user_data = id;
-	r->ignore_eos = true;
-	r->top_p = 1.0f;
 	r->output_len_hint = hint;
 	w->want[id] = output_len;
-	CHECK(rs_sched_submit(w->sched, r) == 0, "submit %u", id);
+	CHECK(rs_sched_submit(w->s.sched, r) == 0, "submit %u", id);
 }
 
 /* Plan every lane, check the plans, run them (1 ms), and return how many ran. */
@@ -119,7 +85,7 @@ static int step(struct world *w, bool continuous)
 {
 	int ran = 0;
 	for (uint32_t l = 0; l < w->lanes; l++) {
-		const struct rs_step_plan *plan = rs_sched_plan_step(w->sched, l);
+		const struct rs_step_plan *plan = rs_sched_plan_step(w->s.sched, l);
 		if (!plan)
 			continue;
 		uint32_t bin = plan->requests[0]->bin;
@@ -132,7 +98,7 @@ static int step(struct world *w, bool continuous)
 			if (!w->seated[l][id]) {
 				joined++;
 				w->seated[l][id] = true;
-				w->seated_ns[id] = w->clock_ns;
+				w->seated_ns[id] = w->s.clock_ns;
 				w->admitted_ns[id] = r->admitted_ns;
 			}
 			if (plan->steps[i].sample)
@@ -142,8 +108,8 @@ static int step(struct world *w, bool continuous)
 		CHECK(continuous || !joined || w->n_seated[l] == 0,
 		      "lane %u took requests in while %u ran", l, w->n_seated[l]);
 		w->n_seated[l] += joined;
-		rs_sched_step_done(w->sched, l, 0);
-		CHECK(rs_sched_check(w->sched) == 0, "invariants");
+		rs_sched_step_done(w->s.sched, l, 0);
+		CHECK(rs_sched_check(w->s.sched) == 0, "invariants");
 		ran++;
 	}
 	return ran;
@@ -158,30 +124,30 @@ static void test_deadline(void)
 	/* Lane 1 busy with a long request of bin 1 (alone and idle, it ran at once): an
 	 * idle engine would run any bin at once, a busy one lets bins fill. */
 	submit(w, 10, 4, 100, 100);
-	const struct rs_step_plan *plan = rs_sched_plan_step(w->sched, 1);
+	const struct rs_step_plan *plan = rs_sched_plan_step(w->s.sched, 1);
 	CHECK(plan && plan->n == 1, "an idle engine held a bin back");
 	if (plan)
 		*plan->steps[0].out_token = 1;
-	rs_sched_step_done(w->sched, 1, 0);
-	uint64_t t0 = w->clock_ns;
+	rs_sched_step_done(w->s.sched, 1, 0);
+	uint64_t t0 = w->s.clock_ns;
 	for (uint32_t id = 0; id < 3; id++)
 		submit(w, id, 4, 5, 5); /* bin 0, 3 of a batch of 8 */
-	CHECK(rs_sched_plan_step(w->sched, 0) == NULL, "a bin of 3 of 8 ran at once");
-	CHECK(rs_sched_next_wakeup_ns(w->sched) == t0 + 5000000, "wake-up %llu, want %llu",
-	      (unsigned long long)rs_sched_next_wakeup_ns(w->sched),
+	CHECK(rs_sched_plan_step(w->s.sched, 0) == NULL, "a bin of 3 of 8 ran at once");
+	CHECK(rs_sched_next_wakeup_ns(w->s.sched) == t0 + 5000000, "wake-up %llu, want %llu",
+	      (unsigned long long)rs_sched_next_wakeup_ns(w->s.sched),
 	      (unsigned long long)(t0 + 5000000));
-	w->clock_ns = t0 + 5000000 - 1;
-	CHECK(rs_sched_plan_step(w->sched, 0) == NULL, "ran before the deadline");
-	w->clock_ns = t0 + 5000000;
-	plan = rs_sched_plan_step(w->sched, 0);
+	w->s.clock_ns = t0 + 5000000 - 1;
+	CHECK(rs_sched_plan_step(w->s.sched, 0) == NULL, "ran before the deadline");
+	w->s.clock_ns = t0 + 5000000;
+	plan = rs_sched_plan_step(w->s.sched, 0);
 	CHECK(plan && plan->n == 3, "at the deadline: %u requests", plan ? plan->n : 0);
 	for (uint32_t i = 0; plan && i < plan->n; i++)
 		*plan->steps[i].out_token = 1;
-	rs_sched_step_done(w->sched, 0, 0);
+	rs_sched_step_done(w->s.sched, 0, 0);
 	/* A request of the same bin arriving now waits for the batch to end (static). */
 	submit(w, 3, 4, 5, 5);
 	for (int i = 0; i < 4; i++) {
-		plan = rs_sched_plan_step(w->sched, 0);
+		plan = rs_sched_plan_step(w->s.sched, 0);
 		CHECK(plan && plan->n == 3, "step %d of the batch: %u requests", i,
 		      plan ? plan->n : 0);
 		for (uint32_t k = 0; plan && k < plan->n; k++) {
@@ -189,25 +155,25 @@ static void test_deadline(void)
 			      "a newcomer joined a static batch");
 			*plan->steps[k].out_token = 1;
 		}
-		rs_sched_step_done(w->sched, 0, 0);
+		rs_sched_step_done(w->s.sched, 0, 0);
 	}
 	CHECK(w->done[0] && w->done[1] && w->done[2] && !w->done[3], "the batch of 3 ended alone");
 	/* The free lane stages it now; alone in its bin, it runs after its own deadline. */
-	uint64_t t1 = w->clock_ns;
-	CHECK(rs_sched_plan_step(w->sched, 0) == NULL, "a bin of 1 of 8 ran at once");
-	CHECK(rs_sched_next_wakeup_ns(w->sched) == t1 + 5000000, "second wake-up");
-	w->clock_ns = t1 + 5000000;
+	uint64_t t1 = w->s.clock_ns;
+	CHECK(rs_sched_plan_step(w->s.sched, 0) == NULL, "a bin of 1 of 8 ran at once");
+	CHECK(rs_sched_next_wakeup_ns(w->s.sched) == t1 + 5000000, "second wake-up");
+	w->s.clock_ns = t1 + 5000000;
 	CHECK(!w->done[3], "the late request ran before its deadline");
-	for (int i = 0; rs_sched_busy(w->sched) && i < 1000; i++)
+	for (int i = 0; rs_sched_busy(w->s.sched) && i < 1000; i++)
 		for (uint32_t l = 0; l < 2; l++) {
-			plan = rs_sched_plan_step(w->sched, l);
+			plan = rs_sched_plan_step(w->s.sched, l);
 			for (uint32_t k = 0; plan && k < plan->n; k++)
 				*plan->steps[k].out_token = 1;
 			if (plan)
-				rs_sched_step_done(w->sched, l, 0);
+				rs_sched_step_done(w->s.sched, l, 0);
 		}
 	CHECK(w->done[3] && w->done[10], "requests left over");
-	world_destroy(w);
+	sched_world_destroy(&w->s);
 	free(w);
 }
 
@@ -224,17 +190,17 @@ static void test_batches(uint32_t lanes, bool continuous)
 	world_init(w, lanes, &p, 8, 4096);
 	uint64_t rng = 41 + lanes * 2 + continuous;
 	uint32_t next = 0, max_output = 40;
-	while (next < N || rs_sched_busy(w->sched)) {
+	while (next < N || rs_sched_busy(w->s.sched)) {
 		/* About one arrival a step, in bursts. */
 		for (uint32_t a = (uint32_t)(test_rand(&rng) % 3); a > 0 && next < N; a--, next++) {
 			uint32_t out = 1 + (uint32_t)(test_rand(&rng) % max_output);
 			submit(w, next, 1 + (uint32_t)(test_rand(&rng) % 30), out, out);
 		}
 		int ran = step(w, continuous);
-		uint64_t wake = rs_sched_next_wakeup_ns(w->sched);
-		CHECK(ran || next < N || wake > w->clock_ns, "stuck with %u waiting",
-		      rs_sched_waiting(w->sched));
-		w->clock_ns += STEP_NS;
+		uint64_t wake = rs_sched_next_wakeup_ns(w->s.sched);
+		CHECK(ran || next < N || wake > w->s.clock_ns, "stuck with %u waiting",
+		      rs_sched_waiting(w->s.sched));
+		w->s.clock_ns += STEP_NS;
 	}
 	/* One lane, static: a batch lasts at most its prefill step and max_output - 1
 	 * decodes (each request samples a token per step), so a request waits at most the
@@ -252,10 +218,10 @@ static void test_batches(uint32_t lanes, bool continuous)
 	       lanes, continuous ? "continuous" : "static", worst / 1e6, bound / 1e6);
 	CHECK(lanes > 1 || continuous || worst <= bound, "waited %llu ns, bound %llu ns",
 	      (unsigned long long)worst, (unsigned long long)bound);
-	const struct rs_multibin_stats *st = rs_multibin_stats(w->sched);
+	const struct rs_multibin_stats *st = rs_multibin_stats(w->s.sched);
 	CHECK(st && st->right_bin == st->predictions && st->abs_error_sum == 0,
 	      "hinted lengths predicted wrong");
-	world_destroy(w);
+	sched_world_destroy(&w->s);
 	free(w);
 }
 
@@ -282,17 +248,18 @@ static void test_boundaries(bool exponential)
 			out = 3000;
 		submit(w, id, 2, out, 0);
 		if (id % 16 == 15)
-			while (step(w, false) || rs_sched_next_wakeup_ns(w->sched) > w->clock_ns)
-				w->clock_ns += STEP_NS;
+			while (step(w, false) ||
+			       rs_sched_next_wakeup_ns(w->s.sched) > w->s.clock_ns)
+				w->s.clock_ns += STEP_NS;
 	}
-	while (rs_sched_busy(w->sched)) {
+	while (rs_sched_busy(w->s.sched)) {
 		step(w, false);
-		w->clock_ns += STEP_NS;
+		w->s.clock_ns += STEP_NS;
 	}
 	/* The boundaries were last computed after a multiple of 64 completions. */
 	uint32_t seen = w->n_finished / 64 * 64, got[K - 1];
 	qsort(w->finished_lengths, seen, sizeof(uint32_t), compare_u32);
-	CHECK(rs_multibin_boundaries(w->sched, got) == K - 1, "boundaries");
+	CHECK(rs_multibin_boundaries(w->s.sched, got) == K - 1, "boundaries");
 	for (uint32_t i = 0; i < K - 1; i++) {
 		/* The smallest length with at least (i+1)/K of the observations at or below. */
 		uint32_t rank = (uint32_t)ceil((double)(i + 1) / K * seen);
@@ -303,10 +270,10 @@ static void test_boundaries(bool exponential)
 		CHECK(fabs((double)got[i] - want) <= slack, "boundary %u: %u, quantile %u", i,
 		      got[i], want);
 	}
-	const struct rs_multibin_stats *st = rs_multibin_stats(w->sched);
+	const struct rs_multibin_stats *st = rs_multibin_stats(w->s.sched);
 	printf("  predictions: mean absolute error %.1f, %.0f%% in the right bin\n",
 	       st->abs_error_sum / st->predictions, 100.0 * st->right_bin / st->predictions);
-	world_destroy(w);
+	sched_world_destroy(&w->s);
 	free(w);
 }
 
@@ -323,16 +290,16 @@ static void test_late_predictions(void)
 	world_init(w, 1, &p, B, 1024);
 	for (uint32_t id = 0; id < N; id++)
 		submit(w, id, 2, 1 + (id * 7) % 40, 0);
-	while (rs_sched_busy(w->sched)) {
+	while (rs_sched_busy(w->s.sched)) {
 		step(w, false);
-		w->clock_ns += STEP_NS;
+		w->s.clock_ns += STEP_NS;
 	}
-	const struct rs_multibin_stats *st = rs_multibin_stats(w->sched);
+	const struct rs_multibin_stats *st = rs_multibin_stats(w->s.sched);
 	CHECK(st->predictions == N - B, "%llu of %d requests finished with a prediction, want %d",
 	      (unsigned long long)st->predictions, N, N - B);
 	printf("no hints: %llu of %d predicted (all but the first batch)\n",
 	       (unsigned long long)st->predictions, N);
-	world_destroy(w);
+	sched_world_destroy(&w->s);
 	free(w);
 }
 

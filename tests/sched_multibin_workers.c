@@ -20,22 +20,17 @@
 #include <string.h>
 
 #include "daemon/sched/planner.h"
-#include "daemon/sched/sched.h"
-#include "kernels/engine/kv_cache.h"
 #include "tests/engine_test.h"
 /* engine_test.h's CHECK counts failures and goes on; here a failure stops the test. */
 #undef CHECK
 #include "tests/harness/harness.h"
+#include "tests/sched_world.h"
 
 enum { MAX_REQUESTS = 2048, MAX_LANES = 8, MAX_WORKERS = 4, STEP_NS = 1000000 };
 
 struct world {
-	struct rs_sched *sched;
-	struct rs_kv_cache *kv[MAX_WORKERS];
-	struct rs_request_pool pool;
-	struct rs_tenant *tenant;
-	uint64_t clock_ns;
-	uint32_t workers, lanes_per_worker, lanes;
+	struct sched_world s; /* first: the hooks' ctx */
+	uint32_t lanes_per_worker, lanes;
 	uint32_t boundaries[3]; /* the length classes' upper bounds, as configured */
 	/* per request id */
 	uint64_t admitted_ns[MAX_REQUESTS], seated_ns[MAX_REQUESTS];
@@ -46,15 +41,6 @@ struct world {
 	uint32_t n_seated[MAX_LANES];
 	uint64_t lane_steps;
 };
-
-static uint64_t now_hook(void *ctx)
-{
-	return ((struct world *)ctx)->clock_ns;
-}
-
-static void token_hook(void *ctx, struct rs_request *request)
-{
-}
 
 static void finish_hook(void *ctx, struct rs_request *request, int32_t status)
 {
@@ -68,7 +54,7 @@ static void finish_hook(void *ctx, struct rs_request *request, int32_t status)
 		w->seated[request->lane][id] = false;
 		w->n_seated[request->lane]--;
 	}
-	rs_request_put(&w->pool, request);
+	rs_request_put(&w->s.pool, request);
 }
 
 static void world_init(struct world *w, uint32_t workers, uint32_t lanes,
@@ -76,40 +62,23 @@ static void world_init(struct world *w, uint32_t workers, uint32_t lanes,
 		       uint32_t max_batch)
 {
 	memset(w, 0, sizeof(*w));
-	w->clock_ns = 1000000000;
-	w->workers = workers;
 	w->lanes_per_worker = lanes;
 	w->lanes = workers * lanes;
 	memcpy(w->boundaries, params->boundaries, sizeof(w->boundaries));
-	for (uint32_t i = 0; i < workers; i++)
-		CHECK(rs_kv_cache_create(4096, 16, &w->kv[i]) == 0, "kv");
-	struct rs_sched_config config = {.lanes = lanes,
-					 .max_batch = max_batch,
-					 .max_batch_tokens = 1024,
-					 .max_tenants = 4,
-					 .vocab_size = 100,
-					 .eos_token = UINT32_MAX,
-					 .prefix_cache = true,
-					 .admission = {.policy = RS_ADMISSION_FCFS},
-					 .planner = &rs_planner_multibin,
-					 .multibin = *params,
-					 .workers = workers,
-					 .dispatch = {.policy = dispatch}};
-	struct rs_sched_hooks hooks = {
-	    .now_ns = now_hook, .token = token_hook, .finish = finish_hook, .ctx = w};
-	CHECK(rs_sched_create_workers(&config, w->kv, &hooks, &w->sched) == 0, "sched");
-	CHECK(rs_request_pool_init(&w->pool, MAX_REQUESTS) == 0, "pool");
-	w->tenant = rs_sched_tenant_acquire(w->sched, 0, "t", 1.0);
-}
-
-static void world_destroy(struct world *w)
-{
-	CHECK(!rs_sched_busy(w->sched), "requests left");
-	rs_sched_tenant_release(w->sched, w->tenant);
-	rs_sched_destroy(w->sched);
-	rs_request_pool_destroy(&w->pool);
-	for (uint32_t i = 0; i < w->workers; i++)
-		rs_kv_cache_destroy(w->kv[i]);
+	struct rs_sched_config config = sched_world_config();
+	config.lanes = lanes;
+	config.max_batch = max_batch;
+	config.max_tenants = 4;
+	config.planner = &rs_planner_multibin;
+	config.multibin = *params;
+	config.workers = workers;
+	config.dispatch = (struct rs_dispatch_params){.policy = dispatch};
+	struct rs_sched_hooks hooks = {.now_ns = sched_world_now,
+				       .token = sched_world_no_token,
+				       .finish = finish_hook,
+				       .ctx = w};
+	CHECK(workers <= MAX_WORKERS, "%u workers", workers);
+	CHECK(sched_world_init(&w->s, &config, &hooks, 4096, 16, MAX_REQUESTS) == 0, "sched");
 }
 
 /* The length class of a hinted length, from the configured boundaries. */
@@ -124,17 +93,12 @@ static uint32_t class_of(const struct world *w, uint32_t bins, uint32_t length)
 /* Prompts share one of two 32-token prefixes (so that d2lpm has something to follow). */
 static void submit(struct world *w, uint32_t id, uint32_t prompt_len, uint32_t output_len)
 {
-	struct rs_request *r = rs_request_get(&w->pool);
-	CHECK(r && rs_request_reserve(r, prompt_len, output_len, 16) == 0, "request");
+	struct rs_request *r = sched_world_request(&w->s, id, prompt_len, output_len, 16);
 	for (uint32_t i = 0; i < prompt_len; i++)
 		r->tokens[i] = i < 32 ? 10 + (id % 2) * 40 + i % 40 : (id * 13 + i * 7) % 100;
-	r->tenant = w->tenant;
-	r->user_data = id;
-	r->ignore_eos = true;
-	r->top_p = 1.0f;
 	r->output_len_hint = output_len;
 	w->want[id] = output_len;
-	CHECK(rs_sched_submit(w->sched, r) == 0, "submit %u", id);
+	CHECK(rs_sched_submit(w->s.sched, r) == 0, "submit %u", id);
 }
 
 /* Plan every lane, check the plans, run them, and return how many ran. */
@@ -142,7 +106,7 @@ static int step(struct world *w, uint32_t bins, uint32_t batch, bool continuous)
 {
 	int ran = 0;
 	for (uint32_t l = 0; l < w->lanes; l++) {
-		const struct rs_step_plan *plan = rs_sched_plan_step(w->sched, l);
+		const struct rs_step_plan *plan = rs_sched_plan_step(w->s.sched, l);
 		if (!plan)
 			continue;
 		uint32_t worker = l / w->lanes_per_worker;
@@ -160,7 +124,7 @@ static int step(struct world *w, uint32_t bins, uint32_t batch, bool continuous)
 			if (!w->seated[l][id]) {
 				joined++;
 				w->seated[l][id] = true;
-				w->seated_ns[id] = w->clock_ns;
+				w->seated_ns[id] = w->s.clock_ns;
 				w->admitted_ns[id] = r->admitted_ns;
 			}
 			if (plan->steps[i].sample)
@@ -170,15 +134,15 @@ static int step(struct world *w, uint32_t bins, uint32_t batch, bool continuous)
 		      "lane %u took requests in while %u ran", l, w->n_seated[l]);
 		CHECK(plan->n <= batch, "lane %u runs %u requests, B = %u", l, plan->n, batch);
 		w->n_seated[l] += joined;
-		rs_sched_step_done(w->sched, l, 0);
+		rs_sched_step_done(w->s.sched, l, 0);
 		w->lane_steps++;
 		ran++;
 	}
-	CHECK(rs_sched_check(w->sched) == 0, "invariants");
-	for (uint32_t k = 0; k < w->workers; k++)
-		CHECK(rs_sched_worker_load(w->sched, k) <= (w->lanes_per_worker + bins) * batch,
+	CHECK(rs_sched_check(w->s.sched) == 0, "invariants");
+	for (uint32_t k = 0; k < w->s.workers; k++)
+		CHECK(rs_sched_worker_load(w->s.sched, k) <= (w->lanes_per_worker + bins) * batch,
 		      "worker %u holds %u requests, more than (lanes + k) x B", k,
-		      rs_sched_worker_load(w->sched, k));
+		      rs_sched_worker_load(w->s.sched, k));
 	return ran;
 }
 
@@ -195,17 +159,17 @@ static void test_batches(enum rs_dispatch_policy dispatch, uint32_t lanes, bool 
 	world_init(w, WORKERS, lanes, dispatch, &p, 8);
 	uint64_t rng = 77 + dispatch * 4 + lanes * 2 + continuous;
 	uint32_t next = 0, max_output = 40;
-	while (next < N || rs_sched_busy(w->sched)) {
+	while (next < N || rs_sched_busy(w->s.sched)) {
 		/* About three arrivals a step, in bursts: the workers stay busy. */
 		for (uint32_t a = (uint32_t)(test_rand(&rng) % 7); a > 0 && next < N; a--, next++) {
 			uint32_t out = 1 + (uint32_t)(test_rand(&rng) % max_output);
 			submit(w, next, 33 + (uint32_t)(test_rand(&rng) % 30), out);
 		}
 		int ran = step(w, K, B, continuous);
-		uint64_t wake = rs_sched_next_wakeup_ns(w->sched);
-		CHECK(ran || next < N || wake > w->clock_ns, "stuck with %u waiting",
-		      rs_sched_waiting(w->sched));
-		w->clock_ns += STEP_NS;
+		uint64_t wake = rs_sched_next_wakeup_ns(w->s.sched);
+		CHECK(ran || next < N || wake > w->s.clock_ns, "stuck with %u waiting",
+		      rs_sched_waiting(w->s.sched));
+		w->s.clock_ns += STEP_NS;
 	}
 	uint64_t batch_ns = (uint64_t)max_output * STEP_NS, worst = 0;
 	uint32_t served[WORKERS] = {0};
@@ -222,15 +186,15 @@ static void test_batches(enum rs_dispatch_policy dispatch, uint32_t lanes, bool 
 	       rs_dispatch_policy_name(dispatch), lanes, continuous ? "continuous" : "static",
 	       served[0], served[1], served[2], worst / 1e6, bound / 1e6);
 	for (uint32_t k = 0; k < WORKERS; k++)
-		CHECK(served[k] > 0 && rs_sched_worker_served(w->sched, k) == served[k],
+		CHECK(served[k] > 0 && rs_sched_worker_served(w->s.sched, k) == served[k],
 		      "worker %u served %u (the core says %llu)", k, served[k],
-		      (unsigned long long)rs_sched_worker_served(w->sched, k));
+		      (unsigned long long)rs_sched_worker_served(w->s.sched, k));
 	CHECK(lanes > 1 || continuous || worst <= bound, "waited %llu ns, bound %llu ns",
 	      (unsigned long long)worst, (unsigned long long)bound);
-	const struct rs_multibin_stats *st = rs_multibin_stats(w->sched);
+	const struct rs_multibin_stats *st = rs_multibin_stats(w->s.sched);
 	CHECK(st && st->predictions == N && st->right_bin == N && st->abs_error_sum == 0,
 	      "hinted lengths predicted wrong");
-	world_destroy(w);
+	sched_world_destroy(&w->s);
 	free(w);
 }
 
@@ -254,15 +218,16 @@ static uint64_t burst_steps(uint32_t bins)
 		left[c]--;
 		submit(w, id, 40, 5 * (c + 1)); /* one step prefills 40 and samples */
 	}
-	while (rs_sched_busy(w->sched)) {
-		CHECK(step(w, bins, B, false) || rs_sched_next_wakeup_ns(w->sched) > w->clock_ns,
+	while (rs_sched_busy(w->s.sched)) {
+		CHECK(step(w, bins, B, false) ||
+			  rs_sched_next_wakeup_ns(w->s.sched) > w->s.clock_ns,
 		      "stuck");
-		w->clock_ns += STEP_NS;
+		w->s.clock_ns += STEP_NS;
 	}
-	uint64_t steps = w->lane_steps, makespan = (w->clock_ns - 1000000000) / STEP_NS;
+	uint64_t steps = w->lane_steps, makespan = (w->s.clock_ns - 1000000000) / STEP_NS;
 	printf("all at once, k = %u: %llu lane steps, done after %llu steps\n", bins,
 	       (unsigned long long)steps, (unsigned long long)makespan);
-	world_destroy(w);
+	sched_world_destroy(&w->s);
 	free(w);
 	return steps;
 }

@@ -14,19 +14,13 @@
 #include <string.h>
 
 #include "daemon/sched/planner.h"
-#include "daemon/sched/sched.h"
-#include "kernels/engine/kv_cache.h"
 #include "tests/harness/harness.h"
+#include "tests/sched_world.h"
 
 enum { MAX_REQUESTS = 1024, MAX_WORKERS = 4, BLOCK = 16 };
 
 struct world {
-	struct rs_sched *sched;
-	struct rs_kv_cache *kv[MAX_WORKERS];
-	struct rs_request_pool pool;
-	struct rs_tenant *tenant;
-	uint32_t workers;
-	uint64_t clock_ns;
+	struct sched_world s; /* first: the hooks' ctx */
 	int32_t status[MAX_REQUESTS];
 	bool done[MAX_REQUESTS];
 	bool in_failed_step[MAX_REQUESTS];
@@ -35,11 +29,6 @@ struct world {
 	uint32_t last_started[MAX_WORKERS];
 	bool out_of_order; /* a worker started a request before an earlier arrival */
 };
-
-static uint64_t now_hook(void *ctx)
-{
-	return ((struct world *)ctx)->clock_ns;
-}
 
 /* Requests are submitted in id order: under fcfs each worker starts its queue in that
  * order, the requests routed again from a worker taken out included. */
@@ -62,66 +51,43 @@ static void finish_hook(void *ctx, struct rs_request *request, int32_t status)
 	w->done[id] = true;
 	w->status[id] = status;
 	w->finished_on[id] = request->worker;
-	rs_request_put(&w->pool, request);
+	rs_request_put(&w->s.pool, request);
 }
 
 static void world_init(struct world *w, uint32_t workers, enum rs_dispatch_policy policy,
 		       uint32_t max_failures, bool multibin, bool at_arrival)
 {
 	memset(w, 0, sizeof(*w));
-	w->clock_ns = 1000000000;
-	w->workers = workers;
-	for (uint32_t i = 0; i < workers; i++)
-		CHECK(rs_kv_cache_create(512, BLOCK, &w->kv[i]) == 0, "kv");
-	struct rs_sched_config config = {
-	    .lanes = 1,
-	    .max_batch = 2,
-	    .max_batch_tokens = 1024,
-	    .max_tenants = 2,
-	    .vocab_size = 100,
-	    .eos_token = UINT32_MAX,
-	    .prefix_cache = true,
-	    .admission = {.policy = RS_ADMISSION_FCFS},
-	    .planner = multibin ? &rs_planner_multibin : NULL,
-	    .multibin = {.bins = 2, .batch = 2, .boundaries = {5}, .deadline_ns = 1000000},
-	    .workers = workers,
-	    .dispatch = {.policy = policy, .max_failures = max_failures, .at_arrival = at_arrival}};
+	struct rs_sched_config config = sched_world_config();
+	config.lanes = 1;
+	config.max_batch = 2;
+	config.max_tenants = 2;
+	config.planner = multibin ? &rs_planner_multibin : NULL;
+	config.multibin = (struct rs_multibin_params){
+	    .bins = 2, .batch = 2, .boundaries = {5}, .deadline_ns = 1000000};
+	config.workers = workers;
+	config.dispatch = (struct rs_dispatch_params){
+	    .policy = policy, .max_failures = max_failures, .at_arrival = at_arrival};
 	struct rs_sched_hooks hooks = {
-	    .now_ns = now_hook, .token = token_hook, .finish = finish_hook, .ctx = w};
-	CHECK(rs_sched_create_workers(&config, w->kv, &hooks, &w->sched) == 0, "sched");
-	CHECK(rs_request_pool_init(&w->pool, MAX_REQUESTS) == 0, "pool");
-	w->tenant = rs_sched_tenant_acquire(w->sched, 0, "t", 1.0);
-}
-
-static void world_destroy(struct world *w)
-{
-	CHECK(!rs_sched_busy(w->sched), "requests left");
-	rs_sched_tenant_release(w->sched, w->tenant);
-	rs_sched_destroy(w->sched);
-	rs_request_pool_destroy(&w->pool);
-	for (uint32_t i = 0; i < w->workers; i++)
-		rs_kv_cache_destroy(w->kv[i]);
+	    .now_ns = sched_world_now, .token = token_hook, .finish = finish_hook, .ctx = w};
+	CHECK(workers <= MAX_WORKERS, "%u workers", workers);
+	CHECK(sched_world_init(&w->s, &config, &hooks, 512, BLOCK, MAX_REQUESTS) == 0, "sched");
 }
 
 static void submit(struct world *w, uint32_t id, uint32_t output_len)
 {
-	struct rs_request *r = rs_request_get(&w->pool);
-	CHECK(r && rs_request_reserve(r, 20, output_len, BLOCK) == 0, "request");
+	struct rs_request *r = sched_world_request(&w->s, id, 20, output_len, BLOCK);
 	for (uint32_t i = 0; i < 20; i++)
 		r->tokens[i] = (id * 13 + i * 11) % 97;
-	r->tenant = w->tenant;
-	r->user_data = id;
-	r->ignore_eos = true;
-	r->top_p = 1.0f;
 	r->output_len_hint = output_len;
-	CHECK(rs_sched_submit(w->sched, r) == 0, "submit %u", id);
+	CHECK(rs_sched_submit(w->s.sched, r) == 0, "submit %u", id);
 }
 
 /* Plan the lane and end its step with status (a failed one marks its requests). Returns
  * the requests it ran; *load_before: its worker's load just before the step ended. */
 static uint32_t run_lane(struct world *w, uint32_t lane, int status, uint32_t *load_before)
 {
-	const struct rs_step_plan *plan = rs_sched_plan_step(w->sched, lane);
+	const struct rs_step_plan *plan = rs_sched_plan_step(w->s.sched, lane);
 	if (!plan)
 		return 0;
 	uint32_t n = plan->n;
@@ -134,17 +100,17 @@ static uint32_t run_lane(struct world *w, uint32_t lane, int status, uint32_t *l
 			*plan->steps[i].out_token = 1;
 	}
 	if (load_before)
-		*load_before = rs_sched_worker_load(w->sched, lane);
-	rs_sched_step_done(w->sched, lane, status);
-	CHECK(rs_sched_check(w->sched) == 0, "invariants");
+		*load_before = rs_sched_worker_load(w->s.sched, lane);
+	rs_sched_step_done(w->s.sched, lane, status);
+	CHECK(rs_sched_check(w->s.sched) == 0, "invariants");
 	return n;
 }
 
 static void drain(struct world *w, uint32_t out)
 {
-	for (int i = 0; rs_sched_busy(w->sched) && i < 100000; i++) {
-		w->clock_ns += 1000000;
-		for (uint32_t l = 0; l < w->workers; l++)
+	for (int i = 0; rs_sched_busy(w->s.sched) && i < 100000; i++) {
+		w->s.clock_ns += 1000000;
+		for (uint32_t l = 0; l < w->s.workers; l++)
 			CHECK(run_lane(w, l, 0, NULL) == 0 || l != out,
 			      "worker %u out of service ran a step", l);
 	}
@@ -159,22 +125,23 @@ static void test_taken_out(enum rs_dispatch_policy policy, bool multibin, bool a
 	for (uint32_t id = 0; id < N; id++)
 		submit(w, id, 2 + id % 8);
 	uint32_t failed_steps = 0, load_before = 0;
-	for (int i = 0; i < 50 && rs_sched_worker_in_service(w->sched, 0); i++) {
-		w->clock_ns += 1000000;
+	for (int i = 0; i < 50 && rs_sched_worker_in_service(w->s.sched, 0); i++) {
+		w->s.clock_ns += 1000000;
 		run_lane(w, 1, 0, NULL);
 		run_lane(w, 2, 0, NULL);
 		failed_steps += run_lane(w, 0, -EIO, &load_before) > 0;
 	}
-	CHECK(!rs_sched_worker_in_service(w->sched, 0) && failed_steps == 2,
+	CHECK(!rs_sched_worker_in_service(w->s.sched, 0) && failed_steps == 2,
 	      "worker 0 in service %d after %u failed steps",
-	      rs_sched_worker_in_service(w->sched, 0), failed_steps);
-	CHECK(rs_sched_worker_in_service(w->sched, 1) && rs_sched_worker_in_service(w->sched, 2),
+	      rs_sched_worker_in_service(w->s.sched, 0), failed_steps);
+	CHECK(rs_sched_worker_in_service(w->s.sched, 1) &&
+		  rs_sched_worker_in_service(w->s.sched, 2),
 	      "a good worker was taken out");
 	/* Under multibin, requests were staged for worker 0 beyond its running batch. */
 	CHECK(!multibin || load_before > 2, "multibin: worker 0 held %u at its last step",
 	      load_before);
-	CHECK(rs_sched_worker_load(w->sched, 0) == 0, "worker 0 still holds %u",
-	      rs_sched_worker_load(w->sched, 0));
+	CHECK(rs_sched_worker_load(w->s.sched, 0) == 0, "worker 0 still holds %u",
+	      rs_sched_worker_load(w->s.sched, 0));
 	for (uint32_t id = N; id < N + 20; id++) /* the others keep taking new requests */
 		submit(w, id, 3);
 	drain(w, 0);
@@ -188,7 +155,7 @@ static void test_taken_out(enum rs_dispatch_policy policy, bool multibin, bool a
 		      "request %u: status %d on worker %u (in a failed step: %d)", id,
 		      w->status[id], w->finished_on[id], w->in_failed_step[id]);
 	}
-	CHECK(failed == marked && failed > 0 && rs_sched_worker_served(w->sched, 0) == 0,
+	CHECK(failed == marked && failed > 0 && rs_sched_worker_served(w->s.sched, 0) == 0,
 	      "%u failed, %u in failed steps", failed, marked);
 	/* At arrival without bins, nothing is staged or preempted: each worker's queue is
 	 * first come first served throughout. */
@@ -198,9 +165,9 @@ static void test_taken_out(enum rs_dispatch_policy policy, bool multibin, bool a
 	       "at the last); workers 1, 2 served %llu, %llu\n",
 	       rs_dispatch_policy_name(policy), multibin ? ", multibin" : "",
 	       at_arrival ? ", at arrival" : "", failed, load_before,
-	       (unsigned long long)rs_sched_worker_served(w->sched, 1),
-	       (unsigned long long)rs_sched_worker_served(w->sched, 2));
-	world_destroy(w);
+	       (unsigned long long)rs_sched_worker_served(w->s.sched, 1),
+	       (unsigned long long)rs_sched_worker_served(w->s.sched, 2));
+	sched_world_destroy(&w->s);
 	free(w);
 }
 
@@ -213,19 +180,19 @@ static void test_not_in_a_row_and_last(void)
 	for (; id < 40; id++)
 		submit(w, id, 2);
 	for (int i = 0; i < 6; i++) { /* worker 1: fail, succeed, fail, ... */
-		w->clock_ns += 1000000;
+		w->s.clock_ns += 1000000;
 		run_lane(w, 0, 0, NULL);
 		run_lane(w, 1, i % 2 ? 0 : -EIO, NULL);
 	}
-	CHECK(rs_sched_worker_in_service(w->sched, 1), "failures not in a row took worker 1 out");
+	CHECK(rs_sched_worker_in_service(w->s.sched, 1), "failures not in a row took worker 1 out");
 	run_lane(w, 1, -EIO, NULL); /* the last was a success (i = 5): two in a row now */
 	run_lane(w, 1, -EIO, NULL);
-	CHECK(!rs_sched_worker_in_service(w->sched, 1), "two failures in a row left it in");
+	CHECK(!rs_sched_worker_in_service(w->s.sched, 1), "two failures in a row left it in");
 	/* Worker 0 is the last in service: its failures fail their requests, it stays. */
 	uint32_t failed_now = 0;
 	for (int i = 0; i < 3; i++)
 		failed_now += run_lane(w, 0, -EIO, NULL);
-	CHECK(rs_sched_worker_in_service(w->sched, 0) && failed_now > 0,
+	CHECK(rs_sched_worker_in_service(w->s.sched, 0) && failed_now > 0,
 	      "the last worker was taken out (%u failed)", failed_now);
 	for (; id < 50; id++)
 		submit(w, id, 2);
@@ -234,7 +201,7 @@ static void test_not_in_a_row_and_last(void)
 		CHECK(w->done[r] &&
 			  (w->in_failed_step[r] ? w->status[r] == -EIO : w->status[r] == 0),
 		      "request %u: done %d, status %d", r, w->done[r], w->status[r]);
-	world_destroy(w);
+	sched_world_destroy(&w->s);
 	free(w);
 }
 
