@@ -113,6 +113,16 @@ static bool check_end_token_stop(struct rs_connection *conn, const uint32_t *pro
 
 static char out[MAX_OUT];
 
+/* Start a daemon serving model on the CPU (one thread) and connect to it. */
+static struct rs_connection *serve_model(struct test_daemon *daemon, const char *model)
+{
+	const char *args[] = {"--model", model, "--backend", "cpu", "--threads", "1", NULL};
+	test_daemon_start(daemon, args);
+	struct rs_connection *conn;
+	CHECK(rs_connect(daemon->socket_path, NULL, &conn) == 0, "connect");
+	return conn;
+}
+
 /* A template with a NUL byte before ChatML's text: the model loads, and the client gets
  * every byte (a reader that stopped at the NUL would see no template it knows). */
 static void check_template_with_nul(const char *dir)
@@ -135,10 +145,7 @@ static void check_template_with_nul(const char *dir)
 	CHECK(test_run_command(command, out, MAX_OUT) == 0 && strstr(out, "NUL"),
 	      "mkmodel with a NUL in the template (says so): %s", out);
 	struct test_daemon daemon;
-	const char *args[] = {"--model", model, "--backend", "cpu", "--threads", "1", NULL};
-	test_daemon_start(&daemon, args);
-	struct rs_connection *conn;
-	CHECK(rs_connect(daemon.socket_path, NULL, &conn) == 0, "connect");
+	struct rs_connection *conn = serve_model(&daemon, model);
 	const char *jinja;
 	size_t got_len;
 	int tmpl = rs_chat_model_template(conn, &jinja, &got_len);
@@ -192,10 +199,7 @@ int main(void)
 	      "mkmodel: a template without a GGUF output: %s", out);
 
 	struct test_daemon daemon;
-	const char *args[] = {"--model", model, "--backend", "cpu", "--threads", "1", NULL};
-	test_daemon_start(&daemon, args);
-	struct rs_connection *conn;
-	CHECK(rs_connect(daemon.socket_path, NULL, &conn) == 0, "connect");
+	struct rs_connection *conn = serve_model(&daemon, model);
 
 	/* The template, from the shared segment. */
 	const char *jinja;
@@ -264,9 +268,7 @@ int main(void)
 	CHECK(test_daemon_stop(&daemon) == 0, "daemon exit");
 
 	/* A template ringserve does not know. */
-	const char *odd_args[] = {"--model", odd_model, "--backend", "cpu", "--threads", "1", NULL};
-	test_daemon_start(&daemon, odd_args);
-	CHECK(rs_connect(daemon.socket_path, NULL, &conn) == 0, "connect");
+	conn = serve_model(&daemon, odd_model);
 	CHECK(rs_chat_model_template(conn, &jinja, &len) == -ENOTSUP && jinja &&
 		  strstr(jinja, "<<{{"),
 	      "unknown template");

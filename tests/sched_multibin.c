@@ -22,18 +22,16 @@
 #include "tests/sched_world.h"
 
 enum { MAX_REQUESTS = 4096, STEP_NS = 1000000 };
+_Static_assert(MAX_REQUESTS <= (int)SCHED_SEATS_MAX_REQUESTS, "seats for every request");
 
 struct world {
 	struct sched_world s; /* first: the hooks' ctx */
 	uint32_t lanes;
+	struct sched_seats seats;
 	/* per request id */
-	uint64_t admitted_ns[MAX_REQUESTS], seated_ns[MAX_REQUESTS];
 	uint32_t want[MAX_REQUESTS], got[MAX_REQUESTS];
 	bool done[MAX_REQUESTS];
 	uint32_t finished_lengths[MAX_REQUESTS], n_finished;
-	/* per lane: the requests it runs now, to see who joins */
-	bool seated[8][MAX_REQUESTS];
-	uint32_t n_seated[8];
 };
 
 static void finish_hook(void *ctx, struct rs_request *request, int32_t status)
@@ -44,10 +42,7 @@ static void finish_hook(void *ctx, struct rs_request *request, int32_t status)
 	w->done[id] = true;
 	w->got[id] = request->generated;
 	w->finished_lengths[w->n_finished++] = request->generated;
-	if (request->lane < w->lanes && w->seated[request->lane][id]) {
-		w->seated[request->lane][id] = false;
-		w->n_seated[request->lane]--;
-	}
+	sched_seats_leave(&w->seats, request);
 	rs_request_put(&w->s.pool, request);
 }
 
@@ -56,6 +51,8 @@ static void world_init(struct world *w, uint32_t lanes, const struct rs_multibin
 {
 	memset(w, 0, sizeof(*w));
 	w->lanes = lanes;
+	w->seats.lanes = lanes;
+	CHECK(lanes <= SCHED_SEATS_MAX_LANES, "%u lanes", lanes);
 	struct rs_sched_config config = sched_world_config();
 	config.lanes = lanes;
 	config.max_batch = max_batch;
@@ -92,22 +89,14 @@ static int step(struct world *w, bool continuous)
 		uint32_t joined = 0;
 		for (uint32_t i = 0; i < plan->n; i++) {
 			struct rs_request *r = plan->requests[i];
-			uint32_t id = (uint32_t)r->user_data;
 			CHECK(r->bin == bin, "lane %u runs bins %u and %u in one step", l, bin,
 			      r->bin);
-			if (!w->seated[l][id]) {
-				joined++;
-				w->seated[l][id] = true;
-				w->seated_ns[id] = w->s.clock_ns;
-				w->admitted_ns[id] = r->admitted_ns;
-			}
+			joined += sched_seats_take(&w->seats, l, r, w->s.clock_ns);
 			if (plan->steps[i].sample)
 				*plan->steps[i].out_token = 1;
 		}
 		/* Static: newcomers only into an empty lane. */
-		CHECK(continuous || !joined || w->n_seated[l] == 0,
-		      "lane %u took requests in while %u ran", l, w->n_seated[l]);
-		w->n_seated[l] += joined;
+		sched_seats_joined(&w->seats, l, joined, continuous);
 		rs_sched_step_done(w->s.sched, l, 0);
 		CHECK(rs_sched_check(w->s.sched) == 0, "invariants");
 		ran++;
@@ -209,7 +198,7 @@ static void test_batches(uint32_t lanes, bool continuous)
 	for (uint32_t id = 0; id < N; id++) {
 		CHECK(w->done[id] && w->got[id] == w->want[id], "request %u: %u of %u tokens", id,
 		      w->got[id], w->want[id]);
-		uint64_t wait = w->seated_ns[id] - w->admitted_ns[id];
+		uint64_t wait = w->seats.seated_ns[id] - w->seats.admitted_ns[id];
 		worst = wait > worst ? wait : worst;
 	}
 	uint64_t bound = p.deadline_ns + (K * B + 1) * batch_ns;

@@ -26,19 +26,17 @@
 #include "tests/harness/harness.h"
 #include "tests/sched_world.h"
 
-enum { MAX_REQUESTS = 2048, MAX_LANES = 8, MAX_WORKERS = 4, STEP_NS = 1000000 };
+enum { MAX_REQUESTS = 2048, MAX_WORKERS = 4, STEP_NS = 1000000 };
+_Static_assert(MAX_REQUESTS <= (int)SCHED_SEATS_MAX_REQUESTS, "seats for every request");
 
 struct world {
 	struct sched_world s; /* first: the hooks' ctx */
 	uint32_t lanes_per_worker, lanes;
 	uint32_t boundaries[3]; /* the length classes' upper bounds, as configured */
+	struct sched_seats seats;
 	/* per request id */
-	uint64_t admitted_ns[MAX_REQUESTS], seated_ns[MAX_REQUESTS];
 	uint32_t want[MAX_REQUESTS], got[MAX_REQUESTS], worker[MAX_REQUESTS];
 	bool done[MAX_REQUESTS];
-	/* per lane: the requests it runs now, to see who joins */
-	bool seated[MAX_LANES][MAX_REQUESTS];
-	uint32_t n_seated[MAX_LANES];
 	uint64_t lane_steps;
 };
 
@@ -50,10 +48,7 @@ static void finish_hook(void *ctx, struct rs_request *request, int32_t status)
 	w->done[id] = true;
 	w->got[id] = request->generated;
 	w->worker[id] = request->worker;
-	if (request->lane < w->lanes && w->seated[request->lane][id]) {
-		w->seated[request->lane][id] = false;
-		w->n_seated[request->lane]--;
-	}
+	sched_seats_leave(&w->seats, request);
 	rs_request_put(&w->s.pool, request);
 }
 
@@ -64,6 +59,8 @@ static void world_init(struct world *w, uint32_t workers, uint32_t lanes,
 	memset(w, 0, sizeof(*w));
 	w->lanes_per_worker = lanes;
 	w->lanes = workers * lanes;
+	w->seats.lanes = w->lanes;
+	CHECK(w->lanes <= SCHED_SEATS_MAX_LANES, "%u lanes", w->lanes);
 	memcpy(w->boundaries, params->boundaries, sizeof(w->boundaries));
 	struct rs_sched_config config = sched_world_config();
 	config.lanes = lanes;
@@ -114,26 +111,18 @@ static int step(struct world *w, uint32_t bins, uint32_t batch, bool continuous)
 		uint32_t joined = 0;
 		for (uint32_t i = 0; i < plan->n; i++) {
 			struct rs_request *r = plan->requests[i];
-			uint32_t id = (uint32_t)r->user_data;
 			CHECK(r->worker == worker,
 			      "lane %u of worker %u runs a request of worker %u", l, worker,
 			      r->worker);
 			CHECK(class_of(w, bins, r->output_len_hint) == class,
 			      "lane %u mixes lengths %u and %u", l,
 			      plan->requests[0]->output_len_hint, r->output_len_hint);
-			if (!w->seated[l][id]) {
-				joined++;
-				w->seated[l][id] = true;
-				w->seated_ns[id] = w->s.clock_ns;
-				w->admitted_ns[id] = r->admitted_ns;
-			}
+			joined += sched_seats_take(&w->seats, l, r, w->s.clock_ns);
 			if (plan->steps[i].sample)
 				*plan->steps[i].out_token = 1;
 		}
-		CHECK(continuous || !joined || w->n_seated[l] == 0,
-		      "lane %u took requests in while %u ran", l, w->n_seated[l]);
+		sched_seats_joined(&w->seats, l, joined, continuous);
 		CHECK(plan->n <= batch, "lane %u runs %u requests, B = %u", l, plan->n, batch);
-		w->n_seated[l] += joined;
 		rs_sched_step_done(w->s.sched, l, 0);
 		w->lane_steps++;
 		ran++;
@@ -177,7 +166,7 @@ static void test_batches(enum rs_dispatch_policy dispatch, uint32_t lanes, bool 
 		CHECK(w->done[id] && w->got[id] == w->want[id], "request %u: %u of %u tokens", id,
 		      w->got[id], w->want[id]);
 		served[w->worker[id]]++;
-		uint64_t wait = w->seated_ns[id] - w->admitted_ns[id];
+		uint64_t wait = w->seats.seated_ns[id] - w->seats.admitted_ns[id];
 		worst = wait > worst ? wait : worst;
 	}
 	uint64_t bound = p.deadline_ns + ((K + 1) * B + 1) * batch_ns;

@@ -8,6 +8,7 @@
 #ifndef RS_TESTS_SCHED_WORLD_H
 #define RS_TESTS_SCHED_WORLD_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -99,6 +100,52 @@ static inline struct rs_request *sched_world_request(struct sched_world *w, uint
 	r->ignore_eos = true;
 	r->top_p = 1.0f;
 	return r;
+}
+
+/* Who sits in each lane's batch, to see who joins a step and when (the multi-bin tests:
+ * a static batch takes no one in while it runs). Per request id: when it was admitted and
+ * when it got its seat. */
+enum { SCHED_SEATS_MAX_LANES = 8, SCHED_SEATS_MAX_REQUESTS = 4096 };
+
+struct sched_seats {
+	uint32_t lanes;
+	bool seated[SCHED_SEATS_MAX_LANES][SCHED_SEATS_MAX_REQUESTS];
+	uint32_t n_seated[SCHED_SEATS_MAX_LANES];
+	uint64_t admitted_ns[SCHED_SEATS_MAX_REQUESTS], seated_ns[SCHED_SEATS_MAX_REQUESTS];
+};
+
+/* Request r runs in lane's step at now: seat it if it is new there. Returns whether it
+ * joined. The test writes its token (a sampled position gets id 1). */
+static inline bool sched_seats_take(struct sched_seats *s, uint32_t lane,
+				    const struct rs_request *r, uint64_t now)
+{
+	uint32_t id = (uint32_t)r->user_data;
+	CHECK(lane < s->lanes && id < SCHED_SEATS_MAX_REQUESTS, "lane %u, request %u", lane, id);
+	if (s->seated[lane][id])
+		return false;
+	s->seated[lane][id] = true;
+	s->seated_ns[id] = now;
+	s->admitted_ns[id] = r->admitted_ns;
+	return true;
+}
+
+/* Lane's step took joined newcomers: into an empty lane only, unless continuous. */
+static inline void sched_seats_joined(struct sched_seats *s, uint32_t lane, uint32_t joined,
+				      bool continuous)
+{
+	CHECK(continuous || !joined || s->n_seated[lane] == 0,
+	      "lane %u took requests in while %u ran", lane, s->n_seated[lane]);
+	s->n_seated[lane] += joined;
+}
+
+/* Request r finished: its seat is free. */
+static inline void sched_seats_leave(struct sched_seats *s, const struct rs_request *r)
+{
+	uint32_t id = (uint32_t)r->user_data;
+	if (r->lane < s->lanes && id < SCHED_SEATS_MAX_REQUESTS && s->seated[r->lane][id]) {
+		s->seated[r->lane][id] = false;
+		s->n_seated[r->lane]--;
+	}
 }
 
 #endif
