@@ -42,7 +42,7 @@ void *rs_alloc_zeroed_large(size_t bytes)
 	if (length + slack < length)
 		return NULL;
 	uint8_t *map = mmap(NULL, length + slack, PROT_READ | PROT_WRITE,
-			    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+			    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (map == MAP_FAILED)
 		return NULL;
 	uint8_t *p = map;
