@@ -1,4 +1,4 @@
-/* K-quant rows interleaved eight at a time and their decode kernel (see gemm_quant_x8.h).
+/* Quantized rows interleaved eight at a time and their decode kernels (see gemm_quant_x8.h).
  *
  * A group's super-block s is one block of RS_QX8_ROWS * (the format's block bytes) at
  * s times that; within it (r: the row in the group, 0..7):
@@ -16,7 +16,11 @@
  *   every row 4 bytes at ql + 64h + 4l (A), at ql + 64h + 32 + 4l (B) and at
  *   qh + 32h + 4l (H), at 144 + 96 (2l + h) + 32 {0, 1, 2} + 4r: elements 4l.. of the
  *   four blocks of 32 of half h (A's low and high nibbles blocks 0 and 2, B's 1 and 3,
- *   H's bit pairs the fifth and sixth bits of blocks 0..3). */
+ *   H's bit pairs the fifth and sixth bits of blocks 0..3).
+ * Q4_0 and Q8_0 (a block of 32: 8 x 18 and 8 x 34 bytes): d of row r at 2r, then the code
+ *   bytes in 4-byte units, unit u of row r at 16 + 32u + 4r (Q4_0: 4 units, unit u the
+ *   low nibbles elements 4u.., the high ones 16 + 4u..; Q8_0: 8 units, unit u elements
+ *   4u..). */
 #include <string.h>
 
 #include "kernels/cpu/gemm_quant_x8.h"
@@ -24,7 +28,8 @@
 
 bool rs_qx8_format(enum rs_dtype dtype)
 {
-	return dtype == RS_DTYPE_Q4_K || dtype == RS_DTYPE_Q5_K || dtype == RS_DTYPE_Q6_K;
+	return dtype == RS_DTYPE_Q4_K || dtype == RS_DTYPE_Q5_K || dtype == RS_DTYPE_Q6_K ||
+	       dtype == RS_DTYPE_Q4_0 || dtype == RS_DTYPE_Q8_0;
 }
 
 /* n bytes between the file's layout (at row) and the group's (at block): into the group
@@ -68,18 +73,28 @@ static void move_q6k(uint8_t *row, uint8_t *block, uint32_t r, bool pack)
 		}
 }
 
-/* Row r's super-blocks (k elements) between row and the group; the const qualifiers of
- * the public calls hold: only the destination is written. */
+/* Q4_0 and Q8_0: the scale, then the codes in 4-byte units (bb: the block's bytes). */
+static void move_q0(uint8_t *row, uint8_t *block, uint32_t r, size_t bb, bool pack)
+{
+	move(row, block + 2 * r, 2, pack);
+	for (size_t u = 0; u < (bb - 2) / 4; u++)
+		move(row + 2 + 4 * u, block + 16 + 32 * u + 4 * r, 4, pack);
+}
+
+/* Row r's blocks (k elements) between row and the group; the const qualifiers of the
+ * public calls hold: only the destination is written. */
 static void move_row(uint8_t *row, uint8_t *group, uint32_t r, enum rs_dtype dtype, uint32_t k,
 		     bool pack)
 {
 	size_t bb = rs_dtype_block_bytes(dtype);
-	for (uint32_t s = 0; s < k / RS_QK_K; s++) {
+	for (uint32_t s = 0; s < k / rs_dtype_block_elems(dtype); s++) {
 		uint8_t *block = group + (size_t)s * RS_QX8_ROWS * bb;
 		if (dtype == RS_DTYPE_Q6_K)
 			move_q6k(row + s * bb, block, r, pack);
-		else
+		else if (dtype == RS_DTYPE_Q4_K || dtype == RS_DTYPE_Q5_K)
 			move_k45(row + s * bb, block, r, dtype == RS_DTYPE_Q5_K, pack);
+		else
+			move_q0(row + s * bb, block, r, bb, pack);
 	}
 }
 
@@ -319,10 +334,89 @@ AVX2 static void dot_q6k_x8(float out[RS_QX8_ROWS], const uint8_t *group, struct
 	reduce_lanes(out, acc);
 }
 
+/* Q4_0: lane l of row r's eight sums takes elements 4l..4l+3 of each block, as
+ * row_dot_scalar: (sum of code * x) - 8 (sum of x), exact in 32 bits, then times the
+ * block's scale and added in f32 (the same multiply and add). */
+AVX2 static void dot_q40_x8(float out[RS_QX8_ROWS], const uint8_t *group, struct rs_act_k a,
+			    uint32_t k)
+{
+	enum { BLOCK = RS_QX8_ROWS * 18 };
+	const __m256i low4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+	__m256 acc[8];
+#pragma GCC unroll 8
+	for (int l = 0; l < 8; l++)
+		acc[l] = _mm256_setzero_ps();
+	for (uint32_t b = 0; b < k / 32; b++, group += BLOCK) {
+#pragma GCC unroll 8
+		for (int off = 0; off < BLOCK; off += 64)
+			_mm_prefetch((const char *)group + PREFETCH_BYTES + off, _MM_HINT_T0);
+		const int8_t *x = a.q + 32 * b;
+		const int32_t *sum4x8 = a.sum4x8 + 8 * b;
+		__m256 scale =
+		    _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)group)),
+				  _mm256_set1_ps(a.d[b]));
+#pragma GCC unroll 4
+		for (int u = 0; u < 4; u++) {
+			__m256i packed = load32(group + 16 + 32 * u);
+			__m256i lo = _mm256_and_si256(packed, low4),
+				hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
+			/* lo: elements 4u.. (lane u), hi: 16 + 4u.. (lane u + 4) */
+			__m256i sum_lo = _mm256_sub_epi32(
+			    _mm256_madd_epi16(_mm256_maddubs_epi16(lo, broadcast4(x + 4 * u)), ones),
+			    _mm256_set1_epi32(sum4x8[u]));
+			__m256i sum_hi = _mm256_sub_epi32(
+			    _mm256_madd_epi16(_mm256_maddubs_epi16(hi, broadcast4(x + 16 + 4 * u)),
+					      ones),
+			    _mm256_set1_epi32(sum4x8[u + 4]));
+			acc[u] = _mm256_add_ps(acc[u],
+					       _mm256_mul_ps(_mm256_cvtepi32_ps(sum_lo), scale));
+			acc[u + 4] = _mm256_add_ps(
+			    acc[u + 4], _mm256_mul_ps(_mm256_cvtepi32_ps(sum_hi), scale));
+		}
+	}
+	reduce_lanes(out, acc);
+}
+
+/* Q8_0: lane l takes elements 4l..4l+3 of each block (signed by signed: |q| times x with
+ * q's sign, as the row kernel). */
+AVX2 static void dot_q80_x8(float out[RS_QX8_ROWS], const uint8_t *group, struct rs_act_k a,
+			    uint32_t k)
+{
+	enum { BLOCK = RS_QX8_ROWS * 34 };
+	const __m256i ones = _mm256_set1_epi16(1);
+	__m256 acc[8];
+#pragma GCC unroll 8
+	for (int l = 0; l < 8; l++)
+		acc[l] = _mm256_setzero_ps();
+	for (uint32_t b = 0; b < k / 32; b++, group += BLOCK) {
+#pragma GCC unroll 8
+		for (int off = 0; off < BLOCK; off += 64)
+			_mm_prefetch((const char *)group + PREFETCH_BYTES + off, _MM_HINT_T0);
+		const int8_t *x = a.q + 32 * b;
+		__m256 scale =
+		    _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)group)),
+				  _mm256_set1_ps(a.d[b]));
+#pragma GCC unroll 8
+		for (int l = 0; l < 8; l++) {
+			__m256i q = load32(group + 16 + 32 * l);
+			__m256i sum = _mm256_madd_epi16(
+			    _mm256_maddubs_epi16(_mm256_sign_epi8(q, q),
+						 _mm256_sign_epi8(broadcast4(x + 4 * l), q)),
+			    ones);
+			acc[l] = _mm256_add_ps(acc[l], _mm256_mul_ps(_mm256_cvtepi32_ps(sum), scale));
+		}
+	}
+	reduce_lanes(out, acc);
+}
+
 AVX2 void rs_qx8_dot_avx2(float out[RS_QX8_ROWS], const uint8_t *group, enum rs_dtype dtype,
 			  struct rs_act_k a, uint32_t k)
 {
-	if (dtype == RS_DTYPE_Q4_K)
+	if (dtype == RS_DTYPE_Q4_0)
+		dot_q40_x8(out, group, a, k);
+	else if (dtype == RS_DTYPE_Q8_0)
+		dot_q80_x8(out, group, a, k);
+	else if (dtype == RS_DTYPE_Q4_K)
 		dot_k45_x8(out, group, a, k, false);
 	else if (dtype == RS_DTYPE_Q5_K)
 		dot_k45_x8(out, group, a, k, true);
