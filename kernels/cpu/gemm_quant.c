@@ -912,7 +912,10 @@ static void gemm_large(float *y, size_t ldy, const float *x, size_t ldx, uint32_
 {
 	uint32_t k = w->k;
 	float *panel = malloc((size_t)RS_PANEL_COLS * k * sizeof(float));
-	uint8_t *unpacked = any_interleaved(w) ? malloc(max_row_bytes(w)) : NULL;
+	/* interleaved rows come back a group at a time (rows are interleaved only where
+	 * the group kernels run: AVX2 and F16C) */
+	uint8_t *unpacked =
+	    any_interleaved(w) ? malloc(RS_QX8_ROWS * max_row_bytes(w)) : NULL;
 	if (!panel || (any_interleaved(w) && !unpacked)) {
 		free(panel);
 		free(unpacked);
@@ -921,17 +924,33 @@ static void gemm_large(float *y, size_t ldy, const float *x, size_t ldx, uint32_
 	}
 	for (uint32_t c = c0; c < c1; c += RS_PANEL_COLS) {
 		uint32_t cols = c1 - c < RS_PANEL_COLS ? c1 - c : RS_PANEL_COLS;
-		for (uint32_t r = 0; r < cols; r++) {
+		for (uint32_t r = 0; r < cols;) {
 			uint32_t in_part = c + r;
 			const struct rs_quant_part *p = part_of(w, &in_part);
 			enum rs_dtype dtype = p->dtype;
-			const uint8_t *row = row_in(p, in_part, k, unpacked);
+			uint32_t n_rows = 1;
+			const uint8_t *row;
 #ifdef RS_HAVE_X86_KERNELS
-			if (isa >= RS_ISA_AVX2 && rs_cpu_has_f16c())
-				dequant_row_avx2(panel + (size_t)r * k, row, dtype, k);
-			else
+			bool avx2 = isa >= RS_ISA_AVX2 && rs_cpu_has_f16c();
+			if (avx2 && in_part < p->interleaved_rows && in_part % RS_QX8_ROWS == 0 &&
+			    r + RS_QX8_ROWS <= cols) {
+				/* a whole group in this panel (one the panel cuts: row by row) */
+				rs_qx8_unpack_group_avx2(unpacked,
+							 p->rows + (size_t)in_part * p->row_bytes,
+							 dtype, k);
+				row = unpacked;
+				n_rows = RS_QX8_ROWS;
+			} else
 #endif
-				rs_dequantize(panel + (size_t)r * k, row, dtype, k);
+				row = row_in(p, in_part, k, unpacked);
+			for (uint32_t i = 0; i < n_rows; i++, r++, row += p->row_bytes) {
+#ifdef RS_HAVE_X86_KERNELS
+				if (avx2)
+					dequant_row_avx2(panel + (size_t)r * k, row, dtype, k);
+				else
+#endif
+					rs_dequantize(panel + (size_t)r * k, row, dtype, k);
+			}
 		}
 		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)cols, (int)k,
 			    1.0f, x, (int)ldx, panel, (int)k, accumulate ? 1.0f : 0.0f, y + c,

@@ -409,6 +409,104 @@ AVX2 static void dot_q80_x8(float out[RS_QX8_ROWS], const uint8_t *group, struct
 	reduce_lanes(out, acc);
 }
 
+/* --- a whole group back in the file's layout (the prefill's dequantization) -------------
+ * Every 32 bytes of a group's codes hold a 4-byte unit of each of the eight rows, and
+ * eight such vectors a format's step apart hold a row's 32 consecutive code bytes: one
+ * 8 x 8 transpose of 32-bit units gives the eight rows those bytes (rs_qx8_unpack_row
+ * moves them 4 bytes at a time, eight times over for a group). */
+
+/* out[r] = (v[0][r], v[1][r], ..., v[7][r]) for the 32-bit units r. */
+AVX2 static inline void transpose8x8(__m256i v[8])
+{
+	__m256i t[8], u[8];
+#pragma GCC unroll 4
+	for (int i = 0; i < 4; i++) {
+		t[2 * i] = _mm256_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+		t[2 * i + 1] = _mm256_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+	}
+	/* u[j] (j < 4): units j and j + 4 of v[0..3]; u[4 + j] those of v[4..7] */
+#pragma GCC unroll 2
+	for (int h = 0; h < 2; h++) {
+		u[4 * h] = _mm256_unpacklo_epi64(t[4 * h], t[4 * h + 2]);
+		u[4 * h + 1] = _mm256_unpackhi_epi64(t[4 * h], t[4 * h + 2]);
+		u[4 * h + 2] = _mm256_unpacklo_epi64(t[4 * h + 1], t[4 * h + 3]);
+		u[4 * h + 3] = _mm256_unpackhi_epi64(t[4 * h + 1], t[4 * h + 3]);
+	}
+#pragma GCC unroll 4
+	for (int j = 0; j < 4; j++) {
+		v[j] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x20);
+		v[j + 4] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x31);
+	}
+}
+
+/* The eight rows' 32 code bytes at offset at of each (rows row_bytes apart) from the
+ * eight vectors at src + stride * l. */
+AVX2 static inline void codes_to_rows(uint8_t *rows, size_t row_bytes, size_t at,
+				      const uint8_t *src, size_t stride)
+{
+	__m256i v[8];
+#pragma GCC unroll 8
+	for (int l = 0; l < 8; l++)
+		v[l] = load32(src + stride * l);
+	transpose8x8(v);
+#pragma GCC unroll 8
+	for (int r = 0; r < 8; r++)
+		_mm256_storeu_si256((__m256i *)(rows + row_bytes * r + at), v[r]);
+}
+
+AVX2 void rs_qx8_unpack_group_avx2(uint8_t *rows, const uint8_t *group, enum rs_dtype dtype,
+				   uint32_t k)
+{
+	size_t bb = rs_dtype_block_bytes(dtype), row_bytes = rs_dtype_row_bytes(dtype, k);
+	bool five = dtype == RS_DTYPE_Q5_K;
+	for (uint32_t s = 0; s < k / rs_dtype_block_elems(dtype); s++) {
+		const uint8_t *block = group + (size_t)s * RS_QX8_ROWS * bb;
+		uint8_t *row = rows + (size_t)s * bb;
+		/* the scales as rs_qx8_unpack_row moves them */
+		for (uint32_t r = 0; r < RS_QX8_ROWS; r++) {
+			uint8_t *out = row + r * row_bytes, *in = (uint8_t *)(uintptr_t)block;
+			if (dtype == RS_DTYPE_Q6_K) {
+				move(out + 208, in + 2 * r, 2, false);
+				for (int u = 0; u < 4; u++)
+					move(out + 192 + 4 * u, in + 16 + 32 * u + 4 * r, 4, false);
+			} else if (dtype == RS_DTYPE_Q4_K || five) {
+				move(out, in + 2 * r, 2, false);
+				move(out + 2, in + 16 + 2 * r, 2, false);
+				for (int word = 0; word < 3; word++)
+					move(out + 4 + 4 * word, in + 32 + 32 * word + 4 * r, 4,
+					     false);
+			} else {
+				move(out, in + 2 * r, 2, false);
+			}
+		}
+		if (dtype == RS_DTYPE_Q6_K) {
+			for (int h = 0; h < 2; h++) {
+				const uint8_t *steps = block + 144 + 96 * h;
+				codes_to_rows(row, row_bytes, 64 * h, steps, 192);
+				codes_to_rows(row, row_bytes, 64 * h + 32, steps + 32, 192);
+				codes_to_rows(row, row_bytes, 128 + 32 * h, steps + 64, 192);
+			}
+		} else if (dtype == RS_DTYPE_Q4_K || five) {
+			size_t step = five ? 160 : 128, codes = five ? 32 : 0, qs = five ? 48 : 16;
+			if (five)
+				codes_to_rows(row, row_bytes, 16, block + 128, step);
+			for (int c = 0; c < 4; c++)
+				codes_to_rows(row, row_bytes, qs + 32 * c, block + 128 + codes + 32 * c,
+					      step);
+		} else if (dtype == RS_DTYPE_Q8_0) {
+			codes_to_rows(row, row_bytes, 2, block + 16, 32);
+		} else { /* Q4_0: four units a row, the transpose's upper half unused */
+			__m256i v[8];
+			for (int u = 0; u < 8; u++)
+				v[u] = u < 4 ? load32(block + 16 + 32 * u) : _mm256_setzero_si256();
+			transpose8x8(v);
+			for (int r = 0; r < 8; r++)
+				_mm_storeu_si128((__m128i *)(row + row_bytes * r + 2),
+						 _mm256_castsi256_si128(v[r]));
+		}
+	}
+}
+
 AVX2 void rs_qx8_dot_avx2(float out[RS_QX8_ROWS], const uint8_t *group, enum rs_dtype dtype,
 			  struct rs_act_k a, uint32_t k)
 {
@@ -424,6 +522,13 @@ AVX2 void rs_qx8_dot_avx2(float out[RS_QX8_ROWS], const uint8_t *group, enum rs_
 		dot_q6k_x8(out, group, a, k);
 }
 #else
+void rs_qx8_unpack_group_avx2(uint8_t *rows, const uint8_t *group, enum rs_dtype dtype,
+			      uint32_t k)
+{
+	for (uint32_t r = 0; r < RS_QX8_ROWS; r++)
+		rs_qx8_unpack_row(rows + r * rs_dtype_row_bytes(dtype, k), group, r, dtype, k);
+}
+
 void rs_qx8_dot_avx2(float out[RS_QX8_ROWS], const uint8_t *group, enum rs_dtype dtype,
 		     struct rs_act_k a, uint32_t k)
 {
