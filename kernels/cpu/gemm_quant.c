@@ -914,8 +914,7 @@ static void gemm_large(float *y, size_t ldy, const float *x, size_t ldx, uint32_
 	float *panel = malloc((size_t)RS_PANEL_COLS * k * sizeof(float));
 	/* interleaved rows come back a group at a time (rows are interleaved only where
 	 * the group kernels run: AVX2 and F16C) */
-	uint8_t *unpacked =
-	    any_interleaved(w) ? malloc(RS_QX8_ROWS * max_row_bytes(w)) : NULL;
+	uint8_t *unpacked = any_interleaved(w) ? malloc(RS_QX8_ROWS * max_row_bytes(w)) : NULL;
 	if (!panel || (any_interleaved(w) && !unpacked)) {
 		free(panel);
 		free(unpacked);
@@ -935,9 +934,8 @@ static void gemm_large(float *y, size_t ldy, const float *x, size_t ldx, uint32_
 			if (avx2 && in_part < p->interleaved_rows && in_part % RS_QX8_ROWS == 0 &&
 			    r + RS_QX8_ROWS <= cols) {
 				/* a whole group in this panel (one the panel cuts: row by row) */
-				rs_qx8_unpack_group_avx2(unpacked,
-							 p->rows + (size_t)in_part * p->row_bytes,
-							 dtype, k);
+				rs_qx8_unpack_group_avx2(
+				    unpacked, p->rows + (size_t)in_part * p->row_bytes, dtype, k);
 				row = unpacked;
 				n_rows = RS_QX8_ROWS;
 			} else

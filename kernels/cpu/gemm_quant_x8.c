@@ -362,14 +362,15 @@ AVX2 static void dot_q40_x8(float out[RS_QX8_ROWS], const uint8_t *group, struct
 				hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
 			/* lo: elements 4u.. (lane u), hi: 16 + 4u.. (lane u + 4) */
 			__m256i sum_lo = _mm256_sub_epi32(
-			    _mm256_madd_epi16(_mm256_maddubs_epi16(lo, broadcast4(x + 4 * u)), ones),
+			    _mm256_madd_epi16(_mm256_maddubs_epi16(lo, broadcast4(x + 4 * u)),
+					      ones),
 			    _mm256_set1_epi32(sum4x8[u]));
 			__m256i sum_hi = _mm256_sub_epi32(
 			    _mm256_madd_epi16(_mm256_maddubs_epi16(hi, broadcast4(x + 16 + 4 * u)),
 					      ones),
 			    _mm256_set1_epi32(sum4x8[u + 4]));
-			acc[u] = _mm256_add_ps(acc[u],
-					       _mm256_mul_ps(_mm256_cvtepi32_ps(sum_lo), scale));
+			acc[u] =
+			    _mm256_add_ps(acc[u], _mm256_mul_ps(_mm256_cvtepi32_ps(sum_lo), scale));
 			acc[u + 4] = _mm256_add_ps(
 			    acc[u + 4], _mm256_mul_ps(_mm256_cvtepi32_ps(sum_hi), scale));
 		}
@@ -403,7 +404,8 @@ AVX2 static void dot_q80_x8(float out[RS_QX8_ROWS], const uint8_t *group, struct
 			    _mm256_maddubs_epi16(_mm256_sign_epi8(q, q),
 						 _mm256_sign_epi8(broadcast4(x + 4 * l), q)),
 			    ones);
-			acc[l] = _mm256_add_ps(acc[l], _mm256_mul_ps(_mm256_cvtepi32_ps(sum), scale));
+			acc[l] =
+			    _mm256_add_ps(acc[l], _mm256_mul_ps(_mm256_cvtepi32_ps(sum), scale));
 		}
 	}
 	reduce_lanes(out, acc);
@@ -491,8 +493,8 @@ AVX2 void rs_qx8_unpack_group_avx2(uint8_t *rows, const uint8_t *group, enum rs_
 			if (five)
 				codes_to_rows(row, row_bytes, 16, block + 128, step);
 			for (int c = 0; c < 4; c++)
-				codes_to_rows(row, row_bytes, qs + 32 * c, block + 128 + codes + 32 * c,
-					      step);
+				codes_to_rows(row, row_bytes, qs + 32 * c,
+					      block + 128 + codes + 32 * c, step);
 		} else if (dtype == RS_DTYPE_Q8_0) {
 			codes_to_rows(row, row_bytes, 2, block + 16, 32);
 		} else { /* Q4_0: four units a row, the transpose's upper half unused */
@@ -522,8 +524,7 @@ AVX2 void rs_qx8_dot_avx2(float out[RS_QX8_ROWS], const uint8_t *group, enum rs_
 		dot_q6k_x8(out, group, a, k);
 }
 #else
-void rs_qx8_unpack_group_avx2(uint8_t *rows, const uint8_t *group, enum rs_dtype dtype,
-			      uint32_t k)
+void rs_qx8_unpack_group_avx2(uint8_t *rows, const uint8_t *group, enum rs_dtype dtype, uint32_t k)
 {
 	for (uint32_t r = 0; r < RS_QX8_ROWS; r++)
 		rs_qx8_unpack_row(rows + r * rs_dtype_row_bytes(dtype, k), group, r, dtype, k);

@@ -63,8 +63,7 @@ void rs_qx8_unpack_row(uint8_t *row, const uint8_t *group, uint32_t r, enum rs_d
 /* All RS_QX8_ROWS rows of a group at once, row_bytes apart at rows: what
  * rs_qx8_unpack_row gives row by row, by vector transposes (AVX2; the caller checks the
  * CPU). */
-void rs_qx8_unpack_group_avx2(uint8_t *rows, const uint8_t *group, enum rs_dtype dtype,
-			      uint32_t k);
+void rs_qx8_unpack_group_avx2(uint8_t *rows, const uint8_t *group, enum rs_dtype dtype, uint32_t k);
 
 /* out[r] = row r of the group times the activations, the bits of row_dot_scalar on the
  * same row (AVX2 + F16C; the caller checks the CPU). */
