@@ -830,9 +830,9 @@ static void gemm_small(float *y, size_t ldy, const float *x, size_t ldx, uint32_
 {
 	uint32_t k = w->k;
 	size_t row_bytes = act_row_bytes(k);
-	/* Up to 16 Ki elements (under 200 KiB for 8 rows) on the stack, more from the heap. */
+	/* Up to 16 Ki elements (53 KiB a row, m rows) on the stack, more from the heap. */
 	enum { STACK_K = 16384 };
-	_Alignas(32) char stack_mem[k <= STACK_K ? RS_QUANT_SMALL_BATCH * act_row_bytes(k) : 1];
+	_Alignas(32) char stack_mem[k <= STACK_K ? m * act_row_bytes(k) : 1];
 	char *heap_mem = NULL;
 	if (k > STACK_K && !(heap_mem = malloc((size_t)m * row_bytes))) {
 		gemm_no_memory(y, ldy, x, ldx, m, w, c0, c1, accumulate);
