@@ -15,7 +15,7 @@
  *   second term covers f32 scaling and summation; the ISAs give the same bits; the large
  *   batch path (dequantized panels, SGEMM) within 2^-16 sum |w_i x_i|; a fused matrix of
  *   mixed formats; accumulate;
- * - the same matrices after rs_packed_quant_copy, which interleaves K-quant rows by eight
+ * - the same matrices after rs_packed_quant_copy, which interleaves the rows by eight
  *   (kernels/cpu/gemm_quant_x8.h): the same bound, the portable kernel's bits on the rows
  *   as in the file, whole or one call per panel, and every row read back unchanged. */
 #include <errno.h>
@@ -235,7 +235,7 @@ static void test_products(const enum rs_dtype *types, uint32_t n_parts, const ui
 	for (uint32_t c = 0; c < n; c++)
 		rs_packed_get_row(&pm, c, file_rows + (size_t)c * k);
 
-	/* Copied as the engine copies it, which interleaves K-quant rows by eight on
+	/* Copied as the engine copies it, which interleaves the rows by eight on
 	 * an AVX2 + F16C CPU (the rest of a part, n_rows % 8, stays row by row): within the
 	 * bound and the portable kernel's bits on the rows as in the file, at every ISA,
 	 * whole or cut into one call per panel as the threads cut it (where a part does not
@@ -243,8 +243,7 @@ static void test_products(const enum rs_dtype *types, uint32_t n_parts, const ui
 	REQUIRE(rs_packed_quant_copy(&pm) == 0);
 	bool x8 = rs_cpu_isa() >= RS_ISA_AVX2 && rs_cpu_has_f16c();
 	for (uint32_t p = 0; p < n_parts; p++) {
-		bool kq = ref_block_elems(types[p]) == 256;
-		CHECK(pm.quant_parts[p].interleaved_rows == (x8 && kq ? part_n[p] / 8 * 8 : 0),
+		CHECK(pm.quant_parts[p].interleaved_rows == (x8 ? part_n[p] / 8 * 8 : 0),
 		      "%s part %u: %u rows interleaved", what, p,
 		      pm.quant_parts[p].interleaved_rows);
 	}
@@ -317,10 +316,17 @@ int main(void)
 	enum rs_dtype shifted[3] = {RS_DTYPE_Q6_K, RS_DTYPE_Q4_K, RS_DTYPE_Q8_0};
 	uint32_t shifted_n[3] = {17, 43, 9};
 	test_products(shifted, 3, shifted_n, 512, "mixed q6_k|q4_k|q8_0");
+	/* The same with Q4_0 at row 17 and Q8_0 at row 60 (Q4_0 files keep output.weight in
+	 * Q6_K), both with groups off the panels' multiples of 8; 9 blocks of 32 a row. */
+	enum rs_dtype legacy[3] = {RS_DTYPE_Q6_K, RS_DTYPE_Q4_0, RS_DTYPE_Q8_0};
+	test_products(legacy, 3, shifted_n, 512, "mixed q6_k|q4_0|q8_0");
+	test_products(&legacy[1], 2, &shifted_n[1], 288, "mixed q4_0|q8_0, k 288");
 	for (uint32_t n = 3; n <= 13; n += 10) {
 		test_products(&mixed[0], 1, &n, 256, "q4_k, odd rows");
 		test_products(&formats[3], 1, &n, 256, "q5_k, odd rows");
 		test_products(&mixed[1], 1, &n, 256, "q6_k, odd rows");
+		test_products(&formats[1], 1, &n, 288, "q4_0, odd rows");
+		test_products(&formats[0], 1, &n, 288, "q8_0, odd rows");
 	}
 	test_malformed();
 	if (test_failures)

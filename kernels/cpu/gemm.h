@@ -62,8 +62,8 @@ int rs_packed_quant_init(struct rs_packed_matrix *w, uint32_t k, const struct rs
  * gives them): decode streams every weight once per token, and in a VM each 4 KiB page
  * of the stream costs a two-level page walk; the TinyLlama-width Q8_0 model decoded at
  * 83 tok/s mapped against 106 in huge pages (docs/perf.md). On a CPU with AVX2 and F16C
- * the K-quant rows (Q4_K, Q5_K, Q6_K) are interleaved eight at a time on the way (same bytes, same
- * results; gemm_quant_x8.h). The parts then point into the copy, which rs_packed_free
+ * the rows (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K) are interleaved eight at a time on the way (same
+ * bytes, same results; gemm_quant_x8.h). The parts then point into the copy, which rs_packed_free
  * releases. 0 or -ENOMEM (w unchanged). */
 int rs_packed_quant_copy(struct rs_packed_matrix *w);
 

@@ -13,8 +13,8 @@
  * step per element: |err| <= sum_i |w_i| * d_i / 2 with d_i = amax(block)/127) and
  * from f32 summation; tests/model_quant_formats.c checks that bound.
  *
- * Q4_K, Q5_K and Q6_K rows copied at load are interleaved eight at a time, and decode runs
- * eight of them at once (gemm_quant_x8.c, the same bits).
+ * Rows copied at load (Q4_0, Q8_0 and the K-quants) are interleaved eight at a time, and
+ * decode runs eight of them at once (gemm_quant_x8.c, the same bits).
  *
  * Prefill (larger m): a panel of 48 weight rows at a time is dequantized to f32 and
  * multiplied by CBLAS SGEMM. */
@@ -41,10 +41,12 @@
  * K-quants: element i ~= dk[i / 256] * qk[i] (one scale per super-block, so that the
  * sub-blocks' integer sums can be scaled by their integer scales and added as integers),
  * sumk16[g] = the sum of qk over group g of 16 (for the mins and the Q6_K offset; at most
- * 16 * 127 in magnitude: 16 bits, so the AVX2 kernels multiply them by vpmaddwd). */
+ * 16 * 127 in magnitude: 16 bits, so the AVX2 kernels multiply them by vpmaddwd);
+ * sum4x8[j] = 8 times the sum of q[4j..4j+3] (the interleaved Q4_0 kernel's offset). */
 struct act_row {
 	int8_t *q, *qk;
 	float *d, *dk;
+	int32_t *sum4x8;
 	int16_t *sumk16;
 };
 
@@ -53,7 +55,7 @@ static size_t act_row_bytes(uint32_t k)
 {
 	uint32_t nb = k / 32, nk = k / 256;
 	return 2 * (size_t)k + (size_t)nb * sizeof(float) + (size_t)nk * sizeof(float) +
-	       (size_t)(k / 16) * sizeof(int16_t);
+	       (size_t)(k / 4) * sizeof(int32_t) + (size_t)(k / 16) * sizeof(int16_t);
 }
 
 static struct act_row act_row_at(void *mem, uint32_t k)
@@ -65,6 +67,8 @@ static struct act_row act_row_at(void *mem, uint32_t k)
 	p += nb * sizeof(float);
 	a.dk = (float *)p;
 	p += nk * sizeof(float);
+	a.sum4x8 = (int32_t *)p;
+	p += (k / 4) * sizeof(int32_t);
 	a.sumk16 = (int16_t *)p;
 	p += (k / 16) * sizeof(int16_t);
 	a.q = (int8_t *)p;
@@ -124,6 +128,8 @@ static void quantize_activations(struct act_row a, const float *x, uint32_t k,
 {
 	for (uint32_t b = 0; needs.q8_0 && b < k / 32; b++)
 		a.d[b] = quantize_block(a.q + 32 * b, x + 32 * b, 32);
+	for (uint32_t j = 0; needs.q8_0 && j < k / 4; j++)
+		a.sum4x8[j] = 8 * (a.q[4 * j] + a.q[4 * j + 1] + a.q[4 * j + 2] + a.q[4 * j + 3]);
 	/* A row whose k is not a multiple of 256 has no K-quant weights. */
 	for (uint32_t b = 0; needs.k && b < k / 256; b++) {
 		a.dk[b] = quantize_block_k(a.qk + 256 * b, x + 256 * b);
@@ -343,8 +349,8 @@ AVX2 static inline void store_i8x32(int8_t *q, const __m256i v[4])
 }
 
 /* quantize_block on 32 elements, the same bits (cvtps2dq rounds to nearest even, as
- * lrintf in the default rounding mode; the same multiplies). */
-AVX2 static float quantize_block32_avx2(int8_t *q, const float *x)
+ * lrintf in the default rounding mode; the same multiplies), and sum4x8 (act_row). */
+AVX2 static float quantize_block32_avx2(int8_t *q, int32_t *sum4x8, const float *x)
 {
 	const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
 	__m256 v[4], amax = _mm256_setzero_ps();
@@ -360,6 +366,9 @@ AVX2 static float quantize_block32_avx2(int8_t *q, const float *x)
 					_mm256_set1_epi32(-127));
 	}
 	store_i8x32(q, n);
+	__m256i sums = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), load32(q)),
+					 _mm256_set1_epi16(1));
+	_mm256_storeu_si256((__m256i *)sum4x8, _mm256_slli_epi32(sums, 3));
 	return d;
 }
 
@@ -411,7 +420,7 @@ AVX2 static void quantize_activations_avx2(struct act_row a, const float *x, uin
 					   struct act_needs needs)
 {
 	for (uint32_t b = 0; needs.q8_0 && b < k / 32; b++)
-		a.d[b] = quantize_block32_avx2(a.q + 32 * b, x + 32 * b);
+		a.d[b] = quantize_block32_avx2(a.q + 32 * b, a.sum4x8 + 8 * b, x + 32 * b);
 	for (uint32_t b = 0; needs.k && b < k / 256; b++)
 		a.dk[b] = quantize_block_k_avx2(a.qk + 256 * b, a.sumk16 + 16 * b, x + 256 * b);
 }
@@ -770,8 +779,7 @@ int rs_packed_quant_copy(struct rs_packed_matrix *w)
 }
 
 /* Block b of row r of part p in the file's layout: in place, or unpacked into buf (the
- * format's block bytes; interleaved parts hold K-quants, whose blocks are the rows'
- * super-blocks). */
+ * format's block bytes). */
 static const uint8_t *block_in(const struct rs_quant_part *p, uint32_t r, uint32_t b, uint8_t *buf)
 {
 	size_t bb = rs_dtype_block_bytes(p->dtype);
@@ -779,7 +787,7 @@ static const uint8_t *block_in(const struct rs_quant_part *p, uint32_t r, uint32
 		return p->rows + (size_t)r * p->row_bytes + b * bb;
 	const uint8_t *group = p->rows + (size_t)(r - r % RS_QX8_ROWS) * p->row_bytes;
 	rs_qx8_unpack_row(buf, group + (size_t)b * RS_QX8_ROWS * bb, r % RS_QX8_ROWS, p->dtype,
-			  RS_QK_K);
+			  rs_dtype_block_elems(p->dtype));
 	return buf;
 }
 
@@ -822,9 +830,9 @@ static void gemm_small(float *y, size_t ldy, const float *x, size_t ldx, uint32_
 {
 	uint32_t k = w->k;
 	size_t row_bytes = act_row_bytes(k);
-	/* Up to 16 Ki elements (under 200 KiB for 8 rows) on the stack, more from the heap. */
+	/* Up to 16 Ki elements (53 KiB a row, m rows) on the stack, more from the heap. */
 	enum { STACK_K = 16384 };
-	_Alignas(32) char stack_mem[k <= STACK_K ? RS_QUANT_SMALL_BATCH * act_row_bytes(k) : 1];
+	_Alignas(32) char stack_mem[k <= STACK_K ? m * act_row_bytes(k) : 1];
 	char *heap_mem = NULL;
 	if (k > STACK_K && !(heap_mem = malloc((size_t)m * row_bytes))) {
 		gemm_no_memory(y, ldy, x, ldx, m, w, c0, c1, accumulate);
@@ -869,7 +877,8 @@ static void gemm_small(float *y, size_t ldy, const float *x, size_t ldx, uint32_
 			    p->rows + (size_t)(r - r % RS_QX8_ROWS) * p->row_bytes;
 			for (uint32_t i = 0; i < m; i++) {
 				float out[RS_QX8_ROWS];
-				struct rs_act_k a = {act[i].qk, act[i].dk, act[i].sumk16};
+				struct rs_act_k a = {act[i].qk, act[i].dk, act[i].sumk16,
+						     act[i].q,	act[i].d,  act[i].sum4x8};
 				rs_qx8_dot_avx2(out, group, p->dtype, a, k);
 				for (uint32_t j = c - first; j < RS_QX8_ROWS && first + j < c1;
 				     j++) {
@@ -903,7 +912,9 @@ static void gemm_large(float *y, size_t ldy, const float *x, size_t ldx, uint32_
 {
 	uint32_t k = w->k;
 	float *panel = malloc((size_t)RS_PANEL_COLS * k * sizeof(float));
-	uint8_t *unpacked = any_interleaved(w) ? malloc(max_row_bytes(w)) : NULL;
+	/* interleaved rows come back a group at a time (rows are interleaved only where
+	 * the group kernels run: AVX2 and F16C) */
+	uint8_t *unpacked = any_interleaved(w) ? malloc(RS_QX8_ROWS * max_row_bytes(w)) : NULL;
 	if (!panel || (any_interleaved(w) && !unpacked)) {
 		free(panel);
 		free(unpacked);
@@ -912,17 +923,32 @@ static void gemm_large(float *y, size_t ldy, const float *x, size_t ldx, uint32_
 	}
 	for (uint32_t c = c0; c < c1; c += RS_PANEL_COLS) {
 		uint32_t cols = c1 - c < RS_PANEL_COLS ? c1 - c : RS_PANEL_COLS;
-		for (uint32_t r = 0; r < cols; r++) {
+		for (uint32_t r = 0; r < cols;) {
 			uint32_t in_part = c + r;
 			const struct rs_quant_part *p = part_of(w, &in_part);
 			enum rs_dtype dtype = p->dtype;
-			const uint8_t *row = row_in(p, in_part, k, unpacked);
+			uint32_t n_rows = 1;
+			const uint8_t *row;
 #ifdef RS_HAVE_X86_KERNELS
-			if (isa >= RS_ISA_AVX2 && rs_cpu_has_f16c())
-				dequant_row_avx2(panel + (size_t)r * k, row, dtype, k);
-			else
+			bool avx2 = isa >= RS_ISA_AVX2 && rs_cpu_has_f16c();
+			if (avx2 && in_part < p->interleaved_rows && in_part % RS_QX8_ROWS == 0 &&
+			    r + RS_QX8_ROWS <= cols) {
+				/* a whole group in this panel (one the panel cuts: row by row) */
+				rs_qx8_unpack_group_avx2(
+				    unpacked, p->rows + (size_t)in_part * p->row_bytes, dtype, k);
+				row = unpacked;
+				n_rows = RS_QX8_ROWS;
+			} else
 #endif
-				rs_dequantize(panel + (size_t)r * k, row, dtype, k);
+				row = row_in(p, in_part, k, unpacked);
+			for (uint32_t i = 0; i < n_rows; i++, r++, row += p->row_bytes) {
+#ifdef RS_HAVE_X86_KERNELS
+				if (avx2)
+					dequant_row_avx2(panel + (size_t)r * k, row, dtype, k);
+				else
+#endif
+					rs_dequantize(panel + (size_t)r * k, row, dtype, k);
+			}
 		}
 		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)cols, (int)k,
 			    1.0f, x, (int)ldx, panel, (int)k, accumulate ? 1.0f : 0.0f, y + c,

@@ -1,4 +1,4 @@
-/* K-quant rows interleaved eight at a time and their decode kernel (see gemm_quant_x8.h).
+/* Quantized rows interleaved eight at a time and their decode kernels (see gemm_quant_x8.h).
  *
  * A group's super-block s is one block of RS_QX8_ROWS * (the format's block bytes) at
  * s times that; within it (r: the row in the group, 0..7):
@@ -16,7 +16,11 @@
  *   every row 4 bytes at ql + 64h + 4l (A), at ql + 64h + 32 + 4l (B) and at
  *   qh + 32h + 4l (H), at 144 + 96 (2l + h) + 32 {0, 1, 2} + 4r: elements 4l.. of the
  *   four blocks of 32 of half h (A's low and high nibbles blocks 0 and 2, B's 1 and 3,
- *   H's bit pairs the fifth and sixth bits of blocks 0..3). */
+ *   H's bit pairs the fifth and sixth bits of blocks 0..3).
+ * Q4_0 and Q8_0 (a block of 32: 8 x 18 and 8 x 34 bytes): d of row r at 2r, then the code
+ *   bytes in 4-byte units, unit u of row r at 16 + 32u + 4r (Q4_0: 4 units, unit u the
+ *   low nibbles elements 4u.., the high ones 16 + 4u..; Q8_0: 8 units, unit u elements
+ *   4u..). */
 #include <string.h>
 
 #include "kernels/cpu/gemm_quant_x8.h"
@@ -24,7 +28,8 @@
 
 bool rs_qx8_format(enum rs_dtype dtype)
 {
-	return dtype == RS_DTYPE_Q4_K || dtype == RS_DTYPE_Q5_K || dtype == RS_DTYPE_Q6_K;
+	return dtype == RS_DTYPE_Q4_K || dtype == RS_DTYPE_Q5_K || dtype == RS_DTYPE_Q6_K ||
+	       dtype == RS_DTYPE_Q4_0 || dtype == RS_DTYPE_Q8_0;
 }
 
 /* n bytes between the file's layout (at row) and the group's (at block): into the group
@@ -68,18 +73,28 @@ static void move_q6k(uint8_t *row, uint8_t *block, uint32_t r, bool pack)
 		}
 }
 
-/* Row r's super-blocks (k elements) between row and the group; the const qualifiers of
- * the public calls hold: only the destination is written. */
+/* Q4_0 and Q8_0: the scale, then the codes in 4-byte units (bb: the block's bytes). */
+static void move_q0(uint8_t *row, uint8_t *block, uint32_t r, size_t bb, bool pack)
+{
+	move(row, block + 2 * r, 2, pack);
+	for (size_t u = 0; u < (bb - 2) / 4; u++)
+		move(row + 2 + 4 * u, block + 16 + 32 * u + 4 * r, 4, pack);
+}
+
+/* Row r's blocks (k elements) between row and the group; the const qualifiers of the
+ * public calls hold: only the destination is written. */
 static void move_row(uint8_t *row, uint8_t *group, uint32_t r, enum rs_dtype dtype, uint32_t k,
 		     bool pack)
 {
 	size_t bb = rs_dtype_block_bytes(dtype);
-	for (uint32_t s = 0; s < k / RS_QK_K; s++) {
+	for (uint32_t s = 0; s < k / rs_dtype_block_elems(dtype); s++) {
 		uint8_t *block = group + (size_t)s * RS_QX8_ROWS * bb;
 		if (dtype == RS_DTYPE_Q6_K)
 			move_q6k(row + s * bb, block, r, pack);
-		else
+		else if (dtype == RS_DTYPE_Q4_K || dtype == RS_DTYPE_Q5_K)
 			move_k45(row + s * bb, block, r, dtype == RS_DTYPE_Q5_K, pack);
+		else
+			move_q0(row + s * bb, block, r, bb, pack);
 	}
 }
 
@@ -319,10 +334,189 @@ AVX2 static void dot_q6k_x8(float out[RS_QX8_ROWS], const uint8_t *group, struct
 	reduce_lanes(out, acc);
 }
 
+/* Q4_0: lane l of row r's eight sums takes elements 4l..4l+3 of each block, as
+ * row_dot_scalar: (sum of code * x) - 8 (sum of x), exact in 32 bits, then times the
+ * block's scale and added in f32 (the same multiply and add). */
+AVX2 static void dot_q40_x8(float out[RS_QX8_ROWS], const uint8_t *group, struct rs_act_k a,
+			    uint32_t k)
+{
+	enum { BLOCK = RS_QX8_ROWS * 18 };
+	const __m256i low4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+	__m256 acc[8];
+#pragma GCC unroll 8
+	for (int l = 0; l < 8; l++)
+		acc[l] = _mm256_setzero_ps();
+	for (uint32_t b = 0; b < k / 32; b++, group += BLOCK) {
+#pragma GCC unroll 8
+		for (int off = 0; off < BLOCK; off += 64)
+			_mm_prefetch((const char *)group + PREFETCH_BYTES + off, _MM_HINT_T0);
+		const int8_t *x = a.q + 32 * b;
+		const int32_t *sum4x8 = a.sum4x8 + 8 * b;
+		__m256 scale =
+		    _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)group)),
+				  _mm256_set1_ps(a.d[b]));
+#pragma GCC unroll 4
+		for (int u = 0; u < 4; u++) {
+			__m256i packed = load32(group + 16 + 32 * u);
+			__m256i lo = _mm256_and_si256(packed, low4),
+				hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
+			/* lo: elements 4u.. (lane u), hi: 16 + 4u.. (lane u + 4) */
+			__m256i sum_lo = _mm256_sub_epi32(
+			    _mm256_madd_epi16(_mm256_maddubs_epi16(lo, broadcast4(x + 4 * u)),
+					      ones),
+			    _mm256_set1_epi32(sum4x8[u]));
+			__m256i sum_hi = _mm256_sub_epi32(
+			    _mm256_madd_epi16(_mm256_maddubs_epi16(hi, broadcast4(x + 16 + 4 * u)),
+					      ones),
+			    _mm256_set1_epi32(sum4x8[u + 4]));
+			acc[u] =
+			    _mm256_add_ps(acc[u], _mm256_mul_ps(_mm256_cvtepi32_ps(sum_lo), scale));
+			acc[u + 4] = _mm256_add_ps(
+			    acc[u + 4], _mm256_mul_ps(_mm256_cvtepi32_ps(sum_hi), scale));
+		}
+	}
+	reduce_lanes(out, acc);
+}
+
+/* Q8_0: lane l takes elements 4l..4l+3 of each block (signed by signed: |q| times x with
+ * q's sign, as the row kernel). */
+AVX2 static void dot_q80_x8(float out[RS_QX8_ROWS], const uint8_t *group, struct rs_act_k a,
+			    uint32_t k)
+{
+	enum { BLOCK = RS_QX8_ROWS * 34 };
+	const __m256i ones = _mm256_set1_epi16(1);
+	__m256 acc[8];
+#pragma GCC unroll 8
+	for (int l = 0; l < 8; l++)
+		acc[l] = _mm256_setzero_ps();
+	for (uint32_t b = 0; b < k / 32; b++, group += BLOCK) {
+#pragma GCC unroll 8
+		for (int off = 0; off < BLOCK; off += 64)
+			_mm_prefetch((const char *)group + PREFETCH_BYTES + off, _MM_HINT_T0);
+		const int8_t *x = a.q + 32 * b;
+		__m256 scale =
+		    _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)group)),
+				  _mm256_set1_ps(a.d[b]));
+#pragma GCC unroll 8
+		for (int l = 0; l < 8; l++) {
+			__m256i q = load32(group + 16 + 32 * l);
+			__m256i sum = _mm256_madd_epi16(
+			    _mm256_maddubs_epi16(_mm256_sign_epi8(q, q),
+						 _mm256_sign_epi8(broadcast4(x + 4 * l), q)),
+			    ones);
+			acc[l] =
+			    _mm256_add_ps(acc[l], _mm256_mul_ps(_mm256_cvtepi32_ps(sum), scale));
+		}
+	}
+	reduce_lanes(out, acc);
+}
+
+/* --- a whole group back in the file's layout (the prefill's dequantization) -------------
+ * Every 32 bytes of a group's codes hold a 4-byte unit of each of the eight rows, and
+ * eight such vectors a format's step apart hold a row's 32 consecutive code bytes: one
+ * 8 x 8 transpose of 32-bit units gives the eight rows those bytes (rs_qx8_unpack_row
+ * moves them 4 bytes at a time, eight times over for a group). */
+
+/* out[r] = (v[0][r], v[1][r], ..., v[7][r]) for the 32-bit units r. */
+AVX2 static inline void transpose8x8(__m256i v[8])
+{
+	__m256i t[8], u[8];
+#pragma GCC unroll 4
+	for (int i = 0; i < 4; i++) {
+		t[2 * i] = _mm256_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+		t[2 * i + 1] = _mm256_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+	}
+	/* u[j] (j < 4): units j and j + 4 of v[0..3]; u[4 + j] those of v[4..7] */
+#pragma GCC unroll 2
+	for (int h = 0; h < 2; h++) {
+		u[4 * h] = _mm256_unpacklo_epi64(t[4 * h], t[4 * h + 2]);
+		u[4 * h + 1] = _mm256_unpackhi_epi64(t[4 * h], t[4 * h + 2]);
+		u[4 * h + 2] = _mm256_unpacklo_epi64(t[4 * h + 1], t[4 * h + 3]);
+		u[4 * h + 3] = _mm256_unpackhi_epi64(t[4 * h + 1], t[4 * h + 3]);
+	}
+#pragma GCC unroll 4
+	for (int j = 0; j < 4; j++) {
+		v[j] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x20);
+		v[j + 4] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x31);
+	}
+}
+
+/* The eight rows' 32 code bytes at offset at of each (rows row_bytes apart) from the
+ * eight vectors at src + stride * l. */
+AVX2 static inline void codes_to_rows(uint8_t *rows, size_t row_bytes, size_t at,
+				      const uint8_t *src, size_t stride)
+{
+	__m256i v[8];
+#pragma GCC unroll 8
+	for (int l = 0; l < 8; l++)
+		v[l] = load32(src + stride * l);
+	transpose8x8(v);
+#pragma GCC unroll 8
+	for (int r = 0; r < 8; r++)
+		_mm256_storeu_si256((__m256i *)(rows + row_bytes * r + at), v[r]);
+}
+
+AVX2 void rs_qx8_unpack_group_avx2(uint8_t *rows, const uint8_t *group, enum rs_dtype dtype,
+				   uint32_t k)
+{
+	size_t bb = rs_dtype_block_bytes(dtype), row_bytes = rs_dtype_row_bytes(dtype, k);
+	bool five = dtype == RS_DTYPE_Q5_K;
+	for (uint32_t s = 0; s < k / rs_dtype_block_elems(dtype); s++) {
+		const uint8_t *block = group + (size_t)s * RS_QX8_ROWS * bb;
+		uint8_t *row = rows + (size_t)s * bb;
+		/* the scales as rs_qx8_unpack_row moves them */
+		for (uint32_t r = 0; r < RS_QX8_ROWS; r++) {
+			uint8_t *out = row + r * row_bytes, *in = (uint8_t *)(uintptr_t)block;
+			if (dtype == RS_DTYPE_Q6_K) {
+				move(out + 208, in + 2 * r, 2, false);
+				for (int u = 0; u < 4; u++)
+					move(out + 192 + 4 * u, in + 16 + 32 * u + 4 * r, 4, false);
+			} else if (dtype == RS_DTYPE_Q4_K || five) {
+				move(out, in + 2 * r, 2, false);
+				move(out + 2, in + 16 + 2 * r, 2, false);
+				for (int word = 0; word < 3; word++)
+					move(out + 4 + 4 * word, in + 32 + 32 * word + 4 * r, 4,
+					     false);
+			} else {
+				move(out, in + 2 * r, 2, false);
+			}
+		}
+		if (dtype == RS_DTYPE_Q6_K) {
+			for (int h = 0; h < 2; h++) {
+				const uint8_t *steps = block + 144 + 96 * h;
+				codes_to_rows(row, row_bytes, 64 * h, steps, 192);
+				codes_to_rows(row, row_bytes, 64 * h + 32, steps + 32, 192);
+				codes_to_rows(row, row_bytes, 128 + 32 * h, steps + 64, 192);
+			}
+		} else if (dtype == RS_DTYPE_Q4_K || five) {
+			size_t step = five ? 160 : 128, codes = five ? 32 : 0, qs = five ? 48 : 16;
+			if (five)
+				codes_to_rows(row, row_bytes, 16, block + 128, step);
+			for (int c = 0; c < 4; c++)
+				codes_to_rows(row, row_bytes, qs + 32 * c,
+					      block + 128 + codes + 32 * c, step);
+		} else if (dtype == RS_DTYPE_Q8_0) {
+			codes_to_rows(row, row_bytes, 2, block + 16, 32);
+		} else { /* Q4_0: four units a row, the transpose's upper half unused */
+			__m256i v[8];
+			for (int u = 0; u < 8; u++)
+				v[u] = u < 4 ? load32(block + 16 + 32 * u) : _mm256_setzero_si256();
+			transpose8x8(v);
+			for (int r = 0; r < 8; r++)
+				_mm_storeu_si128((__m128i *)(row + row_bytes * r + 2),
+						 _mm256_castsi256_si128(v[r]));
+		}
+	}
+}
+
 AVX2 void rs_qx8_dot_avx2(float out[RS_QX8_ROWS], const uint8_t *group, enum rs_dtype dtype,
 			  struct rs_act_k a, uint32_t k)
 {
-	if (dtype == RS_DTYPE_Q4_K)
+	if (dtype == RS_DTYPE_Q4_0)
+		dot_q40_x8(out, group, a, k);
+	else if (dtype == RS_DTYPE_Q8_0)
+		dot_q80_x8(out, group, a, k);
+	else if (dtype == RS_DTYPE_Q4_K)
 		dot_k45_x8(out, group, a, k, false);
 	else if (dtype == RS_DTYPE_Q5_K)
 		dot_k45_x8(out, group, a, k, true);
@@ -330,6 +524,12 @@ AVX2 void rs_qx8_dot_avx2(float out[RS_QX8_ROWS], const uint8_t *group, enum rs_
 		dot_q6k_x8(out, group, a, k);
 }
 #else
+void rs_qx8_unpack_group_avx2(uint8_t *rows, const uint8_t *group, enum rs_dtype dtype, uint32_t k)
+{
+	for (uint32_t r = 0; r < RS_QX8_ROWS; r++)
+		rs_qx8_unpack_row(rows + r * rs_dtype_row_bytes(dtype, k), group, r, dtype, k);
+}
+
 void rs_qx8_dot_avx2(float out[RS_QX8_ROWS], const uint8_t *group, enum rs_dtype dtype,
 		     struct rs_act_k a, uint32_t k)
 {
