@@ -54,7 +54,8 @@ struct rs_engine_options {
 				    * "avx2" or "blas" */
 	const char *cpu_weights;   /* where the CPU backend reads block-quantized weights:
 				    * "auto" (or NULL): "copy" where transparent huge pages
-				    * are enabled, else "mapped"; "copy": moved at load into
+				    * are enabled or the copy interleaves rows (AVX2 and
+				    * F16C), else "mapped"; "copy": moved at load into
 				    * huge-page memory (rs_packed_quant_copy), the file
 				    * mapping's pages given back, so resident memory stays
 				    * near the file size; "mapped": read in place from the
