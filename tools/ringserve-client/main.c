@@ -2,11 +2,16 @@
  *
  *   ringserve-client [--socket PATH] [--prompt TEXT | --prompt-ids "1 2 3"] [-n N]
  *                    [--temperature T] [--top-p P] [--top-k K] [--seed S]
- *                    [--requests K] [--ids] [--ignore-eos]
+ *                    [--requests K] [--ids] [--ignore-eos] [--distinct-prompts]
  *
  * Tokenizes on the client side with the vocabulary the daemon shares read-only, submits
  * the prompt (K copies with seeds S, S+1, ... when --requests K), streams the first
- * request's text as it is generated, and prints each request's result and timing. */
+ * request's text as it is generated, and prints each request's result and timing.
+ *
+ * --distinct-prompts: the request with seed s gets the prompt with every token id shifted
+ * by s * 7919 (modulo the vocabulary), so that no two requests share a prefix block (as in
+ * ringserve-bench ipc's round trips) and each one's end inserts a new prefix-cache node;
+ * tools/callgrind-per-request.sh -d uses it. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,12 +22,13 @@
 #include "shm/clock.h"
 
 #define MAX_REQUESTS 256
+#define DISTINCT_PROMPT_MAX 256 /* tokens of a prompt that --distinct-prompts shifts */
 
 static void usage(void)
 {
 	fprintf(stderr, "usage: ringserve-client [--socket PATH] [--prompt TEXT | --prompt-ids \"1 2 3\"] [-n N]\n"
 			"       [--temperature T] [--top-p P] [--top-k K] [--seed S] [--requests K] [--ids]\n"
-			"       [--ignore-eos]\n");
+			"       [--ignore-eos] [--distinct-prompts]\n");
 }
 
 static int parse_ids(const char *text, uint32_t *ids, int max)
@@ -58,7 +64,7 @@ int main(int argc, char **argv)
 {
 	const char *socket_path = NULL, *prompt_text = "Once upon a time", *prompt_ids = NULL;
 	struct rs_generate_params params = {.max_new_tokens = 32, .top_p = 1.0f};
-	int requests = 1, as_ids = 0;
+	int requests = 1, as_ids = 0, distinct_prompts = 0;
 	for (int i = 1; i < argc; i++) {
 		const char *next = i + 1 < argc ? argv[i + 1] : NULL;
 		if (strcmp(argv[i], "--socket") == 0 && next)
@@ -83,6 +89,8 @@ int main(int argc, char **argv)
 			as_ids = 1;
 		else if (strcmp(argv[i], "--ignore-eos") == 0)
 			params.flags |= RS_GENERATE_IGNORE_EOS;
+		else if (strcmp(argv[i], "--distinct-prompts") == 0)
+			distinct_prompts = 1;
 		else {
 			usage();
 			return 2;
@@ -126,12 +134,27 @@ int main(int argc, char **argv)
 	params.prompt = prompt;
 	params.prompt_len = (uint32_t)prompt_len;
 
+	/* Each request's own prompt (--distinct-prompts), made before the clock starts. */
+	static uint32_t shifted[MAX_REQUESTS][DISTINCT_PROMPT_MAX];
+	if (distinct_prompts && prompt_len > DISTINCT_PROMPT_MAX) {
+		fprintf(stderr, "ringserve-client: --distinct-prompts takes prompts of at most %d tokens\n",
+			DISTINCT_PROMPT_MAX);
+		rs_close(conn);
+		return 2;
+	}
+	uint64_t vocab = info.vocab_size ? info.vocab_size : 32000;
+	for (int r = 0; distinct_prompts && r < requests; r++)
+		for (int i = 0; i < prompt_len; i++)
+			shifted[r][i] = (uint32_t)((prompt[i] + (params.seed + (uint64_t)r) * 7919u) % vocab);
+
 	int handles[MAX_REQUESTS];
 	uint64_t start = rs_now_ns(), first_token_ns = 0;
 	uint64_t seed = params.seed;
 	for (int r = 0; r < requests; r++) {
 		params.seed = seed + (uint64_t)r;
 		params.user_data = (uint64_t)r;
+		if (distinct_prompts)
+			params.prompt = shifted[r];
 		handles[r] = rs_submit(conn, &params);
 		if (handles[r] < 0) {
 			fprintf(stderr, "ringserve-client: submit: %s\n", strerror(-handles[r]));
@@ -143,7 +166,7 @@ int main(int argc, char **argv)
 	if (!as_ids && tok)
 		printf("%s", prompt_text);
 	uint32_t shown = 0;
-	int32_t prev = prompt[prompt_len - 1];
+	int32_t prev = (int32_t)(distinct_prompts ? shifted[0] : prompt)[prompt_len - 1];
 	for (;;) {
 		int count = rs_wait_output(conn, handles[0], shown, 30000);
 		if (count == -ENODATA)
