@@ -64,6 +64,17 @@ static uint64_t clock_now(void *ctx)
 	return ((struct rs_daemon *)ctx)->now_ns;
 }
 
+/* Free KV blocks the loop keeps by evicting cached prefixes when it has nothing else to
+ * do (rs_sched_idle): 1/64 of the pool, at most 16 (a request of 256 tokens), so that an
+ * admission into a full pool does not evict while its client waits. None under 1,024
+ * blocks, where every cached block counts and the engine's steps dwarf an eviction. */
+static uint32_t kv_reserve_blocks(uint32_t n_blocks)
+{
+	if (n_blocks < 1024)
+		return 0;
+	return n_blocks / 64 < 16 ? n_blocks / 64 : 16;
+}
+
 static int create_shared_segment(struct rs_daemon *daemon)
 {
 	const struct rs_serving_engine *engine = daemon->engine;
@@ -118,6 +129,7 @@ int rs_daemon_init(struct rs_daemon *daemon, const struct rs_daemon_config *conf
 	    .eos_token = engine->eos_token,
 	    .n_end_tokens = engine->n_end_tokens,
 	    .prefix_cache = config->prefix_cache,
+	    .kv_reserve_blocks = kv_reserve_blocks(rs_kv_n_blocks(engine->kv)),
 	    .admission = config->admission,
 	    .planner = config->multibin ? &rs_planner_multibin : NULL,
 	    .multibin = config->multibin_params,
@@ -128,6 +140,7 @@ int rs_daemon_init(struct rs_daemon *daemon, const struct rs_daemon_config *conf
 	    .now_ns = clock_now,
 	    .token = rs_scheduler_on_token,
 	    .finish = rs_scheduler_on_finish,
+	    .publish = rs_scheduler_on_publish,
 	    .ctx = daemon,
 	};
 	_Static_assert(sizeof(sched_config.end_tokens) == sizeof(engine->end_tokens),
@@ -205,6 +218,7 @@ static void drain_step(struct rs_daemon *daemon)
 int rs_daemon_run(struct rs_daemon *daemon)
 {
 	uint64_t idle_since = rs_now_ns();
+	bool idle_work_due = false;
 	while (!daemon->stop) {
 		daemon->now_ns = rs_now_ns();
 		int did = rs_control_poll(daemon);
@@ -221,7 +235,13 @@ int rs_daemon_run(struct rs_daemon *daemon)
 			drain_step(daemon);
 		if (did) {
 			idle_since = daemon->now_ns;
+			idle_work_due = true;
 			continue;
+		}
+		/* The first idle turn after work: evictions off the next request's path. */
+		if (idle_work_due) {
+			idle_work_due = false;
+			rs_sched_idle(daemon->sched);
 		}
 		if (daemon->now_ns - idle_since < daemon->config.spin_ns ||
 		    rs_scheduler_next_deadline(daemon) == UINT64_MAX) {
