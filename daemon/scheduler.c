@@ -118,9 +118,11 @@ void rs_scheduler_on_publish(void *ctx, struct rs_request *request, int32_t stat
 {
 	struct rs_daemon *daemon = ctx;
 	struct rs_client *client = request->owner;
+	/* For the slot and, in rs_scheduler_on_finish, the statistics (the core finishes
+	 * no other request in between). */
+	compute_timings(daemon, request);
 	if (request->orphaned)
 		return;
-	compute_timings(daemon, request);
 	write_timings(daemon, client, request);
 	client->slot_request[request->slot] = NULL;
 	client->inflight--;
@@ -134,9 +136,7 @@ void rs_scheduler_on_finish(void *ctx, struct rs_request *request, int32_t statu
 {
 	struct rs_daemon *daemon = ctx;
 	struct rs_client *client = request->owner;
-	/* The same timings as the slot's (computed again only for an orphan: the cache of
-	 * the last finish's times makes this a compare). */
-	compute_timings(daemon, request);
+	/* daemon->last_timings: this request's, from rs_scheduler_on_publish. */
 	request->tenant->inflight--; /* the client's reference keeps its tenant */
 	rs_stats_record_finish(daemon->stats_publisher, request->tenant, status,
 			       request->first_token_ns != 0, daemon->last_timings.first_token_us,
