@@ -65,13 +65,11 @@ static uint64_t clock_now(void *ctx)
 }
 
 /* Free KV blocks the loop keeps by evicting cached prefixes when it has nothing else to
- * do (rs_sched_idle): 1/64 of the pool, at most 16 (a request of 256 tokens), so that an
- * admission into a full pool does not evict while its client waits. None under 1,024
- * blocks, where every cached block counts and the engine's steps dwarf an eviction. */
+ * do (rs_sched_idle): 1/64 of the pool (what the cache gives up), at most 16 (a request
+ * of 256 tokens), so that an admission into a full pool does not evict while its client
+ * waits. None under 64 blocks, where every cached block counts. */
 static uint32_t kv_reserve_blocks(uint32_t n_blocks)
 {
-	if (n_blocks < 1024)
-		return 0;
 	return n_blocks / 64 < 16 ? n_blocks / 64 : 16;
 }
 
