@@ -216,7 +216,6 @@ static void drain_step(struct rs_daemon *daemon)
 int rs_daemon_run(struct rs_daemon *daemon)
 {
 	uint64_t idle_since = rs_now_ns();
-	bool idle_work_due = false;
 	while (!daemon->stop) {
 		daemon->now_ns = rs_now_ns();
 		int did = rs_control_poll(daemon);
@@ -227,19 +226,18 @@ int rs_daemon_run(struct rs_daemon *daemon)
 			did += rs_scheduler_poll_client(daemon, daemon->active[i]);
 		did += rs_scheduler_run_lanes(daemon);
 		rs_scheduler_notify_clients(daemon);
+		/* Clients have this turn's answers: evictions for the KV reserve now, not in
+		 * the next admission while its client waits. (Only a turn's work takes free
+		 * blocks: nothing to refill after an idle turn.) */
+		if (did)
+			rs_sched_idle(daemon->sched);
 		if (daemon->now_ns - daemon->last_heartbeat_ns >= daemon->config.heartbeat_ns)
 			write_heartbeats(daemon);
 		if (daemon->draining)
 			drain_step(daemon);
 		if (did) {
 			idle_since = daemon->now_ns;
-			idle_work_due = true;
 			continue;
-		}
-		/* The first idle turn after work: evictions off the next request's path. */
-		if (idle_work_due) {
-			idle_work_due = false;
-			rs_sched_idle(daemon->sched);
 		}
 		if (daemon->now_ns - idle_since < daemon->config.spin_ns ||
 		    rs_scheduler_next_deadline(daemon) == UINT64_MAX) {

@@ -198,7 +198,8 @@ const struct rs_step_plan *rs_sched_plan_step(struct rs_sched *sched, uint32_t l
  * engine reported (its requests fail with it). */
 void rs_sched_step_done(struct rs_sched *sched, uint32_t lane, int status);
 
-/* Work for the caller's idle time: refill each worker's reserve of free KV blocks
+/* Work for the caller's spare time (the daemon: at the end of each working loop turn,
+ * once the turn's completions are out): refill each worker's reserve of free KV blocks
  * (config.kv_reserve_blocks) by evicting unlocked cached prefixes in the cache's eviction
  * order (rs_prefix_cache_evict), so that admissions rarely evict while a client waits.
  * Counted in stats.evicted_blocks. Returns the blocks freed; a few loads when every
