@@ -216,49 +216,63 @@ static void child_remove(struct rs_prefix_cache *cache, uint32_t index)
 
 /* Eviction order: leaves no waiting request would hit first, then least recently used.
  * Evicting a prefix that waiting requests match throws away work they are about to reuse,
- * and moves every one of them up a level. */
+ * and moves every one of them up a level. As one number: a waiter bit above the stamp
+ * (the clock counts matches and inserts, far below 2^63), one compare of two loads. */
+static inline uint64_t evict_key(const struct rs_prefix_node *node)
+{
+	return (uint64_t)(node->waiters != NULL) << 63 | node->last_access;
+}
+
 static bool evict_before(const struct rs_prefix_node *a, const struct rs_prefix_node *b)
 {
-	if ((a->waiters == NULL) != (b->waiters == NULL))
-		return a->waiters == NULL;
-	return a->last_access < b->last_access;
+	return evict_key(a) < evict_key(b);
 }
 
-static bool heap_less(const struct rs_prefix_cache *cache, uint32_t a, uint32_t b)
-{
-	return evict_before(&cache->nodes[cache->heap[a]], &cache->nodes[cache->heap[b]]);
-}
-
-static void heap_swap(struct rs_prefix_cache *cache, uint32_t a, uint32_t b)
-{
-	uint32_t node_a = cache->heap[a], node_b = cache->heap[b];
-	cache->heap[a] = node_b;
-	cache->heap[b] = node_a;
-	cache->nodes[node_b].heap_index = a;
-	cache->nodes[node_a].heap_index = b;
-}
-
+/* Sift with a hole: the moving node is written once, where it stops (an eviction sifts
+ * the last leaf down from the root, log2(nodes) levels, each a compare of the two
+ * children and of the moving node). */
 static void heap_up(struct rs_prefix_cache *cache, uint32_t i)
 {
-	while (i > 0 && heap_less(cache, i, (i - 1) / 2)) {
-		heap_swap(cache, i, (i - 1) / 2);
-		i = (i - 1) / 2;
+	uint32_t *heap = cache->heap;
+	uint32_t moving = heap[i];
+	uint64_t key = evict_key(&cache->nodes[moving]);
+	while (i > 0) {
+		uint32_t parent = (i - 1) / 2;
+		if (!(key < evict_key(&cache->nodes[heap[parent]])))
+			break;
+		heap[i] = heap[parent];
+		cache->nodes[heap[i]].heap_index = i;
+		i = parent;
 	}
+	heap[i] = moving;
+	cache->nodes[moving].heap_index = i;
 }
 
 static void heap_down(struct rs_prefix_cache *cache, uint32_t i)
 {
+	uint32_t *heap = cache->heap, size = cache->heap_size;
+	uint32_t moving = heap[i];
+	uint64_t key = evict_key(&cache->nodes[moving]);
 	for (;;) {
-		uint32_t least = i, left = 2 * i + 1, right = 2 * i + 2;
-		if (left < cache->heap_size && heap_less(cache, left, least))
-			least = left;
-		if (right < cache->heap_size && heap_less(cache, right, least))
-			least = right;
-		if (least == i)
-			return;
-		heap_swap(cache, i, least);
-		i = least;
+		uint32_t child = 2 * i + 1;
+		if (child >= size)
+			break;
+		uint64_t child_key = evict_key(&cache->nodes[heap[child]]);
+		if (child + 1 < size) {
+			uint64_t right_key = evict_key(&cache->nodes[heap[child + 1]]);
+			if (right_key < child_key) {
+				child++;
+				child_key = right_key;
+			}
+		}
+		if (!(child_key < key))
+			break;
+		heap[i] = heap[child];
+		cache->nodes[heap[i]].heap_index = i;
+		i = child;
 	}
+	heap[i] = moving;
+	cache->nodes[moving].heap_index = i;
 }
 
 static void heap_push(struct rs_prefix_cache *cache, uint32_t index)
