@@ -64,7 +64,8 @@ struct rs_prefix_cache {
 	uint32_t *children; /* node indices or NONE */
 	uint32_t children_mask;
 
-	uint32_t *heap; /* node indices */
+	uint32_t *heap;	     /* node indices */
+	uint64_t *heap_keys; /* heap_keys[i] == evict_key(the node heap[i]): sifts read these */
 	uint32_t heap_size;
 
 	struct rs_prefix_waiter **waiter_slots;
@@ -234,51 +235,62 @@ static bool evict_before(const struct rs_prefix_node *a, const struct rs_prefix_
 static void heap_up(struct rs_prefix_cache *cache, uint32_t i)
 {
 	uint32_t *heap = cache->heap;
+	uint64_t *keys = cache->heap_keys;
 	uint32_t moving = heap[i];
-	uint64_t key = evict_key(&cache->nodes[moving]);
+	uint64_t key = keys[i];
 	while (i > 0) {
 		uint32_t parent = (i - 1) / 2;
-		if (!(key < evict_key(&cache->nodes[heap[parent]])))
+		if (!(key < keys[parent]))
 			break;
 		heap[i] = heap[parent];
+		keys[i] = keys[parent];
 		cache->nodes[heap[i]].heap_index = i;
 		i = parent;
 	}
 	heap[i] = moving;
+	keys[i] = key;
 	cache->nodes[moving].heap_index = i;
 }
 
 static void heap_down(struct rs_prefix_cache *cache, uint32_t i)
 {
 	uint32_t *heap = cache->heap, size = cache->heap_size;
+	uint64_t *keys = cache->heap_keys;
 	uint32_t moving = heap[i];
-	uint64_t key = evict_key(&cache->nodes[moving]);
+	uint64_t key = keys[i];
 	for (;;) {
 		uint32_t child = 2 * i + 1;
 		if (child >= size)
 			break;
-		uint64_t child_key = evict_key(&cache->nodes[heap[child]]);
-		if (child + 1 < size) {
-			uint64_t right_key = evict_key(&cache->nodes[heap[child + 1]]);
-			if (right_key < child_key) {
-				child++;
-				child_key = right_key;
-			}
-		}
-		if (!(child_key < key))
+		if (child + 1 < size && keys[child + 1] < keys[child])
+			child++;
+		if (!(keys[child] < key))
 			break;
 		heap[i] = heap[child];
+		keys[i] = keys[child];
 		cache->nodes[heap[i]].heap_index = i;
 		i = child;
 	}
 	heap[i] = moving;
+	keys[i] = key;
 	cache->nodes[moving].heap_index = i;
+}
+
+/* The node's order changed (stamp or waiters): its key, if it is in the heap. */
+static bool heap_rekey(struct rs_prefix_cache *cache, uint32_t index)
+{
+	const struct rs_prefix_node *node = &cache->nodes[index];
+	if (node->heap_index == NONE)
+		return false;
+	cache->heap_keys[node->heap_index] = evict_key(node);
+	return true;
 }
 
 static void heap_push(struct rs_prefix_cache *cache, uint32_t index)
 {
 	uint32_t i = cache->heap_size++;
 	cache->heap[i] = index;
+	cache->heap_keys[i] = evict_key(&cache->nodes[index]);
 	cache->nodes[index].heap_index = i;
 	heap_up(cache, i);
 }
@@ -291,6 +303,7 @@ static void heap_remove(struct rs_prefix_cache *cache, uint32_t index)
 	if (i == last)
 		return;
 	cache->heap[i] = cache->heap[last];
+	cache->heap_keys[i] = cache->heap_keys[last];
 	cache->nodes[cache->heap[i]].heap_index = i;
 	heap_up(cache, i);
 	heap_down(cache, cache->nodes[cache->heap[i]].heap_index);
@@ -318,7 +331,7 @@ static void touch(struct rs_prefix_cache *cache, uint32_t index)
 	struct rs_prefix_node *node = &cache->nodes[index];
 	node->last_access = cache->clock;
 	/* Sinking needs a child in the heap below it (a heap of one is common). */
-	if (node->heap_index != NONE && 2 * node->heap_index + 1 < cache->heap_size)
+	if (heap_rekey(cache, index) && 2 * node->heap_index + 1 < cache->heap_size)
 		heap_down(cache, node->heap_index);
 }
 
@@ -344,7 +357,7 @@ static void waiter_hang(struct rs_prefix_cache *cache, struct rs_prefix_waiter *
 	if (node->waiters)
 		node->waiters->node_prev = waiter;
 	node->waiters = waiter;
-	if (first && node->heap_index != NONE)
+	if (first && heap_rekey(cache, index))
 		heap_down(cache,
 			  node->heap_index); /* now evicted after the leaves nobody waits on */
 
@@ -381,7 +394,7 @@ static void waiter_unhang(struct rs_prefix_cache *cache, struct rs_prefix_waiter
 		if (waiter->key_next)
 			waiter->key_next->key_prev = waiter->key_prev;
 	}
-	if (!node->waiters && node->heap_index != NONE)
+	if (!node->waiters && heap_rekey(cache, node_index(cache, node)))
 		heap_up(cache, node->heap_index); /* nobody waits on it now: evicted sooner */
 	waiter->node = NULL;
 	waiter->node_next = waiter->node_prev = waiter->key_next = waiter->key_prev = NULL;
@@ -471,9 +484,10 @@ int rs_prefix_cache_create(struct rs_kv_cache *kv, const struct rs_prefix_cache_
 	cache->free_list = malloc(sizeof(*cache->free_list) * n);
 	cache->children = malloc(sizeof(*cache->children) * children_slots);
 	cache->heap = malloc(sizeof(*cache->heap) * n);
+	cache->heap_keys = malloc(sizeof(*cache->heap_keys) * n);
 	cache->waiter_slots = calloc(waiter_slots, sizeof(*cache->waiter_slots));
 	if (!cache->nodes || !cache->tokens || !cache->free_list || !cache->children ||
-	    !cache->heap || !cache->waiter_slots)
+	    !cache->heap || !cache->heap_keys || !cache->waiter_slots)
 		goto fail;
 	memset(cache->children, 0xff, sizeof(*cache->children) * children_slots);
 	cache->children_mask = children_slots - 1;
@@ -507,6 +521,7 @@ void rs_prefix_cache_destroy(struct rs_prefix_cache *cache)
 				rs_kv_block_unref(cache->kv, cache->nodes[i].block);
 	free(cache->waiter_slots);
 	free(cache->heap);
+	free(cache->heap_keys);
 	free(cache->children);
 	free(cache->free_list);
 	free(cache->tokens);
@@ -872,6 +887,11 @@ int rs_prefix_cache_check(const struct rs_prefix_cache *cache)
 		BROKEN("%u evictable, heap holds %u", evictable_count, cache->heap_size);
 	for (uint32_t i = 0; i < cache->heap_size; i++) {
 		uint32_t index = cache->heap[i];
+		if (index != ROOT && index <= n &&
+		    cache->heap_keys[i] != evict_key(&cache->nodes[index]))
+			BROKEN("heap entry %u: key %llx, node %u's order is %llx", i,
+			       (unsigned long long)cache->heap_keys[i], index,
+			       (unsigned long long)evict_key(&cache->nodes[index]));
 		if (index == ROOT || index > n || cache->nodes[index].heap_index != i)
 			BROKEN("heap entry %u: node %u", i, index);
 		if (i &&
