@@ -2,7 +2,7 @@
 # Instructions the daemon's loop spends per request, counted by callgrind (repeatable where
 # wall-clock time on a shared machine is not).
 #
-#   tools/callgrind-per-request.sh [-r RUNS] [-n REQUESTS] [-t TRIALS] [-o DIR] [-v] [-d]
+#   tools/callgrind-per-request.sh [-r RUNS] [-n REQUESTS] [-t TRIALS] [-o DIR] [-v] [-d] [-s]
 #                                  [-c CLIENT] BUILD_DIR [DAEMON_ARG...]
 #
 # Starts BUILD_DIR/ringserved on the null engine (--spin-us 0: it sleeps when idle, so the
@@ -26,6 +26,9 @@
 # prefix cache, its end inserts a new node and, once the KV pool is full, an admission
 # evicts one (-d starts the daemon with --kv-blocks 512 so that the pool is full early).
 # Without -d every request repeats prompt 1..16 (a cache hit after the first).
+# -s: one request in flight at a time (ringserve-client --one-at-a-time), as in the round
+# trips: each loop turn takes one request from submission to completion (without -s a run
+# submits all its requests at once, and a turn admits many).
 # -c CLIENT: the ringserve-client binary to use (default BUILD_DIR/ringserve-client); it
 # must speak BUILD_DIR's ABI (for 2cd556d: that tree's client with --distinct-prompts
 # added, see docs/perf.md).
@@ -37,8 +40,9 @@ trials=3
 out_dir=
 verbose=0
 distinct=0
+sequential=0
 client=
-while getopts "r:n:t:o:vdc:" opt; do
+while getopts "r:n:t:o:vdsc:" opt; do
 	case $opt in
 	r) runs=$OPTARG ;;
 	n) requests=$OPTARG ;;
@@ -46,6 +50,7 @@ while getopts "r:n:t:o:vdc:" opt; do
 	o) out_dir=$OPTARG ;;
 	v) verbose=1 ;;
 	d) distinct=1 ;;
+	s) sequential=1 ;;
 	c) client=$OPTARG ;;
 	*) exit 2 ;;
 	esac
@@ -67,6 +72,7 @@ for bin in "$build/ringserved" "$client"; do
 done
 prompt_args=()
 if [ $distinct = 1 ]; then prompt_args=(--distinct-prompts); fi
+if [ $sequential = 1 ]; then prompt_args+=(--one-at-a-time); fi
 # With -d, a pool of 512 KV blocks (before the caller's DAEMON_ARGs, which may change
 # it): full of cached nodes well within the first count's RUNS x REQUESTS, so that the
 # difference between the counts is all steady state, an eviction per admission (the
@@ -160,7 +166,7 @@ small=$(smallest_count "$requests" "${shift_args[@]}")
 large=$(smallest_count $((2 * requests)) "${shift_args[@]}")
 per_request=$(awk -v a="$small" -v b="$large" -v n=$((runs * requests)) \
 	'BEGIN { printf "%.0f", (b - a) / n }')
-echo "instructions per request: $per_request ($runs runs of $requests: $small; of $((2 * requests)): $large; build $build${shift_args[*]:+; daemon args ${shift_args[*]}}$([ $distinct = 1 ] && echo "; distinct prompts"))"
+echo "instructions per request: $per_request ($runs runs of $requests: $small; of $((2 * requests)): $large; build $build${shift_args[*]:+; daemon args ${shift_args[*]}}$([ $distinct = 1 ] && echo "; distinct prompts")$([ $sequential = 1 ] && echo "; one at a time"))"
 if [ $verbose = 1 ]; then
 	callgrind_annotate --inclusive=yes "$out_dir/callgrind.$((2 * requests))" | head -60
 fi

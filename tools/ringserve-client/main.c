@@ -3,6 +3,7 @@
  *   ringserve-client [--socket PATH] [--prompt TEXT | --prompt-ids "1 2 3"] [-n N]
  *                    [--temperature T] [--top-p P] [--top-k K] [--seed S]
  *                    [--requests K] [--ids] [--ignore-eos] [--distinct-prompts]
+ *                    [--one-at-a-time]
  *
  * Tokenizes on the client side with the vocabulary the daemon shares read-only, submits
  * the prompt (K copies with seeds S, S+1, ... when --requests K), streams the first
@@ -11,7 +12,10 @@
  * --distinct-prompts: the request with seed s gets the prompt with every token id shifted
  * by s * 7919 (modulo the vocabulary), so that no two requests share a prefix block (as in
  * ringserve-bench ipc's round trips) and each one's end inserts a new prefix-cache node;
- * tools/callgrind-per-request.sh -d uses it. */
+ * tools/callgrind-per-request.sh -d uses it.
+ *
+ * --one-at-a-time: each request is submitted once the previous one's completion is in
+ * (ringserve-bench ipc's round trips; callgrind-per-request.sh -s); nothing is streamed. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,7 +32,7 @@ static void usage(void)
 {
 	fprintf(stderr, "usage: ringserve-client [--socket PATH] [--prompt TEXT | --prompt-ids \"1 2 3\"] [-n N]\n"
 			"       [--temperature T] [--top-p P] [--top-k K] [--seed S] [--requests K] [--ids]\n"
-			"       [--ignore-eos] [--distinct-prompts]\n");
+			"       [--ignore-eos] [--distinct-prompts] [--one-at-a-time]\n");
 }
 
 static int parse_ids(const char *text, uint32_t *ids, int max)
@@ -64,7 +68,7 @@ int main(int argc, char **argv)
 {
 	const char *socket_path = NULL, *prompt_text = "Once upon a time", *prompt_ids = NULL;
 	struct rs_generate_params params = {.max_new_tokens = 32, .top_p = 1.0f};
-	int requests = 1, as_ids = 0, distinct_prompts = 0;
+	int requests = 1, as_ids = 0, distinct_prompts = 0, one_at_a_time = 0;
 	for (int i = 1; i < argc; i++) {
 		const char *next = i + 1 < argc ? argv[i + 1] : NULL;
 		if (strcmp(argv[i], "--socket") == 0 && next)
@@ -91,6 +95,8 @@ int main(int argc, char **argv)
 			params.flags |= RS_GENERATE_IGNORE_EOS;
 		else if (strcmp(argv[i], "--distinct-prompts") == 0)
 			distinct_prompts = 1;
+		else if (strcmp(argv[i], "--one-at-a-time") == 0)
+			one_at_a_time = 1;
 		else {
 			usage();
 			return 2;
@@ -147,9 +153,35 @@ int main(int argc, char **argv)
 		for (int i = 0; i < prompt_len; i++)
 			shifted[r][i] = (uint32_t)((prompt[i] + (params.seed + (uint64_t)r) * 7919u) % vocab);
 
-	int handles[MAX_REQUESTS];
 	uint64_t start = rs_now_ns(), first_token_ns = 0;
 	uint64_t seed = params.seed;
+	if (one_at_a_time) {
+		uint64_t total_tokens = 0;
+		for (int r = 0; r < requests; r++) {
+			params.seed = seed + (uint64_t)r;
+			params.user_data = (uint64_t)r;
+			if (distinct_prompts)
+				params.prompt = shifted[r];
+			int handle = rs_submit(conn, &params);
+			struct rs_completion done;
+			int n = handle < 0 ? handle : rs_wait(conn, &done, 1, 30000);
+			if (n != 1 || done.status) {
+				fprintf(stderr, "ringserve-client: request %d: %s\n", r,
+					strerror(n < 0 ? -n : n == 0 ? ETIMEDOUT : -done.status));
+				rs_close(conn);
+				return 1;
+			}
+			total_tokens += done.output_len;
+			rs_release(conn, done.request);
+		}
+		fprintf(stderr, "ringserve-client: %d request(s) one at a time, %llu tokens in %.3f s\n",
+			requests, (unsigned long long)total_tokens,
+			(double)(rs_now_ns() - start) / 1e9);
+		rs_tokenizer_free(tok);
+		rs_close(conn);
+		return 0;
+	}
+	int handles[MAX_REQUESTS];
 	for (int r = 0; r < requests; r++) {
 		params.seed = seed + (uint64_t)r;
 		params.user_data = (uint64_t)r;
