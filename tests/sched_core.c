@@ -50,7 +50,7 @@ struct world {
 	struct rs_serving_engine *null_engine;
 	struct rs_engine *engine; /* the CPU engine, when the test runs the model */
 	uint32_t lanes;
-	uint32_t hint; /* output_len_hint of the requests world_submit makes */
+	uint32_t hint;		 /* output_len_hint of the requests world_submit makes */
 	bool idle_between_steps; /* rs_sched_idle after every step (the daemon's idle turns) */
 };
 
@@ -104,7 +104,7 @@ struct world_options {
 	uint32_t lanes, max_batch, max_batch_tokens, kv_blocks, block_size;
 	bool prefix_cache;
 	enum rs_admission_policy policy;
-	const struct rs_model *model; /* NULL: the null engine */
+	const struct rs_model *model;	      /* NULL: the null engine */
 	const struct rs_planner_ops *planner; /* NULL: continuous batching */
 	struct rs_multibin_params multibin;
 	bool publish;		    /* set the publish hook */
@@ -401,9 +401,12 @@ static void test_model_outputs(void)
 						.model = model};
 		if (multibin) {
 			options.planner = &rs_planner_multibin;
-			options.multibin = (struct rs_multibin_params){
-			    .bins = 3, .batch = 4, .continuous = variant % 2 == 0,
-			    .deadline_ns = 3000000, .boundaries = {12, 24}};
+			options.multibin =
+			    (struct rs_multibin_params){.bins = 3,
+							.batch = 4,
+							.continuous = variant % 2 == 0,
+							.deadline_ns = 3000000,
+							.boundaries = {12, 24}};
 		}
 		world_init(world, &options);
 		struct rs_tenant *tenant = rs_sched_tenant_acquire(world->sched, 1, "t", 1.0);
@@ -705,16 +708,14 @@ static void test_idle_reserve_locked(void)
 		  rs_prefix_cache_match_length(cache, prompts[2], 2) == 2,
 	      "the locked prefix went: %u nodes, %u locked", rs_prefix_cache_nodes(cache),
 	      rs_prefix_cache_locked_nodes(cache));
-	CHECK(rs_prefix_cache_check(cache) == 0 && rs_sched_check(world->sched) == 0,
-	      "invariants");
+	CHECK(rs_prefix_cache_check(cache) == 0 && rs_sched_check(world->sched) == 0, "invariants");
 	world_drain(world);
 	struct result *result = &world->results[2];
 	CHECK(result->finishes == 1 && result->status == 0 && result->n_tokens == 3,
 	      "the locked request's end: %d finishes, status %d, %u tokens", result->finishes,
 	      result->status, result->n_tokens);
 	for (uint32_t i = 0; i < 3; i++)
-		CHECK(result->tokens[i] == test_null_token(prompts[2], 8, i, VOCAB), "token %u",
-		      i);
+		CHECK(result->tokens[i] == test_null_token(prompts[2], 8, i, VOCAB), "token %u", i);
 	rs_sched_tenant_release(world->sched, tenant);
 	world_destroy(world);
 	free(world);

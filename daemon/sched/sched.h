@@ -78,7 +78,7 @@ struct rs_sched_config {
 	/* More tokens that end a generation as eos_token does (chat end-of-turn tokens). */
 	uint32_t n_end_tokens; /* <= 8 */
 	uint32_t end_tokens[8];
-	bool prefix_cache;		      /* share cached prefixes between requests */
+	bool prefix_cache; /* share cached prefixes between requests */
 	/* Free KV blocks (not promised to anyone) that rs_sched_idle keeps on each worker
 	 * by evicting cached prefixes ahead of need; 0: none (evictions only when an
 	 * admission or a sequence's growth needs the blocks). */
