@@ -64,6 +64,15 @@ static uint64_t clock_now(void *ctx)
 	return ((struct rs_daemon *)ctx)->now_ns;
 }
 
+/* Free KV blocks the loop keeps by evicting cached prefixes when it has nothing else to
+ * do (rs_sched_idle): 1/64 of the pool (what the cache gives up), at most 16 (a request
+ * of 256 tokens), so that an admission into a full pool does not evict while its client
+ * waits. None under 64 blocks, where every cached block counts. */
+static uint32_t kv_reserve_blocks(uint32_t n_blocks)
+{
+	return n_blocks / 64 < 16 ? n_blocks / 64 : 16;
+}
+
 static int create_shared_segment(struct rs_daemon *daemon)
 {
 	const struct rs_serving_engine *engine = daemon->engine;
@@ -118,6 +127,7 @@ int rs_daemon_init(struct rs_daemon *daemon, const struct rs_daemon_config *conf
 	    .eos_token = engine->eos_token,
 	    .n_end_tokens = engine->n_end_tokens,
 	    .prefix_cache = config->prefix_cache,
+	    .kv_reserve_blocks = kv_reserve_blocks(rs_kv_n_blocks(engine->kv)),
 	    .admission = config->admission,
 	    .planner = config->multibin ? &rs_planner_multibin : NULL,
 	    .multibin = config->multibin_params,
@@ -128,6 +138,7 @@ int rs_daemon_init(struct rs_daemon *daemon, const struct rs_daemon_config *conf
 	    .now_ns = clock_now,
 	    .token = rs_scheduler_on_token,
 	    .finish = rs_scheduler_on_finish,
+	    .publish = rs_scheduler_on_publish,
 	    .ctx = daemon,
 	};
 	_Static_assert(sizeof(sched_config.end_tokens) == sizeof(engine->end_tokens),
@@ -215,6 +226,11 @@ int rs_daemon_run(struct rs_daemon *daemon)
 			did += rs_scheduler_poll_client(daemon, daemon->active[i]);
 		did += rs_scheduler_run_lanes(daemon);
 		rs_scheduler_notify_clients(daemon);
+		/* Clients have this turn's answers: evictions for the KV reserve now, not in
+		 * the next admission while its client waits. (Only a turn's work takes free
+		 * blocks: nothing to refill after an idle turn.) */
+		if (did)
+			rs_sched_idle(daemon->sched);
 		if (daemon->now_ns - daemon->last_heartbeat_ns >= daemon->config.heartbeat_ns)
 			write_heartbeats(daemon);
 		if (daemon->draining)

@@ -227,8 +227,10 @@ int rs_scheduler_poll_client(struct rs_daemon *daemon, struct rs_client *client)
 int rs_scheduler_run_lanes(struct rs_daemon *daemon);
 /* Wake clients that sleep and got completions or tokens. */
 void rs_scheduler_notify_clients(struct rs_daemon *daemon);
-/* The scheduling core's hooks: publish a token; complete a request and free it. */
+/* The scheduling core's hooks: publish a token; complete a request (publish), then
+ * account for it and free it (finish). */
 void rs_scheduler_on_token(void *daemon, struct rs_request *request);
+void rs_scheduler_on_publish(void *daemon, struct rs_request *request, int32_t status);
 void rs_scheduler_on_finish(void *daemon, struct rs_request *request, int32_t status);
 /* Cancel every request of a client; queued ones go at once. Orphans when `orphan`. */
 void rs_scheduler_cancel_client(struct rs_daemon *daemon, struct rs_client *client, int32_t status,

@@ -112,26 +112,35 @@ void rs_scheduler_on_token(void *ctx, struct rs_request *request)
 	mark_notify(daemon, request->owner, NOTIFY_OUTPUT);
 }
 
+/* The completion, before the core's bookkeeping of the end (rs_sched_hooks.publish): a
+ * client spinning on its CQ sees it while the core caches the prefix and frees blocks. */
+void rs_scheduler_on_publish(void *ctx, struct rs_request *request, int32_t status)
+{
+	struct rs_daemon *daemon = ctx;
+	struct rs_client *client = request->owner;
+	/* For the slot and, in rs_scheduler_on_finish, the statistics (the core finishes
+	 * no other request in between). */
+	compute_timings(daemon, request);
+	if (request->orphaned)
+		return;
+	write_timings(daemon, client, request);
+	client->slot_request[request->slot] = NULL;
+	client->inflight--;
+	post_cqe(daemon, client, request->user_data, request->slot, status, request->generated,
+		 request->hit_eos ? RS_CQE_EOS : 0, request->cached_tokens);
+}
+
+/* The accounting of the end, after rs_scheduler_on_publish: statistics, counts, the
+ * request back to the pool. */
 void rs_scheduler_on_finish(void *ctx, struct rs_request *request, int32_t status)
 {
 	struct rs_daemon *daemon = ctx;
 	struct rs_client *client = request->owner;
-	/* Computed once, for the slot's timings and the statistics. */
-	compute_timings(daemon, request);
-	uint32_t first_token_us = daemon->last_timings.first_token_us;
-	uint32_t total_us = daemon->last_timings.total_us;
-	if (!request->orphaned) {
-		write_timings(daemon, client, request);
-		client->slot_request[request->slot] = NULL;
-		client->inflight--;
-		post_cqe(daemon, client, request->user_data, request->slot, status,
-			 request->generated, request->hit_eos ? RS_CQE_EOS : 0,
-			 request->cached_tokens);
-	}
+	/* daemon->last_timings: this request's, from rs_scheduler_on_publish. */
 	request->tenant->inflight--; /* the client's reference keeps its tenant */
 	rs_stats_record_finish(daemon->stats_publisher, request->tenant, status,
-			       request->first_token_ns != 0, first_token_us, total_us,
-			       daemon->now_ns);
+			       request->first_token_ns != 0, daemon->last_timings.first_token_us,
+			       daemon->last_timings.total_us, daemon->now_ns);
 	if (status == 0)
 		daemon->stats.requests_completed++;
 	else

@@ -6,7 +6,10 @@
  *   - on the real CPU engine (a random model), greedy and seeded-sampling outputs are the
  *     same with the prefix cache and preemption as from a plain prefill-then-decode loop
  *     written here against kernels/engine/engine.h;
- *   - a multi-turn conversation's next prompt hits the blocks the first turn left;
+ *   - a multi-turn conversation's next prompt hits the blocks the first turn left, also
+ *     when the completion is published (the publish hook) before the end's cache insert;
+ *   - the idle-time KV reserve (rs_sched_idle) evicts in LRU order, never a locked block,
+ *     counts what it evicts, and leaves every output exact when run between steps;
  *   - cancelling (waiting, between steps, during a step) and 1,000 client deaths give
  *     every request and KV block back, and leave no prefix locked.
  * After every step the prefix cache's invariants are checked. */
@@ -34,6 +37,9 @@ struct result {
 	uint32_t n_tokens;
 	uint32_t tokens[MAX_SEQ];
 	uint32_t published; /* tokens the token hook saw, in order */
+	int publishes;	    /* publish hook calls */
+	int32_t published_status;
+	uint32_t nodes_at_publish, nodes_at_finish; /* prefix cache nodes at each hook */
 };
 
 struct world {
@@ -44,7 +50,8 @@ struct world {
 	struct rs_serving_engine *null_engine;
 	struct rs_engine *engine; /* the CPU engine, when the test runs the model */
 	uint32_t lanes;
-	uint32_t hint; /* output_len_hint of the requests world_submit makes */
+	uint32_t hint;		 /* output_len_hint of the requests world_submit makes */
+	bool idle_between_steps; /* rs_sched_idle after every step (the daemon's idle turns) */
 };
 
 static uint64_t world_now(void *ctx)
@@ -61,10 +68,28 @@ static void world_token(void *ctx, struct rs_request *request)
 	result->published = request->generated;
 }
 
+static uint32_t world_cache_nodes(const struct world *world)
+{
+	struct rs_prefix_cache *cache = rs_sched_prefix_cache(world->sched);
+	return cache ? rs_prefix_cache_nodes(cache) : 0;
+}
+
+static void world_publish(void *ctx, struct rs_request *request, int32_t status)
+{
+	struct world *world = ctx;
+	struct result *result = &world->results[request->user_data];
+	CHECK(!result->done, "request %llu published after its finish",
+	      (unsigned long long)request->user_data);
+	result->publishes++;
+	result->published_status = status;
+	result->nodes_at_publish = world_cache_nodes(world);
+}
+
 static void world_finish(void *ctx, struct rs_request *request, int32_t status)
 {
 	struct world *world = ctx;
 	struct result *result = &world->results[request->user_data];
+	result->nodes_at_finish = world_cache_nodes(world);
 	result->finishes++;
 	result->done = true;
 	result->status = status;
@@ -79,9 +104,12 @@ struct world_options {
 	uint32_t lanes, max_batch, max_batch_tokens, kv_blocks, block_size;
 	bool prefix_cache;
 	enum rs_admission_policy policy;
-	const struct rs_model *model; /* NULL: the null engine */
+	const struct rs_model *model;	      /* NULL: the null engine */
 	const struct rs_planner_ops *planner; /* NULL: continuous batching */
 	struct rs_multibin_params multibin;
+	bool publish;		    /* set the publish hook */
+	uint32_t kv_reserve_blocks; /* config.kv_reserve_blocks */
+	bool idle_between_steps;    /* rs_sched_idle after every step */
 };
 
 static void world_init(struct world *world, const struct world_options *options)
@@ -89,6 +117,7 @@ static void world_init(struct world *world, const struct world_options *options)
 	memset(world, 0, sizeof(*world));
 	world->clock_ns = 1000000000; /* 0 means "never" in the request's timings */
 	world->lanes = options->lanes;
+	world->idle_between_steps = options->idle_between_steps;
 	struct rs_kv_cache *kv;
 	if (options->model) {
 		struct rs_engine_options engine_options;
@@ -124,12 +153,16 @@ static void world_init(struct world *world, const struct world_options *options)
 	    .vocab_size = VOCAB,
 	    .eos_token = UINT32_MAX,
 	    .prefix_cache = options->prefix_cache,
+	    .kv_reserve_blocks = options->kv_reserve_blocks,
 	    .admission = {.policy = options->policy},
 	    .planner = options->planner,
 	    .multibin = options->multibin,
 	};
-	struct rs_sched_hooks hooks = {
-	    .now_ns = world_now, .token = world_token, .finish = world_finish, .ctx = world};
+	struct rs_sched_hooks hooks = {.now_ns = world_now,
+				       .token = world_token,
+				       .finish = world_finish,
+				       .publish = options->publish ? world_publish : NULL,
+				       .ctx = world};
 	CHECK(rs_sched_create(&config, kv, &hooks, &world->sched) == 0, "sched");
 	CHECK(rs_request_pool_init(&world->pool, MAX_REQUESTS) == 0, "pool");
 }
@@ -196,6 +229,8 @@ static int world_step(struct world *world)
 		}
 		CHECK(status == 0, "step: %d", status);
 		rs_sched_step_done(world->sched, lane, 0);
+		if (world->idle_between_steps)
+			rs_sched_idle(world->sched);
 		steps++;
 		struct rs_prefix_cache *cache = rs_sched_prefix_cache(world->sched);
 		CHECK(!cache || rs_prefix_cache_check(cache) == 0, "prefix cache invariants");
@@ -260,6 +295,10 @@ static void test_null_outputs(const struct world_options *options, uint64_t seed
 		struct result *result = &world->results[id];
 		CHECK(result->finishes == 1 && result->status == 0,
 		      "request %u: %d finishes, status %d", id, result->finishes, result->status);
+		CHECK(!options->publish ||
+			  (result->publishes == 1 && result->published_status == result->status),
+		      "request %u: published %d times, status %d", id, result->publishes,
+		      result->published_status);
 		CHECK(result->n_tokens == max_new[id] && result->published == max_new[id],
 		      "request %u: %u tokens", id, result->n_tokens);
 		for (uint32_t i = 0; i < max_new[id]; i++)
@@ -362,9 +401,12 @@ static void test_model_outputs(void)
 						.model = model};
 		if (multibin) {
 			options.planner = &rs_planner_multibin;
-			options.multibin = (struct rs_multibin_params){
-			    .bins = 3, .batch = 4, .continuous = variant % 2 == 0,
-			    .deadline_ns = 3000000, .boundaries = {12, 24}};
+			options.multibin =
+			    (struct rs_multibin_params){.bins = 3,
+							.batch = 4,
+							.continuous = variant % 2 == 0,
+							.deadline_ns = 3000000,
+							.boundaries = {12, 24}};
 		}
 		world_init(world, &options);
 		struct rs_tenant *tenant = rs_sched_tenant_acquire(world->sched, 1, "t", 1.0);
@@ -400,7 +442,10 @@ static void test_model_outputs(void)
 	rs_model_free(model);
 }
 
-static void test_multi_turn(void)
+/* publish: with the publish hook, which must come before the end's cache insert (turn 1:
+ * its prompt's 2 full blocks are cached after its first token, the third block, of its
+ * answer, only after the publish) while turn 2 still hits all three. */
+static void test_multi_turn(bool publish)
 {
 	struct world_options options = {.lanes = 1,
 					.max_batch = 4,
@@ -408,7 +453,8 @@ static void test_multi_turn(void)
 					.kv_blocks = 64,
 					.block_size = 16,
 					.prefix_cache = true,
-					.policy = RS_ADMISSION_DLPM};
+					.policy = RS_ADMISSION_DLPM,
+					.publish = publish};
 	struct world *world = calloc(1, sizeof(*world));
 	world_init(world, &options);
 	struct rs_tenant *tenant = rs_sched_tenant_acquire(world->sched, 1, "chat", 1.0);
@@ -418,6 +464,13 @@ static void test_multi_turn(void)
 	world_submit(world, tenant, 0, prompt, 40, 20, 0, 0);
 	world_drain(world);
 	CHECK(world->results[0].cached_tokens == 0, "first turn hit an empty cache");
+	if (publish)
+		CHECK(world->results[0].publishes == 1 && world->results[0].nodes_at_publish == 2 &&
+			  world->results[0].nodes_at_finish == 3,
+		      "turn 1: %d publishes, %u nodes at the publish and %u at the finish, "
+		      "expected 1, 2, 3",
+		      world->results[0].publishes, world->results[0].nodes_at_publish,
+		      world->results[0].nodes_at_finish);
 	/* Turn 2: the first prompt, its answer, and a new question. K/V exists for positions
 	 * 0..58 (the answer's last token was never fed): 3 full blocks of 16. */
 	memcpy(prompt + 40, world->results[0].tokens, 20 * sizeof(uint32_t));
@@ -560,6 +613,114 @@ static void test_cancel_and_deaths(void)
 	free(world);
 }
 
+/* An 8-token prompt (two blocks of 4) unique to `which`. */
+static void idle_prompt(uint32_t which, uint32_t *prompt)
+{
+	for (uint32_t i = 0; i < 8; i++)
+		prompt[i] = (which * 11 + i * 3 + 1) % VOCAB;
+}
+
+/* The reserve is refilled in LRU order: three prompts of two blocks each cached in the
+ * order a, b, c, then a used again (a match); with 2 of 8 blocks free and a reserve of 3,
+ * idle evicts one block: b's leaf, the least recently used unlocked leaf. */
+static void test_idle_reserve_lru(void)
+{
+	struct world_options options = {.lanes = 1,
+					.max_batch = 4,
+					.max_batch_tokens = 64,
+					.kv_blocks = 8,
+					.block_size = 4,
+					.prefix_cache = true,
+					.policy = RS_ADMISSION_FCFS,
+					.kv_reserve_blocks = 3};
+	struct world *world = calloc(1, sizeof(*world));
+	world_init(world, &options);
+	struct rs_tenant *tenant = rs_sched_tenant_acquire(world->sched, 1, "t", 1.0);
+	struct rs_prefix_cache *cache = rs_sched_prefix_cache(world->sched);
+	struct rs_kv_cache *kv = rs_sched_kv(world->sched);
+	uint32_t prompts[3][8];
+	for (uint32_t r = 0; r < 3; r++) {
+		idle_prompt(r, prompts[r]);
+		world_submit(world, tenant, r, prompts[r], 8, 1, 0, 0);
+		world_drain(world);
+		/* 8 tokens computed (the one output token is never fed): two full blocks
+		 * cached, the third block of its context freed. */
+		CHECK(rs_prefix_cache_nodes(cache) == 2 * (r + 1), "after %u: %u nodes", r,
+		      rs_prefix_cache_nodes(cache));
+		if (r < 2) /* 6, then 4 free: the reserve holds, nothing to evict */
+			CHECK(rs_sched_idle(world->sched) == 0, "idle evicted with %u free",
+			      rs_kv_free_count(kv));
+	}
+	CHECK(rs_kv_free_count(kv) == 2, "%u free, expected 2", rs_kv_free_count(kv));
+	uint32_t blocks[2];
+	struct rs_prefix_node *deepest;
+	CHECK(rs_prefix_cache_match(cache, prompts[0], 2, blocks, &deepest) == 2, "a's match");
+	uint64_t evicted = rs_sched_stats(world->sched)->evicted_blocks;
+	CHECK(rs_sched_idle(world->sched) == 1, "idle freed other than 1 block");
+	CHECK(rs_sched_stats(world->sched)->evicted_blocks == evicted + 1, "evictions counted");
+	CHECK(rs_kv_free_count(kv) == 3, "%u free after idle, expected 3", rs_kv_free_count(kv));
+	CHECK(rs_prefix_cache_match_length(cache, prompts[0], 2) == 2 &&
+		  rs_prefix_cache_match_length(cache, prompts[1], 2) == 1 &&
+		  rs_prefix_cache_match_length(cache, prompts[2], 2) == 2,
+	      "not b's leaf evicted: a %u, b %u, c %u blocks cached",
+	      rs_prefix_cache_match_length(cache, prompts[0], 2),
+	      rs_prefix_cache_match_length(cache, prompts[1], 2),
+	      rs_prefix_cache_match_length(cache, prompts[2], 2));
+	CHECK(rs_prefix_cache_check(cache) == 0, "prefix cache invariants");
+	CHECK(rs_sched_idle(world->sched) == 0, "idle evicted with the reserve full");
+	rs_sched_tenant_release(world->sched, tenant);
+	world_destroy(world);
+	free(world);
+}
+
+/* A reserve as large as the pool: idle evicts every unlocked node, never the prefix a
+ * running request holds locked; that request still produces exactly its tokens. */
+static void test_idle_reserve_locked(void)
+{
+	struct world_options options = {.lanes = 1,
+					.max_batch = 4,
+					.max_batch_tokens = 64,
+					.kv_blocks = 8,
+					.block_size = 4,
+					.prefix_cache = true,
+					.policy = RS_ADMISSION_DLPM,
+					.kv_reserve_blocks = 8};
+	struct world *world = calloc(1, sizeof(*world));
+	world_init(world, &options);
+	struct rs_tenant *tenant = rs_sched_tenant_acquire(world->sched, 1, "t", 1.0);
+	struct rs_prefix_cache *cache = rs_sched_prefix_cache(world->sched);
+	uint32_t prompts[3][8];
+	for (uint32_t r = 0; r < 2; r++) {
+		idle_prompt(r, prompts[r]);
+		world_submit(world, tenant, r, prompts[r], 8, 1, 0, 0);
+		world_drain(world);
+	}
+	idle_prompt(2, prompts[2]);
+	world_submit(world, tenant, 2, prompts[2], 8, 3, 0, 0);
+	/* Its prefill gives its first token: its prompt's two blocks cached and locked. */
+	CHECK(world_step(world) == 1, "no step");
+	CHECK(rs_prefix_cache_nodes(cache) == 6 && rs_prefix_cache_locked_nodes(cache) == 2,
+	      "%u nodes, %u locked; expected 6, 2", rs_prefix_cache_nodes(cache),
+	      rs_prefix_cache_locked_nodes(cache));
+	/* The four unlocked nodes hold blocks no sequence uses: each eviction frees one. */
+	CHECK(rs_sched_idle(world->sched) == 4, "idle did not free the 4 unlocked blocks");
+	CHECK(rs_prefix_cache_nodes(cache) == 2 && rs_prefix_cache_locked_nodes(cache) == 2 &&
+		  rs_prefix_cache_match_length(cache, prompts[2], 2) == 2,
+	      "the locked prefix went: %u nodes, %u locked", rs_prefix_cache_nodes(cache),
+	      rs_prefix_cache_locked_nodes(cache));
+	CHECK(rs_prefix_cache_check(cache) == 0 && rs_sched_check(world->sched) == 0, "invariants");
+	world_drain(world);
+	struct result *result = &world->results[2];
+	CHECK(result->finishes == 1 && result->status == 0 && result->n_tokens == 3,
+	      "the locked request's end: %d finishes, status %d, %u tokens", result->finishes,
+	      result->status, result->n_tokens);
+	for (uint32_t i = 0; i < 3; i++)
+		CHECK(result->tokens[i] == test_null_token(prompts[2], 8, i, VOCAB), "token %u", i);
+	rs_sched_tenant_release(world->sched, tenant);
+	world_destroy(world);
+	free(world);
+}
+
 int main(void)
 {
 	for (int cache = 0; cache < 2; cache++) {
@@ -584,7 +745,27 @@ int main(void)
 		tight.policy = RS_ADMISSION_LPM;
 		test_null_outputs(&tight, 5);
 	}
-	test_multi_turn();
+	test_multi_turn(false);
+	test_multi_turn(true);
+	test_idle_reserve_lru();
+	test_idle_reserve_locked();
+	/* The daemon's finish split and idle evictions, under every policy in a tight pool:
+	 * outputs exact, one publish per finish, invariants after every step. */
+	for (int policy = 0; policy < 4; policy++) {
+		static const enum rs_admission_policy policies[4] = {
+		    RS_ADMISSION_DLPM, RS_ADMISSION_FCFS, RS_ADMISSION_LPM, RS_ADMISSION_VTC};
+		struct world_options idle = {.lanes = 2,
+					     .max_batch = 8,
+					     .max_batch_tokens = 40,
+					     .kv_blocks = 24,
+					     .block_size = 16,
+					     .prefix_cache = true,
+					     .policy = policies[policy],
+					     .publish = true,
+					     .kv_reserve_blocks = 4,
+					     .idle_between_steps = true};
+		test_null_outputs(&idle, 6 + (uint64_t)policy);
+	}
 	test_kv_share();
 	test_cancel_and_deaths();
 	test_model_outputs();

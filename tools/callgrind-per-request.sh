@@ -2,8 +2,8 @@
 # Instructions the daemon's loop spends per request, counted by callgrind (repeatable where
 # wall-clock time on a shared machine is not).
 #
-#   tools/callgrind-per-request.sh [-r RUNS] [-n REQUESTS] [-t TRIALS] [-o DIR] [-v] BUILD_DIR
-#                                  [DAEMON_ARG...]
+#   tools/callgrind-per-request.sh [-r RUNS] [-n REQUESTS] [-t TRIALS] [-o DIR] [-v] [-d] [-s]
+#                                  [-c CLIENT] BUILD_DIR [DAEMON_ARG...]
 #
 # Starts BUILD_DIR/ringserved on the null engine (--spin-us 0: it sleeps when idle, so the
 # idle loop costs little) under callgrind, twice: once with RUNS client runs of REQUESTS
@@ -20,6 +20,18 @@
 # over (the client runs at full speed, the daemon under valgrind), which only adds.
 # Defaults: 10 runs of 100. Out files stay in DIR (default: a temp
 # folder, removed).
+#
+# -d: a new prompt for every request (ringserve-client --distinct-prompts, seeds distinct
+# across runs too), as ringserve-bench ipc's round trips send: each request misses the
+# prefix cache, its end inserts a new node and, once the KV pool is full, an admission
+# evicts one (-d starts the daemon with --kv-blocks 512 so that the pool is full early).
+# Without -d every request repeats prompt 1..16 (a cache hit after the first).
+# -s: one request in flight at a time (ringserve-client --one-at-a-time), as in the round
+# trips: each loop turn takes one request from submission to completion (without -s a run
+# submits all its requests at once, and a turn admits many).
+# -c CLIENT: the ringserve-client binary to use (default BUILD_DIR/ringserve-client); it
+# must speak BUILD_DIR's ABI (for 2cd556d: that tree's client with --distinct-prompts
+# added, see docs/perf.md).
 set -euo pipefail
 
 runs=10
@@ -27,13 +39,19 @@ requests=100
 trials=3
 out_dir=
 verbose=0
-while getopts "r:n:t:o:v" opt; do
+distinct=0
+sequential=0
+client=
+while getopts "r:n:t:o:vdsc:" opt; do
 	case $opt in
 	r) runs=$OPTARG ;;
 	n) requests=$OPTARG ;;
 	t) trials=$OPTARG ;;
 	o) out_dir=$OPTARG ;;
 	v) verbose=1 ;;
+	d) distinct=1 ;;
+	s) sequential=1 ;;
+	c) client=$OPTARG ;;
 	*) exit 2 ;;
 	esac
 done
@@ -48,9 +66,19 @@ if [ $((2 * requests)) -gt 256 ]; then
 	echo "callgrind-per-request: 2 x REQUESTS must be <= 256 (ringserve-client's limit)" >&2
 	exit 2
 fi
-for bin in ringserved ringserve-client; do
-	[ -x "$build/$bin" ] || { echo "callgrind-per-request: no $build/$bin" >&2; exit 1; }
+client=${client:-$build/ringserve-client}
+for bin in "$build/ringserved" "$client"; do
+	[ -x "$bin" ] || { echo "callgrind-per-request: no $bin" >&2; exit 1; }
 done
+prompt_args=()
+if [ $distinct = 1 ]; then prompt_args=(--distinct-prompts); fi
+if [ $sequential = 1 ]; then prompt_args+=(--one-at-a-time); fi
+# With -d, a pool of 512 KV blocks (before the caller's DAEMON_ARGs, which may change
+# it): full of cached nodes well within the first count's RUNS x REQUESTS, so that the
+# difference between the counts is all steady state, an eviction per admission (the
+# null engine's default pool, 8,192 blocks, would take 8,192 requests to fill).
+daemon_args=()
+if [ $distinct = 1 ]; then daemon_args=(--kv-blocks 512); fi
 command -v valgrind >/dev/null || { echo "callgrind-per-request: valgrind not found" >&2; exit 1; }
 
 keep=1
@@ -85,8 +113,10 @@ count_instructions() {
 	[ -S "$sock" ] || { echo "callgrind-per-request: the daemon did not start" >&2
 		cat "$out_dir/daemon.$per_run.log" >&2; exit 1; }
 	for ((r = 0; r < runs; r++)); do
-		"$build/ringserve-client" --socket "$sock" --prompt-ids "1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16" \
-			-n 1 --requests "$per_run" --ids >/dev/null 2>>"$out_dir/client.$per_run.log"
+		# Seeds 256 apart: with -d no prompt repeats across runs either.
+		"$client" --socket "$sock" --prompt-ids "1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16" \
+			-n 1 --requests "$per_run" --seed $((1 + 256 * r)) --ids "${prompt_args[@]}" \
+			>/dev/null 2>>"$out_dir/client.$per_run.log"
 	done
 	kill -TERM "$daemon_pid"
 	# A daemon that does not stop (2cd556d under valgrind keeps running with SIGTERM
@@ -100,16 +130,18 @@ count_instructions() {
 	if kill -0 "$daemon_pid" 2>/dev/null; then
 		rm -f "$cg".*
 		timeout 60 callgrind_control -d "$daemon_pid" >/dev/null 2>&1 || true
-		kill -KILL "$daemon_pid"
+		kill -KILL "$daemon_pid" 2>/dev/null || true
 		wait "$daemon_pid" || true
 		daemon_pid=
 		local dump
 		dump=$(ls "$cg".* 2>/dev/null | head -1)
-		if [ -z "$dump" ]; then
+		if [ -n "$dump" ]; then
+			mv "$dump" "$cg"
+		elif [ ! -s "$cg" ]; then
+			# (A daemon that stopped just after the 10 s wrote $cg at its exit.)
 			echo "callgrind-per-request: the daemon did not stop on SIGTERM, no dump" >&2
 			return 1
 		fi
-		mv "$dump" "$cg"
 	else
 		wait "$daemon_pid" || true
 		daemon_pid=
@@ -129,12 +161,12 @@ smallest_count() {
 	echo "$best"
 }
 
-shift_args=("$@")
+shift_args=("${daemon_args[@]}" "$@")
 small=$(smallest_count "$requests" "${shift_args[@]}")
 large=$(smallest_count $((2 * requests)) "${shift_args[@]}")
 per_request=$(awk -v a="$small" -v b="$large" -v n=$((runs * requests)) \
 	'BEGIN { printf "%.0f", (b - a) / n }')
-echo "instructions per request: $per_request ($runs runs of $requests: $small; of $((2 * requests)): $large; build $build${shift_args[*]:+; daemon args ${shift_args[*]}})"
+echo "instructions per request: $per_request ($runs runs of $requests: $small; of $((2 * requests)): $large; build $build${shift_args[*]:+; daemon args ${shift_args[*]}}$([ $distinct = 1 ] && echo "; distinct prompts")$([ $sequential = 1 ] && echo "; one at a time"))"
 if [ $verbose = 1 ]; then
 	callgrind_annotate --inclusive=yes "$out_dir/callgrind.$((2 * requests))" | head -60
 fi

@@ -64,7 +64,8 @@ struct rs_prefix_cache {
 	uint32_t *children; /* node indices or NONE */
 	uint32_t children_mask;
 
-	uint32_t *heap; /* node indices */
+	uint32_t *heap;	     /* node indices */
+	uint64_t *heap_keys; /* heap_keys[i] == evict_key(the node heap[i]): sifts read these */
 	uint32_t heap_size;
 
 	struct rs_prefix_waiter **waiter_slots;
@@ -124,9 +125,24 @@ static const uint32_t *node_tokens(const struct rs_prefix_cache *cache, uint32_t
 	return cache->tokens + (size_t)(index - 1) * cache->block_size;
 }
 
+/* The engines' block size: with it known, memcmp and memcpy compile to a few 64-bit or
+ * vector moves instead of library calls. */
+#define COMMON_BLOCK_SIZE 16
+
 static bool same_block(const struct rs_prefix_cache *cache, const uint32_t *a, const uint32_t *b)
 {
+	if (cache->block_size == COMMON_BLOCK_SIZE)
+		return memcmp(a, b, sizeof(*a) * COMMON_BLOCK_SIZE) == 0;
 	return memcmp(a, b, sizeof(*a) * cache->block_size) == 0;
+}
+
+/* A new node's tokens, copied once (from the sequence that computed its block). */
+static void copy_block(const struct rs_prefix_cache *cache, uint32_t *to, const uint32_t *from)
+{
+	if (cache->block_size == COMMON_BLOCK_SIZE)
+		memcpy(to, from, sizeof(*to) * COMMON_BLOCK_SIZE);
+	else
+		memcpy(to, from, sizeof(*to) * cache->block_size);
 }
 
 /* --- children ------------------------------------------------------------------------------ */
@@ -201,55 +217,80 @@ static void child_remove(struct rs_prefix_cache *cache, uint32_t index)
 
 /* Eviction order: leaves no waiting request would hit first, then least recently used.
  * Evicting a prefix that waiting requests match throws away work they are about to reuse,
- * and moves every one of them up a level. */
+ * and moves every one of them up a level. As one number: a waiter bit above the stamp
+ * (the clock counts matches and inserts, far below 2^63), one compare of two loads. */
+static inline uint64_t evict_key(const struct rs_prefix_node *node)
+{
+	return (uint64_t)(node->waiters != NULL) << 63 | node->last_access;
+}
+
 static bool evict_before(const struct rs_prefix_node *a, const struct rs_prefix_node *b)
 {
-	if ((a->waiters == NULL) != (b->waiters == NULL))
-		return a->waiters == NULL;
-	return a->last_access < b->last_access;
+	return evict_key(a) < evict_key(b);
 }
 
-static bool heap_less(const struct rs_prefix_cache *cache, uint32_t a, uint32_t b)
-{
-	return evict_before(&cache->nodes[cache->heap[a]], &cache->nodes[cache->heap[b]]);
-}
-
-static void heap_swap(struct rs_prefix_cache *cache, uint32_t a, uint32_t b)
-{
-	uint32_t node_a = cache->heap[a], node_b = cache->heap[b];
-	cache->heap[a] = node_b;
-	cache->heap[b] = node_a;
-	cache->nodes[node_b].heap_index = a;
-	cache->nodes[node_a].heap_index = b;
-}
-
+/* Sift with a hole: the moving node is written once, where it stops (an eviction sifts
+ * the last leaf down from the root, log2(nodes) levels, each a compare of the two
+ * children and of the moving node). */
 static void heap_up(struct rs_prefix_cache *cache, uint32_t i)
 {
-	while (i > 0 && heap_less(cache, i, (i - 1) / 2)) {
-		heap_swap(cache, i, (i - 1) / 2);
-		i = (i - 1) / 2;
+	uint32_t *heap = cache->heap;
+	uint64_t *keys = cache->heap_keys;
+	uint32_t moving = heap[i];
+	uint64_t key = keys[i];
+	while (i > 0) {
+		uint32_t parent = (i - 1) / 2;
+		if (!(key < keys[parent]))
+			break;
+		heap[i] = heap[parent];
+		keys[i] = keys[parent];
+		cache->nodes[heap[i]].heap_index = i;
+		i = parent;
 	}
+	heap[i] = moving;
+	keys[i] = key;
+	cache->nodes[moving].heap_index = i;
 }
 
 static void heap_down(struct rs_prefix_cache *cache, uint32_t i)
 {
+	uint32_t *heap = cache->heap, size = cache->heap_size;
+	uint64_t *keys = cache->heap_keys;
+	uint32_t moving = heap[i];
+	uint64_t key = keys[i];
 	for (;;) {
-		uint32_t least = i, left = 2 * i + 1, right = 2 * i + 2;
-		if (left < cache->heap_size && heap_less(cache, left, least))
-			least = left;
-		if (right < cache->heap_size && heap_less(cache, right, least))
-			least = right;
-		if (least == i)
-			return;
-		heap_swap(cache, i, least);
-		i = least;
+		uint32_t child = 2 * i + 1;
+		if (child >= size)
+			break;
+		if (child + 1 < size && keys[child + 1] < keys[child])
+			child++;
+		if (!(keys[child] < key))
+			break;
+		heap[i] = heap[child];
+		keys[i] = keys[child];
+		cache->nodes[heap[i]].heap_index = i;
+		i = child;
 	}
+	heap[i] = moving;
+	keys[i] = key;
+	cache->nodes[moving].heap_index = i;
+}
+
+/* The node's order changed (stamp or waiters): its key, if it is in the heap. */
+static bool heap_rekey(struct rs_prefix_cache *cache, uint32_t index)
+{
+	const struct rs_prefix_node *node = &cache->nodes[index];
+	if (node->heap_index == NONE)
+		return false;
+	cache->heap_keys[node->heap_index] = evict_key(node);
+	return true;
 }
 
 static void heap_push(struct rs_prefix_cache *cache, uint32_t index)
 {
 	uint32_t i = cache->heap_size++;
 	cache->heap[i] = index;
+	cache->heap_keys[i] = evict_key(&cache->nodes[index]);
 	cache->nodes[index].heap_index = i;
 	heap_up(cache, i);
 }
@@ -262,6 +303,7 @@ static void heap_remove(struct rs_prefix_cache *cache, uint32_t index)
 	if (i == last)
 		return;
 	cache->heap[i] = cache->heap[last];
+	cache->heap_keys[i] = cache->heap_keys[last];
 	cache->nodes[cache->heap[i]].heap_index = i;
 	heap_up(cache, i);
 	heap_down(cache, cache->nodes[cache->heap[i]].heap_index);
@@ -289,7 +331,7 @@ static void touch(struct rs_prefix_cache *cache, uint32_t index)
 	struct rs_prefix_node *node = &cache->nodes[index];
 	node->last_access = cache->clock;
 	/* Sinking needs a child in the heap below it (a heap of one is common). */
-	if (node->heap_index != NONE && 2 * node->heap_index + 1 < cache->heap_size)
+	if (heap_rekey(cache, index) && 2 * node->heap_index + 1 < cache->heap_size)
 		heap_down(cache, node->heap_index);
 }
 
@@ -315,7 +357,7 @@ static void waiter_hang(struct rs_prefix_cache *cache, struct rs_prefix_waiter *
 	if (node->waiters)
 		node->waiters->node_prev = waiter;
 	node->waiters = waiter;
-	if (first && node->heap_index != NONE)
+	if (first && heap_rekey(cache, index))
 		heap_down(cache,
 			  node->heap_index); /* now evicted after the leaves nobody waits on */
 
@@ -352,7 +394,7 @@ static void waiter_unhang(struct rs_prefix_cache *cache, struct rs_prefix_waiter
 		if (waiter->key_next)
 			waiter->key_next->key_prev = waiter->key_prev;
 	}
-	if (!node->waiters && node->heap_index != NONE)
+	if (!node->waiters && heap_rekey(cache, node_index(cache, node)))
 		heap_up(cache, node->heap_index); /* nobody waits on it now: evicted sooner */
 	waiter->node = NULL;
 	waiter->node_next = waiter->node_prev = waiter->key_next = waiter->key_prev = NULL;
@@ -442,9 +484,10 @@ int rs_prefix_cache_create(struct rs_kv_cache *kv, const struct rs_prefix_cache_
 	cache->free_list = malloc(sizeof(*cache->free_list) * n);
 	cache->children = malloc(sizeof(*cache->children) * children_slots);
 	cache->heap = malloc(sizeof(*cache->heap) * n);
+	cache->heap_keys = malloc(sizeof(*cache->heap_keys) * n);
 	cache->waiter_slots = calloc(waiter_slots, sizeof(*cache->waiter_slots));
 	if (!cache->nodes || !cache->tokens || !cache->free_list || !cache->children ||
-	    !cache->heap || !cache->waiter_slots)
+	    !cache->heap || !cache->heap_keys || !cache->waiter_slots)
 		goto fail;
 	memset(cache->children, 0xff, sizeof(*cache->children) * children_slots);
 	cache->children_mask = children_slots - 1;
@@ -478,6 +521,7 @@ void rs_prefix_cache_destroy(struct rs_prefix_cache *cache)
 				rs_kv_block_unref(cache->kv, cache->nodes[i].block);
 	free(cache->waiter_slots);
 	free(cache->heap);
+	free(cache->heap_keys);
 	free(cache->children);
 	free(cache->free_list);
 	free(cache->tokens);
@@ -548,8 +592,7 @@ static __attribute__((noinline)) uint32_t add_child(struct rs_prefix_cache *cach
 		return NONE;
 	uint32_t child = cache->free_list[--cache->n_free];
 	struct rs_prefix_node *node = &cache->nodes[child];
-	memcpy(cache->tokens + (size_t)(child - 1) * cache->block_size, block,
-	       sizeof(*block) * cache->block_size);
+	copy_block(cache, cache->tokens + (size_t)(child - 1) * cache->block_size, block);
 	node->hash = hash;
 	node->last_access = cache->clock;
 	node->waiters = NULL;
@@ -567,7 +610,9 @@ static __attribute__((noinline)) uint32_t add_child(struct rs_prefix_cache *cach
 	cache->nodes[index].n_children++;
 	heap_update(cache, index);
 	heap_push(cache, child);
-	waiters_move_down(cache, index, child);
+	/* (Its slot is a random line of a table of 2 MiB: not read when nobody waits.) */
+	if (cache->n_waiters)
+		waiters_move_down(cache, index, child);
 	return child;
 }
 
@@ -842,6 +887,11 @@ int rs_prefix_cache_check(const struct rs_prefix_cache *cache)
 		BROKEN("%u evictable, heap holds %u", evictable_count, cache->heap_size);
 	for (uint32_t i = 0; i < cache->heap_size; i++) {
 		uint32_t index = cache->heap[i];
+		if (index != ROOT && index <= n &&
+		    cache->heap_keys[i] != evict_key(&cache->nodes[index]))
+			BROKEN("heap entry %u: key %llx, node %u's order is %llx", i,
+			       (unsigned long long)cache->heap_keys[i], index,
+			       (unsigned long long)evict_key(&cache->nodes[index]));
 		if (index == ROOT || index > n || cache->nodes[index].heap_index != i)
 			BROKEN("heap entry %u: node %u", i, index);
 		if (i &&

@@ -508,6 +508,9 @@ static void stop_running(struct rs_sched *sched, struct rs_request *request)
 
 static void finish(struct rs_sched *sched, struct rs_request *request, int32_t status)
 {
+	/* The client's answer first: what follows changes nothing it is told. */
+	if (sched->hooks.publish)
+		sched->hooks.publish(sched->hooks.ctx, request, status);
 	if (request->state == RS_REQUEST_RUNNING || request->state == RS_REQUEST_STAGED) {
 		/* The prompt and the output so far: a conversation's next turn starts with it.
 		 * Not locked: the request lets go of it at once. */
@@ -564,6 +567,21 @@ static uint32_t unpromised_free(const struct rs_sched_worker *worker, uint32_t o
 	uint32_t free_blocks = rs_kv_free_count(worker->kv);
 	uint32_t others = worker->promised - own;
 	return free_blocks > others ? free_blocks - others : 0;
+}
+
+uint32_t rs_sched_idle(struct rs_sched *sched)
+{
+	uint32_t reserve = sched->config.kv_reserve_blocks, freed = 0;
+	if (!reserve || !sched->config.prefix_cache)
+		return 0;
+	for (uint32_t w = 0; w < sched->n_workers; w++) {
+		struct rs_sched_worker *worker = &sched->workers[w];
+		uint32_t available = unpromised_free(worker, 0);
+		if (available < reserve)
+			freed += rs_prefix_cache_evict(worker->cache, reserve - available);
+	}
+	sched->stats.evicted_blocks += freed;
+	return freed;
 }
 
 /* The worker the dispatch policy sends the request to, among those with a free seat

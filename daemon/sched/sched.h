@@ -78,7 +78,11 @@ struct rs_sched_config {
 	/* More tokens that end a generation as eos_token does (chat end-of-turn tokens). */
 	uint32_t n_end_tokens; /* <= 8 */
 	uint32_t end_tokens[8];
-	bool prefix_cache;		      /* share cached prefixes between requests */
+	bool prefix_cache; /* share cached prefixes between requests */
+	/* Free KV blocks (not promised to anyone) that rs_sched_idle keeps on each worker
+	 * by evicting cached prefixes ahead of need; 0: none (evictions only when an
+	 * admission or a sequence's growth needs the blocks). */
+	uint32_t kv_reserve_blocks;
 	struct rs_admission_params admission; /* max_tenants is taken from above */
 	const struct rs_planner_ops *planner; /* planner.h; NULL: continuous batching */
 	struct rs_multibin_params multibin;   /* for rs_planner_multibin */
@@ -99,6 +103,14 @@ struct rs_sched_hooks {
 	 * given to rs_sched_cancel, -EPROTO (an output token out of range: its output memory
 	 * was overwritten), or a failed step's errno. The core is done with it. */
 	void (*finish)(void *ctx, struct rs_request *request, int32_t status);
+	/* Optional, called just before finish with the same status: the request's result
+	 * (its tokens, generated, hit_eos, cached_tokens, times) is final, so the data path
+	 * can complete it to its client here. The core then caches its prefix and releases
+	 * its seat and blocks, then calls finish (the accounting; the request may be freed
+	 * there), so that the client's wait does not include that bookkeeping. The request
+	 * stays the core's until finish: publish must not free it nor call into the core.
+	 * NULL: finish alone. */
+	void (*publish)(void *ctx, struct rs_request *request, int32_t status);
 	void *ctx;
 };
 
@@ -185,6 +197,14 @@ const struct rs_step_plan *rs_sched_plan_step(struct rs_sched *sched, uint32_t l
 /* The lane's step is over: status 0 (every out_token written) or the negative errno the
  * engine reported (its requests fail with it). */
 void rs_sched_step_done(struct rs_sched *sched, uint32_t lane, int status);
+
+/* Work for the caller's spare time (the daemon: at the end of each working loop turn,
+ * once the turn's completions are out): refill each worker's reserve of free KV blocks
+ * (config.kv_reserve_blocks) by evicting unlocked cached prefixes in the cache's eviction
+ * order (rs_prefix_cache_evict), so that admissions rarely evict while a client waits.
+ * Counted in stats.evicted_blocks. Returns the blocks freed; a few loads when every
+ * reserve is full. */
+uint32_t rs_sched_idle(struct rs_sched *sched);
 
 /* When the planner next wants rs_sched_plan_step called even if nothing else happens (a
  * deadline), on the core's clock; 0 when it has no such time. */
