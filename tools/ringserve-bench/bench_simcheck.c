@@ -37,6 +37,7 @@
  * simulates with the cost model base = D, the rest 0: what is left is the difference in
  * how the two sides plan and measure, not the engine. */
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -78,7 +79,7 @@ struct settings {
 /* Serve the workload under one policy and replay it. Returns 0 or -errno. */
 static int replay_policy(const struct settings *st, const char *policy, const char *model_path,
 			 const char *socket_path, const struct sim_workload *w,
-			 const char *step_log, struct metrics *out)
+			 const char *step_log, FILE *request_log, struct metrics *out)
 {
 	char lanes[16], batch[16], tokens[16], kv[16], threads[16], delay[16], quantum[32],
 	    clients[16];
@@ -114,7 +115,7 @@ static int replay_policy(const struct settings *st, const char *policy, const ch
 	}
 	struct sim_replay_result r;
 	char err[256];
-	int ret = sim_replay(socket_path, w, &r, err, sizeof(err));
+	int ret = sim_replay_log(socket_path, w, &r, request_log, err, sizeof(err));
 	if (ret)
 		fprintf(stderr, "bench simcheck: %s: %s\n", policy, err);
 	else
@@ -158,8 +159,8 @@ static int calibrate_served(const struct settings *st, const char *policy, const
 	snprintf(log_path, sizeof(log_path), "/tmp/ringserve-bench-simcheck-%d.steps",
 		 (int)getpid());
 	struct metrics ignored;
-	int ret =
-	    replay_policy(st, policy, model_path, socket_path, calibration, log_path, &ignored);
+	int ret = replay_policy(st, policy, model_path, socket_path, calibration, log_path, NULL,
+				&ignored);
 	if (!ret && (ret = sim_cost_fit_step_log(cost, log_path, NULL, err, sizeof(err))))
 		fprintf(stderr, "bench simcheck: %s\n", err);
 	unlink(log_path);
@@ -168,7 +169,7 @@ static int calibrate_served(const struct settings *st, const char *policy, const
 
 static int simulate_policy(const struct settings *st, enum rs_admission_policy policy,
 			   const struct sim_cost_model *cost, struct sim_workload *w,
-			   struct metrics *out)
+			   FILE *const logs[2], struct metrics *out)
 {
 	struct sim_config config = {
 	    .lanes = st->lanes,
@@ -184,6 +185,8 @@ static int simulate_policy(const struct settings *st, enum rs_admission_policy p
 	    .multibin = {.bins = 4},
 	    .cost = *cost,
 	    .max_in_flight = 1 << 20,
+	    .request_log = logs ? logs[0] : NULL,
+	    .step_log = logs ? logs[1] : NULL,
 	};
 	struct sim_result *r = calloc(1, sizeof(*r));
 	char err[256];
@@ -208,6 +211,29 @@ static int simulate_policy(const struct settings *st, enum rs_admission_policy p
 	return ret;
 }
 
+/* --request-log PREFIX: PREFIX.POLICY.{sim,served}.{requests,steps}; the served steps
+ * are the daemon's --step-log, its path in served_steps. Returns 0 or -errno. */
+static int open_logs(const char *prefix, const char *policy, FILE *sim_logs[2], FILE **served,
+		     char served_steps[PATH_MAX])
+{
+	char path[PATH_MAX];
+	static const char *const names[3] = {"sim.requests", "sim.steps", "served.requests"};
+	FILE **files[3] = {&sim_logs[0], &sim_logs[1], served};
+	for (int k = 0; k < 3; k++) {
+		snprintf(path, sizeof(path), "%s.%s.%s", prefix, policy, names[k]);
+		*files[k] = fopen(path, "w");
+		if (!*files[k]) {
+			int ret = -errno;
+			fprintf(stderr, "bench simcheck: %s: %s\n", path, strerror(errno));
+			for (int j = 0; j < k; j++)
+				fclose(*files[j]), *files[j] = NULL;
+			return ret;
+		}
+	}
+	snprintf(served_steps, PATH_MAX, "%s.%s.served.steps", prefix, policy);
+	return 0;
+}
+
 static double relative(double sim, double real)
 {
 	return real != 0 ? (sim - real) / real : NAN;
@@ -222,7 +248,7 @@ static void usage(void)
 	    "         [--max-batch N] [--max-batch-tokens N] [--kv-blocks N] [--lanes N]\n"
 	    "         [--threads N] [--quantum Q] [--policy P]... [--rounds N]\n"
 	    "         [--calibrate median|fastest|served]\n"
-	    "         [--null-delay-us D]\n");
+	    "         [--null-delay-us D] [--request-log PREFIX]\n");
 }
 
 int bench_simcheck(int argc, char **argv, FILE *json)
@@ -238,6 +264,7 @@ int bench_simcheck(int argc, char **argv, FILE *json)
 			      .probe_requests = 40};
 	struct sim_generator_config gen = {
 	    .requests = 120, .rate = 8, .tenants = 4, .skew = 1, .prefixes = 4, .seed = 1};
+	const char *request_log = NULL; /* a path prefix */
 	const char *trace = NULL, *prefix_len = "fixed:192", *suffix_len = "uniform:8:32",
 		   *output_len = "uniform:8:32";
 	const char *policies[N_POLICIES];
@@ -288,6 +315,8 @@ int bench_simcheck(int argc, char **argv, FILE *json)
 			st.rounds = (uint32_t)atoi(v);
 		else if (!strcmp(o, "--null-delay-us"))
 			st.null_delay_us = (uint32_t)atoi(v);
+		else if (!strcmp(o, "--request-log"))
+			request_log = v;
 		else if (!strcmp(o, "--policy") && n_policies < N_POLICIES)
 			policies[n_policies++] = v;
 		else
@@ -437,10 +466,11 @@ int bench_simcheck(int argc, char **argv, FILE *json)
 				head.n_trace =
 				    w.n_trace < st.probe_requests ? w.n_trace : st.probe_requests;
 				struct metrics ps, pr;
-				ret = simulate_policy(&probe, policy_ids[p], &exact, &head, &ps);
+				ret = simulate_policy(&probe, policy_ids[p], &exact, &head, NULL,
+						      &ps);
 				if (!ret)
 					ret = replay_policy(&probe, policies[p], model_path,
-							    socket_path, &head, NULL, &pr);
+							    socket_path, &head, NULL, NULL, &pr);
 				if (!ret && ps.latency_s > 0)
 					over = fmax(0, (pr.latency_s - ps.latency_s) /
 							   (ps.latency_s / exact.base_s));
@@ -448,13 +478,27 @@ int bench_simcheck(int argc, char **argv, FILE *json)
 			struct metrics s, t, r;
 			struct sim_cost_model with = cost;
 			with.base_s += over;
+			/* --request-log: the +turnaround simulation's requests and steps, and
+			 * the replay's requests and the daemon's steps (the last round's). */
+			FILE *sim_logs[2] = {NULL, NULL}, *served_log = NULL;
+			char served_steps[PATH_MAX] = "";
+			if (!ret && request_log)
+				ret = open_logs(request_log, policies[p], sim_logs, &served_log,
+						served_steps);
 			if (!ret)
-				ret = simulate_policy(&st, policy_ids[p], &cost, &w, &s);
+				ret = simulate_policy(&st, policy_ids[p], &cost, &w, NULL, &s);
 			if (!ret)
-				ret = simulate_policy(&st, policy_ids[p], &with, &w, &t);
+				ret = simulate_policy(&st, policy_ids[p], &with, &w,
+						      request_log ? sim_logs : NULL, &t);
 			if (!ret)
 				ret = replay_policy(&st, policies[p], model_path, socket_path, &w,
-						    NULL, &r);
+						    request_log ? served_steps : NULL, served_log,
+						    &r);
+			for (int k = 0; k < 2; k++)
+				if (sim_logs[k])
+					fclose(sim_logs[k]);
+			if (served_log)
+				fclose(served_log);
 			/* Keep the least disturbed replay: the one that took least time. */
 			if (!ret && (!have[p] || r.seconds < real[p].seconds)) {
 				sim[p] = s, turned[p] = t, real[p] = r, costs[p] = cost;

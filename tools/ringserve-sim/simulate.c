@@ -21,6 +21,7 @@ enum { VOCAB = 32000 };
 struct record {
 	uint64_t arrival_ns, first_token_ns, finish_ns;
 	uint32_t tenant, output_len;
+	uint32_t prefix; /* for the request log */
 };
 
 struct sim {
@@ -61,6 +62,15 @@ static void sim_finish(void *ctx, struct rs_request *request, int32_t status)
 	if (status && !sim->failed)
 		sim->failed = status;
 	r->finish_ns = sim->now;
+	if (sim->config->request_log)
+		fprintf(sim->config->request_log, "%llu %u %d %u %u %u %.6f %.6f %.6f %.6f %u\n",
+			(unsigned long long)request->user_data, r->tenant,
+			r->prefix == UINT32_MAX ? -1 : (int)r->prefix, request->prompt_len,
+			request->cached_tokens, request->generated,
+			(r->arrival_ns - sim->first_arrival) / 1e9,
+			(request->admitted_ns - sim->first_arrival) / 1e9,
+			(r->first_token_ns - sim->first_arrival) / 1e9,
+			(sim->now - sim->first_arrival) / 1e9, request->preemptions);
 	sim->finished++;
 	sim->in_flight--;
 	sim->output_tokens += request->generated;
@@ -110,8 +120,10 @@ static int submit(struct sim *sim, const struct sim_request_spec *spec, char *er
 		return rc;
 	}
 	uint64_t id = sim->n_records++;
-	sim->records[id] = (struct record){
-	    .arrival_ns = spec->arrival_ns, .tenant = spec->tenant, .output_len = spec->output_len};
+	sim->records[id] = (struct record){.arrival_ns = spec->arrival_ns,
+					   .tenant = spec->tenant,
+					   .output_len = spec->output_len,
+					   .prefix = spec->prefix};
 	for (uint32_t i = 0; i < spec->prompt_len; i++)
 		request->tokens[i] = sim_prompt_token(spec, id, i);
 	request->tenant = sim->tenants[spec->tenant];
@@ -285,6 +297,8 @@ int sim_run(const struct sim_config *config, struct sim_workload *w, struct sim_
 		goto out;
 	}
 
+	if (config->request_log)
+		fputs(SIM_REQUEST_LOG_HEADER, config->request_log);
 	uint32_t lanes = rs_sched_lanes(sim->sched); /* over all workers */
 	uint64_t done_at[SIM_MAX_LANES];
 	bool busy[SIM_MAX_LANES] = {false};
@@ -311,9 +325,12 @@ int sim_run(const struct sim_config *config, struct sim_workload *w, struct sim_
 					    token_of(plan->requests[i]->user_data, 1 << 30);
 			struct sim_step_shape shape;
 			sim_step_shape_of(plan, &shape);
+			double seconds = sim_cost_seconds(&config->cost, &shape);
+			if (config->step_log)
+				fprintf(config->step_log, "%u %u %.0f %.9f\n", shape.rows,
+					shape.tokens, shape.pairs, seconds);
 			/* At least a nanosecond: time moves on. */
-			done_at[l] = sim->now + 1 +
-				     (uint64_t)(sim_cost_seconds(&config->cost, &shape) * 1e9);
+			done_at[l] = sim->now + 1 + (uint64_t)(seconds * 1e9);
 			busy[l] = true;
 		}
 		uint64_t t = UINT64_MAX;
