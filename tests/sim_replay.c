@@ -107,6 +107,8 @@ int main(void)
 		char err[256];
 		w.produced = 0;
 		CHECK(sim_run(&config, &w, &sim, err, sizeof(err)) == 0, "%s", err);
+		CHECK(sim.contended_admissions == 0, "%s: %llu contended admissions, none waits",
+		      policies[p], (unsigned long long)sim.contended_admissions);
 
 		char delay[16];
 		snprintf(delay, sizeof(delay), "%d", DELAY_US);

@@ -65,6 +65,9 @@ static const char *const policy_names[N_POLICIES] = {"fcfs", "lpm", "vtc", "dlpm
 struct metrics {
 	double seconds, requests_per_s, tokens_per_s, latency_s, ttft_s, hit_share;
 	uint64_t requests, steps;
+	/* The simulation only: admissions that left an arrived request waiting (where the
+	 * policy chose; none: every policy runs the same schedule). */
+	uint64_t contended;
 	/* The replay only: the daemon's own clock, from taking the request off the ring. */
 	double daemon_latency_s, daemon_ttft_s;
 };
@@ -205,7 +208,8 @@ static int simulate_policy(const struct settings *st, enum rs_admission_policy p
 		    .ttft_s = r->ttft_mean_s,
 		    .hit_share = r->prompt_tokens ? (double)r->cached_tokens / r->prompt_tokens : 0,
 		    .requests = r->requests,
-		    .steps = r->steps};
+		    .steps = r->steps,
+		    .contended = r->contended_admissions};
 	}
 	free(r);
 	return ret;
@@ -439,10 +443,16 @@ int bench_simcheck(int argc, char **argv, FILE *json)
 	struct metrics sim[N_POLICIES], real[N_POLICIES];
 	struct sim_cost_model costs[N_POLICIES];
 	bool have[N_POLICIES] = {false};
-	struct metrics turned[N_POLICIES];
+	struct metrics turned[N_POLICIES], own[N_POLICIES];
 	double turnaround[N_POLICIES] = {0};
+	char measured_steps[PATH_MAX];
+	snprintf(measured_steps, sizeof(measured_steps),
+		 "/tmp/ringserve-bench-simcheck-%d.measured.steps", (int)getpid());
 	for (uint32_t round = 0; round < st.rounds && !ret; round++) {
-		for (uint32_t p = 0; p < n_policies && !ret; p++) {
+		/* Each round starts one policy later: a policy's place in the sequence (the
+		 * machine's load drifts over minutes) is not always the same. */
+		for (uint32_t i = 0; i < n_policies && !ret; i++) {
+			uint32_t p = (i + round) % n_policies;
 			struct sim_cost_model cost = {.base_s = st.null_delay_us * 1e-6};
 			snprintf(cost.source, sizeof(cost.source), "null engine, %u us a step",
 				 st.null_delay_us);
@@ -475,13 +485,15 @@ int bench_simcheck(int argc, char **argv, FILE *json)
 					over = fmax(0, (pr.latency_s - ps.latency_s) /
 							   (ps.latency_s / exact.base_s));
 			}
-			struct metrics s, t, r;
+			struct metrics s, t, r, o = {0};
 			struct sim_cost_model with = cost;
 			with.base_s += over;
 			/* --request-log: the +turnaround simulation's requests and steps, and
 			 * the replay's requests and the daemon's steps (the last round's). */
 			FILE *sim_logs[2] = {NULL, NULL}, *served_log = NULL;
 			char served_steps[PATH_MAX] = "";
+			if (!st.null_delay_us)
+				snprintf(served_steps, sizeof(served_steps), "%s", measured_steps);
 			if (!ret && request_log)
 				ret = open_logs(request_log, policies[p], sim_logs, &served_log,
 						served_steps);
@@ -492,8 +504,27 @@ int bench_simcheck(int argc, char **argv, FILE *json)
 						      request_log ? sim_logs : NULL, &t);
 			if (!ret)
 				ret = replay_policy(&st, policies[p], model_path, socket_path, &w,
-						    request_log ? served_steps : NULL, served_log,
-						    &r);
+						    served_steps[0] ? served_steps : NULL,
+						    served_log, &r);
+			/* A diagnostic: the cost model fitted to the measured replay's own steps
+			 * (in-sample), plus the turnaround. What is left of the error is the
+			 * simulator's scheduling and queueing, not the calibration's drift from
+			 * the engine's speed during the replay. */
+			if (!ret && served_steps[0]) {
+				struct sim_cost_model fitted;
+				char why[256];
+				int fit = sim_cost_fit_step_log(&fitted, served_steps, NULL, why,
+								sizeof(why));
+				if (fit)
+					fprintf(stderr, "bench simcheck: %s: own steps: %s\n",
+						policies[p], why);
+				fitted.base_s += over;
+				if (!fit)
+					ret = simulate_policy(&st, policy_ids[p], &fitted, &w, NULL,
+							      &o);
+			}
+			if (!request_log && served_steps[0])
+				unlink(served_steps);
 			for (int k = 0; k < 2; k++)
 				if (sim_logs[k])
 					fclose(sim_logs[k]);
@@ -501,7 +532,7 @@ int bench_simcheck(int argc, char **argv, FILE *json)
 				fclose(served_log);
 			/* Keep the least disturbed replay: the one that took least time. */
 			if (!ret && (!have[p] || r.seconds < real[p].seconds)) {
-				sim[p] = s, turned[p] = t, real[p] = r, costs[p] = cost;
+				sim[p] = s, turned[p] = t, real[p] = r, costs[p] = cost, own[p] = o;
 				turnaround[p] = over, have[p] = true;
 			}
 		}
@@ -565,11 +596,26 @@ int bench_simcheck(int argc, char **argv, FILE *json)
 		       100 * relative(sim[p].steps, real[p].steps),
 		       100 * relative(turned[p].steps, real[p].steps));
 		printf("%-7s %-15s %10.3f ms a step\n", "", "  turnaround", turnaround[p] * 1e3);
+		printf("%-7s %-15s %10llu of %llu (simulated; 0: every policy runs the same "
+		       "schedule)\n",
+		       "", "  policy chose", (unsigned long long)sim[p].contended,
+		       (unsigned long long)sim[p].requests);
+		if (own[p].requests)
+			printf("%-7s %-15s latency %.4g s (%+.1f%%), TTFT %.4g s (%+.1f%%), %llu "
+			       "steps (the cost fitted to the replay's own steps)\n",
+			       "", "  own steps", own[p].latency_s,
+			       100 * relative(own[p].latency_s, real[p].latency_s), own[p].ttft_s,
+			       100 * relative(own[p].ttft_s, real[p].ttft_s),
+			       (unsigned long long)own[p].steps);
 		fprintf(json,
 			", \"daemon_latency_s\": %.6g, \"daemon_ttft_s\": %.6g, "
-			"\"steps\": {\"sim\": %llu, \"real\": %llu}}",
+			"\"steps\": {\"sim\": %llu, \"real\": %llu}, \"contended_admissions\": "
+			"%llu, \"own_steps\": {\"latency_s\": %.6g, \"ttft_s\": %.6g, \"steps\": "
+			"%llu}}",
 			real[p].daemon_latency_s, real[p].daemon_ttft_s,
-			(unsigned long long)sim[p].steps, (unsigned long long)real[p].steps);
+			(unsigned long long)sim[p].steps, (unsigned long long)real[p].steps,
+			(unsigned long long)sim[p].contended, own[p].latency_s, own[p].ttft_s,
+			(unsigned long long)own[p].steps);
 	}
 	fprintf(json, "}, \"worst_error\": %.4f, \"worst_error_turnaround\": %.4f}", worst,
 		worst_turned);

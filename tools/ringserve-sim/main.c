@@ -190,11 +190,13 @@ static void json_result(FILE *f, const char *policy, const struct sim_result *r)
 		"{\"policy\": \"%s\", \"requests\": %llu, \"seconds\": %.6f, "
 		"\"requests_per_s\": %.3f, \"tokens_per_s\": %.1f, \"cache_hit\": %.4f, "
 		"\"latency_mean_s\": %.4f, \"ttft_mean_s\": %.4f, \"max_service_diff\": %.1f, "
-		"\"preemptions\": %llu, \"steps\": %llu, \"wall_s\": %.3f, \"tenants\": [",
+		"\"preemptions\": %llu, \"contended_admissions\": %llu, \"steps\": %llu, "
+		"\"wall_s\": %.3f, \"tenants\": [",
 		policy, (unsigned long long)r->requests, r->seconds, r->requests_per_s,
 		r->tokens_per_s, r->prompt_tokens ? (double)r->cached_tokens / r->prompt_tokens : 0,
 		r->latency_mean_s, r->ttft_mean_s, r->max_service_diff,
-		(unsigned long long)r->preemptions, (unsigned long long)r->steps, r->wall_s);
+		(unsigned long long)r->preemptions, (unsigned long long)r->contended_admissions,
+		(unsigned long long)r->steps, r->wall_s);
 	for (uint32_t t = 0; t < r->n_tenants; t++) {
 		const struct sim_tenant_result *tr = &r->tenants[t];
 		fprintf(f,

@@ -181,6 +181,8 @@ struct sim_tenant_result {
 
 struct sim_result {
 	uint64_t requests, output_tokens, prompt_tokens, cached_tokens, steps, preemptions;
+	/* Admissions that left an arrived request waiting: where the policy chose. */
+	uint64_t contended_admissions;
 	double seconds; /* virtual time from the first arrival to the last finish */
 	double requests_per_s, tokens_per_s;
 	double latency_mean_s, ttft_mean_s;

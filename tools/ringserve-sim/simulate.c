@@ -19,7 +19,7 @@ enum { VOCAB = 32000 };
 
 /* What the simulation remembers of each request, by arrival number. */
 struct record {
-	uint64_t arrival_ns, first_token_ns, finish_ns;
+	uint64_t arrival_ns, admitted_ns, first_token_ns, finish_ns;
 	uint32_t tenant, output_len;
 	uint32_t prefix; /* for the request log */
 };
@@ -62,6 +62,7 @@ static void sim_finish(void *ctx, struct rs_request *request, int32_t status)
 	if (status && !sim->failed)
 		sim->failed = status;
 	r->finish_ns = sim->now;
+	r->admitted_ns = request->admitted_ns;
 	if (sim->config->request_log)
 		fprintf(sim->config->request_log, "%llu %u %d %u %u %u %.6f %.6f %.6f %.6f %u\n",
 			(unsigned long long)request->user_data, r->tenant,
@@ -193,6 +194,29 @@ static double percentile(const uint64_t *sorted, uint64_t n, double p)
 	return sorted[i ? i - 1 : 0] / 1e9;
 }
 
+/* Admissions made while a request that had arrived was left waiting: the only ones where
+ * the admission policy chose whom to admit (with none, every policy admits the same
+ * requests at the same moments). From the sorted arrival and admission times: the m
+ * admissions at time t, after k earlier ones and with a arrivals by t, chose when
+ * a - k > m. */
+static uint64_t contended_admissions(uint64_t *arrivals, uint64_t *admissions, uint64_t n)
+{
+	qsort(arrivals, n, sizeof(uint64_t), compare_u64);
+	qsort(admissions, n, sizeof(uint64_t), compare_u64);
+	uint64_t contended = 0, arrived = 0;
+	for (uint64_t k = 0; k < n;) {
+		uint64_t t = admissions[k], m = 0;
+		while (k + m < n && admissions[k + m] == t)
+			m++;
+		while (arrived < n && arrivals[arrived] <= t)
+			arrived++;
+		if (arrived > k + m)
+			contended += m;
+		k += m;
+	}
+	return contended;
+}
+
 static void summarize(struct sim *sim, struct sim_result *out)
 {
 	memset(out, 0, sizeof(*out));
@@ -243,6 +267,13 @@ static void summarize(struct sim *sim, struct sim_result *out)
 	if (sim->n_records) {
 		out->latency_mean_s = sum_latency / sim->n_records / 1e9;
 		out->ttft_mean_s = sum_ttft / sim->n_records / 1e9;
+	}
+	if (latency && ttft) { /* their space reused */
+		for (uint64_t i = 0; i < sim->n_records; i++) {
+			latency[i] = sim->records[i].arrival_ns;
+			ttft[i] = sim->records[i].admitted_ns;
+		}
+		out->contended_admissions = contended_admissions(latency, ttft, sim->n_records);
 	}
 	free(latency);
 	free(ttft);
