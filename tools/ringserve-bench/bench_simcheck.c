@@ -497,6 +497,8 @@ int bench_simcheck(int argc, char **argv, FILE *json)
 			if (!ret && request_log)
 				ret = open_logs(request_log, policies[p], sim_logs, &served_log,
 						served_steps);
+			if (st.null_delay_us)
+				served_steps[0] = '\0'; /* the null engine logs no steps */
 			if (!ret)
 				ret = simulate_policy(&st, policy_ids[p], &cost, &w, NULL, &s);
 			if (!ret)
