@@ -1,7 +1,8 @@
 /* The simulator (tools/ringserve-sim) against what can be derived without it:
  *   - continuous batching with a constant step time: N requests at once, batches of B,
  *     each request L steps (its prefill samples the first token, L - 1 decodes), so
- *     N / B waves of L steps: the simulated time is exactly N / B * L steps;
+ *     N / B waves of L steps: the simulated time is exactly N / B * L steps, and every
+ *     wave but the last is admitted while later requests wait (N - B contended);
  *   - two tenants backlogged from the start: their weighted service difference stays
  *     within docs/scheduling.md's bounds (vtc D_a + D_b, dlpm 2Q + D_a + D_b), and a
  *     heavier-weighted tenant gets more;
@@ -55,6 +56,9 @@ static void test_closed_form(void)
 		CHECK(fabs(r.seconds - want) < 1e-9 * want, "%s: %.9f s, derived %.9f s",
 		      rs_admission_policy_name(c.admission.policy), r.seconds, want);
 		CHECK(r.steps == N / B * L, "%llu steps", (unsigned long long)r.steps);
+		/* Every wave but the last is admitted while later ones wait: the policy chose. */
+		CHECK(r.contended_admissions == N - B, "%llu contended admissions, expected %d",
+		      (unsigned long long)r.contended_admissions, N - B);
 	}
 }
 

@@ -7,13 +7,14 @@
 #include "daemon/sched/tenant.h"
 
 enum {
-	EXACT = 256,	    /* lengths 1..256 have a bucket each */
-	PER_DOUBLING = 16,  /* then 16 buckets per doubling, */
-	DOUBLINGS = 12,	    /* up to 256 * 2^12 = 1M tokens */
+	EXACT = 256,	   /* lengths 1..256 have a bucket each */
+	PER_DOUBLING = 16, /* then 16 buckets per doubling, */
+	DOUBLINGS = 12,	   /* up to 256 * 2^12 = 1M tokens */
 	BUCKETS = EXACT + PER_DOUBLING * DOUBLINGS,
-	PREFIXES = 4096,    /* prompt starts remembered (direct-mapped by key) */
-	KEY_TOKENS = 32,
-	WINDOW = 64,	    /* a mean covers about this many recent observations */
+	PREFIXES = 4096, /* prompt starts remembered (direct-mapped by key) */
+	KEY_TOKENS = 32, /* the longest start a key covers */
+	KEY_LEVELS = 3,	 /* starts of 32, 16 and 8 tokens (KEY_TOKENS >> level) */
+	WINDOW = 64,	 /* a mean covers about this many recent observations */
 };
 
 struct mean {
@@ -35,16 +36,28 @@ struct rs_length_predictor {
 	uint64_t observations;
 };
 
-uint64_t rs_length_prefix_key(const struct rs_request *request)
+/* FNV-1a over the tenant id and the first tokens, read once for every level; a level's
+ * key also hashes its length, so that the levels of one prompt never share an entry. A
+ * prompt shorter than a level's start gives that level the key of the whole prompt. */
+static void prefix_keys(const struct rs_request *request, uint64_t keys[KEY_LEVELS])
 {
-	/* FNV-1a over the tenant id and the first tokens. */
 	uint64_t h = 0xcbf29ce484222325ull ^ (request->tenant ? request->tenant->id : 0);
 	uint32_t n = request->prompt_len < KEY_TOKENS ? request->prompt_len : KEY_TOKENS;
-	for (uint32_t i = 0; i < n; i++) {
-		h ^= request->tokens[i];
-		h *= 0x100000001b3ull;
+	for (uint32_t i = 0, level = KEY_LEVELS; level-- > 0;) {
+		uint32_t end = KEY_TOKENS >> level;
+		for (; i < end && i < n; i++) {
+			h ^= request->tokens[i];
+			h *= 0x100000001b3ull;
+		}
+		keys[level] = ((h ^ end) * 0x100000001b3ull) | 1; /* 0 marks a free entry */
 	}
-	return h | 1; /* 0 marks a free entry */
+}
+
+uint64_t rs_length_prefix_key(const struct rs_request *request)
+{
+	uint64_t keys[KEY_LEVELS];
+	prefix_keys(request, keys);
+	return keys[0];
 }
 
 int rs_length_predictor_create(uint32_t max_tenants, struct rs_length_predictor **out)
@@ -107,14 +120,20 @@ uint32_t rs_length_predict(const struct rs_length_predictor *p, const struct rs_
 	if (request->output_len_hint) {
 		v = request->output_len_hint;
 	} else {
-		uint64_t key = rs_length_prefix_key(request);
-		const struct prefix_entry *e = &p->prefixes[key % PREFIXES];
+		/* The longest start with observations: a template shorter than KEY_TOKENS,
+		 * followed by each request's own text, still has its 8- or 16-token start in
+		 * common with its other requests. */
+		uint64_t keys[KEY_LEVELS];
+		prefix_keys(request, keys);
 		const struct mean *t = tenant_mean(p, request);
-		if (e->key == key && e->mean.n)
-			v = e->mean.value;
-		else if (t && t->n)
+		for (uint32_t level = 0; level < KEY_LEVELS && v == 0; level++) {
+			const struct prefix_entry *e = &p->prefixes[keys[level] % PREFIXES];
+			if (e->key == keys[level] && e->mean.n)
+				v = e->mean.value;
+		}
+		if (v == 0 && t && t->n)
 			v = t->value;
-		else if (p->global.n)
+		else if (v == 0 && p->global.n)
 			v = p->global.value;
 	}
 	uint32_t predicted = (uint32_t)(v + 0.5);
@@ -126,11 +145,14 @@ uint32_t rs_length_predict(const struct rs_length_predictor *p, const struct rs_
 void rs_length_observe(struct rs_length_predictor *p, const struct rs_request *request,
 		       uint32_t length)
 {
-	uint64_t key = rs_length_prefix_key(request);
-	struct prefix_entry *e = &p->prefixes[key % PREFIXES];
-	if (e->key != key)
-		*e = (struct prefix_entry){.key = key};
-	mean_add(&e->mean, length);
+	uint64_t keys[KEY_LEVELS];
+	prefix_keys(request, keys);
+	for (uint32_t level = 0; level < KEY_LEVELS; level++) {
+		struct prefix_entry *e = &p->prefixes[keys[level] % PREFIXES];
+		if (e->key != keys[level])
+			*e = (struct prefix_entry){.key = keys[level]};
+		mean_add(&e->mean, length);
+	}
 	if (request->tenant && request->tenant->id < p->max_tenants)
 		mean_add(&p->tenants[request->tenant->id], length);
 	mean_add(&p->global, length);

@@ -2,8 +2,10 @@
  *
  * A request's predicted output length is its client's hint (output_len_hint) when given;
  * else the mean output length of the recent completed requests that shared its prompt's
- * start with the same tenant (a system prompt, a tool's template); else its tenant's; else
- * everyone's; else 0 (unknown). Means adapt: each is an average over the last ~64
+ * start with the same tenant (a system prompt, a tool's template): the longest of its
+ * first 32, 16 and 8 tokens that earlier requests shared, so that a template shorter than
+ * 32 tokens followed by each request's own text is still recognised; else its tenant's;
+ * else everyone's; else 0 (unknown). Means adapt: each is an average over the last ~64
  * observations (an exponential one once it has that many). The distribution of observed
  * lengths is kept in a histogram (exact to 256 tokens, 16 buckets per doubling above), from
  * which bin boundaries are read as quantiles.
@@ -19,7 +21,8 @@
 
 struct rs_length_predictor;
 
-/* The key of a prompt's start: its first tokens (up to 32) with its tenant. */
+/* The key of a prompt's start: its first tokens (up to 32) with its tenant (the longest
+ * of the starts the predictor keys on). */
 uint64_t rs_length_prefix_key(const struct rs_request *request);
 
 /* Returns 0, -ENOMEM. max_tenants bounds tenant ids. */

@@ -37,6 +37,7 @@
  * simulates with the cost model base = D, the rest 0: what is left is the difference in
  * how the two sides plan and measure, not the engine. */
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -64,6 +65,9 @@ static const char *const policy_names[N_POLICIES] = {"fcfs", "lpm", "vtc", "dlpm
 struct metrics {
 	double seconds, requests_per_s, tokens_per_s, latency_s, ttft_s, hit_share;
 	uint64_t requests, steps;
+	/* The simulation only: admissions that left an arrived request waiting (where the
+	 * policy chose; none: every policy runs the same schedule). */
+	uint64_t contended;
 	/* The replay only: the daemon's own clock, from taking the request off the ring. */
 	double daemon_latency_s, daemon_ttft_s;
 };
@@ -78,7 +82,7 @@ struct settings {
 /* Serve the workload under one policy and replay it. Returns 0 or -errno. */
 static int replay_policy(const struct settings *st, const char *policy, const char *model_path,
 			 const char *socket_path, const struct sim_workload *w,
-			 const char *step_log, struct metrics *out)
+			 const char *step_log, FILE *request_log, struct metrics *out)
 {
 	char lanes[16], batch[16], tokens[16], kv[16], threads[16], delay[16], quantum[32],
 	    clients[16];
@@ -114,7 +118,7 @@ static int replay_policy(const struct settings *st, const char *policy, const ch
 	}
 	struct sim_replay_result r;
 	char err[256];
-	int ret = sim_replay(socket_path, w, &r, err, sizeof(err));
+	int ret = sim_replay_log(socket_path, w, &r, request_log, err, sizeof(err));
 	if (ret)
 		fprintf(stderr, "bench simcheck: %s: %s\n", policy, err);
 	else
@@ -158,8 +162,8 @@ static int calibrate_served(const struct settings *st, const char *policy, const
 	snprintf(log_path, sizeof(log_path), "/tmp/ringserve-bench-simcheck-%d.steps",
 		 (int)getpid());
 	struct metrics ignored;
-	int ret =
-	    replay_policy(st, policy, model_path, socket_path, calibration, log_path, &ignored);
+	int ret = replay_policy(st, policy, model_path, socket_path, calibration, log_path, NULL,
+				&ignored);
 	if (!ret && (ret = sim_cost_fit_step_log(cost, log_path, NULL, err, sizeof(err))))
 		fprintf(stderr, "bench simcheck: %s\n", err);
 	unlink(log_path);
@@ -168,7 +172,7 @@ static int calibrate_served(const struct settings *st, const char *policy, const
 
 static int simulate_policy(const struct settings *st, enum rs_admission_policy policy,
 			   const struct sim_cost_model *cost, struct sim_workload *w,
-			   struct metrics *out)
+			   FILE *const logs[2], struct metrics *out)
 {
 	struct sim_config config = {
 	    .lanes = st->lanes,
@@ -184,6 +188,8 @@ static int simulate_policy(const struct settings *st, enum rs_admission_policy p
 	    .multibin = {.bins = 4},
 	    .cost = *cost,
 	    .max_in_flight = 1 << 20,
+	    .request_log = logs ? logs[0] : NULL,
+	    .step_log = logs ? logs[1] : NULL,
 	};
 	struct sim_result *r = calloc(1, sizeof(*r));
 	char err[256];
@@ -202,10 +208,34 @@ static int simulate_policy(const struct settings *st, enum rs_admission_policy p
 		    .ttft_s = r->ttft_mean_s,
 		    .hit_share = r->prompt_tokens ? (double)r->cached_tokens / r->prompt_tokens : 0,
 		    .requests = r->requests,
-		    .steps = r->steps};
+		    .steps = r->steps,
+		    .contended = r->contended_admissions};
 	}
 	free(r);
 	return ret;
+}
+
+/* --request-log PREFIX: PREFIX.POLICY.{sim,served}.{requests,steps}; the served steps
+ * are the daemon's --step-log, its path in served_steps. Returns 0 or -errno. */
+static int open_logs(const char *prefix, const char *policy, FILE *sim_logs[2], FILE **served,
+		     char served_steps[PATH_MAX])
+{
+	char path[PATH_MAX];
+	static const char *const names[3] = {"sim.requests", "sim.steps", "served.requests"};
+	FILE **files[3] = {&sim_logs[0], &sim_logs[1], served};
+	for (int k = 0; k < 3; k++) {
+		snprintf(path, sizeof(path), "%s.%s.%s", prefix, policy, names[k]);
+		*files[k] = fopen(path, "w");
+		if (!*files[k]) {
+			int ret = -errno;
+			fprintf(stderr, "bench simcheck: %s: %s\n", path, strerror(errno));
+			for (int j = 0; j < k; j++)
+				fclose(*files[j]), *files[j] = NULL;
+			return ret;
+		}
+	}
+	snprintf(served_steps, PATH_MAX, "%s.%s.served.steps", prefix, policy);
+	return 0;
 }
 
 static double relative(double sim, double real)
@@ -222,7 +252,7 @@ static void usage(void)
 	    "         [--max-batch N] [--max-batch-tokens N] [--kv-blocks N] [--lanes N]\n"
 	    "         [--threads N] [--quantum Q] [--policy P]... [--rounds N]\n"
 	    "         [--calibrate median|fastest|served]\n"
-	    "         [--null-delay-us D]\n");
+	    "         [--null-delay-us D] [--request-log PREFIX]\n");
 }
 
 int bench_simcheck(int argc, char **argv, FILE *json)
@@ -238,6 +268,7 @@ int bench_simcheck(int argc, char **argv, FILE *json)
 			      .probe_requests = 40};
 	struct sim_generator_config gen = {
 	    .requests = 120, .rate = 8, .tenants = 4, .skew = 1, .prefixes = 4, .seed = 1};
+	const char *request_log = NULL; /* a path prefix */
 	const char *trace = NULL, *prefix_len = "fixed:192", *suffix_len = "uniform:8:32",
 		   *output_len = "uniform:8:32";
 	const char *policies[N_POLICIES];
@@ -288,6 +319,8 @@ int bench_simcheck(int argc, char **argv, FILE *json)
 			st.rounds = (uint32_t)atoi(v);
 		else if (!strcmp(o, "--null-delay-us"))
 			st.null_delay_us = (uint32_t)atoi(v);
+		else if (!strcmp(o, "--request-log"))
+			request_log = v;
 		else if (!strcmp(o, "--policy") && n_policies < N_POLICIES)
 			policies[n_policies++] = v;
 		else
@@ -410,10 +443,16 @@ int bench_simcheck(int argc, char **argv, FILE *json)
 	struct metrics sim[N_POLICIES], real[N_POLICIES];
 	struct sim_cost_model costs[N_POLICIES];
 	bool have[N_POLICIES] = {false};
-	struct metrics turned[N_POLICIES];
+	struct metrics turned[N_POLICIES], own[N_POLICIES];
 	double turnaround[N_POLICIES] = {0};
+	char measured_steps[PATH_MAX];
+	snprintf(measured_steps, sizeof(measured_steps),
+		 "/tmp/ringserve-bench-simcheck-%d.measured.steps", (int)getpid());
 	for (uint32_t round = 0; round < st.rounds && !ret; round++) {
-		for (uint32_t p = 0; p < n_policies && !ret; p++) {
+		/* Each round starts one policy later: a policy's place in the sequence (the
+		 * machine's load drifts over minutes) is not always the same. */
+		for (uint32_t i = 0; i < n_policies && !ret; i++) {
+			uint32_t p = (i + round) % n_policies;
 			struct sim_cost_model cost = {.base_s = st.null_delay_us * 1e-6};
 			snprintf(cost.source, sizeof(cost.source), "null engine, %u us a step",
 				 st.null_delay_us);
@@ -437,27 +476,65 @@ int bench_simcheck(int argc, char **argv, FILE *json)
 				head.n_trace =
 				    w.n_trace < st.probe_requests ? w.n_trace : st.probe_requests;
 				struct metrics ps, pr;
-				ret = simulate_policy(&probe, policy_ids[p], &exact, &head, &ps);
+				ret = simulate_policy(&probe, policy_ids[p], &exact, &head, NULL,
+						      &ps);
 				if (!ret)
 					ret = replay_policy(&probe, policies[p], model_path,
-							    socket_path, &head, NULL, &pr);
+							    socket_path, &head, NULL, NULL, &pr);
 				if (!ret && ps.latency_s > 0)
 					over = fmax(0, (pr.latency_s - ps.latency_s) /
 							   (ps.latency_s / exact.base_s));
 			}
-			struct metrics s, t, r;
+			struct metrics s, t, r, o = {0};
 			struct sim_cost_model with = cost;
 			with.base_s += over;
+			/* --request-log: the +turnaround simulation's requests and steps, and
+			 * the replay's requests and the daemon's steps (the last round's). */
+			FILE *sim_logs[2] = {NULL, NULL}, *served_log = NULL;
+			char served_steps[PATH_MAX] = "";
+			if (!st.null_delay_us)
+				snprintf(served_steps, sizeof(served_steps), "%s", measured_steps);
+			if (!ret && request_log)
+				ret = open_logs(request_log, policies[p], sim_logs, &served_log,
+						served_steps);
+			if (st.null_delay_us)
+				served_steps[0] = '\0'; /* the null engine logs no steps */
 			if (!ret)
-				ret = simulate_policy(&st, policy_ids[p], &cost, &w, &s);
+				ret = simulate_policy(&st, policy_ids[p], &cost, &w, NULL, &s);
 			if (!ret)
-				ret = simulate_policy(&st, policy_ids[p], &with, &w, &t);
+				ret = simulate_policy(&st, policy_ids[p], &with, &w,
+						      request_log ? sim_logs : NULL, &t);
 			if (!ret)
 				ret = replay_policy(&st, policies[p], model_path, socket_path, &w,
-						    NULL, &r);
+						    served_steps[0] ? served_steps : NULL,
+						    served_log, &r);
+			/* A diagnostic: the cost model fitted to the measured replay's own steps
+			 * (in-sample), plus the turnaround. What is left of the error is the
+			 * simulator's scheduling and queueing, not the calibration's drift from
+			 * the engine's speed during the replay. */
+			if (!ret && served_steps[0]) {
+				struct sim_cost_model fitted;
+				char why[256];
+				int fit = sim_cost_fit_step_log(&fitted, served_steps, NULL, why,
+								sizeof(why));
+				if (fit)
+					fprintf(stderr, "bench simcheck: %s: own steps: %s\n",
+						policies[p], why);
+				fitted.base_s += over;
+				if (!fit)
+					ret = simulate_policy(&st, policy_ids[p], &fitted, &w, NULL,
+							      &o);
+			}
+			if (!request_log && served_steps[0])
+				unlink(served_steps);
+			for (int k = 0; k < 2; k++)
+				if (sim_logs[k])
+					fclose(sim_logs[k]);
+			if (served_log)
+				fclose(served_log);
 			/* Keep the least disturbed replay: the one that took least time. */
 			if (!ret && (!have[p] || r.seconds < real[p].seconds)) {
-				sim[p] = s, turned[p] = t, real[p] = r, costs[p] = cost;
+				sim[p] = s, turned[p] = t, real[p] = r, costs[p] = cost, own[p] = o;
 				turnaround[p] = over, have[p] = true;
 			}
 		}
@@ -521,11 +598,26 @@ int bench_simcheck(int argc, char **argv, FILE *json)
 		       100 * relative(sim[p].steps, real[p].steps),
 		       100 * relative(turned[p].steps, real[p].steps));
 		printf("%-7s %-15s %10.3f ms a step\n", "", "  turnaround", turnaround[p] * 1e3);
+		printf("%-7s %-15s %10llu of %llu (simulated; 0: every policy runs the same "
+		       "schedule)\n",
+		       "", "  policy chose", (unsigned long long)sim[p].contended,
+		       (unsigned long long)sim[p].requests);
+		if (own[p].requests)
+			printf("%-7s %-15s latency %.4g s (%+.1f%%), TTFT %.4g s (%+.1f%%), %llu "
+			       "steps (the cost fitted to the replay's own steps)\n",
+			       "", "  own steps", own[p].latency_s,
+			       100 * relative(own[p].latency_s, real[p].latency_s), own[p].ttft_s,
+			       100 * relative(own[p].ttft_s, real[p].ttft_s),
+			       (unsigned long long)own[p].steps);
 		fprintf(json,
 			", \"daemon_latency_s\": %.6g, \"daemon_ttft_s\": %.6g, "
-			"\"steps\": {\"sim\": %llu, \"real\": %llu}}",
+			"\"steps\": {\"sim\": %llu, \"real\": %llu}, \"contended_admissions\": "
+			"%llu, \"own_steps\": {\"latency_s\": %.6g, \"ttft_s\": %.6g, \"steps\": "
+			"%llu}}",
 			real[p].daemon_latency_s, real[p].daemon_ttft_s,
-			(unsigned long long)sim[p].steps, (unsigned long long)real[p].steps);
+			(unsigned long long)sim[p].steps, (unsigned long long)real[p].steps,
+			(unsigned long long)sim[p].contended, own[p].latency_s, own[p].ttft_s,
+			(unsigned long long)own[p].steps);
 	}
 	fprintf(json, "}, \"worst_error\": %.4f, \"worst_error_turnaround\": %.4f}", worst,
 		worst_turned);

@@ -57,12 +57,15 @@ static void usage(void)
 	    "  --json FILE           results as JSON too\n"
 	    "  --service-log FILE    each tenant's weighted service every second of virtual\n"
 	    "                        time (--service-log-every S); compare: a block per run\n"
+	    "  --request-log FILE    a line per request as it ends (arrival, admission, first\n"
+	    "                        token, end, cached tokens); compare: a block per run\n"
 	    "calibrate: --backend cpu|cuda (cpu), --threads N (0: one per CPU), --out FILE;\n"
 	    "           --step-log FILE: fit to the steps of ringserved --step-log FILE instead\n");
 }
 
 enum {
 	OPT_REQUESTS = 256,
+	OPT_REQUEST_LOG,
 	OPT_RATE,
 	OPT_TENANTS,
 	OPT_SKEW,
@@ -117,6 +120,7 @@ static const struct option own_options[] = {
     {"workers", required_argument, 0, OPT_WORKERS},
     {"service-log", required_argument, 0, OPT_SERVICE_LOG},
     {"service-log-every", required_argument, 0, OPT_SERVICE_LOG_EVERY},
+    {"request-log", required_argument, 0, OPT_REQUEST_LOG},
     {0, 0, 0, 0},
 };
 
@@ -186,11 +190,13 @@ static void json_result(FILE *f, const char *policy, const struct sim_result *r)
 		"{\"policy\": \"%s\", \"requests\": %llu, \"seconds\": %.6f, "
 		"\"requests_per_s\": %.3f, \"tokens_per_s\": %.1f, \"cache_hit\": %.4f, "
 		"\"latency_mean_s\": %.4f, \"ttft_mean_s\": %.4f, \"max_service_diff\": %.1f, "
-		"\"preemptions\": %llu, \"steps\": %llu, \"wall_s\": %.3f, \"tenants\": [",
+		"\"preemptions\": %llu, \"contended_admissions\": %llu, \"steps\": %llu, "
+		"\"wall_s\": %.3f, \"tenants\": [",
 		policy, (unsigned long long)r->requests, r->seconds, r->requests_per_s,
 		r->tokens_per_s, r->prompt_tokens ? (double)r->cached_tokens / r->prompt_tokens : 0,
 		r->latency_mean_s, r->ttft_mean_s, r->max_service_diff,
-		(unsigned long long)r->preemptions, (unsigned long long)r->steps, r->wall_s);
+		(unsigned long long)r->preemptions, (unsigned long long)r->contended_admissions,
+		(unsigned long long)r->steps, r->wall_s);
 	for (uint32_t t = 0; t < r->n_tenants; t++) {
 		const struct sim_tenant_result *tr = &r->tenants[t];
 		fprintf(f,
@@ -228,7 +234,7 @@ int main(int argc, char **argv)
 				    .cost = DEFAULT_COST,
 				    .service_log_every_ns = 1000000000};
 	const char *trace = NULL, *json_path = NULL, *cost_path = NULL, *out_path = NULL,
-		   *step_log = NULL, *service_log_path = NULL;
+		   *step_log = NULL, *service_log_path = NULL, *request_log_path = NULL;
 	const char *backend = "cpu";
 	int threads = 0;
 	char err[512];
@@ -309,6 +315,9 @@ int main(int argc, char **argv)
 			break;
 		case OPT_SERVICE_LOG:
 			service_log_path = optarg;
+			break;
+		case OPT_REQUEST_LOG:
+			request_log_path = optarg;
 			break;
 		case OPT_SERVICE_LOG_EVERY:
 			bad = number(name, optarg, 1e-6, 1e9, &v),
@@ -434,6 +443,18 @@ int main(int argc, char **argv)
 				return 1;
 			}
 		}
+		if (request_log_path) {
+			config.request_log = fopen(request_log_path, "w");
+			if (!config.request_log) {
+				fprintf(stderr, "ringserve-sim: %s: %s\n", request_log_path,
+					strerror(errno));
+				if (json)
+					fclose(json);
+				if (config.service_log)
+					fclose(config.service_log);
+				return 1;
+			}
+		}
 		struct sim_result results[4];
 		int n = compare ? 4 : 1;
 		for (int i = 0; i < n && !status; i++) {
@@ -486,6 +507,11 @@ int main(int argc, char **argv)
 		if (json) {
 			fputs("]\n", json);
 			fclose(json);
+		}
+		if (config.request_log && fclose(config.request_log)) {
+			fprintf(stderr, "ringserve-sim: %s: %s\n", request_log_path,
+				strerror(errno));
+			status = 1;
 		}
 		if (config.service_log && fclose(config.service_log)) {
 			fprintf(stderr, "ringserve-sim: %s: %s\n", service_log_path,

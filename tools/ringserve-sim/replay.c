@@ -26,8 +26,9 @@ enum { PROMPT_MAX = 65536, MAX_HANDLES = 65536 /* request slots of one connectio
 
 /* One request as the replay client saw it: seconds from the first scheduled arrival. */
 struct outcome {
-	double arrival, first, done;
+	double arrival, submitted_at, first, done; /* submitted_at: when rs_submit returned */
 	uint32_t prompt, cached, output, daemon_first_us, daemon_total_us;
+	uint32_t daemon_queued_us, preemptions;
 	int32_t status;
 	bool submitted, have_first, finished;
 };
@@ -121,8 +122,10 @@ static void *tenant_main(void *arg)
 				tt->error = h;
 				break;
 			}
-			rp->outcomes[next] = (struct outcome){
-			    .arrival = at, .prompt = s->prompt_len, .submitted = true};
+			rp->outcomes[next] = (struct outcome){.arrival = at,
+							      .submitted_at = since(rp->start_ns),
+							      .prompt = s->prompt_len,
+							      .submitted = true};
 			by_handle[h] = next;
 			running[n_running++] = h;
 			next++;
@@ -154,6 +157,8 @@ static void *tenant_main(void *arg)
 			o->status = done[c].status;
 			o->daemon_first_us = done[c].first_token_us;
 			o->daemon_total_us = done[c].total_us;
+			o->daemon_queued_us = done[c].queued_us;
+			o->preemptions = done[c].preemptions;
 			o->finished = true;
 			left--;
 			for (uint32_t k = 0; k < n_running; k++)
@@ -250,8 +255,31 @@ static uint64_t daemon_steps(const char *socket_path, uint64_t completed)
 	return steps;
 }
 
+/* SIM_REQUEST_LOG_HEADER's columns; the admission on the daemon's clock moved to the
+ * client's: its submission plus the time the daemon says it queued. */
+static void log_requests(const struct replay *rp, FILE *log)
+{
+	for (uint64_t i = 0; i < rp->n; i++) {
+		const struct sim_request_spec *s = &rp->specs[i];
+		const struct outcome *o = &rp->outcomes[i];
+		if (!o->finished || o->status)
+			continue;
+		fprintf(log, "%llu %u %d %u %u %u %.6f %.6f %.6f %.6f %u\n", (unsigned long long)i,
+			s->tenant, s->prefix == UINT32_MAX ? -1 : (int)s->prefix, o->prompt,
+			o->cached, o->output, o->arrival,
+			o->submitted_at + o->daemon_queued_us / 1e6, o->first, o->done,
+			o->preemptions);
+	}
+}
+
 int sim_replay(const char *socket_path, const struct sim_workload *w, struct sim_replay_result *out,
 	       char *err, size_t err_size)
+{
+	return sim_replay_log(socket_path, w, out, NULL, err, err_size);
+}
+
+int sim_replay_log(const char *socket_path, const struct sim_workload *w,
+		   struct sim_replay_result *out, FILE *request_log, char *err, size_t err_size)
 {
 	memset(out, 0, sizeof(*out));
 	for (uint64_t i = 0; i < w->n_trace; i++) {
@@ -305,6 +333,10 @@ int sim_replay(const char *socket_path, const struct sim_workload *w, struct sim
 	if (ret == 0) {
 		measure(rp.outcomes, w->n_trace, out);
 		out->steps = daemon_steps(socket_path, out->requests);
+		if (request_log) {
+			fputs(SIM_REQUEST_LOG_HEADER, request_log);
+			log_requests(&rp, request_log);
+		}
 		if (out->failed) {
 			snprintf(err, err_size, "%llu requests failed",
 				 (unsigned long long)out->failed);

@@ -161,7 +161,17 @@ struct sim_config {
 	uint64_t service_log_every_ns;
 	uint32_t workers; /* engine instances, each kv_blocks and `lanes` lanes; 0: 1 */
 	struct rs_dispatch_params dispatch;
+	/* When not NULL: a line per request as it ends (SIM_REQUEST_LOG_HEADER), and a
+	 * line per step in ringserved --step-log's format ("ROWS TOKENS PAIRS SECONDS"), to
+	 * set beside a served run's (ringserve-bench simcheck --request-log). */
+	FILE *request_log, *step_log;
 };
+
+/* The per-request log's columns, shared by the simulator and the replay client: times in
+ * seconds from the first scheduled arrival; admitted is when the core took it off the
+ * policy's queue (the replay: its submission plus the daemon's queued time). */
+#define SIM_REQUEST_LOG_HEADER                                                                     \
+	"# index tenant prefix prompt cached output arrival admitted first done preemptions\n"
 
 struct sim_tenant_result {
 	char name[RS_TENANT_NAME_MAX];
@@ -171,6 +181,8 @@ struct sim_tenant_result {
 
 struct sim_result {
 	uint64_t requests, output_tokens, prompt_tokens, cached_tokens, steps, preemptions;
+	/* Admissions that left an arrived request waiting: where the policy chose. */
+	uint64_t contended_admissions;
 	double seconds; /* virtual time from the first arrival to the last finish */
 	double requests_per_s, tokens_per_s;
 	double latency_mean_s, ttft_mean_s;
@@ -205,5 +217,10 @@ struct sim_replay_result {
  * or -errno with a message in err (a request that failed: -EIO). */
 int sim_replay(const char *socket_path, const struct sim_workload *w, struct sim_replay_result *out,
 	       char *err, size_t err_size);
+
+/* sim_replay, and when request_log is not NULL a line per request in
+ * SIM_REQUEST_LOG_HEADER's columns, in arrival order. */
+int sim_replay_log(const char *socket_path, const struct sim_workload *w,
+		   struct sim_replay_result *out, FILE *request_log, char *err, size_t err_size);
 
 #endif

@@ -19,8 +19,9 @@ enum { VOCAB = 32000 };
 
 /* What the simulation remembers of each request, by arrival number. */
 struct record {
-	uint64_t arrival_ns, first_token_ns, finish_ns;
+	uint64_t arrival_ns, admitted_ns, first_token_ns, finish_ns;
 	uint32_t tenant, output_len;
+	uint32_t prefix; /* for the request log */
 };
 
 struct sim {
@@ -61,6 +62,16 @@ static void sim_finish(void *ctx, struct rs_request *request, int32_t status)
 	if (status && !sim->failed)
 		sim->failed = status;
 	r->finish_ns = sim->now;
+	r->admitted_ns = request->admitted_ns;
+	if (sim->config->request_log)
+		fprintf(sim->config->request_log, "%llu %u %d %u %u %u %.6f %.6f %.6f %.6f %u\n",
+			(unsigned long long)request->user_data, r->tenant,
+			r->prefix == UINT32_MAX ? -1 : (int)r->prefix, request->prompt_len,
+			request->cached_tokens, request->generated,
+			(r->arrival_ns - sim->first_arrival) / 1e9,
+			(request->admitted_ns - sim->first_arrival) / 1e9,
+			(r->first_token_ns - sim->first_arrival) / 1e9,
+			(sim->now - sim->first_arrival) / 1e9, request->preemptions);
 	sim->finished++;
 	sim->in_flight--;
 	sim->output_tokens += request->generated;
@@ -110,8 +121,10 @@ static int submit(struct sim *sim, const struct sim_request_spec *spec, char *er
 		return rc;
 	}
 	uint64_t id = sim->n_records++;
-	sim->records[id] = (struct record){
-	    .arrival_ns = spec->arrival_ns, .tenant = spec->tenant, .output_len = spec->output_len};
+	sim->records[id] = (struct record){.arrival_ns = spec->arrival_ns,
+					   .tenant = spec->tenant,
+					   .output_len = spec->output_len,
+					   .prefix = spec->prefix};
 	for (uint32_t i = 0; i < spec->prompt_len; i++)
 		request->tokens[i] = sim_prompt_token(spec, id, i);
 	request->tenant = sim->tenants[spec->tenant];
@@ -181,6 +194,29 @@ static double percentile(const uint64_t *sorted, uint64_t n, double p)
 	return sorted[i ? i - 1 : 0] / 1e9;
 }
 
+/* Admissions made while a request that had arrived was left waiting: the only ones where
+ * the admission policy chose whom to admit (with none, every policy admits the same
+ * requests at the same moments). From the sorted arrival and admission times: the m
+ * admissions at time t, after k earlier ones and with a arrivals by t, chose when
+ * a - k > m. */
+static uint64_t contended_admissions(uint64_t *arrivals, uint64_t *admissions, uint64_t n)
+{
+	qsort(arrivals, n, sizeof(uint64_t), compare_u64);
+	qsort(admissions, n, sizeof(uint64_t), compare_u64);
+	uint64_t contended = 0, arrived = 0;
+	for (uint64_t k = 0; k < n;) {
+		uint64_t t = admissions[k], m = 0;
+		while (k + m < n && admissions[k + m] == t)
+			m++;
+		while (arrived < n && arrivals[arrived] <= t)
+			arrived++;
+		if (arrived > k + m)
+			contended += m;
+		k += m;
+	}
+	return contended;
+}
+
 static void summarize(struct sim *sim, struct sim_result *out)
 {
 	memset(out, 0, sizeof(*out));
@@ -231,6 +267,13 @@ static void summarize(struct sim *sim, struct sim_result *out)
 	if (sim->n_records) {
 		out->latency_mean_s = sum_latency / sim->n_records / 1e9;
 		out->ttft_mean_s = sum_ttft / sim->n_records / 1e9;
+	}
+	if (latency && ttft) { /* their space reused */
+		for (uint64_t i = 0; i < sim->n_records; i++) {
+			latency[i] = sim->records[i].arrival_ns;
+			ttft[i] = sim->records[i].admitted_ns;
+		}
+		out->contended_admissions = contended_admissions(latency, ttft, sim->n_records);
 	}
 	free(latency);
 	free(ttft);
@@ -285,6 +328,8 @@ int sim_run(const struct sim_config *config, struct sim_workload *w, struct sim_
 		goto out;
 	}
 
+	if (config->request_log)
+		fputs(SIM_REQUEST_LOG_HEADER, config->request_log);
 	uint32_t lanes = rs_sched_lanes(sim->sched); /* over all workers */
 	uint64_t done_at[SIM_MAX_LANES];
 	bool busy[SIM_MAX_LANES] = {false};
@@ -311,9 +356,12 @@ int sim_run(const struct sim_config *config, struct sim_workload *w, struct sim_
 					    token_of(plan->requests[i]->user_data, 1 << 30);
 			struct sim_step_shape shape;
 			sim_step_shape_of(plan, &shape);
+			double seconds = sim_cost_seconds(&config->cost, &shape);
+			if (config->step_log)
+				fprintf(config->step_log, "%u %u %.0f %.9f\n", shape.rows,
+					shape.tokens, shape.pairs, seconds);
 			/* At least a nanosecond: time moves on. */
-			done_at[l] = sim->now + 1 +
-				     (uint64_t)(sim_cost_seconds(&config->cost, &shape) * 1e9);
+			done_at[l] = sim->now + 1 + (uint64_t)(seconds * 1e9);
 			busy[l] = true;
 		}
 		uint64_t t = UINT64_MAX;
