@@ -268,6 +268,7 @@ static int chat_tokens(struct rs_connection *conn, int tmpl, const char *system_
 	/* The ids of one call: llama3.2's date is read at each, and may change between the
 	 * size query and the fill (midnight); then the fill asks for more room. */
 	uint32_t room = (uint32_t)count + 16;
+	int tries = 0;
 	do {
 		uint32_t *grown = realloc(*ids, (size_t)room * sizeof(**ids));
 		if (!grown)
@@ -276,7 +277,7 @@ static int chat_tokens(struct rs_connection *conn, int tmpl, const char *system_
 		count =
 		    rs_chat_tokenize(conn, tmpl, messages, n, RS_CHAT_ADD_ASSISTANT, *ids, room);
 		room *= 2;
-	} while (count == -ENOSPC);
+	} while (count == -ENOSPC && ++tries < 4);
 	if (count < 0)
 		fprintf(stderr, PROG ": cannot format the chat: %s\n", strerror(-count));
 	return count;

@@ -271,7 +271,7 @@ int upstream_chat_tokens(struct upstream *up, const struct rs_chat_message *mess
 	/* The ids of one call: llama3.2's date is read at each, and may change between the
 	 * size query and the fill (midnight); then the fill asks for more room. */
 	uint32_t room = count >= 0 ? (uint32_t)count + 16 : 0;
-	while (count >= 0 || count == -ENOSPC) {
+	for (int tries = 0; tries < 4 && (count >= 0 || count == -ENOSPC); tries++) {
 		uint32_t *grown = realloc(*ids, (size_t)room * sizeof(**ids));
 		if (!grown) {
 			count = -ENOMEM;
