@@ -103,10 +103,16 @@ struct rs_model_engine_options {
 	int threads;		   /* CPU backend workers; 0: one per CPU */
 	const char *kv_dtype;	   /* "auto", "f32", "f16" (CPU backend) */
 	FILE *step_log;		   /* each finished step's shape and seconds; NULL: none */
+	/* A model engine made by rs_model_engine_create whose loaded model this one uses
+	 * instead of loading model_path again (--workers): the CPU backend then packs the
+	 * weights once for all of them (engine.h, "shared weights"). The model is freed with
+	 * the last engine using it, in any order. NULL: load model_path. */
+	struct rs_serving_engine *same_model_as;
 };
 
 /* The model engine: kernels/engine/engine.h behind the serving interface. Loads the model
- * (GGUF or llama2.c). Returns 0 or a negative errno with a message on stderr. */
+ * (GGUF or llama2.c), or shares options->same_model_as's. Returns 0 or a negative errno
+ * with a message on stderr. */
 int rs_model_engine_create(const struct rs_model_engine_options *options,
 			   struct rs_serving_engine **engine);
 

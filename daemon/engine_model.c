@@ -52,9 +52,24 @@ struct lane {
 	uint64_t started_ns, ended_ns;
 };
 
+/* A loaded model and the engines using it (--workers share one). */
+struct shared_model {
+	struct rs_model *model;
+	_Atomic uint32_t refs;
+};
+
+static void release_model(struct shared_model *shared)
+{
+	if (shared && atomic_fetch_sub(&shared->refs, 1) == 1) {
+		rs_model_free(shared->model);
+		free(shared);
+	}
+}
+
 struct model_engine {
 	struct rs_serving_engine base;
-	struct rs_model *model;
+	struct shared_model *shared;
+	struct rs_model *model; /* shared->model */
 	struct rs_engine *engine;
 	void *vocab; /* serialized tokenizer for the shared segment */
 	struct lane *lanes;
@@ -233,8 +248,8 @@ static void model_destroy(struct rs_serving_engine *base)
 {
 	struct model_engine *engine = (struct model_engine *)base;
 	destroy_lanes(engine, base->lanes);
-	rs_engine_destroy(engine->engine);
-	rs_model_free(engine->model);
+	rs_engine_destroy(engine->engine); /* before the model it reads */
+	release_model(engine->shared);
 	free(engine->vocab);
 	free(engine);
 }
@@ -257,13 +272,28 @@ int rs_model_engine_create(const struct rs_model_engine_options *options,
 	if (!engine)
 		return -ENOMEM;
 	engine->step_log = options->step_log;
-	int ret = rs_model_load(options->model_path, options->tokenizer_path, &engine->model, err,
-				sizeof(err));
-	if (ret) {
+	int ret = 0;
+	if (options->same_model_as) {
+		if (options->same_model_as->ops != &model_ops) {
+			free(engine);
+			return -EINVAL;
+		}
+		engine->shared = ((struct model_engine *)options->same_model_as)->shared;
+		atomic_fetch_add(&engine->shared->refs, 1);
+	} else if (!(engine->shared = calloc(1, sizeof(*engine->shared)))) {
+		ret = -ENOMEM;
+	} else if ((ret = rs_model_load(options->model_path, options->tokenizer_path,
+					&engine->shared->model, err, sizeof(err)))) {
 		fprintf(stderr, "ringserved: %s: %s\n", options->model_path, err);
+		free(engine->shared);
+	} else {
+		atomic_init(&engine->shared->refs, 1);
+	}
+	if (ret) {
 		free(engine);
 		return ret;
 	}
+	engine->model = engine->shared->model;
 	struct rs_engine_options engine_options;
 	rs_engine_options_init(&engine_options);
 	engine_options.backend = options->backend;
@@ -326,7 +356,7 @@ int rs_model_engine_create(const struct rs_model_engine_options *options,
 fail:
 	destroy_lanes(engine, engine->engine ? rs_engine_options(engine->engine)->lanes : 0);
 	rs_engine_destroy(engine->engine);
-	rs_model_free(engine->model);
+	release_model(engine->shared);
 	free(engine->vocab);
 	free(engine);
 	return ret;

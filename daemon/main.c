@@ -480,6 +480,8 @@ int main(int argc, char **argv)
 		} else {
 			model_options.lanes = null_options.lanes;
 			model_options.max_batch = null_options.max_batch;
+			/* One loaded model for all workers: the CPU backend packs it once. */
+			model_options.same_model_as = created ? instances[0] : NULL;
 			ret = rs_model_engine_create(&model_options, &instances[created]);
 		}
 	}

@@ -42,10 +42,24 @@ struct cpu_layer {
 	struct rs_packed_matrix w_down; /* dim x hidden */
 };
 
-struct cpu_engine {
+/* The packed (and copied) weights of one model for one ISA and cpu_weights setting,
+ * shared read-only by every engine created from that model with those settings (the
+ * daemon's --workers): only the KV pool, the scratch and the thread pool are per engine.
+ * Reference-counted in shared_weights (below); freed with the last engine. */
+struct cpu_weights {
+	const struct rs_model *model; /* the key: model, isa, copy_quant */
+	enum rs_cpu_isa isa;
+	bool copy_quant;
+	uint32_t n_layers;
+	uint32_t refs; /* engines using it; under shared_weights_lock */
+	struct cpu_weights *next;
 	struct cpu_layer *layers;
 	float *final_norm;
 	struct rs_packed_matrix output; /* vocab x dim */
+};
+
+struct cpu_engine {
+	struct cpu_weights *w;	/* shared with the model's other engines */
 	enum rs_cpu_isa isa;		/* of the products */
 	bool copy_quant;		/* options.cpu_weights "copy" */
 	void *k_cache, *v_cache;	/* [layer][block][block_size][kv_dim] of kv_dtype */
@@ -156,7 +170,7 @@ static int pack(struct rs_thread_pool *pool, enum rs_cpu_isa isa, struct rs_pack
 }
 
 #define PACK(w, ...)                                                                               \
-	pack(c->pool, c->isa, w, (const struct rs_tensor *const[]){__VA_ARGS__},                   \
+	pack(pool, W->isa, w, (const struct rs_tensor *const[]){__VA_ARGS__},                   \
 	     sizeof((const struct rs_tensor *const[]){__VA_ARGS__}) / sizeof(void *))
 
 static void cpu_destroy(struct rs_engine *engine);
@@ -177,22 +191,46 @@ static int copy_quant(const struct rs_model *m, struct rs_packed_matrix *w)
 	return rc;
 }
 
-static int load_weights(struct rs_engine *e, struct cpu_engine *c)
+static void free_weights(struct cpu_weights *W)
+{
+	if (!W)
+		return;
+	if (W->layers) {
+		for (uint32_t l = 0; l < W->n_layers; l++) {
+			struct cpu_layer *L = &W->layers[l];
+			free(L->attn_norm);
+			free(L->ffn_norm);
+			free(L->bqkv);
+			rs_packed_free(&L->wqkv);
+			rs_packed_free(&L->wo);
+			rs_packed_free(&L->w_gate);
+			rs_packed_free(&L->w_up);
+			rs_packed_free(&L->w_down);
+		}
+	}
+	free(W->layers);
+	free(W->final_norm);
+	rs_packed_free(&W->output);
+	free(W);
+}
+
+static int load_weights(struct rs_engine *e, struct rs_thread_pool *pool, struct cpu_weights *W)
 {
 	const struct rs_model *m = e->model;
 	const struct rs_model_config *cfg = &e->config;
 	size_t dim = cfg->dim;
 
 	/* Shapes were checked by rs_engine_create. */
-	c->layers = calloc(cfg->n_layers, sizeof(*c->layers));
-	c->final_norm = alloc_floats(dim);
-	if (!c->layers || !c->final_norm)
+	W->layers = calloc(cfg->n_layers, sizeof(*W->layers));
+	W->n_layers = cfg->n_layers;
+	W->final_norm = alloc_floats(dim);
+	if (!W->layers || !W->final_norm)
 		return -ENOMEM;
-	to_f32(c->final_norm, &m->final_norm);
-	int rc = PACK(&c->output, &m->output);
+	to_f32(W->final_norm, &m->final_norm);
+	int rc = PACK(&W->output, &m->output);
 	for (uint32_t l = 0; !rc && l < cfg->n_layers; l++) {
 		const struct rs_layer_weights *w = &m->layers[l];
-		struct cpu_layer *L = &c->layers[l];
+		struct cpu_layer *L = &W->layers[l];
 		L->attn_norm = alloc_floats(dim);
 		L->ffn_norm = alloc_floats(dim);
 		if (!L->attn_norm || !L->ffn_norm)
@@ -214,12 +252,65 @@ static int load_weights(struct rs_engine *e, struct cpu_engine *c)
 		rc = rc ? rc : PACK(&L->w_down, &w->w_down);
 		struct rs_packed_matrix *mats[] = {&L->wqkv, &L->wo, &L->w_gate, &L->w_up,
 						   &L->w_down};
-		for (int i = 0; i < 5 && !rc && c->copy_quant; i++)
+		for (int i = 0; i < 5 && !rc && W->copy_quant; i++)
 			rc = copy_quant(m, mats[i]);
 	}
-	if (!rc && c->copy_quant)
-		rc = copy_quant(m, &c->output);
+	if (!rc && W->copy_quant)
+		rc = copy_quant(m, &W->output);
 	return rc;
+}
+
+/* Every weight set in use, process-wide. The lock is held while a set is packed, so that
+ * two engines created at once from one model pack it once (creation is rare; a step never
+ * takes this lock). */
+static pthread_mutex_t shared_weights_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct cpu_weights *shared_weights;
+
+/* The weights of e's model for c's settings: an existing set with one more reference, or
+ * a new one packed on c's pool. 0 or a negative errno (nothing held). */
+static int acquire_weights(struct rs_engine *e, struct cpu_engine *c)
+{
+	pthread_mutex_lock(&shared_weights_lock);
+	struct cpu_weights *W = shared_weights;
+	while (W && (W->model != e->model || W->isa != c->isa || W->copy_quant != c->copy_quant))
+		W = W->next;
+	int rc = 0;
+	if (W) {
+		W->refs++;
+	} else if (!(W = calloc(1, sizeof(*W)))) {
+		rc = -ENOMEM;
+	} else {
+		*W = (struct cpu_weights){
+		    .model = e->model, .isa = c->isa, .copy_quant = c->copy_quant, .refs = 1};
+		rc = load_weights(e, c->pool, W); /* packs on the pool */
+		if (rc) {
+			free_weights(W);
+			W = NULL;
+		} else {
+			W->next = shared_weights;
+			shared_weights = W;
+		}
+	}
+	pthread_mutex_unlock(&shared_weights_lock);
+	c->w = W;
+	return rc;
+}
+
+static void release_weights(struct cpu_weights *W)
+{
+	if (!W)
+		return;
+	pthread_mutex_lock(&shared_weights_lock);
+	bool last = --W->refs == 0;
+	if (last) {
+		struct cpu_weights **p = &shared_weights;
+		while (*p != W)
+			p = &(*p)->next;
+		*p = W->next;
+	}
+	pthread_mutex_unlock(&shared_weights_lock);
+	if (last)
+		free_weights(W);
 }
 
 static int cpu_create(struct rs_engine *e, char *err, size_t err_size)
@@ -249,7 +340,7 @@ static int cpu_create(struct rs_engine *e, char *err, size_t err_size)
 		rs_errmsg(err, err_size, 0, "thread pool: %s", strerror(-rc));
 		goto fail;
 	}
-	rc = load_weights(e, c); /* packs on the pool */
+	rc = acquire_weights(e, c);
 	if (rc)
 		goto fail;
 
@@ -309,22 +400,7 @@ static void cpu_destroy(struct rs_engine *e)
 	if (!c)
 		return;
 	rs_thread_pool_destroy(c->pool);
-	if (c->layers) {
-		for (uint32_t l = 0; l < e->config.n_layers; l++) {
-			struct cpu_layer *L = &c->layers[l];
-			free(L->attn_norm);
-			free(L->ffn_norm);
-			free(L->bqkv);
-			rs_packed_free(&L->wqkv);
-			rs_packed_free(&L->wo);
-			rs_packed_free(&L->w_gate);
-			rs_packed_free(&L->w_up);
-			rs_packed_free(&L->w_down);
-		}
-	}
-	free(c->layers);
-	free(c->final_norm);
-	rs_packed_free(&c->output);
+	release_weights(c->w);
 	rs_free_zeroed_large(c->k_cache, c->kv_cache_bytes);
 	rs_free_zeroed_large(c->v_cache, c->kv_cache_bytes);
 	free(c->x);
@@ -452,7 +528,7 @@ static void rope_store_item(void *ctx, uint32_t t, uint32_t worker)
 	struct cpu_engine *c = j->c;
 	uint32_t hd = cfg->head_dim, q_dim = cfg->n_heads * hd, kv_dim = cfg->n_kv_heads * hd;
 	float *row = c->qkv + (size_t)t * (q_dim + 2 * kv_dim);
-	const float *bias = c->layers[j->layer].bqkv;
+	const float *bias = c->w->layers[j->layer].bqkv;
 	if (bias)
 		rs_op_add_bias(row, bias, 1, q_dim + 2 * kv_dim, 0);
 	/* The token's cosines and sines once per step (the sines, cosines and powers were a
@@ -548,7 +624,7 @@ static void forward_layers(struct rs_engine *e, struct cpu_engine *c,
 	c->seq_offset[n_seqs] = T;
 
 	for (uint32_t l = 0; l < cfg->n_layers; l++) {
-		const struct cpu_layer *L = &c->layers[l];
+		const struct cpu_layer *L = &c->w->layers[l];
 		struct attention_job job = {
 		    .e = e,
 		    .c = c,
@@ -594,8 +670,8 @@ static int cpu_step(struct rs_engine *e, uint32_t lane, const struct rs_seq_step
 	pthread_mutex_lock(&c->lock);
 	forward_layers(e, c, seqs, n_seqs, T);
 	if (logits) {
-		rs_op_rmsnorm(c->xb, c->x, c->final_norm, T, dim, cfg->norm_eps);
-		matmul(c, logits, c->xb, &c->output, T, false);
+		rs_op_rmsnorm(c->xb, c->x, c->w->final_norm, T, dim, cfg->norm_eps);
+		matmul(c, logits, c->xb, &c->w->output, T, false);
 		goto out;
 	}
 	/* Only the last position of each sampled sequence needs logits: gather those rows,
@@ -605,7 +681,7 @@ static int cpu_step(struct rs_engine *e, uint32_t lane, const struct rs_seq_step
 		if (!seqs[s].sample)
 			continue;
 		uint32_t last = c->seq_offset[s + 1] - 1;
-		rs_op_rmsnorm(c->xb + (size_t)rows * dim, c->x + (size_t)last * dim, c->final_norm,
+		rs_op_rmsnorm(c->xb + (size_t)rows * dim, c->x + (size_t)last * dim, c->w->final_norm,
 			      1, dim, cfg->norm_eps);
 		c->sample_rows[rows++] = s;
 	}
@@ -622,7 +698,7 @@ static int cpu_step(struct rs_engine *e, uint32_t lane, const struct rs_seq_step
 		c->logits = grown;
 		c->logits_rows = rows;
 	}
-	matmul(c, c->logits, c->xb, &c->output, rows, false);
+	matmul(c, c->logits, c->xb, &c->w->output, rows, false);
 	struct sample_job job = {.e = e, .c = c, .seqs = seqs};
 	rs_thread_pool_run(c->pool, rows, sample_item, &job);
 out:
