@@ -109,7 +109,10 @@ int rs_engine_step_fd(struct rs_engine *engine, uint32_t lane);
 void rs_engine_stats(struct rs_engine *engine, struct rs_engine_stats *out);
 
 /* Create an engine for model (which must outlive the engine: the CPU backend reads F32
- * weights in place). opts may be NULL (defaults). Weights in F16/BF16 are converted to
+ * weights in place). opts may be NULL (defaults). CPU backend: engines of one model with
+ * the same cpu_products and cpu_weights share one read-only packed copy of the weights,
+ * reference-counted and freed with the last of them (docs/engine.md, "Shared weights");
+ * each keeps its own KV pool, scratch and threads. Weights in F16/BF16 are converted to
  * the backend's type once, here (the CUDA backend keeps the model's own dtype on the
  * device). Allocates the KV pool and the scratch for max_batch_tokens tokens.
  * Backend "auto" picks CUDA when it is built and a device answers, else the CPU; then, on
