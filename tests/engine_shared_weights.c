@@ -77,6 +77,8 @@ static size_t matrix_bytes(const struct rs_model *m)
 	return n;
 }
 
+static char last_err[256]; /* create's message */
+
 static int create(const struct rs_model *m, uint32_t kv_blocks, uint32_t block_size,
 		  struct rs_engine **e)
 {
@@ -89,10 +91,10 @@ static int create(const struct rs_model *m, uint32_t kv_blocks, uint32_t block_s
 	opts.threads = 2;
 	opts.kv_dtype = "f32";
 	opts.cpu_weights = "copy";
-	char err[256] = "";
-	int rc = rs_engine_create(m, &opts, e, err, sizeof(err));
+	last_err[0] = 0;
+	int rc = rs_engine_create(m, &opts, e, last_err, sizeof(last_err));
 	if (rc && kv_blocks < 1000)
-		fprintf(stderr, "engine: %d %s\n", rc, err);
+		fprintf(stderr, "engine: %d %s\n", rc, last_err);
 	return rc;
 }
 
@@ -165,14 +167,21 @@ static void check_model(const struct rs_model *m, const char *name, bool first_g
 	long r2 = rss_bytes();
 	printf("%-6s weights %zu B: first engine +%ld B, second +%ld B\n", name, W, r1 - r0,
 	       r2 - r1);
-	CHECK(r1 - r0 > (long)(W / 2), "%s: the first engine grew by %ld B <= W/2 = %zu: the "
-	      "measure cannot tell a copy", name, r1 - r0, W / 2);
-	CHECK(r2 - r1 < (long)(W / 4), "%s: the second engine grew by %ld B >= W/4 = %zu: "
-	      "weights not shared", name, r2 - r1, W / 4);
+	CHECK(r1 - r0 > (long)(W / 2),
+	      "%s: the first engine grew by %ld B <= W/2 = %zu: the "
+	      "measure cannot tell a copy",
+	      name, r1 - r0, W / 2);
+	CHECK(r2 - r1 < (long)(W / 4),
+	      "%s: the second engine grew by %ld B >= W/4 = %zu: "
+	      "weights not shared",
+	      name, r2 - r1, W / 4);
 
-	/* A second engine that fails after taking the weights: a KV pool of 2^50+ bytes. */
-	CHECK(create(m, 1u << 30, 65536, &failed) == -ENOMEM, "%s: huge KV pool created", name);
+	/* A second engine that fails after taking the weights: a KV pool of 2^48 bytes each for K
+	 * and V, more than the address space. */
+	CHECK(create(m, 1u << 20, 65536, &failed) == -ENOMEM, "%s: huge KV pool created", name);
 	CHECK(failed == NULL, "%s: failed creation returned an engine", name);
+	/* The CPU backend's KV allocation, which comes after the weights are taken. */
+	CHECK(strstr(last_err, "KV cache") != NULL, "%s: failed elsewhere: %s", name, last_err);
 
 	same_output(a, ref_ids, ref, "first of two");
 	same_output(b, ref_ids, ref, "second of two");

@@ -59,12 +59,12 @@ struct cpu_weights {
 };
 
 struct cpu_engine {
-	struct cpu_weights *w;	/* shared with the model's other engines */
-	enum rs_cpu_isa isa;		/* of the products */
-	bool copy_quant;		/* options.cpu_weights "copy" */
-	void *k_cache, *v_cache;	/* [layer][block][block_size][kv_dim] of kv_dtype */
-	size_t kv_cache_bytes;		/* each of k_cache, v_cache (rs_alloc_zeroed_large) */
-	enum rs_dtype kv_dtype;		/* RS_DTYPE_F32 or RS_DTYPE_F16 (options.kv_dtype) */
+	struct cpu_weights *w;	 /* shared with the model's other engines */
+	enum rs_cpu_isa isa;	 /* of the products */
+	bool copy_quant;	 /* options.cpu_weights "copy" */
+	void *k_cache, *v_cache; /* [layer][block][block_size][kv_dim] of kv_dtype */
+	size_t kv_cache_bytes;	 /* each of k_cache, v_cache (rs_alloc_zeroed_large) */
+	enum rs_dtype kv_dtype;	 /* RS_DTYPE_F32 or RS_DTYPE_F16 (options.kv_dtype) */
 	size_t layer_cache_elems;
 
 	/* Scratch for max_batch_tokens tokens. */
@@ -170,7 +170,7 @@ static int pack(struct rs_thread_pool *pool, enum rs_cpu_isa isa, struct rs_pack
 }
 
 #define PACK(w, ...)                                                                               \
-	pack(pool, W->isa, w, (const struct rs_tensor *const[]){__VA_ARGS__},                   \
+	pack(pool, W->isa, w, (const struct rs_tensor *const[]){__VA_ARGS__},                      \
 	     sizeof((const struct rs_tensor *const[]){__VA_ARGS__}) / sizeof(void *))
 
 static void cpu_destroy(struct rs_engine *engine);
@@ -681,8 +681,8 @@ static int cpu_step(struct rs_engine *e, uint32_t lane, const struct rs_seq_step
 		if (!seqs[s].sample)
 			continue;
 		uint32_t last = c->seq_offset[s + 1] - 1;
-		rs_op_rmsnorm(c->xb + (size_t)rows * dim, c->x + (size_t)last * dim, c->w->final_norm,
-			      1, dim, cfg->norm_eps);
+		rs_op_rmsnorm(c->xb + (size_t)rows * dim, c->x + (size_t)last * dim,
+			      c->w->final_norm, 1, dim, cfg->norm_eps);
 		c->sample_rows[rows++] = s;
 	}
 	if (!rows)
