@@ -36,14 +36,6 @@
 #include "kernels/model/quant.h"
 #include "tests/engine_test.h"
 
-#define REQUIRE(cond)                                                                              \
-	do {                                                                                       \
-		if (!(cond)) {                                                                     \
-			fprintf(stderr, "%s:%d: required: %s\n", __FILE__, __LINE__, #cond);       \
-			exit(1);                                                                   \
-		}                                                                                  \
-	} while (0)
-
 enum { PREFILL = 16, DECODE = 4, N_POS = PREFILL + DECODE };
 
 static char dir[] = "/tmp/rs_quant_XXXXXX";

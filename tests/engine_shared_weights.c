@@ -25,14 +25,6 @@
 #include "kernels/model/quant.h"
 #include "tests/engine_test.h"
 
-#define REQUIRE(cond)                                                                              \
-	do {                                                                                       \
-		if (!(cond)) {                                                                     \
-			fprintf(stderr, "%s:%d: required: %s\n", __FILE__, __LINE__, #cond);       \
-			exit(1);                                                                   \
-		}                                                                                  \
-	} while (0)
-
 enum { PREFILL = 5, N_POS = 24 };
 
 /* Big enough that the weights dwarf the scratch: ~58 MB of f32 matrices. */

@@ -13,6 +13,15 @@
 
 static int test_failures;
 
+/* Fatal: the rest of the test cannot run. */
+#define REQUIRE(cond)                                                                              \
+	do {                                                                                       \
+		if (!(cond)) {                                                                     \
+			fprintf(stderr, "%s:%d: required: %s\n", __FILE__, __LINE__, #cond);       \
+			exit(1);                                                                   \
+		}                                                                                  \
+	} while (0)
+
 #define CHECK(cond, ...)                                                                           \
 	do {                                                                                       \
 		if (!(cond)) {                                                                     \

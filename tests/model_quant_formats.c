@@ -31,14 +31,6 @@
 #include "tests/engine_test.h"
 #include "tests/quant_reference.h"
 
-#define REQUIRE(cond)                                                                              \
-	do {                                                                                       \
-		if (!(cond)) {                                                                     \
-			fprintf(stderr, "%s:%d: required: %s\n", __FILE__, __LINE__, #cond);       \
-			exit(1);                                                                   \
-		}                                                                                  \
-	} while (0)
-
 static const enum rs_dtype formats[] = {RS_DTYPE_Q8_0, RS_DTYPE_Q4_0, RS_DTYPE_Q4_K, RS_DTYPE_Q5_K,
 					RS_DTYPE_Q6_K};
 

@@ -37,6 +37,14 @@ int rs_model_random(const struct rs_model_config *cfg, enum rs_dtype dtype, uint
 		.rope_theta = 10000.0f, .norm_eps = 1e-5f                                          \
 	}
 
+/* TinyLlama-1.1B's shape (the GPU benchmarks' model). */
+#define RS_TINYLLAMA_CONFIG(seq_len)                                                               \
+	{                                                                                          \
+		.dim = 2048, .hidden_dim = 5632, .n_layers = 22, .n_heads = 32, .n_kv_heads = 4,   \
+		.head_dim = 64, .vocab_size = 32000, .max_seq_len = (seq_len), .rope_dim = 64,     \
+		.rope_theta = 10000.0f, .norm_eps = 1e-5f                                          \
+	}
+
 struct rs_model_random_extras {
 	enum rs_arch arch; /* written as general.architecture; RS_ARCH_QWEN2 implies qkv_bias */
 	bool qkv_bias;	   /* q, k, v biases: uniform with standard deviation 0.5 */

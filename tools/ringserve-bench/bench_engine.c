@@ -450,19 +450,7 @@ static int bench_gpu(uint32_t prompt, uint32_t steps, bool profile, FILE *json)
 		fprintf(json, "null");
 		return 0;
 	}
-	struct rs_model_config cfg = {
-	    .dim = 2048,
-	    .hidden_dim = 5632,
-	    .n_layers = 22,
-	    .n_heads = 32,
-	    .n_kv_heads = 4,
-	    .head_dim = 64,
-	    .vocab_size = 32000,
-	    .max_seq_len = 2048,
-	    .rope_dim = 64,
-	    .rope_theta = 10000.0f,
-	    .norm_eps = 1e-5f,
-	};
+	struct rs_model_config cfg = RS_TINYLLAMA_CONFIG(2048);
 	enum { N_BATCHES = 5, N_EAGER = 2, TTFT_PROMPT = 2048, LANES = 4, LANE_BATCHES = 2 };
 	const uint32_t batches[N_BATCHES] = {1, 8, 16, 32, 128}, lane_batches[] = {1, 4};
 	struct rs_model *model = NULL;

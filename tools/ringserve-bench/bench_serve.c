@@ -217,17 +217,7 @@ int bench_serve(int argc, char **argv, FILE *json)
 	bool cuda = strcmp(o.backend, "cuda") == 0;
 	struct rs_model_config config = RS_STORIES15M_CONFIG(256);
 	if (cuda)
-		config = (struct rs_model_config){.dim = 2048,
-						  .hidden_dim = 5632,
-						  .n_layers = 22,
-						  .n_heads = 32,
-						  .n_kv_heads = 4,
-						  .head_dim = 64,
-						  .vocab_size = 32000,
-						  .max_seq_len = 2048,
-						  .rope_dim = 64,
-						  .rope_theta = 10000.0f,
-						  .norm_eps = 1e-5f};
+		config = (struct rs_model_config)RS_TINYLLAMA_CONFIG(2048);
 	if (o.batch < 1 || o.batch > MAX_BATCH || o.rounds < 1 || o.prompt < 1 || o.prompt > 4096 ||
 	    o.new_tokens < 1 || o.prompt > STEP_TOKENS ||
 	    o.prompt + o.new_tokens > config.max_seq_len ||
