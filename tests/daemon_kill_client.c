@@ -1,10 +1,10 @@
 /* A client killed with SIGKILL mid-request: its work is cancelled and its resources are
  * freed (its client slot becomes available again), and the other client sees nothing. */
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <sched.h>
 #include <unistd.h>
 
 #include "client-lib/ringserve.h"
@@ -25,7 +25,8 @@ static void run_victim(const char *socket_path, int ready_fd)
 	if (ret != 0)
 		_exit(2);
 	unsigned prompt[4] = {1, 2, 3, 4};
-	struct rs_generate_params params = {.prompt = prompt, .prompt_len = 4, .max_new_tokens = 4000};
+	struct rs_generate_params params = {
+	    .prompt = prompt, .prompt_len = 4, .max_new_tokens = 4000};
 	int first = -1;
 	for (int i = 0; i < 8; i++) {
 		int request = rs_submit(conn, &params);
@@ -47,7 +48,8 @@ int main(void)
 {
 	struct test_daemon daemon;
 	/* Two client slots: the survivor and one more, so a leaked slot would show. */
-	const char *args[] = {"--null-vocab", "1000", "--max-clients", "2", "--null-delay-us", "1000", NULL};
+	const char *args[] = {"--null-vocab", "1000", "--max-clients", "2", "--null-delay-us",
+			      "1000",	      NULL};
 	test_daemon_start(&daemon, args);
 	struct rs_connection *survivor;
 	CHECK(rs_connect(daemon.socket_path, NULL, &survivor) == 0, "survivor connect");
@@ -68,13 +70,15 @@ int main(void)
 
 		/* The survivor has a request running alongside the victim's. */
 		unsigned prompt[3] = {7, 7, (unsigned)round};
-		struct rs_generate_params params = {.prompt = prompt, .prompt_len = 3, .max_new_tokens = 30};
+		struct rs_generate_params params = {
+		    .prompt = prompt, .prompt_len = 3, .max_new_tokens = 30};
 		int request = rs_submit(survivor, &params);
 		CHECK(request >= 0, "survivor submit");
 
 		kill(victim, SIGKILL);
 		int status;
-		CHECK(waitpid(victim, &status, 0) == victim && WIFSIGNALED(status), "victim killed");
+		CHECK(waitpid(victim, &status, 0) == victim && WIFSIGNALED(status),
+		      "victim killed");
 
 		struct rs_completion done;
 		CHECK(rs_wait(survivor, &done, 1, 10000) == 1, "survivor completion");
@@ -82,7 +86,8 @@ int main(void)
 		const uint32_t *tokens;
 		CHECK(rs_output(survivor, request, &tokens) == 30, "survivor output");
 		for (unsigned i = 0; i < 30; i++)
-			CHECK(tokens[i] == test_null_token(prompt, 3, i, VOCAB), "survivor token %u", i);
+			CHECK(tokens[i] == test_null_token(prompt, 3, i, VOCAB),
+			      "survivor token %u", i);
 		rs_release(survivor, request);
 
 		/* The victim's client slot is freed once the daemon has seen the EOF and its
@@ -91,7 +96,8 @@ int main(void)
 		struct rs_connection *next = NULL;
 		uint64_t deadline = rs_now_ns() + 5ull * 1000 * 1000 * 1000;
 		int ret;
-		while ((ret = rs_connect(daemon.socket_path, NULL, &next)) == -EUSERS && rs_now_ns() < deadline)
+		while ((ret = rs_connect(daemon.socket_path, NULL, &next)) == -EUSERS &&
+		       rs_now_ns() < deadline)
 			sched_yield();
 		CHECK(ret == 0, "client slot not freed after the kill: %s", strerror(-ret));
 		rs_close(next);

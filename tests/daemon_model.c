@@ -15,7 +15,7 @@
 #include "kernels/model/tokenizer.h"
 #include "tests/harness/harness.h"
 
-#define REQUESTS 12
+#define REQUESTS   12
 #define NEW_TOKENS 20
 
 struct reference {
@@ -36,8 +36,11 @@ static void reference_run(struct rs_engine *engine, const uint32_t *prompt, uint
 		blocks[i] = (uint32_t)block;
 	}
 	float *logits = malloc((size_t)prompt_len * config->vocab_size * sizeof(float));
-	struct rs_seq_step step = {.tokens = prompt, .n_tokens = prompt_len, .start_pos = 0,
-				   .block_table = blocks, .n_blocks = n_blocks};
+	struct rs_seq_step step = {.tokens = prompt,
+				   .n_tokens = prompt_len,
+				   .start_pos = 0,
+				   .block_table = blocks,
+				   .n_blocks = n_blocks};
 	uint32_t token = 0;
 	for (uint32_t i = 0; i < NEW_TOKENS; i++) {
 		CHECK(rs_engine_forward_logits(engine, &step, 1, logits) == 0, "reference forward");
@@ -75,38 +78,45 @@ static void serve_and_compare(const char *backend, const char *model_path,
 	uint32_t vocab = model->config.vocab_size;
 	/* The daemon: 16-token prefill budget per step, 12 KV blocks (192 positions). */
 	struct test_daemon daemon;
-	const char *args[] = {"--model", model_path, "--backend", backend, "--threads", "1",
-			      "--max-batch-tokens", "16", "--kv-blocks", "12", NULL};
+	const char *args[] = {
+	    "--model", model_path,    "--backend", backend, "--threads", "1", "--max-batch-tokens",
+	    "16",      "--kv-blocks", "12",	   NULL};
 	test_daemon_start(&daemon, args);
 	struct rs_connection *conn;
 	CHECK(rs_connect(daemon.socket_path, NULL, &conn) == 0, "connect");
 	struct rs_model_info info;
 	rs_model_info(conn, &info);
-	CHECK(info.vocab_size == vocab && info.max_seq_len == model->config.max_seq_len, "model info");
+	CHECK(info.vocab_size == vocab && info.max_seq_len == model->config.max_seq_len,
+	      "model info");
 	CHECK(strcmp(info.engine_name, backend) == 0, "engine %s", info.engine_name);
 	/* The vocabulary the daemon shares tokenizes like the model's own tokenizer. */
 	struct rs_tokenizer *shared_tok;
-	CHECK(info.vocab && rs_tokenizer_load_serialized(info.vocab, info.vocab_bytes, &shared_tok) == 0,
+	CHECK(info.vocab &&
+		  rs_tokenizer_load_serialized(info.vocab, info.vocab_bytes, &shared_tok) == 0,
 	      "shared vocabulary");
 	const char *text = "Once upon a time, there was a tiny model.";
 	uint32_t ids_a[128], ids_b[128];
 	int n_a = rs_tokenizer_encode(shared_tok, text, strlen(text), RS_ENCODE_BOS, ids_a, 128);
-	int n_b = rs_tokenizer_encode(model->tokenizer, text, strlen(text), RS_ENCODE_BOS, ids_b, 128);
-	CHECK(n_a > 1 && n_a == n_b && memcmp(ids_a, ids_b, (size_t)n_a * 4) == 0, "same tokenization");
+	int n_b =
+	    rs_tokenizer_encode(model->tokenizer, text, strlen(text), RS_ENCODE_BOS, ids_b, 128);
+	CHECK(n_a > 1 && n_a == n_b && memcmp(ids_a, ids_b, (size_t)n_a * 4) == 0,
+	      "same tokenization");
 	rs_tokenizer_free(shared_tok);
 
 	int handles[REQUESTS];
 	for (int r = 0; r < REQUESTS; r++) {
-		struct rs_generate_params params = {
-			.prompt = prompts[r], .prompt_len = lengths[r], .max_new_tokens = NEW_TOKENS,
-			.flags = RS_GENERATE_IGNORE_EOS, .user_data = (uint64_t)r};
+		struct rs_generate_params params = {.prompt = prompts[r],
+						    .prompt_len = lengths[r],
+						    .max_new_tokens = NEW_TOKENS,
+						    .flags = RS_GENERATE_IGNORE_EOS,
+						    .user_data = (uint64_t)r};
 		handles[r] = rs_submit(conn, &params);
 		CHECK(handles[r] >= 0, "submit %d: %s", r, strerror(-handles[r]));
 	}
 	/* Too big for the whole KV pool: 200 + 50 positions need 16 blocks of 12. */
 	static uint32_t long_prompt[200];
-	struct rs_generate_params too_big = {.prompt = long_prompt, .prompt_len = 200,
-					     .max_new_tokens = 50, .user_data = 99};
+	struct rs_generate_params too_big = {
+	    .prompt = long_prompt, .prompt_len = 200, .max_new_tokens = 50, .user_data = 99};
 	CHECK(rs_submit(conn, &too_big) >= 0, "submit the oversized request");
 
 	int divergent = 0;
@@ -120,8 +130,8 @@ static void serve_and_compare(const char *backend, const char *model_path,
 			continue;
 		}
 		int r = (int)done.user_data;
-		CHECK(done.status == 0 && done.output_len == NEW_TOKENS, "request %d: status %d, %u tokens",
-		      r, done.status, done.output_len);
+		CHECK(done.status == 0 && done.output_len == NEW_TOKENS,
+		      "request %d: status %d, %u tokens", r, done.status, done.output_len);
 		const uint32_t *tokens;
 		CHECK(rs_output(conn, done.request, &tokens) == NEW_TOKENS, "output");
 		for (uint32_t i = 0; i < NEW_TOKENS; i++) {
@@ -129,10 +139,12 @@ static void serve_and_compare(const char *backend, const char *model_path,
 				continue;
 			/* Batched and chunked sums round differently from the lone run; that may
 			 * flip a near tie, and nothing else. After a flip the texts differ. */
-			CHECK(references[r].gap[i] < near_tie,
-			      "%s: request %d token %u: %u, the CPU engine alone gives %u (logit gap "
-			      "%g)", backend, r, i, tokens[i], references[r].tokens[i],
-			      references[r].gap[i]);
+			CHECK(
+			    references[r].gap[i] < near_tie,
+			    "%s: request %d token %u: %u, the CPU engine alone gives %u (logit gap "
+			    "%g)",
+			    backend, r, i, tokens[i], references[r].tokens[i],
+			    references[r].gap[i]);
 			divergent++;
 			break;
 		}
@@ -169,7 +181,7 @@ int main(void)
 	struct reference references[REQUESTS];
 	for (int r = 0; r < REQUESTS; r++) {
 		lengths[r] = 1 + (uint32_t)(r * 37 % 60); /* 1 .. 60 tokens */
-		prompts[r][0] = 1;                        /* BOS */
+		prompts[r][0] = 1;			  /* BOS */
 		for (uint32_t i = 1; i < lengths[r]; i++)
 			prompts[r][i] = (uint32_t)(r * 131 + i * 17) % vocab;
 		reference_run(engine, prompts[r], lengths[r], &references[r]);

@@ -15,8 +15,18 @@
 int main(void)
 {
 	struct test_daemon daemon;
-	const char *args[] = {"--planner", "multibin", "--bins", "2", "--bin-boundaries", "8",
-			      "--bin-batch", "4", "--bin-deadline-ms", "5", "--max-batch", "8",
+	const char *args[] = {"--planner",
+			      "multibin",
+			      "--bins",
+			      "2",
+			      "--bin-boundaries",
+			      "8",
+			      "--bin-batch",
+			      "4",
+			      "--bin-deadline-ms",
+			      "5",
+			      "--max-batch",
+			      "8",
 			      NULL};
 	test_daemon_start(&daemon, args);
 	struct rs_connection *conn[2];
@@ -26,10 +36,12 @@ int main(void)
 	uint32_t want[REQUESTS];
 	for (int r = 0; r < REQUESTS; r++) {
 		want[r] = r % 3 ? 1 + (uint32_t)(r % 7) : 12 + (uint32_t)(r % 9);
-		struct rs_generate_params params = {
-			.prompt = prompt, .prompt_len = 1 + (uint32_t)(r % 8), .max_new_tokens = want[r],
-			.output_len_hint = r % 2 ? want[r] : 0, .flags = RS_GENERATE_IGNORE_EOS,
-			.user_data = (uint64_t)r};
+		struct rs_generate_params params = {.prompt = prompt,
+						    .prompt_len = 1 + (uint32_t)(r % 8),
+						    .max_new_tokens = want[r],
+						    .output_len_hint = r % 2 ? want[r] : 0,
+						    .flags = RS_GENERATE_IGNORE_EOS,
+						    .user_data = (uint64_t)r};
 		int h = rs_submit(conn[r % 2], &params);
 		CHECK(h >= 0, "submit %d: %s", r, strerror(-h));
 	}
@@ -43,8 +55,8 @@ int main(void)
 			CHECK(r >= 0 && r < REQUESTS && !seen[r], "request %d twice or unknown", r);
 			seen[r] = true;
 			CHECK(done.status == 0 && done.output_len == want[r],
-			      "request %d: status %d, %u of %u tokens", r, done.status, done.output_len,
-			      want[r]);
+			      "request %d: status %d, %u of %u tokens", r, done.status,
+			      done.output_len, want[r]);
 			rs_release(conn[c], done.request);
 		}
 	for (int c = 0; c < 2; c++)

@@ -20,12 +20,18 @@
 
 static struct sim_config base_config(void)
 {
-	return (struct sim_config){
-		.lanes = 1, .max_batch = 8, .max_batch_tokens = 512, .kv_blocks = 4096,
-		.block_size = 16, .prefix_cache = true, .max_in_flight = 1 << 16,
-		.admission = {.policy = RS_ADMISSION_FCFS, .w_prompt = 1, .w_output = 2,
-			      .quantum = 256},
-		.cost = {.base_s = 1e-3, .source = "1 ms a step"}};
+	return (struct sim_config){.lanes = 1,
+				   .max_batch = 8,
+				   .max_batch_tokens = 512,
+				   .kv_blocks = 4096,
+				   .block_size = 16,
+				   .prefix_cache = true,
+				   .max_in_flight = 1 << 16,
+				   .admission = {.policy = RS_ADMISSION_FCFS,
+						 .w_prompt = 1,
+						 .w_output = 2,
+						 .quantum = 256},
+				   .cost = {.base_s = 1e-3, .source = "1 ms a step"}};
 }
 
 static void lengths(struct sim_lengths *l, const char *spec)
@@ -62,14 +68,13 @@ static void test_closed_form(void)
 	}
 }
 
-static double run_two_tenants(enum rs_admission_policy policy, double weight1,
-			      struct sim_result *r)
+static double run_two_tenants(enum rs_admission_policy policy, double weight1, struct sim_result *r)
 {
 	struct sim_config c = base_config();
 	c.admission.policy = policy;
 	c.max_batch = 4;
-	struct sim_generator_config gen = {.requests = 4000, .tenants = 2, .skew = 1, .seed = 9,
-					   .prefixes = 2};
+	struct sim_generator_config gen = {
+	    .requests = 4000, .tenants = 2, .skew = 1, .seed = 9, .prefixes = 2};
 	lengths(&gen.prefix_len, "uniform:16:64");
 	lengths(&gen.suffix_len, "uniform:1:40");
 	lengths(&gen.output_len, "uniform:1:30");
@@ -90,8 +95,8 @@ static void test_fairness(void)
 	for (int p = 0; p < 2; p++) {
 		enum rs_admission_policy policy = p ? RS_ADMISSION_DLPM : RS_ADMISSION_VTC;
 		double bound = run_two_tenants(policy, 1.0, &r);
-		printf("%s: service difference %.0f, bound %.0f\n", rs_admission_policy_name(policy),
-		       r.max_service_diff, bound);
+		printf("%s: service difference %.0f, bound %.0f\n",
+		       rs_admission_policy_name(policy), r.max_service_diff, bound);
 		CHECK(r.max_service_diff > 0 && r.max_service_diff <= bound,
 		      "%s: service difference %.1f outside (0, %.1f]",
 		      rs_admission_policy_name(policy), r.max_service_diff, bound);
@@ -109,8 +114,13 @@ static void test_determinism_and_traces(void)
 	struct sim_config c = base_config();
 	c.admission.policy = RS_ADMISSION_DLPM;
 	c.kv_blocks = 64; /* preemption and eviction too */
-	struct sim_generator_config gen = {.requests = 3000, .rate = 5000, .tenants = 3, .skew = 3,
-					   .prefixes = 3, .seed = 17, .hint = true};
+	struct sim_generator_config gen = {.requests = 3000,
+					   .rate = 5000,
+					   .tenants = 3,
+					   .skew = 3,
+					   .prefixes = 3,
+					   .seed = 17,
+					   .hint = true};
 	lengths(&gen.prefix_len, "exp:60:200");
 	lengths(&gen.suffix_len, "uniform:1:50");
 	lengths(&gen.output_len, "exp:30:300");
@@ -122,7 +132,7 @@ static void test_determinism_and_traces(void)
 	sim_workload_generator(&w, &gen);
 	CHECK(sim_run(&c, &w, &b, err, sizeof(err)) == 0, "%s", err);
 	CHECK(a.seconds == b.seconds && a.cached_tokens == b.cached_tokens &&
-	      a.preemptions == b.preemptions && a.latency_mean_s == b.latency_mean_s,
+		  a.preemptions == b.preemptions && a.latency_mean_s == b.latency_mean_s,
 	      "the same seed ran differently");
 	CHECK(a.preemptions > 0, "no preemption in a 64-block cache");
 
@@ -141,10 +151,10 @@ static void test_determinism_and_traces(void)
 		CHECK(sim_workload_next(&g, &x), "generator ended");
 		y = w.trace[i];
 		CHECK(x.arrival_ns == y.arrival_ns &&
-		      strcmp(g.tenant_names[x.tenant], w.tenant_names[y.tenant]) == 0 &&
-		      x.prefix == y.prefix &&
-		      x.prefix_len == y.prefix_len && x.prompt_len == y.prompt_len &&
-		      x.output_len == y.output_len && x.output_hint == y.output_hint,
+			  strcmp(g.tenant_names[x.tenant], w.tenant_names[y.tenant]) == 0 &&
+			  x.prefix == y.prefix && x.prefix_len == y.prefix_len &&
+			  x.prompt_len == y.prompt_len && x.output_len == y.output_len &&
+			  x.output_hint == y.output_hint,
 		      "request %llu differs after the round trip", (unsigned long long)i);
 	}
 	CHECK(sim_run(&c, &w, &t, err, sizeof(err)) == 0, "%s", err);
@@ -153,19 +163,20 @@ static void test_determinism_and_traces(void)
 	sim_workload_free(&w);
 
 	static const char *const bad[] = {
-		"{\"arrival\": 1, \"tenant\": \"a\", \"prompt\": 3}",              /* no output */
-		"{\"arrival\": 1, \"tenant\": \"a\", \"prompt\": 3, \"output\": 0}", /* output 0 */
-		"{\"arrival\": 1, \"tenant\": \"a\", \"prompt\": 3, \"output\": 2.5}",
-		"{\"arrival\": 1, \"tenant\": \"a\", \"prompt\": 3, \"output\": 2, \"x\": 1}",
-		"{\"arrival\": 1, \"tenant\": \"a\", \"prompt\": 3, \"output\": 2, \"prefix_len\": 2}",
-		"{\"arrival\": 1, \"tenant\": \"a\", \"prompt\": 3, \"output\": 2} trailing",
-		"{\"arrival\": 0.5, \"tenant\": \"a\", \"prompt\": 3, \"output\": 2}", /* earlier */
-		"[1, 2]",
-		"{\"arrival\": 1, \"tenant\": \"a\\u0041\", \"prompt\": 3, \"output\": 2}",
+	    "{\"arrival\": 1, \"tenant\": \"a\", \"prompt\": 3}",		 /* no output */
+	    "{\"arrival\": 1, \"tenant\": \"a\", \"prompt\": 3, \"output\": 0}", /* output 0 */
+	    "{\"arrival\": 1, \"tenant\": \"a\", \"prompt\": 3, \"output\": 2.5}",
+	    "{\"arrival\": 1, \"tenant\": \"a\", \"prompt\": 3, \"output\": 2, \"x\": 1}",
+	    "{\"arrival\": 1, \"tenant\": \"a\", \"prompt\": 3, \"output\": 2, \"prefix_len\": 2}",
+	    "{\"arrival\": 1, \"tenant\": \"a\", \"prompt\": 3, \"output\": 2} trailing",
+	    "{\"arrival\": 0.5, \"tenant\": \"a\", \"prompt\": 3, \"output\": 2}", /* earlier */
+	    "[1, 2]",
+	    "{\"arrival\": 1, \"tenant\": \"a\\u0041\", \"prompt\": 3, \"output\": 2}",
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		f = fopen(path, "w");
-		fprintf(f, "{\"arrival\": 1, \"tenant\": \"a\", \"prompt\": 3, \"output\": 2}\n\n%s\n",
+		fprintf(f,
+			"{\"arrival\": 1, \"tenant\": \"a\", \"prompt\": 3, \"output\": 2}\n\n%s\n",
 			bad[i]);
 		fclose(f);
 		int rc = sim_workload_trace(&w, path, err, sizeof(err));
@@ -183,8 +194,8 @@ static void test_errors(void)
 {
 	struct sim_config c = base_config();
 	c.kv_blocks = 16;
-	struct sim_generator_config gen = {.requests = 100, .rate = 1000, .tenants = 2, .skew = 1,
-					   .seed = 5};
+	struct sim_generator_config gen = {
+	    .requests = 100, .rate = 1000, .tenants = 2, .skew = 1, .seed = 5};
 	lengths(&gen.prefix_len, "fixed:1");
 	lengths(&gen.suffix_len, "uniform:1:400");
 	lengths(&gen.output_len, "fixed:8");

@@ -41,8 +41,8 @@ void *rs_alloc_zeroed_large(size_t bytes)
 	size_t slack = length >= HUGE_PAGE ? HUGE_PAGE : 0;
 	if (length + slack < length)
 		return NULL;
-	uint8_t *map = mmap(NULL, length + slack, PROT_READ | PROT_WRITE,
-			    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint8_t *map =
+	    mmap(NULL, length + slack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (map == MAP_FAILED)
 		return NULL;
 	uint8_t *p = map;

@@ -158,8 +158,8 @@ static int resolve(const struct rs_model *model, struct rs_engine_options *o,
 		/* The copy takes huge pages where there are some, and interleaves quantized
 		 * rows where the AVX2 kernels read them eight at a time: on 4 KiB pages too,
 		 * that is 1.3-2x the decode speed of reading the mapping in place. */
-		bool interleaves = has_quantized(model) && rs_cpu_isa() >= RS_ISA_AVX2 &&
-				   rs_cpu_has_f16c();
+		bool interleaves =
+		    has_quantized(model) && rs_cpu_isa() >= RS_ISA_AVX2 && rs_cpu_has_f16c();
 		weights = rs_huge_pages_available() || interleaves ? "copy" : "mapped";
 	} else if (strcmp(weights, "copy") != 0 && strcmp(weights, "mapped") != 0) {
 		rs_errmsg(err, err_size, 0,

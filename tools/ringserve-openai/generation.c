@@ -85,7 +85,8 @@ int generation_advance(struct generation *gen, int client_fd)
 		 * many tokens the daemon wrote before the cancel reached it. */
 		if (count > gen->consumed) {
 			char buf[RS_DETOK_MAX_OUTPUT(1)];
-			int n = rs_detok_feed(&gen->detok, tokens + gen->consumed, 1, buf, sizeof(buf));
+			int n =
+			    rs_detok_feed(&gen->detok, tokens + gen->consumed, 1, buf, sizeof(buf));
 			int ret = n >= 0 ? append(gen, buf, (size_t)n) : n;
 			if (ret < 0)
 				return ret;
