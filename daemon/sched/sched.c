@@ -510,7 +510,10 @@ static inline __attribute__((always_inline)) void stop_running(struct rs_sched *
 		unpark(sched, request->tenant);
 }
 
-static void finish(struct rs_sched *sched, struct rs_request *request, int32_t status)
+/* The request's end; inlined where requests end normally (advance), out of line (finish)
+ * for the rarer ends. */
+static inline __attribute__((always_inline)) void
+finish_inline(struct rs_sched *sched, struct rs_request *request, int32_t status)
 {
 	/* The client's answer first: what follows changes nothing it is told. */
 	if (sched->hooks.publish)
@@ -541,6 +544,12 @@ static void finish(struct rs_sched *sched, struct rs_request *request, int32_t s
 	request->state = RS_REQUEST_FREE;
 	sched->stats.finished++;
 	sched->hooks.finish(sched->hooks.ctx, request, status);
+}
+
+static __attribute__((noinline)) void finish(struct rs_sched *sched, struct rs_request *request,
+					     int32_t status)
+{
+	finish_inline(sched, request, status);
 }
 
 void rs_sched_cancel(struct rs_sched *sched, struct rs_request *request, int32_t status)
@@ -1044,7 +1053,7 @@ static void advance(struct rs_sched *sched, struct rs_request *request,
 	if (request->state != RS_REQUEST_RUNNING)
 		return; /* the hook cancelled it */
 	if (request->generated >= request->max_new_tokens || request->hit_eos) {
-		finish(sched, request, 0); /* caches the prompt and the output */
+		finish_inline(sched, request, 0); /* caches the prompt and the output */
 		return;
 	}
 	/* The prompt is in: later prompts that start with it hit from now on. */
