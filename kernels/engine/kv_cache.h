@@ -58,8 +58,7 @@ static inline int rs_kv_block_alloc(struct rs_kv_cache *kv)
  * Returns the new count, or -EINVAL for an id out of range or a free block. */
 static inline int rs_kv_block_ref(struct rs_kv_cache *kv, uint32_t block)
 {
-	if (block >= kv->n_blocks || kv->refcount[block] == 0 ||
-	    kv->refcount[block] == INT32_MAX)
+	if (block >= kv->n_blocks || kv->refcount[block] == 0 || kv->refcount[block] == INT32_MAX)
 		return -EINVAL;
 	return (int)++kv->refcount[block];
 }
