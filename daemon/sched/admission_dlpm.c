@@ -152,8 +152,9 @@ static void dlpm_enqueue(struct rs_admission *admission, struct rs_request *requ
 }
 
 /* Unlink the request. A tenant left with nothing waiting leaves the backlogged set and
- * keeps its debt but not its credit. */
-static void unlink_request(struct dlpm *dlpm, struct rs_request *request)
+ * keeps its debt but not its credit. Inlined into take (once an admission) and remove. */
+static inline __attribute__((always_inline)) void unlink_request(struct dlpm *dlpm,
+								 struct rs_request *request)
 {
 	struct rs_tenant *tenant = request->tenant;
 	struct dlpm_tenant *t = &dlpm->tenants[tenant->id];

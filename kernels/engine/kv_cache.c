@@ -5,14 +5,6 @@
 
 #include "kernels/engine/kv_cache.h"
 
-struct rs_kv_cache {
-	uint32_t n_blocks;
-	uint32_t block_size;
-	uint32_t n_free;
-	uint32_t *free_stack; /* ids of free blocks; the top is reused first (warm memory) */
-	uint32_t *refcount;   /* per block; 0 == free */
-};
-
 int rs_kv_cache_create(uint32_t n_blocks, uint32_t block_size, struct rs_kv_cache **out)
 {
 	*out = NULL;
@@ -44,51 +36,4 @@ void rs_kv_cache_destroy(struct rs_kv_cache *kv)
 	free(kv->free_stack);
 	free(kv->refcount);
 	free(kv);
-}
-
-int rs_kv_block_alloc(struct rs_kv_cache *kv)
-{
-	if (!kv->n_free)
-		return -ENOMEM;
-	uint32_t block = kv->free_stack[--kv->n_free];
-	kv->refcount[block] = 1;
-	return (int)block;
-}
-
-int rs_kv_block_ref(struct rs_kv_cache *kv, uint32_t block)
-{
-	if (block >= kv->n_blocks || kv->refcount[block] == 0 ||
-	    kv->refcount[block] == INT32_MAX)
-		return -EINVAL;
-	return (int)++kv->refcount[block];
-}
-
-int rs_kv_block_unref(struct rs_kv_cache *kv, uint32_t block)
-{
-	if (block >= kv->n_blocks || kv->refcount[block] == 0)
-		return -EINVAL;
-	uint32_t left = --kv->refcount[block];
-	if (left == 0)
-		kv->free_stack[kv->n_free++] = block;
-	return (int)left;
-}
-
-uint32_t rs_kv_block_refcount(const struct rs_kv_cache *kv, uint32_t block)
-{
-	return block < kv->n_blocks ? kv->refcount[block] : 0;
-}
-
-uint32_t rs_kv_free_count(const struct rs_kv_cache *kv)
-{
-	return kv->n_free;
-}
-
-uint32_t rs_kv_n_blocks(const struct rs_kv_cache *kv)
-{
-	return kv->n_blocks;
-}
-
-uint32_t rs_kv_block_size(const struct rs_kv_cache *kv)
-{
-	return kv->block_size;
 }
